@@ -1,0 +1,151 @@
+//! Framing: a u32 big-endian length, then the message as MessagePack with named fields.
+//!
+//! The length is checked against [`SyncCodec::max_frame`] before anything is read or
+//! allocated; the body is read through `take(len)` into a buffer that grows with the bytes that
+//! actually arrive, so a peer announcing a large frame and sending little costs nothing.
+//! Every failure is an `io::Error` (`InvalidData` for an oversized or undecodable frame,
+//! `UnexpectedEof` for a truncated one), never a panic.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+
+use crate::message::SyncMessage;
+
+/// Default upper bound of a frame body: 16 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Initial capacity of a read buffer; it grows only as bytes arrive.
+const INITIAL_READ_CAPACITY: usize = 8 * 1024;
+
+/// The request–response codec of the sync protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncCodec {
+    max_frame: usize,
+}
+
+impl Default for SyncCodec {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FRAME)
+    }
+}
+
+impl SyncCodec {
+    /// A codec refusing frames whose body is longer than `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self { max_frame: max_frame.min(u32::MAX as usize) }
+    }
+
+    /// The configured limit of a frame body, in bytes.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+}
+
+/// Encodes `msg` as one frame (length prefix included).
+pub fn encode_frame(msg: &SyncMessage, max_frame: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4];
+    rmp_serde::encode::write_named(&mut buf, msg)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("encode failed: {e}")))?;
+    let len = buf.len() - 4;
+    if len > max_frame {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {max_frame} bytes"),
+        ));
+    }
+    buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(buf)
+}
+
+/// Decodes a frame body (without its length prefix).
+pub fn decode_body(body: &[u8]) -> io::Result<SyncMessage> {
+    rmp_serde::from_slice(body)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("undecodable frame: {e}")))
+}
+
+/// Reads one frame from `io` and decodes it.
+pub async fn read_frame<T>(io: &mut T, max_frame: usize) -> io::Result<SyncMessage>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    let mut prefix = [0u8; 4];
+    io.read_exact(&mut prefix).await?;
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max_frame {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {max_frame} bytes"),
+        ));
+    }
+    let mut body = Vec::with_capacity(len.min(INITIAL_READ_CAPACITY));
+    (&mut *io).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("truncated frame: {} of {len} bytes", body.len()),
+        ));
+    }
+    decode_body(&body)
+}
+
+/// Encodes `msg` completely, then writes it (so nothing borrowed is held across the write).
+pub async fn write_frame<T>(io: &mut T, msg: &SyncMessage, max_frame: usize) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let buf = encode_frame(msg, max_frame)?;
+    io.write_all(&buf).await?;
+    io.flush().await
+}
+
+impl libp2p::request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = SyncMessage;
+    type Response = SyncMessage;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncMessage>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max_frame).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncMessage>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max_frame).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: SyncMessage,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let buf = encode_frame(&req, self.max_frame)?;
+        drop(req);
+        io.write_all(&buf).await?;
+        io.flush().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: SyncMessage,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let buf = encode_frame(&res, self.max_frame)?;
+        drop(res);
+        io.write_all(&buf).await?;
+        io.flush().await
+    }
+}

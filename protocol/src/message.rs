@@ -1,0 +1,196 @@
+//! The messages of the sync protocol and the types they carry.
+//!
+//! Every message is a request or a response of the `/spacedrive/sync/1.0.0` request–response
+//! protocol; `docs/protocol.md` lists which request is answered by which response.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The role a device plays for one library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SyncRole {
+    /// Sequences every change and pushes notifications to the followers.
+    Leader,
+    /// Fetches and applies the leader's log in order.
+    Follower,
+    /// Asking for votes to become leader of a new term.
+    Candidate,
+}
+
+impl std::fmt::Display for SyncRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Leader => "leader",
+            Self::Follower => "follower",
+            Self::Candidate => "candidate",
+        })
+    }
+}
+
+/// What a log entry does to its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChangeType {
+    /// A new record; `data` is the whole record.
+    Insert,
+    /// A changed record; `data` is the whole new record.
+    Update,
+    /// The record is removed; `data` is empty.
+    Delete,
+    /// Metadata of a large operation (e.g. indexing a location): followers run a local job
+    /// instead of receiving rows.
+    Bulk,
+}
+
+impl ChangeType {
+    /// The stable text form stored in the `sync_log.change_type` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Insert => "insert",
+            Self::Update => "update",
+            Self::Delete => "delete",
+            Self::Bulk => "bulk",
+        }
+    }
+
+    /// Parses the text form written by [`ChangeType::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "insert" => Self::Insert,
+            "update" => Self::Update,
+            "delete" => Self::Delete,
+            "bulk" => Self::Bulk,
+            _ => return None,
+        })
+    }
+}
+
+/// One entry of a library's sync log. Identified by `(term, sequence)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncLogEntry {
+    /// 1-based, gapless position in the log.
+    pub sequence: u64,
+    /// Leadership term of the leader that sequenced the entry.
+    pub term: u64,
+    /// Device on which the change was made.
+    pub origin_device: Uuid,
+    /// Milliseconds since the Unix epoch, on the leader, when the entry was sequenced.
+    pub timestamp_ms: i64,
+    /// Registered model type (e.g. `tag`, `location`).
+    pub model_type: String,
+    /// Primary key of the record within its model.
+    pub record_id: String,
+    /// What the entry does.
+    pub change_type: ChangeType,
+    /// The record's version after this change (1 for an insert, +1 for each later change).
+    pub version: i64,
+    /// The record (Insert/Update) or the bulk metadata, as MessagePack; empty for Delete.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The asking device is not a member of this library.
+    Unauthorized,
+    /// This node does not hold the library.
+    UnknownLibrary,
+    /// This device does not lead the library; `leader_hint` names the leader it knows of.
+    NotLeader,
+    /// The request is malformed or out of range.
+    BadRequest,
+    /// The request carries an older term than this device knows.
+    StaleTerm,
+    /// This device failed to serve the request; the requester may retry.
+    Internal,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Every message of the sync protocol, requests and responses alike.
+///
+/// The six variants of the seed card keep their names; `term` fields, `last_term`,
+/// `leader_last_sequence` and the [`SyncMessage::Error`] reply are additions listed with their
+/// reasons in `docs/protocol.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncMessage {
+    /// Leader → follower request: entries `from_sequence..=to_sequence` exist.
+    /// Answered by [`SyncMessage::Acknowledge`] (the follower's applied position) or `Error`.
+    NewEntries {
+        library_id: Uuid,
+        term: u64,
+        from_sequence: u64,
+        to_sequence: u64,
+        entry_count: u64,
+    },
+    /// Follower → leader request: entries after `since_sequence`, at most `limit`
+    /// (the leader caps it at its own maximum, 100 by default). `since_term` is the term of the
+    /// follower's entry at `since_sequence` (0 when `since_sequence` is 0), so the leader can
+    /// tell whether their logs agree there. Answered by `EntriesResponse`, `SyncRequired` or
+    /// `Error`.
+    FetchEntries { library_id: Uuid, term: u64, since_sequence: u64, since_term: u64, limit: u64 },
+    /// Leader → follower response: contiguous entries starting at `since_sequence + 1`.
+    EntriesResponse {
+        library_id: Uuid,
+        term: u64,
+        entries: Vec<SyncLogEntry>,
+        has_more: bool,
+        leader_last_sequence: u64,
+    },
+    /// Follower → leader request: everything up to `up_to_sequence` is applied.
+    /// Also the follower's response to `NewEntries`. Answered by the leader's `Heartbeat`.
+    Acknowledge { library_id: Uuid, up_to_sequence: u64 },
+    /// Either direction, request: the sender's view. `current_sequence` is its last log
+    /// sequence and `last_term` the term of that entry. Answered by the receiver's `Heartbeat`,
+    /// or `SyncRequired` / `Error`.
+    Heartbeat { library_id: Uuid, term: u64, current_sequence: u64, last_term: u64, role: SyncRole },
+    /// Leader → follower response: the follower's log cannot be continued (diverged, or
+    /// ahead of the leader); it must rebuild the library from the leader's log.
+    SyncRequired { library_id: Uuid, term: u64, reason: String, leader_last_sequence: u64 },
+    /// Response to any request that is refused.
+    Error {
+        library_id: Uuid,
+        code: ErrorCode,
+        message: String,
+        /// With `NotLeader`: the leader this device knows of, if any.
+        #[serde(default)]
+        leader_hint: Option<Uuid>,
+    },
+}
+
+impl SyncMessage {
+    /// The library every message is about.
+    pub fn library_id(&self) -> Uuid {
+        match self {
+            Self::NewEntries { library_id, .. }
+            | Self::FetchEntries { library_id, .. }
+            | Self::EntriesResponse { library_id, .. }
+            | Self::Acknowledge { library_id, .. }
+            | Self::Heartbeat { library_id, .. }
+            | Self::SyncRequired { library_id, .. }
+            | Self::Error { library_id, .. } => *library_id,
+        }
+    }
+
+    /// The variant's name, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NewEntries { .. } => "NewEntries",
+            Self::FetchEntries { .. } => "FetchEntries",
+            Self::EntriesResponse { .. } => "EntriesResponse",
+            Self::Acknowledge { .. } => "Acknowledge",
+            Self::Heartbeat { .. } => "Heartbeat",
+            Self::SyncRequired { .. } => "SyncRequired",
+            Self::Error { .. } => "Error",
+        }
+    }
+
+    /// An `Error` reply.
+    pub fn error(library_id: Uuid, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error { library_id, code, message: message.into(), leader_hint: None }
+    }
+}
