@@ -1,1 +1,51 @@
-pub fn _x() {}
+//! lsync keeps a user's *library* (tags, locations, … any registered model) identical across
+//! that user's devices. One device per library leads: every change commits there together with
+//! an entry of a gapless sync log, the leader pushes a notification at once, followers fetch,
+//! apply in order and acknowledge.
+//!
+//! # Layout
+//! - this crate: the embedding API — [`Node`] (built by [`NodeBuilder`] inside the host's actix
+//!   System) and the `lsync` binary (`src/main.rs`).
+//! - `lsync-protocol` (`protocol/`): `SyncMessage`, `SyncLogEntry`, the codec, the protocol id.
+//! - `lsync-storage` (`storage/`): one SQLite file per library — sync log, model tables,
+//!   `TransactionManager` (leader commits) and `Applier` (follower applies).
+//! - `lsync-actors` (`actors/`): the Network (libp2p swarm), and per library the `SyncService`
+//!   with its role actors.
+//!
+//! # The leader's path
+//! ```text
+//! Node::commit ─▶ TransactionManager ── one SQLite transaction: model row + sync_log entry
+//!                        │ CommitEvent (broadcast)
+//!                        ▼
+//!                 LeaderNotifier ── window: first commit at once, bursts coalesced
+//!                        │ Announce
+//!                        ▼
+//!                 FollowerSession (one per follower) ── NewEntries ─▶ network
+//! ```
+//! # The follower's path
+//! ```text
+//! network ─▶ SyncService ─▶ FollowerApplier ── wakes its worker
+//!   worker: FetchEntries ─▶ leader's FollowerSession ─▶ EntriesResponse (≤ 100 entries)
+//!           Applier: one SQLite transaction (model rows + log copy + last_synced_sequence)
+//!           Acknowledge ─▶ leader
+//! ```
+
+mod identity;
+mod node;
+
+pub use identity::Identity;
+pub use lsync_actors::network::NetworkConfig;
+pub use lsync_actors::{
+    ApplierStatus, FollowerState, FollowerStatus, LibraryStatus, Progress, SyncConfig, SyncEvent,
+};
+pub use lsync_protocol::{ChangeType, SyncLogEntry, SyncRole};
+pub use lsync_storage::{
+    BulkOperation, Change, Database, LocalJob, Location, ModelHandler, ModelRegistry, StorageOptions,
+    Syncable, Synchronous, Tag,
+};
+pub use node::{DeviceInfo, Node, NodeBuilder, NodeConfig, NodeError};
+
+/// Re-exports of the member crates, for hosts that need more than the facade.
+pub mod crates {
+    pub use {lsync_actors as actors, lsync_protocol as protocol, lsync_storage as storage};
+}

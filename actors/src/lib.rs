@@ -1,1 +1,32 @@
-pub fn _x() {}
+//! lsync actors: the actix actors of a node and the pure state machines they wrap.
+//!
+//! # Layout
+//! - [`network`] — the libp2p Swarm, driven by one task; [`network::NetworkHandle`] is the
+//!   cloneable client every actor uses. Routes inbound requests by `library_id`.
+//! - [`service`] — `SyncService`, one per library: supervisor of the role actors.
+//! - leader path: [`notifier`] (`LeaderNotifier`: commit events → announcements, batched by
+//!   [`window`]) → [`session`] (`FollowerSession`, one per follower: NewEntries, serves
+//!   FetchEntries / Acknowledge / Heartbeat).
+//! - follower path: [`applier`] (`FollowerApplier`: NewEntries → fetch → apply → acknowledge,
+//!   reconnect with [`backoff`], full reconciliation).
+//! - [`transport`] — the request seam between actors and network (tests script it).
+//! - [`events`] — events and status snapshots for the host; [`config`] — timers and limits.
+//!
+//! Decision logic with no I/O lives in [`window`] and [`backoff`]; actors are thin shells.
+
+pub mod applier;
+pub mod backoff;
+mod blocking;
+pub mod config;
+pub mod events;
+pub mod network;
+pub mod notifier;
+pub mod service;
+pub mod session;
+pub mod transport;
+pub mod window;
+
+pub use config::SyncConfig;
+pub use events::{ApplierStatus, FollowerState, FollowerStatus, LibraryStatus, Progress, SyncEvent};
+pub use service::{AddMember, GetStatus, LibraryContext, Shutdown, SyncService};
+pub use transport::{NetworkError, Transport};

@@ -10,6 +10,7 @@ use std::io;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
+use serde::de::{Deserialize, IgnoredAny};
 
 use crate::message::SyncMessage;
 
@@ -44,25 +45,46 @@ impl SyncCodec {
 }
 
 /// Encodes `msg` as one frame (length prefix included).
+///
+/// Nothing is written anywhere: a message that cannot be encoded, or whose body would exceed
+/// `max_frame` bytes (or `u32::MAX`, whatever `max_frame` says), is an `InvalidData` error.
 pub fn encode_frame(msg: &SyncMessage, max_frame: usize) -> io::Result<Vec<u8>> {
+    // The prefix is a u32: a larger limit must not let `len as u32` below wrap around.
+    let max_frame = max_frame.min(u32::MAX as usize);
     let mut buf = vec![0u8; 4];
     rmp_serde::encode::write_named(&mut buf, msg)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("encode failed: {e}")))?;
+        .map_err(|e| invalid(format!("encode failed: {e}")))?;
     let len = buf.len() - 4;
     if len > max_frame {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {max_frame} bytes"),
-        ));
+        return Err(invalid(format!(
+            "frame of {len} bytes exceeds the limit of {max_frame} bytes"
+        )));
     }
     buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(buf)
 }
 
 /// Decodes a frame body (without its length prefix).
+///
+/// The body must be exactly one MessagePack value: bytes left over after the message are
+/// refused with `InvalidData` like any other malformed frame.
 pub fn decode_body(body: &[u8]) -> io::Result<SyncMessage> {
-    rmp_serde::from_slice(body)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("undecodable frame: {e}")))
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
+    let msg = SyncMessage::deserialize(&mut de).map_err(|e| invalid(format!("undecodable frame: {e}")))?;
+    // The borrowing reader does not expose its position; probe for one more value instead.
+    // Failing to read even its first (marker) byte is the only proof that nothing is left.
+    match IgnoredAny::deserialize(&mut de) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == io::ErrorKind::UnexpectedEof =>
+        {
+            Ok(msg)
+        }
+        _ => Err(invalid(format!("trailing bytes after the {} message", msg.kind()))),
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
 /// Reads one frame from `io` and decodes it.
@@ -74,10 +96,9 @@ where
     io.read_exact(&mut prefix).await?;
     let len = u32::from_be_bytes(prefix) as usize;
     if len > max_frame {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {max_frame} bytes"),
-        ));
+        return Err(invalid(format!(
+            "frame of {len} bytes exceeds the limit of {max_frame} bytes"
+        )));
     }
     let mut body = Vec::with_capacity(len.min(INITIAL_READ_CAPACITY));
     (&mut *io).take(len as u64).read_to_end(&mut body).await?;

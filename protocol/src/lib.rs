@@ -8,6 +8,7 @@
 //!
 //! The complete wire specification is `docs/protocol.md`, included below.
 #![doc = include_str!("../../docs/protocol.md")]
+#![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod message;

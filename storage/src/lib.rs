@@ -1,1 +1,58 @@
-pub fn _x() {}
+//! lsync storage: one SQLite database file per library (WAL, `busy_timeout`), holding the
+//! model tables and the replicated sync log, so a change and its log entry commit in ONE
+//! transaction.
+//!
+//! # Layout
+//!
+//! - [`Database`]: opens a library file (creating it, running the embedded migrations and
+//!   every registered handler's `migrate`); one writer and one reader connection;
+//! - [`SyncLog`] / [`LogPosition`]: the `sync_log` table, 1-based and gapless, sequenced from
+//!   the log itself inside the write transaction;
+//! - [`sync_state`] / [`SyncState`]: this device's view of the library (role, term, vote,
+//!   leader, last synced sequence), a single row;
+//! - [`devices`] / [`Device`]: the library's member devices;
+//! - [`TransactionManager`]: the leader's write path ([`Change`], [`BulkOperation`],
+//!   [`CommitEvent`]);
+//! - [`Applier`]: the follower's write path ([`ApplyOutcome`]), plus `reset` for full
+//!   reconciliation;
+//! - [`local_jobs`] / [`LocalJob`]: jobs queued by bulk entries on a follower;
+//! - [`Syncable`], [`ModelHandler`], [`ModelRegistry`]: replicated model types; the built-in
+//!   [`Tag`] and [`Location`] live in [`models`].
+//!
+//! # Tables
+//!
+//! `sync_log(sequence INTEGER PRIMARY KEY, term, origin_device, timestamp_ms, model_type,
+//! record_id, change_type, version, data BLOB)`, `sync_state` (one row), `devices`,
+//! `local_jobs`, and one table per model (`tag`, `location`, each row with `version`).
+//! Numbers are `u64` in the API and `i64` in SQLite; a value above `i64::MAX` is refused,
+//! never wrapped.
+
+mod applier;
+mod change;
+mod database;
+pub mod devices;
+mod error;
+pub mod local_jobs;
+mod model;
+pub mod models;
+mod schema;
+mod sync_log;
+pub mod sync_state;
+mod transaction;
+
+pub use applier::{Applier, ApplyOutcome};
+pub use change::{BulkOperation, Change};
+pub use database::{Database, StorageOptions, Synchronous};
+pub use devices::Device;
+pub use error::{Result, StorageError};
+pub use local_jobs::LocalJob;
+pub use model::{decode, encode, validate_syncable, ModelHandler, ModelRegistry, Syncable};
+pub use models::{Location, LocationHandler, Tag, TagHandler};
+pub use sync_log::{LogPosition, SyncLog};
+pub use sync_state::SyncState;
+pub use transaction::{CommitEvent, TransactionManager, COMMIT_EVENT_CAPACITY};
+
+/// Re-exported so hosts implementing [`ModelHandler`] use the same diesel as this crate.
+pub use diesel;
+/// The connection type every storage function takes.
+pub use diesel::sqlite::SqliteConnection;

@@ -1,0 +1,542 @@
+//! FollowerApplier — on a follower, one per library.
+//!
+//! Receives: the leader's NewEntries and Heartbeat requests (routed by the SyncService).
+//! Emits: FetchEntries, Acknowledge and Heartbeat requests to the leader; EntriesApplied,
+//! LeaderUnreachable, Resync*, BulkJobQueued and ApplyFailed events.
+//!
+//! The actor answers requests at once and wakes its worker, a task that owns the replication
+//! loop: fetch from the persisted position, keep one more fetch in flight while a response is
+//! applied (network and SQLite overlap), apply each response in ONE transaction through the
+//! storage `Applier`, acknowledge, repeat while `has_more`. On a network failure it retries
+//! with exponential backoff and jitter, always resuming from the persisted sequence, so nothing
+//! is applied twice or skipped. On a gap it re-fetches; on SyncRequired (or a divergence found
+//! while applying) it rebuilds the library from the leader's log, reporting progress.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::prelude::*;
+use libp2p::PeerId;
+use lsync_protocol::{ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
+use lsync_storage::{Applier, Database, LogPosition, StorageError};
+use tokio::sync::{broadcast, Notify};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::backoff::Backoff;
+use crate::blocking::run_blocking;
+use crate::config::SyncConfig;
+use crate::events::{ApplierStatus, FollowerState, Progress, SyncEvent};
+use crate::network::InboundRequest;
+use crate::transport::{BoxFuture, NetworkError, Transport};
+
+/// Everything the follower's worker needs.
+#[derive(Clone)]
+pub struct ApplierContext {
+    pub library_id: Uuid,
+    pub db: Database,
+    pub transport: Arc<dyn Transport>,
+    pub events: broadcast::Sender<SyncEvent>,
+    pub config: SyncConfig,
+    /// The leader's peer id.
+    pub leader: PeerId,
+    /// The term this follower knows.
+    pub term: u64,
+}
+
+/// Reads the applier's status.
+#[derive(Message)]
+#[rtype(result = "ApplierStatus")]
+pub struct GetApplierStatus;
+
+struct Shared {
+    wake: Notify,
+    /// The follower's applied position, for immediate replies.
+    applied: Mutex<LogPosition>,
+    leader_last: AtomicU64,
+    term: AtomicU64,
+    status: Mutex<ApplierStatus>,
+    ack_in_flight: AtomicBool,
+}
+
+/// The follower side of one library.
+pub struct FollowerApplier {
+    cx: ApplierContext,
+    shared: Arc<Shared>,
+    worker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FollowerApplier {
+    /// An applier following `cx.leader`.
+    pub fn new(cx: ApplierContext) -> Self {
+        let shared = Arc::new(Shared {
+            wake: Notify::new(),
+            applied: Mutex::new(LogPosition::default()),
+            leader_last: AtomicU64::new(0),
+            term: AtomicU64::new(cx.term),
+            status: Mutex::new(ApplierStatus {
+                state: FollowerState::Fetching,
+                leader_last_sequence: 0,
+                progress: None,
+                reconnect_attempts: 0,
+                last_error: None,
+            }),
+            ack_in_flight: AtomicBool::new(false),
+        });
+        Self { cx, shared, worker: None }
+    }
+}
+
+impl Actor for FollowerApplier {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        let worker = Worker { cx: self.cx.clone(), shared: self.shared.clone() };
+        self.worker = Some(actix_rt::spawn(worker.run()));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(w) = self.worker.take() {
+            w.abort();
+        }
+    }
+}
+
+impl Handler<GetApplierStatus> for FollowerApplier {
+    type Result = MessageResult<GetApplierStatus>;
+    fn handle(&mut self, _: GetApplierStatus, _: &mut Context<Self>) -> Self::Result {
+        let mut s = self.shared.status.lock().expect("status lock").clone();
+        s.leader_last_sequence = self.shared.leader_last.load(Ordering::Relaxed);
+        MessageResult(s)
+    }
+}
+
+impl Handler<InboundRequest> for FollowerApplier {
+    type Result = ();
+    fn handle(&mut self, req: InboundRequest, _: &mut Context<Self>) {
+        let library_id = self.cx.library_id;
+        let term = self.shared.term.load(Ordering::Relaxed);
+        let applied = *self.shared.applied.lock().expect("applied lock");
+        let reply = match req.message {
+            SyncMessage::NewEntries { term: their, .. } | SyncMessage::Heartbeat { term: their, .. }
+                if their < term =>
+            {
+                SyncMessage::error(
+                    library_id,
+                    ErrorCode::StaleTerm,
+                    format!("term {their} is older than this follower's term {term}"),
+                )
+            }
+            _ if req.peer != self.cx.leader => SyncMessage::Error {
+                library_id,
+                code: ErrorCode::NotLeader,
+                message: "this device follows another leader".into(),
+                leader_hint: None,
+            },
+            SyncMessage::NewEntries { to_sequence, .. } => {
+                self.shared.leader_last.fetch_max(to_sequence, Ordering::Relaxed);
+                self.shared.wake.notify_one();
+                SyncMessage::Acknowledge { library_id, up_to_sequence: applied.sequence }
+            }
+            SyncMessage::Heartbeat { current_sequence, .. } => {
+                self.shared.leader_last.fetch_max(current_sequence, Ordering::Relaxed);
+                if current_sequence != applied.sequence {
+                    self.shared.wake.notify_one();
+                }
+                SyncMessage::Heartbeat {
+                    library_id,
+                    term,
+                    current_sequence: applied.sequence,
+                    last_term: applied.term,
+                    role: SyncRole::Follower,
+                }
+            }
+            SyncMessage::FetchEntries { .. } | SyncMessage::Acknowledge { .. } => SyncMessage::Error {
+                library_id,
+                code: ErrorCode::NotLeader,
+                message: "this device is a follower of the library".into(),
+                leader_hint: None,
+            },
+            other => SyncMessage::error(
+                library_id,
+                ErrorCode::BadRequest,
+                format!("{} is a response, not a request", other.kind()),
+            ),
+        };
+        let _ = req.reply.send(reply);
+    }
+}
+
+/// Why a replication round stopped.
+#[derive(Debug)]
+enum RoundError {
+    /// The leader could not be reached or refused for a reason that may pass.
+    Unreachable(String),
+    /// The leader says this follower must rebuild the library.
+    SyncRequired { reason: String, target: u64 },
+    /// Applying stopped on something a retry cannot fix by itself.
+    Fatal(String),
+}
+
+impl From<NetworkError> for RoundError {
+    fn from(e: NetworkError) -> Self {
+        Self::Unreachable(e.to_string())
+    }
+}
+
+struct Worker {
+    cx: ApplierContext,
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    fn set_state(&self, state: FollowerState, error: Option<String>) {
+        let mut s = self.shared.status.lock().expect("status lock");
+        s.state = state;
+        s.last_error = error;
+        if state == FollowerState::CaughtUp {
+            s.progress = None;
+            s.reconnect_attempts = 0;
+        }
+    }
+
+    async fn run(self) {
+        let mut backoff = Backoff::new(self.cx.config.backoff_initial, self.cx.config.backoff_max);
+        let mut rng = rand::rngs::StdRng::from_entropy();
+        let heartbeat = self.cx.config.heartbeat_interval;
+        let mut next_heartbeat = tokio::time::Instant::now() + heartbeat;
+        // A follower that starts syncs at once.
+        let mut run_now = true;
+        loop {
+            if !run_now {
+                tokio::select! {
+                    _ = self.shared.wake.notified() => {}
+                    _ = tokio::time::sleep_until(next_heartbeat) => {
+                        next_heartbeat = tokio::time::Instant::now() + heartbeat;
+                        match self.heartbeat().await {
+                            Ok(false) => continue,
+                            Ok(true) => {}
+                            Err(e) => {
+                                self.on_error(e, &mut backoff, &mut rng).await;
+                                run_now = true;
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+            run_now = false;
+            match self.round().await {
+                Ok(()) => {
+                    backoff.reset();
+                    self.set_state(FollowerState::CaughtUp, None);
+                }
+                Err(e) => {
+                    run_now = self.on_error(e, &mut backoff, &mut rng).await;
+                }
+            }
+        }
+    }
+
+    /// Handles a failed round; returns whether to retry at once.
+    async fn on_error(
+        &self,
+        e: RoundError,
+        backoff: &mut Backoff,
+        rng: &mut rand::rngs::StdRng,
+    ) -> bool {
+        match e {
+            RoundError::Unreachable(error) => {
+                let delay = backoff.next_delay(rng);
+                warn!(library_id = %self.cx.library_id, %error, retry_in_ms = delay.as_millis() as u64, "leader unreachable");
+                {
+                    let mut s = self.shared.status.lock().expect("status lock");
+                    s.reconnect_attempts += 1;
+                }
+                self.set_state(FollowerState::Reconnecting, Some(error.clone()));
+                let _ = self.cx.events.send(SyncEvent::LeaderUnreachable {
+                    library_id: self.cx.library_id,
+                    error,
+                    retry_in_ms: delay.as_millis() as u64,
+                });
+                tokio::time::sleep(delay).await;
+                true
+            }
+            RoundError::SyncRequired { reason, target } => {
+                match self.reconcile(reason, target).await {
+                    Ok(()) => {
+                        backoff.reset();
+                        self.set_state(FollowerState::CaughtUp, None);
+                        false
+                    }
+                    Err(RoundError::SyncRequired { .. }) => true,
+                    Err(e) => Box::pin(self.on_error(e, backoff, rng)).await,
+                }
+            }
+            RoundError::Fatal(error) => {
+                let delay = backoff.next_delay(rng);
+                warn!(library_id = %self.cx.library_id, %error, "applier stalled");
+                self.set_state(FollowerState::Stalled, Some(error.clone()));
+                let _ = self
+                    .cx
+                    .events
+                    .send(SyncEvent::ApplyFailed { library_id: self.cx.library_id, error });
+                // Retry later (e.g. once the host registered the missing model type).
+                tokio::time::sleep(delay.max(self.cx.config.backoff_max)).await;
+                true
+            }
+        }
+    }
+
+    fn position(&self) -> LogPosition {
+        *self.shared.applied.lock().expect("applied lock")
+    }
+
+    async fn load_position(&self) -> Result<LogPosition, RoundError> {
+        let db = self.cx.db.clone();
+        let pos = run_blocking(move || db.last_position())
+            .await
+            .map_err(|e| RoundError::Fatal(format!("cannot read the sync log: {e}")))?;
+        *self.shared.applied.lock().expect("applied lock") = pos;
+        Ok(pos)
+    }
+
+    /// Heartbeats the leader; returns whether a round should run.
+    async fn heartbeat(&self) -> Result<bool, RoundError> {
+        let pos = self.load_position().await?;
+        let msg = SyncMessage::Heartbeat {
+            library_id: self.cx.library_id,
+            term: self.shared.term.load(Ordering::Relaxed),
+            current_sequence: pos.sequence,
+            last_term: pos.term,
+            role: SyncRole::Follower,
+        };
+        match self.cx.transport.request(self.cx.leader, msg).await? {
+            SyncMessage::Heartbeat { current_sequence, term, .. } => {
+                self.shared.term.fetch_max(term, Ordering::Relaxed);
+                self.shared.leader_last.fetch_max(current_sequence, Ordering::Relaxed);
+                Ok(current_sequence > pos.sequence)
+            }
+            SyncMessage::SyncRequired { reason, leader_last_sequence, .. } => {
+                Err(RoundError::SyncRequired { reason, target: leader_last_sequence })
+            }
+            other => Err(refusal(other)),
+        }
+    }
+
+    fn fetch(&self, since: LogPosition) -> BoxFuture<Result<SyncMessage, NetworkError>> {
+        self.cx.transport.request(
+            self.cx.leader,
+            SyncMessage::FetchEntries {
+                library_id: self.cx.library_id,
+                term: self.shared.term.load(Ordering::Relaxed),
+                since_sequence: since.sequence,
+                since_term: since.term,
+                limit: self.cx.config.max_entries_per_response,
+            },
+        )
+    }
+
+    /// Fetches and applies until the leader has nothing more.
+    async fn round(&self) -> Result<(), RoundError> {
+        self.round_with_progress(None).await
+    }
+
+    async fn round_with_progress(&self, mut progress: Option<(Instant, u64)>) -> Result<(), RoundError> {
+        let start_pos = self.load_position().await?;
+        if progress.is_none() {
+            self.set_state(FollowerState::Fetching, None);
+        }
+        let mut in_flight: VecDeque<(LogPosition, BoxFuture<Result<SyncMessage, NetworkError>>)> =
+            VecDeque::with_capacity(2);
+        in_flight.push_back((start_pos, self.fetch(start_pos)));
+        let mut since_ack = 0u64;
+        let mut applied_total = 0u64;
+        while let Some((since, fut)) = in_flight.pop_front() {
+            let (term, entries, has_more, leader_last) = match fut.await? {
+                SyncMessage::EntriesResponse { term, entries, has_more, leader_last_sequence, .. } => {
+                    (term, entries, has_more, leader_last_sequence)
+                }
+                SyncMessage::SyncRequired { reason, leader_last_sequence, .. } => {
+                    return Err(RoundError::SyncRequired { reason, target: leader_last_sequence });
+                }
+                other => return Err(refusal(other)),
+            };
+            if term > self.shared.term.load(Ordering::Relaxed) {
+                self.adopt_term(term).await?;
+            }
+            self.shared.leader_last.fetch_max(leader_last, Ordering::Relaxed);
+            if let Some(first) = entries.first() {
+                if first.sequence != since.sequence + 1 {
+                    // Not a continuation of what we asked for: drop the pipeline and re-fetch
+                    // from the persisted position.
+                    debug!(expected = since.sequence + 1, got = first.sequence, "gap in response, re-fetching");
+                    return Box::pin(self.round_with_progress(progress)).await;
+                }
+            }
+            // Ask for the next response before applying this one, so the network works while
+            // SQLite does.
+            if has_more && in_flight.is_empty() {
+                if let Some(last) = entries.last() {
+                    let next = LogPosition { term: last.term, sequence: last.sequence };
+                    in_flight.push_back((next, self.fetch(next)));
+                }
+            }
+            let count = entries.len() as u64;
+            if count > 0 {
+                match self.apply(entries).await {
+                    Ok(()) => {}
+                    Err(ApplyError::Gap) => {
+                        return Box::pin(self.round_with_progress(progress)).await;
+                    }
+                    Err(ApplyError::Other(e)) => return Err(e),
+                }
+                applied_total += count;
+                since_ack += count;
+                if since_ack >= self.cx.config.ack_every {
+                    since_ack = 0;
+                    self.acknowledge();
+                }
+            }
+            let target = leader_last.saturating_sub(start_pos.sequence);
+            self.report_progress(&mut progress, applied_total, target, !has_more);
+            if !has_more {
+                break;
+            }
+        }
+        self.acknowledge();
+        Ok(())
+    }
+
+    fn report_progress(&self, progress: &mut Option<(Instant, u64)>, applied: u64, target: u64, done: bool) {
+        let (started, reported) = match progress {
+            Some((s, r)) => (*s, r),
+            None => {
+                let mut s = self.shared.status.lock().expect("status lock");
+                s.progress = Some(Progress { applied, target, elapsed_ms: 0 });
+                return;
+            }
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        self.shared.status.lock().expect("status lock").progress =
+            Some(Progress { applied, target, elapsed_ms });
+        if done || applied >= *reported + 1_000 {
+            *reported = applied;
+            let _ = self.cx.events.send(SyncEvent::ResyncProgress {
+                library_id: self.cx.library_id,
+                applied,
+                target,
+            });
+        }
+    }
+
+    async fn adopt_term(&self, term: u64) -> Result<(), RoundError> {
+        let db = self.cx.db.clone();
+        let state = run_blocking(move || db.sync_state())
+            .await
+            .map_err(|e| RoundError::Fatal(e.to_string()))?;
+        let db = self.cx.db.clone();
+        run_blocking(move || db.set_leadership(SyncRole::Follower, term, state.leader_device))
+            .await
+            .map_err(|e| RoundError::Fatal(e.to_string()))?;
+        self.shared.term.fetch_max(term, Ordering::Relaxed);
+        info!(library_id = %self.cx.library_id, term, "adopted the leader's term");
+        Ok(())
+    }
+
+    async fn apply(&self, entries: Vec<SyncLogEntry>) -> Result<(), ApplyError> {
+        let applier = Applier::new(self.cx.db.clone());
+        let outcome = run_blocking(move || applier.apply(&entries)).await;
+        match outcome {
+            Ok(out) => {
+                *self.shared.applied.lock().expect("applied lock") = out.last;
+                if out.applied > 0 {
+                    let _ = self.cx.events.send(SyncEvent::EntriesApplied {
+                        library_id: self.cx.library_id,
+                        first: out.last.sequence + 1 - out.applied,
+                        last: out.last.sequence,
+                        count: out.applied,
+                    });
+                }
+                for job in out.bulk_jobs {
+                    let _ = self.cx.events.send(SyncEvent::BulkJobQueued { library_id: self.cx.library_id, job });
+                }
+                Ok(())
+            }
+            Err(StorageError::Gap { expected, got }) => {
+                debug!(expected, got, "gap while applying, re-fetching");
+                Err(ApplyError::Gap)
+            }
+            Err(StorageError::Diverged { sequence, local_term, remote_term }) => {
+                Err(ApplyError::Other(RoundError::SyncRequired {
+                    reason: format!(
+                        "local entry {sequence} has term {local_term}, the leader's has term {remote_term}"
+                    ),
+                    target: self.shared.leader_last.load(Ordering::Relaxed),
+                }))
+            }
+            Err(e) => Err(ApplyError::Other(RoundError::Fatal(format!("applying entries failed: {e}")))),
+        }
+    }
+
+    /// Tells the leader what is applied; one acknowledgement in flight at most.
+    fn acknowledge(&self) {
+        if self.shared.ack_in_flight.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let up_to = self.position().sequence;
+        let fut = self.cx.transport.request(
+            self.cx.leader,
+            SyncMessage::Acknowledge { library_id: self.cx.library_id, up_to_sequence: up_to },
+        );
+        let shared = self.shared.clone();
+        actix_rt::spawn(async move {
+            if let Err(e) = fut.await {
+                debug!(error = %e, "acknowledgement not delivered");
+            }
+            shared.ack_in_flight.store(false, Ordering::Release);
+        });
+    }
+
+    /// Full reconciliation: clear the library and rebuild it from the leader's log.
+    async fn reconcile(&self, reason: String, target: u64) -> Result<(), RoundError> {
+        warn!(library_id = %self.cx.library_id, %reason, target, "full reconciliation");
+        self.set_state(FollowerState::Reconciling, None);
+        let _ = self.cx.events.send(SyncEvent::ResyncStarted {
+            library_id: self.cx.library_id,
+            reason,
+            target,
+        });
+        let applier = Applier::new(self.cx.db.clone());
+        run_blocking(move || applier.reset())
+            .await
+            .map_err(|e| RoundError::Fatal(format!("cannot reset the library: {e}")))?;
+        *self.shared.applied.lock().expect("applied lock") = LogPosition::default();
+        self.round_with_progress(Some((Instant::now(), 0))).await?;
+        let last = self.position().sequence;
+        info!(library_id = %self.cx.library_id, last_sequence = last, "full reconciliation done");
+        let _ = self.cx.events.send(SyncEvent::ResyncDone { library_id: self.cx.library_id, last_sequence: last });
+        Ok(())
+    }
+}
+
+enum ApplyError {
+    Gap,
+    Other(RoundError),
+}
+
+fn refusal(msg: SyncMessage) -> RoundError {
+    match msg {
+        SyncMessage::Error { code, message, .. } => match code {
+            ErrorCode::Unauthorized | ErrorCode::UnknownLibrary => {
+                RoundError::Unreachable(format!("leader refused: {code}: {message}"))
+            }
+            _ => RoundError::Unreachable(format!("leader answered {code}: {message}")),
+        },
+        other => RoundError::Unreachable(format!("unexpected reply {}", other.kind())),
+    }
+}
+
+use rand::SeedableRng;

@@ -1,0 +1,53 @@
+//! Timers and limits of the sync actors. Every timer is configurable so tests run in
+//! milliseconds; the defaults are the ones in DESIGN.md.
+
+use std::time::Duration;
+
+/// Configuration shared by every sync actor of a node.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// How often the leader heartbeats each follower and each follower heartbeats its leader.
+    pub heartbeat_interval: Duration,
+    /// How long a follower waits without hearing its leader before it calls an election
+    /// (used by the election watcher).
+    pub leader_timeout: Duration,
+    /// The notifier's coalescing window: the first commit after a quiet period is announced at
+    /// once, commits within the window become one more announcement at its end.
+    pub notify_window: Duration,
+    /// The most entries the leader puts in one `EntriesResponse`, whatever the request asks.
+    pub max_entries_per_response: u64,
+    /// First reconnect delay of a follower that lost its leader.
+    pub backoff_initial: Duration,
+    /// Upper bound of the reconnect delay.
+    pub backoff_max: Duration,
+    /// A follower acknowledges at least every this many applied entries while catching up.
+    pub ack_every: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(30),
+            leader_timeout: Duration::from_secs(60),
+            notify_window: Duration::from_millis(100),
+            max_entries_per_response: 100,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            ack_every: 1_000,
+        }
+    }
+}
+
+impl SyncConfig {
+    /// Millisecond timers for tests.
+    pub fn fast() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(200),
+            leader_timeout: Duration::from_millis(1_000),
+            notify_window: Duration::from_millis(20),
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            ..Self::default()
+        }
+    }
+}

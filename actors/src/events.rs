@@ -1,0 +1,120 @@
+//! Events a host can subscribe to, and the status snapshot of a library.
+
+use lsync_protocol::SyncRole;
+use lsync_storage::LocalJob;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Something that happened to a library on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// A follower applied entries `first..=last` of the leader's log.
+    EntriesApplied { library_id: Uuid, first: u64, last: u64, count: u64 },
+    /// The leader can reach a follower (first connection).
+    FollowerConnected { library_id: Uuid, device_id: Uuid },
+    /// The leader lost its last connection to a follower.
+    FollowerLost { library_id: Uuid, device_id: Uuid },
+    /// A follower cannot reach its leader; it retries after `retry_in_ms`.
+    LeaderUnreachable { library_id: Uuid, error: String, retry_in_ms: u64 },
+    /// A follower started rebuilding the library from the leader's log.
+    ResyncStarted { library_id: Uuid, reason: String, target: u64 },
+    /// Progress of a full reconciliation.
+    ResyncProgress { library_id: Uuid, applied: u64, target: u64 },
+    /// The library was rebuilt up to `last_sequence`.
+    ResyncDone { library_id: Uuid, last_sequence: u64 },
+    /// A bulk entry queued a local job; the host runs it.
+    BulkJobQueued { library_id: Uuid, job: LocalJob },
+    /// This device's role for the library changed.
+    RoleChanged { library_id: Uuid, role: SyncRole, term: u64 },
+    /// The follower's applier stopped on an error it cannot get past by itself
+    /// (e.g. an entry of a model type this node does not know).
+    ApplyFailed { library_id: Uuid, error: String },
+}
+
+impl SyncEvent {
+    /// The library the event is about.
+    pub fn library_id(&self) -> Uuid {
+        match self {
+            Self::EntriesApplied { library_id, .. }
+            | Self::FollowerConnected { library_id, .. }
+            | Self::FollowerLost { library_id, .. }
+            | Self::LeaderUnreachable { library_id, .. }
+            | Self::ResyncStarted { library_id, .. }
+            | Self::ResyncProgress { library_id, .. }
+            | Self::ResyncDone { library_id, .. }
+            | Self::BulkJobQueued { library_id, .. }
+            | Self::RoleChanged { library_id, .. }
+            | Self::ApplyFailed { library_id, .. } => *library_id,
+        }
+    }
+}
+
+/// What a follower is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowerState {
+    /// Applied everything the leader announced.
+    CaughtUp,
+    /// Fetching and applying entries.
+    Fetching,
+    /// The leader is unreachable; retrying with backoff.
+    Reconnecting,
+    /// Rebuilding the library from the leader's log.
+    Reconciling,
+    /// Stopped on an error that needs the host (see `last_error`).
+    Stalled,
+}
+
+/// Progress of a catch-up or a full reconciliation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// Entries applied so far in this run.
+    pub applied: u64,
+    /// Entries this run has to apply in all.
+    pub target: u64,
+    /// Milliseconds since the run started.
+    pub elapsed_ms: u64,
+}
+
+/// The leader's view of one follower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FollowerStatus {
+    pub device_id: Uuid,
+    pub peer_id: String,
+    /// Highest sequence the follower acknowledged.
+    pub acked_sequence: u64,
+    /// Leader's last sequence minus `acked_sequence`.
+    pub lag: u64,
+    /// Whether the leader has a connection to it now.
+    pub connected: bool,
+}
+
+/// A follower's view of its own replication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApplierStatus {
+    pub state: FollowerState,
+    /// The leader's last sequence as last heard.
+    pub leader_last_sequence: u64,
+    /// Current catch-up or reconciliation, if one runs.
+    pub progress: Option<Progress>,
+    /// Reconnect attempts since the leader was last reached.
+    pub reconnect_attempts: u64,
+    /// The last error, if the follower is reconnecting or stalled.
+    pub last_error: Option<String>,
+}
+
+/// A snapshot of one library on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LibraryStatus {
+    pub library_id: Uuid,
+    pub device_id: Uuid,
+    pub role: SyncRole,
+    pub term: u64,
+    pub leader: Option<Uuid>,
+    /// Last sequence of this device's log.
+    pub last_sequence: u64,
+    /// Leader only: every follower.
+    pub followers: Vec<FollowerStatus>,
+    /// Follower only: its applier.
+    pub applier: Option<ApplierStatus>,
+}

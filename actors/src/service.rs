@@ -1,0 +1,432 @@
+//! SyncService — one per open library; the supervisor of its role actors.
+//!
+//! Receives: every inbound request of its library (from the Network), membership changes,
+//! connection events, status queries. Starts the role actors for the device's role — leader:
+//! a [`LeaderNotifier`] and one [`FollowerSession`] per follower; follower: a
+//! [`FollowerApplier`] — and routes each inbound request to the role actor that answers it.
+//! Runs under actix `Supervisor`: a restart stops the role actors and starts them afresh from
+//! the persisted state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use libp2p::{Multiaddr, PeerId};
+use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
+use lsync_storage::{Database, Device, SyncState, TransactionManager};
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::applier::{ApplierContext, FollowerApplier, GetApplierStatus};
+use crate::blocking::run_blocking;
+use crate::config::SyncConfig;
+use crate::events::{LibraryStatus, SyncEvent};
+use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
+use crate::notifier::{LeaderNotifier, SetSessions};
+use crate::session::{Connection, FollowerSession, GetFollowerStatus, SessionContext};
+use crate::transport::Transport;
+
+/// Everything a library's actors share.
+#[derive(Clone)]
+pub struct LibraryContext {
+    pub library_id: Uuid,
+    pub device_id: Uuid,
+    pub db: Database,
+    pub tm: TransactionManager,
+    pub network: NetworkHandle,
+    pub transport: Arc<dyn Transport>,
+    pub config: SyncConfig,
+    pub events: broadcast::Sender<SyncEvent>,
+}
+
+/// Stops an actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Adds (or updates) a member device of the library.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct AddMember(pub Device);
+
+/// Reads the library's status snapshot.
+#[derive(Message)]
+#[rtype(result = "Result<LibraryStatus, String>")]
+pub struct GetStatus;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Started {
+    state: SyncState,
+    members: Vec<(Uuid, PeerId)>,
+    connected: Vec<PeerId>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PeerEvent(NetworkEvent);
+
+enum Role {
+    Leader { notifier: Addr<LeaderNotifier>, sessions: HashMap<PeerId, Addr<FollowerSession>> },
+    Follower { applier: Addr<FollowerApplier> },
+    /// No leader known yet, or the role actors are not started.
+    Idle,
+}
+
+/// The supervisor of one library.
+pub struct SyncService {
+    cx: LibraryContext,
+    state: Option<SyncState>,
+    members: HashMap<PeerId, Uuid>,
+    connected: std::collections::HashSet<PeerId>,
+    role: Role,
+}
+
+impl SyncService {
+    /// A service for the library in `cx` (start it with `actix::Supervisor::start`).
+    pub fn new(cx: LibraryContext) -> Self {
+        Self {
+            cx,
+            state: None,
+            members: HashMap::new(),
+            connected: Default::default(),
+            role: Role::Idle,
+        }
+    }
+
+    fn stop_role(&mut self) {
+        match std::mem::replace(&mut self.role, Role::Idle) {
+            Role::Leader { notifier, sessions } => {
+                notifier.do_send(Shutdown);
+                for s in sessions.values() {
+                    s.do_send(Shutdown);
+                }
+            }
+            Role::Follower { applier } => applier.do_send(Shutdown),
+            Role::Idle => {}
+        }
+    }
+
+    fn start_role(&mut self) {
+        self.stop_role();
+        let Some(state) = self.state.clone() else { return };
+        let library_id = self.cx.library_id;
+        if state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id) {
+            let notifier =
+                LeaderNotifier::new(self.cx.tm.subscribe(), self.cx.config.notify_window).start();
+            let mut sessions = HashMap::new();
+            for (peer, device) in self.members.clone() {
+                sessions.insert(peer, self.start_session(&state, device, peer));
+            }
+            notifier.do_send(SetSessions(sessions.values().map(|a| a.clone().recipient()).collect()));
+            info!(%library_id, term = state.current_term, followers = sessions.len(), "leading");
+            self.role = Role::Leader { notifier, sessions };
+        } else if let Some(leader_peer) = state
+            .leader_device
+            .and_then(|d| self.members.iter().find(|(_, dev)| **dev == d).map(|(p, _)| *p))
+        {
+            let applier = FollowerApplier::new(ApplierContext {
+                library_id,
+                db: self.cx.db.clone(),
+                transport: self.cx.transport.clone(),
+                events: self.cx.events.clone(),
+                config: self.cx.config.clone(),
+                leader: leader_peer,
+                term: state.current_term,
+            })
+            .start();
+            info!(%library_id, term = state.current_term, leader = %leader_peer, "following");
+            self.role = Role::Follower { applier };
+        } else {
+            warn!(%library_id, leader = ?state.leader_device, "no reachable leader known; idle");
+        }
+        let _ = self.cx.events.send(SyncEvent::RoleChanged {
+            library_id,
+            role: state.role,
+            term: state.current_term,
+        });
+    }
+
+    fn start_session(&self, state: &SyncState, device: Uuid, peer: PeerId) -> Addr<FollowerSession> {
+        let session = FollowerSession::new(
+            SessionContext {
+                library_id: self.cx.library_id,
+                db: self.cx.db.clone(),
+                transport: self.cx.transport.clone(),
+                events: self.cx.events.clone(),
+                term: state.current_term,
+                max_entries_per_response: self.cx.config.max_entries_per_response,
+                heartbeat_interval: self.cx.config.heartbeat_interval,
+            },
+            device,
+            peer,
+        )
+        .start();
+        if self.connected.contains(&peer) {
+            session.do_send(Connection(true));
+        }
+        session
+    }
+}
+
+impl Actor for SyncService {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let cx = self.cx.clone();
+        let me = ctx.address();
+        let mut net_events = cx.network.subscribe();
+        ctx.spawn(
+            async move {
+                loop {
+                    match net_events.recv().await {
+                        Ok(ev) => {
+                            if me.send(PeerEvent(ev)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+        let me = ctx.address();
+        let setup = async move {
+            let db = cx.db.clone();
+            let (state, devices) =
+                run_blocking(move || Ok((db.sync_state()?, db.devices()?))).await.map_err(|e| e.to_string())?;
+            let mut members = Vec::new();
+            let mut routes = Vec::new();
+            for d in devices.into_iter().filter(|d| d.device_id != cx.device_id) {
+                let Ok(peer) = d.peer_id.parse::<PeerId>() else {
+                    warn!(device = %d.device_id, peer_id = %d.peer_id, "member with an invalid peer id ignored");
+                    continue;
+                };
+                let addrs: Vec<Multiaddr> = d.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+                members.push((d.device_id, peer));
+                routes.push((peer, addrs));
+            }
+            cx.network
+                .register_library(cx.library_id, routes, me.clone().recipient())
+                .await
+                .map_err(|e| e.to_string())?;
+            let connected = cx.network.connected_peers().await.unwrap_or_default();
+            me.do_send(Started { state, members, connected });
+            Ok::<_, String>(())
+        };
+        let library_id = self.cx.library_id;
+        ctx.wait(
+            async move {
+                if let Err(e) = setup.await {
+                    warn!(%library_id, error = %e, "sync service could not start");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.stop_role();
+    }
+}
+
+impl Supervised for SyncService {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        warn!(library_id = %self.cx.library_id, "sync service restarting its role actors");
+        self.stop_role();
+        self.state = None;
+    }
+}
+
+impl Handler<Started> for SyncService {
+    type Result = ();
+    fn handle(&mut self, msg: Started, _: &mut Context<Self>) {
+        self.members = msg.members.into_iter().map(|(d, p)| (p, d)).collect();
+        self.connected = msg.connected.into_iter().collect();
+        self.state = Some(msg.state);
+        self.start_role();
+    }
+}
+
+impl Handler<Shutdown> for SyncService {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        self.stop_role();
+        let network = self.cx.network.clone();
+        let library_id = self.cx.library_id;
+        actix_rt::spawn(async move {
+            let _ = network.unregister_library(library_id).await;
+        });
+        ctx.stop();
+    }
+}
+
+impl Handler<PeerEvent> for SyncService {
+    type Result = ();
+    fn handle(&mut self, msg: PeerEvent, _: &mut Context<Self>) {
+        let (peer, up) = match msg.0 {
+            NetworkEvent::PeerConnected(p) => (p, true),
+            NetworkEvent::PeerDisconnected(p) => (p, false),
+        };
+        if up {
+            self.connected.insert(peer);
+        } else {
+            self.connected.remove(&peer);
+        }
+        if let Role::Leader { sessions, .. } = &self.role {
+            if let Some(s) = sessions.get(&peer) {
+                s.do_send(Connection(up));
+            }
+        }
+    }
+}
+
+impl Handler<InboundRequest> for SyncService {
+    type Result = ();
+    fn handle(&mut self, req: InboundRequest, _: &mut Context<Self>) {
+        let library_id = self.cx.library_id;
+        let leader_hint = self.state.as_ref().and_then(|s| s.leader_device);
+        let busy = |req: InboundRequest, what: &str| {
+            let _ = req.reply.send(SyncMessage::error(library_id, ErrorCode::Internal, format!("{what} busy")));
+        };
+        match &self.role {
+            Role::Leader { sessions, .. } => match sessions.get(&req.peer) {
+                Some(s) => {
+                    if let Err(e) = s.try_send(req) {
+                        busy(e.into_inner(), "follower session");
+                    }
+                }
+                None => {
+                    let _ = req.reply.send(SyncMessage::error(
+                        library_id,
+                        ErrorCode::Unauthorized,
+                        "not a member of this library",
+                    ));
+                }
+            },
+            Role::Follower { applier } => {
+                if let Err(e) = applier.try_send(req) {
+                    busy(e.into_inner(), "follower applier");
+                }
+            }
+            Role::Idle => {
+                let _ = req.reply.send(SyncMessage::Error {
+                    library_id,
+                    code: ErrorCode::NotLeader,
+                    message: "this device does not serve the library right now".into(),
+                    leader_hint,
+                });
+            }
+        }
+    }
+}
+
+impl Handler<AddMember> for SyncService {
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+    fn handle(&mut self, msg: AddMember, _: &mut Context<Self>) -> Self::Result {
+        let device = msg.0;
+        let cx = self.cx.clone();
+        let fut = async move {
+            let peer: PeerId = device
+                .peer_id
+                .parse()
+                .map_err(|e| format!("invalid peer id {:?}: {e}", device.peer_id))?;
+            let mut addrs = Vec::new();
+            for a in &device.addresses {
+                addrs.push(a.parse::<Multiaddr>().map_err(|e| format!("invalid address {a:?}: {e}"))?);
+            }
+            let db = cx.db.clone();
+            let d = device.clone();
+            run_blocking(move || db.upsert_device(&d)).await.map_err(|e| e.to_string())?;
+            if device.device_id != cx.device_id {
+                cx.network.add_member(cx.library_id, peer, addrs).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>((device.device_id, peer))
+        };
+        Box::pin(fut.into_actor(self).map(|res, this, _| {
+            let (device, peer) = res?;
+            if device == this.cx.device_id {
+                return Ok(());
+            }
+            this.members.insert(peer, device);
+            let state = this.state.clone();
+            let mut new_session = None;
+            if let (Role::Leader { sessions, .. }, Some(state)) = (&this.role, state.as_ref()) {
+                if !sessions.contains_key(&peer) {
+                    new_session = Some(this.start_session(state, device, peer));
+                }
+            }
+            match &mut this.role {
+                Role::Leader { notifier, sessions } => {
+                    if let Some(s) = new_session {
+                        sessions.insert(peer, s);
+                        notifier.do_send(SetSessions(sessions.values().map(|a| a.clone().recipient()).collect()));
+                    }
+                }
+                Role::Idle if state.as_ref().and_then(|s| s.leader_device) == Some(device) => {
+                    // The leader we were waiting for is now known.
+                    this.start_role();
+                }
+                _ => {}
+            }
+            Ok(())
+        }))
+    }
+}
+
+impl Handler<GetStatus> for SyncService {
+    type Result = ResponseFuture<Result<LibraryStatus, String>>;
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        let db = self.cx.db.clone();
+        let library_id = self.cx.library_id;
+        let device_id = self.cx.device_id;
+        let sessions: Vec<_> = match &self.role {
+            Role::Leader { sessions, .. } => sessions.values().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let applier = match &self.role {
+            Role::Follower { applier } => Some(applier.clone()),
+            _ => None,
+        };
+        Box::pin(async move {
+            let (state, last) =
+                run_blocking(move || Ok((db.sync_state()?, db.last_position()?))).await.map_err(|e| e.to_string())?;
+            let mut followers = Vec::with_capacity(sessions.len());
+            for s in sessions {
+                if let Ok(f) = s.send(GetFollowerStatus { leader_last_sequence: last.sequence }).await {
+                    followers.push(f);
+                }
+            }
+            followers.sort_by_key(|f| f.device_id);
+            let applier = match applier {
+                Some(a) => a.send(GetApplierStatus).await.ok(),
+                None => None,
+            };
+            Ok(LibraryStatus {
+                library_id,
+                device_id,
+                role: state.role,
+                term: state.current_term,
+                leader: state.leader_device,
+                last_sequence: last.sequence,
+                followers,
+                applier,
+            })
+        })
+    }
+}
+
+macro_rules! impl_shutdown {
+    ($($actor:ty),*) => {$(
+        impl Handler<Shutdown> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+                ctx.stop();
+            }
+        }
+    )*};
+}
+impl_shutdown!(LeaderNotifier, FollowerSession, FollowerApplier);

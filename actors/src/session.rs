@@ -1,0 +1,344 @@
+//! FollowerSession — on the leader, one per follower device of a library.
+//!
+//! Receives: [`Announce`] from the LeaderNotifier, the follower's inbound requests
+//! (FetchEntries, Acknowledge, Heartbeat) routed by the SyncService, connection changes.
+//! Emits: NewEntries and periodic Heartbeat requests to the follower; responses to its
+//! requests; FollowerConnected / FollowerLost events.
+//!
+//! Memory per follower is constant: an acked sequence, at most one notification in flight and
+//! one merged pending range — never per-entry state, however far behind the follower is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use libp2p::PeerId;
+use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
+use lsync_storage::{Database, StorageError, SyncLog};
+use tokio::sync::broadcast;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::blocking::run_blocking;
+use crate::events::{FollowerStatus, SyncEvent};
+use crate::network::InboundRequest;
+use crate::transport::Transport;
+use crate::window::Announce;
+
+/// What a session needs to know about its library.
+#[derive(Clone)]
+pub struct SessionContext {
+    pub library_id: Uuid,
+    pub db: Database,
+    pub transport: Arc<dyn Transport>,
+    pub events: broadcast::Sender<SyncEvent>,
+    pub term: u64,
+    pub max_entries_per_response: u64,
+    pub heartbeat_interval: Duration,
+}
+
+/// The connection to the follower came up or went down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connection(pub bool);
+
+/// Reads the session's view of its follower.
+#[derive(Message)]
+#[rtype(result = "FollowerStatus")]
+pub struct GetFollowerStatus {
+    /// The leader's last sequence, to compute the lag.
+    pub leader_last_sequence: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct NotifyDone(Option<u64>);
+
+/// One follower, seen from the leader.
+pub struct FollowerSession {
+    cx: SessionContext,
+    device_id: Uuid,
+    peer: PeerId,
+    acked: u64,
+    connected: bool,
+    notify_in_flight: bool,
+    pending: Option<Announce>,
+}
+
+impl FollowerSession {
+    /// A session for `device_id` reachable as `peer`.
+    pub fn new(cx: SessionContext, device_id: Uuid, peer: PeerId) -> Self {
+        Self { cx, device_id, peer, acked: 0, connected: false, notify_in_flight: false, pending: None }
+    }
+
+    fn record_ack(&mut self, up_to: u64) {
+        if up_to > self.acked {
+            self.acked = up_to;
+        }
+    }
+
+    fn send_notification(&mut self, a: Announce, ctx: &mut Context<Self>) {
+        self.notify_in_flight = true;
+        let msg = SyncMessage::NewEntries {
+            library_id: self.cx.library_id,
+            term: self.cx.term,
+            from_sequence: a.from_sequence,
+            to_sequence: a.to_sequence,
+            entry_count: a.entry_count(),
+        };
+        let fut = self.cx.transport.request(self.peer, msg);
+        let me = ctx.address();
+        let peer = self.peer;
+        actix_rt::spawn(async move {
+            let acked = match fut.await {
+                Ok(SyncMessage::Acknowledge { up_to_sequence, .. }) => Some(up_to_sequence),
+                Ok(other) => {
+                    debug!(%peer, reply = other.kind(), "unexpected reply to NewEntries");
+                    None
+                }
+                Err(e) => {
+                    debug!(%peer, error = %e, "notification not delivered");
+                    None
+                }
+            };
+            me.do_send(NotifyDone(acked));
+        });
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let db = self.cx.db.clone();
+        let cx = self.cx.clone();
+        let peer = self.peer;
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let Ok(pos) = run_blocking(move || db.last_position()).await else { return };
+            let msg = SyncMessage::Heartbeat {
+                library_id: cx.library_id,
+                term: cx.term,
+                current_sequence: pos.sequence,
+                last_term: pos.term,
+                role: SyncRole::Leader,
+            };
+            match cx.transport.request(peer, msg).await {
+                Ok(SyncMessage::Heartbeat { current_sequence, .. }) => {
+                    me.do_send(NotifyDone(Some(current_sequence)));
+                }
+                Ok(other) => debug!(%peer, reply = other.kind(), "heartbeat answered"),
+                Err(e) => debug!(%peer, error = %e, "heartbeat not delivered"),
+            }
+        });
+    }
+}
+
+impl Actor for FollowerSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.cx.heartbeat_interval, |this, ctx| this.heartbeat(ctx));
+    }
+}
+
+impl Handler<Announce> for FollowerSession {
+    type Result = ();
+    fn handle(&mut self, a: Announce, ctx: &mut Context<Self>) {
+        if self.notify_in_flight {
+            self.pending = Some(match self.pending {
+                Some(p) => Announce {
+                    from_sequence: p.from_sequence.min(a.from_sequence),
+                    to_sequence: p.to_sequence.max(a.to_sequence),
+                    term: p.term.max(a.term),
+                },
+                None => a,
+            });
+        } else {
+            self.send_notification(a, ctx);
+        }
+    }
+}
+
+impl Handler<NotifyDone> for FollowerSession {
+    type Result = ();
+    fn handle(&mut self, msg: NotifyDone, ctx: &mut Context<Self>) {
+        if let Some(up_to) = msg.0 {
+            self.record_ack(up_to);
+        }
+        self.notify_in_flight = false;
+        if let Some(p) = self.pending.take() {
+            self.send_notification(p, ctx);
+        }
+    }
+}
+
+impl Handler<Connection> for FollowerSession {
+    type Result = ();
+    fn handle(&mut self, msg: Connection, _: &mut Context<Self>) {
+        if msg.0 == self.connected {
+            return;
+        }
+        self.connected = msg.0;
+        let ev = if msg.0 {
+            SyncEvent::FollowerConnected { library_id: self.cx.library_id, device_id: self.device_id }
+        } else {
+            SyncEvent::FollowerLost { library_id: self.cx.library_id, device_id: self.device_id }
+        };
+        let _ = self.cx.events.send(ev);
+    }
+}
+
+impl Handler<GetFollowerStatus> for FollowerSession {
+    type Result = MessageResult<GetFollowerStatus>;
+    fn handle(&mut self, msg: GetFollowerStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(FollowerStatus {
+            device_id: self.device_id,
+            peer_id: self.peer.to_string(),
+            acked_sequence: self.acked,
+            lag: msg.leader_last_sequence.saturating_sub(self.acked),
+            connected: self.connected,
+        })
+    }
+}
+
+impl Handler<InboundRequest> for FollowerSession {
+    type Result = ();
+    fn handle(&mut self, req: InboundRequest, _: &mut Context<Self>) {
+        if let SyncMessage::Acknowledge { up_to_sequence, .. } = req.message {
+            self.record_ack(up_to_sequence);
+        }
+        let cx = self.cx.clone();
+        let peer = req.peer;
+        actix_rt::spawn(async move {
+            let library_id = cx.library_id;
+            let kind = req.message.kind();
+            let db = cx.db.clone();
+            let response = run_blocking(move || serve(&db, &cx, req.message))
+                .await
+                .unwrap_or_else(|e| {
+                    warn!(%peer, %library_id, request = kind, error = %e, "serving request failed");
+                    SyncMessage::error(library_id, ErrorCode::Internal, format!("storage error: {e}"))
+                });
+            let _ = req.reply.send(response);
+        });
+    }
+}
+
+/// Answers one follower request from the leader's log. Pure storage reads; no actor state.
+pub fn serve(db: &Database, cx: &SessionContext, msg: SyncMessage) -> Result<SyncMessage, StorageError> {
+    let library_id = cx.library_id;
+    let term = cx.term;
+    let stale = |their: u64| {
+        SyncMessage::error(
+            library_id,
+            ErrorCode::StaleTerm,
+            format!("request of term {their} is older than this leader's term {term}"),
+        )
+    };
+    db.with_reader(|conn| {
+        let last = SyncLog::last(conn)?;
+        Ok(match msg {
+            SyncMessage::FetchEntries { term: their, since_sequence, since_term, limit, .. } => {
+                if their > term {
+                    stale_leader(library_id, their, term)
+                } else if limit == 0 {
+                    SyncMessage::error(library_id, ErrorCode::BadRequest, "limit must be at least 1")
+                } else if let Some(reason) = divergence(conn, last, since_sequence, since_term)? {
+                    SyncMessage::SyncRequired {
+                        library_id,
+                        term,
+                        reason,
+                        leader_last_sequence: last.sequence,
+                    }
+                } else {
+                    let limit = limit.min(cx.max_entries_per_response);
+                    let entries = SyncLog::fetch_since(conn, since_sequence, limit)?;
+                    let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
+                    SyncMessage::EntriesResponse {
+                        library_id,
+                        term,
+                        has_more: served_to < last.sequence,
+                        entries,
+                        leader_last_sequence: last.sequence,
+                    }
+                }
+            }
+            SyncMessage::Heartbeat { term: their, current_sequence, last_term, .. } => {
+                if their > term {
+                    stale_leader(library_id, their, term)
+                } else if let Some(reason) = divergence(conn, last, current_sequence, last_term)? {
+                    SyncMessage::SyncRequired {
+                        library_id,
+                        term,
+                        reason,
+                        leader_last_sequence: last.sequence,
+                    }
+                } else {
+                    leader_heartbeat(library_id, term, last)
+                }
+            }
+            SyncMessage::Acknowledge { up_to_sequence, .. } => {
+                if up_to_sequence > last.sequence {
+                    SyncMessage::error(
+                        library_id,
+                        ErrorCode::BadRequest,
+                        format!("acknowledged {up_to_sequence} beyond the last sequence {}", last.sequence),
+                    )
+                } else {
+                    leader_heartbeat(library_id, term, last)
+                }
+            }
+            SyncMessage::NewEntries { term: their, .. } if their < term => stale(their),
+            SyncMessage::NewEntries { .. } => SyncMessage::error(
+                library_id,
+                ErrorCode::BadRequest,
+                "this device leads the library; only a leader sends NewEntries",
+            ),
+            other => SyncMessage::error(
+                library_id,
+                ErrorCode::BadRequest,
+                format!("{} is a response, not a request", other.kind()),
+            ),
+        })
+    })
+}
+
+fn leader_heartbeat(library_id: Uuid, term: u64, last: lsync_storage::LogPosition) -> SyncMessage {
+    SyncMessage::Heartbeat {
+        library_id,
+        term,
+        current_sequence: last.sequence,
+        last_term: last.term,
+        role: SyncRole::Leader,
+    }
+}
+
+fn stale_leader(library_id: Uuid, their: u64, term: u64) -> SyncMessage {
+    SyncMessage::error(
+        library_id,
+        ErrorCode::StaleTerm,
+        format!("this leader's term {term} is older than the requester's term {their}"),
+    )
+}
+
+/// Whether a follower whose log ends at `(term, sequence)` can continue from the leader's log.
+fn divergence(
+    conn: &mut diesel::SqliteConnection,
+    leader_last: lsync_storage::LogPosition,
+    sequence: u64,
+    term: u64,
+) -> Result<Option<String>, StorageError> {
+    if sequence > leader_last.sequence {
+        return Ok(Some(format!(
+            "follower log ends at {sequence}, beyond the leader's last sequence {}",
+            leader_last.sequence
+        )));
+    }
+    if sequence == 0 {
+        return Ok(None);
+    }
+    match SyncLog::term_at(conn, sequence)? {
+        Some(t) if t == term => Ok(None),
+        Some(t) => Ok(Some(format!(
+            "follower entry {sequence} has term {term}, the leader's has term {t}: logs diverged"
+        ))),
+        None => Ok(Some(format!("the leader no longer holds entry {sequence}"))),
+    }
+}

@@ -1,0 +1,73 @@
+//! What callers ask the leader to commit.
+
+use lsync_protocol::ChangeType;
+
+use crate::model::{encode, Syncable};
+
+/// A change a caller asks the leader to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// A registered model type.
+    pub model_type: String,
+    /// The record's primary key.
+    pub record_id: String,
+    /// Insert, Update or Delete (a Bulk change is committed like [`BulkOperation`]).
+    pub change_type: ChangeType,
+    /// The whole record (`encode`d) for Insert/Update, empty for Delete.
+    pub data: Vec<u8>,
+}
+
+impl Change {
+    /// Inserts `model` (which must not exist yet).
+    pub fn insert<M: Syncable>(model: &M) -> Change {
+        Change {
+            model_type: M::MODEL_TYPE.to_owned(),
+            record_id: model.record_id(),
+            change_type: ChangeType::Insert,
+            data: encode(model),
+        }
+    }
+
+    /// Replaces the stored record with `model` (which must exist).
+    pub fn update<M: Syncable>(model: &M) -> Change {
+        Change {
+            model_type: M::MODEL_TYPE.to_owned(),
+            record_id: model.record_id(),
+            change_type: ChangeType::Update,
+            data: encode(model),
+        }
+    }
+
+    /// Deletes record `record_id` of model `M` (which must exist).
+    pub fn delete<M: Syncable>(record_id: impl Into<String>) -> Change {
+        Change {
+            model_type: M::MODEL_TYPE.to_owned(),
+            record_id: record_id.into(),
+            change_type: ChangeType::Delete,
+            data: Vec::new(),
+        }
+    }
+}
+
+/// Metadata of a large operation (e.g. indexing a location of 1M files) replicated as ONE
+/// entry ([`ChangeType::Bulk`]); followers queue a [`crate::LocalJob`] instead of receiving rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkOperation {
+    /// A registered model type the operation is about (e.g. `location`).
+    pub model_type: String,
+    /// The record the operation is about (e.g. the location's id).
+    pub record_id: String,
+    /// Opaque metadata for the job (MessagePack by convention).
+    pub data: Vec<u8>,
+}
+
+impl From<BulkOperation> for Change {
+    fn from(op: BulkOperation) -> Change {
+        Change {
+            model_type: op.model_type,
+            record_id: op.record_id,
+            change_type: ChangeType::Bulk,
+            data: op.data,
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! [`Database`]: one library database file, with a writer and a reader connection.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Integer, Text};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use lsync_protocol::{SyncLogEntry, SyncRole};
+use uuid::Uuid;
+
+use crate::devices::{self, Device};
+use crate::error::{Result, StorageError};
+use crate::local_jobs::{self, LocalJob};
+use crate::model::ModelRegistry;
+use crate::sync_log::{LogPosition, SyncLog};
+use crate::sync_state::{self, SyncState};
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// SQLite's `PRAGMA synchronous` in WAL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Durable against application crashes; a power loss may lose the last commits.
+    #[default]
+    Normal,
+    /// Durable against power loss too (an fsync per commit).
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Normal => "NORMAL",
+            Self::Full => "FULL",
+        }
+    }
+}
+
+/// How a [`Database`] is opened.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// `PRAGMA synchronous` (default [`Synchronous::Normal`]).
+    pub synchronous: Synchronous,
+    /// How long a connection waits for a lock held by another connection (default 5 s).
+    pub busy_timeout: Duration,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self { synchronous: Synchronous::Normal, busy_timeout: Duration::from_secs(5) }
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    url: String,
+    options: StorageOptions,
+    registry: ModelRegistry,
+    writer: Mutex<SqliteConnection>,
+    reader: Mutex<SqliteConnection>,
+}
+
+/// One library database file. Cheap to clone (an `Arc` inside).
+///
+/// Holds one writer connection and one reader connection, each behind a `std::sync::Mutex`
+/// (WAL lets the reader read while the writer writes). A connection whose mutex was poisoned
+/// by a panic is replaced by a fresh one, so a half-done transaction can never leak.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.inner.path)
+            .field("registry", &self.inner.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(QueryableByName)]
+struct ColumnInfo {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Integer)]
+    pk: i32,
+}
+
+#[derive(QueryableByName)]
+struct DumpRow {
+    #[diesel(sql_type = Text)]
+    row: String,
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn connect(url: &str, options: &StorageOptions, reader: bool) -> Result<SqliteConnection> {
+    let mut conn = SqliteConnection::establish(url)?;
+    let busy_ms = options.busy_timeout.as_millis().min(i32::MAX as u128);
+    // busy_timeout first, so that switching to WAL waits for other connections.
+    let mut pragmas = format!(
+        "PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; \
+         PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
+        options.synchronous.pragma()
+    );
+    if reader {
+        pragmas.push_str(" PRAGMA query_only = ON;");
+    }
+    conn.batch_execute(&pragmas)?;
+    Ok(conn)
+}
+
+fn lock<'a>(
+    mutex: &'a Mutex<SqliteConnection>,
+    url: &str,
+    options: &StorageOptions,
+    reader: bool,
+) -> Result<MutexGuard<'a, SqliteConnection>> {
+    match mutex.lock() {
+        Ok(guard) => Ok(guard),
+        Err(poisoned) => {
+            let mut guard = poisoned.into_inner();
+            tracing::warn!(
+                reader,
+                "a panic poisoned a database connection; replacing it with a fresh one"
+            );
+            *guard = connect(url, options, reader)?;
+            mutex.clear_poison();
+            Ok(guard)
+        }
+    }
+}
+
+impl Database {
+    /// Opens (creating the file and its parent directories if needed) a library database:
+    /// `PRAGMA journal_mode=WAL`, `busy_timeout`, `synchronous`, `foreign_keys`; runs the
+    /// embedded migrations, then [`crate::ModelHandler::migrate`] of every registered handler.
+    pub fn open(path: &Path, options: &StorageOptions, registry: ModelRegistry) -> Result<Database> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        let url = path
+            .to_str()
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("database path {} is not valid UTF-8", path.display()),
+                )
+            })?
+            .to_owned();
+        let mut writer = connect(&url, options, false)?;
+        writer
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| StorageError::Migration(e.to_string()))?;
+        for handler in registry.handlers() {
+            handler.migrate(&mut writer).map_err(|e| {
+                StorageError::Migration(format!("model {}: {e}", handler.model_type()))
+            })?;
+        }
+        let reader = connect(&url, options, true)?;
+        tracing::debug!(path = %path.display(), models = ?registry.model_types(), "database open");
+        Ok(Database {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                url,
+                options: options.clone(),
+                registry,
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The model handlers of this database.
+    pub fn registry(&self) -> &ModelRegistry {
+        &self.inner.registry
+    }
+
+    /// Runs `f` on the writer connection (the caller opens its own transaction if needed;
+    /// writes should use `immediate_transaction`).
+    pub fn with_writer<R>(
+        &self,
+        f: impl FnOnce(&mut SqliteConnection) -> Result<R>,
+    ) -> Result<R> {
+        let inner = &*self.inner;
+        let mut conn = lock(&inner.writer, &inner.url, &inner.options, false)?;
+        f(&mut conn)
+    }
+
+    /// Runs `f` on the reader connection (`PRAGMA query_only`; it sees committed data only).
+    pub fn with_reader<R>(
+        &self,
+        f: impl FnOnce(&mut SqliteConnection) -> Result<R>,
+    ) -> Result<R> {
+        let inner = &*self.inner;
+        let mut conn = lock(&inner.reader, &inner.url, &inner.options, true)?;
+        f(&mut conn)
+    }
+
+    /// Runs `f` in an immediate transaction on the writer connection.
+    pub fn write<R>(&self, f: impl FnOnce(&mut SqliteConnection) -> Result<R>) -> Result<R> {
+        self.with_writer(|conn| conn.immediate_transaction(f))
+    }
+
+    /// The sync state.
+    ///
+    /// # Errors
+    /// [`StorageError::NotInitialized`] if there is none.
+    pub fn sync_state(&self) -> Result<SyncState> {
+        self.with_reader(sync_state::load)?.ok_or(StorageError::NotInitialized)
+    }
+
+    /// Inserts `state` if there is no state yet; an existing row is left untouched.
+    pub fn init_sync_state(&self, state: &SyncState) -> Result<()> {
+        self.write(|conn| sync_state::init(conn, state))
+    }
+
+    /// Sets role, term and known leader; see [`sync_state::set_leadership`].
+    pub fn set_leadership(&self, role: SyncRole, term: u64, leader: Option<Uuid>) -> Result<()> {
+        self.write(|conn| sync_state::set_leadership(conn, role, term, leader))
+    }
+
+    /// Sets term and vote; see [`sync_state::set_vote`].
+    pub fn set_vote(&self, term: u64, voted_for: Option<Uuid>) -> Result<()> {
+        self.write(|conn| sync_state::set_vote(conn, term, voted_for))
+    }
+
+    /// The position of the last log entry, `(0, 0)` for an empty log.
+    pub fn last_position(&self) -> Result<LogPosition> {
+        self.with_reader(SyncLog::last)
+    }
+
+    /// At most `limit` entries after `since`; see [`SyncLog::fetch_since`].
+    pub fn fetch_since(&self, since: u64, limit: u64) -> Result<Vec<SyncLogEntry>> {
+        self.with_reader(|conn| SyncLog::fetch_since(conn, since, limit))
+    }
+
+    /// The entries `from..=to`; see [`SyncLog::fetch_range`].
+    pub fn fetch_range(&self, from: u64, to: u64) -> Result<Vec<SyncLogEntry>> {
+        self.with_reader(|conn| SyncLog::fetch_range(conn, from, to))
+    }
+
+    /// The term of the entry at `sequence`; see [`SyncLog::term_at`].
+    pub fn term_at(&self, sequence: u64) -> Result<Option<u64>> {
+        self.with_reader(|conn| SyncLog::term_at(conn, sequence))
+    }
+
+    /// The member devices.
+    pub fn devices(&self) -> Result<Vec<Device>> {
+        self.with_reader(devices::list)
+    }
+
+    /// The member device `device_id`, if any.
+    pub fn device(&self, device_id: Uuid) -> Result<Option<Device>> {
+        self.with_reader(|conn| devices::get(conn, device_id))
+    }
+
+    /// Adds or updates a member device.
+    pub fn upsert_device(&self, device: &Device) -> Result<()> {
+        self.write(|conn| devices::upsert(conn, device))
+    }
+
+    /// Removes a member device; returns whether it was one.
+    pub fn remove_device(&self, device_id: Uuid) -> Result<bool> {
+        self.write(|conn| devices::remove(conn, device_id))
+    }
+
+    /// The local jobs queued by bulk entries, by id.
+    pub fn local_jobs(&self) -> Result<Vec<LocalJob>> {
+        self.with_reader(local_jobs::list)
+    }
+
+    /// Sets the status of local job `id`; returns whether it exists.
+    pub fn set_local_job_status(&self, id: i64, status: &str) -> Result<bool> {
+        self.write(|conn| local_jobs::set_status(conn, id, status))
+    }
+
+    /// Every synced table — `sync_log` and each registered model table — each row rendered as
+    /// SQLite's `quote()` of every column joined by `|`, ordered by primary key. Read in one
+    /// read transaction (a consistent snapshot). For row-by-row convergence checks.
+    pub fn dump(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        let mut tables = vec!["sync_log".to_owned()];
+        for handler in self.registry().handlers() {
+            tables.push(handler.table_name().to_owned());
+        }
+        self.with_reader(|conn| {
+            conn.transaction(|conn| {
+                let mut dump = BTreeMap::new();
+                for table in tables {
+                    let rows = dump_table(conn, &table)?;
+                    dump.insert(table, rows);
+                }
+                Ok(dump)
+            })
+        })
+    }
+}
+
+fn dump_table(conn: &mut SqliteConnection, table: &str) -> Result<Vec<String>> {
+    let columns = diesel::sql_query("SELECT name, pk FROM pragma_table_info(?) ORDER BY cid")
+        .bind::<Text, _>(table)
+        .load::<ColumnInfo>(conn)?;
+    if columns.is_empty() {
+        return Err(StorageError::Corrupt(format!("table {table:?} does not exist")));
+    }
+    let row = columns
+        .iter()
+        .map(|c| format!("quote({})", quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" || '|' || ");
+    let mut pk: Vec<&ColumnInfo> = columns.iter().filter(|c| c.pk > 0).collect();
+    pk.sort_by_key(|c| c.pk);
+    let order = if pk.is_empty() {
+        "rowid".to_owned()
+    } else {
+        pk.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
+    };
+    let sql = format!("SELECT {row} AS row FROM {} ORDER BY {order}", quote_ident(table));
+    Ok(diesel::sql_query(sql).load::<DumpRow>(conn)?.into_iter().map(|r| r.row).collect())
+}

@@ -1,0 +1,161 @@
+//! Replicated model types: the [`Syncable`] trait, [`ModelHandler`] and the [`ModelRegistry`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use diesel::sqlite::SqliteConnection;
+use lsync_protocol::{ChangeType, SyncLogEntry};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::change::Change;
+use crate::error::{Result, StorageError};
+
+/// A model type that can be replicated. Serialized with rmp-serde (named fields) into
+/// [`SyncLogEntry::data`].
+pub trait Syncable: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The `model_type` of its log entries (e.g. `tag`).
+    const MODEL_TYPE: &'static str;
+    /// The record's primary key.
+    fn record_id(&self) -> String;
+}
+
+/// How the storage writes one model type. A host registers one per model type in a
+/// [`ModelRegistry`]; the built-in models are in [`crate::models`].
+///
+/// Every method runs inside the caller's transaction; a handler must not open its own.
+pub trait ModelHandler: Send + Sync + 'static {
+    /// The `model_type` it handles.
+    fn model_type(&self) -> &str;
+    /// The table holding the model's rows (listed by [`crate::Database::dump`]).
+    fn table_name(&self) -> &str;
+    /// Creates the table if it does not exist (`CREATE TABLE IF NOT EXISTS`); run at open.
+    fn migrate(&self, conn: &mut SqliteConnection) -> Result<()>;
+    /// Checks a change before the leader commits it: the data decodes as the model and its
+    /// record id is `change.record_id`; a Delete has empty data. See [`validate_syncable`].
+    fn validate(&self, change: &Change) -> Result<()>;
+    /// The stored version of the record, `None` if it does not exist.
+    fn current_version(&self, conn: &mut SqliteConnection, record_id: &str)
+        -> Result<Option<i64>>;
+    /// Writes an Insert/Update entry (an upsert of the whole row with `entry.version`) or a
+    /// Delete entry (removes the row if present). Bulk entries are never passed here.
+    fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()>;
+    /// Deletes every row of the model (full reconciliation).
+    fn clear(&self, conn: &mut SqliteConnection) -> Result<()>;
+}
+
+/// The model handlers known to a database, by model type. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct ModelRegistry {
+    handlers: Arc<HashMap<String, Arc<dyn ModelHandler>>>,
+}
+
+impl std::fmt::Debug for ModelRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelRegistry").field("model_types", &self.model_types()).finish()
+    }
+}
+
+impl ModelRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry with the built-in models: [`crate::Tag`] and [`crate::Location`].
+    pub fn with_builtin() -> Self {
+        let mut registry = Self::new();
+        registry
+            .register(Arc::new(crate::models::TagHandler))
+            .register(Arc::new(crate::models::LocationHandler));
+        registry
+    }
+
+    /// Registers `handler` for its model type, replacing any handler of the same type.
+    pub fn register(&mut self, handler: Arc<dyn ModelHandler>) -> &mut Self {
+        Arc::make_mut(&mut self.handlers).insert(handler.model_type().to_owned(), handler);
+        self
+    }
+
+    /// The handler of `model_type`.
+    pub fn get(&self, model_type: &str) -> Option<Arc<dyn ModelHandler>> {
+        self.handlers.get(model_type).cloned()
+    }
+
+    /// The handler of `model_type`, borrowed (no reference count traffic).
+    pub fn handler(&self, model_type: &str) -> Option<&dyn ModelHandler> {
+        self.handlers.get(model_type).map(|h| &**h)
+    }
+
+    /// Whether `model_type` is registered.
+    pub fn contains(&self, model_type: &str) -> bool {
+        self.handlers.contains_key(model_type)
+    }
+
+    /// The registered model types, sorted.
+    pub fn model_types(&self) -> Vec<String> {
+        let mut types: Vec<String> = self.handlers.keys().cloned().collect();
+        types.sort();
+        types
+    }
+
+    /// The registered handlers, sorted by model type.
+    pub fn handlers(&self) -> Vec<Arc<dyn ModelHandler>> {
+        let mut handlers: Vec<_> = self.handlers.values().cloned().collect();
+        handlers.sort_by(|a, b| a.model_type().cmp(b.model_type()));
+        handlers
+    }
+}
+
+/// Serializes a model as MessagePack with named fields (`rmp_serde::to_vec_named`).
+///
+/// # Panics
+/// If `M`'s `Serialize` implementation fails (derived implementations of plain structs never
+/// do).
+pub fn encode<M: Serialize>(model: &M) -> Vec<u8> {
+    rmp_serde::to_vec_named(model).expect("serializing a model to MessagePack cannot fail")
+}
+
+/// Deserializes a model written by [`encode`]; failure is [`StorageError::InvalidChange`].
+pub fn decode<'a, M: Deserialize<'a>>(data: &'a [u8]) -> Result<M> {
+    rmp_serde::from_slice(data)
+        .map_err(|e| StorageError::InvalidChange(format!("undecodable data: {e}")))
+}
+
+/// The standard [`ModelHandler::validate`] for a [`Syncable`] model: Insert/Update data must
+/// decode as `M` with `record_id() == change.record_id`; Delete data must be empty; the record
+/// id must not be empty. Bulk metadata is opaque and not checked.
+pub fn validate_syncable<M: Syncable>(change: &Change) -> Result<()> {
+    if change.model_type != M::MODEL_TYPE {
+        return Err(StorageError::InvalidChange(format!(
+            "model type {:?} is not {:?}",
+            change.model_type,
+            M::MODEL_TYPE
+        )));
+    }
+    if change.record_id.is_empty() {
+        return Err(StorageError::InvalidChange(format!("empty record id for {}", M::MODEL_TYPE)));
+    }
+    match change.change_type {
+        ChangeType::Insert | ChangeType::Update => {
+            let model: M = decode(&change.data).map_err(|e| {
+                StorageError::InvalidChange(format!("{} {}: {e}", M::MODEL_TYPE, change.record_id))
+            })?;
+            let id = model.record_id();
+            if id != change.record_id {
+                return Err(StorageError::InvalidChange(format!(
+                    "{} data has record id {id:?}, the change says {:?}",
+                    M::MODEL_TYPE,
+                    change.record_id
+                )));
+            }
+            Ok(())
+        }
+        ChangeType::Delete if !change.data.is_empty() => Err(StorageError::InvalidChange(format!(
+            "delete of {} {} carries data",
+            M::MODEL_TYPE,
+            change.record_id
+        ))),
+        ChangeType::Delete | ChangeType::Bulk => Ok(()),
+    }
+}

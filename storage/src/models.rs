@@ -1,0 +1,205 @@
+//! The built-in models, [`Tag`] (table `tag`) and [`Location`] (table `location`), and their
+//! handlers.
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use lsync_protocol::{ChangeType, SyncLogEntry};
+use serde::{Deserialize, Serialize};
+
+use crate::change::Change;
+use crate::error::{Result, StorageError};
+use crate::model::{decode, validate_syncable, ModelHandler, Syncable};
+use crate::schema::{location, tag};
+
+/// A tag (model type `tag`, table `tag`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Tag {
+    /// Primary key.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Optional color, e.g. `#ff0000`.
+    pub color: Option<String>,
+}
+
+impl Syncable for Tag {
+    const MODEL_TYPE: &'static str = "tag";
+    fn record_id(&self) -> String {
+        self.id.clone()
+    }
+}
+
+/// A location (model type `location`, table `location`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Location {
+    /// Primary key.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Path on the device that added it.
+    pub path: String,
+}
+
+impl Syncable for Location {
+    const MODEL_TYPE: &'static str = "location";
+    fn record_id(&self) -> String {
+        self.id.clone()
+    }
+}
+
+/// Borrowed views decoded without copying the strings (the hot path of the applier).
+#[derive(Deserialize)]
+struct TagRef<'a> {
+    id: &'a str,
+    name: &'a str,
+    color: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct LocationRef<'a> {
+    id: &'a str,
+    name: &'a str,
+    path: &'a str,
+}
+
+fn check_id(entry: &SyncLogEntry, id: &str) -> Result<()> {
+    if id == entry.record_id {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidChange(format!(
+            "{} entry {} has record id {:?} but its data has {id:?}",
+            entry.model_type, entry.sequence, entry.record_id
+        )))
+    }
+}
+
+const TAG_DDL: &str = "CREATE TABLE IF NOT EXISTS tag (
+    id TEXT PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL,
+    color TEXT,
+    version BIGINT NOT NULL
+)";
+
+const LOCATION_DDL: &str = "CREATE TABLE IF NOT EXISTS location (
+    id TEXT PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    version BIGINT NOT NULL
+)";
+
+/// The [`ModelHandler`] of [`Tag`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TagHandler;
+
+impl ModelHandler for TagHandler {
+    fn model_type(&self) -> &str {
+        Tag::MODEL_TYPE
+    }
+
+    fn table_name(&self) -> &str {
+        "tag"
+    }
+
+    fn migrate(&self, conn: &mut SqliteConnection) -> Result<()> {
+        conn.batch_execute(TAG_DDL)?;
+        Ok(())
+    }
+
+    fn validate(&self, change: &Change) -> Result<()> {
+        validate_syncable::<Tag>(change)
+    }
+
+    fn current_version(
+        &self,
+        conn: &mut SqliteConnection,
+        record_id: &str,
+    ) -> Result<Option<i64>> {
+        Ok(tag::table.find(record_id).select(tag::version).first(conn).optional()?)
+    }
+
+    fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {
+        match entry.change_type {
+            ChangeType::Insert | ChangeType::Update => {
+                let t: TagRef<'_> = decode(&entry.data)?;
+                check_id(entry, t.id)?;
+                diesel::replace_into(tag::table)
+                    .values((
+                        tag::id.eq(t.id),
+                        tag::name.eq(t.name),
+                        tag::color.eq(t.color),
+                        tag::version.eq(entry.version),
+                    ))
+                    .execute(conn)?;
+            }
+            ChangeType::Delete => {
+                diesel::delete(tag::table.find(&entry.record_id)).execute(conn)?;
+            }
+            ChangeType::Bulk => {}
+        }
+        Ok(())
+    }
+
+    fn clear(&self, conn: &mut SqliteConnection) -> Result<()> {
+        diesel::delete(tag::table).execute(conn)?;
+        Ok(())
+    }
+}
+
+/// The [`ModelHandler`] of [`Location`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocationHandler;
+
+impl ModelHandler for LocationHandler {
+    fn model_type(&self) -> &str {
+        Location::MODEL_TYPE
+    }
+
+    fn table_name(&self) -> &str {
+        "location"
+    }
+
+    fn migrate(&self, conn: &mut SqliteConnection) -> Result<()> {
+        conn.batch_execute(LOCATION_DDL)?;
+        Ok(())
+    }
+
+    fn validate(&self, change: &Change) -> Result<()> {
+        validate_syncable::<Location>(change)
+    }
+
+    fn current_version(
+        &self,
+        conn: &mut SqliteConnection,
+        record_id: &str,
+    ) -> Result<Option<i64>> {
+        Ok(location::table.find(record_id).select(location::version).first(conn).optional()?)
+    }
+
+    fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {
+        match entry.change_type {
+            ChangeType::Insert | ChangeType::Update => {
+                let l: LocationRef<'_> = decode(&entry.data)?;
+                check_id(entry, l.id)?;
+                diesel::replace_into(location::table)
+                    .values((
+                        location::id.eq(l.id),
+                        location::name.eq(l.name),
+                        location::path.eq(l.path),
+                        location::version.eq(entry.version),
+                    ))
+                    .execute(conn)?;
+            }
+            ChangeType::Delete => {
+                diesel::delete(location::table.find(&entry.record_id)).execute(conn)?;
+            }
+            ChangeType::Bulk => {}
+        }
+        Ok(())
+    }
+
+    fn clear(&self, conn: &mut SqliteConnection) -> Result<()> {
+        diesel::delete(location::table).execute(conn)?;
+        Ok(())
+    }
+}

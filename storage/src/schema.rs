@@ -1,0 +1,74 @@
+//! Diesel table definitions (the SQL lives in `migrations/`).
+
+diesel::table! {
+    /// The replicated log; `sequence` is the rowid.
+    sync_log (sequence) {
+        sequence -> BigInt,
+        term -> BigInt,
+        origin_device -> Text,
+        timestamp_ms -> BigInt,
+        model_type -> Text,
+        record_id -> Text,
+        change_type -> Text,
+        version -> BigInt,
+        data -> Binary,
+    }
+}
+
+diesel::table! {
+    /// This device's view of the library (a single row, `id = 1`).
+    sync_state (id) {
+        id -> Integer,
+        library_id -> Text,
+        device_id -> Text,
+        role -> Text,
+        current_term -> BigInt,
+        voted_for -> Nullable<Text>,
+        leader_device -> Nullable<Text>,
+        last_synced_sequence -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The library's member devices.
+    devices (device_id) {
+        device_id -> Text,
+        peer_id -> Text,
+        addresses -> Text,
+        name -> Text,
+        added_at_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Local jobs queued by bulk entries.
+    local_jobs (id) {
+        id -> BigInt,
+        sequence -> BigInt,
+        model_type -> Text,
+        record_id -> Text,
+        data -> Binary,
+        status -> Text,
+        created_at_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Built-in model `tag`.
+    tag (id) {
+        id -> Text,
+        name -> Text,
+        color -> Nullable<Text>,
+        version -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Built-in model `location`.
+    location (id) {
+        id -> Text,
+        name -> Text,
+        path -> Text,
+        version -> BigInt,
+    }
+}

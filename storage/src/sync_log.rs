@@ -1,0 +1,193 @@
+//! The replicated log: functions over a connection, the caller holds the transaction.
+
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use lsync_protocol::{ChangeType, SyncLogEntry};
+
+use crate::error::{parse_uuid, saturating_i64, to_i64, to_u64, Result, StorageError};
+use crate::schema::sync_log;
+
+/// The position of a log entry: its term and sequence. `(0, 0)` stands for an empty log.
+///
+/// Ordered by term, then sequence — "at least as up to date" in the election sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct LogPosition {
+    /// The term of the entry.
+    pub term: u64,
+    /// The sequence of the entry.
+    pub sequence: u64,
+}
+
+impl LogPosition {
+    /// The position of `entry`.
+    pub fn of(entry: &SyncLogEntry) -> Self {
+        Self { term: entry.term, sequence: entry.sequence }
+    }
+}
+
+impl std::fmt::Display for LogPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.sequence, self.term)
+    }
+}
+
+/// Functions over the `sync_log` table. They take a connection; callers hold the transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncLog;
+
+#[derive(Insertable)]
+#[diesel(table_name = sync_log)]
+struct NewLogRow<'a> {
+    sequence: i64,
+    term: i64,
+    origin_device: &'a str,
+    timestamp_ms: i64,
+    model_type: &'a str,
+    record_id: &'a str,
+    change_type: &'a str,
+    version: i64,
+    data: &'a [u8],
+}
+
+type LogRow = (i64, i64, String, i64, String, String, String, i64, Vec<u8>);
+
+fn row_to_entry(row: LogRow) -> Result<SyncLogEntry> {
+    let (sequence, term, origin_device, timestamp_ms, model_type, record_id, change_type, version, data) =
+        row;
+    let change_type = ChangeType::parse(&change_type).ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "sync_log sequence {sequence}: unknown change_type {change_type:?}"
+        ))
+    })?;
+    Ok(SyncLogEntry {
+        sequence: to_u64(sequence, "sync_log sequence")?,
+        term: to_u64(term, "sync_log term")?,
+        origin_device: parse_uuid(&origin_device, "sync_log origin_device")?,
+        timestamp_ms,
+        model_type,
+        record_id,
+        change_type,
+        version,
+        data,
+    })
+}
+
+impl SyncLog {
+    /// Appends `entry`, which must be the next entry of the log.
+    ///
+    /// # Errors
+    /// [`StorageError::Gap`] unless `entry.sequence` is the last sequence + 1.
+    pub fn append(conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {
+        let last = Self::last(conn)?;
+        let expected = last.sequence + 1;
+        if entry.sequence != expected {
+            return Err(StorageError::Gap { expected, got: entry.sequence });
+        }
+        Self::insert_unchecked(conn, entry)
+    }
+
+    /// Inserts `entry` without checking that it continues the log (the caller did).
+    pub(crate) fn insert_unchecked(conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {
+        let mut uuid_buf = uuid::Uuid::encode_buffer();
+        let origin_device = entry.origin_device.hyphenated().encode_lower(&mut uuid_buf);
+        let row = NewLogRow {
+            sequence: to_i64(entry.sequence, "sequence")?,
+            term: to_i64(entry.term, "term")?,
+            origin_device,
+            timestamp_ms: entry.timestamp_ms,
+            model_type: &entry.model_type,
+            record_id: &entry.record_id,
+            change_type: entry.change_type.as_str(),
+            version: entry.version,
+            data: &entry.data,
+        };
+        diesel::insert_into(sync_log::table).values(&row).execute(conn)?;
+        Ok(())
+    }
+
+    /// At most `limit` entries with `sequence > since`, in order (a primary-key range scan).
+    pub fn fetch_since(
+        conn: &mut SqliteConnection,
+        since: u64,
+        limit: u64,
+    ) -> Result<Vec<SyncLogEntry>> {
+        if limit == 0 || since >= i64::MAX as u64 {
+            return Ok(Vec::new());
+        }
+        let limit = saturating_i64(limit);
+        let rows = sync_log::table
+            .filter(sync_log::sequence.gt(saturating_i64(since)))
+            .order(sync_log::sequence.asc())
+            .limit(limit)
+            .load_iter::<LogRow, diesel::connection::DefaultLoadingMode>(conn)?;
+        let mut entries = Vec::with_capacity(usize::try_from(limit.min(1024)).unwrap_or(1024));
+        for row in rows {
+            entries.push(row_to_entry(row?)?);
+        }
+        Ok(entries)
+    }
+
+    /// The entries with `from <= sequence <= to`, in order (empty when `from > to`).
+    pub fn fetch_range(conn: &mut SqliteConnection, from: u64, to: u64) -> Result<Vec<SyncLogEntry>> {
+        if from > to || from > i64::MAX as u64 {
+            return Ok(Vec::new());
+        }
+        let rows = sync_log::table
+            .filter(sync_log::sequence.between(saturating_i64(from), saturating_i64(to)))
+            .order(sync_log::sequence.asc())
+            .load_iter::<LogRow, diesel::connection::DefaultLoadingMode>(conn)?;
+        let mut entries = Vec::new();
+        for row in rows {
+            entries.push(row_to_entry(row?)?);
+        }
+        Ok(entries)
+    }
+
+    /// The position of the last entry, `(0, 0)` for an empty log.
+    pub fn last(conn: &mut SqliteConnection) -> Result<LogPosition> {
+        let last = sync_log::table
+            .select((sync_log::term, sync_log::sequence))
+            .order(sync_log::sequence.desc())
+            .first::<(i64, i64)>(conn)
+            .optional()?;
+        match last {
+            Some((term, sequence)) => Ok(LogPosition {
+                term: to_u64(term, "sync_log term")?,
+                sequence: to_u64(sequence, "sync_log sequence")?,
+            }),
+            None => Ok(LogPosition::default()),
+        }
+    }
+
+    /// The term of the entry at `sequence`, `None` if there is none.
+    pub fn term_at(conn: &mut SqliteConnection, sequence: u64) -> Result<Option<u64>> {
+        let Ok(sequence) = i64::try_from(sequence) else { return Ok(None) };
+        let term = sync_log::table
+            .find(sequence)
+            .select(sync_log::term)
+            .first::<i64>(conn)
+            .optional()?;
+        term.map(|t| to_u64(t, "sync_log term")).transpose()
+    }
+
+    /// The entry at `sequence`, `None` if there is none.
+    pub fn get(conn: &mut SqliteConnection, sequence: u64) -> Result<Option<SyncLogEntry>> {
+        let Ok(sequence) = i64::try_from(sequence) else { return Ok(None) };
+        let row = sync_log::table.find(sequence).first::<LogRow>(conn).optional()?;
+        row.map(row_to_entry).transpose()
+    }
+
+    /// Deletes every entry with `sequence > sequence`; returns how many were deleted.
+    pub fn truncate_after(conn: &mut SqliteConnection, sequence: u64) -> Result<u64> {
+        let Ok(sequence) = i64::try_from(sequence) else { return Ok(0) };
+        let deleted =
+            diesel::delete(sync_log::table.filter(sync_log::sequence.gt(sequence))).execute(conn)?;
+        Ok(deleted as u64)
+    }
+
+    /// The number of entries.
+    pub fn count(conn: &mut SqliteConnection) -> Result<u64> {
+        let count = sync_log::table.count().get_result::<i64>(conn)?;
+        to_u64(count, "sync_log count")
+    }
+}

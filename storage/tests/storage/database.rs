@@ -1,0 +1,124 @@
+//! Database: opening, sync state, devices, dump.
+
+use std::time::Duration;
+
+use lsync_protocol::SyncRole;
+use lsync_storage::{
+    Change, Database, Device, ModelRegistry, StorageError, StorageOptions, Synchronous,
+};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use crate::common::*;
+
+#[test]
+fn open_creates_parent_directories_and_tables() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data/libraries/lib.db");
+    let options = StorageOptions { synchronous: Synchronous::Full, busy_timeout: Duration::from_millis(100) };
+    let db = Database::open(&path, &options, ModelRegistry::with_builtin()).unwrap();
+    assert!(path.exists());
+    assert_eq!(db.path(), path);
+    assert_eq!(db.registry().model_types(), vec!["location".to_owned(), "tag".to_owned()]);
+    let dump = db.dump().unwrap();
+    assert_eq!(dump.keys().collect::<Vec<_>>(), vec!["location", "sync_log", "tag"]);
+    let mode = db
+        .with_reader(|conn| {
+            use diesel::prelude::*;
+            #[derive(QueryableByName)]
+            struct Mode {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                journal_mode: String,
+            }
+            Ok(diesel::sql_query("PRAGMA journal_mode").get_result::<Mode>(conn)?.journal_mode)
+        })
+        .unwrap();
+    assert_eq!(mode, "wal");
+    // Opening again runs no migration twice.
+    drop(db);
+    Database::open(&path, &options, ModelRegistry::with_builtin()).unwrap();
+    // An empty registry lists only the log.
+    let db = Database::open(&path, &options, ModelRegistry::new()).unwrap();
+    assert_eq!(db.dump().unwrap().keys().collect::<Vec<_>>(), vec!["sync_log"]);
+}
+
+#[test]
+fn sync_state_init_is_idempotent() {
+    let dir = TempDir::new().unwrap();
+    let db = open(&dir, "db", registry(false));
+    assert!(matches!(db.sync_state(), Err(StorageError::NotInitialized)));
+    assert!(matches!(db.set_leadership(SyncRole::Leader, 1, None), Err(StorageError::NotInitialized)));
+    let me = Uuid::new_v4();
+    let first = state(Uuid::new_v4(), me, SyncRole::Follower, None);
+    db.init_sync_state(&first).unwrap();
+    assert_eq!(db.sync_state().unwrap(), first);
+    db.init_sync_state(&state(Uuid::new_v4(), me, SyncRole::Leader, Some(me))).unwrap();
+    assert_eq!(db.sync_state().unwrap(), first);
+
+    let other = Uuid::new_v4();
+    db.set_vote(7, Some(other)).unwrap();
+    db.set_leadership(SyncRole::Follower, 7, Some(other)).unwrap();
+    let s = db.sync_state().unwrap();
+    assert_eq!((s.role, s.current_term, s.voted_for, s.leader_device), (SyncRole::Follower, 7, Some(other), Some(other)));
+    assert!(matches!(db.set_vote(u64::MAX, None), Err(StorageError::InvalidChange(_))));
+}
+
+#[test]
+fn devices_upsert_list_get_remove() {
+    let dir = TempDir::new().unwrap();
+    let db = open(&dir, "db", registry(false));
+    let mut a = Device {
+        device_id: Uuid::from_u128(1),
+        peer_id: "12D3KooWA".into(),
+        addresses: vec!["/ip4/127.0.0.1/tcp/4001".into(), "/ip6/::1/tcp/4001".into()],
+        name: "laptop".into(),
+    };
+    let b = Device { device_id: Uuid::from_u128(2), peer_id: "12D3KooWB".into(), addresses: vec![], name: "phone".into() };
+    db.upsert_device(&b).unwrap();
+    db.upsert_device(&a).unwrap();
+    assert_eq!(db.devices().unwrap(), vec![a.clone(), b.clone()]);
+    a.addresses.pop();
+    a.name = "laptop 2".into();
+    db.upsert_device(&a).unwrap();
+    assert_eq!(db.device(a.device_id).unwrap(), Some(a.clone()));
+    assert!(db.remove_device(b.device_id).unwrap());
+    assert!(!db.remove_device(b.device_id).unwrap());
+    assert_eq!(db.devices().unwrap(), vec![a]);
+    assert_eq!(db.device(b.device_id).unwrap(), None);
+}
+
+#[test]
+fn dump_renders_quoted_rows_in_key_order() {
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    l.tm.commit_batch(vec![
+        Change::insert(&lsync_storage::Tag { id: "b".into(), name: "it's".into(), color: Some("#fff".into()) }),
+        Change::insert(&tag("a", "plain")),
+    ])
+    .unwrap();
+    let dump = l.db.dump().unwrap();
+    assert_eq!(dump["tag"], vec!["'a'|'plain'|NULL|1".to_owned(), "'b'|'it''s'|'#fff'|1".to_owned()]);
+    assert_eq!(dump["sync_log"].len(), 2);
+    assert!(dump["sync_log"][0].starts_with("1|1|'"), "{}", dump["sync_log"][0]);
+    assert!(dump["sync_log"][0].contains("|'tag'|'b'|'insert'|1|X'"), "{}", dump["sync_log"][0]);
+    assert!(dump["note"].is_empty());
+}
+
+#[test]
+fn writer_recovers_from_a_panic() {
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    l.tm.commit(Change::insert(&tag("t1", "one"))).unwrap();
+    let db = l.db.clone();
+    let result = std::thread::spawn(move || {
+        db.write(|conn| -> lsync_storage::Result<()> {
+            lsync_storage::SyncLog::truncate_after(conn, 0)?;
+            panic!("boom inside a transaction (expected by this test)")
+        })
+    })
+    .join();
+    assert!(result.is_err());
+    // The half-done transaction was dropped with the connection.
+    assert_eq!(l.db.last_position().unwrap().sequence, 1);
+    assert_eq!(l.tm.commit(Change::insert(&tag("t2", "two"))).unwrap().sequence, 2);
+}

@@ -1,0 +1,166 @@
+//! The shared fixture of the multi-device tests: a cluster of real nodes (libp2p on
+//! 127.0.0.1, port 0, one temporary directory per test), and `wait_until` helpers that wait for
+//! a condition with a generous deadline instead of sleeping.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use lsync::{DeviceInfo, Node, SyncConfig};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+/// Deadline of every wait: generous, for a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Waits until `cond` holds, polling; panics with `what` after [`DEADLINE`].
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if cond().await {
+            return;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("timed out after {DEADLINE:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Real nodes, each in `dir/dev<i>`.
+pub struct Cluster {
+    pub dir: TempDir,
+    nodes: Vec<Option<Node>>,
+    addrs: Vec<Vec<Multiaddr>>,
+    pub config: SyncConfig,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with millisecond timers.
+    pub async fn start(n: usize) -> Cluster {
+        let _ = tracing_subscriber::fmt().with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        ).with_test_writer().try_init();
+        let mut c = Cluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+            nodes: Vec::new(),
+            addrs: Vec::new(),
+            config: SyncConfig::fast(),
+        };
+        for i in 0..n {
+            let node = c.build(i, vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]).await;
+            c.addrs.push(node.listen_addrs());
+            c.nodes.push(Some(node));
+        }
+        c
+    }
+
+    async fn build(&self, i: usize, listen: Vec<Multiaddr>) -> Node {
+        Node::builder(self.dir.path().join(format!("dev{i}")))
+            .listen(listen)
+            .sync_config(self.config.clone())
+            .start()
+            .await
+            .expect("node starts")
+    }
+
+    /// Node `i` (panics if stopped).
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    /// Adds one more node; returns its index.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let node = self.build(i, vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]).await;
+        self.addrs.push(node.listen_addrs());
+        self.nodes.push(Some(node));
+        i
+    }
+
+    /// Stops node `i` (network closed, actors stopped); its data stays.
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// Starts node `i` again on its data directory and its former addresses.
+    pub async fn restart(&mut self, i: usize) {
+        self.stop(i).await;
+        let mut last_err = None;
+        // The old listener's port may take a moment to be released.
+        for _ in 0..200 {
+            match Node::builder(self.dir.path().join(format!("dev{i}")))
+                .listen(self.addrs[i].clone())
+                .sync_config(self.config.clone())
+                .start()
+                .await
+            {
+                Ok(node) => {
+                    self.nodes[i] = Some(node);
+                    return;
+                }
+                Err(e) => {
+                    last_err = Some(e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        panic!("node {i} did not restart: {last_err:?}");
+    }
+
+    /// Creates a library led by node `leader`, joined by `followers`.
+    pub async fn create_library(&self, leader: usize, followers: &[usize]) -> Uuid {
+        let lib = self.node(leader).create_library().await.expect("create library");
+        self.join(lib, leader, followers).await;
+        lib
+    }
+
+    /// Makes `followers` members of `lib` (led by `leader`).
+    pub async fn join(&self, lib: Uuid, leader: usize, followers: &[usize]) {
+        let leader_info = self.node(leader).device_info();
+        let infos: Vec<DeviceInfo> = followers.iter().map(|&f| self.node(f).device_info()).collect();
+        for info in &infos {
+            self.node(leader).add_device(lib, info.clone()).await.expect("add device");
+        }
+        for &f in followers {
+            self.node(f).join_library(lib, leader_info.clone(), infos.clone()).await.expect("join library");
+        }
+    }
+
+    /// Every synced table of node `i` for `lib`, row by row.
+    pub fn dump(&self, i: usize, lib: Uuid) -> BTreeMap<String, Vec<String>> {
+        self.node(i).database(lib).expect("library open").dump().expect("dump")
+    }
+
+    /// Last log sequence of node `i` for `lib`.
+    pub fn last_sequence(&self, i: usize, lib: Uuid) -> u64 {
+        self.node(i).database(lib).expect("library open").last_position().expect("position").sequence
+    }
+
+    /// Waits until every node in `followers` has the leader's last sequence, then asserts that
+    /// their model tables and logs equal the leader's row by row.
+    pub async fn assert_converged(&self, lib: Uuid, leader: usize, followers: &[usize]) {
+        for &f in followers {
+            wait_until(&format!("node {f} reaches node {leader}'s last sequence"), || async {
+                self.last_sequence(f, lib) == self.last_sequence(leader, lib)
+            })
+            .await;
+        }
+        let expected = self.dump(leader, lib);
+        assert!(expected["sync_log"].len() as u64 == self.last_sequence(leader, lib));
+        for &f in followers {
+            let got = self.dump(f, lib);
+            assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+            for (table, rows) in &expected {
+                assert!(got[table] == *rows, "table {table} of node {f} differs from the leader's ({} vs {} rows)", got[table].len(), rows.len());
+            }
+        }
+    }
+}

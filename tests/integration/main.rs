@@ -1,0 +1,4 @@
+//! Cross-device integration tests: real nodes, libp2p on 127.0.0.1, temporary SQLite files.
+
+mod fixture;
+mod replication;
