@@ -97,6 +97,11 @@ impl Default for NetworkConfig {
 
 /// An inbound request routed to a library's actor; answer by sending exactly one
 /// [`SyncMessage`] on `reply` (dropping `reply` makes the network answer `Error{code: Internal}`).
+///
+/// The network delivers it with `try_send` and never waits: a full or closed mailbox gets the
+/// peer `Error(Internal, "busy")`. actix mailboxes hold 16 messages by default; a library actor
+/// that serves many peers should raise that (`ctx.set_mailbox_capacity`). An answer later than
+/// [`NetworkConfig::request_timeout`] is dropped.
 #[derive(Debug)]
 pub struct InboundRequest {
     /// The authenticated sender (a member of the request's library).

@@ -10,7 +10,7 @@ use std::io;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use serde::de::{Deserialize, IgnoredAny};
+use serde::de::{Deserialize, Deserializer, Visitor};
 
 use crate::message::SyncMessage;
 
@@ -70,16 +70,30 @@ pub fn encode_frame(msg: &SyncMessage, max_frame: usize) -> io::Result<Vec<u8>> 
 /// refused with `InvalidData` like any other malformed frame.
 pub fn decode_body(body: &[u8]) -> io::Result<SyncMessage> {
     let mut de = rmp_serde::Deserializer::from_read_ref(body);
-    let msg = SyncMessage::deserialize(&mut de).map_err(|e| invalid(format!("undecodable frame: {e}")))?;
-    // The borrowing reader does not expose its position; probe for one more value instead.
-    // Failing to read even its first (marker) byte is the only proof that nothing is left.
-    match IgnoredAny::deserialize(&mut de) {
+    let msg = SyncMessage::deserialize(&mut de)
+        .map_err(|e| invalid(format!("undecodable frame: {e}")))?;
+    // The borrowing reader does not expose its position, so probe for one more value: failing
+    // to read even its first byte (the marker) is the proof that nothing is left. `EndOfFrame`
+    // refuses whatever it is shown before looking inside it, so a trailing container header
+    // never makes the probe read on.
+    match (&mut de).deserialize_any(EndOfFrame) {
         Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
             if e.kind() == io::ErrorKind::UnexpectedEof =>
         {
             Ok(msg)
         }
         _ => Err(invalid(format!("trailing bytes after the {} message", msg.kind()))),
+    }
+}
+
+/// A visitor that accepts nothing (every `visit_*` keeps its refusing default).
+struct EndOfFrame;
+
+impl<'de> Visitor<'de> for EndOfFrame {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the end of the frame")
     }
 }
 

@@ -436,7 +436,10 @@ fn assert_every_prefix_fails(msg: &SyncMessage) {
         assert_kind(via_codec, io::ErrorKind::UnexpectedEof);
         // A frame whose prefix is consistent but whose body is cut short is malformed.
         if cut > 4 {
-            assert_kind(read(&frame_of(&frame[4..cut]), DEFAULT_MAX_FRAME), io::ErrorKind::InvalidData);
+            assert_kind(
+                read(&frame_of(&frame[4..cut]), DEFAULT_MAX_FRAME),
+                io::ErrorKind::InvalidData,
+            );
         }
     }
 }

@@ -68,7 +68,7 @@ impl Applier {
             let mut outcome = ApplyOutcome { last: start, ..ApplyOutcome::default() };
             let mut next = start.sequence + 1;
             for (entry, handler) in entries.iter().zip(&handlers) {
-                if outcome.applied == 0 && entry.sequence <= start.sequence {
+                if outcome.applied == 0 && entry.sequence != 0 && entry.sequence <= start.sequence {
                     let local_term = if entry.sequence == start.sequence {
                         Some(start.term)
                     } else {
@@ -83,8 +83,10 @@ impl Applier {
                                 remote_term: entry.term,
                             })
                         }
-                        // Only sequence 0 (never valid) can be missing below the last one.
-                        None => return Err(StorageError::Gap { expected: next, got: entry.sequence }),
+                        // Only a log missing its head (never the case) has no entry here.
+                        None => {
+                            return Err(StorageError::Gap { expected: next, got: entry.sequence })
+                        }
                     }
                     continue;
                 }

@@ -143,7 +143,11 @@ impl Database {
     /// Opens (creating the file and its parent directories if needed) a library database:
     /// `PRAGMA journal_mode=WAL`, `busy_timeout`, `synchronous`, `foreign_keys`; runs the
     /// embedded migrations, then [`crate::ModelHandler::migrate`] of every registered handler.
-    pub fn open(path: &Path, options: &StorageOptions, registry: ModelRegistry) -> Result<Database> {
+    pub fn open(
+        path: &Path,
+        options: &StorageOptions,
+        registry: ModelRegistry,
+    ) -> Result<Database> {
         if let Some(parent) = path.parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent)?;
@@ -193,20 +197,14 @@ impl Database {
 
     /// Runs `f` on the writer connection (the caller opens its own transaction if needed;
     /// writes should use `immediate_transaction`).
-    pub fn with_writer<R>(
-        &self,
-        f: impl FnOnce(&mut SqliteConnection) -> Result<R>,
-    ) -> Result<R> {
+    pub fn with_writer<R>(&self, f: impl FnOnce(&mut SqliteConnection) -> Result<R>) -> Result<R> {
         let inner = &*self.inner;
         let mut conn = lock(&inner.writer, &inner.url, &inner.options, false)?;
         f(&mut conn)
     }
 
     /// Runs `f` on the reader connection (`PRAGMA query_only`; it sees committed data only).
-    pub fn with_reader<R>(
-        &self,
-        f: impl FnOnce(&mut SqliteConnection) -> Result<R>,
-    ) -> Result<R> {
+    pub fn with_reader<R>(&self, f: impl FnOnce(&mut SqliteConnection) -> Result<R>) -> Result<R> {
         let inner = &*self.inner;
         let mut conn = lock(&inner.reader, &inner.url, &inner.options, true)?;
         f(&mut conn)

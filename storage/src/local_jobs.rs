@@ -72,12 +72,7 @@ pub fn insert(conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<Local
 
 /// Every job, ordered by id.
 pub fn list(conn: &mut SqliteConnection) -> Result<Vec<LocalJob>> {
-    table::table
-        .order(table::id.asc())
-        .load::<JobRow>(conn)?
-        .into_iter()
-        .map(row_to_job)
-        .collect()
+    table::table.order(table::id.asc()).load::<JobRow>(conn)?.into_iter().map(row_to_job).collect()
 }
 
 /// Sets the status of job `id`; returns whether it exists.

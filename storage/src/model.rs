@@ -35,8 +35,7 @@ pub trait ModelHandler: Send + Sync + 'static {
     /// record id is `change.record_id`; a Delete has empty data. See [`validate_syncable`].
     fn validate(&self, change: &Change) -> Result<()>;
     /// The stored version of the record, `None` if it does not exist.
-    fn current_version(&self, conn: &mut SqliteConnection, record_id: &str)
-        -> Result<Option<i64>>;
+    fn current_version(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<i64>>;
     /// Writes an Insert/Update entry (an upsert of the whole row with `entry.version`) or a
     /// Delete entry (removes the row if present). Bulk entries are never passed here.
     fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()>;

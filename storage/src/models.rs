@@ -110,11 +110,7 @@ impl ModelHandler for TagHandler {
         validate_syncable::<Tag>(change)
     }
 
-    fn current_version(
-        &self,
-        conn: &mut SqliteConnection,
-        record_id: &str,
-    ) -> Result<Option<i64>> {
+    fn current_version(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<i64>> {
         Ok(tag::table.find(record_id).select(tag::version).first(conn).optional()?)
     }
 
@@ -168,11 +164,7 @@ impl ModelHandler for LocationHandler {
         validate_syncable::<Location>(change)
     }
 
-    fn current_version(
-        &self,
-        conn: &mut SqliteConnection,
-        record_id: &str,
-    ) -> Result<Option<i64>> {
+    fn current_version(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<i64>> {
         Ok(location::table.find(record_id).select(location::version).first(conn).optional()?)
     }
 

@@ -52,8 +52,17 @@ struct NewLogRow<'a> {
 type LogRow = (i64, i64, String, i64, String, String, String, i64, Vec<u8>);
 
 fn row_to_entry(row: LogRow) -> Result<SyncLogEntry> {
-    let (sequence, term, origin_device, timestamp_ms, model_type, record_id, change_type, version, data) =
-        row;
+    let (
+        sequence,
+        term,
+        origin_device,
+        timestamp_ms,
+        model_type,
+        record_id,
+        change_type,
+        version,
+        data,
+    ) = row;
     let change_type = ChangeType::parse(&change_type).ok_or_else(|| {
         StorageError::Corrupt(format!(
             "sync_log sequence {sequence}: unknown change_type {change_type:?}"
@@ -87,7 +96,10 @@ impl SyncLog {
     }
 
     /// Inserts `entry` without checking that it continues the log (the caller did).
-    pub(crate) fn insert_unchecked(conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {
+    pub(crate) fn insert_unchecked(
+        conn: &mut SqliteConnection,
+        entry: &SyncLogEntry,
+    ) -> Result<()> {
         let mut uuid_buf = uuid::Uuid::encode_buffer();
         let origin_device = entry.origin_device.hyphenated().encode_lower(&mut uuid_buf);
         let row = NewLogRow {
@@ -128,7 +140,11 @@ impl SyncLog {
     }
 
     /// The entries with `from <= sequence <= to`, in order (empty when `from > to`).
-    pub fn fetch_range(conn: &mut SqliteConnection, from: u64, to: u64) -> Result<Vec<SyncLogEntry>> {
+    pub fn fetch_range(
+        conn: &mut SqliteConnection,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<SyncLogEntry>> {
         if from > to || from > i64::MAX as u64 {
             return Ok(Vec::new());
         }
@@ -162,11 +178,8 @@ impl SyncLog {
     /// The term of the entry at `sequence`, `None` if there is none.
     pub fn term_at(conn: &mut SqliteConnection, sequence: u64) -> Result<Option<u64>> {
         let Ok(sequence) = i64::try_from(sequence) else { return Ok(None) };
-        let term = sync_log::table
-            .find(sequence)
-            .select(sync_log::term)
-            .first::<i64>(conn)
-            .optional()?;
+        let term =
+            sync_log::table.find(sequence).select(sync_log::term).first::<i64>(conn).optional()?;
         term.map(|t| to_u64(t, "sync_log term")).transpose()
     }
 
@@ -180,8 +193,8 @@ impl SyncLog {
     /// Deletes every entry with `sequence > sequence`; returns how many were deleted.
     pub fn truncate_after(conn: &mut SqliteConnection, sequence: u64) -> Result<u64> {
         let Ok(sequence) = i64::try_from(sequence) else { return Ok(0) };
-        let deleted =
-            diesel::delete(sync_log::table.filter(sync_log::sequence.gt(sequence))).execute(conn)?;
+        let deleted = diesel::delete(sync_log::table.filter(sync_log::sequence.gt(sequence)))
+            .execute(conn)?;
         Ok(deleted as u64)
     }
 

@@ -115,6 +115,13 @@ impl Cluster {
         panic!("node {i} did not restart: {last_err:?}");
     }
 
+    /// Opens the database of stopped node `i` directly, to damage it on purpose.
+    pub fn offline_db(&self, i: usize, lib: Uuid) -> lsync::Database {
+        assert!(self.nodes[i].is_none(), "node {i} must be stopped");
+        let path = self.dir.path().join(format!("dev{i}/libraries/{lib}.db"));
+        lsync::Database::open(&path, &Default::default(), lsync::ModelRegistry::with_builtin()).expect("open")
+    }
+
     /// Creates a library led by node `leader`, joined by `followers`.
     pub async fn create_library(&self, leader: usize, followers: &[usize]) -> Uuid {
         let lib = self.node(leader).create_library().await.expect("create library");

@@ -97,3 +97,147 @@ async fn leader_and_three_followers_converge_on_ten_thousand_mixed_changes() {
     }
     assert!(cluster.node(0).database(lib).unwrap().local_jobs().unwrap().is_empty());
 }
+
+/// Commits `n` single-change tag inserts numbered from `start`.
+async fn commit_tags(node: &lsync::Node, lib: uuid::Uuid, start: u64, n: u64) {
+    for i in start..start + n {
+        node.commit(lib, Change::insert(&tag(i, "t"))).await.unwrap();
+    }
+}
+
+#[actix_rt::test]
+async fn follower_stopped_mid_stream_resumes_without_duplicates_or_holes() {
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    let mut applied = Vec::new();
+    let mut events = cluster.node(1).subscribe();
+
+    commit_tags(cluster.node(0), lib, 0, 300).await;
+    wait_until("follower 1 applied part of the stream", || async { cluster.last_sequence(1, lib) >= 100 }).await;
+    cluster.stop(1).await;
+    while let Ok(ev) = events.try_recv() {
+        if let lsync::SyncEvent::EntriesApplied { first, last, .. } = ev {
+            applied.extend(first..=last);
+        }
+    }
+    // the stream goes on while the follower is down
+    commit_tags(cluster.node(0), lib, 300, 700).await;
+    cluster.restart(1).await;
+    let mut events = cluster.node(1).subscribe(); // before any await: nothing is missed
+    commit_tags(cluster.node(0), lib, 1_000, 200).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    while let Ok(ev) = events.try_recv() {
+        if let lsync::SyncEvent::EntriesApplied { first, last, .. } = ev {
+            applied.extend(first..=last);
+        }
+    }
+    // every sequence applied exactly once across both lives of the follower
+    applied.sort_unstable();
+    assert_eq!(applied, (1..=1_200).collect::<Vec<u64>>());
+}
+
+#[actix_rt::test]
+async fn late_follower_catches_up_on_one_hundred_thousand_entries() {
+    let mut cluster = Cluster::start(2).await;
+    let lib = cluster.create_library(0, &[1]).await;
+    for batch in 0..100u64 {
+        let changes = (0..1_000).map(|i| Change::insert(&tag(batch * 1_000 + i, "bulk import"))).collect();
+        cluster.node(0).commit_batch(lib, changes).await.unwrap();
+    }
+    assert_eq!(cluster.last_sequence(0, lib), 100_000);
+    let late = cluster.add_node().await;
+    cluster.join(lib, 0, &[late]).await;
+    cluster.assert_converged(lib, 0, &[1, late]).await;
+    let st = cluster.node(late).status(lib).await.unwrap();
+    assert_eq!(st.last_sequence, 100_000);
+    assert_eq!(st.applier.unwrap().leader_last_sequence, 100_000);
+}
+
+#[actix_rt::test]
+async fn followers_reconnect_by_themselves_after_the_leader_restarts() {
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    commit_tags(cluster.node(0), lib, 0, 50).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    cluster.restart(0).await;
+    commit_tags(cluster.node(0), lib, 50, 50).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    assert_eq!(cluster.last_sequence(1, lib), 100);
+    // the sequences continued from the persisted log, not from zero
+    let entries = cluster.node(0).database(lib).unwrap().fetch_since(0, 1_000).unwrap();
+    assert!(entries.iter().zip(1..).all(|(e, s)| e.sequence == s));
+}
+
+#[actix_rt::test]
+async fn two_libraries_with_different_leaders_sync_on_the_same_nodes() {
+    let cluster = Cluster::start(3).await;
+    let a = cluster.create_library(0, &[1, 2]).await;
+    let b = cluster.create_library(1, &[0, 2]).await;
+    for i in 0..200 {
+        cluster.node(0).commit(a, Change::insert(&tag(i, "a"))).await.unwrap();
+        cluster.node(1).commit(b, Change::insert(&location(i, "/b"))).await.unwrap();
+    }
+    cluster.assert_converged(a, 0, &[1, 2]).await;
+    cluster.assert_converged(b, 1, &[0, 2]).await;
+    assert_eq!(cluster.dump(2, a)["tag"].len(), 200);
+    assert_eq!(cluster.dump(2, b)["location"].len(), 200);
+    assert!(cluster.dump(2, a)["location"].is_empty());
+}
+
+/// Replaces the tail of node `i`'s log from `from` on with entries of another term, as a
+/// deposed leader's unreplicated tail would look.
+fn diverge(cluster: &Cluster, i: usize, lib: uuid::Uuid, from: u64, count: u64, term: u64) {
+    use lsync::crates::storage::{Applier, SyncLog};
+    let db = cluster.offline_db(i, lib);
+    db.with_writer(|conn| SyncLog::truncate_after(conn, from - 1).map(|_| ())).unwrap();
+    let entries: Vec<_> = (from..from + count)
+        .map(|s| lsync::SyncLogEntry {
+            sequence: s,
+            term,
+            origin_device: uuid::Uuid::new_v4(),
+            timestamp_ms: 0,
+            model_type: "tag".into(),
+            record_id: format!("tag-{}", 1_000_000 + s),
+            change_type: lsync::ChangeType::Insert,
+            version: 1,
+            data: lsync::crates::storage::encode(&tag(1_000_000 + s, "rogue")),
+        })
+        .collect();
+    Applier::new(db).apply(&entries).unwrap();
+}
+
+#[actix_rt::test]
+async fn diverged_or_ahead_followers_get_sync_required_and_reconcile() {
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    commit_tags(cluster.node(0), lib, 0, 100).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+
+    cluster.stop(1).await;
+    cluster.stop(2).await;
+    // follower 1: same length, but its last 10 entries come from another term
+    diverge(&cluster, 1, lib, 91, 10, 7);
+    // follower 2: 20 entries beyond anything the leader has
+    diverge(&cluster, 2, lib, 101, 20, 1);
+    // subscribe before anything else awaits: the node's actors run only once this task yields
+    cluster.restart(1).await;
+    let mut ev1 = cluster.node(1).subscribe();
+    cluster.restart(2).await;
+    let mut ev2 = cluster.node(2).subscribe();
+
+    commit_tags(cluster.node(0), lib, 100, 10).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    for (f, ev) in [(1, &mut ev1), (2, &mut ev2)] {
+        let mut started = false;
+        let mut done = false;
+        while let Ok(e) = ev.try_recv() {
+            match e {
+                lsync::SyncEvent::ResyncStarted { .. } => started = true,
+                lsync::SyncEvent::ResyncDone { last_sequence, .. } => done = last_sequence >= 100,
+                _ => {}
+            }
+        }
+        assert!(started && done, "follower {f} reconciled (started {started}, done {done})");
+        assert!(cluster.dump(f, lib)["tag"].iter().all(|row| !row.contains("rogue")));
+    }
+}

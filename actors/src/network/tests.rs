@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Context, Handler, Recipient};
+use actix::{Actor, ActorContext, Context, Handler, Recipient};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
@@ -97,6 +97,23 @@ impl Handler<InboundRequest> for Echo {
             }
         }
     }
+}
+
+/// An actor that stops as soon as it starts.
+struct Stopped;
+
+impl Actor for Stopped {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<InboundRequest> for Stopped {
+    type Result = ();
+
+    fn handle(&mut self, _: InboundRequest, _: &mut Context<Self>) {}
 }
 
 struct Node {
@@ -245,6 +262,15 @@ async fn refusals_are_answered_by_the_network() {
     assert_eq!(get(&stats.rejected_unknown_library), 1);
     assert_eq!(get(&stats.rejected_bad_request), 1);
     assert_eq!(get(&stats.inbound_requests), 3);
+
+    // A library whose actor has stopped: the network answers Internal "busy".
+    let library_c = Uuid::new_v4();
+    let dead = Stopped.start().recipient::<InboundRequest>();
+    wait_until("the actor stops", || !dead.connected()).await;
+    server.handle.register_library(library_c, vec![client.member()], dead).await.unwrap();
+    let response = within(client.handle.request(server.peer, heartbeat(library_c))).await.unwrap();
+    assert_error(&response, ErrorCode::Internal);
+    assert_eq!(get(&stats.rejected_busy), 1);
 
     // A member of the right library is still served.
     let response = within(client.handle.request(server.peer, heartbeat(library_a))).await.unwrap();

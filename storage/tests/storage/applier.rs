@@ -244,8 +244,12 @@ fn reset_clears_models_and_log_but_keeps_jobs() {
         Change::insert(&location("l1", "/a")),
     ])
     .unwrap();
-    l.tm.commit_bulk(BulkOperation { model_type: "location".into(), record_id: "l1".into(), data: vec![] })
-        .unwrap();
+    l.tm.commit_bulk(BulkOperation {
+        model_type: "location".into(),
+        record_id: "l1".into(),
+        data: vec![],
+    })
+    .unwrap();
     let f = follower(&dir, "f", &l, registry(false));
     catch_up(&l.db, &f, 100);
     assert_eq!(f.database().local_jobs().unwrap().len(), 1);

@@ -23,9 +23,8 @@ fn versions_sequences_and_events() {
     assert_eq!(e1.record_id, "t1");
     assert_eq!(lsync_storage::decode::<Tag>(&e1.data).unwrap(), t);
 
-    let entries = l
-        .tm
-        .commit_batch(vec![
+    let entries =
+        l.tm.commit_batch(vec![
             Change::update(&Tag { color: Some("#f00".into()), ..t.clone() }),
             Change::insert(&location("l1", "/a")),
             Change::delete::<Tag>("t1"),
@@ -39,7 +38,10 @@ fn versions_sequences_and_events() {
     assert!(entries[2].data.is_empty());
 
     let ev1 = events.try_recv().unwrap();
-    assert_eq!((ev1.library_id, ev1.term, ev1.first_sequence, ev1.last_sequence), (l.library_id, 1, 1, 1));
+    assert_eq!(
+        (ev1.library_id, ev1.term, ev1.first_sequence, ev1.last_sequence),
+        (l.library_id, 1, 1, 1)
+    );
     let ev2 = events.try_recv().unwrap();
     assert_eq!((ev2.first_sequence, ev2.last_sequence), (2, 4));
     assert_eq!(events.try_recv(), Err(TryRecvError::Empty));
@@ -61,9 +63,8 @@ fn failure_in_the_middle_of_a_batch_writes_nothing() {
     let before = l.db.dump().unwrap();
     let mut events = l.tm.subscribe();
 
-    let err = l
-        .tm
-        .commit_batch(vec![
+    let err =
+        l.tm.commit_batch(vec![
             Change::insert(&tag("t1", "one")),
             Change::insert(&note("n1", "fine")),
             Change::update(&tag("t0", "zero again")),
@@ -94,7 +95,10 @@ fn reopening_continues_the_log_gaplessly() {
     // Everything dropped: open the same file again.
     let db = open(&dir, "leader", registry(false));
     let state = db.sync_state().unwrap();
-    assert_eq!((state.library_id, state.device_id, state.last_synced_sequence), (library_id, device_id, 5));
+    assert_eq!(
+        (state.library_id, state.device_id, state.last_synced_sequence),
+        (library_id, device_id, 5)
+    );
     let tm = TransactionManager::new(db.clone(), device_id);
     assert_eq!(tm.commit(Change::insert(&tag("t5", "x"))).unwrap().sequence, 6);
     let batch = tm
@@ -116,7 +120,10 @@ fn not_leader_is_refused_and_writes_nothing() {
     // Follower that knows the leader.
     l.db.set_leadership(SyncRole::Follower, 3, Some(other)).unwrap();
     let err = l.tm.commit(Change::insert(&tag("t1", "one"))).unwrap_err();
-    assert!(matches!(err, StorageError::NotLeader { term: 3, leader: Some(x) } if x == other), "{err:?}");
+    assert!(
+        matches!(err, StorageError::NotLeader { term: 3, leader: Some(x) } if x == other),
+        "{err:?}"
+    );
 
     // Claims leadership, but of another device.
     l.db.set_leadership(SyncRole::Leader, 4, Some(other)).unwrap();
@@ -190,7 +197,10 @@ fn bad_input_changes_nothing() {
         vec![Change { record_id: "other".into(), ..Change::insert(&tag("t1", "one")) }],
         "record id mismatch",
     );
-    invalid(vec![Change::insert(&tag("t1", "one")), Change::update(&tag("t2", "two"))], "update of missing");
+    invalid(
+        vec![Change::insert(&tag("t1", "one")), Change::update(&tag("t2", "two"))],
+        "update of missing",
+    );
     invalid(vec![Change::delete::<Location>("nope")], "delete of missing");
     invalid(vec![Change::insert(&tag("t0", "again"))], "insert of existing");
     invalid(
@@ -199,17 +209,19 @@ fn bad_input_changes_nothing() {
     );
     invalid(vec![Change::insert(&tag("", "empty id"))], "empty record id");
 
-    let err = l
-        .tm
-        .commit_batch(vec![
+    let err =
+        l.tm.commit_batch(vec![
             Change::insert(&tag("t1", "one")),
             Change { model_type: "album".into(), ..Change::insert(&tag("a", "a")) },
         ])
         .unwrap_err();
     assert!(matches!(err, StorageError::UnknownModel(ref m) if m == "album"), "{err:?}");
-    let err = l
-        .tm
-        .commit_bulk(BulkOperation { model_type: "album".into(), record_id: "a".into(), data: vec![] })
+    let err =
+        l.tm.commit_bulk(BulkOperation {
+            model_type: "album".into(),
+            record_id: "a".into(),
+            data: vec![],
+        })
         .unwrap_err();
     assert!(matches!(err, StorageError::UnknownModel(_)), "{err:?}");
     assert_eq!(l.db.dump().unwrap(), before);
@@ -222,9 +234,12 @@ fn bulk_is_one_entry_without_rows() {
     let l = leader(&dir, registry(false));
     l.tm.commit(Change::insert(&location("l1", "/big"))).unwrap();
     let meta = lsync_storage::encode(&("index", 1_000_000u64));
-    let e = l
-        .tm
-        .commit_bulk(BulkOperation { model_type: "location".into(), record_id: "l1".into(), data: meta.clone() })
+    let e =
+        l.tm.commit_bulk(BulkOperation {
+            model_type: "location".into(),
+            record_id: "l1".into(),
+            data: meta.clone(),
+        })
         .unwrap();
     assert_eq!((e.sequence, e.version, e.change_type), (2, 0, ChangeType::Bulk));
     assert_eq!(e.data, meta);

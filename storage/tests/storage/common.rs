@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use lsync_protocol::{ChangeType, SyncLogEntry, SyncRole};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
+use lsync_protocol::{ChangeType, SyncLogEntry, SyncRole};
 use lsync_storage::{
     decode, validate_syncable, Applier, Change, Database, ModelHandler, ModelRegistry, Result,
     SqliteConnection, StorageError, StorageOptions, SyncState, Syncable, TransactionManager,
@@ -64,11 +64,7 @@ impl ModelHandler for NoteHandler {
         validate_syncable::<Note>(change)
     }
 
-    fn current_version(
-        &self,
-        conn: &mut SqliteConnection,
-        record_id: &str,
-    ) -> Result<Option<i64>> {
+    fn current_version(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<i64>> {
         let row = diesel::sql_query("SELECT version FROM note WHERE id = ?")
             .bind::<Text, _>(record_id)
             .get_result::<Version>(conn)

@@ -15,7 +15,8 @@ use crate::common::*;
 fn open_creates_parent_directories_and_tables() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("data/libraries/lib.db");
-    let options = StorageOptions { synchronous: Synchronous::Full, busy_timeout: Duration::from_millis(100) };
+    let options =
+        StorageOptions { synchronous: Synchronous::Full, busy_timeout: Duration::from_millis(100) };
     let db = Database::open(&path, &options, ModelRegistry::with_builtin()).unwrap();
     assert!(path.exists());
     assert_eq!(db.path(), path);
@@ -47,7 +48,10 @@ fn sync_state_init_is_idempotent() {
     let dir = TempDir::new().unwrap();
     let db = open(&dir, "db", registry(false));
     assert!(matches!(db.sync_state(), Err(StorageError::NotInitialized)));
-    assert!(matches!(db.set_leadership(SyncRole::Leader, 1, None), Err(StorageError::NotInitialized)));
+    assert!(matches!(
+        db.set_leadership(SyncRole::Leader, 1, None),
+        Err(StorageError::NotInitialized)
+    ));
     let me = Uuid::new_v4();
     let first = state(Uuid::new_v4(), me, SyncRole::Follower, None);
     db.init_sync_state(&first).unwrap();
@@ -59,7 +63,10 @@ fn sync_state_init_is_idempotent() {
     db.set_vote(7, Some(other)).unwrap();
     db.set_leadership(SyncRole::Follower, 7, Some(other)).unwrap();
     let s = db.sync_state().unwrap();
-    assert_eq!((s.role, s.current_term, s.voted_for, s.leader_device), (SyncRole::Follower, 7, Some(other), Some(other)));
+    assert_eq!(
+        (s.role, s.current_term, s.voted_for, s.leader_device),
+        (SyncRole::Follower, 7, Some(other), Some(other))
+    );
     assert!(matches!(db.set_vote(u64::MAX, None), Err(StorageError::InvalidChange(_))));
 }
 
@@ -73,7 +80,12 @@ fn devices_upsert_list_get_remove() {
         addresses: vec!["/ip4/127.0.0.1/tcp/4001".into(), "/ip6/::1/tcp/4001".into()],
         name: "laptop".into(),
     };
-    let b = Device { device_id: Uuid::from_u128(2), peer_id: "12D3KooWB".into(), addresses: vec![], name: "phone".into() };
+    let b = Device {
+        device_id: Uuid::from_u128(2),
+        peer_id: "12D3KooWB".into(),
+        addresses: vec![],
+        name: "phone".into(),
+    };
     db.upsert_device(&b).unwrap();
     db.upsert_device(&a).unwrap();
     assert_eq!(db.devices().unwrap(), vec![a.clone(), b.clone()]);
@@ -92,12 +104,19 @@ fn dump_renders_quoted_rows_in_key_order() {
     let dir = TempDir::new().unwrap();
     let l = leader(&dir, registry(false));
     l.tm.commit_batch(vec![
-        Change::insert(&lsync_storage::Tag { id: "b".into(), name: "it's".into(), color: Some("#fff".into()) }),
+        Change::insert(&lsync_storage::Tag {
+            id: "b".into(),
+            name: "it's".into(),
+            color: Some("#fff".into()),
+        }),
         Change::insert(&tag("a", "plain")),
     ])
     .unwrap();
     let dump = l.db.dump().unwrap();
-    assert_eq!(dump["tag"], vec!["'a'|'plain'|NULL|1".to_owned(), "'b'|'it''s'|'#fff'|1".to_owned()]);
+    assert_eq!(
+        dump["tag"],
+        vec!["'a'|'plain'|NULL|1".to_owned(), "'b'|'it''s'|'#fff'|1".to_owned()]
+    );
     assert_eq!(dump["sync_log"].len(), 2);
     assert!(dump["sync_log"][0].starts_with("1|1|'"), "{}", dump["sync_log"][0]);
     assert!(dump["sync_log"][0].contains("|'tag'|'b'|'insert'|1|X'"), "{}", dump["sync_log"][0]);

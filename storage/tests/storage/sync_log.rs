@@ -10,7 +10,8 @@ fn thousand(dir: &TempDir) -> lsync_storage::Database {
     let db = open(dir, "log", registry(false));
     db.write(|conn| {
         for seq in 1..=1000u64 {
-            let e = entry(seq, 1 + (seq - 1) / 250, Change::insert(&tag(&format!("t{seq}"), "x")), 1);
+            let e =
+                entry(seq, 1 + (seq - 1) / 250, Change::insert(&tag(&format!("t{seq}"), "x")), 1);
             SyncLog::append(conn, &e)?;
         }
         Ok(())
@@ -25,7 +26,10 @@ fn fetch_since_is_a_range() {
     let db = thousand(&dir);
     let got = db.fetch_since(900, 1000).unwrap();
     assert_eq!(got.len(), 100);
-    assert_eq!(got.iter().map(|e| e.sequence).collect::<Vec<_>>(), (901..=1000).collect::<Vec<_>>());
+    assert_eq!(
+        got.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (901..=1000).collect::<Vec<_>>()
+    );
     assert_eq!(got[0].record_id, "t901");
     assert!(got.iter().all(|e| e.term == 4));
 
@@ -51,7 +55,10 @@ fn range_last_term_count_truncate() {
         assert_eq!(SyncLog::term_at(conn, 1001)?, None);
         assert_eq!(SyncLog::term_at(conn, u64::MAX)?, None);
         let range = SyncLog::fetch_range(conn, 10, 20)?;
-        assert_eq!(range.iter().map(|e| e.sequence).collect::<Vec<_>>(), (10..=20).collect::<Vec<_>>());
+        assert_eq!(
+            range.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            (10..=20).collect::<Vec<_>>()
+        );
         assert_eq!(SyncLog::fetch_range(conn, 7, 7)?.len(), 1);
         assert!(SyncLog::fetch_range(conn, 8, 7)?.is_empty());
         assert_eq!(SyncLog::fetch_range(conn, 990, u64::MAX)?.len(), 11);
@@ -81,9 +88,15 @@ fn append_refuses_gaps_and_overflow() {
     let db = open(&dir, "log", registry(false));
     db.write(|conn| {
         let e = |seq| entry(seq, 1, Change::insert(&tag("t", "t")), 1);
-        assert!(matches!(SyncLog::append(conn, &e(2)), Err(StorageError::Gap { expected: 1, got: 2 })));
+        assert!(matches!(
+            SyncLog::append(conn, &e(2)),
+            Err(StorageError::Gap { expected: 1, got: 2 })
+        ));
         SyncLog::append(conn, &e(1))?;
-        assert!(matches!(SyncLog::append(conn, &e(1)), Err(StorageError::Gap { expected: 2, got: 1 })));
+        assert!(matches!(
+            SyncLog::append(conn, &e(1)),
+            Err(StorageError::Gap { expected: 2, got: 1 })
+        ));
         let huge_term = entry(2, u64::MAX, Change::insert(&tag("t", "t")), 1);
         assert!(matches!(SyncLog::append(conn, &huge_term), Err(StorageError::InvalidChange(_))));
         assert_eq!(SyncLog::count(conn)?, 1);
