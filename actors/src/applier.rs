@@ -92,7 +92,8 @@ impl FollowerApplier {
 impl Actor for FollowerApplier {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
         let worker = Worker { cx: self.cx.clone(), shared: self.shared.clone() };
         self.worker = Some(actix_rt::spawn(worker.run()));
     }

@@ -27,6 +27,9 @@ use crate::notifier::{LeaderNotifier, SetSessions};
 use crate::session::{Connection, FollowerSession, GetFollowerStatus, SessionContext};
 use crate::transport::Transport;
 
+/// Mailbox capacity of the actors that receive inbound requests (actix's default is 16).
+pub(crate) const MAILBOX_CAPACITY: usize = 1024;
+
 /// Everything a library's actors share.
 #[derive(Clone)]
 pub struct LibraryContext {
@@ -174,6 +177,8 @@ impl Actor for SyncService {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Inbound requests arrive with try_send; a small mailbox would refuse bursts.
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         let cx = self.cx.clone();
         let me = ctx.address();
         let mut net_events = cx.network.subscribe();

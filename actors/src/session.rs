@@ -134,6 +134,7 @@ impl Actor for FollowerSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
         ctx.run_interval(self.cx.heartbeat_interval, |this, ctx| this.heartbeat(ctx));
     }
 }

@@ -784,11 +784,27 @@ fn fields_are_named_on_the_wire() {
     assert_eq!(body[1 + 1 + "FetchEntries".len()], 0x85);
 }
 
-/// The example in docs/protocol.md, byte for byte; the document must show the same dump.
+/// The bytes of the `text` block that follows `marker` in docs/protocol.md (hex bytes, with
+/// `#` comments).
+fn documented_frame(marker: &str) -> Vec<u8> {
+    include_str!("../../docs/protocol.md")
+        .split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("docs/protocol.md has no {marker}"))
+        .lines()
+        .skip_while(|l| !l.starts_with("```"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .flat_map(|l| l.split('#').next().unwrap().split_whitespace())
+        .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
+        .collect()
+}
+
+/// The examples in docs/protocol.md, byte for byte.
 #[test]
-fn the_documented_example_is_what_the_encoder_produces() {
-    let msg = SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 42 };
-    let frame = encode_frame(&msg, DEFAULT_MAX_FRAME).unwrap();
+fn the_documented_examples_are_what_the_encoder_produces() {
+    let ack = SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 42 };
+    let frame = encode_frame(&ack, DEFAULT_MAX_FRAME).unwrap();
     let expected = "\
         00 00 00 3b \
         81 \
@@ -799,20 +815,18 @@ fn the_documented_example_is_what_the_encoder_produces() {
         ae 75 70 5f 74 6f 5f 73 65 71 75 65 6e 63 65 \
         2a";
     assert_eq!(hex(&frame), expected);
+    assert_eq!(hex(&documented_frame("<!-- example-frame -->")), expected);
 
-    let doc = include_str!("../../docs/protocol.md");
-    let documented: Vec<u8> = doc
-        .split("<!-- example-frame -->")
-        .nth(1)
-        .expect("docs/protocol.md marks its example frame")
-        .lines()
-        .skip_while(|l| !l.starts_with("```"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("```"))
-        .flat_map(|l| l.split('#').next().unwrap().split_whitespace().map(str::to_owned))
-        .map(|b| u8::from_str_radix(&b, 16).expect("hex byte"))
-        .collect();
-    assert_eq!(hex(&documented), expected);
+    let heartbeat = SyncMessage::Heartbeat {
+        library_id: LIB,
+        term: 3,
+        current_sequence: 1000,
+        last_term: 3,
+        role: SyncRole::Leader,
+    };
+    let frame = encode_frame(&heartbeat, DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(hex(&documented_frame("<!-- example-frame-2 -->")), hex(&frame));
+    assert_eq!(read(&documented_frame("<!-- example-frame-2 -->"), 1024).unwrap(), heartbeat);
 }
 
 #[test]
