@@ -46,7 +46,10 @@ impl Identity {
             })?;
             let text = fs::read_to_string(&device_path)?;
             let device_id = text.trim().parse().map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", device_path.display()))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", device_path.display()),
+                )
             })?;
             return Ok(Self { device_id, keypair });
         }

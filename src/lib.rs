@@ -29,6 +29,7 @@
 //!           Applier: one SQLite transaction (model rows + log copy + last_synced_sequence)
 //!           Acknowledge ─▶ leader
 //! ```
+#![forbid(unsafe_code)]
 
 mod identity;
 mod node;
@@ -40,8 +41,8 @@ pub use lsync_actors::{
 };
 pub use lsync_protocol::{ChangeType, SyncLogEntry, SyncRole};
 pub use lsync_storage::{
-    BulkOperation, Change, Database, LocalJob, Location, ModelHandler, ModelRegistry, StorageOptions,
-    Syncable, Synchronous, Tag,
+    BulkOperation, Change, Database, LocalJob, Location, ModelHandler, ModelRegistry,
+    StorageOptions, Syncable, Synchronous, Tag,
 };
 pub use node::{DeviceInfo, Node, NodeBuilder, NodeConfig, NodeError};
 

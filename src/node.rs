@@ -7,11 +7,14 @@ use std::sync::{Arc, Mutex};
 use actix::{Addr, Supervisor};
 use libp2p::{Multiaddr, PeerId};
 use lsync_actors::network::{NetworkConfig, NetworkHandle};
-use lsync_actors::{AddMember, GetStatus, LibraryContext, LibraryStatus, Shutdown, SyncConfig, SyncEvent, SyncService};
+use lsync_actors::{
+    AddMember, GetStatus, LibraryContext, LibraryStatus, Shutdown, SyncConfig, SyncEvent,
+    SyncService,
+};
 use lsync_protocol::{SyncLogEntry, SyncRole};
 use lsync_storage::{
-    BulkOperation, Change, Database, Device, ModelRegistry, StorageError, StorageOptions, SyncState,
-    TransactionManager,
+    BulkOperation, Change, Database, Device, ModelRegistry, StorageError, StorageOptions,
+    SyncState, TransactionManager,
 };
 use tokio::sync::broadcast;
 use tracing::info;
@@ -142,7 +145,9 @@ impl NodeBuilder {
             if path.extension().and_then(|e| e.to_str()) != Some("db") {
                 continue;
             }
-            if let Some(id) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<Uuid>().ok()) {
+            if let Some(id) =
+                path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<Uuid>().ok())
+            {
                 ids.push(id);
             }
         }
@@ -181,7 +186,8 @@ impl Node {
     /// A builder for a node keeping its state in `data_dir`.
     pub fn builder(data_dir: impl AsRef<Path>) -> NodeBuilder {
         let data_dir = data_dir.as_ref().to_path_buf();
-        let name = data_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name =
+            data_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         NodeBuilder { data_dir, config: NodeConfig::default(), name }
     }
 
@@ -231,7 +237,8 @@ impl Node {
 
     /// Libraries open on this node.
     pub fn libraries(&self) -> Vec<Uuid> {
-        let mut ids: Vec<_> = self.inner.libraries.lock().expect("libraries lock").keys().copied().collect();
+        let mut ids: Vec<_> =
+            self.inner.libraries.lock().expect("libraries lock").keys().copied().collect();
         ids.sort();
         ids
     }
@@ -281,10 +288,16 @@ impl Node {
         members: Vec<DeviceInfo>,
     ) -> Result<(), NodeError> {
         if leader.device_id == self.device_id() {
-            return Err(NodeError::InvalidInput("a device cannot join a library as its own follower".into()));
+            return Err(NodeError::InvalidInput(
+                "a device cannot join a library as its own follower".into(),
+            ));
         }
         let mut all = vec![self.device_info(), leader.clone()];
-        all.extend(members.into_iter().filter(|m| m.device_id != leader.device_id && m.device_id != self.device_id()));
+        all.extend(
+            members
+                .into_iter()
+                .filter(|m| m.device_id != leader.device_id && m.device_id != self.device_id()),
+        );
         self.init_library(
             library_id,
             SyncState {
@@ -301,7 +314,12 @@ impl Node {
         .await
     }
 
-    async fn init_library(&self, library_id: Uuid, state: SyncState, devices: Vec<DeviceInfo>) -> Result<(), NodeError> {
+    async fn init_library(
+        &self,
+        library_id: Uuid,
+        state: SyncState,
+        devices: Vec<DeviceInfo>,
+    ) -> Result<(), NodeError> {
         if self.inner.libraries.lock().expect("libraries lock").contains_key(&library_id)
             || self.library_path(library_id).exists()
         {
@@ -361,19 +379,31 @@ impl Node {
     }
 
     /// Commits one change (this device must lead the library).
-    pub async fn commit(&self, library_id: Uuid, change: Change) -> Result<SyncLogEntry, NodeError> {
+    pub async fn commit(
+        &self,
+        library_id: Uuid,
+        change: Change,
+    ) -> Result<SyncLogEntry, NodeError> {
         let tm = self.library(library_id)?.tm.clone();
         blocking(move || tm.commit(change)).await
     }
 
     /// Commits many changes in one transaction.
-    pub async fn commit_batch(&self, library_id: Uuid, changes: Vec<Change>) -> Result<Vec<SyncLogEntry>, NodeError> {
+    pub async fn commit_batch(
+        &self,
+        library_id: Uuid,
+        changes: Vec<Change>,
+    ) -> Result<Vec<SyncLogEntry>, NodeError> {
         let tm = self.library(library_id)?.tm.clone();
         blocking(move || tm.commit_batch(changes)).await
     }
 
     /// Commits one metadata entry for a large operation; followers queue a local job for it.
-    pub async fn commit_bulk(&self, library_id: Uuid, op: BulkOperation) -> Result<SyncLogEntry, NodeError> {
+    pub async fn commit_bulk(
+        &self,
+        library_id: Uuid,
+        op: BulkOperation,
+    ) -> Result<SyncLogEntry, NodeError> {
         let tm = self.library(library_id)?.tm.clone();
         blocking(move || tm.commit_bulk(op)).await
     }

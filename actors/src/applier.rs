@@ -42,6 +42,8 @@ pub struct ApplierContext {
     pub config: SyncConfig,
     /// The leader's peer id.
     pub leader: PeerId,
+    /// The leader's device id (named in NotLeader replies).
+    pub leader_device: Option<Uuid>,
     /// The term this follower knows.
     pub term: u64,
 }
@@ -121,7 +123,8 @@ impl Handler<InboundRequest> for FollowerApplier {
         let term = self.shared.term.load(Ordering::Relaxed);
         let applied = *self.shared.applied.lock().expect("applied lock");
         let reply = match req.message {
-            SyncMessage::NewEntries { term: their, .. } | SyncMessage::Heartbeat { term: their, .. }
+            SyncMessage::NewEntries { term: their, .. }
+            | SyncMessage::Heartbeat { term: their, .. }
                 if their < term =>
             {
                 SyncMessage::error(
@@ -134,7 +137,7 @@ impl Handler<InboundRequest> for FollowerApplier {
                 library_id,
                 code: ErrorCode::NotLeader,
                 message: "this device follows another leader".into(),
-                leader_hint: None,
+                leader_hint: self.cx.leader_device,
             },
             SyncMessage::NewEntries { to_sequence, .. } => {
                 self.shared.leader_last.fetch_max(to_sequence, Ordering::Relaxed);
@@ -154,12 +157,14 @@ impl Handler<InboundRequest> for FollowerApplier {
                     role: SyncRole::Follower,
                 }
             }
-            SyncMessage::FetchEntries { .. } | SyncMessage::Acknowledge { .. } => SyncMessage::Error {
-                library_id,
-                code: ErrorCode::NotLeader,
-                message: "this device is a follower of the library".into(),
-                leader_hint: None,
-            },
+            SyncMessage::FetchEntries { .. } | SyncMessage::Acknowledge { .. } => {
+                SyncMessage::Error {
+                    library_id,
+                    code: ErrorCode::NotLeader,
+                    message: "this device is a follower of the library".into(),
+                    leader_hint: self.cx.leader_device,
+                }
+            }
             other => SyncMessage::error(
                 library_id,
                 ErrorCode::BadRequest,
@@ -345,7 +350,10 @@ impl Worker {
         self.round_with_progress(None).await
     }
 
-    async fn round_with_progress(&self, mut progress: Option<(Instant, u64)>) -> Result<(), RoundError> {
+    async fn round_with_progress(
+        &self,
+        mut progress: Option<(Instant, u64)>,
+    ) -> Result<(), RoundError> {
         let start_pos = self.load_position().await?;
         if progress.is_none() {
             self.set_state(FollowerState::Fetching, None);
@@ -357,9 +365,13 @@ impl Worker {
         let mut applied_total = 0u64;
         while let Some((since, fut)) = in_flight.pop_front() {
             let (term, entries, has_more, leader_last) = match fut.await? {
-                SyncMessage::EntriesResponse { term, entries, has_more, leader_last_sequence, .. } => {
-                    (term, entries, has_more, leader_last_sequence)
-                }
+                SyncMessage::EntriesResponse {
+                    term,
+                    entries,
+                    has_more,
+                    leader_last_sequence,
+                    ..
+                } => (term, entries, has_more, leader_last_sequence),
                 SyncMessage::SyncRequired { reason, leader_last_sequence, .. } => {
                     return Err(RoundError::SyncRequired { reason, target: leader_last_sequence });
                 }
@@ -373,7 +385,11 @@ impl Worker {
                 if first.sequence != since.sequence + 1 {
                     // Not a continuation of what we asked for: drop the pipeline and re-fetch
                     // from the persisted position.
-                    debug!(expected = since.sequence + 1, got = first.sequence, "gap in response, re-fetching");
+                    debug!(
+                        expected = since.sequence + 1,
+                        got = first.sequence,
+                        "gap in response, re-fetching"
+                    );
                     return Box::pin(self.round_with_progress(progress)).await;
                 }
             }
@@ -411,7 +427,13 @@ impl Worker {
         Ok(())
     }
 
-    fn report_progress(&self, progress: &mut Option<(Instant, u64)>, applied: u64, target: u64, done: bool) {
+    fn report_progress(
+        &self,
+        progress: &mut Option<(Instant, u64)>,
+        applied: u64,
+        target: u64,
+        done: bool,
+    ) {
         let (started, reported) = match progress {
             Some((s, r)) => (*s, r),
             None => {
@@ -518,7 +540,10 @@ impl Worker {
         self.round_with_progress(Some((Instant::now(), 0))).await?;
         let last = self.position().sequence;
         info!(library_id = %self.cx.library_id, last_sequence = last, "full reconciliation done");
-        let _ = self.cx.events.send(SyncEvent::ResyncDone { library_id: self.cx.library_id, last_sequence: last });
+        let _ = self
+            .cx
+            .events
+            .send(SyncEvent::ResyncDone { library_id: self.cx.library_id, last_sequence: last });
         Ok(())
     }
 }

@@ -59,7 +59,11 @@ mod tests {
         for _ in 0..20 {
             let d = b.next_delay(&mut rng);
             assert_eq!(b.step(), Some(expected));
-            assert!(d >= expected / 2 && d <= expected, "{d:?} outside [{:?}, {expected:?}]", expected / 2);
+            assert!(
+                d >= expected / 2 && d <= expected,
+                "{d:?} outside [{:?}, {expected:?}]",
+                expected / 2
+            );
             expected = (expected * 2).min(ms(30_000));
         }
         assert_eq!(b.step(), Some(ms(30_000)));

@@ -16,6 +16,9 @@ pub struct SyncConfig {
     pub notify_window: Duration,
     /// The most entries the leader puts in one `EntriesResponse`, whatever the request asks.
     pub max_entries_per_response: u64,
+    /// The most payload bytes the leader puts in one `EntriesResponse` (at least one entry is
+    /// always sent); half the default frame limit, so a response always fits in a frame.
+    pub max_response_bytes: usize,
     /// First reconnect delay of a follower that lost its leader.
     pub backoff_initial: Duration,
     /// Upper bound of the reconnect delay.
@@ -31,6 +34,7 @@ impl Default for SyncConfig {
             leader_timeout: Duration::from_secs(60),
             notify_window: Duration::from_millis(100),
             max_entries_per_response: 100,
+            max_response_bytes: lsync_protocol::DEFAULT_MAX_FRAME / 2,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             ack_every: 1_000,

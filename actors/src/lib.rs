@@ -13,6 +13,7 @@
 //! - [`events`] — events and status snapshots for the host; [`config`] — timers and limits.
 //!
 //! Decision logic with no I/O lives in [`window`] and [`backoff`]; actors are thin shells.
+#![forbid(unsafe_code)]
 
 pub mod applier;
 pub mod backoff;
@@ -27,6 +28,8 @@ pub mod transport;
 pub mod window;
 
 pub use config::SyncConfig;
-pub use events::{ApplierStatus, FollowerState, FollowerStatus, LibraryStatus, Progress, SyncEvent};
+pub use events::{
+    ApplierStatus, FollowerState, FollowerStatus, LibraryStatus, Progress, SyncEvent,
+};
 pub use service::{AddMember, GetStatus, LibraryContext, Shutdown, SyncService};
 pub use transport::{NetworkError, Transport};

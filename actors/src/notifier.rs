@@ -53,7 +53,12 @@ impl LeaderNotifier {
     }
 
     fn announce(&self, a: Announce) {
-        debug!(from = a.from_sequence, to = a.to_sequence, sessions = self.sessions.len(), "announcing new entries");
+        debug!(
+            from = a.from_sequence,
+            to = a.to_sequence,
+            sessions = self.sessions.len(),
+            "announcing new entries"
+        );
         for s in &self.sessions {
             // Sessions coalesce announcements themselves; a full mailbox only drops a
             // notification the session would have merged anyway.
@@ -115,8 +120,11 @@ impl Handler<Committed> for LeaderNotifier {
     type Result = ();
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         let ev = msg.0;
-        let range =
-            Announce { from_sequence: ev.first_sequence, to_sequence: ev.last_sequence, term: ev.term };
+        let range = Announce {
+            from_sequence: ev.first_sequence,
+            to_sequence: ev.last_sequence,
+            term: ev.term,
+        };
         if let Some(a) = self.window.on_commit(Self::now(), range) {
             self.announce(a);
         }

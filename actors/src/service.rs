@@ -71,8 +71,13 @@ struct Started {
 struct PeerEvent(NetworkEvent);
 
 enum Role {
-    Leader { notifier: Addr<LeaderNotifier>, sessions: HashMap<PeerId, Addr<FollowerSession>> },
-    Follower { applier: Addr<FollowerApplier> },
+    Leader {
+        notifier: Addr<LeaderNotifier>,
+        sessions: HashMap<PeerId, Addr<FollowerSession>>,
+    },
+    Follower {
+        applier: Addr<FollowerApplier>,
+    },
     /// No leader known yet, or the role actors are not started.
     Idle,
 }
@@ -122,7 +127,8 @@ impl SyncService {
             for (peer, device) in self.members.clone() {
                 sessions.insert(peer, self.start_session(&state, device, peer));
             }
-            notifier.do_send(SetSessions(sessions.values().map(|a| a.clone().recipient()).collect()));
+            notifier
+                .do_send(SetSessions(sessions.values().map(|a| a.clone().recipient()).collect()));
             info!(%library_id, term = state.current_term, followers = sessions.len(), "leading");
             self.role = Role::Leader { notifier, sessions };
         } else if let Some(leader_peer) = state
@@ -136,6 +142,7 @@ impl SyncService {
                 events: self.cx.events.clone(),
                 config: self.cx.config.clone(),
                 leader: leader_peer,
+                leader_device: state.leader_device,
                 term: state.current_term,
             })
             .start();
@@ -151,7 +158,12 @@ impl SyncService {
         });
     }
 
-    fn start_session(&self, state: &SyncState, device: Uuid, peer: PeerId) -> Addr<FollowerSession> {
+    fn start_session(
+        &self,
+        state: &SyncState,
+        device: Uuid,
+        peer: PeerId,
+    ) -> Addr<FollowerSession> {
         let session = FollowerSession::new(
             SessionContext {
                 library_id: self.cx.library_id,
@@ -160,6 +172,7 @@ impl SyncService {
                 events: self.cx.events.clone(),
                 term: state.current_term,
                 max_entries_per_response: self.cx.config.max_entries_per_response,
+                max_response_bytes: self.cx.config.max_response_bytes,
                 heartbeat_interval: self.cx.config.heartbeat_interval,
             },
             device,
@@ -201,8 +214,9 @@ impl Actor for SyncService {
         let me = ctx.address();
         let setup = async move {
             let db = cx.db.clone();
-            let (state, devices) =
-                run_blocking(move || Ok((db.sync_state()?, db.devices()?))).await.map_err(|e| e.to_string())?;
+            let (state, devices) = run_blocking(move || Ok((db.sync_state()?, db.devices()?)))
+                .await
+                .map_err(|e| e.to_string())?;
             let mut members = Vec::new();
             let mut routes = Vec::new();
             for d in devices.into_iter().filter(|d| d.device_id != cx.device_id) {
@@ -210,7 +224,8 @@ impl Actor for SyncService {
                     warn!(device = %d.device_id, peer_id = %d.peer_id, "member with an invalid peer id ignored");
                     continue;
                 };
-                let addrs: Vec<Multiaddr> = d.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+                let addrs: Vec<Multiaddr> =
+                    d.addresses.iter().filter_map(|a| a.parse().ok()).collect();
                 members.push((d.device_id, peer));
                 routes.push((peer, addrs));
             }
@@ -295,7 +310,11 @@ impl Handler<InboundRequest> for SyncService {
         let library_id = self.cx.library_id;
         let leader_hint = self.state.as_ref().and_then(|s| s.leader_device);
         let busy = |req: InboundRequest, what: &str| {
-            let _ = req.reply.send(SyncMessage::error(library_id, ErrorCode::Internal, format!("{what} busy")));
+            let _ = req.reply.send(SyncMessage::error(
+                library_id,
+                ErrorCode::Internal,
+                format!("{what} busy"),
+            ));
         };
         match &self.role {
             Role::Leader { sessions, .. } => match sessions.get(&req.peer) {
@@ -341,13 +360,18 @@ impl Handler<AddMember> for SyncService {
                 .map_err(|e| format!("invalid peer id {:?}: {e}", device.peer_id))?;
             let mut addrs = Vec::new();
             for a in &device.addresses {
-                addrs.push(a.parse::<Multiaddr>().map_err(|e| format!("invalid address {a:?}: {e}"))?);
+                addrs.push(
+                    a.parse::<Multiaddr>().map_err(|e| format!("invalid address {a:?}: {e}"))?,
+                );
             }
             let db = cx.db.clone();
             let d = device.clone();
             run_blocking(move || db.upsert_device(&d)).await.map_err(|e| e.to_string())?;
             if device.device_id != cx.device_id {
-                cx.network.add_member(cx.library_id, peer, addrs).await.map_err(|e| e.to_string())?;
+                cx.network
+                    .add_member(cx.library_id, peer, addrs)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Ok::<_, String>((device.device_id, peer))
         };
@@ -368,7 +392,9 @@ impl Handler<AddMember> for SyncService {
                 Role::Leader { notifier, sessions } => {
                     if let Some(s) = new_session {
                         sessions.insert(peer, s);
-                        notifier.do_send(SetSessions(sessions.values().map(|a| a.clone().recipient()).collect()));
+                        notifier.do_send(SetSessions(
+                            sessions.values().map(|a| a.clone().recipient()).collect(),
+                        ));
                     }
                 }
                 Role::Idle if state.as_ref().and_then(|s| s.leader_device) == Some(device) => {
@@ -397,11 +423,14 @@ impl Handler<GetStatus> for SyncService {
             _ => None,
         };
         Box::pin(async move {
-            let (state, last) =
-                run_blocking(move || Ok((db.sync_state()?, db.last_position()?))).await.map_err(|e| e.to_string())?;
+            let (state, last) = run_blocking(move || Ok((db.sync_state()?, db.last_position()?)))
+                .await
+                .map_err(|e| e.to_string())?;
             let mut followers = Vec::with_capacity(sessions.len());
             for s in sessions {
-                if let Ok(f) = s.send(GetFollowerStatus { leader_last_sequence: last.sequence }).await {
+                if let Ok(f) =
+                    s.send(GetFollowerStatus { leader_last_sequence: last.sequence }).await
+                {
                     followers.push(f);
                 }
             }

@@ -34,6 +34,8 @@ pub struct SessionContext {
     pub events: broadcast::Sender<SyncEvent>,
     pub term: u64,
     pub max_entries_per_response: u64,
+    /// Payload bytes one response may carry (entry count aside).
+    pub max_response_bytes: usize,
     pub heartbeat_interval: Duration,
 }
 
@@ -68,7 +70,15 @@ pub struct FollowerSession {
 impl FollowerSession {
     /// A session for `device_id` reachable as `peer`.
     pub fn new(cx: SessionContext, device_id: Uuid, peer: PeerId) -> Self {
-        Self { cx, device_id, peer, acked: 0, connected: false, notify_in_flight: false, pending: None }
+        Self {
+            cx,
+            device_id,
+            peer,
+            acked: 0,
+            connected: false,
+            notify_in_flight: false,
+            pending: None,
+        }
     }
 
     fn record_ack(&mut self, up_to: u64) {
@@ -178,7 +188,10 @@ impl Handler<Connection> for FollowerSession {
         }
         self.connected = msg.0;
         let ev = if msg.0 {
-            SyncEvent::FollowerConnected { library_id: self.cx.library_id, device_id: self.device_id }
+            SyncEvent::FollowerConnected {
+                library_id: self.cx.library_id,
+                device_id: self.device_id,
+            }
         } else {
             SyncEvent::FollowerLost { library_id: self.cx.library_id, device_id: self.device_id }
         };
@@ -211,11 +224,14 @@ impl Handler<InboundRequest> for FollowerSession {
             let library_id = cx.library_id;
             let kind = req.message.kind();
             let db = cx.db.clone();
-            let response = run_blocking(move || serve(&db, &cx, req.message))
-                .await
-                .unwrap_or_else(|e| {
+            let response =
+                run_blocking(move || serve(&db, &cx, req.message)).await.unwrap_or_else(|e| {
                     warn!(%peer, %library_id, request = kind, error = %e, "serving request failed");
-                    SyncMessage::error(library_id, ErrorCode::Internal, format!("storage error: {e}"))
+                    SyncMessage::error(
+                        library_id,
+                        ErrorCode::Internal,
+                        format!("storage error: {e}"),
+                    )
                 });
             let _ = req.reply.send(response);
         });
@@ -223,7 +239,11 @@ impl Handler<InboundRequest> for FollowerSession {
 }
 
 /// Answers one follower request from the leader's log. Pure storage reads; no actor state.
-pub fn serve(db: &Database, cx: &SessionContext, msg: SyncMessage) -> Result<SyncMessage, StorageError> {
+pub fn serve(
+    db: &Database,
+    cx: &SessionContext,
+    msg: SyncMessage,
+) -> Result<SyncMessage, StorageError> {
     let library_id = cx.library_id;
     let term = cx.term;
     let stale = |their: u64| {
@@ -236,11 +256,17 @@ pub fn serve(db: &Database, cx: &SessionContext, msg: SyncMessage) -> Result<Syn
     db.with_reader(|conn| {
         let last = SyncLog::last(conn)?;
         Ok(match msg {
-            SyncMessage::FetchEntries { term: their, since_sequence, since_term, limit, .. } => {
+            SyncMessage::FetchEntries {
+                term: their, since_sequence, since_term, limit, ..
+            } => {
                 if their > term {
                     stale_leader(library_id, their, term)
                 } else if limit == 0 {
-                    SyncMessage::error(library_id, ErrorCode::BadRequest, "limit must be at least 1")
+                    SyncMessage::error(
+                        library_id,
+                        ErrorCode::BadRequest,
+                        "limit must be at least 1",
+                    )
                 } else if let Some(reason) = divergence(conn, last, since_sequence, since_term)? {
                     SyncMessage::SyncRequired {
                         library_id,
@@ -250,7 +276,8 @@ pub fn serve(db: &Database, cx: &SessionContext, msg: SyncMessage) -> Result<Syn
                     }
                 } else {
                     let limit = limit.min(cx.max_entries_per_response);
-                    let entries = SyncLog::fetch_since(conn, since_sequence, limit)?;
+                    let mut entries = SyncLog::fetch_since(conn, since_sequence, limit)?;
+                    cap_bytes(&mut entries, cx.max_response_bytes);
                     let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
                     SyncMessage::EntriesResponse {
                         library_id,
@@ -280,7 +307,10 @@ pub fn serve(db: &Database, cx: &SessionContext, msg: SyncMessage) -> Result<Syn
                     SyncMessage::error(
                         library_id,
                         ErrorCode::BadRequest,
-                        format!("acknowledged {up_to_sequence} beyond the last sequence {}", last.sequence),
+                        format!(
+                            "acknowledged {up_to_sequence} beyond the last sequence {}",
+                            last.sequence
+                        ),
                     )
                 } else {
                     leader_heartbeat(library_id, term, last)
@@ -301,6 +331,21 @@ pub fn serve(db: &Database, cx: &SessionContext, msg: SyncMessage) -> Result<Syn
     })
 }
 
+/// Keeps the longest prefix of `entries` whose payloads fit in `max_bytes` (at least one entry,
+/// so a follower always progresses), keeping every response well inside the frame limit.
+fn cap_bytes(entries: &mut Vec<lsync_protocol::SyncLogEntry>, max_bytes: usize) {
+    let mut total = 0usize;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            total += e.data.len() + e.model_type.len() + e.record_id.len() + 64;
+            total > max_bytes
+        })
+        .unwrap_or(entries.len())
+        .max(1);
+    entries.truncate(keep);
+}
+
 fn leader_heartbeat(library_id: Uuid, term: u64, last: lsync_storage::LogPosition) -> SyncMessage {
     SyncMessage::Heartbeat {
         library_id,
@@ -311,11 +356,12 @@ fn leader_heartbeat(library_id: Uuid, term: u64, last: lsync_storage::LogPositio
     }
 }
 
+/// The requester knows a newer term than this leader's: this device does not lead that term.
 fn stale_leader(library_id: Uuid, their: u64, term: u64) -> SyncMessage {
     SyncMessage::error(
         library_id,
-        ErrorCode::StaleTerm,
-        format!("this leader's term {term} is older than the requester's term {their}"),
+        ErrorCode::NotLeader,
+        format!("this device led term {term}; it does not lead the requester's term {their}"),
     )
 }
 

@@ -42,11 +42,19 @@ pub enum NetworkError {
 /// Sends one request to a peer and resolves to its one response.
 pub trait Transport: Send + Sync + 'static {
     /// Sends `msg` to `peer`; the future resolves to the peer's response.
-    fn request(&self, peer: PeerId, msg: SyncMessage) -> BoxFuture<Result<SyncMessage, NetworkError>>;
+    fn request(
+        &self,
+        peer: PeerId,
+        msg: SyncMessage,
+    ) -> BoxFuture<Result<SyncMessage, NetworkError>>;
 }
 
 impl<T: Transport + ?Sized> Transport for Arc<T> {
-    fn request(&self, peer: PeerId, msg: SyncMessage) -> BoxFuture<Result<SyncMessage, NetworkError>> {
+    fn request(
+        &self,
+        peer: PeerId,
+        msg: SyncMessage,
+    ) -> BoxFuture<Result<SyncMessage, NetworkError>> {
         (**self).request(peer, msg)
     }
 }

@@ -757,6 +757,20 @@ fn bytes_after_the_message_inside_a_frame_are_invalid_data() {
     }
 }
 
+proptest! {
+    /// Whatever follows a complete message inside its frame makes the frame malformed.
+    #[test]
+    fn any_bytes_after_a_message_are_invalid_data(
+        msg in message_with(3, 32),
+        tail in vec(any::<u8>(), 1..16),
+    ) {
+        let mut body = body_of(&msg);
+        body.extend_from_slice(&tail);
+        let e = decode_body(&body).unwrap_err();
+        prop_assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+}
+
 #[test]
 fn an_empty_body_is_invalid_data() {
     assert_kind(read(&[0, 0, 0, 0], DEFAULT_MAX_FRAME), io::ErrorKind::InvalidData);

@@ -26,6 +26,7 @@
 //! `local_jobs`, and one table per model (`tag`, `location`, each row with `version`).
 //! Numbers are `u64` in the API and `i64` in SQLite; a value above `i64::MAX` is refused,
 //! never wrapped.
+#![forbid(unsafe_code)]
 
 mod applier;
 mod change;

@@ -43,9 +43,13 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes with millisecond timers.
     pub async fn start(n: usize) -> Cluster {
-        let _ = tracing_subscriber::fmt().with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        ).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let mut c = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             nodes: Vec::new(),
@@ -119,7 +123,8 @@ impl Cluster {
     pub fn offline_db(&self, i: usize, lib: Uuid) -> lsync::Database {
         assert!(self.nodes[i].is_none(), "node {i} must be stopped");
         let path = self.dir.path().join(format!("dev{i}/libraries/{lib}.db"));
-        lsync::Database::open(&path, &Default::default(), lsync::ModelRegistry::with_builtin()).expect("open")
+        lsync::Database::open(&path, &Default::default(), lsync::ModelRegistry::with_builtin())
+            .expect("open")
     }
 
     /// Creates a library led by node `leader`, joined by `followers`.
@@ -132,12 +137,16 @@ impl Cluster {
     /// Makes `followers` members of `lib` (led by `leader`).
     pub async fn join(&self, lib: Uuid, leader: usize, followers: &[usize]) {
         let leader_info = self.node(leader).device_info();
-        let infos: Vec<DeviceInfo> = followers.iter().map(|&f| self.node(f).device_info()).collect();
+        let infos: Vec<DeviceInfo> =
+            followers.iter().map(|&f| self.node(f).device_info()).collect();
         for info in &infos {
             self.node(leader).add_device(lib, info.clone()).await.expect("add device");
         }
         for &f in followers {
-            self.node(f).join_library(lib, leader_info.clone(), infos.clone()).await.expect("join library");
+            self.node(f)
+                .join_library(lib, leader_info.clone(), infos.clone())
+                .await
+                .expect("join library");
         }
     }
 
@@ -148,7 +157,12 @@ impl Cluster {
 
     /// Last log sequence of node `i` for `lib`.
     pub fn last_sequence(&self, i: usize, lib: Uuid) -> u64 {
-        self.node(i).database(lib).expect("library open").last_position().expect("position").sequence
+        self.node(i)
+            .database(lib)
+            .expect("library open")
+            .last_position()
+            .expect("position")
+            .sequence
     }
 
     /// Waits until every node in `followers` has the leader's last sequence, then asserts that
@@ -166,7 +180,12 @@ impl Cluster {
             let got = self.dump(f, lib);
             assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
             for (table, rows) in &expected {
-                assert!(got[table] == *rows, "table {table} of node {f} differs from the leader's ({} vs {} rows)", got[table].len(), rows.len());
+                assert!(
+                    got[table] == *rows,
+                    "table {table} of node {f} differs from the leader's ({} vs {} rows)",
+                    got[table].len(),
+                    rows.len()
+                );
             }
         }
     }

@@ -5,7 +5,11 @@ use rand::{Rng, SeedableRng};
 use crate::fixture::{wait_until, Cluster};
 
 fn tag(i: u64, name: &str) -> Tag {
-    Tag { id: format!("tag-{i}"), name: name.to_string(), color: Some(format!("#{:06x}", i % 0xffffff)) }
+    Tag {
+        id: format!("tag-{i}"),
+        name: name.to_string(),
+        color: Some(format!("#{:06x}", i % 0xffffff)),
+    }
 }
 
 fn location(i: u64, path: &str) -> Location {
@@ -13,7 +17,12 @@ fn location(i: u64, path: &str) -> Location {
 }
 
 /// A random but valid mix of inserts, updates and deletes of tags and locations.
-fn mixed_changes(rng: &mut StdRng, live_tags: &mut Vec<u64>, live_locs: &mut Vec<u64>, next: &mut u64) -> Change {
+fn mixed_changes(
+    rng: &mut StdRng,
+    live_tags: &mut Vec<u64>,
+    live_locs: &mut Vec<u64>,
+    next: &mut u64,
+) -> Change {
     let roll = rng.gen_range(0..100);
     if roll < 35 || (live_tags.is_empty() && live_locs.is_empty()) {
         *next += 1;
@@ -67,11 +76,16 @@ async fn leader_and_three_followers_converge_on_ten_thousand_mixed_changes() {
     while committed < 10_000 {
         // a mix of single commits and small batches, as a host would make them
         if rng.gen_bool(0.2) {
-            let changes: Vec<_> =
-                (0..rng.gen_range(2..50)).map(|_| mixed_changes(&mut rng, &mut tags, &mut locs, &mut next)).collect();
+            let changes: Vec<_> = (0..rng.gen_range(2..50))
+                .map(|_| mixed_changes(&mut rng, &mut tags, &mut locs, &mut next))
+                .collect();
             committed += cluster.node(0).commit_batch(lib, changes).await.unwrap().len() as u64;
         } else {
-            cluster.node(0).commit(lib, mixed_changes(&mut rng, &mut tags, &mut locs, &mut next)).await.unwrap();
+            cluster
+                .node(0)
+                .commit(lib, mixed_changes(&mut rng, &mut tags, &mut locs, &mut next))
+                .await
+                .unwrap();
             committed += 1;
         }
     }
@@ -113,7 +127,10 @@ async fn follower_stopped_mid_stream_resumes_without_duplicates_or_holes() {
     let mut events = cluster.node(1).subscribe();
 
     commit_tags(cluster.node(0), lib, 0, 300).await;
-    wait_until("follower 1 applied part of the stream", || async { cluster.last_sequence(1, lib) >= 100 }).await;
+    wait_until("follower 1 applied part of the stream", || async {
+        cluster.last_sequence(1, lib) >= 100
+    })
+    .await;
     cluster.stop(1).await;
     while let Ok(ev) = events.try_recv() {
         if let lsync::SyncEvent::EntriesApplied { first, last, .. } = ev {
@@ -141,7 +158,8 @@ async fn late_follower_catches_up_on_one_hundred_thousand_entries() {
     let mut cluster = Cluster::start(2).await;
     let lib = cluster.create_library(0, &[1]).await;
     for batch in 0..100u64 {
-        let changes = (0..1_000).map(|i| Change::insert(&tag(batch * 1_000 + i, "bulk import"))).collect();
+        let changes =
+            (0..1_000).map(|i| Change::insert(&tag(batch * 1_000 + i, "bulk import"))).collect();
         cluster.node(0).commit_batch(lib, changes).await.unwrap();
     }
     assert_eq!(cluster.last_sequence(0, lib), 100_000);

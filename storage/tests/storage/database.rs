@@ -141,3 +141,12 @@ fn writer_recovers_from_a_panic() {
     assert_eq!(l.db.last_position().unwrap().sequence, 1);
     assert_eq!(l.tm.commit(Change::insert(&tag("t2", "two"))).unwrap().sequence, 2);
 }
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<Database>();
+    assert_send_sync::<lsync_storage::TransactionManager>();
+    assert_send_sync::<lsync_storage::Applier>();
+    assert_send_sync::<ModelRegistry>();
+}
