@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use actix::{Addr, Supervisor};
+use actix::{Actor, Addr};
 use libp2p::{Multiaddr, PeerId};
 use lsync_actors::network::{NetworkConfig, NetworkHandle};
 use lsync_actors::{
@@ -359,7 +359,7 @@ impl Node {
             config: self.inner.config.sync.clone(),
             events: self.inner.events.clone(),
         };
-        let service = Supervisor::start(move |_| SyncService::new(cx));
+        let service = SyncService::new(cx).start();
         self.inner
             .libraries
             .lock()

@@ -4,8 +4,10 @@
 //! connection events, status queries. Starts the role actors for the device's role — leader:
 //! a [`LeaderNotifier`] and one [`FollowerSession`] per follower; follower: a
 //! [`FollowerApplier`] — and routes each inbound request to the role actor that answers it.
-//! Runs under actix `Supervisor`: a restart stops the role actors and starts them afresh from
-//! the persisted state.
+//! It is not itself run under actix's `Supervisor`: a supervised actor is restarted whenever it
+//! stops while an address to it exists, so it could never be shut down for good. Instead the
+//! service owns the lifecycle of its role actors: it stops them and starts new ones from the
+//! persisted state.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,7 +94,7 @@ pub struct SyncService {
 }
 
 impl SyncService {
-    /// A service for the library in `cx` (start it with `actix::Supervisor::start`).
+    /// A service for the library in `cx`.
     pub fn new(cx: LibraryContext) -> Self {
         Self {
             cx,
@@ -250,14 +252,6 @@ impl Actor for SyncService {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.stop_role();
-    }
-}
-
-impl Supervised for SyncService {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        warn!(library_id = %self.cx.library_id, "sync service restarting its role actors");
-        self.stop_role();
-        self.state = None;
     }
 }
 
