@@ -37,7 +37,8 @@ mod node;
 pub use identity::Identity;
 pub use lsync_actors::network::NetworkConfig;
 pub use lsync_actors::{
-    ApplierStatus, FollowerState, FollowerStatus, LibraryStatus, Progress, SyncConfig, SyncEvent,
+    ApplierStatus, FollowerState, FollowerStatus, LibraryStatus, Metrics, Progress, SyncConfig,
+    SyncEvent,
 };
 pub use lsync_protocol::{ChangeType, SyncLogEntry, SyncRole};
 pub use lsync_storage::{

@@ -8,7 +8,7 @@ use actix::{Actor, Addr};
 use libp2p::{Multiaddr, PeerId};
 use lsync_actors::network::{NetworkConfig, NetworkHandle};
 use lsync_actors::{
-    AddMember, GetStatus, LibraryContext, LibraryStatus, Shutdown, SyncConfig, SyncEvent,
+    AddMember, GetStatus, LibraryContext, LibraryStatus, Metrics, Shutdown, SyncConfig, SyncEvent,
     SyncService,
 };
 use lsync_protocol::{SyncLogEntry, SyncRole};
@@ -134,6 +134,7 @@ impl NodeBuilder {
                 network,
                 listen_addrs,
                 events,
+                metrics: Arc::new(Metrics::default()),
                 libraries: Mutex::new(HashMap::new()),
             }),
         };
@@ -173,6 +174,7 @@ struct Inner {
     network: NetworkHandle,
     listen_addrs: Vec<Multiaddr>,
     events: broadcast::Sender<SyncEvent>,
+    metrics: Arc<Metrics>,
     libraries: Mutex<HashMap<Uuid, Arc<Library>>>,
 }
 
@@ -219,6 +221,11 @@ impl Node {
     /// The node's network handle (statistics, connected peers).
     pub fn network(&self) -> &NetworkHandle {
         &self.inner.network
+    }
+
+    /// The node's counters and latency histograms.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Events of every library on this node.
@@ -358,6 +365,7 @@ impl Node {
             transport: Arc::new(self.inner.network.clone()),
             config: self.inner.config.sync.clone(),
             events: self.inner.events.clone(),
+            metrics: self.inner.metrics.clone(),
         };
         let service = SyncService::new(cx).start();
         self.inner
@@ -385,7 +393,9 @@ impl Node {
         change: Change,
     ) -> Result<SyncLogEntry, NodeError> {
         let tm = self.library(library_id)?.tm.clone();
-        blocking(move || tm.commit(change)).await
+        let entry = blocking(move || tm.commit(change)).await?;
+        Metrics::add(&self.inner.metrics.entries_committed, 1);
+        Ok(entry)
     }
 
     /// Commits many changes in one transaction.
@@ -395,7 +405,9 @@ impl Node {
         changes: Vec<Change>,
     ) -> Result<Vec<SyncLogEntry>, NodeError> {
         let tm = self.library(library_id)?.tm.clone();
-        blocking(move || tm.commit_batch(changes)).await
+        let entries = blocking(move || tm.commit_batch(changes)).await?;
+        Metrics::add(&self.inner.metrics.entries_committed, entries.len() as u64);
+        Ok(entries)
     }
 
     /// Commits one metadata entry for a large operation; followers queue a local job for it.
@@ -405,7 +417,9 @@ impl Node {
         op: BulkOperation,
     ) -> Result<SyncLogEntry, NodeError> {
         let tm = self.library(library_id)?.tm.clone();
-        blocking(move || tm.commit_bulk(op)).await
+        let entry = blocking(move || tm.commit_bulk(op)).await?;
+        Metrics::add(&self.inner.metrics.entries_committed, 1);
+        Ok(entry)
     }
 
     /// A status snapshot of one library.

@@ -40,6 +40,7 @@ pub struct ApplierContext {
     pub transport: Arc<dyn Transport>,
     pub events: broadcast::Sender<SyncEvent>,
     pub config: SyncConfig,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The leader's peer id.
     pub leader: PeerId,
     /// The leader's device id (named in NotLeader replies).
@@ -261,6 +262,7 @@ impl Worker {
                     let mut s = self.shared.status.lock().expect("status lock");
                     s.reconnect_attempts += 1;
                 }
+                crate::metrics::Metrics::add(&self.cx.metrics.reconnects, 1);
                 self.set_state(FollowerState::Reconnecting, Some(error.clone()));
                 let _ = self.cx.events.send(SyncEvent::LeaderUnreachable {
                     library_id: self.cx.library_id,
@@ -333,7 +335,9 @@ impl Worker {
     }
 
     fn fetch(&self, since: LogPosition) -> BoxFuture<Result<SyncMessage, NetworkError>> {
-        self.cx.transport.request(
+        let metrics = self.cx.metrics.clone();
+        let started = Instant::now();
+        let fut = self.cx.transport.request(
             self.cx.leader,
             SyncMessage::FetchEntries {
                 library_id: self.cx.library_id,
@@ -342,7 +346,12 @@ impl Worker {
                 since_term: since.term,
                 limit: self.cx.config.max_entries_per_response,
             },
-        )
+        );
+        Box::pin(async move {
+            let res = fut.await;
+            metrics.fetch_rtt.observe(started.elapsed());
+            res
+        })
     }
 
     /// Fetches and applies until the leader has nothing more.
@@ -470,12 +479,19 @@ impl Worker {
     }
 
     async fn apply(&self, entries: Vec<SyncLogEntry>) -> Result<(), ApplyError> {
+        let committed_ms = entries.last().map_or(0, |e| e.timestamp_ms);
         let applier = Applier::new(self.cx.db.clone());
         let outcome = run_blocking(move || applier.apply(&entries)).await;
         match outcome {
             Ok(out) => {
                 *self.shared.applied.lock().expect("applied lock") = out.last;
                 if out.applied > 0 {
+                    crate::metrics::Metrics::add(&self.cx.metrics.entries_applied, out.applied);
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    let ms = now_ms.saturating_sub(committed_ms).max(0) as u64;
+                    self.cx.metrics.commit_to_apply.observe(std::time::Duration::from_millis(ms));
                     let _ = self.cx.events.send(SyncEvent::EntriesApplied {
                         library_id: self.cx.library_id,
                         first: out.last.sequence + 1 - out.applied,
@@ -526,6 +542,7 @@ impl Worker {
     /// Full reconciliation: clear the library and rebuild it from the leader's log.
     async fn reconcile(&self, reason: String, target: u64) -> Result<(), RoundError> {
         warn!(library_id = %self.cx.library_id, %reason, target, "full reconciliation");
+        crate::metrics::Metrics::add(&self.cx.metrics.resyncs, 1);
         self.set_state(FollowerState::Reconciling, None);
         let _ = self.cx.events.send(SyncEvent::ResyncStarted {
             library_id: self.cx.library_id,

@@ -20,6 +20,7 @@ pub mod backoff;
 mod blocking;
 pub mod config;
 pub mod events;
+pub mod metrics;
 pub mod network;
 pub mod notifier;
 pub mod service;
@@ -31,5 +32,6 @@ pub use config::SyncConfig;
 pub use events::{
     ApplierStatus, FollowerState, FollowerStatus, LibraryStatus, Progress, SyncEvent,
 };
+pub use metrics::Metrics;
 pub use service::{AddMember, GetStatus, LibraryContext, Shutdown, SyncService};
 pub use transport::{NetworkError, Transport};

@@ -43,6 +43,7 @@ pub struct LibraryContext {
     pub transport: Arc<dyn Transport>,
     pub config: SyncConfig,
     pub events: broadcast::Sender<SyncEvent>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Stops an actor.
@@ -143,6 +144,7 @@ impl SyncService {
                 transport: self.cx.transport.clone(),
                 events: self.cx.events.clone(),
                 config: self.cx.config.clone(),
+                metrics: self.cx.metrics.clone(),
                 leader: leader_peer,
                 leader_device: state.leader_device,
                 term: state.current_term,

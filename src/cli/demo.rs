@@ -24,7 +24,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let temp;
     let root = match &args.keep {
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             dir.clone()
         }
         None => {
@@ -44,7 +45,11 @@ struct Device {
 }
 
 impl Device {
-    async fn start(name: String, dir: PathBuf, listen: Vec<libp2p::Multiaddr>) -> anyhow::Result<Device> {
+    async fn start(
+        name: String,
+        dir: PathBuf,
+        listen: Vec<libp2p::Multiaddr>,
+    ) -> anyhow::Result<Device> {
         let node = start_node(&dir, &name, listen).await?;
         Ok(Device { addrs: node.listen_addrs(), name, dir, node: Some(node) })
     }
@@ -54,11 +59,16 @@ impl Device {
     }
 }
 
-async fn start_node(dir: &std::path::Path, name: &str, listen: Vec<libp2p::Multiaddr>) -> anyhow::Result<Node> {
+async fn start_node(
+    dir: &std::path::Path,
+    name: &str,
+    listen: Vec<libp2p::Multiaddr>,
+) -> anyhow::Result<Node> {
     let mut last = None;
     // a restarted device reuses its address; the port may take a moment to be released
     for _ in 0..100 {
-        let sync = SyncConfig { heartbeat_interval: Duration::from_secs(1), ..SyncConfig::default() };
+        let sync =
+            SyncConfig { heartbeat_interval: Duration::from_secs(1), ..SyncConfig::default() };
         match Node::builder(dir).name(name).listen(listen.clone()).sync_config(sync).start().await {
             Ok(n) => return Ok(n),
             Err(e) => last = Some(e),
@@ -70,14 +80,20 @@ async fn start_node(dir: &std::path::Path, name: &str, listen: Vec<libp2p::Multi
 
 fn change(i: u64) -> Change {
     match i % 10 {
-        0..=5 => Change::insert(&Tag { id: format!("tag-{i}"), name: format!("tag {i}"), color: None }),
+        0..=5 => {
+            Change::insert(&Tag { id: format!("tag-{i}"), name: format!("tag {i}"), color: None })
+        }
         6 | 7 => Change::insert(&Location {
             id: format!("loc-{i}"),
             name: format!("location {i}"),
             path: format!("/volumes/{i}"),
         }),
         // rename a tag inserted earlier in this block of ten
-        _ => Change::update(&Tag { id: format!("tag-{}", i - i % 10), name: format!("renamed {i}"), color: Some("#ff8800".into()) }),
+        _ => Change::update(&Tag {
+            id: format!("tag-{}", i - i % 10),
+            name: format!("renamed {i}"),
+            color: Some("#ff8800".into()),
+        }),
     }
 }
 
@@ -102,7 +118,10 @@ async fn demo(args: DemoArgs, root: PathBuf) -> anyhow::Result<ExitCode> {
     for d in &devices[1..] {
         d.node().join_library(library_id, leader_info.clone(), infos.clone()).await?;
     }
-    say(format!("library {library_id}: 1 leader, {} followers, {} changes at {RATE}/s", args.followers, args.changes));
+    say(format!(
+        "library {library_id}: 1 leader, {} followers, {} changes at {RATE}/s",
+        args.followers, args.changes
+    ));
 
     let stop_at = args.changes / 3;
     let restart_at = 2 * args.changes / 3;
@@ -111,7 +130,8 @@ async fn demo(args: DemoArgs, root: PathBuf) -> anyhow::Result<ExitCode> {
     let mut i = 0u64;
     while i < args.changes {
         // a steady rate: commit what is due by now, in one batch
-        let due = ((started.elapsed().as_secs_f64() * RATE as f64) as u64).clamp(i + 1, args.changes);
+        let due =
+            ((started.elapsed().as_secs_f64() * RATE as f64) as u64).clamp(i + 1, args.changes);
         let batch: Vec<_> = (i..due).map(change).collect();
         devices[0].node().commit_batch(library_id, batch).await?;
         let before = i;
@@ -123,8 +143,13 @@ async fn demo(args: DemoArgs, root: PathBuf) -> anyhow::Result<ExitCode> {
             }
         }
         if before < restart_at && i >= restart_at && devices[1].node.is_none() {
-            say(format!("-- restarting {}: it catches up from its persisted sequence", devices[1].name));
-            devices[1].node = Some(start_node(&devices[1].dir, &devices[1].name, devices[1].addrs.clone()).await?);
+            say(format!(
+                "-- restarting {}: it catches up from its persisted sequence",
+                devices[1].name
+            ));
+            devices[1].node = Some(
+                start_node(&devices[1].dir, &devices[1].name, devices[1].addrs.clone()).await?,
+            );
         }
         if last_view.elapsed() >= Duration::from_millis(500) {
             last_view = Instant::now();

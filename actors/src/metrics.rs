@@ -1,0 +1,99 @@
+//! Counters and latency histograms of a node, shared by all its libraries' actors.
+//! Lock-free (atomics); rendered as Prometheus text by the host (see the `lsync` daemon).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds, in seconds, of the latency histograms' buckets.
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// A fixed-bucket latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A histogram read at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound in seconds, cumulative count)`, the last bound being +∞.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of the observations, in seconds.
+    pub sum_seconds: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// Reads the histogram (cumulative buckets, as Prometheus wants them).
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            buckets.push((LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
+        }
+        HistogramSnapshot {
+            buckets,
+            sum_seconds: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            count: cumulative,
+        }
+    }
+}
+
+/// Everything a node counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Entries committed by this device as leader.
+    pub entries_committed: AtomicU64,
+    /// Entries applied by this device as follower.
+    pub entries_applied: AtomicU64,
+    /// Times a follower found its leader unreachable and backed off.
+    pub reconnects: AtomicU64,
+    /// Elections this device started.
+    pub elections: AtomicU64,
+    /// Full reconciliations this device ran.
+    pub resyncs: AtomicU64,
+    /// Round trip of a FetchEntries request, seen by the follower.
+    pub fetch_rtt: Histogram,
+    /// From the leader's commit (the entry's timestamp) to the follower's apply. Across
+    /// devices this includes their clock difference.
+    pub commit_to_apply: Histogram,
+}
+
+impl Metrics {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(50));
+        h.observe(Duration::from_micros(700));
+        h.observe(Duration::from_secs(10));
+        let s = h.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets[0], (0.0001, 1));
+        assert_eq!(s.buckets[3], (0.001, 2));
+        assert_eq!(s.buckets.last().unwrap().1, 3);
+        assert!(s.buckets.last().unwrap().0.is_infinite());
+        assert!((s.sum_seconds - 10.00075).abs() < 1e-9);
+    }
+}
