@@ -583,3 +583,203 @@ fn refusal(msg: SyncMessage) -> RoundError {
 }
 
 use rand::SeedableRng;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::session::{serve, SessionContext};
+    use crate::testkit::{follower_db, leader_db, wait_for, ScriptedTransport};
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        lib: Uuid,
+        leader: Database,
+        follower: Database,
+        events: broadcast::Receiver<SyncEvent>,
+        leader_peer: PeerId,
+    }
+
+    /// A follower applier whose transport is `script`, which may serve from the leader's log.
+    fn start(
+        n: u64,
+        script: impl Fn(usize, &SyncMessage, &Database) -> Option<Result<SyncMessage, NetworkError>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> (Setup, Arc<ScriptedTransport>, Addr<FollowerApplier>) {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Uuid::new_v4();
+        let (leader, _) = leader_db(&dir, lib, n);
+        let follower = follower_db(&dir, lib, Uuid::new_v4());
+        let (etx, events) = broadcast::channel(1024);
+        let leader_db = leader.clone();
+        let (stx, _) = broadcast::channel(16);
+        let scx = SessionContext {
+            library_id: lib,
+            db: leader.clone(),
+            transport: ScriptedTransport::new(|_, _| Err(NetworkError::Closed)),
+            events: stx,
+            term: 1,
+            max_entries_per_response: 100,
+            max_response_bytes: 8 << 20,
+            heartbeat_interval: Duration::from_secs(3600),
+        };
+        let transport = ScriptedTransport::new(move |i, msg| match script(i, msg, &leader_db) {
+            Some(r) => r,
+            None => Ok(serve(&leader_db, &scx, msg.clone()).expect("serve")),
+        });
+        let config =
+            SyncConfig { heartbeat_interval: Duration::from_secs(3600), ..SyncConfig::fast() };
+        let leader_peer = PeerId::random();
+        let applier = FollowerApplier::new(ApplierContext {
+            library_id: lib,
+            db: follower.clone(),
+            transport: transport.clone(),
+            events: etx,
+            config,
+            metrics: Default::default(),
+            leader: leader_peer,
+            leader_device: None,
+            term: 1,
+        })
+        .start();
+        (Setup { _dir: dir, lib, leader, follower, events, leader_peer }, transport, applier)
+    }
+
+    fn last(db: &Database) -> u64 {
+        db.last_position().unwrap().sequence
+    }
+
+    fn drain(rx: &mut broadcast::Receiver<SyncEvent>) -> Vec<SyncEvent> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[actix_rt::test]
+    async fn new_entries_turn_into_fetches_until_has_more_is_false() {
+        let (s, transport, applier) = start(0, |_, _, _| None);
+        // the applier syncs once at start: nothing there yet
+        wait_for("the initial fetch", || !transport.sent("FetchEntries").is_empty()).await;
+        let tm = lsync_storage::TransactionManager::new(
+            s.leader.clone(),
+            s.leader.sync_state().unwrap().device_id,
+        );
+        let changes = (0..250).map(|i| {
+            lsync_storage::Change::insert(&lsync_storage::Tag {
+                id: format!("n{i}"),
+                name: "x".into(),
+                color: None,
+            })
+        });
+        tm.commit_batch(changes.collect()).unwrap();
+        let note = SyncMessage::NewEntries {
+            library_id: s.lib,
+            term: 1,
+            from_sequence: 1,
+            to_sequence: 250,
+            entry_count: 250,
+        };
+        // from another peer than its leader: refused, nothing fetched
+        let fetches_before = transport.sent("FetchEntries").len();
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        applier
+            .send(InboundRequest { peer: PeerId::random(), message: note.clone(), reply })
+            .await
+            .unwrap();
+        assert!(matches!(rx.await.unwrap(), SyncMessage::Error { code: ErrorCode::NotLeader, .. }));
+        assert_eq!(transport.sent("FetchEntries").len(), fetches_before);
+        // from its leader: answered at once with the follower's position, then fetched
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        applier.send(InboundRequest { peer: s.leader_peer, message: note, reply }).await.unwrap();
+        assert!(matches!(rx.await.unwrap(), SyncMessage::Acknowledge { up_to_sequence: 0, .. }));
+        wait_for("all 250 entries applied", || last(&s.follower) == 250).await;
+        assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
+        let sinces: Vec<u64> = transport
+            .sent("FetchEntries")
+            .iter()
+            .map(|m| match m {
+                SyncMessage::FetchEntries { since_sequence, .. } => *since_sequence,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert!(sinces.ends_with(&[0, 100, 200]), "pages fetched in order: {sinces:?}");
+        wait_for("an acknowledgement of 250", || {
+            transport
+                .sent("Acknowledge")
+                .iter()
+                .any(|m| matches!(m, SyncMessage::Acknowledge { up_to_sequence: 250, .. }))
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
+    async fn a_response_with_a_gap_is_refetched_from_the_persisted_position() {
+        // the first response skips entry 1: the applier must not apply it and must ask again
+        let (s, transport, _applier) = start(150, |i, msg, leader| match (i, msg) {
+            (0, SyncMessage::FetchEntries { library_id, .. }) => {
+                Some(Ok(SyncMessage::EntriesResponse {
+                    library_id: *library_id,
+                    term: 1,
+                    entries: leader.fetch_since(1, 10).unwrap(),
+                    has_more: true,
+                    leader_last_sequence: 150,
+                }))
+            }
+            _ => None,
+        });
+        wait_for("all 150 entries applied", || last(&s.follower) == 150).await;
+        assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
+        let fetches = transport.sent("FetchEntries");
+        assert!(
+            matches!(fetches[1], SyncMessage::FetchEntries { since_sequence: 0, .. }),
+            "re-fetched from 0: {fetches:?}"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn sync_required_rebuilds_the_library_from_the_leaders_log() {
+        let (mut s, transport, _applier) = start(120, |i, msg, _| match (i, msg) {
+            (0, SyncMessage::FetchEntries { library_id, .. }) => {
+                Some(Ok(SyncMessage::SyncRequired {
+                    library_id: *library_id,
+                    term: 1,
+                    reason: "test".into(),
+                    leader_last_sequence: 120,
+                }))
+            }
+            _ => None,
+        });
+        wait_for("the library rebuilt", || last(&s.follower) == 120).await;
+        assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
+        wait_for("the done event", || {
+            drain(&mut s.events)
+                .iter()
+                .any(|e| matches!(e, SyncEvent::ResyncDone { last_sequence: 120, .. }))
+        })
+        .await;
+        assert!(transport.sent("FetchEntries").len() >= 3);
+    }
+
+    #[actix_rt::test]
+    async fn an_unreachable_leader_is_retried_with_backoff_and_resumed_from_the_persisted_sequence()
+    {
+        let (s, transport, applier) = start(300, |i, _, _| {
+            (2..6).contains(&i).then_some(Err(NetworkError::ConnectionClosed))
+        });
+        wait_for("all 300 entries applied", || last(&s.follower) == 300).await;
+        assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
+        let st = applier.send(GetApplierStatus).await.unwrap();
+        assert_eq!(st.state, FollowerState::CaughtUp);
+        // after the failures the applier resumed where its log ended, never from 0 again
+        let sinces: Vec<u64> = transport
+            .sent("FetchEntries")
+            .iter()
+            .filter_map(|m| match m {
+                SyncMessage::FetchEntries { since_sequence, .. } => Some(*since_sequence),
+                _ => None,
+            })
+            .collect();
+        assert!(sinces.iter().skip(2).all(|&s| s >= 100), "{sinces:?}");
+    }
+}

@@ -25,6 +25,8 @@ pub mod network;
 pub mod notifier;
 pub mod service;
 pub mod session;
+#[cfg(test)]
+mod testkit;
 pub mod transport;
 pub mod window;
 

@@ -389,3 +389,106 @@ fn divergence(
         None => Ok(Some(format!("the leader no longer holds entry {sequence}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use lsync_protocol::ErrorCode;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::testkit::{leader_db, ScriptedTransport};
+
+    async fn ask(session: &Addr<FollowerSession>, message: SyncMessage) -> SyncMessage {
+        let (reply, rx) = oneshot::channel();
+        session.send(InboundRequest { peer: PeerId::random(), message, reply }).await.unwrap();
+        rx.await.unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn fetch_is_capped_at_one_hundred_entries_whatever_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Uuid::new_v4();
+        let (db, _tm) = leader_db(&dir, lib, 250);
+        let (events, _) = broadcast::channel(16);
+        let cx = SessionContext {
+            library_id: lib,
+            db,
+            transport: ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)),
+            events,
+            term: 1,
+            max_entries_per_response: 100,
+            max_response_bytes: 8 << 20,
+            heartbeat_interval: Duration::from_secs(3600),
+        };
+        let session = FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start();
+        let fetch = |since, since_term, limit| SyncMessage::FetchEntries {
+            library_id: lib,
+            term: 1,
+            since_sequence: since,
+            since_term,
+            limit,
+        };
+        for limit in [101, 1_000, 1_000_000_000, u64::MAX] {
+            match ask(&session, fetch(0, 0, limit)).await {
+                SyncMessage::EntriesResponse {
+                    entries, has_more, leader_last_sequence, ..
+                } => {
+                    assert_eq!(entries.len(), 100, "limit {limit}");
+                    assert_eq!(entries[0].sequence, 1);
+                    assert!(has_more);
+                    assert_eq!(leader_last_sequence, 250);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        match ask(&session, fetch(200, 1, 100)).await {
+            SyncMessage::EntriesResponse { entries, has_more, .. } => {
+                assert_eq!(
+                    entries.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+                    (201..=250).collect::<Vec<_>>()
+                );
+                assert!(!has_more, "the last page says so");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let small = ask(&session, fetch(0, 0, 7)).await;
+        assert!(
+            matches!(small, SyncMessage::EntriesResponse { ref entries, .. } if entries.len() == 7)
+        );
+        let zero = ask(&session, fetch(0, 0, 0)).await;
+        assert!(matches!(zero, SyncMessage::Error { code: ErrorCode::BadRequest, .. }), "{zero:?}");
+        // the follower's acknowledgement is recorded and answered with the leader's heartbeat
+        let ack =
+            ask(&session, SyncMessage::Acknowledge { library_id: lib, up_to_sequence: 120 }).await;
+        assert!(matches!(
+            ack,
+            SyncMessage::Heartbeat { current_sequence: 250, role: SyncRole::Leader, .. }
+        ));
+        let st = session.send(GetFollowerStatus { leader_last_sequence: 250 }).await.unwrap();
+        assert_eq!((st.acked_sequence, st.lag), (120, 130));
+    }
+
+    #[test]
+    fn byte_cap_keeps_at_least_one_entry() {
+        let entry = |n: usize| lsync_protocol::SyncLogEntry {
+            sequence: 1,
+            term: 1,
+            origin_device: Uuid::nil(),
+            timestamp_ms: 0,
+            model_type: "tag".into(),
+            record_id: "r".into(),
+            change_type: lsync_protocol::ChangeType::Insert,
+            version: 1,
+            data: vec![0; n],
+        };
+        let mut v = vec![entry(600), entry(600), entry(600)];
+        cap_bytes(&mut v, 1_000);
+        assert_eq!(v.len(), 1);
+        let mut v = vec![entry(5_000)];
+        cap_bytes(&mut v, 1_000);
+        assert_eq!(v.len(), 1, "a single large entry still goes");
+        let mut v = vec![entry(10), entry(10)];
+        cap_bytes(&mut v, 1_000);
+        assert_eq!(v.len(), 2);
+    }
+}

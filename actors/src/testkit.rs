@@ -1,0 +1,119 @@
+//! Test helpers for actor-level tests: a leader database and a scripted transport.
+
+use std::sync::{Arc, Mutex};
+
+use libp2p::PeerId;
+use lsync_protocol::{SyncMessage, SyncRole};
+use lsync_storage::{Change, Database, ModelRegistry, SyncState, Tag, TransactionManager};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use crate::transport::{BoxFuture, NetworkError, Transport};
+
+/// A library database with `n` committed tag inserts, led by a fresh device.
+pub fn leader_db(dir: &TempDir, library_id: Uuid, n: u64) -> (Database, TransactionManager) {
+    let device = Uuid::new_v4();
+    let db = Database::open(
+        &dir.path().join("leader.db"),
+        &Default::default(),
+        ModelRegistry::with_builtin(),
+    )
+    .expect("open leader db");
+    db.init_sync_state(&SyncState {
+        library_id,
+        device_id: device,
+        role: SyncRole::Leader,
+        current_term: 1,
+        voted_for: Some(device),
+        leader_device: Some(device),
+        last_synced_sequence: 0,
+    })
+    .expect("init");
+    let tm = TransactionManager::new(db.clone(), device);
+    let changes: Vec<_> = (0..n)
+        .map(|i| {
+            Change::insert(&Tag { id: format!("t{i}"), name: format!("tag {i}"), color: None })
+        })
+        .collect();
+    if n > 0 {
+        tm.commit_batch(changes).expect("commit");
+    }
+    (db, tm)
+}
+
+/// An empty follower database.
+pub fn follower_db(dir: &TempDir, library_id: Uuid, leader: Uuid) -> Database {
+    let db = Database::open(
+        &dir.path().join("follower.db"),
+        &Default::default(),
+        ModelRegistry::with_builtin(),
+    )
+    .expect("open follower db");
+    db.init_sync_state(&SyncState {
+        library_id,
+        device_id: Uuid::new_v4(),
+        role: SyncRole::Follower,
+        current_term: 1,
+        voted_for: None,
+        leader_device: Some(leader),
+        last_synced_sequence: 0,
+    })
+    .expect("init");
+    db
+}
+
+type Script = dyn Fn(usize, &SyncMessage) -> Result<SyncMessage, NetworkError> + Send + Sync;
+
+/// A transport that records every request and answers with a script
+/// (called with the request's index and the request).
+pub struct ScriptedTransport {
+    pub requests: Mutex<Vec<(PeerId, SyncMessage)>>,
+    script: Box<Script>,
+}
+
+impl ScriptedTransport {
+    pub fn new(
+        script: impl Fn(usize, &SyncMessage) -> Result<SyncMessage, NetworkError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self { requests: Mutex::new(Vec::new()), script: Box::new(script) })
+    }
+
+    /// The requests of one kind, in order.
+    pub fn sent(&self, kind: &str) -> Vec<SyncMessage> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, m)| m.kind() == kind)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+}
+
+impl Transport for ScriptedTransport {
+    fn request(
+        &self,
+        peer: PeerId,
+        msg: SyncMessage,
+    ) -> BoxFuture<Result<SyncMessage, NetworkError>> {
+        let i = {
+            let mut r = self.requests.lock().unwrap();
+            r.push((peer, msg.clone()));
+            r.len() - 1
+        };
+        let res = (self.script)(i, &msg);
+        Box::pin(async move { res })
+    }
+}
+
+/// Waits (polling, generous deadline) until `cond` holds.
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
