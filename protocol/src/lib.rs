@@ -15,7 +15,7 @@ pub mod message;
 
 pub use codec::{SyncCodec, DEFAULT_MAX_FRAME};
 pub use libp2p::StreamProtocol;
-pub use message::{ChangeType, ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
+pub use message::{ChangeType, ErrorCode, ProposedChange, SyncLogEntry, SyncMessage, SyncRole};
 
 /// The protocol id negotiated on every sync stream (the seed card's ALPN).
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/spacedrive/sync/1.0.0");

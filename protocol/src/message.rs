@@ -88,6 +88,20 @@ pub struct SyncLogEntry {
     pub data: Vec<u8>,
 }
 
+/// One change of a proposal: what the proposer asks the leader to commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposedChange {
+    /// Registered model type.
+    pub model_type: String,
+    /// Primary key of the record.
+    pub record_id: String,
+    /// Insert, Update, Delete or Bulk.
+    pub change_type: ChangeType,
+    /// The record (Insert/Update) or bulk metadata, as MessagePack; empty for Delete.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorCode {
@@ -151,6 +165,42 @@ pub enum SyncMessage {
     /// Leader → follower response: the follower's log cannot be continued (diverged, or
     /// ahead of the leader); it must rebuild the library from the leader's log.
     SyncRequired { library_id: Uuid, term: u64, reason: String, leader_last_sequence: u64 },
+    /// Candidate → member request: vote for `candidate` in `term`. Its log ends at
+    /// `(last_log_term, last_log_sequence)`; `transfer` marks an election the leader asked for
+    /// (leadership transfer), which members grant even while they hear a live leader.
+    /// Answered by `Vote` or `Error`.
+    RequestVote {
+        library_id: Uuid,
+        term: u64,
+        candidate: Uuid,
+        last_log_term: u64,
+        last_log_sequence: u64,
+        transfer: bool,
+    },
+    /// Member → candidate response: `voter`'s decision, and its current term.
+    Vote { library_id: Uuid, term: u64, voter: Uuid, granted: bool },
+    /// Leader → chosen follower request (leadership transfer): the follower is caught up and
+    /// should start an election at once. Answered by the receiver's `Heartbeat` or `Error`.
+    TimeoutNow { library_id: Uuid, term: u64 },
+    /// Any member → leader request: commit `changes`, made on `origin_device`, as new log
+    /// entries. `proposal_id` makes retries safe: the leader commits a proposal at most once and
+    /// answers a repeated one with the sequences it already got. Answered by `ProposalResult`
+    /// or `Error` (NotLeader with a hint, BadRequest for a change that cannot be committed).
+    Propose {
+        library_id: Uuid,
+        term: u64,
+        proposal_id: Uuid,
+        origin_device: Uuid,
+        changes: Vec<ProposedChange>,
+    },
+    /// Leader → proposer response: the proposal's entries are `first_sequence..=last_sequence`.
+    ProposalResult {
+        library_id: Uuid,
+        term: u64,
+        proposal_id: Uuid,
+        first_sequence: u64,
+        last_sequence: u64,
+    },
     /// Response to any request that is refused.
     Error {
         library_id: Uuid,
@@ -172,6 +222,11 @@ impl SyncMessage {
             | Self::Acknowledge { library_id, .. }
             | Self::Heartbeat { library_id, .. }
             | Self::SyncRequired { library_id, .. }
+            | Self::RequestVote { library_id, .. }
+            | Self::Vote { library_id, .. }
+            | Self::TimeoutNow { library_id, .. }
+            | Self::Propose { library_id, .. }
+            | Self::ProposalResult { library_id, .. }
             | Self::Error { library_id, .. } => *library_id,
         }
     }
@@ -185,8 +240,25 @@ impl SyncMessage {
             Self::Acknowledge { .. } => "Acknowledge",
             Self::Heartbeat { .. } => "Heartbeat",
             Self::SyncRequired { .. } => "SyncRequired",
+            Self::RequestVote { .. } => "RequestVote",
+            Self::Vote { .. } => "Vote",
+            Self::TimeoutNow { .. } => "TimeoutNow",
+            Self::Propose { .. } => "Propose",
+            Self::ProposalResult { .. } => "ProposalResult",
             Self::Error { .. } => "Error",
         }
+    }
+
+    /// Whether this variant is only ever a response (never valid as a request).
+    pub fn is_response_only(&self) -> bool {
+        matches!(
+            self,
+            Self::EntriesResponse { .. }
+                | Self::SyncRequired { .. }
+                | Self::Vote { .. }
+                | Self::ProposalResult { .. }
+                | Self::Error { .. }
+        )
     }
 
     /// An `Error` reply.

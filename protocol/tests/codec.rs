@@ -16,8 +16,8 @@ use futures::io::{AsyncRead, Cursor};
 use libp2p::request_response::Codec;
 use lsync_protocol::codec::{decode_body, encode_frame, read_frame, write_frame};
 use lsync_protocol::{
-    ChangeType, ErrorCode, SyncCodec, SyncLogEntry, SyncMessage, SyncRole, DEFAULT_MAX_FRAME,
-    PROTOCOL,
+    ChangeType, ErrorCode, ProposedChange, SyncCodec, SyncLogEntry, SyncMessage, SyncRole,
+    DEFAULT_MAX_FRAME, PROTOCOL,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -81,6 +81,17 @@ fn entry_with(max_data: usize) -> impl Strategy<Value = SyncLogEntry> {
 }
 
 /// Every variant, every field arbitrary; `max_entries`/`max_data` bound an EntriesResponse.
+fn proposed_with(max_data: usize) -> impl Strategy<Value = ProposedChange> {
+    (any::<String>(), any::<String>(), change_type(), vec(any::<u8>(), 0..max_data)).prop_map(
+        |(model_type, record_id, change_type, data)| ProposedChange {
+            model_type,
+            record_id,
+            change_type,
+            data,
+        },
+    )
+}
+
 fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = SyncMessage> {
     prop_oneof![
         (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
@@ -139,6 +150,43 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 leader_last_sequence,
             }
         ),
+        (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(library_id, term, candidate, last_log_term, last_log_sequence, transfer)| {
+                SyncMessage::RequestVote {
+                    library_id,
+                    term,
+                    candidate,
+                    last_log_term,
+                    last_log_sequence,
+                    transfer,
+                }
+            }
+        ),
+        (uuid(), any::<u64>(), uuid(), any::<bool>()).prop_map(
+            |(library_id, term, voter, granted)| SyncMessage::Vote {
+                library_id,
+                term,
+                voter,
+                granted
+            }
+        ),
+        (uuid(), any::<u64>())
+            .prop_map(|(library_id, term)| SyncMessage::TimeoutNow { library_id, term }),
+        (uuid(), any::<u64>(), uuid(), uuid(), vec(proposed_with(max_data), 0..max_entries))
+            .prop_map(|(library_id, term, proposal_id, origin_device, changes)| {
+                SyncMessage::Propose { library_id, term, proposal_id, origin_device, changes }
+            }),
+        (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<u64>()).prop_map(
+            |(library_id, term, proposal_id, first_sequence, last_sequence)| {
+                SyncMessage::ProposalResult {
+                    library_id,
+                    term,
+                    proposal_id,
+                    first_sequence,
+                    last_sequence,
+                }
+            }
+        ),
         (uuid(), error_code(), any::<String>(), proptest::option::of(uuid())).prop_map(
             |(library_id, code, message, leader_hint)| SyncMessage::Error {
                 library_id,
@@ -169,9 +217,14 @@ fn variant_index(msg: &SyncMessage) -> usize {
         SyncMessage::Heartbeat { .. } => 4,
         SyncMessage::SyncRequired { .. } => 5,
         SyncMessage::Error { .. } => 6,
+        SyncMessage::RequestVote { .. } => 7,
+        SyncMessage::Vote { .. } => 8,
+        SyncMessage::TimeoutNow { .. } => 9,
+        SyncMessage::Propose { .. } => 10,
+        SyncMessage::ProposalResult { .. } => 11,
     }
 }
-const VARIANTS: usize = 7;
+const VARIANTS: usize = 12;
 
 const LIB: Uuid = Uuid::from_u128(0x67e5_5044_10b1_426f_9247_bb68_0e5f_e0c8);
 
@@ -258,6 +311,35 @@ fn samples() -> Vec<SyncMessage> {
             term: 6,
             reason: "diverged at sequence 10".into(),
             leader_last_sequence: 12,
+        },
+        SyncMessage::RequestVote {
+            library_id: LIB,
+            term: 7,
+            candidate: Uuid::from_u128(3),
+            last_log_term: 6,
+            last_log_sequence: 12,
+            transfer: false,
+        },
+        SyncMessage::Vote { library_id: LIB, term: 7, voter: Uuid::from_u128(4), granted: true },
+        SyncMessage::TimeoutNow { library_id: LIB, term: 7 },
+        SyncMessage::Propose {
+            library_id: LIB,
+            term: 7,
+            proposal_id: Uuid::from_u128(11),
+            origin_device: Uuid::from_u128(4),
+            changes: vec![ProposedChange {
+                model_type: "tag".into(),
+                record_id: "t1".into(),
+                change_type: ChangeType::Insert,
+                data: vec![0x81, 0xa1, b'n', 0xa1, b'x'],
+            }],
+        },
+        SyncMessage::ProposalResult {
+            library_id: LIB,
+            term: 7,
+            proposal_id: Uuid::from_u128(11),
+            first_sequence: 13,
+            last_sequence: 13,
         },
         SyncMessage::error(LIB, ErrorCode::Unauthorized, "not a member"),
         SyncMessage::error(LIB, ErrorCode::UnknownLibrary, ""),
@@ -631,9 +713,9 @@ proptest! {
 
 #[test]
 fn an_unknown_variant_is_invalid_data() {
-    // {"Vote": {"library_id": bin(16 zero bytes), "term": 7}}, built by hand.
+    // {"Vota": {"library_id": bin(16 zero bytes), "term": 7}}, built by hand.
     let mut body = vec![0x81, 0xa4];
-    body.extend_from_slice(b"Vote");
+    body.extend_from_slice(b"Vota");
     body.extend_from_slice(&[0x82, 0xaa]);
     body.extend_from_slice(b"library_id");
     body.extend_from_slice(&[0xc4, 0x10]);

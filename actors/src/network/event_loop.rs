@@ -607,12 +607,7 @@ fn dialable(peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
 
 /// Variants that only ever answer a request.
 fn is_response_only(message: &SyncMessage) -> bool {
-    matches!(
-        message,
-        SyncMessage::EntriesResponse { .. }
-            | SyncMessage::SyncRequired { .. }
-            | SyncMessage::Error { .. }
-    )
+    message.is_response_only()
 }
 
 #[cfg(test)]
