@@ -86,6 +86,11 @@ pub struct SyncLogEntry {
     /// The record (Insert/Update) or the bulk metadata, as MessagePack; empty for Delete.
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
+    /// The proposal this entry commits, if it came from a proposal; lets any later leader
+    /// recognise a retried proposal (every entry of one proposal carries its id). Absent (nil)
+    /// for a change the leader made itself.
+    #[serde(default)]
+    pub proposal_id: Option<Uuid>,
 }
 
 /// One change of a proposal: what the proposer asks the leader to commit.

@@ -76,6 +76,7 @@ fn entry_with(max_data: usize) -> impl Strategy<Value = SyncLogEntry> {
                 change_type,
                 version,
                 data,
+                proposal_id: None,
             },
         )
 }
@@ -239,6 +240,7 @@ fn entry(sequence: u64, change_type: ChangeType, data: Vec<u8>) -> SyncLogEntry 
         change_type,
         version: 1,
         data,
+        proposal_id: None,
     }
 }
 

@@ -1,12 +1,22 @@
 //! [`Applier`]: the follower's write path.
 
-use lsync_protocol::{ChangeType, SyncLogEntry};
+use std::collections::HashMap;
 
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use lsync_protocol::{ChangeType, SyncLogEntry};
+use uuid::Uuid;
+
+use crate::change::Change;
 use crate::database::Database;
 use crate::error::{Result, StorageError};
 use crate::local_jobs::{self, LocalJob};
-use crate::sync_log::{LogPosition, SyncLog};
+use crate::model::ModelRegistry;
+use crate::outbox;
+use crate::schema::stashed_entries;
+use crate::sync_log::{row_to_entry, LogPosition, LogRow, SyncLog};
 use crate::sync_state;
+use crate::transaction::proposals;
 
 /// What [`Applier::apply`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -117,20 +127,183 @@ impl Applier {
 
     /// Full reconciliation, step 1: in one transaction, deletes every row of every registered
     /// model ([`crate::ModelHandler::clear`]) and every `sync_log` row, and sets
-    /// `last_synced_sequence` to 0. Local jobs are kept.
+    /// `last_synced_sequence` to 0. Local jobs, the outbox and the repair stash are kept.
     ///
     /// # Errors
     /// [`StorageError::NotInitialized`] if there is no sync state (nothing is deleted then).
     pub fn reset(&self) -> Result<()> {
         let registry = self.db.registry();
+        self.db.write(|conn| clear_library(conn, registry))
+    }
+
+    /// Divergence repair, step 1 (instead of [`Applier::reset`] when this device's log may hold
+    /// entries the leader's lacks): in ONE transaction, copies every local `sync_log` entry into
+    /// the local `stashed_entries` table (keyed by the entry's identity (sequence, term);
+    /// entries stashed already — by an earlier repair that crashed before
+    /// [`Applier::recover_orphans`] — are kept, not replaced), then does what
+    /// [`Applier::reset`] does. Returns the number of entries newly stashed.
+    ///
+    /// Step 2 is the rebuild from the leader ([`Applier::apply`]); step 3 is
+    /// [`Applier::recover_orphans`]. A crash anywhere in between loses nothing: the stash is in
+    /// the database, a later `reset_for_repair` appends to it, and `recover_orphans` after the
+    /// next complete rebuild handles all of it.
+    ///
+    /// # Errors
+    /// [`StorageError::NotInitialized`] if there is no sync state (nothing changes then).
+    pub fn reset_for_repair(&self) -> Result<u64> {
+        let registry = self.db.registry();
         self.db.write(|conn| {
-            for handler in registry.handlers() {
-                handler.clear(conn)?;
-            }
-            let deleted = SyncLog::truncate_after(conn, 0)?;
-            sync_state::set_last_synced(conn, 0)?;
-            tracing::info!(deleted, "library reset for full reconciliation");
-            Ok(())
+            let stashed = diesel::sql_query(
+                "INSERT OR IGNORE INTO stashed_entries (sequence, term, origin_device, \
+                 timestamp_ms, model_type, record_id, change_type, version, data, proposal_id) \
+                 SELECT sequence, term, origin_device, timestamp_ms, model_type, record_id, \
+                 change_type, version, data, proposal_id FROM sync_log",
+            )
+            .execute(conn)? as u64;
+            clear_library(conn, registry)?;
+            tracing::info!(stashed, "local log stashed for divergence repair");
+            Ok(stashed)
         })
     }
+
+    /// Divergence repair, step 3, once the rebuild from the leader is COMPLETE (the local log
+    /// has reached the leader's last sequence): moves the changes of the stashed entries the
+    /// leader's log lacks (orphans) into the outbox, to be re-proposed, in ONE transaction.
+    ///
+    /// For every stashed entry, in (term, sequence) order:
+    /// - if the rebuilt log holds an entry with the same (sequence, term), it is the same entry
+    ///   (it was replicated): it is dropped from the stash (`replicated`);
+    /// - otherwise it is an orphan. A Bulk orphan, one of a model type not registered here, or
+    ///   one its handler no longer validates, is dropped with a warning (`dropped`): a bulk
+    ///   entry is a job hook, not a change to re-propose. Every other orphan's change goes into
+    ///   the outbox, grouped into one proposal per proposal id, the changes of one proposal in
+    ///   order: the id is the entry's `proposal_id` if it has one (so a proposal the new leader
+    ///   committed already under that id is recognised by
+    ///   [`crate::TransactionManager::commit_proposal`] as a duplicate, and one still queued
+    ///   here is not queued twice), else a Uuid v5 derived from (origin device, term, sequence)
+    ///   — the same id on every run, so recovering twice never creates two proposals for one
+    ///   orphan (the outbox push is idempotent).
+    ///
+    /// Then the stash is cleared. Re-proposed changes follow the proposal rule (upsert; a
+    /// delete of a missing record is dropped), so they land after the leader's own changes to
+    /// the same records: the last write in leader order wins.
+    ///
+    /// Calling it before the rebuild is complete would take entries the leader has but that
+    /// were not fetched yet for orphans (re-proposing an old value); the caller must not.
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] for an unreadable stashed row; nothing changes on any error.
+    pub fn recover_orphans(&self) -> Result<RecoveredOrphans> {
+        let registry = self.db.registry();
+        let recovered = self.db.write(|conn| {
+            let rows = stashed_entries::table
+                .order((stashed_entries::term.asc(), stashed_entries::sequence.asc()))
+                .load::<LogRow>(conn)?;
+            let mut recovered = RecoveredOrphans::default();
+            let mut groups: Vec<(Uuid, Vec<Change>)> = Vec::new();
+            let mut index: HashMap<Uuid, usize> = HashMap::new();
+            for row in rows {
+                let entry = row_to_entry(row)?;
+                if SyncLog::term_at(conn, entry.sequence)? == Some(entry.term) {
+                    recovered.replicated += 1;
+                    continue;
+                }
+                let position = LogPosition::of(&entry);
+                if entry.change_type == ChangeType::Bulk {
+                    tracing::warn!(%position, model_type = %entry.model_type,
+                        record_id = %entry.record_id,
+                        "orphaned bulk entry dropped: a bulk operation is not re-proposed");
+                    recovered.dropped += 1;
+                    continue;
+                }
+                let Some(handler) = registry.handler(&entry.model_type) else {
+                    tracing::warn!(%position, model_type = %entry.model_type,
+                        record_id = %entry.record_id,
+                        "orphaned entry of an unregistered model type dropped");
+                    recovered.dropped += 1;
+                    continue;
+                };
+                let id = entry.proposal_id.unwrap_or_else(|| orphan_proposal_id(&entry));
+                let change = Change {
+                    model_type: entry.model_type,
+                    record_id: entry.record_id,
+                    change_type: entry.change_type,
+                    data: entry.data,
+                };
+                if let Err(error) = handler.validate(&change) {
+                    tracing::warn!(%position, %error, "invalid orphaned entry dropped");
+                    recovered.dropped += 1;
+                    continue;
+                }
+                match index.get(&id) {
+                    Some(&i) => groups[i].1.push(change),
+                    None => {
+                        index.insert(id, groups.len());
+                        groups.push((id, vec![change]));
+                    }
+                }
+            }
+            for (id, changes) in &groups {
+                if outbox::push_unchecked(conn, *id, changes)? {
+                    recovered.proposals += 1;
+                    recovered.changes += changes.len() as u64;
+                } else {
+                    recovered.already_queued += 1;
+                }
+            }
+            diesel::delete(stashed_entries::table).execute(conn)?;
+            Ok(recovered)
+        })?;
+        if recovered != RecoveredOrphans::default() {
+            tracing::info!(?recovered, "divergence repair: orphaned changes moved to the outbox");
+        }
+        Ok(recovered)
+    }
+}
+
+/// What [`Applier::recover_orphans`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveredOrphans {
+    /// Proposals newly queued in the outbox.
+    pub proposals: u64,
+    /// Changes in those proposals (one per orphaned entry).
+    pub changes: u64,
+    /// Orphaned entries dropped (Bulk, unregistered model type, invalid), each with a warning.
+    pub dropped: u64,
+    /// Stashed entries found in the rebuilt log (replicated, nothing to do).
+    pub replicated: u64,
+    /// Proposals that were in the outbox already (same id), left as they were.
+    pub already_queued: u64,
+}
+
+/// Namespace of the ids [`Applier::recover_orphans`] gives orphans without a proposal id.
+const ORPHAN_NAMESPACE: Uuid = Uuid::from_u128(0x6c73_796e_635f_4f52_8000_7068_616e_7321);
+
+/// The deterministic proposal id of an orphaned entry that had none: Uuid v5 of its origin
+/// device, term and sequence.
+fn orphan_proposal_id(entry: &SyncLogEntry) -> Uuid {
+    let mut name = [0u8; 32];
+    name[..16].copy_from_slice(entry.origin_device.as_bytes());
+    name[16..24].copy_from_slice(&entry.term.to_be_bytes());
+    name[24..].copy_from_slice(&entry.sequence.to_be_bytes());
+    Uuid::new_v5(&ORPHAN_NAMESPACE, &name)
+}
+
+/// Clears the model rows, the log and the local memory of entry-less proposals, and sets
+/// `last_synced_sequence` to 0; the caller holds the transaction.
+fn clear_library(conn: &mut SqliteConnection, registry: &ModelRegistry) -> Result<()> {
+    for handler in registry.handlers() {
+        handler.clear(conn)?;
+    }
+    let deleted = SyncLog::truncate_after(conn, 0)?;
+    proposals::clear(conn)?;
+    sync_state::set_last_synced(conn, 0)?;
+    tracing::info!(deleted, "library reset for full reconciliation");
+    Ok(())
+}
+
+/// The number of stashed entries.
+pub(crate) fn stashed_count(conn: &mut SqliteConnection) -> Result<u64> {
+    let count = stashed_entries::table.count().get_result::<i64>(conn)?;
+    crate::error::to_u64(count, "stashed_entries count")
 }

@@ -1,6 +1,6 @@
 //! What callers ask the leader to commit.
 
-use lsync_protocol::ChangeType;
+use lsync_protocol::{ChangeType, ProposedChange};
 
 use crate::model::{encode, Syncable};
 
@@ -68,6 +68,28 @@ impl From<BulkOperation> for Change {
             record_id: op.record_id,
             change_type: ChangeType::Bulk,
             data: op.data,
+        }
+    }
+}
+
+impl From<ProposedChange> for Change {
+    fn from(change: ProposedChange) -> Change {
+        Change {
+            model_type: change.model_type,
+            record_id: change.record_id,
+            change_type: change.change_type,
+            data: change.data,
+        }
+    }
+}
+
+impl From<Change> for ProposedChange {
+    fn from(change: Change) -> ProposedChange {
+        ProposedChange {
+            model_type: change.model_type,
+            record_id: change.record_id,
+            change_type: change.change_type,
+            data: change.data,
         }
     }
 }

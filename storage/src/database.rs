@@ -13,10 +13,12 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use lsync_protocol::{SyncLogEntry, SyncRole};
 use uuid::Uuid;
 
+use crate::change::Change;
 use crate::devices::{self, Device};
 use crate::error::{Result, StorageError};
 use crate::local_jobs::{self, LocalJob};
 use crate::model::ModelRegistry;
+use crate::outbox::{self, OutboxEntry};
 use crate::sync_log::{LogPosition, SyncLog};
 use crate::sync_state::{self, SyncState};
 
@@ -286,6 +288,54 @@ impl Database {
     /// Sets the status of local job `id`; returns whether it exists.
     pub fn set_local_job_status(&self, id: i64, status: &str) -> Result<bool> {
         self.write(|conn| local_jobs::set_status(conn, id, status))
+    }
+
+    /// Queues proposal `proposal_id` in the durable outbox, after validating its changes
+    /// against the registry; see [`outbox::push`]. Returns `false` (and changes nothing) if the
+    /// id is queued already.
+    ///
+    /// # Errors
+    /// Nothing is queued on any error: [`StorageError::InvalidChange`],
+    /// [`StorageError::UnknownModel`].
+    pub fn outbox_push(&self, proposal_id: Uuid, changes: &[Change]) -> Result<bool> {
+        outbox::validate(self.registry(), changes)?;
+        self.write(|conn| outbox::push_unchecked(conn, proposal_id, changes))
+    }
+
+    /// The queued proposals, oldest first; see [`outbox::list`].
+    pub fn outbox_list(&self) -> Result<Vec<OutboxEntry>> {
+        self.with_reader(outbox::list)
+    }
+
+    /// The queued proposal `proposal_id`, if any.
+    pub fn outbox_get(&self, proposal_id: Uuid) -> Result<Option<OutboxEntry>> {
+        self.with_reader(|conn| outbox::get(conn, proposal_id))
+    }
+
+    /// Removes a queued proposal; returns whether it was queued.
+    pub fn outbox_remove(&self, proposal_id: Uuid) -> Result<bool> {
+        self.write(|conn| outbox::remove(conn, proposal_id))
+    }
+
+    /// Records a failed delivery; see [`outbox::record_failure`].
+    pub fn outbox_record_failure(
+        &self,
+        proposal_id: Uuid,
+        error: &str,
+        next_attempt_ms: i64,
+    ) -> Result<bool> {
+        self.write(|conn| outbox::record_failure(conn, proposal_id, error, next_attempt_ms))
+    }
+
+    /// The number of queued proposals.
+    pub fn outbox_count(&self) -> Result<u64> {
+        self.with_reader(outbox::count)
+    }
+
+    /// The number of log entries set aside by [`crate::Applier::reset_for_repair`] and not yet
+    /// handled by [`crate::Applier::recover_orphans`] (non-zero after a crash between the two).
+    pub fn stashed_count(&self) -> Result<u64> {
+        self.with_reader(crate::applier::stashed_count)
     }
 
     /// Every synced table — `sync_log` and each registered model table — each row rendered as

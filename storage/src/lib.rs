@@ -12,9 +12,13 @@
 //!   leader, last synced sequence), a single row;
 //! - [`devices`] / [`Device`]: the library's member devices;
 //! - [`TransactionManager`]: the leader's write path ([`Change`], [`BulkOperation`],
-//!   [`CommitEvent`]);
+//!   [`CommitEvent`]), and `commit_proposal` for changes made on any device
+//!   ([`ProposalOutcome`]: at most once per proposal id, concurrent changes resolved by leader
+//!   order);
+//! - [`outbox`] / [`OutboxEntry`]: the durable outbox of proposals waiting for a leader;
 //! - [`Applier`]: the follower's write path ([`ApplyOutcome`]), plus `reset` for full
-//!   reconciliation;
+//!   reconciliation and `reset_for_repair` / `recover_orphans` ([`RecoveredOrphans`]) for
+//!   divergence repair;
 //! - [`local_jobs`] / [`LocalJob`]: jobs queued by bulk entries on a follower;
 //! - [`Syncable`], [`ModelHandler`], [`ModelRegistry`]: replicated model types; the built-in
 //!   [`Tag`] and [`Location`] live in [`models`].
@@ -22,8 +26,9 @@
 //! # Tables
 //!
 //! `sync_log(sequence INTEGER PRIMARY KEY, term, origin_device, timestamp_ms, model_type,
-//! record_id, change_type, version, data BLOB)`, `sync_state` (one row), `devices`,
-//! `local_jobs`, and one table per model (`tag`, `location`, each row with `version`).
+//! record_id, change_type, version, data BLOB, proposal_id)`, `sync_state` (one row),
+//! `devices`, `local_jobs`, the local (never replicated) `outbox`, `proposals` and
+//! `stashed_entries`, and one table per model (`tag`, `location`, each row with `version`).
 //! Numbers are `u64` in the API and `i64` in SQLite; a value above `i64::MAX` is refused,
 //! never wrapped.
 #![forbid(unsafe_code)]
@@ -36,12 +41,13 @@ mod error;
 pub mod local_jobs;
 mod model;
 pub mod models;
+pub mod outbox;
 mod schema;
 mod sync_log;
 pub mod sync_state;
 mod transaction;
 
-pub use applier::{Applier, ApplyOutcome};
+pub use applier::{Applier, ApplyOutcome, RecoveredOrphans};
 pub use change::{BulkOperation, Change};
 pub use database::{Database, StorageOptions, Synchronous};
 pub use devices::Device;
@@ -49,9 +55,10 @@ pub use error::{Result, StorageError};
 pub use local_jobs::LocalJob;
 pub use model::{decode, encode, validate_syncable, ModelHandler, ModelRegistry, Syncable};
 pub use models::{Location, LocationHandler, Tag, TagHandler};
+pub use outbox::OutboxEntry;
 pub use sync_log::{LogPosition, SyncLog};
 pub use sync_state::SyncState;
-pub use transaction::{CommitEvent, TransactionManager, COMMIT_EVENT_CAPACITY};
+pub use transaction::{CommitEvent, ProposalOutcome, TransactionManager, COMMIT_EVENT_CAPACITY};
 
 /// Re-exported so hosts implementing [`ModelHandler`] use the same diesel as this crate.
 pub use diesel;

@@ -12,6 +12,46 @@ diesel::table! {
         change_type -> Text,
         version -> BigInt,
         data -> Binary,
+        proposal_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    /// Proposals committed here that wrote no entry (local).
+    proposals (proposal_id) {
+        proposal_id -> Text,
+        first_sequence -> BigInt,
+        last_sequence -> BigInt,
+        committed_at_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The durable outbox of proposals (local).
+    outbox (proposal_id) {
+        proposal_id -> Text,
+        created_at_ms -> BigInt,
+        changes -> Binary,
+        attempts -> Integer,
+        next_attempt_ms -> BigInt,
+        last_error -> Nullable<Text>,
+        seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Local log entries set aside for divergence repair (local).
+    stashed_entries (sequence, term) {
+        sequence -> BigInt,
+        term -> BigInt,
+        origin_device -> Text,
+        timestamp_ms -> BigInt,
+        model_type -> Text,
+        record_id -> Text,
+        change_type -> Text,
+        version -> BigInt,
+        data -> Binary,
+        proposal_id -> Nullable<Text>,
     }
 }
 

@@ -4,6 +4,8 @@ use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use lsync_protocol::{ChangeType, SyncLogEntry};
 
+use uuid::Uuid;
+
 use crate::error::{parse_uuid, saturating_i64, to_i64, to_u64, Result, StorageError};
 use crate::schema::sync_log;
 
@@ -47,11 +49,14 @@ struct NewLogRow<'a> {
     change_type: &'a str,
     version: i64,
     data: &'a [u8],
+    proposal_id: Option<&'a str>,
 }
 
-type LogRow = (i64, i64, String, i64, String, String, String, i64, Vec<u8>);
+/// A `sync_log` (or `stashed_entries`) row, columns in table order.
+pub(crate) type LogRow =
+    (i64, i64, String, i64, String, String, String, i64, Vec<u8>, Option<String>);
 
-fn row_to_entry(row: LogRow) -> Result<SyncLogEntry> {
+pub(crate) fn row_to_entry(row: LogRow) -> Result<SyncLogEntry> {
     let (
         sequence,
         term,
@@ -62,6 +67,7 @@ fn row_to_entry(row: LogRow) -> Result<SyncLogEntry> {
         change_type,
         version,
         data,
+        proposal_id,
     ) = row;
     let change_type = ChangeType::parse(&change_type).ok_or_else(|| {
         StorageError::Corrupt(format!(
@@ -78,6 +84,7 @@ fn row_to_entry(row: LogRow) -> Result<SyncLogEntry> {
         change_type,
         version,
         data,
+        proposal_id: proposal_id.map(|id| parse_uuid(&id, "sync_log proposal_id")).transpose()?,
     })
 }
 
@@ -102,6 +109,9 @@ impl SyncLog {
     ) -> Result<()> {
         let mut uuid_buf = uuid::Uuid::encode_buffer();
         let origin_device = entry.origin_device.hyphenated().encode_lower(&mut uuid_buf);
+        let mut proposal_buf = uuid::Uuid::encode_buffer();
+        let proposal_id =
+            entry.proposal_id.as_ref().map(|id| &*id.hyphenated().encode_lower(&mut proposal_buf));
         let row = NewLogRow {
             sequence: to_i64(entry.sequence, "sequence")?,
             term: to_i64(entry.term, "term")?,
@@ -112,6 +122,7 @@ impl SyncLog {
             change_type: entry.change_type.as_str(),
             version: entry.version,
             data: &entry.data,
+            proposal_id,
         };
         diesel::insert_into(sync_log::table).values(&row).execute(conn)?;
         Ok(())
@@ -196,6 +207,27 @@ impl SyncLog {
         let deleted = diesel::delete(sync_log::table.filter(sync_log::sequence.gt(sequence)))
             .execute(conn)?;
         Ok(deleted as u64)
+    }
+
+    /// The sequences `(first, last)` of the entries committing proposal `proposal_id`, `None`
+    /// if the log holds none (an index lookup on `proposal_id`).
+    pub fn proposal_range(
+        conn: &mut SqliteConnection,
+        proposal_id: Uuid,
+    ) -> Result<Option<(u64, u64)>> {
+        use diesel::dsl::{max, min};
+        let mut buf = Uuid::encode_buffer();
+        let id = &*proposal_id.hyphenated().encode_lower(&mut buf);
+        let (first, last) = sync_log::table
+            .filter(sync_log::proposal_id.eq(id))
+            .select((min(sync_log::sequence), max(sync_log::sequence)))
+            .first::<(Option<i64>, Option<i64>)>(conn)?;
+        match (first, last) {
+            (Some(first), Some(last)) => {
+                Ok(Some((to_u64(first, "sync_log sequence")?, to_u64(last, "sync_log sequence")?)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The number of entries.

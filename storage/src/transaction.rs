@@ -4,9 +4,12 @@ use lsync_protocol::{ChangeType, SyncLogEntry, SyncRole};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use diesel::sqlite::SqliteConnection;
+
 use crate::change::{BulkOperation, Change};
 use crate::database::Database;
 use crate::error::{now_ms, Result, StorageError};
+use crate::model::ModelRegistry;
 use crate::sync_log::SyncLog;
 use crate::sync_state;
 
@@ -114,59 +117,293 @@ impl TransactionManager {
         let device_id = self.device_id;
         let registry = self.db.registry();
         let (library_id, term, entries) = self.db.write(|conn| {
-            let state = sync_state::load(conn)?.ok_or(StorageError::NotInitialized)?;
-            if state.role != SyncRole::Leader || state.leader_device != Some(device_id) {
-                return Err(StorageError::NotLeader {
-                    term: state.current_term,
-                    leader: state.leader_device,
-                });
-            }
+            let state = leader_state(conn, device_id)?;
             let term = state.current_term;
-            let mut sequence = SyncLog::last(conn)?.sequence;
-            let timestamp_ms = now_ms();
-            let mut entries = Vec::with_capacity(changes.len());
-            for change in changes {
-                let handler = registry
-                    .handler(&change.model_type)
-                    .ok_or_else(|| StorageError::UnknownModel(change.model_type.clone()))?;
-                let version = if change.change_type == ChangeType::Bulk {
-                    0
-                } else {
-                    handler.validate(&change)?;
-                    let current = handler.current_version(conn, &change.record_id)?;
-                    next_version(&change, current)?
-                };
-                sequence += 1;
-                let entry = SyncLogEntry {
-                    sequence,
-                    term,
-                    origin_device: origin,
-                    timestamp_ms,
-                    model_type: change.model_type,
-                    record_id: change.record_id,
-                    change_type: change.change_type,
-                    version,
-                    data: change.data,
-                };
-                if entry.change_type != ChangeType::Bulk {
-                    handler.apply(conn, &entry)?;
-                }
-                SyncLog::insert_unchecked(conn, &entry)?;
-                entries.push(entry);
-            }
-            sync_state::set_last_synced(conn, sequence)?;
+            let entries = write_changes(
+                conn,
+                registry,
+                term,
+                origin,
+                None,
+                changes.into_iter().map(|c| (c, false)),
+            )?;
             Ok((state.library_id, term, entries))
         })?;
+        self.emit(library_id, term, &entries);
+        Ok(entries)
+    }
+
+    /// Commits a proposal: the `changes` another device (or this one, from its outbox) made,
+    /// under the proposal's id, at most once however often it is retried, on whichever device
+    /// leads when it arrives.
+    ///
+    /// In ONE immediate transaction on the writer connection:
+    ///
+    /// 1. Leadership is checked as for [`TransactionManager::commit_batch`].
+    /// 2. **Retry**: if the log already holds entries with this `proposal_id` (the log is the
+    ///    source of truth: the id is replicated with every entry, so a leader elected after the
+    ///    first commit recognises it too), their range and entries are returned with
+    ///    `duplicate = true`. Likewise, with an empty `entries`, for a proposal this device
+    ///    committed earlier without writing any entry (see 4). Nothing is written and no
+    ///    [`CommitEvent`] is sent.
+    /// 3. Otherwise every change becomes an entry `last + 1 ..` of the current term with
+    ///    `origin_device` = `origin_device` (the proposer) and `proposal_id` = `proposal_id`,
+    ///    with the **proposal rule** (concurrent changes to one record resolve by leader
+    ///    order, the last write wins):
+    ///    - a proposed Insert or Update is an upsert: written as an Insert (version 1) if the
+    ///      record does not exist at the leader now, else as an Update (version = current + 1);
+    ///    - a proposed Delete of an existing record is a Delete (version = current + 1); a
+    ///      proposed Delete of a record that does not exist (any more) is dropped: no entry;
+    ///    - a Bulk change is committed as in [`TransactionManager::commit_bulk`].
+    ///
+    ///    The changes are evaluated in order, each seeing the ones before it. The outcome's
+    ///    range is that of the new entries; `last_synced_sequence` is set to the last one and a
+    ///    [`CommitEvent`] is sent.
+    /// 4. If every change was dropped, no entry is written; the proposal is remembered in this
+    ///    device's local `proposals` table and the outcome is `first_sequence = last_sequence =`
+    ///    the current last sequence (the proposer sees the result once it has applied that far),
+    ///    `duplicate = false`, no entries, no event. That table is not replicated: a retry
+    ///    that reaches another leader re-evaluates the proposal, and dropping a delete of a
+    ///    missing record again is idempotent. (Only if another device re-created that record
+    ///    in between would the retried delete remove it — a later write in leader order,
+    ///    consistent with the rule.)
+    ///
+    /// # Errors
+    /// Any error rolls everything back (no rows, no entries, nothing remembered, no event):
+    /// [`StorageError::InvalidChange`] (an empty proposal, data that does not decode or does
+    /// not match its record id), [`StorageError::UnknownModel`],
+    /// [`StorageError::NotInitialized`], [`StorageError::NotLeader`].
+    pub fn commit_proposal(
+        &self,
+        proposal_id: Uuid,
+        origin_device: Uuid,
+        changes: Vec<Change>,
+    ) -> Result<ProposalOutcome> {
+        if changes.is_empty() {
+            return Err(StorageError::InvalidChange(format!("empty proposal {proposal_id}")));
+        }
+        let device_id = self.device_id;
+        let registry = self.db.registry();
+        let (library_id, term, outcome) = self.db.write(|conn| {
+            let state = leader_state(conn, device_id)?;
+            let term = state.current_term;
+            if let Some(outcome) = find_proposal(conn, proposal_id)? {
+                return Ok((state.library_id, term, outcome));
+            }
+            let entries = write_changes(
+                conn,
+                registry,
+                term,
+                origin_device,
+                Some(proposal_id),
+                changes.into_iter().map(|c| (c, true)),
+            )?;
+            let outcome = match (entries.first(), entries.last()) {
+                (Some(first), Some(last)) => ProposalOutcome {
+                    first_sequence: first.sequence,
+                    last_sequence: last.sequence,
+                    duplicate: false,
+                    entries,
+                },
+                _ => {
+                    let last = SyncLog::last(conn)?.sequence;
+                    proposals::remember(conn, proposal_id, last)?;
+                    ProposalOutcome {
+                        first_sequence: last,
+                        last_sequence: last,
+                        duplicate: false,
+                        entries,
+                    }
+                }
+            };
+            Ok((state.library_id, term, outcome))
+        })?;
+        if outcome.duplicate {
+            tracing::debug!(%proposal_id, first = outcome.first_sequence,
+                last = outcome.last_sequence, "retried proposal already committed");
+        } else {
+            self.emit(library_id, term, &outcome.entries);
+        }
+        Ok(outcome)
+    }
+
+    fn emit(&self, library_id: Uuid, term: u64, entries: &[SyncLogEntry]) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
         let event = CommitEvent {
             library_id,
             term,
-            first_sequence: entries[0].sequence,
-            last_sequence: entries[entries.len() - 1].sequence,
+            first_sequence: first.sequence,
+            last_sequence: last.sequence,
         };
         tracing::trace!(?event, "committed");
         // An error only means nobody is subscribed.
         let _ = self.events.send(event);
-        Ok(entries)
+    }
+}
+
+/// What [`TransactionManager::commit_proposal`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposalOutcome {
+    /// The first sequence of the proposal's entries (if it wrote none: the last sequence of the
+    /// log when it was committed).
+    pub first_sequence: u64,
+    /// The last sequence of the proposal's entries (if it wrote none: as `first_sequence`).
+    pub last_sequence: u64,
+    /// The proposal had been committed before (a retry): nothing was written now.
+    pub duplicate: bool,
+    /// The proposal's entries (for a duplicate: the ones committed the first time); empty if
+    /// every change was dropped.
+    pub entries: Vec<SyncLogEntry>,
+}
+
+/// The sync state, if it names this device the leader.
+fn leader_state(conn: &mut SqliteConnection, device_id: Uuid) -> Result<sync_state::SyncState> {
+    let state = sync_state::load(conn)?.ok_or(StorageError::NotInitialized)?;
+    if state.role != SyncRole::Leader || state.leader_device != Some(device_id) {
+        return Err(StorageError::NotLeader {
+            term: state.current_term,
+            leader: state.leader_device,
+        });
+    }
+    Ok(state)
+}
+
+/// The outcome of an earlier commit of `proposal_id`, as a duplicate, if there was one.
+fn find_proposal(
+    conn: &mut SqliteConnection,
+    proposal_id: Uuid,
+) -> Result<Option<ProposalOutcome>> {
+    if let Some((first, last)) = SyncLog::proposal_range(conn, proposal_id)? {
+        let mut entries = SyncLog::fetch_range(conn, first, last)?;
+        entries.retain(|e| e.proposal_id == Some(proposal_id));
+        return Ok(Some(ProposalOutcome {
+            first_sequence: first,
+            last_sequence: last,
+            duplicate: true,
+            entries,
+        }));
+    }
+    Ok(proposals::get(conn, proposal_id)?.map(|(first, last)| ProposalOutcome {
+        first_sequence: first,
+        last_sequence: last,
+        duplicate: true,
+        entries: Vec::new(),
+    }))
+}
+
+/// Validates, sequences, applies and logs `changes` (each with whether the proposal rule
+/// applies to it) as entries of `term`; sets `last_synced_sequence` if any entry was written.
+/// The caller holds the transaction.
+fn write_changes(
+    conn: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    term: u64,
+    origin: Uuid,
+    proposal_id: Option<Uuid>,
+    changes: impl IntoIterator<Item = (Change, bool)>,
+) -> Result<Vec<SyncLogEntry>> {
+    let mut sequence = SyncLog::last(conn)?.sequence;
+    let timestamp_ms = now_ms();
+    let changes = changes.into_iter();
+    let mut entries = Vec::with_capacity(changes.size_hint().0);
+    for (mut change, proposed) in changes {
+        let handler = registry
+            .handler(&change.model_type)
+            .ok_or_else(|| StorageError::UnknownModel(change.model_type.clone()))?;
+        let version = if change.change_type == ChangeType::Bulk {
+            0
+        } else {
+            handler.validate(&change)?;
+            let current = handler.current_version(conn, &change.record_id)?;
+            if proposed {
+                match (change.change_type, current) {
+                    (ChangeType::Insert | ChangeType::Update, None) => {
+                        change.change_type = ChangeType::Insert;
+                    }
+                    (ChangeType::Insert | ChangeType::Update, Some(_)) => {
+                        change.change_type = ChangeType::Update;
+                    }
+                    (ChangeType::Delete, None) => {
+                        tracing::debug!(
+                            model_type = %change.model_type,
+                            record_id = %change.record_id,
+                            ?proposal_id,
+                            "proposed delete of a missing record dropped"
+                        );
+                        continue;
+                    }
+                    (ChangeType::Delete | ChangeType::Bulk, _) => {}
+                }
+            }
+            next_version(&change, current)?
+        };
+        sequence += 1;
+        let entry = SyncLogEntry {
+            sequence,
+            term,
+            origin_device: origin,
+            timestamp_ms,
+            model_type: change.model_type,
+            record_id: change.record_id,
+            change_type: change.change_type,
+            version,
+            data: change.data,
+            proposal_id,
+        };
+        if entry.change_type != ChangeType::Bulk {
+            handler.apply(conn, &entry)?;
+        }
+        SyncLog::insert_unchecked(conn, &entry)?;
+        entries.push(entry);
+    }
+    if !entries.is_empty() {
+        sync_state::set_last_synced(conn, sequence)?;
+    }
+    Ok(entries)
+}
+
+/// The local `proposals` table: proposals committed here that wrote no entry.
+pub(crate) mod proposals {
+    use diesel::prelude::*;
+    use diesel::sqlite::SqliteConnection;
+    use uuid::Uuid;
+
+    use crate::error::{now_ms, to_i64, to_u64, Result};
+    use crate::schema::proposals;
+
+    /// Remembers `proposal_id` as committed with no entry at log position `at`.
+    pub(crate) fn remember(conn: &mut SqliteConnection, proposal_id: Uuid, at: u64) -> Result<()> {
+        let at = to_i64(at, "sequence")?;
+        diesel::insert_or_ignore_into(proposals::table)
+            .values((
+                proposals::proposal_id.eq(proposal_id.to_string()),
+                proposals::first_sequence.eq(at),
+                proposals::last_sequence.eq(at),
+                proposals::committed_at_ms.eq(now_ms()),
+            ))
+            .execute(conn)?;
+        Ok(())
+    }
+
+    /// The range remembered for `proposal_id`, if any.
+    pub(crate) fn get(
+        conn: &mut SqliteConnection,
+        proposal_id: Uuid,
+    ) -> Result<Option<(u64, u64)>> {
+        let row = proposals::table
+            .find(proposal_id.to_string())
+            .select((proposals::first_sequence, proposals::last_sequence))
+            .first::<(i64, i64)>(conn)
+            .optional()?;
+        row.map(|(first, last)| {
+            Ok((to_u64(first, "proposals sequence")?, to_u64(last, "proposals sequence")?))
+        })
+        .transpose()
+    }
+
+    /// Forgets every remembered proposal (their positions refer to a log being replaced).
+    pub(crate) fn clear(conn: &mut SqliteConnection) -> Result<u64> {
+        Ok(diesel::delete(proposals::table).execute(conn)? as u64)
     }
 }
 

@@ -182,6 +182,7 @@ pub fn entry(sequence: u64, term: u64, change: Change, version: i64) -> SyncLogE
         change_type: change.change_type,
         version,
         data: change.data,
+        proposal_id: None,
     }
 }
 

@@ -5,4 +5,7 @@ mod commit;
 mod common;
 mod convergence;
 mod database;
+mod outbox;
+mod proposals;
+mod repair;
 mod sync_log;

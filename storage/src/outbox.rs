@@ -1,0 +1,189 @@
+//! The durable outbox: proposals waiting to be committed by the leader.
+//!
+//! Local to each device (never replicated), in the library's database so that it survives
+//! restarts. A change made while no leader is reachable — or an orphaned change recovered by
+//! divergence repair ([`crate::Applier::recover_orphans`]) — waits here until a leader commits
+//! it ([`crate::TransactionManager::commit_proposal`] dedups by the proposal id, so resending
+//! after a lost reply is safe). The functions take a connection; callers hold the transaction
+//! ([`crate::Database`] has wrappers that open one).
+
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use lsync_protocol::ProposedChange;
+use uuid::Uuid;
+
+use crate::change::Change;
+use crate::error::{now_ms, parse_uuid, Result, StorageError};
+use crate::model::ModelRegistry;
+use crate::schema::outbox;
+
+/// One queued proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The proposal's id (sent as `Propose.proposal_id`; the leader commits it at most once).
+    pub proposal_id: Uuid,
+    /// When it was queued, milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// The changes, in order.
+    pub changes: Vec<Change>,
+    /// Failed delivery attempts so far.
+    pub attempts: u32,
+    /// Not to be sent before this time (milliseconds since the Unix epoch); a new entry is due
+    /// at once (`created_at_ms`).
+    pub next_attempt_ms: i64,
+    /// Why the last attempt failed, if one did.
+    pub last_error: Option<String>,
+}
+
+type OutboxRow = (String, i64, Vec<u8>, i32, i64, Option<String>);
+
+fn row_to_entry(row: OutboxRow) -> Result<OutboxEntry> {
+    let (proposal_id, created_at_ms, changes, attempts, next_attempt_ms, last_error) = row;
+    let proposal_id = parse_uuid(&proposal_id, "outbox proposal_id")?;
+    let changes: Vec<ProposedChange> = rmp_serde::from_slice(&changes).map_err(|e| {
+        StorageError::Corrupt(format!("outbox proposal {proposal_id}: undecodable changes: {e}"))
+    })?;
+    Ok(OutboxEntry {
+        proposal_id,
+        created_at_ms,
+        changes: changes.into_iter().map(Change::from).collect(),
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        next_attempt_ms,
+        last_error,
+    })
+}
+
+fn columns() -> (
+    outbox::proposal_id,
+    outbox::created_at_ms,
+    outbox::changes,
+    outbox::attempts,
+    outbox::next_attempt_ms,
+    outbox::last_error,
+) {
+    (
+        outbox::proposal_id,
+        outbox::created_at_ms,
+        outbox::changes,
+        outbox::attempts,
+        outbox::next_attempt_ms,
+        outbox::last_error,
+    )
+}
+
+/// Checks every change of a proposal: not empty, each model type registered, each change
+/// accepted by its handler's [`crate::ModelHandler::validate`] (the data decodes as the model
+/// and matches the record id; a Delete carries no data).
+///
+/// # Errors
+/// [`StorageError::InvalidChange`] (also for no changes), [`StorageError::UnknownModel`].
+pub fn validate(registry: &ModelRegistry, changes: &[Change]) -> Result<()> {
+    if changes.is_empty() {
+        return Err(StorageError::InvalidChange("a proposal needs at least one change".to_owned()));
+    }
+    for change in changes {
+        let handler = registry
+            .handler(&change.model_type)
+            .ok_or_else(|| StorageError::UnknownModel(change.model_type.clone()))?;
+        handler.validate(change)?;
+    }
+    Ok(())
+}
+
+/// Queues proposal `proposal_id` after validating its changes (see [`validate`]), so bad
+/// input is refused before it is queued. Idempotent: if the id is queued already, nothing
+/// changes and `false` is returned (`true` if it was queued now). Due at once.
+///
+/// # Errors
+/// Nothing is written on any error: [`StorageError::InvalidChange`],
+/// [`StorageError::UnknownModel`].
+pub fn push(
+    conn: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    proposal_id: Uuid,
+    changes: &[Change],
+) -> Result<bool> {
+    validate(registry, changes)?;
+    push_unchecked(conn, proposal_id, changes)
+}
+
+/// [`push`] without the validation (the caller did it).
+pub(crate) fn push_unchecked(
+    conn: &mut SqliteConnection,
+    proposal_id: Uuid,
+    changes: &[Change],
+) -> Result<bool> {
+    let proposed: Vec<ProposedChange> = changes.iter().cloned().map(ProposedChange::from).collect();
+    let blob = rmp_serde::to_vec_named(&proposed)
+        .map_err(|e| StorageError::InvalidChange(format!("cannot encode proposal: {e}")))?;
+    let seq = outbox::table
+        .select(diesel::dsl::max(outbox::seq))
+        .first::<Option<i64>>(conn)?
+        .unwrap_or(0)
+        + 1;
+    let now = now_ms();
+    let inserted = diesel::insert_or_ignore_into(outbox::table)
+        .values((
+            outbox::proposal_id.eq(proposal_id.to_string()),
+            outbox::created_at_ms.eq(now),
+            outbox::changes.eq(blob),
+            outbox::attempts.eq(0),
+            outbox::next_attempt_ms.eq(now),
+            outbox::last_error.eq(None::<String>),
+            outbox::seq.eq(seq),
+        ))
+        .execute(conn)?;
+    Ok(inserted > 0)
+}
+
+/// Every queued proposal, oldest first (FIFO: the order they were pushed in).
+pub fn list(conn: &mut SqliteConnection) -> Result<Vec<OutboxEntry>> {
+    outbox::table
+        .select(columns())
+        .order(outbox::seq.asc())
+        .load::<OutboxRow>(conn)?
+        .into_iter()
+        .map(row_to_entry)
+        .collect()
+}
+
+/// The queued proposal `proposal_id`, if any.
+pub fn get(conn: &mut SqliteConnection, proposal_id: Uuid) -> Result<Option<OutboxEntry>> {
+    outbox::table
+        .find(proposal_id.to_string())
+        .select(columns())
+        .first::<OutboxRow>(conn)
+        .optional()?
+        .map(row_to_entry)
+        .transpose()
+}
+
+/// Removes proposal `proposal_id` (committed, or given up); returns whether it was queued.
+pub fn remove(conn: &mut SqliteConnection, proposal_id: Uuid) -> Result<bool> {
+    let deleted = diesel::delete(outbox::table.find(proposal_id.to_string())).execute(conn)?;
+    Ok(deleted > 0)
+}
+
+/// Records a failed delivery of `proposal_id`: `attempts + 1`, `last_error = error`, not to be
+/// retried before `next_attempt_ms`. Returns whether it was queued.
+pub fn record_failure(
+    conn: &mut SqliteConnection,
+    proposal_id: Uuid,
+    error: &str,
+    next_attempt_ms: i64,
+) -> Result<bool> {
+    let updated = diesel::update(outbox::table.find(proposal_id.to_string()))
+        .set((
+            outbox::attempts.eq(outbox::attempts + 1),
+            outbox::last_error.eq(error),
+            outbox::next_attempt_ms.eq(next_attempt_ms),
+        ))
+        .execute(conn)?;
+    Ok(updated > 0)
+}
+
+/// The number of queued proposals.
+pub fn count(conn: &mut SqliteConnection) -> Result<u64> {
+    let count = outbox::table.count().get_result::<i64>(conn)?;
+    crate::error::to_u64(count, "outbox count")
+}

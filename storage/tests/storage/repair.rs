@@ -1,0 +1,344 @@
+//! Divergence repair: Applier::reset_for_repair, the rebuild, Applier::recover_orphans, and
+//! re-proposing the orphans to the new leader.
+
+use std::collections::BTreeSet;
+
+use lsync_protocol::{ChangeType, SyncRole};
+use lsync_storage::{
+    Applier, BulkOperation, Change, Database, ModelRegistry, RecoveredOrphans, StorageError,
+    TransactionManager,
+};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use crate::common::*;
+
+/// Device A led term 1 and committed entries 1..=15; only 1..=10 reached device B, which then
+/// led term 2 and committed 11..=20. A now follows B.
+struct Deposed {
+    dir: TempDir,
+    a: Leader,
+    b: Database,
+    b_tm: TransactionManager,
+    b_device: Uuid,
+}
+
+impl Deposed {
+    fn new(tail: impl FnOnce(&TransactionManager)) -> Self {
+        let dir = TempDir::new().unwrap();
+        let a = leader(&dir, registry(false));
+        let b_applier = follower(&dir, "b", &a, registry(false));
+        for i in 1..=10 {
+            a.tm.commit(Change::insert(&tag(&format!("t{i}"), "a"))).unwrap();
+        }
+        catch_up(&a.db, &b_applier, 100);
+        tail(&a.tm);
+        assert_eq!(a.db.last_position().unwrap().sequence, 15);
+
+        let b = b_applier.database().clone();
+        let b_device = b.sync_state().unwrap().device_id;
+        b.set_leadership(SyncRole::Leader, 2, Some(b_device)).unwrap();
+        let b_tm = TransactionManager::new(b.clone(), b_device);
+        b_tm.commit(Change::update(&tag("t1", "b"))).unwrap();
+        for i in 12..=20 {
+            b_tm.commit(Change::insert(&tag(&format!("b{i}"), "b"))).unwrap();
+        }
+        a.db.set_leadership(SyncRole::Follower, 2, Some(b_device)).unwrap();
+        Deposed { dir, a, b, b_tm, b_device }
+    }
+
+    /// The default tail: five changes of A's own, no proposal ids.
+    fn plain() -> Self {
+        Self::new(|tm| {
+            tm.commit(Change::update(&tag("t1", "a, later"))).unwrap();
+            for i in 12..=15 {
+                tm.commit(Change::insert(&tag(&format!("a{i}"), "a"))).unwrap();
+            }
+        })
+    }
+
+    fn applier(&self) -> Applier {
+        Applier::new(self.a.db.clone())
+    }
+
+    /// Re-proposes A's outbox to B (as A would), removes what was committed, and brings A up
+    /// to date. Returns the outcomes' duplicate flags.
+    fn deliver_outbox(&self) -> Vec<bool> {
+        let mut duplicates = Vec::new();
+        for entry in self.a.db.outbox_list().unwrap() {
+            let out = self.b_tm.commit_proposal(entry.proposal_id, self.a.device_id, entry.changes);
+            duplicates.push(out.unwrap().duplicate);
+            assert!(self.a.db.outbox_remove(entry.proposal_id).unwrap());
+        }
+        catch_up(&self.b, &self.applier(), 7);
+        duplicates
+    }
+}
+
+fn tags(db: &Database) -> Vec<String> {
+    db.dump().unwrap()["tag"].clone()
+}
+
+#[test]
+fn a_deposed_leaders_tail_is_re_proposed_and_the_rebuild_equals_the_leader() {
+    let s = Deposed::plain();
+    let applier = s.applier();
+    let err = applier.apply(&s.b.fetch_since(10, 100).unwrap()).unwrap_err();
+    assert!(matches!(err, StorageError::Diverged { sequence: 11, local_term: 1, remote_term: 2 }));
+
+    assert_eq!(applier.reset_for_repair().unwrap(), 15);
+    assert_eq!(s.a.db.stashed_count().unwrap(), 15);
+    assert!(tags(&s.a.db).is_empty());
+    assert_eq!(s.a.db.last_position().unwrap().sequence, 0);
+    assert_eq!(s.a.db.sync_state().unwrap().last_synced_sequence, 0);
+    catch_up(&s.b, &applier, 7);
+    assert_eq!(s.a.db.dump().unwrap(), s.b.dump().unwrap(), "rebuilt tables equal the leader's");
+
+    let recovered = applier.recover_orphans().unwrap();
+    assert_eq!(
+        recovered,
+        RecoveredOrphans {
+            proposals: 5,
+            changes: 5,
+            dropped: 0,
+            replicated: 10,
+            already_queued: 0
+        }
+    );
+    assert_eq!(s.a.db.stashed_count().unwrap(), 0);
+    assert_eq!(s.a.db.dump().unwrap(), s.b.dump().unwrap(), "recovering writes no synced row");
+    let outbox = s.a.db.outbox_list().unwrap();
+    assert_eq!(outbox.len(), 5, "one proposal per orphan");
+    let orphaned: Vec<_> = outbox
+        .iter()
+        .map(|e| {
+            assert_eq!(e.changes.len(), 1);
+            (e.changes[0].record_id.clone(), e.changes[0].change_type)
+        })
+        .collect();
+    assert_eq!(
+        orphaned,
+        vec![
+            ("t1".to_owned(), ChangeType::Update),
+            ("a12".to_owned(), ChangeType::Insert),
+            ("a13".to_owned(), ChangeType::Insert),
+            ("a14".to_owned(), ChangeType::Insert),
+            ("a15".to_owned(), ChangeType::Insert),
+        ],
+        "in the order they were committed"
+    );
+
+    // Re-proposed to the new leader: committed as new entries, the proposer as origin; the
+    // re-proposed update of t1 is the last write in leader order.
+    assert_eq!(s.deliver_outbox(), vec![false; 5]);
+    assert_eq!(s.b.last_position().unwrap().sequence, 25);
+    let tail = s.b.fetch_range(21, 25).unwrap();
+    assert!(tail.iter().all(|e| e.origin_device == s.a.device_id && e.term == 2));
+    assert_eq!(s.a.db.dump().unwrap(), s.b.dump().unwrap());
+    let ids: BTreeSet<String> =
+        tags(&s.b).iter().map(|r| r.split('|').next().unwrap().to_owned()).collect();
+    let mut expected: BTreeSet<String> = (1..=10).map(|i| format!("'t{i}'")).collect();
+    expected.extend((12..=20).map(|i| format!("'b{i}'")));
+    expected.extend((12..=15).map(|i| format!("'a{i}'")));
+    assert_eq!(ids, expected, "every change made on either side");
+    assert!(tags(&s.b).contains(&"'t1'|'a, later'|NULL|3".to_owned()));
+}
+
+#[test]
+fn replicated_entries_are_not_re_proposed() {
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    let f = follower(&dir, "f", &l, registry(false));
+    for i in 0..30 {
+        l.tm.commit(Change::insert(&tag(&format!("t{i}"), "x"))).unwrap();
+    }
+    l.tm.commit_proposal(
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        vec![Change::delete::<lsync_storage::Tag>("t0")],
+    )
+    .unwrap();
+    catch_up(&l.db, &f, 100);
+
+    assert_eq!(f.reset_for_repair().unwrap(), 31);
+    catch_up(&l.db, &f, 100);
+    let recovered = f.recover_orphans().unwrap();
+    assert_eq!(recovered, RecoveredOrphans { replicated: 31, ..RecoveredOrphans::default() });
+    assert_eq!(f.database().outbox_count().unwrap(), 0);
+    assert_eq!(f.database().stashed_count().unwrap(), 0);
+    assert_eq!(f.database().dump().unwrap(), l.db.dump().unwrap());
+}
+
+#[test]
+fn crashes_and_repeated_recovery_create_no_duplicates() {
+    let s = Deposed::plain();
+    let path = s.a.db.path().to_owned();
+    assert_eq!(s.applier().reset_for_repair().unwrap(), 15);
+
+    // Crash before the rebuild: the stash is in the database.
+    let reopen = |s: &Deposed| {
+        let db = Database::open(&path, &Default::default(), registry(false)).unwrap();
+        assert_eq!(db.sync_state().unwrap().device_id, s.a.device_id);
+        Applier::new(db)
+    };
+    let a = reopen(&s);
+    assert_eq!(a.database().stashed_count().unwrap(), 15);
+
+    // Crash in the middle of the rebuild (12 of 20 entries), then a new repair: the stash is
+    // appended to (entries 11 and 12 of term 2 join it), nothing is lost.
+    a.apply(&s.b.fetch_since(0, 12).unwrap()).unwrap();
+    drop(a);
+    let a = reopen(&s);
+    assert_eq!(a.reset_for_repair().unwrap(), 2, "only the term-2 entries are new to the stash");
+    assert_eq!(a.database().stashed_count().unwrap(), 17);
+    catch_up(&s.b, &a, 100);
+
+    // A copy of the database at this point recovers the same proposal ids (deterministic).
+    let copy_path = s.dir.path().join("copy.db");
+    std::fs::copy(&path, &copy_path).unwrap();
+    for ext in ["-wal", "-shm"] {
+        let wal = path.with_file_name(format!("leader.db{ext}"));
+        if wal.exists() {
+            std::fs::copy(&wal, s.dir.path().join(format!("copy.db{ext}"))).unwrap();
+        }
+    }
+    let copy =
+        Applier::new(Database::open(&copy_path, &Default::default(), registry(false)).unwrap());
+    let sql = |db: &Database, sql: &'static str| {
+        db.with_writer(|conn| {
+            use lsync_storage::diesel::RunQueryDsl;
+            lsync_storage::diesel::sql_query(sql).execute(conn)?;
+            Ok(())
+        })
+        .unwrap()
+    };
+    sql(copy.database(), "CREATE TABLE saved_stash AS SELECT * FROM stashed_entries");
+
+    let recovered = a.recover_orphans().unwrap();
+    assert_eq!((recovered.proposals, recovered.changes, recovered.replicated), (5, 5, 12));
+    let ids: Vec<Uuid> =
+        a.database().outbox_list().unwrap().iter().map(|e| e.proposal_id).collect();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(a.recover_orphans().unwrap(), RecoveredOrphans::default(), "second run: nothing");
+    assert_eq!(a.database().outbox_count().unwrap(), 5);
+
+    // The copy gets the same ids.
+    copy.recover_orphans().unwrap();
+    let copy_ids: Vec<Uuid> =
+        copy.database().outbox_list().unwrap().iter().map(|e| e.proposal_id).collect();
+    assert_eq!(copy_ids, ids);
+    // The same stash recovered again while the outbox holds its proposals: none queued twice.
+    sql(copy.database(), "INSERT INTO stashed_entries SELECT * FROM saved_stash");
+    let again = copy.recover_orphans().unwrap();
+    assert_eq!(
+        again,
+        RecoveredOrphans {
+            proposals: 0,
+            changes: 0,
+            dropped: 0,
+            replicated: 12,
+            already_queued: 5
+        }
+    );
+    assert_eq!(copy.database().outbox_list().unwrap().len(), 5);
+
+    // Delivering both devices' outboxes (as if both copies existed): each change committed
+    // once, the second delivery of every proposal is recognised.
+    let a_db = a.database().clone();
+    for entry in a_db.outbox_list().unwrap() {
+        let first = s.b_tm.commit_proposal(entry.proposal_id, s.a.device_id, entry.changes);
+        assert!(!first.unwrap().duplicate);
+        let copy_entry = copy.database().outbox_get(entry.proposal_id).unwrap().unwrap();
+        let second = s.b_tm.commit_proposal(entry.proposal_id, s.a.device_id, copy_entry.changes);
+        assert!(second.unwrap().duplicate);
+        a_db.outbox_remove(entry.proposal_id).unwrap();
+    }
+    assert_eq!(s.b.last_position().unwrap().sequence, 25);
+    catch_up(&s.b, &a, 100);
+    assert_eq!(a_db.dump().unwrap(), s.b.dump().unwrap());
+}
+
+#[test]
+fn an_orphan_committed_by_the_new_leader_under_its_proposal_id_is_a_duplicate() {
+    let proposer = Uuid::new_v4();
+    let p = Uuid::new_v4();
+    let proposed = vec![Change::insert(&tag("p1", "proposed")), Change::insert(&tag("p2", "too"))];
+    let for_a = proposed.clone();
+    // A commits proposal P (11..=12, term 1) and its own changes 13..=15, none replicated;
+    // the reply to the proposer is lost.
+    let s = Deposed::new(move |tm| {
+        let out = tm.commit_proposal(p, proposer, for_a).unwrap();
+        assert_eq!((out.first_sequence, out.last_sequence), (11, 12));
+        tm.commit(Change::insert(&tag("a13", "a"))).unwrap();
+        tm.commit(Change::delete::<lsync_storage::Tag>("t2")).unwrap();
+        tm.commit(Change::insert(&tag("a15", "a"))).unwrap();
+    });
+    // The proposer retries P at the new leader B: committed there (21..=22, term 2).
+    let out = s.b_tm.commit_proposal(p, proposer, proposed).unwrap();
+    assert_eq!((out.first_sequence, out.last_sequence, out.duplicate), (21, 22, false));
+
+    let applier = s.applier();
+    applier.reset_for_repair().unwrap();
+    catch_up(&s.b, &applier, 100);
+    let recovered = applier.recover_orphans().unwrap();
+    assert_eq!(
+        recovered,
+        RecoveredOrphans {
+            proposals: 4,
+            changes: 5,
+            dropped: 0,
+            replicated: 10,
+            already_queued: 0
+        }
+    );
+    let outbox = s.a.db.outbox_list().unwrap();
+    assert_eq!(outbox[0].proposal_id, p, "the orphan keeps its proposal id");
+    assert_eq!(outbox[0].changes.len(), 2, "the entries of one proposal stay together");
+    assert_eq!(outbox[0].changes[0].record_id, "p1");
+
+    // Re-proposed: P is a duplicate (nothing applied twice), the others are committed.
+    assert_eq!(s.deliver_outbox(), vec![true, false, false, false]);
+    let log = s.b.fetch_since(0, 100).unwrap();
+    assert_eq!(log.iter().filter(|e| e.proposal_id == Some(p)).count(), 2);
+    assert_eq!(log.iter().filter(|e| e.record_id == "p1").count(), 1);
+    assert_eq!(log.len(), 25);
+    assert_eq!(s.a.db.dump().unwrap(), s.b.dump().unwrap());
+    assert!(!tags(&s.b).iter().any(|r| r.starts_with("'t2'")), "A's delete re-proposed");
+    assert_eq!(s.b_device, s.b.sync_state().unwrap().device_id);
+}
+
+#[test]
+fn bulk_and_unregistered_orphans_are_dropped() {
+    let s = Deposed::new(|tm| {
+        tm.commit_bulk(BulkOperation {
+            model_type: "location".into(),
+            record_id: "l1".into(),
+            data: vec![1, 2],
+        })
+        .unwrap();
+        tm.commit(Change::insert(&note("n1", "a note"))).unwrap();
+        tm.commit(Change::insert(&tag("a13", "a"))).unwrap();
+        tm.commit(Change::insert(&tag("a14", "a"))).unwrap();
+        tm.commit(Change::insert(&tag("a15", "a"))).unwrap();
+    });
+    let applier = s.applier();
+    applier.reset_for_repair().unwrap();
+    catch_up(&s.b, &applier, 100);
+    let path = s.a.db.path().to_owned();
+    drop(applier);
+    drop(s.a);
+    // Reopened without the `note` model.
+    let db = Database::open(&path, &Default::default(), ModelRegistry::with_builtin()).unwrap();
+    let recovered = Applier::new(db.clone()).recover_orphans().unwrap();
+    assert_eq!(
+        recovered,
+        RecoveredOrphans {
+            proposals: 3,
+            changes: 3,
+            dropped: 2,
+            replicated: 10,
+            already_queued: 0
+        }
+    );
+    assert_eq!(db.stashed_count().unwrap(), 0);
+}
