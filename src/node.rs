@@ -43,6 +43,10 @@ pub enum NodeError {
     InvalidInput(String),
     #[error("sync service of library {0} is not running")]
     ServiceStopped(Uuid),
+    #[error("library {0} is handing leadership over; retry once the new leader is known")]
+    WritesPaused(Uuid),
+    #[error("leadership transfer refused: {0}")]
+    Transfer(String),
 }
 
 /// Configuration of a node.
@@ -164,6 +168,8 @@ struct Library {
     db: Database,
     tm: TransactionManager,
     service: Addr<SyncService>,
+    /// Set while a leadership transfer holds new writes.
+    writes_paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Inner {
@@ -356,6 +362,7 @@ impl Node {
             .await
             .map_err(|e| NodeError::Io(std::io::Error::other(e.to_string())))??;
         let tm = TransactionManager::new(db.clone(), self.device_id());
+        let writes_paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cx = LibraryContext {
             library_id,
             device_id: self.device_id(),
@@ -366,13 +373,14 @@ impl Node {
             config: self.inner.config.sync.clone(),
             events: self.inner.events.clone(),
             metrics: self.inner.metrics.clone(),
+            writes_paused: writes_paused.clone(),
         };
         let service = SyncService::new(cx).start();
         self.inner
             .libraries
             .lock()
             .expect("libraries lock")
-            .insert(library_id, Arc::new(Library { db, tm, service }));
+            .insert(library_id, Arc::new(Library { db, tm, service, writes_paused }));
         Ok(())
     }
 
@@ -386,13 +394,33 @@ impl Node {
             .map_err(NodeError::InvalidInput)
     }
 
+    /// The transaction manager of a library that accepts writes now.
+    fn writer(&self, library_id: Uuid) -> Result<TransactionManager, NodeError> {
+        let lib = self.library(library_id)?;
+        if lib.writes_paused.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(NodeError::WritesPaused(library_id));
+        }
+        Ok(lib.tm.clone())
+    }
+
+    /// Hands the leadership of a library over to `to` (this device must lead it): new writes
+    /// are held, the target catches up, then it takes the next term.
+    pub async fn transfer_leadership(&self, library_id: Uuid, to: Uuid) -> Result<(), NodeError> {
+        let lib = self.library(library_id)?;
+        lib.service
+            .send(lsync_actors::watcher::TransferLeadership(to))
+            .await
+            .map_err(|_| NodeError::ServiceStopped(library_id))?
+            .map_err(NodeError::Transfer)
+    }
+
     /// Commits one change (this device must lead the library).
     pub async fn commit(
         &self,
         library_id: Uuid,
         change: Change,
     ) -> Result<SyncLogEntry, NodeError> {
-        let tm = self.library(library_id)?.tm.clone();
+        let tm = self.writer(library_id)?;
         let entry = blocking(move || tm.commit(change)).await?;
         Metrics::add(&self.inner.metrics.entries_committed, 1);
         Ok(entry)
@@ -404,7 +432,7 @@ impl Node {
         library_id: Uuid,
         changes: Vec<Change>,
     ) -> Result<Vec<SyncLogEntry>, NodeError> {
-        let tm = self.library(library_id)?.tm.clone();
+        let tm = self.writer(library_id)?;
         let entries = blocking(move || tm.commit_batch(changes)).await?;
         Metrics::add(&self.inner.metrics.entries_committed, entries.len() as u64);
         Ok(entries)
@@ -416,7 +444,7 @@ impl Node {
         library_id: Uuid,
         op: BulkOperation,
     ) -> Result<SyncLogEntry, NodeError> {
-        let tm = self.library(library_id)?.tm.clone();
+        let tm = self.writer(library_id)?;
         let entry = blocking(move || tm.commit_bulk(op)).await?;
         Metrics::add(&self.inner.metrics.entries_committed, 1);
         Ok(entry)

@@ -45,6 +45,8 @@ pub struct ApplierContext {
     pub leader: PeerId,
     /// The leader's device id (named in NotLeader replies).
     pub leader_device: Option<Uuid>,
+    /// Where newer terms heard from the leader go (the library's election).
+    pub election: Option<Recipient<crate::watcher::ElectionInput>>,
     /// The term this follower knows.
     pub term: u64,
 }
@@ -105,6 +107,20 @@ impl Actor for FollowerApplier {
         if let Some(w) = self.worker.take() {
             w.abort();
         }
+    }
+}
+
+/// Test only: makes the applier panic inside a handler.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
+#[cfg(test)]
+impl Handler<InjectPanic> for FollowerApplier {
+    type Result = ();
+    fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
+        panic!("injected panic");
     }
 }
 
@@ -464,17 +480,14 @@ impl Worker {
         }
     }
 
+    /// The leader answered in a newer term than this follower knew: the election persists it
+    /// (and re-points the follower if needed); this worker goes on in that term.
     async fn adopt_term(&self, term: u64) -> Result<(), RoundError> {
-        let db = self.cx.db.clone();
-        let state = run_blocking(move || db.sync_state())
-            .await
-            .map_err(|e| RoundError::Fatal(e.to_string()))?;
-        let db = self.cx.db.clone();
-        run_blocking(move || db.set_leadership(SyncRole::Follower, term, state.leader_device))
-            .await
-            .map_err(|e| RoundError::Fatal(e.to_string()))?;
+        if let (Some(e), Some(from)) = (&self.cx.election, self.cx.leader_device) {
+            e.do_send(crate::watcher::ElectionInput::LeaderHeard { from, term });
+        }
         self.shared.term.fetch_max(term, Ordering::Relaxed);
-        info!(library_id = %self.cx.library_id, term, "adopted the leader's term");
+        debug!(library_id = %self.cx.library_id, term, "the leader is in a newer term");
         Ok(())
     }
 
@@ -625,6 +638,7 @@ mod tests {
             max_entries_per_response: 100,
             max_response_bytes: 8 << 20,
             heartbeat_interval: Duration::from_secs(3600),
+            election: None,
         };
         let transport = ScriptedTransport::new(move |i, msg| match script(i, msg, &leader_db) {
             Some(r) => r,
@@ -642,6 +656,7 @@ mod tests {
             metrics: Default::default(),
             leader: leader_peer,
             leader_device: None,
+            election: None,
             term: 1,
         })
         .start();
@@ -769,8 +784,12 @@ mod tests {
         });
         wait_for("all 300 entries applied", || last(&s.follower) == 300).await;
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
-        let st = applier.send(GetApplierStatus).await.unwrap();
-        assert_eq!(st.state, FollowerState::CaughtUp);
+        // the worker reports CaughtUp once the round that applied the last entry returns
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while applier.send(GetApplierStatus).await.unwrap().state != FollowerState::CaughtUp {
+            assert!(tokio::time::Instant::now() < deadline, "never caught up");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         // after the failures the applier resumed where its log ended, never from 0 again
         let sinces: Vec<u64> = transport
             .sent("FetchEntries")

@@ -9,6 +9,8 @@
 //!   FetchEntries / Acknowledge / Heartbeat).
 //! - follower path: [`applier`] (`FollowerApplier`: NewEntries → fetch → apply → acknowledge,
 //!   reconnect with [`backoff`], full reconciliation).
+//! - [`watcher`] — `ElectionWatcher`, one per library: runs the [`election`] state machine,
+//!   persists term and vote, tells the SyncService about role changes.
 //! - [`transport`] — the request seam between actors and network (tests script it).
 //! - [`events`] — events and status snapshots for the host; [`config`] — timers and limits.
 //!
@@ -19,6 +21,7 @@ pub mod applier;
 pub mod backoff;
 mod blocking;
 pub mod config;
+pub mod election;
 pub mod events;
 pub mod metrics;
 pub mod network;
@@ -28,6 +31,7 @@ pub mod session;
 #[cfg(test)]
 mod testkit;
 pub mod transport;
+pub mod watcher;
 pub mod window;
 
 pub use config::SyncConfig;

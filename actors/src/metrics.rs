@@ -64,6 +64,8 @@ pub struct Metrics {
     pub elections: AtomicU64,
     /// Full reconciliations this device ran.
     pub resyncs: AtomicU64,
+    /// Role actors (or election watchers) restarted after they stopped unexpectedly (a panic).
+    pub actor_restarts: AtomicU64,
     /// Round trip of a FetchEntries request, seen by the follower.
     pub fetch_rtt: Histogram,
     /// From the leader's commit (the entry's timestamp) to the follower's apply. Across

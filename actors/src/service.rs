@@ -28,6 +28,14 @@ use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
 use crate::notifier::{LeaderNotifier, SetSessions};
 use crate::session::{Connection, FollowerSession, GetFollowerStatus, SessionContext};
 use crate::transport::Transport;
+use crate::watcher::{
+    persisted_of, ElectionInput, ElectionWatcher, FollowerAcked, HeartbeatNow, RoleChange,
+    SetMembers, TransferLeadership, WatcherContext,
+};
+
+/// How often the service checks that its role actors are alive (a panic closes an actor's
+/// mailbox; actix does not restart it).
+const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Mailbox capacity of the actors that receive inbound requests (actix's default is 16).
 pub(crate) const MAILBOX_CAPACITY: usize = 1024;
@@ -44,6 +52,8 @@ pub struct LibraryContext {
     pub config: SyncConfig,
     pub events: broadcast::Sender<SyncEvent>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set while a leadership transfer holds new writes (the host checks it before committing).
+    pub writes_paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Stops an actor.
@@ -92,6 +102,9 @@ pub struct SyncService {
     members: HashMap<PeerId, Uuid>,
     connected: std::collections::HashSet<PeerId>,
     role: Role,
+    watcher: Option<Addr<ElectionWatcher>>,
+    local_peer: Option<PeerId>,
+    self_addr: Option<Addr<SyncService>>,
 }
 
 impl SyncService {
@@ -103,6 +116,67 @@ impl SyncService {
             members: HashMap::new(),
             connected: Default::default(),
             role: Role::Idle,
+            watcher: None,
+            local_peer: None,
+            self_addr: None,
+        }
+    }
+
+    fn device_of(&self, peer: &PeerId) -> Option<Uuid> {
+        self.members.get(peer).copied()
+    }
+
+    /// Every member (this device included) and its peer id, for the election.
+    fn member_map(&self) -> std::collections::BTreeMap<Uuid, PeerId> {
+        let mut m: std::collections::BTreeMap<Uuid, PeerId> =
+            self.members.iter().map(|(p, d)| (*d, *p)).collect();
+        if let Some(me) = self.local_peer {
+            m.insert(self.cx.device_id, me);
+        }
+        m
+    }
+
+    fn start_watcher(&mut self, ctx: &mut Context<Self>) {
+        let Some(state) = self.state.as_ref() else { return };
+        let me = ctx.address();
+        let watcher = ElectionWatcher::new(WatcherContext {
+            library_id: self.cx.library_id,
+            device_id: self.cx.device_id,
+            db: self.cx.db.clone(),
+            transport: self.cx.transport.clone(),
+            config: self.cx.config.clone(),
+            events: self.cx.events.clone(),
+            metrics: self.cx.metrics.clone(),
+            members: self.member_map(),
+            persisted: persisted_of(state),
+            role_changes: me.clone().recipient(),
+            heartbeats: me.clone().recipient(),
+            acks: me.recipient(),
+            writes_paused: self.cx.writes_paused.clone(),
+        })
+        .start();
+        self.watcher = Some(watcher);
+    }
+
+    /// Restarts any role actor (or the watcher) whose mailbox closed — the sign of a panic.
+    fn watchdog(&mut self, ctx: &mut Context<Self>) {
+        let library_id = self.cx.library_id;
+        if self.watcher.as_ref().is_some_and(|w| !w.connected()) {
+            tracing::error!(%library_id, "election watcher stopped unexpectedly (panic?); restarting it");
+            crate::metrics::Metrics::add(&self.cx.metrics.actor_restarts, 1);
+            self.start_watcher(ctx);
+        }
+        let dead = match &self.role {
+            Role::Leader { notifier, sessions } => {
+                !notifier.connected() || sessions.values().any(|s| !s.connected())
+            }
+            Role::Follower { applier } => !applier.connected(),
+            Role::Idle => false,
+        };
+        if dead {
+            tracing::error!(%library_id, "a role actor stopped unexpectedly (panic?); restarting the role actors");
+            crate::metrics::Metrics::add(&self.cx.metrics.actor_restarts, 1);
+            self.start_role();
         }
     }
 
@@ -147,6 +221,7 @@ impl SyncService {
                 metrics: self.cx.metrics.clone(),
                 leader: leader_peer,
                 leader_device: state.leader_device,
+                election: self.self_addr.clone().map(|a| a.recipient()),
                 term: state.current_term,
             })
             .start();
@@ -178,6 +253,7 @@ impl SyncService {
                 max_entries_per_response: self.cx.config.max_entries_per_response,
                 max_response_bytes: self.cx.config.max_response_bytes,
                 heartbeat_interval: self.cx.config.heartbeat_interval,
+                election: Some(self.self_addr.clone().expect("service started").recipient()),
             },
             device,
             peer,
@@ -196,6 +272,7 @@ impl Actor for SyncService {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Inbound requests arrive with try_send; a small mailbox would refuse bursts.
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        self.self_addr = Some(ctx.address());
         let cx = self.cx.clone();
         let me = ctx.address();
         let mut net_events = cx.network.subscribe();
@@ -259,11 +336,14 @@ impl Actor for SyncService {
 
 impl Handler<Started> for SyncService {
     type Result = ();
-    fn handle(&mut self, msg: Started, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Started, ctx: &mut Context<Self>) {
         self.members = msg.members.into_iter().map(|(d, p)| (p, d)).collect();
         self.connected = msg.connected.into_iter().collect();
+        self.local_peer = Some(self.cx.network.local_peer_id());
         self.state = Some(msg.state);
         self.start_role();
+        self.start_watcher(ctx);
+        ctx.run_interval(WATCHDOG_INTERVAL, |this, ctx| this.watchdog(ctx));
     }
 }
 
@@ -271,6 +351,9 @@ impl Handler<Shutdown> for SyncService {
     type Result = ();
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         self.stop_role();
+        if let Some(w) = self.watcher.take() {
+            w.do_send(Shutdown);
+        }
         let network = self.cx.network.clone();
         let library_id = self.cx.library_id;
         actix_rt::spawn(async move {
@@ -312,6 +395,29 @@ impl Handler<InboundRequest> for SyncService {
                 format!("{what} busy"),
             ));
         };
+        let from = self.device_of(&req.peer);
+        match (&req.message, &self.watcher, from) {
+            (SyncMessage::RequestVote { .. } | SyncMessage::TimeoutNow { .. }, Some(w), _) => {
+                if let Err(e) = w.try_send(req) {
+                    busy(e.into_inner(), "election");
+                }
+                return;
+            }
+            (
+                SyncMessage::NewEntries { term, .. }
+                | SyncMessage::Heartbeat { term, role: SyncRole::Leader, .. },
+                Some(w),
+                Some(from),
+            ) => w.do_send(ElectionInput::LeaderHeard { from, term: *term }),
+            (
+                SyncMessage::FetchEntries { term, .. } | SyncMessage::Heartbeat { term, .. },
+                Some(w),
+                Some(from),
+            ) if matches!(self.role, Role::Leader { .. }) => {
+                w.do_send(ElectionInput::FollowerContact { from, term: *term })
+            }
+            _ => {}
+        }
         match &self.role {
             Role::Leader { sessions, .. } => match sessions.get(&req.peer) {
                 Some(s) => {
@@ -377,6 +483,9 @@ impl Handler<AddMember> for SyncService {
                 return Ok(());
             }
             this.members.insert(peer, device);
+            if let Some(w) = &this.watcher {
+                w.do_send(SetMembers(this.member_map()));
+            }
             let state = this.state.clone();
             let mut new_session = None;
             if let (Role::Leader { sessions, .. }, Some(state)) = (&this.role, state.as_ref()) {
@@ -449,6 +558,154 @@ impl Handler<GetStatus> for SyncService {
     }
 }
 
+impl Handler<RoleChange> for SyncService {
+    type Result = ();
+    fn handle(&mut self, msg: RoleChange, _: &mut Context<Self>) {
+        let Some(state) = self.state.as_mut() else { return };
+        let unchanged = state.role == msg.role
+            && state.current_term == msg.term
+            && state.leader_device == msg.leader
+            && !matches!(self.role, Role::Idle);
+        state.role = msg.role;
+        state.current_term = msg.term;
+        state.leader_device = msg.leader;
+        state.voted_for = msg.voted_for;
+        if !unchanged {
+            info!(library_id = %self.cx.library_id, role = %msg.role, term = msg.term, leader = ?msg.leader, "role change");
+            self.start_role();
+        }
+    }
+}
+
+impl Handler<HeartbeatNow> for SyncService {
+    type Result = ();
+    fn handle(&mut self, _: HeartbeatNow, _: &mut Context<Self>) {
+        if let Role::Leader { sessions, .. } = &self.role {
+            for s in sessions.values() {
+                s.do_send(HeartbeatNow);
+            }
+        }
+    }
+}
+
+impl Handler<ElectionInput> for SyncService {
+    type Result = ();
+    fn handle(&mut self, msg: ElectionInput, _: &mut Context<Self>) {
+        if let Some(w) = &self.watcher {
+            w.do_send(msg);
+        }
+    }
+}
+
+impl Handler<FollowerAcked> for SyncService {
+    type Result = ResponseFuture<Option<u64>>;
+    fn handle(&mut self, msg: FollowerAcked, _: &mut Context<Self>) -> Self::Result {
+        let session = match &self.role {
+            Role::Leader { sessions, .. } => self
+                .members
+                .iter()
+                .find(|(_, d)| **d == msg.0)
+                .and_then(|(p, _)| sessions.get(p).cloned()),
+            _ => None,
+        };
+        Box::pin(async move {
+            let s = session?;
+            s.send(GetFollowerStatus { leader_last_sequence: 0 })
+                .await
+                .ok()
+                .map(|st| st.acked_sequence)
+        })
+    }
+}
+
+impl Handler<TransferLeadership> for SyncService {
+    type Result = ResponseFuture<Result<(), String>>;
+    fn handle(&mut self, msg: TransferLeadership, _: &mut Context<Self>) -> Self::Result {
+        let watcher = self.watcher.clone();
+        Box::pin(async move {
+            match watcher {
+                Some(w) => w.send(msg).await.map_err(|_| "election watcher stopped".to_string())?,
+                None => Err("the library is not started yet".into()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+impl Handler<crate::applier::InjectPanic> for SyncService {
+    type Result = ();
+    fn handle(&mut self, msg: crate::applier::InjectPanic, _: &mut Context<Self>) {
+        if let Role::Follower { applier } = &self.role {
+            applier.do_send(msg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use libp2p::identity::Keypair;
+    use lsync_storage::Device;
+
+    use super::*;
+    use crate::network::NetworkConfig;
+    use crate::testkit::follower_db;
+
+    #[actix_rt::test]
+    async fn a_panicking_role_actor_is_restarted_by_the_watchdog() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Uuid::new_v4();
+        let leader = Uuid::new_v4();
+        let db = follower_db(&dir, lib, leader);
+        let me = db.sync_state().unwrap().device_id;
+        // a leader that never answers: the follower's applier just keeps retrying
+        db.upsert_device(&Device {
+            device_id: leader,
+            peer_id: PeerId::random().to_string(),
+            addresses: vec![],
+            name: "absent leader".into(),
+        })
+        .unwrap();
+        let (network, _) = NetworkHandle::start(Keypair::generate_ed25519(), NetworkConfig::default()).await.unwrap();
+        let (events, _) = broadcast::channel(64);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let service = SyncService::new(LibraryContext {
+            library_id: lib,
+            device_id: me,
+            db: db.clone(),
+            tm: lsync_storage::TransactionManager::new(db.clone(), me),
+            network: network.clone(),
+            transport: Arc::new(network.clone()),
+            config: SyncConfig { leader_timeout: Duration::from_secs(3600), ..SyncConfig::fast() },
+            events,
+            metrics: metrics.clone(),
+            writes_paused: Default::default(),
+        })
+        .start();
+        let has_applier = |service: Addr<SyncService>| async move {
+            service.send(GetStatus).await.unwrap().unwrap().applier.is_some()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !has_applier(service.clone()).await {
+            assert!(tokio::time::Instant::now() < deadline, "applier never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        service.send(crate::applier::InjectPanic).await.unwrap();
+        // the applier's mailbox closes with the panic; the watchdog notices, counts it and
+        // starts a new applier
+        let restarts = || metrics.actor_restarts.load(std::sync::atomic::Ordering::Relaxed);
+        while restarts() == 0 || !has_applier(service.clone()).await {
+            assert!(tokio::time::Instant::now() < deadline, "applier not restarted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(restarts(), 1);
+        let st = service.send(GetStatus).await.unwrap().unwrap();
+        assert_eq!(st.role, SyncRole::Follower);
+        network.shutdown().await;
+    }
+}
+
 macro_rules! impl_shutdown {
     ($($actor:ty),*) => {$(
         impl Handler<Shutdown> for $actor {
@@ -459,4 +716,4 @@ macro_rules! impl_shutdown {
         }
     )*};
 }
-impl_shutdown!(LeaderNotifier, FollowerSession, FollowerApplier);
+impl_shutdown!(LeaderNotifier, FollowerSession, FollowerApplier, ElectionWatcher);

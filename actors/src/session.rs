@@ -37,6 +37,8 @@ pub struct SessionContext {
     /// Payload bytes one response may carry (entry count aside).
     pub max_response_bytes: usize,
     pub heartbeat_interval: Duration,
+    /// Where terms seen in followers' messages go (the library's election).
+    pub election: Option<Recipient<crate::watcher::ElectionInput>>,
 }
 
 /// The connection to the follower came up or went down.
@@ -55,6 +57,13 @@ pub struct GetFollowerStatus {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct NotifyDone(Option<u64>);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct HeartbeatAnswered {
+    current_sequence: u64,
+    term: u64,
+}
 
 /// One follower, seen from the leader.
 pub struct FollowerSession {
@@ -130,8 +139,8 @@ impl FollowerSession {
                 role: SyncRole::Leader,
             };
             match cx.transport.request(peer, msg).await {
-                Ok(SyncMessage::Heartbeat { current_sequence, .. }) => {
-                    me.do_send(NotifyDone(Some(current_sequence)));
+                Ok(SyncMessage::Heartbeat { current_sequence, term, .. }) => {
+                    me.do_send(HeartbeatAnswered { current_sequence, term });
                 }
                 Ok(other) => debug!(%peer, reply = other.kind(), "heartbeat answered"),
                 Err(e) => debug!(%peer, error = %e, "heartbeat not delivered"),
@@ -167,11 +176,43 @@ impl Handler<Announce> for FollowerSession {
     }
 }
 
+impl FollowerSession {
+    fn tell_election(&self, input: crate::watcher::ElectionInput) {
+        if let Some(e) = &self.cx.election {
+            e.do_send(input);
+        }
+    }
+}
+
+impl Handler<HeartbeatAnswered> for FollowerSession {
+    type Result = ();
+    fn handle(&mut self, msg: HeartbeatAnswered, _: &mut Context<Self>) {
+        self.tell_election(crate::watcher::ElectionInput::FollowerContact {
+            from: self.device_id,
+            term: msg.term,
+        });
+        if msg.term <= self.cx.term {
+            self.record_ack(msg.current_sequence);
+        }
+    }
+}
+
+impl Handler<crate::watcher::HeartbeatNow> for FollowerSession {
+    type Result = ();
+    fn handle(&mut self, _: crate::watcher::HeartbeatNow, ctx: &mut Context<Self>) {
+        self.heartbeat(ctx);
+    }
+}
+
 impl Handler<NotifyDone> for FollowerSession {
     type Result = ();
     fn handle(&mut self, msg: NotifyDone, ctx: &mut Context<Self>) {
         if let Some(up_to) = msg.0 {
             self.record_ack(up_to);
+            self.tell_election(crate::watcher::ElectionInput::FollowerContact {
+                from: self.device_id,
+                term: self.cx.term,
+            });
         }
         self.notify_in_flight = false;
         if let Some(p) = self.pending.take() {
@@ -419,6 +460,7 @@ mod tests {
             max_entries_per_response: 100,
             max_response_bytes: 8 << 20,
             heartbeat_interval: Duration::from_secs(3600),
+            election: None,
         };
         let session = FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start();
         let fetch = |since, since_term, limit| SyncMessage::FetchEntries {
@@ -480,6 +522,7 @@ mod tests {
             change_type: lsync_protocol::ChangeType::Insert,
             version: 1,
             data: vec![0; n],
+            proposal_id: None,
         };
         let mut v = vec![entry(600), entry(600), entry(600)];
         cap_bytes(&mut v, 1_000);

@@ -150,6 +150,46 @@ impl Cluster {
         }
     }
 
+    /// Whether node `i` is running.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].is_some()
+    }
+
+    /// Waits until exactly one of the running nodes among `among` leads `lib` in a term above
+    /// `after_term`, and every other running node among them follows it in that term; returns
+    /// the leader's index and term.
+    pub async fn wait_for_leader(
+        &self,
+        lib: Uuid,
+        among: &[usize],
+        after_term: u64,
+    ) -> (usize, u64) {
+        let found = std::cell::Cell::new(None);
+        wait_until(&format!("one leader of a term above {after_term} among {among:?}"), || {
+            let found = &found;
+            async move {
+                let mut leaders = Vec::new();
+                let mut views = Vec::new();
+                for &i in among.iter().filter(|&&i| self.is_running(i)) {
+                    let Ok(st) = self.node(i).status(lib).await else { return false };
+                    if st.role == lsync::SyncRole::Leader {
+                        leaders.push((i, st.term));
+                    }
+                    views.push((st.term, st.leader));
+                }
+                let [(leader, term)] = leaders[..] else { return false };
+                let leader_id = self.node(leader).device_id();
+                if term > after_term && views.iter().all(|v| *v == (term, Some(leader_id))) {
+                    found.set(Some((leader, term)));
+                    return true;
+                }
+                false
+            }
+        })
+        .await;
+        found.get().expect("leader found")
+    }
+
     /// Every synced table of node `i` for `lib`, row by row.
     pub fn dump(&self, i: usize, lib: Uuid) -> BTreeMap<String, Vec<String>> {
         self.node(i).database(lib).expect("library open").dump().expect("dump")

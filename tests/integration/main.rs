@@ -1,5 +1,6 @@
 //! Cross-device integration tests: real nodes, libp2p on 127.0.0.1, temporary SQLite files.
 
+mod election;
 mod fixture;
 mod replication;
 mod security;

@@ -219,6 +219,7 @@ fn diverge(cluster: &Cluster, i: usize, lib: uuid::Uuid, from: u64, count: u64, 
             change_type: lsync::ChangeType::Insert,
             version: 1,
             data: lsync::crates::storage::encode(&tag(1_000_000 + s, "rogue")),
+            proposal_id: None,
         })
         .collect();
     Applier::new(db).apply(&entries).unwrap();
@@ -246,16 +247,19 @@ async fn diverged_or_ahead_followers_get_sync_required_and_reconcile() {
     commit_tags(cluster.node(0), lib, 100, 10).await;
     cluster.assert_converged(lib, 0, &[1, 2]).await;
     for (f, ev) in [(1, &mut ev1), (2, &mut ev2)] {
-        let mut started = false;
-        let mut done = false;
-        while let Ok(e) = ev.try_recv() {
-            match e {
-                lsync::SyncEvent::ResyncStarted { .. } => started = true,
-                lsync::SyncEvent::ResyncDone { last_sequence, .. } => done = last_sequence >= 100,
-                _ => {}
-            }
-        }
-        assert!(started && done, "follower {f} reconciled (started {started}, done {done})");
+        // the events of the reconciliation: started, then done (emitted just after the last
+        // apply, so wait for them rather than reading once)
+        let seen = std::cell::RefCell::new(Vec::new());
+        wait_until(&format!("follower {f} reports a finished reconciliation"), || {
+            seen.borrow_mut().extend(std::iter::from_fn(|| ev.try_recv().ok()));
+            let seen = seen.borrow();
+            let started = seen.iter().any(|e| matches!(e, lsync::SyncEvent::ResyncStarted { .. }));
+            let done = seen
+                .iter()
+                .any(|e| matches!(e, lsync::SyncEvent::ResyncDone { last_sequence, .. } if *last_sequence >= 100));
+            async move { started && done }
+        })
+        .await;
         assert!(cluster.dump(f, lib)["tag"].iter().all(|row| !row.contains("rogue")));
     }
 }

@@ -150,6 +150,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
         change_type: ChangeType::Insert,
         version: 1,
         data: vec![1, 2, 3],
+        proposal_id: None,
     };
     let push = SyncMessage::EntriesResponse {
         library_id: lib,
@@ -213,6 +214,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
             change_type: ChangeType::Insert,
             version: 1,
             data: vec![7; 20 * 1024 * 1024],
+            proposal_id: None,
         }],
         has_more: false,
         leader_last_sequence: 251,

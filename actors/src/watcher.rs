@@ -1,0 +1,429 @@
+//! ElectionWatcher — one per open library, on every member device, whatever its role.
+//!
+//! Receives: vote requests and TimeoutNow (routed by the SyncService), [`ElectionInput`]s
+//! (a leader was heard, a follower answered, a newer term was seen), membership changes and
+//! leadership-transfer requests; its own timer.
+//! Emits: RequestVote / Vote / TimeoutNow messages, and [`RoleChange`] / [`HeartbeatNow`] to
+//! its SyncService.
+//!
+//! A thin shell around the pure [`Election`] machine: it feeds it events with the current time
+//! and the device's last log position, and performs the returned actions in order. A
+//! [`Action::Persist`] is written to `sync_state` (one transaction) *before* anything after it
+//! is performed — the actor's mailbox waits meanwhile — so no vote or request is ever sent that
+//! a crash could make this device forget.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use libp2p::PeerId;
+use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
+use lsync_storage::{sync_state, Database};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{broadcast, oneshot};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::blocking::run_blocking;
+use crate::config::SyncConfig;
+use crate::election::{
+    Action, Election, ElectionConfig, PersistedElection, VoteRequest, VoteResponse,
+};
+use crate::events::SyncEvent;
+use crate::metrics::Metrics;
+use crate::network::InboundRequest;
+use crate::transport::Transport;
+
+/// Something the election must know about.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum ElectionInput {
+    /// A leader message (Heartbeat, NewEntries, EntriesResponse) of `term` from device `from`.
+    LeaderHeard { from: Uuid, term: u64 },
+    /// A follower `from` answered this leader, in `term`.
+    FollowerContact { from: Uuid, term: u64 },
+    /// Some message carried `term`.
+    TermSeen { term: u64 },
+}
+
+/// The role actors must change: this device now has `role` in `term` under `leader`.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct RoleChange {
+    pub role: SyncRole,
+    pub term: u64,
+    pub leader: Option<Uuid>,
+    pub voted_for: Option<Uuid>,
+}
+
+/// The leader must heartbeat every follower now.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct HeartbeatNow;
+
+/// The library's members changed (device → peer, this device included).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetMembers(pub BTreeMap<Uuid, PeerId>);
+
+/// Hand leadership over to a device (the leader only).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct TransferLeadership(pub Uuid);
+
+/// Asks the SyncService for a follower's acknowledged sequence (leader only).
+#[derive(Message)]
+#[rtype(result = "Option<u64>")]
+pub struct FollowerAcked(pub Uuid);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct VoteReceived(VoteResponse);
+
+/// What the watcher needs.
+pub struct WatcherContext {
+    pub library_id: Uuid,
+    pub device_id: Uuid,
+    pub db: Database,
+    pub transport: Arc<dyn Transport>,
+    pub config: SyncConfig,
+    pub events: broadcast::Sender<SyncEvent>,
+    pub metrics: Arc<Metrics>,
+    pub members: BTreeMap<Uuid, PeerId>,
+    pub persisted: PersistedElection,
+    pub role_changes: Recipient<RoleChange>,
+    pub heartbeats: Recipient<HeartbeatNow>,
+    pub acks: Recipient<FollowerAcked>,
+    /// Set while a leadership transfer holds new writes.
+    pub writes_paused: Arc<AtomicBool>,
+}
+
+/// The election of one library on this device.
+pub struct ElectionWatcher {
+    cx: WatcherContext,
+    election: Election<StdRng>,
+    timer: Option<SpawnHandle>,
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl ElectionWatcher {
+    /// A watcher resuming from `cx.persisted`.
+    pub fn new(cx: WatcherContext) -> Self {
+        let members: BTreeSet<Uuid> = cx.members.keys().copied().collect();
+        let election = Election::new(
+            cx.device_id,
+            members,
+            cx.persisted,
+            ElectionConfig::from_sync(&cx.config),
+            now(),
+            StdRng::from_entropy(),
+        );
+        Self { cx, election, timer: None }
+    }
+
+    fn peer(&self, device: Uuid) -> Option<PeerId> {
+        self.cx.members.get(&device).copied()
+    }
+
+    /// Refreshes the log position, then runs `f` on the machine and performs its actions.
+    fn with_log<F>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        reply: Option<oneshot::Sender<SyncMessage>>,
+        f: F,
+    ) where
+        F: FnOnce(&mut Election<StdRng>, Instant) -> Vec<Action> + 'static,
+    {
+        let db = self.cx.db.clone();
+        ctx.wait(run_blocking(move || db.last_position()).into_actor(self).map(move |pos, this, ctx| {
+            match pos {
+                Ok(pos) => this.election.set_last_log(pos),
+                Err(e) => warn!(library_id = %this.cx.library_id, error = %e, "cannot read the log position"),
+            }
+            let actions = f(&mut this.election, now());
+            this.perform(actions, reply, ctx);
+        }));
+    }
+
+    /// Performs `actions` in order: a Persist first (the mailbox waits for it), then the rest.
+    fn perform(
+        &mut self,
+        actions: Vec<Action>,
+        reply: Option<oneshot::Sender<SyncMessage>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let persist = actions.iter().find_map(Action::persisted);
+        match persist {
+            Some(p) => {
+                let db = self.cx.db.clone();
+                let role = self.election.role();
+                let write = run_blocking(move || {
+                    db.write(|conn| {
+                        sync_state::set_leadership(conn, role, p.term, p.leader)?;
+                        sync_state::set_vote(conn, p.term, p.voted_for)
+                    })
+                });
+                ctx.wait(write.into_actor(self).map(move |res, this, ctx| match res {
+                    Ok(()) => this.dispatch(actions, reply, ctx),
+                    Err(e) => {
+                        // Nothing that depends on the unwritten state may go out.
+                        warn!(library_id = %this.cx.library_id, error = %e, "cannot persist the election state");
+                        if let Some(r) = reply {
+                            let _ = r.send(SyncMessage::error(this.cx.library_id, ErrorCode::Internal, "cannot persist vote"));
+                        }
+                        this.arm_timer(ctx);
+                    }
+                }));
+            }
+            None => self.dispatch(actions, reply, ctx),
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        actions: Vec<Action>,
+        mut reply: Option<oneshot::Sender<SyncMessage>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let library_id = self.cx.library_id;
+        for action in actions {
+            match action {
+                Action::Persist { .. } => {}
+                Action::BecomeLeader { term } => self.role_change(SyncRole::Leader, term),
+                Action::BecomeCandidate { term } => {
+                    Metrics::add(&self.cx.metrics.elections, 1);
+                    info!(%library_id, term, "campaigning");
+                    self.role_change(SyncRole::Candidate, term);
+                }
+                Action::BecomeFollower { term, .. } => {
+                    if self.cx.writes_paused.swap(false, Ordering::AcqRel) {
+                        info!(%library_id, term, "leadership transfer finished");
+                    }
+                    self.role_change(SyncRole::Follower, term);
+                }
+                Action::SendRequestVote { to, request } => {
+                    let Some(peer) = self.peer(to) else { continue };
+                    let fut = self.cx.transport.request(
+                        peer,
+                        SyncMessage::RequestVote {
+                            library_id,
+                            term: request.term,
+                            candidate: request.candidate,
+                            last_log_term: request.last_log_term,
+                            last_log_sequence: request.last_log_sequence,
+                            transfer: request.transfer,
+                        },
+                    );
+                    let me = ctx.address();
+                    actix_rt::spawn(async move {
+                        match fut.await {
+                            Ok(SyncMessage::Vote { term, voter, granted, .. }) => {
+                                me.do_send(VoteReceived(VoteResponse { term, voter, granted }));
+                            }
+                            Ok(other) => {
+                                debug!(reply = other.kind(), "vote request answered without a vote")
+                            }
+                            Err(e) => debug!(error = %e, "vote request not delivered"),
+                        }
+                    });
+                }
+                Action::SendVoteResponse { response, .. } => {
+                    if let Some(r) = reply.take() {
+                        let _ = r.send(SyncMessage::Vote {
+                            library_id,
+                            term: response.term,
+                            voter: response.voter,
+                            granted: response.granted,
+                        });
+                    }
+                }
+                Action::SendHeartbeats { .. } => self.cx.heartbeats.do_send(HeartbeatNow),
+                Action::SendTimeoutNow { to, term } => {
+                    let Some(peer) = self.peer(to) else { continue };
+                    let fut = self
+                        .cx
+                        .transport
+                        .request(peer, SyncMessage::TimeoutNow { library_id, term });
+                    actix_rt::spawn(async move {
+                        if let Err(e) = fut.await {
+                            debug!(error = %e, "TimeoutNow not delivered");
+                        }
+                    });
+                }
+                Action::TransferAborted { to } => {
+                    self.cx.writes_paused.store(false, Ordering::Release);
+                    warn!(%library_id, %to, "leadership transfer aborted; still leading");
+                }
+            }
+        }
+        if let Some(r) = reply.take() {
+            // Requests that needed no vote (TimeoutNow) are answered with this device's view.
+            let pos = self.election.last_log();
+            let _ = r.send(SyncMessage::Heartbeat {
+                library_id,
+                term: self.election.term(),
+                current_sequence: pos.sequence,
+                last_term: pos.term,
+                role: self.election.role(),
+            });
+        }
+        self.arm_timer(ctx);
+    }
+
+    fn role_change(&self, role: SyncRole, term: u64) {
+        self.cx.role_changes.do_send(RoleChange {
+            role,
+            term,
+            leader: self.election.leader(),
+            voted_for: self.election.voted_for(),
+        });
+    }
+
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        if let Some(deadline) = self.election.next_deadline() {
+            let delay = deadline.saturating_duration_since(now());
+            self.timer = Some(ctx.run_later(delay, |this, ctx| {
+                this.timer = None;
+                this.with_log(ctx, None, |e, now| e.tick(now));
+            }));
+        }
+    }
+
+    /// While a transfer runs: checks whether the target caught up, and tells the machine.
+    fn poll_transfer(&mut self, ctx: &mut Context<Self>) {
+        let Some(target) = self.election.transfer_target() else { return };
+        let acks = self.cx.acks.clone();
+        let db = self.cx.db.clone();
+        let check = async move {
+            let acked = acks.send(FollowerAcked(target)).await.ok().flatten();
+            let last = run_blocking(move || db.last_position()).await.map(|p| p.sequence).ok();
+            matches!((acked, last), (Some(a), Some(l)) if a >= l)
+        };
+        ctx.spawn(check.into_actor(self).map(move |caught_up, this, ctx| {
+            if this.election.transfer_target() != Some(target) {
+                return;
+            }
+            if caught_up {
+                let actions = this.election.on_target_caught_up(target, now());
+                this.perform(actions, None, ctx);
+            }
+            let every = (this.cx.config.heartbeat_interval / 4)
+                .clamp(Duration::from_millis(10), Duration::from_millis(250));
+            ctx.run_later(every, |this, ctx| this.poll_transfer(ctx));
+        }));
+    }
+}
+
+impl Actor for ElectionWatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
+        // A resumed leader heartbeats at once; a follower arms its election deadline.
+        self.with_log(ctx, None, |e, now| e.tick(now));
+    }
+}
+
+impl Handler<ElectionInput> for ElectionWatcher {
+    type Result = ();
+    fn handle(&mut self, input: ElectionInput, ctx: &mut Context<Self>) {
+        let now = now();
+        let actions = match input {
+            ElectionInput::LeaderHeard { from, term } => {
+                self.election.on_leader_message(from, term, now).1
+            }
+            ElectionInput::FollowerContact { from, term } => {
+                self.election.on_follower_response(from, term, now)
+            }
+            ElectionInput::TermSeen { term } => self.election.observe_term(term, now),
+        };
+        if !actions.is_empty() {
+            self.perform(actions, None, ctx);
+        }
+    }
+}
+
+impl Handler<VoteReceived> for ElectionWatcher {
+    type Result = ();
+    fn handle(&mut self, msg: VoteReceived, ctx: &mut Context<Self>) {
+        let actions = self.election.on_vote_response(msg.0, now());
+        self.perform(actions, None, ctx);
+    }
+}
+
+impl Handler<InboundRequest> for ElectionWatcher {
+    type Result = ();
+    fn handle(&mut self, req: InboundRequest, ctx: &mut Context<Self>) {
+        let library_id = self.cx.library_id;
+        let from = self.cx.members.iter().find(|(_, p)| **p == req.peer).map(|(d, _)| *d);
+        match (req.message, from) {
+            (
+                SyncMessage::RequestVote {
+                    term,
+                    candidate,
+                    last_log_term,
+                    last_log_sequence,
+                    transfer,
+                    ..
+                },
+                Some(from),
+            ) if from == candidate => {
+                let request =
+                    VoteRequest { term, candidate, last_log_term, last_log_sequence, transfer };
+                self.with_log(ctx, Some(req.reply), move |e, now| e.on_vote_request(request, now));
+            }
+            (SyncMessage::TimeoutNow { term, .. }, Some(from)) => {
+                self.with_log(ctx, Some(req.reply), move |e, now| {
+                    e.on_timeout_now(from, term, now)
+                });
+            }
+            (other, _) => {
+                let _ = req.reply.send(SyncMessage::error(
+                    library_id,
+                    ErrorCode::BadRequest,
+                    format!("{} from a device that is not its sender", other.kind()),
+                ));
+            }
+        }
+    }
+}
+
+impl Handler<SetMembers> for ElectionWatcher {
+    type Result = ();
+    fn handle(&mut self, msg: SetMembers, ctx: &mut Context<Self>) {
+        let members = msg.0.keys().copied().collect();
+        self.cx.members = msg.0;
+        let actions = self.election.set_members(members, now());
+        self.perform(actions, None, ctx);
+    }
+}
+
+impl Handler<TransferLeadership> for ElectionWatcher {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: TransferLeadership, ctx: &mut Context<Self>) -> Self::Result {
+        self.election.transfer_leadership(msg.0, now()).map_err(|e| e.to_string())?;
+        info!(library_id = %self.cx.library_id, to = %msg.0, "leadership transfer: holding writes until the target caught up");
+        self.cx.writes_paused.store(true, Ordering::Release);
+        self.poll_transfer(ctx);
+        self.arm_timer(ctx);
+        Ok(())
+    }
+}
+
+/// The persisted election state of a library.
+pub fn persisted_of(state: &lsync_storage::SyncState) -> PersistedElection {
+    PersistedElection {
+        term: state.current_term,
+        voted_for: state.voted_for,
+        leader: state.leader_device,
+    }
+}

@@ -1,0 +1,189 @@
+//! Leader election, fencing with terms, and role transitions with real nodes.
+
+use lsync::{Change, Tag};
+
+use crate::fixture::{wait_until, Cluster};
+
+fn tag(i: u64) -> Change {
+    Change::insert(&Tag { id: format!("tag-{i}"), name: format!("tag {i}"), color: None })
+}
+
+async fn commit_range(
+    cluster: &Cluster,
+    node: usize,
+    lib: uuid::Uuid,
+    range: std::ops::Range<u64>,
+) {
+    for i in range {
+        cluster.node(node).commit(lib, tag(i)).await.unwrap();
+    }
+}
+
+#[actix_rt::test]
+async fn a_new_leader_takes_over_when_the_leader_of_three_dies_and_the_old_one_comes_back_as_follower(
+) {
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    commit_range(&cluster, 0, lib, 0..100).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+
+    cluster.stop(0).await;
+    let (leader, term) = cluster.wait_for_leader(lib, &[1, 2], 1).await;
+    assert!(term >= 2);
+    let follower = if leader == 1 { 2 } else { 1 };
+    // writes continue on the new leader, and its follower follows it
+    commit_range(&cluster, leader, lib, 100..200).await;
+    cluster.assert_converged(lib, leader, &[follower]).await;
+    assert_eq!(cluster.last_sequence(leader, lib), 200);
+
+    // the old leader comes back: it learns the new term, follows, and converges
+    cluster.restart(0).await;
+    let (again, term2) = cluster.wait_for_leader(lib, &[0, 1, 2], term - 1).await;
+    assert_eq!((again, term2), (leader, term), "the returning device does not disturb the leader");
+    commit_range(&cluster, leader, lib, 200..250).await;
+    cluster.assert_converged(lib, leader, &[0, follower]).await;
+    let st = cluster.node(0).status(lib).await.unwrap();
+    assert_eq!(st.role, lsync::SyncRole::Follower);
+    // the old leader's transaction manager is fenced
+    let err = cluster.node(0).commit(lib, tag(9_999)).await.unwrap_err();
+    assert!(err.to_string().contains("not the leader"), "{err}");
+}
+
+#[actix_rt::test]
+async fn a_two_device_library_fails_over_when_the_leader_dies() {
+    let mut cluster = Cluster::start(2).await;
+    let lib = cluster.create_library(0, &[1]).await;
+    commit_range(&cluster, 0, lib, 0..20).await;
+    cluster.assert_converged(lib, 0, &[1]).await;
+    cluster.stop(0).await;
+    let (leader, _) = cluster.wait_for_leader(lib, &[1], 1).await;
+    assert_eq!(leader, 1);
+    commit_range(&cluster, 1, lib, 20..40).await;
+    assert_eq!(cluster.last_sequence(1, lib), 40);
+    cluster.restart(0).await;
+    cluster.assert_converged(lib, 1, &[0]).await;
+}
+
+#[actix_rt::test]
+async fn leadership_is_transferred_while_changes_stream() {
+    let cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    commit_range(&cluster, 0, lib, 0..50).await;
+    let target = cluster.node(1).device_id();
+
+    // a writer that keeps committing on whichever device leads, as a host would
+    let mut next = 50u64;
+    let mut transferred = false;
+    let deadline = tokio::time::Instant::now() + crate::fixture::DEADLINE;
+    while next < 400 {
+        assert!(tokio::time::Instant::now() < deadline, "writes stalled at {next}");
+        if next == 100 && !transferred {
+            cluster.node(0).transfer_leadership(lib, target).await.unwrap();
+            transferred = true;
+        }
+        let mut done = false;
+        for i in 0..3 {
+            if cluster.node(i).commit(lib, tag(next)).await.is_ok() {
+                done = true;
+                break;
+            }
+        }
+        if done {
+            next += 1;
+        } else {
+            // held during the handover, or no leader yet: try again shortly
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let (leader, term) = cluster.wait_for_leader(lib, &[0, 1, 2], 1).await;
+    assert_eq!(leader, 1, "the leadership moved to the target");
+    assert!(term >= 2);
+    cluster.assert_converged(lib, 1, &[0, 2]).await;
+    // every change committed exactly once
+    let rows = cluster.dump(1, lib);
+    assert_eq!(rows["tag"].len(), 400);
+    assert_eq!(rows["sync_log"].len(), 400);
+}
+
+#[actix_rt::test]
+async fn a_stale_leaders_messages_are_refused() {
+    use libp2p::identity::Keypair;
+    use lsync::crates::actors::network::{NetworkConfig, NetworkHandle};
+    use lsync::crates::protocol::{ErrorCode, SyncMessage, SyncRole};
+
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    commit_range(&cluster, 0, lib, 0..10).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    let old = cluster.node(0).device_info();
+    cluster.stop(0).await;
+    let (leader, term) = cluster.wait_for_leader(lib, &[1, 2], 1).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+
+    // the deposed leader (its own key) still believes in term 1 and pushes to a follower
+    let id = lsync::Identity::load_or_create(&cluster.dir.path().join("dev0")).unwrap();
+    assert_eq!(id.peer_id(), old.peer_id);
+    let (stale, _) =
+        NetworkHandle::start(id.keypair.clone(), NetworkConfig::default()).await.unwrap();
+    struct Silent;
+    impl actix::Actor for Silent {
+        type Context = actix::Context<Self>;
+    }
+    impl actix::Handler<lsync::crates::actors::network::InboundRequest> for Silent {
+        type Result = ();
+        fn handle(
+            &mut self,
+            _: lsync::crates::actors::network::InboundRequest,
+            _: &mut Self::Context,
+        ) {
+        }
+    }
+    let f = cluster.node(follower).device_info();
+    stale
+        .register_library(
+            lib,
+            vec![(f.peer_id, f.addresses.clone())],
+            actix::Actor::start(Silent).recipient(),
+        )
+        .await
+        .unwrap();
+    let push = SyncMessage::NewEntries {
+        library_id: lib,
+        term: 1,
+        from_sequence: 11,
+        to_sequence: 11,
+        entry_count: 1,
+    };
+    let resp = stale.request(f.peer_id, push).await.unwrap();
+    assert!(
+        matches!(
+            resp,
+            SyncMessage::Error { code: ErrorCode::StaleTerm | ErrorCode::NotLeader, .. }
+        ),
+        "{resp:?}"
+    );
+    let beat = SyncMessage::Heartbeat {
+        library_id: lib,
+        term: 1,
+        current_sequence: 99,
+        last_term: 1,
+        role: SyncRole::Leader,
+    };
+    let resp = stale.request(f.peer_id, beat).await.unwrap();
+    assert!(
+        matches!(
+            resp,
+            SyncMessage::Error { code: ErrorCode::StaleTerm | ErrorCode::NotLeader, .. }
+        ),
+        "{resp:?}"
+    );
+    // the follower still follows the new leader in the new term
+    let st = cluster.node(follower).status(lib).await.unwrap();
+    assert_eq!((st.term, st.leader), (term, Some(cluster.node(leader).device_id())));
+    stale.shutdown().await;
+    // and writes go on
+    commit_range(&cluster, leader, lib, 10..20).await;
+    cluster.assert_converged(lib, leader, &[follower]).await;
+    wait_until("nothing else changed", || async { cluster.last_sequence(follower, lib) == 20 })
+        .await;
+}
