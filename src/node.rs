@@ -70,6 +70,21 @@ impl Default for NodeConfig {
     }
 }
 
+/// What became of a [`Node::write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The leader sequenced the changes as entries `first_sequence..=last_sequence`, and they
+    /// are applied on this device (read-your-writes).
+    Committed { first_sequence: u64, last_sequence: u64 },
+    /// No leader was reachable: the changes wait in this device's durable outbox and will be
+    /// committed, once, by whichever device leads next.
+    Queued { proposal_id: Uuid },
+}
+
+/// How long [`Node::write`] on a follower waits for its committed changes to be applied
+/// locally before it answers anyway.
+const READ_YOUR_WRITES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A member device of a library, as another device must know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -412,6 +427,64 @@ impl Node {
             .await
             .map_err(|_| NodeError::ServiceStopped(library_id))?
             .map_err(NodeError::Transfer)
+    }
+
+    /// Writes changes on any device: the same call on the leader and on a follower.
+    ///
+    /// On the leader the changes commit at once; on a follower they are queued in the durable
+    /// outbox and proposed to the leader, and the call returns once the leader committed them
+    /// *and* this device applied them ([`WriteOutcome::Committed`]), or — when no leader can be
+    /// reached — once they are safely queued ([`WriteOutcome::Queued`]). Either way they are
+    /// committed exactly once. Inserts and updates are upserts and a delete of a record that no
+    /// longer exists is dropped: concurrent writes to one record resolve by leader order
+    /// (docs/architecture.md, "Concurrent changes").
+    pub async fn write(
+        &self,
+        library_id: Uuid,
+        changes: Vec<Change>,
+    ) -> Result<WriteOutcome, NodeError> {
+        if changes.is_empty() {
+            return Err(NodeError::InvalidInput("nothing to write".into()));
+        }
+        let tm = self.writer(library_id)?;
+        let lib = self.library(library_id)?;
+        let me = self.device_id();
+        let direct = changes.clone();
+        let n = changes.len() as u64;
+        match blocking(move || tm.commit_proposal(Uuid::new_v4(), me, direct)).await {
+            Ok(o) => {
+                Metrics::add(&self.inner.metrics.entries_committed, n);
+                return Ok(WriteOutcome::Committed {
+                    first_sequence: o.first_sequence,
+                    last_sequence: o.last_sequence,
+                });
+            }
+            Err(NodeError::Storage(StorageError::NotLeader { .. })) => {}
+            Err(e) => return Err(e),
+        }
+        let submitted = lib
+            .service
+            .send(lsync_actors::service::Submit(changes))
+            .await
+            .map_err(|_| NodeError::ServiceStopped(library_id))?
+            .map_err(NodeError::InvalidInput)?;
+        match submitted {
+            lsync_actors::proposer::Submitted::Queued { proposal_id } => {
+                Ok(WriteOutcome::Queued { proposal_id })
+            }
+            lsync_actors::proposer::Submitted::Committed { first, last } => {
+                let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_TIMEOUT;
+                loop {
+                    let db = lib.db.clone();
+                    let applied = blocking(move || db.last_position()).await?.sequence;
+                    if applied >= last || tokio::time::Instant::now() > deadline {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                Ok(WriteOutcome::Committed { first_sequence: first, last_sequence: last })
+            }
+        }
     }
 
     /// Commits one change (this device must lead the library).

@@ -47,6 +47,8 @@ pub struct ApplierContext {
     pub leader_device: Option<Uuid>,
     /// Where newer terms heard from the leader go (the library's election).
     pub election: Option<Recipient<crate::watcher::ElectionInput>>,
+    /// Re-proposes the changes a repair recovered.
+    pub proposer: Option<crate::proposer::Proposer>,
     /// The term this follower knows.
     pub term: u64,
 }
@@ -254,6 +256,7 @@ impl Worker {
             match self.round().await {
                 Ok(()) => {
                     backoff.reset();
+                    self.recover_orphans().await;
                     self.set_state(FollowerState::CaughtUp, None);
                 }
                 Err(e) => {
@@ -292,6 +295,7 @@ impl Worker {
                 match self.reconcile(reason, target).await {
                     Ok(()) => {
                         backoff.reset();
+                        self.recover_orphans().await;
                         self.set_state(FollowerState::CaughtUp, None);
                         false
                     }
@@ -533,6 +537,33 @@ impl Worker {
         }
     }
 
+    /// After a complete rebuild: the changes of the stashed entries that the leader's log lacks
+    /// go to the outbox, and the proposer re-proposes them.
+    async fn recover_orphans(&self) {
+        let db = self.cx.db.clone();
+        if run_blocking(move || db.stashed_count()).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let applier = Applier::new(self.cx.db.clone());
+        match run_blocking(move || applier.recover_orphans()).await {
+            Ok(r) => {
+                info!(
+                    library_id = %self.cx.library_id,
+                    proposals = r.proposals,
+                    changes = r.changes,
+                    dropped = r.dropped,
+                    "changes the leader lacked are proposed again"
+                );
+                if let Some(p) = &self.cx.proposer {
+                    p.wake();
+                }
+            }
+            Err(e) => {
+                warn!(library_id = %self.cx.library_id, error = %e, "cannot recover orphaned changes")
+            }
+        }
+    }
+
     /// Tells the leader what is applied; one acknowledgement in flight at most.
     fn acknowledge(&self) {
         if self.shared.ack_in_flight.swap(true, Ordering::AcqRel) {
@@ -562,10 +593,13 @@ impl Worker {
             reason,
             target,
         });
+        // Keep this device's log aside: the entries the leader lacks are re-proposed after the
+        // rebuild, so nothing committed here is lost.
         let applier = Applier::new(self.cx.db.clone());
-        run_blocking(move || applier.reset())
+        let stashed = run_blocking(move || applier.reset_for_repair())
             .await
             .map_err(|e| RoundError::Fatal(format!("cannot reset the library: {e}")))?;
+        debug!(library_id = %self.cx.library_id, stashed, "local log stashed for repair");
         *self.shared.applied.lock().expect("applied lock") = LogPosition::default();
         self.round_with_progress(Some((Instant::now(), 0))).await?;
         let last = self.position().sequence;
@@ -657,6 +691,7 @@ mod tests {
             leader: leader_peer,
             leader_device: None,
             election: None,
+            proposer: None,
             term: 1,
         })
         .start();

@@ -117,4 +117,6 @@ pub struct LibraryStatus {
     pub followers: Vec<FollowerStatus>,
     /// Follower only: its applier.
     pub applier: Option<ApplierStatus>,
+    /// Changes made on this device that wait in its outbox for a leader.
+    pub outbox_pending: u64,
 }

@@ -9,6 +9,8 @@
 //!   FetchEntries / Acknowledge / Heartbeat).
 //! - follower path: [`applier`] (`FollowerApplier`: NewEntries → fetch → apply → acknowledge,
 //!   reconnect with [`backoff`], full reconciliation).
+//! - [`proposer`] — delivers the library's durable outbox (writes made on a device that does
+//!   not lead) to the leader, which commits each proposal at most once.
 //! - [`watcher`] — `ElectionWatcher`, one per library: runs the [`election`] state machine,
 //!   persists term and vote, tells the SyncService about role changes.
 //! - [`transport`] — the request seam between actors and network (tests script it).
@@ -26,6 +28,7 @@ pub mod events;
 pub mod metrics;
 pub mod network;
 pub mod notifier;
+pub mod proposer;
 pub mod service;
 pub mod session;
 #[cfg(test)]

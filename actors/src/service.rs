@@ -26,6 +26,7 @@ use crate::config::SyncConfig;
 use crate::events::{LibraryStatus, SyncEvent};
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
 use crate::notifier::{LeaderNotifier, SetSessions};
+use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
 use crate::session::{Connection, FollowerSession, GetFollowerStatus, SessionContext};
 use crate::transport::Transport;
 use crate::watcher::{
@@ -105,12 +106,24 @@ pub struct SyncService {
     watcher: Option<Addr<ElectionWatcher>>,
     local_peer: Option<PeerId>,
     self_addr: Option<Addr<SyncService>>,
+    proposer: Proposer,
+    proposer_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl SyncService {
     /// A service for the library in `cx`.
     pub fn new(cx: LibraryContext) -> Self {
+        let proposer = Proposer::new(
+            cx.library_id,
+            cx.device_id,
+            cx.db.clone(),
+            cx.tm.clone(),
+            cx.transport.clone(),
+            cx.config.clone(),
+        );
         Self {
+            proposer,
+            proposer_task: None,
             cx,
             state: None,
             members: HashMap::new(),
@@ -197,6 +210,13 @@ impl SyncService {
         self.stop_role();
         let Some(state) = self.state.clone() else { return };
         let library_id = self.cx.library_id;
+        let leading =
+            state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id);
+        self.proposer.set_leader(LeaderView {
+            term: state.current_term,
+            leader: if state.role == SyncRole::Candidate { None } else { state.leader_device },
+        });
+        let _ = leading;
         if state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id) {
             let notifier =
                 LeaderNotifier::new(self.cx.tm.subscribe(), self.cx.config.notify_window).start();
@@ -222,6 +242,7 @@ impl SyncService {
                 leader: leader_peer,
                 leader_device: state.leader_device,
                 election: self.self_addr.clone().map(|a| a.recipient()),
+                proposer: Some(self.proposer.clone()),
                 term: state.current_term,
             })
             .start();
@@ -331,6 +352,9 @@ impl Actor for SyncService {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.stop_role();
+        if let Some(t) = self.proposer_task.take() {
+            t.abort();
+        }
     }
 }
 
@@ -341,6 +365,8 @@ impl Handler<Started> for SyncService {
         self.connected = msg.connected.into_iter().collect();
         self.local_peer = Some(self.cx.network.local_peer_id());
         self.state = Some(msg.state);
+        self.proposer.set_members(self.member_map());
+        self.proposer_task = Some(actix_rt::spawn(self.proposer.clone().run()));
         self.start_role();
         self.start_watcher(ctx);
         ctx.run_interval(WATCHDOG_INTERVAL, |this, ctx| this.watchdog(ctx));
@@ -396,6 +422,22 @@ impl Handler<InboundRequest> for SyncService {
             ));
         };
         let from = self.device_of(&req.peer);
+        // A leader of an older term heartbeating us learns our term from the answer (and steps
+        // down): whatever our role, answer with our own view.
+        if let (SyncMessage::Heartbeat { term, role: SyncRole::Leader, .. }, Some(state)) =
+            (&req.message, &self.state)
+        {
+            if *term < state.current_term {
+                let _ = req.reply.send(SyncMessage::Heartbeat {
+                    library_id,
+                    term: state.current_term,
+                    current_sequence: state.last_synced_sequence,
+                    last_term: 0,
+                    role: state.role,
+                });
+                return;
+            }
+        }
         match (&req.message, &self.watcher, from) {
             (SyncMessage::RequestVote { .. } | SyncMessage::TimeoutNow { .. }, Some(w), _) => {
                 if let Err(e) = w.try_send(req) {
@@ -417,6 +459,47 @@ impl Handler<InboundRequest> for SyncService {
                 w.do_send(ElectionInput::FollowerContact { from, term: *term })
             }
             _ => {}
+        }
+        if let SyncMessage::Propose { origin_device, .. } = &req.message {
+            let (leading, term) = match (&self.role, &self.state) {
+                (Role::Leader { .. }, Some(s)) => (true, s.current_term),
+                _ => (false, 0),
+            };
+            let reply = if from != Some(*origin_device) {
+                Some(SyncMessage::error(
+                    library_id,
+                    ErrorCode::Unauthorized,
+                    "a device proposes only its own changes",
+                ))
+            } else if !leading {
+                Some(SyncMessage::Error {
+                    library_id,
+                    code: ErrorCode::NotLeader,
+                    message: "this device does not lead the library".into(),
+                    leader_hint,
+                })
+            } else {
+                None
+            };
+            match reply {
+                Some(r) => {
+                    let _ = req.reply.send(r);
+                }
+                None => {
+                    let tm = self.cx.tm.clone();
+                    actix_rt::spawn(async move {
+                        let resp = run_blocking(move || {
+                            Ok(serve_proposal(&tm, library_id, term, req.message))
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            SyncMessage::error(library_id, ErrorCode::Internal, e.to_string())
+                        });
+                        let _ = req.reply.send(resp);
+                    });
+                }
+            }
+            return;
         }
         match &self.role {
             Role::Leader { sessions, .. } => match sessions.get(&req.peer) {
@@ -486,6 +569,7 @@ impl Handler<AddMember> for SyncService {
             if let Some(w) = &this.watcher {
                 w.do_send(SetMembers(this.member_map()));
             }
+            this.proposer.set_members(this.member_map());
             let state = this.state.clone();
             let mut new_session = None;
             if let (Role::Leader { sessions, .. }, Some(state)) = (&this.role, state.as_ref()) {
@@ -528,9 +612,11 @@ impl Handler<GetStatus> for SyncService {
             _ => None,
         };
         Box::pin(async move {
-            let (state, last) = run_blocking(move || Ok((db.sync_state()?, db.last_position()?)))
-                .await
-                .map_err(|e| e.to_string())?;
+            let (state, last, outbox_pending) = run_blocking(move || {
+                Ok((db.sync_state()?, db.last_position()?, db.outbox_count()?))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             let mut followers = Vec::with_capacity(sessions.len());
             for s in sessions {
                 if let Ok(f) =
@@ -553,8 +639,23 @@ impl Handler<GetStatus> for SyncService {
                 last_sequence: last.sequence,
                 followers,
                 applier,
+                outbox_pending,
             })
         })
+    }
+}
+
+/// Writes changes from this device, whatever its role: committed at once when it leads,
+/// otherwise proposed to the leader through the durable outbox.
+#[derive(Message)]
+#[rtype(result = "Result<Submitted, String>")]
+pub struct Submit(pub Vec<lsync_storage::Change>);
+
+impl Handler<Submit> for SyncService {
+    type Result = ResponseFuture<Result<Submitted, String>>;
+    fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
+        let proposer = self.proposer.clone();
+        Box::pin(async move { proposer.submit(msg.0).await.map_err(|e| e.to_string()) })
     }
 }
 
@@ -667,7 +768,10 @@ mod tests {
             name: "absent leader".into(),
         })
         .unwrap();
-        let (network, _) = NetworkHandle::start(Keypair::generate_ed25519(), NetworkConfig::default()).await.unwrap();
+        let (network, _) =
+            NetworkHandle::start(Keypair::generate_ed25519(), NetworkConfig::default())
+                .await
+                .unwrap();
         let (events, _) = broadcast::channel(64);
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let service = SyncService::new(LibraryContext {

@@ -4,3 +4,4 @@ mod election;
 mod fixture;
 mod replication;
 mod security;
+mod writes;

@@ -22,7 +22,7 @@ impl Handler<InboundRequest> for Silent {
 }
 
 /// A bare libp2p client speaking the sync protocol; it allows `server` to be dialed.
-async fn raw_client(server: &lsync::Node, max_frame: usize) -> NetworkHandle {
+pub async fn raw_client(server: &lsync::Node, max_frame: usize) -> NetworkHandle {
     let config = NetworkConfig { max_frame, ..NetworkConfig::default() };
     let (client, _) = NetworkHandle::start(Keypair::generate_ed25519(), config).await.unwrap();
     client
@@ -36,13 +36,20 @@ async fn raw_client(server: &lsync::Node, max_frame: usize) -> NetworkHandle {
     client
 }
 
-async fn make_member(cluster: &Cluster, node: usize, lib: Uuid, client: &NetworkHandle) {
+/// Makes the raw client a member of `lib` on `node`; returns its device id.
+pub async fn make_member(
+    cluster: &Cluster,
+    node: usize,
+    lib: Uuid,
+    client: &NetworkHandle,
+) -> Uuid {
+    let device_id = Uuid::new_v4();
     cluster
         .node(node)
         .add_device(
             lib,
             DeviceInfo {
-                device_id: Uuid::new_v4(),
+                device_id,
                 peer_id: client.local_peer_id(),
                 addresses: vec![],
                 name: "raw".into(),
@@ -50,6 +57,7 @@ async fn make_member(cluster: &Cluster, node: usize, lib: Uuid, client: &Network
         )
         .await
         .unwrap();
+    device_id
 }
 
 /// A fetch from a follower whose log matches the leader's (every entry is of term 1).

@@ -1,0 +1,225 @@
+//! Writes from any device, and nothing lost across failover.
+
+use std::collections::BTreeSet;
+
+use lsync::{Change, Tag, WriteOutcome};
+use uuid::Uuid;
+
+use crate::fixture::{wait_until, Cluster};
+
+fn tag(id: &str, name: &str) -> Change {
+    Change::insert(&Tag { id: id.to_string(), name: name.to_string(), color: None })
+}
+
+/// The tag ids of node `i`, and how many log entries each id has (to catch double commits).
+fn tags_and_counts(
+    cluster: &Cluster,
+    i: usize,
+    lib: Uuid,
+) -> (BTreeSet<String>, Vec<(String, usize)>) {
+    let db = cluster.node(i).database(lib).unwrap();
+    let log = db.fetch_since(0, 1_000_000).unwrap();
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for e in &log {
+        *counts.entry(e.record_id.clone()).or_default() += 1;
+    }
+    let ids = db.dump().unwrap()["tag"]
+        .iter()
+        .map(|row| row.split('|').next().unwrap().trim_matches('\'').to_string())
+        .collect();
+    (ids, counts.into_iter().filter(|(_, n)| *n > 1).collect())
+}
+
+#[actix_rt::test]
+async fn a_follower_write_is_committed_by_the_leader_and_visible_everywhere() {
+    let cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    cluster.node(0).write(lib, vec![tag("a", "from the leader")]).await.unwrap();
+    let out = cluster.node(1).write(lib, vec![tag("b", "from a follower")]).await.unwrap();
+    let WriteOutcome::Committed { first_sequence, last_sequence } = out else { panic!("{out:?}") };
+    assert_eq!((first_sequence, last_sequence), (2, 2));
+    // read-your-writes: applied on the writing follower when the call returns
+    assert!(cluster.dump(1, lib)["tag"].iter().any(|r| r.contains("from a follower")));
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    let e = cluster.node(0).database(lib).unwrap().fetch_since(1, 1).unwrap().remove(0);
+    assert_eq!(e.origin_device, cluster.node(1).device_id(), "the proposer is the entry's origin");
+    assert!(e.proposal_id.is_some());
+    // the same API with upsert semantics on every device: a second insert of "b" updates it
+    cluster.node(2).write(lib, vec![tag("b", "renamed on another follower")]).await.unwrap();
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    assert!(cluster.dump(0, lib)["tag"].iter().any(|r| r.contains("renamed on another follower")));
+}
+
+#[actix_rt::test]
+async fn a_write_without_a_reachable_leader_is_queued_survives_a_restart_and_is_delivered_once() {
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    cluster.node(0).write(lib, vec![tag("first", "x")]).await.unwrap();
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    // no majority for node 1 alone: no leader anywhere it can reach
+    cluster.stop(0).await;
+    cluster.stop(2).await;
+    let out = cluster.node(1).write(lib, vec![tag("queued", "while alone")]).await.unwrap();
+    assert!(matches!(out, WriteOutcome::Queued { .. }), "{out:?}");
+    cluster.restart(1).await;
+    assert_eq!(
+        cluster.node(1).status(lib).await.unwrap().outbox_pending,
+        1,
+        "the outbox survived the restart"
+    );
+    // a leader is back: the old one, with node 1 a majority of two
+    cluster.restart(0).await;
+    let (leader, _) = cluster.wait_for_leader(lib, &[0, 1], 0).await;
+    wait_until("the queued change is committed", || async {
+        cluster.dump(leader, lib)["tag"].iter().any(|r| r.contains("while alone"))
+    })
+    .await;
+    let other = 1 - leader;
+    cluster.assert_converged(lib, leader, &[other]).await;
+    wait_until("the outbox is empty", || async {
+        cluster.node(1).status(lib).await.unwrap().outbox_pending == 0
+    })
+    .await;
+    let (_, doubles) = tags_and_counts(&cluster, leader, lib);
+    assert!(doubles.is_empty(), "committed more than once: {doubles:?}");
+}
+
+#[actix_rt::test]
+async fn a_deposed_leaders_unreplicated_changes_are_proposed_again() {
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    let mut oracle = BTreeSet::new();
+    for i in 0..20 {
+        cluster.node(0).write(lib, vec![tag(&format!("t{i}"), "replicated")]).await.unwrap();
+        oracle.insert(format!("t{i}"));
+    }
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    // cut the leader off, let it commit changes nobody fetches, then kill it
+    for f in [1, 2] {
+        let peer = cluster.node(f).peer_id();
+        cluster.node(0).network().remove_member(lib, peer).await.unwrap();
+    }
+    for i in 0..5 {
+        cluster
+            .node(0)
+            .write(lib, vec![tag(&format!("orphan{i}"), "only on the old leader")])
+            .await
+            .unwrap();
+        oracle.insert(format!("orphan{i}"));
+    }
+    cluster.stop(0).await;
+    let (leader, term) = cluster.wait_for_leader(lib, &[1, 2], 1).await;
+    for i in 0..10 {
+        cluster
+            .node(leader)
+            .write(lib, vec![tag(&format!("new{i}"), "on the new leader")])
+            .await
+            .unwrap();
+        oracle.insert(format!("new{i}"));
+    }
+    // the old leader comes back, steps down, rebuilds and proposes its orphans again
+    cluster.restart(0).await;
+    let (again, _) = cluster.wait_for_leader(lib, &[0, 1, 2], term - 1).await;
+    wait_until("every change is on the leader", || async {
+        tags_and_counts(&cluster, again, lib).0 == oracle
+    })
+    .await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != again).collect();
+    cluster.assert_converged(lib, again, &others).await;
+    for i in 0..3 {
+        let (ids, doubles) = tags_and_counts(&cluster, i, lib);
+        assert_eq!(ids, oracle, "node {i} holds every change");
+        assert!(doubles.is_empty(), "node {i}: applied twice: {doubles:?}");
+    }
+}
+
+#[actix_rt::test]
+async fn both_sides_of_a_two_device_partition_write_and_converge_after_healing() {
+    let cluster = Cluster::start(2).await;
+    let lib = cluster.create_library(0, &[1]).await;
+    let mut oracle = BTreeSet::new();
+    for i in 0..10 {
+        cluster.node(0).write(lib, vec![tag(&format!("before{i}"), "x")]).await.unwrap();
+        oracle.insert(format!("before{i}"));
+    }
+    cluster.assert_converged(lib, 0, &[1]).await;
+    let (p0, p1) = (cluster.node(0).device_info(), cluster.node(1).device_info());
+    cluster.node(0).network().remove_member(lib, p1.peer_id).await.unwrap();
+    cluster.node(1).network().remove_member(lib, p0.peer_id).await.unwrap();
+    // node 1 elects itself (one vote suffices in a two-device library); node 0 still leads
+    wait_until("node 1 leads its side", || async {
+        cluster.node(1).status(lib).await.unwrap().role == lsync::SyncRole::Leader
+    })
+    .await;
+    for i in 0..10 {
+        cluster.node(0).write(lib, vec![tag(&format!("left{i}"), "side 0")]).await.unwrap();
+        cluster.node(1).write(lib, vec![tag(&format!("right{i}"), "side 1")]).await.unwrap();
+        oracle.insert(format!("left{i}"));
+        oracle.insert(format!("right{i}"));
+    }
+    // heal
+    cluster.node(0).network().add_member(lib, p1.peer_id, p1.addresses.clone()).await.unwrap();
+    cluster.node(1).network().add_member(lib, p0.peer_id, p0.addresses.clone()).await.unwrap();
+    let (leader, _) = cluster.wait_for_leader(lib, &[0, 1], 1).await;
+    wait_until("every change of both sides is on the leader", || async {
+        tags_and_counts(&cluster, leader, lib).0 == oracle
+    })
+    .await;
+    cluster.assert_converged(lib, leader, &[1 - leader]).await;
+    for i in 0..2 {
+        let (ids, doubles) = tags_and_counts(&cluster, i, lib);
+        assert_eq!(ids, oracle, "node {i}");
+        assert!(doubles.is_empty(), "node {i}: {doubles:?}");
+    }
+}
+
+#[actix_rt::test]
+async fn a_proposal_retried_after_a_lost_reply_is_committed_once() {
+    use lsync::crates::protocol::{ChangeType, ProposedChange, SyncMessage};
+    let cluster = Cluster::start(2).await;
+    let lib = cluster.create_library(0, &[1]).await;
+    let client =
+        crate::security::raw_client(cluster.node(0), lsync::crates::protocol::DEFAULT_MAX_FRAME)
+            .await;
+    let device = crate::security::make_member(&cluster, 0, lib, &client).await;
+    let proposal = SyncMessage::Propose {
+        library_id: lib,
+        term: 1,
+        proposal_id: Uuid::new_v4(),
+        origin_device: device,
+        changes: vec![ProposedChange {
+            model_type: "tag".into(),
+            record_id: "once".into(),
+            change_type: ChangeType::Insert,
+            data: lsync::crates::storage::encode(&Tag {
+                id: "once".into(),
+                name: "x".into(),
+                color: None,
+            }),
+        }],
+    };
+    let first = client.request(cluster.node(0).peer_id(), proposal.clone()).await.unwrap();
+    // the reply was "lost": the proposer sends the same proposal again
+    let second = client.request(cluster.node(0).peer_id(), proposal.clone()).await.unwrap();
+    assert!(
+        matches!(first, SyncMessage::ProposalResult { first_sequence: 1, last_sequence: 1, .. }),
+        "{first:?}"
+    );
+    assert_eq!(first, second);
+    assert_eq!(cluster.last_sequence(0, lib), 1);
+    // a device proposes only its own changes
+    let forged = match proposal {
+        SyncMessage::Propose { library_id, term, changes, .. } => SyncMessage::Propose {
+            library_id,
+            term,
+            proposal_id: Uuid::new_v4(),
+            origin_device: cluster.node(1).device_id(),
+            changes,
+        },
+        _ => unreachable!(),
+    };
+    let resp = client.request(cluster.node(0).peer_id(), forged).await.unwrap();
+    assert!(matches!(resp, SyncMessage::Error { .. }), "{resp:?}");
+    assert_eq!(cluster.last_sequence(0, lib), 1);
+    client.shutdown().await;
+}
