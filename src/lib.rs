@@ -31,6 +31,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod control;
 mod identity;
 mod node;
 
@@ -45,7 +47,7 @@ pub use lsync_storage::{
     BulkOperation, Change, Database, LocalJob, Location, ModelHandler, ModelRegistry,
     StorageOptions, Syncable, Synchronous, Tag,
 };
-pub use node::{DeviceInfo, Node, NodeBuilder, NodeConfig, NodeError};
+pub use node::{DeviceInfo, Node, NodeBuilder, NodeConfig, NodeError, WriteOutcome};
 
 /// Re-exports of the member crates, for hosts that need more than the facade.
 pub mod crates {

@@ -1,18 +1,41 @@
-//! Command-line interface.
+//! Command-line interface: `lsync demo`, the daemon (`init`, `run`) and the client commands
+//! that talk to a running daemon through its control API.
 
+mod client;
+mod commands;
+mod daemon;
 mod demo;
+mod progress;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use lsync::control::api::{ChangeRequest, DeviceJson, DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT};
+use uuid::Uuid;
+
+use self::client::Client;
+
+/// Environment variable naming the data directory when --data-dir is not given.
+const DATA_DIR_ENV: &str = "LSYNC_DATA_DIR";
+/// Data directory when neither --data-dir nor LSYNC_DATA_DIR is given.
+const DEFAULT_DATA_DIR: &str = "lsync-data";
 
 /// lsync keeps a library (tags, locations, …) identical across a user's devices: the leader
 /// commits every change with an entry in a gapless sync log and pushes a notification at once;
 /// followers fetch, apply in order and acknowledge.
+///
+/// On a device: `lsync init`, then `lsync run` (the daemon); the other commands talk to the
+/// running daemon through its local control API.
 #[derive(Debug, Parser)]
-#[command(name = "lsync", version, about, long_about = None)]
+#[command(name = "lsync", version, about, long_about)]
 pub struct Cli {
+    /// The device's data directory: identity, config (lsync.toml), libraries, control token.
+    /// Default: $LSYNC_DATA_DIR, else ./lsync-data.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,13 +60,294 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create this device's identity (device id + libp2p key) and its config file
+    /// (DIR/lsync.toml) in the data directory; print the ids and addresses other devices need.
+    /// Running it again keeps both (--force rewrites the config, never the identity).
+    Init {
+        /// The device's name, shown to the other devices (default: the directory's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// libp2p listen address, a multiaddr (repeatable). Default /ip4/0.0.0.0/tcp/7700;
+        /// port 0 picks a free port at every start.
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<String>,
+        /// Port of the control API on 127.0.0.1 (0: a free port, written to DIR/control.addr).
+        #[arg(long, default_value_t = 0, value_name = "PORT")]
+        control_port: u16,
+        /// Rewrite an existing config file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the daemon: the node (its libraries, replication over libp2p) and the control API
+    /// on 127.0.0.1, guarded by a token written to DIR/control.token. Logs go to stderr
+    /// (RUST_LOG=info for more); a follower catching up shows a progress bar. Stops cleanly
+    /// on Ctrl-C or SIGTERM.
+    Run {
+        /// Config file (default: DIR/lsync.toml). Its `data_dir` key, if any, names the data
+        /// directory; else the file's own directory is.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Create, join and list libraries; add member devices.
+    #[command(subcommand)]
+    Library(LibraryCommand),
+    /// Commit a change to a library on its leader: MODEL (tag, location) and the record as JSON,
+    /// e.g. `lsync put tag '{"id":"t1","name":"holiday"}'`.
+    Put {
+        /// The library (default: the daemon's only library).
+        #[arg(long, value_name = "ID")]
+        library: Option<Uuid>,
+        /// What the change does.
+        #[arg(long = "change", value_enum, default_value_t = ChangeKind::Insert)]
+        change: ChangeKind,
+        /// The record's id (default: the "id" field of the JSON; required for a delete
+        /// without JSON).
+        #[arg(long, value_name = "ID")]
+        record_id: Option<String>,
+        /// Print the committed entry as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Model type: tag or location.
+        model: String,
+        /// The whole record as a JSON object (omit for a delete).
+        record: Option<String>,
+    },
+    /// Tags (a convenience over `lsync put tag`).
+    #[command(subcommand)]
+    Tag(TagCommand),
+    /// Show the library's sync log, oldest first.
+    Log {
+        /// The library (default: the daemon's only library).
+        #[arg(long, value_name = "ID")]
+        library: Option<Uuid>,
+        /// Show entries after this sequence.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many entries (the daemon caps it at 1000).
+        #[arg(long, default_value_t = DEFAULT_LOG_LIMIT, value_parser = clap::value_parser!(u64).range(1..=MAX_LOG_LIMIT))]
+        limit: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show this device (ids, addresses) and each library: role, term, last sequence;
+    /// on a leader every follower's acked sequence, lag and connection; on a follower its
+    /// applier state, the leader's last sequence and catch-up progress.
+    Status {
+        /// Refresh continuously (progress bars on a terminal; with --json, one JSON line per
+        /// refresh).
+        #[arg(long)]
+        watch: bool,
+        /// Print the daemon's JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refresh interval of --watch, in milliseconds.
+        #[arg(long, default_value_t = 500, value_name = "MS")]
+        interval_ms: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LibraryCommand {
+    /// Create a library led by this device; prints its id and the commands that add a device.
+    Create {
+        /// Print JSON ({library_id, leader}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// On the leader: make a device a member of the library (run `lsync status` on that device
+    /// for its ids and address).
+    AddDevice {
+        #[arg(long, value_name = "ID")]
+        library: Uuid,
+        #[arg(long)]
+        device_id: Uuid,
+        #[arg(long)]
+        peer_id: String,
+        /// Its address, a multiaddr such as /ip4/192.168.1.20/tcp/7700 (repeatable).
+        #[arg(long = "addr", value_name = "MULTIADDR", required = true)]
+        addrs: Vec<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// On a new device: join a library as a follower of its leader (the command is printed by
+    /// `lsync library create` on the leader).
+    Join {
+        #[arg(long, value_name = "ID")]
+        library: Uuid,
+        #[arg(long)]
+        leader_device_id: Uuid,
+        #[arg(long)]
+        leader_peer_id: String,
+        /// The leader's address, a multiaddr (repeatable).
+        #[arg(long = "leader-addr", value_name = "MULTIADDR", required = true)]
+        leader_addrs: Vec<String>,
+        #[arg(long, default_value = "")]
+        leader_name: String,
+        /// Another member device, as DEVICE_ID,PEER_ID,MULTIADDR (repeatable).
+        #[arg(long = "member", value_name = "DEVICE_ID,PEER_ID,MULTIADDR")]
+        members: Vec<String>,
+    },
+    /// List this device's libraries with its role in each.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TagCommand {
+    /// Add a tag: `lsync tag add holiday --color '#ff8800'`.
+    Add {
+        #[arg(long, value_name = "ID")]
+        library: Option<Uuid>,
+        /// The tag's id (default: a new uuid).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        color: Option<String>,
+        /// Print the committed entry as JSON.
+        #[arg(long)]
+        json: bool,
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ChangeKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+fn data_dir(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+fn parse_member(text: &str) -> anyhow::Result<DeviceJson> {
+    let mut parts = text.splitn(3, ',');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(d), Some(p), Some(a)) => Ok(DeviceJson {
+            device_id: d.trim().parse().map_err(|e| {
+                anyhow::anyhow!("bad --member {text:?}: device id {d:?} is not a uuid ({e})")
+            })?,
+            peer_id: p.trim().to_owned(),
+            addresses: vec![a.trim().to_owned()],
+            name: String::new(),
+        }),
+        _ => anyhow::bail!("bad --member {text:?}: use DEVICE_ID,PEER_ID,MULTIADDR"),
+    }
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dir = data_dir(cli.data_dir);
     match cli.command {
         Command::Demo { followers, changes, keep, json } => {
             demo::run(demo::DemoArgs { followers: followers as usize, changes, keep, json })
         }
+        Command::Init { name, listen, control_port, force } => {
+            daemon::init(daemon::InitArgs { data_dir: dir, name, listen, control_port, force })
+        }
+        Command::Run { config } => daemon::run(dir, config),
+        Command::Library(cmd) => {
+            let client = Client::connect(&dir)?;
+            match cmd {
+                LibraryCommand::Create { json } => commands::library_create(&client, json),
+                LibraryCommand::AddDevice { library, device_id, peer_id, addrs, name } => {
+                    commands::library_add_device(
+                        &client,
+                        library,
+                        DeviceJson { device_id, peer_id, addresses: addrs, name },
+                    )
+                }
+                LibraryCommand::Join {
+                    library,
+                    leader_device_id,
+                    leader_peer_id,
+                    leader_addrs,
+                    leader_name,
+                    members,
+                } => {
+                    let members =
+                        members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<_>>()?;
+                    let leader = DeviceJson {
+                        device_id: leader_device_id,
+                        peer_id: leader_peer_id,
+                        addresses: leader_addrs,
+                        name: leader_name,
+                    };
+                    commands::library_join(&client, library, leader, members)
+                }
+                LibraryCommand::List { json } => commands::library_list(&client, json),
+            }
+        }
+        Command::Put { library, change, record_id, json, model, record } => {
+            let data = match &record {
+                Some(text) => serde_json::from_str(text).map_err(|e| {
+                    anyhow::anyhow!("the record is not valid JSON ({e}): quote it, e.g. '{{\"id\":\"t1\",\"name\":\"holiday\"}}'")
+                })?,
+                None if matches!(change, ChangeKind::Delete) => serde_json::Value::Null,
+                None => anyhow::bail!("give the record as JSON, e.g. lsync put {model} '{{\"id\":\"x\",…}}'"),
+            };
+            let change_type = match change {
+                ChangeKind::Insert => "insert",
+                ChangeKind::Update => "update",
+                ChangeKind::Delete => "delete",
+            };
+            let request = ChangeRequest {
+                model_type: model,
+                record_id,
+                change_type: Some(change_type.into()),
+                data,
+            };
+            let client = Client::connect(&dir)?;
+            let library = commands::resolve_library(&client, library)?;
+            commands::put(&client, library, request, json)
+        }
+        Command::Tag(TagCommand::Add { library, id, color, json, name }) => {
+            let id = id.unwrap_or_else(|| Uuid::new_v4().to_string());
+            let request = ChangeRequest {
+                model_type: "tag".into(),
+                record_id: None,
+                change_type: Some("insert".into()),
+                data: serde_json::json!({ "id": id, "name": name, "color": color }),
+            };
+            let client = Client::connect(&dir)?;
+            let library = commands::resolve_library(&client, library)?;
+            commands::put(&client, library, request, json)
+        }
+        Command::Log { library, since, limit, json } => {
+            let client = Client::connect(&dir)?;
+            let library = commands::resolve_library(&client, library)?;
+            commands::log(&client, library, since, limit, json)
+        }
+        Command::Status { watch, json, interval_ms } => {
+            let client = Client::connect(&dir)?;
+            status::status(&client, watch, json, Duration::from_millis(interval_ms.max(50)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn members_parse() {
+        let id = Uuid::new_v4();
+        let m = parse_member(&format!("{id},12D3KooW,/ip4/10.0.0.2/tcp/7700")).unwrap();
+        assert_eq!(m.device_id, id);
+        assert_eq!(m.addresses, vec!["/ip4/10.0.0.2/tcp/7700".to_owned()]);
+        assert!(parse_member("nope").is_err());
     }
 }

@@ -1,0 +1,128 @@
+//! `lsync-bench`: how fast lsync is on this machine, beside the baselines that matter, in one
+//! run (issue 7; figures and findings in docs/performance.md).
+//!
+//! ```sh
+//! cargo run --release -p lsync-bench            # full run, a few minutes
+//! cargo run --release -p lsync-bench -- --quick # under 2 minutes
+//! ```
+//!
+//! The parent process runs the leader node(s); every follower is its own OS process (this
+//! binary re-executed as `lsync-bench follower …` or `lsync-bench poller …`), driven by JSON
+//! lines on its stdin and reporting JSON lines on its stdout (see `child.rs`). Real libp2p TCP
+//! on 127.0.0.1, temporary SQLite files. Prints a table and writes `target/bench/latest.json`.
+#![forbid(unsafe_code)]
+
+mod child;
+mod model;
+mod parent;
+mod procs;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lsync-bench",
+    about = "Benchmark lsync: latency, throughput, catch-up, idle, memory"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// A smaller run (under 2 minutes) reporting the same keys.
+    #[arg(long)]
+    quick: bool,
+    /// Where the JSON goes (default: target/bench/latest.json of the workspace).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Single-change commits per latency run (default 10,000; --quick 2,000).
+    #[arg(long)]
+    latency_commits: Option<u64>,
+    /// Commits per second during the latency runs.
+    #[arg(long)]
+    latency_rate: Option<u64>,
+    /// Entries behind for the catch-up run (default 1,000,000; --quick 100,000).
+    #[arg(long)]
+    catchup_entries: Option<u64>,
+    /// Entries per throughput run (default 200,000; --quick 50,000).
+    #[arg(long)]
+    throughput_entries: Option<u64>,
+    /// Skip the extra latency runs with notify_window = 0.
+    #[arg(long)]
+    no_window0: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// (internal) A follower node in its own process, driven by the parent over stdin/stdout.
+    Follower {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 30_000)]
+        heartbeat_ms: u64,
+        /// Record commit → apply latencies of `bench` entries.
+        #[arg(long)]
+        record: bool,
+    },
+    /// Only the ceiling (local commit, then local apply; no network), for profiling.
+    Ceiling {
+        #[arg(long, default_value_t = 200_000)]
+        entries: u64,
+    },
+    /// (internal) The polling baseline in its own process.
+    Poller {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Follower { dir, heartbeat_ms, record }) => {
+            child::follower(dir, heartbeat_ms, record)
+        }
+        Some(Command::Poller { dir, interval_ms }) => child::poller(dir, interval_ms),
+        Some(Command::Ceiling { entries }) => parent::ceiling_only(entries),
+        None => {
+            let out = cli.out.unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench/latest.json")
+            });
+            let mut opts = parent::Opts::new(cli.quick, out);
+            if let Some(n) = cli.latency_commits {
+                opts.latency_commits = n;
+            }
+            if let Some(n) = cli.latency_rate {
+                opts.latency_rate = n;
+            }
+            if let Some(n) = cli.catchup_entries {
+                opts.catchup_entries = n;
+            }
+            if let Some(n) = cli.throughput_entries {
+                opts.throughput_entries = n;
+            }
+            opts.window0 = !cli.no_window0;
+            actix::System::new().block_on(parent::run(opts))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_sample() {
+        let p = parent::Percentiles::of((1..=100).collect());
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (50, 90, 99, 100));
+        assert!((p.mean - 50.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,771 @@
+//! The parent process: the leader node(s), the phases, the report.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use lsync::crates::protocol::SyncRole;
+use lsync::crates::storage::{Applier, Database, StorageOptions, SyncState};
+use lsync::{Node, NodeConfig, SyncConfig};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::child::{device_json, parse_device};
+use crate::model::{self, now_us};
+use crate::procs::{self, ChildProc};
+
+/// Sizes of the run.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub quick: bool,
+    pub out: PathBuf,
+    /// Single-change commits per latency run.
+    pub latency_commits: u64,
+    /// Commits per second during the latency runs.
+    pub latency_rate: u64,
+    /// The poller's (scaled) interval.
+    pub poll_interval_ms: u64,
+    /// How long the leader commits during the polling run.
+    pub poll_duration: Duration,
+    /// Entries committed per throughput run.
+    pub throughput_entries: u64,
+    /// Entries behind for the catch-up run.
+    pub catchup_entries: u64,
+    /// Heartbeat interval during the idle run, and how long it is counted.
+    pub idle_heartbeat_ms: u64,
+    pub idle_window: Duration,
+    /// Also measure latency with `notify_window = 0`.
+    pub window0: bool,
+}
+
+impl Opts {
+    pub fn new(quick: bool, out: PathBuf) -> Self {
+        if quick {
+            Opts {
+                quick,
+                out,
+                latency_commits: 2_000,
+                latency_rate: 1_000,
+                poll_interval_ms: 50,
+                poll_duration: Duration::from_secs(3),
+                throughput_entries: 50_000,
+                catchup_entries: 100_000,
+                idle_heartbeat_ms: 200,
+                idle_window: Duration::from_secs(3),
+                window0: true,
+            }
+        } else {
+            Opts {
+                quick,
+                out,
+                latency_commits: 10_000,
+                latency_rate: 1_000,
+                poll_interval_ms: 50,
+                poll_duration: Duration::from_secs(10),
+                throughput_entries: 200_000,
+                catchup_entries: 1_000_000,
+                idle_heartbeat_ms: 250,
+                idle_window: Duration::from_secs(10),
+                window0: true,
+            }
+        }
+    }
+}
+
+const BATCH: usize = 1_000;
+const WAIT: Duration = Duration::from_secs(120);
+
+fn say(line: impl AsRef<str>) {
+    eprintln!("lsync-bench: {}", line.as_ref());
+}
+
+async fn start_leader(dir: &Path, sync: SyncConfig) -> anyhow::Result<Node> {
+    let config = NodeConfig { registry: model::registry(None), sync, ..NodeConfig::default() };
+    Ok(Node::builder(dir).name("leader").config(config).start().await?)
+}
+
+fn child_args(kind: &str, dir: &Path, extra: &[String]) -> Vec<String> {
+    let mut args = vec![kind.to_owned(), "--dir".to_owned(), dir.display().to_string()];
+    args.extend_from_slice(extra);
+    args
+}
+
+async fn spawn_followers(
+    root: &Path,
+    tag: &str,
+    n: usize,
+    heartbeat_ms: u64,
+    record: bool,
+) -> anyhow::Result<Vec<ChildProc>> {
+    let mut children = Vec::with_capacity(n);
+    for i in 0..n {
+        let dir = root.join(format!("{tag}-follower-{i}"));
+        let mut extra = vec!["--heartbeat-ms".to_owned(), heartbeat_ms.to_string()];
+        if record {
+            extra.push("--record".to_owned());
+        }
+        children.push(
+            ChildProc::spawn(&format!("{tag}-follower-{i}"), &child_args("follower", &dir, &extra))
+                .await?,
+        );
+    }
+    Ok(children)
+}
+
+/// Adds every child to the library as a member and has it join.
+async fn join_all(
+    leader: &Node,
+    library_id: Uuid,
+    children: &mut [ChildProc],
+) -> anyhow::Result<()> {
+    for c in children.iter() {
+        leader.add_device(library_id, parse_device(&c.ready)?).await?;
+    }
+    let leader_info = device_json(&leader.device_info());
+    for c in children.iter_mut() {
+        c.send(
+            json!({"cmd": "join", "library_id": library_id.to_string(), "leader": leader_info}),
+        )?;
+        c.expect("joined", WAIT).await?;
+    }
+    Ok(())
+}
+
+/// Every child reports when it applied `target`; returns their `reached` lines.
+async fn reach(
+    children: &mut [ChildProc],
+    target: u64,
+    wait: Duration,
+) -> anyhow::Result<Vec<Value>> {
+    for c in children.iter_mut() {
+        c.send(json!({"cmd": "target", "target": target}))?;
+    }
+    let mut out = Vec::with_capacity(children.len());
+    for c in children.iter_mut() {
+        out.push(c.expect("reached", wait).await?);
+    }
+    Ok(out)
+}
+
+async fn samples(children: &mut [ChildProc]) -> anyhow::Result<(Vec<u64>, u64)> {
+    let mut all = Vec::new();
+    let mut unmatched = 0;
+    for c in children.iter_mut() {
+        c.send(json!({"cmd": "samples"}))?;
+        let v = c.expect("samples", WAIT).await?;
+        unmatched += v["unmatched"].as_u64().unwrap_or(0);
+        all.extend(v["samples"].as_array().into_iter().flatten().filter_map(Value::as_u64));
+    }
+    Ok((all, unmatched))
+}
+
+/// A new library led by `leader`, the children joined, one warm-up entry applied by all.
+async fn library_with(leader: &Node, children: &mut [ChildProc]) -> anyhow::Result<(Uuid, u64)> {
+    let library_id = leader.create_library().await?;
+    join_all(leader, library_id, children).await?;
+    let seq = leader.commit(library_id, model::change(0)).await?.sequence;
+    reach(children, seq, WAIT).await?;
+    samples(children).await?; // drop the warm-up's sample
+    Ok((library_id, seq))
+}
+
+/// Percentiles of latency samples (µs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Percentiles {
+    pub n: usize,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(mut v: Vec<u64>) -> Percentiles {
+        if v.is_empty() {
+            return Percentiles::default();
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Percentiles {
+            n: v.len(),
+            mean: v.iter().sum::<u64>() as f64 / v.len() as f64,
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: *v.last().expect("not empty"),
+        }
+    }
+}
+
+async fn paced_commits(
+    leader: &Node,
+    library_id: Uuid,
+    first_n: u64,
+    count: u64,
+    rate: u64,
+) -> anyhow::Result<u64> {
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let start = tokio::time::Instant::now();
+    let mut last = 0;
+    for i in 0..count {
+        tokio::time::sleep_until(start + period * i as u32).await;
+        last = leader.commit(library_id, model::change(first_n + i)).await?.sequence;
+    }
+    Ok(last)
+}
+
+/// Phase 1: Latency: single-change commits at a modest rate; each follower records, per entry, the
+/// time from the commit call on the leader to the end of its apply transaction.
+async fn latency(
+    leader: &Node,
+    root: &Path,
+    tag: &str,
+    followers: usize,
+    opts: &Opts,
+) -> anyhow::Result<(Percentiles, u64)> {
+    let mut children = spawn_followers(root, tag, followers, 30_000, true).await?;
+    let (library_id, _) = library_with(leader, &mut children).await?;
+    let last =
+        paced_commits(leader, library_id, 1, opts.latency_commits, opts.latency_rate).await?;
+    reach(&mut children, last, WAIT).await?;
+    let (all, unmatched) = samples(&mut children).await?;
+    for c in children {
+        c.quit().await;
+    }
+    Ok((Percentiles::of(all), unmatched))
+}
+
+/// Phase 2: The polling baseline: a poller every `poll_interval_ms`, commits paced at 200/s.
+async fn polling(leader: &Node, root: &Path, opts: &Opts) -> anyhow::Result<Percentiles> {
+    let dir = root.join("poller");
+    let extra = vec!["--interval-ms".to_owned(), opts.poll_interval_ms.to_string()];
+    let mut children = vec![ChildProc::spawn("poller", &child_args("poller", &dir, &extra)).await?];
+    let (library_id, _) = library_with(leader, &mut children).await?;
+    let rate = 200;
+    let count = (opts.poll_duration.as_secs_f64() * rate as f64) as u64;
+    let last = paced_commits(leader, library_id, 1, count, rate).await?;
+    reach(&mut children, last, WAIT).await?;
+    let (all, _) = samples(&mut children).await?;
+    for c in children {
+        c.quit().await;
+    }
+    Ok(Percentiles::of(all))
+}
+
+/// What a throughput run measured.
+struct Throughput {
+    /// Entries per second of the slowest follower: first commit → its last apply.
+    eps_slowest: f64,
+    eps_per_follower: Vec<f64>,
+    leader_commit_eps: f64,
+    follower_peak_rss_mb: f64,
+    library_id: Uuid,
+}
+
+/// Phase 3: Sustained replication: the leader commits `throughput_entries` as fast as it can, in
+/// batches of 1,000; each follower's rate runs from the first commit to its last apply.
+async fn throughput(
+    leader: &Node,
+    root: &Path,
+    tag: &str,
+    followers: usize,
+    opts: &Opts,
+) -> anyhow::Result<Throughput> {
+    let mut children = spawn_followers(root, tag, followers, 30_000, false).await?;
+    let (library_id, warm) = library_with(leader, &mut children).await?;
+    let total = opts.throughput_entries;
+    let t0 = now_us();
+    let mut n = 0;
+    while n < total {
+        let k = (total - n).min(BATCH as u64);
+        let batch = (n..n + k).map(|i| model::change(i + 1)).collect();
+        leader.commit_batch(library_id, batch).await?;
+        n += k;
+    }
+    let t_committed = now_us();
+    let reached = reach(&mut children, warm + total, WAIT * 5).await?;
+    let mut eps = Vec::new();
+    for r in &reached {
+        let t = r["t_us"].as_i64().unwrap_or(t0);
+        eps.push(total as f64 / ((t - t0).max(1) as f64 / 1e6));
+    }
+    let rss = children.iter().filter_map(ChildProc::peak_rss_mb).fold(0.0, f64::max);
+    for c in children {
+        c.quit().await;
+    }
+    Ok(Throughput {
+        eps_slowest: eps.iter().copied().fold(f64::INFINITY, f64::min),
+        eps_per_follower: eps,
+        leader_commit_eps: total as f64 / ((t_committed - t0).max(1) as f64 / 1e6),
+        follower_peak_rss_mb: rss,
+        library_id,
+    })
+}
+
+/// What the catch-up run measured.
+struct CatchUp {
+    total_s: f64,
+    first10_eps: f64,
+    last10_eps: f64,
+    leader_commit_s: f64,
+    follower_peak_rss_mb: f64,
+}
+
+/// Phase 5: Catch-up: a follower joins `catchup_entries` behind.
+async fn catch_up(leader: &Node, root: &Path, opts: &Opts) -> anyhow::Result<CatchUp> {
+    let total = opts.catchup_entries;
+    let library_id = leader.create_library().await?;
+    let started = Instant::now();
+    let mut n = 0;
+    while n < total {
+        let k = (total - n).min(BATCH as u64);
+        let batch = (n..n + k).map(|i| model::change(i + 1)).collect();
+        leader.commit_batch(library_id, batch).await?;
+        n += k;
+    }
+    let leader_commit_s = started.elapsed().as_secs_f64();
+    say(format!("  {total} entries committed in {leader_commit_s:.1} s; the follower joins"));
+    let mut children = spawn_followers(root, "catchup", 1, 30_000, false).await?;
+    join_all(leader, library_id, &mut children).await?;
+    let r = reach(&mut children, total, WAIT * 5).await?.remove(0);
+    let rss = children.iter().filter_map(ChildProc::peak_rss_mb).fold(0.0, f64::max);
+    for c in children {
+        c.quit().await;
+    }
+    let t = |v: &Value| v.as_i64().unwrap_or(0);
+    let start = t(&r["started_us"]);
+    let end = t(&r["t_us"]);
+    let (s10, t10) = (r["mark10"][0].as_u64().unwrap_or(0), t(&r["mark10"][1]));
+    let (s90, t90) = (r["mark90"][0].as_u64().unwrap_or(0), t(&r["mark90"][1]));
+    Ok(CatchUp {
+        total_s: (end - start) as f64 / 1e6,
+        first10_eps: s10 as f64 / ((t10 - start).max(1) as f64 / 1e6),
+        last10_eps: (total - s90) as f64 / ((end - t90).max(1) as f64 / 1e6),
+        leader_commit_s,
+        follower_peak_rss_mb: rss,
+    })
+}
+
+/// What the idle run measured (already scaled to the default 30 s heartbeat).
+struct Idle {
+    requests_measured: u64,
+    msgs_per_min: f64,
+    bytes_per_min: Option<f64>,
+    frame_bytes_per_min: f64,
+}
+
+/// Phase 6: Idle: a leader and one follower with a short heartbeat, no commits; count the requests
+/// between them on the leader's network (every request is answered: 2 messages) and the TCP
+/// bytes of their sockets, then scale to the default 30 s heartbeat.
+async fn idle(root: &Path, opts: &Opts) -> anyhow::Result<Idle> {
+    let h = opts.idle_heartbeat_ms;
+    let sync = SyncConfig { heartbeat_interval: Duration::from_millis(h), ..SyncConfig::default() };
+    let leader = start_leader(&root.join("idle-leader"), sync).await?;
+    let mut children = spawn_followers(root, "idle", 1, h, false).await?;
+    library_with(&leader, &mut children).await?;
+    tokio::time::sleep(Duration::from_millis(3 * h)).await;
+    let stats = leader.network().stats();
+    let count = || {
+        stats.inbound_requests.load(Ordering::Relaxed)
+            + stats.outbound_requests.load(Ordering::Relaxed)
+    };
+    let leader_port = procs::port_of(&device_json(&leader.device_info()))?;
+    let follower_port = procs::port_of(&children[0].ready)?;
+    let bytes = || procs::tcp_bytes(leader_port, follower_port);
+    let (r0, b0) = (count(), bytes());
+    let start = Instant::now();
+    tokio::time::sleep(opts.idle_window).await;
+    let (r1, b1) = (count(), bytes());
+    let window = start.elapsed().as_secs_f64();
+    for c in children {
+        c.quit().await;
+    }
+    leader.shutdown().await;
+    // Heartbeats are periodic: scale the measured rate by h / 30 s, then to a minute.
+    let scale = (h as f64 / 30_000.0) * (60.0 / window);
+    let requests = r1 - r0;
+    // Application bytes of one heartbeat exchange (request + response frames), both ways.
+    let hb = lsync::crates::protocol::SyncMessage::Heartbeat {
+        library_id: Uuid::new_v4(),
+        term: 1,
+        current_sequence: 1_000_000,
+        last_term: 1,
+        role: SyncRole::Leader,
+    };
+    let frame = lsync::crates::protocol::codec::encode_frame(&hb, usize::MAX)?.len() as f64;
+    Ok(Idle {
+        requests_measured: requests,
+        msgs_per_min: (2 * requests) as f64 * scale,
+        bytes_per_min: b0.zip(b1).map(|(a, b)| b.saturating_sub(a) as f64 * scale),
+        frame_bytes_per_min: (2 * requests) as f64 * frame * scale,
+    })
+}
+
+/// Phase 4: The ceiling: the entries of a throughput run, applied locally through the same storage
+/// code (`Applier`, 100 per transaction), no network. Entries are read into memory first; only
+/// the applies are timed.
+fn ceiling(leader_db: &Database, dir: &Path) -> anyhow::Result<(f64, u64)> {
+    let mut entries = Vec::new();
+    loop {
+        let since = entries.last().map_or(0, |e: &lsync::SyncLogEntry| e.sequence);
+        let chunk = leader_db.fetch_since(since, 10_000)?;
+        if chunk.is_empty() {
+            break;
+        }
+        entries.extend(chunk);
+    }
+    let db =
+        Database::open(&dir.join("ceiling.db"), &StorageOptions::default(), model::registry(None))?;
+    let library_id = Uuid::new_v4();
+    db.init_sync_state(&SyncState {
+        library_id,
+        device_id: Uuid::new_v4(),
+        role: SyncRole::Follower,
+        current_term: 1,
+        voted_for: None,
+        leader_device: None,
+        last_synced_sequence: 0,
+    })?;
+    let applier = Applier::new(db);
+    let start = Instant::now();
+    for chunk in entries.chunks(100) {
+        applier.apply(chunk)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok((entries.len() as f64 / elapsed, entries.len() as u64))
+}
+
+/// `lsync-bench ceiling`: only the ceiling, on `n` entries committed locally first (for
+/// profiling the storage write paths without the network).
+pub fn ceiling_only(n: u64) -> anyhow::Result<()> {
+    let temp = tempfile::Builder::new().prefix("lsync-bench-").tempdir()?;
+    let db = Database::open(
+        &temp.path().join("leader.db"),
+        &StorageOptions::default(),
+        model::registry(None),
+    )?;
+    let leader_id = Uuid::new_v4();
+    db.init_sync_state(&SyncState {
+        library_id: Uuid::new_v4(),
+        device_id: leader_id,
+        role: SyncRole::Leader,
+        current_term: 1,
+        voted_for: Some(leader_id),
+        leader_device: Some(leader_id),
+        last_synced_sequence: 0,
+    })?;
+    let tm = lsync::crates::storage::TransactionManager::new(db.clone(), leader_id);
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(BATCH as u64);
+        tm.commit_batch((i..i + k).map(|j| model::change(j + 1)).collect())?;
+        i += k;
+    }
+    let commit_eps = n as f64 / start.elapsed().as_secs_f64();
+    let (eps, _) = ceiling(&db, temp.path())?;
+    println!(
+        "{}",
+        json!({"entries": n, "commit_eps": commit_eps.round(), "ceiling_eps": eps.round()})
+    );
+    Ok(())
+}
+
+/// Runs every phase; prints the table and writes the JSON.
+pub async fn run(opts: Opts) -> anyhow::Result<()> {
+    let begun = Instant::now();
+    let temp = tempfile::Builder::new().prefix("lsync-bench-").tempdir()?;
+    let root = temp.path().to_path_buf();
+    let machine = procs::machine_info();
+    let mut r = Map::new();
+    let mut put = |k: &str, v: Value| {
+        r.insert(k.to_owned(), v);
+    };
+    let f1 = |x: f64| (x * 10.0).round() / 10.0;
+
+    let leader = start_leader(&root.join("leader"), SyncConfig::default()).await?;
+
+    say(format!(
+        "1/7 latency: {} single-change commits at {}/s, default config (notify window {:?})",
+        opts.latency_commits,
+        opts.latency_rate,
+        SyncConfig::default().notify_window
+    ));
+    let (l1, u1) = latency(&leader, &root, "lat1", 1, &opts).await?;
+    say(format!("  1 follower: p50 {} µs p99 {} µs", l1.p50, l1.p99));
+    let (l3, u3) = latency(&leader, &root, "lat3", 3, &opts).await?;
+    say(format!("  3 followers: p50 {} µs p99 {} µs", l3.p50, l3.p99));
+    let lat_json = |p: &Percentiles| json!({"n": p.n, "mean_us": f1(p.mean), "p50_us": p.p50, "p90_us": p.p90, "p99_us": p.p99, "max_us": p.max});
+    put("latency_p50_us", json!(l1.p50));
+    put("latency_p90_us", json!(l1.p90));
+    put("latency_p99_us", json!(l1.p99));
+    put("latency_max_us", json!(l1.max));
+    put("latency_p50_us_3f", json!(l3.p50));
+    put("latency_p90_us_3f", json!(l3.p90));
+    put("latency_p99_us_3f", json!(l3.p99));
+    put("latency_max_us_3f", json!(l3.max));
+    put("latency_samples", json!(l1.n));
+    put("latency_samples_3f", json!(l3.n));
+    put("latency_unmatched", json!(u1 + u3));
+    let mut w0 = None;
+    if opts.window0 {
+        say("   same with notify_window = 0 (every commit announced at once)");
+        let sync = SyncConfig { notify_window: Duration::ZERO, ..SyncConfig::default() };
+        let leader0 = start_leader(&root.join("leader-w0"), sync).await?;
+        let a = latency(&leader0, &root, "lat1w0", 1, &opts).await?.0;
+        say(format!("  1 follower: p50 {} µs p99 {} µs", a.p50, a.p99));
+        let b = latency(&leader0, &root, "lat3w0", 3, &opts).await?.0;
+        say(format!("  3 followers: p50 {} µs p99 {} µs", b.p50, b.p99));
+        leader0.shutdown().await;
+        put("latency_w0_1f", lat_json(&a));
+        put("latency_w0_3f", lat_json(&b));
+        put("latency_p50_us_w0", json!(a.p50));
+        put("latency_p99_us_w0", json!(a.p99));
+        put("latency_p50_us_3f_w0", json!(b.p50));
+        put("latency_p99_us_3f_w0", json!(b.p99));
+        w0 = Some((a, b));
+    }
+
+    say(format!("2/7 polling baseline: a poller every {} ms", opts.poll_interval_ms));
+    let poll = polling(&leader, &root, &opts).await?;
+    let half = opts.poll_interval_ms as f64 * 1000.0 / 2.0;
+    // Latency = wait for the next poll (uniform over the interval) + fetch and apply: the
+    // 5 s equivalent replaces the scaled half-interval by 2.5 s.
+    let poll_5s_p50 = poll.p50 as f64 - half + 2_500_000.0;
+    let poll_5s_mean = poll.mean - half + 2_500_000.0;
+    say(format!(
+        "  scaled p50 {} µs mean {:.0} µs; 5 s equivalent p50 {:.0} µs",
+        poll.p50, poll.mean, poll_5s_p50
+    ));
+    put("poll_interval_ms", json!(opts.poll_interval_ms));
+    put("poll_latency_p50_us_scaled", json!(poll.p50));
+    put("poll_latency_mean_us_scaled", json!(f1(poll.mean)));
+    put("poll_latency_p99_us_scaled", json!(poll.p99));
+    put("poll_latency_p50_us", json!(poll_5s_p50.round()));
+    put("poll_latency_mean_us", json!(poll_5s_mean.round()));
+    put("push_over_poll_p50", json!(l1.p50 as f64 / poll_5s_p50));
+    put("push_over_poll_p50_scaled", json!(l1.p50 as f64 / poll.p50.max(1) as f64));
+
+    let rss_reset = procs::reset_own_peak_rss();
+    say(format!(
+        "3/7 throughput: {} entries committed in batches of {BATCH}",
+        opts.throughput_entries
+    ));
+    let t1 = throughput(&leader, &root, "tp1", 1, &opts).await?;
+    say(format!(
+        "  1 follower: {:.0} entries/s (leader commits {:.0}/s)",
+        t1.eps_slowest, t1.leader_commit_eps
+    ));
+    let t3 = throughput(&leader, &root, "tp3", 3, &opts).await?;
+    say(format!("  3 followers: {:.0} entries/s per follower (slowest)", t3.eps_slowest));
+    put("throughput_eps_1f", json!(t1.eps_slowest.round()));
+    put("throughput_eps_3f", json!(t3.eps_slowest.round()));
+    put(
+        "throughput_eps_3f_each",
+        json!(t3.eps_per_follower.iter().map(|x| x.round()).collect::<Vec<_>>()),
+    );
+    put("leader_commit_eps", json!(t1.leader_commit_eps.round()));
+    put("throughput_entries", json!(opts.throughput_entries));
+
+    say(format!("5/7 catch-up: a follower joins {} entries behind", opts.catchup_entries));
+    let cu = catch_up(&leader, &root, &opts).await?;
+    say(format!(
+        "  {:.1} s; first 10 % {:.0}/s, last 10 % {:.0}/s",
+        cu.total_s, cu.first10_eps, cu.last10_eps
+    ));
+    let leader_rss = procs::own_peak_rss_mb().unwrap_or(0.0);
+    let follower_rss =
+        t1.follower_peak_rss_mb.max(t3.follower_peak_rss_mb).max(cu.follower_peak_rss_mb);
+    put("catchup_entries", json!(opts.catchup_entries));
+    put("catchup_1m_s", json!((cu.total_s * 100.0).round() / 100.0));
+    put("catchup_rate_first10_eps", json!(cu.first10_eps.round()));
+    put("catchup_rate_last10_eps", json!(cu.last10_eps.round()));
+    put("catchup_leader_commit_s", json!(f1(cu.leader_commit_s)));
+    put("leader_peak_rss_mb", json!(f1(leader_rss)));
+    put("leader_peak_rss_reset", json!(rss_reset));
+    put("follower_peak_rss_mb", json!(f1(follower_rss)));
+    put(
+        "follower_peak_rss_mb_throughput",
+        json!(f1(t1.follower_peak_rss_mb.max(t3.follower_peak_rss_mb))),
+    );
+    put("follower_peak_rss_mb_catchup", json!(f1(cu.follower_peak_rss_mb)));
+
+    say(format!(
+        "6/7 idle: heartbeat every {} ms, counted for {:?}, scaled to the default 30 s",
+        opts.idle_heartbeat_ms, opts.idle_window
+    ));
+    let id = idle(&root, &opts).await?;
+    say(format!(
+        "  {} requests measured → {:.1} messages/min",
+        id.requests_measured, id.msgs_per_min
+    ));
+    put("idle_heartbeat_ms_measured", json!(opts.idle_heartbeat_ms));
+    put("idle_requests_measured", json!(id.requests_measured));
+    put("idle_msgs_per_follower_per_min", json!(f1(id.msgs_per_min)));
+    put("idle_bytes_per_follower_per_min", json!(id.bytes_per_min.map(|b| b.round())));
+    put("idle_frame_bytes_per_follower_per_min", json!(id.frame_bytes_per_min.round()));
+
+    say("4/7 ceiling: the 1-follower run's entries applied locally, 100 per transaction");
+    let (ceiling_eps, ceiling_n) =
+        ceiling(&leader.database(t1.library_id)?, &root).context("ceiling run")?;
+    say(format!("  {ceiling_n} entries: {ceiling_eps:.0} entries/s"));
+    put("ceiling_eps", json!(ceiling_eps.round()));
+    put("throughput_over_ceiling_1f", json!(t1.eps_slowest / ceiling_eps));
+    put("throughput_over_ceiling_3f", json!(t3.eps_slowest / ceiling_eps));
+    leader.shutdown().await;
+
+    put("quick", json!(opts.quick));
+    put("elapsed_s", json!(f1(begun.elapsed().as_secs_f64())));
+    let mut report = Map::new();
+    report.insert("machine".into(), machine.clone());
+    report.insert(
+        "command".into(),
+        json!(if opts.quick {
+            "cargo run --release -p lsync-bench -- --quick"
+        } else {
+            "cargo run --release -p lsync-bench"
+        }),
+    );
+    report.insert("measured_at_unix_s".into(), json!(now_us() / 1_000_000));
+    report.extend(r.clone());
+    let report = Value::Object(report);
+    procs::ensure_parent(&opts.out)?;
+    std::fs::write(&opts.out, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("cannot write {}", opts.out.display()))?;
+
+    print_table(&r, &machine, w0.as_ref(), &opts);
+    println!("\nJSON: {}", opts.out.display());
+    Ok(())
+}
+
+fn print_table(
+    r: &Map<String, Value>,
+    machine: &Value,
+    w0: Option<&(Percentiles, Percentiles)>,
+    opts: &Opts,
+) {
+    let n = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let ms = |k: &str| format!("{:.2} ms", n(k) / 1000.0);
+    let ok = |pass: bool| if pass { "ok" } else { "MISS" };
+    println!(
+        "lsync-bench{} — {} ({} cores), kernel {}, {}",
+        if opts.quick { " --quick" } else { "" },
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cores"],
+        machine["kernel"].as_str().unwrap_or("?"),
+        machine["rustc"].as_str().unwrap_or("rustc ?"),
+    );
+    println!("{:<46} {:>22} {:>14} {:>5}", "metric", "measured", "target", "");
+    let row = |name: &str, value: String, target: &str, status: &str| {
+        println!("{name:<46} {value:>22} {target:>14} {status:>5}");
+    };
+    row(
+        "latency p50 / p99, 1 follower",
+        format!("{} / {}", ms("latency_p50_us"), ms("latency_p99_us")),
+        "1 / 5 ms",
+        ok(n("latency_p50_us") <= 1000.0 && n("latency_p99_us") <= 5000.0),
+    );
+    row("  p90 / max", format!("{} / {}", ms("latency_p90_us"), ms("latency_max_us")), "", "");
+    row(
+        "latency p50 / p99, 3 followers",
+        format!("{} / {}", ms("latency_p50_us_3f"), ms("latency_p99_us_3f")),
+        "1 / 5 ms",
+        ok(n("latency_p50_us_3f") <= 1000.0 && n("latency_p99_us_3f") <= 5000.0),
+    );
+    row(
+        "  p90 / max",
+        format!("{} / {}", ms("latency_p90_us_3f"), ms("latency_max_us_3f")),
+        "",
+        "",
+    );
+    if let Some((a, b)) = w0 {
+        row(
+            "latency p50 / p99, 1 f., notify_window=0",
+            format!("{:.2} ms / {:.2} ms", a.p50 as f64 / 1e3, a.p99 as f64 / 1e3),
+            "1 / 5 ms",
+            ok(a.p50 <= 1000 && a.p99 <= 5000),
+        );
+        row(
+            "latency p50 / p99, 3 f., notify_window=0",
+            format!("{:.2} ms / {:.2} ms", b.p50 as f64 / 1e3, b.p99 as f64 / 1e3),
+            "1 / 5 ms",
+            ok(b.p50 <= 1000 && b.p99 <= 5000),
+        );
+    }
+    row(
+        &format!("polling every {} ms: p50 / mean", opts.poll_interval_ms),
+        format!("{} / {}", ms("poll_latency_p50_us_scaled"), ms("poll_latency_mean_us_scaled")),
+        "",
+        "",
+    );
+    row(
+        "polling every 5 s (equivalent): p50",
+        format!("{:.0} ms", n("poll_latency_p50_us") / 1e3),
+        "",
+        "",
+    );
+    row("push p50 ÷ poll p50 (5 s)", format!("{:.5}", n("push_over_poll_p50")), "", "");
+    row(
+        "throughput, 1 follower",
+        format!("{:.0} /s", n("throughput_eps_1f")),
+        "50,000 /s",
+        ok(n("throughput_eps_1f") >= 50_000.0),
+    );
+    row(
+        "throughput, 3 followers (each, slowest)",
+        format!("{:.0} /s", n("throughput_eps_3f")),
+        "50,000 /s",
+        ok(n("throughput_eps_3f") >= 50_000.0),
+    );
+    row(
+        "leader commit rate (batches of 1,000)",
+        format!("{:.0} /s", n("leader_commit_eps")),
+        "",
+        "",
+    );
+    row(
+        "ceiling: local Applier, 100 per transaction",
+        format!("{:.0} /s", n("ceiling_eps")),
+        "",
+        "",
+    );
+    row(
+        "replication ÷ ceiling, 1 / 3 followers",
+        format!("{:.2} / {:.2}", n("throughput_over_ceiling_1f"), n("throughput_over_ceiling_3f")),
+        "",
+        "",
+    );
+    row(
+        &format!("catch-up of {} entries", opts.catchup_entries),
+        format!("{:.1} s", n("catchup_1m_s")),
+        if opts.quick { "" } else { "30 s" },
+        if opts.quick { "" } else { ok(n("catchup_1m_s") <= 30.0) },
+    );
+    row(
+        "catch-up rate, first 10 % / last 10 %",
+        format!("{:.0} / {:.0} /s", n("catchup_rate_first10_eps"), n("catchup_rate_last10_eps")),
+        "last ≥ first",
+        ok(n("catchup_rate_last10_eps") >= 0.9 * n("catchup_rate_first10_eps")),
+    );
+    row(
+        "idle messages per follower per minute (30 s)",
+        format!("{:.1}", n("idle_msgs_per_follower_per_min")),
+        "heartbeats",
+        ok(n("idle_msgs_per_follower_per_min") <= 8.5),
+    );
+    let bytes = r.get("idle_bytes_per_follower_per_min").and_then(Value::as_f64);
+    row(
+        "idle bytes per follower per minute (TCP)",
+        bytes.map_or("n/a".into(), |b| format!("{b:.0} B")),
+        "",
+        "",
+    );
+    row(
+        "peak RSS, leader / follower (during 3 and 5)",
+        format!("{:.1} / {:.1} MiB", n("leader_peak_rss_mb"), n("follower_peak_rss_mb")),
+        "bounded",
+        "",
+    );
+}

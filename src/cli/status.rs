@@ -1,0 +1,129 @@
+//! `lsync status [--watch] [--json]`.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lsync::control::api::{LibraryView, StatusView};
+
+use super::client::Client;
+use super::progress::{CatchUp, ProgressDisplay, RateTracker};
+
+pub fn status(
+    client: &Client,
+    watch: bool,
+    json: bool,
+    interval: Duration,
+) -> anyhow::Result<ExitCode> {
+    if !watch {
+        let value: serde_json::Value = client.get("/status")?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            let view: StatusView = serde_json::from_value(value)?;
+            for line in render(&view, &mut RateTracker::default()) {
+                println!("{line}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if json {
+        // one JSON document per line, for scripts
+        loop {
+            let value: serde_json::Value = client.get("/status")?;
+            println!("{}", serde_json::to_string(&value)?);
+            std::thread::sleep(interval);
+        }
+    }
+    let mut rates = RateTracker::default();
+    if !std::io::stdout().is_terminal() {
+        loop {
+            let view: StatusView = client.get("/status")?;
+            for line in render(&view, &mut rates) {
+                println!("{line}");
+            }
+            println!();
+            std::thread::sleep(interval);
+        }
+    }
+    // a terminal: the status lines and the catch-up bars redrawn in place
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+    let text = multi.add(ProgressBar::new(0));
+    text.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
+    let mut bars = ProgressDisplay::with(multi.clone(), false);
+    loop {
+        let view: StatusView = match client.get("/status") {
+            Ok(v) => v,
+            Err(e) => {
+                bars.clear();
+                text.finish_and_clear();
+                return Err(e);
+            }
+        };
+        text.set_message(render_lines(&view, &mut rates, false).join("\n"));
+        for l in &view.libraries {
+            bars.update(l.library_id, catch_up(l));
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+fn catch_up(l: &LibraryView) -> Option<CatchUp> {
+    let a = l.applier.as_ref()?;
+    CatchUp::from_status(&a.state, a.progress.map(|p| (p.applied, p.target, p.elapsed_ms)))
+}
+
+/// The status as text lines.
+pub fn render(view: &StatusView, rates: &mut RateTracker) -> Vec<String> {
+    render_lines(view, rates, true)
+}
+
+/// The status as text lines; `progress`: with a line per catch-up (no bar drawn beside).
+fn render_lines(view: &StatusView, rates: &mut RateTracker, progress: bool) -> Vec<String> {
+    let d = &view.device;
+    let mut out =
+        vec![format!("device   {}  ({})", d.device_id, d.name), format!("peer id  {}", d.peer_id)];
+    for a in &d.addresses {
+        out.push(format!("address  {a}"));
+    }
+    if view.libraries.is_empty() {
+        out.push("no library: `lsync library create` or `lsync library join`".into());
+    }
+    for l in &view.libraries {
+        let role = l.role.to_lowercase();
+        out.push(format!(
+            "library  {}  {role}  term {}  last sequence {}  outbox {}",
+            l.library_id, l.term, l.last_sequence, l.outbox_size
+        ));
+        for f in &l.followers {
+            out.push(format!(
+                "  follower {}  acked {}  lag {}  {}",
+                f.device_id,
+                f.acked_sequence,
+                f.lag,
+                if f.connected { "connected" } else { "disconnected" }
+            ));
+        }
+        if let Some(a) = &l.applier {
+            let lag = a.leader_last_sequence.saturating_sub(l.last_sequence);
+            out.push(format!(
+                "  applier {}  leader last sequence {}  lag {lag}{}",
+                a.state,
+                a.leader_last_sequence,
+                if a.reconnect_attempts > 0 {
+                    format!("  reconnect attempts {}", a.reconnect_attempts)
+                } else {
+                    String::new()
+                }
+            ));
+            if let Some(c) = rates.observe(l.library_id, catch_up(l)).filter(|_| progress) {
+                out.push(format!("  catching up {}", c.summary()));
+            }
+            if let Some(e) = &a.last_error {
+                out.push(format!("  last error: {e}"));
+            }
+        }
+    }
+    out
+}

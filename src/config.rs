@@ -1,0 +1,379 @@
+//! The daemon's configuration: a TOML file, `<data dir>/lsync.toml` by default, written by
+//! `lsync init` and read by `lsync run`. Every key is optional; a missing key takes the default
+//! below (the same defaults as [`SyncConfig`], [`NetworkConfig`] and [`StorageOptions`]).
+//! Unknown keys are refused, so a misspelt key is an error rather than a silently ignored line.
+//!
+//! ```toml
+//! # data_dir = "/var/lib/lsync"           # default: the directory holding this file
+//! name = "laptop"                         # default: the data directory's name
+//! listen = ["/ip4/0.0.0.0/tcp/7700"]      # libp2p listen addresses (port 0: any free port)
+//!
+//! [control]
+//! port = 0                                # control API on 127.0.0.1 (0: any free port)
+//!
+//! [sync]
+//! heartbeat_interval_ms = 30000
+//! leader_timeout_ms = 60000
+//! notify_window_ms = 100
+//! max_entries_per_response = 100
+//! backoff_initial_ms = 100
+//! backoff_max_ms = 30000
+//! ack_every = 1000
+//!
+//! [network]
+//! request_timeout_ms = 10000
+//! connection_timeout_ms = 10000
+//! idle_connection_timeout_ms = 120000
+//! max_frame_bytes = 16777216
+//! max_concurrent_streams = 256
+//! max_pending_requests = 4096
+//!
+//! [storage]
+//! synchronous = "normal"                  # or "full" (an fsync per commit)
+//! busy_timeout_ms = 5000
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+use crate::{NetworkConfig, StorageOptions, SyncConfig, Synchronous};
+
+/// Name of the configuration file in a data directory.
+pub const CONFIG_FILE: &str = "lsync.toml";
+
+/// The default libp2p listen address written by `lsync init`: every interface, TCP port 7700.
+pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/7700";
+
+/// A configuration problem, phrased for the operator (one line: what is wrong, what to do).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "config file {} not found: run `lsync init --data-dir {}` first, or pass --config FILE",
+        path.display(),
+        path.parent().map(|p| p.display().to_string()).unwrap_or_else(|| ".".into())
+    )]
+    Missing { path: PathBuf },
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {}{}: {message}: fix that line (see docs/operations.md for every key)", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Parse { path: PathBuf, line: Option<usize>, message: String },
+    #[error("config file {}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the identity, the libraries and the control files live; relative paths are
+    /// relative to the config file's directory. Default: the config file's directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// This device's human-readable name. Default: the data directory's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// libp2p listen addresses (multiaddrs). Default: [`DEFAULT_LISTEN`].
+    pub listen: Vec<String>,
+    pub control: ControlSection,
+    pub sync: SyncSection,
+    pub network: NetworkSection,
+    pub storage: StorageSection,
+}
+
+/// `[control]`: the local control API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlSection {
+    /// TCP port on 127.0.0.1 (the API never listens elsewhere); 0 picks a free port. The
+    /// address actually bound is written to `<data dir>/control.addr`. Default 0.
+    pub port: u16,
+}
+
+/// `[sync]`: timers and limits of the sync actors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSection {
+    pub heartbeat_interval_ms: u64,
+    pub leader_timeout_ms: u64,
+    pub notify_window_ms: u64,
+    pub max_entries_per_response: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub ack_every: u64,
+}
+
+/// `[network]`: the libp2p transport.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSection {
+    pub request_timeout_ms: u64,
+    pub connection_timeout_ms: u64,
+    pub idle_connection_timeout_ms: u64,
+    pub max_frame_bytes: usize,
+    pub max_concurrent_streams: usize,
+    pub max_pending_requests: usize,
+}
+
+/// `[storage]`: how library databases are opened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// `"normal"` (durable against crashes of the program) or `"full"` (against power loss).
+    pub synchronous: String,
+    pub busy_timeout_ms: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            name: None,
+            listen: vec![DEFAULT_LISTEN.to_owned()],
+            control: ControlSection::default(),
+            sync: SyncSection::default(),
+            network: NetworkSection::default(),
+            storage: StorageSection::default(),
+        }
+    }
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        let d = SyncConfig::default();
+        Self {
+            heartbeat_interval_ms: ms(d.heartbeat_interval),
+            leader_timeout_ms: ms(d.leader_timeout),
+            notify_window_ms: ms(d.notify_window),
+            max_entries_per_response: d.max_entries_per_response,
+            backoff_initial_ms: ms(d.backoff_initial),
+            backoff_max_ms: ms(d.backoff_max),
+            ack_every: d.ack_every,
+        }
+    }
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        let d = NetworkConfig::default();
+        Self {
+            request_timeout_ms: ms(d.request_timeout),
+            connection_timeout_ms: ms(d.connection_timeout),
+            idle_connection_timeout_ms: ms(d.idle_connection_timeout),
+            max_frame_bytes: d.max_frame,
+            max_concurrent_streams: d.max_concurrent_streams,
+            max_pending_requests: d.max_pending_requests,
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        let d = StorageOptions::default();
+        Self {
+            synchronous: match d.synchronous {
+                Synchronous::Normal => "normal".into(),
+                Synchronous::Full => "full".into(),
+            },
+            busy_timeout_ms: ms(d.busy_timeout),
+        }
+    }
+}
+
+/// A configuration checked and turned into the node's types.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub listen: Vec<Multiaddr>,
+    pub control_port: u16,
+    pub sync: SyncConfig,
+    pub network: NetworkConfig,
+    pub storage: StorageOptions,
+}
+
+impl Config {
+    /// Reads and checks the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Resolved, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::Missing { path: path.to_path_buf() })
+            }
+            Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+            message: e.message().trim().replace('\n', " "),
+        })?;
+        config.resolve(path)
+    }
+
+    /// The TOML text of this configuration.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a configuration always serializes")
+    }
+
+    /// Checks the values and builds the node's configuration; `path` is where it was read
+    /// from (relative `data_dir`s are relative to its directory).
+    pub fn resolve(&self, path: &Path) -> Result<Resolved, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let data_dir = match &self.data_dir {
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => base.join(d),
+            None => base,
+        };
+        if self.listen.is_empty() {
+            return Err(invalid(format!(
+                "`listen` is empty: give at least one address, e.g. listen = [\"{DEFAULT_LISTEN}\"]"
+            )));
+        }
+        let mut listen = Vec::new();
+        for a in &self.listen {
+            let addr: Multiaddr = a.parse().map_err(|e| {
+                invalid(format!(
+                    "bad listen address {a:?} ({e}): use a multiaddr such as \"{DEFAULT_LISTEN}\""
+                ))
+            })?;
+            listen.push(addr);
+        }
+        let s = &self.sync;
+        for (key, v) in [
+            ("sync.heartbeat_interval_ms", s.heartbeat_interval_ms),
+            ("sync.leader_timeout_ms", s.leader_timeout_ms),
+            ("sync.max_entries_per_response", s.max_entries_per_response),
+            ("sync.backoff_initial_ms", s.backoff_initial_ms),
+            ("sync.backoff_max_ms", s.backoff_max_ms),
+            ("sync.ack_every", s.ack_every),
+            ("network.request_timeout_ms", self.network.request_timeout_ms),
+            ("network.connection_timeout_ms", self.network.connection_timeout_ms),
+            ("network.max_frame_bytes", self.network.max_frame_bytes as u64),
+            ("network.max_concurrent_streams", self.network.max_concurrent_streams as u64),
+            ("network.max_pending_requests", self.network.max_pending_requests as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(format!("`{key}` must be greater than 0")));
+            }
+        }
+        if s.backoff_max_ms < s.backoff_initial_ms {
+            return Err(invalid(
+                "`sync.backoff_max_ms` must be at least `sync.backoff_initial_ms`".into(),
+            ));
+        }
+        if s.leader_timeout_ms <= s.heartbeat_interval_ms {
+            return Err(invalid(
+                "`sync.leader_timeout_ms` must be greater than `sync.heartbeat_interval_ms` \
+                 (a follower would call elections while its leader is alive)"
+                    .into(),
+            ));
+        }
+        let synchronous = match self.storage.synchronous.to_ascii_lowercase().as_str() {
+            "normal" => Synchronous::Normal,
+            "full" => Synchronous::Full,
+            other => {
+                return Err(invalid(format!(
+                    "`storage.synchronous` is {other:?}: use \"normal\" or \"full\""
+                )))
+            }
+        };
+        let sync = SyncConfig {
+            heartbeat_interval: Duration::from_millis(s.heartbeat_interval_ms),
+            leader_timeout: Duration::from_millis(s.leader_timeout_ms),
+            notify_window: Duration::from_millis(s.notify_window_ms),
+            max_entries_per_response: s.max_entries_per_response,
+            backoff_initial: Duration::from_millis(s.backoff_initial_ms),
+            backoff_max: Duration::from_millis(s.backoff_max_ms),
+            ack_every: s.ack_every,
+            ..SyncConfig::default()
+        };
+        let n = &self.network;
+        let network = NetworkConfig {
+            listen: listen.clone(),
+            request_timeout: Duration::from_millis(n.request_timeout_ms),
+            connection_timeout: Duration::from_millis(n.connection_timeout_ms),
+            idle_connection_timeout: Duration::from_millis(n.idle_connection_timeout_ms),
+            max_frame: n.max_frame_bytes,
+            max_concurrent_streams: n.max_concurrent_streams,
+            max_pending_requests: n.max_pending_requests,
+            ..NetworkConfig::default()
+        };
+        let storage = StorageOptions {
+            synchronous,
+            busy_timeout: Duration::from_millis(self.storage.busy_timeout_ms),
+        };
+        let name = self.name.clone().unwrap_or_else(|| {
+            std::fs::canonicalize(&data_dir)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "lsync".into())
+        });
+        Ok(Resolved {
+            path: path.to_path_buf(),
+            data_dir,
+            name,
+            listen,
+            control_port: self.control.port,
+            sync,
+            network,
+            storage,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Resolved, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn empty_file_takes_every_default() {
+        let r = load("").unwrap();
+        assert_eq!(r.listen, vec![DEFAULT_LISTEN.parse::<Multiaddr>().unwrap()]);
+        assert_eq!(r.control_port, 0);
+        let d = SyncConfig::default();
+        assert_eq!(r.sync.heartbeat_interval, d.heartbeat_interval);
+        assert_eq!(r.sync.leader_timeout, d.leader_timeout);
+        assert_eq!(r.sync.backoff_max, d.backoff_max);
+        assert_eq!(r.network.max_frame, NetworkConfig::default().max_frame);
+        assert_eq!(r.storage.busy_timeout, StorageOptions::default().busy_timeout);
+    }
+
+    #[test]
+    fn default_config_round_trips_through_toml() {
+        let c = Config { name: Some("laptop".into()), ..Config::default() };
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn errors_are_one_line_and_say_what_to_do() {
+        let bad_addr = load("listen = [\"tcp://nope\"]").unwrap_err().to_string();
+        assert!(bad_addr.contains("bad listen address \"tcp://nope\""), "{bad_addr}");
+        let unknown = load("[sync]\nheartbeat_ms = 5\n").unwrap_err().to_string();
+        assert!(unknown.contains("line 2") && unknown.contains("heartbeat_ms"), "{unknown}");
+        let zero = load("[sync]\nack_every = 0\n").unwrap_err().to_string();
+        assert!(zero.contains("sync.ack_every"), "{zero}");
+        let missing = Config::load(Path::new("/nonexistent/lsync.toml")).unwrap_err().to_string();
+        assert!(missing.contains("lsync init --data-dir /nonexistent"), "{missing}");
+        for e in [bad_addr, unknown, zero, missing] {
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! The daemon's local control API: actix-web on 127.0.0.1 only, in the node's actix System.
+//!
+//! Every request needs `Authorization: Bearer <token>`, the token being the content of
+//! `<data dir>/control.token` (mode 0600, new at every start of the daemon); anything else gets
+//! `401`. The address actually bound is written to `<data dir>/control.addr` (and removed at a
+//! clean stop), so clients find a daemon whose port was 0.
+//!
+//! | method and path | body → response |
+//! |---|---|
+//! | `GET /status` | → `{device, libraries: [LibraryStatus + outbox_size]}` |
+//! | `GET /metrics` | → Prometheus text ([`metrics`]) |
+//! | `POST /libraries` | → `{library_id, leader}` (this device leads it) |
+//! | `POST /libraries/{id}/devices` | `{device_id, peer_id, addresses, name}` → `{}` |
+//! | `POST /libraries/{id}/join` | `{leader: device, members: [device]}` → `{}` |
+//! | `POST /libraries/{id}/changes` | `{model_type, record_id?, change_type?, data}` → entry |
+//! | `GET /libraries/{id}/log?since=N&limit=N` | → `{entries, last_sequence}` (limit ≤ 1000) |
+//!
+//! Errors are `{"error": "..."}` with 400 (bad input), 401, 404 (unknown library or path),
+//! 409 (not the leader, library exists), 503 (database busy, service stopped), 507 (disk full)
+//! or 500.
+
+pub mod api;
+pub mod metrics;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
+use serde::Serialize;
+use uuid::Uuid;
+
+use self::api::{
+    ChangeRequest, CreatedLibrary, DeviceJson, EntryJson, ErrorBody, JoinRequest, LogPage,
+    DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT,
+};
+use crate::crates::storage::StorageError;
+use crate::{LibraryStatus, Node, NodeError};
+
+/// The token file in the data directory.
+pub const TOKEN_FILE: &str = "control.token";
+/// The file in the data directory holding the bound address (`127.0.0.1:PORT`).
+pub const ADDR_FILE: &str = "control.addr";
+
+/// Largest accepted request body.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// A running control API.
+#[derive(Debug)]
+pub struct ControlServer {
+    handle: ServerHandle,
+    addr: SocketAddr,
+    addr_file: PathBuf,
+}
+
+impl ControlServer {
+    /// Starts the API for `node` on `127.0.0.1:port` (0: a free port), writes a fresh token to
+    /// `<data_dir>/control.token` and the bound address to `<data_dir>/control.addr`. Must run
+    /// inside the node's actix System.
+    pub async fn start(node: Node, port: u16, data_dir: &Path) -> io::Result<ControlServer> {
+        let token = new_token();
+        write_private(&data_dir.join(TOKEN_FILE), format!("{token}\n").as_bytes())?;
+        let token = web::Data::new(Token(token));
+        let node = web::Data::new(node);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(token.clone())
+                .app_data(node.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(MAX_BODY)
+                        .content_type_required(false)
+                        .error_handler(|e, _| {
+                            ApiError::bad_request(format!("bad JSON body: {e}")).into()
+                        }),
+                )
+                .wrap(from_fn(require_token))
+                .route("/status", web::get().to(status))
+                .route("/metrics", web::get().to(metrics_text))
+                .route("/libraries", web::post().to(create_library))
+                .route("/libraries/{id}/devices", web::post().to(add_device))
+                .route("/libraries/{id}/join", web::post().to(join_library))
+                .route("/libraries/{id}/changes", web::post().to(commit_change))
+                .route("/libraries/{id}/log", web::get().to(read_log))
+                .default_service(web::to(|| async {
+                    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint: see docs/operations.md")
+                }))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(2)
+        .bind(("127.0.0.1", port))?;
+        let addr = *server
+            .addrs()
+            .first()
+            .ok_or_else(|| io::Error::other("the control API bound no address"))?;
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        let addr_file = data_dir.join(ADDR_FILE);
+        write_private(&addr_file, format!("{addr}\n").as_bytes())?;
+        tracing::info!(%addr, "control API listening");
+        Ok(ControlServer { handle, addr, addr_file })
+    }
+
+    /// The address the API listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Removes the address file and stops the server (open requests get 2 s to finish).
+    pub async fn stop(self) {
+        let _ = std::fs::remove_file(&self.addr_file);
+        self.handle.stop(true).await;
+    }
+}
+
+struct Token(String);
+
+/// A fresh random token: 32 bytes from the OS-seeded CSPRNG, as hex.
+fn new_token() -> String {
+    rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a file readable by its owner only, atomically (temp file + rename).
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(tmp, path)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let expected = req.app_data::<web::Data<Token>>().map(|t| t.0.clone()).unwrap_or_default();
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if !expected.is_empty() && same(t.as_bytes(), expected.as_bytes()) => {
+            Ok(next.call(req).await?.map_into_left_body())
+        }
+        _ => {
+            let message = if given.is_none() {
+                "missing `Authorization: Bearer <token>`: the token is in the daemon's data \
+                 directory, file control.token"
+            } else {
+                "wrong token: read it again from control.token in the daemon's data directory \
+                 (it changes at every start of the daemon)"
+            };
+            let resp = ApiError::new(StatusCode::UNAUTHORIZED, message).error_response();
+            Ok(req.into_response(resp).map_into_right_body())
+        }
+    }
+}
+
+/// An error response: a status and `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(ErrorBody { error: self.message.clone() })
+    }
+}
+
+impl actix_web::Responder for ApiError {
+    type Body = actix_web::body::BoxBody;
+    fn respond_to(self, _: &actix_web::HttpRequest) -> HttpResponse {
+        self.error_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let status = match &e {
+            NodeError::UnknownLibrary(id) => {
+                return Self::new(
+                    StatusCode::NOT_FOUND,
+                    format!("library {id} is not open on this device: `lsync library list` shows the libraries"),
+                )
+            }
+            NodeError::LibraryExists(_) => StatusCode::CONFLICT,
+            NodeError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            NodeError::ServiceStopped(_) | NodeError::WritesPaused(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            NodeError::Network(_) => StatusCode::BAD_GATEWAY,
+            NodeError::Storage(s) => match s {
+                StorageError::NotLeader { .. } => {
+                    return Self::new(
+                        StatusCode::CONFLICT,
+                        format!("{e}: commit the change on the leader's daemon"),
+                    )
+                }
+                StorageError::InvalidChange(_) | StorageError::UnknownModel(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                other => {
+                    let text = other.to_string();
+                    if text.contains("database is locked") || text.contains("busy") {
+                        return Self::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{text}: another process holds the library database; retry (see docs/operations.md)"),
+                        );
+                    }
+                    if text.contains("disk is full") {
+                        return Self::new(
+                            StatusCode::INSUFFICIENT_STORAGE,
+                            format!("{text}: free disk space on this device, then retry"),
+                        );
+                    }
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+fn library_id(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse().map_err(|e| {
+        ApiError::bad_request(format!("bad library id {raw:?} ({e}): give the library's uuid"))
+    })
+}
+
+/// One library in `GET /status`: the node's status plus the outbox size.
+#[derive(Serialize)]
+struct LibraryReport {
+    #[serde(flatten)]
+    status: LibraryStatus,
+    /// Changes made on this device that wait in its durable outbox for the leader to sequence
+    /// them (the same number as the status's `outbox_pending`).
+    outbox_size: u64,
+}
+
+#[derive(Serialize)]
+struct StatusReport {
+    device: DeviceJson,
+    libraries: Vec<LibraryReport>,
+}
+
+async fn library_statuses(node: &Node) -> Result<Vec<LibraryStatus>, ApiError> {
+    let mut out = Vec::new();
+    for id in node.libraries() {
+        out.push(node.status(id).await?);
+    }
+    Ok(out)
+}
+
+async fn status(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let libraries = library_statuses(&node)
+        .await?
+        .into_iter()
+        .map(|status| LibraryReport { outbox_size: status.outbox_pending, status })
+        .collect();
+    Ok(HttpResponse::Ok()
+        .json(StatusReport { device: DeviceJson::from_info(&node.device_info()), libraries }))
+}
+
+async fn metrics_text(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let libraries: Vec<_> = library_statuses(&node)
+        .await?
+        .iter()
+        .map(|s| metrics::LibraryGauges::from_status(s, s.outbox_pending))
+        .collect();
+    let text = metrics::render(node.metrics(), &node.network().stats(), &libraries);
+    Ok(HttpResponse::Ok().content_type(metrics::CONTENT_TYPE).body(text))
+}
+
+async fn create_library(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let library_id = node.create_library().await?;
+    tracing::info!(%library_id, "library created");
+    Ok(HttpResponse::Ok()
+        .json(CreatedLibrary { library_id, leader: DeviceJson::from_info(&node.device_info()) }))
+}
+
+async fn add_device(
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    body: web::Json<DeviceJson>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path)?;
+    let info = body.to_info().map_err(ApiError::bad_request)?;
+    node.add_device(id, info).await?;
+    tracing::info!(library_id = %id, device_id = %body.device_id, "member device added");
+    Ok(HttpResponse::Ok().json(serde_json::json!({})))
+}
+
+async fn join_library(
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    body: web::Json<JoinRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path)?;
+    let leader = body.leader.to_info().map_err(ApiError::bad_request)?;
+    let members = body
+        .members
+        .iter()
+        .map(DeviceJson::to_info)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::bad_request)?;
+    node.join_library(id, leader, members).await?;
+    tracing::info!(library_id = %id, leader = %body.leader.device_id, "joined library");
+    Ok(HttpResponse::Ok().json(serde_json::json!({})))
+}
+
+async fn commit_change(
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    body: web::Json<ChangeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path)?;
+    let change = body.to_change().map_err(ApiError::bad_request)?;
+    // the same write on every device: committed at once on the leader, proposed from a follower
+    let outcome = node.write(id, vec![change]).await?;
+    Ok(HttpResponse::Ok().json(api::WriteJson::from_outcome(outcome)))
+}
+
+fn query_u64(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {
+    query
+        .get(key)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("`{key}` must be a non-negative integer, got {v:?}"))
+            })
+        })
+        .transpose()
+}
+
+async fn read_log(
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path)?;
+    if let Some(unknown) = query.keys().find(|k| *k != "since" && *k != "limit") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter `{unknown}`: use since and limit"
+        )));
+    }
+    let since = query_u64(&query, "since")?.unwrap_or(0);
+    let limit = query_u64(&query, "limit")?.unwrap_or(DEFAULT_LOG_LIMIT);
+    if limit == 0 {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be between 1 and {MAX_LOG_LIMIT}"
+        )));
+    }
+    let limit = limit.min(MAX_LOG_LIMIT);
+    let db = node.database(id)?;
+    let page = web::block(move || -> Result<LogPage, StorageError> {
+        let entries = db.fetch_since(since, limit)?;
+        let last_sequence = db.last_position()?.sequence;
+        Ok(LogPage { entries: entries.iter().map(EntryJson::from_entry).collect(), last_sequence })
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::from(NodeError::Storage(e)))?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_fresh_hex() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert!(same(a.as_bytes(), a.as_bytes()) && !same(a.as_bytes(), b.as_bytes()));
+        assert!(!same(b"abc", b"ab"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(TOKEN_FILE);
+        write_private(&p, b"x").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
