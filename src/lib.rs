@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - this crate: the embedding API — [`Node`] (built by [`NodeBuilder`] inside the host's actix
-//!   System) and the `lsync` binary (`src/main.rs`).
+//!   System) and the `lsync` binary (`src/main.rs`, `src/cli/`); [`config`] (the daemon's TOML
+//!   configuration) and [`control`] (its token-guarded local HTTP API and Prometheus metrics).
 //! - `lsync-protocol` (`protocol/`): `SyncMessage`, `SyncLogEntry`, the codec, the protocol id.
 //! - `lsync-storage` (`storage/`): one SQLite file per library — sync log, model tables,
 //!   `TransactionManager` (leader commits) and `Applier` (follower applies).

@@ -49,6 +49,8 @@ pub struct ApplierContext {
     pub election: Option<Recipient<crate::watcher::ElectionInput>>,
     /// Re-proposes the changes a repair recovered.
     pub proposer: Option<crate::proposer::Proposer>,
+    /// Where a `NotLeader` hint goes (the SyncService re-points the follower).
+    pub repoint: Option<Recipient<crate::watcher::LeaderHint>>,
     /// The term this follower knows.
     pub term: u64,
 }
@@ -350,7 +352,7 @@ impl Worker {
             SyncMessage::SyncRequired { reason, leader_last_sequence, .. } => {
                 Err(RoundError::SyncRequired { reason, target: leader_last_sequence })
             }
-            other => Err(refusal(other)),
+            other => Err(self.refusal(other)),
         }
     }
 
@@ -404,7 +406,7 @@ impl Worker {
                 SyncMessage::SyncRequired { reason, leader_last_sequence, .. } => {
                     return Err(RoundError::SyncRequired { reason, target: leader_last_sequence });
                 }
-                other => return Err(refusal(other)),
+                other => return Err(self.refusal(other)),
             };
             if term > self.shared.term.load(Ordering::Relaxed) {
                 self.adopt_term(term).await?;
@@ -617,6 +619,23 @@ enum ApplyError {
     Other(RoundError),
 }
 
+impl Worker {
+    /// A refusal from the device this follower took for its leader. `NotLeader` with a hint
+    /// re-points the follower to the hinted device.
+    fn refusal(&self, msg: SyncMessage) -> RoundError {
+        if let SyncMessage::Error { code: ErrorCode::NotLeader, leader_hint: Some(hint), .. } = &msg
+        {
+            if Some(*hint) != self.cx.leader_device {
+                if let Some(r) = &self.cx.repoint {
+                    info!(library_id = %self.cx.library_id, leader = %hint, "re-pointing to the leader the old one named");
+                    r.do_send(crate::watcher::LeaderHint(*hint));
+                }
+            }
+        }
+        refusal(msg)
+    }
+}
+
 fn refusal(msg: SyncMessage) -> RoundError {
     match msg {
         SyncMessage::Error { code, message, .. } => match code {
@@ -692,6 +711,7 @@ mod tests {
             leader_device: None,
             election: None,
             proposer: None,
+            repoint: None,
             term: 1,
         })
         .start();

@@ -243,11 +243,14 @@ impl SyncService {
                 leader_device: state.leader_device,
                 election: self.self_addr.clone().map(|a| a.recipient()),
                 proposer: Some(self.proposer.clone()),
+                repoint: self.self_addr.clone().map(|a| a.recipient()),
                 term: state.current_term,
             })
             .start();
             info!(%library_id, term = state.current_term, leader = %leader_peer, "following");
             self.role = Role::Follower { applier };
+        } else if state.role == SyncRole::Candidate {
+            info!(%library_id, term = state.current_term, "campaigning; no role actors until a leader is known");
         } else {
             warn!(%library_id, leader = ?state.leader_device, "no reachable leader known; idle");
         }
@@ -601,6 +604,8 @@ impl Handler<GetStatus> for SyncService {
     type Result = ResponseFuture<Result<LibraryStatus, String>>;
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         let db = self.cx.db.clone();
+        // the live view (role changes and re-pointing reach it before or without the database)
+        let live = self.state.clone();
         let library_id = self.cx.library_id;
         let device_id = self.cx.device_id;
         let sessions: Vec<_> = match &self.role {
@@ -633,9 +638,9 @@ impl Handler<GetStatus> for SyncService {
             Ok(LibraryStatus {
                 library_id,
                 device_id,
-                role: state.role,
-                term: state.current_term,
-                leader: state.leader_device,
+                role: live.as_ref().map_or(state.role, |s| s.role),
+                term: live.as_ref().map_or(state.current_term, |s| s.current_term),
+                leader: live.as_ref().map_or(state.leader_device, |s| s.leader_device),
                 last_sequence: last.sequence,
                 followers,
                 applier,
@@ -673,6 +678,24 @@ impl Handler<RoleChange> for SyncService {
         state.voted_for = msg.voted_for;
         if !unchanged {
             info!(library_id = %self.cx.library_id, role = %msg.role, term = msg.term, leader = ?msg.leader, "role change");
+            self.start_role();
+        }
+    }
+}
+
+impl Handler<crate::watcher::LeaderHint> for SyncService {
+    type Result = ();
+    fn handle(&mut self, msg: crate::watcher::LeaderHint, _: &mut Context<Self>) {
+        let hint = msg.0;
+        let is_member = self.members.values().any(|d| *d == hint);
+        let Some(state) = self.state.as_mut() else { return };
+        if matches!(self.role, Role::Follower { .. })
+            && is_member
+            && hint != self.cx.device_id
+            && state.leader_device != Some(hint)
+        {
+            info!(library_id = %self.cx.library_id, leader = %hint, "following the leader a NotLeader reply named");
+            state.leader_device = Some(hint);
             self.start_role();
         }
     }

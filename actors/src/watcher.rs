@@ -59,6 +59,11 @@ pub struct RoleChange {
     pub voted_for: Option<Uuid>,
 }
 
+/// A device this follower asked named another device as the leader (`NotLeader` hint).
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct LeaderHint(pub Uuid);
+
 /// The leader must heartbeat every follower now.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]

@@ -8,6 +8,7 @@
 //! | `lsync_reconnects_total` | counter | |
 //! | `lsync_elections_total` | counter | |
 //! | `lsync_resyncs_total` | counter | |
+//! | `lsync_actor_restarts_total` | counter | |
 //! | `lsync_fetch_rtt_seconds` | histogram | |
 //! | `lsync_commit_to_apply_seconds` | histogram | |
 //! | `lsync_network_inbound_requests_total` | counter | |
@@ -153,6 +154,11 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
     );
     o.counter("lsync_elections_total", "Elections this device started.", &m.elections);
     o.counter("lsync_resyncs_total", "Full reconciliations this device ran.", &m.resyncs);
+    o.counter(
+        "lsync_actor_restarts_total",
+        "Role actors restarted after they stopped unexpectedly (a panic).",
+        &m.actor_restarts,
+    );
     o.histogram(
         "lsync_fetch_rtt_seconds",
         "Round trip of a FetchEntries request, seen by the follower.",

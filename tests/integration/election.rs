@@ -185,3 +185,27 @@ async fn a_stale_leaders_messages_are_refused() {
     wait_until("nothing else changed", || async { cluster.last_sequence(follower, lib) == 20 })
         .await;
 }
+
+#[actix_rt::test]
+async fn a_follower_that_asks_a_non_leader_is_told_the_leader_and_re_points() {
+    use std::time::Duration;
+    // no heartbeat or election for the length of the test: only the NotLeader hint can re-point
+    let config = lsync::SyncConfig {
+        heartbeat_interval: Duration::from_secs(3_600),
+        leader_timeout: Duration::from_secs(7_200),
+        ..lsync::SyncConfig::fast()
+    };
+    let cluster = Cluster::start_with(3, config).await;
+    let lib = cluster.create_library(0, &[1]).await;
+    commit_range(&cluster, 0, lib, 0..30).await;
+    cluster.assert_converged(lib, 0, &[1]).await;
+    // device 2 joins believing device 1 leads
+    let infos: Vec<_> = (0..3).map(|i| cluster.node(i).device_info()).collect();
+    cluster.node(0).add_device(lib, infos[2].clone()).await.unwrap();
+    cluster.node(1).add_device(lib, infos[2].clone()).await.unwrap();
+    cluster.node(2).join_library(lib, infos[1].clone(), infos.clone()).await.unwrap();
+    // device 1 answers NotLeader naming device 0; device 2 follows device 0 and catches up
+    cluster.assert_converged(lib, 0, &[2]).await;
+    let st = cluster.node(2).status(lib).await.unwrap();
+    assert_eq!(st.leader, Some(infos[0].device_id));
+}

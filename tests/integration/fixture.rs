@@ -43,6 +43,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes with millisecond timers.
     pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, SyncConfig::fast()).await
+    }
+
+    /// Starts `n` nodes with the given timers.
+    pub async fn start_with(n: usize, config: SyncConfig) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -54,7 +59,7 @@ impl Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             nodes: Vec::new(),
             addrs: Vec::new(),
-            config: SyncConfig::fast(),
+            config,
         };
         for i in 0..n {
             let node = c.build(i, vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]).await;
