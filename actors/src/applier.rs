@@ -500,29 +500,40 @@ impl Worker {
     async fn apply(&self, entries: Vec<SyncLogEntry>) -> Result<(), ApplyError> {
         let committed_ms = entries.last().map_or(0, |e| e.timestamp_ms);
         let applier = Applier::new(self.cx.db.clone());
-        let outcome = run_blocking(move || applier.apply(&entries)).await;
-        match outcome {
-            Ok(out) => {
-                *self.shared.applied.lock().expect("applied lock") = out.last;
-                if out.applied > 0 {
-                    crate::metrics::Metrics::add(&self.cx.metrics.entries_applied, out.applied);
-                    let now_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64);
-                    let ms = now_ms.saturating_sub(committed_ms).max(0) as u64;
-                    self.cx.metrics.commit_to_apply.observe(std::time::Duration::from_millis(ms));
-                    let _ = self.cx.events.send(SyncEvent::EntriesApplied {
-                        library_id: self.cx.library_id,
-                        first: out.last.sequence + 1 - out.applied,
-                        last: out.last.sequence,
-                        count: out.applied,
-                    });
-                }
-                for job in out.bulk_jobs {
-                    let _ = self.cx.events.send(SyncEvent::BulkJobQueued { library_id: self.cx.library_id, job });
-                }
-                Ok(())
+        let (events, metrics, shared, library_id) = (
+            self.cx.events.clone(),
+            self.cx.metrics.clone(),
+            self.shared.clone(),
+            self.cx.library_id,
+        );
+        // The events are sent in the same blocking task as the transaction: a worker aborted
+        // while it waits (its role changed, the node stops) cannot separate a committed batch
+        // from its EntriesApplied / BulkJobQueued events.
+        let outcome = run_blocking(move || {
+            let out = applier.apply(&entries)?;
+            *shared.applied.lock().expect("applied lock") = out.last;
+            if out.applied > 0 {
+                crate::metrics::Metrics::add(&metrics.entries_applied, out.applied);
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let ms = now_ms.saturating_sub(committed_ms).max(0) as u64;
+                metrics.commit_to_apply.observe(std::time::Duration::from_millis(ms));
+                let _ = events.send(SyncEvent::EntriesApplied {
+                    library_id,
+                    first: out.last.sequence + 1 - out.applied,
+                    last: out.last.sequence,
+                    count: out.applied,
+                });
             }
+            for job in out.bulk_jobs {
+                let _ = events.send(SyncEvent::BulkJobQueued { library_id, job });
+            }
+            Ok(())
+        })
+        .await;
+        match outcome {
+            Ok(()) => Ok(()),
             Err(StorageError::Gap { expected, got }) => {
                 debug!(expected, got, "gap while applying, re-fetching");
                 Err(ApplyError::Gap)
@@ -691,6 +702,7 @@ mod tests {
             max_entries_per_response: 100,
             max_response_bytes: 8 << 20,
             heartbeat_interval: Duration::from_secs(3600),
+            notify_window: Duration::from_millis(100),
             election: None,
         };
         let transport = ScriptedTransport::new(move |i, msg| match script(i, msg, &leader_db) {

@@ -11,8 +11,9 @@ pub struct SyncConfig {
     /// How long a follower waits without hearing its leader before it calls an election
     /// (used by the election watcher).
     pub leader_timeout: Duration,
-    /// The notifier's coalescing window: the first commit after a quiet period is announced at
-    /// once, commits within the window become one more announcement at its end.
+    /// The notification window: a commit is announced to a follower at once unless a
+    /// notification to it is outstanding; commits made meanwhile become one more announcement,
+    /// sent when the follower answers or at the latest this long after the first of them.
     pub notify_window: Duration,
     /// The most entries the leader puts in one `EntriesResponse`, whatever the request asks.
     pub max_entries_per_response: u64,

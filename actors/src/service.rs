@@ -218,8 +218,7 @@ impl SyncService {
         });
         let _ = leading;
         if state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id) {
-            let notifier =
-                LeaderNotifier::new(self.cx.tm.subscribe(), self.cx.config.notify_window).start();
+            let notifier = LeaderNotifier::new(self.cx.tm.subscribe()).start();
             let mut sessions = HashMap::new();
             for (peer, device) in self.members.clone() {
                 sessions.insert(peer, self.start_session(&state, device, peer));
@@ -277,6 +276,7 @@ impl SyncService {
                 max_entries_per_response: self.cx.config.max_entries_per_response,
                 max_response_bytes: self.cx.config.max_response_bytes,
                 heartbeat_interval: self.cx.config.heartbeat_interval,
+                notify_window: self.cx.config.notify_window,
                 election: Some(self.self_addr.clone().expect("service started").recipient()),
             },
             device,
@@ -668,9 +668,11 @@ impl Handler<RoleChange> for SyncService {
     type Result = ();
     fn handle(&mut self, msg: RoleChange, _: &mut Context<Self>) {
         let Some(state) = self.state.as_mut() else { return };
+        // A follower that only learns a newer term of the leader it follows keeps its actors
+        // (the applier adopts the term from the leader's messages); anything else restarts them.
         let unchanged = state.role == msg.role
-            && state.current_term == msg.term
             && state.leader_device == msg.leader
+            && (state.current_term == msg.term || msg.role == SyncRole::Follower)
             && !matches!(self.role, Role::Idle);
         state.role = msg.role;
         state.current_term = msg.term;

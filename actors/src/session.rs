@@ -23,7 +23,7 @@ use crate::blocking::run_blocking;
 use crate::events::{FollowerStatus, SyncEvent};
 use crate::network::InboundRequest;
 use crate::transport::Transport;
-use crate::window::Announce;
+use crate::window::{Announce, NotifyWindow};
 
 /// What a session needs to know about its library.
 #[derive(Clone)]
@@ -37,6 +37,9 @@ pub struct SessionContext {
     /// Payload bytes one response may carry (entry count aside).
     pub max_response_bytes: usize,
     pub heartbeat_interval: Duration,
+    /// The longest a commit waits for its announcement while the follower has not answered
+    /// the previous one (see [`crate::window`]).
+    pub notify_window: Duration,
     /// Where terms seen in followers' messages go (the library's election).
     pub election: Option<Recipient<crate::watcher::ElectionInput>>,
 }
@@ -72,22 +75,15 @@ pub struct FollowerSession {
     peer: PeerId,
     acked: u64,
     connected: bool,
-    notify_in_flight: bool,
-    pending: Option<Announce>,
+    window: NotifyWindow,
+    deadline_armed: bool,
 }
 
 impl FollowerSession {
     /// A session for `device_id` reachable as `peer`.
     pub fn new(cx: SessionContext, device_id: Uuid, peer: PeerId) -> Self {
-        Self {
-            cx,
-            device_id,
-            peer,
-            acked: 0,
-            connected: false,
-            notify_in_flight: false,
-            pending: None,
-        }
+        let window = NotifyWindow::new(cx.notify_window);
+        Self { cx, device_id, peer, acked: 0, connected: false, window, deadline_armed: false }
     }
 
     fn record_ack(&mut self, up_to: u64) {
@@ -96,8 +92,28 @@ impl FollowerSession {
         }
     }
 
+    fn now() -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    /// Arms the timer of the window's deadline (if a range waits and no timer is armed).
+    fn arm_deadline(&mut self, ctx: &mut Context<Self>) {
+        if self.deadline_armed {
+            return;
+        }
+        if let Some(deadline) = self.window.deadline() {
+            self.deadline_armed = true;
+            ctx.run_later(deadline.saturating_duration_since(Self::now()), |this, ctx| {
+                this.deadline_armed = false;
+                if let Some(a) = this.window.on_deadline(Self::now()) {
+                    this.send_notification(a, ctx);
+                }
+                this.arm_deadline(ctx);
+            });
+        }
+    }
+
     fn send_notification(&mut self, a: Announce, ctx: &mut Context<Self>) {
-        self.notify_in_flight = true;
         let msg = SyncMessage::NewEntries {
             library_id: self.cx.library_id,
             term: self.cx.term,
@@ -161,18 +177,10 @@ impl Actor for FollowerSession {
 impl Handler<Announce> for FollowerSession {
     type Result = ();
     fn handle(&mut self, a: Announce, ctx: &mut Context<Self>) {
-        if self.notify_in_flight {
-            self.pending = Some(match self.pending {
-                Some(p) => Announce {
-                    from_sequence: p.from_sequence.min(a.from_sequence),
-                    to_sequence: p.to_sequence.max(a.to_sequence),
-                    term: p.term.max(a.term),
-                },
-                None => a,
-            });
-        } else {
+        if let Some(a) = self.window.on_commit(Self::now(), a) {
             self.send_notification(a, ctx);
         }
+        self.arm_deadline(ctx);
     }
 }
 
@@ -214,10 +222,10 @@ impl Handler<NotifyDone> for FollowerSession {
                 term: self.cx.term,
             });
         }
-        self.notify_in_flight = false;
-        if let Some(p) = self.pending.take() {
-            self.send_notification(p, ctx);
+        if let Some(a) = self.window.on_answer(Self::now()) {
+            self.send_notification(a, ctx);
         }
+        self.arm_deadline(ctx);
     }
 }
 
@@ -436,6 +444,8 @@ mod tests {
     use lsync_protocol::ErrorCode;
     use tokio::sync::oneshot;
 
+    use std::sync::Arc;
+
     use super::*;
     use crate::testkit::{leader_db, ScriptedTransport};
 
@@ -460,6 +470,7 @@ mod tests {
             max_entries_per_response: 100,
             max_response_bytes: 8 << 20,
             heartbeat_interval: Duration::from_secs(3600),
+            notify_window: Duration::from_millis(100),
             election: None,
         };
         let session = FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start();
@@ -508,6 +519,129 @@ mod tests {
         ));
         let st = session.send(GetFollowerStatus { leader_last_sequence: 250 }).await.unwrap();
         assert_eq!((st.acked_sequence, st.lag), (120, 130));
+    }
+
+    /// Records NewEntries with the (paused) time they were sent; answers after `delay`, or
+    /// never.
+    struct SlowFollower {
+        delay: Option<Duration>,
+        sent: std::sync::Mutex<Vec<(Duration, u64, u64)>>,
+        t0: tokio::time::Instant,
+    }
+
+    impl crate::transport::Transport for SlowFollower {
+        fn request(
+            &self,
+            _: PeerId,
+            msg: SyncMessage,
+        ) -> crate::transport::BoxFuture<Result<SyncMessage, crate::NetworkError>> {
+            if let SyncMessage::NewEntries { from_sequence, to_sequence, library_id, .. } = msg {
+                self.sent.lock().unwrap().push((self.t0.elapsed(), from_sequence, to_sequence));
+                let delay = self.delay;
+                return Box::pin(async move {
+                    match delay {
+                        Some(d) => {
+                            tokio::time::sleep(d).await;
+                            Ok(SyncMessage::Acknowledge { library_id, up_to_sequence: to_sequence })
+                        }
+                        None => std::future::pending().await,
+                    }
+                });
+            }
+            Box::pin(async { Err(crate::NetworkError::Closed) })
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn session_with(
+        follower: Arc<SlowFollower>,
+        lib: Uuid,
+    ) -> (tempfile::TempDir, Addr<FollowerSession>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _tm) = leader_db(&dir, lib, 0);
+        let (events, _) = broadcast::channel(16);
+        let cx = SessionContext {
+            library_id: lib,
+            db,
+            transport: follower,
+            events,
+            term: 1,
+            max_entries_per_response: 100,
+            max_response_bytes: 8 << 20,
+            heartbeat_interval: Duration::from_secs(3600),
+            notify_window: Duration::from_millis(100),
+            election: None,
+        };
+        (dir, FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start())
+    }
+
+    fn announce(i: u64) -> Announce {
+        Announce { from_sequence: i, to_sequence: i, term: 1 }
+    }
+
+    #[actix_rt::test]
+    async fn the_first_commit_goes_at_once_and_a_burst_goes_as_one_more_when_the_follower_answers()
+    {
+        tokio::time::pause();
+        let lib = Uuid::new_v4();
+        let follower = Arc::new(SlowFollower {
+            delay: Some(Duration::from_millis(30)),
+            sent: Default::default(),
+            t0: tokio::time::Instant::now(),
+        });
+        let (_dir, session) = session_with(follower.clone(), lib);
+        session.send(announce(1)).await.unwrap();
+        settle().await;
+        assert_eq!(*follower.sent.lock().unwrap(), vec![(Duration::ZERO, 1, 1)], "at once");
+        for i in 2..=40 {
+            session.send(announce(i)).await.unwrap();
+        }
+        settle().await;
+        assert_eq!(follower.sent.lock().unwrap().len(), 1, "held while the first is unanswered");
+        // the answer comes at 30 ms (the timer wheel may round it up by a millisecond)
+        tokio::time::advance(Duration::from_millis(32)).await;
+        settle().await;
+        let sent = follower.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!((sent[1].1, sent[1].2), (2, 40), "the burst, as one notification");
+        assert!(
+            sent[1].0 >= Duration::from_millis(30) && sent[1].0 < Duration::from_millis(100),
+            "sent when the follower answered, not at the window's end: {sent:?}"
+        );
+        tokio::time::advance(Duration::from_millis(500)).await;
+        settle().await;
+        assert_eq!(follower.sent.lock().unwrap().len(), 2, "quiet: nothing more");
+        let st = session.send(GetFollowerStatus { leader_last_sequence: 40 }).await.unwrap();
+        assert_eq!(st.acked_sequence, 40, "the answers are the follower's acknowledgements");
+    }
+
+    #[actix_rt::test]
+    async fn a_follower_that_does_not_answer_still_hears_within_one_window() {
+        tokio::time::pause();
+        let lib = Uuid::new_v4();
+        let follower = Arc::new(SlowFollower {
+            delay: None,
+            sent: Default::default(),
+            t0: tokio::time::Instant::now(),
+        });
+        let (_dir, session) = session_with(follower.clone(), lib);
+        session.send(announce(1)).await.unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        session.send(announce(2)).await.unwrap();
+        settle().await;
+        tokio::time::advance(Duration::from_millis(99)).await;
+        settle().await;
+        assert_eq!(follower.sent.lock().unwrap().len(), 1);
+        tokio::time::advance(Duration::from_millis(2)).await;
+        settle().await;
+        let sent = follower.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!((sent[1].1, sent[1].2), (2, 2));
     }
 
     #[test]
