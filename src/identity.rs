@@ -65,7 +65,7 @@ impl Identity {
 }
 
 /// Writes a file readable by its owner only, atomically (temp file + rename).
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut opts = fs::OpenOptions::new();

@@ -304,6 +304,12 @@ pub fn serve(
     };
     db.with_reader(|conn| {
         let last = SyncLog::last(conn)?;
+        let sync_required = |reason| SyncMessage::SyncRequired {
+            library_id,
+            term,
+            reason,
+            leader_last_sequence: last.sequence,
+        };
         Ok(match msg {
             SyncMessage::FetchEntries {
                 term: their, since_sequence, since_term, limit, ..
@@ -317,12 +323,7 @@ pub fn serve(
                         "limit must be at least 1",
                     )
                 } else if let Some(reason) = divergence(conn, last, since_sequence, since_term)? {
-                    SyncMessage::SyncRequired {
-                        library_id,
-                        term,
-                        reason,
-                        leader_last_sequence: last.sequence,
-                    }
+                    sync_required(reason)
                 } else {
                     let limit = limit.min(cx.max_entries_per_response);
                     let mut entries = SyncLog::fetch_since(conn, since_sequence, limit)?;
@@ -341,12 +342,7 @@ pub fn serve(
                 if their > term {
                     stale_leader(library_id, their, term)
                 } else if let Some(reason) = divergence(conn, last, current_sequence, last_term)? {
-                    SyncMessage::SyncRequired {
-                        library_id,
-                        term,
-                        reason,
-                        leader_last_sequence: last.sequence,
-                    }
+                    sync_required(reason)
                 } else {
                     leader_heartbeat(library_id, term, last)
                 }

@@ -40,6 +40,7 @@ use self::api::{
     DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT,
 };
 use crate::crates::storage::StorageError;
+use crate::identity::write_private;
 use crate::{LibraryStatus, Node, NodeError};
 
 /// The token file in the data directory.
@@ -125,24 +126,6 @@ struct Token(String);
 /// A fresh random token: 32 bytes from the OS-seeded CSPRNG, as hex.
 fn new_token() -> String {
     rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes a file readable by its owner only, atomically (temp file + rename).
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(tmp, path)
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
