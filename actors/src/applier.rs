@@ -701,7 +701,6 @@ mod tests {
             term: 1,
             max_entries_per_response: 100,
             max_response_bytes: 8 << 20,
-            heartbeat_interval: Duration::from_secs(3600),
             notify_window: Duration::from_millis(100),
             election: None,
         };

@@ -275,7 +275,6 @@ impl SyncService {
                 term: state.current_term,
                 max_entries_per_response: self.cx.config.max_entries_per_response,
                 max_response_bytes: self.cx.config.max_response_bytes,
-                heartbeat_interval: self.cx.config.heartbeat_interval,
                 notify_window: self.cx.config.notify_window,
                 election: Some(self.self_addr.clone().expect("service started").recipient()),
             },

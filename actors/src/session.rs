@@ -36,7 +36,6 @@ pub struct SessionContext {
     pub max_entries_per_response: u64,
     /// Payload bytes one response may carry (entry count aside).
     pub max_response_bytes: usize,
-    pub heartbeat_interval: Duration,
     /// The longest a commit waits for its announcement while the follower has not answered
     /// the previous one (see [`crate::window`]).
     pub notify_window: Duration,
@@ -169,8 +168,10 @@ impl Actor for FollowerSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // No timer of its own: the leader's election heartbeats (HeartbeatNow, every
+        // heartbeat interval) drive this session's heartbeats, so a follower hears exactly one
+        // per interval.
         ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
-        ctx.run_interval(self.cx.heartbeat_interval, |this, ctx| this.heartbeat(ctx));
     }
 }
 
@@ -465,7 +466,6 @@ mod tests {
             term: 1,
             max_entries_per_response: 100,
             max_response_bytes: 8 << 20,
-            heartbeat_interval: Duration::from_secs(3600),
             notify_window: Duration::from_millis(100),
             election: None,
         };
@@ -569,7 +569,6 @@ mod tests {
             term: 1,
             max_entries_per_response: 100,
             max_response_bytes: 8 << 20,
-            heartbeat_interval: Duration::from_secs(3600),
             notify_window: Duration::from_millis(100),
             election: None,
         };
