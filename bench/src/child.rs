@@ -3,7 +3,9 @@
 //!
 //! Protocol with the parent: commands are JSON lines on stdin, results JSON lines on stdout.
 //! - child → `{"ev":"ready","device_id","peer_id","addrs":[..]}` once its network listens;
-//! - parent → `{"cmd":"join","library_id","leader":{device_id,peer_id,addrs}}` → `joined`;
+//! - parent → `{"cmd":"join","library_id","leader":{device_id,peer_id,addrs},"members":[..],
+//!   "wait_term":bool}` → `joined` (with `wait_term`, once the follower learnt the leader's
+//!   term; the poller ignores both extra fields);
 //! - parent → `{"cmd":"target","target":N}` → `reached` (with timestamps) once sequence N is
 //!   applied (at once if it already is);
 //! - parent → `{"cmd":"samples"}` → `samples` (latencies in µs recorded so far, then cleared);
@@ -93,6 +95,11 @@ struct Progress {
     mark90: Option<(u64, i64)>,
     applies: u64,
     lagged: u64,
+    /// Times the applied position stayed ahead of every `EntriesApplied` seen for a whole
+    /// poll period in the database (an event lost: see `follower_main`).
+    missed_events: u64,
+    /// The database's applied position at the previous poll, when it was ahead of the events.
+    db_ahead: Option<u64>,
 }
 
 impl Progress {
@@ -108,6 +115,8 @@ impl Progress {
             mark90: None,
             applies: 0,
             lagged: 0,
+            missed_events: 0,
+            db_ahead: None,
         }
     }
 
@@ -136,6 +145,26 @@ impl Progress {
         self.check_target(now);
     }
 
+    /// The database says entries up to `last` are applied (polled every 250 ms while a target
+    /// is pending). A position that was already ahead of the events at the previous poll and
+    /// still is was never announced: it is taken from the database. (The event normally
+    /// arrives within a millisecond of the commit.)
+    fn on_position(&mut self, last: u64) {
+        match self.db_ahead {
+            Some(prev) if self.last < prev => {
+                self.missed_events += 1;
+                // No latency samples for these: their apply time is unknown (they stay in the
+                // recorder and are reported as unmatched).
+                let recorder = self.recorder.take();
+                self.on_applied(self.last + 1, prev);
+                self.recorder = recorder;
+                self.applies -= 1;
+            }
+            _ => {}
+        }
+        self.db_ahead = (last > self.last).then_some(last);
+    }
+
     fn check_target(&mut self, now: i64) {
         if let Some(target) = self.target {
             if self.last >= target {
@@ -151,6 +180,7 @@ impl Progress {
                     "mark90": self.mark90.map(|(s, t)| json!([s, t])),
                     "applies": self.applies,
                     "lagged_events": self.lagged,
+                    "missed_events": self.missed_events,
                 }));
             }
         }
@@ -179,6 +209,7 @@ impl Progress {
                     "samples": std::mem::take(&mut self.samples),
                     "unmatched": pending,
                     "lagged_events": self.lagged,
+                    "missed_events": self.missed_events,
                 }));
             }
             Some("quit") => return false,
@@ -213,6 +244,10 @@ async fn follower_main(dir: PathBuf, heartbeat_ms: u64, record: bool) -> anyhow:
     let mut events = node.subscribe();
     let mut commands = stdin_commands();
     let mut progress = Progress::new(recorder);
+    let trace_events = std::env::var_os("LSYNC_BENCH_EVENTS").is_some();
+    let mut joined: Option<Uuid> = None;
+    let mut position_tick = tokio::time::interval(Duration::from_millis(250));
+    position_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = device_json(&node.device_info());
     ready["ev"] = json!("ready");
     emit(ready);
@@ -226,14 +261,40 @@ async fn follower_main(dir: PathBuf, heartbeat_ms: u64, record: bool) -> anyhow:
                         .context("join without library_id")?
                         .parse()?;
                     let leader = parse_device(&cmd["leader"])?;
+                    let members = cmd["members"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(parse_device)
+                        .collect::<anyhow::Result<Vec<_>>>()?;
                     progress.started_us = now_us();
-                    node.join_library(library_id, leader, Vec::new()).await?;
+                    node.join_library(library_id, leader, members).await?;
+                    if cmd["wait_term"].as_bool().unwrap_or(false) {
+                        // A joining follower starts in term 0 and learns the leader's term from
+                        // its first response; adopting it restarts its applier. Waiting for
+                        // that here keeps the restart away from the first entries (see
+                        // docs/performance.md, "The bench on the election tree").
+                        wait_for_term(&node, &mut events, library_id, &mut progress).await?;
+                    }
+                    joined = Some(library_id);
                     emit(json!({"ev": "joined", "t_us": progress.started_us}));
                 } else if !progress.command(&cmd) {
                     break;
                 }
             }
+            _ = position_tick.tick(), if progress.target.is_some() => {
+                // Fallback for a lost `EntriesApplied` (an applier restarted while its apply
+                // was on the blocking pool): the database has the truth.
+                if let Some(library_id) = joined {
+                    let db = node.database(library_id)?;
+                    let pos = tokio::task::spawn_blocking(move || db.last_position()).await??;
+                    progress.on_position(pos.sequence);
+                }
+            }
             ev = events.recv() => match ev {
+                Ok(ev) if trace_events && !matches!(ev, SyncEvent::EntriesApplied { .. }) => {
+                    eprintln!("[follower event] {ev:?}");
+                }
                 Ok(SyncEvent::EntriesApplied { first, last, .. }) => progress.on_applied(first, last),
                 Ok(SyncEvent::ApplyFailed { error, .. }) => {
                     emit(json!({"ev": "error", "error": format!("apply failed: {error}")}));
@@ -245,6 +306,48 @@ async fn follower_main(dir: PathBuf, heartbeat_ms: u64, record: bool) -> anyhow:
         }
     }
     node.shutdown().await;
+    Ok(())
+}
+
+/// Waits (at most 10 s) until the follower of `library_id` learnt the leader's term (its
+/// persisted `current_term` ≥ 1, or a `RoleChanged` in a term ≥ 1), then a little longer for a
+/// restart of its role actors to settle; applies seen meanwhile are recorded. Not learning it in
+/// time is not an error: the position poll covers a lost event.
+async fn wait_for_term(
+    node: &Node,
+    events: &mut tokio::sync::broadcast::Receiver<SyncEvent>,
+    library_id: Uuid,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut poll = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                eprintln!("lsync-bench follower: the leader's term not learnt within 10 s");
+                return Ok(());
+            }
+            _ = poll.tick() => {
+                let db = node.database(library_id)?;
+                let state = tokio::task::spawn_blocking(move || db.sync_state()).await??;
+                if state.current_term >= 1 {
+                    break;
+                }
+            }
+            ev = events.recv() => match ev {
+                Ok(SyncEvent::RoleChanged { library_id: l, role: SyncRole::Follower, term })
+                    if l == library_id && term >= 1 => break,
+                Ok(SyncEvent::EntriesApplied { first, last, .. }) => progress.on_applied(first, last),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => progress.lagged += n,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    anyhow::bail!("the node's events closed")
+                }
+            }
+        }
+    }
+    // The term is persisted before the role actors (may) restart in it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(())
 }
 

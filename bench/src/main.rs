@@ -80,6 +80,14 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // lsync's own log (warnings by default; `RUST_LOG=lsync_actors=debug` for more) goes to
+    // stderr, which the children inherit; stdout carries the children's JSON lines.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     match cli.command {
         Some(Command::Follower { dir, heartbeat_ms, record }) => {
             child::follower(dir, heartbeat_ms, record)

@@ -86,7 +86,13 @@ impl ModelHandler for BenchHandler {
         conn: &mut SqliteConnection,
         record_id: &str,
     ) -> storage::Result<Option<i64>> {
-        Ok(bench_row::table.find(record_id).select(bench_row::version).first(conn).optional()?)
+        // Like the built-in handlers: `get_result`, not `first` (whose bound `LIMIT ?` makes
+        // SQLite re-prepare the statement at every execution; docs/performance.md).
+        Ok(bench_row::table
+            .find(record_id)
+            .select(bench_row::version)
+            .get_result(conn)
+            .optional()?)
     }
 
     fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> storage::Result<()> {

@@ -123,10 +123,16 @@ async fn join_all(
         leader.add_device(library_id, parse_device(&c.ready)?).await?;
     }
     let leader_info = device_json(&leader.device_info());
+    // Every member device (with elections, a follower counts the members for majorities).
+    let members: Vec<Value> = children.iter().map(|c| c.ready.clone()).collect();
     for c in children.iter_mut() {
-        c.send(
-            json!({"cmd": "join", "library_id": library_id.to_string(), "leader": leader_info}),
-        )?;
+        c.send(json!({
+            "cmd": "join",
+            "library_id": library_id.to_string(),
+            "leader": leader_info,
+            "members": members,
+            "wait_term": true,
+        }))?;
         c.expect("joined", WAIT).await?;
     }
     Ok(())
@@ -143,7 +149,14 @@ async fn reach(
     }
     let mut out = Vec::with_capacity(children.len());
     for c in children.iter_mut() {
-        out.push(c.expect("reached", wait).await?);
+        let r = c.expect("reached", wait).await?;
+        if r["missed_events"].as_u64().unwrap_or(0) > 0 {
+            say(format!(
+                "  warning: {} found {} applied position(s) in its database with no EntriesApplied event",
+                c.name, r["missed_events"]
+            ));
+        }
+        out.push(r);
     }
     Ok(out)
 }

@@ -74,7 +74,7 @@ pub fn get(conn: &mut SqliteConnection, device_id: Uuid) -> Result<Option<Device
     table::table
         .find(device_id.to_string())
         .select(columns())
-        .first::<DeviceRow>(conn)
+        .get_result::<DeviceRow>(conn)
         .optional()?
         .map(row_to_device)
         .transpose()

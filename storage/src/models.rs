@@ -111,7 +111,9 @@ impl ModelHandler for TagHandler {
     }
 
     fn current_version(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<i64>> {
-        Ok(tag::table.find(record_id).select(tag::version).first(conn).optional()?)
+        // `get_result`, not `first`: no bound `LIMIT ?`, which makes SQLite re-prepare the
+        // statement at every execution (docs/performance.md).
+        Ok(tag::table.find(record_id).select(tag::version).get_result(conn).optional()?)
     }
 
     fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {
@@ -165,7 +167,9 @@ impl ModelHandler for LocationHandler {
     }
 
     fn current_version(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<i64>> {
-        Ok(location::table.find(record_id).select(location::version).first(conn).optional()?)
+        // `get_result`, not `first`: no bound `LIMIT ?`, which makes SQLite re-prepare the
+        // statement at every execution (docs/performance.md).
+        Ok(location::table.find(record_id).select(location::version).get_result(conn).optional()?)
     }
 
     fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {

@@ -118,7 +118,7 @@ pub(crate) fn push_unchecked(
         .map_err(|e| StorageError::InvalidChange(format!("cannot encode proposal: {e}")))?;
     let seq = outbox::table
         .select(diesel::dsl::max(outbox::seq))
-        .first::<Option<i64>>(conn)?
+        .get_result::<Option<i64>>(conn)?
         .unwrap_or(0)
         + 1;
     let now = now_ms();
@@ -152,7 +152,7 @@ pub fn get(conn: &mut SqliteConnection, proposal_id: Uuid) -> Result<Option<Outb
     outbox::table
         .find(proposal_id.to_string())
         .select(columns())
-        .first::<OutboxRow>(conn)
+        .get_result::<OutboxRow>(conn)
         .optional()?
         .map(row_to_entry)
         .transpose()

@@ -172,10 +172,20 @@ impl SyncLog {
 
     /// The position of the last entry, `(0, 0)` for an empty log.
     pub fn last(conn: &mut SqliteConnection) -> Result<LogPosition> {
+        use diesel::dsl::max;
+        // `WHERE sequence = (SELECT max(sequence) FROM sync_log AS newest)`: one statement,
+        // answered from the rowid b-tree's last page, without diesel's bound `LIMIT ?`
+        // (`first`), which makes SQLite re-prepare the statement at every execution
+        // (docs/performance.md).
+        let newest = diesel::alias!(sync_log as newest);
         let last = sync_log::table
+            .filter(
+                sync_log::sequence
+                    .nullable()
+                    .eq(newest.select(max(newest.field(sync_log::sequence))).single_value()),
+            )
             .select((sync_log::term, sync_log::sequence))
-            .order(sync_log::sequence.desc())
-            .first::<(i64, i64)>(conn)
+            .get_result::<(i64, i64)>(conn)
             .optional()?;
         match last {
             Some((term, sequence)) => Ok(LogPosition {
@@ -189,15 +199,19 @@ impl SyncLog {
     /// The term of the entry at `sequence`, `None` if there is none.
     pub fn term_at(conn: &mut SqliteConnection, sequence: u64) -> Result<Option<u64>> {
         let Ok(sequence) = i64::try_from(sequence) else { return Ok(None) };
-        let term =
-            sync_log::table.find(sequence).select(sync_log::term).first::<i64>(conn).optional()?;
+        // By primary key, so `get_result` (no bound `LIMIT ?`, see `last`).
+        let term = sync_log::table
+            .find(sequence)
+            .select(sync_log::term)
+            .get_result::<i64>(conn)
+            .optional()?;
         term.map(|t| to_u64(t, "sync_log term")).transpose()
     }
 
     /// The entry at `sequence`, `None` if there is none.
     pub fn get(conn: &mut SqliteConnection, sequence: u64) -> Result<Option<SyncLogEntry>> {
         let Ok(sequence) = i64::try_from(sequence) else { return Ok(None) };
-        let row = sync_log::table.find(sequence).first::<LogRow>(conn).optional()?;
+        let row = sync_log::table.find(sequence).get_result::<LogRow>(conn).optional()?;
         row.map(row_to_entry).transpose()
     }
 
@@ -221,7 +235,7 @@ impl SyncLog {
         let (first, last) = sync_log::table
             .filter(sync_log::proposal_id.eq(id))
             .select((min(sync_log::sequence), max(sync_log::sequence)))
-            .first::<(Option<i64>, Option<i64>)>(conn)?;
+            .get_result::<(Option<i64>, Option<i64>)>(conn)?;
         match (first, last) {
             (Some(first), Some(last)) => {
                 Ok(Some((to_u64(first, "sync_log sequence")?, to_u64(last, "sync_log sequence")?)))

@@ -66,7 +66,7 @@ pub fn load(conn: &mut SqliteConnection) -> Result<Option<SyncState>> {
             table::leader_device,
             table::last_synced_sequence,
         ))
-        .first::<StateRow>(conn)
+        .get_result::<StateRow>(conn)
         .optional()?;
     let Some((library_id, device_id, role, term, voted_for, leader, last)) = row else {
         return Ok(None);

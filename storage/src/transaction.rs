@@ -393,7 +393,7 @@ pub(crate) mod proposals {
         let row = proposals::table
             .find(proposal_id.to_string())
             .select((proposals::first_sequence, proposals::last_sequence))
-            .first::<(i64, i64)>(conn)
+            .get_result::<(i64, i64)>(conn)
             .optional()?;
         row.map(|(first, last)| {
             Ok((to_u64(first, "proposals sequence")?, to_u64(last, "proposals sequence")?))
