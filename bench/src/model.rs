@@ -101,9 +101,9 @@ impl ModelHandler for BenchHandler {
                 let row: BenchRef<'_> = decode(&entry.data)?;
                 diesel::replace_into(bench_row::table)
                     .values((
-                        bench_row::id.eq(row.id),
+                        bench_row::id.eq(row.id.to_owned()),
                         bench_row::commit_us.eq(row.commit_us),
-                        bench_row::payload.eq(row.payload),
+                        bench_row::payload.eq(row.payload.to_owned()),
                         bench_row::version.eq(entry.version),
                     ))
                     .execute(conn)?;
@@ -117,6 +117,40 @@ impl ModelHandler for BenchHandler {
             ChangeType::Bulk => {}
         }
         Ok(())
+    }
+
+    /// Like the built-in handlers: runs of upserts as one multi-row statement.
+    fn apply_batch(
+        &self,
+        conn: &mut SqliteConnection,
+        entries: &[&SyncLogEntry],
+    ) -> storage::Result<()> {
+        storage::apply_in_runs(
+            conn,
+            entries,
+            |conn, run| {
+                let mut rows = Vec::with_capacity(run.len());
+                let mut times = Vec::with_capacity(run.len());
+                for entry in run {
+                    let row: BenchRef<'_> = decode(&entry.data)?;
+                    rows.push((
+                        bench_row::id.eq(row.id.to_owned()),
+                        bench_row::commit_us.eq(row.commit_us),
+                        bench_row::payload.eq(row.payload.to_owned()),
+                        bench_row::version.eq(entry.version),
+                    ));
+                    times.push((entry.sequence, row.commit_us));
+                }
+                storage::in_cached_chunks!(&rows[..], |chunk| {
+                    diesel::replace_into(bench_row::table).values(chunk).execute(conn)?
+                });
+                if let Some(r) = &self.recorder {
+                    r.lock().expect("recorder lock").extend(times);
+                }
+                Ok(())
+            },
+            |conn, entry| self.apply(conn, entry),
+        )
     }
 
     fn clear(&self, conn: &mut SqliteConnection) -> storage::Result<()> {

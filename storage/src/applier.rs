@@ -66,53 +66,57 @@ impl Applier {
             return Ok(ApplyOutcome { last: self.db.last_position()?, ..ApplyOutcome::default() });
         }
         let registry = self.db.registry();
-        let mut handlers = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let handler = registry
-                .handler(&entry.model_type)
-                .ok_or_else(|| StorageError::UnknownModel(entry.model_type.clone()))?;
-            handlers.push(handler);
+        if let Some(entry) = entries.iter().find(|e| !registry.contains(&e.model_type)) {
+            return Err(StorageError::UnknownModel(entry.model_type.clone()));
         }
         let outcome = self.db.write(|conn| {
             let start = SyncLog::last(conn)?;
             let mut outcome = ApplyOutcome { last: start, ..ApplyOutcome::default() };
-            let mut next = start.sequence + 1;
-            for (entry, handler) in entries.iter().zip(&handlers) {
-                if outcome.applied == 0 && entry.sequence != 0 && entry.sequence <= start.sequence {
-                    let local_term = if entry.sequence == start.sequence {
-                        Some(start.term)
-                    } else {
-                        SyncLog::term_at(conn, entry.sequence)?
-                    };
-                    match local_term {
-                        Some(term) if term == entry.term => outcome.skipped += 1,
-                        Some(term) => {
-                            return Err(StorageError::Diverged {
-                                sequence: entry.sequence,
-                                local_term: term,
-                                remote_term: entry.term,
-                            })
-                        }
-                        // Only a log missing its head (never the case) has no entry here.
-                        None => {
-                            return Err(StorageError::Gap { expected: next, got: entry.sequence })
-                        }
-                    }
-                    continue;
+            // Entries this log holds already come first (duplicates: same term, or a
+            // divergence); the rest must continue the log from last + 1.
+            let mut skipped = 0;
+            for entry in entries {
+                if entry.sequence == 0 || entry.sequence > start.sequence {
+                    break;
                 }
-                if entry.sequence != next {
-                    return Err(StorageError::Gap { expected: next, got: entry.sequence });
-                }
-                if entry.change_type == ChangeType::Bulk {
-                    outcome.bulk_jobs.push(local_jobs::insert(conn, entry)?);
+                let local_term = if entry.sequence == start.sequence {
+                    Some(start.term)
                 } else {
-                    handler.apply(conn, entry)?;
+                    SyncLog::term_at(conn, entry.sequence)?
+                };
+                match local_term {
+                    Some(term) if term == entry.term => skipped += 1,
+                    Some(term) => {
+                        return Err(StorageError::Diverged {
+                            sequence: entry.sequence,
+                            local_term: term,
+                            remote_term: entry.term,
+                        })
+                    }
+                    // Only a log missing its head (never the case) has no entry here.
+                    None => {
+                        return Err(StorageError::Gap {
+                            expected: start.sequence + 1,
+                            got: entry.sequence,
+                        })
+                    }
                 }
-                SyncLog::insert_unchecked(conn, entry)?;
-                next += 1;
-                outcome.applied += 1;
-                outcome.last = LogPosition::of(entry);
             }
+            let new = &entries[skipped..];
+            for (expected, entry) in (start.sequence + 1..).zip(new) {
+                if entry.sequence != expected {
+                    return Err(StorageError::Gap { expected, got: entry.sequence });
+                }
+            }
+            outcome.skipped = skipped as u64;
+            let Some(last) = new.last() else { return Ok(outcome) };
+            for entry in new.iter().filter(|e| e.change_type == ChangeType::Bulk) {
+                outcome.bulk_jobs.push(local_jobs::insert(conn, entry)?);
+            }
+            crate::model::apply_entries(conn, registry, new)?;
+            SyncLog::insert_many_unchecked(conn, new)?;
+            outcome.applied = new.len() as u64;
+            outcome.last = LogPosition::of(last);
             sync_state::set_last_synced(conn, outcome.last.sequence)?;
             Ok(outcome)
         })?;

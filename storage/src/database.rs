@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -65,6 +66,97 @@ struct Inner {
     registry: ModelRegistry,
     writer: Mutex<SqliteConnection>,
     reader: Mutex<SqliteConnection>,
+    checkpointer: Checkpointer,
+}
+
+/// Writer commits after which the background checkpointer is woken.
+const CHECKPOINT_AFTER_COMMITS: u64 = 64;
+/// The background checkpointer also runs this long after a commit when fewer commits came.
+const CHECKPOINT_PERIOD: Duration = Duration::from_secs(1);
+/// SQLite's own automatic checkpoint (run by the committing writer, inside its commit), kept as
+/// a safety net should the background checkpointer fall behind: at this many WAL pages
+/// (4 KiB each) instead of SQLite's default 1,000.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+
+#[derive(Default)]
+struct CheckpointState {
+    /// Writer commits since the last checkpoint.
+    pending: u64,
+    stop: bool,
+}
+
+#[derive(Default)]
+struct CheckpointShared {
+    state: Mutex<CheckpointState>,
+    wake: Condvar,
+    done: AtomicU64,
+}
+
+/// Copies the WAL back into the database file on its own thread and connection
+/// (`PRAGMA wal_checkpoint(PASSIVE)`: it never blocks the writer or the reader), so that no
+/// commit pays for a checkpoint: with SQLite's automatic checkpoint, every 1,000th page
+/// written made one commit write ~4 MB and fsync, a latency spike for whatever waited on that
+/// commit (docs/performance.md). Stopped and joined when the last [`Database`] handle drops.
+struct Checkpointer {
+    shared: Arc<CheckpointShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(mut conn: SqliteConnection, path: &Path) -> Result<Self> {
+        let shared = Arc::new(CheckpointShared::default());
+        let thread_shared = shared.clone();
+        let path = path.to_owned();
+        let thread =
+            std::thread::Builder::new().name("lsync-checkpoint".to_owned()).spawn(move || {
+                let shared = thread_shared;
+                loop {
+                    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                    if state.pending < CHECKPOINT_AFTER_COMMITS && !state.stop {
+                        state = shared
+                            .wake
+                            .wait_timeout(state, CHECKPOINT_PERIOD)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                    if state.stop {
+                        return;
+                    }
+                    let pending = std::mem::take(&mut state.pending);
+                    drop(state);
+                    if pending == 0 {
+                        continue;
+                    }
+                    match conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
+                        Ok(()) => {
+                            shared.done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(error) => tracing::warn!(path = %path.display(), %error,
+                            "background WAL checkpoint failed; SQLite's own checkpoint remains"),
+                    }
+                }
+            })?;
+        Ok(Self { shared, thread: Some(thread) })
+    }
+
+    /// Called after every writer commit.
+    fn committed(&self) {
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.pending += 1;
+        if state.pending == CHECKPOINT_AFTER_COMMITS {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// One library database file. Cheap to clone (an `Arc` inside).
@@ -115,6 +207,8 @@ fn connect(url: &str, options: &StorageOptions, reader: bool) -> Result<SqliteCo
     );
     if reader {
         pragmas.push_str(" PRAGMA query_only = ON;");
+    } else {
+        pragmas.push_str(&format!(" PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"));
     }
     conn.batch_execute(&pragmas)?;
     Ok(conn)
@@ -174,6 +268,7 @@ impl Database {
             })?;
         }
         let reader = connect(&url, options, true)?;
+        let checkpointer = Checkpointer::start(connect(&url, options, false)?, path)?;
         tracing::debug!(path = %path.display(), models = ?registry.model_types(), "database open");
         Ok(Database {
             inner: Arc::new(Inner {
@@ -183,6 +278,7 @@ impl Database {
                 registry,
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
+                checkpointer,
             }),
         })
     }
@@ -214,7 +310,15 @@ impl Database {
 
     /// Runs `f` in an immediate transaction on the writer connection.
     pub fn write<R>(&self, f: impl FnOnce(&mut SqliteConnection) -> Result<R>) -> Result<R> {
-        self.with_writer(|conn| conn.immediate_transaction(f))
+        let result = self.with_writer(|conn| conn.immediate_transaction(f))?;
+        self.inner.checkpointer.committed();
+        Ok(result)
+    }
+
+    /// How many background WAL checkpoints have run (see `Checkpointer` in the source; for
+    /// tests and diagnostics).
+    pub fn background_checkpoints(&self) -> u64 {
+        self.inner.checkpointer.shared.done.load(Ordering::Relaxed)
     }
 
     /// The sync state.

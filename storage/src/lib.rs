@@ -53,7 +53,10 @@ pub use database::{Database, StorageOptions, Synchronous};
 pub use devices::Device;
 pub use error::{Result, StorageError};
 pub use local_jobs::LocalJob;
-pub use model::{decode, encode, validate_syncable, ModelHandler, ModelRegistry, Syncable};
+pub use model::{
+    apply_in_runs, decode, encode, validate_syncable, ModelHandler, ModelRegistry, Syncable,
+    UPSERT_CHUNK,
+};
 pub use models::{Location, LocationHandler, Tag, TagHandler};
 pub use outbox::OutboxEntry;
 pub use sync_log::{LogPosition, SyncLog};

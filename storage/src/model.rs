@@ -39,8 +39,114 @@ pub trait ModelHandler: Send + Sync + 'static {
     /// Writes an Insert/Update entry (an upsert of the whole row with `entry.version`) or a
     /// Delete entry (removes the row if present). Bulk entries are never passed here.
     fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()>;
+    /// Writes several Insert/Update/Delete entries of this model, in log order, with the same
+    /// result as [`ModelHandler::apply`] on each in turn (the same entry may name one record
+    /// several times: the later change wins). The storage calls this with all the entries of
+    /// one transaction. The default applies them one by one; the built-in handlers write runs
+    /// of upserts as one multi-row statement ([`apply_in_runs`]), which is several times
+    /// cheaper per entry.
+    fn apply_batch(&self, conn: &mut SqliteConnection, entries: &[&SyncLogEntry]) -> Result<()> {
+        entries.iter().try_for_each(|entry| self.apply(conn, entry))
+    }
     /// Deletes every row of the model (full reconciliation).
     fn clear(&self, conn: &mut SqliteConnection) -> Result<()>;
+}
+
+/// Executes `$body` once per chunk of the slice `$rows`, with `$chunk` bound to a
+/// `&[T; N]` for N in 100, 64, 32, 16, 8, 4, 2, 1 (100-row chunks, then the rest in powers of
+/// two): for `diesel::insert_into(table).values($chunk)`.
+///
+/// Why: diesel never caches the prepared statement of a multi-row insert from a slice or a
+/// `Vec` (its SQL depends on the length), so SQLite would parse and plan it at every
+/// execution; an array's length is part of the statement's type, so each of these eight
+/// statements is prepared once per connection and reused (docs/performance.md).
+///
+/// ```ignore
+/// lsync_storage::in_cached_chunks!(&rows[..], |chunk| {
+///     diesel::replace_into(tag::table).values(chunk).execute(conn)?
+/// });
+/// ```
+#[macro_export]
+macro_rules! in_cached_chunks {
+    ($rows:expr, |$chunk:ident| $body:expr) => {{
+        let mut rest = $rows;
+        $crate::in_cached_chunks!(@sizes rest, $chunk, $body; 100, 64, 32, 16, 8, 4, 2, 1);
+    }};
+    (@sizes $rest:ident, $chunk:ident, $body:expr; $($n:literal),*) => {
+        $(
+            while $rest.len() >= $n {
+                let (head, tail) = $rest.split_at($n);
+                let $chunk: &[_; $n] = head.try_into().expect("split at the chunk's length");
+                $body;
+                $rest = tail;
+            }
+        )*
+    };
+}
+
+/// Rows per statement written by [`apply_in_runs`].
+pub const UPSERT_CHUNK: usize = 100;
+
+/// A helper for [`ModelHandler::apply_batch`]: splits `entries` (in log order) into runs of
+/// consecutive Insert/Update entries, each passed to `upsert` in slices of at most
+/// [`UPSERT_CHUNK`] (for one multi-row `REPLACE`: SQLite writes its rows in order, so a later
+/// row for the same record replaces an earlier one), and Delete entries, each passed to
+/// `delete` between the runs around it. Bulk entries are skipped (they write no rows).
+pub fn apply_in_runs(
+    conn: &mut SqliteConnection,
+    entries: &[&SyncLogEntry],
+    mut upsert: impl FnMut(&mut SqliteConnection, &[&SyncLogEntry]) -> Result<()>,
+    mut delete: impl FnMut(&mut SqliteConnection, &SyncLogEntry) -> Result<()>,
+) -> Result<()> {
+    let mut flush = |conn: &mut SqliteConnection, run: &[&SyncLogEntry]| {
+        run.chunks(UPSERT_CHUNK).try_for_each(|chunk| upsert(conn, chunk))
+    };
+    let mut start = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        match entry.change_type {
+            ChangeType::Insert | ChangeType::Update => continue,
+            ChangeType::Delete => {
+                flush(conn, &entries[start..i])?;
+                delete(conn, entry)?;
+            }
+            ChangeType::Bulk => flush(conn, &entries[start..i])?,
+        }
+        start = i + 1;
+    }
+    flush(conn, &entries[start..])
+}
+
+/// Writes the model rows of `entries` (in log order; Bulk entries write none): one
+/// [`ModelHandler::apply_batch`] per model type, each with that type's entries in order (rows
+/// of different types live in different tables, so only the order within a type matters).
+/// The caller holds the transaction.
+///
+/// # Errors
+/// [`StorageError::UnknownModel`] for an entry of an unregistered type (checked before any
+/// write), or the first handler error.
+pub(crate) fn apply_entries(
+    conn: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    entries: &[SyncLogEntry],
+) -> Result<()> {
+    let mut groups: Vec<(&dyn ModelHandler, Vec<&SyncLogEntry>)> = Vec::new();
+    let mut current = 0;
+    for entry in entries.iter().filter(|e| e.change_type != ChangeType::Bulk) {
+        if groups.get(current).is_none_or(|(h, _)| h.model_type() != entry.model_type) {
+            match groups.iter().position(|(h, _)| h.model_type() == entry.model_type) {
+                Some(i) => current = i,
+                None => {
+                    let handler = registry
+                        .handler(&entry.model_type)
+                        .ok_or_else(|| StorageError::UnknownModel(entry.model_type.clone()))?;
+                    current = groups.len();
+                    groups.push((handler, Vec::with_capacity(entries.len())));
+                }
+            }
+        }
+        groups[current].1.push(entry);
+    }
+    groups.iter().try_for_each(|(handler, group)| handler.apply_batch(conn, group))
 }
 
 /// The model handlers known to a database, by model type. Cheap to clone.

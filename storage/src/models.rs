@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::change::Change;
 use crate::error::{Result, StorageError};
-use crate::model::{decode, validate_syncable, ModelHandler, Syncable};
+use crate::model::{apply_in_runs, decode, validate_syncable, ModelHandler, Syncable};
 use crate::schema::{location, tag};
 
 /// A tag (model type `tag`, table `tag`).
@@ -138,6 +138,32 @@ impl ModelHandler for TagHandler {
         Ok(())
     }
 
+    fn apply_batch(&self, conn: &mut SqliteConnection, entries: &[&SyncLogEntry]) -> Result<()> {
+        apply_in_runs(
+            conn,
+            entries,
+            |conn, run| {
+                let mut rows = Vec::with_capacity(run.len());
+                for entry in run {
+                    let t: TagRef<'_> = decode(&entry.data)?;
+                    check_id(entry, t.id)?;
+                    // Owned values: the statement's type must be `'static` to be cached.
+                    rows.push((
+                        tag::id.eq(t.id.to_owned()),
+                        tag::name.eq(t.name.to_owned()),
+                        tag::color.eq(t.color.map(str::to_owned)),
+                        tag::version.eq(entry.version),
+                    ));
+                }
+                crate::in_cached_chunks!(&rows[..], |chunk| {
+                    diesel::replace_into(tag::table).values(chunk).execute(conn)?
+                });
+                Ok(())
+            },
+            |conn, entry| self.apply(conn, entry),
+        )
+    }
+
     fn clear(&self, conn: &mut SqliteConnection) -> Result<()> {
         diesel::delete(tag::table).execute(conn)?;
         Ok(())
@@ -192,6 +218,32 @@ impl ModelHandler for LocationHandler {
             ChangeType::Bulk => {}
         }
         Ok(())
+    }
+
+    fn apply_batch(&self, conn: &mut SqliteConnection, entries: &[&SyncLogEntry]) -> Result<()> {
+        apply_in_runs(
+            conn,
+            entries,
+            |conn, run| {
+                let mut rows = Vec::with_capacity(run.len());
+                for entry in run {
+                    let l: LocationRef<'_> = decode(&entry.data)?;
+                    check_id(entry, l.id)?;
+                    // Owned values: the statement's type must be `'static` to be cached.
+                    rows.push((
+                        location::id.eq(l.id.to_owned()),
+                        location::name.eq(l.name.to_owned()),
+                        location::path.eq(l.path.to_owned()),
+                        location::version.eq(entry.version),
+                    ));
+                }
+                crate::in_cached_chunks!(&rows[..], |chunk| {
+                    diesel::replace_into(location::table).values(chunk).execute(conn)?
+                });
+                Ok(())
+            },
+            |conn, entry| self.apply(conn, entry),
+        )
     }
 
     fn clear(&self, conn: &mut SqliteConnection) -> Result<()> {

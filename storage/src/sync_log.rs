@@ -37,19 +37,24 @@ impl std::fmt::Display for LogPosition {
 #[derive(Debug, Clone, Copy)]
 pub struct SyncLog;
 
+/// A row to insert. Owned values, so that the statement's type is `'static` and diesel can
+/// cache the prepared statement (see [`crate::in_cached_chunks!`]);
+/// `treat_none_as_default_value = false`: a `None` proposal id is bound as NULL rather than
+/// written as `DEFAULT`, so that several rows are ONE multi-row `INSERT` on SQLite (diesel
+/// falls back to one statement per row when a row may hold `DEFAULT`).
 #[derive(Insertable)]
-#[diesel(table_name = sync_log)]
-struct NewLogRow<'a> {
+#[diesel(table_name = sync_log, treat_none_as_default_value = false)]
+struct NewLogRow {
     sequence: i64,
     term: i64,
-    origin_device: &'a str,
+    origin_device: String,
     timestamp_ms: i64,
-    model_type: &'a str,
-    record_id: &'a str,
-    change_type: &'a str,
+    model_type: String,
+    record_id: String,
+    change_type: &'static str,
     version: i64,
-    data: &'a [u8],
-    proposal_id: Option<&'a str>,
+    data: Vec<u8>,
+    proposal_id: Option<String>,
 }
 
 /// A `sync_log` (or `stashed_entries`) row, columns in table order.
@@ -107,24 +112,35 @@ impl SyncLog {
         conn: &mut SqliteConnection,
         entry: &SyncLogEntry,
     ) -> Result<()> {
-        let mut uuid_buf = uuid::Uuid::encode_buffer();
-        let origin_device = entry.origin_device.hyphenated().encode_lower(&mut uuid_buf);
-        let mut proposal_buf = uuid::Uuid::encode_buffer();
-        let proposal_id =
-            entry.proposal_id.as_ref().map(|id| &*id.hyphenated().encode_lower(&mut proposal_buf));
-        let row = NewLogRow {
-            sequence: to_i64(entry.sequence, "sequence")?,
-            term: to_i64(entry.term, "term")?,
-            origin_device,
-            timestamp_ms: entry.timestamp_ms,
-            model_type: &entry.model_type,
-            record_id: &entry.record_id,
-            change_type: entry.change_type.as_str(),
-            version: entry.version,
-            data: &entry.data,
-            proposal_id,
-        };
-        diesel::insert_into(sync_log::table).values(&row).execute(conn)?;
+        Self::insert_many_unchecked(conn, std::slice::from_ref(entry))
+    }
+
+    /// Inserts `entries` without checking that they continue the log (the caller did), with
+    /// one multi-row `INSERT` per 100 entries (see [`crate::in_cached_chunks!`]): diesel builds
+    /// and looks up the SQL of a statement at every execution, which cost more than SQLite's
+    /// own work when every entry was its own statement (docs/performance.md).
+    pub(crate) fn insert_many_unchecked(
+        conn: &mut SqliteConnection,
+        entries: &[SyncLogEntry],
+    ) -> Result<()> {
+        let mut rows = Vec::with_capacity(entries.len());
+        for entry in entries {
+            rows.push(NewLogRow {
+                sequence: to_i64(entry.sequence, "sequence")?,
+                term: to_i64(entry.term, "term")?,
+                origin_device: entry.origin_device.hyphenated().to_string(),
+                timestamp_ms: entry.timestamp_ms,
+                model_type: entry.model_type.clone(),
+                record_id: entry.record_id.clone(),
+                change_type: entry.change_type.as_str(),
+                version: entry.version,
+                data: entry.data.clone(),
+                proposal_id: entry.proposal_id.map(|id| id.hyphenated().to_string()),
+            });
+        }
+        crate::in_cached_chunks!(&rows[..], |chunk| {
+            diesel::insert_into(sync_log::table).values(chunk).execute(conn)?
+        });
         Ok(())
     }
 

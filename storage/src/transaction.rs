@@ -1,5 +1,7 @@
 //! [`TransactionManager`]: the leader's write path.
 
+use std::collections::HashMap;
+
 use lsync_protocol::{ChangeType, SyncLogEntry, SyncRole};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -306,6 +308,9 @@ fn write_changes(
     let timestamp_ms = now_ms();
     let changes = changes.into_iter();
     let mut entries = Vec::with_capacity(changes.size_hint().0);
+    // The versions this batch has given so far (`None`: deleted), by (model type, record id):
+    // each change sees the ones before it, although the rows are written after the loop.
+    let mut written: HashMap<(String, String), Option<i64>> = HashMap::new();
     for (mut change, proposed) in changes {
         let handler = registry
             .handler(&change.model_type)
@@ -314,7 +319,11 @@ fn write_changes(
             0
         } else {
             handler.validate(&change)?;
-            let current = handler.current_version(conn, &change.record_id)?;
+            let key = (change.model_type.clone(), change.record_id.clone());
+            let current = match written.get(&key) {
+                Some(version) => *version,
+                None => handler.current_version(conn, &change.record_id)?,
+            };
             if proposed {
                 match (change.change_type, current) {
                     (ChangeType::Insert | ChangeType::Update, None) => {
@@ -335,10 +344,13 @@ fn write_changes(
                     (ChangeType::Delete | ChangeType::Bulk, _) => {}
                 }
             }
-            next_version(&change, current)?
+            let version = next_version(&change, current)?;
+            let after = (change.change_type != ChangeType::Delete).then_some(version);
+            written.insert(key, after);
+            version
         };
         sequence += 1;
-        let entry = SyncLogEntry {
+        entries.push(SyncLogEntry {
             sequence,
             term,
             origin_device: origin,
@@ -349,14 +361,11 @@ fn write_changes(
             version,
             data: change.data,
             proposal_id,
-        };
-        if entry.change_type != ChangeType::Bulk {
-            handler.apply(conn, &entry)?;
-        }
-        SyncLog::insert_unchecked(conn, &entry)?;
-        entries.push(entry);
+        });
     }
     if !entries.is_empty() {
+        crate::model::apply_entries(conn, registry, &entries)?;
+        SyncLog::insert_many_unchecked(conn, &entries)?;
         sync_state::set_last_synced(conn, sequence)?;
     }
     Ok(entries)

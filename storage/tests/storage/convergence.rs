@@ -2,10 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use lsync_storage::{Change, Location, Tag};
+use lsync_protocol::SyncRole;
+use lsync_storage::{Change, Location, Tag, TransactionManager};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 use tempfile::TempDir;
+use uuid::Uuid;
 
 use crate::common::*;
 
@@ -118,10 +120,23 @@ proptest! {
         let dir = TempDir::new().unwrap();
         let l = leader(&dir, registry(false));
         let mut world = World::default();
-        let mut changes = ops.iter().map(|(is_tag, key, action, text)| {
+        let all: Vec<Change> = ops.iter().map(|(is_tag, key, action, text)| {
             let model = if *is_tag { Model::Tag } else { Model::Location };
             world.change(model, *key, *action, text)
-        });
+        }).collect();
+        // The oracle: the same changes committed one per transaction, so no statement ever
+        // writes two of them (batches write runs of upserts as one multi-row statement and
+        // see earlier versions of the batch from memory).
+        let oracle = open(&dir, "oracle", registry(false));
+        let oracle_id = Uuid::new_v4();
+        oracle
+            .init_sync_state(&state(l.library_id, oracle_id, SyncRole::Leader, Some(oracle_id)))
+            .unwrap();
+        let oracle_tm = TransactionManager::new(oracle.clone(), oracle_id);
+        for change in &all {
+            oracle_tm.commit(change.clone()).unwrap();
+        }
+        let mut changes = all.into_iter();
         let mut sizes = commit_sizes.iter().cycle();
         loop {
             let batch: Vec<Change> = changes.by_ref().take(*sizes.next().unwrap()).collect();
@@ -131,6 +146,17 @@ proptest! {
             l.tm.commit_batch(batch).unwrap();
         }
         prop_assert_eq!(l.db.last_position().unwrap().sequence, ops.len() as u64);
+        let (leader_dump, oracle_dump) = (l.db.dump().unwrap(), oracle.dump().unwrap());
+        prop_assert_eq!(&leader_dump["tag"], &oracle_dump["tag"]);
+        prop_assert_eq!(&leader_dump["location"], &oracle_dump["location"]);
+        let versions = |db: &lsync_storage::Database| -> Vec<(String, i64, String)> {
+            db.fetch_since(0, u64::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.record_id, e.version, e.change_type.as_str().to_owned()))
+                .collect()
+        };
+        prop_assert_eq!(versions(&l.db), versions(&oracle));
 
         let f = follower(&dir, "f", &l, registry(false));
         let log = l.db.fetch_since(0, u64::MAX).unwrap();

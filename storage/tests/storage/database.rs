@@ -150,3 +150,33 @@ fn handles_are_send_and_sync() {
     assert_send_sync::<lsync_storage::Applier>();
     assert_send_sync::<ModelRegistry>();
 }
+
+#[test]
+fn a_background_thread_checkpoints_the_wal_and_stops_with_the_database() {
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    let file = l.db.path().to_owned();
+    let size = || std::fs::metadata(&file).unwrap().len();
+    let initial = size();
+    // 200 commits of 20 changes: some 2,000 WAL pages at most, below SQLite's own automatic
+    // checkpoint (10,000 pages), so only the background checkpointer copies them back.
+    for batch in 0..200 {
+        let changes =
+            (0..20).map(|i| Change::insert(&tag(&format!("t{batch}-{i}"), "name"))).collect();
+        l.tm.commit_batch(changes).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while l.db.background_checkpoints() == 0 || size() <= initial {
+        assert!(std::time::Instant::now() < deadline, "no background checkpoint within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(l.db.last_position().unwrap().sequence, 4_000);
+
+    // Dropping the last handle stops and joins the thread (its connection closes): the file
+    // reopens, and nothing was lost.
+    let path = l.db.path().to_owned();
+    drop(l);
+    let reopened = Database::open(&path, &StorageOptions::default(), registry(false)).unwrap();
+    assert_eq!(reopened.last_position().unwrap().sequence, 4_000);
+    assert_eq!(reopened.dump().unwrap()["tag"].len(), 4_000);
+}
