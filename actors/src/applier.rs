@@ -68,6 +68,24 @@ struct Shared {
     term: AtomicU64,
     status: Mutex<ApplierStatus>,
     ack_in_flight: AtomicBool,
+    /// `applied` is the log's real position (read once from the database; from then on only
+    /// this worker's applies and resets change the follower's log).
+    position_known: AtomicBool,
+    /// The worker is in a replication round (pushed entries would wait for its end).
+    in_round: AtomicBool,
+    /// Entries the leader pushed inside `NewEntries`, waiting for the worker.
+    pushed: Mutex<Option<Pushed>>,
+}
+
+/// Entries pushed inside a `NewEntries` that continue this follower's log: the worker applies
+/// them without fetching, then answers the request with the new position.
+struct Pushed {
+    /// The position the entries continue: `(from_sequence - 1, prev_term)`.
+    after: LogPosition,
+    /// The leader's term in the request.
+    term: u64,
+    entries: Vec<SyncLogEntry>,
+    reply: tokio::sync::oneshot::Sender<SyncMessage>,
 }
 
 /// The follower side of one library.
@@ -93,6 +111,9 @@ impl FollowerApplier {
                 last_error: None,
             }),
             ack_in_flight: AtomicBool::new(false),
+            position_known: AtomicBool::new(false),
+            in_round: AtomicBool::new(false),
+            pushed: Mutex::new(None),
         });
         Self { cx, shared, worker: None }
     }
@@ -160,9 +181,38 @@ impl Handler<InboundRequest> for FollowerApplier {
                 message: "this device follows another leader".into(),
                 leader_hint: self.cx.leader_device,
             },
-            SyncMessage::NewEntries { to_sequence, .. } => {
+            SyncMessage::NewEntries {
+                term: their,
+                from_sequence,
+                to_sequence,
+                prev_term,
+                entries,
+                ..
+            } => {
                 self.shared.leader_last.fetch_max(to_sequence, Ordering::Relaxed);
+                let after =
+                    LogPosition { term: prev_term, sequence: from_sequence.wrapping_sub(1) };
+                let count = entries.len() as u64;
+                let usable = count > 0
+                    && count <= self.cx.config.max_entries_per_response
+                    && entries.first().map(|e| e.sequence) == Some(from_sequence)
+                    && to_sequence.checked_sub(from_sequence).map(|d| d + 1) == Some(count)
+                    && after == applied
+                    && self.shared.position_known.load(Ordering::Acquire)
+                    && !self.shared.in_round.load(Ordering::Acquire);
                 self.shared.wake.notify_one();
+                if usable {
+                    // Answered by the worker once applied (with the new position).
+                    let pushed = Pushed { after, term: their, entries, reply: req.reply };
+                    let older = self.shared.pushed.lock().expect("pushed lock").replace(pushed);
+                    if let Some(older) = older {
+                        let _ = older.reply.send(SyncMessage::Acknowledge {
+                            library_id,
+                            up_to_sequence: applied.sequence,
+                        });
+                    }
+                    return;
+                }
                 SyncMessage::Acknowledge { library_id, up_to_sequence: applied.sequence }
             }
             SyncMessage::Heartbeat { current_sequence, .. } => {
@@ -255,6 +305,11 @@ impl Worker {
                 }
             }
             run_now = false;
+            if self.apply_pushed().await {
+                self.set_state(FollowerState::CaughtUp, None);
+                continue;
+            }
+            self.shared.in_round.store(true, Ordering::Release);
             match self.round().await {
                 Ok(()) => {
                     backoff.reset();
@@ -265,6 +320,7 @@ impl Worker {
                     run_now = self.on_error(e, &mut backoff, &mut rng).await;
                 }
             }
+            self.shared.in_round.store(false, Ordering::Release);
         }
     }
 
@@ -324,18 +380,57 @@ impl Worker {
         *self.shared.applied.lock().expect("applied lock")
     }
 
+    /// Applies entries the leader pushed inside `NewEntries` if they still continue this log,
+    /// and answers that request with the position reached. Returns whether the follower is
+    /// then caught up with what the leader announced (no round needed).
+    async fn apply_pushed(&self) -> bool {
+        let Some(pushed) = self.shared.pushed.lock().expect("pushed lock").take() else {
+            return false;
+        };
+        let ack = |up_to_sequence| SyncMessage::Acknowledge {
+            library_id: self.cx.library_id,
+            up_to_sequence,
+        };
+        if self.position() != pushed.after {
+            // A round got there first (or the log changed): nothing to do with them.
+            let pos = self.position();
+            let _ = pushed.reply.send(ack(pos.sequence));
+            return pos.sequence >= self.shared.leader_last.load(Ordering::Relaxed);
+        }
+        if pushed.term > self.shared.term.load(Ordering::Relaxed) {
+            let _ = self.adopt_term(pushed.term).await;
+        }
+        let applied = self.apply(pushed.entries).await.is_ok();
+        let pos = self.position();
+        let _ = pushed.reply.send(ack(pos.sequence));
+        // Any failure (a gap, a divergence, a model this device lacks) is the round's to
+        // handle, from the persisted position.
+        applied && pos.sequence >= self.shared.leader_last.load(Ordering::Relaxed)
+    }
+
+    /// The applied position: from memory once it was read from the database (only this
+    /// worker changes the follower's log), which saves a blocking-pool hop per round.
+    async fn current_position(&self) -> Result<LogPosition, RoundError> {
+        if self.shared.position_known.load(Ordering::Acquire) {
+            Ok(self.position())
+        } else {
+            self.load_position().await
+        }
+    }
+
     async fn load_position(&self) -> Result<LogPosition, RoundError> {
         let db = self.cx.db.clone();
         let pos = run_blocking(move || db.last_position())
             .await
             .map_err(|e| RoundError::Fatal(format!("cannot read the sync log: {e}")))?;
         *self.shared.applied.lock().expect("applied lock") = pos;
+        self.shared.position_known.store(true, Ordering::Release);
         Ok(pos)
     }
 
     /// Heartbeats the leader; returns whether a round should run.
     async fn heartbeat(&self) -> Result<bool, RoundError> {
-        let pos = self.load_position().await?;
+        let pos = self.current_position().await?;
         let msg = SyncMessage::Heartbeat {
             library_id: self.cx.library_id,
             term: self.shared.term.load(Ordering::Relaxed),
@@ -385,7 +480,7 @@ impl Worker {
         &self,
         mut progress: Option<(Instant, u64)>,
     ) -> Result<(), RoundError> {
-        let start_pos = self.load_position().await?;
+        let start_pos = self.current_position().await?;
         if progress.is_none() {
             self.set_state(FollowerState::Fetching, None);
         }
@@ -760,6 +855,8 @@ mod tests {
             from_sequence: 1,
             to_sequence: 250,
             entry_count: 250,
+            prev_term: 0,
+            entries: vec![],
         };
         // from another peer than its leader: refused, nothing fetched
         let fetches_before = transport.sent("FetchEntries").len();
@@ -792,6 +889,89 @@ mod tests {
                 .any(|m| matches!(m, SyncMessage::Acknowledge { up_to_sequence: 250, .. }))
         })
         .await;
+    }
+
+    /// Sends `msg` to the applier as its leader; returns the reply.
+    async fn from_leader(
+        applier: &Addr<FollowerApplier>,
+        s: &Setup,
+        message: SyncMessage,
+    ) -> SyncMessage {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        applier.send(InboundRequest { peer: s.leader_peer, message, reply }).await.unwrap();
+        rx.await.unwrap()
+    }
+
+    fn pushed(s: &Setup, from: u64, to: u64, prev_term: u64) -> SyncMessage {
+        SyncMessage::NewEntries {
+            library_id: s.lib,
+            term: 1,
+            from_sequence: from,
+            to_sequence: to,
+            entry_count: to - from + 1,
+            prev_term,
+            entries: s.leader.fetch_range(from, to).unwrap(),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn pushed_entries_that_continue_the_log_are_applied_without_a_fetch() {
+        let (s, transport, applier) = start(0, |_, _, _| None);
+        let mut events = s.events.resubscribe();
+        let tm = lsync_storage::TransactionManager::new(
+            s.leader.clone(),
+            s.leader.sync_state().unwrap().device_id,
+        );
+        let tag = |i: u64| {
+            lsync_storage::Change::insert(&lsync_storage::Tag {
+                id: format!("p{i}"),
+                name: "x".into(),
+                color: None,
+            })
+        };
+        // Wait until the start-up round is over (position read, worker idle).
+        let mut idle = false;
+        for _ in 0..12_000 {
+            let st = applier.send(GetApplierStatus).await.unwrap();
+            if st.state == FollowerState::CaughtUp {
+                idle = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(idle, "the applier never caught up at start");
+        let fetches = transport.sent("FetchEntries").len();
+
+        tm.commit_batch((1..=3).map(tag).collect()).unwrap();
+        // Answered once applied, with the new position; no fetch.
+        let reply = from_leader(&applier, &s, pushed(&s, 1, 3, 0)).await;
+        assert!(matches!(reply, SyncMessage::Acknowledge { up_to_sequence: 3, .. }), "{reply:?}");
+        assert_eq!(last(&s.follower), 3);
+        assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
+        assert!(drain(&mut events)
+            .iter()
+            .any(|e| matches!(e, SyncEvent::EntriesApplied { first: 1, last: 3, count: 3, .. })));
+        assert_eq!(transport.sent("FetchEntries").len(), fetches, "nothing fetched");
+
+        // Entries that do not continue the log (another term at sequence 3: the logs would
+        // diverge there) are not applied; the follower answers with its position and fetches,
+        // and the leader's check of `since_term` decides.
+        tm.commit(tag(4)).unwrap();
+        let reply = from_leader(&applier, &s, pushed(&s, 4, 4, 7)).await;
+        assert!(matches!(reply, SyncMessage::Acknowledge { up_to_sequence: 3, .. }), "{reply:?}");
+        wait_for("entry 4 fetched", || last(&s.follower) == 4).await;
+        assert!(transport.sent("FetchEntries").len() > fetches, "fetched instead");
+
+        // Entries that do not match their announced range are not used either.
+        tm.commit_batch((5..=6).map(tag).collect()).unwrap();
+        let mut bad = pushed(&s, 5, 6, 1);
+        if let SyncMessage::NewEntries { entries, .. } = &mut bad {
+            entries.remove(0);
+        }
+        let reply = from_leader(&applier, &s, bad).await;
+        assert!(matches!(reply, SyncMessage::Acknowledge { up_to_sequence: 4, .. }), "{reply:?}");
+        wait_for("entries 5 and 6 fetched", || last(&s.follower) == 6).await;
+        assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
     }
 
     #[actix_rt::test]

@@ -2,7 +2,8 @@
 //!
 //! Receives: commit events of the library's TransactionManager (forwarded from its broadcast
 //! channel with backpressure), and the set of follower sessions ([`SetSessions`]).
-//! Emits: [`Announce`] of every commit to every follower session, at once. Each session decides
+//! Emits: [`NewCommit`] (range, and the entries of a small commit) to every follower session,
+//! at once. Each session decides
 //! when its follower is told (see [`crate::window`]: the first commit after a quiet period at
 //! once, commits made meanwhile coalesced into one more announcement).
 
@@ -11,16 +12,29 @@ use lsync_storage::CommitEvent;
 use tokio::sync::broadcast;
 use tracing::debug;
 
+use std::sync::Arc;
+
+use lsync_protocol::SyncLogEntry;
+
 use crate::window::Announce;
 
-impl Message for Announce {
-    type Result = ();
+/// One commit, as the notifier hands it to every session.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct NewCommit {
+    /// The committed range.
+    pub range: Announce,
+    /// The term of the entry before the range.
+    pub prev_term: u64,
+    /// The committed entries, when the commit was small (see
+    /// [`lsync_storage::COMMIT_EVENT_MAX_ENTRIES`]): a session sends them inside `NewEntries`.
+    pub entries: Option<Arc<[SyncLogEntry]>>,
 }
 
 /// Replaces the sessions the notifier announces to.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetSessions(pub Vec<Recipient<Announce>>);
+pub struct SetSessions(pub Vec<Recipient<NewCommit>>);
 
 /// A commit happened (sent by the forwarding task).
 #[derive(Message)]
@@ -29,7 +43,7 @@ pub struct Committed(pub CommitEvent);
 
 /// Turns commit events into announcements.
 pub struct LeaderNotifier {
-    sessions: Vec<Recipient<Announce>>,
+    sessions: Vec<Recipient<NewCommit>>,
     commits: Option<broadcast::Receiver<CommitEvent>>,
 }
 
@@ -76,16 +90,21 @@ impl Handler<Committed> for LeaderNotifier {
     type Result = ();
     fn handle(&mut self, msg: Committed, _: &mut Context<Self>) {
         let ev = msg.0;
-        let a = Announce {
-            from_sequence: ev.first_sequence,
-            to_sequence: ev.last_sequence,
-            term: ev.term,
+        let commit = NewCommit {
+            range: Announce {
+                from_sequence: ev.first_sequence,
+                to_sequence: ev.last_sequence,
+                term: ev.term,
+            },
+            prev_term: ev.prev_term,
+            entries: ev.entries,
         };
         for s in &self.sessions {
             // Sessions merge announcements themselves; a full mailbox only drops a range the
             // session would have merged with the next one (followers fetch from their own
-            // position, not from the announced range).
-            let _ = s.try_send(a);
+            // position, not from the announced range; the session sends no entries for a
+            // range it did not see whole).
+            let _ = s.try_send(commit.clone());
         }
     }
 }
@@ -98,14 +117,29 @@ mod tests {
 
     use super::*;
 
-    struct Recorder(Arc<Mutex<Vec<Announce>>>);
+    struct Recorder(Arc<Mutex<Vec<NewCommit>>>);
     impl Actor for Recorder {
         type Context = Context<Self>;
     }
-    impl Handler<Announce> for Recorder {
+    impl Handler<NewCommit> for Recorder {
         type Result = ();
-        fn handle(&mut self, msg: Announce, _: &mut Context<Self>) {
+        fn handle(&mut self, msg: NewCommit, _: &mut Context<Self>) {
             self.0.lock().unwrap().push(msg);
+        }
+    }
+
+    fn entry(sequence: u64) -> SyncLogEntry {
+        SyncLogEntry {
+            sequence,
+            term: 1,
+            origin_device: Uuid::nil(),
+            timestamp_ms: 0,
+            model_type: "tag".into(),
+            record_id: format!("t{sequence}"),
+            change_type: lsync_protocol::ChangeType::Delete,
+            version: 1,
+            data: vec![],
+            proposal_id: None,
         }
     }
 
@@ -134,12 +168,19 @@ mod tests {
                 term: 1,
                 first_sequence: i,
                 last_sequence: i,
+                prev_term: u64::from(i > 1),
+                entries: (i == 2).then(|| Arc::from(vec![entry(2)])),
             })
             .unwrap();
         }
         settle().await;
-        let expect: Vec<_> =
-            (1..=3).map(|i| Announce { from_sequence: i, to_sequence: i, term: 1 }).collect();
+        let expect: Vec<_> = (1..=3)
+            .map(|i| NewCommit {
+                range: Announce { from_sequence: i, to_sequence: i, term: 1 },
+                prev_term: u64::from(i > 1),
+                entries: (i == 2).then(|| Arc::from(vec![entry(2)])),
+            })
+            .collect();
         assert_eq!(*a.lock().unwrap(), expect, "no time passed: nothing is held back");
         assert_eq!(*b.lock().unwrap(), expect);
     }

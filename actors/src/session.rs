@@ -1,19 +1,21 @@
 //! FollowerSession — on the leader, one per follower device of a library.
 //!
-//! Receives: [`Announce`] from the LeaderNotifier, the follower's inbound requests
+//! Receives: [`NewCommit`] from the LeaderNotifier, the follower's inbound requests
 //! (FetchEntries, Acknowledge, Heartbeat) routed by the SyncService, connection changes.
 //! Emits: NewEntries and periodic Heartbeat requests to the follower; responses to its
 //! requests; FollowerConnected / FollowerLost events.
 //!
-//! Memory per follower is constant: an acked sequence, at most one notification in flight and
-//! one merged pending range — never per-entry state, however far behind the follower is.
+//! Memory per follower is bounded: an acked sequence, at most two notifications in flight, one
+//! merged pending range and the entries of that range while they are few (at most
+//! `max_entries_per_response`, sent inside `NewEntries`) — never more, however far behind the
+//! follower is.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use libp2p::PeerId;
-use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
+use lsync_protocol::{ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
 use lsync_storage::{Database, StorageError, SyncLog};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
@@ -22,6 +24,7 @@ use uuid::Uuid;
 use crate::blocking::run_blocking;
 use crate::events::{FollowerStatus, SyncEvent};
 use crate::network::InboundRequest;
+use crate::notifier::NewCommit;
 use crate::transport::Transport;
 use crate::window::{Announce, NotifyWindow};
 
@@ -67,6 +70,67 @@ struct HeartbeatAnswered {
     term: u64,
 }
 
+/// The entries of the commits not announced to the follower yet, sent inside the next
+/// `NewEntries` when they are exactly its range (so the follower applies them without a
+/// fetch). Bounded: beyond `max_entries_per_response` entries or `max_response_bytes` of data
+/// it is dropped (`Broken`) until the next announcement, and the follower fetches.
+#[derive(Debug, Default)]
+enum Inline {
+    #[default]
+    Empty,
+    Run {
+        prev_term: u64,
+        entries: Vec<SyncLogEntry>,
+        bytes: usize,
+    },
+    Broken,
+}
+
+impl Inline {
+    fn add(&mut self, commit: &NewCommit, max_entries: usize, max_bytes: usize) {
+        let Some(new) = commit.entries.as_deref() else {
+            *self = Inline::Broken;
+            return;
+        };
+        let new_bytes: usize = new.iter().map(|e| e.data.len()).sum();
+        match self {
+            Inline::Empty => {
+                *self = Inline::Run {
+                    prev_term: commit.prev_term,
+                    entries: new.to_vec(),
+                    bytes: new_bytes,
+                }
+            }
+            Inline::Run { entries, bytes, .. }
+                if entries.last().map(|e| e.sequence + 1) == Some(commit.range.from_sequence) =>
+            {
+                entries.extend_from_slice(new);
+                *bytes += new_bytes;
+            }
+            Inline::Run { .. } | Inline::Broken => *self = Inline::Broken,
+        }
+        if let Inline::Run { entries, bytes, .. } = self {
+            if entries.len() > max_entries || *bytes > max_bytes {
+                *self = Inline::Broken;
+            }
+        }
+    }
+
+    /// The entries to send with announcement `a`, if they are exactly its range; empties the
+    /// buffer either way.
+    fn take_for(&mut self, a: &Announce) -> Option<(u64, Vec<SyncLogEntry>)> {
+        match std::mem::take(self) {
+            Inline::Run { prev_term, entries, .. }
+                if entries.first().map(|e| e.sequence) == Some(a.from_sequence)
+                    && entries.last().map(|e| e.sequence) == Some(a.to_sequence) =>
+            {
+                Some((prev_term, entries))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// One follower, seen from the leader.
 pub struct FollowerSession {
     cx: SessionContext,
@@ -76,13 +140,23 @@ pub struct FollowerSession {
     connected: bool,
     window: NotifyWindow,
     deadline_armed: bool,
+    inline: Inline,
 }
 
 impl FollowerSession {
     /// A session for `device_id` reachable as `peer`.
     pub fn new(cx: SessionContext, device_id: Uuid, peer: PeerId) -> Self {
         let window = NotifyWindow::new(cx.notify_window);
-        Self { cx, device_id, peer, acked: 0, connected: false, window, deadline_armed: false }
+        Self {
+            cx,
+            device_id,
+            peer,
+            acked: 0,
+            connected: false,
+            window,
+            deadline_armed: false,
+            inline: Inline::Empty,
+        }
     }
 
     fn record_ack(&mut self, up_to: u64) {
@@ -113,12 +187,15 @@ impl FollowerSession {
     }
 
     fn send_notification(&mut self, a: Announce, ctx: &mut Context<Self>) {
+        let (prev_term, entries) = self.inline.take_for(&a).unwrap_or_default();
         let msg = SyncMessage::NewEntries {
             library_id: self.cx.library_id,
             term: self.cx.term,
             from_sequence: a.from_sequence,
             to_sequence: a.to_sequence,
             entry_count: a.entry_count(),
+            prev_term,
+            entries,
         };
         let fut = self.cx.transport.request(self.peer, msg);
         let me = ctx.address();
@@ -175,10 +252,12 @@ impl Actor for FollowerSession {
     }
 }
 
-impl Handler<Announce> for FollowerSession {
+impl Handler<NewCommit> for FollowerSession {
     type Result = ();
-    fn handle(&mut self, a: Announce, ctx: &mut Context<Self>) {
-        if let Some(a) = self.window.on_commit(Self::now(), a) {
+    fn handle(&mut self, commit: NewCommit, ctx: &mut Context<Self>) {
+        let max_entries = usize::try_from(self.cx.max_entries_per_response).unwrap_or(usize::MAX);
+        self.inline.add(&commit, max_entries, self.cx.max_response_bytes);
+        if let Some(a) = self.window.on_commit(Self::now(), commit.range) {
             self.send_notification(a, ctx);
         }
         self.arm_deadline(ctx);
@@ -522,6 +601,8 @@ mod tests {
     struct SlowFollower {
         delay: Option<Duration>,
         sent: std::sync::Mutex<Vec<(Duration, u64, u64)>>,
+        /// The sequences of the entries each NewEntries carried.
+        carried: std::sync::Mutex<Vec<Vec<u64>>>,
         t0: tokio::time::Instant,
     }
 
@@ -531,8 +612,12 @@ mod tests {
             _: PeerId,
             msg: SyncMessage,
         ) -> crate::transport::BoxFuture<Result<SyncMessage, crate::NetworkError>> {
-            if let SyncMessage::NewEntries { from_sequence, to_sequence, library_id, .. } = msg {
+            if let SyncMessage::NewEntries {
+                from_sequence, to_sequence, library_id, entries, ..
+            } = msg
+            {
                 self.sent.lock().unwrap().push((self.t0.elapsed(), from_sequence, to_sequence));
+                self.carried.lock().unwrap().push(entries.iter().map(|e| e.sequence).collect());
                 let delay = self.delay;
                 return Box::pin(async move {
                     match delay {
@@ -575,8 +660,12 @@ mod tests {
         (dir, FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start())
     }
 
-    fn announce(i: u64) -> Announce {
-        Announce { from_sequence: i, to_sequence: i, term: 1 }
+    fn announce(i: u64) -> NewCommit {
+        NewCommit {
+            range: Announce { from_sequence: i, to_sequence: i, term: 1 },
+            prev_term: 0,
+            entries: None,
+        }
     }
 
     #[actix_rt::test]
@@ -587,6 +676,7 @@ mod tests {
         let follower = Arc::new(SlowFollower {
             delay: Some(Duration::from_millis(30)),
             sent: Default::default(),
+            carried: Default::default(),
             t0: tokio::time::Instant::now(),
         });
         let (_dir, session) = session_with(follower.clone(), lib);
@@ -622,6 +712,7 @@ mod tests {
         let follower = Arc::new(SlowFollower {
             delay: None,
             sent: Default::default(),
+            carried: Default::default(),
             t0: tokio::time::Instant::now(),
         });
         let (_dir, session) = session_with(follower.clone(), lib);
@@ -637,6 +728,80 @@ mod tests {
         let sent = follower.sent.lock().unwrap().clone();
         assert_eq!(sent.len(), 2, "{sent:?}");
         assert_eq!((sent[1].1, sent[1].2), (2, 2));
+    }
+
+    fn entry(sequence: u64, data: usize) -> lsync_protocol::SyncLogEntry {
+        lsync_protocol::SyncLogEntry {
+            sequence,
+            term: 1,
+            origin_device: Uuid::nil(),
+            timestamp_ms: 0,
+            model_type: "tag".into(),
+            record_id: format!("t{sequence}"),
+            change_type: lsync_protocol::ChangeType::Insert,
+            version: 1,
+            data: vec![0; data],
+            proposal_id: None,
+        }
+    }
+
+    /// A commit of `from..=to` carrying its entries (`data` bytes each) or not.
+    fn commit(from: u64, to: u64, data: Option<usize>) -> NewCommit {
+        NewCommit {
+            range: Announce { from_sequence: from, to_sequence: to, term: 1 },
+            prev_term: u64::from(from > 1),
+            entries: data.map(|d| (from..=to).map(|i| entry(i, d)).collect()),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn small_commits_travel_inside_new_entries_and_large_or_partial_ones_do_not() {
+        tokio::time::pause();
+        let lib = Uuid::new_v4();
+        let follower = Arc::new(SlowFollower {
+            delay: Some(Duration::from_millis(30)),
+            sent: Default::default(),
+            carried: Default::default(),
+            t0: tokio::time::Instant::now(),
+        });
+        let (_dir, session) = session_with(follower.clone(), lib);
+        let answered = || async {
+            tokio::time::advance(Duration::from_millis(32)).await;
+            settle().await;
+        };
+        // A lone commit: at once, with its entry.
+        session.send(commit(1, 1, Some(10))).await.unwrap();
+        settle().await;
+        // Commits while it is outstanding: merged, and their entries with them.
+        session.send(commit(2, 3, Some(10))).await.unwrap();
+        session.send(commit(4, 4, Some(10))).await.unwrap();
+        answered().await;
+        // A commit that came without entries (too large for the event) spoils the merged run.
+        session.send(commit(5, 5, Some(10))).await.unwrap();
+        session.send(commit(6, 6, None)).await.unwrap();
+        answered().await;
+        // More than max_entries_per_response (100) entries merged: none are carried.
+        session.send(commit(7, 7, Some(10))).await.unwrap();
+        session.send(commit(8, 60, Some(10))).await.unwrap();
+        session.send(commit(61, 120, Some(10))).await.unwrap();
+        answered().await;
+        // More than max_response_bytes of data: none either.
+        session.send(commit(121, 121, Some(10))).await.unwrap();
+        session.send(commit(122, 122, Some(5 << 20))).await.unwrap();
+        session.send(commit(123, 123, Some(5 << 20))).await.unwrap();
+        answered().await;
+        answered().await;
+        let sent: Vec<(u64, u64)> =
+            follower.sent.lock().unwrap().iter().map(|(_, f, t)| (*f, *t)).collect();
+        assert_eq!(
+            sent,
+            vec![(1, 1), (2, 4), (5, 6), (7, 120), (121, 123)],
+            "the windowing is unchanged"
+        );
+        let carried = follower.carried.lock().unwrap().clone();
+        let none = Vec::<u64>::new();
+        // (5, 6): 6 came without entries; (7, 120): 114 entries; (121, 123): 10 MiB of data.
+        assert_eq!(carried, vec![vec![1], vec![2, 3, 4], none.clone(), none.clone(), none]);
     }
 
     #[test]

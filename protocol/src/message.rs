@@ -139,12 +139,21 @@ impl std::fmt::Display for ErrorCode {
 pub enum SyncMessage {
     /// Leader → follower request: entries `from_sequence..=to_sequence` exist.
     /// Answered by [`SyncMessage::Acknowledge`] (the follower's applied position) or `Error`.
+    ///
+    /// A small range may carry its `entries` (all of `from_sequence..=to_sequence`, in order;
+    /// empty otherwise), with `prev_term`, the term of the leader's entry at
+    /// `from_sequence - 1`: a follower whose log ends exactly there, in that term, applies them
+    /// without fetching and answers with its new position. Both fields default when absent.
     NewEntries {
         library_id: Uuid,
         term: u64,
         from_sequence: u64,
         to_sequence: u64,
         entry_count: u64,
+        #[serde(default)]
+        prev_term: u64,
+        #[serde(default)]
+        entries: Vec<SyncLogEntry>,
     },
     /// Follower → leader request: entries after `since_sequence`, at most `limit`
     /// (the leader caps it at its own maximum, 100 by default). `since_term` is the term of the

@@ -95,17 +95,26 @@ fn proposed_with(max_data: usize) -> impl Strategy<Value = ProposedChange> {
 
 fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = SyncMessage> {
     prop_oneof![
-        (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(library_id, term, from_sequence, to_sequence, entry_count)| {
-                SyncMessage::NewEntries {
-                    library_id,
-                    term,
-                    from_sequence,
-                    to_sequence,
-                    entry_count,
+        (
+            (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            proptest::collection::vec(entry_with(max_data), 0..=max_entries.min(4)),
+        )
+            .prop_map(
+                |(
+                    (library_id, term, from_sequence, to_sequence, entry_count, prev_term),
+                    entries,
+                )| {
+                    SyncMessage::NewEntries {
+                        library_id,
+                        term,
+                        from_sequence,
+                        to_sequence,
+                        entry_count,
+                        prev_term,
+                        entries,
+                    }
                 }
-            }
-        ),
+            ),
         (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
             |(library_id, term, since_sequence, since_term, limit)| SyncMessage::FetchEntries {
                 library_id,
@@ -253,6 +262,8 @@ fn samples() -> Vec<SyncMessage> {
             from_sequence: 1,
             to_sequence: u64::MAX,
             entry_count: u64::MAX,
+            prev_term: 0,
+            entries: vec![],
         },
         SyncMessage::FetchEntries {
             library_id: Uuid::nil(),
@@ -957,4 +968,41 @@ fn entry_data_is_a_messagepack_bin() {
     });
     let data = [&[0xa4][..], b"data", &[0xc4, 0x03, 1, 2, 3]].concat();
     assert!(body.windows(data.len()).any(|w| w == data), "{}", hex(&body));
+}
+
+/// A `NewEntries` from a peer that does not know `prev_term` and `entries` (they were added
+/// later) decodes with both defaulted: a plain notification.
+#[test]
+fn new_entries_without_the_inline_fields_decodes_with_defaults() {
+    #[derive(serde::Serialize)]
+    enum Older {
+        NewEntries {
+            library_id: Uuid,
+            term: u64,
+            from_sequence: u64,
+            to_sequence: u64,
+            entry_count: u64,
+        },
+    }
+    let body = rmp_serde::to_vec_named(&Older::NewEntries {
+        library_id: LIB,
+        term: 3,
+        from_sequence: 5,
+        to_sequence: 6,
+        entry_count: 2,
+    })
+    .unwrap();
+    let decoded = decode_body(&body).unwrap();
+    assert_eq!(
+        decoded,
+        SyncMessage::NewEntries {
+            library_id: LIB,
+            term: 3,
+            from_sequence: 5,
+            to_sequence: 6,
+            entry_count: 2,
+            prev_term: 0,
+            entries: vec![],
+        }
+    );
 }

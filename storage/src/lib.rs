@@ -61,7 +61,10 @@ pub use models::{Location, LocationHandler, Tag, TagHandler};
 pub use outbox::OutboxEntry;
 pub use sync_log::{LogPosition, SyncLog};
 pub use sync_state::SyncState;
-pub use transaction::{CommitEvent, ProposalOutcome, TransactionManager, COMMIT_EVENT_CAPACITY};
+pub use transaction::{
+    CommitEvent, ProposalOutcome, TransactionManager, COMMIT_EVENT_CAPACITY,
+    COMMIT_EVENT_MAX_ENTRIES,
+};
 
 /// Re-exported so hosts implementing [`ModelHandler`] use the same diesel as this crate.
 pub use diesel;

@@ -18,8 +18,13 @@ use crate::sync_state;
 /// Capacity of the commit-event broadcast channel.
 pub const COMMIT_EVENT_CAPACITY: usize = 1024;
 
+/// Entries a [`CommitEvent`] carries at most (a larger commit carries none: followers fetch
+/// it). The leader's notifier sends them inside `NewEntries`, so a follower can apply a small
+/// commit without fetching it.
+pub const COMMIT_EVENT_MAX_ENTRIES: usize = 100;
+
 /// Sent after every successful commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitEvent {
     /// The library committed to.
     pub library_id: Uuid,
@@ -29,6 +34,10 @@ pub struct CommitEvent {
     pub first_sequence: u64,
     /// The last new sequence.
     pub last_sequence: u64,
+    /// The term of the entry before `first_sequence` (0 if there is none).
+    pub prev_term: u64,
+    /// The new entries, if there are at most [`COMMIT_EVENT_MAX_ENTRIES`].
+    pub entries: Option<std::sync::Arc<[SyncLogEntry]>>,
 }
 
 /// The leader's write path: sequences changes and writes each with its log entry in ONE
@@ -118,10 +127,10 @@ impl TransactionManager {
         }
         let device_id = self.device_id;
         let registry = self.db.registry();
-        let (library_id, term, entries) = self.db.write(|conn| {
+        let (library_id, term, entries, prev_term) = self.db.write(|conn| {
             let state = leader_state(conn, device_id)?;
             let term = state.current_term;
-            let entries = write_changes(
+            let (entries, prev_term) = write_changes(
                 conn,
                 registry,
                 term,
@@ -129,9 +138,9 @@ impl TransactionManager {
                 None,
                 changes.into_iter().map(|c| (c, false)),
             )?;
-            Ok((state.library_id, term, entries))
+            Ok((state.library_id, term, entries, prev_term))
         })?;
-        self.emit(library_id, term, &entries);
+        self.emit(library_id, term, prev_term, &entries);
         Ok(entries)
     }
 
@@ -186,13 +195,13 @@ impl TransactionManager {
         }
         let device_id = self.device_id;
         let registry = self.db.registry();
-        let (library_id, term, outcome) = self.db.write(|conn| {
+        let (library_id, term, outcome, prev_term) = self.db.write(|conn| {
             let state = leader_state(conn, device_id)?;
             let term = state.current_term;
             if let Some(outcome) = find_proposal(conn, proposal_id)? {
-                return Ok((state.library_id, term, outcome));
+                return Ok((state.library_id, term, outcome, 0));
             }
-            let entries = write_changes(
+            let (entries, prev_term) = write_changes(
                 conn,
                 registry,
                 term,
@@ -218,24 +227,30 @@ impl TransactionManager {
                     }
                 }
             };
-            Ok((state.library_id, term, outcome))
+            Ok((state.library_id, term, outcome, prev_term))
         })?;
         if outcome.duplicate {
             tracing::debug!(%proposal_id, first = outcome.first_sequence,
                 last = outcome.last_sequence, "retried proposal already committed");
         } else {
-            self.emit(library_id, term, &outcome.entries);
+            self.emit(library_id, term, prev_term, &outcome.entries);
         }
         Ok(outcome)
     }
 
-    fn emit(&self, library_id: Uuid, term: u64, entries: &[SyncLogEntry]) {
+    fn emit(&self, library_id: Uuid, term: u64, prev_term: u64, entries: &[SyncLogEntry]) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
+        // Only clone the entries when somebody listens.
+        let carried = (entries.len() <= COMMIT_EVENT_MAX_ENTRIES
+            && self.events.receiver_count() > 0)
+            .then(|| entries.into());
         let event = CommitEvent {
             library_id,
             term,
             first_sequence: first.sequence,
             last_sequence: last.sequence,
+            prev_term,
+            entries: carried,
         };
         tracing::trace!(?event, "committed");
         // An error only means nobody is subscribed.
@@ -295,7 +310,8 @@ fn find_proposal(
 
 /// Validates, sequences, applies and logs `changes` (each with whether the proposal rule
 /// applies to it) as entries of `term`; sets `last_synced_sequence` if any entry was written.
-/// The caller holds the transaction.
+/// Returns the entries and the term of the entry before them. The caller holds the
+/// transaction.
 fn write_changes(
     conn: &mut SqliteConnection,
     registry: &ModelRegistry,
@@ -303,8 +319,9 @@ fn write_changes(
     origin: Uuid,
     proposal_id: Option<Uuid>,
     changes: impl IntoIterator<Item = (Change, bool)>,
-) -> Result<Vec<SyncLogEntry>> {
-    let mut sequence = SyncLog::last(conn)?.sequence;
+) -> Result<(Vec<SyncLogEntry>, u64)> {
+    let prev = SyncLog::last(conn)?;
+    let mut sequence = prev.sequence;
     let timestamp_ms = now_ms();
     let changes = changes.into_iter();
     let mut entries = Vec::with_capacity(changes.size_hint().0);
@@ -368,7 +385,7 @@ fn write_changes(
         SyncLog::insert_many_unchecked(conn, &entries)?;
         sync_state::set_last_synced(conn, sequence)?;
     }
-    Ok(entries)
+    Ok((entries, prev.term))
 }
 
 /// The local `proposals` table: proposals committed here that wrote no entry.

@@ -146,12 +146,26 @@ async fn a_stale_leaders_messages_are_refused() {
         )
         .await
         .unwrap();
+    // A stale leader's push, with an entry inside it: refused, nothing applied.
     let push = SyncMessage::NewEntries {
         library_id: lib,
         term: 1,
         from_sequence: 11,
         to_sequence: 11,
         entry_count: 1,
+        prev_term: 1,
+        entries: vec![lsync::SyncLogEntry {
+            sequence: 11,
+            term: 1,
+            origin_device: uuid::Uuid::new_v4(),
+            timestamp_ms: 0,
+            model_type: "tag".into(),
+            record_id: "stale".into(),
+            change_type: lsync::ChangeType::Delete,
+            version: 1,
+            data: vec![],
+            proposal_id: None,
+        }],
     };
     let resp = stale.request(f.peer_id, push).await.unwrap();
     assert!(

@@ -178,6 +178,8 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
                 from_sequence: 1,
                 to_sequence: 9,
                 entry_count: 9,
+                prev_term: 0,
+                entries: vec![],
             },
         )
         .await

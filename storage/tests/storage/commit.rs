@@ -42,8 +42,11 @@ fn versions_sequences_and_events() {
         (ev1.library_id, ev1.term, ev1.first_sequence, ev1.last_sequence),
         (l.library_id, 1, 1, 1)
     );
+    assert_eq!(ev1.prev_term, 0, "nothing before sequence 1");
     let ev2 = events.try_recv().unwrap();
-    assert_eq!((ev2.first_sequence, ev2.last_sequence), (2, 4));
+    assert_eq!((ev2.first_sequence, ev2.last_sequence, ev2.prev_term), (2, 4, 1));
+    // Small commits carry their entries, for the leader to send inside NewEntries.
+    assert_eq!(ev2.entries.as_deref(), Some(&entries[..]));
     assert_eq!(events.try_recv(), Err(TryRecvError::Empty));
 
     assert_eq!(l.db.sync_state().unwrap().last_synced_sequence, 4);
@@ -247,4 +250,26 @@ fn bulk_is_one_entry_without_rows() {
     assert_eq!(dump["location"], vec!["'l1'|'loc l1'|'/big'|1".to_owned()]);
     assert_eq!(dump["sync_log"].len(), 2);
     assert!(l.db.local_jobs().unwrap().is_empty());
+}
+
+#[test]
+fn a_commit_larger_than_the_limit_carries_no_entries() {
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    let mut events = l.tm.subscribe();
+    let max = lsync_storage::COMMIT_EVENT_MAX_ENTRIES;
+    let batch = |n: usize, from: usize| -> Vec<Change> {
+        (from..from + n).map(|i| Change::insert(&tag(&format!("t{i}"), "x"))).collect()
+    };
+    l.tm.commit_batch(batch(max, 0)).unwrap();
+    let ev = events.try_recv().unwrap();
+    assert_eq!(ev.entries.map(|e| e.len()), Some(max));
+    // One more than the limit: the followers fetch it.
+    l.tm.commit_batch(batch(max + 1, max)).unwrap();
+    let ev = events.try_recv().unwrap();
+    assert_eq!(
+        (ev.first_sequence, ev.last_sequence, ev.prev_term),
+        (max as u64 + 1, 2 * max as u64 + 1, 1)
+    );
+    assert_eq!(ev.entries, None);
 }
