@@ -144,7 +144,8 @@ impl SyncLog {
         Ok(())
     }
 
-    /// At most `limit` entries with `sequence > since`, in order (a primary-key range scan).
+    /// At most `limit` entries with `sequence > since`, in order (a primary-key range scan of
+    /// `since + 1 ..= since + limit`: the log is gapless).
     pub fn fetch_since(
         conn: &mut SqliteConnection,
         since: u64,
@@ -153,11 +154,14 @@ impl SyncLog {
         if limit == 0 || since >= i64::MAX as u64 {
             return Ok(Vec::new());
         }
-        let limit = saturating_i64(limit);
+        // The log is gapless, so the `limit` entries after `since` are the sequences
+        // `since + 1 ..= since + limit`: a primary-key range without a bound `LIMIT ?`, which
+        // would make SQLite re-prepare the statement at every execution (docs/performance.md).
+        let from = saturating_i64(since) + 1;
+        let to = from.saturating_add(saturating_i64(limit) - 1);
         let rows = sync_log::table
-            .filter(sync_log::sequence.gt(saturating_i64(since)))
+            .filter(sync_log::sequence.between(from, to))
             .order(sync_log::sequence.asc())
-            .limit(limit)
             .load_iter::<LogRow, diesel::connection::DefaultLoadingMode>(conn)?;
         let mut entries = Vec::with_capacity(usize::try_from(limit.min(1024)).unwrap_or(1024));
         for row in rows {
