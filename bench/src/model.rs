@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
-use lsync::crates::protocol::{ChangeType, SyncLogEntry};
+use lsync::crates::protocol::SyncLogEntry;
 use lsync::crates::storage::{self as storage, decode, validate_syncable};
 use lsync::{Change, ModelHandler, ModelRegistry, Syncable};
 use serde::{Deserialize, Serialize};
@@ -96,27 +96,7 @@ impl ModelHandler for BenchHandler {
     }
 
     fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> storage::Result<()> {
-        match entry.change_type {
-            ChangeType::Insert | ChangeType::Update => {
-                let row: BenchRef<'_> = decode(&entry.data)?;
-                diesel::replace_into(bench_row::table)
-                    .values((
-                        bench_row::id.eq(row.id.to_owned()),
-                        bench_row::commit_us.eq(row.commit_us),
-                        bench_row::payload.eq(row.payload.to_owned()),
-                        bench_row::version.eq(entry.version),
-                    ))
-                    .execute(conn)?;
-                if let Some(r) = &self.recorder {
-                    r.lock().expect("recorder lock").insert(entry.sequence, row.commit_us);
-                }
-            }
-            ChangeType::Delete => {
-                diesel::delete(bench_row::table.find(&entry.record_id)).execute(conn)?;
-            }
-            ChangeType::Bulk => {}
-        }
-        Ok(())
+        self.apply_batch(conn, &[entry])
     }
 
     /// Like the built-in handlers: runs of upserts as one multi-row statement.
@@ -149,7 +129,10 @@ impl ModelHandler for BenchHandler {
                 }
                 Ok(())
             },
-            |conn, entry| self.apply(conn, entry),
+            |conn, entry| {
+                diesel::delete(bench_row::table.find(&entry.record_id)).execute(conn)?;
+                Ok(())
+            },
         )
     }
 

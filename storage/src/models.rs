@@ -4,7 +4,7 @@
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
-use lsync_protocol::{ChangeType, SyncLogEntry};
+use lsync_protocol::SyncLogEntry;
 use serde::{Deserialize, Serialize};
 
 use crate::change::Change;
@@ -117,25 +117,7 @@ impl ModelHandler for TagHandler {
     }
 
     fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {
-        match entry.change_type {
-            ChangeType::Insert | ChangeType::Update => {
-                let t: TagRef<'_> = decode(&entry.data)?;
-                check_id(entry, t.id)?;
-                diesel::replace_into(tag::table)
-                    .values((
-                        tag::id.eq(t.id),
-                        tag::name.eq(t.name),
-                        tag::color.eq(t.color),
-                        tag::version.eq(entry.version),
-                    ))
-                    .execute(conn)?;
-            }
-            ChangeType::Delete => {
-                diesel::delete(tag::table.find(&entry.record_id)).execute(conn)?;
-            }
-            ChangeType::Bulk => {}
-        }
-        Ok(())
+        self.apply_batch(conn, &[entry])
     }
 
     fn apply_batch(&self, conn: &mut SqliteConnection, entries: &[&SyncLogEntry]) -> Result<()> {
@@ -160,7 +142,10 @@ impl ModelHandler for TagHandler {
                 });
                 Ok(())
             },
-            |conn, entry| self.apply(conn, entry),
+            |conn, entry| {
+                diesel::delete(tag::table.find(&entry.record_id)).execute(conn)?;
+                Ok(())
+            },
         )
     }
 
@@ -199,25 +184,7 @@ impl ModelHandler for LocationHandler {
     }
 
     fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {
-        match entry.change_type {
-            ChangeType::Insert | ChangeType::Update => {
-                let l: LocationRef<'_> = decode(&entry.data)?;
-                check_id(entry, l.id)?;
-                diesel::replace_into(location::table)
-                    .values((
-                        location::id.eq(l.id),
-                        location::name.eq(l.name),
-                        location::path.eq(l.path),
-                        location::version.eq(entry.version),
-                    ))
-                    .execute(conn)?;
-            }
-            ChangeType::Delete => {
-                diesel::delete(location::table.find(&entry.record_id)).execute(conn)?;
-            }
-            ChangeType::Bulk => {}
-        }
-        Ok(())
+        self.apply_batch(conn, &[entry])
     }
 
     fn apply_batch(&self, conn: &mut SqliteConnection, entries: &[&SyncLogEntry]) -> Result<()> {
@@ -242,7 +209,10 @@ impl ModelHandler for LocationHandler {
                 });
                 Ok(())
             },
-            |conn, entry| self.apply(conn, entry),
+            |conn, entry| {
+                diesel::delete(location::table.find(&entry.record_id)).execute(conn)?;
+                Ok(())
+            },
         )
     }
 
