@@ -72,8 +72,9 @@ struct HeartbeatAnswered {
 
 /// The entries of the commits not announced to the follower yet, sent inside the next
 /// `NewEntries` when they are exactly its range (so the follower applies them without a
-/// fetch). Bounded: beyond `max_entries_per_response` entries or `max_response_bytes` of data
-/// it is dropped (`Broken`) until the next announcement, and the follower fetches.
+/// fetch). Bounded like a fetch response: beyond `max_entries_per_response` entries or
+/// `max_response_bytes` (counted by [`entry_bytes`]) it is dropped (`Broken`) until the next
+/// announcement, and the follower fetches.
 #[derive(Debug, Default)]
 enum Inline {
     #[default]
@@ -92,7 +93,7 @@ impl Inline {
             *self = Inline::Broken;
             return;
         };
-        let new_bytes: usize = new.iter().map(|e| e.data.len()).sum();
+        let new_bytes: usize = new.iter().map(entry_bytes).sum();
         match self {
             Inline::Empty => {
                 *self = Inline::Run {
@@ -458,12 +459,17 @@ pub fn serve(
 
 /// Keeps the longest prefix of `entries` whose payloads fit in `max_bytes` (at least one entry,
 /// so a follower always progresses), keeping every response well inside the frame limit.
-fn cap_bytes(entries: &mut Vec<lsync_protocol::SyncLogEntry>, max_bytes: usize) {
+/// What one entry counts against `max_response_bytes` (in a response or inside `NewEntries`).
+fn entry_bytes(e: &SyncLogEntry) -> usize {
+    e.data.len() + e.model_type.len() + e.record_id.len() + 64
+}
+
+fn cap_bytes(entries: &mut Vec<SyncLogEntry>, max_bytes: usize) {
     let mut total = 0usize;
     let keep = entries
         .iter()
         .position(|e| {
-            total += e.data.len() + e.model_type.len() + e.record_id.len() + 64;
+            total += entry_bytes(e);
             total > max_bytes
         })
         .unwrap_or(entries.len())
