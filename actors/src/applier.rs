@@ -391,9 +391,9 @@ impl Worker {
             library_id: self.cx.library_id,
             up_to_sequence,
         };
-        if self.position() != pushed.after {
+        let pos = self.position();
+        if pos != pushed.after {
             // A round got there first (or the log changed): nothing to do with them.
-            let pos = self.position();
             let _ = pushed.reply.send(ack(pos.sequence));
             return pos.sequence >= self.shared.leader_last.load(Ordering::Relaxed);
         }

@@ -7,14 +7,13 @@
 //! when its follower is told (see [`crate::window`]: the first commit after a quiet period at
 //! once, commits made meanwhile coalesced into one more announcement).
 
+use std::sync::Arc;
+
 use actix::prelude::*;
+use lsync_protocol::SyncLogEntry;
 use lsync_storage::CommitEvent;
 use tokio::sync::broadcast;
 use tracing::debug;
-
-use std::sync::Arc;
-
-use lsync_protocol::SyncLogEntry;
 
 use crate::window::Announce;
 
@@ -116,6 +115,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::testkit::entry;
 
     struct Recorder(Arc<Mutex<Vec<NewCommit>>>);
     impl Actor for Recorder {
@@ -125,21 +125,6 @@ mod tests {
         type Result = ();
         fn handle(&mut self, msg: NewCommit, _: &mut Context<Self>) {
             self.0.lock().unwrap().push(msg);
-        }
-    }
-
-    fn entry(sequence: u64) -> SyncLogEntry {
-        SyncLogEntry {
-            sequence,
-            term: 1,
-            origin_device: Uuid::nil(),
-            timestamp_ms: 0,
-            model_type: "tag".into(),
-            record_id: format!("t{sequence}"),
-            change_type: lsync_protocol::ChangeType::Delete,
-            version: 1,
-            data: vec![],
-            proposal_id: None,
         }
     }
 
@@ -169,7 +154,7 @@ mod tests {
                 first_sequence: i,
                 last_sequence: i,
                 prev_term: u64::from(i > 1),
-                entries: (i == 2).then(|| Arc::from(vec![entry(2)])),
+                entries: (i == 2).then(|| Arc::from(vec![entry(2, 0)])),
             })
             .unwrap();
         }
@@ -178,7 +163,7 @@ mod tests {
             .map(|i| NewCommit {
                 range: Announce { from_sequence: i, to_sequence: i, term: 1 },
                 prev_term: u64::from(i > 1),
-                entries: (i == 2).then(|| Arc::from(vec![entry(2)])),
+                entries: (i == 2).then(|| Arc::from(vec![entry(2, 0)])),
             })
             .collect();
         assert_eq!(*a.lock().unwrap(), expect, "no time passed: nothing is held back");

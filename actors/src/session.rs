@@ -529,7 +529,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::testkit::{leader_db, ScriptedTransport};
+    use crate::testkit::{entry, leader_db, ScriptedTransport};
 
     async fn ask(session: &Addr<FollowerSession>, message: SyncMessage) -> SyncMessage {
         let (reply, rx) = oneshot::channel();
@@ -736,21 +736,6 @@ mod tests {
         assert_eq!((sent[1].1, sent[1].2), (2, 2));
     }
 
-    fn entry(sequence: u64, data: usize) -> lsync_protocol::SyncLogEntry {
-        lsync_protocol::SyncLogEntry {
-            sequence,
-            term: 1,
-            origin_device: Uuid::nil(),
-            timestamp_ms: 0,
-            model_type: "tag".into(),
-            record_id: format!("t{sequence}"),
-            change_type: lsync_protocol::ChangeType::Insert,
-            version: 1,
-            data: vec![0; data],
-            proposal_id: None,
-        }
-    }
-
     /// A commit of `from..=to` carrying its entries (`data` bytes each) or not.
     fn commit(from: u64, to: u64, data: Option<usize>) -> NewCommit {
         NewCommit {
@@ -812,25 +797,14 @@ mod tests {
 
     #[test]
     fn byte_cap_keeps_at_least_one_entry() {
-        let entry = |n: usize| lsync_protocol::SyncLogEntry {
-            sequence: 1,
-            term: 1,
-            origin_device: Uuid::nil(),
-            timestamp_ms: 0,
-            model_type: "tag".into(),
-            record_id: "r".into(),
-            change_type: lsync_protocol::ChangeType::Insert,
-            version: 1,
-            data: vec![0; n],
-            proposal_id: None,
-        };
-        let mut v = vec![entry(600), entry(600), entry(600)];
+        let sized = |n: usize| entry(1, n);
+        let mut v = vec![sized(600), sized(600), sized(600)];
         cap_bytes(&mut v, 1_000);
         assert_eq!(v.len(), 1);
-        let mut v = vec![entry(5_000)];
+        let mut v = vec![sized(5_000)];
         cap_bytes(&mut v, 1_000);
         assert_eq!(v.len(), 1, "a single large entry still goes");
-        let mut v = vec![entry(10), entry(10)];
+        let mut v = vec![sized(10), sized(10)];
         cap_bytes(&mut v, 1_000);
         assert_eq!(v.len(), 2);
     }

@@ -10,6 +10,23 @@ use uuid::Uuid;
 
 use crate::transport::{BoxFuture, NetworkError, Transport};
 
+/// A tag Insert entry at `sequence` in term 1 with `data` zero bytes (record `t<sequence>`),
+/// for tests that only move entries around.
+pub fn entry(sequence: u64, data: usize) -> lsync_protocol::SyncLogEntry {
+    lsync_protocol::SyncLogEntry {
+        sequence,
+        term: 1,
+        origin_device: Uuid::nil(),
+        timestamp_ms: 0,
+        model_type: "tag".into(),
+        record_id: format!("t{sequence}"),
+        change_type: lsync_protocol::ChangeType::Insert,
+        version: 1,
+        data: vec![0; data],
+        proposal_id: None,
+    }
+}
+
 /// A library database with `n` committed tag inserts, led by a fresh device.
 pub fn leader_db(dir: &TempDir, library_id: Uuid, n: u64) -> (Database, TransactionManager) {
     let device = Uuid::new_v4();
