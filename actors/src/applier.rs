@@ -798,6 +798,8 @@ mod tests {
             max_response_bytes: 8 << 20,
             notify_window: Duration::from_millis(100),
             election: None,
+            cache: crate::session::new_log_cache(100),
+            metrics: Default::default(),
         };
         let transport = ScriptedTransport::new(move |i, msg| match script(i, msg, &leader_db) {
             Some(r) => r,

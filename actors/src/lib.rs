@@ -6,7 +6,8 @@
 //! - [`service`] — `SyncService`, one per library: supervisor of the role actors.
 //! - leader path: [`notifier`] (`LeaderNotifier`: commit events → announcements, batched by
 //!   [`window`]) → [`session`] (`FollowerSession`, one per follower: NewEntries, serves
-//!   FetchEntries / Acknowledge / Heartbeat).
+//!   FetchEntries / Acknowledge / Heartbeat, from [`log_cache`] when another follower fetched the
+//!   same block).
 //! - follower path: [`applier`] (`FollowerApplier`: NewEntries → fetch → apply → acknowledge,
 //!   reconnect with [`backoff`], full reconciliation).
 //! - [`proposer`] — delivers the library's durable outbox (writes made on a device that does
@@ -25,6 +26,7 @@ mod blocking;
 pub mod config;
 pub mod election;
 pub mod events;
+pub mod log_cache;
 pub mod metrics;
 pub mod network;
 pub mod notifier;

@@ -66,6 +66,11 @@ pub struct Metrics {
     pub resyncs: AtomicU64,
     /// Role actors (or election watchers) restarted after they stopped unexpectedly (a panic).
     pub actor_restarts: AtomicU64,
+    /// FetchEntries answered by this device as leader from its log cache (another follower
+    /// had fetched the same block), without reading SQLite.
+    pub fetches_served_cached: AtomicU64,
+    /// FetchEntries answered by this device as leader from SQLite.
+    pub fetches_served_storage: AtomicU64,
     /// Round trip of a FetchEntries request, seen by the follower.
     pub fetch_rtt: Histogram,
     /// From the leader's commit (the entry's timestamp) to the follower's apply. Across

@@ -24,10 +24,13 @@ use crate::applier::{ApplierContext, FollowerApplier, GetApplierStatus};
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::events::{LibraryStatus, SyncEvent};
+use crate::log_cache::LogCache;
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
 use crate::notifier::{LeaderNotifier, SetSessions};
 use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
-use crate::session::{Connection, FollowerSession, GetFollowerStatus, SessionContext};
+use crate::session::{
+    new_log_cache, Connection, FollowerSession, GetFollowerStatus, SessionContext,
+};
 use crate::transport::Transport;
 use crate::watcher::{
     persisted_of, ElectionInput, ElectionWatcher, FollowerAcked, HeartbeatNow, RoleChange,
@@ -88,6 +91,8 @@ enum Role {
     Leader {
         notifier: Addr<LeaderNotifier>,
         sessions: HashMap<PeerId, Addr<FollowerSession>>,
+        /// The log blocks this term's sessions serve fetches from (shared by all of them).
+        cache: Arc<LogCache>,
     },
     Follower {
         applier: Addr<FollowerApplier>,
@@ -180,7 +185,7 @@ impl SyncService {
             self.start_watcher(ctx);
         }
         let dead = match &self.role {
-            Role::Leader { notifier, sessions } => {
+            Role::Leader { notifier, sessions, .. } => {
                 !notifier.connected() || sessions.values().any(|s| !s.connected())
             }
             Role::Follower { applier } => !applier.connected(),
@@ -195,7 +200,7 @@ impl SyncService {
 
     fn stop_role(&mut self) {
         match std::mem::replace(&mut self.role, Role::Idle) {
-            Role::Leader { notifier, sessions } => {
+            Role::Leader { notifier, sessions, .. } => {
                 notifier.do_send(Shutdown);
                 for s in sessions.values() {
                     s.do_send(Shutdown);
@@ -219,14 +224,16 @@ impl SyncService {
         let _ = leading;
         if state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id) {
             let notifier = LeaderNotifier::new(self.cx.tm.subscribe()).start();
+            // A new cache per start: the leader's log only grows while it leads this term.
+            let cache = new_log_cache(self.cx.config.max_entries_per_response);
             let mut sessions = HashMap::new();
             for (peer, device) in self.members.clone() {
-                sessions.insert(peer, self.start_session(&state, device, peer));
+                sessions.insert(peer, self.start_session(&state, &cache, device, peer));
             }
             notifier
                 .do_send(SetSessions(sessions.values().map(|a| a.clone().recipient()).collect()));
             info!(%library_id, term = state.current_term, followers = sessions.len(), "leading");
-            self.role = Role::Leader { notifier, sessions };
+            self.role = Role::Leader { notifier, sessions, cache };
         } else if let Some(leader_peer) = state
             .leader_device
             .and_then(|d| self.members.iter().find(|(_, dev)| **dev == d).map(|(p, _)| *p))
@@ -263,6 +270,7 @@ impl SyncService {
     fn start_session(
         &self,
         state: &SyncState,
+        cache: &Arc<LogCache>,
         device: Uuid,
         peer: PeerId,
     ) -> Addr<FollowerSession> {
@@ -277,6 +285,8 @@ impl SyncService {
                 max_response_bytes: self.cx.config.max_response_bytes,
                 notify_window: self.cx.config.notify_window,
                 election: Some(self.self_addr.clone().expect("service started").recipient()),
+                cache: cache.clone(),
+                metrics: self.cx.metrics.clone(),
             },
             device,
             peer,
@@ -574,13 +584,15 @@ impl Handler<AddMember> for SyncService {
             this.proposer.set_members(this.member_map());
             let state = this.state.clone();
             let mut new_session = None;
-            if let (Role::Leader { sessions, .. }, Some(state)) = (&this.role, state.as_ref()) {
+            if let (Role::Leader { sessions, cache, .. }, Some(state)) =
+                (&this.role, state.as_ref())
+            {
                 if !sessions.contains_key(&peer) {
-                    new_session = Some(this.start_session(state, device, peer));
+                    new_session = Some(this.start_session(state, cache, device, peer));
                 }
             }
             match &mut this.role {
-                Role::Leader { notifier, sessions } => {
+                Role::Leader { notifier, sessions, .. } => {
                     if let Some(s) = new_session {
                         sessions.insert(peer, s);
                         notifier.do_send(SetSessions(

@@ -23,6 +23,8 @@ use uuid::Uuid;
 
 use crate::blocking::run_blocking;
 use crate::events::{FollowerStatus, SyncEvent};
+use crate::log_cache::{LogCache, DEFAULT_LOG_CACHE_BYTES};
+use crate::metrics::Metrics;
 use crate::network::InboundRequest;
 use crate::notifier::NewCommit;
 use crate::transport::Transport;
@@ -44,6 +46,17 @@ pub struct SessionContext {
     pub notify_window: Duration,
     /// Where terms seen in followers' messages go (the library's election).
     pub election: Option<Recipient<crate::watcher::ElectionInput>>,
+    /// The blocks of the log the sessions of this term serve fetches from (one per term,
+    /// shared by every session of the library; see [`new_log_cache`]).
+    pub cache: Arc<LogCache>,
+    /// Where fetches served are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A leader's log cache for responses of at most `max_entries_per_response` entries: blocks of
+/// that many entries, at most [`DEFAULT_LOG_CACHE_BYTES`] of them, counted like a response.
+pub fn new_log_cache(max_entries_per_response: u64) -> Arc<LogCache> {
+    Arc::new(LogCache::new(max_entries_per_response, DEFAULT_LOG_CACHE_BYTES, entry_bytes))
 }
 
 /// The connection to the follower came up or went down.
@@ -256,6 +269,7 @@ impl Actor for FollowerSession {
 impl Handler<NewCommit> for FollowerSession {
     type Result = ();
     fn handle(&mut self, commit: NewCommit, ctx: &mut Context<Self>) {
+        self.cx.cache.note_last(commit.range.to_sequence);
         let max_entries = usize::try_from(self.cx.max_entries_per_response).unwrap_or(usize::MAX);
         self.inline.add(&commit, max_entries, self.cx.max_response_bytes);
         if let Some(a) = self.window.on_commit(Self::now(), commit.range) {
@@ -348,6 +362,11 @@ impl Handler<InboundRequest> for FollowerSession {
         if let SyncMessage::Acknowledge { up_to_sequence, .. } = req.message {
             self.record_ack(up_to_sequence);
         }
+        if let Some(response) = serve_cached(&self.cx, &req.message) {
+            Metrics::add(&self.cx.metrics.fetches_served_cached, 1);
+            let _ = req.reply.send(response);
+            return;
+        }
         let cx = self.cx.clone();
         let peer = req.peer;
         actix_rt::spawn(async move {
@@ -406,8 +425,14 @@ pub fn serve(
                 } else if let Some(reason) = divergence(conn, last, since_sequence, since_term)? {
                     sync_required(reason)
                 } else {
-                    let limit = limit.min(cx.max_entries_per_response);
-                    let mut entries = SyncLog::fetch_since(conn, since_sequence, limit)?;
+                    let (mut entries, cached) =
+                        read_through(conn, cx, last, since_sequence, limit)?;
+                    let counter = if cached {
+                        &cx.metrics.fetches_served_cached
+                    } else {
+                        &cx.metrics.fetches_served_storage
+                    };
+                    Metrics::add(counter, 1);
                     cap_bytes(&mut entries, cx.max_response_bytes);
                     let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
                     SyncMessage::EntriesResponse {
@@ -455,6 +480,68 @@ pub fn serve(
             ),
         })
     })
+}
+
+/// Answers a `FetchEntries` from the log cache when the block holding its first entry is cached
+/// and the follower's entry at `since_sequence` has the leader's term; `None` otherwise (the
+/// request then goes to [`serve`], which answers whatever it is). Same answer as [`serve`]'s,
+/// except that `leader_last_sequence` may be a few commits old (as if read a moment earlier).
+pub fn serve_cached(cx: &SessionContext, msg: &SyncMessage) -> Option<SyncMessage> {
+    let SyncMessage::FetchEntries { term: their, since_sequence, since_term, limit, .. } = *msg
+    else {
+        return None;
+    };
+    if their > cx.term || limit == 0 {
+        return None;
+    }
+    let first = since_sequence.checked_add(1)?;
+    let block = cx.cache.get(first)?;
+    if block.term_at(since_sequence)? != since_term {
+        return None;
+    }
+    let (_, end) = cx.cache.block_of(first);
+    let upto = end.min(since_sequence.saturating_add(limit.min(cx.max_entries_per_response)));
+    let mut entries = block.slice(first, upto).to_vec();
+    cap_bytes(&mut entries, cx.max_response_bytes);
+    let last = cx.cache.last().max(end);
+    let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
+    Some(SyncMessage::EntriesResponse {
+        library_id: cx.library_id,
+        term: cx.term,
+        has_more: served_to < last,
+        entries,
+        leader_last_sequence: last,
+    })
+}
+
+/// The entries after `since` for a response (before the byte cap): at most `limit` (capped at
+/// `max_entries_per_response`) and never past the end of `since + 1`'s cache block, so that a
+/// follower's next fetch starts a block. A complete block is read whole (with the entry before
+/// it, for its term) and kept in the cache for the other followers; the log's last, incomplete
+/// block is read as asked and not kept. Also says whether the entries came from the cache.
+fn read_through(
+    conn: &mut diesel::SqliteConnection,
+    cx: &SessionContext,
+    last: lsync_storage::LogPosition,
+    since: u64,
+    limit: u64,
+) -> Result<(Vec<SyncLogEntry>, bool), StorageError> {
+    cx.cache.note_last(last.sequence);
+    let first = since.saturating_add(1);
+    let (start, end) = cx.cache.block_of(first);
+    let upto = end.min(since.saturating_add(limit.min(cx.max_entries_per_response)));
+    if end <= last.sequence {
+        // Requests are served one at a time on the reader connection: another follower's
+        // request may have read this block while this one waited for the connection.
+        if let Some(block) = cx.cache.get(first) {
+            return Ok((block.slice(first, upto).to_vec(), true));
+        }
+        let rows = SyncLog::fetch_range(conn, start.saturating_sub(1).max(1), end)?;
+        if let Some(block) = cx.cache.insert(start, rows) {
+            return Ok((block.slice(first, upto).to_vec(), false));
+        }
+    }
+    Ok((SyncLog::fetch_since(conn, since, upto.saturating_sub(since))?, false))
 }
 
 /// Keeps the longest prefix of `entries` whose payloads fit in `max_bytes` (at least one entry,
@@ -553,6 +640,8 @@ mod tests {
             max_response_bytes: 8 << 20,
             notify_window: Duration::from_millis(100),
             election: None,
+            cache: crate::session::new_log_cache(100),
+            metrics: Default::default(),
         };
         let session = FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start();
         let fetch = |since, since_term, limit| SyncMessage::FetchEntries {
@@ -600,6 +689,95 @@ mod tests {
         ));
         let st = session.send(GetFollowerStatus { leader_last_sequence: 250 }).await.unwrap();
         assert_eq!((st.acked_sequence, st.lag), (120, 130));
+    }
+
+    #[actix_rt::test]
+    async fn followers_fetching_the_same_block_share_one_storage_read() {
+        use lsync_storage::{models::Tag, Change};
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Uuid::new_v4();
+        let (db, tm) = leader_db(&dir, lib, 250);
+        let (events, _) = broadcast::channel(16);
+        let cx = SessionContext {
+            library_id: lib,
+            db,
+            transport: ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)),
+            events,
+            term: 1,
+            max_entries_per_response: 100,
+            max_response_bytes: 8 << 20,
+            notify_window: Duration::from_millis(100),
+            election: None,
+            cache: crate::session::new_log_cache(100),
+            metrics: Default::default(),
+        };
+        let (metrics, cache) = (cx.metrics.clone(), cx.cache.clone());
+        let a = FollowerSession::new(cx.clone(), Uuid::new_v4(), PeerId::random()).start();
+        let b = FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start();
+        let fetch = |since, since_term| SyncMessage::FetchEntries {
+            library_id: lib,
+            term: 1,
+            since_sequence: since,
+            since_term,
+            limit: 100,
+        };
+        let served = || {
+            (
+                metrics.fetches_served_storage.load(std::sync::atomic::Ordering::Relaxed),
+                metrics.fetches_served_cached.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        };
+        let seqs = |m: &SyncMessage| match m {
+            SyncMessage::EntriesResponse { entries, has_more, leader_last_sequence, .. } => (
+                entries.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+                *has_more,
+                *leader_last_sequence,
+            ),
+            other => panic!("unexpected {other:?}"),
+        };
+
+        // The first follower's fetch reads block 1..=100 from storage; the second's is the
+        // same answer, from the cache.
+        let first = ask(&a, fetch(0, 0)).await;
+        assert_eq!(served(), (1, 0));
+        assert_eq!(ask(&b, fetch(0, 0)).await, first);
+        assert_eq!(served(), (1, 1));
+        assert_eq!(seqs(&first), ((1..=100).collect(), true, 250));
+
+        // A response ends where its block ends, so the next fetch starts a block.
+        assert_eq!(seqs(&ask(&a, fetch(50, 1)).await), ((51..=100).collect(), true, 250));
+        assert_eq!(served(), (1, 2));
+        assert_eq!(seqs(&ask(&b, fetch(100, 1)).await), ((101..=200).collect(), true, 250));
+        assert_eq!(seqs(&ask(&a, fetch(100, 1)).await), ((101..=200).collect(), true, 250));
+        assert_eq!(served(), (2, 3));
+
+        // A follower whose entry differs from the cached one is not answered from the cache:
+        // it gets what storage says (the logs diverged).
+        let diverged = ask(&a, fetch(150, 7)).await;
+        assert!(matches!(diverged, SyncMessage::SyncRequired { .. }), "{diverged:?}");
+        // So does a request of a newer term than the leader's.
+        let mut newer = fetch(100, 1);
+        if let SyncMessage::FetchEntries { term, .. } = &mut newer {
+            *term = 5;
+        }
+        let refused = ask(&a, newer).await;
+        assert!(!matches!(refused, SyncMessage::EntriesResponse { .. }), "{refused:?}");
+
+        // The log's last block is incomplete: read from storage each time, never kept.
+        assert_eq!(seqs(&ask(&a, fetch(200, 1)).await), ((201..=250).collect(), false, 250));
+        assert_eq!(seqs(&ask(&b, fetch(200, 1)).await), ((201..=250).collect(), false, 250));
+        assert_eq!(cache.stats().blocks, 2);
+        let (storage, _) = served();
+
+        // Once the leader committed past its end, the block is read once more and kept.
+        let more = (250..310)
+            .map(|i| Change::insert(&Tag { id: format!("t{i}"), name: "x".into(), color: None }))
+            .collect();
+        tm.commit_batch(more).unwrap();
+        assert_eq!(seqs(&ask(&b, fetch(200, 1)).await), ((201..=300).collect(), true, 310));
+        assert_eq!(seqs(&ask(&a, fetch(200, 1)).await), ((201..=300).collect(), true, 310));
+        assert_eq!(served().0, storage + 1, "one storage read for both");
+        assert_eq!(cache.stats().blocks, 3);
     }
 
     /// Records NewEntries with the (paused) time they were sent; answers after `delay`, or
@@ -662,6 +840,8 @@ mod tests {
             max_response_bytes: 8 << 20,
             notify_window: Duration::from_millis(100),
             election: None,
+            cache: crate::session::new_log_cache(100),
+            metrics: Default::default(),
         };
         (dir, FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start())
     }

@@ -9,6 +9,8 @@
 //! | `lsync_elections_total` | counter | |
 //! | `lsync_resyncs_total` | counter | |
 //! | `lsync_actor_restarts_total` | counter | |
+//! | `lsync_fetches_served_cached_total` | counter | |
+//! | `lsync_fetches_served_storage_total` | counter | |
 //! | `lsync_fetch_rtt_seconds` | histogram | |
 //! | `lsync_commit_to_apply_seconds` | histogram | |
 //! | `lsync_network_inbound_requests_total` | counter | |
@@ -158,6 +160,16 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
         "lsync_actor_restarts_total",
         "Role actors restarted after they stopped unexpectedly (a panic).",
         &m.actor_restarts,
+    );
+    o.counter(
+        "lsync_fetches_served_cached_total",
+        "FetchEntries answered as leader from the log cache (another follower read the block).",
+        &m.fetches_served_cached,
+    );
+    o.counter(
+        "lsync_fetches_served_storage_total",
+        "FetchEntries answered as leader from SQLite.",
+        &m.fetches_served_storage,
     );
     o.histogram(
         "lsync_fetch_rtt_seconds",
@@ -387,6 +399,7 @@ mod tests {
     fn exposition_is_valid_prometheus_text() {
         let m = Metrics::default();
         Metrics::add(&m.entries_committed, 42);
+        Metrics::add(&m.fetches_served_cached, 7);
         m.fetch_rtt.observe(Duration::from_micros(300));
         m.fetch_rtt.observe(Duration::from_secs(9));
         m.commit_to_apply.observe(Duration::from_millis(2));
@@ -434,6 +447,8 @@ mod tests {
         let text = render(&m, &net, &libs);
         let s = validate(&text);
         assert_eq!(s["lsync_entries_committed_total[]"], 42.0);
+        assert_eq!(s["lsync_fetches_served_cached_total[]"], 7.0);
+        assert_eq!(s["lsync_fetches_served_storage_total[]"], 0.0);
         assert_eq!(s["lsync_fetch_rtt_seconds_count[]"], 2.0);
         assert_eq!(s[r#"lsync_fetch_rtt_seconds_bucket[("le", "0.0005")]"#], 1.0);
         assert_eq!(s[r#"lsync_network_rejected_requests_total[("reason", "unauthorized")]"#], 3.0);

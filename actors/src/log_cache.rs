@@ -1,0 +1,254 @@
+//! LogCache — on the leader, one per term, shared by every follower session of the library.
+//!
+//! Followers replicating the same stretch of the log fetch the same entries. Without a cache the
+//! leader reads and decodes each response from SQLite once per follower (on the blocking pool).
+//! The cache keeps the log in aligned blocks of `block` entries — block `k` holds the sequences
+//! `k·block + 1 ..= (k + 1)·block` — each read from SQLite once, with the term of the entry
+//! before it. A fetch is answered from one block: a response never crosses a block's end, so a
+//! follower's next fetch starts at the next block's first entry, and a cached block answers it
+//! without SQLite and without leaving the session's thread.
+//!
+//! Only complete blocks of committed entries are kept. The leader's log only grows while it
+//! leads (only a follower's log is ever truncated), and the service makes a new cache whenever
+//! it (re)starts the leader's role actors, so a cached block can never be stale.
+//!
+//! Bounded: at most `max_bytes` of entries (each counted like in a response, see
+//! [`crate::session`]), the oldest block evicted first; a block larger than a quarter of that
+//! is served but not kept. Followers move forward, so the oldest block is the one least likely
+//! to be asked for again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lsync_protocol::SyncLogEntry;
+
+/// The default memory bound of a leader's cache (entries' bytes, counted like in a response).
+pub const DEFAULT_LOG_CACHE_BYTES: usize = 4 << 20;
+
+/// The largest block, in entries, whatever `max_entries_per_response` says.
+pub const MAX_BLOCK: u64 = 1024;
+
+/// One aligned block of the log.
+#[derive(Debug)]
+pub struct Block {
+    /// The term of the entry before the block's first (0 before sequence 1).
+    pub prev_term: u64,
+    /// The block's entries, `block` of them, in order.
+    pub entries: Vec<SyncLogEntry>,
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    blocks: HashMap<u64, Arc<Block>>,
+    /// Block indices, oldest first.
+    order: VecDeque<u64>,
+    bytes: usize,
+}
+
+/// Counts, for tests and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub blocks: usize,
+    pub bytes: usize,
+}
+
+/// The leader's cache of log blocks (see the module docs).
+#[derive(Debug)]
+pub struct LogCache {
+    block: u64,
+    max_bytes: usize,
+    entry_bytes: fn(&SyncLogEntry) -> usize,
+    /// The highest sequence known to be committed (from commits and storage reads).
+    last: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+impl LogCache {
+    /// A cache of blocks of `block` entries (clamped to `1..=MAX_BLOCK`), holding at most
+    /// `max_bytes` of entries as counted by `entry_bytes`.
+    pub fn new(block: u64, max_bytes: usize, entry_bytes: fn(&SyncLogEntry) -> usize) -> Self {
+        Self {
+            block: block.clamp(1, MAX_BLOCK),
+            max_bytes,
+            entry_bytes,
+            last: AtomicU64::new(0),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// The first and last sequence of the block holding `sequence` (≥ 1).
+    pub fn block_of(&self, sequence: u64) -> (u64, u64) {
+        let k = sequence.saturating_sub(1) / self.block;
+        let first = k * self.block + 1;
+        (first, first.saturating_add(self.block - 1))
+    }
+
+    /// Records that the log holds at least `sequence`.
+    pub fn note_last(&self, sequence: u64) {
+        self.last.fetch_max(sequence, Ordering::Relaxed);
+    }
+
+    /// The highest sequence known to be committed.
+    pub fn last(&self) -> u64 {
+        self.last.load(Ordering::Relaxed)
+    }
+
+    /// The cached block holding `sequence`, if any.
+    pub fn get(&self, sequence: u64) -> Option<Arc<Block>> {
+        let k = sequence.checked_sub(1)? / self.block;
+        self.lock().blocks.get(&k).cloned()
+    }
+
+    /// Builds the block starting at `first` from `rows`: the entry before it (absent when
+    /// `first` is 1) followed by the block's entries. `None` unless `rows` are exactly that, in
+    /// order. Kept if it fits (see the module docs); returned either way.
+    pub fn insert(&self, first: u64, mut rows: Vec<SyncLogEntry>) -> Option<Arc<Block>> {
+        let (start, end) = self.block_of(first);
+        if start != first {
+            return None;
+        }
+        let prev_term = if first == 1 { 0 } else { rows.first()?.term };
+        let skip = usize::from(first != 1);
+        let expected = (first..=end).zip(rows.iter().skip(skip)).all(|(s, e)| e.sequence == s);
+        if !expected || rows.len() - skip != usize::try_from(self.block).ok()? {
+            return None;
+        }
+        if first != 1 && rows[0].sequence != first - 1 {
+            return None;
+        }
+        rows.drain(..skip);
+        let bytes = rows.iter().map(self.entry_bytes).sum();
+        let block = Arc::new(Block { prev_term, entries: rows, bytes });
+        self.note_last(end);
+        if bytes > self.max_bytes / 4 {
+            return Some(block);
+        }
+        let k = (first - 1) / self.block;
+        let mut inner = self.lock();
+        if inner.blocks.contains_key(&k) {
+            return Some(block);
+        }
+        while inner.bytes + bytes > self.max_bytes {
+            let Some(old) = inner.order.pop_front() else { break };
+            if let Some(b) = inner.blocks.remove(&old) {
+                inner.bytes -= b.bytes;
+            }
+        }
+        inner.bytes += bytes;
+        inner.order.push_back(k);
+        inner.blocks.insert(k, block.clone());
+        Some(block)
+    }
+
+    /// How much the cache holds.
+    pub fn stats(&self) -> CacheStats {
+        let inner = self.lock();
+        CacheStats { blocks: inner.blocks.len(), bytes: inner.bytes }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The critical sections cannot panic half-way; a poisoned lock still holds a
+        // consistent map.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Block {
+    /// The term of the entry at `sequence`, for `first − 1 ..= last` of this block (`first` =
+    /// the block's first sequence).
+    pub fn term_at(&self, sequence: u64) -> Option<u64> {
+        let first = self.entries.first()?.sequence;
+        if sequence + 1 == first {
+            return Some(self.prev_term);
+        }
+        let i = usize::try_from(sequence.checked_sub(first)?).ok()?;
+        self.entries.get(i).map(|e| e.term)
+    }
+
+    /// The entries from `from` to at most `to` (both inclusive; `from` within the block).
+    pub fn slice(&self, from: u64, to: u64) -> &[SyncLogEntry] {
+        let Some(first) = self.entries.first().map(|e| e.sequence) else { return &[] };
+        let lo = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
+        let hi = usize::try_from(to.saturating_sub(first) + 1).unwrap_or(usize::MAX);
+        let hi = hi.min(self.entries.len());
+        self.entries.get(lo..hi).unwrap_or(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::entry;
+
+    fn bytes(e: &SyncLogEntry) -> usize {
+        e.data.len() + 64
+    }
+
+    /// Entries of 100 counted bytes, the term changing every 5 sequences.
+    fn rows(from: u64, to: u64) -> Vec<SyncLogEntry> {
+        (from..=to).map(|s| SyncLogEntry { term: s / 5 + 1, ..entry(s, 36) }).collect()
+    }
+
+    #[test]
+    fn blocks_are_aligned() {
+        let c = LogCache::new(100, 1 << 20, bytes);
+        assert_eq!(c.block_of(1), (1, 100));
+        assert_eq!(c.block_of(100), (1, 100));
+        assert_eq!(c.block_of(101), (101, 200));
+        assert_eq!(LogCache::new(0, 1, bytes).block_of(7), (7, 7), "a block is at least one entry");
+        assert_eq!(LogCache::new(u64::MAX, 1, bytes).block_of(1), (1, MAX_BLOCK));
+    }
+
+    #[test]
+    fn a_block_is_kept_only_when_complete_and_in_order() {
+        let c = LogCache::new(10, 1 << 20, bytes);
+        assert!(c.insert(1, rows(1, 9)).is_none(), "incomplete");
+        assert!(c.insert(11, rows(11, 20)).is_none(), "the entry before the block is missing");
+        assert!(c.insert(5, rows(4, 14)).is_none(), "not aligned");
+        let mut shuffled = rows(10, 20);
+        shuffled.swap(3, 4);
+        assert!(c.insert(11, shuffled).is_none(), "out of order");
+        assert_eq!(c.stats().blocks, 0);
+
+        let first = c.insert(1, rows(1, 10)).expect("block 1..=10");
+        assert_eq!(first.prev_term, 0);
+        let b = c.insert(11, rows(10, 20)).expect("block 11..=20");
+        assert_eq!(b.entries.len(), 10);
+        assert_eq!(b.prev_term, 3, "the term of entry 10");
+        assert_eq!(b.term_at(10), Some(3));
+        assert_eq!(b.term_at(14), Some(3));
+        assert_eq!(b.term_at(15), Some(4));
+        assert_eq!(b.term_at(21), None);
+        assert_eq!(b.term_at(9), None);
+        assert_eq!(
+            b.slice(15, 30).iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [15, 16, 17, 18, 19, 20]
+        );
+        assert_eq!(c.get(20).unwrap().entries[0].sequence, 11);
+        assert!(c.get(21).is_none());
+        assert!(c.get(0).is_none());
+        assert_eq!(c.last(), 20, "a complete block proves its entries committed");
+        assert_eq!(c.stats().blocks, 2);
+    }
+
+    #[test]
+    fn memory_is_bounded_oldest_block_first() {
+        // 10 entries of 100 bytes = 1,000 bytes per block; room for 4.
+        let c = LogCache::new(10, 4_500, bytes);
+        for k in 0..6u64 {
+            let first = k * 10 + 1;
+            c.insert(first, rows(first.max(2) - 1, first + 9)).unwrap();
+            assert!(c.stats().bytes <= 4_500);
+        }
+        assert_eq!(c.stats(), CacheStats { blocks: 4, bytes: 4_000 });
+        assert!(c.get(20).is_none(), "the oldest blocks went first");
+        assert!(c.get(21).is_some() && c.get(60).is_some());
+
+        // A block larger than a quarter of the bound is served but not kept.
+        let small = LogCache::new(10, 3_000, bytes);
+        assert!(small.insert(1, rows(1, 10)).is_some());
+        assert_eq!(small.stats().blocks, 0);
+    }
+}
