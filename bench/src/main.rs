@@ -69,6 +69,13 @@ enum Command {
         #[arg(long, default_value_t = 200_000)]
         entries: u64,
     },
+    /// Only the throughput phase (fresh leader, N followers), for profiling.
+    Throughput {
+        #[arg(long, default_value_t = 3)]
+        followers: usize,
+        #[arg(long, default_value_t = 200_000)]
+        entries: u64,
+    },
     /// (internal) The polling baseline in its own process.
     Poller {
         #[arg(long)]
@@ -94,6 +101,9 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Poller { dir, interval_ms }) => child::poller(dir, interval_ms),
         Some(Command::Ceiling { entries }) => parent::ceiling_only(entries),
+        Some(Command::Throughput { followers, entries }) => {
+            actix::System::new().block_on(parent::throughput_only(followers, entries))
+        }
         None => {
             let out = cli.out.unwrap_or_else(|| {
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench/latest.json")

@@ -486,6 +486,31 @@ pub fn ceiling_only(n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lsync-bench throughput`: only the throughput phase with a fresh leader and `followers`
+/// follower processes (for profiling the replication path).
+pub async fn throughput_only(followers: usize, entries: u64) -> anyhow::Result<()> {
+    let temp = tempfile::Builder::new().prefix("lsync-bench-").tempdir()?;
+    let root = temp.path().to_path_buf();
+    let leader = start_leader(&root.join("leader"), SyncConfig::default()).await?;
+    let mut opts = Opts::new(true, root.join("unused.json"));
+    opts.throughput_entries = entries;
+    let t = throughput(&leader, &root, "tp", followers, &opts).await?;
+    println!(
+        "{}",
+        json!({
+            "followers": followers,
+            "entries": entries,
+            "eps_slowest": t.eps_slowest.round(),
+            "eps_each": t.eps_per_follower.iter().map(|x| x.round()).collect::<Vec<_>>(),
+            "leader_commit_eps": t.leader_commit_eps.round(),
+            "fetches_served_cached": leader.metrics().fetches_served_cached.load(Ordering::Relaxed),
+            "fetches_served_storage": leader.metrics().fetches_served_storage.load(Ordering::Relaxed),
+        })
+    );
+    leader.shutdown().await;
+    Ok(())
+}
+
 /// Runs every phase; prints the table and writes the JSON.
 pub async fn run(opts: Opts) -> anyhow::Result<()> {
     let begun = Instant::now();
