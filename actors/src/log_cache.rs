@@ -12,13 +12,15 @@
 //! leads (only a follower's log is ever truncated), and the service makes a new cache whenever
 //! it (re)starts the leader's role actors, so a cached block can never be stale.
 //!
+//! Short-lived: a block is dropped as soon as it has been served to as many fetches as the
+//! leader has followers ([`LogCache::set_readers`]); with a single follower nothing is kept.
 //! Bounded: at most `max_bytes` of entries (each counted like in a response, see
-//! [`crate::session`]), the oldest block evicted first; a block larger than a quarter of that
-//! is served but not kept. Followers move forward, so the oldest block is the one least likely
-//! to be asked for again.
+//! [`crate::session`]) — what a follower that stopped fetching leaves behind — the lowest block
+//! evicted first (followers move forward, so it is the least likely to be asked for again); a
+//! block larger than a quarter of that is served but not kept.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lsync_protocol::SyncLogEntry;
@@ -37,13 +39,14 @@ pub struct Block {
     /// The block's entries, `block` of them, in order.
     pub entries: Vec<SyncLogEntry>,
     bytes: usize,
+    /// Fetches answered from this block so far.
+    served: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    blocks: HashMap<u64, Arc<Block>>,
-    /// Block indices, oldest first.
-    order: VecDeque<u64>,
+    /// By block index (`(first sequence − 1) / block`).
+    blocks: BTreeMap<u64, Arc<Block>>,
     bytes: usize,
 }
 
@@ -62,6 +65,8 @@ pub struct LogCache {
     entry_bytes: fn(&SyncLogEntry) -> usize,
     /// The highest sequence known to be committed (from commits and storage reads).
     last: AtomicU64,
+    /// How many followers fetch from this leader: a block served that often is dropped.
+    readers: AtomicUsize,
     inner: Mutex<Inner>,
 }
 
@@ -74,6 +79,7 @@ impl LogCache {
             max_bytes,
             entry_bytes,
             last: AtomicU64::new(0),
+            readers: AtomicUsize::new(0),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -95,10 +101,28 @@ impl LogCache {
         self.last.load(Ordering::Relaxed)
     }
 
-    /// The cached block holding `sequence`, if any.
-    pub fn get(&self, sequence: u64) -> Option<Arc<Block>> {
+    /// Sets how many followers fetch from this leader (its sessions).
+    pub fn set_readers(&self, followers: usize) {
+        self.readers.store(followers, Ordering::Relaxed);
+    }
+
+    /// The cached block holding `sequence`, if any and if `usable` says it answers the fetch
+    /// at hand; the block is dropped from the cache once it has answered as many fetches as
+    /// there are followers.
+    pub fn get_for(
+        &self,
+        sequence: u64,
+        usable: impl FnOnce(&Block) -> bool,
+    ) -> Option<Arc<Block>> {
         let k = sequence.checked_sub(1)? / self.block;
-        self.lock().blocks.get(&k).cloned()
+        let mut inner = self.lock();
+        let block = inner.blocks.get(&k).filter(|b| usable(b))?.clone();
+        let served = block.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if served >= self.readers.load(Ordering::Relaxed) {
+            inner.blocks.remove(&k);
+            inner.bytes -= block.bytes;
+        }
+        Some(block)
     }
 
     /// Builds the block starting at `first` from `rows`: the entry before it (absent when
@@ -120,9 +144,11 @@ impl LogCache {
         }
         rows.drain(..skip);
         let bytes = rows.iter().map(self.entry_bytes).sum();
-        let block = Arc::new(Block { prev_term, entries: rows, bytes });
+        // The fetch that read it is its first.
+        let block =
+            Arc::new(Block { prev_term, entries: rows, bytes, served: AtomicUsize::new(1) });
         self.note_last(end);
-        if bytes > self.max_bytes / 4 {
+        if bytes > self.max_bytes / 4 || self.readers.load(Ordering::Relaxed) <= 1 {
             return Some(block);
         }
         let k = (first - 1) / self.block;
@@ -131,15 +157,17 @@ impl LogCache {
             return Some(block);
         }
         while inner.bytes + bytes > self.max_bytes {
-            let Some(old) = inner.order.pop_front() else { break };
-            if let Some(b) = inner.blocks.remove(&old) {
-                inner.bytes -= b.bytes;
-            }
+            let Some((_, old)) = inner.blocks.pop_first() else { break };
+            inner.bytes -= old.bytes;
         }
         inner.bytes += bytes;
-        inner.order.push_back(k);
         inner.blocks.insert(k, block.clone());
         Some(block)
+    }
+
+    /// [`Self::get_for`] a fetch the block answers whatever it is.
+    pub fn get(&self, sequence: u64) -> Option<Arc<Block>> {
+        self.get_for(sequence, |_| true)
     }
 
     /// How much the cache holds.
@@ -165,6 +193,23 @@ impl Block {
         }
         let i = usize::try_from(sequence.checked_sub(first)?).ok()?;
         self.entries.get(i).map(|e| e.term)
+    }
+
+    /// [`Self::slice`] as a vector: moved out when nobody else holds the block (it was not
+    /// kept in the cache), cloned otherwise.
+    pub fn into_vec(self: Arc<Self>, from: u64, to: u64) -> Vec<SyncLogEntry> {
+        match Arc::try_unwrap(self) {
+            Ok(block) => {
+                let Some(first) = block.entries.first().map(|e| e.sequence) else {
+                    return Vec::new();
+                };
+                let lo = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
+                let hi = usize::try_from(to.saturating_sub(first).saturating_add(1))
+                    .unwrap_or(usize::MAX);
+                block.entries.into_iter().take(hi).skip(lo).collect()
+            }
+            Err(shared) => shared.slice(from, to).to_vec(),
+        }
     }
 
     /// The entries from `from` to at most `to` (both inclusive; `from` within the block).
@@ -204,6 +249,7 @@ mod tests {
     #[test]
     fn a_block_is_kept_only_when_complete_and_in_order() {
         let c = LogCache::new(10, 1 << 20, bytes);
+        c.set_readers(100);
         assert!(c.insert(1, rows(1, 9)).is_none(), "incomplete");
         assert!(c.insert(11, rows(11, 20)).is_none(), "the entry before the block is missing");
         assert!(c.insert(5, rows(4, 14)).is_none(), "not aligned");
@@ -237,6 +283,7 @@ mod tests {
     fn memory_is_bounded_oldest_block_first() {
         // 10 entries of 100 bytes = 1,000 bytes per block; room for 4.
         let c = LogCache::new(10, 4_500, bytes);
+        c.set_readers(3);
         for k in 0..6u64 {
             let first = k * 10 + 1;
             c.insert(first, rows(first.max(2) - 1, first + 9)).unwrap();
@@ -248,7 +295,40 @@ mod tests {
 
         // A block larger than a quarter of the bound is served but not kept.
         let small = LogCache::new(10, 3_000, bytes);
+        small.set_readers(3);
         assert!(small.insert(1, rows(1, 10)).is_some());
         assert_eq!(small.stats().blocks, 0);
+    }
+
+    #[test]
+    fn a_block_goes_once_every_follower_had_it() {
+        let c = LogCache::new(10, 1 << 20, bytes);
+        c.set_readers(3);
+        c.insert(1, rows(1, 10)).unwrap(); // the first follower's fetch read it
+        assert!(c.get(5).is_some(), "second follower");
+        assert_eq!(c.stats().blocks, 1);
+        assert!(c.get(10).is_some(), "third follower");
+        assert_eq!(c.stats(), CacheStats::default(), "nobody else will ask");
+        assert!(c.get(1).is_none());
+        c.insert(21, rows(20, 30)).unwrap();
+        assert!(c.get_for(25, |_| false).is_none(), "a block that cannot answer is not counted");
+        assert!(c.get_for(25, |_| false).is_none());
+        assert!(c.get(25).is_some());
+        assert_eq!(c.stats().blocks, 1);
+        assert!(c.get(30).is_some());
+        assert_eq!(c.stats(), CacheStats::default());
+
+        // With one follower nobody would ask again: nothing is kept (and nothing is copied).
+        c.set_readers(1);
+        let b = c.insert(11, rows(10, 20)).expect("still served");
+        let held = c.insert(1, rows(1, 10)).unwrap();
+        let shared = held.clone(); // somebody else still holds this one
+        for (block, from, to) in [(b, 15, 99), (held, 1, 3)] {
+            let want: Vec<_> = block.slice(from, to).to_vec();
+            assert_eq!(block.into_vec(from, to), want);
+        }
+        drop(shared);
+        assert_eq!(c.stats(), CacheStats::default());
+        assert_eq!(c.last(), 30, "the highest block seen");
     }
 }

@@ -230,6 +230,7 @@ impl SyncService {
             for (peer, device) in self.members.clone() {
                 sessions.insert(peer, self.start_session(&state, &cache, device, peer));
             }
+            cache.set_readers(sessions.len());
             notifier
                 .do_send(SetSessions(sessions.values().map(|a| a.clone().recipient()).collect()));
             info!(%library_id, term = state.current_term, followers = sessions.len(), "leading");
@@ -592,9 +593,10 @@ impl Handler<AddMember> for SyncService {
                 }
             }
             match &mut this.role {
-                Role::Leader { notifier, sessions, .. } => {
+                Role::Leader { notifier, sessions, cache } => {
                     if let Some(s) = new_session {
                         sessions.insert(peer, s);
+                        cache.set_readers(sessions.len());
                         notifier.do_send(SetSessions(
                             sessions.values().map(|a| a.clone().recipient()).collect(),
                         ));

@@ -505,6 +505,8 @@ pub async fn throughput_only(followers: usize, entries: u64) -> anyhow::Result<(
             "leader_commit_eps": t.leader_commit_eps.round(),
             "fetches_served_cached": leader.metrics().fetches_served_cached.load(Ordering::Relaxed),
             "fetches_served_storage": leader.metrics().fetches_served_storage.load(Ordering::Relaxed),
+            "leader_peak_rss_mb": procs::own_peak_rss_mb(),
+            "follower_peak_rss_mb": t.follower_peak_rss_mb,
         })
     );
     leader.shutdown().await;
