@@ -308,18 +308,33 @@ impl NetworkHandle {
         peer: PeerId,
         msg: SyncMessage,
     ) -> Result<SyncMessage, NetworkError> {
+        self.send_request(peer, msg).await
+    }
+
+    /// Hands the request to the network task at once (not when the returned future is first
+    /// polled), so that a caller can send the next request before it does other work — the
+    /// follower's fetch pipelining relies on it. The future resolves to the response.
+    fn send_request(
+        &self,
+        peer: PeerId,
+        msg: SyncMessage,
+    ) -> BoxFuture<Result<SyncMessage, NetworkError>> {
         let (reply, response) = oneshot::channel();
-        self.commands.try_send(Command::Request { peer, message: msg, reply }).map_err(
+        let sent = self.commands.try_send(Command::Request { peer, message: msg, reply }).map_err(
             |error| match error {
                 mpsc::error::TrySendError::Full(_) => NetworkError::Busy,
                 mpsc::error::TrySendError::Closed(_) => NetworkError::Closed,
             },
-        )?;
-        match tokio::time::timeout(self.request_deadline, response).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(NetworkError::Closed),
-            Err(_) => Err(NetworkError::Timeout),
-        }
+        );
+        let deadline = self.request_deadline;
+        Box::pin(async move {
+            sent?;
+            match tokio::time::timeout(deadline, response).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(NetworkError::Closed),
+                Err(_) => Err(NetworkError::Timeout),
+            }
+        })
     }
 
     /// The peers with at least one open connection.
@@ -359,7 +374,6 @@ impl Transport for NetworkHandle {
         peer: PeerId,
         msg: SyncMessage,
     ) -> BoxFuture<Result<SyncMessage, NetworkError>> {
-        let handle = self.clone();
-        Box::pin(async move { NetworkHandle::request(&handle, peer, msg).await })
+        self.send_request(peer, msg)
     }
 }

@@ -41,7 +41,9 @@ pub enum NetworkError {
 
 /// Sends one request to a peer and resolves to its one response.
 pub trait Transport: Send + Sync + 'static {
-    /// Sends `msg` to `peer`; the future resolves to the peer's response.
+    /// Sends `msg` to `peer`; the future resolves to the peer's response. The request leaves
+    /// when `request` is called, not when the future is first polled: callers pipeline
+    /// requests by holding the future while they do other work.
     fn request(
         &self,
         peer: PeerId,

@@ -190,6 +190,18 @@ async fn request_round_trips_between_members() {
 }
 
 #[actix_rt::test]
+async fn a_request_leaves_before_its_future_is_polled() {
+    let library = Uuid::new_v4();
+    let (a, b) = pair(library).await;
+    let transport: Arc<dyn Transport> = Arc::new(a.handle.clone());
+    // Created, not awaited: the follower's fetch pipelining holds the next fetch like this
+    // while it applies the previous response.
+    let pending = transport.request(b.peer, heartbeat(library));
+    wait_until("b received the request", || b.seen() == 1).await;
+    assert_eq!(within(pending).await.unwrap(), heartbeat(library));
+}
+
+#[actix_rt::test]
 async fn non_member_cannot_connect() {
     let library = Uuid::new_v4();
     let server = node().await;
