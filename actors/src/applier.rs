@@ -761,8 +761,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::session::{serve, SessionContext};
-    use crate::testkit::{follower_db, leader_db, wait_for, ScriptedTransport};
+    use crate::session::serve;
+    use crate::testkit::{follower_db, leader_db, session_context, wait_for, ScriptedTransport};
 
     struct Setup {
         _dir: tempfile::TempDir,
@@ -787,20 +787,11 @@ mod tests {
         let follower = follower_db(&dir, lib, Uuid::new_v4());
         let (etx, events) = broadcast::channel(1024);
         let leader_db = leader.clone();
-        let (stx, _) = broadcast::channel(16);
-        let scx = SessionContext {
-            library_id: lib,
-            db: leader.clone(),
-            transport: ScriptedTransport::new(|_, _| Err(NetworkError::Closed)),
-            events: stx,
-            term: 1,
-            max_entries_per_response: 100,
-            max_response_bytes: 8 << 20,
-            notify_window: Duration::from_millis(100),
-            election: None,
-            cache: crate::session::new_log_cache(100),
-            metrics: Default::default(),
-        };
+        let scx = session_context(
+            lib,
+            leader.clone(),
+            ScriptedTransport::new(|_, _| Err(NetworkError::Closed)),
+        );
         let transport = ScriptedTransport::new(move |i, msg| match script(i, msg, &leader_db) {
             Some(r) => r,
             None => Ok(serve(&leader_db, &scx, msg.clone()).expect("serve")),

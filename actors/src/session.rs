@@ -613,7 +613,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::testkit::{entry, leader_db, ScriptedTransport};
+    use crate::testkit::{entry, leader_db, session_context, ScriptedTransport};
 
     async fn ask(session: &Addr<FollowerSession>, message: SyncMessage) -> SyncMessage {
         let (reply, rx) = oneshot::channel();
@@ -626,20 +626,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lib = Uuid::new_v4();
         let (db, _tm) = leader_db(&dir, lib, 250);
-        let (events, _) = broadcast::channel(16);
-        let cx = SessionContext {
-            library_id: lib,
+        let cx = session_context(
+            lib,
             db,
-            transport: ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)),
-            events,
-            term: 1,
-            max_entries_per_response: 100,
-            max_response_bytes: 8 << 20,
-            notify_window: Duration::from_millis(100),
-            election: None,
-            cache: crate::session::new_log_cache(100),
-            metrics: Default::default(),
-        };
+            ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)),
+        );
         let session = FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start();
         let fetch = |since, since_term, limit| SyncMessage::FetchEntries {
             library_id: lib,
@@ -694,20 +685,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lib = Uuid::new_v4();
         let (db, tm) = leader_db(&dir, lib, 250);
-        let (events, _) = broadcast::channel(16);
-        let cx = SessionContext {
-            library_id: lib,
+        let cx = session_context(
+            lib,
             db,
-            transport: ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)),
-            events,
-            term: 1,
-            max_entries_per_response: 100,
-            max_response_bytes: 8 << 20,
-            notify_window: Duration::from_millis(100),
-            election: None,
-            cache: crate::session::new_log_cache(100),
-            metrics: Default::default(),
-        };
+            ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)),
+        );
         let (metrics, cache) = (cx.metrics.clone(), cx.cache.clone());
         cache.set_readers(3); // two sessions here, and a third follower that never fetches
         let a = FollowerSession::new(cx.clone(), Uuid::new_v4(), PeerId::random()).start();
@@ -827,20 +809,7 @@ mod tests {
     ) -> (tempfile::TempDir, Addr<FollowerSession>) {
         let dir = tempfile::tempdir().unwrap();
         let (db, _tm) = leader_db(&dir, lib, 0);
-        let (events, _) = broadcast::channel(16);
-        let cx = SessionContext {
-            library_id: lib,
-            db,
-            transport: follower,
-            events,
-            term: 1,
-            max_entries_per_response: 100,
-            max_response_bytes: 8 << 20,
-            notify_window: Duration::from_millis(100),
-            election: None,
-            cache: crate::session::new_log_cache(100),
-            metrics: Default::default(),
-        };
+        let cx = session_context(lib, db, follower);
         (dir, FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start())
     }
 

@@ -8,7 +8,30 @@ use lsync_storage::{Change, Database, ModelRegistry, SyncState, Tag, Transaction
 use tempfile::TempDir;
 use uuid::Uuid;
 
+use crate::session::{new_log_cache, SessionContext};
 use crate::transport::{BoxFuture, NetworkError, Transport};
+
+/// A leader session's context in term 1 with the default limits (100 entries, 8 MiB per
+/// response, 100 ms window), no election, its own log cache and metrics.
+pub fn session_context(
+    library_id: Uuid,
+    db: Database,
+    transport: Arc<dyn Transport>,
+) -> SessionContext {
+    SessionContext {
+        library_id,
+        db,
+        transport,
+        events: tokio::sync::broadcast::channel(16).0,
+        term: 1,
+        max_entries_per_response: 100,
+        max_response_bytes: 8 << 20,
+        notify_window: std::time::Duration::from_millis(100),
+        election: None,
+        cache: new_log_cache(100),
+        metrics: Default::default(),
+    }
+}
 
 /// A tag Insert entry at `sequence` in term 1 with `data` zero bytes (record `t<sequence>`),
 /// for tests that only move entries around.
