@@ -476,6 +476,10 @@ impl Worker {
         self.round_with_progress(None).await
     }
 
+    /// The pipeline: the next fetch leaves as soon as a response arrives (even while a batch
+    /// applies), and the responses that arrived meanwhile are applied together, in one
+    /// transaction, as long as they total at most `max_response_bytes` (always at least one).
+    /// Memory: the batch applying, plus at most two responses received or in flight.
     async fn round_with_progress(
         &self,
         mut progress: Option<(Instant, u64)>,
@@ -484,73 +488,128 @@ impl Worker {
         if progress.is_none() {
             self.set_state(FollowerState::Fetching, None);
         }
-        let mut in_flight: VecDeque<(LogPosition, BoxFuture<Result<SyncMessage, NetworkError>>)> =
-            VecDeque::with_capacity(2);
-        in_flight.push_back((start_pos, self.fetch(start_pos)));
-        let mut since_ack = 0u64;
-        let mut applied_total = 0u64;
-        while let Some((since, fut)) = in_flight.pop_front() {
-            let (term, entries, has_more, leader_last) = match fut.await? {
-                SyncMessage::EntriesResponse {
-                    term,
-                    entries,
-                    has_more,
-                    leader_last_sequence,
-                    ..
-                } => (term, entries, has_more, leader_last_sequence),
-                SyncMessage::SyncRequired { reason, leader_last_sequence, .. } => {
-                    return Err(RoundError::SyncRequired { reason, target: leader_last_sequence });
+        let mut fetching: Option<(LogPosition, BoxFuture<Result<SyncMessage, NetworkError>>)> =
+            Some((start_pos, self.fetch(start_pos)));
+        // Received and checked, not applied yet.
+        let mut ready: VecDeque<Vec<SyncLogEntry>> = VecDeque::with_capacity(PIPELINE);
+        // Where the next fetch starts, while the pipeline is full.
+        let mut fetch_next: Option<LogPosition> = None;
+        let mut applying: Option<(u64, Applying<'_>)> = None;
+        let (mut since_ack, mut applied_total, mut leader_last) = (0u64, 0u64, 0u64);
+        loop {
+            if applying.is_none() && !ready.is_empty() {
+                let batch = self.take_batch(&mut ready);
+                let count = batch.len() as u64;
+                applying = Some((count, Box::pin(self.apply(batch))));
+            }
+            if fetching.is_none() && ready.len() < PIPELINE {
+                if let Some(next) = fetch_next.take() {
+                    fetching = Some((next, self.fetch(next)));
                 }
-                other => return Err(self.refusal(other)),
+            }
+            let event = match (&mut fetching, &mut applying) {
+                (Some((_, f)), Some((_, a))) => tokio::select! {
+                    biased;
+                    r = a => Step::Applied(r),
+                    r = f => Step::Fetched(r),
+                },
+                (Some((_, f)), None) => Step::Fetched(f.await),
+                (None, Some((_, a))) => Step::Applied(a.await),
+                (None, None) => break,
             };
-            if term > self.shared.term.load(Ordering::Relaxed) {
-                self.adopt_term(term).await?;
-            }
-            self.shared.leader_last.fetch_max(leader_last, Ordering::Relaxed);
-            if let Some(first) = entries.first() {
-                if first.sequence != since.sequence + 1 {
-                    // Not a continuation of what we asked for: drop the pipeline and re-fetch
-                    // from the persisted position.
-                    debug!(
-                        expected = since.sequence + 1,
-                        got = first.sequence,
-                        "gap in response, re-fetching"
-                    );
-                    return Box::pin(self.round_with_progress(progress)).await;
-                }
-            }
-            // Ask for the next response before applying this one, so the network works while
-            // SQLite does.
-            if has_more && in_flight.is_empty() {
-                if let Some(last) = entries.last() {
-                    let next = LogPosition { term: last.term, sequence: last.sequence };
-                    in_flight.push_back((next, self.fetch(next)));
-                }
-            }
-            let count = entries.len() as u64;
-            if count > 0 {
-                match self.apply(entries).await {
-                    Ok(()) => {}
-                    Err(ApplyError::Gap) => {
+            match event {
+                Step::Fetched(response) => {
+                    let since = fetching.take().expect("a fetch was in flight").0;
+                    let (term, entries, has_more, last) = match response? {
+                        SyncMessage::EntriesResponse {
+                            term,
+                            entries,
+                            has_more,
+                            leader_last_sequence,
+                            ..
+                        } => (term, entries, has_more, leader_last_sequence),
+                        SyncMessage::SyncRequired { reason, leader_last_sequence, .. } => {
+                            Self::settle(applying.take()).await?;
+                            return Err(RoundError::SyncRequired {
+                                reason,
+                                target: leader_last_sequence,
+                            });
+                        }
+                        other => {
+                            Self::settle(applying.take()).await?;
+                            return Err(self.refusal(other));
+                        }
+                    };
+                    if term > self.shared.term.load(Ordering::Relaxed) {
+                        self.adopt_term(term).await?;
+                    }
+                    self.shared.leader_last.fetch_max(last, Ordering::Relaxed);
+                    leader_last = leader_last.max(last);
+                    if entries.first().is_some_and(|first| first.sequence != since.sequence + 1) {
+                        // Not a continuation of what we asked for: drop the pipeline and
+                        // re-fetch from the applied position.
+                        debug!(expected = since.sequence + 1, "gap in response, re-fetching");
+                        Self::settle(applying.take()).await?;
                         return Box::pin(self.round_with_progress(progress)).await;
                     }
-                    Err(ApplyError::Other(e)) => return Err(e),
+                    if has_more {
+                        fetch_next = entries.last().map(LogPosition::of);
+                    }
+                    if !entries.is_empty() {
+                        ready.push_back(entries);
+                    }
                 }
-                applied_total += count;
-                since_ack += count;
-                if since_ack >= self.cx.config.ack_every {
-                    since_ack = 0;
-                    self.acknowledge();
+                Step::Applied(result) => {
+                    let (count, _) = applying.take().expect("a batch was applying");
+                    match result {
+                        Ok(()) => {}
+                        Err(ApplyError::Gap) => {
+                            return Box::pin(self.round_with_progress(progress)).await;
+                        }
+                        Err(ApplyError::Other(e)) => return Err(e),
+                    }
+                    applied_total += count;
+                    since_ack += count;
+                    if since_ack >= self.cx.config.ack_every {
+                        since_ack = 0;
+                        self.acknowledge();
+                    }
+                    let done = fetching.is_none() && fetch_next.is_none() && ready.is_empty();
+                    let target = leader_last.saturating_sub(start_pos.sequence);
+                    self.report_progress(&mut progress, applied_total, target, done);
                 }
-            }
-            let target = leader_last.saturating_sub(start_pos.sequence);
-            self.report_progress(&mut progress, applied_total, target, !has_more);
-            if !has_more {
-                break;
             }
         }
         self.acknowledge();
         Ok(())
+    }
+
+    /// The next batch: the oldest ready response, and the ones after it while the batch stays
+    /// within `max_response_bytes`.
+    fn take_batch(&self, ready: &mut VecDeque<Vec<SyncLogEntry>>) -> Vec<SyncLogEntry> {
+        let mut batch = ready.pop_front().unwrap_or_default();
+        let mut bytes: usize = batch.iter().map(crate::session::entry_bytes).sum();
+        while let Some(next) = ready.front() {
+            let more: usize = next.iter().map(crate::session::entry_bytes).sum();
+            if bytes + more > self.cx.config.max_response_bytes {
+                break;
+            }
+            bytes += more;
+            batch.extend(ready.pop_front().unwrap_or_default());
+        }
+        batch
+    }
+
+    /// Waits for a batch being applied before the round ends or restarts (its result is
+    /// kept in the log either way; only a failure other than a gap is reported).
+    async fn settle(applying: Option<(u64, Applying<'_>)>) -> Result<(), RoundError> {
+        match applying {
+            Some((_, batch)) => match batch.await {
+                Err(ApplyError::Other(e)) => Err(e),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
     }
 
     fn report_progress(
@@ -725,6 +784,18 @@ enum ApplyError {
     Other(RoundError),
 }
 
+/// What the round waited for.
+enum Step {
+    Fetched(Result<SyncMessage, NetworkError>),
+    Applied(Result<(), ApplyError>),
+}
+
+/// A batch being applied.
+type Applying<'a> = futures::future::BoxFuture<'a, Result<(), ApplyError>>;
+
+/// Responses a round holds besides the batch it applies: received, or fetch in flight.
+const PIPELINE: usize = 2;
+
 impl Worker {
     /// A refusal from the device this follower took for its leader. `NotLeader` with a hint
     /// re-points the follower to the hinted device.
@@ -882,6 +953,42 @@ mod tests {
                 .any(|m| matches!(m, SyncMessage::Acknowledge { up_to_sequence: 250, .. }))
         })
         .await;
+    }
+
+    #[actix_rt::test]
+    async fn responses_that_arrive_during_an_apply_are_applied_together() {
+        // The scripted leader answers at once, so the next responses are there long before a
+        // 100-entry transaction is done: the round applies them in pairs.
+        let (s, transport, _applier) = start(3_000, |_, _, _| None);
+        let mut events = s.events.resubscribe();
+        wait_for("all 3,000 entries applied", || last(&s.follower) == 3_000).await;
+        assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
+        let mut batches = Vec::new();
+        wait_for("every EntriesApplied event", || {
+            for ev in drain(&mut events) {
+                if let SyncEvent::EntriesApplied { first, last, count, .. } = ev {
+                    batches.push((first, last, count));
+                }
+            }
+            batches.last().is_some_and(|b| b.1 == 3_000)
+        })
+        .await;
+        let mut next = 1;
+        for &(first, last, count) in &batches {
+            assert_eq!((first, last - first + 1), (next, count), "in order, no gap: {batches:?}");
+            assert!(count <= 200, "at most two responses per transaction: {batches:?}");
+            next = last + 1;
+        }
+        assert!(batches.iter().any(|b| b.2 > 100), "responses were applied together: {batches:?}");
+        let sinces: Vec<u64> = transport
+            .sent("FetchEntries")
+            .iter()
+            .map(|m| match m {
+                SyncMessage::FetchEntries { since_sequence, .. } => *since_sequence,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(sinces, (0..30).map(|i| i * 100).collect::<Vec<_>>(), "each page fetched once");
     }
 
     /// Sends `msg` to the applier as its leader; returns the reply.

@@ -544,7 +544,7 @@ fn read_through(
 /// Keeps the longest prefix of `entries` whose payloads fit in `max_bytes` (at least one entry,
 /// so a follower always progresses), keeping every response well inside the frame limit.
 /// What one entry counts against `max_response_bytes` (in a response or inside `NewEntries`).
-fn entry_bytes(e: &SyncLogEntry) -> usize {
+pub(crate) fn entry_bytes(e: &SyncLogEntry) -> usize {
     e.data.len() + e.model_type.len() + e.record_id.len() + 64
 }
 
