@@ -520,7 +520,16 @@ impl Worker {
             match event {
                 Step::Fetched(response) => {
                     let since = fetching.take().expect("a fetch was in flight").0;
-                    let (term, entries, has_more, last) = match response? {
+                    let response = match response {
+                        Ok(response) => response,
+                        Err(e) => {
+                            // The next round starts from the applied position: let the batch
+                            // in progress land first.
+                            Self::settle(applying.take()).await?;
+                            return Err(e.into());
+                        }
+                    };
+                    let (term, entries, has_more, last) = match response {
                         SyncMessage::EntriesResponse {
                             term,
                             entries,
