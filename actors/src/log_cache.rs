@@ -106,6 +106,11 @@ impl LogCache {
         self.readers.store(followers, Ordering::Relaxed);
     }
 
+    /// Whether a complete block read now would be kept: more than one follower fetches.
+    pub fn keeps_blocks(&self) -> bool {
+        self.readers.load(Ordering::Relaxed) > 1
+    }
+
     /// The cached block holding `sequence`, if any and if `usable` says it answers the fetch
     /// at hand; the block is dropped from the cache once it has answered as many fetches as
     /// there are followers.
@@ -148,7 +153,7 @@ impl LogCache {
         let block =
             Arc::new(Block { prev_term, entries: rows, bytes, served: AtomicUsize::new(1) });
         self.note_last(end);
-        if bytes > self.max_bytes / 4 || self.readers.load(Ordering::Relaxed) <= 1 {
+        if bytes > self.max_bytes / 4 || !self.keeps_blocks() {
             return Some(block);
         }
         let k = (first - 1) / self.block;
@@ -188,7 +193,7 @@ impl Block {
     /// the block's first sequence).
     pub fn term_at(&self, sequence: u64) -> Option<u64> {
         let first = self.entries.first()?.sequence;
-        if sequence + 1 == first {
+        if sequence.checked_add(1) == Some(first) {
             return Some(self.prev_term);
         }
         let i = usize::try_from(sequence.checked_sub(first)?).ok()?;
@@ -200,25 +205,33 @@ impl Block {
     pub fn into_vec(self: Arc<Self>, from: u64, to: u64) -> Vec<SyncLogEntry> {
         match Arc::try_unwrap(self) {
             Ok(block) => {
-                let Some(first) = block.entries.first().map(|e| e.sequence) else {
-                    return Vec::new();
-                };
-                let lo = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
-                let hi = usize::try_from(to.saturating_sub(first).saturating_add(1))
-                    .unwrap_or(usize::MAX);
-                block.entries.into_iter().take(hi).skip(lo).collect()
+                let range = block.range(from, to);
+                let mut entries = block.entries;
+                entries.truncate(range.end);
+                entries.drain(..range.start);
+                entries
             }
             Err(shared) => shared.slice(from, to).to_vec(),
         }
     }
 
-    /// The entries from `from` to at most `to` (both inclusive; `from` within the block).
+    /// The entries from `from` to at most `to` (both inclusive); empty when `to < from` or
+    /// the range misses the block.
     pub fn slice(&self, from: u64, to: u64) -> &[SyncLogEntry] {
-        let Some(first) = self.entries.first().map(|e| e.sequence) else { return &[] };
-        let lo = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
-        let hi = usize::try_from(to.saturating_sub(first) + 1).unwrap_or(usize::MAX);
-        let hi = hi.min(self.entries.len());
-        self.entries.get(lo..hi).unwrap_or(&[])
+        &self.entries[self.range(from, to)]
+    }
+
+    /// Indices of the entries with sequences in `from..=to`, clamped to the block.
+    fn range(&self, from: u64, to: u64) -> std::ops::Range<usize> {
+        let Some(first) = self.entries.first().map(|e| e.sequence) else { return 0..0 };
+        let len = self.entries.len();
+        let index = |s: u64| usize::try_from(s.saturating_sub(first)).map_or(len, |i| i.min(len));
+        if to < from || to < first {
+            return 0..0;
+        }
+        let lo = index(from);
+        let hi = index(to).saturating_add(1).min(len);
+        lo.min(hi)..hi
     }
 }
 
@@ -277,6 +290,22 @@ mod tests {
         assert!(c.get(0).is_none());
         assert_eq!(c.last(), 20, "a complete block proves its entries committed");
         assert_eq!(c.stats().blocks, 2);
+    }
+
+    #[test]
+    fn an_empty_or_outside_range_yields_no_entries() {
+        let c = LogCache::new(10, 1 << 20, bytes);
+        c.set_readers(1);
+        let seqs = |v: &[SyncLogEntry]| v.iter().map(|e| e.sequence).collect::<Vec<_>>();
+        let b = c.insert(11, rows(10, 20)).unwrap();
+        assert!(b.slice(15, 14).is_empty(), "to < from");
+        assert!(b.slice(5, 8).is_empty(), "before the block");
+        assert!(b.slice(21, 30).is_empty(), "after the block");
+        assert_eq!(seqs(b.slice(5, 12)), [11, 12], "clamped to the block");
+        assert_eq!(seqs(b.slice(20, u64::MAX)), [20]);
+        assert!(b.clone().into_vec(15, 14).is_empty(), "shared, to < from");
+        assert_eq!(b.term_at(u64::MAX), None);
+        assert!(b.into_vec(15, 14).is_empty(), "owned, to < from");
     }
 
     #[test]

@@ -513,9 +513,10 @@ pub fn serve_cached(cx: &SessionContext, msg: &SyncMessage) -> Option<SyncMessag
 
 /// The entries after `since` for a response (before the byte cap): at most `limit` (capped at
 /// `max_entries_per_response`) and never past the end of `since + 1`'s cache block, so that a
-/// follower's next fetch starts a block. A complete block is read whole (with the entry before
-/// it, for its term) and kept in the cache for the other followers; the log's last, incomplete
-/// block is read as asked and not kept. Also says whether the entries came from the cache.
+/// follower's next fetch starts a block. When several followers fetch, a complete block is read
+/// whole (with the entry before it, for its term) and kept in the cache for the others; the
+/// log's last, incomplete block, and every block when one follower fetches, is read as asked
+/// and not kept. Also says whether the entries came from the cache.
 fn read_through(
     conn: &mut diesel::SqliteConnection,
     cx: &SessionContext,
@@ -527,7 +528,7 @@ fn read_through(
     let first = since.saturating_add(1);
     let (start, end) = cx.cache.block_of(first);
     let upto = end.min(since.saturating_add(limit.min(cx.max_entries_per_response)));
-    if end <= last.sequence {
+    if end <= last.sequence && cx.cache.keeps_blocks() {
         // Requests are served one at a time on the reader connection: another follower's
         // request may have read this block while this one waited for the connection.
         if let Some(block) = cx.cache.get(first) {
