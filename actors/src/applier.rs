@@ -480,10 +480,34 @@ impl Worker {
     /// applies), and the responses that arrived meanwhile are applied together, in one
     /// transaction, as long as they total at most `max_response_bytes` (always at least one).
     /// Memory: the batch applying, plus at most two responses received or in flight.
+    ///
+    /// A response that does not continue what was asked for, or a batch that meets a gap,
+    /// drops the pipeline and starts again from the applied position, at most
+    /// [`MAX_RESTARTS`] times per round (a leader that keeps answering out of order is then
+    /// treated as unreachable, and retried after the usual backoff). The round ends with a
+    /// final progress report (`done`), even when it applied nothing.
     async fn round_with_progress(
         &self,
         mut progress: Option<(Instant, u64)>,
     ) -> Result<(), RoundError> {
+        for _ in 0..=MAX_RESTARTS {
+            match self.pipeline(&mut progress).await? {
+                Pass::Done { applied, target } => {
+                    self.report_progress(&mut progress, applied, target, true);
+                    self.acknowledge();
+                    return Ok(());
+                }
+                Pass::Restart => continue,
+            }
+        }
+        Err(RoundError::Unreachable(format!(
+            "the leader's responses did not continue the log {} times in a row",
+            MAX_RESTARTS + 1
+        )))
+    }
+
+    /// One pass of the pipeline from the applied position (see [`Self::round_with_progress`]).
+    async fn pipeline(&self, progress: &mut Option<(Instant, u64)>) -> Result<Pass, RoundError> {
         let start_pos = self.current_position().await?;
         if progress.is_none() {
             self.set_state(FollowerState::Fetching, None);
@@ -559,7 +583,7 @@ impl Worker {
                         // re-fetch from the applied position.
                         debug!(expected = since.sequence + 1, "gap in response, re-fetching");
                         Self::settle(applying.take()).await?;
-                        return Box::pin(self.round_with_progress(progress)).await;
+                        return Ok(Pass::Restart);
                     }
                     if has_more {
                         fetch_next = entries.last().map(LogPosition::of);
@@ -572,9 +596,7 @@ impl Worker {
                     let (count, _) = applying.take().expect("a batch was applying");
                     match result {
                         Ok(()) => {}
-                        Err(ApplyError::Gap) => {
-                            return Box::pin(self.round_with_progress(progress)).await;
-                        }
+                        Err(ApplyError::Gap) => return Ok(Pass::Restart),
                         Err(ApplyError::Other(e)) => return Err(e),
                     }
                     applied_total += count;
@@ -583,14 +605,13 @@ impl Worker {
                         since_ack = 0;
                         self.acknowledge();
                     }
-                    let done = fetching.is_none() && fetch_next.is_none() && ready.is_empty();
                     let target = leader_last.saturating_sub(start_pos.sequence);
-                    self.report_progress(&mut progress, applied_total, target, done);
+                    self.report_progress(progress, applied_total, target, false);
                 }
             }
         }
-        self.acknowledge();
-        Ok(())
+        let target = leader_last.saturating_sub(start_pos.sequence);
+        Ok(Pass::Done { applied: applied_total, target })
     }
 
     /// The next batch: the oldest ready response, and the ones after it while the batch stays
@@ -793,6 +814,14 @@ enum ApplyError {
     Other(RoundError),
 }
 
+/// How one pass of the pipeline ended.
+enum Pass {
+    /// The leader had nothing more: `applied` entries of the `target` it reported.
+    Done { applied: u64, target: u64 },
+    /// The responses did not continue the applied log: start again from it.
+    Restart,
+}
+
 /// What the round waited for.
 enum Step {
     Fetched(Result<SyncMessage, NetworkError>),
@@ -804,6 +833,10 @@ type Applying<'a> = futures::future::BoxFuture<'a, Result<(), ApplyError>>;
 
 /// Responses a round holds besides the batch it applies: received, or fetch in flight.
 const PIPELINE: usize = 2;
+
+/// Fresh starts a round makes after responses that do not continue the log, before it gives
+/// up until the next retry.
+const MAX_RESTARTS: usize = 8;
 
 impl Worker {
     /// A refusal from the device this follower took for its leader. `NotLeader` with a hint
@@ -1105,6 +1138,68 @@ mod tests {
             matches!(fetches[1], SyncMessage::FetchEntries { since_sequence: 0, .. }),
             "re-fetched from 0: {fetches:?}"
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_leader_that_keeps_answering_out_of_order_is_given_up_on_and_retried() {
+        // The first 20 responses skip entry 1: a round restarts from the applied position a
+        // bounded number of times, then backs off as from an unreachable leader.
+        let (mut s, transport, _applier) = start(50, |i, msg, leader| match msg {
+            SyncMessage::FetchEntries { library_id, .. } if i < 20 => {
+                Some(Ok(SyncMessage::EntriesResponse {
+                    library_id: *library_id,
+                    term: 1,
+                    entries: leader.fetch_since(1, 10).unwrap(),
+                    has_more: true,
+                    leader_last_sequence: 50,
+                }))
+            }
+            _ => None,
+        });
+        wait_for("all 50 entries applied", || last(&s.follower) == 50).await;
+        assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
+        let gave_up = drain(&mut s.events)
+            .into_iter()
+            .filter(|e| {
+                matches!(e, SyncEvent::LeaderUnreachable { error, .. }
+                    if error.contains("did not continue the log"))
+            })
+            .count();
+        assert!(gave_up >= 2, "each round gave up after {} passes: {gave_up}", MAX_RESTARTS + 1);
+        assert!(transport.sent("FetchEntries").len() >= 21);
+    }
+
+    #[actix_rt::test]
+    async fn a_rebuild_reports_its_final_progress_once_even_when_nothing_was_applied() {
+        for n in [0u64, 120] {
+            let (mut s, _transport, _applier) = start(n, move |i, msg, _| match (i, msg) {
+                (0, SyncMessage::FetchEntries { library_id, .. }) => {
+                    Some(Ok(SyncMessage::SyncRequired {
+                        library_id: *library_id,
+                        term: 1,
+                        reason: "test".into(),
+                        leader_last_sequence: n,
+                    }))
+                }
+                _ => None,
+            });
+            let mut seen = Vec::new();
+            wait_for("the done event", || {
+                seen.extend(drain(&mut s.events));
+                seen.iter().any(|e| matches!(e, SyncEvent::ResyncDone { .. }))
+            })
+            .await;
+            let finals: Vec<_> = seen
+                .iter()
+                .filter_map(|e| match e {
+                    SyncEvent::ResyncProgress { applied, target, .. } => Some((*applied, *target)),
+                    _ => None,
+                })
+                .filter(|&(applied, _)| applied == n)
+                .collect();
+            assert_eq!(finals, [(n, n)], "one final report of {n} entries: {seen:?}");
+            assert_eq!(last(&s.follower), n);
+        }
     }
 
     #[actix_rt::test]
