@@ -266,6 +266,14 @@ impl Config {
                 return Err(invalid(format!("`{key}` must be greater than 0")));
             }
         }
+        let max_block = lsync_actors::log_cache::MAX_BLOCK;
+        if s.max_entries_per_response > max_block {
+            return Err(invalid(format!(
+                "`sync.max_entries_per_response` is {}: at most {max_block} (the leader's log \
+                 cache block)",
+                s.max_entries_per_response
+            )));
+        }
         if s.backoff_max_ms < s.backoff_initial_ms {
             return Err(invalid(
                 "`sync.backoff_max_ms` must be at least `sync.backoff_initial_ms`".into(),
@@ -370,9 +378,12 @@ mod tests {
         assert!(unknown.contains("line 2") && unknown.contains("heartbeat_ms"), "{unknown}");
         let zero = load("[sync]\nack_every = 0\n").unwrap_err().to_string();
         assert!(zero.contains("sync.ack_every"), "{zero}");
+        let big = load("[sync]\nmax_entries_per_response = 1025\n").unwrap_err().to_string();
+        assert!(big.contains("at most 1024"), "{big}");
+        assert!(load("[sync]\nmax_entries_per_response = 1024\n").is_ok());
         let missing = Config::load(Path::new("/nonexistent/lsync.toml")).unwrap_err().to_string();
         assert!(missing.contains("lsync init --data-dir /nonexistent"), "{missing}");
-        for e in [bad_addr, unknown, zero, missing] {
+        for e in [bad_addr, unknown, zero, big, missing] {
             assert!(!e.contains('\n'), "{e}");
         }
     }

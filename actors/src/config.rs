@@ -15,7 +15,9 @@ pub struct SyncConfig {
     /// notification to it is outstanding; commits made meanwhile become one more announcement,
     /// sent when the follower answers or at the latest this long after the first of them.
     pub notify_window: Duration,
-    /// The most entries the leader puts in one `EntriesResponse`, whatever the request asks.
+    /// The most entries the leader puts in one `EntriesResponse`, whatever the request asks;
+    /// also the leader's log cache block, so values above
+    /// [`crate::log_cache::MAX_BLOCK`] act as that.
     pub max_entries_per_response: u64,
     /// The most payload bytes the leader puts in one `EntriesResponse` (at least one entry is
     /// always sent); half the default frame limit, so a response always fits in a frame.
