@@ -10,6 +10,7 @@ use futures::future::LocalBoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use libp2p::core::transport::ListenerId;
+use libp2p::core::upgrade;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{
     self, InboundFailure, OutboundFailure, OutboundRequestId, ProtocolSupport, ResponseChannel,
@@ -56,7 +57,14 @@ pub(super) fn build_swarm(
             ),
         })
         .map_err(|e| NetworkError::Io(format!("cannot set up the behaviour: {e}")))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        // Every request opens a substream and negotiates `PROTOCOL` on it. With plain V1 the
+        // requester waits for the listener's confirmation before it writes the request: one
+        // more round trip per request. V1Lazy sends the proposal with the request (same wire
+        // format; a listener without the protocol refuses it and the request fails).
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(idle)
+                .with_substream_upgrade_protocol_override(upgrade::Version::V1Lazy)
+        })
         .with_connection_timeout(config.connection_timeout)
         .build();
     Ok(swarm)
@@ -445,6 +453,16 @@ impl EventLoop {
                     OutboundFailure::Timeout => NetworkError::Timeout,
                     OutboundFailure::ConnectionClosed => NetworkError::ConnectionClosed,
                     OutboundFailure::UnsupportedProtocols => NetworkError::UnsupportedProtocol,
+                    // With V1Lazy negotiation a refused protocol shows up when the
+                    // response is read.
+                    OutboundFailure::Io(error)
+                        if error
+                            .get_ref()
+                            .and_then(|e| e.downcast_ref())
+                            .is_some_and(|e| matches!(e, upgrade::NegotiationError::Failed)) =>
+                    {
+                        NetworkError::UnsupportedProtocol
+                    }
                     OutboundFailure::Io(error) => NetworkError::Io(error.to_string()),
                 };
                 if let Some(reply) = self.outbound.remove(&request_id) {

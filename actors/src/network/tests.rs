@@ -470,3 +470,46 @@ async fn shutdown_closes_the_network() {
     let result = within(b.handle.request(a.peer, heartbeat(library))).await;
     assert!(result.is_err(), "a stopped node answered: {result:?}");
 }
+
+#[actix_rt::test]
+async fn a_peer_without_the_protocol_is_reported_as_such() {
+    // A member that speaks another protocol (say, a future version of lsync's).
+    let mut other = libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .expect("transport")
+        .with_behaviour(|_| {
+            request_response::Behaviour::<RawCodec>::new(
+                [(StreamProtocol::new("/lsync/999"), ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .expect("behaviour")
+        .build();
+    other.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+    let addr = within(async {
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = other.select_next_some().await {
+                return address;
+            }
+        }
+    })
+    .await;
+    let other_peer = *other.local_peer_id();
+    let driver = tokio::spawn(async move {
+        loop {
+            other.select_next_some().await;
+        }
+    });
+
+    let library = Uuid::new_v4();
+    let client = node().await;
+    client
+        .handle
+        .register_library(library, vec![(other_peer, vec![addr])], client.sink.clone())
+        .await
+        .unwrap();
+    let result = within(client.handle.request(other_peer, heartbeat(library))).await;
+    driver.abort();
+    assert!(matches!(result, Err(NetworkError::UnsupportedProtocol)), "{result:?}");
+}
