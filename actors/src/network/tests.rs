@@ -480,7 +480,7 @@ async fn a_peer_without_the_protocol_is_reported_as_such() {
         .expect("transport")
         .with_behaviour(|_| {
             request_response::Behaviour::<RawCodec>::new(
-                [(StreamProtocol::new("/lsync/999"), ProtocolSupport::Full)],
+                [(StreamProtocol::new("/spacedrive/sync/2.0.0"), ProtocolSupport::Full)],
                 request_response::Config::default(),
             )
         })
