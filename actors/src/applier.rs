@@ -1116,18 +1116,24 @@ mod tests {
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
     }
 
+    /// A response to a fetch from 0 that starts at entry 2 (entries 2..=11 of the leader's
+    /// log): it does not continue the follower's log.
+    fn skipping_entry_one(library_id: Uuid, leader: &Database, last: u64) -> SyncMessage {
+        SyncMessage::EntriesResponse {
+            library_id,
+            term: 1,
+            entries: leader.fetch_since(1, 10).unwrap(),
+            has_more: true,
+            leader_last_sequence: last,
+        }
+    }
+
     #[actix_rt::test]
     async fn a_response_with_a_gap_is_refetched_from_the_persisted_position() {
         // the first response skips entry 1: the applier must not apply it and must ask again
         let (s, transport, _applier) = start(150, |i, msg, leader| match (i, msg) {
             (0, SyncMessage::FetchEntries { library_id, .. }) => {
-                Some(Ok(SyncMessage::EntriesResponse {
-                    library_id: *library_id,
-                    term: 1,
-                    entries: leader.fetch_since(1, 10).unwrap(),
-                    has_more: true,
-                    leader_last_sequence: 150,
-                }))
+                Some(Ok(skipping_entry_one(*library_id, leader, 150)))
             }
             _ => None,
         });
@@ -1146,13 +1152,7 @@ mod tests {
         // bounded number of times, then backs off as from an unreachable leader.
         let (mut s, transport, _applier) = start(50, |i, msg, leader| match msg {
             SyncMessage::FetchEntries { library_id, .. } if i < 20 => {
-                Some(Ok(SyncMessage::EntriesResponse {
-                    library_id: *library_id,
-                    term: 1,
-                    entries: leader.fetch_since(1, 10).unwrap(),
-                    has_more: true,
-                    leader_last_sequence: 50,
-                }))
+                Some(Ok(skipping_entry_one(*library_id, leader, 50)))
             }
             _ => None,
         });

@@ -338,6 +338,26 @@ impl request_response::Codec for RawCodec {
     }
 }
 
+/// A plain libp2p swarm speaking `protocol` with [`RawCodec`], outside lsync's network code.
+fn raw_swarm(
+    keypair: Keypair,
+    protocol: StreamProtocol,
+    support: ProtocolSupport,
+) -> libp2p::Swarm<request_response::Behaviour<RawCodec>> {
+    libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .expect("transport")
+        .with_behaviour(|_| {
+            request_response::Behaviour::<RawCodec>::new(
+                [(protocol, support)],
+                request_response::Config::default(),
+            )
+        })
+        .expect("behaviour")
+        .build()
+}
+
 /// Sends `bytes` as a request on a fresh connection; the response or why there is none.
 async fn raw_request(
     keypair: Keypair,
@@ -345,18 +365,7 @@ async fn raw_request(
     addrs: Vec<Multiaddr>,
     bytes: Vec<u8>,
 ) -> Result<SyncMessage, String> {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .expect("transport")
-        .with_behaviour(|_| {
-            request_response::Behaviour::<RawCodec>::new(
-                [(PROTOCOL, ProtocolSupport::Outbound)],
-                request_response::Config::default(),
-            )
-        })
-        .expect("behaviour")
-        .build();
+    let mut swarm = raw_swarm(keypair, PROTOCOL, ProtocolSupport::Outbound);
     let id = swarm.behaviour_mut().send_request_with_addresses(&server, bytes, addrs);
     within(async {
         loop {
@@ -474,18 +483,11 @@ async fn shutdown_closes_the_network() {
 #[actix_rt::test]
 async fn a_peer_without_the_protocol_is_reported_as_such() {
     // A member that speaks another protocol (say, a future version of lsync's).
-    let mut other = libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .expect("transport")
-        .with_behaviour(|_| {
-            request_response::Behaviour::<RawCodec>::new(
-                [(StreamProtocol::new("/spacedrive/sync/2.0.0"), ProtocolSupport::Full)],
-                request_response::Config::default(),
-            )
-        })
-        .expect("behaviour")
-        .build();
+    let mut other = raw_swarm(
+        Keypair::generate_ed25519(),
+        StreamProtocol::new("/spacedrive/sync/2.0.0"),
+        ProtocolSupport::Full,
+    );
     other.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
     let addr = within(async {
         loop {
