@@ -197,6 +197,7 @@ fn quote_ident(name: &str) -> String {
 }
 
 fn connect(url: &str, options: &StorageOptions, reader: bool) -> Result<SqliteConnection> {
+    crate::sqlite_setup::configure();
     let mut conn = SqliteConnection::establish(url)?;
     let busy_ms = options.busy_timeout.as_millis().min(i32::MAX as u128);
     // busy_timeout first, so that switching to WAL waits for other connections.

@@ -31,7 +31,15 @@
 //! `stashed_entries`, and one table per model (`tag`, `location`, each row with `version`).
 //! Numbers are `u64` in the API and `i64` in SQLite; a value above `i64::MAX` is refused,
 //! never wrapped.
-#![forbid(unsafe_code)]
+//!
+//! # SQLite settings
+//!
+//! The first [`Database::open`] of the process switches SQLite to multi-thread mode and turns
+//! its memory statistics off, unless the host initialized SQLite before ([`sqlite_setup`]
+//! says what happened and why).
+// `deny`, not `forbid`: `sqlite_setup` is the one module allowed unsafe code (two
+// `sqlite3_config` calls); everything else refuses it.
+#![deny(unsafe_code)]
 
 mod applier;
 mod change;
@@ -43,6 +51,7 @@ mod model;
 pub mod models;
 pub mod outbox;
 mod schema;
+pub mod sqlite_setup;
 mod sync_log;
 pub mod sync_state;
 mod transaction;
