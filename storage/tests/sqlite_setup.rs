@@ -64,7 +64,7 @@ fn the_first_open_switches_sqlite_to_multi_thread_mode_and_databases_still_work_
                         })
                         .unwrap();
                     } else {
-                        db.with_reader(|conn| SyncLog::last(conn)).unwrap();
+                        db.with_reader(SyncLog::last).unwrap();
                     }
                 }
             })
