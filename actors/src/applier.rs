@@ -479,7 +479,9 @@ impl Worker {
     /// The pipeline: the next fetch leaves as soon as a response arrives (even while a batch
     /// applies), and the responses that arrived meanwhile are applied together, in one
     /// transaction, as long as they total at most `max_response_bytes` (always at least one).
-    /// Memory: the batch applying, plus at most two responses received or in flight.
+    /// One fetch goes ahead of the response before it, on a guess of where that response ends
+    /// ([`Self::next_guess`]), checked before its answer is used. Memory: the batch applying,
+    /// plus at most [`PIPELINE`] responses received or in flight.
     ///
     /// A response that does not continue what was asked for, or a batch that meets a gap,
     /// drops the pipeline and starts again from the applied position, at most
@@ -512,12 +514,19 @@ impl Worker {
         if progress.is_none() {
             self.set_state(FollowerState::Fetching, None);
         }
-        let mut fetching: Option<(LogPosition, BoxFuture<Result<SyncMessage, NetworkError>>)> =
-            Some((start_pos, self.fetch(start_pos)));
+        // Fetches in flight, oldest first, each with the position it fetches after. The first
+        // always starts at `tip`; the one after it (if any) is a guess (see `next_guess`).
+        let mut fetching: VecDeque<(LogPosition, BoxFuture<Result<SyncMessage, NetworkError>>)> =
+            VecDeque::with_capacity(FETCHES_IN_FLIGHT);
         // Received and checked, not applied yet.
         let mut ready: VecDeque<Vec<SyncLogEntry>> = VecDeque::with_capacity(PIPELINE);
-        // Where the next fetch starts, while the pipeline is full.
-        let mut fetch_next: Option<LogPosition> = None;
+        // The last entry received (or the applied position), and whether the leader said it
+        // has more after it.
+        let (mut tip, mut more) = (start_pos, true);
+        // Guesses that missed in this pass: after MAX_MISSED_GUESSES, no more (a leader whose
+        // blocks are not this follower's `max_entries_per_response` would make every guess
+        // miss, each an extra request).
+        let mut missed = 0;
         let mut applying: Option<(u64, Applying<'_>)> = None;
         let (mut since_ack, mut applied_total, mut leader_last) = (0u64, 0u64, 0u64);
         loop {
@@ -526,12 +535,27 @@ impl Worker {
                 let count = batch.len() as u64;
                 applying = Some((count, Box::pin(self.apply(batch))));
             }
-            if fetching.is_none() && ready.len() < PIPELINE {
-                if let Some(next) = fetch_next.take() {
-                    fetching = Some((next, self.fetch(next)));
-                }
+            // Keep fetches going while the responses held stay within PIPELINE.
+            while fetching.len() < FETCHES_IN_FLIGHT && ready.len() + fetching.len() < PIPELINE {
+                let next = match fetching.back() {
+                    None if more => tip,
+                    None => break,
+                    Some(_) if missed >= MAX_MISSED_GUESSES => break,
+                    Some((since, _)) => {
+                        let known =
+                            leader_last.max(self.shared.leader_last.load(Ordering::Relaxed));
+                        match self.next_guess(*since, known) {
+                            Some(guess) => {
+                                crate::metrics::Metrics::add(&self.cx.metrics.fetches_ahead, 1);
+                                guess
+                            }
+                            None => break,
+                        }
+                    }
+                };
+                fetching.push_back((next, self.fetch(next)));
             }
-            let event = match (&mut fetching, &mut applying) {
+            let event = match (fetching.front_mut(), &mut applying) {
                 (Some((_, f)), Some((_, a))) => tokio::select! {
                     biased;
                     r = a => Step::Applied(r),
@@ -543,7 +567,7 @@ impl Worker {
             };
             match event {
                 Step::Fetched(response) => {
-                    let since = fetching.take().expect("a fetch was in flight").0;
+                    let since = fetching.pop_front().expect("a fetch was in flight").0;
                     let response = match response {
                         Ok(response) => response,
                         Err(e) => {
@@ -585,11 +609,22 @@ impl Worker {
                         Self::settle(applying.take()).await?;
                         return Ok(Pass::Restart);
                     }
-                    if has_more {
-                        fetch_next = entries.last().map(LogPosition::of);
-                    }
-                    if !entries.is_empty() {
+                    if let Some(last) = entries.last() {
+                        tip = LogPosition::of(last);
                         ready.push_back(entries);
+                    }
+                    more = has_more && tip.sequence > since.sequence;
+                    // A guess that missed (the response ended elsewhere, or the entry it ends
+                    // with has another term) is dropped, unanswered: the fetch from `tip`
+                    // replaces it.
+                    if fetching.front().is_some_and(|(next, _)| *next != tip) {
+                        missed += 1;
+                        let dropped = fetching.len() as u64;
+                        crate::metrics::Metrics::add(
+                            &self.cx.metrics.fetches_ahead_missed,
+                            dropped,
+                        );
+                        fetching.clear();
                     }
                 }
                 Step::Applied(result) => {
@@ -612,6 +647,19 @@ impl Worker {
         }
         let target = leader_last.saturating_sub(start_pos.sequence);
         Ok(Pass::Done { applied: applied_total, target })
+    }
+
+    /// Where the response to a fetch after `since` most likely ends, when the leader has
+    /// entries past it (`known` is the leader's last sequence as last heard): the leader
+    /// answers up to the end of `since + 1`'s block of `max_entries_per_response` entries
+    /// (its log cache's blocks, see [`crate::log_cache`]), and the entry there most likely
+    /// has the term of the entry at `since` (1, the first leader's term, after position 0).
+    /// A guess is only ever sent as a fetch; its response is used only if the response before
+    /// it ends exactly there, with that term.
+    fn next_guess(&self, since: LogPosition, known: u64) -> Option<LogPosition> {
+        let block = self.cx.config.max_entries_per_response.clamp(1, crate::log_cache::MAX_BLOCK);
+        let end = (since.sequence / block).checked_add(1)?.checked_mul(block)?;
+        (end < known).then_some(LogPosition { sequence: end, term: since.term.max(1) })
     }
 
     /// The next batch: the oldest ready response, and the ones after it while the batch stays
@@ -832,7 +880,15 @@ enum Step {
 type Applying<'a> = futures::future::BoxFuture<'a, Result<(), ApplyError>>;
 
 /// Responses a round holds besides the batch it applies: received, or fetch in flight.
-const PIPELINE: usize = 2;
+const PIPELINE: usize = 3;
+
+/// Fetches a round keeps in flight: the one from the last entry received, and one guess
+/// beyond it ([`Worker::next_guess`]).
+const FETCHES_IN_FLIGHT: usize = 2;
+
+/// Guesses that may miss in one pass of the pipeline before it stops guessing: a term change
+/// costs one miss; a leader with other blocks than this follower's would cost one per fetch.
+const MAX_MISSED_GUESSES: u32 = 2;
 
 /// Fresh starts a round makes after responses that do not continue the log, before it gives
 /// up until the next retry.
@@ -884,7 +940,13 @@ mod tests {
         follower: Database,
         events: broadcast::Receiver<SyncEvent>,
         leader_peer: PeerId,
+        metrics: Arc<crate::metrics::Metrics>,
     }
+
+    type Script = dyn Fn(usize, &SyncMessage, &Database) -> Option<Result<SyncMessage, NetworkError>>
+        + Send
+        + Sync
+        + 'static;
 
     /// A follower applier whose transport is `script`, which may serve from the leader's log.
     fn start(
@@ -894,9 +956,23 @@ mod tests {
             + Sync
             + 'static,
     ) -> (Setup, Arc<ScriptedTransport>, Addr<FollowerApplier>) {
+        let config =
+            SyncConfig { heartbeat_interval: Duration::from_secs(3600), ..SyncConfig::fast() };
+        start_prepared(n, |_, _| {}, config, Box::new(script))
+    }
+
+    /// [`start`], with `prepare` run on the leader's database after its first `n` entries,
+    /// before the applier starts, and the follower's `config`.
+    fn start_prepared(
+        n: u64,
+        prepare: impl FnOnce(&Database, &lsync_storage::TransactionManager),
+        config: SyncConfig,
+        script: Box<Script>,
+    ) -> (Setup, Arc<ScriptedTransport>, Addr<FollowerApplier>) {
         let dir = tempfile::tempdir().unwrap();
         let lib = Uuid::new_v4();
-        let (leader, _) = leader_db(&dir, lib, n);
+        let (leader, tm) = leader_db(&dir, lib, n);
+        prepare(&leader, &tm);
         let follower = follower_db(&dir, lib, Uuid::new_v4());
         let (etx, events) = broadcast::channel(1024);
         let leader_db = leader.clone();
@@ -909,16 +985,15 @@ mod tests {
             Some(r) => r,
             None => Ok(serve(&leader_db, &scx, msg.clone()).expect("serve")),
         });
-        let config =
-            SyncConfig { heartbeat_interval: Duration::from_secs(3600), ..SyncConfig::fast() };
         let leader_peer = PeerId::random();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let applier = FollowerApplier::new(ApplierContext {
             library_id: lib,
             db: follower.clone(),
             transport: transport.clone(),
             events: etx,
             config,
-            metrics: Default::default(),
+            metrics: metrics.clone(),
             leader: leader_peer,
             leader_device: None,
             election: None,
@@ -927,7 +1002,11 @@ mod tests {
             term: 1,
         })
         .start();
-        (Setup { _dir: dir, lib, leader, follower, events, leader_peer }, transport, applier)
+        (
+            Setup { _dir: dir, lib, leader, follower, events, leader_peer, metrics },
+            transport,
+            applier,
+        )
     }
 
     fn last(db: &Database) -> u64 {
@@ -997,10 +1076,23 @@ mod tests {
         .await;
     }
 
+    fn fetched_since(transport: &ScriptedTransport) -> Vec<(u64, u64)> {
+        transport
+            .sent("FetchEntries")
+            .iter()
+            .map(|m| match m {
+                SyncMessage::FetchEntries { since_sequence, since_term, .. } => {
+                    (*since_sequence, *since_term)
+                }
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
     #[actix_rt::test]
     async fn responses_that_arrive_during_an_apply_are_applied_together() {
         // The scripted leader answers at once, so the next responses are there long before a
-        // 100-entry transaction is done: the round applies them in pairs.
+        // 100-entry transaction is done: the round applies them together, up to PIPELINE.
         let (s, transport, _applier) = start(3_000, |_, _, _| None);
         let mut events = s.events.resubscribe();
         wait_for("all 3,000 entries applied", || last(&s.follower) == 3_000).await;
@@ -1018,7 +1110,10 @@ mod tests {
         let mut next = 1;
         for &(first, last, count) in &batches {
             assert_eq!((first, last - first + 1), (next, count), "in order, no gap: {batches:?}");
-            assert!(count <= 200, "at most two responses per transaction: {batches:?}");
+            assert!(
+                count <= PIPELINE as u64 * 100,
+                "at most {PIPELINE} responses per transaction: {batches:?}"
+            );
             next = last + 1;
         }
         assert!(batches.iter().any(|b| b.2 > 100), "responses were applied together: {batches:?}");
@@ -1031,6 +1126,68 @@ mod tests {
             })
             .collect();
         assert_eq!(sinces, (0..30).map(|i| i * 100).collect::<Vec<_>>(), "each page fetched once");
+        // Fetches left ahead of the response before them (the others waited for room in the
+        // pipeline), and every guess held.
+        assert!(s.metrics.fetches_ahead.load(Ordering::Relaxed) > 0);
+        assert_eq!(s.metrics.fetches_ahead_missed.load(Ordering::Relaxed), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_fetch_ahead_that_guessed_the_wrong_term_is_dropped_and_nothing_is_rebuilt() {
+        // Entries 1..=199 of term 1, 200..=350 of term 2: the fetch sent ahead from 100 guesses
+        // that entry 200 has term 1, and the leader answers that guess with SyncRequired. The
+        // follower must drop that answer (the response from 100 ends with term 2), fetch from
+        // (200, 2) and converge without a rebuild.
+        let (s, transport, _applier) = start_prepared(
+            199,
+            |leader, tm| {
+                leader.set_vote(2, leader.sync_state().unwrap().voted_for).unwrap();
+                let changes = (0..151).map(|i| {
+                    lsync_storage::Change::insert(&lsync_storage::Tag {
+                        id: format!("u{i}"),
+                        name: "x".into(),
+                        color: None,
+                    })
+                });
+                tm.commit_batch(changes.collect()).unwrap();
+            },
+            SyncConfig { heartbeat_interval: Duration::from_secs(3600), ..SyncConfig::fast() },
+            Box::new(|_, _, _| None),
+        );
+        wait_for("all 350 entries applied", || last(&s.follower) == 350).await;
+        assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
+        assert_eq!(s.follower.term_at(200).unwrap(), Some(2));
+        let sinces = fetched_since(&transport);
+        assert!(sinces.contains(&(200, 1)), "the wrong guess was sent: {sinces:?}");
+        assert!(sinces.contains(&(200, 2)), "then the right fetch: {sinces:?}");
+        assert!(s.metrics.fetches_ahead_missed.load(Ordering::Relaxed) >= 1);
+        assert_eq!(s.metrics.resyncs.load(Ordering::Relaxed), 0, "nothing was rebuilt");
+    }
+
+    #[actix_rt::test]
+    async fn a_follower_whose_guesses_keep_missing_stops_guessing() {
+        // The follower expects blocks of 500 entries, the leader answers blocks of 100: every
+        // guess would miss. After MAX_MISSED_GUESSES the pass fetches one response at a time.
+        let (s, transport, _applier) = start_prepared(
+            1_000,
+            |_, _| {},
+            SyncConfig {
+                heartbeat_interval: Duration::from_secs(3600),
+                max_entries_per_response: 500,
+                ..SyncConfig::fast()
+            },
+            Box::new(|_, _, _| None),
+        );
+        wait_for("all 1,000 entries applied", || last(&s.follower) == 1_000).await;
+        assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
+        let missed = s.metrics.fetches_ahead_missed.load(Ordering::Relaxed);
+        assert_eq!(missed, MAX_MISSED_GUESSES as u64, "{:?}", fetched_since(&transport));
+        assert_eq!(s.metrics.fetches_ahead.load(Ordering::Relaxed), missed);
+        // Each fetch from a real end; the first knows nothing of the leader's log, so no guess
+        // goes with it; the next two are followed by a guess of 500, then none.
+        let sinces: Vec<u64> =
+            fetched_since(&transport).into_iter().map(|(since, _)| since).collect();
+        assert_eq!(sinces, [0, 100, 500, 200, 500, 300, 400, 500, 600, 700, 800, 900]);
     }
 
     /// Sends `msg` to the applier as its leader; returns the reply.

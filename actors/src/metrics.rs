@@ -71,6 +71,12 @@ pub struct Metrics {
     pub fetches_served_cached: AtomicU64,
     /// FetchEntries answered by this device as leader from SQLite.
     pub fetches_served_storage: AtomicU64,
+    /// FetchEntries this device sent as follower ahead of the response before them, starting
+    /// where that response was expected to end (see docs/architecture.md, "Fetch pipeline").
+    pub fetches_ahead: AtomicU64,
+    /// Of those, the ones dropped because the response before them ended elsewhere (a term
+    /// change, a byte-capped response, the end of the leader's log).
+    pub fetches_ahead_missed: AtomicU64,
     /// Round trip of a FetchEntries request, seen by the follower.
     pub fetch_rtt: Histogram,
     /// From the leader's commit (the entry's timestamp) to the follower's apply. Across

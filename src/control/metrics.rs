@@ -11,6 +11,8 @@
 //! | `lsync_actor_restarts_total` | counter | |
 //! | `lsync_fetches_served_cached_total` | counter | |
 //! | `lsync_fetches_served_storage_total` | counter | |
+//! | `lsync_fetches_ahead_total` | counter | |
+//! | `lsync_fetches_ahead_missed_total` | counter | |
 //! | `lsync_fetch_rtt_seconds` | histogram | |
 //! | `lsync_commit_to_apply_seconds` | histogram | |
 //! | `lsync_network_inbound_requests_total` | counter | |
@@ -170,6 +172,16 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
         "lsync_fetches_served_storage_total",
         "FetchEntries answered as leader from SQLite.",
         &m.fetches_served_storage,
+    );
+    o.counter(
+        "lsync_fetches_ahead_total",
+        "FetchEntries sent as follower ahead of the response before them, on a guess of its end.",
+        &m.fetches_ahead,
+    );
+    o.counter(
+        "lsync_fetches_ahead_missed_total",
+        "Fetches sent ahead that were dropped: the response before them ended elsewhere.",
+        &m.fetches_ahead_missed,
     );
     o.histogram(
         "lsync_fetch_rtt_seconds",
@@ -400,6 +412,8 @@ mod tests {
         let m = Metrics::default();
         Metrics::add(&m.entries_committed, 42);
         Metrics::add(&m.fetches_served_cached, 7);
+        Metrics::add(&m.fetches_ahead, 5);
+        Metrics::add(&m.fetches_ahead_missed, 1);
         m.fetch_rtt.observe(Duration::from_micros(300));
         m.fetch_rtt.observe(Duration::from_secs(9));
         m.commit_to_apply.observe(Duration::from_millis(2));
@@ -449,6 +463,8 @@ mod tests {
         assert_eq!(s["lsync_entries_committed_total[]"], 42.0);
         assert_eq!(s["lsync_fetches_served_cached_total[]"], 7.0);
         assert_eq!(s["lsync_fetches_served_storage_total[]"], 0.0);
+        assert_eq!(s["lsync_fetches_ahead_total[]"], 5.0);
+        assert_eq!(s["lsync_fetches_ahead_missed_total[]"], 1.0);
         assert_eq!(s["lsync_fetch_rtt_seconds_count[]"], 2.0);
         assert_eq!(s[r#"lsync_fetch_rtt_seconds_bucket[("le", "0.0005")]"#], 1.0);
         assert_eq!(s[r#"lsync_network_rejected_requests_total[("reason", "unauthorized")]"#], 3.0);
