@@ -24,7 +24,7 @@ use libp2p::{Multiaddr, PeerId};
 use lsync::crates::actors::network::{InboundRequest, NetworkHandle};
 use lsync::crates::protocol::{SyncMessage, SyncRole};
 use lsync::crates::storage::{Applier, Database, StorageOptions, SyncState};
-use lsync::{DeviceInfo, Node, NodeConfig, SyncConfig, SyncEvent};
+use lsync::{DeviceInfo, Metrics, Node, NodeConfig, SyncConfig, SyncEvent};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -100,6 +100,8 @@ struct Progress {
     missed_events: u64,
     /// The database's applied position at the previous poll, when it was ahead of the events.
     db_ahead: Option<u64>,
+    /// The node's counters (the fetches sent ahead and their misses go in `reached`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Progress {
@@ -117,6 +119,7 @@ impl Progress {
             lagged: 0,
             missed_events: 0,
             db_ahead: None,
+            metrics: None,
         }
     }
 
@@ -181,6 +184,10 @@ impl Progress {
                     "applies": self.applies,
                     "lagged_events": self.lagged,
                     "missed_events": self.missed_events,
+                    "fetches_ahead": self.metrics.as_ref()
+                        .map(|m| m.fetches_ahead.load(Ordering::Relaxed)),
+                    "fetches_ahead_missed": self.metrics.as_ref()
+                        .map(|m| m.fetches_ahead_missed.load(Ordering::Relaxed)),
                 }));
             }
         }
@@ -244,6 +251,7 @@ async fn follower_main(dir: PathBuf, heartbeat_ms: u64, record: bool) -> anyhow:
     let mut events = node.subscribe();
     let mut commands = stdin_commands();
     let mut progress = Progress::new(recorder);
+    progress.metrics = Some(node.metrics().clone());
     let trace_events = std::env::var_os("LSYNC_BENCH_EVENTS").is_some();
     let mut joined: Option<Uuid> = None;
     let mut position_tick = tokio::time::interval(Duration::from_millis(250));

@@ -275,6 +275,10 @@ struct Throughput {
     leader_commit_eps: f64,
     follower_peak_rss_mb: f64,
     library_id: Uuid,
+    /// Fetches the followers sent ahead of the response before them, and those that missed
+    /// (summed over the followers).
+    fetches_ahead: u64,
+    fetches_ahead_missed: u64,
 }
 
 /// Phase 3: Sustained replication: the leader commits `throughput_entries` as fast as it can, in
@@ -308,7 +312,10 @@ async fn throughput(
     for c in children {
         c.quit().await;
     }
+    let count = |key: &str| reached.iter().filter_map(|r| r[key].as_u64()).sum::<u64>();
     Ok(Throughput {
+        fetches_ahead: count("fetches_ahead"),
+        fetches_ahead_missed: count("fetches_ahead_missed"),
         eps_slowest: eps.iter().copied().fold(f64::INFINITY, f64::min),
         eps_per_follower: eps,
         leader_commit_eps: total as f64 / ((t_committed - t0).max(1) as f64 / 1e6),
@@ -505,6 +512,8 @@ pub async fn throughput_only(followers: usize, entries: u64) -> anyhow::Result<(
             "leader_commit_eps": t.leader_commit_eps.round(),
             "fetches_served_cached": leader.metrics().fetches_served_cached.load(Ordering::Relaxed),
             "fetches_served_storage": leader.metrics().fetches_served_storage.load(Ordering::Relaxed),
+            "fetches_ahead": t.fetches_ahead,
+            "fetches_ahead_missed": t.fetches_ahead_missed,
             "leader_peak_rss_mb": procs::own_peak_rss_mb(),
             "follower_peak_rss_mb": t.follower_peak_rss_mb,
         })
@@ -599,8 +608,13 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
         t1.eps_slowest, t1.leader_commit_eps
     ));
     let t3 = throughput(&leader, &root, "tp3", 3, &opts).await?;
-    say(format!("  3 followers: {:.0} entries/s per follower (slowest)", t3.eps_slowest));
+    say(format!(
+        "  3 followers: {:.0} entries/s per follower (slowest); fetches sent ahead {} ({} missed)",
+        t3.eps_slowest, t3.fetches_ahead, t3.fetches_ahead_missed
+    ));
     put("throughput_eps_1f", json!(t1.eps_slowest.round()));
+    put("throughput_fetches_ahead_3f", json!(t3.fetches_ahead));
+    put("throughput_fetches_ahead_missed_3f", json!(t3.fetches_ahead_missed));
     put("throughput_eps_3f", json!(t3.eps_slowest.round()));
     put(
         "throughput_eps_3f_each",
