@@ -5,9 +5,10 @@
 //! LeaderUnreachable, Resync*, BulkJobQueued and ApplyFailed events.
 //!
 //! The actor answers requests at once and wakes its worker, a task that owns the replication
-//! loop: fetch from the persisted position, keep one more fetch in flight while a response is
-//! applied (network and SQLite overlap), apply each response in ONE transaction through the
-//! storage `Applier`, acknowledge, repeat while `has_more`. On a network failure it retries
+//! loop: fetch from the persisted position, keep fetching while a batch is applied (network and
+//! SQLite overlap), one fetch ahead of the response in flight on a checked guess of where it
+//! ends, apply the responses that arrived in ONE transaction through the storage `Applier`,
+//! acknowledge, repeat while `has_more`. On a network failure it retries
 //! with exponential backoff and jitter, always resuming from the persisted sequence, so nothing
 //! is applied twice or skipped. On a gap it re-fetches; on SyncRequired (or a divergence found
 //! while applying) it rebuilds the library from the leader's log, reporting progress.
@@ -481,7 +482,8 @@ impl Worker {
     /// transaction, as long as they total at most `max_response_bytes` (always at least one).
     /// One fetch goes ahead of the response before it, on a guess of where that response ends
     /// ([`Self::next_guess`]), checked before its answer is used. Memory: the batch applying,
-    /// plus at most [`PIPELINE`] responses received or in flight.
+    /// plus at most [`PIPELINE`] responses received or in flight (and, for a moment, the answer
+    /// to a dropped guess that the network task is still reading: it is discarded unread).
     ///
     /// A response that does not continue what was asked for, or a batch that meets a gap,
     /// drops the pipeline and starts again from the applied position, at most
@@ -887,7 +889,9 @@ const PIPELINE: usize = 3;
 const FETCHES_IN_FLIGHT: usize = 2;
 
 /// Guesses that may miss in one pass of the pipeline before it stops guessing: a term change
-/// costs one miss; a leader with other blocks than this follower's would cost one per fetch.
+/// costs one miss; a leader whose blocks do not end where this follower's
+/// `max_entries_per_response` says would cost one per fetch. A miss also costs the leader a
+/// response (and, with several followers, one use of a cached block).
 const MAX_MISSED_GUESSES: u32 = 2;
 
 /// Fresh starts a round makes after responses that do not continue the log, before it gives
