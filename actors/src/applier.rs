@@ -1013,6 +1013,19 @@ mod tests {
         )
     }
 
+    /// `n` inserts of new tags `{prefix}0`, `{prefix}1`, ….
+    fn tag_inserts(prefix: &str, n: usize) -> Vec<lsync_storage::Change> {
+        (0..n)
+            .map(|i| {
+                lsync_storage::Change::insert(&lsync_storage::Tag {
+                    id: format!("{prefix}{i}"),
+                    name: "x".into(),
+                    color: None,
+                })
+            })
+            .collect()
+    }
+
     fn last(db: &Database) -> u64 {
         db.last_position().unwrap().sequence
     }
@@ -1030,14 +1043,7 @@ mod tests {
             s.leader.clone(),
             s.leader.sync_state().unwrap().device_id,
         );
-        let changes = (0..250).map(|i| {
-            lsync_storage::Change::insert(&lsync_storage::Tag {
-                id: format!("n{i}"),
-                name: "x".into(),
-                color: None,
-            })
-        });
-        tm.commit_batch(changes.collect()).unwrap();
+        tm.commit_batch(tag_inserts("n", 250)).unwrap();
         let note = SyncMessage::NewEntries {
             library_id: s.lib,
             term: 1,
@@ -1146,14 +1152,7 @@ mod tests {
             199,
             |leader, tm| {
                 leader.set_vote(2, leader.sync_state().unwrap().voted_for).unwrap();
-                let changes = (0..151).map(|i| {
-                    lsync_storage::Change::insert(&lsync_storage::Tag {
-                        id: format!("u{i}"),
-                        name: "x".into(),
-                        color: None,
-                    })
-                });
-                tm.commit_batch(changes.collect()).unwrap();
+                tm.commit_batch(tag_inserts("u", 151)).unwrap();
             },
             SyncConfig { heartbeat_interval: Duration::from_secs(3600), ..SyncConfig::fast() },
             Box::new(|_, _, _| None),
