@@ -15,11 +15,11 @@
 //! `sqlite3_config` only works before SQLite initializes. If the host used SQLite in this
 //! process before lsync opened a database, SQLite refuses (`SQLITE_MISUSE`), nothing changes,
 //! and lsync runs in serialized mode, just as correctly. `sqlite3_config` must not race with
-//! another thread's first use of SQLite: a host that uses SQLite from other threads while it
-//! starts lsync calls [`configure`] itself first (or initializes SQLite first). A host that shares one SQLite
-//! connection between threads at once must open it with `SQLITE_OPEN_FULLMUTEX` (rusqlite
+//! another thread's first use of SQLite: a host whose threads may use SQLite while it starts
+//! lsync calls [`configure`] itself first, or initializes SQLite first. A host that shares one
+//! SQLite connection between threads at once opens it with `SQLITE_OPEN_FULLMUTEX` (rusqlite
 //! opens with `SQLITE_OPEN_NOMUTEX` by default, so its connections are unaffected), or
-//! initialize SQLite itself before lsync opens a database.
+//! initializes SQLite itself before lsync opens a database.
 #![allow(unsafe_code)]
 
 use std::os::raw::c_int;
