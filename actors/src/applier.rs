@@ -544,8 +544,8 @@ impl Worker {
                     None => break,
                     Some(_) if missed >= MAX_MISSED_GUESSES => break,
                     Some((since, _)) => {
-                        let known =
-                            leader_last.max(self.shared.leader_last.load(Ordering::Relaxed));
+                        // Every response's `leader_last_sequence` went into it (fetch_max).
+                        let known = self.shared.leader_last.load(Ordering::Relaxed);
                         match self.next_guess(*since, known) {
                             Some(guess) => {
                                 crate::metrics::Metrics::add(&self.cx.metrics.fetches_ahead, 1);
@@ -1068,14 +1068,7 @@ mod tests {
         assert!(matches!(rx.await.unwrap(), SyncMessage::Acknowledge { up_to_sequence: 0, .. }));
         wait_for("all 250 entries applied", || last(&s.follower) == 250).await;
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
-        let sinces: Vec<u64> = transport
-            .sent("FetchEntries")
-            .iter()
-            .map(|m| match m {
-                SyncMessage::FetchEntries { since_sequence, .. } => *since_sequence,
-                _ => unreachable!(),
-            })
-            .collect();
+        let sinces = since_sequences(&transport);
         assert!(sinces.ends_with(&[0, 100, 200]), "pages fetched in order: {sinces:?}");
         wait_for("an acknowledgement of 250", || {
             transport
@@ -1086,6 +1079,7 @@ mod tests {
         .await;
     }
 
+    /// The `(since_sequence, since_term)` of every FetchEntries sent, in order.
     fn fetched_since(transport: &ScriptedTransport) -> Vec<(u64, u64)> {
         transport
             .sent("FetchEntries")
@@ -1097,6 +1091,11 @@ mod tests {
                 _ => unreachable!(),
             })
             .collect()
+    }
+
+    /// The `since_sequence` of every FetchEntries sent, in order.
+    fn since_sequences(transport: &ScriptedTransport) -> Vec<u64> {
+        fetched_since(transport).into_iter().map(|(since, _)| since).collect()
     }
 
     #[actix_rt::test]
@@ -1127,14 +1126,7 @@ mod tests {
             next = last + 1;
         }
         assert!(batches.iter().any(|b| b.2 > 100), "responses were applied together: {batches:?}");
-        let sinces: Vec<u64> = transport
-            .sent("FetchEntries")
-            .iter()
-            .map(|m| match m {
-                SyncMessage::FetchEntries { since_sequence, .. } => *since_sequence,
-                _ => unreachable!(),
-            })
-            .collect();
+        let sinces = since_sequences(&transport);
         assert_eq!(sinces, (0..30).map(|i| i * 100).collect::<Vec<_>>(), "each page fetched once");
         // Fetches left ahead of the response before them (the others waited for room in the
         // pipeline), and every guess held.
@@ -1188,8 +1180,7 @@ mod tests {
         assert_eq!(s.metrics.fetches_ahead.load(Ordering::Relaxed), missed);
         // Each fetch from a real end; the first knows nothing of the leader's log, so no guess
         // goes with it; the next two are followed by a guess of 500, then none.
-        let sinces: Vec<u64> =
-            fetched_since(&transport).into_iter().map(|(since, _)| since).collect();
+        let sinces = since_sequences(&transport);
         assert_eq!(sinces, [0, 100, 500, 200, 500, 300, 400, 500, 600, 700, 800, 900]);
     }
 
