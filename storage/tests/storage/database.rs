@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use lsync_protocol::SyncRole;
 use lsync_storage::{
-    Change, Database, Device, ModelRegistry, StorageError, StorageOptions, Synchronous,
+    Change, Database, Device, ModelRegistry, StorageError, StorageOptions, SyncState, Synchronous,
 };
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -179,4 +179,23 @@ fn a_background_thread_checkpoints_the_wal_and_stops_with_the_database() {
     let reopened = Database::open(&path, &StorageOptions::default(), registry(false)).unwrap();
     assert_eq!(reopened.last_position().unwrap().sequence, 4_000);
     assert_eq!(reopened.dump().unwrap()["tag"].len(), 4_000);
+}
+
+#[test]
+fn set_last_synced_updates_the_row_and_refuses_a_missing_one() {
+    use lsync_storage::sync_state::set_last_synced;
+    let dir = TempDir::new().unwrap();
+    let db = open(&dir, "l", ModelRegistry::with_builtin());
+    assert!(matches!(
+        db.with_writer(|conn| set_last_synced(conn, 5)),
+        Err(StorageError::NotInitialized)
+    ));
+    let initial = state(Uuid::new_v4(), Uuid::new_v4(), SyncRole::Follower, None);
+    db.init_sync_state(&initial).unwrap();
+    for n in [5, 6, u64::from(u32::MAX) + 1] {
+        db.with_writer(|conn| set_last_synced(conn, n)).unwrap();
+        assert_eq!(db.sync_state().unwrap(), SyncState { last_synced_sequence: n, ..initial });
+    }
+    assert!(db.with_writer(|conn| set_last_synced(conn, u64::MAX)).is_err());
+    assert_eq!(db.sync_state().unwrap().last_synced_sequence, u64::from(u32::MAX) + 1);
 }
