@@ -177,6 +177,7 @@ impl Handler<InboundRequest> for FollowerApplier {
                 )
             }
             _ if req.peer != self.cx.leader => SyncMessage::Error {
+                term: 0,
                 library_id,
                 code: ErrorCode::NotLeader,
                 message: "this device follows another leader".into(),
@@ -208,13 +209,20 @@ impl Handler<InboundRequest> for FollowerApplier {
                     let older = self.shared.pushed.lock().expect("pushed lock").replace(pushed);
                     if let Some(older) = older {
                         let _ = older.reply.send(SyncMessage::Acknowledge {
+                            last_term: 0,
+                            term: 0,
                             library_id,
                             up_to_sequence: applied.sequence,
                         });
                     }
                     return;
                 }
-                SyncMessage::Acknowledge { library_id, up_to_sequence: applied.sequence }
+                SyncMessage::Acknowledge {
+                    last_term: 0,
+                    term: 0,
+                    library_id,
+                    up_to_sequence: applied.sequence,
+                }
             }
             SyncMessage::Heartbeat { current_sequence, .. } => {
                 self.shared.leader_last.fetch_max(current_sequence, Ordering::Relaxed);
@@ -222,6 +230,8 @@ impl Handler<InboundRequest> for FollowerApplier {
                     self.shared.wake.notify_one();
                 }
                 SyncMessage::Heartbeat {
+                    commit_sequence: 0,
+                    features: 0,
                     library_id,
                     term,
                     current_sequence: applied.sequence,
@@ -231,6 +241,7 @@ impl Handler<InboundRequest> for FollowerApplier {
             }
             SyncMessage::FetchEntries { .. } | SyncMessage::Acknowledge { .. } => {
                 SyncMessage::Error {
+                    term: 0,
                     library_id,
                     code: ErrorCode::NotLeader,
                     message: "this device is a follower of the library".into(),
@@ -389,6 +400,8 @@ impl Worker {
             return false;
         };
         let ack = |up_to_sequence| SyncMessage::Acknowledge {
+            last_term: 0,
+            term: 0,
             library_id: self.cx.library_id,
             up_to_sequence,
         };
@@ -433,6 +446,8 @@ impl Worker {
     async fn heartbeat(&self) -> Result<bool, RoundError> {
         let pos = self.current_position().await?;
         let msg = SyncMessage::Heartbeat {
+            commit_sequence: 0,
+            features: 0,
             library_id: self.cx.library_id,
             term: self.shared.term.load(Ordering::Relaxed),
             current_sequence: pos.sequence,
@@ -819,7 +834,12 @@ impl Worker {
         let up_to = self.position().sequence;
         let fut = self.cx.transport.request(
             self.cx.leader,
-            SyncMessage::Acknowledge { library_id: self.cx.library_id, up_to_sequence: up_to },
+            SyncMessage::Acknowledge {
+                last_term: 0,
+                term: 0,
+                library_id: self.cx.library_id,
+                up_to_sequence: up_to,
+            },
         );
         let shared = self.shared.clone();
         actix_rt::spawn(async move {
@@ -1045,6 +1065,7 @@ mod tests {
         );
         tm.commit_batch(tag_inserts("n", 250)).unwrap();
         let note = SyncMessage::NewEntries {
+            commit_sequence: 0,
             library_id: s.lib,
             term: 1,
             from_sequence: 1,
@@ -1197,6 +1218,7 @@ mod tests {
 
     fn pushed(s: &Setup, from: u64, to: u64, prev_term: u64) -> SyncMessage {
         SyncMessage::NewEntries {
+            commit_sequence: 0,
             library_id: s.lib,
             term: 1,
             from_sequence: from,
@@ -1271,6 +1293,7 @@ mod tests {
     /// log): it does not continue the follower's log.
     fn skipping_entry_one(library_id: Uuid, leader: &Database, last: u64) -> SyncMessage {
         SyncMessage::EntriesResponse {
+            commit_sequence: 0,
             library_id,
             term: 1,
             entries: leader.fetch_since(1, 10).unwrap(),

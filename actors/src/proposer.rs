@@ -284,6 +284,7 @@ pub fn serve_proposal(
             last_sequence: o.last_sequence,
         },
         Err(StorageError::NotLeader { leader, .. }) => SyncMessage::Error {
+            term: 0,
             library_id,
             code: ErrorCode::NotLeader,
             message: "this device no longer leads the library".into(),

@@ -442,6 +442,8 @@ impl Handler<InboundRequest> for SyncService {
         {
             if *term < state.current_term {
                 let _ = req.reply.send(SyncMessage::Heartbeat {
+                    commit_sequence: 0,
+                    features: 0,
                     library_id,
                     term: state.current_term,
                     current_sequence: state.last_synced_sequence,
@@ -486,6 +488,7 @@ impl Handler<InboundRequest> for SyncService {
                 ))
             } else if !leading {
                 Some(SyncMessage::Error {
+                    term: 0,
                     library_id,
                     code: ErrorCode::NotLeader,
                     message: "this device does not lead the library".into(),
@@ -536,6 +539,7 @@ impl Handler<InboundRequest> for SyncService {
             }
             Role::Idle => {
                 let _ = req.reply.send(SyncMessage::Error {
+                    term: 0,
                     library_id,
                     code: ErrorCode::NotLeader,
                     message: "this device does not serve the library right now".into(),

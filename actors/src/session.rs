@@ -203,6 +203,7 @@ impl FollowerSession {
     fn send_notification(&mut self, a: Announce, ctx: &mut Context<Self>) {
         let (prev_term, entries) = self.inline.take_for(&a).unwrap_or_default();
         let msg = SyncMessage::NewEntries {
+            commit_sequence: 0,
             library_id: self.cx.library_id,
             term: self.cx.term,
             from_sequence: a.from_sequence,
@@ -238,6 +239,8 @@ impl FollowerSession {
         actix_rt::spawn(async move {
             let Ok(pos) = run_blocking(move || db.last_position()).await else { return };
             let msg = SyncMessage::Heartbeat {
+                commit_sequence: 0,
+                features: 0,
                 library_id: cx.library_id,
                 term: cx.term,
                 current_sequence: pos.sequence,
@@ -436,6 +439,7 @@ pub fn serve(
                     cap_bytes(&mut entries, cx.max_response_bytes);
                     let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
                     SyncMessage::EntriesResponse {
+                        commit_sequence: 0,
                         library_id,
                         term,
                         has_more: served_to < last.sequence,
@@ -503,6 +507,7 @@ pub fn serve_cached(cx: &SessionContext, msg: &SyncMessage) -> Option<SyncMessag
     let last = cx.cache.last().max(end);
     let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
     Some(SyncMessage::EntriesResponse {
+        commit_sequence: 0,
         library_id: cx.library_id,
         term: cx.term,
         has_more: served_to < last,
@@ -564,6 +569,8 @@ fn cap_bytes(entries: &mut Vec<SyncLogEntry>, max_bytes: usize) {
 
 fn leader_heartbeat(library_id: Uuid, term: u64, last: lsync_storage::LogPosition) -> SyncMessage {
     SyncMessage::Heartbeat {
+        commit_sequence: 0,
+        features: 0,
         library_id,
         term,
         current_sequence: last.sequence,
@@ -670,8 +677,16 @@ mod tests {
         let zero = ask(&session, fetch(0, 0, 0)).await;
         assert!(matches!(zero, SyncMessage::Error { code: ErrorCode::BadRequest, .. }), "{zero:?}");
         // the follower's acknowledgement is recorded and answered with the leader's heartbeat
-        let ack =
-            ask(&session, SyncMessage::Acknowledge { library_id: lib, up_to_sequence: 120 }).await;
+        let ack = ask(
+            &session,
+            SyncMessage::Acknowledge {
+                last_term: 0,
+                term: 0,
+                library_id: lib,
+                up_to_sequence: 120,
+            },
+        )
+        .await;
         assert!(matches!(
             ack,
             SyncMessage::Heartbeat { current_sequence: 250, role: SyncRole::Leader, .. }
@@ -788,7 +803,12 @@ mod tests {
                     match delay {
                         Some(d) => {
                             tokio::time::sleep(d).await;
-                            Ok(SyncMessage::Acknowledge { library_id, up_to_sequence: to_sequence })
+                            Ok(SyncMessage::Acknowledge {
+                                last_term: 0,
+                                term: 0,
+                                library_id,
+                                up_to_sequence: to_sequence,
+                            })
                         }
                         None => std::future::pending().await,
                     }

@@ -217,6 +217,7 @@ impl ElectionWatcher {
                     let fut = self.cx.transport.request(
                         peer,
                         SyncMessage::RequestVote {
+                            pre_vote: false,
                             library_id,
                             term: request.term,
                             candidate: request.candidate,
@@ -241,6 +242,7 @@ impl ElectionWatcher {
                 Action::SendVoteResponse { response, .. } => {
                     if let Some(r) = reply.take() {
                         let _ = r.send(SyncMessage::Vote {
+                            pre_vote: false,
                             library_id,
                             term: response.term,
                             voter: response.voter,
@@ -271,6 +273,8 @@ impl ElectionWatcher {
             // Requests that needed no vote (TimeoutNow) are answered with this device's view.
             let pos = self.election.last_log();
             let _ = r.send(SyncMessage::Heartbeat {
+                commit_sequence: 0,
+                features: 0,
                 library_id,
                 term: self.election.term(),
                 current_sequence: pos.sequence,

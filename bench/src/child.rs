@@ -378,13 +378,20 @@ impl Handler<InboundRequest> for PollerSink {
         let applied = self.applied.load(Ordering::Relaxed);
         let reply = match req.message {
             SyncMessage::Heartbeat { term, .. } => SyncMessage::Heartbeat {
+                commit_sequence: 0,
+                features: 0,
                 library_id,
                 term,
                 current_sequence: applied,
                 last_term: if applied == 0 { 0 } else { 1 },
                 role: SyncRole::Follower,
             },
-            _ => SyncMessage::Acknowledge { library_id, up_to_sequence: applied },
+            _ => SyncMessage::Acknowledge {
+                last_term: 0,
+                term: 0,
+                library_id,
+                up_to_sequence: applied,
+            },
         };
         let _ = req.reply.send(reply);
     }

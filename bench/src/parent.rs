@@ -408,6 +408,8 @@ async fn idle(root: &Path, opts: &Opts) -> anyhow::Result<Idle> {
     let requests = r1 - r0;
     // Application bytes of one heartbeat exchange (request + response frames), both ways.
     let hb = lsync::crates::protocol::SyncMessage::Heartbeat {
+        commit_sequence: 0,
+        features: 0,
         library_id: Uuid::new_v4(),
         term: 1,
         current_sequence: 1_000_000,

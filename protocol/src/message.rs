@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::membership::{AddressHint, Configuration, MembershipChange};
+
 /// The role a device plays for one library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SyncRole {
@@ -39,6 +41,15 @@ pub enum ChangeType {
     /// Metadata of a large operation (e.g. indexing a location): followers run a local job
     /// instead of receiving rows.
     Bulk,
+    /// A configuration entry: `data` is the library's whole membership
+    /// ([`crate::Configuration`]). Every leader's first entry of its term is one (restating
+    /// the configuration when it does not change it).
+    Config,
+    /// A change type this build does not know, written by a newer version. It is never
+    /// written by this build; a follower meeting one stops applying and reports that it needs
+    /// an upgrade.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ChangeType {
@@ -49,6 +60,8 @@ impl ChangeType {
             Self::Update => "update",
             Self::Delete => "delete",
             Self::Bulk => "bulk",
+            Self::Config => "config",
+            Self::Unknown => "unknown",
         }
     }
 
@@ -59,6 +72,7 @@ impl ChangeType {
             "update" => Self::Update,
             "delete" => Self::Delete,
             "bulk" => Self::Bulk,
+            "config" => Self::Config,
             _ => return None,
         })
     }
@@ -154,6 +168,9 @@ pub enum SyncMessage {
         prev_term: u64,
         #[serde(default)]
         entries: Vec<SyncLogEntry>,
+        /// The leader's commit sequence (docs/protocol.md §6); absent: 0.
+        #[serde(default)]
+        commit_sequence: u64,
     },
     /// Follower → leader request: entries after `since_sequence`, at most `limit`
     /// (the leader caps it at its own maximum, 100 by default). `since_term` is the term of the
@@ -168,21 +185,48 @@ pub enum SyncMessage {
         entries: Vec<SyncLogEntry>,
         has_more: bool,
         leader_last_sequence: u64,
+        /// The leader's commit sequence; absent: 0.
+        #[serde(default)]
+        commit_sequence: u64,
     },
     /// Follower → leader request: everything up to `up_to_sequence` is applied.
     /// Also the follower's response to `NewEntries`. Answered by the leader's `Heartbeat`.
-    Acknowledge { library_id: Uuid, up_to_sequence: u64 },
+    /// `last_term` is the term of the follower's entry at `up_to_sequence` and `term` the
+    /// follower's current term: the leader counts the acknowledgement toward its commit
+    /// sequence only when both match its own (absent: 0, never counted).
+    Acknowledge {
+        library_id: Uuid,
+        up_to_sequence: u64,
+        #[serde(default)]
+        term: u64,
+        #[serde(default)]
+        last_term: u64,
+    },
     /// Either direction, request: the sender's view. `current_sequence` is its last log
     /// sequence and `last_term` the term of that entry. Answered by the receiver's `Heartbeat`,
     /// or `SyncRequired` / `Error`.
-    Heartbeat { library_id: Uuid, term: u64, current_sequence: u64, last_term: u64, role: SyncRole },
+    ///
+    /// `commit_sequence` is the leader's commit sequence (0 from a follower) and `features` the
+    /// highest library feature version the sender supports (absent: 0, a version-1 peer).
+    Heartbeat {
+        library_id: Uuid,
+        term: u64,
+        current_sequence: u64,
+        last_term: u64,
+        role: SyncRole,
+        #[serde(default)]
+        commit_sequence: u64,
+        #[serde(default)]
+        features: u32,
+    },
     /// Leader → follower response: the follower's log cannot be continued (diverged, or
     /// ahead of the leader); it must rebuild the library from the leader's log.
     SyncRequired { library_id: Uuid, term: u64, reason: String, leader_last_sequence: u64 },
     /// Candidate → member request: vote for `candidate` in `term`. Its log ends at
     /// `(last_log_term, last_log_sequence)`; `transfer` marks an election the leader asked for
     /// (leadership transfer), which members grant even while they hear a live leader.
-    /// Answered by `Vote` or `Error`.
+    /// `pre_vote` asks whether the vote *would* be granted in `term`: nobody changes its term
+    /// or its vote for it (absent: false). Answered by `Vote` or `Error`.
     RequestVote {
         library_id: Uuid,
         term: u64,
@@ -190,9 +234,19 @@ pub enum SyncMessage {
         last_log_term: u64,
         last_log_sequence: u64,
         transfer: bool,
+        #[serde(default)]
+        pre_vote: bool,
     },
-    /// Member → candidate response: `voter`'s decision, and its current term.
-    Vote { library_id: Uuid, term: u64, voter: Uuid, granted: bool },
+    /// Member → candidate response: `voter`'s decision, and its current term; `pre_vote`
+    /// echoes the request's.
+    Vote {
+        library_id: Uuid,
+        term: u64,
+        voter: Uuid,
+        granted: bool,
+        #[serde(default)]
+        pre_vote: bool,
+    },
     /// Leader → chosen follower request (leadership transfer): the follower is caught up and
     /// should start an election at once. Answered by the receiver's `Heartbeat` or `Error`.
     TimeoutNow { library_id: Uuid, term: u64 },
@@ -223,7 +277,48 @@ pub enum SyncMessage {
         /// With `NotLeader`: the leader this device knows of, if any.
         #[serde(default)]
         leader_hint: Option<Uuid>,
+        /// The responder's current term (so a `StaleTerm` teaches the requester the term);
+        /// absent: 0.
+        #[serde(default)]
+        term: u64,
     },
+    /// New device → a member request, with an invitation's one-time `secret`: make this device
+    /// (the stream's peer, `device_id`) a member of the library. Answered by `Joined` or
+    /// `Error` (`Unauthorized` for an unknown, used or expired invitation).
+    Join {
+        library_id: Uuid,
+        #[serde(with = "serde_bytes")]
+        secret: Vec<u8>,
+        device_id: Uuid,
+        name: String,
+        addresses: Vec<String>,
+    },
+    /// Response to `Join`: the configuration holding the new device (as a learner) at
+    /// `config_sequence` of the leader's log, whether that entry is committed yet, the term and
+    /// the leader to follow.
+    Joined {
+        library_id: Uuid,
+        term: u64,
+        leader: Option<Uuid>,
+        configuration: Configuration,
+        config_sequence: u64,
+        committed: bool,
+    },
+    /// Any member → the leader request: change the membership. `request_id` makes retries
+    /// safe. Answered by `MembershipResult` or `Error`.
+    ChangeMembership { library_id: Uuid, term: u64, request_id: Uuid, change: MembershipChange },
+    /// Response to `ChangeMembership`: the configuration entry at `config_sequence` carries the
+    /// change; `committed` once a majority holds it.
+    MembershipResult {
+        library_id: Uuid,
+        term: u64,
+        request_id: Uuid,
+        config_sequence: u64,
+        committed: bool,
+    },
+    /// Any member → any member request: the signed address hints the sender knows (its own
+    /// first). Answered by `AnnounceAddresses` with the receiver's hints.
+    AnnounceAddresses { library_id: Uuid, hints: Vec<AddressHint> },
 }
 
 impl SyncMessage {
@@ -241,7 +336,12 @@ impl SyncMessage {
             | Self::TimeoutNow { library_id, .. }
             | Self::Propose { library_id, .. }
             | Self::ProposalResult { library_id, .. }
-            | Self::Error { library_id, .. } => *library_id,
+            | Self::Error { library_id, .. }
+            | Self::Join { library_id, .. }
+            | Self::Joined { library_id, .. }
+            | Self::ChangeMembership { library_id, .. }
+            | Self::MembershipResult { library_id, .. }
+            | Self::AnnounceAddresses { library_id, .. } => *library_id,
         }
     }
 
@@ -260,6 +360,11 @@ impl SyncMessage {
             Self::Propose { .. } => "Propose",
             Self::ProposalResult { .. } => "ProposalResult",
             Self::Error { .. } => "Error",
+            Self::Join { .. } => "Join",
+            Self::Joined { .. } => "Joined",
+            Self::ChangeMembership { .. } => "ChangeMembership",
+            Self::MembershipResult { .. } => "MembershipResult",
+            Self::AnnounceAddresses { .. } => "AnnounceAddresses",
         }
     }
 
@@ -272,11 +377,37 @@ impl SyncMessage {
                 | Self::Vote { .. }
                 | Self::ProposalResult { .. }
                 | Self::Error { .. }
+                | Self::Joined { .. }
+                | Self::MembershipResult { .. }
         )
+    }
+
+    /// The sender's current term, for the messages that carry one (docs/protocol.md §6). An
+    /// `Error` carries one only from a version-2 peer (0 otherwise: none).
+    pub fn term(&self) -> Option<u64> {
+        match self {
+            Self::NewEntries { term, .. }
+            | Self::FetchEntries { term, .. }
+            | Self::EntriesResponse { term, .. }
+            | Self::Heartbeat { term, .. }
+            | Self::SyncRequired { term, .. }
+            | Self::RequestVote { term, .. }
+            | Self::Vote { term, .. }
+            | Self::TimeoutNow { term, .. }
+            | Self::Propose { term, .. }
+            | Self::ProposalResult { term, .. }
+            | Self::Joined { term, .. }
+            | Self::ChangeMembership { term, .. }
+            | Self::MembershipResult { term, .. } => Some(*term),
+            Self::Acknowledge { term, .. } | Self::Error { term, .. } => {
+                (*term > 0).then_some(*term)
+            }
+            Self::Join { .. } | Self::AnnounceAddresses { .. } => None,
+        }
     }
 
     /// An `Error` reply.
     pub fn error(library_id: Uuid, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Error { library_id, code, message: message.into(), leader_hint: None }
+        Self::Error { library_id, code, message: message.into(), leader_hint: None, term: 0 }
     }
 }

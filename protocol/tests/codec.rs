@@ -16,7 +16,8 @@ use futures::io::{AsyncRead, Cursor};
 use libp2p::request_response::Codec;
 use lsync_protocol::codec::{decode_body, encode_frame, read_frame, write_frame};
 use lsync_protocol::{
-    ChangeType, ErrorCode, ProposedChange, SyncCodec, SyncLogEntry, SyncMessage, SyncRole,
+    AddressHint, ChangeType, Configuration, ErrorCode, Member, MemberRole, MembershipChange,
+    ProposedChange, RolePreference, SyncCodec, SyncLogEntry, SyncMessage, SyncRole,
     DEFAULT_MAX_FRAME, PROTOCOL,
 };
 use proptest::collection::vec;
@@ -105,6 +106,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     entries,
                 )| {
                     SyncMessage::NewEntries {
+                        commit_sequence: 0,
                         library_id,
                         term,
                         from_sequence,
@@ -133,6 +135,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
         )
             .prop_map(|(library_id, term, entries, has_more, leader_last_sequence)| {
                 SyncMessage::EntriesResponse {
+                    commit_sequence: 0,
                     library_id,
                     term,
                     entries,
@@ -141,10 +144,12 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 }
             }),
         (uuid(), any::<u64>()).prop_map(|(library_id, up_to_sequence)| {
-            SyncMessage::Acknowledge { library_id, up_to_sequence }
+            SyncMessage::Acknowledge { last_term: 0, term: 0, library_id, up_to_sequence }
         }),
         (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), role()).prop_map(
             |(library_id, term, current_sequence, last_term, role)| SyncMessage::Heartbeat {
+                commit_sequence: 0,
+                features: 0,
                 library_id,
                 term,
                 current_sequence,
@@ -163,6 +168,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
         (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
             |(library_id, term, candidate, last_log_term, last_log_sequence, transfer)| {
                 SyncMessage::RequestVote {
+                    pre_vote: false,
                     library_id,
                     term,
                     candidate,
@@ -174,6 +180,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
         ),
         (uuid(), any::<u64>(), uuid(), any::<bool>()).prop_map(
             |(library_id, term, voter, granted)| SyncMessage::Vote {
+                pre_vote: false,
                 library_id,
                 term,
                 voter,
@@ -199,6 +206,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
         ),
         (uuid(), error_code(), any::<String>(), proptest::option::of(uuid())).prop_map(
             |(library_id, code, message, leader_hint)| SyncMessage::Error {
+                term: 0,
                 library_id,
                 code,
                 message,
@@ -232,9 +240,14 @@ fn variant_index(msg: &SyncMessage) -> usize {
         SyncMessage::TimeoutNow { .. } => 9,
         SyncMessage::Propose { .. } => 10,
         SyncMessage::ProposalResult { .. } => 11,
+        SyncMessage::Join { .. } => 12,
+        SyncMessage::Joined { .. } => 13,
+        SyncMessage::ChangeMembership { .. } => 14,
+        SyncMessage::MembershipResult { .. } => 15,
+        SyncMessage::AnnounceAddresses { .. } => 16,
     }
 }
-const VARIANTS: usize = 12;
+const VARIANTS: usize = 17;
 
 const LIB: Uuid = Uuid::from_u128(0x67e5_5044_10b1_426f_9247_bb68_0e5f_e0c8);
 
@@ -257,6 +270,7 @@ fn entry(sequence: u64, change_type: ChangeType, data: Vec<u8>) -> SyncLogEntry 
 fn samples() -> Vec<SyncMessage> {
     vec![
         SyncMessage::NewEntries {
+            commit_sequence: 0,
             library_id: LIB,
             term: 1,
             from_sequence: 1,
@@ -273,6 +287,7 @@ fn samples() -> Vec<SyncMessage> {
             limit: 100,
         },
         SyncMessage::EntriesResponse {
+            commit_sequence: 0,
             library_id: LIB,
             term: u64::MAX,
             entries: vec![
@@ -291,14 +306,17 @@ fn samples() -> Vec<SyncMessage> {
             leader_last_sequence: 4,
         },
         SyncMessage::EntriesResponse {
+            commit_sequence: 0,
             library_id: LIB,
             term: 2,
             entries: vec![],
             has_more: false,
             leader_last_sequence: 0,
         },
-        SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 42 },
+        SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: LIB, up_to_sequence: 42 },
         SyncMessage::Heartbeat {
+            commit_sequence: 0,
+            features: 0,
             library_id: LIB,
             term: 3,
             current_sequence: 1000,
@@ -306,6 +324,8 @@ fn samples() -> Vec<SyncMessage> {
             role: SyncRole::Leader,
         },
         SyncMessage::Heartbeat {
+            commit_sequence: 0,
+            features: 0,
             library_id: LIB,
             term: 4,
             current_sequence: 0,
@@ -313,6 +333,8 @@ fn samples() -> Vec<SyncMessage> {
             role: SyncRole::Follower,
         },
         SyncMessage::Heartbeat {
+            commit_sequence: 0,
+            features: 0,
             library_id: LIB,
             term: 5,
             current_sequence: 9,
@@ -326,6 +348,7 @@ fn samples() -> Vec<SyncMessage> {
             leader_last_sequence: 12,
         },
         SyncMessage::RequestVote {
+            pre_vote: false,
             library_id: LIB,
             term: 7,
             candidate: Uuid::from_u128(3),
@@ -333,7 +356,13 @@ fn samples() -> Vec<SyncMessage> {
             last_log_sequence: 12,
             transfer: false,
         },
-        SyncMessage::Vote { library_id: LIB, term: 7, voter: Uuid::from_u128(4), granted: true },
+        SyncMessage::Vote {
+            pre_vote: false,
+            library_id: LIB,
+            term: 7,
+            voter: Uuid::from_u128(4),
+            granted: true,
+        },
         SyncMessage::TimeoutNow { library_id: LIB, term: 7 },
         SyncMessage::Propose {
             library_id: LIB,
@@ -357,6 +386,7 @@ fn samples() -> Vec<SyncMessage> {
         SyncMessage::error(LIB, ErrorCode::Unauthorized, "not a member"),
         SyncMessage::error(LIB, ErrorCode::UnknownLibrary, ""),
         SyncMessage::Error {
+            term: 0,
             library_id: LIB,
             code: ErrorCode::NotLeader,
             message: "ask the leader".into(),
@@ -365,7 +395,82 @@ fn samples() -> Vec<SyncMessage> {
         SyncMessage::error(LIB, ErrorCode::BadRequest, "limit must be at least 1"),
         SyncMessage::error(LIB, ErrorCode::StaleTerm, "term 2 < 3"),
         SyncMessage::error(LIB, ErrorCode::Internal, "database is locked"),
+        SyncMessage::Join {
+            library_id: LIB,
+            secret: vec![7; 32],
+            device_id: Uuid::from_u128(12),
+            name: "phone ✓".into(),
+            addresses: vec!["/ip4/10.0.0.3/tcp/7700".into()],
+        },
+        SyncMessage::Joined {
+            library_id: LIB,
+            term: 8,
+            leader: Some(Uuid::from_u128(4)),
+            configuration: sample_configuration(),
+            config_sequence: 14,
+            committed: false,
+        },
+        SyncMessage::ChangeMembership {
+            library_id: LIB,
+            term: 8,
+            request_id: Uuid::from_u128(13),
+            change: MembershipChange::Remove { device_id: Uuid::from_u128(12) },
+        },
+        SyncMessage::MembershipResult {
+            library_id: LIB,
+            term: 8,
+            request_id: Uuid::from_u128(13),
+            config_sequence: 15,
+            committed: true,
+        },
+        SyncMessage::AnnounceAddresses {
+            library_id: LIB,
+            hints: vec![AddressHint {
+                device_id: Uuid::from_u128(4),
+                addresses: vec!["/ip4/10.0.0.4/tcp/7701".into()],
+                counter: 1_700_000_000_000,
+                signature: vec![1; 64],
+            }],
+        },
+        SyncMessage::EntriesResponse {
+            commit_sequence: 16,
+            library_id: LIB,
+            term: 8,
+            entries: vec![SyncLogEntry {
+                model_type: lsync_protocol::CONFIG_MODEL_TYPE.into(),
+                record_id: lsync_protocol::CONFIG_RECORD_ID.into(),
+                version: 0,
+                ..entry(16, ChangeType::Config, sample_configuration().encode())
+            }],
+            has_more: false,
+            leader_last_sequence: 16,
+        },
     ]
+}
+
+/// A configuration of a voter and a learner.
+fn sample_configuration() -> Configuration {
+    Configuration::new(
+        lsync_protocol::FEATURE_VERSION,
+        vec![
+            Member {
+                device_id: Uuid::from_u128(4),
+                peer_id: "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into(),
+                addresses: vec!["/ip4/10.0.0.4/tcp/7700".into()],
+                name: "laptop".into(),
+                role: MemberRole::Voter,
+                preference: RolePreference::Auto,
+            },
+            Member {
+                device_id: Uuid::from_u128(12),
+                peer_id: "12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE".into(),
+                addresses: vec![],
+                name: "phone".into(),
+                role: MemberRole::Learner,
+                preference: RolePreference::Learner,
+            },
+        ],
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -442,7 +547,7 @@ fn samples_cover_every_variant_role_code_and_change_type() {
     }
     assert_eq!(roles.len(), 3);
     assert_eq!(codes.len(), 6);
-    assert_eq!(changes.len(), 4);
+    assert_eq!(changes.len(), 5);
 }
 
 #[test]
@@ -554,6 +659,7 @@ fn every_prefix_of_every_sample_fails_cleanly() {
 #[test]
 fn a_large_frame_cut_anywhere_fails_cleanly() {
     let msg = SyncMessage::EntriesResponse {
+        commit_sequence: 0,
         library_id: LIB,
         term: 1,
         entries: vec![entry(1, ChangeType::Bulk, vec![0xab; 70_000])],
@@ -630,6 +736,7 @@ fn a_4_gib_length_prefix_is_refused_with_invalid_data() {
 #[test]
 fn a_message_larger_than_the_limit_is_not_written_at_all() {
     let big = SyncMessage::EntriesResponse {
+        commit_sequence: 0,
         library_id: LIB,
         term: 1,
         entries: vec![entry(1, ChangeType::Insert, vec![1; 4096])],
@@ -656,6 +763,7 @@ fn a_message_larger_than_the_limit_is_not_written_at_all() {
 #[test]
 fn the_default_codec_refuses_a_message_over_16_mib_both_ways() {
     let huge = SyncMessage::EntriesResponse {
+        commit_sequence: 0,
         library_id: LIB,
         term: 1,
         entries: vec![entry(1, ChangeType::Bulk, vec![0; DEFAULT_MAX_FRAME])],
@@ -761,6 +869,8 @@ fn body_of(msg: &SyncMessage) -> Vec<u8> {
 #[test]
 fn names_are_case_sensitive_and_unknown_enum_values_are_invalid_data() {
     let heartbeat = body_of(&SyncMessage::Heartbeat {
+        commit_sequence: 0,
+        features: 0,
         library_id: LIB,
         term: 1,
         current_sequence: 1,
@@ -769,6 +879,7 @@ fn names_are_case_sensitive_and_unknown_enum_values_are_invalid_data() {
     });
     let error = body_of(&SyncMessage::error(LIB, ErrorCode::Internal, "e"));
     let entries = body_of(&SyncMessage::EntriesResponse {
+        commit_sequence: 0,
         library_id: LIB,
         term: 1,
         entries: vec![entry(1, ChangeType::Insert, vec![])],
@@ -834,7 +945,7 @@ fn unknown_fields_are_ignored() {
     body.extend_from_slice(&[0x92, 0x01, 0xa1, b'x']);
     assert_eq!(
         decode_body(&body).unwrap(),
-        SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 5 }
+        SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: LIB, up_to_sequence: 5 }
     );
 }
 
@@ -912,7 +1023,8 @@ fn documented_frame(marker: &str) -> Vec<u8> {
 /// The examples in docs/protocol.md, byte for byte.
 #[test]
 fn the_documented_examples_are_what_the_encoder_produces() {
-    let ack = SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 42 };
+    let ack =
+        SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: LIB, up_to_sequence: 42 };
     let frame = encode_frame(&ack, DEFAULT_MAX_FRAME).unwrap();
     let expected = "\
         00 00 00 3b \
@@ -927,6 +1039,8 @@ fn the_documented_examples_are_what_the_encoder_produces() {
     assert_eq!(hex(&documented_frame("<!-- example-frame -->")), expected);
 
     let heartbeat = SyncMessage::Heartbeat {
+        commit_sequence: 0,
+        features: 0,
         library_id: LIB,
         term: 3,
         current_sequence: 1000,
@@ -941,6 +1055,8 @@ fn the_documented_examples_are_what_the_encoder_produces() {
 #[test]
 fn unit_enums_are_their_variant_names_and_uuids_are_bin_16() {
     let body = body_of(&SyncMessage::Heartbeat {
+        commit_sequence: 0,
+        features: 0,
         library_id: LIB,
         term: 1,
         current_sequence: 1,
@@ -960,6 +1076,7 @@ fn unit_enums_are_their_variant_names_and_uuids_are_bin_16() {
 #[test]
 fn entry_data_is_a_messagepack_bin() {
     let body = body_of(&SyncMessage::EntriesResponse {
+        commit_sequence: 0,
         library_id: LIB,
         term: 1,
         entries: vec![entry(1, ChangeType::Insert, vec![1, 2, 3])],
@@ -996,6 +1113,7 @@ fn new_entries_without_the_inline_fields_decodes_with_defaults() {
     assert_eq!(
         decoded,
         SyncMessage::NewEntries {
+            commit_sequence: 0,
             library_id: LIB,
             term: 3,
             from_sequence: 5,

@@ -39,13 +39,15 @@ fn every_message_names_its_library_and_kind() {
     assert_eq!(
         msg,
         SyncMessage::Error {
+            term: 0,
             library_id: lib,
             code: ErrorCode::BadRequest,
             message: "limit must be at least 1".into(),
             leader_hint: None,
         }
     );
-    let ack = SyncMessage::Acknowledge { library_id: lib, up_to_sequence: 1 };
+    let ack =
+        SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: lib, up_to_sequence: 1 };
     assert_eq!((ack.library_id(), ack.kind()), (lib, "Acknowledge"));
 }
 

@@ -109,7 +109,11 @@ pub fn apply_in_runs(
                 flush(conn, &entries[start..i])?;
                 delete(conn, entry)?;
             }
-            ChangeType::Bulk => flush(conn, &entries[start..i])?,
+            // No rows: bulk metadata, configuration entries (never handed to a model) and
+            // entries of a newer version (refused before any write).
+            ChangeType::Bulk | ChangeType::Config | ChangeType::Unknown => {
+                flush(conn, &entries[start..i])?
+            }
         }
         start = i + 1;
     }
@@ -262,5 +266,11 @@ pub fn validate_syncable<M: Syncable>(change: &Change) -> Result<()> {
             change.record_id
         ))),
         ChangeType::Delete | ChangeType::Bulk => Ok(()),
+        ChangeType::Config | ChangeType::Unknown => Err(StorageError::InvalidChange(format!(
+            "{} {}: a {} entry is not a change of a model",
+            M::MODEL_TYPE,
+            change.record_id,
+            change.change_type.as_str()
+        ))),
     }
 }

@@ -359,6 +359,8 @@ fn write_changes(
                         continue;
                     }
                     (ChangeType::Delete | ChangeType::Bulk, _) => {}
+                    // refused by `validate` above
+                    (ChangeType::Config | ChangeType::Unknown, _) => {}
                 }
             }
             let version = next_version(&change, current)?;
@@ -450,5 +452,10 @@ fn next_version(change: &Change, current: Option<i64>) -> Result<i64> {
             Err(StorageError::InvalidChange(format!("delete of missing record {}", what())))
         }
         (ChangeType::Bulk, _) => Ok(0),
+        (ChangeType::Config | ChangeType::Unknown, _) => Err(StorageError::InvalidChange(format!(
+            "a {} entry is not a change of {}",
+            change.change_type.as_str(),
+            what()
+        ))),
     }
 }

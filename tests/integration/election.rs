@@ -148,6 +148,7 @@ async fn a_stale_leaders_messages_are_refused() {
         .unwrap();
     // A stale leader's push, with an entry inside it: refused, nothing applied.
     let push = SyncMessage::NewEntries {
+        commit_sequence: 0,
         library_id: lib,
         term: 1,
         from_sequence: 11,
@@ -176,6 +177,8 @@ async fn a_stale_leaders_messages_are_refused() {
         "{resp:?}"
     );
     let beat = SyncMessage::Heartbeat {
+        commit_sequence: 0,
+        features: 0,
         library_id: lib,
         term: 1,
         current_sequence: 99,

@@ -161,6 +161,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
         proposal_id: None,
     };
     let push = SyncMessage::EntriesResponse {
+        commit_sequence: 0,
         library_id: lib,
         term: 1,
         entries: vec![rogue],
@@ -173,6 +174,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
         .request(
             leader,
             SyncMessage::NewEntries {
+                commit_sequence: 0,
                 library_id: lib,
                 term: 1,
                 from_sequence: 1,
@@ -186,7 +188,15 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
         .unwrap();
     assert_eq!(code_of(&resp), Some(ErrorCode::BadRequest), "NewEntries to the leader: {resp:?}");
     let resp = client
-        .request(leader, SyncMessage::Acknowledge { library_id: lib, up_to_sequence: u64::MAX })
+        .request(
+            leader,
+            SyncMessage::Acknowledge {
+                last_term: 0,
+                term: 0,
+                library_id: lib,
+                up_to_sequence: u64::MAX,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(code_of(&resp), Some(ErrorCode::BadRequest), "ack beyond the log: {resp:?}");
@@ -194,6 +204,8 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
         .request(
             leader,
             SyncMessage::Heartbeat {
+                commit_sequence: 0,
+                features: 0,
                 library_id: lib,
                 term: 1,
                 current_sequence: 9_999,
@@ -212,6 +224,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
     let malformed_before =
         cluster.node(0).network().stats().rejected_malformed.load(Ordering::Relaxed);
     let huge = SyncMessage::EntriesResponse {
+        commit_sequence: 0,
         library_id: lib,
         term: 1,
         entries: vec![SyncLogEntry {

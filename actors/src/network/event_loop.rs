@@ -642,6 +642,11 @@ mod unit_tests {
             reason: String::new(),
             leader_last_sequence: 0,
         }));
-        assert!(!is_response_only(&SyncMessage::Acknowledge { library_id, up_to_sequence: 1 }));
+        assert!(!is_response_only(&SyncMessage::Acknowledge {
+            last_term: 0,
+            term: 0,
+            library_id,
+            up_to_sequence: 1
+        }));
     }
 }

@@ -56,6 +56,8 @@ fn get(counter: &AtomicU64) -> u64 {
 
 fn heartbeat(library_id: Uuid) -> SyncMessage {
     SyncMessage::Heartbeat {
+        commit_sequence: 0,
+        features: 0,
         library_id,
         term: 1,
         current_sequence: 0,
@@ -176,7 +178,8 @@ async fn request_round_trips_between_members() {
     assert_eq!(a.seen(), 1);
 
     // An actor dropping its reply sender makes the network answer Internal.
-    let ack = SyncMessage::Acknowledge { library_id: library, up_to_sequence: 3 };
+    let ack =
+        SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: library, up_to_sequence: 3 };
     let response = within(a.handle.request(b.peer, ack)).await.unwrap();
     assert_error(&response, ErrorCode::Internal);
 
@@ -259,6 +262,7 @@ async fn refusals_are_answered_by_the_network() {
     assert_error(&response.unwrap(), ErrorCode::UnknownLibrary);
 
     let entries = SyncMessage::EntriesResponse {
+        commit_sequence: 0,
         library_id: library_a,
         term: 1,
         entries: Vec::new(),
