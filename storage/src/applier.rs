@@ -11,6 +11,7 @@ use crate::change::Change;
 use crate::database::Database;
 use crate::error::{Result, StorageError};
 use crate::local_jobs::{self, LocalJob};
+use crate::membership::{self, Membership};
 use crate::model::ModelRegistry;
 use crate::outbox;
 use crate::schema::stashed_entries;
@@ -29,6 +30,9 @@ pub struct ApplyOutcome {
     pub last: LogPosition,
     /// Local jobs queued by the batch's bulk entries, in log order.
     pub bulk_jobs: Vec<LocalJob>,
+    /// The configuration the batch put in effect (its latest configuration entry, if that is
+    /// at least as recent as the configuration in effect before; see [`crate::membership`]).
+    pub membership: Option<Membership>,
 }
 
 /// The follower's write path: applies the leader's entries, each batch in ONE transaction.
@@ -57,17 +61,38 @@ impl Applier {
     /// local log and `last_synced_sequence` is set to the new last sequence. An empty batch is
     /// `Ok` with zero counts.
     ///
+    /// A configuration entry writes no model row: the configuration it carries becomes the
+    /// one in effect (the `devices` rows) in the same transaction, if it is at least as recent
+    /// as the one in effect ([`crate::membership::on_entry`]).
+    ///
     /// # Errors
-    /// Nothing of the batch is applied on any error: [`StorageError::UnknownModel`] if any
-    /// entry's model type is not registered, [`StorageError::Diverged`] if an overlapping
-    /// entry has another term, [`StorageError::Gap`], [`StorageError::NotInitialized`].
+    /// Nothing of the batch is applied on any error: [`StorageError::UpgradeNeeded`] for an
+    /// entry of a change type this build does not know or a configuration it cannot read,
+    /// [`StorageError::UnknownModel`] if any entry's model type is not registered,
+    /// [`StorageError::Diverged`] if an overlapping entry has another term,
+    /// [`StorageError::Gap`], [`StorageError::NotInitialized`].
     pub fn apply(&self, entries: &[SyncLogEntry]) -> Result<ApplyOutcome> {
         if entries.is_empty() {
             return Ok(ApplyOutcome { last: self.db.last_position()?, ..ApplyOutcome::default() });
         }
         let registry = self.db.registry();
-        if let Some(entry) = entries.iter().find(|e| !registry.contains(&e.model_type)) {
-            return Err(StorageError::UnknownModel(entry.model_type.clone()));
+        let mut latest_config = None;
+        for entry in entries {
+            match entry.change_type {
+                ChangeType::Unknown => {
+                    return Err(StorageError::UpgradeNeeded {
+                        sequence: entry.sequence,
+                        reason: "its change type is unknown to this build".to_owned(),
+                    })
+                }
+                ChangeType::Config => {
+                    latest_config = Some((entry.sequence, membership::check_entry(entry)?));
+                }
+                _ if !registry.contains(&entry.model_type) => {
+                    return Err(StorageError::UnknownModel(entry.model_type.clone()));
+                }
+                _ => {}
+            }
         }
         let outcome = self.db.write(|conn| {
             let start = SyncLog::last(conn)?;
@@ -118,6 +143,11 @@ impl Applier {
             outcome.applied = new.len() as u64;
             outcome.last = LogPosition::of(last);
             sync_state::set_last_synced(conn, outcome.last.sequence)?;
+            if let Some((sequence, configuration)) = &latest_config {
+                if *sequence > start.sequence {
+                    outcome.membership = membership::on_entry(conn, configuration, *sequence)?;
+                }
+            }
             Ok(outcome)
         })?;
         tracing::trace!(
@@ -137,7 +167,19 @@ impl Applier {
     /// [`StorageError::NotInitialized`] if there is no sync state (nothing is deleted then).
     pub fn reset(&self) -> Result<()> {
         let registry = self.db.registry();
-        self.db.write(|conn| clear_library(conn, registry))
+        self.db.write(|conn| {
+            keep_rebuild_mark(conn)?;
+            clear_library(conn, registry)
+        })
+    }
+
+    /// After a rebuild is complete (the log reached the leader's last sequence), in one
+    /// transaction: the latest configuration entry of the rebuilt log becomes the one in
+    /// effect if it is not already, and the rebuild mark is cleared once the log is at least as
+    /// up to date as it ([`crate::membership::settle`]). Returns the configuration installed,
+    /// if any. Cheap when there is nothing to do.
+    pub fn settle(&self) -> Result<Option<Membership>> {
+        self.db.write(membership::settle)
     }
 
     /// Divergence repair, step 1 (instead of [`Applier::reset`] when this device's log may hold
@@ -157,6 +199,7 @@ impl Applier {
     pub fn reset_for_repair(&self) -> Result<u64> {
         let registry = self.db.registry();
         self.db.write(|conn| {
+            keep_rebuild_mark(conn)?;
             let stashed = diesel::sql_query(
                 "INSERT OR IGNORE INTO stashed_entries (sequence, term, origin_device, \
                  timestamp_ms, model_type, record_id, change_type, version, data, proposal_id) \
@@ -210,6 +253,12 @@ impl Applier {
                 let entry = row_to_entry(row)?;
                 if SyncLog::term_at(conn, entry.sequence)? == Some(entry.term) {
                     recovered.replicated += 1;
+                    continue;
+                }
+                if entry.change_type == ChangeType::Config {
+                    // A membership change is never re-proposed from a deposed leader's tail:
+                    // whoever asked for it is told it is pending, and asks again.
+                    recovered.configurations += 1;
                     continue;
                 }
                 let position = LogPosition::of(&entry);
@@ -278,6 +327,9 @@ pub struct RecoveredOrphans {
     pub replicated: u64,
     /// Proposals that were in the outbox already (same id), left as they were.
     pub already_queued: u64,
+    /// Configuration entries the leader's log lacks: never re-proposed (a membership change
+    /// that did not commit is asked for again by whoever wanted it).
+    pub configurations: u64,
 }
 
 /// Namespace of the ids [`Applier::recover_orphans`] gives orphans without a proposal id.
@@ -291,6 +343,17 @@ fn orphan_proposal_id(entry: &SyncLogEntry) -> Uuid {
     name[16..24].copy_from_slice(&entry.term.to_be_bytes());
     name[24..].copy_from_slice(&entry.sequence.to_be_bytes());
     Uuid::new_v5(&ORPHAN_NAMESPACE, &name)
+}
+
+/// Before the log is cleared: the rebuild mark becomes the log's last position if that is more
+/// up to date than the mark (docs/architecture.md, "Membership": a rebuilding device never
+/// campaigns, and never votes for a log behind what it held).
+fn keep_rebuild_mark(conn: &mut SqliteConnection) -> Result<()> {
+    let last = SyncLog::last(conn)?;
+    if last > membership::rebuild_mark(conn)? {
+        membership::set_rebuild_mark(conn, last)?;
+    }
+    Ok(())
 }
 
 /// Clears the model rows, the log and the local memory of entry-less proposals, and sets

@@ -14,10 +14,13 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use lsync_protocol::{SyncLogEntry, SyncRole};
 use uuid::Uuid;
 
+use crate::address_hints;
 use crate::change::Change;
 use crate::devices::{self, Device};
 use crate::error::{Result, StorageError};
+use crate::invitations::{self, Invitation, InvitationRefused};
 use crate::local_jobs::{self, LocalJob};
+use crate::membership::{self, Membership};
 use crate::model::ModelRegistry;
 use crate::outbox::{self, OutboxEntry};
 use crate::sync_log::{LogPosition, SyncLog};
@@ -383,6 +386,77 @@ impl Database {
     /// Removes a member device; returns whether it was one.
     pub fn remove_device(&self, device_id: Uuid) -> Result<bool> {
         self.write(|conn| devices::remove(conn, device_id))
+    }
+
+    /// The configuration in effect; see [`crate::membership`].
+    pub fn membership(&self) -> Result<Membership> {
+        self.with_reader(membership::load)
+    }
+
+    /// Makes `configuration` (an entry at `sequence` of the leader's log) the configuration in
+    /// effect — for a device that joins with the configuration it was given, before its log
+    /// holds that entry.
+    pub fn install_membership(
+        &self,
+        configuration: &lsync_protocol::Configuration,
+        sequence: u64,
+    ) -> Result<()> {
+        self.write(|conn| membership::install(conn, configuration, sequence))
+    }
+
+    /// The position held before the log was last cleared for a rebuild, until the rebuilt log
+    /// reaches it; see [`crate::membership::rebuild_mark`].
+    pub fn rebuild_mark(&self) -> Result<LogPosition> {
+        self.with_reader(membership::rebuild_mark)
+    }
+
+    /// Stores a new invitation; see [`crate::invitations::create`].
+    pub fn invitation_create(
+        &self,
+        secret: &[u8],
+        created_at_ms: i64,
+        expires_at_ms: i64,
+        learner: bool,
+    ) -> Result<()> {
+        self.write(|conn| invitations::create(conn, secret, created_at_ms, expires_at_ms, learner))
+    }
+
+    /// Claims an invitation for `device`; see [`crate::invitations::claim`].
+    pub fn invitation_claim(
+        &self,
+        secret: &[u8],
+        device: Uuid,
+        now_ms: i64,
+    ) -> Result<std::result::Result<Invitation, InvitationRefused>> {
+        self.write(|conn| invitations::claim(conn, secret, device, now_ms))
+    }
+
+    /// Releases `device`'s claim on an invitation; see [`crate::invitations::release`].
+    pub fn invitation_release(&self, secret: &[u8], device: Uuid) -> Result<()> {
+        self.write(|conn| invitations::release(conn, secret, device))
+    }
+
+    /// The invitations still usable at `now_ms`, and the earliest expiry among them.
+    pub fn invitations_open(&self, now_ms: i64) -> Result<(u64, Option<i64>)> {
+        self.with_reader(|conn| {
+            Ok((invitations::open_count(conn, now_ms)?, invitations::next_expiry(conn, now_ms)?))
+        })
+    }
+
+    /// Every invitation this device issued, newest first.
+    pub fn invitations(&self) -> Result<Vec<Invitation>> {
+        self.with_reader(invitations::list)
+    }
+
+    /// Stores a (verified) address hint if it is newer than the stored one; see
+    /// [`crate::address_hints::store_if_newer`].
+    pub fn hint_store(&self, hint: &lsync_protocol::AddressHint) -> Result<bool> {
+        self.write(|conn| address_hints::store_if_newer(conn, hint))
+    }
+
+    /// Every stored address hint.
+    pub fn hints(&self) -> Result<Vec<lsync_protocol::AddressHint>> {
+        self.with_reader(address_hints::list)
     }
 
     /// The local jobs queued by bulk entries, by id.

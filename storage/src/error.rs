@@ -58,6 +58,15 @@ pub enum StorageError {
     /// A stored row cannot be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// An entry needs a newer version of lsync than this one (an unknown change type, or a
+    /// configuration of a newer feature version): nothing of its batch is applied.
+    #[error("entry {sequence} needs a newer version of lsync: {reason}")]
+    UpgradeNeeded {
+        /// The entry's sequence.
+        sequence: u64,
+        /// What this build cannot handle.
+        reason: String,
+    },
     /// A file system operation failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

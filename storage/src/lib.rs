@@ -10,7 +10,10 @@
 //!   the log itself inside the write transaction;
 //! - [`sync_state`] / [`SyncState`]: this device's view of the library (role, term, vote,
 //!   leader, last synced sequence), a single row;
-//! - [`devices`] / [`Device`]: the library's member devices;
+//! - [`devices`] / [`Device`]: the library's member devices; [`membership`] /
+//!   [`Membership`]: the configuration in effect, kept equal to a configuration entry of the
+//!   log; [`invitations`]: one-time invitation secrets (hashed); [`address_hints`]: signed
+//!   address hints of the members;
 //! - [`TransactionManager`]: the leader's write path ([`Change`], [`BulkOperation`],
 //!   [`CommitEvent`]), and `commit_proposal` for changes made on any device
 //!   ([`ProposalOutcome`]: at most once per proposal id, concurrent changes resolved by leader
@@ -41,12 +44,15 @@
 // `sqlite3_config` calls); everything else refuses it.
 #![deny(unsafe_code)]
 
+pub mod address_hints;
 mod applier;
 mod change;
 mod database;
 pub mod devices;
 mod error;
+pub mod invitations;
 pub mod local_jobs;
+pub mod membership;
 mod model;
 pub mod models;
 pub mod outbox;
@@ -61,7 +67,9 @@ pub use change::{BulkOperation, Change};
 pub use database::{Database, StorageOptions, Synchronous};
 pub use devices::Device;
 pub use error::{Result, StorageError};
+pub use invitations::{Invitation, InvitationRefused};
 pub use local_jobs::LocalJob;
+pub use membership::Membership;
 pub use model::{
     apply_in_runs, decode, encode, validate_syncable, ModelHandler, ModelRegistry, Syncable,
     UPSERT_CHUNK,

@@ -120,7 +120,8 @@ pub fn apply_in_runs(
     flush(conn, &entries[start..])
 }
 
-/// Writes the model rows of `entries` (in log order; Bulk entries write none): one
+/// Writes the model rows of `entries` (in log order; Bulk and configuration entries write
+/// none): one
 /// [`ModelHandler::apply_batch`] per model type, each with that type's entries in order (rows
 /// of different types live in different tables, so only the order within a type matters).
 /// The caller holds the transaction.
@@ -135,7 +136,9 @@ pub(crate) fn apply_entries(
 ) -> Result<()> {
     let mut groups: Vec<(&dyn ModelHandler, Vec<&SyncLogEntry>)> = Vec::new();
     let mut current = 0;
-    for entry in entries.iter().filter(|e| e.change_type != ChangeType::Bulk) {
+    let writes_rows =
+        |e: &&SyncLogEntry| !matches!(e.change_type, ChangeType::Bulk | ChangeType::Config);
+    for entry in entries.iter().filter(writes_rows) {
         if groups.get(current).is_none_or(|(h, _)| h.model_type() != entry.model_type) {
             match groups.iter().position(|(h, _)| h.model_type() == entry.model_type) {
                 Some(i) => current = i,
@@ -181,7 +184,17 @@ impl ModelRegistry {
     }
 
     /// Registers `handler` for its model type, replacing any handler of the same type.
+    ///
+    /// # Panics
+    /// If the model type starts with `lsync.` (reserved for lsync's own entries, such as
+    /// configuration entries): a programming error of the host, caught at its first start.
     pub fn register(&mut self, handler: Arc<dyn ModelHandler>) -> &mut Self {
+        assert!(
+            !handler.model_type().starts_with(lsync_protocol::RESERVED_MODEL_PREFIX),
+            "model type {:?} is reserved: model types starting with {:?} belong to lsync",
+            handler.model_type(),
+            lsync_protocol::RESERVED_MODEL_PREFIX
+        );
         Arc::make_mut(&mut self.handlers).insert(handler.model_type().to_owned(), handler);
         self
     }

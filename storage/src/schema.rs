@@ -66,6 +66,10 @@ diesel::table! {
         voted_for -> Nullable<Text>,
         leader_device -> Nullable<Text>,
         last_synced_sequence -> BigInt,
+        config_sequence -> BigInt,
+        feature_version -> Integer,
+        rebuild_mark_sequence -> BigInt,
+        rebuild_mark_term -> BigInt,
     }
 }
 
@@ -77,6 +81,30 @@ diesel::table! {
         addresses -> Text,
         name -> Text,
         added_at_ms -> BigInt,
+        role -> Text,
+        preference -> Text,
+    }
+}
+
+diesel::table! {
+    /// Invitations this device issued (local): one-time secrets, stored hashed.
+    invitations (secret_hash) {
+        secret_hash -> Binary,
+        created_at_ms -> BigInt,
+        expires_at_ms -> BigInt,
+        learner -> Bool,
+        used_by -> Nullable<Text>,
+        used_at_ms -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// The latest signed address hint of each device (local).
+    address_hints (device_id) {
+        device_id -> Text,
+        addresses -> Text,
+        counter -> BigInt,
+        signature -> Binary,
     }
 }
 

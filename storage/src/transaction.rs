@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use lsync_protocol::{ChangeType, SyncLogEntry, SyncRole};
+use lsync_protocol::{ChangeType, Configuration, SyncLogEntry, SyncRole};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -236,6 +236,94 @@ impl TransactionManager {
             self.emit(library_id, term, prev_term, &outcome.entries);
         }
         Ok(outcome)
+    }
+
+    /// Commits `configuration` as a configuration entry of the current term
+    /// ([`lsync_protocol::ChangeType::Config`], origin this device) and makes it the
+    /// configuration in effect ([`crate::membership::install`]), in ONE immediate transaction;
+    /// sets `last_synced_sequence` and sends a [`CommitEvent`]. The leader's first entry of
+    /// every term is one (restating the configuration), and every membership change is one.
+    /// Whether a change may be made now (the previous one committed) is the caller's decision.
+    ///
+    /// # Errors
+    /// Nothing is written on any error: [`StorageError::InvalidChange`] for a configuration
+    /// that does not validate or has an older feature version than the one in effect,
+    /// [`StorageError::NotLeader`], [`StorageError::NotInitialized`].
+    pub fn commit_config(&self, configuration: &Configuration) -> Result<SyncLogEntry> {
+        configuration
+            .validate()
+            .map_err(|e| StorageError::InvalidChange(format!("configuration: {e}")))?;
+        let device_id = self.device_id;
+        let (library_id, term, entry, prev_term) = self.db.write(|conn| {
+            let state = leader_state(conn, device_id)?;
+            let current = crate::membership::load(conn)?;
+            if configuration.feature_version < current.configuration.feature_version {
+                return Err(StorageError::InvalidChange(format!(
+                    "configuration of feature version {} after {}",
+                    configuration.feature_version, current.configuration.feature_version
+                )));
+            }
+            let prev = SyncLog::last(conn)?;
+            let entry = crate::membership::entry(
+                state.current_term,
+                prev.sequence + 1,
+                device_id,
+                configuration,
+            );
+            SyncLog::insert_unchecked(conn, &entry)?;
+            crate::membership::install(conn, configuration, entry.sequence)?;
+            sync_state::set_last_synced(conn, entry.sequence)?;
+            Ok((state.library_id, state.current_term, entry, prev.term))
+        })?;
+        tracing::info!(
+            sequence = entry.sequence,
+            term,
+            members = configuration.members.len(),
+            voters = configuration.voters().len(),
+            "configuration entry committed"
+        );
+        self.emit(library_id, term, prev_term, std::slice::from_ref(&entry));
+        Ok(entry)
+    }
+
+    /// Recovery when a majority of the voters is gone for good (docs/operations.md, "Quorum
+    /// lost for good"; UNSAFE: entries that only the lost devices held are lost, and if they
+    /// were not lost after all, two configurations may now live side by side). In ONE
+    /// immediate transaction, whatever this device's role: it becomes leader of the term after
+    /// its current one (voting for itself), writes `configuration` as a configuration entry of
+    /// that term after its own last entry, and installs it. Sends a [`CommitEvent`].
+    ///
+    /// # Errors
+    /// Nothing is written on any error: [`StorageError::InvalidChange`] unless `configuration`
+    /// validates and lists this device as a voter; [`StorageError::NotInitialized`].
+    pub fn force_reconfigure(&self, configuration: &Configuration) -> Result<SyncLogEntry> {
+        configuration
+            .validate()
+            .map_err(|e| StorageError::InvalidChange(format!("configuration: {e}")))?;
+        let device_id = self.device_id;
+        if !configuration.is_voter(device_id) {
+            return Err(StorageError::InvalidChange(format!(
+                "this device ({device_id}) must be a voter of the forced configuration"
+            )));
+        }
+        let (library_id, term, entry, prev_term) = self.db.write(|conn| {
+            let state = sync_state::load(conn)?.ok_or(StorageError::NotInitialized)?;
+            let term = state.current_term.checked_add(1).ok_or_else(|| {
+                StorageError::InvalidChange("the term space is exhausted".to_owned())
+            })?;
+            sync_state::set_leadership(conn, SyncRole::Leader, term, Some(device_id))?;
+            sync_state::set_vote(conn, term, Some(device_id))?;
+            let prev = SyncLog::last(conn)?;
+            let entry = crate::membership::entry(term, prev.sequence + 1, device_id, configuration);
+            SyncLog::insert_unchecked(conn, &entry)?;
+            crate::membership::install(conn, configuration, entry.sequence)?;
+            sync_state::set_last_synced(conn, entry.sequence)?;
+            Ok((state.library_id, term, entry, prev.term))
+        })?;
+        tracing::warn!(sequence = entry.sequence, term, voters = ?configuration.voters(),
+            "configuration forced without a majority");
+        self.emit(library_id, term, prev_term, std::slice::from_ref(&entry));
+        Ok(entry)
     }
 
     fn emit(&self, library_id: Uuid, term: u64, prev_term: u64, entries: &[SyncLogEntry]) {

@@ -5,6 +5,7 @@ mod commit;
 mod common;
 mod convergence;
 mod database;
+mod membership;
 mod outbox;
 mod proposals;
 mod repair;

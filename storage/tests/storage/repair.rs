@@ -98,6 +98,7 @@ fn a_deposed_leaders_tail_is_re_proposed_and_the_rebuild_equals_the_leader() {
     assert_eq!(
         recovered,
         RecoveredOrphans {
+            configurations: 0,
             proposals: 5,
             changes: 5,
             dropped: 0,
@@ -163,7 +164,10 @@ fn replicated_entries_are_not_re_proposed() {
     assert_eq!(f.reset_for_repair().unwrap(), 31);
     catch_up(&l.db, &f, 100);
     let recovered = f.recover_orphans().unwrap();
-    assert_eq!(recovered, RecoveredOrphans { replicated: 31, ..RecoveredOrphans::default() });
+    assert_eq!(
+        recovered,
+        RecoveredOrphans { configurations: 0, replicated: 31, ..RecoveredOrphans::default() }
+    );
     assert_eq!(f.database().outbox_count().unwrap(), 0);
     assert_eq!(f.database().stashed_count().unwrap(), 0);
     assert_eq!(f.database().dump().unwrap(), l.db.dump().unwrap());
@@ -233,6 +237,7 @@ fn crashes_and_repeated_recovery_create_no_duplicates() {
     assert_eq!(
         again,
         RecoveredOrphans {
+            configurations: 0,
             proposals: 0,
             changes: 0,
             dropped: 0,
@@ -284,6 +289,7 @@ fn an_orphan_committed_by_the_new_leader_under_its_proposal_id_is_a_duplicate() 
     assert_eq!(
         recovered,
         RecoveredOrphans {
+            configurations: 0,
             proposals: 4,
             changes: 5,
             dropped: 0,
@@ -333,6 +339,7 @@ fn bulk_and_unregistered_orphans_are_dropped() {
     assert_eq!(
         recovered,
         RecoveredOrphans {
+            configurations: 0,
             proposals: 3,
             changes: 3,
             dropped: 2,
