@@ -404,6 +404,12 @@ impl Database {
         self.write(|conn| membership::install(conn, configuration, sequence))
     }
 
+    /// The leader's log is committed up to `commit_sequence`; see
+    /// [`crate::membership::note_commit`].
+    pub fn note_commit(&self, commit_sequence: u64) -> Result<bool> {
+        self.write(|conn| membership::note_commit(conn, commit_sequence))
+    }
+
     /// The position held before the log was last cleared for a rebuild, until the rebuilt log
     /// reaches it; see [`crate::membership::rebuild_mark`].
     pub fn rebuild_mark(&self) -> Result<LogPosition> {

@@ -11,9 +11,19 @@
 //! whatever its sequence ([`settle`]). So a device never goes back to an older membership while
 //! it replays old entries — a founder replaying entry 1 must not believe it is alone again.
 //!
+//! Besides the configuration, a device keeps when its current set of voters came in
+//! (`voters_since`: the configuration entry that changed the voters; entries that restate the
+//! same voters, such as a leader's first entry of its term, keep it) and, until it knows that
+//! entry is committed, the voters before it (`previous_voters`). Elections need a majority of
+//! both sets while the change is not known to be committed (docs/architecture.md,
+//! "Membership": with the two-device rule, a majority of two voters is one device, and two
+//! configurations in use side by side could otherwise each elect a leader of one term).
+//!
 //! A library of feature version 1 has no configuration entry yet: its `devices` rows were given
 //! by hand and every member is a voter; `config_sequence` is 0 until the leader commits the
 //! first configuration entry.
+
+use std::collections::BTreeSet;
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -35,6 +45,10 @@ pub struct Membership {
     pub configuration: Configuration,
     /// The sequence of the configuration entry it comes from (0: none, a version-1 library).
     pub sequence: u64,
+    /// The sequence of the configuration entry that brought the current set of voters.
+    pub voters_since: u64,
+    /// The voters before that entry, while it is not known to be committed.
+    pub previous_voters: Option<BTreeSet<Uuid>>,
 }
 
 impl Membership {
@@ -99,12 +113,24 @@ fn row_to_member(row: MemberRow) -> Result<Member> {
 /// [`StorageError::NotInitialized`] without a sync state; [`StorageError::Corrupt`] for an
 /// unreadable row.
 pub fn load(conn: &mut SqliteConnection) -> Result<Membership> {
-    let (sequence, feature_version) = sync_state::table
+    let (sequence, feature_version, voters_since, previous) = sync_state::table
         .find(1)
-        .select((sync_state::config_sequence, sync_state::feature_version))
-        .get_result::<(i64, i32)>(conn)
+        .select((
+            sync_state::config_sequence,
+            sync_state::feature_version,
+            sync_state::voters_since,
+            sync_state::previous_voters,
+        ))
+        .get_result::<(i64, i32, i64, Option<String>)>(conn)
         .optional()?
         .ok_or(StorageError::NotInitialized)?;
+    let previous_voters = previous
+        .map(|text| {
+            serde_json::from_str::<BTreeSet<Uuid>>(&text).map_err(|e| {
+                StorageError::Corrupt(format!("sync_state previous_voters {text:?}: {e}"))
+            })
+        })
+        .transpose()?;
     let members = devices::table
         .select((
             devices::device_id,
@@ -125,17 +151,30 @@ pub fn load(conn: &mut SqliteConnection) -> Result<Membership> {
             members,
         ),
         sequence: to_u64(sequence, "sync_state config_sequence")?,
+        voters_since: to_u64(voters_since, "sync_state voters_since")?,
+        previous_voters,
     })
 }
 
 /// Makes `configuration` (the entry at `sequence`) the one in effect: the `devices` rows become
 /// exactly its members (a member kept keeps when it was added), and `config_sequence` /
-/// `feature_version` are set. The caller holds the transaction.
+/// `feature_version` are set. If its voters differ from those in effect, `voters_since`
+/// becomes `sequence` and the voters in effect become `previous_voters` (none when there were
+/// none: a new library, a device that joins). The caller holds the transaction.
 pub fn install(
     conn: &mut SqliteConnection,
     configuration: &Configuration,
     sequence: u64,
 ) -> Result<()> {
+    let before = load(conn)?;
+    let (old, new) = (before.configuration.voters(), configuration.voters());
+    let (voters_since, previous_voters) = if old == new {
+        (before.voters_since, before.previous_voters)
+    } else {
+        (sequence, (!old.is_empty()).then_some(old))
+    };
+    let previous_text = previous_voters
+        .map(|p| serde_json::to_string(&p).expect("a set of uuids always encodes"));
     let keep: Vec<String> = configuration.members.iter().map(|m| m.device_id.to_string()).collect();
     diesel::delete(devices::table.filter(devices::device_id.ne_all(&keep))).execute(conn)?;
     for m in &configuration.members {
@@ -167,12 +206,28 @@ pub fn install(
             sync_state::config_sequence.eq(to_i64(sequence, "config sequence")?),
             sync_state::feature_version.eq(i32::try_from(configuration.feature_version)
                 .map_err(|_| StorageError::InvalidChange("feature version out of range".into()))?),
+            sync_state::voters_since.eq(to_i64(voters_since, "voters since")?),
+            sync_state::previous_voters.eq(previous_text),
         ))
         .execute(conn)?;
     if rows == 0 {
         return Err(StorageError::NotInitialized);
     }
     Ok(())
+}
+
+/// This device learned that the leader's log is committed up to `commit_sequence`: once that
+/// covers `voters_since`, the previous voters are forgotten. Returns whether they were.
+pub fn note_commit(conn: &mut SqliteConnection, commit_sequence: u64) -> Result<bool> {
+    let rows = diesel::update(
+        sync_state::table
+            .find(1)
+            .filter(sync_state::previous_voters.is_not_null())
+            .filter(sync_state::voters_since.le(to_i64(commit_sequence, "commit sequence")?)),
+    )
+    .set(sync_state::previous_voters.eq(None::<String>))
+    .execute(conn)?;
+    Ok(rows > 0)
 }
 
 /// The latest configuration entry of the log, decoded: `(sequence, configuration)`.
@@ -264,7 +319,7 @@ pub fn on_entry(
         return Ok(None);
     }
     install(conn, configuration, sequence)?;
-    Ok(Some(Membership { configuration: configuration.clone(), sequence }))
+    load(conn).map(Some)
 }
 
 /// After a complete rebuild (the log reached the leader's last sequence): installs the latest
@@ -284,7 +339,7 @@ pub fn settle(conn: &mut SqliteConnection) -> Result<Option<Membership>> {
         return Ok(None);
     }
     install(conn, &configuration, sequence)?;
-    Ok(Some(Membership { configuration, sequence }))
+    load(conn).map(Some)
 }
 
 /// The position this device held before its log was last cleared for a rebuild, until the

@@ -68,6 +68,8 @@ diesel::table! {
         last_synced_sequence -> BigInt,
         config_sequence -> BigInt,
         feature_version -> Integer,
+        voters_since -> BigInt,
+        previous_voters -> Nullable<Text>,
         rebuild_mark_sequence -> BigInt,
         rebuild_mark_term -> BigInt,
     }

@@ -3,6 +3,8 @@ DROP TABLE invitations;
 DROP INDEX sync_log_config;
 ALTER TABLE sync_state DROP COLUMN rebuild_mark_term;
 ALTER TABLE sync_state DROP COLUMN rebuild_mark_sequence;
+ALTER TABLE sync_state DROP COLUMN previous_voters;
+ALTER TABLE sync_state DROP COLUMN voters_since;
 ALTER TABLE sync_state DROP COLUMN feature_version;
 ALTER TABLE sync_state DROP COLUMN config_sequence;
 ALTER TABLE devices DROP COLUMN preference;

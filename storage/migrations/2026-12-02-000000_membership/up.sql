@@ -10,6 +10,12 @@ ALTER TABLE devices ADD COLUMN preference TEXT NOT NULL DEFAULT 'auto';
 ALTER TABLE sync_state ADD COLUMN config_sequence BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE sync_state ADD COLUMN feature_version INTEGER NOT NULL DEFAULT 1;
 
+-- The voters before the current voter set, while the configuration entry that changed them
+-- (at `voters_since`) is not known to be committed (JSON array of device ids; NULL once it
+-- is). Elections then need a majority of both sets (docs/architecture.md, "Membership").
+ALTER TABLE sync_state ADD COLUMN voters_since BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sync_state ADD COLUMN previous_voters TEXT;
+
 -- The last log position this device held before its log was cleared to be rebuilt from the
 -- leader (0, 0: none). Until the rebuilt log reaches it, the device does not campaign, and it
 -- compares candidates' logs with it, so a rebuild never makes it vote for a log shorter than
