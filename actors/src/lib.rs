@@ -14,6 +14,8 @@
 //!   not lead) to the leader, which commits each proposal at most once.
 //! - [`watcher`] — `ElectionWatcher`, one per library: runs the [`election`] state machine,
 //!   persists term and vote, tells the SyncService about role changes.
+//! - [`membership`] — the leader's side of replicated membership, pure: the commit sequence
+//!   under Raft's commit rule, when a configuration change may start, promotions and demotions.
 //! - [`transport`] — the request seam between actors and network (tests script it).
 //! - [`events`] — events and status snapshots for the host; [`config`] — timers and limits.
 //!
@@ -27,6 +29,7 @@ pub mod config;
 pub mod election;
 pub mod events;
 pub mod log_cache;
+pub mod membership;
 pub mod metrics;
 pub mod network;
 pub mod notifier;
