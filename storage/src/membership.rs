@@ -173,8 +173,8 @@ pub fn install(
     } else {
         (sequence, (!old.is_empty()).then_some(old))
     };
-    let previous_text = previous_voters
-        .map(|p| serde_json::to_string(&p).expect("a set of uuids always encodes"));
+    let previous_text =
+        previous_voters.map(|p| serde_json::to_string(&p).expect("a set of uuids always encodes"));
     let keep: Vec<String> = configuration.members.iter().map(|m| m.device_id.to_string()).collect();
     diesel::delete(devices::table.filter(devices::device_id.ne_all(&keep))).execute(conn)?;
     for m in &configuration.members {

@@ -313,3 +313,40 @@ fn a_host_cannot_register_a_reserved_model_type() {
     }
     lsync_storage::ModelRegistry::new().register(std::sync::Arc::new(Reserved));
 }
+
+#[test]
+fn the_previous_voters_are_kept_until_the_voter_change_is_known_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = leader(&dir, registry(false));
+    let (b, c) = (Uuid::new_v4(), Uuid::new_v4());
+    let one = config(vec![member(l.device_id, MemberRole::Voter)]);
+    l.tm.commit_config(&one).unwrap();
+    let m = l.db.membership().unwrap();
+    assert_eq!((m.voters_since, m.previous_voters), (1, None), "a new library has no previous");
+    // A learner joins: the voters do not change.
+    let mb = member(b, MemberRole::Learner);
+    let with_b = config(vec![member(l.device_id, MemberRole::Voter), mb.clone()]);
+    l.tm.commit_config(&with_b).unwrap();
+    assert_eq!(l.db.membership().unwrap().voters_since, 1);
+    // It is promoted: the voters change at 3, the previous ones are kept.
+    let mut promoted = with_b.clone();
+    promoted.members.iter_mut().find(|m| m.device_id == b).unwrap().role = MemberRole::Voter;
+    l.tm.commit_config(&promoted).unwrap();
+    let m = l.db.membership().unwrap();
+    assert_eq!(m.voters_since, 3);
+    assert_eq!(m.previous_voters, Some([l.device_id].into()));
+    // A restatement of the same voters (a new term's first entry) keeps the epoch.
+    let mut restated = promoted.clone();
+    restated.members.push(member(c, MemberRole::Learner));
+    restated = Configuration::new(FEATURE_VERSION, restated.members);
+    l.tm.commit_config(&restated).unwrap();
+    let m = l.db.membership().unwrap();
+    assert_eq!((m.sequence, m.voters_since), (4, 3));
+    assert!(m.previous_voters.is_some());
+    // A commit below the change forgets nothing; one that covers it forgets the previous.
+    assert!(!l.db.note_commit(2).unwrap());
+    assert!(l.db.membership().unwrap().previous_voters.is_some());
+    assert!(l.db.note_commit(3).unwrap());
+    assert_eq!(l.db.membership().unwrap().previous_voters, None);
+    assert!(!l.db.note_commit(9).unwrap(), "nothing left to forget");
+}
