@@ -28,6 +28,7 @@ mod blocking;
 pub mod config;
 pub mod election;
 pub mod events;
+pub mod fencing;
 pub mod log_cache;
 pub mod membership;
 pub mod metrics;
