@@ -1979,3 +1979,68 @@ fn a_version_1_peer_reads_this_builds_frames_of_the_messages_it_knows() {
         assert_eq!(read_by_v1, old);
     }
 }
+
+/// The version 2 fields that may be absent (docs/protocol.md §3) besides those a version 1
+/// peer omits: `Joined.leader` is nil and `Member.preference` is `Auto`.
+#[test]
+fn an_absent_leader_is_nil_and_an_absent_preference_is_auto() {
+    #[derive(serde::Serialize)]
+    struct BareMember {
+        device_id: Uuid,
+        peer_id: &'static str,
+        addresses: Vec<String>,
+        name: &'static str,
+        role: MemberRole,
+    }
+    #[derive(serde::Serialize)]
+    struct BareConfiguration {
+        feature_version: u32,
+        members: Vec<BareMember>,
+    }
+    #[derive(serde::Serialize)]
+    enum Bare {
+        Joined {
+            library_id: Uuid,
+            term: u64,
+            configuration: BareConfiguration,
+            config_sequence: u64,
+            committed: bool,
+        },
+    }
+    let body = rmp_serde::to_vec_named(&Bare::Joined {
+        library_id: LIB,
+        term: 8,
+        configuration: BareConfiguration {
+            feature_version: 2,
+            members: vec![BareMember {
+                device_id: EXAMPLE_DEVICE,
+                peer_id: EXAMPLE_PEER,
+                addresses: vec![],
+                name: "laptop",
+                role: MemberRole::Voter,
+            }],
+        },
+        config_sequence: 3,
+        committed: true,
+    })
+    .unwrap();
+    let expected = SyncMessage::Joined {
+        library_id: LIB,
+        term: 8,
+        leader: None,
+        configuration: Configuration {
+            feature_version: 2,
+            members: vec![Member {
+                device_id: EXAMPLE_DEVICE,
+                peer_id: EXAMPLE_PEER.into(),
+                addresses: vec![],
+                name: "laptop".into(),
+                role: MemberRole::Voter,
+                preference: RolePreference::Auto,
+            }],
+        },
+        config_sequence: 3,
+        committed: true,
+    };
+    assert_eq!(decode_body(&body).unwrap(), expected);
+}
