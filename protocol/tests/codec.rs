@@ -18,26 +18,30 @@ use lsync_protocol::codec::{decode_body, encode_frame, read_frame, write_frame};
 use lsync_protocol::{
     AddressHint, ChangeType, Configuration, ErrorCode, Member, MemberRole, MembershipChange,
     ProposedChange, RolePreference, SyncCodec, SyncLogEntry, SyncMessage, SyncRole,
-    DEFAULT_MAX_FRAME, PROTOCOL,
+    CONFIG_MODEL_TYPE, CONFIG_RECORD_ID, DEFAULT_MAX_FRAME, FEATURE_VERSION, PROTOCOL,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------------
-// Strategies: arbitrary values of every field of every variant.
+// Strategies: arbitrary values of every field of every variant, nested types included.
 // ---------------------------------------------------------------------------------------------
 
 fn uuid() -> impl Strategy<Value = Uuid> {
     any::<u128>().prop_map(Uuid::from_u128)
 }
 
+/// Every change type, `Unknown` included: it is what an unknown name decodes to, and it
+/// encodes as its own name, which decodes to it again.
 fn change_type() -> impl Strategy<Value = ChangeType> {
     prop_oneof![
         Just(ChangeType::Insert),
         Just(ChangeType::Update),
         Just(ChangeType::Delete),
         Just(ChangeType::Bulk),
+        Just(ChangeType::Config),
+        Just(ChangeType::Unknown),
     ]
 }
 
@@ -56,17 +60,77 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
     ]
 }
 
+fn member_role() -> impl Strategy<Value = MemberRole> {
+    prop_oneof![Just(MemberRole::Voter), Just(MemberRole::Learner)]
+}
+
+fn role_preference() -> impl Strategy<Value = RolePreference> {
+    prop_oneof![
+        Just(RolePreference::Auto),
+        Just(RolePreference::Learner),
+        Just(RolePreference::Voter)
+    ]
+}
+
+/// A few arbitrary texts (the codec checks no syntax: addresses and peer ids are validated by
+/// the receiver's logic, not by the decoder).
+fn texts() -> impl Strategy<Value = Vec<String>> {
+    vec(any::<String>(), 0..3)
+}
+
+fn member() -> impl Strategy<Value = Member> {
+    (uuid(), any::<String>(), texts(), any::<String>(), member_role(), role_preference()).prop_map(
+        |(device_id, peer_id, addresses, name, role, preference)| Member {
+            device_id,
+            peer_id,
+            addresses,
+            name,
+            role,
+            preference,
+        },
+    )
+}
+
+/// Any configuration, valid or not, members in any order: the wire carries what it is given.
+fn configuration() -> impl Strategy<Value = Configuration> {
+    (any::<u32>(), vec(member(), 0..4))
+        .prop_map(|(feature_version, members)| Configuration { feature_version, members })
+}
+
+fn membership_change() -> impl Strategy<Value = MembershipChange> {
+    prop_oneof![
+        member().prop_map(|member| MembershipChange::Add { member }),
+        uuid().prop_map(|device_id| MembershipChange::Remove { device_id }),
+        (uuid(), role_preference()).prop_map(|(device_id, preference)| {
+            MembershipChange::SetPreference { device_id, preference }
+        }),
+    ]
+}
+
+fn address_hint() -> impl Strategy<Value = AddressHint> {
+    (uuid(), texts(), any::<u64>(), vec(any::<u8>(), 0..80)).prop_map(
+        |(device_id, addresses, counter, signature)| AddressHint {
+            device_id,
+            addresses,
+            counter,
+            signature,
+        },
+    )
+}
+
 fn entry_with(max_data: usize) -> impl Strategy<Value = SyncLogEntry> {
     (
         (any::<u64>(), any::<u64>(), uuid(), any::<i64>()),
         (any::<String>(), any::<String>(), change_type(), any::<i64>()),
         vec(any::<u8>(), 0..max_data),
+        proptest::option::of(uuid()),
     )
         .prop_map(
             |(
                 (sequence, term, origin_device, timestamp_ms),
                 (model_type, record_id, change_type, version),
                 data,
+                proposal_id,
             )| SyncLogEntry {
                 sequence,
                 term,
@@ -77,12 +141,29 @@ fn entry_with(max_data: usize) -> impl Strategy<Value = SyncLogEntry> {
                 change_type,
                 version,
                 data,
-                proposal_id: None,
+                proposal_id,
             },
         )
 }
 
-/// Every variant, every field arbitrary; `max_entries`/`max_data` bound an EntriesResponse.
+/// A configuration entry as docs/protocol.md §4 defines it, with an arbitrary configuration.
+fn config_entry() -> impl Strategy<Value = SyncLogEntry> {
+    (entry_with(1), configuration()).prop_map(|(entry, config)| SyncLogEntry {
+        model_type: CONFIG_MODEL_TYPE.into(),
+        record_id: CONFIG_RECORD_ID.into(),
+        change_type: ChangeType::Config,
+        version: 0,
+        data: config.encode(),
+        proposal_id: None,
+        ..entry
+    })
+}
+
+/// Entries of any kind: arbitrary ones (any change type, any data) and configuration entries.
+fn any_entry(max_data: usize) -> impl Strategy<Value = SyncLogEntry> {
+    prop_oneof![3 => entry_with(max_data), 1 => config_entry()]
+}
+
 fn proposed_with(max_data: usize) -> impl Strategy<Value = ProposedChange> {
     (any::<String>(), any::<String>(), change_type(), vec(any::<u8>(), 0..max_data)).prop_map(
         |(model_type, record_id, change_type, data)| ProposedChange {
@@ -94,19 +175,22 @@ fn proposed_with(max_data: usize) -> impl Strategy<Value = ProposedChange> {
     )
 }
 
+/// Every variant, every field arbitrary; `max_entries`/`max_data` bound the entries and
+/// changes a message carries.
 fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = SyncMessage> {
     prop_oneof![
         (
             (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
-            proptest::collection::vec(entry_with(max_data), 0..=max_entries.min(4)),
+            vec(any_entry(max_data), 0..=max_entries.min(4)),
+            any::<u64>(),
         )
             .prop_map(
                 |(
                     (library_id, term, from_sequence, to_sequence, entry_count, prev_term),
                     entries,
+                    commit_sequence,
                 )| {
                     SyncMessage::NewEntries {
-                        commit_sequence: 0,
                         library_id,
                         term,
                         from_sequence,
@@ -114,6 +198,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                         entry_count,
                         prev_term,
                         entries,
+                        commit_sequence,
                     }
                 }
             ),
@@ -129,34 +214,51 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
         (
             uuid(),
             any::<u64>(),
-            vec(entry_with(max_data), 0..max_entries),
+            vec(any_entry(max_data), 0..max_entries),
             any::<bool>(),
-            any::<u64>()
+            any::<u64>(),
+            any::<u64>(),
         )
-            .prop_map(|(library_id, term, entries, has_more, leader_last_sequence)| {
-                SyncMessage::EntriesResponse {
-                    commit_sequence: 0,
-                    library_id,
-                    term,
-                    entries,
-                    has_more,
-                    leader_last_sequence,
+            .prop_map(
+                |(library_id, term, entries, has_more, leader_last_sequence, commit_sequence)| {
+                    SyncMessage::EntriesResponse {
+                        library_id,
+                        term,
+                        entries,
+                        has_more,
+                        leader_last_sequence,
+                        commit_sequence,
+                    }
                 }
-            }),
-        (uuid(), any::<u64>()).prop_map(|(library_id, up_to_sequence)| {
-            SyncMessage::Acknowledge { last_term: 0, term: 0, library_id, up_to_sequence }
-        }),
-        (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), role()).prop_map(
-            |(library_id, term, current_sequence, last_term, role)| SyncMessage::Heartbeat {
-                commit_sequence: 0,
-                features: 0,
+            ),
+        (uuid(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(library_id, up_to_sequence, term, last_term)| SyncMessage::Acknowledge {
                 library_id,
+                up_to_sequence,
                 term,
-                current_sequence,
                 last_term,
-                role,
             }
         ),
+        (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), role(), any::<u64>(), any::<u32>())
+            .prop_map(
+                |(
+                    library_id,
+                    term,
+                    current_sequence,
+                    last_term,
+                    role,
+                    commit_sequence,
+                    features,
+                )| SyncMessage::Heartbeat {
+                    library_id,
+                    term,
+                    current_sequence,
+                    last_term,
+                    role,
+                    commit_sequence,
+                    features,
+                }
+            ),
         (uuid(), any::<u64>(), any::<String>(), any::<u64>()).prop_map(
             |(library_id, term, reason, leader_last_sequence)| SyncMessage::SyncRequired {
                 library_id,
@@ -165,26 +267,35 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 leader_last_sequence,
             }
         ),
-        (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
-            |(library_id, term, candidate, last_log_term, last_log_sequence, transfer)| {
-                SyncMessage::RequestVote {
-                    pre_vote: false,
+        (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>())
+            .prop_map(
+                |(
                     library_id,
                     term,
                     candidate,
                     last_log_term,
                     last_log_sequence,
                     transfer,
+                    pre_vote,
+                )| {
+                    SyncMessage::RequestVote {
+                        library_id,
+                        term,
+                        candidate,
+                        last_log_term,
+                        last_log_sequence,
+                        transfer,
+                        pre_vote,
+                    }
                 }
-            }
-        ),
-        (uuid(), any::<u64>(), uuid(), any::<bool>()).prop_map(
-            |(library_id, term, voter, granted)| SyncMessage::Vote {
-                pre_vote: false,
+            ),
+        (uuid(), any::<u64>(), uuid(), any::<bool>(), any::<bool>()).prop_map(
+            |(library_id, term, voter, granted, pre_vote)| SyncMessage::Vote {
                 library_id,
                 term,
                 voter,
-                granted
+                granted,
+                pre_vote,
             }
         ),
         (uuid(), any::<u64>())
@@ -204,15 +315,64 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 }
             }
         ),
-        (uuid(), error_code(), any::<String>(), proptest::option::of(uuid())).prop_map(
-            |(library_id, code, message, leader_hint)| SyncMessage::Error {
-                term: 0,
+        (uuid(), error_code(), any::<String>(), proptest::option::of(uuid()), any::<u64>())
+            .prop_map(|(library_id, code, message, leader_hint, term)| SyncMessage::Error {
                 library_id,
                 code,
                 message,
                 leader_hint,
+                term,
+            }),
+        (uuid(), vec(any::<u8>(), 0..48), uuid(), any::<String>(), texts()).prop_map(
+            |(library_id, secret, device_id, name, addresses)| SyncMessage::Join {
+                library_id,
+                secret,
+                device_id,
+                name,
+                addresses,
             }
         ),
+        (
+            uuid(),
+            any::<u64>(),
+            proptest::option::of(uuid()),
+            configuration(),
+            any::<u64>(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(library_id, term, leader, configuration, config_sequence, committed)| {
+                    SyncMessage::Joined {
+                        library_id,
+                        term,
+                        leader,
+                        configuration,
+                        config_sequence,
+                        committed,
+                    }
+                }
+            ),
+        (uuid(), any::<u64>(), uuid(), membership_change()).prop_map(
+            |(library_id, term, request_id, change)| SyncMessage::ChangeMembership {
+                library_id,
+                term,
+                request_id,
+                change,
+            }
+        ),
+        (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<bool>()).prop_map(
+            |(library_id, term, request_id, config_sequence, committed)| {
+                SyncMessage::MembershipResult {
+                    library_id,
+                    term,
+                    request_id,
+                    config_sequence,
+                    committed,
+                }
+            }
+        ),
+        (uuid(), vec(address_hint(), 0..4))
+            .prop_map(|(library_id, hints)| SyncMessage::AnnounceAddresses { library_id, hints }),
     ]
 }
 
@@ -437,13 +597,115 @@ fn samples() -> Vec<SyncMessage> {
             library_id: LIB,
             term: 8,
             entries: vec![SyncLogEntry {
-                model_type: lsync_protocol::CONFIG_MODEL_TYPE.into(),
-                record_id: lsync_protocol::CONFIG_RECORD_ID.into(),
+                model_type: CONFIG_MODEL_TYPE.into(),
+                record_id: CONFIG_RECORD_ID.into(),
                 version: 0,
                 ..entry(16, ChangeType::Config, sample_configuration().encode())
             }],
             has_more: false,
             leader_last_sequence: 16,
+        },
+        // Version 2 fields with values other than their defaults.
+        SyncMessage::NewEntries {
+            library_id: LIB,
+            term: 8,
+            from_sequence: 17,
+            to_sequence: 17,
+            entry_count: 1,
+            prev_term: 8,
+            entries: vec![SyncLogEntry {
+                term: 8,
+                proposal_id: Some(Uuid::from_u128(21)),
+                ..entry(17, ChangeType::Insert, vec![0x80])
+            }],
+            commit_sequence: 16,
+        },
+        SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 17, term: 8, last_term: 8 },
+        SyncMessage::Heartbeat {
+            library_id: LIB,
+            term: 8,
+            current_sequence: 17,
+            last_term: 8,
+            role: SyncRole::Leader,
+            commit_sequence: u64::MAX,
+            features: u32::MAX,
+        },
+        SyncMessage::RequestVote {
+            library_id: LIB,
+            term: 9,
+            candidate: Uuid::from_u128(12),
+            last_log_term: 8,
+            last_log_sequence: 17,
+            transfer: true,
+            pre_vote: true,
+        },
+        SyncMessage::Vote {
+            library_id: LIB,
+            term: 8,
+            voter: Uuid::from_u128(4),
+            granted: false,
+            pre_vote: true,
+        },
+        SyncMessage::Error {
+            library_id: LIB,
+            code: ErrorCode::StaleTerm,
+            message: "term 7 < 8".into(),
+            leader_hint: Some(Uuid::from_u128(4)),
+            term: 8,
+        },
+        SyncMessage::Joined {
+            library_id: LIB,
+            term: 0,
+            leader: None,
+            configuration: Configuration { feature_version: 0, members: vec![] },
+            config_sequence: 0,
+            committed: true,
+        },
+        SyncMessage::ChangeMembership {
+            library_id: LIB,
+            term: 8,
+            request_id: Uuid::from_u128(14),
+            change: MembershipChange::Add {
+                member: Member {
+                    device_id: Uuid::from_u128(15),
+                    peer_id: "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5".into(),
+                    addresses: vec!["/ip6/::1/tcp/7700".into(), "/dns4/nas.local/tcp/7700".into()],
+                    name: String::new(),
+                    role: MemberRole::Voter,
+                    preference: RolePreference::Voter,
+                },
+            },
+        },
+        SyncMessage::ChangeMembership {
+            library_id: LIB,
+            term: 8,
+            request_id: Uuid::from_u128(16),
+            change: MembershipChange::SetPreference {
+                device_id: Uuid::from_u128(12),
+                preference: RolePreference::Auto,
+            },
+        },
+        SyncMessage::AnnounceAddresses { library_id: LIB, hints: vec![] },
+        // What a newer peer's entry and change of an unknown change type decode to.
+        SyncMessage::EntriesResponse {
+            library_id: LIB,
+            term: 9,
+            entries: vec![entry(18, ChangeType::Unknown, vec![1])],
+            has_more: false,
+            leader_last_sequence: 18,
+            commit_sequence: 18,
+        },
+        SyncMessage::Propose {
+            library_id: LIB,
+            term: 9,
+            proposal_id: Uuid::from_u128(17),
+            origin_device: Uuid::from_u128(12),
+            changes: vec![ProposedChange {
+                model_type: "tag".into(),
+                record_id: "t2".into(),
+                change_type: ChangeType::Unknown,
+                data: vec![],
+            }],
         },
     ]
 }
@@ -451,7 +713,7 @@ fn samples() -> Vec<SyncMessage> {
 /// A configuration of a voter and a learner.
 fn sample_configuration() -> Configuration {
     Configuration::new(
-        lsync_protocol::FEATURE_VERSION,
+        FEATURE_VERSION,
         vec![
             Member {
                 device_id: Uuid::from_u128(4),
@@ -531,23 +793,74 @@ fn samples_cover_every_variant_role_code_and_change_type() {
     let mut roles = BTreeSet::new();
     let mut codes = BTreeSet::new();
     let mut changes = BTreeSet::new();
+    let mut member_roles = BTreeSet::new();
+    let mut preferences = BTreeSet::new();
+    let mut membership_changes = BTreeSet::new();
+    // The version 2 fields seen with a value other than their default.
+    let mut set = BTreeSet::new();
+    let mut note = |field: &'static str, non_default: bool| {
+        if non_default {
+            set.insert(field);
+        }
+    };
     for msg in samples() {
         match msg {
-            SyncMessage::Heartbeat { role, .. } => {
-                roles.insert(role.to_string());
-            }
-            SyncMessage::Error { code, .. } => {
-                codes.insert(code.to_string());
-            }
-            SyncMessage::EntriesResponse { entries, .. } => {
+            SyncMessage::NewEntries { entries, commit_sequence, .. } => {
                 changes.extend(entries.iter().map(|e| e.change_type.as_str()));
+                note("NewEntries.commit_sequence", commit_sequence != 0);
             }
+            SyncMessage::EntriesResponse { entries, commit_sequence, .. } => {
+                changes.extend(entries.iter().map(|e| e.change_type.as_str()));
+                note("EntriesResponse.commit_sequence", commit_sequence != 0);
+            }
+            SyncMessage::Propose { changes: proposed, .. } => {
+                changes.extend(proposed.iter().map(|c| c.change_type.as_str()));
+            }
+            SyncMessage::Acknowledge { term, last_term, .. } => {
+                note("Acknowledge.term", term != 0);
+                note("Acknowledge.last_term", last_term != 0);
+            }
+            SyncMessage::Heartbeat { role, commit_sequence, features, .. } => {
+                roles.insert(role.to_string());
+                note("Heartbeat.commit_sequence", commit_sequence != 0);
+                note("Heartbeat.features", features != 0);
+            }
+            SyncMessage::RequestVote { pre_vote, .. } => note("RequestVote.pre_vote", pre_vote),
+            SyncMessage::Vote { pre_vote, .. } => note("Vote.pre_vote", pre_vote),
+            SyncMessage::Error { code, term, .. } => {
+                codes.insert(code.to_string());
+                note("Error.term", term != 0);
+            }
+            SyncMessage::Joined { configuration, .. } => {
+                for m in configuration.members {
+                    member_roles.insert(m.role.to_string());
+                    preferences.insert(m.preference.to_string());
+                }
+            }
+            SyncMessage::ChangeMembership { change, .. } => match change {
+                MembershipChange::Add { member } => {
+                    membership_changes.insert("Add");
+                    member_roles.insert(member.role.to_string());
+                    preferences.insert(member.preference.to_string());
+                }
+                MembershipChange::Remove { .. } => {
+                    membership_changes.insert("Remove");
+                }
+                MembershipChange::SetPreference { preference, .. } => {
+                    membership_changes.insert("SetPreference");
+                    preferences.insert(preference.to_string());
+                }
+            },
             _ => {}
         }
     }
     assert_eq!(roles.len(), 3);
     assert_eq!(codes.len(), 6);
-    assert_eq!(changes.len(), 5);
+    assert_eq!(changes.len(), 6, "{changes:?}");
+    assert_eq!(member_roles.len(), 2);
+    assert_eq!(preferences.len(), 3);
+    assert_eq!(membership_changes.len(), 3);
+    assert_eq!(set.len(), 9, "{set:?}");
 }
 
 #[test]
@@ -611,6 +924,14 @@ proptest! {
             let end = codec.read_request(&PROTOCOL, &mut stream).await;
             assert_eq!(end.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         });
+    }
+
+    /// A configuration entry's `data` (named MessagePack of a configuration) decodes back to the
+    /// same configuration, whatever its members; so do the nested types in messages.
+    #[test]
+    fn every_configuration_round_trips_as_entry_data(config in configuration()) {
+        let data = config.encode();
+        prop_assert_eq!(rmp_serde::from_slice::<Configuration>(&data).unwrap(), config);
     }
 
     /// A stream delivering one byte at a time, with `Pending` in between, reads the same.
@@ -878,24 +1199,198 @@ fn names_are_case_sensitive_and_unknown_enum_values_are_invalid_data() {
         role: SyncRole::Leader,
     });
     let error = body_of(&SyncMessage::error(LIB, ErrorCode::Internal, "e"));
-    let entries = body_of(&SyncMessage::EntriesResponse {
-        commit_sequence: 0,
+    let joined = body_of(&SyncMessage::Joined {
         library_id: LIB,
-        term: 1,
-        entries: vec![entry(1, ChangeType::Insert, vec![])],
-        has_more: false,
-        leader_last_sequence: 1,
+        term: 8,
+        leader: None,
+        configuration: sample_configuration(),
+        config_sequence: 14,
+        committed: false,
     });
+    let change = |change| {
+        body_of(&SyncMessage::ChangeMembership {
+            library_id: LIB,
+            term: 8,
+            request_id: Uuid::from_u128(13),
+            change,
+        })
+    };
+    let remove = change(MembershipChange::Remove { device_id: Uuid::from_u128(12) });
+    let prefer = change(MembershipChange::SetPreference {
+        device_id: Uuid::from_u128(12),
+        preference: RolePreference::Auto,
+    });
+    let announce = body_of(&SyncMessage::AnnounceAddresses { library_id: LIB, hints: vec![] });
     let cases = [
+        // Message variants (new ones included).
         patched(&heartbeat, "Heartbeat", "heartbeat"),
+        patched(&joined, "Joined", "joined"),
+        patched(&remove, "ChangeMembership", "changeMembership"),
+        patched(&announce, "AnnounceAddresses", "AnnounceAddressez"),
+        // SyncRole, ErrorCode.
         patched(&heartbeat, "Leader", "leader"),
         patched(&heartbeat, "Leader", "Master"),
         patched(&error, "Internal", "Teapot!!"),
-        patched(&entries, "Insert", "Upsert"),
-        patched(&entries, "Insert", "insert"),
+        // MemberRole (the sample's first "Voter" and "Learner" are roles).
+        patched(&joined, "Voter", "voter"),
+        patched(&joined, "Voter", "Boss!"),
+        patched(&joined, "Learner", "Student"),
+        // RolePreference, inside a member and inside a change.
+        patched(&joined, "Auto", "auto"),
+        patched(&prefer, "Auto", "Both"),
+        // MembershipChange variants.
+        patched(&remove, "Remove", "remove"),
+        patched(&remove, "Remove", "Delete"),
+        patched(&prefer, "SetPreference", "SetPreferenze"),
     ];
-    for body in cases {
-        assert_kind(decode_body(&body), io::ErrorKind::InvalidData);
+    for (i, body) in cases.into_iter().enumerate() {
+        let e = assert_kind(decode_body(&body), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("unknown variant"), "case {i}: {e}");
+    }
+}
+
+/// A message whose second entry (or change) is of `change_type`; the first is an Update.
+fn with_change_type(change_type: ChangeType) -> [SyncMessage; 2] {
+    [
+        SyncMessage::EntriesResponse {
+            library_id: LIB,
+            term: 3,
+            entries: vec![
+                entry(1, ChangeType::Update, vec![0x80]),
+                entry(2, change_type, vec![1, 2]),
+            ],
+            has_more: true,
+            leader_last_sequence: 9,
+            commit_sequence: 2,
+        },
+        SyncMessage::Propose {
+            library_id: LIB,
+            term: 3,
+            proposal_id: Uuid::from_u128(11),
+            origin_device: Uuid::from_u128(4),
+            changes: vec![
+                ProposedChange {
+                    model_type: "tag".into(),
+                    record_id: "t1".into(),
+                    change_type: ChangeType::Update,
+                    data: vec![0x80],
+                },
+                ProposedChange {
+                    model_type: "tag".into(),
+                    record_id: "t2".into(),
+                    change_type,
+                    data: vec![1, 2],
+                },
+            ],
+        },
+    ]
+}
+
+/// A change type this build does not know (a newer peer's, or a misspelt one) is not a
+/// malformed frame: the entry or change decodes as `ChangeType::Unknown` and the rest of the
+/// message is intact (docs/protocol.md §3 and §11).
+#[test]
+fn an_unknown_change_type_decodes_as_unknown_in_entries_and_in_proposals() {
+    let expected = with_change_type(ChangeType::Unknown);
+    for (msg, expected) in with_change_type(ChangeType::Insert).iter().zip(&expected) {
+        for name in ["Upsert", "insert", "INSERT"] {
+            let body = patched(&body_of(msg), "Insert", name);
+            assert_eq!(&decode_body(&body).unwrap(), expected, "{name}");
+        }
+    }
+}
+
+/// The same, from a sender that writes change type names of any length.
+#[test]
+fn a_newer_peers_change_types_decode_as_unknown() {
+    #[derive(serde::Serialize)]
+    struct NewerEntry {
+        sequence: u64,
+        term: u64,
+        origin_device: Uuid,
+        timestamp_ms: i64,
+        model_type: &'static str,
+        record_id: String,
+        change_type: &'static str,
+        version: i64,
+        data: serde_bytes::ByteBuf,
+        proposal_id: Option<Uuid>,
+    }
+    #[derive(serde::Serialize)]
+    struct NewerChange {
+        model_type: &'static str,
+        record_id: &'static str,
+        change_type: &'static str,
+        data: serde_bytes::ByteBuf,
+    }
+    #[derive(serde::Serialize)]
+    enum Newer {
+        EntriesResponse {
+            library_id: Uuid,
+            term: u64,
+            entries: Vec<NewerEntry>,
+            has_more: bool,
+            leader_last_sequence: u64,
+            commit_sequence: u64,
+        },
+        Propose {
+            library_id: Uuid,
+            term: u64,
+            proposal_id: Uuid,
+            origin_device: Uuid,
+            changes: Vec<NewerChange>,
+        },
+    }
+    let newer_entry = |sequence: u64, change_type, data: Vec<u8>| {
+        let e = entry(sequence, ChangeType::Insert, vec![]);
+        NewerEntry {
+            sequence,
+            term: e.term,
+            origin_device: e.origin_device,
+            timestamp_ms: e.timestamp_ms,
+            model_type: "tag",
+            record_id: e.record_id,
+            change_type,
+            version: e.version,
+            data: serde_bytes::ByteBuf::from(data),
+            proposal_id: None,
+        }
+    };
+    let newer_change = |record_id, change_type, data: Vec<u8>| NewerChange {
+        model_type: "tag",
+        record_id,
+        change_type,
+        data: serde_bytes::ByteBuf::from(data),
+    };
+    let expected = with_change_type(ChangeType::Unknown);
+    for name in ["Compact", "", "Unknown", "a change type of a much later version ✓"] {
+        let newer = [
+            Newer::EntriesResponse {
+                library_id: LIB,
+                term: 3,
+                entries: vec![
+                    newer_entry(1, "Update", vec![0x80]),
+                    newer_entry(2, name, vec![1, 2]),
+                ],
+                has_more: true,
+                leader_last_sequence: 9,
+                commit_sequence: 2,
+            },
+            Newer::Propose {
+                library_id: LIB,
+                term: 3,
+                proposal_id: Uuid::from_u128(11),
+                origin_device: Uuid::from_u128(4),
+                changes: vec![
+                    newer_change("t1", "Update", vec![0x80]),
+                    newer_change("t2", name, vec![1, 2]),
+                ],
+            },
+        ];
+        for (newer, expected) in newer.iter().zip(&expected) {
+            let body = rmp_serde::to_vec_named(newer).unwrap();
+            assert_eq!(&decode_body(&body).unwrap(), expected, "{name:?}");
+        }
     }
 }
 
@@ -1004,52 +1499,216 @@ fn fields_are_named_on_the_wire() {
     assert_eq!(body[1 + 1 + "FetchEntries".len()], 0x85);
 }
 
-/// The bytes of the `text` block that follows `marker` in docs/protocol.md (hex bytes, with
-/// `#` comments).
-fn documented_frame(marker: &str) -> Vec<u8> {
-    include_str!("../../docs/protocol.md")
+const PROTOCOL_MD: &str = include_str!("../../docs/protocol.md");
+
+/// The `text` block that follows `marker` in docs/protocol.md, as items: each line with a `#`
+/// comment, together with the uncommented lines after it (a long value continues on them), as
+/// (bytes, comment).
+fn documented_items(marker: &str) -> Vec<(Vec<u8>, String)> {
+    let mut items: Vec<(Vec<u8>, String)> = Vec::new();
+    let block = PROTOCOL_MD
         .split(marker)
         .nth(1)
         .unwrap_or_else(|| panic!("docs/protocol.md has no {marker}"))
         .lines()
         .skip_while(|l| !l.starts_with("```"))
         .skip(1)
-        .take_while(|l| !l.starts_with("```"))
-        .flat_map(|l| l.split('#').next().unwrap().split_whitespace())
-        .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
-        .collect()
+        .take_while(|l| !l.starts_with("```"));
+    for line in block {
+        let (hex_bytes, comment) = line.split_once('#').unwrap_or((line, ""));
+        let bytes: Vec<u8> = hex_bytes
+            .split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|_| panic!("{marker}: {b:?}")))
+            .collect();
+        match items.last_mut() {
+            Some((continued, _)) if comment.trim().is_empty() => continued.extend(bytes),
+            _ => items.push((bytes, comment.trim().to_owned())),
+        }
+    }
+    items
 }
 
-/// The examples in docs/protocol.md, byte for byte.
+/// The bytes of the `text` block that follows `marker` in docs/protocol.md.
+fn documented_frame(marker: &str) -> Vec<u8> {
+    documented_items(marker).into_iter().flat_map(|(bytes, _)| bytes).collect()
+}
+
+/// The number right after `prefix` in `text`, if `text` starts with `prefix`.
+fn number_after(text: &str, prefix: &str) -> Option<u64> {
+    let rest = text.strip_prefix(prefix)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Checks that the example after `marker` says what its bytes are, count by count: the text
+/// before the block gives the total (`… N bytes`), and each item's comment names its exact
+/// MessagePack form — `length prefix: body of N bytes`, `map of N`, `array of N`,
+/// `str(N) "text"`, `bin(N)`, `uint 8/16/32/64: V`, `fixint V`, `true`, `false`, `nil` —
+/// which must be its bytes.
+fn check_documented_counts(marker: &str) {
+    let items = documented_items(marker);
+    let total: usize = items.iter().map(|(bytes, _)| bytes.len()).sum();
+    let before = PROTOCOL_MD.split(marker).next().unwrap();
+    let intro = before.rsplit("\n#").next().unwrap();
+    assert!(
+        intro.contains(&format!(" {total} bytes")),
+        "{marker}: the text before the example must say {total} bytes:\n{intro}"
+    );
+    for (bytes, comment) in &items {
+        let what = format!("{marker}: `{}  # {comment}`", hex(bytes));
+        let text = comment.split_once('"').map(|(_, t)| t.rsplit_once('"').expect(&what).0);
+        let expected: Vec<u8> = if let Some(n) = number_after(comment, "length prefix: body of ") {
+            assert!(comment.ends_with(&format!("body of {n} bytes")), "{what}");
+            assert_eq!(n as usize, total - 4, "{what}");
+            (n as u32).to_be_bytes().to_vec()
+        } else if let Some(n) = number_after(comment, "map of ") {
+            assert!(n < 16, "{what}");
+            vec![0x80 | n as u8]
+        } else if let Some(n) = number_after(comment, "array of ") {
+            assert!(n < 16, "{what}");
+            vec![0x90 | n as u8]
+        } else if let Some(n) = number_after(comment, "str(") {
+            let text = text.unwrap_or_else(|| panic!("{what}: quote the text"));
+            assert_eq!(text.len() as u64, n, "{what}");
+            let header = if n < 32 { vec![0xa0 | n as u8] } else { vec![0xd9, n as u8] };
+            [header, text.as_bytes().to_vec()].concat()
+        } else if let Some(n) = number_after(comment, "bin(") {
+            assert!(n < 256 && bytes.len() as u64 == n + 2, "{what}");
+            [vec![0xc4, n as u8], bytes[2..].to_vec()].concat()
+        } else if let Some(v) = number_after(comment, "uint 8: ") {
+            vec![0xcc, u8::try_from(v).expect(&what)]
+        } else if let Some(v) = number_after(comment, "uint 16: ") {
+            [vec![0xcd], u16::try_from(v).expect(&what).to_be_bytes().to_vec()].concat()
+        } else if let Some(v) = number_after(comment, "uint 32: ") {
+            [vec![0xce], u32::try_from(v).expect(&what).to_be_bytes().to_vec()].concat()
+        } else if let Some(v) = number_after(comment, "uint 64: ") {
+            [vec![0xcf], v.to_be_bytes().to_vec()].concat()
+        } else if let Some(v) = number_after(comment, "fixint ") {
+            assert!(v < 128, "{what}");
+            vec![v as u8]
+        } else if comment.starts_with("true") {
+            vec![0xc3]
+        } else if comment.starts_with("false") {
+            vec![0xc2]
+        } else if comment.starts_with("nil") {
+            vec![0xc0]
+        } else {
+            panic!("{what}: the comment must name the form of the bytes");
+        };
+        assert_eq!(hex(bytes), hex(&expected), "{what}");
+    }
+}
+
+/// The frame examples in docs/protocol.md, byte for byte and count for count.
 #[test]
 fn the_documented_examples_are_what_the_encoder_produces() {
     let ack =
-        SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: LIB, up_to_sequence: 42 };
+        SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 42, term: 3, last_term: 2 };
     let frame = encode_frame(&ack, DEFAULT_MAX_FRAME).unwrap();
     let expected = "\
-        00 00 00 3b \
+        00 00 00 4c \
         81 \
         ab 41 63 6b 6e 6f 77 6c 65 64 67 65 \
-        82 \
+        84 \
         aa 6c 69 62 72 61 72 79 5f 69 64 \
         c4 10 67 e5 50 44 10 b1 42 6f 92 47 bb 68 0e 5f e0 c8 \
         ae 75 70 5f 74 6f 5f 73 65 71 75 65 6e 63 65 \
-        2a";
+        2a \
+        a4 74 65 72 6d \
+        03 \
+        a9 6c 61 73 74 5f 74 65 72 6d \
+        02";
     assert_eq!(hex(&frame), expected);
+    assert_eq!(frame.len(), 80);
     assert_eq!(hex(&documented_frame("<!-- example-frame -->")), expected);
+    assert_eq!(read(&documented_frame("<!-- example-frame -->"), 1024).unwrap(), ack);
+    check_documented_counts("<!-- example-frame -->");
 
     let heartbeat = SyncMessage::Heartbeat {
-        commit_sequence: 0,
-        features: 0,
         library_id: LIB,
         term: 3,
         current_sequence: 1000,
         last_term: 3,
         role: SyncRole::Leader,
+        commit_sequence: 998,
+        features: FEATURE_VERSION,
     };
     let frame = encode_frame(&heartbeat, DEFAULT_MAX_FRAME).unwrap();
     assert_eq!(hex(&documented_frame("<!-- example-frame-2 -->")), hex(&frame));
     assert_eq!(read(&documented_frame("<!-- example-frame-2 -->"), 1024).unwrap(), heartbeat);
+    check_documented_counts("<!-- example-frame-2 -->");
+}
+
+/// The device of the documented configuration and address hint examples.
+const EXAMPLE_DEVICE: Uuid = Uuid::from_u128(0x0192_f3a0_7c1e_7a4b_8d2e_5f60_7182_93a4);
+
+/// The Ed25519 key of the examples: the secret key (seed) is 32 bytes of 0x01.
+fn example_key() -> libp2p::identity::Keypair {
+    libp2p::identity::Keypair::ed25519_from_bytes([1u8; 32]).unwrap()
+}
+
+const EXAMPLE_PEER: &str = "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5";
+
+/// The documented `data` of a configuration entry, byte for byte and count for count.
+#[test]
+fn the_documented_configuration_is_what_the_encoder_produces() {
+    assert_eq!(example_key().public().to_peer_id().to_string(), EXAMPLE_PEER);
+    assert!(PROTOCOL_MD.contains(EXAMPLE_PEER));
+    let config = Configuration::new(
+        FEATURE_VERSION,
+        vec![Member {
+            device_id: EXAMPLE_DEVICE,
+            peer_id: EXAMPLE_PEER.into(),
+            addresses: vec!["/ip4/192.168.1.20/tcp/7700".into()],
+            name: "laptop".into(),
+            role: MemberRole::Voter,
+            preference: RolePreference::Auto,
+        }],
+    );
+    let documented = documented_frame("<!-- example-configuration -->");
+    assert_eq!(hex(&documented), hex(&config.encode()));
+    assert_eq!(Configuration::decode(&documented).unwrap(), config);
+    check_documented_counts("<!-- example-configuration -->");
+}
+
+/// `AddressHint::signed_bytes` for a fixed input is exactly the documented bytes, and the
+/// documented signature is the example key's Ed25519 signature of them.
+#[test]
+fn the_documented_address_hint_bytes_and_signature_are_what_the_encoder_produces() {
+    let addresses = vec!["/ip4/192.168.1.20/tcp/7700".to_string(), "/ip6/::1/tcp/7700".to_string()];
+    let counter = 1_700_000_000_000;
+    let signed = AddressHint::signed_bytes(EXAMPLE_DEVICE, counter, &addresses);
+    let documented = documented_frame("<!-- example-hint-signed-bytes -->");
+    assert_eq!(hex(&documented), hex(&signed));
+    check_documented_counts("<!-- example-hint-signed-bytes -->");
+
+    let hint = AddressHint::sign(&example_key(), EXAMPLE_DEVICE, counter, addresses);
+    let signature = documented_frame("<!-- example-hint-signature -->");
+    check_documented_counts("<!-- example-hint-signature -->");
+    assert_eq!(signature[..2], [0xc4, 64], "a bin of 64 bytes");
+    assert_eq!(hex(&signature[2..]), hex(&hint.signature), "Ed25519 signatures are deterministic");
+    assert!(hint.verify(&EXAMPLE_PEER.parse().unwrap()));
+    let key = example_key().public();
+    assert!(key.verify(&documented, &signature[2..]));
+}
+
+/// The limits of §8 are the crate's constants.
+#[test]
+fn the_documented_limits_are_the_constants() {
+    use lsync_protocol::membership::{MAX_ADDRESSES, MAX_MEMBERS, MAX_TEXT};
+    for row in [
+        format!("| members per configuration | {MAX_MEMBERS} |"),
+        format!("| addresses per member or hint | {MAX_ADDRESSES} |"),
+        format!("| name, peer id or address | {MAX_TEXT} bytes |"),
+        format!("| library feature version of this build | {FEATURE_VERSION} |"),
+    ] {
+        assert!(PROTOCOL_MD.contains(&row), "docs/protocol.md lacks the row {row}");
+    }
+    assert!(PROTOCOL_MD.contains(&format!("`{CONFIG_MODEL_TYPE}`")));
+    assert!(PROTOCOL_MD.contains(&format!("`{CONFIG_RECORD_ID}`")));
+    assert!(PROTOCOL_MD.contains(&format!("`{}`", lsync_protocol::RESERVED_MODEL_PREFIX)));
+    assert!(PROTOCOL_MD.contains(PROTOCOL.as_ref()));
+    assert!(PROTOCOL_MD.contains(lsync_protocol::PROTOCOL_V1.as_ref()));
 }
 
 #[test]
@@ -1068,8 +1727,9 @@ fn unit_enums_are_their_variant_names_and_uuids_are_bin_16() {
     let uuid = [&[0xc4, 0x10][..], LIB.as_bytes()].concat();
     assert!(body.windows(uuid.len()).any(|w| w == uuid));
 
+    // `leader_hint: None` is nil (and `term`, the last field, follows it).
     let hint = body_of(&SyncMessage::error(LIB, ErrorCode::StaleTerm, ""));
-    let none = [&[0xab][..], b"leader_hint", &[0xc0]].concat();
+    let none = [&[0xab][..], b"leader_hint", &[0xc0, 0xa4], b"term", &[0x00]].concat();
     assert!(hint.ends_with(&none), "leader_hint None is nil: {}", hex(&hint));
 }
 
@@ -1123,4 +1783,264 @@ fn new_entries_without_the_inline_fields_decodes_with_defaults() {
             entries: vec![],
         }
     );
+}
+
+/// A version 1 peer's messages: the version 1 field sets, none of the fields added in version 2.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum V1 {
+    NewEntries {
+        library_id: Uuid,
+        term: u64,
+        from_sequence: u64,
+        to_sequence: u64,
+        entry_count: u64,
+        prev_term: u64,
+        entries: Vec<SyncLogEntry>,
+    },
+    EntriesResponse {
+        library_id: Uuid,
+        term: u64,
+        entries: Vec<SyncLogEntry>,
+        has_more: bool,
+        leader_last_sequence: u64,
+    },
+    Acknowledge {
+        library_id: Uuid,
+        up_to_sequence: u64,
+    },
+    Heartbeat {
+        library_id: Uuid,
+        term: u64,
+        current_sequence: u64,
+        last_term: u64,
+        role: SyncRole,
+    },
+    RequestVote {
+        library_id: Uuid,
+        term: u64,
+        candidate: Uuid,
+        last_log_term: u64,
+        last_log_sequence: u64,
+        transfer: bool,
+    },
+    Vote {
+        library_id: Uuid,
+        term: u64,
+        voter: Uuid,
+        granted: bool,
+    },
+    Error {
+        library_id: Uuid,
+        code: ErrorCode,
+        message: String,
+        leader_hint: Option<Uuid>,
+    },
+}
+
+/// Pairs of a version 1 message and what it decodes to here: every version 2 field at its
+/// documented default (docs/protocol.md §4).
+fn v1_messages() -> Vec<(V1, SyncMessage)> {
+    let entries =
+        vec![entry(5, ChangeType::Insert, vec![0x80]), entry(6, ChangeType::Bulk, vec![])];
+    vec![
+        (
+            V1::NewEntries {
+                library_id: LIB,
+                term: 3,
+                from_sequence: 5,
+                to_sequence: 6,
+                entry_count: 2,
+                prev_term: 1,
+                entries: entries.clone(),
+            },
+            SyncMessage::NewEntries {
+                library_id: LIB,
+                term: 3,
+                from_sequence: 5,
+                to_sequence: 6,
+                entry_count: 2,
+                prev_term: 1,
+                entries: entries.clone(),
+                commit_sequence: 0,
+            },
+        ),
+        (
+            V1::EntriesResponse {
+                library_id: LIB,
+                term: 3,
+                entries: entries.clone(),
+                has_more: false,
+                leader_last_sequence: 6,
+            },
+            SyncMessage::EntriesResponse {
+                library_id: LIB,
+                term: 3,
+                entries,
+                has_more: false,
+                leader_last_sequence: 6,
+                commit_sequence: 0,
+            },
+        ),
+        (
+            V1::Acknowledge { library_id: LIB, up_to_sequence: 6 },
+            SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 6, term: 0, last_term: 0 },
+        ),
+        (
+            V1::Heartbeat {
+                library_id: LIB,
+                term: 3,
+                current_sequence: 6,
+                last_term: 1,
+                role: SyncRole::Follower,
+            },
+            SyncMessage::Heartbeat {
+                library_id: LIB,
+                term: 3,
+                current_sequence: 6,
+                last_term: 1,
+                role: SyncRole::Follower,
+                commit_sequence: 0,
+                features: 0,
+            },
+        ),
+        (
+            V1::RequestVote {
+                library_id: LIB,
+                term: 4,
+                candidate: Uuid::from_u128(3),
+                last_log_term: 3,
+                last_log_sequence: 6,
+                transfer: true,
+            },
+            SyncMessage::RequestVote {
+                library_id: LIB,
+                term: 4,
+                candidate: Uuid::from_u128(3),
+                last_log_term: 3,
+                last_log_sequence: 6,
+                transfer: true,
+                pre_vote: false,
+            },
+        ),
+        (
+            V1::Vote { library_id: LIB, term: 4, voter: Uuid::from_u128(4), granted: true },
+            SyncMessage::Vote {
+                library_id: LIB,
+                term: 4,
+                voter: Uuid::from_u128(4),
+                granted: true,
+                pre_vote: false,
+            },
+        ),
+        (
+            V1::Error {
+                library_id: LIB,
+                code: ErrorCode::StaleTerm,
+                message: "term 2 < 3".into(),
+                leader_hint: Some(Uuid::from_u128(9)),
+            },
+            SyncMessage::Error {
+                library_id: LIB,
+                code: ErrorCode::StaleTerm,
+                message: "term 2 < 3".into(),
+                leader_hint: Some(Uuid::from_u128(9)),
+                term: 0,
+            },
+        ),
+    ]
+}
+
+/// A frame written by a version 1 sender decodes with the documented defaults of the version 2
+/// fields; an acknowledgement or error from it carries no term.
+#[test]
+fn a_version_1_senders_frames_decode_with_the_documented_defaults() {
+    for (old, expected) in v1_messages() {
+        let body = rmp_serde::to_vec_named(&old).unwrap();
+        let decoded = decode_body(&body).unwrap();
+        assert_eq!(decoded, expected, "{old:?}");
+        if matches!(old, V1::Acknowledge { .. } | V1::Error { .. }) {
+            assert_eq!(decoded.term(), None, "{old:?}");
+        }
+        let mut codec = SyncCodec::default();
+        let via_codec = block_on(
+            codec.read_request(&lsync_protocol::PROTOCOL_V1, &mut Cursor::new(frame_of(&body))),
+        );
+        assert_eq!(via_codec.unwrap(), expected);
+    }
+}
+
+/// The other way round: a version 1 peer, which ignores fields it does not know, reads this
+/// build's encoding of the messages it knows (so one encoder serves both protocol ids).
+#[test]
+fn a_version_1_peer_reads_this_builds_frames_of_the_messages_it_knows() {
+    for (old, new) in v1_messages() {
+        let body = body_of(&new);
+        let read_by_v1: V1 = rmp_serde::from_slice(&body).unwrap();
+        assert_eq!(read_by_v1, old);
+    }
+}
+
+/// The version 2 fields that may be absent (docs/protocol.md §3) besides those a version 1
+/// peer omits: `Joined.leader` is nil and `Member.preference` is `Auto`.
+#[test]
+fn an_absent_leader_is_nil_and_an_absent_preference_is_auto() {
+    #[derive(serde::Serialize)]
+    struct BareMember {
+        device_id: Uuid,
+        peer_id: &'static str,
+        addresses: Vec<String>,
+        name: &'static str,
+        role: MemberRole,
+    }
+    #[derive(serde::Serialize)]
+    struct BareConfiguration {
+        feature_version: u32,
+        members: Vec<BareMember>,
+    }
+    #[derive(serde::Serialize)]
+    enum Bare {
+        Joined {
+            library_id: Uuid,
+            term: u64,
+            configuration: BareConfiguration,
+            config_sequence: u64,
+            committed: bool,
+        },
+    }
+    let body = rmp_serde::to_vec_named(&Bare::Joined {
+        library_id: LIB,
+        term: 8,
+        configuration: BareConfiguration {
+            feature_version: 2,
+            members: vec![BareMember {
+                device_id: EXAMPLE_DEVICE,
+                peer_id: EXAMPLE_PEER,
+                addresses: vec![],
+                name: "laptop",
+                role: MemberRole::Voter,
+            }],
+        },
+        config_sequence: 3,
+        committed: true,
+    })
+    .unwrap();
+    let expected = SyncMessage::Joined {
+        library_id: LIB,
+        term: 8,
+        leader: None,
+        configuration: Configuration {
+            feature_version: 2,
+            members: vec![Member {
+                device_id: EXAMPLE_DEVICE,
+                peer_id: EXAMPLE_PEER.into(),
+                addresses: vec![],
+                name: "laptop".into(),
+                role: MemberRole::Voter,
+                preference: RolePreference::Auto,
+            }],
+        },
+        config_sequence: 3,
+        committed: true,
+    };
+    assert_eq!(decode_body(&body).unwrap(), expected);
 }
