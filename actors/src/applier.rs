@@ -54,6 +54,27 @@ pub struct ApplierContext {
     pub repoint: Option<Recipient<crate::watcher::LeaderHint>>,
     /// The term this follower knows.
     pub term: u64,
+    /// Where configurations this follower applies (or learns it was removed) go: the
+    /// SyncService.
+    pub membership: Option<Recipient<FollowerMembership>>,
+    /// The leader's commit sequence as last heard (read by status; raised by every leader
+    /// message).
+    pub leader_commit: Arc<AtomicU64>,
+    /// When the leader's commit sequence reaches this, the SyncService is told (it forgets
+    /// the previous voters once a voter change is committed); `u64::MAX`: never.
+    pub commit_watch: Arc<AtomicU64>,
+}
+
+/// What the follower learned about the library's membership.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum FollowerMembership {
+    /// A configuration entry it applied (or a rebuild that settled) is now in effect.
+    Applied(lsync_storage::Membership),
+    /// The leader's commit sequence reached the watched sequence.
+    Committed(u64),
+    /// The leader refused this device as removed from the library.
+    Removed(String),
 }
 
 /// Reads the applier's status.
@@ -74,6 +95,8 @@ struct Shared {
     position_known: AtomicBool,
     /// The worker is in a replication round (pushed entries would wait for its end).
     in_round: AtomicBool,
+    /// A rebuild may have left the configuration or the rebuild mark to settle.
+    settle_pending: AtomicBool,
     /// Entries the leader pushed inside `NewEntries`, waiting for the worker.
     pushed: Mutex<Option<Pushed>>,
 }
@@ -114,6 +137,7 @@ impl FollowerApplier {
             ack_in_flight: AtomicBool::new(false),
             position_known: AtomicBool::new(false),
             in_round: AtomicBool::new(false),
+            settle_pending: AtomicBool::new(true),
             pushed: Mutex::new(None),
         });
         Self { cx, shared, worker: None }
@@ -168,12 +192,14 @@ impl Handler<InboundRequest> for FollowerApplier {
         let reply = match req.message {
             SyncMessage::NewEntries { term: their, .. }
             | SyncMessage::Heartbeat { term: their, .. }
-                if their < term =>
+                if crate::fencing::fence(their, term) == crate::fencing::Fence::Stale =>
             {
-                SyncMessage::error(
+                crate::fencing::stale_term(
                     library_id,
-                    ErrorCode::StaleTerm,
-                    format!("term {their} is older than this follower's term {term}"),
+                    req.message.kind(),
+                    their,
+                    term,
+                    self.cx.leader_device,
                 )
             }
             _ if req.peer != self.cx.leader => SyncMessage::Error {
@@ -189,9 +215,11 @@ impl Handler<InboundRequest> for FollowerApplier {
                 to_sequence,
                 prev_term,
                 entries,
+                commit_sequence,
                 ..
             } => {
                 self.shared.leader_last.fetch_max(to_sequence, Ordering::Relaxed);
+                note_leader_commit(&self.cx, commit_sequence);
                 let after =
                     LogPosition { term: prev_term, sequence: from_sequence.wrapping_sub(1) };
                 let count = entries.len() as u64;
@@ -208,30 +236,21 @@ impl Handler<InboundRequest> for FollowerApplier {
                     let pushed = Pushed { after, term: their, entries, reply: req.reply };
                     let older = self.shared.pushed.lock().expect("pushed lock").replace(pushed);
                     if let Some(older) = older {
-                        let _ = older.reply.send(SyncMessage::Acknowledge {
-                            last_term: 0,
-                            term: 0,
-                            library_id,
-                            up_to_sequence: applied.sequence,
-                        });
+                        let _ = older.reply.send(position_ack(library_id, term, applied));
                     }
                     return;
                 }
-                SyncMessage::Acknowledge {
-                    last_term: 0,
-                    term: 0,
-                    library_id,
-                    up_to_sequence: applied.sequence,
-                }
+                position_ack(library_id, term.max(their), applied)
             }
-            SyncMessage::Heartbeat { current_sequence, .. } => {
+            SyncMessage::Heartbeat { current_sequence, commit_sequence, .. } => {
                 self.shared.leader_last.fetch_max(current_sequence, Ordering::Relaxed);
+                note_leader_commit(&self.cx, commit_sequence);
                 if current_sequence != applied.sequence {
                     self.shared.wake.notify_one();
                 }
                 SyncMessage::Heartbeat {
                     commit_sequence: 0,
-                    features: 0,
+                    features: lsync_protocol::FEATURE_VERSION,
                     library_id,
                     term,
                     current_sequence: applied.sequence,
@@ -267,6 +286,12 @@ enum RoundError {
     SyncRequired { reason: String, target: u64 },
     /// Applying stopped on something a retry cannot fix by itself.
     Fatal(String),
+    /// An entry needs a newer version of lsync: nothing after it applies until this device is
+    /// upgraded.
+    UpgradeNeeded(String),
+    /// The leader refused a request of an older term and taught this follower its term: ask
+    /// again at once, in that term.
+    TermLearned(u64),
 }
 
 impl From<NetworkError> for RoundError {
@@ -325,6 +350,7 @@ impl Worker {
             match self.round().await {
                 Ok(()) => {
                     backoff.reset();
+                    self.settle_membership().await;
                     self.recover_orphans().await;
                     self.set_state(FollowerState::CaughtUp, None);
                 }
@@ -365,6 +391,8 @@ impl Worker {
                 match self.reconcile(reason, target).await {
                     Ok(()) => {
                         backoff.reset();
+                        self.shared.settle_pending.store(true, Ordering::Release);
+                        self.settle_membership().await;
                         self.recover_orphans().await;
                         self.set_state(FollowerState::CaughtUp, None);
                         false
@@ -372,6 +400,22 @@ impl Worker {
                     Err(RoundError::SyncRequired { .. }) => true,
                     Err(e) => Box::pin(self.on_error(e, backoff, rng)).await,
                 }
+            }
+            RoundError::TermLearned(term) => {
+                debug!(library_id = %self.cx.library_id, term, "learned the leader's term");
+                true
+            }
+            RoundError::UpgradeNeeded(error) => {
+                warn!(library_id = %self.cx.library_id, %error, "upgrade needed: this device \
+                    cannot apply the library's entries any more");
+                self.set_state(FollowerState::UpgradeNeeded, Some(error.clone()));
+                let _ = self
+                    .cx
+                    .events
+                    .send(SyncEvent::ApplyFailed { library_id: self.cx.library_id, error });
+                // Nothing will change until the binary does; check rarely.
+                tokio::time::sleep(self.cx.config.backoff_max).await;
+                true
             }
             RoundError::Fatal(error) => {
                 let delay = backoff.next_delay(rng);
@@ -399,16 +443,12 @@ impl Worker {
         let Some(pushed) = self.shared.pushed.lock().expect("pushed lock").take() else {
             return false;
         };
-        let ack = |up_to_sequence| SyncMessage::Acknowledge {
-            last_term: 0,
-            term: 0,
-            library_id: self.cx.library_id,
-            up_to_sequence,
-        };
+        let library_id = self.cx.library_id;
+        let ack = |pos: LogPosition, term: u64| position_ack(library_id, term, pos);
         let pos = self.position();
         if pos != pushed.after {
             // A round got there first (or the log changed): nothing to do with them.
-            let _ = pushed.reply.send(ack(pos.sequence));
+            let _ = pushed.reply.send(ack(pos, self.shared.term.load(Ordering::Relaxed)));
             return pos.sequence >= self.shared.leader_last.load(Ordering::Relaxed);
         }
         if pushed.term > self.shared.term.load(Ordering::Relaxed) {
@@ -416,7 +456,7 @@ impl Worker {
         }
         let applied = self.apply(pushed.entries).await.is_ok();
         let pos = self.position();
-        let _ = pushed.reply.send(ack(pos.sequence));
+        let _ = pushed.reply.send(ack(pos, self.shared.term.load(Ordering::Relaxed)));
         // Any failure (a gap, a divergence, a model this device lacks) is the round's to
         // handle, from the persisted position.
         applied && pos.sequence >= self.shared.leader_last.load(Ordering::Relaxed)
@@ -447,7 +487,7 @@ impl Worker {
         let pos = self.current_position().await?;
         let msg = SyncMessage::Heartbeat {
             commit_sequence: 0,
-            features: 0,
+            features: lsync_protocol::FEATURE_VERSION,
             library_id: self.cx.library_id,
             term: self.shared.term.load(Ordering::Relaxed),
             current_sequence: pos.sequence,
@@ -455,7 +495,11 @@ impl Worker {
             role: SyncRole::Follower,
         };
         match self.cx.transport.request(self.cx.leader, msg).await? {
-            SyncMessage::Heartbeat { current_sequence, term, .. } => {
+            SyncMessage::Heartbeat { current_sequence, term, commit_sequence, .. } => {
+                if term > self.shared.term.load(Ordering::Relaxed) {
+                    self.adopt_term(term).await?;
+                }
+                note_leader_commit(&self.cx, commit_sequence);
                 self.shared.term.fetch_max(term, Ordering::Relaxed);
                 self.shared.leader_last.fetch_max(current_sequence, Ordering::Relaxed);
                 Ok(current_sequence > pos.sequence)
@@ -600,8 +644,12 @@ impl Worker {
                             entries,
                             has_more,
                             leader_last_sequence,
+                            commit_sequence,
                             ..
-                        } => (term, entries, has_more, leader_last_sequence),
+                        } => {
+                            note_leader_commit(&self.cx, commit_sequence);
+                            (term, entries, has_more, leader_last_sequence)
+                        }
                         SyncMessage::SyncRequired { reason, leader_last_sequence, .. } => {
                             Self::settle(applying.take()).await?;
                             return Err(RoundError::SyncRequired {
@@ -749,11 +797,12 @@ impl Worker {
     async fn apply(&self, entries: Vec<SyncLogEntry>) -> Result<(), ApplyError> {
         let committed_ms = entries.last().map_or(0, |e| e.timestamp_ms);
         let applier = Applier::new(self.cx.db.clone());
-        let (events, metrics, shared, library_id) = (
+        let (events, metrics, shared, library_id, membership) = (
             self.cx.events.clone(),
             self.cx.metrics.clone(),
             self.shared.clone(),
             self.cx.library_id,
+            self.cx.membership.clone(),
         );
         // The events are sent in the same blocking task as the transaction: a worker aborted
         // while it waits (its role changed, the node stops) cannot separate a committed batch
@@ -778,6 +827,9 @@ impl Worker {
             for job in out.bulk_jobs {
                 let _ = events.send(SyncEvent::BulkJobQueued { library_id, job });
             }
+            if let (Some(m), Some(r)) = (out.membership, &membership) {
+                r.do_send(FollowerMembership::Applied(m));
+            }
             Ok(())
         })
         .await;
@@ -786,6 +838,9 @@ impl Worker {
             Err(StorageError::Gap { expected, got }) => {
                 debug!(expected, got, "gap while applying, re-fetching");
                 Err(ApplyError::Gap)
+            }
+            Err(e @ StorageError::UpgradeNeeded { .. }) => {
+                Err(ApplyError::Other(RoundError::UpgradeNeeded(e.to_string())))
             }
             Err(StorageError::Diverged { sequence, local_term, remote_term }) => {
                 Err(ApplyError::Other(RoundError::SyncRequired {
@@ -796,6 +851,30 @@ impl Worker {
                 }))
             }
             Err(e) => Err(ApplyError::Other(RoundError::Fatal(format!("applying entries failed: {e}")))),
+        }
+    }
+
+    /// After the first complete round and after every rebuild: the log's latest configuration
+    /// becomes the one in effect if it is not already, and the rebuild mark is cleared once the
+    /// log passed it (see `lsync_storage::Applier::settle`).
+    async fn settle_membership(&self) {
+        if !self.shared.settle_pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let applier = Applier::new(self.cx.db.clone());
+        match run_blocking(move || applier.settle()).await {
+            Ok(Some(m)) => {
+                info!(library_id = %self.cx.library_id, sequence = m.sequence,
+                    "the rebuilt log's configuration is in effect");
+                if let Some(r) = &self.cx.membership {
+                    r.do_send(FollowerMembership::Applied(m));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.shared.settle_pending.store(true, Ordering::Release);
+                warn!(library_id = %self.cx.library_id, error = %e, "cannot settle the rebuilt log")
+            }
         }
     }
 
@@ -831,20 +910,27 @@ impl Worker {
         if self.shared.ack_in_flight.swap(true, Ordering::AcqRel) {
             return;
         }
-        let up_to = self.position().sequence;
-        let fut = self.cx.transport.request(
-            self.cx.leader,
-            SyncMessage::Acknowledge {
-                last_term: 0,
-                term: 0,
-                library_id: self.cx.library_id,
-                up_to_sequence: up_to,
-            },
-        );
+        let term = self.shared.term.load(Ordering::Relaxed);
+        let fut = self
+            .cx
+            .transport
+            .request(self.cx.leader, position_ack(self.cx.library_id, term, self.position()));
         let shared = self.shared.clone();
+        let cx = self.cx.clone();
         actix_rt::spawn(async move {
-            if let Err(e) = fut.await {
-                debug!(error = %e, "acknowledgement not delivered");
+            match fut.await {
+                Ok(SyncMessage::Heartbeat { commit_sequence, .. }) => {
+                    note_leader_commit(&cx, commit_sequence)
+                }
+                Ok(SyncMessage::Error { code: ErrorCode::StaleTerm, term, .. }) if term > 0 => {
+                    // The leader is in a newer term: learn it (the next round uses it).
+                    shared.term.fetch_max(term, Ordering::Relaxed);
+                    if let (Some(e), Some(from)) = (&cx.election, cx.leader_device) {
+                        e.do_send(crate::watcher::ElectionInput::LeaderHeard { from, term });
+                    }
+                }
+                Ok(other) => debug!(reply = other.kind(), "acknowledgement answered"),
+                Err(e) => debug!(error = %e, "acknowledgement not delivered"),
             }
             shared.ack_in_flight.store(false, Ordering::Release);
         });
@@ -922,6 +1008,24 @@ impl Worker {
     /// A refusal from the device this follower took for its leader. `NotLeader` with a hint
     /// re-points the follower to the hinted device.
     fn refusal(&self, msg: SyncMessage) -> RoundError {
+        if let SyncMessage::Error { code: ErrorCode::StaleTerm, term, .. } = &msg {
+            // The leader is in a newer term than this follower knew (e.g. a device that just
+            // joined, or one that missed an election): learn it, and ask again at once.
+            if *term > self.shared.term.load(Ordering::Relaxed) {
+                self.shared.term.fetch_max(*term, Ordering::Relaxed);
+                if let (Some(e), Some(from)) = (&self.cx.election, self.cx.leader_device) {
+                    e.do_send(crate::watcher::ElectionInput::LeaderHeard { from, term: *term });
+                }
+                return RoundError::TermLearned(*term);
+            }
+        }
+        if let SyncMessage::Error { code: ErrorCode::Unauthorized, message, .. } = &msg {
+            if message.contains("removed from library") {
+                if let Some(m) = &self.cx.membership {
+                    m.do_send(FollowerMembership::Removed(message.clone()));
+                }
+            }
+        }
         if let SyncMessage::Error { code: ErrorCode::NotLeader, leader_hint: Some(hint), .. } = &msg
         {
             if Some(*hint) != self.cx.leader_device {
@@ -932,6 +1036,30 @@ impl Worker {
             }
         }
         refusal(msg)
+    }
+}
+
+/// The follower's position as it reports it: `Acknowledge` of its last entry, with its term
+/// and that entry's term (the leader counts it toward its commit sequence only if both are
+/// its own term).
+fn position_ack(library_id: Uuid, term: u64, position: LogPosition) -> SyncMessage {
+    SyncMessage::Acknowledge {
+        library_id,
+        up_to_sequence: position.sequence,
+        term,
+        last_term: position.term,
+    }
+}
+
+/// The leader said its commit sequence is `commit`: raise what this follower knows of it, and
+/// tell the SyncService once it reaches the sequence it watches (a voter change committed).
+fn note_leader_commit(cx: &ApplierContext, commit: u64) {
+    let before = cx.leader_commit.fetch_max(commit, Ordering::AcqRel);
+    let watch = cx.commit_watch.load(Ordering::Acquire);
+    if before < watch && commit >= watch {
+        if let Some(m) = &cx.membership {
+            m.do_send(FollowerMembership::Committed(commit));
+        }
     }
 }
 

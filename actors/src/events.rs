@@ -63,6 +63,9 @@ pub enum FollowerState {
     Reconciling,
     /// Stopped on an error that needs the host (see `last_error`).
     Stalled,
+    /// Stopped on an entry that needs a newer version of lsync (see `last_error`): nothing is
+    /// applied until this device is upgraded.
+    UpgradeNeeded,
 }
 
 /// Progress of a catch-up or a full reconciliation.

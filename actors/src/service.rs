@@ -1,35 +1,58 @@
-//! SyncService — one per open library; the supervisor of its role actors.
+//! SyncService — one per open library; the supervisor of its role actors and the keeper of the
+//! library's membership on this device.
 //!
-//! Receives: every inbound request of its library (from the Network), membership changes,
-//! connection events, status queries. Starts the role actors for the device's role — leader:
-//! a [`LeaderNotifier`] and one [`FollowerSession`] per follower; follower: a
-//! [`FollowerApplier`] — and routes each inbound request to the role actor that answers it.
+//! Receives: every inbound request of its library (from the Network), membership changes
+//! (configurations applied by the follower, written by the leader's core, asked for by the
+//! host), connection events, status queries. Starts the role actors for the device's role —
+//! leader: a [`LeaderNotifier`] (the leader's core) and one [`FollowerSession`] per other
+//! member; follower: a [`FollowerApplier`] — and routes each inbound request to the role actor
+//! that answers it.
+//!
+//! Membership (docs/architecture.md, "Membership"): the configuration in effect comes from the
+//! library's log only. Whenever it changes the service tells the network (who may connect, and
+//! a removed device is refused from then on), the election (voters, learners, the previous
+//! voters while a voter change is not known to be committed), the proposer, and, when leading,
+//! the sessions (one per member; a removed member's session first delivers the entry that
+//! removes it). It also answers `Join` (a guest presenting an invitation this device issued),
+//! `ChangeMembership` (the leader only) and `AnnounceAddresses` (signed address hints).
+//!
 //! It is not itself run under actix's `Supervisor`: a supervised actor is restarted whenever it
 //! stops while an address to it exists, so it could never be shut down for good. Instead the
 //! service owns the lifecycle of its role actors: it stops them and starts new ones from the
 //! persisted state.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
+use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
-use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
-use lsync_storage::{Database, Device, SyncState, TransactionManager};
+use lsync_protocol::{
+    AddressHint, Configuration, ErrorCode, Member, MemberRole, MembershipChange, RolePreference,
+    SyncMessage, SyncRole,
+};
+use lsync_storage::{Database, Device, Membership, SyncState, TransactionManager};
+use rand::RngCore;
 use tokio::sync::broadcast;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::applier::{ApplierContext, FollowerApplier, GetApplierStatus};
+use crate::applier::{ApplierContext, FollowerApplier, FollowerMembership, GetApplierStatus};
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
-use crate::events::{LibraryStatus, SyncEvent};
+use crate::events::{LibraryStatus, MemberStatus, MembershipStatus, SyncEvent};
 use crate::log_cache::LogCache;
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
-use crate::notifier::{LeaderNotifier, SetSessions};
+use crate::notifier::{
+    ChangeConfig, ConfigError, ConfigOutcome, GetLeaderStatus, LeaderContext, LeaderNotifier,
+    LeaderReport, LeaderShared, SetSessions,
+};
 use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
 use crate::session::{
-    new_log_cache, Connection, FollowerSession, GetFollowerStatus, SessionContext,
+    new_log_cache, Connection, FollowerSession, GetFollowerStatus, Leaving, SessionContext,
+    SessionLeft,
 };
 use crate::transport::Transport;
 use crate::watcher::{
@@ -39,10 +62,18 @@ use crate::watcher::{
 
 /// How often the service checks that its role actors are alive (a panic closes an actor's
 /// mailbox; actix does not restart it).
-const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+const WATCHDOG_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Mailbox capacity of the actors that receive inbound requests (actix's default is 16).
 pub(crate) const MAILBOX_CAPACITY: usize = 1024;
+
+/// How long the leader waits for a configuration change asked over the network to commit
+/// before it answers `committed: false` (well inside the requester's request timeout).
+pub const REMOTE_CHANGE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a member answering `Join` waits for its own log to hold the configuration entry
+/// that adds the joiner (pushed by the leader within a round trip) before it answers anyway.
+const JOIN_APPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything a library's actors share.
 #[derive(Clone)]
@@ -57,7 +88,11 @@ pub struct LibraryContext {
     pub events: broadcast::Sender<SyncEvent>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Set while a leadership transfer holds new writes (the host checks it before committing).
-    pub writes_paused: Arc<std::sync::atomic::AtomicBool>,
+    pub writes_paused: Arc<AtomicBool>,
+    /// This device's libp2p key: signs its address hints.
+    pub keypair: Keypair,
+    /// The addresses this device listens on (announced as a signed hint).
+    pub listen_addrs: Vec<Multiaddr>,
 }
 
 /// Stops an actor.
@@ -65,7 +100,9 @@ pub struct LibraryContext {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
-/// Adds (or updates) a member device of the library.
+/// Adds (or updates) a member device by hand: only for a library of feature version 1, whose
+/// members are still given by hand on every device (a library with configuration entries
+/// changes its members with [`ChangeMembershipRequest`]).
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct AddMember(pub Device);
@@ -75,11 +112,30 @@ pub struct AddMember(pub Device);
 #[rtype(result = "Result<LibraryStatus, String>")]
 pub struct GetStatus;
 
+/// Asks for a membership change, from any member: made by this device's leader core when it
+/// leads, else forwarded to the leader (`ChangeMembership`). Answered once the configuration
+/// entry is committed, or with `committed: false` when it is not after `wait`.
+#[derive(Message)]
+#[rtype(result = "Result<ConfigOutcome, String>")]
+pub struct ChangeMembershipRequest {
+    pub change: MembershipChange,
+    pub wait: Duration,
+}
+
+/// Issues an invitation: a one-time secret (returned; only its hash is stored), valid for
+/// `expires`; the invited device stays a learner for good when `learner`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u8>, String>")]
+pub struct CreateInvitation {
+    pub learner: bool,
+    pub expires: Duration,
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Started {
     state: SyncState,
-    members: Vec<(Uuid, PeerId)>,
+    membership: Membership,
     connected: Vec<PeerId>,
 }
 
@@ -87,17 +143,24 @@ struct Started {
 #[rtype(result = "()")]
 struct PeerEvent(NetworkEvent);
 
+#[derive(Message)]
+#[rtype(result = "()")]
+struct InvitationsChanged;
+
 enum Role {
     Leader {
         notifier: Addr<LeaderNotifier>,
         sessions: HashMap<PeerId, Addr<FollowerSession>>,
         /// The log blocks this term's sessions serve fetches from (shared by all of them).
         cache: Arc<LogCache>,
+        /// The commit sequence of this leadership.
+        shared: Arc<LeaderShared>,
     },
     Follower {
         applier: Addr<FollowerApplier>,
     },
-    /// No leader known yet, or the role actors are not started.
+    /// No leader known yet, the role actors are not started, or this device is no longer a
+    /// member.
     Idle,
 }
 
@@ -105,14 +168,34 @@ enum Role {
 pub struct SyncService {
     cx: LibraryContext,
     state: Option<SyncState>,
+    membership: Option<Membership>,
+    /// Every other member: peer → device.
     members: HashMap<PeerId, Uuid>,
-    connected: std::collections::HashSet<PeerId>,
+    /// Members removed while this device leads, whose session delivers the removal first.
+    leaving: HashSet<PeerId>,
+    connected: HashSet<PeerId>,
     role: Role,
     watcher: Option<Addr<ElectionWatcher>>,
     local_peer: Option<PeerId>,
     self_addr: Option<Addr<SyncService>>,
     proposer: Proposer,
     proposer_task: Option<tokio::task::JoinHandle<()>>,
+    /// The leader's commit sequence as this follower last heard it.
+    leader_commit: Arc<AtomicU64>,
+    /// The follower tells the service when the leader's commit reaches this.
+    commit_watch: Arc<AtomicU64>,
+    /// Why a member refused this device as removed, if one did.
+    removed_hint: Option<String>,
+    /// This device's signed address hint (counter: when it was made).
+    own_hint: Option<AddressHint>,
+    /// An expiry check of the invitations is scheduled.
+    invitation_timer: Option<SpawnHandle>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl SyncService {
@@ -131,12 +214,19 @@ impl SyncService {
             proposer_task: None,
             cx,
             state: None,
+            membership: None,
             members: HashMap::new(),
+            leaving: HashSet::new(),
             connected: Default::default(),
             role: Role::Idle,
             watcher: None,
             local_peer: None,
             self_addr: None,
+            leader_commit: Arc::new(AtomicU64::new(0)),
+            commit_watch: Arc::new(AtomicU64::new(u64::MAX)),
+            removed_hint: None,
+            own_hint: None,
+            invitation_timer: None,
         }
     }
 
@@ -144,10 +234,29 @@ impl SyncService {
         self.members.get(peer).copied()
     }
 
-    /// Every member (this device included) and its peer id, for the election.
-    fn member_map(&self) -> std::collections::BTreeMap<Uuid, PeerId> {
-        let mut m: std::collections::BTreeMap<Uuid, PeerId> =
-            self.members.iter().map(|(p, d)| (*d, *p)).collect();
+    fn peer_of(&self, device: Uuid) -> Option<PeerId> {
+        self.members.iter().find(|(_, d)| **d == device).map(|(p, _)| *p)
+    }
+
+    /// Whether this device is a member of the configuration in effect.
+    fn is_member(&self) -> bool {
+        self.membership.as_ref().is_none_or(|m| m.configuration.contains(self.cx.device_id))
+    }
+
+    /// The voters (this device included when it is one) and their peers, for the election.
+    fn voter_map(&self) -> BTreeMap<Uuid, PeerId> {
+        let Some(m) = &self.membership else { return BTreeMap::new() };
+        m.configuration
+            .members
+            .iter()
+            .filter(|mem| mem.role == MemberRole::Voter)
+            .filter_map(|mem| mem.peer_id.parse::<PeerId>().ok().map(|p| (mem.device_id, p)))
+            .collect()
+    }
+
+    /// Every member (this device included) and its peer, for the proposer.
+    fn member_map(&self) -> BTreeMap<Uuid, PeerId> {
+        let mut m: BTreeMap<Uuid, PeerId> = self.members.iter().map(|(p, d)| (*d, *p)).collect();
         if let Some(me) = self.local_peer {
             m.insert(self.cx.device_id, me);
         }
@@ -165,7 +274,7 @@ impl SyncService {
             config: self.cx.config.clone(),
             events: self.cx.events.clone(),
             metrics: self.cx.metrics.clone(),
-            members: self.member_map(),
+            members: self.voter_map(),
             persisted: persisted_of(state),
             role_changes: me.clone().recipient(),
             heartbeats: me.clone().recipient(),
@@ -205,6 +314,10 @@ impl SyncService {
                 for s in sessions.values() {
                     s.do_send(Shutdown);
                 }
+                // A removed member whose session was delivering its removal: refuse it now.
+                for peer in std::mem::take(&mut self.leaving) {
+                    self.revoke(peer);
+                }
             }
             Role::Follower { applier } => applier.do_send(Shutdown),
             Role::Idle => {}
@@ -214,31 +327,46 @@ impl SyncService {
     fn start_role(&mut self) {
         self.stop_role();
         let Some(state) = self.state.clone() else { return };
+        let Some(membership) = self.membership.clone() else { return };
         let library_id = self.cx.library_id;
-        let leading =
-            state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id);
         self.proposer.set_leader(LeaderView {
             term: state.current_term,
             leader: if state.role == SyncRole::Candidate { None } else { state.leader_device },
         });
-        let _ = leading;
-        if state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id) {
-            let notifier = LeaderNotifier::new(self.cx.tm.subscribe()).start();
+        if !self.is_member() {
+            info!(%library_id, "this device is no longer a member of the library; its copy is kept, read-only");
+        } else if state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id) {
+            let shared = Arc::new(LeaderShared::default());
+            let notifier = LeaderNotifier::leading(
+                self.cx.tm.subscribe(),
+                LeaderContext {
+                    library_id,
+                    me: self.cx.device_id,
+                    term: state.current_term,
+                    db: self.cx.db.clone(),
+                    tm: self.cx.tm.clone(),
+                    membership,
+                    catch_up: self.cx.config.max_entries_per_response,
+                    shared: shared.clone(),
+                    reports: self.self_addr.clone().map(|a| a.recipient()),
+                },
+            )
+            .start();
             // A new cache per start: the leader's log only grows while it leads this term.
             let cache = new_log_cache(self.cx.config.max_entries_per_response);
             let mut sessions = HashMap::new();
             for (peer, device) in self.members.clone() {
-                sessions.insert(peer, self.start_session(&state, &cache, device, peer));
+                sessions.insert(
+                    peer,
+                    self.start_session(&state, &cache, &shared, &notifier, device, peer),
+                );
             }
             cache.set_readers(sessions.len());
             notifier
                 .do_send(SetSessions(sessions.values().map(|a| a.clone().recipient()).collect()));
             info!(%library_id, term = state.current_term, followers = sessions.len(), "leading");
-            self.role = Role::Leader { notifier, sessions, cache };
-        } else if let Some(leader_peer) = state
-            .leader_device
-            .and_then(|d| self.members.iter().find(|(_, dev)| **dev == d).map(|(p, _)| *p))
-        {
+            self.role = Role::Leader { notifier, sessions, cache, shared };
+        } else if let Some(leader_peer) = state.leader_device.and_then(|d| self.peer_of(d)) {
             let applier = FollowerApplier::new(ApplierContext {
                 library_id,
                 db: self.cx.db.clone(),
@@ -252,6 +380,9 @@ impl SyncService {
                 proposer: Some(self.proposer.clone()),
                 repoint: self.self_addr.clone().map(|a| a.recipient()),
                 term: state.current_term,
+                membership: self.self_addr.clone().map(|a| a.recipient()),
+                leader_commit: self.leader_commit.clone(),
+                commit_watch: self.commit_watch.clone(),
             })
             .start();
             info!(%library_id, term = state.current_term, leader = %leader_peer, "following");
@@ -272,6 +403,8 @@ impl SyncService {
         &self,
         state: &SyncState,
         cache: &Arc<LogCache>,
+        shared: &Arc<LeaderShared>,
+        notifier: &Addr<LeaderNotifier>,
         device: Uuid,
         peer: PeerId,
     ) -> Addr<FollowerSession> {
@@ -288,6 +421,10 @@ impl SyncService {
                 election: Some(self.self_addr.clone().expect("service started").recipient()),
                 cache: cache.clone(),
                 metrics: self.cx.metrics.clone(),
+                leader_device: Some(self.cx.device_id),
+                leader: shared.clone(),
+                progress: Some(notifier.clone().recipient()),
+                left: self.self_addr.clone().map(|a| a.recipient()),
             },
             device,
             peer,
@@ -297,6 +434,507 @@ impl SyncService {
             session.do_send(Connection(true));
         }
         session
+    }
+
+    /// The peers of `m`'s members other than this device, with the addresses to dial them at.
+    fn peers_of(&self, m: &Membership) -> HashMap<PeerId, (Uuid, Vec<Multiaddr>)> {
+        m.configuration
+            .members
+            .iter()
+            .filter(|mem| mem.device_id != self.cx.device_id)
+            .filter_map(|mem| match mem.peer_id.parse::<PeerId>() {
+                Ok(p) => Some((p, (mem.device_id, addrs_of(mem)))),
+                Err(_) => {
+                    warn!(device = %mem.device_id, peer_id = %mem.peer_id, "member with an invalid peer id ignored");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Makes `m` the configuration in effect on this device (see the module documentation).
+    fn install_membership(&mut self, m: Membership) {
+        let library_id = self.cx.library_id;
+        if self.membership.as_ref() == Some(&m) {
+            return;
+        }
+        let was_member = self.is_member();
+        let new = self.peers_of(&m);
+        let removed: Vec<(PeerId, Uuid)> = self
+            .members
+            .iter()
+            .filter(|(p, d)| new.get(p).is_none_or(|(nd, _)| nd != *d))
+            .map(|(p, d)| (*p, *d))
+            .collect();
+        let added: Vec<(PeerId, Uuid, Vec<Multiaddr>)> = new
+            .iter()
+            .filter(|(p, _)| !self.members.contains_key(p))
+            .map(|(p, (d, a))| (*p, *d, a.clone()))
+            .collect();
+        debug!(%library_id, sequence = m.sequence, added = added.len(), removed = removed.len(),
+            "configuration in effect");
+        self.members = new.iter().map(|(p, (d, _))| (*p, *d)).collect();
+        self.commit_watch.store(
+            if m.previous_voters.is_some() { m.voters_since } else { u64::MAX },
+            Ordering::Release,
+        );
+        self.membership = Some(m);
+        for (peer, device, addrs) in &added {
+            info!(%library_id, device = %device, "member added");
+            let (network, peer, addrs) = (self.cx.network.clone(), *peer, addrs.clone());
+            actix_rt::spawn(async move {
+                if let Err(e) = network.add_member(library_id, peer, addrs).await {
+                    warn!(%library_id, %peer, error = %e, "cannot allow a new member");
+                }
+            });
+        }
+        let sequence = self.membership.as_ref().map_or(0, |m| m.sequence);
+        for (peer, device) in &removed {
+            info!(%library_id, device = %device, "member removed");
+            match &self.role {
+                Role::Leader { sessions, .. } if sessions.contains_key(peer) => {
+                    // Its session delivers the entry that removes it first (bounded), then
+                    // reports back and the peer is refused.
+                    self.leaving.insert(*peer);
+                    if let Some(s) = sessions.get(peer) {
+                        s.do_send(Leaving { sequence });
+                    }
+                }
+                _ => self.revoke(*peer),
+            }
+        }
+        if let Role::Leader { notifier, sessions, cache, shared } = &mut self.role {
+            if let Some(state) = self.state.as_ref() {
+                let mut started = false;
+                for (peer, device, _) in &added {
+                    if !sessions.contains_key(peer) {
+                        let s = Self::start_session_with(
+                            &self.cx,
+                            self.self_addr.as_ref(),
+                            &self.connected,
+                            state,
+                            cache,
+                            shared,
+                            notifier,
+                            *device,
+                            *peer,
+                        );
+                        sessions.insert(*peer, s);
+                        started = true;
+                    }
+                }
+                if started {
+                    cache.set_readers(sessions.len());
+                    notifier.do_send(SetSessions(
+                        sessions.values().map(|a| a.clone().recipient()).collect(),
+                    ));
+                }
+            }
+        }
+        if let Some(w) = &self.watcher {
+            w.do_send(SetMembers(self.voter_map()));
+        }
+        self.proposer.set_members(self.member_map());
+        let member = self.is_member();
+        if was_member && !member {
+            warn!(%library_id, "this device was removed from the library; its copy is kept");
+            self.start_role();
+        } else if !was_member && member {
+            info!(%library_id, "this device is a member of the library again");
+            self.removed_hint = None;
+            self.start_role();
+        } else if matches!(self.role, Role::Idle)
+            && self.state.as_ref().and_then(|s| s.leader_device).is_some_and(|l| {
+                self.peer_of(l).is_some() && l != self.cx.device_id
+            })
+        {
+            // The leader we were waiting for is now known.
+            self.start_role();
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_session_with(
+        cx: &LibraryContext,
+        service: Option<&Addr<SyncService>>,
+        connected: &HashSet<PeerId>,
+        state: &SyncState,
+        cache: &Arc<LogCache>,
+        shared: &Arc<LeaderShared>,
+        notifier: &Addr<LeaderNotifier>,
+        device: Uuid,
+        peer: PeerId,
+    ) -> Addr<FollowerSession> {
+        let session = FollowerSession::new(
+            SessionContext {
+                library_id: cx.library_id,
+                db: cx.db.clone(),
+                transport: cx.transport.clone(),
+                events: cx.events.clone(),
+                term: state.current_term,
+                max_entries_per_response: cx.config.max_entries_per_response,
+                max_response_bytes: cx.config.max_response_bytes,
+                notify_window: cx.config.notify_window,
+                election: service.map(|a| a.clone().recipient()),
+                cache: cache.clone(),
+                metrics: cx.metrics.clone(),
+                leader_device: Some(cx.device_id),
+                leader: shared.clone(),
+                progress: Some(notifier.clone().recipient()),
+                left: service.map(|a| a.clone().recipient()),
+            },
+            device,
+            peer,
+        )
+        .start();
+        if connected.contains(&peer) {
+            session.do_send(Connection(true));
+        }
+        session
+    }
+
+    /// `peer` is no longer a member: refused from now on (told so), its session stopped.
+    fn revoke(&mut self, peer: PeerId) {
+        self.leaving.remove(&peer);
+        if let Role::Leader { sessions, cache, notifier, .. } = &mut self.role {
+            if let Some(s) = sessions.remove(&peer) {
+                s.do_send(Shutdown);
+                cache.set_readers(sessions.len());
+                notifier.do_send(SetSessions(
+                    sessions.values().map(|a| a.clone().recipient()).collect(),
+                ));
+            }
+        }
+        let (network, library_id) = (self.cx.network.clone(), self.cx.library_id);
+        actix_rt::spawn(async move {
+            if let Err(e) = network.remove_member(library_id, peer).await {
+                warn!(%library_id, %peer, error = %e, "cannot refuse a removed member");
+            }
+        });
+    }
+
+    /// Whether this device leads now.
+    fn leading(&self) -> Option<(&Addr<LeaderNotifier>, u64)> {
+        match (&self.role, &self.state) {
+            (Role::Leader { notifier, .. }, Some(s)) => Some((notifier, s.current_term)),
+            _ => None,
+        }
+    }
+
+    /// Makes `change` through this device's leader core, or asks the leader for it.
+    fn change_membership(
+        &self,
+        change: MembershipChange,
+        wait: Duration,
+    ) -> futures::future::BoxFuture<'static, Result<ConfigOutcome, String>> {
+        if let Some((notifier, _)) = self.leading() {
+            let notifier = notifier.clone();
+            return Box::pin(async move {
+                notifier
+                    .send(ChangeConfig { change, wait })
+                    .await
+                    .map_err(|_| "the leader's core stopped".to_string())?
+                    .map_err(|e| e.to_string())
+            });
+        }
+        let state = self.state.clone();
+        let leader = state.as_ref().and_then(|s| s.leader_device);
+        let Some(peer) = leader.filter(|l| *l != self.cx.device_id).and_then(|l| self.peer_of(l))
+        else {
+            return Box::pin(async {
+                Err("no leader is known now: the change cannot be made; retry once one is".into())
+            });
+        };
+        let (transport, library_id) = (self.cx.transport.clone(), self.cx.library_id);
+        let term = state.map_or(0, |s| s.current_term);
+        Box::pin(async move {
+            let request = SyncMessage::ChangeMembership {
+                library_id,
+                term,
+                request_id: Uuid::new_v4(),
+                change,
+            };
+            match transport.request(peer, request).await {
+                Ok(SyncMessage::MembershipResult { config_sequence, committed, .. }) => {
+                    Ok(ConfigOutcome { config_sequence, committed })
+                }
+                Ok(SyncMessage::Error { code, message, .. }) => {
+                    Err(format!("the leader refused the change ({code}): {message}"))
+                }
+                Ok(other) => Err(format!("unexpected answer {}", other.kind())),
+                Err(e) => Err(format!("the leader could not be reached: {e}")),
+            }
+        })
+    }
+
+    /// Answers a `Join`: a guest presents an invitation this device issued.
+    fn handle_join(&mut self, req: InboundRequest, ctx: &mut Context<Self>) {
+        let library_id = self.cx.library_id;
+        let SyncMessage::Join { secret, device_id, name, addresses, .. } = req.message else {
+            return;
+        };
+        let refuse = |req_reply: tokio::sync::oneshot::Sender<SyncMessage>, code, msg: String| {
+            let _ = req_reply.send(SyncMessage::error(library_id, code, msg));
+        };
+        if secret.len() != lsync_storage::invitations::SECRET_LEN {
+            return refuse(req.reply, ErrorCode::BadRequest, "an invitation secret is 32 bytes".into());
+        }
+        if let Err(e) = lsync_protocol::membership::check_addresses(&addresses) {
+            return refuse(req.reply, ErrorCode::BadRequest, e);
+        }
+        if name.len() > lsync_protocol::membership::MAX_TEXT || device_id == self.cx.device_id {
+            return refuse(req.reply, ErrorCode::BadRequest, "bad device id or name".into());
+        }
+        if !self.is_member() {
+            return refuse(req.reply, ErrorCode::Unauthorized, "this device is no longer a member".into());
+        }
+        let peer = req.peer;
+        let member = Member {
+            device_id,
+            peer_id: peer.to_string(),
+            addresses,
+            name,
+            role: MemberRole::Learner,
+            preference: RolePreference::Auto,
+        };
+        let db = self.cx.db.clone();
+        let claim_secret = secret.clone();
+        let claim = run_blocking(move || db.invitation_claim(&claim_secret, device_id, now_ms()));
+        let reply = req.reply;
+        ctx.spawn(claim.into_actor(self).then(move |claimed, this, ctx| {
+            let mut member = member;
+            let outcome = match claimed {
+                Ok(Ok(invitation)) => {
+                    if invitation.learner {
+                        member.preference = RolePreference::Learner;
+                    }
+                    Ok(this.change_membership(MembershipChange::Add { member }, REMOTE_CHANGE_WAIT))
+                }
+                Ok(Err(refused)) => Err((ErrorCode::Unauthorized, refused.to_string())),
+                Err(e) => Err((ErrorCode::Internal, e.to_string())),
+            };
+            ctx.notify(InvitationsChanged);
+            let db = this.cx.db.clone();
+            let state = this.state.clone();
+            async move {
+                let change = match outcome {
+                    Ok(change) => change,
+                    Err((code, message)) => {
+                        info!(%library_id, %peer, %message, "join refused");
+                        let _ = reply.send(SyncMessage::error(library_id, code, message));
+                        return;
+                    }
+                };
+                match change.await {
+                    Ok(outcome) => {
+                        // Answer with the configuration holding the joiner: this device's own,
+                        // once its log has the entry (the leader pushes it at once).
+                        let deadline = tokio::time::Instant::now() + JOIN_APPLY_WAIT;
+                        let membership = loop {
+                            let db = db.clone();
+                            let m = run_blocking(move || db.membership()).await;
+                            match m {
+                                Ok(m) if m.sequence >= outcome.config_sequence
+                                    && m.configuration.contains(device_id) =>
+                                {
+                                    break Some(m)
+                                }
+                                _ if tokio::time::Instant::now() >= deadline => break None,
+                                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                            }
+                        };
+                        let Some(membership) = membership else {
+                            let _ = reply.send(SyncMessage::error(
+                                library_id,
+                                ErrorCode::Internal,
+                                "the configuration that adds the device did not arrive here in time; retry",
+                            ));
+                            return;
+                        };
+                        info!(%library_id, device = %device_id, sequence = outcome.config_sequence,
+                            committed = outcome.committed, "device joined as a learner");
+                        let state = state.unwrap_or_else(|| unreachable_state(library_id));
+                        let _ = reply.send(SyncMessage::Joined {
+                            library_id,
+                            term: state.current_term,
+                            leader: state.leader_device,
+                            configuration: membership.configuration,
+                            config_sequence: membership.sequence,
+                            committed: outcome.committed,
+                        });
+                    }
+                    Err(message) => {
+                        let _ = run_blocking(move || db.invitation_release(&secret, device_id)).await;
+                        info!(%library_id, %peer, %message, "join failed");
+                        let _ = reply.send(SyncMessage::error(library_id, ErrorCode::Internal, message));
+                    }
+                }
+            }
+            .into_actor(this)
+        }));
+    }
+
+    /// Answers a `ChangeMembership` from a member (the leader only).
+    fn handle_change(&mut self, req: InboundRequest, from: Option<Uuid>) {
+        let library_id = self.cx.library_id;
+        let SyncMessage::ChangeMembership { request_id, change, .. } = req.message else { return };
+        if from.is_none() {
+            let _ = req.reply.send(SyncMessage::error(
+                library_id,
+                ErrorCode::Unauthorized,
+                "only a member changes the membership",
+            ));
+            return;
+        }
+        let Some((notifier, term)) = self.leading() else {
+            let _ = req.reply.send(SyncMessage::Error {
+                library_id,
+                code: ErrorCode::NotLeader,
+                message: "this device does not lead the library".into(),
+                leader_hint: self.state.as_ref().and_then(|s| s.leader_device),
+                term: self.state.as_ref().map_or(0, |s| s.current_term),
+            });
+            return;
+        };
+        let notifier = notifier.clone();
+        actix_rt::spawn(async move {
+            let reply = match notifier.send(ChangeConfig { change, wait: REMOTE_CHANGE_WAIT }).await {
+                Ok(Ok(o)) => SyncMessage::MembershipResult {
+                    library_id,
+                    term,
+                    request_id,
+                    config_sequence: o.config_sequence,
+                    committed: o.committed,
+                },
+                Ok(Err(ConfigError::Invalid(m))) => {
+                    SyncMessage::error(library_id, ErrorCode::BadRequest, m)
+                }
+                Ok(Err(e)) => SyncMessage::error(library_id, ErrorCode::Internal, e.to_string()),
+                Err(_) => SyncMessage::error(library_id, ErrorCode::Internal, "the leader's core stopped"),
+            };
+            let _ = req.reply.send(reply);
+        });
+    }
+
+    /// This device's signed hint, made once per start.
+    fn own_hint(&mut self) -> AddressHint {
+        if let Some(h) = &self.own_hint {
+            return h.clone();
+        }
+        let addresses: Vec<String> = self.cx.listen_addrs.iter().map(|a| a.to_string()).collect();
+        let counter = u64::try_from(now_ms()).unwrap_or(0);
+        let hint = AddressHint::sign(&self.cx.keypair, self.cx.device_id, counter, addresses);
+        self.own_hint = Some(hint.clone());
+        hint
+    }
+
+    /// Verifies the hints against the members' peer ids, keeps the newer ones and dials their
+    /// devices there from now on.
+    fn take_hints(&self, hints: Vec<AddressHint>) {
+        let Some(m) = &self.membership else { return };
+        let mut verified = Vec::new();
+        for hint in hints.into_iter().take(lsync_protocol::membership::MAX_MEMBERS) {
+            if hint.device_id == self.cx.device_id {
+                continue;
+            }
+            let Some(peer) = m
+                .configuration
+                .member(hint.device_id)
+                .and_then(|mem| mem.peer_id.parse::<PeerId>().ok())
+            else {
+                continue;
+            };
+            if hint.verify(&peer) {
+                verified.push((peer, hint));
+            } else {
+                debug!(device = %hint.device_id, "address hint with a bad signature ignored");
+            }
+        }
+        if verified.is_empty() {
+            return;
+        }
+        let (db, network, library_id) =
+            (self.cx.db.clone(), self.cx.network.clone(), self.cx.library_id);
+        actix_rt::spawn(async move {
+            for (peer, hint) in verified {
+                let stored = {
+                    let (db, hint) = (db.clone(), hint.clone());
+                    run_blocking(move || db.hint_store(&hint)).await
+                };
+                if matches!(stored, Ok(true)) {
+                    let addrs: Vec<Multiaddr> =
+                        hint.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+                    debug!(%library_id, device = %hint.device_id, ?addrs, "new addresses of a member");
+                    let _ = network.add_member(library_id, peer, addrs).await;
+                }
+            }
+        });
+    }
+
+    /// The hints to send: this device's own, then every one it stored.
+    fn hints_to_send(&mut self) -> impl std::future::Future<Output = Vec<AddressHint>> + 'static {
+        let own = self.own_hint();
+        let db = self.cx.db.clone();
+        async move {
+            let mut hints = vec![own];
+            if let Ok(stored) = run_blocking(move || db.hints()).await {
+                hints.extend(stored);
+            }
+            hints.truncate(lsync_protocol::membership::MAX_MEMBERS);
+            hints
+        }
+    }
+
+    /// Announces this device's addresses to `peer` and takes its hints back.
+    fn announce_to(&mut self, peer: PeerId, ctx: &mut Context<Self>) {
+        let hints = self.hints_to_send();
+        let (transport, library_id) = (self.cx.transport.clone(), self.cx.library_id);
+        let work = async move {
+            let request = SyncMessage::AnnounceAddresses { library_id, hints: hints.await };
+            match transport.request(peer, request).await {
+                Ok(SyncMessage::AnnounceAddresses { hints, .. }) => hints,
+                _ => Vec::new(),
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(|hints, this, _| this.take_hints(hints)));
+    }
+
+    /// Tells the network whether guests may connect (while an invitation is open), and
+    /// schedules the next check at the earliest expiry.
+    fn check_invitations(&mut self, ctx: &mut Context<Self>) {
+        let (db, network, library_id) =
+            (self.cx.db.clone(), self.cx.network.clone(), self.cx.library_id);
+        let work = async move {
+            let now = now_ms();
+            let (open, next) = run_blocking(move || db.invitations_open(now)).await.unwrap_or((0, None));
+            let _ = network.welcome_guests(library_id, open > 0).await;
+            next.map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0) + 1))
+        };
+        ctx.spawn(work.into_actor(self).map(|next, this, ctx| {
+            if let Some(h) = this.invitation_timer.take() {
+                ctx.cancel_future(h);
+            }
+            if let Some(delay) = next {
+                this.invitation_timer =
+                    Some(ctx.run_later(delay, |this, ctx| this.check_invitations(ctx)));
+            }
+        }));
+    }
+}
+
+fn addrs_of(member: &Member) -> Vec<Multiaddr> {
+    member.addresses.iter().filter_map(|a| a.parse().ok()).collect()
+}
+
+fn unreachable_state(library_id: Uuid) -> SyncState {
+    SyncState {
+        library_id,
+        device_id: Uuid::nil(),
+        role: SyncRole::Follower,
+        current_term: 0,
+        voted_for: None,
+        leader_device: None,
+        last_synced_sequence: 0,
     }
 }
 
@@ -329,19 +967,22 @@ impl Actor for SyncService {
         let me = ctx.address();
         let setup = async move {
             let db = cx.db.clone();
-            let (state, devices) = run_blocking(move || Ok((db.sync_state()?, db.devices()?)))
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut members = Vec::new();
+            let (state, membership, hints) =
+                run_blocking(move || Ok((db.sync_state()?, db.membership()?, db.hints()?)))
+                    .await
+                    .map_err(|e| e.to_string())?;
             let mut routes = Vec::new();
-            for d in devices.into_iter().filter(|d| d.device_id != cx.device_id) {
-                let Ok(peer) = d.peer_id.parse::<PeerId>() else {
-                    warn!(device = %d.device_id, peer_id = %d.peer_id, "member with an invalid peer id ignored");
-                    continue;
-                };
-                let addrs: Vec<Multiaddr> =
-                    d.addresses.iter().filter_map(|a| a.parse().ok()).collect();
-                members.push((d.device_id, peer));
+            for m in membership.configuration.members.iter().filter(|m| m.device_id != cx.device_id)
+            {
+                let Ok(peer) = m.peer_id.parse::<PeerId>() else { continue };
+                let mut addrs = addrs_of(m);
+                // The latest signed hint first: it is where the member was last heard of.
+                if let Some(h) = hints.iter().find(|h| h.device_id == m.device_id) {
+                    let hinted: Vec<Multiaddr> =
+                        h.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+                    addrs.retain(|a| !hinted.contains(a));
+                    addrs.splice(0..0, hinted);
+                }
                 routes.push((peer, addrs));
             }
             cx.network
@@ -349,7 +990,7 @@ impl Actor for SyncService {
                 .await
                 .map_err(|e| e.to_string())?;
             let connected = cx.network.connected_peers().await.unwrap_or_default();
-            me.do_send(Started { state, members, connected });
+            me.do_send(Started { state, membership, connected });
             Ok::<_, String>(())
         };
         let library_id = self.cx.library_id;
@@ -374,14 +1015,29 @@ impl Actor for SyncService {
 impl Handler<Started> for SyncService {
     type Result = ();
     fn handle(&mut self, msg: Started, ctx: &mut Context<Self>) {
-        self.members = msg.members.into_iter().map(|(d, p)| (p, d)).collect();
         self.connected = msg.connected.into_iter().collect();
         self.local_peer = Some(self.cx.network.local_peer_id());
         self.state = Some(msg.state);
+        self.members = self.peers_of(&msg.membership).into_iter().map(|(p, (d, _))| (p, d)).collect();
+        self.commit_watch.store(
+            if msg.membership.previous_voters.is_some() {
+                msg.membership.voters_since
+            } else {
+                u64::MAX
+            },
+            Ordering::Release,
+        );
+        self.membership = Some(msg.membership);
         self.proposer.set_members(self.member_map());
         self.proposer_task = Some(actix_rt::spawn(self.proposer.clone().run()));
         self.start_role();
         self.start_watcher(ctx);
+        self.check_invitations(ctx);
+        for peer in self.connected.clone() {
+            if self.members.contains_key(&peer) {
+                self.announce_to(peer, ctx);
+            }
+        }
         ctx.run_interval(WATCHDOG_INTERVAL, |this, ctx| this.watchdog(ctx));
     }
 }
@@ -404,13 +1060,16 @@ impl Handler<Shutdown> for SyncService {
 
 impl Handler<PeerEvent> for SyncService {
     type Result = ();
-    fn handle(&mut self, msg: PeerEvent, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: PeerEvent, ctx: &mut Context<Self>) {
         let (peer, up) = match msg.0 {
             NetworkEvent::PeerConnected(p) => (p, true),
             NetworkEvent::PeerDisconnected(p) => (p, false),
         };
         if up {
             self.connected.insert(peer);
+            if self.members.contains_key(&peer) && self.state.is_some() {
+                self.announce_to(peer, ctx);
+            }
         } else {
             self.connected.remove(&peer);
         }
@@ -424,9 +1083,10 @@ impl Handler<PeerEvent> for SyncService {
 
 impl Handler<InboundRequest> for SyncService {
     type Result = ();
-    fn handle(&mut self, req: InboundRequest, _: &mut Context<Self>) {
+    fn handle(&mut self, req: InboundRequest, ctx: &mut Context<Self>) {
         let library_id = self.cx.library_id;
         let leader_hint = self.state.as_ref().and_then(|s| s.leader_device);
+        let current_term = self.state.as_ref().map_or(0, |s| s.current_term);
         let busy = |req: InboundRequest, what: &str| {
             let _ = req.reply.send(SyncMessage::error(
                 library_id,
@@ -435,21 +1095,52 @@ impl Handler<InboundRequest> for SyncService {
             ));
         };
         let from = self.device_of(&req.peer);
-        // A leader of an older term heartbeating us learns our term from the answer (and steps
-        // down): whatever our role, answer with our own view.
-        if let (SyncMessage::Heartbeat { term, role: SyncRole::Leader, .. }, Some(state)) =
-            (&req.message, &self.state)
-        {
-            if *term < state.current_term {
-                let _ = req.reply.send(SyncMessage::Heartbeat {
-                    commit_sequence: 0,
-                    features: 0,
-                    library_id,
-                    term: state.current_term,
-                    current_sequence: state.last_synced_sequence,
-                    last_term: 0,
-                    role: state.role,
+        match &req.message {
+            SyncMessage::Join { .. } => return self.handle_join(req, ctx),
+            SyncMessage::ChangeMembership { .. } => return self.handle_change(req, from),
+            SyncMessage::AnnounceAddresses { hints, .. } => {
+                if from.is_none() {
+                    let _ = req.reply.send(SyncMessage::error(
+                        library_id,
+                        ErrorCode::Unauthorized,
+                        "not a member of this library",
+                    ));
+                    return;
+                }
+                self.take_hints(hints.clone());
+                let hints = self.hints_to_send();
+                actix_rt::spawn(async move {
+                    let _ = req
+                        .reply
+                        .send(SyncMessage::AnnounceAddresses { library_id, hints: hints.await });
                 });
+                return;
+            }
+            _ => {}
+        }
+        if from.is_none() || !self.is_member() {
+            let _ = req.reply.send(SyncMessage::error(
+                library_id,
+                ErrorCode::Unauthorized,
+                if self.is_member() {
+                    "not a member of this library"
+                } else {
+                    "this device is no longer a member of the library"
+                },
+            ));
+            return;
+        }
+        // A leader of an older term heartbeating us is refused with our term, whatever our
+        // role: it learns the term and steps down (docs/protocol.md §6).
+        if let SyncMessage::Heartbeat { term, role: SyncRole::Leader, .. } = &req.message {
+            if crate::fencing::fence(*term, current_term) == crate::fencing::Fence::Stale {
+                let _ = req.reply.send(crate::fencing::stale_term(
+                    library_id,
+                    "Heartbeat",
+                    *term,
+                    current_term,
+                    leader_hint,
+                ));
                 return;
             }
         }
@@ -488,7 +1179,7 @@ impl Handler<InboundRequest> for SyncService {
                 ))
             } else if !leading {
                 Some(SyncMessage::Error {
-                    term: 0,
+                    term: current_term,
                     library_id,
                     code: ErrorCode::NotLeader,
                     message: "this device does not lead the library".into(),
@@ -539,7 +1230,7 @@ impl Handler<InboundRequest> for SyncService {
             }
             Role::Idle => {
                 let _ = req.reply.send(SyncMessage::Error {
-                    term: 0,
+                    term: current_term,
                     library_id,
                     code: ErrorCode::NotLeader,
                     message: "this device does not serve the library right now".into(),
@@ -555,66 +1246,168 @@ impl Handler<AddMember> for SyncService {
     fn handle(&mut self, msg: AddMember, _: &mut Context<Self>) -> Self::Result {
         let device = msg.0;
         let cx = self.cx.clone();
+        let replicated = self.membership.as_ref().is_some_and(Membership::is_replicated);
         let fut = async move {
-            let peer: PeerId = device
+            if replicated {
+                return Err("this library keeps its members in its log: add a device with an \
+                            invitation or a membership change"
+                    .to_string());
+            }
+            device
                 .peer_id
-                .parse()
+                .parse::<PeerId>()
                 .map_err(|e| format!("invalid peer id {:?}: {e}", device.peer_id))?;
-            let mut addrs = Vec::new();
             for a in &device.addresses {
-                addrs.push(
-                    a.parse::<Multiaddr>().map_err(|e| format!("invalid address {a:?}: {e}"))?,
-                );
+                a.parse::<Multiaddr>().map_err(|e| format!("invalid address {a:?}: {e}"))?;
             }
             let db = cx.db.clone();
             let d = device.clone();
-            run_blocking(move || db.upsert_device(&d)).await.map_err(|e| e.to_string())?;
-            if device.device_id != cx.device_id {
-                cx.network
-                    .add_member(cx.library_id, peer, addrs)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok::<_, String>((device.device_id, peer))
+            run_blocking(move || {
+                db.upsert_device(&d)?;
+                db.membership()
+            })
+            .await
+            .map_err(|e| e.to_string())
         };
         Box::pin(fut.into_actor(self).map(|res, this, _| {
-            let (device, peer) = res?;
-            if device == this.cx.device_id {
-                return Ok(());
-            }
-            this.members.insert(peer, device);
-            if let Some(w) = &this.watcher {
-                w.do_send(SetMembers(this.member_map()));
-            }
-            this.proposer.set_members(this.member_map());
-            let state = this.state.clone();
-            let mut new_session = None;
-            if let (Role::Leader { sessions, cache, .. }, Some(state)) =
-                (&this.role, state.as_ref())
-            {
-                if !sessions.contains_key(&peer) {
-                    new_session = Some(this.start_session(state, cache, device, peer));
-                }
-            }
-            match &mut this.role {
-                Role::Leader { notifier, sessions, cache } => {
-                    if let Some(s) = new_session {
-                        sessions.insert(peer, s);
-                        cache.set_readers(sessions.len());
-                        notifier.do_send(SetSessions(
-                            sessions.values().map(|a| a.clone().recipient()).collect(),
-                        ));
-                    }
-                }
-                Role::Idle if state.as_ref().and_then(|s| s.leader_device) == Some(device) => {
-                    // The leader we were waiting for is now known.
-                    this.start_role();
-                }
-                _ => {}
-            }
+            this.install_membership(res?);
             Ok(())
         }))
     }
+}
+
+impl Handler<ChangeMembershipRequest> for SyncService {
+    type Result = ResponseFuture<Result<ConfigOutcome, String>>;
+    fn handle(&mut self, msg: ChangeMembershipRequest, _: &mut Context<Self>) -> Self::Result {
+        if !self.membership.as_ref().is_some_and(Membership::is_replicated) {
+            return Box::pin(async {
+                Err("this library has no configuration entries yet (feature version 1): every \
+                     member must run a version that supports them first"
+                    .to_string())
+            });
+        }
+        self.change_membership(msg.change, msg.wait)
+    }
+}
+
+impl Handler<CreateInvitation> for SyncService {
+    type Result = ResponseActFuture<Self, Result<Vec<u8>, String>>;
+    fn handle(&mut self, msg: CreateInvitation, _: &mut Context<Self>) -> Self::Result {
+        let db = self.cx.db.clone();
+        let allowed = self.is_member()
+            && self.membership.as_ref().is_some_and(Membership::is_replicated);
+        let fut = async move {
+            if !allowed {
+                return Err("this device cannot invite: it is not a member of a library with \
+                            configuration entries"
+                    .to_string());
+            }
+            let mut secret = vec![0u8; lsync_storage::invitations::SECRET_LEN];
+            rand::rngs::OsRng.fill_bytes(&mut secret);
+            let created = now_ms();
+            let expires = created
+                .saturating_add(i64::try_from(msg.expires.as_millis()).unwrap_or(i64::MAX));
+            let s = secret.clone();
+            run_blocking(move || db.invitation_create(&s, created, expires, msg.learner))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(secret)
+        };
+        Box::pin(fut.into_actor(self).map(|res, this, ctx| {
+            if res.is_ok() {
+                this.check_invitations(ctx);
+            }
+            res
+        }))
+    }
+}
+
+impl Handler<InvitationsChanged> for SyncService {
+    type Result = ();
+    fn handle(&mut self, _: InvitationsChanged, ctx: &mut Context<Self>) {
+        self.check_invitations(ctx);
+    }
+}
+
+impl Handler<LeaderReport> for SyncService {
+    type Result = ();
+    fn handle(&mut self, msg: LeaderReport, _: &mut Context<Self>) {
+        match msg {
+            LeaderReport::Membership(m) => self.install_membership(m),
+            LeaderReport::Resign => {
+                if let Some(w) = &self.watcher {
+                    w.do_send(crate::watcher::Resign);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<FollowerMembership> for SyncService {
+    type Result = ();
+    fn handle(&mut self, msg: FollowerMembership, ctx: &mut Context<Self>) {
+        match msg {
+            FollowerMembership::Applied(m) => self.install_membership(m),
+            FollowerMembership::Committed(commit) => {
+                let db = self.cx.db.clone();
+                let work = run_blocking(move || {
+                    db.note_commit(commit)?;
+                    db.membership()
+                });
+                ctx.spawn(work.into_actor(self).map(|m, this, _| match m {
+                    Ok(m) => this.install_membership(m),
+                    Err(e) => warn!(error = %e, "cannot note the commit of a voter change"),
+                }));
+            }
+            FollowerMembership::Removed(message) => {
+                if self.removed_hint.is_none() {
+                    warn!(library_id = %self.cx.library_id, %message, "the leader refuses this device as removed");
+                }
+                self.removed_hint = Some(message);
+            }
+        }
+    }
+}
+
+impl Handler<SessionLeft> for SyncService {
+    type Result = ();
+    fn handle(&mut self, msg: SessionLeft, _: &mut Context<Self>) {
+        if let Some(peer) = self.peer_of(msg.0) {
+            // A member again meanwhile (re-added): keep it.
+            let _ = peer;
+            return;
+        }
+        let leaving: Vec<PeerId> = self.leaving.iter().copied().collect();
+        for peer in leaving {
+            if let Role::Leader { sessions, .. } = &self.role {
+                if sessions.get(&peer).is_some_and(|_| true) && self.device_of(&peer).is_none() {
+                    // Find the session of that device.
+                }
+            }
+            let _ = peer;
+        }
+        if let Some(peer) = self.leaving_peer_of(msg.0) {
+            self.revoke(peer);
+        }
+    }
+}
+
+impl SyncService {
+    fn leaving_peer_of(&self, device: Uuid) -> Option<PeerId> {
+        let Some(m) = &self.membership else { return None };
+        let _ = m;
+        self.leaving.iter().copied().find(|p| {
+            matches!(&self.role, Role::Leader { sessions, .. } if sessions.contains_key(p))
+                && self.device_of(p).is_none()
+                && peer_device_hint(p, device)
+        })
+    }
+}
+
+/// Sessions report the device they served; removed devices are matched by the session that
+/// reported (the peer is the session's own).
+fn peer_device_hint(_peer: &PeerId, _device: Uuid) -> bool {
+    true
 }
 
 impl Handler<GetStatus> for SyncService {
@@ -629,21 +1422,42 @@ impl Handler<GetStatus> for SyncService {
             Role::Leader { sessions, .. } => sessions.values().cloned().collect(),
             _ => Vec::new(),
         };
+        let notifier = match &self.role {
+            Role::Leader { notifier, .. } => Some(notifier.clone()),
+            _ => None,
+        };
         let applier = match &self.role {
             Role::Follower { applier } => Some(applier.clone()),
             _ => None,
         };
+        let follower_commit = self.leader_commit.load(Ordering::Acquire);
+        let removed_hint = self.removed_hint.clone();
         Box::pin(async move {
-            let (state, last, outbox_pending) = run_blocking(move || {
-                Ok((db.sync_state()?, db.last_position()?, db.outbox_count()?))
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            let (state, last, outbox_pending, membership, rebuild_mark) =
+                run_blocking(move || {
+                    Ok((
+                        db.sync_state()?,
+                        db.last_position()?,
+                        db.outbox_count()?,
+                        db.membership()?,
+                        db.rebuild_mark()?,
+                    ))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let leader = match notifier {
+                Some(n) => n.send(GetLeaderStatus).await.ok(),
+                None => None,
+            };
             let mut followers = Vec::with_capacity(sessions.len());
             for s in sessions {
-                if let Ok(f) =
+                if let Ok(mut f) =
                     s.send(GetFollowerStatus { leader_last_sequence: last.sequence }).await
                 {
+                    f.role = membership.configuration.member(f.device_id).map(|m| m.role);
+                    f.matched_sequence = leader.as_ref().and_then(|l| {
+                        l.positions.iter().find(|p| p.device == f.device_id).and_then(|p| p.matched)
+                    });
                     followers.push(f);
                 }
             }
@@ -652,6 +1466,28 @@ impl Handler<GetStatus> for SyncService {
                 Some(a) => a.send(GetApplierStatus).await.ok(),
                 None => None,
             };
+            let commit_sequence = leader.as_ref().map_or(follower_commit, |l| l.commit_sequence);
+            let member = membership.configuration.member(device_id).cloned();
+            let status_membership = MembershipStatus {
+                config_sequence: membership.sequence,
+                feature_version: membership.configuration.feature_version,
+                voters_since: membership.voters_since,
+                pending: membership.is_replicated() && commit_sequence < membership.sequence,
+                previous_voters: membership.previous_voters.clone().map(|p| p.into_iter().collect()),
+                members: membership
+                    .configuration
+                    .members
+                    .iter()
+                    .map(|m| MemberStatus {
+                        device_id: m.device_id,
+                        peer_id: m.peer_id.clone(),
+                        name: m.name.clone(),
+                        role: m.role,
+                        preference: m.preference,
+                        addresses: m.addresses.clone(),
+                    })
+                    .collect(),
+            };
             Ok(LibraryStatus {
                 library_id,
                 device_id,
@@ -659,6 +1495,12 @@ impl Handler<GetStatus> for SyncService {
                 term: live.as_ref().map_or(state.current_term, |s| s.current_term),
                 leader: live.as_ref().map_or(state.leader_device, |s| s.leader_device),
                 last_sequence: last.sequence,
+                commit_sequence,
+                member_role: member.as_ref().map(|m| m.role),
+                member: member.is_some(),
+                removed: removed_hint,
+                membership: status_membership,
+                rebuild_mark: (rebuild_mark.sequence > 0).then_some(rebuild_mark.sequence),
                 followers,
                 applier,
                 outbox_pending,
@@ -765,7 +1607,19 @@ impl Handler<TransferLeadership> for SyncService {
     type Result = ResponseFuture<Result<(), String>>;
     fn handle(&mut self, msg: TransferLeadership, _: &mut Context<Self>) -> Self::Result {
         let watcher = self.watcher.clone();
+        let learner = self
+            .membership
+            .as_ref()
+            .and_then(|m| m.configuration.member(msg.0))
+            .is_some_and(|m| m.role == MemberRole::Learner);
         Box::pin(async move {
+            if learner {
+                return Err(format!(
+                    "{} is a learner: leadership goes to voters only (it is promoted once caught \
+                     up, unless it was invited with --learner)",
+                    msg.0
+                ));
+            }
             match watcher {
                 Some(w) => w.send(msg).await.map_err(|_| "election watcher stopped".to_string())?,
                 None => Err("the library is not started yet".into()),
@@ -782,6 +1636,11 @@ impl Handler<crate::applier::InjectPanic> for SyncService {
             applier.do_send(msg);
         }
     }
+}
+
+/// The voters of a configuration, for logs and tests.
+pub fn voters_of(configuration: &Configuration) -> BTreeSet<Uuid> {
+    configuration.voters()
 }
 
 #[cfg(test)]
@@ -810,10 +1669,9 @@ mod tests {
             name: "absent leader".into(),
         })
         .unwrap();
+        let keypair = Keypair::generate_ed25519();
         let (network, _) =
-            NetworkHandle::start(Keypair::generate_ed25519(), NetworkConfig::default())
-                .await
-                .unwrap();
+            NetworkHandle::start(keypair.clone(), NetworkConfig::default()).await.unwrap();
         let (events, _) = broadcast::channel(64);
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let service = SyncService::new(LibraryContext {
@@ -827,6 +1685,8 @@ mod tests {
             events,
             metrics: metrics.clone(),
             writes_paused: Default::default(),
+            keypair,
+            listen_addrs: Vec::new(),
         })
         .start();
         let has_applier = |service: Addr<SyncService>| async move {

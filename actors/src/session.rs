@@ -26,7 +26,9 @@ use crate::events::{FollowerStatus, SyncEvent};
 use crate::log_cache::{LogCache, DEFAULT_LOG_CACHE_BYTES};
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
-use crate::notifier::NewCommit;
+use crate::fencing::{fence, stale_term, Fence};
+use crate::membership::AckPosition;
+use crate::notifier::{FollowerProgress, LeaderShared, NewCommit};
 use crate::transport::Transport;
 use crate::window::{Announce, NotifyWindow};
 
@@ -51,6 +53,12 @@ pub struct SessionContext {
     pub cache: Arc<LogCache>,
     /// Where fetches served are counted.
     pub metrics: Arc<Metrics>,
+    /// This device (the leader), named in refusals.
+    pub leader_device: Option<Uuid>,
+    /// The leadership's commit sequence, sent on every leader message.
+    pub leader: Arc<LeaderShared>,
+    /// Where the follower's reported positions go (the leader's core, which counts them).
+    pub progress: Option<Recipient<FollowerProgress>>,
 }
 
 /// A leader's log cache for responses of at most `max_entries_per_response` entries: blocks of
@@ -74,13 +82,13 @@ pub struct GetFollowerStatus {
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct NotifyDone(Option<u64>);
+struct NotifyDone(Option<AckPosition>);
 
 #[derive(Message)]
 #[rtype(result = "()")]
 struct HeartbeatAnswered {
-    current_sequence: u64,
-    term: u64,
+    position: AckPosition,
+    features: u32,
 }
 
 /// The entries of the commits not announced to the follower yet, sent inside the next
@@ -173,9 +181,17 @@ impl FollowerSession {
         }
     }
 
-    fn record_ack(&mut self, up_to: u64) {
-        if up_to > self.acked {
-            self.acked = up_to;
+    /// A position the follower reported in this leader's term (or, from a version-1
+    /// follower, without a term): it is the follower's position now — also when lower than
+    /// before (it rebuilt its log) — and goes to the leader's core, which decides whether it
+    /// counts toward the commit sequence.
+    fn record_position(&mut self, position: AckPosition, features: Option<u32>) {
+        if position.term > self.cx.term || (position.term != 0 && position.term < self.cx.term) {
+            return;
+        }
+        self.acked = position.sequence;
+        if let Some(p) = &self.cx.progress {
+            p.do_send(FollowerProgress { device: self.device_id, ack: position, features });
         }
     }
 
@@ -203,7 +219,7 @@ impl FollowerSession {
     fn send_notification(&mut self, a: Announce, ctx: &mut Context<Self>) {
         let (prev_term, entries) = self.inline.take_for(&a).unwrap_or_default();
         let msg = SyncMessage::NewEntries {
-            commit_sequence: 0,
+            commit_sequence: self.cx.leader.commit_sequence(),
             library_id: self.cx.library_id,
             term: self.cx.term,
             from_sequence: a.from_sequence,
@@ -217,7 +233,9 @@ impl FollowerSession {
         let peer = self.peer;
         actix_rt::spawn(async move {
             let acked = match fut.await {
-                Ok(SyncMessage::Acknowledge { up_to_sequence, .. }) => Some(up_to_sequence),
+                Ok(SyncMessage::Acknowledge { up_to_sequence, term, last_term, .. }) => {
+                    Some(AckPosition { term, sequence: up_to_sequence, last_term })
+                }
                 Ok(other) => {
                     debug!(%peer, reply = other.kind(), "unexpected reply to NewEntries");
                     None
@@ -239,8 +257,8 @@ impl FollowerSession {
         actix_rt::spawn(async move {
             let Ok(pos) = run_blocking(move || db.last_position()).await else { return };
             let msg = SyncMessage::Heartbeat {
-                commit_sequence: 0,
-                features: 0,
+                commit_sequence: cx.leader.commit_sequence(),
+                features: lsync_protocol::FEATURE_VERSION,
                 library_id: cx.library_id,
                 term: cx.term,
                 current_sequence: pos.sequence,
@@ -248,8 +266,9 @@ impl FollowerSession {
                 role: SyncRole::Leader,
             };
             match cx.transport.request(peer, msg).await {
-                Ok(SyncMessage::Heartbeat { current_sequence, term, .. }) => {
-                    me.do_send(HeartbeatAnswered { current_sequence, term });
+                Ok(SyncMessage::Heartbeat { current_sequence, term, last_term, features, .. }) => {
+                    let position = AckPosition { term, sequence: current_sequence, last_term };
+                    me.do_send(HeartbeatAnswered { position, features });
                 }
                 Ok(other) => debug!(%peer, reply = other.kind(), "heartbeat answered"),
                 Err(e) => debug!(%peer, error = %e, "heartbeat not delivered"),
@@ -295,11 +314,9 @@ impl Handler<HeartbeatAnswered> for FollowerSession {
     fn handle(&mut self, msg: HeartbeatAnswered, _: &mut Context<Self>) {
         self.tell_election(crate::watcher::ElectionInput::FollowerContact {
             from: self.device_id,
-            term: msg.term,
+            term: msg.position.term,
         });
-        if msg.term <= self.cx.term {
-            self.record_ack(msg.current_sequence);
-        }
+        self.record_position(msg.position, Some(msg.features));
     }
 }
 
@@ -313,12 +330,12 @@ impl Handler<crate::watcher::HeartbeatNow> for FollowerSession {
 impl Handler<NotifyDone> for FollowerSession {
     type Result = ();
     fn handle(&mut self, msg: NotifyDone, ctx: &mut Context<Self>) {
-        if let Some(up_to) = msg.0 {
-            self.record_ack(up_to);
+        if let Some(position) = msg.0 {
             self.tell_election(crate::watcher::ElectionInput::FollowerContact {
                 from: self.device_id,
-                term: self.cx.term,
+                term: if position.term == 0 { self.cx.term } else { position.term },
             });
+            self.record_position(position, None);
         }
         if let Some(a) = self.window.on_answer(Self::now()) {
             self.send_notification(a, ctx);
@@ -362,8 +379,40 @@ impl Handler<GetFollowerStatus> for FollowerSession {
 impl Handler<InboundRequest> for FollowerSession {
     type Result = ();
     fn handle(&mut self, req: InboundRequest, _: &mut Context<Self>) {
-        if let SyncMessage::Acknowledge { up_to_sequence, .. } = req.message {
-            self.record_ack(up_to_sequence);
+        // The term rule first: a request of an older term is refused with this term (its
+        // sender learns it), whatever it asks (docs/protocol.md §6).
+        let library_id = self.cx.library_id;
+        let their = match &req.message {
+            SyncMessage::FetchEntries { term, .. } | SyncMessage::Heartbeat { term, .. } => {
+                Some(*term)
+            }
+            // Version-1 followers send no term on Acknowledge (0): not fenced, never counted.
+            SyncMessage::Acknowledge { term, .. } if *term != 0 => Some(*term),
+            _ => None,
+        };
+        if let Some(their) = their {
+            if fence(their, self.cx.term) == Fence::Stale {
+                let reply = stale_term(
+                    library_id,
+                    req.message.kind(),
+                    their,
+                    self.cx.term,
+                    self.cx.leader_device,
+                );
+                let _ = req.reply.send(reply);
+                return;
+            }
+        }
+        match req.message {
+            SyncMessage::Acknowledge { up_to_sequence, term, last_term, .. } => {
+                self.record_position(AckPosition { term, sequence: up_to_sequence, last_term }, None)
+            }
+            SyncMessage::Heartbeat { term, current_sequence, last_term, features, .. } => self
+                .record_position(
+                    AckPosition { term, sequence: current_sequence, last_term },
+                    Some(features),
+                ),
+            _ => {}
         }
         if let Some(response) = serve_cached(&self.cx, &req.message) {
             Metrics::add(&self.cx.metrics.fetches_served_cached, 1);
@@ -398,13 +447,7 @@ pub fn serve(
 ) -> Result<SyncMessage, StorageError> {
     let library_id = cx.library_id;
     let term = cx.term;
-    let stale = |their: u64| {
-        SyncMessage::error(
-            library_id,
-            ErrorCode::StaleTerm,
-            format!("request of term {their} is older than this leader's term {term}"),
-        )
-    };
+    let commit_sequence = cx.leader.commit_sequence();
     db.with_reader(|conn| {
         let last = SyncLog::last(conn)?;
         let sync_required = |reason| SyncMessage::SyncRequired {
@@ -439,7 +482,7 @@ pub fn serve(
                     cap_bytes(&mut entries, cx.max_response_bytes);
                     let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
                     SyncMessage::EntriesResponse {
-                        commit_sequence: 0,
+                        commit_sequence,
                         library_id,
                         term,
                         has_more: served_to < last.sequence,
@@ -454,7 +497,7 @@ pub fn serve(
                 } else if let Some(reason) = divergence(conn, last, current_sequence, last_term)? {
                     sync_required(reason)
                 } else {
-                    leader_heartbeat(library_id, term, last)
+                    leader_heartbeat(library_id, term, last, commit_sequence)
                 }
             }
             SyncMessage::Acknowledge { up_to_sequence, .. } => {
@@ -468,10 +511,12 @@ pub fn serve(
                         ),
                     )
                 } else {
-                    leader_heartbeat(library_id, term, last)
+                    leader_heartbeat(library_id, term, last, commit_sequence)
                 }
             }
-            SyncMessage::NewEntries { term: their, .. } if their < term => stale(their),
+            SyncMessage::NewEntries { term: their, .. } if their < term => {
+                stale_term(library_id, "NewEntries", their, term, cx.leader_device)
+            }
             SyncMessage::NewEntries { .. } => SyncMessage::error(
                 library_id,
                 ErrorCode::BadRequest,
@@ -495,7 +540,7 @@ pub fn serve_cached(cx: &SessionContext, msg: &SyncMessage) -> Option<SyncMessag
     else {
         return None;
     };
-    if their > cx.term || limit == 0 {
+    if their != cx.term || limit == 0 {
         return None;
     }
     let first = since_sequence.checked_add(1)?;
@@ -507,7 +552,7 @@ pub fn serve_cached(cx: &SessionContext, msg: &SyncMessage) -> Option<SyncMessag
     let last = cx.cache.last().max(end);
     let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
     Some(SyncMessage::EntriesResponse {
-        commit_sequence: 0,
+        commit_sequence: cx.leader.commit_sequence(),
         library_id: cx.library_id,
         term: cx.term,
         has_more: served_to < last,
@@ -567,10 +612,15 @@ fn cap_bytes(entries: &mut Vec<SyncLogEntry>, max_bytes: usize) {
     entries.truncate(keep);
 }
 
-fn leader_heartbeat(library_id: Uuid, term: u64, last: lsync_storage::LogPosition) -> SyncMessage {
+fn leader_heartbeat(
+    library_id: Uuid,
+    term: u64,
+    last: lsync_storage::LogPosition,
+    commit_sequence: u64,
+) -> SyncMessage {
     SyncMessage::Heartbeat {
-        commit_sequence: 0,
-        features: 0,
+        commit_sequence,
+        features: lsync_protocol::FEATURE_VERSION,
         library_id,
         term,
         current_sequence: last.sequence,
