@@ -11,9 +11,11 @@
 //! - the machine's state equals what it last asked to persist once its actions are performed,
 //!   and every vote request, granted vote and heartbeat is sent only after the Persist it
 //!   depends on; a pre-vote request or grant asks for a term above the persisted one;
-//! - a device that is not a voter never sends a vote or pre-vote request, nor grants either;
-//! - liveness: once the network heals (no loss, no partition) with a majority up, a leader
-//!   followed by every up device emerges within [`LIVENESS_TIMEOUTS`] election timeouts.
+//! - a device that is not a voter never sends a vote or pre-vote request, nor grants either
+//!   (the learners are asked too, as by a candidate whose configuration counts them as voters);
+//! - liveness: once the network heals (no loss, no partition) with a majority of the voters up
+//!   (and every learner), a leader followed by every up device emerges within
+//!   [`LIVENESS_TIMEOUTS`] election timeouts.
 //!
 //! Set `LSYNC_ELECTION_SCHEDULES` to run more schedules than the default.
 
@@ -99,6 +101,10 @@ pub(super) struct Outcome {
     pub transfers: u32,
     /// Transfers whose target won the election it started on TimeoutNow.
     pub transfers_completed: u32,
+    /// Pre-vote rounds that asked other voters.
+    pub pre_vote_rounds: u32,
+    /// Whether the library had learners.
+    pub learners: bool,
 }
 
 struct Sim {
@@ -172,7 +178,7 @@ pub(super) fn run(seed: u64, size: usize, verbose: bool) -> Result<Outcome, Stri
         config,
         healed_at: None,
         leaders: BTreeMap::new(),
-        outcome: Outcome::default(),
+        outcome: Outcome { learners: learners > 0, ..Outcome::default() },
         trace: verbose.then(String::new),
     };
     for i in 0..size + learners {
@@ -484,6 +490,7 @@ impl Sim {
     fn execute(&mut self, i: usize, actions: Vec<Action>) -> Result<(), String> {
         let me = self.nodes[i].id;
         let voter = self.nodes[i].voter;
+        let mut learners_asked = false;
         for action in actions {
             self.log(|| format!("  node {i}: {action:?}"));
             let p = self.nodes[i].persisted;
@@ -533,6 +540,17 @@ impl Sim {
                     }
                     let Some(to) = self.index(to) else { return Err("unknown member".into()) };
                     self.send(i, to, Msg::Vote(request));
+                    if !learners_asked {
+                        self.outcome.pre_vote_rounds += u32::from(request.pre_vote);
+                        // The learners are asked too, as by a candidate whose configuration
+                        // still counts them as voters: they must refuse.
+                        learners_asked = true;
+                        let learners: Vec<usize> =
+                            (0..self.nodes.len()).filter(|l| !self.nodes[*l].voter).collect();
+                        for l in learners {
+                            self.send(i, l, Msg::Vote(request));
+                        }
+                    }
                 }
                 Action::SendVoteResponse { to, response } => {
                     if response.granted && !voter {
@@ -642,10 +660,11 @@ fn simulated_schedules_keep_the_invariants() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);
-    // 45 % three members, 35 % five, 20 % two.
+    // 45 % three voters, 35 % five, 20 % two; learners as `run` draws them.
     let plan = [(3usize, scale * 45 / 100), (5, scale * 35 / 100), (2, scale * 20 / 100)];
     let (mut schedules, mut steps, mut worst, mut leaders) = (0u64, 0u64, Duration::ZERO, 0usize);
     let (mut restarts, mut transfers, mut completed) = (0u32, 0u32, 0u32);
+    let (mut pre_votes, mut with_learners) = (0u32, 0u64);
     for (size, count) in plan {
         for n in 0..count {
             let seed = size as u64 * 1_000_000 + n;
@@ -658,18 +677,21 @@ fn simulated_schedules_keep_the_invariants() {
                     restarts += o.restarts;
                     transfers += o.transfers;
                     completed += o.transfers_completed;
+                    pre_votes += o.pre_vote_rounds;
+                    with_learners += u64::from(o.learners);
                 }
                 Err(e) => {
                     let detail = run(seed, size, true).err().unwrap_or(e);
-                    panic!("schedule seed {seed} ({size} members) failed: {detail}");
+                    panic!("schedule seed {seed} ({size} voters) failed: {detail}");
                 }
             }
         }
     }
     eprintln!(
-        "election simulator: {schedules} schedules, {steps} steps, {leaders} leaders elected, \
-         {restarts} restarts, {transfers} transfers started ({completed} completed), slowest heal → stable leader \
-         {worst:?} ({:.1} election timeouts)",
+        "election simulator: {schedules} schedules ({with_learners} with learners), {steps} steps, \
+         {leaders} leaders elected, {pre_votes} pre-vote rounds, {restarts} restarts, {transfers} \
+         transfers started ({completed} completed), slowest heal → stable leader {worst:?} \
+         ({:.1} election timeouts)",
         worst.as_secs_f64() / ET.as_secs_f64()
     );
 }
