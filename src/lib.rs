@@ -35,6 +35,7 @@
 pub mod config;
 pub mod control;
 mod identity;
+pub mod invite;
 mod node;
 
 pub use identity::Identity;
@@ -48,7 +49,11 @@ pub use lsync_storage::{
     BulkOperation, Change, Database, LocalJob, Location, ModelHandler, ModelRegistry,
     StorageOptions, Syncable, Synchronous, Tag,
 };
-pub use node::{DeviceInfo, Node, NodeBuilder, NodeConfig, NodeError, WriteOutcome};
+pub use lsync_protocol::{MemberRole, RolePreference};
+pub use node::{
+    DeviceInfo, Invitation, JoinOutcome, MembershipOutcome, Node, NodeBuilder, NodeConfig,
+    NodeError, WriteOutcome,
+};
 
 /// Re-exports of the member crates, for hosts that need more than the facade.
 pub mod crates {

@@ -7,17 +7,23 @@ use std::sync::{Arc, Mutex};
 use actix::{Actor, Addr};
 use libp2p::{Multiaddr, PeerId};
 use lsync_actors::network::{NetworkConfig, NetworkHandle};
+use lsync_actors::service::{ChangeMembershipRequest, CreateInvitation};
 use lsync_actors::{
     AddMember, GetStatus, LibraryContext, LibraryStatus, Metrics, Shutdown, SyncConfig, SyncEvent,
     SyncService,
 };
-use lsync_protocol::{SyncLogEntry, SyncRole};
+use lsync_protocol::{
+    Configuration, Member, MemberRole, MembershipChange, RolePreference, SyncLogEntry,
+    SyncMessage, SyncRole, FEATURE_VERSION,
+};
 use lsync_storage::{
-    BulkOperation, Change, Database, Device, ModelRegistry, StorageError, StorageOptions,
-    SyncState, TransactionManager,
+    BulkOperation, Change, Database, Device, Membership, ModelRegistry, StorageError,
+    StorageOptions, SyncState, TransactionManager,
 };
 use tokio::sync::broadcast;
-use tracing::info;
+use tracing::{info, warn};
+
+use crate::invite::InviteToken;
 use uuid::Uuid;
 
 use crate::identity::Identity;
@@ -47,6 +53,12 @@ pub enum NodeError {
     WritesPaused(Uuid),
     #[error("leadership transfer refused: {0}")]
     Transfer(String),
+    /// A membership change was refused (nothing changed) or could not be asked for.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// An invitation could not be made or used.
+    #[error("invitation: {0}")]
+    Invitation(String),
 }
 
 /// Configuration of a node.
@@ -81,6 +93,45 @@ pub enum WriteOutcome {
     Queued { proposal_id: Uuid },
 }
 
+/// What became of a membership change ([`Node::add_device`], [`Node::remove_device`],
+/// [`Node::set_device_preference`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MembershipOutcome {
+    /// The configuration entry that carries the change.
+    pub config_sequence: u64,
+    /// Whether it is committed: held by the majorities the commit rule needs. Until then the
+    /// change is in use but *pending*: status shows it, and it may still be undone if the
+    /// leader is deposed before a majority holds it (ask again then).
+    pub committed: bool,
+}
+
+/// An invitation made by [`Node::invite`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    /// The one-line token to give the new device ([`Node::join_with_invite`]).
+    pub token: String,
+    /// When it stops being accepted (ms since the Unix epoch).
+    pub expires_at_ms: i64,
+    /// The new device stays a learner for good.
+    pub learner: bool,
+}
+
+/// What became of [`Node::join_with_invite`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// The library joined.
+    pub library_id: Uuid,
+    /// The configuration entry that added this device (as a learner).
+    pub config_sequence: u64,
+    /// Whether that entry is committed (see [`MembershipOutcome::committed`]).
+    pub committed: bool,
+    /// The leader to follow, as the inviting member knew it.
+    pub leader: Option<Uuid>,
+}
+
+/// How long a membership change waits to be committed before its answer says pending.
+const MEMBERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long [`Node::write`] on a follower waits for its committed changes to be applied
 /// locally before it answers anyway.
 const READ_YOUR_WRITES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -95,6 +146,18 @@ pub struct DeviceInfo {
 }
 
 impl DeviceInfo {
+    /// This device as a member of a configuration.
+    pub fn to_member(&self, role: MemberRole, preference: RolePreference) -> Member {
+        Member {
+            device_id: self.device_id,
+            peer_id: self.peer_id.to_string(),
+            addresses: self.addresses.iter().map(|a| a.to_string()).collect(),
+            name: self.name.clone(),
+            role,
+            preference,
+        }
+    }
+
     fn to_device(&self) -> Device {
         Device {
             device_id: self.device_id,
@@ -177,6 +240,15 @@ impl NodeBuilder {
         info!(device_id = %node.device_id(), peer_id = %node.peer_id(), addrs = ?node.listen_addrs(), "node started");
         Ok(node)
     }
+}
+
+/// How a new library's membership starts.
+enum Bootstrap {
+    /// This device creates it: the first log entry is this configuration.
+    Create(Configuration),
+    /// This device joins: the configuration it was given (at this sequence of the leader's
+    /// log) is in effect until its log holds a newer one.
+    Given(Configuration, u64),
 }
 
 struct Library {
@@ -286,29 +358,37 @@ impl Node {
         Ok(self.library(library_id)?.db.clone())
     }
 
-    /// Creates a library led by this device (term 1).
+    /// Creates a library led by this device (term 1), its only voter: the library's first log
+    /// entry is the configuration holding this device.
     pub async fn create_library(&self) -> Result<Uuid, NodeError> {
         let library_id = Uuid::new_v4();
-        let me = self.device_info();
+        let me = self.device_id();
+        let configuration = Configuration::new(
+            FEATURE_VERSION,
+            vec![self.device_info().to_member(MemberRole::Voter, RolePreference::Auto)],
+        );
         self.init_library(
             library_id,
             SyncState {
                 library_id,
-                device_id: self.device_id(),
+                device_id: me,
                 role: SyncRole::Leader,
                 current_term: 1,
-                voted_for: Some(self.device_id()),
-                leader_device: Some(self.device_id()),
+                voted_for: Some(me),
+                leader_device: Some(me),
                 last_synced_sequence: 0,
             },
-            vec![me],
+            Bootstrap::Create(configuration),
         )
         .await?;
         Ok(library_id)
     }
 
-    /// Joins an existing library as a follower of `leader`; `members` are the other member
-    /// devices known so far (the leader included or not).
+    /// Joins an existing library as a follower of `leader`, for scripted setups where the
+    /// leader already added this device ([`Node::add_device`] there; an invitation,
+    /// [`Node::join_with_invite`], needs no ids copied by hand). `members` are other member
+    /// devices known so far. They are only where the device starts: its membership comes from
+    /// the library's log as soon as it fetched the first configuration entry.
     pub async fn join_library(
         &self,
         library_id: Uuid,
@@ -320,11 +400,15 @@ impl Node {
                 "a device cannot join a library as its own follower".into(),
             ));
         }
-        let mut all = vec![self.device_info(), leader.clone()];
+        let mut all = vec![
+            self.device_info().to_member(MemberRole::Learner, RolePreference::Auto),
+            leader.to_member(MemberRole::Voter, RolePreference::Auto),
+        ];
         all.extend(
             members
                 .into_iter()
-                .filter(|m| m.device_id != leader.device_id && m.device_id != self.device_id()),
+                .filter(|m| m.device_id != leader.device_id && m.device_id != self.device_id())
+                .map(|m| m.to_member(MemberRole::Voter, RolePreference::Auto)),
         );
         self.init_library(
             library_id,
@@ -337,7 +421,8 @@ impl Node {
                 leader_device: Some(leader.device_id),
                 last_synced_sequence: 0,
             },
-            all,
+            // Sequence 0: any configuration entry of the log replaces it.
+            Bootstrap::Given(Configuration::new(FEATURE_VERSION, all), 0),
         )
         .await
     }
@@ -346,7 +431,7 @@ impl Node {
         &self,
         library_id: Uuid,
         state: SyncState,
-        devices: Vec<DeviceInfo>,
+        bootstrap: Bootstrap,
     ) -> Result<(), NodeError> {
         if self.inner.libraries.lock().expect("libraries lock").contains_key(&library_id)
             || self.library_path(library_id).exists()
@@ -356,16 +441,30 @@ impl Node {
         let path = self.library_path(library_id);
         let options = self.inner.config.storage.clone();
         let registry = self.inner.config.registry.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+        let me = self.device_id();
+        let created = tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             let db = Database::open(&path, &options, registry)?;
             db.init_sync_state(&state)?;
-            for d in &devices {
-                db.upsert_device(&d.to_device())?;
+            match bootstrap {
+                Bootstrap::Create(configuration) => {
+                    TransactionManager::new(db.clone(), me).commit_config(&configuration)?;
+                }
+                Bootstrap::Given(configuration, sequence) => {
+                    db.install_membership(&configuration, sequence)?;
+                }
             }
             Ok(())
         })
         .await
-        .map_err(|e| NodeError::Io(std::io::Error::other(e.to_string())))??;
+        .map_err(|e| NodeError::Io(std::io::Error::other(e.to_string())))?;
+        if let Err(e) = created {
+            // Nothing half-made stays behind: the next attempt starts from scratch.
+            let path = self.library_path(library_id);
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            return Err(e.into());
+        }
         self.open_library(library_id).await
     }
 
@@ -389,6 +488,8 @@ impl Node {
             events: self.inner.events.clone(),
             metrics: self.inner.metrics.clone(),
             writes_paused: writes_paused.clone(),
+            keypair: self.inner.identity.keypair.clone(),
+            listen_addrs: self.inner.listen_addrs.clone(),
         };
         let service = SyncService::new(cx).start();
         self.inner
@@ -399,14 +500,278 @@ impl Node {
         Ok(())
     }
 
-    /// Adds (or updates) a member device of a library.
-    pub async fn add_device(&self, library_id: Uuid, device: DeviceInfo) -> Result<(), NodeError> {
+    /// Adds a member device to a library, as a learner (the leader promotes it to voter once it
+    /// caught up, keeping the number of voters odd): a configuration entry committed by the
+    /// leader, asked for from any member. Answered once committed, or `committed: false` when
+    /// not within a few seconds (the change stays in use; status shows it pending). For
+    /// scripted setups; [`Node::invite`] needs no ids copied by hand. In a library of feature
+    /// version 1 (no configuration entries yet) the device is only added to this device's own
+    /// list, as before.
+    pub async fn add_device(
+        &self,
+        library_id: Uuid,
+        device: DeviceInfo,
+    ) -> Result<MembershipOutcome, NodeError> {
         let lib = self.library(library_id)?;
-        lib.service
-            .send(AddMember(device.to_device()))
+        let replicated = self.membership(library_id).await?.is_replicated();
+        if !replicated {
+            lib.service
+                .send(AddMember(device.to_device()))
+                .await
+                .map_err(|_| NodeError::ServiceStopped(library_id))?
+                .map_err(NodeError::InvalidInput)?;
+            return Ok(MembershipOutcome { config_sequence: 0, committed: false });
+        }
+        let member = device.to_member(MemberRole::Learner, RolePreference::Auto);
+        member.validate().map_err(|e| NodeError::InvalidInput(e.0))?;
+        self.change_membership(library_id, MembershipChange::Add { member }).await
+    }
+
+    /// Removes a device from a library (from any member; the leader commits it). Every device
+    /// refuses it as soon as it applies the entry; the removed device keeps its copy, read-only,
+    /// and its status says it is no longer a member. In a two-voter library the removal of the
+    /// other voter commits only once that device holds it: a lost device's removal stays
+    /// pending (see `force_reconfigure` in docs/operations.md).
+    pub async fn remove_device(
+        &self,
+        library_id: Uuid,
+        device_id: Uuid,
+    ) -> Result<MembershipOutcome, NodeError> {
+        let membership = self.membership(library_id).await?;
+        if !membership.configuration.contains(device_id) {
+            return Err(NodeError::Membership(format!(
+                "device {device_id} is not a member of library {library_id}"
+            )));
+        }
+        self.change_membership(library_id, MembershipChange::Remove { device_id }).await
+    }
+
+    /// Sets what the leader may make of a member: `Learner` keeps it a learner for good (a voter
+    /// is demoted), `Voter` promotes it once caught up whatever the number of voters, `Auto`
+    /// lets the leader keep the number of voters odd.
+    pub async fn set_device_preference(
+        &self,
+        library_id: Uuid,
+        device_id: Uuid,
+        preference: RolePreference,
+    ) -> Result<MembershipOutcome, NodeError> {
+        self.change_membership(library_id, MembershipChange::SetPreference { device_id, preference })
+            .await
+    }
+
+    async fn change_membership(
+        &self,
+        library_id: Uuid,
+        change: MembershipChange,
+    ) -> Result<MembershipOutcome, NodeError> {
+        let lib = self.library(library_id)?;
+        let outcome = lib
+            .service
+            .send(ChangeMembershipRequest { change, wait: MEMBERSHIP_WAIT })
             .await
             .map_err(|_| NodeError::ServiceStopped(library_id))?
-            .map_err(NodeError::InvalidInput)
+            .map_err(NodeError::Membership)?;
+        Ok(MembershipOutcome {
+            config_sequence: outcome.config_sequence,
+            committed: outcome.committed,
+        })
+    }
+
+    /// The configuration in effect on this device for a library.
+    pub async fn membership(&self, library_id: Uuid) -> Result<Membership, NodeError> {
+        let db = self.library(library_id)?.db.clone();
+        blocking(move || db.membership()).await
+    }
+
+    /// Makes an invitation to a library: a one-line token whose one-time secret this device
+    /// stores hashed, valid for `expires`. The new device gives it to
+    /// [`Node::join_with_invite`] (or `lsync library join TOKEN`); it joins as a learner, and
+    /// stays one for good when `learner`. While an invitation is open this device accepts
+    /// connections from unknown devices, which may only present an invitation.
+    pub async fn invite(
+        &self,
+        library_id: Uuid,
+        learner: bool,
+        expires: std::time::Duration,
+    ) -> Result<Invitation, NodeError> {
+        let lib = self.library(library_id)?;
+        if self.inner.listen_addrs.is_empty() {
+            return Err(NodeError::Invitation("this device listens on no address".into()));
+        }
+        let secret = lib
+            .service
+            .send(CreateInvitation { learner, expires })
+            .await
+            .map_err(|_| NodeError::ServiceStopped(library_id))?
+            .map_err(NodeError::Invitation)?;
+        let secret: [u8; 32] = secret
+            .try_into()
+            .map_err(|_| NodeError::Invitation("the secret has the wrong length".into()))?;
+        let token = InviteToken {
+            library_id,
+            device_id: self.device_id(),
+            peer_id: self.peer_id(),
+            addresses: self.inner.listen_addrs.clone(),
+            secret,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Ok(Invitation {
+            token: token.encode(),
+            expires_at_ms: now.saturating_add(expires.as_millis().min(i64::MAX as u128) as i64),
+            learner,
+        })
+    }
+
+    /// Joins a library with an invitation token from [`Node::invite`]: dials the member that
+    /// made it, presents the secret, and — once the leader added this device as a learner —
+    /// creates the library here and starts following. Presenting the same token again from
+    /// this device (a lost answer) gets the same answer; from another device, or after it
+    /// expired, it is refused with the reason.
+    pub async fn join_with_invite(&self, token: &str) -> Result<JoinOutcome, NodeError> {
+        let token = InviteToken::decode(token).map_err(NodeError::Invitation)?;
+        let library_id = token.library_id;
+        if token.device_id == self.device_id() {
+            return Err(NodeError::Invitation(
+                "this device made the invitation: run the join on the new device".into(),
+            ));
+        }
+        let existing = self.library(library_id).ok();
+        if let Some(lib) = &existing {
+            let db = lib.db.clone();
+            let me = self.device_id();
+            if blocking(move || db.membership()).await?.configuration.contains(me) {
+                return Err(NodeError::LibraryExists(library_id));
+            }
+        }
+        let network = &self.inner.network;
+        network.add_member(library_id, token.peer_id, token.addresses.clone()).await?;
+        let request = SyncMessage::Join {
+            library_id,
+            secret: token.secret.to_vec(),
+            device_id: self.device_id(),
+            name: self.inner.name.clone(),
+            addresses: self.listen_addrs().iter().map(|a| a.to_string()).collect(),
+        };
+        let answer = network.request(token.peer_id, request).await;
+        let (term, leader, configuration, config_sequence, committed) = match answer {
+            Ok(SyncMessage::Joined { term, leader, configuration, config_sequence, committed, .. }) => {
+                (term, leader, configuration, config_sequence, committed)
+            }
+            Ok(SyncMessage::Error { message, .. }) => {
+                self.forget_inviter(existing.is_none(), library_id, token.peer_id).await;
+                return Err(NodeError::Invitation(format!("refused: {message}")));
+            }
+            Ok(other) => {
+                self.forget_inviter(existing.is_none(), library_id, token.peer_id).await;
+                return Err(NodeError::Invitation(format!("unexpected answer {}", other.kind())));
+            }
+            Err(e) => {
+                self.forget_inviter(existing.is_none(), library_id, token.peer_id).await;
+                return Err(NodeError::Invitation(format!(
+                    "cannot reach the inviting device at {:?}: {e}",
+                    token.addresses
+                )));
+            }
+        };
+        if let Err(e) = configuration.validate() {
+            return Err(NodeError::Invitation(format!("the configuration received is invalid: {e}")));
+        }
+        if !configuration.contains(self.device_id()) {
+            return Err(NodeError::Invitation(
+                "the configuration received does not hold this device".into(),
+            ));
+        }
+        match existing {
+            // Re-joining after a removal: the copy is kept; the service takes the new
+            // configuration and catches up (a log that diverged is rebuilt as usual).
+            Some(lib) => {
+                let db = lib.db.clone();
+                blocking(move || db.install_membership(&configuration, config_sequence)).await?;
+                self.restart_library(library_id).await?;
+            }
+            None => {
+                self.init_library(
+                    library_id,
+                    SyncState {
+                        library_id,
+                        device_id: self.device_id(),
+                        role: SyncRole::Follower,
+                        current_term: term,
+                        voted_for: None,
+                        leader_device: leader,
+                        last_synced_sequence: 0,
+                    },
+                    Bootstrap::Given(configuration, config_sequence),
+                )
+                .await?;
+            }
+        }
+        info!(%library_id, config_sequence, committed, "joined with an invitation");
+        Ok(JoinOutcome { library_id, config_sequence, committed, leader })
+    }
+
+    /// After a failed join: the inviting device is no member here (unless the library exists).
+    async fn forget_inviter(&self, created_route: bool, library_id: Uuid, peer: PeerId) {
+        if created_route {
+            let _ = self.inner.network.remove_member(library_id, peer).await;
+        }
+    }
+
+    /// UNSAFE recovery when a majority of a library's voters is gone for good (docs/operations.md,
+    /// "Quorum lost for good"): this device becomes leader of a new term with a configuration
+    /// whose voters are `voters` (this device among them); the other voters of the current
+    /// configuration are removed, learners stay. Entries only the lost devices held are lost;
+    /// if they come back, they are refused (removed) — never run it while they may be alive.
+    pub async fn force_reconfigure(
+        &self,
+        library_id: Uuid,
+        voters: Vec<Uuid>,
+    ) -> Result<MembershipOutcome, NodeError> {
+        let membership = self.membership(library_id).await?;
+        if !voters.contains(&self.device_id()) {
+            return Err(NodeError::Membership(
+                "the forced configuration must make this device a voter".into(),
+            ));
+        }
+        let mut members = Vec::new();
+        for v in &voters {
+            let Some(m) = membership.configuration.member(*v) else {
+                return Err(NodeError::Membership(format!(
+                    "device {v} is not a member of library {library_id}"
+                )));
+            };
+            members.push(Member { role: MemberRole::Voter, ..m.clone() });
+        }
+        members.extend(
+            membership
+                .configuration
+                .members
+                .iter()
+                .filter(|m| m.role == MemberRole::Learner && !voters.contains(&m.device_id))
+                .cloned(),
+        );
+        let version = membership.configuration.feature_version.max(FEATURE_VERSION);
+        let configuration = Configuration::new(version, members);
+        configuration.validate().map_err(|e| NodeError::Membership(e.0))?;
+        let lib = self.library(library_id)?;
+        let _ = lib.service.send(Shutdown).await;
+        let tm = lib.tm.clone();
+        let entry = blocking(move || tm.force_reconfigure(&configuration)).await;
+        self.inner.libraries.lock().expect("libraries lock").remove(&library_id);
+        self.open_library(library_id).await?;
+        let entry = entry?;
+        warn!(%library_id, sequence = entry.sequence, term = entry.term, "configuration forced");
+        Ok(MembershipOutcome { config_sequence: entry.sequence, committed: voters.len() == 1 })
+    }
+
+    /// Stops a library's actors and starts them again from its database.
+    async fn restart_library(&self, library_id: Uuid) -> Result<(), NodeError> {
+        let lib = self.library(library_id)?;
+        let _ = lib.service.send(Shutdown).await;
+        self.inner.libraries.lock().expect("libraries lock").remove(&library_id);
+        self.open_library(library_id).await
     }
 
     /// The transaction manager of a library that accepts writes now.

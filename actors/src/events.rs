@@ -1,6 +1,6 @@
 //! Events a host can subscribe to, and the status snapshot of a library.
 
-use lsync_protocol::SyncRole;
+use lsync_protocol::{MemberRole, RolePreference, SyncRole};
 use lsync_storage::LocalJob;
 use serde::Serialize;
 use uuid::Uuid;
@@ -90,6 +90,12 @@ pub struct FollowerStatus {
     pub lag: u64,
     /// Whether the leader has a connection to it now.
     pub connected: bool,
+    /// Its role in the configuration in effect (none: it is leaving).
+    pub role: Option<MemberRole>,
+    /// The highest sequence at which its log is known to match the leader's in this term
+    /// (what counts toward the commit sequence); none until it acknowledged an entry of this
+    /// term.
+    pub matched_sequence: Option<u64>,
 }
 
 /// A follower's view of its own replication.
@@ -106,6 +112,36 @@ pub struct ApplierStatus {
     pub last_error: Option<String>,
 }
 
+/// One member of the configuration in effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberStatus {
+    pub device_id: Uuid,
+    pub peer_id: String,
+    pub name: String,
+    pub role: MemberRole,
+    pub preference: RolePreference,
+    pub addresses: Vec<String>,
+}
+
+/// The configuration in effect on this device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MembershipStatus {
+    /// The configuration entry it comes from (0: none yet, a library of feature version 1).
+    pub config_sequence: u64,
+    /// The library's feature version.
+    pub feature_version: u32,
+    /// The configuration entry that brought the current voters.
+    pub voters_since: u64,
+    /// The latest configuration change is not committed yet (the commit sequence is below
+    /// it): it is in use, but not final.
+    pub pending: bool,
+    /// The voters before the current ones, while their change is not known to be committed
+    /// (elections need both majorities meanwhile).
+    pub previous_voters: Option<Vec<Uuid>>,
+    /// Every member.
+    pub members: Vec<MemberStatus>,
+}
+
 /// A snapshot of one library on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LibraryStatus {
@@ -116,6 +152,20 @@ pub struct LibraryStatus {
     pub leader: Option<Uuid>,
     /// Last sequence of this device's log.
     pub last_sequence: u64,
+    /// The leader's commit sequence: the highest sequence a majority of the voters holds
+    /// (docs/architecture.md, "Membership"); on a follower, as its leader last said.
+    pub commit_sequence: u64,
+    /// Whether this device is a member of the configuration in effect.
+    pub member: bool,
+    /// Its role there, if it is.
+    pub member_role: Option<MemberRole>,
+    /// Why a member refused this device as removed, if one did (its copy is kept, read-only).
+    pub removed: Option<String>,
+    /// The configuration in effect.
+    pub membership: MembershipStatus,
+    /// The sequence this device held before its log was rebuilt, until it is back there (it
+    /// does not campaign meanwhile).
+    pub rebuild_mark: Option<u64>,
     /// Leader only: every follower.
     pub followers: Vec<FollowerStatus>,
     /// Follower only: its applier.

@@ -55,9 +55,10 @@ use crate::session::{
     SessionLeft,
 };
 use crate::transport::Transport;
+use crate::election::Membership as ElectionMembership;
 use crate::watcher::{
     persisted_of, ElectionInput, ElectionWatcher, FollowerAcked, HeartbeatNow, RoleChange,
-    SetMembers, TransferLeadership, WatcherContext,
+    SetMembership, TransferLeadership, WatcherContext,
 };
 
 /// How often the service checks that its role actors are alive (a panic closes an actor's
@@ -243,15 +244,22 @@ impl SyncService {
         self.membership.as_ref().is_none_or(|m| m.configuration.contains(self.cx.device_id))
     }
 
-    /// The voters (this device included when it is one) and their peers, for the election.
-    fn voter_map(&self) -> BTreeMap<Uuid, PeerId> {
+    /// Every member (this device included) and its peer, for the election.
+    fn peer_map(&self) -> BTreeMap<Uuid, PeerId> {
         let Some(m) = &self.membership else { return BTreeMap::new() };
         m.configuration
             .members
             .iter()
-            .filter(|mem| mem.role == MemberRole::Voter)
             .filter_map(|mem| mem.peer_id.parse::<PeerId>().ok().map(|p| (mem.device_id, p)))
             .collect()
+    }
+
+    /// The election's view of the configuration in effect.
+    fn election_membership(&self) -> ElectionMembership {
+        match &self.membership {
+            Some(m) => ElectionMembership::new(m.configuration.voters(), m.configuration.learners()),
+            None => ElectionMembership::new(BTreeSet::new(), BTreeSet::new()),
+        }
     }
 
     /// Every member (this device included) and its peer, for the proposer.
@@ -274,7 +282,8 @@ impl SyncService {
             config: self.cx.config.clone(),
             events: self.cx.events.clone(),
             metrics: self.cx.metrics.clone(),
-            members: self.voter_map(),
+            members: self.peer_map(),
+            membership: self.election_membership(),
             persisted: persisted_of(state),
             role_changes: me.clone().recipient(),
             heartbeats: me.clone().recipient(),
@@ -532,7 +541,10 @@ impl SyncService {
             }
         }
         if let Some(w) = &self.watcher {
-            w.do_send(SetMembers(self.voter_map()));
+            w.do_send(SetMembership {
+                peers: self.peer_map(),
+                membership: self.election_membership(),
+            });
         }
         self.proposer.set_members(self.member_map());
         let member = self.is_member();
@@ -1372,42 +1384,12 @@ impl Handler<FollowerMembership> for SyncService {
 impl Handler<SessionLeft> for SyncService {
     type Result = ();
     fn handle(&mut self, msg: SessionLeft, _: &mut Context<Self>) {
-        if let Some(peer) = self.peer_of(msg.0) {
-            // A member again meanwhile (re-added): keep it.
-            let _ = peer;
-            return;
-        }
-        let leaving: Vec<PeerId> = self.leaving.iter().copied().collect();
-        for peer in leaving {
-            if let Role::Leader { sessions, .. } = &self.role {
-                if sessions.get(&peer).is_some_and(|_| true) && self.device_of(&peer).is_none() {
-                    // Find the session of that device.
-                }
-            }
-            let _ = peer;
-        }
-        if let Some(peer) = self.leaving_peer_of(msg.0) {
-            self.revoke(peer);
+        // The session of a removed member delivered the removal (or gave up): refuse it now,
+        // unless it became a member again meanwhile.
+        if self.leaving.contains(&msg.peer) && !self.members.contains_key(&msg.peer) {
+            self.revoke(msg.peer);
         }
     }
-}
-
-impl SyncService {
-    fn leaving_peer_of(&self, device: Uuid) -> Option<PeerId> {
-        let Some(m) = &self.membership else { return None };
-        let _ = m;
-        self.leaving.iter().copied().find(|p| {
-            matches!(&self.role, Role::Leader { sessions, .. } if sessions.contains_key(p))
-                && self.device_of(p).is_none()
-                && peer_device_hint(p, device)
-        })
-    }
-}
-
-/// Sessions report the device they served; removed devices are matched by the session that
-/// reported (the peer is the session's own).
-fn peer_device_hint(_peer: &PeerId, _device: Uuid) -> bool {
-    true
 }
 
 impl Handler<GetStatus> for SyncService {

@@ -59,7 +59,30 @@ pub struct SessionContext {
     pub leader: Arc<LeaderShared>,
     /// Where the follower's reported positions go (the leader's core, which counts them).
     pub progress: Option<Recipient<FollowerProgress>>,
+    /// Where a session whose member was removed reports that it is done (the SyncService then
+    /// refuses the peer).
+    pub left: Option<Recipient<SessionLeft>>,
 }
+
+/// The member of this session was removed by the configuration entry at `sequence`: deliver
+/// the log up to that entry — nothing after it — until the member holds it or
+/// [`LEAVING_GRACE`] passes, then report [`SessionLeft`] and stop.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Leaving {
+    pub sequence: u64,
+}
+
+/// A leaving session is done (see [`Leaving`]).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SessionLeft {
+    pub device: Uuid,
+    pub peer: PeerId,
+}
+
+/// How long a removed member is given to receive the entry that removes it.
+pub const LEAVING_GRACE: Duration = Duration::from_secs(10);
 
 /// A leader's log cache for responses of at most `max_entries_per_response` entries: blocks of
 /// that many entries, at most [`DEFAULT_LOG_CACHE_BYTES`] of them, counted like a response.
@@ -163,6 +186,8 @@ pub struct FollowerSession {
     window: NotifyWindow,
     deadline_armed: bool,
     inline: Inline,
+    /// The member was removed by the configuration entry at this sequence (see [`Leaving`]).
+    leaving: Option<u64>,
 }
 
 impl FollowerSession {
@@ -178,15 +203,37 @@ impl FollowerSession {
             window,
             deadline_armed: false,
             inline: Inline::Empty,
+            leaving: None,
         }
+    }
+
+    /// A leaving session is done: reported once, then the session stops.
+    fn leave(&mut self, ctx: &mut Context<Self>) {
+        if let Some(l) = &self.cx.left {
+            l.do_send(SessionLeft { device: self.device_id, peer: self.peer });
+        }
+        ctx.stop();
     }
 
     /// A position the follower reported in this leader's term (or, from a version-1
     /// follower, without a term): it is the follower's position now — also when lower than
     /// before (it rebuilt its log) — and goes to the leader's core, which decides whether it
     /// counts toward the commit sequence.
-    fn record_position(&mut self, position: AckPosition, features: Option<u32>) {
+    fn record_position(
+        &mut self,
+        position: AckPosition,
+        features: Option<u32>,
+        ctx: &mut Context<Self>,
+    ) {
         if position.term > self.cx.term || (position.term != 0 && position.term < self.cx.term) {
+            return;
+        }
+        if self.leaving.is_some_and(|at| position.sequence >= at) {
+            debug!(device = %self.device_id, "the removed member holds its removal");
+            if let Some(p) = &self.cx.progress {
+                p.do_send(FollowerProgress { device: self.device_id, ack: position, features });
+            }
+            self.leave(ctx);
             return;
         }
         self.acked = position.sequence;
@@ -290,7 +337,17 @@ impl Actor for FollowerSession {
 
 impl Handler<NewCommit> for FollowerSession {
     type Result = ();
-    fn handle(&mut self, commit: NewCommit, ctx: &mut Context<Self>) {
+    fn handle(&mut self, mut commit: NewCommit, ctx: &mut Context<Self>) {
+        if let Some(cap) = self.leaving {
+            // Nothing after the entry that removes this member.
+            if commit.range.from_sequence > cap {
+                return;
+            }
+            if commit.range.to_sequence > cap {
+                commit.range.to_sequence = cap;
+                commit.entries = None;
+            }
+        }
         self.cx.cache.note_last(commit.range.to_sequence);
         let max_entries = usize::try_from(self.cx.max_entries_per_response).unwrap_or(usize::MAX);
         self.inline.add(&commit, max_entries, self.cx.max_response_bytes);
@@ -311,12 +368,12 @@ impl FollowerSession {
 
 impl Handler<HeartbeatAnswered> for FollowerSession {
     type Result = ();
-    fn handle(&mut self, msg: HeartbeatAnswered, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: HeartbeatAnswered, ctx: &mut Context<Self>) {
         self.tell_election(crate::watcher::ElectionInput::FollowerContact {
             from: self.device_id,
             term: msg.position.term,
         });
-        self.record_position(msg.position, Some(msg.features));
+        self.record_position(msg.position, Some(msg.features), ctx);
     }
 }
 
@@ -335,7 +392,7 @@ impl Handler<NotifyDone> for FollowerSession {
                 from: self.device_id,
                 term: if position.term == 0 { self.cx.term } else { position.term },
             });
-            self.record_position(position, None);
+            self.record_position(position, None, ctx);
         }
         if let Some(a) = self.window.on_answer(Self::now()) {
             self.send_notification(a, ctx);
@@ -372,13 +429,15 @@ impl Handler<GetFollowerStatus> for FollowerSession {
             acked_sequence: self.acked,
             lag: msg.leader_last_sequence.saturating_sub(self.acked),
             connected: self.connected,
+            role: None,
+            matched_sequence: None,
         })
     }
 }
 
 impl Handler<InboundRequest> for FollowerSession {
     type Result = ();
-    fn handle(&mut self, req: InboundRequest, _: &mut Context<Self>) {
+    fn handle(&mut self, req: InboundRequest, ctx: &mut Context<Self>) {
         // The term rule first: a request of an older term is refused with this term (its
         // sender learns it), whatever it asks (docs/protocol.md §6).
         let library_id = self.cx.library_id;
@@ -404,19 +463,24 @@ impl Handler<InboundRequest> for FollowerSession {
             }
         }
         match req.message {
-            SyncMessage::Acknowledge { up_to_sequence, term, last_term, .. } => {
-                self.record_position(AckPosition { term, sequence: up_to_sequence, last_term }, None)
-            }
+            SyncMessage::Acknowledge { up_to_sequence, term, last_term, .. } => self
+                .record_position(
+                    AckPosition { term, sequence: up_to_sequence, last_term },
+                    None,
+                    ctx,
+                ),
             SyncMessage::Heartbeat { term, current_sequence, last_term, features, .. } => self
                 .record_position(
                     AckPosition { term, sequence: current_sequence, last_term },
                     Some(features),
+                    ctx,
                 ),
             _ => {}
         }
+        let cap = self.leaving;
         if let Some(response) = serve_cached(&self.cx, &req.message) {
             Metrics::add(&self.cx.metrics.fetches_served_cached, 1);
-            let _ = req.reply.send(response);
+            let _ = req.reply.send(cap_at(response, cap));
             return;
         }
         let cx = self.cx.clone();
@@ -434,7 +498,51 @@ impl Handler<InboundRequest> for FollowerSession {
                         format!("storage error: {e}"),
                     )
                 });
-            let _ = req.reply.send(response);
+            let _ = req.reply.send(cap_at(response, cap));
+        });
+    }
+}
+
+/// A removed member (see [`Leaving`]) is served nothing after the entry that removes it.
+fn cap_at(response: SyncMessage, cap: Option<u64>) -> SyncMessage {
+    let Some(cap) = cap else { return response };
+    match response {
+        SyncMessage::EntriesResponse { library_id, term, mut entries, commit_sequence, .. } => {
+            entries.retain(|e| e.sequence <= cap);
+            let served_to = entries.last().map(|e| e.sequence);
+            SyncMessage::EntriesResponse {
+                library_id,
+                term,
+                has_more: served_to.is_some_and(|s| s < cap),
+                entries,
+                leader_last_sequence: cap,
+                commit_sequence,
+            }
+        }
+        SyncMessage::Heartbeat { current_sequence, .. } if current_sequence > cap => {
+            SyncMessage::error(
+                response.library_id(),
+                ErrorCode::Unauthorized,
+                format!("this device was removed from library {}", response.library_id()),
+            )
+        }
+        other => other,
+    }
+}
+
+impl Handler<Leaving> for FollowerSession {
+    type Result = ();
+    fn handle(&mut self, msg: Leaving, ctx: &mut Context<Self>) {
+        if self.leaving.is_some() {
+            return;
+        }
+        self.leaving = Some(msg.sequence);
+        if self.acked >= msg.sequence {
+            return self.leave(ctx);
+        }
+        ctx.run_later(LEAVING_GRACE, |this, ctx| {
+            debug!(device = %this.device_id, "the removed member did not take its removal in time");
+            this.leave(ctx);
         });
     }
 }

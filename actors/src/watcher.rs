@@ -69,11 +69,19 @@ pub struct LeaderHint(pub Uuid);
 #[rtype(result = "()")]
 pub struct HeartbeatNow;
 
-/// The library's members changed (device → peer, this device included); every member is a
-/// voter until configurations come from the log.
+/// The configuration in effect changed: every member's peer (this device included) and the
+/// election's view of it (voters, learners).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetMembers(pub BTreeMap<Uuid, PeerId>);
+pub struct SetMembership {
+    pub peers: BTreeMap<Uuid, PeerId>,
+    pub membership: Membership,
+}
+
+/// A configuration that does not make this leader a voter is committed: step down.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Resign;
 
 /// Hand leadership over to a device (the leader only).
 #[derive(Message)]
@@ -98,7 +106,10 @@ pub struct WatcherContext {
     pub config: SyncConfig,
     pub events: broadcast::Sender<SyncEvent>,
     pub metrics: Arc<Metrics>,
+    /// Every member's peer (this device included).
     pub members: BTreeMap<Uuid, PeerId>,
+    /// The election's view of the configuration in effect.
+    pub membership: Membership,
     pub persisted: PersistedElection,
     pub role_changes: Recipient<RoleChange>,
     pub heartbeats: Recipient<HeartbeatNow>,
@@ -123,7 +134,7 @@ impl ElectionWatcher {
     pub fn new(cx: WatcherContext) -> Self {
         let election = Election::new(
             cx.device_id,
-            Membership::all_voters(cx.members.keys().copied()),
+            cx.membership.clone(),
             cx.persisted,
             ElectionConfig::from_sync(&cx.config),
             now(),
@@ -146,9 +157,15 @@ impl ElectionWatcher {
         F: FnOnce(&mut Election<StdRng>, Instant) -> Vec<Action> + 'static,
     {
         let db = self.cx.db.clone();
-        ctx.wait(run_blocking(move || db.last_position()).into_actor(self).map(move |pos, this, ctx| {
+        let read = run_blocking(move || Ok((db.last_position()?, db.rebuild_mark()?)));
+        ctx.wait(read.into_actor(self).map(move |pos, this, ctx| {
             match pos {
-                Ok(pos) => this.election.set_last_log(pos),
+                Ok((pos, floor)) => {
+                    // A device rebuilding its log neither campaigns nor votes for a log behind
+                    // what it held before (docs/architecture.md, "Membership").
+                    this.election.set_last_log(pos);
+                    this.election.set_log_floor(floor);
+                }
                 Err(e) => warn!(library_id = %this.cx.library_id, error = %e, "cannot read the log position"),
             }
             let actions = f(&mut this.election, now());
@@ -414,12 +431,20 @@ impl Handler<InboundRequest> for ElectionWatcher {
     }
 }
 
-impl Handler<SetMembers> for ElectionWatcher {
+impl Handler<SetMembership> for ElectionWatcher {
     type Result = ();
-    fn handle(&mut self, msg: SetMembers, ctx: &mut Context<Self>) {
-        let membership = Membership::all_voters(msg.0.keys().copied());
-        self.cx.members = msg.0;
-        let actions = self.election.set_membership(membership, now());
+    fn handle(&mut self, msg: SetMembership, ctx: &mut Context<Self>) {
+        self.cx.members = msg.peers;
+        self.cx.membership = msg.membership.clone();
+        let actions = self.election.set_membership(msg.membership, now());
+        self.perform(actions, None, ctx);
+    }
+}
+
+impl Handler<Resign> for ElectionWatcher {
+    type Result = ();
+    fn handle(&mut self, _: Resign, ctx: &mut Context<Self>) {
+        let actions = self.election.resign(now());
         self.perform(actions, None, ctx);
     }
 }
