@@ -486,10 +486,11 @@ async fn shutdown_closes_the_network() {
 
 #[actix_rt::test]
 async fn a_peer_without_the_protocol_is_reported_as_such() {
-    // A member that speaks another protocol (say, a future version of lsync's).
+    // A member that speaks another protocol (say, a future version of lsync's): it refuses
+    // version 2, then version 1.
     let mut other = raw_swarm(
         Keypair::generate_ed25519(),
-        StreamProtocol::new("/spacedrive/sync/2.0.0"),
+        StreamProtocol::new("/spacedrive/sync/3.0.0"),
         ProtocolSupport::Full,
     );
     other.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
