@@ -16,11 +16,11 @@
 //! dropping it answers `Error(Internal)`), [`NetworkEvent`]s, and the [`NetworkStats`] counters.
 //!
 //! Security (docs/protocol.md §10): the gate (`gate.rs`) admits a connection by its peer id:
-//! members of any registered library; devices removed from a library ([`NetworkHandle::
-//! revoke_member`]), so that they learn it; and, only while a library welcomes guests
-//! ([`NetworkHandle::welcome_guests`]: it has an open invitation), at most 16 guest connections
-//! of any other peer, each closed after [`NetworkConfig::guest_timeout`] unless its peer has
-//! become a member. Every other peer cannot connect at all, and only members are ever dialed.
+//! members of any registered library; devices removed from a library
+//! ([`NetworkHandle::revoke_member`]), so that they learn it; and, only while a library welcomes
+//! guests ([`NetworkHandle::welcome_guests`]: it has an open invitation), at most 16 guest
+//! connections of any other peer, each closed after [`NetworkConfig::guest_timeout`] unless its
+//! peer has become a member. Every other peer cannot connect at all, and only members are ever dialed.
 //! An inbound request is answered by the network itself, without reaching any actor, when:
 //! - its library is not registered (`UnknownLibrary`);
 //! - its peer is not a member of that library (`Unauthorized`), except a `Join` to a library
@@ -28,7 +28,7 @@
 //!   whoever sends it: a guest, a member of another library, or a device removed from that
 //!   library (re-invited: it needs a new invitation, which a member made);
 //! - its peer was removed from that library: `Unauthorized`, "this device was removed from
-//!   library <id>" (remembered for the last 64 removals per library; `add_member` clears it);
+//!   library `<id>`" (remembered for the last 64 removals per library; `add_member` clears it);
 //! - it is a response-only variant (`BadRequest`), or it came on version 1 but does not exist
 //!   there (`BadRequest`);
 //! - its frame cannot be read (`BadRequest`: oversized, truncated or undecodable — logged at

@@ -5,7 +5,7 @@
 //! [`WireRequest::Unreadable`] instead, so the event loop sees it with the peer, logs it, counts
 //! it and answers `Error(BadRequest)` — the sender learns why instead of seeing a reset stream.
 //! A request read is tagged with the protocol version of its stream
-//! ([`version_of`](super::version::version_of)), which the event loop needs to know what the
+//! ([`version_of`]), which the event loop needs to know what the
 //! peer speaks.
 
 use std::io;

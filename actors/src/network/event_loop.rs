@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::codec::{NetworkCodec, WireRequest};
 use super::gate::{GateBehaviour, GateEvent, Refused, Standing};
-use super::version::{needs_version_2, PeerVersions, Send};
+use super::version::{needs_version_2, PeerVersions, Speak};
 use super::{Command, InboundRequest, NetworkConfig, NetworkEvent, NetworkStats};
 use crate::transport::NetworkError;
 
@@ -558,8 +558,8 @@ impl EventLoop {
 
     /// Hands the request to the behaviour of the version `peer` speaks.
     fn dispatch(&mut self, peer: PeerId, message: SyncMessage, reply: OutboundReply) {
-        let send = self.versions.send(&peer, &message);
-        if send == Send::Unsupported {
+        let speak = self.versions.speak(&peer, &message);
+        if speak == Speak::Unsupported {
             self.bump(|s| &s.outbound_failures);
             debug!(peer = %peer, kind = message.kind(), "not sent: the peer speaks version 1 only");
             let _ = reply.send(Err(NetworkError::UnsupportedProtocol));
@@ -569,9 +569,9 @@ impl EventLoop {
         // after one failed dial, and a member that was down must stay reachable later.
         let addrs =
             if self.swarm.is_connected(&peer) { Vec::new() } else { self.addresses_of(&peer) };
-        trace!(peer = %peer, kind = message.kind(), send = ?send, "sending request");
-        let (key, copy) = match send {
-            Send::V1 => {
+        trace!(peer = %peer, kind = message.kind(), version = ?speak, "sending request");
+        let (key, copy) = match speak {
+            Speak::V1 => {
                 let id = self.swarm.behaviour_mut().sync_v1.send_request_with_addresses(
                     &peer,
                     WireRequest::Message(message),
@@ -579,7 +579,7 @@ impl EventLoop {
                 );
                 (RequestKey::V1(id), None)
             }
-            Send::V2 { keep_copy } => {
+            Speak::V2 { keep_copy } => {
                 let copy = keep_copy.then(|| message.clone());
                 let id = self.swarm.behaviour_mut().sync.send_request_with_addresses(
                     &peer,
@@ -588,7 +588,7 @@ impl EventLoop {
                 );
                 (RequestKey::V2(id), copy)
             }
-            Send::Unsupported => return,
+            Speak::Unsupported => return,
         };
         self.bump(|s| &s.outbound_requests);
         self.outbound.insert(key, Outbound { reply, copy });

@@ -210,6 +210,12 @@ impl Gate {
     }
 }
 
+/// The shell's clock: tokio's, so that its timer and its deadlines agree (also when a test
+/// pauses time).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// What the gate tells the event loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum GateEvent {
@@ -295,7 +301,7 @@ impl NetworkBehaviour for GateBehaviour {
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        match self.gate.admit_inbound(connection, peer, Instant::now()) {
+        match self.gate.admit_inbound(connection, peer, now()) {
             Ok(Admitted::Guest) => {
                 self.queue.push_back(ToSwarm::GenerateEvent(GateEvent::GuestAdmitted {
                     peer,
@@ -376,7 +382,7 @@ impl NetworkBehaviour for GateBehaviour {
                 break;
             }
             // At least `deadline`, so that the guest due then is expired and the loop moves on.
-            let now = Instant::now().max(deadline);
+            let now = now().max(deadline);
             let actions = self.gate.expire(now);
             self.perform(actions);
         }

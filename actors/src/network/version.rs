@@ -6,7 +6,7 @@
 //! dialer proposes exactly one protocol — with two, it waits for the listener's answer to the
 //! first. So `sync` proposes [`PROTOCOL`](lsync_protocol::PROTOCOL) (version 2) outbound and
 //! accepts both versions inbound; `sync_v1` proposes
-//! [`PROTOCOL_V1`](lsync_protocol::PROTOCOL_V1) outbound only. [`PeerVersions`] picks one per
+//! [`PROTOCOL_V1`] outbound only. [`PeerVersions`] picks one per
 //! request:
 //!
 //! - a peer of unknown version is spoken to on version 2; the request keeps a copy for a resend
@@ -65,7 +65,7 @@ pub(super) fn needs_version_2(message: &SyncMessage) -> bool {
 
 /// How to send one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Send {
+pub(super) enum Speak {
     /// On version 2; `keep_copy`: the peer's version is unknown and the message exists in
     /// version 1, so keep a copy to resend it on version 1 if the peer refuses version 2.
     V2 { keep_copy: bool },
@@ -92,12 +92,14 @@ pub(super) struct PeerVersions {
 
 impl PeerVersions {
     /// How to send `message` to `peer`.
-    pub(super) fn send(&self, peer: &PeerId, message: &SyncMessage) -> Send {
+    pub(super) fn speak(&self, peer: &PeerId, message: &SyncMessage) -> Speak {
         match self.peers.get(peer) {
-            Some(Known { version: 2, live: true }) => Send::V2 { keep_copy: false },
-            Some(Known { version: 1, live: true }) if needs_version_2(message) => Send::Unsupported,
-            Some(Known { version: 1, live: true }) => Send::V1,
-            _ => Send::V2 { keep_copy: !needs_version_2(message) },
+            Some(Known { version: 2, live: true }) => Speak::V2 { keep_copy: false },
+            Some(Known { version: 1, live: true }) if needs_version_2(message) => {
+                Speak::Unsupported
+            }
+            Some(Known { version: 1, live: true }) => Speak::V1,
+            _ => Speak::V2 { keep_copy: !needs_version_2(message) },
         }
     }
 
@@ -265,14 +267,14 @@ mod tests {
     fn an_unknown_peer_gets_version_2_with_a_copy_kept() {
         let versions = PeerVersions::default();
         let peer = PeerId::random();
-        assert_eq!(versions.send(&peer, &heartbeat()), Send::V2 { keep_copy: true });
+        assert_eq!(versions.speak(&peer, &heartbeat()), Speak::V2 { keep_copy: true });
         assert_eq!(versions.version(&peer), None);
     }
 
     #[test]
     fn no_copy_is_kept_of_a_message_version_1_lacks() {
         let versions = PeerVersions::default();
-        assert_eq!(versions.send(&PeerId::random(), &announce()), Send::V2 { keep_copy: false });
+        assert_eq!(versions.speak(&PeerId::random(), &announce()), Speak::V2 { keep_copy: false });
     }
 
     #[test]
@@ -280,7 +282,7 @@ mod tests {
         let mut versions = PeerVersions::default();
         let peer = PeerId::random();
         versions.negotiated(peer, 2);
-        assert_eq!(versions.send(&peer, &heartbeat()), Send::V2 { keep_copy: false });
+        assert_eq!(versions.speak(&peer, &heartbeat()), Speak::V2 { keep_copy: false });
         assert_eq!(versions.version(&peer), Some(2));
     }
 
@@ -289,7 +291,7 @@ mod tests {
         let mut versions = PeerVersions::default();
         let peer = PeerId::random();
         versions.refused_version_2(peer);
-        assert_eq!(versions.send(&peer, &heartbeat()), Send::V1);
+        assert_eq!(versions.speak(&peer, &heartbeat()), Speak::V1);
         assert_eq!(versions.version(&peer), Some(1));
     }
 
@@ -298,8 +300,8 @@ mod tests {
         let mut versions = PeerVersions::default();
         let peer = PeerId::random();
         versions.negotiated(peer, 1);
-        assert_eq!(versions.send(&peer, &announce()), Send::Unsupported);
-        assert_eq!(versions.send(&peer, &vote_request(true)), Send::Unsupported);
+        assert_eq!(versions.speak(&peer, &announce()), Speak::Unsupported);
+        assert_eq!(versions.speak(&peer, &vote_request(true)), Speak::Unsupported);
     }
 
     #[test]
@@ -308,7 +310,7 @@ mod tests {
         let peer = PeerId::random();
         versions.refused_version_2(peer);
         versions.disconnected(&peer, true);
-        assert_eq!(versions.send(&peer, &heartbeat()), Send::V2 { keep_copy: true });
+        assert_eq!(versions.speak(&peer, &heartbeat()), Speak::V2 { keep_copy: true });
         assert_eq!(versions.version(&peer), Some(1));
     }
 
