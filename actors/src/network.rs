@@ -3,34 +3,66 @@
 //! ```text
 //!  actors ── NetworkHandle (cheap clone) ──▶ bounded command channel ──▶ event loop ──▶ Swarm
 //!     ▲        commands carry oneshot reply senders                       │   TCP + noise + yamux
-//!     │                                                                   │   allow list (members)
-//!     │                                                                   │   request-response
-//!     ├── InboundRequest { peer, message, reply } ◀── routed by library_id ┤   (SyncCodec, PROTOCOL)
-//!     └── NetworkEvent (broadcast) ◀── first connection opened / last one closed
+//!     │                                                                   │   gate (members,
+//!     │                                                                   │     removed, guests)
+//!     ├── InboundRequest { peer, message, reply } ◀── routed by library_id ┤   request-response
+//!     └── NetworkEvent (broadcast) ◀── first connection opened / last one closed   ×2 (v2, v1)
 //! ```
 //!
-//! Receives: [`NetworkHandle`] calls (register/unregister a library and its members, add/remove a
-//! member, send a request, list connected peers, shut down) and the swarm's events.
+//! Receives: [`NetworkHandle`] calls (register/unregister a library and its members, add,
+//! remove or revoke a member, set a member's addresses, welcome guests, prepare a join, send a
+//! request, list connected peers, a peer's protocol version, shut down) and the swarm's events.
 //! Emits: [`InboundRequest`]s to the registered library's actor (which answers on a oneshot;
 //! dropping it answers `Error(Internal)`), [`NetworkEvent`]s, and the [`NetworkStats`] counters.
 //!
-//! Security: the swarm's allow list is the union of every registered library's members, so a
-//! peer that is a member of no library cannot connect at all. An inbound request is answered by
-//! the network itself, without reaching any actor, when its library is not registered
-//! (`UnknownLibrary`), its peer is not a member of that library (`Unauthorized`), it is a
-//! response-only variant (`BadRequest`), or its frame cannot be read (`BadRequest`: oversized,
-//! truncated or undecodable — logged at warn with the peer and counted as malformed).
+//! Security (docs/protocol.md §10): the gate (`gate.rs`) admits a connection by its peer id:
+//! members of any registered library; devices removed from a library
+//! ([`NetworkHandle::revoke_member`]), so that they learn it; and, only while a library welcomes
+//! guests ([`NetworkHandle::welcome_guests`]: it has an open invitation), at most 16 guest
+//! connections of any other peer, each closed after [`NetworkConfig::guest_timeout`] unless its
+//! peer has become a member. Every other peer cannot connect at all, and only members are ever dialed.
+//! An inbound request is answered by the network itself, without reaching any actor, when:
+//! - its library is not registered (`UnknownLibrary`);
+//! - its peer is not a member of that library (`Unauthorized`), except a `Join` to a library
+//!   that welcomes guests, which is routed (the library checks the invitation's secret) —
+//!   whoever sends it: a guest, a member of another library, or a device removed from that
+//!   library (re-invited: it needs a new invitation, which a member made);
+//! - its peer was removed from that library: `Unauthorized`, "this device was removed from
+//!   library `<id>`" (remembered for the last 64 removals per library; `add_member` clears it);
+//! - it is a response-only variant (`BadRequest`), or it came on version 1 but does not exist
+//!   there (`BadRequest`);
+//! - its frame cannot be read (`BadRequest`: oversized, truncated or undecodable — logged at
+//!   warn with the peer and counted as malformed).
+//!
+//! Refusals of guests and removed devices, and guests over the bound, are counted in
+//! [`NetworkStats`] and logged at debug level with the peer, the first one of each connection
+//! at info.
+//!
+//! Versions (docs/protocol.md §11; `version.rs`): requests go on
+//! [`PROTOCOL`](lsync_protocol::PROTOCOL) (version 2) with lazy negotiation; a peer that refuses
+//! it gets the request again on [`PROTOCOL_V1`](lsync_protocol::PROTOCOL_V1), and every later
+//! one there until its last connection closes; a message version 1 lacks fails with
+//! [`NetworkError::UnsupportedProtocol`] without being sent to such a peer. Both versions are
+//! accepted inbound.
+//!
+//! Joining: a node that joins a library through an invitation calls
+//! [`NetworkHandle::prepare_join`] with the inviting member before the library is registered,
+//! sends its `Join`, and registers the library (with its sink) once it is a member.
 //!
 //! Bounds: the command channel ([`NetworkConfig::command_capacity`]), the requests in flight in
 //! each direction ([`NetworkConfig::max_pending_requests`]), the streams per connection
 //! ([`NetworkConfig::max_concurrent_streams`]), the frame size ([`NetworkConfig::max_frame`]),
-//! the time an actor may take to answer ([`NetworkConfig::request_timeout`]) and the event
-//! broadcast (256 events; a slow subscriber lags, it does not hold memory).
+//! the time an actor may take to answer ([`NetworkConfig::request_timeout`]), the guest
+//! connections (16) and their lifetime ([`NetworkConfig::guest_timeout`]), the removed devices
+//! remembered (64 per library) and the event broadcast (256 events; a slow subscriber lags, it
+//! does not hold memory).
 
 mod codec;
 mod event_loop;
+mod gate;
 #[cfg(test)]
 mod tests;
+mod version;
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +108,10 @@ pub struct NetworkConfig {
     /// [`NetworkError::Busy`] and an inbound one is answered `Error(Internal, "busy")`.
     /// Default 4096.
     pub max_pending_requests: usize,
+    /// A guest's connection (a peer that is a member of no library, admitted while a library
+    /// welcomes guests) is closed this long after it opened, unless the peer has become a
+    /// member meanwhile. Default 30 s.
+    pub guest_timeout: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -91,6 +127,7 @@ impl Default for NetworkConfig {
             max_concurrent_streams: 256,
             connection_timeout: Duration::from_secs(10),
             max_pending_requests: 4096,
+            guest_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -104,7 +141,8 @@ impl Default for NetworkConfig {
 /// [`NetworkConfig::request_timeout`] is dropped.
 #[derive(Debug)]
 pub struct InboundRequest {
-    /// The authenticated sender (a member of the request's library).
+    /// The authenticated sender: a member of the request's library, or, for a `Join` to a
+    /// library that welcomes guests, any peer (the library must check the invitation).
     pub peer: PeerId,
     /// The request; never a response-only variant.
     pub message: SyncMessage,
@@ -116,7 +154,8 @@ impl actix::Message for InboundRequest {
     type Result = ();
 }
 
-/// A change of a peer's connectivity.
+/// A change of a peer's connectivity. Guests and removed devices connect too: a subscriber
+/// that cares about members only checks the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkEvent {
     /// The first connection to the peer was established.
@@ -132,8 +171,13 @@ pub struct NetworkStats {
     pub inbound_requests: AtomicU64,
     /// Requests handed to the swarm for sending.
     pub outbound_requests: AtomicU64,
-    /// Inbound requests from a peer that is not a member of the request's library.
+    /// Inbound requests from a member of another library (not a member of the request's).
     pub rejected_unauthorized: AtomicU64,
+    /// Inbound requests from a guest (a peer with no standing here) other than a `Join` to a
+    /// library that welcomes guests.
+    pub rejected_guest: AtomicU64,
+    /// Inbound requests from a device removed from the request's library.
+    pub rejected_removed: AtomicU64,
     /// Inbound requests about a library that is not registered.
     pub rejected_unknown_library: AtomicU64,
     /// Inbound requests of a response-only variant.
@@ -149,6 +193,14 @@ pub struct NetworkStats {
     pub connections_established: AtomicU64,
     /// Connections closed.
     pub connections_closed: AtomicU64,
+    /// Guest connections admitted.
+    pub guest_connections: AtomicU64,
+    /// Guest connections refused because 16 were open already.
+    pub refused_guest_connections: AtomicU64,
+    /// Guest connections closed by the guest timeout.
+    pub guest_timeouts: AtomicU64,
+    /// Requests resent on version 1 after the peer refused version 2.
+    pub protocol_fallbacks: AtomicU64,
 }
 
 impl NetworkStats {
@@ -179,6 +231,32 @@ enum Command {
         library_id: Uuid,
         peer: PeerId,
         reply: oneshot::Sender<()>,
+    },
+    RevokeMember {
+        library_id: Uuid,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), NetworkError>>,
+    },
+    SetMemberAddresses {
+        library_id: Uuid,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<(), NetworkError>>,
+    },
+    WelcomeGuests {
+        library_id: Uuid,
+        welcome: bool,
+        reply: oneshot::Sender<Result<(), NetworkError>>,
+    },
+    PrepareJoin {
+        library_id: Uuid,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<()>,
+    },
+    PeerVersion {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<u32>>,
     },
     Request {
         peer: PeerId,
@@ -214,8 +292,8 @@ impl std::fmt::Debug for NetworkHandle {
 }
 
 impl NetworkHandle {
-    /// Builds the Swarm (TCP + noise + yamux, request-response with `SyncCodec` on `PROTOCOL`,
-    /// an allow list, explicit idle timeout), starts listening on every configured address,
+    /// Builds the Swarm (TCP + noise + yamux, the gate, request-response with `SyncCodec` on
+    /// `PROTOCOL` and `PROTOCOL_V1`, explicit idle timeout), starts listening on every configured address,
     /// spawns the event loop with `actix_rt::spawn` (so it must be called inside an actix System
     /// / actix-rt runtime), and returns once every listener reported its real address (port 0
     /// resolved).
@@ -265,7 +343,9 @@ impl NetworkHandle {
 
     /// Routes inbound requests whose `library_id` is `library_id` to `sink`; `members` are the
     /// peers allowed for that library (with addresses to dial them at). Registering a library
-    /// again replaces its members and sink.
+    /// again (or one [`prepare_join`](Self::prepare_join) made) replaces its members and sink;
+    /// whether it welcomes guests and the devices removed from it are kept, except that a
+    /// listed member is no longer marked removed.
     pub async fn register_library(
         &self,
         library_id: Uuid,
@@ -275,15 +355,18 @@ impl NetworkHandle {
         self.call(|reply| Command::RegisterLibrary { library_id, members, sink, reply }).await
     }
 
-    /// Stops routing requests of `library_id`; its members that are members of no other library
-    /// are disallowed and disconnected. Unregistering an unknown library does nothing.
+    /// Stops routing requests of `library_id` and forgets it (its guest welcome and removed
+    /// devices included); its members that are members of no other library are disallowed and
+    /// disconnected. Unregistering an unknown library does nothing.
     pub async fn unregister_library(&self, library_id: Uuid) -> Result<(), NetworkError> {
         self.call(|reply| Command::UnregisterLibrary { library_id, reply }).await
     }
 
     /// Adds a member to a registered library (allow list + addresses known to the swarm for
-    /// dialing); adding an existing member adds its new addresses. Fails with
-    /// [`NetworkError::Io`] if the library is not registered.
+    /// dialing); adding an existing member adds its new addresses. A device marked removed from
+    /// the library ([`revoke_member`](Self::revoke_member)) is no longer. Fails with
+    /// [`NetworkError::Io`] if the library is neither registered nor prepared by
+    /// [`prepare_join`](Self::prepare_join).
     pub async fn add_member(
         &self,
         library_id: Uuid,
@@ -299,10 +382,75 @@ impl NetworkHandle {
         self.call(|reply| Command::RemoveMember { library_id, peer, reply }).await
     }
 
+    /// Revokes a member: like [`remove_member`](Self::remove_member) (its connections close if
+    /// it is a member of no other library), and the device is remembered as removed from
+    /// `library_id` (the last 64 per library): it may still connect, and every request it
+    /// sends about that library is answered `Error(Unauthorized, "this device was removed from
+    /// library <id>")` by the network, so that it learns it; it is never dialed.
+    /// [`add_member`](Self::add_member) (or registering the library with it) clears the mark.
+    /// Fails with [`NetworkError::Io`] if the library is not registered.
+    pub async fn revoke_member(&self, library_id: Uuid, peer: PeerId) -> Result<(), NetworkError> {
+        self.call(|reply| Command::RevokeMember { library_id, peer, reply }).await?
+    }
+
+    /// Replaces the addresses at which `peer`, a member of `library_id`, is dialed (a device
+    /// that restarted on another port announced new ones; the caller has verified the signed
+    /// hint). Dialing a peer uses the addresses of every library it is a member of, so a hint
+    /// is best applied to each. Fails with [`NetworkError::Io`] if the library is not known or
+    /// `peer` is not a member of it.
+    pub async fn set_member_addresses(
+        &self,
+        library_id: Uuid,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), NetworkError> {
+        self.call(|reply| Command::SetMemberAddresses { library_id, peer, addrs, reply }).await?
+    }
+
+    /// Whether `library_id` welcomes guests: set it while the library has an open invitation.
+    /// While at least one library does, any peer may connect as a guest (at most 16 guest
+    /// connections at once, each closed after [`NetworkConfig::guest_timeout`] unless its peer
+    /// has become a member) and send `Join` to the libraries that welcome guests; every other
+    /// request of a guest is answered `Error(Unauthorized)`. Turning it off admits no new
+    /// guests; connected guests keep their connection until their timeout. Fails with
+    /// [`NetworkError::Io`] if the library is not registered.
+    pub async fn welcome_guests(
+        &self,
+        library_id: Uuid,
+        welcome: bool,
+    ) -> Result<(), NetworkError> {
+        self.call(|reply| Command::WelcomeGuests { library_id, welcome, reply }).await?
+    }
+
+    /// Before joining `library_id` through an invitation: makes `peer`, the inviting member,
+    /// a member of that library on this node, with the addresses the invitation gives, so that
+    /// the `Join` request can be sent to it. If the library is not registered, this makes an
+    /// entry for it with no sink yet (requests about it are answered `UnknownLibrary` until
+    /// [`register_library`](Self::register_library) gives it one; if the join fails,
+    /// [`unregister_library`](Self::unregister_library) forgets it). If it is registered (a
+    /// removed device joining again), this is [`add_member`](Self::add_member).
+    pub async fn prepare_join(
+        &self,
+        library_id: Uuid,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), NetworkError> {
+        self.call(|reply| Command::PrepareJoin { library_id, peer, addrs, reply }).await
+    }
+
+    /// The protocol version (1 or 2) of the last stream negotiated with `peer`, in either
+    /// direction; `None` if none was. Kept for members after they disconnect; the next request
+    /// to a peer that reconnected tries version 2 again whatever this says.
+    pub async fn peer_version(&self, peer: PeerId) -> Result<Option<u32>, NetworkError> {
+        self.call(|reply| Command::PeerVersion { peer, reply }).await
+    }
+
     /// Sends `msg` to `peer` (dialing it if needed) and resolves to its response.
     ///
-    /// Fails with [`NetworkError::Busy`] at once if the command channel is full, and with
-    /// [`NetworkError::Dial`] at once if `peer` is a member of no registered library.
+    /// Fails with [`NetworkError::Busy`] at once if the command channel is full, with
+    /// [`NetworkError::Dial`] at once if `peer` is a member of no registered library, and with
+    /// [`NetworkError::UnsupportedProtocol`] if `peer` speaks version 1 only and `msg` does not
+    /// exist there (nothing is sent) or if it speaks neither version.
     pub async fn request(
         &self,
         peer: PeerId,
@@ -337,7 +485,7 @@ impl NetworkHandle {
         })
     }
 
-    /// The peers with at least one open connection.
+    /// The peers with at least one open connection (guests and removed devices included).
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetworkError> {
         self.call(|reply| Command::ConnectedPeers { reply }).await
     }

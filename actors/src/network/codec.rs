@@ -4,6 +4,9 @@
 //! logs it at debug level only, without the peer. [`NetworkCodec`] turns such a failure into a
 //! [`WireRequest::Unreadable`] instead, so the event loop sees it with the peer, logs it, counts
 //! it and answers `Error(BadRequest)` — the sender learns why instead of seeing a reset stream.
+//! A request read is tagged with the protocol version of its stream
+//! ([`version_of`]), which the event loop needs to know what the
+//! peer speaks.
 
 use std::io;
 
@@ -12,11 +15,15 @@ use libp2p::request_response::Codec;
 use libp2p::StreamProtocol;
 use lsync_protocol::{SyncCodec, SyncMessage};
 
-/// What the network read from an inbound stream.
+use super::version::version_of;
+
+/// A request on the wire: one to send, or what the network read from an inbound stream.
 #[derive(Debug)]
 pub(super) enum WireRequest {
-    /// A well-formed request.
+    /// A request to send (on whatever protocol its stream negotiated).
     Message(SyncMessage),
+    /// A well-formed request read from a stream of protocol `version` (1 or 2).
+    Received { message: SyncMessage, version: u32 },
     /// The bytes could not be read as a request: oversized, truncated or undecodable frame.
     Unreadable(io::Error),
 }
@@ -39,7 +46,7 @@ impl Codec for NetworkCodec {
         T: AsyncRead + Unpin + Send,
     {
         Ok(match self.0.read_request(protocol, io).await {
-            Ok(message) => WireRequest::Message(message),
+            Ok(message) => WireRequest::Received { message, version: version_of(protocol) },
             Err(error) => WireRequest::Unreadable(error),
         })
     }
@@ -66,6 +73,10 @@ impl Codec for NetworkCodec {
     {
         match request {
             WireRequest::Message(message) => self.0.write_request(protocol, io, message).await,
+            WireRequest::Received { .. } => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a received request is not sent on",
+            )),
             WireRequest::Unreadable(error) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("cannot send an unreadable request: {error}"),
