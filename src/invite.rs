@@ -92,7 +92,13 @@ impl InviteToken {
         let secret: [u8; 32] = secret
             .try_into()
             .map_err(|_| "the invitation token is damaged (bad secret)".to_string())?;
-        Ok(Self { library_id: uuid(library)?, device_id: uuid(device)?, peer_id, addresses, secret })
+        Ok(Self {
+            library_id: uuid(library)?,
+            device_id: uuid(device)?,
+            peer_id,
+            addresses,
+            secret,
+        })
     }
 }
 

@@ -45,11 +45,11 @@ pub use lsync_actors::{
     SyncEvent,
 };
 pub use lsync_protocol::{ChangeType, SyncLogEntry, SyncRole};
+pub use lsync_protocol::{MemberRole, RolePreference};
 pub use lsync_storage::{
     BulkOperation, Change, Database, LocalJob, Location, ModelHandler, ModelRegistry,
     StorageOptions, Syncable, Synchronous, Tag,
 };
-pub use lsync_protocol::{MemberRole, RolePreference};
 pub use node::{
     DeviceInfo, Invitation, JoinOutcome, MembershipOutcome, Node, NodeBuilder, NodeConfig,
     NodeError, WriteOutcome,

@@ -13,8 +13,8 @@ use lsync_actors::{
     SyncService,
 };
 use lsync_protocol::{
-    Configuration, Member, MemberRole, MembershipChange, RolePreference, SyncLogEntry,
-    SyncMessage, SyncRole, FEATURE_VERSION,
+    Configuration, Member, MemberRole, MembershipChange, RolePreference, SyncLogEntry, SyncMessage,
+    SyncRole, FEATURE_VERSION,
 };
 use lsync_storage::{
     BulkOperation, Change, Database, Device, Membership, ModelRegistry, StorageError,
@@ -492,6 +492,15 @@ impl Node {
             listen_addrs: self.inner.listen_addrs.clone(),
         };
         let service = SyncService::new(cx).start();
+        // Calls made right after opening (a membership change, an invitation) need the
+        // service to have loaded its state: wait for it, bounded.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !service.send(lsync_actors::service::Ready).await.unwrap_or(false) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::ServiceStopped(library_id));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
         self.inner
             .libraries
             .lock()
@@ -555,8 +564,11 @@ impl Node {
         device_id: Uuid,
         preference: RolePreference,
     ) -> Result<MembershipOutcome, NodeError> {
-        self.change_membership(library_id, MembershipChange::SetPreference { device_id, preference })
-            .await
+        self.change_membership(
+            library_id,
+            MembershipChange::SetPreference { device_id, preference },
+        )
+        .await
     }
 
     async fn change_membership(
@@ -646,7 +658,11 @@ impl Node {
             }
         }
         let network = &self.inner.network;
-        network.add_member(library_id, token.peer_id, token.addresses.clone()).await?;
+        if existing.is_some() {
+            network.add_member(library_id, token.peer_id, token.addresses.clone()).await?;
+        } else {
+            network.prepare_join(library_id, token.peer_id, token.addresses.clone()).await?;
+        }
         let request = SyncMessage::Join {
             library_id,
             secret: token.secret.to_vec(),
@@ -656,9 +672,14 @@ impl Node {
         };
         let answer = network.request(token.peer_id, request).await;
         let (term, leader, configuration, config_sequence, committed) = match answer {
-            Ok(SyncMessage::Joined { term, leader, configuration, config_sequence, committed, .. }) => {
-                (term, leader, configuration, config_sequence, committed)
-            }
+            Ok(SyncMessage::Joined {
+                term,
+                leader,
+                configuration,
+                config_sequence,
+                committed,
+                ..
+            }) => (term, leader, configuration, config_sequence, committed),
             Ok(SyncMessage::Error { message, .. }) => {
                 self.forget_inviter(existing.is_none(), library_id, token.peer_id).await;
                 return Err(NodeError::Invitation(format!("refused: {message}")));
@@ -676,7 +697,9 @@ impl Node {
             }
         };
         if let Err(e) = configuration.validate() {
-            return Err(NodeError::Invitation(format!("the configuration received is invalid: {e}")));
+            return Err(NodeError::Invitation(format!(
+                "the configuration received is invalid: {e}"
+            )));
         }
         if !configuration.contains(self.device_id()) {
             return Err(NodeError::Invitation(
@@ -713,9 +736,9 @@ impl Node {
     }
 
     /// After a failed join: the inviting device is no member here (unless the library exists).
-    async fn forget_inviter(&self, created_route: bool, library_id: Uuid, peer: PeerId) {
-        if created_route {
-            let _ = self.inner.network.remove_member(library_id, peer).await;
+    async fn forget_inviter(&self, prepared: bool, library_id: Uuid, _peer: PeerId) {
+        if prepared {
+            let _ = self.inner.network.unregister_library(library_id).await;
         }
     }
 
@@ -814,6 +837,12 @@ impl Node {
         let tm = self.writer(library_id)?;
         let lib = self.library(library_id)?;
         let me = self.device_id();
+        let db = lib.db.clone();
+        if !blocking(move || db.membership()).await?.configuration.contains(me) {
+            return Err(NodeError::Membership(format!(
+                "this device is not a member of library {library_id} any more (it was removed);                  its copy is read-only"
+            )));
+        }
         let direct = changes.clone();
         let n = changes.len() as u64;
         match blocking(move || tm.commit_proposal(Uuid::new_v4(), me, direct)).await {

@@ -1152,6 +1152,9 @@ mod tests {
             proposer: None,
             repoint: None,
             term: 1,
+            membership: None,
+            leader_commit: Default::default(),
+            commit_watch: Arc::new(AtomicU64::new(u64::MAX)),
         })
         .start();
         (

@@ -61,7 +61,13 @@ mod tests {
     fn a_stale_term_refusal_teaches_the_term_and_the_leader() {
         let (lib, leader) = (Uuid::from_u128(1), Uuid::from_u128(2));
         match stale_term(lib, "FetchEntries", 0, 7, Some(leader)) {
-            SyncMessage::Error { code: ErrorCode::StaleTerm, term: 7, leader_hint, message, .. } => {
+            SyncMessage::Error {
+                code: ErrorCode::StaleTerm,
+                term: 7,
+                leader_hint,
+                message,
+                ..
+            } => {
                 assert_eq!(leader_hint, Some(leader));
                 assert!(message.contains("term 0") && message.contains("term 7"), "{message}");
             }

@@ -393,9 +393,9 @@ impl LeaderNotifier {
     fn make_change(&mut self, queued: Queued, ctx: &mut Context<Self>) {
         let Some(lead) = self.lead.as_mut() else { return };
         if tokio::time::Instant::now() >= queued.deadline {
-            let _ = queued
-                .reply
-                .send(Err(ConfigError::Pending("the previous change did not commit in time".into())));
+            let _ = queued.reply.send(Err(ConfigError::Pending(
+                "the previous change did not commit in time".into(),
+            )));
             return;
         }
         let next = match lead.membership.configuration.with_change(&queued.change) {
@@ -435,7 +435,9 @@ impl LeaderNotifier {
         let now = tokio::time::Instant::now();
         for w in std::mem::take(&mut lead.waiters) {
             if now >= w.deadline {
-                let _ = w.reply.send(Ok(ConfigOutcome { config_sequence: w.sequence, committed: false }));
+                let _ = w
+                    .reply
+                    .send(Ok(ConfigOutcome { config_sequence: w.sequence, committed: false }));
             } else {
                 lead.waiters.push(w);
             }
@@ -453,9 +455,11 @@ impl Lead {
     /// The configuration in effect changed (this leader wrote an entry): the tracker learns
     /// its voters before any commit event of it, and the service is told.
     fn install(&mut self, membership: Membership) {
-        if membership.voters_since > self.membership.voters_since || !self.membership.is_replicated()
+        if membership.voters_since > self.membership.voters_since
+            || !self.membership.is_replicated()
         {
-            self.tracker.set_configuration(membership.voters_since, membership.configuration.voters());
+            self.tracker
+                .set_configuration(membership.voters_since, membership.configuration.voters());
         }
         self.membership = membership.clone();
         if let Some(r) = &self.cx.reports {
@@ -465,7 +469,11 @@ impl Lead {
 
     /// Whether a configuration change may be appended now.
     fn admissible(&self) -> Result<(), crate::membership::ChangeRefused> {
-        check_change(self.membership.sequence, self.tracker.commit_sequence(), self.tracker.term_start())
+        check_change(
+            self.membership.sequence,
+            self.tracker.commit_sequence(),
+            self.tracker.term_start(),
+        )
     }
 
     /// Publishes the commit sequence, forgets the previous voters once a voter change is
@@ -507,7 +515,9 @@ impl Lead {
         let commit = self.tracker.commit_sequence();
         for w in std::mem::take(&mut self.waiters) {
             if w.sequence <= commit {
-                let _ = w.reply.send(Ok(ConfigOutcome { config_sequence: w.sequence, committed: true }));
+                let _ = w
+                    .reply
+                    .send(Ok(ConfigOutcome { config_sequence: w.sequence, committed: true }));
             } else {
                 self.waiters.push(w);
             }
@@ -525,9 +535,11 @@ impl Lead {
         if self.membership.is_replicated() && self.admissible().is_err() {
             return None;
         }
-        let ready = current.members.iter().filter(|m| m.device_id != self.cx.me).all(|m| {
-            self.features.get(&m.device_id).is_some_and(|v| *v >= FEATURE_VERSION)
-        });
+        let ready = current
+            .members
+            .iter()
+            .filter(|m| m.device_id != self.cx.me)
+            .all(|m| self.features.get(&m.device_id).is_some_and(|v| *v >= FEATURE_VERSION));
         if !ready || !current.contains(self.cx.me) {
             return None;
         }

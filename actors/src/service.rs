@@ -42,6 +42,7 @@ use uuid::Uuid;
 use crate::applier::{ApplierContext, FollowerApplier, FollowerMembership, GetApplierStatus};
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
+use crate::election::Membership as ElectionMembership;
 use crate::events::{LibraryStatus, MemberStatus, MembershipStatus, SyncEvent};
 use crate::log_cache::LogCache;
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
@@ -55,7 +56,6 @@ use crate::session::{
     SessionLeft,
 };
 use crate::transport::Transport;
-use crate::election::Membership as ElectionMembership;
 use crate::watcher::{
     persisted_of, ElectionInput, ElectionWatcher, FollowerAcked, HeartbeatNow, RoleChange,
     SetMembership, TransferLeadership, WatcherContext,
@@ -107,6 +107,18 @@ pub struct Shutdown;
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct AddMember(pub Device);
+
+/// Whether the service has loaded its library (state and membership) and started its actors.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Ready;
+
+impl Handler<Ready> for SyncService {
+    type Result = bool;
+    fn handle(&mut self, _: Ready, _: &mut Context<Self>) -> bool {
+        self.state.is_some() && self.membership.is_some()
+    }
+}
 
 /// Reads the library's status snapshot.
 #[derive(Message)]
@@ -257,7 +269,9 @@ impl SyncService {
     /// The election's view of the configuration in effect.
     fn election_membership(&self) -> ElectionMembership {
         match &self.membership {
-            Some(m) => ElectionMembership::new(m.configuration.voters(), m.configuration.learners()),
+            Some(m) => {
+                ElectionMembership::new(m.configuration.voters(), m.configuration.learners())
+            }
             None => ElectionMembership::new(BTreeSet::new(), BTreeSet::new()),
         }
     }
@@ -516,6 +530,13 @@ impl SyncService {
             if let Some(state) = self.state.as_ref() {
                 let mut started = false;
                 for (peer, device, _) in &added {
+                    // A member removed and added again while its session was delivering the
+                    // removal: that session stops by itself; give it a fresh one.
+                    if self.leaving.remove(peer) {
+                        if let Some(old) = sessions.remove(peer) {
+                            old.do_send(Shutdown);
+                        }
+                    }
                     if !sessions.contains_key(peer) {
                         let s = Self::start_session_with(
                             &self.cx,
@@ -556,9 +577,11 @@ impl SyncService {
             self.removed_hint = None;
             self.start_role();
         } else if matches!(self.role, Role::Idle)
-            && self.state.as_ref().and_then(|s| s.leader_device).is_some_and(|l| {
-                self.peer_of(l).is_some() && l != self.cx.device_id
-            })
+            && self
+                .state
+                .as_ref()
+                .and_then(|s| s.leader_device)
+                .is_some_and(|l| self.peer_of(l).is_some() && l != self.cx.device_id)
         {
             // The leader we were waiting for is now known.
             self.start_role();
@@ -619,7 +642,7 @@ impl SyncService {
         }
         let (network, library_id) = (self.cx.network.clone(), self.cx.library_id);
         actix_rt::spawn(async move {
-            if let Err(e) = network.remove_member(library_id, peer).await {
+            if let Err(e) = network.revoke_member(library_id, peer).await {
                 warn!(%library_id, %peer, error = %e, "cannot refuse a removed member");
             }
         });
@@ -689,7 +712,11 @@ impl SyncService {
             let _ = req_reply.send(SyncMessage::error(library_id, code, msg));
         };
         if secret.len() != lsync_storage::invitations::SECRET_LEN {
-            return refuse(req.reply, ErrorCode::BadRequest, "an invitation secret is 32 bytes".into());
+            return refuse(
+                req.reply,
+                ErrorCode::BadRequest,
+                "an invitation secret is 32 bytes".into(),
+            );
         }
         if let Err(e) = lsync_protocol::membership::check_addresses(&addresses) {
             return refuse(req.reply, ErrorCode::BadRequest, e);
@@ -698,7 +725,11 @@ impl SyncService {
             return refuse(req.reply, ErrorCode::BadRequest, "bad device id or name".into());
         }
         if !self.is_member() {
-            return refuse(req.reply, ErrorCode::Unauthorized, "this device is no longer a member".into());
+            return refuse(
+                req.reply,
+                ErrorCode::Unauthorized,
+                "this device is no longer a member".into(),
+            );
         }
         let peer = req.peer;
         let member = Member {
@@ -810,7 +841,8 @@ impl SyncService {
         };
         let notifier = notifier.clone();
         actix_rt::spawn(async move {
-            let reply = match notifier.send(ChangeConfig { change, wait: REMOTE_CHANGE_WAIT }).await {
+            let reply = match notifier.send(ChangeConfig { change, wait: REMOTE_CHANGE_WAIT }).await
+            {
                 Ok(Ok(o)) => SyncMessage::MembershipResult {
                     library_id,
                     term,
@@ -822,7 +854,9 @@ impl SyncService {
                     SyncMessage::error(library_id, ErrorCode::BadRequest, m)
                 }
                 Ok(Err(e)) => SyncMessage::error(library_id, ErrorCode::Internal, e.to_string()),
-                Err(_) => SyncMessage::error(library_id, ErrorCode::Internal, "the leader's core stopped"),
+                Err(_) => {
+                    SyncMessage::error(library_id, ErrorCode::Internal, "the leader's core stopped")
+                }
             };
             let _ = req.reply.send(reply);
         });
@@ -877,7 +911,7 @@ impl SyncService {
                     let addrs: Vec<Multiaddr> =
                         hint.addresses.iter().filter_map(|a| a.parse().ok()).collect();
                     debug!(%library_id, device = %hint.device_id, ?addrs, "new addresses of a member");
-                    let _ = network.add_member(library_id, peer, addrs).await;
+                    let _ = network.set_member_addresses(library_id, peer, addrs).await;
                 }
             }
         });
@@ -911,16 +945,20 @@ impl SyncService {
         ctx.spawn(work.into_actor(self).map(|hints, this, _| this.take_hints(hints)));
     }
 
-    /// Tells the network whether guests may connect (while an invitation is open), and
-    /// schedules the next check at the earliest expiry.
+    /// Tells the network whether guests may connect (while an invitation is open, and for a
+    /// grace period after it expired or was used, so that a late device is told why it is
+    /// refused), and schedules the next check.
     fn check_invitations(&mut self, ctx: &mut Context<Self>) {
         let (db, network, library_id) =
             (self.cx.db.clone(), self.cx.network.clone(), self.cx.library_id);
         let work = async move {
             let now = now_ms();
-            let (open, next) = run_blocking(move || db.invitations_open(now)).await.unwrap_or((0, None));
-            let _ = network.welcome_guests(library_id, open > 0).await;
-            next.map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0) + 1))
+            let until = run_blocking(move || db.invitations_welcome_until()).await.ok().flatten();
+            let welcome = until.is_some_and(|t| t > now);
+            let _ = network.welcome_guests(library_id, welcome).await;
+            until
+                .filter(|_| welcome)
+                .map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0) + 1))
         };
         ctx.spawn(work.into_actor(self).map(|next, this, ctx| {
             if let Some(h) = this.invitation_timer.take() {
@@ -1030,7 +1068,8 @@ impl Handler<Started> for SyncService {
         self.connected = msg.connected.into_iter().collect();
         self.local_peer = Some(self.cx.network.local_peer_id());
         self.state = Some(msg.state);
-        self.members = self.peers_of(&msg.membership).into_iter().map(|(p, (d, _))| (p, d)).collect();
+        self.members =
+            self.peers_of(&msg.membership).into_iter().map(|(p, (d, _))| (p, d)).collect();
         self.commit_watch.store(
             if msg.membership.previous_voters.is_some() {
                 msg.membership.voters_since
@@ -1306,8 +1345,8 @@ impl Handler<CreateInvitation> for SyncService {
     type Result = ResponseActFuture<Self, Result<Vec<u8>, String>>;
     fn handle(&mut self, msg: CreateInvitation, _: &mut Context<Self>) -> Self::Result {
         let db = self.cx.db.clone();
-        let allowed = self.is_member()
-            && self.membership.as_ref().is_some_and(Membership::is_replicated);
+        let allowed =
+            self.is_member() && self.membership.as_ref().is_some_and(Membership::is_replicated);
         let fut = async move {
             if !allowed {
                 return Err("this device cannot invite: it is not a member of a library with \
@@ -1317,8 +1356,8 @@ impl Handler<CreateInvitation> for SyncService {
             let mut secret = vec![0u8; lsync_storage::invitations::SECRET_LEN];
             rand::rngs::OsRng.fill_bytes(&mut secret);
             let created = now_ms();
-            let expires = created
-                .saturating_add(i64::try_from(msg.expires.as_millis()).unwrap_or(i64::MAX));
+            let expires =
+                created.saturating_add(i64::try_from(msg.expires.as_millis()).unwrap_or(i64::MAX));
             let s = secret.clone();
             run_blocking(move || db.invitation_create(&s, created, expires, msg.learner))
                 .await
@@ -1415,18 +1454,17 @@ impl Handler<GetStatus> for SyncService {
         let follower_commit = self.leader_commit.load(Ordering::Acquire);
         let removed_hint = self.removed_hint.clone();
         Box::pin(async move {
-            let (state, last, outbox_pending, membership, rebuild_mark) =
-                run_blocking(move || {
-                    Ok((
-                        db.sync_state()?,
-                        db.last_position()?,
-                        db.outbox_count()?,
-                        db.membership()?,
-                        db.rebuild_mark()?,
-                    ))
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+            let (state, last, outbox_pending, membership, rebuild_mark) = run_blocking(move || {
+                Ok((
+                    db.sync_state()?,
+                    db.last_position()?,
+                    db.outbox_count()?,
+                    db.membership()?,
+                    db.rebuild_mark()?,
+                ))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             let leader = match notifier {
                 Some(n) => n.send(GetLeaderStatus).await.ok(),
                 None => None,
@@ -1455,7 +1493,10 @@ impl Handler<GetStatus> for SyncService {
                 feature_version: membership.configuration.feature_version,
                 voters_since: membership.voters_since,
                 pending: membership.is_replicated() && commit_sequence < membership.sequence,
-                previous_voters: membership.previous_voters.clone().map(|p| p.into_iter().collect()),
+                previous_voters: membership
+                    .previous_voters
+                    .clone()
+                    .map(|p| p.into_iter().collect()),
                 members: membership
                     .configuration
                     .members
@@ -1652,6 +1693,13 @@ mod tests {
         })
         .unwrap();
         let keypair = Keypair::generate_ed25519();
+        db.upsert_device(&Device {
+            device_id: me,
+            peer_id: keypair.public().to_peer_id().to_string(),
+            addresses: vec![],
+            name: "me".into(),
+        })
+        .unwrap();
         let (network, _) =
             NetworkHandle::start(keypair.clone(), NetworkConfig::default()).await.unwrap();
         let (events, _) = broadcast::channel(64);

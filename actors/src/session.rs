@@ -23,11 +23,11 @@ use uuid::Uuid;
 
 use crate::blocking::run_blocking;
 use crate::events::{FollowerStatus, SyncEvent};
+use crate::fencing::{fence, stale_term, Fence};
 use crate::log_cache::{LogCache, DEFAULT_LOG_CACHE_BYTES};
+use crate::membership::AckPosition;
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
-use crate::fencing::{fence, stale_term, Fence};
-use crate::membership::AckPosition;
 use crate::notifier::{FollowerProgress, LeaderShared, NewCommit};
 use crate::transport::Transport;
 use crate::window::{Announce, NotifyWindow};
@@ -313,7 +313,9 @@ impl FollowerSession {
                 role: SyncRole::Leader,
             };
             match cx.transport.request(peer, msg).await {
-                Ok(SyncMessage::Heartbeat { current_sequence, term, last_term, features, .. }) => {
+                Ok(SyncMessage::Heartbeat {
+                    current_sequence, term, last_term, features, ..
+                }) => {
                     let position = AckPosition { term, sequence: current_sequence, last_term };
                     me.do_send(HeartbeatAnswered { position, features });
                 }

@@ -30,6 +30,10 @@ pub fn session_context(
         election: None,
         cache: new_log_cache(100),
         metrics: Default::default(),
+        leader_device: None,
+        leader: Default::default(),
+        progress: None,
+        left: None,
     }
 }
 

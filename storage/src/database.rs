@@ -449,6 +449,12 @@ impl Database {
         })
     }
 
+    /// Until when unknown devices may connect to present an invitation; see
+    /// [`crate::invitations::welcome_until`].
+    pub fn invitations_welcome_until(&self) -> Result<Option<i64>> {
+        self.with_reader(invitations::welcome_until)
+    }
+
     /// Every invitation this device issued, newest first.
     pub fn invitations(&self) -> Result<Vec<Invitation>> {
         self.with_reader(invitations::list)

@@ -142,6 +142,25 @@ pub fn release(conn: &mut SqliteConnection, secret: &[u8], device: Uuid) -> Resu
     Ok(())
 }
 
+/// How long after an invitation expired or was used the issuing device still lets unknown
+/// devices connect to present it, so that a late or second device is told why it is refused
+/// instead of finding the connection closed.
+pub const REFUSAL_GRACE_MS: i64 = 10 * 60 * 1000;
+
+/// Until when (ms since the epoch) unknown devices may connect to present an invitation: the
+/// latest expiry of an unused invitation, or use of a used one, plus [`REFUSAL_GRACE_MS`].
+pub fn welcome_until(conn: &mut SqliteConnection) -> Result<Option<i64>> {
+    let unused = table::table
+        .filter(table::used_by.is_null())
+        .select(diesel::dsl::max(table::expires_at_ms))
+        .get_result::<Option<i64>>(conn)?;
+    let used = table::table
+        .filter(table::used_by.is_not_null())
+        .select(diesel::dsl::max(table::used_at_ms))
+        .get_result::<Option<i64>>(conn)?;
+    Ok(unused.max(used).map(|t| t.saturating_add(REFUSAL_GRACE_MS)))
+}
+
 /// The number of invitations that can still be used at `now_ms`.
 pub fn open_count(conn: &mut SqliteConnection, now_ms: i64) -> Result<u64> {
     let n = table::table

@@ -322,19 +322,28 @@ pub fn on_entry(
     load(conn).map(Some)
 }
 
-/// After a complete rebuild (the log reached the leader's last sequence): installs the latest
-/// configuration entry of the log if it is not the one in effect (the one in effect may come
-/// from entries the leader's log does not hold), and clears the rebuild mark once the log is
-/// at least as up to date as it. Returns the membership installed, if any. The caller holds
-/// the transaction.
+/// After a complete round (the log reached the leader's last sequence): installs the latest
+/// configuration entry of the log if it is not the one in effect — after a rebuild, whatever
+/// their sequences (the one in effect may come from entries the leader's log does not hold);
+/// otherwise only once the log reached the one in effect (a configuration given to a joining
+/// device is ahead of its log until then) — and clears the rebuild mark once the log is at
+/// least as up to date as it. Returns the membership installed, if any. The caller holds the
+/// transaction.
 pub fn settle(conn: &mut SqliteConnection) -> Result<Option<Membership>> {
     let mark = rebuild_mark(conn)?;
-    if mark != LogPosition::default() && SyncLog::last(conn)? >= mark {
+    let last = SyncLog::last(conn)?;
+    let rebuilt = mark != LogPosition::default();
+    if rebuilt && last >= mark {
         set_rebuild_mark(conn, LogPosition::default())?;
         tracing::info!(%mark, "the rebuilt log reached the position held before the rebuild");
     }
     let Some((sequence, configuration)) = latest_in_log(conn)? else { return Ok(None) };
     let current = load(conn)?;
+    // A configuration given ahead of the log (a device that joins, or joins again) stays until
+    // the log reaches it; only one that came from a log since rebuilt is replaced at once.
+    if !rebuilt && last.sequence < current.sequence {
+        return Ok(None);
+    }
     if current.sequence == sequence && current.configuration == configuration {
         return Ok(None);
     }

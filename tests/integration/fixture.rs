@@ -155,6 +155,78 @@ impl Cluster {
         }
     }
 
+    /// Creates a library led by node `leader` and has every node of `joiners` join it with an
+    /// invitation made by `inviter(joiner)` (any member); waits until every voter the leader
+    /// keeps (odd numbers: 1, 2, 3, 5) is one.
+    pub async fn create_with_invitations(
+        &self,
+        leader: usize,
+        joiners: &[usize],
+        inviter: impl Fn(usize) -> usize,
+    ) -> Uuid {
+        let lib = self.node(leader).create_library().await.expect("create library");
+        let mut members = vec![leader];
+        for &j in joiners {
+            self.invite_and_join(lib, inviter(j), j).await;
+            members.push(j);
+            // The next joiner is invited once this one is a member everywhere it matters.
+            self.wait_for_members(lib, &members).await;
+        }
+        let voters = match members.len() {
+            n @ 0..=2 => n,
+            n => (if n % 2 == 1 { n } else { n - 1 }).min(5),
+        };
+        self.wait_for_voters(lib, &members, voters).await;
+        lib
+    }
+
+    /// Node `inviter` invites node `joiner`, which joins with the token.
+    pub async fn invite_and_join(
+        &self,
+        lib: Uuid,
+        inviter: usize,
+        joiner: usize,
+    ) -> lsync::JoinOutcome {
+        let invitation =
+            self.node(inviter).invite(lib, false, Duration::from_secs(600)).await.expect("invite");
+        self.node(joiner).join_with_invite(&invitation.token).await.expect("join with the token")
+    }
+
+    /// Waits until every node of `nodes` (running) has exactly `nodes` as members of `lib`.
+    pub async fn wait_for_members(&self, lib: Uuid, nodes: &[usize]) {
+        let mut expected: Vec<Uuid> = nodes.iter().map(|&i| self.node(i).device_id()).collect();
+        expected.sort();
+        wait_until(&format!("nodes {nodes:?} all list exactly them as members"), || {
+            let expected = expected.clone();
+            async move {
+                for &i in nodes.iter().filter(|&&i| self.is_running(i)) {
+                    let Ok(m) = self.node(i).membership(lib).await else { return false };
+                    let got: Vec<Uuid> =
+                        m.configuration.members.iter().map(|m| m.device_id).collect();
+                    if got != expected {
+                        return false;
+                    }
+                }
+                true
+            }
+        })
+        .await;
+    }
+
+    /// Waits until every running node of `nodes` sees exactly `voters` voters in `lib`.
+    pub async fn wait_for_voters(&self, lib: Uuid, nodes: &[usize], voters: usize) {
+        wait_until(&format!("{voters} voters seen by nodes {nodes:?}"), || async move {
+            for &i in nodes.iter().filter(|&&i| self.is_running(i)) {
+                let Ok(m) = self.node(i).membership(lib).await else { return false };
+                if m.configuration.voters().len() != voters {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
+
     /// Whether node `i` is running.
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].is_some()

@@ -2,6 +2,7 @@
 
 mod election;
 mod fixture;
+mod membership;
 mod replication;
 mod security;
 mod writes;

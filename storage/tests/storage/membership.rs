@@ -254,6 +254,9 @@ fn an_invitation_is_used_once_by_one_device_until_it_expires() {
     assert!(l.db.invitation_claim(&secret, b, 1_700).unwrap().is_ok());
     l.db.invitation_release(&secret, b).unwrap();
     assert_eq!(l.db.invitation_claim(&secret, b, 2_000).unwrap(), Err(InvitationRefused::Expired));
+    // Unknown devices may connect to present it until ten minutes after its last use.
+    let until = l.db.invitations_welcome_until().unwrap().unwrap();
+    assert_eq!(until, 2_000 + lsync_storage::invitations::REFUSAL_GRACE_MS);
     // Only a hash is stored.
     let stored = l.db.invitations().unwrap();
     assert_eq!(stored.len(), 1);

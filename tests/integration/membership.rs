@@ -1,0 +1,301 @@
+//! Membership as replicated state, with real nodes (docs/architecture.md, "Membership"):
+//! libraries set up only with invitations, failover with every device deriving its members
+//! from its own log, learners that never lead, removal and re-invitation, invitations refused.
+//! Writes are checked against the list of what the test wrote (an oracle), not only device
+//! against device.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lsync::{Change, MemberRole, SyncRole, Tag, WriteOutcome};
+use uuid::Uuid;
+
+use crate::fixture::{wait_until, Cluster};
+
+fn tag(id: &str) -> Change {
+    Change::insert(&Tag { id: id.to_owned(), name: format!("tag {id}"), color: None })
+}
+
+/// What the test wrote: every id acknowledged (committed or queued).
+#[derive(Default)]
+struct Oracle {
+    written: Vec<String>,
+}
+
+impl Oracle {
+    /// Writes `n` tags with fresh ids through node `via`; each must be acknowledged.
+    async fn write(&mut self, cluster: &Cluster, lib: Uuid, via: usize, prefix: &str, n: usize) {
+        for i in 0..n {
+            let id = format!("{prefix}-{i}");
+            let out = cluster.node(via).write(lib, vec![tag(&id)]).await.expect("write");
+            assert!(
+                matches!(out, WriteOutcome::Committed { .. } | WriteOutcome::Queued { .. }),
+                "{out:?}"
+            );
+            self.written.push(id);
+        }
+    }
+
+    /// Every written id is in node `i`'s log exactly once, and in its tag table.
+    fn check(&self, cluster: &Cluster, lib: Uuid, i: usize) {
+        let db = cluster.node(i).database(lib).unwrap();
+        let log = db.fetch_since(0, u64::MAX).unwrap();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in log.iter().filter(|e| e.model_type == "tag") {
+            *counts.entry(e.record_id.as_str()).or_default() += 1;
+        }
+        let tags = db.dump().unwrap()["tag"].clone();
+        for id in &self.written {
+            assert_eq!(counts.get(id.as_str()), Some(&1), "node {i}: {id} in the log once");
+            assert!(tags.iter().any(|row| row.starts_with(&format!("'{id}'"))), "node {i}: {id}");
+        }
+    }
+}
+
+/// The members of `lib` as node `i` sees them: (device, role).
+async fn members(cluster: &Cluster, lib: Uuid, i: usize) -> Vec<(Uuid, MemberRole)> {
+    let m = cluster.node(i).membership(lib).await.unwrap();
+    m.configuration.members.iter().map(|m| (m.device_id, m.role)).collect()
+}
+
+/// N devices set up only with invitations (each invited by the device before it, so that
+/// members that do not lead invite too), the leader killed: exactly one new leader, every
+/// device's member list identical, every write present once.
+async fn devices_set_up_with_invitations_fail_over(n: usize) {
+    let mut cluster = Cluster::start(n).await;
+    let joiners: Vec<usize> = (1..n).collect();
+    let lib = cluster.create_with_invitations(0, &joiners, |j| j - 1).await;
+    let mut oracle = Oracle::default();
+    oracle.write(&cluster, lib, 0, "before", 20).await;
+    oracle.write(&cluster, lib, n - 1, "from-last", 5).await;
+    let all: Vec<usize> = (0..n).collect();
+    cluster.assert_converged(lib, 0, &joiners).await;
+    let reference = members(&cluster, lib, 0).await;
+    for &i in &joiners {
+        assert_eq!(members(&cluster, lib, i).await, reference, "node {i}'s members");
+    }
+
+    cluster.stop(0).await;
+    let (leader, term) = cluster.wait_for_leader(lib, &joiners, 1).await;
+    let voters: Vec<Uuid> =
+        reference.iter().filter(|(_, r)| *r == MemberRole::Voter).map(|(d, _)| *d).collect();
+    assert!(voters.contains(&cluster.node(leader).device_id()), "the new leader is a voter");
+    oracle.write(&cluster, lib, leader, "after", 20).await;
+    let others: Vec<usize> = joiners.iter().copied().filter(|&i| i != leader).collect();
+    cluster.assert_converged(lib, leader, &others).await;
+
+    cluster.restart(0).await;
+    let (again, term2) = cluster.wait_for_leader(lib, &all, term - 1).await;
+    assert_eq!((again, term2), (leader, term), "the old leader comes back as a follower");
+    let followers: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+    cluster.assert_converged(lib, leader, &followers).await;
+    let reference = members(&cluster, lib, leader).await;
+    for &i in &all {
+        assert_eq!(members(&cluster, lib, i).await, reference, "node {i}'s members");
+        oracle.check(&cluster, lib, i);
+    }
+    // The devices table is the configuration, row by row, on every device.
+    let devices = cluster.node(leader).database(lib).unwrap().devices().unwrap();
+    for &i in &all {
+        assert_eq!(
+            cluster.node(i).database(lib).unwrap().devices().unwrap(),
+            devices,
+            "node {i}'s devices table"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn three_devices_set_up_with_invitations_fail_over_to_one_leader() {
+    devices_set_up_with_invitations_fail_over(3).await;
+}
+
+#[actix_rt::test]
+async fn five_devices_set_up_with_invitations_fail_over_to_one_leader() {
+    devices_set_up_with_invitations_fail_over(5).await;
+}
+
+#[actix_rt::test]
+async fn a_joiner_that_cannot_reach_the_leader_never_leads_and_nothing_is_rebuilt() {
+    let mut cluster = Cluster::start(2).await;
+    let lib = cluster.node(0).create_library().await.unwrap();
+    let mut oracle = Oracle::default();
+    oracle.write(&cluster, lib, 0, "early", 10).await;
+    let joined = cluster.invite_and_join(lib, 0, 1).await;
+    assert!(joined.config_sequence > 0);
+    // The leader goes away at once: the joiner is a learner with a short log.
+    cluster.stop(0).await;
+    let timeout = cluster.config.leader_timeout;
+    let until = tokio::time::Instant::now() + timeout * 10;
+    while tokio::time::Instant::now() < until {
+        let st = cluster.node(1).status(lib).await.unwrap();
+        assert_ne!(st.role, SyncRole::Leader, "a learner never leads");
+        assert_ne!(st.role, SyncRole::Candidate, "a learner never campaigns");
+        assert_eq!(st.member_role, Some(MemberRole::Learner));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.restart(0).await;
+    let (leader, _) = cluster.wait_for_leader(lib, &[0, 1], 0).await;
+    assert_eq!(leader, 0, "the creator leads again");
+    cluster.wait_for_voters(lib, &[0, 1], 2).await;
+    oracle.write(&cluster, lib, 1, "late", 5).await;
+    cluster.assert_converged(lib, 0, &[1]).await;
+    for i in [0, 1] {
+        oracle.check(&cluster, lib, i);
+        let resyncs = cluster.node(i).metrics().resyncs.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(resyncs, 0, "node {i} never rebuilt its library");
+    }
+}
+
+#[actix_rt::test]
+async fn a_removed_device_is_refused_at_once_and_the_others_go_on() {
+    let cluster = Cluster::start(4).await;
+    let lib = cluster.create_with_invitations(0, &[1, 2, 3], |_| 0).await;
+    let mut oracle = Oracle::default();
+    oracle.write(&cluster, lib, 0, "before", 10).await;
+    cluster.assert_converged(lib, 0, &[1, 2, 3]).await;
+    // Three voters and a learner; a voter is removed (through the learner).
+    let (removed_node, via) =
+        match members(&cluster, lib, 0).await.iter().position(|(_, r)| *r == MemberRole::Learner) {
+            Some(3) | None => (2, 3),
+            Some(learner) => (3, learner),
+        };
+    let removed = cluster.node(removed_node).device_id();
+    let others: Vec<usize> = (0..4).filter(|&i| i != removed_node).collect();
+
+    // Removed through a member that does not lead (forwarded to the leader), while writes go on.
+    let writer = {
+        let node = cluster.node(1).clone();
+        actix_rt::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..30 {
+                let id = format!("during-{i}");
+                node.write(lib, vec![tag(&id)]).await.expect("write during the removal");
+                ids.push(id);
+            }
+            ids
+        })
+    };
+    let outcome = cluster.node(via).remove_device(lib, removed).await.expect("remove");
+    assert!(outcome.committed, "{outcome:?}");
+    oracle.written.extend(writer.await.unwrap());
+    cluster.wait_for_members(lib, &others).await;
+    // The learner takes the removed voter's place.
+    cluster.wait_for_voters(lib, &others, 3).await;
+
+    // The removed device is refused and says so; it keeps its copy.
+    wait_until("the removed device knows it is no longer a member", || async {
+        let st = cluster.node(removed_node).status(lib).await.unwrap();
+        !st.member || st.removed.is_some()
+    })
+    .await;
+    let err =
+        cluster.node(removed_node).write(lib, vec![tag("from-the-removed")]).await.unwrap_err();
+    assert!(err.to_string().contains("not a member"), "{err}");
+    assert!(cluster.last_sequence(removed_node, lib) > 0, "its copy is kept");
+
+    oracle.write(&cluster, lib, others[2], "after", 10).await;
+    cluster.assert_converged(lib, 0, &others[1..]).await;
+    for &i in &others {
+        oracle.check(&cluster, lib, i);
+    }
+    let dump = cluster.dump(removed_node, lib);
+    assert!(!dump["tag"].iter().any(|r| r.contains("'after-")), "nothing after its removal");
+}
+
+#[actix_rt::test]
+async fn a_removed_device_can_be_invited_again() {
+    let cluster = Cluster::start(3).await;
+    let lib = cluster.create_with_invitations(0, &[1, 2], |_| 0).await;
+    let removed = cluster.node(2).device_id();
+    cluster.node(0).remove_device(lib, removed).await.expect("remove");
+    cluster.wait_for_members(lib, &[0, 1]).await;
+    wait_until("the removed device knows it", || async {
+        let st = cluster.node(2).status(lib).await.unwrap();
+        !st.member || st.removed.is_some()
+    })
+    .await;
+    let mut oracle = Oracle::default();
+    oracle.write(&cluster, lib, 0, "meanwhile", 10).await;
+
+    let again = cluster.invite_and_join(lib, 1, 2).await;
+    assert!(again.config_sequence > 0);
+    cluster.wait_for_members(lib, &[0, 1, 2]).await;
+    cluster.wait_for_voters(lib, &[0, 1, 2], 3).await;
+    oracle.write(&cluster, lib, 2, "back", 5).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    for i in [0, 1, 2] {
+        oracle.check(&cluster, lib, i);
+    }
+}
+
+#[actix_rt::test]
+async fn an_expired_or_used_invitation_is_refused_with_a_clear_message() {
+    let cluster = Cluster::start(3).await;
+    let lib = cluster.node(0).create_library().await.unwrap();
+
+    let short = cluster.node(0).invite(lib, false, Duration::from_millis(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let err = cluster.node(1).join_with_invite(&short.token).await.unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    assert!(cluster.node(1).libraries().is_empty(), "nothing was created");
+
+    let token = cluster.node(0).invite(lib, false, Duration::from_secs(600)).await.unwrap().token;
+    cluster.node(1).join_with_invite(&token).await.expect("first use");
+    let err = cluster.node(2).join_with_invite(&token).await.unwrap_err();
+    assert!(err.to_string().contains("used"), "{err}");
+    assert!(cluster.node(2).libraries().is_empty(), "nothing was created");
+
+    let err = cluster.node(2).join_with_invite("lsync-invite-1.garbage").await.unwrap_err();
+    assert!(err.to_string().contains("damaged"), "{err}");
+}
+
+#[actix_rt::test]
+async fn leadership_is_never_handed_to_a_learner() {
+    let cluster = Cluster::start(2).await;
+    let lib = cluster.node(0).create_library().await.unwrap();
+    let invitation = cluster.node(0).invite(lib, true, Duration::from_secs(600)).await.unwrap();
+    assert!(invitation.learner);
+    cluster.node(1).join_with_invite(&invitation.token).await.unwrap();
+    cluster.wait_for_members(lib, &[0, 1]).await;
+    let mut oracle = Oracle::default();
+    oracle.write(&cluster, lib, 0, "x", 3).await;
+    cluster.assert_converged(lib, 0, &[1]).await;
+    // Caught up, but invited with --learner: it stays a learner.
+    assert_eq!(
+        members(&cluster, lib, 0).await.iter().filter(|(_, r)| *r == MemberRole::Voter).count(),
+        1
+    );
+    let learner = cluster.node(1).device_id();
+    let err = cluster.node(0).transfer_leadership(lib, learner).await.unwrap_err();
+    assert!(err.to_string().contains("learner"), "{err}");
+    assert_eq!(cluster.node(0).status(lib).await.unwrap().role, SyncRole::Leader);
+}
+
+#[actix_rt::test]
+async fn the_commit_sequence_is_shown_and_follows_the_majority() {
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_with_invitations(0, &[1, 2], |_| 0).await;
+    let mut oracle = Oracle::default();
+    oracle.write(&cluster, lib, 0, "a", 10).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    let last = cluster.last_sequence(0, lib);
+    wait_until("the commit sequence reaches the last entry", || async {
+        cluster.node(0).status(lib).await.unwrap().commit_sequence == last
+    })
+    .await;
+    wait_until("the followers hear it", || async {
+        cluster.node(1).status(lib).await.unwrap().commit_sequence == last
+    })
+    .await;
+    // With one of three voters gone the majority still commits; with two gone it does not.
+    cluster.stop(2).await;
+    oracle.write(&cluster, lib, 0, "b", 5).await;
+    let last = cluster.last_sequence(0, lib);
+    wait_until("two of three voters commit", || async {
+        cluster.node(0).status(lib).await.unwrap().commit_sequence == last
+    })
+    .await;
+    let st = cluster.node(0).status(lib).await.unwrap();
+    assert!(!st.membership.pending);
+}
