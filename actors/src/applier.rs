@@ -1508,6 +1508,44 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn an_entry_of_a_newer_version_stops_the_follower_with_upgrade_needed() {
+        // The leader (a newer lsync) sends an entry of a change type this build does not know.
+        let (mut s, transport, applier) = start(5, |_, msg, leader| match msg {
+            SyncMessage::FetchEntries { library_id, since_sequence: 0, .. } => {
+                let mut entries = leader.fetch_since(0, 5).unwrap();
+                entries[2].change_type = lsync_protocol::ChangeType::Unknown;
+                Some(Ok(SyncMessage::EntriesResponse {
+                    library_id: *library_id,
+                    term: 1,
+                    entries,
+                    has_more: false,
+                    leader_last_sequence: 5,
+                    commit_sequence: 0,
+                }))
+            }
+            _ => None,
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let st = applier.send(GetApplierStatus).await.unwrap();
+            if st.state == FollowerState::UpgradeNeeded {
+                let error = st.last_error.unwrap_or_default();
+                assert!(error.contains("newer version"), "{error}");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never reported: {st:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(last(&s.follower), 0, "nothing of the batch is applied");
+        assert!(drain(&mut s.events)
+            .iter()
+            .any(|e| matches!(e, SyncEvent::ApplyFailed { error, .. } if error.contains("newer"))));
+        // It waits (the maximum backoff) instead of refetching in a loop.
+        let fetches = transport.sent("FetchEntries").len();
+        assert!(fetches <= 2, "{fetches} fetches");
+    }
+
+    #[actix_rt::test]
     async fn sync_required_rebuilds_the_library_from_the_leaders_log() {
         let (mut s, transport, _applier) = start(120, |i, msg, _| match (i, msg) {
             (0, SyncMessage::FetchEntries { library_id, .. }) => {

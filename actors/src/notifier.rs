@@ -80,12 +80,19 @@ pub struct LeaderShared {
     pub commit_sequence: AtomicU64,
     /// The sequence of the leader's first entry of its term (0 until written).
     pub term_start: AtomicU64,
+    /// The leader's last sequence as the core last heard it (a follower cannot hold more).
+    pub last_sequence: AtomicU64,
 }
 
 impl LeaderShared {
     /// The commit sequence now.
     pub fn commit_sequence(&self) -> u64 {
         self.commit_sequence.load(Ordering::Acquire)
+    }
+
+    /// The leader's last sequence as the core last heard it.
+    pub fn last_sequence(&self) -> u64 {
+        self.last_sequence.load(Ordering::Acquire)
     }
 }
 
@@ -284,6 +291,7 @@ impl Actor for LeaderNotifier {
                     if let (Some(lead), Ok(last)) = (this.lead.as_mut(), last) {
                         lead.last = lead.last.max(last.sequence);
                         lead.tracker.on_leader_appended(lead.last);
+                        lead.cx.shared.last_sequence.fetch_max(lead.last, Ordering::AcqRel);
                     }
                 },
             ));
@@ -584,6 +592,7 @@ impl Handler<Committed> for LeaderNotifier {
             if ev.term == lead.cx.term {
                 lead.last = lead.last.max(ev.last_sequence);
                 lead.tracker.on_leader_appended(lead.last);
+                lead.cx.shared.last_sequence.fetch_max(lead.last, Ordering::AcqRel);
                 // With one voter the leader's own append commits: publish (cheap) here, decide
                 // changes when positions arrive.
                 lead.publish();

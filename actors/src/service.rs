@@ -1017,10 +1017,11 @@ impl Actor for SyncService {
         let me = ctx.address();
         let setup = async move {
             let db = cx.db.clone();
-            let (state, membership, hints) =
-                run_blocking(move || Ok((db.sync_state()?, db.membership()?, db.hints()?)))
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let (state, membership, hints, former) = run_blocking(move || {
+                Ok((db.sync_state()?, db.membership()?, db.hints()?, db.former_members()?))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             let mut routes = Vec::new();
             for m in membership.configuration.members.iter().filter(|m| m.device_id != cx.device_id)
             {
@@ -1039,6 +1040,12 @@ impl Actor for SyncService {
                 .register_library(cx.library_id, routes, me.clone().recipient())
                 .await
                 .map_err(|e| e.to_string())?;
+            // Devices removed before this start are still told so when they come back.
+            for m in former.iter().take(64).rev() {
+                if let Ok(peer) = m.peer_id.parse::<PeerId>() {
+                    let _ = cx.network.revoke_member(cx.library_id, peer).await;
+                }
+            }
             let connected = cx.network.connected_peers().await.unwrap_or_default();
             me.do_send(Started { state, membership, connected });
             Ok::<_, String>(())

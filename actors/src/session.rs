@@ -228,6 +228,13 @@ impl FollowerSession {
         if position.term > self.cx.term || (position.term != 0 && position.term < self.cx.term) {
             return;
         }
+        // Checked before anything is recorded: a follower cannot hold more than the leader
+        // (an acknowledgement beyond the leader's last sequence is answered BadRequest).
+        if self.cx.progress.is_some() && position.sequence > self.cx.leader.last_sequence() {
+            debug!(device = %self.device_id, sequence = position.sequence,
+                "position beyond the leader's last sequence not recorded");
+            return;
+        }
         if self.leaving.is_some_and(|at| position.sequence >= at) {
             debug!(device = %self.device_id, "the removed member holds its removal");
             if let Some(p) = &self.cx.progress {
@@ -787,6 +794,130 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         session.send(InboundRequest { peer: PeerId::random(), message, reply }).await.unwrap();
         rx.await.unwrap()
+    }
+
+    /// Records every position a session hands to the leader's core.
+    struct Positions(Arc<std::sync::Mutex<Vec<FollowerProgress>>>);
+    impl Actor for Positions {
+        type Context = Context<Self>;
+    }
+    impl Handler<FollowerProgress> for Positions {
+        type Result = ();
+        fn handle(&mut self, msg: FollowerProgress, _: &mut Context<Self>) {
+            self.0.lock().unwrap().push(msg);
+        }
+    }
+
+    /// A session in term 3 over a leader log of `n` entries of term 1, whose positions are
+    /// recorded.
+    fn recorded_session(
+        n: u64,
+    ) -> (
+        tempfile::TempDir,
+        Uuid,
+        Addr<FollowerSession>,
+        Arc<std::sync::Mutex<Vec<FollowerProgress>>>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Uuid::new_v4();
+        let (db, _tm) = leader_db(&dir, lib, n);
+        let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut cx = session_context(
+            lib,
+            db,
+            ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)),
+        );
+        cx.term = 3;
+        cx.progress = Some(Positions(recorded.clone()).start().recipient());
+        cx.leader.last_sequence.store(n, std::sync::atomic::Ordering::Release);
+        let session = FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start();
+        (dir, lib, session, recorded)
+    }
+
+    #[actix_rt::test]
+    async fn requests_of_an_older_term_are_refused_with_this_term() {
+        let (_dir, lib, session, recorded) = recorded_session(10);
+        let fetch = SyncMessage::FetchEntries {
+            library_id: lib,
+            term: 2,
+            since_sequence: 0,
+            since_term: 0,
+            limit: 10,
+        };
+        let heartbeat = SyncMessage::Heartbeat {
+            library_id: lib,
+            term: 0,
+            current_sequence: 0,
+            last_term: 0,
+            role: SyncRole::Follower,
+            commit_sequence: 0,
+            features: 2,
+        };
+        let ack =
+            SyncMessage::Acknowledge { library_id: lib, up_to_sequence: 5, term: 1, last_term: 1 };
+        for request in [fetch, heartbeat, ack] {
+            let kind = request.kind();
+            match ask(&session, request).await {
+                SyncMessage::Error { code: ErrorCode::StaleTerm, term: 3, .. } => {}
+                other => panic!("{kind}: expected StaleTerm carrying term 3, got {other:?}"),
+            }
+        }
+        assert!(recorded.lock().unwrap().is_empty(), "no stale position was recorded");
+    }
+
+    #[actix_rt::test]
+    async fn an_acknowledgement_beyond_the_last_sequence_is_refused_and_not_counted() {
+        let (_dir, lib, session, recorded) = recorded_session(10);
+        let ack = |up_to, term, last_term| SyncMessage::Acknowledge {
+            library_id: lib,
+            up_to_sequence: up_to,
+            term,
+            last_term,
+        };
+        let refused = ask(&session, ack(11, 3, 1)).await;
+        assert!(
+            matches!(refused, SyncMessage::Error { code: ErrorCode::BadRequest, .. }),
+            "{refused:?}"
+        );
+        assert!(recorded.lock().unwrap().is_empty(), "checked before it is recorded");
+        let st = session.send(GetFollowerStatus { leader_last_sequence: 10 }).await.unwrap();
+        assert_eq!(st.acked_sequence, 0, "not recorded for the lag either");
+        let answered = ask(&session, ack(7, 3, 1)).await;
+        assert!(
+            matches!(answered, SyncMessage::Heartbeat { current_sequence: 10, .. }),
+            "{answered:?}"
+        );
+        let positions: Vec<u64> = recorded.lock().unwrap().iter().map(|p| p.ack.sequence).collect();
+        assert!(positions.ends_with(&[7]), "{positions:?}");
+        // A lower position is believed (the follower rebuilt its log).
+        ask(&session, ack(2, 3, 1)).await;
+        let st = session.send(GetFollowerStatus { leader_last_sequence: 10 }).await.unwrap();
+        assert_eq!(st.acked_sequence, 2);
+    }
+
+    #[actix_rt::test]
+    async fn a_removed_member_is_served_nothing_after_its_removal() {
+        let (_dir, lib, session, _recorded) = recorded_session(250);
+        session.send(Leaving { sequence: 150 }).await.unwrap();
+        let fetch = |since| SyncMessage::FetchEntries {
+            library_id: lib,
+            term: 3,
+            since_sequence: since,
+            since_term: u64::from(since > 0),
+            limit: 100,
+        };
+        match ask(&session, fetch(100)).await {
+            SyncMessage::EntriesResponse { entries, has_more, leader_last_sequence, .. } => {
+                assert_eq!(entries.last().map(|e| e.sequence), Some(150));
+                assert!(!has_more);
+                assert_eq!(leader_last_sequence, 150, "nothing of the log after the removal");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match ask(&session, fetch(150)).await {
+            SyncMessage::EntriesResponse { entries, .. } => assert!(entries.is_empty()),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[actix_rt::test]

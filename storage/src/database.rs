@@ -393,6 +393,11 @@ impl Database {
         self.with_reader(membership::load)
     }
 
+    /// Devices removed from the library; see [`crate::membership::former_members`].
+    pub fn former_members(&self) -> Result<Vec<lsync_protocol::Member>> {
+        self.with_reader(membership::former_members)
+    }
+
     /// Makes `configuration` (an entry at `sequence` of the leader's log) the configuration in
     /// effect — for a device that joins with the configuration it was given, before its log
     /// holds that entry.

@@ -250,6 +250,29 @@ pub fn latest_in_log(conn: &mut SqliteConnection) -> Result<Option<(u64, Configu
     .transpose()
 }
 
+/// The devices that were members in a configuration entry of the log but are not members of
+/// the configuration in effect (removed devices, most recently removed first, each once): so
+/// that a restarted device still tells them they were removed.
+pub fn former_members(conn: &mut SqliteConnection) -> Result<Vec<Member>> {
+    let current = load(conn)?;
+    let rows = sync_log::table
+        .filter(sync_log::change_type.eq(ChangeType::Config.as_str()))
+        .order(sync_log::sequence.desc())
+        .select(sync_log::data)
+        .load::<Vec<u8>>(conn)?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut former = Vec::new();
+    for data in rows {
+        let Ok(configuration) = Configuration::decode(&data) else { continue };
+        for m in configuration.members {
+            if !current.configuration.contains(m.device_id) && seen.insert(m.device_id) {
+                former.push(m);
+            }
+        }
+    }
+    Ok(former)
+}
+
 /// Checks a configuration entry this build is asked to apply: its model type and record id,
 /// a payload that decodes and validates, and a feature version this build supports.
 ///

@@ -317,6 +317,8 @@ impl TransactionManager {
             let entry = crate::membership::entry(term, prev.sequence + 1, device_id, configuration);
             SyncLog::insert_unchecked(conn, &entry)?;
             crate::membership::install(conn, configuration, entry.sequence)?;
+            // Forced: the voters before it are gone for good, nothing waits for them.
+            crate::membership::note_commit(conn, entry.sequence)?;
             sync_state::set_last_synced(conn, entry.sequence)?;
             Ok((state.library_id, term, entry, prev.term))
         })?;

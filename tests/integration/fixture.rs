@@ -124,6 +124,19 @@ impl Cluster {
         panic!("node {i} did not restart: {last_err:?}");
     }
 
+    /// Starts node `i` again on its data directory, on a new port (its old address is gone).
+    pub async fn restart_on_new_port(&mut self, i: usize) {
+        self.stop(i).await;
+        let node = self.build(i, vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]).await;
+        self.addrs[i] = node.listen_addrs();
+        self.nodes[i] = Some(node);
+    }
+
+    /// The data directory of node `i`.
+    pub fn data_dir(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("dev{i}"))
+    }
+
     /// Opens the database of stopped node `i` directly, to damage it on purpose.
     pub fn offline_db(&self, i: usize, lib: Uuid) -> lsync::Database {
         assert!(self.nodes[i].is_none(), "node {i} must be stopped");

@@ -299,3 +299,145 @@ async fn the_commit_sequence_is_shown_and_follows_the_majority() {
     let st = cluster.node(0).status(lib).await.unwrap();
     assert!(!st.membership.pending);
 }
+
+#[actix_rt::test]
+async fn devices_restarted_on_other_ports_find_each_other_through_signed_hints() {
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_with_invitations(0, &[1, 2], |_| 0).await;
+    let mut oracle = Oracle::default();
+    oracle.write(&cluster, lib, 0, "a", 5).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+
+    // The leader comes back on another port: it dials the others (their addresses did not
+    // change) and announces its new ones, which they keep.
+    cluster.restart_on_new_port(0).await;
+    let new_addrs: Vec<String> =
+        cluster.node(0).listen_addrs().iter().map(ToString::to_string).collect();
+    let me = cluster.node(0).device_id();
+    for i in [1, 2] {
+        wait_until(&format!("node {i} keeps node 0's new addresses"), || {
+            let new_addrs = new_addrs.clone();
+            let cluster = &cluster;
+            async move {
+                let hints = cluster.node(i).database(lib).unwrap().hints().unwrap();
+                hints.iter().any(|h| h.device_id == me && h.addresses == new_addrs)
+            }
+        })
+        .await;
+    }
+    // A follower that also moves can only find the leader at its new address (the leader does
+    // not know the follower's new one): it does, and catches up.
+    cluster.restart_on_new_port(1).await;
+    let (leader, _) = cluster.wait_for_leader(lib, &[0, 1, 2], 0).await;
+    oracle.write(&cluster, lib, leader, "b", 5).await;
+    let followers: Vec<usize> = [0, 1, 2].into_iter().filter(|&i| i != leader).collect();
+    cluster.assert_converged(lib, leader, &followers).await;
+    for i in 0..3 {
+        oracle.check(&cluster, lib, i);
+    }
+    // No configuration change was needed for any of it.
+    let before = members(&cluster, lib, 2).await;
+    assert_eq!(before.len(), 3);
+}
+
+#[actix_rt::test]
+async fn a_survivor_can_force_a_configuration_when_the_majority_is_gone_for_good() {
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_with_invitations(0, &[1, 2], |_| 0).await;
+    let mut oracle = Oracle::default();
+    oracle.write(&cluster, lib, 0, "a", 5).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    // Two of three voters lost for good: the survivor cannot commit anything.
+    cluster.stop(1).await;
+    cluster.stop(2).await;
+    let me = cluster.node(0).device_id();
+    let forced = cluster.node(0).force_reconfigure(lib, vec![me]).await.expect("force");
+    assert!(forced.committed, "a lone voter commits its configuration alone");
+    let m = cluster.node(0).membership(lib).await.unwrap();
+    assert_eq!(m.configuration.voters().into_iter().collect::<Vec<_>>(), vec![me]);
+    assert_eq!(m.configuration.members.len(), 1, "the lost voters are removed");
+    wait_until("the survivor leads again", || async {
+        cluster.node(0).status(lib).await.unwrap().role == SyncRole::Leader
+    })
+    .await;
+    oracle.write(&cluster, lib, 0, "b", 5).await;
+    let last = cluster.last_sequence(0, lib);
+    wait_until("its writes commit", || async {
+        cluster.node(0).status(lib).await.unwrap().commit_sequence == last
+    })
+    .await;
+    oracle.check(&cluster, lib, 0);
+    // A lost device that comes back after all is not a member any more.
+    cluster.restart(1).await;
+    wait_until("the returning device is refused as removed", || async {
+        let st = cluster.node(1).status(lib).await.unwrap();
+        st.removed.is_some() || !st.member
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_library_without_configuration_entries_gets_one_once_every_member_supports_them() {
+    let mut cluster = Cluster::start(3).await;
+    let infos: Vec<lsync::DeviceInfo> = (0..3).map(|i| cluster.node(i).device_info()).collect();
+    for i in 0..3 {
+        cluster.stop(i).await;
+    }
+    // The library as a version-1 build made it: no configuration entry, members by hand.
+    let lib = Uuid::new_v4();
+    let leader = infos[0].device_id;
+    for i in 0..3 {
+        let path = cluster.data_dir(i).join(format!("libraries/{lib}.db"));
+        let db =
+            lsync::Database::open(&path, &Default::default(), lsync::ModelRegistry::with_builtin())
+                .unwrap();
+        let leading = i == 0;
+        db.init_sync_state(&lsync::crates::storage::SyncState {
+            library_id: lib,
+            device_id: infos[i].device_id,
+            role: if leading { SyncRole::Leader } else { SyncRole::Follower },
+            current_term: 1,
+            voted_for: leading.then_some(leader),
+            leader_device: Some(leader),
+            last_synced_sequence: 0,
+        })
+        .unwrap();
+        for d in &infos {
+            db.upsert_device(&lsync::crates::storage::Device {
+                device_id: d.device_id,
+                peer_id: d.peer_id.to_string(),
+                addresses: d.addresses.iter().map(ToString::to_string).collect(),
+                name: d.name.clone(),
+            })
+            .unwrap();
+        }
+        assert!(!db.membership().unwrap().is_replicated());
+    }
+    for i in 0..3 {
+        cluster.restart(i).await;
+    }
+    // Every member reports feature version 2 in its heartbeats: the leader writes the first
+    // configuration entry, with every member a voter, and every device takes it.
+    wait_until("every device has the first configuration entry", || async {
+        for i in 0..3 {
+            let m = cluster.node(i).membership(lib).await.unwrap();
+            if !m.is_replicated() || m.configuration.feature_version != 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    cluster.wait_for_voters(lib, &[0, 1, 2], 3).await;
+    let mut oracle = Oracle::default();
+    oracle.write(&cluster, lib, 1, "after", 5).await;
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    let last = cluster.last_sequence(0, lib);
+    wait_until("the commit sequence starts", || async {
+        cluster.node(0).status(lib).await.unwrap().commit_sequence == last
+    })
+    .await;
+    for i in 0..3 {
+        oracle.check(&cluster, lib, i);
+    }
+}

@@ -227,7 +227,9 @@ fn force_reconfigure_leads_a_new_term_with_the_given_voters() {
         (state.role, state.current_term, state.leader_device),
         (SyncRole::Leader, 2, Some(me))
     );
-    assert_eq!(f.database().membership().unwrap().configuration, alone);
+    let m = f.database().membership().unwrap();
+    assert_eq!(m.configuration, alone);
+    assert_eq!(m.previous_voters, None, "the lost voters are not waited for");
     tm.commit(Change::insert(&tag("t1", "after"))).unwrap();
 }
 
