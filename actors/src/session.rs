@@ -459,6 +459,13 @@ impl Handler<InboundRequest> for FollowerSession {
             _ => None,
         };
         if let Some(their) = their {
+            if fence(their, self.cx.term) == Fence::Newer {
+                // The follower knows a newer term: this device does not lead it (the election
+                // adopts it and steps down).
+                self.tell_election(crate::watcher::ElectionInput::TermSeen { term: their });
+                let _ = req.reply.send(stale_leader(library_id, their, self.cx.term));
+                return;
+            }
             if fence(their, self.cx.term) == Fence::Stale {
                 let reply = stale_term(
                     library_id,
