@@ -357,8 +357,13 @@ impl SyncService {
             leader: if state.role == SyncRole::Candidate { None } else { state.leader_device },
         });
         if !self.is_member() {
-            info!(%library_id, "this device is no longer a member of the library; its copy is kept, read-only");
-        } else if state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id) {
+            // Its copy is kept, read-only. It still follows a leader it knows (a removal that
+            // never commits is undone by the leader's log, and the device is a member again);
+            // a leader that applied the removal refuses it, and status says so. A leader that
+            // removed itself keeps leading until the removal commits, then resigns.
+            info!(%library_id, "this device is not a member of the library's configuration");
+        }
+        if state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id) {
             let shared = Arc::new(LeaderShared::default());
             let notifier = LeaderNotifier::leading(
                 self.cx.tm.subscribe(),
@@ -570,8 +575,7 @@ impl SyncService {
         self.proposer.set_members(self.member_map());
         let member = self.is_member();
         if was_member && !member {
-            warn!(%library_id, "this device was removed from the library; its copy is kept");
-            self.start_role();
+            warn!(%library_id, "this device was removed from the library; its copy is kept, read-only");
         } else if !was_member && member {
             info!(%library_id, "this device is a member of the library again");
             self.removed_hint = None;
@@ -1176,7 +1180,8 @@ impl Handler<InboundRequest> for SyncService {
             }
             _ => {}
         }
-        if from.is_none() || !self.is_member() {
+        let leading = matches!(self.role, Role::Leader { .. });
+        if from.is_none() || (!self.is_member() && !leading) {
             let _ = req.reply.send(SyncMessage::error(
                 library_id,
                 ErrorCode::Unauthorized,
@@ -1352,6 +1357,7 @@ impl Handler<CreateInvitation> for SyncService {
     type Result = ResponseActFuture<Self, Result<Vec<u8>, String>>;
     fn handle(&mut self, msg: CreateInvitation, _: &mut Context<Self>) -> Self::Result {
         let db = self.cx.db.clone();
+        let (network, library_id) = (self.cx.network.clone(), self.cx.library_id);
         let allowed =
             self.is_member() && self.membership.as_ref().is_some_and(Membership::is_replicated);
         let fut = async move {
@@ -1369,6 +1375,9 @@ impl Handler<CreateInvitation> for SyncService {
             run_blocking(move || db.invitation_create(&s, created, expires, msg.learner))
                 .await
                 .map_err(|e| e.to_string())?;
+            // Guests are admitted before the token is handed out: the new device may dial at
+            // once.
+            network.welcome_guests(library_id, true).await.map_err(|e| e.to_string())?;
             Ok(secret)
         };
         Box::pin(fut.into_actor(self).map(|res, this, ctx| {

@@ -441,3 +441,28 @@ async fn a_library_without_configuration_entries_gets_one_once_every_member_supp
         oracle.check(&cluster, lib, i);
     }
 }
+
+#[actix_rt::test]
+async fn a_leader_that_removes_itself_leads_until_the_removal_commits_then_steps_down() {
+    let cluster = Cluster::start(3).await;
+    let lib = cluster.create_with_invitations(0, &[1, 2], |_| 0).await;
+    let mut oracle = Oracle::default();
+    oracle.write(&cluster, lib, 0, "a", 5).await;
+    let leader = cluster.node(0).device_id();
+    // Asked through a follower: forwarded to the leader, which commits its own removal.
+    let outcome = cluster.node(1).remove_device(lib, leader).await.expect("remove the leader");
+    assert!(outcome.committed, "{outcome:?}");
+    let (new_leader, _) = cluster.wait_for_leader(lib, &[1, 2], 1).await;
+    cluster.wait_for_members(lib, &[1, 2]).await;
+    wait_until("the old leader steps down and says it is not a member", || async {
+        let st = cluster.node(0).status(lib).await.unwrap();
+        st.role != SyncRole::Leader && !st.member
+    })
+    .await;
+    oracle.write(&cluster, lib, new_leader, "b", 5).await;
+    let other = if new_leader == 1 { 2 } else { 1 };
+    cluster.assert_converged(lib, new_leader, &[other]).await;
+    for i in [1, 2] {
+        oracle.check(&cluster, lib, i);
+    }
+}

@@ -145,9 +145,11 @@ impl Gate {
         }
     }
 
-    /// Sets what `peer` is (`None`: nothing). Losing the membership, or any standing, closes
-    /// its connections; becoming a member ends its guest connections' timeouts (they become
-    /// member connections and stop counting as guests).
+    /// Sets what `peer` is (`None`: nothing). Losing every standing closes its connections; a
+    /// member that becomes a removed device keeps them (its requests are refused from now on,
+    /// but the answers to requests in flight still arrive — e.g. the answer to the very change
+    /// that removed the device that asked for it). Becoming a member ends its guest
+    /// connections' timeouts (they become member connections and stop counting as guests).
     pub(super) fn set_standing(&mut self, peer: PeerId, standing: Option<Standing>) -> Vec<Action> {
         let previous = match standing {
             Some(standing) => self.standing.insert(peer, standing),
@@ -157,8 +159,7 @@ impl Gate {
             self.guests.retain(|_, guest| guest.peer != peer);
         }
         let lost = match previous {
-            Some(Standing::Member) => standing != Some(Standing::Member),
-            Some(Standing::Removed) => standing.is_none(),
+            Some(Standing::Member | Standing::Removed) => standing.is_none(),
             None => false,
         };
         if lost {
@@ -516,13 +517,20 @@ mod tests {
     }
 
     #[test]
-    fn a_member_that_loses_its_membership_is_disconnected() {
+    fn a_member_that_loses_every_standing_is_disconnected() {
         let mut gate = gate();
         let peer = PeerId::random();
         gate.set_standing(peer, Some(Standing::Member));
-        assert_eq!(gate.set_standing(peer, Some(Standing::Removed)), vec![Action::CloseAll(peer)]);
-        gate.set_standing(peer, Some(Standing::Member));
         assert_eq!(gate.set_standing(peer, None), vec![Action::CloseAll(peer)]);
+    }
+
+    #[test]
+    fn a_member_removed_keeps_its_connections_for_answers_in_flight() {
+        let mut gate = gate();
+        let peer = PeerId::random();
+        gate.set_standing(peer, Some(Standing::Member));
+        assert!(gate.set_standing(peer, Some(Standing::Removed)).is_empty());
+        assert_eq!(gate.admit_outbound(peer), Err(Refused::NotAllowed(peer)), "never dialled");
     }
 
     #[test]
