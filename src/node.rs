@@ -257,6 +257,8 @@ struct Library {
     service: Addr<SyncService>,
     /// Set while a leadership transfer holds new writes.
     writes_paused: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether this device is a member of the library's configuration in effect.
+    is_member: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Inner {
@@ -477,6 +479,7 @@ impl Node {
             .map_err(|e| NodeError::Io(std::io::Error::other(e.to_string())))??;
         let tm = TransactionManager::new(db.clone(), self.device_id());
         let writes_paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let is_member = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let cx = LibraryContext {
             library_id,
             device_id: self.device_id(),
@@ -488,6 +491,7 @@ impl Node {
             events: self.inner.events.clone(),
             metrics: self.inner.metrics.clone(),
             writes_paused: writes_paused.clone(),
+            is_member: is_member.clone(),
             keypair: self.inner.identity.keypair.clone(),
             listen_addrs: self.inner.listen_addrs.clone(),
         };
@@ -505,7 +509,7 @@ impl Node {
             .libraries
             .lock()
             .expect("libraries lock")
-            .insert(library_id, Arc::new(Library { db, tm, service, writes_paused }));
+            .insert(library_id, Arc::new(Library { db, tm, service, writes_paused, is_member }));
         Ok(())
     }
 
@@ -837,8 +841,7 @@ impl Node {
         let tm = self.writer(library_id)?;
         let lib = self.library(library_id)?;
         let me = self.device_id();
-        let db = lib.db.clone();
-        if !blocking(move || db.membership()).await?.configuration.contains(me) {
+        if !lib.is_member.load(std::sync::atomic::Ordering::Acquire) {
             return Err(NodeError::Membership(format!(
                 "this device is not a member of library {library_id} any more (it was removed);                  its copy is read-only"
             )));

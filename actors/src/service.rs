@@ -90,6 +90,9 @@ pub struct LibraryContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Set while a leadership transfer holds new writes (the host checks it before committing).
     pub writes_paused: Arc<AtomicBool>,
+    /// Cleared while this device is not a member of the configuration in effect (the host
+    /// refuses writes then).
+    pub is_member: Arc<AtomicBool>,
     /// This device's libp2p key: signs its address hints.
     pub keypair: Keypair,
     /// The addresses this device listens on (announced as a signed hint).
@@ -502,6 +505,7 @@ impl SyncService {
         debug!(%library_id, sequence = m.sequence, added = added.len(), removed = removed.len(),
             "configuration in effect");
         self.members = new.iter().map(|(p, (d, _))| (*p, *d)).collect();
+        self.cx.is_member.store(m.configuration.contains(self.cx.device_id), Ordering::Release);
         self.commit_watch.store(
             if m.previous_voters.is_some() { m.voters_since } else { u64::MAX },
             Ordering::Release,
@@ -1081,6 +1085,9 @@ impl Handler<Started> for SyncService {
         self.state = Some(msg.state);
         self.members =
             self.peers_of(&msg.membership).into_iter().map(|(p, (d, _))| (p, d)).collect();
+        self.cx
+            .is_member
+            .store(msg.membership.configuration.contains(self.cx.device_id), Ordering::Release);
         self.commit_watch.store(
             if msg.membership.previous_voters.is_some() {
                 msg.membership.voters_since
@@ -1731,6 +1738,7 @@ mod tests {
             events,
             metrics: metrics.clone(),
             writes_paused: Default::default(),
+            is_member: Arc::new(AtomicBool::new(true)),
             keypair,
             listen_addrs: Vec::new(),
         })
