@@ -338,11 +338,32 @@ pub fn on_entry(
     sequence: u64,
 ) -> Result<Option<Membership>> {
     let current = load(conn)?;
-    if sequence < current.sequence {
+    if sequence < current.sequence || skips_bootstrap(conn, &current, configuration)? {
         return Ok(None);
     }
     install(conn, configuration, sequence)?;
     load(conn).map(Some)
+}
+
+/// Whether `configuration` from the log must not replace `current` because `current` is the
+/// configuration a device joining by hand started with (`Node::join_library`: sequence 0 with
+/// configuration entries, not a version-1 library) and `configuration` does not hold the device
+/// yet — an entry from before the leader added it, which the device replays first.
+fn skips_bootstrap(
+    conn: &mut SqliteConnection,
+    current: &Membership,
+    configuration: &Configuration,
+) -> Result<bool> {
+    if current.sequence != 0 || current.configuration.feature_version < 2 {
+        return Ok(false);
+    }
+    let me = sync_state::table
+        .find(1)
+        .select(sync_state::device_id)
+        .get_result::<String>(conn)
+        .optional()?
+        .ok_or(StorageError::NotInitialized)?;
+    Ok(!configuration.contains(parse_uuid(&me, "sync_state device_id")?))
 }
 
 /// After a complete round (the log reached the leader's last sequence): installs the latest
@@ -364,7 +385,9 @@ pub fn settle(conn: &mut SqliteConnection) -> Result<Option<Membership>> {
     let current = load(conn)?;
     // A configuration given ahead of the log (a device that joins, or joins again) stays until
     // the log reaches it; only one that came from a log since rebuilt is replaced at once.
-    if !rebuilt && last.sequence < current.sequence {
+    if (!rebuilt && last.sequence < current.sequence)
+        || skips_bootstrap(conn, &current, &configuration)?
+    {
         return Ok(None);
     }
     if current.sequence == sequence && current.configuration == configuration {

@@ -355,3 +355,26 @@ fn the_previous_voters_are_kept_until_the_voter_change_is_known_committed() {
     assert_eq!(l.db.membership().unwrap().previous_voters, None);
     assert!(!l.db.note_commit(9).unwrap(), "nothing left to forget");
 }
+
+#[test]
+fn a_device_joining_by_hand_keeps_its_starting_configuration_until_the_log_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = leader(&dir, registry(false));
+    let f = follower(&dir, "f", &l, registry(false));
+    let me = f.database().sync_state().unwrap().device_id;
+    l.tm.commit_config(&config(vec![member(l.device_id, MemberRole::Voter)])).unwrap();
+    l.tm.commit(Change::insert(&tag("t1", "one"))).unwrap();
+    let with_me =
+        config(vec![member(l.device_id, MemberRole::Voter), member(me, MemberRole::Learner)]);
+    l.tm.commit_config(&with_me).unwrap();
+    // What `Node::join_library` starts with: the leader and itself, at sequence 0.
+    let bootstrap =
+        config(vec![member(l.device_id, MemberRole::Voter), member(me, MemberRole::Learner)]);
+    f.database().install_membership(&bootstrap, 0).unwrap();
+    let outcome = f.apply(&l.db.fetch_since(0, 2).unwrap()).unwrap();
+    assert_eq!(outcome.membership, None, "entry 1 does not hold the joining device");
+    assert!(f.database().membership().unwrap().configuration.contains(me));
+    assert_eq!(f.settle().unwrap(), None, "not even when a round ends there");
+    let outcome = f.apply(&l.db.fetch_since(2, 10).unwrap()).unwrap();
+    assert_eq!(outcome.membership.map(|m| m.sequence), Some(3), "the entry that adds it");
+}
