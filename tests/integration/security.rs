@@ -36,7 +36,8 @@ pub async fn raw_client(server: &lsync::Node, max_frame: usize) -> NetworkHandle
     client
 }
 
-/// Makes the raw client a member of `lib` on `node`; returns its device id.
+/// Makes the raw client a member of `lib` (a learner, through a configuration entry that
+/// `node`, the leader, appends); returns its device id once `node` lists it.
 pub async fn make_member(
     cluster: &Cluster,
     node: usize,
@@ -44,7 +45,7 @@ pub async fn make_member(
     client: &NetworkHandle,
 ) -> Uuid {
     let device_id = Uuid::new_v4();
-    cluster
+    let outcome = cluster
         .node(node)
         .add_device(
             lib,
@@ -57,6 +58,13 @@ pub async fn make_member(
         )
         .await
         .unwrap();
+    assert!(outcome.config_sequence > 0, "{outcome:?}");
+    let membership = cluster.node(node).membership(lib).await.unwrap();
+    assert_eq!(
+        membership.configuration.member(device_id).map(|m| m.role),
+        Some(lsync::MemberRole::Learner),
+        "the raw client joins as a learner"
+    );
     device_id
 }
 
@@ -134,13 +142,16 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
     make_member(&cluster, 0, lib, &client).await;
     let leader = cluster.node(0).peer_id();
     let before = cluster.dump(0, lib);
+    // the log holds configuration entries besides the 250 tags
+    let last = cluster.last_sequence(0, lib);
+    assert_eq!(cluster.data_entries(0, lib).len(), 250);
 
     // a limit of 10^9 is served as at most 100 entries
     match client.request(leader, fetch(lib, 0, 1_000_000_000)).await.unwrap() {
         SyncMessage::EntriesResponse { entries, has_more, leader_last_sequence, .. } => {
             assert_eq!(entries.len(), 100);
             assert!(has_more);
-            assert_eq!(leader_last_sequence, 250);
+            assert_eq!(leader_last_sequence, last);
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -149,7 +160,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
 
     // a follower cannot push entries: a response variant sent as a request is refused
     let rogue = SyncLogEntry {
-        sequence: 251,
+        sequence: last + 1,
         term: 1,
         origin_device: Uuid::new_v4(),
         timestamp_ms: 0,
@@ -166,7 +177,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
         term: 1,
         entries: vec![rogue],
         has_more: false,
-        leader_last_sequence: 251,
+        leader_last_sequence: last + 1,
     };
     let resp = client.request(leader, push).await.unwrap();
     assert_eq!(code_of(&resp), Some(ErrorCode::BadRequest), "pushed entries: {resp:?}");
@@ -208,7 +219,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
                 features: 0,
                 library_id: lib,
                 term: 1,
-                current_sequence: 9_999,
+                current_sequence: last + 9_999,
                 last_term: 1,
                 role: SyncRole::Follower,
             },
@@ -228,7 +239,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
         library_id: lib,
         term: 1,
         entries: vec![SyncLogEntry {
-            sequence: 251,
+            sequence: last + 1,
             term: 1,
             origin_device: Uuid::new_v4(),
             timestamp_ms: 0,
@@ -240,7 +251,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
             proposal_id: None,
         }],
         has_more: false,
-        leader_last_sequence: 251,
+        leader_last_sequence: last + 1,
     };
     assert!(client.request(leader, huge).await.is_err(), "an oversized frame gets no answer");
     crate::fixture::wait_until("the leader counts the oversized frame", || async {
@@ -259,7 +270,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
     cluster.assert_converged(lib, 0, &[1]).await;
     // the client too
     assert!(matches!(
-        client.request(leader, fetch(lib, 250, 10)).await.unwrap(),
+        client.request(leader, fetch(lib, last, 10)).await.unwrap(),
         SyncMessage::EntriesResponse { .. }
     ));
     client.shutdown().await;
