@@ -195,7 +195,9 @@ async fn late_follower_catches_up_on_one_hundred_thousand_entries() {
     }
     assert_eq!(cluster.last_sequence(0, lib), base + 100_000);
     // the late device joins with an invitation: a learner that must fetch the whole log,
-    // promoted to the third voter once it caught up.
+    // promoted to the third voter once it caught up. (The scripted way, add-device + join,
+    // loses it after the first response: see
+    // `a_device_joining_the_scripted_way_after_a_long_log_stays_a_member_and_catches_up`.)
     let late = cluster.add_node().await;
     cluster.invite_and_join(lib, 0, late).await;
     cluster.wait_for_members(lib, &[0, 1, late]).await;
@@ -207,6 +209,40 @@ async fn late_follower_catches_up_on_one_hundred_thousand_entries() {
     let st = cluster.node(late).status(lib).await.unwrap();
     assert_eq!(st.last_sequence, leader_last);
     assert_eq!(st.applier.unwrap().leader_last_sequence, leader_last);
+}
+
+/// The scripted join (`add_device` on the leader, `join_library` on the device) into a library
+/// whose log holds more than one fetch response (100 entries) before the entry that adds the
+/// device. The device starts from a bootstrap configuration that any configuration entry of
+/// the log replaces; the library's first entries (configurations without it) must not make it
+/// believe it was removed: it stays a member, catches up and becomes the second voter.
+#[actix_rt::test]
+async fn a_device_joining_the_scripted_way_after_a_long_log_stays_a_member_and_catches_up() {
+    let cluster = Cluster::start(2).await;
+    let lib = cluster.node(0).create_library().await.unwrap();
+    commit_tags(cluster.node(0), lib, 0, 250).await;
+    let leader = cluster.node(0).device_info();
+    let joiner = cluster.node(1).device_info();
+    let added = cluster.node(0).add_device(lib, joiner.clone()).await.unwrap();
+    assert!(added.config_sequence > 250, "{added:?}");
+    cluster.node(1).join_library(lib, leader, vec![joiner]).await.unwrap();
+    wait_until("the joiner catches up, or stops as removed", || async {
+        let st = cluster.node(1).status(lib).await.unwrap();
+        !st.member || cluster.last_sequence(1, lib) >= added.config_sequence
+    })
+    .await;
+    let st = cluster.node(1).status(lib).await.unwrap();
+    assert!(
+        st.member,
+        "the joiner believes it is no member at sequence {} (configuration of sequence {}), \
+         though the leader added it at sequence {}: {st:?}",
+        cluster.last_sequence(1, lib),
+        st.membership.config_sequence,
+        added.config_sequence
+    );
+    cluster.wait_for_voters(lib, &[0, 1], 2).await;
+    cluster.assert_converged(lib, 0, &[1]).await;
+    assert_eq!(cluster.data_entries(1, lib).len(), 250);
 }
 
 #[actix_rt::test]

@@ -275,3 +275,44 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
     ));
     client.shutdown().await;
 }
+
+/// Once `Node::invite` has returned its token, the device accepts the invitation (docs: "While
+/// an invitation is open this device accepts connections from unknown devices, which may only
+/// present an invitation"): a `Join` sent at once reaches the invitation check (here a wrong
+/// secret, refused as unknown) instead of being refused as a guest's request to a library with
+/// no open invitation. Many rounds, each a new library, because the window is short.
+#[actix_rt::test]
+async fn an_invitation_is_accepted_as_soon_as_invite_returns() {
+    let cluster = Cluster::start(1).await;
+    let client = raw_client(cluster.node(0), lsync::crates::protocol::DEFAULT_MAX_FRAME).await;
+    // One invitation open for the whole test: guests' connections are admitted (the gate is
+    // per node), so each round's answer says what the library itself made of the `Join`.
+    let first = cluster.node(0).create_library().await.unwrap();
+    cluster.node(0).invite(first, false, std::time::Duration::from_secs(600)).await.unwrap();
+    let mut refused = Vec::new();
+    for round in 0..100 {
+        let lib = cluster.node(0).create_library().await.unwrap();
+        cluster.node(0).invite(lib, false, std::time::Duration::from_secs(600)).await.unwrap();
+        let join = SyncMessage::Join {
+            library_id: lib,
+            secret: vec![7; 32],
+            device_id: Uuid::new_v4(),
+            name: "guest".into(),
+            addresses: vec![],
+        };
+        let resp = client.request(cluster.node(0).peer_id(), join).await.unwrap();
+        match resp {
+            SyncMessage::Error { code: ErrorCode::Unauthorized, ref message, .. }
+                if message.contains("unknown invitation") => {}
+            other => refused.push((round, other)),
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of 100 joins sent right after invite() returned were not checked against the \
+         invitation; first: {:?}",
+        refused.len(),
+        refused.first()
+    );
+    client.shutdown().await;
+}
