@@ -8,6 +8,11 @@ fn tag(i: u64) -> Change {
     Change::insert(&Tag { id: format!("tag-{i}"), name: format!("tag {i}"), color: None })
 }
 
+/// The record ids of `tag(i)` for `i` in `range`, in order: what the test wrote.
+fn ids(range: std::ops::Range<u64>) -> Vec<String> {
+    range.map(|i| format!("tag-{i}")).collect()
+}
+
 async fn commit_range(
     cluster: &Cluster,
     node: usize,
@@ -23,6 +28,7 @@ async fn commit_range(
 async fn a_new_leader_takes_over_when_the_leader_of_three_dies_and_the_old_one_comes_back_as_follower(
 ) {
     let mut cluster = Cluster::start(3).await;
+    // three voters (the fixture waits for them): two of them elect a leader without the third
     let lib = cluster.create_library(0, &[1, 2]).await;
     commit_range(&cluster, 0, lib, 0..100).await;
     cluster.assert_converged(lib, 0, &[1, 2]).await;
@@ -31,10 +37,12 @@ async fn a_new_leader_takes_over_when_the_leader_of_three_dies_and_the_old_one_c
     let (leader, term) = cluster.wait_for_leader(lib, &[1, 2], 1).await;
     assert!(term >= 2);
     let follower = if leader == 1 { 2 } else { 1 };
-    // writes continue on the new leader, and its follower follows it
+    // writes continue on the new leader, and its follower follows it; the log holds every write
+    // once, in order (besides configuration entries, e.g. the one the new leader writes first
+    // in its term)
     commit_range(&cluster, leader, lib, 100..200).await;
     cluster.assert_converged(lib, leader, &[follower]).await;
-    assert_eq!(cluster.last_sequence(leader, lib), 200);
+    assert_eq!(cluster.data_record_ids(leader, lib), ids(0..200));
 
     // the old leader comes back: it learns the new term, follows, and converges
     cluster.restart(0).await;
@@ -42,6 +50,8 @@ async fn a_new_leader_takes_over_when_the_leader_of_three_dies_and_the_old_one_c
     assert_eq!((again, term2), (leader, term), "the returning device does not disturb the leader");
     commit_range(&cluster, leader, lib, 200..250).await;
     cluster.assert_converged(lib, leader, &[0, follower]).await;
+    assert_eq!(cluster.data_record_ids(0, lib), ids(0..250));
+    cluster.assert_terms_open_with_configuration(0, lib);
     let st = cluster.node(0).status(lib).await.unwrap();
     assert_eq!(st.role, lsync::SyncRole::Follower);
     // the old leader's transaction manager is fenced
@@ -52,16 +62,30 @@ async fn a_new_leader_takes_over_when_the_leader_of_three_dies_and_the_old_one_c
 #[actix_rt::test]
 async fn a_two_device_library_fails_over_when_the_leader_dies() {
     let mut cluster = Cluster::start(2).await;
+    // two voters (the fixture waits for the second): either may be elected alone
     let lib = cluster.create_library(0, &[1]).await;
     commit_range(&cluster, 0, lib, 0..20).await;
     cluster.assert_converged(lib, 0, &[1]).await;
     cluster.stop(0).await;
     let (leader, _) = cluster.wait_for_leader(lib, &[1], 1).await;
     assert_eq!(leader, 1);
-    commit_range(&cluster, 1, lib, 20..40).await;
-    assert_eq!(cluster.last_sequence(1, lib), 40);
+    let before = cluster.last_sequence(1, lib);
+    let mut last = before;
+    for i in 20..40 {
+        let entry = cluster.node(1).commit(lib, tag(i)).await.unwrap();
+        assert!(
+            entry.sequence > last,
+            "sequences go on from the log: {} after {last}",
+            entry.sequence
+        );
+        last = entry.sequence;
+    }
+    assert_eq!(cluster.last_sequence(1, lib), last);
+    assert_eq!(cluster.data_record_ids(1, lib), ids(0..40), "every write once, in order");
     cluster.restart(0).await;
     cluster.assert_converged(lib, 1, &[0]).await;
+    assert_eq!(cluster.data_record_ids(0, lib), ids(0..40));
+    cluster.assert_terms_open_with_configuration(0, lib);
 }
 
 #[actix_rt::test]
@@ -99,10 +123,13 @@ async fn leadership_is_transferred_while_changes_stream() {
     assert_eq!(leader, 1, "the leadership moved to the target");
     assert!(term >= 2);
     cluster.assert_converged(lib, 1, &[0, 2]).await;
-    // every change committed exactly once
+    // every change committed exactly once (the log also holds configuration entries: the
+    // first entry of each leader's term among them)
     let rows = cluster.dump(1, lib);
     assert_eq!(rows["tag"].len(), 400);
-    assert_eq!(rows["sync_log"].len(), 400);
+    let mut written = cluster.data_record_ids(1, lib);
+    written.sort_by_key(|id| id["tag-".len()..].parse::<u64>().unwrap());
+    assert_eq!(written, ids(0..400));
 }
 
 #[actix_rt::test]
@@ -115,6 +142,8 @@ async fn a_stale_leaders_messages_are_refused() {
     commit_range(&cluster, 0, lib, 0..10).await;
     cluster.assert_converged(lib, 0, &[1, 2]).await;
     let old = cluster.node(0).device_info();
+    // where the deposed leader's log ends: its next push would start after it
+    let old_last = cluster.last_sequence(0, lib);
     cluster.stop(0).await;
     let (leader, term) = cluster.wait_for_leader(lib, &[1, 2], 1).await;
     let follower = if leader == 1 { 2 } else { 1 };
@@ -151,12 +180,12 @@ async fn a_stale_leaders_messages_are_refused() {
         commit_sequence: 0,
         library_id: lib,
         term: 1,
-        from_sequence: 11,
-        to_sequence: 11,
+        from_sequence: old_last + 1,
+        to_sequence: old_last + 1,
         entry_count: 1,
         prev_term: 1,
         entries: vec![lsync::SyncLogEntry {
-            sequence: 11,
+            sequence: old_last + 1,
             term: 1,
             origin_device: uuid::Uuid::new_v4(),
             timestamp_ms: 0,
@@ -168,6 +197,13 @@ async fn a_stale_leaders_messages_are_refused() {
             proposal_id: None,
         }],
     };
+    // the follower holds the new leader's log, its entry that opens the new term included
+    wait_until("the follower holds the new leader's log", || async {
+        let at = cluster.node(follower).database(lib).unwrap().last_position().unwrap();
+        at.term == term && at.sequence == cluster.last_sequence(leader, lib)
+    })
+    .await;
+    let follower_last = cluster.last_sequence(follower, lib);
     let resp = stale.request(f.peer_id, push).await.unwrap();
     assert!(
         matches!(
@@ -176,20 +212,27 @@ async fn a_stale_leaders_messages_are_refused() {
         ),
         "{resp:?}"
     );
+    assert_eq!(cluster.last_sequence(follower, lib), follower_last, "nothing applied");
+    assert!(!cluster.data_record_ids(follower, lib).contains(&"stale".to_string()));
     let beat = SyncMessage::Heartbeat {
         commit_sequence: 0,
         features: 0,
         library_id: lib,
         term: 1,
-        current_sequence: 99,
+        current_sequence: old_last,
         last_term: 1,
         role: SyncRole::Leader,
     };
-    // a stale leader's heartbeat is answered with the follower's own view: its newer term makes
-    // the stale leader step down
+    // a stale leader's heartbeat is refused with the follower's newer term (docs/protocol.md
+    // section 6, rule 2): learning it makes the stale leader step down
     let resp = stale.request(f.peer_id, beat).await.unwrap();
+    let leader_id = cluster.node(leader).device_id();
     assert!(
-        matches!(resp, SyncMessage::Heartbeat { term: t, role: SyncRole::Follower, .. } if t == term),
+        matches!(
+            resp,
+            SyncMessage::Error { code: ErrorCode::StaleTerm, term: t, leader_hint: Some(l), .. }
+                if t == term && l == leader_id
+        ),
         "{resp:?}"
     );
     // the follower still follows the new leader in the new term
@@ -199,8 +242,8 @@ async fn a_stale_leaders_messages_are_refused() {
     // and writes go on
     commit_range(&cluster, leader, lib, 10..20).await;
     cluster.assert_converged(lib, leader, &[follower]).await;
-    wait_until("nothing else changed", || async { cluster.last_sequence(follower, lib) == 20 })
-        .await;
+    // nothing else changed: the follower holds what the leaders wrote, nothing of the stale push
+    assert_eq!(cluster.data_record_ids(follower, lib), ids(0..20));
 }
 
 #[actix_rt::test]
@@ -216,13 +259,20 @@ async fn a_follower_that_asks_a_non_leader_is_told_the_leader_and_re_points() {
     let lib = cluster.create_library(0, &[1]).await;
     commit_range(&cluster, 0, lib, 0..30).await;
     cluster.assert_converged(lib, 0, &[1]).await;
-    // device 2 joins believing device 1 leads
+    // device 2 joins the scripted way (add-device, then join) believing device 1 leads
     let infos: Vec<_> = (0..3).map(|i| cluster.node(i).device_info()).collect();
-    cluster.node(0).add_device(lib, infos[2].clone()).await.unwrap();
-    cluster.node(1).add_device(lib, infos[2].clone()).await.unwrap();
+    let added = cluster.node(0).add_device(lib, infos[2].clone()).await.unwrap();
+    assert!(added.config_sequence > 0, "{added:?}");
+    // device 1 learns of device 2 from the log (no add-device of its own any more): once it
+    // has, it lets device 2 in to answer it
+    wait_until("device 1 lists device 2 as a member", || async {
+        cluster.node(1).membership(lib).await.unwrap().configuration.contains(infos[2].device_id)
+    })
+    .await;
     cluster.node(2).join_library(lib, infos[1].clone(), infos.clone()).await.unwrap();
     // device 1 answers NotLeader naming device 0; device 2 follows device 0 and catches up
     cluster.assert_converged(lib, 0, &[2]).await;
     let st = cluster.node(2).status(lib).await.unwrap();
     assert_eq!(st.leader, Some(infos[0].device_id));
+    assert_eq!(cluster.data_record_ids(2, lib), ids(0..30));
 }

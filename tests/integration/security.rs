@@ -36,7 +36,8 @@ pub async fn raw_client(server: &lsync::Node, max_frame: usize) -> NetworkHandle
     client
 }
 
-/// Makes the raw client a member of `lib` on `node`; returns its device id.
+/// Makes the raw client a member of `lib` (a learner, through a configuration entry that
+/// `node`, the leader, appends); returns its device id once `node` lists it.
 pub async fn make_member(
     cluster: &Cluster,
     node: usize,
@@ -44,7 +45,7 @@ pub async fn make_member(
     client: &NetworkHandle,
 ) -> Uuid {
     let device_id = Uuid::new_v4();
-    cluster
+    let outcome = cluster
         .node(node)
         .add_device(
             lib,
@@ -57,6 +58,13 @@ pub async fn make_member(
         )
         .await
         .unwrap();
+    assert!(outcome.config_sequence > 0, "{outcome:?}");
+    let membership = cluster.node(node).membership(lib).await.unwrap();
+    assert_eq!(
+        membership.configuration.member(device_id).map(|m| m.role),
+        Some(lsync::MemberRole::Learner),
+        "the raw client joins as a learner"
+    );
     device_id
 }
 
@@ -134,13 +142,16 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
     make_member(&cluster, 0, lib, &client).await;
     let leader = cluster.node(0).peer_id();
     let before = cluster.dump(0, lib);
+    // the log holds configuration entries besides the 250 tags
+    let last = cluster.last_sequence(0, lib);
+    assert_eq!(cluster.data_entries(0, lib).len(), 250);
 
     // a limit of 10^9 is served as at most 100 entries
     match client.request(leader, fetch(lib, 0, 1_000_000_000)).await.unwrap() {
         SyncMessage::EntriesResponse { entries, has_more, leader_last_sequence, .. } => {
             assert_eq!(entries.len(), 100);
             assert!(has_more);
-            assert_eq!(leader_last_sequence, 250);
+            assert_eq!(leader_last_sequence, last);
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -149,7 +160,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
 
     // a follower cannot push entries: a response variant sent as a request is refused
     let rogue = SyncLogEntry {
-        sequence: 251,
+        sequence: last + 1,
         term: 1,
         origin_device: Uuid::new_v4(),
         timestamp_ms: 0,
@@ -166,7 +177,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
         term: 1,
         entries: vec![rogue],
         has_more: false,
-        leader_last_sequence: 251,
+        leader_last_sequence: last + 1,
     };
     let resp = client.request(leader, push).await.unwrap();
     assert_eq!(code_of(&resp), Some(ErrorCode::BadRequest), "pushed entries: {resp:?}");
@@ -208,7 +219,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
                 features: 0,
                 library_id: lib,
                 term: 1,
-                current_sequence: 9_999,
+                current_sequence: last + 9_999,
                 last_term: 1,
                 role: SyncRole::Follower,
             },
@@ -228,7 +239,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
         library_id: lib,
         term: 1,
         entries: vec![SyncLogEntry {
-            sequence: 251,
+            sequence: last + 1,
             term: 1,
             origin_device: Uuid::new_v4(),
             timestamp_ms: 0,
@@ -240,7 +251,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
             proposal_id: None,
         }],
         has_more: false,
-        leader_last_sequence: 251,
+        leader_last_sequence: last + 1,
     };
     assert!(client.request(leader, huge).await.is_err(), "an oversized frame gets no answer");
     crate::fixture::wait_until("the leader counts the oversized frame", || async {
@@ -259,8 +270,49 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
     cluster.assert_converged(lib, 0, &[1]).await;
     // the client too
     assert!(matches!(
-        client.request(leader, fetch(lib, 250, 10)).await.unwrap(),
+        client.request(leader, fetch(lib, last, 10)).await.unwrap(),
         SyncMessage::EntriesResponse { .. }
     ));
+    client.shutdown().await;
+}
+
+/// Once `Node::invite` has returned its token, the device accepts the invitation (docs: "While
+/// an invitation is open this device accepts connections from unknown devices, which may only
+/// present an invitation"): a `Join` sent at once reaches the invitation check (here a wrong
+/// secret, refused as unknown) instead of being refused as a guest's request to a library with
+/// no open invitation. Many rounds, each a new library, because the window is short.
+#[actix_rt::test]
+async fn an_invitation_is_accepted_as_soon_as_invite_returns() {
+    let cluster = Cluster::start(1).await;
+    let client = raw_client(cluster.node(0), lsync::crates::protocol::DEFAULT_MAX_FRAME).await;
+    // One invitation open for the whole test: guests' connections are admitted (the gate is
+    // per node), so each round's answer says what the library itself made of the `Join`.
+    let first = cluster.node(0).create_library().await.unwrap();
+    cluster.node(0).invite(first, false, std::time::Duration::from_secs(600)).await.unwrap();
+    let mut refused = Vec::new();
+    for round in 0..100 {
+        let lib = cluster.node(0).create_library().await.unwrap();
+        cluster.node(0).invite(lib, false, std::time::Duration::from_secs(600)).await.unwrap();
+        let join = SyncMessage::Join {
+            library_id: lib,
+            secret: vec![7; 32],
+            device_id: Uuid::new_v4(),
+            name: "guest".into(),
+            addresses: vec![],
+        };
+        let resp = client.request(cluster.node(0).peer_id(), join).await.unwrap();
+        match resp {
+            SyncMessage::Error { code: ErrorCode::Unauthorized, ref message, .. }
+                if message.contains("unknown invitation") => {}
+            other => refused.push((round, other)),
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of 100 joins sent right after invite() returned were not checked against the \
+         invitation; first: {:?}",
+        refused.len(),
+        refused.first()
+    );
     client.shutdown().await;
 }
