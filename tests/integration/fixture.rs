@@ -32,16 +32,6 @@ where
     }
 }
 
-/// Whether a failed `join_with_invite` is one of the refusals of a `Join` that reached the
-/// inviter before its network welcomed guests: the connection of an unknown device denied
-/// ("cannot reach the inviting device … connection closed"), or the request refused as a
-/// guest's, or as a non-member's when the joiner is a member of another library there.
-fn not_welcome_yet(error: &str) -> bool {
-    error.contains("cannot reach the inviting device")
-        || error.contains("a guest may only send Join")
-        || error.contains("the peer is not a member of the library")
-}
-
 /// Real nodes, each in `dir/dev<i>`.
 pub struct Cluster {
     pub dir: TempDir,
@@ -232,14 +222,8 @@ impl Cluster {
         lib
     }
 
-    /// Node `inviter` invites node `joiner`, which joins with the token.
-    ///
-    /// A join refused because the inviter does not welcome guests *yet* is tried again with the
-    /// same token (it was not used: the `Join` never reached the invitation check): `invite`
-    /// returns before the inviter's network admits guests, a product race that
-    /// `security::an_invitation_is_accepted_as_soon_as_invite_returns` shows (see
-    /// [`not_welcome_yet`]). Every retry is printed. Any other error, or this one past
-    /// [`DEADLINE`], fails the test.
+    /// Node `inviter` invites node `joiner`, which joins with the token at once (the inviting
+    /// device admits it as soon as `invite` returns).
     pub async fn invite_and_join(
         &self,
         lib: Uuid,
@@ -248,17 +232,7 @@ impl Cluster {
     ) -> lsync::JoinOutcome {
         let invitation =
             self.node(inviter).invite(lib, false, Duration::from_secs(600)).await.expect("invite");
-        let start = tokio::time::Instant::now();
-        loop {
-            match self.node(joiner).join_with_invite(&invitation.token).await {
-                Ok(joined) => return joined,
-                Err(e) if start.elapsed() < DEADLINE && not_welcome_yet(&e.to_string()) => {
-                    eprintln!("node {joiner}'s join through node {inviter} tried again: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("join with the token: {e:?}"),
-            }
-        }
+        self.node(joiner).join_with_invite(&invitation.token).await.expect("join with the token")
     }
 
     /// Waits until every node of `nodes` (running) has exactly `nodes` as members of `lib`.
