@@ -30,8 +30,8 @@ use actix::prelude::*;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use lsync_protocol::{
-    AddressHint, Configuration, ErrorCode, Member, MemberRole, MembershipChange, RolePreference,
-    SyncMessage, SyncRole,
+    AddressHint, ErrorCode, Member, MemberRole, MembershipChange, RolePreference, SyncMessage,
+    SyncRole,
 };
 use lsync_storage::{Database, Device, Membership, SyncState, TransactionManager};
 use rand::RngCore;
@@ -804,11 +804,10 @@ impl SyncService {
                         };
                         info!(%library_id, device = %device_id, sequence = outcome.config_sequence,
                             committed = outcome.committed, "device joined as a learner");
-                        let state = state.unwrap_or_else(|| unreachable_state(library_id));
                         let _ = reply.send(SyncMessage::Joined {
                             library_id,
-                            term: state.current_term,
-                            leader: state.leader_device,
+                            term: state.as_ref().map_or(0, |s| s.current_term),
+                            leader: state.as_ref().and_then(|s| s.leader_device),
                             configuration: membership.configuration,
                             config_sequence: membership.sequence,
                             committed: outcome.committed,
@@ -982,18 +981,6 @@ impl SyncService {
 
 fn addrs_of(member: &Member) -> Vec<Multiaddr> {
     member.addresses.iter().filter_map(|a| a.parse().ok()).collect()
-}
-
-fn unreachable_state(library_id: Uuid) -> SyncState {
-    SyncState {
-        library_id,
-        device_id: Uuid::nil(),
-        role: SyncRole::Follower,
-        current_term: 0,
-        voted_for: None,
-        leader_device: None,
-        last_synced_sequence: 0,
-    }
 }
 
 impl Actor for SyncService {
@@ -1682,11 +1669,6 @@ impl Handler<crate::applier::InjectPanic> for SyncService {
             applier.do_send(msg);
         }
     }
-}
-
-/// The voters of a configuration, for logs and tests.
-pub fn voters_of(configuration: &Configuration) -> BTreeSet<Uuid> {
-    configuration.voters()
 }
 
 #[cfg(test)]
