@@ -88,18 +88,20 @@ fn render_lines(view: &StatusView, rates: &mut RateTracker, progress: bool) -> V
         out.push(format!("address  {a}"));
     }
     if view.libraries.is_empty() {
-        out.push("no library: `lsync library create` or `lsync library join`".into());
+        out.push("no library: `lsync library create`, or `lsync library join TOKEN`".into());
     }
     for l in &view.libraries {
         let role = l.role.to_lowercase();
         out.push(format!(
-            "library  {}  {role}  term {}  last sequence {}  outbox {}",
-            l.library_id, l.term, l.last_sequence, l.outbox_size
+            "library  {}  {role}  term {}  last sequence {}  commit sequence {}  outbox {}",
+            l.library_id, l.term, l.last_sequence, l.commit_sequence, l.outbox_size
         ));
+        out.extend(membership_lines(l, d.device_id));
         for f in &l.followers {
             out.push(format!(
-                "  follower {}  acked {}  lag {}  {}",
+                "  follower {}  {}  acked {}  lag {}  {}",
                 f.device_id,
+                f.role.as_deref().map_or("leaving".to_owned(), str::to_lowercase),
                 f.acked_sequence,
                 f.lag,
                 if f.connected { "connected" } else { "disconnected" }
@@ -124,6 +126,48 @@ fn render_lines(view: &StatusView, rates: &mut RateTracker, progress: bool) -> V
                 out.push(format!("  last error: {e}"));
             }
         }
+    }
+    out
+}
+
+/// This device's place in the library and the configuration in effect.
+fn membership_lines(l: &LibraryView, me: uuid::Uuid) -> Vec<String> {
+    let mut out = Vec::new();
+    if !l.member || l.removed.is_some() {
+        out.push(
+            "  this device is no longer a member of this library (it was removed): its copy is \
+             kept, read-only; another member can invite it again (`lsync library invite`)"
+                .to_owned(),
+        );
+        if let Some(why) = &l.removed {
+            out.push(format!("  refused: {why}"));
+        }
+    } else if let Some(role) = &l.member_role {
+        let role = role.to_lowercase();
+        let meaning = if role == "learner" {
+            " (receives the log and may write; never votes nor leads)"
+        } else {
+            ""
+        };
+        out.push(format!("  this device: {role}{meaning}"));
+    }
+    let Some(m) = &l.membership else { return out };
+    let voters = m.members.iter().filter(|x| x.role.eq_ignore_ascii_case("voter")).count();
+    let learners = m.members.len() - voters;
+    out.push(format!(
+        "  configuration entry {}: {} members ({voters} voters, {learners} learners){}",
+        m.config_sequence,
+        m.members.len(),
+        if m.pending { "  PENDING: in use, not yet held by a majority of the voters" } else { "" }
+    ));
+    for x in &m.members {
+        out.push(format!(
+            "    member {}  {:<7}  {}{}",
+            x.device_id,
+            x.role.to_lowercase(),
+            x.name,
+            if x.device_id == me { "  (this device)" } else { "" }
+        ));
     }
     out
 }
