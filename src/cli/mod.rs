@@ -63,7 +63,7 @@ enum Command {
         json: bool,
     },
     /// Create this device's identity (device id + libp2p key) and its config file
-    /// (DIR/lsync.toml) in the data directory; print the ids and addresses other devices need.
+    /// (DIR/lsync.toml) in the data directory; print its ids and listen addresses.
     /// Running it again keeps both (--force rewrites the config, never the identity).
     Init {
         /// The device's name, shown to the other devices (default: the directory's name).
@@ -93,8 +93,8 @@ enum Command {
     /// Create, join and list libraries; invite, remove and list member devices.
     #[command(subcommand)]
     Library(LibraryCommand),
-    /// Commit a change to a library on its leader: MODEL (tag, location) and the record as JSON,
-    /// e.g. `lsync put tag '{"id":"t1","name":"holiday"}'`.
+    /// Write a change to a library on any device (a follower proposes it to the leader): MODEL
+    /// (tag, location) and the record as JSON, e.g. `lsync put tag '{"id":"t1","name":"holiday"}'`.
     Put {
         /// The library (default: the daemon's only library).
         #[arg(long, value_name = "ID")]
@@ -132,9 +132,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show this device (ids, addresses) and each library: role, term, last sequence;
-    /// on a leader every follower's acked sequence, lag and connection; on a follower its
-    /// applier state, the leader's last sequence and catch-up progress.
+    /// Show this device (ids, addresses) and each library: role, term, last and commit
+    /// sequences, this device's place in the configuration (voter, learner, or no longer a
+    /// member), the members and a pending change; on a leader every follower's role, acked
+    /// sequence, lag and connection; on a follower its applier state, the leader's last
+    /// sequence and catch-up progress.
     Status {
         /// Refresh continuously (progress bars on a terminal; with --json, one JSON line per
         /// refresh).
@@ -151,15 +153,18 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum LibraryCommand {
-    /// Create a library led by this device; prints its id and how to add a device
-    /// (`lsync library invite` here, `lsync library join TOKEN` there).
+    /// Create a library led by this device.
+    ///
+    /// Prints its id and how to add a device (`lsync library invite` here, `lsync library
+    /// join TOKEN` there).
     Create {
         /// Print JSON ({library_id, leader}).
         #[arg(long)]
         json: bool,
     },
-    /// On any member: invite a new device. Prints a one-line token as the last line of
-    /// stdout; run `lsync library join TOKEN` on the new device. The token is single use and
+    /// On any member: invite a new device; prints a one-line token as the last line.
+    ///
+    /// Run `lsync library join TOKEN` on the new device. The token is single use and
     /// expires; this device keeps only a hash of its secret. While an invitation is open (and
     /// 10 minutes after it expired or was used) this device accepts connections from unknown
     /// devices, which may only present an invitation.
@@ -179,9 +184,11 @@ enum LibraryCommand {
         #[arg(long)]
         json: bool,
     },
-    /// On a new device: join a library with the token `lsync library invite` printed on a
-    /// member (`lsync library join TOKEN`); the device joins as a learner and catches up
-    /// (`lsync status --watch` shows it). For scripted setups, the old form
+    /// On a new device: `lsync library join TOKEN`, the token `lsync library invite` printed.
+    ///
+    /// The device joins as a learner and catches up (`lsync status --watch` shows it); it
+    /// prints whether the change that added it is committed, or pending (exit status 3: in use,
+    /// not yet held by a majority of the voters). For scripted setups, the old form
     /// `--library ID --leader-device-id D --leader-peer-id P --leader-addr A` still works
     /// once `lsync library add-device` ran on a member (it goes through the log too).
     Join {
@@ -210,10 +217,12 @@ enum LibraryCommand {
         #[arg(long)]
         json: bool,
     },
-    /// For scripted setups (`lsync library invite` needs no ids copied by hand): on any
-    /// member, add a device as a learner, with the ids and address `lsync status` prints on
-    /// it. The change goes through the library's log like every membership change; then run
-    /// the scripted `lsync library join` on that device.
+    /// For scripted setups: on any member, add a device by its ids (through the log).
+    ///
+    /// `lsync library invite` needs no ids copied by hand. This adds a device as a learner,
+    /// with the ids and address `lsync status` prints on it; the change goes through the
+    /// library's log like every membership change (exit status 3 while pending). Then run the
+    /// scripted `lsync library join` on that device.
     AddDevice {
         /// The library (default: the daemon's only library).
         #[arg(long, value_name = "ID")]
@@ -228,9 +237,11 @@ enum LibraryCommand {
         #[arg(long, default_value = "")]
         name: String,
     },
-    /// On any member (forwarded to the leader): remove a device from the library. Every
-    /// device refuses it as soon as it applies the change; the removed device keeps its copy,
-    /// read-only. A lost or stolen device is cut off by this one command.
+    /// On any member (forwarded to the leader): remove a device from the library.
+    ///
+    /// Every device refuses it as soon as it applies the change; the removed device keeps its
+    /// copy, read-only. A lost or stolen device is cut off by this one command. Exit status 3:
+    /// pending (in a library of two voters, removing an unreachable device stays pending).
     RemoveDevice {
         /// The library (default: the daemon's only library).
         #[arg(long, value_name = "ID")]
@@ -239,9 +250,11 @@ enum LibraryCommand {
         #[arg(value_name = "DEVICE")]
         device: Uuid,
     },
-    /// On any member: what the leader may make of a device — `auto` (the leader keeps the
-    /// number of voters odd: 1, 2, 3, then 5), `learner` (stays a learner for good; a voter is
-    /// demoted) or `voter` (promoted once caught up, whatever the count).
+    /// On any member: make a device a voter, a learner, or let the leader decide (auto).
+    ///
+    /// `auto`: the leader keeps the number of voters odd (1, 2, 3, then 5); `learner`: stays a
+    /// learner for good (a voter is demoted); `voter`: promoted once caught up, whatever the
+    /// count. Exit status 3: pending.
     SetRole {
         /// The library (default: the daemon's only library).
         #[arg(long, value_name = "ID")]
@@ -253,8 +266,10 @@ enum LibraryCommand {
         #[arg(value_enum)]
         role: RoleArg,
     },
-    /// UNSAFE, for a library whose majority of voters is gone for good (e.g. two of three
-    /// laptops lost): on a surviving device, make a new configuration from what this device
+    /// UNSAFE: make a new configuration when a majority of the voters is gone for good.
+    ///
+    /// For a library whose majority of voters is gone for good (e.g. two of three laptops
+    /// lost): on a surviving device, make a new configuration from what this device
     /// holds, with VOTERS (this device among them) as the only voters. Entries only the lost
     /// devices held are lost; never run it while the other devices may be alive (like etcd's
     /// --force-new-cluster). See docs/operations.md, "Quorum lost for good".
@@ -271,9 +286,11 @@ enum LibraryCommand {
         #[arg(long)]
         i_understand_this_is_unsafe: bool,
     },
-    /// The configuration in effect on this device: each member's device id, name, role
-    /// (voter or learner) and preference, the configuration entry, and whether it is pending
-    /// (in use, not yet held by a majority of the voters).
+    /// The configuration in effect: members, roles, and whether a change is pending.
+    ///
+    /// Each member's device id, name, role (voter or learner) and preference, the
+    /// configuration entry, and whether it is pending (in use, not yet held by a majority of
+    /// the voters).
     Members {
         /// The library (default: the daemon's only library).
         #[arg(long, value_name = "ID")]
