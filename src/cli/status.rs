@@ -171,3 +171,58 @@ fn membership_lines(l: &LibraryView, me: uuid::Uuid) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(library: serde_json::Value) -> StatusView {
+        serde_json::from_value(serde_json::json!({
+            "device": {"device_id": uuid::Uuid::from_u128(1), "peer_id": "p", "addresses": [], "name": "laptop"},
+            "libraries": [library],
+        }))
+        .unwrap()
+    }
+
+    fn library(member: bool, pending: bool) -> serde_json::Value {
+        serde_json::json!({
+            "library_id": uuid::Uuid::from_u128(9), "role": "Follower", "term": 2,
+            "last_sequence": 40, "commit_sequence": 38, "outbox_size": 0,
+            "member": member, "member_role": if member { Some("Learner") } else { None },
+            "removed": null,
+            "membership": {"config_sequence": 37, "pending": pending, "members": [
+                {"device_id": uuid::Uuid::from_u128(2), "name": "desktop", "role": "Voter", "preference": "Auto"},
+                {"device_id": uuid::Uuid::from_u128(1), "name": "laptop", "role": "Learner", "preference": "Learner"},
+            ]},
+        })
+    }
+
+    #[test]
+    fn a_learner_sees_its_role_the_commit_sequence_and_a_pending_change() {
+        let text = render(&view(library(true, true)), &mut RateTracker::default()).join("\n");
+        assert!(text.contains("commit sequence 38"), "{text}");
+        assert!(text.contains("this device: learner (receives the log"), "{text}");
+        assert!(text.contains("configuration entry 37: 2 members (1 voters, 1 learners)  PENDING"));
+        assert!(text.contains("laptop  (this device)"), "{text}");
+        assert!(!text.contains("no longer a member"), "{text}");
+    }
+
+    #[test]
+    fn a_removed_device_says_it_is_no_longer_a_member() {
+        let text = render(&view(library(false, false)), &mut RateTracker::default()).join("\n");
+        assert!(text.contains("no longer a member of this library (it was removed)"), "{text}");
+        assert!(!text.contains("PENDING"), "{text}");
+    }
+
+    #[test]
+    fn a_status_without_membership_fields_still_reads() {
+        // a daemon of the previous version: no membership fields at all
+        let old = serde_json::json!({
+            "library_id": uuid::Uuid::from_u128(9), "role": "Leader", "term": 1,
+            "last_sequence": 3,
+        });
+        let text = render(&view(old), &mut RateTracker::default()).join("\n");
+        assert!(text.contains("leader  term 1  last sequence 3"), "{text}");
+        assert!(!text.contains("no longer a member"), "{text}");
+    }
+}
