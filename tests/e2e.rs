@@ -1,11 +1,14 @@
 //! End-to-end tests of the `lsync` program: the built binary, run as an operator would — `lsync
 //! init`, `lsync run` daemons on 127.0.0.1 (port 0 everywhere, each in its own temp dir), the
 //! client commands and the control API. Every daemon is a [`Daemon`] whose `Drop` kills it by
-//! its pid, so a failing test leaves no process behind.
+//! its pid, so a failing test leaves no process behind. Sequences are never assumed: a
+//! library's log starts with a configuration entry, each leadership's first entry is one, and
+//! the leader promotes learners with more; tests read positions from status instead.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -39,11 +42,12 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
-/// Runs a command that must fail with exactly one line on stderr containing `expect`.
+/// Runs a command that must fail (exit status 2) with exactly one line on stderr containing
+/// `expect`.
 fn fails_with_one_line(dir: &Path, args: &[&str], expect: &str) -> String {
     let out = lsync(dir, args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "lsync {args:?} should fail; stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(2), "lsync {args:?} should fail; stderr: {stderr}");
     let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "lsync {args:?} should print one line, got: {stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
@@ -63,6 +67,10 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A running `lsync run`; killed by its pid when dropped.
 struct Daemon {
     child: Child,
@@ -70,10 +78,20 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// `lsync init` (loopback, port 0) in a new directory under `root`, then `lsync run`.
+    /// `lsync init` (loopback, port 0) in a new directory under `root`, then `lsync run`. The
+    /// sync timers are shortened in `lsync.toml` (a heartbeat every 200 ms, an election after
+    /// 1.5 s of silence) so that a failover takes seconds, not minutes.
     fn init_and_start(root: &Path, name: &str) -> Daemon {
         let dir = root.join(name);
         ok(&dir, &["init", "--name", name, "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        let config = dir.join("lsync.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let fast = text
+            .replace("heartbeat_interval_ms = 30000", "heartbeat_interval_ms = 200")
+            .replace("leader_timeout_ms = 60000", "leader_timeout_ms = 1500")
+            .replace("backoff_max_ms = 30000", "backoff_max_ms = 1000");
+        assert_ne!(fast, text, "lsync init wrote the [sync] defaults");
+        std::fs::write(&config, fast).unwrap();
         Daemon::start(&dir)
     }
 
@@ -102,6 +120,34 @@ impl Daemon {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `lsync ARGS…` on this device: (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = lsync(&self.dir, args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn device_id(&self) -> String {
+        self.status()["device"]["device_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `lsync library members --json`.
+    fn members(&self) -> Value {
+        json(&self.ok(&["library", "members", "--json"]))
+    }
+
+    /// `kill -9 PID`: the daemon dies at once, leaving its files behind.
+    fn kill9(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-9", &pid]).status().expect("run kill");
+        assert!(sent.success());
+        let status = self.child.wait().expect("wait");
+        assert!(!status.success(), "{status}");
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -136,6 +182,13 @@ impl Daemon {
             .unwrap_or(Value::Null)
     }
 
+    /// The id of the only library, from `lsync library list --json`.
+    fn library_list_one(&self) -> String {
+        let list = json(&self.ok(&["library", "list", "--json"]));
+        let [one] = list.as_array().unwrap().as_slice() else { panic!("one library: {list}") };
+        one["library_id"].as_str().unwrap().to_owned()
+    }
+
     fn addr(&self) -> String {
         std::fs::read_to_string(self.dir.join("control.addr")).unwrap().trim().to_owned()
     }
@@ -166,6 +219,20 @@ impl Daemon {
                     r = r.header("Authorization", a);
                 }
                 r.call()
+            }
+            "DELETE" => {
+                let mut r = agent.delete(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            "PUT" => {
+                let mut r = agent.put(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.send_json(body.unwrap_or(Value::Null))
             }
             _ => {
                 let mut r = agent.post(&url);
@@ -211,9 +278,60 @@ fn last_sequence(d: &Daemon, library: &str) -> u64 {
     d.library(library)["last_sequence"].as_u64().unwrap_or(0)
 }
 
-/// Leader + two followers set up with the commands the README gives, changes committed with
-/// `lsync put`, `lsync tag add` and `POST /libraries/{id}/changes`; the followers converge;
-/// one is stopped with SIGTERM, misses changes, restarts and catches up.
+/// The voters of `members --json`.
+fn voters(members: &Value) -> Vec<String> {
+    let all = members["members"].as_array().cloned().unwrap_or_default();
+    let mut v: Vec<String> = all
+        .iter()
+        .filter(|m| m["role"] == "voter")
+        .map(|m| m["device_id"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The member ids of `members --json`.
+fn member_ids(members: &Value) -> Vec<String> {
+    let all = members["members"].as_array().cloned().unwrap_or_default();
+    let mut v: Vec<String> =
+        all.iter().map(|m| m["device_id"].as_str().unwrap().to_owned()).collect();
+    v.sort();
+    v
+}
+
+/// Waits until every daemon of `ds` sees the same committed configuration of `members`
+/// members, `voters` of them voters.
+fn wait_for_configuration(ds: &[&Daemon], members: usize, voters_n: usize) {
+    wait_until(
+        &format!("{members} members, {voters_n} voters, committed, on every device"),
+        || {
+            let views: Vec<Value> = ds.iter().map(|d| d.members()).collect();
+            views.iter().all(|m| {
+                m["pending"] == false
+                    && member_ids(m).len() == members
+                    && voters(m).len() == voters_n
+                    && m["config_sequence"] == views[0]["config_sequence"]
+            })
+        },
+    );
+}
+
+/// Waits until the running daemons `ds` all hold the same log (same last sequence, nothing
+/// waiting in an outbox); returns that last sequence.
+fn wait_for_convergence(ds: &[&Daemon], library: &str) -> u64 {
+    let mut last = 0;
+    wait_until("every device holds the same log", || {
+        let ls: Vec<Value> = ds.iter().map(|d| d.library(library)).collect();
+        last = ls[0]["last_sequence"].as_u64().unwrap_or(0);
+        ls.iter().all(|l| l["last_sequence"] == last && l["outbox_size"] == 0)
+    });
+    last
+}
+
+/// Leader + two followers set up with the scripted commands (`library add-device` on the
+/// leader, `library join --library … --leader-…` on the new device; both go through the log),
+/// changes committed with `lsync put`, `lsync tag add` and `POST /libraries/{id}/changes`; the
+/// followers converge; one is stopped with SIGTERM, misses changes, restarts and catches up.
 #[test]
 fn three_daemons_replicate_through_the_cli_and_the_api() {
     let root = tempfile::tempdir().unwrap();
@@ -231,7 +349,8 @@ fn three_daemons_replicate_through_the_cli_and_the_api() {
         for a in &addrs {
             args.extend(["--addr", a]);
         }
-        leader.ok(&args);
+        let out = leader.ok(&args);
+        assert!(out.contains("committed") && out.contains("as a learner"), "{out}");
         let mut join = vec!["library", "join", "--library", &lib, "--leader-device-id", &lid];
         join.extend(["--leader-peer-id", &lpeer]);
         for a in &laddrs {
@@ -239,9 +358,13 @@ fn three_daemons_replicate_through_the_cli_and_the_api() {
         }
         f.ok(&join);
     }
+    // The joiners start as learners; the leader promotes both (three voters).
+    wait_for_configuration(&[&leader, &followers[0], &followers[1]], 3, 3);
+    let base = wait_for_convergence(&[&leader, &followers[0], &followers[1]], &lib);
+    assert!(base >= 4, "a configuration entry per change at least: {base}");
 
     let out = leader.ok(&["put", "--library", &lib, "tag", r#"{"id":"t1","name":"holiday"}"#]);
-    assert!(out.contains("committed sequence 1"), "{out}");
+    assert!(out.contains(&format!("committed sequence {}", base + 1)), "{out}");
     leader.ok(&["tag", "add", "--id", "t2", "--color", "#ff8800", "work"]); // the only library
     leader.ok(&["put", "--change", "update", "tag", r#"{"id":"t1","name":"holidays"}"#]);
     leader.ok(&["put", "location", r#"{"id":"l1","name":"photos","path":"/media/photos"}"#]);
@@ -252,7 +375,7 @@ fn three_daemons_replicate_through_the_cli_and_the_api() {
             leader.http("POST", &format!("/libraries/{lib}/changes"), Some(&token), Some(body));
         assert_eq!(status, 200, "{resp}");
     }
-    let total = 104;
+    let total = base + 104;
     assert_eq!(last_sequence(&leader, &lib), total);
 
     for f in &followers {
@@ -275,18 +398,31 @@ fn three_daemons_replicate_through_the_cli_and_the_api() {
     // the follower's log is the leader's, entry by entry
     let page = |d: &Daemon| json(&d.ok(&["log", "--json", "--limit", "1000"]))["entries"].clone();
     assert_eq!(page(&followers[0]), page(&leader));
-    let text = followers[1].ok(&["log", "--limit", "3"]);
+    let since = base.to_string();
+    let text = followers[1].ok(&["log", "--since", &since, "--limit", "3"]);
     assert!(text.contains("holidays") && text.contains("more"), "{text}");
 
     // metrics on both sides
     let (status, metrics) = leader.http("GET", "/metrics", Some(&token), None);
     assert_eq!(status, 200);
-    assert!(metrics.contains(&format!("lsync_entries_committed_total {total}")), "{metrics}");
+    assert!(metrics.contains("lsync_entries_committed_total 104"), "{metrics}");
     assert!(metrics.contains(&format!("lsync_library_last_sequence{{library=\"{lib}\"}} {total}")));
+    for (name, value) in [
+        ("lsync_commit_sequence", total),
+        ("lsync_voters", 3),
+        ("lsync_learners", 0),
+        ("lsync_membership_pending", 0),
+    ] {
+        assert!(
+            metrics.contains(&format!("{name}{{library=\"{lib}\"}} {value}")),
+            "{name}: {metrics}"
+        );
+    }
     let f0 = &followers[0];
     let (_, m) = f0.http("GET", "/metrics", Some(&f0.token()), None);
     assert!(m.contains(&format!("lsync_entries_applied_total {total}")), "{m}");
     assert!(m.contains("# TYPE lsync_commit_to_apply_seconds histogram"), "{m}");
+    assert!(m.contains("lsync_network_rejected_requests_total{reason=\"removed\"} 0"), "{m}");
 
     // a follower stops cleanly, misses changes, comes back and catches up
     let stopped = followers.remove(1);
@@ -348,8 +484,53 @@ fn control_api_requires_the_token_and_checks_input() {
     }
     let (s, body) = d.http("GET", &format!("{log}?since=0&limit=1000000"), Some(&token), None);
     assert_eq!(s, 200);
-    // the insert and the update that the second insert became
-    assert_eq!(json(&body)["entries"].as_array().unwrap().len(), 2);
+    // the insert and the update that the second insert became (after configuration entries)
+    let entries = json(&body)["entries"].as_array().cloned().unwrap();
+    let tags: Vec<_> = entries.iter().filter(|e| e["model_type"] == "tag").collect();
+    assert_eq!(tags.len(), 2, "{entries:?}");
+    assert!(entries.iter().any(|e| e["change_type"] == "config"), "{entries:?}");
+
+    // membership endpoints check their input too
+    let (s, body) = d.http("GET", &format!("/libraries/{lib}/members"), Some(&token), None);
+    assert_eq!(s, 200, "{body}");
+    let members = json(&body);
+    assert_eq!(voters(&members), vec![d.device_id()]);
+    assert_eq!(members["member"], true);
+    let invitations = format!("/libraries/{lib}/invitations");
+    let (s, body) =
+        d.http("POST", &invitations, Some(&token), Some(serde_json::json!({"expires_ms": 0})));
+    assert_eq!(s, 400, "{body}");
+    let (s, body) = d.http("POST", &invitations, Some(&token), Some(serde_json::json!({})));
+    assert_eq!(s, 200, "{body}");
+    assert!(json(&body)["token"].as_str().unwrap().starts_with("lsync-invite-1."), "{body}");
+    let (s, body) =
+        d.http("POST", "/join", Some(&token), Some(serde_json::json!({"token": "nope"})));
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("not an invitation token"), "{body}");
+    let stranger = Uuid::new_v4();
+    let (s, body) =
+        d.http("DELETE", &format!("/libraries/{lib}/devices/{stranger}"), Some(&token), None);
+    assert_eq!(s, 409, "{body}");
+    assert!(body.contains("not a member"), "{body}");
+    let preference = format!("/libraries/{lib}/devices/{stranger}/preference");
+    let (s, body) =
+        d.http("PUT", &preference, Some(&token), Some(serde_json::json!({"preference": "boss"})));
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("auto, learner or voter"), "{body}");
+    let force = format!("/libraries/{lib}/force-reconfigure");
+    let (s, body) =
+        d.http("POST", &force, Some(&token), Some(serde_json::json!({"voters": [d.device_id()]})));
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("unsafe"), "{body}");
+    let (code, _, stderr) = d.run(&["library", "invite", "--expires", "30d"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("bad duration \"30d\": between 1ms and 7d"), "{stderr}");
+    fails_with_one_line(&d.dir, &["library", "join", "lsync-invite-1.AAAA"], "damaged");
+    fails_with_one_line(
+        &d.dir,
+        &["library", "remove-device", &stranger.to_string()],
+        "is not a member of library",
+    );
 
     let unknown = Uuid::new_v4().to_string();
     let (s, _) = d.http("GET", &format!("/libraries/{unknown}/log"), Some(&token), None);
@@ -421,4 +602,250 @@ fn demo_json_reports_convergence() {
     let summary = json(&stdout);
     assert_eq!(summary["converged"], true, "{summary}");
     assert_eq!(summary["devices"], 3, "{summary}");
+}
+
+/// What a test wrote: every tag id, each written once (an oracle the devices are checked
+/// against, not only each other).
+#[derive(Default)]
+struct Oracle {
+    written: Vec<String>,
+}
+
+impl Oracle {
+    /// `lsync tag add --id ID` on `d`.
+    fn tag_add(&mut self, d: &Daemon, id: String) {
+        let out = d.ok(&["tag", "add", "--id", &id, "written through the cli"]);
+        assert!(out.contains("committed") || out.contains("queued"), "{out}");
+        self.written.push(id);
+    }
+
+    /// `lsync put tag JSON` on `d`.
+    fn put(&mut self, d: &Daemon, id: String) {
+        let record = format!(r#"{{"id":"{id}","name":"put through the cli"}}"#);
+        let out = d.ok(&["put", "tag", &record]);
+        assert!(out.contains("committed") || out.contains("queued"), "{out}");
+        self.written.push(id);
+    }
+
+    /// `POST /libraries/{lib}/changes` on `d`.
+    fn api(&mut self, d: &Daemon, lib: &str, id: String) {
+        let body = serde_json::json!({"model_type": "tag", "data": {"id": id, "name": "api"}});
+        let (status, resp) =
+            d.http("POST", &format!("/libraries/{lib}/changes"), Some(&d.token()), Some(body));
+        assert_eq!(status, 200, "{resp}");
+        let status = json(&resp)["status"].as_str().unwrap().to_owned();
+        assert!(status == "committed" || status == "queued", "{resp}");
+        self.written.push(id);
+    }
+
+    /// Every written id is in the log of `db` exactly once, and in its tag table; nothing
+    /// else is.
+    fn check(&self, db: &lsync::Database, device: &str) {
+        let log = db.fetch_since(0, u64::MAX).unwrap();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in log.iter().filter(|e| e.model_type == "tag") {
+            *counts.entry(e.record_id.as_str()).or_default() += 1;
+        }
+        for id in &self.written {
+            assert_eq!(counts.get(id.as_str()), Some(&1), "{device}: {id} in the log once");
+        }
+        assert_eq!(counts.len(), self.written.len(), "{device}: only the written tags");
+        let tags = &db.dump().unwrap()["tag"];
+        assert_eq!(tags.len(), self.written.len(), "{device}: one tag row per write");
+        for id in &self.written {
+            assert!(tags.iter().any(|row| row.starts_with(&format!("'{id}'"))), "{device}: {id}");
+        }
+    }
+}
+
+/// Daemon `i` of `ds` (running).
+fn d(ds: &[Option<Daemon>], i: usize) -> &Daemon {
+    ds[i].as_ref().expect("running")
+}
+
+/// Opens a stopped device's library database (read for the final comparison).
+fn open_db(d: &Path, lib: &str) -> lsync::Database {
+    let path = d.join("libraries").join(format!("{lib}.db"));
+    lsync::Database::open(&path, &Default::default(), lsync::ModelRegistry::with_builtin())
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+/// README's "Running several devices", literally: `init` + `run` on each of three devices,
+/// `library create` on the first, `library invite` there and `library join TOKEN` on the
+/// second; the third is invited by the second (any member invites). Writes through the CLI and
+/// the API on every device, then `kill -9` of the leader: exactly one new leader among the
+/// other two, writes go on, the old leader comes back (on another port: port 0) as a follower;
+/// every device ends with identical `devices`, `tag` and `sync_log` tables holding every write
+/// exactly once.
+#[test]
+fn readme_steps_set_up_three_devices_that_survive_the_leader_killed() {
+    let root = tempfile::tempdir().unwrap();
+    let mut ds: Vec<Option<Daemon>> = ["laptop", "desktop", "nas"]
+        .iter()
+        .map(|n| Some(Daemon::init_and_start(root.path(), n)))
+        .collect();
+
+    let created = d(&ds, 0).ok(&["library", "create"]);
+    assert!(created.contains("lsync library invite"), "{created}");
+    let invitation = d(&ds, 0).ok(&["library", "invite"]);
+    let token = invitation.lines().last().unwrap().to_owned();
+    assert!(token.starts_with("lsync-invite-1."), "the token is the last line: {invitation}");
+    assert!(invitation.lines().count() > 1, "a short explanation first: {invitation}");
+    let joined = d(&ds, 1).ok(&["library", "join", &token]);
+    assert!(joined.contains("committed") && joined.contains("lsync status --watch"), "{joined}");
+    let invitation = d(&ds, 1).ok(&["library", "invite"]);
+    let token = invitation.lines().last().unwrap().to_owned();
+    let joined = d(&ds, 2).ok(&["library", "join", &token]);
+    assert!(joined.contains("joined library"), "{joined}");
+    let lib = d(&ds, 0).library_list_one();
+    assert_eq!(d(&ds, 2).library_list_one(), lib);
+
+    let all: Vec<&Daemon> = ds.iter().map(|x| x.as_ref().unwrap()).collect();
+    wait_for_configuration(&all, 3, 3);
+    let mut oracle = Oracle::default();
+    for (i, name) in ["laptop", "desktop", "nas"].iter().enumerate() {
+        for k in 0..3 {
+            oracle.tag_add(d(&ds, i), format!("{name}-cli-{k}"));
+            oracle.put(d(&ds, i), format!("{name}-put-{k}"));
+            oracle.api(d(&ds, i), &lib, format!("{name}-api-{k}"));
+        }
+    }
+    wait_for_convergence(&all, &lib);
+    let page = |x: &Daemon| json(&x.ok(&["log", "--json", "--limit", "1000"]))["entries"].clone();
+    assert_eq!(page(all[1]), page(all[0]));
+    assert_eq!(page(all[2]), page(all[0]));
+    // status shows the role in the configuration, the commit sequence and the members
+    let text = all[2].ok(&["status"]);
+    assert!(text.contains("this device: voter") && text.contains("commit sequence"), "{text}");
+    assert!(text.contains("3 members (3 voters, 0 learners)"), "{text}");
+
+    // kill -9 the leader
+    let leader = (0..3).find(|&i| d(&ds, i).library(&lib)["role"] == "Leader").expect("a leader");
+    let old_term = d(&ds, leader).library(&lib)["term"].as_u64().unwrap();
+    let leader_dir = d(&ds, leader).dir.clone();
+    ds[leader].take().unwrap().kill9();
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let mut new_leader = None;
+    wait_until("exactly one new leader among the other two, followed by the other", || {
+        let ls: Vec<Value> = others.iter().map(|&i| d(&ds, i).library(&lib)).collect();
+        let leading: Vec<usize> = (0..2).filter(|&k| ls[k]["role"] == "Leader").collect();
+        let [k] = leading[..] else { return false };
+        let term = ls[k]["term"].as_u64().unwrap_or(0);
+        let id = d(&ds, others[k]).device_id();
+        let agreed = ls.iter().all(|l| l["term"] == term && l["leader"] == id.as_str());
+        if term > old_term && agreed {
+            new_leader = Some(others[k]);
+        }
+        new_leader.is_some()
+    });
+    let new_leader = new_leader.unwrap();
+    for &i in &others {
+        for k in 0..3 {
+            oracle.tag_add(d(&ds, i), format!("after-{i}-cli-{k}"));
+            oracle.api(d(&ds, i), &lib, format!("after-{i}-api-{k}"));
+        }
+    }
+    let survivors: Vec<&Daemon> = others.iter().map(|&i| d(&ds, i)).collect();
+    wait_for_convergence(&survivors, &lib);
+    assert_eq!(page(survivors[0]), page(survivors[1]));
+
+    // the old leader comes back on a new port and follows
+    ds[leader] = Some(Daemon::start(&leader_dir));
+    let leader_id = d(&ds, new_leader).device_id();
+    wait_until("the old leader follows the new one", || {
+        let l = d(&ds, leader).library(&lib);
+        l["role"] == "Follower" && l["leader"] == leader_id.as_str()
+    });
+    let all: Vec<&Daemon> = ds.iter().map(|x| x.as_ref().unwrap()).collect();
+    wait_for_convergence(&all, &lib);
+    assert_eq!(page(all[leader]), page(all[new_leader]));
+
+    // stop every daemon, then compare the databases themselves
+    let dirs: Vec<PathBuf> = all.iter().map(|x| x.dir.clone()).collect();
+    for x in ds.iter_mut() {
+        x.take().unwrap().terminate();
+    }
+    let dbs: Vec<lsync::Database> = dirs.iter().map(|p| open_db(p, &lib)).collect();
+    let devices = dbs[0].devices().unwrap();
+    assert_eq!(devices.len(), 3);
+    let dump = dbs[0].dump().unwrap();
+    for (i, db) in dbs.iter().enumerate() {
+        assert_eq!(db.devices().unwrap(), devices, "device {i}'s devices table");
+        assert_eq!(db.dump().unwrap(), dump, "device {i}'s tags and log");
+        oracle.check(db, &format!("device {i}"));
+    }
+}
+
+/// Membership changes through the CLI: an expired invitation is refused with a clear message;
+/// `remove-device` on a member that does not lead cuts a device off (its status says it is no
+/// longer a member, its writes are refused, its copy is kept); `force-reconfigure` is refused
+/// without its flag; in a two-voter library the removal of a device that is gone stays pending
+/// (exit status 3).
+#[test]
+fn membership_changes_through_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Daemon::init_and_start(root.path(), "a");
+    let b = Daemon::init_and_start(root.path(), "b");
+    let c = Daemon::init_and_start(root.path(), "c");
+    a.ok(&["library", "create"]);
+
+    let short = json(&a.ok(&["library", "invite", "--expires", "1s", "--json"]));
+    let expires = short["expires_at_ms"].as_i64().unwrap();
+    wait_until("the invitation expired", || now_ms() > expires + 50);
+    let token = short["token"].as_str().unwrap();
+    fails_with_one_line(&b.dir, &["library", "join", token], "the invitation expired");
+    assert_eq!(b.status()["libraries"], serde_json::json!([]), "nothing was joined");
+
+    let token = a.ok(&["library", "invite"]).lines().last().unwrap().to_owned();
+    b.ok(&["library", "join", &token]);
+    let token = a.ok(&["library", "invite"]).lines().last().unwrap().to_owned();
+    c.ok(&["library", "join", &token]);
+    fails_with_one_line(&c.dir, &["library", "join", &token], "already");
+    wait_for_configuration(&[&a, &b, &c], 3, 3);
+    let lib = a.library_list_one();
+    let mut oracle = Oracle::default();
+    oracle.tag_add(&c, "from-c-before".into());
+    let (ida, idb, idc) = (a.device_id(), b.device_id(), c.device_id());
+
+    // removed through b (forwarded to the leader, a)
+    assert_eq!(a.library(&lib)["role"], "Leader");
+    let out = b.ok(&["library", "remove-device", &idc]);
+    assert!(out.contains("removed") && out.contains("committed"), "{out}");
+    wait_for_configuration(&[&a, &b], 2, 2);
+    wait_until("the removed device knows it is no longer a member", || {
+        c.library(&lib)["member"] == false
+    });
+    let text = c.ok(&["status"]);
+    assert!(text.contains("no longer a member"), "{text}");
+    fails_with_one_line(&c.dir, &["tag", "add", "refused"], "not a member");
+    assert!(last_sequence(&c, &lib) > 0, "its copy is kept");
+    let members = c.members();
+    assert_eq!(members["member"], false, "{members}");
+    oracle.tag_add(&a, "from-a-after".into());
+
+    let cmd = ["library", "force-reconfigure", "--library", &lib, "--voters", &ida];
+    fails_with_one_line(&a.dir, &cmd, "--i-understand-this-is-unsafe");
+    assert_eq!(voters(&a.members()), {
+        let mut v = vec![ida.clone(), idb.clone()];
+        v.sort();
+        v
+    });
+
+    // two voters, one of them gone: its removal needs it, so it stays pending
+    b.kill9();
+    let (code, out, err) = a.run(&["library", "remove-device", &idb]);
+    assert_eq!(code, Some(3), "pending is exit status 3: {out} {err}");
+    assert!(out.contains("pending") && out.contains("force-reconfigure"), "{out}");
+    let members = a.members();
+    assert_eq!(members["pending"], true, "{members}");
+    assert!(a.ok(&["status"]).contains("PENDING"));
+    let (_, m) = a.http("GET", "/metrics", Some(&a.token()), None);
+    assert!(m.contains(&format!("lsync_membership_pending{{library=\"{lib}\"}} 1")), "{m}");
+
+    wait_for_convergence(&[&a], &lib);
+    drop(c);
+    let dir = a.dir.clone();
+    a.terminate();
+    let db = open_db(&dir, &lib);
+    oracle.check(&db, "a");
 }

@@ -1,13 +1,47 @@
 //! The client commands: `library …`, `put`, `tag add`, `log`. Each talks to the running daemon
 //! through the control API.
+//!
+//! Exit status: 0 on success; 2 on an error (one line on stderr, `error: …`); [`EXIT_PENDING`]
+//! (3) when a membership change was made but is pending — in use, not yet held by a majority
+//! of the voters (docs/operations.md, "Membership").
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::bail;
 use lsync::control::api::{
-    ChangeRequest, CreatedLibrary, DeviceJson, JoinRequest, LogPage, StatusView,
+    ChangeRequest, CreatedLibrary, DeviceJson, ForceReconfigureRequest, InvitationJson,
+    InviteRequest, JoinRequest, JoinWithTokenRequest, JoinedJson, LogPage, MembersJson,
+    MembershipChangeJson, PreferenceRequest, StatusView,
 };
 use uuid::Uuid;
+
+/// Exit status of a membership change that was made but is pending (not yet committed).
+pub const EXIT_PENDING: u8 = 3;
+
+/// What a pending change means, in one sentence.
+const PENDING: &str = "pending: the change is in use but not yet held by a majority of the \
+    voters; it commits once enough of them are reachable (`lsync library members` shows when)";
+
+fn exit(committed: bool) -> ExitCode {
+    if committed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PENDING)
+    }
+}
+
+/// `10m`, `90s`, `1h30m`… for a human.
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
 
 use super::client::Client;
 
@@ -21,7 +55,7 @@ pub fn resolve_library(client: &Client, given: Option<Uuid>) -> anyhow::Result<U
         [one] => Ok(one.library_id),
         [] => bail!(
             "this device has no library yet: create one with `lsync library create`, or join one \
-             with `lsync library join`"
+             with `lsync library join TOKEN`"
         ),
         many => bail!(
             "this device has {} libraries: choose one with --library ID (`lsync library list` \
@@ -38,22 +72,80 @@ pub fn library_create(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let id = created.library_id;
-    let leader = &created.leader;
-    println!("library {id} created; this device ({}) leads it", leader.device_id);
+    println!("library {id} created; this device ({}) leads it", created.leader.device_id);
     println!();
     println!("to add another device (after `lsync init` and `lsync run` there):");
-    println!("  1. here, with the ids and address `lsync status` prints on that device:");
-    println!(
-        "     lsync library add-device --library {id} --device-id <DEVICE_ID> --peer-id <PEER_ID> \
-         --addr <ADDRESS>"
-    );
-    println!("  2. there:");
-    let addrs: String = leader.addresses.iter().map(|a| format!(" --leader-addr {a}")).collect();
-    println!(
-        "     lsync library join --library {id} --leader-device-id {} --leader-peer-id {}{addrs}",
-        leader.device_id, leader.peer_id
-    );
+    println!("  here:   lsync library invite");
+    println!("  there:  lsync library join <the token `lsync library invite` printed>");
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn library_invite(
+    client: &Client,
+    library: Uuid,
+    learner: bool,
+    expires: Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let request = InviteRequest {
+        learner,
+        expires_ms: Some(u64::try_from(expires.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let invitation: InvitationJson =
+        client.post(&format!("/libraries/{library}/invitations"), Some(&request))?;
+    if json {
+        println!("{}", serde_json::to_string(&invitation)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let role = if learner {
+        "it joins as a learner and stays one (it never votes nor leads)"
+    } else {
+        "it joins as a learner and becomes a voter once caught up, if the library needs one"
+    };
+    println!(
+        "invitation to library {library}: single use, valid for {}; {role}.",
+        human_duration(expires)
+    );
+    println!(
+        "on the new device, after `lsync init` and `lsync run` there: lsync library join <TOKEN>, \
+         TOKEN being the line below"
+    );
+    println!("{}", invitation.token);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn library_join_token(client: &Client, token: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let joined: JoinedJson =
+        client.post("/join", Some(&JoinWithTokenRequest { token: token.trim().to_owned() }))?;
+    if json {
+        println!("{}", serde_json::to_string(&joined)?);
+        return Ok(exit(joined.committed));
+    }
+    let lib = joined.library_id;
+    if joined.committed {
+        println!(
+            "joined library {lib} as a learner (configuration entry {}, committed); it becomes a \
+             voter once caught up if the library needs one",
+            joined.config_sequence
+        );
+    } else {
+        println!(
+            "joined library {lib} as a learner, {PENDING} (configuration entry {})",
+            joined.config_sequence
+        );
+    }
+    println!("`lsync status --watch` shows the catch-up");
+    Ok(exit(joined.committed))
+}
+
+/// Prints the outcome of a membership change; exit 0 when committed, [`EXIT_PENDING`] if not.
+fn change_done(change: &MembershipChangeJson, what: &str) -> ExitCode {
+    if change.committed {
+        println!("{what} (configuration entry {}, committed)", change.config_sequence);
+    } else {
+        println!("{what}, {PENDING} (configuration entry {})", change.config_sequence);
+    }
+    exit(change.committed)
 }
 
 pub fn library_add_device(
@@ -62,10 +154,16 @@ pub fn library_add_device(
     device: DeviceJson,
 ) -> anyhow::Result<ExitCode> {
     device.to_info().map_err(anyhow::Error::msg)?;
-    let _: serde_json::Value =
+    let change: MembershipChangeJson =
         client.post(&format!("/libraries/{library}/devices"), Some(&device))?;
-    println!("device {} is a member of library {library}", device.device_id);
-    Ok(ExitCode::SUCCESS)
+    Ok(change_done(
+        &change,
+        &format!(
+            "device {} is a member of library {library}, as a learner; run the scripted \
+             `lsync library join` on it",
+            device.device_id
+        ),
+    ))
 }
 
 pub fn library_join(
@@ -73,6 +171,7 @@ pub fn library_join(
     library: Uuid,
     leader: DeviceJson,
     members: Vec<DeviceJson>,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     leader.to_info().map_err(anyhow::Error::msg)?;
     for m in &members {
@@ -81,10 +180,111 @@ pub fn library_join(
     let leader_id = leader.device_id;
     let _: serde_json::Value = client
         .post(&format!("/libraries/{library}/join"), Some(&JoinRequest { leader, members }))?;
+    if json {
+        println!("{}", serde_json::json!({ "library_id": library, "leader": leader_id }));
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "joined library {library} as a follower of {leader_id}; `lsync status --watch` shows the \
-         catch-up (the leader must have run `lsync library add-device` for this device)"
+         catch-up (a member must have run `lsync library add-device` for this device)"
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn library_remove_device(
+    client: &Client,
+    library: Uuid,
+    device: Uuid,
+) -> anyhow::Result<ExitCode> {
+    let change: MembershipChangeJson =
+        client.delete(&format!("/libraries/{library}/devices/{device}"))?;
+    if !change.committed {
+        println!(
+            "the removal of device {device} from library {library} is {PENDING} (configuration \
+             entry {}); in a library of two voters it needs both: if that device is gone for \
+             good, see `lsync library force-reconfigure --help`",
+            change.config_sequence
+        );
+        return Ok(exit(false));
+    }
+    Ok(change_done(
+        &change,
+        &format!(
+            "device {device} was removed from library {library}: every member refuses it from \
+             now on; it keeps its copy, read-only"
+        ),
+    ))
+}
+
+pub fn library_set_role(
+    client: &Client,
+    library: Uuid,
+    device: Uuid,
+    role: &str,
+) -> anyhow::Result<ExitCode> {
+    let change: MembershipChangeJson = client.put(
+        &format!("/libraries/{library}/devices/{device}/preference"),
+        &PreferenceRequest { preference: role.to_owned() },
+    )?;
+    let meaning = match role {
+        "learner" => "it stays a learner (a voter is demoted)",
+        "voter" => "it becomes a voter once caught up",
+        _ => "the leader keeps the number of voters odd",
+    };
+    Ok(change_done(
+        &change,
+        &format!("device {device} of library {library}: role {role}; {meaning}"),
+    ))
+}
+
+pub fn library_force_reconfigure(
+    client: &Client,
+    library: Uuid,
+    voters: Vec<Uuid>,
+) -> anyhow::Result<ExitCode> {
+    let list = voters.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ");
+    let change: MembershipChangeJson = client.post(
+        &format!("/libraries/{library}/force-reconfigure"),
+        Some(&ForceReconfigureRequest { voters, i_understand_this_is_unsafe: true }),
+    )?;
+    Ok(change_done(
+        &change,
+        &format!(
+            "configuration of library {library} forced: voters {list}; the other former voters \
+             are removed and refused if they come back"
+        ),
+    ))
+}
+
+pub fn library_members(client: &Client, library: Uuid, json: bool) -> anyhow::Result<ExitCode> {
+    let m: MembersJson = client.get(&format!("/libraries/{library}/members"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let state = if m.pending {
+        "pending: in use, not yet held by a majority of the voters"
+    } else {
+        "committed"
+    };
+    println!(
+        "library {}  configuration entry {} ({state})  commit sequence {}",
+        m.library_id, m.config_sequence, m.commit_sequence
+    );
+    if !m.member {
+        println!("this device is no longer a member (it was removed); its copy is read-only");
+    }
+    println!("  {:<36}  {:<16}  {:<7}  preference", "device", "name", "role");
+    for d in &m.members {
+        println!(
+            "  {:<36}  {:<16}  {:<7}  {}{}",
+            d.device_id,
+            d.name,
+            d.role,
+            d.preference,
+            if d.device_id == m.device_id { "  (this device)" } else { "" }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -98,6 +298,8 @@ pub fn library_list(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "library_id": l.library_id,
                     "role": l.role,
+                    "member_role": l.member_role,
+                    "member": l.member,
                     "term": l.term,
                     "last_sequence": l.last_sequence,
                 })
@@ -107,13 +309,19 @@ pub fn library_list(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if status.libraries.is_empty() {
-        println!("no library: `lsync library create` or `lsync library join`");
+        println!("no library: `lsync library create`, or `lsync library join TOKEN`");
     }
     for l in &status.libraries {
+        let member = match (&l.member_role, l.member) {
+            (Some(r), true) => r.to_lowercase(),
+            (_, false) => "removed".to_owned(),
+            (None, true) => "-".to_owned(),
+        };
         println!(
-            "{}  {:<9} term {:<4} last sequence {}",
+            "{}  {:<9} {:<7} term {:<4} last sequence {}",
             l.library_id,
             l.role.to_lowercase(),
+            member,
             l.term,
             l.last_sequence
         );

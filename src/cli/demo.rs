@@ -1,5 +1,8 @@
 //! `lsync demo`: a leader and followers syncing on 127.0.0.1, shown live.
 //!
+//! The devices are set up as `lsync library invite` / `lsync library join TOKEN` do: the
+//! leader creates the library and invites each follower, which joins with the token.
+//!
 //! The script: the leader writes at a steady rate; a follower is stopped and brought back (it
 //! catches up from its persisted sequence, with a progress bar); the leader is stopped (the
 //! followers elect a new one and the writes go on there), then comes back as a follower; some
@@ -11,7 +14,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use lsync::{Change, Location, Node, SyncConfig, SyncRole, Tag, WriteOutcome};
+use lsync::{Change, Location, MemberRole, Node, SyncConfig, SyncRole, Tag, WriteOutcome};
 use uuid::Uuid;
 
 pub struct DemoArgs {
@@ -148,13 +151,20 @@ impl Demo {
         }
         self.library_id = self.devices[0].node().create_library().await?;
         let lib = self.library_id;
-        let infos: Vec<_> = self.devices.iter().map(|d| d.node().device_info()).collect();
-        for info in &infos[1..] {
-            self.devices[0].node().add_device(lib, info.clone()).await?;
+        // Each follower joins with an invitation, as `lsync library invite` / `join TOKEN` do:
+        // it starts as a learner; the leader promotes learners once caught up, keeping the
+        // number of voters odd (1, 2, 3, then 5).
+        for f in 1..self.devices.len() {
+            let invitation =
+                self.devices[0].node().invite(lib, false, Duration::from_secs(600)).await?;
+            self.devices[f].node().join_with_invite(&invitation.token).await?;
+            self.wait_for_configuration(f + 1, None).await?;
         }
-        for d in &self.devices[1..] {
-            d.node().join_library(lib, infos[0].clone(), infos[1..].to_vec()).await?;
-        }
+        let voters = match self.devices.len() {
+            n @ 0..=2 => n,
+            n => (if n % 2 == 1 { n } else { n - 1 }).min(5),
+        };
+        self.wait_for_configuration(self.devices.len(), Some(voters)).await?;
         self.say(format!(
             "library {lib}: 1 leader, {} followers, {} changes at {RATE}/s",
             self.args.followers, self.args.changes
@@ -291,6 +301,55 @@ impl Demo {
         Ok(())
     }
 
+    /// Waits until the first `members` devices (those that joined), where running, hold the
+    /// same committed configuration of `members` members (and `voters` voters, if given).
+    async fn wait_for_configuration(
+        &mut self,
+        members: usize,
+        voters: Option<usize>,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut configs = Vec::new();
+            for node in self.devices[..members].iter().filter_map(|d| d.node.as_ref()) {
+                configs.push(node.status(self.library_id).await.ok().map(|st| st.membership));
+            }
+            let settled = configs.iter().all(|m| {
+                m.as_ref().is_some_and(|m| {
+                    !m.pending
+                        && m.members.len() == members
+                        && voters.is_none_or(|v| {
+                            m.members.iter().filter(|x| x.role == MemberRole::Voter).count() == v
+                        })
+                        && Some(m.config_sequence) == configs[0].as_ref().map(|c| c.config_sequence)
+                })
+            });
+            if settled {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let seen: Vec<String> = configs
+                    .iter()
+                    .map(|m| match m {
+                        Some(m) => format!(
+                            "entry {} of {} members{}",
+                            m.config_sequence,
+                            m.members.len(),
+                            if m.pending { " (pending)" } else { "" }
+                        ),
+                        None => "no status".into(),
+                    })
+                    .collect();
+                bail!(
+                    "the devices did not settle on {members} members within {} s: they hold {}",
+                    WAIT.as_secs(),
+                    seen.join(", ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until one running device other than `old` leads, and returns it and its term.
     async fn wait_for_leader(&mut self, old: usize) -> anyhow::Result<(usize, u64)> {
         let deadline = Instant::now() + WAIT;
@@ -325,7 +384,10 @@ impl Demo {
             let mut settled = true;
             for d in self.devices.iter().filter_map(|d| d.node.as_ref()) {
                 let st = d.status(lib).await?;
-                if st.last_sequence != leader_last || st.outbox_pending > 0 {
+                // A rebuilt device sets aside the entries the leader lacked, then moves them
+                // to its outbox: until then it is not done, whatever its last sequence.
+                let stashed = d.database(lib)?.stashed_count()?;
+                if st.last_sequence != leader_last || st.outbox_pending > 0 || stashed > 0 {
                     settled = false;
                 }
             }

@@ -13,7 +13,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lsync::control::api::{ChangeRequest, DeviceJson, DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT};
+use lsync::control::api::{
+    ChangeRequest, DeviceJson, DEFAULT_LOG_LIMIT, MAX_INVITE_EXPIRY_MS, MAX_LOG_LIMIT,
+};
 use uuid::Uuid;
 
 use self::client::Client;
@@ -61,7 +63,7 @@ enum Command {
         json: bool,
     },
     /// Create this device's identity (device id + libp2p key) and its config file
-    /// (DIR/lsync.toml) in the data directory; print the ids and addresses other devices need.
+    /// (DIR/lsync.toml) in the data directory; print its ids and listen addresses.
     /// Running it again keeps both (--force rewrites the config, never the identity).
     Init {
         /// The device's name, shown to the other devices (default: the directory's name).
@@ -88,11 +90,11 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Create, join and list libraries; add member devices.
+    /// Create, join and list libraries; invite, remove and list member devices.
     #[command(subcommand)]
     Library(LibraryCommand),
-    /// Commit a change to a library on its leader: MODEL (tag, location) and the record as JSON,
-    /// e.g. `lsync put tag '{"id":"t1","name":"holiday"}'`.
+    /// Write a change to a library on any device (a follower proposes it to the leader): MODEL
+    /// (tag, location) and the record as JSON, e.g. `lsync put tag '{"id":"t1","name":"holiday"}'`.
     Put {
         /// The library (default: the daemon's only library).
         #[arg(long, value_name = "ID")]
@@ -130,9 +132,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show this device (ids, addresses) and each library: role, term, last sequence;
-    /// on a leader every follower's acked sequence, lag and connection; on a follower its
-    /// applier state, the leader's last sequence and catch-up progress.
+    /// Show this device (ids, addresses) and each library: role, term, last and commit
+    /// sequences, this device's place in the configuration (voter, learner, or no longer a
+    /// member), the members and a pending change; on a leader every follower's role, acked
+    /// sequence, lag and connection; on a follower its applier state, the leader's last
+    /// sequence and catch-up progress.
     Status {
         /// Refresh continuously (progress bars on a terminal; with --json, one JSON line per
         /// refresh).
@@ -149,17 +153,80 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum LibraryCommand {
-    /// Create a library led by this device; prints its id and the commands that add a device.
+    /// Create a library led by this device.
+    ///
+    /// Prints its id and how to add a device (`lsync library invite` here, `lsync library
+    /// join TOKEN` there).
     Create {
         /// Print JSON ({library_id, leader}).
         #[arg(long)]
         json: bool,
     },
-    /// On the leader: make a device a member of the library (run `lsync status` on that device
-    /// for its ids and address).
-    AddDevice {
+    /// On any member: invite a new device; prints a one-line token as the last line.
+    ///
+    /// Run `lsync library join TOKEN` on the new device. The token is single use and
+    /// expires; this device keeps only a hash of its secret. While an invitation is open (and
+    /// 10 minutes after it expired or was used) this device accepts connections from unknown
+    /// devices, which may only present an invitation.
+    Invite {
+        /// The library (default: the daemon's only library).
         #[arg(long, value_name = "ID")]
-        library: Uuid,
+        library: Option<Uuid>,
+        /// The new device stays a learner for good: it receives the log and may write, but
+        /// never votes nor leads (e.g. a phone that is mostly offline).
+        #[arg(long)]
+        learner: bool,
+        /// How long the invitation is accepted: a number with a unit, ms, s, m, h or d
+        /// (at most 7 days).
+        #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
+        expires: Duration,
+        /// Print one JSON object ({library_id, token, expires_at_ms, learner}) on one line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// On a new device: `lsync library join TOKEN`, the token `lsync library invite` printed.
+    ///
+    /// The device joins as a learner and catches up (`lsync status --watch` shows it); it
+    /// prints whether the change that added it is committed, or pending (exit status 3: in use,
+    /// not yet held by a majority of the voters). For scripted setups, the old form
+    /// `--library ID --leader-device-id D --leader-peer-id P --leader-addr A` still works
+    /// once `lsync library add-device` ran on a member (it goes through the log too).
+    Join {
+        /// The invitation token (the last line `lsync library invite` printed).
+        #[arg(value_name = "TOKEN", conflicts_with_all = ["library", "leader_device_id", "leader_peer_id", "leader_addrs", "leader_name", "members"])]
+        token: Option<String>,
+        /// Scripted form: the library.
+        #[arg(long, value_name = "ID", required_unless_present = "token")]
+        library: Option<Uuid>,
+        /// Scripted form: the leader's device id.
+        #[arg(long, required_unless_present = "token")]
+        leader_device_id: Option<Uuid>,
+        /// Scripted form: the leader's peer id.
+        #[arg(long, required_unless_present = "token")]
+        leader_peer_id: Option<String>,
+        /// Scripted form: the leader's address, a multiaddr (repeatable).
+        #[arg(long = "leader-addr", value_name = "MULTIADDR", required_unless_present = "token")]
+        leader_addrs: Vec<String>,
+        /// Scripted form: the leader's name.
+        #[arg(long, default_value = "")]
+        leader_name: String,
+        /// Scripted form: another member device, as DEVICE_ID,PEER_ID,MULTIADDR (repeatable).
+        #[arg(long = "member", value_name = "DEVICE_ID,PEER_ID,MULTIADDR")]
+        members: Vec<String>,
+        /// Print JSON ({library_id, config_sequence, committed, leader}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// For scripted setups: on any member, add a device by its ids (through the log).
+    ///
+    /// `lsync library invite` needs no ids copied by hand. This adds a device as a learner,
+    /// with the ids and address `lsync status` prints on it; the change goes through the
+    /// library's log like every membership change (exit status 3 while pending). Then run the
+    /// scripted `lsync library join` on that device.
+    AddDevice {
+        /// The library (default: the daemon's only library).
+        #[arg(long, value_name = "ID")]
+        library: Option<Uuid>,
         #[arg(long)]
         device_id: Uuid,
         #[arg(long)]
@@ -170,29 +237,113 @@ enum LibraryCommand {
         #[arg(long, default_value = "")]
         name: String,
     },
-    /// On a new device: join a library as a follower of its leader (the command is printed by
-    /// `lsync library create` on the leader).
-    Join {
+    /// On any member (forwarded to the leader): remove a device from the library.
+    ///
+    /// Every device refuses it as soon as it applies the change; the removed device keeps its
+    /// copy, read-only. A lost or stolen device is cut off by this one command. Exit status 3:
+    /// pending (in a library of two voters, removing an unreachable device stays pending).
+    RemoveDevice {
+        /// The library (default: the daemon's only library).
+        #[arg(long, value_name = "ID")]
+        library: Option<Uuid>,
+        /// The device to remove (`lsync library members` lists them).
+        #[arg(value_name = "DEVICE")]
+        device: Uuid,
+    },
+    /// On any member: make a device a voter, a learner, or let the leader decide (auto).
+    ///
+    /// `auto`: the leader keeps the number of voters odd (1, 2, 3, then 5); `learner`: stays a
+    /// learner for good (a voter is demoted); `voter`: promoted once caught up, whatever the
+    /// count. Exit status 3: pending.
+    SetRole {
+        /// The library (default: the daemon's only library).
+        #[arg(long, value_name = "ID")]
+        library: Option<Uuid>,
+        /// The device (`lsync library members` lists them).
+        #[arg(value_name = "DEVICE")]
+        device: Uuid,
+        /// auto, learner or voter.
+        #[arg(value_enum)]
+        role: RoleArg,
+    },
+    /// UNSAFE: make a new configuration when a majority of the voters is gone for good.
+    ///
+    /// For a library whose majority of voters is gone for good (e.g. two of three laptops
+    /// lost): on a surviving device, make a new configuration from what this device
+    /// holds, with VOTERS (this device among them) as the only voters. Entries only the lost
+    /// devices held are lost; never run it while the other devices may be alive (like etcd's
+    /// --force-new-cluster). See docs/operations.md, "Quorum lost for good".
+    ForceReconfigure {
+        /// The library.
         #[arg(long, value_name = "ID")]
         library: Uuid,
+        /// The voters of the new configuration, comma-separated device ids (this device
+        /// among them).
+        #[arg(long, value_name = "DEV,DEV…", value_delimiter = ',', required = true)]
+        voters: Vec<Uuid>,
+        /// Confirms that the majority of voters is gone for good and that what only they held
+        /// may be lost.
         #[arg(long)]
-        leader_device_id: Uuid,
+        i_understand_this_is_unsafe: bool,
+    },
+    /// The configuration in effect: members, roles, and whether a change is pending.
+    ///
+    /// Each member's device id, name, role (voter or learner) and preference, the
+    /// configuration entry, and whether it is pending (in use, not yet held by a majority of
+    /// the voters).
+    Members {
+        /// The library (default: the daemon's only library).
+        #[arg(long, value_name = "ID")]
+        library: Option<Uuid>,
         #[arg(long)]
-        leader_peer_id: String,
-        /// The leader's address, a multiaddr (repeatable).
-        #[arg(long = "leader-addr", value_name = "MULTIADDR", required = true)]
-        leader_addrs: Vec<String>,
-        #[arg(long, default_value = "")]
-        leader_name: String,
-        /// Another member device, as DEVICE_ID,PEER_ID,MULTIADDR (repeatable).
-        #[arg(long = "member", value_name = "DEVICE_ID,PEER_ID,MULTIADDR")]
-        members: Vec<String>,
+        json: bool,
     },
     /// List this device's libraries with its role in each.
     List {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A role preference on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Auto,
+    Learner,
+    Voter,
+}
+
+impl RoleArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Learner => "learner",
+            Self::Voter => "voter",
+        }
+    }
+}
+
+/// Parses `10m`, `30s`, `500ms`, `2h`, `7d` (bounded by the API's 7 days).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        format!("bad duration {text:?}: use a number and a unit, e.g. 10m, 30s, 2h")
+    })?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        "" => return Err(format!("bad duration {text:?}: give a unit, e.g. {n}m or {n}s")),
+        other => return Err(format!("bad duration unit {other:?}: use ms, s, m, h or d")),
+    };
+    match ms {
+        Some(ms) if ms > 0 && ms <= MAX_INVITE_EXPIRY_MS => Ok(Duration::from_millis(ms)),
+        _ => Err(format!("bad duration {text:?}: between 1ms and 7d")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,24 +404,40 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { config } => daemon::run(dir, config),
         Command::Library(cmd) => {
+            // refused before anything else, whether a daemon runs or not
+            if let LibraryCommand::ForceReconfigure { i_understand_this_is_unsafe: false, .. } =
+                &cmd
+            {
+                anyhow::bail!(lsync::control::api::FORCE_RECONFIGURE_REFUSED);
+            }
             let client = Client::connect(&dir)?;
             match cmd {
                 LibraryCommand::Create { json } => commands::library_create(&client, json),
-                LibraryCommand::AddDevice { library, device_id, peer_id, addrs, name } => {
-                    commands::library_add_device(
-                        &client,
-                        library,
-                        DeviceJson { device_id, peer_id, addresses: addrs, name },
-                    )
+                LibraryCommand::Invite { library, learner, expires, json } => {
+                    let library = commands::resolve_library(&client, library)?;
+                    commands::library_invite(&client, library, learner, expires, json)
+                }
+                LibraryCommand::Join { token: Some(token), json, .. } => {
+                    commands::library_join_token(&client, &token, json)
                 }
                 LibraryCommand::Join {
+                    token: None,
                     library,
                     leader_device_id,
                     leader_peer_id,
                     leader_addrs,
                     leader_name,
                     members,
+                    json,
                 } => {
+                    let (Some(library), Some(leader_device_id), Some(leader_peer_id)) =
+                        (library, leader_device_id, leader_peer_id)
+                    else {
+                        anyhow::bail!(
+                            "give the invitation token (`lsync library join TOKEN`), or \
+                             --library, --leader-device-id, --leader-peer-id and --leader-addr"
+                        );
+                    };
                     let members =
                         members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<_>>()?;
                     let leader = DeviceJson {
@@ -279,7 +446,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         addresses: leader_addrs,
                         name: leader_name,
                     };
-                    commands::library_join(&client, library, leader, members)
+                    commands::library_join(&client, library, leader, members, json)
+                }
+                LibraryCommand::AddDevice { library, device_id, peer_id, addrs, name } => {
+                    let library = commands::resolve_library(&client, library)?;
+                    commands::library_add_device(
+                        &client,
+                        library,
+                        DeviceJson { device_id, peer_id, addresses: addrs, name },
+                    )
+                }
+                LibraryCommand::RemoveDevice { library, device } => {
+                    let library = commands::resolve_library(&client, library)?;
+                    commands::library_remove_device(&client, library, device)
+                }
+                LibraryCommand::SetRole { library, device, role } => {
+                    let library = commands::resolve_library(&client, library)?;
+                    commands::library_set_role(&client, library, device, role.as_str())
+                }
+                LibraryCommand::ForceReconfigure { library, voters, .. } => {
+                    commands::library_force_reconfigure(&client, library, voters)
+                }
+                LibraryCommand::Members { library, json } => {
+                    let library = commands::resolve_library(&client, library)?;
+                    commands::library_members(&client, library, json)
                 }
                 LibraryCommand::List { json } => commands::library_list(&client, json),
             }
@@ -340,6 +530,71 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_with_a_unit_and_a_bound() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("8d").unwrap_err().contains("7d"));
+        assert!(parse_duration("0s").unwrap_err().contains("between"));
+        assert!(parse_duration("10").unwrap_err().contains("give a unit"));
+        assert!(parse_duration("10y").unwrap_err().contains("unit \"y\""));
+        assert!(parse_duration("m").unwrap_err().contains("bad duration"));
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn join_takes_a_token_or_the_scripted_ids_not_both() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(["lsync", "library", "join"].iter().chain(args));
+        assert!(parse(&["lsync-invite-1.abc"]).is_ok());
+        assert!(parse(&[]).is_err(), "nothing given");
+        let id = Uuid::new_v4().to_string();
+        assert!(parse(&["tok", "--library", &id]).is_err(), "both forms");
+        let scripted = [
+            "--library",
+            &id,
+            "--leader-device-id",
+            &id,
+            "--leader-peer-id",
+            "p",
+            "--leader-addr",
+            "/ip4/127.0.0.1/tcp/1",
+        ];
+        assert!(parse(&scripted).is_ok());
+        assert!(parse(&scripted[..6]).is_err(), "no leader address");
+    }
+
+    #[test]
+    fn force_reconfigure_takes_a_comma_separated_voter_list() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let lib = Uuid::new_v4().to_string();
+        let voters = format!("{a},{b}");
+        let cli = Cli::try_parse_from([
+            "lsync",
+            "library",
+            "force-reconfigure",
+            "--library",
+            &lib,
+            "--voters",
+            &voters,
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Library(LibraryCommand::ForceReconfigure {
+                voters,
+                i_understand_this_is_unsafe,
+                ..
+            }) => {
+                assert_eq!(voters, vec![a, b]);
+                assert!(!i_understand_this_is_unsafe);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

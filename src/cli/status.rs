@@ -88,18 +88,20 @@ fn render_lines(view: &StatusView, rates: &mut RateTracker, progress: bool) -> V
         out.push(format!("address  {a}"));
     }
     if view.libraries.is_empty() {
-        out.push("no library: `lsync library create` or `lsync library join`".into());
+        out.push("no library: `lsync library create`, or `lsync library join TOKEN`".into());
     }
     for l in &view.libraries {
         let role = l.role.to_lowercase();
         out.push(format!(
-            "library  {}  {role}  term {}  last sequence {}  outbox {}",
-            l.library_id, l.term, l.last_sequence, l.outbox_size
+            "library  {}  {role}  term {}  last sequence {}  commit sequence {}  outbox {}",
+            l.library_id, l.term, l.last_sequence, l.commit_sequence, l.outbox_size
         ));
+        out.extend(membership_lines(l, d.device_id));
         for f in &l.followers {
             out.push(format!(
-                "  follower {}  acked {}  lag {}  {}",
+                "  follower {}  {}  acked {}  lag {}  {}",
                 f.device_id,
+                f.role.as_deref().map_or("leaving".to_owned(), str::to_lowercase),
                 f.acked_sequence,
                 f.lag,
                 if f.connected { "connected" } else { "disconnected" }
@@ -126,4 +128,101 @@ fn render_lines(view: &StatusView, rates: &mut RateTracker, progress: bool) -> V
         }
     }
     out
+}
+
+/// This device's place in the library and the configuration in effect.
+fn membership_lines(l: &LibraryView, me: uuid::Uuid) -> Vec<String> {
+    let mut out = Vec::new();
+    if !l.member || l.removed.is_some() {
+        out.push(
+            "  this device is no longer a member of this library (it was removed): its copy is \
+             kept, read-only; another member can invite it again (`lsync library invite`)"
+                .to_owned(),
+        );
+        if let Some(why) = &l.removed {
+            out.push(format!("  refused: {why}"));
+        }
+    } else if let Some(role) = &l.member_role {
+        let role = role.to_lowercase();
+        let meaning = if role == "learner" {
+            " (receives the log and may write; never votes nor leads)"
+        } else {
+            ""
+        };
+        out.push(format!("  this device: {role}{meaning}"));
+    }
+    let Some(m) = &l.membership else { return out };
+    let voters = m.members.iter().filter(|x| x.role.eq_ignore_ascii_case("voter")).count();
+    let learners = m.members.len() - voters;
+    out.push(format!(
+        "  configuration entry {}: {} members ({voters} voters, {learners} learners){}",
+        m.config_sequence,
+        m.members.len(),
+        if m.pending { "  PENDING: in use, not yet held by a majority of the voters" } else { "" }
+    ));
+    for x in &m.members {
+        out.push(format!(
+            "    member {}  {:<7}  {}{}",
+            x.device_id,
+            x.role.to_lowercase(),
+            x.name,
+            if x.device_id == me { "  (this device)" } else { "" }
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(library: serde_json::Value) -> StatusView {
+        serde_json::from_value(serde_json::json!({
+            "device": {"device_id": uuid::Uuid::from_u128(1), "peer_id": "p", "addresses": [], "name": "laptop"},
+            "libraries": [library],
+        }))
+        .unwrap()
+    }
+
+    fn library(member: bool, pending: bool) -> serde_json::Value {
+        serde_json::json!({
+            "library_id": uuid::Uuid::from_u128(9), "role": "Follower", "term": 2,
+            "last_sequence": 40, "commit_sequence": 38, "outbox_size": 0,
+            "member": member, "member_role": if member { Some("Learner") } else { None },
+            "removed": null,
+            "membership": {"config_sequence": 37, "pending": pending, "members": [
+                {"device_id": uuid::Uuid::from_u128(2), "name": "desktop", "role": "Voter", "preference": "Auto"},
+                {"device_id": uuid::Uuid::from_u128(1), "name": "laptop", "role": "Learner", "preference": "Learner"},
+            ]},
+        })
+    }
+
+    #[test]
+    fn a_learner_sees_its_role_the_commit_sequence_and_a_pending_change() {
+        let text = render(&view(library(true, true)), &mut RateTracker::default()).join("\n");
+        assert!(text.contains("commit sequence 38"), "{text}");
+        assert!(text.contains("this device: learner (receives the log"), "{text}");
+        assert!(text.contains("configuration entry 37: 2 members (1 voters, 1 learners)  PENDING"));
+        assert!(text.contains("laptop  (this device)"), "{text}");
+        assert!(!text.contains("no longer a member"), "{text}");
+    }
+
+    #[test]
+    fn a_removed_device_says_it_is_no_longer_a_member() {
+        let text = render(&view(library(false, false)), &mut RateTracker::default()).join("\n");
+        assert!(text.contains("no longer a member of this library (it was removed)"), "{text}");
+        assert!(!text.contains("PENDING"), "{text}");
+    }
+
+    #[test]
+    fn a_status_without_membership_fields_still_reads() {
+        // a daemon of the previous version: no membership fields at all
+        let old = serde_json::json!({
+            "library_id": uuid::Uuid::from_u128(9), "role": "Leader", "term": 1,
+            "last_sequence": 3,
+        });
+        let text = render(&view(old), &mut RateTracker::default()).join("\n");
+        assert!(text.contains("leader  term 1  last sequence 3"), "{text}");
+        assert!(!text.contains("no longer a member"), "{text}");
+    }
 }

@@ -87,6 +87,169 @@ pub struct JoinRequest {
     pub members: Vec<DeviceJson>,
 }
 
+/// Body of `POST /libraries/{id}/invitations`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InviteRequest {
+    /// The new device stays a learner for good (never votes, never leads).
+    #[serde(default)]
+    pub learner: bool,
+    /// How long the invitation is accepted, in milliseconds (default
+    /// [`DEFAULT_INVITE_EXPIRY_MS`], at most [`MAX_INVITE_EXPIRY_MS`]).
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+}
+
+/// How long an invitation is accepted when no expiry is given: 10 minutes.
+pub const DEFAULT_INVITE_EXPIRY_MS: u64 = 10 * 60 * 1000;
+/// The longest expiry an invitation may have: 7 days.
+pub const MAX_INVITE_EXPIRY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// Response of `POST /libraries/{id}/invitations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvitationJson {
+    pub library_id: Uuid,
+    /// The one-line token to give to `lsync library join TOKEN` on the new device.
+    pub token: String,
+    /// When it stops being accepted (ms since the Unix epoch).
+    pub expires_at_ms: i64,
+    /// The new device stays a learner for good.
+    pub learner: bool,
+}
+
+/// Body of `POST /join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinWithTokenRequest {
+    /// The token `lsync library invite` printed on a member.
+    pub token: String,
+}
+
+/// Response of `POST /join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinedJson {
+    pub library_id: Uuid,
+    /// The configuration entry that added this device (as a learner).
+    pub config_sequence: u64,
+    /// Whether that entry is committed; `false`: pending (in use, not yet held by a majority).
+    pub committed: bool,
+    /// The leader to follow, as the inviting member knew it.
+    pub leader: Option<Uuid>,
+}
+
+/// Response of every membership change (`POST /libraries/{id}/devices`,
+/// `DELETE /libraries/{id}/devices/{device}`, `PUT /libraries/{id}/devices/{device}/preference`,
+/// `POST /libraries/{id}/force-reconfigure`): `200` when committed, `202` when pending.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembershipChangeJson {
+    pub library_id: Uuid,
+    /// The configuration entry that carries the change.
+    pub config_sequence: u64,
+    /// Whether it is committed; `false`: pending (in use, not yet held by a majority).
+    pub committed: bool,
+}
+
+impl MembershipChangeJson {
+    /// The JSON form of a change's outcome.
+    pub fn from_outcome(library_id: Uuid, o: crate::MembershipOutcome) -> Self {
+        Self { library_id, config_sequence: o.config_sequence, committed: o.committed }
+    }
+}
+
+/// Body of `PUT /libraries/{id}/devices/{device}/preference`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreferenceRequest {
+    /// `auto` (the leader keeps the number of voters odd), `learner` (stays a learner for
+    /// good; a voter is demoted) or `voter` (promoted once caught up, whatever the count).
+    pub preference: String,
+}
+
+/// Parses a role preference (`auto`, `learner`, `voter`, any case).
+pub fn parse_preference(text: &str) -> Result<crate::RolePreference, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(crate::RolePreference::Auto),
+        "learner" => Ok(crate::RolePreference::Learner),
+        "voter" => Ok(crate::RolePreference::Voter),
+        other => Err(format!("bad role {other:?}: use auto, learner or voter")),
+    }
+}
+
+/// Body of `POST /libraries/{id}/force-reconfigure`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForceReconfigureRequest {
+    /// The voters of the new configuration (this device among them).
+    pub voters: Vec<Uuid>,
+    /// Must be `true`: the call is unsafe (docs/operations.md, "Quorum lost for good").
+    #[serde(default)]
+    pub i_understand_this_is_unsafe: bool,
+}
+
+/// Why `force-reconfigure` is refused without its confirmation (one line, for the API and the
+/// CLI).
+pub const FORCE_RECONFIGURE_REFUSED: &str = "force-reconfigure is unsafe and was not run: it \
+    makes a new configuration from this device's copy alone, so entries only the other voters \
+    hold are lost, and run while they may be alive it splits the library in two; only if a \
+    majority of the voters is gone for good, confirm with --i-understand-this-is-unsafe \
+    (API: \"i_understand_this_is_unsafe\": true; see docs/operations.md, \"Quorum lost for good\")";
+
+/// Response of `GET /libraries/{id}/members`: the configuration in effect on this device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembersJson {
+    pub library_id: Uuid,
+    /// This device.
+    pub device_id: Uuid,
+    /// The configuration entry it comes from.
+    pub config_sequence: u64,
+    /// The library's feature version.
+    pub feature_version: u32,
+    /// The commit sequence as this device knows it.
+    pub commit_sequence: u64,
+    /// The configuration is not committed yet: in use, not yet held by a majority.
+    pub pending: bool,
+    /// Whether this device is a member of it.
+    pub member: bool,
+    pub members: Vec<MemberJson>,
+}
+
+/// One member in `GET /libraries/{id}/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberJson {
+    pub device_id: Uuid,
+    pub peer_id: String,
+    pub name: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// `auto`, `learner` or `voter`.
+    pub preference: String,
+    pub addresses: Vec<String>,
+}
+
+impl MembersJson {
+    /// The members of a library's status.
+    pub fn from_status(s: &crate::LibraryStatus) -> Self {
+        let m = &s.membership;
+        Self {
+            library_id: s.library_id,
+            device_id: s.device_id,
+            config_sequence: m.config_sequence,
+            feature_version: m.feature_version,
+            commit_sequence: s.commit_sequence,
+            pending: m.pending,
+            member: s.member,
+            members: m
+                .members
+                .iter()
+                .map(|m| MemberJson {
+                    device_id: m.device_id,
+                    peer_id: m.peer_id.clone(),
+                    name: m.name.clone(),
+                    role: m.role.to_string(),
+                    preference: m.preference.to_string(),
+                    addresses: m.addresses.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Body of `POST /libraries/{id}/changes`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangeRequest {
@@ -203,7 +366,8 @@ impl WriteJson {
 }
 
 /// One sync log entry as JSON; `data` is the record decoded from MessagePack (`null` for a
-/// delete, `{"msgpack_hex": "..."}` if it is not plain MessagePack).
+/// delete, the configuration for a configuration entry, `{"msgpack_hex": "..."}` if it is not
+/// plain MessagePack).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EntryJson {
     pub sequence: u64,
@@ -229,8 +393,21 @@ impl EntryJson {
             record_id: e.record_id.clone(),
             change_type: e.change_type.as_str().to_owned(),
             version: e.version,
-            data: data_json(&e.data),
+            data: if e.change_type == ChangeType::Config {
+                config_json(&e.data)
+            } else {
+                data_json(&e.data)
+            },
         }
+    }
+}
+
+/// A configuration entry's `data` as JSON: `{feature_version, members: [{device_id, peer_id,
+/// addresses, name, role, preference}]}` (the raw form if it does not decode).
+fn config_json(data: &[u8]) -> serde_json::Value {
+    match lsync_protocol::Configuration::decode(data) {
+        Ok(c) => serde_json::to_value(&c).unwrap_or_else(|_| data_json(data)),
+        Err(_) => data_json(data),
     }
 }
 
@@ -275,6 +452,47 @@ pub struct LibraryView {
     pub applier: Option<ApplierView>,
     #[serde(default)]
     pub outbox_size: u64,
+    /// The commit sequence (the leader's; on a follower, as its leader last said).
+    #[serde(default)]
+    pub commit_sequence: u64,
+    /// Whether this device is a member of the configuration in effect.
+    #[serde(default = "yes")]
+    pub member: bool,
+    /// Its role there (`Voter` or `Learner`).
+    #[serde(default)]
+    pub member_role: Option<String>,
+    /// Why a member refused this device as removed, if one did.
+    #[serde(default)]
+    pub removed: Option<String>,
+    #[serde(default)]
+    pub membership: Option<MembershipView>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The configuration in effect, in `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembershipView {
+    pub config_sequence: u64,
+    #[serde(default)]
+    pub pending: bool,
+    #[serde(default)]
+    pub members: Vec<MemberView>,
+}
+
+/// One member in `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberView {
+    pub device_id: Uuid,
+    #[serde(default)]
+    pub name: String,
+    /// `Voter` or `Learner`.
+    pub role: String,
+    /// `Auto`, `Learner` or `Voter`.
+    #[serde(default)]
+    pub preference: String,
 }
 
 /// A follower of `GET /status` (leader's view).
@@ -284,6 +502,9 @@ pub struct FollowerView {
     pub acked_sequence: u64,
     pub lag: u64,
     pub connected: bool,
+    /// Its role (`Voter`, `Learner`; none: it is leaving).
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 /// A follower's applier in `GET /status`.
@@ -339,6 +560,27 @@ mod tests {
         assert!(e.contains("not a valid tag"), "{e}");
         let d = req("location", Some("delete"), serde_json::json!({"id": "l"})).to_change();
         assert_eq!(d.unwrap(), Change::delete::<Location>("l"));
+    }
+
+    #[test]
+    fn configuration_entries_show_their_members() {
+        let member = lsync_protocol::Member {
+            device_id: Uuid::from_u128(7),
+            peer_id: libp2p::identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id()
+                .to_string(),
+            addresses: vec!["/ip4/127.0.0.1/tcp/7700".into()],
+            name: "laptop".into(),
+            role: crate::MemberRole::Voter,
+            preference: crate::RolePreference::Auto,
+        };
+        let config = lsync_protocol::Configuration::new(2, vec![member]);
+        let j = config_json(&config.encode());
+        assert_eq!(j["feature_version"], 2);
+        assert_eq!(j["members"][0]["device_id"], Uuid::from_u128(7).to_string());
+        assert_eq!(j["members"][0]["role"], "Voter");
+        assert_eq!(config_json(&[0xc1]), serde_json::json!({"msgpack_hex": "c1"}));
     }
 
     #[test]

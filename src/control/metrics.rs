@@ -22,12 +22,22 @@
 //! | `lsync_network_connections_established_total` | counter | |
 //! | `lsync_network_connections_closed_total` | counter | |
 //! | `lsync_network_connections_open` | gauge | |
+//! | `lsync_network_guest_connections_total` | counter | |
+//! | `lsync_network_guest_connections_refused_total` | counter | |
+//! | `lsync_network_guest_timeouts_total` | counter | |
+//! | `lsync_network_protocol_fallbacks_total` | counter | |
 //! | `lsync_library_is_leader` | gauge | `library` |
 //! | `lsync_library_term` | gauge | `library` |
 //! | `lsync_library_last_sequence` | gauge | `library` |
 //! | `lsync_library_lag` | gauge | `library` (followers) |
 //! | `lsync_library_applier_stalled` | gauge | `library` (followers) |
 //! | `lsync_library_outbox_size` | gauge | `library` |
+//! | `lsync_commit_sequence` | gauge | `library` |
+//! | `lsync_config_sequence` | gauge | `library` |
+//! | `lsync_voters` | gauge | `library` |
+//! | `lsync_learners` | gauge | `library` |
+//! | `lsync_membership_pending` | gauge | `library` |
+//! | `lsync_library_member` | gauge | `library` |
 //! | `lsync_follower_acked_sequence` | gauge | `library`, `device` (leaders) |
 //! | `lsync_follower_lag` | gauge | `library`, `device` (leaders) |
 //! | `lsync_follower_connected` | gauge | `library`, `device` (leaders) |
@@ -39,7 +49,7 @@ use lsync_actors::metrics::HistogramSnapshot;
 use lsync_actors::network::NetworkStats;
 use uuid::Uuid;
 
-use crate::{FollowerState, LibraryStatus, Metrics, SyncRole};
+use crate::{FollowerState, LibraryStatus, MemberRole, Metrics, SyncRole};
 
 /// The content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -56,6 +66,18 @@ pub struct LibraryGauges {
     /// Followers only: the applier stopped on an error it cannot get past by itself.
     pub stalled: Option<bool>,
     pub outbox_size: u64,
+    /// The commit sequence (a follower: as its leader last said).
+    pub commit_sequence: u64,
+    /// The configuration entry in effect.
+    pub config_sequence: u64,
+    /// Voters of the configuration in effect.
+    pub voters: u64,
+    /// Learners of the configuration in effect.
+    pub learners: u64,
+    /// The configuration in effect is not committed yet.
+    pub membership_pending: bool,
+    /// This device is a member of the configuration in effect.
+    pub member: bool,
     /// Leaders only: every follower.
     pub followers: Vec<FollowerGauges>,
 }
@@ -80,6 +102,12 @@ impl LibraryGauges {
             lag: s.applier.as_ref().map(|a| a.leader_last_sequence.saturating_sub(s.last_sequence)),
             stalled: s.applier.as_ref().map(|a| a.state == FollowerState::Stalled),
             outbox_size,
+            commit_sequence: s.commit_sequence,
+            config_sequence: s.membership.config_sequence,
+            voters: count_role(s, MemberRole::Voter),
+            learners: count_role(s, MemberRole::Learner),
+            membership_pending: s.membership.pending,
+            member: s.member,
             followers: s
                 .followers
                 .iter()
@@ -92,6 +120,10 @@ impl LibraryGauges {
                 .collect(),
         }
     }
+}
+
+fn count_role(s: &LibraryStatus, role: MemberRole) -> u64 {
+    s.membership.members.iter().filter(|m| m.role == role).count() as u64
 }
 
 struct Out(String);
@@ -213,6 +245,8 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
         ("bad_request", &net.rejected_bad_request),
         ("malformed", &net.rejected_malformed),
         ("busy", &net.rejected_busy),
+        ("guest", &net.rejected_guest),
+        ("removed", &net.rejected_removed),
     ] {
         o.sample(rejected, &[("reason", reason)], counter.load(Ordering::Relaxed));
     }
@@ -232,6 +266,26 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
         .saturating_sub(net.connections_closed.load(Ordering::Relaxed));
     o.family("lsync_network_connections_open", "gauge", "Connections open now.");
     o.sample("lsync_network_connections_open", &[], open);
+    o.counter(
+        "lsync_network_guest_connections_total",
+        "Connections admitted from unknown devices while an invitation was open (they may only present it).",
+        &net.guest_connections,
+    );
+    o.counter(
+        "lsync_network_guest_connections_refused_total",
+        "Connections from unknown devices refused because 16 were open already.",
+        &net.refused_guest_connections,
+    );
+    o.counter(
+        "lsync_network_guest_timeouts_total",
+        "Connections from unknown devices closed because they presented no invitation in time.",
+        &net.guest_timeouts,
+    );
+    o.counter(
+        "lsync_network_protocol_fallbacks_total",
+        "Requests resent with protocol 1.0.0 after the peer refused 2.0.0 (a device to upgrade).",
+        &net.protocol_fallbacks,
+    );
 
     let ids: Vec<String> = libraries.iter().map(|l| l.library_id.to_string()).collect();
     let per_library =
@@ -270,6 +324,36 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
         "lsync_library_outbox_size",
         "Changes made on this device not yet sequenced by the leader.",
         &|l| Some(l.outbox_size),
+    );
+    per_library(
+        &mut o,
+        "lsync_commit_sequence",
+        "The highest sequence held by a majority of the voters (a follower: as its leader last said).",
+        &|l| Some(l.commit_sequence),
+    );
+    per_library(
+        &mut o,
+        "lsync_config_sequence",
+        "Sequence of the configuration entry in effect on this device.",
+        &|l| Some(l.config_sequence),
+    );
+    per_library(&mut o, "lsync_voters", "Voters of the configuration in effect.", &|l| {
+        Some(l.voters)
+    });
+    per_library(&mut o, "lsync_learners", "Learners of the configuration in effect.", &|l| {
+        Some(l.learners)
+    });
+    per_library(
+        &mut o,
+        "lsync_membership_pending",
+        "1 while the configuration in effect is not committed (held by a majority) yet.",
+        &|l| Some(u64::from(l.membership_pending)),
+    );
+    per_library(
+        &mut o,
+        "lsync_library_member",
+        "1 if this device is a member of the library (0: it was removed; its copy is read-only).",
+        &|l| Some(u64::from(l.member)),
     );
     let per_follower =
         |o: &mut Out, name: &str, help: &str, value: &dyn Fn(&FollowerGauges) -> u64| {
@@ -421,6 +505,9 @@ mod tests {
         net.rejected_unauthorized.fetch_add(3, Ordering::Relaxed);
         net.connections_established.fetch_add(2, Ordering::Relaxed);
         net.connections_closed.fetch_add(1, Ordering::Relaxed);
+        net.rejected_removed.fetch_add(4, Ordering::Relaxed);
+        net.guest_connections.fetch_add(6, Ordering::Relaxed);
+        net.protocol_fallbacks.fetch_add(2, Ordering::Relaxed);
         let lead = Uuid::from_u128(1);
         let follow = Uuid::from_u128(2);
         let libs = [
@@ -432,6 +519,12 @@ mod tests {
                 lag: None,
                 stalled: None,
                 outbox_size: 0,
+                commit_sequence: 480,
+                config_sequence: 7,
+                voters: 3,
+                learners: 1,
+                membership_pending: true,
+                member: true,
                 followers: vec![
                     FollowerGauges {
                         device_id: Uuid::from_u128(9),
@@ -455,6 +548,12 @@ mod tests {
                 lag: Some(5),
                 stalled: Some(true),
                 outbox_size: 0,
+                commit_sequence: 10,
+                config_sequence: 3,
+                voters: 1,
+                learners: 2,
+                membership_pending: false,
+                member: false,
                 followers: vec![],
             },
         ];
@@ -478,6 +577,17 @@ mod tests {
             Uuid::from_u128(8)
         );
         assert_eq!(s[&f], 500.0);
+        assert_eq!(s[r#"lsync_network_rejected_requests_total[("reason", "removed")]"#], 4.0);
+        assert_eq!(s[r#"lsync_network_rejected_requests_total[("reason", "guest")]"#], 0.0);
+        assert_eq!(s["lsync_network_guest_connections_total[]"], 6.0);
+        assert_eq!(s["lsync_network_protocol_fallbacks_total[]"], 2.0);
+        assert_eq!(lib("lsync_commit_sequence", lead), 480.0);
+        assert_eq!(lib("lsync_config_sequence", follow), 3.0);
+        assert_eq!(lib("lsync_voters", lead), 3.0);
+        assert_eq!(lib("lsync_learners", follow), 2.0);
+        assert_eq!(lib("lsync_membership_pending", lead), 1.0);
+        assert_eq!(lib("lsync_membership_pending", follow), 0.0);
+        assert_eq!(lib("lsync_library_member", follow), 0.0);
     }
 
     #[test]

@@ -10,14 +10,25 @@
 //! | `GET /status` | → `{device, libraries: [LibraryStatus + outbox_size]}` |
 //! | `GET /metrics` | → Prometheus text ([`metrics`]) |
 //! | `POST /libraries` | → `{library_id, leader}` (this device leads it) |
-//! | `POST /libraries/{id}/devices` | `{device_id, peer_id, addresses, name}` → `{}` |
+//! | `POST /libraries/{id}/invitations` | `{learner?, expires_ms?}` → `{library_id, token, expires_at_ms, learner}` |
+//! | `POST /join` | `{token}` → `{library_id, config_sequence, committed, leader}` |
+//! | `GET /libraries/{id}/members` | → `{library_id, config_sequence, feature_version, commit_sequence, pending, member, members}` |
+//! | `POST /libraries/{id}/devices` | `{device_id, peer_id, addresses, name}` → change |
+//! | `DELETE /libraries/{id}/devices/{device}` | → change |
+//! | `PUT /libraries/{id}/devices/{device}/preference` | `{preference: auto\|learner\|voter}` → change |
+//! | `POST /libraries/{id}/force-reconfigure` | `{voters, i_understand_this_is_unsafe: true}` → change |
 //! | `POST /libraries/{id}/join` | `{leader: device, members: [device]}` → `{}` |
 //! | `POST /libraries/{id}/changes` | `{model_type, record_id?, change_type?, data}` → entry |
 //! | `GET /libraries/{id}/log?since=N&limit=N` | → `{entries, last_sequence}` (limit ≤ 1000) |
 //!
-//! Errors are `{"error": "..."}` with 400 (bad input), 401, 404 (unknown library or path),
-//! 409 (not the leader, library exists), 503 (database busy, service stopped), 507 (disk full)
-//! or 500.
+//! A membership change answers `{library_id, config_sequence, committed}`: `200` when the
+//! configuration entry is committed, `202` when it is pending (in use, not yet held by a
+//! majority; docs/operations.md, "Membership").
+//!
+//! Errors are `{"error": "..."}` with 400 (bad input, a refused invitation), 401, 404 (unknown
+//! library or path), 409 (not the leader, library exists, a membership change refused),
+//! 502 (the inviting device is unreachable), 503 (database busy, service stopped, no leader
+//! known), 507 (disk full) or 500.
 
 pub mod api;
 pub mod metrics;
@@ -36,8 +47,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use self::api::{
-    ChangeRequest, CreatedLibrary, DeviceJson, EntryJson, ErrorBody, JoinRequest, LogPage,
-    DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT,
+    ChangeRequest, CreatedLibrary, DeviceJson, EntryJson, ErrorBody, ForceReconfigureRequest,
+    InvitationJson, InviteRequest, JoinRequest, JoinWithTokenRequest, JoinedJson, LogPage,
+    MembersJson, MembershipChangeJson, PreferenceRequest, DEFAULT_INVITE_EXPIRY_MS,
+    DEFAULT_LOG_LIMIT, MAX_INVITE_EXPIRY_MS, MAX_LOG_LIMIT,
 };
 use crate::crates::storage::StorageError;
 use crate::identity::write_private;
@@ -84,7 +97,13 @@ impl ControlServer {
                 .route("/status", web::get().to(status))
                 .route("/metrics", web::get().to(metrics_text))
                 .route("/libraries", web::post().to(create_library))
+                .route("/join", web::post().to(join_with_token))
+                .route("/libraries/{id}/invitations", web::post().to(invite))
+                .route("/libraries/{id}/members", web::get().to(members))
                 .route("/libraries/{id}/devices", web::post().to(add_device))
+                .route("/libraries/{id}/devices/{device}", web::delete().to(remove_device))
+                .route("/libraries/{id}/devices/{device}/preference", web::put().to(set_preference))
+                .route("/libraries/{id}/force-reconfigure", web::post().to(force_reconfigure))
                 .route("/libraries/{id}/join", web::post().to(join_library))
                 .route("/libraries/{id}/changes", web::post().to(commit_change))
                 .route("/libraries/{id}/log", web::get().to(read_log))
@@ -170,8 +189,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error; the message is made one line (runs of whitespace, newlines included, become
+    /// one space), since clients print it as one.
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        let message: String = message.into();
+        Self { status, message: message.split_whitespace().collect::<Vec<_>>().join(" ") }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -217,6 +239,21 @@ impl From<NodeError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             NodeError::Network(_) => StatusCode::BAD_GATEWAY,
+            NodeError::Membership(m) => {
+                if m.contains("no leader is known") || m.contains("could not be reached") {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::CONFLICT
+                }
+            }
+            NodeError::Invitation(m) => {
+                if m.contains("cannot reach") {
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    StatusCode::BAD_REQUEST
+                }
+            }
+            NodeError::Transfer(_) => StatusCode::CONFLICT,
             NodeError::Storage(s) => match s {
                 StorageError::NotLeader { .. } => {
                     return Self::new(
@@ -307,6 +344,85 @@ async fn create_library(node: web::Data<Node>) -> Result<HttpResponse, ApiError>
         .json(CreatedLibrary { library_id, leader: DeviceJson::from_info(&node.device_info()) }))
 }
 
+fn device_id(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad device id {raw:?} ({e}): give the device's uuid (`lsync library members` lists them)"
+        ))
+    })
+}
+
+/// `200` with the outcome when the change is committed, `202` when it is pending.
+fn membership_change(library: Uuid, outcome: crate::MembershipOutcome) -> HttpResponse {
+    let body = MembershipChangeJson::from_outcome(library, outcome);
+    if outcome.committed {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::Accepted().json(body)
+    }
+}
+
+async fn invite(
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path)?;
+    // no body: the defaults
+    let body: InviteRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        InviteRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
+    };
+    let expires_ms = body.expires_ms.unwrap_or(DEFAULT_INVITE_EXPIRY_MS);
+    if expires_ms == 0 || expires_ms > MAX_INVITE_EXPIRY_MS {
+        return Err(ApiError::bad_request(format!(
+            "`expires_ms` must be between 1 and {MAX_INVITE_EXPIRY_MS} (7 days), got {expires_ms}"
+        )));
+    }
+    let invitation =
+        node.invite(id, body.learner, std::time::Duration::from_millis(expires_ms)).await?;
+    tracing::info!(library_id = %id, learner = body.learner, expires_ms, "invitation made");
+    Ok(HttpResponse::Ok().json(InvitationJson {
+        library_id: id,
+        token: invitation.token,
+        expires_at_ms: invitation.expires_at_ms,
+        learner: invitation.learner,
+    }))
+}
+
+async fn join_with_token(
+    node: web::Data<Node>,
+    body: web::Json<JoinWithTokenRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let joined = match node.join_with_invite(&body.token).await {
+        Err(NodeError::LibraryExists(id)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "this device is a member of library {id} already (`lsync library members` \
+                     shows it); an invitation is for a device that is not"
+                ),
+            ))
+        }
+        other => other?,
+    };
+    tracing::info!(library_id = %joined.library_id, committed = joined.committed, "joined with an invitation");
+    Ok(HttpResponse::Ok().json(JoinedJson {
+        library_id: joined.library_id,
+        config_sequence: joined.config_sequence,
+        committed: joined.committed,
+        leader: joined.leader,
+    }))
+}
+
+async fn members(node: web::Data<Node>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path)?;
+    let status = node.status(id).await?;
+    Ok(HttpResponse::Ok().json(MembersJson::from_status(&status)))
+}
+
 async fn add_device(
     node: web::Data<Node>,
     path: web::Path<String>,
@@ -314,9 +430,50 @@ async fn add_device(
 ) -> Result<HttpResponse, ApiError> {
     let id = library_id(&path)?;
     let info = body.to_info().map_err(ApiError::bad_request)?;
-    node.add_device(id, info).await?;
-    tracing::info!(library_id = %id, device_id = %body.device_id, "member device added");
-    Ok(HttpResponse::Ok().json(serde_json::json!({})))
+    let outcome = node.add_device(id, info).await?;
+    tracing::info!(library_id = %id, device_id = %body.device_id, committed = outcome.committed, "member device added");
+    Ok(membership_change(id, outcome))
+}
+
+async fn remove_device(
+    node: web::Data<Node>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path.0)?;
+    let device = device_id(&path.1)?;
+    let outcome = node.remove_device(id, device).await?;
+    tracing::info!(library_id = %id, %device, committed = outcome.committed, "member device removed");
+    Ok(membership_change(id, outcome))
+}
+
+async fn set_preference(
+    node: web::Data<Node>,
+    path: web::Path<(String, String)>,
+    body: web::Json<PreferenceRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path.0)?;
+    let device = device_id(&path.1)?;
+    let preference = api::parse_preference(&body.preference).map_err(ApiError::bad_request)?;
+    let outcome = node.set_device_preference(id, device, preference).await?;
+    tracing::info!(library_id = %id, %device, %preference, committed = outcome.committed, "role preference set");
+    Ok(membership_change(id, outcome))
+}
+
+async fn force_reconfigure(
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    body: web::Json<ForceReconfigureRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path)?;
+    if !body.i_understand_this_is_unsafe {
+        return Err(ApiError::bad_request(api::FORCE_RECONFIGURE_REFUSED));
+    }
+    if body.voters.is_empty() {
+        return Err(ApiError::bad_request("give at least one voter (this device)"));
+    }
+    let outcome = node.force_reconfigure(id, body.voters.clone()).await?;
+    tracing::warn!(library_id = %id, voters = ?body.voters, "configuration forced");
+    Ok(membership_change(id, outcome))
 }
 
 async fn join_library(
@@ -394,6 +551,33 @@ async fn read_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_messages_are_one_line() {
+        let e = ApiError::new(StatusCode::CONFLICT, "removed);\n                 its copy");
+        assert_eq!(e.to_string(), "removed); its copy");
+    }
+
+    #[test]
+    fn membership_and_invitation_errors_map_to_their_status() {
+        let status = |e: NodeError| ApiError::from(e).status;
+        assert_eq!(
+            status(NodeError::Membership("device x is not a member".into())),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(NodeError::Membership("no leader is known now: retry".into())),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(NodeError::Invitation("refused: the invitation expired".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(NodeError::Invitation("cannot reach the inviting device at []".into())),
+            StatusCode::BAD_GATEWAY
+        );
+    }
 
     #[test]
     fn tokens_are_fresh_hex() {
