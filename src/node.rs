@@ -843,7 +843,8 @@ impl Node {
         let me = self.device_id();
         if !lib.is_member.load(std::sync::atomic::Ordering::Acquire) {
             return Err(NodeError::Membership(format!(
-                "this device is not a member of library {library_id} any more (it was removed);                  its copy is read-only"
+                "this device is not a member of library {library_id} any more (it was removed); its \
+                 copy is read-only"
             )));
         }
         let direct = changes.clone();

@@ -225,11 +225,15 @@ impl Applier {
     ///   entry is a job hook, not a change to re-propose. Every other orphan's change goes into
     ///   the outbox, grouped into one proposal per proposal id, the changes of one proposal in
     ///   order: the id is the entry's `proposal_id` if it has one (so a proposal the new leader
-    ///   committed already under that id is recognised by
+    ///   committed already under that id — its proposer retried it — is recognised by
     ///   [`crate::TransactionManager::commit_proposal`] as a duplicate, and one still queued
-    ///   here is not queued twice), else a Uuid v5 derived from (origin device, term, sequence)
-    ///   — the same id on every run, so recovering twice never creates two proposals for one
-    ///   orphan (the outbox push is idempotent).
+    ///   here is not queued twice), except when *part* of that proposal is in the rebuilt log
+    ///   at its place (a response ended inside it before its leader was deposed): then the rest
+    ///   goes under a Uuid v5 of (proposal id, first orphan's term and sequence), so it is not
+    ///   taken for a duplicate of the part that arrived; an entry without a proposal id gets a Uuid
+    ///   v5 of (origin device, term, sequence). Every id is the same on every run, so
+    ///   recovering twice never creates two proposals for one orphan (the outbox push is
+    ///   idempotent).
     ///
     /// Then the stash is cleared. Re-proposed changes follow the proposal rule (upsert; a
     /// delete of a missing record is dropped), so they land after the leader's own changes to
@@ -249,10 +253,19 @@ impl Applier {
             let mut recovered = RecoveredOrphans::default();
             let mut groups: Vec<(Uuid, Vec<Change>)> = Vec::new();
             let mut index: HashMap<Uuid, usize> = HashMap::new();
+            // Original proposal id → the id its orphans are proposed under.
+            let mut rests: HashMap<Uuid, Uuid> = HashMap::new();
+            // Proposals of which a stashed entry is in the rebuilt log at its place.
+            let mut partly_replicated: std::collections::HashSet<Uuid> = Default::default();
             for row in rows {
                 let entry = row_to_entry(row)?;
                 if SyncLog::term_at(conn, entry.sequence)? == Some(entry.term) {
                     recovered.replicated += 1;
+                    if let Some(p) = entry.proposal_id {
+                        // (term, sequence) order: a proposal's replicated first part comes
+                        // before its orphaned rest.
+                        partly_replicated.insert(p);
+                    }
                     continue;
                 }
                 if entry.change_type == ChangeType::Config {
@@ -276,7 +289,27 @@ impl Applier {
                     recovered.dropped += 1;
                     continue;
                 };
-                let id = entry.proposal_id.unwrap_or_else(|| orphan_proposal_id(&entry));
+                let id = match entry.proposal_id {
+                    None => orphan_proposal_id(&entry),
+                    Some(proposal) => match rests.get(&proposal) {
+                        Some(id) => *id,
+                        None => {
+                            // Part of the proposal reached the rebuilt log at its place (a
+                            // response ended inside it, then its leader was deposed): its own
+                            // id would be answered as a duplicate and the rest lost, so the
+                            // rest goes under an id of its own, the same on every run. (A
+                            // proposal the new leader committed whole elsewhere — its proposer
+                            // retried it — keeps its id: a duplicate, nothing twice.)
+                            let id = if partly_replicated.contains(&proposal) {
+                                rest_proposal_id(proposal, &entry)
+                            } else {
+                                proposal
+                            };
+                            rests.insert(proposal, id);
+                            id
+                        }
+                    },
+                };
                 let change = Change {
                     model_type: entry.model_type,
                     record_id: entry.record_id,
@@ -343,6 +376,19 @@ fn orphan_proposal_id(entry: &SyncLogEntry) -> Uuid {
     name[16..24].copy_from_slice(&entry.term.to_be_bytes());
     name[24..].copy_from_slice(&entry.sequence.to_be_bytes());
     Uuid::new_v5(&ORPHAN_NAMESPACE, &name)
+}
+
+/// Namespace of the ids of the rest of a partly replicated proposal.
+const REST_NAMESPACE: Uuid = Uuid::from_u128(0x6c73_796e_635f_5245_8000_7374_5f6f_6621);
+
+/// The deterministic proposal id of the orphaned rest of `proposal`, whose first orphaned entry
+/// is `first`: Uuid v5 of the proposal id and that entry's term and sequence.
+fn rest_proposal_id(proposal: Uuid, first: &SyncLogEntry) -> Uuid {
+    let mut name = [0u8; 32];
+    name[..16].copy_from_slice(proposal.as_bytes());
+    name[16..24].copy_from_slice(&first.term.to_be_bytes());
+    name[24..].copy_from_slice(&first.sequence.to_be_bytes());
+    Uuid::new_v5(&REST_NAMESPACE, &name)
 }
 
 /// Before the log is cleared: the rebuild mark becomes the log's last position if that is more

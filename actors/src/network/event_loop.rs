@@ -128,11 +128,40 @@ pub(super) async fn listen(
         Ok(())
     };
     match tokio::time::timeout(timeout, wait).await {
-        Ok(Ok(())) => Ok(listeners),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(NetworkError::Io("listeners did not report their addresses".into())),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(NetworkError::Io("listeners did not report their addresses".into())),
     }
+    // A listener on an unspecified address (0.0.0.0) reports one address per interface, one
+    // event each: take the ones that follow at once too (the loopback one alone is useless to
+    // another machine, e.g. in an invitation token).
+    let unspecified = addresses.iter().any(|a| {
+        a.iter().any(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
+            libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
+            _ => false,
+        })
+    });
+    while let Ok(event) = tokio::time::timeout(
+        if unspecified { ADDRESS_GRACE } else { Duration::ZERO },
+        swarm.select_next_some(),
+    )
+    .await
+    {
+        match event {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                if let Some((_, addrs)) = listeners.iter_mut().find(|(id, _)| *id == listener_id) {
+                    addrs.push(address);
+                }
+            }
+            other => trace!(event = ?other, "swarm event before start"),
+        }
+    }
+    Ok(listeners)
 }
+
+/// How long [`listen`] keeps taking addresses after every listener reported one.
+const ADDRESS_GRACE: Duration = Duration::from_millis(100);
 
 /// A library known to the network.
 struct Library {

@@ -970,3 +970,40 @@ async fn a_member_restarted_on_another_port_is_reached_at_its_new_addresses() {
         Err(NetworkError::Io(_))
     ));
 }
+
+/// The address of the interface this machine would use to reach `192.0.2.1` (TEST-NET: no
+/// packet is sent), if it has one that is not loopback.
+fn outbound_interface() -> Option<std::net::Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    match socket.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
+}
+
+#[actix_rt::test]
+async fn listening_on_every_interface_reports_every_interfaces_address() {
+    let config = NetworkConfig {
+        listen: vec!["/ip4/0.0.0.0/tcp/0".parse().unwrap()],
+        ..NetworkConfig::default()
+    };
+    let (handle, addrs) =
+        NetworkHandle::start(Keypair::generate_ed25519(), config).await.expect("network starts");
+    let ips: Vec<std::net::Ipv4Addr> = addrs
+        .iter()
+        .filter_map(|a| {
+            a.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip),
+                _ => None,
+            })
+        })
+        .collect();
+    assert!(ips.iter().any(|ip| ip.is_loopback()), "{addrs:?}");
+    // On a machine with a network interface, its address is reported too (not only the first
+    // address the listener happened to report).
+    if let Some(ip) = outbound_interface() {
+        assert!(ips.contains(&ip), "{ip} missing from {addrs:?}");
+    }
+    handle.shutdown().await;
+}

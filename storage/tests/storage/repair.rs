@@ -349,3 +349,51 @@ fn bulk_and_unregistered_orphans_are_dropped() {
     );
     assert_eq!(db.stashed_count().unwrap(), 0);
 }
+
+#[test]
+fn the_rest_of_a_partly_replicated_proposal_is_proposed_again_under_an_id_of_its_own() {
+    // A commits proposal P of four changes at 9..=12; a response ended inside it, so only
+    // 9..=10 reached B before B took over in term 2.
+    let dir = TempDir::new().unwrap();
+    let a = leader(&dir, registry(false));
+    let b_applier = follower(&dir, "b", &a, registry(false));
+    for i in 1..=8 {
+        a.tm.commit(Change::insert(&tag(&format!("t{i}"), "a"))).unwrap();
+    }
+    let proposal = Uuid::new_v4();
+    let changes: Vec<Change> =
+        (1..=4).map(|i| Change::insert(&tag(&format!("p{i}"), "part of P"))).collect();
+    let out = a.tm.commit_proposal(proposal, a.device_id, changes.clone()).unwrap();
+    assert_eq!((out.first_sequence, out.last_sequence), (9, 12));
+    b_applier.apply(&a.db.fetch_range(1, 10).unwrap()).unwrap();
+    let b = b_applier.database().clone();
+    let b_device = b.sync_state().unwrap().device_id;
+    b.set_leadership(SyncRole::Leader, 2, Some(b_device)).unwrap();
+    let b_tm = TransactionManager::new(b.clone(), b_device);
+    b_tm.commit(Change::insert(&tag("b11", "b"))).unwrap();
+    a.db.set_leadership(SyncRole::Follower, 2, Some(b_device)).unwrap();
+
+    // A repairs: the rest of P (p3, p4) is queued, not under P's id.
+    let applier = Applier::new(a.db.clone());
+    applier.reset_for_repair().unwrap();
+    catch_up(&b, &applier, 100);
+    let recovered = applier.recover_orphans().unwrap();
+    assert_eq!((recovered.proposals, recovered.changes, recovered.replicated), (1, 2, 10));
+    let queued = a.db.outbox_list().unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_ne!(queued[0].proposal_id, proposal, "P's own id would be answered as a duplicate");
+    let rest: Vec<_> = queued[0].changes.iter().map(|c| c.record_id.clone()).collect();
+    assert_eq!(rest, ["p3", "p4"]);
+    // The same id if recovered again (nothing queued twice).
+    let again_id = queued[0].proposal_id;
+
+    // Delivered: committed once; the original P retried by its proposer is a duplicate.
+    let out = b_tm.commit_proposal(again_id, a.device_id, queued[0].changes.clone()).unwrap();
+    assert!(!out.duplicate);
+    let retried = b_tm.commit_proposal(proposal, a.device_id, changes).unwrap();
+    assert!(retried.duplicate, "P's first part is in B's log");
+    let log = b.fetch_since(0, 100).unwrap();
+    for id in ["p1", "p2", "p3", "p4"] {
+        assert_eq!(log.iter().filter(|e| e.record_id == id).count(), 1, "{id} once");
+    }
+}
