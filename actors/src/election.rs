@@ -3,26 +3,30 @@
 //! [`Action`]s it returns, in order, and calls [`Election::tick`] at
 //! [`Election::next_deadline`].
 //!
-//! Raft's election (terms, one vote per term, randomized timeouts, "at least as up to date"),
-//! adapted to a library of a fixed set of member devices (DESIGN.md, "Leadership").
+//! Raft's election (terms, one vote per term, randomized timeouts, "at least as up to date",
+//! pre-vote, check-quorum), adapted to a library whose devices are voters or learners
+//! (docs/architecture.md; Ongaro's Raft dissertation, chapters 3, 4 and §9.6).
 //!
 //! ```text
 //!            actor (I/O)                          Election (pure)
 //!  inbound RequestVote ──────────► on_vote_request ──┐
-//!  inbound vote response ────────► on_vote_response  │
+//!  inbound (pre-)vote response ──► on_vote_response  │
 //!  Heartbeat / NewEntries ───────► on_leader_message │ ──► Vec<Action>, performed in order:
 //!  TimeoutNow ───────────────────► on_timeout_now    │     Persist → Become* → Send*
 //!  follower ack / any term seen ─► on_follower_response / observe_term
 //!  timer ────────────────────────► tick              │
-//!  log / members changed ────────► set_last_log / set_members
+//!  configuration changed ────────► set_membership    │
+//!  removal / demotion committed ─► resign            │
+//!  log changed ──────────────────► set_last_log / set_log_floor
 //!  transfer_leadership(to) ──────► transfer_leadership, on_target_caught_up
 //! ```
 //!
 //! # What it keeps
 //! - persistent: the current term, the vote cast in it (`voted_for`) and the leader known for
 //!   it ([`PersistedElection`]). A device rebuilds its machine from exactly that after a restart.
-//! - volatile: the role ([`SyncRole`]), the election deadline, the votes collected as a
-//!   candidate, the last time a live leader was heard, the heartbeat deadline of a leader and a
+//! - volatile: the [`Membership`] (voters and learners), the role ([`SyncRole`]), the last log
+//!   position and the log floor, the election deadline, the pre-votes and votes collected, the
+//!   last time a live leader was heard, the heartbeat and quorum deadlines of a leader and a
 //!   leadership transfer in progress.
 //!
 //! # What it emits
@@ -33,57 +37,108 @@
 //! 2. at most one role change: [`Action::BecomeFollower`] (also when a follower's term or
 //!    leader changes: re-point to the new leader), [`Action::BecomeCandidate`] or
 //!    [`Action::BecomeLeader`].
-//! 3. messages to send: [`Action::SendRequestVote`], [`Action::SendVoteResponse`],
-//!    [`Action::SendHeartbeats`], [`Action::SendTimeoutNow`]; and [`Action::TransferAborted`].
+//! 3. messages to send: [`Action::SendRequestVote`] (a vote or a pre-vote request),
+//!    [`Action::SendVoteResponse`], [`Action::SendHeartbeats`], [`Action::SendTimeoutNow`]; and
+//!    [`Action::TransferAborted`].
+//!
+//! A pre-vote round changes no durable state: its requests go out without a Persist, and
+//! answering one persists nothing.
 //!
 //! # Rules
-//! - **Majority**: `members / 2 + 1`, except that a one- or two-member library needs one vote
-//!   (the candidate's own). In a two-member library that would let both devices win the same
-//!   term, so there each device owns half of the terms: the lower uuid campaigns only in even
-//!   terms, the higher in odd ones. At most one leader per term holds for every size.
+//! - **Voters and learners**: the [`Membership`] lists the voters and the learners of the
+//!   library (a device listed in both is a voter). Only a voter campaigns, pre-votes, votes and
+//!   counts in a majority. A learner or a non-member has no election deadline
+//!   ([`Election::next_deadline`] is `None` unless it leads), never campaigns, and refuses
+//!   every vote request and pre-vote with its own term, changing nothing and persisting
+//!   nothing. A voter refuses, the same way, a candidate that is not a voter of its own
+//!   membership (whatever the request's term: a device this one does not count as a voter
+//!   cannot make it change term). A candidate counts only granted votes from voters of its own
+//!   membership, itself included.
+//! - **Majority**: `voters / 2 + 1`, except that one or two voters need one vote (the
+//!   candidate's own; the two-device rule: either device may be elected alone). With two voters
+//!   that would let both win the same term, so there each owns half of the terms: the lower
+//!   uuid of the two *voters* campaigns only in even terms, the higher in odd ones. Learners do
+//!   not shift the parity, so adding or removing one never changes which terms a voter owns.
+//!   At most one leader per term holds for every size, as long as the devices share the
+//!   membership (see the end of this section).
 //! - **Term 1 belongs to the creator** of the library ([`PersistedElection::founder`]); elections
 //!   start at term 2, so a member that has not yet heard of the creator never competes for it.
-//! - **Election timeout**: a follower that hears no leader message for a deadline drawn
-//!   uniformly in `[election_timeout, 2 × election_timeout)` (redrawn at every reset) becomes a
-//!   candidate: next term, votes for itself, asks every other member for its vote with its last
-//!   log position. A candidate whose deadline passes starts a new election in a later term.
-//! - **Vote**: a member grants its vote iff the request's term is not older than its own, it has
-//!   not voted for another candidate in that term, the candidate's last log `(term, sequence)`
-//!   is at least its own (term first, then sequence), and it hears no live leader (below).
-//!   A newer term is adopted first (step down to follower, no vote, no leader). A grant resets
-//!   the voter's election deadline. Responses carry the voter's term.
+//! - **Election timeout**: a voter that hears no leader message for a deadline drawn uniformly
+//!   in `[election_timeout, 2 × election_timeout)` (redrawn at every reset) runs a pre-vote
+//!   round (below); a candidate whose deadline passes does the same, for the term after its
+//!   own. The sole voter of a library campaigns at its first tick and wins alone, learners or
+//!   not.
+//! - **Pre-vote** (dissertation §9.6): when its deadline passes, a voter redraws it and asks
+//!   every other voter whether it *would* be elected: [`Action::SendRequestVote`] with
+//!   `pre_vote: true`, the term it would campaign in and its last log position, without
+//!   changing its term, its vote or its role. A voter grants a pre-vote iff the candidate is a
+//!   voter of its membership, the request's term is above its own, the candidate's log is at
+//!   least as up to date as its own (with the log floor, below) and it hears no live leader
+//!   (unless `transfer`); granting or refusing changes nothing on it (no Persist, no term, no
+//!   deadline reset). A granted pre-vote answers with the term it was asked for, a refused one
+//!   with the voter's own term. Pre-votes granted for the round's term by voters, itself
+//!   included, that reach the majority start the real election at once (so one or two voters
+//!   go straight to it): next term, Persist, [`Action::BecomeCandidate`], vote for itself,
+//!   vote requests to every other voter. A refused pre-vote carrying a term above the
+//!   pre-candidate's makes it adopt that term, which abandons the round; a granted pre-vote for
+//!   another term than the round's (an abandoned round, an older term) is ignored. If its next
+//!   deadline passes first, the device starts a new round, its term unchanged: a device that
+//!   cannot win (partitioned, asleep, just restarted, behind) never bumps a term.
+//! - **Vote**: a voter grants its vote iff the candidate is a voter of its membership, the
+//!   request's term is not older than its own, it has not voted for another candidate in that
+//!   term, the candidate's last log `(term, sequence)` is at least its own (term first, then
+//!   sequence; with the log floor, below), and it hears no live leader (below). A newer term is
+//!   adopted first (step down to follower, no vote, no leader). A grant resets the voter's
+//!   election deadline. Responses carry the voter's term.
+//! - **Log floor** ([`Election::set_log_floor`], default zero): a device whose log ends below
+//!   its floor (a device rebuilding its library) never campaigns nor pre-votes, and it compares
+//!   a candidate's log with `max(last_log, floor)`, so it never votes for a candidate behind
+//!   what it once held.
 //! - **Yielding to a better candidate**: a device that cannot vote for a candidate whose log is
 //!   strictly more up to date than its own (because it already voted, typically for itself, in
 //!   that term) defers its next campaign to `[2 × election_timeout, 3 × election_timeout)`.
 //!   Without this, a device with a stale log that times out at about the same moment as the
 //!   only device it could lose to splits the vote round after round (found by the simulator).
 //! - **Leader stickiness**: a follower that heard its leader less than `election_timeout` ago,
-//!   and a leader itself, refuse a vote request *and leave their term unchanged*, unless the
-//!   request is a leadership transfer (`transfer: true`). Unlike the plain rule "adopt any newer
-//!   term", this keeps a device that returns from a partition with an inflated term from
-//!   deposing a healthy leader (Raft thesis §4.2.3); that device learns the leader's term from
-//!   its heartbeats or is deposed through the leader's responses, see
+//!   and a leader itself, refuse a vote request or a pre-vote *and leave their term unchanged*,
+//!   unless the request is a leadership transfer (`transfer: true`). Unlike the plain rule
+//!   "adopt any newer term", this keeps a device that returns from a partition with an inflated
+//!   term from deposing a healthy leader (Raft thesis §4.2.3); that device learns the leader's
+//!   term from its heartbeats or is deposed through the leader's responses, see
 //!   [`Election::on_follower_response`].
 //! - **Fencing**: any message carrying a newer term makes a candidate or a leader step down at
 //!   once ([`Action::BecomeFollower`] with `leader: None`). A leader message (Heartbeat,
-//!   NewEntries) of an older term is refused: [`LeaderVerdict::Stale`].
+//!   NewEntries) of an older term is refused: [`LeaderVerdict::Stale`]. Leader messages are
+//!   accepted from members (voters or learners: a demoted leader leads until its demotion
+//!   commits), never from non-members.
 //! - **Leader**: on winning it emits [`Action::BecomeLeader`] and [`Action::SendHeartbeats`],
 //!   then one [`Action::SendHeartbeats`] per `heartbeat_interval` from [`Election::tick`].
 //!   A device restarting with a persisted leader equal to itself resumes leading that term.
-//! - **Check quorum** (optional, [`ElectionConfig::check_quorum`], off by default): a leader
-//!   that has not heard from a majority of the members (itself included, through
-//!   [`Election::on_follower_response`]) during an `election_timeout` steps down.
-//! - **Leadership transfer**: [`Election::transfer_leadership`] on the leader records the target;
-//!   the actor brings the target up to date and then calls [`Election::on_target_caught_up`],
-//!   which emits [`Action::SendTimeoutNow`]. The target ([`Election::on_timeout_now`]) starts an
-//!   election at once with `transfer: true`, which voters grant despite hearing a live leader.
-//!   While [`Election::is_transferring`], the actor should hold new writes. The transfer ends
-//!   with a [`Action::BecomeFollower`] (the leadership moved, or the leader was deposed) or with
-//!   [`Action::TransferAborted`] when `transfer_timeout` passes first.
-//!
-//! Membership changes through [`Election::set_members`] are taken as they come: no joint
-//! consensus, so changing the member set while an election runs weakens the one-leader-per-term
-//! guarantee for that term. A device that is not in its own member set never campaigns.
+//! - **Check quorum** ([`ElectionConfig::check_quorum`], on by default): with three or more
+//!   voters, a leader that has not heard from a majority of the voters (itself included if it
+//!   is one, through [`Election::on_follower_response`]; contact from learners does not count)
+//!   during an `election_timeout` steps down. With one or two voters it does nothing: the
+//!   two-device rule lets either device lead alone, so a leader cut off from the other voter
+//!   keeps leading.
+//! - **Leadership transfer**: [`Election::transfer_leadership`] on the leader records the target,
+//!   which must be a voter; the actor brings the target up to date and then calls
+//!   [`Election::on_target_caught_up`], which emits [`Action::SendTimeoutNow`]. The target
+//!   ([`Election::on_timeout_now`]) starts the real election at once, without a pre-vote, with
+//!   `transfer: true`, which voters grant despite hearing a live leader. While
+//!   [`Election::is_transferring`], the actor should hold new writes. The transfer ends with a
+//!   [`Action::BecomeFollower`] (the leadership moved, or the leader was deposed) or with
+//!   [`Action::TransferAborted`] when `transfer_timeout` passes first or the target stops
+//!   being a voter.
+//! - **Membership changes** ([`Election::set_membership`]) take effect at once (the actor passes
+//!   the latest configuration of its log, applied or not, as Raft does). A candidate that holds
+//!   a majority under the new membership wins; a candidate that is no longer a voter steps
+//!   down; a follower that becomes a learner loses its election deadline, a learner that
+//!   becomes a voter draws a fresh one. A leader that the new membership does not list as a
+//!   voter keeps leading (Raft keeps it managing the change until the change commits); the
+//!   actor calls [`Election::resign`] once the configuration that removed or demoted it is
+//!   committed. The guarantees above hold while the devices agree on the voters; the actor
+//!   changes voters one at a time, so that any two majorities of consecutive configurations
+//!   intersect.
 //!
 //! Nothing here panics on any input: terms saturate (a device at `u64::MAX` stops
 //! campaigning), timers are clamped, and messages from non-members or from this device itself
@@ -116,22 +171,23 @@ pub struct ElectionConfig {
     pub heartbeat_interval: Duration,
     /// The minimum election timeout: a follower waits a random duration in
     /// `[election_timeout, 2 × election_timeout)` without a leader message before campaigning;
-    /// it is also the leader-stickiness window of the vote rule.
+    /// it is also the leader-stickiness window of the vote rule and the check-quorum window.
     pub election_timeout: Duration,
     /// How long a leadership transfer may take (catch-up and election) before it is aborted.
     pub transfer_timeout: Duration,
-    /// A leader steps down when it has not heard from a majority for an `election_timeout`.
+    /// With three or more voters, a leader steps down when it has not heard from a majority of
+    /// the voters for an `election_timeout`. Does nothing with one or two voters.
     pub check_quorum: bool,
 }
 
 impl ElectionConfig {
-    /// The given timers; the transfer timeout equals the election timeout; no check quorum.
+    /// The given timers; the transfer timeout equals the election timeout; check quorum on.
     pub fn new(heartbeat_interval: Duration, election_timeout: Duration) -> Self {
         Self {
             heartbeat_interval,
             election_timeout,
             transfer_timeout: election_timeout,
-            check_quorum: false,
+            check_quorum: true,
         }
     }
 
@@ -151,9 +207,59 @@ impl ElectionConfig {
 }
 
 impl Default for ElectionConfig {
-    /// DESIGN.md's defaults: heartbeat 30 s, leader timeout 60 s.
+    /// The defaults of docs/operations.md: heartbeat 30 s, leader timeout 60 s; check quorum on.
     fn default() -> Self {
         Self::new(Duration::from_secs(30), Duration::from_secs(60))
+    }
+}
+
+/// Who takes part in the library's elections: the voters, and the learners that receive the
+/// log but never campaign, vote or count in a majority. A device in both sets is a voter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Membership {
+    voters: BTreeSet<Uuid>,
+    learners: BTreeSet<Uuid>,
+}
+
+impl Membership {
+    /// The given voters and learners (a device listed in both is a voter only).
+    pub fn new(voters: BTreeSet<Uuid>, learners: BTreeSet<Uuid>) -> Self {
+        let learners = learners.difference(&voters).copied().collect();
+        Self { voters, learners }
+    }
+
+    /// Every device of `members` a voter, no learner.
+    pub fn all_voters(members: impl IntoIterator<Item = Uuid>) -> Self {
+        Self { voters: members.into_iter().collect(), learners: BTreeSet::new() }
+    }
+
+    /// The voters.
+    pub fn voters(&self) -> &BTreeSet<Uuid> {
+        &self.voters
+    }
+
+    /// The learners (never a voter).
+    pub fn learners(&self) -> &BTreeSet<Uuid> {
+        &self.learners
+    }
+
+    /// Whether `device` is a voter.
+    pub fn is_voter(&self, device: &Uuid) -> bool {
+        self.voters.contains(device)
+    }
+
+    /// Whether `device` is a voter or a learner.
+    pub fn is_member(&self, device: &Uuid) -> bool {
+        self.voters.contains(device) || self.learners.contains(device)
+    }
+
+    /// Votes needed to win: `voters / 2 + 1`, and 1 for one or two voters (the two-device
+    /// rule).
+    pub fn majority(&self) -> usize {
+        match self.voters.len() {
+            0..=2 => 1,
+            n => n / 2 + 1,
+        }
     }
 }
 
@@ -176,10 +282,10 @@ impl PersistedElection {
     }
 }
 
-/// A candidate's request for a vote.
+/// A candidate's request for a vote, or a pre-candidate's question whether it would get one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct VoteRequest {
-    /// The term the candidate campaigns in.
+    /// The term the candidate campaigns in (for a pre-vote: the term it would campaign in).
     pub term: u64,
     /// The candidate.
     pub candidate: Uuid,
@@ -189,6 +295,9 @@ pub struct VoteRequest {
     pub last_log_sequence: u64,
     /// A leadership transfer: granted even by devices that hear a live leader.
     pub transfer: bool,
+    /// A pre-vote: would the vote be granted in `term`? Nobody changes its term or its vote
+    /// for it.
+    pub pre_vote: bool,
 }
 
 impl VoteRequest {
@@ -201,12 +310,16 @@ impl VoteRequest {
 /// A member's answer to a [`VoteRequest`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct VoteResponse {
-    /// The voter's current term (after handling the request).
+    /// The voter's current term (after handling the request); for a *granted pre-vote*, the
+    /// term the pre-vote was asked for (above the voter's own), so that the pre-candidate can
+    /// tell it from an answer to an older round.
     pub term: u64,
     /// The voter.
     pub voter: Uuid,
-    /// Whether the vote is granted.
+    /// Whether the vote (or pre-vote) is granted.
     pub granted: bool,
+    /// An answer to a pre-vote (echoes the request's).
+    pub pre_vote: bool,
 }
 
 /// What the actor must do, in the order returned. See the module documentation.
@@ -239,15 +352,15 @@ pub enum Action {
         /// The term it leads.
         term: u64,
     },
-    /// Send a vote request to `to`.
+    /// Send a vote request (or a pre-vote request: `request.pre_vote`) to `to`.
     SendRequestVote {
-        /// The member asked.
+        /// The voter asked.
         to: Uuid,
         /// The request.
         request: VoteRequest,
     },
-    /// Answer the vote request of `to` (every [`Election::on_vote_request`] returns exactly one,
-    /// last).
+    /// Answer the vote or pre-vote request of `to` (every [`Election::on_vote_request`]
+    /// returns exactly one, last).
     SendVoteResponse {
         /// The candidate.
         to: Uuid,
@@ -266,8 +379,8 @@ pub enum Action {
         /// The leader's term.
         term: u64,
     },
-    /// The transfer to `to` did not complete in time (or `to` left the library); keep leading
-    /// and accept writes again.
+    /// The transfer to `to` did not complete in time (or `to` is no longer a voter); keep
+    /// leading and accept writes again.
     TransferAborted {
         /// The target.
         to: Uuid,
@@ -318,6 +431,9 @@ pub enum TransferError {
     /// The target is not a member of the library.
     #[error("{0} is not a member of the library")]
     NotAMember(Uuid),
+    /// The target is a learner of the library: only a voter may lead.
+    #[error("{0} is a learner, not a voter, of the library")]
+    NotAVoter(Uuid),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -326,11 +442,18 @@ struct Transfer {
     deadline: Instant,
 }
 
+/// A pre-vote round in progress: the term asked for and the voters that granted it.
+#[derive(Debug, Clone)]
+struct PreVote {
+    term: u64,
+    granted: BTreeSet<Uuid>,
+}
+
 /// The election state machine of one device for one library.
 #[derive(Debug, Clone)]
 pub struct Election<R> {
     me: Uuid,
-    members: BTreeSet<Uuid>,
+    membership: Membership,
     config: ElectionConfig,
     rng: R,
     // persistent
@@ -341,9 +464,12 @@ pub struct Election<R> {
     // volatile
     role: SyncRole,
     last_log: LogPosition,
+    log_floor: LogPosition,
     election_deadline: Instant,
     /// When the leader of the current term was last heard (followers only).
     leader_contact: Option<Instant>,
+    /// The pre-vote round in progress, if any (followers and candidates only).
+    pre_vote: Option<PreVote>,
     votes: BTreeSet<Uuid>,
     heartbeat_deadline: Instant,
     quorum_deadline: Instant,
@@ -358,11 +484,12 @@ impl<R: Rng> Election<R> {
     /// Rebuilds the machine of device `me` from its persisted state. A persisted leader equal to
     /// `me` resumes leading that term (the creator of a library starts from
     /// [`PersistedElection::founder`]); anything else starts as a follower with a fresh election
-    /// deadline. A one-member library's device campaigns (and wins) at its first tick. Call
-    /// [`Election::tick`] right away: a resumed leader heartbeats at once.
+    /// deadline (none for a learner or a non-member). The sole voter of a library campaigns (and
+    /// wins) at its first tick. Call [`Election::tick`] right away: a resumed leader heartbeats
+    /// at once.
     pub fn new(
         me: Uuid,
-        members: BTreeSet<Uuid>,
+        membership: Membership,
         persisted: PersistedElection,
         config: ElectionConfig,
         now: Instant,
@@ -372,7 +499,7 @@ impl<R: Rng> Election<R> {
         let role = if persisted.leader == Some(me) { SyncRole::Leader } else { SyncRole::Follower };
         let mut election = Self {
             me,
-            members,
+            membership,
             config,
             rng,
             term: persisted.term,
@@ -381,15 +508,17 @@ impl<R: Rng> Election<R> {
             dirty: false,
             role,
             last_log: LogPosition::default(),
+            log_floor: LogPosition::default(),
             election_deadline: now,
             leader_contact: None,
+            pre_vote: None,
             votes: BTreeSet::new(),
             heartbeat_deadline: now,
             quorum_deadline: add(now, config.election_timeout),
             active: BTreeSet::new(),
             transfer: None,
         };
-        if !election.is_sole_member() {
+        if !election.is_sole_voter() {
             election.reset_election_deadline(now);
         }
         election
@@ -430,22 +559,24 @@ impl<R: Rng> Election<R> {
         PersistedElection { term: self.term, voted_for: self.voted_for, leader: self.leader }
     }
 
-    /// The library's members.
-    pub fn members(&self) -> &BTreeSet<Uuid> {
-        &self.members
+    /// The library's voters and learners, as this device knows them.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
-    /// Votes needed to win: `members / 2 + 1`, and 1 for a one- or two-member library.
+    /// Votes needed to win: `voters / 2 + 1`, and 1 for one or two voters.
     pub fn majority(&self) -> usize {
-        match self.members.len() {
-            0..=2 => 1,
-            n => n / 2 + 1,
-        }
+        self.membership.majority()
     }
 
     /// The last log position the actor reported.
     pub fn last_log(&self) -> LogPosition {
         self.last_log
+    }
+
+    /// The log floor the actor set (zero by default).
+    pub fn log_floor(&self) -> LogPosition {
+        self.log_floor
     }
 
     /// The timers in use (clamped).
@@ -463,13 +594,18 @@ impl<R: Rng> Election<R> {
         self.transfer.map(|t| t.to)
     }
 
-    /// When [`Election::tick`] must be called next (`None`: no timer, this device is not a
-    /// member of its library and follows).
+    /// The term the pre-vote round in progress asks for, if one is.
+    pub fn pre_vote_term(&self) -> Option<u64> {
+        self.pre_vote.as_ref().map(|p| p.term)
+    }
+
+    /// When [`Election::tick`] must be called next (`None`: no timer, this device is a learner
+    /// or not a member of its library and does not lead).
     pub fn next_deadline(&self) -> Option<Instant> {
         match self.role {
             SyncRole::Leader => {
                 let mut next = self.heartbeat_deadline;
-                if self.config.check_quorum {
+                if self.checks_quorum() {
                     next = next.min(self.quorum_deadline);
                 }
                 if let Some(t) = self.transfer {
@@ -478,12 +614,12 @@ impl<R: Rng> Election<R> {
                 Some(next)
             }
             SyncRole::Follower | SyncRole::Candidate => {
-                self.members.contains(&self.me).then_some(self.election_deadline)
+                self.membership.is_voter(&self.me).then_some(self.election_deadline)
             }
         }
     }
 
-    /// Drives the timers: starts an election when the election deadline has passed, emits
+    /// Drives the timers: starts a pre-vote round when the election deadline has passed, emits
     /// heartbeats when the heartbeat interval has, checks the quorum and the transfer timeout.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         let before = self.view();
@@ -497,13 +633,20 @@ impl<R: Rng> Election<R> {
                         sends.push(Action::TransferAborted { to: t.to });
                     }
                 }
-                if self.config.check_quorum && now >= self.quorum_deadline {
-                    let heard = self.active.iter().filter(|m| self.members.contains(m)).count()
-                        + usize::from(self.members.contains(&self.me));
+                if self.checks_quorum() && now >= self.quorum_deadline {
+                    let heard = self
+                        .active
+                        .iter()
+                        .filter(|m| **m != self.me && self.membership.is_voter(m))
+                        .count()
+                        + usize::from(self.membership.is_voter(&self.me));
                     self.active.clear();
                     self.quorum_deadline = add(now, self.config.election_timeout);
                     if heard < self.majority() {
-                        warn!(term = self.term, heard, "no majority heard, stepping down");
+                        warn!(
+                            term = self.term,
+                            heard, "no majority of voters heard, stepping down"
+                        );
                         self.step_down(now);
                         self.set_leader(None);
                     }
@@ -514,11 +657,11 @@ impl<R: Rng> Election<R> {
                 }
             }
             SyncRole::Follower | SyncRole::Candidate => {
-                if now >= self.election_deadline {
+                if self.membership.is_voter(&self.me) && now >= self.election_deadline {
                     if self.role == SyncRole::Follower {
-                        debug!(term = self.term, "no leader heard, calling an election");
+                        debug!(term = self.term, "no leader heard, asking for pre-votes");
                     }
-                    self.start_election(now, false, &mut sends);
+                    self.start_pre_vote(now, &mut sends);
                 }
             }
         }
@@ -530,33 +673,73 @@ impl<R: Rng> Election<R> {
         self.last_log = last;
     }
 
-    /// The library's member set changed. A candidate that now holds a majority wins; a leader
-    /// that is no longer a member steps down; a transfer to a removed member is aborted; the
-    /// device of a library that becomes one-member campaigns at its next tick.
-    pub fn set_members(&mut self, members: BTreeSet<Uuid>, now: Instant) -> Vec<Action> {
+    /// The log position this device once held (zero by default): while its log ends below it,
+    /// the device never campaigns nor pre-votes, and it compares candidates' logs with
+    /// `max(last_log, floor)`.
+    pub fn set_log_floor(&mut self, floor: LogPosition) {
+        self.log_floor = floor;
+    }
+
+    /// The library's configuration changed (the latest one of the log, applied or not). A
+    /// transfer to a device that is no longer a voter is aborted; a candidate that now holds a
+    /// majority wins, one that is no longer a voter steps down; a leader keeps leading whatever
+    /// its new role (see [`Election::resign`]); a follower that becomes a learner loses its
+    /// election deadline, a learner that becomes a voter draws a fresh one, and the sole voter
+    /// campaigns at its next tick. A pre-vote round in progress is abandoned.
+    pub fn set_membership(&mut self, membership: Membership, now: Instant) -> Vec<Action> {
         let before = self.view();
         let mut sends = Vec::new();
-        self.members = members;
+        let was_voter = self.membership.is_voter(&self.me);
+        let was_checking = self.checks_quorum();
+        self.membership = membership;
+        self.pre_vote = None;
         if let Some(t) = self.transfer {
-            if !self.members.contains(&t.to) {
+            if !self.membership.is_voter(&t.to) {
                 self.transfer = None;
                 sends.push(Action::TransferAborted { to: t.to });
             }
         }
-        if !self.members.contains(&self.me) {
-            if self.role != SyncRole::Follower {
-                warn!(term = self.term, "no longer a member of the library, stepping down");
-                self.step_down(now);
-                if self.leader == Some(self.me) {
-                    self.set_leader(None);
+        let voter = self.membership.is_voter(&self.me);
+        match self.role {
+            SyncRole::Leader => {
+                if was_voter && !voter {
+                    warn!(term = self.term, "no longer a voter; leading until the change commits");
+                }
+                if !was_checking && self.checks_quorum() {
+                    // A fresh window: contact heard with fewer voters proves nothing now.
+                    self.active.clear();
+                    self.quorum_deadline = add(now, self.config.election_timeout);
                 }
             }
-        } else if self.role == SyncRole::Candidate && self.has_majority() {
-            self.become_leader(now, &mut sends);
-        } else if self.role == SyncRole::Follower && self.is_sole_member() {
-            self.election_deadline = now;
+            SyncRole::Candidate if !voter => {
+                warn!(term = self.term, "no longer a voter, stepping down");
+                self.step_down(now);
+            }
+            SyncRole::Candidate if self.has_majority() => self.become_leader(now, &mut sends),
+            SyncRole::Candidate | SyncRole::Follower => {}
+        }
+        if self.role != SyncRole::Leader && voter {
+            if self.is_sole_voter() {
+                self.election_deadline = now;
+            } else if !was_voter {
+                self.reset_election_deadline(now);
+            }
         }
         self.finish(before, sends)
+    }
+
+    /// This leader steps down (no leader known for its term any more): the actor calls it once
+    /// the configuration that removed or demoted it is committed. Does nothing on a device that
+    /// does not lead.
+    pub fn resign(&mut self, now: Instant) -> Vec<Action> {
+        if self.role != SyncRole::Leader {
+            return Vec::new();
+        }
+        let before = self.view();
+        info!(term = self.term, "resigning the leadership");
+        self.step_down(now);
+        self.set_leader(None);
+        self.finish(before, Vec::new())
     }
 
     /// A leader message (Heartbeat, NewEntries) from `from` in `term`. A newer or equal term
@@ -578,16 +761,31 @@ impl<R: Rng> Election<R> {
         (verdict, self.finish(before, Vec::new()))
     }
 
-    /// A vote request. The returned actions always end with exactly one
+    /// A vote request or a pre-vote request. The returned actions always end with exactly one
     /// [`Action::SendVoteResponse`] to the candidate, preceded by the [`Action::Persist`] (and
-    /// step down) it depends on.
+    /// step down) it depends on; a pre-vote returns the response alone.
     pub fn on_vote_request(&mut self, request: VoteRequest, now: Instant) -> Vec<Action> {
         let candidate = request.candidate;
         let refuse = |term| Action::SendVoteResponse {
             to: candidate,
-            response: VoteResponse { term, voter: self.me, granted: false },
+            response: VoteResponse {
+                term,
+                voter: self.me,
+                granted: false,
+                pre_vote: request.pre_vote,
+            },
         };
-        if candidate == self.me || request.term < self.term {
+        if candidate == self.me
+            || !self.membership.is_voter(&self.me)
+            || !self.membership.is_voter(&candidate)
+        {
+            debug!(%candidate, term = request.term, "vote refused, not between two voters");
+            return vec![refuse(self.term)];
+        }
+        if request.pre_vote {
+            return vec![self.answer_pre_vote(request, now)];
+        }
+        if request.term < self.term {
             return vec![refuse(self.term)];
         }
         if !request.transfer && self.hears_live_leader(now) {
@@ -598,9 +796,10 @@ impl<R: Rng> Election<R> {
         if request.term > self.term {
             self.adopt_term(request.term, now);
         }
+        let own = self.log_reference();
         let free = self.voted_for.is_none() || self.voted_for == Some(candidate);
-        let up_to_date = request.last_log() >= self.last_log;
-        let granted = free && up_to_date && self.members.contains(&candidate);
+        let up_to_date = request.last_log() >= own;
+        let granted = free && up_to_date;
         if granted {
             if self.voted_for != Some(candidate) {
                 self.voted_for = Some(candidate);
@@ -610,27 +809,46 @@ impl<R: Rng> Election<R> {
             debug!(%candidate, term = self.term, "vote granted");
         } else {
             debug!(%candidate, term = self.term, free, up_to_date, "vote refused");
-            if !free && request.last_log() > self.last_log && self.role != SyncRole::Leader {
+            if !free && request.last_log() > own && self.role != SyncRole::Leader {
                 // A better candidate we cannot vote for this term: let it campaign first next
                 // time, or we split the votes again and again.
                 self.defer_election(now);
             }
         }
-        let response = VoteResponse { term: self.term, voter: self.me, granted };
+        let response = VoteResponse { term: self.term, voter: self.me, granted, pre_vote: false };
         self.finish(before, vec![Action::SendVoteResponse { to: candidate, response }])
     }
 
-    /// A response to this device's vote request. A newer term makes it step down; a granted vote
-    /// of the current term counts while campaigning, and a majority makes it leader.
+    /// A response to this device's vote or pre-vote request. A newer term in a vote or in a
+    /// refused pre-vote makes it adopt that term (a candidate or leader steps down, a pre-vote
+    /// round is abandoned); a granted vote of the current term counts while campaigning, a
+    /// granted pre-vote for the round's term while pre-voting, each from a voter only. A
+    /// majority of votes makes it leader; a majority of pre-votes starts the real election.
     pub fn on_vote_response(&mut self, response: VoteResponse, now: Instant) -> Vec<Action> {
         let before = self.view();
         let mut sends = Vec::new();
-        if response.term > self.term {
+        let from_voter = response.voter != self.me && self.membership.is_voter(&response.voter);
+        if response.pre_vote {
+            if !response.granted {
+                if response.term > self.term {
+                    self.adopt_term(response.term, now);
+                }
+            } else if let Some(round) = self.pre_vote.as_mut() {
+                // A grant for another term answers an abandoned round: ignored.
+                if response.term == round.term && from_voter {
+                    round.granted.insert(response.voter);
+                    if self.pre_vote_won() {
+                        debug!(term = self.term, "pre-vote won, campaigning");
+                        self.start_election(now, false, &mut sends);
+                    }
+                }
+            }
+        } else if response.term > self.term {
             self.adopt_term(response.term, now);
         } else if self.role == SyncRole::Candidate
             && response.term == self.term
             && response.granted
-            && self.members.contains(&response.voter)
+            && from_voter
         {
             self.votes.insert(response.voter);
             if self.has_majority() {
@@ -642,12 +860,17 @@ impl<R: Rng> Election<R> {
 
     /// A follower's response to this leader (heartbeat reply, acknowledgement, refusal) carrying
     /// the follower's term: a newer term makes this device step down; otherwise it counts as
-    /// contact for the check quorum.
+    /// contact for the check quorum (from a voter only).
     pub fn on_follower_response(&mut self, from: Uuid, term: u64, now: Instant) -> Vec<Action> {
         if term > self.term {
             return self.observe_term(term, now);
         }
-        if self.role == SyncRole::Leader && term == self.term && self.members.contains(&from) {
+        if self.role == SyncRole::Leader
+            && term == self.term
+            && from != self.me
+            && self.membership.is_member(&from)
+        {
+            // Kept for learners too: one promoted before the check counts then.
             self.active.insert(from);
         }
         Vec::new()
@@ -665,8 +888,9 @@ impl<R: Rng> Election<R> {
     }
 
     /// The leader `from` tells this device, the target of a transfer, to campaign now. Accepted
-    /// like a leader message of `term`, then an election starts at once with `transfer: true`.
-    /// Ignored when refused as a leader message.
+    /// like a leader message of `term`, then the real election starts at once (no pre-vote)
+    /// with `transfer: true` — unless this device cannot campaign (not a voter, log below its
+    /// floor). Ignored when refused as a leader message.
     pub fn on_timeout_now(&mut self, from: Uuid, term: u64, now: Instant) -> Vec<Action> {
         if self.check_leader(from, term) != LeaderVerdict::Accepted {
             return Vec::new();
@@ -679,8 +903,8 @@ impl<R: Rng> Election<R> {
         self.finish(before, sends)
     }
 
-    /// Starts handing leadership over to `to` (replacing a transfer in progress). The actor
-    /// brings `to` up to date, then calls [`Election::on_target_caught_up`].
+    /// Starts handing leadership over to `to`, a voter (replacing a transfer in progress). The
+    /// actor brings `to` up to date, then calls [`Election::on_target_caught_up`].
     pub fn transfer_leadership(&mut self, to: Uuid, now: Instant) -> Result<(), TransferError> {
         if self.role != SyncRole::Leader {
             return Err(TransferError::NotLeader { leader: self.leader });
@@ -688,8 +912,11 @@ impl<R: Rng> Election<R> {
         if to == self.me {
             return Err(TransferError::ToSelf);
         }
-        if !self.members.contains(&to) {
+        if !self.membership.is_member(&to) {
             return Err(TransferError::NotAMember(to));
+        }
+        if !self.membership.is_voter(&to) {
+            return Err(TransferError::NotAVoter(to));
         }
         info!(%to, term = self.term, "leadership transfer started");
         self.transfer = Some(Transfer { to, deadline: add(now, self.config.transfer_timeout) });
@@ -718,12 +945,33 @@ impl<R: Rng> Election<R> {
         (self.role, self.term, self.leader)
     }
 
-    fn is_sole_member(&self) -> bool {
-        self.members.len() == 1 && self.members.contains(&self.me)
+    fn is_sole_voter(&self) -> bool {
+        self.membership.voters.len() == 1 && self.membership.is_voter(&self.me)
+    }
+
+    /// Check quorum is meaningful with three or more voters only (the two-device rule).
+    fn checks_quorum(&self) -> bool {
+        self.config.check_quorum && self.membership.voters.len() >= 3
+    }
+
+    /// Whether this device may campaign or pre-vote: a voter whose log is not below its floor.
+    fn can_campaign(&self) -> bool {
+        self.membership.is_voter(&self.me) && self.last_log >= self.log_floor
+    }
+
+    /// The log position candidates' logs are compared with.
+    fn log_reference(&self) -> LogPosition {
+        self.last_log.max(self.log_floor)
     }
 
     fn has_majority(&self) -> bool {
-        self.votes.iter().filter(|v| self.members.contains(v)).count() >= self.majority()
+        self.votes.iter().filter(|v| self.membership.is_voter(v)).count() >= self.majority()
+    }
+
+    fn pre_vote_won(&self) -> bool {
+        self.pre_vote.as_ref().is_some_and(|round| {
+            round.granted.iter().filter(|v| self.membership.is_voter(v)).count() >= self.majority()
+        })
     }
 
     fn hears_live_leader(&self, now: Instant) -> bool {
@@ -739,9 +987,31 @@ impl<R: Rng> Election<R> {
         }
     }
 
+    /// The answer to a pre-vote of a voter (checked by the caller): changes nothing here.
+    fn answer_pre_vote(&self, request: VoteRequest, now: Instant) -> Action {
+        let newer = request.term > self.term;
+        let up_to_date = request.last_log() >= self.log_reference();
+        let live_leader = !request.transfer && self.hears_live_leader(now);
+        let granted = newer && up_to_date && !live_leader;
+        debug!(
+            candidate = %request.candidate,
+            term = request.term,
+            granted,
+            newer,
+            up_to_date,
+            live_leader,
+            "pre-vote answered"
+        );
+        let term = if granted { request.term } else { self.term };
+        Action::SendVoteResponse {
+            to: request.candidate,
+            response: VoteResponse { term, voter: self.me, granted, pre_vote: true },
+        }
+    }
+
     /// Whether a leader message from `from` in `term` is to be followed.
     fn check_leader(&self, from: Uuid, term: u64) -> LeaderVerdict {
-        if from == self.me || !self.members.contains(&from) {
+        if from == self.me || !self.membership.is_member(&from) {
             return LeaderVerdict::Refused;
         }
         if term < self.term {
@@ -766,10 +1036,12 @@ impl<R: Rng> Election<R> {
         }
         self.set_leader(Some(from));
         self.leader_contact = Some(now);
+        self.pre_vote = None;
         self.reset_election_deadline(now);
     }
 
-    /// Moves to the newer `term`: no vote, no leader; a candidate or leader steps down.
+    /// Moves to the newer `term`: no vote, no leader, no pre-vote round; a candidate or leader
+    /// steps down.
     fn adopt_term(&mut self, term: u64, now: Instant) {
         if term <= self.term {
             return;
@@ -781,6 +1053,7 @@ impl<R: Rng> Election<R> {
         self.dirty = true;
         self.leader_contact = None;
         self.votes.clear();
+        self.pre_vote = None;
         if self.role != SyncRole::Follower {
             self.step_down(now);
         }
@@ -790,6 +1063,7 @@ impl<R: Rng> Election<R> {
         self.role = SyncRole::Follower;
         self.transfer = None;
         self.votes.clear();
+        self.pre_vote = None;
         self.active.clear();
         self.leader_contact = None;
         self.reset_election_deadline(now);
@@ -803,11 +1077,13 @@ impl<R: Rng> Election<R> {
     }
 
     /// The term this device campaigns in next: after the current one, never term 1 (the
-    /// creator's), and in a two-member library one of this device's own terms.
+    /// creator's), and with two voters one of this device's own terms (its rank among the
+    /// sorted voters gives the parity; learners do not count).
     fn next_campaign_term(&self) -> Option<u64> {
         let mut term = self.term.checked_add(1)?.max(2);
-        if self.members.len() == 2 {
-            let parity = self.members.iter().position(|m| *m == self.me)? as u64;
+        let voters = &self.membership.voters;
+        if voters.len() == 2 {
+            let parity = voters.iter().position(|m| *m == self.me)? as u64;
             if term % 2 != parity {
                 term = term.checked_add(1)?;
             }
@@ -815,9 +1091,44 @@ impl<R: Rng> Election<R> {
         Some(term)
     }
 
+    /// Redraws the election deadline and asks every other voter for a pre-vote for the next
+    /// campaign term; with one or two voters (or any majority reached alone) the real election
+    /// starts at once.
+    fn start_pre_vote(&mut self, now: Instant, sends: &mut Vec<Action>) {
+        self.reset_election_deadline(now);
+        self.pre_vote = None;
+        if !self.can_campaign() {
+            debug!(last_log = %self.last_log, floor = %self.log_floor, "not campaigning");
+            return;
+        }
+        let Some(term) = self.next_campaign_term() else {
+            warn!(term = self.term, "term space exhausted, not campaigning");
+            return;
+        };
+        self.pre_vote = Some(PreVote { term, granted: BTreeSet::from([self.me]) });
+        if self.pre_vote_won() {
+            self.start_election(now, false, sends);
+            return;
+        }
+        let request = VoteRequest {
+            term,
+            candidate: self.me,
+            last_log_term: self.last_log.term,
+            last_log_sequence: self.last_log.sequence,
+            transfer: false,
+            pre_vote: true,
+        };
+        for &to in self.membership.voters.iter().filter(|m| **m != self.me) {
+            sends.push(Action::SendRequestVote { to, request });
+        }
+    }
+
+    /// The real election: next campaign term, vote for itself, vote requests to every other
+    /// voter.
     fn start_election(&mut self, now: Instant, transfer: bool, sends: &mut Vec<Action>) {
         self.reset_election_deadline(now);
-        if !self.members.contains(&self.me) {
+        self.pre_vote = None;
+        if !self.can_campaign() {
             return;
         }
         let Some(term) = self.next_campaign_term() else {
@@ -839,8 +1150,9 @@ impl<R: Rng> Election<R> {
             last_log_term: self.last_log.term,
             last_log_sequence: self.last_log.sequence,
             transfer,
+            pre_vote: false,
         };
-        for &to in self.members.iter().filter(|m| **m != self.me) {
+        for &to in self.membership.voters.iter().filter(|m| **m != self.me) {
             sends.push(Action::SendRequestVote { to, request });
         }
     }
@@ -849,6 +1161,7 @@ impl<R: Rng> Election<R> {
         self.role = SyncRole::Leader;
         self.set_leader(Some(self.me));
         self.votes.clear();
+        self.pre_vote = None;
         self.active.clear();
         self.transfer = None;
         self.leader_contact = None;

@@ -3,8 +3,8 @@
 //! Receives: vote requests and TimeoutNow (routed by the SyncService), [`ElectionInput`]s
 //! (a leader was heard, a follower answered, a newer term was seen), membership changes and
 //! leadership-transfer requests; its own timer.
-//! Emits: RequestVote / Vote / TimeoutNow messages, and [`RoleChange`] / [`HeartbeatNow`] to
-//! its SyncService.
+//! Emits: RequestVote (votes and pre-votes) / Vote / TimeoutNow messages, and [`RoleChange`] /
+//! [`HeartbeatNow`] to its SyncService.
 //!
 //! A thin shell around the pure [`Election`] machine: it feeds it events with the current time
 //! and the device's last log position, and performs the returned actions in order. A
@@ -12,7 +12,7 @@
 //! is performed — the actor's mailbox waits meanwhile — so no vote or request is ever sent that
 //! a crash could make this device forget.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::election::{
-    Action, Election, ElectionConfig, PersistedElection, VoteRequest, VoteResponse,
+    Action, Election, ElectionConfig, Membership, PersistedElection, VoteRequest, VoteResponse,
 };
 use crate::events::SyncEvent;
 use crate::metrics::Metrics;
@@ -69,7 +69,8 @@ pub struct LeaderHint(pub Uuid);
 #[rtype(result = "()")]
 pub struct HeartbeatNow;
 
-/// The library's members changed (device → peer, this device included).
+/// The library's members changed (device → peer, this device included); every member is a
+/// voter until configurations come from the log.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetMembers(pub BTreeMap<Uuid, PeerId>);
@@ -120,10 +121,9 @@ fn now() -> Instant {
 impl ElectionWatcher {
     /// A watcher resuming from `cx.persisted`.
     pub fn new(cx: WatcherContext) -> Self {
-        let members: BTreeSet<Uuid> = cx.members.keys().copied().collect();
         let election = Election::new(
             cx.device_id,
-            members,
+            Membership::all_voters(cx.members.keys().copied()),
             cx.persisted,
             ElectionConfig::from_sync(&cx.config),
             now(),
@@ -217,7 +217,7 @@ impl ElectionWatcher {
                     let fut = self.cx.transport.request(
                         peer,
                         SyncMessage::RequestVote {
-                            pre_vote: false,
+                            pre_vote: request.pre_vote,
                             library_id,
                             term: request.term,
                             candidate: request.candidate,
@@ -229,8 +229,9 @@ impl ElectionWatcher {
                     let me = ctx.address();
                     actix_rt::spawn(async move {
                         match fut.await {
-                            Ok(SyncMessage::Vote { term, voter, granted, .. }) => {
-                                me.do_send(VoteReceived(VoteResponse { term, voter, granted }));
+                            Ok(SyncMessage::Vote { term, voter, granted, pre_vote, .. }) => {
+                                let response = VoteResponse { term, voter, granted, pre_vote };
+                                me.do_send(VoteReceived(response));
                             }
                             Ok(other) => {
                                 debug!(reply = other.kind(), "vote request answered without a vote")
@@ -242,7 +243,7 @@ impl ElectionWatcher {
                 Action::SendVoteResponse { response, .. } => {
                     if let Some(r) = reply.take() {
                         let _ = r.send(SyncMessage::Vote {
-                            pre_vote: false,
+                            pre_vote: response.pre_vote,
                             library_id,
                             term: response.term,
                             voter: response.voter,
@@ -382,12 +383,19 @@ impl Handler<InboundRequest> for ElectionWatcher {
                     last_log_term,
                     last_log_sequence,
                     transfer,
+                    pre_vote,
                     ..
                 },
                 Some(from),
             ) if from == candidate => {
-                let request =
-                    VoteRequest { term, candidate, last_log_term, last_log_sequence, transfer };
+                let request = VoteRequest {
+                    term,
+                    candidate,
+                    last_log_term,
+                    last_log_sequence,
+                    transfer,
+                    pre_vote,
+                };
                 self.with_log(ctx, Some(req.reply), move |e, now| e.on_vote_request(request, now));
             }
             (SyncMessage::TimeoutNow { term, .. }, Some(from)) => {
@@ -409,9 +417,9 @@ impl Handler<InboundRequest> for ElectionWatcher {
 impl Handler<SetMembers> for ElectionWatcher {
     type Result = ();
     fn handle(&mut self, msg: SetMembers, ctx: &mut Context<Self>) {
-        let members = msg.0.keys().copied().collect();
+        let membership = Membership::all_voters(msg.0.keys().copied());
         self.cx.members = msg.0;
-        let actions = self.election.set_members(members, now());
+        let actions = self.election.set_membership(membership, now());
         self.perform(actions, None, ctx);
     }
 }

@@ -1,21 +1,26 @@
 //! A discrete-event simulator of a library's election: thousands of seeded schedules with
 //! message loss, delay, duplication and reordering, partitions and their healing, crashes and
 //! restarts (a restarted device is rebuilt from its last [`Action::Persist`] only), leaders
-//! appending to their logs and leadership transfers. Invariants are checked after every step:
+//! appending to their logs and leadership transfers. Every device shares one [`Membership`]:
+//! two, three or five voters, and in some schedules one or two learners; pre-vote and check
+//! quorum are on (the defaults). Invariants are checked after every step:
 //!
 //! - at most one leader per term, over the whole run (every library size);
 //! - terms never decrease on a device, across restarts too;
 //! - a persisted vote never changes within a term, a persisted term never decreases;
 //! - the machine's state equals what it last asked to persist once its actions are performed,
 //!   and every vote request, granted vote and heartbeat is sent only after the Persist it
-//!   depends on;
-//! - liveness: once the network heals (no loss, no partition) with a majority up, a leader
-//!   followed by every up device emerges within [`LIVENESS_TIMEOUTS`] election timeouts.
+//!   depends on; a pre-vote request or grant asks for a term above the persisted one;
+//! - a device that is not a voter never sends a vote or pre-vote request, nor grants either
+//!   (the learners are asked too, as by a candidate whose configuration counts them as voters);
+//! - liveness: once the network heals (no loss, no partition) with a majority of the voters up
+//!   (and every learner), a leader followed by every up device emerges within
+//!   [`LIVENESS_TIMEOUTS`] election timeouts.
 //!
 //! Set `LSYNC_ELECTION_SCHEDULES` to run more schedules than the default.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -81,6 +86,8 @@ struct Node {
     group: u8,
     /// The term of the election this node started on a TimeoutNow.
     transfer_term: Option<u64>,
+    /// A voter (else a learner).
+    voter: bool,
 }
 
 /// What one schedule did.
@@ -94,6 +101,10 @@ pub(super) struct Outcome {
     pub transfers: u32,
     /// Transfers whose target won the election it started on TimeoutNow.
     pub transfers_completed: u32,
+    /// Pre-vote rounds that asked other voters.
+    pub pre_vote_rounds: u32,
+    /// Whether the library had learners.
+    pub learners: bool,
 }
 
 struct Sim {
@@ -103,7 +114,7 @@ struct Sim {
     seq: u64,
     queue: BinaryHeap<Scheduled>,
     nodes: Vec<Node>,
-    members: BTreeSet<Uuid>,
+    membership: Membership,
     config: ElectionConfig,
     loss: f64,
     duplicate: f64,
@@ -116,12 +127,16 @@ struct Sim {
     trace: Option<String>,
 }
 
-/// Runs one schedule of a library of `size` members.
+/// Runs one schedule of a library of `size` voters (and, in some schedules, learners).
 pub(super) fn run(seed: u64, size: usize, verbose: bool) -> Result<Outcome, String> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let config = ElectionConfig { check_quorum: rng.gen_bool(0.5), ..ElectionConfig::new(HB, ET) };
-    let ids: Vec<Uuid> = (0..size).map(|_| Uuid::from_u128(rng.gen())).collect();
-    let members: BTreeSet<Uuid> = ids.iter().copied().collect();
+    let config = ElectionConfig::new(HB, ET);
+    let learners = if rng.gen_bool(0.3) { rng.gen_range(1..=2) } else { 0 };
+    let ids: Vec<Uuid> = (0..size + learners).map(|_| Uuid::from_u128(rng.gen())).collect();
+    let membership = Membership::new(
+        ids[..size].iter().copied().collect(),
+        ids[size..].iter().copied().collect(),
+    );
     // 0: a new library whose members have not heard of its creator yet; 1: they have;
     // 2: a library whose leader just left it (every member a follower of term 4, no leader).
     let start = rng.gen_range(0..3);
@@ -144,6 +159,7 @@ pub(super) fn run(seed: u64, size: usize, verbose: bool) -> Result<Outcome, Stri
                 timer_at: None,
                 group: 0,
                 transfer_term: None,
+                voter: i < size,
             }
         })
         .collect();
@@ -158,14 +174,14 @@ pub(super) fn run(seed: u64, size: usize, verbose: bool) -> Result<Outcome, Stri
         seq: 0,
         queue: BinaryHeap::new(),
         nodes,
-        members,
+        membership,
         config,
         healed_at: None,
         leaders: BTreeMap::new(),
-        outcome: Outcome::default(),
+        outcome: Outcome { learners: learners > 0, ..Outcome::default() },
         trace: verbose.then(String::new),
     };
-    for i in 0..size {
+    for i in 0..size + learners {
         sim.start(i)?;
     }
     sim.schedule(Duration::from_millis(1), Event::Chaos);
@@ -207,7 +223,7 @@ impl Sim {
         let node = &mut self.nodes[i];
         let mut machine = Election::new(
             node.id,
-            self.members.clone(),
+            self.membership.clone(),
             node.persisted,
             self.config,
             self.base + self.now,
@@ -328,12 +344,15 @@ impl Sim {
                 for n in &mut self.nodes {
                     n.group = 0;
                 }
-                // Everyone up but a random minority.
-                let size = self.nodes.len();
-                let may_stay_down = size - majority_of(size);
-                let mut down: Vec<usize> = (0..size).filter(|i| !self.up(*i)).collect();
-                let stay_down = self.rng.gen_range(0..=may_stay_down.min(down.len()));
-                down.truncate(down.len() - stay_down);
+                // Everyone up but a random minority of the voters.
+                let voters = self.membership.voters().len();
+                let may_stay_down = voters - majority_of(voters);
+                let mut down: Vec<usize> = (0..self.nodes.len()).filter(|i| !self.up(*i)).collect();
+                // Down voters first (the nodes are voters first), then learners, which all come
+                // back up.
+                let down_voters = down.iter().filter(|i| self.nodes[**i].voter).count();
+                let stay_down = self.rng.gen_range(0..=may_stay_down.min(down_voters));
+                down.drain(down_voters - stay_down..down_voters);
                 for i in down {
                     self.outcome.restarts += 1;
                     self.start(i)?;
@@ -470,6 +489,8 @@ impl Sim {
     /// depends on.
     fn execute(&mut self, i: usize, actions: Vec<Action>) -> Result<(), String> {
         let me = self.nodes[i].id;
+        let voter = self.nodes[i].voter;
+        let mut learners_asked = false;
         for action in actions {
             self.log(|| format!("  node {i}: {action:?}"));
             let p = self.nodes[i].persisted;
@@ -507,14 +528,40 @@ impl Sim {
                     }
                 }
                 Action::SendRequestVote { to, request } => {
-                    if (p.term, p.voted_for) != (request.term, Some(me)) {
+                    if !voter {
+                        return Err(format!("node {i}, not a voter, asks for votes: {request:?}"));
+                    }
+                    if request.pre_vote {
+                        if request.term <= p.term {
+                            return Err(format!("node {i} pre-votes for an old term: {p:?}"));
+                        }
+                    } else if (p.term, p.voted_for) != (request.term, Some(me)) {
                         return Err(format!("node {i} asks votes before persisting: {p:?}"));
                     }
                     let Some(to) = self.index(to) else { return Err("unknown member".into()) };
                     self.send(i, to, Msg::Vote(request));
+                    if !learners_asked {
+                        self.outcome.pre_vote_rounds += u32::from(request.pre_vote);
+                        // The learners are asked too, as by a candidate whose configuration
+                        // still counts them as voters: they must refuse.
+                        learners_asked = true;
+                        let learners: Vec<usize> =
+                            (0..self.nodes.len()).filter(|l| !self.nodes[*l].voter).collect();
+                        for l in learners {
+                            self.send(i, l, Msg::Vote(request));
+                        }
+                    }
                 }
                 Action::SendVoteResponse { to, response } => {
-                    if response.granted && (p.term, p.voted_for) != (response.term, Some(to)) {
+                    if response.granted && !voter {
+                        return Err(format!("node {i}, not a voter, grants a vote: {response:?}"));
+                    }
+                    if response.granted && response.pre_vote {
+                        if response.term <= p.term {
+                            return Err(format!("node {i} grants a pre-vote for an old term"));
+                        }
+                    } else if response.granted && (p.term, p.voted_for) != (response.term, Some(to))
+                    {
                         return Err(format!("node {i} grants a vote before persisting: {p:?}"));
                     }
                     if let Some(to) = self.index(to) {
@@ -613,10 +660,11 @@ fn simulated_schedules_keep_the_invariants() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);
-    // 45 % three members, 35 % five, 20 % two.
+    // 45 % three voters, 35 % five, 20 % two; learners as `run` draws them.
     let plan = [(3usize, scale * 45 / 100), (5, scale * 35 / 100), (2, scale * 20 / 100)];
     let (mut schedules, mut steps, mut worst, mut leaders) = (0u64, 0u64, Duration::ZERO, 0usize);
     let (mut restarts, mut transfers, mut completed) = (0u32, 0u32, 0u32);
+    let (mut pre_votes, mut with_learners) = (0u32, 0u64);
     for (size, count) in plan {
         for n in 0..count {
             let seed = size as u64 * 1_000_000 + n;
@@ -629,18 +677,21 @@ fn simulated_schedules_keep_the_invariants() {
                     restarts += o.restarts;
                     transfers += o.transfers;
                     completed += o.transfers_completed;
+                    pre_votes += o.pre_vote_rounds;
+                    with_learners += u64::from(o.learners);
                 }
                 Err(e) => {
                     let detail = run(seed, size, true).err().unwrap_or(e);
-                    panic!("schedule seed {seed} ({size} members) failed: {detail}");
+                    panic!("schedule seed {seed} ({size} voters) failed: {detail}");
                 }
             }
         }
     }
     eprintln!(
-        "election simulator: {schedules} schedules, {steps} steps, {leaders} leaders elected, \
-         {restarts} restarts, {transfers} transfers started ({completed} completed), slowest heal → stable leader \
-         {worst:?} ({:.1} election timeouts)",
+        "election simulator: {schedules} schedules ({with_learners} with learners), {steps} steps, \
+         {leaders} leaders elected, {pre_votes} pre-vote rounds, {restarts} restarts, {transfers} \
+         transfers started ({completed} completed), slowest heal → stable leader {worst:?} \
+         ({:.1} election timeouts)",
         worst.as_secs_f64() / ET.as_secs_f64()
     );
 }

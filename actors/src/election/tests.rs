@@ -19,9 +19,26 @@ fn members(n: u128) -> BTreeSet<Uuid> {
     (1..=n).map(id).collect()
 }
 
+/// Voters `1..=n`, and the given learners.
+fn membership(n: u128, learners: &[u128]) -> Membership {
+    Membership::new(members(n), learners.iter().copied().map(id).collect())
+}
+
 fn machine(me: u128, n: u128, persisted: PersistedElection, now: Instant) -> Election<StdRng> {
+    with_learners(me, n, &[], persisted, now)
+}
+
+/// Device `me` of a library of voters `1..=n` and the given learners.
+fn with_learners(
+    me: u128,
+    n: u128,
+    learners: &[u128],
+    persisted: PersistedElection,
+    now: Instant,
+) -> Election<StdRng> {
     let config = ElectionConfig::new(HB, ET);
-    Election::new(id(me), members(n), persisted, config, now, StdRng::seed_from_u64(me as u64))
+    let rng = StdRng::seed_from_u64(me as u64);
+    Election::new(id(me), membership(n, learners), persisted, config, now, rng)
 }
 
 fn request(term: u64, candidate: u128, log: (u64, u64), transfer: bool) -> VoteRequest {
@@ -31,14 +48,31 @@ fn request(term: u64, candidate: u128, log: (u64, u64), transfer: bool) -> VoteR
         last_log_term: log.0,
         last_log_sequence: log.1,
         transfer,
+        pre_vote: false,
     }
+}
+
+fn pre_request(term: u64, candidate: u128, log: (u64, u64)) -> VoteRequest {
+    VoteRequest { pre_vote: true, ..request(term, candidate, log, false) }
 }
 
 fn response(to: u128, term: u64, voter: u128, granted: bool) -> Action {
     Action::SendVoteResponse {
         to: id(to),
-        response: VoteResponse { term, voter: id(voter), granted },
+        response: VoteResponse { term, voter: id(voter), granted, pre_vote: false },
     }
+}
+
+fn pre_response(to: u128, term: u64, voter: u128, granted: bool) -> Action {
+    Action::SendVoteResponse {
+        to: id(to),
+        response: VoteResponse { term, voter: id(voter), granted, pre_vote: true },
+    }
+}
+
+/// A vote (`pre_vote: false`) or pre-vote answer as the candidate receives it.
+fn vote(term: u64, voter: u128, granted: bool, pre_vote: bool) -> VoteResponse {
+    VoteResponse { term, voter: id(voter), granted, pre_vote }
 }
 
 fn persist(term: u64, voted_for: Option<u128>, leader: Option<u128>) -> Action {
@@ -55,17 +89,59 @@ fn follower_of(me: u128, n: u128, leader: u128, term: u64, now: Instant) -> Elec
     e
 }
 
+/// Device `me` of voters `1..=n` (and `learners`) after its election deadline passed and other
+/// voters granted its pre-vote: a candidate of the next term. Returns the instant it is at.
+fn candidate(
+    me: u128,
+    n: u128,
+    learners: &[u128],
+    persisted: PersistedElection,
+    now: Instant,
+) -> (Election<StdRng>, Instant) {
+    let mut e = with_learners(me, n, learners, persisted, now);
+    let at = e.next_deadline().unwrap();
+    e.tick(at);
+    for voter in (1..=n).filter(|v| *v != me) {
+        let Some(term) = e.pre_vote_term() else { break };
+        e.on_vote_response(vote(term, voter, true, true), at);
+    }
+    assert_eq!(e.role(), SyncRole::Candidate);
+    (e, at)
+}
+
 #[test]
-fn follower_times_out_and_campaigns_with_its_log() {
+fn follower_times_out_and_asks_for_pre_votes_with_its_log() {
     let t0 = Instant::now();
     let mut e = machine(1, 3, PersistedElection::default(), t0);
     e.set_last_log(LogPosition { term: 3, sequence: 7 });
     let deadline = e.next_deadline().unwrap();
     assert!(deadline >= t0 + ET && deadline < t0 + 2 * ET, "{deadline:?}");
     assert_eq!(e.tick(deadline - Duration::from_nanos(1)), vec![]);
-    let req = request(2, 1, (3, 7), false);
+    let req = pre_request(2, 1, (3, 7));
     assert_eq!(
         e.tick(deadline),
+        vec![
+            Action::SendRequestVote { to: id(2), request: req },
+            Action::SendRequestVote { to: id(3), request: req },
+        ],
+        "no Persist, no role change: the term, the vote and the role are untouched"
+    );
+    assert_eq!((e.role(), e.term(), e.voted_for()), (SyncRole::Follower, 0, None));
+    assert_eq!(e.pre_vote_term(), Some(2));
+    let next = e.next_deadline().unwrap();
+    assert!(next >= deadline + ET && next < deadline + 2 * ET);
+}
+
+#[test]
+fn a_pre_vote_majority_starts_the_real_election() {
+    let t0 = Instant::now();
+    let mut e = machine(1, 3, PersistedElection::default(), t0);
+    e.set_last_log(LogPosition { term: 3, sequence: 7 });
+    let t1 = e.next_deadline().unwrap();
+    e.tick(t1);
+    let req = request(2, 1, (3, 7), false);
+    assert_eq!(
+        e.on_vote_response(vote(2, 2, true, true), t1),
         vec![
             persist(2, Some(1), None),
             Action::BecomeCandidate { term: 2 },
@@ -74,17 +150,141 @@ fn follower_times_out_and_campaigns_with_its_log() {
         ]
     );
     assert_eq!(e.role(), SyncRole::Candidate);
+    assert_eq!(e.pre_vote_term(), None);
     let next = e.next_deadline().unwrap();
-    assert!(next >= deadline + ET && next < deadline + 2 * ET);
+    assert!(next >= t1 + ET && next < t1 + 2 * ET);
+}
+
+#[test]
+fn a_pre_vote_round_that_cannot_win_bumps_no_term() {
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 6, voted_for: None, leader: Some(id(2)) };
+    let mut e = machine(1, 3, persisted, t0);
+    let req = pre_request(7, 1, (0, 0));
+    let asks = vec![
+        Action::SendRequestVote { to: id(2), request: req },
+        Action::SendRequestVote { to: id(3), request: req },
+    ];
+    let mut now = t0;
+    for _ in 0..50 {
+        let next = e.next_deadline().unwrap();
+        assert!(next >= now + ET && next < now + 2 * ET, "a redrawn deadline");
+        now = next;
+        assert_eq!(e.tick(now), asks);
+        // Refusals of the other voters, in their (lower or equal) terms, change nothing.
+        assert_eq!(e.on_vote_response(vote(6, 2, false, true), now), vec![]);
+        assert_eq!(e.on_vote_response(vote(5, 3, false, true), now), vec![]);
+    }
+    assert_eq!(e.persisted(), persisted);
+    assert_eq!(e.role(), SyncRole::Follower);
+}
+
+#[test]
+fn a_pre_vote_grant_changes_nothing_on_the_voter() {
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 3, voted_for: None, leader: None };
+    let mut e = machine(1, 3, persisted, t0);
+    e.set_last_log(LogPosition { term: 3, sequence: 10 });
+    let deadline = e.next_deadline();
+    let later = t0 + ET / 2;
+    assert_eq!(
+        e.on_vote_request(pre_request(4, 2, (3, 10)), later),
+        vec![pre_response(2, 4, 1, true)],
+        "a grant answers with the term asked for, and persists nothing"
+    );
+    assert_eq!(e.persisted(), persisted);
+    assert_eq!(e.next_deadline(), deadline, "no deadline reset");
+    // The real vote of that term is still free, for another candidate too.
+    assert_eq!(
+        e.on_vote_request(request(4, 3, (3, 10), false), later),
+        vec![
+            persist(4, Some(3), None),
+            Action::BecomeFollower { term: 4, leader: None },
+            response(3, 4, 1, true),
+        ]
+    );
+}
+
+#[test]
+fn a_pre_vote_is_refused_for_a_term_not_above_the_voters_or_a_stale_log() {
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 4, voted_for: None, leader: None };
+    let mut e = machine(1, 3, persisted, t0);
+    e.set_last_log(LogPosition { term: 3, sequence: 10 });
+    let cases = [(4, (3, 10), false), (3, (9, 9), false), (5, (3, 9), false), (5, (3, 10), true)];
+    for (term, log, granted) in cases {
+        let answer = pre_response(2, if granted { term } else { 4 }, 1, granted);
+        assert_eq!(
+            e.on_vote_request(pre_request(term, 2, log), t0),
+            vec![answer],
+            "{term} {log:?}"
+        );
+    }
+    assert_eq!(e.persisted(), persisted);
+}
+
+#[test]
+fn a_pre_vote_is_refused_while_a_live_leader_is_heard() {
+    let t0 = Instant::now();
+    let mut e = follower_of(1, 3, 2, 3, t0);
+    assert_eq!(
+        e.on_vote_request(pre_request(4, 3, (9, 9)), t0 + ET / 2),
+        vec![pre_response(3, 3, 1, false)]
+    );
+    assert_eq!(
+        e.on_vote_request(pre_request(4, 3, (9, 9)), t0 + ET),
+        vec![pre_response(3, 4, 1, true)],
+        "granted once the leader has been silent for the minimum election timeout"
+    );
+    assert_eq!((e.term(), e.leader()), (3, Some(id(2))));
+    let mut leader = machine(1, 3, PersistedElection::founder(id(1)), t0);
+    assert_eq!(
+        leader.on_vote_request(pre_request(7, 2, (9, 9)), t0 + 10 * ET),
+        vec![pre_response(2, 1, 1, false)],
+        "a leader is its own live leader"
+    );
+}
+
+#[test]
+fn a_refused_pre_vote_with_a_higher_term_is_adopted() {
+    let t0 = Instant::now();
+    let mut e = machine(1, 3, PersistedElection { term: 3, ..Default::default() }, t0);
+    let t1 = e.next_deadline().unwrap();
+    e.tick(t1);
+    assert_eq!(e.pre_vote_term(), Some(4));
+    assert_eq!(
+        e.on_vote_response(vote(6, 2, false, true), t1),
+        vec![persist(6, None, None), Action::BecomeFollower { term: 6, leader: None }]
+    );
+    assert_eq!(e.pre_vote_term(), None, "the round is abandoned");
+}
+
+#[test]
+fn stale_pre_vote_grants_are_ignored() {
+    let t0 = Instant::now();
+    let mut e = machine(1, 3, PersistedElection { term: 3, ..Default::default() }, t0);
+    assert_eq!(e.on_vote_response(vote(4, 2, true, true), t0), vec![], "no round in progress");
+    let t1 = e.next_deadline().unwrap();
+    e.tick(t1);
+    e.observe_term(5, t1);
+    let t2 = e.next_deadline().unwrap();
+    e.tick(t2);
+    assert_eq!(e.pre_vote_term(), Some(6));
+    assert_eq!(e.on_vote_response(vote(4, 2, true, true), t2), vec![], "the older round's grant");
+    assert_eq!(e.on_vote_response(vote(6, 9, true, true), t2), vec![], "a non-member's grant");
+    assert_eq!(e.on_vote_response(vote(6, 1, true, true), t2), vec![], "its own grant");
+    assert_eq!((e.role(), e.term()), (SyncRole::Follower, 5));
+    assert_eq!(
+        e.on_vote_response(vote(6, 3, true, true), t2)[1],
+        Action::BecomeCandidate { term: 6 }
+    );
 }
 
 #[test]
 fn candidate_wins_with_a_majority_then_heartbeats() {
     let t0 = Instant::now();
-    let mut e = machine(1, 5, PersistedElection::default(), t0);
-    let t1 = e.next_deadline().unwrap();
-    e.tick(t1);
-    let vote = |voter, granted| VoteResponse { term: 2, voter: id(voter), granted };
+    let (mut e, t1) = candidate(1, 5, &[], PersistedElection::default(), t0);
+    let vote = |voter, granted| vote(2, voter, granted, false);
     assert_eq!(e.on_vote_response(vote(2, true), t1), vec![]);
     assert_eq!(e.on_vote_response(vote(2, true), t1), vec![], "a duplicate vote counts once");
     assert_eq!(e.on_vote_response(vote(3, false), t1), vec![]);
@@ -105,18 +305,24 @@ fn candidate_wins_with_a_majority_then_heartbeats() {
 }
 
 #[test]
-fn candidate_starts_a_new_election_on_timeout() {
+fn a_candidate_asks_for_pre_votes_again_on_timeout() {
     let t0 = Instant::now();
-    let mut e = machine(1, 3, PersistedElection::default(), t0);
-    let t1 = e.next_deadline().unwrap();
-    e.tick(t1);
+    let (mut e, _) = candidate(1, 3, &[], PersistedElection::default(), t0);
     let t2 = e.next_deadline().unwrap();
-    let actions = e.tick(t2);
+    let req = pre_request(3, 1, (0, 0));
+    assert_eq!(
+        e.tick(t2),
+        vec![
+            Action::SendRequestVote { to: id(2), request: req },
+            Action::SendRequestVote { to: id(3), request: req },
+        ]
+    );
+    assert_eq!((e.role(), e.term(), e.voted_for()), (SyncRole::Candidate, 2, Some(id(1))));
+    let actions = e.on_vote_response(vote(3, 3, true, true), t2);
     assert_eq!(actions[..2], [persist(3, Some(1), None), Action::BecomeCandidate { term: 3 }]);
     assert_eq!(actions.len(), 4);
     // A vote of the previous term does not count.
-    let old = VoteResponse { term: 2, voter: id(2), granted: true };
-    assert_eq!(e.on_vote_response(old, t2), vec![]);
+    assert_eq!(e.on_vote_response(vote(2, 2, true, false), t2), vec![]);
     assert_eq!(e.role(), SyncRole::Candidate);
 }
 
@@ -227,8 +433,7 @@ fn a_newer_term_in_any_message_makes_a_leader_step_down() {
     let stepped = vec![persist(5, None, None), Action::BecomeFollower { term: 5, leader: None }];
 
     let mut e = machine(1, 3, founder, t0);
-    let reply = VoteResponse { term: 5, voter: id(2), granted: false };
-    assert_eq!(e.on_vote_response(reply, t0), stepped);
+    assert_eq!(e.on_vote_response(vote(5, 2, false, false), t0), stepped);
     assert_eq!(e.role(), SyncRole::Follower);
 
     let mut e = machine(1, 3, founder, t0);
@@ -253,9 +458,7 @@ fn a_newer_term_in_any_message_makes_a_leader_step_down() {
 #[test]
 fn a_candidate_follows_the_winner_of_its_term() {
     let t0 = Instant::now();
-    let mut e = machine(1, 3, PersistedElection::default(), t0);
-    let t1 = e.next_deadline().unwrap();
-    e.tick(t1);
+    let (mut e, t1) = candidate(1, 3, &[], PersistedElection::default(), t0);
     let (verdict, actions) = e.on_leader_message(id(2), 2, t1);
     assert_eq!(verdict, LeaderVerdict::Accepted);
     assert_eq!(
@@ -406,7 +609,7 @@ fn transfer_leadership_flow() {
     assert!(!leader.is_transferring());
     assert_eq!(other.on_vote_request(req, now).last(), Some(&response(2, 2, 3, true)));
     assert_eq!(
-        target.on_vote_response(VoteResponse { term: 2, voter: id(3), granted: true }, now),
+        target.on_vote_response(vote(2, 3, true, false), now),
         vec![
             persist(2, Some(2), Some(2)),
             Action::BecomeLeader { term: 2 },
@@ -431,6 +634,8 @@ fn transfer_times_out() {
     let mut aborted = false;
     while now <= t0 + ET {
         now = leader.next_deadline().unwrap();
+        // A follower answers: the check quorum keeps the leader.
+        leader.on_follower_response(id(2), 1, now);
         let actions = leader.tick(now);
         if actions.contains(&Action::TransferAborted { to: id(3) }) {
             aborted = true;
@@ -445,23 +650,17 @@ fn transfer_times_out() {
     // Removing the target aborts too.
     leader.transfer_leadership(id(2), now).unwrap();
     assert_eq!(
-        leader.set_members(members(3).into_iter().filter(|m| *m != id(2)).collect(), now),
-        vec![Action::TransferAborted { to: id(2) }]
+        leader.set_membership(Membership::new([id(1), id(3)].into(), [id(2)].into()), now),
+        vec![Action::TransferAborted { to: id(2) }],
+        "the target became a learner"
     );
 }
 
 #[test]
 fn check_quorum_steps_down_a_leader_cut_off_from_the_majority() {
     let t0 = Instant::now();
-    let config = ElectionConfig { check_quorum: true, ..ElectionConfig::new(HB, ET) };
-    let mut e = Election::new(
-        id(1),
-        members(3),
-        PersistedElection::founder(id(1)),
-        config,
-        t0,
-        StdRng::seed_from_u64(1),
-    );
+    assert!(ElectionConfig::new(HB, ET).check_quorum && ElectionConfig::default().check_quorum);
+    let mut e = with_learners(1, 3, &[4], PersistedElection::founder(id(1)), t0);
     let mut now = t0;
     while now < t0 + ET {
         now = e.next_deadline().unwrap();
@@ -472,43 +671,107 @@ fn check_quorum_steps_down_a_leader_cut_off_from_the_majority() {
     let mut stepped = Vec::new();
     while e.is_leader() && now < t0 + 3 * ET {
         now = e.next_deadline().unwrap();
+        e.on_follower_response(id(4), 1, now);
         stepped = e.tick(now);
     }
     assert_eq!(
         stepped,
         vec![persist(1, Some(1), None), Action::BecomeFollower { term: 1, leader: None }]
     );
-    assert_eq!(now, t0 + 2 * ET);
+    assert_eq!(now, t0 + 2 * ET, "the learner heard all along does not count");
 }
 
 #[test]
-fn set_members_can_complete_an_election() {
+fn check_quorum_does_nothing_with_two_voters() {
     let t0 = Instant::now();
-    let mut e = machine(1, 5, PersistedElection::default(), t0);
-    let t1 = e.next_deadline().unwrap();
-    e.tick(t1);
-    e.on_vote_response(VoteResponse { term: 2, voter: id(2), granted: true }, t1);
+    let mut e = with_learners(1, 2, &[3, 4], PersistedElection::founder(id(1)), t0);
+    let mut now = t0;
+    while now < t0 + 10 * ET {
+        assert_eq!(e.next_deadline(), Some(now), "heartbeats only: no quorum deadline");
+        assert_eq!(e.tick(now), vec![Action::SendHeartbeats { term: 1 }]);
+        now += HB;
+    }
+    assert!(e.is_leader());
+}
+
+#[test]
+fn set_membership_can_complete_an_election() {
+    let t0 = Instant::now();
+    let (mut e, t1) = candidate(1, 5, &[], PersistedElection::default(), t0);
+    e.on_vote_response(vote(2, 2, true, false), t1);
     assert_eq!(
-        e.set_members(members(3), t1),
+        e.set_membership(membership(3, &[4, 5]), t1),
         vec![
             persist(2, Some(1), Some(1)),
             Action::BecomeLeader { term: 2 },
             Action::SendHeartbeats { term: 2 }
         ]
     );
-    // Dropped from the library: step down, never campaign.
-    let others: BTreeSet<Uuid> = [id(2), id(3)].into();
-    assert_eq!(
-        e.set_members(others, t1),
-        vec![persist(2, Some(1), None), Action::BecomeFollower { term: 2, leader: None }]
-    );
-    assert_eq!(e.next_deadline(), None);
-    assert_eq!(e.tick(t1 + 10 * ET), vec![]);
-    // Left alone in the library: campaign at once.
+}
+
+#[test]
+fn the_last_voter_left_campaigns_at_once() {
+    let t0 = Instant::now();
     let mut f = follower_of(1, 3, 2, 4, t0);
-    assert_eq!(f.set_members(members(1), t0), vec![]);
+    assert_eq!(f.set_membership(membership(1, &[2, 3]), t0), vec![]);
     assert_eq!(f.next_deadline(), Some(t0));
     assert_eq!(f.tick(t0)[1], Action::BecomeLeader { term: 5 });
+}
+
+#[test]
+fn a_leader_that_is_no_longer_a_voter_keeps_leading() {
+    let t0 = Instant::now();
+    let mut e = machine(1, 3, PersistedElection::founder(id(1)), t0);
+    let demoted = Membership::new([id(2), id(3)].into(), [id(1)].into());
+    assert_eq!(e.set_membership(demoted, t0), vec![]);
+    assert!(e.is_leader());
+    assert_eq!(e.next_deadline(), Some(t0));
+    assert_eq!(e.tick(t0), vec![Action::SendHeartbeats { term: 1 }]);
+    let removed = Membership::all_voters([id(2), id(3)]);
+    assert_eq!(e.set_membership(removed, t0), vec![]);
+    assert!(e.is_leader());
+}
+
+#[test]
+fn resign_steps_a_leader_down() {
+    let t0 = Instant::now();
+    let mut e = machine(1, 3, PersistedElection::founder(id(1)), t0);
+    e.set_membership(Membership::new([id(2), id(3)].into(), [id(1)].into()), t0);
+    assert_eq!(
+        e.resign(t0 + HB),
+        vec![persist(1, Some(1), None), Action::BecomeFollower { term: 1, leader: None }]
+    );
+    assert_eq!(e.next_deadline(), None, "a learner has no election deadline");
+    assert_eq!(e.tick(t0 + 10 * ET), vec![]);
+    assert_eq!(e.resign(t0 + 10 * ET), vec![], "a follower has nothing to resign");
+}
+
+#[test]
+fn a_candidate_that_is_no_longer_a_voter_steps_down() {
+    let t0 = Instant::now();
+    let (mut e, t1) = candidate(1, 3, &[], PersistedElection::default(), t0);
+    let both = Membership::new(members(3), [id(1)].into());
+    assert_eq!(e.set_membership(both, t1), vec![], "listed as both, a voter still");
+    assert_eq!(e.role(), SyncRole::Candidate);
+    let demoted = Membership::new([id(2), id(3)].into(), [id(1)].into());
+    assert_eq!(
+        e.set_membership(demoted, t1),
+        vec![Action::BecomeFollower { term: 2, leader: None }]
+    );
+    assert_eq!(e.next_deadline(), None);
+}
+
+#[test]
+fn a_follower_that_becomes_a_learner_loses_its_deadline_and_regains_one_as_a_voter() {
+    let t0 = Instant::now();
+    let mut e = follower_of(1, 3, 2, 4, t0);
+    let learner = Membership::new([id(2), id(3)].into(), [id(1)].into());
+    assert_eq!(e.set_membership(learner, t0), vec![]);
+    assert_eq!(e.next_deadline(), None);
+    let later = t0 + 10 * ET;
+    assert_eq!(e.set_membership(membership(3, &[]), later), vec![]);
+    let next = e.next_deadline().unwrap();
+    assert!(next >= later + ET && next < later + 2 * ET, "a fresh deadline, not a past one");
 }
 
 #[test]
@@ -519,7 +782,8 @@ fn election_deadlines_are_spread_over_one_timeout() {
         .map(|seed| {
             let rng = StdRng::seed_from_u64(seed);
             let persisted = PersistedElection::default();
-            Election::new(id(1), members(3), persisted, config, t0, rng).next_deadline().unwrap()
+            let voters = Membership::all_voters(members(3));
+            Election::new(id(1), voters, persisted, config, t0, rng).next_deadline().unwrap()
         })
         .collect();
     assert!(deadlines.len() > 190);
@@ -534,38 +798,38 @@ fn odd_inputs_do_not_panic() {
     let zero = ElectionConfig::new(Duration::ZERO, Duration::ZERO);
     let huge = ElectionConfig::new(Duration::MAX, Duration::MAX);
     for config in [zero, huge] {
-        for n in [0, 1, 2, 3] {
+        for (n, learners) in [(0, &[][..]), (1, &[1, 2]), (2, &[3]), (3, &[])] {
             for persisted in [
                 PersistedElection::default(),
                 PersistedElection::founder(id(1)),
                 PersistedElection { term: u64::MAX, voted_for: Some(id(7)), leader: Some(id(8)) },
                 PersistedElection { term: u64::MAX - 1, voted_for: None, leader: None },
             ] {
-                let mut e = Election::new(
-                    id(1),
-                    members(n),
-                    persisted,
-                    config,
-                    t0,
-                    StdRng::seed_from_u64(3),
-                );
+                let full = membership(n, learners);
+                let rng = StdRng::seed_from_u64(3);
+                let mut e = Election::new(id(1), full.clone(), persisted, config, t0, rng);
                 let later = t0 + Duration::from_secs(1);
                 for now in [t0, later, t0] {
                     e.tick(now);
                     e.on_vote_request(request(u64::MAX, 2, (u64::MAX, u64::MAX), true), now);
                     e.on_vote_request(request(0, 1, (0, 0), false), now);
-                    e.on_vote_response(
-                        VoteResponse { term: u64::MAX, voter: id(2), granted: true },
-                        now,
-                    );
+                    e.on_vote_request(pre_request(u64::MAX, 2, (u64::MAX, u64::MAX)), now);
+                    e.on_vote_request(pre_request(0, 3, (0, 0)), now);
+                    e.set_log_floor(LogPosition { term: u64::MAX, sequence: u64::MAX });
+                    e.on_vote_response(vote(u64::MAX, 2, true, false), now);
+                    e.on_vote_response(vote(u64::MAX, 2, true, true), now);
+                    e.on_vote_response(vote(u64::MAX, 3, false, true), now);
+                    e.set_log_floor(LogPosition::default());
                     e.on_leader_message(id(2), u64::MAX, now);
                     e.on_timeout_now(id(3), u64::MAX, now);
                     e.on_follower_response(id(1), 0, now);
                     let _ = e.transfer_leadership(id(2), now);
                     e.on_target_caught_up(id(2), now);
-                    e.set_members(BTreeSet::new(), now);
-                    e.set_members(members(n), now);
+                    e.set_membership(Membership::default(), now);
+                    e.resign(now);
+                    e.set_membership(full.clone(), now);
                     e.tick(now);
+                    e.resign(now);
                     let _ = e.next_deadline();
                 }
                 assert!(e.term() >= persisted.term);
@@ -588,10 +852,8 @@ fn term_space_exhaustion_stops_campaigning() {
 #[test]
 fn a_candidate_yields_to_a_better_candidate_of_its_term() {
     let t0 = Instant::now();
-    let mut e = machine(1, 3, PersistedElection::default(), t0);
+    let (mut e, t1) = candidate(1, 3, &[], PersistedElection::default(), t0);
     e.set_last_log(LogPosition { term: 3, sequence: 19 });
-    let t1 = e.next_deadline().unwrap();
-    e.tick(t1);
     assert_eq!(
         e.on_vote_request(request(2, 3, (3, 19), false), t1),
         vec![response(3, 2, 1, false)]
@@ -625,5 +887,202 @@ fn two_members_left_without_a_leader_campaign_in_different_terms() {
     assert_eq!(
         b.on_leader_message(id(1), 8, now).0,
         LeaderVerdict::Stale { current_term: 9, leader: Some(id(2)) }
+    );
+}
+
+#[test]
+fn a_learner_never_campaigns() {
+    let t0 = Instant::now();
+    let mut e = with_learners(4, 3, &[4], PersistedElection::default(), t0);
+    assert_eq!(e.next_deadline(), None);
+    for k in 1..20 {
+        assert_eq!(e.tick(t0 + k * ET), vec![]);
+    }
+    let mut outsider = machine(9, 3, PersistedElection::default(), t0);
+    assert_eq!(outsider.next_deadline(), None);
+    assert_eq!(outsider.tick(t0 + 10 * ET), vec![]);
+    assert_eq!((e.term(), e.role(), e.pre_vote_term()), (0, SyncRole::Follower, None));
+}
+
+#[test]
+fn the_sole_voter_leads_at_the_first_tick_despite_learners() {
+    let t0 = Instant::now();
+    let mut e = with_learners(1, 1, &[2, 3], PersistedElection::default(), t0);
+    assert_eq!(e.majority(), 1);
+    assert_eq!(e.next_deadline(), Some(t0));
+    assert_eq!(
+        e.tick(t0),
+        vec![
+            persist(2, Some(1), Some(1)),
+            Action::BecomeLeader { term: 2 },
+            Action::SendHeartbeats { term: 2 }
+        ]
+    );
+}
+
+#[test]
+fn a_learner_refuses_votes_and_pre_votes_and_persists_nothing() {
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 3, voted_for: None, leader: None };
+    for me in [4, 9] {
+        // A learner, then a device that is not a member at all.
+        let mut e = with_learners(me, 3, &[4], persisted, t0);
+        assert_eq!(
+            e.on_vote_request(request(5, 1, (9, 9), false), t0 + 10 * ET),
+            vec![response(1, 3, me, false)]
+        );
+        assert_eq!(
+            e.on_vote_request(request(5, 2, (9, 9), true), t0 + 10 * ET),
+            vec![response(2, 3, me, false)]
+        );
+        assert_eq!(
+            e.on_vote_request(pre_request(5, 1, (9, 9)), t0 + 10 * ET),
+            vec![pre_response(1, 3, me, false)]
+        );
+        assert_eq!(e.persisted(), persisted);
+        assert_eq!(e.next_deadline(), None);
+    }
+}
+
+#[test]
+fn a_voter_refuses_a_candidate_that_is_a_learner_in_its_membership() {
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 3, voted_for: None, leader: None };
+    let mut e = with_learners(1, 3, &[4], persisted, t0);
+    let later = t0 + 10 * ET;
+    assert_eq!(
+        e.on_vote_request(request(5, 4, (9, 9), false), later),
+        vec![response(4, 3, 1, false)],
+        "refused in its own term: the learner's term is not adopted"
+    );
+    assert_eq!(
+        e.on_vote_request(pre_request(5, 4, (9, 9)), later),
+        vec![pre_response(4, 3, 1, false)]
+    );
+    assert_eq!(e.persisted(), persisted);
+    assert_eq!(
+        e.on_vote_request(request(5, 2, (9, 9), false), later).last(),
+        Some(&response(2, 5, 1, true))
+    );
+}
+
+#[test]
+fn a_candidate_ignores_a_granted_vote_from_a_learner() {
+    let t0 = Instant::now();
+    let (mut e, t1) = candidate(1, 3, &[4, 5], PersistedElection::default(), t0);
+    assert_eq!(e.on_vote_response(vote(2, 4, true, false), t1), vec![]);
+    assert_eq!(e.on_vote_response(vote(2, 5, true, false), t1), vec![]);
+    assert_eq!(e.role(), SyncRole::Candidate);
+    assert_eq!(
+        e.on_vote_response(vote(2, 2, true, false), t1)[1],
+        Action::BecomeLeader { term: 2 }
+    );
+}
+
+#[test]
+fn a_pre_candidate_ignores_a_granted_pre_vote_from_a_learner() {
+    let t0 = Instant::now();
+    let mut e = with_learners(1, 3, &[4], PersistedElection::default(), t0);
+    let t1 = e.next_deadline().unwrap();
+    let asks = e.tick(t1);
+    assert_eq!(asks.len(), 2, "pre-votes go to the other voters only: {asks:?}");
+    assert_eq!(e.on_vote_response(vote(2, 4, true, true), t1), vec![]);
+    assert_eq!(e.role(), SyncRole::Follower);
+}
+
+#[test]
+fn two_voter_parity_is_unchanged_by_learners() {
+    // Voters 5 and 7; learners below, between and above them.
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 1, voted_for: None, leader: None };
+    for learners in [&[][..], &[1], &[6], &[9], &[1, 6, 9]] {
+        let voters =
+            Membership::new([id(5), id(7)].into(), learners.iter().copied().map(id).collect());
+        for (me, term) in [(5, 2), (7, 3)] {
+            let rng = StdRng::seed_from_u64(me as u64);
+            let config = ElectionConfig::new(HB, ET);
+            let mut e = Election::new(id(me), voters.clone(), persisted, config, t0, rng);
+            assert_eq!(e.majority(), 1);
+            let at = e.next_deadline().unwrap();
+            assert_eq!(e.tick(at)[1], Action::BecomeLeader { term }, "{me} with {learners:?}");
+        }
+    }
+}
+
+#[test]
+fn no_campaign_below_the_log_floor() {
+    let t0 = Instant::now();
+    let mut e = machine(1, 1, PersistedElection::default(), t0);
+    e.set_last_log(LogPosition { term: 2, sequence: 5 });
+    e.set_log_floor(LogPosition { term: 3, sequence: 10 });
+    assert_eq!(e.log_floor(), LogPosition { term: 3, sequence: 10 });
+    assert_eq!(e.tick(t0), vec![], "the sole voter, rebuilding, does not lead");
+    let mut three = machine(1, 3, PersistedElection::default(), t0);
+    three.set_log_floor(LogPosition { term: 3, sequence: 10 });
+    let t1 = three.next_deadline().unwrap();
+    assert_eq!(three.tick(t1), vec![], "no pre-vote either");
+    three.set_last_log(LogPosition { term: 3, sequence: 10 });
+    let t2 = three.next_deadline().unwrap();
+    assert_eq!(three.tick(t2).len(), 2, "back at its floor: pre-votes");
+}
+
+#[test]
+fn a_candidate_above_the_log_but_below_the_floor_is_refused() {
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 4, voted_for: None, leader: None };
+    let mut e = machine(1, 3, persisted, t0);
+    e.set_last_log(LogPosition { term: 2, sequence: 5 });
+    e.set_log_floor(LogPosition { term: 3, sequence: 10 });
+    assert_eq!(
+        e.on_vote_request(pre_request(5, 2, (3, 7)), t0),
+        vec![pre_response(2, 4, 1, false)]
+    );
+    assert_eq!(
+        e.on_vote_request(request(5, 2, (3, 7), false), t0),
+        vec![
+            persist(5, None, None),
+            Action::BecomeFollower { term: 5, leader: None },
+            response(2, 5, 1, false)
+        ]
+    );
+    assert_eq!(
+        e.on_vote_request(request(5, 2, (3, 10), false), t0).last(),
+        Some(&response(2, 5, 1, true))
+    );
+}
+
+#[test]
+fn transfer_to_a_learner_is_refused() {
+    let t0 = Instant::now();
+    let mut leader = with_learners(1, 3, &[4], PersistedElection::founder(id(1)), t0);
+    assert_eq!(leader.transfer_leadership(id(4), t0), Err(TransferError::NotAVoter(id(4))));
+    assert_eq!(leader.transfer_leadership(id(9), t0), Err(TransferError::NotAMember(id(9))));
+    assert!(!leader.is_transferring());
+}
+
+#[test]
+fn a_learner_told_to_campaign_does_not() {
+    let t0 = Instant::now();
+    let mut e = with_learners(
+        4,
+        3,
+        &[4],
+        PersistedElection { term: 1, voted_for: None, leader: Some(id(1)) },
+        t0,
+    );
+    assert_eq!(e.on_timeout_now(id(1), 1, t0), vec![]);
+    assert_eq!((e.role(), e.term()), (SyncRole::Follower, 1));
+}
+
+#[test]
+fn membership_counts_a_device_in_both_sets_as_a_voter() {
+    let m = Membership::new([id(1), id(2)].into(), [id(2), id(3)].into());
+    assert_eq!(m.voters(), &BTreeSet::from([id(1), id(2)]));
+    assert_eq!(m.learners(), &BTreeSet::from([id(3)]));
+    assert!(m.is_voter(&id(2)) && !m.is_voter(&id(3)) && !m.is_voter(&id(4)));
+    assert!(m.is_member(&id(3)) && !m.is_member(&id(4)));
+    assert_eq!(
+        (m.majority(), membership(3, &[4, 5]).majority(), membership(5, &[]).majority()),
+        (1, 2, 3)
     );
 }
