@@ -47,13 +47,21 @@
 //! # Rules
 //! - **Voters and learners**: the [`Membership`] lists the voters and the learners of the
 //!   library's latest configuration (a device listed in both is a voter). Only a voter of the
-//!   latest configuration campaigns, pre-votes and votes. A learner or a non-member has no
-//!   election deadline ([`Election::next_deadline`] is `None` unless it leads), never
-//!   campaigns, and refuses every vote request and pre-vote with its own term, changing
-//!   nothing and persisting nothing. A voter refuses, the same way, a candidate that is not a
-//!   voter of its own latest configuration (whatever the request's term: a device this one
-//!   does not count as a voter cannot make it change term). Learners never count in a
-//!   majority.
+//!   latest configuration campaigns, pre-votes and leads; a learner or a non-member has no
+//!   election deadline ([`Election::next_deadline`] is `None` unless it leads) and never
+//!   campaigns. Learners never count in a majority: a candidate counts only the votes of the
+//!   voters of its own sets, and asks only them.
+//! - **Who answers a vote request**: every member of the device's latest configuration,
+//!   learners included, and every voter of its previous set (below) answers a vote or a
+//!   pre-vote by the rules below, whoever the candidate is. A device that is neither (it
+//!   knows it was removed, or never was a member) refuses with its own term, changing nothing
+//!   and persisting nothing. Neither Raft nor etcd asks whether the candidate or the voter is
+//!   a voter in the voter's own configuration: the candidate's rule decides whose votes count
+//!   and each device votes at most once per term, which is what keeps one leader per term. A
+//!   device behind does not know yet that the candidate, or itself, was promoted: a learner
+//!   promoted while it was unreachable is asked by candidates that count it, and refusing
+//!   them could leave no electable candidate with every voter of the committed configuration
+//!   up (found by the simulator; etcd's raft lets learners vote for the same reason).
 //! - **Election rule of a set of voters**: with three or more voters, a majority of them
 //!   (`voters / 2 + 1`). With one or two voters, the two-device rule: either device may be
 //!   elected alone, by its own vote — but with two voters that would let both win the same
@@ -75,9 +83,10 @@
 //!   every voter of either set; it campaigns in a term it owns in every two-voter set it
 //!   belongs to. With single-voter changes two such sets cannot both have two voters, so the
 //!   parities never conflict; if they did (the sets came from elsewhere), no term would be its
-//!   own in both and the device does not campaign. Vote granting is unchanged: a voter grants
-//!   only to a candidate that is a voter of its own latest set. Check quorum uses the latest
-//!   set alone (it is about liveness, not safety). The price: a device that holds a removal or
+//!   own in both and the device does not campaign. A voter of the previous set only (a device
+//!   that holds its own removal, not known committed) still answers vote requests: the
+//!   candidates it counts for need it. Check quorum uses the latest set alone (it is about
+//!   liveness, not safety). The price: a device that holds a removal or
 //!   a demotion without knowing it committed needs a majority of the voters before it too,
 //!   which may be out of reach while the leader that committed it is down (three voters after
 //!   four, the commit known by the old leader alone: the two others cannot elect until it
@@ -91,10 +100,9 @@
 //!   not.
 //! - **Pre-vote** (dissertation §9.6): when its deadline passes, a voter redraws it and asks
 //!   every other voter (of the latest and the previous set) whether it *would* be elected:
-//!   [`Action::SendRequestVote`] with
-//!   `pre_vote: true`, the term it would campaign in and its last log position, without
-//!   changing its term, its vote or its role. A voter grants a pre-vote iff the candidate is a
-//!   voter of its membership, the request's term is above its own, the candidate's log is at
+//!   [`Action::SendRequestVote`] with `pre_vote: true`, the term it would campaign in and its
+//!   last log position, without changing its term, its vote or its role. A device grants a
+//!   pre-vote iff the request's term is above its own, the candidate's log is at
 //!   least as up to date as its own (with the log floor, below) and it hears no live leader
 //!   (unless `transfer`); granting or refusing changes nothing on it (no Persist, no term, no
 //!   deadline reset). A granted pre-vote answers with the term it was asked for, a refused one
@@ -107,8 +115,8 @@
 //!   another term than the round's (an abandoned round, an older term) is ignored. If its next
 //!   deadline passes first, the device starts a new round, its term unchanged: a device that
 //!   cannot win (partitioned, asleep, just restarted, behind) never bumps a term.
-//! - **Vote**: a voter grants its vote iff the candidate is a voter of its membership, the
-//!   request's term is not older than its own, it has not voted for another candidate in that
+//! - **Vote**: a device grants its vote iff the request's term is not older than its own, it
+//!   has not voted for another candidate in that
 //!   term, the candidate's last log `(term, sequence)` is at least its own (term first, then
 //!   sequence; with the log floor, below), and it hears no live leader (below). A newer term is
 //!   adopted first (step down to follower, no vote, no leader). A grant resets the voter's
@@ -132,10 +140,14 @@
 //!   [`Election::on_follower_response`].
 //! - **Fencing**: any message carrying a newer term makes a candidate or a leader step down at
 //!   once ([`Action::BecomeFollower`] with `leader: None`). A leader message (Heartbeat,
-//!   NewEntries) of an older term is refused: [`LeaderVerdict::Stale`]. Leader messages are
-//!   accepted from members (voters or learners: a demoted leader leads until its demotion
-//!   commits) and from previous voters (a leader that removed itself leads until its removal
-//!   commits, and its followers learn that commit from it), never from other devices.
+//!   NewEntries) of an older term is refused: [`LeaderVerdict::Stale`]. As in Raft, a leader
+//!   message of the current or a newer term is accepted whoever sends it, member of this
+//!   device's configuration or not: a device whose log is behind may not know its leader yet
+//!   (one added while it was down, whose configuration entry it lacks), and refusing it would
+//!   keep that device behind for good (found by the simulator); a demoted or removed leader
+//!   leads until its change commits. A device that is not a voter cannot win an election (see
+//!   the vote rules), so no leader message comes from a leader that was not elected;
+//!   keeping removed devices out is the transport's allow-list's job.
 //! - **Leader**: on winning it emits [`Action::BecomeLeader`] and [`Action::SendHeartbeats`],
 //!   then one [`Action::SendHeartbeats`] per `heartbeat_interval` from [`Election::tick`].
 //!   A device restarting with a persisted leader equal to itself resumes leading that term.
@@ -512,8 +524,8 @@ pub enum LeaderVerdict {
         /// The leader this device knows for it.
         leader: Option<Uuid>,
     },
-    /// Ignore the message: its sender is not a member, is this device, or claims a term whose
-    /// leader is someone else.
+    /// Ignore the message: its sender is this device, or claims a term whose leader is someone
+    /// else.
     Refused,
 }
 
@@ -878,10 +890,9 @@ impl<R: Rng> Election<R> {
             },
         };
         if candidate == self.me
-            || !self.membership.is_voter(&self.me)
-            || !self.membership.is_voter(&candidate)
+            || !(self.membership.is_member(&self.me) || self.membership.is_elector(&self.me))
         {
-            debug!(%candidate, term = request.term, "vote refused, not between two voters");
+            debug!(%candidate, term = request.term, "vote refused, not a member");
             return vec![refuse(self.term)];
         }
         if request.pre_vote {
@@ -1123,9 +1134,7 @@ impl<R: Rng> Election<R> {
 
     /// Whether a leader message from `from` in `term` is to be followed.
     fn check_leader(&self, from: Uuid, term: u64) -> LeaderVerdict {
-        if from == self.me
-            || !(self.membership.is_member(&from) || self.membership.is_elector(&from))
-        {
+        if from == self.me {
             return LeaderVerdict::Refused;
         }
         if term < self.term {

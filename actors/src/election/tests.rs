@@ -480,7 +480,6 @@ fn leader_messages_of_an_older_term_are_refused() {
         (LeaderVerdict::Refused, vec![]),
         "second leader"
     );
-    assert_eq!(e.on_leader_message(id(9), 6, t0), (LeaderVerdict::Refused, vec![]), "non-member");
     assert_eq!(e.on_leader_message(id(1), 6, t0), (LeaderVerdict::Refused, vec![]), "itself");
     assert_eq!(e.on_timeout_now(id(3), 4, t0), vec![]);
     assert_eq!(e.term(), 5);
@@ -921,48 +920,62 @@ fn the_sole_voter_leads_at_the_first_tick_despite_learners() {
 }
 
 #[test]
-fn a_learner_refuses_votes_and_pre_votes_and_persists_nothing() {
+fn a_non_member_refuses_votes_and_pre_votes_and_persists_nothing() {
     let t0 = Instant::now();
     let persisted = PersistedElection { term: 3, voted_for: None, leader: None };
-    for me in [4, 9] {
-        // A learner, then a device that is not a member at all.
-        let mut e = with_learners(me, 3, &[4], persisted, t0);
-        assert_eq!(
-            e.on_vote_request(request(5, 1, (9, 9), false), t0 + 10 * ET),
-            vec![response(1, 3, me, false)]
-        );
-        assert_eq!(
-            e.on_vote_request(request(5, 2, (9, 9), true), t0 + 10 * ET),
-            vec![response(2, 3, me, false)]
-        );
-        assert_eq!(
-            e.on_vote_request(pre_request(5, 1, (9, 9)), t0 + 10 * ET),
-            vec![pre_response(1, 3, me, false)]
-        );
-        assert_eq!(e.persisted(), persisted);
-        assert_eq!(e.next_deadline(), None);
-    }
+    let mut e = with_learners(9, 3, &[4], persisted, t0);
+    assert_eq!(
+        e.on_vote_request(request(5, 1, (9, 9), false), t0 + 10 * ET),
+        vec![response(1, 3, 9, false)]
+    );
+    assert_eq!(
+        e.on_vote_request(request(5, 2, (9, 9), true), t0 + 10 * ET),
+        vec![response(2, 3, 9, false)]
+    );
+    assert_eq!(
+        e.on_vote_request(pre_request(5, 1, (9, 9)), t0 + 10 * ET),
+        vec![pre_response(1, 3, 9, false)]
+    );
+    assert_eq!(e.persisted(), persisted);
+    assert_eq!(e.next_deadline(), None);
 }
 
 #[test]
-fn a_voter_refuses_a_candidate_that_is_a_learner_in_its_membership() {
+fn a_learner_answers_votes_it_may_have_been_promoted_without_knowing() {
+    // A candidate asks only the devices its configuration makes voters: 4 may have been
+    // promoted while it was unreachable. Its vote counts only for such a candidate.
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 3, voted_for: None, leader: None };
+    let mut e = with_learners(4, 3, &[4], persisted, t0);
+    assert_eq!(
+        e.on_vote_request(pre_request(5, 1, (9, 9)), t0 + 10 * ET),
+        vec![pre_response(1, 5, 4, true)]
+    );
+    assert_eq!(
+        e.on_vote_request(request(5, 1, (9, 9), false), t0 + 10 * ET),
+        vec![
+            persist(5, Some(1), None),
+            Action::BecomeFollower { term: 5, leader: None },
+            response(1, 5, 4, true)
+        ]
+    );
+    assert_eq!(e.next_deadline(), None, "still no campaign of its own");
+}
+
+#[test]
+fn a_voter_grants_a_candidate_it_does_not_know_as_a_voter() {
+    // 4 was promoted while 1 was down: 1 still lists it as a learner, yet 4's rule is what
+    // decides whose votes count, and 1 votes once in term 5 all the same.
     let t0 = Instant::now();
     let persisted = PersistedElection { term: 3, voted_for: None, leader: None };
     let mut e = with_learners(1, 3, &[4], persisted, t0);
-    let later = t0 + 10 * ET;
     assert_eq!(
-        e.on_vote_request(request(5, 4, (9, 9), false), later),
-        vec![response(4, 3, 1, false)],
-        "refused in its own term: the learner's term is not adopted"
-    );
-    assert_eq!(
-        e.on_vote_request(pre_request(5, 4, (9, 9)), later),
-        vec![pre_response(4, 3, 1, false)]
-    );
-    assert_eq!(e.persisted(), persisted);
-    assert_eq!(
-        e.on_vote_request(request(5, 2, (9, 9), false), later).last(),
-        Some(&response(2, 5, 1, true))
+        e.on_vote_request(request(5, 4, (9, 9), false), t0 + 10 * ET),
+        vec![
+            persist(5, Some(4), None),
+            Action::BecomeFollower { term: 5, leader: None },
+            response(4, 5, 1, true)
+        ]
     );
 }
 
@@ -1351,27 +1364,43 @@ fn agreeing_two_voter_parities_pick_the_next_term_owned_in_both() {
 }
 
 #[test]
-fn a_leader_that_removed_itself_is_followed_until_its_removal_is_known_committed() {
+fn a_leader_this_device_does_not_know_is_followed() {
+    // 1 holds {1,2,3}; 4 joined and leads while 1 was down: 1 must follow it to learn of it.
     let t0 = Instant::now();
-    let mut pending = device(2, changing(&[2, 3], &[1, 2, 3]), 4, t0);
-    assert_eq!(pending.on_leader_message(id(1), 4, t0).0, LeaderVerdict::Accepted);
-    let mut known = device(2, Membership::new(set(&[2, 3]), BTreeSet::new()), 4, t0);
-    assert_eq!(known.on_leader_message(id(1), 4, t0).0, LeaderVerdict::Refused);
+    let mut e = machine(1, 3, PersistedElection { term: 4, voted_for: None, leader: None }, t0);
+    assert_eq!(
+        e.on_leader_message(id(4), 5, t0),
+        (
+            LeaderVerdict::Accepted,
+            vec![
+                persist(5, None, Some(4)),
+                Action::BecomeFollower { term: 5, leader: Some(id(4)) }
+            ]
+        )
+    );
 }
 
 #[test]
-fn a_vote_is_still_granted_only_to_a_voter_of_the_latest_set() {
-    // 3 holds {1,2} after {1,2,3}: it no longer votes, even for a previous voter's candidacy.
+fn a_voter_of_the_previous_set_only_still_votes() {
+    // 3 holds {1,2} after {1,2,3}, not known committed: 1 may still need it for {1,2,3}.
     let t0 = Instant::now();
     let mut removed = device(3, changing(&[1, 2], &[1, 2, 3]), 4, t0);
     assert_eq!(
         removed.on_vote_request(request(6, 1, (9, 9), false), t0 + 10 * ET),
-        vec![response(1, 4, 3, false)]
+        vec![
+            persist(6, Some(1), None),
+            Action::BecomeFollower { term: 6, leader: None },
+            response(1, 6, 3, true)
+        ]
     );
-    // 1 holds {1,2} after {1,2,3}: 3 is no voter of it.
-    let mut a = device(1, changing(&[1, 2], &[1, 2, 3]), 4, t0);
+}
+
+#[test]
+fn a_device_that_knows_its_removal_committed_no_longer_votes() {
+    let t0 = Instant::now();
+    let mut removed = device(3, Membership::new(set(&[1, 2]), BTreeSet::new()), 4, t0);
     assert_eq!(
-        a.on_vote_request(request(6, 3, (9, 9), false), t0 + 10 * ET),
-        vec![response(3, 4, 1, false)]
+        removed.on_vote_request(request(6, 1, (9, 9), false), t0 + 10 * ET),
+        vec![response(1, 4, 3, false)]
     );
 }
