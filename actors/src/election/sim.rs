@@ -121,6 +121,10 @@ pub(super) struct Outcome {
     pub resignations: u32,
     /// Devices left down at the heal.
     pub stayed_down: usize,
+    /// Committed voter changes, by number of voters before and after.
+    pub transitions: [[u32; MAX_DEVICES + 1]; MAX_DEVICES + 1],
+    /// Both devices of a two-voter library led at once (each in its own terms).
+    pub two_voter_split: bool,
 }
 
 /// Runs the schedule of `seed`; with `verbose`, the error carries the trace.
@@ -147,6 +151,8 @@ fn simulated_schedules_keep_the_invariants() {
     let mut total = Outcome::default();
     let (mut worst, mut leaders, mut by_size) = (Duration::ZERO, 0usize, [0u32; 6]);
     let (mut devices, mut stayed_down, mut with_learners) = (0usize, 0usize, 0u32);
+    let mut transitions = [[0u32; MAX_DEVICES + 1]; MAX_DEVICES + 1];
+    let mut splits = 0u32;
     for seed in first..first + count {
         match run(seed, false) {
             Ok(o) => {
@@ -165,6 +171,12 @@ fn simulated_schedules_keep_the_invariants() {
                 devices += o.devices;
                 stayed_down += o.stayed_down;
                 with_learners += u32::from(o.learners > 0);
+                splits += u32::from(o.two_voter_split);
+                for (from, row) in o.transitions.iter().enumerate() {
+                    for (to, n) in row.iter().enumerate() {
+                        transitions[from][to] += n;
+                    }
+                }
                 if let Some(n) = by_size.get_mut(o.voters) {
                     *n += 1;
                 }
@@ -184,7 +196,8 @@ fn simulated_schedules_keep_the_invariants() {
          leaders, {} pre-vote rounds, {} restarts, {} devices left down at the heal, {} \
          transfers ({} completed), {} configuration changes appended ({} configuration entries \
          committed), {} joiners ({} isolated), {} resignations, {devices} devices in all; \
-         slowest heal -> stable leader {worst:?} ({:.1} election timeouts)",
+         {splits} schedules with both devices of a two-voter library leading at once; committed \
+         voter changes {}; slowest heal -> stable leader {worst:?} ({:.1} election timeouts)",
         &by_size[1..],
         total.steps,
         total.pre_vote_rounds,
@@ -197,8 +210,22 @@ fn simulated_schedules_keep_the_invariants() {
         total.joiners,
         total.isolated_joiners,
         total.resignations,
+        describe_transitions(&transitions),
         worst.as_secs_f64() / ET.as_secs_f64()
     );
+}
+
+/// `from->to: count` for every voter change that committed.
+fn describe_transitions(transitions: &[[u32; MAX_DEVICES + 1]; MAX_DEVICES + 1]) -> String {
+    let mut out = Vec::new();
+    for (from, row) in transitions.iter().enumerate() {
+        for (to, n) in row.iter().enumerate() {
+            if *n > 0 {
+                out.push(format!("{from}->{to}: {n}"));
+            }
+        }
+    }
+    out.join(", ")
 }
 
 /// Replays the schedule `LSYNC_SIM_SEED` (default 0) with its trace: printed in full when the
