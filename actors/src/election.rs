@@ -47,10 +47,11 @@
 //! # Rules
 //! - **Voters and learners**: the [`Membership`] lists the voters and the learners of the
 //!   library's latest configuration (a device listed in both is a voter). Only a voter of the
-//!   latest configuration campaigns, pre-votes and leads; a learner or a non-member has no
-//!   election deadline ([`Election::next_deadline`] is `None` unless it leads) and never
-//!   campaigns. Learners never count in a majority: a candidate counts only the votes of the
-//!   voters of its own sets, and asks only them.
+//!   latest configuration (or of the previous set while it is kept, below) campaigns,
+//!   pre-votes and is elected; any other device (a learner, a non-member) has no election
+//!   deadline ([`Election::next_deadline`] is `None` unless it leads) and never campaigns.
+//!   Learners never count in a majority: a candidate counts only the votes of the voters of
+//!   its own sets, and asks only them.
 //! - **Who answers a vote request**: every member of the device's latest configuration,
 //!   learners included, and every voter of its previous set (below) answers a vote or a
 //!   pre-vote by the rules below, whoever the candidate is. A device that is neither (it
@@ -79,18 +80,21 @@
 //!   as it does not know that change is committed (the actor learns commits from the leader's
 //!   messages), and while it keeps them a candidate and a pre-candidate win only if they
 //!   satisfy the election rule of **both** sets (votes of each set's own voters counting for
-//!   that set). A device still campaigns only if it is a voter of the latest set, and asks
-//!   every voter of either set; it campaigns in a term it owns in every two-voter set it
-//!   belongs to. With single-voter changes two such sets cannot both have two voters, so the
+//!   that set). A device campaigns if it is a voter of either set (it still counts in the
+//!   previous one: a leader that removed or demoted itself and was deposed before that
+//!   committed may hold the only log that can be elected, found by the simulator), asks every
+//!   voter of either set, and campaigns in a term it owns in every two-voter set it belongs
+//!   to. With single-voter changes two such sets cannot both have two voters, so the
 //!   parities never conflict; if they did (the sets came from elsewhere), no term would be its
 //!   own in both and the device does not campaign. A voter of the previous set only (a device
 //!   that holds its own removal, not known committed) still answers vote requests: the
 //!   candidates it counts for need it. Check quorum uses the latest set alone (it is about
-//!   liveness, not safety). The price: a device that holds a removal or
-//!   a demotion without knowing it committed needs a majority of the voters before it too,
-//!   which may be out of reach while the leader that committed it is down (three voters after
-//!   four, the commit known by the old leader alone: the two others cannot elect until it
-//!   returns).
+//!   liveness, not safety). The price: a device that holds a voter change without knowing it
+//!   committed needs a majority of the voters before it too, and some of those may be out of
+//!   reach. E.g. {A,B,C,D} becomes {A,B,C}, committed by A with D, both of which learn the
+//!   commit: with A down, B and C (which did not) also need three of {A,B,C,D}, and D, which
+//!   knows it was removed, no longer votes: no leader until A returns. Plain Raft would elect
+//!   B or C there; this rule trades that for the two-voter cases above.
 //! - **Term 1 belongs to the creator** of the library ([`PersistedElection::founder`]); elections
 //!   start at term 2, so a member that has not yet heard of the creator never competes for it.
 //! - **Election timeout**: a voter that hears no leader message for a deadline drawn uniformly
@@ -170,8 +174,9 @@
 //!   the latest configuration of its log, applied or not, as Raft does, with the previous
 //!   voters while the last voter change is not known to be committed, and passes it again
 //!   without them once it learns that commit). A candidate whose votes satisfy the rule under
-//!   the new membership wins; a candidate that is no longer a voter steps down; a follower that becomes a learner loses its election deadline, a learner that
-//!   becomes a voter draws a fresh one. A leader that the new membership does not list as a
+//!   the new membership wins; a candidate that is a voter of neither set steps down; a
+//!   follower that stops being one loses its election deadline, one that becomes one draws a
+//!   fresh one. A leader that the new membership does not list as a
 //!   voter keeps leading (Raft keeps it managing the change until the change commits); the
 //!   actor calls [`Election::resign`] once the configuration that removed or demoted it is
 //!   committed. The leader changes voters one at a time, a change only once the previous one
@@ -728,7 +733,7 @@ impl<R: Rng> Election<R> {
                 Some(next)
             }
             SyncRole::Follower | SyncRole::Candidate => {
-                self.membership.is_voter(&self.me).then_some(self.election_deadline)
+                self.membership.is_elector(&self.me).then_some(self.election_deadline)
             }
         }
     }
@@ -771,7 +776,7 @@ impl<R: Rng> Election<R> {
                 }
             }
             SyncRole::Follower | SyncRole::Candidate => {
-                if self.membership.is_voter(&self.me) && now >= self.election_deadline {
+                if self.membership.is_elector(&self.me) && now >= self.election_deadline {
                     if self.role == SyncRole::Follower {
                         debug!(term = self.term, "no leader heard, asking for pre-votes");
                     }
@@ -796,14 +801,14 @@ impl<R: Rng> Election<R> {
 
     /// The library's configuration changed (the latest one of the log, applied or not). A
     /// transfer to a device that is no longer a voter is aborted; a candidate that now holds a
-    /// majority wins, one that is no longer a voter steps down; a leader keeps leading whatever
-    /// its new role (see [`Election::resign`]); a follower that becomes a learner loses its
-    /// election deadline, a learner that becomes a voter draws a fresh one, and the sole voter
-    /// campaigns at its next tick. A pre-vote round in progress is abandoned.
+    /// majority wins, one that is a voter of neither set steps down; a leader keeps leading
+    /// whatever its new role (see [`Election::resign`]); a follower that stops being a voter of
+    /// either set loses its election deadline, one that becomes one draws a fresh one, and the
+    /// sole voter campaigns at its next tick. A pre-vote round in progress is abandoned.
     pub fn set_membership(&mut self, membership: Membership, now: Instant) -> Vec<Action> {
         let before = self.view();
         let mut sends = Vec::new();
-        let was_voter = self.membership.is_voter(&self.me);
+        let was_voter = self.membership.is_elector(&self.me);
         let was_checking = self.checks_quorum();
         self.membership = membership;
         self.pre_vote = None;
@@ -813,10 +818,10 @@ impl<R: Rng> Election<R> {
                 sends.push(Action::TransferAborted { to: t.to });
             }
         }
-        let voter = self.membership.is_voter(&self.me);
+        let voter = self.membership.is_elector(&self.me);
         match self.role {
             SyncRole::Leader => {
-                if was_voter && !voter {
+                if self.membership.previous.is_none() && !self.membership.is_voter(&self.me) {
                     warn!(term = self.term, "no longer a voter; leading until the change commits");
                 }
                 if !was_checking && self.checks_quorum() {
@@ -1067,9 +1072,10 @@ impl<R: Rng> Election<R> {
         self.config.check_quorum && self.membership.voters.len() >= 3
     }
 
-    /// Whether this device may campaign or pre-vote: a voter whose log is not below its floor.
+    /// Whether this device may campaign or pre-vote: a voter (of the latest set, or of the
+    /// previous one while it is kept) whose log is not below its floor.
     fn can_campaign(&self) -> bool {
-        self.membership.is_voter(&self.me) && self.last_log >= self.log_floor
+        self.membership.is_elector(&self.me) && self.last_log >= self.log_floor
     }
 
     /// The log position candidates' logs are compared with.

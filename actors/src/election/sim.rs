@@ -42,11 +42,12 @@
 //!   vote and heartbeat is sent only after the Persist it depends on; a pre-vote request or
 //!   grant asks for a term above the persisted one; the machine uses the configuration its
 //!   own log gives;
-//! - a device that is not a voter of its own latest configuration never campaigns, pre-votes
-//!   or becomes leader; a device that is neither a member of its own configuration nor one of
-//!   its previous voters never grants a vote or a pre-vote (learners answer: a candidate that
-//!   counts them as voters may need them; every candidate's request also goes to the learners
-//!   of its configuration, which its rule must not count);
+//! - a device that is a voter neither of its own latest configuration nor of the previous
+//!   voters it keeps never campaigns, pre-votes or becomes leader; a device that is neither a
+//!   member of its own configuration nor one of its previous voters never grants a vote or a
+//!   pre-vote (learners answer: a candidate that counts them as voters may need them; every
+//!   candidate's request also goes to the learners of its configuration, which its rule must
+//!   not count);
 //! - log matching: two logs holding an entry of the same term at a sequence hold the same entry;
 //! - commits: a device's entries up to its own known commit sequence are the committed ones
 //!   (the longest prefix any leader committed), no device learns a commit sequence no leader
@@ -75,7 +76,8 @@
 //!
 //! A failing schedule panics with a one-line replay command; `replay` runs one seed
 //! (`LSYNC_SIM_SEED`) and prints its trace. `LSYNC_SIM_SCHEDULES` sets how many schedules the
-//! main test runs (default [`DEFAULT_SCHEDULES`]).
+//! main test runs (default [`DEFAULT_SCHEDULES`]), `LSYNC_SIM_FIRST_SEED` the first seed, and
+//! `LSYNC_SIM_KEEP_GOING` runs them all and lists every failure.
 
 use std::time::Duration;
 
@@ -148,6 +150,9 @@ fn simulated_schedules_keep_the_invariants() {
         .unwrap_or(DEFAULT_SCHEDULES);
     let first: u64 =
         std::env::var("LSYNC_SIM_FIRST_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    // Run every schedule and list the failures at the end (to measure how often a defect shows).
+    let keep_going = std::env::var("LSYNC_SIM_KEEP_GOING").is_ok();
+    let mut failures = Vec::new();
     let mut total = Outcome::default();
     let (mut worst, mut leaders, mut by_size) = (Duration::ZERO, 0usize, [0u32; 6]);
     let (mut devices, mut stayed_down, mut with_learners) = (0usize, 0usize, 0u32);
@@ -183,10 +188,13 @@ fn simulated_schedules_keep_the_invariants() {
             }
             Err(e) => {
                 let first_line = e.lines().next().unwrap_or_default().to_owned();
-                panic!(
-                    "schedule seed {seed} failed: {first_line}\nreplay: {}",
-                    replay_command(seed)
-                );
+                if !keep_going {
+                    panic!(
+                        "schedule seed {seed} failed: {first_line}\nreplay: {}",
+                        replay_command(seed)
+                    );
+                }
+                failures.push(format!("{seed}: {first_line}"));
             }
         }
     }
@@ -213,6 +221,13 @@ fn simulated_schedules_keep_the_invariants() {
         describe_transitions(&transitions),
         worst.as_secs_f64() / ET.as_secs_f64()
     );
+    assert!(
+        failures.is_empty(),
+        "{} schedules failed (replay one with {}):\n{}",
+        failures.len(),
+        replay_command(0).replace("=0", "=SEED"),
+        failures.join("\n")
+    );
 }
 
 /// `from->to: count` for every voter change that committed.
@@ -228,20 +243,18 @@ fn describe_transitions(transitions: &[[u32; MAX_DEVICES + 1]; MAX_DEVICES + 1])
     out.join(", ")
 }
 
-/// Replays the schedule `LSYNC_SIM_SEED` (default 0) with its trace: printed in full when the
-/// variable is set, and in the panic message when the schedule fails.
+/// Replays the schedule `LSYNC_SIM_SEED` (default 0), printing its trace when the variable is
+/// set.
 #[test]
 fn replay() {
     let seed = std::env::var("LSYNC_SIM_SEED").ok().and_then(|v| v.parse().ok());
-    match run(seed.unwrap_or(0), true) {
-        Ok(outcome) => {
-            if seed.is_some() {
-                let mut sim = world::build(seed.unwrap_or(0), true);
-                let _ = sim.run();
-                eprintln!("{}", sim.trace().unwrap_or_default());
-            }
-            eprintln!("seed {seed:?}: {outcome:?}");
-        }
-        Err(e) => panic!("seed {seed:?} failed: {e}"),
+    let mut sim = world::build(seed.unwrap_or(0), true);
+    let result = sim.run();
+    if seed.is_some() {
+        eprintln!("{}", sim.trace().unwrap_or_default());
+    }
+    match result {
+        Ok(outcome) => eprintln!("seed {}: {outcome:?}", seed.unwrap_or(0)),
+        Err(e) => panic!("seed {} failed: {e}", seed.unwrap_or(0)),
     }
 }

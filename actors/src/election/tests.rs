@@ -1200,9 +1200,19 @@ fn two_to_one_voter_the_remaining_voter_keeps_its_parity_until_the_removal_commi
 }
 
 #[test]
-fn two_to_one_voter_the_removed_voter_no_longer_campaigns() {
+fn two_to_one_voter_the_removed_voter_campaigns_only_with_the_other_ones_vote() {
+    // 2 holds {1} after {1,2}, not known committed: it still counts in {1,2} (its odd terms)
+    // and may hold the only log that can be elected, but {1} needs 1's vote.
     let t0 = Instant::now();
     let mut b = device(2, changing(&[1], &[1, 2]), 4, t0);
+    let at = b.next_deadline().unwrap();
+    assert_eq!(b.tick(at), ask_all(&[1], pre_request(5, 2, (0, 0))));
+}
+
+#[test]
+fn two_to_one_voter_the_removed_voter_stops_once_it_knows_the_removal_committed() {
+    let t0 = Instant::now();
+    let mut b = device(2, Membership::new(set(&[1]), BTreeSet::new()), 4, t0);
     assert_eq!(b.next_deadline(), None);
     assert_eq!(b.tick(t0 + 10 * ET), vec![]);
 }

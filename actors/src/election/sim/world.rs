@@ -57,12 +57,21 @@ enum Msg {
 
 #[derive(Debug, Clone)]
 enum Event {
-    Deliver { from: usize, to: usize, msg: Msg },
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Msg,
+    },
     Tick(usize),
     Chaos,
     Write,
     Change,
-    CaughtUp { leader: usize, to: usize },
+    CaughtUp {
+        leader: usize,
+        to: usize,
+    },
+    /// A random partition (scheduled right after a configuration change, sometimes).
+    Partition,
     Reconnect(usize),
     Heal,
 }
@@ -162,8 +171,8 @@ fn member(rng: &mut StdRng, role: MemberRole) -> Member {
 /// Sets up one schedule from `seed`.
 pub(super) fn build(seed: u64, verbose: bool) -> Sim {
     let mut rng = StdRng::seed_from_u64(seed);
-    let voters = *[1usize, 2, 2, 3, 3, 3, 4, 5, 5, 5].get(rng.gen_range(0..10)).unwrap_or(&3);
-    let learners = if rng.gen_bool(0.3) { rng.gen_range(1..=2) } else { 0 };
+    let voters = *[1usize, 2, 2, 2, 3, 3, 3, 4, 5, 5].get(rng.gen_range(0..10)).unwrap_or(&3);
+    let learners = if rng.gen_bool(0.4) { rng.gen_range(1..=2) } else { 0 };
     let mut members: Vec<Member> = (0..voters + learners)
         .map(|i| member(&mut rng, if i < voters { MemberRole::Voter } else { MemberRole::Learner }))
         .collect();
@@ -436,6 +445,12 @@ impl Sim {
                 Ok(())
             }
             Event::CaughtUp { leader, to } => self.caught_up(leader, to),
+            Event::Partition => {
+                if self.healed_at.is_none() {
+                    self.partition();
+                }
+                Ok(())
+            }
             Event::Reconnect(i) => {
                 if self.nodes[i].isolated {
                     self.nodes[i].isolated = false;
@@ -450,14 +465,7 @@ impl Sim {
     fn chaos(&mut self) -> Result<(), String> {
         let size = self.nodes.len();
         match self.rng.gen_range(0..8) {
-            0 => {
-                let groups = self.rng.gen_range(1..=3u8);
-                for n in &mut self.nodes {
-                    n.group = self.rng.gen_range(0..groups);
-                }
-                let groups: Vec<u8> = self.nodes.iter().map(|n| n.group).collect();
-                self.log(|| format!("partition {groups:?}"));
-            }
+            0 => self.partition(),
             1 => {
                 for n in &mut self.nodes {
                     n.group = 0;
@@ -502,6 +510,16 @@ impl Sim {
         Ok(())
     }
 
+    /// Splits the devices into up to three random groups.
+    fn partition(&mut self) {
+        let groups = self.rng.gen_range(1..=3u8);
+        for n in &mut self.nodes {
+            n.group = self.rng.gen_range(0..groups);
+        }
+        let groups: Vec<u8> = self.nodes.iter().map(|n| n.group).collect();
+        self.log(|| format!("partition {groups:?}"));
+    }
+
     fn caught_up(&mut self, leader: usize, to: usize) -> Result<(), String> {
         let to_id = self.nodes[to].id;
         let Some(m) = self.nodes[leader].machine.as_ref() else { return Ok(()) };
@@ -541,6 +559,15 @@ impl Sim {
             if !self.may_stay_down(&stay_down) {
                 stay_down.remove(&i);
             }
+        }
+        if !stay_down.is_empty() {
+            // What they sent before going down is lost (a fault allowed before the heal):
+            // otherwise it could change the configurations the choice was based on.
+            let queue = std::mem::take(&mut self.queue);
+            self.queue = queue
+                .into_iter()
+                .filter(|s| !matches!(s.event, Event::Deliver { from, .. } if stay_down.contains(&from)))
+                .collect();
         }
         for i in 0..size {
             if stay_down.contains(&i) {
@@ -959,6 +986,11 @@ impl Sim {
         });
         self.append_own(i, entry)?;
         self.outcome.changes += 1;
+        if self.rng.gen_bool(0.3) {
+            // A partition while the change propagates.
+            let soon = Duration::from_millis(self.rng.gen_range(0..20));
+            self.schedule(soon, Event::Partition);
+        }
         if let Some(m) = joiner {
             self.add_joiner(m, seq, next)?;
         }
@@ -1135,9 +1167,10 @@ impl Sim {
             let p = self.nodes[i].persisted;
             // Read from the configuration itself, not from the Membership derived from it.
             let config = self.nodes[i].log.config().map(|(_, c)| c);
-            let voter = config.as_ref().is_some_and(|c| c.is_voter(me));
             let member = config.as_ref().is_some_and(|c| c.contains(me));
             let previous = self.nodes[i].log.previous().is_some_and(|(_, p)| p.contains(&me));
+            // A voter of its latest configuration or of the previous voters it keeps.
+            let voter = config.as_ref().is_some_and(|c| c.is_voter(me)) || previous;
             match action {
                 Action::Persist { term, voted_for, leader } => {
                     if term < p.term {
