@@ -106,26 +106,26 @@
 //!   every other voter (of the latest and the previous set) whether it *would* be elected:
 //!   [`Action::SendRequestVote`] with `pre_vote: true`, the term it would campaign in and its
 //!   last log position, without changing its term, its vote or its role. A device grants a
-//!   pre-vote iff the request's term is above its own, the candidate's log is at
-//!   least as up to date as its own (with the log floor, below) and it hears no live leader
-//!   (unless `transfer`); granting or refusing changes nothing on it (no Persist, no term, no
-//!   deadline reset). A granted pre-vote answers with the term it was asked for, a refused one
-//!   with the voter's own term. Pre-votes granted for the round's term, its own included, that
-//!   satisfy the election rule (of both sets while a previous one is kept) start the real
-//!   election at once (so a device that wins alone goes straight to it): next term, Persist,
+//!   pre-vote iff the request's term is above its own, the candidate's log is at least as up
+//!   to date as its own (with the log floor, below) and it hears no live leader (unless
+//!   `transfer`); granting or refusing changes nothing on it (no Persist, no term, no deadline
+//!   reset). A granted pre-vote answers with the term it was asked for, a refused one with the
+//!   device's own term. Pre-votes granted for the round's term, its own included, that satisfy
+//!   the election rule (of both sets while a previous one is kept) start the real election at
+//!   once (so a device that wins alone goes straight to it): next term, Persist,
 //!   [`Action::BecomeCandidate`], vote for itself, vote requests to every other voter of
-//!   either set. A refused pre-vote carrying a term above the
-//!   pre-candidate's makes it adopt that term, which abandons the round; a granted pre-vote for
-//!   another term than the round's (an abandoned round, an older term) is ignored. If its next
-//!   deadline passes first, the device starts a new round, its term unchanged: a device that
-//!   cannot win (partitioned, asleep, just restarted, behind) never bumps a term.
+//!   either set. A refused pre-vote carrying a term above the pre-candidate's makes it adopt
+//!   that term, which abandons the round; a granted pre-vote for another term than the
+//!   round's (an abandoned round, an older term) is ignored. If its next deadline passes
+//!   first, the device starts a new round, its term unchanged: a device that cannot win
+//!   (partitioned, asleep, just restarted, behind) never bumps a term.
 //! - **Vote**: a device grants its vote iff the request's term is not older than its own, it
-//!   has not voted for another candidate in that
-//!   term, the candidate's last log `(term, sequence)` is at least its own (term first, then
-//!   sequence; with the log floor, below), and it hears no live leader (below). A newer term is
-//!   adopted first (step down to follower, no vote, no leader). A grant resets the voter's
-//!   election deadline. Responses carry the voter's term. A candidate wins when the votes it
-//!   holds satisfy the election rule (of both sets while a previous one is kept).
+//!   has not voted for another candidate in that term, the candidate's last log `(term,
+//!   sequence)` is at least its own (term first, then sequence; with the log floor, below),
+//!   and it hears no live leader (below). A newer term is adopted first (step down to
+//!   follower, no vote, no leader). A grant resets the device's election deadline. Responses
+//!   carry the device's term. A candidate wins when the votes it holds satisfy the election
+//!   rule (of both sets while a previous one is kept).
 //! - **Log floor** ([`Election::set_log_floor`], default zero): a device whose log ends below
 //!   its floor (a device rebuilding its library) never campaigns nor pre-votes, and it compares
 //!   a candidate's log with `max(last_log, floor)`, so it never votes for a candidate behind
