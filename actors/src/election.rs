@@ -46,21 +46,55 @@
 //!
 //! # Rules
 //! - **Voters and learners**: the [`Membership`] lists the voters and the learners of the
-//!   library (a device listed in both is a voter). Only a voter campaigns, pre-votes, votes and
-//!   counts in a majority. A learner or a non-member has no election deadline
-//!   ([`Election::next_deadline`] is `None` unless it leads), never campaigns, and refuses
-//!   every vote request and pre-vote with its own term, changing nothing and persisting
-//!   nothing. A voter refuses, the same way, a candidate that is not a voter of its own
-//!   membership (whatever the request's term: a device this one does not count as a voter
-//!   cannot make it change term). A candidate counts only granted votes from voters of its own
-//!   membership, itself included.
-//! - **Majority**: `voters / 2 + 1`, except that one or two voters need one vote (the
-//!   candidate's own; the two-device rule: either device may be elected alone). With two voters
-//!   that would let both win the same term, so there each owns half of the terms: the lower
-//!   uuid of the two *voters* campaigns only in even terms, the higher in odd ones. Learners do
-//!   not shift the parity, so adding or removing one never changes which terms a voter owns.
-//!   At most one leader per term holds for every size, as long as the devices share the
-//!   membership (see the end of this section).
+//!   library's latest configuration (a device listed in both is a voter). Only a voter of the
+//!   latest configuration (or of the previous set while it is kept, below) campaigns,
+//!   pre-votes and is elected; any other device (a learner, a non-member) has no election
+//!   deadline ([`Election::next_deadline`] is `None` unless it leads) and never campaigns.
+//!   Learners never count in a majority: a candidate counts only the votes of the voters of
+//!   its own sets, and asks only them.
+//! - **Who answers a vote request**: every member of the device's latest configuration,
+//!   learners included, and every voter of its previous set (below) answers a vote or a
+//!   pre-vote by the rules below, whoever the candidate is. A device that is neither (it
+//!   knows it was removed, or never was a member) refuses with its own term, changing nothing
+//!   and persisting nothing. Neither Raft nor etcd asks whether the candidate or the voter is
+//!   a voter in the voter's own configuration: the candidate's rule decides whose votes count
+//!   and each device votes at most once per term, which is what keeps one leader per term. A
+//!   device behind does not know yet that the candidate, or itself, was promoted: a learner
+//!   promoted while it was unreachable is asked by candidates that count it, and refusing
+//!   them could leave no electable candidate with every voter of the committed configuration
+//!   up (found by the simulator; etcd's raft lets learners vote for the same reason).
+//! - **Election rule of a set of voters**: with three or more voters, a majority of them
+//!   (`voters / 2 + 1`). With one or two voters, the two-device rule: either device may be
+//!   elected alone, by its own vote — but with two voters that would let both win the same
+//!   term, so each owns half of the terms: the lower uuid of the two *voters* wins only in even
+//!   terms, the higher in odd ones (a sole voter owns every term). So with one or two voters a
+//!   candidate that is one of them needs its own vote in a term it owns *within that set*,
+//!   and a candidate that is not needs the votes of all of them. Only votes of the set's own
+//!   voters count, the candidate's own included. Learners do not shift the parity, so adding
+//!   or removing one never changes which terms a voter owns.
+//! - **Elections during a voter change** ([`Membership::with_previous`]): configurations differ
+//!   between devices while a change propagates. E.g. A and C hold {A,B,C} (appended by A, not
+//!   yet on B) while B still uses {A,B}: under "the latest configuration of the log" alone,
+//!   A and C could elect a leader of term t while B wins t alone under {A,B}. So next to its
+//!   latest voters a device keeps the voters before the last voter change of its log, as long
+//!   as it does not know that change is committed (the actor learns commits from the leader's
+//!   messages), and while it keeps them a candidate and a pre-candidate win only if they
+//!   satisfy the election rule of **both** sets (votes of each set's own voters counting for
+//!   that set). A device campaigns if it is a voter of either set (it still counts in the
+//!   previous one: a leader that removed or demoted itself and was deposed before that
+//!   committed may hold the only log that can be elected, found by the simulator), asks every
+//!   voter of either set, and campaigns in a term it owns in every two-voter set it belongs
+//!   to. With single-voter changes two such sets cannot both have two voters, so the
+//!   parities never conflict; if they did (the sets came from elsewhere), no term would be its
+//!   own in both and the device does not campaign. A voter of the previous set only (a device
+//!   that holds its own removal, not known committed) still answers vote requests: the
+//!   candidates it counts for need it. Check quorum uses the latest set alone (it is about
+//!   liveness, not safety). The price: a device that holds a voter change without knowing it
+//!   committed needs a majority of the voters before it too, and some of those may be out of
+//!   reach. E.g. {A,B,C,D} becomes {A,B,C}, committed by A with D, both of which learn the
+//!   commit: with A down, B and C (which did not) also need three of {A,B,C,D}, and D, which
+//!   knows it was removed, no longer votes: no leader until A returns. Plain Raft would elect
+//!   B or C there; this rule trades that for the two-voter cases above.
 //! - **Term 1 belongs to the creator** of the library ([`PersistedElection::founder`]); elections
 //!   start at term 2, so a member that has not yet heard of the creator never competes for it.
 //! - **Election timeout**: a voter that hears no leader message for a deadline drawn uniformly
@@ -69,27 +103,29 @@
 //!   own. The sole voter of a library campaigns at its first tick and wins alone, learners or
 //!   not.
 //! - **Pre-vote** (dissertation §9.6): when its deadline passes, a voter redraws it and asks
-//!   every other voter whether it *would* be elected: [`Action::SendRequestVote`] with
-//!   `pre_vote: true`, the term it would campaign in and its last log position, without
-//!   changing its term, its vote or its role. A voter grants a pre-vote iff the candidate is a
-//!   voter of its membership, the request's term is above its own, the candidate's log is at
-//!   least as up to date as its own (with the log floor, below) and it hears no live leader
-//!   (unless `transfer`); granting or refusing changes nothing on it (no Persist, no term, no
-//!   deadline reset). A granted pre-vote answers with the term it was asked for, a refused one
-//!   with the voter's own term. Pre-votes granted for the round's term by voters, itself
-//!   included, that reach the majority start the real election at once (so one or two voters
-//!   go straight to it): next term, Persist, [`Action::BecomeCandidate`], vote for itself,
-//!   vote requests to every other voter. A refused pre-vote carrying a term above the
-//!   pre-candidate's makes it adopt that term, which abandons the round; a granted pre-vote for
-//!   another term than the round's (an abandoned round, an older term) is ignored. If its next
-//!   deadline passes first, the device starts a new round, its term unchanged: a device that
-//!   cannot win (partitioned, asleep, just restarted, behind) never bumps a term.
-//! - **Vote**: a voter grants its vote iff the candidate is a voter of its membership, the
-//!   request's term is not older than its own, it has not voted for another candidate in that
-//!   term, the candidate's last log `(term, sequence)` is at least its own (term first, then
-//!   sequence; with the log floor, below), and it hears no live leader (below). A newer term is
-//!   adopted first (step down to follower, no vote, no leader). A grant resets the voter's
-//!   election deadline. Responses carry the voter's term.
+//!   every other voter (of the latest and the previous set) whether it *would* be elected:
+//!   [`Action::SendRequestVote`] with `pre_vote: true`, the term it would campaign in and its
+//!   last log position, without changing its term, its vote or its role. A device grants a
+//!   pre-vote iff the request's term is above its own, the candidate's log is at least as up
+//!   to date as its own (with the log floor, below) and it hears no live leader (unless
+//!   `transfer`); granting or refusing changes nothing on it (no Persist, no term, no deadline
+//!   reset). A granted pre-vote answers with the term it was asked for, a refused one with the
+//!   device's own term. Pre-votes granted for the round's term, its own included, that satisfy
+//!   the election rule (of both sets while a previous one is kept) start the real election at
+//!   once (so a device that wins alone goes straight to it): next term, Persist,
+//!   [`Action::BecomeCandidate`], vote for itself, vote requests to every other voter of
+//!   either set. A refused pre-vote carrying a term above the pre-candidate's makes it adopt
+//!   that term, which abandons the round; a granted pre-vote for another term than the
+//!   round's (an abandoned round, an older term) is ignored. If its next deadline passes
+//!   first, the device starts a new round, its term unchanged: a device that cannot win
+//!   (partitioned, asleep, just restarted, behind) never bumps a term.
+//! - **Vote**: a device grants its vote iff the request's term is not older than its own, it
+//!   has not voted for another candidate in that term, the candidate's last log `(term,
+//!   sequence)` is at least its own (term first, then sequence; with the log floor, below),
+//!   and it hears no live leader (below). A newer term is adopted first (step down to
+//!   follower, no vote, no leader). A grant resets the device's election deadline. Responses
+//!   carry the device's term. A candidate wins when the votes it holds satisfy the election
+//!   rule (of both sets while a previous one is kept).
 //! - **Log floor** ([`Election::set_log_floor`], default zero): a device whose log ends below
 //!   its floor (a device rebuilding its library) never campaigns nor pre-votes, and it compares
 //!   a candidate's log with `max(last_log, floor)`, so it never votes for a candidate behind
@@ -108,9 +144,14 @@
 //!   [`Election::on_follower_response`].
 //! - **Fencing**: any message carrying a newer term makes a candidate or a leader step down at
 //!   once ([`Action::BecomeFollower`] with `leader: None`). A leader message (Heartbeat,
-//!   NewEntries) of an older term is refused: [`LeaderVerdict::Stale`]. Leader messages are
-//!   accepted from members (voters or learners: a demoted leader leads until its demotion
-//!   commits), never from non-members.
+//!   NewEntries) of an older term is refused: [`LeaderVerdict::Stale`]. As in Raft, a leader
+//!   message of the current or a newer term is accepted whoever sends it, member of this
+//!   device's configuration or not: a device whose log is behind may not know its leader yet
+//!   (one added while it was down, whose configuration entry it lacks), and refusing it would
+//!   keep that device behind for good (found by the simulator); a demoted or removed leader
+//!   leads until its change commits. A device that is not a voter cannot win an election (see
+//!   the vote rules), so no leader message comes from a leader that was not elected;
+//!   keeping removed devices out is the transport's allow-list's job.
 //! - **Leader**: on winning it emits [`Action::BecomeLeader`] and [`Action::SendHeartbeats`],
 //!   then one [`Action::SendHeartbeats`] per `heartbeat_interval` from [`Election::tick`].
 //!   A device restarting with a persisted leader equal to itself resumes leading that term.
@@ -130,15 +171,19 @@
 //!   [`Action::TransferAborted`] when `transfer_timeout` passes first or the target stops
 //!   being a voter.
 //! - **Membership changes** ([`Election::set_membership`]) take effect at once (the actor passes
-//!   the latest configuration of its log, applied or not, as Raft does). A candidate that holds
-//!   a majority under the new membership wins; a candidate that is no longer a voter steps
-//!   down; a follower that becomes a learner loses its election deadline, a learner that
-//!   becomes a voter draws a fresh one. A leader that the new membership does not list as a
+//!   the latest configuration of its log, applied or not, as Raft does, with the previous
+//!   voters while the last voter change is not known to be committed, and passes it again
+//!   without them once it learns that commit). A candidate whose votes satisfy the rule under
+//!   the new membership wins; a candidate that is a voter of neither set steps down; a
+//!   follower that stops being one loses its election deadline, one that becomes one draws a
+//!   fresh one. A leader that the new membership does not list as a
 //!   voter keeps leading (Raft keeps it managing the change until the change commits); the
 //!   actor calls [`Election::resign`] once the configuration that removed or demoted it is
-//!   committed. The guarantees above hold while the devices agree on the voters; the actor
-//!   changes voters one at a time, so that any two majorities of consecutive configurations
-//!   intersect.
+//!   committed. The leader changes voters one at a time, a change only once the previous one
+//!   and its own first entry of its term are committed (actors/src/membership.rs), so that
+//!   the rules of consecutive configurations, taken together as above, never elect two
+//!   leaders of one term (checked by the simulator, election/sim.rs, with every device
+//!   deriving its configuration from its own log).
 //!
 //! Nothing here panics on any input: terms saturate (a device at `u64::MAX` stops
 //! campaigning), timers are clamped, and messages from non-members or from this device itself
@@ -215,25 +260,40 @@ impl Default for ElectionConfig {
 
 /// Who takes part in the library's elections: the voters, and the learners that receive the
 /// log but never campaign, vote or count in a majority. A device in both sets is a voter.
+///
+/// It also keeps the *previous voters*: the voters before the last voter change of the
+/// device's log, while the device does not know that change is committed (see the module
+/// documentation, "Elections during a voter change"). Campaigning, granting votes, leader
+/// messages and check quorum use the latest voters; winning needs the rule of both sets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Membership {
     voters: BTreeSet<Uuid>,
     learners: BTreeSet<Uuid>,
+    previous: Option<BTreeSet<Uuid>>,
 }
 
 impl Membership {
-    /// The given voters and learners (a device listed in both is a voter only).
+    /// The given voters and learners (a device listed in both is a voter only), no previous
+    /// voters.
     pub fn new(voters: BTreeSet<Uuid>, learners: BTreeSet<Uuid>) -> Self {
         let learners = learners.difference(&voters).copied().collect();
-        Self { voters, learners }
+        Self { voters, learners, previous: None }
     }
 
-    /// Every device of `members` a voter, no learner.
+    /// Every device of `members` a voter, no learner, no previous voters.
     pub fn all_voters(members: impl IntoIterator<Item = Uuid>) -> Self {
-        Self { voters: members.into_iter().collect(), learners: BTreeSet::new() }
+        Self::new(members.into_iter().collect(), BTreeSet::new())
     }
 
-    /// The voters.
+    /// The same membership with `previous` as the voters before the last voter change, which
+    /// this device does not know to be committed (`None`: it knows, or there was none). An
+    /// empty set, or one equal to the latest voters, is no previous set.
+    pub fn with_previous(mut self, previous: Option<BTreeSet<Uuid>>) -> Self {
+        self.previous = previous.filter(|p| !p.is_empty() && *p != self.voters);
+        self
+    }
+
+    /// The voters (of the latest configuration).
     pub fn voters(&self) -> &BTreeSet<Uuid> {
         &self.voters
     }
@@ -243,23 +303,81 @@ impl Membership {
         &self.learners
     }
 
-    /// Whether `device` is a voter.
+    /// The voters before the last voter change, while it is not known to be committed.
+    pub fn previous_voters(&self) -> Option<&BTreeSet<Uuid>> {
+        self.previous.as_ref()
+    }
+
+    /// Whether `device` is a voter (of the latest configuration).
     pub fn is_voter(&self, device: &Uuid) -> bool {
         self.voters.contains(device)
     }
 
-    /// Whether `device` is a voter or a learner.
+    /// Whether `device` is a voter or a learner (of the latest configuration).
     pub fn is_member(&self, device: &Uuid) -> bool {
         self.voters.contains(device) || self.learners.contains(device)
     }
 
-    /// Votes needed to win: `voters / 2 + 1`, and 1 for one or two voters (the two-device
-    /// rule).
+    /// Whether `device` is a voter of the latest or of the previous voters: whose votes a
+    /// candidate may need, and whose leader messages are followed.
+    pub fn is_elector(&self, device: &Uuid) -> bool {
+        self.voters.contains(device) || self.previous.as_ref().is_some_and(|p| p.contains(device))
+    }
+
+    /// Votes needed to win under the latest voters alone: `voters / 2 + 1`, and 1 for one or
+    /// two voters (the two-device rule). For status; [`Membership::wins`] decides elections.
     pub fn majority(&self) -> usize {
         match self.voters.len() {
             0..=2 => 1,
             n => n / 2 + 1,
         }
+    }
+
+    /// Whether `candidate`, holding the (pre-)votes `votes` (its own included if it voted for
+    /// itself) in `term`, satisfies the election rule of the latest voters and, if present, of
+    /// the previous voters (see the module documentation).
+    pub fn wins(&self, candidate: Uuid, term: u64, votes: &BTreeSet<Uuid>) -> bool {
+        set_rule(&self.voters, candidate, term, votes)
+            && self.previous.as_ref().is_none_or(|p| set_rule(p, candidate, term, votes))
+    }
+
+    /// The parity `device`'s terms must have, or `None` when any term will do; `Err(())` when
+    /// the two-voter sets it belongs to give it different parities (no term satisfies both).
+    fn parity_of(&self, device: &Uuid) -> Result<Option<u64>, ()> {
+        let mut parity = None;
+        for set in std::iter::once(&self.voters).chain(&self.previous) {
+            if let Some(p) = own_parity(set, device) {
+                match parity {
+                    Some(q) if q != p => return Err(()),
+                    _ => parity = Some(p),
+                }
+            }
+        }
+        Ok(parity)
+    }
+}
+
+/// The parity of the terms `device` owns in the two-voter set `set` (its rank among the sorted
+/// voters), `None` if `set` has not two voters or `device` is not one of them.
+fn own_parity(set: &BTreeSet<Uuid>, device: &Uuid) -> Option<u64> {
+    if set.len() != 2 {
+        return None;
+    }
+    set.iter().position(|v| v == device).map(|rank| rank as u64)
+}
+
+/// The election rule of one set of voters: with one or two voters, the candidate's own vote in
+/// a term it owns if it is one of them (any term with one voter, its parity with two), else
+/// the votes of all of them; with three or more, a majority of them. Only votes of `set`'s
+/// voters count; an empty set elects nobody.
+fn set_rule(set: &BTreeSet<Uuid>, candidate: Uuid, term: u64, votes: &BTreeSet<Uuid>) -> bool {
+    match set.len() {
+        0 => false,
+        1 | 2 if set.contains(&candidate) => {
+            votes.contains(&candidate) && own_parity(set, &candidate).is_none_or(|p| term % 2 == p)
+        }
+        1 | 2 => set.iter().all(|v| votes.contains(v)),
+        n => votes.iter().filter(|v| set.contains(v)).count() > n / 2,
     }
 }
 
@@ -411,8 +529,8 @@ pub enum LeaderVerdict {
         /// The leader this device knows for it.
         leader: Option<Uuid>,
     },
-    /// Ignore the message: its sender is not a member, is this device, or claims a term whose
-    /// leader is someone else.
+    /// Ignore the message: its sender is this device, or claims a term whose leader is someone
+    /// else.
     Refused,
 }
 
@@ -564,7 +682,8 @@ impl<R: Rng> Election<R> {
         &self.membership
     }
 
-    /// Votes needed to win: `voters / 2 + 1`, and 1 for one or two voters.
+    /// Votes needed to win under the latest voters alone: `voters / 2 + 1`, and 1 for one or
+    /// two voters (see [`Membership::majority`]; [`Membership::wins`] decides).
     pub fn majority(&self) -> usize {
         self.membership.majority()
     }
@@ -614,7 +733,7 @@ impl<R: Rng> Election<R> {
                 Some(next)
             }
             SyncRole::Follower | SyncRole::Candidate => {
-                self.membership.is_voter(&self.me).then_some(self.election_deadline)
+                self.membership.is_elector(&self.me).then_some(self.election_deadline)
             }
         }
     }
@@ -657,7 +776,7 @@ impl<R: Rng> Election<R> {
                 }
             }
             SyncRole::Follower | SyncRole::Candidate => {
-                if self.membership.is_voter(&self.me) && now >= self.election_deadline {
+                if self.membership.is_elector(&self.me) && now >= self.election_deadline {
                     if self.role == SyncRole::Follower {
                         debug!(term = self.term, "no leader heard, asking for pre-votes");
                     }
@@ -682,14 +801,14 @@ impl<R: Rng> Election<R> {
 
     /// The library's configuration changed (the latest one of the log, applied or not). A
     /// transfer to a device that is no longer a voter is aborted; a candidate that now holds a
-    /// majority wins, one that is no longer a voter steps down; a leader keeps leading whatever
-    /// its new role (see [`Election::resign`]); a follower that becomes a learner loses its
-    /// election deadline, a learner that becomes a voter draws a fresh one, and the sole voter
-    /// campaigns at its next tick. A pre-vote round in progress is abandoned.
+    /// majority wins, one that is a voter of neither set steps down; a leader keeps leading
+    /// whatever its new role (see [`Election::resign`]); a follower that stops being a voter of
+    /// either set loses its election deadline, one that becomes one draws a fresh one, and the
+    /// sole voter campaigns at its next tick. A pre-vote round in progress is abandoned.
     pub fn set_membership(&mut self, membership: Membership, now: Instant) -> Vec<Action> {
         let before = self.view();
         let mut sends = Vec::new();
-        let was_voter = self.membership.is_voter(&self.me);
+        let was_voter = self.membership.is_elector(&self.me);
         let was_checking = self.checks_quorum();
         self.membership = membership;
         self.pre_vote = None;
@@ -699,10 +818,10 @@ impl<R: Rng> Election<R> {
                 sends.push(Action::TransferAborted { to: t.to });
             }
         }
-        let voter = self.membership.is_voter(&self.me);
+        let voter = self.membership.is_elector(&self.me);
         match self.role {
             SyncRole::Leader => {
-                if was_voter && !voter {
+                if self.membership.previous.is_none() && !self.membership.is_voter(&self.me) {
                     warn!(term = self.term, "no longer a voter; leading until the change commits");
                 }
                 if !was_checking && self.checks_quorum() {
@@ -776,10 +895,9 @@ impl<R: Rng> Election<R> {
             },
         };
         if candidate == self.me
-            || !self.membership.is_voter(&self.me)
-            || !self.membership.is_voter(&candidate)
+            || !(self.membership.is_member(&self.me) || self.membership.is_elector(&self.me))
         {
-            debug!(%candidate, term = request.term, "vote refused, not between two voters");
+            debug!(%candidate, term = request.term, "vote refused, not a member");
             return vec![refuse(self.term)];
         }
         if request.pre_vote {
@@ -827,7 +945,7 @@ impl<R: Rng> Election<R> {
     pub fn on_vote_response(&mut self, response: VoteResponse, now: Instant) -> Vec<Action> {
         let before = self.view();
         let mut sends = Vec::new();
-        let from_voter = response.voter != self.me && self.membership.is_voter(&response.voter);
+        let from_voter = response.voter != self.me && self.membership.is_elector(&response.voter);
         if response.pre_vote {
             if !response.granted {
                 if response.term > self.term {
@@ -954,9 +1072,10 @@ impl<R: Rng> Election<R> {
         self.config.check_quorum && self.membership.voters.len() >= 3
     }
 
-    /// Whether this device may campaign or pre-vote: a voter whose log is not below its floor.
+    /// Whether this device may campaign or pre-vote: a voter (of the latest set, or of the
+    /// previous one while it is kept) whose log is not below its floor.
     fn can_campaign(&self) -> bool {
-        self.membership.is_voter(&self.me) && self.last_log >= self.log_floor
+        self.membership.is_elector(&self.me) && self.last_log >= self.log_floor
     }
 
     /// The log position candidates' logs are compared with.
@@ -964,14 +1083,24 @@ impl<R: Rng> Election<R> {
         self.last_log.max(self.log_floor)
     }
 
+    /// Whether the votes collected win the current term (the rule of both sets).
     fn has_majority(&self) -> bool {
-        self.votes.iter().filter(|v| self.membership.is_voter(v)).count() >= self.majority()
+        self.membership.wins(self.me, self.term, &self.votes)
     }
 
+    /// Whether the pre-votes granted would win the round's term (the rule of both sets).
     fn pre_vote_won(&self) -> bool {
-        self.pre_vote.as_ref().is_some_and(|round| {
-            round.granted.iter().filter(|v| self.membership.is_voter(v)).count() >= self.majority()
-        })
+        self.pre_vote
+            .as_ref()
+            .is_some_and(|round| self.membership.wins(self.me, round.term, &round.granted))
+    }
+
+    /// The devices asked for (pre-)votes: every voter of the latest and of the previous
+    /// voters, but this device.
+    fn electors(&self) -> Vec<Uuid> {
+        let previous = self.membership.previous.iter().flatten();
+        let all: BTreeSet<Uuid> = self.membership.voters.iter().chain(previous).copied().collect();
+        all.into_iter().filter(|m| *m != self.me).collect()
     }
 
     fn hears_live_leader(&self, now: Instant) -> bool {
@@ -1011,7 +1140,7 @@ impl<R: Rng> Election<R> {
 
     /// Whether a leader message from `from` in `term` is to be followed.
     fn check_leader(&self, from: Uuid, term: u64) -> LeaderVerdict {
-        if from == self.me || !self.membership.is_member(&from) {
+        if from == self.me {
             return LeaderVerdict::Refused;
         }
         if term < self.term {
@@ -1077,13 +1206,13 @@ impl<R: Rng> Election<R> {
     }
 
     /// The term this device campaigns in next: after the current one, never term 1 (the
-    /// creator's), and with two voters one of this device's own terms (its rank among the
-    /// sorted voters gives the parity; learners do not count).
+    /// creator's), and one of this device's own terms in every two-voter set it belongs to,
+    /// latest or previous (its rank among the sorted voters of the set gives the parity;
+    /// learners do not count). `None` when the term space is exhausted or two such sets give
+    /// it different parities (no term is its own in both).
     fn next_campaign_term(&self) -> Option<u64> {
         let mut term = self.term.checked_add(1)?.max(2);
-        let voters = &self.membership.voters;
-        if voters.len() == 2 {
-            let parity = voters.iter().position(|m| *m == self.me)? as u64;
+        if let Some(parity) = self.membership.parity_of(&self.me).ok()? {
             if term % 2 != parity {
                 term = term.checked_add(1)?;
             }
@@ -1102,7 +1231,7 @@ impl<R: Rng> Election<R> {
             return;
         }
         let Some(term) = self.next_campaign_term() else {
-            warn!(term = self.term, "term space exhausted, not campaigning");
+            warn!(term = self.term, "no term to campaign in (exhausted or no own parity)");
             return;
         };
         self.pre_vote = Some(PreVote { term, granted: BTreeSet::from([self.me]) });
@@ -1118,7 +1247,7 @@ impl<R: Rng> Election<R> {
             transfer: false,
             pre_vote: true,
         };
-        for &to in self.membership.voters.iter().filter(|m| **m != self.me) {
+        for to in self.electors() {
             sends.push(Action::SendRequestVote { to, request });
         }
     }
@@ -1132,7 +1261,7 @@ impl<R: Rng> Election<R> {
             return;
         }
         let Some(term) = self.next_campaign_term() else {
-            warn!(term = self.term, "term space exhausted, not campaigning");
+            warn!(term = self.term, "no term to campaign in (exhausted or no own parity)");
             return;
         };
         self.adopt_term(term, now);
@@ -1152,7 +1281,7 @@ impl<R: Rng> Election<R> {
             transfer,
             pre_vote: false,
         };
-        for &to in self.membership.voters.iter().filter(|m| **m != self.me) {
+        for to in self.electors() {
             sends.push(Action::SendRequestVote { to, request });
         }
     }

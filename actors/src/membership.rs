@@ -29,7 +29,9 @@
 //! of the leader's log is not committed, a sequence commits only if it is held by a majority of
 //! the latest voters **and** a majority of the voters before them. Growing two voters to three,
 //! or shrinking three to two, therefore needs both devices of the two-voter configuration, so two
-//! partitioned sides can never commit two different configurations.
+//! partitioned sides can never commit two different configurations. A configuration entry that
+//! restates the latest voters (a new leader's first entry of its term) leaves a pending change
+//! pending: both majorities stay required until the restatement commits.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -182,12 +184,19 @@ impl CommitTracker {
     /// committed already). The first call has no previous configuration; a leader elected with
     /// an uncommitted configuration entry in its log may call it twice (the configuration
     /// before, then the latest) to require both. Calling it again with the same `sequence`
-    /// replaces the voters and keeps the previous configuration. Call it only when
-    /// [`check_change`] allowed the change: a second change while one is pending makes the
-    /// pending one the previous configuration and forgets the one before it.
+    /// replaces the voters and keeps the previous configuration. A configuration with the
+    /// latest's voters (a restatement, such as the leader's first entry of its term) moves the
+    /// latest to `sequence` and keeps the previous configuration: a pending change stays
+    /// pending, both majorities required, until `sequence` commits. Call it only when
+    /// [`check_change`] allowed the change: a second change of voters while one is pending
+    /// makes the pending one the previous configuration and forgets the one before it.
     pub fn set_configuration(&mut self, sequence: u64, voters: BTreeSet<Uuid>) {
         match self.latest.take() {
             Some((at, _)) if at == sequence => {}
+            // A restatement: whatever is pending stays pending (found by the election
+            // simulator: forgetting it let a new leader commit a voter change on the new
+            // voters alone).
+            Some((_, before)) if before == voters => {}
             Some((_, before)) => self.previous = Some(before),
             None => self.previous = None,
         }

@@ -480,7 +480,6 @@ fn leader_messages_of_an_older_term_are_refused() {
         (LeaderVerdict::Refused, vec![]),
         "second leader"
     );
-    assert_eq!(e.on_leader_message(id(9), 6, t0), (LeaderVerdict::Refused, vec![]), "non-member");
     assert_eq!(e.on_leader_message(id(1), 6, t0), (LeaderVerdict::Refused, vec![]), "itself");
     assert_eq!(e.on_timeout_now(id(3), 4, t0), vec![]);
     assert_eq!(e.term(), 5);
@@ -921,48 +920,62 @@ fn the_sole_voter_leads_at_the_first_tick_despite_learners() {
 }
 
 #[test]
-fn a_learner_refuses_votes_and_pre_votes_and_persists_nothing() {
+fn a_non_member_refuses_votes_and_pre_votes_and_persists_nothing() {
     let t0 = Instant::now();
     let persisted = PersistedElection { term: 3, voted_for: None, leader: None };
-    for me in [4, 9] {
-        // A learner, then a device that is not a member at all.
-        let mut e = with_learners(me, 3, &[4], persisted, t0);
-        assert_eq!(
-            e.on_vote_request(request(5, 1, (9, 9), false), t0 + 10 * ET),
-            vec![response(1, 3, me, false)]
-        );
-        assert_eq!(
-            e.on_vote_request(request(5, 2, (9, 9), true), t0 + 10 * ET),
-            vec![response(2, 3, me, false)]
-        );
-        assert_eq!(
-            e.on_vote_request(pre_request(5, 1, (9, 9)), t0 + 10 * ET),
-            vec![pre_response(1, 3, me, false)]
-        );
-        assert_eq!(e.persisted(), persisted);
-        assert_eq!(e.next_deadline(), None);
-    }
+    let mut e = with_learners(9, 3, &[4], persisted, t0);
+    assert_eq!(
+        e.on_vote_request(request(5, 1, (9, 9), false), t0 + 10 * ET),
+        vec![response(1, 3, 9, false)]
+    );
+    assert_eq!(
+        e.on_vote_request(request(5, 2, (9, 9), true), t0 + 10 * ET),
+        vec![response(2, 3, 9, false)]
+    );
+    assert_eq!(
+        e.on_vote_request(pre_request(5, 1, (9, 9)), t0 + 10 * ET),
+        vec![pre_response(1, 3, 9, false)]
+    );
+    assert_eq!(e.persisted(), persisted);
+    assert_eq!(e.next_deadline(), None);
 }
 
 #[test]
-fn a_voter_refuses_a_candidate_that_is_a_learner_in_its_membership() {
+fn a_learner_answers_votes_it_may_have_been_promoted_without_knowing() {
+    // A candidate asks only the devices its configuration makes voters: 4 may have been
+    // promoted while it was unreachable. Its vote counts only for such a candidate.
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 3, voted_for: None, leader: None };
+    let mut e = with_learners(4, 3, &[4], persisted, t0);
+    assert_eq!(
+        e.on_vote_request(pre_request(5, 1, (9, 9)), t0 + 10 * ET),
+        vec![pre_response(1, 5, 4, true)]
+    );
+    assert_eq!(
+        e.on_vote_request(request(5, 1, (9, 9), false), t0 + 10 * ET),
+        vec![
+            persist(5, Some(1), None),
+            Action::BecomeFollower { term: 5, leader: None },
+            response(1, 5, 4, true)
+        ]
+    );
+    assert_eq!(e.next_deadline(), None, "still no campaign of its own");
+}
+
+#[test]
+fn a_voter_grants_a_candidate_it_does_not_know_as_a_voter() {
+    // 4 was promoted while 1 was down: 1 still lists it as a learner, yet 4's rule is what
+    // decides whose votes count, and 1 votes once in term 5 all the same.
     let t0 = Instant::now();
     let persisted = PersistedElection { term: 3, voted_for: None, leader: None };
     let mut e = with_learners(1, 3, &[4], persisted, t0);
-    let later = t0 + 10 * ET;
     assert_eq!(
-        e.on_vote_request(request(5, 4, (9, 9), false), later),
-        vec![response(4, 3, 1, false)],
-        "refused in its own term: the learner's term is not adopted"
-    );
-    assert_eq!(
-        e.on_vote_request(pre_request(5, 4, (9, 9)), later),
-        vec![pre_response(4, 3, 1, false)]
-    );
-    assert_eq!(e.persisted(), persisted);
-    assert_eq!(
-        e.on_vote_request(request(5, 2, (9, 9), false), later).last(),
-        Some(&response(2, 5, 1, true))
+        e.on_vote_request(request(5, 4, (9, 9), false), t0 + 10 * ET),
+        vec![
+            persist(5, Some(4), None),
+            Action::BecomeFollower { term: 5, leader: None },
+            response(4, 5, 1, true)
+        ]
     );
 }
 
@@ -1084,5 +1097,320 @@ fn membership_counts_a_device_in_both_sets_as_a_voter() {
     assert_eq!(
         (m.majority(), membership(3, &[4, 5]).majority(), membership(5, &[]).majority()),
         (1, 2, 3)
+    );
+}
+
+// ---- elections during a voter change: the rule of both sets ------------------------------
+
+fn set(ns: &[u128]) -> BTreeSet<Uuid> {
+    ns.iter().copied().map(id).collect()
+}
+
+/// Voters `latest`, no learner, and the voters `previous` before the last voter change, which
+/// the device does not know to be committed.
+fn changing(latest: &[u128], previous: &[u128]) -> Membership {
+    Membership::new(set(latest), BTreeSet::new()).with_previous(Some(set(previous)))
+}
+
+/// Device `me` with `membership`, a follower of `term` without a leader.
+fn device(me: u128, membership: Membership, term: u64, now: Instant) -> Election<StdRng> {
+    let config = ElectionConfig::new(HB, ET);
+    let persisted = PersistedElection { term, voted_for: None, leader: None };
+    Election::new(id(me), membership, persisted, config, now, StdRng::seed_from_u64(me as u64))
+}
+
+fn ask_all(to: &[u128], request: VoteRequest) -> Vec<Action> {
+    to.iter().map(|&n| Action::SendRequestVote { to: id(n), request }).collect()
+}
+
+#[test]
+fn a_previous_set_is_kept_only_if_it_differs_and_is_not_empty() {
+    let latest = Membership::new(set(&[1, 2]), BTreeSet::new());
+    assert_eq!(latest.clone().with_previous(None).previous_voters(), None);
+    assert_eq!(latest.clone().with_previous(Some(set(&[]))).previous_voters(), None);
+    assert_eq!(latest.clone().with_previous(Some(set(&[1, 2]))).previous_voters(), None);
+    assert_eq!(latest.with_previous(Some(set(&[1]))).previous_voters(), Some(&set(&[1])));
+}
+
+#[test]
+fn one_to_two_voters_the_new_voter_needs_the_old_sole_voter() {
+    // 1 (the sole voter) appended {1,2}; 2 holds it and does not know it is committed. Under
+    // {1,2} alone 2 would win term 3 by itself while 1, on {1} alone, could win it too.
+    let t0 = Instant::now();
+    let mut b = device(2, changing(&[1, 2], &[1]), 1, t0);
+    let at = b.next_deadline().unwrap();
+    assert_eq!(b.tick(at), ask_all(&[1], pre_request(3, 2, (0, 0))), "no election alone");
+    assert_eq!(
+        b.on_vote_response(vote(3, 1, true, true), at),
+        vec![
+            persist(3, Some(2), None),
+            Action::BecomeCandidate { term: 3 },
+            Action::SendRequestVote { to: id(1), request: request(3, 2, (0, 0), false) }
+        ],
+        "with the old sole voter's pre-vote"
+    );
+}
+
+#[test]
+fn one_to_two_voters_the_new_voter_wins_alone_once_the_change_is_known_committed() {
+    let t0 = Instant::now();
+    let mut b = device(2, changing(&[1, 2], &[1]), 1, t0);
+    assert_eq!(b.set_membership(Membership::new(set(&[1, 2]), BTreeSet::new()), t0), vec![]);
+    let at = b.next_deadline().unwrap();
+    assert_eq!(
+        b.tick(at),
+        vec![
+            persist(3, Some(2), Some(2)),
+            Action::BecomeLeader { term: 3 },
+            Action::SendHeartbeats { term: 3 }
+        ]
+    );
+}
+
+#[test]
+fn one_to_two_voters_the_old_sole_voter_wins_only_its_own_terms() {
+    // 1 holds {1,2} and still {1}: alone, but only in the even terms it owns in {1,2}.
+    let t0 = Instant::now();
+    let mut a = device(1, changing(&[1, 2], &[1]), 2, t0);
+    let at = a.next_deadline().unwrap();
+    assert_eq!(
+        a.tick(at),
+        vec![
+            persist(4, Some(1), Some(1)),
+            Action::BecomeLeader { term: 4 },
+            Action::SendHeartbeats { term: 4 }
+        ]
+    );
+}
+
+#[test]
+fn two_to_one_voter_the_remaining_voter_keeps_its_parity_until_the_removal_commits() {
+    // {1,2} became {1}; 2 may still lead odd terms on {1,2}, so 1 skips them.
+    let t0 = Instant::now();
+    let mut a = device(1, changing(&[1], &[1, 2]), 4, t0);
+    assert_eq!(a.next_deadline(), Some(t0), "the sole voter of its latest set");
+    assert_eq!(
+        a.tick(t0),
+        vec![
+            persist(6, Some(1), Some(1)),
+            Action::BecomeLeader { term: 6 },
+            Action::SendHeartbeats { term: 6 }
+        ]
+    );
+}
+
+#[test]
+fn two_to_one_voter_the_removed_voter_campaigns_only_with_the_other_ones_vote() {
+    // 2 holds {1} after {1,2}, not known committed: it still counts in {1,2} (its odd terms)
+    // and may hold the only log that can be elected, but {1} needs 1's vote.
+    let t0 = Instant::now();
+    let mut b = device(2, changing(&[1], &[1, 2]), 4, t0);
+    let at = b.next_deadline().unwrap();
+    assert_eq!(b.tick(at), ask_all(&[1], pre_request(5, 2, (0, 0))));
+}
+
+#[test]
+fn two_to_one_voter_the_removed_voter_stops_once_it_knows_the_removal_committed() {
+    let t0 = Instant::now();
+    let mut b = device(2, Membership::new(set(&[1]), BTreeSet::new()), 4, t0);
+    assert_eq!(b.next_deadline(), None);
+    assert_eq!(b.tick(t0 + 10 * ET), vec![]);
+}
+
+#[test]
+fn two_to_three_voters_the_joiner_needs_both_old_voters() {
+    // 1 appended {1,2,3}; 3 holds it, 2 may not yet: 2 could win an odd term alone on {1,2},
+    // so 3 needs 2's vote (and 1's) whatever the majority of {1,2,3} says.
+    let t0 = Instant::now();
+    let mut c = device(3, changing(&[1, 2, 3], &[1, 2]), 1, t0);
+    let at = c.next_deadline().unwrap();
+    assert_eq!(c.tick(at), ask_all(&[1, 2], pre_request(2, 3, (0, 0))));
+    assert_eq!(
+        c.on_vote_response(vote(2, 1, true, true), at),
+        vec![],
+        "a majority of {{1,2,3}} but not both of {{1,2}}"
+    );
+    assert_eq!(
+        c.on_vote_response(vote(2, 2, true, true), at),
+        vec![
+            persist(2, Some(3), None),
+            Action::BecomeCandidate { term: 2 },
+            Action::SendRequestVote { to: id(1), request: request(2, 3, (0, 0), false) },
+            Action::SendRequestVote { to: id(2), request: request(2, 3, (0, 0), false) },
+        ]
+    );
+}
+
+#[test]
+fn two_to_three_voters_an_old_voter_campaigns_only_in_its_own_terms() {
+    // 1 holds {1,2,3} after {1,2}: it skips the odd terms 2 owns in {1,2}.
+    let t0 = Instant::now();
+    let mut a = device(1, changing(&[1, 2, 3], &[1, 2]), 2, t0);
+    let at = a.next_deadline().unwrap();
+    assert_eq!(a.tick(at), ask_all(&[2, 3], pre_request(4, 1, (0, 0))));
+}
+
+#[test]
+fn three_to_two_voters_the_remaining_pair_still_needs_a_majority_of_three() {
+    // {1,2,3} became {1,2}; 2 and 3 may still elect on {1,2,3}, so 1 needs one of them, and
+    // the removed 3 is asked too.
+    let t0 = Instant::now();
+    let mut a = device(1, changing(&[1, 2], &[1, 2, 3]), 1, t0);
+    let at = a.next_deadline().unwrap();
+    assert_eq!(a.tick(at), ask_all(&[2, 3], pre_request(2, 1, (0, 0))), "not alone");
+    assert_eq!(
+        a.on_vote_response(vote(2, 3, true, true), at),
+        vec![
+            persist(2, Some(1), None),
+            Action::BecomeCandidate { term: 2 },
+            Action::SendRequestVote { to: id(2), request: request(2, 1, (0, 0), false) },
+            Action::SendRequestVote { to: id(3), request: request(2, 1, (0, 0), false) },
+        ],
+        "a previous voter's pre-vote counts for the previous set"
+    );
+}
+
+#[test]
+fn three_to_four_voters_needs_a_majority_of_both() {
+    let t0 = Instant::now();
+    let m = changing(&[1, 2, 3, 4], &[1, 2, 3]);
+    assert_eq!(
+        [&[4, 1][..], &[4, 1, 2], &[4, 1, 3], &[1, 2, 3]].map(|v| m.wins(id(4), 6, &set(v))),
+        [false, true, true, true]
+    );
+    let (mut e, t1) = {
+        let mut e = device(4, m, 5, t0);
+        let at = e.next_deadline().unwrap();
+        e.tick(at);
+        e.on_vote_response(vote(6, 1, true, true), at);
+        e.on_vote_response(vote(6, 2, true, true), at);
+        (e, at)
+    };
+    assert_eq!(e.role(), SyncRole::Candidate);
+    assert_eq!(e.on_vote_response(vote(6, 1, true, false), t1), vec![]);
+    assert_eq!(
+        e.on_vote_response(vote(6, 3, true, false), t1),
+        vec![
+            persist(6, Some(4), Some(4)),
+            Action::BecomeLeader { term: 6 },
+            Action::SendHeartbeats { term: 6 }
+        ]
+    );
+}
+
+#[test]
+fn four_to_five_voters_a_majority_of_five_is_not_enough_without_one_of_four() {
+    // {5,3,4} is a majority of five but only two of four. The rule of both sets holds whatever
+    // their sizes (here it is stricter than needed: three of five and three of four always
+    // share a device).
+    let t0 = Instant::now();
+    let (mut e, t1) = {
+        let mut e = device(5, changing(&[1, 2, 3, 4, 5], &[1, 2, 3, 4]), 5, t0);
+        let at = e.next_deadline().unwrap();
+        e.tick(at);
+        for voter in [3, 4, 1] {
+            e.on_vote_response(vote(6, voter, true, true), at);
+        }
+        (e, at)
+    };
+    assert_eq!(e.role(), SyncRole::Candidate);
+    e.on_vote_response(vote(6, 3, true, false), t1);
+    assert_eq!(e.on_vote_response(vote(6, 4, true, false), t1), vec![]);
+    assert_eq!(e.role(), SyncRole::Candidate);
+    assert_eq!(
+        e.on_vote_response(vote(6, 2, true, false), t1),
+        vec![
+            persist(6, Some(5), Some(5)),
+            Action::BecomeLeader { term: 6 },
+            Action::SendHeartbeats { term: 6 }
+        ]
+    );
+}
+
+#[test]
+fn four_to_three_voters_a_removal_not_known_committed_needs_three_of_four() {
+    // The price of the rule: 2 and 3 are a majority of {1,2,3}, but while 2 does not know
+    // that the removal of 4 committed, it also needs three of {1,2,3,4}.
+    let t0 = Instant::now();
+    let mut e = device(2, changing(&[1, 2, 3], &[1, 2, 3, 4]), 5, t0);
+    let at = e.next_deadline().unwrap();
+    assert_eq!(e.tick(at), ask_all(&[1, 3, 4], pre_request(6, 2, (0, 0))));
+    assert_eq!(e.on_vote_response(vote(6, 3, true, true), at), vec![]);
+    assert_eq!(e.pre_vote_term(), Some(6));
+    assert_eq!(
+        e.on_vote_response(vote(6, 4, true, true), at)[1],
+        Action::BecomeCandidate { term: 6 }
+    );
+}
+
+#[test]
+fn conflicting_two_voter_parities_stop_campaigning() {
+    // Not a single-voter change, so it never comes from a log: 2 owns odd terms in {1,2} and
+    // even ones in {2,3}; no term is its own in both.
+    let t0 = Instant::now();
+    let m = Membership::new(set(&[1, 2]), BTreeSet::new()).with_previous(Some(set(&[2, 3])));
+    let mut e = device(2, m, 4, t0);
+    let at = e.next_deadline().unwrap();
+    assert_eq!(e.tick(at), vec![]);
+    assert_eq!((e.term(), e.role(), e.pre_vote_term()), (4, SyncRole::Follower, None));
+    assert!(e.next_deadline().is_some_and(|next| next > at), "still a voter, a new deadline");
+}
+
+#[test]
+fn agreeing_two_voter_parities_pick_the_next_term_owned_in_both() {
+    // 2 is the lower of {2,3} and of {2,5}: even terms in both.
+    let t0 = Instant::now();
+    let m = Membership::new(set(&[2, 3]), BTreeSet::new()).with_previous(Some(set(&[2, 5])));
+    let mut e = device(2, m, 2, t0);
+    let at = e.next_deadline().unwrap();
+    assert_eq!(
+        e.tick(at),
+        vec![
+            persist(4, Some(2), Some(2)),
+            Action::BecomeLeader { term: 4 },
+            Action::SendHeartbeats { term: 4 }
+        ]
+    );
+}
+
+#[test]
+fn a_leader_this_device_does_not_know_is_followed() {
+    // 1 holds {1,2,3}; 4 joined and leads while 1 was down: 1 must follow it to learn of it.
+    let t0 = Instant::now();
+    let mut e = machine(1, 3, PersistedElection { term: 4, voted_for: None, leader: None }, t0);
+    assert_eq!(
+        e.on_leader_message(id(4), 5, t0),
+        (
+            LeaderVerdict::Accepted,
+            vec![
+                persist(5, None, Some(4)),
+                Action::BecomeFollower { term: 5, leader: Some(id(4)) }
+            ]
+        )
+    );
+}
+
+#[test]
+fn a_voter_of_the_previous_set_only_still_votes() {
+    // 3 holds {1,2} after {1,2,3}, not known committed: 1 may still need it for {1,2,3}.
+    let t0 = Instant::now();
+    let mut removed = device(3, changing(&[1, 2], &[1, 2, 3]), 4, t0);
+    assert_eq!(
+        removed.on_vote_request(request(6, 1, (9, 9), false), t0 + 10 * ET),
+        vec![
+            persist(6, Some(1), None),
+            Action::BecomeFollower { term: 6, leader: None },
+            response(1, 6, 3, true)
+        ]
+    );
+}
+
+#[test]
+fn a_device_that_knows_its_removal_committed_no_longer_votes() {
+    let t0 = Instant::now();
+    let mut removed = device(3, Membership::new(set(&[1, 2]), BTreeSet::new()), 4, t0);
+    assert_eq!(
+        removed.on_vote_request(request(6, 1, (9, 9), false), t0 + 10 * ET),
+        vec![response(1, 4, 3, false)]
     );
 }

@@ -288,6 +288,22 @@ fn a_configuration_at_a_committed_sequence_has_no_pending_previous() {
 }
 
 #[test]
+fn a_restatement_keeps_a_pending_change_pending() {
+    // A leader elected with {1,2} -> {1,2,3} (at 3) not committed writes its first entry of
+    // the term at 4, restating {1,2,3}.
+    let mut t = CommitTracker::new(id(1), TERM);
+    t.set_configuration(1, voters(&[1, 2]));
+    t.set_configuration(3, voters(&[1, 2, 3]));
+    t.set_configuration(4, voters(&[1, 2, 3]));
+    t.on_leader_appended(4);
+    t.set_term_start(4);
+    assert_eq!(t.on_ack(id(3), current(4)), AckVerdict::Counted);
+    assert_eq!(t.commit_sequence(), 0, "a majority of {{1, 2, 3}}, not both of {{1, 2}}");
+    assert_eq!(t.on_ack(id(2), current(4)), AckVerdict::Counted);
+    assert_eq!(t.commit_sequence(), 4);
+}
+
+#[test]
 fn a_forgotten_device_holds_nothing() {
     let mut t = tracker(5, 10, &[1, 2, 3]);
     t.on_ack(id(2), current(8));
