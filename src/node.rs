@@ -644,7 +644,10 @@ impl Node {
     /// made it, presents the secret, and — once the leader added this device as a learner —
     /// creates the library here and starts following. Presenting the same token again from
     /// this device (a lost answer) gets the same answer; from another device, or after it
-    /// expired, it is refused with the reason.
+    /// expired, it is refused with the reason. A device that holds the library already — it
+    /// was removed and is invited again, or it missed membership changes while it was away
+    /// and cannot find the leader — takes the configuration of the answer if it is newer than
+    /// its own, and keeps its copy.
     pub async fn join_with_invite(&self, token: &str) -> Result<JoinOutcome, NodeError> {
         let token = InviteToken::decode(token).map_err(NodeError::Invitation)?;
         let library_id = token.library_id;
@@ -653,14 +656,10 @@ impl Node {
                 "this device made the invitation: run the join on the new device".into(),
             ));
         }
+        // The library may be here already: a device removed and invited again, or a member
+        // that missed membership changes while it was away (a leader it never heard of) and
+        // refreshes its configuration this way.
         let existing = self.library(library_id).ok();
-        if let Some(lib) = &existing {
-            let db = lib.db.clone();
-            let me = self.device_id();
-            if blocking(move || db.membership()).await?.configuration.contains(me) {
-                return Err(NodeError::LibraryExists(library_id));
-            }
-        }
         let network = &self.inner.network;
         if existing.is_some() {
             network.add_member(library_id, token.peer_id, token.addresses.clone()).await?;
@@ -715,8 +714,17 @@ impl Node {
             // configuration and catches up (a log that diverged is rebuilt as usual).
             Some(lib) => {
                 let db = lib.db.clone();
-                blocking(move || db.install_membership(&configuration, config_sequence)).await?;
-                self.restart_library(library_id).await?;
+                let current = {
+                    let db = db.clone();
+                    blocking(move || db.membership()).await?
+                };
+                if config_sequence > current.sequence
+                    || !current.configuration.contains(self.device_id())
+                {
+                    blocking(move || db.install_membership(&configuration, config_sequence))
+                        .await?;
+                    self.restart_library(library_id).await?;
+                }
             }
             None => {
                 self.init_library(

@@ -800,7 +800,10 @@ fn membership_changes_through_the_cli() {
     b.ok(&["library", "join", &token]);
     let token = a.ok(&["library", "invite"]).lines().last().unwrap().to_owned();
     c.ok(&["library", "join", &token]);
-    fails_with_one_line(&c.dir, &["library", "join", &token], "already");
+    // The same token again: from the device that used it, the same answer (a lost answer is
+    // retried that way); from any other device, refused.
+    c.ok(&["library", "join", &token]);
+    fails_with_one_line(&b.dir, &["library", "join", &token], "used");
     wait_for_configuration(&[&a, &b, &c], 3, 3);
     let lib = a.library_list_one();
     let mut oracle = Oracle::default();

@@ -203,6 +203,7 @@ impl Handler<InboundRequest> for FollowerApplier {
                 )
             }
             _ if req.peer != self.cx.leader => SyncMessage::Error {
+                leader_peer: self.cx.leader_device.map(|_| self.cx.leader.to_string()),
                 term: 0,
                 library_id,
                 code: ErrorCode::NotLeader,
@@ -260,6 +261,7 @@ impl Handler<InboundRequest> for FollowerApplier {
             }
             SyncMessage::FetchEntries { .. } | SyncMessage::Acknowledge { .. } => {
                 SyncMessage::Error {
+                    leader_peer: self.cx.leader_device.map(|_| self.cx.leader.to_string()),
                     term: 0,
                     library_id,
                     code: ErrorCode::NotLeader,
@@ -1026,12 +1028,20 @@ impl Worker {
                 }
             }
         }
-        if let SyncMessage::Error { code: ErrorCode::NotLeader, leader_hint: Some(hint), .. } = &msg
+        if let SyncMessage::Error {
+            code: ErrorCode::NotLeader,
+            leader_hint: Some(hint),
+            leader_peer,
+            ..
+        } = &msg
         {
             if Some(*hint) != self.cx.leader_device {
                 if let Some(r) = &self.cx.repoint {
                     info!(library_id = %self.cx.library_id, leader = %hint, "re-pointing to the leader the old one named");
-                    r.do_send(crate::watcher::LeaderHint(*hint));
+                    r.do_send(crate::watcher::LeaderHint {
+                        device: *hint,
+                        peer: leader_peer.as_deref().and_then(|p| p.parse().ok()),
+                    });
                 }
             }
         }

@@ -37,6 +37,7 @@ pub fn stale_term(
     leader: Option<Uuid>,
 ) -> SyncMessage {
     SyncMessage::Error {
+        leader_peer: None,
         library_id,
         code: ErrorCode::StaleTerm,
         message: format!("{kind} of term {their} is older than this device's term {current_term}"),

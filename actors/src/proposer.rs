@@ -284,6 +284,7 @@ pub fn serve_proposal(
             last_sequence: o.last_sequence,
         },
         Err(StorageError::NotLeader { leader, .. }) => SyncMessage::Error {
+            leader_peer: None,
             term: 0,
             library_id,
             code: ErrorCode::NotLeader,

@@ -72,6 +72,10 @@ pub(crate) const MAILBOX_CAPACITY: usize = 1024;
 /// before it answers `committed: false` (well inside the requester's request timeout).
 pub const REMOTE_CHANGE_WAIT: Duration = Duration::from_secs(5);
 
+/// Leaders not in this device's configuration it lets in at most (see the `LeaderHint`
+/// handler).
+const MAX_PROVISIONAL: usize = 4;
+
 /// How long a member answering `Join` waits for its own log to hold the configuration entry
 /// that adds the joiner (pushed by the leader within a round trip) before it answers anyway.
 const JOIN_APPLY_WAIT: Duration = Duration::from_secs(5);
@@ -202,6 +206,9 @@ pub struct SyncService {
     commit_watch: Arc<AtomicU64>,
     /// Why a member refused this device as removed, if one did.
     removed_hint: Option<String>,
+    /// Leaders a member named that this device's configuration does not know yet (see the
+    /// `LeaderHint` handler); dropped once a configuration lists them.
+    provisional: HashMap<PeerId, Uuid>,
     /// This device's signed address hint (counter: when it was made).
     own_hint: Option<AddressHint>,
     /// An expiry check of the invitations is scheduled.
@@ -241,17 +248,22 @@ impl SyncService {
             leader_commit: Arc::new(AtomicU64::new(0)),
             commit_watch: Arc::new(AtomicU64::new(u64::MAX)),
             removed_hint: None,
+            provisional: HashMap::new(),
             own_hint: None,
             invitation_timer: None,
         }
     }
 
     fn device_of(&self, peer: &PeerId) -> Option<Uuid> {
-        self.members.get(peer).copied()
+        self.members.get(peer).or_else(|| self.provisional.get(peer)).copied()
     }
 
     fn peer_of(&self, device: Uuid) -> Option<PeerId> {
-        self.members.iter().find(|(_, d)| **d == device).map(|(p, _)| *p)
+        self.members
+            .iter()
+            .chain(self.provisional.iter())
+            .find(|(_, d)| **d == device)
+            .map(|(p, _)| *p)
     }
 
     /// Whether this device is a member of the configuration in effect.
@@ -272,8 +284,11 @@ impl SyncService {
     /// The election's view of the configuration in effect.
     fn election_membership(&self) -> ElectionMembership {
         match &self.membership {
+            // The voters before the latest voter change, while it is not known to be committed:
+            // elections need both sets' votes meanwhile (docs/architecture.md, "Membership").
             Some(m) => {
                 ElectionMembership::new(m.configuration.voters(), m.configuration.learners())
+                    .with_previous(m.previous_voters.clone())
             }
             None => ElectionMembership::new(BTreeSet::new(), BTreeSet::new()),
         }
@@ -505,6 +520,7 @@ impl SyncService {
         debug!(%library_id, sequence = m.sequence, added = added.len(), removed = removed.len(),
             "configuration in effect");
         self.members = new.iter().map(|(p, (d, _))| (*p, *d)).collect();
+        self.provisional.retain(|p, _| !new.contains_key(p));
         self.cx.is_member.store(m.configuration.contains(self.cx.device_id), Ordering::Release);
         self.commit_watch.store(
             if m.previous_voters.is_some() { m.voters_since } else { u64::MAX },
@@ -654,6 +670,12 @@ impl SyncService {
                 warn!(%library_id, %peer, error = %e, "cannot refuse a removed member");
             }
         });
+    }
+
+    /// The peer id of the leader this device knows, for `NotLeader` replies.
+    fn leader_peer_hint(&self) -> Option<String> {
+        let leader = self.state.as_ref().and_then(|s| s.leader_device)?;
+        self.peer_of(leader).map(|p| p.to_string())
     }
 
     /// Whether this device leads now.
@@ -838,6 +860,7 @@ impl SyncService {
         }
         let Some((notifier, term)) = self.leading() else {
             let _ = req.reply.send(SyncMessage::Error {
+                leader_peer: self.leader_peer_hint(),
                 library_id,
                 code: ErrorCode::NotLeader,
                 message: "this device does not lead the library".into(),
@@ -1236,6 +1259,7 @@ impl Handler<InboundRequest> for SyncService {
                 ))
             } else if !leading {
                 Some(SyncMessage::Error {
+                    leader_peer: self.leader_peer_hint(),
                     term: current_term,
                     library_id,
                     code: ErrorCode::NotLeader,
@@ -1287,6 +1311,7 @@ impl Handler<InboundRequest> for SyncService {
             }
             Role::Idle => {
                 let _ = req.reply.send(SyncMessage::Error {
+                    leader_peer: self.leader_peer_hint(),
                     term: current_term,
                     library_id,
                     code: ErrorCode::NotLeader,
@@ -1580,8 +1605,25 @@ impl Handler<RoleChange> for SyncService {
 impl Handler<crate::watcher::LeaderHint> for SyncService {
     type Result = ();
     fn handle(&mut self, msg: crate::watcher::LeaderHint, _: &mut Context<Self>) {
-        let hint = msg.0;
-        let is_member = self.members.values().any(|d| *d == hint);
+        let hint = msg.device;
+        let mut is_member = self.peer_of(hint).is_some();
+        if let (false, Some(peer)) = (is_member, msg.peer) {
+            // A member named a leader this device does not know: it missed the membership
+            // change that brought it while it was away. Let that device connect (it is a
+            // member of the leader's configuration, and the member that named it is one of
+            // ours): following it brings the log, and the configuration, up to date.
+            info!(library_id = %self.cx.library_id, leader = %hint, %peer,
+                "a member named a leader this device does not know yet; letting it in");
+            if self.provisional.len() >= MAX_PROVISIONAL {
+                self.provisional.clear();
+            }
+            self.provisional.insert(peer, hint);
+            let (network, library_id) = (self.cx.network.clone(), self.cx.library_id);
+            actix_rt::spawn(async move {
+                let _ = network.add_member(library_id, peer, Vec::new()).await;
+            });
+            is_member = true;
+        }
         let Some(state) = self.state.as_mut() else { return };
         if matches!(self.role, Role::Follower { .. })
             && is_member

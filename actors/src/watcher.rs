@@ -62,7 +62,12 @@ pub struct RoleChange {
 /// A device this follower asked named another device as the leader (`NotLeader` hint).
 #[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
 #[rtype(result = "()")]
-pub struct LeaderHint(pub Uuid);
+pub struct LeaderHint {
+    /// The device named as the leader.
+    pub device: Uuid,
+    /// Its peer id, when the reply gave it (lets in a leader this device does not know yet).
+    pub peer: Option<PeerId>,
+}
 
 /// The leader must heartbeat every follower now.
 #[derive(Message, Debug, Clone, Copy)]

@@ -281,6 +281,11 @@ pub enum SyncMessage {
         /// absent: 0.
         #[serde(default)]
         term: u64,
+        /// With `NotLeader` and a `leader_hint`: that leader's peer id (text form), so that a
+        /// requester that does not know the leader yet (it missed the membership change that
+        /// brought it while it was away) lets it connect; absent: none.
+        #[serde(default)]
+        leader_peer: Option<String>,
     },
     /// New device → a member request, with an invitation's one-time `secret`: make this device
     /// (the stream's peer, `device_id`) a member of the library. Answered by `Joined` or
@@ -408,6 +413,13 @@ impl SyncMessage {
 
     /// An `Error` reply.
     pub fn error(library_id: Uuid, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Error { library_id, code, message: message.into(), leader_hint: None, term: 0 }
+        Self::Error {
+            library_id,
+            code,
+            message: message.into(),
+            leader_hint: None,
+            term: 0,
+            leader_peer: None,
+        }
     }
 }

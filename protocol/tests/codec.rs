@@ -315,13 +315,16 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 }
             }
         ),
-        (uuid(), error_code(), any::<String>(), proptest::option::of(uuid()), any::<u64>())
-            .prop_map(|(library_id, code, message, leader_hint, term)| SyncMessage::Error {
-                library_id,
-                code,
-                message,
-                leader_hint,
-                term,
+        (
+            uuid(),
+            error_code(),
+            any::<String>(),
+            proptest::option::of(uuid()),
+            any::<u64>(),
+            proptest::option::of(any::<String>())
+        )
+            .prop_map(|(library_id, code, message, leader_hint, term, leader_peer)| {
+                SyncMessage::Error { leader_peer, library_id, code, message, leader_hint, term }
             }),
         (uuid(), vec(any::<u8>(), 0..48), uuid(), any::<String>(), texts()).prop_map(
             |(library_id, secret, device_id, name, addresses)| SyncMessage::Join {
@@ -546,6 +549,7 @@ fn samples() -> Vec<SyncMessage> {
         SyncMessage::error(LIB, ErrorCode::Unauthorized, "not a member"),
         SyncMessage::error(LIB, ErrorCode::UnknownLibrary, ""),
         SyncMessage::Error {
+            leader_peer: Some("12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()),
             term: 0,
             library_id: LIB,
             code: ErrorCode::NotLeader,
@@ -647,6 +651,7 @@ fn samples() -> Vec<SyncMessage> {
             pre_vote: true,
         },
         SyncMessage::Error {
+            leader_peer: None,
             library_id: LIB,
             code: ErrorCode::StaleTerm,
             message: "term 7 < 8".into(),
@@ -1727,9 +1732,18 @@ fn unit_enums_are_their_variant_names_and_uuids_are_bin_16() {
     let uuid = [&[0xc4, 0x10][..], LIB.as_bytes()].concat();
     assert!(body.windows(uuid.len()).any(|w| w == uuid));
 
-    // `leader_hint: None` is nil (and `term`, the last field, follows it).
+    // `leader_hint: None` is nil (then `term`, and `leader_peer`, the last field, nil too).
     let hint = body_of(&SyncMessage::error(LIB, ErrorCode::StaleTerm, ""));
-    let none = [&[0xab][..], b"leader_hint", &[0xc0, 0xa4], b"term", &[0x00]].concat();
+    let none = [
+        &[0xab][..],
+        b"leader_hint",
+        &[0xc0, 0xa4],
+        b"term",
+        &[0x00, 0xab],
+        b"leader_peer",
+        &[0xc0],
+    ]
+    .concat();
     assert!(hint.ends_with(&none), "leader_hint None is nil: {}", hex(&hint));
 }
 
@@ -1940,6 +1954,7 @@ fn v1_messages() -> Vec<(V1, SyncMessage)> {
                 leader_hint: Some(Uuid::from_u128(9)),
             },
             SyncMessage::Error {
+                leader_peer: None,
                 library_id: LIB,
                 code: ErrorCode::StaleTerm,
                 message: "term 2 < 3".into(),

@@ -67,6 +67,7 @@ fn every_message_names_its_library_and_kind() {
     assert_eq!(
         msg,
         SyncMessage::Error {
+            leader_peer: None,
             term: 0,
             library_id: lib,
             code: ErrorCode::BadRequest,
@@ -143,6 +144,7 @@ fn acknowledgements_and_errors_carry_a_term_only_when_set() {
     assert_eq!(ack(0).term(), None);
     assert_eq!(ack(4).term(), Some(4));
     let error = |term| SyncMessage::Error {
+        leader_peer: None,
         library_id: lib,
         code: ErrorCode::StaleTerm,
         message: String::new(),
