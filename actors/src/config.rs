@@ -1,5 +1,5 @@
 //! Timers and limits of the sync actors. Every timer is configurable so tests run in
-//! milliseconds; the defaults are the ones in DESIGN.md.
+//! milliseconds; the defaults are the ones in docs/operations.md ("Configuration").
 
 use std::time::Duration;
 
