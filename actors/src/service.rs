@@ -1488,6 +1488,9 @@ impl Handler<GetStatus> for SyncService {
         };
         let follower_commit = self.leader_commit.load(Ordering::Acquire);
         let removed_hint = self.removed_hint.clone();
+        // what writes are checked against (Node::write): the configuration installed here,
+        // which may trail the database by a moment
+        let acts_as_member = self.is_member();
         Box::pin(async move {
             let (state, last, outbox_pending, membership, rebuild_mark) = run_blocking(move || {
                 Ok((
@@ -1555,7 +1558,7 @@ impl Handler<GetStatus> for SyncService {
                 last_sequence: last.sequence,
                 commit_sequence,
                 member_role: member.as_ref().map(|m| m.role),
-                member: member.is_some(),
+                member: member.is_some() && acts_as_member,
                 removed: removed_hint,
                 membership: status_membership,
                 rebuild_mark: (rebuild_mark.sequence > 0).then_some(rebuild_mark.sequence),
