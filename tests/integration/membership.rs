@@ -100,7 +100,13 @@ async fn devices_set_up_with_invitations_fail_over(n: usize) {
 
     cluster.restart(0).await;
     let (again, term2) = cluster.wait_for_leader(lib, &all, term - 1).await;
-    assert_eq!((again, term2), (leader, term), "the old leader comes back as a follower");
+    // The old leader comes back as a follower: it does not disturb the term. (A loaded machine
+    // can still miss heartbeats and elect again: then one leader of a newer term.)
+    assert!(term2 >= term, "terms never go back: {term2} after {term}");
+    if term2 == term {
+        assert_eq!(again, leader, "one leader per term");
+    }
+    let leader = again;
     let followers: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
     cluster.assert_converged(lib, leader, &followers).await;
     let reference = members(&cluster, lib, leader).await;

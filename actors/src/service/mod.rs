@@ -50,6 +50,9 @@ use crate::notifier::{
     ChangeConfig, ConfigError, ConfigOutcome, GetLeaderStatus, LeaderContext, LeaderNotifier,
     LeaderReport, LeaderShared, SetSessions,
 };
+mod route;
+
+pub use self::route::{route, Heard, Route, Serving, View as RouteView};
 use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
 use crate::session::{
     new_log_cache, Connection, FollowerSession, GetFollowerStatus, Leaving, SessionContext,
@@ -1174,18 +1177,39 @@ impl Handler<InboundRequest> for SyncService {
             ));
         };
         let from = self.device_of(&req.peer);
-        match &req.message {
-            SyncMessage::Join { .. } => return self.handle_join(req, ctx),
-            SyncMessage::ChangeMembership { .. } => return self.handle_change(req, from),
-            SyncMessage::AnnounceAddresses { hints, .. } => {
-                if from.is_none() {
-                    let _ = req.reply.send(SyncMessage::error(
-                        library_id,
-                        ErrorCode::Unauthorized,
-                        "not a member of this library",
-                    ));
-                    return;
+        let view = route::View {
+            library_id,
+            member: self.is_member(),
+            serving: match self.role {
+                Role::Leader { .. } => route::Serving::Leader,
+                Role::Follower { .. } => route::Serving::Follower,
+                Role::Idle => route::Serving::Idle,
+            },
+            term: current_term,
+            leader: leader_hint,
+            leader_peer: self.leader_peer_hint(),
+            election: self.watcher.is_some(),
+        };
+        let (to, heard) = route::route(&req.message, from, &view);
+        if let Some(w) = &self.watcher {
+            match heard {
+                Some(route::Heard::Leader { from, term }) => {
+                    w.do_send(ElectionInput::LeaderHeard { from, term })
                 }
+                Some(route::Heard::Follower { from, term }) => {
+                    w.do_send(ElectionInput::FollowerContact { from, term })
+                }
+                None => {}
+            }
+        }
+        match to {
+            Route::Reply(reply) => {
+                let _ = req.reply.send(reply);
+            }
+            Route::Join => self.handle_join(req, ctx),
+            Route::ChangeMembership => self.handle_change(req, from),
+            Route::Announce => {
+                let SyncMessage::AnnounceAddresses { hints, .. } = &req.message else { return };
                 self.take_hints(hints.clone());
                 let hints = self.hints_to_send();
                 actix_rt::spawn(async move {
@@ -1193,132 +1217,52 @@ impl Handler<InboundRequest> for SyncService {
                         .reply
                         .send(SyncMessage::AnnounceAddresses { library_id, hints: hints.await });
                 });
-                return;
             }
-            _ => {}
-        }
-        let leading = matches!(self.role, Role::Leader { .. });
-        if from.is_none() || (!self.is_member() && !leading) {
-            let _ = req.reply.send(SyncMessage::error(
-                library_id,
-                ErrorCode::Unauthorized,
-                if self.is_member() {
-                    "not a member of this library"
-                } else {
-                    "this device is no longer a member of the library"
-                },
-            ));
-            return;
-        }
-        // A leader of an older term heartbeating us is refused with our term, whatever our
-        // role: it learns the term and steps down (docs/protocol.md §6).
-        if let SyncMessage::Heartbeat { term, role: SyncRole::Leader, .. } = &req.message {
-            if crate::fencing::fence(*term, current_term) == crate::fencing::Fence::Stale {
-                let _ = req.reply.send(crate::fencing::stale_term(
-                    library_id,
-                    "Heartbeat",
-                    *term,
-                    current_term,
-                    leader_hint,
-                ));
-                return;
-            }
-        }
-        match (&req.message, &self.watcher, from) {
-            (SyncMessage::RequestVote { .. } | SyncMessage::TimeoutNow { .. }, Some(w), _) => {
-                if let Err(e) = w.try_send(req) {
-                    busy(e.into_inner(), "election");
-                }
-                return;
-            }
-            (
-                SyncMessage::NewEntries { term, .. }
-                | SyncMessage::Heartbeat { term, role: SyncRole::Leader, .. },
-                Some(w),
-                Some(from),
-            ) => w.do_send(ElectionInput::LeaderHeard { from, term: *term }),
-            (
-                SyncMessage::FetchEntries { term, .. } | SyncMessage::Heartbeat { term, .. },
-                Some(w),
-                Some(from),
-            ) if matches!(self.role, Role::Leader { .. }) => {
-                w.do_send(ElectionInput::FollowerContact { from, term: *term })
-            }
-            _ => {}
-        }
-        if let SyncMessage::Propose { origin_device, .. } = &req.message {
-            let (leading, term) = match (&self.role, &self.state) {
-                (Role::Leader { .. }, Some(s)) => (true, s.current_term),
-                _ => (false, 0),
-            };
-            let reply = if from != Some(*origin_device) {
-                Some(SyncMessage::error(
-                    library_id,
-                    ErrorCode::Unauthorized,
-                    "a device proposes only its own changes",
-                ))
-            } else if !leading {
-                Some(SyncMessage::Error {
-                    leader_peer: self.leader_peer_hint(),
-                    term: current_term,
-                    library_id,
-                    code: ErrorCode::NotLeader,
-                    message: "this device does not lead the library".into(),
-                    leader_hint,
-                })
-            } else {
-                None
-            };
-            match reply {
-                Some(r) => {
-                    let _ = req.reply.send(r);
-                }
-                None => {
-                    let tm = self.cx.tm.clone();
-                    actix_rt::spawn(async move {
-                        let resp = run_blocking(move || {
-                            Ok(serve_proposal(&tm, library_id, term, req.message))
-                        })
-                        .await
-                        .unwrap_or_else(|e| {
-                            SyncMessage::error(library_id, ErrorCode::Internal, e.to_string())
-                        });
-                        let _ = req.reply.send(resp);
-                    });
-                }
-            }
-            return;
-        }
-        match &self.role {
-            Role::Leader { sessions, .. } => match sessions.get(&req.peer) {
-                Some(s) => {
-                    if let Err(e) = s.try_send(req) {
-                        busy(e.into_inner(), "follower session");
+            Route::Election => {
+                if let Some(w) = &self.watcher {
+                    if let Err(e) = w.try_send(req) {
+                        busy(e.into_inner(), "election");
                     }
                 }
-                None => {
-                    let _ = req.reply.send(SyncMessage::error(
-                        library_id,
-                        ErrorCode::Unauthorized,
-                        "not a member of this library",
-                    ));
-                }
-            },
-            Role::Follower { applier } => {
-                if let Err(e) = applier.try_send(req) {
-                    busy(e.into_inner(), "follower applier");
-                }
             }
-            Role::Idle => {
-                let _ = req.reply.send(SyncMessage::Error {
-                    leader_peer: self.leader_peer_hint(),
-                    term: current_term,
-                    library_id,
-                    code: ErrorCode::NotLeader,
-                    message: "this device does not serve the library right now".into(),
-                    leader_hint,
+            Route::Propose { term } => {
+                let tm = self.cx.tm.clone();
+                actix_rt::spawn(async move {
+                    let resp = run_blocking(move || {
+                        Ok(serve_proposal(&tm, library_id, term, req.message))
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        SyncMessage::error(library_id, ErrorCode::Internal, e.to_string())
+                    });
+                    let _ = req.reply.send(resp);
                 });
             }
+            Route::Session => match &self.role {
+                Role::Leader { sessions, .. } => match sessions.get(&req.peer) {
+                    Some(s) => {
+                        if let Err(e) = s.try_send(req) {
+                            busy(e.into_inner(), "follower session");
+                        }
+                    }
+                    None => {
+                        let _ = req.reply.send(SyncMessage::error(
+                            library_id,
+                            ErrorCode::Unauthorized,
+                            "not a member of this library",
+                        ));
+                    }
+                },
+                _ => busy(req, "follower session"),
+            },
+            Route::Follower => match &self.role {
+                Role::Follower { applier } => {
+                    if let Err(e) = applier.try_send(req) {
+                        busy(e.into_inner(), "follower applier");
+                    }
+                }
+                _ => busy(req, "follower applier"),
+            },
         }
     }
 }
