@@ -29,14 +29,12 @@ pub mod config;
 pub mod election;
 pub mod events;
 pub mod fencing;
+pub mod leader;
 pub mod log_cache;
-pub mod membership;
 pub mod metrics;
 pub mod network;
-pub mod notifier;
 pub mod proposer;
 pub mod service;
-pub mod session;
 #[cfg(test)]
 mod testkit;
 pub mod transport;
@@ -47,6 +45,7 @@ pub use config::SyncConfig;
 pub use events::{
     ApplierStatus, FollowerState, FollowerStatus, LibraryStatus, Progress, SyncEvent,
 };
+pub use leader::{membership, notifier, session};
 pub use metrics::Metrics;
 pub use service::{AddMember, GetStatus, LibraryContext, Shutdown, SyncService};
 pub use transport::{NetworkError, Transport};

@@ -1,0 +1,4 @@
+//! The leader's side of replication.
+pub mod membership;
+pub mod notifier;
+pub mod session;
