@@ -1,67 +1,46 @@
-//! LeaderNotifier — on the leader, one per library and leadership: the leader's replication
-//! core around the pure [`crate::membership`] decisions.
+//! LeaderNotifier — on the leader, one per library and leadership: the actor shell of the pure
+//! [`LeaderCore`] (what is decided lives there: term start, commit sequence, configuration
+//! changes and their answers, promotions and demotions, feature upgrade, resignation).
 //!
 //! Receives: commit events of the library's TransactionManager (forwarded from its broadcast
 //! channel with backpressure), the set of follower sessions ([`SetSessions`]), every
-//! follower's reported position ([`FollowerProgress`], from the sessions), and membership
-//! changes to make ([`ChangeConfig`], from the SyncService).
+//! follower's reported position ([`FollowerProgress`], from the sessions), membership changes
+//! to make ([`ChangeConfig`], from the SyncService), [`GetLeaderStatus`].
 //! Emits: [`NewCommit`] (range, and the entries of a small commit) to every follower session,
-//! at once — each session decides when its follower is told (see [`crate::window`]: the first
-//! commit after a quiet period at once, commits made meanwhile coalesced into one more
-//! announcement); [`LeaderReport`]s to the SyncService (a configuration it committed, the
-//! request to resign); the commit sequence, published in [`LeaderShared`].
+//! at once — each session decides when its follower is told (see [`crate::window`]);
+//! [`LeaderReport`]s to the SyncService (a configuration it committed, the request to resign);
+//! the leadership ([`LeaderShared`]: commit sequence, term start, last sequence) for the
+//! sessions and status; answers to [`ChangeConfig`].
 //!
-//! What it decides, in this order of a leadership's life (docs/architecture.md, "Membership"):
-//! 1. **Term start.** When it starts it commits a configuration entry restating the
-//!    configuration in effect: the leader's first entry of its term (Raft's no-op). Nothing
-//!    before it commits until it does, and no configuration change starts before.
-//! 2. **Commit sequence.** Every follower position goes through a
-//!    [`crate::membership::CommitTracker`]; the commit sequence it computes is published for the
-//!    sessions (sent on every leader message) and for status, and noted in storage once it
-//!    covers a voter change (so the previous voters stop mattering for elections).
-//! 3. **Configuration changes**, one at a time: a change waits (bounded queue, bounded time)
-//!    until the previous configuration entry is committed, is appended as the configuration in
-//!    effect at once, and is answered once committed — or, when the wait runs out first, as
-//!    `committed: false`. After every position it considers promoting a caught-up learner or
-//!    demoting a voter ([`crate::membership::next_voter_change`]), and raising the library's
-//!    feature version once every member supports it.
-//! 4. **Resignation.** Once a configuration that does not make this device a voter is
-//!    committed, it asks the SyncService to step down.
+//! It owns the I/O only: reading the log's last position when the leadership starts, writing
+//! configuration entries (`TransactionManager::commit_config`, serialized: the mailbox waits
+//! for each write, so the core learns the entry before any later commit event), noting commits
+//! in storage, the reply channels of changes asked, and the one timer armed at
+//! [`LeaderCore::next_deadline`].
 //!
-//! Memory: the tracker holds one position per member; at most [`MAX_QUEUED_CHANGES`] changes
-//! wait, each with its reply.
+//! Memory: the core's (one position per member, at most [`MAX_QUEUED_CHANGES`] changes
+//! waiting) plus one reply channel per change not answered yet.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use lsync_protocol::{Configuration, MemberRole, MembershipChange, SyncLogEntry, FEATURE_VERSION};
+use lsync_protocol::{Configuration, MembershipChange};
 use lsync_storage::{CommitEvent, Database, Membership, TransactionManager};
 use tokio::sync::{broadcast, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use uuid::Uuid;
 
+use super::core::{Command, ConfigWritten, CoreConfig, LeaderCore, Token};
 use crate::blocking::run_blocking;
-use crate::membership::{check_change, next_voter_change, AckPosition, AckVerdict, CommitTracker};
 use crate::window::Announce;
 
-/// Changes that may wait for the previous one to commit; more are refused at once.
-pub const MAX_QUEUED_CHANGES: usize = 16;
-
-/// One commit, as the notifier hands it to every session.
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub struct NewCommit {
-    /// The committed range.
-    pub range: Announce,
-    /// The term of the entry before the range.
-    pub prev_term: u64,
-    /// The committed entries, when the commit was small (see
-    /// [`lsync_storage::COMMIT_EVENT_MAX_ENTRIES`]): a session sends them inside `NewEntries`.
-    pub entries: Option<Arc<[SyncLogEntry]>>,
-}
+pub use super::core::MAX_QUEUED_CHANGES;
+pub use super::messages::{
+    ConfigError, ConfigOutcome, FollowerProgress, LeaderReport, LeaderStatus, NewCommit,
+};
 
 /// Replaces the sessions the notifier announces to.
 #[derive(Message)]
@@ -96,55 +75,6 @@ impl LeaderShared {
     }
 }
 
-/// A follower reported its position (an acknowledgement, the answer to `NewEntries`, a
-/// heartbeat); the session checked its term first.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct FollowerProgress {
-    /// The follower.
-    pub device: Uuid,
-    /// What it reported.
-    pub ack: AckPosition,
-    /// The library feature version it supports, when it said (heartbeats).
-    pub features: Option<u32>,
-}
-
-/// What the notifier tells the SyncService.
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub enum LeaderReport {
-    /// The configuration in effect changed (a configuration entry this leader committed, or
-    /// the previous voters forgotten once a voter change committed).
-    Membership(Membership),
-    /// A configuration that does not make this device a voter is committed: step down.
-    Resign,
-}
-
-/// The outcome of a configuration change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConfigOutcome {
-    /// The configuration entry that carries the change (or the one in effect, when the
-    /// change was already made).
-    pub config_sequence: u64,
-    /// Whether it is committed (held by the majorities the commit rule needs).
-    pub committed: bool,
-}
-
-/// Why a configuration change was not made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// The change cannot be made (e.g. removing the last voter, an unknown device).
-    #[error("{0}")]
-    Invalid(String),
-    /// The previous change did not commit in time (or too many changes wait): nothing was
-    /// written; ask again later.
-    #[error("a configuration change is pending: {0}; retry later")]
-    Pending(String),
-    /// Writing the entry failed (e.g. this device just stopped leading).
-    #[error("cannot write the configuration entry: {0}")]
-    Storage(String),
-}
-
 /// Make a membership change (the leader's notifier only). Answered once the entry is
 /// committed, or `committed: false` after `wait`.
 #[derive(Message)]
@@ -160,21 +90,6 @@ pub struct ChangeConfig {
 #[derive(Message)]
 #[rtype(result = "LeaderStatus")]
 pub struct GetLeaderStatus;
-
-/// See [`GetLeaderStatus`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaderStatus {
-    /// The commit sequence.
-    pub commit_sequence: u64,
-    /// The leader's first entry of its term, once written.
-    pub term_start: Option<u64>,
-    /// The configuration in effect.
-    pub membership: Membership,
-    /// Each follower's reported and matched positions.
-    pub positions: Vec<crate::membership::FollowerPosition>,
-    /// Changes waiting for the previous one to commit.
-    pub queued_changes: usize,
-}
 
 /// Everything the leader's core needs.
 #[derive(Clone)]
@@ -195,18 +110,6 @@ pub struct LeaderContext {
     pub reports: Option<Recipient<LeaderReport>>,
 }
 
-struct Queued {
-    change: MembershipChange,
-    deadline: tokio::time::Instant,
-    reply: oneshot::Sender<Result<ConfigOutcome, ConfigError>>,
-}
-
-struct Waiter {
-    sequence: u64,
-    deadline: tokio::time::Instant,
-    reply: oneshot::Sender<Result<ConfigOutcome, ConfigError>>,
-}
-
 /// The leader's core (see the module documentation).
 pub struct LeaderNotifier {
     sessions: Vec<Recipient<NewCommit>>,
@@ -215,19 +118,15 @@ pub struct LeaderNotifier {
     lead: Option<Lead>,
 }
 
+/// The shell's state around the core.
 struct Lead {
     cx: LeaderContext,
-    tracker: CommitTracker,
-    membership: Membership,
-    /// The leader's last sequence as last heard.
-    last: u64,
-    /// A configuration entry is being written (changes are serialized).
-    writing: bool,
-    queue: VecDeque<Queued>,
-    waiters: Vec<Waiter>,
-    /// Feature version each member reported.
-    features: BTreeMap<Uuid, u32>,
-    resigned: bool,
+    core: LeaderCore,
+    /// Reply channels of the changes asked and not answered yet.
+    replies: HashMap<Token, oneshot::Sender<Result<ConfigOutcome, ConfigError>>>,
+    next_token: Token,
+    /// The timer armed for the core's next deadline, and that deadline.
+    timer: Option<(SpawnHandle, Instant)>,
 }
 
 impl LeaderNotifier {
@@ -238,25 +137,106 @@ impl LeaderNotifier {
 
     /// The leader's core for the leadership in `cx`.
     pub fn leading(commits: broadcast::Receiver<CommitEvent>, cx: LeaderContext) -> Self {
-        let mut tracker = CommitTracker::new(cx.me, cx.term);
-        let m = &cx.membership;
-        if let Some(previous) = &m.previous_voters {
-            // The voter change at `voters_since` is not known to be committed: both majorities.
-            tracker.set_configuration(m.voters_since.saturating_sub(1), previous.clone());
-        }
-        tracker.set_configuration(m.voters_since, m.configuration.voters());
-        let lead = Lead {
-            membership: cx.membership.clone(),
-            cx,
-            tracker,
-            last: 0,
-            writing: false,
-            queue: VecDeque::new(),
-            waiters: Vec::new(),
-            features: BTreeMap::new(),
-            resigned: false,
-        };
+        let core = LeaderCore::new(
+            CoreConfig {
+                library_id: cx.library_id,
+                me: cx.me,
+                term: cx.term,
+                catch_up: cx.catch_up,
+            },
+            cx.membership.clone(),
+        );
+        let lead = Lead { cx, core, replies: HashMap::new(), next_token: 0, timer: None };
         Self { sessions: Vec::new(), commits: Some(commits), lead: Some(lead) }
+    }
+
+    fn now() -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    /// Runs one input through the core, performs what it returns and re-arms the timer.
+    fn step(
+        &mut self,
+        ctx: &mut Context<Self>,
+        input: impl FnOnce(&mut LeaderCore, Instant) -> Vec<Command>,
+    ) {
+        let Some(lead) = self.lead.as_mut() else { return };
+        let commands = input(&mut lead.core, Self::now());
+        for command in commands {
+            self.perform(command, ctx);
+        }
+        self.arm(ctx);
+    }
+
+    /// Keeps one timer armed at the core's next deadline.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        let Some(lead) = self.lead.as_mut() else { return };
+        let next = lead.core.next_deadline();
+        if lead.timer.map(|(_, at)| at) == next {
+            return;
+        }
+        if let Some((handle, _)) = lead.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = next {
+            let handle = ctx.run_later(at.saturating_duration_since(Self::now()), |this, ctx| {
+                if let Some(lead) = this.lead.as_mut() {
+                    lead.timer = None;
+                }
+                this.step(ctx, |core, now| core.tick(now));
+            });
+            lead.timer = Some((handle, at));
+        }
+    }
+
+    fn perform(&mut self, command: Command, ctx: &mut Context<Self>) {
+        let Some(lead) = self.lead.as_mut() else { return };
+        match command {
+            Command::Publish { commit_sequence, term_start, last } => {
+                let shared = &lead.cx.shared;
+                shared.last_sequence.fetch_max(last, Ordering::AcqRel);
+                if let Some(start) = term_start {
+                    shared.term_start.store(start, Ordering::Release);
+                }
+                shared.commit_sequence.store(commit_sequence, Ordering::Release);
+            }
+            Command::NoteCommit(commit) => {
+                let db = lead.cx.db.clone();
+                actix_rt::spawn(async move {
+                    if let Err(e) = run_blocking(move || db.note_commit(commit)).await {
+                        warn!(error = %e, "cannot note the commit of a voter change");
+                    }
+                });
+            }
+            Command::Report(report) => {
+                if let Some(r) = &lead.cx.reports {
+                    r.do_send(report);
+                }
+            }
+            Command::Answer { token, result } => {
+                if let Some(reply) = lead.replies.remove(&token) {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::WriteConfig(configuration) => self.write_config(configuration, ctx),
+        }
+    }
+
+    /// Commits `configuration` and reads the configuration in effect back, the mailbox
+    /// waiting (so that the core hears of the entry before its commit event), then tells the
+    /// core.
+    fn write_config(&mut self, configuration: Configuration, ctx: &mut Context<Self>) {
+        let Some(lead) = self.lead.as_ref() else { return };
+        let (tm, db) = (lead.cx.tm.clone(), lead.cx.db.clone());
+        let write = run_blocking(move || {
+            let entry = tm.commit_config(&configuration)?;
+            let membership = db.membership()?;
+            Ok(ConfigWritten { sequence: entry.sequence, membership })
+        });
+        ctx.wait(write.into_actor(self).map(|result, this, ctx| {
+            let result = result.map_err(|e: lsync_storage::StorageError| e.to_string());
+            this.step(ctx, |core, now| core.on_config_written(result, now));
+        }));
     }
 }
 
@@ -284,296 +264,22 @@ impl Actor for LeaderNotifier {
         };
         ctx.spawn(forward.into_actor(self));
         if let Some(lead) = &self.lead {
-            // The log as it is when the leadership starts (the mailbox waits for it).
+            // The log as it is when the leadership starts (the mailbox waits for it), then the
+            // term's first entry.
             let db = lead.cx.db.clone();
             ctx.wait(run_blocking(move || db.last_position()).into_actor(self).map(
-                |last, this, _| {
-                    if let (Some(lead), Ok(last)) = (this.lead.as_mut(), last) {
-                        lead.last = lead.last.max(last.sequence);
-                        lead.tracker.on_leader_appended(lead.last);
-                        lead.cx.shared.last_sequence.fetch_max(lead.last, Ordering::AcqRel);
-                    }
+                |last, this, ctx| {
+                    let last = match last {
+                        Ok(last) => last.sequence,
+                        Err(e) => {
+                            warn!(error = %e, "cannot read the log's last position");
+                            0
+                        }
+                    };
+                    this.step(ctx, |core, now| core.start(last, now));
                 },
             ));
         }
-        self.start_term(ctx);
-        ctx.run_interval(Duration::from_millis(100), |this, _| this.expire_waits());
-    }
-}
-
-impl LeaderNotifier {
-    /// Writes the term's first entry: a restatement of the configuration in effect, or — for a
-    /// library without configuration entries yet — nothing until every member can read them.
-    fn start_term(&mut self, ctx: &mut Context<Self>) {
-        let Some(lead) = self.lead.as_mut() else { return };
-        if !lead.membership.is_replicated() {
-            info!(library_id = %lead.cx.library_id, "library of feature version 1: the commit \
-                sequence starts once every member supports configuration entries");
-            return;
-        }
-        let configuration = lead.membership.configuration.clone();
-        self.write_config(configuration, ctx, |this, result, _| {
-            let Some(lead) = this.lead.as_mut() else { return };
-            match result {
-                Ok((entry, _)) => {
-                    lead.tracker.set_term_start(entry.sequence);
-                    lead.cx.shared.term_start.store(entry.sequence, Ordering::Release);
-                    info!(library_id = %lead.cx.library_id, term = lead.cx.term,
-                        sequence = entry.sequence, "term started");
-                }
-                Err(e) => warn!(library_id = %lead.cx.library_id, error = %e,
-                    "cannot write the first entry of the term"),
-            }
-        });
-    }
-
-    /// Commits `configuration` (serialized with other configuration writes: the mailbox
-    /// waits), tells the tracker before it hears of the entry's commit event, reports the new
-    /// membership to the service, then runs `then`.
-    fn write_config<F>(&mut self, configuration: Configuration, ctx: &mut Context<Self>, then: F)
-    where
-        F: FnOnce(&mut Self, Result<(SyncLogEntry, Membership), String>, &mut Context<Self>)
-            + 'static,
-    {
-        let Some(lead) = self.lead.as_mut() else { return };
-        lead.writing = true;
-        let (tm, db) = (lead.cx.tm.clone(), lead.cx.db.clone());
-        let write = run_blocking(move || {
-            let entry = tm.commit_config(&configuration)?;
-            let membership = db.membership()?;
-            Ok((entry, membership))
-        });
-        ctx.wait(write.into_actor(self).map(move |result, this, ctx| {
-            let result = result.map_err(|e| e.to_string());
-            if let (Some(lead), Ok((_, membership))) = (this.lead.as_mut(), &result) {
-                lead.install(membership.clone());
-            }
-            if let Some(lead) = this.lead.as_mut() {
-                lead.writing = false;
-            }
-            then(this, result, ctx);
-            this.after_progress(ctx);
-        }));
-    }
-
-    /// After anything that may move the commit sequence or allow a change.
-    fn after_progress(&mut self, ctx: &mut Context<Self>) {
-        let Some(lead) = self.lead.as_mut() else { return };
-        lead.publish();
-        if lead.writing {
-            return;
-        }
-        if let Some(configuration) = lead.upgrade() {
-            info!(library_id = %lead.cx.library_id, to = configuration.feature_version,
-                "every member supports configuration entries: raising the feature version");
-            let first = !lead.membership.is_replicated();
-            self.write_config(configuration, ctx, move |this, result, _| {
-                let Some(lead) = this.lead.as_mut() else { return };
-                match result {
-                    Ok((entry, _)) if first => {
-                        lead.tracker.set_term_start(entry.sequence);
-                        lead.cx.shared.term_start.store(entry.sequence, Ordering::Release);
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "cannot raise the feature version"),
-                }
-            });
-            return;
-        }
-        if lead.admissible().is_err() {
-            return;
-        }
-        if let Some(queued) = lead.queue.pop_front() {
-            self.make_change(queued, ctx);
-            return;
-        }
-        if let Some(configuration) = lead.voter_change() {
-            let voters = configuration.voters().len();
-            info!(library_id = %lead.cx.library_id, voters, "changing the voters");
-            self.write_config(configuration, ctx, |_, result, _| {
-                if let Err(e) = result {
-                    warn!(error = %e, "cannot change the voters");
-                }
-            });
-        }
-    }
-
-    fn make_change(&mut self, queued: Queued, ctx: &mut Context<Self>) {
-        let Some(lead) = self.lead.as_mut() else { return };
-        if tokio::time::Instant::now() >= queued.deadline {
-            let _ = queued.reply.send(Err(ConfigError::Pending(
-                "the previous change did not commit in time".into(),
-            )));
-            return;
-        }
-        let next = match lead.membership.configuration.with_change(&queued.change) {
-            Ok(next) => next,
-            Err(e) => {
-                let _ = queued.reply.send(Err(ConfigError::Invalid(e.0)));
-                return;
-            }
-        };
-        if next == lead.membership.configuration {
-            let sequence = lead.membership.sequence;
-            lead.waiters.push(Waiter { sequence, deadline: queued.deadline, reply: queued.reply });
-            lead.resolve_waiters();
-            return;
-        }
-        info!(library_id = %lead.cx.library_id, change = ?queued.change, "configuration change");
-        self.write_config(next, ctx, move |this, result, _| {
-            let Some(lead) = this.lead.as_mut() else { return };
-            match result {
-                Ok((entry, _)) => {
-                    lead.waiters.push(Waiter {
-                        sequence: entry.sequence,
-                        deadline: queued.deadline,
-                        reply: queued.reply,
-                    });
-                    lead.resolve_waiters();
-                }
-                Err(e) => {
-                    let _ = queued.reply.send(Err(ConfigError::Storage(e)));
-                }
-            }
-        });
-    }
-
-    fn expire_waits(&mut self) {
-        let Some(lead) = self.lead.as_mut() else { return };
-        let now = tokio::time::Instant::now();
-        for w in std::mem::take(&mut lead.waiters) {
-            if now >= w.deadline {
-                let _ = w
-                    .reply
-                    .send(Ok(ConfigOutcome { config_sequence: w.sequence, committed: false }));
-            } else {
-                lead.waiters.push(w);
-            }
-        }
-        while lead.queue.front().is_some_and(|q| now >= q.deadline) {
-            let q = lead.queue.pop_front().expect("checked");
-            let _ = q.reply.send(Err(ConfigError::Pending(
-                "the previous change did not commit in time".into(),
-            )));
-        }
-    }
-}
-
-impl Lead {
-    /// The configuration in effect changed (this leader wrote an entry): the tracker learns
-    /// its voters before any commit event of it, and the service is told.
-    fn install(&mut self, membership: Membership) {
-        if membership.voters_since > self.membership.voters_since
-            || !self.membership.is_replicated()
-        {
-            self.tracker
-                .set_configuration(membership.voters_since, membership.configuration.voters());
-        }
-        self.membership = membership.clone();
-        if let Some(r) = &self.cx.reports {
-            r.do_send(LeaderReport::Membership(membership));
-        }
-    }
-
-    /// Whether a configuration change may be appended now.
-    fn admissible(&self) -> Result<(), crate::membership::ChangeRefused> {
-        check_change(
-            self.membership.sequence,
-            self.tracker.commit_sequence(),
-            self.tracker.term_start(),
-        )
-    }
-
-    /// Publishes the commit sequence, forgets the previous voters once a voter change is
-    /// committed, answers the waiters it satisfies, and resigns when due.
-    fn publish(&mut self) {
-        let commit = self.tracker.commit_sequence();
-        let before = self.cx.shared.commit_sequence.swap(commit, Ordering::AcqRel);
-        if commit == before {
-            return;
-        }
-        if self.membership.previous_voters.is_some() && commit >= self.membership.voters_since {
-            let db = self.cx.db.clone();
-            actix_rt::spawn(async move {
-                if let Err(e) = run_blocking(move || db.note_commit(commit)).await {
-                    warn!(error = %e, "cannot note the commit of a voter change");
-                }
-            });
-            self.membership.previous_voters = None;
-            if let Some(r) = &self.cx.reports {
-                r.do_send(LeaderReport::Membership(self.membership.clone()));
-            }
-        }
-        self.resolve_waiters();
-        if !self.resigned
-            && !self.membership.configuration.is_voter(self.cx.me)
-            && commit >= self.membership.voters_since
-            && self.membership.is_replicated()
-        {
-            self.resigned = true;
-            info!(library_id = %self.cx.library_id, "no longer a voter of the committed \
-                configuration: stepping down");
-            if let Some(r) = &self.cx.reports {
-                r.do_send(LeaderReport::Resign);
-            }
-        }
-    }
-
-    fn resolve_waiters(&mut self) {
-        let commit = self.tracker.commit_sequence();
-        for w in std::mem::take(&mut self.waiters) {
-            if w.sequence <= commit {
-                let _ = w
-                    .reply
-                    .send(Ok(ConfigOutcome { config_sequence: w.sequence, committed: true }));
-            } else {
-                self.waiters.push(w);
-            }
-        }
-    }
-
-    /// The configuration that raises the library's feature version, once every member
-    /// reported supporting [`FEATURE_VERSION`] (for a library without configuration entries:
-    /// the members it has, every one a voter, as given by hand).
-    fn upgrade(&self) -> Option<Configuration> {
-        let current = &self.membership.configuration;
-        if current.feature_version >= FEATURE_VERSION {
-            return None;
-        }
-        if self.membership.is_replicated() && self.admissible().is_err() {
-            return None;
-        }
-        let ready = current
-            .members
-            .iter()
-            .filter(|m| m.device_id != self.cx.me)
-            .all(|m| self.features.get(&m.device_id).is_some_and(|v| *v >= FEATURE_VERSION));
-        if !ready || !current.contains(self.cx.me) {
-            return None;
-        }
-        let mut members = current.members.clone();
-        if !self.membership.is_replicated() {
-            for m in &mut members {
-                m.role = MemberRole::Voter;
-            }
-        }
-        let next = Configuration::new(FEATURE_VERSION, members);
-        next.validate().ok()?;
-        Some(next)
-    }
-
-    /// The next promotion or demotion, if one is due.
-    fn voter_change(&self) -> Option<Configuration> {
-        if !self.membership.is_replicated() || !self.membership.configuration.is_voter(self.cx.me) {
-            return None;
-        }
-        next_voter_change(
-            &self.membership.configuration,
-            self.cx.me,
-            |d| self.tracker.matched(d),
-            self.last,
-            self.cx.catch_up,
-        )
     }
 }
 
@@ -588,19 +294,7 @@ impl Handler<Committed> for LeaderNotifier {
     type Result = ();
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         let ev = msg.0;
-        if let Some(lead) = self.lead.as_mut() {
-            if ev.term == lead.cx.term {
-                lead.last = lead.last.max(ev.last_sequence);
-                lead.tracker.on_leader_appended(lead.last);
-                lead.cx.shared.last_sequence.fetch_max(lead.last, Ordering::AcqRel);
-                // With one voter the leader's own append commits: publish (cheap) here, decide
-                // changes when positions arrive.
-                lead.publish();
-                if !lead.queue.is_empty() && !lead.writing {
-                    self.after_progress(ctx);
-                }
-            }
-        }
+        self.step(ctx, |core, now| core.on_commit(ev.term, ev.last_sequence, now));
         let commit = NewCommit {
             range: Announce {
                 from_sequence: ev.first_sequence,
@@ -623,17 +317,7 @@ impl Handler<Committed> for LeaderNotifier {
 impl Handler<FollowerProgress> for LeaderNotifier {
     type Result = ();
     fn handle(&mut self, msg: FollowerProgress, ctx: &mut Context<Self>) {
-        let Some(lead) = self.lead.as_mut() else { return };
-        if let Some(v) = msg.features {
-            lead.features.insert(msg.device, v);
-        }
-        match lead.tracker.on_ack(msg.device, msg.ack) {
-            AckVerdict::Refused(reason) => {
-                debug!(device = %msg.device, ?reason, ack = ?msg.ack, "position not recorded")
-            }
-            verdict => debug!(device = %msg.device, ?verdict, ack = ?msg.ack, "position"),
-        }
-        self.after_progress(ctx);
+        self.step(ctx, |core, now| core.on_progress(msg, now));
     }
 }
 
@@ -645,18 +329,11 @@ impl Handler<ChangeConfig> for LeaderNotifier {
             None => {
                 let _ = tx.send(Err(ConfigError::Storage("this device does not lead".into())));
             }
-            Some(lead) if lead.queue.len() >= MAX_QUEUED_CHANGES => {
-                let _ = tx.send(Err(ConfigError::Pending(format!(
-                    "{MAX_QUEUED_CHANGES} changes wait already"
-                ))));
-            }
             Some(lead) => {
-                lead.queue.push_back(Queued {
-                    change: msg.change,
-                    deadline: tokio::time::Instant::now() + msg.wait,
-                    reply: tx,
-                });
-                self.after_progress(ctx);
+                let token = lead.next_token;
+                lead.next_token = lead.next_token.wrapping_add(1);
+                lead.replies.insert(token, tx);
+                self.step(ctx, |core, now| core.on_change(msg.change, msg.wait, token, now));
             }
         }
         Box::pin(async move {
@@ -669,13 +346,7 @@ impl Handler<GetLeaderStatus> for LeaderNotifier {
     type Result = MessageResult<GetLeaderStatus>;
     fn handle(&mut self, _: GetLeaderStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(match &self.lead {
-            Some(lead) => LeaderStatus {
-                commit_sequence: lead.tracker.commit_sequence(),
-                term_start: lead.tracker.term_start(),
-                membership: lead.membership.clone(),
-                positions: lead.tracker.positions(),
-                queued_changes: lead.queue.len(),
-            },
+            Some(lead) => lead.core.status(),
             None => LeaderStatus {
                 commit_sequence: 0,
                 term_start: None,
