@@ -4,10 +4,14 @@
 //! - [`network`] — the libp2p Swarm, driven by one task; [`network::NetworkHandle`] is the
 //!   cloneable client every actor uses. Routes inbound requests by `library_id`.
 //! - [`service`] — `SyncService`, one per library: supervisor of the role actors.
-//! - leader path: [`notifier`] (`LeaderNotifier`: commit events → announcements, batched by
-//!   [`window`]) → [`session`] (`FollowerSession`, one per follower: NewEntries, serves
-//!   FetchEntries / Acknowledge / Heartbeat, from [`log_cache`] when another follower fetched the
-//!   same block).
+//! - [`leader`] — the leader path, one folder: the pure [`leader::core::LeaderCore`] (term
+//!   start, commit sequence, configuration changes, promotions, upgrade, resignation) run by
+//!   [`notifier`] (`LeaderNotifier`: commit events → `NewCommit` to every session), and per
+//!   follower the pure [`leader::link::FollowerLink`] (notifications batched by [`window`],
+//!   inline entries, the term rule, positions, leaving) run by [`session`] (`FollowerSession`:
+//!   NewEntries, Heartbeat, serves FetchEntries / Acknowledge / Heartbeat with
+//!   [`leader::serve`], from [`log_cache`] when another follower fetched the same block).
+//!   [`notifier`], [`session`] and [`membership`] are re-exported here from [`leader`].
 //! - follower path: [`applier`] (`FollowerApplier`: NewEntries → fetch → apply → acknowledge,
 //!   reconnect with [`backoff`], full reconciliation).
 //! - [`proposer`] — delivers the library's durable outbox (writes made on a device that does
@@ -15,11 +19,14 @@
 //! - [`watcher`] — `ElectionWatcher`, one per library: runs the [`election`] state machine,
 //!   persists term and vote, tells the SyncService about role changes.
 //! - [`membership`] — the leader's side of replicated membership, pure: the commit sequence
-//!   under Raft's commit rule, when a configuration change may start, promotions and demotions.
+//!   under Raft's commit rule, when a configuration change may start, promotions and demotions
+//!   (in [`leader`]).
 //! - [`transport`] — the request seam between actors and network (tests script it).
 //! - [`events`] — events and status snapshots for the host; [`config`] — timers and limits.
 //!
-//! Decision logic with no I/O lives in [`window`] and [`backoff`]; actors are thin shells.
+//! Decision logic with no I/O lives in pure machines — [`election`], [`leader::core`],
+//! [`leader::link`], [`membership`], [`window`], [`backoff`] — that the actors run as thin
+//! shells.
 #![forbid(unsafe_code)]
 
 pub mod applier;
@@ -29,14 +36,12 @@ pub mod config;
 pub mod election;
 pub mod events;
 pub mod fencing;
+pub mod leader;
 pub mod log_cache;
-pub mod membership;
 pub mod metrics;
 pub mod network;
-pub mod notifier;
 pub mod proposer;
 pub mod service;
-pub mod session;
 #[cfg(test)]
 mod testkit;
 pub mod transport;
@@ -47,6 +52,7 @@ pub use config::SyncConfig;
 pub use events::{
     ApplierStatus, FollowerState, FollowerStatus, LibraryStatus, Progress, SyncEvent,
 };
+pub use leader::{membership, notifier, session};
 pub use metrics::Metrics;
 pub use service::{AddMember, GetStatus, LibraryContext, Shutdown, SyncService};
 pub use transport::{NetworkError, Transport};

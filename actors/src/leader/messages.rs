@@ -1,0 +1,92 @@
+//! The data the leader's pieces pass each other: what the leader's core hands every follower
+//! link ([`NewCommit`]), what a link hands the core ([`FollowerProgress`]), and what the core
+//! answers the SyncService ([`LeaderReport`], [`ConfigOutcome`], [`ConfigError`],
+//! [`LeaderStatus`]). Plain data: the pure machines ([`super::link`], [`super::core`]) take and
+//! return them, the actors ([`super::session`], [`super::notifier`]) carry them.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use lsync_protocol::SyncLogEntry;
+use lsync_storage::Membership;
+use uuid::Uuid;
+
+use crate::membership::{AckPosition, FollowerPosition};
+use crate::window::Announce;
+
+/// One commit, as the leader's core hands it to every follower session.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct NewCommit {
+    /// The committed range.
+    pub range: Announce,
+    /// The term of the entry before the range.
+    pub prev_term: u64,
+    /// The committed entries, when the commit was small (see
+    /// [`lsync_storage::COMMIT_EVENT_MAX_ENTRIES`]): a session sends them inside `NewEntries`.
+    pub entries: Option<Arc<[SyncLogEntry]>>,
+}
+
+/// A follower reported its position (an acknowledgement, the answer to `NewEntries`, a
+/// heartbeat); its link checked its term first.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct FollowerProgress {
+    /// The follower.
+    pub device: Uuid,
+    /// What it reported.
+    pub ack: AckPosition,
+    /// The library feature version it supports, when it said (heartbeats).
+    pub features: Option<u32>,
+}
+
+/// What the leader's core tells the SyncService.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum LeaderReport {
+    /// The configuration in effect changed (a configuration entry this leader committed, or
+    /// the previous voters forgotten once a voter change committed).
+    Membership(Membership),
+    /// A configuration that does not make this device a voter is committed: step down.
+    Resign,
+}
+
+/// The outcome of a configuration change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigOutcome {
+    /// The configuration entry that carries the change (or the one in effect, when the
+    /// change was already made).
+    pub config_sequence: u64,
+    /// Whether it is committed (held by the majorities the commit rule needs).
+    pub committed: bool,
+}
+
+/// Why a configuration change was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The change cannot be made (e.g. removing the last voter, an unknown device).
+    #[error("{0}")]
+    Invalid(String),
+    /// The previous change did not commit in time (or too many changes wait): nothing was
+    /// written; ask again later.
+    #[error("a configuration change is pending: {0}; retry later")]
+    Pending(String),
+    /// Writing the entry failed (e.g. this device just stopped leading).
+    #[error("cannot write the configuration entry: {0}")]
+    Storage(String),
+}
+
+/// The leadership as its core sees it, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderStatus {
+    /// The commit sequence.
+    pub commit_sequence: u64,
+    /// The leader's first entry of its term, once written.
+    pub term_start: Option<u64>,
+    /// The configuration in effect.
+    pub membership: Membership,
+    /// Each follower's reported and matched positions.
+    pub positions: Vec<FollowerPosition>,
+    /// Changes waiting for the previous one to commit.
+    pub queued_changes: usize,
+}

@@ -1,0 +1,427 @@
+//! LeaderNotifier — on the leader, one per library and leadership: the actor shell of the pure
+//! [`LeaderCore`] (what is decided lives there: term start, commit sequence, configuration
+//! changes and their answers, promotions and demotions, feature upgrade, resignation).
+//!
+//! Receives: commit events of the library's TransactionManager (forwarded from its broadcast
+//! channel with backpressure), the set of follower sessions ([`SetSessions`]), every
+//! follower's reported position ([`FollowerProgress`], from the sessions), membership changes
+//! to make ([`ChangeConfig`], from the SyncService), [`GetLeaderStatus`].
+//! Emits: [`NewCommit`] (range, and the entries of a small commit) to every follower session,
+//! at once — each session decides when its follower is told (see [`crate::window`]);
+//! [`LeaderReport`]s to the SyncService (a configuration it committed, the request to resign);
+//! the leadership ([`LeaderShared`]: commit sequence, term start, last sequence) for the
+//! sessions and status; answers to [`ChangeConfig`].
+//!
+//! It owns the I/O only: reading the log's last position when the leadership starts, writing
+//! configuration entries (`TransactionManager::commit_config`, serialized: the mailbox waits
+//! for each write, so the core learns the entry before any later commit event), noting commits
+//! in storage, the reply channels of changes asked, and the one timer armed at
+//! [`LeaderCore::next_deadline`].
+//!
+//! Memory: the core's (one position per member, at most [`MAX_QUEUED_CHANGES`] changes
+//! waiting) plus one reply channel per change not answered yet.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use lsync_protocol::{Configuration, MembershipChange};
+use lsync_storage::{CommitEvent, Database, Membership, TransactionManager};
+use tokio::sync::{broadcast, oneshot};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::core::{Command, ConfigWritten, CoreConfig, LeaderCore, Token};
+use crate::blocking::run_blocking;
+use crate::window::Announce;
+
+pub use super::core::MAX_QUEUED_CHANGES;
+pub use super::messages::{
+    ConfigError, ConfigOutcome, FollowerProgress, LeaderReport, LeaderStatus, NewCommit,
+};
+
+/// Replaces the sessions the notifier announces to.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetSessions(pub Vec<Recipient<NewCommit>>);
+
+/// A commit happened (sent by the forwarding task).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed(pub CommitEvent);
+
+/// What the leader's sessions and the status read of the leadership, lock-free.
+#[derive(Debug, Default)]
+pub struct LeaderShared {
+    /// The commit sequence (0 until the term's first entry commits).
+    pub commit_sequence: AtomicU64,
+    /// The sequence of the leader's first entry of its term (0 until written).
+    pub term_start: AtomicU64,
+    /// The leader's last sequence as the core last heard it (a follower cannot hold more).
+    pub last_sequence: AtomicU64,
+}
+
+impl LeaderShared {
+    /// The commit sequence now.
+    pub fn commit_sequence(&self) -> u64 {
+        self.commit_sequence.load(Ordering::Acquire)
+    }
+
+    /// The leader's last sequence as the core last heard it.
+    pub fn last_sequence(&self) -> u64 {
+        self.last_sequence.load(Ordering::Acquire)
+    }
+}
+
+/// Make a membership change (the leader's notifier only). Answered once the entry is
+/// committed, or `committed: false` after `wait`.
+#[derive(Message)]
+#[rtype(result = "Result<ConfigOutcome, ConfigError>")]
+pub struct ChangeConfig {
+    /// The change.
+    pub change: MembershipChange,
+    /// How long to wait for the previous change and for this one to commit.
+    pub wait: Duration,
+}
+
+/// The leadership as the notifier sees it, for status.
+#[derive(Message)]
+#[rtype(result = "LeaderStatus")]
+pub struct GetLeaderStatus;
+
+/// Everything the leader's core needs.
+#[derive(Clone)]
+pub struct LeaderContext {
+    pub library_id: Uuid,
+    /// This device, the leader.
+    pub me: Uuid,
+    /// The term it leads.
+    pub term: u64,
+    pub db: Database,
+    pub tm: TransactionManager,
+    /// The configuration in effect when the leadership starts.
+    pub membership: Membership,
+    /// A learner is caught up within this many entries of the leader's last (one response).
+    pub catch_up: u64,
+    pub shared: Arc<LeaderShared>,
+    /// Where [`LeaderReport`]s go.
+    pub reports: Option<Recipient<LeaderReport>>,
+}
+
+/// The leader's core (see the module documentation).
+pub struct LeaderNotifier {
+    sessions: Vec<Recipient<NewCommit>>,
+    commits: Option<broadcast::Receiver<CommitEvent>>,
+    /// None: a notifier that only forwards commits (tests of the announcement path).
+    lead: Option<Lead>,
+}
+
+/// The shell's state around the core.
+struct Lead {
+    cx: LeaderContext,
+    core: LeaderCore,
+    /// Reply channels of the changes asked and not answered yet.
+    replies: HashMap<Token, oneshot::Sender<Result<ConfigOutcome, ConfigError>>>,
+    next_token: Token,
+    /// The timer armed for the core's next deadline, and that deadline.
+    timer: Option<(SpawnHandle, Instant)>,
+}
+
+impl LeaderNotifier {
+    /// A notifier reading `commits` that only forwards them to sessions (no commit tracking).
+    pub fn new(commits: broadcast::Receiver<CommitEvent>) -> Self {
+        Self { sessions: Vec::new(), commits: Some(commits), lead: None }
+    }
+
+    /// The leader's core for the leadership in `cx`.
+    pub fn leading(commits: broadcast::Receiver<CommitEvent>, cx: LeaderContext) -> Self {
+        let core = LeaderCore::new(
+            CoreConfig {
+                library_id: cx.library_id,
+                me: cx.me,
+                term: cx.term,
+                catch_up: cx.catch_up,
+            },
+            cx.membership.clone(),
+        );
+        let lead = Lead { cx, core, replies: HashMap::new(), next_token: 0, timer: None };
+        Self { sessions: Vec::new(), commits: Some(commits), lead: Some(lead) }
+    }
+
+    fn now() -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    /// Runs one input through the core, performs what it returns and re-arms the timer.
+    fn step(
+        &mut self,
+        ctx: &mut Context<Self>,
+        input: impl FnOnce(&mut LeaderCore, Instant) -> Vec<Command>,
+    ) {
+        let Some(lead) = self.lead.as_mut() else { return };
+        let commands = input(&mut lead.core, Self::now());
+        for command in commands {
+            self.perform(command, ctx);
+        }
+        self.arm(ctx);
+    }
+
+    /// Keeps one timer armed at the core's next deadline.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        let Some(lead) = self.lead.as_mut() else { return };
+        let next = lead.core.next_deadline();
+        if lead.timer.map(|(_, at)| at) == next {
+            return;
+        }
+        if let Some((handle, _)) = lead.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = next {
+            let handle = ctx.run_later(at.saturating_duration_since(Self::now()), |this, ctx| {
+                if let Some(lead) = this.lead.as_mut() {
+                    lead.timer = None;
+                }
+                this.step(ctx, |core, now| core.tick(now));
+            });
+            lead.timer = Some((handle, at));
+        }
+    }
+
+    fn perform(&mut self, command: Command, ctx: &mut Context<Self>) {
+        let Some(lead) = self.lead.as_mut() else { return };
+        match command {
+            Command::Publish { commit_sequence, term_start, last } => {
+                let shared = &lead.cx.shared;
+                shared.last_sequence.fetch_max(last, Ordering::AcqRel);
+                if let Some(start) = term_start {
+                    shared.term_start.store(start, Ordering::Release);
+                }
+                shared.commit_sequence.store(commit_sequence, Ordering::Release);
+            }
+            Command::NoteCommit(commit) => {
+                let db = lead.cx.db.clone();
+                actix_rt::spawn(async move {
+                    if let Err(e) = run_blocking(move || db.note_commit(commit)).await {
+                        warn!(error = %e, "cannot note the commit of a voter change");
+                    }
+                });
+            }
+            Command::Report(report) => {
+                if let Some(r) = &lead.cx.reports {
+                    r.do_send(report);
+                }
+            }
+            Command::Answer { token, result } => {
+                if let Some(reply) = lead.replies.remove(&token) {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::WriteConfig(configuration) => self.write_config(configuration, ctx),
+        }
+    }
+
+    /// Commits `configuration` and reads the configuration in effect back, the mailbox
+    /// waiting (so that the core hears of the entry before its commit event), then tells the
+    /// core.
+    fn write_config(&mut self, configuration: Configuration, ctx: &mut Context<Self>) {
+        let Some(lead) = self.lead.as_ref() else { return };
+        let (tm, db) = (lead.cx.tm.clone(), lead.cx.db.clone());
+        let write = run_blocking(move || {
+            let entry = tm.commit_config(&configuration)?;
+            let membership = db.membership()?;
+            Ok(ConfigWritten { sequence: entry.sequence, membership })
+        });
+        ctx.wait(write.into_actor(self).map(|result, this, ctx| {
+            let result = result.map_err(|e: lsync_storage::StorageError| e.to_string());
+            this.step(ctx, |core, now| core.on_config_written(result, now));
+        }));
+    }
+}
+
+impl Actor for LeaderNotifier {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
+        let Some(mut rx) = self.commits.take() else { return };
+        let me = ctx.address();
+        let forward = async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        if me.send(Committed(ev)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        debug!(skipped = n, "notifier lagged behind commit events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        };
+        ctx.spawn(forward.into_actor(self));
+        if let Some(lead) = &self.lead {
+            // The log as it is when the leadership starts (the mailbox waits for it), then the
+            // term's first entry.
+            let db = lead.cx.db.clone();
+            ctx.wait(run_blocking(move || db.last_position()).into_actor(self).map(
+                |last, this, ctx| {
+                    let last = match last {
+                        Ok(last) => last.sequence,
+                        Err(e) => {
+                            warn!(error = %e, "cannot read the log's last position");
+                            0
+                        }
+                    };
+                    this.step(ctx, |core, now| core.start(last, now));
+                },
+            ));
+        }
+    }
+}
+
+impl Handler<SetSessions> for LeaderNotifier {
+    type Result = ();
+    fn handle(&mut self, msg: SetSessions, _: &mut Context<Self>) {
+        self.sessions = msg.0;
+    }
+}
+
+impl Handler<Committed> for LeaderNotifier {
+    type Result = ();
+    fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        let ev = msg.0;
+        self.step(ctx, |core, now| core.on_commit(ev.term, ev.last_sequence, now));
+        let commit = NewCommit {
+            range: Announce {
+                from_sequence: ev.first_sequence,
+                to_sequence: ev.last_sequence,
+                term: ev.term,
+            },
+            prev_term: ev.prev_term,
+            entries: ev.entries,
+        };
+        for s in &self.sessions {
+            // Sessions merge announcements themselves; a full mailbox only drops a range the
+            // session would have merged with the next one (followers fetch from their own
+            // position, not from the announced range; the session sends no entries for a
+            // range it did not see whole).
+            let _ = s.try_send(commit.clone());
+        }
+    }
+}
+
+impl Handler<FollowerProgress> for LeaderNotifier {
+    type Result = ();
+    fn handle(&mut self, msg: FollowerProgress, ctx: &mut Context<Self>) {
+        self.step(ctx, |core, now| core.on_progress(msg, now));
+    }
+}
+
+impl Handler<ChangeConfig> for LeaderNotifier {
+    type Result = ResponseFuture<Result<ConfigOutcome, ConfigError>>;
+    fn handle(&mut self, msg: ChangeConfig, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        match self.lead.as_mut() {
+            None => {
+                let _ = tx.send(Err(ConfigError::Storage("this device does not lead".into())));
+            }
+            Some(lead) => {
+                let token = lead.next_token;
+                lead.next_token = lead.next_token.wrapping_add(1);
+                lead.replies.insert(token, tx);
+                self.step(ctx, |core, now| core.on_change(msg.change, msg.wait, token, now));
+            }
+        }
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| Err(ConfigError::Storage("the leader stopped".into())))
+        })
+    }
+}
+
+impl Handler<GetLeaderStatus> for LeaderNotifier {
+    type Result = MessageResult<GetLeaderStatus>;
+    fn handle(&mut self, _: GetLeaderStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(match &self.lead {
+            Some(lead) => lead.core.status(),
+            None => LeaderStatus {
+                commit_sequence: 0,
+                term_start: None,
+                membership: Membership {
+                    configuration: Configuration::new(0, Vec::new()),
+                    sequence: 0,
+                    voters_since: 0,
+                    previous_voters: None,
+                },
+                positions: Vec::new(),
+                queued_changes: 0,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::testkit::entry;
+
+    struct Recorder(Arc<Mutex<Vec<NewCommit>>>);
+    impl Actor for Recorder {
+        type Context = Context<Self>;
+    }
+    impl Handler<NewCommit> for Recorder {
+        type Result = ();
+        fn handle(&mut self, msg: NewCommit, _: &mut Context<Self>) {
+            self.0.lock().unwrap().push(msg);
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn every_commit_reaches_every_session_at_once() {
+        tokio::time::pause();
+        let (a, b) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let (tx, rx) = broadcast::channel(64);
+        let notifier = LeaderNotifier::new(rx).start();
+        notifier
+            .send(SetSessions(vec![
+                Recorder(a.clone()).start().recipient(),
+                Recorder(b.clone()).start().recipient(),
+            ]))
+            .await
+            .unwrap();
+        for i in 1..=3 {
+            tx.send(CommitEvent {
+                library_id: Uuid::nil(),
+                term: 1,
+                first_sequence: i,
+                last_sequence: i,
+                prev_term: u64::from(i > 1),
+                entries: (i == 2).then(|| Arc::from(vec![entry(2, 0)])),
+            })
+            .unwrap();
+        }
+        settle().await;
+        let expect: Vec<_> = (1..=3)
+            .map(|i| NewCommit {
+                range: Announce { from_sequence: i, to_sequence: i, term: 1 },
+                prev_term: u64::from(i > 1),
+                entries: (i == 2).then(|| Arc::from(vec![entry(2, 0)])),
+            })
+            .collect();
+        assert_eq!(*a.lock().unwrap(), expect, "no time passed: nothing is held back");
+        assert_eq!(*b.lock().unwrap(), expect);
+    }
+}

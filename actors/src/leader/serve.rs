@@ -1,0 +1,252 @@
+//! Serving a follower's requests from the leader's log: plain storage and log-cache reads, no
+//! actor state, no decisions about the follower (those are [`super::link`]'s). The
+//! [`FollowerSession`](super::session::FollowerSession) performs a link's
+//! [`Serve`](super::link::Command::Serve) with [`serve_cached`] on its own thread when the log
+//! cache holds the block, else with [`serve`] on the blocking pool.
+//!
+//! Also owns how an entry is counted against `max_response_bytes` ([`entry_bytes`]), for
+//! responses, `NewEntries` and the log cache alike.
+
+use lsync_protocol::{ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
+use lsync_storage::{Database, StorageError, SyncLog};
+use uuid::Uuid;
+
+use super::link::not_leader;
+use super::session::SessionContext;
+use crate::fencing::stale_term;
+use crate::metrics::Metrics;
+
+/// Answers one follower request from the leader's log. Pure storage reads; no actor state.
+pub fn serve(
+    db: &Database,
+    cx: &SessionContext,
+    msg: SyncMessage,
+) -> Result<SyncMessage, StorageError> {
+    let library_id = cx.library_id;
+    let term = cx.term;
+    let commit_sequence = cx.leader.commit_sequence();
+    db.with_reader(|conn| {
+        let last = SyncLog::last(conn)?;
+        let sync_required = |reason| SyncMessage::SyncRequired {
+            library_id,
+            term,
+            reason,
+            leader_last_sequence: last.sequence,
+        };
+        Ok(match msg {
+            SyncMessage::FetchEntries {
+                term: their, since_sequence, since_term, limit, ..
+            } => {
+                if their > term {
+                    not_leader(library_id, their, term)
+                } else if limit == 0 {
+                    SyncMessage::error(
+                        library_id,
+                        ErrorCode::BadRequest,
+                        "limit must be at least 1",
+                    )
+                } else if let Some(reason) = divergence(conn, last, since_sequence, since_term)? {
+                    sync_required(reason)
+                } else {
+                    let (mut entries, cached) =
+                        read_through(conn, cx, last, since_sequence, limit)?;
+                    let counter = if cached {
+                        &cx.metrics.fetches_served_cached
+                    } else {
+                        &cx.metrics.fetches_served_storage
+                    };
+                    Metrics::add(counter, 1);
+                    cap_bytes(&mut entries, cx.max_response_bytes);
+                    let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
+                    SyncMessage::EntriesResponse {
+                        commit_sequence,
+                        library_id,
+                        term,
+                        has_more: served_to < last.sequence,
+                        entries,
+                        leader_last_sequence: last.sequence,
+                    }
+                }
+            }
+            SyncMessage::Heartbeat { term: their, current_sequence, last_term, .. } => {
+                if their > term {
+                    not_leader(library_id, their, term)
+                } else if let Some(reason) = divergence(conn, last, current_sequence, last_term)? {
+                    sync_required(reason)
+                } else {
+                    leader_heartbeat(library_id, term, last, commit_sequence)
+                }
+            }
+            SyncMessage::Acknowledge { up_to_sequence, .. } => {
+                if up_to_sequence > last.sequence {
+                    SyncMessage::error(
+                        library_id,
+                        ErrorCode::BadRequest,
+                        format!(
+                            "acknowledged {up_to_sequence} beyond the last sequence {}",
+                            last.sequence
+                        ),
+                    )
+                } else {
+                    leader_heartbeat(library_id, term, last, commit_sequence)
+                }
+            }
+            SyncMessage::NewEntries { term: their, .. } if their < term => {
+                stale_term(library_id, "NewEntries", their, term, cx.leader_device)
+            }
+            SyncMessage::NewEntries { .. } => SyncMessage::error(
+                library_id,
+                ErrorCode::BadRequest,
+                "this device leads the library; only a leader sends NewEntries",
+            ),
+            other => SyncMessage::error(
+                library_id,
+                ErrorCode::BadRequest,
+                format!("{} is a response, not a request", other.kind()),
+            ),
+        })
+    })
+}
+
+/// Answers a `FetchEntries` from the log cache when the block holding its first entry is cached
+/// and the follower's entry at `since_sequence` has the leader's term; `None` otherwise (the
+/// request then goes to [`serve`], which answers whatever it is). Same answer as [`serve`]'s,
+/// except that `leader_last_sequence` may be a few commits old (as if read a moment earlier).
+pub fn serve_cached(cx: &SessionContext, msg: &SyncMessage) -> Option<SyncMessage> {
+    let SyncMessage::FetchEntries { term: their, since_sequence, since_term, limit, .. } = *msg
+    else {
+        return None;
+    };
+    if their != cx.term || limit == 0 {
+        return None;
+    }
+    let first = since_sequence.checked_add(1)?;
+    let block = cx.cache.get_for(first, |b| b.term_at(since_sequence) == Some(since_term))?;
+    let (_, end) = cx.cache.block_of(first);
+    let upto = end.min(since_sequence.saturating_add(limit.min(cx.max_entries_per_response)));
+    let mut entries = block.slice(first, upto).to_vec();
+    cap_bytes(&mut entries, cx.max_response_bytes);
+    let last = cx.cache.last().max(end);
+    let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
+    Some(SyncMessage::EntriesResponse {
+        commit_sequence: cx.leader.commit_sequence(),
+        library_id: cx.library_id,
+        term: cx.term,
+        has_more: served_to < last,
+        entries,
+        leader_last_sequence: last,
+    })
+}
+
+/// The entries after `since` for a response (before the byte cap): at most `limit` (capped at
+/// `max_entries_per_response`) and never past the end of `since + 1`'s cache block, so that a
+/// follower's next fetch starts a block. When several followers fetch, a complete block is read
+/// whole (with the entry before it, for its term) and kept in the cache for the others; the
+/// log's last, incomplete block, and every block when one follower fetches, is read as asked
+/// and not kept. Also says whether the entries came from the cache.
+fn read_through(
+    conn: &mut diesel::SqliteConnection,
+    cx: &SessionContext,
+    last: lsync_storage::LogPosition,
+    since: u64,
+    limit: u64,
+) -> Result<(Vec<SyncLogEntry>, bool), StorageError> {
+    cx.cache.note_last(last.sequence);
+    let first = since.saturating_add(1);
+    let (start, end) = cx.cache.block_of(first);
+    let upto = end.min(since.saturating_add(limit.min(cx.max_entries_per_response)));
+    if end <= last.sequence && cx.cache.keeps_blocks() {
+        // Requests are served one at a time on the reader connection: another follower's
+        // request may have read this block while this one waited for the connection.
+        if let Some(block) = cx.cache.get(first) {
+            return Ok((block.slice(first, upto).to_vec(), true));
+        }
+        let rows = SyncLog::fetch_range(conn, start.saturating_sub(1).max(1), end)?;
+        if let Some(block) = cx.cache.insert(start, rows) {
+            return Ok((block.into_vec(first, upto), false));
+        }
+    }
+    Ok((SyncLog::fetch_since(conn, since, upto.saturating_sub(since))?, false))
+}
+
+/// What one entry counts against `max_response_bytes` (in a response or inside `NewEntries`).
+pub fn entry_bytes(e: &SyncLogEntry) -> usize {
+    e.data.len() + e.model_type.len() + e.record_id.len() + 64
+}
+
+/// Keeps the longest prefix of `entries` whose payloads fit in `max_bytes` (at least one entry,
+/// so a follower always progresses), keeping every response well inside the frame limit.
+fn cap_bytes(entries: &mut Vec<SyncLogEntry>, max_bytes: usize) {
+    let mut total = 0usize;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            total += entry_bytes(e);
+            total > max_bytes
+        })
+        .unwrap_or(entries.len())
+        .max(1);
+    entries.truncate(keep);
+}
+
+fn leader_heartbeat(
+    library_id: Uuid,
+    term: u64,
+    last: lsync_storage::LogPosition,
+    commit_sequence: u64,
+) -> SyncMessage {
+    SyncMessage::Heartbeat {
+        commit_sequence,
+        features: lsync_protocol::FEATURE_VERSION,
+        library_id,
+        term,
+        current_sequence: last.sequence,
+        last_term: last.term,
+        role: SyncRole::Leader,
+    }
+}
+
+/// Whether a follower whose log ends at `(term, sequence)` can continue from the leader's log.
+fn divergence(
+    conn: &mut diesel::SqliteConnection,
+    leader_last: lsync_storage::LogPosition,
+    sequence: u64,
+    term: u64,
+) -> Result<Option<String>, StorageError> {
+    if sequence > leader_last.sequence {
+        return Ok(Some(format!(
+            "follower log ends at {sequence}, beyond the leader's last sequence {}",
+            leader_last.sequence
+        )));
+    }
+    if sequence == 0 {
+        return Ok(None);
+    }
+    match SyncLog::term_at(conn, sequence)? {
+        Some(t) if t == term => Ok(None),
+        Some(t) => Ok(Some(format!(
+            "follower entry {sequence} has term {term}, the leader's has term {t}: logs diverged"
+        ))),
+        None => Ok(Some(format!("the leader no longer holds entry {sequence}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::entry;
+
+    #[test]
+    fn byte_cap_keeps_at_least_one_entry() {
+        let sized = |n: usize| entry(1, n);
+        let mut v = vec![sized(600), sized(600), sized(600)];
+        cap_bytes(&mut v, 1_000);
+        assert_eq!(v.len(), 1);
+        let mut v = vec![sized(5_000)];
+        cap_bytes(&mut v, 1_000);
+        assert_eq!(v.len(), 1, "a single large entry still goes");
+        let mut v = vec![sized(10), sized(10)];
+        cap_bytes(&mut v, 1_000);
+        assert_eq!(v.len(), 2);
+    }
+}
