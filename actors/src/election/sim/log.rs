@@ -193,6 +193,11 @@ impl Log {
         self.writes.contains_key(&w)
     }
 
+    /// Whether the log holds write `w` at or below its known commit sequence.
+    pub fn holds_committed(&self, w: u64) -> bool {
+        self.writes.get(&w).is_some_and(|s| *s <= self.commit)
+    }
+
     /// A write id pushed while the log already held it: `(write, first sequence, second)`.
     pub fn doubled(&self) -> Option<(u64, u64, u64)> {
         self.doubled
@@ -224,8 +229,12 @@ impl Log {
         if prev_seq > self.len() {
             return Ok(Err(Refusal::Mismatch { hint: self.len() }));
         }
-        if self.term_at(prev_seq) != prev_term {
-            return Ok(Err(Refusal::Mismatch { hint: prev_seq.saturating_sub(1) }));
+        let held = self.term_at(prev_seq);
+        if held != prev_term {
+            // Back up past the whole conflicting term at once (Raft's usual shortcut; one entry
+            // per round trip made a long divergent tail take longer than the drain allows).
+            let first = self.first_of_term(held).unwrap_or(prev_seq);
+            return Ok(Err(Refusal::Mismatch { hint: first.min(prev_seq).saturating_sub(1) }));
         }
         let mut truncated = Vec::new();
         for (k, e) in entries.iter().enumerate() {

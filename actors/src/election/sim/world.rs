@@ -60,8 +60,10 @@ enum Msg {
     Propose {
         writes: Vec<u64>,
     },
-    /// The leader's answer: these write ids are in its log (appended now, or held already).
+    /// The leader's answer: these write ids are in its log of `term` (appended now, or held
+    /// already).
     Proposed {
+        term: u64,
         writes: Vec<u64>,
     },
 }
@@ -139,8 +141,12 @@ struct Node {
     /// The log's [`Log::generation`] at which the machine's membership was last found equal
     /// to the log's (None after a restart).
     synced: Option<u64>,
-    /// The write ids cut from its log, to propose again (durable: kept across restarts).
+    /// The write ids cut from its log, to propose again until its log holds them committed
+    /// (durable: kept across restarts).
     outbox: Vec<u64>,
+    /// Writes of the outbox a leader answered it appended, with that leader's term: not sent
+    /// again while this device is in that term.
+    answered: BTreeMap<u64, u64>,
     /// When its proposer runs next, and the delay after that (doubling up to a bound).
     propose_at: Option<Duration>,
     propose_backoff: Duration,
@@ -162,9 +168,18 @@ impl Node {
             cut: BTreeSet::new(),
             synced: None,
             outbox: Vec::new(),
+            answered: BTreeMap::new(),
             propose_at: None,
             propose_backoff: PROPOSE_RETRY_MIN,
         }
+    }
+
+    /// Drops from the outbox every write its log holds committed.
+    fn drop_committed(&mut self) {
+        let log = &self.log;
+        self.outbox.retain(|w| !log.holds_committed(*w));
+        let outbox = &self.outbox;
+        self.answered.retain(|w, _| outbox.contains(w));
     }
 }
 
@@ -860,12 +875,18 @@ impl Sim {
         let Some(m) = self.nodes[to].machine.as_mut() else { return Ok(()) };
         match msg {
             Msg::Propose { writes } => self.on_propose(to, from, writes)?,
-            Msg::Proposed { writes } => {
-                // Delivered: the rest goes on at once (as the product's proposer does).
+            Msg::Proposed { term, writes } => {
+                // Appended: kept until its log holds them committed, not sent again in this
+                // term; the rest goes on at once.
+                let current = m.term();
                 let node = &mut self.nodes[to];
-                node.outbox.retain(|w| !writes.contains(w));
+                for w in writes {
+                    if node.outbox.contains(&w) {
+                        node.answered.insert(w, term);
+                    }
+                }
                 node.propose_backoff = PROPOSE_RETRY_MIN;
-                if !node.outbox.is_empty() {
+                if node.outbox.iter().any(|w| node.answered.get(w) != Some(&current)) {
                     self.arm_propose(to, Duration::ZERO);
                 }
             }
@@ -957,7 +978,7 @@ impl Sim {
 
     /// Follower `i`'s log was cut: its ordinary writes go into its outbox (configuration
     /// entries, the leaders' first entries of their terms among them, are never proposed
-    /// again); a write its log holds (again) leaves the outbox.
+    /// again).
     fn set_aside(&mut self, i: usize, truncated: &[Entry]) {
         let node = &mut self.nodes[i];
         let before = node.outbox.len();
@@ -967,8 +988,7 @@ impl Sim {
                 self.outcome.set_aside += 1;
             }
         }
-        let log = &node.log;
-        node.outbox.retain(|w| !log.holds(*w));
+        node.drop_committed();
         if before == 0 && !node.outbox.is_empty() {
             let ids = node.outbox.clone();
             self.log(|| format!("node {i} sets aside writes {ids:?}"));
@@ -977,27 +997,40 @@ impl Sim {
         }
     }
 
-    /// Node `i`'s proposer: while its outbox holds anything, appends it as the leader or
-    /// proposes it to the leader it follows, and tries again after a delay that doubles up to
-    /// [`PROPOSE_RETRY_MAX`] (until the answer or its own log shows the writes appended).
+    /// Node `i`'s proposer: while its outbox holds anything, appends it as the leader (what
+    /// its log does not hold) or proposes it to the leader it follows (what no leader of its
+    /// current term answered), and runs again after a delay that doubles up to
+    /// [`PROPOSE_RETRY_MAX`], until its log holds every write committed.
     fn propose(&mut self, i: usize) -> Result<(), String> {
         let node = &mut self.nodes[i];
-        let Some(m) = node.machine.as_ref() else { return Ok(()) };
-        let log = &node.log;
-        node.outbox.retain(|w| !log.holds(*w));
+        let Some((leader, term)) = node.machine.as_ref().map(|m| (m.leader(), m.term())) else {
+            return Ok(());
+        };
+        node.drop_committed();
         if node.outbox.is_empty() {
             node.propose_backoff = PROPOSE_RETRY_MIN;
             return Ok(());
         }
-        let leader = m.leader();
         if node.lead.is_some() {
             // The leader's own outbox: appended directly, all of it.
-            let writes = node.outbox.clone();
-            self.on_propose(i, i, writes)?;
+            let log = &node.log;
+            let writes: Vec<u64> = node.outbox.iter().copied().filter(|w| !log.holds(*w)).collect();
+            if !writes.is_empty() {
+                self.on_propose(i, i, writes)?;
+            }
         } else {
-            let writes: Vec<u64> = node.outbox.iter().take(BATCH).copied().collect();
+            let answered = &node.answered;
+            let writes: Vec<u64> = node
+                .outbox
+                .iter()
+                .copied()
+                .filter(|w| answered.get(w) != Some(&term))
+                .take(BATCH)
+                .collect();
             if let Some(j) = leader.and_then(|l| self.index(l)).filter(|j| *j != i) {
-                self.send(i, j, Msg::Propose { writes });
+                if !writes.is_empty() {
+                    self.send(i, j, Msg::Propose { writes });
+                }
             }
         }
         let node = &mut self.nodes[i];
@@ -1036,12 +1069,8 @@ impl Sim {
                 self.outcome.reappended += 1;
             }
         }
-        if from == j {
-            let node = &mut self.nodes[j];
-            let log = &node.log;
-            node.outbox.retain(|w| !log.holds(*w));
-        } else {
-            self.send(j, from, Msg::Proposed { writes });
+        if from != j {
+            self.send(j, from, Msg::Proposed { term, writes });
         }
         self.settle(j)
     }
@@ -1068,8 +1097,10 @@ impl Sim {
         Ok(())
     }
 
-    /// Node `i`'s known commit grew: re-derive whom it cut off.
+    /// Node `i`'s known commit grew: its outbox drops what is now committed in its log, and
+    /// whom it cut off is derived again.
     fn on_commit(&mut self, i: usize) {
+        self.nodes[i].drop_committed();
         let removed = self.nodes[i].log.removed();
         if removed != self.nodes[i].cut {
             let ids = self.indices(&removed);
