@@ -210,6 +210,8 @@ pub(super) struct Sim {
     appended: BTreeMap<u64, u64>,
     /// Writes appended by the leader of each term (its own and proposed ones).
     writes_by_term: BTreeMap<u64, u32>,
+    /// Write ids a leader appended again from an outbox.
+    reappended: BTreeSet<u64>,
     /// The terms of two devices that led a two-voter library at once.
     split_terms: BTreeSet<(u64, u64)>,
     /// When the drain began: a leader followed by every up member after the heal; from then
@@ -316,6 +318,7 @@ pub(super) fn build(seed: u64, verbose: bool) -> Sim {
         next_entry: next_entry + 1,
         appended,
         writes_by_term: BTreeMap::new(),
+        reappended: BTreeSet::new(),
         split_terms: BTreeSet::new(),
         drain_from: None,
         outcome: Outcome { voters, learners, ..Outcome::default() },
@@ -504,9 +507,13 @@ impl Sim {
         self.outcome.writes = self.appended.len() as u32;
         self.outcome.lost_with_removed =
             self.appended.keys().filter(|w| !required.contains(*w)).count() as u32;
-        self.outcome.split_wrote = self.split_terms.iter().any(|(a, b)| {
-            let wrote = |t: &u64| self.writes_by_term.get(t).is_some_and(|n| *n > 0);
-            wrote(a) && wrote(b)
+        let wrote = |t: &u64| self.writes_by_term.get(t).is_some_and(|n| *n > 0);
+        let split_wrote: Vec<&(u64, u64)> =
+            self.split_terms.iter().filter(|(a, b)| wrote(a) && wrote(b)).collect();
+        self.outcome.split_wrote = !split_wrote.is_empty();
+        // A write first appended in one of those terms came back through an outbox.
+        self.outcome.split_rescued = self.reappended.iter().any(|w| {
+            self.appended.get(w).is_some_and(|t| split_wrote.iter().any(|(a, b)| t == a || t == b))
         });
         Ok(())
     }
@@ -1066,6 +1073,7 @@ impl Sim {
                 let entry = self.fresh_write(term, Some(w));
                 self.log(|| format!("leader {j} appends write {w} proposed by {from}"));
                 self.append_write(j, entry)?;
+                self.reappended.insert(w);
                 self.outcome.reappended += 1;
             }
         }
