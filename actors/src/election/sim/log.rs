@@ -1,11 +1,16 @@
 //! One simulated device's log and what it derives from it: its configuration in effect (the
 //! latest configuration entry of its own log), the voters before the last voter change while
-//! it does not know that change is committed, and the devices whose removal it applied.
+//! it does not know that change is committed, the devices whose removal it applied, and the
+//! ordinary writes it holds.
 //!
-//! Entries are `(term, id)` plus an optional [`Configuration`]; `id` is unique over a run, so
-//! two entries are the same entry iff their keys are equal. Sequences start at 1.
+//! Entries are `(term, id)` plus either a [`Configuration`] or a write id; `id` is unique over a
+//! run, so two entries are the same entry iff their keys are equal. A write id is given when a
+//! leader appends a write of its own and kept when the write is proposed again after a
+//! truncation (docs/architecture.md, "Nothing lost across failover"), so one write may be
+//! carried by several entries over a run, never by two entries of one log. Sequences start
+//! at 1.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use lsync_protocol::Configuration;
@@ -22,6 +27,9 @@ pub(super) struct Entry {
     pub id: u64,
     /// A configuration entry's configuration.
     pub config: Option<Rc<Configuration>>,
+    /// An ordinary write's id (None for configuration entries): the proposal id of the
+    /// product, kept when the write is proposed again.
+    pub write: Option<u64>,
 }
 
 /// What identifies an entry: `(term, id)`.
@@ -49,6 +57,14 @@ pub(super) struct Log {
     commit: u64,
     /// What `derive` computes from the above, kept up to date by every change.
     derived: Derived,
+    /// The sequence of each write id the log holds.
+    writes: BTreeMap<u64, u64>,
+    /// A write id pushed while the log already held it: `(write, first sequence, second)`.
+    doubled: Option<(u64, u64, u64)>,
+    /// Every write id this log ever held (the simulator's record, not the device's state).
+    ever: BTreeSet<u64>,
+    /// Bumped whenever `derived` is computed again.
+    generation: u64,
 }
 
 /// The configuration in effect, the pending previous voters and the election membership.
@@ -57,6 +73,14 @@ struct Derived {
     config: Option<(u64, Rc<Configuration>)>,
     previous: Option<(u64, BTreeSet<Uuid>)>,
     membership: Membership,
+}
+
+/// What a follower's log did with a leader's entries.
+pub(super) struct Accepted {
+    /// The sequence up to which the log now matches the leader's.
+    pub matched: u64,
+    /// The entries cut from the log (a conflicting suffix), in order.
+    pub truncated: Vec<Entry>,
 }
 
 /// Why a leader's entries could not be written.
@@ -134,8 +158,15 @@ impl Log {
 
     pub fn push(&mut self, entry: Entry) {
         let config = entry.config.is_some();
+        let seq = self.len() + 1;
         if config {
-            self.configs.push(self.len() + 1);
+            self.configs.push(seq);
+        }
+        if let Some(w) = entry.write {
+            self.ever.insert(w);
+            if let Some(first) = self.writes.insert(w, seq) {
+                self.doubled.get_or_insert((w, first, seq));
+            }
         }
         self.entries.push(entry);
         if config || self.given.is_some() {
@@ -143,33 +174,69 @@ impl Log {
         }
     }
 
-    /// Drops every entry after `len`.
-    fn truncate(&mut self, len: u64) {
-        if len < self.len() {
-            self.entries.truncate(usize::try_from(len).unwrap_or(usize::MAX));
-            self.configs.retain(|s| *s <= len);
-            self.derive();
+    /// Drops every entry after `len` and returns them.
+    fn truncate(&mut self, len: u64) -> Vec<Entry> {
+        if len >= self.len() {
+            return Vec::new();
         }
+        let cut = self.entries.split_off(usize::try_from(len).unwrap_or(usize::MAX));
+        for w in cut.iter().filter_map(|e| e.write) {
+            self.writes.remove(&w);
+        }
+        self.configs.retain(|s| *s <= len);
+        self.derive();
+        cut
+    }
+
+    /// Whether the log holds write `w`.
+    pub fn holds(&self, w: u64) -> bool {
+        self.writes.contains_key(&w)
+    }
+
+    /// Whether the log holds write `w` at or below its known commit sequence.
+    pub fn holds_committed(&self, w: u64) -> bool {
+        self.writes.get(&w).is_some_and(|s| *s <= self.commit)
+    }
+
+    /// A write id pushed while the log already held it: `(write, first sequence, second)`.
+    pub fn doubled(&self) -> Option<(u64, u64, u64)> {
+        self.doubled
+    }
+
+    /// Every write id this log ever held.
+    pub fn ever(&self) -> &BTreeSet<u64> {
+        &self.ever
+    }
+
+    /// The write ids of the log's entries, in log order (a write held twice appears twice).
+    pub fn write_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries.iter().filter_map(|e| e.write)
     }
 
     /// Raft's AppendEntries on a follower: the log must hold `(prev_seq, prev_term)`; then each
     /// entry is skipped if the log holds one of the same term there (the same entry, by log
     /// matching), else the log is cut there and the entry appended. Returns the sequence up to
-    /// which the log now matches the leader's (`prev_seq + entries.len()`), or why not.
-    /// `on_write(seq, truncated_from)` is called before any change, for the invariants.
+    /// which the log now matches the leader's (`prev_seq + entries.len()`) with the entries
+    /// cut, or why not. `on_write(log, seq, entry)` is called before any change, for the
+    /// invariants.
     pub fn accept(
         &mut self,
         prev_seq: u64,
         prev_term: u64,
         entries: &[Entry],
         mut on_write: impl FnMut(&Log, u64, &Entry) -> Result<(), String>,
-    ) -> Result<Result<u64, Refusal>, String> {
+    ) -> Result<Result<Accepted, Refusal>, String> {
         if prev_seq > self.len() {
             return Ok(Err(Refusal::Mismatch { hint: self.len() }));
         }
-        if self.term_at(prev_seq) != prev_term {
-            return Ok(Err(Refusal::Mismatch { hint: prev_seq.saturating_sub(1) }));
+        let held = self.term_at(prev_seq);
+        if held != prev_term {
+            // Back up past the whole conflicting term at once (Raft's usual shortcut; one entry
+            // per round trip made a long divergent tail take longer than the drain allows).
+            let first = self.first_of_term(held).unwrap_or(prev_seq);
+            return Ok(Err(Refusal::Mismatch { hint: first.min(prev_seq).saturating_sub(1) }));
         }
+        let mut truncated = Vec::new();
         for (k, e) in entries.iter().enumerate() {
             let seq = prev_seq + 1 + k as u64;
             match self.entry(seq) {
@@ -184,12 +251,12 @@ impl Log {
                 }
                 _ => {
                     on_write(self, seq, e)?;
-                    self.truncate(seq - 1);
+                    truncated.extend(self.truncate(seq - 1));
                     self.push(e.clone());
                 }
             }
         }
-        Ok(Ok(prev_seq + entries.len() as u64))
+        Ok(Ok(Accepted { matched: prev_seq + entries.len() as u64, truncated }))
     }
 
     /// The configuration in effect: the latest configuration entry of the log (with its
@@ -220,6 +287,12 @@ impl Log {
             None => Membership::default(),
         };
         self.derived = Derived { config, previous, membership };
+        self.generation += 1;
+    }
+
+    /// Changes whenever the configuration, previous voters or membership may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn derive_config(&self) -> Option<(u64, Rc<Configuration>)> {

@@ -1,6 +1,7 @@
 //! The simulated world: devices (an [`Election`] machine, a persisted election state, a log, a
-//! leader's [`CommitTracker`]), the network between them, the fault schedule, and the
-//! invariants checked after every event. See the parent module for what it models.
+//! leader's [`CommitTracker`], an outbox of writes to propose again), the network between
+//! them, the fault schedule, the invariants checked after every event, and the final drain
+//! with its check that no write was lost. See the parent module for what it models.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -8,7 +9,6 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use libp2p::identity::Keypair;
 use lsync_protocol::{
     Configuration, Member, MemberRole, MembershipChange, RolePreference, FEATURE_VERSION,
 };
@@ -16,8 +16,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
-use super::log::{Entry, Key, Log, Refusal};
-use super::{Outcome, BATCH, ET, HB, LIVENESS_TIMEOUTS, MAX_DEVICES};
+use super::log::{Accepted, Entry, Key, Log, Refusal};
+use super::{
+    Outcome, BATCH, DRAIN_TIMEOUTS, ET, HB, LIVENESS_TIMEOUTS, MAX_DEVICES, PROPOSE_RETRY_MAX,
+    PROPOSE_RETRY_MIN,
+};
 use crate::election::{
     Action, Election, ElectionConfig, LeaderVerdict, PersistedElection, VoteRequest, VoteResponse,
 };
@@ -53,6 +56,16 @@ enum Msg {
     TimeoutNow {
         term: u64,
     },
+    /// A device's outbox (its first [`BATCH`] write ids) proposed to the leader it follows.
+    Propose {
+        writes: Vec<u64>,
+    },
+    /// The leader's answer: these write ids are in its log of `term` (appended now, or held
+    /// already).
+    Proposed {
+        term: u64,
+        writes: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +76,8 @@ enum Event {
         msg: Msg,
     },
     Tick(usize),
+    /// A device's proposer: delivers its outbox (retried while it holds anything).
+    Propose(usize),
     Chaos,
     Write,
     Change,
@@ -123,6 +138,49 @@ struct Node {
     transfer_term: Option<u64>,
     /// The devices whose removal this device applied: no message between them.
     cut: BTreeSet<Uuid>,
+    /// The log's [`Log::generation`] at which the machine's membership was last found equal
+    /// to the log's (None after a restart).
+    synced: Option<u64>,
+    /// The write ids cut from its log, to propose again until its log holds them committed
+    /// (durable: kept across restarts).
+    outbox: Vec<u64>,
+    /// Writes of the outbox a leader answered it appended, with that leader's term: not sent
+    /// again while this device is in that term.
+    answered: BTreeMap<u64, u64>,
+    /// When its proposer runs next, and the delay after that (doubling up to a bound).
+    propose_at: Option<Duration>,
+    propose_backoff: Duration,
+}
+
+impl Node {
+    fn new(id: Uuid, persisted: PersistedElection, log: Log) -> Self {
+        Node {
+            id,
+            machine: None,
+            persisted,
+            log,
+            max_term: persisted.term,
+            timer_at: None,
+            group: 0,
+            isolated: false,
+            lead: None,
+            transfer_term: None,
+            cut: BTreeSet::new(),
+            synced: None,
+            outbox: Vec::new(),
+            answered: BTreeMap::new(),
+            propose_at: None,
+            propose_backoff: PROPOSE_RETRY_MIN,
+        }
+    }
+
+    /// Drops from the outbox every write its log holds committed.
+    fn drop_committed(&mut self) {
+        let log = &self.log;
+        self.outbox.retain(|w| !log.holds_committed(*w));
+        let outbox = &self.outbox;
+        self.answered.retain(|w, _| outbox.contains(w));
+    }
 }
 
 pub(super) struct Sim {
@@ -147,6 +205,18 @@ pub(super) struct Sim {
     /// The longest committed prefix any device ever knew, by entry key.
     committed: Vec<Key>,
     next_entry: u64,
+    /// Every write id a leader ever appended (those of the initial logs included), with the
+    /// term of the first entry that carried it.
+    appended: BTreeMap<u64, u64>,
+    /// Writes appended by the leader of each term (its own and proposed ones).
+    writes_by_term: BTreeMap<u64, u32>,
+    /// Write ids a leader appended again from an outbox.
+    reappended: BTreeSet<u64>,
+    /// The terms of two devices that led a two-voter library at once.
+    split_terms: BTreeSet<(u64, u64)>,
+    /// When the drain began: a leader followed by every up member after the heal; from then
+    /// on no new writes, and every device is up.
+    drain_from: Option<Duration>,
     outcome: Outcome,
     trace: Option<String>,
 }
@@ -154,8 +224,11 @@ pub(super) struct Sim {
 fn member(rng: &mut StdRng, role: MemberRole) -> Member {
     let bytes: [u8; 32] = rng.gen();
     let device_id = Uuid::from_u128(rng.gen());
-    let peer_id = match Keypair::ed25519_from_bytes(bytes) {
-        Ok(key) => key.public().to_peer_id().to_string(),
+    // A valid peer id made of the random bytes as a SHA-256 multihash (as a key's hash would
+    // be): deriving an Ed25519 key for it cost a tenth of the run.
+    let multihash: Vec<u8> = [0x12, 32].into_iter().chain(bytes).collect();
+    let peer_id = match libp2p::PeerId::from_bytes(&multihash) {
+        Ok(peer) => peer.to_string(),
         Err(_) => libp2p::PeerId::random().to_string(),
     };
     Member {
@@ -183,7 +256,8 @@ pub(super) fn build(seed: u64, verbose: bool) -> Sim {
     let mut next_entry = 1;
     let mut entry = |term: u64, config: Option<Rc<Configuration>>| {
         next_entry += 1;
-        Entry { term, id: next_entry, config }
+        let write = config.is_none().then_some(next_entry);
+        Entry { term, id: next_entry, config, write }
     };
     let mut common = vec![entry(1, Some(Rc::clone(&genesis)))];
     // 0: a new library whose members have not heard of its creator yet; 1: they have;
@@ -200,7 +274,7 @@ pub(super) fn build(seed: u64, verbose: bool) -> Sim {
         }
     }
     let committed: Vec<Key> = common.iter().map(Entry::key).collect();
-    let nodes = members
+    let nodes: Vec<Node> = members
         .iter()
         .map(|m| {
             let id = m.device_id;
@@ -213,20 +287,16 @@ pub(super) fn build(seed: u64, verbose: bool) -> Sim {
             let mut entries = common.clone();
             let held = rng.gen_range(0..=tail.len());
             entries.extend(tail[..held].iter().cloned());
-            Node {
-                id,
-                machine: None,
-                persisted,
-                log: Log::new(entries, committed.len() as u64),
-                max_term: persisted.term,
-                timer_at: None,
-                group: 0,
-                isolated: false,
-                lead: None,
-                transfer_term: None,
-                cut: BTreeSet::new(),
-            }
+            Node::new(id, persisted, Log::new(entries, committed.len() as u64))
         })
+        .collect();
+    // The writes of the initial logs that some device holds (the leaders of terms 2 and 3
+    // appended them; one of term 3 that no device holds left with its leader).
+    let appended = [&common, &tail]
+        .into_iter()
+        .flatten()
+        .filter(|e| nodes.iter().any(|n| e.write.is_some_and(|w| n.log.holds(w))))
+        .filter_map(|e| Some((e.write?, e.term)))
         .collect();
     Sim {
         loss: if rng.gen_bool(0.2) { 0.0 } else { rng.gen_range(0.0..0.3) },
@@ -246,6 +316,11 @@ pub(super) fn build(seed: u64, verbose: bool) -> Sim {
         leaders: BTreeMap::new(),
         committed,
         next_entry: next_entry + 1,
+        appended,
+        writes_by_term: BTreeMap::new(),
+        reappended: BTreeSet::new(),
+        split_terms: BTreeSet::new(),
+        drain_from: None,
         outcome: Outcome { voters, learners, ..Outcome::default() },
         trace: verbose.then(String::new),
     }
@@ -279,9 +354,17 @@ impl Sim {
         self.nodes[i].machine.is_some()
     }
 
-    fn fresh_entry(&mut self, term: u64, config: Option<Rc<Configuration>>) -> Entry {
+    /// A new configuration entry.
+    fn fresh_entry(&mut self, term: u64, config: Rc<Configuration>) -> Entry {
         self.next_entry += 1;
-        Entry { term, id: self.next_entry, config }
+        Entry { term, id: self.next_entry, config: Some(config), write: None }
+    }
+
+    /// A new entry carrying write `write`, or a new write (its id the entry's) for None.
+    fn fresh_write(&mut self, term: u64, write: Option<u64>) -> Entry {
+        self.next_entry += 1;
+        let id = self.next_entry;
+        Entry { term, id, config: None, write: Some(write.unwrap_or(id)) }
     }
 
     // ---- running ------------------------------------------------------------------------
@@ -294,29 +377,145 @@ impl Sim {
         self.schedule(Duration::from_millis(10), Event::Write);
         self.schedule(Duration::from_millis(20), Event::Change);
         self.schedule(self.chaos_until, Event::Heal);
-        let limit = self.chaos_until + ET * LIVENESS_TIMEOUTS;
         while let Some(Scheduled { at, event, .. }) = self.queue.pop() {
             self.now = at;
             self.outcome.steps += 1;
-            if self.now > limit {
-                return Err(format!(
-                    "no leader followed by every up member {LIVENESS_TIMEOUTS} election timeouts \
-                     after healing: {}",
-                    self.describe()
-                ));
+            match self.drain_from {
+                None if self.now > self.chaos_until + ET * LIVENESS_TIMEOUTS => {
+                    return Err(format!(
+                        "no leader followed by every up member {LIVENESS_TIMEOUTS} election \
+                         timeouts after healing: {}",
+                        self.describe()
+                    ));
+                }
+                Some(from) if self.now > from + ET * DRAIN_TIMEOUTS => {
+                    return Err(format!(
+                        "not drained {DRAIN_TIMEOUTS} election timeouts after a stable leader \
+                         (every member on the leader's log, all committed, no outbox): {}",
+                        self.describe()
+                    ));
+                }
+                _ => {}
             }
             self.handle(event)?;
             self.check()?;
-            if let Some(healed) = self.healed_at {
-                if self.stable_leader() {
+            let Some(healed) = self.healed_at else { continue };
+            match self.drain_from {
+                None if self.stable_leader() => {
                     self.outcome.heal_to_leader = self.now - healed;
-                    self.outcome.leaders = self.leaders.len();
-                    self.outcome.devices = self.nodes.len();
-                    return Ok(self.outcome);
+                    self.drain()?;
                 }
+                Some(from) => {
+                    if let Some(leader) = self.drained() {
+                        self.outcome.drain = self.now - from;
+                        self.check_writes(leader)?;
+                        self.outcome.leaders = self.leaders.len();
+                        self.outcome.devices = self.nodes.len();
+                        return Ok(self.outcome);
+                    }
+                }
+                None => {}
             }
         }
         Err("event queue ran dry".into())
+    }
+
+    /// A leader is followed by every up member after the heal: no more writes, and every
+    /// device that stayed down comes back, so that every member's log and outbox can drain.
+    fn drain(&mut self) -> Result<(), String> {
+        self.drain_from = Some(self.now);
+        self.log(|| "drain: no more writes, every device up".into());
+        for i in 0..self.nodes.len() {
+            if !self.up(i) {
+                self.outcome.restarts += 1;
+                self.start(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The drain is over: a leader followed by every member of its configuration, every member
+    /// holding its log (the same last entry), everything committed, and every member's outbox
+    /// empty. Returns the leader.
+    fn drained(&self) -> Option<usize> {
+        let i = self.stable_leader_index()?;
+        let log = &self.nodes[i].log;
+        let (len, last) = (log.len(), log.key(log.len()));
+        if log.commit() != len || !self.nodes[i].outbox.is_empty() {
+            return None;
+        }
+        let (_, config) = log.config()?;
+        config
+            .members
+            .iter()
+            .all(|m| {
+                self.index(m.device_id).is_some_and(|j| {
+                    let n = &self.nodes[j];
+                    n.machine.is_some()
+                        && n.log.len() == len
+                        && n.log.key(len) == last
+                        && n.log.commit() == len
+                        && n.outbox.is_empty()
+                })
+            })
+            .then_some(i)
+    }
+
+    /// After the drain, leader `i`'s configuration: every member's log is the leader's, and
+    /// every write id that a member ever held (in its log, hence in its outbox) is in it
+    /// exactly once. A write that no member ever held lived only on devices since removed (a
+    /// removed device is cut off, its outbox undeliverable): counted, not required.
+    fn check_writes(&mut self, i: usize) -> Result<(), String> {
+        let log = &self.nodes[i].log;
+        let keys: Vec<Option<Key>> = (1..=log.len()).map(|s| log.key(s)).collect();
+        let mut count: BTreeMap<u64, u32> = BTreeMap::new();
+        for w in log.write_ids() {
+            *count.entry(w).or_default() += 1;
+        }
+        let Some((_, config)) = log.config() else { return Err("no configuration".into()) };
+        let mut required = BTreeSet::new();
+        for m in &config.members {
+            let Some(j) = self.index(m.device_id) else { return Err("unknown member".into()) };
+            let held = &self.nodes[j].log;
+            if (1..=held.len()).map(|s| held.key(s)).ne(keys.iter().copied()) {
+                return Err(format!("after the drain, member {j}'s log is not leader {i}'s"));
+            }
+            required.extend(held.ever().iter().copied());
+        }
+        for (w, n) in &count {
+            if *n != 1 {
+                return Err(format!("write {w} is {n} times in the final log of leader {i}"));
+            }
+        }
+        for w in &required {
+            let Some(term) = self.appended.get(w) else {
+                return Err(format!("write {w} held by a member was appended by no leader"));
+            };
+            if !count.contains_key(w) {
+                let holders: Vec<usize> = (0..self.nodes.len())
+                    .filter(|j| self.nodes[*j].log.ever().contains(w))
+                    .collect();
+                let outboxes: Vec<usize> =
+                    (0..self.nodes.len()).filter(|j| self.nodes[*j].outbox.contains(w)).collect();
+                return Err(format!(
+                    "write {w} (first appended in term {term}) is lost: not in the final log; \
+                     ever held by {holders:?}, in the outboxes of {outboxes:?}: {}",
+                    self.describe()
+                ));
+            }
+        }
+        self.outcome.writes = self.appended.len() as u32;
+        self.outcome.lost_with_removed =
+            self.appended.keys().filter(|w| !required.contains(*w)).count() as u32;
+        let wrote = |t: &u64| self.writes_by_term.get(t).is_some_and(|n| *n > 0);
+        let split_wrote: Vec<&(u64, u64)> =
+            self.split_terms.iter().filter(|(a, b)| wrote(a) && wrote(b)).collect();
+        self.outcome.split_wrote = !split_wrote.is_empty();
+        // A write first appended in one of those terms came back through an outbox.
+        self.outcome.split_rescued = self.reappended.iter().any(|w| {
+            self.appended.get(w).is_some_and(|t| split_wrote.iter().any(|(a, b)| t == a || t == b))
+        });
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -347,7 +546,15 @@ impl Sim {
                 ),
             };
         }
-        let _ = write!(out, "\n  committed: {}", self.committed.len());
+        let outboxes: Vec<(usize, usize)> = (0..self.nodes.len())
+            .filter(|i| !self.nodes[*i].outbox.is_empty())
+            .map(|i| (i, self.nodes[i].outbox.len()))
+            .collect();
+        let _ = write!(
+            out,
+            "\n  committed: {}; outboxes (device, writes): {outboxes:?}",
+            self.committed.len()
+        );
         out
     }
 
@@ -380,6 +587,12 @@ impl Sim {
         node.machine = Some(machine);
         node.timer_at = None;
         node.lead = None;
+        node.synced = None;
+        node.propose_at = None;
+        if !node.outbox.is_empty() {
+            node.propose_backoff = PROPOSE_RETRY_MIN;
+            self.arm_propose(i, PROPOSE_RETRY_MIN);
+        }
         self.log(|| format!("node {i} up"));
         if resumes {
             let term = self.nodes[i].persisted.term;
@@ -412,14 +625,17 @@ impl Sim {
                 self.settle(i)
             }
             Event::Write => {
+                if self.drain_from.is_some() {
+                    return Ok(());
+                }
                 for i in 0..self.nodes.len() {
                     let Some(lead) = &self.nodes[i].lead else { continue };
                     let term = lead.term;
                     if self.nodes[i].machine.as_ref().is_some_and(|m| m.is_transferring()) {
                         continue; // writes are held during a transfer
                     }
-                    let entry = self.fresh_entry(term, None);
-                    self.append_own(i, entry)?;
+                    let entry = self.fresh_write(term, None);
+                    self.append_write(i, entry)?;
                     self.settle(i)?;
                 }
                 let next = Duration::from_millis(self.rng.gen_range(5..40));
@@ -445,6 +661,13 @@ impl Sim {
                 Ok(())
             }
             Event::CaughtUp { leader, to } => self.caught_up(leader, to),
+            Event::Propose(i) => {
+                if self.nodes[i].propose_at == Some(self.now) {
+                    self.nodes[i].propose_at = None;
+                    self.propose(i)?;
+                }
+                Ok(())
+            }
             Event::Partition => {
                 if self.healed_at.is_none() {
                     self.partition();
@@ -658,6 +881,22 @@ impl Sim {
         let now = self.at();
         let Some(m) = self.nodes[to].machine.as_mut() else { return Ok(()) };
         match msg {
+            Msg::Propose { writes } => self.on_propose(to, from, writes)?,
+            Msg::Proposed { term, writes } => {
+                // Appended: kept until its log holds them committed, not sent again in this
+                // term; the rest goes on at once.
+                let current = m.term();
+                let node = &mut self.nodes[to];
+                for w in writes {
+                    if node.outbox.contains(&w) {
+                        node.answered.insert(w, term);
+                    }
+                }
+                node.propose_backoff = PROPOSE_RETRY_MIN;
+                if node.outbox.iter().any(|w| node.answered.get(w) != Some(&current)) {
+                    self.arm_propose(to, Duration::ZERO);
+                }
+            }
             Msg::Vote(request) => {
                 let actions = m.on_vote_request(request, now);
                 self.execute(to, actions)?;
@@ -719,7 +958,8 @@ impl Sim {
             })?;
         let term = self.nodes[i].machine.as_ref().map_or(0, |m| m.term());
         match result {
-            Ok(matched) => {
+            Ok(Accepted { matched, truncated }) => {
+                self.set_aside(i, &truncated);
                 let commit = append.commit.min(matched);
                 if commit > self.nodes[i].log.commit() {
                     self.adopt_commit(i, commit)?;
@@ -741,6 +981,106 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Follower `i`'s log was cut: its ordinary writes go into its outbox (configuration
+    /// entries, the leaders' first entries of their terms among them, are never proposed
+    /// again).
+    fn set_aside(&mut self, i: usize, truncated: &[Entry]) {
+        let node = &mut self.nodes[i];
+        let before = node.outbox.len();
+        for w in truncated.iter().filter_map(|e| e.write) {
+            if !node.outbox.contains(&w) {
+                node.outbox.push(w);
+                self.outcome.set_aside += 1;
+            }
+        }
+        node.drop_committed();
+        if before == 0 && !node.outbox.is_empty() {
+            let ids = node.outbox.clone();
+            self.log(|| format!("node {i} sets aside writes {ids:?}"));
+            self.nodes[i].propose_backoff = PROPOSE_RETRY_MIN;
+            self.arm_propose(i, Duration::from_millis(1));
+        }
+    }
+
+    /// Node `i`'s proposer: while its outbox holds anything, appends it as the leader (what
+    /// its log does not hold) or proposes it to the leader it follows (what no leader of its
+    /// current term answered), and runs again after a delay that doubles up to
+    /// [`PROPOSE_RETRY_MAX`], until its log holds every write committed.
+    fn propose(&mut self, i: usize) -> Result<(), String> {
+        let node = &mut self.nodes[i];
+        let Some((leader, term)) = node.machine.as_ref().map(|m| (m.leader(), m.term())) else {
+            return Ok(());
+        };
+        node.drop_committed();
+        if node.outbox.is_empty() {
+            node.propose_backoff = PROPOSE_RETRY_MIN;
+            return Ok(());
+        }
+        if node.lead.is_some() {
+            // The leader's own outbox: appended directly, all of it.
+            let log = &node.log;
+            let writes: Vec<u64> = node.outbox.iter().copied().filter(|w| !log.holds(*w)).collect();
+            if !writes.is_empty() {
+                self.on_propose(i, i, writes)?;
+            }
+        } else {
+            let answered = &node.answered;
+            let writes: Vec<u64> = node
+                .outbox
+                .iter()
+                .copied()
+                .filter(|w| answered.get(w) != Some(&term))
+                .take(BATCH)
+                .collect();
+            if let Some(j) = leader.and_then(|l| self.index(l)).filter(|j| *j != i) {
+                if !writes.is_empty() {
+                    self.send(i, j, Msg::Propose { writes });
+                }
+            }
+        }
+        let node = &mut self.nodes[i];
+        let delay = node.propose_backoff;
+        node.propose_backoff = (delay * 2).min(PROPOSE_RETRY_MAX);
+        if !node.outbox.is_empty() {
+            self.arm_propose(i, delay);
+        }
+        Ok(())
+    }
+
+    /// Runs node `i`'s proposer after `after`, unless it runs sooner already.
+    fn arm_propose(&mut self, i: usize, after: Duration) {
+        let at = self.now + after;
+        if self.nodes[i].propose_at.is_none_or(|t| at < t) {
+            self.nodes[i].propose_at = Some(at);
+            self.schedule(after, Event::Propose(i));
+        }
+    }
+
+    /// Leader `j` (if it leads and is not transferring) handles `from`'s proposed writes: it
+    /// appends each one its log does not hold, at most once per write id, as the product's
+    /// leader does with a proposal id, and answers with them all.
+    fn on_propose(&mut self, j: usize, from: usize, writes: Vec<u64>) -> Result<(), String> {
+        let Some(term) = self.nodes[j].lead.as_ref().map(|l| l.term) else { return Ok(()) };
+        if self.nodes[j].machine.as_ref().is_none_or(|m| m.is_transferring()) {
+            return Ok(()); // writes are held during a transfer
+        }
+        for &w in &writes {
+            if self.nodes[j].log.holds(w) {
+                self.outcome.duplicate_proposals += 1;
+            } else {
+                let entry = self.fresh_write(term, Some(w));
+                self.log(|| format!("leader {j} appends write {w} proposed by {from}"));
+                self.append_write(j, entry)?;
+                self.reappended.insert(w);
+                self.outcome.reappended += 1;
+            }
+        }
+        if from != j {
+            self.send(j, from, Msg::Proposed { term, writes });
+        }
+        self.settle(j)
     }
 
     /// Follower `i` learned that its log is committed up to `commit`: its entries there must be
@@ -765,8 +1105,10 @@ impl Sim {
         Ok(())
     }
 
-    /// Node `i`'s known commit grew: re-derive whom it cut off.
+    /// Node `i`'s known commit grew: its outbox drops what is now committed in its log, and
+    /// whom it cut off is derived again.
     fn on_commit(&mut self, i: usize) {
+        self.nodes[i].drop_committed();
         let removed = self.nodes[i].log.removed();
         if removed != self.nodes[i].cut {
             let ids = self.indices(&removed);
@@ -878,7 +1220,7 @@ impl Sim {
                 self.log(|| format!("node {i} resumes leading {term} from {start}"));
             }
             None => {
-                let entry = self.fresh_entry(term, Some(Rc::clone(&config)));
+                let entry = self.fresh_entry(term, Rc::clone(&config));
                 self.append_own(i, entry)?;
                 let lead = self.nodes[i].lead.as_mut().ok_or("no lead")?;
                 lead.tracker.set_term_start(last + 1);
@@ -886,6 +1228,15 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Leader `i` appends the write `entry` carries, recording it.
+    fn append_write(&mut self, i: usize, entry: Entry) -> Result<(), String> {
+        if let Some(w) = entry.write {
+            self.appended.entry(w).or_insert(entry.term);
+            *self.writes_by_term.entry(entry.term).or_default() += 1;
+        }
+        self.append_own(i, entry)
     }
 
     /// Leader `i` appends `entry` to its own log (a configuration entry is given to its
@@ -979,7 +1330,7 @@ impl Sim {
         let Some(term) = node.lead.as_ref().map(|l| l.term) else { return Ok(()) };
         let seq = node.log.len() + 1;
         let next = Rc::new(next);
-        let entry = self.fresh_entry(term, Some(Rc::clone(&next)));
+        let entry = self.fresh_entry(term, Rc::clone(&next));
         let (before, after) = (self.indices(&config.voters()), self.indices(&next.voters()));
         self.log(|| {
             format!("leader {i} appends configuration {seq}: voters {before:?} -> {after:?}")
@@ -1007,19 +1358,10 @@ impl Sim {
     ) -> Result<(), String> {
         let i = self.nodes.len();
         let isolated = self.rng.gen_bool(0.3);
-        self.nodes.push(Node {
-            id: member.device_id,
-            machine: None,
-            persisted: PersistedElection::default(),
-            log: Log::joiner(seq, config),
-            max_term: 0,
-            timer_at: None,
-            group: 0,
-            isolated,
-            lead: None,
-            transfer_term: None,
-            cut: BTreeSet::new(),
-        });
+        let mut node =
+            Node::new(member.device_id, PersistedElection::default(), Log::joiner(seq, config));
+        node.isolated = isolated;
+        self.nodes.push(node);
         self.outcome.joiners += 1;
         if isolated {
             self.outcome.isolated_joiners += 1;
@@ -1064,10 +1406,14 @@ impl Sim {
             }
             let node = &mut self.nodes[i];
             let Some(m) = node.machine.as_mut() else { return Ok(()) };
-            if m.membership() != node.log.membership() {
-                let actions = m.set_membership(node.log.membership().clone(), now);
-                self.execute(i, actions)?;
-                continue;
+            let generation = node.log.generation();
+            if node.synced != Some(generation) {
+                if m.membership() != node.log.membership() {
+                    let actions = m.set_membership(node.log.membership().clone(), now);
+                    self.execute(i, actions)?;
+                    continue;
+                }
+                node.synced = Some(generation);
             }
             m.set_last_log(node.log.last());
             return self.arm(i);
@@ -1266,6 +1612,19 @@ impl Sim {
                     if (p.term, p.leader) != (term, Some(me)) {
                         return Err(format!("node {i} heartbeats before persisting: {p:?}"));
                     }
+                    // The tracker recomputes only when told something; once the last voter
+                    // change commits it forgets the previous voters but keeps the commit it
+                    // computed with them, below what the latest voters alone hold. With no
+                    // append and no ack to follow (a leader left as the only voter) that
+                    // commit would stay there: tell it the leader's last sequence again.
+                    let len = self.nodes[i].log.len();
+                    if let Some(lead) = self.nodes[i].lead.as_mut() {
+                        let before = lead.tracker.commit_sequence();
+                        lead.tracker.on_leader_appended(len);
+                        if lead.tracker.commit_sequence() > before {
+                            self.outcome.late_commits += 1;
+                        }
+                    }
                     for j in self.targets(i) {
                         self.send_append(i, j);
                     }
@@ -1315,8 +1674,19 @@ impl Sim {
                     node.persisted
                 ));
             }
-            if m.membership() != node.log.membership() {
-                return Err(format!("node {i}'s machine is not on its log's configuration"));
+            // Compared again only when the log's derivation changed since they were found
+            // equal: the machine's membership changes only through `set_membership`.
+            let generation = node.log.generation();
+            if node.synced != Some(generation) {
+                if m.membership() != node.log.membership() {
+                    return Err(format!("node {i}'s machine is not on its log's configuration"));
+                }
+                node.synced = Some(generation);
+            }
+            if let Some((w, first, second)) = node.log.doubled() {
+                return Err(format!(
+                    "node {i}'s log holds write {w} twice: at {first} and {second}"
+                ));
             }
             if node.log.commit() > self.committed.len() as u64 {
                 return Err(format!(
@@ -1331,14 +1701,22 @@ impl Sim {
                 }
             }
         }
-        // Coverage: both devices of a two-voter library leading at once (in their own terms).
-        if !self.outcome.two_voter_split {
-            let leading: Vec<&Node> = self.nodes.iter().filter(|n| n.lead.is_some()).collect();
-            self.outcome.two_voter_split = leading.iter().any(|a| {
+        // Coverage: both devices of a two-voter library leading at once (in their own terms);
+        // the terms are kept to count the schedules where both sides wrote.
+        if self.nodes.iter().filter(|n| n.lead.is_some()).nth(1).is_some() {
+            let leading: Vec<(&Node, u64)> =
+                self.nodes.iter().filter_map(|n| Some((n, n.lead.as_ref()?.term))).collect();
+            let mut pairs = Vec::new();
+            for (k, (a, ta)) in leading.iter().enumerate() {
                 let voters = a.log.membership().voters();
-                voters.len() == 2
-                    && leading.iter().any(|b| b.id != a.id && b.log.membership().voters() == voters)
-            });
+                for (b, tb) in &leading[k + 1..] {
+                    if voters.len() == 2 && b.log.membership().voters() == voters {
+                        pairs.push(((*ta).min(*tb), (*ta).max(*tb)));
+                    }
+                }
+            }
+            self.outcome.two_voter_split |= !pairs.is_empty();
+            self.split_terms.extend(pairs);
         }
         Ok(())
     }
@@ -1347,7 +1725,12 @@ impl Sim {
     /// replicates to) follows in its term. (A removed device cut off from everyone may still
     /// believe it leads an old term: it is no member of anyone's configuration.)
     fn stable_leader(&self) -> bool {
-        (0..self.nodes.len()).filter(|i| self.nodes[*i].lead.is_some()).any(|i| {
+        self.stable_leader_index().is_some()
+    }
+
+    /// The leader [`Self::stable_leader`] finds.
+    fn stable_leader_index(&self) -> Option<usize> {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].lead.is_some()).find(|&i| {
             let Some(leader) = self.nodes[i].machine.as_ref() else { return false };
             let (id, term) = (leader.me(), leader.term());
             self.targets(i)
