@@ -334,8 +334,13 @@ impl CommitTracker {
             if candidate >= start && candidate > self.commit {
                 self.commit = candidate;
             }
-            if self.commit >= *at {
-                self.previous = None;
+            if self.commit >= *at && self.previous.take().is_some() {
+                // The previous voters stop counting: what the latest ones hold alone may commit
+                // more at once (e.g. a leader left as the only voter), not at the next append.
+                let candidate = self.majority_held(latest);
+                if candidate >= start && candidate > self.commit {
+                    self.commit = candidate;
+                }
             }
         }
     }
