@@ -29,6 +29,7 @@ pub mod config;
 pub mod election;
 pub mod events;
 pub mod fencing;
+pub mod follower;
 pub mod log_cache;
 pub mod membership;
 pub mod metrics;
