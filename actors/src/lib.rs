@@ -8,8 +8,11 @@
 //!   [`window`]) → [`session`] (`FollowerSession`, one per follower: NewEntries, serves
 //!   FetchEntries / Acknowledge / Heartbeat, from [`log_cache`] when another follower fetched the
 //!   same block).
-//! - follower path: [`applier`] (`FollowerApplier`: NewEntries → fetch → apply → acknowledge,
-//!   reconnect with [`backoff`], full reconciliation).
+//! - follower path: [`follower`] (`Replicator`, a pure machine: NewEntries → fetch pipeline →
+//!   apply → acknowledge, gaps, reconnect with [`backoff`], full reconciliation; its unit tests
+//!   in `follower/tests.rs`, a proptest against a model leader in `follower/prop.rs`), run by
+//!   [`applier`] (`FollowerApplier`, its actor shell: performs the machine's commands — requests,
+//!   storage calls, events — and feeds the results back).
 //! - [`proposer`] — delivers the library's durable outbox (writes made on a device that does
 //!   not lead) to the leader, which commits each proposal at most once.
 //! - [`watcher`] — `ElectionWatcher`, one per library: runs the [`election`] state machine,
@@ -19,7 +22,8 @@
 //! - [`transport`] — the request seam between actors and network (tests script it).
 //! - [`events`] — events and status snapshots for the host; [`config`] — timers and limits.
 //!
-//! Decision logic with no I/O lives in [`window`] and [`backoff`]; actors are thin shells.
+//! Decision logic with no I/O lives in [`election`], [`follower`], [`membership`], [`fencing`],
+//! [`window`] and [`backoff`]; actors are thin shells.
 #![forbid(unsafe_code)]
 
 pub mod applier;
