@@ -31,7 +31,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use libp2p::PeerId;
 use lsync_protocol::SyncMessage;
-use lsync_storage::{Applier, Database};
+use lsync_storage::{Applier, Database, StorageError};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{broadcast, oneshot};
@@ -80,6 +80,9 @@ pub struct ApplierContext {
     /// the previous voters once a voter change is committed); `u64::MAX`: never.
     pub commit_watch: Arc<AtomicU64>,
 }
+
+/// A machine input that takes a storage call's result.
+type Input<T> = fn(&mut Replicator<StdRng>, Result<T, String>, Instant) -> Vec<Command>;
 
 /// Reads the applier's status.
 #[derive(Message)]
@@ -137,12 +140,7 @@ impl FollowerApplier {
         match command {
             Command::ReadPosition => {
                 let db = self.cx.db.clone();
-                let read = async move { run_blocking(move || db.last_position()).await };
-                ctx.spawn(read.into_actor(self).map(|result, act, ctx| {
-                    let result = result.map_err(|e| e.to_string());
-                    let commands = act.machine.on_position(result, Instant::now());
-                    act.perform(commands, ctx);
-                }));
+                self.storage(ctx, move || db.last_position(), Replicator::on_position);
             }
             Command::Fetch { id, since, term } => {
                 let request = self.cx.transport.request(
@@ -207,43 +205,21 @@ impl FollowerApplier {
             }
             Command::ResetForRepair => {
                 let applier = Applier::new(self.cx.db.clone());
-                let reset = async move { run_blocking(move || applier.reset_for_repair()).await };
-                ctx.spawn(reset.into_actor(self).map(|result, act, ctx| {
-                    let result = result.map_err(|e| e.to_string());
-                    let commands = act.machine.on_reset(result, Instant::now());
-                    act.perform(commands, ctx);
-                }));
+                self.storage(ctx, move || applier.reset_for_repair(), Replicator::on_reset);
             }
             Command::Settle => {
                 let applier = Applier::new(self.cx.db.clone());
-                let settle = async move { run_blocking(move || applier.settle()).await };
-                ctx.spawn(settle.into_actor(self).map(|result, act, ctx| {
-                    let result = result.map_err(|e| e.to_string());
-                    let commands = act.machine.on_settled(result, Instant::now());
-                    act.perform(commands, ctx);
-                }));
+                self.storage(ctx, move || applier.settle(), Replicator::on_settled);
             }
             Command::RecoverOrphans => {
-                let db = self.cx.db.clone();
-                let recover = async move {
-                    if run_blocking({
-                        let db = db.clone();
-                        move || db.stashed_count()
-                    })
-                    .await
-                    .unwrap_or(0)
-                        == 0
-                    {
+                let applier = Applier::new(self.cx.db.clone());
+                let recover = move || {
+                    if applier.database().stashed_count().unwrap_or(0) == 0 {
                         return Ok(None);
                     }
-                    let applier = Applier::new(db);
-                    run_blocking(move || applier.recover_orphans()).await.map(Some)
+                    applier.recover_orphans().map(Some)
                 };
-                ctx.spawn(recover.into_actor(self).map(|result, act, ctx| {
-                    let result = result.map_err(|e| e.to_string());
-                    let commands = act.machine.on_orphans_recovered(result, Instant::now());
-                    act.perform(commands, ctx);
-                }));
+                self.storage(ctx, recover, Replicator::on_orphans_recovered);
             }
             // Performed by `effect`.
             Command::WakeProposer
@@ -254,6 +230,22 @@ impl FollowerApplier {
             | Command::LeaderCommit(_)
             | Command::CountMetric(..) => {}
         }
+    }
+
+    /// Runs the storage call `f` on the blocking pool and feeds its result to the machine
+    /// through `input`.
+    fn storage<T: Send + 'static>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+        input: Input<T>,
+    ) {
+        let call = async move { run_blocking(f).await };
+        ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
+            let result = result.map_err(|e| e.to_string());
+            let commands = input(&mut act.machine, result, Instant::now());
+            act.perform(commands, ctx);
+        }));
     }
 
     /// One timer, at the machine's next deadline.
