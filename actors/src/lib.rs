@@ -12,8 +12,11 @@
 //!   NewEntries, Heartbeat, serves FetchEntries / Acknowledge / Heartbeat with
 //!   [`leader::serve`], from [`log_cache`] when another follower fetched the same block).
 //!   [`notifier`], [`session`] and [`membership`] are re-exported here from [`leader`].
-//! - follower path: [`applier`] (`FollowerApplier`: NewEntries → fetch → apply → acknowledge,
-//!   reconnect with [`backoff`], full reconciliation).
+//! - follower path: [`follower`] (`Replicator`, a pure machine: NewEntries → fetch pipeline →
+//!   apply → acknowledge, gaps, reconnect with [`backoff`], full reconciliation; its unit tests
+//!   in `follower/tests.rs`, a proptest against a model leader in `follower/prop.rs`), run by
+//!   [`applier`] (`FollowerApplier`, its actor shell: performs the machine's commands — requests,
+//!   storage calls, events — and feeds the results back).
 //! - [`proposer`] — delivers the library's durable outbox (writes made on a device that does
 //!   not lead) to the leader, which commits each proposal at most once.
 //! - [`watcher`] — `ElectionWatcher`, one per library: runs the [`election`] state machine,
@@ -24,9 +27,10 @@
 //! - [`transport`] — the request seam between actors and network (tests script it).
 //! - [`events`] — events and status snapshots for the host; [`config`] — timers and limits.
 //!
-//! Decision logic with no I/O lives in pure machines — [`election`], [`leader::core`],
-//! [`leader::link`], [`membership`], [`window`], [`backoff`] — that the actors run as thin
-//! shells.
+//! Decision logic with no I/O lives in pure machines — [`election`], [`follower`],
+//! [`leader::core`], [`leader::link`], [`membership`], [`proposer::ProposerCore`],
+//! [`service::route`], [`fencing`], [`window`], [`backoff`] — that the actors run as thin
+//! shells. The whole-device simulator (sim/) runs the same machines.
 #![forbid(unsafe_code)]
 
 pub mod applier;
@@ -36,6 +40,7 @@ pub mod config;
 pub mod election;
 pub mod events;
 pub mod fencing;
+pub mod follower;
 pub mod leader;
 pub mod log_cache;
 pub mod metrics;

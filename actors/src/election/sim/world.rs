@@ -1443,28 +1443,31 @@ impl Sim {
         // The commit rule, on the devices' actual logs: the entry at `commit` is held by a
         // commit majority of the leader's latest voters and, if its last voter change was not
         // committed before, of the voters before it.
-        let Some(key) = log.key(commit) else {
-            return Err(format!("leader {i} commits beyond its log"));
-        };
+        // The voters before the change must hold the change itself (or `commit`, if it is
+        // before the change): once the change is committed, the latest voters alone commit
+        // what follows it.
         let mut sets = Vec::new();
         if let Some((_, config)) = log.config() {
-            sets.push(config.voters());
+            sets.push((config.voters(), commit));
         }
         if let Some((seq, voters)) = self.last_voter_change(i) {
             if seq > known {
-                sets.push(voters);
+                sets.push((voters, commit.min(seq)));
             }
         }
-        for voters in &sets {
+        for (voters, at) in &sets {
+            let Some(key) = log.key(*at) else {
+                return Err(format!("leader {i} commits beyond its log"));
+            };
             let holders = voters
                 .iter()
                 .filter(|d| {
-                    self.index(**d).is_some_and(|j| self.nodes[j].log.key(commit) == Some(key))
+                    self.index(**d).is_some_and(|j| self.nodes[j].log.key(*at) == Some(key))
                 })
                 .count();
             if holders < majority(voters.len()) {
                 return Err(format!(
-                    "leader {i} commits {commit}, held by {holders} of voters {:?}: {}",
+                    "leader {i} commits {commit}, {at} held by {holders} of voters {:?}: {}",
                     self.indices(voters),
                     self.describe()
                 ));
