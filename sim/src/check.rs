@@ -1,0 +1,296 @@
+//! The checks: the safety rules on every step, convergence and the oracle at the end.
+//!
+//! On every step (each checked where it can be decided cheaply, from what changed):
+//! - **one leader per term**: no two devices lead the same term;
+//! - **terms never go back** on a device (except when its disk went back: a power loss or a
+//!   restore, which issue 16 is about) — checked by the world;
+//! - **a committed entry never changes**: when a leader publishes a commit sequence, its entries
+//!   up to it are recorded; the same sequence must never hold another entry anywhere later;
+//! - **committed prefixes agree**: a device whose log reaches a committed sequence `s` and
+//!   whose last entry is of the term `s` was committed in or later holds the recorded entry at
+//!   `s` (Raft's log matching plus leader completeness: such a log was written by a leader that
+//!   held the committed entry). A device whose log ends in an older term may still hold a stale,
+//!   uncommitted tail there — a deposed leader before it reconciles — and is checked once it has
+//!   caught up. Each log is checked incrementally, as it grows; one that shrank is checked again
+//!   from where it shrank to;
+//! - **leader completeness**: a leader of term `t` holds every entry committed in a term
+//!   before `t` (it may still be writing the entry that commits its own term).
+//!
+//! At the end, after the drain: every member identical (log and tables), every outbox empty,
+//! and the oracle's verdict on the log ([`crate::oracle`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+
+use lsync_protocol::SyncLogEntry;
+use lsync_storage::{Database, LogPosition};
+
+use crate::device::Device;
+use crate::net::Ix;
+use crate::oracle::{name_of, Oracle, Verdict};
+
+/// An entry's identity: everything but its timestamp.
+fn fingerprint(e: &SyncLogEntry) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (e.sequence, e.term, e.origin_device, &e.model_type, &e.record_id).hash(&mut h);
+    (e.change_type as u8, e.version, &e.data, e.proposal_id).hash(&mut h);
+    h.finish()
+}
+
+/// Every entry of a log, in order.
+pub fn whole_log(db: &Database) -> Result<Vec<SyncLogEntry>, String> {
+    let mut out = Vec::new();
+    loop {
+        let since = out.last().map_or(0, |e: &SyncLogEntry| e.sequence);
+        let batch = db.fetch_since(since, 1_000).map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        out.extend(batch);
+    }
+}
+
+/// The names of the workload's changes a device holds: in its log or its outbox.
+pub fn names_on(db: &Database) -> anyhow::Result<BTreeSet<String>> {
+    let mut names: BTreeSet<String> =
+        whole_log(db).map_err(anyhow::Error::msg)?.iter().filter_map(name_of).collect();
+    for entry in db.outbox_list()? {
+        for c in entry.changes {
+            if let Ok(tag) = lsync_storage::decode::<lsync_storage::Tag>(&c.data) {
+                names.insert(tag.name);
+            }
+        }
+    }
+    Ok(names)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    /// Entries up to here were checked against the committed ones.
+    verified: u64,
+    last: Option<LogPosition>,
+    /// The commit sequence at the last check.
+    committed: u64,
+}
+
+/// The checker of one run.
+#[derive(Debug, Default)]
+pub struct Checker {
+    strict_sequences: bool,
+    leaders: BTreeMap<u64, Ix>,
+    last_leader: Option<(u64, Ix)>,
+    leader_changes: u64,
+    /// sequence → (fingerprint, the term of the leader that first published it as committed)
+    committed: BTreeMap<u64, (u64, u64)>,
+    max_committed: u64,
+    seen: BTreeMap<Ix, Seen>,
+}
+
+impl Checker {
+    /// A checker; `strict_sequences` makes a moved acknowledgement a failure.
+    pub fn new(strict_sequences: bool) -> Self {
+        Self { strict_sequences, ..Self::default() }
+    }
+
+    /// Leader changes seen (a new (term, device) leading).
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes
+    }
+
+    /// `ix` leads `term` (its election says so).
+    pub fn on_leader(&mut self, ix: Ix, term: u64, db: &Database) -> Result<(), String> {
+        // Leader completeness: every entry committed in an earlier term is in its log.
+        let needed = self.committed.iter().rev().find(|(_, (_, t))| *t < term).map(|(s, _)| *s);
+        if let Some(needed) = needed {
+            let last = db.last_position().map_err(|e| e.to_string())?;
+            if last.sequence < needed {
+                return Err(format!(
+                    "device {ix} leads term {term} but its log ends at {} below committed \
+                     sequence {needed}",
+                    last.sequence
+                ));
+            }
+        }
+        if self.last_leader != Some((term, ix)) {
+            self.last_leader = Some((term, ix));
+            if self.leaders.get(&term) != Some(&ix) {
+                self.leader_changes += 1;
+            }
+        }
+        match self.leaders.insert(term, ix) {
+            Some(other) if other != ix => {
+                Err(format!("two leaders in term {term}: devices {other} and {ix}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The disk of `ix` went back: what it held is checked again from the start.
+    pub fn disk_lost(&mut self, ix: Ix) {
+        self.seen.remove(&ix);
+    }
+
+    /// Leader `ix` of `term` published `commit`: its entries up to there are committed.
+    pub fn on_commit(
+        &mut self,
+        ix: Ix,
+        term: u64,
+        commit: u64,
+        db: &Database,
+    ) -> Result<(), String> {
+        if commit <= self.max_committed {
+            // Spot check: the leader holds the committed entry at its commit sequence.
+            if commit > 0 {
+                let e = db.fetch_range(commit, commit).map_err(|e| e.to_string())?;
+                self.compare(ix, &e, term)?;
+            }
+            return Ok(());
+        }
+        let from = self.max_committed + 1;
+        let entries = db.fetch_range(from, commit).map_err(|e| e.to_string())?;
+        if entries.len() as u64 != commit - from + 1 {
+            return Err(format!(
+                "leader {ix} of term {term} published commit {commit} but holds only {} of \
+                 entries {from}..={commit}",
+                entries.len()
+            ));
+        }
+        for e in &entries {
+            self.committed.insert(e.sequence, (fingerprint(e), term));
+        }
+        self.max_committed = commit;
+        Ok(())
+    }
+
+    /// Compares `entries` with the committed ones, for a log whose last entry is of `last_term`;
+    /// returns the sequence up to which the log was checked (an entry committed in a term after
+    /// `last_term` stops the check: that log may not have caught up yet).
+    fn compare(&self, ix: Ix, entries: &[SyncLogEntry], last_term: u64) -> Result<u64, String> {
+        let mut checked = entries.first().map_or(0, |e| e.sequence.saturating_sub(1));
+        for e in entries {
+            if let Some((fp, term)) = self.committed.get(&e.sequence) {
+                if *term > last_term {
+                    break;
+                }
+                if *fp != fingerprint(e) {
+                    return Err(format!(
+                        "device {ix} holds another entry at committed sequence {} (term {}, \
+                         record {}, proposal {:?})",
+                        e.sequence, e.term, e.record_id, e.proposal_id
+                    ));
+                }
+            }
+            checked = e.sequence;
+        }
+        Ok(checked)
+    }
+
+    /// Checks what changed in `ix`'s log since the last check.
+    pub fn check_log(&mut self, ix: Ix, db: &Database) -> Result<(), String> {
+        let pos = db.last_position().map_err(|e| e.to_string())?;
+        let mut seen = self.seen.get(&ix).copied().unwrap_or_default();
+        if seen.last == Some(pos) && seen.committed == self.max_committed {
+            return Ok(());
+        }
+        // A log that shrank or was rewritten is checked again from where it still agrees.
+        if pos.sequence < seen.verified {
+            seen.verified = pos.sequence;
+        }
+        let from = seen.verified.saturating_sub(1).max(1);
+        let upto = pos.sequence.min(self.max_committed);
+        if upto >= from {
+            let entries = db.fetch_range(from, upto).map_err(|e| e.to_string())?;
+            seen.verified = self.compare(ix, &entries, pos.term)?.max(seen.verified);
+        }
+        seen.last = Some(pos);
+        seen.committed = self.max_committed;
+        self.seen.insert(ix, seen);
+        Ok(())
+    }
+
+    /// Whether the drain is over: every member up, one leader whose log every member holds,
+    /// all of it committed, every outbox empty. Otherwise why not.
+    pub fn converged(&self, devices: &[Option<&Device>]) -> Result<(), String> {
+        let up: Vec<(Ix, &Device)> =
+            devices.iter().enumerate().filter_map(|(i, d)| d.map(|d| (i, d))).collect();
+        let leaders: Vec<(Ix, u64)> =
+            up.iter().filter_map(|(i, d)| d.leads().map(|t| (*i, t))).collect();
+        let [(leader, _)] = leaders[..] else {
+            return Err(format!("leaders: {leaders:?}"));
+        };
+        let ld = devices[leader].expect("up");
+        let last = ld.db().last_position().map_err(|e| e.to_string())?;
+        if self.max_committed < last.sequence {
+            return Err(format!(
+                "leader {leader}'s log ends at {} but {} is committed",
+                last.sequence, self.max_committed
+            ));
+        }
+        for (i, d) in &up {
+            if !d.is_member() {
+                continue;
+            }
+            let p = d.db().last_position().map_err(|e| e.to_string())?;
+            if p != last {
+                return Err(format!("device {i} is at {p:?}, the leader at {last:?}"));
+            }
+            let queued = d.db().outbox_count().map_err(|e| e.to_string())?;
+            if queued > 0 {
+                return Err(format!("device {i} has {queued} proposals queued"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The end: every member identical, and the oracle's verdict on the log.
+    pub fn final_check(
+        &self,
+        devices: &[Option<&Device>],
+        oracle: &Oracle,
+    ) -> Result<Verdict, String> {
+        let up: Vec<(Ix, &Device)> = devices
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.map(|d| (i, d)))
+            .filter(|(_, d)| d.is_member())
+            .collect();
+        let Some((first, reference)) = up.first() else {
+            return Err("no member is up at the end".into());
+        };
+        let log = whole_log(reference.db())?;
+        let prints: Vec<u64> = log.iter().map(fingerprint).collect();
+        let tags = reference.db().dump().map_err(|e| e.to_string())?;
+        let mut failures = Vec::new();
+        for (i, d) in &up[1..] {
+            let other: Vec<u64> = whole_log(d.db())?.iter().map(fingerprint).collect();
+            if other != prints {
+                let at = prints.iter().zip(&other).position(|(a, b)| a != b);
+                failures.push(format!(
+                    "device {i}'s log differs from device {first}'s (lengths {} and {}, first \
+                     difference at index {at:?})",
+                    other.len(),
+                    prints.len()
+                ));
+            }
+            let theirs = d.db().dump().map_err(|e| e.to_string())?;
+            if theirs.get("tag") != tags.get("tag") {
+                failures.push(format!("device {i}'s tags differ from device {first}'s"));
+            }
+        }
+        for (s, e) in log.iter().enumerate() {
+            if e.sequence != s as u64 + 1 {
+                failures.push(format!("the log has a gap before sequence {}", e.sequence));
+                break;
+            }
+        }
+        let mut verdict = oracle.check(&log);
+        if self.strict_sequences && verdict.moved > 0 {
+            failures.push(format!(
+                "{} acknowledged writes are not at the sequences their answers gave",
+                verdict.moved
+            ));
+        }
+        verdict.failures.extend(failures);
+        Ok(verdict)
+    }
+}

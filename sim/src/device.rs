@@ -1,0 +1,1511 @@
+//! One simulated device: the product's machines and storage, run by a shell of this simulator
+//! instead of the actors.
+//!
+//! What runs is the product's own code: the election ([`Election`]), the follower's
+//! [`Replicator`], the leader's [`LeaderCore`] and one [`FollowerLink`] per follower, the
+//! [`ProposerCore`], the routing of inbound requests ([`route`]), the leader's serving
+//! ([`serve`], [`serve_cached`], [`serve_proposal`]) and the storage crate on a real SQLite
+//! database. What this file adds is what the actors add around them, rule for rule:
+//!
+//! | actor (actors/src) | here |
+//! |---|---|
+//! | `ElectionWatcher` (watcher.rs): persist before acting, vote replies | [`Device::election`] |
+//! | `SyncService` (service/mod.rs): role changes, the configuration in effect, leader hints | [`Device::service`] |
+//! | `LeaderNotifier` (leader/notifier.rs): commit events, configuration writes | [`Device::core`] |
+//! | `FollowerSession` (leader/session.rs): the transport and storage of one link | [`Device::link`] |
+//! | `FollowerApplier` (applier.rs): the transport and storage of the replicator | [`Device::follower`] |
+//! | `Proposer` (proposer/mod.rs): the outbox's storage and transport | [`Device::proposer`] |
+//! | `Node::write` (src/node.rs): commit when leading, else the outbox | [`Device::write`] |
+//!
+//! Each actor's mailbox is a [`Work`] item in one queue, processed in order: a machine's
+//! commands for another actor become work at the back of the queue, as messages would; a
+//! storage call is made at once and its result queued (the blocking pool answering later);
+//! the election's persist and the notifier's configuration write complete before anything
+//! after them, as their actors wait for them. Work for a role that has stopped is dropped,
+//! as a stopped actor's mailbox is.
+//!
+//! Not simulated: invitations and `Join` (a device joins by a configuration change the leader
+//! makes and a database set up as `Node::join_library` sets one up), address hints, leadership
+//! transfers, bulk jobs, metrics and events.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use lsync_actors::config::SyncConfig;
+use lsync_actors::election::{
+    Action, Election, ElectionConfig, Membership as ElectionMembership, VoteRequest, VoteResponse,
+};
+use lsync_actors::follower::{
+    self, BatchOutcome, Command as FollowerCommand, FollowerMembership, Leader as FollowerLeader,
+    Replicator, ReplyTo, RequestId as FetchId,
+};
+use lsync_actors::leader::core::{Command as CoreCommand, ConfigWritten, CoreConfig, LeaderCore};
+use lsync_actors::leader::link::{
+    Command as LinkCommand, FollowerLink, LeaderView as LinkView, LinkConfig,
+};
+use lsync_actors::leader::messages::{
+    ConfigError, ConfigOutcome, FollowerProgress, LeaderReport, NewCommit,
+};
+use lsync_actors::leader::notifier::LeaderShared;
+use lsync_actors::leader::session::{new_log_cache, serve, serve_cached, SessionContext};
+use lsync_actors::proposer::{
+    serve_proposal, Command as ProposerCommand, Delivery, LeaderView as ProposerView, ProposerCore,
+    SubmitOutcome, Target,
+};
+use lsync_actors::service::{route, Heard, Route, RouteView, Serving};
+use lsync_actors::watcher::{persisted_of, ElectionInput, LeaderHint};
+use lsync_actors::window::Announce;
+use lsync_actors::{Metrics, NetworkError, Transport};
+use lsync_protocol::{ErrorCode, MembershipChange, ProposedChange, SyncMessage, SyncRole};
+use lsync_storage::{
+    Applier, Change, CommitEvent, Database, Membership, StorageError, SyncState, TransactionManager,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::net::{Ix, RequestId as NetId};
+use crate::oracle::Outcome;
+
+/// A device's name for one request it sent, to match the answer.
+pub type Token = u64;
+
+/// What the device asks of the simulation.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Send `msg` to `to`; answer with [`Device::response`] or [`Device::failure`] and `token`.
+    Request { to: PeerId, msg: SyncMessage, token: Token },
+    /// Answer the inbound request `id`.
+    Respond { id: NetId, msg: SyncMessage },
+    /// The write `write` was told `outcome`.
+    Answer { write: usize, outcome: Outcome },
+    /// The membership change `token` was answered.
+    Changed { token: u64, result: Result<ConfigOutcome, ConfigError> },
+    /// This device, leading `term`, published a commit sequence.
+    Committed { term: u64, commit_sequence: u64 },
+}
+
+/// Why a device could not start.
+pub type BootError = StorageError;
+
+/// Someone's request in flight, to route its answer.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Vote,
+    TimeoutNow,
+    Fetch(FetchId),
+    Ack(FetchId),
+    Heartbeat(FetchId),
+    Notify(PeerId),
+    LeaderHeartbeat(PeerId),
+    Propose(Uuid),
+}
+
+/// A message to one of the device's actors.
+#[derive(Debug)]
+enum Work {
+    // ElectionWatcher
+    ElectionInput(ElectionInput),
+    VoteRequest { reply: NetId, request: VoteRequest },
+    TimeoutNow { reply: NetId, from: Uuid, term: u64 },
+    Vote(VoteResponse),
+    SetMembership,
+    Resign,
+    ElectionTick,
+    // SyncService
+    RoleChange { role: SyncRole, term: u64, leader: Option<Uuid>, voted_for: Option<Uuid> },
+    Install(Membership),
+    FollowerMembership(FollowerMembership),
+    Hint(LeaderHint),
+    HeartbeatNow,
+    Left(PeerId),
+    // LeaderNotifier (role generation)
+    Commit(u64, CommitEvent),
+    Progress(u64, FollowerProgress),
+    Change { change: MembershipChange, token: u64, wait: Duration },
+    CoreTick(u64),
+    // FollowerSession
+    Link(u64, PeerId, LinkInput),
+    // FollowerApplier
+    Follower(u64, FollowerInput),
+    // Proposer
+    Proposer(ProposerInput),
+}
+
+#[derive(Debug)]
+enum LinkInput {
+    Commit(NewCommit),
+    NotifyAnswer(Option<SyncMessage>),
+    HeartbeatTick,
+    HeartbeatAnswer(SyncMessage),
+    Request(NetId, SyncMessage),
+    Leaving(u64),
+    Tick,
+}
+
+#[derive(Debug)]
+enum FollowerInput {
+    Request(NetId, PeerId, SyncMessage),
+    Position(Result<lsync_storage::LogPosition, String>),
+    Fetched(FetchId, Result<SyncMessage, NetworkError>),
+    Applied(FetchId, BatchOutcome),
+    Acked(FetchId, Result<SyncMessage, NetworkError>),
+    Heartbeat(FetchId, Result<SyncMessage, NetworkError>),
+    Reset(Result<u64, String>),
+    Settled(Result<Option<Membership>, String>),
+    Orphans(Result<Option<lsync_storage::RecoveredOrphans>, String>),
+    Tick,
+}
+
+#[derive(Debug)]
+enum ProposerInput {
+    Wake,
+    Leader(ProposerView),
+    Members(BTreeMap<Uuid, PeerId>),
+    Submitted(Uuid, u64),
+    Listed(Result<Vec<lsync_storage::OutboxEntry>, String>),
+    Delivered(Uuid, Delivery),
+    Tick,
+}
+
+struct Lead {
+    core: LeaderCore,
+    links: BTreeMap<PeerId, Link>,
+    shared: Arc<LeaderShared>,
+    cx: SessionContext,
+}
+
+struct Link {
+    link: FollowerLink,
+    replies: BTreeMap<u64, NetId>,
+    next: u64,
+}
+
+struct Follow {
+    rep: Replicator<StdRng>,
+    leader: PeerId,
+    leader_device: Option<Uuid>,
+    replies: BTreeMap<u64, NetId>,
+    next: u64,
+}
+
+enum Role {
+    Idle,
+    Leader(Box<Lead>),
+    Follower(Box<Follow>),
+}
+
+/// A transport that is never used: the session context wants one, serving never sends.
+struct NoTransport;
+
+impl Transport for NoTransport {
+    fn request(
+        &self,
+        _: PeerId,
+        _: SyncMessage,
+    ) -> lsync_actors::transport::BoxFuture<Result<SyncMessage, NetworkError>> {
+        Box::pin(async { Err(NetworkError::Closed) })
+    }
+}
+
+/// One device of the simulation, up (a crash drops it; [`Device::boot`] starts it again from
+/// its disk).
+pub struct Device {
+    pub ix: Ix,
+    pub id: Uuid,
+    pub peer: PeerId,
+    library_id: Uuid,
+    config: SyncConfig,
+    db: Database,
+    tm: TransactionManager,
+    commits: broadcast::Receiver<CommitEvent>,
+    metrics: Arc<Metrics>,
+    events: broadcast::Sender<lsync_actors::SyncEvent>,
+    election: Election<StdRng>,
+    state: SyncState,
+    membership: Membership,
+    /// The other members' peers (as the service's `members`), and leaders let in by a hint.
+    members: BTreeMap<PeerId, Uuid>,
+    provisional: BTreeMap<PeerId, Uuid>,
+    leaving: BTreeSet<PeerId>,
+    role: Role,
+    role_gen: u64,
+    proposer: ProposerCore<StdRng>,
+    pending: BTreeMap<Token, (Pending, u64)>,
+    next_token: Token,
+    answers: BTreeMap<u64, usize>,
+    next_answer: u64,
+    leader_commit: u64,
+    commit_watch: u64,
+    removed_hint: Option<String>,
+    work: VecDeque<Work>,
+    out: Vec<Output>,
+    now: Instant,
+    now_ms: i64,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn election_membership(m: &Membership) -> ElectionMembership {
+    ElectionMembership::new(m.configuration.voters(), m.configuration.learners())
+        .with_previous(m.previous_voters.clone())
+}
+
+impl Device {
+    /// Starts device `ix` from its database, as the service starts a library: the state and
+    /// the configuration in effect from disk, the proposer, the role, the election.
+    #[allow(clippy::too_many_arguments)]
+    pub fn boot(
+        ix: Ix,
+        id: Uuid,
+        peer: PeerId,
+        db: Database,
+        config: SyncConfig,
+        seed: u64,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<(Self, Vec<Output>), BootError> {
+        let state = db.sync_state()?;
+        let membership = db.membership()?;
+        let tm = TransactionManager::new(db.clone(), id);
+        let commits = tm.subscribe();
+        let election = Election::new(
+            id,
+            election_membership(&membership),
+            persisted_of(&state),
+            ElectionConfig::from_sync(&config),
+            now,
+            StdRng::seed_from_u64(seed),
+        );
+        let proposer = ProposerCore::new(
+            id,
+            config.backoff_initial,
+            config.backoff_max,
+            StdRng::seed_from_u64(seed ^ 0x5eed),
+        );
+        let (events, _) = broadcast::channel(16);
+        let mut d = Self {
+            ix,
+            id,
+            peer,
+            library_id: state.library_id,
+            config,
+            db,
+            tm,
+            commits,
+            metrics: Arc::new(Metrics::default()),
+            events,
+            election,
+            state,
+            membership: membership.clone(),
+            members: BTreeMap::new(),
+            provisional: BTreeMap::new(),
+            leaving: BTreeSet::new(),
+            role: Role::Idle,
+            role_gen: 0,
+            proposer,
+            pending: BTreeMap::new(),
+            next_token: 0,
+            answers: BTreeMap::new(),
+            next_answer: 0,
+            leader_commit: 0,
+            commit_watch: u64::MAX,
+            removed_hint: None,
+            work: VecDeque::new(),
+            out: Vec::new(),
+            now,
+            now_ms,
+        };
+        d.members = d.peers_of(&membership);
+        d.commit_watch =
+            if membership.previous_voters.is_some() { membership.voters_since } else { u64::MAX };
+        let members = d.member_map();
+        d.work.push_back(Work::Proposer(ProposerInput::Members(members)));
+        d.start_role();
+        d.work.push_back(Work::ElectionTick);
+        d.run();
+        let out = std::mem::take(&mut d.out);
+        Ok((d, out))
+    }
+
+    // ---- what the simulation sees ------------------------------------------------------
+
+    /// The library's database.
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The election's view: role, term, leader.
+    pub fn election_view(&self) -> (SyncRole, u64, Option<Uuid>) {
+        (self.election.role(), self.election.term(), self.election.leader())
+    }
+
+    /// Whether this device's actors lead (a leader's core runs).
+    pub fn leads(&self) -> Option<u64> {
+        match &self.role {
+            Role::Leader(l) => Some(l.cx.term),
+            _ => None,
+        }
+    }
+
+    /// The configuration in effect here.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Whether this device is a member of the configuration in effect here.
+    pub fn is_member(&self) -> bool {
+        self.membership.configuration.contains(self.id)
+    }
+
+    /// The earliest deadline of any machine.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut at = [self.election.next_deadline(), self.proposer.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        let mut add = |d: Option<Instant>| {
+            if let Some(d) = d {
+                at = Some(at.map_or(d, |a| a.min(d)));
+            }
+        };
+        match &self.role {
+            Role::Leader(l) => {
+                add(l.core.next_deadline());
+                for link in l.links.values() {
+                    add(link.link.next_deadline());
+                }
+            }
+            Role::Follower(f) => add(f.rep.next_deadline()),
+            Role::Idle => {}
+        }
+        at
+    }
+
+    // ---- inputs ---------------------------------------------------------------------------
+
+    fn begin(&mut self, now: Instant, now_ms: i64) {
+        self.now = self.now.max(now);
+        self.now_ms = now_ms;
+    }
+
+    fn finish(&mut self) -> Vec<Output> {
+        self.run();
+        std::mem::take(&mut self.out)
+    }
+
+    /// The machines whose deadline passed run.
+    pub fn tick(&mut self, now: Instant, now_ms: i64) -> Vec<Output> {
+        self.begin(now, now_ms);
+        let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+        if due(self.election.next_deadline()) {
+            self.work.push_back(Work::ElectionTick);
+        }
+        if due(self.proposer.next_deadline()) {
+            self.work.push_back(Work::Proposer(ProposerInput::Tick));
+        }
+        let gen = self.role_gen;
+        match &self.role {
+            Role::Leader(l) => {
+                if due(l.core.next_deadline()) {
+                    self.work.push_back(Work::CoreTick(gen));
+                }
+                for (peer, link) in &l.links {
+                    if due(link.link.next_deadline()) {
+                        self.work.push_back(Work::Link(gen, *peer, LinkInput::Tick));
+                    }
+                }
+            }
+            Role::Follower(f) => {
+                if due(f.rep.next_deadline()) {
+                    self.work.push_back(Work::Follower(gen, FollowerInput::Tick));
+                }
+            }
+            Role::Idle => {}
+        }
+        self.finish()
+    }
+
+    /// An inbound request `id` from `from`.
+    pub fn request(
+        &mut self,
+        id: NetId,
+        from: PeerId,
+        msg: SyncMessage,
+        now: Instant,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        self.begin(now, now_ms);
+        self.inbound(id, from, msg);
+        self.finish()
+    }
+
+    /// The answer to this device's request `token`.
+    pub fn response(
+        &mut self,
+        token: Token,
+        msg: SyncMessage,
+        now: Instant,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        self.begin(now, now_ms);
+        self.answered(token, Ok(msg));
+        self.finish()
+    }
+
+    /// This device's request `token` failed.
+    pub fn failure(
+        &mut self,
+        token: Token,
+        error: NetworkError,
+        now: Instant,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        self.begin(now, now_ms);
+        self.answered(token, Err(error));
+        self.finish()
+    }
+
+    /// A write on this device (`Node::write`): committed at once when it leads, else queued in
+    /// the outbox and proposed. Answered with [`Output::Answer`].
+    pub fn write(
+        &mut self,
+        write: usize,
+        proposal_id: Uuid,
+        changes: Vec<Change>,
+        now: Instant,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        self.begin(now, now_ms);
+        if !self.is_member() {
+            self.out.push(Output::Answer {
+                write,
+                outcome: Outcome::Refused("this device is not a member any more".into()),
+            });
+            return self.finish();
+        }
+        match self.tm.commit_proposal(proposal_id, self.id, changes.clone()) {
+            Ok(o) => {
+                self.out.push(Output::Answer {
+                    write,
+                    outcome: Outcome::Committed { first: o.first_sequence, last: o.last_sequence },
+                });
+                self.drain_commits();
+            }
+            Err(StorageError::NotLeader { .. }) => match self.db.outbox_push(proposal_id, &changes)
+            {
+                Ok(_) => {
+                    self.next_answer += 1;
+                    self.answers.insert(self.next_answer, write);
+                    self.work.push_back(Work::Proposer(ProposerInput::Submitted(
+                        proposal_id,
+                        self.next_answer,
+                    )));
+                }
+                Err(e) => self.out.push(Output::Answer {
+                    write,
+                    outcome: Outcome::Refused(format!("outbox: {e}")),
+                }),
+            },
+            Err(e) => self.out.push(Output::Answer { write, outcome: Outcome::Refused(err(e)) }),
+        }
+        self.finish()
+    }
+
+    /// A membership change asked of this device (the leader's `ChangeConfig`): answered with
+    /// [`Output::Changed`].
+    pub fn change_membership(
+        &mut self,
+        change: MembershipChange,
+        token: u64,
+        wait: Duration,
+        now: Instant,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        self.begin(now, now_ms);
+        if matches!(self.role, Role::Leader(_)) {
+            self.work.push_back(Work::Change { change, token, wait });
+        } else {
+            self.out.push(Output::Changed {
+                token,
+                result: Err(ConfigError::Storage("this device does not lead".into())),
+            });
+        }
+        self.finish()
+    }
+
+    // ---- the work queue --------------------------------------------------------------------
+
+    fn run(&mut self) {
+        // Bounded: every item is one message of one actor; a step that loops would show here.
+        let mut budget = 100_000u32;
+        while let Some(w) = self.work.pop_front() {
+            budget -= 1;
+            assert!(budget > 0, "device {} does not settle: work keeps coming", self.ix);
+            self.handle(w);
+            self.drain_commits();
+        }
+    }
+
+    fn handle(&mut self, w: Work) {
+        let gen = self.role_gen;
+        match w {
+            Work::ElectionInput(input) => {
+                let now = self.now;
+                self.election(None, move |e| match input {
+                    ElectionInput::LeaderHeard { from, term } => {
+                        e.on_leader_message(from, term, now).1
+                    }
+                    ElectionInput::FollowerContact { from, term } => {
+                        e.on_follower_response(from, term, now)
+                    }
+                    ElectionInput::TermSeen { term } => e.observe_term(term, now),
+                })
+            }
+            Work::VoteRequest { reply, request } => {
+                let now = self.now;
+                self.election(Some(reply), move |e| e.on_vote_request(request, now))
+            }
+            Work::TimeoutNow { reply, from, term } => {
+                let now = self.now;
+                self.election(Some(reply), move |e| e.on_timeout_now(from, term, now))
+            }
+            Work::Vote(v) => {
+                let now = self.now;
+                self.election(None, move |e| e.on_vote_response(v, now))
+            }
+            Work::SetMembership => {
+                let (m, now) = (election_membership(&self.membership), self.now);
+                self.election(None, move |e| e.set_membership(m, now))
+            }
+            Work::Resign => {
+                let now = self.now;
+                self.election(None, move |e| e.resign(now))
+            }
+            Work::ElectionTick => {
+                let now = self.now;
+                self.election(None, move |e| e.tick(now))
+            }
+            Work::RoleChange { role, term, leader, voted_for } => {
+                self.role_change(role, term, leader, voted_for)
+            }
+            Work::Install(m) => self.install(m),
+            Work::FollowerMembership(m) => self.follower_membership(m),
+            Work::Hint(h) => self.hint(h),
+            Work::HeartbeatNow => {
+                if let Role::Leader(l) = &self.role {
+                    let peers: Vec<PeerId> = l.links.keys().copied().collect();
+                    for p in peers {
+                        self.work.push_back(Work::Link(gen, p, LinkInput::HeartbeatTick));
+                    }
+                }
+            }
+            Work::Left(peer) => {
+                if let Role::Leader(l) = &mut self.role {
+                    l.links.remove(&peer);
+                }
+                self.leaving.remove(&peer);
+            }
+            Work::Commit(g, ev) if g == gen => {
+                self.core(|c, now| c.on_commit(ev.term, ev.last_sequence, now))
+            }
+            Work::Progress(g, p) if g == gen => self.core(|c, now| c.on_progress(p, now)),
+            Work::Change { change, token, wait } => {
+                if matches!(self.role, Role::Leader(_)) {
+                    self.core(|c, now| c.on_change(change, wait, token, now));
+                } else {
+                    self.out.push(Output::Changed {
+                        token,
+                        result: Err(ConfigError::Storage("the leader stopped".into())),
+                    });
+                }
+            }
+            Work::CoreTick(g) if g == gen => self.core(|c, now| c.tick(now)),
+            Work::Link(g, peer, input) if g == gen => self.link(peer, input),
+            Work::Follower(g, input) if g == gen => self.follower(input),
+            Work::Proposer(input) => self.proposer(input),
+            // for a role that stopped
+            Work::Commit(..)
+            | Work::Progress(..)
+            | Work::CoreTick(_)
+            | Work::Link(..)
+            | Work::Follower(..) => {}
+        }
+    }
+
+    /// Commit events of the transaction manager go to the leader's core and links, as the
+    /// notifier forwards them.
+    fn drain_commits(&mut self) {
+        loop {
+            let ev = match self.commits.try_recv() {
+                Ok(ev) => ev,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let gen = self.role_gen;
+            if let Role::Leader(l) = &self.role {
+                self.work.push_back(Work::Commit(gen, ev.clone()));
+                let commit = NewCommit {
+                    range: Announce {
+                        from_sequence: ev.first_sequence,
+                        to_sequence: ev.last_sequence,
+                        term: ev.term,
+                    },
+                    prev_term: ev.prev_term,
+                    entries: ev.entries.clone(),
+                };
+                let peers: Vec<PeerId> = l.links.keys().copied().collect();
+                for p in peers {
+                    self.work.push_back(Work::Link(gen, p, LinkInput::Commit(commit.clone())));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, to: PeerId, msg: SyncMessage, what: Pending) {
+        self.next_token += 1;
+        self.pending.insert(self.next_token, (what, self.role_gen));
+        self.out.push(Output::Request { to, msg, token: self.next_token });
+    }
+
+    fn respond(&mut self, id: NetId, msg: SyncMessage) {
+        self.out.push(Output::Respond { id, msg });
+    }
+
+    fn answered(&mut self, token: Token, result: Result<SyncMessage, NetworkError>) {
+        let Some((what, gen)) = self.pending.remove(&token) else { return };
+        let same_role = gen == self.role_gen;
+        match what {
+            Pending::Vote => {
+                if let Ok(SyncMessage::Vote { term, voter, granted, pre_vote, .. }) = result {
+                    self.work.push_back(Work::Vote(VoteResponse {
+                        term,
+                        voter,
+                        granted,
+                        pre_vote,
+                    }));
+                }
+            }
+            Pending::TimeoutNow => {}
+            Pending::Fetch(id) if same_role => {
+                self.work.push_back(Work::Follower(gen, FollowerInput::Fetched(id, result)))
+            }
+            Pending::Ack(id) if same_role => {
+                self.work.push_back(Work::Follower(gen, FollowerInput::Acked(id, result)))
+            }
+            Pending::Heartbeat(id) if same_role => {
+                self.work.push_back(Work::Follower(gen, FollowerInput::Heartbeat(id, result)))
+            }
+            Pending::Notify(peer) if same_role => {
+                self.work.push_back(Work::Link(gen, peer, LinkInput::NotifyAnswer(result.ok())))
+            }
+            Pending::LeaderHeartbeat(peer) if same_role => {
+                if let Ok(reply) = result {
+                    self.work.push_back(Work::Link(gen, peer, LinkInput::HeartbeatAnswer(reply)));
+                }
+            }
+            Pending::Propose(proposal_id) => {
+                let delivery = match result {
+                    Ok(SyncMessage::ProposalResult {
+                        proposal_id: id,
+                        first_sequence,
+                        last_sequence,
+                        ..
+                    }) if id == proposal_id => {
+                        Delivery::Committed { first: first_sequence, last: last_sequence }
+                    }
+                    Ok(SyncMessage::Error { code: ErrorCode::BadRequest, message, .. }) => {
+                        Delivery::Refused(message)
+                    }
+                    Ok(SyncMessage::Error { code, message, .. }) => {
+                        Delivery::Failed(format!("{code}: {message}"))
+                    }
+                    Ok(other) => Delivery::Failed(format!("unexpected reply {}", other.kind())),
+                    Err(e) => Delivery::Failed(e.to_string()),
+                };
+                self.work
+                    .push_back(Work::Proposer(ProposerInput::Delivered(proposal_id, delivery)));
+            }
+            _ => {}
+        }
+    }
+
+    // ---- SyncService ------------------------------------------------------------------------
+
+    fn device_of(&self, peer: &PeerId) -> Option<Uuid> {
+        self.members.get(peer).or_else(|| self.provisional.get(peer)).copied()
+    }
+
+    fn peer_of(&self, device: Uuid) -> Option<PeerId> {
+        self.members
+            .iter()
+            .chain(self.provisional.iter())
+            .find(|(_, d)| **d == device)
+            .map(|(p, _)| *p)
+    }
+
+    fn peers_of(&self, m: &Membership) -> BTreeMap<PeerId, Uuid> {
+        m.configuration
+            .members
+            .iter()
+            .filter(|mem| mem.device_id != self.id)
+            .filter_map(|mem| mem.peer_id.parse::<PeerId>().ok().map(|p| (p, mem.device_id)))
+            .collect()
+    }
+
+    fn member_map(&self) -> BTreeMap<Uuid, PeerId> {
+        let mut m: BTreeMap<Uuid, PeerId> = self.members.iter().map(|(p, d)| (*d, *p)).collect();
+        m.insert(self.id, self.peer);
+        m
+    }
+
+    fn leader_peer_hint(&self) -> Option<String> {
+        self.state.leader_device.and_then(|d| self.peer_of(d)).map(|p| p.to_string())
+    }
+
+    fn inbound(&mut self, id: NetId, peer: PeerId, msg: SyncMessage) {
+        let from = self.device_of(&peer);
+        let view = RouteView {
+            library_id: self.library_id,
+            member: self.is_member(),
+            serving: match self.role {
+                Role::Leader(_) => Serving::Leader,
+                Role::Follower(_) => Serving::Follower,
+                Role::Idle => Serving::Idle,
+            },
+            term: self.state.current_term,
+            leader: self.state.leader_device,
+            leader_peer: self.leader_peer_hint(),
+            election: true,
+        };
+        let (to, heard) = route(&msg, from, &view);
+        match heard {
+            Some(Heard::Leader { from, term }) => {
+                self.work.push_back(Work::ElectionInput(ElectionInput::LeaderHeard { from, term }))
+            }
+            Some(Heard::Follower { from, term }) => self
+                .work
+                .push_back(Work::ElectionInput(ElectionInput::FollowerContact { from, term })),
+            None => {}
+        }
+        let gen = self.role_gen;
+        match to {
+            Route::Reply(reply) => self.respond(id, reply),
+            Route::Join | Route::ChangeMembership | Route::Announce => self.respond(
+                id,
+                SyncMessage::error(self.library_id, ErrorCode::BadRequest, "not simulated"),
+            ),
+            Route::Election => match (msg, from) {
+                (
+                    SyncMessage::RequestVote {
+                        term,
+                        candidate,
+                        last_log_term,
+                        last_log_sequence,
+                        transfer,
+                        pre_vote,
+                        ..
+                    },
+                    Some(from),
+                ) if from == candidate => self.work.push_back(Work::VoteRequest {
+                    reply: id,
+                    request: VoteRequest {
+                        term,
+                        candidate,
+                        last_log_term,
+                        last_log_sequence,
+                        transfer,
+                        pre_vote,
+                    },
+                }),
+                (SyncMessage::TimeoutNow { term, .. }, Some(from)) => {
+                    self.work.push_back(Work::TimeoutNow { reply: id, from, term })
+                }
+                (other, _) => {
+                    let msg = SyncMessage::error(
+                        self.library_id,
+                        ErrorCode::BadRequest,
+                        format!("{} from a device that is not its sender", other.kind()),
+                    );
+                    self.respond(id, msg)
+                }
+            },
+            Route::Propose { term } => {
+                let reply = serve_proposal(&self.tm, self.library_id, term, msg);
+                self.respond(id, reply);
+            }
+            Route::Session => {
+                let has = matches!(&self.role, Role::Leader(l) if l.links.contains_key(&peer));
+                if has {
+                    self.work.push_back(Work::Link(gen, peer, LinkInput::Request(id, msg)));
+                } else {
+                    let msg = SyncMessage::error(
+                        self.library_id,
+                        ErrorCode::Unauthorized,
+                        "not a member of this library",
+                    );
+                    self.respond(id, msg);
+                }
+            }
+            Route::Follower => {
+                self.work.push_back(Work::Follower(gen, FollowerInput::Request(id, peer, msg)))
+            }
+        }
+    }
+
+    fn role_change(
+        &mut self,
+        role: SyncRole,
+        term: u64,
+        leader: Option<Uuid>,
+        voted_for: Option<Uuid>,
+    ) {
+        let s = &mut self.state;
+        let unchanged = s.role == role
+            && s.leader_device == leader
+            && (s.current_term == term || role == SyncRole::Follower)
+            && !matches!(self.role, Role::Idle);
+        s.role = role;
+        s.current_term = term;
+        s.leader_device = leader;
+        s.voted_for = voted_for;
+        if !unchanged {
+            self.start_role();
+        }
+    }
+
+    fn stop_role(&mut self) {
+        self.role_gen += 1;
+        if let Role::Leader(_) = std::mem::replace(&mut self.role, Role::Idle) {
+            self.leaving.clear();
+        }
+    }
+
+    fn start_role(&mut self) {
+        self.stop_role();
+        let state = self.state.clone();
+        self.work.push_back(Work::Proposer(ProposerInput::Leader(ProposerView {
+            term: state.current_term,
+            leader: if state.role == SyncRole::Candidate { None } else { state.leader_device },
+        })));
+        if state.role == SyncRole::Leader && state.leader_device == Some(self.id) {
+            let shared = Arc::new(LeaderShared::default());
+            let cache = new_log_cache(self.config.max_entries_per_response);
+            let cx = SessionContext {
+                library_id: self.library_id,
+                db: self.db.clone(),
+                transport: Arc::new(NoTransport),
+                events: self.events.clone(),
+                term: state.current_term,
+                max_entries_per_response: self.config.max_entries_per_response,
+                max_response_bytes: self.config.max_response_bytes,
+                notify_window: self.config.notify_window,
+                election: None,
+                cache: cache.clone(),
+                metrics: self.metrics.clone(),
+                leader_device: Some(self.id),
+                leader: shared.clone(),
+                progress: None,
+                left: None,
+            };
+            let core = LeaderCore::new(
+                CoreConfig {
+                    library_id: self.library_id,
+                    me: self.id,
+                    term: state.current_term,
+                    catch_up: self.config.max_entries_per_response,
+                },
+                self.membership.clone(),
+            );
+            let mut lead = Lead { core, links: BTreeMap::new(), shared, cx };
+            for (peer, device) in self.members.clone() {
+                lead.links.insert(peer, self.new_link(&lead.cx, device, peer));
+            }
+            cache.set_readers(lead.links.len());
+            self.role = Role::Leader(Box::new(lead));
+            let last = self.db.last_position().map(|p| p.sequence).unwrap_or(0);
+            self.core(|c, now| c.start(last, now));
+        } else if let Some(leader) = state.leader_device.and_then(|d| self.peer_of(d)) {
+            let rep = Replicator::new(
+                self.library_id,
+                FollowerLeader { device: state.leader_device, peer: leader.to_string() },
+                state.current_term,
+                self.config.clone(),
+                StdRng::seed_from_u64(self.role_gen ^ (self.ix as u64) << 32),
+            );
+            self.role = Role::Follower(Box::new(Follow {
+                rep,
+                leader,
+                leader_device: state.leader_device,
+                replies: BTreeMap::new(),
+                next: 0,
+            }));
+            let now = self.now;
+            let cmds = match &mut self.role {
+                Role::Follower(f) => f.rep.start(now),
+                _ => unreachable!(),
+            };
+            self.perform_follower(cmds);
+        }
+    }
+
+    fn new_link(&self, cx: &SessionContext, device: Uuid, peer: PeerId) -> Link {
+        Link {
+            link: FollowerLink::new(LinkConfig {
+                library_id: self.library_id,
+                device,
+                peer,
+                term: cx.term,
+                leader_device: Some(self.id),
+                max_entries_per_response: cx.max_entries_per_response,
+                max_response_bytes: cx.max_response_bytes,
+                notify_window: cx.notify_window,
+            }),
+            replies: BTreeMap::new(),
+            next: 0,
+        }
+    }
+
+    /// `install_membership` of the service.
+    fn install(&mut self, m: Membership) {
+        if self.membership == m {
+            return;
+        }
+        let was_member = self.is_member();
+        let new = self.peers_of(&m);
+        let removed: Vec<PeerId> =
+            self.members.iter().filter(|(p, d)| new.get(p) != Some(d)).map(|(p, _)| *p).collect();
+        let added: Vec<(PeerId, Uuid)> = new
+            .iter()
+            .filter(|(p, _)| !self.members.contains_key(p))
+            .map(|(p, d)| (*p, *d))
+            .collect();
+        self.members = new.clone();
+        self.provisional.retain(|p, _| !new.contains_key(p));
+        self.commit_watch = if m.previous_voters.is_some() { m.voters_since } else { u64::MAX };
+        let sequence = m.sequence;
+        self.membership = m;
+        let gen = self.role_gen;
+        for peer in removed {
+            let has = matches!(&self.role, Role::Leader(l) if l.links.contains_key(&peer));
+            if has {
+                self.leaving.insert(peer);
+                self.work.push_back(Work::Link(gen, peer, LinkInput::Leaving(sequence)));
+            }
+        }
+        if let Role::Leader(l) = &mut self.role {
+            let mut started = false;
+            for (peer, device) in &added {
+                if self.leaving.remove(peer) {
+                    l.links.remove(peer);
+                }
+                if !l.links.contains_key(peer) {
+                    let link = Link {
+                        link: FollowerLink::new(LinkConfig {
+                            library_id: self.library_id,
+                            device: *device,
+                            peer: *peer,
+                            term: l.cx.term,
+                            leader_device: Some(self.id),
+                            max_entries_per_response: l.cx.max_entries_per_response,
+                            max_response_bytes: l.cx.max_response_bytes,
+                            notify_window: l.cx.notify_window,
+                        }),
+                        replies: BTreeMap::new(),
+                        next: 0,
+                    };
+                    l.links.insert(*peer, link);
+                    started = true;
+                }
+            }
+            if started {
+                l.cx.cache.set_readers(l.links.len());
+            }
+        }
+        self.work.push_back(Work::SetMembership);
+        let members = self.member_map();
+        self.work.push_back(Work::Proposer(ProposerInput::Members(members)));
+        let member = self.is_member();
+        if !was_member && member {
+            self.removed_hint = None;
+            self.start_role();
+        } else if matches!(self.role, Role::Idle)
+            && self.state.leader_device.is_some_and(|l| self.peer_of(l).is_some() && l != self.id)
+        {
+            self.start_role();
+        }
+    }
+
+    fn follower_membership(&mut self, m: FollowerMembership) {
+        match m {
+            FollowerMembership::Applied(m) => self.install(m),
+            FollowerMembership::Committed(commit) => {
+                let m = self.db.note_commit(commit).and_then(|_| self.db.membership());
+                if let Ok(m) = m {
+                    self.install(m);
+                }
+            }
+            FollowerMembership::Removed(message) => self.removed_hint = Some(message),
+        }
+    }
+
+    fn hint(&mut self, h: LeaderHint) {
+        let mut known = self.peer_of(h.device).is_some();
+        if let (false, Some(peer)) = (known, h.peer) {
+            if self.provisional.len() >= 16 {
+                self.provisional.clear();
+            }
+            self.provisional.insert(peer, h.device);
+            known = true;
+        }
+        if matches!(self.role, Role::Follower(_))
+            && known
+            && h.device != self.id
+            && self.state.leader_device != Some(h.device)
+        {
+            self.state.leader_device = Some(h.device);
+            self.start_role();
+        }
+    }
+
+    // ---- ElectionWatcher ----------------------------------------------------------------------
+
+    /// Refreshes the log position, runs `f`, persists first, then acts.
+    fn election(
+        &mut self,
+        reply: Option<NetId>,
+        f: impl FnOnce(&mut Election<StdRng>) -> Vec<Action>,
+    ) {
+        if let (Ok(pos), Ok(floor)) = (self.db.last_position(), self.db.rebuild_mark()) {
+            self.election.set_last_log(pos);
+            self.election.set_log_floor(floor);
+        }
+        let actions = f(&mut self.election);
+        if let Some(p) = actions.iter().find_map(Action::persisted) {
+            let role = self.election.role();
+            let written = self.db.write(|conn| {
+                lsync_storage::sync_state::set_leadership(conn, role, p.term, p.leader)?;
+                lsync_storage::sync_state::set_vote(conn, p.term, p.voted_for)
+            });
+            if written.is_err() {
+                if let Some(r) = reply {
+                    let msg = SyncMessage::error(
+                        self.library_id,
+                        ErrorCode::Internal,
+                        "cannot persist vote",
+                    );
+                    self.respond(r, msg);
+                }
+                return;
+            }
+        }
+        let mut reply = reply;
+        let library_id = self.library_id;
+        for action in actions {
+            let change = |role, term, e: &Election<StdRng>| Work::RoleChange {
+                role,
+                term,
+                leader: e.leader(),
+                voted_for: e.voted_for(),
+            };
+            match action {
+                Action::Persist { .. } | Action::TransferAborted { .. } => {}
+                Action::BecomeLeader { term } => {
+                    self.work.push_back(change(SyncRole::Leader, term, &self.election))
+                }
+                Action::BecomeCandidate { term } => {
+                    self.work.push_back(change(SyncRole::Candidate, term, &self.election))
+                }
+                Action::BecomeFollower { term, .. } => {
+                    self.work.push_back(change(SyncRole::Follower, term, &self.election))
+                }
+                Action::SendRequestVote { to, request } => {
+                    let Some(peer) = self.member_map().get(&to).copied() else { continue };
+                    let msg = SyncMessage::RequestVote {
+                        pre_vote: request.pre_vote,
+                        library_id,
+                        term: request.term,
+                        candidate: request.candidate,
+                        last_log_term: request.last_log_term,
+                        last_log_sequence: request.last_log_sequence,
+                        transfer: request.transfer,
+                    };
+                    self.send(peer, msg, Pending::Vote);
+                }
+                Action::SendVoteResponse { response, .. } => {
+                    if let Some(r) = reply.take() {
+                        let msg = SyncMessage::Vote {
+                            pre_vote: response.pre_vote,
+                            library_id,
+                            term: response.term,
+                            voter: response.voter,
+                            granted: response.granted,
+                        };
+                        self.respond(r, msg);
+                    }
+                }
+                Action::SendHeartbeats { .. } => self.work.push_back(Work::HeartbeatNow),
+                Action::SendTimeoutNow { to, term } => {
+                    let Some(peer) = self.member_map().get(&to).copied() else { continue };
+                    self.send(
+                        peer,
+                        SyncMessage::TimeoutNow { library_id, term },
+                        Pending::TimeoutNow,
+                    );
+                }
+            }
+        }
+        if let Some(r) = reply {
+            let pos = self.election.last_log();
+            let msg = SyncMessage::Heartbeat {
+                commit_sequence: 0,
+                features: 0,
+                library_id,
+                term: self.election.term(),
+                current_sequence: pos.sequence,
+                last_term: pos.term,
+                role: self.election.role(),
+            };
+            self.respond(r, msg);
+        }
+    }
+
+    // ---- LeaderNotifier ---------------------------------------------------------------------
+
+    fn core(&mut self, f: impl FnOnce(&mut LeaderCore, Instant) -> Vec<CoreCommand>) {
+        let now = self.now;
+        let Role::Leader(l) = &mut self.role else { return };
+        let mut queue: VecDeque<CoreCommand> = f(&mut l.core, now).into();
+        while let Some(cmd) = queue.pop_front() {
+            let Role::Leader(l) = &mut self.role else { return };
+            match cmd {
+                CoreCommand::Publish { commit_sequence, term_start, last } => {
+                    use std::sync::atomic::Ordering;
+                    l.shared.last_sequence.fetch_max(last, Ordering::AcqRel);
+                    if let Some(start) = term_start {
+                        l.shared.term_start.store(start, Ordering::Release);
+                    }
+                    l.shared.commit_sequence.store(commit_sequence, Ordering::Release);
+                    let term = l.cx.term;
+                    self.out.push(Output::Committed { term, commit_sequence });
+                }
+                CoreCommand::NoteCommit(c) => {
+                    let _ = self.db.note_commit(c);
+                }
+                CoreCommand::Report(LeaderReport::Membership(m)) => {
+                    self.work.push_back(Work::Install(m))
+                }
+                CoreCommand::Report(LeaderReport::Resign) => self.work.push_back(Work::Resign),
+                CoreCommand::Answer { token, result } => {
+                    self.out.push(Output::Changed { token, result })
+                }
+                CoreCommand::WriteConfig(configuration) => {
+                    let result = self
+                        .tm
+                        .commit_config(&configuration)
+                        .and_then(|e| {
+                            Ok(ConfigWritten {
+                                sequence: e.sequence,
+                                membership: self.db.membership()?,
+                            })
+                        })
+                        .map_err(err);
+                    let Role::Leader(l) = &mut self.role else { return };
+                    queue.extend(l.core.on_config_written(result, now));
+                }
+            }
+        }
+    }
+
+    // ---- FollowerSession ----------------------------------------------------------------------
+
+    fn link(&mut self, peer: PeerId, input: LinkInput) {
+        let now = self.now;
+        let gen = self.role_gen;
+        let Role::Leader(l) = &mut self.role else { return };
+        let view = LinkView {
+            commit_sequence: l.shared.commit_sequence(),
+            last_sequence: Some(l.shared.last_sequence()),
+        };
+        let cap = l.links.get(&peer).and_then(|k| k.link.leaving_cap()).unwrap_or(u64::MAX);
+        let Some(k) = l.links.get_mut(&peer) else { return };
+        k.link.set_leader_view(view);
+        let cmds = match input {
+            LinkInput::Commit(commit) => {
+                if commit.range.from_sequence <= cap {
+                    l.cx.cache.note_last(commit.range.to_sequence.min(cap));
+                }
+                k.link.on_commit(commit, now)
+            }
+            LinkInput::NotifyAnswer(reply) => k.link.on_notify_answer(reply, now),
+            LinkInput::HeartbeatTick => k.link.on_heartbeat_tick(),
+            LinkInput::HeartbeatAnswer(reply) => k.link.on_heartbeat_answer(reply),
+            LinkInput::Request(id, msg) => {
+                k.next += 1;
+                k.replies.insert(k.next, id);
+                k.link.on_request(k.next, msg)
+            }
+            LinkInput::Leaving(sequence) => k.link.on_leaving(sequence, now),
+            LinkInput::Tick => k.link.tick(now),
+        };
+        let mut queue: VecDeque<LinkCommand> = cmds.into();
+        while let Some(cmd) = queue.pop_front() {
+            let library_id = self.library_id;
+            let Role::Leader(l) = &mut self.role else { return };
+            let term = l.cx.term;
+            match cmd {
+                LinkCommand::Notify { from, to, prev_term, entries, commit_sequence } => {
+                    let msg = SyncMessage::NewEntries {
+                        commit_sequence,
+                        library_id,
+                        term,
+                        from_sequence: from,
+                        to_sequence: to,
+                        entry_count: to.saturating_sub(from).saturating_add(1),
+                        prev_term,
+                        entries,
+                    };
+                    self.send(peer, msg, Pending::Notify(peer));
+                }
+                LinkCommand::Heartbeat { commit_sequence } => {
+                    let Ok(pos) = self.db.last_position() else { continue };
+                    let msg = SyncMessage::Heartbeat {
+                        commit_sequence,
+                        features: lsync_protocol::FEATURE_VERSION,
+                        library_id,
+                        term,
+                        current_sequence: pos.sequence,
+                        last_term: pos.term,
+                        role: SyncRole::Leader,
+                    };
+                    self.send(peer, msg, Pending::LeaderHeartbeat(peer));
+                }
+                LinkCommand::Reply { to, message } => {
+                    let id = l.links.get_mut(&peer).and_then(|k| k.replies.remove(&to));
+                    if let Some(id) = id {
+                        self.respond(id, message);
+                    }
+                }
+                LinkCommand::Serve { to, request } => {
+                    let response = match serve_cached(&l.cx, &request) {
+                        Some(r) => r,
+                        None => serve(&self.db, &l.cx, request).unwrap_or_else(|e| {
+                            SyncMessage::error(
+                                library_id,
+                                ErrorCode::Internal,
+                                format!("storage error: {e}"),
+                            )
+                        }),
+                    };
+                    if let Some(k) = l.links.get_mut(&peer) {
+                        queue.extend(k.link.on_served(to, response));
+                    }
+                }
+                LinkCommand::Progress(p) => self.work.push_back(Work::Progress(gen, p)),
+                LinkCommand::Election(input) => self.work.push_back(Work::ElectionInput(input)),
+                LinkCommand::Event(_) => {}
+                LinkCommand::Left => self.work.push_back(Work::Left(peer)),
+            }
+        }
+    }
+
+    // ---- FollowerApplier ----------------------------------------------------------------------
+
+    fn follower(&mut self, input: FollowerInput) {
+        let now = self.now;
+        let Role::Follower(f) = &mut self.role else { return };
+        let cmds = match input {
+            FollowerInput::Request(id, peer, msg) => {
+                f.next += 1;
+                f.replies.insert(f.next, id);
+                let from_leader = peer == f.leader;
+                f.rep.on_request(ReplyTo(f.next), from_leader, msg, now)
+            }
+            FollowerInput::Position(r) => f.rep.on_position(r, now),
+            FollowerInput::Fetched(id, r) => f.rep.on_fetched(id, r, now),
+            FollowerInput::Applied(id, o) => f.rep.on_applied(id, o, now),
+            FollowerInput::Acked(id, r) => f.rep.on_acknowledged(id, r),
+            FollowerInput::Heartbeat(id, r) => f.rep.on_heartbeat(id, r, now),
+            FollowerInput::Reset(r) => f.rep.on_reset(r, now),
+            FollowerInput::Settled(r) => f.rep.on_settled(r, now),
+            FollowerInput::Orphans(r) => f.rep.on_orphans_recovered(r, now),
+            FollowerInput::Tick => f.rep.tick(now),
+        };
+        self.perform_follower(cmds);
+    }
+
+    fn perform_follower(&mut self, cmds: Vec<FollowerCommand>) {
+        let gen = self.role_gen;
+        let library_id = self.library_id;
+        let applier = Applier::new(self.db.clone());
+        for cmd in cmds {
+            let Role::Follower(f) = &mut self.role else { return };
+            let (leader, leader_device) = (f.leader, f.leader_device);
+            let queue = |w: FollowerInput| Work::Follower(gen, w);
+            match cmd {
+                FollowerCommand::ReadPosition => {
+                    let r = self.db.last_position().map_err(err);
+                    self.work.push_back(queue(FollowerInput::Position(r)));
+                }
+                FollowerCommand::Fetch { id, since, term } => {
+                    let msg = SyncMessage::FetchEntries {
+                        library_id,
+                        term,
+                        since_sequence: since.sequence,
+                        since_term: since.term,
+                        limit: self.config.max_entries_per_response,
+                    };
+                    self.send(leader, msg, Pending::Fetch(id));
+                }
+                FollowerCommand::DropFetch { id } => {
+                    self.pending.retain(|_, (p, _)| !matches!(p, Pending::Fetch(f) if *f == id));
+                }
+                FollowerCommand::Apply { id, entries } => {
+                    let result = applier.apply(&entries);
+                    let outcome = BatchOutcome::from_storage(&result);
+                    if let Ok(applied) = result {
+                        for c in follower::committed(library_id, applied) {
+                            self.follower_effect(c);
+                        }
+                    }
+                    self.work.push_back(queue(FollowerInput::Applied(id, outcome)));
+                }
+                FollowerCommand::Acknowledge { id, position, term } => {
+                    let msg = follower::position_ack(library_id, term, position);
+                    self.send(leader, msg, Pending::Ack(id));
+                }
+                FollowerCommand::Heartbeat { id, position, term } => {
+                    let msg = follower::follower_heartbeat(library_id, term, position);
+                    self.send(leader, msg, Pending::Heartbeat(id));
+                }
+                FollowerCommand::Reply { to, message } => {
+                    if let Some(id) = f.replies.remove(&to.0) {
+                        self.respond(id, message);
+                    }
+                }
+                FollowerCommand::ResetForRepair => {
+                    let r = applier.reset_for_repair().map_err(err);
+                    self.work.push_back(queue(FollowerInput::Reset(r)));
+                }
+                FollowerCommand::Settle => {
+                    let r = applier.settle().map_err(err);
+                    self.work.push_back(queue(FollowerInput::Settled(r)));
+                }
+                FollowerCommand::RecoverOrphans => {
+                    let r = if self.db.stashed_count().unwrap_or(0) == 0 {
+                        Ok(None)
+                    } else {
+                        applier.recover_orphans().map(Some).map_err(err)
+                    };
+                    self.work.push_back(queue(FollowerInput::Orphans(r)));
+                }
+                FollowerCommand::AdoptTerm(term) => {
+                    if let Some(from) = leader_device {
+                        self.work.push_back(Work::ElectionInput(ElectionInput::LeaderHeard {
+                            from,
+                            term,
+                        }));
+                    }
+                }
+                other => self.follower_effect(other),
+            }
+        }
+    }
+
+    /// The commands of the follower that only tell someone something.
+    fn follower_effect(&mut self, cmd: FollowerCommand) {
+        match cmd {
+            FollowerCommand::WakeProposer => {
+                self.work.push_back(Work::Proposer(ProposerInput::Wake))
+            }
+            FollowerCommand::Repoint(hint) => self.work.push_back(Work::Hint(hint)),
+            FollowerCommand::Membership(m) => self.work.push_back(Work::FollowerMembership(m)),
+            FollowerCommand::LeaderCommit(commit) => {
+                let before = self.leader_commit;
+                self.leader_commit = before.max(commit);
+                if before < self.commit_watch && commit >= self.commit_watch {
+                    self.work
+                        .push_back(Work::FollowerMembership(FollowerMembership::Committed(commit)));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---- Proposer ---------------------------------------------------------------------------
+
+    fn proposer(&mut self, input: ProposerInput) {
+        let now = self.now;
+        let p = &mut self.proposer;
+        let cmds = match input {
+            ProposerInput::Wake => p.wake(),
+            ProposerInput::Leader(view) => p.set_leader(view),
+            ProposerInput::Members(m) => p.set_members(m),
+            ProposerInput::Submitted(id, token) => p.submitted(id, token),
+            ProposerInput::Listed(Ok(entries)) => p.listed(entries, now),
+            ProposerInput::Listed(Err(_)) => p.list_failed(now),
+            ProposerInput::Delivered(id, d) => p.delivered(id, d, now),
+            ProposerInput::Tick => p.tick(now),
+        };
+        for cmd in cmds {
+            match cmd {
+                ProposerCommand::ListOutbox => {
+                    let r = self.db.outbox_list().map_err(err);
+                    self.work.push_back(Work::Proposer(ProposerInput::Listed(r)));
+                }
+                ProposerCommand::Deliver { proposal_id, target: Target::Local, changes } => {
+                    let d = match self.tm.commit_proposal(proposal_id, self.id, changes) {
+                        Ok(o) => {
+                            Delivery::Committed { first: o.first_sequence, last: o.last_sequence }
+                        }
+                        Err(StorageError::NotLeader { .. }) => {
+                            Delivery::Failed("no longer the leader".into())
+                        }
+                        Err(
+                            e @ (StorageError::InvalidChange(_) | StorageError::UnknownModel(_)),
+                        ) => Delivery::Refused(e.to_string()),
+                        Err(e) => Delivery::Failed(e.to_string()),
+                    };
+                    self.work.push_back(Work::Proposer(ProposerInput::Delivered(proposal_id, d)));
+                }
+                ProposerCommand::Deliver {
+                    proposal_id,
+                    target: Target::Remote { peer, term },
+                    changes,
+                } => {
+                    let msg = SyncMessage::Propose {
+                        library_id: self.library_id,
+                        term,
+                        proposal_id,
+                        origin_device: self.id,
+                        changes: changes.into_iter().map(ProposedChange::from).collect(),
+                    };
+                    self.send(peer, msg, Pending::Propose(proposal_id));
+                }
+                ProposerCommand::Remove { proposal_id } => {
+                    let _ = self.db.outbox_remove(proposal_id);
+                }
+                ProposerCommand::RecordFailure { proposal_id, reason } => {
+                    let _ = self.db.outbox_record_failure(proposal_id, &reason, self.now_ms);
+                }
+                ProposerCommand::Answer { token, outcome } => {
+                    if let Some(write) = self.answers.remove(&token) {
+                        let outcome = match outcome {
+                            SubmitOutcome::Committed { first, last } => {
+                                Outcome::Committed { first, last }
+                            }
+                            SubmitOutcome::Queued => Outcome::Queued,
+                            SubmitOutcome::Refused(r) => Outcome::Refused(r),
+                        };
+                        self.out.push(Output::Answer { write, outcome });
+                    }
+                }
+            }
+        }
+    }
+}
