@@ -131,7 +131,9 @@ impl Daemon {
     }
 
     /// Starts `lsync run` and waits for its first line; returns its libp2p listen port.
-    pub fn start(&mut self) -> anyhow::Result<u16> {
+    /// `spawned` is told the pid as soon as the process exists (it may dial before its first
+    /// line).
+    pub fn start(&mut self, spawned: impl FnOnce(u32)) -> anyhow::Result<u16> {
         if self.is_running() {
             bail!("d{} runs already", self.index);
         }
@@ -151,6 +153,7 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", self.lsync.display()))?;
+        spawned(child.id());
         self.child = Some(child);
         self.paused = false;
         let deadline = Instant::now() + START_TIMEOUT;

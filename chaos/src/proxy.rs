@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 pub type Identify = Arc<dyn Fn(SocketAddr, SocketAddr) -> Option<usize> + Send + Sync>;
 
 /// How long a front keeps trying to identify a dialler (the socket table is read again).
-const IDENTIFY_FOR: Duration = Duration::from_millis(300);
+const IDENTIFY_FOR: Duration = Duration::from_secs(1);
 /// How long a front tries to reach its device's listen port.
 const UPSTREAM_CONNECT: Duration = Duration::from_secs(2);
 

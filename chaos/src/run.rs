@@ -304,28 +304,29 @@ impl Cluster {
         if let Some(old) = self.daemons[i].pid() {
             self.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&old);
         }
-        let port = match self.daemons[i].start() {
-            Ok(p) => p,
-            Err(e) => {
-                // the fixed port may still be taken after a kill: a free one, same front
-                self.note(&format!("d{i} did not start ({e:#}); again on a free port"));
-                self.daemons[i].edit_config(|c| c.listen = vec!["/ip4/127.0.0.1/tcp/0".into()])?;
-                let p = self.daemons[i].start()?;
-                self.daemons[i]
-                    .edit_config(|c| c.listen = vec![format!("/ip4/127.0.0.1/tcp/{p}")])?;
-                p
-            }
-        };
-        if let Some(pid) = self.daemons[i].pid() {
-            self.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, i);
+        let (pids, pids_file) = (self.pids.clone(), self.run_dir.join(PIDS_FILE));
+        let register = move |pid: u32| {
+            pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, i);
             // for whoever must clean up after a killed lsync-chaos (chaos/tests/short_seed.rs)
             let line = format!("{pid} d{i}\n");
             let _ = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(self.run_dir.join(PIDS_FILE))
+                .open(&pids_file)
                 .and_then(|mut f| f.write_all(line.as_bytes()));
-        }
+        };
+        let port = match self.daemons[i].start(register.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                // the fixed port may still be taken after a kill: a free one, same front
+                self.note(&format!("d{i} did not start ({e:#}); again on a free port"));
+                self.daemons[i].edit_config(|c| c.listen = vec!["/ip4/127.0.0.1/tcp/0".into()])?;
+                let p = self.daemons[i].start(register)?;
+                self.daemons[i]
+                    .edit_config(|c| c.listen = vec![format!("/ip4/127.0.0.1/tcp/{p}")])?;
+                p
+            }
+        };
         self.fronts[i].set_target(port);
         Ok(())
     }
@@ -581,8 +582,8 @@ impl Cluster {
             writeln!(writes_file, "{}", serde_json::to_string(r)?)?;
         }
         let mut data = Vec::new();
-        for i in 0..self.daemons.len() {
-            if !members[i] {
+        for (i, member) in members.into_iter().enumerate() {
+            if !member {
                 self.problems.push(format!("d{i} is not a member of the library at the end"));
                 continue;
             }
