@@ -980,3 +980,33 @@ async fn blocking<R: Send + 'static>(
         .map_err(|e| NodeError::Io(std::io::Error::other(e.to_string())))?
         .map_err(NodeError::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a device tells the others (token, membership entry) is the announced address,
+    /// not the one it listens on.
+    #[actix_rt::test]
+    async fn announced_addresses_replace_the_listen_ones_in_what_others_are_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let announced: Multiaddr = "/ip4/127.0.0.1/tcp/9".parse().unwrap();
+        let node = Node::builder(dir.path())
+            .listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+            .announce(vec![announced.clone()])
+            .start()
+            .await
+            .unwrap();
+        assert_ne!(node.listen_addrs(), vec![announced.clone()]);
+        assert_eq!(node.announce_addrs(), vec![announced.clone()]);
+        let library = node.create_library().await.unwrap();
+        let invitation =
+            node.invite(library, false, std::time::Duration::from_secs(60)).await.unwrap();
+        let token = InviteToken::decode(&invitation.token).unwrap();
+        assert_eq!(token.addresses, vec![announced.clone()]);
+        let membership = node.membership(library).await.unwrap();
+        let me = membership.configuration.members.iter().find(|m| m.device_id == node.device_id());
+        assert_eq!(me.map(|m| m.addresses.clone()), Some(vec![announced.to_string()]));
+        node.shutdown().await;
+    }
+}
