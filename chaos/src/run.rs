@@ -567,12 +567,7 @@ impl Cluster {
         let members = self.final_membership();
         self.note("stopping every daemon (SIGTERM)");
         for i in 0..self.daemons.len() {
-            if !self.stop_clean(i) {
-                self.problems.push(format!(
-                    "d{i} did not exit with status 0 within {:?} of SIGTERM",
-                    crate::daemon::STOP_TIMEOUT
-                ));
-            }
+            self.stop_clean(i);
         }
         if let Err(e) = settled {
             self.problems.push(e);
@@ -637,13 +632,19 @@ impl Cluster {
         })
     }
 
-    fn stop_clean(&mut self, i: usize) -> bool {
+    /// SIGTERM; a daemon that does not exit 0 in time is a problem.
+    fn stop_clean(&mut self, i: usize) {
         if let Some(pid) = self.daemons[i].pid() {
             self.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
         }
         let ok = self.daemons[i].stop_clean();
         self.note(&format!("d{i} stopped (SIGTERM){}", if ok { "" } else { ": NOT cleanly" }));
-        ok
+        if !ok {
+            self.problems.push(format!(
+                "d{i} did not exit with status 0 within {:?} of SIGTERM",
+                crate::daemon::STOP_TIMEOUT
+            ));
+        }
     }
 
     /// Puts d's older copy back, first noting which writes only d held (the loss the oracle
