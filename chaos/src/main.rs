@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lsync_chaos::daemon::Timers;
+use lsync_chaos::nemesis::parse_kinds;
 use lsync_chaos::run::{run, Options};
 use lsync_chaos::workload::lsync_next_to_me;
 
@@ -31,6 +32,10 @@ struct Args {
     /// Writes per cycle, to random devices.
     #[arg(long, default_value_t = 12)]
     writes_per_cycle: usize,
+    /// Only these fault kinds, comma-separated by their summary names (e.g.
+    /// `snapshot,restore,kill_leader`); default: every kind.
+    #[arg(long, value_name = "KINDS")]
+    faults: Option<String>,
     /// Keep the run directory even when the run is clean (it is always kept otherwise).
     #[arg(long)]
     keep: bool,
@@ -61,11 +66,19 @@ fn main() -> ExitCode {
         eprintln!("error: --leader-timeout-ms must be greater than --heartbeat-ms");
         return ExitCode::from(2);
     }
+    let faults = match args.faults.as_deref().map(parse_kinds).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: --faults: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = Options {
         seed: args.seed,
         devices: args.devices as usize,
         cycles: args.cycles,
         writes_per_cycle: args.writes_per_cycle,
+        faults,
         keep: args.keep,
         lsync,
         base_dir: args.dir,

@@ -111,6 +111,47 @@ impl Plan {
     }
 }
 
+/// Draws one cycle's fault of a kind in `allowed` (every kind when empty; a kill is restarted
+/// on other ports only if [`FaultKind::RestartOtherPort`] is allowed too): [`plan`] again
+/// until one is, at most 10,000 times (then the last one drawn).
+pub fn plan_among(
+    rng: &mut StdRng,
+    allowed: &[FaultKind],
+    devices: usize,
+    with_copy: &[bool],
+    writes_per_cycle: usize,
+    leader_timeout_ms: u64,
+) -> Plan {
+    let mut p = plan(rng, devices, with_copy, writes_per_cycle, leader_timeout_ms);
+    if allowed.is_empty() {
+        return p;
+    }
+    for _ in 0..10_000 {
+        if allowed.contains(&p.kind()) {
+            break;
+        }
+        p = plan(rng, devices, with_copy, writes_per_cycle, leader_timeout_ms);
+    }
+    if let Plan::Kill { elsewhere, .. } = &mut p {
+        *elsewhere &= allowed.contains(&FaultKind::RestartOtherPort);
+    }
+    p
+}
+
+/// The kinds named in a comma-separated list of summary names (`kill_leader,restore`).
+pub fn parse_kinds(list: &str) -> Result<Vec<FaultKind>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            FaultKind::ALL.into_iter().find(|k| k.name() == n).ok_or_else(|| {
+                let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown fault {n:?}: one of {}", names.join(", "))
+            })
+        })
+        .collect()
+}
+
 /// Draws one cycle's fault. `devices` ≥ 2; `with_copy[d]`: device `d` has an older copy of its
 /// database to restore; `leader_timeout_ms` scales the durations (a fault lasts between
 /// 1.5 and 4 leader timeouts, long enough for an election).
@@ -187,6 +228,28 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+
+    #[test]
+    fn only_allowed_kinds_are_drawn() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let allowed = [FaultKind::KillLeader, FaultKind::Restore, FaultKind::Snapshot];
+        for _ in 0..500 {
+            let p = plan_among(&mut rng, &allowed, 3, &[true, false, false], 10, 1000);
+            assert!(allowed.contains(&p.kind()), "{p:?}");
+            if let Plan::Kill { elsewhere, .. } = p {
+                assert!(!elsewhere, "restarts on other ports were not allowed");
+            }
+        }
+    }
+
+    #[test]
+    fn fault_lists_name_kinds_by_their_summary_names() {
+        assert_eq!(
+            parse_kinds("kill_leader, restore").unwrap(),
+            vec![FaultKind::KillLeader, FaultKind::Restore]
+        );
+        assert!(parse_kinds("kill,nope").unwrap_err().contains("unknown fault \"nope\""));
+    }
 
     #[test]
     fn one_seed_gives_one_schedule() {

@@ -47,6 +47,8 @@ pub struct Options {
     pub devices: usize,
     pub cycles: usize,
     pub writes_per_cycle: usize,
+    /// The fault kinds the nemesis may draw (all when empty).
+    pub faults: Vec<FaultKind>,
     pub keep: bool,
     pub lsync: PathBuf,
     /// Where to make the run directory (default: the system's temporary directory).
@@ -626,8 +628,17 @@ impl Cluster {
             run_dir: self.run_dir.display().to_string(),
             replay: format!(
                 "cargo run --release -p lsync-chaos -- --seed {} --devices {} --cycles {} \
-                 --writes-per-cycle {}",
-                self.opts.seed, self.opts.devices, self.opts.cycles, self.opts.writes_per_cycle
+                 --writes-per-cycle {}{}",
+                self.opts.seed,
+                self.opts.devices,
+                self.opts.cycles,
+                self.opts.writes_per_cycle,
+                if self.opts.faults.is_empty() {
+                    String::new()
+                } else {
+                    let names: Vec<&str> = self.opts.faults.iter().map(|k| k.name()).collect();
+                    format!(" --faults {}", names.join(","))
+                }
             ),
         })
     }
