@@ -459,7 +459,14 @@ impl Cluster {
         let wpc = self.opts.writes_per_cycle;
         let lt = self.opts.timers.leader_timeout_ms;
         for cycle in 0..self.opts.cycles {
-            let plan = nemesis::plan(&mut rng, self.opts.devices, &self.copies, wpc, lt);
+            let plan = nemesis::plan_among(
+                &mut rng,
+                &self.opts.faults,
+                self.opts.devices,
+                &self.copies,
+                wpc,
+                lt,
+            );
             self.count(plan.kind());
             self.note(&format!("cycle {cycle}: {plan:?}"));
             let mut write = |c: &mut Cluster, rng: &mut StdRng, k: usize, to: Option<usize>| {
