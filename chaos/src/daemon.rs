@@ -158,9 +158,16 @@ impl Daemon {
         self.paused = false;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(port) = self.first_line_port(offset)? {
-                self.listen_port = port;
-                return Ok(port);
+            match self.first_line_port(offset) {
+                Ok(Some(port)) => {
+                    self.listen_port = port;
+                    return Ok(port);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.kill9();
+                    return Err(e);
+                }
             }
             if !self.is_running() {
                 let tail = self.log_since(offset).unwrap_or_default();
@@ -186,7 +193,9 @@ impl Daemon {
     /// /ip4/127.0.0.1/tcp/PORT …`), once it is printed.
     fn first_line_port(&self, offset: u64) -> anyhow::Result<Option<u16>> {
         let text = self.log_since(offset)?;
-        let Some(line) = text.lines().find(|l| l.starts_with("lsync running:")) else {
+        // only whole lines: the daemon writes its first line in several pieces
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        let Some(line) = whole.lines().find(|l| l.starts_with("lsync running:")) else {
             return Ok(None);
         };
         parse_listen_port(line)
@@ -305,6 +314,28 @@ pub fn parse_listen_port(line: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_first_line_is_read_only_once_it_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Daemon {
+            index: 0,
+            dir: dir.path().join("d0"),
+            log: dir.path().join("d0.log"),
+            lsync: PathBuf::from("lsync"),
+            child: None,
+            paused: false,
+            listen_port: 0,
+        };
+        std::fs::write(&d.log, "earlier incarnation\nlsync running: device x (d0), peer ").unwrap();
+        assert_eq!(d.first_line_port(0).unwrap(), None);
+        let whole = "earlier incarnation\nlsync running: device x (d0), peer p, listening on \
+                     /ip4/127.0.0.1/tcp/4242, control API at 127.0.0.1:1\n";
+        std::fs::write(&d.log, whole).unwrap();
+        assert_eq!(d.first_line_port(0).unwrap(), Some(4242));
+        // an offset past the earlier incarnations' lines
+        assert_eq!(d.first_line_port(whole.len() as u64).unwrap(), None);
+    }
 
     #[test]
     fn reads_the_listen_port_from_the_first_line() {
