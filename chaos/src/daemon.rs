@@ -22,8 +22,11 @@ use nix::unistd::Pid;
 /// The timers written into every device's `[sync]` and `[network]` sections.
 #[derive(Debug, Clone, Copy)]
 pub struct Timers {
+    /// `sync.heartbeat_interval_ms`.
     pub heartbeat_ms: u64,
+    /// `sync.leader_timeout_ms`.
     pub leader_timeout_ms: u64,
+    /// `network.request_timeout_ms` and `network.connection_timeout_ms`.
     pub request_timeout_ms: u64,
 }
 
@@ -40,8 +43,11 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A device and its daemon process (if running).
 pub struct Daemon {
+    /// The device's index in the run (`dN`).
     pub index: usize,
+    /// Its data directory.
     pub dir: PathBuf,
+    /// The file every incarnation's stderr is appended to.
     pub log: PathBuf,
     lsync: PathBuf,
     child: Option<Child>,

@@ -71,8 +71,10 @@ pub enum Outcome {
 /// One write and its outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct WriteRecord {
+    /// The write's number, and its id ([`write_id`]).
     pub n: u64,
     pub id: String,
+    /// The device it was sent to.
     pub device: usize,
     pub via: Via,
     pub cycle: usize,
@@ -92,17 +94,23 @@ impl WriteRecord {
 /// A write to do.
 #[derive(Debug, Clone)]
 pub struct Job {
+    /// The write's number ([`write_id`] makes its id).
     pub n: u64,
+    /// The device it is sent to.
     pub device: usize,
     pub via: Via,
+    /// The nemesis cycle it belongs to.
     pub cycle: usize,
 }
 
 /// Where to reach a device's daemon.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The device's data directory (`control.addr`, `control.token`, `--data-dir`).
     pub data_dir: PathBuf,
+    /// The library written to.
     pub library: String,
+    /// The `lsync` binary, for `lsync put`.
     pub lsync: PathBuf,
 }
 
