@@ -92,7 +92,13 @@ pub fn read(path: &Path, device: usize) -> anyhow::Result<DeviceData> {
         tags: tags.into_iter().map(|r| (r.key, r.row)).collect(),
         locations: locations.into_iter().map(|r| r.row).collect(),
         devices: devices.into_iter().map(|r| r.row).collect(),
-        outbox: outbox.iter().flat_map(|b| ids_in(&b.data)).collect(),
+        // an id appears several times in one change (record id, data): once per write
+        outbox: outbox
+            .iter()
+            .flat_map(|b| ids_in(&b.data))
+            .collect::<BTreeSet<u64>>()
+            .into_iter()
+            .collect(),
     })
 }
 
@@ -221,7 +227,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, mut c) = database(dir.path(), "a.db");
         insert_write(&mut c, 1, 1, true);
-        let blob: Vec<u8> = format!("\u{92}{}", write_id(7)).into_bytes();
+        let blob: Vec<u8> = format!("\u{92}{0}{0}", write_id(7)).into_bytes();
         let hex: String = blob.iter().map(|b| format!("{b:02X}")).collect();
         c.batch_execute(&format!(
             "INSERT INTO outbox (proposal_id, created_at_ms, changes, next_attempt_ms, seq) \
