@@ -87,6 +87,8 @@ pub struct Summary {
     pub extra: usize,
     pub lost_to_restore: usize,
     pub problems: Vec<String>,
+    /// Daemon starts that failed and were tried again (chaos.log says why).
+    pub start_retries: usize,
     pub proxy: ProxyCounts,
     pub elapsed_s: u64,
     pub run_dir: String,
@@ -119,6 +121,7 @@ struct Cluster {
     faults: BTreeMap<&'static str, usize>,
     problems: Vec<String>,
     lost_to_restore: BTreeSet<u64>,
+    start_retries: usize,
 }
 
 /// Runs the whole thing.
@@ -192,6 +195,7 @@ impl Cluster {
             faults: FaultKind::ALL.iter().map(|k| (k.name(), 0)).collect(),
             problems: Vec::new(),
             lost_to_restore: BTreeSet::new(),
+            start_retries: 0,
             opts,
         };
         for i in 0..c.opts.devices {
@@ -317,18 +321,30 @@ impl Cluster {
                 .open(&pids_file)
                 .and_then(|mut f| f.write_all(line.as_bytes()));
         };
-        let port = match self.daemons[i].start(register.clone()) {
-            Ok(p) => p,
-            Err(e) => {
-                // the fixed port may still be taken after a kill: a free one, same front
-                self.note(&format!("d{i} did not start ({e:#}); again on a free port"));
-                self.daemons[i].edit_config(|c| c.listen = vec!["/ip4/127.0.0.1/tcp/0".into()])?;
-                let p = self.daemons[i].start(register)?;
-                self.daemons[i]
-                    .edit_config(|c| c.listen = vec![format!("/ip4/127.0.0.1/tcp/{p}")])?;
-                p
+        let mut attempt = 0;
+        let port = loop {
+            attempt += 1;
+            let e = match self.daemons[i].start(register.clone()) {
+                Ok(p) => break p,
+                Err(e) if attempt >= 3 => return Err(e),
+                Err(e) => format!("{e:#}"),
+            };
+            self.start_retries += 1;
+            self.note(&format!("d{i} did not start ({e}); again on a free port"));
+            // the fixed port may have been taken since the kill: a free one, behind the same
+            // front
+            self.daemons[i].edit_config(|c| c.listen = vec!["/ip4/127.0.0.1/tcp/0".into()])?;
+            if e.contains("another lsync daemon already runs") {
+                // the control.addr a kill -9 left names a port another program listens on
+                // now; this tool reaped the daemon, so the file is stale
+                let _ = std::fs::remove_file(self.daemons[i].dir.join("control.addr"));
+                self.note(&format!("d{i}: stale control.addr removed"));
             }
         };
+        if attempt > 1 {
+            self.daemons[i]
+                .edit_config(|c| c.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")])?;
+        }
         self.fronts[i].set_target(port);
         Ok(())
     }
@@ -625,6 +641,7 @@ impl Cluster {
             extra: findings.extra.len(),
             lost_to_restore: findings.lost_to_restore.len(),
             problems,
+            start_retries: self.start_retries,
             proxy: ProxyCounts {
                 connections: stats.forwarded.load(Ordering::Relaxed),
                 unidentified: stats.unidentified.load(Ordering::Relaxed),

@@ -41,12 +41,17 @@ fn a_short_seed_runs_clean() {
         "{} is missing: `cargo test --workspace` builds it; alone, run `cargo build -p lsync` first",
         lsync.display()
     );
-    let base = tempfile::tempdir().expect("a temporary directory");
+    // kept when the test fails (the run directory is the evidence), removed when it passes
+    let base = tempfile::Builder::new()
+        .prefix("lsync-chaos-ci-")
+        .tempdir()
+        .expect("a temporary directory")
+        .keep();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lsync-chaos"))
         .args(["--seed", "7", "--devices", "3", "--cycles", "4", "--writes-per-cycle", "8"])
         .args(["--settle-s", "60"])
         .arg("--dir")
-        .arg(base.path())
+        .arg(&base)
         .arg("--lsync")
         .arg(&lsync)
         .stdin(Stdio::null())
@@ -62,8 +67,8 @@ fn a_short_seed_runs_clean() {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            kill_daemons(base.path());
-            panic!("lsync-chaos did not finish within {BUDGET:?}");
+            kill_daemons(&base);
+            panic!("lsync-chaos did not finish within {BUDGET:?} (run in {})", base.display());
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -72,8 +77,12 @@ fn a_short_seed_runs_clean() {
     child.stdout.take().expect("stdout").read_to_string(&mut stdout).expect("stdout");
     child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("stderr");
     let line = stdout.lines().last().unwrap_or_default();
-    let summary: serde_json::Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("no JSON summary ({e}): stdout {stdout:?} stderr {stderr:?}"));
+    let summary: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "no JSON summary ({e}): stdout {stdout:?} stderr {stderr:?} (run in {})",
+            base.display()
+        )
+    });
     assert_eq!(summary["seed"], 7);
     assert_eq!(summary["devices"], 3);
     assert!(summary["writes"]["acknowledged"].as_u64().unwrap_or(0) > 0, "{summary}");
@@ -83,4 +92,5 @@ fn a_short_seed_runs_clean() {
     assert_eq!(summary["problems"], serde_json::json!([]), "{summary}");
     assert_eq!(summary["clean"], true, "{summary}");
     assert!(status.success(), "exit {status}: {summary}");
+    let _ = std::fs::remove_dir_all(&base);
 }
