@@ -7,6 +7,7 @@
 //! # data_dir = "/var/lib/lsync"           # default: the directory holding this file
 //! name = "laptop"                         # default: the data directory's name
 //! listen = ["/ip4/0.0.0.0/tcp/7700"]      # libp2p listen addresses (port 0: any free port)
+//! # announce = ["/ip4/203.0.113.7/tcp/7700"]  # what other devices dial (default: the listen ones)
 //!
 //! [control]
 //! port = 0                                # control API on 127.0.0.1 (0: any free port)
@@ -77,6 +78,12 @@ pub struct Config {
     pub name: Option<String>,
     /// libp2p listen addresses (multiaddrs). Default: [`DEFAULT_LISTEN`].
     pub listen: Vec<String>,
+    /// The addresses other devices are told to dial this one at, replacing the listen
+    /// addresses in invitation tokens, in this device's membership entry and in its signed
+    /// address hints (a port forwarded by a NAT, a proxy in front of the device). Default:
+    /// empty, meaning the listen addresses.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub announce: Vec<String>,
     pub control: ControlSection,
     pub sync: SyncSection,
     pub network: NetworkSection,
@@ -136,6 +143,7 @@ impl Default for Config {
             data_dir: None,
             name: None,
             listen: vec![DEFAULT_LISTEN.to_owned()],
+            announce: Vec::new(),
             control: ControlSection::default(),
             sync: SyncSection::default(),
             network: NetworkSection::default(),
@@ -194,6 +202,8 @@ pub struct Resolved {
     pub data_dir: PathBuf,
     pub name: String,
     pub listen: Vec<Multiaddr>,
+    /// What other devices are told to dial; empty: the listen addresses.
+    pub announce: Vec<Multiaddr>,
     pub control_port: u16,
     pub sync: SyncConfig,
     pub network: NetworkConfig,
@@ -247,6 +257,15 @@ impl Config {
                 ))
             })?;
             listen.push(addr);
+        }
+        let mut announce = Vec::new();
+        for a in &self.announce {
+            let addr: Multiaddr = a.parse().map_err(|e| {
+                invalid(format!(
+                    "bad announce address {a:?} ({e}): use a multiaddr such as                      \"/ip4/192.168.1.10/tcp/7700\", or remove `announce`"
+                ))
+            })?;
+            announce.push(addr);
         }
         let s = &self.sync;
         for (key, v) in [
@@ -331,6 +350,7 @@ impl Config {
             data_dir,
             name,
             listen,
+            announce,
             control_port: self.control.port,
             sync,
             network,
@@ -368,6 +388,18 @@ mod tests {
         let c = Config { name: Some("laptop".into()), ..Config::default() };
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn announce_defaults_to_nothing_and_is_parsed_when_given() {
+        assert!(load("").unwrap().announce.is_empty());
+        let r = load("announce = [\"/ip4/127.0.0.1/tcp/9100\"]\n").unwrap();
+        assert_eq!(r.announce, vec!["/ip4/127.0.0.1/tcp/9100".parse::<Multiaddr>().unwrap()]);
+        let c = Config { announce: vec!["/ip4/127.0.0.1/tcp/9100".into()], ..Config::default() };
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        let bad = load("announce = [\"nope\"]\n").unwrap_err().to_string();
+        assert!(bad.contains("bad announce address \"nope\""), "{bad}");
     }
 
     #[test]

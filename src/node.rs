@@ -173,12 +173,22 @@ pub struct NodeBuilder {
     data_dir: PathBuf,
     config: NodeConfig,
     name: String,
+    announce: Vec<Multiaddr>,
 }
 
 impl NodeBuilder {
     /// Listen on these addresses (default: 127.0.0.1, a free TCP port).
     pub fn listen(mut self, addrs: Vec<Multiaddr>) -> Self {
         self.config.network.listen = addrs;
+        self
+    }
+
+    /// The addresses other devices are told to dial this one at, instead of the listen
+    /// addresses: in invitation tokens, in this device's membership entry and in its signed
+    /// address hints (a NAT's public address, a proxy). Empty (the default): the listen
+    /// addresses, ports resolved.
+    pub fn announce(mut self, addrs: Vec<Multiaddr>) -> Self {
+        self.announce = addrs;
         self
     }
 
@@ -207,6 +217,8 @@ impl NodeBuilder {
         let (network, listen_addrs) =
             NetworkHandle::start(identity.keypair.clone(), self.config.network.clone()).await?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let announce_addrs =
+            if self.announce.is_empty() { listen_addrs.clone() } else { self.announce };
         let node = Node {
             inner: Arc::new(Inner {
                 identity,
@@ -215,6 +227,7 @@ impl NodeBuilder {
                 config: self.config,
                 network,
                 listen_addrs,
+                announce_addrs,
                 events,
                 metrics: Arc::new(Metrics::default()),
                 libraries: Mutex::new(HashMap::new()),
@@ -268,6 +281,8 @@ struct Inner {
     config: NodeConfig,
     network: NetworkHandle,
     listen_addrs: Vec<Multiaddr>,
+    /// What other devices are told to dial: the announced addresses, else `listen_addrs`.
+    announce_addrs: Vec<Multiaddr>,
     events: broadcast::Sender<SyncEvent>,
     metrics: Arc<Metrics>,
     libraries: Mutex<HashMap<Uuid, Arc<Library>>>,
@@ -285,7 +300,7 @@ impl Node {
         let data_dir = data_dir.as_ref().to_path_buf();
         let name =
             data_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        NodeBuilder { data_dir, config: NodeConfig::default(), name }
+        NodeBuilder { data_dir, config: NodeConfig::default(), name, announce: Vec::new() }
     }
 
     /// This device's uuid.
@@ -303,12 +318,19 @@ impl Node {
         self.inner.listen_addrs.clone()
     }
 
+    /// The addresses other devices are told to dial this one at (invitation tokens, its
+    /// membership entry, its signed address hints): those given to
+    /// [`NodeBuilder::announce`], else the listen addresses.
+    pub fn announce_addrs(&self) -> Vec<Multiaddr> {
+        self.inner.announce_addrs.clone()
+    }
+
     /// How other devices reach this one.
     pub fn device_info(&self) -> DeviceInfo {
         DeviceInfo {
             device_id: self.device_id(),
             peer_id: self.peer_id(),
-            addresses: self.listen_addrs(),
+            addresses: self.announce_addrs(),
             name: self.inner.name.clone(),
         }
     }
@@ -493,7 +515,8 @@ impl Node {
             writes_paused: writes_paused.clone(),
             is_member: is_member.clone(),
             keypair: self.inner.identity.keypair.clone(),
-            listen_addrs: self.inner.listen_addrs.clone(),
+            // what the signed address hints announce
+            listen_addrs: self.inner.announce_addrs.clone(),
         };
         let service = SyncService::new(cx).start();
         // Calls made right after opening (a membership change, an invitation) need the
@@ -611,7 +634,7 @@ impl Node {
         expires: std::time::Duration,
     ) -> Result<Invitation, NodeError> {
         let lib = self.library(library_id)?;
-        if self.inner.listen_addrs.is_empty() {
+        if self.inner.announce_addrs.is_empty() {
             return Err(NodeError::Invitation("this device listens on no address".into()));
         }
         let secret = lib
@@ -627,7 +650,7 @@ impl Node {
             library_id,
             device_id: self.device_id(),
             peer_id: self.peer_id(),
-            addresses: self.inner.listen_addrs.clone(),
+            addresses: self.inner.announce_addrs.clone(),
             secret,
         };
         let now = std::time::SystemTime::now()
@@ -671,7 +694,7 @@ impl Node {
             secret: token.secret.to_vec(),
             device_id: self.device_id(),
             name: self.inner.name.clone(),
-            addresses: self.listen_addrs().iter().map(|a| a.to_string()).collect(),
+            addresses: self.announce_addrs().iter().map(|a| a.to_string()).collect(),
         };
         let answer = network.request(token.peer_id, request).await;
         let (term, leader, configuration, config_sequence, committed) = match answer {
@@ -956,4 +979,34 @@ async fn blocking<R: Send + 'static>(
         .await
         .map_err(|e| NodeError::Io(std::io::Error::other(e.to_string())))?
         .map_err(NodeError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a device tells the others (token, membership entry) is the announced address,
+    /// not the one it listens on.
+    #[actix_rt::test]
+    async fn announced_addresses_replace_the_listen_ones_in_what_others_are_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let announced: Multiaddr = "/ip4/127.0.0.1/tcp/9".parse().unwrap();
+        let node = Node::builder(dir.path())
+            .listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+            .announce(vec![announced.clone()])
+            .start()
+            .await
+            .unwrap();
+        assert_ne!(node.listen_addrs(), vec![announced.clone()]);
+        assert_eq!(node.announce_addrs(), vec![announced.clone()]);
+        let library = node.create_library().await.unwrap();
+        let invitation =
+            node.invite(library, false, std::time::Duration::from_secs(60)).await.unwrap();
+        let token = InviteToken::decode(&invitation.token).unwrap();
+        assert_eq!(token.addresses, vec![announced.clone()]);
+        let membership = node.membership(library).await.unwrap();
+        let me = membership.configuration.members.iter().find(|m| m.device_id == node.device_id());
+        assert_eq!(me.map(|m| m.addresses.clone()), Some(vec![announced.to_string()]));
+        node.shutdown().await;
+    }
 }

@@ -103,6 +103,7 @@ async fn daemon(cfg: Resolved) -> anyhow::Result<ExitCode> {
             storage: cfg.storage.clone(),
             registry: ModelRegistry::with_builtin(),
         })
+        .announce(cfg.announce.clone())
         .start()
         .await
         .map_err(|e| {
@@ -125,9 +126,15 @@ async fn daemon(cfg: Resolved) -> anyhow::Result<ExitCode> {
         }
     };
     let addrs: Vec<_> = node.listen_addrs().iter().map(ToString::to_string).collect();
+    let announced = if cfg.announce.is_empty() {
+        String::new()
+    } else {
+        let a: Vec<_> = node.announce_addrs().iter().map(ToString::to_string).collect();
+        format!(" (announced as {})", a.join(" "))
+    };
     eprintln!(
-        "lsync running: device {} ({}), peer {}, listening on {}, control API at {} (token in {}); \
-         Ctrl-C stops",
+        "lsync running: device {} ({}), peer {}, listening on {}{announced}, control API at {} \
+         (token in {}); Ctrl-C stops",
         node.device_id(),
         cfg.name,
         node.peer_id(),
