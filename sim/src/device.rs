@@ -86,6 +86,8 @@ pub enum Output {
     Changed { token: u64, result: Result<ConfigOutcome, ConfigError> },
     /// This device, leading `term`, published a commit sequence.
     Committed { term: u64, commit_sequence: u64 },
+    /// Something worth a line in the trace (repair, refused batches, deliveries).
+    Note(String),
 }
 
 /// Why a device could not start.
@@ -930,6 +932,12 @@ impl Device {
             self.role = Role::Leader(Box::new(lead));
             let last = self.db.last_position().map(|p| p.sequence).unwrap_or(0);
             self.core(|c, now| c.start(last, now));
+            // as the service does on taking office: a stash left by an unfinished rebuild
+            if self.db.stashed_count().unwrap_or(0) > 0 {
+                let r = Applier::new(self.db.clone()).recover_orphans();
+                self.out.push(Output::Note(format!("leader: stash recovered: {r:?}")));
+                self.work.push_back(Work::Proposer(ProposerInput::Wake));
+            }
         } else if let Some(leader) = state.leader_device.and_then(|d| self.peer_of(d)) {
             let rep = Replicator::new(
                 self.library_id,
@@ -1318,6 +1326,15 @@ impl Device {
 
     fn follower(&mut self, input: FollowerInput) {
         let now = self.now;
+        match &input {
+            FollowerInput::Reset(_) | FollowerInput::Orphans(_) | FollowerInput::Settled(_) => {
+                self.out.push(Output::Note(format!("follower: {input:?}")));
+            }
+            FollowerInput::Applied(_, o) if !matches!(o, BatchOutcome::Applied { .. }) => {
+                self.out.push(Output::Note(format!("follower: batch {o:?}")));
+            }
+            _ => {}
+        }
         let Role::Follower(f) = &mut self.role else { return };
         let cmds = match input {
             FollowerInput::Request(id, peer, msg) => {
@@ -1449,7 +1466,10 @@ impl Device {
             ProposerInput::Submitted(id, token) => p.submitted(id, token),
             ProposerInput::Listed(Ok(entries)) => p.listed(entries, now),
             ProposerInput::Listed(Err(_)) => p.list_failed(now),
-            ProposerInput::Delivered(id, d) => p.delivered(id, d, now),
+            ProposerInput::Delivered(id, d) => {
+                self.out.push(Output::Note(format!("proposal {id}: {d:?}")));
+                p.delivered(id, d, now)
+            }
             ProposerInput::Tick => p.tick(now),
         };
         for cmd in cmds {

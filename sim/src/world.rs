@@ -239,6 +239,10 @@ struct Slot {
     /// Its disk lost data since the last check of its term (terms may go back then).
     disk_lost: bool,
     last_term: u64,
+    /// Its role and term at the last check, and the last commit sequence it published (traced
+    /// when they change).
+    last_role: Option<(SyncRole, u64)>,
+    last_commit: u64,
 }
 
 /// The world of one seed.
@@ -323,6 +327,8 @@ impl World {
                 down_since: None,
                 disk_lost: false,
                 last_term: 0,
+                last_role: None,
+                last_commit: 0,
             });
         }
         let library_id = Uuid::from_u128(rng.gen());
@@ -552,8 +558,12 @@ impl World {
                     self.oracle.answer(write, outcome);
                 }
                 Output::Changed { token, result } => self.changed(token, result),
+                Output::Note(note) => self.log(|| format!("{ix}: {note}")),
                 Output::Committed { term, commit_sequence } => {
-                    self.log(|| format!("{ix} commits {commit_sequence} in term {term}"));
+                    if self.slots[ix].last_commit != commit_sequence {
+                        self.slots[ix].last_commit = commit_sequence;
+                        self.log(|| format!("{ix} commits {commit_sequence} in term {term}"));
+                    }
                     if let Some(d) = &self.slots[ix].device {
                         let db = d.db().clone();
                         if let Err(e) = self.checker.on_commit(ix, term, commit_sequence, &db) {
@@ -1020,6 +1030,10 @@ impl World {
                 ));
             }
             self.slots[ix].last_term = term;
+            if self.slots[ix].last_role != Some((role, term)) {
+                self.slots[ix].last_role = Some((role, term));
+                self.log(|| format!("device {ix} is {role:?} in term {term}"));
+            }
             self.slots[ix].disk_lost = false;
             if role == SyncRole::Leader {
                 if let Err(e) = self.checker.on_leader(ix, term, &db) {

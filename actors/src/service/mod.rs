@@ -33,7 +33,7 @@ use lsync_protocol::{
     AddressHint, ErrorCode, Member, MemberRole, MembershipChange, RolePreference, SyncMessage,
     SyncRole,
 };
-use lsync_storage::{Database, Device, Membership, SyncState, TransactionManager};
+use lsync_storage::{Applier, Database, Device, Membership, SyncState, TransactionManager};
 use rand::RngCore;
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
@@ -368,6 +368,34 @@ impl SyncService {
         }
     }
 
+    /// A device that won an election while entries stashed by a divergence repair were still
+    /// waiting for the end of its rebuild (the follower recovers them only after a complete
+    /// round from a leader) recovers them now: a leader's log holds every committed entry, so
+    /// a stashed entry it lacks at its (sequence, term) is an orphan, re-proposed through the
+    /// outbox like any other ([`Applier::recover_orphans`]). Without this the stash waited for
+    /// a later rebuild that may never come, and acknowledged writes in it were lost.
+    fn recover_stash_as_leader(&self) {
+        let db = self.cx.db.clone();
+        let proposer = self.proposer.clone();
+        let library_id = self.cx.library_id;
+        actix_rt::spawn(async move {
+            let recover = move || {
+                if db.stashed_count()? == 0 {
+                    return Ok(None);
+                }
+                Applier::new(db).recover_orphans().map(Some)
+            };
+            match run_blocking(recover).await {
+                Ok(Some(recovered)) => {
+                    info!(%library_id, ?recovered, "stashed entries recovered on taking office");
+                    proposer.wake();
+                }
+                Ok(None) => {}
+                Err(e) => warn!(%library_id, error = %e, "cannot recover the stashed entries"),
+            }
+        });
+    }
+
     fn start_role(&mut self) {
         self.stop_role();
         let Some(state) = self.state.clone() else { return };
@@ -415,6 +443,7 @@ impl SyncService {
                 .do_send(SetSessions(sessions.values().map(|a| a.clone().recipient()).collect()));
             info!(%library_id, term = state.current_term, followers = sessions.len(), "leading");
             self.role = Role::Leader { notifier, sessions, cache, shared };
+            self.recover_stash_as_leader();
         } else if let Some(leader_peer) = state.leader_device.and_then(|d| self.peer_of(d)) {
             let applier = FollowerApplier::new(ApplierContext {
                 library_id,
