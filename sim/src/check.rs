@@ -82,6 +82,8 @@ pub struct Checker {
     leader_changes: u64,
     /// sequence → (fingerprint, the term of the leader that first published it as committed)
     committed: BTreeMap<u64, (u64, u64)>,
+    /// term → the highest sequence first published as committed by that term's leader
+    committed_by_term: BTreeMap<u64, u64>,
     max_committed: u64,
     seen: BTreeMap<Ix, Seen>,
 }
@@ -100,7 +102,7 @@ impl Checker {
     /// `ix` leads `term` (its election says so).
     pub fn on_leader(&mut self, ix: Ix, term: u64, db: &Database) -> Result<(), String> {
         // Leader completeness: every entry committed in an earlier term is in its log.
-        let needed = self.committed.iter().rev().find(|(_, (_, t))| *t < term).map(|(s, _)| *s);
+        let needed = self.committed_by_term.range(..term).map(|(_, s)| *s).max();
         if let Some(needed) = needed {
             let last = db.last_position().map_err(|e| e.to_string())?;
             if last.sequence < needed {
@@ -158,6 +160,8 @@ impl Checker {
         for e in &entries {
             self.committed.insert(e.sequence, (fingerprint(e), term));
         }
+        let highest = self.committed_by_term.entry(term).or_default();
+        *highest = (*highest).max(commit);
         self.max_committed = commit;
         Ok(())
     }

@@ -157,6 +157,10 @@ impl Options {
             self.devices,
             faults.join(",")
         );
+        let phase = self.fault_phase.as_millis();
+        if phase != Self::new(self.seed).fault_phase.as_millis() {
+            cmd.push_str(&format!(" --fault-phase-ms {phase}"));
+        }
         if self.strict_sequences {
             cmd.push_str(" --strict-sequences");
         }
@@ -247,6 +251,8 @@ struct Slot {
 
 /// The world of one seed.
 pub struct World {
+    /// The devices that ran since the last check.
+    touched: BTreeSet<Ix>,
     opts: Options,
     rng: StdRng,
     now: Micros,
@@ -292,7 +298,19 @@ impl World {
         let (tmp, dir) = match &opts.dir {
             Some(d) => (None, d.clone()),
             None => {
-                let t = tempfile::Builder::new().prefix("lsync-sim-").tempdir()?;
+                // Memory-backed when the machine has it: the simulated disk decides what
+                // survives a power loss, so the real one's fsyncs only cost time (3× here).
+                let shm = std::path::Path::new("/dev/shm");
+                let builder = {
+                    let mut b = tempfile::Builder::new();
+                    b.prefix("lsync-sim-");
+                    b
+                };
+                let t = if shm.is_dir() {
+                    builder.tempdir_in(shm).or_else(|_| builder.tempdir())?
+                } else {
+                    builder.tempdir()?
+                };
                 let p = t.path().to_owned();
                 (Some(t), p)
             }
@@ -337,6 +355,7 @@ impl World {
             checker: Checker::new(opts.strict_sequences),
             report: Report { seed: opts.seed, devices: opts.devices, ..Report::default() },
             opts,
+            touched: BTreeSet::new(),
             rng,
             now: 0,
             base: Instant::now(),
@@ -528,6 +547,7 @@ impl World {
     }
 
     fn outputs(&mut self, ix: Ix, out: Vec<Output>) {
+        self.touched.insert(ix);
         for o in out {
             match o {
                 Output::Request { to, msg, token } => {
@@ -549,6 +569,7 @@ impl World {
                     }
                 }
                 Output::Respond { id, msg } => {
+                    self.log(|| format!("{ix} answers {}", describe(&msg)));
                     if let Some(f) = self.net.respond(self.now, id, msg, &mut self.rng) {
                         self.at(f.at, Ev::Net(f));
                     }
@@ -1018,8 +1039,9 @@ impl World {
         self.report.failures.push(why);
     }
 
+    /// The rules, on the devices that did something in this step (the others are unchanged).
     fn check_step(&mut self) {
-        for ix in 0..self.slots.len() {
+        for ix in std::mem::take(&mut self.touched) {
             let Some(d) = &self.slots[ix].device else { continue };
             let (role, term, _) = d.election_view();
             let db = d.db().clone();
@@ -1044,5 +1066,13 @@ impl World {
                 self.fail(e);
             }
         }
+    }
+}
+
+/// A message's kind, and for errors their code (the trace's word for a response).
+fn describe(msg: &lsync_protocol::SyncMessage) -> String {
+    match msg {
+        lsync_protocol::SyncMessage::Error { code, .. } => format!("Error({code:?})"),
+        other => other.kind().to_string(),
     }
 }

@@ -384,9 +384,7 @@ impl FollowerLink {
                 let position = AckPosition { term, sequence: up_to_sequence, last_term };
                 self.record(position, None, &mut out);
             }
-            Some(other) => {
-                debug!(device = %self.cfg.device, reply = other.kind(), "unexpected reply to NewEntries")
-            }
+            Some(other) => self.other_answer(other, "NewEntries", &mut out),
             None => {}
         }
         if self.left {
@@ -423,9 +421,30 @@ impl FollowerLink {
                 let position = AckPosition { term, sequence: current_sequence, last_term };
                 self.record(position, Some(features), &mut out);
             }
-            other => debug!(device = %self.cfg.device, reply = other.kind(), "heartbeat answered"),
+            other => self.other_answer(other, "Heartbeat", &mut out),
         }
         out
+    }
+
+    /// An answer that is not the expected one: a `StaleTerm` naming a newer term deposes this
+    /// leader (the election adopts the term and steps down; found by the simulator: without
+    /// it a leader that came back from a crash led its old term for good, heard by the
+    /// devices still in it, refused by those that had moved on, and nobody could win the
+    /// next term while it kept them from timing out); anything else is logged.
+    fn other_answer(&self, reply: SyncMessage, request: &str, out: &mut Vec<Command>) {
+        match reply {
+            SyncMessage::Error { code: ErrorCode::StaleTerm, term, .. }
+                if fence(term, self.cfg.term) == Fence::Newer =>
+            {
+                out.push(Command::Election(ElectionInput::TermSeen { term }));
+            }
+            other => debug!(
+                device = %self.cfg.device,
+                reply = other.kind(),
+                request,
+                "unexpected answer"
+            ),
+        }
     }
 
     /// The follower sent request `id`. The term rule first; then an Acknowledge or a

@@ -386,6 +386,24 @@ fn a_heartbeat_answer_of_a_newer_term_is_contact_only() {
     assert_eq!(l.on_heartbeat_answer(follower_heartbeat(30, 9, 2)), vec![contact(9)]);
 }
 
+#[test]
+fn a_stale_term_refusal_naming_a_newer_term_deposes_the_leader() {
+    let mut l = link();
+    let refusal = |term| SyncMessage::Error {
+        library_id: lib(),
+        code: ErrorCode::StaleTerm,
+        message: "stale".into(),
+        leader_hint: None,
+        term,
+        leader_peer: None,
+    };
+    let seen = vec![Command::Election(ElectionInput::TermSeen { term: 9 })];
+    assert_eq!(l.on_heartbeat_answer(refusal(9)), seen);
+    assert_eq!(l.on_notify_answer(Some(refusal(9)), Instant::now()), seen);
+    // one naming this leader's own term (or an older one) says nothing new
+    assert_eq!(l.on_heartbeat_answer(refusal(TERM)), vec![]);
+}
+
 // ---- connection ---------------------------------------------------------------------------
 
 #[test]
