@@ -216,6 +216,8 @@ impl Transport for NoTransport {
 /// One device of the simulation, up (a crash drops it; [`Device::boot`] starts it again from
 /// its disk).
 pub struct Device {
+    /// `LSYNC_SIM_DEBUG` is set: the follower's commands and fetch answers go to the trace too.
+    debug: bool,
     pub ix: Ix,
     pub id: Uuid,
     pub peer: PeerId,
@@ -292,6 +294,7 @@ impl Device {
         );
         let (events, _) = broadcast::channel(16);
         let mut d = Self {
+            debug: std::env::var_os("LSYNC_SIM_DEBUG").is_some(),
             ix,
             id,
             peer,
@@ -1330,6 +1333,10 @@ impl Device {
             FollowerInput::Reset(_) | FollowerInput::Orphans(_) | FollowerInput::Settled(_) => {
                 self.out.push(Output::Note(format!("follower: {input:?}")));
             }
+            FollowerInput::Fetched(id, r) if self.debug => {
+                let r = r.as_ref().map(|m| m.kind());
+                self.out.push(Output::Note(format!("follower: fetched {id:?} {r:?}")));
+            }
             FollowerInput::Applied(_, o) if !matches!(o, BatchOutcome::Applied { .. }) => {
                 self.out.push(Output::Note(format!("follower: batch {o:?}")));
             }
@@ -1357,6 +1364,21 @@ impl Device {
     }
 
     fn perform_follower(&mut self, cmds: Vec<FollowerCommand>) {
+        if self.debug {
+            for c in &cmds {
+                let d = match c {
+                    FollowerCommand::Apply { id, entries } => format!(
+                        "Apply {id:?} {:?}..{:?}",
+                        entries.first().map(|e| e.sequence),
+                        entries.last().map(|e| e.sequence)
+                    ),
+                    FollowerCommand::Fetch { id, since, .. } => format!("Fetch {id:?} {since:?}"),
+                    FollowerCommand::Reply { .. } => "Reply".into(),
+                    other => format!("{other:?}").chars().take(120).collect(),
+                };
+                self.out.push(Output::Note(format!("follower cmd: {d}")));
+            }
+        }
         let gen = self.role_gen;
         let library_id = self.library_id;
         let applier = Applier::new(self.db.clone());

@@ -561,7 +561,7 @@ impl World {
                         }
                         continue;
                     };
-                    self.log(|| format!("{ix} → {target} {}", msg.kind()));
+                    self.log(|| format!("{ix} → {target} {}", describe(&msg)));
                     let (id, flights) = self.net.request(self.now, ix, target, msg, &mut self.rng);
                     self.tokens.insert(id, (ix, token));
                     for f in flights {
@@ -1071,8 +1071,26 @@ impl World {
 
 /// A message's kind, and for errors their code (the trace's word for a response).
 fn describe(msg: &lsync_protocol::SyncMessage) -> String {
+    use lsync_protocol::SyncMessage as M;
     match msg {
-        lsync_protocol::SyncMessage::Error { code, .. } => format!("Error({code:?})"),
+        M::Error { code, term, .. } => format!("Error({code:?}, term {term})"),
+        M::NewEntries { term, from_sequence, to_sequence, entries, .. } => {
+            format!("NewEntries t{term} {from_sequence}..={to_sequence} ({} inline)", entries.len())
+        }
+        M::FetchEntries { term, since_sequence, since_term, .. } => {
+            format!("FetchEntries t{term} since ({since_term}, {since_sequence})")
+        }
+        M::EntriesResponse { entries, .. } => format!(
+            "EntriesResponse {:?}..{:?}",
+            entries.first().map(|e| e.sequence),
+            entries.last().map(|e| e.sequence)
+        ),
+        M::Acknowledge { up_to_sequence, term, .. } => {
+            format!("Acknowledge t{term} up to {up_to_sequence}")
+        }
+        M::Heartbeat { term, current_sequence, role, .. } => {
+            format!("Heartbeat t{term} {role:?} at {current_sequence}")
+        }
         other => other.kind().to_string(),
     }
 }

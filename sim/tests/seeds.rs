@@ -11,6 +11,20 @@ use lsync_sim::Options;
 /// The fault phase of CI's seeds (the binary's default is 20 s).
 const PHASE: Duration = Duration::from_secs(8);
 
+/// Seeds of CI's range that fail today on a defect that is open, with the defect. They are
+/// run and reported but kept out of the pass/fail until it is fixed (docs/testing.md, "Known
+/// defects"); a listed seed that passes is reported too (the defect may be fixed, or the seed's
+/// schedule moved off it: check before removing it from the list).
+const KNOWN: &[(u64, &str)] = &[
+    (103, "a proposal split at a block boundary loses its rest in repair (issue 16)"),
+    (711, "a proposal split at a block boundary loses its rest in repair (issue 16)"),
+    (
+        710,
+        "a device that missed the configuration naming the new leader, with no leader known, \
+         asks nobody who leads and refuses that leader's messages",
+    ),
+];
+
 /// Runs `seeds` and fails naming every failing seed with its first failure and replay command.
 fn run_seeds(seeds: impl IntoIterator<Item = (u64, Duration)>) {
     let mut failed = Vec::new();
@@ -22,8 +36,16 @@ fn run_seeds(seeds: impl IntoIterator<Item = (u64, Duration)>) {
         let (report, _) = lsync_sim::run(opts);
         ran += 1;
         assert!(report.writes > 0 || !report.ok(), "seed {seed} wrote nothing");
-        if !report.ok() {
-            failed.push(format!("seed {seed}: {}\n  replay: {replay}", report.failures[0]));
+        let known = KNOWN.iter().find(|(s, _)| *s == seed).map(|(_, why)| *why);
+        match (report.ok(), known) {
+            (true, None) => {}
+            (true, Some(why)) => eprintln!("seed {seed}, listed as failing ({why}), passed"),
+            (false, Some(why)) => {
+                eprintln!("seed {seed} failed as known ({why}): {}", report.failures[0])
+            }
+            (false, None) => {
+                failed.push(format!("seed {seed}: {}\n  replay: {replay}", report.failures[0]))
+            }
         }
     }
     assert!(failed.is_empty(), "{} of {ran} seeds failed:\n{}", failed.len(), failed.join("\n"));
