@@ -16,7 +16,8 @@
 //! - **leader completeness**: a leader of term `t` holds every entry committed in a term
 //!   before `t` (it may still be writing the entry that commits its own term).
 //!
-//! At the end, after the drain: every member identical (log and tables), every outbox empty,
+//! At the end, after the drain: every member identical (log, tables and the configuration in
+//! effect), every outbox empty,
 //! and the oracle's verdict on the log ([`crate::oracle`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -264,6 +265,7 @@ impl Checker {
         let log = whole_log(reference.db())?;
         let prints: Vec<u64> = log.iter().map(fingerprint).collect();
         let tags = reference.db().dump().map_err(|e| e.to_string())?;
+        let config = reference.db().membership().map_err(|e| e.to_string())?;
         let mut failures = Vec::new();
         for (i, d) in &up[1..] {
             let other: Vec<u64> = whole_log(d.db())?.iter().map(fingerprint).collect();
@@ -279,6 +281,16 @@ impl Checker {
             let theirs = d.db().dump().map_err(|e| e.to_string())?;
             if theirs.get("tag") != tags.get("tag") {
                 failures.push(format!("device {i}'s tags differ from device {first}'s"));
+            }
+            // The configuration in effect (devices table, voters, learners) is replicated
+            // state too: every member ends with the same one.
+            let mine = d.db().membership().map_err(|e| e.to_string())?;
+            if (mine.sequence, &mine.configuration) != (config.sequence, &config.configuration) {
+                failures.push(format!(
+                    "device {i}'s configuration in effect (entry {}) differs from device \
+                     {first}'s (entry {})",
+                    mine.sequence, config.sequence
+                ));
             }
         }
         for (s, e) in log.iter().enumerate() {
