@@ -1,6 +1,6 @@
 //! [`Applier`]: the follower's write path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -219,21 +219,24 @@ impl Applier {
     ///
     /// For every stashed entry, in (term, sequence) order:
     /// - if the rebuilt log holds an entry with the same (sequence, term), it is the same entry
-    ///   (it was replicated): it is dropped from the stash (`replicated`);
+    ///   (it was replicated): nothing to re-propose (`replicated`);
     /// - otherwise it is an orphan. A Bulk orphan, one of a model type not registered here, or
     ///   one its handler no longer validates, is dropped with a warning (`dropped`): a bulk
-    ///   entry is a job hook, not a change to re-propose. Every other orphan's change goes into
-    ///   the outbox, grouped into one proposal per proposal id, the changes of one proposal in
-    ///   order: the id is the entry's `proposal_id` if it has one (so a proposal the new leader
-    ///   committed already under that id — its proposer retried it — is recognised by
-    ///   [`crate::TransactionManager::commit_proposal`] as a duplicate, and one still queued
-    ///   here is not queued twice), except when *part* of that proposal is in the rebuilt log
-    ///   at its place (a response ended inside it before its leader was deposed): then the rest
-    ///   goes under a Uuid v5 of (proposal id, first orphan's term and sequence), so it is not
-    ///   taken for a duplicate of the part that arrived; an entry without a proposal id gets a Uuid
-    ///   v5 of (origin device, term, sequence). Every id is the same on every run, so
-    ///   recovering twice never creates two proposals for one orphan (the outbox push is
-    ///   idempotent).
+    ///   entry is a job hook, not a change to re-propose. A configuration orphan is never
+    ///   re-proposed (`configurations`).
+    ///
+    /// Every other orphan's change goes into the outbox, one proposal per proposal id, the
+    /// changes of one proposal in order. An entry that came from a proposal goes under that
+    /// proposal's id, **together with the proposal's stashed entries that were replicated**:
+    /// the proposal as far as this device knows it. The leader matches it against the entries
+    /// its log holds for the id and commits exactly the changes missing there
+    /// ([`crate::TransactionManager::commit_proposal`]): nothing if its proposer already got
+    /// it committed whole (a duplicate), the rest if a response ended inside it before its
+    /// leader was deposed and only a first part reached the new leader — also when another
+    /// device's repair, knowing a shorter part, got there first. An entry without a proposal
+    /// id goes under a Uuid v5 of (origin device, term, sequence). Every id is the same on
+    /// every run, so recovering twice never queues a change twice (the outbox push is
+    /// idempotent), and a proposal still queued here is not queued twice.
     ///
     /// Then the stash is cleared. Re-proposed changes follow the proposal rule (upsert; a
     /// delete of a missing record is dropped), so they land after the leader's own changes to
@@ -251,31 +254,39 @@ impl Applier {
                 .order((stashed_entries::term.asc(), stashed_entries::sequence.asc()))
                 .load::<LogRow>(conn)?;
             let mut recovered = RecoveredOrphans::default();
-            let mut groups: Vec<(Uuid, Vec<Change>)> = Vec::new();
+            // Proposals to queue, in the order of their first stashed entry: the id, the
+            // changes and how many of them are orphans.
+            let mut groups: Vec<(Uuid, Vec<Change>, u64)> = Vec::new();
             let mut index: HashMap<Uuid, usize> = HashMap::new();
-            // Original proposal id → the id its orphans are proposed under.
-            let mut rests: HashMap<Uuid, Uuid> = HashMap::new();
-            // Proposals of which a stashed entry is in the rebuilt log at its place.
-            let mut partly_replicated: std::collections::HashSet<Uuid> = Default::default();
+            let mut stashed = Vec::with_capacity(rows.len());
+            // The proposals with an orphan: only their replicated entries are needed.
+            let mut orphaned: HashSet<Uuid> = HashSet::new();
             for row in rows {
                 let entry = row_to_entry(row)?;
-                if SyncLog::term_at(conn, entry.sequence)? == Some(entry.term) {
-                    recovered.replicated += 1;
-                    if let Some(p) = entry.proposal_id {
-                        // (term, sequence) order: a proposal's replicated first part comes
-                        // before its orphaned rest.
-                        partly_replicated.insert(p);
-                    }
-                    continue;
+                let replicated = SyncLog::term_at(conn, entry.sequence)? == Some(entry.term);
+                if let (false, Some(p)) = (replicated, entry.proposal_id) {
+                    orphaned.insert(p);
                 }
-                if entry.change_type == ChangeType::Config {
+                stashed.push((entry, replicated));
+            }
+            for (entry, replicated) in stashed {
+                if replicated {
+                    recovered.replicated += 1;
+                    // Kept only for its proposal's sake, if that has an orphan: the leader
+                    // needs the part it holds to find the missing one.
+                    if !entry.proposal_id.is_some_and(|p| orphaned.contains(&p))
+                        || entry.change_type == ChangeType::Config
+                    {
+                        continue;
+                    }
+                } else if entry.change_type == ChangeType::Config {
                     // A membership change is never re-proposed from a deposed leader's tail:
                     // whoever asked for it is told it is pending, and asks again.
                     recovered.configurations += 1;
                     continue;
                 }
                 let position = LogPosition::of(&entry);
-                if entry.change_type == ChangeType::Bulk {
+                if !replicated && entry.change_type == ChangeType::Bulk {
                     tracing::warn!(%position, model_type = %entry.model_type,
                         record_id = %entry.record_id,
                         "orphaned bulk entry dropped: a bulk operation is not re-proposed");
@@ -283,56 +294,50 @@ impl Applier {
                     continue;
                 }
                 let Some(handler) = registry.handler(&entry.model_type) else {
-                    tracing::warn!(%position, model_type = %entry.model_type,
-                        record_id = %entry.record_id,
-                        "orphaned entry of an unregistered model type dropped");
-                    recovered.dropped += 1;
+                    if !replicated {
+                        tracing::warn!(%position, model_type = %entry.model_type,
+                            record_id = %entry.record_id,
+                            "orphaned entry of an unregistered model type dropped");
+                        recovered.dropped += 1;
+                    }
                     continue;
                 };
-                let id = match entry.proposal_id {
-                    None => orphan_proposal_id(&entry),
-                    Some(proposal) => match rests.get(&proposal) {
-                        Some(id) => *id,
-                        None => {
-                            // Part of the proposal reached the rebuilt log at its place (a
-                            // response ended inside it, then its leader was deposed): its own
-                            // id would be answered as a duplicate and the rest lost, so the
-                            // rest goes under an id of its own, the same on every run. (A
-                            // proposal the new leader committed whole elsewhere — its proposer
-                            // retried it — keeps its id: a duplicate, nothing twice.)
-                            let id = if partly_replicated.contains(&proposal) {
-                                rest_proposal_id(proposal, &entry)
-                            } else {
-                                proposal
-                            };
-                            rests.insert(proposal, id);
-                            id
-                        }
-                    },
-                };
+                let id = entry.proposal_id.unwrap_or_else(|| orphan_proposal_id(&entry));
                 let change = Change {
                     model_type: entry.model_type,
                     record_id: entry.record_id,
                     change_type: entry.change_type,
                     data: entry.data,
                 };
-                if let Err(error) = handler.validate(&change) {
-                    tracing::warn!(%position, %error, "invalid orphaned entry dropped");
-                    recovered.dropped += 1;
-                    continue;
+                if change.change_type != ChangeType::Bulk {
+                    if let Err(error) = handler.validate(&change) {
+                        if !replicated {
+                            tracing::warn!(%position, %error, "invalid orphaned entry dropped");
+                            recovered.dropped += 1;
+                        }
+                        continue;
+                    }
                 }
+                let orphan = u64::from(!replicated);
                 match index.get(&id) {
-                    Some(&i) => groups[i].1.push(change),
+                    Some(&i) => {
+                        groups[i].1.push(change);
+                        groups[i].2 += orphan;
+                    }
                     None => {
                         index.insert(id, groups.len());
-                        groups.push((id, vec![change]));
+                        groups.push((id, vec![change], orphan));
                     }
                 }
             }
-            for (id, changes) in &groups {
+            for (id, changes, orphans) in &groups {
+                if *orphans == 0 {
+                    // Its orphans were all dropped: nothing to re-propose.
+                    continue;
+                }
                 if outbox::push_unchecked(conn, *id, changes)? {
                     recovered.proposals += 1;
-                    recovered.changes += changes.len() as u64;
+                    recovered.changes += orphans;
                 } else {
                     recovered.already_queued += 1;
                 }
@@ -352,7 +357,8 @@ impl Applier {
 pub struct RecoveredOrphans {
     /// Proposals newly queued in the outbox.
     pub proposals: u64,
-    /// Changes in those proposals (one per orphaned entry).
+    /// Orphaned changes in those proposals (one per orphaned entry; a partly replicated
+    /// proposal also carries its replicated changes, counted in `replicated`).
     pub changes: u64,
     /// Orphaned entries dropped (Bulk, unregistered model type, invalid), each with a warning.
     pub dropped: u64,
@@ -376,19 +382,6 @@ fn orphan_proposal_id(entry: &SyncLogEntry) -> Uuid {
     name[16..24].copy_from_slice(&entry.term.to_be_bytes());
     name[24..].copy_from_slice(&entry.sequence.to_be_bytes());
     Uuid::new_v5(&ORPHAN_NAMESPACE, &name)
-}
-
-/// Namespace of the ids of the rest of a partly replicated proposal.
-const REST_NAMESPACE: Uuid = Uuid::from_u128(0x6c73_796e_635f_5245_8000_7374_5f6f_6621);
-
-/// The deterministic proposal id of the orphaned rest of `proposal`, whose first orphaned entry
-/// is `first`: Uuid v5 of the proposal id and that entry's term and sequence.
-fn rest_proposal_id(proposal: Uuid, first: &SyncLogEntry) -> Uuid {
-    let mut name = [0u8; 32];
-    name[..16].copy_from_slice(proposal.as_bytes());
-    name[16..24].copy_from_slice(&first.term.to_be_bytes());
-    name[24..].copy_from_slice(&first.sequence.to_be_bytes());
-    Uuid::new_v5(&REST_NAMESPACE, &name)
 }
 
 /// Before the log is cleared: the rebuild mark becomes the log's last position if that is more
