@@ -187,7 +187,9 @@ impl Applier {
     /// the local `stashed_entries` table (keyed by the entry's identity (sequence, term);
     /// entries stashed already — by an earlier repair that crashed before
     /// [`Applier::recover_orphans`] — are kept, not replaced), then does what
-    /// [`Applier::reset`] does. Returns the number of entries newly stashed.
+    /// [`Applier::reset`] does. Returns the number of entries newly stashed. (An earlier
+    /// stash is also there when a rebuild was cut short by another divergence: the stash then
+    /// holds entries of several logs.)
     ///
     /// Step 2 is the rebuild from the leader ([`Applier::apply`]); step 3 is
     /// [`Applier::recover_orphans`]. A crash anywhere in between loses nothing: the stash is in
@@ -228,7 +230,8 @@ impl Applier {
     /// Every other orphan's change goes into the outbox, one proposal per proposal id, the
     /// changes of one proposal in order. An entry that came from a proposal goes under that
     /// proposal's id, **together with the proposal's stashed entries that were replicated**:
-    /// the proposal as far as this device knows it. The leader matches it against the entries
+    /// the proposal as far as this device knows it, its copies from several logs counted once
+    /// ([`Group`], [`merge_run`]). The leader matches it against the entries
     /// its log holds for the id and commits exactly the changes missing there
     /// ([`crate::TransactionManager::commit_proposal`]): nothing if its proposer already got
     /// it committed whole (a duplicate), the rest if a response ended inside it before its
@@ -254,10 +257,6 @@ impl Applier {
                 .order((stashed_entries::term.asc(), stashed_entries::sequence.asc()))
                 .load::<LogRow>(conn)?;
             let mut recovered = RecoveredOrphans::default();
-            // Proposals to queue, in the order of their first stashed entry: the id, the
-            // changes and how many of them are orphans.
-            let mut groups: Vec<(Uuid, Vec<Change>, u64)> = Vec::new();
-            let mut index: HashMap<Uuid, usize> = HashMap::new();
             let mut stashed = Vec::with_capacity(rows.len());
             // The proposals with an orphan: only their replicated entries are needed.
             let mut orphaned: HashSet<Uuid> = HashSet::new();
@@ -269,6 +268,9 @@ impl Applier {
                 }
                 stashed.push((entry, replicated));
             }
+            // Proposals to queue, in the order of their first stashed entry.
+            let mut groups: Vec<Group> = Vec::new();
+            let mut index: HashMap<Uuid, usize> = HashMap::new();
             for (entry, replicated) in stashed {
                 if replicated {
                     recovered.replicated += 1;
@@ -318,24 +320,19 @@ impl Applier {
                         continue;
                     }
                 }
-                let orphan = u64::from(!replicated);
-                match index.get(&id) {
-                    Some(&i) => {
-                        groups[i].1.push(change);
-                        groups[i].2 += orphan;
-                    }
-                    None => {
-                        index.insert(id, groups.len());
-                        groups.push((id, vec![change], orphan));
-                    }
-                }
+                let i = *index.entry(id).or_insert_with(|| {
+                    groups.push(Group::new(id));
+                    groups.len() - 1
+                });
+                groups[i].add(position, change, !replicated);
             }
-            for (id, changes, orphans) in &groups {
-                if *orphans == 0 {
+            for group in groups {
+                let (id, orphans, changes) = group.finish();
+                if orphans == 0 {
                     // Its orphans were all dropped: nothing to re-propose.
                     continue;
                 }
-                if outbox::push_unchecked(conn, *id, changes)? {
+                if outbox::push_unchecked(conn, id, &changes)? {
                     recovered.proposals += 1;
                     recovered.changes += orphans;
                 } else {
@@ -369,6 +366,75 @@ pub struct RecoveredOrphans {
     /// Configuration entries the leader's log lacks: never re-proposed (a membership change
     /// that did not commit is asked for again by whoever wanted it).
     pub configurations: u64,
+}
+
+/// One proposal [`Applier::recover_orphans`] re-proposes, built from its stashed entries.
+///
+/// The stash may hold a proposal's entries from several logs (a repair interrupted by another
+/// divergence stashes the log it had rebuilt so far too), and a log may hold a proposal in
+/// parts (a leader completed it after a failover). The entries come in (term, sequence) order
+/// and fall into **runs**: entries of one term at consecutive sequences, i.e. one commit, or
+/// the part of it that one log held. Each run is merged into the proposal as known so far
+/// ([`merge_run`]), so that copies from several logs count once.
+struct Group {
+    id: Uuid,
+    /// The proposal as known so far (the runs merged before `run`).
+    known: Vec<Change>,
+    /// The run being read, and the position of its last entry.
+    run: Vec<Change>,
+    last: Option<LogPosition>,
+    /// How many of its stashed entries are orphans.
+    orphans: u64,
+}
+
+impl Group {
+    fn new(id: Uuid) -> Self {
+        Self { id, known: Vec::new(), run: Vec::new(), last: None, orphans: 0 }
+    }
+
+    /// Adds the next stashed entry (in (term, sequence) order) of this proposal.
+    fn add(&mut self, position: LogPosition, change: Change, orphan: bool) {
+        let continues = self.last.is_some_and(|last| {
+            last.term == position.term && last.sequence.checked_add(1) == Some(position.sequence)
+        });
+        if !continues {
+            merge_run(&mut self.known, &std::mem::take(&mut self.run));
+        }
+        self.run.push(change);
+        self.last = Some(position);
+        self.orphans += u64::from(orphan);
+    }
+
+    /// The id, the number of orphans and the changes to propose.
+    fn finish(mut self) -> (Uuid, u64, Vec<Change>) {
+        merge_run(&mut self.known, &self.run);
+        (self.id, self.orphans, self.known)
+    }
+}
+
+/// Merges `run` — the changes of one run of a proposal's stashed entries (see [`Group`]) —
+/// into `known`, the proposal as known so far.
+///
+/// A run is a stretch of the proposal's changes: from its start (the first commit of it, in
+/// whatever log held it) or from where a leader's log ended when it completed the proposal.
+/// It is laid over `known` at the first place it agrees with ([`Change::same_as`] for every
+/// change the two have side by side), the end of `known` at the latest, and what it has past
+/// the end of `known` is added. So a copy of a part already known adds nothing, and the rest
+/// of the proposal continues it. A proposal that repeats a change exactly, at the place where
+/// it was split (`[x = 1, y, x = 1]` cut after `y`), is taken for a copy there and loses the
+/// repetition; telling them apart would need the log each entry was stashed from.
+pub(crate) fn merge_run(known: &mut Vec<Change>, run: &[Change]) {
+    let agrees = |at: usize| {
+        known[at..]
+            .iter()
+            .zip(run)
+            .all(|(k, r)| k.same_as(&r.model_type, &r.record_id, r.change_type, &r.data))
+    };
+    let at = (0..known.len()).find(|&at| agrees(at)).unwrap_or(known.len());
+    let overlap = known.len() - at;
+    if let Some(rest) = run.get(overlap..) {
+        known.extend_from_slice(rest);
+    }
 }
 
 /// Namespace of the ids [`Applier::recover_orphans`] gives orphans without a proposal id.
@@ -413,3 +479,6 @@ pub(crate) fn stashed_count(conn: &mut SqliteConnection) -> Result<u64> {
     let count = stashed_entries::table.count().get_result::<i64>(conn)?;
     crate::error::to_u64(count, "stashed_entries count")
 }
+
+#[cfg(test)]
+mod tests;

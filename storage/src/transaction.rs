@@ -470,18 +470,9 @@ pub(crate) fn missing_part(changes: &[Change], present: &[SyncLogEntry]) -> Opti
     (next < changes.len()).then_some(next)
 }
 
-/// Whether `entry` is what the proposal rule made of `change`: the same record and data, and
-/// the same kind of change (an Insert and an Update are one kind: the rule turns either into
-/// the other).
+/// Whether `entry` is what the proposal rule made of `change` ([`Change::same_as`]).
 fn commits(entry: &SyncLogEntry, change: &Change) -> bool {
-    let kind = |t: ChangeType| match t {
-        ChangeType::Insert | ChangeType::Update => ChangeType::Update,
-        other => other,
-    };
-    entry.model_type == change.model_type
-        && entry.record_id == change.record_id
-        && kind(entry.change_type) == kind(change.change_type)
-        && entry.data == change.data
+    change.same_as(&entry.model_type, &entry.record_id, entry.change_type, &entry.data)
 }
 
 /// Validates, sequences, applies and logs `changes` (each with whether the proposal rule

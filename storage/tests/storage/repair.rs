@@ -458,3 +458,34 @@ fn a_stash_holding_a_first_part_does_not_cut_the_proposal_short() {
     assert!(again.duplicate);
     assert_eq!(counts(c.database(), &["p1", "p2", "p3"]), [1, 1, 1]);
 }
+
+#[test]
+fn a_proposal_stashed_from_two_logs_is_re_proposed_once() {
+    // A commits P at 9..=11 in term 1; C gets all of it, B none. B leads term 2 and commits P
+    // again (its proposer retried). A repairs against B, but before it recovers, C leads term 3
+    // and A repairs against C: A's stash holds P twice, from term 1 and from term 2.
+    let (_dir, a, b, c, p, proposer, changes) = split_proposal();
+    c.apply(&a.db.fetch_range(9, 11).unwrap()).unwrap();
+    b.reset().unwrap();
+    b.apply(&a.db.fetch_range(1, 8).unwrap()).unwrap();
+    let b_tm = lead(b.database(), 2);
+    let out = b_tm.commit_proposal(p, proposer, changes.clone()).unwrap();
+    assert_eq!((out.first_sequence, out.last_sequence, out.duplicate), (9, 11, false));
+    let a_applier = Applier::new(a.db.clone());
+    a_applier.reset_for_repair().unwrap();
+    catch_up(b.database(), &a_applier, 100);
+
+    let c_tm = lead(c.database(), 3);
+    c_tm.commit(Change::insert(&tag("c12", "c"))).unwrap();
+    assert_eq!(a_applier.reset_for_repair().unwrap(), 3, "P of term 2 joins the stash");
+    catch_up(c.database(), &a_applier, 100);
+    let recovered = a_applier.recover_orphans().unwrap();
+    assert_eq!((recovered.proposals, recovered.changes, recovered.replicated), (1, 3, 11));
+    let queued = a.db.outbox_list().unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!((queued[0].proposal_id, &queued[0].changes), (p, &changes), "P once");
+
+    let out = c_tm.commit_proposal(p, a.device_id, queued[0].changes.clone()).unwrap();
+    assert!(out.duplicate, "C holds P whole");
+    assert_eq!(counts(c.database(), &["p1", "p2", "p3"]), [1, 1, 1]);
+}
