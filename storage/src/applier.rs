@@ -231,8 +231,8 @@ impl Applier {
     /// changes of one proposal in order. An entry that came from a proposal goes under that
     /// proposal's id, **together with the proposal's stashed entries that were replicated**:
     /// the proposal as far as this device knows it, its copies from several logs counted once
-    /// ([`Group`], [`merge_run`]). The leader matches it against the entries
-    /// its log holds for the id and commits exactly the changes missing there
+    /// (`merge_run`). The leader matches it against the entries its log holds for the id and
+    /// commits exactly the changes missing there
     /// ([`crate::TransactionManager::commit_proposal`]): nothing if its proposer already got
     /// it committed whole (a duplicate), the rest if a response ended inside it before its
     /// leader was deposed and only a first part reached the new leader — also when another

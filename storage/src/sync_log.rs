@@ -266,7 +266,7 @@ impl SyncLog {
 
     /// The entries committing proposal `proposal_id`, in sequence order (an index lookup on
     /// `proposal_id`); empty if the log holds none. Usually consecutive; a proposal completed
-    /// after a failover (docs/architecture.md, "At most once") has its parts apart.
+    /// after a failover (docs/architecture.md, "Whole, not in part") has its parts apart.
     pub fn proposal_entries(
         conn: &mut SqliteConnection,
         proposal_id: Uuid,

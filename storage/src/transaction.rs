@@ -147,7 +147,7 @@ impl TransactionManager {
     /// Commits a proposal: the `changes` another device (or this one, from its outbox) made,
     /// under the proposal's id, at most once however often it is retried, on whichever device
     /// leads when it arrives — and **whole**: if only part of it reached this leader's log, the
-    /// rest is committed now (docs/architecture.md, "At most once").
+    /// rest is committed now (docs/architecture.md, "Whole, not in part").
     ///
     /// In ONE immediate transaction on the writer connection:
     ///
@@ -155,7 +155,7 @@ impl TransactionManager {
     /// 2. **Retry**: if the log already holds entries with this `proposal_id` (the log is the
     ///    source of truth: the id is replicated with every entry, so a leader elected after the
     ///    first commit recognises it too), they are matched against `changes`
-    ///    ([`missing_part`]: each entry, in log order, to the next change it commits).
+    ///    (`missing_part`: each entry, in log order, to the next change it commits).
     ///    - If the changes after the last matched one are all that is missing (the log holds a
     ///      first part of the proposal: a response ended inside it and its leader was deposed
     ///      before the rest was replicated), those changes are committed as in 3, under the same
