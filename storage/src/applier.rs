@@ -1,6 +1,6 @@
 //! [`Applier`]: the follower's write path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -187,7 +187,9 @@ impl Applier {
     /// the local `stashed_entries` table (keyed by the entry's identity (sequence, term);
     /// entries stashed already — by an earlier repair that crashed before
     /// [`Applier::recover_orphans`] — are kept, not replaced), then does what
-    /// [`Applier::reset`] does. Returns the number of entries newly stashed.
+    /// [`Applier::reset`] does. Returns the number of entries newly stashed. (An earlier
+    /// stash is also there when a rebuild was cut short by another divergence: the stash then
+    /// holds entries of several logs.)
     ///
     /// Step 2 is the rebuild from the leader ([`Applier::apply`]); step 3 is
     /// [`Applier::recover_orphans`]. A crash anywhere in between loses nothing: the stash is in
@@ -219,21 +221,25 @@ impl Applier {
     ///
     /// For every stashed entry, in (term, sequence) order:
     /// - if the rebuilt log holds an entry with the same (sequence, term), it is the same entry
-    ///   (it was replicated): it is dropped from the stash (`replicated`);
+    ///   (it was replicated): nothing to re-propose (`replicated`);
     /// - otherwise it is an orphan. A Bulk orphan, one of a model type not registered here, or
     ///   one its handler no longer validates, is dropped with a warning (`dropped`): a bulk
-    ///   entry is a job hook, not a change to re-propose. Every other orphan's change goes into
-    ///   the outbox, grouped into one proposal per proposal id, the changes of one proposal in
-    ///   order: the id is the entry's `proposal_id` if it has one (so a proposal the new leader
-    ///   committed already under that id — its proposer retried it — is recognised by
-    ///   [`crate::TransactionManager::commit_proposal`] as a duplicate, and one still queued
-    ///   here is not queued twice), except when *part* of that proposal is in the rebuilt log
-    ///   at its place (a response ended inside it before its leader was deposed): then the rest
-    ///   goes under a Uuid v5 of (proposal id, first orphan's term and sequence), so it is not
-    ///   taken for a duplicate of the part that arrived; an entry without a proposal id gets a Uuid
-    ///   v5 of (origin device, term, sequence). Every id is the same on every run, so
-    ///   recovering twice never creates two proposals for one orphan (the outbox push is
-    ///   idempotent).
+    ///   entry is a job hook, not a change to re-propose. A configuration orphan is never
+    ///   re-proposed (`configurations`).
+    ///
+    /// Every other orphan's change goes into the outbox, one proposal per proposal id, the
+    /// changes of one proposal in order. An entry that came from a proposal goes under that
+    /// proposal's id, **together with the proposal's stashed entries that were replicated**:
+    /// the proposal as far as this device knows it, its copies from several logs counted once
+    /// (`merge_run`). The leader matches it against the entries its log holds for the id and
+    /// commits exactly the changes missing there
+    /// ([`crate::TransactionManager::commit_proposal`]): nothing if its proposer already got
+    /// it committed whole (a duplicate), the rest if a response ended inside it before its
+    /// leader was deposed and only a first part reached the new leader — also when another
+    /// device's repair, knowing a shorter part, got there first. An entry without a proposal
+    /// id goes under a Uuid v5 of (origin device, term, sequence). Every id is the same on
+    /// every run, so recovering twice never queues a change twice (the outbox push is
+    /// idempotent), and a proposal still queued here is not queued twice.
     ///
     /// Then the stash is cleared. Re-proposed changes follow the proposal rule (upsert; a
     /// delete of a missing record is dropped), so they land after the leader's own changes to
@@ -251,31 +257,38 @@ impl Applier {
                 .order((stashed_entries::term.asc(), stashed_entries::sequence.asc()))
                 .load::<LogRow>(conn)?;
             let mut recovered = RecoveredOrphans::default();
-            let mut groups: Vec<(Uuid, Vec<Change>)> = Vec::new();
-            let mut index: HashMap<Uuid, usize> = HashMap::new();
-            // Original proposal id → the id its orphans are proposed under.
-            let mut rests: HashMap<Uuid, Uuid> = HashMap::new();
-            // Proposals of which a stashed entry is in the rebuilt log at its place.
-            let mut partly_replicated: std::collections::HashSet<Uuid> = Default::default();
+            let mut stashed = Vec::with_capacity(rows.len());
+            // The proposals with an orphan: only their replicated entries are needed.
+            let mut orphaned: HashSet<Uuid> = HashSet::new();
             for row in rows {
                 let entry = row_to_entry(row)?;
-                if SyncLog::term_at(conn, entry.sequence)? == Some(entry.term) {
-                    recovered.replicated += 1;
-                    if let Some(p) = entry.proposal_id {
-                        // (term, sequence) order: a proposal's replicated first part comes
-                        // before its orphaned rest.
-                        partly_replicated.insert(p);
-                    }
-                    continue;
+                let replicated = SyncLog::term_at(conn, entry.sequence)? == Some(entry.term);
+                if let (false, Some(p)) = (replicated, entry.proposal_id) {
+                    orphaned.insert(p);
                 }
-                if entry.change_type == ChangeType::Config {
+                stashed.push((entry, replicated));
+            }
+            // Proposals to queue, in the order of their first stashed entry.
+            let mut groups: Vec<Group> = Vec::new();
+            let mut index: HashMap<Uuid, usize> = HashMap::new();
+            for (entry, replicated) in stashed {
+                if replicated {
+                    recovered.replicated += 1;
+                    // Kept only for its proposal's sake, if that has an orphan: the leader
+                    // needs the part it holds to find the missing one.
+                    if !entry.proposal_id.is_some_and(|p| orphaned.contains(&p))
+                        || entry.change_type == ChangeType::Config
+                    {
+                        continue;
+                    }
+                } else if entry.change_type == ChangeType::Config {
                     // A membership change is never re-proposed from a deposed leader's tail:
                     // whoever asked for it is told it is pending, and asks again.
                     recovered.configurations += 1;
                     continue;
                 }
                 let position = LogPosition::of(&entry);
-                if entry.change_type == ChangeType::Bulk {
+                if !replicated && entry.change_type == ChangeType::Bulk {
                     tracing::warn!(%position, model_type = %entry.model_type,
                         record_id = %entry.record_id,
                         "orphaned bulk entry dropped: a bulk operation is not re-proposed");
@@ -283,56 +296,45 @@ impl Applier {
                     continue;
                 }
                 let Some(handler) = registry.handler(&entry.model_type) else {
-                    tracing::warn!(%position, model_type = %entry.model_type,
-                        record_id = %entry.record_id,
-                        "orphaned entry of an unregistered model type dropped");
-                    recovered.dropped += 1;
+                    if !replicated {
+                        tracing::warn!(%position, model_type = %entry.model_type,
+                            record_id = %entry.record_id,
+                            "orphaned entry of an unregistered model type dropped");
+                        recovered.dropped += 1;
+                    }
                     continue;
                 };
-                let id = match entry.proposal_id {
-                    None => orphan_proposal_id(&entry),
-                    Some(proposal) => match rests.get(&proposal) {
-                        Some(id) => *id,
-                        None => {
-                            // Part of the proposal reached the rebuilt log at its place (a
-                            // response ended inside it, then its leader was deposed): its own
-                            // id would be answered as a duplicate and the rest lost, so the
-                            // rest goes under an id of its own, the same on every run. (A
-                            // proposal the new leader committed whole elsewhere — its proposer
-                            // retried it — keeps its id: a duplicate, nothing twice.)
-                            let id = if partly_replicated.contains(&proposal) {
-                                rest_proposal_id(proposal, &entry)
-                            } else {
-                                proposal
-                            };
-                            rests.insert(proposal, id);
-                            id
-                        }
-                    },
-                };
+                let id = entry.proposal_id.unwrap_or_else(|| orphan_proposal_id(&entry));
                 let change = Change {
                     model_type: entry.model_type,
                     record_id: entry.record_id,
                     change_type: entry.change_type,
                     data: entry.data,
                 };
-                if let Err(error) = handler.validate(&change) {
-                    tracing::warn!(%position, %error, "invalid orphaned entry dropped");
-                    recovered.dropped += 1;
-                    continue;
-                }
-                match index.get(&id) {
-                    Some(&i) => groups[i].1.push(change),
-                    None => {
-                        index.insert(id, groups.len());
-                        groups.push((id, vec![change]));
+                if change.change_type != ChangeType::Bulk {
+                    if let Err(error) = handler.validate(&change) {
+                        if !replicated {
+                            tracing::warn!(%position, %error, "invalid orphaned entry dropped");
+                            recovered.dropped += 1;
+                        }
+                        continue;
                     }
                 }
+                let i = *index.entry(id).or_insert_with(|| {
+                    groups.push(Group::new(id));
+                    groups.len() - 1
+                });
+                groups[i].add(position, change, !replicated);
             }
-            for (id, changes) in &groups {
-                if outbox::push_unchecked(conn, *id, changes)? {
+            for group in groups {
+                let (id, orphans, changes) = group.finish();
+                if orphans == 0 {
+                    // Its orphans were all dropped: nothing to re-propose.
+                    continue;
+                }
+                if outbox::push_unchecked(conn, id, &changes)? {
                     recovered.proposals += 1;
-                    recovered.changes += changes.len() as u64;
+                    recovered.changes += orphans;
                 } else {
                     recovered.already_queued += 1;
                 }
@@ -352,7 +354,8 @@ impl Applier {
 pub struct RecoveredOrphans {
     /// Proposals newly queued in the outbox.
     pub proposals: u64,
-    /// Changes in those proposals (one per orphaned entry).
+    /// Orphaned changes in those proposals (one per orphaned entry; a partly replicated
+    /// proposal also carries its replicated changes, counted in `replicated`).
     pub changes: u64,
     /// Orphaned entries dropped (Bulk, unregistered model type, invalid), each with a warning.
     pub dropped: u64,
@@ -363,6 +366,75 @@ pub struct RecoveredOrphans {
     /// Configuration entries the leader's log lacks: never re-proposed (a membership change
     /// that did not commit is asked for again by whoever wanted it).
     pub configurations: u64,
+}
+
+/// One proposal [`Applier::recover_orphans`] re-proposes, built from its stashed entries.
+///
+/// The stash may hold a proposal's entries from several logs (a repair interrupted by another
+/// divergence stashes the log it had rebuilt so far too), and a log may hold a proposal in
+/// parts (a leader completed it after a failover). The entries come in (term, sequence) order
+/// and fall into **runs**: entries of one term at consecutive sequences, i.e. one commit, or
+/// the part of it that one log held. Each run is merged into the proposal as known so far
+/// ([`merge_run`]), so that copies from several logs count once.
+struct Group {
+    id: Uuid,
+    /// The proposal as known so far (the runs merged before `run`).
+    known: Vec<Change>,
+    /// The run being read, and the position of its last entry.
+    run: Vec<Change>,
+    last: Option<LogPosition>,
+    /// How many of its stashed entries are orphans.
+    orphans: u64,
+}
+
+impl Group {
+    fn new(id: Uuid) -> Self {
+        Self { id, known: Vec::new(), run: Vec::new(), last: None, orphans: 0 }
+    }
+
+    /// Adds the next stashed entry (in (term, sequence) order) of this proposal.
+    fn add(&mut self, position: LogPosition, change: Change, orphan: bool) {
+        let continues = self.last.is_some_and(|last| {
+            last.term == position.term && last.sequence.checked_add(1) == Some(position.sequence)
+        });
+        if !continues {
+            merge_run(&mut self.known, &std::mem::take(&mut self.run));
+        }
+        self.run.push(change);
+        self.last = Some(position);
+        self.orphans += u64::from(orphan);
+    }
+
+    /// The id, the number of orphans and the changes to propose.
+    fn finish(mut self) -> (Uuid, u64, Vec<Change>) {
+        merge_run(&mut self.known, &self.run);
+        (self.id, self.orphans, self.known)
+    }
+}
+
+/// Merges `run` — the changes of one run of a proposal's stashed entries (see [`Group`]) —
+/// into `known`, the proposal as known so far.
+///
+/// A run is a stretch of the proposal's changes: from its start (the first commit of it, in
+/// whatever log held it) or from where a leader's log ended when it completed the proposal.
+/// It is laid over `known` at the first place it agrees with ([`Change::same_as`] for every
+/// change the two have side by side), the end of `known` at the latest, and what it has past
+/// the end of `known` is added. So a copy of a part already known adds nothing, and the rest
+/// of the proposal continues it. A proposal that repeats a change exactly, at the place where
+/// it was split (`[x = 1, y, x = 1]` cut after `y`), is taken for a copy there and loses the
+/// repetition; telling them apart would need the log each entry was stashed from.
+pub(crate) fn merge_run(known: &mut Vec<Change>, run: &[Change]) {
+    let agrees = |at: usize| {
+        known[at..]
+            .iter()
+            .zip(run)
+            .all(|(k, r)| k.same_as(&r.model_type, &r.record_id, r.change_type, &r.data))
+    };
+    let at = (0..known.len()).find(|&at| agrees(at)).unwrap_or(known.len());
+    let overlap = known.len() - at;
+    if let Some(rest) = run.get(overlap..) {
+        known.extend_from_slice(rest);
+    }
 }
 
 /// Namespace of the ids [`Applier::recover_orphans`] gives orphans without a proposal id.
@@ -376,19 +448,6 @@ fn orphan_proposal_id(entry: &SyncLogEntry) -> Uuid {
     name[16..24].copy_from_slice(&entry.term.to_be_bytes());
     name[24..].copy_from_slice(&entry.sequence.to_be_bytes());
     Uuid::new_v5(&ORPHAN_NAMESPACE, &name)
-}
-
-/// Namespace of the ids of the rest of a partly replicated proposal.
-const REST_NAMESPACE: Uuid = Uuid::from_u128(0x6c73_796e_635f_5245_8000_7374_5f6f_6621);
-
-/// The deterministic proposal id of the orphaned rest of `proposal`, whose first orphaned entry
-/// is `first`: Uuid v5 of the proposal id and that entry's term and sequence.
-fn rest_proposal_id(proposal: Uuid, first: &SyncLogEntry) -> Uuid {
-    let mut name = [0u8; 32];
-    name[..16].copy_from_slice(proposal.as_bytes());
-    name[16..24].copy_from_slice(&first.term.to_be_bytes());
-    name[24..].copy_from_slice(&first.sequence.to_be_bytes());
-    Uuid::new_v5(&REST_NAMESPACE, &name)
 }
 
 /// Before the log is cleared: the rebuild mark becomes the log's last position if that is more
@@ -420,3 +479,6 @@ pub(crate) fn stashed_count(conn: &mut SqliteConnection) -> Result<u64> {
     let count = stashed_entries::table.count().get_result::<i64>(conn)?;
     crate::error::to_u64(count, "stashed_entries count")
 }
+
+#[cfg(test)]
+mod tests;

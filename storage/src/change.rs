@@ -49,6 +49,29 @@ impl Change {
     }
 }
 
+impl Change {
+    /// Whether `self` is, under the proposal rule (docs/architecture.md, "Concurrent
+    /// changes"), the change to record `record_id` of `model_type` of type `change_type` with
+    /// `data`: the same record and data, and the same kind of change — an Insert and an Update
+    /// are one kind, since the rule turns either into the other.
+    pub(crate) fn same_as(
+        &self,
+        model_type: &str,
+        record_id: &str,
+        change_type: ChangeType,
+        data: &[u8],
+    ) -> bool {
+        let kind = |t: ChangeType| match t {
+            ChangeType::Insert | ChangeType::Update => ChangeType::Update,
+            other => other,
+        };
+        self.model_type == model_type
+            && self.record_id == record_id
+            && kind(self.change_type) == kind(change_type)
+            && self.data == data
+    }
+}
+
 /// Metadata of a large operation (e.g. indexing a location of 1M files) replicated as ONE
 /// entry ([`ChangeType::Bulk`]); followers queue a [`crate::LocalJob`] instead of receiving rows.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,8 +16,8 @@
 //!   address hints of the members;
 //! - [`TransactionManager`]: the leader's write path ([`Change`], [`BulkOperation`],
 //!   [`CommitEvent`]), and `commit_proposal` for changes made on any device
-//!   ([`ProposalOutcome`]: at most once per proposal id, concurrent changes resolved by leader
-//!   order);
+//!   ([`ProposalOutcome`]: whole and at most once per proposal id — a retry completes a
+//!   proposal the log holds only in part — concurrent changes resolved by leader order);
 //! - [`outbox`] / [`OutboxEntry`]: the durable outbox of proposals waiting for a leader;
 //! - [`Applier`]: the follower's write path ([`ApplyOutcome`]), plus `reset` for full
 //!   reconciliation and `reset_for_repair` / `recover_orphans` ([`RecoveredOrphans`]) for

@@ -264,6 +264,26 @@ impl SyncLog {
         }
     }
 
+    /// The entries committing proposal `proposal_id`, in sequence order (an index lookup on
+    /// `proposal_id`); empty if the log holds none. Usually consecutive; a proposal completed
+    /// after a failover (docs/architecture.md, "Whole, not in part") has its parts apart.
+    pub fn proposal_entries(
+        conn: &mut SqliteConnection,
+        proposal_id: Uuid,
+    ) -> Result<Vec<SyncLogEntry>> {
+        let mut buf = Uuid::encode_buffer();
+        let id = &*proposal_id.hyphenated().encode_lower(&mut buf);
+        let rows = sync_log::table
+            .filter(sync_log::proposal_id.eq(id))
+            .order(sync_log::sequence.asc())
+            .load_iter::<LogRow, diesel::connection::DefaultLoadingMode>(conn)?;
+        let mut entries = Vec::new();
+        for row in rows {
+            entries.push(row_to_entry(row?)?);
+        }
+        Ok(entries)
+    }
+
     /// The number of entries.
     pub fn count(conn: &mut SqliteConnection) -> Result<u64> {
         let count = sync_log::table.count().get_result::<i64>(conn)?;

@@ -146,17 +146,29 @@ impl TransactionManager {
 
     /// Commits a proposal: the `changes` another device (or this one, from its outbox) made,
     /// under the proposal's id, at most once however often it is retried, on whichever device
-    /// leads when it arrives.
+    /// leads when it arrives — and **whole**: if only part of it reached this leader's log, the
+    /// rest is committed now (docs/architecture.md, "Whole, not in part").
     ///
     /// In ONE immediate transaction on the writer connection:
     ///
     /// 1. Leadership is checked as for [`TransactionManager::commit_batch`].
     /// 2. **Retry**: if the log already holds entries with this `proposal_id` (the log is the
     ///    source of truth: the id is replicated with every entry, so a leader elected after the
-    ///    first commit recognises it too), their range and entries are returned with
-    ///    `duplicate = true`. Likewise, with an empty `entries`, for a proposal this device
-    ///    committed earlier without writing any entry (see 4). Nothing is written and no
-    ///    [`CommitEvent`] is sent.
+    ///    first commit recognises it too), they are matched against `changes`
+    ///    (`missing_part`: each entry, in log order, to the next change it commits).
+    ///    - If the changes after the last matched one are all that is missing (the log holds a
+    ///      first part of the proposal: a response ended inside it and its leader was deposed
+    ///      before the rest was replicated), those changes are committed as in 3, under the same
+    ///      `proposal_id`: the outcome has `completed = true`, the range from the first entry of
+    ///      the proposal to the last new one, and only the new entries.
+    ///    - Otherwise (every change is in the log, or the log holds entries the changes do not
+    ///      explain — a retry that knows only part of the proposal, e.g. a repair's stash), or
+    ///      if the missing changes all turn out to be dropped deletes, the proposal is a
+    ///      **duplicate**: nothing is written, no [`CommitEvent`] is sent, the outcome has the
+    ///      entries' range, the entries and `duplicate = true`.
+    ///
+    ///    Likewise a duplicate, with an empty `entries`, for a proposal this device committed
+    ///    earlier without writing any entry (see 4).
     /// 3. Otherwise every change becomes an entry `last + 1 ..` of the current term with
     ///    `origin_device` = `origin_device` (the proposer) and `proposal_id` = `proposal_id`,
     ///    with the **proposal rule** (concurrent changes to one record resolve by leader
@@ -198,7 +210,53 @@ impl TransactionManager {
         let (library_id, term, outcome, prev_term) = self.db.write(|conn| {
             let state = leader_state(conn, device_id)?;
             let term = state.current_term;
-            if let Some(outcome) = find_proposal(conn, proposal_id)? {
+            let present = SyncLog::proposal_entries(conn, proposal_id)?;
+            if let (Some(first), Some(last)) = (present.first(), present.last()) {
+                let duplicate = ProposalOutcome {
+                    first_sequence: first.sequence,
+                    last_sequence: last.sequence,
+                    duplicate: true,
+                    completed: false,
+                    entries: Vec::new(),
+                };
+                let first_sequence = first.sequence;
+                let Some(from) = missing_part(&changes, &present) else {
+                    return Ok((
+                        state.library_id,
+                        term,
+                        ProposalOutcome { entries: present, ..duplicate },
+                        0,
+                    ));
+                };
+                let rest = changes.into_iter().skip(from).map(|c| (c, true));
+                let (entries, prev_term) =
+                    write_changes(conn, registry, term, origin_device, Some(proposal_id), rest)?;
+                let Some(new_last) = entries.last() else {
+                    // The missing changes were deletes of records that do not exist now.
+                    return Ok((
+                        state.library_id,
+                        term,
+                        ProposalOutcome { entries: present, ..duplicate },
+                        0,
+                    ));
+                };
+                let outcome = ProposalOutcome {
+                    first_sequence,
+                    last_sequence: new_last.sequence,
+                    duplicate: false,
+                    completed: true,
+                    entries,
+                };
+                return Ok((state.library_id, term, outcome, prev_term));
+            }
+            if let Some((first, last)) = proposals::get(conn, proposal_id)? {
+                let outcome = ProposalOutcome {
+                    first_sequence: first,
+                    last_sequence: last,
+                    duplicate: true,
+                    completed: false,
+                    entries: Vec::new(),
+                };
                 return Ok((state.library_id, term, outcome, 0));
             }
             let (entries, prev_term) = write_changes(
@@ -214,6 +272,7 @@ impl TransactionManager {
                     first_sequence: first.sequence,
                     last_sequence: last.sequence,
                     duplicate: false,
+                    completed: false,
                     entries,
                 },
                 _ => {
@@ -223,6 +282,7 @@ impl TransactionManager {
                         first_sequence: last,
                         last_sequence: last,
                         duplicate: false,
+                        completed: false,
                         entries,
                     }
                 }
@@ -233,6 +293,11 @@ impl TransactionManager {
             tracing::debug!(%proposal_id, first = outcome.first_sequence,
                 last = outcome.last_sequence, "retried proposal already committed");
         } else {
+            if outcome.completed {
+                tracing::info!(%proposal_id, first = outcome.first_sequence,
+                    last = outcome.last_sequence, missing = outcome.entries.len(),
+                    "partly replicated proposal completed");
+            }
             self.emit(library_id, term, prev_term, &outcome.entries);
         }
         Ok(outcome)
@@ -358,8 +423,13 @@ pub struct ProposalOutcome {
     pub last_sequence: u64,
     /// The proposal had been committed before (a retry): nothing was written now.
     pub duplicate: bool,
-    /// The proposal's entries (for a duplicate: the ones committed the first time); empty if
-    /// every change was dropped.
+    /// The log held a first part of the proposal (it was only partly replicated before its
+    /// leader was deposed): the rest was written now, after it, under the same id. The range
+    /// then runs from the proposal's first entry to its last new one and may hold other
+    /// entries between the parts.
+    pub completed: bool,
+    /// The entries written now (for a duplicate: the ones committed before, in log order);
+    /// empty if every change was dropped.
     pub entries: Vec<SyncLogEntry>,
 }
 
@@ -375,27 +445,34 @@ fn leader_state(conn: &mut SqliteConnection, device_id: Uuid) -> Result<sync_sta
     Ok(state)
 }
 
-/// The outcome of an earlier commit of `proposal_id`, as a duplicate, if there was one.
-fn find_proposal(
-    conn: &mut SqliteConnection,
-    proposal_id: Uuid,
-) -> Result<Option<ProposalOutcome>> {
-    if let Some((first, last)) = SyncLog::proposal_range(conn, proposal_id)? {
-        let mut entries = SyncLog::fetch_range(conn, first, last)?;
-        entries.retain(|e| e.proposal_id == Some(proposal_id));
-        return Ok(Some(ProposalOutcome {
-            first_sequence: first,
-            last_sequence: last,
-            duplicate: true,
-            entries,
-        }));
+/// Which of a retried proposal's `changes` are missing from the log, given the entries the log
+/// holds for it (`present`, in log order, not empty): `Some(i)` if `changes[i..]` are, `None` if
+/// nothing is (the proposal is a duplicate).
+///
+/// Each entry is matched, in order, to the next change it commits ([`commits`]); the changes
+/// skipped between two matches are deletes the proposal rule dropped. If every entry is
+/// matched, the changes after the last matched one are the missing part (a response ended
+/// inside the proposal before its leader was deposed; a retry of the rest under the same id
+/// then commits exactly it). If some entry matches no change, the changes are not the ones the
+/// log committed under this id — a retry that knows only a first part of the proposal, such as
+/// a repair's stash of a device that received only that part — and nothing is missing: writing
+/// anything could commit a change twice.
+///
+/// Dropped deletes right after the present part are retried too: a delete of a record that is
+/// still missing is dropped again, one of a record that was re-created since removes it — a
+/// later write in leader order, as for any retried delete.
+pub(crate) fn missing_part(changes: &[Change], present: &[SyncLogEntry]) -> Option<usize> {
+    let mut next = 0;
+    for entry in present {
+        let skipped = changes.get(next..)?.iter().position(|c| commits(entry, c))?;
+        next += skipped + 1;
     }
-    Ok(proposals::get(conn, proposal_id)?.map(|(first, last)| ProposalOutcome {
-        first_sequence: first,
-        last_sequence: last,
-        duplicate: true,
-        entries: Vec::new(),
-    }))
+    (next < changes.len()).then_some(next)
+}
+
+/// Whether `entry` is what the proposal rule made of `change` ([`Change::same_as`]).
+fn commits(entry: &SyncLogEntry, change: &Change) -> bool {
+    change.same_as(&entry.model_type, &entry.record_id, entry.change_type, &entry.data)
 }
 
 /// Validates, sequences, applies and logs `changes` (each with whether the proposal rule
@@ -549,3 +626,6 @@ fn next_version(change: &Change, current: Option<i64>) -> Result<i64> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests;

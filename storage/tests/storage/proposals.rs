@@ -215,3 +215,71 @@ fn only_the_leader_commits_proposals() {
     );
     assert_eq!(fdb.last_position().unwrap().sequence, 0);
 }
+
+#[test]
+fn a_retry_commits_exactly_the_part_a_new_leader_lacks() {
+    // The leader commits P (three changes) at 2..=4; a response ended inside it, so the
+    // follower that leads term 2 holds only 2..=3.
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    let f = follower(&dir, "f", &l, registry(false));
+    let (proposer, id) = (Uuid::new_v4(), Uuid::new_v4());
+    let changes: Vec<Change> =
+        ["p1", "p2", "p3"].iter().map(|r| Change::insert(&tag(r, "P"))).collect();
+    l.tm.commit(Change::insert(&tag("t0", "zero"))).unwrap();
+    l.tm.commit_proposal(id, proposer, changes.clone()).unwrap();
+    f.apply(&l.db.fetch_range(1, 3).unwrap()).unwrap();
+    let fdb = f.database().clone();
+    let f_device = fdb.sync_state().unwrap().device_id;
+    fdb.set_leadership(SyncRole::Leader, 2, Some(f_device)).unwrap();
+    let tm = TransactionManager::new(fdb.clone(), f_device);
+    let mut events = tm.subscribe();
+
+    let out = tm.commit_proposal(id, proposer, changes.clone()).unwrap();
+    assert_eq!((out.duplicate, out.completed), (false, true));
+    assert_eq!((out.first_sequence, out.last_sequence), (2, 4), "from P's first entry");
+    let new: Vec<_> =
+        out.entries.iter().map(|e| (e.sequence, e.term, e.record_id.as_str())).collect();
+    assert_eq!(new, [(4, 2, "p3")]);
+    assert_eq!((out.entries[0].proposal_id, out.entries[0].origin_device), (Some(id), proposer));
+    let ev = events.try_recv().unwrap();
+    assert_eq!((ev.first_sequence, ev.last_sequence, ev.prev_term), (4, 4, 1));
+
+    let before = fdb.dump().unwrap();
+    let again = tm.commit_proposal(id, proposer, changes).unwrap();
+    assert_eq!((again.duplicate, again.completed), (true, false));
+    assert_eq!((again.first_sequence, again.last_sequence), (2, 4));
+    assert_eq!(again.entries.len(), 3, "every entry of P");
+    assert_eq!(fdb.dump().unwrap(), before);
+    assert_eq!(events.try_recv(), Err(TryRecvError::Empty));
+}
+
+#[test]
+fn a_complete_proposal_stays_a_duplicate_whatever_deletes_it_dropped() {
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    let mut events = l.tm.subscribe();
+    let proposer = Uuid::new_v4();
+    let (a, b) = (Change::insert(&tag("a", "A")), Change::insert(&tag("b", "B")));
+    let gone = Change::delete::<Tag>("gone");
+    for changes in [
+        vec![a.clone(), b.clone()],
+        vec![a.clone(), gone.clone(), b.clone()],
+        vec![a.clone(), b.clone(), gone.clone()],
+    ] {
+        let id = Uuid::new_v4();
+        let first = l.tm.commit_proposal(id, proposer, changes.clone()).unwrap();
+        assert_eq!(first.entries.len(), 2);
+        while events.try_recv().is_ok() {}
+        let before = l.db.dump().unwrap();
+        let again = l.tm.commit_proposal(id, proposer, changes).unwrap();
+        assert_eq!((again.duplicate, again.completed), (true, false));
+        assert_eq!(
+            (again.first_sequence, again.last_sequence),
+            (first.first_sequence, first.last_sequence)
+        );
+        assert_eq!(again.entries, first.entries);
+        assert_eq!(l.db.dump().unwrap(), before, "nothing written");
+        assert_eq!(events.try_recv(), Err(TryRecvError::Empty), "no event");
+    }
+}

@@ -350,50 +350,142 @@ fn bulk_and_unregistered_orphans_are_dropped() {
     assert_eq!(db.stashed_count().unwrap(), 0);
 }
 
-#[test]
-fn the_rest_of_a_partly_replicated_proposal_is_proposed_again_under_an_id_of_its_own() {
-    // A commits proposal P of four changes at 9..=12; a response ended inside it, so only
-    // 9..=10 reached B before B took over in term 2.
+/// Device A led term 1: entries 1..=8, then proposal P (three changes, p1..p3) at 9..=11. A
+/// response ended inside P: device B got 1..=10 (p1, p2), device C got 1..=8. Returns the
+/// directory, A, B's and C's appliers, P's id, its proposer and its changes.
+fn split_proposal() -> (TempDir, Leader, Applier, Applier, Uuid, Uuid, Vec<Change>) {
     let dir = TempDir::new().unwrap();
     let a = leader(&dir, registry(false));
-    let b_applier = follower(&dir, "b", &a, registry(false));
+    let b = follower(&dir, "b", &a, registry(false));
+    let c = follower(&dir, "c", &a, registry(false));
     for i in 1..=8 {
         a.tm.commit(Change::insert(&tag(&format!("t{i}"), "a"))).unwrap();
     }
-    let proposal = Uuid::new_v4();
+    let (p, proposer) = (Uuid::new_v4(), Uuid::new_v4());
     let changes: Vec<Change> =
-        (1..=4).map(|i| Change::insert(&tag(&format!("p{i}"), "part of P"))).collect();
-    let out = a.tm.commit_proposal(proposal, a.device_id, changes.clone()).unwrap();
-    assert_eq!((out.first_sequence, out.last_sequence), (9, 12));
-    b_applier.apply(&a.db.fetch_range(1, 10).unwrap()).unwrap();
-    let b = b_applier.database().clone();
-    let b_device = b.sync_state().unwrap().device_id;
-    b.set_leadership(SyncRole::Leader, 2, Some(b_device)).unwrap();
-    let b_tm = TransactionManager::new(b.clone(), b_device);
-    b_tm.commit(Change::insert(&tag("b11", "b"))).unwrap();
-    a.db.set_leadership(SyncRole::Follower, 2, Some(b_device)).unwrap();
+        (1..=3).map(|i| Change::insert(&tag(&format!("p{i}"), "part of P"))).collect();
+    let out = a.tm.commit_proposal(p, proposer, changes.clone()).unwrap();
+    assert_eq!((out.first_sequence, out.last_sequence), (9, 11));
+    b.apply(&a.db.fetch_range(1, 10).unwrap()).unwrap();
+    c.apply(&a.db.fetch_range(1, 8).unwrap()).unwrap();
+    (dir, a, b, c, p, proposer, changes)
+}
 
-    // A repairs: the rest of P (p3, p4) is queued, not under P's id.
-    let applier = Applier::new(a.db.clone());
+/// Makes `db` the leader of `term`.
+fn lead(db: &Database, term: u64) -> TransactionManager {
+    let device = db.sync_state().unwrap().device_id;
+    db.set_leadership(SyncRole::Leader, term, Some(device)).unwrap();
+    TransactionManager::new(db.clone(), device)
+}
+
+/// Repairs `applier` against `leader`'s log (stash, rebuild, recover) and returns its outbox.
+fn repair(applier: &Applier, leader: &Database) -> Vec<lsync_storage::OutboxEntry> {
     applier.reset_for_repair().unwrap();
-    catch_up(&b, &applier, 100);
-    let recovered = applier.recover_orphans().unwrap();
-    assert_eq!((recovered.proposals, recovered.changes, recovered.replicated), (1, 2, 10));
+    catch_up(leader, applier, 100);
+    applier.recover_orphans().unwrap();
+    applier.database().outbox_list().unwrap()
+}
+
+/// How often each of `records` is in `db`'s log.
+fn counts(db: &Database, records: &[&str]) -> Vec<usize> {
+    let log = db.fetch_since(0, 1_000).unwrap();
+    records.iter().map(|r| log.iter().filter(|e| e.record_id == *r).count()).collect()
+}
+
+#[test]
+fn a_partly_replicated_proposal_re_proposed_from_the_stash_is_committed_whole_once() {
+    // B, holding p1 and p2, leads term 2; A, holding all of P, repairs against B.
+    let (_dir, a, b, _c, p, proposer, changes) = split_proposal();
+    let b_tm = lead(b.database(), 2);
+    b_tm.commit(Change::insert(&tag("b11", "b"))).unwrap();
+    a.db.set_leadership(SyncRole::Follower, 2, Some(b_tm.device_id())).unwrap();
+    let a_applier = Applier::new(a.db.clone());
+    a_applier.reset_for_repair().unwrap();
+    catch_up(b.database(), &a_applier, 100);
+    let recovered = a_applier.recover_orphans().unwrap();
+    assert_eq!((recovered.proposals, recovered.changes, recovered.replicated), (1, 1, 10));
+
+    // P goes out under its own id, as far as A knows it; B commits exactly the missing p3.
     let queued = a.db.outbox_list().unwrap();
     assert_eq!(queued.len(), 1);
-    assert_ne!(queued[0].proposal_id, proposal, "P's own id would be answered as a duplicate");
-    let rest: Vec<_> = queued[0].changes.iter().map(|c| c.record_id.clone()).collect();
-    assert_eq!(rest, ["p3", "p4"]);
-    // The same id if recovered again (nothing queued twice).
-    let again_id = queued[0].proposal_id;
+    assert_eq!(queued[0].proposal_id, p);
+    assert_eq!(queued[0].changes, changes);
+    let out = b_tm.commit_proposal(p, a.device_id, queued[0].changes.clone()).unwrap();
+    assert_eq!((out.duplicate, out.completed), (false, true));
+    assert_eq!((out.first_sequence, out.last_sequence), (9, 12));
+    let new: Vec<_> = out.entries.iter().map(|e| (e.sequence, e.record_id.as_str())).collect();
+    assert_eq!(new, [(12, "p3")]);
+    assert_eq!(out.entries[0].proposal_id, Some(p));
 
-    // Delivered: committed once; the original P retried by its proposer is a duplicate.
-    let out = b_tm.commit_proposal(again_id, a.device_id, queued[0].changes.clone()).unwrap();
-    assert!(!out.duplicate);
-    let retried = b_tm.commit_proposal(proposal, a.device_id, changes).unwrap();
-    assert!(retried.duplicate, "P's first part is in B's log");
-    let log = b.fetch_since(0, 100).unwrap();
-    for id in ["p1", "p2", "p3", "p4"] {
-        assert_eq!(log.iter().filter(|e| e.record_id == id).count(), 1, "{id} once");
+    // The proposer's own retry, and the stash's again, are duplicates now.
+    for _ in 0..2 {
+        let again = b_tm.commit_proposal(p, proposer, changes.clone()).unwrap();
+        assert_eq!((again.duplicate, again.first_sequence, again.last_sequence), (true, 9, 12));
     }
+    assert_eq!(counts(b.database(), &["p1", "p2", "p3"]), [1, 1, 1]);
+    catch_up(b.database(), &a_applier, 100);
+    assert_eq!(a.db.dump().unwrap(), b.database().dump().unwrap());
+}
+
+#[test]
+fn a_stash_holding_a_first_part_does_not_cut_the_proposal_short() {
+    // C, holding none of P, leads term 2. B (p1, p2) and A (all of P) repair against it, and
+    // B's shorter P reaches C first: committed as it is; A's then adds p3; the proposer's
+    // retry is a duplicate.
+    let (_dir, a, b, c, p, proposer, changes) = split_proposal();
+    let c_tm = lead(c.database(), 2);
+    c_tm.commit(Change::insert(&tag("c9", "c"))).unwrap();
+    for db in [&a.db, b.database()] {
+        db.set_leadership(SyncRole::Follower, 2, Some(c_tm.device_id())).unwrap();
+    }
+    let from_b = repair(&b, c.database());
+    let from_a = repair(&Applier::new(a.db.clone()), c.database());
+    assert_eq!((from_b[0].proposal_id, from_b[0].changes.len()), (p, 2));
+    assert_eq!((from_a[0].proposal_id, from_a[0].changes.len()), (p, 3));
+
+    let out = c_tm.commit_proposal(
+        p,
+        b.database().sync_state().unwrap().device_id,
+        from_b[0].changes.clone(),
+    );
+    assert_eq!((out.as_ref().unwrap().duplicate, out.unwrap().last_sequence), (false, 11));
+    let out = c_tm.commit_proposal(p, a.device_id, from_a[0].changes.clone()).unwrap();
+    assert_eq!(
+        (out.duplicate, out.completed, out.first_sequence, out.last_sequence),
+        (false, true, 10, 12)
+    );
+    let again = c_tm.commit_proposal(p, proposer, changes).unwrap();
+    assert!(again.duplicate);
+    assert_eq!(counts(c.database(), &["p1", "p2", "p3"]), [1, 1, 1]);
+}
+
+#[test]
+fn a_proposal_stashed_from_two_logs_is_re_proposed_once() {
+    // A commits P at 9..=11 in term 1; C gets all of it, B none. B leads term 2 and commits P
+    // again (its proposer retried). A repairs against B, but before it recovers, C leads term 3
+    // and A repairs against C: A's stash holds P twice, from term 1 and from term 2.
+    let (_dir, a, b, c, p, proposer, changes) = split_proposal();
+    c.apply(&a.db.fetch_range(9, 11).unwrap()).unwrap();
+    b.reset().unwrap();
+    b.apply(&a.db.fetch_range(1, 8).unwrap()).unwrap();
+    let b_tm = lead(b.database(), 2);
+    let out = b_tm.commit_proposal(p, proposer, changes.clone()).unwrap();
+    assert_eq!((out.first_sequence, out.last_sequence, out.duplicate), (9, 11, false));
+    let a_applier = Applier::new(a.db.clone());
+    a_applier.reset_for_repair().unwrap();
+    catch_up(b.database(), &a_applier, 100);
+
+    let c_tm = lead(c.database(), 3);
+    c_tm.commit(Change::insert(&tag("c12", "c"))).unwrap();
+    assert_eq!(a_applier.reset_for_repair().unwrap(), 3, "P of term 2 joins the stash");
+    catch_up(c.database(), &a_applier, 100);
+    let recovered = a_applier.recover_orphans().unwrap();
+    assert_eq!((recovered.proposals, recovered.changes, recovered.replicated), (1, 3, 11));
+    let queued = a.db.outbox_list().unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!((queued[0].proposal_id, &queued[0].changes), (p, &changes), "P once");
+
+    let out = c_tm.commit_proposal(p, a.device_id, queued[0].changes.clone()).unwrap();
+    assert!(out.duplicate, "C holds P whole");
+    assert_eq!(counts(c.database(), &["p1", "p2", "p3"]), [1, 1, 1]);
 }
