@@ -121,6 +121,8 @@ pub struct WatcherContext {
     pub acks: Recipient<FollowerAcked>,
     /// Set while a leadership transfer holds new writes.
     pub writes_paused: Arc<AtomicBool>,
+    /// Where a leader named by a member this device asked goes (see [`probe_for_leader`]).
+    pub hints: Option<Recipient<LeaderHint>>,
 }
 
 /// The election of one library on this device.
@@ -387,8 +389,53 @@ impl Handler<ElectionInput> for ElectionWatcher {
 impl Handler<VoteReceived> for ElectionWatcher {
     type Result = ();
     fn handle(&mut self, msg: VoteReceived, ctx: &mut Context<Self>) {
-        let actions = self.election.on_vote_response(msg.0, now());
+        let response = msg.0;
+        let actions = self.election.on_vote_response(response, now());
         self.perform(actions, None, ctx);
+        if probe_for_leader(&response, self.election.leader()) {
+            self.ask_for_leader(response.voter);
+        }
+    }
+}
+
+/// Whether a vote answer should make this device ask the voter who leads: a pre-vote refused
+/// while this device knows no leader. A voter refuses a pre-vote when it hears a live leader
+/// (leader stickiness), so that leader exists; a device that missed the configuration entry
+/// naming it (it was away while that device joined and took the lead) refuses the leader's own
+/// messages and, knowing no leader, asked no one — it never learned (found by the simulator,
+/// docs/testing.md). The voter answers the question (a `FetchEntries`) with `NotLeader`
+/// naming the leader and its peer id (docs/protocol.md, `Error.leader_peer`), which lets the
+/// leader in.
+pub fn probe_for_leader(response: &VoteResponse, leader: Option<Uuid>) -> bool {
+    response.pre_vote && !response.granted && leader.is_none()
+}
+
+impl ElectionWatcher {
+    /// Asks `voter` who leads ([`probe_for_leader`]); a `NotLeader` answer naming a leader goes
+    /// to the service as a [`LeaderHint`].
+    fn ask_for_leader(&self, voter: Uuid) {
+        let (Some(peer), Some(hints)) = (self.peer(voter), self.cx.hints.clone()) else { return };
+        let last = self.election.last_log();
+        let question = SyncMessage::FetchEntries {
+            library_id: self.cx.library_id,
+            term: self.election.term(),
+            since_sequence: last.sequence,
+            since_term: last.term,
+            limit: 1,
+        };
+        let answer = self.cx.transport.request(peer, question);
+        actix_rt::spawn(async move {
+            if let Ok(SyncMessage::Error {
+                code: ErrorCode::NotLeader,
+                leader_hint: Some(device),
+                leader_peer,
+                ..
+            }) = answer.await
+            {
+                let peer = leader_peer.and_then(|p| p.parse().ok());
+                hints.do_send(LeaderHint { device, peer });
+            }
+        });
     }
 }
 
@@ -472,5 +519,27 @@ pub fn persisted_of(state: &lsync_storage::SyncState) -> PersistedElection {
         term: state.current_term,
         voted_for: state.voted_for,
         leader: state.leader_device,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(granted: bool, pre_vote: bool) -> VoteResponse {
+        VoteResponse { term: 4, voter: Uuid::from_u128(2), granted, pre_vote }
+    }
+
+    #[test]
+    fn a_refused_pre_vote_with_no_leader_known_asks_the_voter_who_leads() {
+        assert!(probe_for_leader(&answer(false, true), None));
+    }
+
+    #[test]
+    fn nothing_is_asked_with_a_leader_known_for_a_granted_pre_vote_or_for_a_real_vote() {
+        assert!(!probe_for_leader(&answer(false, true), Some(Uuid::from_u128(9))));
+        assert!(!probe_for_leader(&answer(true, true), None));
+        // a refused real vote: this device campaigns in a term no leader holds yet
+        assert!(!probe_for_leader(&answer(false, false), None));
     }
 }

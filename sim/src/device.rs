@@ -55,7 +55,7 @@ use lsync_actors::proposer::{
     SubmitOutcome, Target,
 };
 use lsync_actors::service::{route, Heard, Route, RouteView, Serving};
-use lsync_actors::watcher::{persisted_of, ElectionInput, LeaderHint};
+use lsync_actors::watcher::{persisted_of, probe_for_leader, ElectionInput, LeaderHint};
 use lsync_actors::window::Announce;
 use lsync_actors::{Metrics, NetworkError, Transport};
 use lsync_protocol::{ErrorCode, MembershipChange, ProposedChange, SyncMessage, SyncRole};
@@ -97,6 +97,8 @@ pub type BootError = StorageError;
 #[derive(Debug, Clone, Copy)]
 enum Pending {
     Vote,
+    /// A voter that refused a pre-vote asked who leads.
+    LeaderProbe,
     TimeoutNow,
     Fetch(FetchId),
     Ack(FetchId),
@@ -582,7 +584,21 @@ impl Device {
             }
             Work::Vote(v) => {
                 let now = self.now;
-                self.election(None, move |e| e.on_vote_response(v, now))
+                self.election(None, move |e| e.on_vote_response(v, now));
+                // as the watcher does: a refused pre-vote while no leader is known asks who leads
+                if probe_for_leader(&v, self.election.leader()) {
+                    if let Some(peer) = self.member_map().get(&v.voter).copied() {
+                        let last = self.election.last_log();
+                        let msg = SyncMessage::FetchEntries {
+                            library_id: self.library_id,
+                            term: self.election.term(),
+                            since_sequence: last.sequence,
+                            since_term: last.term,
+                            limit: 1,
+                        };
+                        self.send(peer, msg, Pending::LeaderProbe);
+                    }
+                }
             }
             Work::SetMembership => {
                 let (m, now) = (election_membership(&self.membership), self.now);
@@ -697,6 +713,19 @@ impl Device {
                 }
             }
             Pending::TimeoutNow => {}
+            Pending::LeaderProbe => {
+                if let Ok(SyncMessage::Error {
+                    code: ErrorCode::NotLeader,
+                    leader_hint: Some(device),
+                    leader_peer,
+                    ..
+                }) = result
+                {
+                    let peer = leader_peer.and_then(|p| p.parse().ok());
+                    self.out.push(Output::Note(format!("told {device} leads")));
+                    self.hint(LeaderHint { device, peer });
+                }
+            }
             Pending::Fetch(id) if same_role => {
                 self.work.push_back(Work::Follower(gen, FollowerInput::Fetched(id, result)))
             }

@@ -322,8 +322,9 @@ impl SyncService {
             persisted: persisted_of(state),
             role_changes: me.clone().recipient(),
             heartbeats: me.clone().recipient(),
-            acks: me.recipient(),
+            acks: me.clone().recipient(),
             writes_paused: self.cx.writes_paused.clone(),
+            hints: Some(me.recipient()),
         })
         .start();
         self.watcher = Some(watcher);
