@@ -16,13 +16,8 @@ const PHASE: Duration = Duration::from_secs(8);
 /// defects"); a listed seed that passes is reported too (the defect may be fixed, or the seed's
 /// schedule moved off it: check before removing it from the list).
 const KNOWN: &[(u64, &str)] = &[
-    (103, "a proposal split at a block boundary loses its rest in repair (issue 16)"),
-    (711, "a proposal split at a block boundary loses its rest in repair (issue 16)"),
-    (
-        710,
-        "a device that missed the configuration naming the new leader, with no leader known, \
-         asks nobody who leads and refuses that leader's messages",
-    ),
+    // None today: the power-loss, restore and strict-sequence defects (docs/testing.md) show
+    // only with faults and checks CI's seeds do not use.
 ];
 
 /// Runs `seeds` and fails naming every failing seed with its first failure and replay command.
@@ -81,6 +76,7 @@ fn seeds_that_found_defects() {
     let default = Options::new(0).fault_phase;
     // 1: a wake-up rounded below its deadline re-armed forever (the simulator's own bug);
     // 7: a device that won an election with a stash waiting never recovered it (7 acknowledged
-    //    writes lost).
-    run_seeds([1, 7].map(|s| (s, default)));
+    //    writes lost);
+    // 24, 32, 39: a proposal split at a block boundary lost its rest in repair.
+    run_seeds([1, 7, 24, 32, 39].map(|s| (s, default)));
 }
