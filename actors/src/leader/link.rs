@@ -1,11 +1,11 @@
 //! FollowerLink — the leader's replication to one follower, as a pure state machine: no I/O, no
 //! async, the clock injected, nothing panics on any input. The
-//! [`FollowerSession`](super::session::FollowerSession) actor is its shell: it feeds it inputs,
+//! [`LinkActor`](super::link_actor::LinkActor) actor is its shell: it feeds it inputs,
 //! performs the [`Command`]s each returns, in order, and calls [`FollowerLink::tick`] at
 //! [`FollowerLink::next_deadline`].
 //!
 //! ```text
-//!          FollowerSession (I/O)                       FollowerLink (pure)
+//!          LinkActor (I/O)                       FollowerLink (pure)
 //!  NewCommit (from the leader's core) ─────► on_commit ─────────┐
 //!  NewEntries answered (or not) ───────────► on_notify_answer   │
 //!  HeartbeatNow (the election's beat) ─────► on_heartbeat_tick  │
@@ -67,10 +67,10 @@ use uuid::Uuid;
 
 use super::messages::{FollowerProgress, NewCommit};
 use super::serve::entry_bytes;
+use crate::election::actor::ElectionInput;
 use crate::events::{FollowerStatus, SyncEvent};
 use crate::fencing::{fence, stale_term, Fence};
-use crate::membership::AckPosition;
-use crate::watcher::ElectionInput;
+use crate::leader::membership::AckPosition;
 use crate::window::{Announce, NotifyWindow};
 
 #[cfg(test)]

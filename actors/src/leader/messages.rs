@@ -2,7 +2,7 @@
 //! link ([`NewCommit`]), what a link hands the core ([`FollowerProgress`]), and what the core
 //! answers the SyncService ([`LeaderReport`], [`ConfigOutcome`], [`ConfigError`],
 //! [`LeaderStatus`]). Plain data: the pure machines ([`super::link`], [`super::core`]) take and
-//! return them, the actors ([`super::session`], [`super::notifier`]) carry them.
+//! return them, the actors ([`super::link_actor`], [`super::actor`]) carry them.
 
 use std::sync::Arc;
 
@@ -11,10 +11,10 @@ use lsync_protocol::SyncLogEntry;
 use lsync_storage::Membership;
 use uuid::Uuid;
 
-use crate::membership::{AckPosition, FollowerPosition};
+use crate::leader::membership::{AckPosition, FollowerPosition};
 use crate::window::Announce;
 
-/// One commit, as the leader's core hands it to every follower session.
+/// One commit, as the leader's core hands it to every link actor.
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
 #[rtype(result = "()")]
 pub struct NewCommit {
@@ -23,7 +23,7 @@ pub struct NewCommit {
     /// The term of the entry before the range.
     pub prev_term: u64,
     /// The committed entries, when the commit was small (see
-    /// [`lsync_storage::COMMIT_EVENT_MAX_ENTRIES`]): a session sends them inside `NewEntries`.
+    /// [`lsync_storage::COMMIT_EVENT_MAX_ENTRIES`]): a link actor sends them inside `NewEntries`.
     pub entries: Option<Arc<[SyncLogEntry]>>,
 }
 

@@ -1,6 +1,6 @@
 //! Serving a follower's requests from the leader's log: plain storage and log-cache reads, no
 //! actor state, no decisions about the follower (those are [`super::link`]'s). The
-//! [`FollowerSession`](super::session::FollowerSession) performs a link's
+//! [`LinkActor`](super::link_actor::LinkActor) performs a link's
 //! [`Serve`](super::link::Command::Serve) with [`serve_cached`] on its own thread when the log
 //! cache holds the block, else with [`serve`] on the blocking pool.
 //!
@@ -12,14 +12,14 @@ use lsync_storage::{Database, StorageError, SyncLog};
 use uuid::Uuid;
 
 use super::link::not_leader;
-use super::session::SessionContext;
+use super::link_actor::LinkContext;
 use crate::fencing::stale_term;
 use crate::metrics::Metrics;
 
 /// Answers one follower request from the leader's log. Pure storage reads; no actor state.
 pub fn serve(
     db: &Database,
-    cx: &SessionContext,
+    cx: &LinkContext,
     msg: SyncMessage,
 ) -> Result<SyncMessage, StorageError> {
     let library_id = cx.library_id;
@@ -112,7 +112,7 @@ pub fn serve(
 /// and the follower's entry at `since_sequence` has the leader's term; `None` otherwise (the
 /// request then goes to [`serve`], which answers whatever it is). Same answer as [`serve`]'s,
 /// except that `leader_last_sequence` may be a few commits old (as if read a moment earlier).
-pub fn serve_cached(cx: &SessionContext, msg: &SyncMessage) -> Option<SyncMessage> {
+pub fn serve_cached(cx: &LinkContext, msg: &SyncMessage) -> Option<SyncMessage> {
     let SyncMessage::FetchEntries { term: their, since_sequence, since_term, limit, .. } = *msg
     else {
         return None;
@@ -146,7 +146,7 @@ pub fn serve_cached(cx: &SessionContext, msg: &SyncMessage) -> Option<SyncMessag
 /// and not kept. Also says whether the entries came from the cache.
 fn read_through(
     conn: &mut diesel::SqliteConnection,
-    cx: &SessionContext,
+    cx: &LinkContext,
     last: lsync_storage::LogPosition,
     since: u64,
     limit: u64,

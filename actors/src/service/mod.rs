@@ -4,15 +4,15 @@
 //! Receives: every inbound request of its library (from the Network), membership changes
 //! (configurations applied by the follower, written by the leader's core, asked for by the
 //! host), connection events, status queries. Starts the role actors for the device's role —
-//! leader: a [`LeaderNotifier`] (the leader's core) and one [`FollowerSession`] per other
-//! member; follower: a [`FollowerApplier`] — and routes each inbound request to the role actor
+//! leader: a [`LeaderActor`] (the leader's core) and one [`LinkActor`] per other
+//! member; follower: a [`FollowerActor`] — and routes each inbound request to the role actor
 //! that answers it.
 //!
 //! Membership (docs/architecture.md, "Membership"): the configuration in effect comes from the
 //! library's log only. Whenever it changes the service tells the network (who may connect, and
 //! a removed device is refused from then on), the election (voters, learners, the previous
 //! voters while a voter change is not known to be committed), the proposer, and, when leading,
-//! the sessions (one per member; a removed member's session first delivers the entry that
+//! the links (one per member; a removed member's link first delivers the entry that
 //! removes it). It also answers `Join` (a guest presenting an invitation this device issued),
 //! `ChangeMembership` (the leader only) and `AnnounceAddresses` (signed address hints).
 //!
@@ -39,30 +39,31 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::applier::{ApplierContext, FollowerApplier, FollowerMembership, GetApplierStatus};
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::election::Membership as ElectionMembership;
 use crate::events::{LibraryStatus, MemberStatus, MembershipStatus, SyncEvent};
+use crate::follower::actor::{
+    FollowerActor, FollowerContext, FollowerMembership, GetApplierStatus,
+};
+use crate::leader::actor::{
+    ChangeConfig, ConfigError, ConfigOutcome, GetLeaderStatus, LeaderActor, LeaderContext,
+    LeaderReport, LeaderShared, SetLinks,
+};
 use crate::log_cache::LogCache;
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
-use crate::notifier::{
-    ChangeConfig, ConfigError, ConfigOutcome, GetLeaderStatus, LeaderContext, LeaderNotifier,
-    LeaderReport, LeaderShared, SetSessions,
-};
 mod route;
 
 pub use self::route::{route, Heard, Route, Serving, View as RouteView};
+use crate::election::actor::{
+    persisted_of, ElectionActor, ElectionContext, ElectionInput, FollowerAcked, HeartbeatNow,
+    RoleChange, SetMembership, TransferLeadership,
+};
+use crate::leader::link_actor::{
+    new_log_cache, Connection, GetFollowerStatus, Leaving, LinkActor, LinkContext, LinkLeft,
+};
 use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
-use crate::session::{
-    new_log_cache, Connection, FollowerSession, GetFollowerStatus, Leaving, SessionContext,
-    SessionLeft,
-};
 use crate::transport::Transport;
-use crate::watcher::{
-    persisted_of, ElectionInput, ElectionWatcher, FollowerAcked, HeartbeatNow, RoleChange,
-    SetMembership, TransferLeadership, WatcherContext,
-};
 
 /// How often the service checks that its role actors are alive (a panic closes an actor's
 /// mailbox; actix does not restart it).
@@ -172,15 +173,15 @@ struct InvitationsChanged;
 
 enum Role {
     Leader {
-        notifier: Addr<LeaderNotifier>,
-        sessions: HashMap<PeerId, Addr<FollowerSession>>,
-        /// The log blocks this term's sessions serve fetches from (shared by all of them).
+        core: Addr<LeaderActor>,
+        links: HashMap<PeerId, Addr<LinkActor>>,
+        /// The log blocks this term's links serve fetches from (shared by all of them).
         cache: Arc<LogCache>,
         /// The commit sequence of this leadership.
         shared: Arc<LeaderShared>,
     },
     Follower {
-        applier: Addr<FollowerApplier>,
+        follower: Addr<FollowerActor>,
     },
     /// No leader known yet, the role actors are not started, or this device is no longer a
     /// member.
@@ -194,11 +195,11 @@ pub struct SyncService {
     membership: Option<Membership>,
     /// Every other member: peer → device.
     members: HashMap<PeerId, Uuid>,
-    /// Members removed while this device leads, whose session delivers the removal first.
+    /// Members removed while this device leads, whose link delivers the removal first.
     leaving: HashSet<PeerId>,
     connected: HashSet<PeerId>,
     role: Role,
-    watcher: Option<Addr<ElectionWatcher>>,
+    election: Option<Addr<ElectionActor>>,
     local_peer: Option<PeerId>,
     self_addr: Option<Addr<SyncService>>,
     proposer: Proposer,
@@ -245,7 +246,7 @@ impl SyncService {
             leaving: HashSet::new(),
             connected: Default::default(),
             role: Role::Idle,
-            watcher: None,
+            election: None,
             local_peer: None,
             self_addr: None,
             leader_commit: Arc::new(AtomicU64::new(0)),
@@ -309,7 +310,7 @@ impl SyncService {
     fn start_watcher(&mut self, ctx: &mut Context<Self>) {
         let Some(state) = self.state.as_ref() else { return };
         let me = ctx.address();
-        let watcher = ElectionWatcher::new(WatcherContext {
+        let election = ElectionActor::new(ElectionContext {
             library_id: self.cx.library_id,
             device_id: self.cx.device_id,
             db: self.cx.db.clone(),
@@ -326,22 +327,22 @@ impl SyncService {
             writes_paused: self.cx.writes_paused.clone(),
         })
         .start();
-        self.watcher = Some(watcher);
+        self.election = Some(election);
     }
 
-    /// Restarts any role actor (or the watcher) whose mailbox closed — the sign of a panic.
+    /// Restarts any role actor (or the election) whose mailbox closed — the sign of a panic.
     fn watchdog(&mut self, ctx: &mut Context<Self>) {
         let library_id = self.cx.library_id;
-        if self.watcher.as_ref().is_some_and(|w| !w.connected()) {
-            tracing::error!(%library_id, "election watcher stopped unexpectedly (panic?); restarting it");
+        if self.election.as_ref().is_some_and(|w| !w.connected()) {
+            tracing::error!(%library_id, "election actor stopped unexpectedly (panic?); restarting it");
             crate::metrics::Metrics::add(&self.cx.metrics.actor_restarts, 1);
             self.start_watcher(ctx);
         }
         let dead = match &self.role {
-            Role::Leader { notifier, sessions, .. } => {
-                !notifier.connected() || sessions.values().any(|s| !s.connected())
+            Role::Leader { core, links, .. } => {
+                !core.connected() || links.values().any(|s| !s.connected())
             }
-            Role::Follower { applier } => !applier.connected(),
+            Role::Follower { follower } => !follower.connected(),
             Role::Idle => false,
         };
         if dead {
@@ -353,17 +354,17 @@ impl SyncService {
 
     fn stop_role(&mut self) {
         match std::mem::replace(&mut self.role, Role::Idle) {
-            Role::Leader { notifier, sessions, .. } => {
-                notifier.do_send(Shutdown);
-                for s in sessions.values() {
+            Role::Leader { core, links, .. } => {
+                core.do_send(Shutdown);
+                for s in links.values() {
                     s.do_send(Shutdown);
                 }
-                // A removed member whose session was delivering its removal: refuse it now.
+                // A removed member whose link was delivering its removal: refuse it now.
                 for peer in std::mem::take(&mut self.leaving) {
                     self.revoke(peer);
                 }
             }
-            Role::Follower { applier } => applier.do_send(Shutdown),
+            Role::Follower { follower } => follower.do_send(Shutdown),
             Role::Idle => {}
         }
     }
@@ -386,7 +387,7 @@ impl SyncService {
         }
         if state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id) {
             let shared = Arc::new(LeaderShared::default());
-            let notifier = LeaderNotifier::leading(
+            let core = LeaderActor::leading(
                 self.cx.tm.subscribe(),
                 LeaderContext {
                     library_id,
@@ -403,20 +404,16 @@ impl SyncService {
             .start();
             // A new cache per start: the leader's log only grows while it leads this term.
             let cache = new_log_cache(self.cx.config.max_entries_per_response);
-            let mut sessions = HashMap::new();
+            let mut links = HashMap::new();
             for (peer, device) in self.members.clone() {
-                sessions.insert(
-                    peer,
-                    self.start_session(&state, &cache, &shared, &notifier, device, peer),
-                );
+                links.insert(peer, self.start_link(&state, &cache, &shared, &core, device, peer));
             }
-            cache.set_readers(sessions.len());
-            notifier
-                .do_send(SetSessions(sessions.values().map(|a| a.clone().recipient()).collect()));
-            info!(%library_id, term = state.current_term, followers = sessions.len(), "leading");
-            self.role = Role::Leader { notifier, sessions, cache, shared };
+            cache.set_readers(links.len());
+            core.do_send(SetLinks(links.values().map(|a| a.clone().recipient()).collect()));
+            info!(%library_id, term = state.current_term, followers = links.len(), "leading");
+            self.role = Role::Leader { core, links, cache, shared };
         } else if let Some(leader_peer) = state.leader_device.and_then(|d| self.peer_of(d)) {
-            let applier = FollowerApplier::new(ApplierContext {
+            let follower = FollowerActor::new(FollowerContext {
                 library_id,
                 db: self.cx.db.clone(),
                 transport: self.cx.transport.clone(),
@@ -435,7 +432,7 @@ impl SyncService {
             })
             .start();
             info!(%library_id, term = state.current_term, leader = %leader_peer, "following");
-            self.role = Role::Follower { applier };
+            self.role = Role::Follower { follower };
         } else if state.role == SyncRole::Candidate {
             info!(%library_id, term = state.current_term, "campaigning; no role actors until a leader is known");
         } else {
@@ -448,41 +445,26 @@ impl SyncService {
         });
     }
 
-    fn start_session(
+    fn start_link(
         &self,
         state: &SyncState,
         cache: &Arc<LogCache>,
         shared: &Arc<LeaderShared>,
-        notifier: &Addr<LeaderNotifier>,
+        core: &Addr<LeaderActor>,
         device: Uuid,
         peer: PeerId,
-    ) -> Addr<FollowerSession> {
-        let session = FollowerSession::new(
-            SessionContext {
-                library_id: self.cx.library_id,
-                db: self.cx.db.clone(),
-                transport: self.cx.transport.clone(),
-                events: self.cx.events.clone(),
-                term: state.current_term,
-                max_entries_per_response: self.cx.config.max_entries_per_response,
-                max_response_bytes: self.cx.config.max_response_bytes,
-                notify_window: self.cx.config.notify_window,
-                election: Some(self.self_addr.clone().expect("service started").recipient()),
-                cache: cache.clone(),
-                metrics: self.cx.metrics.clone(),
-                leader_device: Some(self.cx.device_id),
-                leader: shared.clone(),
-                progress: Some(notifier.clone().recipient()),
-                left: self.self_addr.clone().map(|a| a.recipient()),
-            },
+    ) -> Addr<LinkActor> {
+        Self::start_link_with(
+            &self.cx,
+            self.self_addr.as_ref(),
+            &self.connected,
+            state,
+            cache,
+            shared,
+            core,
             device,
             peer,
         )
-        .start();
-        if self.connected.contains(&peer) {
-            session.do_send(Connection(true));
-        }
-        session
     }
 
     /// The peers of `m`'s members other than this device, with the addresses to dial them at.
@@ -543,53 +525,51 @@ impl SyncService {
         for (peer, device) in &removed {
             info!(%library_id, device = %device, "member removed");
             match &self.role {
-                Role::Leader { sessions, .. } if sessions.contains_key(peer) => {
-                    // Its session delivers the entry that removes it first (bounded), then
+                Role::Leader { links, .. } if links.contains_key(peer) => {
+                    // Its link delivers the entry that removes it first (bounded), then
                     // reports back and the peer is refused.
                     self.leaving.insert(*peer);
-                    if let Some(s) = sessions.get(peer) {
+                    if let Some(s) = links.get(peer) {
                         s.do_send(Leaving { sequence });
                     }
                 }
                 _ => self.revoke(*peer),
             }
         }
-        if let Role::Leader { notifier, sessions, cache, shared } = &mut self.role {
+        if let Role::Leader { core, links, cache, shared } = &mut self.role {
             if let Some(state) = self.state.as_ref() {
                 let mut started = false;
                 for (peer, device, _) in &added {
-                    // A member removed and added again while its session was delivering the
-                    // removal: that session stops by itself; give it a fresh one.
+                    // A member removed and added again while its link was delivering the
+                    // removal: that link stops by itself; give it a fresh one.
                     if self.leaving.remove(peer) {
-                        if let Some(old) = sessions.remove(peer) {
+                        if let Some(old) = links.remove(peer) {
                             old.do_send(Shutdown);
                         }
                     }
-                    if !sessions.contains_key(peer) {
-                        let s = Self::start_session_with(
+                    if !links.contains_key(peer) {
+                        let s = Self::start_link_with(
                             &self.cx,
                             self.self_addr.as_ref(),
                             &self.connected,
                             state,
                             cache,
                             shared,
-                            notifier,
+                            core,
                             *device,
                             *peer,
                         );
-                        sessions.insert(*peer, s);
+                        links.insert(*peer, s);
                         started = true;
                     }
                 }
                 if started {
-                    cache.set_readers(sessions.len());
-                    notifier.do_send(SetSessions(
-                        sessions.values().map(|a| a.clone().recipient()).collect(),
-                    ));
+                    cache.set_readers(links.len());
+                    core.do_send(SetLinks(links.values().map(|a| a.clone().recipient()).collect()));
                 }
             }
         }
-        if let Some(w) = &self.watcher {
+        if let Some(w) = &self.election {
             w.do_send(SetMembership {
                 peers: self.peer_map(),
                 membership: self.election_membership(),
@@ -616,19 +596,19 @@ impl SyncService {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn start_session_with(
+    fn start_link_with(
         cx: &LibraryContext,
         service: Option<&Addr<SyncService>>,
         connected: &HashSet<PeerId>,
         state: &SyncState,
         cache: &Arc<LogCache>,
         shared: &Arc<LeaderShared>,
-        notifier: &Addr<LeaderNotifier>,
+        core: &Addr<LeaderActor>,
         device: Uuid,
         peer: PeerId,
-    ) -> Addr<FollowerSession> {
-        let session = FollowerSession::new(
-            SessionContext {
+    ) -> Addr<LinkActor> {
+        let link = LinkActor::new(
+            LinkContext {
                 library_id: cx.library_id,
                 db: cx.db.clone(),
                 transport: cx.transport.clone(),
@@ -642,7 +622,7 @@ impl SyncService {
                 metrics: cx.metrics.clone(),
                 leader_device: Some(cx.device_id),
                 leader: shared.clone(),
-                progress: Some(notifier.clone().recipient()),
+                progress: Some(core.clone().recipient()),
                 left: service.map(|a| a.clone().recipient()),
             },
             device,
@@ -650,21 +630,19 @@ impl SyncService {
         )
         .start();
         if connected.contains(&peer) {
-            session.do_send(Connection(true));
+            link.do_send(Connection(true));
         }
-        session
+        link
     }
 
-    /// `peer` is no longer a member: refused from now on (told so), its session stopped.
+    /// `peer` is no longer a member: refused from now on (told so), its link stopped.
     fn revoke(&mut self, peer: PeerId) {
         self.leaving.remove(&peer);
-        if let Role::Leader { sessions, cache, notifier, .. } = &mut self.role {
-            if let Some(s) = sessions.remove(&peer) {
+        if let Role::Leader { links, cache, core, .. } = &mut self.role {
+            if let Some(s) = links.remove(&peer) {
                 s.do_send(Shutdown);
-                cache.set_readers(sessions.len());
-                notifier.do_send(SetSessions(
-                    sessions.values().map(|a| a.clone().recipient()).collect(),
-                ));
+                cache.set_readers(links.len());
+                core.do_send(SetLinks(links.values().map(|a| a.clone().recipient()).collect()));
             }
         }
         let (network, library_id) = (self.cx.network.clone(), self.cx.library_id);
@@ -682,9 +660,9 @@ impl SyncService {
     }
 
     /// Whether this device leads now.
-    fn leading(&self) -> Option<(&Addr<LeaderNotifier>, u64)> {
+    fn leading(&self) -> Option<(&Addr<LeaderActor>, u64)> {
         match (&self.role, &self.state) {
-            (Role::Leader { notifier, .. }, Some(s)) => Some((notifier, s.current_term)),
+            (Role::Leader { core, .. }, Some(s)) => Some((core, s.current_term)),
             _ => None,
         }
     }
@@ -695,11 +673,10 @@ impl SyncService {
         change: MembershipChange,
         wait: Duration,
     ) -> futures::future::BoxFuture<'static, Result<ConfigOutcome, String>> {
-        if let Some((notifier, _)) = self.leading() {
-            let notifier = notifier.clone();
+        if let Some((core, _)) = self.leading() {
+            let core = core.clone();
             return Box::pin(async move {
-                notifier
-                    .send(ChangeConfig { change, wait })
+                core.send(ChangeConfig { change, wait })
                     .await
                     .map_err(|_| "the leader's core stopped".to_string())?
                     .map_err(|e| e.to_string())
@@ -861,7 +838,7 @@ impl SyncService {
             ));
             return;
         }
-        let Some((notifier, term)) = self.leading() else {
+        let Some((core, term)) = self.leading() else {
             let _ = req.reply.send(SyncMessage::Error {
                 leader_peer: self.leader_peer_hint(),
                 library_id,
@@ -872,10 +849,9 @@ impl SyncService {
             });
             return;
         };
-        let notifier = notifier.clone();
+        let core = core.clone();
         actix_rt::spawn(async move {
-            let reply = match notifier.send(ChangeConfig { change, wait: REMOTE_CHANGE_WAIT }).await
-            {
+            let reply = match core.send(ChangeConfig { change, wait: REMOTE_CHANGE_WAIT }).await {
                 Ok(Ok(o)) => SyncMessage::MembershipResult {
                     library_id,
                     term,
@@ -1128,7 +1104,7 @@ impl Handler<Shutdown> for SyncService {
     type Result = ();
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         self.stop_role();
-        if let Some(w) = self.watcher.take() {
+        if let Some(w) = self.election.take() {
             w.do_send(Shutdown);
         }
         let network = self.cx.network.clone();
@@ -1155,8 +1131,8 @@ impl Handler<PeerEvent> for SyncService {
         } else {
             self.connected.remove(&peer);
         }
-        if let Role::Leader { sessions, .. } = &self.role {
-            if let Some(s) = sessions.get(&peer) {
+        if let Role::Leader { links, .. } = &self.role {
+            if let Some(s) = links.get(&peer) {
                 s.do_send(Connection(up));
             }
         }
@@ -1188,10 +1164,10 @@ impl Handler<InboundRequest> for SyncService {
             term: current_term,
             leader: leader_hint,
             leader_peer: self.leader_peer_hint(),
-            election: self.watcher.is_some(),
+            election: self.election.is_some(),
         };
         let (to, heard) = route::route(&req.message, from, &view);
-        if let Some(w) = &self.watcher {
+        if let Some(w) = &self.election {
             match heard {
                 Some(route::Heard::Leader { from, term }) => {
                     w.do_send(ElectionInput::LeaderHeard { from, term })
@@ -1219,7 +1195,7 @@ impl Handler<InboundRequest> for SyncService {
                 });
             }
             Route::Election => {
-                if let Some(w) = &self.watcher {
+                if let Some(w) = &self.election {
                     if let Err(e) = w.try_send(req) {
                         busy(e.into_inner(), "election");
                     }
@@ -1238,11 +1214,11 @@ impl Handler<InboundRequest> for SyncService {
                     let _ = req.reply.send(resp);
                 });
             }
-            Route::Session => match &self.role {
-                Role::Leader { sessions, .. } => match sessions.get(&req.peer) {
+            Route::Link => match &self.role {
+                Role::Leader { links, .. } => match links.get(&req.peer) {
                     Some(s) => {
                         if let Err(e) = s.try_send(req) {
-                            busy(e.into_inner(), "follower session");
+                            busy(e.into_inner(), "leader link to the follower");
                         }
                     }
                     None => {
@@ -1253,15 +1229,15 @@ impl Handler<InboundRequest> for SyncService {
                         ));
                     }
                 },
-                _ => busy(req, "follower session"),
+                _ => busy(req, "leader link to the follower"),
             },
             Route::Follower => match &self.role {
-                Role::Follower { applier } => {
-                    if let Err(e) = applier.try_send(req) {
-                        busy(e.into_inner(), "follower applier");
+                Role::Follower { follower } => {
+                    if let Err(e) = follower.try_send(req) {
+                        busy(e.into_inner(), "follower actor");
                     }
                 }
-                _ => busy(req, "follower applier"),
+                _ => busy(req, "follower actor"),
             },
         }
     }
@@ -1365,8 +1341,8 @@ impl Handler<LeaderReport> for SyncService {
         match msg {
             LeaderReport::Membership(m) => self.install_membership(m),
             LeaderReport::Resign => {
-                if let Some(w) = &self.watcher {
-                    w.do_send(crate::watcher::Resign);
+                if let Some(w) = &self.election {
+                    w.do_send(crate::election::actor::Resign);
                 }
             }
         }
@@ -1399,10 +1375,10 @@ impl Handler<FollowerMembership> for SyncService {
     }
 }
 
-impl Handler<SessionLeft> for SyncService {
+impl Handler<LinkLeft> for SyncService {
     type Result = ();
-    fn handle(&mut self, msg: SessionLeft, _: &mut Context<Self>) {
-        // The session of a removed member delivered the removal (or gave up): refuse it now,
+    fn handle(&mut self, msg: LinkLeft, _: &mut Context<Self>) {
+        // The link of a removed member delivered the removal (or gave up): refuse it now,
         // unless it became a member again meanwhile.
         if self.leaving.contains(&msg.peer) && !self.members.contains_key(&msg.peer) {
             self.revoke(msg.peer);
@@ -1418,16 +1394,16 @@ impl Handler<GetStatus> for SyncService {
         let live = self.state.clone();
         let library_id = self.cx.library_id;
         let device_id = self.cx.device_id;
-        let sessions: Vec<_> = match &self.role {
-            Role::Leader { sessions, .. } => sessions.values().cloned().collect(),
+        let links: Vec<_> = match &self.role {
+            Role::Leader { links, .. } => links.values().cloned().collect(),
             _ => Vec::new(),
         };
-        let notifier = match &self.role {
-            Role::Leader { notifier, .. } => Some(notifier.clone()),
+        let core = match &self.role {
+            Role::Leader { core, .. } => Some(core.clone()),
             _ => None,
         };
         let applier = match &self.role {
-            Role::Follower { applier } => Some(applier.clone()),
+            Role::Follower { follower } => Some(follower.clone()),
             _ => None,
         };
         let follower_commit = self.leader_commit.load(Ordering::Acquire);
@@ -1447,12 +1423,12 @@ impl Handler<GetStatus> for SyncService {
             })
             .await
             .map_err(|e| e.to_string())?;
-            let leader = match notifier {
+            let leader = match core {
                 Some(n) => n.send(GetLeaderStatus).await.ok(),
                 None => None,
             };
-            let mut followers = Vec::with_capacity(sessions.len());
-            for s in sessions {
+            let mut followers = Vec::with_capacity(links.len());
+            for s in links {
                 if let Ok(mut f) =
                     s.send(GetFollowerStatus { leader_last_sequence: last.sequence }).await
                 {
@@ -1533,7 +1509,7 @@ impl Handler<RoleChange> for SyncService {
     fn handle(&mut self, msg: RoleChange, _: &mut Context<Self>) {
         let Some(state) = self.state.as_mut() else { return };
         // A follower that only learns a newer term of the leader it follows keeps its actors
-        // (the applier adopts the term from the leader's messages); anything else restarts them.
+        // (the follower actor adopts the term from the leader's messages); anything else restarts them.
         let unchanged = state.role == msg.role
             && state.leader_device == msg.leader
             && (state.current_term == msg.term || msg.role == SyncRole::Follower)
@@ -1549,9 +1525,9 @@ impl Handler<RoleChange> for SyncService {
     }
 }
 
-impl Handler<crate::watcher::LeaderHint> for SyncService {
+impl Handler<crate::election::actor::LeaderHint> for SyncService {
     type Result = ();
-    fn handle(&mut self, msg: crate::watcher::LeaderHint, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: crate::election::actor::LeaderHint, _: &mut Context<Self>) {
         let hint = msg.device;
         let mut is_member = self.peer_of(hint).is_some();
         if let (false, Some(peer)) = (is_member, msg.peer) {
@@ -1587,8 +1563,8 @@ impl Handler<crate::watcher::LeaderHint> for SyncService {
 impl Handler<HeartbeatNow> for SyncService {
     type Result = ();
     fn handle(&mut self, _: HeartbeatNow, _: &mut Context<Self>) {
-        if let Role::Leader { sessions, .. } = &self.role {
-            for s in sessions.values() {
+        if let Role::Leader { links, .. } = &self.role {
+            for s in links.values() {
                 s.do_send(HeartbeatNow);
             }
         }
@@ -1598,7 +1574,7 @@ impl Handler<HeartbeatNow> for SyncService {
 impl Handler<ElectionInput> for SyncService {
     type Result = ();
     fn handle(&mut self, msg: ElectionInput, _: &mut Context<Self>) {
-        if let Some(w) = &self.watcher {
+        if let Some(w) = &self.election {
             w.do_send(msg);
         }
     }
@@ -1607,16 +1583,16 @@ impl Handler<ElectionInput> for SyncService {
 impl Handler<FollowerAcked> for SyncService {
     type Result = ResponseFuture<Option<u64>>;
     fn handle(&mut self, msg: FollowerAcked, _: &mut Context<Self>) -> Self::Result {
-        let session = match &self.role {
-            Role::Leader { sessions, .. } => self
+        let link = match &self.role {
+            Role::Leader { links, .. } => self
                 .members
                 .iter()
                 .find(|(_, d)| **d == msg.0)
-                .and_then(|(p, _)| sessions.get(p).cloned()),
+                .and_then(|(p, _)| links.get(p).cloned()),
             _ => None,
         };
         Box::pin(async move {
-            let s = session?;
+            let s = link?;
             s.send(GetFollowerStatus { leader_last_sequence: 0 })
                 .await
                 .ok()
@@ -1628,7 +1604,7 @@ impl Handler<FollowerAcked> for SyncService {
 impl Handler<TransferLeadership> for SyncService {
     type Result = ResponseFuture<Result<(), String>>;
     fn handle(&mut self, msg: TransferLeadership, _: &mut Context<Self>) -> Self::Result {
-        let watcher = self.watcher.clone();
+        let election = self.election.clone();
         let learner = self
             .membership
             .as_ref()
@@ -1642,8 +1618,10 @@ impl Handler<TransferLeadership> for SyncService {
                     msg.0
                 ));
             }
-            match watcher {
-                Some(w) => w.send(msg).await.map_err(|_| "election watcher stopped".to_string())?,
+            match election {
+                Some(w) => {
+                    w.send(msg).await.map_err(|_| "the election actor stopped".to_string())?
+                }
                 None => Err("the library is not started yet".into()),
             }
         })
@@ -1651,11 +1629,11 @@ impl Handler<TransferLeadership> for SyncService {
 }
 
 #[cfg(test)]
-impl Handler<crate::applier::InjectPanic> for SyncService {
+impl Handler<crate::follower::actor::InjectPanic> for SyncService {
     type Result = ();
-    fn handle(&mut self, msg: crate::applier::InjectPanic, _: &mut Context<Self>) {
-        if let Role::Follower { applier } = &self.role {
-            applier.do_send(msg);
+    fn handle(&mut self, msg: crate::follower::actor::InjectPanic, _: &mut Context<Self>) {
+        if let Role::Follower { follower } = &self.role {
+            follower.do_send(msg);
         }
     }
 }
@@ -1678,7 +1656,7 @@ mod tests {
         let leader = Uuid::new_v4();
         let db = follower_db(&dir, lib, leader);
         let me = db.sync_state().unwrap().device_id;
-        // a leader that never answers: the follower's applier just keeps retrying
+        // a leader that never answers: the follower actor just keeps retrying
         db.upsert_device(&Device {
             device_id: leader,
             peer_id: PeerId::random().to_string(),
@@ -1719,15 +1697,15 @@ mod tests {
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while !has_applier(service.clone()).await {
-            assert!(tokio::time::Instant::now() < deadline, "applier never started");
+            assert!(tokio::time::Instant::now() < deadline, "follower actor never started");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        service.send(crate::applier::InjectPanic).await.unwrap();
-        // the applier's mailbox closes with the panic; the watchdog notices, counts it and
-        // starts a new applier
+        service.send(crate::follower::actor::InjectPanic).await.unwrap();
+        // the follower actor's mailbox closes with the panic; the watchdog notices, counts it
+        // and starts a new one
         let restarts = || metrics.actor_restarts.load(std::sync::atomic::Ordering::Relaxed);
         while restarts() == 0 || !has_applier(service.clone()).await {
-            assert!(tokio::time::Instant::now() < deadline, "applier not restarted");
+            assert!(tokio::time::Instant::now() < deadline, "follower actor not restarted");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(restarts(), 1);
@@ -1747,4 +1725,4 @@ macro_rules! impl_shutdown {
         }
     )*};
 }
-impl_shutdown!(LeaderNotifier, FollowerSession, FollowerApplier, ElectionWatcher);
+impl_shutdown!(LeaderActor, LinkActor, FollowerActor, ElectionActor);

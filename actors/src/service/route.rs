@@ -14,7 +14,7 @@
 //!    `Heartbeat` to a leader counts as its follower's contact.
 //! 5. A `Propose` is served by a leader, in its term, if it comes from the device it names as
 //!    its origin; otherwise refused (`Unauthorized`, or `NotLeader` with the leader known).
-//! 6. Anything else goes to the role: a leader's session of the sender, a follower's
+//! 6. Anything else goes to the role: a leader's link actor of the sender, a follower's
 //!    replicator; a device with no role answers `NotLeader` with the leader it knows.
 
 use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
@@ -72,8 +72,8 @@ pub enum Route {
     Election,
     /// Commit the proposal through the transaction manager, answering in `term`.
     Propose { term: u64 },
-    /// To the leader's session of the sender (refused `Unauthorized` if it has none).
-    Session,
+    /// To the leader's link actor for the sender (refused `Unauthorized` if it has none).
+    Link,
     /// To the follower's replicator.
     Follower,
 }
@@ -141,7 +141,7 @@ pub fn route(msg: &SyncMessage, from: Option<Uuid>, view: &View) -> (Route, Opti
         (SyncMessage::Propose { .. }, _) => {
             Route::Reply(not_leader("this device does not lead the library"))
         }
-        (_, Serving::Leader) => Route::Session,
+        (_, Serving::Leader) => Route::Link,
         (_, Serving::Follower) => Route::Follower,
         (_, Serving::Idle) => {
             Route::Reply(not_leader("this device does not serve the library right now"))
@@ -214,7 +214,7 @@ mod tests {
         assert!(matches!(&r, Route::Reply(SyncMessage::Error { message, .. })
             if message.contains("no longer a member")));
         let leading = View { member: false, ..view(Serving::Leader) };
-        assert_eq!(route(&heartbeat(5, SyncRole::Follower), Some(A), &leading).0, Route::Session);
+        assert_eq!(route(&heartbeat(5, SyncRole::Follower), Some(A), &leading).0, Route::Link);
     }
 
     #[test]
@@ -234,7 +234,7 @@ mod tests {
         let (r, heard) = route(&heartbeat(6, SyncRole::Leader), Some(L), &view(Serving::Follower));
         assert_eq!((r, heard), (Route::Follower, Some(Heard::Leader { from: L, term: 6 })));
         let (r, heard) = route(&heartbeat(5, SyncRole::Follower), Some(A), &view(Serving::Leader));
-        assert_eq!((r, heard), (Route::Session, Some(Heard::Follower { from: A, term: 5 })));
+        assert_eq!((r, heard), (Route::Link, Some(Heard::Follower { from: A, term: 5 })));
         // a follower's heartbeat to a device that does not lead is not contact
         let (_, heard) =
             route(&heartbeat(5, SyncRole::Follower), Some(A), &view(Serving::Follower));

@@ -1,4 +1,5 @@
-//! ElectionWatcher — one per open library, on every member device, whatever its role.
+//! ElectionActor — runs the library's election: one per open library, on every member device,
+//! whatever its role.
 //!
 //! Receives: vote requests and TimeoutNow (routed by the SyncService), [`ElectionInput`]s
 //! (a leader was heard, a follower answered, a newer term was seen), membership changes and
@@ -27,11 +28,11 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::blocking::run_blocking;
-use crate::config::SyncConfig;
-use crate::election::{
+use super::{
     Action, Election, ElectionConfig, Membership, PersistedElection, VoteRequest, VoteResponse,
 };
+use crate::blocking::run_blocking;
+use crate::config::SyncConfig;
 use crate::events::SyncEvent;
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
@@ -103,7 +104,7 @@ pub struct FollowerAcked(pub Uuid);
 struct VoteReceived(VoteResponse);
 
 /// What the watcher needs.
-pub struct WatcherContext {
+pub struct ElectionContext {
     pub library_id: Uuid,
     pub device_id: Uuid,
     pub db: Database,
@@ -124,8 +125,8 @@ pub struct WatcherContext {
 }
 
 /// The election of one library on this device.
-pub struct ElectionWatcher {
-    cx: WatcherContext,
+pub struct ElectionActor {
+    cx: ElectionContext,
     election: Election<StdRng>,
     timer: Option<SpawnHandle>,
 }
@@ -134,9 +135,9 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-impl ElectionWatcher {
+impl ElectionActor {
     /// A watcher resuming from `cx.persisted`.
-    pub fn new(cx: WatcherContext) -> Self {
+    pub fn new(cx: ElectionContext) -> Self {
         let election = Election::new(
             cx.device_id,
             cx.membership.clone(),
@@ -355,7 +356,7 @@ impl ElectionWatcher {
     }
 }
 
-impl Actor for ElectionWatcher {
+impl Actor for ElectionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -365,7 +366,7 @@ impl Actor for ElectionWatcher {
     }
 }
 
-impl Handler<ElectionInput> for ElectionWatcher {
+impl Handler<ElectionInput> for ElectionActor {
     type Result = ();
     fn handle(&mut self, input: ElectionInput, ctx: &mut Context<Self>) {
         let now = now();
@@ -384,7 +385,7 @@ impl Handler<ElectionInput> for ElectionWatcher {
     }
 }
 
-impl Handler<VoteReceived> for ElectionWatcher {
+impl Handler<VoteReceived> for ElectionActor {
     type Result = ();
     fn handle(&mut self, msg: VoteReceived, ctx: &mut Context<Self>) {
         let actions = self.election.on_vote_response(msg.0, now());
@@ -392,7 +393,7 @@ impl Handler<VoteReceived> for ElectionWatcher {
     }
 }
 
-impl Handler<InboundRequest> for ElectionWatcher {
+impl Handler<InboundRequest> for ElectionActor {
     type Result = ();
     fn handle(&mut self, req: InboundRequest, ctx: &mut Context<Self>) {
         let library_id = self.cx.library_id;
@@ -436,7 +437,7 @@ impl Handler<InboundRequest> for ElectionWatcher {
     }
 }
 
-impl Handler<SetMembership> for ElectionWatcher {
+impl Handler<SetMembership> for ElectionActor {
     type Result = ();
     fn handle(&mut self, msg: SetMembership, ctx: &mut Context<Self>) {
         self.cx.members = msg.peers;
@@ -446,7 +447,7 @@ impl Handler<SetMembership> for ElectionWatcher {
     }
 }
 
-impl Handler<Resign> for ElectionWatcher {
+impl Handler<Resign> for ElectionActor {
     type Result = ();
     fn handle(&mut self, _: Resign, ctx: &mut Context<Self>) {
         let actions = self.election.resign(now());
@@ -454,7 +455,7 @@ impl Handler<Resign> for ElectionWatcher {
     }
 }
 
-impl Handler<TransferLeadership> for ElectionWatcher {
+impl Handler<TransferLeadership> for ElectionActor {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: TransferLeadership, ctx: &mut Context<Self>) -> Self::Result {
         self.election.transfer_leadership(msg.0, now()).map_err(|e| e.to_string())?;

@@ -1,5 +1,5 @@
 //! Leader election: a pure state machine, no I/O, no async; the clock and the randomness are
-//! injected. The `ElectionWatcher` actor is its shell: it feeds it events, performs the
+//! injected. The [`actor::ElectionActor`] (election/actor.rs) is its shell: it feeds it events, performs the
 //! [`Action`]s it returns, in order, and calls [`Election::tick`] at
 //! [`Election::next_deadline`].
 //!
@@ -180,7 +180,7 @@
 //!   voter keeps leading (Raft keeps it managing the change until the change commits); the
 //!   actor calls [`Election::resign`] once the configuration that removed or demoted it is
 //!   committed. The leader changes voters one at a time, a change only once the previous one
-//!   and its own first entry of its term are committed (actors/src/membership.rs), so that
+//!   and its own first entry of its term are committed (actors/src/leader/membership.rs), so that
 //!   the rules of consecutive configurations, taken together as above, never elect two
 //!   leaders of one term (checked by the simulator, election/sim.rs, with every device
 //!   deriving its configuration from its own log).
@@ -200,6 +200,7 @@ use uuid::Uuid;
 
 use crate::config::SyncConfig;
 
+pub mod actor;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

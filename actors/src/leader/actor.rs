@@ -1,16 +1,16 @@
-//! LeaderNotifier — on the leader, one per library and leadership: the actor shell of the pure
+//! LeaderActor — on the leader, one per library and leadership: the actor shell of the pure
 //! [`LeaderCore`] (what is decided lives there: term start, commit sequence, configuration
 //! changes and their answers, promotions and demotions, feature upgrade, resignation).
 //!
 //! Receives: commit events of the library's TransactionManager (forwarded from its broadcast
-//! channel with backpressure), the set of follower sessions ([`SetSessions`]), every
-//! follower's reported position ([`FollowerProgress`], from the sessions), membership changes
+//! channel with backpressure), the set of link actors ([`SetLinks`]), every
+//! follower's reported position ([`FollowerProgress`], from the link actors), membership changes
 //! to make ([`ChangeConfig`], from the SyncService), [`GetLeaderStatus`].
-//! Emits: [`NewCommit`] (range, and the entries of a small commit) to every follower session,
-//! at once — each session decides when its follower is told (see [`crate::window`]);
+//! Emits: [`NewCommit`] (range, and the entries of a small commit) to every link actor,
+//! at once — each link actor decides when its follower is told (see [`crate::window`]);
 //! [`LeaderReport`]s to the SyncService (a configuration it committed, the request to resign);
 //! the leadership ([`LeaderShared`]: commit sequence, term start, last sequence) for the
-//! sessions and status; answers to [`ChangeConfig`].
+//! link actors and status; answers to [`ChangeConfig`].
 //!
 //! It owns the I/O only: reading the log's last position when the leadership starts, writing
 //! configuration entries (`TransactionManager::commit_config`, serialized: the mailbox waits
@@ -42,17 +42,17 @@ pub use super::messages::{
     ConfigError, ConfigOutcome, FollowerProgress, LeaderReport, LeaderStatus, NewCommit,
 };
 
-/// Replaces the sessions the notifier announces to.
+/// Replaces the link actors the leader actor announces to.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetSessions(pub Vec<Recipient<NewCommit>>);
+pub struct SetLinks(pub Vec<Recipient<NewCommit>>);
 
 /// A commit happened (sent by the forwarding task).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Committed(pub CommitEvent);
 
-/// What the leader's sessions and the status read of the leadership, lock-free.
+/// What the leader's link actors and the status read of the leadership, lock-free.
 #[derive(Debug, Default)]
 pub struct LeaderShared {
     /// The commit sequence (0 until the term's first entry commits).
@@ -75,7 +75,7 @@ impl LeaderShared {
     }
 }
 
-/// Make a membership change (the leader's notifier only). Answered once the entry is
+/// Make a membership change (the leader actor only). Answered once the entry is
 /// committed, or `committed: false` after `wait`.
 #[derive(Message)]
 #[rtype(result = "Result<ConfigOutcome, ConfigError>")]
@@ -86,7 +86,7 @@ pub struct ChangeConfig {
     pub wait: Duration,
 }
 
-/// The leadership as the notifier sees it, for status.
+/// The leadership as the leader actor sees it, for status.
 #[derive(Message)]
 #[rtype(result = "LeaderStatus")]
 pub struct GetLeaderStatus;
@@ -111,10 +111,10 @@ pub struct LeaderContext {
 }
 
 /// The leader's core (see the module documentation).
-pub struct LeaderNotifier {
-    sessions: Vec<Recipient<NewCommit>>,
+pub struct LeaderActor {
+    links: Vec<Recipient<NewCommit>>,
     commits: Option<broadcast::Receiver<CommitEvent>>,
-    /// None: a notifier that only forwards commits (tests of the announcement path).
+    /// None: a leader actor that only forwards commits (tests of the announcement path).
     lead: Option<Lead>,
 }
 
@@ -129,10 +129,10 @@ struct Lead {
     timer: Option<(SpawnHandle, Instant)>,
 }
 
-impl LeaderNotifier {
-    /// A notifier reading `commits` that only forwards them to sessions (no commit tracking).
+impl LeaderActor {
+    /// A leader actor reading `commits` that only forwards them to link actors (no commit tracking).
     pub fn new(commits: broadcast::Receiver<CommitEvent>) -> Self {
-        Self { sessions: Vec::new(), commits: Some(commits), lead: None }
+        Self { links: Vec::new(), commits: Some(commits), lead: None }
     }
 
     /// The leader's core for the leadership in `cx`.
@@ -147,7 +147,7 @@ impl LeaderNotifier {
             cx.membership.clone(),
         );
         let lead = Lead { cx, core, replies: HashMap::new(), next_token: 0, timer: None };
-        Self { sessions: Vec::new(), commits: Some(commits), lead: Some(lead) }
+        Self { links: Vec::new(), commits: Some(commits), lead: Some(lead) }
     }
 
     fn now() -> Instant {
@@ -240,7 +240,7 @@ impl LeaderNotifier {
     }
 }
 
-impl Actor for LeaderNotifier {
+impl Actor for LeaderActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -256,7 +256,7 @@ impl Actor for LeaderNotifier {
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        debug!(skipped = n, "notifier lagged behind commit events");
+                        debug!(skipped = n, "core lagged behind commit events");
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
@@ -283,14 +283,14 @@ impl Actor for LeaderNotifier {
     }
 }
 
-impl Handler<SetSessions> for LeaderNotifier {
+impl Handler<SetLinks> for LeaderActor {
     type Result = ();
-    fn handle(&mut self, msg: SetSessions, _: &mut Context<Self>) {
-        self.sessions = msg.0;
+    fn handle(&mut self, msg: SetLinks, _: &mut Context<Self>) {
+        self.links = msg.0;
     }
 }
 
-impl Handler<Committed> for LeaderNotifier {
+impl Handler<Committed> for LeaderActor {
     type Result = ();
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         let ev = msg.0;
@@ -304,24 +304,24 @@ impl Handler<Committed> for LeaderNotifier {
             prev_term: ev.prev_term,
             entries: ev.entries,
         };
-        for s in &self.sessions {
+        for s in &self.links {
             // Sessions merge announcements themselves; a full mailbox only drops a range the
-            // session would have merged with the next one (followers fetch from their own
-            // position, not from the announced range; the session sends no entries for a
+            // link actor would have merged with the next one (followers fetch from their own
+            // position, not from the announced range; the link actor sends no entries for a
             // range it did not see whole).
             let _ = s.try_send(commit.clone());
         }
     }
 }
 
-impl Handler<FollowerProgress> for LeaderNotifier {
+impl Handler<FollowerProgress> for LeaderActor {
     type Result = ();
     fn handle(&mut self, msg: FollowerProgress, ctx: &mut Context<Self>) {
         self.step(ctx, |core, now| core.on_progress(msg, now));
     }
 }
 
-impl Handler<ChangeConfig> for LeaderNotifier {
+impl Handler<ChangeConfig> for LeaderActor {
     type Result = ResponseFuture<Result<ConfigOutcome, ConfigError>>;
     fn handle(&mut self, msg: ChangeConfig, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
@@ -342,7 +342,7 @@ impl Handler<ChangeConfig> for LeaderNotifier {
     }
 }
 
-impl Handler<GetLeaderStatus> for LeaderNotifier {
+impl Handler<GetLeaderStatus> for LeaderActor {
     type Result = MessageResult<GetLeaderStatus>;
     fn handle(&mut self, _: GetLeaderStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(match &self.lead {
@@ -394,14 +394,13 @@ mod tests {
         tokio::time::pause();
         let (a, b) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
         let (tx, rx) = broadcast::channel(64);
-        let notifier = LeaderNotifier::new(rx).start();
-        notifier
-            .send(SetSessions(vec![
-                Recorder(a.clone()).start().recipient(),
-                Recorder(b.clone()).start().recipient(),
-            ]))
-            .await
-            .unwrap();
+        let core = LeaderActor::new(rx).start();
+        core.send(SetLinks(vec![
+            Recorder(a.clone()).start().recipient(),
+            Recorder(b.clone()).start().recipient(),
+        ]))
+        .await
+        .unwrap();
         for i in 1..=3 {
             tx.send(CommitEvent {
                 library_id: Uuid::nil(),

@@ -1,5 +1,5 @@
 //! Follower replication: a pure state machine, no I/O, no async; the clock and the randomness
-//! are injected. The `FollowerApplier` actor (actors/src/applier.rs) is its shell: it feeds it
+//! are injected. The [`actor::FollowerActor`] (follower/actor.rs) is its shell: it feeds it
 //! the leader's requests, the answers to its own requests and the results of storage calls,
 //! performs the [`Command`]s it returns, in order, and calls [`Replicator::tick`] at
 //! [`Replicator::next_deadline`].
@@ -44,7 +44,7 @@
 //!
 //! # Rules
 //! - **Start**: read the position, then a round.
-//! - **Leader requests** (the term rule of actors/src/fencing.rs): a NewEntries or Heartbeat
+//! - **Leader requests** (the term rule of [`crate::fencing`]): a NewEntries or Heartbeat
 //!   of an older term is refused with `StaleTerm`; any request from another device than the
 //!   leader with `NotLeader`; FetchEntries and Acknowledge with `NotLeader` (this device
 //!   follows); responses with `BadRequest`. A NewEntries raises the leader's last sequence,
@@ -119,9 +119,10 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::config::SyncConfig;
+use crate::election::actor::LeaderHint;
 use crate::events::{ApplierStatus, FollowerState, Progress, SyncEvent};
-use crate::watcher::LeaderHint;
 
+pub mod actor;
 #[cfg(test)]
 mod prop;
 #[cfg(test)]
@@ -1560,12 +1561,12 @@ impl<R: Rng> Replicator<R> {
 }
 
 /// The next batch: the oldest ready response, and the ones after it while the batch stays
-/// within `max_bytes` (as [`crate::session::entry_bytes`] counts them).
+/// within `max_bytes` (as [`crate::leader::link_actor::entry_bytes`] counts them).
 fn take_batch(ready: &mut VecDeque<Vec<SyncLogEntry>>, max_bytes: usize) -> Vec<SyncLogEntry> {
     let mut batch = ready.pop_front().unwrap_or_default();
-    let mut bytes: usize = batch.iter().map(crate::session::entry_bytes).sum();
+    let mut bytes: usize = batch.iter().map(crate::leader::link_actor::entry_bytes).sum();
     while let Some(next) = ready.front() {
-        let more: usize = next.iter().map(crate::session::entry_bytes).sum();
+        let more: usize = next.iter().map(crate::leader::link_actor::entry_bytes).sum();
         if bytes.saturating_add(more) > max_bytes {
             break;
         }

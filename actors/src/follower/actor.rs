@@ -1,4 +1,6 @@
-//! FollowerApplier — on a follower, one per library: the shell of the follower's replication.
+//! FollowerActor — the follower role of one library: runs its replication (the pure
+//! [`Replicator`]) while this device follows a leader. (Storage's `Applier` is one
+//! transaction of it: the batch it applies.)
 //!
 //! Receives: the leader's NewEntries and Heartbeat requests (routed by the SyncService),
 //! GetApplierStatus.
@@ -7,7 +9,7 @@
 //! the leader's commit sequence, removals and re-pointing to the SyncService; newer terms to the
 //! election; wakes the proposer.
 //!
-//! What it owns: the pure machine [`Replicator`] (actors/src/follower.rs), which keeps every
+//! What it owns: the pure machine [`Replicator`] (follower/mod.rs), which keeps every
 //! piece of the replication's state and takes every decision — positions, pipeline, gaps,
 //! guesses, rebuilds, backoff, acknowledgements, status; the reply channels of the leader's
 //! requests it has not answered yet; the fetches in flight (to drop one unread); one timer.
@@ -15,7 +17,7 @@
 //! the [`Command`]s it returns in order — requests through the [`Transport`], storage calls on
 //! the blocking pool ([`run_blocking`]), events, metrics, messages to other actors — and arms
 //! its timer at [`Replicator::next_deadline`]. A batch's events are sent in the same blocking
-//! task as its transaction ([`crate::follower::committed`]), so an applier stopped while it
+//! task as its transaction ([`crate::follower::committed`]), so an actor stopped while it
 //! waits cannot separate a committed batch from its events.
 //!
 //! Memory: what the machine holds (docs/architecture.md, "Actors of one node": the batch
@@ -37,21 +39,21 @@ use rand::SeedableRng;
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
-use crate::blocking::run_blocking;
-use crate::config::SyncConfig;
-use crate::events::{ApplierStatus, SyncEvent};
-pub use crate::follower::FollowerMembership;
-use crate::follower::{
+pub use super::FollowerMembership;
+use super::{
     follower_heartbeat, position_ack, BatchOutcome, Command, Counter, Leader, Replicator, ReplyTo,
     RequestId,
 };
+use crate::blocking::run_blocking;
+use crate::config::SyncConfig;
+use crate::events::{ApplierStatus, SyncEvent};
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
 use crate::transport::Transport;
 
 /// Everything the follower's replication needs.
 #[derive(Clone)]
-pub struct ApplierContext {
+pub struct FollowerContext {
     pub library_id: Uuid,
     pub db: Database,
     pub transport: Arc<dyn Transport>,
@@ -63,11 +65,11 @@ pub struct ApplierContext {
     /// The leader's device id (named in NotLeader replies).
     pub leader_device: Option<Uuid>,
     /// Where newer terms heard from the leader go (the library's election).
-    pub election: Option<Recipient<crate::watcher::ElectionInput>>,
+    pub election: Option<Recipient<crate::election::actor::ElectionInput>>,
     /// Re-proposes the changes a repair recovered.
     pub proposer: Option<crate::proposer::Proposer>,
     /// Where a `NotLeader` hint goes (the SyncService re-points the follower).
-    pub repoint: Option<Recipient<crate::watcher::LeaderHint>>,
+    pub repoint: Option<Recipient<crate::election::actor::LeaderHint>>,
     /// The term this follower knows.
     pub term: u64,
     /// Where configurations this follower applies (or learns it was removed) go: the
@@ -84,14 +86,14 @@ pub struct ApplierContext {
 /// A machine input that takes a storage call's result.
 type Input<T> = fn(&mut Replicator<StdRng>, Result<T, String>, Instant) -> Vec<Command>;
 
-/// Reads the applier's status.
+/// Reads the follower's status.
 #[derive(Message)]
 #[rtype(result = "ApplierStatus")]
 pub struct GetApplierStatus;
 
 /// The follower side of one library.
-pub struct FollowerApplier {
-    cx: ApplierContext,
+pub struct FollowerActor {
+    cx: FollowerContext,
     machine: Replicator<StdRng>,
     /// Reply channels of the leader's requests, until the machine answers them.
     replies: HashMap<ReplyTo, oneshot::Sender<SyncMessage>>,
@@ -102,9 +104,9 @@ pub struct FollowerApplier {
     timer: Option<(Instant, SpawnHandle)>,
 }
 
-impl FollowerApplier {
-    /// An applier following `cx.leader`.
-    pub fn new(cx: ApplierContext) -> Self {
+impl FollowerActor {
+    /// A follower of `cx.leader`.
+    pub fn new(cx: FollowerContext) -> Self {
         let leader = Leader { device: cx.leader_device, peer: cx.leader.to_string() };
         let machine = Replicator::new(
             cx.library_id,
@@ -270,7 +272,7 @@ impl FollowerApplier {
 
 /// Performs a command that only tells someone something (events, metrics, other actors);
 /// returns any other command.
-fn effect(cx: &ApplierContext, command: Command) -> Option<Command> {
+fn effect(cx: &FollowerContext, command: Command) -> Option<Command> {
     match command {
         Command::Event(event) => {
             let _ = cx.events.send(event);
@@ -288,7 +290,7 @@ fn effect(cx: &ApplierContext, command: Command) -> Option<Command> {
         }
         Command::AdoptTerm(term) => {
             if let (Some(e), Some(from)) = (&cx.election, cx.leader_device) {
-                e.do_send(crate::watcher::ElectionInput::LeaderHeard { from, term });
+                e.do_send(crate::election::actor::ElectionInput::LeaderHeard { from, term });
             }
         }
         Command::Repoint(hint) => {
@@ -314,7 +316,7 @@ fn effect(cx: &ApplierContext, command: Command) -> Option<Command> {
 
 /// Applies `entries` in one transaction (on the blocking pool) and performs what goes with a
 /// committed batch ([`crate::follower::committed`]) before returning.
-fn apply(cx: &ApplierContext, entries: &[lsync_protocol::SyncLogEntry]) -> BatchOutcome {
+fn apply(cx: &FollowerContext, entries: &[lsync_protocol::SyncLogEntry]) -> BatchOutcome {
     let committed_ms = entries.last().map_or(0, |e| e.timestamp_ms);
     let result = Applier::new(cx.db.clone()).apply(entries);
     let outcome = BatchOutcome::from_storage(&result);
@@ -335,7 +337,7 @@ fn apply(cx: &ApplierContext, entries: &[lsync_protocol::SyncLogEntry]) -> Batch
 
 /// The leader said its commit sequence is `commit`: raise what this follower knows of it, and
 /// tell the SyncService once it reaches the sequence it watches (a voter change committed).
-fn note_leader_commit(cx: &ApplierContext, commit: u64) {
+fn note_leader_commit(cx: &FollowerContext, commit: u64) {
     let before = cx.leader_commit.fetch_max(commit, Ordering::AcqRel);
     let watch = cx.commit_watch.load(Ordering::Acquire);
     if before < watch && commit >= watch {
@@ -345,7 +347,7 @@ fn note_leader_commit(cx: &ApplierContext, commit: u64) {
     }
 }
 
-impl Actor for FollowerApplier {
+impl Actor for FollowerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -355,28 +357,28 @@ impl Actor for FollowerApplier {
     }
 }
 
-/// Test only: makes the applier panic inside a handler.
+/// Test only: makes the follower actor panic inside a handler.
 #[cfg(test)]
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct InjectPanic;
 
 #[cfg(test)]
-impl Handler<InjectPanic> for FollowerApplier {
+impl Handler<InjectPanic> for FollowerActor {
     type Result = ();
     fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
         panic!("injected panic");
     }
 }
 
-impl Handler<GetApplierStatus> for FollowerApplier {
+impl Handler<GetApplierStatus> for FollowerActor {
     type Result = MessageResult<GetApplierStatus>;
     fn handle(&mut self, _: GetApplierStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.machine.status())
     }
 }
 
-impl Handler<InboundRequest> for FollowerApplier {
+impl Handler<InboundRequest> for FollowerActor {
     type Result = ();
     fn handle(&mut self, req: InboundRequest, ctx: &mut Context<Self>) {
         let to = ReplyTo(self.next_reply);
@@ -397,7 +399,7 @@ mod tests {
     use super::*;
     use crate::events::FollowerState;
     use crate::follower::{MAX_MISSED_GUESSES, MAX_RESTARTS, PIPELINE};
-    use crate::session::serve;
+    use crate::leader::link_actor::serve;
     use crate::testkit::{follower_db, leader_db, session_context, wait_for, ScriptedTransport};
     use crate::transport::NetworkError;
 
@@ -416,27 +418,27 @@ mod tests {
         + Sync
         + 'static;
 
-    /// A follower applier whose transport is `script`, which may serve from the leader's log.
+    /// A follower actor whose transport is `script`, which may serve from the leader's log.
     fn start(
         n: u64,
         script: impl Fn(usize, &SyncMessage, &Database) -> Option<Result<SyncMessage, NetworkError>>
             + Send
             + Sync
             + 'static,
-    ) -> (Setup, Arc<ScriptedTransport>, Addr<FollowerApplier>) {
+    ) -> (Setup, Arc<ScriptedTransport>, Addr<FollowerActor>) {
         let config =
             SyncConfig { heartbeat_interval: Duration::from_secs(3600), ..SyncConfig::fast() };
         start_prepared(n, |_, _| {}, config, Box::new(script))
     }
 
     /// [`start`], with `prepare` run on the leader's database after its first `n` entries,
-    /// before the applier starts, and the follower's `config`.
+    /// before the actor starts, and the follower's `config`.
     fn start_prepared(
         n: u64,
         prepare: impl FnOnce(&Database, &lsync_storage::TransactionManager),
         config: SyncConfig,
         script: Box<Script>,
-    ) -> (Setup, Arc<ScriptedTransport>, Addr<FollowerApplier>) {
+    ) -> (Setup, Arc<ScriptedTransport>, Addr<FollowerActor>) {
         let dir = tempfile::tempdir().unwrap();
         let lib = Uuid::new_v4();
         let (leader, tm) = leader_db(&dir, lib, n);
@@ -455,7 +457,7 @@ mod tests {
         });
         let leader_peer = PeerId::random();
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let applier = FollowerApplier::new(ApplierContext {
+        let actor = FollowerActor::new(FollowerContext {
             library_id: lib,
             db: follower.clone(),
             transport: transport.clone(),
@@ -473,11 +475,7 @@ mod tests {
             commit_watch: Arc::new(AtomicU64::new(u64::MAX)),
         })
         .start();
-        (
-            Setup { _dir: dir, lib, leader, follower, events, leader_peer, metrics },
-            transport,
-            applier,
-        )
+        (Setup { _dir: dir, lib, leader, follower, events, leader_peer, metrics }, transport, actor)
     }
 
     /// `n` inserts of new tags `{prefix}0`, `{prefix}1`, ….
@@ -503,8 +501,8 @@ mod tests {
 
     #[actix_rt::test]
     async fn new_entries_turn_into_fetches_until_has_more_is_false() {
-        let (s, transport, applier) = start(0, |_, _, _| None);
-        // the applier syncs once at start: nothing there yet
+        let (s, transport, actor) = start(0, |_, _, _| None);
+        // the actor syncs once at start: nothing there yet
         wait_for("the initial fetch", || !transport.sent("FetchEntries").is_empty()).await;
         let tm = lsync_storage::TransactionManager::new(
             s.leader.clone(),
@@ -524,7 +522,7 @@ mod tests {
         // from another peer than its leader: refused, nothing fetched
         let fetches_before = transport.sent("FetchEntries").len();
         let (reply, rx) = tokio::sync::oneshot::channel();
-        applier
+        actor
             .send(InboundRequest { peer: PeerId::random(), message: note.clone(), reply })
             .await
             .unwrap();
@@ -532,7 +530,7 @@ mod tests {
         assert_eq!(transport.sent("FetchEntries").len(), fetches_before);
         // from its leader: answered at once with the follower's position, then fetched
         let (reply, rx) = tokio::sync::oneshot::channel();
-        applier.send(InboundRequest { peer: s.leader_peer, message: note, reply }).await.unwrap();
+        actor.send(InboundRequest { peer: s.leader_peer, message: note, reply }).await.unwrap();
         assert!(matches!(rx.await.unwrap(), SyncMessage::Acknowledge { up_to_sequence: 0, .. }));
         wait_for("all 250 entries applied", || last(&s.follower) == 250).await;
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
@@ -570,7 +568,7 @@ mod tests {
     async fn responses_that_arrive_during_an_apply_are_applied_together() {
         // The scripted leader answers at once, so the next responses are there long before a
         // 100-entry transaction is done: the round applies them together, up to PIPELINE.
-        let (s, transport, _applier) = start(3_000, |_, _, _| None);
+        let (s, transport, _actor) = start(3_000, |_, _, _| None);
         let mut events = s.events.resubscribe();
         wait_for("all 3,000 entries applied", || last(&s.follower) == 3_000).await;
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
@@ -608,7 +606,7 @@ mod tests {
         // that entry 200 has term 1, and the leader answers that guess with SyncRequired. The
         // follower must drop that answer (the response from 100 ends with term 2), fetch from
         // (200, 2) and converge without a rebuild.
-        let (s, transport, _applier) = start_prepared(
+        let (s, transport, _actor) = start_prepared(
             199,
             |leader, tm| {
                 leader.set_vote(2, leader.sync_state().unwrap().voted_for).unwrap();
@@ -631,7 +629,7 @@ mod tests {
     async fn a_follower_whose_guesses_keep_missing_stops_guessing() {
         // The follower expects blocks of 500 entries, the leader answers blocks of 100: every
         // guess would miss. After MAX_MISSED_GUESSES the pass fetches one response at a time.
-        let (s, transport, _applier) = start_prepared(
+        let (s, transport, _actor) = start_prepared(
             1_000,
             |_, _| {},
             SyncConfig {
@@ -652,14 +650,14 @@ mod tests {
         assert_eq!(sinces, [0, 100, 500, 200, 500, 300, 400, 500, 600, 700, 800, 900]);
     }
 
-    /// Sends `msg` to the applier as its leader; returns the reply.
+    /// Sends `msg` to the actor as its leader; returns the reply.
     async fn from_leader(
-        applier: &Addr<FollowerApplier>,
+        actor: &Addr<FollowerActor>,
         s: &Setup,
         message: SyncMessage,
     ) -> SyncMessage {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        applier.send(InboundRequest { peer: s.leader_peer, message, reply }).await.unwrap();
+        actor.send(InboundRequest { peer: s.leader_peer, message, reply }).await.unwrap();
         rx.await.unwrap()
     }
 
@@ -678,7 +676,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn pushed_entries_that_continue_the_log_are_applied_without_a_fetch() {
-        let (s, transport, applier) = start(0, |_, _, _| None);
+        let (s, transport, actor) = start(0, |_, _, _| None);
         let mut events = s.events.resubscribe();
         let tm = lsync_storage::TransactionManager::new(
             s.leader.clone(),
@@ -694,19 +692,19 @@ mod tests {
         // Wait until the start-up round is over (position read, worker idle).
         let mut idle = false;
         for _ in 0..12_000 {
-            let st = applier.send(GetApplierStatus).await.unwrap();
+            let st = actor.send(GetApplierStatus).await.unwrap();
             if st.state == FollowerState::CaughtUp {
                 idle = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(idle, "the applier never caught up at start");
+        assert!(idle, "the actor never caught up at start");
         let fetches = transport.sent("FetchEntries").len();
 
         tm.commit_batch((1..=3).map(tag).collect()).unwrap();
         // Answered once applied, with the new position; no fetch.
-        let reply = from_leader(&applier, &s, pushed(&s, 1, 3, 0)).await;
+        let reply = from_leader(&actor, &s, pushed(&s, 1, 3, 0)).await;
         assert!(matches!(reply, SyncMessage::Acknowledge { up_to_sequence: 3, .. }), "{reply:?}");
         assert_eq!(last(&s.follower), 3);
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
@@ -719,7 +717,7 @@ mod tests {
         // diverge there) are not applied; the follower answers with its position and fetches,
         // and the leader's check of `since_term` decides.
         tm.commit(tag(4)).unwrap();
-        let reply = from_leader(&applier, &s, pushed(&s, 4, 4, 7)).await;
+        let reply = from_leader(&actor, &s, pushed(&s, 4, 4, 7)).await;
         assert!(matches!(reply, SyncMessage::Acknowledge { up_to_sequence: 3, .. }), "{reply:?}");
         wait_for("entry 4 fetched", || last(&s.follower) == 4).await;
         assert!(transport.sent("FetchEntries").len() > fetches, "fetched instead");
@@ -730,7 +728,7 @@ mod tests {
         if let SyncMessage::NewEntries { entries, .. } = &mut bad {
             entries.remove(0);
         }
-        let reply = from_leader(&applier, &s, bad).await;
+        let reply = from_leader(&actor, &s, bad).await;
         assert!(matches!(reply, SyncMessage::Acknowledge { up_to_sequence: 4, .. }), "{reply:?}");
         wait_for("entries 5 and 6 fetched", || last(&s.follower) == 6).await;
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
@@ -751,8 +749,8 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_response_with_a_gap_is_refetched_from_the_persisted_position() {
-        // the first response skips entry 1: the applier must not apply it and must ask again
-        let (s, transport, _applier) = start(150, |i, msg, leader| match (i, msg) {
+        // the first response skips entry 1: the follower must not apply it and must ask again
+        let (s, transport, _actor) = start(150, |i, msg, leader| match (i, msg) {
             (0, SyncMessage::FetchEntries { library_id, .. }) => {
                 Some(Ok(skipping_entry_one(*library_id, leader, 150)))
             }
@@ -771,7 +769,7 @@ mod tests {
     async fn a_leader_that_keeps_answering_out_of_order_is_given_up_on_and_retried() {
         // The first 20 responses skip entry 1: a round restarts from the applied position a
         // bounded number of times, then backs off as from an unreachable leader.
-        let (mut s, transport, _applier) = start(50, |i, msg, leader| match msg {
+        let (mut s, transport, _actor) = start(50, |i, msg, leader| match msg {
             SyncMessage::FetchEntries { library_id, .. } if i < 20 => {
                 Some(Ok(skipping_entry_one(*library_id, leader, 50)))
             }
@@ -793,7 +791,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_rebuild_reports_its_final_progress_once_even_when_nothing_was_applied() {
         for n in [0u64, 120] {
-            let (mut s, _transport, _applier) = start(n, move |i, msg, _| match (i, msg) {
+            let (mut s, _transport, _actor) = start(n, move |i, msg, _| match (i, msg) {
                 (0, SyncMessage::FetchEntries { library_id, .. }) => {
                     Some(Ok(SyncMessage::SyncRequired {
                         library_id: *library_id,
@@ -826,7 +824,7 @@ mod tests {
     #[actix_rt::test]
     async fn an_entry_of_a_newer_version_stops_the_follower_with_upgrade_needed() {
         // The leader (a newer lsync) sends an entry of a change type this build does not know.
-        let (mut s, transport, applier) = start(5, |_, msg, leader| match msg {
+        let (mut s, transport, actor) = start(5, |_, msg, leader| match msg {
             SyncMessage::FetchEntries { library_id, since_sequence: 0, .. } => {
                 let mut entries = leader.fetch_since(0, 5).unwrap();
                 entries[2].change_type = lsync_protocol::ChangeType::Unknown;
@@ -843,7 +841,7 @@ mod tests {
         });
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let st = applier.send(GetApplierStatus).await.unwrap();
+            let st = actor.send(GetApplierStatus).await.unwrap();
             if st.state == FollowerState::UpgradeNeeded {
                 let error = st.last_error.unwrap_or_default();
                 assert!(error.contains("newer version"), "{error}");
@@ -863,7 +861,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn sync_required_rebuilds_the_library_from_the_leaders_log() {
-        let (mut s, transport, _applier) = start(120, |i, msg, _| match (i, msg) {
+        let (mut s, transport, _actor) = start(120, |i, msg, _| match (i, msg) {
             (0, SyncMessage::FetchEntries { library_id, .. }) => {
                 Some(Ok(SyncMessage::SyncRequired {
                     library_id: *library_id,
@@ -888,18 +886,18 @@ mod tests {
     #[actix_rt::test]
     async fn an_unreachable_leader_is_retried_with_backoff_and_resumed_from_the_persisted_sequence()
     {
-        let (s, transport, applier) = start(300, |i, _, _| {
+        let (s, transport, actor) = start(300, |i, _, _| {
             (2..6).contains(&i).then_some(Err(NetworkError::ConnectionClosed))
         });
         wait_for("all 300 entries applied", || last(&s.follower) == 300).await;
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
         // the worker reports CaughtUp once the round that applied the last entry returns
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while applier.send(GetApplierStatus).await.unwrap().state != FollowerState::CaughtUp {
+        while actor.send(GetApplierStatus).await.unwrap().state != FollowerState::CaughtUp {
             assert!(tokio::time::Instant::now() < deadline, "never caught up");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // after the failures the applier resumed where its log ended, never from 0 again
+        // after the failures the actor resumed where its log ended, never from 0 again
         let sinces: Vec<u64> = transport
             .sent("FetchEntries")
             .iter()
