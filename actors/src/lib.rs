@@ -14,9 +14,11 @@
 //! | [`service`] | [`service::route`] (which actor answers an inbound request) | [`SyncService`]: one per library, supervisor of the role actors |
 //! | [`network`] | [`network`]'s `gate` (who may connect) | one task owns the libp2p Swarm; [`network::NetworkHandle`] is the client every actor uses |
 //!
-//! Shared, below the roles: [`transport`] (the request seam between actors and network; tests
-//! script it), [`events`] (events and status snapshots for the host), [`config`] (timers),
-//! [`metrics`], [`fencing`] (the term rule), [`window`], [`backoff`], [`log_cache`].
+//! Shared, below the roles: [`messages`] (what one role tells another, or the service),
+//! [`limits`], [`transport`] (the request seam between actors and network; tests script it),
+//! [`events`] (events and status snapshots for the host), [`config`] (timers), [`metrics`],
+//! [`fencing`] (the term rule), [`window`], [`backoff`], [`log_cache`]. Dependencies point one
+//! way (docs/architecture.md, "Layering"; enforced by a test).
 //!
 //! The whole-device simulator (sim/) runs the same machines. docs/architecture.md tells how the
 //! pieces fit.
@@ -29,8 +31,12 @@ pub mod election;
 pub mod events;
 pub mod fencing;
 pub mod follower;
+#[cfg(test)]
+mod layering;
 pub mod leader;
+pub mod limits;
 pub mod log_cache;
+pub mod messages;
 pub mod metrics;
 pub mod network;
 pub mod proposer;
@@ -44,6 +50,7 @@ pub use config::SyncConfig;
 pub use events::{
     ApplierStatus, FollowerState, FollowerStatus, LibraryStatus, Progress, SyncEvent,
 };
+pub use messages::Shutdown;
 pub use metrics::Metrics;
-pub use service::{AddMember, GetStatus, LibraryContext, Shutdown, SyncService};
+pub use service::{AddMember, GetStatus, LibraryContext, SyncService};
 pub use transport::{NetworkError, Transport};

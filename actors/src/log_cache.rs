@@ -25,11 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use lsync_protocol::SyncLogEntry;
 
-/// The default memory bound of a leader's cache (entries' bytes, counted like in a response).
-pub const DEFAULT_LOG_CACHE_BYTES: usize = 4 << 20;
-
-/// The largest block, in entries, whatever `max_entries_per_response` says.
-pub const MAX_BLOCK: u64 = 1024;
+use crate::limits::MAX_BLOCK;
 
 /// One aligned block of the log.
 #[derive(Debug)]

@@ -8,16 +8,12 @@ use lsync_storage::{Change, Database, ModelRegistry, SyncState, Tag, Transaction
 use tempfile::TempDir;
 use uuid::Uuid;
 
-use crate::leader::link_actor::{new_log_cache, LinkContext};
+use crate::leader::context::{new_log_cache, LinkContext};
 use crate::transport::{BoxFuture, NetworkError, Transport};
 
 /// A leader link actor's context in term 1 with the default limits (100 entries, 8 MiB per
 /// response, 100 ms window), no election, its own log cache and metrics.
-pub fn session_context(
-    library_id: Uuid,
-    db: Database,
-    transport: Arc<dyn Transport>,
-) -> LinkContext {
+pub fn link_context(library_id: Uuid, db: Database, transport: Arc<dyn Transport>) -> LinkContext {
     LinkContext {
         library_id,
         db,

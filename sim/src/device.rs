@@ -34,23 +34,22 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use lsync_actors::config::SyncConfig;
-use lsync_actors::election::actor::{persisted_of, ElectionInput, LeaderHint};
+use lsync_actors::election::actor::persisted_of;
 use lsync_actors::election::{
     Action, Election, ElectionConfig, Membership as ElectionMembership, VoteRequest, VoteResponse,
 };
 use lsync_actors::follower::{
-    self, BatchOutcome, Command as FollowerCommand, FollowerMembership, Leader as FollowerLeader,
-    Replicator, ReplyTo, RequestId as FetchId,
+    self, BatchOutcome, Command as FollowerCommand, Leader as FollowerLeader, Replicator, ReplyTo,
+    RequestId as FetchId,
 };
-use lsync_actors::leader::actor::LeaderShared;
+use lsync_actors::leader::context::{new_log_cache, LeaderShared, LinkContext};
 use lsync_actors::leader::core::{Command as CoreCommand, ConfigWritten, CoreConfig, LeaderCore};
 use lsync_actors::leader::link::{
     Command as LinkCommand, FollowerLink, LeaderView as LinkView, LinkConfig,
 };
-use lsync_actors::leader::link_actor::{new_log_cache, serve, serve_cached, LinkContext};
-use lsync_actors::leader::messages::{
-    ConfigError, ConfigOutcome, FollowerProgress, LeaderReport, NewCommit,
-};
+use lsync_actors::leader::messages::{ConfigError, ConfigOutcome, FollowerProgress, NewCommit};
+use lsync_actors::leader::serve::{serve, serve_cached};
+use lsync_actors::messages::{ElectionInput, FollowerMembership, LeaderHint, LeaderReport};
 use lsync_actors::proposer::{
     serve_proposal, Command as ProposerCommand, Delivery, LeaderView as ProposerView, ProposerCore,
     SubmitOutcome, Target,

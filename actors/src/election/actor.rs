@@ -34,46 +34,10 @@ use super::{
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::events::SyncEvent;
+use crate::messages::{ElectionInput, FollowerAcked, HeartbeatNow, RoleChange};
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
 use crate::transport::Transport;
-
-/// Something the election must know about.
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub enum ElectionInput {
-    /// A leader message (Heartbeat, NewEntries, EntriesResponse) of `term` from device `from`.
-    LeaderHeard { from: Uuid, term: u64 },
-    /// A follower `from` answered this leader, in `term`.
-    FollowerContact { from: Uuid, term: u64 },
-    /// Some message carried `term`.
-    TermSeen { term: u64 },
-}
-
-/// The role actors must change: this device now has `role` in `term` under `leader`.
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub struct RoleChange {
-    pub role: SyncRole,
-    pub term: u64,
-    pub leader: Option<Uuid>,
-    pub voted_for: Option<Uuid>,
-}
-
-/// A device this follower asked named another device as the leader (`NotLeader` hint).
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub struct LeaderHint {
-    /// The device named as the leader.
-    pub device: Uuid,
-    /// Its peer id, when the reply gave it (lets in a leader this device does not know yet).
-    pub peer: Option<PeerId>,
-}
-
-/// The leader must heartbeat every follower now.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct HeartbeatNow;
 
 /// The configuration in effect changed: every member's peer (this device included) and the
 /// election's view of it (voters, learners).
@@ -93,11 +57,6 @@ pub struct Resign;
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct TransferLeadership(pub Uuid);
-
-/// Asks the SyncService for a follower's acknowledged sequence (leader only).
-#[derive(Message)]
-#[rtype(result = "Option<u64>")]
-pub struct FollowerAcked(pub Uuid);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -360,7 +319,7 @@ impl Actor for ElectionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity(crate::limits::MAILBOX_CAPACITY);
         // A resumed leader heartbeats at once; a follower arms its election deadline.
         self.with_log(ctx, None, |e, now| e.tick(now));
     }

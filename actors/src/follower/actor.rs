@@ -39,7 +39,6 @@ use rand::SeedableRng;
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
-pub use super::FollowerMembership;
 use super::{
     follower_heartbeat, position_ack, BatchOutcome, Command, Counter, Leader, Replicator, ReplyTo,
     RequestId,
@@ -47,6 +46,7 @@ use super::{
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::events::{ApplierStatus, SyncEvent};
+use crate::messages::FollowerMembership;
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
 use crate::transport::Transport;
@@ -65,11 +65,11 @@ pub struct FollowerContext {
     /// The leader's device id (named in NotLeader replies).
     pub leader_device: Option<Uuid>,
     /// Where newer terms heard from the leader go (the library's election).
-    pub election: Option<Recipient<crate::election::actor::ElectionInput>>,
+    pub election: Option<Recipient<crate::messages::ElectionInput>>,
     /// Re-proposes the changes a repair recovered.
     pub proposer: Option<crate::proposer::Proposer>,
     /// Where a `NotLeader` hint goes (the SyncService re-points the follower).
-    pub repoint: Option<Recipient<crate::election::actor::LeaderHint>>,
+    pub repoint: Option<Recipient<crate::messages::LeaderHint>>,
     /// The term this follower knows.
     pub term: u64,
     /// Where configurations this follower applies (or learns it was removed) go: the
@@ -290,7 +290,7 @@ fn effect(cx: &FollowerContext, command: Command) -> Option<Command> {
         }
         Command::AdoptTerm(term) => {
             if let (Some(e), Some(from)) = (&cx.election, cx.leader_device) {
-                e.do_send(crate::election::actor::ElectionInput::LeaderHeard { from, term });
+                e.do_send(crate::messages::ElectionInput::LeaderHeard { from, term });
             }
         }
         Command::Repoint(hint) => {
@@ -351,7 +351,7 @@ impl Actor for FollowerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity(crate::limits::MAILBOX_CAPACITY);
         let commands = self.machine.start(Instant::now());
         self.perform(commands, ctx);
     }
@@ -399,8 +399,8 @@ mod tests {
     use super::*;
     use crate::events::FollowerState;
     use crate::follower::{MAX_MISSED_GUESSES, MAX_RESTARTS, PIPELINE};
-    use crate::leader::link_actor::serve;
-    use crate::testkit::{follower_db, leader_db, session_context, wait_for, ScriptedTransport};
+    use crate::leader::serve::serve;
+    use crate::testkit::{follower_db, leader_db, link_context, wait_for, ScriptedTransport};
     use crate::transport::NetworkError;
 
     struct Setup {
@@ -446,7 +446,7 @@ mod tests {
         let follower = follower_db(&dir, lib, Uuid::new_v4());
         let (etx, events) = broadcast::channel(1024);
         let leader_db = leader.clone();
-        let scx = session_context(
+        let scx = link_context(
             lib,
             leader.clone(),
             ScriptedTransport::new(|_, _| Err(NetworkError::Closed)),

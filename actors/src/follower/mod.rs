@@ -110,7 +110,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use actix::Message;
 use lsync_protocol::{ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
 use lsync_storage::{ApplyOutcome, LogPosition, RecoveredOrphans, StorageError};
 use rand::Rng;
@@ -119,8 +118,9 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::config::SyncConfig;
-use crate::election::actor::LeaderHint;
 use crate::events::{ApplierStatus, FollowerState, Progress, SyncEvent};
+use crate::limits::MAX_BLOCK;
+use crate::messages::{FollowerMembership, LeaderHint};
 
 pub mod actor;
 #[cfg(test)]
@@ -174,18 +174,6 @@ pub enum Counter {
     FetchesAheadMissed,
     /// `entries_applied`: entries newly written to the log.
     EntriesApplied,
-}
-
-/// What the follower learned about the library's membership (sent to the SyncService).
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub enum FollowerMembership {
-    /// A configuration entry it applied (or a rebuild that settled) is now in effect.
-    Applied(lsync_storage::Membership),
-    /// The leader's commit sequence reached the watched sequence.
-    Committed(u64),
-    /// The leader refused this device as removed from the library.
-    Removed(String),
 }
 
 /// What the shell must do, in the order returned.
@@ -370,7 +358,7 @@ pub fn follower_heartbeat(library_id: Uuid, term: u64, position: LogPosition) ->
 /// A guess is only ever sent as a fetch; its response is used only if the response before it
 /// ends exactly there, with that term.
 pub fn next_guess(since: LogPosition, known: u64, block: u64) -> Option<LogPosition> {
-    let block = block.clamp(1, crate::log_cache::MAX_BLOCK);
+    let block = block.clamp(1, MAX_BLOCK);
     let end = (since.sequence / block).checked_add(1)?.checked_mul(block)?;
     (end < known).then_some(LogPosition { sequence: end, term: since.term.max(1) })
 }
@@ -1561,12 +1549,12 @@ impl<R: Rng> Replicator<R> {
 }
 
 /// The next batch: the oldest ready response, and the ones after it while the batch stays
-/// within `max_bytes` (as [`crate::leader::link_actor::entry_bytes`] counts them).
+/// within `max_bytes` (as [`lsync_protocol::entry_bytes`] counts them).
 fn take_batch(ready: &mut VecDeque<Vec<SyncLogEntry>>, max_bytes: usize) -> Vec<SyncLogEntry> {
     let mut batch = ready.pop_front().unwrap_or_default();
-    let mut bytes: usize = batch.iter().map(crate::leader::link_actor::entry_bytes).sum();
+    let mut bytes: usize = batch.iter().map(lsync_protocol::entry_bytes).sum();
     while let Some(next) = ready.front() {
-        let more: usize = next.iter().map(crate::leader::link_actor::entry_bytes).sum();
+        let more: usize = next.iter().map(lsync_protocol::entry_bytes).sum();
         if bytes.saturating_add(more) > max_bytes {
             break;
         }

@@ -22,7 +22,7 @@
 //! waiting) plus one reply channel per change not answered yet.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,10 +37,11 @@ use super::core::{Command, ConfigWritten, CoreConfig, LeaderCore, Token};
 use crate::blocking::run_blocking;
 use crate::window::Announce;
 
+use super::context::LeaderShared;
 pub use super::core::MAX_QUEUED_CHANGES;
-pub use super::messages::{
-    ConfigError, ConfigOutcome, FollowerProgress, LeaderReport, LeaderStatus, NewCommit,
-};
+use super::messages::{ConfigError, ConfigOutcome, FollowerProgress, LeaderStatus, NewCommit};
+use crate::limits::MAILBOX_CAPACITY;
+use crate::messages::LeaderReport;
 
 /// Replaces the link actors the leader actor announces to.
 #[derive(Message)]
@@ -51,29 +52,6 @@ pub struct SetLinks(pub Vec<Recipient<NewCommit>>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Committed(pub CommitEvent);
-
-/// What the leader's link actors and the status read of the leadership, lock-free.
-#[derive(Debug, Default)]
-pub struct LeaderShared {
-    /// The commit sequence (0 until the term's first entry commits).
-    pub commit_sequence: AtomicU64,
-    /// The sequence of the leader's first entry of its term (0 until written).
-    pub term_start: AtomicU64,
-    /// The leader's last sequence as the core last heard it (a follower cannot hold more).
-    pub last_sequence: AtomicU64,
-}
-
-impl LeaderShared {
-    /// The commit sequence now.
-    pub fn commit_sequence(&self) -> u64 {
-        self.commit_sequence.load(Ordering::Acquire)
-    }
-
-    /// The leader's last sequence as the core last heard it.
-    pub fn last_sequence(&self) -> u64 {
-        self.last_sequence.load(Ordering::Acquire)
-    }
-}
 
 /// Make a membership change (the leader actor only). Answered once the entry is
 /// committed, or `committed: false` after `wait`.
@@ -244,7 +222,7 @@ impl Actor for LeaderActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         let Some(mut rx) = self.commits.take() else { return };
         let me = ctx.address();
         let forward = async move {

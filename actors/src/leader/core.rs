@@ -56,10 +56,11 @@ use lsync_storage::Membership;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::messages::{ConfigError, ConfigOutcome, FollowerProgress, LeaderReport, LeaderStatus};
+use super::messages::{ConfigError, ConfigOutcome, FollowerProgress, LeaderStatus};
 use crate::leader::membership::{
     check_change, next_voter_change, AckVerdict, ChangeRefused, CommitTracker,
 };
+use crate::messages::LeaderReport;
 
 #[cfg(test)]
 mod tests;

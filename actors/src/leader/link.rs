@@ -61,16 +61,15 @@
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use lsync_protocol::{ErrorCode, SyncLogEntry, SyncMessage};
+use lsync_protocol::{entry_bytes, ErrorCode, SyncLogEntry, SyncMessage};
 use tracing::debug;
 use uuid::Uuid;
 
 use super::messages::{FollowerProgress, NewCommit};
-use super::serve::entry_bytes;
-use crate::election::actor::ElectionInput;
 use crate::events::{FollowerStatus, SyncEvent};
 use crate::fencing::{fence, stale_term, Fence};
 use crate::leader::membership::AckPosition;
+use crate::messages::ElectionInput;
 use crate::window::{Announce, NotifyWindow};
 
 #[cfg(test)]

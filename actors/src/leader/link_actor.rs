@@ -16,65 +16,29 @@
 //! see [`crate::leader::link`]) plus one reply channel per request in flight.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::prelude::*;
 use libp2p::PeerId;
 use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
-use lsync_storage::Database;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::actor::LeaderShared;
+use super::context::LinkContext;
+pub use super::link::LEAVING_GRACE;
 use super::link::{Command, FollowerLink, LeaderView, LinkConfig, RequestId};
-use super::messages::{FollowerProgress, NewCommit};
+use super::messages::NewCommit;
+use super::serve::{serve, serve_cached};
 use crate::blocking::run_blocking;
-use crate::election::actor::{ElectionInput, HeartbeatNow};
-use crate::events::{FollowerStatus, SyncEvent};
-use crate::log_cache::{LogCache, DEFAULT_LOG_CACHE_BYTES};
+use crate::events::FollowerStatus;
+use crate::limits::MAILBOX_CAPACITY;
+use crate::messages::{HeartbeatNow, LinkLeft};
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
-use crate::transport::Transport;
-
-pub use super::link::LEAVING_GRACE;
-pub use super::serve::{entry_bytes, serve, serve_cached};
 
 #[cfg(test)]
 mod tests;
-
-/// What a link actor needs to know about its library.
-#[derive(Clone)]
-pub struct LinkContext {
-    pub library_id: Uuid,
-    pub db: Database,
-    pub transport: Arc<dyn Transport>,
-    pub events: broadcast::Sender<SyncEvent>,
-    pub term: u64,
-    pub max_entries_per_response: u64,
-    /// Payload bytes one response may carry (entry count aside).
-    pub max_response_bytes: usize,
-    /// The longest a commit waits for its announcement while the follower has not answered
-    /// the previous one (see [`crate::window`]).
-    pub notify_window: Duration,
-    /// Where terms seen in followers' messages go (the library's election).
-    pub election: Option<Recipient<ElectionInput>>,
-    /// The blocks of the log the link actors of this term serve fetches from (one per term,
-    /// shared by every link actor of the library; see [`new_log_cache`]).
-    pub cache: Arc<LogCache>,
-    /// Where fetches served are counted.
-    pub metrics: Arc<Metrics>,
-    /// This device (the leader), named in refusals.
-    pub leader_device: Option<Uuid>,
-    /// The leadership's commit sequence, sent on every leader message.
-    pub leader: Arc<LeaderShared>,
-    /// Where the follower's reported positions go (the leader's core, which counts them).
-    pub progress: Option<Recipient<FollowerProgress>>,
-    /// Where a link actor whose member was removed reports that it is done (the SyncService then
-    /// refuses the peer).
-    pub left: Option<Recipient<LinkLeft>>,
-}
 
 /// The member of this link actor was removed by the configuration entry at `sequence`: deliver
 /// the log up to that entry — nothing after it — until the member holds it or
@@ -83,20 +47,6 @@ pub struct LinkContext {
 #[rtype(result = "()")]
 pub struct Leaving {
     pub sequence: u64,
-}
-
-/// A leaving link actor is done (see [`Leaving`]).
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct LinkLeft {
-    pub device: Uuid,
-    pub peer: PeerId,
-}
-
-/// A leader's log cache for responses of at most `max_entries_per_response` entries: blocks of
-/// that many entries, at most [`DEFAULT_LOG_CACHE_BYTES`] of them, counted like a response.
-pub fn new_log_cache(max_entries_per_response: u64) -> Arc<LogCache> {
-    Arc::new(LogCache::new(max_entries_per_response, DEFAULT_LOG_CACHE_BYTES, entry_bytes))
 }
 
 /// The connection to the follower came up or went down.
@@ -317,7 +267,7 @@ impl Actor for LinkActor {
         // No heartbeat timer of its own: the leader's election heartbeats (HeartbeatNow, every
         // heartbeat interval) drive this link actor's heartbeats, so a follower hears exactly one
         // per interval.
-        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
     }
 }
 

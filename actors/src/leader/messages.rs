@@ -40,17 +40,6 @@ pub struct FollowerProgress {
     pub features: Option<u32>,
 }
 
-/// What the leader's core tells the SyncService.
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub enum LeaderReport {
-    /// The configuration in effect changed (a configuration entry this leader committed, or
-    /// the previous voters forgotten once a voter change committed).
-    Membership(Membership),
-    /// A configuration that does not make this device a voter is committed: step down.
-    Resign,
-}
-
 /// The outcome of a configuration change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigOutcome {

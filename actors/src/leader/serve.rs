@@ -3,16 +3,13 @@
 //! [`LinkActor`](super::link_actor::LinkActor) performs a link's
 //! [`Serve`](super::link::Command::Serve) with [`serve_cached`] on its own thread when the log
 //! cache holds the block, else with [`serve`] on the blocking pool.
-//!
-//! Also owns how an entry is counted against `max_response_bytes` ([`entry_bytes`]), for
-//! responses, `NewEntries` and the log cache alike.
 
-use lsync_protocol::{ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
+use lsync_protocol::{entry_bytes, ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
 use lsync_storage::{Database, StorageError, SyncLog};
 use uuid::Uuid;
 
+use super::context::LinkContext;
 use super::link::not_leader;
-use super::link_actor::LinkContext;
 use crate::fencing::stale_term;
 use crate::metrics::Metrics;
 
@@ -167,11 +164,6 @@ fn read_through(
         }
     }
     Ok((SyncLog::fetch_since(conn, since, upto.saturating_sub(since))?, false))
-}
-
-/// What one entry counts against `max_response_bytes` (in a response or inside `NewEntries`).
-pub fn entry_bytes(e: &SyncLogEntry) -> usize {
-    e.data.len() + e.model_type.len() + e.record_id.len() + 64
 }
 
 /// Keeps the longest prefix of `entries` whose payloads fit in `max_bytes` (at least one entry,

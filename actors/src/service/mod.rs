@@ -41,36 +41,33 @@ use uuid::Uuid;
 
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
+use crate::election::actor::{
+    persisted_of, ElectionActor, ElectionContext, Resign, SetMembership, TransferLeadership,
+};
 use crate::election::Membership as ElectionMembership;
 use crate::events::{LibraryStatus, MemberStatus, MembershipStatus, SyncEvent};
-use crate::follower::actor::{
-    FollowerActor, FollowerContext, FollowerMembership, GetApplierStatus,
-};
-use crate::leader::actor::{
-    ChangeConfig, ConfigError, ConfigOutcome, GetLeaderStatus, LeaderActor, LeaderContext,
-    LeaderReport, LeaderShared, SetLinks,
-};
+use crate::follower::actor::{FollowerActor, FollowerContext, GetApplierStatus};
+use crate::leader::actor::{ChangeConfig, GetLeaderStatus, LeaderActor, LeaderContext, SetLinks};
+use crate::leader::context::{new_log_cache, LeaderShared, LinkContext};
+use crate::leader::link_actor::{Connection, GetFollowerStatus, Leaving, LinkActor};
+use crate::leader::messages::{ConfigError, ConfigOutcome};
+use crate::limits::MAILBOX_CAPACITY;
 use crate::log_cache::LogCache;
+use crate::messages::{
+    ElectionInput, FollowerAcked, FollowerMembership, HeartbeatNow, LeaderHint, LeaderReport,
+    LinkLeft, RoleChange, Shutdown,
+};
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
+use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
+use crate::transport::Transport;
+
 mod route;
 
 pub use self::route::{route, Heard, Route, Serving, View as RouteView};
-use crate::election::actor::{
-    persisted_of, ElectionActor, ElectionContext, ElectionInput, FollowerAcked, HeartbeatNow,
-    RoleChange, SetMembership, TransferLeadership,
-};
-use crate::leader::link_actor::{
-    new_log_cache, Connection, GetFollowerStatus, Leaving, LinkActor, LinkContext, LinkLeft,
-};
-use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
-use crate::transport::Transport;
 
 /// How often the service checks that its role actors are alive (a panic closes an actor's
 /// mailbox; actix does not restart it).
 const WATCHDOG_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Mailbox capacity of the actors that receive inbound requests (actix's default is 16).
-pub(crate) const MAILBOX_CAPACITY: usize = 1024;
 
 /// How long the leader waits for a configuration change asked over the network to commit
 /// before it answers `committed: false` (well inside the requester's request timeout).
@@ -106,11 +103,6 @@ pub struct LibraryContext {
     /// The addresses this device listens on (announced as a signed hint).
     pub listen_addrs: Vec<Multiaddr>,
 }
-
-/// Stops an actor.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
 
 /// Adds (or updates) a member device by hand: only for a library of feature version 1, whose
 /// members are still given by hand on every device (a library with configuration entries
@@ -1342,7 +1334,7 @@ impl Handler<LeaderReport> for SyncService {
             LeaderReport::Membership(m) => self.install_membership(m),
             LeaderReport::Resign => {
                 if let Some(w) = &self.election {
-                    w.do_send(crate::election::actor::Resign);
+                    w.do_send(Resign);
                 }
             }
         }
@@ -1525,9 +1517,9 @@ impl Handler<RoleChange> for SyncService {
     }
 }
 
-impl Handler<crate::election::actor::LeaderHint> for SyncService {
+impl Handler<LeaderHint> for SyncService {
     type Result = ();
-    fn handle(&mut self, msg: crate::election::actor::LeaderHint, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: LeaderHint, _: &mut Context<Self>) {
         let hint = msg.device;
         let mut is_member = self.peer_of(hint).is_some();
         if let (false, Some(peer)) = (is_member, msg.peer) {

@@ -5,9 +5,11 @@ use lsync_protocol::ErrorCode;
 use tokio::sync::oneshot;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::*;
-use crate::testkit::{entry, leader_db, session_context, ScriptedTransport};
+use crate::leader::messages::FollowerProgress;
+use crate::testkit::{entry, leader_db, link_context, ScriptedTransport};
 use crate::window::Announce;
 
 async fn ask(link: &Addr<LinkActor>, message: SyncMessage) -> SyncMessage {
@@ -38,7 +40,7 @@ fn recorded_link(
     let (db, _tm) = leader_db(&dir, lib, n);
     let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut cx =
-        session_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
+        link_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
     cx.term = 3;
     cx.progress = Some(Positions(recorded.clone()).start().recipient());
     cx.leader.last_sequence.store(n, std::sync::atomic::Ordering::Release);
@@ -137,8 +139,7 @@ async fn fetch_is_capped_at_one_hundred_entries_whatever_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let lib = Uuid::new_v4();
     let (db, _tm) = leader_db(&dir, lib, 250);
-    let cx =
-        session_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
+    let cx = link_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
     let link = LinkActor::new(cx, Uuid::new_v4(), PeerId::random()).start();
     let fetch = |since, since_term, limit| SyncMessage::FetchEntries {
         library_id: lib,
@@ -194,8 +195,7 @@ async fn followers_fetching_the_same_block_share_one_storage_read() {
     let dir = tempfile::tempdir().unwrap();
     let lib = Uuid::new_v4();
     let (db, tm) = leader_db(&dir, lib, 250);
-    let cx =
-        session_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
+    let cx = link_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
     let (metrics, cache) = (cx.metrics.clone(), cx.cache.clone());
     cache.set_readers(3); // two link actors here, and a third follower that never fetches
     let a = LinkActor::new(cx.clone(), Uuid::new_v4(), PeerId::random()).start();
@@ -315,7 +315,7 @@ async fn settle() {
 fn link_with(follower: Arc<SlowFollower>, lib: Uuid) -> (tempfile::TempDir, Addr<LinkActor>) {
     let dir = tempfile::tempdir().unwrap();
     let (db, _tm) = leader_db(&dir, lib, 0);
-    let cx = session_context(lib, db, follower);
+    let cx = link_context(lib, db, follower);
     (dir, LinkActor::new(cx, Uuid::new_v4(), PeerId::random()).start())
 }
 
