@@ -119,6 +119,7 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::config::SyncConfig;
 use crate::events::{ApplierStatus, FollowerState, Progress, SyncEvent};
+use crate::fencing::{fence, stale_term, Verdict};
 use crate::limits::MAX_BLOCK;
 use crate::messages::{FollowerMembership, LeaderHint};
 
@@ -655,15 +656,9 @@ impl<R: Rng> Replicator<R> {
         let reply = match message {
             SyncMessage::NewEntries { term: their, .. }
             | SyncMessage::Heartbeat { term: their, .. }
-                if crate::fencing::fence(their, term) == crate::fencing::Fence::Stale =>
+                if fence(SyncRole::Follower, their, term) == Verdict::Stale =>
             {
-                crate::fencing::stale_term(
-                    library_id,
-                    message.kind(),
-                    their,
-                    term,
-                    self.leader.device,
-                )
+                stale_term(library_id, message.kind(), their, term, self.leader.device)
             }
             _ if !from_leader => self.not_leader("this device follows another leader"),
             SyncMessage::NewEntries {
@@ -850,7 +845,9 @@ impl<R: Rng> Replicator<R> {
                 self.note_commit(commit_sequence, &mut out)
             }
             Ok(SyncMessage::Error { code: ErrorCode::StaleTerm, term, .. }) if term > 0 => {
-                // The leader is in a newer term: learn it (the next round uses it).
+                // The leader refused the acknowledgement's term as stale, so its own is newer:
+                // learn it (the next round uses it). Passed on even if this machine learned it
+                // meanwhile: the election ignores a term it holds.
                 self.term = self.term.max(term);
                 out.push(Command::AdoptTerm(term));
             }
@@ -877,9 +874,7 @@ impl<R: Rng> Replicator<R> {
         };
         match result {
             Ok(SyncMessage::Heartbeat { current_sequence, term, commit_sequence, .. }) => {
-                if term > self.term {
-                    self.adopt(term, &mut out);
-                }
+                self.adopt_if_newer(term, &mut out);
                 self.note_commit(commit_sequence, &mut out);
                 self.leader_last = self.leader_last.max(current_sequence);
                 if current_sequence > sent.sequence {
@@ -1023,9 +1018,7 @@ impl<R: Rng> Replicator<R> {
             }
             return;
         }
-        if pushed.term > self.term {
-            self.adopt(pushed.term, out);
-        }
+        self.adopt_if_newer(pushed.term, out);
         let id = self.next_id();
         out.push(Command::Apply { id, entries: pushed.entries });
         self.phase = Phase::Pushing { id, reply: pushed.reply };
@@ -1165,9 +1158,7 @@ impl<R: Rng> Replicator<R> {
             }
             other => return Flow::End(Ending::Refused(other)),
         };
-        if term > self.term {
-            self.adopt(term, out);
-        }
+        self.adopt_if_newer(term, out);
         self.leader_last = self.leader_last.max(last);
         pass.leader_last = pass.leader_last.max(last);
         let expected = since.sequence.checked_add(1);
@@ -1428,9 +1419,8 @@ impl<R: Rng> Replicator<R> {
     /// a removal is reported; anything else is unreachable.
     fn refusal(&mut self, message: SyncMessage, out: &mut Vec<Command>) -> Failure {
         if let SyncMessage::Error { code: ErrorCode::StaleTerm, term, .. } = &message {
-            if *term > self.term {
-                let term = *term;
-                self.adopt(term, out);
+            let term = *term;
+            if self.adopt_if_newer(term, out) {
                 return Failure::TermLearned(term);
             }
         }
@@ -1480,10 +1470,16 @@ impl<R: Rng> Replicator<R> {
 
     /// The leader is in a newer term than this follower knew: the election persists it (and
     /// re-points the follower if needed); this machine goes on in that term.
-    fn adopt(&mut self, term: u64, out: &mut Vec<Command>) {
+    /// The term rule ([`fence`]) for a term heard from the leader: a newer one is adopted
+    /// (here, and by the election through [`Command::AdoptTerm`]). Whether it was newer.
+    fn adopt_if_newer(&mut self, term: u64, out: &mut Vec<Command>) -> bool {
+        if !fence(SyncRole::Follower, term, self.term).is_newer() {
+            return false;
+        }
         debug!(library_id = %self.library_id, term, "the leader is in a newer term");
-        self.term = self.term.max(term);
+        self.term = term;
         out.push(Command::AdoptTerm(term));
+        true
     }
 
     fn note_commit(&mut self, commit: u64, out: &mut Vec<Command>) {

@@ -9,8 +9,7 @@ use lsync_storage::{Database, StorageError, SyncLog};
 use uuid::Uuid;
 
 use super::context::LinkContext;
-use super::link::not_leader;
-use crate::fencing::stale_term;
+use crate::fencing::{fence, not_leader_of, stale_term, Verdict};
 use crate::metrics::Metrics;
 
 /// Answers one follower request from the leader's log. Pure storage reads; no actor state.
@@ -34,8 +33,8 @@ pub fn serve(
             SyncMessage::FetchEntries {
                 term: their, since_sequence, since_term, limit, ..
             } => {
-                if their > term {
-                    not_leader(library_id, their, term)
+                if fence(SyncRole::Leader, their, term).is_newer() {
+                    not_leader_of(library_id, their, term)
                 } else if limit == 0 {
                     SyncMessage::error(
                         library_id,
@@ -66,8 +65,8 @@ pub fn serve(
                 }
             }
             SyncMessage::Heartbeat { term: their, current_sequence, last_term, .. } => {
-                if their > term {
-                    not_leader(library_id, their, term)
+                if fence(SyncRole::Leader, their, term).is_newer() {
+                    not_leader_of(library_id, their, term)
                 } else if let Some(reason) = divergence(conn, last, current_sequence, last_term)? {
                     sync_required(reason)
                 } else {
@@ -88,7 +87,9 @@ pub fn serve(
                     leader_heartbeat(library_id, term, last, commit_sequence)
                 }
             }
-            SyncMessage::NewEntries { term: their, .. } if their < term => {
+            SyncMessage::NewEntries { term: their, .. }
+                if fence(SyncRole::Leader, their, term) == Verdict::Stale =>
+            {
                 stale_term(library_id, "NewEntries", their, term, cx.leader_device)
             }
             SyncMessage::NewEntries { .. } => SyncMessage::error(

@@ -20,7 +20,7 @@
 use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
 use uuid::Uuid;
 
-use crate::fencing::{fence, stale_term, Fence};
+use crate::fencing::{fence, stale_term, Verdict};
 
 /// The role this device's actors play now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +97,11 @@ pub fn route(msg: &SyncMessage, from: Option<Uuid>, view: &View) -> (Route, Opti
         return (Route::Reply(SyncMessage::error(library_id, ErrorCode::Unauthorized, why)), None);
     };
     if let SyncMessage::Heartbeat { term, role: SyncRole::Leader, .. } = msg {
-        if fence(*term, view.term) == Fence::Stale {
+        // A stale term is stale in any role (the role only matters for a newer term, which the
+        // election adopts from `Heard`).
+        let role =
+            if view.serving == Serving::Leader { SyncRole::Leader } else { SyncRole::Follower };
+        if fence(role, *term, view.term) == Verdict::Stale {
             return (
                 Route::Reply(stale_term(library_id, "Heartbeat", *term, view.term, view.leader)),
                 None,

@@ -258,11 +258,11 @@ fn a_request_of_a_newer_term_tells_the_election_and_is_answered_not_leader() {
         l.on_request(4, fetch(0, 5)),
         vec![
             Command::Election(ElectionInput::TermSeen { term: 5 }),
-            Command::Reply { to: 4, message: not_leader(lib(), 5, TERM) },
+            Command::Reply { to: 4, message: not_leader_of(lib(), 5, TERM) },
         ]
     );
     assert!(matches!(
-        not_leader(lib(), 5, TERM),
+        not_leader_of(lib(), 5, TERM),
         SyncMessage::Error { code: ErrorCode::NotLeader, .. }
     ));
 }
