@@ -11,7 +11,7 @@
 //! | [`follower`] | [`follower::Replicator`] (NewEntries → fetch pipeline → apply → acknowledge, gaps, reconnect with [`backoff`], reconciliation, repair) | [`follower::actor::FollowerActor`]: the follower role of a library |
 //! | [`leader`] | [`leader::core::LeaderCore`] (commit sequence, configuration changes, promotions), [`leader::link::FollowerLink`] (one per follower: notifications batched by [`window`], the term rule, positions) | [`leader::actor::LeaderActor`] (runs the core), [`leader::link_actor::LinkActor`] (on the leader, one per follower: runs its link; serves fetches with [`leader::serve`], from [`log_cache`]) |
 //! | [`proposer`] | [`proposer::ProposerCore`] (outbox delivery to the leader, at most once) | [`proposer::Proposer`] (a task) |
-//! | [`service`] | [`service::route`] (which actor answers an inbound request) | [`SyncService`]: one per library, supervisor of the role actors |
+//! | [`service`] | [`service::route`] (which actor answers an inbound request), [`service::supervise`] (what the watchdog restarts) | [`SyncService`]: one per library, supervisor of the actors and the proposer's task |
 //! | [`network`] | [`network`]'s `gate` (who may connect) | one task owns the libp2p Swarm; [`network::NetworkHandle`] is the client every actor uses |
 //!
 //! Shared, below the roles: [`messages`] (what one role tells another, or the service),

@@ -17,6 +17,7 @@
 //! | [`LeaderReport`] | the leader actor | the service |
 //! | [`LinkLeft`] | a link actor of a removed member | the service |
 //! | [`Shutdown`] | the service | every actor it started |
+//! | `InjectPanic` (tests only) | a test, through the service | the election or follower actor |
 
 use actix::prelude::*;
 use libp2p::PeerId;
@@ -102,3 +103,9 @@ pub struct LinkLeft {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// Test only: makes an actor panic (to test its supervision).
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;

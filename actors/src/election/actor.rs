@@ -3,7 +3,7 @@
 //!
 //! Receives: vote requests and TimeoutNow (routed by the SyncService), [`ElectionInput`]s
 //! (a leader was heard, a follower answered, a newer term was seen), membership changes and
-//! leadership-transfer requests; its own timer.
+//! leadership-transfer requests, [`ObserveElection`]; its own timer.
 //! Emits: RequestVote (votes and pre-votes) / Vote / TimeoutNow messages, and [`RoleChange`] /
 //! [`HeartbeatNow`] to its SyncService.
 //!
@@ -57,6 +57,22 @@ pub struct Resign;
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct TransferLeadership(pub Uuid);
+
+/// Reads the election's state: the election actor's one observe call.
+#[derive(Message)]
+#[rtype(result = "ElectionStatus")]
+pub struct ObserveElection;
+
+/// The election's state, as [`ObserveElection`] shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElectionStatus {
+    pub role: SyncRole,
+    pub term: u64,
+    pub leader: Option<Uuid>,
+    pub voted_for: Option<Uuid>,
+    /// The device a leadership transfer hands over to, while one runs.
+    pub transfer_target: Option<Uuid>,
+}
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -423,6 +439,29 @@ impl Handler<TransferLeadership> for ElectionActor {
         self.poll_transfer(ctx);
         self.arm_timer(ctx);
         Ok(())
+    }
+}
+
+impl Handler<ObserveElection> for ElectionActor {
+    type Result = MessageResult<ObserveElection>;
+    fn handle(&mut self, _: ObserveElection, _: &mut Context<Self>) -> Self::Result {
+        let e = &self.election;
+        MessageResult(ElectionStatus {
+            role: e.role(),
+            term: e.term(),
+            leader: e.leader(),
+            voted_for: e.voted_for(),
+            transfer_target: e.transfer_target(),
+        })
+    }
+}
+
+/// Test only: makes the election actor panic in a handler.
+#[cfg(test)]
+impl Handler<crate::messages::InjectPanic> for ElectionActor {
+    type Result = ();
+    fn handle(&mut self, _: crate::messages::InjectPanic, _: &mut Context<Self>) {
+        panic!("injected panic in the election actor");
     }
 }
 

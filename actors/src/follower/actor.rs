@@ -3,7 +3,7 @@
 //! transaction of it: the batch it applies.)
 //!
 //! Receives: the leader's NewEntries and Heartbeat requests (routed by the SyncService),
-//! GetApplierStatus.
+//! [`ObserveFollower`], [`WatchCommit`].
 //! Emits: FetchEntries, Acknowledge and Heartbeat requests to the leader; EntriesApplied,
 //! LeaderUnreachable, Resync*, BulkJobQueued and ApplyFailed events; configurations applied,
 //! the leader's commit sequence, removals and re-pointing to the SyncService; newer terms to the
@@ -26,7 +26,6 @@
 //! one handle per fetch in flight (at most two).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -75,21 +74,36 @@ pub struct FollowerContext {
     /// Where configurations this follower applies (or learns it was removed) go: the
     /// SyncService.
     pub membership: Option<Recipient<FollowerMembership>>,
-    /// The leader's commit sequence as last heard (read by status; raised by every leader
-    /// message).
-    pub leader_commit: Arc<AtomicU64>,
+    /// The leader's commit sequence as this device last heard it (by an earlier follower
+    /// actor): raised by every leader message that says more, shown by [`ObserveFollower`].
+    pub leader_commit: u64,
     /// When the leader's commit sequence reaches this, the SyncService is told (it forgets
-    /// the previous voters once a voter change is committed); `u64::MAX`: never.
-    pub commit_watch: Arc<AtomicU64>,
+    /// the previous voters once a voter change is committed); `u64::MAX`: never. Changed with
+    /// [`WatchCommit`].
+    pub commit_watch: u64,
 }
 
 /// A machine input that takes a storage call's result.
 type Input<T> = fn(&mut Replicator<StdRng>, Result<T, String>, Instant) -> Vec<Command>;
 
-/// Reads the follower's status.
+/// Reads the follower's state: its one observe call (nothing else of it is shared).
 #[derive(Message)]
-#[rtype(result = "ApplierStatus")]
-pub struct GetApplierStatus;
+#[rtype(result = "FollowerSnapshot")]
+pub struct ObserveFollower;
+
+/// The follower's state, as [`ObserveFollower`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerSnapshot {
+    /// The replication's status (its machine's).
+    pub status: ApplierStatus,
+    /// The leader's commit sequence as last heard.
+    pub leader_commit: u64,
+}
+
+/// The SyncService watches another sequence (see [`FollowerContext::commit_watch`]).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct WatchCommit(pub u64);
 
 /// The follower side of one library.
 pub struct FollowerActor {
@@ -102,6 +116,10 @@ pub struct FollowerActor {
     fetches: HashMap<RequestId, SpawnHandle>,
     /// The timer armed, and the deadline it is armed for.
     timer: Option<(Instant, SpawnHandle)>,
+    /// The leader's commit sequence as last heard.
+    leader_commit: u64,
+    /// The sequence the SyncService watches, and whether it was told it was reached.
+    commit_watch: (u64, bool),
 }
 
 impl FollowerActor {
@@ -115,6 +133,7 @@ impl FollowerActor {
             cx.config.clone(),
             StdRng::from_entropy(),
         );
+        let (leader_commit, commit_watch) = (cx.leader_commit, (cx.commit_watch, false));
         Self {
             cx,
             machine,
@@ -122,6 +141,8 @@ impl FollowerActor {
             next_reply: 0,
             fetches: HashMap::new(),
             timer: None,
+            leader_commit,
+            commit_watch,
         }
     }
 
@@ -223,13 +244,16 @@ impl FollowerActor {
                 };
                 self.storage(ctx, recover, Replicator::on_orphans_recovered);
             }
+            Command::LeaderCommit(commit) => {
+                self.leader_commit = self.leader_commit.max(commit);
+                self.check_commit_watch();
+            }
             // Performed by `effect`.
             Command::WakeProposer
             | Command::Event(_)
             | Command::AdoptTerm(_)
             | Command::Repoint(_)
             | Command::Membership(_)
-            | Command::LeaderCommit(_)
             | Command::CountMetric(..) => {}
         }
     }
@@ -248,6 +272,18 @@ impl FollowerActor {
             let commands = input(&mut act.machine, result, Instant::now());
             act.perform(commands, ctx);
         }));
+    }
+
+    /// Tells the SyncService, once per watched sequence, that the leader's commit sequence
+    /// reached it (also when it was reached before the sequence was watched).
+    fn check_commit_watch(&mut self) {
+        let (watch, told) = self.commit_watch;
+        if !told && self.leader_commit >= watch {
+            self.commit_watch.1 = true;
+            if let Some(m) = &self.cx.membership {
+                m.do_send(FollowerMembership::Committed(self.leader_commit));
+            }
+        }
     }
 
     /// One timer, at the machine's next deadline.
@@ -303,7 +339,6 @@ fn effect(cx: &FollowerContext, command: Command) -> Option<Command> {
                 r.do_send(m);
             }
         }
-        Command::LeaderCommit(commit) => note_leader_commit(cx, commit),
         Command::WakeProposer => {
             if let Some(p) = &cx.proposer {
                 p.wake();
@@ -335,18 +370,6 @@ fn apply(cx: &FollowerContext, entries: &[lsync_protocol::SyncLogEntry]) -> Batc
     outcome
 }
 
-/// The leader said its commit sequence is `commit`: raise what this follower knows of it, and
-/// tell the SyncService once it reaches the sequence it watches (a voter change committed).
-fn note_leader_commit(cx: &FollowerContext, commit: u64) {
-    let before = cx.leader_commit.fetch_max(commit, Ordering::AcqRel);
-    let watch = cx.commit_watch.load(Ordering::Acquire);
-    if before < watch && commit >= watch {
-        if let Some(m) = &cx.membership {
-            m.do_send(FollowerMembership::Committed(commit));
-        }
-    }
-}
-
 impl Actor for FollowerActor {
     type Context = Context<Self>;
 
@@ -354,27 +377,38 @@ impl Actor for FollowerActor {
         ctx.set_mailbox_capacity(crate::limits::MAILBOX_CAPACITY);
         let commands = self.machine.start(Instant::now());
         self.perform(commands, ctx);
+        self.check_commit_watch();
     }
 }
 
-/// Test only: makes the follower actor panic inside a handler.
+/// Test only: makes the follower panic in its work — a future it runs (as a fetch or a
+/// storage call's continuation), not a handler.
 #[cfg(test)]
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct InjectPanic;
-
-#[cfg(test)]
-impl Handler<InjectPanic> for FollowerActor {
+impl Handler<crate::messages::InjectPanic> for FollowerActor {
     type Result = ();
-    fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
-        panic!("injected panic");
+    fn handle(&mut self, _: crate::messages::InjectPanic, ctx: &mut Context<Self>) {
+        let work = async {}.into_actor(self);
+        ctx.spawn(work.map(|(), _, _| panic!("injected panic in the follower's work")));
     }
 }
 
-impl Handler<GetApplierStatus> for FollowerActor {
-    type Result = MessageResult<GetApplierStatus>;
-    fn handle(&mut self, _: GetApplierStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.machine.status())
+impl Handler<ObserveFollower> for FollowerActor {
+    type Result = MessageResult<ObserveFollower>;
+    fn handle(&mut self, _: ObserveFollower, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(FollowerSnapshot {
+            status: self.machine.status(),
+            leader_commit: self.leader_commit,
+        })
+    }
+}
+
+impl Handler<WatchCommit> for FollowerActor {
+    type Result = ();
+    fn handle(&mut self, msg: WatchCommit, _: &mut Context<Self>) {
+        if msg.0 != self.commit_watch.0 {
+            self.commit_watch = (msg.0, false);
+            self.check_commit_watch();
+        }
     }
 }
 
@@ -392,6 +426,7 @@ impl Handler<InboundRequest> for FollowerActor {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use lsync_protocol::ErrorCode;
@@ -471,8 +506,8 @@ mod tests {
             repoint: None,
             term: 1,
             membership: None,
-            leader_commit: Default::default(),
-            commit_watch: Arc::new(AtomicU64::new(u64::MAX)),
+            leader_commit: 0,
+            commit_watch: u64::MAX,
         })
         .start();
         (Setup { _dir: dir, lib, leader, follower, events, leader_peer, metrics }, transport, actor)
@@ -692,7 +727,7 @@ mod tests {
         // Wait until the start-up round is over (position read, worker idle).
         let mut idle = false;
         for _ in 0..12_000 {
-            let st = actor.send(GetApplierStatus).await.unwrap();
+            let st = actor.send(ObserveFollower).await.unwrap().status;
             if st.state == FollowerState::CaughtUp {
                 idle = true;
                 break;
@@ -841,7 +876,7 @@ mod tests {
         });
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let st = actor.send(GetApplierStatus).await.unwrap();
+            let st = actor.send(ObserveFollower).await.unwrap().status;
             if st.state == FollowerState::UpgradeNeeded {
                 let error = st.last_error.unwrap_or_default();
                 assert!(error.contains("newer version"), "{error}");
@@ -893,7 +928,7 @@ mod tests {
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
         // the worker reports CaughtUp once the round that applied the last entry returns
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while actor.send(GetApplierStatus).await.unwrap().state != FollowerState::CaughtUp {
+        while actor.send(ObserveFollower).await.unwrap().status.state != FollowerState::CaughtUp {
             assert!(tokio::time::Instant::now() < deadline, "never caught up");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -5,7 +5,7 @@
 //! Receives: commit events of the library's TransactionManager (forwarded from its broadcast
 //! channel with backpressure), the set of link actors ([`SetLinks`]), every
 //! follower's reported position ([`FollowerProgress`], from the link actors), membership changes
-//! to make ([`ChangeConfig`], from the SyncService), [`GetLeaderStatus`].
+//! to make ([`ChangeConfig`], from the SyncService), [`ObserveLeader`].
 //! Emits: [`NewCommit`] (range, and the entries of a small commit) to every link actor,
 //! at once — each link actor decides when its follower is told (see [`crate::window`]);
 //! [`LeaderReport`]s to the SyncService (a configuration it committed, the request to resign);
@@ -64,10 +64,10 @@ pub struct ChangeConfig {
     pub wait: Duration,
 }
 
-/// The leadership as the leader actor sees it, for status.
+/// Reads the leadership as its core sees it: the leader actor's one observe call.
 #[derive(Message)]
 #[rtype(result = "LeaderStatus")]
-pub struct GetLeaderStatus;
+pub struct ObserveLeader;
 
 /// Everything the leader's core needs.
 #[derive(Clone)]
@@ -320,9 +320,9 @@ impl Handler<ChangeConfig> for LeaderActor {
     }
 }
 
-impl Handler<GetLeaderStatus> for LeaderActor {
-    type Result = MessageResult<GetLeaderStatus>;
-    fn handle(&mut self, _: GetLeaderStatus, _: &mut Context<Self>) -> Self::Result {
+impl Handler<ObserveLeader> for LeaderActor {
+    type Result = MessageResult<ObserveLeader>;
+    fn handle(&mut self, _: ObserveLeader, _: &mut Context<Self>) -> Self::Result {
         MessageResult(match &self.lead {
             Some(lead) => lead.core.status(),
             None => LeaderStatus {

@@ -4,7 +4,7 @@
 //!
 //! Receives: [`NewCommit`] from the LeaderActor, the follower's inbound requests
 //! (FetchEntries, Acknowledge, Heartbeat) routed by the SyncService, [`HeartbeatNow`],
-//! [`Connection`] changes, [`Leaving`], [`GetFollowerStatus`].
+//! [`Connection`] changes, [`Leaving`], [`ObserveLink`].
 //! Emits: NewEntries and Heartbeat requests to the follower; responses to its requests (read
 //! with [`serve_cached`] on this thread or [`serve`] on the blocking pool); the follower's
 //! positions to the leader's core; terms seen to the election; FollowerConnected /
@@ -54,10 +54,10 @@ pub struct Leaving {
 #[rtype(result = "()")]
 pub struct Connection(pub bool);
 
-/// Reads the link actor's view of its follower.
+/// Reads the link's view of its follower: the link actor's one observe call.
 #[derive(Message)]
 #[rtype(result = "FollowerStatus")]
-pub struct GetFollowerStatus {
+pub struct ObserveLink {
     /// The leader's last sequence, to compute the lag.
     pub leader_last_sequence: u64,
 }
@@ -344,9 +344,9 @@ impl Handler<Leaving> for LinkActor {
     }
 }
 
-impl Handler<GetFollowerStatus> for LinkActor {
-    type Result = MessageResult<GetFollowerStatus>;
-    fn handle(&mut self, msg: GetFollowerStatus, _: &mut Context<Self>) -> Self::Result {
+impl Handler<ObserveLink> for LinkActor {
+    type Result = MessageResult<ObserveLink>;
+    fn handle(&mut self, msg: ObserveLink, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.link.status(msg.leader_last_sequence))
     }
 }

@@ -1,5 +1,5 @@
-//! SyncService — one per open library; the supervisor of its role actors and the keeper of the
-//! library's membership on this device.
+//! SyncService — one per open library; the supervisor of its actors and tasks and the keeper of
+//! the library's membership on this device.
 //!
 //! Receives: every inbound request of its library (from the Network), membership changes
 //! (configurations applied by the follower, written by the leader's core, asked for by the
@@ -16,13 +16,15 @@
 //! removes it). It also answers `Join` (a guest presenting an invitation this device issued),
 //! `ChangeMembership` (the leader only) and `AnnounceAddresses` (signed address hints).
 //!
-//! It is not itself run under actix's `Supervisor`: a supervised actor is restarted whenever it
-//! stops while an address to it exists, so it could never be shut down for good. Instead the
-//! service owns the lifecycle of its role actors: it stops them and starts new ones from the
-//! persisted state.
+//! Supervision (docs/architecture.md, "Supervision"): it starts the election actor, the role's
+//! actors and the proposer's task, and its watchdog restarts whichever of them died (decided by
+//! [`supervise`], counted by kind in [`crate::metrics::Metrics::restarts`]). It reads their
+//! state only through their observe calls. It is not itself run under actix's `Supervisor`: a
+//! supervised actor is restarted whenever it stops while an address to it exists, so it could
+//! never be shut down for good.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,10 +48,10 @@ use crate::election::actor::{
 };
 use crate::election::Membership as ElectionMembership;
 use crate::events::{LibraryStatus, MemberStatus, MembershipStatus, SyncEvent};
-use crate::follower::actor::{FollowerActor, FollowerContext, GetApplierStatus};
-use crate::leader::actor::{ChangeConfig, GetLeaderStatus, LeaderActor, LeaderContext, SetLinks};
+use crate::follower::actor::{FollowerActor, FollowerContext, ObserveFollower, WatchCommit};
+use crate::leader::actor::{ChangeConfig, LeaderActor, LeaderContext, ObserveLeader, SetLinks};
 use crate::leader::context::{new_log_cache, LeaderShared, LinkContext};
-use crate::leader::link_actor::{Connection, GetFollowerStatus, Leaving, LinkActor};
+use crate::leader::link_actor::{Connection, Leaving, LinkActor, ObserveLink};
 use crate::leader::messages::{ConfigError, ConfigOutcome};
 use crate::limits::MAILBOX_CAPACITY;
 use crate::log_cache::LogCache;
@@ -57,17 +59,19 @@ use crate::messages::{
     ElectionInput, FollowerAcked, FollowerMembership, HeartbeatNow, LeaderHint, LeaderReport,
     LinkLeft, RoleChange, Shutdown,
 };
+use crate::metrics::Child;
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
 use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
 use crate::transport::Transport;
 
 mod route;
+pub mod supervise;
 
 pub use self::route::{route, Heard, Route, Serving, View as RouteView};
 
-/// How often the service checks that its role actors are alive (a panic closes an actor's
-/// mailbox; actix does not restart it).
-const WATCHDOG_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the service checks that its actors and tasks are alive (a panic closes an actor's
+/// mailbox and ends a task; neither actix nor tokio restarts them): see [`supervise`].
+pub const WATCHDOG_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How long the leader waits for a configuration change asked over the network to commit
 /// before it answers `committed: false` (well inside the requester's request timeout).
@@ -196,10 +200,12 @@ pub struct SyncService {
     self_addr: Option<Addr<SyncService>>,
     proposer: Proposer,
     proposer_task: Option<tokio::task::JoinHandle<()>>,
-    /// The leader's commit sequence as this follower last heard it.
-    leader_commit: Arc<AtomicU64>,
-    /// The follower tells the service when the leader's commit reaches this.
-    commit_watch: Arc<AtomicU64>,
+    /// The leader's commit sequence as a follower actor of this device last showed it (a new
+    /// follower actor starts from it).
+    follower_commit: u64,
+    /// The follower actor tells the service when the leader's commit reaches this (a voter
+    /// change is committed); `u64::MAX`: nothing watched.
+    commit_watch: u64,
     /// Why a member refused this device as removed, if one did.
     removed_hint: Option<String>,
     /// Leaders a member named that this device's configuration does not know yet (see the
@@ -241,8 +247,8 @@ impl SyncService {
             election: None,
             local_peer: None,
             self_addr: None,
-            leader_commit: Arc::new(AtomicU64::new(0)),
-            commit_watch: Arc::new(AtomicU64::new(u64::MAX)),
+            follower_commit: 0,
+            commit_watch: u64::MAX,
             removed_hint: None,
             provisional: HashMap::new(),
             own_hint: None,
@@ -299,7 +305,7 @@ impl SyncService {
         m
     }
 
-    fn start_watcher(&mut self, ctx: &mut Context<Self>) {
+    fn start_election(&mut self, ctx: &mut Context<Self>) {
         let Some(state) = self.state.as_ref() else { return };
         let me = ctx.address();
         let election = ElectionActor::new(ElectionContext {
@@ -322,25 +328,56 @@ impl SyncService {
         self.election = Some(election);
     }
 
-    /// Restarts any role actor (or the election) whose mailbox closed — the sign of a panic.
+    /// Checks every actor and task this service started and restarts the dead ones (a panic
+    /// closes an actor's mailbox, ends a task): decided by [`supervise::supervise`], counted by
+    /// kind in the metrics.
     fn watchdog(&mut self, ctx: &mut Context<Self>) {
-        let library_id = self.cx.library_id;
-        if self.election.as_ref().is_some_and(|w| !w.connected()) {
-            tracing::error!(%library_id, "election actor stopped unexpectedly (panic?); restarting it");
-            crate::metrics::Metrics::add(&self.cx.metrics.actor_restarts, 1);
-            self.start_watcher(ctx);
+        let mut seen = Vec::new();
+        if let Some(e) = &self.election {
+            seen.push((Child::Election, e.connected()));
         }
-        let dead = match &self.role {
+        match &self.role {
             Role::Leader { core, links, .. } => {
-                !core.connected() || links.values().any(|s| !s.connected())
+                seen.push((Child::Leader, core.connected()));
+                seen.extend(links.values().map(|l| (Child::Link, l.connected())));
             }
-            Role::Follower { follower } => !follower.connected(),
-            Role::Idle => false,
-        };
-        if dead {
-            tracing::error!(%library_id, "a role actor stopped unexpectedly (panic?); restarting the role actors");
-            crate::metrics::Metrics::add(&self.cx.metrics.actor_restarts, 1);
-            self.start_role();
+            Role::Follower { follower } => seen.push((Child::Follower, follower.connected())),
+            Role::Idle => {}
+        }
+        if let Some(task) = &self.proposer_task {
+            seen.push((Child::Proposer, !task.is_finished()));
+        }
+        let library_id = self.cx.library_id;
+        for action in supervise::supervise(&seen) {
+            match action {
+                supervise::Action::Count(child) => {
+                    tracing::error!(%library_id, kind = child.name(),
+                        "{} stopped unexpectedly (panic?); restarting", child.name());
+                    self.cx.metrics.restarts.count(child);
+                }
+                supervise::Action::RestartElection => self.start_election(ctx),
+                supervise::Action::RestartRole => self.start_role(),
+                supervise::Action::RestartProposer => self.start_proposer(),
+            }
+        }
+    }
+
+    /// Spawns the proposer's task (it starts from the stored leader, members and outbox).
+    fn start_proposer(&mut self) {
+        if let Some(old) = self.proposer_task.replace(actix_rt::spawn(self.proposer.clone().run()))
+        {
+            old.abort();
+        }
+    }
+
+    /// Sets the sequence the follower actor watches (see [`FollowerContext::commit_watch`]).
+    fn watch_commit(&mut self, m: &Membership) {
+        let watch = if m.previous_voters.is_some() { m.voters_since } else { u64::MAX };
+        if watch != self.commit_watch {
+            self.commit_watch = watch;
+            if let Role::Follower { follower } = &self.role {
+                follower.do_send(WatchCommit(watch));
+            }
         }
     }
 
@@ -419,8 +456,8 @@ impl SyncService {
                 repoint: self.self_addr.clone().map(|a| a.recipient()),
                 term: state.current_term,
                 membership: self.self_addr.clone().map(|a| a.recipient()),
-                leader_commit: self.leader_commit.clone(),
-                commit_watch: self.commit_watch.clone(),
+                leader_commit: self.follower_commit,
+                commit_watch: self.commit_watch,
             })
             .start();
             info!(%library_id, term = state.current_term, leader = %leader_peer, "following");
@@ -499,10 +536,7 @@ impl SyncService {
         self.members = new.iter().map(|(p, (d, _))| (*p, *d)).collect();
         self.provisional.retain(|p, _| !new.contains_key(p));
         self.cx.is_member.store(m.configuration.contains(self.cx.device_id), Ordering::Release);
-        self.commit_watch.store(
-            if m.previous_voters.is_some() { m.voters_since } else { u64::MAX },
-            Ordering::Release,
-        );
+        self.watch_commit(&m);
         self.membership = Some(m);
         for (peer, device, addrs) in &added {
             info!(%library_id, device = %device, "member added");
@@ -1069,19 +1103,12 @@ impl Handler<Started> for SyncService {
         self.cx
             .is_member
             .store(msg.membership.configuration.contains(self.cx.device_id), Ordering::Release);
-        self.commit_watch.store(
-            if msg.membership.previous_voters.is_some() {
-                msg.membership.voters_since
-            } else {
-                u64::MAX
-            },
-            Ordering::Release,
-        );
+        self.watch_commit(&msg.membership);
         self.membership = Some(msg.membership);
         self.proposer.set_members(self.member_map());
-        self.proposer_task = Some(actix_rt::spawn(self.proposer.clone().run()));
+        self.start_proposer();
         self.start_role();
-        self.start_watcher(ctx);
+        self.start_election(ctx);
         self.check_invitations(ctx);
         for peer in self.connected.clone() {
             if self.members.contains_key(&peer) {
@@ -1379,7 +1406,7 @@ impl Handler<LinkLeft> for SyncService {
 }
 
 impl Handler<GetStatus> for SyncService {
-    type Result = ResponseFuture<Result<LibraryStatus, String>>;
+    type Result = ResponseActFuture<Self, Result<LibraryStatus, String>>;
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         let db = self.cx.db.clone();
         // the live view (role changes and re-pointing reach it before or without the database)
@@ -1398,12 +1425,12 @@ impl Handler<GetStatus> for SyncService {
             Role::Follower { follower } => Some(follower.clone()),
             _ => None,
         };
-        let follower_commit = self.leader_commit.load(Ordering::Acquire);
+        let known_commit = self.follower_commit;
         let removed_hint = self.removed_hint.clone();
         // what writes are checked against (Node::write): the configuration installed here,
         // which may trail the database by a moment
         let acts_as_member = self.is_member();
-        Box::pin(async move {
+        let status = async move {
             let (state, last, outbox_pending, membership, rebuild_mark) = run_blocking(move || {
                 Ok((
                     db.sync_state()?,
@@ -1416,13 +1443,12 @@ impl Handler<GetStatus> for SyncService {
             .await
             .map_err(|e| e.to_string())?;
             let leader = match core {
-                Some(n) => n.send(GetLeaderStatus).await.ok(),
+                Some(n) => n.send(ObserveLeader).await.ok(),
                 None => None,
             };
             let mut followers = Vec::with_capacity(links.len());
             for s in links {
-                if let Ok(mut f) =
-                    s.send(GetFollowerStatus { leader_last_sequence: last.sequence }).await
+                if let Ok(mut f) = s.send(ObserveLink { leader_last_sequence: last.sequence }).await
                 {
                     f.role = membership.configuration.member(f.device_id).map(|m| m.role);
                     f.matched_sequence = leader.as_ref().and_then(|l| {
@@ -1432,10 +1458,13 @@ impl Handler<GetStatus> for SyncService {
                 }
             }
             followers.sort_by_key(|f| f.device_id);
-            let applier = match applier {
-                Some(a) => a.send(GetApplierStatus).await.ok(),
+            let follower = match applier {
+                Some(a) => a.send(ObserveFollower).await.ok(),
                 None => None,
             };
+            let follower_commit =
+                follower.as_ref().map_or(known_commit, |f| f.leader_commit.max(known_commit));
+            let applier = follower.map(|f| f.status);
             let commit_sequence = leader.as_ref().map_or(follower_commit, |l| l.commit_sequence);
             let member = membership.configuration.member(device_id).cloned();
             let status_membership = MembershipStatus {
@@ -1478,7 +1507,17 @@ impl Handler<GetStatus> for SyncService {
                 applier,
                 outbox_pending,
             })
-        })
+        };
+        // What the follower actor showed of the leader's commit sequence is kept for the next
+        // follower actor (a restart does not make status forget it).
+        Box::pin(status.into_actor(self).map(|status, this, _| {
+            if let Ok(st) = &status {
+                if st.applier.is_some() {
+                    this.follower_commit = this.follower_commit.max(st.commit_sequence);
+                }
+            }
+            status
+        }))
     }
 }
 
@@ -1585,10 +1624,7 @@ impl Handler<FollowerAcked> for SyncService {
         };
         Box::pin(async move {
             let s = link?;
-            s.send(GetFollowerStatus { leader_last_sequence: 0 })
-                .await
-                .ok()
-                .map(|st| st.acked_sequence)
+            s.send(ObserveLink { leader_last_sequence: 0 }).await.ok().map(|st| st.acked_sequence)
         })
     }
 }
@@ -1621,16 +1657,6 @@ impl Handler<TransferLeadership> for SyncService {
 }
 
 #[cfg(test)]
-impl Handler<crate::follower::actor::InjectPanic> for SyncService {
-    type Result = ();
-    fn handle(&mut self, msg: crate::follower::actor::InjectPanic, _: &mut Context<Self>) {
-        if let Role::Follower { follower } = &self.role {
-            follower.do_send(msg);
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use std::time::Duration;
 
@@ -1638,17 +1664,72 @@ mod tests {
     use lsync_storage::Device;
 
     use super::*;
+    use crate::election::actor::{ElectionStatus, ObserveElection};
+    use crate::messages::InjectPanic;
     use crate::network::NetworkConfig;
+    use crate::proposer::ProposerStatus;
     use crate::testkit::follower_db;
 
-    #[actix_rt::test]
-    async fn a_panicking_role_actor_is_restarted_by_the_watchdog() {
+    /// Test only: makes the running child of this kind panic.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct InjectPanicInto(Child);
+
+    impl Handler<InjectPanicInto> for SyncService {
+        type Result = ();
+        fn handle(&mut self, msg: InjectPanicInto, _: &mut Context<Self>) {
+            match (msg.0, &self.role, &self.election) {
+                (Child::Follower, Role::Follower { follower }, _) => follower.do_send(InjectPanic),
+                (Child::Election, _, Some(election)) => election.do_send(InjectPanic),
+                (Child::Proposer, _, _) => self.proposer.inject_panic(),
+                (child, _, _) => panic!("no {} to make panic", child.name()),
+            }
+        }
+    }
+
+    /// Test only: the proposer task's state (`None`: no task answers).
+    #[derive(Message)]
+    #[rtype(result = "Option<ProposerStatus>")]
+    struct ObserveProposer;
+
+    impl Handler<ObserveProposer> for SyncService {
+        type Result = ResponseFuture<Option<ProposerStatus>>;
+        fn handle(&mut self, _: ObserveProposer, _: &mut Context<Self>) -> Self::Result {
+            let proposer = self.proposer.clone();
+            Box::pin(async move { proposer.observe().await })
+        }
+    }
+
+    /// Test only: the election actor's state (`None`: none answers).
+    #[derive(Message)]
+    #[rtype(result = "Option<ElectionStatus>")]
+    struct ObserveElectionOf;
+
+    impl Handler<ObserveElectionOf> for SyncService {
+        type Result = ResponseFuture<Option<ElectionStatus>>;
+        fn handle(&mut self, _: ObserveElectionOf, _: &mut Context<Self>) -> Self::Result {
+            let election = self.election.clone();
+            Box::pin(async move { election?.send(ObserveElection).await.ok() })
+        }
+    }
+
+    struct Running {
+        _dir: tempfile::TempDir,
+        service: Addr<SyncService>,
+        metrics: Arc<crate::metrics::Metrics>,
+        network: NetworkHandle,
+        /// The term the library was persisted with.
+        term: u64,
+    }
+
+    /// A follower whose leader never answers (its follower actor just keeps retrying), once
+    /// its follower actor runs.
+    async fn follower_service() -> Running {
         let dir = tempfile::tempdir().unwrap();
         let lib = Uuid::new_v4();
         let leader = Uuid::new_v4();
         let db = follower_db(&dir, lib, leader);
         let me = db.sync_state().unwrap().device_id;
-        // a leader that never answers: the follower actor just keeps retrying
         db.upsert_device(&Device {
             device_id: leader,
             peer_id: PeerId::random().to_string(),
@@ -1664,6 +1745,7 @@ mod tests {
             name: "me".into(),
         })
         .unwrap();
+        let term = db.sync_state().unwrap().current_term;
         let (network, _) =
             NetworkHandle::start(keypair.clone(), NetworkConfig::default()).await.unwrap();
         let (events, _) = broadcast::channel(64);
@@ -1684,26 +1766,77 @@ mod tests {
             listen_addrs: Vec::new(),
         })
         .start();
-        let has_applier = |service: Addr<SyncService>| async move {
-            service.send(GetStatus).await.unwrap().unwrap().applier.is_some()
-        };
+        let running = Running { _dir: dir, service, metrics, network, term };
+        wait_until("the follower actor runs", || has_follower(&running.service)).await;
+        running
+    }
+
+    async fn has_follower(service: &Addr<SyncService>) -> bool {
+        service.send(GetStatus).await.unwrap().unwrap().applier.is_some()
+    }
+
+    /// Waits (generously) until `done` holds.
+    async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, done: impl Fn() -> F) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !has_applier(service.clone()).await {
-            assert!(tokio::time::Instant::now() < deadline, "follower actor never started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        service.send(crate::follower::actor::InjectPanic).await.unwrap();
-        // the follower actor's mailbox closes with the panic; the watchdog notices, counts it
-        // and starts a new one
-        let restarts = || metrics.actor_restarts.load(std::sync::atomic::Ordering::Relaxed);
-        while restarts() == 0 || !has_applier(service.clone()).await {
-            assert!(tokio::time::Instant::now() < deadline, "follower actor not restarted");
+        while !done().await {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(restarts(), 1);
-        let st = service.send(GetStatus).await.unwrap().unwrap();
+    }
+
+    /// The restarts counted, by kind (in [`Child::ALL`]'s order).
+    fn restarts(r: &Running) -> [u64; 5] {
+        Child::ALL.map(|c| r.metrics.restarts.of(c))
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_in_the_follower_actors_work_is_restarted_and_counted() {
+        let r = follower_service().await;
+        r.service.send(InjectPanicInto(Child::Follower)).await.unwrap();
+        // The follower actor's mailbox closes with the panic; the watchdog notices, counts it
+        // and starts the role again.
+        wait_until("the follower actor restarted", || async {
+            r.metrics.restarts.of(Child::Follower) == 1 && has_follower(&r.service).await
+        })
+        .await;
+        assert_eq!(restarts(&r), [0, 0, 0, 1, 0], "election, leader, link, follower, proposer");
+        let st = r.service.send(GetStatus).await.unwrap().unwrap();
         assert_eq!(st.role, SyncRole::Follower);
-        network.shutdown().await;
+        r.network.shutdown().await;
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_in_the_proposer_task_is_restarted_and_counted() {
+        let r = follower_service().await;
+        wait_until("the proposer task answers", || async {
+            r.service.send(ObserveProposer).await.unwrap().is_some()
+        })
+        .await;
+        r.service.send(InjectPanicInto(Child::Proposer)).await.unwrap();
+        // The task ends with the panic; the watchdog notices, counts it and spawns a new task,
+        // which answers again.
+        wait_until("the proposer task restarted", || async {
+            r.metrics.restarts.of(Child::Proposer) == 1
+                && r.service.send(ObserveProposer).await.unwrap().is_some()
+        })
+        .await;
+        assert_eq!(restarts(&r), [0, 0, 0, 0, 1], "the role actors were left alone");
+        r.network.shutdown().await;
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_election_actor_is_restarted_from_the_persisted_state_and_counted() {
+        let r = follower_service().await;
+        r.service.send(InjectPanicInto(Child::Election)).await.unwrap();
+        wait_until("the election actor restarted", || async {
+            r.metrics.restarts.of(Child::Election) == 1
+                && r.service.send(ObserveElectionOf).await.unwrap().is_some()
+        })
+        .await;
+        let election = r.service.send(ObserveElectionOf).await.unwrap().unwrap();
+        assert_eq!((election.role, election.term), (SyncRole::Follower, r.term));
+        assert_eq!(restarts(&r), [1, 0, 0, 0, 0]);
+        r.network.shutdown().await;
     }
 }
 

@@ -94,7 +94,7 @@ async fn an_acknowledgement_beyond_the_last_sequence_is_refused_and_not_counted(
         "{refused:?}"
     );
     assert!(recorded.lock().unwrap().is_empty(), "checked before it is recorded");
-    let st = link.send(GetFollowerStatus { leader_last_sequence: 10 }).await.unwrap();
+    let st = link.send(ObserveLink { leader_last_sequence: 10 }).await.unwrap();
     assert_eq!(st.acked_sequence, 0, "not recorded for the lag either");
     let answered = ask(&link, ack(7, 3, 1)).await;
     assert!(
@@ -105,7 +105,7 @@ async fn an_acknowledgement_beyond_the_last_sequence_is_refused_and_not_counted(
     assert!(positions.ends_with(&[7]), "{positions:?}");
     // A lower position is believed (the follower rebuilt its log).
     ask(&link, ack(2, 3, 1)).await;
-    let st = link.send(GetFollowerStatus { leader_last_sequence: 10 }).await.unwrap();
+    let st = link.send(ObserveLink { leader_last_sequence: 10 }).await.unwrap();
     assert_eq!(st.acked_sequence, 2);
 }
 
@@ -185,7 +185,7 @@ async fn fetch_is_capped_at_one_hundred_entries_whatever_the_limit() {
         ack,
         SyncMessage::Heartbeat { current_sequence: 250, role: SyncRole::Leader, .. }
     ));
-    let st = link.send(GetFollowerStatus { leader_last_sequence: 250 }).await.unwrap();
+    let st = link.send(ObserveLink { leader_last_sequence: 250 }).await.unwrap();
     assert_eq!((st.acked_sequence, st.lag), (120, 130));
 }
 
@@ -359,7 +359,7 @@ async fn the_first_commit_goes_at_once_and_a_burst_goes_as_one_more_when_the_fol
     tokio::time::advance(Duration::from_millis(500)).await;
     settle().await;
     assert_eq!(follower.sent.lock().unwrap().len(), 2, "quiet: nothing more");
-    let st = link.send(GetFollowerStatus { leader_last_sequence: 40 }).await.unwrap();
+    let st = link.send(ObserveLink { leader_last_sequence: 40 }).await.unwrap();
     assert_eq!(st.acked_sequence, 40, "the answers are the follower's acknowledgements");
 }
 
