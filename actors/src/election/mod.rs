@@ -1,6 +1,6 @@
 //! Leader election: a pure state machine, no I/O, no async; the clock and the randomness are
-//! injected. The [`actor::ElectionActor`] (election/actor.rs) is its shell: it feeds it events, performs the
-//! [`Action`]s it returns, in order, and calls [`Election::tick`] at
+//! injected. The [`actor::ElectionActor`] (election/actor.rs) is its shell: it feeds it events,
+//! performs the [`Action`]s it returns, in order, and calls [`Election::tick`] at
 //! [`Election::next_deadline`].
 //!
 //! Raft's election (terms, one vote per term, randomized timeouts, "at least as up to date",

@@ -15,7 +15,7 @@
 //! requests it has not answered yet; the fetches in flight (to drop one unread); one timer.
 //! It feeds the machine its inputs (requests, answers, storage results, the timer), performs
 //! the [`Command`]s it returns in order — requests through the [`Transport`], storage calls on
-//! the blocking pool ([`run_blocking`]), events, metrics, messages to other actors — and arms
+//! the blocking pool (`run_blocking`), events, metrics, messages to other actors — and arms
 //! its timer at [`Replicator::next_deadline`]. A batch's events are sent in the same blocking
 //! task as its transaction ([`crate::follower::committed`]), so an actor stopped while it
 //! waits cannot separate a committed batch from its events.

@@ -108,7 +108,8 @@ struct Lead {
 }
 
 impl LeaderActor {
-    /// A leader actor reading `commits` that only forwards them to link actors (no commit tracking).
+    /// A leader actor reading `commits` that only forwards them to link actors (no commit
+    /// tracking).
     pub fn new(commits: broadcast::Receiver<CommitEvent>) -> Self {
         Self { links: Vec::new(), commits: Some(commits), lead: None }
     }

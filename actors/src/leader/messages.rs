@@ -1,8 +1,10 @@
 //! The data the leader's pieces pass each other: what the leader's core hands every follower
 //! link ([`NewCommit`]), what a link hands the core ([`FollowerProgress`]), and what the core
-//! answers the SyncService ([`LeaderReport`], [`ConfigOutcome`], [`ConfigError`],
-//! [`LeaderStatus`]). Plain data: the pure machines ([`super::link`], [`super::core`]) take and
-//! return them, the actors ([`super::link_actor`], [`super::actor`]) carry them.
+//! answers the SyncService about a membership change ([`ConfigOutcome`], [`ConfigError`]) and
+//! its status ([`LeaderStatus`]); what it reports on its own goes through
+//! [`crate::messages::LeaderReport`]. Plain data: the pure machines ([`super::link`],
+//! [`super::core`]) take and return them, the actors ([`super::link_actor`], [`super::actor`])
+//! carry them.
 
 use std::sync::Arc;
 

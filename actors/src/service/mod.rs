@@ -1540,7 +1540,8 @@ impl Handler<RoleChange> for SyncService {
     fn handle(&mut self, msg: RoleChange, _: &mut Context<Self>) {
         let Some(state) = self.state.as_mut() else { return };
         // A follower that only learns a newer term of the leader it follows keeps its actors
-        // (the follower actor adopts the term from the leader's messages); anything else restarts them.
+        // (the follower actor adopts the term from the leader's messages); anything else
+        // restarts them.
         let unchanged = state.role == msg.role
             && state.leader_device == msg.leader
             && (state.current_term == msg.term || msg.role == SyncRole::Follower)
