@@ -285,7 +285,7 @@ impl Config {
                 return Err(invalid(format!("`{key}` must be greater than 0")));
             }
         }
-        let max_block = lsync_actors::log_cache::MAX_BLOCK;
+        let max_block = lsync_actors::limits::MAX_BLOCK;
         if s.max_entries_per_response > max_block {
             return Err(invalid(format!(
                 "`sync.max_entries_per_response` is {}: at most {max_block} (the leader's log \

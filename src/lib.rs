@@ -18,17 +18,18 @@
 //! Node::commit ─▶ TransactionManager ── one SQLite transaction: model row + sync_log entry
 //!                        │ CommitEvent (broadcast)
 //!                        ▼
-//!                 LeaderNotifier ── window: first commit at once, bursts coalesced
-//!                        │ Announce
+//!                 LeaderActor (the leader's core) ── NewCommit to every link
+//!                        │
 //!                        ▼
-//!                 FollowerSession (one per follower) ── NewEntries ─▶ network
+//!                 LinkActor (one per follower) ── window: first commit at once, bursts
+//!                                                  coalesced ── NewEntries ─▶ network
 //! ```
 //! # The follower's path
 //! ```text
-//! network ─▶ SyncService ─▶ FollowerApplier ── wakes its worker
-//!   worker: FetchEntries ─▶ leader's FollowerSession ─▶ EntriesResponse (≤ 100 entries)
-//!           Applier: one SQLite transaction (model rows + log copy + last_synced_sequence)
-//!           Acknowledge ─▶ leader
+//! network ─▶ SyncService ─▶ FollowerActor (runs the Replicator machine)
+//!   FetchEntries ─▶ leader's LinkActor ─▶ EntriesResponse (≤ 100 entries)
+//!   Applier: one SQLite transaction (model rows + log copy + last_synced_sequence)
+//!   Acknowledge ─▶ leader
 //! ```
 #![forbid(unsafe_code)]
 

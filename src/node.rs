@@ -846,7 +846,7 @@ impl Node {
     pub async fn transfer_leadership(&self, library_id: Uuid, to: Uuid) -> Result<(), NodeError> {
         let lib = self.library(library_id)?;
         lib.service
-            .send(lsync_actors::watcher::TransferLeadership(to))
+            .send(lsync_actors::election::actor::TransferLeadership(to))
             .await
             .map_err(|_| NodeError::ServiceStopped(library_id))?
             .map_err(NodeError::Transfer)

@@ -17,7 +17,7 @@ pub struct SyncConfig {
     pub notify_window: Duration,
     /// The most entries the leader puts in one `EntriesResponse`, whatever the request asks;
     /// also the leader's log cache block, so values above
-    /// [`crate::log_cache::MAX_BLOCK`] act as that.
+    /// [`crate::limits::MAX_BLOCK`] act as that.
     pub max_entries_per_response: u64,
     /// The most payload bytes the leader puts in one `EntriesResponse` (at least one entry is
     /// always sent); half the default frame limit, so a response always fits in a frame.

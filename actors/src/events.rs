@@ -26,7 +26,7 @@ pub enum SyncEvent {
     BulkJobQueued { library_id: Uuid, job: LocalJob },
     /// This device's role for the library changed.
     RoleChanged { library_id: Uuid, role: SyncRole, term: u64 },
-    /// The follower's applier stopped on an error it cannot get past by itself
+    /// The follower actor stopped on an error it cannot get past by itself
     /// (e.g. an entry of a model type this node does not know).
     ApplyFailed { library_id: Uuid, error: String },
 }
@@ -168,7 +168,7 @@ pub struct LibraryStatus {
     pub rebuild_mark: Option<u64>,
     /// Leader only: every follower.
     pub followers: Vec<FollowerStatus>,
-    /// Follower only: its applier.
+    /// Follower only: its follower actor's status (named `applier` in the status API).
     pub applier: Option<ApplierStatus>,
     /// Changes made on this device that wait in its outbox for a leader.
     pub outbox_pending: u64,

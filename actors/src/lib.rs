@@ -1,39 +1,29 @@
-//! lsync actors: the actix actors of a node and the pure state machines they wrap.
+//! lsync actors: the actix actors of a node and the pure state machines they run.
 //!
-//! # Layout
-//! - [`network`] — the libp2p Swarm, driven by one task; [`network::NetworkHandle`] is the
-//!   cloneable client every actor uses. Routes inbound requests by `library_id`.
-//! - [`service`] — `SyncService`, one per library: supervisor of the role actors.
-//! - [`leader`] — the leader path, one folder: the pure [`leader::core::LeaderCore`] (term
-//!   start, commit sequence, configuration changes, promotions, upgrade, resignation) run by
-//!   [`notifier`] (`LeaderNotifier`: commit events → `NewCommit` to every session), and per
-//!   follower the pure [`leader::link::FollowerLink`] (notifications batched by [`window`],
-//!   inline entries, the term rule, positions, leaving) run by [`session`] (`FollowerSession`:
-//!   NewEntries, Heartbeat, serves FetchEntries / Acknowledge / Heartbeat with
-//!   [`leader::serve`], from [`log_cache`] when another follower fetched the same block).
-//!   [`notifier`], [`session`] and [`membership`] are re-exported here from [`leader`].
-//! - follower path: [`follower`] (`Replicator`, a pure machine: NewEntries → fetch pipeline →
-//!   apply → acknowledge, gaps, reconnect with [`backoff`], full reconciliation; its unit tests
-//!   in `follower/tests.rs`, a proptest against a model leader in `follower/prop.rs`), run by
-//!   [`applier`] (`FollowerApplier`, its actor shell: performs the machine's commands — requests,
-//!   storage calls, events — and feeds the results back).
-//! - [`proposer`] — delivers the library's durable outbox (writes made on a device that does
-//!   not lead) to the leader, which commits each proposal at most once.
-//! - [`watcher`] — `ElectionWatcher`, one per library: runs the [`election`] state machine,
-//!   persists term and vote, tells the SyncService about role changes.
-//! - [`membership`] — the leader's side of replicated membership, pure: the commit sequence
-//!   under Raft's commit rule, when a configuration change may start, promotions and demotions
-//!   (in [`leader`]).
-//! - [`transport`] — the request seam between actors and network (tests script it).
-//! - [`events`] — events and status snapshots for the host; [`config`] — timers and limits.
+//! # Layout: one folder per role
+//! Each role folder holds its pure machine (decisions, no I/O: inputs in, an ordered list of
+//! commands out), the actor that runs it (the shell: performs the commands — requests, storage
+//! calls on the blocking pool, events — and feeds the results back), and their tests.
 //!
-//! Decision logic with no I/O lives in pure machines — [`election`], [`follower`],
-//! [`leader::core`], [`leader::link`], [`membership`], [`proposer::ProposerCore`],
-//! [`service::route`], [`fencing`], [`window`], [`backoff`] — that the actors run as thin
-//! shells. The whole-device simulator (sim/) runs the same machines.
+//! | folder | pure machine | actor / shell |
+//! |---|---|---|
+//! | [`election`] | [`election::Election`] (terms, votes, timeouts, pre-vote, transfer; a seeded simulator in `election/sim.rs`) | [`election::actor::ElectionActor`]: runs the election, persists term and vote, tells the SyncService about role changes |
+//! | [`follower`] | [`follower::Replicator`] (NewEntries → fetch pipeline → apply → acknowledge, gaps, reconnect with [`backoff`], reconciliation, repair) | [`follower::actor::FollowerActor`]: the follower role of a library |
+//! | [`leader`] | [`leader::core::LeaderCore`] (commit sequence, configuration changes, promotions), [`leader::link::FollowerLink`] (one per follower: notifications batched by [`window`], the term rule, positions) | [`leader::actor::LeaderActor`] (runs the core), [`leader::link_actor::LinkActor`] (on the leader, one per follower: runs its link; serves fetches with [`leader::serve`], from [`log_cache`]) |
+//! | [`proposer`] | [`proposer::ProposerCore`] (outbox delivery to the leader, at most once) | [`proposer::Proposer`] (a task) |
+//! | [`service`] | [`service::route`] (which actor answers an inbound request), [`service::supervise`] (what the watchdog restarts) | [`SyncService`]: one per library, supervisor of the actors and the proposer's task |
+//! | [`network`] | [`network`]'s `gate` (who may connect) | one task owns the libp2p Swarm; [`network::NetworkHandle`] is the client every actor uses |
+//!
+//! Shared, below the roles: [`messages`] (what one role tells another, or the service),
+//! [`limits`], [`transport`] (the request seam between actors and network; tests script it),
+//! [`events`] (events and status snapshots for the host), [`config`] (timers), [`metrics`],
+//! [`fencing`] (the term rule), [`window`], [`backoff`], [`log_cache`]. Dependencies point one
+//! way (docs/architecture.md, "Layering"; enforced by a test).
+//!
+//! The whole-device simulator (sim/) runs the same machines. docs/architecture.md tells how the
+//! pieces fit.
 #![forbid(unsafe_code)]
 
-pub mod applier;
 pub mod backoff;
 mod blocking;
 pub mod config;
@@ -41,8 +31,12 @@ pub mod election;
 pub mod events;
 pub mod fencing;
 pub mod follower;
+#[cfg(test)]
+mod layering;
 pub mod leader;
+pub mod limits;
 pub mod log_cache;
+pub mod messages;
 pub mod metrics;
 pub mod network;
 pub mod proposer;
@@ -50,14 +44,13 @@ pub mod service;
 #[cfg(test)]
 mod testkit;
 pub mod transport;
-pub mod watcher;
 pub mod window;
 
 pub use config::SyncConfig;
 pub use events::{
     ApplierStatus, FollowerState, FollowerStatus, LibraryStatus, Progress, SyncEvent,
 };
-pub use leader::{membership, notifier, session};
+pub use messages::Shutdown;
 pub use metrics::Metrics;
-pub use service::{AddMember, GetStatus, LibraryContext, Shutdown, SyncService};
+pub use service::{AddMember, GetStatus, LibraryContext, SyncService};
 pub use transport::{NetworkError, Transport};

@@ -1,4 +1,4 @@
-//! LogCache — on the leader, one per term, shared by every follower session of the library.
+//! LogCache — on the leader, one per term, shared by every link actor of the library.
 //!
 //! Followers replicating the same stretch of the log fetch the same entries. Without a cache the
 //! leader reads and decodes each response from SQLite once per follower (on the blocking pool).
@@ -6,7 +6,7 @@
 //! `k·block + 1 ..= (k + 1)·block` — each read from SQLite once, with the term of the entry
 //! before it. A fetch is answered from one block: a response never crosses a block's end, so a
 //! follower's next fetch starts at the next block's first entry, and a cached block answers it
-//! without SQLite and without leaving the session's thread.
+//! without SQLite and without leaving the link actor's thread.
 //!
 //! Only complete blocks of committed entries are kept. The leader's log only grows while it
 //! leads (only a follower's log is ever truncated), and the service makes a new cache whenever
@@ -15,7 +15,7 @@
 //! Short-lived: a block is dropped as soon as it has been served to as many fetches as the
 //! leader has followers ([`LogCache::set_readers`]); with a single follower nothing is kept.
 //! Bounded: at most `max_bytes` of entries (each counted like in a response, see
-//! [`crate::session`]) — what a follower that stopped fetching leaves behind — the lowest block
+//! [`crate::link actor`]) — what a follower that stopped fetching leaves behind — the lowest block
 //! evicted first (followers move forward, so it is the least likely to be asked for again); a
 //! block larger than a quarter of that is served but not kept.
 
@@ -25,11 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use lsync_protocol::SyncLogEntry;
 
-/// The default memory bound of a leader's cache (entries' bytes, counted like in a response).
-pub const DEFAULT_LOG_CACHE_BYTES: usize = 4 << 20;
-
-/// The largest block, in entries, whatever `max_entries_per_response` says.
-pub const MAX_BLOCK: u64 = 1024;
+use crate::limits::MAX_BLOCK;
 
 /// One aligned block of the log.
 #[derive(Debug)]
@@ -101,7 +97,7 @@ impl LogCache {
         self.last.load(Ordering::Relaxed)
     }
 
-    /// Sets how many followers fetch from this leader (its sessions).
+    /// Sets how many followers fetch from this leader (its link actors).
     pub fn set_readers(&self, followers: usize) {
         self.readers.store(followers, Ordering::Relaxed);
     }

@@ -64,8 +64,9 @@ pub struct Metrics {
     pub elections: AtomicU64,
     /// Full reconciliations this device ran.
     pub resyncs: AtomicU64,
-    /// Role actors (or election watchers) restarted after they stopped unexpectedly (a panic).
-    pub actor_restarts: AtomicU64,
+    /// Actors and tasks the SyncService restarted after they stopped unexpectedly (a panic),
+    /// by kind.
+    pub restarts: Restarts,
     /// FetchEntries answered by this device as leader from its log cache (another follower
     /// had fetched the same block), without reading SQLite.
     pub fetches_served_cached: AtomicU64,
@@ -91,9 +92,78 @@ impl Metrics {
     }
 }
 
+/// What a library's SyncService supervises (docs/architecture.md, "Supervision"): the kinds
+/// its restarts are counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Child {
+    /// The election actor (always running).
+    Election,
+    /// The leader actor, which runs the leader's core (leader role).
+    Leader,
+    /// A link actor, one per follower (leader role).
+    Link,
+    /// The follower actor (follower role).
+    Follower,
+    /// The proposer's task, which delivers the outbox (always running).
+    Proposer,
+}
+
+impl Child {
+    /// Every kind, in the order they are shown.
+    pub const ALL: [Child; 5] =
+        [Child::Election, Child::Leader, Child::Link, Child::Follower, Child::Proposer];
+
+    /// Its name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Child::Election => "election",
+            Child::Leader => "leader",
+            Child::Link => "link",
+            Child::Follower => "follower",
+            Child::Proposer => "proposer",
+        }
+    }
+}
+
+/// Restarts counted by [`Child`] kind.
+#[derive(Debug, Default)]
+pub struct Restarts([AtomicU64; Child::ALL.len()]);
+
+impl Restarts {
+    /// Counts one restart of a `child`.
+    pub fn count(&self, child: Child) {
+        self.counter(child).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The restarts of `child` so far.
+    pub fn of(&self, child: Child) -> u64 {
+        self.counter(child).load(Ordering::Relaxed)
+    }
+
+    /// The counter of `child`.
+    pub fn counter(&self, child: Child) -> &AtomicU64 {
+        &self.0[child as usize]
+    }
+
+    /// Every restart so far, whatever its kind.
+    pub fn total(&self) -> u64 {
+        Child::ALL.iter().map(|c| self.of(*c)).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_are_counted_by_kind() {
+        let r = Restarts::default();
+        r.count(Child::Proposer);
+        r.count(Child::Link);
+        r.count(Child::Link);
+        assert_eq!(Child::ALL.map(|c| r.of(c)), [0, 0, 2, 0, 1]);
+        assert_eq!(r.total(), 3);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

@@ -8,17 +8,13 @@ use lsync_storage::{Change, Database, ModelRegistry, SyncState, Tag, Transaction
 use tempfile::TempDir;
 use uuid::Uuid;
 
-use crate::session::{new_log_cache, SessionContext};
+use crate::leader::context::{new_log_cache, LinkContext};
 use crate::transport::{BoxFuture, NetworkError, Transport};
 
-/// A leader session's context in term 1 with the default limits (100 entries, 8 MiB per
+/// A leader link actor's context in term 1 with the default limits (100 entries, 8 MiB per
 /// response, 100 ms window), no election, its own log cache and metrics.
-pub fn session_context(
-    library_id: Uuid,
-    db: Database,
-    transport: Arc<dyn Transport>,
-) -> SessionContext {
-    SessionContext {
+pub fn link_context(library_id: Uuid, db: Database, transport: Arc<dyn Transport>) -> LinkContext {
+    LinkContext {
         library_id,
         db,
         transport,

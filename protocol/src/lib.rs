@@ -23,7 +23,9 @@ pub use membership::{
     AddressHint, Configuration, InvalidConfiguration, Member, MemberRole, MembershipChange,
     RolePreference, CONFIG_MODEL_TYPE, CONFIG_RECORD_ID, FEATURE_VERSION, RESERVED_MODEL_PREFIX,
 };
-pub use message::{ChangeType, ErrorCode, ProposedChange, SyncLogEntry, SyncMessage, SyncRole};
+pub use message::{
+    entry_bytes, ChangeType, ErrorCode, ProposedChange, SyncLogEntry, SyncMessage, SyncRole,
+};
 
 /// The protocol id negotiated on every sync stream: version 2 adds configuration entries,
 /// `Join`/`Joined`, `ChangeMembership`/`MembershipResult`, `AnnounceAddresses` and pre-votes

@@ -107,6 +107,15 @@ pub struct SyncLogEntry {
     pub proposal_id: Option<Uuid>,
 }
 
+/// What one entry counts against a response's byte budget (`max_response_bytes`, in an
+/// `EntriesResponse` or inside `NewEntries`, docs/protocol.md): its payload, model type and
+/// record id, plus 64 bytes for the fixed fields and framing. The leader caps responses with
+/// it, its log cache counts blocks with it, and a follower sizes the batches it applies with
+/// it, so all three agree.
+pub fn entry_bytes(e: &SyncLogEntry) -> usize {
+    e.data.len() + e.model_type.len() + e.record_id.len() + 64
+}
+
 /// One change of a proposal: what the proposer asks the leader to commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProposedChange {
@@ -421,5 +430,27 @@ impl SyncMessage {
             term: 0,
             leader_peer: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_counts_its_payload_its_names_and_a_fixed_overhead() {
+        let entry = SyncLogEntry {
+            sequence: 1,
+            term: 1,
+            origin_device: Uuid::nil(),
+            timestamp_ms: 0,
+            model_type: "tag".into(),
+            record_id: "t-1".into(),
+            change_type: ChangeType::Insert,
+            version: 1,
+            data: vec![0; 10],
+            proposal_id: None,
+        };
+        assert_eq!(entry_bytes(&entry), 10 + 3 + 3 + 64);
     }
 }

@@ -9,18 +9,18 @@
 //!
 //! | actor (actors/src) | here |
 //! |---|---|
-//! | `ElectionWatcher` (watcher.rs): persist before acting, vote replies | [`Device::election`] |
+//! | `ElectionActor` (election/actor.rs): persist before acting, vote replies | [`Device::election`] |
 //! | `SyncService` (service/mod.rs): role changes, the configuration in effect, leader hints | [`Device::service`] |
-//! | `LeaderNotifier` (leader/notifier.rs): commit events, configuration writes | [`Device::core`] |
-//! | `FollowerSession` (leader/session.rs): the transport and storage of one link | [`Device::link`] |
-//! | `FollowerApplier` (applier.rs): the transport and storage of the replicator | [`Device::follower`] |
+//! | `LeaderActor` (leader/actor.rs): commit events, configuration writes | [`Device::core`] |
+//! | `LinkActor` (leader/link_actor.rs): the transport and storage of one link | [`Device::link`] |
+//! | `FollowerActor` (follower/actor.rs): the transport and storage of the replicator | [`Device::follower`] |
 //! | `Proposer` (proposer/mod.rs): the outbox's storage and transport | [`Device::proposer`] |
 //! | `Node::write` (src/node.rs): commit when leading, else the outbox | [`Device::write`] |
 //!
 //! Each actor's mailbox is a [`Work`] item in one queue, processed in order: a machine's
 //! commands for another actor become work at the back of the queue, as messages would; a
 //! storage call is made at once and its result queued (the blocking pool answering later);
-//! the election's persist and the notifier's configuration write complete before anything
+//! the election's persist and the leader actor's configuration write complete before anything
 //! after them, as their actors wait for them. Work for a role that has stopped is dropped,
 //! as a stopped actor's mailbox is.
 //!
@@ -34,28 +34,27 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use lsync_actors::config::SyncConfig;
+use lsync_actors::election::actor::{persisted_of, probe_for_leader};
 use lsync_actors::election::{
     Action, Election, ElectionConfig, Membership as ElectionMembership, VoteRequest, VoteResponse,
 };
 use lsync_actors::follower::{
-    self, BatchOutcome, Command as FollowerCommand, FollowerMembership, Leader as FollowerLeader,
-    Replicator, ReplyTo, RequestId as FetchId,
+    self, BatchOutcome, Command as FollowerCommand, Leader as FollowerLeader, Replicator, ReplyTo,
+    RequestId as FetchId,
 };
+use lsync_actors::leader::context::{new_log_cache, LeaderShared, LinkContext};
 use lsync_actors::leader::core::{Command as CoreCommand, ConfigWritten, CoreConfig, LeaderCore};
 use lsync_actors::leader::link::{
     Command as LinkCommand, FollowerLink, LeaderView as LinkView, LinkConfig,
 };
-use lsync_actors::leader::messages::{
-    ConfigError, ConfigOutcome, FollowerProgress, LeaderReport, NewCommit,
-};
-use lsync_actors::leader::notifier::LeaderShared;
-use lsync_actors::leader::session::{new_log_cache, serve, serve_cached, SessionContext};
+use lsync_actors::leader::messages::{ConfigError, ConfigOutcome, FollowerProgress, NewCommit};
+use lsync_actors::leader::serve::{serve, serve_cached};
+use lsync_actors::messages::{ElectionInput, FollowerMembership, LeaderHint, LeaderReport};
 use lsync_actors::proposer::{
     serve_proposal, Command as ProposerCommand, Delivery, LeaderView as ProposerView, ProposerCore,
     SubmitOutcome, Target,
 };
 use lsync_actors::service::{route, Heard, Route, RouteView, Serving};
-use lsync_actors::watcher::{persisted_of, probe_for_leader, ElectionInput, LeaderHint};
 use lsync_actors::window::Announce;
 use lsync_actors::{Metrics, NetworkError, Transport};
 use lsync_protocol::{ErrorCode, MembershipChange, ProposedChange, SyncMessage, SyncRole};
@@ -111,7 +110,7 @@ enum Pending {
 /// A message to one of the device's actors.
 #[derive(Debug)]
 enum Work {
-    // ElectionWatcher
+    // ElectionActor
     ElectionInput(ElectionInput),
     VoteRequest { reply: NetId, request: VoteRequest },
     TimeoutNow { reply: NetId, from: Uuid, term: u64 },
@@ -126,14 +125,14 @@ enum Work {
     Hint(LeaderHint),
     HeartbeatNow,
     Left(PeerId),
-    // LeaderNotifier (role generation)
+    // LeaderActor (role generation)
     Commit(u64, CommitEvent),
     Progress(u64, FollowerProgress),
     Change { change: MembershipChange, token: u64, wait: Duration },
     CoreTick(u64),
-    // FollowerSession
+    // LinkActor
     Link(u64, PeerId, LinkInput),
-    // FollowerApplier
+    // FollowerActor
     Follower(u64, FollowerInput),
     // Proposer
     Proposer(ProposerInput),
@@ -179,7 +178,7 @@ struct Lead {
     core: LeaderCore,
     links: BTreeMap<PeerId, Link>,
     shared: Arc<LeaderShared>,
-    cx: SessionContext,
+    cx: LinkContext,
 }
 
 struct Link {
@@ -202,7 +201,7 @@ enum Role {
     Follower(Box<Follow>),
 }
 
-/// A transport that is never used: the session context wants one, serving never sends.
+/// A transport that is never used: the link actor context wants one, serving never sends.
 struct NoTransport;
 
 impl Transport for NoTransport {
@@ -660,7 +659,7 @@ impl Device {
     }
 
     /// Commit events of the transaction manager go to the leader's core and links, as the
-    /// notifier forwards them.
+    /// leader actor forwards them.
     fn drain_commits(&mut self) {
         loop {
             let ev = match self.commits.try_recv() {
@@ -873,7 +872,7 @@ impl Device {
                 let reply = serve_proposal(&self.tm, self.library_id, term, msg);
                 self.respond(id, reply);
             }
-            Route::Session => {
+            Route::Link => {
                 let has = matches!(&self.role, Role::Leader(l) if l.links.contains_key(&peer));
                 if has {
                     self.work.push_back(Work::Link(gen, peer, LinkInput::Request(id, msg)));
@@ -930,7 +929,7 @@ impl Device {
         if state.role == SyncRole::Leader && state.leader_device == Some(self.id) {
             let shared = Arc::new(LeaderShared::default());
             let cache = new_log_cache(self.config.max_entries_per_response);
-            let cx = SessionContext {
+            let cx = LinkContext {
                 library_id: self.library_id,
                 db: self.db.clone(),
                 transport: Arc::new(NoTransport),
@@ -994,7 +993,7 @@ impl Device {
         }
     }
 
-    fn new_link(&self, cx: &SessionContext, device: Uuid, peer: PeerId) -> Link {
+    fn new_link(&self, cx: &LinkContext, device: Uuid, peer: PeerId) -> Link {
         Link {
             link: FollowerLink::new(LinkConfig {
                 library_id: self.library_id,
@@ -1113,7 +1112,7 @@ impl Device {
         }
     }
 
-    // ---- ElectionWatcher ----------------------------------------------------------------------
+    // ---- ElectionActor ----------------------------------------------------------------------
 
     /// Refreshes the log position, runs `f`, persists first, then acts.
     fn election(
@@ -1215,7 +1214,7 @@ impl Device {
         }
     }
 
-    // ---- LeaderNotifier ---------------------------------------------------------------------
+    // ---- LeaderActor ---------------------------------------------------------------------
 
     fn core(&mut self, f: impl FnOnce(&mut LeaderCore, Instant) -> Vec<CoreCommand>) {
         let now = self.now;
@@ -1262,7 +1261,7 @@ impl Device {
         }
     }
 
-    // ---- FollowerSession ----------------------------------------------------------------------
+    // ---- LinkActor ----------------------------------------------------------------------
 
     fn link(&mut self, peer: PeerId, input: LinkInput) {
         let now = self.now;
@@ -1354,7 +1353,7 @@ impl Device {
         }
     }
 
-    // ---- FollowerApplier ----------------------------------------------------------------------
+    // ---- FollowerActor ----------------------------------------------------------------------
 
     fn follower(&mut self, input: FollowerInput) {
         let now = self.now;

@@ -8,7 +8,7 @@
 //! | `lsync_reconnects_total` | counter | |
 //! | `lsync_elections_total` | counter | |
 //! | `lsync_resyncs_total` | counter | |
-//! | `lsync_actor_restarts_total` | counter | |
+//! | `lsync_actor_restarts_total` | counter | `kind` (`election`, `leader`, `link`, `follower`, `proposer`) |
 //! | `lsync_fetches_served_cached_total` | counter | |
 //! | `lsync_fetches_served_storage_total` | counter | |
 //! | `lsync_fetches_ahead_total` | counter | |
@@ -190,11 +190,15 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
     );
     o.counter("lsync_elections_total", "Elections this device started.", &m.elections);
     o.counter("lsync_resyncs_total", "Full reconciliations this device ran.", &m.resyncs);
-    o.counter(
-        "lsync_actor_restarts_total",
-        "Role actors restarted after they stopped unexpectedly (a panic).",
-        &m.actor_restarts,
+    let restarts = "lsync_actor_restarts_total";
+    o.family(
+        restarts,
+        "counter",
+        "Actors and tasks restarted after they stopped unexpectedly (a panic), by kind.",
     );
+    for child in lsync_actors::metrics::Child::ALL {
+        o.sample(restarts, &[("kind", child.name())], m.restarts.of(child));
+    }
     o.counter(
         "lsync_fetches_served_cached_total",
         "FetchEntries answered as leader from the log cache (another follower read the block).",

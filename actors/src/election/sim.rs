@@ -15,16 +15,17 @@
 //!   a truncated log falls back to the latest configuration entry left in it.
 //! - **Replication**: Raft's AppendEntries, which is also the heartbeat: `(prev sequence, prev
 //!   term)` log matching, a follower cutting a conflicting suffix, acknowledgements `(term,
-//!   sequence matched, term there)` fed to the leader's real [`crate::membership::CommitTracker`]
-//!   (term start = its first entry, a configuration entry restating its configuration written
-//!   as soon as it wins; every configuration entry given to the tracker before the append is
-//!   reported; the previous voters first when it takes over a voter change not known committed),
-//!   and the leader's commit sequence on every message, which followers adopt up to what they
-//!   matched. A leader sends to the members of its latest configuration and to the previous
+//!   sequence matched, term there)` fed to the leader's real
+//!   [`crate::leader::membership::CommitTracker`] (term start = its first entry, a
+//!   configuration entry restating its configuration written as soon as it wins; every
+//!   configuration entry given to the tracker before the append is reported; the previous
+//!   voters first when it takes over a voter change not known committed), and the leader's
+//!   commit sequence on every message, which followers adopt up to what they matched. A leader sends to the members of its latest configuration and to the previous
 //!   voters while its last voter change is not committed.
 //! - **Configuration changes** by the leader, with the real
-//!   [`crate::membership::check_change`] and [`crate::membership::next_voter_change`]
-//!   (promotions of caught-up learners, demotions), and random `Add` (a new device, a learner),
+//!   [`crate::leader::membership::check_change`] and
+//!   [`crate::leader::membership::next_voter_change`] (promotions of caught-up learners,
+//!   demotions), and random `Add` (a new device, a learner),
 //!   `Remove` (any member, the leader itself and one of two voters included) and
 //!   `SetPreference` through `Configuration::with_change`. A device removed is cut off: no
 //!   message passes between it and a device that applied (knows committed) its removal. A leader

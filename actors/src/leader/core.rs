@@ -1,11 +1,11 @@
 //! LeaderCore — the decisions of the leader's core, one per library and leadership, as a pure
 //! state machine: no I/O, no async, the clock injected, nothing panics on any input. The
-//! [`LeaderNotifier`](super::notifier::LeaderNotifier) actor is its shell: it feeds it inputs,
+//! [`LeaderActor`](super::actor::LeaderActor) actor is its shell: it feeds it inputs,
 //! performs the [`Command`]s each returns, in order, and calls [`LeaderCore::tick`] at
 //! [`LeaderCore::next_deadline`].
 //!
 //! ```text
-//!          LeaderNotifier (I/O)                       LeaderCore (pure)
+//!          LeaderActor (I/O)                       LeaderCore (pure)
 //!  the log's last position, at start ───► start ─────────────┐
 //!  CommitEvent of the library ──────────► on_commit          │
 //!  a follower's position (its link) ────► on_progress        │ ──► Vec<Command>
@@ -56,10 +56,11 @@ use lsync_storage::Membership;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::messages::{ConfigError, ConfigOutcome, FollowerProgress, LeaderReport, LeaderStatus};
-use crate::membership::{
+use super::messages::{ConfigError, ConfigOutcome, FollowerProgress, LeaderStatus};
+use crate::leader::membership::{
     check_change, next_voter_change, AckVerdict, ChangeRefused, CommitTracker,
 };
+use crate::messages::LeaderReport;
 
 #[cfg(test)]
 mod tests;
@@ -96,7 +97,7 @@ pub struct ConfigWritten {
 /// What the shell must do, in the order returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Publish the leadership for the sessions and status: the commit sequence, the term start
+    /// Publish the leadership for the link actors and status: the commit sequence, the term start
     /// once written, the leader's last sequence as last heard. First in a list when present.
     Publish {
         /// The commit sequence (never decreases).

@@ -1,11 +1,11 @@
 //! FollowerLink — the leader's replication to one follower, as a pure state machine: no I/O, no
 //! async, the clock injected, nothing panics on any input. The
-//! [`FollowerSession`](super::session::FollowerSession) actor is its shell: it feeds it inputs,
+//! [`LinkActor`](super::link_actor::LinkActor) actor is its shell: it feeds it inputs,
 //! performs the [`Command`]s each returns, in order, and calls [`FollowerLink::tick`] at
 //! [`FollowerLink::next_deadline`].
 //!
 //! ```text
-//!          FollowerSession (I/O)                       FollowerLink (pure)
+//!          LinkActor (I/O)                       FollowerLink (pure)
 //!  NewCommit (from the leader's core) ─────► on_commit ─────────┐
 //!  NewEntries answered (or not) ───────────► on_notify_answer   │
 //!  HeartbeatNow (the election's beat) ─────► on_heartbeat_tick  │
@@ -61,16 +61,15 @@
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use lsync_protocol::{ErrorCode, SyncLogEntry, SyncMessage};
+use lsync_protocol::{entry_bytes, ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
 use tracing::debug;
 use uuid::Uuid;
 
 use super::messages::{FollowerProgress, NewCommit};
-use super::serve::entry_bytes;
 use crate::events::{FollowerStatus, SyncEvent};
-use crate::fencing::{fence, stale_term, Fence};
-use crate::membership::AckPosition;
-use crate::watcher::ElectionInput;
+use crate::fencing::{fence, fence_acknowledgement, not_leader_of, stale_term, Verdict};
+use crate::leader::membership::AckPosition;
+use crate::messages::ElectionInput;
 use crate::window::{Announce, NotifyWindow};
 
 #[cfg(test)]
@@ -434,7 +433,7 @@ impl FollowerLink {
     fn other_answer(&self, reply: SyncMessage, request: &str, out: &mut Vec<Command>) {
         match reply {
             SyncMessage::Error { code: ErrorCode::StaleTerm, term, .. }
-                if fence(term, self.cfg.term) == Fence::Newer =>
+                if fence(SyncRole::Leader, term, self.cfg.term).is_newer() =>
             {
                 out.push(Command::Election(ElectionInput::TermSeen { term }));
             }
@@ -452,31 +451,31 @@ impl FollowerLink {
     /// `Serve` for `id`.
     pub fn on_request(&mut self, id: RequestId, message: SyncMessage) -> Vec<Command> {
         let (library_id, term) = (self.cfg.library_id, self.cfg.term);
-        let their = match &message {
-            SyncMessage::FetchEntries { term, .. } | SyncMessage::Heartbeat { term, .. } => {
-                Some(*term)
+        let verdict = match &message {
+            SyncMessage::FetchEntries { term: their, .. }
+            | SyncMessage::Heartbeat { term: their, .. } => {
+                Some((*their, fence(SyncRole::Leader, *their, term)))
             }
-            // Version-1 followers send no term on Acknowledge (0): not fenced, never counted.
-            SyncMessage::Acknowledge { term, .. } if *term != 0 => Some(*term),
+            SyncMessage::Acknowledge { term: their, .. } => {
+                Some((*their, fence_acknowledgement(*their, term)))
+            }
             _ => None,
         };
-        if let Some(their) = their {
-            match fence(their, term) {
-                // The follower knows a newer term: this device does not lead it (the election
-                // adopts it and steps down).
-                Fence::Newer => {
-                    return vec![
-                        Command::Election(ElectionInput::TermSeen { term: their }),
-                        Command::Reply { to: id, message: not_leader(library_id, their, term) },
-                    ];
-                }
-                Fence::Stale => {
-                    let message =
-                        stale_term(library_id, message.kind(), their, term, self.cfg.leader_device);
-                    return vec![Command::Reply { to: id, message }];
-                }
-                Fence::Current => {}
+        match verdict {
+            // The follower knows a newer term: this device does not lead it (the election
+            // adopts it and steps down).
+            Some((their, Verdict::Newer { .. })) => {
+                return vec![
+                    Command::Election(ElectionInput::TermSeen { term: their }),
+                    Command::Reply { to: id, message: not_leader_of(library_id, their, term) },
+                ];
             }
+            Some((their, Verdict::Stale)) => {
+                let message =
+                    stale_term(library_id, message.kind(), their, term, self.cfg.leader_device);
+                return vec![Command::Reply { to: id, message }];
+            }
+            Some((_, Verdict::Current)) | None => {}
         }
         let mut out = Vec::new();
         match &message {
@@ -540,7 +539,7 @@ impl FollowerLink {
             return;
         }
         let term = self.cfg.term;
-        if position.term > term || (position.term != 0 && position.term < term) {
+        if fence_acknowledgement(position.term, term) != Verdict::Current {
             return;
         }
         // Checked before anything is recorded: a follower cannot hold more than the leader
@@ -587,16 +586,6 @@ impl FollowerLink {
             commit_sequence: self.view.commit_sequence,
         }
     }
-}
-
-/// The answer to a request of a newer term than the leader's: this device does not lead
-/// that term.
-pub(crate) fn not_leader(library_id: Uuid, their: u64, term: u64) -> SyncMessage {
-    SyncMessage::error(
-        library_id,
-        ErrorCode::NotLeader,
-        format!("this device led term {term}; it does not lead the requester's term {their}"),
-    )
 }
 
 /// A removed member (see [`FollowerLink::on_leaving`]) is served nothing after the entry

@@ -38,6 +38,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use lsync_protocol::{Configuration, MemberRole, RolePreference};
 use uuid::Uuid;
 
+use crate::fencing::{fence_acknowledgement, Verdict};
+
 #[cfg(test)]
 mod tests;
 
@@ -218,11 +220,10 @@ impl CommitTracker {
         if ack.sequence > self.leader_last {
             return AckVerdict::Refused(AckRefusal::BeyondLast);
         }
-        if ack.term > self.term {
-            return AckVerdict::Refused(AckRefusal::NewerTerm);
-        }
-        if ack.term != 0 && ack.term < self.term {
-            return AckVerdict::Refused(AckRefusal::StaleTerm);
+        match fence_acknowledgement(ack.term, self.term) {
+            Verdict::Newer { .. } => return AckVerdict::Refused(AckRefusal::NewerTerm),
+            Verdict::Stale => return AckVerdict::Refused(AckRefusal::StaleTerm),
+            Verdict::Current => {}
         }
         if from == self.me {
             return AckVerdict::Refused(AckRefusal::FromLeader);

@@ -1,8 +1,10 @@
 //! The data the leader's pieces pass each other: what the leader's core hands every follower
 //! link ([`NewCommit`]), what a link hands the core ([`FollowerProgress`]), and what the core
-//! answers the SyncService ([`LeaderReport`], [`ConfigOutcome`], [`ConfigError`],
-//! [`LeaderStatus`]). Plain data: the pure machines ([`super::link`], [`super::core`]) take and
-//! return them, the actors ([`super::session`], [`super::notifier`]) carry them.
+//! answers the SyncService about a membership change ([`ConfigOutcome`], [`ConfigError`]) and
+//! its status ([`LeaderStatus`]); what it reports on its own goes through
+//! [`crate::messages::LeaderReport`]. Plain data: the pure machines ([`super::link`],
+//! [`super::core`]) take and return them, the actors ([`super::link_actor`], [`super::actor`])
+//! carry them.
 
 use std::sync::Arc;
 
@@ -11,10 +13,10 @@ use lsync_protocol::SyncLogEntry;
 use lsync_storage::Membership;
 use uuid::Uuid;
 
-use crate::membership::{AckPosition, FollowerPosition};
+use crate::leader::membership::{AckPosition, FollowerPosition};
 use crate::window::Announce;
 
-/// One commit, as the leader's core hands it to every follower session.
+/// One commit, as the leader's core hands it to every link actor.
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
 #[rtype(result = "()")]
 pub struct NewCommit {
@@ -23,7 +25,7 @@ pub struct NewCommit {
     /// The term of the entry before the range.
     pub prev_term: u64,
     /// The committed entries, when the commit was small (see
-    /// [`lsync_storage::COMMIT_EVENT_MAX_ENTRIES`]): a session sends them inside `NewEntries`.
+    /// [`lsync_storage::COMMIT_EVENT_MAX_ENTRIES`]): a link actor sends them inside `NewEntries`.
     pub entries: Option<Arc<[SyncLogEntry]>>,
 }
 
@@ -38,17 +40,6 @@ pub struct FollowerProgress {
     pub ack: AckPosition,
     /// The library feature version it supports, when it said (heartbeats).
     pub features: Option<u32>,
-}
-
-/// What the leader's core tells the SyncService.
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub enum LeaderReport {
-    /// The configuration in effect changed (a configuration entry this leader committed, or
-    /// the previous voters forgotten once a voter change committed).
-    Membership(Membership),
-    /// A configuration that does not make this device a voter is committed: step down.
-    Resign,
 }
 
 /// The outcome of a configuration change.

@@ -1,25 +1,21 @@
 //! Serving a follower's requests from the leader's log: plain storage and log-cache reads, no
 //! actor state, no decisions about the follower (those are [`super::link`]'s). The
-//! [`FollowerSession`](super::session::FollowerSession) performs a link's
+//! [`LinkActor`](super::link_actor::LinkActor) performs a link's
 //! [`Serve`](super::link::Command::Serve) with [`serve_cached`] on its own thread when the log
 //! cache holds the block, else with [`serve`] on the blocking pool.
-//!
-//! Also owns how an entry is counted against `max_response_bytes` ([`entry_bytes`]), for
-//! responses, `NewEntries` and the log cache alike.
 
-use lsync_protocol::{ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
+use lsync_protocol::{entry_bytes, ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
 use lsync_storage::{Database, StorageError, SyncLog};
 use uuid::Uuid;
 
-use super::link::not_leader;
-use super::session::SessionContext;
-use crate::fencing::stale_term;
+use super::context::LinkContext;
+use crate::fencing::{fence, not_leader_of, stale_term, Verdict};
 use crate::metrics::Metrics;
 
 /// Answers one follower request from the leader's log. Pure storage reads; no actor state.
 pub fn serve(
     db: &Database,
-    cx: &SessionContext,
+    cx: &LinkContext,
     msg: SyncMessage,
 ) -> Result<SyncMessage, StorageError> {
     let library_id = cx.library_id;
@@ -37,8 +33,8 @@ pub fn serve(
             SyncMessage::FetchEntries {
                 term: their, since_sequence, since_term, limit, ..
             } => {
-                if their > term {
-                    not_leader(library_id, their, term)
+                if fence(SyncRole::Leader, their, term).is_newer() {
+                    not_leader_of(library_id, their, term)
                 } else if limit == 0 {
                     SyncMessage::error(
                         library_id,
@@ -69,8 +65,8 @@ pub fn serve(
                 }
             }
             SyncMessage::Heartbeat { term: their, current_sequence, last_term, .. } => {
-                if their > term {
-                    not_leader(library_id, their, term)
+                if fence(SyncRole::Leader, their, term).is_newer() {
+                    not_leader_of(library_id, their, term)
                 } else if let Some(reason) = divergence(conn, last, current_sequence, last_term)? {
                     sync_required(reason)
                 } else {
@@ -91,7 +87,9 @@ pub fn serve(
                     leader_heartbeat(library_id, term, last, commit_sequence)
                 }
             }
-            SyncMessage::NewEntries { term: their, .. } if their < term => {
+            SyncMessage::NewEntries { term: their, .. }
+                if fence(SyncRole::Leader, their, term) == Verdict::Stale =>
+            {
                 stale_term(library_id, "NewEntries", their, term, cx.leader_device)
             }
             SyncMessage::NewEntries { .. } => SyncMessage::error(
@@ -112,7 +110,7 @@ pub fn serve(
 /// and the follower's entry at `since_sequence` has the leader's term; `None` otherwise (the
 /// request then goes to [`serve`], which answers whatever it is). Same answer as [`serve`]'s,
 /// except that `leader_last_sequence` may be a few commits old (as if read a moment earlier).
-pub fn serve_cached(cx: &SessionContext, msg: &SyncMessage) -> Option<SyncMessage> {
+pub fn serve_cached(cx: &LinkContext, msg: &SyncMessage) -> Option<SyncMessage> {
     let SyncMessage::FetchEntries { term: their, since_sequence, since_term, limit, .. } = *msg
     else {
         return None;
@@ -146,7 +144,7 @@ pub fn serve_cached(cx: &SessionContext, msg: &SyncMessage) -> Option<SyncMessag
 /// and not kept. Also says whether the entries came from the cache.
 fn read_through(
     conn: &mut diesel::SqliteConnection,
-    cx: &SessionContext,
+    cx: &LinkContext,
     last: lsync_storage::LogPosition,
     since: u64,
     limit: u64,
@@ -167,11 +165,6 @@ fn read_through(
         }
     }
     Ok((SyncLog::fetch_since(conn, since, upto.saturating_sub(since))?, false))
-}
-
-/// What one entry counts against `max_response_bytes` (in a response or inside `NewEntries`).
-pub fn entry_bytes(e: &SyncLogEntry) -> usize {
-    e.data.len() + e.model_type.len() + e.record_id.len() + 64
 }
 
 /// Keeps the longest prefix of `entries` whose payloads fit in `max_bytes` (at least one entry,

@@ -85,6 +85,21 @@ pub enum SubmitOutcome {
     Refused(String),
 }
 
+/// The proposer's state, as its shell shows it ([`ProposerCore::status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposerStatus {
+    /// Who it delivers to.
+    pub leader: LeaderView,
+    /// Whether a delivery round runs.
+    pub delivering: bool,
+    /// Proposals of the round's listing not delivered yet (the one being delivered included).
+    pub queued_in_round: usize,
+    /// When the next round starts on its own (after a failed one).
+    pub retry_at: Option<Instant>,
+    /// Submissions waiting for their proposal's outcome.
+    pub waiting: usize,
+}
+
 #[derive(Debug)]
 enum Round {
     /// No round runs.
@@ -132,6 +147,20 @@ impl<R: Rng> ProposerCore<R> {
     /// When [`ProposerCore::tick`] must be called next (a retry after a failed round).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.retry_at
+    }
+
+    /// Its state now.
+    pub fn status(&self) -> ProposerStatus {
+        ProposerStatus {
+            leader: self.leader,
+            delivering: self.is_busy(),
+            queued_in_round: match &self.round {
+                Round::Delivering(queue) => queue.len(),
+                Round::Idle | Round::Listing => 0,
+            },
+            retry_at: self.retry_at,
+            waiting: self.watches.len(),
+        }
     }
 
     /// Whether a round runs.
@@ -404,6 +433,26 @@ mod tests {
         c.delivered(Uuid::from_u128(2), Delivery::Failed("timeout".into()), first);
         let second = c.next_deadline().unwrap() - first;
         assert!(second > 100 * MS / 2 && second <= 200 * MS, "{second:?}");
+    }
+
+    #[test]
+    fn the_status_shows_the_round_being_delivered() {
+        let (mut c, _) = core();
+        let target = settled_remote(&mut c);
+        let leader = c.status().leader;
+        c.wake();
+        c.listed(vec![entry(1), entry(2)], Instant::now());
+        assert!(matches!(target, Target::Remote { .. }));
+        assert_eq!(
+            c.status(),
+            ProposerStatus {
+                leader,
+                delivering: true,
+                queued_in_round: 2,
+                retry_at: None,
+                waiting: 0
+            }
+        );
     }
 
     #[test]

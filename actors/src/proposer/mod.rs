@@ -26,7 +26,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-pub use self::core::{Command, Delivery, LeaderView, ProposerCore, SubmitOutcome, Target};
+pub use self::core::{
+    Command, Delivery, LeaderView, ProposerCore, ProposerStatus, SubmitOutcome, Target,
+};
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::transport::Transport;
@@ -55,6 +57,10 @@ enum Event {
     Leader(LeaderView),
     Members(BTreeMap<Uuid, PeerId>),
     Submitted(Uuid, oneshot::Sender<SubmitOutcome>),
+    Observe(oneshot::Sender<ProposerStatus>),
+    /// Test only: the task panics (to test its supervision).
+    #[cfg(test)]
+    Panic,
 }
 
 /// Delivers a library's outbox. Cheap to clone; [`Proposer::run`] drives it.
@@ -127,6 +133,20 @@ impl Proposer {
         self.send(Event::Wake);
     }
 
+    /// The running task's state; `None` when no task runs (not started yet, or stopped by a
+    /// panic and not restarted yet).
+    pub async fn observe(&self) -> Option<ProposerStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::Observe(tx));
+        rx.await.ok()
+    }
+
+    /// Test only: makes the running task panic.
+    #[cfg(test)]
+    pub fn inject_panic(&self) {
+        self.send(Event::Panic);
+    }
+
     /// Queues `changes` durably and delivers the outbox; tells whether they were committed in
     /// the round that reached them. Without a running [`Proposer::run`] they stay queued.
     pub async fn submit(&self, changes: Vec<Change>) -> Result<Submitted, SubmitError> {
@@ -146,7 +166,9 @@ impl Proposer {
 
     /// Drives the machine: performs its commands and feeds it events, results and the retry
     /// timer. Spawn it once per start; it ends when the task is aborted (a new `run` takes
-    /// over from the stored state).
+    /// over from the stored state). The SyncService supervises it: a task that ended (a panic)
+    /// is spawned again, and resumes from the stored leader and members and the outbox;
+    /// submissions waiting on the old task are answered `Queued` (they stay in the outbox).
     pub async fn run(self) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         *self.inner.events.lock().expect("events lock") = tx;
@@ -176,6 +198,12 @@ impl Proposer {
                         waiting.insert(next_token, answer);
                         core.submitted(proposal_id, next_token)
                     }
+                    Some(Event::Observe(answer)) => {
+                        let _ = answer.send(core.status());
+                        Vec::new()
+                    }
+                    #[cfg(test)]
+                    Some(Event::Panic) => panic!("injected panic in the proposer's task"),
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => core.tick(std::time::Instant::now()),
             };

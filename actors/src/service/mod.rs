@@ -1,28 +1,30 @@
-//! SyncService — one per open library; the supervisor of its role actors and the keeper of the
-//! library's membership on this device.
+//! SyncService — one per open library; the supervisor of its actors and tasks and the keeper of
+//! the library's membership on this device.
 //!
 //! Receives: every inbound request of its library (from the Network), membership changes
 //! (configurations applied by the follower, written by the leader's core, asked for by the
 //! host), connection events, status queries. Starts the role actors for the device's role —
-//! leader: a [`LeaderNotifier`] (the leader's core) and one [`FollowerSession`] per other
-//! member; follower: a [`FollowerApplier`] — and routes each inbound request to the role actor
+//! leader: a [`LeaderActor`] (the leader's core) and one [`LinkActor`] per other
+//! member; follower: a [`FollowerActor`] — and routes each inbound request to the role actor
 //! that answers it.
 //!
 //! Membership (docs/architecture.md, "Membership"): the configuration in effect comes from the
 //! library's log only. Whenever it changes the service tells the network (who may connect, and
 //! a removed device is refused from then on), the election (voters, learners, the previous
 //! voters while a voter change is not known to be committed), the proposer, and, when leading,
-//! the sessions (one per member; a removed member's session first delivers the entry that
+//! the links (one per member; a removed member's link first delivers the entry that
 //! removes it). It also answers `Join` (a guest presenting an invitation this device issued),
 //! `ChangeMembership` (the leader only) and `AnnounceAddresses` (signed address hints).
 //!
-//! It is not itself run under actix's `Supervisor`: a supervised actor is restarted whenever it
-//! stops while an address to it exists, so it could never be shut down for good. Instead the
-//! service owns the lifecycle of its role actors: it stops them and starts new ones from the
-//! persisted state.
+//! Supervision (docs/architecture.md, "Supervision"): it starts the election actor, the role's
+//! actors and the proposer's task, and its watchdog restarts whichever of them died (decided by
+//! [`supervise`], counted by kind in [`crate::metrics::Metrics::restarts`]). It reads their
+//! state only through their observe calls. It is not itself run under actix's `Supervisor`: a
+//! supervised actor is restarted whenever it stops while an address to it exists, so it could
+//! never be shut down for good.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,37 +41,37 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::applier::{ApplierContext, FollowerApplier, FollowerMembership, GetApplierStatus};
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
+use crate::election::actor::{
+    persisted_of, ElectionActor, ElectionContext, Resign, SetMembership, TransferLeadership,
+};
 use crate::election::Membership as ElectionMembership;
 use crate::events::{LibraryStatus, MemberStatus, MembershipStatus, SyncEvent};
+use crate::follower::actor::{FollowerActor, FollowerContext, ObserveFollower, WatchCommit};
+use crate::leader::actor::{ChangeConfig, LeaderActor, LeaderContext, ObserveLeader, SetLinks};
+use crate::leader::context::{new_log_cache, LeaderShared, LinkContext};
+use crate::leader::link_actor::{Connection, Leaving, LinkActor, ObserveLink};
+use crate::leader::messages::{ConfigError, ConfigOutcome};
+use crate::limits::MAILBOX_CAPACITY;
 use crate::log_cache::LogCache;
-use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
-use crate::notifier::{
-    ChangeConfig, ConfigError, ConfigOutcome, GetLeaderStatus, LeaderContext, LeaderNotifier,
-    LeaderReport, LeaderShared, SetSessions,
+use crate::messages::{
+    ElectionInput, FollowerAcked, FollowerMembership, HeartbeatNow, LeaderHint, LeaderReport,
+    LinkLeft, RoleChange, Shutdown,
 };
+use crate::metrics::Child;
+use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
+use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
+use crate::transport::Transport;
+
 mod route;
+pub mod supervise;
 
 pub use self::route::{route, Heard, Route, Serving, View as RouteView};
-use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
-use crate::session::{
-    new_log_cache, Connection, FollowerSession, GetFollowerStatus, Leaving, SessionContext,
-    SessionLeft,
-};
-use crate::transport::Transport;
-use crate::watcher::{
-    persisted_of, ElectionInput, ElectionWatcher, FollowerAcked, HeartbeatNow, RoleChange,
-    SetMembership, TransferLeadership, WatcherContext,
-};
 
-/// How often the service checks that its role actors are alive (a panic closes an actor's
-/// mailbox; actix does not restart it).
-const WATCHDOG_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Mailbox capacity of the actors that receive inbound requests (actix's default is 16).
-pub(crate) const MAILBOX_CAPACITY: usize = 1024;
+/// How often the service checks that its actors and tasks are alive (a panic closes an actor's
+/// mailbox and ends a task; neither actix nor tokio restarts them): see [`supervise`].
+pub const WATCHDOG_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How long the leader waits for a configuration change asked over the network to commit
 /// before it answers `committed: false` (well inside the requester's request timeout).
@@ -105,11 +107,6 @@ pub struct LibraryContext {
     /// The addresses this device listens on (announced as a signed hint).
     pub listen_addrs: Vec<Multiaddr>,
 }
-
-/// Stops an actor.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
 
 /// Adds (or updates) a member device by hand: only for a library of feature version 1, whose
 /// members are still given by hand on every device (a library with configuration entries
@@ -172,15 +169,15 @@ struct InvitationsChanged;
 
 enum Role {
     Leader {
-        notifier: Addr<LeaderNotifier>,
-        sessions: HashMap<PeerId, Addr<FollowerSession>>,
-        /// The log blocks this term's sessions serve fetches from (shared by all of them).
+        core: Addr<LeaderActor>,
+        links: HashMap<PeerId, Addr<LinkActor>>,
+        /// The log blocks this term's links serve fetches from (shared by all of them).
         cache: Arc<LogCache>,
         /// The commit sequence of this leadership.
         shared: Arc<LeaderShared>,
     },
     Follower {
-        applier: Addr<FollowerApplier>,
+        follower: Addr<FollowerActor>,
     },
     /// No leader known yet, the role actors are not started, or this device is no longer a
     /// member.
@@ -194,19 +191,21 @@ pub struct SyncService {
     membership: Option<Membership>,
     /// Every other member: peer → device.
     members: HashMap<PeerId, Uuid>,
-    /// Members removed while this device leads, whose session delivers the removal first.
+    /// Members removed while this device leads, whose link delivers the removal first.
     leaving: HashSet<PeerId>,
     connected: HashSet<PeerId>,
     role: Role,
-    watcher: Option<Addr<ElectionWatcher>>,
+    election: Option<Addr<ElectionActor>>,
     local_peer: Option<PeerId>,
     self_addr: Option<Addr<SyncService>>,
     proposer: Proposer,
     proposer_task: Option<tokio::task::JoinHandle<()>>,
-    /// The leader's commit sequence as this follower last heard it.
-    leader_commit: Arc<AtomicU64>,
-    /// The follower tells the service when the leader's commit reaches this.
-    commit_watch: Arc<AtomicU64>,
+    /// The leader's commit sequence as a follower actor of this device last showed it (a new
+    /// follower actor starts from it).
+    follower_commit: u64,
+    /// The follower actor tells the service when the leader's commit reaches this (a voter
+    /// change is committed); `u64::MAX`: nothing watched.
+    commit_watch: u64,
     /// Why a member refused this device as removed, if one did.
     removed_hint: Option<String>,
     /// Leaders a member named that this device's configuration does not know yet (see the
@@ -245,11 +244,11 @@ impl SyncService {
             leaving: HashSet::new(),
             connected: Default::default(),
             role: Role::Idle,
-            watcher: None,
+            election: None,
             local_peer: None,
             self_addr: None,
-            leader_commit: Arc::new(AtomicU64::new(0)),
-            commit_watch: Arc::new(AtomicU64::new(u64::MAX)),
+            follower_commit: 0,
+            commit_watch: u64::MAX,
             removed_hint: None,
             provisional: HashMap::new(),
             own_hint: None,
@@ -306,10 +305,10 @@ impl SyncService {
         m
     }
 
-    fn start_watcher(&mut self, ctx: &mut Context<Self>) {
+    fn start_election(&mut self, ctx: &mut Context<Self>) {
         let Some(state) = self.state.as_ref() else { return };
         let me = ctx.address();
-        let watcher = ElectionWatcher::new(WatcherContext {
+        let election = ElectionActor::new(ElectionContext {
             library_id: self.cx.library_id,
             device_id: self.cx.device_id,
             db: self.cx.db.clone(),
@@ -327,44 +326,75 @@ impl SyncService {
             hints: Some(me.recipient()),
         })
         .start();
-        self.watcher = Some(watcher);
+        self.election = Some(election);
     }
 
-    /// Restarts any role actor (or the watcher) whose mailbox closed — the sign of a panic.
+    /// Checks every actor and task this service started and restarts the dead ones (a panic
+    /// closes an actor's mailbox, ends a task): decided by [`supervise::supervise`], counted by
+    /// kind in the metrics.
     fn watchdog(&mut self, ctx: &mut Context<Self>) {
-        let library_id = self.cx.library_id;
-        if self.watcher.as_ref().is_some_and(|w| !w.connected()) {
-            tracing::error!(%library_id, "election watcher stopped unexpectedly (panic?); restarting it");
-            crate::metrics::Metrics::add(&self.cx.metrics.actor_restarts, 1);
-            self.start_watcher(ctx);
+        let mut seen = Vec::new();
+        if let Some(e) = &self.election {
+            seen.push((Child::Election, e.connected()));
         }
-        let dead = match &self.role {
-            Role::Leader { notifier, sessions, .. } => {
-                !notifier.connected() || sessions.values().any(|s| !s.connected())
+        match &self.role {
+            Role::Leader { core, links, .. } => {
+                seen.push((Child::Leader, core.connected()));
+                seen.extend(links.values().map(|l| (Child::Link, l.connected())));
             }
-            Role::Follower { applier } => !applier.connected(),
-            Role::Idle => false,
-        };
-        if dead {
-            tracing::error!(%library_id, "a role actor stopped unexpectedly (panic?); restarting the role actors");
-            crate::metrics::Metrics::add(&self.cx.metrics.actor_restarts, 1);
-            self.start_role();
+            Role::Follower { follower } => seen.push((Child::Follower, follower.connected())),
+            Role::Idle => {}
+        }
+        if let Some(task) = &self.proposer_task {
+            seen.push((Child::Proposer, !task.is_finished()));
+        }
+        let library_id = self.cx.library_id;
+        for action in supervise::supervise(&seen) {
+            match action {
+                supervise::Action::Count(child) => {
+                    tracing::error!(%library_id, kind = child.name(),
+                        "{} stopped unexpectedly (panic?); restarting", child.name());
+                    self.cx.metrics.restarts.count(child);
+                }
+                supervise::Action::RestartElection => self.start_election(ctx),
+                supervise::Action::RestartRole => self.start_role(),
+                supervise::Action::RestartProposer => self.start_proposer(),
+            }
+        }
+    }
+
+    /// Spawns the proposer's task (it starts from the stored leader, members and outbox).
+    fn start_proposer(&mut self) {
+        if let Some(old) = self.proposer_task.replace(actix_rt::spawn(self.proposer.clone().run()))
+        {
+            old.abort();
+        }
+    }
+
+    /// Sets the sequence the follower actor watches (see [`FollowerContext::commit_watch`]).
+    fn watch_commit(&mut self, m: &Membership) {
+        let watch = if m.previous_voters.is_some() { m.voters_since } else { u64::MAX };
+        if watch != self.commit_watch {
+            self.commit_watch = watch;
+            if let Role::Follower { follower } = &self.role {
+                follower.do_send(WatchCommit(watch));
+            }
         }
     }
 
     fn stop_role(&mut self) {
         match std::mem::replace(&mut self.role, Role::Idle) {
-            Role::Leader { notifier, sessions, .. } => {
-                notifier.do_send(Shutdown);
-                for s in sessions.values() {
+            Role::Leader { core, links, .. } => {
+                core.do_send(Shutdown);
+                for s in links.values() {
                     s.do_send(Shutdown);
                 }
-                // A removed member whose session was delivering its removal: refuse it now.
+                // A removed member whose link was delivering its removal: refuse it now.
                 for peer in std::mem::take(&mut self.leaving) {
                     self.revoke(peer);
                 }
             }
-            Role::Follower { applier } => applier.do_send(Shutdown),
+            Role::Follower { follower } => follower.do_send(Shutdown),
             Role::Idle => {}
         }
     }
@@ -415,7 +445,7 @@ impl SyncService {
         }
         if state.role == SyncRole::Leader && state.leader_device == Some(self.cx.device_id) {
             let shared = Arc::new(LeaderShared::default());
-            let notifier = LeaderNotifier::leading(
+            let core = LeaderActor::leading(
                 self.cx.tm.subscribe(),
                 LeaderContext {
                     library_id,
@@ -432,21 +462,17 @@ impl SyncService {
             .start();
             // A new cache per start: the leader's log only grows while it leads this term.
             let cache = new_log_cache(self.cx.config.max_entries_per_response);
-            let mut sessions = HashMap::new();
+            let mut links = HashMap::new();
             for (peer, device) in self.members.clone() {
-                sessions.insert(
-                    peer,
-                    self.start_session(&state, &cache, &shared, &notifier, device, peer),
-                );
+                links.insert(peer, self.start_link(&state, &cache, &shared, &core, device, peer));
             }
-            cache.set_readers(sessions.len());
-            notifier
-                .do_send(SetSessions(sessions.values().map(|a| a.clone().recipient()).collect()));
-            info!(%library_id, term = state.current_term, followers = sessions.len(), "leading");
-            self.role = Role::Leader { notifier, sessions, cache, shared };
+            cache.set_readers(links.len());
+            core.do_send(SetLinks(links.values().map(|a| a.clone().recipient()).collect()));
+            info!(%library_id, term = state.current_term, followers = links.len(), "leading");
+            self.role = Role::Leader { core, links, cache, shared };
             self.recover_stash_as_leader();
         } else if let Some(leader_peer) = state.leader_device.and_then(|d| self.peer_of(d)) {
-            let applier = FollowerApplier::new(ApplierContext {
+            let follower = FollowerActor::new(FollowerContext {
                 library_id,
                 db: self.cx.db.clone(),
                 transport: self.cx.transport.clone(),
@@ -460,12 +486,12 @@ impl SyncService {
                 repoint: self.self_addr.clone().map(|a| a.recipient()),
                 term: state.current_term,
                 membership: self.self_addr.clone().map(|a| a.recipient()),
-                leader_commit: self.leader_commit.clone(),
-                commit_watch: self.commit_watch.clone(),
+                leader_commit: self.follower_commit,
+                commit_watch: self.commit_watch,
             })
             .start();
             info!(%library_id, term = state.current_term, leader = %leader_peer, "following");
-            self.role = Role::Follower { applier };
+            self.role = Role::Follower { follower };
         } else if state.role == SyncRole::Candidate {
             info!(%library_id, term = state.current_term, "campaigning; no role actors until a leader is known");
         } else {
@@ -478,41 +504,26 @@ impl SyncService {
         });
     }
 
-    fn start_session(
+    fn start_link(
         &self,
         state: &SyncState,
         cache: &Arc<LogCache>,
         shared: &Arc<LeaderShared>,
-        notifier: &Addr<LeaderNotifier>,
+        core: &Addr<LeaderActor>,
         device: Uuid,
         peer: PeerId,
-    ) -> Addr<FollowerSession> {
-        let session = FollowerSession::new(
-            SessionContext {
-                library_id: self.cx.library_id,
-                db: self.cx.db.clone(),
-                transport: self.cx.transport.clone(),
-                events: self.cx.events.clone(),
-                term: state.current_term,
-                max_entries_per_response: self.cx.config.max_entries_per_response,
-                max_response_bytes: self.cx.config.max_response_bytes,
-                notify_window: self.cx.config.notify_window,
-                election: Some(self.self_addr.clone().expect("service started").recipient()),
-                cache: cache.clone(),
-                metrics: self.cx.metrics.clone(),
-                leader_device: Some(self.cx.device_id),
-                leader: shared.clone(),
-                progress: Some(notifier.clone().recipient()),
-                left: self.self_addr.clone().map(|a| a.recipient()),
-            },
+    ) -> Addr<LinkActor> {
+        Self::start_link_with(
+            &self.cx,
+            self.self_addr.as_ref(),
+            &self.connected,
+            state,
+            cache,
+            shared,
+            core,
             device,
             peer,
         )
-        .start();
-        if self.connected.contains(&peer) {
-            session.do_send(Connection(true));
-        }
-        session
     }
 
     /// The peers of `m`'s members other than this device, with the addresses to dial them at.
@@ -555,10 +566,7 @@ impl SyncService {
         self.members = new.iter().map(|(p, (d, _))| (*p, *d)).collect();
         self.provisional.retain(|p, _| !new.contains_key(p));
         self.cx.is_member.store(m.configuration.contains(self.cx.device_id), Ordering::Release);
-        self.commit_watch.store(
-            if m.previous_voters.is_some() { m.voters_since } else { u64::MAX },
-            Ordering::Release,
-        );
+        self.watch_commit(&m);
         self.membership = Some(m);
         for (peer, device, addrs) in &added {
             info!(%library_id, device = %device, "member added");
@@ -573,53 +581,51 @@ impl SyncService {
         for (peer, device) in &removed {
             info!(%library_id, device = %device, "member removed");
             match &self.role {
-                Role::Leader { sessions, .. } if sessions.contains_key(peer) => {
-                    // Its session delivers the entry that removes it first (bounded), then
+                Role::Leader { links, .. } if links.contains_key(peer) => {
+                    // Its link delivers the entry that removes it first (bounded), then
                     // reports back and the peer is refused.
                     self.leaving.insert(*peer);
-                    if let Some(s) = sessions.get(peer) {
+                    if let Some(s) = links.get(peer) {
                         s.do_send(Leaving { sequence });
                     }
                 }
                 _ => self.revoke(*peer),
             }
         }
-        if let Role::Leader { notifier, sessions, cache, shared } = &mut self.role {
+        if let Role::Leader { core, links, cache, shared } = &mut self.role {
             if let Some(state) = self.state.as_ref() {
                 let mut started = false;
                 for (peer, device, _) in &added {
-                    // A member removed and added again while its session was delivering the
-                    // removal: that session stops by itself; give it a fresh one.
+                    // A member removed and added again while its link was delivering the
+                    // removal: that link stops by itself; give it a fresh one.
                     if self.leaving.remove(peer) {
-                        if let Some(old) = sessions.remove(peer) {
+                        if let Some(old) = links.remove(peer) {
                             old.do_send(Shutdown);
                         }
                     }
-                    if !sessions.contains_key(peer) {
-                        let s = Self::start_session_with(
+                    if !links.contains_key(peer) {
+                        let s = Self::start_link_with(
                             &self.cx,
                             self.self_addr.as_ref(),
                             &self.connected,
                             state,
                             cache,
                             shared,
-                            notifier,
+                            core,
                             *device,
                             *peer,
                         );
-                        sessions.insert(*peer, s);
+                        links.insert(*peer, s);
                         started = true;
                     }
                 }
                 if started {
-                    cache.set_readers(sessions.len());
-                    notifier.do_send(SetSessions(
-                        sessions.values().map(|a| a.clone().recipient()).collect(),
-                    ));
+                    cache.set_readers(links.len());
+                    core.do_send(SetLinks(links.values().map(|a| a.clone().recipient()).collect()));
                 }
             }
         }
-        if let Some(w) = &self.watcher {
+        if let Some(w) = &self.election {
             w.do_send(SetMembership {
                 peers: self.peer_map(),
                 membership: self.election_membership(),
@@ -646,19 +652,19 @@ impl SyncService {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn start_session_with(
+    fn start_link_with(
         cx: &LibraryContext,
         service: Option<&Addr<SyncService>>,
         connected: &HashSet<PeerId>,
         state: &SyncState,
         cache: &Arc<LogCache>,
         shared: &Arc<LeaderShared>,
-        notifier: &Addr<LeaderNotifier>,
+        core: &Addr<LeaderActor>,
         device: Uuid,
         peer: PeerId,
-    ) -> Addr<FollowerSession> {
-        let session = FollowerSession::new(
-            SessionContext {
+    ) -> Addr<LinkActor> {
+        let link = LinkActor::new(
+            LinkContext {
                 library_id: cx.library_id,
                 db: cx.db.clone(),
                 transport: cx.transport.clone(),
@@ -672,7 +678,7 @@ impl SyncService {
                 metrics: cx.metrics.clone(),
                 leader_device: Some(cx.device_id),
                 leader: shared.clone(),
-                progress: Some(notifier.clone().recipient()),
+                progress: Some(core.clone().recipient()),
                 left: service.map(|a| a.clone().recipient()),
             },
             device,
@@ -680,21 +686,19 @@ impl SyncService {
         )
         .start();
         if connected.contains(&peer) {
-            session.do_send(Connection(true));
+            link.do_send(Connection(true));
         }
-        session
+        link
     }
 
-    /// `peer` is no longer a member: refused from now on (told so), its session stopped.
+    /// `peer` is no longer a member: refused from now on (told so), its link stopped.
     fn revoke(&mut self, peer: PeerId) {
         self.leaving.remove(&peer);
-        if let Role::Leader { sessions, cache, notifier, .. } = &mut self.role {
-            if let Some(s) = sessions.remove(&peer) {
+        if let Role::Leader { links, cache, core, .. } = &mut self.role {
+            if let Some(s) = links.remove(&peer) {
                 s.do_send(Shutdown);
-                cache.set_readers(sessions.len());
-                notifier.do_send(SetSessions(
-                    sessions.values().map(|a| a.clone().recipient()).collect(),
-                ));
+                cache.set_readers(links.len());
+                core.do_send(SetLinks(links.values().map(|a| a.clone().recipient()).collect()));
             }
         }
         let (network, library_id) = (self.cx.network.clone(), self.cx.library_id);
@@ -712,9 +716,9 @@ impl SyncService {
     }
 
     /// Whether this device leads now.
-    fn leading(&self) -> Option<(&Addr<LeaderNotifier>, u64)> {
+    fn leading(&self) -> Option<(&Addr<LeaderActor>, u64)> {
         match (&self.role, &self.state) {
-            (Role::Leader { notifier, .. }, Some(s)) => Some((notifier, s.current_term)),
+            (Role::Leader { core, .. }, Some(s)) => Some((core, s.current_term)),
             _ => None,
         }
     }
@@ -725,11 +729,10 @@ impl SyncService {
         change: MembershipChange,
         wait: Duration,
     ) -> futures::future::BoxFuture<'static, Result<ConfigOutcome, String>> {
-        if let Some((notifier, _)) = self.leading() {
-            let notifier = notifier.clone();
+        if let Some((core, _)) = self.leading() {
+            let core = core.clone();
             return Box::pin(async move {
-                notifier
-                    .send(ChangeConfig { change, wait })
+                core.send(ChangeConfig { change, wait })
                     .await
                     .map_err(|_| "the leader's core stopped".to_string())?
                     .map_err(|e| e.to_string())
@@ -891,7 +894,7 @@ impl SyncService {
             ));
             return;
         }
-        let Some((notifier, term)) = self.leading() else {
+        let Some((core, term)) = self.leading() else {
             let _ = req.reply.send(SyncMessage::Error {
                 leader_peer: self.leader_peer_hint(),
                 library_id,
@@ -902,10 +905,9 @@ impl SyncService {
             });
             return;
         };
-        let notifier = notifier.clone();
+        let core = core.clone();
         actix_rt::spawn(async move {
-            let reply = match notifier.send(ChangeConfig { change, wait: REMOTE_CHANGE_WAIT }).await
-            {
+            let reply = match core.send(ChangeConfig { change, wait: REMOTE_CHANGE_WAIT }).await {
                 Ok(Ok(o)) => SyncMessage::MembershipResult {
                     library_id,
                     term,
@@ -1131,19 +1133,12 @@ impl Handler<Started> for SyncService {
         self.cx
             .is_member
             .store(msg.membership.configuration.contains(self.cx.device_id), Ordering::Release);
-        self.commit_watch.store(
-            if msg.membership.previous_voters.is_some() {
-                msg.membership.voters_since
-            } else {
-                u64::MAX
-            },
-            Ordering::Release,
-        );
+        self.watch_commit(&msg.membership);
         self.membership = Some(msg.membership);
         self.proposer.set_members(self.member_map());
-        self.proposer_task = Some(actix_rt::spawn(self.proposer.clone().run()));
+        self.start_proposer();
         self.start_role();
-        self.start_watcher(ctx);
+        self.start_election(ctx);
         self.check_invitations(ctx);
         for peer in self.connected.clone() {
             if self.members.contains_key(&peer) {
@@ -1158,7 +1153,7 @@ impl Handler<Shutdown> for SyncService {
     type Result = ();
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         self.stop_role();
-        if let Some(w) = self.watcher.take() {
+        if let Some(w) = self.election.take() {
             w.do_send(Shutdown);
         }
         let network = self.cx.network.clone();
@@ -1185,8 +1180,8 @@ impl Handler<PeerEvent> for SyncService {
         } else {
             self.connected.remove(&peer);
         }
-        if let Role::Leader { sessions, .. } = &self.role {
-            if let Some(s) = sessions.get(&peer) {
+        if let Role::Leader { links, .. } = &self.role {
+            if let Some(s) = links.get(&peer) {
                 s.do_send(Connection(up));
             }
         }
@@ -1218,10 +1213,10 @@ impl Handler<InboundRequest> for SyncService {
             term: current_term,
             leader: leader_hint,
             leader_peer: self.leader_peer_hint(),
-            election: self.watcher.is_some(),
+            election: self.election.is_some(),
         };
         let (to, heard) = route::route(&req.message, from, &view);
-        if let Some(w) = &self.watcher {
+        if let Some(w) = &self.election {
             match heard {
                 Some(route::Heard::Leader { from, term }) => {
                     w.do_send(ElectionInput::LeaderHeard { from, term })
@@ -1249,7 +1244,7 @@ impl Handler<InboundRequest> for SyncService {
                 });
             }
             Route::Election => {
-                if let Some(w) = &self.watcher {
+                if let Some(w) = &self.election {
                     if let Err(e) = w.try_send(req) {
                         busy(e.into_inner(), "election");
                     }
@@ -1268,11 +1263,11 @@ impl Handler<InboundRequest> for SyncService {
                     let _ = req.reply.send(resp);
                 });
             }
-            Route::Session => match &self.role {
-                Role::Leader { sessions, .. } => match sessions.get(&req.peer) {
+            Route::Link => match &self.role {
+                Role::Leader { links, .. } => match links.get(&req.peer) {
                     Some(s) => {
                         if let Err(e) = s.try_send(req) {
-                            busy(e.into_inner(), "follower session");
+                            busy(e.into_inner(), "leader link to the follower");
                         }
                     }
                     None => {
@@ -1283,15 +1278,15 @@ impl Handler<InboundRequest> for SyncService {
                         ));
                     }
                 },
-                _ => busy(req, "follower session"),
+                _ => busy(req, "leader link to the follower"),
             },
             Route::Follower => match &self.role {
-                Role::Follower { applier } => {
-                    if let Err(e) = applier.try_send(req) {
-                        busy(e.into_inner(), "follower applier");
+                Role::Follower { follower } => {
+                    if let Err(e) = follower.try_send(req) {
+                        busy(e.into_inner(), "follower actor");
                     }
                 }
-                _ => busy(req, "follower applier"),
+                _ => busy(req, "follower actor"),
             },
         }
     }
@@ -1395,8 +1390,8 @@ impl Handler<LeaderReport> for SyncService {
         match msg {
             LeaderReport::Membership(m) => self.install_membership(m),
             LeaderReport::Resign => {
-                if let Some(w) = &self.watcher {
-                    w.do_send(crate::watcher::Resign);
+                if let Some(w) = &self.election {
+                    w.do_send(Resign);
                 }
             }
         }
@@ -1429,10 +1424,10 @@ impl Handler<FollowerMembership> for SyncService {
     }
 }
 
-impl Handler<SessionLeft> for SyncService {
+impl Handler<LinkLeft> for SyncService {
     type Result = ();
-    fn handle(&mut self, msg: SessionLeft, _: &mut Context<Self>) {
-        // The session of a removed member delivered the removal (or gave up): refuse it now,
+    fn handle(&mut self, msg: LinkLeft, _: &mut Context<Self>) {
+        // The link of a removed member delivered the removal (or gave up): refuse it now,
         // unless it became a member again meanwhile.
         if self.leaving.contains(&msg.peer) && !self.members.contains_key(&msg.peer) {
             self.revoke(msg.peer);
@@ -1441,31 +1436,31 @@ impl Handler<SessionLeft> for SyncService {
 }
 
 impl Handler<GetStatus> for SyncService {
-    type Result = ResponseFuture<Result<LibraryStatus, String>>;
+    type Result = ResponseActFuture<Self, Result<LibraryStatus, String>>;
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         let db = self.cx.db.clone();
         // the live view (role changes and re-pointing reach it before or without the database)
         let live = self.state.clone();
         let library_id = self.cx.library_id;
         let device_id = self.cx.device_id;
-        let sessions: Vec<_> = match &self.role {
-            Role::Leader { sessions, .. } => sessions.values().cloned().collect(),
+        let links: Vec<_> = match &self.role {
+            Role::Leader { links, .. } => links.values().cloned().collect(),
             _ => Vec::new(),
         };
-        let notifier = match &self.role {
-            Role::Leader { notifier, .. } => Some(notifier.clone()),
+        let core = match &self.role {
+            Role::Leader { core, .. } => Some(core.clone()),
             _ => None,
         };
         let applier = match &self.role {
-            Role::Follower { applier } => Some(applier.clone()),
+            Role::Follower { follower } => Some(follower.clone()),
             _ => None,
         };
-        let follower_commit = self.leader_commit.load(Ordering::Acquire);
+        let known_commit = self.follower_commit;
         let removed_hint = self.removed_hint.clone();
         // what writes are checked against (Node::write): the configuration installed here,
         // which may trail the database by a moment
         let acts_as_member = self.is_member();
-        Box::pin(async move {
+        let status = async move {
             let (state, last, outbox_pending, membership, rebuild_mark) = run_blocking(move || {
                 Ok((
                     db.sync_state()?,
@@ -1477,14 +1472,13 @@ impl Handler<GetStatus> for SyncService {
             })
             .await
             .map_err(|e| e.to_string())?;
-            let leader = match notifier {
-                Some(n) => n.send(GetLeaderStatus).await.ok(),
+            let leader = match core {
+                Some(n) => n.send(ObserveLeader).await.ok(),
                 None => None,
             };
-            let mut followers = Vec::with_capacity(sessions.len());
-            for s in sessions {
-                if let Ok(mut f) =
-                    s.send(GetFollowerStatus { leader_last_sequence: last.sequence }).await
+            let mut followers = Vec::with_capacity(links.len());
+            for s in links {
+                if let Ok(mut f) = s.send(ObserveLink { leader_last_sequence: last.sequence }).await
                 {
                     f.role = membership.configuration.member(f.device_id).map(|m| m.role);
                     f.matched_sequence = leader.as_ref().and_then(|l| {
@@ -1494,10 +1488,13 @@ impl Handler<GetStatus> for SyncService {
                 }
             }
             followers.sort_by_key(|f| f.device_id);
-            let applier = match applier {
-                Some(a) => a.send(GetApplierStatus).await.ok(),
+            let follower = match applier {
+                Some(a) => a.send(ObserveFollower).await.ok(),
                 None => None,
             };
+            let follower_commit =
+                follower.as_ref().map_or(known_commit, |f| f.leader_commit.max(known_commit));
+            let applier = follower.map(|f| f.status);
             let commit_sequence = leader.as_ref().map_or(follower_commit, |l| l.commit_sequence);
             let member = membership.configuration.member(device_id).cloned();
             let status_membership = MembershipStatus {
@@ -1540,7 +1537,17 @@ impl Handler<GetStatus> for SyncService {
                 applier,
                 outbox_pending,
             })
-        })
+        };
+        // What the follower actor showed of the leader's commit sequence is kept for the next
+        // follower actor (a restart does not make status forget it).
+        Box::pin(status.into_actor(self).map(|status, this, _| {
+            if let Ok(st) = &status {
+                if st.applier.is_some() {
+                    this.follower_commit = this.follower_commit.max(st.commit_sequence);
+                }
+            }
+            status
+        }))
     }
 }
 
@@ -1563,7 +1570,8 @@ impl Handler<RoleChange> for SyncService {
     fn handle(&mut self, msg: RoleChange, _: &mut Context<Self>) {
         let Some(state) = self.state.as_mut() else { return };
         // A follower that only learns a newer term of the leader it follows keeps its actors
-        // (the applier adopts the term from the leader's messages); anything else restarts them.
+        // (the follower actor adopts the term from the leader's messages); anything else
+        // restarts them.
         let unchanged = state.role == msg.role
             && state.leader_device == msg.leader
             && (state.current_term == msg.term || msg.role == SyncRole::Follower)
@@ -1579,9 +1587,9 @@ impl Handler<RoleChange> for SyncService {
     }
 }
 
-impl Handler<crate::watcher::LeaderHint> for SyncService {
+impl Handler<LeaderHint> for SyncService {
     type Result = ();
-    fn handle(&mut self, msg: crate::watcher::LeaderHint, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: LeaderHint, _: &mut Context<Self>) {
         let hint = msg.device;
         let mut is_member = self.peer_of(hint).is_some();
         if let (false, Some(peer)) = (is_member, msg.peer) {
@@ -1617,8 +1625,8 @@ impl Handler<crate::watcher::LeaderHint> for SyncService {
 impl Handler<HeartbeatNow> for SyncService {
     type Result = ();
     fn handle(&mut self, _: HeartbeatNow, _: &mut Context<Self>) {
-        if let Role::Leader { sessions, .. } = &self.role {
-            for s in sessions.values() {
+        if let Role::Leader { links, .. } = &self.role {
+            for s in links.values() {
                 s.do_send(HeartbeatNow);
             }
         }
@@ -1628,7 +1636,7 @@ impl Handler<HeartbeatNow> for SyncService {
 impl Handler<ElectionInput> for SyncService {
     type Result = ();
     fn handle(&mut self, msg: ElectionInput, _: &mut Context<Self>) {
-        if let Some(w) = &self.watcher {
+        if let Some(w) = &self.election {
             w.do_send(msg);
         }
     }
@@ -1637,20 +1645,17 @@ impl Handler<ElectionInput> for SyncService {
 impl Handler<FollowerAcked> for SyncService {
     type Result = ResponseFuture<Option<u64>>;
     fn handle(&mut self, msg: FollowerAcked, _: &mut Context<Self>) -> Self::Result {
-        let session = match &self.role {
-            Role::Leader { sessions, .. } => self
+        let link = match &self.role {
+            Role::Leader { links, .. } => self
                 .members
                 .iter()
                 .find(|(_, d)| **d == msg.0)
-                .and_then(|(p, _)| sessions.get(p).cloned()),
+                .and_then(|(p, _)| links.get(p).cloned()),
             _ => None,
         };
         Box::pin(async move {
-            let s = session?;
-            s.send(GetFollowerStatus { leader_last_sequence: 0 })
-                .await
-                .ok()
-                .map(|st| st.acked_sequence)
+            let s = link?;
+            s.send(ObserveLink { leader_last_sequence: 0 }).await.ok().map(|st| st.acked_sequence)
         })
     }
 }
@@ -1658,7 +1663,7 @@ impl Handler<FollowerAcked> for SyncService {
 impl Handler<TransferLeadership> for SyncService {
     type Result = ResponseFuture<Result<(), String>>;
     fn handle(&mut self, msg: TransferLeadership, _: &mut Context<Self>) -> Self::Result {
-        let watcher = self.watcher.clone();
+        let election = self.election.clone();
         let learner = self
             .membership
             .as_ref()
@@ -1672,21 +1677,13 @@ impl Handler<TransferLeadership> for SyncService {
                     msg.0
                 ));
             }
-            match watcher {
-                Some(w) => w.send(msg).await.map_err(|_| "election watcher stopped".to_string())?,
+            match election {
+                Some(w) => {
+                    w.send(msg).await.map_err(|_| "the election actor stopped".to_string())?
+                }
                 None => Err("the library is not started yet".into()),
             }
         })
-    }
-}
-
-#[cfg(test)]
-impl Handler<crate::applier::InjectPanic> for SyncService {
-    type Result = ();
-    fn handle(&mut self, msg: crate::applier::InjectPanic, _: &mut Context<Self>) {
-        if let Role::Follower { applier } = &self.role {
-            applier.do_send(msg);
-        }
     }
 }
 
@@ -1698,17 +1695,72 @@ mod tests {
     use lsync_storage::Device;
 
     use super::*;
+    use crate::election::actor::{ElectionStatus, ObserveElection};
+    use crate::messages::InjectPanic;
     use crate::network::NetworkConfig;
+    use crate::proposer::ProposerStatus;
     use crate::testkit::follower_db;
 
-    #[actix_rt::test]
-    async fn a_panicking_role_actor_is_restarted_by_the_watchdog() {
+    /// Test only: makes the running child of this kind panic.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct InjectPanicInto(Child);
+
+    impl Handler<InjectPanicInto> for SyncService {
+        type Result = ();
+        fn handle(&mut self, msg: InjectPanicInto, _: &mut Context<Self>) {
+            match (msg.0, &self.role, &self.election) {
+                (Child::Follower, Role::Follower { follower }, _) => follower.do_send(InjectPanic),
+                (Child::Election, _, Some(election)) => election.do_send(InjectPanic),
+                (Child::Proposer, _, _) => self.proposer.inject_panic(),
+                (child, _, _) => panic!("no {} to make panic", child.name()),
+            }
+        }
+    }
+
+    /// Test only: the proposer task's state (`None`: no task answers).
+    #[derive(Message)]
+    #[rtype(result = "Option<ProposerStatus>")]
+    struct ObserveProposer;
+
+    impl Handler<ObserveProposer> for SyncService {
+        type Result = ResponseFuture<Option<ProposerStatus>>;
+        fn handle(&mut self, _: ObserveProposer, _: &mut Context<Self>) -> Self::Result {
+            let proposer = self.proposer.clone();
+            Box::pin(async move { proposer.observe().await })
+        }
+    }
+
+    /// Test only: the election actor's state (`None`: none answers).
+    #[derive(Message)]
+    #[rtype(result = "Option<ElectionStatus>")]
+    struct ObserveElectionOf;
+
+    impl Handler<ObserveElectionOf> for SyncService {
+        type Result = ResponseFuture<Option<ElectionStatus>>;
+        fn handle(&mut self, _: ObserveElectionOf, _: &mut Context<Self>) -> Self::Result {
+            let election = self.election.clone();
+            Box::pin(async move { election?.send(ObserveElection).await.ok() })
+        }
+    }
+
+    struct Running {
+        _dir: tempfile::TempDir,
+        service: Addr<SyncService>,
+        metrics: Arc<crate::metrics::Metrics>,
+        network: NetworkHandle,
+        /// The term the library was persisted with.
+        term: u64,
+    }
+
+    /// A follower whose leader never answers (its follower actor just keeps retrying), once
+    /// its follower actor runs.
+    async fn follower_service() -> Running {
         let dir = tempfile::tempdir().unwrap();
         let lib = Uuid::new_v4();
         let leader = Uuid::new_v4();
         let db = follower_db(&dir, lib, leader);
         let me = db.sync_state().unwrap().device_id;
-        // a leader that never answers: the follower's applier just keeps retrying
         db.upsert_device(&Device {
             device_id: leader,
             peer_id: PeerId::random().to_string(),
@@ -1724,6 +1776,7 @@ mod tests {
             name: "me".into(),
         })
         .unwrap();
+        let term = db.sync_state().unwrap().current_term;
         let (network, _) =
             NetworkHandle::start(keypair.clone(), NetworkConfig::default()).await.unwrap();
         let (events, _) = broadcast::channel(64);
@@ -1744,26 +1797,77 @@ mod tests {
             listen_addrs: Vec::new(),
         })
         .start();
-        let has_applier = |service: Addr<SyncService>| async move {
-            service.send(GetStatus).await.unwrap().unwrap().applier.is_some()
-        };
+        let running = Running { _dir: dir, service, metrics, network, term };
+        wait_until("the follower actor runs", || has_follower(&running.service)).await;
+        running
+    }
+
+    async fn has_follower(service: &Addr<SyncService>) -> bool {
+        service.send(GetStatus).await.unwrap().unwrap().applier.is_some()
+    }
+
+    /// Waits (generously) until `done` holds.
+    async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, done: impl Fn() -> F) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !has_applier(service.clone()).await {
-            assert!(tokio::time::Instant::now() < deadline, "applier never started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        service.send(crate::applier::InjectPanic).await.unwrap();
-        // the applier's mailbox closes with the panic; the watchdog notices, counts it and
-        // starts a new applier
-        let restarts = || metrics.actor_restarts.load(std::sync::atomic::Ordering::Relaxed);
-        while restarts() == 0 || !has_applier(service.clone()).await {
-            assert!(tokio::time::Instant::now() < deadline, "applier not restarted");
+        while !done().await {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(restarts(), 1);
-        let st = service.send(GetStatus).await.unwrap().unwrap();
+    }
+
+    /// The restarts counted, by kind (in [`Child::ALL`]'s order).
+    fn restarts(r: &Running) -> [u64; 5] {
+        Child::ALL.map(|c| r.metrics.restarts.of(c))
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_in_the_follower_actors_work_is_restarted_and_counted() {
+        let r = follower_service().await;
+        r.service.send(InjectPanicInto(Child::Follower)).await.unwrap();
+        // The follower actor's mailbox closes with the panic; the watchdog notices, counts it
+        // and starts the role again.
+        wait_until("the follower actor restarted", || async {
+            r.metrics.restarts.of(Child::Follower) == 1 && has_follower(&r.service).await
+        })
+        .await;
+        assert_eq!(restarts(&r), [0, 0, 0, 1, 0], "election, leader, link, follower, proposer");
+        let st = r.service.send(GetStatus).await.unwrap().unwrap();
         assert_eq!(st.role, SyncRole::Follower);
-        network.shutdown().await;
+        r.network.shutdown().await;
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_in_the_proposer_task_is_restarted_and_counted() {
+        let r = follower_service().await;
+        wait_until("the proposer task answers", || async {
+            r.service.send(ObserveProposer).await.unwrap().is_some()
+        })
+        .await;
+        r.service.send(InjectPanicInto(Child::Proposer)).await.unwrap();
+        // The task ends with the panic; the watchdog notices, counts it and spawns a new task,
+        // which answers again.
+        wait_until("the proposer task restarted", || async {
+            r.metrics.restarts.of(Child::Proposer) == 1
+                && r.service.send(ObserveProposer).await.unwrap().is_some()
+        })
+        .await;
+        assert_eq!(restarts(&r), [0, 0, 0, 0, 1], "the role actors were left alone");
+        r.network.shutdown().await;
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_election_actor_is_restarted_from_the_persisted_state_and_counted() {
+        let r = follower_service().await;
+        r.service.send(InjectPanicInto(Child::Election)).await.unwrap();
+        wait_until("the election actor restarted", || async {
+            r.metrics.restarts.of(Child::Election) == 1
+                && r.service.send(ObserveElectionOf).await.unwrap().is_some()
+        })
+        .await;
+        let election = r.service.send(ObserveElectionOf).await.unwrap().unwrap();
+        assert_eq!((election.role, election.term), (SyncRole::Follower, r.term));
+        assert_eq!(restarts(&r), [1, 0, 0, 0, 0]);
+        r.network.shutdown().await;
     }
 }
 
@@ -1777,4 +1881,4 @@ macro_rules! impl_shutdown {
         }
     )*};
 }
-impl_shutdown!(LeaderNotifier, FollowerSession, FollowerApplier, ElectionWatcher);
+impl_shutdown!(LeaderActor, LinkActor, FollowerActor, ElectionActor);

@@ -14,13 +14,13 @@
 //!    `Heartbeat` to a leader counts as its follower's contact.
 //! 5. A `Propose` is served by a leader, in its term, if it comes from the device it names as
 //!    its origin; otherwise refused (`Unauthorized`, or `NotLeader` with the leader known).
-//! 6. Anything else goes to the role: a leader's session of the sender, a follower's
+//! 6. Anything else goes to the role: a leader's link actor of the sender, a follower's
 //!    replicator; a device with no role answers `NotLeader` with the leader it knows.
 
 use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
 use uuid::Uuid;
 
-use crate::fencing::{fence, stale_term, Fence};
+use crate::fencing::{fence, stale_term, Verdict};
 
 /// The role this device's actors play now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +72,8 @@ pub enum Route {
     Election,
     /// Commit the proposal through the transaction manager, answering in `term`.
     Propose { term: u64 },
-    /// To the leader's session of the sender (refused `Unauthorized` if it has none).
-    Session,
+    /// To the leader's link actor for the sender (refused `Unauthorized` if it has none).
+    Link,
     /// To the follower's replicator.
     Follower,
 }
@@ -97,7 +97,11 @@ pub fn route(msg: &SyncMessage, from: Option<Uuid>, view: &View) -> (Route, Opti
         return (Route::Reply(SyncMessage::error(library_id, ErrorCode::Unauthorized, why)), None);
     };
     if let SyncMessage::Heartbeat { term, role: SyncRole::Leader, .. } = msg {
-        if fence(*term, view.term) == Fence::Stale {
+        // A stale term is stale in any role (the role only matters for a newer term, which the
+        // election adopts from `Heard`).
+        let role =
+            if view.serving == Serving::Leader { SyncRole::Leader } else { SyncRole::Follower };
+        if fence(role, *term, view.term) == Verdict::Stale {
             return (
                 Route::Reply(stale_term(library_id, "Heartbeat", *term, view.term, view.leader)),
                 None,
@@ -141,7 +145,7 @@ pub fn route(msg: &SyncMessage, from: Option<Uuid>, view: &View) -> (Route, Opti
         (SyncMessage::Propose { .. }, _) => {
             Route::Reply(not_leader("this device does not lead the library"))
         }
-        (_, Serving::Leader) => Route::Session,
+        (_, Serving::Leader) => Route::Link,
         (_, Serving::Follower) => Route::Follower,
         (_, Serving::Idle) => {
             Route::Reply(not_leader("this device does not serve the library right now"))
@@ -214,7 +218,7 @@ mod tests {
         assert!(matches!(&r, Route::Reply(SyncMessage::Error { message, .. })
             if message.contains("no longer a member")));
         let leading = View { member: false, ..view(Serving::Leader) };
-        assert_eq!(route(&heartbeat(5, SyncRole::Follower), Some(A), &leading).0, Route::Session);
+        assert_eq!(route(&heartbeat(5, SyncRole::Follower), Some(A), &leading).0, Route::Link);
     }
 
     #[test]
@@ -234,7 +238,7 @@ mod tests {
         let (r, heard) = route(&heartbeat(6, SyncRole::Leader), Some(L), &view(Serving::Follower));
         assert_eq!((r, heard), (Route::Follower, Some(Heard::Leader { from: L, term: 6 })));
         let (r, heard) = route(&heartbeat(5, SyncRole::Follower), Some(A), &view(Serving::Leader));
-        assert_eq!((r, heard), (Route::Session, Some(Heard::Follower { from: A, term: 5 })));
+        assert_eq!((r, heard), (Route::Link, Some(Heard::Follower { from: A, term: 5 })));
         // a follower's heartbeat to a device that does not lead is not contact
         let (_, heard) =
             route(&heartbeat(5, SyncRole::Follower), Some(A), &view(Serving::Follower));

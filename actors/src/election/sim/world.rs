@@ -24,7 +24,7 @@ use super::{
 use crate::election::{
     Action, Election, ElectionConfig, LeaderVerdict, PersistedElection, VoteRequest, VoteResponse,
 };
-use crate::membership::{check_change, next_voter_change, AckPosition, CommitTracker};
+use crate::leader::membership::{check_change, next_voter_change, AckPosition, CommitTracker};
 
 /// A leader's AppendEntries (also its heartbeat): log matching by `(prev_seq, prev_term)`.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::membership::AckPosition;
+use crate::leader::membership::AckPosition;
 
 const TERM: u64 = 4;
 const CATCH_UP: u64 = 10;

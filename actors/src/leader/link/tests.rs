@@ -150,7 +150,7 @@ fn a_commit_not_answered_goes_one_window_after_it_at_the_latest() {
 
 #[test]
 fn with_two_outstanding_no_deadline_is_set_and_the_next_answer_sends_the_overdue_range() {
-    // Found while moving the session into this machine: the session re-armed a zero-delay
+    // Found while moving the link actor into this machine: the link actor re-armed a zero-delay
     // timer about once a millisecond while two notifications were outstanding and a range's
     // window was over, until the follower answered.
     let t0 = Instant::now();
@@ -258,11 +258,11 @@ fn a_request_of_a_newer_term_tells_the_election_and_is_answered_not_leader() {
         l.on_request(4, fetch(0, 5)),
         vec![
             Command::Election(ElectionInput::TermSeen { term: 5 }),
-            Command::Reply { to: 4, message: not_leader(lib(), 5, TERM) },
+            Command::Reply { to: 4, message: not_leader_of(lib(), 5, TERM) },
         ]
     );
     assert!(matches!(
-        not_leader(lib(), 5, TERM),
+        not_leader_of(lib(), 5, TERM),
         SyncMessage::Error { code: ErrorCode::NotLeader, .. }
     ));
 }
@@ -293,7 +293,7 @@ fn an_acknowledgement_is_recorded_then_served() {
 
 #[test]
 fn an_acknowledgement_beyond_the_last_sequence_is_not_recorded() {
-    // Storage then answers it BadRequest (see the session's tests): the link only serves it.
+    // Storage then answers it BadRequest (see the link actor's tests): the link only serves it.
     let mut l = link();
     assert_eq!(
         l.on_request(1, ack(LAST + 1, TERM, TERM)),
@@ -434,7 +434,7 @@ fn a_leaving_member_hears_of_nothing_after_its_removal() {
 
 #[test]
 fn a_leaving_members_pending_notification_carries_no_entries_past_its_removal() {
-    // Found while moving the session into this machine: entries merged before the removal was
+    // Found while moving the link actor into this machine: entries merged before the removal was
     // known went inside NewEntries to the removed member.
     let t0 = Instant::now();
     let mut l = link();

@@ -1,5 +1,5 @@
 //! Follower replication: a pure state machine, no I/O, no async; the clock and the randomness
-//! are injected. The `FollowerApplier` actor (actors/src/applier.rs) is its shell: it feeds it
+//! are injected. The [`actor::FollowerActor`] (follower/actor.rs) is its shell: it feeds it
 //! the leader's requests, the answers to its own requests and the results of storage calls,
 //! performs the [`Command`]s it returns, in order, and calls [`Replicator::tick`] at
 //! [`Replicator::next_deadline`].
@@ -44,7 +44,7 @@
 //!
 //! # Rules
 //! - **Start**: read the position, then a round.
-//! - **Leader requests** (the term rule of actors/src/fencing.rs): a NewEntries or Heartbeat
+//! - **Leader requests** (the term rule of [`crate::fencing`]): a NewEntries or Heartbeat
 //!   of an older term is refused with `StaleTerm`; any request from another device than the
 //!   leader with `NotLeader`; FetchEntries and Acknowledge with `NotLeader` (this device
 //!   follows); responses with `BadRequest`. A NewEntries raises the leader's last sequence,
@@ -110,7 +110,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use actix::Message;
 use lsync_protocol::{ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
 use lsync_storage::{ApplyOutcome, LogPosition, RecoveredOrphans, StorageError};
 use rand::Rng;
@@ -120,8 +119,11 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::config::SyncConfig;
 use crate::events::{ApplierStatus, FollowerState, Progress, SyncEvent};
-use crate::watcher::LeaderHint;
+use crate::fencing::{fence, stale_term, Verdict};
+use crate::limits::MAX_BLOCK;
+use crate::messages::{FollowerMembership, LeaderHint};
 
+pub mod actor;
 #[cfg(test)]
 mod prop;
 #[cfg(test)]
@@ -173,18 +175,6 @@ pub enum Counter {
     FetchesAheadMissed,
     /// `entries_applied`: entries newly written to the log.
     EntriesApplied,
-}
-
-/// What the follower learned about the library's membership (sent to the SyncService).
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub enum FollowerMembership {
-    /// A configuration entry it applied (or a rebuild that settled) is now in effect.
-    Applied(lsync_storage::Membership),
-    /// The leader's commit sequence reached the watched sequence.
-    Committed(u64),
-    /// The leader refused this device as removed from the library.
-    Removed(String),
 }
 
 /// What the shell must do, in the order returned.
@@ -369,7 +359,7 @@ pub fn follower_heartbeat(library_id: Uuid, term: u64, position: LogPosition) ->
 /// A guess is only ever sent as a fetch; its response is used only if the response before it
 /// ends exactly there, with that term.
 pub fn next_guess(since: LogPosition, known: u64, block: u64) -> Option<LogPosition> {
-    let block = block.clamp(1, crate::log_cache::MAX_BLOCK);
+    let block = block.clamp(1, MAX_BLOCK);
     let end = (since.sequence / block).checked_add(1)?.checked_mul(block)?;
     (end < known).then_some(LogPosition { sequence: end, term: since.term.max(1) })
 }
@@ -666,15 +656,9 @@ impl<R: Rng> Replicator<R> {
         let reply = match message {
             SyncMessage::NewEntries { term: their, .. }
             | SyncMessage::Heartbeat { term: their, .. }
-                if crate::fencing::fence(their, term) == crate::fencing::Fence::Stale =>
+                if fence(SyncRole::Follower, their, term) == Verdict::Stale =>
             {
-                crate::fencing::stale_term(
-                    library_id,
-                    message.kind(),
-                    their,
-                    term,
-                    self.leader.device,
-                )
+                stale_term(library_id, message.kind(), their, term, self.leader.device)
             }
             _ if !from_leader => self.not_leader("this device follows another leader"),
             SyncMessage::NewEntries {
@@ -861,7 +845,9 @@ impl<R: Rng> Replicator<R> {
                 self.note_commit(commit_sequence, &mut out)
             }
             Ok(SyncMessage::Error { code: ErrorCode::StaleTerm, term, .. }) if term > 0 => {
-                // The leader is in a newer term: learn it (the next round uses it).
+                // The leader refused the acknowledgement's term as stale, so its own is newer:
+                // learn it (the next round uses it). Passed on even if this machine learned it
+                // meanwhile: the election ignores a term it holds.
                 self.term = self.term.max(term);
                 out.push(Command::AdoptTerm(term));
             }
@@ -888,9 +874,7 @@ impl<R: Rng> Replicator<R> {
         };
         match result {
             Ok(SyncMessage::Heartbeat { current_sequence, term, commit_sequence, .. }) => {
-                if term > self.term {
-                    self.adopt(term, &mut out);
-                }
+                self.adopt_if_newer(term, &mut out);
                 self.note_commit(commit_sequence, &mut out);
                 self.leader_last = self.leader_last.max(current_sequence);
                 if current_sequence > sent.sequence {
@@ -1034,9 +1018,7 @@ impl<R: Rng> Replicator<R> {
             }
             return;
         }
-        if pushed.term > self.term {
-            self.adopt(pushed.term, out);
-        }
+        self.adopt_if_newer(pushed.term, out);
         let id = self.next_id();
         out.push(Command::Apply { id, entries: pushed.entries });
         self.phase = Phase::Pushing { id, reply: pushed.reply };
@@ -1176,9 +1158,7 @@ impl<R: Rng> Replicator<R> {
             }
             other => return Flow::End(Ending::Refused(other)),
         };
-        if term > self.term {
-            self.adopt(term, out);
-        }
+        self.adopt_if_newer(term, out);
         self.leader_last = self.leader_last.max(last);
         pass.leader_last = pass.leader_last.max(last);
         let expected = since.sequence.checked_add(1);
@@ -1439,9 +1419,8 @@ impl<R: Rng> Replicator<R> {
     /// a removal is reported; anything else is unreachable.
     fn refusal(&mut self, message: SyncMessage, out: &mut Vec<Command>) -> Failure {
         if let SyncMessage::Error { code: ErrorCode::StaleTerm, term, .. } = &message {
-            if *term > self.term {
-                let term = *term;
-                self.adopt(term, out);
+            let term = *term;
+            if self.adopt_if_newer(term, out) {
                 return Failure::TermLearned(term);
             }
         }
@@ -1491,10 +1470,16 @@ impl<R: Rng> Replicator<R> {
 
     /// The leader is in a newer term than this follower knew: the election persists it (and
     /// re-points the follower if needed); this machine goes on in that term.
-    fn adopt(&mut self, term: u64, out: &mut Vec<Command>) {
+    /// The term rule ([`fence`]) for a term heard from the leader: a newer one is adopted
+    /// (here, and by the election through [`Command::AdoptTerm`]). Whether it was newer.
+    fn adopt_if_newer(&mut self, term: u64, out: &mut Vec<Command>) -> bool {
+        if !fence(SyncRole::Follower, term, self.term).is_newer() {
+            return false;
+        }
         debug!(library_id = %self.library_id, term, "the leader is in a newer term");
-        self.term = self.term.max(term);
+        self.term = term;
         out.push(Command::AdoptTerm(term));
+        true
     }
 
     fn note_commit(&mut self, commit: u64, out: &mut Vec<Command>) {
@@ -1560,12 +1545,12 @@ impl<R: Rng> Replicator<R> {
 }
 
 /// The next batch: the oldest ready response, and the ones after it while the batch stays
-/// within `max_bytes` (as [`crate::session::entry_bytes`] counts them).
+/// within `max_bytes` (as [`lsync_protocol::entry_bytes`] counts them).
 fn take_batch(ready: &mut VecDeque<Vec<SyncLogEntry>>, max_bytes: usize) -> Vec<SyncLogEntry> {
     let mut batch = ready.pop_front().unwrap_or_default();
-    let mut bytes: usize = batch.iter().map(crate::session::entry_bytes).sum();
+    let mut bytes: usize = batch.iter().map(lsync_protocol::entry_bytes).sum();
     while let Some(next) = ready.front() {
-        let more: usize = next.iter().map(crate::session::entry_bytes).sum();
+        let more: usize = next.iter().map(lsync_protocol::entry_bytes).sum();
         if bytes.saturating_add(more) > max_bytes {
             break;
         }

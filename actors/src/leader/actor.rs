@@ -1,16 +1,16 @@
-//! LeaderNotifier — on the leader, one per library and leadership: the actor shell of the pure
+//! LeaderActor — on the leader, one per library and leadership: the actor shell of the pure
 //! [`LeaderCore`] (what is decided lives there: term start, commit sequence, configuration
 //! changes and their answers, promotions and demotions, feature upgrade, resignation).
 //!
 //! Receives: commit events of the library's TransactionManager (forwarded from its broadcast
-//! channel with backpressure), the set of follower sessions ([`SetSessions`]), every
-//! follower's reported position ([`FollowerProgress`], from the sessions), membership changes
-//! to make ([`ChangeConfig`], from the SyncService), [`GetLeaderStatus`].
-//! Emits: [`NewCommit`] (range, and the entries of a small commit) to every follower session,
-//! at once — each session decides when its follower is told (see [`crate::window`]);
+//! channel with backpressure), the set of link actors ([`SetLinks`]), every
+//! follower's reported position ([`FollowerProgress`], from the link actors), membership changes
+//! to make ([`ChangeConfig`], from the SyncService), [`ObserveLeader`].
+//! Emits: [`NewCommit`] (range, and the entries of a small commit) to every link actor,
+//! at once — each link actor decides when its follower is told (see [`crate::window`]);
 //! [`LeaderReport`]s to the SyncService (a configuration it committed, the request to resign);
 //! the leadership ([`LeaderShared`]: commit sequence, term start, last sequence) for the
-//! sessions and status; answers to [`ChangeConfig`].
+//! link actors and status; answers to [`ChangeConfig`].
 //!
 //! It owns the I/O only: reading the log's last position when the leadership starts, writing
 //! configuration entries (`TransactionManager::commit_config`, serialized: the mailbox waits
@@ -22,7 +22,7 @@
 //! waiting) plus one reply channel per change not answered yet.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,45 +37,23 @@ use super::core::{Command, ConfigWritten, CoreConfig, LeaderCore, Token};
 use crate::blocking::run_blocking;
 use crate::window::Announce;
 
+use super::context::LeaderShared;
 pub use super::core::MAX_QUEUED_CHANGES;
-pub use super::messages::{
-    ConfigError, ConfigOutcome, FollowerProgress, LeaderReport, LeaderStatus, NewCommit,
-};
+use super::messages::{ConfigError, ConfigOutcome, FollowerProgress, LeaderStatus, NewCommit};
+use crate::limits::MAILBOX_CAPACITY;
+use crate::messages::LeaderReport;
 
-/// Replaces the sessions the notifier announces to.
+/// Replaces the link actors the leader actor announces to.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetSessions(pub Vec<Recipient<NewCommit>>);
+pub struct SetLinks(pub Vec<Recipient<NewCommit>>);
 
 /// A commit happened (sent by the forwarding task).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Committed(pub CommitEvent);
 
-/// What the leader's sessions and the status read of the leadership, lock-free.
-#[derive(Debug, Default)]
-pub struct LeaderShared {
-    /// The commit sequence (0 until the term's first entry commits).
-    pub commit_sequence: AtomicU64,
-    /// The sequence of the leader's first entry of its term (0 until written).
-    pub term_start: AtomicU64,
-    /// The leader's last sequence as the core last heard it (a follower cannot hold more).
-    pub last_sequence: AtomicU64,
-}
-
-impl LeaderShared {
-    /// The commit sequence now.
-    pub fn commit_sequence(&self) -> u64 {
-        self.commit_sequence.load(Ordering::Acquire)
-    }
-
-    /// The leader's last sequence as the core last heard it.
-    pub fn last_sequence(&self) -> u64 {
-        self.last_sequence.load(Ordering::Acquire)
-    }
-}
-
-/// Make a membership change (the leader's notifier only). Answered once the entry is
+/// Make a membership change (the leader actor only). Answered once the entry is
 /// committed, or `committed: false` after `wait`.
 #[derive(Message)]
 #[rtype(result = "Result<ConfigOutcome, ConfigError>")]
@@ -86,10 +64,10 @@ pub struct ChangeConfig {
     pub wait: Duration,
 }
 
-/// The leadership as the notifier sees it, for status.
+/// Reads the leadership as its core sees it: the leader actor's one observe call.
 #[derive(Message)]
 #[rtype(result = "LeaderStatus")]
-pub struct GetLeaderStatus;
+pub struct ObserveLeader;
 
 /// Everything the leader's core needs.
 #[derive(Clone)]
@@ -111,10 +89,10 @@ pub struct LeaderContext {
 }
 
 /// The leader's core (see the module documentation).
-pub struct LeaderNotifier {
-    sessions: Vec<Recipient<NewCommit>>,
+pub struct LeaderActor {
+    links: Vec<Recipient<NewCommit>>,
     commits: Option<broadcast::Receiver<CommitEvent>>,
-    /// None: a notifier that only forwards commits (tests of the announcement path).
+    /// None: a leader actor that only forwards commits (tests of the announcement path).
     lead: Option<Lead>,
 }
 
@@ -129,10 +107,11 @@ struct Lead {
     timer: Option<(SpawnHandle, Instant)>,
 }
 
-impl LeaderNotifier {
-    /// A notifier reading `commits` that only forwards them to sessions (no commit tracking).
+impl LeaderActor {
+    /// A leader actor reading `commits` that only forwards them to link actors (no commit
+    /// tracking).
     pub fn new(commits: broadcast::Receiver<CommitEvent>) -> Self {
-        Self { sessions: Vec::new(), commits: Some(commits), lead: None }
+        Self { links: Vec::new(), commits: Some(commits), lead: None }
     }
 
     /// The leader's core for the leadership in `cx`.
@@ -147,7 +126,7 @@ impl LeaderNotifier {
             cx.membership.clone(),
         );
         let lead = Lead { cx, core, replies: HashMap::new(), next_token: 0, timer: None };
-        Self { sessions: Vec::new(), commits: Some(commits), lead: Some(lead) }
+        Self { links: Vec::new(), commits: Some(commits), lead: Some(lead) }
     }
 
     fn now() -> Instant {
@@ -240,11 +219,11 @@ impl LeaderNotifier {
     }
 }
 
-impl Actor for LeaderNotifier {
+impl Actor for LeaderActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         let Some(mut rx) = self.commits.take() else { return };
         let me = ctx.address();
         let forward = async move {
@@ -256,7 +235,7 @@ impl Actor for LeaderNotifier {
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        debug!(skipped = n, "notifier lagged behind commit events");
+                        debug!(skipped = n, "core lagged behind commit events");
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
@@ -283,14 +262,14 @@ impl Actor for LeaderNotifier {
     }
 }
 
-impl Handler<SetSessions> for LeaderNotifier {
+impl Handler<SetLinks> for LeaderActor {
     type Result = ();
-    fn handle(&mut self, msg: SetSessions, _: &mut Context<Self>) {
-        self.sessions = msg.0;
+    fn handle(&mut self, msg: SetLinks, _: &mut Context<Self>) {
+        self.links = msg.0;
     }
 }
 
-impl Handler<Committed> for LeaderNotifier {
+impl Handler<Committed> for LeaderActor {
     type Result = ();
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         let ev = msg.0;
@@ -304,24 +283,24 @@ impl Handler<Committed> for LeaderNotifier {
             prev_term: ev.prev_term,
             entries: ev.entries,
         };
-        for s in &self.sessions {
+        for s in &self.links {
             // Sessions merge announcements themselves; a full mailbox only drops a range the
-            // session would have merged with the next one (followers fetch from their own
-            // position, not from the announced range; the session sends no entries for a
+            // link actor would have merged with the next one (followers fetch from their own
+            // position, not from the announced range; the link actor sends no entries for a
             // range it did not see whole).
             let _ = s.try_send(commit.clone());
         }
     }
 }
 
-impl Handler<FollowerProgress> for LeaderNotifier {
+impl Handler<FollowerProgress> for LeaderActor {
     type Result = ();
     fn handle(&mut self, msg: FollowerProgress, ctx: &mut Context<Self>) {
         self.step(ctx, |core, now| core.on_progress(msg, now));
     }
 }
 
-impl Handler<ChangeConfig> for LeaderNotifier {
+impl Handler<ChangeConfig> for LeaderActor {
     type Result = ResponseFuture<Result<ConfigOutcome, ConfigError>>;
     fn handle(&mut self, msg: ChangeConfig, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
@@ -342,9 +321,9 @@ impl Handler<ChangeConfig> for LeaderNotifier {
     }
 }
 
-impl Handler<GetLeaderStatus> for LeaderNotifier {
-    type Result = MessageResult<GetLeaderStatus>;
-    fn handle(&mut self, _: GetLeaderStatus, _: &mut Context<Self>) -> Self::Result {
+impl Handler<ObserveLeader> for LeaderActor {
+    type Result = MessageResult<ObserveLeader>;
+    fn handle(&mut self, _: ObserveLeader, _: &mut Context<Self>) -> Self::Result {
         MessageResult(match &self.lead {
             Some(lead) => lead.core.status(),
             None => LeaderStatus {
@@ -394,14 +373,13 @@ mod tests {
         tokio::time::pause();
         let (a, b) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
         let (tx, rx) = broadcast::channel(64);
-        let notifier = LeaderNotifier::new(rx).start();
-        notifier
-            .send(SetSessions(vec![
-                Recorder(a.clone()).start().recipient(),
-                Recorder(b.clone()).start().recipient(),
-            ]))
-            .await
-            .unwrap();
+        let core = LeaderActor::new(rx).start();
+        core.send(SetLinks(vec![
+            Recorder(a.clone()).start().recipient(),
+            Recorder(b.clone()).start().recipient(),
+        ]))
+        .await
+        .unwrap();
         for i in 1..=3 {
             tx.send(CommitEvent {
                 library_id: Uuid::nil(),

@@ -1,14 +1,14 @@
-//! FollowerSession — on the leader, one per follower device of a library: the actor shell of
+//! LinkActor — on the leader, one per follower device of a library: the actor shell of
 //! the pure [`FollowerLink`] (what is decided for the follower lives there: notifications,
 //! inline entries, the term rule, positions, leaving, heartbeats).
 //!
-//! Receives: [`NewCommit`] from the LeaderNotifier, the follower's inbound requests
+//! Receives: [`NewCommit`] from the LeaderActor, the follower's inbound requests
 //! (FetchEntries, Acknowledge, Heartbeat) routed by the SyncService, [`HeartbeatNow`],
-//! [`Connection`] changes, [`Leaving`], [`GetFollowerStatus`].
+//! [`Connection`] changes, [`Leaving`], [`ObserveLink`].
 //! Emits: NewEntries and Heartbeat requests to the follower; responses to its requests (read
 //! with [`serve_cached`] on this thread or [`serve`] on the blocking pool); the follower's
 //! positions to the leader's core; terms seen to the election; FollowerConnected /
-//! FollowerLost events; [`SessionLeft`].
+//! FollowerLost events; [`LinkLeft`].
 //!
 //! It owns the I/O only: the transport, storage reads (the leader's last position for a
 //! heartbeat, served requests), the one timer armed at [`FollowerLink::next_deadline`], and
@@ -16,87 +16,37 @@
 //! see [`crate::leader::link`]) plus one reply channel per request in flight.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::prelude::*;
 use libp2p::PeerId;
 use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
-use lsync_storage::Database;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use super::context::LinkContext;
+pub use super::link::LEAVING_GRACE;
 use super::link::{Command, FollowerLink, LeaderView, LinkConfig, RequestId};
-use super::messages::{FollowerProgress, NewCommit};
-use super::notifier::LeaderShared;
+use super::messages::NewCommit;
+use super::serve::{serve, serve_cached};
 use crate::blocking::run_blocking;
-use crate::events::{FollowerStatus, SyncEvent};
-use crate::log_cache::{LogCache, DEFAULT_LOG_CACHE_BYTES};
+use crate::events::FollowerStatus;
+use crate::limits::MAILBOX_CAPACITY;
+use crate::messages::{HeartbeatNow, LinkLeft};
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
-use crate::transport::Transport;
-use crate::watcher::{ElectionInput, HeartbeatNow};
-
-pub use super::link::LEAVING_GRACE;
-pub use super::serve::{entry_bytes, serve, serve_cached};
 
 #[cfg(test)]
 mod tests;
 
-/// What a session needs to know about its library.
-#[derive(Clone)]
-pub struct SessionContext {
-    pub library_id: Uuid,
-    pub db: Database,
-    pub transport: Arc<dyn Transport>,
-    pub events: broadcast::Sender<SyncEvent>,
-    pub term: u64,
-    pub max_entries_per_response: u64,
-    /// Payload bytes one response may carry (entry count aside).
-    pub max_response_bytes: usize,
-    /// The longest a commit waits for its announcement while the follower has not answered
-    /// the previous one (see [`crate::window`]).
-    pub notify_window: Duration,
-    /// Where terms seen in followers' messages go (the library's election).
-    pub election: Option<Recipient<ElectionInput>>,
-    /// The blocks of the log the sessions of this term serve fetches from (one per term,
-    /// shared by every session of the library; see [`new_log_cache`]).
-    pub cache: Arc<LogCache>,
-    /// Where fetches served are counted.
-    pub metrics: Arc<Metrics>,
-    /// This device (the leader), named in refusals.
-    pub leader_device: Option<Uuid>,
-    /// The leadership's commit sequence, sent on every leader message.
-    pub leader: Arc<LeaderShared>,
-    /// Where the follower's reported positions go (the leader's core, which counts them).
-    pub progress: Option<Recipient<FollowerProgress>>,
-    /// Where a session whose member was removed reports that it is done (the SyncService then
-    /// refuses the peer).
-    pub left: Option<Recipient<SessionLeft>>,
-}
-
-/// The member of this session was removed by the configuration entry at `sequence`: deliver
+/// The member of this link actor was removed by the configuration entry at `sequence`: deliver
 /// the log up to that entry — nothing after it — until the member holds it or
-/// [`LEAVING_GRACE`] passes, then report [`SessionLeft`] and stop.
+/// [`LEAVING_GRACE`] passes, then report [`LinkLeft`] and stop.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Leaving {
     pub sequence: u64,
-}
-
-/// A leaving session is done (see [`Leaving`]).
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct SessionLeft {
-    pub device: Uuid,
-    pub peer: PeerId,
-}
-
-/// A leader's log cache for responses of at most `max_entries_per_response` entries: blocks of
-/// that many entries, at most [`DEFAULT_LOG_CACHE_BYTES`] of them, counted like a response.
-pub fn new_log_cache(max_entries_per_response: u64) -> Arc<LogCache> {
-    Arc::new(LogCache::new(max_entries_per_response, DEFAULT_LOG_CACHE_BYTES, entry_bytes))
 }
 
 /// The connection to the follower came up or went down.
@@ -104,10 +54,10 @@ pub fn new_log_cache(max_entries_per_response: u64) -> Arc<LogCache> {
 #[rtype(result = "()")]
 pub struct Connection(pub bool);
 
-/// Reads the session's view of its follower.
+/// Reads the link's view of its follower: the link actor's one observe call.
 #[derive(Message)]
 #[rtype(result = "FollowerStatus")]
-pub struct GetFollowerStatus {
+pub struct ObserveLink {
     /// The leader's last sequence, to compute the lag.
     pub leader_last_sequence: u64,
 }
@@ -131,8 +81,8 @@ struct Served {
 }
 
 /// One follower, seen from the leader.
-pub struct FollowerSession {
-    cx: SessionContext,
+pub struct LinkActor {
+    cx: LinkContext,
     device_id: Uuid,
     peer: PeerId,
     link: FollowerLink,
@@ -143,9 +93,9 @@ pub struct FollowerSession {
     timer: Option<(SpawnHandle, Instant)>,
 }
 
-impl FollowerSession {
-    /// A session for `device_id` reachable as `peer`.
-    pub fn new(cx: SessionContext, device_id: Uuid, peer: PeerId) -> Self {
+impl LinkActor {
+    /// A link actor for `device_id` reachable as `peer`.
+    pub fn new(cx: LinkContext, device_id: Uuid, peer: PeerId) -> Self {
         let link = FollowerLink::new(LinkConfig {
             library_id: cx.library_id,
             device: device_id,
@@ -267,7 +217,7 @@ impl FollowerSession {
             }
             Command::Left => {
                 if let Some(left) = &self.cx.left {
-                    left.do_send(SessionLeft { device: self.device_id, peer: self.peer });
+                    left.do_send(LinkLeft { device: self.device_id, peer: self.peer });
                 }
                 ctx.stop();
             }
@@ -286,7 +236,7 @@ impl FollowerSession {
         }
         let Some(reply) = self.replies.remove(&id) else { return };
         let (cx, peer, me) = (self.cx.clone(), self.peer, ctx.address());
-        // If the session stopped meanwhile (its member left), the cap it had still applies.
+        // If the link actor stopped meanwhile (its member left), the cap it had still applies.
         let cap = self.link.leaving_cap();
         actix_rt::spawn(async move {
             let library_id = cx.library_id;
@@ -310,21 +260,21 @@ impl FollowerSession {
     }
 }
 
-impl Actor for FollowerSession {
+impl Actor for LinkActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // No heartbeat timer of its own: the leader's election heartbeats (HeartbeatNow, every
-        // heartbeat interval) drive this session's heartbeats, so a follower hears exactly one
+        // heartbeat interval) drive this link actor's heartbeats, so a follower hears exactly one
         // per interval.
-        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
     }
 }
 
-impl Handler<NewCommit> for FollowerSession {
+impl Handler<NewCommit> for LinkActor {
     type Result = ();
     fn handle(&mut self, commit: NewCommit, ctx: &mut Context<Self>) {
-        // The highest committed sequence this session knows of (for a leaving member: up to
+        // The highest committed sequence this link actor knows of (for a leaving member: up to
         // its removal), for the log cache's `has_more`.
         let cap = self.link.leaving_cap().unwrap_or(u64::MAX);
         if commit.range.from_sequence <= cap {
@@ -334,28 +284,28 @@ impl Handler<NewCommit> for FollowerSession {
     }
 }
 
-impl Handler<NotifyDone> for FollowerSession {
+impl Handler<NotifyDone> for LinkActor {
     type Result = ();
     fn handle(&mut self, msg: NotifyDone, ctx: &mut Context<Self>) {
         self.step(ctx, |link, now| link.on_notify_answer(msg.0, now));
     }
 }
 
-impl Handler<HeartbeatNow> for FollowerSession {
+impl Handler<HeartbeatNow> for LinkActor {
     type Result = ();
     fn handle(&mut self, _: HeartbeatNow, ctx: &mut Context<Self>) {
         self.step(ctx, |link, _| link.on_heartbeat_tick());
     }
 }
 
-impl Handler<HeartbeatAnswered> for FollowerSession {
+impl Handler<HeartbeatAnswered> for LinkActor {
     type Result = ();
     fn handle(&mut self, msg: HeartbeatAnswered, ctx: &mut Context<Self>) {
         self.step(ctx, |link, _| link.on_heartbeat_answer(msg.0));
     }
 }
 
-impl Handler<InboundRequest> for FollowerSession {
+impl Handler<InboundRequest> for LinkActor {
     type Result = ();
     fn handle(&mut self, req: InboundRequest, ctx: &mut Context<Self>) {
         let id = self.next_request;
@@ -365,7 +315,7 @@ impl Handler<InboundRequest> for FollowerSession {
     }
 }
 
-impl Handler<Served> for FollowerSession {
+impl Handler<Served> for LinkActor {
     type Result = MessageResult<Served>;
     fn handle(&mut self, msg: Served, ctx: &mut Context<Self>) -> Self::Result {
         let mut answer = None;
@@ -380,23 +330,23 @@ impl Handler<Served> for FollowerSession {
     }
 }
 
-impl Handler<Connection> for FollowerSession {
+impl Handler<Connection> for LinkActor {
     type Result = ();
     fn handle(&mut self, msg: Connection, ctx: &mut Context<Self>) {
         self.step(ctx, |link, _| link.on_connection(msg.0));
     }
 }
 
-impl Handler<Leaving> for FollowerSession {
+impl Handler<Leaving> for LinkActor {
     type Result = ();
     fn handle(&mut self, msg: Leaving, ctx: &mut Context<Self>) {
         self.step(ctx, |link, now| link.on_leaving(msg.sequence, now));
     }
 }
 
-impl Handler<GetFollowerStatus> for FollowerSession {
-    type Result = MessageResult<GetFollowerStatus>;
-    fn handle(&mut self, msg: GetFollowerStatus, _: &mut Context<Self>) -> Self::Result {
+impl Handler<ObserveLink> for LinkActor {
+    type Result = MessageResult<ObserveLink>;
+    fn handle(&mut self, msg: ObserveLink, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.link.status(msg.leader_last_sequence))
     }
 }

@@ -1,22 +1,24 @@
-//! Actor-level tests of the session: the link's rules through real storage, a log cache, a
+//! Actor-level tests of the link actor: the link's rules through real storage, a log cache, a
 //! scripted transport and paused time (the machine's own tests are in `link/tests.rs`).
 
 use lsync_protocol::ErrorCode;
 use tokio::sync::oneshot;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::*;
-use crate::testkit::{entry, leader_db, session_context, ScriptedTransport};
+use crate::leader::messages::FollowerProgress;
+use crate::testkit::{entry, leader_db, link_context, ScriptedTransport};
 use crate::window::Announce;
 
-async fn ask(session: &Addr<FollowerSession>, message: SyncMessage) -> SyncMessage {
+async fn ask(link: &Addr<LinkActor>, message: SyncMessage) -> SyncMessage {
     let (reply, rx) = oneshot::channel();
-    session.send(InboundRequest { peer: PeerId::random(), message, reply }).await.unwrap();
+    link.send(InboundRequest { peer: PeerId::random(), message, reply }).await.unwrap();
     rx.await.unwrap()
 }
 
-/// Records every position a session hands to the leader's core.
+/// Records every position a link actor hands to the leader's core.
 struct Positions(Arc<std::sync::Mutex<Vec<FollowerProgress>>>);
 impl Actor for Positions {
     type Context = Context<Self>;
@@ -28,28 +30,27 @@ impl Handler<FollowerProgress> for Positions {
     }
 }
 
-/// A session in term 3 over a leader log of `n` entries of term 1, whose positions are
+/// A link actor in term 3 over a leader log of `n` entries of term 1, whose positions are
 /// recorded.
-fn recorded_session(
+fn recorded_link(
     n: u64,
-) -> (tempfile::TempDir, Uuid, Addr<FollowerSession>, Arc<std::sync::Mutex<Vec<FollowerProgress>>>)
-{
+) -> (tempfile::TempDir, Uuid, Addr<LinkActor>, Arc<std::sync::Mutex<Vec<FollowerProgress>>>) {
     let dir = tempfile::tempdir().unwrap();
     let lib = Uuid::new_v4();
     let (db, _tm) = leader_db(&dir, lib, n);
     let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut cx =
-        session_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
+        link_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
     cx.term = 3;
     cx.progress = Some(Positions(recorded.clone()).start().recipient());
     cx.leader.last_sequence.store(n, std::sync::atomic::Ordering::Release);
-    let session = FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start();
-    (dir, lib, session, recorded)
+    let link = LinkActor::new(cx, Uuid::new_v4(), PeerId::random()).start();
+    (dir, lib, link, recorded)
 }
 
 #[actix_rt::test]
 async fn requests_of_an_older_term_are_refused_with_this_term() {
-    let (_dir, lib, session, recorded) = recorded_session(10);
+    let (_dir, lib, link, recorded) = recorded_link(10);
     let fetch = SyncMessage::FetchEntries {
         library_id: lib,
         term: 2,
@@ -70,7 +71,7 @@ async fn requests_of_an_older_term_are_refused_with_this_term() {
         SyncMessage::Acknowledge { library_id: lib, up_to_sequence: 5, term: 1, last_term: 1 };
     for request in [fetch, heartbeat, ack] {
         let kind = request.kind();
-        match ask(&session, request).await {
+        match ask(&link, request).await {
             SyncMessage::Error { code: ErrorCode::StaleTerm, term: 3, .. } => {}
             other => panic!("{kind}: expected StaleTerm carrying term 3, got {other:?}"),
         }
@@ -80,22 +81,22 @@ async fn requests_of_an_older_term_are_refused_with_this_term() {
 
 #[actix_rt::test]
 async fn an_acknowledgement_beyond_the_last_sequence_is_refused_and_not_counted() {
-    let (_dir, lib, session, recorded) = recorded_session(10);
+    let (_dir, lib, link, recorded) = recorded_link(10);
     let ack = |up_to, term, last_term| SyncMessage::Acknowledge {
         library_id: lib,
         up_to_sequence: up_to,
         term,
         last_term,
     };
-    let refused = ask(&session, ack(11, 3, 1)).await;
+    let refused = ask(&link, ack(11, 3, 1)).await;
     assert!(
         matches!(refused, SyncMessage::Error { code: ErrorCode::BadRequest, .. }),
         "{refused:?}"
     );
     assert!(recorded.lock().unwrap().is_empty(), "checked before it is recorded");
-    let st = session.send(GetFollowerStatus { leader_last_sequence: 10 }).await.unwrap();
+    let st = link.send(ObserveLink { leader_last_sequence: 10 }).await.unwrap();
     assert_eq!(st.acked_sequence, 0, "not recorded for the lag either");
-    let answered = ask(&session, ack(7, 3, 1)).await;
+    let answered = ask(&link, ack(7, 3, 1)).await;
     assert!(
         matches!(answered, SyncMessage::Heartbeat { current_sequence: 10, .. }),
         "{answered:?}"
@@ -103,15 +104,15 @@ async fn an_acknowledgement_beyond_the_last_sequence_is_refused_and_not_counted(
     let positions: Vec<u64> = recorded.lock().unwrap().iter().map(|p| p.ack.sequence).collect();
     assert!(positions.ends_with(&[7]), "{positions:?}");
     // A lower position is believed (the follower rebuilt its log).
-    ask(&session, ack(2, 3, 1)).await;
-    let st = session.send(GetFollowerStatus { leader_last_sequence: 10 }).await.unwrap();
+    ask(&link, ack(2, 3, 1)).await;
+    let st = link.send(ObserveLink { leader_last_sequence: 10 }).await.unwrap();
     assert_eq!(st.acked_sequence, 2);
 }
 
 #[actix_rt::test]
 async fn a_removed_member_is_served_nothing_after_its_removal() {
-    let (_dir, lib, session, _recorded) = recorded_session(250);
-    session.send(Leaving { sequence: 150 }).await.unwrap();
+    let (_dir, lib, link, _recorded) = recorded_link(250);
+    link.send(Leaving { sequence: 150 }).await.unwrap();
     let fetch = |since| SyncMessage::FetchEntries {
         library_id: lib,
         term: 3,
@@ -119,7 +120,7 @@ async fn a_removed_member_is_served_nothing_after_its_removal() {
         since_term: u64::from(since > 0),
         limit: 100,
     };
-    match ask(&session, fetch(100)).await {
+    match ask(&link, fetch(100)).await {
         SyncMessage::EntriesResponse { entries, has_more, leader_last_sequence, .. } => {
             assert_eq!(entries.last().map(|e| e.sequence), Some(150));
             assert!(!has_more);
@@ -127,7 +128,7 @@ async fn a_removed_member_is_served_nothing_after_its_removal() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    match ask(&session, fetch(150)).await {
+    match ask(&link, fetch(150)).await {
         SyncMessage::EntriesResponse { entries, .. } => assert!(entries.is_empty()),
         other => panic!("unexpected {other:?}"),
     }
@@ -138,9 +139,8 @@ async fn fetch_is_capped_at_one_hundred_entries_whatever_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let lib = Uuid::new_v4();
     let (db, _tm) = leader_db(&dir, lib, 250);
-    let cx =
-        session_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
-    let session = FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start();
+    let cx = link_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
+    let link = LinkActor::new(cx, Uuid::new_v4(), PeerId::random()).start();
     let fetch = |since, since_term, limit| SyncMessage::FetchEntries {
         library_id: lib,
         term: 1,
@@ -149,7 +149,7 @@ async fn fetch_is_capped_at_one_hundred_entries_whatever_the_limit() {
         limit,
     };
     for limit in [101, 1_000, 1_000_000_000, u64::MAX] {
-        match ask(&session, fetch(0, 0, limit)).await {
+        match ask(&link, fetch(0, 0, limit)).await {
             SyncMessage::EntriesResponse { entries, has_more, leader_last_sequence, .. } => {
                 assert_eq!(entries.len(), 100, "limit {limit}");
                 assert_eq!(entries[0].sequence, 1);
@@ -159,7 +159,7 @@ async fn fetch_is_capped_at_one_hundred_entries_whatever_the_limit() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    match ask(&session, fetch(200, 1, 100)).await {
+    match ask(&link, fetch(200, 1, 100)).await {
         SyncMessage::EntriesResponse { entries, has_more, .. } => {
             assert_eq!(
                 entries.iter().map(|e| e.sequence).collect::<Vec<_>>(),
@@ -169,15 +169,15 @@ async fn fetch_is_capped_at_one_hundred_entries_whatever_the_limit() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let small = ask(&session, fetch(0, 0, 7)).await;
+    let small = ask(&link, fetch(0, 0, 7)).await;
     assert!(
         matches!(small, SyncMessage::EntriesResponse { ref entries, .. } if entries.len() == 7)
     );
-    let zero = ask(&session, fetch(0, 0, 0)).await;
+    let zero = ask(&link, fetch(0, 0, 0)).await;
     assert!(matches!(zero, SyncMessage::Error { code: ErrorCode::BadRequest, .. }), "{zero:?}");
     // the follower's acknowledgement is recorded and answered with the leader's heartbeat
     let ack = ask(
-        &session,
+        &link,
         SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: lib, up_to_sequence: 120 },
     )
     .await;
@@ -185,7 +185,7 @@ async fn fetch_is_capped_at_one_hundred_entries_whatever_the_limit() {
         ack,
         SyncMessage::Heartbeat { current_sequence: 250, role: SyncRole::Leader, .. }
     ));
-    let st = session.send(GetFollowerStatus { leader_last_sequence: 250 }).await.unwrap();
+    let st = link.send(ObserveLink { leader_last_sequence: 250 }).await.unwrap();
     assert_eq!((st.acked_sequence, st.lag), (120, 130));
 }
 
@@ -195,12 +195,11 @@ async fn followers_fetching_the_same_block_share_one_storage_read() {
     let dir = tempfile::tempdir().unwrap();
     let lib = Uuid::new_v4();
     let (db, tm) = leader_db(&dir, lib, 250);
-    let cx =
-        session_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
+    let cx = link_context(lib, db, ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed)));
     let (metrics, cache) = (cx.metrics.clone(), cx.cache.clone());
-    cache.set_readers(3); // two sessions here, and a third follower that never fetches
-    let a = FollowerSession::new(cx.clone(), Uuid::new_v4(), PeerId::random()).start();
-    let b = FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start();
+    cache.set_readers(3); // two link actors here, and a third follower that never fetches
+    let a = LinkActor::new(cx.clone(), Uuid::new_v4(), PeerId::random()).start();
+    let b = LinkActor::new(cx, Uuid::new_v4(), PeerId::random()).start();
     let fetch = |since, since_term| SyncMessage::FetchEntries {
         library_id: lib,
         term: 1,
@@ -313,14 +312,11 @@ async fn settle() {
     }
 }
 
-fn session_with(
-    follower: Arc<SlowFollower>,
-    lib: Uuid,
-) -> (tempfile::TempDir, Addr<FollowerSession>) {
+fn link_with(follower: Arc<SlowFollower>, lib: Uuid) -> (tempfile::TempDir, Addr<LinkActor>) {
     let dir = tempfile::tempdir().unwrap();
     let (db, _tm) = leader_db(&dir, lib, 0);
-    let cx = session_context(lib, db, follower);
-    (dir, FollowerSession::new(cx, Uuid::new_v4(), PeerId::random()).start())
+    let cx = link_context(lib, db, follower);
+    (dir, LinkActor::new(cx, Uuid::new_v4(), PeerId::random()).start())
 }
 
 fn announce(i: u64) -> NewCommit {
@@ -341,12 +337,12 @@ async fn the_first_commit_goes_at_once_and_a_burst_goes_as_one_more_when_the_fol
         carried: Default::default(),
         t0: tokio::time::Instant::now(),
     });
-    let (_dir, session) = session_with(follower.clone(), lib);
-    session.send(announce(1)).await.unwrap();
+    let (_dir, link) = link_with(follower.clone(), lib);
+    link.send(announce(1)).await.unwrap();
     settle().await;
     assert_eq!(*follower.sent.lock().unwrap(), vec![(Duration::ZERO, 1, 1)], "at once");
     for i in 2..=40 {
-        session.send(announce(i)).await.unwrap();
+        link.send(announce(i)).await.unwrap();
     }
     settle().await;
     assert_eq!(follower.sent.lock().unwrap().len(), 1, "held while the first is unanswered");
@@ -363,7 +359,7 @@ async fn the_first_commit_goes_at_once_and_a_burst_goes_as_one_more_when_the_fol
     tokio::time::advance(Duration::from_millis(500)).await;
     settle().await;
     assert_eq!(follower.sent.lock().unwrap().len(), 2, "quiet: nothing more");
-    let st = session.send(GetFollowerStatus { leader_last_sequence: 40 }).await.unwrap();
+    let st = link.send(ObserveLink { leader_last_sequence: 40 }).await.unwrap();
     assert_eq!(st.acked_sequence, 40, "the answers are the follower's acknowledgements");
 }
 
@@ -377,10 +373,10 @@ async fn a_follower_that_does_not_answer_still_hears_within_one_window() {
         carried: Default::default(),
         t0: tokio::time::Instant::now(),
     });
-    let (_dir, session) = session_with(follower.clone(), lib);
-    session.send(announce(1)).await.unwrap();
+    let (_dir, link) = link_with(follower.clone(), lib);
+    link.send(announce(1)).await.unwrap();
     tokio::time::advance(Duration::from_millis(10)).await;
-    session.send(announce(2)).await.unwrap();
+    link.send(announce(2)).await.unwrap();
     settle().await;
     tokio::time::advance(Duration::from_millis(99)).await;
     settle().await;
@@ -411,31 +407,31 @@ async fn small_commits_travel_inside_new_entries_and_large_or_partial_ones_do_no
         carried: Default::default(),
         t0: tokio::time::Instant::now(),
     });
-    let (_dir, session) = session_with(follower.clone(), lib);
+    let (_dir, link) = link_with(follower.clone(), lib);
     let answered = || async {
         tokio::time::advance(Duration::from_millis(32)).await;
         settle().await;
     };
     // A lone commit: at once, with its entry.
-    session.send(commit(1, 1, Some(10))).await.unwrap();
+    link.send(commit(1, 1, Some(10))).await.unwrap();
     settle().await;
     // Commits while it is outstanding: merged, and their entries with them.
-    session.send(commit(2, 3, Some(10))).await.unwrap();
-    session.send(commit(4, 4, Some(10))).await.unwrap();
+    link.send(commit(2, 3, Some(10))).await.unwrap();
+    link.send(commit(4, 4, Some(10))).await.unwrap();
     answered().await;
     // A commit that came without entries (too large for the event) spoils the merged run.
-    session.send(commit(5, 5, Some(10))).await.unwrap();
-    session.send(commit(6, 6, None)).await.unwrap();
+    link.send(commit(5, 5, Some(10))).await.unwrap();
+    link.send(commit(6, 6, None)).await.unwrap();
     answered().await;
     // More than max_entries_per_response (100) entries merged: none are carried.
-    session.send(commit(7, 7, Some(10))).await.unwrap();
-    session.send(commit(8, 60, Some(10))).await.unwrap();
-    session.send(commit(61, 120, Some(10))).await.unwrap();
+    link.send(commit(7, 7, Some(10))).await.unwrap();
+    link.send(commit(8, 60, Some(10))).await.unwrap();
+    link.send(commit(61, 120, Some(10))).await.unwrap();
     answered().await;
     // More than max_response_bytes of data: none either.
-    session.send(commit(121, 121, Some(10))).await.unwrap();
-    session.send(commit(122, 122, Some(5 << 20))).await.unwrap();
-    session.send(commit(123, 123, Some(5 << 20))).await.unwrap();
+    link.send(commit(121, 121, Some(10))).await.unwrap();
+    link.send(commit(122, 122, Some(5 << 20))).await.unwrap();
+    link.send(commit(123, 123, Some(5 << 20))).await.unwrap();
     answered().await;
     answered().await;
     let sent: Vec<(u64, u64)> =

@@ -1,6 +1,6 @@
 //! Leader election: a pure state machine, no I/O, no async; the clock and the randomness are
-//! injected. The `ElectionWatcher` actor is its shell: it feeds it events, performs the
-//! [`Action`]s it returns, in order, and calls [`Election::tick`] at
+//! injected. The [`actor::ElectionActor`] (election/actor.rs) is its shell: it feeds it events,
+//! performs the [`Action`]s it returns, in order, and calls [`Election::tick`] at
 //! [`Election::next_deadline`].
 //!
 //! Raft's election (terms, one vote per term, randomized timeouts, "at least as up to date",
@@ -180,7 +180,7 @@
 //!   voter keeps leading (Raft keeps it managing the change until the change commits); the
 //!   actor calls [`Election::resign`] once the configuration that removed or demoted it is
 //!   committed. The leader changes voters one at a time, a change only once the previous one
-//!   and its own first entry of its term are committed (actors/src/membership.rs), so that
+//!   and its own first entry of its term are committed (actors/src/leader/membership.rs), so that
 //!   the rules of consecutive configurations, taken together as above, never elect two
 //!   leaders of one term (checked by the simulator, election/sim.rs, with every device
 //!   deriving its configuration from its own log).
@@ -199,7 +199,9 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::config::SyncConfig;
+use crate::fencing::{fence, Verdict};
 
+pub mod actor;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
@@ -903,7 +905,7 @@ impl<R: Rng> Election<R> {
         if request.pre_vote {
             return vec![self.answer_pre_vote(request, now)];
         }
-        if request.term < self.term {
+        if self.fence(request.term) == Verdict::Stale {
             return vec![refuse(self.term)];
         }
         if !request.transfer && self.hears_live_leader(now) {
@@ -911,9 +913,7 @@ impl<R: Rng> Election<R> {
             return vec![refuse(self.term)];
         }
         let before = self.view();
-        if request.term > self.term {
-            self.adopt_term(request.term, now);
-        }
+        self.adopt_term(request.term, now);
         let own = self.log_reference();
         let free = self.voted_for.is_none() || self.voted_for == Some(candidate);
         let up_to_date = request.last_log() >= own;
@@ -948,9 +948,7 @@ impl<R: Rng> Election<R> {
         let from_voter = response.voter != self.me && self.membership.is_elector(&response.voter);
         if response.pre_vote {
             if !response.granted {
-                if response.term > self.term {
-                    self.adopt_term(response.term, now);
-                }
+                self.adopt_term(response.term, now);
             } else if let Some(round) = self.pre_vote.as_mut() {
                 // A grant for another term answers an abandoned round: ignored.
                 if response.term == round.term && from_voter {
@@ -961,10 +959,10 @@ impl<R: Rng> Election<R> {
                     }
                 }
             }
-        } else if response.term > self.term {
+        } else if self.fence(response.term).is_newer() {
             self.adopt_term(response.term, now);
         } else if self.role == SyncRole::Candidate
-            && response.term == self.term
+            && self.fence(response.term) == Verdict::Current
             && response.granted
             && from_voter
         {
@@ -980,11 +978,11 @@ impl<R: Rng> Election<R> {
     /// the follower's term: a newer term makes this device step down; otherwise it counts as
     /// contact for the check quorum (from a voter only).
     pub fn on_follower_response(&mut self, from: Uuid, term: u64, now: Instant) -> Vec<Action> {
-        if term > self.term {
+        if self.fence(term).is_newer() {
             return self.observe_term(term, now);
         }
         if self.role == SyncRole::Leader
-            && term == self.term
+            && self.fence(term) == Verdict::Current
             && from != self.me
             && self.membership.is_member(&from)
         {
@@ -997,7 +995,7 @@ impl<R: Rng> Election<R> {
     /// Any other message carrying a term (e.g. a NotLeader answer): a newer term is adopted at
     /// once and a candidate or leader steps down.
     pub fn observe_term(&mut self, term: u64, now: Instant) -> Vec<Action> {
-        if term <= self.term {
+        if !self.fence(term).is_newer() {
             return Vec::new();
         }
         let before = self.view();
@@ -1118,7 +1116,7 @@ impl<R: Rng> Election<R> {
 
     /// The answer to a pre-vote of a voter (checked by the caller): changes nothing here.
     fn answer_pre_vote(&self, request: VoteRequest, now: Instant) -> Action {
-        let newer = request.term > self.term;
+        let newer = self.fence(request.term).is_newer();
         let up_to_date = request.last_log() >= self.log_reference();
         let live_leader = !request.transfer && self.hears_live_leader(now);
         let granted = newer && up_to_date && !live_leader;
@@ -1143,10 +1141,10 @@ impl<R: Rng> Election<R> {
         if from == self.me {
             return LeaderVerdict::Refused;
         }
-        if term < self.term {
+        if self.fence(term) == Verdict::Stale {
             return LeaderVerdict::Stale { current_term: self.term, leader: self.leader };
         }
-        if term == self.term
+        if self.fence(term) == Verdict::Current
             && (self.role == SyncRole::Leader || self.leader.is_some_and(|l| l != from))
         {
             warn!(%from, term, leader = ?self.leader, "second leader claims the term, ignored");
@@ -1157,9 +1155,7 @@ impl<R: Rng> Election<R> {
 
     /// Follows `from` as leader of `term` (checked by `check_leader`).
     fn follow(&mut self, from: Uuid, term: u64, now: Instant) {
-        if term > self.term {
-            self.adopt_term(term, now);
-        }
+        self.adopt_term(term, now);
         if self.role != SyncRole::Follower {
             self.step_down(now);
         }
@@ -1172,9 +1168,7 @@ impl<R: Rng> Election<R> {
     /// Moves to the newer `term`: no vote, no leader, no pre-vote round; a candidate or leader
     /// steps down.
     fn adopt_term(&mut self, term: u64, now: Instant) {
-        if term <= self.term {
-            return;
-        }
+        let Verdict::Newer { step_down } = self.fence(term) else { return };
         debug!(from = self.term, to = term, "newer term");
         self.term = term;
         self.voted_for = None;
@@ -1183,9 +1177,14 @@ impl<R: Rng> Election<R> {
         self.leader_contact = None;
         self.votes.clear();
         self.pre_vote = None;
-        if self.role != SyncRole::Follower {
+        if step_down {
             self.step_down(now);
         }
+    }
+
+    /// The term rule ([`fence`]) for a message of `term`, in this device's role and term.
+    fn fence(&self, term: u64) -> Verdict {
+        fence(self.role, term, self.term)
     }
 
     fn step_down(&mut self, now: Instant) {

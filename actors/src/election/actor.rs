@@ -1,8 +1,9 @@
-//! ElectionWatcher — one per open library, on every member device, whatever its role.
+//! ElectionActor — runs the library's election: one per open library, on every member device,
+//! whatever its role.
 //!
 //! Receives: vote requests and TimeoutNow (routed by the SyncService), [`ElectionInput`]s
 //! (a leader was heard, a follower answered, a newer term was seen), membership changes and
-//! leadership-transfer requests; its own timer.
+//! leadership-transfer requests, [`ObserveElection`]; its own timer.
 //! Emits: RequestVote (votes and pre-votes) / Vote / TimeoutNow messages, and [`RoleChange`] /
 //! [`HeartbeatNow`] to its SyncService.
 //!
@@ -27,52 +28,16 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::blocking::run_blocking;
-use crate::config::SyncConfig;
-use crate::election::{
+use super::{
     Action, Election, ElectionConfig, Membership, PersistedElection, VoteRequest, VoteResponse,
 };
+use crate::blocking::run_blocking;
+use crate::config::SyncConfig;
 use crate::events::SyncEvent;
+use crate::messages::{ElectionInput, FollowerAcked, HeartbeatNow, LeaderHint, RoleChange};
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
 use crate::transport::Transport;
-
-/// Something the election must know about.
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub enum ElectionInput {
-    /// A leader message (Heartbeat, NewEntries, EntriesResponse) of `term` from device `from`.
-    LeaderHeard { from: Uuid, term: u64 },
-    /// A follower `from` answered this leader, in `term`.
-    FollowerContact { from: Uuid, term: u64 },
-    /// Some message carried `term`.
-    TermSeen { term: u64 },
-}
-
-/// The role actors must change: this device now has `role` in `term` under `leader`.
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub struct RoleChange {
-    pub role: SyncRole,
-    pub term: u64,
-    pub leader: Option<Uuid>,
-    pub voted_for: Option<Uuid>,
-}
-
-/// A device this follower asked named another device as the leader (`NotLeader` hint).
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub struct LeaderHint {
-    /// The device named as the leader.
-    pub device: Uuid,
-    /// Its peer id, when the reply gave it (lets in a leader this device does not know yet).
-    pub peer: Option<PeerId>,
-}
-
-/// The leader must heartbeat every follower now.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct HeartbeatNow;
 
 /// The configuration in effect changed: every member's peer (this device included) and the
 /// election's view of it (voters, learners).
@@ -93,17 +58,28 @@ pub struct Resign;
 #[rtype(result = "Result<(), String>")]
 pub struct TransferLeadership(pub Uuid);
 
-/// Asks the SyncService for a follower's acknowledged sequence (leader only).
+/// Reads the election's state: the election actor's one observe call.
 #[derive(Message)]
-#[rtype(result = "Option<u64>")]
-pub struct FollowerAcked(pub Uuid);
+#[rtype(result = "ElectionStatus")]
+pub struct ObserveElection;
+
+/// The election's state, as [`ObserveElection`] shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElectionStatus {
+    pub role: SyncRole,
+    pub term: u64,
+    pub leader: Option<Uuid>,
+    pub voted_for: Option<Uuid>,
+    /// The device a leadership transfer hands over to, while one runs.
+    pub transfer_target: Option<Uuid>,
+}
 
 #[derive(Message)]
 #[rtype(result = "()")]
 struct VoteReceived(VoteResponse);
 
 /// What the watcher needs.
-pub struct WatcherContext {
+pub struct ElectionContext {
     pub library_id: Uuid,
     pub device_id: Uuid,
     pub db: Database,
@@ -126,8 +102,8 @@ pub struct WatcherContext {
 }
 
 /// The election of one library on this device.
-pub struct ElectionWatcher {
-    cx: WatcherContext,
+pub struct ElectionActor {
+    cx: ElectionContext,
     election: Election<StdRng>,
     timer: Option<SpawnHandle>,
 }
@@ -136,9 +112,9 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-impl ElectionWatcher {
+impl ElectionActor {
     /// A watcher resuming from `cx.persisted`.
-    pub fn new(cx: WatcherContext) -> Self {
+    pub fn new(cx: ElectionContext) -> Self {
         let election = Election::new(
             cx.device_id,
             cx.membership.clone(),
@@ -357,17 +333,17 @@ impl ElectionWatcher {
     }
 }
 
-impl Actor for ElectionWatcher {
+impl Actor for ElectionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity(crate::limits::MAILBOX_CAPACITY);
         // A resumed leader heartbeats at once; a follower arms its election deadline.
         self.with_log(ctx, None, |e, now| e.tick(now));
     }
 }
 
-impl Handler<ElectionInput> for ElectionWatcher {
+impl Handler<ElectionInput> for ElectionActor {
     type Result = ();
     fn handle(&mut self, input: ElectionInput, ctx: &mut Context<Self>) {
         let now = now();
@@ -386,7 +362,7 @@ impl Handler<ElectionInput> for ElectionWatcher {
     }
 }
 
-impl Handler<VoteReceived> for ElectionWatcher {
+impl Handler<VoteReceived> for ElectionActor {
     type Result = ();
     fn handle(&mut self, msg: VoteReceived, ctx: &mut Context<Self>) {
         let response = msg.0;
@@ -410,7 +386,7 @@ pub fn probe_for_leader(response: &VoteResponse, leader: Option<Uuid>) -> bool {
     response.pre_vote && !response.granted && leader.is_none()
 }
 
-impl ElectionWatcher {
+impl ElectionActor {
     /// Asks `voter` who leads ([`probe_for_leader`]); a `NotLeader` answer naming a leader goes
     /// to the service as a [`LeaderHint`].
     fn ask_for_leader(&self, voter: Uuid) {
@@ -439,7 +415,7 @@ impl ElectionWatcher {
     }
 }
 
-impl Handler<InboundRequest> for ElectionWatcher {
+impl Handler<InboundRequest> for ElectionActor {
     type Result = ();
     fn handle(&mut self, req: InboundRequest, ctx: &mut Context<Self>) {
         let library_id = self.cx.library_id;
@@ -483,7 +459,7 @@ impl Handler<InboundRequest> for ElectionWatcher {
     }
 }
 
-impl Handler<SetMembership> for ElectionWatcher {
+impl Handler<SetMembership> for ElectionActor {
     type Result = ();
     fn handle(&mut self, msg: SetMembership, ctx: &mut Context<Self>) {
         self.cx.members = msg.peers;
@@ -493,7 +469,7 @@ impl Handler<SetMembership> for ElectionWatcher {
     }
 }
 
-impl Handler<Resign> for ElectionWatcher {
+impl Handler<Resign> for ElectionActor {
     type Result = ();
     fn handle(&mut self, _: Resign, ctx: &mut Context<Self>) {
         let actions = self.election.resign(now());
@@ -501,7 +477,7 @@ impl Handler<Resign> for ElectionWatcher {
     }
 }
 
-impl Handler<TransferLeadership> for ElectionWatcher {
+impl Handler<TransferLeadership> for ElectionActor {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: TransferLeadership, ctx: &mut Context<Self>) -> Self::Result {
         self.election.transfer_leadership(msg.0, now()).map_err(|e| e.to_string())?;
@@ -510,6 +486,29 @@ impl Handler<TransferLeadership> for ElectionWatcher {
         self.poll_transfer(ctx);
         self.arm_timer(ctx);
         Ok(())
+    }
+}
+
+impl Handler<ObserveElection> for ElectionActor {
+    type Result = MessageResult<ObserveElection>;
+    fn handle(&mut self, _: ObserveElection, _: &mut Context<Self>) -> Self::Result {
+        let e = &self.election;
+        MessageResult(ElectionStatus {
+            role: e.role(),
+            term: e.term(),
+            leader: e.leader(),
+            voted_for: e.voted_for(),
+            transfer_target: e.transfer_target(),
+        })
+    }
+}
+
+/// Test only: makes the election actor panic in a handler.
+#[cfg(test)]
+impl Handler<crate::messages::InjectPanic> for ElectionActor {
+    type Result = ();
+    fn handle(&mut self, _: crate::messages::InjectPanic, _: &mut Context<Self>) {
+        panic!("injected panic in the election actor");
     }
 }
 

@@ -1,21 +1,23 @@
-//! FollowerApplier — on a follower, one per library: the shell of the follower's replication.
+//! FollowerActor — the follower role of one library: runs its replication (the pure
+//! [`Replicator`]) while this device follows a leader. (Storage's `Applier` is one
+//! transaction of it: the batch it applies.)
 //!
 //! Receives: the leader's NewEntries and Heartbeat requests (routed by the SyncService),
-//! GetApplierStatus.
+//! [`ObserveFollower`], [`WatchCommit`].
 //! Emits: FetchEntries, Acknowledge and Heartbeat requests to the leader; EntriesApplied,
 //! LeaderUnreachable, Resync*, BulkJobQueued and ApplyFailed events; configurations applied,
 //! the leader's commit sequence, removals and re-pointing to the SyncService; newer terms to the
 //! election; wakes the proposer.
 //!
-//! What it owns: the pure machine [`Replicator`] (actors/src/follower.rs), which keeps every
+//! What it owns: the pure machine [`Replicator`] (follower/mod.rs), which keeps every
 //! piece of the replication's state and takes every decision — positions, pipeline, gaps,
 //! guesses, rebuilds, backoff, acknowledgements, status; the reply channels of the leader's
 //! requests it has not answered yet; the fetches in flight (to drop one unread); one timer.
 //! It feeds the machine its inputs (requests, answers, storage results, the timer), performs
 //! the [`Command`]s it returns in order — requests through the [`Transport`], storage calls on
-//! the blocking pool ([`run_blocking`]), events, metrics, messages to other actors — and arms
+//! the blocking pool (`run_blocking`), events, metrics, messages to other actors — and arms
 //! its timer at [`Replicator::next_deadline`]. A batch's events are sent in the same blocking
-//! task as its transaction ([`crate::follower::committed`]), so an applier stopped while it
+//! task as its transaction ([`crate::follower::committed`]), so an actor stopped while it
 //! waits cannot separate a committed batch from its events.
 //!
 //! Memory: what the machine holds (docs/architecture.md, "Actors of one node": the batch
@@ -24,7 +26,6 @@
 //! one handle per fetch in flight (at most two).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,21 +38,21 @@ use rand::SeedableRng;
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
-use crate::blocking::run_blocking;
-use crate::config::SyncConfig;
-use crate::events::{ApplierStatus, SyncEvent};
-pub use crate::follower::FollowerMembership;
-use crate::follower::{
+use super::{
     follower_heartbeat, position_ack, BatchOutcome, Command, Counter, Leader, Replicator, ReplyTo,
     RequestId,
 };
+use crate::blocking::run_blocking;
+use crate::config::SyncConfig;
+use crate::events::{ApplierStatus, SyncEvent};
+use crate::messages::FollowerMembership;
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
 use crate::transport::Transport;
 
 /// Everything the follower's replication needs.
 #[derive(Clone)]
-pub struct ApplierContext {
+pub struct FollowerContext {
     pub library_id: Uuid,
     pub db: Database,
     pub transport: Arc<dyn Transport>,
@@ -63,35 +64,50 @@ pub struct ApplierContext {
     /// The leader's device id (named in NotLeader replies).
     pub leader_device: Option<Uuid>,
     /// Where newer terms heard from the leader go (the library's election).
-    pub election: Option<Recipient<crate::watcher::ElectionInput>>,
+    pub election: Option<Recipient<crate::messages::ElectionInput>>,
     /// Re-proposes the changes a repair recovered.
     pub proposer: Option<crate::proposer::Proposer>,
     /// Where a `NotLeader` hint goes (the SyncService re-points the follower).
-    pub repoint: Option<Recipient<crate::watcher::LeaderHint>>,
+    pub repoint: Option<Recipient<crate::messages::LeaderHint>>,
     /// The term this follower knows.
     pub term: u64,
     /// Where configurations this follower applies (or learns it was removed) go: the
     /// SyncService.
     pub membership: Option<Recipient<FollowerMembership>>,
-    /// The leader's commit sequence as last heard (read by status; raised by every leader
-    /// message).
-    pub leader_commit: Arc<AtomicU64>,
+    /// The leader's commit sequence as this device last heard it (by an earlier follower
+    /// actor): raised by every leader message that says more, shown by [`ObserveFollower`].
+    pub leader_commit: u64,
     /// When the leader's commit sequence reaches this, the SyncService is told (it forgets
-    /// the previous voters once a voter change is committed); `u64::MAX`: never.
-    pub commit_watch: Arc<AtomicU64>,
+    /// the previous voters once a voter change is committed); `u64::MAX`: never. Changed with
+    /// [`WatchCommit`].
+    pub commit_watch: u64,
 }
 
 /// A machine input that takes a storage call's result.
 type Input<T> = fn(&mut Replicator<StdRng>, Result<T, String>, Instant) -> Vec<Command>;
 
-/// Reads the applier's status.
+/// Reads the follower's state: its one observe call (nothing else of it is shared).
 #[derive(Message)]
-#[rtype(result = "ApplierStatus")]
-pub struct GetApplierStatus;
+#[rtype(result = "FollowerSnapshot")]
+pub struct ObserveFollower;
+
+/// The follower's state, as [`ObserveFollower`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerSnapshot {
+    /// The replication's status (its machine's).
+    pub status: ApplierStatus,
+    /// The leader's commit sequence as last heard.
+    pub leader_commit: u64,
+}
+
+/// The SyncService watches another sequence (see [`FollowerContext::commit_watch`]).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct WatchCommit(pub u64);
 
 /// The follower side of one library.
-pub struct FollowerApplier {
-    cx: ApplierContext,
+pub struct FollowerActor {
+    cx: FollowerContext,
     machine: Replicator<StdRng>,
     /// Reply channels of the leader's requests, until the machine answers them.
     replies: HashMap<ReplyTo, oneshot::Sender<SyncMessage>>,
@@ -100,11 +116,15 @@ pub struct FollowerApplier {
     fetches: HashMap<RequestId, SpawnHandle>,
     /// The timer armed, and the deadline it is armed for.
     timer: Option<(Instant, SpawnHandle)>,
+    /// The leader's commit sequence as last heard.
+    leader_commit: u64,
+    /// The sequence the SyncService watches, and whether it was told it was reached.
+    commit_watch: (u64, bool),
 }
 
-impl FollowerApplier {
-    /// An applier following `cx.leader`.
-    pub fn new(cx: ApplierContext) -> Self {
+impl FollowerActor {
+    /// A follower of `cx.leader`.
+    pub fn new(cx: FollowerContext) -> Self {
         let leader = Leader { device: cx.leader_device, peer: cx.leader.to_string() };
         let machine = Replicator::new(
             cx.library_id,
@@ -113,6 +133,7 @@ impl FollowerApplier {
             cx.config.clone(),
             StdRng::from_entropy(),
         );
+        let (leader_commit, commit_watch) = (cx.leader_commit, (cx.commit_watch, false));
         Self {
             cx,
             machine,
@@ -120,6 +141,8 @@ impl FollowerApplier {
             next_reply: 0,
             fetches: HashMap::new(),
             timer: None,
+            leader_commit,
+            commit_watch,
         }
     }
 
@@ -221,13 +244,16 @@ impl FollowerApplier {
                 };
                 self.storage(ctx, recover, Replicator::on_orphans_recovered);
             }
+            Command::LeaderCommit(commit) => {
+                self.leader_commit = self.leader_commit.max(commit);
+                self.check_commit_watch();
+            }
             // Performed by `effect`.
             Command::WakeProposer
             | Command::Event(_)
             | Command::AdoptTerm(_)
             | Command::Repoint(_)
             | Command::Membership(_)
-            | Command::LeaderCommit(_)
             | Command::CountMetric(..) => {}
         }
     }
@@ -246,6 +272,18 @@ impl FollowerApplier {
             let commands = input(&mut act.machine, result, Instant::now());
             act.perform(commands, ctx);
         }));
+    }
+
+    /// Tells the SyncService, once per watched sequence, that the leader's commit sequence
+    /// reached it (also when it was reached before the sequence was watched).
+    fn check_commit_watch(&mut self) {
+        let (watch, told) = self.commit_watch;
+        if !told && self.leader_commit >= watch {
+            self.commit_watch.1 = true;
+            if let Some(m) = &self.cx.membership {
+                m.do_send(FollowerMembership::Committed(self.leader_commit));
+            }
+        }
     }
 
     /// One timer, at the machine's next deadline.
@@ -270,7 +308,7 @@ impl FollowerApplier {
 
 /// Performs a command that only tells someone something (events, metrics, other actors);
 /// returns any other command.
-fn effect(cx: &ApplierContext, command: Command) -> Option<Command> {
+fn effect(cx: &FollowerContext, command: Command) -> Option<Command> {
     match command {
         Command::Event(event) => {
             let _ = cx.events.send(event);
@@ -288,7 +326,7 @@ fn effect(cx: &ApplierContext, command: Command) -> Option<Command> {
         }
         Command::AdoptTerm(term) => {
             if let (Some(e), Some(from)) = (&cx.election, cx.leader_device) {
-                e.do_send(crate::watcher::ElectionInput::LeaderHeard { from, term });
+                e.do_send(crate::messages::ElectionInput::LeaderHeard { from, term });
             }
         }
         Command::Repoint(hint) => {
@@ -301,7 +339,6 @@ fn effect(cx: &ApplierContext, command: Command) -> Option<Command> {
                 r.do_send(m);
             }
         }
-        Command::LeaderCommit(commit) => note_leader_commit(cx, commit),
         Command::WakeProposer => {
             if let Some(p) = &cx.proposer {
                 p.wake();
@@ -314,7 +351,7 @@ fn effect(cx: &ApplierContext, command: Command) -> Option<Command> {
 
 /// Applies `entries` in one transaction (on the blocking pool) and performs what goes with a
 /// committed batch ([`crate::follower::committed`]) before returning.
-fn apply(cx: &ApplierContext, entries: &[lsync_protocol::SyncLogEntry]) -> BatchOutcome {
+fn apply(cx: &FollowerContext, entries: &[lsync_protocol::SyncLogEntry]) -> BatchOutcome {
     let committed_ms = entries.last().map_or(0, |e| e.timestamp_ms);
     let result = Applier::new(cx.db.clone()).apply(entries);
     let outcome = BatchOutcome::from_storage(&result);
@@ -333,50 +370,49 @@ fn apply(cx: &ApplierContext, entries: &[lsync_protocol::SyncLogEntry]) -> Batch
     outcome
 }
 
-/// The leader said its commit sequence is `commit`: raise what this follower knows of it, and
-/// tell the SyncService once it reaches the sequence it watches (a voter change committed).
-fn note_leader_commit(cx: &ApplierContext, commit: u64) {
-    let before = cx.leader_commit.fetch_max(commit, Ordering::AcqRel);
-    let watch = cx.commit_watch.load(Ordering::Acquire);
-    if before < watch && commit >= watch {
-        if let Some(m) = &cx.membership {
-            m.do_send(FollowerMembership::Committed(commit));
+impl Actor for FollowerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(crate::limits::MAILBOX_CAPACITY);
+        let commands = self.machine.start(Instant::now());
+        self.perform(commands, ctx);
+        self.check_commit_watch();
+    }
+}
+
+/// Test only: makes the follower panic in its work — a future it runs (as a fetch or a
+/// storage call's continuation), not a handler.
+#[cfg(test)]
+impl Handler<crate::messages::InjectPanic> for FollowerActor {
+    type Result = ();
+    fn handle(&mut self, _: crate::messages::InjectPanic, ctx: &mut Context<Self>) {
+        let work = async {}.into_actor(self);
+        ctx.spawn(work.map(|(), _, _| panic!("injected panic in the follower's work")));
+    }
+}
+
+impl Handler<ObserveFollower> for FollowerActor {
+    type Result = MessageResult<ObserveFollower>;
+    fn handle(&mut self, _: ObserveFollower, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(FollowerSnapshot {
+            status: self.machine.status(),
+            leader_commit: self.leader_commit,
+        })
+    }
+}
+
+impl Handler<WatchCommit> for FollowerActor {
+    type Result = ();
+    fn handle(&mut self, msg: WatchCommit, _: &mut Context<Self>) {
+        if msg.0 != self.commit_watch.0 {
+            self.commit_watch = (msg.0, false);
+            self.check_commit_watch();
         }
     }
 }
 
-impl Actor for FollowerApplier {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(crate::service::MAILBOX_CAPACITY);
-        let commands = self.machine.start(Instant::now());
-        self.perform(commands, ctx);
-    }
-}
-
-/// Test only: makes the applier panic inside a handler.
-#[cfg(test)]
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct InjectPanic;
-
-#[cfg(test)]
-impl Handler<InjectPanic> for FollowerApplier {
-    type Result = ();
-    fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
-        panic!("injected panic");
-    }
-}
-
-impl Handler<GetApplierStatus> for FollowerApplier {
-    type Result = MessageResult<GetApplierStatus>;
-    fn handle(&mut self, _: GetApplierStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.machine.status())
-    }
-}
-
-impl Handler<InboundRequest> for FollowerApplier {
+impl Handler<InboundRequest> for FollowerActor {
     type Result = ();
     fn handle(&mut self, req: InboundRequest, ctx: &mut Context<Self>) {
         let to = ReplyTo(self.next_reply);
@@ -390,6 +426,7 @@ impl Handler<InboundRequest> for FollowerApplier {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use lsync_protocol::ErrorCode;
@@ -397,8 +434,8 @@ mod tests {
     use super::*;
     use crate::events::FollowerState;
     use crate::follower::{MAX_MISSED_GUESSES, MAX_RESTARTS, PIPELINE};
-    use crate::session::serve;
-    use crate::testkit::{follower_db, leader_db, session_context, wait_for, ScriptedTransport};
+    use crate::leader::serve::serve;
+    use crate::testkit::{follower_db, leader_db, link_context, wait_for, ScriptedTransport};
     use crate::transport::NetworkError;
 
     struct Setup {
@@ -416,27 +453,27 @@ mod tests {
         + Sync
         + 'static;
 
-    /// A follower applier whose transport is `script`, which may serve from the leader's log.
+    /// A follower actor whose transport is `script`, which may serve from the leader's log.
     fn start(
         n: u64,
         script: impl Fn(usize, &SyncMessage, &Database) -> Option<Result<SyncMessage, NetworkError>>
             + Send
             + Sync
             + 'static,
-    ) -> (Setup, Arc<ScriptedTransport>, Addr<FollowerApplier>) {
+    ) -> (Setup, Arc<ScriptedTransport>, Addr<FollowerActor>) {
         let config =
             SyncConfig { heartbeat_interval: Duration::from_secs(3600), ..SyncConfig::fast() };
         start_prepared(n, |_, _| {}, config, Box::new(script))
     }
 
     /// [`start`], with `prepare` run on the leader's database after its first `n` entries,
-    /// before the applier starts, and the follower's `config`.
+    /// before the actor starts, and the follower's `config`.
     fn start_prepared(
         n: u64,
         prepare: impl FnOnce(&Database, &lsync_storage::TransactionManager),
         config: SyncConfig,
         script: Box<Script>,
-    ) -> (Setup, Arc<ScriptedTransport>, Addr<FollowerApplier>) {
+    ) -> (Setup, Arc<ScriptedTransport>, Addr<FollowerActor>) {
         let dir = tempfile::tempdir().unwrap();
         let lib = Uuid::new_v4();
         let (leader, tm) = leader_db(&dir, lib, n);
@@ -444,7 +481,7 @@ mod tests {
         let follower = follower_db(&dir, lib, Uuid::new_v4());
         let (etx, events) = broadcast::channel(1024);
         let leader_db = leader.clone();
-        let scx = session_context(
+        let scx = link_context(
             lib,
             leader.clone(),
             ScriptedTransport::new(|_, _| Err(NetworkError::Closed)),
@@ -455,7 +492,7 @@ mod tests {
         });
         let leader_peer = PeerId::random();
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let applier = FollowerApplier::new(ApplierContext {
+        let actor = FollowerActor::new(FollowerContext {
             library_id: lib,
             db: follower.clone(),
             transport: transport.clone(),
@@ -469,15 +506,11 @@ mod tests {
             repoint: None,
             term: 1,
             membership: None,
-            leader_commit: Default::default(),
-            commit_watch: Arc::new(AtomicU64::new(u64::MAX)),
+            leader_commit: 0,
+            commit_watch: u64::MAX,
         })
         .start();
-        (
-            Setup { _dir: dir, lib, leader, follower, events, leader_peer, metrics },
-            transport,
-            applier,
-        )
+        (Setup { _dir: dir, lib, leader, follower, events, leader_peer, metrics }, transport, actor)
     }
 
     /// `n` inserts of new tags `{prefix}0`, `{prefix}1`, ….
@@ -503,8 +536,8 @@ mod tests {
 
     #[actix_rt::test]
     async fn new_entries_turn_into_fetches_until_has_more_is_false() {
-        let (s, transport, applier) = start(0, |_, _, _| None);
-        // the applier syncs once at start: nothing there yet
+        let (s, transport, actor) = start(0, |_, _, _| None);
+        // the actor syncs once at start: nothing there yet
         wait_for("the initial fetch", || !transport.sent("FetchEntries").is_empty()).await;
         let tm = lsync_storage::TransactionManager::new(
             s.leader.clone(),
@@ -524,7 +557,7 @@ mod tests {
         // from another peer than its leader: refused, nothing fetched
         let fetches_before = transport.sent("FetchEntries").len();
         let (reply, rx) = tokio::sync::oneshot::channel();
-        applier
+        actor
             .send(InboundRequest { peer: PeerId::random(), message: note.clone(), reply })
             .await
             .unwrap();
@@ -532,7 +565,7 @@ mod tests {
         assert_eq!(transport.sent("FetchEntries").len(), fetches_before);
         // from its leader: answered at once with the follower's position, then fetched
         let (reply, rx) = tokio::sync::oneshot::channel();
-        applier.send(InboundRequest { peer: s.leader_peer, message: note, reply }).await.unwrap();
+        actor.send(InboundRequest { peer: s.leader_peer, message: note, reply }).await.unwrap();
         assert!(matches!(rx.await.unwrap(), SyncMessage::Acknowledge { up_to_sequence: 0, .. }));
         wait_for("all 250 entries applied", || last(&s.follower) == 250).await;
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
@@ -570,7 +603,7 @@ mod tests {
     async fn responses_that_arrive_during_an_apply_are_applied_together() {
         // The scripted leader answers at once, so the next responses are there long before a
         // 100-entry transaction is done: the round applies them together, up to PIPELINE.
-        let (s, transport, _applier) = start(3_000, |_, _, _| None);
+        let (s, transport, _actor) = start(3_000, |_, _, _| None);
         let mut events = s.events.resubscribe();
         wait_for("all 3,000 entries applied", || last(&s.follower) == 3_000).await;
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
@@ -608,7 +641,7 @@ mod tests {
         // that entry 200 has term 1, and the leader answers that guess with SyncRequired. The
         // follower must drop that answer (the response from 100 ends with term 2), fetch from
         // (200, 2) and converge without a rebuild.
-        let (s, transport, _applier) = start_prepared(
+        let (s, transport, _actor) = start_prepared(
             199,
             |leader, tm| {
                 leader.set_vote(2, leader.sync_state().unwrap().voted_for).unwrap();
@@ -631,7 +664,7 @@ mod tests {
     async fn a_follower_whose_guesses_keep_missing_stops_guessing() {
         // The follower expects blocks of 500 entries, the leader answers blocks of 100: every
         // guess would miss. After MAX_MISSED_GUESSES the pass fetches one response at a time.
-        let (s, transport, _applier) = start_prepared(
+        let (s, transport, _actor) = start_prepared(
             1_000,
             |_, _| {},
             SyncConfig {
@@ -652,14 +685,14 @@ mod tests {
         assert_eq!(sinces, [0, 100, 500, 200, 500, 300, 400, 500, 600, 700, 800, 900]);
     }
 
-    /// Sends `msg` to the applier as its leader; returns the reply.
+    /// Sends `msg` to the actor as its leader; returns the reply.
     async fn from_leader(
-        applier: &Addr<FollowerApplier>,
+        actor: &Addr<FollowerActor>,
         s: &Setup,
         message: SyncMessage,
     ) -> SyncMessage {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        applier.send(InboundRequest { peer: s.leader_peer, message, reply }).await.unwrap();
+        actor.send(InboundRequest { peer: s.leader_peer, message, reply }).await.unwrap();
         rx.await.unwrap()
     }
 
@@ -678,7 +711,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn pushed_entries_that_continue_the_log_are_applied_without_a_fetch() {
-        let (s, transport, applier) = start(0, |_, _, _| None);
+        let (s, transport, actor) = start(0, |_, _, _| None);
         let mut events = s.events.resubscribe();
         let tm = lsync_storage::TransactionManager::new(
             s.leader.clone(),
@@ -694,19 +727,19 @@ mod tests {
         // Wait until the start-up round is over (position read, worker idle).
         let mut idle = false;
         for _ in 0..12_000 {
-            let st = applier.send(GetApplierStatus).await.unwrap();
+            let st = actor.send(ObserveFollower).await.unwrap().status;
             if st.state == FollowerState::CaughtUp {
                 idle = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(idle, "the applier never caught up at start");
+        assert!(idle, "the actor never caught up at start");
         let fetches = transport.sent("FetchEntries").len();
 
         tm.commit_batch((1..=3).map(tag).collect()).unwrap();
         // Answered once applied, with the new position; no fetch.
-        let reply = from_leader(&applier, &s, pushed(&s, 1, 3, 0)).await;
+        let reply = from_leader(&actor, &s, pushed(&s, 1, 3, 0)).await;
         assert!(matches!(reply, SyncMessage::Acknowledge { up_to_sequence: 3, .. }), "{reply:?}");
         assert_eq!(last(&s.follower), 3);
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
@@ -719,7 +752,7 @@ mod tests {
         // diverge there) are not applied; the follower answers with its position and fetches,
         // and the leader's check of `since_term` decides.
         tm.commit(tag(4)).unwrap();
-        let reply = from_leader(&applier, &s, pushed(&s, 4, 4, 7)).await;
+        let reply = from_leader(&actor, &s, pushed(&s, 4, 4, 7)).await;
         assert!(matches!(reply, SyncMessage::Acknowledge { up_to_sequence: 3, .. }), "{reply:?}");
         wait_for("entry 4 fetched", || last(&s.follower) == 4).await;
         assert!(transport.sent("FetchEntries").len() > fetches, "fetched instead");
@@ -730,7 +763,7 @@ mod tests {
         if let SyncMessage::NewEntries { entries, .. } = &mut bad {
             entries.remove(0);
         }
-        let reply = from_leader(&applier, &s, bad).await;
+        let reply = from_leader(&actor, &s, bad).await;
         assert!(matches!(reply, SyncMessage::Acknowledge { up_to_sequence: 4, .. }), "{reply:?}");
         wait_for("entries 5 and 6 fetched", || last(&s.follower) == 6).await;
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
@@ -751,8 +784,8 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_response_with_a_gap_is_refetched_from_the_persisted_position() {
-        // the first response skips entry 1: the applier must not apply it and must ask again
-        let (s, transport, _applier) = start(150, |i, msg, leader| match (i, msg) {
+        // the first response skips entry 1: the follower must not apply it and must ask again
+        let (s, transport, _actor) = start(150, |i, msg, leader| match (i, msg) {
             (0, SyncMessage::FetchEntries { library_id, .. }) => {
                 Some(Ok(skipping_entry_one(*library_id, leader, 150)))
             }
@@ -771,7 +804,7 @@ mod tests {
     async fn a_leader_that_keeps_answering_out_of_order_is_given_up_on_and_retried() {
         // The first 20 responses skip entry 1: a round restarts from the applied position a
         // bounded number of times, then backs off as from an unreachable leader.
-        let (mut s, transport, _applier) = start(50, |i, msg, leader| match msg {
+        let (mut s, transport, _actor) = start(50, |i, msg, leader| match msg {
             SyncMessage::FetchEntries { library_id, .. } if i < 20 => {
                 Some(Ok(skipping_entry_one(*library_id, leader, 50)))
             }
@@ -793,7 +826,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_rebuild_reports_its_final_progress_once_even_when_nothing_was_applied() {
         for n in [0u64, 120] {
-            let (mut s, _transport, _applier) = start(n, move |i, msg, _| match (i, msg) {
+            let (mut s, _transport, _actor) = start(n, move |i, msg, _| match (i, msg) {
                 (0, SyncMessage::FetchEntries { library_id, .. }) => {
                     Some(Ok(SyncMessage::SyncRequired {
                         library_id: *library_id,
@@ -826,7 +859,7 @@ mod tests {
     #[actix_rt::test]
     async fn an_entry_of_a_newer_version_stops_the_follower_with_upgrade_needed() {
         // The leader (a newer lsync) sends an entry of a change type this build does not know.
-        let (mut s, transport, applier) = start(5, |_, msg, leader| match msg {
+        let (mut s, transport, actor) = start(5, |_, msg, leader| match msg {
             SyncMessage::FetchEntries { library_id, since_sequence: 0, .. } => {
                 let mut entries = leader.fetch_since(0, 5).unwrap();
                 entries[2].change_type = lsync_protocol::ChangeType::Unknown;
@@ -843,7 +876,7 @@ mod tests {
         });
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let st = applier.send(GetApplierStatus).await.unwrap();
+            let st = actor.send(ObserveFollower).await.unwrap().status;
             if st.state == FollowerState::UpgradeNeeded {
                 let error = st.last_error.unwrap_or_default();
                 assert!(error.contains("newer version"), "{error}");
@@ -863,7 +896,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn sync_required_rebuilds_the_library_from_the_leaders_log() {
-        let (mut s, transport, _applier) = start(120, |i, msg, _| match (i, msg) {
+        let (mut s, transport, _actor) = start(120, |i, msg, _| match (i, msg) {
             (0, SyncMessage::FetchEntries { library_id, .. }) => {
                 Some(Ok(SyncMessage::SyncRequired {
                     library_id: *library_id,
@@ -888,18 +921,18 @@ mod tests {
     #[actix_rt::test]
     async fn an_unreachable_leader_is_retried_with_backoff_and_resumed_from_the_persisted_sequence()
     {
-        let (s, transport, applier) = start(300, |i, _, _| {
+        let (s, transport, actor) = start(300, |i, _, _| {
             (2..6).contains(&i).then_some(Err(NetworkError::ConnectionClosed))
         });
         wait_for("all 300 entries applied", || last(&s.follower) == 300).await;
         assert_eq!(s.follower.dump().unwrap(), s.leader.dump().unwrap());
         // the worker reports CaughtUp once the round that applied the last entry returns
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while applier.send(GetApplierStatus).await.unwrap().state != FollowerState::CaughtUp {
+        while actor.send(ObserveFollower).await.unwrap().status.state != FollowerState::CaughtUp {
             assert!(tokio::time::Instant::now() < deadline, "never caught up");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // after the failures the applier resumed where its log ended, never from 0 again
+        // after the failures the actor resumed where its log ended, never from 0 again
         let sinces: Vec<u64> = transport
             .sent("FetchEntries")
             .iter()

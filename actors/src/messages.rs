@@ -1,0 +1,111 @@
+//! The messages that cross from one role to another, or up to the SyncService: one module
+//! that the senders and the receivers both import, so that no role imports another role (or
+//! the service) for a message type (docs/architecture.md, "Layering").
+//!
+//! What a role's supervisor asks of that role alone — its API, e.g. the election's
+//! `SetMembership` or the leader actor's `ChangeConfig` — stays with the role's actor.
+//! Plain data: nothing here imports anything of this crate.
+//!
+//! | message | from | to |
+//! |---|---|---|
+//! | [`ElectionInput`] | the service's router, a link actor, the follower actor (through the service) | the election actor |
+//! | [`RoleChange`] | the election actor | the service |
+//! | [`HeartbeatNow`] | the election actor | the service, then every link actor |
+//! | [`FollowerAcked`] | the election actor (a leadership transfer) | the service |
+//! | [`LeaderHint`] | the follower actor (a `NotLeader` naming another leader) | the service |
+//! | [`FollowerMembership`] | the follower actor | the service |
+//! | [`LeaderReport`] | the leader actor | the service |
+//! | [`LinkLeft`] | a link actor of a removed member | the service |
+//! | [`Shutdown`] | the service | every actor it started |
+//! | `InjectPanic` (tests only) | a test, through the service | the election or follower actor |
+
+use actix::prelude::*;
+use libp2p::PeerId;
+use lsync_protocol::SyncRole;
+use lsync_storage::Membership;
+use uuid::Uuid;
+
+/// Something the election must know about.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum ElectionInput {
+    /// A leader message (Heartbeat, NewEntries, EntriesResponse) of `term` from device `from`.
+    LeaderHeard { from: Uuid, term: u64 },
+    /// A follower `from` answered this leader, in `term`.
+    FollowerContact { from: Uuid, term: u64 },
+    /// Some message carried `term`.
+    TermSeen { term: u64 },
+}
+
+/// The role actors must change: this device now has `role` in `term` under `leader`.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct RoleChange {
+    pub role: SyncRole,
+    pub term: u64,
+    pub leader: Option<Uuid>,
+    pub voted_for: Option<Uuid>,
+}
+
+/// The leader must heartbeat every follower now.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct HeartbeatNow;
+
+/// Asks the SyncService for a follower's acknowledged sequence (leader only).
+#[derive(Message)]
+#[rtype(result = "Option<u64>")]
+pub struct FollowerAcked(pub Uuid);
+
+/// A device this follower asked named another device as the leader (`NotLeader` hint).
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct LeaderHint {
+    /// The device named as the leader.
+    pub device: Uuid,
+    /// Its peer id, when the reply gave it (lets in a leader this device does not know yet).
+    pub peer: Option<PeerId>,
+}
+
+/// What the follower learned about the library's membership (sent to the SyncService).
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum FollowerMembership {
+    /// A configuration entry it applied (or a rebuild that settled) is now in effect.
+    Applied(Membership),
+    /// The leader's commit sequence reached the watched sequence.
+    Committed(u64),
+    /// The leader refused this device as removed from the library.
+    Removed(String),
+}
+
+/// What the leader's core tells the SyncService.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum LeaderReport {
+    /// The configuration in effect changed (a configuration entry this leader committed, or
+    /// the previous voters forgotten once a voter change committed).
+    Membership(Membership),
+    /// A configuration that does not make this device a voter is committed: step down.
+    Resign,
+}
+
+/// The link actor of a removed member delivered the removal (or gave up): the service
+/// refuses the peer from now on.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct LinkLeft {
+    pub device: Uuid,
+    pub peer: PeerId,
+}
+
+/// Stops an actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Test only: makes an actor panic (to test its supervision).
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
