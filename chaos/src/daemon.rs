@@ -235,14 +235,16 @@ impl Daemon {
         Ok(())
     }
 
-    /// SIGTERM (after SIGCONT if paused) and waits for the exit; kill -9 after
+    /// SIGTERM (then SIGCONT if paused) and waits for the exit; kill -9 after
     /// [`STOP_TIMEOUT`]. Returns whether it stopped by itself with status 0.
     pub fn stop_clean(&mut self) -> bool {
-        if self.paused {
-            let _ = self.resume();
-        }
         let Some(mut child) = self.child.take() else { return true };
+        // SIGTERM first, then SIGCONT if it is paused: it wakes up with the signal pending.
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        if self.paused {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+            self.paused = false;
+        }
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             match child.try_wait() {

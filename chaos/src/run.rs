@@ -6,7 +6,7 @@
 //!  nemesis (this thread, seeded) ──kill/STOP/CONT/TERM──▶ dN process
 //!                                 ──cut/heal──▶ Mesh ◀── Front of each device ──▶ dN libp2p
 //!  observer (thread) ──GET /status──▶ every device: leaders seen per term
-//!  at the end: heal, settle, SIGTERM, read every database (dbread) ──▶ checker ──▶ summary
+//!  at the end: heal, settle, SIGSTOP all, SIGTERM each, read every database (dbread) ──▶ checker ──▶ summary
 //! ```
 //!
 //! The run directory holds each device's data directory (`dN/`) and log (`dN.log`), the copies
@@ -590,7 +590,18 @@ impl Cluster {
         let settled = self.settle();
         let (terms, leader_changes) = observer.finish();
         let members = self.final_membership();
-        self.note("stopping every daemon (SIGTERM)");
+        // Every daemon is frozen first, then stopped one at a time: a daemon's clean stop takes
+        // a while (its control server drains its connections) and the others, still running,
+        // would elect a leader among themselves meanwhile and write its term's first entry —
+        // after the settled state, on some devices only (seen in CI: "d1: sync_log has 34
+        // entries, d0 has 33"). One device running alone cannot win in a library of three or
+        // more voters.
+        self.note("freezing every daemon (SIGSTOP), then stopping each (SIGTERM)");
+        for d in &mut self.daemons {
+            if !d.is_paused() {
+                let _ = d.pause();
+            }
+        }
         for i in 0..self.daemons.len() {
             self.stop_clean(i);
         }
