@@ -694,6 +694,32 @@ fn check_quorum_does_nothing_with_two_voters() {
 }
 
 #[test]
+fn a_leader_that_is_no_longer_a_voter_checks_the_quorum_even_with_two_voters() {
+    let t0 = Instant::now();
+    let mut e = machine(1, 3, PersistedElection::founder(id(1)), t0);
+    // It removed itself: voters 2 and 3, and it is not one of them.
+    e.set_membership(Membership::new([id(2), id(3)].into(), BTreeSet::new()), t0);
+    let mut now = t0;
+    while now < t0 + ET {
+        now = e.next_deadline().unwrap();
+        e.on_follower_response(id(2), 1, now);
+        e.on_follower_response(id(3), 1, now);
+        e.tick(now);
+    }
+    assert!(e.is_leader(), "both voters heard: it leads on until its removal commits");
+    let mut stepped = Vec::new();
+    while e.is_leader() && now < t0 + 4 * ET {
+        now = e.next_deadline().unwrap();
+        stepped = e.tick(now);
+    }
+    assert_eq!(
+        stepped,
+        vec![persist(1, Some(1), None), Action::BecomeFollower { term: 1, leader: None }],
+        "the voters refuse it (they applied the removal): it steps down"
+    );
+}
+
+#[test]
 fn set_membership_can_complete_an_election() {
     let t0 = Instant::now();
     let (mut e, t1) = candidate(1, 5, &[], PersistedElection::default(), t0);

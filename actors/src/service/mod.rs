@@ -193,6 +193,8 @@ pub struct SyncService {
     members: HashMap<PeerId, Uuid>,
     /// Members removed while this device leads, whose link delivers the removal first.
     leaving: HashSet<PeerId>,
+    /// A leader that removed itself, kept in (see `install`) until another leader or term.
+    outgoing_leader: Option<(PeerId, Uuid)>,
     connected: HashSet<PeerId>,
     role: Role,
     election: Option<Addr<ElectionActor>>,
@@ -242,6 +244,7 @@ impl SyncService {
             membership: None,
             members: HashMap::new(),
             leaving: HashSet::new(),
+            outgoing_leader: None,
             connected: Default::default(),
             role: Role::Idle,
             election: None,
@@ -430,6 +433,16 @@ impl SyncService {
     fn start_role(&mut self) {
         self.stop_role();
         let Some(state) = self.state.clone() else { return };
+        if let Some((peer, device)) = self.outgoing_leader {
+            if state.leader_device != Some(device) {
+                // A removed leader kept in until another leader or term is known: out now.
+                self.outgoing_leader = None;
+                self.provisional.remove(&peer);
+                if !self.members.contains_key(&peer) {
+                    self.revoke(peer);
+                }
+            }
+        }
         let Some(membership) = self.membership.clone() else { return };
         let library_id = self.cx.library_id;
         self.proposer.set_leader(LeaderView {
@@ -588,6 +601,16 @@ impl SyncService {
                     if let Some(s) = links.get(peer) {
                         s.do_send(Leaving { sequence });
                     }
+                }
+                _ if self.state.as_ref().and_then(|s| s.leader_device) == Some(*device)
+                    && *device != self.cx.device_id =>
+                {
+                    // The leader removed itself: it leads until the removal commits, and it
+                    // learns that from this device's acknowledgements. Keep it in (as a leader
+                    // let in although not a member) until another leader or term is known;
+                    // refused at once, it never learned, and led its old term for good.
+                    self.provisional.insert(*peer, *device);
+                    self.outgoing_leader = Some((*peer, *device));
                 }
                 _ => self.revoke(*peer),
             }
