@@ -473,6 +473,11 @@ impl Device {
         now_ms: i64,
     ) -> Vec<Output> {
         self.begin(now, now_ms);
+        if self.debug {
+            let what = self.pending.get(&token).map(|(p, g)| format!("{p:?} gen {g}"));
+            self.out
+                .push(Output::Note(format!("failure {error} of {what:?} (gen {})", self.role_gen)));
+        }
         self.answered(token, Err(error));
         self.finish()
     }

@@ -259,6 +259,11 @@ impl Net {
     }
 
     /// Requests waiting for an answer (bounded by what the devices send).
+    /// Whether request `id` still waits for its answer.
+    pub fn is_outstanding(&self, id: RequestId) -> bool {
+        self.outstanding.contains_key(&id)
+    }
+
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
     }

@@ -251,6 +251,8 @@ struct Slot {
 
 /// The world of one seed.
 pub struct World {
+    /// `LSYNC_SIM_DEBUG` is set: failures' arrivals are traced too.
+    debug: bool,
     /// The devices that ran since the last check.
     touched: BTreeSet<Ix>,
     opts: Options,
@@ -354,6 +356,7 @@ impl World {
         let mut world = Self {
             checker: Checker::new(opts.strict_sequences),
             report: Report { seed: opts.seed, devices: opts.devices, ..Report::default() },
+            debug: std::env::var_os("LSYNC_SIM_DEBUG").is_some(),
             opts,
             touched: BTreeSet::new(),
             rng,
@@ -567,15 +570,18 @@ impl World {
                         }
                         continue;
                     };
-                    self.log(|| format!("{ix} → {target} {}", describe(&msg)));
+                    let text = self.opts.trace.then(|| describe(&msg));
                     let (id, flights) = self.net.request(self.now, ix, target, msg, &mut self.rng);
+                    if let Some(text) = text {
+                        self.log(|| format!("{ix} → {target} #{id} {text}"));
+                    }
                     self.tokens.insert(id, (ix, token));
                     for f in flights {
                         self.at(f.at, Ev::Net(f));
                     }
                 }
                 Output::Respond { id, msg } => {
-                    self.log(|| format!("{ix} answers {}", describe(&msg)));
+                    self.log(|| format!("{ix} answers #{id} {}", describe(&msg)));
                     if let Some(f) = self.net.respond(self.now, id, msg, &mut self.rng) {
                         self.at(f.at, Ev::Net(f));
                     }
@@ -618,6 +624,13 @@ impl World {
 
     fn arrive(&mut self, flight: InFlight) {
         let to = flight.to;
+        if self.debug {
+            if let Delivery::Failure { id, .. } = &flight.delivery {
+                let (id, outstanding, token) =
+                    (*id, self.net.is_outstanding(*id), self.tokens.contains_key(id));
+                self.log(|| format!("{to}: failure of #{id} arrives ({outstanding} {token})"));
+            }
+        }
         let Some(delivery) = self.net.arrive(flight) else { return };
         if self.slots[to].device.is_none() {
             // A request to a device that is down: the connection fails.
