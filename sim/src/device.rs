@@ -217,6 +217,8 @@ impl Transport for NoTransport {
 /// One device of the simulation, up (a crash drops it; [`Device::boot`] starts it again from
 /// its disk).
 pub struct Device {
+    /// When this device, idle, last asked who leads.
+    asked_who_leads: Option<Instant>,
     /// `LSYNC_SIM_DEBUG` is set: the follower's commands and fetch answers go to the trace too.
     debug: bool,
     pub ix: Ix,
@@ -295,6 +297,7 @@ impl Device {
         );
         let (events, _) = broadcast::channel(16);
         let mut d = Self {
+            asked_who_leads: None,
             debug: std::env::var_os("LSYNC_SIM_DEBUG").is_some(),
             ix,
             id,
@@ -371,10 +374,11 @@ impl Device {
 
     /// The earliest deadline of any machine.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut at = [self.election.next_deadline(), self.proposer.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min();
+        let mut at =
+            [self.election.next_deadline(), self.proposer.next_deadline(), self.next_ask()]
+                .into_iter()
+                .flatten()
+                .min();
         let mut add = |d: Option<Instant>| {
             if let Some(d) = d {
                 at = Some(at.map_or(d, |a| a.min(d)));
@@ -414,6 +418,9 @@ impl Device {
         }
         if due(self.proposer.next_deadline()) {
             self.work.push_back(Work::Proposer(ProposerInput::Tick));
+        }
+        if due(self.next_ask()) {
+            self.ask_who_leads();
         }
         let gen = self.role_gen;
         match &self.role {
@@ -995,7 +1002,36 @@ impl Device {
                 _ => unreachable!(),
             };
             self.perform_follower(cmds);
+        } else if state.role == SyncRole::Follower {
+            self.ask_who_leads();
         }
+    }
+
+    /// As the service does when idle: asks every member it knows who leads (and again once per
+    /// leader timeout while idle, from [`Device::tick`]).
+    fn ask_who_leads(&mut self) {
+        self.asked_who_leads = Some(self.now);
+        let last = self.db.last_position().unwrap_or_default();
+        let members: Vec<(PeerId, Uuid)> = self.members.iter().map(|(p, d)| (*p, *d)).collect();
+        for (peer, device) in members {
+            if device == self.id {
+                continue;
+            }
+            let msg = SyncMessage::FetchEntries {
+                library_id: self.library_id,
+                term: self.state.current_term,
+                since_sequence: last.sequence,
+                since_term: last.term,
+                limit: 1,
+            };
+            self.send(peer, msg, Pending::LeaderProbe);
+        }
+    }
+
+    /// When an idle follower asks again who leads.
+    fn next_ask(&self) -> Option<Instant> {
+        let idle = matches!(self.role, Role::Idle) && self.state.role == SyncRole::Follower;
+        idle.then(|| self.asked_who_leads.map(|at| at + self.config.leader_timeout)).flatten()
     }
 
     fn new_link(&self, cx: &LinkContext, device: Uuid, peer: PeerId) -> Link {
@@ -1107,10 +1143,11 @@ impl Device {
             self.provisional.insert(peer, h.device);
             known = true;
         }
-        if matches!(self.role, Role::Follower(_))
+        let idle = matches!(self.role, Role::Idle) && self.state.role == SyncRole::Follower;
+        if (matches!(self.role, Role::Follower(_)) || idle)
             && known
             && h.device != self.id
-            && self.state.leader_device != Some(h.device)
+            && (self.state.leader_device != Some(h.device) || idle)
         {
             self.state.leader_device = Some(h.device);
             self.start_role();

@@ -77,6 +77,7 @@ fn seeds_that_found_defects() {
     // 1: a wake-up rounded below its deadline re-armed forever (the simulator's own bug);
     // 7: a device that won an election with a stash waiting never recovered it (7 acknowledged
     //    writes lost);
-    // 24, 32, 39: a proposal split at a block boundary lost its rest in repair.
-    run_seeds([1, 7, 24, 32, 39].map(|s| (s, default)));
+    // 24, 32, 39: a proposal split at a block boundary lost its rest in repair;
+    // 14900: a restarted learner that knew its leader's id but not its peer stayed idle.
+    run_seeds([1, 7, 24, 32, 39, 14900].map(|s| (s, default)));
 }

@@ -195,6 +195,8 @@ pub struct SyncService {
     leaving: HashSet<PeerId>,
     /// A leader that removed itself, kept in (see `install`) until another leader or term.
     outgoing_leader: Option<(PeerId, Uuid)>,
+    /// When this idle device last asked who leads ([`SyncService::ask_who_leads`]).
+    asked_who_leads: Option<std::time::Instant>,
     connected: HashSet<PeerId>,
     role: Role,
     election: Option<Addr<ElectionActor>>,
@@ -245,6 +247,7 @@ impl SyncService {
             members: HashMap::new(),
             leaving: HashSet::new(),
             outgoing_leader: None,
+            asked_who_leads: None,
             connected: Default::default(),
             role: Role::Idle,
             election: None,
@@ -351,6 +354,14 @@ impl SyncService {
         if let Some(task) = &self.proposer_task {
             seen.push((Child::Proposer, !task.is_finished()));
         }
+        // An idle follower asks again, once per leader timeout, until it knows whom to follow.
+        let idle_follower = matches!(self.role, Role::Idle)
+            && self.state.as_ref().is_some_and(|s| s.role == SyncRole::Follower);
+        if idle_follower
+            && self.asked_who_leads.is_none_or(|at| at.elapsed() >= self.cx.config.leader_timeout)
+        {
+            self.ask_who_leads();
+        }
         let library_id = self.cx.library_id;
         for action in supervise::supervise(&seen) {
             match action {
@@ -363,6 +374,45 @@ impl SyncService {
                 supervise::Action::RestartRole => self.start_role(),
                 supervise::Action::RestartProposer => self.start_proposer(),
             }
+        }
+    }
+
+    /// An idle device (no leader whose peer it knows) asks every member it knows who leads: a
+    /// `FetchEntries`, which a follower answers `NotLeader` naming the leader and its peer id,
+    /// handled as any [`LeaderHint`]. A learner never campaigns, so without this one that
+    /// restarted knowing its leader's device but not its peer (the leader joined after it)
+    /// stayed idle for good (found by the simulator, seed 14900; docs/testing.md).
+    fn ask_who_leads(&mut self) {
+        self.asked_who_leads = Some(std::time::Instant::now());
+        let (Some(state), Some(me)) = (self.state.as_ref(), self.self_addr.clone()) else {
+            return;
+        };
+        let last = self.cx.db.last_position().unwrap_or_default();
+        for (peer, device) in &self.members {
+            if *device == self.cx.device_id {
+                continue;
+            }
+            let question = SyncMessage::FetchEntries {
+                library_id: self.cx.library_id,
+                term: state.current_term,
+                since_sequence: last.sequence,
+                since_term: last.term,
+                limit: 1,
+            };
+            let answer = self.cx.transport.request(*peer, question);
+            let me = me.clone();
+            actix_rt::spawn(async move {
+                if let Ok(SyncMessage::Error {
+                    code: ErrorCode::NotLeader,
+                    leader_hint: Some(device),
+                    leader_peer,
+                    ..
+                }) = answer.await
+                {
+                    let peer = leader_peer.and_then(|p| p.parse().ok());
+                    me.do_send(LeaderHint { device, peer });
+                }
+            });
         }
     }
 
@@ -509,6 +559,7 @@ impl SyncService {
             info!(%library_id, term = state.current_term, "campaigning; no role actors until a leader is known");
         } else {
             warn!(%library_id, leader = ?state.leader_device, "no reachable leader known; idle");
+            self.ask_who_leads();
         }
         let _ = self.cx.events.send(SyncEvent::RoleChanged {
             library_id,
@@ -1633,10 +1684,11 @@ impl Handler<LeaderHint> for SyncService {
             is_member = true;
         }
         let Some(state) = self.state.as_mut() else { return };
-        if matches!(self.role, Role::Follower { .. })
+        let idle = matches!(self.role, Role::Idle) && state.role == SyncRole::Follower;
+        if (matches!(self.role, Role::Follower { .. }) || idle)
             && is_member
             && hint != self.cx.device_id
-            && state.leader_device != Some(hint)
+            && (state.leader_device != Some(hint) || idle)
         {
             info!(library_id = %self.cx.library_id, leader = %hint, "following the leader a NotLeader reply named");
             state.leader_device = Some(hint);
