@@ -21,8 +21,8 @@
 
 use actix::prelude::*;
 use libp2p::PeerId;
-use lsync_protocol::SyncRole;
-use lsync_storage::Membership;
+use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
+use lsync_storage::{LogPosition, Membership};
 use uuid::Uuid;
 
 /// Something the election must know about.
@@ -65,6 +65,37 @@ pub struct LeaderHint {
     pub device: Uuid,
     /// Its peer id, when the reply gave it (lets in a leader this device does not know yet).
     pub peer: Option<PeerId>,
+}
+
+impl LeaderHint {
+    /// The leader a `NotLeader` answer names, with its peer id when the answer gives one.
+    pub fn named_in(answer: &SyncMessage) -> Option<LeaderHint> {
+        match answer {
+            SyncMessage::Error {
+                code: ErrorCode::NotLeader,
+                leader_hint: Some(device),
+                leader_peer,
+                ..
+            } => Some(LeaderHint {
+                device: *device,
+                peer: leader_peer.as_deref().and_then(|p| p.parse().ok()),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// "Who leads?", asked of a member by a device that knows no leader it can reach: a
+/// `FetchEntries` from its last position, which a follower answers `NotLeader` naming the
+/// leader and its peer id ([`LeaderHint::named_in`]; docs/protocol.md, `Error.leader_peer`).
+pub fn who_leads(library_id: Uuid, term: u64, last: LogPosition) -> SyncMessage {
+    SyncMessage::FetchEntries {
+        library_id,
+        term,
+        since_sequence: last.sequence,
+        since_term: last.term,
+        limit: 1,
+    }
 }
 
 /// What the follower learned about the library's membership (sent to the SyncService).

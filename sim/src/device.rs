@@ -49,7 +49,9 @@ use lsync_actors::leader::link::{
 };
 use lsync_actors::leader::messages::{ConfigError, ConfigOutcome, FollowerProgress, NewCommit};
 use lsync_actors::leader::serve::{serve, serve_cached};
-use lsync_actors::messages::{ElectionInput, FollowerMembership, LeaderHint, LeaderReport};
+use lsync_actors::messages::{
+    who_leads, ElectionInput, FollowerMembership, LeaderHint, LeaderReport,
+};
 use lsync_actors::proposer::{
     serve_proposal, Command as ProposerCommand, Delivery, LeaderView as ProposerView, ProposerCore,
     SubmitOutcome, Target,
@@ -599,15 +601,12 @@ impl Device {
                 // as the watcher does: a refused pre-vote while no leader is known asks who leads
                 if probe_for_leader(&v, self.election.leader()) {
                     if let Some(peer) = self.member_map().get(&v.voter).copied() {
-                        let last = self.election.last_log();
-                        let msg = SyncMessage::FetchEntries {
-                            library_id: self.library_id,
-                            term: self.election.term(),
-                            since_sequence: last.sequence,
-                            since_term: last.term,
-                            limit: 1,
-                        };
-                        self.send(peer, msg, Pending::LeaderProbe);
+                        let (term, last) = (self.election.term(), self.election.last_log());
+                        self.send(
+                            peer,
+                            who_leads(self.library_id, term, last),
+                            Pending::LeaderProbe,
+                        );
                     }
                 }
             }
@@ -725,16 +724,9 @@ impl Device {
             }
             Pending::TimeoutNow => {}
             Pending::LeaderProbe => {
-                if let Ok(SyncMessage::Error {
-                    code: ErrorCode::NotLeader,
-                    leader_hint: Some(device),
-                    leader_peer,
-                    ..
-                }) = result
-                {
-                    let peer = leader_peer.and_then(|p| p.parse().ok());
-                    self.out.push(Output::Note(format!("told {device} leads")));
-                    self.hint(LeaderHint { device, peer });
+                if let Some(hint) = result.ok().as_ref().and_then(LeaderHint::named_in) {
+                    self.out.push(Output::Note(format!("told {} leads", hint.device)));
+                    self.hint(hint);
                 }
             }
             Pending::Fetch(id) if same_role => {
@@ -1017,13 +1009,7 @@ impl Device {
             if device == self.id {
                 continue;
             }
-            let msg = SyncMessage::FetchEntries {
-                library_id: self.library_id,
-                term: self.state.current_term,
-                since_sequence: last.sequence,
-                since_term: last.term,
-                limit: 1,
-            };
+            let msg = who_leads(self.library_id, self.state.current_term, last);
             self.send(peer, msg, Pending::LeaderProbe);
         }
     }

@@ -34,7 +34,9 @@ use super::{
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::events::SyncEvent;
-use crate::messages::{ElectionInput, FollowerAcked, HeartbeatNow, LeaderHint, RoleChange};
+use crate::messages::{
+    who_leads, ElectionInput, FollowerAcked, HeartbeatNow, LeaderHint, RoleChange,
+};
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
 use crate::transport::Transport;
@@ -391,25 +393,12 @@ impl ElectionActor {
     /// to the service as a [`LeaderHint`].
     fn ask_for_leader(&self, voter: Uuid) {
         let (Some(peer), Some(hints)) = (self.peer(voter), self.cx.hints.clone()) else { return };
-        let last = self.election.last_log();
-        let question = SyncMessage::FetchEntries {
-            library_id: self.cx.library_id,
-            term: self.election.term(),
-            since_sequence: last.sequence,
-            since_term: last.term,
-            limit: 1,
-        };
+        let question =
+            who_leads(self.cx.library_id, self.election.term(), self.election.last_log());
         let answer = self.cx.transport.request(peer, question);
         actix_rt::spawn(async move {
-            if let Ok(SyncMessage::Error {
-                code: ErrorCode::NotLeader,
-                leader_hint: Some(device),
-                leader_peer,
-                ..
-            }) = answer.await
-            {
-                let peer = leader_peer.and_then(|p| p.parse().ok());
-                hints.do_send(LeaderHint { device, peer });
+            if let Some(hint) = answer.await.ok().as_ref().and_then(LeaderHint::named_in) {
+                hints.do_send(hint);
             }
         });
     }

@@ -1429,19 +1429,10 @@ impl<R: Rng> Replicator<R> {
                 out.push(Command::Membership(FollowerMembership::Removed(message.clone())));
             }
         }
-        if let SyncMessage::Error {
-            code: ErrorCode::NotLeader,
-            leader_hint: Some(hint),
-            leader_peer,
-            ..
-        } = &message
-        {
-            if Some(*hint) != self.leader.device {
-                info!(library_id = %self.library_id, leader = %hint, "re-pointing to the leader the old one named");
-                out.push(Command::Repoint(LeaderHint {
-                    device: *hint,
-                    peer: leader_peer.as_deref().and_then(|p| p.parse().ok()),
-                }));
+        if let Some(hint) = LeaderHint::named_in(&message) {
+            if Some(hint.device) != self.leader.device {
+                info!(library_id = %self.library_id, leader = %hint.device, "re-pointing to the leader the old one named");
+                out.push(Command::Repoint(hint));
             }
         }
         Failure::Unreachable(match message {

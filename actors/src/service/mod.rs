@@ -56,8 +56,8 @@ use crate::leader::messages::{ConfigError, ConfigOutcome};
 use crate::limits::MAILBOX_CAPACITY;
 use crate::log_cache::LogCache;
 use crate::messages::{
-    ElectionInput, FollowerAcked, FollowerMembership, HeartbeatNow, LeaderHint, LeaderReport,
-    LinkLeft, RoleChange, Shutdown,
+    who_leads, ElectionInput, FollowerAcked, FollowerMembership, HeartbeatNow, LeaderHint,
+    LeaderReport, LinkLeft, RoleChange, Shutdown,
 };
 use crate::metrics::Child;
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
@@ -392,25 +392,12 @@ impl SyncService {
             if *device == self.cx.device_id {
                 continue;
             }
-            let question = SyncMessage::FetchEntries {
-                library_id: self.cx.library_id,
-                term: state.current_term,
-                since_sequence: last.sequence,
-                since_term: last.term,
-                limit: 1,
-            };
+            let question = who_leads(self.cx.library_id, state.current_term, last);
             let answer = self.cx.transport.request(*peer, question);
             let me = me.clone();
             actix_rt::spawn(async move {
-                if let Ok(SyncMessage::Error {
-                    code: ErrorCode::NotLeader,
-                    leader_hint: Some(device),
-                    leader_peer,
-                    ..
-                }) = answer.await
-                {
-                    let peer = leader_peer.and_then(|p| p.parse().ok());
-                    me.do_send(LeaderHint { device, peer });
+                if let Some(hint) = answer.await.ok().as_ref().and_then(LeaderHint::named_in) {
+                    me.do_send(hint);
                 }
             });
         }
