@@ -34,7 +34,10 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use lsync_actors::config::SyncConfig;
-use lsync_actors::election::actor::{persisted_of, probe_for_leader};
+use lsync_actors::election::actor::{
+    election_request, persisted_of, probe_for_leader, request_vote, role_change, view, vote,
+    vote_of, ElectionRequest,
+};
 use lsync_actors::election::{
     Action, Election, ElectionConfig, Membership as ElectionMembership, VoteRequest, VoteResponse,
 };
@@ -42,24 +45,25 @@ use lsync_actors::follower::{
     self, BatchOutcome, Command as FollowerCommand, Leader as FollowerLeader, Replicator, ReplyTo,
     RequestId as FetchId,
 };
-use lsync_actors::leader::context::{new_log_cache, LeaderShared, LinkContext};
-use lsync_actors::leader::core::{Command as CoreCommand, ConfigWritten, CoreConfig, LeaderCore};
+use lsync_actors::leader::context::{new_log_cache, write_config, LeaderShared, LinkContext};
+use lsync_actors::leader::core::{Command as CoreCommand, CoreConfig, LeaderCore};
 use lsync_actors::leader::link::{
-    Command as LinkCommand, FollowerLink, LeaderView as LinkView, LinkConfig,
+    new_entries, Command as LinkCommand, FollowerLink, LeaderView as LinkView,
 };
 use lsync_actors::leader::messages::{ConfigError, ConfigOutcome, FollowerProgress, NewCommit};
-use lsync_actors::leader::serve::{serve, serve_cached};
+use lsync_actors::leader::serve::{leader_heartbeat, serve, serve_cached, storage_failure};
 use lsync_actors::messages::{
-    who_leads, ElectionInput, FollowerMembership, LeaderHint, LeaderReport,
+    who_leads, ElectionInput, FollowerMembership, LeaderHint, LeaderReport, RoleChange,
 };
 use lsync_actors::proposer::{
-    serve_proposal, Command as ProposerCommand, Delivery, LeaderView as ProposerView, ProposerCore,
-    SubmitOutcome, Target,
+    deliver_locally, propose, serve_proposal, Command as ProposerCommand, Delivery,
+    LeaderView as ProposerView, ProposerCore, SubmitOutcome, Target,
 };
-use lsync_actors::service::{route, Heard, Route, RouteView, Serving};
-use lsync_actors::window::Announce;
+use lsync_actors::service::{
+    follows_hint, keeps_role_actors, route, Heard, PeerBook, Route, RouteView, Serving,
+};
 use lsync_actors::{Metrics, NetworkError, Transport};
-use lsync_protocol::{ErrorCode, MembershipChange, ProposedChange, SyncMessage, SyncRole};
+use lsync_protocol::{ErrorCode, MembershipChange, SyncMessage, SyncRole};
 use lsync_storage::{
     Applier, Change, CommitEvent, Database, Membership, StorageError, SyncState, TransactionManager,
 };
@@ -121,7 +125,7 @@ enum Work {
     Resign,
     ElectionTick,
     // SyncService
-    RoleChange { role: SyncRole, term: u64, leader: Option<Uuid>, voted_for: Option<Uuid> },
+    RoleChange(RoleChange),
     Install(Membership),
     FollowerMembership(FollowerMembership),
     Hint(LeaderHint),
@@ -236,9 +240,8 @@ pub struct Device {
     election: Election<StdRng>,
     state: SyncState,
     membership: Membership,
-    /// The other members' peers (as the service's `members`), and leaders let in by a hint.
-    members: BTreeMap<PeerId, Uuid>,
-    provisional: BTreeMap<PeerId, Uuid>,
+    /// The other members' peers, and leaders let in by a hint (as the service's).
+    peers: PeerBook,
     leaving: BTreeSet<PeerId>,
     role: Role,
     role_gen: u64,
@@ -314,8 +317,7 @@ impl Device {
             election,
             state,
             membership: membership.clone(),
-            members: BTreeMap::new(),
-            provisional: BTreeMap::new(),
+            peers: PeerBook::default(),
             leaving: BTreeSet::new(),
             role: Role::Idle,
             role_gen: 0,
@@ -332,7 +334,7 @@ impl Device {
             now,
             now_ms,
         };
-        d.members = d.peers_of(&membership);
+        d.peers.set_members(d.peers_of(&membership));
         d.commit_watch =
             if membership.previous_voters.is_some() { membership.voters_since } else { u64::MAX };
         let members = d.member_map();
@@ -622,7 +624,7 @@ impl Device {
                 let now = self.now;
                 self.election(None, move |e| e.tick(now))
             }
-            Work::RoleChange { role, term, leader, voted_for } => {
+            Work::RoleChange(RoleChange { role, term, leader, voted_for }) => {
                 self.role_change(role, term, leader, voted_for)
             }
             Work::Install(m) => self.install(m),
@@ -680,16 +682,8 @@ impl Device {
             };
             let gen = self.role_gen;
             if let Role::Leader(l) = &self.role {
-                self.work.push_back(Work::Commit(gen, ev.clone()));
-                let commit = NewCommit {
-                    range: Announce {
-                        from_sequence: ev.first_sequence,
-                        to_sequence: ev.last_sequence,
-                        term: ev.term,
-                    },
-                    prev_term: ev.prev_term,
-                    entries: ev.entries.clone(),
-                };
+                let commit = NewCommit::of(&ev);
+                self.work.push_back(Work::Commit(gen, ev));
                 let peers: Vec<PeerId> = l.links.keys().copied().collect();
                 for p in peers {
                     self.work.push_back(Work::Link(gen, p, LinkInput::Commit(commit.clone())));
@@ -713,13 +707,8 @@ impl Device {
         let same_role = gen == self.role_gen;
         match what {
             Pending::Vote => {
-                if let Ok(SyncMessage::Vote { term, voter, granted, pre_vote, .. }) = result {
-                    self.work.push_back(Work::Vote(VoteResponse {
-                        term,
-                        voter,
-                        granted,
-                        pre_vote,
-                    }));
+                if let Some(v) = result.ok().as_ref().and_then(vote_of) {
+                    self.work.push_back(Work::Vote(v));
                 }
             }
             Pending::TimeoutNow => {}
@@ -747,24 +736,7 @@ impl Device {
                 }
             }
             Pending::Propose(proposal_id) => {
-                let delivery = match result {
-                    Ok(SyncMessage::ProposalResult {
-                        proposal_id: id,
-                        first_sequence,
-                        last_sequence,
-                        ..
-                    }) if id == proposal_id => {
-                        Delivery::Committed { first: first_sequence, last: last_sequence }
-                    }
-                    Ok(SyncMessage::Error { code: ErrorCode::BadRequest, message, .. }) => {
-                        Delivery::Refused(message)
-                    }
-                    Ok(SyncMessage::Error { code, message, .. }) => {
-                        Delivery::Failed(format!("{code}: {message}"))
-                    }
-                    Ok(other) => Delivery::Failed(format!("unexpected reply {}", other.kind())),
-                    Err(e) => Delivery::Failed(e.to_string()),
-                };
+                let delivery = Delivery::of_reply(proposal_id, result);
                 self.work
                     .push_back(Work::Proposer(ProposerInput::Delivered(proposal_id, delivery)));
             }
@@ -775,15 +747,19 @@ impl Device {
     // ---- SyncService ------------------------------------------------------------------------
 
     fn device_of(&self, peer: &PeerId) -> Option<Uuid> {
-        self.members.get(peer).or_else(|| self.provisional.get(peer)).copied()
+        self.peers.device_of(peer)
     }
 
     fn peer_of(&self, device: Uuid) -> Option<PeerId> {
-        self.members
-            .iter()
-            .chain(self.provisional.iter())
-            .find(|(_, d)| **d == device)
-            .map(|(p, _)| *p)
+        self.peers.peer_of(device)
+    }
+
+    fn serving(&self) -> Serving {
+        match self.role {
+            Role::Leader(_) => Serving::Leader,
+            Role::Follower(_) => Serving::Follower,
+            Role::Idle => Serving::Idle,
+        }
     }
 
     fn peers_of(&self, m: &Membership) -> BTreeMap<PeerId, Uuid> {
@@ -796,7 +772,8 @@ impl Device {
     }
 
     fn member_map(&self) -> BTreeMap<Uuid, PeerId> {
-        let mut m: BTreeMap<Uuid, PeerId> = self.members.iter().map(|(p, d)| (*d, *p)).collect();
+        let mut m: BTreeMap<Uuid, PeerId> =
+            self.peers.members.iter().map(|(p, d)| (*d, *p)).collect();
         m.insert(self.id, self.peer);
         m
     }
@@ -810,11 +787,7 @@ impl Device {
         let view = RouteView {
             library_id: self.library_id,
             member: self.is_member(),
-            serving: match self.role {
-                Role::Leader(_) => Serving::Leader,
-                Role::Follower(_) => Serving::Follower,
-                Role::Idle => Serving::Idle,
-            },
+            serving: self.serving(),
             term: self.state.current_term,
             leader: self.state.leader_device,
             leader_peer: self.leader_peer_hint(),
@@ -837,40 +810,14 @@ impl Device {
                 id,
                 SyncMessage::error(self.library_id, ErrorCode::BadRequest, "not simulated"),
             ),
-            Route::Election => match (msg, from) {
-                (
-                    SyncMessage::RequestVote {
-                        term,
-                        candidate,
-                        last_log_term,
-                        last_log_sequence,
-                        transfer,
-                        pre_vote,
-                        ..
-                    },
-                    Some(from),
-                ) if from == candidate => self.work.push_back(Work::VoteRequest {
-                    reply: id,
-                    request: VoteRequest {
-                        term,
-                        candidate,
-                        last_log_term,
-                        last_log_sequence,
-                        transfer,
-                        pre_vote,
-                    },
-                }),
-                (SyncMessage::TimeoutNow { term, .. }, Some(from)) => {
+            Route::Election => match election_request(self.library_id, msg, from) {
+                Ok(ElectionRequest::Vote(request)) => {
+                    self.work.push_back(Work::VoteRequest { reply: id, request })
+                }
+                Ok(ElectionRequest::TimeoutNow { from, term }) => {
                     self.work.push_back(Work::TimeoutNow { reply: id, from, term })
                 }
-                (other, _) => {
-                    let msg = SyncMessage::error(
-                        self.library_id,
-                        ErrorCode::BadRequest,
-                        format!("{} from a device that is not its sender", other.kind()),
-                    );
-                    self.respond(id, msg)
-                }
+                Err(refusal) => self.respond(id, refusal),
             },
             Route::Propose { term } => {
                 let reply = serve_proposal(&self.tm, self.library_id, term, msg);
@@ -902,11 +849,13 @@ impl Device {
         leader: Option<Uuid>,
         voted_for: Option<Uuid>,
     ) {
+        let serving = self.serving();
         let s = &mut self.state;
-        let unchanged = s.role == role
-            && s.leader_device == leader
-            && (s.current_term == term || role == SyncRole::Follower)
-            && !matches!(self.role, Role::Idle);
+        let unchanged = keeps_role_actors(
+            serving,
+            (s.role, s.current_term, s.leader_device),
+            (role, term, leader),
+        );
         s.role = role;
         s.current_term = term;
         s.leader_device = leader;
@@ -960,8 +909,8 @@ impl Device {
                 self.membership.clone(),
             );
             let mut lead = Lead { core, links: BTreeMap::new(), shared, cx };
-            for (peer, device) in self.members.clone() {
-                lead.links.insert(peer, self.new_link(&lead.cx, device, peer));
+            for (peer, device) in self.peers.members.clone() {
+                lead.links.insert(peer, Self::new_link(&lead.cx, device, peer));
             }
             cache.set_readers(lead.links.len());
             self.role = Role::Leader(Box::new(lead));
@@ -1004,7 +953,8 @@ impl Device {
     fn ask_who_leads(&mut self) {
         self.asked_who_leads = Some(self.now);
         let last = self.db.last_position().unwrap_or_default();
-        let members: Vec<(PeerId, Uuid)> = self.members.iter().map(|(p, d)| (*p, *d)).collect();
+        let members: Vec<(PeerId, Uuid)> =
+            self.peers.members.iter().map(|(p, d)| (*p, *d)).collect();
         for (peer, device) in members {
             if device == self.id {
                 continue;
@@ -1020,18 +970,9 @@ impl Device {
         idle.then(|| self.asked_who_leads.map(|at| at + self.config.leader_timeout)).flatten()
     }
 
-    fn new_link(&self, cx: &LinkContext, device: Uuid, peer: PeerId) -> Link {
+    fn new_link(cx: &LinkContext, device: Uuid, peer: PeerId) -> Link {
         Link {
-            link: FollowerLink::new(LinkConfig {
-                library_id: self.library_id,
-                device,
-                peer,
-                term: cx.term,
-                leader_device: Some(self.id),
-                max_entries_per_response: cx.max_entries_per_response,
-                max_response_bytes: cx.max_response_bytes,
-                notify_window: cx.notify_window,
-            }),
+            link: FollowerLink::new(cx.link_config(device, peer)),
             replies: BTreeMap::new(),
             next: 0,
         }
@@ -1044,15 +985,12 @@ impl Device {
         }
         let was_member = self.is_member();
         let new = self.peers_of(&m);
+        let members = &self.peers.members;
         let removed: Vec<PeerId> =
-            self.members.iter().filter(|(p, d)| new.get(p) != Some(d)).map(|(p, _)| *p).collect();
-        let added: Vec<(PeerId, Uuid)> = new
-            .iter()
-            .filter(|(p, _)| !self.members.contains_key(p))
-            .map(|(p, d)| (*p, *d))
-            .collect();
-        self.members = new.clone();
-        self.provisional.retain(|p, _| !new.contains_key(p));
+            members.iter().filter(|(p, d)| new.get(p) != Some(d)).map(|(p, _)| *p).collect();
+        let added: Vec<(PeerId, Uuid)> =
+            new.iter().filter(|(p, _)| !members.contains_key(p)).map(|(p, d)| (*p, *d)).collect();
+        self.peers.set_members(new);
         self.commit_watch = if m.previous_voters.is_some() { m.voters_since } else { u64::MAX };
         let sequence = m.sequence;
         self.membership = m;
@@ -1071,20 +1009,7 @@ impl Device {
                     l.links.remove(peer);
                 }
                 if !l.links.contains_key(peer) {
-                    let link = Link {
-                        link: FollowerLink::new(LinkConfig {
-                            library_id: self.library_id,
-                            device: *device,
-                            peer: *peer,
-                            term: l.cx.term,
-                            leader_device: Some(self.id),
-                            max_entries_per_response: l.cx.max_entries_per_response,
-                            max_response_bytes: l.cx.max_response_bytes,
-                            notify_window: l.cx.notify_window,
-                        }),
-                        replies: BTreeMap::new(),
-                        next: 0,
-                    };
+                    let link = Self::new_link(&l.cx, *device, *peer);
                     l.links.insert(*peer, link);
                     started = true;
                 }
@@ -1123,18 +1048,11 @@ impl Device {
     fn hint(&mut self, h: LeaderHint) {
         let mut known = self.peer_of(h.device).is_some();
         if let (false, Some(peer)) = (known, h.peer) {
-            if self.provisional.len() >= 16 {
-                self.provisional.clear();
-            }
-            self.provisional.insert(peer, h.device);
+            self.peers.let_in(peer, h.device);
             known = true;
         }
-        let idle = matches!(self.role, Role::Idle) && self.state.role == SyncRole::Follower;
-        if (matches!(self.role, Role::Follower(_)) || idle)
-            && known
-            && h.device != self.id
-            && (self.state.leader_device != Some(h.device) || idle)
-        {
+        let (serving, s) = (self.serving(), &self.state);
+        if follows_hint(serving, s.role, s.leader_device, self.id, h.device, known) {
             self.state.leader_device = Some(h.device);
             self.start_role();
         }
@@ -1174,12 +1092,8 @@ impl Device {
         let mut reply = reply;
         let library_id = self.library_id;
         for action in actions {
-            let change = |role, term, e: &Election<StdRng>| Work::RoleChange {
-                role,
-                term,
-                leader: e.leader(),
-                voted_for: e.voted_for(),
-            };
+            let change =
+                |role, term, e: &Election<StdRng>| Work::RoleChange(role_change(role, term, e));
             match action {
                 Action::Persist { .. } | Action::TransferAborted { .. } => {}
                 Action::BecomeLeader { term } => {
@@ -1193,27 +1107,11 @@ impl Device {
                 }
                 Action::SendRequestVote { to, request } => {
                     let Some(peer) = self.member_map().get(&to).copied() else { continue };
-                    let msg = SyncMessage::RequestVote {
-                        pre_vote: request.pre_vote,
-                        library_id,
-                        term: request.term,
-                        candidate: request.candidate,
-                        last_log_term: request.last_log_term,
-                        last_log_sequence: request.last_log_sequence,
-                        transfer: request.transfer,
-                    };
-                    self.send(peer, msg, Pending::Vote);
+                    self.send(peer, request_vote(library_id, &request), Pending::Vote);
                 }
                 Action::SendVoteResponse { response, .. } => {
                     if let Some(r) = reply.take() {
-                        let msg = SyncMessage::Vote {
-                            pre_vote: response.pre_vote,
-                            library_id,
-                            term: response.term,
-                            voter: response.voter,
-                            granted: response.granted,
-                        };
-                        self.respond(r, msg);
+                        self.respond(r, vote(library_id, &response));
                     }
                 }
                 Action::SendHeartbeats { .. } => self.work.push_back(Work::HeartbeatNow),
@@ -1228,16 +1126,7 @@ impl Device {
             }
         }
         if let Some(r) = reply {
-            let pos = self.election.last_log();
-            let msg = SyncMessage::Heartbeat {
-                commit_sequence: 0,
-                features: 0,
-                library_id,
-                term: self.election.term(),
-                current_sequence: pos.sequence,
-                last_term: pos.term,
-                role: self.election.role(),
-            };
+            let msg = view(library_id, &self.election);
             self.respond(r, msg);
         }
     }
@@ -1252,12 +1141,7 @@ impl Device {
             let Role::Leader(l) = &mut self.role else { return };
             match cmd {
                 CoreCommand::Publish { commit_sequence, term_start, last } => {
-                    use std::sync::atomic::Ordering;
-                    l.shared.last_sequence.fetch_max(last, Ordering::AcqRel);
-                    if let Some(start) = term_start {
-                        l.shared.term_start.store(start, Ordering::Release);
-                    }
-                    l.shared.commit_sequence.store(commit_sequence, Ordering::Release);
+                    l.shared.publish(commit_sequence, term_start, last);
                     let term = l.cx.term;
                     self.out.push(Output::Committed { term, commit_sequence });
                 }
@@ -1272,16 +1156,7 @@ impl Device {
                     self.out.push(Output::Changed { token, result })
                 }
                 CoreCommand::WriteConfig(configuration) => {
-                    let result = self
-                        .tm
-                        .commit_config(&configuration)
-                        .and_then(|e| {
-                            Ok(ConfigWritten {
-                                sequence: e.sequence,
-                                membership: self.db.membership()?,
-                            })
-                        })
-                        .map_err(err);
+                    let result = write_config(&self.tm, &self.db, &configuration);
                     let Role::Leader(l) = &mut self.role else { return };
                     queue.extend(l.core.on_config_written(result, now));
                 }
@@ -1299,14 +1174,12 @@ impl Device {
             commit_sequence: l.shared.commit_sequence(),
             last_sequence: Some(l.shared.last_sequence()),
         };
-        let cap = l.links.get(&peer).and_then(|k| k.link.leaving_cap()).unwrap_or(u64::MAX);
+        let cap = l.links.get(&peer).and_then(|k| k.link.leaving_cap());
         let Some(k) = l.links.get_mut(&peer) else { return };
         k.link.set_leader_view(view);
         let cmds = match input {
             LinkInput::Commit(commit) => {
-                if commit.range.from_sequence <= cap {
-                    l.cx.cache.note_last(commit.range.to_sequence.min(cap));
-                }
+                l.cx.note_commit(&commit, cap);
                 k.link.on_commit(commit, now)
             }
             LinkInput::NotifyAnswer(reply) => k.link.on_notify_answer(reply, now),
@@ -1327,29 +1200,20 @@ impl Device {
             let term = l.cx.term;
             match cmd {
                 LinkCommand::Notify { from, to, prev_term, entries, commit_sequence } => {
-                    let msg = SyncMessage::NewEntries {
-                        commit_sequence,
+                    let msg = new_entries(
                         library_id,
                         term,
-                        from_sequence: from,
-                        to_sequence: to,
-                        entry_count: to.saturating_sub(from).saturating_add(1),
+                        from,
+                        to,
                         prev_term,
                         entries,
-                    };
+                        commit_sequence,
+                    );
                     self.send(peer, msg, Pending::Notify(peer));
                 }
                 LinkCommand::Heartbeat { commit_sequence } => {
                     let Ok(pos) = self.db.last_position() else { continue };
-                    let msg = SyncMessage::Heartbeat {
-                        commit_sequence,
-                        features: lsync_protocol::FEATURE_VERSION,
-                        library_id,
-                        term,
-                        current_sequence: pos.sequence,
-                        last_term: pos.term,
-                        role: SyncRole::Leader,
-                    };
+                    let msg = leader_heartbeat(library_id, term, pos, commit_sequence);
                     self.send(peer, msg, Pending::LeaderHeartbeat(peer));
                 }
                 LinkCommand::Reply { to, message } => {
@@ -1361,13 +1225,8 @@ impl Device {
                 LinkCommand::Serve { to, request } => {
                     let response = match serve_cached(&l.cx, &request) {
                         Some(r) => r,
-                        None => serve(&self.db, &l.cx, request).unwrap_or_else(|e| {
-                            SyncMessage::error(
-                                library_id,
-                                ErrorCode::Internal,
-                                format!("storage error: {e}"),
-                            )
-                        }),
+                        None => serve(&self.db, &l.cx, request)
+                            .unwrap_or_else(|e| storage_failure(library_id, &e)),
                     };
                     if let Some(k) = l.links.get_mut(&peer) {
                         queue.extend(k.link.on_served(to, response));
@@ -1557,18 +1416,7 @@ impl Device {
                     self.work.push_back(Work::Proposer(ProposerInput::Listed(r)));
                 }
                 ProposerCommand::Deliver { proposal_id, target: Target::Local, changes } => {
-                    let d = match self.tm.commit_proposal(proposal_id, self.id, changes) {
-                        Ok(o) => {
-                            Delivery::Committed { first: o.first_sequence, last: o.last_sequence }
-                        }
-                        Err(StorageError::NotLeader { .. }) => {
-                            Delivery::Failed("no longer the leader".into())
-                        }
-                        Err(
-                            e @ (StorageError::InvalidChange(_) | StorageError::UnknownModel(_)),
-                        ) => Delivery::Refused(e.to_string()),
-                        Err(e) => Delivery::Failed(e.to_string()),
-                    };
+                    let d = deliver_locally(&self.tm, self.id, proposal_id, changes);
                     self.work.push_back(Work::Proposer(ProposerInput::Delivered(proposal_id, d)));
                 }
                 ProposerCommand::Deliver {
@@ -1576,13 +1424,7 @@ impl Device {
                     target: Target::Remote { peer, term },
                     changes,
                 } => {
-                    let msg = SyncMessage::Propose {
-                        library_id: self.library_id,
-                        term,
-                        proposal_id,
-                        origin_device: self.id,
-                        changes: changes.into_iter().map(ProposedChange::from).collect(),
-                    };
+                    let msg = propose(self.library_id, self.id, proposal_id, term, changes);
                     self.send(peer, msg, Pending::Propose(proposal_id));
                 }
                 ProposerCommand::Remove { proposal_id } => {

@@ -216,41 +216,26 @@ impl ElectionActor {
                 }
                 Action::SendRequestVote { to, request } => {
                     let Some(peer) = self.peer(to) else { continue };
-                    let fut = self.cx.transport.request(
-                        peer,
-                        SyncMessage::RequestVote {
-                            pre_vote: request.pre_vote,
-                            library_id,
-                            term: request.term,
-                            candidate: request.candidate,
-                            last_log_term: request.last_log_term,
-                            last_log_sequence: request.last_log_sequence,
-                            transfer: request.transfer,
-                        },
-                    );
+                    let fut = self.cx.transport.request(peer, request_vote(library_id, &request));
                     let me = ctx.address();
                     actix_rt::spawn(async move {
                         match fut.await {
-                            Ok(SyncMessage::Vote { term, voter, granted, pre_vote, .. }) => {
-                                let response = VoteResponse { term, voter, granted, pre_vote };
-                                me.do_send(VoteReceived(response));
-                            }
-                            Ok(other) => {
-                                debug!(reply = other.kind(), "vote request answered without a vote")
-                            }
+                            Ok(reply) => match vote_of(&reply) {
+                                Some(response) => me.do_send(VoteReceived(response)),
+                                None => {
+                                    debug!(
+                                        reply = reply.kind(),
+                                        "vote request answered without a vote"
+                                    )
+                                }
+                            },
                             Err(e) => debug!(error = %e, "vote request not delivered"),
                         }
                     });
                 }
                 Action::SendVoteResponse { response, .. } => {
                     if let Some(r) = reply.take() {
-                        let _ = r.send(SyncMessage::Vote {
-                            pre_vote: response.pre_vote,
-                            library_id,
-                            term: response.term,
-                            voter: response.voter,
-                            granted: response.granted,
-                        });
+                        let _ = r.send(vote(library_id, &response));
                     }
                 }
                 Action::SendHeartbeats { .. } => self.cx.heartbeats.do_send(HeartbeatNow),
@@ -274,27 +259,13 @@ impl ElectionActor {
         }
         if let Some(r) = reply.take() {
             // Requests that needed no vote (TimeoutNow) are answered with this device's view.
-            let pos = self.election.last_log();
-            let _ = r.send(SyncMessage::Heartbeat {
-                commit_sequence: 0,
-                features: 0,
-                library_id,
-                term: self.election.term(),
-                current_sequence: pos.sequence,
-                last_term: pos.term,
-                role: self.election.role(),
-            });
+            let _ = r.send(view(library_id, &self.election));
         }
         self.arm_timer(ctx);
     }
 
     fn role_change(&self, role: SyncRole, term: u64) {
-        self.cx.role_changes.do_send(RoleChange {
-            role,
-            term,
-            leader: self.election.leader(),
-            voted_for: self.election.voted_for(),
-        });
+        self.cx.role_changes.do_send(role_change(role, term, &self.election));
     }
 
     fn arm_timer(&mut self, ctx: &mut Context<Self>) {
@@ -409,40 +380,17 @@ impl Handler<InboundRequest> for ElectionActor {
     fn handle(&mut self, req: InboundRequest, ctx: &mut Context<Self>) {
         let library_id = self.cx.library_id;
         let from = self.cx.members.iter().find(|(_, p)| **p == req.peer).map(|(d, _)| *d);
-        match (req.message, from) {
-            (
-                SyncMessage::RequestVote {
-                    term,
-                    candidate,
-                    last_log_term,
-                    last_log_sequence,
-                    transfer,
-                    pre_vote,
-                    ..
-                },
-                Some(from),
-            ) if from == candidate => {
-                let request = VoteRequest {
-                    term,
-                    candidate,
-                    last_log_term,
-                    last_log_sequence,
-                    transfer,
-                    pre_vote,
-                };
+        match election_request(library_id, req.message, from) {
+            Ok(ElectionRequest::Vote(request)) => {
                 self.with_log(ctx, Some(req.reply), move |e, now| e.on_vote_request(request, now));
             }
-            (SyncMessage::TimeoutNow { term, .. }, Some(from)) => {
+            Ok(ElectionRequest::TimeoutNow { from, term }) => {
                 self.with_log(ctx, Some(req.reply), move |e, now| {
                     e.on_timeout_now(from, term, now)
                 });
             }
-            (other, _) => {
-                let _ = req.reply.send(SyncMessage::error(
-                    library_id,
-                    ErrorCode::BadRequest,
-                    format!("{} from a device that is not its sender", other.kind()),
-                ));
+            Err(refusal) => {
+                let _ = req.reply.send(refusal);
             }
         }
     }
@@ -499,6 +447,110 @@ impl Handler<crate::messages::InjectPanic> for ElectionActor {
     fn handle(&mut self, _: crate::messages::InjectPanic, _: &mut Context<Self>) {
         panic!("injected panic in the election actor");
     }
+}
+
+/// An election request read from the wire ([`election_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectionRequest {
+    /// A vote (or pre-vote) request, sent by its candidate.
+    Vote(VoteRequest),
+    /// A leadership transfer's `TimeoutNow` from `from`, a member.
+    TimeoutNow { from: Uuid, term: u64 },
+}
+
+/// Reads an inbound election message from `from` (the sender's device when it is a member): a
+/// `RequestVote` only from the candidate it names, a `TimeoutNow` only from a member; anything
+/// else is refused with the `BadRequest` answer returned as `Err`. The election actor and the
+/// simulator's device (sim/src/device.rs) both read requests with it.
+pub fn election_request(
+    library_id: Uuid,
+    message: SyncMessage,
+    from: Option<Uuid>,
+) -> Result<ElectionRequest, SyncMessage> {
+    match (message, from) {
+        (
+            SyncMessage::RequestVote {
+                term,
+                candidate,
+                last_log_term,
+                last_log_sequence,
+                transfer,
+                pre_vote,
+                ..
+            },
+            Some(from),
+        ) if from == candidate => Ok(ElectionRequest::Vote(VoteRequest {
+            term,
+            candidate,
+            last_log_term,
+            last_log_sequence,
+            transfer,
+            pre_vote,
+        })),
+        (SyncMessage::TimeoutNow { term, .. }, Some(from)) => {
+            Ok(ElectionRequest::TimeoutNow { from, term })
+        }
+        (other, _) => Err(SyncMessage::error(
+            library_id,
+            ErrorCode::BadRequest,
+            format!("{} from a device that is not its sender", other.kind()),
+        )),
+    }
+}
+
+/// The `RequestVote` message of [`Action::SendRequestVote`].
+pub fn request_vote(library_id: Uuid, request: &VoteRequest) -> SyncMessage {
+    SyncMessage::RequestVote {
+        pre_vote: request.pre_vote,
+        library_id,
+        term: request.term,
+        candidate: request.candidate,
+        last_log_term: request.last_log_term,
+        last_log_sequence: request.last_log_sequence,
+        transfer: request.transfer,
+    }
+}
+
+/// The `Vote` message of [`Action::SendVoteResponse`].
+pub fn vote(library_id: Uuid, response: &VoteResponse) -> SyncMessage {
+    SyncMessage::Vote {
+        pre_vote: response.pre_vote,
+        library_id,
+        term: response.term,
+        voter: response.voter,
+        granted: response.granted,
+    }
+}
+
+/// The vote a `Vote` message carries; `None` for any other message.
+pub fn vote_of(message: &SyncMessage) -> Option<VoteResponse> {
+    match *message {
+        SyncMessage::Vote { term, voter, granted, pre_vote, .. } => {
+            Some(VoteResponse { term, voter, granted, pre_vote })
+        }
+        _ => None,
+    }
+}
+
+/// The answer to an election request that needed no vote (a `TimeoutNow`): this device's view
+/// of the election, as a `Heartbeat`.
+pub fn view<R: rand::Rng>(library_id: Uuid, election: &Election<R>) -> SyncMessage {
+    let pos = election.last_log();
+    SyncMessage::Heartbeat {
+        commit_sequence: 0,
+        features: 0,
+        library_id,
+        term: election.term(),
+        current_sequence: pos.sequence,
+        last_term: pos.term,
+        role: election.role(),
+    }
+}
+
+/// The [`RoleChange`] the role actors are told of when the election makes this device `role`
+/// in `term` (its leader and vote as the election holds them now).
+pub fn role_change<R: rand::Rng>(role: SyncRole, term: u64, election: &Election<R>) -> RoleChange {
+    RoleChange { role, term, leader: election.leader(), voted_for: election.voted_for() }
 }
 
 /// The persisted election state of a library.

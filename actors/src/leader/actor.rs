@@ -22,7 +22,6 @@
 //! waiting) plus one reply channel per change not answered yet.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,11 +32,10 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::core::{Command, ConfigWritten, CoreConfig, LeaderCore, Token};
+use super::core::{Command, CoreConfig, LeaderCore, Token};
 use crate::blocking::run_blocking;
-use crate::window::Announce;
 
-use super::context::LeaderShared;
+use super::context::{write_config, LeaderShared};
 pub use super::core::MAX_QUEUED_CHANGES;
 use super::messages::{ConfigError, ConfigOutcome, FollowerProgress, LeaderStatus, NewCommit};
 use crate::limits::MAILBOX_CAPACITY;
@@ -172,12 +170,7 @@ impl LeaderActor {
         let Some(lead) = self.lead.as_mut() else { return };
         match command {
             Command::Publish { commit_sequence, term_start, last } => {
-                let shared = &lead.cx.shared;
-                shared.last_sequence.fetch_max(last, Ordering::AcqRel);
-                if let Some(start) = term_start {
-                    shared.term_start.store(start, Ordering::Release);
-                }
-                shared.commit_sequence.store(commit_sequence, Ordering::Release);
+                lead.cx.shared.publish(commit_sequence, term_start, last);
             }
             Command::NoteCommit(commit) => {
                 let db = lead.cx.db.clone();
@@ -207,13 +200,9 @@ impl LeaderActor {
     fn write_config(&mut self, configuration: Configuration, ctx: &mut Context<Self>) {
         let Some(lead) = self.lead.as_ref() else { return };
         let (tm, db) = (lead.cx.tm.clone(), lead.cx.db.clone());
-        let write = run_blocking(move || {
-            let entry = tm.commit_config(&configuration)?;
-            let membership = db.membership()?;
-            Ok(ConfigWritten { sequence: entry.sequence, membership })
-        });
+        let write = run_blocking(move || Ok(write_config(&tm, &db, &configuration)));
         ctx.wait(write.into_actor(self).map(|result, this, ctx| {
-            let result = result.map_err(|e: lsync_storage::StorageError| e.to_string());
+            let result = result.map_err(|e| e.to_string()).and_then(|written| written);
             this.step(ctx, |core, now| core.on_config_written(result, now));
         }));
     }
@@ -274,15 +263,7 @@ impl Handler<Committed> for LeaderActor {
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         let ev = msg.0;
         self.step(ctx, |core, now| core.on_commit(ev.term, ev.last_sequence, now));
-        let commit = NewCommit {
-            range: Announce {
-                from_sequence: ev.first_sequence,
-                to_sequence: ev.last_sequence,
-                term: ev.term,
-            },
-            prev_term: ev.prev_term,
-            entries: ev.entries,
-        };
+        let commit = NewCommit::of(&ev);
         for s in &self.links {
             // Sessions merge announcements themselves; a full mailbox only drops a range the
             // link actor would have merged with the next one (followers fetch from their own
@@ -350,6 +331,7 @@ mod tests {
 
     use super::*;
     use crate::testkit::entry;
+    use crate::window::Announce;
 
     struct Recorder(Arc<Mutex<Vec<NewCommit>>>);
     impl Actor for Recorder {

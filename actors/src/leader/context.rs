@@ -13,12 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use libp2p::PeerId;
 use lsync_protocol::entry_bytes;
-use lsync_storage::Database;
+use lsync_protocol::Configuration;
+use lsync_storage::{Database, TransactionManager};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::messages::FollowerProgress;
+use super::core::ConfigWritten;
+use super::link::LinkConfig;
+use super::messages::{FollowerProgress, NewCommit};
 use crate::events::SyncEvent;
 use crate::limits::DEFAULT_LOG_CACHE_BYTES;
 use crate::log_cache::LogCache;
@@ -82,6 +86,59 @@ impl LeaderShared {
     /// The leader's last sequence as the core last heard it.
     pub fn last_sequence(&self) -> u64 {
         self.last_sequence.load(Ordering::Acquire)
+    }
+}
+
+impl LeaderShared {
+    /// Performs the core's `Publish` command: the last sequence only grows, the term's start
+    /// is set once known, the commit sequence is the core's. The leader actor (and the
+    /// simulator's device) publish with it.
+    pub fn publish(&self, commit_sequence: u64, term_start: Option<u64>, last: u64) {
+        self.last_sequence.fetch_max(last, Ordering::AcqRel);
+        if let Some(start) = term_start {
+            self.term_start.store(start, Ordering::Release);
+        }
+        self.commit_sequence.store(commit_sequence, Ordering::Release);
+    }
+}
+
+/// Performs the core's `WriteConfig` command: commits `configuration` through `tm` and reads
+/// the configuration in effect back from `db` (a blocking call), as the core takes it.
+pub fn write_config(
+    tm: &TransactionManager,
+    db: &Database,
+    configuration: &Configuration,
+) -> Result<ConfigWritten, String> {
+    let written = || {
+        let entry = tm.commit_config(configuration)?;
+        Ok(ConfigWritten { sequence: entry.sequence, membership: db.membership()? })
+    };
+    written().map_err(|e: lsync_storage::StorageError| e.to_string())
+}
+
+impl LinkContext {
+    /// The configuration of the link to `device` (reachable as `peer`) in this context.
+    pub fn link_config(&self, device: Uuid, peer: PeerId) -> LinkConfig {
+        LinkConfig {
+            library_id: self.library_id,
+            device,
+            peer,
+            term: self.term,
+            leader_device: self.leader_device,
+            max_entries_per_response: self.max_entries_per_response,
+            max_response_bytes: self.max_response_bytes,
+            notify_window: self.notify_window,
+        }
+    }
+
+    /// A link's part of a new commit for the log cache: it notes the commit's last sequence,
+    /// up to `cap` (a leaving member's removal; `None`: no cap), so that a fetch served from the
+    /// cache knows whether the leader has more.
+    pub fn note_commit(&self, commit: &NewCommit, cap: Option<u64>) {
+        let cap = cap.unwrap_or(u64::MAX);
+        if commit.range.from_sequence <= cap {
+            self.cache.note_last(commit.range.to_sequence.min(cap));
+        }
     }
 }
 

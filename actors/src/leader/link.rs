@@ -72,6 +72,29 @@ use crate::leader::membership::AckPosition;
 use crate::messages::ElectionInput;
 use crate::window::{Announce, NotifyWindow};
 
+/// The `NewEntries` of a [`Command::Notify`] sent by the leader of `term`: the announced range
+/// `from..=to`, the term before it, its entries (or none) and the commit sequence.
+pub fn new_entries(
+    library_id: Uuid,
+    term: u64,
+    from: u64,
+    to: u64,
+    prev_term: u64,
+    entries: Vec<SyncLogEntry>,
+    commit_sequence: u64,
+) -> SyncMessage {
+    SyncMessage::NewEntries {
+        commit_sequence,
+        library_id,
+        term,
+        from_sequence: from,
+        to_sequence: to,
+        entry_count: to.saturating_sub(from).saturating_add(1),
+        prev_term,
+        entries,
+    }
+}
+
 #[cfg(test)]
 mod tests;
 

@@ -20,16 +20,16 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use libp2p::PeerId;
-use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
+use lsync_protocol::SyncMessage;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::context::LinkContext;
 pub use super::link::LEAVING_GRACE;
-use super::link::{Command, FollowerLink, LeaderView, LinkConfig, RequestId};
+use super::link::{new_entries, Command, FollowerLink, LeaderView, RequestId};
 use super::messages::NewCommit;
-use super::serve::{serve, serve_cached};
+use super::serve::{leader_heartbeat, serve, serve_cached, storage_failure};
 use crate::blocking::run_blocking;
 use crate::events::FollowerStatus;
 use crate::limits::MAILBOX_CAPACITY;
@@ -96,16 +96,7 @@ pub struct LinkActor {
 impl LinkActor {
     /// A link actor for `device_id` reachable as `peer`.
     pub fn new(cx: LinkContext, device_id: Uuid, peer: PeerId) -> Self {
-        let link = FollowerLink::new(LinkConfig {
-            library_id: cx.library_id,
-            device: device_id,
-            peer,
-            term: cx.term,
-            leader_device: cx.leader_device,
-            max_entries_per_response: cx.max_entries_per_response,
-            max_response_bytes: cx.max_response_bytes,
-            notify_window: cx.notify_window,
-        });
+        let link = FollowerLink::new(cx.link_config(device_id, peer));
         Self { cx, device_id, peer, link, replies: HashMap::new(), next_request: 0, timer: None }
     }
 
@@ -153,16 +144,9 @@ impl LinkActor {
     fn perform(&mut self, command: Command, ctx: &mut Context<Self>) {
         match command {
             Command::Notify { from, to, prev_term, entries, commit_sequence } => {
-                let msg = SyncMessage::NewEntries {
-                    commit_sequence,
-                    library_id: self.cx.library_id,
-                    term: self.cx.term,
-                    from_sequence: from,
-                    to_sequence: to,
-                    entry_count: to.saturating_sub(from).saturating_add(1),
-                    prev_term,
-                    entries,
-                };
+                let (library_id, term) = (self.cx.library_id, self.cx.term);
+                let msg =
+                    new_entries(library_id, term, from, to, prev_term, entries, commit_sequence);
                 let fut = self.cx.transport.request(self.peer, msg);
                 let (me, peer) = (ctx.address(), self.peer);
                 actix_rt::spawn(async move {
@@ -181,15 +165,7 @@ impl LinkActor {
                     (self.cx.db.clone(), self.cx.clone(), self.peer, ctx.address());
                 actix_rt::spawn(async move {
                     let Ok(pos) = run_blocking(move || db.last_position()).await else { return };
-                    let msg = SyncMessage::Heartbeat {
-                        commit_sequence,
-                        features: lsync_protocol::FEATURE_VERSION,
-                        library_id: cx.library_id,
-                        term: cx.term,
-                        current_sequence: pos.sequence,
-                        last_term: pos.term,
-                        role: SyncRole::Leader,
-                    };
+                    let msg = leader_heartbeat(cx.library_id, cx.term, pos, commit_sequence);
                     match cx.transport.request(peer, msg).await {
                         Ok(reply) => me.do_send(HeartbeatAnswered(reply)),
                         Err(e) => debug!(%peer, error = %e, "heartbeat not delivered"),
@@ -245,11 +221,7 @@ impl LinkActor {
             let response =
                 run_blocking(move || serve(&db, &cx, request)).await.unwrap_or_else(|e| {
                     warn!(%peer, %library_id, request = kind, error = %e, "serving request failed");
-                    SyncMessage::error(
-                        library_id,
-                        ErrorCode::Internal,
-                        format!("storage error: {e}"),
-                    )
+                    storage_failure(library_id, &e)
                 });
             let message = match me.send(Served { id, response: response.clone() }).await {
                 Ok(Some(message)) => message,
@@ -276,10 +248,7 @@ impl Handler<NewCommit> for LinkActor {
     fn handle(&mut self, commit: NewCommit, ctx: &mut Context<Self>) {
         // The highest committed sequence this link actor knows of (for a leaving member: up to
         // its removal), for the log cache's `has_more`.
-        let cap = self.link.leaving_cap().unwrap_or(u64::MAX);
-        if commit.range.from_sequence <= cap {
-            self.cx.cache.note_last(commit.range.to_sequence.min(cap));
-        }
+        self.cx.note_commit(&commit, self.link.leaving_cap());
         self.step(ctx, |link, now| link.on_commit(commit, now));
     }
 }

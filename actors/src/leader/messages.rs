@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use lsync_protocol::SyncLogEntry;
-use lsync_storage::Membership;
+use lsync_storage::{CommitEvent, Membership};
 use uuid::Uuid;
 
 use crate::leader::membership::{AckPosition, FollowerPosition};
@@ -27,6 +27,22 @@ pub struct NewCommit {
     /// The committed entries, when the commit was small (see
     /// [`lsync_storage::COMMIT_EVENT_MAX_ENTRIES`]): a link actor sends them inside `NewEntries`.
     pub entries: Option<Arc<[SyncLogEntry]>>,
+}
+
+impl NewCommit {
+    /// The commit a transaction manager's [`CommitEvent`] announces, as the leader actor (and
+    /// the simulator's device) hands it to every link.
+    pub fn of(event: &CommitEvent) -> Self {
+        NewCommit {
+            range: Announce {
+                from_sequence: event.first_sequence,
+                to_sequence: event.last_sequence,
+                term: event.term,
+            },
+            prev_term: event.prev_term,
+            entries: event.entries.clone(),
+        }
+    }
 }
 
 /// A follower reported its position (an acknowledgement, the answer to `NewEntries`, a

@@ -182,7 +182,9 @@ fn cap_bytes(entries: &mut Vec<SyncLogEntry>, max_bytes: usize) {
     entries.truncate(keep);
 }
 
-fn leader_heartbeat(
+/// The leader's `Heartbeat` of `term`: its last position and commit sequence. Sent by the link
+/// actor (and the simulator's device), and the answer to a follower's heartbeat.
+pub fn leader_heartbeat(
     library_id: Uuid,
     term: u64,
     last: lsync_storage::LogPosition,
@@ -197,6 +199,11 @@ fn leader_heartbeat(
         last_term: last.term,
         role: SyncRole::Leader,
     }
+}
+
+/// The answer to a request whose serving failed in storage: `Error(Internal)`.
+pub fn storage_failure(library_id: Uuid, error: &StorageError) -> SyncMessage {
+    SyncMessage::error(library_id, ErrorCode::Internal, format!("storage error: {error}"))
 }
 
 /// Whether a follower whose log ends at `(term, sequence)` can continue from the leader's log.

@@ -26,11 +26,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use lsync_storage::{Change, OutboxEntry};
+use lsync_protocol::{ErrorCode, ProposedChange, SyncMessage};
+use lsync_storage::{Change, OutboxEntry, ProposalOutcome, StorageError};
 use rand::Rng;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
+use crate::transport::NetworkError;
 
 /// Who leads the library now, as this device knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,6 +50,65 @@ pub enum Delivery {
     Refused(String),
     /// Try again later.
     Failed(String),
+}
+
+impl Delivery {
+    /// How a delivery to this device, the leader, went: what its transaction manager's
+    /// `commit_proposal` returned. A change that can never be committed (invalid, of an unknown
+    /// model) is refused; anything else (this device no longer leads, a storage failure) is
+    /// tried again.
+    pub fn of_local(result: Result<ProposalOutcome, StorageError>) -> Self {
+        match result {
+            Ok(o) => Delivery::Committed { first: o.first_sequence, last: o.last_sequence },
+            Err(StorageError::NotLeader { .. }) => Delivery::Failed("no longer the leader".into()),
+            Err(e @ (StorageError::InvalidChange(_) | StorageError::UnknownModel(_))) => {
+                Delivery::Refused(e.to_string())
+            }
+            Err(e) => Delivery::Failed(e.to_string()),
+        }
+    }
+
+    /// How a `Propose` of `proposal_id` sent to the leader went, from its answer: committed
+    /// when the leader's `ProposalResult` names it, refused for good on `BadRequest`, tried
+    /// again on anything else (another error, an unexpected reply, no answer).
+    pub fn of_reply(proposal_id: Uuid, answer: Result<SyncMessage, NetworkError>) -> Self {
+        match answer {
+            Ok(SyncMessage::ProposalResult {
+                proposal_id: id,
+                first_sequence,
+                last_sequence,
+                ..
+            }) if id == proposal_id => {
+                Delivery::Committed { first: first_sequence, last: last_sequence }
+            }
+            Ok(SyncMessage::Error { code: ErrorCode::BadRequest, message, .. }) => {
+                Delivery::Refused(message)
+            }
+            Ok(SyncMessage::Error { code, message, .. }) => {
+                Delivery::Failed(format!("{code}: {message}"))
+            }
+            Ok(other) => Delivery::Failed(format!("unexpected reply {}", other.kind())),
+            Err(e) => Delivery::Failed(e.to_string()),
+        }
+    }
+}
+
+/// The `Propose` of a [`Command::Deliver`] to a remote leader in `term`: the proposal
+/// `proposal_id` of `origin_device` with its `changes`.
+pub fn propose(
+    library_id: Uuid,
+    origin_device: Uuid,
+    proposal_id: Uuid,
+    term: u64,
+    changes: Vec<Change>,
+) -> SyncMessage {
+    SyncMessage::Propose {
+        library_id,
+        term,
+        proposal_id,
+        origin_device,
+        changes: changes.into_iter().map(ProposedChange::from).collect(),
+    }
 }
 
 /// Where a proposal goes.

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use libp2p::PeerId;
-use lsync_protocol::{ErrorCode, ProposedChange, SyncMessage};
+use lsync_protocol::{ErrorCode, SyncMessage};
 use lsync_storage::{Change, Database, StorageError, TransactionManager};
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 pub use self::core::{
-    Command, Delivery, LeaderView, ProposerCore, ProposerStatus, SubmitOutcome, Target,
+    propose, Command, Delivery, LeaderView, ProposerCore, ProposerStatus, SubmitOutcome, Target,
 };
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
@@ -277,51 +277,31 @@ impl Proposer {
     }
 
     async fn deliver(&self, proposal_id: Uuid, target: Target, changes: Vec<Change>) -> Delivery {
-        let (peer, term) = match target {
+        let (library_id, me) = (self.inner.library_id, self.inner.device_id);
+        match target {
             Target::Local => {
                 let tm = self.inner.tm.clone();
-                let me = self.inner.device_id;
-                return match run_blocking(move || tm.commit_proposal(proposal_id, me, changes))
-                    .await
-                {
-                    Ok(o) => Delivery::Committed { first: o.first_sequence, last: o.last_sequence },
-                    Err(StorageError::NotLeader { .. }) => {
-                        Delivery::Failed("no longer the leader".into())
-                    }
-                    Err(e @ (StorageError::InvalidChange(_) | StorageError::UnknownModel(_))) => {
-                        Delivery::Refused(e.to_string())
-                    }
-                    Err(e) => Delivery::Failed(e.to_string()),
-                };
+                let commit = move || Ok(deliver_locally(&tm, me, proposal_id, changes));
+                run_blocking(commit).await.unwrap_or_else(|e| Delivery::Failed(e.to_string()))
             }
-            Target::Remote { peer, term } => (peer, term),
-        };
-        let msg = SyncMessage::Propose {
-            library_id: self.inner.library_id,
-            term,
-            proposal_id,
-            origin_device: self.inner.device_id,
-            changes: changes.into_iter().map(ProposedChange::from).collect(),
-        };
-        match self.inner.transport.request(peer, msg).await {
-            Ok(SyncMessage::ProposalResult {
-                proposal_id: id,
-                first_sequence,
-                last_sequence,
-                ..
-            }) if id == proposal_id => {
-                Delivery::Committed { first: first_sequence, last: last_sequence }
+            Target::Remote { peer, term } => {
+                let msg = propose(library_id, me, proposal_id, term, changes);
+                Delivery::of_reply(proposal_id, self.inner.transport.request(peer, msg).await)
             }
-            Ok(SyncMessage::Error { code: ErrorCode::BadRequest, message, .. }) => {
-                Delivery::Refused(message)
-            }
-            Ok(SyncMessage::Error { code, message, .. }) => {
-                Delivery::Failed(format!("{code}: {message}"))
-            }
-            Ok(other) => Delivery::Failed(format!("unexpected reply {}", other.kind())),
-            Err(e) => Delivery::Failed(e.to_string()),
         }
     }
+}
+
+/// Delivers the proposal `proposal_id` of this device (`me`), which leads: commits it through
+/// its transaction manager (a blocking call). The proposer's task (and the simulator's device)
+/// deliver with it.
+pub fn deliver_locally(
+    tm: &TransactionManager,
+    me: Uuid,
+    proposal_id: Uuid,
+    changes: Vec<Change>,
+) -> Delivery {
+    Delivery::of_local(tm.commit_proposal(proposal_id, me, changes))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

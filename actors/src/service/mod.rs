@@ -64,9 +64,11 @@ use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
 use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
 use crate::transport::Transport;
 
+pub mod peers;
 mod route;
 pub mod supervise;
 
+pub use self::peers::{follows_hint, keeps_role_actors, PeerBook};
 pub use self::route::{route, Heard, Route, Serving, View as RouteView};
 
 /// How often the service checks that its actors and tasks are alive (a panic closes an actor's
@@ -79,7 +81,6 @@ pub const REMOTE_CHANGE_WAIT: Duration = Duration::from_secs(5);
 
 /// Leaders not in this device's configuration it lets in at most (see the `LeaderHint`
 /// handler).
-const MAX_PROVISIONAL: usize = 4;
 
 /// How long a member answering `Join` waits for its own log to hold the configuration entry
 /// that adds the joiner (pushed by the leader within a round trip) before it answers anyway.
@@ -190,7 +191,7 @@ pub struct SyncService {
     state: Option<SyncState>,
     membership: Option<Membership>,
     /// Every other member: peer → device.
-    members: HashMap<PeerId, Uuid>,
+    peers: PeerBook,
     /// Members removed while this device leads, whose link delivers the removal first.
     leaving: HashSet<PeerId>,
     /// A leader that removed itself, kept in (see `install`) until another leader or term.
@@ -212,9 +213,6 @@ pub struct SyncService {
     commit_watch: u64,
     /// Why a member refused this device as removed, if one did.
     removed_hint: Option<String>,
-    /// Leaders a member named that this device's configuration does not know yet (see the
-    /// `LeaderHint` handler); dropped once a configuration lists them.
-    provisional: HashMap<PeerId, Uuid>,
     /// This device's signed address hint (counter: when it was made).
     own_hint: Option<AddressHint>,
     /// An expiry check of the invitations is scheduled.
@@ -244,7 +242,7 @@ impl SyncService {
             cx,
             state: None,
             membership: None,
-            members: HashMap::new(),
+            peers: PeerBook::default(),
             leaving: HashSet::new(),
             outgoing_leader: None,
             asked_who_leads: None,
@@ -256,22 +254,26 @@ impl SyncService {
             follower_commit: 0,
             commit_watch: u64::MAX,
             removed_hint: None,
-            provisional: HashMap::new(),
             own_hint: None,
             invitation_timer: None,
         }
     }
 
     fn device_of(&self, peer: &PeerId) -> Option<Uuid> {
-        self.members.get(peer).or_else(|| self.provisional.get(peer)).copied()
+        self.peers.device_of(peer)
     }
 
     fn peer_of(&self, device: Uuid) -> Option<PeerId> {
-        self.members
-            .iter()
-            .chain(self.provisional.iter())
-            .find(|(_, d)| **d == device)
-            .map(|(p, _)| *p)
+        self.peers.peer_of(device)
+    }
+
+    /// The role this device's actors play now.
+    fn serving(&self) -> Serving {
+        match self.role {
+            Role::Leader { .. } => Serving::Leader,
+            Role::Follower { .. } => Serving::Follower,
+            Role::Idle => Serving::Idle,
+        }
     }
 
     /// Whether this device is a member of the configuration in effect.
@@ -304,7 +306,8 @@ impl SyncService {
 
     /// Every member (this device included) and its peer, for the proposer.
     fn member_map(&self) -> BTreeMap<Uuid, PeerId> {
-        let mut m: BTreeMap<Uuid, PeerId> = self.members.iter().map(|(p, d)| (*d, *p)).collect();
+        let mut m: BTreeMap<Uuid, PeerId> =
+            self.peers.members.iter().map(|(p, d)| (*d, *p)).collect();
         if let Some(me) = self.local_peer {
             m.insert(self.cx.device_id, me);
         }
@@ -388,7 +391,7 @@ impl SyncService {
             return;
         };
         let last = self.cx.db.last_position().unwrap_or_default();
-        for (peer, device) in &self.members {
+        for (peer, device) in &self.peers.members {
             if *device == self.cx.device_id {
                 continue;
             }
@@ -474,8 +477,8 @@ impl SyncService {
             if state.leader_device != Some(device) {
                 // A removed leader kept in until another leader or term is known: out now.
                 self.outgoing_leader = None;
-                self.provisional.remove(&peer);
-                if !self.members.contains_key(&peer) {
+                self.peers.provisional.remove(&peer);
+                if !self.peers.members.contains_key(&peer) {
                     self.revoke(peer);
                 }
             }
@@ -513,7 +516,7 @@ impl SyncService {
             // A new cache per start: the leader's log only grows while it leads this term.
             let cache = new_log_cache(self.cx.config.max_entries_per_response);
             let mut links = HashMap::new();
-            for (peer, device) in self.members.clone() {
+            for (peer, device) in self.peers.members.clone() {
                 links.insert(peer, self.start_link(&state, &cache, &shared, &core, device, peer));
             }
             cache.set_readers(links.len());
@@ -602,6 +605,7 @@ impl SyncService {
         let was_member = self.is_member();
         let new = self.peers_of(&m);
         let removed: Vec<(PeerId, Uuid)> = self
+            .peers
             .members
             .iter()
             .filter(|(p, d)| new.get(p).is_none_or(|(nd, _)| nd != *d))
@@ -609,13 +613,12 @@ impl SyncService {
             .collect();
         let added: Vec<(PeerId, Uuid, Vec<Multiaddr>)> = new
             .iter()
-            .filter(|(p, _)| !self.members.contains_key(p))
+            .filter(|(p, _)| !self.peers.members.contains_key(p))
             .map(|(p, (d, a))| (*p, *d, a.clone()))
             .collect();
         debug!(%library_id, sequence = m.sequence, added = added.len(), removed = removed.len(),
             "configuration in effect");
-        self.members = new.iter().map(|(p, (d, _))| (*p, *d)).collect();
-        self.provisional.retain(|p, _| !new.contains_key(p));
+        self.peers.set_members(new.iter().map(|(p, (d, _))| (*p, *d)).collect());
         self.cx.is_member.store(m.configuration.contains(self.cx.device_id), Ordering::Release);
         self.watch_commit(&m);
         self.membership = Some(m);
@@ -647,7 +650,7 @@ impl SyncService {
                     // learns that from this device's acknowledgements. Keep it in (as a leader
                     // let in although not a member) until another leader or term is known;
                     // refused at once, it never learned, and led its old term for good.
-                    self.provisional.insert(*peer, *device);
+                    self.peers.provisional.insert(*peer, *device);
                     self.outgoing_leader = Some((*peer, *device));
                 }
                 _ => self.revoke(*peer),
@@ -1189,8 +1192,8 @@ impl Handler<Started> for SyncService {
         self.connected = msg.connected.into_iter().collect();
         self.local_peer = Some(self.cx.network.local_peer_id());
         self.state = Some(msg.state);
-        self.members =
-            self.peers_of(&msg.membership).into_iter().map(|(p, (d, _))| (p, d)).collect();
+        let members = self.peers_of(&msg.membership).into_iter().map(|(p, (d, _))| (p, d));
+        self.peers.set_members(members.collect());
         self.cx
             .is_member
             .store(msg.membership.configuration.contains(self.cx.device_id), Ordering::Release);
@@ -1202,7 +1205,7 @@ impl Handler<Started> for SyncService {
         self.start_election(ctx);
         self.check_invitations(ctx);
         for peer in self.connected.clone() {
-            if self.members.contains_key(&peer) {
+            if self.peers.members.contains_key(&peer) {
                 self.announce_to(peer, ctx);
             }
         }
@@ -1235,7 +1238,7 @@ impl Handler<PeerEvent> for SyncService {
         };
         if up {
             self.connected.insert(peer);
-            if self.members.contains_key(&peer) && self.state.is_some() {
+            if self.peers.members.contains_key(&peer) && self.state.is_some() {
                 self.announce_to(peer, ctx);
             }
         } else {
@@ -1266,11 +1269,7 @@ impl Handler<InboundRequest> for SyncService {
         let view = route::View {
             library_id,
             member: self.is_member(),
-            serving: match self.role {
-                Role::Leader { .. } => route::Serving::Leader,
-                Role::Follower { .. } => route::Serving::Follower,
-                Role::Idle => route::Serving::Idle,
-            },
+            serving: self.serving(),
             term: current_term,
             leader: leader_hint,
             leader_peer: self.leader_peer_hint(),
@@ -1490,7 +1489,7 @@ impl Handler<LinkLeft> for SyncService {
     fn handle(&mut self, msg: LinkLeft, _: &mut Context<Self>) {
         // The link of a removed member delivered the removal (or gave up): refuse it now,
         // unless it became a member again meanwhile.
-        if self.leaving.contains(&msg.peer) && !self.members.contains_key(&msg.peer) {
+        if self.leaving.contains(&msg.peer) && !self.peers.members.contains_key(&msg.peer) {
             self.revoke(msg.peer);
         }
     }
@@ -1629,14 +1628,16 @@ impl Handler<Submit> for SyncService {
 impl Handler<RoleChange> for SyncService {
     type Result = ();
     fn handle(&mut self, msg: RoleChange, _: &mut Context<Self>) {
+        let serving = self.serving();
         let Some(state) = self.state.as_mut() else { return };
         // A follower that only learns a newer term of the leader it follows keeps its actors
         // (the follower actor adopts the term from the leader's messages); anything else
         // restarts them.
-        let unchanged = state.role == msg.role
-            && state.leader_device == msg.leader
-            && (state.current_term == msg.term || msg.role == SyncRole::Follower)
-            && !matches!(self.role, Role::Idle);
+        let unchanged = keeps_role_actors(
+            serving,
+            (state.role, state.current_term, state.leader_device),
+            (msg.role, msg.term, msg.leader),
+        );
         state.role = msg.role;
         state.current_term = msg.term;
         state.leader_device = msg.leader;
@@ -1660,23 +1661,17 @@ impl Handler<LeaderHint> for SyncService {
             // ours): following it brings the log, and the configuration, up to date.
             info!(library_id = %self.cx.library_id, leader = %hint, %peer,
                 "a member named a leader this device does not know yet; letting it in");
-            if self.provisional.len() >= MAX_PROVISIONAL {
-                self.provisional.clear();
-            }
-            self.provisional.insert(peer, hint);
+            self.peers.let_in(peer, hint);
             let (network, library_id) = (self.cx.network.clone(), self.cx.library_id);
             actix_rt::spawn(async move {
                 let _ = network.add_member(library_id, peer, Vec::new()).await;
             });
             is_member = true;
         }
+        let serving = self.serving();
         let Some(state) = self.state.as_mut() else { return };
-        let idle = matches!(self.role, Role::Idle) && state.role == SyncRole::Follower;
-        if (matches!(self.role, Role::Follower { .. }) || idle)
-            && is_member
-            && hint != self.cx.device_id
-            && (state.leader_device != Some(hint) || idle)
-        {
+        let me = self.cx.device_id;
+        if follows_hint(serving, state.role, state.leader_device, me, hint, is_member) {
             info!(library_id = %self.cx.library_id, leader = %hint, "following the leader a NotLeader reply named");
             state.leader_device = Some(hint);
             self.start_role();
@@ -1709,6 +1704,7 @@ impl Handler<FollowerAcked> for SyncService {
     fn handle(&mut self, msg: FollowerAcked, _: &mut Context<Self>) -> Self::Result {
         let link = match &self.role {
             Role::Leader { links, .. } => self
+                .peers
                 .members
                 .iter()
                 .find(|(_, d)| **d == msg.0)

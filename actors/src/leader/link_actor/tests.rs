@@ -1,7 +1,7 @@
 //! Actor-level tests of the link actor: the link's rules through real storage, a log cache, a
 //! scripted transport and paused time (the machine's own tests are in `link/tests.rs`).
 
-use lsync_protocol::ErrorCode;
+use lsync_protocol::{ErrorCode, SyncRole};
 use tokio::sync::oneshot;
 
 use std::sync::Arc;
