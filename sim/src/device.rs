@@ -41,6 +41,7 @@ use lsync_actors::election::actor::{
 use lsync_actors::election::{
     Action, Election, ElectionConfig, Membership as ElectionMembership, VoteRequest, VoteResponse,
 };
+use lsync_actors::follower::effects::{fetch_entries, StorageCall, StorageDone};
 use lsync_actors::follower::{
     self, BatchOutcome, Command as FollowerCommand, Leader as FollowerLeader, Replicator, ReplyTo,
     RequestId as FetchId,
@@ -158,14 +159,10 @@ enum LinkInput {
 #[derive(Debug)]
 enum FollowerInput {
     Request(NetId, PeerId, SyncMessage),
-    Position(Result<lsync_storage::LogPosition, String>),
     Fetched(FetchId, Result<SyncMessage, NetworkError>),
-    Applied(FetchId, BatchOutcome),
     Acked(FetchId, Result<SyncMessage, NetworkError>),
     Heartbeat(FetchId, Result<SyncMessage, NetworkError>),
-    Reset(Result<u64, String>),
-    Settled(Result<Option<Membership>, String>),
-    Orphans(Result<Option<lsync_storage::RecoveredOrphans>, String>),
+    Storage(StorageDone),
     Tick,
 }
 
@@ -1245,14 +1242,18 @@ impl Device {
     fn follower(&mut self, input: FollowerInput) {
         let now = self.now;
         match &input {
-            FollowerInput::Reset(_) | FollowerInput::Orphans(_) | FollowerInput::Settled(_) => {
+            FollowerInput::Storage(
+                StorageDone::Reset(_) | StorageDone::Orphans(_) | StorageDone::Settled(_),
+            ) => {
                 self.out.push(Output::Note(format!("follower: {input:?}")));
             }
             FollowerInput::Fetched(id, r) if self.debug => {
                 let r = r.as_ref().map(|m| m.kind());
                 self.out.push(Output::Note(format!("follower: fetched {id:?} {r:?}")));
             }
-            FollowerInput::Applied(_, o) if !matches!(o, BatchOutcome::Applied { .. }) => {
+            FollowerInput::Storage(StorageDone::Applied(_, o))
+                if !matches!(o, BatchOutcome::Applied { .. }) =>
+            {
                 self.out.push(Output::Note(format!("follower: batch {o:?}")));
             }
             _ => {}
@@ -1265,14 +1266,10 @@ impl Device {
                 let from_leader = peer == f.leader;
                 f.rep.on_request(ReplyTo(f.next), from_leader, msg, now)
             }
-            FollowerInput::Position(r) => f.rep.on_position(r, now),
             FollowerInput::Fetched(id, r) => f.rep.on_fetched(id, r, now),
-            FollowerInput::Applied(id, o) => f.rep.on_applied(id, o, now),
             FollowerInput::Acked(id, r) => f.rep.on_acknowledged(id, r),
             FollowerInput::Heartbeat(id, r) => f.rep.on_heartbeat(id, r, now),
-            FollowerInput::Reset(r) => f.rep.on_reset(r, now),
-            FollowerInput::Settled(r) => f.rep.on_settled(r, now),
-            FollowerInput::Orphans(r) => f.rep.on_orphans_recovered(r, now),
+            FollowerInput::Storage(done) => done.feed(&mut f.rep, now),
             FollowerInput::Tick => f.rep.tick(now),
         };
         self.perform_follower(cmds);
@@ -1296,38 +1293,27 @@ impl Device {
         }
         let gen = self.role_gen;
         let library_id = self.library_id;
-        let applier = Applier::new(self.db.clone());
         for cmd in cmds {
             let Role::Follower(f) = &mut self.role else { return };
             let (leader, leader_device) = (f.leader, f.leader_device);
-            let queue = |w: FollowerInput| Work::Follower(gen, w);
-            match cmd {
-                FollowerCommand::ReadPosition => {
-                    let r = self.db.last_position().map_err(err);
-                    self.work.push_back(queue(FollowerInput::Position(r)));
+            let cmd = match StorageCall::of(cmd) {
+                Ok(call) => {
+                    let mut effects = Vec::new();
+                    let done = call.run(&self.db, library_id, |c| effects.push(c));
+                    effects.into_iter().for_each(|c| self.follower_effect(c));
+                    self.work.push_back(Work::Follower(gen, FollowerInput::Storage(done)));
+                    continue;
                 }
+                Err(cmd) => cmd,
+            };
+            match cmd {
                 FollowerCommand::Fetch { id, since, term } => {
-                    let msg = SyncMessage::FetchEntries {
-                        library_id,
-                        term,
-                        since_sequence: since.sequence,
-                        since_term: since.term,
-                        limit: self.config.max_entries_per_response,
-                    };
+                    let limit = self.config.max_entries_per_response;
+                    let msg = fetch_entries(library_id, term, since, limit);
                     self.send(leader, msg, Pending::Fetch(id));
                 }
                 FollowerCommand::DropFetch { id } => {
                     self.pending.retain(|_, (p, _)| !matches!(p, Pending::Fetch(f) if *f == id));
-                }
-                FollowerCommand::Apply { id, entries } => {
-                    let result = applier.apply(&entries);
-                    let outcome = BatchOutcome::from_storage(&result);
-                    if let Ok(applied) = result {
-                        for c in follower::committed(library_id, applied) {
-                            self.follower_effect(c);
-                        }
-                    }
-                    self.work.push_back(queue(FollowerInput::Applied(id, outcome)));
                 }
                 FollowerCommand::Acknowledge { id, position, term } => {
                     let msg = follower::position_ack(library_id, term, position);
@@ -1341,22 +1327,6 @@ impl Device {
                     if let Some(id) = f.replies.remove(&to.0) {
                         self.respond(id, message);
                     }
-                }
-                FollowerCommand::ResetForRepair => {
-                    let r = applier.reset_for_repair().map_err(err);
-                    self.work.push_back(queue(FollowerInput::Reset(r)));
-                }
-                FollowerCommand::Settle => {
-                    let r = applier.settle().map_err(err);
-                    self.work.push_back(queue(FollowerInput::Settled(r)));
-                }
-                FollowerCommand::RecoverOrphans => {
-                    let r = if self.db.stashed_count().unwrap_or(0) == 0 {
-                        Ok(None)
-                    } else {
-                        applier.recover_orphans().map(Some).map_err(err)
-                    };
-                    self.work.push_back(queue(FollowerInput::Orphans(r)));
                 }
                 FollowerCommand::AdoptTerm(term) => {
                     if let Some(from) = leader_device {

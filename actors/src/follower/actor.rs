@@ -32,15 +32,15 @@ use std::time::Instant;
 use actix::prelude::*;
 use libp2p::PeerId;
 use lsync_protocol::SyncMessage;
-use lsync_storage::{Applier, Database, StorageError};
+use lsync_storage::Database;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
+use super::effects::{fetch_entries, StorageCall};
 use super::{
-    follower_heartbeat, position_ack, BatchOutcome, Command, Counter, Leader, Replicator, ReplyTo,
-    RequestId,
+    follower_heartbeat, position_ack, Command, Counter, Leader, Replicator, ReplyTo, RequestId,
 };
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
@@ -82,9 +82,6 @@ pub struct FollowerContext {
     /// [`WatchCommit`].
     pub commit_watch: u64,
 }
-
-/// A machine input that takes a storage call's result.
-type Input<T> = fn(&mut Replicator<StdRng>, Result<T, String>, Instant) -> Vec<Command>;
 
 /// Reads the follower's state: its one observe call (nothing else of it is shared).
 #[derive(Message)]
@@ -159,23 +156,18 @@ impl FollowerActor {
             Some(command) => command,
             None => return,
         };
+        let command = match StorageCall::of(command) {
+            Ok(call) => return self.storage(call, ctx),
+            Err(command) => command,
+        };
         let (library_id, leader) = (self.cx.library_id, self.cx.leader);
         match command {
-            Command::ReadPosition => {
-                let db = self.cx.db.clone();
-                self.storage(ctx, move || db.last_position(), Replicator::on_position);
-            }
             Command::Fetch { id, since, term } => {
-                let request = self.cx.transport.request(
-                    leader,
-                    SyncMessage::FetchEntries {
-                        library_id,
-                        term,
-                        since_sequence: since.sequence,
-                        since_term: since.term,
-                        limit: self.cx.config.max_entries_per_response,
-                    },
-                );
+                let limit = self.cx.config.max_entries_per_response;
+                let request = self
+                    .cx
+                    .transport
+                    .request(leader, fetch_entries(library_id, term, since, limit));
                 let (metrics, started) = (self.cx.metrics.clone(), Instant::now());
                 let fetch = async move {
                     let answer = request.await;
@@ -193,15 +185,6 @@ impl FollowerActor {
                 if let Some(handle) = self.fetches.remove(&id) {
                     ctx.cancel_future(handle);
                 }
-            }
-            Command::Apply { id, entries } => {
-                let cx = self.cx.clone();
-                let apply = async move { run_blocking(move || Ok(apply(&cx, &entries))).await };
-                ctx.spawn(apply.into_actor(self).map(move |outcome, act, ctx| {
-                    let outcome = outcome.unwrap_or_else(|e| BatchOutcome::Failed(e.to_string()));
-                    let commands = act.machine.on_applied(id, outcome, Instant::now());
-                    act.perform(commands, ctx);
-                }));
             }
             Command::Acknowledge { id, position, term } => {
                 let request =
@@ -226,50 +209,49 @@ impl FollowerActor {
                     let _ = reply.send(message);
                 }
             }
-            Command::ResetForRepair => {
-                let applier = Applier::new(self.cx.db.clone());
-                self.storage(ctx, move || applier.reset_for_repair(), Replicator::on_reset);
-            }
-            Command::Settle => {
-                let applier = Applier::new(self.cx.db.clone());
-                self.storage(ctx, move || applier.settle(), Replicator::on_settled);
-            }
-            Command::RecoverOrphans => {
-                let applier = Applier::new(self.cx.db.clone());
-                let recover = move || {
-                    if applier.database().stashed_count().unwrap_or(0) == 0 {
-                        return Ok(None);
-                    }
-                    applier.recover_orphans().map(Some)
-                };
-                self.storage(ctx, recover, Replicator::on_orphans_recovered);
-            }
             Command::LeaderCommit(commit) => {
                 self.leader_commit = self.leader_commit.max(commit);
                 self.check_commit_watch();
             }
-            // Performed by `effect`.
+            // Performed by `effect` and `storage`.
             Command::WakeProposer
             | Command::Event(_)
             | Command::AdoptTerm(_)
             | Command::Repoint(_)
             | Command::Membership(_)
-            | Command::CountMetric(..) => {}
+            | Command::CountMetric(..)
+            | Command::ReadPosition
+            | Command::Apply { .. }
+            | Command::ResetForRepair
+            | Command::Settle
+            | Command::RecoverOrphans => {}
         }
     }
 
-    /// Runs the storage call `f` on the blocking pool and feeds its result to the machine
-    /// through `input`.
-    fn storage<T: Send + 'static>(
-        &mut self,
-        ctx: &mut Context<Self>,
-        f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-        input: Input<T>,
-    ) {
-        let call = async move { run_blocking(f).await };
-        ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
-            let result = result.map_err(|e| e.to_string());
-            let commands = input(&mut act.machine, result, Instant::now());
+    /// Makes the storage call on the blocking pool and feeds its result to the machine; a
+    /// batch's commands ([`crate::follower::committed`]) are performed in the same blocking
+    /// task as its transaction. A call whose task failed is fed as a failed call.
+    fn storage(&mut self, call: StorageCall, ctx: &mut Context<Self>) {
+        let cx = self.cx.clone();
+        let again = call.clone();
+        let committed_ms = match &call {
+            StorageCall::Apply { entries, .. } => entries.last().map_or(0, |e| e.timestamp_ms),
+            _ => 0,
+        };
+        let run = async move {
+            run_blocking(move || {
+                Ok(call.run(&cx.db, cx.library_id, |command| {
+                    if matches!(command, Command::CountMetric(Counter::EntriesApplied, _)) {
+                        observe_commit_to_apply(&cx.metrics, committed_ms);
+                    }
+                    effect(&cx, command);
+                }))
+            })
+            .await
+        };
+        ctx.spawn(run.into_actor(self).map(move |done, act, ctx| {
+            let done = done.unwrap_or_else(|e| again.failed(e.to_string()));
+            let commands = done.feed(&mut act.machine, Instant::now());
             act.perform(commands, ctx);
         }));
     }
@@ -349,25 +331,14 @@ fn effect(cx: &FollowerContext, command: Command) -> Option<Command> {
     None
 }
 
-/// Applies `entries` in one transaction (on the blocking pool) and performs what goes with a
-/// committed batch ([`crate::follower::committed`]) before returning.
-fn apply(cx: &FollowerContext, entries: &[lsync_protocol::SyncLogEntry]) -> BatchOutcome {
-    let committed_ms = entries.last().map_or(0, |e| e.timestamp_ms);
-    let result = Applier::new(cx.db.clone()).apply(entries);
-    let outcome = BatchOutcome::from_storage(&result);
-    if let Ok(applied) = result {
-        if applied.applied > 0 {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            let ms = now_ms.saturating_sub(committed_ms).max(0) as u64;
-            cx.metrics.commit_to_apply.observe(std::time::Duration::from_millis(ms));
-        }
-        for command in crate::follower::committed(cx.library_id, applied) {
-            effect(cx, command);
-        }
-    }
-    outcome
+/// How long a batch took from its commit on the leader (`committed_ms`, the leader's clock) to
+/// its application here.
+fn observe_commit_to_apply(metrics: &Metrics, committed_ms: i64) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let ms = now_ms.saturating_sub(committed_ms).max(0) as u64;
+    metrics.commit_to_apply.observe(std::time::Duration::from_millis(ms));
 }
 
 impl Actor for FollowerActor {

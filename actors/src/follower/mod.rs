@@ -124,6 +124,7 @@ use crate::limits::MAX_BLOCK;
 use crate::messages::{FollowerMembership, LeaderHint};
 
 pub mod actor;
+pub mod effects;
 #[cfg(test)]
 mod prop;
 #[cfg(test)]
