@@ -69,7 +69,8 @@
 //!   in flight: from the last entry received while the leader has more, and one **guess**
 //!   after a fetch in flight ([`next_guess`]), unless [`MAX_MISSED_GUESSES`] guesses missed in
 //!   the pass. Answers are read in the order the fetches left (an answer that arrives early
-//!   waits). An `EntriesResponse` notes the commit sequence, adopts a newer term, raises the
+//!   waits). An `EntriesResponse` of an older term is discarded (the pass restarts, nothing of
+//!   it noted); otherwise it notes the commit sequence, adopts a newer term, raises the
 //!   leader's last sequence; if its first entry is not the one after the fetch's position,
 //!   the pass **restarts**; otherwise its entries are ready, and a fetch after it that does
 //!   not start exactly at its last entry (sequence and term) is dropped unread (a missed
@@ -1142,6 +1143,15 @@ impl<R: Rng> Replicator<R> {
             Err(e) => return Flow::End(Ending::Fail(Failure::Unreachable(e.to_string()))),
         };
         let (term, entries, has_more, last) = match response {
+            // A response of a term older than this follower's is discarded (docs/protocol.md
+            // §6, the term rule): nothing of it is noted or applied; the pass starts again from
+            // the applied position, in the current term.
+            SyncMessage::EntriesResponse { term, .. }
+                if fence(SyncRole::Follower, term, self.term) == Verdict::Stale =>
+            {
+                debug!(library_id = %self.library_id, term, "response of an older term discarded");
+                return Flow::End(Ending::Restart);
+            }
             SyncMessage::EntriesResponse {
                 term,
                 entries,

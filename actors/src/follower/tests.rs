@@ -623,6 +623,28 @@ fn a_response_that_skips_entries_restarts_the_pass_from_the_applied_position() {
 }
 
 #[test]
+fn a_response_of_an_older_term_is_discarded_and_the_pass_fetches_again_in_its_term() {
+    let t0 = Instant::now();
+    let mut m = machine(2);
+    m.start(t0);
+    assert_eq!(m.on_position(Ok(pos(0, 0)), t0), vec![fetch(1, pos(0, 0), 2)]);
+    let before = m.status();
+    // The leader of term 1 answers with entries, its last sequence and a commit sequence: none
+    // of it is applied or noted, and the fetch leaves again, in term 2.
+    let stale = SyncMessage::EntriesResponse {
+        commit_sequence: 5,
+        library_id: LIB,
+        term: 1,
+        entries: entries(1, 5, 1),
+        has_more: false,
+        leader_last_sequence: 5,
+    };
+    assert_eq!(m.on_fetched(id(1), Ok(stale), t0), vec![fetch(2, pos(0, 0), 2)]);
+    assert_eq!(m.status(), before);
+    assert_eq!(m.applied(), Some(pos(0, 0)));
+}
+
+#[test]
 fn a_restart_waits_for_the_batch_applying_and_drops_the_fetches() {
     let t0 = Instant::now();
     let mut m = fetching_ahead(t0, 100);
