@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod network;
 pub mod proposer;
 pub mod service;
+pub mod task;
 #[cfg(test)]
 mod testkit;
 pub mod transport;

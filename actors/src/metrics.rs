@@ -67,6 +67,8 @@ pub struct Metrics {
     /// Actors and tasks the SyncService restarted after they stopped unexpectedly (a panic),
     /// by kind.
     pub restarts: Restarts,
+    /// One-shot tasks that panicked, by kind (see [`crate::task`]).
+    pub task_panics: TaskPanics,
     /// FetchEntries answered by this device as leader from its log cache (another follower
     /// had fetched the same block), without reading SQLite.
     pub fetches_served_cached: AtomicU64,
@@ -148,6 +150,84 @@ impl Restarts {
     /// Every restart so far, whatever its kind.
     pub fn total(&self) -> u64 {
         Child::ALL.iter().map(|c| self.of(*c)).sum()
+    }
+}
+
+/// The one-shot tasks the actors spawn ([`crate::task::spawn_supervised`]): the kinds their
+/// panics are counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Task {
+    /// The election asks for a vote or a pre-vote.
+    VoteRequest,
+    /// The election sends a leadership transfer's `TimeoutNow`.
+    TimeoutNow,
+    /// A device asks a member who leads.
+    LeaderProbe,
+    /// A link sends `NewEntries`.
+    Notify,
+    /// A link sends the leader's heartbeat.
+    Heartbeat,
+    /// A link serves a follower's request from storage.
+    Serve,
+    /// The leader notes the commit of a voter change.
+    NoteCommit,
+    /// The follower fetches entries.
+    Fetch,
+    /// The service answers a request (a membership change, addresses, a proposal).
+    Answer,
+    /// The service tells the network of a member, or stores address hints.
+    Network,
+    /// A new leader recovers the entries a rebuild stashed.
+    StashRecovery,
+}
+
+impl Task {
+    /// Every kind, in the order they are shown.
+    pub const ALL: [Task; 11] = [
+        Task::VoteRequest,
+        Task::TimeoutNow,
+        Task::LeaderProbe,
+        Task::Notify,
+        Task::Heartbeat,
+        Task::Serve,
+        Task::NoteCommit,
+        Task::Fetch,
+        Task::Answer,
+        Task::Network,
+        Task::StashRecovery,
+    ];
+
+    /// Its name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::VoteRequest => "vote_request",
+            Task::TimeoutNow => "timeout_now",
+            Task::LeaderProbe => "leader_probe",
+            Task::Notify => "notify",
+            Task::Heartbeat => "heartbeat",
+            Task::Serve => "serve",
+            Task::NoteCommit => "note_commit",
+            Task::Fetch => "fetch",
+            Task::Answer => "answer",
+            Task::Network => "network",
+            Task::StashRecovery => "stash_recovery",
+        }
+    }
+}
+
+/// Panics of one-shot tasks counted by [`Task`] kind.
+#[derive(Debug, Default)]
+pub struct TaskPanics([AtomicU64; Task::ALL.len()]);
+
+impl TaskPanics {
+    /// Counts one panic of a task of `kind`.
+    pub fn count(&self, kind: Task) {
+        self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The panics of tasks of `kind` so far.
+    pub fn of(&self, kind: Task) -> u64 {
+        self.0[kind as usize].load(Ordering::Relaxed)
     }
 }
 

@@ -39,6 +39,7 @@ use crate::messages::{
 };
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
+use crate::task::{spawn_supervised, Task};
 use crate::transport::Transport;
 
 /// The configuration in effect changed: every member's peer (this device included) and the
@@ -218,19 +219,18 @@ impl ElectionActor {
                     let Some(peer) = self.peer(to) else { continue };
                     let fut = self.cx.transport.request(peer, request_vote(library_id, &request));
                     let me = ctx.address();
-                    actix_rt::spawn(async move {
-                        match fut.await {
-                            Ok(reply) => match vote_of(&reply) {
-                                Some(response) => me.do_send(VoteReceived(response)),
-                                None => {
-                                    debug!(
-                                        reply = reply.kind(),
-                                        "vote request answered without a vote"
-                                    )
-                                }
-                            },
-                            Err(e) => debug!(error = %e, "vote request not delivered"),
-                        }
+                    // A vote that never comes (the task panicked) is a vote not delivered: the
+                    // election's timer campaigns again.
+                    let metrics = self.cx.metrics.clone();
+                    spawn_supervised(Task::VoteRequest, metrics, fut, move |r| match r {
+                        Ok(Ok(reply)) => match vote_of(&reply) {
+                            Some(response) => me.do_send(VoteReceived(response)),
+                            None => {
+                                debug!(reply = reply.kind(), "vote request answered without a vote")
+                            }
+                        },
+                        Ok(Err(e)) => debug!(error = %e, "vote request not delivered"),
+                        Err(e) => debug!(error = %e, "vote request not delivered"),
                     });
                 }
                 Action::SendVoteResponse { response, .. } => {
@@ -245,8 +245,8 @@ impl ElectionActor {
                         .cx
                         .transport
                         .request(peer, SyncMessage::TimeoutNow { library_id, term });
-                    actix_rt::spawn(async move {
-                        if let Err(e) = fut.await {
+                    spawn_supervised(Task::TimeoutNow, self.cx.metrics.clone(), fut, |r| {
+                        if let Ok(Err(e)) = r {
                             debug!(error = %e, "TimeoutNow not delivered");
                         }
                     });
@@ -367,8 +367,9 @@ impl ElectionActor {
         let question =
             who_leads(self.cx.library_id, self.election.term(), self.election.last_log());
         let answer = self.cx.transport.request(peer, question);
-        actix_rt::spawn(async move {
-            if let Some(hint) = answer.await.ok().as_ref().and_then(LeaderHint::named_in) {
+        spawn_supervised(Task::LeaderProbe, self.cx.metrics.clone(), answer, move |r| {
+            if let Some(hint) = r.ok().and_then(Result::ok).as_ref().and_then(LeaderHint::named_in)
+            {
                 hints.do_send(hint);
             }
         });

@@ -48,6 +48,7 @@ use crate::events::{ApplierStatus, SyncEvent};
 use crate::messages::FollowerMembership;
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
+use crate::task::{supervised, Task};
 use crate::transport::Transport;
 
 /// Everything the follower's replication needs.
@@ -169,10 +170,12 @@ impl FollowerActor {
                     .transport
                     .request(leader, fetch_entries(library_id, term, since, limit));
                 let (metrics, started) = (self.cx.metrics.clone(), Instant::now());
+                // A fetch whose task panicked is a failed fetch: the machine retries it.
                 let fetch = async move {
-                    let answer = request.await;
+                    let answer = supervised(Task::Fetch, &metrics, request).await;
                     metrics.fetch_rtt.observe(started.elapsed());
                     answer
+                        .unwrap_or_else(|e| Err(crate::transport::NetworkError::Io(e.to_string())))
                 };
                 let handle = ctx.spawn(fetch.into_actor(self).map(move |answer, act, ctx| {
                     act.fetches.remove(&id);

@@ -40,6 +40,7 @@ pub use super::core::MAX_QUEUED_CHANGES;
 use super::messages::{ConfigError, ConfigOutcome, FollowerProgress, LeaderStatus, NewCommit};
 use crate::limits::MAILBOX_CAPACITY;
 use crate::messages::LeaderReport;
+use crate::task::{spawn_supervised, Task};
 
 /// Replaces the link actors the leader actor announces to.
 #[derive(Message)]
@@ -84,6 +85,8 @@ pub struct LeaderContext {
     pub shared: Arc<LeaderShared>,
     /// Where [`LeaderReport`]s go.
     pub reports: Option<Recipient<LeaderReport>>,
+    /// Where the panics of its tasks are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The leader's core (see the module documentation).
@@ -174,8 +177,9 @@ impl LeaderActor {
             }
             Command::NoteCommit(commit) => {
                 let db = lead.cx.db.clone();
-                actix_rt::spawn(async move {
-                    if let Err(e) = run_blocking(move || db.note_commit(commit)).await {
+                let note = run_blocking(move || db.note_commit(commit));
+                spawn_supervised(Task::NoteCommit, lead.cx.metrics.clone(), note, |r| {
+                    if let Ok(Err(e)) = r {
                         warn!(error = %e, "cannot note the commit of a voter change");
                     }
                 });

@@ -36,6 +36,7 @@ use crate::limits::MAILBOX_CAPACITY;
 use crate::messages::{HeartbeatNow, LinkLeft};
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
+use crate::task::{spawn_supervised, Task};
 
 #[cfg(test)]
 mod tests;
@@ -149,13 +150,16 @@ impl LinkActor {
                     new_entries(library_id, term, from, to, prev_term, entries, commit_sequence);
                 let fut = self.cx.transport.request(self.peer, msg);
                 let (me, peer) = (ctx.address(), self.peer);
-                actix_rt::spawn(async move {
-                    let reply = match fut.await {
-                        Ok(reply) => Some(reply),
-                        Err(e) => {
+                // The link waits for this answer: a task that panicked is a notification not
+                // delivered.
+                spawn_supervised(Task::Notify, self.cx.metrics.clone(), fut, move |r| {
+                    let reply = match r {
+                        Ok(Ok(reply)) => Some(reply),
+                        Ok(Err(e)) => {
                             debug!(%peer, error = %e, "notification not delivered");
                             None
                         }
+                        Err(_) => None,
                     };
                     me.do_send(NotifyDone(reply));
                 });
@@ -163,14 +167,17 @@ impl LinkActor {
             Command::Heartbeat { commit_sequence } => {
                 let (db, cx, peer, me) =
                     (self.cx.db.clone(), self.cx.clone(), self.peer, ctx.address());
-                actix_rt::spawn(async move {
+                let metrics = cx.metrics.clone();
+                let heartbeat = async move {
                     let Ok(pos) = run_blocking(move || db.last_position()).await else { return };
                     let msg = leader_heartbeat(cx.library_id, cx.term, pos, commit_sequence);
                     match cx.transport.request(peer, msg).await {
                         Ok(reply) => me.do_send(HeartbeatAnswered(reply)),
                         Err(e) => debug!(%peer, error = %e, "heartbeat not delivered"),
                     }
-                });
+                };
+                // Nothing waits for a heartbeat's task: the next goes at the next interval.
+                spawn_supervised(Task::Heartbeat, metrics, heartbeat, |_| {});
             }
             Command::Reply { to, message } => {
                 if let Some(reply) = self.replies.remove(&to) {
@@ -214,8 +221,8 @@ impl LinkActor {
         let (cx, peer, me) = (self.cx.clone(), self.peer, ctx.address());
         // If the link actor stopped meanwhile (its member left), the cap it had still applies.
         let cap = self.link.leaving_cap();
-        actix_rt::spawn(async move {
-            let library_id = cx.library_id;
+        let (library_id, metrics) = (cx.library_id, cx.metrics.clone());
+        let serving = async move {
             let kind = request.kind();
             let db = cx.db.clone();
             let response =
@@ -223,10 +230,16 @@ impl LinkActor {
                     warn!(%peer, %library_id, request = kind, error = %e, "serving request failed");
                     storage_failure(library_id, &e)
                 });
-            let message = match me.send(Served { id, response: response.clone() }).await {
+            match me.send(Served { id, response: response.clone() }).await {
                 Ok(Some(message)) => message,
                 _ => super::link::cap_at(response, cap),
-            };
+            }
+        };
+        // The follower waits for the answer: a task that panicked answers `Error(Internal)`.
+        spawn_supervised(Task::Serve, metrics, serving, move |r| {
+            let message = r.unwrap_or_else(|e| {
+                SyncMessage::error(library_id, lsync_protocol::ErrorCode::Internal, e.to_string())
+            });
             let _ = reply.send(message);
         });
     }

@@ -62,6 +62,7 @@ use crate::messages::{
 use crate::metrics::Child;
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
 use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
+use crate::task::{spawn_supervised, Task};
 use crate::transport::Transport;
 
 pub mod peers;
@@ -398,11 +399,16 @@ impl SyncService {
             let question = who_leads(self.cx.library_id, state.current_term, last);
             let answer = self.cx.transport.request(*peer, question);
             let me = me.clone();
-            actix_rt::spawn(async move {
-                if let Some(hint) = answer.await.ok().as_ref().and_then(LeaderHint::named_in) {
-                    me.do_send(hint);
-                }
-            });
+            spawn_supervised(
+                Task::LeaderProbe,
+                self.cx.metrics.clone(),
+                async move {
+                    if let Some(hint) = answer.await.ok().as_ref().and_then(LeaderHint::named_in) {
+                        me.do_send(hint);
+                    }
+                },
+                |_| {},
+            );
         }
     }
 
@@ -452,22 +458,27 @@ impl SyncService {
         let db = self.cx.db.clone();
         let proposer = self.proposer.clone();
         let library_id = self.cx.library_id;
-        actix_rt::spawn(async move {
-            let recover = move || {
-                if db.stashed_count()? == 0 {
-                    return Ok(None);
+        spawn_supervised(
+            Task::StashRecovery,
+            self.cx.metrics.clone(),
+            async move {
+                let recover = move || {
+                    if db.stashed_count()? == 0 {
+                        return Ok(None);
+                    }
+                    Applier::new(db).recover_orphans().map(Some)
+                };
+                match run_blocking(recover).await {
+                    Ok(Some(recovered)) => {
+                        info!(%library_id, ?recovered, "stashed entries recovered on taking office");
+                        proposer.wake();
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(%library_id, error = %e, "cannot recover the stashed entries"),
                 }
-                Applier::new(db).recover_orphans().map(Some)
-            };
-            match run_blocking(recover).await {
-                Ok(Some(recovered)) => {
-                    info!(%library_id, ?recovered, "stashed entries recovered on taking office");
-                    proposer.wake();
-                }
-                Ok(None) => {}
-                Err(e) => warn!(%library_id, error = %e, "cannot recover the stashed entries"),
-            }
-        });
+            },
+            |_| {},
+        );
     }
 
     fn start_role(&mut self) {
@@ -510,6 +521,7 @@ impl SyncService {
                     catch_up: self.cx.config.max_entries_per_response,
                     shared: shared.clone(),
                     reports: self.self_addr.clone().map(|a| a.recipient()),
+                    metrics: self.cx.metrics.clone(),
                 },
             )
             .start();
@@ -625,11 +637,16 @@ impl SyncService {
         for (peer, device, addrs) in &added {
             info!(%library_id, device = %device, "member added");
             let (network, peer, addrs) = (self.cx.network.clone(), *peer, addrs.clone());
-            actix_rt::spawn(async move {
-                if let Err(e) = network.add_member(library_id, peer, addrs).await {
-                    warn!(%library_id, %peer, error = %e, "cannot allow a new member");
-                }
-            });
+            spawn_supervised(
+                Task::Network,
+                self.cx.metrics.clone(),
+                async move {
+                    if let Err(e) = network.add_member(library_id, peer, addrs).await {
+                        warn!(%library_id, %peer, error = %e, "cannot allow a new member");
+                    }
+                },
+                |_| {},
+            );
         }
         let sequence = self.membership.as_ref().map_or(0, |m| m.sequence);
         for (peer, device) in &removed {
@@ -766,11 +783,16 @@ impl SyncService {
             }
         }
         let (network, library_id) = (self.cx.network.clone(), self.cx.library_id);
-        actix_rt::spawn(async move {
-            if let Err(e) = network.revoke_member(library_id, peer).await {
-                warn!(%library_id, %peer, error = %e, "cannot refuse a removed member");
-            }
-        });
+        spawn_supervised(
+            Task::Network,
+            self.cx.metrics.clone(),
+            async move {
+                if let Err(e) = network.revoke_member(library_id, peer).await {
+                    warn!(%library_id, %peer, error = %e, "cannot refuse a removed member");
+                }
+            },
+            |_| {},
+        );
     }
 
     /// The peer id of the leader this device knows, for `NotLeader` replies.
@@ -970,8 +992,8 @@ impl SyncService {
             return;
         };
         let core = core.clone();
-        actix_rt::spawn(async move {
-            let reply = match core.send(ChangeConfig { change, wait: REMOTE_CHANGE_WAIT }).await {
+        let answer = async move {
+            match core.send(ChangeConfig { change, wait: REMOTE_CHANGE_WAIT }).await {
                 Ok(Ok(o)) => SyncMessage::MembershipResult {
                     library_id,
                     term,
@@ -986,8 +1008,14 @@ impl SyncService {
                 Err(_) => {
                     SyncMessage::error(library_id, ErrorCode::Internal, "the leader's core stopped")
                 }
-            };
-            let _ = req.reply.send(reply);
+            }
+        };
+        // The requester waits for the answer: a task that panicked answers `Error(Internal)`.
+        let reply = req.reply;
+        spawn_supervised(Task::Answer, self.cx.metrics.clone(), answer, move |r| {
+            let _ = reply.send(r.unwrap_or_else(|e| {
+                SyncMessage::error(library_id, ErrorCode::Internal, e.to_string())
+            }));
         });
     }
 
@@ -1030,20 +1058,25 @@ impl SyncService {
         }
         let (db, network, library_id) =
             (self.cx.db.clone(), self.cx.network.clone(), self.cx.library_id);
-        actix_rt::spawn(async move {
-            for (peer, hint) in verified {
-                let stored = {
-                    let (db, hint) = (db.clone(), hint.clone());
-                    run_blocking(move || db.hint_store(&hint)).await
-                };
-                if matches!(stored, Ok(true)) {
-                    let addrs: Vec<Multiaddr> =
-                        hint.addresses.iter().filter_map(|a| a.parse().ok()).collect();
-                    debug!(%library_id, device = %hint.device_id, ?addrs, "new addresses of a member");
-                    let _ = network.set_member_addresses(library_id, peer, addrs).await;
+        spawn_supervised(
+            Task::Network,
+            self.cx.metrics.clone(),
+            async move {
+                for (peer, hint) in verified {
+                    let stored = {
+                        let (db, hint) = (db.clone(), hint.clone());
+                        run_blocking(move || db.hint_store(&hint)).await
+                    };
+                    if matches!(stored, Ok(true)) {
+                        let addrs: Vec<Multiaddr> =
+                            hint.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+                        debug!(%library_id, device = %hint.device_id, ?addrs, "new addresses of a member");
+                        let _ = network.set_member_addresses(library_id, peer, addrs).await;
+                    }
                 }
-            }
-        });
+            },
+            |_| {},
+        );
     }
 
     /// The hints to send: this device's own, then every one it stored.
@@ -1222,9 +1255,14 @@ impl Handler<Shutdown> for SyncService {
         }
         let network = self.cx.network.clone();
         let library_id = self.cx.library_id;
-        actix_rt::spawn(async move {
-            let _ = network.unregister_library(library_id).await;
-        });
+        spawn_supervised(
+            Task::Network,
+            self.cx.metrics.clone(),
+            async move {
+                let _ = network.unregister_library(library_id).await;
+            },
+            |_| {},
+        );
         ctx.stop();
     }
 }
@@ -1297,10 +1335,14 @@ impl Handler<InboundRequest> for SyncService {
                 let SyncMessage::AnnounceAddresses { hints, .. } = &req.message else { return };
                 self.take_hints(hints.clone());
                 let hints = self.hints_to_send();
-                actix_rt::spawn(async move {
-                    let _ = req
-                        .reply
-                        .send(SyncMessage::AnnounceAddresses { library_id, hints: hints.await });
+                let reply = req.reply;
+                spawn_supervised(Task::Answer, self.cx.metrics.clone(), hints, move |r| {
+                    let _ = reply.send(match r {
+                        Ok(hints) => SyncMessage::AnnounceAddresses { library_id, hints },
+                        Err(e) => {
+                            SyncMessage::error(library_id, ErrorCode::Internal, e.to_string())
+                        }
+                    });
                 });
             }
             Route::Election => {
@@ -1311,16 +1353,22 @@ impl Handler<InboundRequest> for SyncService {
                 }
             }
             Route::Propose { term } => {
-                let tm = self.cx.tm.clone();
-                actix_rt::spawn(async move {
-                    let resp = run_blocking(move || {
-                        Ok(serve_proposal(&tm, library_id, term, req.message))
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        SyncMessage::error(library_id, ErrorCode::Internal, e.to_string())
-                    });
-                    let _ = req.reply.send(resp);
+                let (tm, reply, message) = (self.cx.tm.clone(), req.reply, req.message);
+                let serving =
+                    run_blocking(move || Ok(serve_proposal(&tm, library_id, term, message)));
+                // The proposer waits for the answer: a task that panicked answers
+                // `Error(Internal)`, and the proposal is delivered again.
+                spawn_supervised(Task::Answer, self.cx.metrics.clone(), serving, move |r| {
+                    let resp = match r {
+                        Ok(Ok(resp)) => resp,
+                        Ok(Err(e)) => {
+                            SyncMessage::error(library_id, ErrorCode::Internal, e.to_string())
+                        }
+                        Err(e) => {
+                            SyncMessage::error(library_id, ErrorCode::Internal, e.to_string())
+                        }
+                    };
+                    let _ = reply.send(resp);
                 });
             }
             Route::Link => match &self.role {
@@ -1663,9 +1711,14 @@ impl Handler<LeaderHint> for SyncService {
                 "a member named a leader this device does not know yet; letting it in");
             self.peers.let_in(peer, hint);
             let (network, library_id) = (self.cx.network.clone(), self.cx.library_id);
-            actix_rt::spawn(async move {
-                let _ = network.add_member(library_id, peer, Vec::new()).await;
-            });
+            spawn_supervised(
+                Task::Network,
+                self.cx.metrics.clone(),
+                async move {
+                    let _ = network.add_member(library_id, peer, Vec::new()).await;
+                },
+                |_| {},
+            );
             is_member = true;
         }
         let serving = self.serving();
