@@ -808,13 +808,13 @@ impl Device {
                 SyncMessage::error(self.library_id, ErrorCode::BadRequest, "not simulated"),
             ),
             Route::Election => match election_request(self.library_id, msg, from) {
-                Ok(ElectionRequest::Vote(request)) => {
+                ElectionRequest::Vote(request) => {
                     self.work.push_back(Work::VoteRequest { reply: id, request })
                 }
-                Ok(ElectionRequest::TimeoutNow { from, term }) => {
+                ElectionRequest::TimeoutNow { from, term } => {
                     self.work.push_back(Work::TimeoutNow { reply: id, from, term })
                 }
-                Err(refusal) => self.respond(id, refusal),
+                ElectionRequest::Refused(refusal) => self.respond(id, refusal),
             },
             Route::Propose { term } => {
                 let reply = serve_proposal(&self.tm, self.library_id, term, msg);
@@ -1304,7 +1304,7 @@ impl Device {
                     self.work.push_back(Work::Follower(gen, FollowerInput::Storage(done)));
                     continue;
                 }
-                Err(cmd) => cmd,
+                Err(cmd) => *cmd,
             };
             match cmd {
                 FollowerCommand::Fetch { id, since, term } => {

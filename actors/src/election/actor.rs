@@ -382,15 +382,15 @@ impl Handler<InboundRequest> for ElectionActor {
         let library_id = self.cx.library_id;
         let from = self.cx.members.iter().find(|(_, p)| **p == req.peer).map(|(d, _)| *d);
         match election_request(library_id, req.message, from) {
-            Ok(ElectionRequest::Vote(request)) => {
+            ElectionRequest::Vote(request) => {
                 self.with_log(ctx, Some(req.reply), move |e, now| e.on_vote_request(request, now));
             }
-            Ok(ElectionRequest::TimeoutNow { from, term }) => {
+            ElectionRequest::TimeoutNow { from, term } => {
                 self.with_log(ctx, Some(req.reply), move |e, now| {
                     e.on_timeout_now(from, term, now)
                 });
             }
-            Err(refusal) => {
+            ElectionRequest::Refused(refusal) => {
                 let _ = req.reply.send(refusal);
             }
         }
@@ -451,23 +451,25 @@ impl Handler<crate::messages::InjectPanic> for ElectionActor {
 }
 
 /// An election request read from the wire ([`election_request`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ElectionRequest {
     /// A vote (or pre-vote) request, sent by its candidate.
     Vote(VoteRequest),
     /// A leadership transfer's `TimeoutNow` from `from`, a member.
     TimeoutNow { from: Uuid, term: u64 },
+    /// Anything else: refused with this `BadRequest` answer.
+    Refused(SyncMessage),
 }
 
 /// Reads an inbound election message from `from` (the sender's device when it is a member): a
 /// `RequestVote` only from the candidate it names, a `TimeoutNow` only from a member; anything
-/// else is refused with the `BadRequest` answer returned as `Err`. The election actor and the
+/// else is refused ([`ElectionRequest::Refused`]). The election actor and the
 /// simulator's device (sim/src/device.rs) both read requests with it.
 pub fn election_request(
     library_id: Uuid,
     message: SyncMessage,
     from: Option<Uuid>,
-) -> Result<ElectionRequest, SyncMessage> {
+) -> ElectionRequest {
     match (message, from) {
         (
             SyncMessage::RequestVote {
@@ -480,18 +482,18 @@ pub fn election_request(
                 ..
             },
             Some(from),
-        ) if from == candidate => Ok(ElectionRequest::Vote(VoteRequest {
+        ) if from == candidate => ElectionRequest::Vote(VoteRequest {
             term,
             candidate,
             last_log_term,
             last_log_sequence,
             transfer,
             pre_vote,
-        })),
+        }),
         (SyncMessage::TimeoutNow { term, .. }, Some(from)) => {
-            Ok(ElectionRequest::TimeoutNow { from, term })
+            ElectionRequest::TimeoutNow { from, term }
         }
-        (other, _) => Err(SyncMessage::error(
+        (other, _) => ElectionRequest::Refused(SyncMessage::error(
             library_id,
             ErrorCode::BadRequest,
             format!("{} from a device that is not its sender", other.kind()),

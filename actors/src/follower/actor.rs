@@ -159,7 +159,7 @@ impl FollowerActor {
         };
         let command = match StorageCall::of(command) {
             Ok(call) => return self.storage(call, ctx),
-            Err(command) => command,
+            Err(command) => *command,
         };
         let (library_id, leader) = (self.cx.library_id, self.cx.leader);
         match command {

@@ -65,14 +65,14 @@ fn text<T>(result: Result<T, StorageError>) -> Result<T, String> {
 
 impl StorageCall {
     /// The storage call `command` is; any other command comes back as `Err`.
-    pub fn of(command: Command) -> Result<Self, Command> {
+    pub fn of(command: Command) -> Result<Self, Box<Command>> {
         Ok(match command {
             Command::ReadPosition => Self::ReadPosition,
             Command::Apply { id, entries } => Self::Apply { id, entries },
             Command::ResetForRepair => Self::ResetForRepair,
             Command::Settle => Self::Settle,
             Command::RecoverOrphans => Self::RecoverOrphans,
-            other => return Err(other),
+            other => return Err(Box::new(other)),
         })
     }
 

@@ -80,9 +80,6 @@ pub const WATCHDOG_INTERVAL: Duration = Duration::from_millis(250);
 /// before it answers `committed: false` (well inside the requester's request timeout).
 pub const REMOTE_CHANGE_WAIT: Duration = Duration::from_secs(5);
 
-/// Leaders not in this device's configuration it lets in at most (see the `LeaderHint`
-/// handler).
-
 /// How long a member answering `Join` waits for its own log to hold the configuration entry
 /// that adds the joiner (pushed by the leader within a round trip) before it answers anyway.
 const JOIN_APPLY_WAIT: Duration = Duration::from_secs(5);
