@@ -1237,6 +1237,7 @@ impl Device {
                 current_sequence: pos.sequence,
                 last_term: pos.term,
                 role: self.election.role(),
+                last_hash: None,
             };
             self.respond(r, msg);
         }
@@ -1336,6 +1337,7 @@ impl Device {
                         entry_count: to.saturating_sub(from).saturating_add(1),
                         prev_term,
                         entries,
+                        prev_hash: None,
                     };
                     self.send(peer, msg, Pending::Notify(peer));
                 }
@@ -1349,6 +1351,7 @@ impl Device {
                         current_sequence: pos.sequence,
                         last_term: pos.term,
                         role: SyncRole::Leader,
+                        last_hash: None,
                     };
                     self.send(peer, msg, Pending::LeaderHeartbeat(peer));
                 }
@@ -1454,6 +1457,7 @@ impl Device {
                         since_sequence: since.sequence,
                         since_term: since.term,
                         limit: self.config.max_entries_per_response,
+                        since_hash: None,
                     };
                     self.send(leader, msg, Pending::Fetch(id));
                 }

@@ -283,6 +283,7 @@ impl ElectionActor {
                 current_sequence: pos.sequence,
                 last_term: pos.term,
                 role: self.election.role(),
+                last_hash: None,
             });
         }
         self.arm_timer(ctx);

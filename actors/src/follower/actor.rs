@@ -174,6 +174,7 @@ impl FollowerActor {
                         since_sequence: since.sequence,
                         since_term: since.term,
                         limit: self.cx.config.max_entries_per_response,
+                        since_hash: None,
                     },
                 );
                 let (metrics, started) = (self.cx.metrics.clone(), Instant::now());
@@ -553,6 +554,7 @@ mod tests {
             entry_count: 250,
             prev_term: 0,
             entries: vec![],
+            prev_hash: None,
         };
         // from another peer than its leader: refused, nothing fetched
         let fetches_before = transport.sent("FetchEntries").len();
@@ -706,6 +708,7 @@ mod tests {
             entry_count: to - from + 1,
             prev_term,
             entries: s.leader.fetch_range(from, to).unwrap(),
+            prev_hash: None,
         }
     }
 

@@ -162,6 +162,7 @@ impl LinkActor {
                     entry_count: to.saturating_sub(from).saturating_add(1),
                     prev_term,
                     entries,
+                    prev_hash: None,
                 };
                 let fut = self.cx.transport.request(self.peer, msg);
                 let (me, peer) = (ctx.address(), self.peer);
@@ -189,6 +190,7 @@ impl LinkActor {
                         current_sequence: pos.sequence,
                         last_term: pos.term,
                         role: SyncRole::Leader,
+                        last_hash: None,
                     };
                     match cx.transport.request(peer, msg).await {
                         Ok(reply) => me.do_send(HeartbeatAnswered(reply)),

@@ -196,6 +196,7 @@ fn leader_heartbeat(
         current_sequence: last.sequence,
         last_term: last.term,
         role: SyncRole::Leader,
+        last_hash: None,
     }
 }
 
