@@ -49,7 +49,7 @@ pub use lsync_protocol::{ChangeType, SyncLogEntry, SyncRole};
 pub use lsync_protocol::{MemberRole, RolePreference};
 pub use lsync_storage::{
     BulkOperation, Change, Database, LocalJob, Location, ModelHandler, ModelRegistry,
-    StorageOptions, Syncable, Synchronous, Tag,
+    StorageOptions, Syncable, Synchronous, Tag, VerifyReport,
 };
 pub use node::{
     DeviceInfo, Invitation, JoinOutcome, MembershipOutcome, Node, NodeBuilder, NodeConfig,

@@ -355,6 +355,42 @@ impl Node {
         self.libraries_dir().join(format!("{library_id}.db"))
     }
 
+    /// The database file of library `library_id` in the data directory `data_dir` (where
+    /// [`Node::library_path`] puts it), whether or not a node runs there.
+    pub fn library_file(data_dir: &Path, library_id: Uuid) -> PathBuf {
+        data_dir.join("libraries").join(format!("{library_id}.db"))
+    }
+
+    /// Checks library `library_id` of the data directory `data_dir`, reading its database only,
+    /// whether or not a daemon runs there (docs/operations.md, "Verifying a library"): the
+    /// sequences are gapless, the hash chain holds end to end, and the model tables of
+    /// `registry` equal the replay of the log (tables that bulk jobs write locally are excluded
+    /// and named). Blocking: run it off an async runtime's threads (or use
+    /// [`Node::verify_library`]).
+    ///
+    /// # Errors
+    /// The database is missing or cannot be read; problems in its data are in the report.
+    pub fn verify(
+        data_dir: &Path,
+        library_id: Uuid,
+        registry: &ModelRegistry,
+    ) -> Result<lsync_storage::VerifyReport, NodeError> {
+        Ok(lsync_storage::verify(&Self::library_file(data_dir, library_id), registry)?)
+    }
+
+    /// [`Node::verify`] of one of this node's libraries, with its registry, on a blocking
+    /// thread.
+    pub async fn verify_library(
+        &self,
+        library_id: Uuid,
+    ) -> Result<lsync_storage::VerifyReport, NodeError> {
+        let data_dir = self.inner.data_dir.clone();
+        let registry = self.inner.config.registry.clone();
+        tokio::task::spawn_blocking(move || Self::verify(&data_dir, library_id, &registry))
+            .await
+            .map_err(|e| NodeError::Io(std::io::Error::other(e.to_string())))?
+    }
+
     fn libraries_dir(&self) -> PathBuf {
         self.inner.data_dir.join("libraries")
     }

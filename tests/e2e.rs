@@ -852,3 +852,47 @@ fn membership_changes_through_the_cli() {
     let db = open_db(&dir, &lib);
     oracle.check(&db, "a");
 }
+
+/// `lsync verify` while the daemon runs: a clean library exits 0; a tag row changed behind the
+/// daemon's back (as with the sqlite3 CLI) exits 1 naming the entry that last wrote the row;
+/// the same after the daemon stopped.
+#[test]
+fn verify_finds_a_tampered_row_whether_or_not_the_daemon_runs() {
+    use lsync::crates::storage::diesel::{self, Connection, RunQueryDsl};
+
+    let root = tempfile::tempdir().unwrap();
+    let daemon = Daemon::init_and_start(root.path(), "solo");
+    let created = json(&daemon.ok(&["library", "create", "--json"]));
+    let lib = created["library_id"].as_str().unwrap().to_owned();
+    for i in 0..5 {
+        daemon.ok(&["tag", "add", "--id", &format!("t{i}"), "a tag"]);
+    }
+    let (code, out, err) = daemon.run(&["verify", "--library", &lib]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("OK"), "{out}");
+    assert!(out.contains("tag"), "{out}");
+    let last = last_sequence(&daemon, &lib);
+
+    let path = root.path().join("solo").join("libraries").join(format!("{lib}.db"));
+    let mut conn = lsync::crates::storage::SqliteConnection::establish(path.to_str().unwrap())
+        .expect("open the database behind the daemon");
+    diesel::sql_query("PRAGMA busy_timeout = 5000").execute(&mut conn).unwrap();
+    let changed = diesel::sql_query("UPDATE tag SET name = 'tampered' WHERE id = 't4'")
+        .execute(&mut conn)
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    let expect = format!("first bad sequence {last}");
+    let (code, out, err) = daemon.run(&["verify", "--library", &lib]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains(&expect), "{err}");
+    assert!(out.contains("tag row 't4'"), "{out}");
+    drop(daemon);
+    // Without a daemon (and without --library: the only library).
+    let (code, _, err) = {
+        let out = lsync(&root.path().join("solo"), &["verify"]);
+        (out.status.code(), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&expect), "{err}");
+}

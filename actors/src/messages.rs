@@ -95,6 +95,7 @@ pub fn who_leads(library_id: Uuid, term: u64, last: LogPosition) -> SyncMessage 
         since_sequence: last.sequence,
         since_term: last.term,
         limit: 1,
+        since_hash: None,
     }
 }
 

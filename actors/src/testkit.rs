@@ -47,6 +47,7 @@ pub fn entry(sequence: u64, data: usize) -> lsync_protocol::SyncLogEntry {
         version: 1,
         data: vec![0; data],
         proposal_id: None,
+        hash: None,
     }
 }
 

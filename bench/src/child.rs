@@ -385,12 +385,14 @@ impl Handler<InboundRequest> for PollerSink {
                 current_sequence: applied,
                 last_term: if applied == 0 { 0 } else { 1 },
                 role: SyncRole::Follower,
+                last_hash: None,
             },
             _ => SyncMessage::Acknowledge {
                 last_term: 0,
                 term: 0,
                 library_id,
                 up_to_sequence: applied,
+                last_hash: None,
             },
         };
         let _ = req.reply.send(reply);
@@ -483,6 +485,7 @@ async fn poller_main(dir: PathBuf, interval_ms: u64) -> anyhow::Result<()> {
                         since_sequence: since,
                         since_term,
                         limit: 100,
+                        since_hash: None,
                     };
                     let entries = match network.request(*leader, request).await {
                         Ok(SyncMessage::EntriesResponse { entries, has_more, .. }) => {

@@ -415,6 +415,7 @@ async fn idle(root: &Path, opts: &Opts) -> anyhow::Result<Idle> {
         current_sequence: 1_000_000,
         last_term: 1,
         role: SyncRole::Leader,
+        last_hash: None,
     };
     let frame = lsync::crates::protocol::codec::encode_frame(&hb, usize::MAX)?.len() as f64;
     Ok(Idle {

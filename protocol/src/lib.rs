@@ -2,6 +2,8 @@
 //!
 //! - [`message`]: [`SyncMessage`] (every request and response), [`SyncLogEntry`],
 //!   [`SyncRole`], [`ChangeType`], [`ErrorCode`];
+//! - [`chain`]: the log's hash chain, [`ChainHash`] and [`chain_hash`] (the canonical encoding
+//!   of an entry);
 //! - [`membership`]: [`Configuration`] (the payload of configuration entries), [`Member`],
 //!   [`MembershipChange`], signed [`AddressHint`]s;
 //! - [`codec`]: the length-prefixed MessagePack framing and the libp2p
@@ -13,10 +15,12 @@
 #![doc = include_str!("../../docs/protocol.md")]
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod codec;
 pub mod membership;
 pub mod message;
 
+pub use chain::{canonical_encoding, chain_hash, ChainHash};
 pub use codec::{SyncCodec, DEFAULT_MAX_FRAME};
 pub use libp2p::StreamProtocol;
 pub use membership::{

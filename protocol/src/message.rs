@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::chain::ChainHash;
 use crate::membership::{AddressHint, Configuration, MembershipChange};
 
 /// The role a device plays for one library.
@@ -78,7 +79,8 @@ impl ChangeType {
     }
 }
 
-/// One entry of a library's sync log. Identified by `(term, sequence)`.
+/// One entry of a library's sync log. Identified by `(term, sequence)` and, since the hash
+/// chain, by `(sequence, hash)` (docs/protocol.md, "The hash chain").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncLogEntry {
     /// 1-based, gapless position in the log.
@@ -105,6 +107,13 @@ pub struct SyncLogEntry {
     /// for a change the leader made itself.
     #[serde(default)]
     pub proposal_id: Option<Uuid>,
+    /// The log's chain hash at this entry ([`crate::chain_hash`] of the previous entry's hash
+    /// and this entry), as the sender's log holds it. `None` when the sender does not know it
+    /// (a version 2 peer, or an entry not yet in a log): not written on the wire then, and
+    /// absent decodes as `None`. A receiver that computes another hash for the entry after its
+    /// own previous one refuses it (the logs differ at or before this entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<ChainHash>,
 }
 
 /// What one entry counts against a response's byte budget (`max_response_bytes`, in an
@@ -180,13 +189,28 @@ pub enum SyncMessage {
         /// The leader's commit sequence (docs/protocol.md §6); absent: 0.
         #[serde(default)]
         commit_sequence: u64,
+        /// The leader's chain hash at `from_sequence - 1` (the position `entries` extend);
+        /// absent (not written): unknown, the `prev_term` rule alone applies.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prev_hash: Option<ChainHash>,
     },
     /// Follower → leader request: entries after `since_sequence`, at most `limit`
     /// (the leader caps it at its own maximum, 100 by default). `since_term` is the term of the
     /// follower's entry at `since_sequence` (0 when `since_sequence` is 0), so the leader can
     /// tell whether their logs agree there. Answered by `EntriesResponse`, `SyncRequired` or
     /// `Error`.
-    FetchEntries { library_id: Uuid, term: u64, since_sequence: u64, since_term: u64, limit: u64 },
+    ///
+    /// `since_hash` is the follower's chain hash at `since_sequence` (the genesis hash when it
+    /// is 0); absent (not written): unknown, the `since_term` rule alone applies.
+    FetchEntries {
+        library_id: Uuid,
+        term: u64,
+        since_sequence: u64,
+        since_term: u64,
+        limit: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_hash: Option<ChainHash>,
+    },
     /// Leader → follower response: contiguous entries starting at `since_sequence + 1`.
     EntriesResponse {
         library_id: Uuid,
@@ -202,7 +226,8 @@ pub enum SyncMessage {
     /// Also the follower's response to `NewEntries`. Answered by the leader's `Heartbeat`.
     /// `last_term` is the term of the follower's entry at `up_to_sequence` and `term` the
     /// follower's current term: the leader counts the acknowledgement toward its commit
-    /// sequence only when both match its own (absent: 0, never counted).
+    /// sequence only when both match its own (absent: 0, never counted). `last_hash` is the
+    /// follower's chain hash at `up_to_sequence` (absent, not written: unknown).
     Acknowledge {
         library_id: Uuid,
         up_to_sequence: u64,
@@ -210,6 +235,8 @@ pub enum SyncMessage {
         term: u64,
         #[serde(default)]
         last_term: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_hash: Option<ChainHash>,
     },
     /// Either direction, request: the sender's view. `current_sequence` is its last log
     /// sequence and `last_term` the term of that entry. Answered by the receiver's `Heartbeat`,
@@ -217,6 +244,8 @@ pub enum SyncMessage {
     ///
     /// `commit_sequence` is the leader's commit sequence (0 from a follower) and `features` the
     /// highest library feature version the sender supports (absent: 0, a version-1 peer).
+    /// `last_hash` is the sender's chain hash at `current_sequence` (absent, not written:
+    /// unknown).
     Heartbeat {
         library_id: Uuid,
         term: u64,
@@ -227,6 +256,8 @@ pub enum SyncMessage {
         commit_sequence: u64,
         #[serde(default)]
         features: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_hash: Option<ChainHash>,
     },
     /// Leader → follower response: the follower's log cannot be continued (diverged, or
     /// ahead of the leader); it must rebuild the library from the leader's log.
@@ -450,6 +481,7 @@ mod tests {
             version: 1,
             data: vec![0; 10],
             proposal_id: None,
+            hash: None,
         };
         assert_eq!(entry_bytes(&entry), 10 + 3 + 3 + 64);
     }

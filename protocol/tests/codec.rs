@@ -16,9 +16,9 @@ use futures::io::{AsyncRead, Cursor};
 use libp2p::request_response::Codec;
 use lsync_protocol::codec::{decode_body, encode_frame, read_frame, write_frame};
 use lsync_protocol::{
-    AddressHint, ChangeType, Configuration, ErrorCode, Member, MemberRole, MembershipChange,
-    ProposedChange, RolePreference, SyncCodec, SyncLogEntry, SyncMessage, SyncRole,
-    CONFIG_MODEL_TYPE, CONFIG_RECORD_ID, DEFAULT_MAX_FRAME, FEATURE_VERSION, PROTOCOL,
+    AddressHint, ChainHash, ChangeType, Configuration, ErrorCode, Member, MemberRole,
+    MembershipChange, ProposedChange, RolePreference, SyncCodec, SyncLogEntry, SyncMessage,
+    SyncRole, CONFIG_MODEL_TYPE, CONFIG_RECORD_ID, DEFAULT_MAX_FRAME, FEATURE_VERSION, PROTOCOL,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -118,12 +118,18 @@ fn address_hint() -> impl Strategy<Value = AddressHint> {
     )
 }
 
+/// A chain hash, or none (unknown: not written).
+fn hash() -> impl Strategy<Value = Option<ChainHash>> {
+    proptest::option::of(any::<[u8; 32]>().prop_map(ChainHash))
+}
+
 fn entry_with(max_data: usize) -> impl Strategy<Value = SyncLogEntry> {
     (
         (any::<u64>(), any::<u64>(), uuid(), any::<i64>()),
         (any::<String>(), any::<String>(), change_type(), any::<i64>()),
         vec(any::<u8>(), 0..max_data),
         proptest::option::of(uuid()),
+        hash(),
     )
         .prop_map(
             |(
@@ -131,6 +137,7 @@ fn entry_with(max_data: usize) -> impl Strategy<Value = SyncLogEntry> {
                 (model_type, record_id, change_type, version),
                 data,
                 proposal_id,
+                hash,
             )| SyncLogEntry {
                 sequence,
                 term,
@@ -142,6 +149,7 @@ fn entry_with(max_data: usize) -> impl Strategy<Value = SyncLogEntry> {
                 version,
                 data,
                 proposal_id,
+                hash,
             },
         )
 }
@@ -183,12 +191,14 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
             (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
             vec(any_entry(max_data), 0..=max_entries.min(4)),
             any::<u64>(),
+            hash(),
         )
             .prop_map(
                 |(
                     (library_id, term, from_sequence, to_sequence, entry_count, prev_term),
                     entries,
                     commit_sequence,
+                    prev_hash,
                 )| {
                     SyncMessage::NewEntries {
                         library_id,
@@ -199,16 +209,20 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                         prev_term,
                         entries,
                         commit_sequence,
+                        prev_hash,
                     }
                 }
             ),
-        (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(library_id, term, since_sequence, since_term, limit)| SyncMessage::FetchEntries {
-                library_id,
-                term,
-                since_sequence,
-                since_term,
-                limit,
+        (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), hash()).prop_map(
+            |(library_id, term, since_sequence, since_term, limit, since_hash)| {
+                SyncMessage::FetchEntries {
+                    library_id,
+                    term,
+                    since_sequence,
+                    since_term,
+                    limit,
+                    since_hash,
+                }
             }
         ),
         (
@@ -231,15 +245,25 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     }
                 }
             ),
-        (uuid(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(library_id, up_to_sequence, term, last_term)| SyncMessage::Acknowledge {
+        (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), hash()).prop_map(
+            |(library_id, up_to_sequence, term, last_term, last_hash)| SyncMessage::Acknowledge {
                 library_id,
                 up_to_sequence,
                 term,
                 last_term,
+                last_hash,
             }
         ),
-        (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), role(), any::<u64>(), any::<u32>())
+        (
+            uuid(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            role(),
+            any::<u64>(),
+            any::<u32>(),
+            hash(),
+        )
             .prop_map(
                 |(
                     library_id,
@@ -249,6 +273,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     role,
                     commit_sequence,
                     features,
+                    last_hash,
                 )| SyncMessage::Heartbeat {
                     library_id,
                     term,
@@ -257,6 +282,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     role,
                     commit_sequence,
                     features,
+                    last_hash,
                 }
             ),
         (uuid(), any::<u64>(), any::<String>(), any::<u64>()).prop_map(
@@ -426,6 +452,7 @@ fn entry(sequence: u64, change_type: ChangeType, data: Vec<u8>) -> SyncLogEntry 
         version: 1,
         data,
         proposal_id: None,
+        hash: None,
     }
 }
 
@@ -441,6 +468,7 @@ fn samples() -> Vec<SyncMessage> {
             entry_count: u64::MAX,
             prev_term: 0,
             entries: vec![],
+            prev_hash: None,
         },
         SyncMessage::FetchEntries {
             library_id: Uuid::nil(),
@@ -448,6 +476,7 @@ fn samples() -> Vec<SyncMessage> {
             since_sequence: 0,
             since_term: 0,
             limit: 100,
+            since_hash: None,
         },
         SyncMessage::EntriesResponse {
             commit_sequence: 0,
@@ -462,6 +491,7 @@ fn samples() -> Vec<SyncMessage> {
                     version: i64::MAX,
                     model_type: "location ✓".into(),
                     record_id: String::new(),
+                    hash: Some(ChainHash([0xee; 32])),
                     ..entry(4, ChangeType::Bulk, vec![0xff; 70_000])
                 },
             ],
@@ -476,7 +506,13 @@ fn samples() -> Vec<SyncMessage> {
             has_more: false,
             leader_last_sequence: 0,
         },
-        SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: LIB, up_to_sequence: 42 },
+        SyncMessage::Acknowledge {
+            last_term: 0,
+            term: 0,
+            library_id: LIB,
+            up_to_sequence: 42,
+            last_hash: Some(ChainHash([0x42; 32])),
+        },
         SyncMessage::Heartbeat {
             commit_sequence: 0,
             features: 0,
@@ -485,6 +521,7 @@ fn samples() -> Vec<SyncMessage> {
             current_sequence: 1000,
             last_term: 3,
             role: SyncRole::Leader,
+            last_hash: None,
         },
         SyncMessage::Heartbeat {
             commit_sequence: 0,
@@ -494,6 +531,7 @@ fn samples() -> Vec<SyncMessage> {
             current_sequence: 0,
             last_term: 0,
             role: SyncRole::Follower,
+            last_hash: None,
         },
         SyncMessage::Heartbeat {
             commit_sequence: 0,
@@ -503,6 +541,7 @@ fn samples() -> Vec<SyncMessage> {
             current_sequence: 9,
             last_term: 4,
             role: SyncRole::Candidate,
+            last_hash: None,
         },
         SyncMessage::SyncRequired {
             library_id: LIB,
@@ -623,8 +662,15 @@ fn samples() -> Vec<SyncMessage> {
                 ..entry(17, ChangeType::Insert, vec![0x80])
             }],
             commit_sequence: 16,
+            prev_hash: None,
         },
-        SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 17, term: 8, last_term: 8 },
+        SyncMessage::Acknowledge {
+            library_id: LIB,
+            up_to_sequence: 17,
+            term: 8,
+            last_term: 8,
+            last_hash: None,
+        },
         SyncMessage::Heartbeat {
             library_id: LIB,
             term: 8,
@@ -633,6 +679,7 @@ fn samples() -> Vec<SyncMessage> {
             role: SyncRole::Leader,
             commit_sequence: u64::MAX,
             features: u32::MAX,
+            last_hash: None,
         },
         SyncMessage::RequestVote {
             library_id: LIB,
@@ -1202,6 +1249,7 @@ fn names_are_case_sensitive_and_unknown_enum_values_are_invalid_data() {
         current_sequence: 1,
         last_term: 1,
         role: SyncRole::Leader,
+        last_hash: None,
     });
     let error = body_of(&SyncMessage::error(LIB, ErrorCode::Internal, "e"));
     let joined = body_of(&SyncMessage::Joined {
@@ -1445,7 +1493,13 @@ fn unknown_fields_are_ignored() {
     body.extend_from_slice(&[0x92, 0x01, 0xa1, b'x']);
     assert_eq!(
         decode_body(&body).unwrap(),
-        SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: LIB, up_to_sequence: 5 }
+        SyncMessage::Acknowledge {
+            last_term: 0,
+            term: 0,
+            library_id: LIB,
+            up_to_sequence: 5,
+            last_hash: None
+        }
     );
 }
 
@@ -1494,6 +1548,7 @@ fn fields_are_named_on_the_wire() {
         since_sequence: 10,
         since_term: 1,
         limit: 100,
+        since_hash: None,
     });
     for name in ["FetchEntries", "library_id", "term", "since_sequence", "since_term", "limit"] {
         let needle = name.as_bytes();
@@ -1607,8 +1662,13 @@ fn check_documented_counts(marker: &str) {
 /// The frame examples in docs/protocol.md, byte for byte and count for count.
 #[test]
 fn the_documented_examples_are_what_the_encoder_produces() {
-    let ack =
-        SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 42, term: 3, last_term: 2 };
+    let ack = SyncMessage::Acknowledge {
+        library_id: LIB,
+        up_to_sequence: 42,
+        term: 3,
+        last_term: 2,
+        last_hash: None,
+    };
     let frame = encode_frame(&ack, DEFAULT_MAX_FRAME).unwrap();
     let expected = "\
         00 00 00 4c \
@@ -1637,6 +1697,7 @@ fn the_documented_examples_are_what_the_encoder_produces() {
         role: SyncRole::Leader,
         commit_sequence: 998,
         features: FEATURE_VERSION,
+        last_hash: None,
     };
     let frame = encode_frame(&heartbeat, DEFAULT_MAX_FRAME).unwrap();
     assert_eq!(hex(&documented_frame("<!-- example-frame-2 -->")), hex(&frame));
@@ -1726,6 +1787,7 @@ fn unit_enums_are_their_variant_names_and_uuids_are_bin_16() {
         current_sequence: 1,
         last_term: 1,
         role: SyncRole::Candidate,
+        last_hash: None,
     });
     let role = [&[0xa9][..], b"Candidate"].concat();
     assert!(body.windows(role.len()).any(|w| w == role));
@@ -1795,6 +1857,7 @@ fn new_entries_without_the_inline_fields_decodes_with_defaults() {
             entry_count: 2,
             prev_term: 0,
             entries: vec![],
+            prev_hash: None,
         }
     );
 }
@@ -1876,6 +1939,7 @@ fn v1_messages() -> Vec<(V1, SyncMessage)> {
                 prev_term: 1,
                 entries: entries.clone(),
                 commit_sequence: 0,
+                prev_hash: None,
             },
         ),
         (
@@ -1897,7 +1961,13 @@ fn v1_messages() -> Vec<(V1, SyncMessage)> {
         ),
         (
             V1::Acknowledge { library_id: LIB, up_to_sequence: 6 },
-            SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 6, term: 0, last_term: 0 },
+            SyncMessage::Acknowledge {
+                library_id: LIB,
+                up_to_sequence: 6,
+                term: 0,
+                last_term: 0,
+                last_hash: None,
+            },
         ),
         (
             V1::Heartbeat {
@@ -1915,6 +1985,7 @@ fn v1_messages() -> Vec<(V1, SyncMessage)> {
                 role: SyncRole::Follower,
                 commit_sequence: 0,
                 features: 0,
+                last_hash: None,
             },
         ),
         (
@@ -2058,4 +2129,46 @@ fn an_absent_leader_is_nil_and_an_absent_preference_is_auto() {
         committed: true,
     };
     assert_eq!(decode_body(&body).unwrap(), expected);
+}
+
+/// A hash field is written only when known: without one a message is byte for byte what a
+/// version 2 peer sends; with one it is a `bin 32` under its name, and decodes back
+/// (docs/protocol.md §3, "Hash").
+#[test]
+fn hash_fields_are_omitted_when_unknown_and_bin_32_when_known() {
+    let ack = |last_hash| SyncMessage::Acknowledge {
+        library_id: LIB,
+        up_to_sequence: 7,
+        term: 2,
+        last_term: 2,
+        last_hash,
+    };
+    let without = body_of(&ack(None));
+    assert!(!without.windows(9).any(|w| w == b"last_hash"), "{}", hex(&without));
+    #[derive(serde::Serialize)]
+    struct Version2Ack {
+        library_id: Uuid,
+        up_to_sequence: u64,
+        term: u64,
+        last_term: u64,
+    }
+    #[derive(serde::Serialize)]
+    enum Version2 {
+        Acknowledge(Version2Ack),
+    }
+    let v2 = rmp_serde::to_vec_named(&Version2::Acknowledge(Version2Ack {
+        library_id: LIB,
+        up_to_sequence: 7,
+        term: 2,
+        last_term: 2,
+    }))
+    .unwrap();
+    assert_eq!(hex(&without), hex(&v2));
+    let hash = ChainHash([0x5a; 32]);
+    let with = body_of(&ack(Some(hash)));
+    let mut needle = b"\xa9last_hash\xc4\x20".to_vec();
+    needle.extend([0x5a; 32]);
+    assert!(with.windows(needle.len()).any(|w| w == needle), "{}", hex(&with));
+    assert_eq!(decode_body(&with).unwrap(), ack(Some(hash)));
+    assert_eq!(decode_body(&v2).unwrap(), ack(None));
 }

@@ -75,8 +75,13 @@ fn every_message_names_its_library_and_kind() {
             leader_hint: None,
         }
     );
-    let ack =
-        SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: lib, up_to_sequence: 1 };
+    let ack = SyncMessage::Acknowledge {
+        last_term: 0,
+        term: 0,
+        library_id: lib,
+        up_to_sequence: 1,
+        last_hash: None,
+    };
     assert_eq!((ack.library_id(), ack.kind()), (lib, "Acknowledge"));
 }
 
@@ -139,8 +144,13 @@ fn the_version_2_messages_name_their_library_kind_and_direction() {
 #[test]
 fn acknowledgements_and_errors_carry_a_term_only_when_set() {
     let lib = Uuid::from_u128(5);
-    let ack =
-        |term| SyncMessage::Acknowledge { library_id: lib, up_to_sequence: 1, term, last_term: 1 };
+    let ack = |term| SyncMessage::Acknowledge {
+        library_id: lib,
+        up_to_sequence: 1,
+        term,
+        last_term: 1,
+        last_hash: None,
+    };
     assert_eq!(ack(0).term(), None);
     assert_eq!(ack(4).term(), Some(4));
     let error = |term| SyncMessage::Error {
@@ -162,6 +172,7 @@ fn acknowledgements_and_errors_carry_a_term_only_when_set() {
         role: SyncRole::Follower,
         commit_sequence: 0,
         features: 0,
+        last_hash: None,
     };
     assert_eq!(heartbeat.term(), Some(0), "a term of 0 is a term where it is mandatory");
 }

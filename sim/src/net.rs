@@ -287,6 +287,7 @@ mod tests {
             role: lsync_protocol::SyncRole::Leader,
             commit_sequence: 0,
             features: 0,
+            last_hash: None,
         }
     }
 

@@ -239,6 +239,7 @@ mod tests {
             version: 1,
             data: c.data,
             proposal_id: None,
+            hash: None,
         }
     }
 

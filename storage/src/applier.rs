@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
-use lsync_protocol::{ChangeType, SyncLogEntry};
+use lsync_protocol::{ChainHash, ChangeType, SyncLogEntry};
 use uuid::Uuid;
 
 use crate::change::Change;
@@ -28,6 +28,9 @@ pub struct ApplyOutcome {
     pub skipped: u64,
     /// The position of the last local entry after the batch.
     pub last: LogPosition,
+    /// The chain hash of the last local entry after the batch (docs/protocol.md, "The hash
+    /// chain"): what `Acknowledge.last_hash` names.
+    pub last_hash: ChainHash,
     /// Local jobs queued by the batch's bulk entries, in log order.
     pub bulk_jobs: Vec<LocalJob>,
     /// The configuration the batch put in effect (its latest configuration entry, if that is
@@ -54,8 +57,12 @@ impl Applier {
 
     /// Applies a batch of entries in ONE immediate transaction, or nothing at all.
     ///
-    /// Entries at or below the local last sequence must have the local term there (duplicates,
-    /// counted in `skipped`); the others must continue the log contiguously from last + 1.
+    /// Entries at or below the local last sequence must have the local term there, and the
+    /// local chain hash if they carry one (duplicates, counted in `skipped`); the others must
+    /// continue the log contiguously from last + 1, and each that carries a hash
+    /// ([`SyncLogEntry::hash`]) must carry the one this log computes for it after its previous
+    /// entry (docs/protocol.md, "The hash chain"). An entry without a hash (from a version 2
+    /// peer) gets the computed one.
     /// Insert/Update upsert the row with the entry's version, Delete removes it if present,
     /// Bulk queues a [`LocalJob`] (no model rows). Each entry is copied identically into the
     /// local log and `last_synced_sequence` is set to the new last sequence. An empty batch is
@@ -70,10 +77,18 @@ impl Applier {
     /// entry of a change type this build does not know or a configuration it cannot read,
     /// [`StorageError::UnknownModel`] if any entry's model type is not registered,
     /// [`StorageError::Diverged`] if an overlapping entry has another term,
+    /// [`StorageError::ChainMismatch`] if an entry carries another hash than this log's (an
+    /// overlapping entry: the local one's; a new one: the one computed after the local log) —
+    /// either way the logs differ at or before that entry, whatever the terms say —
     /// [`StorageError::Gap`], [`StorageError::NotInitialized`].
     pub fn apply(&self, entries: &[SyncLogEntry]) -> Result<ApplyOutcome> {
         if entries.is_empty() {
-            return Ok(ApplyOutcome { last: self.db.last_position()?, ..ApplyOutcome::default() });
+            let head = self.db.head()?;
+            return Ok(ApplyOutcome {
+                last: head.position,
+                last_hash: head.hash,
+                ..ApplyOutcome::default()
+            });
         }
         let registry = self.db.registry();
         let mut latest_config = None;
@@ -95,8 +110,10 @@ impl Applier {
             }
         }
         let outcome = self.db.write(|conn| {
-            let start = SyncLog::last(conn)?;
-            let mut outcome = ApplyOutcome { last: start, ..ApplyOutcome::default() };
+            let head = SyncLog::head(conn)?;
+            let start = head.position;
+            let mut outcome =
+                ApplyOutcome { last: start, last_hash: head.hash, ..ApplyOutcome::default() };
             // Entries this log holds already come first (duplicates: same term, or a
             // divergence); the rest must continue the log from last + 1.
             let mut skipped = 0;
@@ -110,7 +127,23 @@ impl Applier {
                     SyncLog::term_at(conn, entry.sequence)?
                 };
                 match local_term {
-                    Some(term) if term == entry.term => skipped += 1,
+                    Some(term) if term == entry.term => {
+                        if let Some(carried) = entry.hash {
+                            let local = if entry.sequence == start.sequence {
+                                Some(head.hash)
+                            } else {
+                                SyncLog::hash_at(conn, entry.sequence)?
+                            };
+                            if let Some(local) = local.filter(|local| *local != carried) {
+                                return Err(StorageError::ChainMismatch {
+                                    sequence: entry.sequence,
+                                    carried,
+                                    computed: local,
+                                });
+                            }
+                        }
+                        skipped += 1
+                    }
                     Some(term) => {
                         return Err(StorageError::Diverged {
                             sequence: entry.sequence,
@@ -135,13 +168,16 @@ impl Applier {
             }
             outcome.skipped = skipped as u64;
             let Some(last) = new.last() else { return Ok(outcome) };
+            // The chain first: a carried hash that differs refuses the batch before any write.
+            let hashes = SyncLog::chain(&head.hash, new)?;
             for entry in new.iter().filter(|e| e.change_type == ChangeType::Bulk) {
                 outcome.bulk_jobs.push(local_jobs::insert(conn, entry)?);
             }
             crate::model::apply_entries(conn, registry, new)?;
-            SyncLog::insert_many_unchecked(conn, new)?;
+            SyncLog::insert_hashed(conn, new, &hashes)?;
             outcome.applied = new.len() as u64;
             outcome.last = LogPosition::of(last);
+            outcome.last_hash = hashes.last().copied().unwrap_or(head.hash);
             sync_state::set_last_synced(conn, outcome.last.sequence)?;
             if let Some((sequence, configuration)) = &latest_config {
                 if *sequence > start.sequence {
@@ -204,9 +240,10 @@ impl Applier {
             keep_rebuild_mark(conn)?;
             let stashed = diesel::sql_query(
                 "INSERT OR IGNORE INTO stashed_entries (sequence, term, origin_device, \
-                 timestamp_ms, model_type, record_id, change_type, version, data, proposal_id) \
+                 timestamp_ms, model_type, record_id, change_type, version, data, proposal_id, \
+                 hash) \
                  SELECT sequence, term, origin_device, timestamp_ms, model_type, record_id, \
-                 change_type, version, data, proposal_id FROM sync_log",
+                 change_type, version, data, proposal_id, hash FROM sync_log",
             )
             .execute(conn)? as u64;
             clear_library(conn, registry)?;
@@ -220,8 +257,12 @@ impl Applier {
     /// leader's log lacks (orphans) into the outbox, to be re-proposed, in ONE transaction.
     ///
     /// For every stashed entry, in (term, sequence) order:
-    /// - if the rebuilt log holds an entry with the same (sequence, term), it is the same entry
-    ///   (it was replicated): nothing to re-propose (`replicated`);
+    /// - if the rebuilt log holds an entry with the same (sequence, term) **and the same
+    ///   content** (origin device, model type, record id, change type, data, proposal id), its
+    ///   change was replicated: nothing to re-propose (`replicated`). The content is compared,
+    ///   not just the identity: a leader that lost its last transactions (power loss, a
+    ///   restored backup) and restarted in the same term commits other entries at the same
+    ///   (sequence, term) (docs/protocol.md, "The hash chain");
     /// - otherwise it is an orphan. A Bulk orphan, one of a model type not registered here, or
     ///   one its handler no longer validates, is dropped with a warning (`dropped`): a bulk
     ///   entry is a job hook, not a change to re-propose. A configuration orphan is never
@@ -262,7 +303,8 @@ impl Applier {
             let mut orphaned: HashSet<Uuid> = HashSet::new();
             for row in rows {
                 let entry = row_to_entry(row)?;
-                let replicated = SyncLog::term_at(conn, entry.sequence)? == Some(entry.term);
+                let replicated = SyncLog::get(conn, entry.sequence)?
+                    .is_some_and(|rebuilt| same_change(&rebuilt, &entry));
                 if let (false, Some(p)) = (replicated, entry.proposal_id) {
                     orphaned.insert(p);
                 }
@@ -435,6 +477,19 @@ pub(crate) fn merge_run(known: &mut Vec<Change>, run: &[Change]) {
     if let Some(rest) = run.get(overlap..) {
         known.extend_from_slice(rest);
     }
+}
+
+/// Whether the rebuilt log's entry `rebuilt` is the stashed entry `stashed` replicated: the
+/// same term and the same change (its timestamp, version and hash may differ only if its
+/// history did; the change is what a repair re-proposes).
+fn same_change(rebuilt: &SyncLogEntry, stashed: &SyncLogEntry) -> bool {
+    rebuilt.term == stashed.term
+        && rebuilt.origin_device == stashed.origin_device
+        && rebuilt.model_type == stashed.model_type
+        && rebuilt.record_id == stashed.record_id
+        && rebuilt.change_type == stashed.change_type
+        && rebuilt.data == stashed.data
+        && rebuilt.proposal_id == stashed.proposal_id
 }
 
 /// Namespace of the ids [`Applier::recover_orphans`] gives orphans without a proposal id.

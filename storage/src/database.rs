@@ -23,7 +23,7 @@ use crate::local_jobs::{self, LocalJob};
 use crate::membership::{self, Membership};
 use crate::model::ModelRegistry;
 use crate::outbox::{self, OutboxEntry};
-use crate::sync_log::{LogPosition, SyncLog};
+use crate::sync_log::{LogHead, LogPosition, SyncLog};
 use crate::sync_state::{self, SyncState};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -242,7 +242,9 @@ fn lock<'a>(
 impl Database {
     /// Opens (creating the file and its parent directories if needed) a library database:
     /// `PRAGMA journal_mode=WAL`, `busy_timeout`, `synchronous`, `foreign_keys`; runs the
-    /// embedded migrations, then [`crate::ModelHandler::migrate`] of every registered handler.
+    /// embedded migrations, fills the log's hash chain over rows written before it existed
+    /// (`fill_chain` in `sync_log.rs`), then [`crate::ModelHandler::migrate`] of every
+    /// registered handler.
     pub fn open(
         path: &Path,
         options: &StorageOptions,
@@ -266,6 +268,7 @@ impl Database {
         writer
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| StorageError::Migration(e.to_string()))?;
+        crate::sync_log::fill_chain(&mut writer)?;
         for handler in registry.handlers() {
             handler.migrate(&mut writer).map_err(|e| {
                 StorageError::Migration(format!("model {}: {e}", handler.model_type()))
@@ -351,6 +354,16 @@ impl Database {
     /// The position of the last log entry, `(0, 0)` for an empty log.
     pub fn last_position(&self) -> Result<LogPosition> {
         self.with_reader(SyncLog::last)
+    }
+
+    /// The last log entry's position and chain hash; see [`SyncLog::head`].
+    pub fn head(&self) -> Result<LogHead> {
+        self.with_reader(SyncLog::head)
+    }
+
+    /// The chain hash at `sequence`; see [`SyncLog::hash_at`].
+    pub fn hash_at(&self, sequence: u64) -> Result<Option<lsync_protocol::ChainHash>> {
+        self.with_reader(|conn| SyncLog::hash_at(conn, sequence))
     }
 
     /// At most `limit` entries after `since`; see [`SyncLog::fetch_since`].

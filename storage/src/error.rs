@@ -48,6 +48,19 @@ pub enum StorageError {
         /// The term of the offered entry.
         remote_term: u64,
     },
+    /// An entry carries a chain hash other than the one this log computes for it at its
+    /// sequence (docs/protocol.md, "The hash chain"): the sender's log and this one differ at
+    /// that entry or before it, whatever their terms say. Nothing of the batch is written.
+    #[error("hash chain mismatch at sequence {sequence}: the entry carries {carried}, this log computes {computed}")]
+    ChainMismatch {
+        /// The entry's sequence.
+        sequence: u64,
+        /// The hash the entry carried (the sender's).
+        carried: lsync_protocol::ChainHash,
+        /// The hash of the entry after this log's previous one, or this log's own hash at that
+        /// sequence for an entry the log already holds.
+        computed: lsync_protocol::ChainHash,
+    },
     /// No handler is registered for this model type.
     #[error("unknown model type {0:?}")]
     UnknownModel(String),

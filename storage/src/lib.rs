@@ -6,8 +6,9 @@
 //!
 //! - [`Database`]: opens a library file (creating it, running the embedded migrations and
 //!   every registered handler's `migrate`); one writer and one reader connection;
-//! - [`SyncLog`] / [`LogPosition`]: the `sync_log` table, 1-based and gapless, sequenced from
-//!   the log itself inside the write transaction;
+//! - [`SyncLog`] / [`LogPosition`] / [`LogHead`]: the `sync_log` table, 1-based and gapless,
+//!   sequenced from the log itself inside the write transaction, each row with its link of the
+//!   hash chain (docs/protocol.md, "The hash chain");
 //! - [`sync_state`] / [`SyncState`]: this device's view of the library (role, term, vote,
 //!   leader, last synced sequence), a single row;
 //! - [`devices`] / [`Device`]: the library's member devices; [`membership`] /
@@ -23,13 +24,15 @@
 //!   reconciliation and `reset_for_repair` / `recover_orphans` ([`RecoveredOrphans`]) for
 //!   divergence repair;
 //! - [`local_jobs`] / [`LocalJob`]: jobs queued by bulk entries on a follower;
+//! - [`verify()`] / [`VerifyReport`]: checks a library database read-only (gapless sequences,
+//!   the hash chain, model tables equal to the replay of the log);
 //! - [`Syncable`], [`ModelHandler`], [`ModelRegistry`]: replicated model types; the built-in
 //!   [`Tag`] and [`Location`] live in [`models`].
 //!
 //! # Tables
 //!
 //! `sync_log(sequence INTEGER PRIMARY KEY, term, origin_device, timestamp_ms, model_type,
-//! record_id, change_type, version, data BLOB, proposal_id)`, `sync_state` (one row),
+//! record_id, change_type, version, data BLOB, proposal_id, hash BLOB)`, `sync_state` (one row),
 //! `devices`, `local_jobs`, the local (never replicated) `outbox`, `proposals` and
 //! `stashed_entries`, and one table per model (`tag`, `location`, each row with `version`).
 //! Numbers are `u64` in the API and `i64` in SQLite; a value above `i64::MAX` is refused,
@@ -61,6 +64,7 @@ pub mod sqlite_setup;
 mod sync_log;
 pub mod sync_state;
 mod transaction;
+pub mod verify;
 
 pub use applier::{Applier, ApplyOutcome, RecoveredOrphans};
 pub use change::{BulkOperation, Change};
@@ -76,12 +80,13 @@ pub use model::{
 };
 pub use models::{Location, LocationHandler, Tag, TagHandler};
 pub use outbox::OutboxEntry;
-pub use sync_log::{LogPosition, SyncLog};
+pub use sync_log::{LogHead, LogPosition, SyncLog};
 pub use sync_state::SyncState;
 pub use transaction::{
     CommitEvent, ProposalOutcome, TransactionManager, COMMIT_EVENT_CAPACITY,
     COMMIT_EVENT_MAX_ENTRIES,
 };
+pub use verify::{verify, VerifyReport};
 
 /// Re-exported so hosts implementing [`ModelHandler`] use the same diesel as this crate.
 pub use diesel;

@@ -326,6 +326,7 @@ pub fn entry(
         version: 0,
         data: configuration.encode(),
         proposal_id: None,
+        hash: None,
     }
 }
 

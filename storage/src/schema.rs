@@ -13,6 +13,7 @@ diesel::table! {
         version -> BigInt,
         data -> Binary,
         proposal_id -> Nullable<Text>,
+        hash -> Nullable<Binary>,
     }
 }
 
@@ -52,6 +53,7 @@ diesel::table! {
         version -> BigInt,
         data -> Binary,
         proposal_id -> Nullable<Text>,
+        hash -> Nullable<Binary>,
     }
 }
 

@@ -1,8 +1,12 @@
 //! The replicated log: functions over a connection, the caller holds the transaction.
+//!
+//! Every row holds its link of the hash chain (`hash`, docs/protocol.md, "The hash chain"),
+//! computed here from the previous row's whenever a row is written ([`SyncLog::chain`]); a
+//! database whose rows predate the chain gets it filled at open ([`fill_chain`]).
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
-use lsync_protocol::{ChangeType, SyncLogEntry};
+use lsync_protocol::{chain_hash, ChainHash, ChangeType, SyncLogEntry};
 
 use uuid::Uuid;
 
@@ -24,6 +28,22 @@ impl LogPosition {
     /// The position of `entry`.
     pub fn of(entry: &SyncLogEntry) -> Self {
         Self { term: entry.term, sequence: entry.sequence }
+    }
+}
+
+/// The last entry of the log: its position and its chain hash. An empty log's head is
+/// `(0, 0)` with [`ChainHash::GENESIS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct LogHead {
+    /// The position of the last entry.
+    pub position: LogPosition,
+    /// The chain hash at that entry.
+    pub hash: ChainHash,
+}
+
+impl std::fmt::Display for LogHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.position, self.hash.short())
     }
 }
 
@@ -55,11 +75,22 @@ struct NewLogRow {
     version: i64,
     data: Vec<u8>,
     proposal_id: Option<String>,
+    hash: Option<Vec<u8>>,
 }
 
 /// A `sync_log` (or `stashed_entries`) row, columns in table order.
 pub(crate) type LogRow =
-    (i64, i64, String, i64, String, String, String, i64, Vec<u8>, Option<String>);
+    (i64, i64, String, i64, String, String, String, i64, Vec<u8>, Option<String>, Option<Vec<u8>>);
+
+/// A stored hash: 32 bytes, else the row is corrupt.
+pub(crate) fn stored_hash(bytes: &[u8], sequence: i64) -> Result<ChainHash> {
+    ChainHash::from_slice(bytes).ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "sync_log sequence {sequence}: a hash of {} bytes, not 32",
+            bytes.len()
+        ))
+    })
+}
 
 pub(crate) fn row_to_entry(row: LogRow) -> Result<SyncLogEntry> {
     let (
@@ -73,7 +104,9 @@ pub(crate) fn row_to_entry(row: LogRow) -> Result<SyncLogEntry> {
         version,
         data,
         proposal_id,
+        hash,
     ) = row;
+    let hash = hash.map(|h| stored_hash(&h, sequence)).transpose()?;
     let change_type = ChangeType::parse(&change_type).ok_or_else(|| {
         StorageError::Corrupt(format!(
             "sync_log sequence {sequence}: unknown change_type {change_type:?}"
@@ -90,41 +123,88 @@ pub(crate) fn row_to_entry(row: LogRow) -> Result<SyncLogEntry> {
         version,
         data,
         proposal_id: proposal_id.map(|id| parse_uuid(&id, "sync_log proposal_id")).transpose()?,
+        hash,
     })
 }
 
 impl SyncLog {
-    /// Appends `entry`, which must be the next entry of the log.
+    /// Appends `entry`, which must be the next entry of the log, with its chain hash computed
+    /// from the last entry's; returns that hash.
     ///
     /// # Errors
-    /// [`StorageError::Gap`] unless `entry.sequence` is the last sequence + 1.
-    pub fn append(conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {
-        let last = Self::last(conn)?;
-        let expected = last.sequence + 1;
+    /// [`StorageError::Gap`] unless `entry.sequence` is the last sequence + 1;
+    /// [`StorageError::ChainMismatch`] if `entry` carries a hash other than the computed one.
+    pub fn append(conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<ChainHash> {
+        let head = Self::head(conn)?;
+        let expected = head.position.sequence + 1;
         if entry.sequence != expected {
             return Err(StorageError::Gap { expected, got: entry.sequence });
         }
-        Self::insert_unchecked(conn, entry)
+        Self::insert_unchecked(conn, &head.hash, entry)
     }
 
-    /// Inserts `entry` without checking that it continues the log (the caller did).
+    /// The chain hashes of `entries`, consecutive entries following a log whose last hash is
+    /// `prev` (docs/protocol.md, "The hash chain"). Pure: reads nothing.
+    ///
+    /// # Errors
+    /// [`StorageError::ChainMismatch`] for the first entry that carries a hash
+    /// ([`SyncLogEntry::hash`]) other than the computed one: the sender's log differs from
+    /// this one at that entry or before it.
+    pub fn chain(prev: &ChainHash, entries: &[SyncLogEntry]) -> Result<Vec<ChainHash>> {
+        let mut prev = *prev;
+        let mut hashes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let hash = chain_hash(&prev, entry);
+            if let Some(carried) = entry.hash {
+                if carried != hash {
+                    return Err(StorageError::ChainMismatch {
+                        sequence: entry.sequence,
+                        carried,
+                        computed: hash,
+                    });
+                }
+            }
+            hashes.push(hash);
+            prev = hash;
+        }
+        Ok(hashes)
+    }
+
+    /// Inserts `entry` after a log whose last hash is `prev`, without checking that it
+    /// continues the log (the caller did); returns its hash. See [`SyncLog::chain`].
     pub(crate) fn insert_unchecked(
         conn: &mut SqliteConnection,
+        prev: &ChainHash,
         entry: &SyncLogEntry,
-    ) -> Result<()> {
-        Self::insert_many_unchecked(conn, std::slice::from_ref(entry))
+    ) -> Result<ChainHash> {
+        let hashes = Self::insert_many_unchecked(conn, prev, std::slice::from_ref(entry))?;
+        Ok(hashes[0])
     }
 
-    /// Inserts `entries` without checking that they continue the log (the caller did), with
-    /// one multi-row `INSERT` per 100 entries (see [`crate::in_cached_chunks!`]): diesel builds
-    /// and looks up the SQL of a statement at every execution, which cost more than SQLite's
-    /// own work when every entry was its own statement (docs/performance.md).
+    /// Inserts `entries` after a log whose last hash is `prev` (the caller checked that they
+    /// continue it), with their chain hashes ([`SyncLog::chain`], which refuses a carried hash
+    /// that differs before anything is written); returns the hashes.
     pub(crate) fn insert_many_unchecked(
         conn: &mut SqliteConnection,
+        prev: &ChainHash,
         entries: &[SyncLogEntry],
+    ) -> Result<Vec<ChainHash>> {
+        let hashes = Self::chain(prev, entries)?;
+        Self::insert_hashed(conn, entries, &hashes)?;
+        Ok(hashes)
+    }
+
+    /// Inserts `entries` with their `hashes` (computed by [`SyncLog::chain`]), with one
+    /// multi-row `INSERT` per 100 entries (see [`crate::in_cached_chunks!`]): diesel builds and
+    /// looks up the SQL of a statement at every execution, which cost more than SQLite's own
+    /// work when every entry was its own statement (docs/performance.md).
+    pub(crate) fn insert_hashed(
+        conn: &mut SqliteConnection,
+        entries: &[SyncLogEntry],
+        hashes: &[ChainHash],
     ) -> Result<()> {
         let mut rows = Vec::with_capacity(entries.len());
-        for entry in entries {
+        for (entry, hash) in entries.iter().zip(hashes) {
             rows.push(NewLogRow {
                 sequence: to_i64(entry.sequence, "sequence")?,
                 term: to_i64(entry.term, "term")?,
@@ -136,6 +216,7 @@ impl SyncLog {
                 version: entry.version,
                 data: entry.data.clone(),
                 proposal_id: entry.proposal_id.map(|id| id.hyphenated().to_string()),
+                hash: Some(hash.0.to_vec()),
             });
         }
         crate::in_cached_chunks!(&rows[..], |chunk| {
@@ -216,6 +297,54 @@ impl SyncLog {
         }
     }
 
+    /// The last entry's position and chain hash; `(0, 0)` and [`ChainHash::GENESIS`] for an
+    /// empty log. One primary-key lookup, like [`SyncLog::last`].
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] if the last row has no hash (never once the database is open:
+    /// [`fill_chain`] runs at open).
+    pub fn head(conn: &mut SqliteConnection) -> Result<LogHead> {
+        use diesel::dsl::max;
+        let newest = diesel::alias!(sync_log as newest);
+        let last = sync_log::table
+            .filter(
+                sync_log::sequence
+                    .nullable()
+                    .eq(newest.select(max(newest.field(sync_log::sequence))).single_value()),
+            )
+            .select((sync_log::term, sync_log::sequence, sync_log::hash))
+            .get_result::<(i64, i64, Option<Vec<u8>>)>(conn)
+            .optional()?;
+        match last {
+            Some((term, sequence, hash)) => Ok(LogHead {
+                position: LogPosition {
+                    term: to_u64(term, "sync_log term")?,
+                    sequence: to_u64(sequence, "sync_log sequence")?,
+                },
+                hash: required_hash(hash, sequence)?,
+            }),
+            None => Ok(LogHead::default()),
+        }
+    }
+
+    /// The chain hash at `sequence`: [`ChainHash::GENESIS`] at 0, `None` if there is no entry
+    /// there.
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] if the row has no hash (see [`SyncLog::head`]).
+    pub fn hash_at(conn: &mut SqliteConnection, sequence: u64) -> Result<Option<ChainHash>> {
+        if sequence == 0 {
+            return Ok(Some(ChainHash::GENESIS));
+        }
+        let Ok(sequence) = i64::try_from(sequence) else { return Ok(None) };
+        let hash = sync_log::table
+            .find(sequence)
+            .select(sync_log::hash)
+            .get_result::<Option<Vec<u8>>>(conn)
+            .optional()?;
+        hash.map(|h| required_hash(h, sequence)).transpose()
+    }
+
     /// The term of the entry at `sequence`, `None` if there is none.
     pub fn term_at(conn: &mut SqliteConnection, sequence: u64) -> Result<Option<u64>> {
         let Ok(sequence) = i64::try_from(sequence) else { return Ok(None) };
@@ -289,4 +418,79 @@ impl SyncLog {
         let count = sync_log::table.count().get_result::<i64>(conn)?;
         to_u64(count, "sync_log count")
     }
+}
+
+/// A stored hash that must be there (see [`SyncLog::head`]).
+fn required_hash(hash: Option<Vec<u8>>, sequence: i64) -> Result<ChainHash> {
+    match hash {
+        Some(bytes) => stored_hash(&bytes, sequence),
+        None => Err(StorageError::Corrupt(format!(
+            "sync_log sequence {sequence} has no hash (the chain was not filled)"
+        ))),
+    }
+}
+
+/// Rows whose hash [`fill_chain`] computes in one transaction.
+const FILL_BATCH: i64 = 2_000;
+
+/// Fills the hash chain over the rows that have no hash yet — every row of a database written
+/// before the chain existed (the migration adds the column empty: SQL cannot compute SHA-256),
+/// or rows a downgraded build appended — and returns how many it filled. Run at open, right
+/// after the embedded migrations, on the writer connection.
+///
+/// In batches of [`FILL_BATCH`] rows, each in its own immediate transaction, from the first row
+/// without a hash (found through the partial index `sync_log_unhashed`: one lookup when there
+/// is none, the usual case), each link computed from the row before it: resumable, a crash
+/// between batches leaves a prefix filled and the next open goes on from there. A row missing
+/// before the first unhashed one (a gap, which no build writes) is skipped over: the chain
+/// continues from the last row before it, and `lsync verify` reports the gap.
+pub(crate) fn fill_chain(conn: &mut SqliteConnection) -> Result<u64> {
+    use diesel::dsl::{max, min};
+    let mut filled = 0u64;
+    loop {
+        let done = conn.immediate_transaction(|conn| -> Result<Option<u64>> {
+            let first = sync_log::table
+                .filter(sync_log::hash.is_null())
+                .select(min(sync_log::sequence))
+                .get_result::<Option<i64>>(conn)?;
+            let Some(first) = first else { return Ok(None) };
+            let before = sync_log::table
+                .filter(sync_log::sequence.lt(first))
+                .select(max(sync_log::sequence))
+                .get_result::<Option<i64>>(conn)?;
+            let mut prev = match before {
+                Some(sequence) => {
+                    let hash = sync_log::table
+                        .find(sequence)
+                        .select(sync_log::hash)
+                        .get_result::<Option<Vec<u8>>>(conn)?;
+                    required_hash(hash, sequence)?
+                }
+                None => ChainHash::GENESIS,
+            };
+            let rows = sync_log::table
+                .filter(sync_log::sequence.between(first, first.saturating_add(FILL_BATCH - 1)))
+                .order(sync_log::sequence.asc())
+                .load::<LogRow>(conn)?;
+            let mut count = 0;
+            for row in rows {
+                let sequence = row.0;
+                let entry = row_to_entry(row)?;
+                prev = chain_hash(&prev, &entry);
+                diesel::update(sync_log::table.find(sequence))
+                    .set(sync_log::hash.eq(prev.0.to_vec()))
+                    .execute(conn)?;
+                count += 1;
+            }
+            Ok(Some(count))
+        })?;
+        match done {
+            Some(count) => filled += count,
+            None => break,
+        }
+    }
+    if filled > 0 {
+        tracing::info!(filled, "hash chain computed over the existing log");
+    }
+    Ok(filled)
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use lsync_protocol::{ChangeType, Configuration, SyncLogEntry, SyncRole};
+use lsync_protocol::{ChainHash, ChangeType, Configuration, SyncLogEntry, SyncRole};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -12,7 +12,7 @@ use crate::change::{BulkOperation, Change};
 use crate::database::Database;
 use crate::error::{now_ms, Result, StorageError};
 use crate::model::ModelRegistry;
-use crate::sync_log::SyncLog;
+use crate::sync_log::{LogHead, SyncLog};
 use crate::sync_state;
 
 /// Capacity of the commit-event broadcast channel.
@@ -36,7 +36,11 @@ pub struct CommitEvent {
     pub last_sequence: u64,
     /// The term of the entry before `first_sequence` (0 if there is none).
     pub prev_term: u64,
-    /// The new entries, if there are at most [`COMMIT_EVENT_MAX_ENTRIES`].
+    /// The chain hash at `first_sequence - 1` (the genesis hash if there is no entry there):
+    /// what `NewEntries.prev_hash` names (docs/protocol.md, "The hash chain").
+    pub prev_hash: ChainHash,
+    /// The new entries, if there are at most [`COMMIT_EVENT_MAX_ENTRIES`], each with its
+    /// chain hash.
     pub entries: Option<std::sync::Arc<[SyncLogEntry]>>,
 }
 
@@ -127,10 +131,10 @@ impl TransactionManager {
         }
         let device_id = self.device_id;
         let registry = self.db.registry();
-        let (library_id, term, entries, prev_term) = self.db.write(|conn| {
+        let (library_id, term, entries, prev) = self.db.write(|conn| {
             let state = leader_state(conn, device_id)?;
             let term = state.current_term;
-            let (entries, prev_term) = write_changes(
+            let (entries, prev) = write_changes(
                 conn,
                 registry,
                 term,
@@ -138,9 +142,9 @@ impl TransactionManager {
                 None,
                 changes.into_iter().map(|c| (c, false)),
             )?;
-            Ok((state.library_id, term, entries, prev_term))
+            Ok((state.library_id, term, entries, prev))
         })?;
-        self.emit(library_id, term, prev_term, &entries);
+        self.emit(library_id, term, prev, &entries);
         Ok(entries)
     }
 
@@ -207,7 +211,7 @@ impl TransactionManager {
         }
         let device_id = self.device_id;
         let registry = self.db.registry();
-        let (library_id, term, outcome, prev_term) = self.db.write(|conn| {
+        let (library_id, term, outcome, prev) = self.db.write(|conn| {
             let state = leader_state(conn, device_id)?;
             let term = state.current_term;
             let present = SyncLog::proposal_entries(conn, proposal_id)?;
@@ -225,11 +229,11 @@ impl TransactionManager {
                         state.library_id,
                         term,
                         ProposalOutcome { entries: present, ..duplicate },
-                        0,
+                        LogHead::default(),
                     ));
                 };
                 let rest = changes.into_iter().skip(from).map(|c| (c, true));
-                let (entries, prev_term) =
+                let (entries, prev) =
                     write_changes(conn, registry, term, origin_device, Some(proposal_id), rest)?;
                 let Some(new_last) = entries.last() else {
                     // The missing changes were deletes of records that do not exist now.
@@ -237,7 +241,7 @@ impl TransactionManager {
                         state.library_id,
                         term,
                         ProposalOutcome { entries: present, ..duplicate },
-                        0,
+                        LogHead::default(),
                     ));
                 };
                 let outcome = ProposalOutcome {
@@ -247,7 +251,7 @@ impl TransactionManager {
                     completed: true,
                     entries,
                 };
-                return Ok((state.library_id, term, outcome, prev_term));
+                return Ok((state.library_id, term, outcome, prev));
             }
             if let Some((first, last)) = proposals::get(conn, proposal_id)? {
                 let outcome = ProposalOutcome {
@@ -257,9 +261,9 @@ impl TransactionManager {
                     completed: false,
                     entries: Vec::new(),
                 };
-                return Ok((state.library_id, term, outcome, 0));
+                return Ok((state.library_id, term, outcome, LogHead::default()));
             }
-            let (entries, prev_term) = write_changes(
+            let (entries, prev) = write_changes(
                 conn,
                 registry,
                 term,
@@ -287,7 +291,7 @@ impl TransactionManager {
                     }
                 }
             };
-            Ok((state.library_id, term, outcome, prev_term))
+            Ok((state.library_id, term, outcome, prev))
         })?;
         if outcome.duplicate {
             tracing::debug!(%proposal_id, first = outcome.first_sequence,
@@ -298,7 +302,7 @@ impl TransactionManager {
                     last = outcome.last_sequence, missing = outcome.entries.len(),
                     "partly replicated proposal completed");
             }
-            self.emit(library_id, term, prev_term, &outcome.entries);
+            self.emit(library_id, term, prev, &outcome.entries);
         }
         Ok(outcome)
     }
@@ -319,7 +323,7 @@ impl TransactionManager {
             .validate()
             .map_err(|e| StorageError::InvalidChange(format!("configuration: {e}")))?;
         let device_id = self.device_id;
-        let (library_id, term, entry, prev_term) = self.db.write(|conn| {
+        let (library_id, term, entry, prev) = self.db.write(|conn| {
             let state = leader_state(conn, device_id)?;
             let current = crate::membership::load(conn)?;
             if configuration.feature_version < current.configuration.feature_version {
@@ -328,17 +332,17 @@ impl TransactionManager {
                     configuration.feature_version, current.configuration.feature_version
                 )));
             }
-            let prev = SyncLog::last(conn)?;
-            let entry = crate::membership::entry(
+            let prev = SyncLog::head(conn)?;
+            let mut entry = crate::membership::entry(
                 state.current_term,
-                prev.sequence + 1,
+                prev.position.sequence + 1,
                 device_id,
                 configuration,
             );
-            SyncLog::insert_unchecked(conn, &entry)?;
+            entry.hash = Some(SyncLog::insert_unchecked(conn, &prev.hash, &entry)?);
             crate::membership::install(conn, configuration, entry.sequence)?;
             sync_state::set_last_synced(conn, entry.sequence)?;
-            Ok((state.library_id, state.current_term, entry, prev.term))
+            Ok((state.library_id, state.current_term, entry, prev))
         })?;
         tracing::info!(
             sequence = entry.sequence,
@@ -347,7 +351,7 @@ impl TransactionManager {
             voters = configuration.voters().len(),
             "configuration entry committed"
         );
-        self.emit(library_id, term, prev_term, std::slice::from_ref(&entry));
+        self.emit(library_id, term, prev, std::slice::from_ref(&entry));
         Ok(entry)
     }
 
@@ -371,29 +375,35 @@ impl TransactionManager {
                 "this device ({device_id}) must be a voter of the forced configuration"
             )));
         }
-        let (library_id, term, entry, prev_term) = self.db.write(|conn| {
+        let (library_id, term, entry, prev) = self.db.write(|conn| {
             let state = sync_state::load(conn)?.ok_or(StorageError::NotInitialized)?;
             let term = state.current_term.checked_add(1).ok_or_else(|| {
                 StorageError::InvalidChange("the term space is exhausted".to_owned())
             })?;
             sync_state::set_leadership(conn, SyncRole::Leader, term, Some(device_id))?;
             sync_state::set_vote(conn, term, Some(device_id))?;
-            let prev = SyncLog::last(conn)?;
-            let entry = crate::membership::entry(term, prev.sequence + 1, device_id, configuration);
-            SyncLog::insert_unchecked(conn, &entry)?;
+            let prev = SyncLog::head(conn)?;
+            let mut entry = crate::membership::entry(
+                term,
+                prev.position.sequence + 1,
+                device_id,
+                configuration,
+            );
+            entry.hash = Some(SyncLog::insert_unchecked(conn, &prev.hash, &entry)?);
             crate::membership::install(conn, configuration, entry.sequence)?;
             // Forced: the voters before it are gone for good, nothing waits for them.
             crate::membership::note_commit(conn, entry.sequence)?;
             sync_state::set_last_synced(conn, entry.sequence)?;
-            Ok((state.library_id, term, entry, prev.term))
+            Ok((state.library_id, term, entry, prev))
         })?;
         tracing::warn!(sequence = entry.sequence, term, voters = ?configuration.voters(),
             "configuration forced without a majority");
-        self.emit(library_id, term, prev_term, std::slice::from_ref(&entry));
+        self.emit(library_id, term, prev, std::slice::from_ref(&entry));
         Ok(entry)
     }
 
-    fn emit(&self, library_id: Uuid, term: u64, prev_term: u64, entries: &[SyncLogEntry]) {
+    /// Sends the [`CommitEvent`] of `entries`, written after `prev`.
+    fn emit(&self, library_id: Uuid, term: u64, prev: LogHead, entries: &[SyncLogEntry]) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
         // Only clone the entries when somebody listens.
         let carried = (entries.len() <= COMMIT_EVENT_MAX_ENTRIES
@@ -404,7 +414,8 @@ impl TransactionManager {
             term,
             first_sequence: first.sequence,
             last_sequence: last.sequence,
-            prev_term,
+            prev_term: prev.position.term,
+            prev_hash: prev.hash,
             entries: carried,
         };
         tracing::trace!(?event, "committed");
@@ -476,9 +487,9 @@ fn commits(entry: &SyncLogEntry, change: &Change) -> bool {
 }
 
 /// Validates, sequences, applies and logs `changes` (each with whether the proposal rule
-/// applies to it) as entries of `term`; sets `last_synced_sequence` if any entry was written.
-/// Returns the entries and the term of the entry before them. The caller holds the
-/// transaction.
+/// applies to it) as entries of `term`, each with its chain hash; sets `last_synced_sequence`
+/// if any entry was written. Returns the entries and the head of the log before them. The
+/// caller holds the transaction.
 fn write_changes(
     conn: &mut SqliteConnection,
     registry: &ModelRegistry,
@@ -486,9 +497,9 @@ fn write_changes(
     origin: Uuid,
     proposal_id: Option<Uuid>,
     changes: impl IntoIterator<Item = (Change, bool)>,
-) -> Result<(Vec<SyncLogEntry>, u64)> {
-    let prev = SyncLog::last(conn)?;
-    let mut sequence = prev.sequence;
+) -> Result<(Vec<SyncLogEntry>, LogHead)> {
+    let prev = SyncLog::head(conn)?;
+    let mut sequence = prev.position.sequence;
     let timestamp_ms = now_ms();
     let changes = changes.into_iter();
     let mut entries = Vec::with_capacity(changes.size_hint().0);
@@ -547,14 +558,18 @@ fn write_changes(
             version,
             data: change.data,
             proposal_id,
+            hash: None,
         });
     }
     if !entries.is_empty() {
         crate::model::apply_entries(conn, registry, &entries)?;
-        SyncLog::insert_many_unchecked(conn, &entries)?;
+        let hashes = SyncLog::insert_many_unchecked(conn, &prev.hash, &entries)?;
+        for (entry, hash) in entries.iter_mut().zip(hashes) {
+            entry.hash = Some(hash);
+        }
         sync_state::set_last_synced(conn, sequence)?;
     }
-    Ok((entries, prev.term))
+    Ok((entries, prev))
 }
 
 /// The local `proposals` table: proposals committed here that wrote no entry.

@@ -195,7 +195,9 @@ async fn a_stale_leaders_messages_are_refused() {
             version: 1,
             data: vec![],
             proposal_id: None,
+            hash: None,
         }],
+        prev_hash: None,
     };
     // the follower holds the new leader's log, its entry that opens the new term included
     wait_until("the follower holds the new leader's log", || async {
@@ -222,6 +224,7 @@ async fn a_stale_leaders_messages_are_refused() {
         current_sequence: old_last,
         last_term: 1,
         role: SyncRole::Leader,
+        last_hash: None,
     };
     // a stale leader's heartbeat is refused with the follower's newer term (docs/protocol.md
     // section 6, rule 2): learning it makes the stale leader step down

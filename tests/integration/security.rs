@@ -71,7 +71,14 @@ pub async fn make_member(
 /// A fetch from a follower whose log matches the leader's (every entry is of term 1).
 fn fetch(lib: Uuid, since: u64, limit: u64) -> SyncMessage {
     let since_term = if since == 0 { 0 } else { 1 };
-    SyncMessage::FetchEntries { library_id: lib, term: 1, since_sequence: since, since_term, limit }
+    SyncMessage::FetchEntries {
+        library_id: lib,
+        term: 1,
+        since_sequence: since,
+        since_term,
+        limit,
+        since_hash: None,
+    }
 }
 
 fn code_of(msg: &SyncMessage) -> Option<ErrorCode> {
@@ -170,6 +177,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
         version: 1,
         data: vec![1, 2, 3],
         proposal_id: None,
+        hash: None,
     };
     let push = SyncMessage::EntriesResponse {
         commit_sequence: 0,
@@ -193,6 +201,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
                 entry_count: 9,
                 prev_term: 0,
                 entries: vec![],
+                prev_hash: None,
             },
         )
         .await
@@ -206,6 +215,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
                 term: 0,
                 library_id: lib,
                 up_to_sequence: u64::MAX,
+                last_hash: None,
             },
         )
         .await
@@ -222,6 +232,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
                 current_sequence: last + 9_999,
                 last_term: 1,
                 role: SyncRole::Follower,
+                last_hash: None,
             },
         )
         .await
@@ -249,6 +260,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
             version: 1,
             data: vec![7; 20 * 1024 * 1024],
             proposal_id: None,
+            hash: None,
         }],
         has_more: false,
         leader_last_sequence: last + 1,

@@ -547,6 +547,7 @@ pub fn view<R: rand::Rng>(library_id: Uuid, election: &Election<R>) -> SyncMessa
         current_sequence: pos.sequence,
         last_term: pos.term,
         role: election.role(),
+        last_hash: None,
     }
 }
 

@@ -527,6 +527,7 @@ mod tests {
             entry_count: 250,
             prev_term: 0,
             entries: vec![],
+            prev_hash: None,
         };
         // from another peer than its leader: refused, nothing fetched
         let fetches_before = transport.sent("FetchEntries").len();
@@ -680,6 +681,7 @@ mod tests {
             entry_count: to - from + 1,
             prev_term,
             entries: s.leader.fetch_range(from, to).unwrap(),
+            prev_hash: None,
         }
     }
 

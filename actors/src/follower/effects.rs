@@ -26,6 +26,7 @@ pub fn fetch_entries(library_id: Uuid, term: u64, since: LogPosition, limit: u64
         since_sequence: since.sequence,
         since_term: since.term,
         limit,
+        since_hash: None,
     }
 }
 

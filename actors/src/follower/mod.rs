@@ -337,6 +337,7 @@ pub fn position_ack(library_id: Uuid, term: u64, position: LogPosition) -> SyncM
         up_to_sequence: position.sequence,
         term,
         last_term: position.term,
+        last_hash: None,
     }
 }
 
@@ -350,6 +351,7 @@ pub fn follower_heartbeat(library_id: Uuid, term: u64, position: LogPosition) ->
         current_sequence: position.sequence,
         last_term: position.term,
         role: SyncRole::Follower,
+        last_hash: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn entry(sequence: u64, term: u64) -> SyncLogEntry {
         version: 1,
         data: vec![0; 20],
         proposal_id: None,
+        hash: None,
     }
 }
 
@@ -366,6 +367,7 @@ impl World {
             current_sequence: n,
             last_term: self.leader.last().map_or(0, |e| e.term),
             role: SyncRole::Leader,
+            last_hash: None,
         }
     }
 
@@ -393,6 +395,7 @@ impl World {
             entry_count: to - from + 1,
             prev_term: self.term_at(from - 1).unwrap_or(0),
             entries: self.leader[from as usize - 1..to as usize].to_vec(),
+            prev_hash: None,
         };
         self.request(message);
     }

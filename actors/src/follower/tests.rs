@@ -66,6 +66,7 @@ fn entry(sequence: u64, term: u64) -> SyncLogEntry {
         version: 1,
         data: vec![0; 36],
         proposal_id: None,
+        hash: None,
     }
 }
 
@@ -108,6 +109,7 @@ fn new_entries(term: u64, from: u64, to: u64, prev_term: u64, commit: u64) -> Sy
         entry_count: to - from + 1,
         prev_term,
         entries: entries(from, to, 1),
+        prev_hash: None,
     }
 }
 
@@ -120,6 +122,7 @@ fn leader_heartbeat(term: u64, current: u64, commit: u64) -> SyncMessage {
         current_sequence: current,
         last_term: 1,
         role: SyncRole::Leader,
+        last_hash: None,
     }
 }
 
@@ -261,6 +264,7 @@ fn fetches_and_acknowledgements_are_refused_by_a_follower() {
         since_sequence: 0,
         since_term: 0,
         limit: 10,
+        since_hash: None,
     };
     let commands = m.on_request(ReplyTo(1), true, fetch, t0);
     assert!(
@@ -751,7 +755,13 @@ fn an_acknowledgement_carries_the_term_and_the_last_entrys_term() {
     );
     assert_eq!(
         position_ack(LIB, 3, pos(7, 2)),
-        SyncMessage::Acknowledge { library_id: LIB, up_to_sequence: 7, term: 3, last_term: 2 }
+        SyncMessage::Acknowledge {
+            library_id: LIB,
+            up_to_sequence: 7,
+            term: 3,
+            last_term: 2,
+            last_hash: None
+        }
     );
 }
 

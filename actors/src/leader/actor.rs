@@ -374,6 +374,7 @@ mod tests {
                 last_sequence: i,
                 prev_term: u64::from(i > 1),
                 entries: (i == 2).then(|| Arc::from(vec![entry(2, 0)])),
+                prev_hash: lsync_protocol::ChainHash::GENESIS,
             })
             .unwrap();
         }

@@ -92,6 +92,7 @@ pub fn new_entries(
         entry_count: to.saturating_sub(from).saturating_add(1),
         prev_term,
         entries,
+        prev_hash: None,
     }
 }
 

@@ -198,6 +198,7 @@ pub fn leader_heartbeat(
         current_sequence: last.sequence,
         last_term: last.term,
         role: SyncRole::Leader,
+        last_hash: None,
     }
 }
 

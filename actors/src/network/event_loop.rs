@@ -1006,6 +1006,7 @@ mod unit_tests {
             current_sequence: 0,
             last_term: 0,
             role: SyncRole::Follower,
+            last_hash: None,
         }
     }
 
@@ -1040,8 +1041,14 @@ mod unit_tests {
             leader_last_sequence: 0,
         }
         .is_response_only());
-        assert!(!SyncMessage::Acknowledge { last_term: 0, term: 0, library_id, up_to_sequence: 1 }
-            .is_response_only());
+        assert!(!SyncMessage::Acknowledge {
+            last_term: 0,
+            term: 0,
+            library_id,
+            up_to_sequence: 1,
+            last_hash: None
+        }
+        .is_response_only());
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn heartbeat(library_id: Uuid) -> SyncMessage {
         current_sequence: 0,
         last_term: 0,
         role: SyncRole::Follower,
+        last_hash: None,
     }
 }
 
@@ -196,8 +197,13 @@ async fn request_round_trips_between_members() {
     assert_eq!(a.seen(), 1);
 
     // An actor dropping its reply sender makes the network answer Internal.
-    let ack =
-        SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: library, up_to_sequence: 3 };
+    let ack = SyncMessage::Acknowledge {
+        last_term: 0,
+        term: 0,
+        library_id: library,
+        up_to_sequence: 3,
+        last_hash: None,
+    };
     let response = within(a.handle.request(b.peer, ack)).await.unwrap();
     assert_error(&response, ErrorCode::Internal);
 

@@ -153,6 +153,7 @@ mod tests {
             role: SyncRole::Follower,
             commit_sequence: 0,
             features: 0,
+            last_hash: None,
         }
     }
 
@@ -172,6 +173,7 @@ mod tests {
             version: 1,
             data: Vec::new(),
             proposal_id: None,
+            hash: None,
         }
     }
 
@@ -185,6 +187,7 @@ mod tests {
             prev_term: 0,
             entries,
             commit_sequence: 0,
+            prev_hash: None,
         }
     }
 

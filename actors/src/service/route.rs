@@ -184,6 +184,7 @@ mod tests {
             role,
             commit_sequence: 0,
             features: 0,
+            last_hash: None,
         }
     }
 

@@ -36,6 +36,7 @@ fn entry(sequence: u64, c: &Change, change_type: ChangeType) -> SyncLogEntry {
         version: 1,
         data: c.data.clone(),
         proposal_id: Some(Uuid::nil()),
+        hash: None,
     }
 }
 

@@ -183,6 +183,7 @@ pub fn entry(sequence: u64, term: u64, change: Change, version: i64) -> SyncLogE
         version,
         data: change.data,
         proposal_id: None,
+        hash: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests of lsync-storage. Each test uses its own temporary directory.
 
 mod applier;
+mod chain;
 mod commit;
 mod common;
 mod convergence;
@@ -10,3 +11,4 @@ mod outbox;
 mod proposals;
 mod repair;
 mod sync_log;
+mod verify;

@@ -71,7 +71,13 @@ fn notify(from: u64, to: u64, carried: Vec<SyncLogEntry>) -> Command {
 }
 
 fn ack(up_to: u64, term: u64, last_term: u64) -> SyncMessage {
-    SyncMessage::Acknowledge { library_id: lib(), up_to_sequence: up_to, term, last_term }
+    SyncMessage::Acknowledge {
+        library_id: lib(),
+        up_to_sequence: up_to,
+        term,
+        last_term,
+        last_hash: None,
+    }
 }
 
 fn follower_heartbeat(sequence: u64, term: u64, features: u32) -> SyncMessage {
@@ -83,6 +89,7 @@ fn follower_heartbeat(sequence: u64, term: u64, features: u32) -> SyncMessage {
         role: SyncRole::Follower,
         commit_sequence: 0,
         features,
+        last_hash: None,
     }
 }
 
@@ -93,6 +100,7 @@ fn fetch(since: u64, term: u64) -> SyncMessage {
         since_sequence: since,
         since_term: 1,
         limit: 100,
+        since_hash: None,
     }
 }
 
@@ -481,6 +489,7 @@ fn a_leaving_member_gets_no_heartbeat_answer_past_its_removal() {
         role: SyncRole::Leader,
         commit_sequence: COMMIT,
         features: 2,
+        last_hash: None,
     };
     let removed = SyncMessage::error(
         lib(),
@@ -564,6 +573,7 @@ fn random_request(rng: &mut StdRng) -> SyncMessage {
             prev_term: 0,
             entries: vec![],
             commit_sequence: 0,
+            prev_hash: None,
         },
         _ => SyncMessage::error(lib(), ErrorCode::Internal, "a response, not a request"),
     }

@@ -57,6 +57,7 @@ async fn requests_of_an_older_term_are_refused_with_this_term() {
         since_sequence: 0,
         since_term: 0,
         limit: 10,
+        since_hash: None,
     };
     let heartbeat = SyncMessage::Heartbeat {
         library_id: lib,
@@ -66,9 +67,15 @@ async fn requests_of_an_older_term_are_refused_with_this_term() {
         role: SyncRole::Follower,
         commit_sequence: 0,
         features: 2,
+        last_hash: None,
     };
-    let ack =
-        SyncMessage::Acknowledge { library_id: lib, up_to_sequence: 5, term: 1, last_term: 1 };
+    let ack = SyncMessage::Acknowledge {
+        library_id: lib,
+        up_to_sequence: 5,
+        term: 1,
+        last_term: 1,
+        last_hash: None,
+    };
     for request in [fetch, heartbeat, ack] {
         let kind = request.kind();
         match ask(&link, request).await {
@@ -87,6 +94,7 @@ async fn an_acknowledgement_beyond_the_last_sequence_is_refused_and_not_counted(
         up_to_sequence: up_to,
         term,
         last_term,
+        last_hash: None,
     };
     let refused = ask(&link, ack(11, 3, 1)).await;
     assert!(
@@ -119,6 +127,7 @@ async fn a_removed_member_is_served_nothing_after_its_removal() {
         since_sequence: since,
         since_term: u64::from(since > 0),
         limit: 100,
+        since_hash: None,
     };
     match ask(&link, fetch(100)).await {
         SyncMessage::EntriesResponse { entries, has_more, leader_last_sequence, .. } => {
@@ -147,6 +156,7 @@ async fn fetch_is_capped_at_one_hundred_entries_whatever_the_limit() {
         since_sequence: since,
         since_term,
         limit,
+        since_hash: None,
     };
     for limit in [101, 1_000, 1_000_000_000, u64::MAX] {
         match ask(&link, fetch(0, 0, limit)).await {
@@ -178,7 +188,13 @@ async fn fetch_is_capped_at_one_hundred_entries_whatever_the_limit() {
     // the follower's acknowledgement is recorded and answered with the leader's heartbeat
     let ack = ask(
         &link,
-        SyncMessage::Acknowledge { last_term: 0, term: 0, library_id: lib, up_to_sequence: 120 },
+        SyncMessage::Acknowledge {
+            last_term: 0,
+            term: 0,
+            library_id: lib,
+            up_to_sequence: 120,
+            last_hash: None,
+        },
     )
     .await;
     assert!(matches!(
@@ -206,6 +222,7 @@ async fn followers_fetching_the_same_block_share_one_storage_read() {
         since_sequence: since,
         since_term,
         limit: 100,
+        since_hash: None,
     };
     let served = || {
         (
@@ -296,6 +313,7 @@ impl crate::transport::Transport for SlowFollower {
                             term: 0,
                             library_id,
                             up_to_sequence: to_sequence,
+                            last_hash: None,
                         })
                     }
                     None => std::future::pending().await,
