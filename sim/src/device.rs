@@ -51,7 +51,9 @@ use lsync_actors::leader::core::{Command as CoreCommand, CoreConfig, LeaderCore}
 use lsync_actors::leader::link::{
     new_entries, Command as LinkCommand, FollowerLink, LeaderView as LinkView,
 };
-use lsync_actors::leader::messages::{ConfigError, ConfigOutcome, FollowerProgress, NewCommit};
+use lsync_actors::leader::messages::{
+    carries_last_hash, commit_hashes, ConfigError, ConfigOutcome, FollowerProgress, NewCommit,
+};
 use lsync_actors::leader::serve::{leader_heartbeat, serve, serve_cached, storage_failure};
 use lsync_actors::messages::{
     who_leads, ElectionInput, FollowerMembership, LeaderHint, LeaderReport, RoleChange,
@@ -642,7 +644,18 @@ impl Device {
                 self.leaving.remove(&peer);
             }
             Work::Commit(g, ev) if g == gen => {
-                self.core(|c, now| c.on_commit(ev.term, ev.last_sequence, now))
+                // The core learns the event's chain hashes first (the last one read when the
+                // event does not carry it), as the leader actor hands them over.
+                let mut hashes = commit_hashes(&ev);
+                if !carries_last_hash(&ev) {
+                    if let Ok(Some(h)) = self.db.hash_at(ev.last_sequence) {
+                        hashes.push((ev.last_sequence, h));
+                    }
+                }
+                self.core(|c, now| {
+                    c.note_hashes(hashes);
+                    c.on_commit(ev.term, ev.last_sequence, now)
+                })
             }
             Work::Progress(g, p) if g == gen => self.core(|c, now| c.on_progress(p, now)),
             Work::Change { change, token, wait } => {
@@ -1196,21 +1209,35 @@ impl Device {
             let Role::Leader(l) = &mut self.role else { return };
             let term = l.cx.term;
             match cmd {
-                LinkCommand::Notify { from, to, prev_term, entries, commit_sequence } => {
+                LinkCommand::Notify {
+                    from,
+                    to,
+                    prev_term,
+                    prev_hash,
+                    entries,
+                    commit_sequence,
+                } => {
                     let msg = new_entries(
                         library_id,
                         term,
                         from,
                         to,
                         prev_term,
+                        prev_hash,
                         entries,
                         commit_sequence,
                     );
                     self.send(peer, msg, Pending::Notify(peer));
                 }
                 LinkCommand::Heartbeat { commit_sequence } => {
-                    let Ok(pos) = self.db.last_position() else { continue };
-                    let msg = leader_heartbeat(library_id, term, pos, commit_sequence);
+                    let Ok(head) = self.db.head() else { continue };
+                    let msg = leader_heartbeat(
+                        library_id,
+                        term,
+                        head.position,
+                        Some(head.hash),
+                        commit_sequence,
+                    );
                     self.send(peer, msg, Pending::LeaderHeartbeat(peer));
                 }
                 LinkCommand::Reply { to, message } => {
@@ -1307,20 +1334,20 @@ impl Device {
                 Err(cmd) => *cmd,
             };
             match cmd {
-                FollowerCommand::Fetch { id, since, term } => {
+                FollowerCommand::Fetch { id, since, since_hash, term } => {
                     let limit = self.config.max_entries_per_response;
-                    let msg = fetch_entries(library_id, term, since, limit);
+                    let msg = fetch_entries(library_id, term, since, since_hash, limit);
                     self.send(leader, msg, Pending::Fetch(id));
                 }
                 FollowerCommand::DropFetch { id } => {
                     self.pending.retain(|_, (p, _)| !matches!(p, Pending::Fetch(f) if *f == id));
                 }
-                FollowerCommand::Acknowledge { id, position, term } => {
-                    let msg = follower::position_ack(library_id, term, position);
+                FollowerCommand::Acknowledge { id, position, hash, term } => {
+                    let msg = follower::position_ack(library_id, term, position, hash);
                     self.send(leader, msg, Pending::Ack(id));
                 }
-                FollowerCommand::Heartbeat { id, position, term } => {
-                    let msg = follower::follower_heartbeat(library_id, term, position);
+                FollowerCommand::Heartbeat { id, position, hash, term } => {
+                    let msg = follower::follower_heartbeat(library_id, term, position, hash);
                     self.send(leader, msg, Pending::Heartbeat(id));
                 }
                 FollowerCommand::Reply { to, message } => {

@@ -163,12 +163,12 @@ impl FollowerActor {
         };
         let (library_id, leader) = (self.cx.library_id, self.cx.leader);
         match command {
-            Command::Fetch { id, since, term } => {
+            Command::Fetch { id, since, since_hash, term } => {
                 let limit = self.cx.config.max_entries_per_response;
                 let request = self
                     .cx
                     .transport
-                    .request(leader, fetch_entries(library_id, term, since, limit));
+                    .request(leader, fetch_entries(library_id, term, since, since_hash, limit));
                 let (metrics, started) = (self.cx.metrics.clone(), Instant::now());
                 // A fetch whose task panicked is a failed fetch: the machine retries it.
                 let fetch = async move {
@@ -189,19 +189,21 @@ impl FollowerActor {
                     ctx.cancel_future(handle);
                 }
             }
-            Command::Acknowledge { id, position, term } => {
-                let request =
-                    self.cx.transport.request(leader, position_ack(library_id, term, position));
+            Command::Acknowledge { id, position, hash, term } => {
+                let request = self
+                    .cx
+                    .transport
+                    .request(leader, position_ack(library_id, term, position, hash));
                 ctx.spawn(request.into_actor(self).map(move |answer, act, ctx| {
                     let commands = act.machine.on_acknowledged(id, answer);
                     act.perform(commands, ctx);
                 }));
             }
-            Command::Heartbeat { id, position, term } => {
+            Command::Heartbeat { id, position, hash, term } => {
                 let request = self
                     .cx
                     .transport
-                    .request(leader, follower_heartbeat(library_id, term, position));
+                    .request(leader, follower_heartbeat(library_id, term, position, hash));
                 ctx.spawn(request.into_actor(self).map(move |answer, act, ctx| {
                     let commands = act.machine.on_heartbeat(id, answer, Instant::now());
                     act.perform(commands, ctx);

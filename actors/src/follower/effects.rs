@@ -10,23 +10,31 @@
 
 use std::time::Instant;
 
-use lsync_protocol::{SyncLogEntry, SyncMessage};
-use lsync_storage::{Applier, Database, LogPosition, Membership, RecoveredOrphans, StorageError};
+use lsync_protocol::{ChainHash, SyncLogEntry, SyncMessage};
+use lsync_storage::{
+    Applier, Database, LogHead, LogPosition, Membership, RecoveredOrphans, StorageError,
+};
 use rand::Rng;
 use uuid::Uuid;
 
 use super::{committed, BatchOutcome, Command, Replicator, RequestId};
 
-/// The `FetchEntries` of a [`Command::Fetch`]: the entries after `since`, in `term`, at most
-/// `limit` of them.
-pub fn fetch_entries(library_id: Uuid, term: u64, since: LogPosition, limit: u64) -> SyncMessage {
+/// The `FetchEntries` of a [`Command::Fetch`]: the entries after `since` (whose chain hash is
+/// `since_hash`, when known), in `term`, at most `limit` of them.
+pub fn fetch_entries(
+    library_id: Uuid,
+    term: u64,
+    since: LogPosition,
+    since_hash: Option<ChainHash>,
+    limit: u64,
+) -> SyncMessage {
     SyncMessage::FetchEntries {
         library_id,
         term,
         since_sequence: since.sequence,
         since_term: since.term,
         limit,
-        since_hash: None,
+        since_hash,
     }
 }
 
@@ -48,8 +56,8 @@ pub enum StorageCall {
 /// The result of a [`StorageCall`], to feed to the replicator.
 #[derive(Debug)]
 pub enum StorageDone {
-    /// The log's last position ([`Replicator::on_position`]).
-    Position(Result<LogPosition, String>),
+    /// The log's last entry: its position and chain hash ([`Replicator::on_head`]).
+    Position(Result<LogHead, String>),
     /// The batch `id` was applied, or not ([`Replicator::on_applied`]).
     Applied(RequestId, BatchOutcome),
     /// The log was reset for a repair ([`Replicator::on_reset`]).
@@ -84,7 +92,7 @@ impl StorageCall {
     pub fn run(self, db: &Database, library_id: Uuid, effects: impl FnMut(Command)) -> StorageDone {
         let applier = Applier::new(db.clone());
         match self {
-            Self::ReadPosition => StorageDone::Position(text(db.last_position())),
+            Self::ReadPosition => StorageDone::Position(text(db.head())),
             Self::Apply { id, entries } => {
                 let result = applier.apply(&entries);
                 let outcome = BatchOutcome::from_storage(&result);
@@ -120,7 +128,7 @@ impl StorageDone {
     /// Feeds the result to `machine`; what it commands next.
     pub fn feed<R: Rng>(self, machine: &mut Replicator<R>, now: Instant) -> Vec<Command> {
         match self {
-            Self::Position(r) => machine.on_position(r, now),
+            Self::Position(r) => machine.on_head(r, now),
             Self::Applied(id, outcome) => machine.on_applied(id, outcome, now),
             Self::Reset(r) => machine.on_reset(r, now),
             Self::Settled(r) => machine.on_settled(r, now),

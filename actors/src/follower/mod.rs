@@ -111,8 +111,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use lsync_protocol::{ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
-use lsync_storage::{ApplyOutcome, LogPosition, RecoveredOrphans, StorageError};
+use lsync_protocol::{ChainHash, ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
+use lsync_storage::{ApplyOutcome, LogHead, LogPosition, RecoveredOrphans, StorageError};
 use rand::Rng;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -184,13 +184,15 @@ pub enum Counter {
 pub enum Command {
     /// Read the log's last position ([`Replicator::on_position`]).
     ReadPosition,
-    /// Send `FetchEntries { since_sequence, since_term, limit: max_entries_per_response }` in
-    /// `term` to the leader ([`Replicator::on_fetched`]).
+    /// Send `FetchEntries { since_sequence, since_term, since_hash, limit:
+    /// max_entries_per_response }` in `term` to the leader ([`Replicator::on_fetched`]).
     Fetch {
         /// The fetch's id.
         id: RequestId,
         /// The position the entries asked for follow.
         since: LogPosition,
+        /// The chain hash at `since`, when known (`FetchEntries.since_hash`; a guess has none).
+        since_hash: Option<ChainHash>,
         /// The follower's term.
         term: u64,
     },
@@ -208,23 +210,27 @@ pub enum Command {
         /// The entries, in order.
         entries: Vec<SyncLogEntry>,
     },
-    /// Send [`position_ack`] of `position` in `term` to the leader
+    /// Send [`position_ack`] of `position` (and `hash`) in `term` to the leader
     /// ([`Replicator::on_acknowledged`]).
     Acknowledge {
         /// The acknowledgement's id.
         id: RequestId,
         /// The applied position.
         position: LogPosition,
+        /// The chain hash at `position`, when known (`Acknowledge.last_hash`).
+        hash: Option<ChainHash>,
         /// The follower's term.
         term: u64,
     },
-    /// Send [`follower_heartbeat`] of `position` in `term` to the leader
+    /// Send [`follower_heartbeat`] of `position` (and `hash`) in `term` to the leader
     /// ([`Replicator::on_heartbeat`]).
     Heartbeat {
         /// The heartbeat's id.
         id: RequestId,
         /// The applied position.
         position: LogPosition,
+        /// The chain hash at `position`, when known (`Heartbeat.last_hash`).
+        hash: Option<ChainHash>,
         /// The follower's term.
         term: u64,
     },
@@ -270,9 +276,22 @@ pub enum BatchOutcome {
     Applied {
         /// The log's last position after the batch.
         last: LogPosition,
+        /// The chain hash at `last` (`None`: not known).
+        last_hash: Option<ChainHash>,
     },
     /// The batch does not continue the log.
     Gap,
+    /// An entry of the batch carries another chain hash than the one this log has (or
+    /// computes) at its sequence: the logs differ at that entry or before it, whatever the
+    /// terms say (docs/protocol.md, "The hash chain").
+    ChainMismatch {
+        /// The entry's sequence.
+        sequence: u64,
+        /// The hash the entry carried (the leader's).
+        carried: ChainHash,
+        /// The hash of this log at that sequence (or computed after its previous entry).
+        computed: ChainHash,
+    },
     /// An entry of the batch has another term than the local entry at its sequence.
     Diverged {
         /// The sequence.
@@ -292,8 +311,11 @@ impl BatchOutcome {
     /// The outcome of `Applier::apply`.
     pub fn from_storage(result: &Result<ApplyOutcome, StorageError>) -> Self {
         match result {
-            Ok(outcome) => Self::Applied { last: outcome.last },
+            Ok(outcome) => Self::Applied { last: outcome.last, last_hash: Some(outcome.last_hash) },
             Err(StorageError::Gap { .. }) => Self::Gap,
+            Err(StorageError::ChainMismatch { sequence, carried, computed }) => {
+                Self::ChainMismatch { sequence: *sequence, carried: *carried, computed: *computed }
+            }
             Err(StorageError::Diverged { sequence, local_term, remote_term }) => Self::Diverged {
                 sequence: *sequence,
                 local_term: *local_term,
@@ -328,21 +350,33 @@ pub fn committed(library_id: Uuid, outcome: ApplyOutcome) -> Vec<Command> {
     out
 }
 
-/// The follower's position as it reports it: `Acknowledge` of its last entry, with its term
-/// and that entry's term (the leader counts it toward its commit sequence only if both are its
-/// own term).
-pub fn position_ack(library_id: Uuid, term: u64, position: LogPosition) -> SyncMessage {
+/// The follower's position as it reports it: `Acknowledge` of its last entry, with its term,
+/// that entry's term and its chain hash when known (the leader counts it toward its commit
+/// sequence only if both terms are its own and the hash, when present, is its own at that
+/// sequence).
+pub fn position_ack(
+    library_id: Uuid,
+    term: u64,
+    position: LogPosition,
+    hash: Option<ChainHash>,
+) -> SyncMessage {
     SyncMessage::Acknowledge {
         library_id,
         up_to_sequence: position.sequence,
         term,
         last_term: position.term,
-        last_hash: None,
+        last_hash: hash,
     }
 }
 
-/// The follower's `Heartbeat` (a request to the leader, or the answer to the leader's).
-pub fn follower_heartbeat(library_id: Uuid, term: u64, position: LogPosition) -> SyncMessage {
+/// The follower's `Heartbeat` (a request to the leader, or the answer to the leader's), with
+/// the chain hash of its last entry when known.
+pub fn follower_heartbeat(
+    library_id: Uuid,
+    term: u64,
+    position: LogPosition,
+    hash: Option<ChainHash>,
+) -> SyncMessage {
     SyncMessage::Heartbeat {
         commit_sequence: 0,
         features: lsync_protocol::FEATURE_VERSION,
@@ -351,7 +385,7 @@ pub fn follower_heartbeat(library_id: Uuid, term: u64, position: LogPosition) ->
         current_sequence: position.sequence,
         last_term: position.term,
         role: SyncRole::Follower,
-        last_hash: None,
+        last_hash: hash,
     }
 }
 
@@ -422,6 +456,8 @@ struct Pass {
     ready: VecDeque<Vec<SyncLogEntry>>,
     /// The last entry received (or the applied position).
     tip: LogPosition,
+    /// The chain hash at `tip`, when known.
+    tip_hash: Option<ChainHash>,
     /// Whether the leader said it has more after `tip`.
     more: bool,
     /// Guesses that missed in this pass.
@@ -437,12 +473,13 @@ struct Pass {
 }
 
 impl Pass {
-    fn new(start: LogPosition) -> Self {
+    fn new(start: LogPosition, start_hash: Option<ChainHash>) -> Self {
         Self {
             start,
             fetching: VecDeque::with_capacity(FETCHES_IN_FLIGHT),
             ready: VecDeque::with_capacity(PIPELINE),
             tip: start,
+            tip_hash: start_hash,
             more: true,
             missed: 0,
             applying: None,
@@ -504,6 +541,8 @@ enum Phase {
 struct Pushed {
     /// The position the entries continue: `(from_sequence - 1, prev_term)`.
     after: LogPosition,
+    /// The leader's chain hash at `after` (`NewEntries.prev_hash`), when it sent one.
+    after_hash: Option<ChainHash>,
     /// The leader's term in the request.
     term: u64,
     entries: Vec<SyncLogEntry>,
@@ -531,6 +570,8 @@ pub struct Replicator<R> {
     term: u64,
     /// The log's last position (meaningful once `position_known`).
     applied: LogPosition,
+    /// The chain hash at `applied`, when known (read with it, or returned by a batch).
+    applied_hash: Option<ChainHash>,
     position_known: bool,
     leader_last: u64,
     leader_commit: u64,
@@ -566,6 +607,7 @@ impl<R: Rng> Replicator<R> {
             rng,
             term,
             applied: LogPosition::default(),
+            applied_hash: None,
             position_known: false,
             leader_last: 0,
             leader_commit: 0,
@@ -656,6 +698,7 @@ impl<R: Rng> Replicator<R> {
     ) -> Vec<Command> {
         let mut out = Vec::new();
         let (library_id, term, applied) = (self.library_id, self.term, self.applied);
+        let applied_hash = self.applied_hash;
         let mut wake = false;
         let reply = match message {
             SyncMessage::NewEntries { term: their, .. }
@@ -672,6 +715,7 @@ impl<R: Rng> Replicator<R> {
                 prev_term,
                 entries,
                 commit_sequence,
+                prev_hash,
                 ..
             } => {
                 self.leader_last = self.leader_last.max(to_sequence);
@@ -685,28 +729,33 @@ impl<R: Rng> Replicator<R> {
                     && to_sequence.checked_sub(from_sequence).and_then(|d| d.checked_add(1))
                         == Some(count)
                     && after == applied
+                    && continues_chain(prev_hash, applied_hash)
                     && self.position_known
                     && !self.in_round();
                 if usable {
                     // Answered once applied (with the new position).
-                    let pushed = Pushed { after, term: their, entries, reply: to };
+                    let pushed =
+                        Pushed { after, after_hash: prev_hash, term: their, entries, reply: to };
                     if let Some(older) = self.pushed.replace(pushed) {
                         out.push(Command::Reply {
                             to: older.reply,
-                            message: position_ack(library_id, term, applied),
+                            message: position_ack(library_id, term, applied, applied_hash),
                         });
                     }
                     self.wake(now, &mut out);
                     return out;
                 }
                 wake = true;
-                position_ack(library_id, term.max(their), applied)
+                position_ack(library_id, term.max(their), applied, applied_hash)
             }
-            SyncMessage::Heartbeat { current_sequence, commit_sequence, .. } => {
+            SyncMessage::Heartbeat { current_sequence, commit_sequence, last_hash, .. } => {
                 self.leader_last = self.leader_last.max(current_sequence);
                 self.note_commit(commit_sequence, &mut out);
-                wake = current_sequence != applied.sequence;
-                follower_heartbeat(library_id, term, applied)
+                // At the same sequence, another hash means the logs differ: a round asks the
+                // leader, which answers `SyncRequired`.
+                let differs = last_hash.is_some_and(|h| applied_hash.is_some_and(|m| m != h));
+                wake = current_sequence != applied.sequence || differs;
+                follower_heartbeat(library_id, term, applied, applied_hash)
             }
             SyncMessage::FetchEntries { .. } | SyncMessage::Acknowledge { .. } => {
                 self.not_leader("this device is a follower of the library")
@@ -724,17 +773,33 @@ impl<R: Rng> Replicator<R> {
         out
     }
 
-    /// The log's last position was read (or could not be).
+    /// The log's last position was read (or could not be), without its chain hash: the
+    /// machine goes on with the hash unknown (fetches, acknowledgements and heartbeats carry
+    /// none until a batch is applied; pushed entries that name a previous hash wait for a
+    /// round). The shells read the head ([`Replicator::on_head`]).
     pub fn on_position(
         &mut self,
         result: Result<LogPosition, String>,
         now: Instant,
     ) -> Vec<Command> {
+        self.position_read(result.map(|position| (position, None)), now)
+    }
+
+    /// The log's last entry was read (or could not be): its position and chain hash.
+    pub fn on_head(&mut self, result: Result<LogHead, String>, now: Instant) -> Vec<Command> {
+        self.position_read(result.map(|head| (head.position, Some(head.hash))), now)
+    }
+
+    fn position_read(
+        &mut self,
+        result: Result<(LogPosition, Option<ChainHash>), String>,
+        now: Instant,
+    ) -> Vec<Command> {
         let mut out = Vec::new();
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Round(round) if round.pass.is_none() => match result {
-                Ok(position) => {
-                    self.set_position(position);
+                Ok((position, hash)) => {
+                    self.set_position(position, hash);
                     self.begin_pass(round, now, &mut out);
                 }
                 Err(e) => {
@@ -743,8 +808,8 @@ impl<R: Rng> Replicator<R> {
                 }
             },
             Phase::Heartbeat(None) => match result {
-                Ok(position) => {
-                    self.set_position(position);
+                Ok((position, hash)) => {
+                    self.set_position(position, hash);
                     self.send_heartbeat(&mut out);
                 }
                 Err(e) => {
@@ -798,8 +863,9 @@ impl<R: Rng> Replicator<R> {
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Pushing { id: pushing, reply } if pushing == id => {
                 let applied = match outcome {
-                    BatchOutcome::Applied { last } => {
+                    BatchOutcome::Applied { last, last_hash } => {
                         self.applied = last;
+                        self.applied_hash = last_hash;
                         true
                     }
                     other => {
@@ -808,10 +874,7 @@ impl<R: Rng> Replicator<R> {
                         false
                     }
                 };
-                out.push(Command::Reply {
-                    to: reply,
-                    message: position_ack(self.library_id, self.term, self.applied),
-                });
+                out.push(Command::Reply { to: reply, message: self.own_ack() });
                 if applied && self.applied.sequence >= self.leader_last {
                     self.set_state(FollowerState::CaughtUp, None);
                     self.enter_idle(now, &mut out);
@@ -910,6 +973,7 @@ impl<R: Rng> Replicator<R> {
             Ok(stashed) => {
                 debug!(library_id = %self.library_id, stashed, "local log stashed for repair");
                 self.applied = LogPosition::default();
+                self.applied_hash = Some(ChainHash::GENESIS);
                 // However the rebuild ends (this round, or a later one after a failure), the
                 // next complete round settles the membership and the rebuild mark.
                 self.settle_pending = true;
@@ -1008,12 +1072,12 @@ impl<R: Rng> Replicator<R> {
         let Some(pushed) = self.pushed.take() else {
             return self.start_round(None, now, out);
         };
-        if !self.position_known || self.applied != pushed.after {
+        if !self.position_known
+            || self.applied != pushed.after
+            || !continues_chain(pushed.after_hash, self.applied_hash)
+        {
             // A round got there first (or the log changed): nothing to do with them.
-            out.push(Command::Reply {
-                to: pushed.reply,
-                message: position_ack(self.library_id, self.term, self.applied),
-            });
+            out.push(Command::Reply { to: pushed.reply, message: self.own_ack() });
             if self.position_known && self.applied.sequence >= self.leader_last {
                 self.set_state(FollowerState::CaughtUp, None);
                 self.enter_idle(now, out);
@@ -1040,7 +1104,8 @@ impl<R: Rng> Replicator<R> {
 
     fn send_heartbeat(&mut self, out: &mut Vec<Command>) {
         let id = self.next_id();
-        out.push(Command::Heartbeat { id, position: self.applied, term: self.term });
+        let (position, hash, term) = (self.applied, self.applied_hash, self.term);
+        out.push(Command::Heartbeat { id, position, hash, term });
         self.phase = Phase::Heartbeat(Some((id, self.applied)));
     }
 
@@ -1058,7 +1123,7 @@ impl<R: Rng> Replicator<R> {
             return;
         }
         round.passes += 1;
-        round.pass = Some(Pass::new(self.applied));
+        round.pass = Some(Pass::new(self.applied, self.applied_hash));
         if round.rebuild.is_none() {
             self.set_state(FollowerState::Fetching, None);
         }
@@ -1107,8 +1172,8 @@ impl<R: Rng> Replicator<R> {
         while pass.fetching.len() < FETCHES_IN_FLIGHT
             && pass.ready.len() + pass.fetching.len() < PIPELINE
         {
-            let since = match pass.fetching.back() {
-                None if pass.more => pass.tip,
+            let (since, since_hash) = match pass.fetching.back() {
+                None if pass.more => (pass.tip, pass.tip_hash),
                 None => break,
                 Some(_) if pass.missed >= MAX_MISSED_GUESSES => break,
                 Some(last) => {
@@ -1116,7 +1181,8 @@ impl<R: Rng> Replicator<R> {
                     match next_guess(last.since, self.leader_last, block) {
                         Some(guess) => {
                             out.push(Command::CountMetric(Counter::FetchesAhead, 1));
-                            guess
+                            // The hash there is not known: the leader checks the term only.
+                            (guess, None)
                         }
                         None => break,
                     }
@@ -1124,7 +1190,7 @@ impl<R: Rng> Replicator<R> {
             };
             let id = self.next_id();
             pass.fetching.push_back(Fetching { id, since, answer: None });
-            out.push(Command::Fetch { id, since, term: self.term });
+            out.push(Command::Fetch { id, since, since_hash, term: self.term });
         }
         (pass.fetching.is_empty() && pass.applying.is_none()).then(|| Flow::Done {
             applied: pass.applied_total,
@@ -1182,6 +1248,7 @@ impl<R: Rng> Replicator<R> {
         }
         if let Some(last) = entries.last() {
             pass.tip = LogPosition::of(last);
+            pass.tip_hash = last.hash;
             pass.ready.push_back(entries);
         }
         pass.more = has_more && pass.tip.sequence > since.sequence;
@@ -1211,8 +1278,9 @@ impl<R: Rng> Replicator<R> {
             return;
         };
         let count = pass.applying.take().map_or(0, |(_, count)| count);
-        if let BatchOutcome::Applied { last } = outcome {
+        if let BatchOutcome::Applied { last, last_hash } = outcome {
             self.applied = last;
+            self.applied_hash = last_hash;
         }
         if let Some(ending) = pass.ending.take() {
             // The pass was over and waited for this batch: its failure (not a gap) wins.
@@ -1250,6 +1318,21 @@ impl<R: Rng> Replicator<R> {
                 Some(Failure::SyncRequired {
                     reason: format!(
                         "local entry {sequence} has term {local_term}, the leader's has term {remote_term}"
+                    ),
+                    target: self.leader_last,
+                })
+            }
+            // The leader's entry at `sequence` stands for another log than this one up to there
+            // (a reused (sequence, term), e.g. a leader that lost its last writes): the same
+            // rebuild as a term divergence, which keeps this log aside and re-proposes what the
+            // leader's lacks (its content compared, not its terms).
+            BatchOutcome::ChainMismatch { sequence, carried, computed } => {
+                Some(Failure::SyncRequired {
+                    reason: format!(
+                        "the leader's entry {sequence} carries chain hash {}, this log has {}: \
+                         the logs differ at or before it",
+                        carried.short(),
+                        computed.short()
                     ),
                     target: self.leader_last,
                 })
@@ -1469,7 +1552,8 @@ impl<R: Rng> Replicator<R> {
         }
         let id = self.next_id();
         self.ack_in_flight = Some(id);
-        out.push(Command::Acknowledge { id, position: self.applied, term: self.term });
+        let (position, hash, term) = (self.applied, self.applied_hash, self.term);
+        out.push(Command::Acknowledge { id, position, hash, term });
     }
 
     /// The leader is in a newer term than this follower knew: the election persists it (and
@@ -1504,8 +1588,14 @@ impl<R: Rng> Replicator<R> {
         }
     }
 
-    fn set_position(&mut self, position: LogPosition) {
+    /// This follower's position as the answer to a leader's request.
+    fn own_ack(&self) -> SyncMessage {
+        position_ack(self.library_id, self.term, self.applied, self.applied_hash)
+    }
+
+    fn set_position(&mut self, position: LogPosition, hash: Option<ChainHash>) {
         self.applied = position;
+        self.applied_hash = hash;
         self.position_known = true;
     }
 
@@ -1562,6 +1652,13 @@ fn take_batch(ready: &mut VecDeque<Vec<SyncLogEntry>>, max_bytes: usize) -> Vec<
         batch.extend(ready.pop_front().unwrap_or_default());
     }
     batch
+}
+
+/// Whether a log whose hash at a position is `local` continues one whose hash there is
+/// `remote`, as far as the hashes tell: yes when the remote one is absent (an older peer: the
+/// term rules decide), no when it is present and the local one differs or is not known.
+fn continues_chain(remote: Option<ChainHash>, local: Option<ChainHash>) -> bool {
+    remote.is_none_or(|remote| local == Some(remote))
 }
 
 fn add(now: Instant, d: Duration) -> Instant {

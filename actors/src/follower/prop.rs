@@ -201,7 +201,7 @@ impl World {
             }
         }
         self.follower.extend_from_slice(&entries[skipped..]);
-        BatchOutcome::Applied { last: last_position(&self.follower) }
+        BatchOutcome::Applied { last: last_position(&self.follower), last_hash: None }
     }
 
     fn applying(&self) -> bool {
@@ -213,7 +213,7 @@ impl World {
         for command in commands {
             match command {
                 Command::ReadPosition => self.pending.push_back(Pending::Position),
-                Command::Fetch { id, since, term } => {
+                Command::Fetch { id, since, term, .. } => {
                     self.in_flight.insert(id);
                     assert!(
                         self.in_flight.len() <= FETCHES_IN_FLIGHT,
@@ -252,7 +252,7 @@ impl World {
                     }
                     self.pending.push_back(Pending::Apply { id, entries });
                 }
-                Command::Acknowledge { id, position, term } => {
+                Command::Acknowledge { id, position, term, .. } => {
                     assert_eq!(position, last_position(&self.follower), "acknowledged position");
                     assert_eq!(term, self.machine.term());
                     assert!(

@@ -88,7 +88,12 @@ fn response(from: u64, to: u64, has_more: bool, leader_last: u64) -> SyncMessage
 }
 
 fn fetch(n: u64, since: LogPosition, term: u64) -> Command {
-    Command::Fetch { id: id(n), since, term }
+    Command::Fetch { id: id(n), since, since_hash: None, term }
+}
+
+/// A fetch that names the chain hash at `since`.
+fn fetch_hashed(n: u64, since: LogPosition, hash: ChainHash, term: u64) -> Command {
+    Command::Fetch { id: id(n), since, since_hash: Some(hash), term }
 }
 
 fn apply(n: u64, from: u64, to: u64) -> Command {
@@ -96,7 +101,7 @@ fn apply(n: u64, from: u64, to: u64) -> Command {
 }
 
 fn applied(sequence: u64) -> BatchOutcome {
-    BatchOutcome::Applied { last: pos(sequence, 1) }
+    BatchOutcome::Applied { last: pos(sequence, 1), last_hash: None }
 }
 
 fn new_entries(term: u64, from: u64, to: u64, prev_term: u64, commit: u64) -> SyncMessage {
@@ -138,7 +143,7 @@ fn error(code: ErrorCode, term: u64, message: &str) -> SyncMessage {
 }
 
 fn ack(term: u64, position: LogPosition) -> SyncMessage {
-    position_ack(LIB, term, position)
+    position_ack(LIB, term, position, None)
 }
 
 /// A machine in `term` whose log ends at `at`, that fetched once (fetch 1, answered: nothing
@@ -158,7 +163,7 @@ fn caught_up(term: u64, at: LogPosition, t0: Instant) -> Replicator<StdRng> {
     };
     assert_eq!(
         m.on_fetched(id(1), Ok(nothing), t0),
-        vec![Command::Acknowledge { id: id(2), position: at, term }, Command::Settle]
+        vec![Command::Acknowledge { id: id(2), position: at, hash: None, term }, Command::Settle]
     );
     assert_eq!(m.on_settled(Ok(None), t0), vec![Command::RecoverOrphans]);
     assert_eq!(m.on_orphans_recovered(Ok(None), t0), vec![]);
@@ -294,7 +299,7 @@ fn fetches_and_acknowledgements_are_refused_by_a_follower() {
 fn a_leader_heartbeat_is_answered_with_the_position_and_wakes_only_when_it_differs() {
     let t0 = Instant::now();
     let mut m = caught_up(1, pos(5, 1), t0);
-    let position = follower_heartbeat(LIB, 1, pos(5, 1));
+    let position = follower_heartbeat(LIB, 1, pos(5, 1), None);
     assert_eq!(
         m.on_request(ReplyTo(1), true, leader_heartbeat(1, 5, 0), t0),
         vec![Command::Reply { to: ReplyTo(1), message: position.clone() }]
@@ -386,7 +391,7 @@ fn a_newer_pushed_request_answers_the_older_one_with_the_position() {
     // A heartbeat to the leader is in flight: the pushed entries wait for its answer.
     assert_eq!(
         m.tick(t0 + HB),
-        vec![Command::Heartbeat { id: id(3), position: pos(5, 1), term: 1 }]
+        vec![Command::Heartbeat { id: id(3), position: pos(5, 1), hash: None, term: 1 }]
     );
     assert_eq!(m.on_request(ReplyTo(1), true, new_entries(1, 6, 6, 1, 0), t0 + HB), vec![]);
     assert_eq!(
@@ -422,7 +427,10 @@ fn a_round_ends_with_an_acknowledgement_then_settles_and_recovers() {
     assert_eq!(m.on_fetched(id(1), Ok(response(1, 4, false, 4)), t0), vec![apply(2, 1, 4)]);
     assert_eq!(
         m.on_applied(id(2), applied(4), t0),
-        vec![Command::Acknowledge { id: id(3), position: pos(4, 1), term: 1 }, Command::Settle]
+        vec![
+            Command::Acknowledge { id: id(3), position: pos(4, 1), hash: None, term: 1 },
+            Command::Settle
+        ]
     );
     assert_eq!(m.status().progress, Some(Progress { applied: 4, target: 4, elapsed_ms: 0 }));
     assert_eq!(m.on_settled(Ok(None), t0), vec![Command::RecoverOrphans]);
@@ -443,7 +451,7 @@ fn the_membership_is_settled_after_the_first_round_only() {
     assert_eq!(
         m.on_applied(id(4), applied(6), t0),
         vec![
-            Command::Acknowledge { id: id(5), position: pos(6, 1), term: 1 },
+            Command::Acknowledge { id: id(5), position: pos(6, 1), hash: None, term: 1 },
             Command::RecoverOrphans
         ]
     );
@@ -729,7 +737,10 @@ fn acknowledgements_go_every_ack_every_entries_while_catching_up() {
     assert_eq!(m.on_applied(id(5), applied(20), t0), vec![apply(6, 21, 30)]);
     assert_eq!(
         m.on_applied(id(6), applied(30), t0),
-        vec![Command::Acknowledge { id: id(7), position: pos(30, 1), term: 1 }, Command::Settle,],
+        vec![
+            Command::Acknowledge { id: id(7), position: pos(30, 1), hash: None, term: 1 },
+            Command::Settle,
+        ],
         "one at 30 (every 25); the one of the round's end waits for its answer"
     );
 }
@@ -751,10 +762,13 @@ fn an_acknowledgement_carries_the_term_and_the_last_entrys_term() {
     };
     assert_eq!(
         m.on_fetched(id(1), Ok(nothing), t0),
-        vec![Command::Acknowledge { id: id(2), position: pos(7, 2), term: 3 }, Command::Settle]
+        vec![
+            Command::Acknowledge { id: id(2), position: pos(7, 2), hash: None, term: 3 },
+            Command::Settle
+        ]
     );
     assert_eq!(
-        position_ack(LIB, 3, pos(7, 2)),
+        position_ack(LIB, 3, pos(7, 2), None),
         SyncMessage::Acknowledge {
             library_id: LIB,
             up_to_sequence: 7,
@@ -774,7 +788,10 @@ fn only_one_acknowledgement_is_in_flight_and_the_next_follows_its_answer() {
     m.on_fetched(id(1), Ok(response(1, 5, false, 5)), t0);
     assert_eq!(
         m.on_applied(id(2), applied(5), t0),
-        vec![Command::Acknowledge { id: id(3), position: pos(5, 1), term: 1 }, Command::Settle]
+        vec![
+            Command::Acknowledge { id: id(3), position: pos(5, 1), hash: None, term: 1 },
+            Command::Settle
+        ]
     );
     m.on_settled(Ok(None), t0);
     m.on_orphans_recovered(Ok(None), t0);
@@ -787,7 +804,7 @@ fn only_one_acknowledgement_is_in_flight_and_the_next_follows_its_answer() {
         m.on_acknowledged(id(3), Ok(leader_heartbeat(1, 6, 5))),
         vec![
             Command::LeaderCommit(5),
-            Command::Acknowledge { id: id(6), position: pos(6, 1), term: 1 }
+            Command::Acknowledge { id: id(6), position: pos(6, 1), hash: None, term: 1 }
         ]
     );
     assert_eq!(m.on_acknowledged(id(3), Ok(leader_heartbeat(1, 6, 5))), vec![], "answered once");
@@ -815,12 +832,15 @@ fn the_leaders_commit_sequence_is_passed_on_when_it_rises() {
         m.on_request(ReplyTo(1), true, leader_heartbeat(1, 5, 3), t0),
         vec![
             Command::LeaderCommit(3),
-            Command::Reply { to: ReplyTo(1), message: follower_heartbeat(LIB, 1, pos(5, 1)) }
+            Command::Reply { to: ReplyTo(1), message: follower_heartbeat(LIB, 1, pos(5, 1), None) }
         ]
     );
     assert_eq!(
         m.on_request(ReplyTo(2), true, leader_heartbeat(1, 5, 2), t0),
-        vec![Command::Reply { to: ReplyTo(2), message: follower_heartbeat(LIB, 1, pos(5, 1)) }]
+        vec![Command::Reply {
+            to: ReplyTo(2),
+            message: follower_heartbeat(LIB, 1, pos(5, 1), None)
+        }]
     );
 }
 
@@ -834,7 +854,7 @@ fn an_idle_follower_heartbeats_its_leader_every_interval() {
     assert_eq!(m.tick(t0 + HB - Duration::from_nanos(1)), vec![]);
     assert_eq!(
         m.tick(t0 + HB),
-        vec![Command::Heartbeat { id: id(3), position: pos(5, 1), term: 1 }]
+        vec![Command::Heartbeat { id: id(3), position: pos(5, 1), hash: None, term: 1 }]
     );
     assert_eq!(m.next_deadline(), None, "waiting for the answer");
     assert_eq!(m.on_heartbeat(id(3), Ok(leader_heartbeat(1, 5, 0)), t0 + HB), vec![]);
@@ -1079,7 +1099,8 @@ fn sync_required_resets_the_library_and_fetches_from_zero() {
         ]
     );
     assert_eq!(m.status().state, FollowerState::Reconciling);
-    assert_eq!(m.on_reset(Ok(5), t0), vec![fetch(2, pos(0, 0), 1)]);
+    // The empty log's hash is known: the genesis hash.
+    assert_eq!(m.on_reset(Ok(5), t0), vec![fetch_hashed(2, pos(0, 0), ChainHash::GENESIS, 1)]);
     assert_eq!(m.status().state, FollowerState::Reconciling, "not Fetching");
 }
 
@@ -1108,7 +1129,7 @@ fn a_rebuild_reports_its_progress_then_settles_and_recovers() {
         m.on_applied(id(5), applied(12), t1),
         vec![
             Command::Event(SyncEvent::ResyncProgress { library_id: LIB, applied: 12, target: 12 }),
-            Command::Acknowledge { id: id(6), position: pos(12, 1), term: 1 },
+            Command::Acknowledge { id: id(6), position: pos(12, 1), hash: None, term: 1 },
             Command::Event(SyncEvent::ResyncDone { library_id: LIB, last_sequence: 12 }),
             Command::Settle,
         ]
@@ -1233,13 +1254,16 @@ fn a_rebuild_interrupted_by_an_unreachable_leader_settles_once_complete() {
         leader_last_sequence: 6,
     };
     m.on_fetched(id(3), Ok(refused), t0);
-    assert_eq!(m.on_reset(Ok(5), t0), vec![fetch(4, pos(0, 0), 1)]);
+    assert_eq!(m.on_reset(Ok(5), t0), vec![fetch_hashed(4, pos(0, 0), ChainHash::GENESIS, 1)]);
     m.on_fetched(id(4), Err(NetworkError::Timeout), t0);
-    assert_eq!(m.tick(t0 + MAX), vec![fetch(5, pos(0, 0), 1)]);
+    assert_eq!(m.tick(t0 + MAX), vec![fetch_hashed(5, pos(0, 0), ChainHash::GENESIS, 1)]);
     m.on_fetched(id(5), Ok(response(1, 6, false, 6)), t0 + MAX);
     assert_eq!(
         m.on_applied(id(6), applied(6), t0 + MAX),
-        vec![Command::Acknowledge { id: id(7), position: pos(6, 1), term: 1 }, Command::Settle]
+        vec![
+            Command::Acknowledge { id: id(7), position: pos(6, 1), hash: None, term: 1 },
+            Command::Settle
+        ]
     );
 }
 
@@ -1292,4 +1316,195 @@ fn extreme_sequences_do_not_panic() {
     m.on_position(Ok(pos(u64::MAX, u64::MAX)), t0);
     let _ = m.on_fetched(id(1), Ok(response(1, 1, true, u64::MAX)), t0);
     assert_eq!(next_guess(pos(u64::MAX, 1), u64::MAX, 10), None);
+}
+
+// --- the hash chain (docs/protocol.md, "The hash chain") ---
+
+/// A chain hash made of one repeated byte.
+fn h(byte: u8) -> ChainHash {
+    ChainHash([byte; 32])
+}
+
+/// [`caught_up`], the log's head read with its chain hash `hash`.
+fn caught_up_hashed(at: LogPosition, hash: ChainHash, t0: Instant) -> Replicator<StdRng> {
+    let mut m = machine(1);
+    assert_eq!(m.start(t0), vec![Command::ReadPosition]);
+    let head = LogHead { position: at, hash };
+    assert_eq!(m.on_head(Ok(head), t0), vec![fetch_hashed(1, at, hash, 1)]);
+    m.on_fetched(id(1), Ok(response(1, 0, false, at.sequence)), t0);
+    m.on_settled(Ok(None), t0);
+    m.on_orphans_recovered(Ok(None), t0);
+    m.on_acknowledged(id(2), Ok(leader_heartbeat(1, at.sequence, 0)));
+    assert_eq!(m.status().state, FollowerState::CaughtUp);
+    m
+}
+
+/// `new_entries` naming `prev_hash` as the chain hash before them.
+fn new_entries_after(from: u64, to: u64, prev_hash: ChainHash) -> SyncMessage {
+    let mut request = new_entries(1, from, to, 1, 0);
+    if let SyncMessage::NewEntries { prev_hash: named, .. } = &mut request {
+        *named = Some(prev_hash);
+    }
+    request
+}
+
+#[test]
+fn the_head_read_at_start_names_its_hash_in_the_first_fetch() {
+    let t0 = Instant::now();
+    let mut m = machine(1);
+    m.start(t0);
+    let head = LogHead { position: pos(5, 1), hash: h(5) };
+    assert_eq!(m.on_head(Ok(head), t0), vec![fetch_hashed(1, pos(5, 1), h(5), 1)]);
+}
+
+#[test]
+fn the_next_fetch_names_the_hash_of_the_last_entry_received() {
+    let t0 = Instant::now();
+    let mut m = machine(1);
+    m.start(t0);
+    m.on_head(Ok(LogHead { position: pos(0, 0), hash: ChainHash::GENESIS }), t0);
+    let mut first = entries(1, 10, 1);
+    first[9].hash = Some(h(10));
+    let answer = SyncMessage::EntriesResponse {
+        commit_sequence: 0,
+        library_id: LIB,
+        term: 1,
+        entries: first.clone(),
+        has_more: true,
+        leader_last_sequence: 15,
+    };
+    // The batch applies and the fetch from its last entry names that entry's hash.
+    assert_eq!(
+        m.on_fetched(id(1), Ok(answer), t0),
+        vec![Command::Apply { id: id(2), entries: first }, fetch_hashed(3, pos(10, 1), h(10), 1),]
+    );
+}
+
+#[test]
+fn an_acknowledgement_names_the_hash_the_applied_batch_ended_with() {
+    let t0 = Instant::now();
+    let mut m = machine(1);
+    m.start(t0);
+    m.on_head(Ok(LogHead { position: pos(0, 0), hash: ChainHash::GENESIS }), t0);
+    m.on_fetched(id(1), Ok(response(1, 5, false, 5)), t0);
+    let outcome = BatchOutcome::Applied { last: pos(5, 1), last_hash: Some(h(5)) };
+    assert_eq!(
+        m.on_applied(id(2), outcome, t0),
+        vec![
+            Command::Acknowledge { id: id(3), position: pos(5, 1), hash: Some(h(5)), term: 1 },
+            Command::Settle,
+        ]
+    );
+}
+
+#[test]
+fn a_chain_mismatch_found_while_applying_starts_a_rebuild() {
+    let t0 = Instant::now();
+    let mut m = fetching_ahead(t0, 40);
+    // The leader's entry 3 carries another hash than this log's: the logs differ at or before
+    // it, although every term matched.
+    let mismatch = BatchOutcome::ChainMismatch { sequence: 3, carried: h(1), computed: h(2) };
+    assert_eq!(
+        m.on_applied(id(2), mismatch, t0),
+        vec![
+            Command::DropFetch { id: id(3) },
+            Command::DropFetch { id: id(4) },
+            Command::CountMetric(Counter::Resyncs, 1),
+            Command::Event(SyncEvent::ResyncStarted {
+                library_id: LIB,
+                reason: format!(
+                    "the leader's entry 3 carries chain hash {}, this log has {}: the logs \
+                     differ at or before it",
+                    h(1).short(),
+                    h(2).short()
+                ),
+                target: 40,
+            }),
+            Command::ResetForRepair,
+        ]
+    );
+    assert_eq!(m.status().state, FollowerState::Reconciling);
+}
+
+#[test]
+fn pushed_entries_after_this_logs_hash_are_applied() {
+    let t0 = Instant::now();
+    let mut m = caught_up_hashed(pos(5, 1), h(5), t0);
+    assert_eq!(
+        m.on_request(ReplyTo(1), true, new_entries_after(6, 8, h(5)), t0),
+        vec![apply(3, 6, 8)]
+    );
+}
+
+#[test]
+fn pushed_entries_after_another_hash_are_answered_at_once_and_fetched() {
+    let t0 = Instant::now();
+    let mut m = caught_up_hashed(pos(5, 1), h(5), t0);
+    // Same (sequence, term) before them, another hash: the leader's check of `since_hash`
+    // decides.
+    assert_eq!(
+        m.on_request(ReplyTo(1), true, new_entries_after(6, 8, h(9)), t0),
+        vec![
+            Command::Reply { to: ReplyTo(1), message: position_ack(LIB, 1, pos(5, 1), Some(h(5))) },
+            fetch_hashed(3, pos(5, 1), h(5), 1),
+        ]
+    );
+}
+
+#[test]
+fn pushed_entries_naming_a_hash_wait_for_a_round_while_this_logs_is_unknown() {
+    let t0 = Instant::now();
+    // The position was read without its hash.
+    let mut m = caught_up(1, pos(5, 1), t0);
+    assert_eq!(
+        m.on_request(ReplyTo(1), true, new_entries_after(6, 8, h(5)), t0),
+        vec![Command::Reply { to: ReplyTo(1), message: ack(1, pos(5, 1)) }, fetch(3, pos(5, 1), 1)]
+    );
+}
+
+#[test]
+fn a_leader_heartbeat_at_this_sequence_with_another_hash_wakes_the_machine() {
+    let t0 = Instant::now();
+    let mut m = caught_up_hashed(pos(5, 1), h(5), t0);
+    let mut beat = leader_heartbeat(1, 5, 0);
+    if let SyncMessage::Heartbeat { last_hash, .. } = &mut beat {
+        *last_hash = Some(h(9));
+    }
+    assert_eq!(
+        m.on_request(ReplyTo(1), true, beat, t0),
+        vec![
+            Command::Reply {
+                to: ReplyTo(1),
+                message: follower_heartbeat(LIB, 1, pos(5, 1), Some(h(5))),
+            },
+            fetch_hashed(3, pos(5, 1), h(5), 1),
+        ]
+    );
+}
+
+#[test]
+fn a_leader_heartbeat_at_this_sequence_with_this_hash_does_not_wake_the_machine() {
+    let t0 = Instant::now();
+    let mut m = caught_up_hashed(pos(5, 1), h(5), t0);
+    let mut beat = leader_heartbeat(1, 5, 0);
+    if let SyncMessage::Heartbeat { last_hash, .. } = &mut beat {
+        *last_hash = Some(h(5));
+    }
+    assert_eq!(
+        m.on_request(ReplyTo(1), true, beat, t0),
+        vec![Command::Reply {
+            to: ReplyTo(1),
+            message: follower_heartbeat(LIB, 1, pos(5, 1), Some(h(5))),
+        }]
+    );
+}
+
+#[test]
+fn a_heartbeat_to_the_leader_names_this_logs_hash() {
+    let t0 = Instant::now();
+    let mut m = caught_up_hashed(pos(5, 1), h(5), t0);
+    assert_eq!(
+        m.tick(t0 + HB),
+        vec![Command::Heartbeat { id: id(3), position: pos(5, 1), hash: Some(h(5)), term: 1 }]
+    );
 }

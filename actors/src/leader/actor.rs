@@ -37,7 +37,10 @@ use crate::blocking::run_blocking;
 
 use super::context::{write_config, LeaderShared};
 pub use super::core::MAX_QUEUED_CHANGES;
-use super::messages::{ConfigError, ConfigOutcome, FollowerProgress, LeaderStatus, NewCommit};
+use super::messages::{
+    carries_last_hash, commit_hashes, ConfigError, ConfigOutcome, FollowerProgress, LeaderStatus,
+    NewCommit,
+};
 use crate::limits::MAILBOX_CAPACITY;
 use crate::messages::LeaderReport;
 use crate::task::{spawn_supervised, Task};
@@ -266,6 +269,37 @@ impl Handler<Committed> for LeaderActor {
     type Result = ();
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         let ev = msg.0;
+        let Some(lead) = self.lead.as_ref() else { return self.committed(ev, None, ctx) };
+        if carries_last_hash(&ev) {
+            return self.committed(ev, None, ctx);
+        }
+        // A commit too large to carry its entries: its last entry's chain hash is read (the
+        // mailbox waiting, so that the core knows it before any follower can report it).
+        let (db, last) = (lead.cx.db.clone(), ev.last_sequence);
+        ctx.wait(run_blocking(move || db.hash_at(last)).into_actor(self).map(
+            move |hash, this, ctx| {
+                let hash = hash.unwrap_or_else(|e| {
+                    warn!(error = %e, "cannot read the chain hash of the last entry");
+                    None
+                });
+                this.committed(ev, hash.map(|h| (last, h)), ctx);
+            },
+        ));
+    }
+}
+
+impl LeaderActor {
+    /// The commit event `ev` (and the chain hash of its last entry when it does not carry it):
+    /// the core learns its hashes, then the commit; every link hears of it.
+    fn committed(
+        &mut self,
+        ev: CommitEvent,
+        last_hash: Option<(u64, lsync_protocol::ChainHash)>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(lead) = self.lead.as_mut() {
+            lead.core.note_hashes(commit_hashes(&ev).into_iter().chain(last_hash));
+        }
         self.step(ctx, |core, now| core.on_commit(ev.term, ev.last_sequence, now));
         let commit = NewCommit::of(&ev);
         for s in &self.links {
@@ -383,6 +417,7 @@ mod tests {
             .map(|i| NewCommit {
                 range: Announce { from_sequence: i, to_sequence: i, term: 1 },
                 prev_term: u64::from(i > 1),
+                prev_hash: Some(lsync_protocol::ChainHash::GENESIS),
                 entries: (i == 2).then(|| Arc::from(vec![entry(2, 0)])),
             })
             .collect();

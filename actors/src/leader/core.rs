@@ -7,7 +7,8 @@
 //! ```text
 //!          LeaderActor (I/O)                       LeaderCore (pure)
 //!  the log's last position, at start ───► start ─────────────┐
-//!  CommitEvent of the library ──────────► on_commit          │
+//!  its chain hashes, then the event ─────► note_hashes,       │
+//!                                          on_commit          │
 //!  a follower's position (its link) ────► on_progress        │ ──► Vec<Command>
 //!  ChangeConfig (from the SyncService) ─► on_change(token)    │
 //!  a WriteConfig done (or failed) ──────► on_config_written  │
@@ -51,7 +52,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use lsync_protocol::{Configuration, MemberRole, MembershipChange, FEATURE_VERSION};
+use lsync_protocol::{ChainHash, Configuration, MemberRole, MembershipChange, FEATURE_VERSION};
 use lsync_storage::Membership;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -264,6 +265,17 @@ impl LeaderCore {
         out
     }
 
+    /// The chain hashes of the leader's own entries, `(sequence, hash)`, as its commit events
+    /// tell them ([`super::messages::commit_hashes`]): a follower's position that names a hash
+    /// counts only if it is the leader's there. The shell hands them over before the commit
+    /// event itself ([`Self::on_commit`]), so that no follower can report a position the core
+    /// cannot check yet. No command.
+    pub fn note_hashes(&mut self, hashes: impl IntoIterator<Item = (u64, ChainHash)>) {
+        for (sequence, hash) in hashes {
+            self.tracker.note_own_hash(sequence, hash);
+        }
+    }
+
     /// The library committed up to `last_sequence` in `term` (commits of another term are not
     /// this leadership's). With one voter the leader's own append commits: published here;
     /// waiting changes are reconsidered.
@@ -288,7 +300,7 @@ impl LeaderCore {
         if let Some(v) = progress.features {
             self.features.insert(progress.device, v);
         }
-        match self.tracker.on_ack(progress.device, progress.ack) {
+        match self.tracker.on_ack_hashed(progress.device, progress.ack, progress.hash) {
             AckVerdict::Refused(reason) => {
                 debug!(device = %progress.device, ?reason, ack = ?progress.ack, "position not recorded")
             }

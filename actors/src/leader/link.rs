@@ -61,7 +61,7 @@
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use lsync_protocol::{entry_bytes, ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
+use lsync_protocol::{entry_bytes, ChainHash, ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
 use tracing::debug;
 use uuid::Uuid;
 
@@ -73,13 +73,16 @@ use crate::messages::ElectionInput;
 use crate::window::{Announce, NotifyWindow};
 
 /// The `NewEntries` of a [`Command::Notify`] sent by the leader of `term`: the announced range
-/// `from..=to`, the term before it, its entries (or none) and the commit sequence.
+/// `from..=to`, the term and chain hash before it, its entries (or none) and the commit
+/// sequence.
+#[allow(clippy::too_many_arguments)]
 pub fn new_entries(
     library_id: Uuid,
     term: u64,
     from: u64,
     to: u64,
     prev_term: u64,
+    prev_hash: Option<ChainHash>,
     entries: Vec<SyncLogEntry>,
     commit_sequence: u64,
 ) -> SyncMessage {
@@ -92,7 +95,7 @@ pub fn new_entries(
         entry_count: to.saturating_sub(from).saturating_add(1),
         prev_term,
         entries,
-        prev_hash: None,
+        prev_hash,
     }
 }
 
@@ -156,6 +159,9 @@ pub enum Command {
         to: u64,
         /// The term of the entry before `from`, when `entries` is not empty.
         prev_term: u64,
+        /// The chain hash of the entry before `from`, when `entries` is not empty and it is
+        /// known (`NewEntries.prev_hash`: the follower applies them only after that hash).
+        prev_hash: Option<ChainHash>,
         /// The entries of `from..=to`, or none.
         entries: Vec<SyncLogEntry>,
         /// The leader's commit sequence.
@@ -204,6 +210,7 @@ enum Inline {
     Empty,
     Run {
         prev_term: u64,
+        prev_hash: Option<ChainHash>,
         entries: Vec<SyncLogEntry>,
         bytes: usize,
     },
@@ -221,6 +228,7 @@ impl Inline {
             Inline::Empty => {
                 *self = Inline::Run {
                     prev_term: commit.prev_term,
+                    prev_hash: commit.prev_hash,
                     entries: new.to_vec(),
                     bytes: new_bytes,
                 }
@@ -243,13 +251,13 @@ impl Inline {
 
     /// The entries to send with announcement `a`, if they are exactly its range; empties the
     /// buffer either way.
-    fn take_for(&mut self, a: &Announce) -> Option<(u64, Vec<SyncLogEntry>)> {
+    fn take_for(&mut self, a: &Announce) -> Option<(u64, Option<ChainHash>, Vec<SyncLogEntry>)> {
         match std::mem::take(self) {
-            Inline::Run { prev_term, entries, .. }
+            Inline::Run { prev_term, prev_hash, entries, .. }
                 if entries.first().map(|e| e.sequence) == Some(a.from_sequence)
                     && entries.last().map(|e| e.sequence) == Some(a.to_sequence) =>
             {
-                Some((prev_term, entries))
+                Some((prev_term, prev_hash, entries))
             }
             _ => None,
         }
@@ -398,14 +406,16 @@ impl FollowerLink {
             return out;
         }
         match reply {
-            Some(SyncMessage::Acknowledge { up_to_sequence, term, last_term, .. }) => {
+            Some(SyncMessage::Acknowledge {
+                up_to_sequence, term, last_term, last_hash, ..
+            }) => {
                 let contact = if term == 0 { self.cfg.term } else { term };
                 out.push(Command::Election(ElectionInput::FollowerContact {
                     from: self.cfg.device,
                     term: contact,
                 }));
                 let position = AckPosition { term, sequence: up_to_sequence, last_term };
-                self.record(position, None, &mut out);
+                self.record(position, last_hash, None, &mut out);
             }
             Some(other) => self.other_answer(other, "NewEntries", &mut out),
             None => {}
@@ -436,13 +446,20 @@ impl FollowerLink {
             return out;
         }
         match reply {
-            SyncMessage::Heartbeat { current_sequence, term, last_term, features, .. } => {
+            SyncMessage::Heartbeat {
+                current_sequence,
+                term,
+                last_term,
+                features,
+                last_hash,
+                ..
+            } => {
                 out.push(Command::Election(ElectionInput::FollowerContact {
                     from: self.cfg.device,
                     term,
                 }));
                 let position = AckPosition { term, sequence: current_sequence, last_term };
-                self.record(position, Some(features), &mut out);
+                self.record(position, last_hash, Some(features), &mut out);
             }
             other => self.other_answer(other, "Heartbeat", &mut out),
         }
@@ -503,15 +520,22 @@ impl FollowerLink {
         }
         let mut out = Vec::new();
         match &message {
-            SyncMessage::Acknowledge { up_to_sequence, term, last_term, .. } => {
+            SyncMessage::Acknowledge { up_to_sequence, term, last_term, last_hash, .. } => {
                 let position =
                     AckPosition { term: *term, sequence: *up_to_sequence, last_term: *last_term };
-                self.record(position, None, &mut out);
+                self.record(position, *last_hash, None, &mut out);
             }
-            SyncMessage::Heartbeat { term, current_sequence, last_term, features, .. } => {
+            SyncMessage::Heartbeat {
+                term,
+                current_sequence,
+                last_term,
+                features,
+                last_hash,
+                ..
+            } => {
                 let position =
                     AckPosition { term: *term, sequence: *current_sequence, last_term: *last_term };
-                self.record(position, Some(*features), &mut out);
+                self.record(position, *last_hash, Some(*features), &mut out);
             }
             _ => {}
         }
@@ -556,9 +580,15 @@ impl FollowerLink {
 
     /// A position the follower reported in this leader's term (or, from a version-1 follower,
     /// without a term): it is the follower's position now — also when lower than before (it
-    /// rebuilt its log) — and goes to the leader's core, which decides whether it counts
-    /// toward the commit sequence.
-    fn record(&mut self, position: AckPosition, features: Option<u32>, out: &mut Vec<Command>) {
+    /// rebuilt its log) — and goes to the leader's core with the chain hash the follower named
+    /// (`hash`), which decides whether it counts toward the commit sequence.
+    fn record(
+        &mut self,
+        position: AckPosition,
+        hash: Option<ChainHash>,
+        features: Option<u32>,
+        out: &mut Vec<Command>,
+    ) {
         if self.left {
             return;
         }
@@ -576,6 +606,7 @@ impl FollowerLink {
         let progress = Command::Progress(FollowerProgress {
             device: self.cfg.device,
             ack: position,
+            hash,
             features,
         });
         if self.leaving_cap().is_some_and(|cap| position.sequence >= cap) {
@@ -601,11 +632,12 @@ impl FollowerLink {
     fn notify(&mut self, a: Announce) -> Command {
         let carried = self.inline.take_for(&a);
         let within_cap = self.leaving_cap().is_none_or(|cap| a.to_sequence <= cap);
-        let (prev_term, entries) = carried.filter(|_| within_cap).unwrap_or_default();
+        let (prev_term, prev_hash, entries) = carried.filter(|_| within_cap).unwrap_or_default();
         Command::Notify {
             from: a.from_sequence,
             to: a.to_sequence,
             prev_term,
+            prev_hash,
             entries,
             commit_sequence: self.view.commit_sequence,
         }

@@ -144,10 +144,18 @@ impl LinkActor {
 
     fn perform(&mut self, command: Command, ctx: &mut Context<Self>) {
         match command {
-            Command::Notify { from, to, prev_term, entries, commit_sequence } => {
+            Command::Notify { from, to, prev_term, prev_hash, entries, commit_sequence } => {
                 let (library_id, term) = (self.cx.library_id, self.cx.term);
-                let msg =
-                    new_entries(library_id, term, from, to, prev_term, entries, commit_sequence);
+                let msg = new_entries(
+                    library_id,
+                    term,
+                    from,
+                    to,
+                    prev_term,
+                    prev_hash,
+                    entries,
+                    commit_sequence,
+                );
                 let fut = self.cx.transport.request(self.peer, msg);
                 let (me, peer) = (ctx.address(), self.peer);
                 // The link waits for this answer: a task that panicked is a notification not
@@ -169,8 +177,14 @@ impl LinkActor {
                     (self.cx.db.clone(), self.cx.clone(), self.peer, ctx.address());
                 let metrics = cx.metrics.clone();
                 let heartbeat = async move {
-                    let Ok(pos) = run_blocking(move || db.last_position()).await else { return };
-                    let msg = leader_heartbeat(cx.library_id, cx.term, pos, commit_sequence);
+                    let Ok(head) = run_blocking(move || db.head()).await else { return };
+                    let msg = leader_heartbeat(
+                        cx.library_id,
+                        cx.term,
+                        head.position,
+                        Some(head.hash),
+                        commit_sequence,
+                    );
                     match cx.transport.request(peer, msg).await {
                         Ok(reply) => me.do_send(HeartbeatAnswered(reply)),
                         Err(e) => debug!(%peer, error = %e, "heartbeat not delivered"),

@@ -35,7 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lsync_protocol::{Configuration, MemberRole, RolePreference};
+use lsync_protocol::{ChainHash, Configuration, MemberRole, RolePreference};
 use uuid::Uuid;
 
 use crate::fencing::{fence_acknowledgement, Verdict};
@@ -46,6 +46,11 @@ mod tests;
 /// The most voters the leader keeps by itself among members whose preference is
 /// [`RolePreference::Auto`]; further devices stay learners until a voter leaves.
 pub const MAX_AUTO_VOTERS: usize = 5;
+
+/// The most of the leader's own chain hashes a [`CommitTracker`] keeps: those of its latest
+/// entries, enough for every acknowledgement that can still move the commit sequence (a
+/// follower further behind acknowledges again when it catches up). 16,384 × (8 + 32) bytes.
+pub const MAX_OWN_HASHES: usize = 16_384;
 
 /// How many of `voters` voters must hold a sequence for it to commit: `voters / 2 + 1`.
 pub fn commit_majority(voters: usize) -> usize {
@@ -86,6 +91,14 @@ pub enum NotCounted {
     BeforeTermStart,
     /// The device is a voter of neither the latest configuration nor the pending previous one.
     NotVoter,
+    /// The chain hash the follower named at its sequence is not the leader's there: its log
+    /// differs from the leader's at or before that entry, whatever the terms say (a (sequence,
+    /// term) reused by a leader that lost its last writes; docs/protocol.md, "The hash chain").
+    HashDiffers,
+    /// The follower named a chain hash at a sequence whose hash the tracker no longer keeps
+    /// (older than the leader's last [`MAX_OWN_HASHES`] entries), or never learned (a commit
+    /// event the leader missed): it cannot be checked, so it does not count.
+    HashUnknown,
 }
 
 /// Why an acknowledgement is refused and not recorded.
@@ -141,6 +154,11 @@ pub struct CommitTracker {
     previous: Option<BTreeSet<Uuid>>,
     /// The last recorded position of each follower.
     acks: BTreeMap<Uuid, AckPosition>,
+    /// Followers whose last recorded position named a chain hash that is not the leader's
+    /// there, or that could not be checked: their position matches nothing.
+    unchained: BTreeSet<Uuid>,
+    /// The leader's own chain hashes of its latest entries (at most [`MAX_OWN_HASHES`]).
+    own_hashes: BTreeMap<u64, ChainHash>,
     commit: u64,
 }
 
@@ -155,7 +173,20 @@ impl CommitTracker {
             latest: None,
             previous: None,
             acks: BTreeMap::new(),
+            unchained: BTreeSet::new(),
+            own_hashes: BTreeMap::new(),
             commit: 0,
+        }
+    }
+
+    /// The leader's own entry at `sequence` has chain hash `hash` (from its commit events:
+    /// every entry's when the event carries them, the one before the range, the last one).
+    /// Only the latest [`MAX_OWN_HASHES`] are kept; an acknowledgement that names a hash is
+    /// checked against them ([`Self::on_ack_hashed`]).
+    pub fn note_own_hash(&mut self, sequence: u64, hash: ChainHash) {
+        self.own_hashes.insert(sequence, hash);
+        while self.own_hashes.len() > MAX_OWN_HASHES {
+            self.own_hashes.pop_first();
         }
     }
 
@@ -217,6 +248,22 @@ impl CommitTracker {
     /// current term can only be this leader's, so the logs match up to there), and the device is
     /// a voter of the latest configuration or of the pending previous one.
     pub fn on_ack(&mut self, from: Uuid, ack: AckPosition) -> AckVerdict {
+        self.on_ack_hashed(from, ack, None)
+    }
+
+    /// [`Self::on_ack`] of a position that names the chain hash of the follower's entry at
+    /// `ack.sequence` (`hash`; `None`: an older peer that sends none, and the term rules alone
+    /// decide). A position that passes the term rules counts only if `hash` is the leader's
+    /// own there ([`Self::note_own_hash`]): [`NotCounted::HashDiffers`] otherwise, or
+    /// [`NotCounted::HashUnknown`] when the tracker does not know its hash there. Such a
+    /// position is recorded (for lag and status) and matches nothing until the follower
+    /// reports again.
+    pub fn on_ack_hashed(
+        &mut self,
+        from: Uuid,
+        ack: AckPosition,
+        hash: Option<ChainHash>,
+    ) -> AckVerdict {
         if ack.sequence > self.leader_last {
             return AckVerdict::Refused(AckRefusal::BeyondLast);
         }
@@ -236,11 +283,18 @@ impl CommitTracker {
             Some(NotCounted::LastTermDiffers)
         } else if self.term_start.is_none_or(|start| ack.sequence < start) {
             Some(NotCounted::BeforeTermStart)
+        } else if let Some(chain) = self.chain_verdict(ack.sequence, hash) {
+            Some(chain)
         } else if !self.is_required_voter(from) {
             Some(NotCounted::NotVoter)
         } else {
             None
         };
+        if self.chain_verdict(ack.sequence, hash).is_some() {
+            self.unchained.insert(from);
+        } else {
+            self.unchained.remove(&from);
+        }
         self.acks.insert(from, ack);
         self.recompute();
         reason.map_or(AckVerdict::Counted, AckVerdict::NotCounted)
@@ -251,6 +305,7 @@ impl CommitTracker {
     /// nothing there until it reports again.
     pub fn forget(&mut self, device: Uuid) {
         self.acks.remove(&device);
+        self.unchained.remove(&device);
         self.recompute();
     }
 
@@ -277,7 +332,7 @@ impl CommitTracker {
         if device == self.me {
             return Some(self.leader_last);
         }
-        self.acks.get(&device).and_then(|ack| self.matched_of(ack))
+        self.acks.get(&device).and_then(|ack| self.matched_of(device, ack))
     }
 
     /// Every follower's recorded position, by device id (the leader's own is
@@ -286,7 +341,7 @@ impl CommitTracker {
         self.acks
             .iter()
             .map(|(&device, ack)| {
-                let matched = self.matched_of(ack);
+                let matched = self.matched_of(device, ack);
                 FollowerPosition {
                     device,
                     sequence: ack.sequence,
@@ -297,14 +352,27 @@ impl CommitTracker {
             .collect()
     }
 
-    /// The sequence up to which a recorded position matches the leader's log, if it does.
-    fn matched_of(&self, ack: &AckPosition) -> Option<u64> {
+    /// The sequence up to which `device`'s recorded position matches the leader's log, if it
+    /// does.
+    fn matched_of(&self, device: Uuid, ack: &AckPosition) -> Option<u64> {
         let start = self.term_start?;
         let matches = ack.term == self.term
             && ack.term != 0
             && ack.last_term == self.term
-            && ack.sequence >= start;
+            && ack.sequence >= start
+            && !self.unchained.contains(&device);
         matches.then_some(ack.sequence)
+    }
+
+    /// Why a position at `sequence` naming `hash` does not match the leader's chain (`None`:
+    /// it names none, or the leader's own).
+    fn chain_verdict(&self, sequence: u64, hash: Option<ChainHash>) -> Option<NotCounted> {
+        let theirs = hash?;
+        match self.own_hashes.get(&sequence) {
+            Some(ours) if *ours == theirs => None,
+            Some(_) => Some(NotCounted::HashDiffers),
+            None => Some(NotCounted::HashUnknown),
+        }
     }
 
     /// Whether the previous configuration is still required (the latest is not committed).

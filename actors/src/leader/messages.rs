@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use lsync_protocol::SyncLogEntry;
+use lsync_protocol::{ChainHash, SyncLogEntry};
 use lsync_storage::{CommitEvent, Membership};
 use uuid::Uuid;
 
@@ -24,6 +24,8 @@ pub struct NewCommit {
     pub range: Announce,
     /// The term of the entry before the range.
     pub prev_term: u64,
+    /// The chain hash of the entry before the range (`NewEntries.prev_hash`), when known.
+    pub prev_hash: Option<ChainHash>,
     /// The committed entries, when the commit was small (see
     /// [`lsync_storage::COMMIT_EVENT_MAX_ENTRIES`]): a link actor sends them inside `NewEntries`.
     pub entries: Option<Arc<[SyncLogEntry]>>,
@@ -40,9 +42,28 @@ impl NewCommit {
                 term: event.term,
             },
             prev_term: event.prev_term,
+            prev_hash: Some(event.prev_hash),
             entries: event.entries.clone(),
         }
     }
+}
+
+/// The chain hashes of the leader's own entries that `event` tells, `(sequence, hash)`: the one
+/// before its range, and every entry's when the event carries them (small commits). What the
+/// leader actor (and the simulator's device) hand the core before the event
+/// ([`super::core::LeaderCore::note_hashes`]); for a commit without entries the shell reads the
+/// last one's from storage.
+pub fn commit_hashes(event: &CommitEvent) -> Vec<(u64, ChainHash)> {
+    let before = event.first_sequence.checked_sub(1).map(|s| (s, event.prev_hash));
+    let carried = event.entries.iter().flat_map(|entries| entries.iter());
+    before.into_iter().chain(carried.filter_map(|e| Some((e.sequence, e.hash?)))).collect()
+}
+
+/// Whether `event`'s entries end with its last one's chain hash (else [`commit_hashes`] lacks
+/// it: a commit too large to carry its entries).
+pub fn carries_last_hash(event: &CommitEvent) -> bool {
+    let last = event.entries.as_ref().and_then(|entries| entries.last());
+    last.is_some_and(|e| e.sequence == event.last_sequence && e.hash.is_some())
 }
 
 /// A follower reported its position (an acknowledgement, the answer to `NewEntries`, a
@@ -54,6 +75,9 @@ pub struct FollowerProgress {
     pub device: Uuid,
     /// What it reported.
     pub ack: AckPosition,
+    /// The chain hash of its entry at `ack.sequence`, when it said (`last_hash`): the
+    /// position counts toward the commit sequence only if it is the leader's there.
+    pub hash: Option<ChainHash>,
     /// The library feature version it supports, when it said (heartbeats).
     pub features: Option<u32>,
 }

@@ -4,12 +4,15 @@
 //! [`Serve`](super::link::Command::Serve) with [`serve_cached`] on its own thread when the log
 //! cache holds the block, else with [`serve`] on the blocking pool.
 
-use lsync_protocol::{entry_bytes, ErrorCode, SyncLogEntry, SyncMessage, SyncRole};
+use lsync_protocol::{
+    chain_hash, entry_bytes, ChainHash, ErrorCode, SyncLogEntry, SyncMessage, SyncRole,
+};
 use lsync_storage::{Database, StorageError, SyncLog};
 use uuid::Uuid;
 
 use super::context::LinkContext;
 use crate::fencing::{fence, not_leader_of, stale_term, Verdict};
+use crate::log_cache::Block;
 use crate::metrics::Metrics;
 
 /// Answers one follower request from the leader's log. Pure storage reads; no actor state.
@@ -22,7 +25,8 @@ pub fn serve(
     let term = cx.term;
     let commit_sequence = cx.leader.commit_sequence();
     db.with_reader(|conn| {
-        let last = SyncLog::last(conn)?;
+        let head = SyncLog::head(conn)?;
+        let last = head.position;
         let sync_required = |reason| SyncMessage::SyncRequired {
             library_id,
             term,
@@ -31,7 +35,12 @@ pub fn serve(
         };
         Ok(match msg {
             SyncMessage::FetchEntries {
-                term: their, since_sequence, since_term, limit, ..
+                term: their,
+                since_sequence,
+                since_term,
+                limit,
+                since_hash,
+                ..
             } => {
                 if fence(SyncRole::Leader, their, term).is_newer() {
                     not_leader_of(library_id, their, term)
@@ -41,7 +50,9 @@ pub fn serve(
                         ErrorCode::BadRequest,
                         "limit must be at least 1",
                     )
-                } else if let Some(reason) = divergence(conn, last, since_sequence, since_term)? {
+                } else if let Some(reason) =
+                    divergence(conn, last, since_sequence, since_term, since_hash)?
+                {
                     sync_required(reason)
                 } else {
                     let (mut entries, cached) =
@@ -64,13 +75,17 @@ pub fn serve(
                     }
                 }
             }
-            SyncMessage::Heartbeat { term: their, current_sequence, last_term, .. } => {
+            SyncMessage::Heartbeat {
+                term: their, current_sequence, last_term, last_hash, ..
+            } => {
                 if fence(SyncRole::Leader, their, term).is_newer() {
                     not_leader_of(library_id, their, term)
-                } else if let Some(reason) = divergence(conn, last, current_sequence, last_term)? {
+                } else if let Some(reason) =
+                    divergence(conn, last, current_sequence, last_term, last_hash)?
+                {
                     sync_required(reason)
                 } else {
-                    leader_heartbeat(library_id, term, last, commit_sequence)
+                    leader_heartbeat(library_id, term, last, Some(head.hash), commit_sequence)
                 }
             }
             SyncMessage::Acknowledge { up_to_sequence, .. } => {
@@ -84,7 +99,7 @@ pub fn serve(
                         ),
                     )
                 } else {
-                    leader_heartbeat(library_id, term, last, commit_sequence)
+                    leader_heartbeat(library_id, term, last, Some(head.hash), commit_sequence)
                 }
             }
             SyncMessage::NewEntries { term: their, .. }
@@ -107,11 +122,19 @@ pub fn serve(
 }
 
 /// Answers a `FetchEntries` from the log cache when the block holding its first entry is cached
-/// and the follower's entry at `since_sequence` has the leader's term; `None` otherwise (the
-/// request then goes to [`serve`], which answers whatever it is). Same answer as [`serve`]'s,
-/// except that `leader_last_sequence` may be a few commits old (as if read a moment earlier).
+/// and the follower's entry at `since_sequence` has the leader's term — and, when the fetch
+/// names one, the leader's chain hash ([`chain_continues`]); `None` otherwise (the request then
+/// goes to [`serve`], which answers whatever it is). Same answer as [`serve`]'s, except that
+/// `leader_last_sequence` may be a few commits old (as if read a moment earlier).
 pub fn serve_cached(cx: &LinkContext, msg: &SyncMessage) -> Option<SyncMessage> {
-    let SyncMessage::FetchEntries { term: their, since_sequence, since_term, limit, .. } = *msg
+    let SyncMessage::FetchEntries {
+        term: their,
+        since_sequence,
+        since_term,
+        limit,
+        since_hash,
+        ..
+    } = *msg
     else {
         return None;
     };
@@ -119,7 +142,10 @@ pub fn serve_cached(cx: &LinkContext, msg: &SyncMessage) -> Option<SyncMessage> 
         return None;
     }
     let first = since_sequence.checked_add(1)?;
-    let block = cx.cache.get_for(first, |b| b.term_at(since_sequence) == Some(since_term))?;
+    let block = cx.cache.get_for(first, |b| {
+        b.term_at(since_sequence) == Some(since_term)
+            && since_hash.is_none_or(|h| chain_continues(b, since_sequence, &h))
+    })?;
     let (_, end) = cx.cache.block_of(first);
     let upto = end.min(since_sequence.saturating_add(limit.min(cx.max_entries_per_response)));
     let mut entries = block.slice(first, upto).to_vec();
@@ -182,12 +208,14 @@ fn cap_bytes(entries: &mut Vec<SyncLogEntry>, max_bytes: usize) {
     entries.truncate(keep);
 }
 
-/// The leader's `Heartbeat` of `term`: its last position and commit sequence. Sent by the link
-/// actor (and the simulator's device), and the answer to a follower's heartbeat.
+/// The leader's `Heartbeat` of `term`: its last position, that entry's chain hash (when known)
+/// and its commit sequence. Sent by the link actor (and the simulator's device), and the answer
+/// to a follower's heartbeat.
 pub fn leader_heartbeat(
     library_id: Uuid,
     term: u64,
     last: lsync_storage::LogPosition,
+    last_hash: Option<ChainHash>,
     commit_sequence: u64,
 ) -> SyncMessage {
     SyncMessage::Heartbeat {
@@ -198,7 +226,7 @@ pub fn leader_heartbeat(
         current_sequence: last.sequence,
         last_term: last.term,
         role: SyncRole::Leader,
-        last_hash: None,
+        last_hash,
     }
 }
 
@@ -207,12 +235,32 @@ pub fn storage_failure(library_id: Uuid, error: &StorageError) -> SyncMessage {
     SyncMessage::error(library_id, ErrorCode::Internal, format!("storage error: {error}"))
 }
 
-/// Whether a follower whose log ends at `(term, sequence)` can continue from the leader's log.
+/// Whether the block's entry at `since` — the entry before the block's first, or one of its
+/// own — has the chain hash `hash`: the block's entry after `since` carries the leader's hash
+/// there, which is the link after `hash` exactly when `hash` is the leader's at `since`
+/// (docs/protocol.md, "The hash chain"). `false` when the block cannot tell.
+fn chain_continues(block: &Block, since: u64, hash: &ChainHash) -> bool {
+    let Some(first) = block.entries.first() else { return false };
+    let Some(i) = since.checked_add(1).and_then(|next| next.checked_sub(first.sequence)) else {
+        return false;
+    };
+    let Some(next) = usize::try_from(i).ok().and_then(|i| block.entries.get(i)) else {
+        return false;
+    };
+    next.hash.is_some_and(|carried| carried == chain_hash(hash, next))
+}
+
+/// Whether a follower whose log ends at `(term, sequence)` — with chain hash `hash` there, when
+/// it said — can continue from the leader's log: the leader holds an entry at `sequence`, of
+/// that term, and (when `hash` is present) with that hash. A hash that differs is a divergence
+/// whatever the terms say: a (sequence, term) reused by a leader that lost its last writes
+/// (docs/protocol.md, "The hash chain"). `None` if it can continue, else why not.
 fn divergence(
     conn: &mut diesel::SqliteConnection,
     leader_last: lsync_storage::LogPosition,
     sequence: u64,
     term: u64,
+    hash: Option<ChainHash>,
 ) -> Result<Option<String>, StorageError> {
     if sequence > leader_last.sequence {
         return Ok(Some(format!(
@@ -220,13 +268,25 @@ fn divergence(
             leader_last.sequence
         )));
     }
-    if sequence == 0 {
-        return Ok(None);
+    if sequence != 0 {
+        match SyncLog::term_at(conn, sequence)? {
+            Some(t) if t == term => {}
+            Some(t) => {
+                return Ok(Some(format!(
+                    "follower entry {sequence} has term {term}, the leader's has term {t}: logs \
+                     diverged"
+                )))
+            }
+            None => return Ok(Some(format!("the leader no longer holds entry {sequence}"))),
+        }
     }
-    match SyncLog::term_at(conn, sequence)? {
-        Some(t) if t == term => Ok(None),
-        Some(t) => Ok(Some(format!(
-            "follower entry {sequence} has term {term}, the leader's has term {t}: logs diverged"
+    let Some(theirs) = hash else { return Ok(None) };
+    match SyncLog::hash_at(conn, sequence)? {
+        Some(ours) if ours == theirs => Ok(None),
+        Some(ours) => Ok(Some(format!(
+            "follower entry {sequence} has chain hash {}, the leader's has {}: logs diverged",
+            theirs.short(),
+            ours.short()
         ))),
         None => Ok(Some(format!("the leader no longer holds entry {sequence}"))),
     }

@@ -63,6 +63,7 @@ fn at(device: u128, sequence: u64) -> FollowerProgress {
     FollowerProgress {
         device: id(device),
         ack: AckPosition { term: TERM, sequence, last_term: TERM },
+        hash: None,
         features: Some(FEATURE_VERSION),
     }
 }
@@ -374,6 +375,7 @@ fn a_learner_behind_is_not_promoted() {
     let behind = FollowerProgress {
         device: id(2),
         ack: AckPosition { term: TERM, sequence: LAST, last_term: TERM - 1 },
+        hash: None,
         features: None,
     };
     assert_eq!(c.on_progress(behind, t0), vec![]);
@@ -426,6 +428,7 @@ fn supports(device: u128, features: u32) -> FollowerProgress {
     FollowerProgress {
         device: id(device),
         ack: AckPosition { term: TERM, sequence: LAST, last_term: 1 },
+        hash: None,
         features: Some(features),
     }
 }
@@ -549,6 +552,7 @@ fn whatever_comes_every_change_is_answered_once_and_writes_are_serialized() {
                     let progress = FollowerProgress {
                         device: id(device),
                         ack: AckPosition { term: TERM, sequence, last_term: TERM },
+                        hash: None,
                         features: rng.gen_bool(0.5).then_some(FEATURE_VERSION),
                     };
                     c.on_progress(progress, now)

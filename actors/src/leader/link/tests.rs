@@ -60,6 +60,7 @@ fn commit(from: u64, to: u64, data: Option<usize>) -> NewCommit {
     NewCommit {
         range: Announce { from_sequence: from, to_sequence: to, term: TERM },
         prev_term: u64::from(from > 1),
+        prev_hash: None,
         entries: data.map(|d| Arc::from(entries(from, to, d))),
     }
 }
@@ -67,7 +68,14 @@ fn commit(from: u64, to: u64, data: Option<usize>) -> NewCommit {
 /// The announcement of `from..=to` carrying `carried` (empty: none).
 fn notify(from: u64, to: u64, carried: Vec<SyncLogEntry>) -> Command {
     let prev_term = if carried.is_empty() { 0 } else { u64::from(from > 1) };
-    Command::Notify { from, to, prev_term, entries: carried, commit_sequence: COMMIT }
+    Command::Notify {
+        from,
+        to,
+        prev_term,
+        prev_hash: None,
+        entries: carried,
+        commit_sequence: COMMIT,
+    }
 }
 
 fn ack(up_to: u64, term: u64, last_term: u64) -> SyncMessage {
@@ -108,6 +116,7 @@ fn progress(sequence: u64, term: u64, last_term: u64, features: Option<u32>) -> 
     Command::Progress(FollowerProgress {
         device: follower(),
         ack: AckPosition { term, sequence, last_term },
+        hash: None,
         features,
     })
 }

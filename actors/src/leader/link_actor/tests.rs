@@ -341,6 +341,7 @@ fn announce(i: u64) -> NewCommit {
     NewCommit {
         range: Announce { from_sequence: i, to_sequence: i, term: 1 },
         prev_term: 0,
+        prev_hash: None,
         entries: None,
     }
 }
@@ -411,6 +412,7 @@ fn commit(from: u64, to: u64, data: Option<usize>) -> NewCommit {
     NewCommit {
         range: Announce { from_sequence: from, to_sequence: to, term: 1 },
         prev_term: u64::from(from > 1),
+        prev_hash: None,
         entries: data.map(|d| (from..=to).map(|i| entry(i, d)).collect()),
     }
 }
