@@ -295,7 +295,103 @@ fn divergence(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::entry;
+    use crate::log_cache::LogCache;
+    use crate::testkit::{entry, leader_db, link_context, ScriptedTransport};
+
+    /// A leader's database with 6 entries of term 1 and a link context over it.
+    fn leader() -> (tempfile::TempDir, Database, LinkContext) {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Uuid::from_u128(7);
+        let (db, _tm) = leader_db(&dir, lib, 6);
+        let transport = ScriptedTransport::new(|_, _| Err(crate::NetworkError::Closed));
+        let cx = link_context(lib, db.clone(), transport);
+        (dir, db, cx)
+    }
+
+    fn fetch(cx: &LinkContext, since: u64, since_hash: Option<ChainHash>) -> SyncMessage {
+        SyncMessage::FetchEntries {
+            library_id: cx.library_id,
+            term: 1,
+            since_sequence: since,
+            since_term: 1,
+            limit: 100,
+            since_hash,
+        }
+    }
+
+    fn heartbeat(cx: &LinkContext, at: u64, last_hash: Option<ChainHash>) -> SyncMessage {
+        SyncMessage::Heartbeat {
+            commit_sequence: 0,
+            features: lsync_protocol::FEATURE_VERSION,
+            library_id: cx.library_id,
+            term: 1,
+            current_sequence: at,
+            last_term: 1,
+            role: SyncRole::Follower,
+            last_hash,
+        }
+    }
+
+    #[test]
+    fn a_fetch_naming_the_leaders_hash_is_served() {
+        let (_dir, db, cx) = leader();
+        let hash = db.hash_at(3).unwrap();
+        let answer = serve(&db, &cx, fetch(&cx, 3, hash)).unwrap();
+        let SyncMessage::EntriesResponse { entries, .. } = answer else {
+            panic!("not served: {answer:?}")
+        };
+        assert_eq!(entries.first().map(|e| e.sequence), Some(4));
+    }
+
+    #[test]
+    fn a_fetch_naming_another_hash_is_answered_sync_required() {
+        let (_dir, db, cx) = leader();
+        let ours = db.hash_at(3).unwrap().unwrap();
+        let theirs = ChainHash([9; 32]);
+        let last = db.last_position().unwrap().sequence;
+        assert_eq!(
+            serve(&db, &cx, fetch(&cx, 3, Some(theirs))).unwrap(),
+            SyncMessage::SyncRequired {
+                library_id: cx.library_id,
+                term: 1,
+                reason: format!(
+                    "follower entry 3 has chain hash {}, the leader's has {}: logs diverged",
+                    theirs.short(),
+                    ours.short()
+                ),
+                leader_last_sequence: last,
+            }
+        );
+    }
+
+    #[test]
+    fn a_follower_heartbeat_naming_another_hash_is_answered_sync_required() {
+        let (_dir, db, cx) = leader();
+        let answer = serve(&db, &cx, heartbeat(&cx, 3, Some(ChainHash([9; 32])))).unwrap();
+        assert!(matches!(answer, SyncMessage::SyncRequired { .. }), "{answer:?}");
+    }
+
+    #[test]
+    fn the_leaders_heartbeat_names_its_last_hash() {
+        let (_dir, db, cx) = leader();
+        let head = db.head().unwrap();
+        let answer = serve(&db, &cx, heartbeat(&cx, 3, db.hash_at(3).unwrap())).unwrap();
+        assert_eq!(answer, leader_heartbeat(cx.library_id, 1, head.position, Some(head.hash), 0));
+    }
+
+    #[test]
+    fn a_cached_block_checks_the_hash_before_it_by_its_first_entrys_link() {
+        let (_dir, db, _cx) = leader();
+        let cache = LogCache::new(2, 1 << 20, entry_bytes);
+        // Block 3..=4, read with the entry before it.
+        let block = cache.insert(3, db.fetch_range(2, 4).unwrap()).unwrap();
+        let at = |s| db.hash_at(s).unwrap().unwrap();
+        assert!(chain_continues(&block, 2, &at(2)), "the entry before the block");
+        assert!(chain_continues(&block, 3, &at(3)), "an entry of the block");
+        assert!(!chain_continues(&block, 2, &at(1)));
+        assert!(!chain_continues(&block, 3, &ChainHash([9; 32])));
+        assert!(!chain_continues(&block, 4, &at(4)), "the block cannot tell: no next entry");
+    }
 
     #[test]
     fn byte_cap_keeps_at_least_one_entry() {

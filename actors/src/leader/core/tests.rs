@@ -587,3 +587,25 @@ fn whatever_comes_every_change_is_answered_once_and_writes_are_serialized() {
         assert!(answered.values().all(|n| *n == 1), "seed {seed}: {answered:?}");
     }
 }
+
+// ---- the hash chain ---------------------------------------------------------------------
+
+#[test]
+fn a_position_naming_another_hash_than_the_leaders_commits_nothing() {
+    let t0 = Instant::now();
+    let mut c = started(config(vec![voter(1), voter(2), voter(3)]), t0);
+    c.note_hashes([(START, lsync_protocol::ChainHash([1; 32]))]);
+    let reused =
+        FollowerProgress { hash: Some(lsync_protocol::ChainHash([2; 32])), ..at(2, START) };
+    assert_eq!(c.on_progress(reused, t0), vec![]);
+    assert_eq!(c.commit_sequence(), 0);
+}
+
+#[test]
+fn a_position_naming_the_leaders_hash_commits() {
+    let t0 = Instant::now();
+    let mut c = started(config(vec![voter(1), voter(2), voter(3)]), t0);
+    c.note_hashes([(START, lsync_protocol::ChainHash([1; 32]))]);
+    let same = FollowerProgress { hash: Some(lsync_protocol::ChainHash([1; 32])), ..at(2, START) };
+    assert_eq!(c.on_progress(same, t0), vec![publish(START, Some(START), START)]);
+}

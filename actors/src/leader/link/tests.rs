@@ -659,3 +659,47 @@ fn whatever_comes_every_request_is_answered_once_and_a_tick_leaves_no_deadline_i
         assert!(lefts <= 1, "seed {seed}: Left {lefts} times");
     }
 }
+
+// ---- the hash chain -----------------------------------------------------------------------
+
+#[test]
+fn inline_entries_name_the_hash_before_them() {
+    let t0 = Instant::now();
+    let mut l = link();
+    let mut c = commit(1, 1, Some(10));
+    c.prev_hash = Some(lsync_protocol::ChainHash::GENESIS);
+    let carried = entries(1, 1, 10);
+    assert_eq!(
+        l.on_commit(c, t0),
+        vec![Command::Notify {
+            from: 1,
+            to: 1,
+            prev_term: 0,
+            prev_hash: Some(lsync_protocol::ChainHash::GENESIS),
+            entries: carried,
+            commit_sequence: COMMIT,
+        }]
+    );
+}
+
+#[test]
+fn an_acknowledgement_hands_its_hash_to_the_core() {
+    let mut l = link();
+    let hash = lsync_protocol::ChainHash([7; 32]);
+    let mut request = ack(7, TERM, TERM);
+    if let SyncMessage::Acknowledge { last_hash, .. } = &mut request {
+        *last_hash = Some(hash);
+    }
+    assert_eq!(
+        l.on_request(1, request.clone()),
+        vec![
+            Command::Progress(FollowerProgress {
+                device: follower(),
+                ack: AckPosition { term: TERM, sequence: 7, last_term: TERM },
+                hash: Some(hash),
+                features: None,
+            }),
+            serve(1, request),
+        ]
+    );
+}

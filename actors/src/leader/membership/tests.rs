@@ -41,6 +41,76 @@ fn tracker(term_start: u64, last: u64, ns: &[u128]) -> CommitTracker {
 
 // ---- acknowledgements ---------------------------------------------------------------------
 
+fn hash(byte: u8) -> ChainHash {
+    ChainHash([byte; 32])
+}
+
+#[test]
+fn a_position_naming_the_leaders_own_hash_counts() {
+    let mut t = tracker(3, 5, &[1, 2, 3]);
+    t.note_own_hash(5, hash(5));
+    assert_eq!(t.on_ack_hashed(id(2), current(5), Some(hash(5))), AckVerdict::Counted);
+    assert_eq!(t.commit_sequence(), 5);
+}
+
+#[test]
+fn a_position_naming_another_hash_is_recorded_but_does_not_count() {
+    // A (sequence, term) reused: the follower holds another entry 5 of this term.
+    let mut t = tracker(3, 5, &[1, 2, 3]);
+    t.note_own_hash(5, hash(5));
+    assert_eq!(
+        t.on_ack_hashed(id(2), current(5), Some(hash(9))),
+        AckVerdict::NotCounted(NotCounted::HashDiffers)
+    );
+    assert_eq!(t.commit_sequence(), 0);
+    assert_eq!(t.matched(id(2)), None);
+    assert_eq!(t.positions()[0].sequence, 5, "recorded for lag and status");
+}
+
+#[test]
+fn a_position_naming_a_hash_the_tracker_does_not_know_does_not_count() {
+    let mut t = tracker(3, 5, &[1, 2, 3]);
+    t.note_own_hash(4, hash(4));
+    assert_eq!(
+        t.on_ack_hashed(id(2), current(5), Some(hash(5))),
+        AckVerdict::NotCounted(NotCounted::HashUnknown)
+    );
+    assert_eq!(t.commit_sequence(), 0);
+}
+
+#[test]
+fn a_position_naming_no_hash_is_judged_by_the_terms_alone() {
+    let mut t = tracker(3, 5, &[1, 2, 3]);
+    t.note_own_hash(5, hash(5));
+    assert_eq!(t.on_ack_hashed(id(2), current(5), None), AckVerdict::Counted);
+    assert_eq!(t.commit_sequence(), 5);
+}
+
+#[test]
+fn a_matching_report_after_a_differing_one_counts_again() {
+    let mut t = tracker(3, 6, &[1, 2, 3]);
+    t.note_own_hash(5, hash(5));
+    t.note_own_hash(6, hash(6));
+    t.on_ack_hashed(id(2), current(5), Some(hash(9)));
+    assert_eq!(t.on_ack_hashed(id(2), current(6), Some(hash(6))), AckVerdict::Counted);
+    assert_eq!(t.commit_sequence(), 6);
+}
+
+#[test]
+fn only_the_latest_own_hashes_are_kept() {
+    let last = MAX_OWN_HASHES as u64 + 1;
+    let mut t = tracker(1, last, &[1, 2, 3]);
+    for s in 1..=last {
+        t.note_own_hash(s, hash(s as u8));
+    }
+    assert_eq!(
+        t.on_ack_hashed(id(2), current(1), Some(hash(1))),
+        AckVerdict::NotCounted(NotCounted::HashUnknown),
+        "the oldest was dropped"
+    );
+    assert_eq!(t.on_ack_hashed(id(2), current(2), Some(hash(2))), AckVerdict::Counted);
+}
+
 #[test]
 fn figure_8_an_older_terms_entry_on_a_majority_is_not_committed_by_that_alone() {
     // Raft's Figure 8: sequence 2 is of term 2, sequence 3 is the leader's first of term 4.
