@@ -51,10 +51,12 @@
 //!   notes its commit sequence and wakes the machine; its entries are **pushed** — applied
 //!   without a fetch, the request answered once they are — when they are all of its range (at
 //!   most `max_entries_per_response`), continue exactly the applied position
-//!   `(from_sequence − 1, prev_term)` and no round runs; a newer pushed request replaces an
+//!   `(from_sequence − 1, prev_term)` — and, when the request names `prev_hash`, the applied
+//!   position's chain hash is known and is that one — and no round runs; a newer pushed request replaces an
 //!   older one, which is answered with the position. Otherwise it is answered at once with
 //!   `Acknowledge` of the position (in the newer of both terms). A Heartbeat is answered with
-//!   the position and wakes the machine when the leader's sequence differs from it.
+//!   the position and wakes the machine when the leader's sequence differs from it, or when at
+//!   that sequence the leader's chain hash differs from the known local one.
 //! - **Wake**: an idle machine runs at once; a busy one runs once more when it is idle again
 //!   (several wakes make one run).
 //! - **Run**: pushed entries that still continue the position are applied (adopting their
@@ -89,12 +91,18 @@
 //!   `StaleTerm` naming a newer term → adopt it and run at once; `NotLeader` naming another
 //!   leader → [`Command::Repoint`]; `Unauthorized` "removed from library" →
 //!   [`FollowerMembership::Removed`]. `SyncRequired` (from the leader, or a divergence found
-//!   while applying) → **rebuild**: `Reconciling`, `ResyncStarted`, reset the library (its log
+//!   while applying: another term, or another chain hash ([`BatchOutcome::ChainMismatch`]) at a
+//!   sequence — the logs differ at or before it, so the whole log is set aside) → **rebuild**: `Reconciling`, `ResyncStarted`, reset the library (its log
 //!   stashed), a round from 0 reporting `ResyncProgress` every [`PROGRESS_EVERY`] entries and
 //!   once at its end, `ResyncDone`; a `SyncRequired` during that round runs again at once.
 //!   An entry that needs a newer version → `UpgradeNeeded`, `ApplyFailed`, wait the maximum
 //!   backoff; any other apply or storage failure → `Stalled`, `ApplyFailed`, wait the
 //!   maximum backoff (the backoff advances). A complete round resets the backoff.
+//! - **Chain hashes** (docs/protocol.md, "The hash chain"): the machine keeps the chain hash
+//!   of the applied position when it knows it (read with it, [`Replicator::on_head`]; returned
+//!   by every batch applied; the genesis hash after a reset) and names it in fetches from the
+//!   applied position, acknowledgements and heartbeats; a fetch from the last entry received
+//!   names that entry's hash; a guess names none.
 //! - **Acknowledgements** carry the position (its last entry's term included) and the term;
 //!   one in flight at most: one asked for meanwhile is sent when it is answered, with the
 //!   position then. The answer's commit sequence is noted; a `StaleTerm` answer's term is

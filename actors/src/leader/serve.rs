@@ -123,8 +123,8 @@ pub fn serve(
 
 /// Answers a `FetchEntries` from the log cache when the block holding its first entry is cached
 /// and the follower's entry at `since_sequence` has the leader's term — and, when the fetch
-/// names one, the leader's chain hash ([`chain_continues`]); `None` otherwise (the request then
-/// goes to [`serve`], which answers whatever it is). Same answer as [`serve`]'s, except that
+/// names one, the leader's chain hash (checked by the link of the entry after it); `None`
+/// otherwise (the request then goes to [`serve`], which answers whatever it is). Same answer as [`serve`]'s, except that
 /// `leader_last_sequence` may be a few commits old (as if read a moment earlier).
 pub fn serve_cached(cx: &LinkContext, msg: &SyncMessage) -> Option<SyncMessage> {
     let SyncMessage::FetchEntries {
