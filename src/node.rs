@@ -49,6 +49,13 @@ pub enum NodeError {
     InvalidInput(String),
     #[error("sync service of library {0} is not running")]
     ServiceStopped(Uuid),
+    /// The library's sync service stopped while a change was being submitted to it: the change
+    /// may have been queued (it is then committed once) or not.
+    #[error(
+        "the sync service of library {0} stopped while the change was submitted: it may or may \
+         not be committed (if it is, then once); look for it in the log before writing it again"
+    )]
+    OutcomeUnknown(Uuid),
     #[error("library {0} is handing leadership over; retry once the new leader is known")]
     WritesPaused(Uuid),
     #[error("leadership transfer refused: {0}")]
@@ -895,7 +902,8 @@ impl Node {
             .service
             .send(lsync_actors::service::Submit(changes))
             .await
-            .map_err(|_| NodeError::ServiceStopped(library_id))?
+            // the service may have stopped after the proposer queued the change
+            .map_err(|_| NodeError::OutcomeUnknown(library_id))?
             .map_err(NodeError::InvalidInput)?;
         match submitted {
             lsync_actors::proposer::Submitted::Queued { proposal_id } => {

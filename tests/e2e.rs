@@ -604,6 +604,18 @@ fn demo_json_reports_convergence() {
     assert_eq!(summary["devices"], 3, "{summary}");
 }
 
+/// Runs a write command on `d` that must be committed (exit status 0) or queued (exit status 3,
+/// with "queued" on stdout); returns its stdout.
+fn written(d: &Daemon, args: &[&str]) -> String {
+    let (code, out, err) = d.run(args);
+    match code {
+        Some(0) => assert!(out.contains("committed"), "{out}"),
+        Some(3) => assert!(out.contains("queued"), "exit status 3 is queued: {out}"),
+        other => panic!("lsync {args:?} failed ({other:?}): {err}"),
+    }
+    out
+}
+
 /// What a test wrote: every tag id, each written once (an oracle the devices are checked
 /// against, not only each other).
 #[derive(Default)]
@@ -614,7 +626,7 @@ struct Oracle {
 impl Oracle {
     /// `lsync tag add --id ID` on `d`.
     fn tag_add(&mut self, d: &Daemon, id: String) {
-        let out = d.ok(&["tag", "add", "--id", &id, "written through the cli"]);
+        let out = written(d, &["tag", "add", "--id", &id, "written through the cli"]);
         assert!(out.contains("committed") || out.contains("queued"), "{out}");
         self.written.push(id);
     }
@@ -622,7 +634,7 @@ impl Oracle {
     /// `lsync put tag JSON` on `d`.
     fn put(&mut self, d: &Daemon, id: String) {
         let record = format!(r#"{{"id":"{id}","name":"put through the cli"}}"#);
-        let out = d.ok(&["put", "tag", &record]);
+        let out = written(d, &["put", "tag", &record]);
         assert!(out.contains("committed") || out.contains("queued"), "{out}");
         self.written.push(id);
     }
@@ -851,4 +863,194 @@ fn membership_changes_through_the_cli() {
     a.terminate();
     let db = open_db(&dir, &lib);
     oracle.check(&db, "a");
+}
+
+/// A control API stand-in on 127.0.0.1 for the client's exit statuses: `lsync` finds it
+/// through `control.addr` and `control.token` in `dir`; each connection is handled by
+/// `answer`, which gets the whole request and returns the bytes to send back before closing
+/// (none: it closes without answering, as a daemon that died mid-request).
+fn fake_daemon(
+    dir: &Path,
+    answer: impl Fn(&str) -> Option<String> + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    std::fs::create_dir_all(dir).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(dir.join("control.addr"), format!("{}\n", listener.local_addr().unwrap()))
+        .unwrap();
+    std::fs::write(dir.join("control.token"), format!("{}\n", "ab".repeat(32))).unwrap();
+    std::thread::spawn(move || {
+        // one connection: the CLI makes one request (`--library` is given)
+        let Ok((mut conn, _)) = listener.accept() else { return };
+        conn.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        // read the headers, then the body of the length they announce
+        loop {
+            let n = conn.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length {
+                    break;
+                }
+            }
+        }
+        if let Some(response) = answer(&String::from_utf8_lossy(&request)) {
+            let _ = conn.write_all(response.as_bytes());
+        }
+        // dropped: the connection closes
+    })
+}
+
+/// How a [`fake_daemon`] answers a request.
+type Answer = Box<dyn Fn(&str) -> Option<String> + Send>;
+
+/// An HTTP response with a JSON body.
+fn http_response(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The client tells a script what became of a write, by its exit status: 0 committed, 3
+/// queued, 2 refused (nothing done), 4 unknown (the connection broke after the request was
+/// sent: it may be committed) — and a daemon that is not listening at all is 2 (never sent).
+#[test]
+fn write_exit_statuses_tell_refused_from_unknown() {
+    let root = tempfile::tempdir().unwrap();
+    let lib = Uuid::new_v4().to_string();
+    let put = ["put", "--library", &lib, "tag", r#"{"id":"t1","name":"holiday"}"#];
+    let run = |name: &str, answer: Answer| {
+        let dir = root.path().join(name);
+        let server = fake_daemon(&dir, answer);
+        let out = lsync(&dir, &put);
+        server.join().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = run(
+        "committed",
+        Box::new(|req| {
+            assert!(req.starts_with("POST /libraries/"), "{req}");
+            assert!(req.contains(&format!("Bearer {}", "ab".repeat(32))), "{req}");
+            Some(http_response(
+                "200 OK",
+                r#"{"status":"committed","first_sequence":7,"last_sequence":7,"proposal_id":null}"#,
+            ))
+        }),
+    );
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(out.contains("committed sequence 7"), "{out}");
+
+    let queued = Uuid::new_v4();
+    let (code, out, err) = run(
+        "queued",
+        Box::new(move |_| {
+            Some(http_response(
+                "200 OK",
+                &format!(
+                    r#"{{"status":"queued","first_sequence":null,"last_sequence":null,"proposal_id":"{queued}"}}"#
+                ),
+            ))
+        }),
+    );
+    assert_eq!(code, Some(3), "queued is exit status 3: {out} {err}");
+    assert!(out.contains(&format!("queued as proposal {queued}")), "{out}");
+
+    let (code, out, err) = run(
+        "refused",
+        Box::new(|_| {
+            Some(http_response(
+                "409 Conflict",
+                r#"{"error":"this device is not a member of library x any more"}"#,
+            ))
+        }),
+    );
+    assert_eq!(code, Some(2), "refused is exit status 2: {out} {err}");
+    assert!(err.contains("not a member") && err.contains("HTTP 409"), "{err}");
+
+    let (code, out, err) = run("cut", Box::new(|_| None));
+    assert_eq!(code, Some(4), "a connection broken mid-request is exit status 4: {out} {err}");
+    assert!(err.contains("may or may not be committed"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let (code, _, err) = run(
+        "service-stopped",
+        Box::new(|_| {
+            Some(http_response(
+                "503 Service Unavailable",
+                r#"{"error":"the sync service stopped","outcome":"unknown"}"#,
+            ))
+        }),
+    );
+    assert_eq!(code, Some(4), "the daemon saying it cannot tell is exit status 4: {err}");
+
+    // nothing listens at the address: the request was never sent
+    let dir = root.path().join("gone");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::write(dir.join("control.addr"), format!("127.0.0.1:{port}\n")).unwrap();
+    std::fs::write(dir.join("control.token"), "ab".repeat(32)).unwrap();
+    fails_with_one_line(&dir, &put, "cannot reach the lsync daemon");
+}
+
+/// The control token is made once and kept: a client holding it is not refused after the
+/// daemon restarts; `lsync token rotate` replaces it, and the old one is refused at once.
+#[test]
+fn control_token_survives_a_restart_until_rotated() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::init_and_start(root.path(), "solo");
+    let token = d.token();
+    assert_eq!(d.http("GET", "/status", Some(&token), None).0, 200);
+    let dir = d.dir.clone();
+    d.terminate();
+    assert_eq!(std::fs::read_to_string(dir.join("control.token")).unwrap().trim(), token);
+
+    let d = Daemon::start(&dir);
+    assert_eq!(d.token(), token, "the token file was rewritten at the restart");
+    assert_eq!(d.http("GET", "/status", Some(&token), None).0, 200, "refused after a restart");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("control.token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let out = d.ok(&["token", "rotate"]);
+    assert!(out.contains("new token"), "{out}");
+    let fresh = d.token();
+    assert_ne!(fresh, token);
+    assert_eq!(d.http("GET", "/status", Some(&token), None).0, 401, "the old token still works");
+    assert_eq!(d.http("GET", "/status", Some(&fresh), None).0, 200);
+    d.ok(&["status"]);
+
+    // with no daemon running, the file is rewritten and the next start uses it
+    d.terminate();
+    let out = ok(&dir, &["token", "rotate"]);
+    assert!(out.contains("next start"), "{out}");
+    let offline = std::fs::read_to_string(dir.join("control.token")).unwrap().trim().to_owned();
+    assert_ne!(offline, fresh);
+    let d = Daemon::start(&dir);
+    assert_eq!(d.http("GET", "/status", Some(&offline), None).0, 200);
 }

@@ -81,7 +81,7 @@ enum Command {
         force: bool,
     },
     /// Run the daemon: the node (its libraries, replication over libp2p) and the control API
-    /// on 127.0.0.1, guarded by a token written to DIR/control.token. Logs go to stderr
+    /// on 127.0.0.1, guarded by the token in DIR/control.token (kept across restarts). Logs go to stderr
     /// (RUST_LOG=info for more); a follower catching up shows a progress bar. Stops cleanly
     /// on Ctrl-C or SIGTERM.
     Run {
@@ -95,6 +95,10 @@ enum Command {
     Library(LibraryCommand),
     /// Write a change to a library on any device (a follower proposes it to the leader): MODEL
     /// (tag, location) and the record as JSON, e.g. `lsync put tag '{"id":"t1","name":"holiday"}'`.
+    ///
+    /// Exit status: 0 committed; 3 queued (no leader reachable: it commits once one is); 2
+    /// refused (nothing was done); 4 unknown (the answer was lost: it may or may not be
+    /// committed, `lsync log` tells); 5 too large.
     Put {
         /// The library (default: the daemon's only library).
         #[arg(long, value_name = "ID")]
@@ -106,7 +110,8 @@ enum Command {
         /// without JSON).
         #[arg(long, value_name = "ID")]
         record_id: Option<String>,
-        /// Print the committed entry as JSON.
+        /// Print the daemon's answer as JSON ({status, first_sequence, last_sequence,
+        /// proposal_id}).
         #[arg(long)]
         json: bool,
         /// Model type: tag or location.
@@ -114,7 +119,10 @@ enum Command {
         /// The whole record as a JSON object (omit for a delete).
         record: Option<String>,
     },
-    /// Tags (a convenience over `lsync put tag`).
+    /// The control API's token (DIR/control.token, kept across restarts of the daemon).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Tags (a convenience over `lsync put tag`; the same exit statuses).
     #[command(subcommand)]
     Tag(TagCommand),
     /// Show the library's sync log, oldest first.
@@ -347,6 +355,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Replace the token: a running daemon uses the new one at once and refuses the old one;
+    /// with no daemon running, the file is rewritten and the next start uses it.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
 enum TagCommand {
     /// Add a tag: `lsync tag add holiday --color '#ff8800'`.
     Add {
@@ -357,7 +372,8 @@ enum TagCommand {
         id: Option<String>,
         #[arg(long)]
         color: Option<String>,
-        /// Print the committed entry as JSON.
+        /// Print the daemon's answer as JSON ({status, first_sequence, last_sequence,
+        /// proposal_id}).
         #[arg(long)]
         json: bool,
         name: String,
@@ -369,6 +385,18 @@ enum ChangeKind {
     Insert,
     Update,
     Delete,
+}
+
+/// The exit status of a command that failed with `e`: [`commands::EXIT_UNKNOWN`] when a change
+/// may or may not have been carried out, [`commands::EXIT_TOO_LARGE`] when it was refused for
+/// its size, else [`commands::EXIT_ERROR`] (nothing was done).
+pub fn exit_status(e: &anyhow::Error) -> ExitCode {
+    let code = match e.downcast_ref::<client::RequestError>().map(|r| r.failure) {
+        Some(client::Failure::Unknown) => commands::EXIT_UNKNOWN,
+        Some(client::Failure::TooLarge) => commands::EXIT_TOO_LARGE,
+        Some(client::Failure::NotDone) | None => commands::EXIT_ERROR,
+    };
+    ExitCode::from(code)
 }
 
 fn data_dir(given: Option<PathBuf>) -> PathBuf {
@@ -509,6 +537,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let library = commands::resolve_library(&client, library)?;
             commands::put(&client, library, request, json)
         }
+        Command::Token(TokenCommand::Rotate) => commands::token_rotate(&dir),
         Command::Log { library, since, limit, json } => {
             let client = Client::connect(&dir)?;
             let library = commands::resolve_library(&client, library)?;

@@ -15,11 +15,19 @@ pub const MAX_LOG_LIMIT: u64 = 1_000;
 /// `limit` of `GET /libraries/{id}/log` when none is given.
 pub const DEFAULT_LOG_LIMIT: u64 = 100;
 
-/// An error response: `{"error": "..."}`.
+/// An error response: `{"error": "..."}`, with `"outcome": "unknown"` when the daemon cannot
+/// tell whether the change was carried out (the library's sync service stopped while it was
+/// submitted); without it, nothing was done.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+    /// [`OUTCOME_UNKNOWN`], or absent: nothing was done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
+
+/// [`ErrorBody::outcome`] of an error after which the change may or may not be committed.
+pub const OUTCOME_UNKNOWN: &str = "unknown";
 
 /// A member device, as another device must know it (`POST /libraries/{id}/devices`, and the
 /// leader and members of `POST /libraries/{id}/join`).
