@@ -80,13 +80,17 @@ impl ControlServer {
     /// and writes the bound address to `<data_dir>/control.addr`. Must run inside the node's
     /// actix System.
     pub async fn start(node: Node, port: u16, data_dir: &Path) -> io::Result<ControlServer> {
-        let token = load_or_create_token(data_dir)?;
-        let token =
-            web::Data::new(Token { value: RwLock::new(token), file: data_dir.join(TOKEN_FILE) });
+        // the token is read (or made) once the port is bound: a daemon that cannot serve does
+        // not touch the file; until then no token is accepted
+        let token = web::Data::new(Token {
+            value: RwLock::new(String::new()),
+            file: data_dir.join(TOKEN_FILE),
+        });
+        let served = token.clone();
         let node = web::Data::new(node);
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(token.clone())
+                .app_data(served.clone())
                 .app_data(node.clone())
                 .app_data(
                     web::JsonConfig::default()
@@ -123,6 +127,8 @@ impl ControlServer {
             .addrs()
             .first()
             .ok_or_else(|| io::Error::other("the control API bound no address"))?;
+        *token.value.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            load_or_create_token(data_dir)?;
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
