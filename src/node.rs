@@ -1017,4 +1017,31 @@ mod tests {
         assert_eq!(me.map(|m| m.addresses.clone()), Some(vec![announced.to_string()]));
         node.shutdown().await;
     }
+
+    /// docs/protocol.md §4, `SyncLogEntry.proposal_id`: a leader's own `write` carries a
+    /// proposal id; a direct `commit` and a configuration entry carry none.
+    #[actix_rt::test]
+    async fn a_leaders_own_write_carries_a_proposal_id_a_direct_commit_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::builder(dir.path())
+            .listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+            .start()
+            .await
+            .unwrap();
+        let library = node.create_library().await.unwrap();
+        let tag = |id: &str| crate::Tag { id: id.into(), name: id.into(), color: None };
+        let written = node.write(library, vec![Change::insert(&tag("w"))]).await.unwrap();
+        let WriteOutcome::Committed { last_sequence, .. } = written else {
+            panic!("the leader commits at once: {written:?}")
+        };
+        let direct = node.commit(library, Change::insert(&tag("c"))).await.unwrap();
+        let log = node.database(library).unwrap().fetch_since(0, 100).unwrap();
+        let by_sequence = |s: u64| log.iter().find(|e| e.sequence == s).unwrap().clone();
+        assert!(by_sequence(last_sequence).proposal_id.is_some());
+        assert_eq!(by_sequence(direct.sequence).proposal_id, None);
+        let config =
+            log.iter().find(|e| e.change_type == lsync_protocol::ChangeType::Config).unwrap();
+        assert_eq!(config.proposal_id, None);
+        node.shutdown().await;
+    }
 }

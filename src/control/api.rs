@@ -348,8 +348,12 @@ pub struct WriteJson {
     /// `committed` (sequenced by the leader, applied here) or `queued` (no leader reachable;
     /// waits in this device's outbox and will be committed once).
     pub status: String,
+    /// The first entry of the change (`committed`); null when `queued`.
     pub first_sequence: Option<u64>,
+    /// Its last entry (`committed`); null when `queued`.
     pub last_sequence: Option<u64>,
+    /// The outbox entry's id when `queued`; null when `committed`, although the entries carry
+    /// a proposal id in the log (docs/protocol.md §4).
     pub proposal_id: Option<Uuid>,
 }
 
