@@ -602,6 +602,49 @@ fn demo_json_reports_convergence() {
     let summary = json(&stdout);
     assert_eq!(summary["converged"], true, "{summary}");
     assert_eq!(summary["devices"], 3, "{summary}");
+    // checked against the demo's own list of writes, not only device against device
+    assert_eq!(summary["all_writes_once"], true, "{summary}");
+    assert_eq!(summary["writes"], 500, "{summary}");
+}
+
+/// The plain demo tells its story on stdout and nothing else: the nodes' logs (the expected
+/// warnings of a stopped leader among them) go to demo.log in its directory, whose path it
+/// prints; devices are named device-1..N with their role beside them; a restarted follower's
+/// catch-up is followed to its end; the last line but one says the check passed.
+#[test]
+fn demo_logs_to_its_directory_and_tells_its_story() {
+    let root = tempfile::tempdir().unwrap();
+    let keep = root.path().join("demo");
+    let out = Command::new(LSYNC)
+        .args(["demo", "--changes", "1500", "--followers", "2", "--keep"])
+        .arg(&keep)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lsync demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed ({}): {stdout}\n{stderr}", out.status);
+    assert_eq!(stderr.trim(), "", "the demo's logs went to the terminal");
+    let log = keep.join("demo.log");
+    let logged = std::fs::read_to_string(&log).expect("demo.log");
+    assert!(logged.contains("INFO"), "demo.log holds the nodes' logs: {logged}");
+    let log_path = log.display().to_string();
+    assert!(stdout.lines().next().is_some_and(|l| l.contains(&log_path)), "{stdout}");
+    assert!(stdout.lines().last().is_some_and(|l| l.contains(&log_path)), "{stdout}");
+    for name in ["device-1", "device-2", "device-3"] {
+        assert!(stdout.contains(name), "{name} missing: {stdout}");
+    }
+    assert!(stdout.contains("-- device-2 caught up"), "{stdout}");
+    assert!(stdout.contains("was elected leader"), "{stdout}");
+    assert!(!stdout.contains("WARN"), "{stdout}");
+    let verdict = stdout.lines().rev().nth(1).unwrap_or_default();
+    assert!(verdict.starts_with("OK: the 3 devices hold identical tables and logs"), "{verdict}");
+    assert!(
+        verdict
+            .contains("every one of the 1500 changes the demo wrote is in every log exactly once"),
+        "{verdict}"
+    );
 }
 
 /// Runs a write command on `d` that must be committed (exit status 0) or queued (exit status 3,

@@ -42,12 +42,22 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// Whether the process logs to stderr: every command but `demo`, whose nodes log to a file
+    /// in its directory so that the terminal tells its story.
+    pub fn logs_to_stderr(&self) -> bool {
+        !matches!(self.command, Command::Demo { .. })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a leader and followers on 127.0.0.1 in temporary directories, write changes at a
     /// steady rate, show each device's role, sequence and lag live, stop a follower and bring
-    /// it back, and check that every device ends with identical tables and logs
-    /// (exit status 0 only if they do).
+    /// it back (it catches up, with a progress bar), stop the leader (another is elected), and
+    /// check that every device ends with identical tables and logs holding every change the
+    /// demo wrote exactly once (exit status 0 only if so). The nodes' logs go to demo.log in
+    /// the demo's directory.
     Demo {
         /// Number of followers.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
