@@ -1097,3 +1097,42 @@ fn control_token_survives_a_restart_until_rotated() {
     let d = Daemon::start(&dir);
     assert_eq!(d.http("GET", "/status", Some(&offline), None).0, 200);
 }
+
+/// A change over the daemon's size limit (half of `network.max_frame_bytes`) is refused before
+/// anything is written: `413` from the API naming the limit, one line and exit status 5 from
+/// the CLI; a change under it is committed.
+#[test]
+fn a_change_over_the_size_limit_is_refused_in_one_line() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("small");
+    ok(&dir, &["init", "--name", "small", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let config = dir.join("lsync.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let small = text.replace("max_frame_bytes = 16777216", "max_frame_bytes = 65536");
+    assert_ne!(small, text, "lsync init wrote the [network] defaults");
+    std::fs::write(&config, small).unwrap();
+    let d = Daemon::start(&dir);
+    let lib =
+        json(&d.ok(&["library", "create", "--json"]))["library_id"].as_str().unwrap().to_owned();
+    let before = last_sequence(&d, &lib);
+
+    let big = format!(r#"{{"id":"big","name":"{}"}}"#, "x".repeat(40_000));
+    let (code, out, err) = d.run(&["put", "tag", &big]);
+    assert_eq!(code, Some(5), "too large is exit status 5: {out} {err}");
+    let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("32768 bytes") && lines[0].contains("HTTP 413"), "{err}");
+
+    let body =
+        serde_json::json!({"model_type": "tag", "data": {"id": "big", "name": "x".repeat(40_000)}});
+    let (status, resp) =
+        d.http("POST", &format!("/libraries/{lib}/changes"), Some(&d.token()), Some(body));
+    assert_eq!(status, 413, "{resp}");
+    assert!(json(&resp)["error"].as_str().unwrap().contains("32768 bytes"), "{resp}");
+    assert_eq!(last_sequence(&d, &lib), before, "something was written");
+
+    let fits = format!(r#"{{"id":"fits","name":"{}"}}"#, "y".repeat(30_000));
+    let out = d.ok(&["put", "tag", &fits]);
+    assert!(out.contains("committed"), "{out}");
+    assert_eq!(last_sequence(&d, &lib), before + 1);
+}

@@ -27,7 +27,8 @@
 //! majority; docs/operations.md, "Membership").
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input, a refused invitation), 401, 404 (unknown
-//! library or path), 409 (not the leader, library exists, a membership change refused),
+//! library or path), 409 (not the leader, library exists, a membership change refused), 413 (a
+//! change over `Node::max_change_bytes`, or a body over what the endpoint accepts),
 //! 502 (the inviting device is unreachable), 503 (database busy, service stopped, no leader
 //! known), 507 (disk full) or 500.
 
@@ -63,8 +64,32 @@ pub const TOKEN_FILE: &str = "control.token";
 /// The file in the data directory holding the bound address (`127.0.0.1:PORT`).
 pub const ADDR_FILE: &str = "control.addr";
 
-/// Largest accepted request body.
+/// Largest accepted request body, but for `POST /libraries/{id}/changes`.
 const MAX_BODY: usize = 1024 * 1024;
+
+/// Largest accepted body of `POST /libraries/{id}/changes` for a node whose largest change is
+/// `max_change` bytes: room for a change of that size as JSON (escapes and all), so that a
+/// change over the limit is refused for its own size, naming the limit, rather than for its
+/// body's.
+fn max_change_body(max_change: usize) -> usize {
+    max_change.saturating_mul(4).saturating_add(MAX_BODY)
+}
+
+/// The JSON extractor's settings: `limit` bytes at most; a bad body is `400`, a body over the
+/// limit `413` naming it.
+fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default().limit(limit).content_type_required(false).error_handler(
+        move |e, _| match e {
+            actix_web::error::JsonPayloadError::Overflow { .. }
+            | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {limit} bytes, the most this endpoint accepts"),
+            )
+            .into(),
+            e => ApiError::bad_request(format!("bad JSON body: {e}")).into(),
+        },
+    )
+}
 
 /// A running control API.
 #[derive(Debug)]
@@ -87,19 +112,13 @@ impl ControlServer {
             file: data_dir.join(TOKEN_FILE),
         });
         let served = token.clone();
+        let changes_body = max_change_body(node.max_change_bytes());
         let node = web::Data::new(node);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(served.clone())
                 .app_data(node.clone())
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(MAX_BODY)
-                        .content_type_required(false)
-                        .error_handler(|e, _| {
-                            ApiError::bad_request(format!("bad JSON body: {e}")).into()
-                        }),
-                )
+                .app_data(json_config(MAX_BODY))
                 .wrap(from_fn(require_token))
                 .route("/status", web::get().to(status))
                 .route("/metrics", web::get().to(metrics_text))
@@ -112,7 +131,11 @@ impl ControlServer {
                 .route("/libraries/{id}/devices/{device}/preference", web::put().to(set_preference))
                 .route("/libraries/{id}/force-reconfigure", web::post().to(force_reconfigure))
                 .route("/libraries/{id}/join", web::post().to(join_library))
-                .route("/libraries/{id}/changes", web::post().to(commit_change))
+                .service(
+                    web::resource("/libraries/{id}/changes")
+                        .app_data(json_config(changes_body))
+                        .route(web::post().to(commit_change)),
+                )
                 .route("/libraries/{id}/log", web::get().to(read_log))
                 .route("/token/rotate", web::post().to(rotate_token))
                 .default_service(web::to(|| async {
@@ -342,6 +365,7 @@ impl From<NodeError> for ApiError {
                 }
             }
             NodeError::Transfer(_) => StatusCode::CONFLICT,
+            NodeError::ChangeTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             NodeError::OutcomeUnknown(_) => {
                 return Self { unknown: true, ..Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()) }
             }
@@ -592,7 +616,8 @@ async fn commit_change(
 ) -> Result<HttpResponse, ApiError> {
     let id = library_id(&path)?;
     let change = body.to_change().map_err(ApiError::bad_request)?;
-    // the same write on every device: committed at once on the leader, proposed from a follower
+    // the same write on every device: committed at once on the leader, proposed from a follower;
+    // a change over the size limit is 413 naming it (NodeError::ChangeTooLarge)
     let outcome = node.write(id, vec![change]).await?;
     Ok(HttpResponse::Ok().json(api::WriteJson::from_outcome(outcome)))
 }
@@ -711,6 +736,18 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(load_or_create_token(dir.path()).unwrap(), "ab".repeat(32));
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_change_too_large_is_413_naming_the_limit() {
+        let e = ApiError::from(NodeError::ChangeTooLarge {
+            bytes: 9_000_000,
+            limit: 8_388_608,
+            max_frame_bytes: 16_777_216,
+        });
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.message.contains("8388608 bytes") && e.message.contains("9000000"), "{e}");
+        assert!(max_change_body(8_388_608) > 4 * 8_388_608);
     }
 
     #[test]
