@@ -1136,3 +1136,35 @@ fn a_change_over_the_size_limit_is_refused_in_one_line() {
     assert!(out.contains("committed"), "{out}");
     assert_eq!(last_sequence(&d, &lib), before + 1);
 }
+
+/// `lsync status --proposal ID` tells what became of a write: committed (exit status 0, with
+/// its sequence), or not known on this device (exit status 4).
+#[test]
+fn status_tells_what_became_of_a_proposal() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::init_and_start(root.path(), "solo");
+    d.ok(&["library", "create"]);
+    d.ok(&["put", "tag", r#"{"id":"t1","name":"holiday"}"#]);
+    let log = json(&d.ok(&["log", "--json"]));
+    let entry = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["record_id"] == "t1")
+        .cloned()
+        .expect("the write is in the log");
+    let proposal = entry["proposal_id"].as_str().expect("a write carries a proposal id").to_owned();
+    let sequence = entry["sequence"].as_u64().unwrap();
+
+    let (code, out, err) = d.run(&["status", "--proposal", &proposal]);
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(out.contains(&format!("committed, sequence {sequence}")), "{out}");
+    let (code, out, _) = d.run(&["status", "--proposal", &proposal, "--json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(json(&out)["sequences"], serde_json::json!([sequence]), "{out}");
+
+    let stranger = Uuid::new_v4().to_string();
+    let (code, out, err) = d.run(&["status", "--proposal", &stranger]);
+    assert_eq!(code, Some(4), "not known here is exit status 4: {out} {err}");
+    assert!(out.contains("not known on this device"), "{out}");
+}

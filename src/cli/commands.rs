@@ -370,6 +370,55 @@ pub fn put(
     Ok(exit(committed))
 }
 
+/// `lsync status --proposal ID`: exit 0 committed, [`EXIT_PENDING`] queued, [`EXIT_UNKNOWN`]
+/// not known on this device.
+pub fn proposal_status(
+    client: &Client,
+    library: Uuid,
+    proposal: Uuid,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let p: lsync::control::api::ProposalJson =
+        client.get(&format!("/libraries/{library}/proposals/{proposal}"))?;
+    let code = match p.state.as_str() {
+        "committed" => ExitCode::SUCCESS,
+        "queued" => ExitCode::from(EXIT_PENDING),
+        _ => ExitCode::from(EXIT_UNKNOWN),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&p)?);
+        return Ok(code);
+    }
+    match p.state.as_str() {
+        "committed" => {
+            let seqs = match (p.sequences.first(), p.sequences.last()) {
+                (Some(a), Some(b)) if a == b => format!("sequence {a}"),
+                (Some(a), Some(b)) if b - a + 1 == p.sequences.len() as u64 => {
+                    format!("sequences {a}..={b}")
+                }
+                _ => format!(
+                    "sequences {}",
+                    p.sequences.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            println!("proposal {proposal}: committed, {seqs}");
+        }
+        "queued" => println!(
+            "proposal {proposal}: queued in this device's outbox ({} failed attempts{}); it \
+             is committed once a leader is reachable",
+            p.attempts,
+            p.last_error.map(|e| format!(", last: {e}")).unwrap_or_default()
+        ),
+        _ => println!(
+            "proposal {proposal}: not known on this device (its log, up to sequence {}, and \
+             its outbox hold nothing of it): it was not written here, was refused, or is \
+             committed by the leader and not yet applied here — ask again in a moment",
+            p.last_sequence
+        ),
+    }
+    Ok(code)
+}
+
 /// `lsync token rotate`: through the running daemon if there is one, else in the file.
 pub fn token_rotate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let file = dir.join(lsync::control::TOKEN_FILE);

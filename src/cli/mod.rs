@@ -155,11 +155,20 @@ enum Command {
     /// member), the members and a pending change; on a leader every follower's role, acked
     /// sequence, lag and connection; on a follower its applier state, the leader's last
     /// sequence and catch-up progress.
+    ///
+    /// With --proposal ID: what became of a write that answered `queued as proposal ID` —
+    /// committed (exit status 0), still queued (3), or not known on this device (4).
     Status {
         /// Refresh continuously (progress bars on a terminal; with --json, one JSON line per
         /// refresh).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "proposal")]
         watch: bool,
+        /// Tell what became of this proposal (the id `lsync put` printed).
+        #[arg(long, value_name = "ID")]
+        proposal: Option<Uuid>,
+        /// With --proposal: the library (default: the daemon's only library).
+        #[arg(long, value_name = "ID", requires = "proposal")]
+        library: Option<Uuid>,
         /// Print the daemon's JSON.
         #[arg(long)]
         json: bool,
@@ -553,7 +562,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let library = commands::resolve_library(&client, library)?;
             commands::log(&client, library, since, limit, json)
         }
-        Command::Status { watch, json, interval_ms } => {
+        Command::Status { proposal: Some(proposal), library, json, .. } => {
+            let client = Client::connect(&dir)?;
+            let library = commands::resolve_library(&client, library)?;
+            commands::proposal_status(&client, library, proposal, json)
+        }
+        Command::Status { watch, json, interval_ms, .. } => {
             let client = Client::connect(&dir)?;
             status::status(&client, watch, json, Duration::from_millis(interval_ms.max(50)))
         }

@@ -377,6 +377,29 @@ impl WriteJson {
     }
 }
 
+/// Response of `GET /libraries/{id}/proposals/{proposal}`: what became of a write, as this
+/// device knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalJson {
+    pub library_id: Uuid,
+    pub proposal_id: Uuid,
+    /// `committed` (entries in this device's log carry its id), `queued` (it waits in this
+    /// device's outbox) or `unknown` (neither: not written on this device, refused, or committed
+    /// by the leader and not yet applied here).
+    pub state: String,
+    /// `committed`: the sequences of its entries, in order (usually consecutive).
+    #[serde(default)]
+    pub sequences: Vec<u64>,
+    /// `queued`: failed delivery attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// `queued`: why the last attempt failed, if one did.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// This device's last sequence when it looked.
+    pub last_sequence: u64,
+}
+
 /// One sync log entry as JSON; `data` is the record decoded from MessagePack (`null` for a
 /// delete, the configuration for a configuration entry, `{"msgpack_hex": "..."}` if it is not
 /// plain MessagePack).
@@ -391,6 +414,10 @@ pub struct EntryJson {
     pub change_type: String,
     pub version: i64,
     pub data: serde_json::Value,
+    /// The proposal the entry commits (every write's entries carry one; docs/protocol.md §4),
+    /// for `lsync status --proposal`.
+    #[serde(default)]
+    pub proposal_id: Option<Uuid>,
 }
 
 impl EntryJson {
@@ -410,6 +437,7 @@ impl EntryJson {
             } else {
                 data_json(&e.data)
             },
+            proposal_id: e.proposal_id,
         }
     }
 }

@@ -20,6 +20,7 @@
 //! | `POST /libraries/{id}/join` | `{leader: device, members: [device]}` → `{}` |
 //! | `POST /libraries/{id}/changes` | `{model_type, record_id?, change_type?, data}` → `{status, first_sequence, last_sequence, proposal_id}` |
 //! | `GET /libraries/{id}/log?since=N&limit=N` | → `{entries, last_sequence}` (limit ≤ 1000) |
+//! | `GET /libraries/{id}/proposals/{proposal}` | → `{library_id, proposal_id, state: committed\|queued\|unknown, sequences, attempts, last_error, last_sequence}` |
 //! | `POST /token/rotate` | → `{}`: a new token is in `control.token`, the old one is refused |
 //!
 //! A membership change answers `{library_id, config_sequence, committed}`: `200` when the
@@ -137,6 +138,7 @@ impl ControlServer {
                         .route(web::post().to(commit_change)),
                 )
                 .route("/libraries/{id}/log", web::get().to(read_log))
+                .route("/libraries/{id}/proposals/{proposal}", web::get().to(proposal))
                 .route("/token/rotate", web::post().to(rotate_token))
                 .default_service(web::to(|| async {
                     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint: see docs/operations.md")
@@ -620,6 +622,49 @@ async fn commit_change(
     // a change over the size limit is 413 naming it (NodeError::ChangeTooLarge)
     let outcome = node.write(id, vec![change]).await?;
     Ok(HttpResponse::Ok().json(api::WriteJson::from_outcome(outcome)))
+}
+
+/// `GET /libraries/{id}/proposals/{proposal}`: the entries of this device's log that carry the
+/// proposal id, else its outbox entry, else `unknown`.
+async fn proposal(
+    node: web::Data<Node>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path.0)?;
+    let proposal_id: Uuid = path.1.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad proposal id {:?} ({e}): give the uuid `lsync put` printed",
+            path.1
+        ))
+    })?;
+    let db = node.database(id)?;
+    let answer = web::block(move || -> Result<api::ProposalJson, StorageError> {
+        let (entries, last) = db.with_reader(|conn| {
+            let entries = crate::crates::storage::SyncLog::proposal_entries(conn, proposal_id)?;
+            Ok((entries, crate::crates::storage::SyncLog::last(conn)?.sequence))
+        })?;
+        let mut answer = api::ProposalJson {
+            library_id: id,
+            proposal_id,
+            state: "unknown".into(),
+            sequences: entries.iter().map(|e| e.sequence).collect(),
+            attempts: 0,
+            last_error: None,
+            last_sequence: last,
+        };
+        if !entries.is_empty() {
+            answer.state = "committed".into();
+        } else if let Some(queued) = db.outbox_get(proposal_id)? {
+            answer.state = "queued".into();
+            answer.attempts = queued.attempts;
+            answer.last_error = queued.last_error;
+        }
+        Ok(answer)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::from(NodeError::Storage(e)))?;
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 fn query_u64(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {
