@@ -1098,31 +1098,44 @@ fn control_token_survives_a_restart_until_rotated() {
     assert_eq!(d.http("GET", "/status", Some(&offline), None).0, 200);
 }
 
-/// A change over the daemon's size limit (half of `network.max_frame_bytes`) is refused before
-/// anything is written: `413` from the API naming the limit, one line and exit status 5 from
-/// the CLI; a change under it is committed.
-#[test]
-fn a_change_over_the_size_limit_is_refused_in_one_line() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("small");
-    ok(&dir, &["init", "--name", "small", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+/// `lsync init` in `root/name` with a frame limit of 64 KiB (so a change may be 32 KiB), then
+/// `lsync run`.
+fn start_with_small_frames(root: &Path, name: &str) -> Daemon {
+    let dir = root.join(name);
+    ok(&dir, &["init", "--name", name, "--listen", "/ip4/127.0.0.1/tcp/0"]);
     let config = dir.join("lsync.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     let small = text.replace("max_frame_bytes = 16777216", "max_frame_bytes = 65536");
     assert_ne!(small, text, "lsync init wrote the [network] defaults");
     std::fs::write(&config, small).unwrap();
-    let d = Daemon::start(&dir);
+    Daemon::start(&dir)
+}
+
+/// A change over the daemon's size limit (half of `network.max_frame_bytes`) is refused before
+/// anything is written, on the leader and on a follower: `413` from the API naming the limit,
+/// one line and exit status 5 from the CLI. A change under it is committed and the follower
+/// goes on replicating.
+#[test]
+fn a_change_over_the_size_limit_is_refused_in_one_line() {
+    let root = tempfile::tempdir().unwrap();
+    let d = start_with_small_frames(root.path(), "leader");
+    let f = start_with_small_frames(root.path(), "follower");
     let lib =
         json(&d.ok(&["library", "create", "--json"]))["library_id"].as_str().unwrap().to_owned();
-    let before = last_sequence(&d, &lib);
+    let invitation = json(&d.ok(&["library", "invite", "--json"]));
+    f.ok(&["library", "join", invitation["token"].as_str().unwrap()]);
+    // the leader promotes the learner (two voters): no configuration entry comes later
+    wait_for_configuration(&[&d, &f], 2, 2);
+    let before = wait_for_convergence(&[&d, &f], &lib);
 
     let big = format!(r#"{{"id":"big","name":"{}"}}"#, "x".repeat(40_000));
-    let (code, out, err) = d.run(&["put", "tag", &big]);
-    assert_eq!(code, Some(5), "too large is exit status 5: {out} {err}");
-    let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].contains("32768 bytes") && lines[0].contains("HTTP 413"), "{err}");
-
+    for device in [&d, &f] {
+        let (code, out, err) = device.run(&["put", "tag", &big]);
+        assert_eq!(code, Some(5), "too large is exit status 5: {out} {err}");
+        let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(lines[0].contains("32768 bytes") && lines[0].contains("HTTP 413"), "{err}");
+    }
     let body =
         serde_json::json!({"model_type": "tag", "data": {"id": "big", "name": "x".repeat(40_000)}});
     let (status, resp) =
@@ -1131,10 +1144,13 @@ fn a_change_over_the_size_limit_is_refused_in_one_line() {
     assert!(json(&resp)["error"].as_str().unwrap().contains("32768 bytes"), "{resp}");
     assert_eq!(last_sequence(&d, &lib), before, "something was written");
 
+    // under the limit: committed, from either device, and replicated
     let fits = format!(r#"{{"id":"fits","name":"{}"}}"#, "y".repeat(30_000));
     let out = d.ok(&["put", "tag", &fits]);
     assert!(out.contains("committed"), "{out}");
-    assert_eq!(last_sequence(&d, &lib), before + 1);
+    let out = written(&f, &["put", "tag", r#"{"id":"after","name":"after the refused one"}"#]);
+    assert!(out.contains("committed") || out.contains("queued"), "{out}");
+    assert_eq!(wait_for_convergence(&[&d, &f], &lib), before + 2);
 }
 
 /// `lsync status --proposal ID` tells what became of a write: committed (exit status 0, with
