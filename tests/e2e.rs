@@ -1098,15 +1098,20 @@ fn control_token_survives_a_restart_until_rotated() {
     assert_eq!(d.http("GET", "/status", Some(&offline), None).0, 200);
 }
 
-/// `lsync init` in `root/name` with a frame limit of 64 KiB (so a change may be 32 KiB), then
-/// `lsync run`.
+/// `lsync init` in `root/name` with a frame limit of 64 KiB (so a change may be 32 KiB) and
+/// short timers, then `lsync run`.
 fn start_with_small_frames(root: &Path, name: &str) -> Daemon {
     let dir = root.join(name);
     ok(&dir, &["init", "--name", name, "--listen", "/ip4/127.0.0.1/tcp/0"]);
     let config = dir.join("lsync.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    let small = text.replace("max_frame_bytes = 16777216", "max_frame_bytes = 65536");
-    assert_ne!(small, text, "lsync init wrote the [network] defaults");
+    // and the short timers of Daemon::init_and_start
+    let small = text
+        .replace("max_frame_bytes = 16777216", "max_frame_bytes = 65536")
+        .replace("heartbeat_interval_ms = 30000", "heartbeat_interval_ms = 200")
+        .replace("leader_timeout_ms = 60000", "leader_timeout_ms = 1500")
+        .replace("backoff_max_ms = 30000", "backoff_max_ms = 1000");
+    assert!(small.contains("max_frame_bytes = 65536"), "lsync init wrote the [network] defaults");
     std::fs::write(&config, small).unwrap();
     Daemon::start(&dir)
 }
