@@ -518,6 +518,8 @@ impl Demo {
             ));
         }
         self.devices[d].catch_up = Some((restarted, from, to));
+        // a frame at once: a short catch-up may be over before the next one
+        self.view(true).await;
     }
 
     async fn restart(&mut self, d: usize) -> anyhow::Result<()> {
@@ -729,7 +731,7 @@ impl Demo {
                         d.name, st.term, st.last_sequence, lag
                     );
                     let state = st.applier.as_ref().map(|a| a.state);
-                    if let Some((since, _, to)) = d.catch_up {
+                    if let Some((since, from, to)) = d.catch_up {
                         // done: following the leader of now, at least where it was at the
                         // restart, not rebuilding, nothing set aside
                         let caught_up = state != Some(FollowerState::Reconciling)
@@ -739,7 +741,7 @@ impl Demo {
                             && st.rebuild_mark.is_none()
                             && st.outbox_pending == 0;
                         if caught_up {
-                            done.push((i, since.elapsed()));
+                            done.push((i, since.elapsed(), to.saturating_sub(from)));
                         }
                     }
                     let run = st.applier.as_ref().and_then(|a| a.progress);
@@ -759,12 +761,13 @@ impl Demo {
                 Err(e) => rows.push(format!(" {:<8}  {short}  error: {e}", d.name)),
             }
         }
-        for (i, took) in done {
+        for (i, took, entries) in done {
             self.devices[i].catch_up = None;
             let name = self.devices[i].name.clone();
             self.screen.event(&format!(
-                "-- {name} caught up: it holds the leader's log; {} s after its restart",
-                format_args!("{:.1}", took.as_secs_f64())
+                "-- {name} caught up: the {entries} entries it missed are applied, {:.1} s \
+                 after its restart",
+                took.as_secs_f64()
             ));
         }
         // narrow enough for an 80-column terminal, where the table redraws in place
