@@ -8,8 +8,8 @@
 //! catches up from its persisted sequence, with a progress bar); the leader is stopped (the
 //! followers elect a new one and the writes go on there), then comes back as a follower; some
 //! changes are written on a follower. At the end every device must hold identical tables and
-//! logs, and every change the demo wrote (its own list, [`Demo::written`]) must be in every
-//! device's log exactly once — the exit status is 0 only if both hold.
+//! logs, and every change the demo wrote (its own list of writes, `Demo::written`) must be in
+//! every device's log exactly once — the exit status is 0 only if both hold.
 //!
 //! The terminal tells the story: one line per event, and a table of the devices that redraws in
 //! place on a terminal (plain snapshots otherwise; nothing but a JSON summary with `--json`).

@@ -91,9 +91,9 @@ enum Command {
         force: bool,
     },
     /// Run the daemon: the node (its libraries, replication over libp2p) and the control API
-    /// on 127.0.0.1, guarded by the token in DIR/control.token (kept across restarts). Logs go to stderr
-    /// (RUST_LOG=info for more); a follower catching up shows a progress bar. Stops cleanly
-    /// on Ctrl-C or SIGTERM.
+    /// on 127.0.0.1, guarded by the token in DIR/control.token (kept across restarts). Logs go
+    /// to stderr (RUST_LOG=info for more); a follower catching up shows a progress bar. Stops
+    /// cleanly on Ctrl-C or SIGTERM.
     Run {
         /// Config file (default: DIR/lsync.toml). Its `data_dir` key, if any, names the data
         /// directory; else the file's own directory is.

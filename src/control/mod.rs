@@ -2,8 +2,9 @@
 //!
 //! Every request needs `Authorization: Bearer <token>`, the token being the content of
 //! `<data dir>/control.token` (mode 0600, made once by the first start and kept across restarts
-//! until `POST /token/rotate` — `lsync token rotate` — replaces it); anything else gets `401`. The address actually bound is written to `<data dir>/control.addr` (and removed at a
-//! clean stop), so clients find a daemon whose port was 0.
+//! until `POST /token/rotate` — `lsync token rotate` — replaces it); anything else gets `401`.
+//! The address actually bound is written to `<data dir>/control.addr` (and removed at a clean
+//! stop), so clients find a daemon whose port was 0.
 //!
 //! | method and path | body → response |
 //! |---|---|
@@ -204,14 +205,21 @@ pub fn load_or_create_token(data_dir: &Path) -> io::Result<String> {
                 use std::os::unix::fs::PermissionsExt;
                 let mode = std::fs::metadata(&path)?.permissions().mode();
                 if mode & 0o077 != 0 {
-                    tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777), "the control token was readable by others: made owner-only (0600)");
+                    tracing::warn!(
+                        file = %path.display(),
+                        mode = format!("{:o}", mode & 0o777),
+                        "the control token was readable by others: made owner-only (0600)"
+                    );
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
                 }
             }
             Ok(text.trim().to_owned())
         }
         Ok(_) => {
-            tracing::warn!(file = %path.display(), "the control token file held no valid token: a new one was written");
+            tracing::warn!(
+                file = %path.display(),
+                "the control token file held no valid token: a new one was written"
+            );
             rotate_token_file(data_dir)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => rotate_token_file(data_dir),
@@ -369,7 +377,8 @@ impl From<NodeError> for ApiError {
             NodeError::Transfer(_) => StatusCode::CONFLICT,
             NodeError::ChangeTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             NodeError::OutcomeUnknown(_) => {
-                return Self { unknown: true, ..Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()) }
+                let unknown = Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                return Self { unknown: true, ..unknown };
             }
             NodeError::Storage(s) => match s {
                 StorageError::NotLeader { .. } => {
