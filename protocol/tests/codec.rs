@@ -18,7 +18,7 @@ use lsync_protocol::codec::{decode_body, encode_frame, read_frame, write_frame};
 use lsync_protocol::{
     AddressHint, ChangeType, Configuration, ErrorCode, Member, MemberRole, MembershipChange,
     ProposedChange, RolePreference, SyncCodec, SyncLogEntry, SyncMessage, SyncRole,
-    CONFIG_MODEL_TYPE, CONFIG_RECORD_ID, DEFAULT_MAX_FRAME, FEATURE_VERSION, PROTOCOL,
+    CONFIG_MODEL_TYPE, CONFIG_RECORD_ID, DEFAULT_MAX_FRAME, FEATURE_VERSION, MAX_TERM, PROTOCOL,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -27,6 +27,11 @@ use uuid::Uuid;
 // ---------------------------------------------------------------------------------------------
 // Strategies: arbitrary values of every field of every variant, nested types included.
 // ---------------------------------------------------------------------------------------------
+
+/// A term a message may carry: at most [`MAX_TERM`] (larger ones are refused, tested below).
+fn term() -> impl Strategy<Value = u64> {
+    0..=MAX_TERM
+}
 
 fn uuid() -> impl Strategy<Value = Uuid> {
     any::<u128>().prop_map(Uuid::from_u128)
@@ -120,7 +125,7 @@ fn address_hint() -> impl Strategy<Value = AddressHint> {
 
 fn entry_with(max_data: usize) -> impl Strategy<Value = SyncLogEntry> {
     (
-        (any::<u64>(), any::<u64>(), uuid(), any::<i64>()),
+        (any::<u64>(), term(), uuid(), any::<i64>()),
         (any::<String>(), any::<String>(), change_type(), any::<i64>()),
         vec(any::<u8>(), 0..max_data),
         proptest::option::of(uuid()),
@@ -180,7 +185,7 @@ fn proposed_with(max_data: usize) -> impl Strategy<Value = ProposedChange> {
 fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = SyncMessage> {
     prop_oneof![
         (
-            (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            (uuid(), term(), any::<u64>(), any::<u64>(), any::<u64>(), term()),
             vec(any_entry(max_data), 0..=max_entries.min(4)),
             any::<u64>(),
         )
@@ -202,7 +207,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     }
                 }
             ),
-        (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        (uuid(), term(), any::<u64>(), term(), any::<u64>()).prop_map(
             |(library_id, term, since_sequence, since_term, limit)| SyncMessage::FetchEntries {
                 library_id,
                 term,
@@ -213,7 +218,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
         ),
         (
             uuid(),
-            any::<u64>(),
+            term(),
             vec(any_entry(max_data), 0..max_entries),
             any::<bool>(),
             any::<u64>(),
@@ -231,7 +236,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     }
                 }
             ),
-        (uuid(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        (uuid(), any::<u64>(), term(), term()).prop_map(
             |(library_id, up_to_sequence, term, last_term)| SyncMessage::Acknowledge {
                 library_id,
                 up_to_sequence,
@@ -239,17 +244,9 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 last_term,
             }
         ),
-        (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), role(), any::<u64>(), any::<u32>())
-            .prop_map(
-                |(
-                    library_id,
-                    term,
-                    current_sequence,
-                    last_term,
-                    role,
-                    commit_sequence,
-                    features,
-                )| SyncMessage::Heartbeat {
+        (uuid(), term(), any::<u64>(), term(), role(), any::<u64>(), any::<u32>()).prop_map(
+            |(library_id, term, current_sequence, last_term, role, commit_sequence, features)| {
+                SyncMessage::Heartbeat {
                     library_id,
                     term,
                     current_sequence,
@@ -258,8 +255,9 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     commit_sequence,
                     features,
                 }
-            ),
-        (uuid(), any::<u64>(), any::<String>(), any::<u64>()).prop_map(
+            }
+        ),
+        (uuid(), term(), any::<String>(), any::<u64>()).prop_map(
             |(library_id, term, reason, leader_last_sequence)| SyncMessage::SyncRequired {
                 library_id,
                 term,
@@ -267,9 +265,17 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 leader_last_sequence,
             }
         ),
-        (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>())
-            .prop_map(
-                |(
+        (uuid(), term(), uuid(), term(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+            |(
+                library_id,
+                term,
+                candidate,
+                last_log_term,
+                last_log_sequence,
+                transfer,
+                pre_vote,
+            )| {
+                SyncMessage::RequestVote {
                     library_id,
                     term,
                     candidate,
@@ -277,19 +283,10 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     last_log_sequence,
                     transfer,
                     pre_vote,
-                )| {
-                    SyncMessage::RequestVote {
-                        library_id,
-                        term,
-                        candidate,
-                        last_log_term,
-                        last_log_sequence,
-                        transfer,
-                        pre_vote,
-                    }
                 }
-            ),
-        (uuid(), any::<u64>(), uuid(), any::<bool>(), any::<bool>()).prop_map(
+            }
+        ),
+        (uuid(), term(), uuid(), any::<bool>(), any::<bool>()).prop_map(
             |(library_id, term, voter, granted, pre_vote)| SyncMessage::Vote {
                 library_id,
                 term,
@@ -298,13 +295,14 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 pre_vote,
             }
         ),
-        (uuid(), any::<u64>())
+        (uuid(), term())
             .prop_map(|(library_id, term)| SyncMessage::TimeoutNow { library_id, term }),
-        (uuid(), any::<u64>(), uuid(), uuid(), vec(proposed_with(max_data), 0..max_entries))
-            .prop_map(|(library_id, term, proposal_id, origin_device, changes)| {
+        (uuid(), term(), uuid(), uuid(), vec(proposed_with(max_data), 0..max_entries)).prop_map(
+            |(library_id, term, proposal_id, origin_device, changes)| {
                 SyncMessage::Propose { library_id, term, proposal_id, origin_device, changes }
-            }),
-        (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<u64>()).prop_map(
+            }
+        ),
+        (uuid(), term(), uuid(), any::<u64>(), any::<u64>()).prop_map(
             |(library_id, term, proposal_id, first_sequence, last_sequence)| {
                 SyncMessage::ProposalResult {
                     library_id,
@@ -320,7 +318,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
             error_code(),
             any::<String>(),
             proptest::option::of(uuid()),
-            any::<u64>(),
+            term(),
             proptest::option::of(any::<String>())
         )
             .prop_map(|(library_id, code, message, leader_hint, term, leader_peer)| {
@@ -337,7 +335,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
         ),
         (
             uuid(),
-            any::<u64>(),
+            term(),
             proptest::option::of(uuid()),
             configuration(),
             any::<u64>(),
@@ -355,7 +353,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     }
                 }
             ),
-        (uuid(), any::<u64>(), uuid(), membership_change()).prop_map(
+        (uuid(), term(), uuid(), membership_change()).prop_map(
             |(library_id, term, request_id, change)| SyncMessage::ChangeMembership {
                 library_id,
                 term,
@@ -363,7 +361,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 change,
             }
         ),
-        (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<bool>()).prop_map(
+        (uuid(), term(), uuid(), any::<u64>(), any::<bool>()).prop_map(
             |(library_id, term, request_id, config_sequence, committed)| {
                 SyncMessage::MembershipResult {
                     library_id,
@@ -452,7 +450,7 @@ fn samples() -> Vec<SyncMessage> {
         SyncMessage::EntriesResponse {
             commit_sequence: 0,
             library_id: LIB,
-            term: u64::MAX,
+            term: MAX_TERM,
             entries: vec![
                 entry(1, ChangeType::Insert, vec![0x81, 0xa1, b'n', 0xa1, b'x']),
                 entry(2, ChangeType::Update, vec![0; 300]),
@@ -2058,4 +2056,122 @@ fn an_absent_leader_is_nil_and_an_absent_preference_is_auto() {
         committed: true,
     };
     assert_eq!(decode_body(&body).unwrap(), expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terms out of range (docs/protocol.md §6): refused when decoded, never handed on.
+// ---------------------------------------------------------------------------------------------
+
+/// The terms a hostile member could send: one past the highest, the largest SQLite integer and
+/// the largest u64.
+const OUT_OF_RANGE: [u64; 3] = [MAX_TERM + 1, i64::MAX as u64, u64::MAX];
+
+#[test]
+fn a_request_with_a_term_beyond_the_store_is_refused_as_malformed() {
+    for term in OUT_OF_RANGE {
+        let heartbeat = SyncMessage::Heartbeat {
+            library_id: LIB,
+            term,
+            current_sequence: 1,
+            last_term: 1,
+            role: SyncRole::Leader,
+            commit_sequence: 0,
+            features: FEATURE_VERSION,
+        };
+        let vote = SyncMessage::RequestVote {
+            library_id: LIB,
+            term,
+            candidate: Uuid::from_u128(2),
+            last_log_term: 1,
+            last_log_sequence: 1,
+            transfer: false,
+            pre_vote: false,
+        };
+        for msg in [heartbeat, vote] {
+            // The sender's side does not check (a peer may run anything): the frame goes out.
+            let frame = encode_frame(&msg, DEFAULT_MAX_FRAME).unwrap();
+            let e = assert_kind(read(&frame, DEFAULT_MAX_FRAME), io::ErrorKind::InvalidData);
+            assert!(e.to_string().contains("above the highest term"), "{term}: {e}");
+            let e = assert_kind(decode_body(&frame[4..]), io::ErrorKind::InvalidData);
+            assert!(e.to_string().contains(&term.to_string()), "{e}");
+        }
+    }
+}
+
+#[test]
+fn a_response_with_a_term_beyond_the_store_fails_the_request() {
+    for term in OUT_OF_RANGE {
+        let vote = SyncMessage::Vote {
+            library_id: LIB,
+            term,
+            voter: Uuid::from_u128(3),
+            granted: false,
+            pre_vote: false,
+        };
+        let frame = encode_frame(&vote, DEFAULT_MAX_FRAME).unwrap();
+        let mut codec = SyncCodec::default();
+        let result = block_on(codec.read_response(&PROTOCOL, &mut Cursor::new(frame)));
+        assert_kind(result, io::ErrorKind::InvalidData);
+    }
+}
+
+#[test]
+fn a_term_out_of_range_in_any_term_field_is_refused() {
+    let entry = SyncLogEntry { term: u64::MAX, ..entry(1, ChangeType::Insert, vec![]) };
+    let hostile = [
+        SyncMessage::NewEntries {
+            commit_sequence: 0,
+            library_id: LIB,
+            term: 2,
+            from_sequence: 1,
+            to_sequence: 1,
+            entry_count: 1,
+            prev_term: u64::MAX,
+            entries: vec![],
+        },
+        SyncMessage::NewEntries {
+            commit_sequence: 0,
+            library_id: LIB,
+            term: 2,
+            from_sequence: 1,
+            to_sequence: 1,
+            entry_count: 1,
+            prev_term: 0,
+            entries: vec![entry],
+        },
+        SyncMessage::FetchEntries {
+            library_id: LIB,
+            term: 2,
+            since_sequence: 1,
+            since_term: i64::MAX as u64,
+            limit: 1,
+        },
+        SyncMessage::Acknowledge {
+            library_id: LIB,
+            up_to_sequence: 1,
+            term: 2,
+            last_term: MAX_TERM + 1,
+        },
+        SyncMessage::RequestVote {
+            library_id: LIB,
+            term: 2,
+            candidate: Uuid::from_u128(2),
+            last_log_term: u64::MAX,
+            last_log_sequence: 1,
+            transfer: false,
+            pre_vote: true,
+        },
+        SyncMessage::Error {
+            library_id: LIB,
+            code: ErrorCode::StaleTerm,
+            message: String::new(),
+            leader_hint: None,
+            term: u64::MAX,
+            leader_peer: None,
+        },
+    ];
+    for msg in hostile {
+        let frame = encode_frame(&msg, DEFAULT_MAX_FRAME).unwrap();
+        assert_kind(read(&frame, DEFAULT_MAX_FRAME), io::ErrorKind::InvalidData);
+    }
 }

@@ -186,14 +186,16 @@
 //!   leaders of one term (checked by the simulator, election/sim.rs, with every device
 //!   deriving its configuration from its own log).
 //!
-//! Nothing here panics on any input: terms saturate (a device at `u64::MAX` stops
-//! campaigning), timers are clamped, and messages from non-members or from this device itself
-//! are refused.
+//! Nothing here panics on any input: a term never goes above [`MAX_TERM`] (docs/protocol.md
+//! §6): a message carrying a larger one is never adopted (the term rule finds it stale), and a
+//! device whose next campaign term would exceed it stops campaigning and says why (term
+//! arithmetic saturates, so it is never computed past it); timers are clamped, and messages from
+//! non-members or from this device itself are refused.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use lsync_protocol::SyncRole;
+use lsync_protocol::{SyncRole, MAX_TERM};
 use lsync_storage::LogPosition;
 use rand::Rng;
 use tracing::{debug, info, warn};
@@ -555,6 +557,17 @@ pub enum TransferError {
     /// The target is a learner of the library: only a voter may lead.
     #[error("{0} is a learner, not a voter, of the library")]
     NotAVoter(Uuid),
+}
+
+/// Why a device has no term to campaign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum NoTerm {
+    /// The next term would be above [`MAX_TERM`], the highest a device may reach.
+    #[error("the term space is exhausted (the next term would be above the highest term)")]
+    Exhausted,
+    /// Two two-voter sets this device belongs to give it different parities.
+    #[error("no term is this device's own in both of its two-voter sets")]
+    Parities,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1214,16 +1227,19 @@ impl<R: Rng> Election<R> {
     /// The term this device campaigns in next: after the current one, never term 1 (the
     /// creator's), and one of this device's own terms in every two-voter set it belongs to,
     /// latest or previous (its rank among the sorted voters of the set gives the parity;
-    /// learners do not count). `None` when the term space is exhausted or two such sets give
-    /// it different parities (no term is its own in both).
-    fn next_campaign_term(&self) -> Option<u64> {
-        let mut term = self.term.checked_add(1)?.max(2);
-        if let Some(parity) = self.membership.parity_of(&self.me).ok()? {
-            if term % 2 != parity {
-                term = term.checked_add(1)?;
-            }
+    /// learners do not count). An error when that term would be above [`MAX_TERM`] (never
+    /// computed past it: the addition saturates) or two such sets give it different parities
+    /// (no term is its own in both).
+    fn next_campaign_term(&self) -> Result<u64, NoTerm> {
+        let mut term = self.term.saturating_add(1).max(2);
+        let parity = self.membership.parity_of(&self.me).map_err(|()| NoTerm::Parities)?;
+        if parity.is_some_and(|p| term % 2 != p) {
+            term = term.saturating_add(1);
         }
-        Some(term)
+        if term > MAX_TERM {
+            return Err(NoTerm::Exhausted);
+        }
+        Ok(term)
     }
 
     /// Redraws the election deadline and asks every other voter for a pre-vote for the next
@@ -1236,9 +1252,12 @@ impl<R: Rng> Election<R> {
             debug!(last_log = %self.last_log, floor = %self.log_floor, "not campaigning");
             return;
         }
-        let Some(term) = self.next_campaign_term() else {
-            warn!(term = self.term, "no term to campaign in (exhausted or no own parity)");
-            return;
+        let term = match self.next_campaign_term() {
+            Ok(term) => term,
+            Err(why) => {
+                warn!(term = self.term, max_term = MAX_TERM, "not campaigning: {why}");
+                return;
+            }
         };
         self.pre_vote = Some(PreVote { term, granted: BTreeSet::from([self.me]) });
         if self.pre_vote_won() {
@@ -1266,9 +1285,12 @@ impl<R: Rng> Election<R> {
         if !self.can_campaign() {
             return;
         }
-        let Some(term) = self.next_campaign_term() else {
-            warn!(term = self.term, "no term to campaign in (exhausted or no own parity)");
-            return;
+        let term = match self.next_campaign_term() {
+            Ok(term) => term,
+            Err(why) => {
+                warn!(term = self.term, max_term = MAX_TERM, "not campaigning: {why}");
+                return;
+            }
         };
         self.adopt_term(term, now);
         self.role = SyncRole::Candidate;
