@@ -24,7 +24,7 @@ use crate::membership::{self, Membership};
 use crate::model::ModelRegistry;
 use crate::outbox::{self, OutboxEntry};
 use crate::sync_log::{LogPosition, SyncLog};
-use crate::sync_state::{self, SyncState};
+use crate::sync_state::{self, ElectionRecord, SyncState};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -325,12 +325,39 @@ impl Database {
         self.inner.checkpointer.shared.done.load(Ordering::Relaxed)
     }
 
-    /// The sync state.
+    /// The sync state: the `sync_state` row with the election record read over it
+    /// ([`sync_state::with_record`]: the record holds the term, vote and leader the election
+    /// wrote with a full sync, which the row may have lost).
     ///
     /// # Errors
-    /// [`StorageError::NotInitialized`] if there is none.
+    /// [`StorageError::NotInitialized`] if there is none; [`StorageError::Corrupt`] for an
+    /// unreadable election record.
     pub fn sync_state(&self) -> Result<SyncState> {
-        self.with_reader(sync_state::load)?.ok_or(StorageError::NotInitialized)
+        let row = self.with_reader(sync_state::load)?.ok_or(StorageError::NotInitialized)?;
+        Ok(sync_state::with_record(row, self.election_record()?))
+    }
+
+    /// The election record's file ([`sync_state::record_path`]).
+    pub fn election_record_path(&self) -> PathBuf {
+        sync_state::record_path(&self.inner.path)
+    }
+
+    /// The election record, `None` if the election never wrote one.
+    pub fn election_record(&self) -> Result<Option<ElectionRecord>> {
+        sync_state::read_record(&self.election_record_path())
+    }
+
+    /// Persists the election's state durably: the election record first, with a full sync
+    /// ([`sync_state::write_record`]: what a power loss cannot take back), then the
+    /// `sync_state` row (role, term, vote, leader) in one transaction. Nothing that depends on
+    /// the state may be sent before this returns (docs/architecture.md, "Terms and votes on
+    /// disk").
+    pub fn persist_election(&self, role: SyncRole, record: &ElectionRecord) -> Result<()> {
+        sync_state::write_record(&self.election_record_path(), record)?;
+        self.write(|conn| {
+            sync_state::set_leadership(conn, role, record.term, record.leader)?;
+            sync_state::set_vote(conn, record.term, record.voted_for)
+        })
     }
 
     /// Inserts `state` if there is no state yet; an existing row is left untouched.

@@ -9,9 +9,10 @@
 //!
 //! A thin shell around the pure [`Election`] machine: it feeds it events with the current time
 //! and the device's last log position, and performs the returned actions in order. A
-//! [`Action::Persist`] is written to `sync_state` (one transaction) *before* anything after it
-//! is performed — the actor's mailbox waits meanwhile — so no vote or request is ever sent that
-//! a crash could make this device forget.
+//! [`Action::Persist`] is written *before* anything after it is performed — the actor's mailbox
+//! waits meanwhile — to the election record with a full sync, then to `sync_state`
+//! ([`Database::persist_election`]), so no vote or request is ever sent that a crash or a power
+//! loss could make this device forget (docs/architecture.md, "Terms and votes on disk").
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use libp2p::PeerId;
 use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
-use lsync_storage::{sync_state, Database};
+use lsync_storage::{Database, ElectionRecord};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{broadcast, oneshot};
@@ -170,12 +171,9 @@ impl ElectionActor {
             Some(p) => {
                 let db = self.cx.db.clone();
                 let role = self.election.role();
-                let write = run_blocking(move || {
-                    db.write(|conn| {
-                        sync_state::set_leadership(conn, role, p.term, p.leader)?;
-                        sync_state::set_vote(conn, p.term, p.voted_for)
-                    })
-                });
+                let record =
+                    ElectionRecord { term: p.term, voted_for: p.voted_for, leader: p.leader };
+                let write = run_blocking(move || db.persist_election(role, &record));
                 ctx.wait(write.into_actor(self).map(move |res, this, ctx| match res {
                     Ok(()) => this.dispatch(actions, reply, ctx),
                     Err(e) => {
