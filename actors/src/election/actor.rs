@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use libp2p::PeerId;
 use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
-use lsync_storage::{Database, ElectionRecord};
+use lsync_storage::{Database, ElectionRecord, StorageError, SyncState};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{broadcast, oneshot};
@@ -508,12 +508,111 @@ pub fn persisted_of(state: &lsync_storage::SyncState) -> PersistedElection {
     }
 }
 
+/// The sync state a library starts from — the SyncService (and the simulator) call it once,
+/// before starting any role or the election: the stored state (the election record over the
+/// row, [`Database::sync_state`]) restarted by [`PersistedElection::restarted`] — a device
+/// whose election record already names it leader of its term comes back a follower of that
+/// term, with no leader — and recorded: the election record is written, fsynced, for the
+/// state it starts in before anything runs, so that the next start knows this device ran in
+/// that term (docs/architecture.md, "Terms and votes on disk").
+pub fn start_state(db: &Database) -> Result<SyncState, StorageError> {
+    let state = db.sync_state()?;
+    let me = state.device_id;
+    let record = db.election_record()?;
+    let led_before = record.is_some_and(|r| r.term == state.current_term && r.leader == Some(me));
+    let stored = persisted_of(&state);
+    let start = stored.restarted(me, led_before);
+    let role = if start.leader == Some(me) { SyncRole::Leader } else { SyncRole::Follower };
+    if start != stored {
+        info!(library_id = %state.library_id, term = start.term,
+            "this device led term {} before it restarted; it never leads that term again \
+             and campaigns for a new one if it must lead", start.term);
+    }
+    let record =
+        ElectionRecord { term: start.term, voted_for: start.voted_for, leader: start.leader };
+    db.persist_election(role, &record)?;
+    Ok(SyncState {
+        role,
+        current_term: start.term,
+        voted_for: start.voted_for,
+        leader_device: start.leader,
+        ..state
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn answer(granted: bool, pre_vote: bool) -> VoteResponse {
         VoteResponse { term: 4, voter: Uuid::from_u128(2), granted, pre_vote }
+    }
+
+    fn open(dir: &std::path::Path) -> Database {
+        Database::open(
+            &dir.join("library.db"),
+            &lsync_storage::StorageOptions::default(),
+            lsync_storage::ModelRegistry::with_builtin(),
+        )
+        .unwrap()
+    }
+
+    fn founder_state(me: Uuid) -> SyncState {
+        SyncState {
+            library_id: Uuid::from_u128(100),
+            device_id: me,
+            role: SyncRole::Leader,
+            current_term: 1,
+            voted_for: Some(me),
+            leader_device: Some(me),
+            last_synced_sequence: 0,
+        }
+    }
+
+    #[test]
+    fn the_first_start_of_a_created_library_leads_its_term_and_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Uuid::from_u128(1);
+        let db = open(dir.path());
+        db.init_sync_state(&founder_state(me)).unwrap();
+        assert_eq!(start_state(&db).unwrap(), founder_state(me));
+        let recorded = ElectionRecord { term: 1, voted_for: Some(me), leader: Some(me) };
+        assert_eq!(db.election_record().unwrap(), Some(recorded));
+    }
+
+    #[test]
+    fn a_leader_that_restarts_comes_back_a_follower_of_its_term_with_no_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Uuid::from_u128(1);
+        let db = open(dir.path());
+        db.init_sync_state(&founder_state(me)).unwrap();
+        start_state(&db).unwrap();
+        drop(db);
+        let db = open(dir.path());
+        let restarted = start_state(&db).unwrap();
+        let follower =
+            SyncState { role: SyncRole::Follower, leader_device: None, ..founder_state(me) };
+        assert_eq!(restarted, follower);
+        assert_eq!(db.sync_state().unwrap(), follower, "the demotion is persisted");
+        let recorded = ElectionRecord { term: 1, voted_for: Some(me), leader: None };
+        assert_eq!(db.election_record().unwrap(), Some(recorded));
+    }
+
+    #[test]
+    fn a_follower_that_restarts_keeps_its_term_vote_and_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let (me, leader) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let db = open(dir.path());
+        let follower = SyncState {
+            role: SyncRole::Follower,
+            current_term: 7,
+            voted_for: Some(leader),
+            leader_device: Some(leader),
+            ..founder_state(me)
+        };
+        db.init_sync_state(&follower).unwrap();
+        assert_eq!(start_state(&db).unwrap(), follower);
+        assert_eq!(start_state(&db).unwrap(), follower);
     }
 
     #[test]

@@ -154,7 +154,10 @@
 //!   keeping removed devices out is the transport's allow-list's job.
 //! - **Leader**: on winning it emits [`Action::BecomeLeader`] and [`Action::SendHeartbeats`],
 //!   then one [`Action::SendHeartbeats`] per `heartbeat_interval` from [`Election::tick`].
-//!   A device restarting with a persisted leader equal to itself resumes leading that term.
+//!   A machine rebuilt with a persisted leader equal to itself resumes leading that term —
+//!   which a restarted device never is if it led that term before: it starts from
+//!   [`PersistedElection::restarted`], a follower of its term with no leader, and campaigns
+//!   for a new term (docs/architecture.md, "Terms and votes on disk").
 //! - **Check quorum** ([`ElectionConfig::check_quorum`], on by default): with three or more
 //!   voters, a leader that has not heard from a majority of the voters (itself included if it
 //!   is one, through [`Election::on_follower_response`]; contact from learners does not count)
@@ -402,6 +405,24 @@ impl PersistedElection {
     /// The state of the device that creates a library: leader of term 1, without election.
     pub fn founder(me: Uuid) -> Self {
         Self { term: 1, voted_for: Some(me), leader: Some(me) }
+    }
+
+    /// The state device `me` starts in after a restart. `led_before`: this device already ran
+    /// as leader of this state's term (its election record names it leader of that term, see
+    /// [`actor::start_state`]). Such a device never leads that term again: it comes back a
+    /// follower of the term with no leader known (its vote kept), and campaigns for a new term
+    /// if it must lead. Entries it wrote in that term may be gone from its disk (a power loss
+    /// under `synchronous = NORMAL`, a restored backup) while other devices hold them; leading
+    /// the term again would write other entries at the same (sequence, term), and a follower
+    /// would take them for the ones it holds. Any other state comes back as it is — a
+    /// leadership that began outside the election (the creator's term 1, a forced
+    /// reconfiguration) is resumed at its first start.
+    pub fn restarted(self, me: Uuid, led_before: bool) -> Self {
+        if led_before && self.leader == Some(me) {
+            Self { leader: None, ..self }
+        } else {
+            self
+        }
     }
 }
 

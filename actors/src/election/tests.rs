@@ -874,6 +874,71 @@ fn term_space_exhaustion_stops_campaigning() {
     assert!(e.next_deadline().unwrap() > t1);
 }
 
+#[test]
+fn a_leader_restarted_after_leading_its_term_comes_back_a_follower_with_no_leader() {
+    let led = PersistedElection { term: 5, voted_for: Some(id(1)), leader: Some(id(1)) };
+    assert_eq!(
+        led.restarted(id(1), true),
+        PersistedElection { term: 5, voted_for: Some(id(1)), leader: None }
+    );
+}
+
+#[test]
+fn a_leadership_begun_outside_the_election_is_resumed_at_its_first_start() {
+    let founder = PersistedElection::founder(id(1));
+    assert_eq!(founder.restarted(id(1), false), founder);
+}
+
+#[test]
+fn a_follower_restarts_as_it_was() {
+    let follower = PersistedElection { term: 5, voted_for: Some(id(2)), leader: Some(id(2)) };
+    assert_eq!(follower.restarted(id(1), false), follower);
+    assert_eq!(follower.restarted(id(1), true), follower, "led_before is about this device");
+}
+
+#[test]
+fn a_restarted_sole_voter_campaigns_for_a_new_term_at_once() {
+    let t0 = Instant::now();
+    let led = PersistedElection { term: 5, voted_for: Some(id(1)), leader: Some(id(1)) };
+    let mut e = machine(1, 1, led.restarted(id(1), true), t0);
+    assert_eq!((e.role(), e.leader()), (SyncRole::Follower, None));
+    assert_eq!(
+        e.tick(t0),
+        vec![
+            persist(6, Some(1), Some(1)),
+            Action::BecomeLeader { term: 6 },
+            Action::SendHeartbeats { term: 6 },
+        ]
+    );
+}
+
+#[test]
+fn a_restarted_leader_of_three_voters_never_heartbeats_its_old_term() {
+    let t0 = Instant::now();
+    let led = PersistedElection { term: 5, voted_for: Some(id(1)), leader: Some(id(1)) };
+    let mut e = machine(1, 3, led.restarted(id(1), true), t0);
+    e.set_last_log(LogPosition { term: 5, sequence: 40 });
+    assert_eq!(e.tick(t0), vec![], "no heartbeat of term 5");
+    let t1 = e.next_deadline().unwrap();
+    let req = pre_request(6, 1, (5, 40));
+    assert_eq!(
+        e.tick(t1),
+        vec![
+            Action::SendRequestVote { to: id(2), request: req },
+            Action::SendRequestVote { to: id(3), request: req },
+        ]
+    );
+}
+
+#[test]
+fn a_machine_rebuilt_with_itself_as_leader_resumes_leading() {
+    // What the creator's first start (and a restarted election actor in a running service)
+    // does: heartbeats of its term at once, nothing persisted.
+    let t0 = Instant::now();
+    let mut e = machine(1, 3, PersistedElection::founder(id(1)), t0);
+    assert_eq!(e.tick(t0), vec![Action::SendHeartbeats { term: 1 }]);
+}
+
 /// Terms a hostile member could send (docs/protocol.md §6): the largest SQLite integer and
 /// the largest u64.
 const HOSTILE_TERMS: [u64; 2] = [i64::MAX as u64, u64::MAX];
