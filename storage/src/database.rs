@@ -347,6 +347,34 @@ impl Database {
         sync_state::read_record(&self.election_record_path())
     }
 
+    /// The high-water mark ([`sync_state::mark_path`]): the last log position this device is
+    /// known to have held; `None` before the first is written.
+    pub fn mark(&self) -> Result<Option<LogPosition>> {
+        sync_state::read_mark(&sync_state::mark_path(&self.inner.path))
+    }
+
+    /// Raises the high-water mark to the log's last position, durably (fsynced), if that is
+    /// above the mark; returns the mark in effect. A log behind its mark leaves the mark as it
+    /// is.
+    pub fn raise_mark(&self) -> Result<LogPosition> {
+        let last = self.last_position()?;
+        let mark = self.mark()?.unwrap_or_default();
+        if last <= mark {
+            return Ok(mark);
+        }
+        sync_state::write_mark(&sync_state::mark_path(&self.inner.path), last)?;
+        Ok(last)
+    }
+
+    /// The log position below which this device neither campaigns nor votes for a candidate
+    /// behind it (the election's log floor): the higher of the rebuild mark
+    /// ([`Database::rebuild_mark`]) and the high-water mark ([`Database::mark`]). Above the
+    /// log's end only when the log went back (a rebuild in progress, a restored backup, writes
+    /// lost to a power loss).
+    pub fn election_floor(&self) -> Result<LogPosition> {
+        Ok(self.rebuild_mark()?.max(self.mark()?.unwrap_or_default()))
+    }
+
     /// Persists the election's state durably: the election record first, with a full sync
     /// ([`sync_state::write_record`]: what a power loss cannot take back), then the
     /// `sync_state` row (role, term, vote, leader) in one transaction. Nothing that depends on

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::error::{parse_uuid, to_i64, to_u64, Result, StorageError};
 use crate::schema::sync_state as table;
+use crate::sync_log::LogPosition;
 
 /// This device's view of one library, persisted in the single `sync_state` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,17 +271,72 @@ pub fn read_record(path: &Path) -> Result<Option<ElectionRecord>> {
 /// [`StorageError::Io`]; [`StorageError::InvalidChange`] for a term SQLite cannot hold.
 pub fn write_record(path: &Path, record: &ElectionRecord) -> Result<()> {
     to_i64(record.term, "term")?;
+    write_durably(path, &record_text(record))
+}
+
+/// Replaces the file at `path` with `text` durably and atomically (temporary file, fsync,
+/// rename, directory fsync).
+fn write_durably(path: &Path, text: &str) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     {
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(record_text(record).as_bytes())?;
+        file.write_all(text.as_bytes())?;
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
     sync_dir(path)?;
     Ok(())
+}
+
+/// The high-water mark: the last log position this device is known to have held —
+/// acknowledged as a follower or committed as a leader — kept outside the database like the
+/// election record (`<db>.mark`), fsynced, and only ever raised. A database whose log ends
+/// below its mark went back in time (a restored backup, a copied data directory, writes lost
+/// to a power loss): such a device neither campaigns nor votes for a log behind the mark
+/// until it has caught up past it (docs/architecture.md, "Restores are detected").
+pub fn mark_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".mark");
+    PathBuf::from(name)
+}
+
+/// The first line of a mark file.
+const MARK_HEADER: &str = "lsync high-water mark 1";
+
+/// Reads the high-water mark at `path`; `None` if there is none yet.
+///
+/// # Errors
+/// [`StorageError::Corrupt`] for a file that is not a mark; [`StorageError::Io`].
+pub fn read_mark(path: &Path) -> Result<Option<LogPosition>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let corrupt = || StorageError::Corrupt("high-water mark: not a mark file".to_owned());
+    let mut lines = text.lines();
+    if lines.next() != Some(MARK_HEADER) {
+        return Err(corrupt());
+    }
+    let position = lines.next().and_then(|l| l.strip_prefix("position ")).ok_or_else(corrupt)?;
+    let (term, sequence) = position.split_once(' ').ok_or_else(corrupt)?;
+    let (Ok(term), Ok(sequence)) = (term.parse::<u64>(), sequence.parse::<u64>()) else {
+        return Err(corrupt());
+    };
+    if lines.next().is_some() {
+        return Err(corrupt());
+    }
+    Ok(Some(LogPosition { term, sequence }))
+}
+
+/// Writes the high-water mark at `path` durably and atomically, as [`write_record`] does.
+///
+/// # Errors
+/// [`StorageError::Io`].
+pub fn write_mark(path: &Path, mark: LogPosition) -> Result<()> {
+    write_durably(path, &format!("{MARK_HEADER}\nposition {} {}\n", mark.term, mark.sequence))
 }
 
 /// Fsyncs the directory holding `path`, making a rename in it durable. Only where a directory
@@ -385,6 +441,21 @@ mod tests {
         ] {
             std::fs::write(&path, text).unwrap();
             assert!(matches!(read_record(&path), Err(StorageError::Corrupt(_))), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_mark_round_trips_and_a_file_that_is_not_one_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = mark_path(&dir.path().join("library.db"));
+        assert_eq!(path.file_name().unwrap(), "library.db.mark");
+        assert_eq!(read_mark(&path).unwrap(), None);
+        let mark = LogPosition { term: 3, sequence: 120 };
+        write_mark(&path, mark).unwrap();
+        assert_eq!(read_mark(&path).unwrap(), Some(mark));
+        for text in ["", "lsync high-water mark 1\nposition 3\n", "lsync high-water mark 1\n"] {
+            std::fs::write(&path, text).unwrap();
+            assert!(matches!(read_mark(&path), Err(StorageError::Corrupt(_))), "{text:?}");
         }
     }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use libp2p::PeerId;
 use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
-use lsync_storage::{Database, ElectionRecord, StorageError, SyncState};
+use lsync_storage::{Database, ElectionRecord, LogPosition, StorageError, SyncState};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{broadcast, oneshot};
@@ -75,6 +75,10 @@ pub struct ElectionStatus {
     pub voted_for: Option<Uuid>,
     /// The device a leadership transfer hands over to, while one runs.
     pub transfer_target: Option<Uuid>,
+    /// While this device's log is behind a position it held before (its high-water mark after
+    /// a restored backup or a power loss, or its rebuild mark): that position. It neither
+    /// campaigns nor votes for a log behind it meanwhile.
+    pub behind: Option<LogPosition>,
 }
 
 #[derive(Message)]
@@ -109,6 +113,8 @@ pub struct ElectionActor {
     cx: ElectionContext,
     election: Election<StdRng>,
     timer: Option<SpawnHandle>,
+    /// When the high-water mark was last raised (see [`ElectionActor::raise_mark`]).
+    mark_raised: Option<Instant>,
 }
 
 fn now() -> Instant {
@@ -126,7 +132,29 @@ impl ElectionActor {
             now(),
             StdRng::from_entropy(),
         );
-        Self { cx, election, timer: None }
+        Self { cx, election, timer: None, mark_raised: None }
+    }
+
+    /// Raises the high-water mark to the log's last position ([`Database::raise_mark`], one
+    /// fsync), at most once per heartbeat interval: a follower when it hears its leader, a
+    /// leader when it heartbeats. The mark lags the log by up to that interval; a database
+    /// found behind it at any later time went back (docs/architecture.md, "Restores are
+    /// detected").
+    fn raise_mark(&mut self) {
+        let now = now();
+        if self
+            .mark_raised
+            .is_some_and(|at| now.saturating_duration_since(at) < self.cx.config.heartbeat_interval)
+        {
+            return;
+        }
+        self.mark_raised = Some(now);
+        let (db, library_id) = (self.cx.db.clone(), self.cx.library_id);
+        actix_rt::spawn(async move {
+            if let Err(e) = run_blocking(move || db.raise_mark()).await {
+                warn!(%library_id, error = %e, "cannot raise the high-water mark");
+            }
+        });
     }
 
     fn peer(&self, device: Uuid) -> Option<PeerId> {
@@ -143,14 +171,23 @@ impl ElectionActor {
         F: FnOnce(&mut Election<StdRng>, Instant) -> Vec<Action> + 'static,
     {
         let db = self.cx.db.clone();
-        let read = run_blocking(move || Ok((db.last_position()?, db.rebuild_mark()?)));
+        let read = run_blocking(move || Ok((db.last_position()?, db.election_floor()?)));
         ctx.wait(read.into_actor(self).map(move |pos, this, ctx| {
             match pos {
                 Ok((pos, floor)) => {
-                    // A device rebuilding its log neither campaigns nor votes for a log behind
-                    // what it held before (docs/architecture.md, "Membership").
+                    // A device rebuilding its log, or whose database went back below its
+                    // high-water mark, neither campaigns nor votes for a log behind what it
+                    // held before (docs/architecture.md, "Membership", "Restores are
+                    // detected").
+                    let was_behind = this.election.last_log() < this.election.log_floor();
                     this.election.set_last_log(pos);
                     this.election.set_log_floor(floor);
+                    if pos < floor && !was_behind {
+                        warn!(library_id = %this.cx.library_id, log = %pos, held = %floor,
+                            "this device's log is behind a position it held before (a restored \
+                             backup, writes lost to a power loss, or a rebuild): it neither \
+                             campaigns nor votes for a log behind that until it has caught up");
+                    }
                 }
                 Err(e) => warn!(library_id = %this.cx.library_id, error = %e, "cannot read the log position"),
             }
@@ -251,7 +288,10 @@ impl ElectionActor {
                         });
                     }
                 }
-                Action::SendHeartbeats { .. } => self.cx.heartbeats.do_send(HeartbeatNow),
+                Action::SendHeartbeats { .. } => {
+                    self.cx.heartbeats.do_send(HeartbeatNow);
+                    self.raise_mark();
+                }
                 Action::SendTimeoutNow { to, term } => {
                     let Some(peer) = self.peer(to) else { continue };
                     let fut = self
@@ -349,6 +389,7 @@ impl Handler<ElectionInput> for ElectionActor {
         let now = now();
         let actions = match input {
             ElectionInput::LeaderHeard { from, term } => {
+                self.raise_mark();
                 self.election.on_leader_message(from, term, now).1
             }
             ElectionInput::FollowerContact { from, term } => {
@@ -486,6 +527,7 @@ impl Handler<ObserveElection> for ElectionActor {
             leader: e.leader(),
             voted_for: e.voted_for(),
             transfer_target: e.transfer_target(),
+            behind: (e.last_log() < e.log_floor()).then_some(e.log_floor()),
         })
     }
 }
@@ -613,6 +655,36 @@ mod tests {
         db.init_sync_state(&follower).unwrap();
         assert_eq!(start_state(&db).unwrap(), follower);
         assert_eq!(start_state(&db).unwrap(), follower);
+    }
+
+    #[test]
+    fn a_database_behind_its_high_water_mark_raises_the_election_floor_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Uuid::from_u128(1);
+        let db = open(dir.path());
+        db.init_sync_state(&founder_state(me)).unwrap();
+        let config = lsync_protocol::Configuration::new(
+            lsync_protocol::FEATURE_VERSION,
+            vec![lsync_protocol::Member {
+                device_id: me,
+                peer_id: PeerId::random().to_string(),
+                addresses: vec![],
+                name: "a".into(),
+                role: lsync_protocol::MemberRole::Voter,
+                preference: lsync_protocol::RolePreference::Auto,
+            }],
+        );
+        lsync_storage::TransactionManager::new(db.clone(), me).commit_config(&config).unwrap();
+        let held = LogPosition { term: 1, sequence: 1 };
+        assert_eq!(db.raise_mark().unwrap(), held);
+        assert_eq!(db.election_floor().unwrap(), held, "caught up: the floor is the log's end");
+        // The database goes back (a restored copy): the mark, outside it, says what was held.
+        let before = LogPosition { term: 1, sequence: 7 };
+        let mark = lsync_storage::sync_state::mark_path(db.path());
+        lsync_storage::sync_state::write_mark(&mark, before).unwrap();
+        assert_eq!(db.raise_mark().unwrap(), before, "a mark is never lowered");
+        assert_eq!(db.election_floor().unwrap(), before);
+        assert!(db.last_position().unwrap() < db.election_floor().unwrap());
     }
 
     #[test]

@@ -1222,6 +1222,31 @@ fn two_voter_parity_is_unchanged_by_learners() {
 }
 
 #[test]
+fn a_device_behind_its_high_water_mark_votes_only_for_a_log_that_reaches_it() {
+    // A restored copy: its log ends at (3, 10), it once held (4, 30).
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 4, voted_for: None, leader: None };
+    let mut e = machine(1, 3, persisted, t0);
+    e.set_last_log(LogPosition { term: 3, sequence: 10 });
+    e.set_log_floor(LogPosition { term: 4, sequence: 30 });
+    assert_eq!(
+        e.on_vote_request(request(5, 2, (4, 20), false), t0),
+        vec![
+            persist(5, None, None),
+            Action::BecomeFollower { term: 5, leader: None },
+            response(2, 5, 1, false)
+        ],
+        "a stale candidate its own log would let it elect"
+    );
+    assert_eq!(
+        e.on_vote_request(request(5, 3, (4, 30), false), t0),
+        vec![persist(5, Some(3), None), response(3, 5, 1, true)]
+    );
+    let t1 = e.next_deadline().unwrap();
+    assert_eq!(e.tick(t1), vec![], "nor does it campaign");
+}
+
+#[test]
 fn no_campaign_below_the_log_floor() {
     let t0 = Instant::now();
     let mut e = machine(1, 1, PersistedElection::default(), t0);
