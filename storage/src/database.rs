@@ -353,17 +353,39 @@ impl Database {
         sync_state::read_mark(&sync_state::mark_path(&self.inner.path))
     }
 
-    /// Raises the high-water mark to the log's last position, durably (fsynced), if that is
-    /// above the mark; returns the mark in effect. A log behind its mark leaves the mark as it
-    /// is.
+    /// Raises the high-water mark to the log's last position, if that is above the mark;
+    /// returns the mark in effect. A log behind its mark leaves the mark as it is.
+    ///
+    /// The mark never runs ahead of what the database itself has on disk: the database file
+    /// and its WAL are fsynced first (everything committed before is then durable whatever
+    /// `synchronous` says), then the mark is written, fsynced. So a power loss never leaves a
+    /// database behind its mark — had it, a sole voter that lost its last unsynced writes
+    /// would never campaign again — and a database found behind its mark was put back from
+    /// elsewhere (a restored backup, a copied data directory).
     pub fn raise_mark(&self) -> Result<LogPosition> {
         let last = self.last_position()?;
         let mark = self.mark()?.unwrap_or_default();
         if last <= mark {
             return Ok(mark);
         }
+        self.sync_files()?;
         sync_state::write_mark(&sync_state::mark_path(&self.inner.path), last)?;
         Ok(last)
+    }
+
+    /// Fsyncs the database file and its WAL: every transaction committed before the call is
+    /// durable when it returns (a commit has written its WAL frames; this flushes them).
+    fn sync_files(&self) -> Result<()> {
+        let mut wal = self.inner.path.as_os_str().to_owned();
+        wal.push("-wal");
+        for path in [self.inner.path.clone(), PathBuf::from(wal)] {
+            match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(file) => file.sync_all()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// The log position below which this device neither campaigns nor votes for a candidate
