@@ -49,6 +49,22 @@ pub enum NodeError {
     InvalidInput(String),
     #[error("sync service of library {0} is not running")]
     ServiceStopped(Uuid),
+    /// The library's sync service stopped while a change was being submitted to it: the change
+    /// may have been queued (it is then committed once) or not.
+    #[error(
+        "the sync service of library {0} stopped while the change was submitted: it may or may \
+         not be committed (if it is, then once); look for it in the log before writing it again"
+    )]
+    OutcomeUnknown(Uuid),
+    /// A change (or the changes of one write) larger than [`Node::max_change_bytes`]: nothing
+    /// was written.
+    #[error(
+        "the change is {bytes} bytes, over the largest a change may be, {limit} bytes (half of \
+         network.max_frame_bytes = {max_frame_bytes}, so that it fits in one frame with room \
+         for the envelope; see docs/operations.md): nothing was written; split it or store the \
+         large part outside the library"
+    )]
+    ChangeTooLarge { bytes: usize, limit: usize, max_frame_bytes: usize },
     #[error("library {0} is handing leadership over; retry once the new leader is known")]
     WritesPaused(Uuid),
     #[error("leadership transfer refused: {0}")]
@@ -127,6 +143,25 @@ pub struct JoinOutcome {
     pub committed: bool,
     /// The leader to follow, as the inviting member knew it.
     pub leader: Option<Uuid>,
+}
+
+/// The largest a change may be, in the bytes [`change_bytes`] counts, for a frame limit of
+/// `max_frame_bytes` (`network.max_frame_bytes`): half of it. One write's changes travel as one
+/// `Propose` frame from a follower, and each change becomes an entry that a response carries
+/// alone if need be; half the frame leaves room for the envelope and for a response's other
+/// entries (docs/operations.md, "The control API"; docs/protocol.md §8 for the frame limit).
+pub fn max_change_bytes(max_frame_bytes: usize) -> usize {
+    max_frame_bytes / 2
+}
+
+/// What changes count against [`max_change_bytes`]: per change its data, model type and record
+/// id plus 64 bytes for the fixed fields and framing — what a log entry counts against a
+/// response's byte budget (`lsync_protocol::entry_bytes`).
+pub fn change_bytes<'a>(changes: impl IntoIterator<Item = &'a Change>) -> usize {
+    changes
+        .into_iter()
+        .map(|c| c.data.len() + c.model_type.len() + c.record_id.len() + 64)
+        .fold(0usize, usize::saturating_add)
 }
 
 /// How long a membership change waits to be committed before its answer says pending.
@@ -301,6 +336,30 @@ impl Node {
         let name =
             data_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         NodeBuilder { data_dir, config: NodeConfig::default(), name, announce: Vec::new() }
+    }
+
+    /// The largest a change — or the changes of one [`Node::write`] together — may be, in the
+    /// bytes [`change_bytes`] counts: [`max_change_bytes`] of this node's frame limit. A larger
+    /// one is refused with [`NodeError::ChangeTooLarge`] before anything is written.
+    pub fn max_change_bytes(&self) -> usize {
+        max_change_bytes(self.inner.config.network.max_frame)
+    }
+
+    /// Refuses `changes` if together they are over [`Node::max_change_bytes`].
+    fn check_size<'a>(
+        &self,
+        changes: impl IntoIterator<Item = &'a Change>,
+    ) -> Result<(), NodeError> {
+        let bytes = change_bytes(changes);
+        let limit = self.max_change_bytes();
+        if bytes > limit {
+            return Err(NodeError::ChangeTooLarge {
+                bytes,
+                limit,
+                max_frame_bytes: self.inner.config.network.max_frame,
+            });
+        }
+        Ok(())
     }
 
     /// This device's uuid.
@@ -896,7 +955,8 @@ impl Node {
     /// reached — once they are safely queued ([`WriteOutcome::Queued`]). Either way they are
     /// committed exactly once. Inserts and updates are upserts and a delete of a record that no
     /// longer exists is dropped: concurrent writes to one record resolve by leader order
-    /// (docs/architecture.md, "Concurrent changes").
+    /// (docs/architecture.md, "Concurrent changes"). Changes over [`Node::max_change_bytes`]
+    /// together are refused ([`NodeError::ChangeTooLarge`]) before anything is written.
     pub async fn write(
         &self,
         library_id: Uuid,
@@ -905,6 +965,8 @@ impl Node {
         if changes.is_empty() {
             return Err(NodeError::InvalidInput("nothing to write".into()));
         }
+        // one proposal frame carries them all
+        self.check_size(&changes)?;
         let tm = self.writer(library_id)?;
         let lib = self.library(library_id)?;
         let me = self.device_id();
@@ -931,7 +993,8 @@ impl Node {
             .service
             .send(lsync_actors::service::Submit(changes))
             .await
-            .map_err(|_| NodeError::ServiceStopped(library_id))?
+            // the service may have stopped after the proposer queued the change
+            .map_err(|_| NodeError::OutcomeUnknown(library_id))?
             .map_err(NodeError::InvalidInput)?;
         match submitted {
             lsync_actors::proposer::Submitted::Queued { proposal_id } => {
@@ -958,6 +1021,7 @@ impl Node {
         library_id: Uuid,
         change: Change,
     ) -> Result<SyncLogEntry, NodeError> {
+        self.check_size([&change])?;
         let tm = self.writer(library_id)?;
         let entry = blocking(move || tm.commit(change)).await?;
         Metrics::add(&self.inner.metrics.entries_committed, 1);
@@ -970,6 +1034,10 @@ impl Node {
         library_id: Uuid,
         changes: Vec<Change>,
     ) -> Result<Vec<SyncLogEntry>, NodeError> {
+        // each becomes an entry of its own: each must fit
+        for c in &changes {
+            self.check_size([c])?;
+        }
         let tm = self.writer(library_id)?;
         let entries = blocking(move || tm.commit_batch(changes)).await?;
         Metrics::add(&self.inner.metrics.entries_committed, entries.len() as u64);
@@ -982,6 +1050,7 @@ impl Node {
         library_id: Uuid,
         op: BulkOperation,
     ) -> Result<SyncLogEntry, NodeError> {
+        self.check_size([&Change::from(op.clone())])?;
         let tm = self.writer(library_id)?;
         let entry = blocking(move || tm.commit_bulk(op)).await?;
         Metrics::add(&self.inner.metrics.entries_committed, 1);
@@ -1043,6 +1112,84 @@ mod tests {
         let membership = node.membership(library).await.unwrap();
         let me = membership.configuration.members.iter().find(|m| m.device_id == node.device_id());
         assert_eq!(me.map(|m| m.addresses.clone()), Some(vec![announced.to_string()]));
+        node.shutdown().await;
+    }
+
+    /// docs/protocol.md §4, `SyncLogEntry.proposal_id`: a leader's own `write` carries a
+    /// proposal id; a direct `commit` and a configuration entry carry none.
+    #[actix_rt::test]
+    async fn a_leaders_own_write_carries_a_proposal_id_a_direct_commit_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::builder(dir.path())
+            .listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+            .start()
+            .await
+            .unwrap();
+        let library = node.create_library().await.unwrap();
+        let tag = |id: &str| crate::Tag { id: id.into(), name: id.into(), color: None };
+        let written = node.write(library, vec![Change::insert(&tag("w"))]).await.unwrap();
+        let WriteOutcome::Committed { last_sequence, .. } = written else {
+            panic!("the leader commits at once: {written:?}")
+        };
+        let direct = node.commit(library, Change::insert(&tag("c"))).await.unwrap();
+        let log = node.database(library).unwrap().fetch_since(0, 100).unwrap();
+        let by_sequence = |s: u64| log.iter().find(|e| e.sequence == s).unwrap().clone();
+        assert!(by_sequence(last_sequence).proposal_id.is_some());
+        assert_eq!(by_sequence(direct.sequence).proposal_id, None);
+        let config =
+            log.iter().find(|e| e.change_type == lsync_protocol::ChangeType::Config).unwrap();
+        assert_eq!(config.proposal_id, None);
+        node.shutdown().await;
+    }
+
+    /// A change over the size limit is refused before anything is written, by `write` and by
+    /// `commit`; one at the limit is written.
+    #[actix_rt::test]
+    async fn a_change_over_the_size_limit_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let network = NetworkConfig { max_frame: 4096, ..NetworkConfig::default() };
+        let node = Node::builder(dir.path())
+            .config(NodeConfig { network, ..NodeConfig::default() })
+            .listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(node.max_change_bytes(), 2048);
+        let library = node.create_library().await.unwrap();
+        let before = node.database(library).unwrap().last_position().unwrap().sequence;
+        let tag = |name: String| Change::insert(&crate::Tag { id: "t".into(), name, color: None });
+        let big = tag("x".repeat(2048));
+        let bytes = change_bytes([&big]);
+        assert!(bytes > 2048, "{bytes}");
+        match node.write(library, vec![big.clone()]).await {
+            Err(NodeError::ChangeTooLarge { bytes: b, limit: 2048, max_frame_bytes: 4096 }) => {
+                assert_eq!(b, bytes)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            node.commit(library, big).await,
+            Err(NodeError::ChangeTooLarge { limit: 2048, .. })
+        ));
+        // two changes that fit alone but not together in one write (one proposal)
+        let half = tag("y".repeat(1000));
+        assert!(matches!(
+            node.write(library, vec![half.clone(), half.clone()]).await,
+            Err(NodeError::ChangeTooLarge { .. })
+        ));
+        assert_eq!(node.database(library).unwrap().last_position().unwrap().sequence, before);
+        // at the limit: written
+        let fits = (0..2048)
+            .rev()
+            .map(|n| tag("z".repeat(n)))
+            .find(|c| change_bytes([c]) <= 2048)
+            .unwrap();
+        let fits_bytes = change_bytes([&fits]);
+        assert!(fits_bytes <= 2048 && fits_bytes > 2000, "{fits_bytes}");
+        assert!(matches!(
+            node.write(library, vec![fits]).await,
+            Ok(WriteOutcome::Committed { .. })
+        ));
         node.shutdown().await;
     }
 }

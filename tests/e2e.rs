@@ -602,6 +602,61 @@ fn demo_json_reports_convergence() {
     let summary = json(&stdout);
     assert_eq!(summary["converged"], true, "{summary}");
     assert_eq!(summary["devices"], 3, "{summary}");
+    // checked against the demo's own list of writes, not only device against device
+    assert_eq!(summary["all_writes_once"], true, "{summary}");
+    assert_eq!(summary["writes"], 500, "{summary}");
+}
+
+/// The plain demo tells its story on stdout and nothing else: the nodes' logs (the expected
+/// warnings of a stopped leader among them) go to demo.log in its directory, whose path it
+/// prints; devices are named device-1..N with their role beside them; a restarted follower's
+/// catch-up is followed to its end; the last line but one says the check passed.
+#[test]
+fn demo_logs_to_its_directory_and_tells_its_story() {
+    let root = tempfile::tempdir().unwrap();
+    let keep = root.path().join("demo");
+    let out = Command::new(LSYNC)
+        .args(["demo", "--changes", "1500", "--followers", "2", "--keep"])
+        .arg(&keep)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lsync demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed ({}): {stdout}\n{stderr}", out.status);
+    assert_eq!(stderr.trim(), "", "the demo's logs went to the terminal");
+    let log = keep.join("demo.log");
+    let logged = std::fs::read_to_string(&log).expect("demo.log");
+    assert!(logged.contains("INFO"), "demo.log holds the nodes' logs: {logged}");
+    let log_path = log.display().to_string();
+    assert!(stdout.lines().next().is_some_and(|l| l.contains(&log_path)), "{stdout}");
+    assert!(stdout.lines().last().is_some_and(|l| l.contains(&log_path)), "{stdout}");
+    for name in ["device-1", "device-2", "device-3"] {
+        assert!(stdout.contains(name), "{name} missing: {stdout}");
+    }
+    assert!(stdout.contains("-- device-2 caught up"), "{stdout}");
+    assert!(stdout.contains("was elected leader"), "{stdout}");
+    assert!(!stdout.contains("WARN"), "{stdout}");
+    let verdict = stdout.lines().rev().nth(1).unwrap_or_default();
+    assert!(verdict.starts_with("OK: the 3 devices hold identical tables and logs"), "{verdict}");
+    assert!(
+        verdict
+            .contains("every one of the 1500 changes the demo wrote is in every log exactly once"),
+        "{verdict}"
+    );
+}
+
+/// Runs a write command on `d` that must be committed (exit status 0) or queued (exit status 3,
+/// with "queued" on stdout); returns its stdout.
+fn written(d: &Daemon, args: &[&str]) -> String {
+    let (code, out, err) = d.run(args);
+    match code {
+        Some(0) => assert!(out.contains("committed"), "{out}"),
+        Some(3) => assert!(out.contains("queued"), "exit status 3 is queued: {out}"),
+        other => panic!("lsync {args:?} failed ({other:?}): {err}"),
+    }
+    out
 }
 
 /// What a test wrote: every tag id, each written once (an oracle the devices are checked
@@ -614,7 +669,7 @@ struct Oracle {
 impl Oracle {
     /// `lsync tag add --id ID` on `d`.
     fn tag_add(&mut self, d: &Daemon, id: String) {
-        let out = d.ok(&["tag", "add", "--id", &id, "written through the cli"]);
+        let out = written(d, &["tag", "add", "--id", &id, "written through the cli"]);
         assert!(out.contains("committed") || out.contains("queued"), "{out}");
         self.written.push(id);
     }
@@ -622,7 +677,7 @@ impl Oracle {
     /// `lsync put tag JSON` on `d`.
     fn put(&mut self, d: &Daemon, id: String) {
         let record = format!(r#"{{"id":"{id}","name":"put through the cli"}}"#);
-        let out = d.ok(&["put", "tag", &record]);
+        let out = written(d, &["put", "tag", &record]);
         assert!(out.contains("committed") || out.contains("queued"), "{out}");
         self.written.push(id);
     }
@@ -895,4 +950,286 @@ fn verify_finds_a_tampered_row_whether_or_not_the_daemon_runs() {
     };
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&expect), "{err}");
+}
+
+/// A control API stand-in on 127.0.0.1 for the client's exit statuses: `lsync` finds it
+/// through `control.addr` and `control.token` in `dir`; each connection is handled by
+/// `answer`, which gets the whole request and returns the bytes to send back before closing
+/// (none: it closes without answering, as a daemon that died mid-request).
+fn fake_daemon(
+    dir: &Path,
+    answer: impl Fn(&str) -> Option<String> + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    std::fs::create_dir_all(dir).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(dir.join("control.addr"), format!("{}\n", listener.local_addr().unwrap()))
+        .unwrap();
+    std::fs::write(dir.join("control.token"), format!("{}\n", "ab".repeat(32))).unwrap();
+    std::thread::spawn(move || {
+        // one connection: the CLI makes one request (`--library` is given)
+        let Ok((mut conn, _)) = listener.accept() else { return };
+        conn.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        // read the headers, then the body of the length they announce
+        loop {
+            let n = conn.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length {
+                    break;
+                }
+            }
+        }
+        if let Some(response) = answer(&String::from_utf8_lossy(&request)) {
+            let _ = conn.write_all(response.as_bytes());
+        }
+        // dropped: the connection closes
+    })
+}
+
+/// How a [`fake_daemon`] answers a request.
+type Answer = Box<dyn Fn(&str) -> Option<String> + Send>;
+
+/// An HTTP response with a JSON body.
+fn http_response(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The client tells a script what became of a write, by its exit status: 0 committed, 3
+/// queued, 2 refused (nothing done), 4 unknown (the connection broke after the request was
+/// sent: it may be committed) — and a daemon that is not listening at all is 2 (never sent).
+#[test]
+fn write_exit_statuses_tell_refused_from_unknown() {
+    let root = tempfile::tempdir().unwrap();
+    let lib = Uuid::new_v4().to_string();
+    let put = ["put", "--library", &lib, "tag", r#"{"id":"t1","name":"holiday"}"#];
+    let run = |name: &str, answer: Answer| {
+        let dir = root.path().join(name);
+        let server = fake_daemon(&dir, answer);
+        let out = lsync(&dir, &put);
+        server.join().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = run(
+        "committed",
+        Box::new(|req| {
+            assert!(req.starts_with("POST /libraries/"), "{req}");
+            assert!(req.contains(&format!("Bearer {}", "ab".repeat(32))), "{req}");
+            Some(http_response(
+                "200 OK",
+                r#"{"status":"committed","first_sequence":7,"last_sequence":7,"proposal_id":null}"#,
+            ))
+        }),
+    );
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(out.contains("committed sequence 7"), "{out}");
+
+    let queued = Uuid::new_v4();
+    let (code, out, err) = run(
+        "queued",
+        Box::new(move |_| {
+            Some(http_response(
+                "200 OK",
+                &format!(
+                    r#"{{"status":"queued","first_sequence":null,"last_sequence":null,"proposal_id":"{queued}"}}"#
+                ),
+            ))
+        }),
+    );
+    assert_eq!(code, Some(3), "queued is exit status 3: {out} {err}");
+    assert!(out.contains(&format!("queued as proposal {queued}")), "{out}");
+
+    let (code, out, err) = run(
+        "refused",
+        Box::new(|_| {
+            Some(http_response(
+                "409 Conflict",
+                r#"{"error":"this device is not a member of library x any more"}"#,
+            ))
+        }),
+    );
+    assert_eq!(code, Some(2), "refused is exit status 2: {out} {err}");
+    assert!(err.contains("not a member") && err.contains("HTTP 409"), "{err}");
+
+    let (code, out, err) = run("cut", Box::new(|_| None));
+    assert_eq!(code, Some(4), "a connection broken mid-request is exit status 4: {out} {err}");
+    assert!(err.contains("may or may not be committed"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let (code, _, err) = run(
+        "service-stopped",
+        Box::new(|_| {
+            Some(http_response(
+                "503 Service Unavailable",
+                r#"{"error":"the sync service stopped","outcome":"unknown"}"#,
+            ))
+        }),
+    );
+    assert_eq!(code, Some(4), "the daemon saying it cannot tell is exit status 4: {err}");
+
+    // nothing listens at the address: the request was never sent
+    let dir = root.path().join("gone");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::write(dir.join("control.addr"), format!("127.0.0.1:{port}\n")).unwrap();
+    std::fs::write(dir.join("control.token"), "ab".repeat(32)).unwrap();
+    fails_with_one_line(&dir, &put, "cannot reach the lsync daemon");
+}
+
+/// The control token is made once and kept: a client holding it is not refused after the
+/// daemon restarts; `lsync token rotate` replaces it, and the old one is refused at once.
+#[test]
+fn control_token_survives_a_restart_until_rotated() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::init_and_start(root.path(), "solo");
+    let token = d.token();
+    assert_eq!(d.http("GET", "/status", Some(&token), None).0, 200);
+    let dir = d.dir.clone();
+    d.terminate();
+    assert_eq!(std::fs::read_to_string(dir.join("control.token")).unwrap().trim(), token);
+
+    let d = Daemon::start(&dir);
+    assert_eq!(d.token(), token, "the token file was rewritten at the restart");
+    assert_eq!(d.http("GET", "/status", Some(&token), None).0, 200, "refused after a restart");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("control.token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let out = d.ok(&["token", "rotate"]);
+    assert!(out.contains("new token"), "{out}");
+    let fresh = d.token();
+    assert_ne!(fresh, token);
+    assert_eq!(d.http("GET", "/status", Some(&token), None).0, 401, "the old token still works");
+    assert_eq!(d.http("GET", "/status", Some(&fresh), None).0, 200);
+    d.ok(&["status"]);
+
+    // with no daemon running, the file is rewritten and the next start uses it
+    d.terminate();
+    let out = ok(&dir, &["token", "rotate"]);
+    assert!(out.contains("next start"), "{out}");
+    let offline = std::fs::read_to_string(dir.join("control.token")).unwrap().trim().to_owned();
+    assert_ne!(offline, fresh);
+    let d = Daemon::start(&dir);
+    assert_eq!(d.http("GET", "/status", Some(&offline), None).0, 200);
+}
+
+/// `lsync init` in `root/name` with a frame limit of 64 KiB (so a change may be 32 KiB) and
+/// short timers, then `lsync run`.
+fn start_with_small_frames(root: &Path, name: &str) -> Daemon {
+    let dir = root.join(name);
+    ok(&dir, &["init", "--name", name, "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let config = dir.join("lsync.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    // and the short timers of Daemon::init_and_start
+    let small = text
+        .replace("max_frame_bytes = 16777216", "max_frame_bytes = 65536")
+        .replace("heartbeat_interval_ms = 30000", "heartbeat_interval_ms = 200")
+        .replace("leader_timeout_ms = 60000", "leader_timeout_ms = 1500")
+        .replace("backoff_max_ms = 30000", "backoff_max_ms = 1000");
+    assert!(small.contains("max_frame_bytes = 65536"), "lsync init wrote the [network] defaults");
+    std::fs::write(&config, small).unwrap();
+    Daemon::start(&dir)
+}
+
+/// A change over the daemon's size limit (half of `network.max_frame_bytes`) is refused before
+/// anything is written, on the leader and on a follower: `413` from the API naming the limit,
+/// one line and exit status 5 from the CLI. A change under it is committed and the follower
+/// goes on replicating.
+#[test]
+fn a_change_over_the_size_limit_is_refused_in_one_line() {
+    let root = tempfile::tempdir().unwrap();
+    let d = start_with_small_frames(root.path(), "leader");
+    let f = start_with_small_frames(root.path(), "follower");
+    let lib =
+        json(&d.ok(&["library", "create", "--json"]))["library_id"].as_str().unwrap().to_owned();
+    let invitation = json(&d.ok(&["library", "invite", "--json"]));
+    f.ok(&["library", "join", invitation["token"].as_str().unwrap()]);
+    // the leader promotes the learner (two voters): no configuration entry comes later
+    wait_for_configuration(&[&d, &f], 2, 2);
+    let before = wait_for_convergence(&[&d, &f], &lib);
+
+    let big = format!(r#"{{"id":"big","name":"{}"}}"#, "x".repeat(40_000));
+    for device in [&d, &f] {
+        let (code, out, err) = device.run(&["put", "tag", &big]);
+        assert_eq!(code, Some(5), "too large is exit status 5: {out} {err}");
+        let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(lines[0].contains("32768 bytes") && lines[0].contains("HTTP 413"), "{err}");
+    }
+    let body =
+        serde_json::json!({"model_type": "tag", "data": {"id": "big", "name": "x".repeat(40_000)}});
+    let (status, resp) =
+        d.http("POST", &format!("/libraries/{lib}/changes"), Some(&d.token()), Some(body));
+    assert_eq!(status, 413, "{resp}");
+    assert!(json(&resp)["error"].as_str().unwrap().contains("32768 bytes"), "{resp}");
+    assert_eq!(last_sequence(&d, &lib), before, "something was written");
+
+    // under the limit: committed, from either device, and replicated
+    let fits = format!(r#"{{"id":"fits","name":"{}"}}"#, "y".repeat(30_000));
+    let out = d.ok(&["put", "tag", &fits]);
+    assert!(out.contains("committed"), "{out}");
+    let out = written(&f, &["put", "tag", r#"{"id":"after","name":"after the refused one"}"#]);
+    assert!(out.contains("committed") || out.contains("queued"), "{out}");
+    assert_eq!(wait_for_convergence(&[&d, &f], &lib), before + 2);
+}
+
+/// `lsync status --proposal ID` tells what became of a write: committed (exit status 0, with
+/// its sequence), or not known on this device (exit status 4).
+#[test]
+fn status_tells_what_became_of_a_proposal() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::init_and_start(root.path(), "solo");
+    d.ok(&["library", "create"]);
+    d.ok(&["put", "tag", r#"{"id":"t1","name":"holiday"}"#]);
+    let log = json(&d.ok(&["log", "--json"]));
+    let entry = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["record_id"] == "t1")
+        .cloned()
+        .expect("the write is in the log");
+    let proposal = entry["proposal_id"].as_str().expect("a write carries a proposal id").to_owned();
+    let sequence = entry["sequence"].as_u64().unwrap();
+
+    let (code, out, err) = d.run(&["status", "--proposal", &proposal]);
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(out.contains(&format!("committed, sequence {sequence}")), "{out}");
+    let (code, out, _) = d.run(&["status", "--proposal", &proposal, "--json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(json(&out)["sequences"], serde_json::json!([sequence]), "{out}");
+
+    let stranger = Uuid::new_v4().to_string();
+    let (code, out, err) = d.run(&["status", "--proposal", &stranger]);
+    assert_eq!(code, Some(4), "not known here is exit status 4: {out} {err}");
+    assert!(out.contains("not known on this device"), "{out}");
 }

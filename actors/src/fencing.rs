@@ -8,13 +8,19 @@
 //! | older | [`Verdict::Stale`] | refused `Error(StaleTerm)` with this device's term ([`stale_term`]) | discarded | unchanged |
 //! | newer | [`Verdict::Newer`] | a follower handles it in the new term; a leader or candidate does not lead that term: `Error(NotLeader)` ([`not_leader_of`]) | handled in the new term | adopts the term before anything else (the election persists it, with no vote and no leader); a leader or candidate steps down |
 //! | the same | [`Verdict::Current`] | handled by the role's own rules | handled | unchanged |
+//! | above [`MAX_TERM`] | [`Verdict::Stale`] | refused | discarded | unchanged: never adopted |
+//!
+//! A term above [`MAX_TERM`] cannot be stored (docs/protocol.md §6): the codec refuses a message
+//! carrying one as malformed (`Error(BadRequest)`), so it never reaches this rule from the
+//! network. Should one come some other way, it is treated as stale — refused or discarded, and
+//! never adopted — so that no device can be pushed to a term it could neither persist nor leave.
 //!
 //! The exceptions of docs/protocol.md §6 are the callers' (a vote request of an older term is
 //! answered with a refused `Vote`, not `StaleTerm`), except one kept here: an `Acknowledge` of
 //! term 0 comes from a version-1 follower, which sends no term, and is not fenced
 //! ([`fence_acknowledgement`]).
 
-use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
+use lsync_protocol::{ErrorCode, SyncMessage, SyncRole, MAX_TERM};
 use uuid::Uuid;
 
 /// What the term rule decides for one message (see the module documentation).
@@ -41,8 +47,11 @@ impl Verdict {
 }
 
 /// The term rule for a message of `message_term` arriving at a device that has `role` in
-/// `current_term`.
+/// `current_term`. A `message_term` above [`MAX_TERM`] is [`Verdict::Stale`] (never adopted).
 pub fn fence(role: SyncRole, message_term: u64, current_term: u64) -> Verdict {
+    if message_term > MAX_TERM {
+        return Verdict::Stale;
+    }
     match message_term.cmp(&current_term) {
         std::cmp::Ordering::Less => Verdict::Stale,
         std::cmp::Ordering::Equal => Verdict::Current,
@@ -133,6 +142,20 @@ mod tests {
     #[test]
     fn a_candidate_steps_down_for_a_newer_term() {
         assert_eq!(fence(SyncRole::Candidate, 5, 4), Verdict::Newer { step_down: true });
+    }
+
+    #[test]
+    fn a_term_beyond_the_store_is_never_adopted() {
+        for role in [SyncRole::Follower, SyncRole::Candidate, SyncRole::Leader] {
+            for term in [MAX_TERM + 1, i64::MAX as u64, u64::MAX] {
+                assert_eq!(fence(role, term, 4), Verdict::Stale, "{role:?} {term}");
+                assert_eq!(fence_acknowledgement(term, 4), Verdict::Stale, "{term}");
+            }
+            assert_eq!(
+                fence(role, MAX_TERM, 4),
+                Verdict::Newer { step_down: role != SyncRole::Follower }
+            );
+        }
     }
 
     #[test]

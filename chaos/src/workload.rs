@@ -122,19 +122,49 @@ pub fn body(id: &str, device: usize, via: Via) -> serde_json::Value {
     })
 }
 
-/// Classifies the answer to a write through the API: the HTTP status and body.
+/// Classifies the answer to a write through the API: the HTTP status and body. An error
+/// answer that says `"outcome": "unknown"` (docs/operations.md, section 3: the daemon cannot
+/// tell whether the change was queued) is unknown, any other error answer a refusal.
 pub fn classify_answer(status: u16, body: &str) -> Outcome {
     if (200..300).contains(&status) {
-        return match serde_json::from_str::<WriteJson>(body) {
-            Ok(w) if w.status == "committed" => Outcome::Acknowledged { queued: false },
-            Ok(w) if w.status == "queued" => Outcome::Acknowledged { queued: true },
-            _ => Outcome::Unknown { reason: format!("unexpected answer {status}: {body}") },
-        };
+        return classify_write_json(body, &format!("unexpected answer {status}"));
     }
-    Outcome::Refused { reason: format!("HTTP {status}: {}", body.trim()) }
+    let unknown = serde_json::from_str::<serde_json::Value>(body)
+        .is_ok_and(|v| v.get("outcome").and_then(|o| o.as_str()) == Some("unknown"));
+    let reason = format!("HTTP {status}: {}", body.trim());
+    if unknown {
+        Outcome::Unknown { reason }
+    } else {
+        Outcome::Refused { reason }
+    }
 }
 
-/// Classifies a failure of `lsync put` (exit status not 0) by its stderr.
+/// A write's answer as JSON (`{"status": "committed" | "queued", …}`).
+fn classify_write_json(body: &str, what: &str) -> Outcome {
+    match serde_json::from_str::<WriteJson>(body.trim()) {
+        Ok(w) if w.status == "committed" => Outcome::Acknowledged { queued: false },
+        Ok(w) if w.status == "queued" => Outcome::Acknowledged { queued: true },
+        _ => Outcome::Unknown { reason: format!("{what}: {}", body.trim()) },
+    }
+}
+
+/// Classifies `lsync put --json` by its exit status (docs/operations.md, section 1): 0
+/// committed and 3 queued (its answer on stdout), 2 refused and 5 too large (nothing was
+/// done), 4 unknown; any other status (a signal, a crash) is unknown.
+pub fn classify_cli(code: Option<i32>, stdout: &str, stderr: &str) -> Outcome {
+    let reason = stderr.trim().to_owned();
+    match code {
+        Some(0) | Some(3) => classify_write_json(stdout, "unexpected output"),
+        Some(2) | Some(5) => Outcome::Refused { reason },
+        Some(4) => Outcome::Unknown { reason },
+        // An older lsync (exit 1 for every error): read its message.
+        Some(1) => classify_cli_failure(stderr),
+        _ => Outcome::Unknown { reason: format!("exit status {code:?}: {reason}") },
+    }
+}
+
+/// Classifies a failure of an `lsync put` that exits 1 on every error (before the exit
+/// statuses of docs/operations.md section 1) by its stderr.
 pub fn classify_cli_failure(stderr: &str) -> Outcome {
     let reason = stderr.trim().to_owned();
     let delivered_and_answered = reason.contains("(HTTP ") || reason.contains("refused the token");
@@ -235,15 +265,11 @@ fn write_cli(target: &Target, id: &str, device: usize) -> Outcome {
         Ok(o) => o,
         Err(e) => return Outcome::Unknown { reason: format!("lsync put: {e}") },
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if out.status.success() {
-        return match serde_json::from_str::<WriteJson>(stdout.trim()) {
-            Ok(w) if w.status == "committed" => Outcome::Acknowledged { queued: false },
-            Ok(w) if w.status == "queued" => Outcome::Acknowledged { queued: true },
-            _ => Outcome::Unknown { reason: format!("unexpected output: {stdout}") },
-        };
-    }
-    classify_cli_failure(&String::from_utf8_lossy(&out.stderr))
+    classify_cli(
+        out.status.code(),
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// Writer threads running queued jobs; the records of every finished job.
@@ -373,6 +399,23 @@ mod tests {
             classify_answer(503, r#"{"error":"handing leadership over"}"#),
             Outcome::Refused { .. }
         ));
+        assert!(matches!(
+            classify_answer(503, r#"{"error":"the service stopped","outcome":"unknown"}"#),
+            Outcome::Unknown { .. }
+        ));
+    }
+
+    #[test]
+    fn a_cli_write_is_classified_by_its_exit_status() {
+        let q = r#"{"status":"queued","first_sequence":null,"last_sequence":null,"proposal_id":"2f1c3d3e-0000-4000-8000-000000000000"}"#;
+        assert_eq!(classify_cli(Some(3), q, ""), Outcome::Acknowledged { queued: true });
+        let c = r#"{"status":"committed","first_sequence":3,"last_sequence":3,"proposal_id":null}"#;
+        assert_eq!(classify_cli(Some(0), c, ""), Outcome::Acknowledged { queued: false });
+        assert!(matches!(classify_cli(Some(2), "", "error: x"), Outcome::Refused { .. }));
+        assert!(matches!(classify_cli(Some(5), "", "error: too large"), Outcome::Refused { .. }));
+        assert!(matches!(classify_cli(Some(4), "", "error: lost"), Outcome::Unknown { .. }));
+        assert!(matches!(classify_cli(None, "", ""), Outcome::Unknown { .. }));
+        assert!(matches!(classify_cli(Some(0), "garbage", ""), Outcome::Unknown { .. }));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! The length is checked against [`SyncCodec::max_frame`] before anything is read or
 //! allocated; the body is read through `take(len)` into a buffer that grows with the bytes that
 //! actually arrive, so a peer announcing a large frame and sending little costs nothing.
-//! Every failure is an `io::Error` (`InvalidData` for an oversized or undecodable frame,
-//! `UnexpectedEof` for a truncated one), never a panic.
+//! Every failure is an `io::Error` (`InvalidData` for an oversized or undecodable frame, or a
+//! term out of range; `UnexpectedEof` for a truncated one), never a panic.
 
 use std::io;
 
@@ -67,7 +67,9 @@ pub fn encode_frame(msg: &SyncMessage, max_frame: usize) -> io::Result<Vec<u8>> 
 /// Decodes a frame body (without its length prefix).
 ///
 /// The body must be exactly one MessagePack value: bytes left over after the message are
-/// refused with `InvalidData` like any other malformed frame.
+/// refused with `InvalidData` like any other malformed frame; so is a message carrying a term
+/// above [`crate::MAX_TERM`] ([`SyncMessage::check_terms`], docs/protocol.md §6): such a term
+/// could not be stored, and adopting it would leave the library without a leader for good.
 pub fn decode_body(body: &[u8]) -> io::Result<SyncMessage> {
     let mut de = rmp_serde::Deserializer::from_read_ref(body);
     let msg = SyncMessage::deserialize(&mut de)
@@ -80,6 +82,7 @@ pub fn decode_body(body: &[u8]) -> io::Result<SyncMessage> {
         Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
             if e.kind() == io::ErrorKind::UnexpectedEof =>
         {
+            msg.check_terms().map_err(invalid)?;
             Ok(msg)
         }
         _ => Err(invalid(format!("trailing bytes after the {} message", msg.kind()))),

@@ -79,6 +79,16 @@ impl ChangeType {
     }
 }
 
+/// The highest term a message may carry (docs/protocol.md §6): 2^62. A term is stored as a
+/// signed 64-bit integer (SQLite's INTEGER), so a term above `i64::MAX` cannot be persisted,
+/// and a device at `i64::MAX` could never campaign again (its next term would overflow). The
+/// bound leaves room for `term + 1` and any arithmetic on a term, and is out of reach of any
+/// real library (one election per millisecond takes 146 million years to get there). A
+/// message carrying a larger term, anywhere (its `term`, a `last_term`, `prev_term`,
+/// `since_term`, `last_log_term`, or an entry's `term`), is malformed: it is refused when
+/// decoded ([`crate::codec::decode_body`], answered `Error(BadRequest)`) and never adopted.
+pub const MAX_TERM: u64 = 1 << 62;
+
 /// One entry of a library's sync log. Identified by `(term, sequence)` and, since the hash
 /// chain, by `(sequence, hash)` (docs/protocol.md, "The hash chain").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -451,6 +461,54 @@ impl SyncMessage {
         }
     }
 
+    /// Checks that every term the message carries is at most [`MAX_TERM`]: its `term` and
+    /// the terms of positions and entries it names. The error says which field is out of
+    /// range.
+    pub fn check_terms(&self) -> Result<(), String> {
+        let check = |field: &str, term: u64| {
+            if term > MAX_TERM {
+                Err(format!("{} {field} {term} is above the highest term {MAX_TERM}", self.kind()))
+            } else {
+                Ok(())
+            }
+        };
+        let entries =
+            |entries: &[SyncLogEntry]| entries.iter().try_for_each(|e| check("entry term", e.term));
+        match self {
+            Self::NewEntries { term, prev_term, entries: list, .. } => {
+                check("term", *term)?;
+                check("prev_term", *prev_term)?;
+                entries(list)
+            }
+            Self::FetchEntries { term, since_term, .. } => {
+                check("term", *term)?;
+                check("since_term", *since_term)
+            }
+            Self::EntriesResponse { term, entries: list, .. } => {
+                check("term", *term)?;
+                entries(list)
+            }
+            Self::Acknowledge { term, last_term, .. } | Self::Heartbeat { term, last_term, .. } => {
+                check("term", *term)?;
+                check("last_term", *last_term)
+            }
+            Self::RequestVote { term, last_log_term, .. } => {
+                check("term", *term)?;
+                check("last_log_term", *last_log_term)
+            }
+            Self::SyncRequired { term, .. }
+            | Self::Vote { term, .. }
+            | Self::TimeoutNow { term, .. }
+            | Self::Propose { term, .. }
+            | Self::ProposalResult { term, .. }
+            | Self::Error { term, .. }
+            | Self::Joined { term, .. }
+            | Self::ChangeMembership { term, .. }
+            | Self::MembershipResult { term, .. } => check("term", *term),
+            Self::Join { .. } | Self::AnnounceAddresses { .. } => Ok(()),
+        }
+    }
+
     /// An `Error` reply.
     pub fn error(library_id: Uuid, code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Error {
@@ -484,5 +542,53 @@ mod tests {
             hash: None,
         };
         assert_eq!(entry_bytes(&entry), 10 + 3 + 3 + 64);
+    }
+
+    fn heartbeat(term: u64, last_term: u64) -> SyncMessage {
+        SyncMessage::Heartbeat {
+            library_id: Uuid::nil(),
+            term,
+            current_sequence: 1,
+            last_term,
+            role: SyncRole::Leader,
+            commit_sequence: 0,
+            features: 0,
+            last_hash: None,
+        }
+    }
+
+    #[test]
+    fn the_highest_term_passes_and_one_more_does_not() {
+        assert_eq!(heartbeat(MAX_TERM, MAX_TERM).check_terms(), Ok(()));
+        let refused = heartbeat(MAX_TERM + 1, 1).check_terms().unwrap_err();
+        assert!(refused.contains("Heartbeat term"), "{refused}");
+        let refused = heartbeat(1, MAX_TERM + 1).check_terms().unwrap_err();
+        assert!(refused.contains("last_term"), "{refused}");
+    }
+
+    #[test]
+    fn a_term_beyond_the_store_is_refused_in_an_entry_too() {
+        let entry = SyncLogEntry {
+            sequence: 1,
+            term: u64::MAX,
+            origin_device: Uuid::nil(),
+            timestamp_ms: 0,
+            model_type: "tag".into(),
+            record_id: "t".into(),
+            change_type: ChangeType::Insert,
+            version: 1,
+            data: vec![],
+            proposal_id: None,
+            hash: None,
+        };
+        let response = SyncMessage::EntriesResponse {
+            library_id: Uuid::nil(),
+            term: 2,
+            entries: vec![entry],
+            has_more: false,
+            leader_last_sequence: 1,
+            commit_sequence: 0,
+        };
+        assert!(response.check_terms().unwrap_err().contains("entry term"));
     }
 }

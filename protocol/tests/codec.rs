@@ -18,7 +18,8 @@ use lsync_protocol::codec::{decode_body, encode_frame, read_frame, write_frame};
 use lsync_protocol::{
     AddressHint, ChainHash, ChangeType, Configuration, ErrorCode, Member, MemberRole,
     MembershipChange, ProposedChange, RolePreference, SyncCodec, SyncLogEntry, SyncMessage,
-    SyncRole, CONFIG_MODEL_TYPE, CONFIG_RECORD_ID, DEFAULT_MAX_FRAME, FEATURE_VERSION, PROTOCOL,
+    SyncRole, CONFIG_MODEL_TYPE, CONFIG_RECORD_ID, DEFAULT_MAX_FRAME, FEATURE_VERSION, MAX_TERM,
+    PROTOCOL,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -27,6 +28,11 @@ use uuid::Uuid;
 // ---------------------------------------------------------------------------------------------
 // Strategies: arbitrary values of every field of every variant, nested types included.
 // ---------------------------------------------------------------------------------------------
+
+/// A term a message may carry: at most [`MAX_TERM`] (larger ones are refused, tested below).
+fn term() -> impl Strategy<Value = u64> {
+    0..=MAX_TERM
+}
 
 fn uuid() -> impl Strategy<Value = Uuid> {
     any::<u128>().prop_map(Uuid::from_u128)
@@ -125,7 +131,7 @@ fn hash() -> impl Strategy<Value = Option<ChainHash>> {
 
 fn entry_with(max_data: usize) -> impl Strategy<Value = SyncLogEntry> {
     (
-        (any::<u64>(), any::<u64>(), uuid(), any::<i64>()),
+        (any::<u64>(), term(), uuid(), any::<i64>()),
         (any::<String>(), any::<String>(), change_type(), any::<i64>()),
         vec(any::<u8>(), 0..max_data),
         proptest::option::of(uuid()),
@@ -188,7 +194,7 @@ fn proposed_with(max_data: usize) -> impl Strategy<Value = ProposedChange> {
 fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = SyncMessage> {
     prop_oneof![
         (
-            (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            (uuid(), term(), any::<u64>(), any::<u64>(), any::<u64>(), term()),
             vec(any_entry(max_data), 0..=max_entries.min(4)),
             any::<u64>(),
             hash(),
@@ -213,7 +219,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     }
                 }
             ),
-        (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), hash()).prop_map(
+        (uuid(), term(), any::<u64>(), term(), any::<u64>(), hash()).prop_map(
             |(library_id, term, since_sequence, since_term, limit, since_hash)| {
                 SyncMessage::FetchEntries {
                     library_id,
@@ -227,7 +233,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
         ),
         (
             uuid(),
-            any::<u64>(),
+            term(),
             vec(any_entry(max_data), 0..max_entries),
             any::<bool>(),
             any::<u64>(),
@@ -245,7 +251,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     }
                 }
             ),
-        (uuid(), any::<u64>(), any::<u64>(), any::<u64>(), hash()).prop_map(
+        (uuid(), any::<u64>(), term(), term(), hash()).prop_map(
             |(library_id, up_to_sequence, term, last_term, last_hash)| SyncMessage::Acknowledge {
                 library_id,
                 up_to_sequence,
@@ -254,16 +260,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 last_hash,
             }
         ),
-        (
-            uuid(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
-            role(),
-            any::<u64>(),
-            any::<u32>(),
-            hash(),
-        )
+        (uuid(), term(), any::<u64>(), term(), role(), any::<u64>(), any::<u32>(), hash(),)
             .prop_map(
                 |(
                     library_id,
@@ -283,9 +280,9 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     commit_sequence,
                     features,
                     last_hash,
-                }
+                },
             ),
-        (uuid(), any::<u64>(), any::<String>(), any::<u64>()).prop_map(
+        (uuid(), term(), any::<String>(), any::<u64>()).prop_map(
             |(library_id, term, reason, leader_last_sequence)| SyncMessage::SyncRequired {
                 library_id,
                 term,
@@ -293,9 +290,17 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 leader_last_sequence,
             }
         ),
-        (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>())
-            .prop_map(
-                |(
+        (uuid(), term(), uuid(), term(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+            |(
+                library_id,
+                term,
+                candidate,
+                last_log_term,
+                last_log_sequence,
+                transfer,
+                pre_vote,
+            )| {
+                SyncMessage::RequestVote {
                     library_id,
                     term,
                     candidate,
@@ -303,19 +308,10 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     last_log_sequence,
                     transfer,
                     pre_vote,
-                )| {
-                    SyncMessage::RequestVote {
-                        library_id,
-                        term,
-                        candidate,
-                        last_log_term,
-                        last_log_sequence,
-                        transfer,
-                        pre_vote,
-                    }
                 }
-            ),
-        (uuid(), any::<u64>(), uuid(), any::<bool>(), any::<bool>()).prop_map(
+            }
+        ),
+        (uuid(), term(), uuid(), any::<bool>(), any::<bool>()).prop_map(
             |(library_id, term, voter, granted, pre_vote)| SyncMessage::Vote {
                 library_id,
                 term,
@@ -324,13 +320,14 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 pre_vote,
             }
         ),
-        (uuid(), any::<u64>())
+        (uuid(), term())
             .prop_map(|(library_id, term)| SyncMessage::TimeoutNow { library_id, term }),
-        (uuid(), any::<u64>(), uuid(), uuid(), vec(proposed_with(max_data), 0..max_entries))
-            .prop_map(|(library_id, term, proposal_id, origin_device, changes)| {
+        (uuid(), term(), uuid(), uuid(), vec(proposed_with(max_data), 0..max_entries)).prop_map(
+            |(library_id, term, proposal_id, origin_device, changes)| {
                 SyncMessage::Propose { library_id, term, proposal_id, origin_device, changes }
-            }),
-        (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<u64>()).prop_map(
+            }
+        ),
+        (uuid(), term(), uuid(), any::<u64>(), any::<u64>()).prop_map(
             |(library_id, term, proposal_id, first_sequence, last_sequence)| {
                 SyncMessage::ProposalResult {
                     library_id,
@@ -346,7 +343,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
             error_code(),
             any::<String>(),
             proptest::option::of(uuid()),
-            any::<u64>(),
+            term(),
             proptest::option::of(any::<String>())
         )
             .prop_map(|(library_id, code, message, leader_hint, term, leader_peer)| {
@@ -363,7 +360,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
         ),
         (
             uuid(),
-            any::<u64>(),
+            term(),
             proptest::option::of(uuid()),
             configuration(),
             any::<u64>(),
@@ -381,7 +378,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                     }
                 }
             ),
-        (uuid(), any::<u64>(), uuid(), membership_change()).prop_map(
+        (uuid(), term(), uuid(), membership_change()).prop_map(
             |(library_id, term, request_id, change)| SyncMessage::ChangeMembership {
                 library_id,
                 term,
@@ -389,7 +386,7 @@ fn message_with(max_entries: usize, max_data: usize) -> impl Strategy<Value = Sy
                 change,
             }
         ),
-        (uuid(), any::<u64>(), uuid(), any::<u64>(), any::<bool>()).prop_map(
+        (uuid(), term(), uuid(), any::<u64>(), any::<bool>()).prop_map(
             |(library_id, term, request_id, config_sequence, committed)| {
                 SyncMessage::MembershipResult {
                     library_id,
@@ -481,7 +478,7 @@ fn samples() -> Vec<SyncMessage> {
         SyncMessage::EntriesResponse {
             commit_sequence: 0,
             library_id: LIB,
-            term: u64::MAX,
+            term: MAX_TERM,
             entries: vec![
                 entry(1, ChangeType::Insert, vec![0x81, 0xa1, b'n', 0xa1, b'x']),
                 entry(2, ChangeType::Update, vec![0; 300]),
@@ -2171,4 +2168,127 @@ fn hash_fields_are_omitted_when_unknown_and_bin_32_when_known() {
     assert!(with.windows(needle.len()).any(|w| w == needle), "{}", hex(&with));
     assert_eq!(decode_body(&with).unwrap(), ack(Some(hash)));
     assert_eq!(decode_body(&v2).unwrap(), ack(None));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terms out of range (docs/protocol.md §6): refused when decoded, never handed on.
+// ---------------------------------------------------------------------------------------------
+
+/// The terms a hostile member could send: one past the highest, the largest SQLite integer and
+/// the largest u64.
+const OUT_OF_RANGE: [u64; 3] = [MAX_TERM + 1, i64::MAX as u64, u64::MAX];
+
+#[test]
+fn a_request_with_a_term_beyond_the_store_is_refused_as_malformed() {
+    for term in OUT_OF_RANGE {
+        let heartbeat = SyncMessage::Heartbeat {
+            library_id: LIB,
+            term,
+            current_sequence: 1,
+            last_term: 1,
+            role: SyncRole::Leader,
+            commit_sequence: 0,
+            features: FEATURE_VERSION,
+            last_hash: None,
+        };
+        let vote = SyncMessage::RequestVote {
+            library_id: LIB,
+            term,
+            candidate: Uuid::from_u128(2),
+            last_log_term: 1,
+            last_log_sequence: 1,
+            transfer: false,
+            pre_vote: false,
+        };
+        for msg in [heartbeat, vote] {
+            // The sender's side does not check (a peer may run anything): the frame goes out.
+            let frame = encode_frame(&msg, DEFAULT_MAX_FRAME).unwrap();
+            let e = assert_kind(read(&frame, DEFAULT_MAX_FRAME), io::ErrorKind::InvalidData);
+            assert!(e.to_string().contains("above the highest term"), "{term}: {e}");
+            let e = assert_kind(decode_body(&frame[4..]), io::ErrorKind::InvalidData);
+            assert!(e.to_string().contains(&term.to_string()), "{e}");
+        }
+    }
+}
+
+#[test]
+fn a_response_with_a_term_beyond_the_store_fails_the_request() {
+    for term in OUT_OF_RANGE {
+        let vote = SyncMessage::Vote {
+            library_id: LIB,
+            term,
+            voter: Uuid::from_u128(3),
+            granted: false,
+            pre_vote: false,
+        };
+        let frame = encode_frame(&vote, DEFAULT_MAX_FRAME).unwrap();
+        let mut codec = SyncCodec::default();
+        let result = block_on(codec.read_response(&PROTOCOL, &mut Cursor::new(frame)));
+        assert_kind(result, io::ErrorKind::InvalidData);
+    }
+}
+
+#[test]
+fn a_term_out_of_range_in_any_term_field_is_refused() {
+    let entry = SyncLogEntry { term: u64::MAX, ..entry(1, ChangeType::Insert, vec![]) };
+    let hostile = [
+        SyncMessage::NewEntries {
+            commit_sequence: 0,
+            library_id: LIB,
+            term: 2,
+            from_sequence: 1,
+            to_sequence: 1,
+            entry_count: 1,
+            prev_term: u64::MAX,
+            entries: vec![],
+            prev_hash: None,
+        },
+        SyncMessage::NewEntries {
+            commit_sequence: 0,
+            library_id: LIB,
+            term: 2,
+            from_sequence: 1,
+            to_sequence: 1,
+            entry_count: 1,
+            prev_term: 0,
+            entries: vec![entry],
+            prev_hash: None,
+        },
+        SyncMessage::FetchEntries {
+            library_id: LIB,
+            term: 2,
+            since_sequence: 1,
+            since_term: i64::MAX as u64,
+            limit: 1,
+            since_hash: None,
+        },
+        SyncMessage::Acknowledge {
+            library_id: LIB,
+            up_to_sequence: 1,
+            term: 2,
+            last_term: MAX_TERM + 1,
+            last_hash: None,
+        },
+        SyncMessage::RequestVote {
+            library_id: LIB,
+            term: 2,
+            candidate: Uuid::from_u128(2),
+            last_log_term: u64::MAX,
+            last_log_sequence: 1,
+            transfer: false,
+            pre_vote: true,
+        },
+        SyncMessage::Error {
+            library_id: LIB,
+            code: ErrorCode::StaleTerm,
+            message: String::new(),
+            leader_hint: None,
+            term: u64::MAX,
+            leader_peer: None,
+        },
+    ];
+    for msg in hostile {
+        let frame = encode_frame(&msg, DEFAULT_MAX_FRAME).unwrap();
+        assert_kind(read(&frame, DEFAULT_MAX_FRAME), io::ErrorKind::InvalidData);
+    }
 }

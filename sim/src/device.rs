@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use lsync_actors::config::SyncConfig;
 use lsync_actors::election::actor::{
-    election_request, persisted_of, probe_for_leader, request_vote, role_change, view, vote,
-    vote_of, ElectionRequest,
+    election_request, persisted_of, probe_for_leader, request_vote, role_change, start_state, view,
+    vote, vote_of, ElectionRequest,
 };
 use lsync_actors::election::{
     Action, Election, ElectionConfig, Membership as ElectionMembership, VoteRequest, VoteResponse,
@@ -68,7 +68,8 @@ use lsync_actors::service::{
 use lsync_actors::{Metrics, NetworkError, Transport};
 use lsync_protocol::{ErrorCode, MembershipChange, SyncMessage, SyncRole};
 use lsync_storage::{
-    Applier, Change, CommitEvent, Database, Membership, StorageError, SyncState, TransactionManager,
+    Applier, Change, CommitEvent, Database, ElectionRecord, Membership, StorageError, SyncState,
+    TransactionManager,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -281,7 +282,7 @@ impl Device {
         now: Instant,
         now_ms: i64,
     ) -> Result<(Self, Vec<Output>), BootError> {
-        let state = db.sync_state()?;
+        let state = start_state(&db)?;
         let membership = db.membership()?;
         let tm = TransactionManager::new(db.clone(), id);
         let commits = tm.subscribe();
@@ -1083,10 +1084,8 @@ impl Device {
         let actions = f(&mut self.election);
         if let Some(p) = actions.iter().find_map(Action::persisted) {
             let role = self.election.role();
-            let written = self.db.write(|conn| {
-                lsync_storage::sync_state::set_leadership(conn, role, p.term, p.leader)?;
-                lsync_storage::sync_state::set_vote(conn, p.term, p.voted_for)
-            });
+            let record = ElectionRecord { term: p.term, voted_for: p.voted_for, leader: p.leader };
+            let written = self.db.persist_election(role, &record);
             if written.is_err() {
                 if let Some(r) = reply {
                     let msg = SyncMessage::error(

@@ -11,6 +11,10 @@
 //! - **Restore of an older copy** (a backup put back, a data directory copied from elsewhere):
 //!   the database goes back to one of the older sync points ([`Disk::backup`] keeps them).
 //!
+//! The election record (`library.db.election`, docs/architecture.md "Terms and votes on
+//! disk") is written with a full sync: it survives every one of these faults as it is — a power
+//! loss or a restore puts back the database files only.
+//!
 //! Copies are made with `VACUUM INTO` on the writer connection, between transactions: a
 //! consistent snapshot of the committed state, whatever the background checkpointer does.
 
@@ -173,6 +177,26 @@ mod tests {
         let db = disk.open().unwrap();
         assert_eq!(db.outbox_count().unwrap(), 1, "only what was synced");
         assert_eq!(tags(&db), 0);
+    }
+
+    #[test]
+    fn the_election_record_survives_a_power_loss_and_a_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = Disk::new(dir.path().join("d")).unwrap();
+        let db = disk.open().unwrap();
+        disk.backup(&db).unwrap();
+        disk.sync(&db).unwrap();
+        let record = lsync_storage::ElectionRecord {
+            term: 4,
+            voted_for: Some(uuid::Uuid::from_u128(2)),
+            leader: None,
+        };
+        lsync_storage::sync_state::write_record(&db.election_record_path(), &record).unwrap();
+        drop(db);
+        disk.lose_unsynced().unwrap();
+        assert_eq!(disk.open().unwrap().election_record().unwrap(), Some(record));
+        assert!(disk.restore_backup(0).unwrap());
+        assert_eq!(disk.open().unwrap().election_record().unwrap(), Some(record));
     }
 
     #[test]

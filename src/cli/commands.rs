@@ -1,9 +1,14 @@
 //! The client commands: `library …`, `put`, `tag add`, `log`. Each talks to the running daemon
 //! through the control API.
 //!
-//! Exit status: 0 on success; 2 on an error (one line on stderr, `error: …`); [`EXIT_PENDING`]
-//! (3) when a membership change was made but is pending — in use, not yet held by a majority
-//! of the voters (docs/operations.md, "Membership").
+//! Exit status (docs/operations.md, section 1): 0 on success (a change committed); 2
+//! ([`EXIT_ERROR`]) on an error — one line on stderr, `error: …`, and nothing was done;
+//! [`EXIT_PENDING`] (3) when a change was accepted but is not committed yet — a membership
+//! change in use but not yet held by a majority of the voters (docs/operations.md,
+//! "Membership"), or a write queued in the outbox while no leader is reachable; [`EXIT_UNKNOWN`]
+//! (4) when the request was sent but its answer was lost (the connection broke, or the service
+//! stopped meanwhile): the change may or may not be committed; [`EXIT_TOO_LARGE`] (5) when a
+//! change is larger than a change may be (nothing was done).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,8 +21,17 @@ use lsync::control::api::{
 };
 use uuid::Uuid;
 
-/// Exit status of a membership change that was made but is pending (not yet committed).
+/// Exit status of an error: the request was refused or never reached the daemon; nothing was
+/// done.
+pub const EXIT_ERROR: u8 = 2;
+/// Exit status of a change that was accepted but is not committed yet: a membership change that
+/// is pending, or a write queued in this device's outbox (it commits by itself, once).
 pub const EXIT_PENDING: u8 = 3;
+/// Exit status of a change whose fate is unknown: the request was sent but its answer was lost;
+/// the change may or may not be committed (never twice).
+pub const EXIT_UNKNOWN: u8 = 4;
+/// Exit status of a change refused for its size (nothing was done).
+pub const EXIT_TOO_LARGE: u8 = 5;
 
 /// What a pending change means, in one sentence.
 const PENDING: &str = "pending: the change is in use but not yet held by a majority of the \
@@ -350,6 +364,81 @@ pub fn put(
         println!(
             "queued as proposal {}: no leader is reachable now; it will be committed once one is",
             out.proposal_id.map(|p| p.to_string()).unwrap_or_default()
+        );
+    }
+    let committed = out.first_sequence.is_some();
+    Ok(exit(committed))
+}
+
+/// `lsync status --proposal ID`: exit 0 committed, [`EXIT_PENDING`] queued, [`EXIT_UNKNOWN`]
+/// not known on this device.
+pub fn proposal_status(
+    client: &Client,
+    library: Uuid,
+    proposal: Uuid,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let p: lsync::control::api::ProposalJson =
+        client.get(&format!("/libraries/{library}/proposals/{proposal}"))?;
+    let code = match p.state.as_str() {
+        "committed" => ExitCode::SUCCESS,
+        "queued" => ExitCode::from(EXIT_PENDING),
+        _ => ExitCode::from(EXIT_UNKNOWN),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&p)?);
+        return Ok(code);
+    }
+    match p.state.as_str() {
+        "committed" => {
+            let seqs = match (p.sequences.first(), p.sequences.last()) {
+                (Some(a), Some(b)) if a == b => format!("sequence {a}"),
+                (Some(a), Some(b)) if b - a + 1 == p.sequences.len() as u64 => {
+                    format!("sequences {a}..={b}")
+                }
+                _ => format!(
+                    "sequences {}",
+                    p.sequences.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            println!("proposal {proposal}: committed, {seqs}");
+        }
+        "queued" => println!(
+            "proposal {proposal}: queued in this device's outbox ({} failed attempts{}); it \
+             is committed once a leader is reachable",
+            p.attempts,
+            p.last_error.map(|e| format!(", last: {e}")).unwrap_or_default()
+        ),
+        _ => println!(
+            "proposal {proposal}: not known on this device (its log, up to sequence {}, and \
+             its outbox hold nothing of it): it was not written here, was refused, or is \
+             committed by the leader and not yet applied here — ask again in a moment",
+            p.last_sequence
+        ),
+    }
+    Ok(code)
+}
+
+/// `lsync token rotate`: through the running daemon if there is one, else in the file.
+pub fn token_rotate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let file = dir.join(lsync::control::TOKEN_FILE);
+    if dir.join(lsync::control::ADDR_FILE).exists() {
+        let client = Client::connect(dir)?;
+        let _: serde_json::Value = client.post::<(), _>("/token/rotate", None)?;
+        println!(
+            "the daemon uses a new token, in {}; the old one is refused from now on",
+            file.display()
+        );
+    } else {
+        if !dir.is_dir() {
+            bail!("data directory {} does not exist: run `lsync init` first", dir.display());
+        }
+        lsync::control::rotate_token_file(dir)
+            .map_err(|e| anyhow::anyhow!("cannot write {} ({e})", file.display()))?;
+        println!(
+            "no daemon runs for {}: a new token is in {}; the daemon uses it from its next start",
+            dir.display(),
+            file.display()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -43,12 +43,22 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// Whether the process logs to stderr: every command but `demo`, whose nodes log to a file
+    /// in its directory so that the terminal tells its story.
+    pub fn logs_to_stderr(&self) -> bool {
+        !matches!(self.command, Command::Demo { .. })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a leader and followers on 127.0.0.1 in temporary directories, write changes at a
     /// steady rate, show each device's role, sequence and lag live, stop a follower and bring
-    /// it back, and check that every device ends with identical tables and logs
-    /// (exit status 0 only if they do).
+    /// it back (it catches up, with a progress bar), stop the leader (another is elected), and
+    /// check that every device ends with identical tables and logs holding every change the
+    /// demo wrote exactly once (exit status 0 only if so). The nodes' logs go to demo.log in
+    /// the demo's directory.
     Demo {
         /// Number of followers.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
@@ -82,9 +92,9 @@ enum Command {
         force: bool,
     },
     /// Run the daemon: the node (its libraries, replication over libp2p) and the control API
-    /// on 127.0.0.1, guarded by a token written to DIR/control.token. Logs go to stderr
-    /// (RUST_LOG=info for more); a follower catching up shows a progress bar. Stops cleanly
-    /// on Ctrl-C or SIGTERM.
+    /// on 127.0.0.1, guarded by the token in DIR/control.token (kept across restarts). Logs go
+    /// to stderr (RUST_LOG=info for more); a follower catching up shows a progress bar. Stops
+    /// cleanly on Ctrl-C or SIGTERM.
     Run {
         /// Config file (default: DIR/lsync.toml). Its `data_dir` key, if any, names the data
         /// directory; else the file's own directory is.
@@ -96,6 +106,10 @@ enum Command {
     Library(LibraryCommand),
     /// Write a change to a library on any device (a follower proposes it to the leader): MODEL
     /// (tag, location) and the record as JSON, e.g. `lsync put tag '{"id":"t1","name":"holiday"}'`.
+    ///
+    /// Exit status: 0 committed; 3 queued (no leader reachable: it commits once one is); 2
+    /// refused (nothing was done); 4 unknown (the answer was lost: it may or may not be
+    /// committed, `lsync log` tells); 5 too large.
     Put {
         /// The library (default: the daemon's only library).
         #[arg(long, value_name = "ID")]
@@ -107,7 +121,8 @@ enum Command {
         /// without JSON).
         #[arg(long, value_name = "ID")]
         record_id: Option<String>,
-        /// Print the committed entry as JSON.
+        /// Print the daemon's answer as JSON ({status, first_sequence, last_sequence,
+        /// proposal_id}).
         #[arg(long)]
         json: bool,
         /// Model type: tag or location.
@@ -115,7 +130,10 @@ enum Command {
         /// The whole record as a JSON object (omit for a delete).
         record: Option<String>,
     },
-    /// Tags (a convenience over `lsync put tag`).
+    /// The control API's token (DIR/control.token, kept across restarts of the daemon).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Tags (a convenience over `lsync put tag`; the same exit statuses).
     #[command(subcommand)]
     Tag(TagCommand),
     /// Show the library's sync log, oldest first.
@@ -147,11 +165,20 @@ enum Command {
     /// member), the members and a pending change; on a leader every follower's role, acked
     /// sequence, lag and connection; on a follower its applier state, the leader's last
     /// sequence and catch-up progress.
+    ///
+    /// With --proposal ID: what became of a write that answered `queued as proposal ID` —
+    /// committed (exit status 0), still queued (3), or not known on this device (4).
     Status {
         /// Refresh continuously (progress bars on a terminal; with --json, one JSON line per
         /// refresh).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "proposal")]
         watch: bool,
+        /// Tell what became of this proposal (the id `lsync put` printed).
+        #[arg(long, value_name = "ID")]
+        proposal: Option<Uuid>,
+        /// With --proposal: the library (default: the daemon's only library).
+        #[arg(long, value_name = "ID", requires = "proposal")]
+        library: Option<Uuid>,
         /// Print the daemon's JSON.
         #[arg(long)]
         json: bool,
@@ -357,6 +384,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Replace the token: a running daemon uses the new one at once and refuses the old one;
+    /// with no daemon running, the file is rewritten and the next start uses it.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
 enum TagCommand {
     /// Add a tag: `lsync tag add holiday --color '#ff8800'`.
     Add {
@@ -367,7 +401,8 @@ enum TagCommand {
         id: Option<String>,
         #[arg(long)]
         color: Option<String>,
-        /// Print the committed entry as JSON.
+        /// Print the daemon's answer as JSON ({status, first_sequence, last_sequence,
+        /// proposal_id}).
         #[arg(long)]
         json: bool,
         name: String,
@@ -379,6 +414,18 @@ enum ChangeKind {
     Insert,
     Update,
     Delete,
+}
+
+/// The exit status of a command that failed with `e`: [`commands::EXIT_UNKNOWN`] when a change
+/// may or may not have been carried out, [`commands::EXIT_TOO_LARGE`] when it was refused for
+/// its size, else [`commands::EXIT_ERROR`] (nothing was done).
+pub fn exit_status(e: &anyhow::Error) -> ExitCode {
+    let code = match e.downcast_ref::<client::RequestError>().map(|r| r.failure) {
+        Some(client::Failure::Unknown) => commands::EXIT_UNKNOWN,
+        Some(client::Failure::TooLarge) => commands::EXIT_TOO_LARGE,
+        Some(client::Failure::NotDone) | None => commands::EXIT_ERROR,
+    };
+    ExitCode::from(code)
 }
 
 fn data_dir(given: Option<PathBuf>) -> PathBuf {
@@ -519,13 +566,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let library = commands::resolve_library(&client, library)?;
             commands::put(&client, library, request, json)
         }
+        Command::Token(TokenCommand::Rotate) => commands::token_rotate(&dir),
         Command::Log { library, since, limit, json } => {
             let client = Client::connect(&dir)?;
             let library = commands::resolve_library(&client, library)?;
             commands::log(&client, library, since, limit, json)
         }
         Command::Verify { library } => verify::verify(&dir, library),
-        Command::Status { watch, json, interval_ms } => {
+        Command::Status { proposal: Some(proposal), library, json, .. } => {
+            let client = Client::connect(&dir)?;
+            let library = commands::resolve_library(&client, library)?;
+            commands::proposal_status(&client, library, proposal, json)
+        }
+        Command::Status { watch, json, interval_ms, .. } => {
             let client = Client::connect(&dir)?;
             status::status(&client, watch, json, Duration::from_millis(interval_ms.max(50)))
         }

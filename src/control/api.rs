@@ -15,11 +15,19 @@ pub const MAX_LOG_LIMIT: u64 = 1_000;
 /// `limit` of `GET /libraries/{id}/log` when none is given.
 pub const DEFAULT_LOG_LIMIT: u64 = 100;
 
-/// An error response: `{"error": "..."}`.
+/// An error response: `{"error": "..."}`, with `"outcome": "unknown"` when the daemon cannot
+/// tell whether the change was carried out (the library's sync service stopped while it was
+/// submitted); without it, nothing was done.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+    /// [`OUTCOME_UNKNOWN`], or absent: nothing was done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
+
+/// [`ErrorBody::outcome`] of an error after which the change may or may not be committed.
+pub const OUTCOME_UNKNOWN: &str = "unknown";
 
 /// A member device, as another device must know it (`POST /libraries/{id}/devices`, and the
 /// leader and members of `POST /libraries/{id}/join`).
@@ -340,8 +348,12 @@ pub struct WriteJson {
     /// `committed` (sequenced by the leader, applied here) or `queued` (no leader reachable;
     /// waits in this device's outbox and will be committed once).
     pub status: String,
+    /// The first entry of the change (`committed`); null when `queued`.
     pub first_sequence: Option<u64>,
+    /// Its last entry (`committed`); null when `queued`.
     pub last_sequence: Option<u64>,
+    /// The outbox entry's id when `queued`; null when `committed`, although the entries carry
+    /// a proposal id in the log (docs/protocol.md §4).
     pub proposal_id: Option<Uuid>,
 }
 
@@ -365,6 +377,29 @@ impl WriteJson {
     }
 }
 
+/// Response of `GET /libraries/{id}/proposals/{proposal}`: what became of a write, as this
+/// device knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalJson {
+    pub library_id: Uuid,
+    pub proposal_id: Uuid,
+    /// `committed` (entries in this device's log carry its id), `queued` (it waits in this
+    /// device's outbox) or `unknown` (neither: not written on this device, refused, or committed
+    /// by the leader and not yet applied here).
+    pub state: String,
+    /// `committed`: the sequences of its entries, in order (usually consecutive).
+    #[serde(default)]
+    pub sequences: Vec<u64>,
+    /// `queued`: failed delivery attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// `queued`: why the last attempt failed, if one did.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// This device's last sequence when it looked.
+    pub last_sequence: u64,
+}
+
 /// One sync log entry as JSON; `data` is the record decoded from MessagePack (`null` for a
 /// delete, the configuration for a configuration entry, `{"msgpack_hex": "..."}` if it is not
 /// plain MessagePack).
@@ -379,6 +414,10 @@ pub struct EntryJson {
     pub change_type: String,
     pub version: i64,
     pub data: serde_json::Value,
+    /// The proposal the entry commits (every write's entries carry one; docs/protocol.md §4),
+    /// for `lsync status --proposal`.
+    #[serde(default)]
+    pub proposal_id: Option<Uuid>,
 }
 
 impl EntryJson {
@@ -398,6 +437,7 @@ impl EntryJson {
             } else {
                 data_json(&e.data)
             },
+            proposal_id: e.proposal_id,
         }
     }
 }

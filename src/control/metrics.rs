@@ -9,6 +9,7 @@
 //! | `lsync_elections_total` | counter | |
 //! | `lsync_resyncs_total` | counter | |
 //! | `lsync_actor_restarts_total` | counter | `kind` (`election`, `leader`, `link`, `follower`, `proposer`) |
+//! | `lsync_task_panics_total` | counter | `kind` (see docs/operations.md) |
 //! | `lsync_fetches_served_cached_total` | counter | |
 //! | `lsync_fetches_served_storage_total` | counter | |
 //! | `lsync_fetches_ahead_total` | counter | |
@@ -198,6 +199,15 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
     );
     for child in lsync_actors::metrics::Child::ALL {
         o.sample(restarts, &[("kind", child.name())], m.restarts.of(child));
+    }
+    let panics = "lsync_task_panics_total";
+    o.family(
+        panics,
+        "counter",
+        "One-shot tasks of the actors that panicked, by kind (their waiter got a failure answer).",
+    );
+    for kind in lsync_actors::metrics::Task::ALL {
+        o.sample(panics, &[("kind", kind.name())], m.task_panics.of(kind));
     }
     o.counter(
         "lsync_fetches_served_cached_total",
@@ -502,6 +512,7 @@ mod tests {
         Metrics::add(&m.fetches_served_cached, 7);
         Metrics::add(&m.fetches_ahead, 5);
         Metrics::add(&m.fetches_ahead_missed, 1);
+        m.task_panics.count(lsync_actors::metrics::Task::Fetch);
         m.fetch_rtt.observe(Duration::from_micros(300));
         m.fetch_rtt.observe(Duration::from_secs(9));
         m.commit_to_apply.observe(Duration::from_millis(2));
@@ -568,6 +579,8 @@ mod tests {
         assert_eq!(s["lsync_fetches_served_storage_total[]"], 0.0);
         assert_eq!(s["lsync_fetches_ahead_total[]"], 5.0);
         assert_eq!(s["lsync_fetches_ahead_missed_total[]"], 1.0);
+        assert_eq!(s[r#"lsync_task_panics_total[("kind", "fetch")]"#], 1.0);
+        assert_eq!(s[r#"lsync_task_panics_total[("kind", "serve")]"#], 0.0);
         assert_eq!(s["lsync_fetch_rtt_seconds_count[]"], 2.0);
         assert_eq!(s[r#"lsync_fetch_rtt_seconds_bucket[("le", "0.0005")]"#], 1.0);
         assert_eq!(s[r#"lsync_network_rejected_requests_total[("reason", "unauthorized")]"#], 3.0);

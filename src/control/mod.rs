@@ -1,9 +1,10 @@
 //! The daemon's local control API: actix-web on 127.0.0.1 only, in the node's actix System.
 //!
 //! Every request needs `Authorization: Bearer <token>`, the token being the content of
-//! `<data dir>/control.token` (mode 0600, new at every start of the daemon); anything else gets
-//! `401`. The address actually bound is written to `<data dir>/control.addr` (and removed at a
-//! clean stop), so clients find a daemon whose port was 0.
+//! `<data dir>/control.token` (mode 0600, made once by the first start and kept across restarts
+//! until `POST /token/rotate` — `lsync token rotate` — replaces it); anything else gets `401`.
+//! The address actually bound is written to `<data dir>/control.addr` (and removed at a clean
+//! stop), so clients find a daemon whose port was 0.
 //!
 //! | method and path | body → response |
 //! |---|---|
@@ -18,15 +19,18 @@
 //! | `PUT /libraries/{id}/devices/{device}/preference` | `{preference: auto\|learner\|voter}` → change |
 //! | `POST /libraries/{id}/force-reconfigure` | `{voters, i_understand_this_is_unsafe: true}` → change |
 //! | `POST /libraries/{id}/join` | `{leader: device, members: [device]}` → `{}` |
-//! | `POST /libraries/{id}/changes` | `{model_type, record_id?, change_type?, data}` → entry |
+//! | `POST /libraries/{id}/changes` | `{model_type, record_id?, change_type?, data}` → `{status, first_sequence, last_sequence, proposal_id}` |
 //! | `GET /libraries/{id}/log?since=N&limit=N` | → `{entries, last_sequence}` (limit ≤ 1000) |
+//! | `GET /libraries/{id}/proposals/{proposal}` | → `{library_id, proposal_id, state: committed\|queued\|unknown, sequences, attempts, last_error, last_sequence}` |
+//! | `POST /token/rotate` | → `{}`: a new token is in `control.token`, the old one is refused |
 //!
 //! A membership change answers `{library_id, config_sequence, committed}`: `200` when the
 //! configuration entry is committed, `202` when it is pending (in use, not yet held by a
 //! majority; docs/operations.md, "Membership").
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input, a refused invitation), 401, 404 (unknown
-//! library or path), 409 (not the leader, library exists, a membership change refused),
+//! library or path), 409 (not the leader, library exists, a membership change refused), 413 (a
+//! change over `Node::max_change_bytes`, or a body over what the endpoint accepts),
 //! 502 (the inviting device is unreachable), 503 (database busy, service stopped, no leader
 //! known), 507 (disk full) or 500.
 
@@ -37,6 +41,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
@@ -61,8 +66,32 @@ pub const TOKEN_FILE: &str = "control.token";
 /// The file in the data directory holding the bound address (`127.0.0.1:PORT`).
 pub const ADDR_FILE: &str = "control.addr";
 
-/// Largest accepted request body.
+/// Largest accepted request body, but for `POST /libraries/{id}/changes`.
 const MAX_BODY: usize = 1024 * 1024;
+
+/// Largest accepted body of `POST /libraries/{id}/changes` for a node whose largest change is
+/// `max_change` bytes: room for a change of that size as JSON (escapes and all), so that a
+/// change over the limit is refused for its own size, naming the limit, rather than for its
+/// body's.
+fn max_change_body(max_change: usize) -> usize {
+    max_change.saturating_mul(4).saturating_add(MAX_BODY)
+}
+
+/// The JSON extractor's settings: `limit` bytes at most; a bad body is `400`, a body over the
+/// limit `413` naming it.
+fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default().limit(limit).content_type_required(false).error_handler(
+        move |e, _| match e {
+            actix_web::error::JsonPayloadError::Overflow { .. }
+            | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {limit} bytes, the most this endpoint accepts"),
+            )
+            .into(),
+            e => ApiError::bad_request(format!("bad JSON body: {e}")).into(),
+        },
+    )
+}
 
 /// A running control API.
 #[derive(Debug)]
@@ -73,26 +102,25 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Starts the API for `node` on `127.0.0.1:port` (0: a free port), writes a fresh token to
-    /// `<data_dir>/control.token` and the bound address to `<data_dir>/control.addr`. Must run
-    /// inside the node's actix System.
+    /// Starts the API for `node` on `127.0.0.1:port` (0: a free port) with the token of
+    /// `<data_dir>/control.token` (made there first if there is none: [`load_or_create_token`])
+    /// and writes the bound address to `<data_dir>/control.addr`. Must run inside the node's
+    /// actix System.
     pub async fn start(node: Node, port: u16, data_dir: &Path) -> io::Result<ControlServer> {
-        let token = new_token();
-        write_private(&data_dir.join(TOKEN_FILE), format!("{token}\n").as_bytes())?;
-        let token = web::Data::new(Token(token));
+        // the token is read (or made) once the port is bound: a daemon that cannot serve does
+        // not touch the file; until then no token is accepted
+        let token = web::Data::new(Token {
+            value: RwLock::new(String::new()),
+            file: data_dir.join(TOKEN_FILE),
+        });
+        let served = token.clone();
+        let changes_body = max_change_body(node.max_change_bytes());
         let node = web::Data::new(node);
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(token.clone())
+                .app_data(served.clone())
                 .app_data(node.clone())
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(MAX_BODY)
-                        .content_type_required(false)
-                        .error_handler(|e, _| {
-                            ApiError::bad_request(format!("bad JSON body: {e}")).into()
-                        }),
-                )
+                .app_data(json_config(MAX_BODY))
                 .wrap(from_fn(require_token))
                 .route("/status", web::get().to(status))
                 .route("/metrics", web::get().to(metrics_text))
@@ -105,8 +133,14 @@ impl ControlServer {
                 .route("/libraries/{id}/devices/{device}/preference", web::put().to(set_preference))
                 .route("/libraries/{id}/force-reconfigure", web::post().to(force_reconfigure))
                 .route("/libraries/{id}/join", web::post().to(join_library))
-                .route("/libraries/{id}/changes", web::post().to(commit_change))
+                .service(
+                    web::resource("/libraries/{id}/changes")
+                        .app_data(json_config(changes_body))
+                        .route(web::post().to(commit_change)),
+                )
                 .route("/libraries/{id}/log", web::get().to(read_log))
+                .route("/libraries/{id}/proposals/{proposal}", web::get().to(proposal))
+                .route("/token/rotate", web::post().to(rotate_token))
                 .default_service(web::to(|| async {
                     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint: see docs/operations.md")
                 }))
@@ -119,6 +153,8 @@ impl ControlServer {
             .addrs()
             .first()
             .ok_or_else(|| io::Error::other("the control API bound no address"))?;
+        *token.value.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            load_or_create_token(data_dir)?;
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
@@ -140,11 +176,84 @@ impl ControlServer {
     }
 }
 
-struct Token(String);
+/// The token the API expects, and the file that holds it.
+struct Token {
+    value: RwLock<String>,
+    file: PathBuf,
+}
 
 /// A fresh random token: 32 bytes from the OS-seeded CSPRNG, as hex.
 fn new_token() -> String {
     rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `text` is a token as [`new_token`] makes them (64 hex digits).
+fn well_formed(text: &str) -> bool {
+    text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The control token of a data directory: the one in `control.token` if it holds a
+/// well-formed one (its mode is made 0600 again if it was wider), else a new one written there
+/// (mode 0600). So the token stays the same across restarts of the daemon, and a client that
+/// holds it is not refused after one.
+pub fn load_or_create_token(data_dir: &Path) -> io::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if well_formed(text.trim()) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        file = %path.display(),
+                        mode = format!("{:o}", mode & 0o777),
+                        "the control token was readable by others: made owner-only (0600)"
+                    );
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                }
+            }
+            Ok(text.trim().to_owned())
+        }
+        Ok(_) => {
+            tracing::warn!(
+                file = %path.display(),
+                "the control token file held no valid token: a new one was written"
+            );
+            rotate_token_file(data_dir)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => rotate_token_file(data_dir),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a new token to `<data_dir>/control.token` (mode 0600) and returns it. A running
+/// daemon goes on with the token it read at start: rotate through `POST /token/rotate` then.
+pub fn rotate_token_file(data_dir: &Path) -> io::Result<String> {
+    let token = new_token();
+    write_private(&data_dir.join(TOKEN_FILE), format!("{token}\n").as_bytes())?;
+    Ok(token)
+}
+
+/// `POST /token/rotate`: a new token in the file and in use at once; the old one is refused
+/// from the next request on.
+async fn rotate_token(token: web::Data<Token>) -> Result<HttpResponse, ApiError> {
+    let dir = token.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let fresh = web::block(move || rotate_token_file(&dir))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "cannot write a new token to {} ({e}); the old one stays",
+                    token.file.display()
+                ),
+            )
+        })?;
+    *token.value.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+    tracing::info!(file = %token.file.display(), "control token rotated");
+    Ok(HttpResponse::Ok().json(serde_json::json!({})))
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -156,7 +265,10 @@ async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let expected = req.app_data::<web::Data<Token>>().map(|t| t.0.clone()).unwrap_or_default();
+    let expected = req
+        .app_data::<web::Data<Token>>()
+        .map(|t| t.value.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+        .unwrap_or_default();
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -173,7 +285,7 @@ async fn require_token(
                  directory, file control.token"
             } else {
                 "wrong token: read it again from control.token in the daemon's data directory \
-                 (it changes at every start of the daemon)"
+                 (it changes only when `lsync token rotate` replaces it)"
             };
             let resp = ApiError::new(StatusCode::UNAUTHORIZED, message).error_response();
             Ok(req.into_response(resp).map_into_right_body())
@@ -186,6 +298,8 @@ async fn require_token(
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// The change may or may not have been carried out (`"outcome": "unknown"`).
+    unknown: bool,
 }
 
 impl ApiError {
@@ -193,7 +307,11 @@ impl ApiError {
     /// one space), since clients print it as one.
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
         let message: String = message.into();
-        Self { status, message: message.split_whitespace().collect::<Vec<_>>().join(" ") }
+        Self {
+            status,
+            message: message.split_whitespace().collect::<Vec<_>>().join(" "),
+            unknown: false,
+        }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -213,7 +331,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody { error: self.message.clone() })
+        HttpResponse::build(self.status).json(ErrorBody {
+            error: self.message.clone(),
+            outcome: self.unknown.then(|| api::OUTCOME_UNKNOWN.to_owned()),
+        })
     }
 }
 
@@ -254,6 +375,11 @@ impl From<NodeError> for ApiError {
                 }
             }
             NodeError::Transfer(_) => StatusCode::CONFLICT,
+            NodeError::ChangeTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            NodeError::OutcomeUnknown(_) => {
+                let unknown = Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                return Self { unknown: true, ..unknown };
+            }
             NodeError::Storage(s) => match s {
                 StorageError::NotLeader { .. } => {
                     return Self::new(
@@ -501,9 +627,53 @@ async fn commit_change(
 ) -> Result<HttpResponse, ApiError> {
     let id = library_id(&path)?;
     let change = body.to_change().map_err(ApiError::bad_request)?;
-    // the same write on every device: committed at once on the leader, proposed from a follower
+    // the same write on every device: committed at once on the leader, proposed from a follower;
+    // a change over the size limit is 413 naming it (NodeError::ChangeTooLarge)
     let outcome = node.write(id, vec![change]).await?;
     Ok(HttpResponse::Ok().json(api::WriteJson::from_outcome(outcome)))
+}
+
+/// `GET /libraries/{id}/proposals/{proposal}`: the entries of this device's log that carry the
+/// proposal id, else its outbox entry, else `unknown`.
+async fn proposal(
+    node: web::Data<Node>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path.0)?;
+    let proposal_id: Uuid = path.1.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad proposal id {:?} ({e}): give the uuid `lsync put` printed",
+            path.1
+        ))
+    })?;
+    let db = node.database(id)?;
+    let answer = web::block(move || -> Result<api::ProposalJson, StorageError> {
+        let (entries, last) = db.with_reader(|conn| {
+            let entries = crate::crates::storage::SyncLog::proposal_entries(conn, proposal_id)?;
+            Ok((entries, crate::crates::storage::SyncLog::last(conn)?.sequence))
+        })?;
+        let mut answer = api::ProposalJson {
+            library_id: id,
+            proposal_id,
+            state: "unknown".into(),
+            sequences: entries.iter().map(|e| e.sequence).collect(),
+            attempts: 0,
+            last_error: None,
+            last_sequence: last,
+        };
+        if !entries.is_empty() {
+            answer.state = "committed".into();
+        } else if let Some(queued) = db.outbox_get(proposal_id)? {
+            answer.state = "queued".into();
+            answer.attempts = queued.attempts;
+            answer.last_error = queued.last_error;
+        }
+        Ok(answer)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::from(NodeError::Storage(e)))?;
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 fn query_u64(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {
@@ -587,6 +757,66 @@ mod tests {
         assert_ne!(a, b);
         assert!(same(a.as_bytes(), a.as_bytes()) && !same(a.as_bytes(), b.as_bytes()));
         assert!(!same(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn the_token_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_token(dir.path()).unwrap();
+        assert!(well_formed(&a), "{a}");
+        assert_eq!(load_or_create_token(dir.path()).unwrap(), a);
+        let b = rotate_token_file(dir.path()).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(load_or_create_token(dir.path()).unwrap(), b);
+    }
+
+    #[test]
+    fn a_damaged_token_file_gets_a_new_token() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKEN_FILE), "short\n").unwrap();
+        let t = load_or_create_token(dir.path()).unwrap();
+        assert!(well_formed(&t), "{t}");
+        let on_disk = std::fs::read_to_string(dir.path().join(TOKEN_FILE)).unwrap();
+        assert_eq!(on_disk.trim(), t);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_readable_by_others_is_made_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(TOKEN_FILE);
+        std::fs::write(&p, "ab".repeat(32)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load_or_create_token(dir.path()).unwrap(), "ab".repeat(32));
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_change_too_large_is_413_naming_the_limit() {
+        let e = ApiError::from(NodeError::ChangeTooLarge {
+            bytes: 9_000_000,
+            limit: 8_388_608,
+            max_frame_bytes: 16_777_216,
+        });
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.message.contains("8388608 bytes") && e.message.contains("9000000"), "{e}");
+        assert!(max_change_body(8_388_608) > 4 * 8_388_608);
+    }
+
+    #[test]
+    fn an_unknown_outcome_says_so_in_its_body() {
+        let e = ApiError::from(NodeError::OutcomeUnknown(Uuid::nil()));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        let body = actix_web::body::to_bytes(e.error_response().into_body());
+        let body = futures::executor::block_on(body).unwrap();
+        let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body.outcome.as_deref(), Some(api::OUTCOME_UNKNOWN));
+        assert!(body.error.contains("may or may not be committed"), "{}", body.error);
+        let refused = ApiError::from(NodeError::WritesPaused(Uuid::nil()));
+        let body = actix_web::body::to_bytes(refused.error_response().into_body());
+        let body = futures::executor::block_on(body).unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("outcome"));
     }
 
     #[cfg(unix)]

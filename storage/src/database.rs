@@ -24,7 +24,7 @@ use crate::membership::{self, Membership};
 use crate::model::ModelRegistry;
 use crate::outbox::{self, OutboxEntry};
 use crate::sync_log::{LogHead, LogPosition, SyncLog};
-use crate::sync_state::{self, SyncState};
+use crate::sync_state::{self, ElectionRecord, SyncState};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -328,12 +328,89 @@ impl Database {
         self.inner.checkpointer.shared.done.load(Ordering::Relaxed)
     }
 
-    /// The sync state.
+    /// The sync state: the `sync_state` row with the election record read over it
+    /// ([`sync_state::with_record`]: the record holds the term, vote and leader the election
+    /// wrote with a full sync, which the row may have lost).
     ///
     /// # Errors
-    /// [`StorageError::NotInitialized`] if there is none.
+    /// [`StorageError::NotInitialized`] if there is none; [`StorageError::Corrupt`] for an
+    /// unreadable election record.
     pub fn sync_state(&self) -> Result<SyncState> {
-        self.with_reader(sync_state::load)?.ok_or(StorageError::NotInitialized)
+        let row = self.with_reader(sync_state::load)?.ok_or(StorageError::NotInitialized)?;
+        Ok(sync_state::with_record(row, self.election_record()?))
+    }
+
+    /// The election record's file ([`sync_state::record_path`]).
+    pub fn election_record_path(&self) -> PathBuf {
+        sync_state::record_path(&self.inner.path)
+    }
+
+    /// The election record, `None` if the election never wrote one.
+    pub fn election_record(&self) -> Result<Option<ElectionRecord>> {
+        sync_state::read_record(&self.election_record_path())
+    }
+
+    /// The high-water mark ([`sync_state::mark_path`]): the last log position this device is
+    /// known to have held; `None` before the first is written.
+    pub fn mark(&self) -> Result<Option<LogPosition>> {
+        sync_state::read_mark(&sync_state::mark_path(&self.inner.path))
+    }
+
+    /// Raises the high-water mark to the log's last position, if that is above the mark;
+    /// returns the mark in effect. A log behind its mark leaves the mark as it is.
+    ///
+    /// The mark never runs ahead of what the database itself has on disk: the database file
+    /// and its WAL are fsynced first (everything committed before is then durable whatever
+    /// `synchronous` says), then the mark is written, fsynced. So a power loss never leaves a
+    /// database behind its mark — had it, a sole voter that lost its last unsynced writes
+    /// would never campaign again — and a database found behind its mark was put back from
+    /// elsewhere (a restored backup, a copied data directory).
+    pub fn raise_mark(&self) -> Result<LogPosition> {
+        let last = self.last_position()?;
+        let mark = self.mark()?.unwrap_or_default();
+        if last <= mark {
+            return Ok(mark);
+        }
+        self.sync_files()?;
+        sync_state::write_mark(&sync_state::mark_path(&self.inner.path), last)?;
+        Ok(last)
+    }
+
+    /// Fsyncs the database file and its WAL: every transaction committed before the call is
+    /// durable when it returns (a commit has written its WAL frames; this flushes them).
+    fn sync_files(&self) -> Result<()> {
+        let mut wal = self.inner.path.as_os_str().to_owned();
+        wal.push("-wal");
+        for path in [self.inner.path.clone(), PathBuf::from(wal)] {
+            match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(file) => file.sync_all()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The log position below which this device neither campaigns nor votes for a candidate
+    /// behind it (the election's log floor): the higher of the rebuild mark
+    /// ([`Database::rebuild_mark`]) and the high-water mark ([`Database::mark`]). Above the
+    /// log's end only when the log went back (a rebuild in progress, a restored backup, writes
+    /// lost to a power loss).
+    pub fn election_floor(&self) -> Result<LogPosition> {
+        Ok(self.rebuild_mark()?.max(self.mark()?.unwrap_or_default()))
+    }
+
+    /// Persists the election's state durably: the election record first, with a full sync
+    /// ([`sync_state::write_record`]: what a power loss cannot take back), then the
+    /// `sync_state` row (role, term, vote, leader) in one transaction. Nothing that depends on
+    /// the state may be sent before this returns (docs/architecture.md, "Terms and votes on
+    /// disk").
+    pub fn persist_election(&self, role: SyncRole, record: &ElectionRecord) -> Result<()> {
+        sync_state::write_record(&self.election_record_path(), record)?;
+        self.write(|conn| {
+            sync_state::set_leadership(conn, role, record.term, record.leader)?;
+            sync_state::set_vote(conn, record.term, record.voted_for)
+        })
     }
 
     /// Inserts `state` if there is no state yet; an existing row is left untouched.

@@ -81,7 +81,7 @@ pub use model::{
 pub use models::{Location, LocationHandler, Tag, TagHandler};
 pub use outbox::OutboxEntry;
 pub use sync_log::{LogHead, LogPosition, SyncLog};
-pub use sync_state::SyncState;
+pub use sync_state::{ElectionRecord, SyncState};
 pub use transaction::{
     CommitEvent, ProposalOutcome, TransactionManager, COMMIT_EVENT_CAPACITY,
     COMMIT_EVENT_MAX_ENTRIES,

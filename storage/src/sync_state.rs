@@ -1,4 +1,10 @@
-//! This device's view of the library: the single `sync_state` row.
+//! This device's view of the library: the single `sync_state` row, and the *election record*
+//! ([`ElectionRecord`]): the term, the vote and the leader the election persisted, in a small
+//! file of its own beside the database, written with a full sync (docs/architecture.md,
+//! "Terms and votes on disk").
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -7,6 +13,7 @@ use uuid::Uuid;
 
 use crate::error::{parse_uuid, to_i64, to_u64, Result, StorageError};
 use crate::schema::sync_state as table;
+use crate::sync_log::LogPosition;
 
 /// This device's view of one library, persisted in the single `sync_state` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,9 +183,316 @@ impl RunQueryDsl<SqliteConnection> for SetLastSynced {}
 // Diesel keeps a statement prepared only when its type has a static query id.
 const _: () = assert!(<SetLastSynced as diesel::query_builder::QueryId>::HAS_STATIC_QUERY_ID);
 
+/// The election's durable state: what a device must never forget once it acted on it (a vote
+/// granted, a term adopted, a leadership won). Written by [`write_record`] before the
+/// `sync_state` row (which `synchronous = NORMAL` may lose on power loss) and before anything
+/// that depends on it is sent; [`crate::Database::sync_state`] reads it over the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ElectionRecord {
+    /// The current term.
+    pub term: u64,
+    /// The candidate voted for in `term`.
+    pub voted_for: Option<Uuid>,
+    /// The leader known for `term`.
+    pub leader: Option<Uuid>,
+}
+
+/// The first line of a record file: its format and version.
+const RECORD_HEADER: &str = "lsync election record 1";
+
+/// The election record's file for the database at `db`: `<db>.election`, in the same
+/// directory (so that the directory's fsync covers both).
+pub fn record_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".election");
+    PathBuf::from(name)
+}
+
+/// The record's text: the header, then `term`, `voted_for` and `leader` lines (`-` for none).
+fn record_text(record: &ElectionRecord) -> String {
+    let opt = |u: Option<Uuid>| u.map_or_else(|| "-".to_owned(), |u| u.to_string());
+    format!(
+        "{RECORD_HEADER}\nterm {}\nvoted_for {}\nleader {}\n",
+        record.term,
+        opt(record.voted_for),
+        opt(record.leader)
+    )
+}
+
+fn parse_record(text: &str) -> Result<ElectionRecord> {
+    let corrupt = |what: &str| StorageError::Corrupt(format!("election record: {what}"));
+    let mut lines = text.lines();
+    if lines.next() != Some(RECORD_HEADER) {
+        return Err(corrupt("unknown format"));
+    }
+    let mut field = |name: &str| {
+        lines
+            .next()
+            .and_then(|l| l.strip_prefix(name))
+            .and_then(|l| l.strip_prefix(' '))
+            .ok_or_else(|| corrupt(&format!("no {name} line")))
+    };
+    let term = field("term")?;
+    let term: u64 = term.parse().map_err(|_| corrupt("bad term"))?;
+    if i64::try_from(term).is_err() {
+        return Err(corrupt("term beyond SQLite's integer"));
+    }
+    let uuid = |text: &str, what: &str| match text {
+        "-" => Ok(None),
+        t => parse_uuid(t, what).map(Some),
+    };
+    let voted_for = uuid(field("voted_for")?, "election record voted_for")?;
+    let leader = uuid(field("leader")?, "election record leader")?;
+    if lines.next().is_some() {
+        return Err(corrupt("trailing lines"));
+    }
+    Ok(ElectionRecord { term, voted_for, leader })
+}
+
+/// Reads the election record at `path` (see [`record_path`]); `None` if there is none yet.
+///
+/// # Errors
+/// [`StorageError::Corrupt`] for a file that is not a record (it is never half-written: see
+/// [`write_record`]); [`StorageError::Io`].
+pub fn read_record(path: &Path) -> Result<Option<ElectionRecord>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_record(&text).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the election record at `path` durably and atomically: a temporary file beside it,
+/// written and fsynced, renamed over the record, then the directory fsynced (so that the
+/// rename itself survives a power loss). A crash at any point leaves the old record or the new
+/// one, never a mix.
+///
+/// # Errors
+/// [`StorageError::Io`]; [`StorageError::InvalidChange`] for a term SQLite cannot hold.
+pub fn write_record(path: &Path, record: &ElectionRecord) -> Result<()> {
+    to_i64(record.term, "term")?;
+    write_durably(path, &record_text(record))
+}
+
+/// Replaces the file at `path` with `text` durably and atomically (temporary file, fsync,
+/// rename, directory fsync).
+fn write_durably(path: &Path, text: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path)?;
+    Ok(())
+}
+
+/// The high-water mark: the last log position this device is known to have held —
+/// acknowledged as a follower or committed as a leader — kept outside the database like the
+/// election record (`<db>.mark`), fsynced, and only ever raised. A database whose log ends
+/// below its mark went back in time (a restored backup, a copied data directory, writes lost
+/// to a power loss): such a device neither campaigns nor votes for a log behind the mark
+/// until it has caught up past it (docs/architecture.md, "Restores are detected").
+pub fn mark_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".mark");
+    PathBuf::from(name)
+}
+
+/// The first line of a mark file.
+const MARK_HEADER: &str = "lsync high-water mark 1";
+
+/// Reads the high-water mark at `path`; `None` if there is none yet.
+///
+/// # Errors
+/// [`StorageError::Corrupt`] for a file that is not a mark; [`StorageError::Io`].
+pub fn read_mark(path: &Path) -> Result<Option<LogPosition>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let corrupt = || StorageError::Corrupt("high-water mark: not a mark file".to_owned());
+    let mut lines = text.lines();
+    if lines.next() != Some(MARK_HEADER) {
+        return Err(corrupt());
+    }
+    let position = lines.next().and_then(|l| l.strip_prefix("position ")).ok_or_else(corrupt)?;
+    let (term, sequence) = position.split_once(' ').ok_or_else(corrupt)?;
+    let (Ok(term), Ok(sequence)) = (term.parse::<u64>(), sequence.parse::<u64>()) else {
+        return Err(corrupt());
+    };
+    if lines.next().is_some() {
+        return Err(corrupt());
+    }
+    Ok(Some(LogPosition { term, sequence }))
+}
+
+/// Writes the high-water mark at `path` durably and atomically, as [`write_record`] does.
+///
+/// # Errors
+/// [`StorageError::Io`].
+pub fn write_mark(path: &Path, mark: LogPosition) -> Result<()> {
+    write_durably(path, &format!("{MARK_HEADER}\nposition {} {}\n", mark.term, mark.sequence))
+}
+
+/// Fsyncs the directory holding `path`, making a rename in it durable. Only where a directory
+/// can be opened and synced (Unix); elsewhere the rename is as durable as the platform makes it.
+fn sync_dir(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// `state` as the election record updates it. The record is written before the row, so a
+/// record of a newer term, or of the same term with another vote or leader, is the later
+/// state (the row lost its last write, e.g. to a power loss): its term, vote and leader win,
+/// and the role follows them (leader if it names this device, else follower; a candidate of
+/// the same term with no leader stays one). A record of an older term than the row is older
+/// than it (the row was written without the election: a forced reconfiguration, an older
+/// version of lsync): the row wins.
+pub fn with_record(mut state: SyncState, record: Option<ElectionRecord>) -> SyncState {
+    let Some(r) = record else { return state };
+    if r.term < state.current_term
+        || (r.term == state.current_term
+            && r.voted_for == state.voted_for
+            && r.leader == state.leader_device)
+    {
+        return state;
+    }
+    let same_term = r.term == state.current_term;
+    state.role = if r.leader == Some(state.device_id) {
+        SyncRole::Leader
+    } else if same_term && state.role == SyncRole::Candidate && r.leader.is_none() {
+        SyncRole::Candidate
+    } else {
+        SyncRole::Follower
+    };
+    state.current_term = r.term;
+    state.voted_for = r.voted_for;
+    state.leader_device = r.leader;
+    state
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn state(
+        role: SyncRole,
+        term: u64,
+        voted_for: Option<u128>,
+        leader: Option<u128>,
+    ) -> SyncState {
+        SyncState {
+            library_id: id(100),
+            device_id: id(1),
+            role,
+            current_term: term,
+            voted_for: voted_for.map(id),
+            leader_device: leader.map(id),
+            last_synced_sequence: 9,
+        }
+    }
+
+    fn record(term: u64, voted_for: Option<u128>, leader: Option<u128>) -> ElectionRecord {
+        ElectionRecord { term, voted_for: voted_for.map(id), leader: leader.map(id) }
+    }
+
+    #[test]
+    fn a_record_round_trips_through_its_file_and_replaces_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = record_path(&dir.path().join("library.db"));
+        assert_eq!(path.file_name().unwrap(), "library.db.election");
+        assert_eq!(read_record(&path).unwrap(), None);
+        write_record(&path, &record(3, Some(2), None)).unwrap();
+        write_record(&path, &record(4, Some(1), Some(1))).unwrap();
+        assert_eq!(read_record(&path).unwrap(), Some(record(4, Some(1), Some(1))));
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_record_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.election");
+        for text in [
+            "",
+            "lsync election record 2\nterm 1\nvoted_for -\nleader -\n",
+            "lsync election record 1\nterm 1\nvoted_for -\n",
+            "lsync election record 1\nterm 9223372036854775808\nvoted_for -\nleader -\n",
+            "lsync election record 1\nterm 1\nvoted_for nobody\nleader -\n",
+            "lsync election record 1\nterm 1\nvoted_for -\nleader -\nmore\n",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert!(matches!(read_record(&path), Err(StorageError::Corrupt(_))), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_mark_round_trips_and_a_file_that_is_not_one_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = mark_path(&dir.path().join("library.db"));
+        assert_eq!(path.file_name().unwrap(), "library.db.mark");
+        assert_eq!(read_mark(&path).unwrap(), None);
+        let mark = LogPosition { term: 3, sequence: 120 };
+        write_mark(&path, mark).unwrap();
+        assert_eq!(read_mark(&path).unwrap(), Some(mark));
+        for text in ["", "lsync high-water mark 1\nposition 3\n", "lsync high-water mark 1\n"] {
+            std::fs::write(&path, text).unwrap();
+            assert!(matches!(read_mark(&path), Err(StorageError::Corrupt(_))), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_term_sqlite_cannot_hold_is_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.election");
+        let refused = write_record(&path, &record(u64::MAX, None, None));
+        assert!(matches!(refused, Err(StorageError::InvalidChange(_))), "{refused:?}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_newer_record_wins_over_a_row_that_lost_its_last_write() {
+        let row = state(SyncRole::Follower, 4, None, Some(2));
+        assert_eq!(
+            with_record(row.clone(), Some(record(5, Some(3), None))),
+            state(SyncRole::Follower, 5, Some(3), None)
+        );
+        assert_eq!(
+            with_record(row.clone(), Some(record(5, Some(1), Some(1)))),
+            state(SyncRole::Leader, 5, Some(1), Some(1))
+        );
+        // the same term, a vote the row lost
+        assert_eq!(
+            with_record(state(SyncRole::Candidate, 4, None, None), Some(record(4, Some(1), None))),
+            state(SyncRole::Candidate, 4, Some(1), None)
+        );
+    }
+
+    #[test]
+    fn an_older_or_equal_record_leaves_the_row_alone() {
+        let row = state(SyncRole::Leader, 6, Some(1), Some(1));
+        assert_eq!(with_record(row.clone(), None), row);
+        assert_eq!(with_record(row.clone(), Some(record(5, Some(2), Some(2)))), row);
+        assert_eq!(with_record(row.clone(), Some(record(6, Some(1), Some(1)))), row);
+    }
 
     #[test]
     fn set_last_synced_is_one_statement_diesel_keeps_prepared() {

@@ -365,12 +365,29 @@ impl Cluster {
 
     /// Waits until every node in `followers` has the leader's last sequence, then asserts that
     /// their model tables and logs equal the leader's row by row.
+    ///
+    /// The leader may still write entries of its own meanwhile (a learner's promotion, the
+    /// first entry of its term), so the devices are compared at a moment when none is in
+    /// flight: the check is retried until it holds (up to the deadline), then made once more
+    /// with assertions that say what differs.
     pub async fn assert_converged(&self, lib: Uuid, leader: usize, followers: &[usize]) {
         for &f in followers {
             wait_until(&format!("node {f} reaches node {leader}'s last sequence"), || async {
                 self.last_sequence(f, lib) == self.last_sequence(leader, lib)
             })
             .await;
+        }
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < DEADLINE {
+            let last = self.last_sequence(leader, lib);
+            let expected = self.dump(leader, lib);
+            let settled = expected["sync_log"].len() as u64 == last
+                && self.last_sequence(leader, lib) == last
+                && followers.iter().all(|&f| self.dump(f, lib) == expected);
+            if settled {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let expected = self.dump(leader, lib);
         assert!(expected["sync_log"].len() as u64 == self.last_sequence(leader, lib));

@@ -253,12 +253,18 @@ async fn followers_reconnect_by_themselves_after_the_leader_restarts() {
     commit_tags(cluster.node(0), lib, 0, 50).await;
     cluster.assert_converged(lib, 0, &[1, 2]).await;
     cluster.restart(0).await;
-    commit_tags(cluster.node(0), lib, 50, 50).await;
-    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    // A restarted leader never leads its old term again (docs/architecture.md, "Terms and
+    // votes on disk"): it comes back a follower, and the library elects a leader of a later
+    // term — possibly device 0 again — whom everyone follows by themselves.
+    let (l, term) = cluster.wait_for_leader(lib, &[0, 1, 2], 1).await;
+    assert!(term > 1, "a new term after the leader's restart, got {term}");
+    commit_tags(cluster.node(l), lib, 50, 50).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    cluster.assert_converged(lib, l, &others).await;
     // the sequences continued from the persisted log, not from zero: gapless from 1, the
     // writes before the restart right after the configuration entries, those after it after
-    // them (the restarted leader restates the configuration first: it may add an entry)
-    let entries = cluster.node(0).database(lib).unwrap().fetch_since(0, 1_000).unwrap();
+    // them (the new leader commits an entry of its term first: it may add an entry)
+    let entries = cluster.node(l).database(lib).unwrap().fetch_since(0, 1_000).unwrap();
     assert!(entries.iter().zip(1..).all(|(e, s)| e.sequence == s));
     let written: Vec<(u64, String)> =
         cluster.data_entries(1, lib).into_iter().map(|e| (e.sequence, e.record_id)).collect();

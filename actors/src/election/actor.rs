@@ -9,9 +9,10 @@
 //!
 //! A thin shell around the pure [`Election`] machine: it feeds it events with the current time
 //! and the device's last log position, and performs the returned actions in order. A
-//! [`Action::Persist`] is written to `sync_state` (one transaction) *before* anything after it
-//! is performed — the actor's mailbox waits meanwhile — so no vote or request is ever sent that
-//! a crash could make this device forget.
+//! [`Action::Persist`] is written *before* anything after it is performed — the actor's mailbox
+//! waits meanwhile — to the election record with a full sync, then to `sync_state`
+//! ([`Database::persist_election`]), so no vote or request is ever sent that a crash or a power
+//! loss could make this device forget (docs/architecture.md, "Terms and votes on disk").
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use libp2p::PeerId;
 use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
-use lsync_storage::{sync_state, Database};
+use lsync_storage::{Database, ElectionRecord, LogPosition, StorageError, SyncState};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{broadcast, oneshot};
@@ -75,6 +76,10 @@ pub struct ElectionStatus {
     pub voted_for: Option<Uuid>,
     /// The device a leadership transfer hands over to, while one runs.
     pub transfer_target: Option<Uuid>,
+    /// While this device's log is behind a position it held before (its high-water mark after
+    /// a restored backup or a power loss, or its rebuild mark): that position. It neither
+    /// campaigns nor votes for a log behind it meanwhile.
+    pub behind: Option<LogPosition>,
 }
 
 #[derive(Message)]
@@ -109,6 +114,8 @@ pub struct ElectionActor {
     cx: ElectionContext,
     election: Election<StdRng>,
     timer: Option<SpawnHandle>,
+    /// When the high-water mark was last raised (see [`ElectionActor::raise_mark`]).
+    mark_raised: Option<Instant>,
 }
 
 fn now() -> Instant {
@@ -126,7 +133,29 @@ impl ElectionActor {
             now(),
             StdRng::from_entropy(),
         );
-        Self { cx, election, timer: None }
+        Self { cx, election, timer: None, mark_raised: None }
+    }
+
+    /// Raises the high-water mark to the log's last position ([`Database::raise_mark`], one
+    /// fsync), at most once per heartbeat interval: a follower when it hears its leader, a
+    /// leader when it heartbeats. The mark lags the log by up to that interval; a database
+    /// found behind it at any later time went back (docs/architecture.md, "Restores are
+    /// detected").
+    fn raise_mark(&mut self) {
+        let now = now();
+        if self
+            .mark_raised
+            .is_some_and(|at| now.saturating_duration_since(at) < self.cx.config.heartbeat_interval)
+        {
+            return;
+        }
+        self.mark_raised = Some(now);
+        let (db, library_id) = (self.cx.db.clone(), self.cx.library_id);
+        actix_rt::spawn(async move {
+            if let Err(e) = run_blocking(move || db.raise_mark()).await {
+                warn!(%library_id, error = %e, "cannot raise the high-water mark");
+            }
+        });
     }
 
     fn peer(&self, device: Uuid) -> Option<PeerId> {
@@ -143,14 +172,23 @@ impl ElectionActor {
         F: FnOnce(&mut Election<StdRng>, Instant) -> Vec<Action> + 'static,
     {
         let db = self.cx.db.clone();
-        let read = run_blocking(move || Ok((db.last_position()?, db.rebuild_mark()?)));
+        let read = run_blocking(move || Ok((db.last_position()?, db.election_floor()?)));
         ctx.wait(read.into_actor(self).map(move |pos, this, ctx| {
             match pos {
                 Ok((pos, floor)) => {
-                    // A device rebuilding its log neither campaigns nor votes for a log behind
-                    // what it held before (docs/architecture.md, "Membership").
+                    // A device rebuilding its log, or whose database went back below its
+                    // high-water mark, neither campaigns nor votes for a log behind what it
+                    // held before (docs/architecture.md, "Membership", "Restores are
+                    // detected").
+                    let was_behind = this.election.last_log() < this.election.log_floor();
                     this.election.set_last_log(pos);
                     this.election.set_log_floor(floor);
+                    if pos < floor && !was_behind {
+                        warn!(library_id = %this.cx.library_id, log = %pos, held = %floor,
+                            "this device's log is behind a position it held before (a restored \
+                             backup, writes lost to a power loss, or a rebuild): it neither \
+                             campaigns nor votes for a log behind that until it has caught up");
+                    }
                 }
                 Err(e) => warn!(library_id = %this.cx.library_id, error = %e, "cannot read the log position"),
             }
@@ -171,12 +209,9 @@ impl ElectionActor {
             Some(p) => {
                 let db = self.cx.db.clone();
                 let role = self.election.role();
-                let write = run_blocking(move || {
-                    db.write(|conn| {
-                        sync_state::set_leadership(conn, role, p.term, p.leader)?;
-                        sync_state::set_vote(conn, p.term, p.voted_for)
-                    })
-                });
+                let record =
+                    ElectionRecord { term: p.term, voted_for: p.voted_for, leader: p.leader };
+                let write = run_blocking(move || db.persist_election(role, &record));
                 ctx.wait(write.into_actor(self).map(move |res, this, ctx| match res {
                     Ok(()) => this.dispatch(actions, reply, ctx),
                     Err(e) => {
@@ -238,7 +273,10 @@ impl ElectionActor {
                         let _ = r.send(vote(library_id, &response));
                     }
                 }
-                Action::SendHeartbeats { .. } => self.cx.heartbeats.do_send(HeartbeatNow),
+                Action::SendHeartbeats { .. } => {
+                    self.cx.heartbeats.do_send(HeartbeatNow);
+                    self.raise_mark();
+                }
                 Action::SendTimeoutNow { to, term } => {
                     let Some(peer) = self.peer(to) else { continue };
                     let fut = self
@@ -322,6 +360,7 @@ impl Handler<ElectionInput> for ElectionActor {
         let now = now();
         let actions = match input {
             ElectionInput::LeaderHeard { from, term } => {
+                self.raise_mark();
                 self.election.on_leader_message(from, term, now).1
             }
             ElectionInput::FollowerContact { from, term } => {
@@ -437,6 +476,7 @@ impl Handler<ObserveElection> for ElectionActor {
             leader: e.leader(),
             voted_for: e.voted_for(),
             transfer_target: e.transfer_target(),
+            behind: (e.last_log() < e.log_floor()).then_some(e.log_floor()),
         })
     }
 }
@@ -566,12 +606,141 @@ pub fn persisted_of(state: &lsync_storage::SyncState) -> PersistedElection {
     }
 }
 
+/// The sync state a library starts from — the SyncService (and the simulator) call it once,
+/// before starting any role or the election: the stored state (the election record over the
+/// row, [`Database::sync_state`]) restarted by [`PersistedElection::restarted`] — a device
+/// whose election record already names it leader of its term comes back a follower of that
+/// term, with no leader — and recorded: the election record is written, fsynced, for the
+/// state it starts in before anything runs, so that the next start knows this device ran in
+/// that term (docs/architecture.md, "Terms and votes on disk").
+pub fn start_state(db: &Database) -> Result<SyncState, StorageError> {
+    let state = db.sync_state()?;
+    let me = state.device_id;
+    let record = db.election_record()?;
+    let led_before = record.is_some_and(|r| r.term == state.current_term && r.leader == Some(me));
+    let stored = persisted_of(&state);
+    let start = stored.restarted(me, led_before);
+    let role = if start.leader == Some(me) { SyncRole::Leader } else { SyncRole::Follower };
+    if start != stored {
+        info!(library_id = %state.library_id, term = start.term,
+            "this device led term {} before it restarted; it never leads that term again \
+             and campaigns for a new one if it must lead", start.term);
+    }
+    let record =
+        ElectionRecord { term: start.term, voted_for: start.voted_for, leader: start.leader };
+    db.persist_election(role, &record)?;
+    Ok(SyncState {
+        role,
+        current_term: start.term,
+        voted_for: start.voted_for,
+        leader_device: start.leader,
+        ..state
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn answer(granted: bool, pre_vote: bool) -> VoteResponse {
         VoteResponse { term: 4, voter: Uuid::from_u128(2), granted, pre_vote }
+    }
+
+    fn open(dir: &std::path::Path) -> Database {
+        Database::open(
+            &dir.join("library.db"),
+            &lsync_storage::StorageOptions::default(),
+            lsync_storage::ModelRegistry::with_builtin(),
+        )
+        .unwrap()
+    }
+
+    fn founder_state(me: Uuid) -> SyncState {
+        SyncState {
+            library_id: Uuid::from_u128(100),
+            device_id: me,
+            role: SyncRole::Leader,
+            current_term: 1,
+            voted_for: Some(me),
+            leader_device: Some(me),
+            last_synced_sequence: 0,
+        }
+    }
+
+    #[test]
+    fn the_first_start_of_a_created_library_leads_its_term_and_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Uuid::from_u128(1);
+        let db = open(dir.path());
+        db.init_sync_state(&founder_state(me)).unwrap();
+        assert_eq!(start_state(&db).unwrap(), founder_state(me));
+        let recorded = ElectionRecord { term: 1, voted_for: Some(me), leader: Some(me) };
+        assert_eq!(db.election_record().unwrap(), Some(recorded));
+    }
+
+    #[test]
+    fn a_leader_that_restarts_comes_back_a_follower_of_its_term_with_no_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Uuid::from_u128(1);
+        let db = open(dir.path());
+        db.init_sync_state(&founder_state(me)).unwrap();
+        start_state(&db).unwrap();
+        drop(db);
+        let db = open(dir.path());
+        let restarted = start_state(&db).unwrap();
+        let follower =
+            SyncState { role: SyncRole::Follower, leader_device: None, ..founder_state(me) };
+        assert_eq!(restarted, follower);
+        assert_eq!(db.sync_state().unwrap(), follower, "the demotion is persisted");
+        let recorded = ElectionRecord { term: 1, voted_for: Some(me), leader: None };
+        assert_eq!(db.election_record().unwrap(), Some(recorded));
+    }
+
+    #[test]
+    fn a_follower_that_restarts_keeps_its_term_vote_and_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let (me, leader) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let db = open(dir.path());
+        let follower = SyncState {
+            role: SyncRole::Follower,
+            current_term: 7,
+            voted_for: Some(leader),
+            leader_device: Some(leader),
+            ..founder_state(me)
+        };
+        db.init_sync_state(&follower).unwrap();
+        assert_eq!(start_state(&db).unwrap(), follower);
+        assert_eq!(start_state(&db).unwrap(), follower);
+    }
+
+    #[test]
+    fn a_database_behind_its_high_water_mark_raises_the_election_floor_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Uuid::from_u128(1);
+        let db = open(dir.path());
+        db.init_sync_state(&founder_state(me)).unwrap();
+        let config = lsync_protocol::Configuration::new(
+            lsync_protocol::FEATURE_VERSION,
+            vec![lsync_protocol::Member {
+                device_id: me,
+                peer_id: PeerId::random().to_string(),
+                addresses: vec![],
+                name: "a".into(),
+                role: lsync_protocol::MemberRole::Voter,
+                preference: lsync_protocol::RolePreference::Auto,
+            }],
+        );
+        lsync_storage::TransactionManager::new(db.clone(), me).commit_config(&config).unwrap();
+        let held = LogPosition { term: 1, sequence: 1 };
+        assert_eq!(db.raise_mark().unwrap(), held);
+        assert_eq!(db.election_floor().unwrap(), held, "caught up: the floor is the log's end");
+        // The database goes back (a restored copy): the mark, outside it, says what was held.
+        let before = LogPosition { term: 1, sequence: 7 };
+        let mark = lsync_storage::sync_state::mark_path(db.path());
+        lsync_storage::sync_state::write_mark(&mark, before).unwrap();
+        assert_eq!(db.raise_mark().unwrap(), before, "a mark is never lowered");
+        assert_eq!(db.election_floor().unwrap(), before);
+        assert!(db.last_position().unwrap() < db.election_floor().unwrap());
     }
 
     #[test]

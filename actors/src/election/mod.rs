@@ -154,7 +154,10 @@
 //!   keeping removed devices out is the transport's allow-list's job.
 //! - **Leader**: on winning it emits [`Action::BecomeLeader`] and [`Action::SendHeartbeats`],
 //!   then one [`Action::SendHeartbeats`] per `heartbeat_interval` from [`Election::tick`].
-//!   A device restarting with a persisted leader equal to itself resumes leading that term.
+//!   A machine rebuilt with a persisted leader equal to itself resumes leading that term —
+//!   which a restarted device never is if it led that term before: it starts from
+//!   [`PersistedElection::restarted`], a follower of its term with no leader, and campaigns
+//!   for a new term (docs/architecture.md, "Terms and votes on disk").
 //! - **Check quorum** ([`ElectionConfig::check_quorum`], on by default): with three or more
 //!   voters, a leader that has not heard from a majority of the voters (itself included if it
 //!   is one, through [`Election::on_follower_response`]; contact from learners does not count)
@@ -186,14 +189,16 @@
 //!   leaders of one term (checked by the simulator, election/sim.rs, with every device
 //!   deriving its configuration from its own log).
 //!
-//! Nothing here panics on any input: terms saturate (a device at `u64::MAX` stops
-//! campaigning), timers are clamped, and messages from non-members or from this device itself
-//! are refused.
+//! Nothing here panics on any input: a term never goes above [`MAX_TERM`] (docs/protocol.md
+//! §6): a message carrying a larger one is never adopted (the term rule finds it stale), and a
+//! device whose next campaign term would exceed it stops campaigning and says why (term
+//! arithmetic saturates, so it is never computed past it); timers are clamped, and messages from
+//! non-members or from this device itself are refused.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use lsync_protocol::SyncRole;
+use lsync_protocol::{SyncRole, MAX_TERM};
 use lsync_storage::LogPosition;
 use rand::Rng;
 use tracing::{debug, info, warn};
@@ -401,6 +406,24 @@ impl PersistedElection {
     pub fn founder(me: Uuid) -> Self {
         Self { term: 1, voted_for: Some(me), leader: Some(me) }
     }
+
+    /// The state device `me` starts in after a restart. `led_before`: this device already ran
+    /// as leader of this state's term (its election record names it leader of that term, see
+    /// [`actor::start_state`]). Such a device never leads that term again: it comes back a
+    /// follower of the term with no leader known (its vote kept), and campaigns for a new term
+    /// if it must lead. Entries it wrote in that term may be gone from its disk (a power loss
+    /// under `synchronous = NORMAL`, a restored backup) while other devices hold them; leading
+    /// the term again would write other entries at the same (sequence, term), and a follower
+    /// would take them for the ones it holds. Any other state comes back as it is — a
+    /// leadership that began outside the election (the creator's term 1, a forced
+    /// reconfiguration) is resumed at its first start.
+    pub fn restarted(self, me: Uuid, led_before: bool) -> Self {
+        if led_before && self.leader == Some(me) {
+            Self { leader: None, ..self }
+        } else {
+            self
+        }
+    }
 }
 
 /// A candidate's request for a vote, or a pre-candidate's question whether it would get one.
@@ -555,6 +578,17 @@ pub enum TransferError {
     /// The target is a learner of the library: only a voter may lead.
     #[error("{0} is a learner, not a voter, of the library")]
     NotAVoter(Uuid),
+}
+
+/// Why a device has no term to campaign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum NoTerm {
+    /// The next term would be above [`MAX_TERM`], the highest a device may reach.
+    #[error("the term space is exhausted (the next term would be above the highest term)")]
+    Exhausted,
+    /// Two two-voter sets this device belongs to give it different parities.
+    #[error("no term is this device's own in both of its two-voter sets")]
+    Parities,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1214,16 +1248,19 @@ impl<R: Rng> Election<R> {
     /// The term this device campaigns in next: after the current one, never term 1 (the
     /// creator's), and one of this device's own terms in every two-voter set it belongs to,
     /// latest or previous (its rank among the sorted voters of the set gives the parity;
-    /// learners do not count). `None` when the term space is exhausted or two such sets give
-    /// it different parities (no term is its own in both).
-    fn next_campaign_term(&self) -> Option<u64> {
-        let mut term = self.term.checked_add(1)?.max(2);
-        if let Some(parity) = self.membership.parity_of(&self.me).ok()? {
-            if term % 2 != parity {
-                term = term.checked_add(1)?;
-            }
+    /// learners do not count). An error when that term would be above [`MAX_TERM`] (never
+    /// computed past it: the addition saturates) or two such sets give it different parities
+    /// (no term is its own in both).
+    fn next_campaign_term(&self) -> Result<u64, NoTerm> {
+        let mut term = self.term.saturating_add(1).max(2);
+        let parity = self.membership.parity_of(&self.me).map_err(|()| NoTerm::Parities)?;
+        if parity.is_some_and(|p| term % 2 != p) {
+            term = term.saturating_add(1);
         }
-        Some(term)
+        if term > MAX_TERM {
+            return Err(NoTerm::Exhausted);
+        }
+        Ok(term)
     }
 
     /// Redraws the election deadline and asks every other voter for a pre-vote for the next
@@ -1236,9 +1273,12 @@ impl<R: Rng> Election<R> {
             debug!(last_log = %self.last_log, floor = %self.log_floor, "not campaigning");
             return;
         }
-        let Some(term) = self.next_campaign_term() else {
-            warn!(term = self.term, "no term to campaign in (exhausted or no own parity)");
-            return;
+        let term = match self.next_campaign_term() {
+            Ok(term) => term,
+            Err(why) => {
+                warn!(term = self.term, max_term = MAX_TERM, "not campaigning: {why}");
+                return;
+            }
         };
         self.pre_vote = Some(PreVote { term, granted: BTreeSet::from([self.me]) });
         if self.pre_vote_won() {
@@ -1266,9 +1306,12 @@ impl<R: Rng> Election<R> {
         if !self.can_campaign() {
             return;
         }
-        let Some(term) = self.next_campaign_term() else {
-            warn!(term = self.term, "no term to campaign in (exhausted or no own parity)");
-            return;
+        let term = match self.next_campaign_term() {
+            Ok(term) => term,
+            Err(why) => {
+                warn!(term = self.term, max_term = MAX_TERM, "not campaigning: {why}");
+                return;
+            }
         };
         self.adopt_term(term, now);
         self.role = SyncRole::Candidate;

@@ -5,9 +5,11 @@
 //! the writes it lost again.
 //!
 //! # What it models
-//! - **Devices**: each has its [`Election`] machine, its persisted election state (a restart
-//!   rebuilds the machine from its last [`Action::Persist`] and its log; persistence of both is
-//!   perfect), its own log (`sim/log.rs`: entries `(term, id)`, each carrying either a
+//! - **Devices**: each has its [`Election`] machine, its election record (what its last
+//!   [`Action::Persist`] wrote, with a full sync: every crash keeps it; a restart rebuilds the
+//!   machine from it and from its log, by the product's restart rule — a device whose record
+//!   names it leader of its term comes back a follower of that term and never leads it again,
+//!   [`super::PersistedElection::restarted`]), its own log (`sim/log.rs`: entries `(term, id)`, each carrying either a
 //!   [`lsync_protocol::Configuration`] or a write id), its durable outbox, its known commit
 //!   sequence, and its configuration in
 //!   effect: the latest configuration entry of its own log, with the voters before the last
@@ -54,7 +56,12 @@
 //!   3657, 4346, 6056, 9042, 9642, 11627, 13196, 13869, 15189, 16053, 19409), none of the
 //!   default run's.
 //! - **Faults**: message loss, delay, duplication and reordering; partitions, one-way link
-//!   cuts; crashes and restarts; leadership transfers; a joiner that starts with only the
+//!   cuts; crashes and restarts; power losses, which lose what was written without a full sync:
+//!   the election record stays, the log loses a random part of its tail above what the commit
+//!   rule counted on (its known commit, the committed prefix, any entry another device holds —
+//!   the model assumes those synced, which the product's `majority` level of issue 16 is to
+//!   guarantee), so a leader loses the writes it took and nobody else got, and a write whose
+//!   only copy that was is not required at the end; leadership transfers; a joiner that starts with only the
 //!   configuration it was given (as a learner) and sometimes cannot reach anyone for up to 30
 //!   election timeouts. Libraries start with 1 to 5 voters and up to 2 learners; 20 % of the
 //!   schedules make no random change (promotions only).
@@ -195,6 +202,9 @@ pub(super) struct Outcome {
     /// Write ids no member of the final configuration ever held (they lived only on devices
     /// since removed).
     pub lost_with_removed: u32,
+    /// Power losses, and the write ids whose every copy was on a log tail one took.
+    pub power_losses: u32,
+    pub lost_with_power: u32,
     /// Heartbeats at which telling the tracker the leader's last sequence again raised its
     /// commit (see `world.rs`, `SendHeartbeats`).
     pub late_commits: u32,
@@ -257,6 +267,8 @@ fn simulated_schedules_keep_the_invariants() {
                 total.reappended += o.reappended;
                 total.duplicate_proposals += o.duplicate_proposals;
                 total.lost_with_removed += o.lost_with_removed;
+                total.power_losses += o.power_losses;
+                total.lost_with_power += o.lost_with_power;
                 total.late_commits += o.late_commits;
                 for (from, row) in o.transitions.iter().enumerate() {
                     for (to, n) in row.iter().enumerate() {
@@ -289,7 +301,7 @@ fn simulated_schedules_keep_the_invariants() {
          ({split_wrote} with both writing, {split_rescued} of them with a write of those terms \
          cut, proposed again and appended); {} writes, {} set aside by a cut log, {} appended \
          again from an outbox, {} proposed again already held, {} only ever on devices since \
-         removed; {} commits raised at a heartbeat; committed voter changes {}; slowest heal -> \
+         removed, {} lost with a log tail in {} power losses; {} commits raised at a heartbeat; committed voter changes {}; slowest heal -> \
          stable leader {worst:?} ({:.1} election timeouts); slowest drain {slowest_drain:?}",
         &by_size[1..],
         total.steps,
@@ -308,6 +320,8 @@ fn simulated_schedules_keep_the_invariants() {
         total.reappended,
         total.duplicate_proposals,
         total.lost_with_removed,
+        total.lost_with_power,
+        total.power_losses,
         total.late_commits,
         describe_transitions(&transitions),
         worst.as_secs_f64() / ET.as_secs_f64()

@@ -875,6 +875,179 @@ fn term_space_exhaustion_stops_campaigning() {
 }
 
 #[test]
+fn a_leader_restarted_after_leading_its_term_comes_back_a_follower_with_no_leader() {
+    let led = PersistedElection { term: 5, voted_for: Some(id(1)), leader: Some(id(1)) };
+    assert_eq!(
+        led.restarted(id(1), true),
+        PersistedElection { term: 5, voted_for: Some(id(1)), leader: None }
+    );
+}
+
+#[test]
+fn a_leadership_begun_outside_the_election_is_resumed_at_its_first_start() {
+    let founder = PersistedElection::founder(id(1));
+    assert_eq!(founder.restarted(id(1), false), founder);
+}
+
+#[test]
+fn a_follower_restarts_as_it_was() {
+    let follower = PersistedElection { term: 5, voted_for: Some(id(2)), leader: Some(id(2)) };
+    assert_eq!(follower.restarted(id(1), false), follower);
+    assert_eq!(follower.restarted(id(1), true), follower, "led_before is about this device");
+}
+
+#[test]
+fn a_restarted_sole_voter_campaigns_for_a_new_term_at_once() {
+    let t0 = Instant::now();
+    let led = PersistedElection { term: 5, voted_for: Some(id(1)), leader: Some(id(1)) };
+    let mut e = machine(1, 1, led.restarted(id(1), true), t0);
+    assert_eq!((e.role(), e.leader()), (SyncRole::Follower, None));
+    assert_eq!(
+        e.tick(t0),
+        vec![
+            persist(6, Some(1), Some(1)),
+            Action::BecomeLeader { term: 6 },
+            Action::SendHeartbeats { term: 6 },
+        ]
+    );
+}
+
+#[test]
+fn a_restarted_leader_of_three_voters_never_heartbeats_its_old_term() {
+    let t0 = Instant::now();
+    let led = PersistedElection { term: 5, voted_for: Some(id(1)), leader: Some(id(1)) };
+    let mut e = machine(1, 3, led.restarted(id(1), true), t0);
+    e.set_last_log(LogPosition { term: 5, sequence: 40 });
+    assert_eq!(e.tick(t0), vec![], "no heartbeat of term 5");
+    let t1 = e.next_deadline().unwrap();
+    let req = pre_request(6, 1, (5, 40));
+    assert_eq!(
+        e.tick(t1),
+        vec![
+            Action::SendRequestVote { to: id(2), request: req },
+            Action::SendRequestVote { to: id(3), request: req },
+        ]
+    );
+}
+
+#[test]
+fn a_machine_rebuilt_with_itself_as_leader_resumes_leading() {
+    // What the creator's first start (and a restarted election actor in a running service)
+    // does: heartbeats of its term at once, nothing persisted.
+    let t0 = Instant::now();
+    let mut e = machine(1, 3, PersistedElection::founder(id(1)), t0);
+    assert_eq!(e.tick(t0), vec![Action::SendHeartbeats { term: 1 }]);
+}
+
+/// Terms a hostile member could send (docs/protocol.md §6): the largest SQLite integer and
+/// the largest u64.
+const HOSTILE_TERMS: [u64; 2] = [i64::MAX as u64, u64::MAX];
+
+#[test]
+fn a_vote_request_beyond_the_highest_term_is_refused_and_not_adopted() {
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 4, voted_for: None, leader: None };
+    let mut e = machine(1, 3, persisted, t0);
+    for term in HOSTILE_TERMS {
+        assert_eq!(
+            e.on_vote_request(request(term, 2, (u64::MAX, u64::MAX), true), t0),
+            vec![response(2, 4, 1, false)]
+        );
+        assert_eq!(
+            e.on_vote_request(pre_request(term, 2, (u64::MAX, u64::MAX)), t0),
+            vec![pre_response(2, 4, 1, false)]
+        );
+    }
+    assert_eq!(e.persisted(), persisted);
+}
+
+#[test]
+fn a_leader_message_beyond_the_highest_term_is_stale() {
+    let t0 = Instant::now();
+    let mut e = follower_of(1, 3, 2, 4, t0);
+    for term in HOSTILE_TERMS {
+        assert_eq!(
+            e.on_leader_message(id(3), term, t0),
+            (LeaderVerdict::Stale { current_term: 4, leader: Some(id(2)) }, vec![])
+        );
+        assert_eq!(e.on_timeout_now(id(3), term, t0), vec![]);
+    }
+    assert_eq!((e.term(), e.leader()), (4, Some(id(2))));
+}
+
+#[test]
+fn a_term_beyond_the_highest_seen_anywhere_else_is_not_adopted() {
+    let t0 = Instant::now();
+    let (mut e, t1) = candidate(1, 3, &[], PersistedElection::default(), t0);
+    for term in HOSTILE_TERMS {
+        assert_eq!(e.on_vote_response(vote(term, 2, false, false), t1), vec![]);
+        assert_eq!(e.on_vote_response(vote(term, 2, false, true), t1), vec![]);
+        assert_eq!(e.on_follower_response(id(2), term, t1), vec![]);
+        assert_eq!(e.observe_term(term, t1), vec![]);
+    }
+    assert_eq!((e.role(), e.term()), (SyncRole::Candidate, 2));
+}
+
+#[test]
+fn elections_go_on_after_a_term_beyond_the_highest() {
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 4, voted_for: None, leader: None };
+    let mut e = machine(1, 3, persisted, t0);
+    for term in HOSTILE_TERMS {
+        e.on_vote_request(request(term, 2, (0, 0), false), t0);
+        e.observe_term(term, t0);
+    }
+    let t1 = e.next_deadline().unwrap();
+    e.tick(t1);
+    let req = request(5, 1, (0, 0), false);
+    assert_eq!(
+        e.on_vote_response(vote(5, 2, true, true), t1),
+        vec![
+            persist(5, Some(1), None),
+            Action::BecomeCandidate { term: 5 },
+            Action::SendRequestVote { to: id(2), request: req },
+            Action::SendRequestVote { to: id(3), request: req },
+        ]
+    );
+}
+
+#[test]
+fn a_device_at_the_highest_term_does_not_campaign() {
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: MAX_TERM, voted_for: None, leader: None };
+    let mut e = machine(1, 1, persisted, t0);
+    assert_eq!(e.tick(t0), vec![], "a sole voter would campaign at once");
+    assert_eq!((e.role(), e.term()), (SyncRole::Follower, MAX_TERM));
+}
+
+#[test]
+fn the_highest_term_is_the_last_one_campaigned_in() {
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: MAX_TERM - 1, voted_for: None, leader: None };
+    let mut e = machine(1, 1, persisted, t0);
+    assert_eq!(
+        e.tick(t0),
+        vec![
+            persist(MAX_TERM, Some(1), Some(1)),
+            Action::BecomeLeader { term: MAX_TERM },
+            Action::SendHeartbeats { term: MAX_TERM },
+        ]
+    );
+}
+
+#[test]
+fn a_parity_that_would_pass_the_highest_term_stops_campaigning() {
+    let t0 = Instant::now();
+    // Device 2 of two voters owns the odd terms: after MAX_TERM - 1 its next would be
+    // MAX_TERM + 1 (MAX_TERM is even).
+    let persisted = PersistedElection { term: MAX_TERM - 1, voted_for: None, leader: None };
+    let mut e = machine(2, 2, persisted, t0);
+    let t1 = e.next_deadline().unwrap();
+    assert_eq!(e.tick(t1), vec![]);
+    assert_eq!(e.term(), MAX_TERM - 1);
+}
+
+#[test]
 fn a_candidate_yields_to_a_better_candidate_of_its_term() {
     let t0 = Instant::now();
     let (mut e, t1) = candidate(1, 3, &[], PersistedElection::default(), t0);
@@ -1046,6 +1219,31 @@ fn two_voter_parity_is_unchanged_by_learners() {
             assert_eq!(e.tick(at)[1], Action::BecomeLeader { term }, "{me} with {learners:?}");
         }
     }
+}
+
+#[test]
+fn a_device_behind_its_high_water_mark_votes_only_for_a_log_that_reaches_it() {
+    // A restored copy: its log ends at (3, 10), it once held (4, 30).
+    let t0 = Instant::now();
+    let persisted = PersistedElection { term: 4, voted_for: None, leader: None };
+    let mut e = machine(1, 3, persisted, t0);
+    e.set_last_log(LogPosition { term: 3, sequence: 10 });
+    e.set_log_floor(LogPosition { term: 4, sequence: 30 });
+    assert_eq!(
+        e.on_vote_request(request(5, 2, (4, 20), false), t0),
+        vec![
+            persist(5, None, None),
+            Action::BecomeFollower { term: 5, leader: None },
+            response(2, 5, 1, false)
+        ],
+        "a stale candidate its own log would let it elect"
+    );
+    assert_eq!(
+        e.on_vote_request(request(5, 3, (4, 30), false), t0),
+        vec![persist(5, Some(3), None), response(3, 5, 1, true)]
+    );
+    let t1 = e.next_deadline().unwrap();
+    assert_eq!(e.tick(t1), vec![], "nor does it campaign");
 }
 
 #[test]

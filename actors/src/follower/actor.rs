@@ -687,6 +687,18 @@ mod tests {
         }
     }
 
+    /// Waits (up to a minute) until the follower's machine is caught up: no pass running.
+    async fn caught_up(actor: &Addr<FollowerActor>) {
+        for _ in 0..12_000 {
+            let st = actor.send(ObserveFollower).await.unwrap().status;
+            if st.state == FollowerState::CaughtUp {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the follower never caught up");
+    }
+
     #[actix_rt::test]
     async fn pushed_entries_that_continue_the_log_are_applied_without_a_fetch() {
         let (s, transport, actor) = start(0, |_, _, _| None);
@@ -703,16 +715,7 @@ mod tests {
             })
         };
         // Wait until the start-up round is over (position read, worker idle).
-        let mut idle = false;
-        for _ in 0..12_000 {
-            let st = actor.send(ObserveFollower).await.unwrap().status;
-            if st.state == FollowerState::CaughtUp {
-                idle = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(idle, "the actor never caught up at start");
+        caught_up(&actor).await;
         let fetches = transport.sent("FetchEntries").len();
 
         tm.commit_batch((1..=3).map(tag).collect()).unwrap();
@@ -734,6 +737,9 @@ mod tests {
         assert!(matches!(reply, SyncMessage::Acknowledge { up_to_sequence: 3, .. }), "{reply:?}");
         wait_for("entry 4 fetched", || last(&s.follower) == 4).await;
         assert!(transport.sent("FetchEntries").len() > fetches, "fetched instead");
+        // The entry is on disk before the machine hears the apply's outcome: wait for the pass
+        // to end, so that the next answer reports the new position.
+        caught_up(&actor).await;
 
         // Entries that do not match their announced range are not used either.
         tm.commit_batch((5..=6).map(tag).collect()).unwrap();

@@ -44,7 +44,8 @@ use uuid::Uuid;
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::election::actor::{
-    persisted_of, ElectionActor, ElectionContext, Resign, SetMembership, TransferLeadership,
+    persisted_of, start_state, ElectionActor, ElectionContext, Resign, SetMembership,
+    TransferLeadership,
 };
 use crate::election::Membership as ElectionMembership;
 use crate::events::{LibraryStatus, MemberStatus, MembershipStatus, SyncEvent};
@@ -1165,7 +1166,7 @@ impl Actor for SyncService {
         let setup = async move {
             let db = cx.db.clone();
             let (state, membership, hints, former) = run_blocking(move || {
-                Ok((db.sync_state()?, db.membership()?, db.hints()?, db.former_members()?))
+                Ok((start_state(&db)?, db.membership()?, db.hints()?, db.former_members()?))
             })
             .await
             .map_err(|e| e.to_string())?;

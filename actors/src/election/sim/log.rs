@@ -188,6 +188,13 @@ impl Log {
         cut
     }
 
+    /// A power loss: drops every entry after `len` (never below the known commit sequence)
+    /// and returns them. Unlike a cut by a leader, the writes lost are not set aside: the
+    /// device does not know it lost them.
+    pub fn lose_tail(&mut self, len: u64) -> Vec<Entry> {
+        self.truncate(len.max(self.commit))
+    }
+
     /// Whether the log holds write `w`.
     pub fn holds(&self, w: u64) -> bool {
         self.writes.contains_key(&w)

@@ -126,7 +126,13 @@ struct Lead {
 struct Node {
     id: Uuid,
     machine: Option<Election<StdRng>>,
+    /// The election record: what the last [`Action::Persist`] wrote, with a full sync (a crash
+    /// of any kind keeps it).
     persisted: PersistedElection,
+    /// Whether the election record exists: written at the node's first start and at every
+    /// Persist (the initial state of a schedule was written without the election, as a
+    /// created library's is).
+    recorded: bool,
     log: Log,
     max_term: u64,
     timer_at: Option<Duration>,
@@ -158,6 +164,7 @@ impl Node {
             id,
             machine: None,
             persisted,
+            recorded: false,
             log,
             max_term: persisted.term,
             timer_at: None,
@@ -212,6 +219,9 @@ pub(super) struct Sim {
     writes_by_term: BTreeMap<u64, u32>,
     /// Write ids a leader appended again from an outbox.
     reappended: BTreeSet<u64>,
+    /// Write ids whose every copy was on a log tail a power loss took (not required at the
+    /// end).
+    lost_to_power: BTreeSet<u64>,
     /// The terms of two devices that led a two-voter library at once.
     split_terms: BTreeSet<(u64, u64)>,
     /// When the drain began: a leader followed by every up member after the heal; from then
@@ -319,6 +329,7 @@ pub(super) fn build(seed: u64, verbose: bool) -> Sim {
         appended,
         writes_by_term: BTreeMap::new(),
         reappended: BTreeSet::new(),
+        lost_to_power: BTreeSet::new(),
         split_terms: BTreeSet::new(),
         drain_from: None,
         outcome: Outcome { voters, learners, ..Outcome::default() },
@@ -491,7 +502,7 @@ impl Sim {
             let Some(term) = self.appended.get(w) else {
                 return Err(format!("write {w} held by a member was appended by no leader"));
             };
-            if !count.contains_key(w) {
+            if !count.contains_key(w) && !self.lost_to_power.contains(w) {
                 let holders: Vec<usize> = (0..self.nodes.len())
                     .filter(|j| self.nodes[*j].log.ever().contains(w))
                     .collect();
@@ -505,8 +516,12 @@ impl Sim {
             }
         }
         self.outcome.writes = self.appended.len() as u32;
-        self.outcome.lost_with_removed =
-            self.appended.keys().filter(|w| !required.contains(*w)).count() as u32;
+        self.outcome.lost_with_removed = self
+            .appended
+            .keys()
+            .filter(|w| !required.contains(*w) && !self.lost_to_power.contains(*w))
+            .count() as u32;
+        self.outcome.lost_with_power = self.lost_to_power.len() as u32;
         let wrote = |t: &u64| self.writes_by_term.get(t).is_some_and(|n| *n > 0);
         let split_wrote: Vec<&(u64, u64)> =
             self.split_terms.iter().filter(|(a, b)| wrote(a) && wrote(b)).collect();
@@ -562,11 +577,18 @@ impl Sim {
         ids.iter().filter_map(|d| self.index(*d)).collect()
     }
 
-    /// (Re)builds node `i`'s machine from its persisted state and its log.
+    /// (Re)builds node `i`'s machine from its persisted state and its log, as the product
+    /// starts a library (`election::actor::start_state`): a node whose election record names it
+    /// leader of its term comes back a follower of that term with no leader
+    /// ([`PersistedElection::restarted`]), and the record is written for the state it starts
+    /// in.
     fn start(&mut self, i: usize) -> Result<(), String> {
         let seed = self.rng.gen();
         let now = self.at();
         let node = &mut self.nodes[i];
+        let led_before = node.recorded && node.persisted.leader == Some(node.id);
+        node.persisted = node.persisted.restarted(node.id, led_before);
+        node.recorded = true;
         let mut machine = Election::new(
             node.id,
             node.log.membership().clone(),
@@ -584,6 +606,9 @@ impl Sim {
             ));
         }
         let resumes = machine.is_leader();
+        if resumes && led_before {
+            return Err(format!("node {i} resumes leading term {} it led before", machine.term()));
+        }
         node.machine = Some(machine);
         node.timer_at = None;
         node.lead = None;
@@ -609,6 +634,43 @@ impl Sim {
             node.lead = None;
             self.log(|| format!("node {i} crashed"));
         }
+    }
+
+    /// A power loss on node `i` (down, or brought down): what was written without a full sync
+    /// is lost. The election record (term, vote, leader) was written with one and stays; the
+    /// log, written under `synchronous = NORMAL`, loses a random part of its tail — but never
+    /// below what the commit rule counted on, which this model assumes synced (its known
+    /// commit, the committed prefix, and any entry another device holds: a device counted in
+    /// a majority must hold what it acknowledged, or no safety argument holds). What is lost is
+    /// the unreplicated tail of a leader — the writes it took and nobody else got — or the
+    /// last entries a follower received but nobody counted; a write whose only copy was there
+    /// is gone with it, as the documentation admits.
+    fn power_loss(&mut self, i: usize) {
+        self.crash(i);
+        let len = self.nodes[i].log.len();
+        let keys_elsewhere = |s: u64| {
+            let key = self.nodes[i].log.key(s);
+            (0..self.nodes.len()).any(|j| j != i && self.nodes[j].log.key(s) == key)
+        };
+        let committed = self.committed.len() as u64;
+        let mut floor = self.nodes[i].log.commit().max(committed.min(len));
+        if let Some(held) = (floor + 1..=len).rev().find(|s| keys_elsewhere(*s)) {
+            floor = held;
+        }
+        if floor >= len {
+            return;
+        }
+        let keep = self.rng.gen_range(floor..len);
+        let lost = self.nodes[i].log.lose_tail(keep);
+        for w in lost.iter().filter_map(|e| e.write) {
+            // Not required at the end any more (an outbox that holds it may still bring it
+            // back, or may be a removed device's).
+            if !(0..self.nodes.len()).any(|j| self.nodes[j].log.holds(w)) {
+                self.lost_to_power.insert(w);
+            }
+        }
+        self.outcome.power_losses += 1;
+        self.log(|| format!("node {i} lost power: its log goes back from {len} to {keep}"));
     }
 
     fn handle(&mut self, event: Event) -> Result<(), String> {
@@ -703,9 +765,13 @@ impl Sim {
                     self.log(|| format!("link {a} -> {b} cut one way"));
                 }
             }
-            3 | 4 => {
+            3 => {
                 let i = self.rng.gen_range(0..size);
                 self.crash(i);
+            }
+            4 => {
+                let i = self.rng.gen_range(0..size);
+                self.power_loss(i);
             }
             5 => {
                 let i = self.rng.gen_range(0..size);
