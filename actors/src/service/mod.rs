@@ -99,8 +99,8 @@ pub struct LibraryContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Set while a leadership transfer holds new writes (the host checks it before committing).
     pub writes_paused: Arc<AtomicBool>,
-    /// Cleared while this device is not a member of the configuration in effect (the host
-    /// refuses writes then).
+    /// Cleared while this device is not a member of the configuration in effect, or once a
+    /// leader refused it as removed (the host refuses writes then).
     pub is_member: Arc<AtomicBool>,
     /// This device's libp2p key: signs its address hints.
     pub keypair: Keypair,
@@ -1524,6 +1524,11 @@ impl Handler<FollowerMembership> for SyncService {
                 if self.removed_hint.is_none() {
                     warn!(library_id = %self.cx.library_id, %message, "the leader refuses this device as removed");
                 }
+                // The leader will not serve the entry that removed this device, so its own
+                // configuration may never say so: the host refuses writes from now on, as its
+                // status says (a write queued here could never be delivered). Installing a
+                // configuration sets the flag again (a device invited back applies its re-adding).
+                self.cx.is_member.store(false, Ordering::Release);
                 self.removed_hint = Some(message);
             }
         }
