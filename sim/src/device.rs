@@ -1399,7 +1399,10 @@ impl Device {
                 ProposerCommand::Remove { proposal_id } => {
                     let _ = self.db.outbox_remove(proposal_id);
                 }
-                ProposerCommand::RecordFailure { proposal_id, reason } => {
+                ProposerCommand::MarkFailed { proposal_id, reason } => {
+                    let _ = self.db.outbox_mark_failed(proposal_id, &reason, self.now_ms);
+                }
+                ProposerCommand::RecordFailure { proposal_id, reason, .. } => {
                     let _ = self.db.outbox_record_failure(proposal_id, &reason, self.now_ms);
                 }
                 ProposerCommand::Answer { token, outcome } => {

@@ -234,6 +234,8 @@ impl SyncService {
             cx.tm.clone(),
             cx.transport.clone(),
             cx.config.clone(),
+            cx.events.clone(),
+            cx.metrics.clone(),
         );
         Self {
             proposer,
@@ -1567,17 +1569,18 @@ impl Handler<GetStatus> for SyncService {
         // which may trail the database by a moment
         let acts_as_member = self.is_member();
         let status = async move {
-            let (state, last, outbox_pending, membership, rebuild_mark) = run_blocking(move || {
-                Ok((
-                    db.sync_state()?,
-                    db.last_position()?,
-                    db.outbox_count()?,
-                    db.membership()?,
-                    db.rebuild_mark()?,
-                ))
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            let (state, last, (outbox_pending, outbox_failed), membership, rebuild_mark) =
+                run_blocking(move || {
+                    Ok((
+                        db.sync_state()?,
+                        db.last_position()?,
+                        (db.outbox_count()?, db.outbox_count_failed()?),
+                        db.membership()?,
+                        db.rebuild_mark()?,
+                    ))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
             let leader = match core {
                 Some(n) => n.send(ObserveLeader).await.ok(),
                 None => None,
@@ -1642,6 +1645,7 @@ impl Handler<GetStatus> for SyncService {
                 followers,
                 applier,
                 outbox_pending,
+                outbox_failed,
             })
         };
         // What the follower actor showed of the leader's commit sequence is kept for the next
