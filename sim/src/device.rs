@@ -818,7 +818,7 @@ impl Device {
                 ElectionRequest::Refused(refusal) => self.respond(id, refusal),
             },
             Route::Propose { term } => {
-                let reply = serve_proposal(&self.tm, self.library_id, term, msg);
+                let reply = serve_proposal(&self.tm, self.library_id, term, msg, false);
                 self.respond(id, reply);
             }
             Route::Link => {

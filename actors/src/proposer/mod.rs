@@ -88,6 +88,9 @@ struct Inner {
     /// The host's events (a proposal refused for good is told there).
     host_events: tokio::sync::broadcast::Sender<SyncEvent>,
     metrics: Arc<Metrics>,
+    /// Set while a leadership transfer holds this device's writes: its own outbox is not
+    /// committed locally meanwhile.
+    writes_paused: Arc<std::sync::atomic::AtomicBool>,
     /// The last leader and members set, for a `run` that starts (or restarts) later.
     leader: Mutex<LeaderView>,
     members: Mutex<BTreeMap<Uuid, PeerId>>,
@@ -98,7 +101,8 @@ struct Inner {
 
 impl Proposer {
     /// A proposer for one library; it tells `host_events` and counts in `metrics` the
-    /// proposals refused for good.
+    /// proposals refused for good, and commits nothing locally while `writes_paused` (a
+    /// leadership transfer).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         library_id: Uuid,
@@ -109,6 +113,7 @@ impl Proposer {
         config: SyncConfig,
         host_events: tokio::sync::broadcast::Sender<SyncEvent>,
         metrics: Arc<Metrics>,
+        writes_paused: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         // Until `run` starts, events go nowhere: `run` begins from the stored leader and members
         // and reads the outbox, so nothing they said is lost.
@@ -123,6 +128,7 @@ impl Proposer {
                 config,
                 host_events,
                 metrics,
+                writes_paused,
                 leader: Mutex::new(LeaderView::default()),
                 members: Mutex::new(BTreeMap::new()),
                 events: Mutex::new(events),
@@ -333,6 +339,9 @@ impl Proposer {
         let (library_id, me) = (self.inner.library_id, self.inner.device_id);
         match target {
             Target::Local => {
+                if self.inner.writes_paused.load(std::sync::atomic::Ordering::Acquire) {
+                    return Delivery::Failed(WRITES_HELD.into());
+                }
                 let tm = self.inner.tm.clone();
                 let commit = move || Ok(deliver_locally(&tm, me, proposal_id, changes));
                 run_blocking(commit).await.unwrap_or_else(|e| Delivery::Failed(e.to_string()))
@@ -374,17 +383,35 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// What a leader answers a `Propose` while a leadership transfer holds its writes: `Internal`
+/// (retry with backoff, docs/protocol.md section 7); the proposer tries again, and at once
+/// when the leader changes.
+pub const WRITES_HELD: &str = "a leadership transfer holds writes until it ends; retry";
+
 /// The leader's side: commits a proposal from `origin` (a member) through its transaction
-/// manager, at most once per proposal id.
+/// manager, at most once per proposal id. While `writes_held` (a leadership transfer is in
+/// progress, docs/architecture.md) nothing is committed and the answer is a retryable
+/// `Error(Internal)` saying so ([`WRITES_HELD`]).
 pub fn serve_proposal(
     tm: &TransactionManager,
     library_id: Uuid,
     term: u64,
     msg: SyncMessage,
+    writes_held: bool,
 ) -> SyncMessage {
     let SyncMessage::Propose { proposal_id, origin_device, changes, .. } = msg else {
         return SyncMessage::error(library_id, ErrorCode::BadRequest, "not a proposal");
     };
+    if writes_held {
+        return SyncMessage::Error {
+            leader_peer: None,
+            term,
+            library_id,
+            code: ErrorCode::Internal,
+            message: WRITES_HELD.into(),
+            leader_hint: None,
+        };
+    }
     let changes: Vec<Change> = changes.into_iter().map(Change::from).collect();
     match tm.commit_proposal(proposal_id, origin_device, changes) {
         Ok(o) => SyncMessage::ProposalResult {
@@ -467,6 +494,7 @@ mod tests {
             config,
             host_events,
             metrics.clone(),
+            Default::default(),
         );
         p.set_members([(leader_id, peer)].into());
         p.set_leader(LeaderView { term: 1, leader: Some(leader_id) });
@@ -523,6 +551,7 @@ mod tests {
             SyncConfig { max_frame: 4096, ..SyncConfig::fast() },
             host_events,
             Arc::new(Metrics::default()),
+            Default::default(),
         );
         p.set_members([(leader_id, peer)].into());
         p.set_leader(LeaderView { term: 1, leader: Some(leader_id) });
@@ -534,6 +563,56 @@ mod tests {
             "{failed:?}"
         );
         assert_eq!(transport.sent("Propose").len(), 1, "the large one was never sent");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_leader_commits_nothing_while_a_transfer_holds_writes() {
+        let dir = TempDir::new().unwrap();
+        let library_id = Uuid::new_v4();
+        let (db, tm) = crate::testkit::leader_db(&dir, library_id, 0);
+        let me = db.sync_state().unwrap().device_id;
+        let last = || db.last_position().unwrap().sequence;
+        let insert =
+            |id: &str| vec![Change::insert(&Tag { id: id.into(), name: id.into(), color: None })];
+        // a member's Propose
+        let msg = propose(library_id, Uuid::new_v4(), Uuid::new_v4(), 1, insert("t1"));
+        let held = serve_proposal(&tm, library_id, 1, msg.clone(), true);
+        assert!(
+            matches!(&held, SyncMessage::Error { code: ErrorCode::Internal, message, term: 1, .. } if message == WRITES_HELD),
+            "{held:?}"
+        );
+        assert_eq!(last(), 0, "nothing committed");
+        let proposal_id = Uuid::new_v4();
+        assert!(matches!(Delivery::of_reply(proposal_id, Ok(held)), Delivery::Failed(_)));
+        let served = serve_proposal(&tm, library_id, 1, msg, false);
+        assert!(matches!(served, SyncMessage::ProposalResult { .. }), "{served:?}");
+        assert_eq!(last(), 1, "committed once writes are no longer held");
+
+        // its own outbox
+        let paused = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (host_events, _) = tokio::sync::broadcast::channel(16);
+        let p = Proposer::new(
+            library_id,
+            me,
+            db.clone(),
+            tm,
+            leader(),
+            SyncConfig::fast(),
+            host_events,
+            Arc::new(Metrics::default()),
+            paused.clone(),
+        );
+        p.set_leader(LeaderView { term: 1, leader: Some(me) });
+        let task = tokio::spawn(p.clone().run());
+        let before = last();
+        assert!(matches!(p.submit(insert("t2")).await.unwrap(), Submitted::Queued { .. }));
+        let held = || db.outbox_list().unwrap()[0].last_error.as_deref() == Some(WRITES_HELD);
+        wait_for("an attempt held by the transfer", held).await;
+        assert_eq!(last(), before, "held while the transfer runs");
+        paused.store(false, std::sync::atomic::Ordering::Release);
+        wait_for("the held proposal to be committed", || db.outbox_count().unwrap() == 0).await;
+        assert_eq!(last(), before + 1);
         task.abort();
     }
 }

@@ -236,6 +236,7 @@ impl SyncService {
             cx.config.clone(),
             cx.events.clone(),
             cx.metrics.clone(),
+            cx.writes_paused.clone(),
         );
         Self {
             proposer,
@@ -1354,8 +1355,10 @@ impl Handler<InboundRequest> for SyncService {
             }
             Route::Propose { term } => {
                 let (tm, reply, message) = (self.cx.tm.clone(), req.reply, req.message);
+                // a leadership transfer holds proposals too (docs/architecture.md)
+                let held = self.cx.writes_paused.load(Ordering::Acquire);
                 let serving =
-                    run_blocking(move || Ok(serve_proposal(&tm, library_id, term, message)));
+                    run_blocking(move || Ok(serve_proposal(&tm, library_id, term, message, held)));
                 // The proposer waits for the answer: a task that panicked answers
                 // `Error(Internal)`, and the proposal is delivered again.
                 spawn_supervised(Task::Answer, self.cx.metrics.clone(), serving, move |r| {
