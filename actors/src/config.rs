@@ -28,6 +28,10 @@ pub struct SyncConfig {
     pub backoff_max: Duration,
     /// A follower acknowledges at least every this many applied entries while catching up.
     pub ack_every: u64,
+    /// The frame limit of the network (its `NetworkConfig::max_frame`, docs/protocol.md
+    /// "Framing"): the proposer refuses a change whose `Propose` would exceed it before
+    /// queuing it. Default [`lsync_protocol::DEFAULT_MAX_FRAME`].
+    pub max_frame: usize,
 }
 
 impl Default for SyncConfig {
@@ -41,6 +45,7 @@ impl Default for SyncConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             ack_every: 1_000,
+            max_frame: lsync_protocol::DEFAULT_MAX_FRAME,
         }
     }
 }

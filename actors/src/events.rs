@@ -29,6 +29,9 @@ pub enum SyncEvent {
     /// The follower actor stopped on an error it cannot get past by itself
     /// (e.g. an entry of a model type this node does not know).
     ApplyFailed { library_id: Uuid, error: String },
+    /// A proposal of this device's outbox was refused for good: it moved to the outbox's
+    /// `failed` state with `reason`, kept until an operator retries or discards it.
+    ProposalFailed { library_id: Uuid, proposal_id: Uuid, reason: String },
 }
 
 impl SyncEvent {
@@ -44,7 +47,8 @@ impl SyncEvent {
             | Self::ResyncDone { library_id, .. }
             | Self::BulkJobQueued { library_id, .. }
             | Self::RoleChanged { library_id, .. }
-            | Self::ApplyFailed { library_id, .. } => *library_id,
+            | Self::ApplyFailed { library_id, .. }
+            | Self::ProposalFailed { library_id, .. } => *library_id,
         }
     }
 }
@@ -172,4 +176,6 @@ pub struct LibraryStatus {
     pub applier: Option<ApplierStatus>,
     /// Changes made on this device that wait in its outbox for a leader.
     pub outbox_pending: u64,
+    /// Changes of its outbox refused for good (its `failed` state), kept for an operator.
+    pub outbox_failed: u64,
 }

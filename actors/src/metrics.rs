@@ -80,6 +80,9 @@ pub struct Metrics {
     /// Of those, the ones dropped because the response before them ended elsewhere (a term
     /// change, a byte-capped response, the end of the leader's log).
     pub fetches_ahead_missed: AtomicU64,
+    /// Proposals of this device's outbox refused for good and moved to its `failed` state
+    /// (docs/architecture.md, "Outbox").
+    pub proposals_failed: AtomicU64,
     /// Round trip of a FetchEntries request, seen by the follower.
     pub fetch_rtt: Histogram,
     /// From the leader's commit (the entry's timestamp) to the follower's apply. Across

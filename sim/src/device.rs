@@ -831,7 +831,7 @@ impl Device {
                 ElectionRequest::Refused(refusal) => self.respond(id, refusal),
             },
             Route::Propose { term } => {
-                let reply = serve_proposal(&self.tm, self.library_id, term, msg);
+                let reply = serve_proposal(&self.tm, self.library_id, term, msg, false);
                 self.respond(id, reply);
             }
             Route::Link => {
@@ -1426,7 +1426,10 @@ impl Device {
                 ProposerCommand::Remove { proposal_id } => {
                     let _ = self.db.outbox_remove(proposal_id);
                 }
-                ProposerCommand::RecordFailure { proposal_id, reason } => {
+                ProposerCommand::MarkFailed { proposal_id, reason } => {
+                    let _ = self.db.outbox_mark_failed(proposal_id, &reason, self.now_ms);
+                }
+                ProposerCommand::RecordFailure { proposal_id, reason, .. } => {
                     let _ = self.db.outbox_record_failure(proposal_id, &reason, self.now_ms);
                 }
                 ProposerCommand::Answer { token, outcome } => {

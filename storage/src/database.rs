@@ -588,12 +588,37 @@ impl Database {
         self.write(|conn| outbox::push_unchecked(conn, proposal_id, changes))
     }
 
-    /// The queued proposals, oldest first; see [`outbox::list`].
+    /// Every outbox entry, pending and failed, oldest first; see [`outbox::list_all`].
+    pub fn outbox_list_all(&self) -> Result<Vec<OutboxEntry>> {
+        self.with_reader(outbox::list_all)
+    }
+
+    /// Moves a pending proposal to failed; see [`outbox::mark_failed`].
+    pub fn outbox_mark_failed(&self, proposal_id: Uuid, reason: &str, at_ms: i64) -> Result<bool> {
+        self.write(|conn| outbox::mark_failed(conn, proposal_id, reason, at_ms))
+    }
+
+    /// Puts a failed proposal back to pending; see [`outbox::retry`].
+    pub fn outbox_retry(&self, proposal_id: Uuid) -> Result<bool> {
+        self.write(|conn| outbox::retry(conn, proposal_id))
+    }
+
+    /// Deletes a failed proposal; see [`outbox::discard`].
+    pub fn outbox_discard(&self, proposal_id: Uuid) -> Result<bool> {
+        self.write(|conn| outbox::discard(conn, proposal_id))
+    }
+
+    /// The number of failed proposals; see [`outbox::count_failed`].
+    pub fn outbox_count_failed(&self) -> Result<u64> {
+        self.with_reader(outbox::count_failed)
+    }
+
+    /// The pending proposals, oldest first; see [`outbox::list`].
     pub fn outbox_list(&self) -> Result<Vec<OutboxEntry>> {
         self.with_reader(outbox::list)
     }
 
-    /// The queued proposal `proposal_id`, if any.
+    /// The outbox entry `proposal_id` (pending or failed), if any.
     pub fn outbox_get(&self, proposal_id: Uuid) -> Result<Option<OutboxEntry>> {
         self.with_reader(|conn| outbox::get(conn, proposal_id))
     }
@@ -613,7 +638,7 @@ impl Database {
         self.write(|conn| outbox::record_failure(conn, proposal_id, error, next_attempt_ms))
     }
 
-    /// The number of queued proposals.
+    /// The number of pending proposals.
     pub fn outbox_count(&self) -> Result<u64> {
         self.with_reader(outbox::count)
     }

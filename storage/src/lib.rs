@@ -79,7 +79,7 @@ pub use model::{
     UPSERT_CHUNK,
 };
 pub use models::{Location, LocationHandler, Tag, TagHandler};
-pub use outbox::OutboxEntry;
+pub use outbox::{OutboxEntry, OutboxState};
 pub use sync_log::{LogHead, LogPosition, SyncLog};
 pub use sync_state::{ElectionRecord, SyncState};
 pub use transaction::{

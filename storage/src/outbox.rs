@@ -6,6 +6,12 @@
 //! it ([`crate::TransactionManager::commit_proposal`] dedups by the proposal id, so resending
 //! after a lost reply is safe). The functions take a connection; callers hold the transaction
 //! ([`crate::Database`] has wrappers that open one).
+//!
+//! An entry is [`OutboxState::Pending`] (the proposer delivers it) or [`OutboxState::Failed`]:
+//! refused for good by a leader, or too large for a frame. A failed entry is kept, with its
+//! reason, instead of deleted, so nothing the user was told is `queued` disappears silently;
+//! it stays until an operator [`retry`]s it (back to pending) or [`discard`]s it
+//! (docs/architecture.md, "Outbox").
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -16,6 +22,33 @@ use crate::change::Change;
 use crate::error::{now_ms, parse_uuid, Result, StorageError};
 use crate::model::ModelRegistry;
 use crate::schema::outbox;
+
+/// Where an outbox entry stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxState {
+    /// Waiting to be delivered; the proposer retries it.
+    Pending,
+    /// Refused for good: the proposer no longer sends it.
+    Failed {
+        /// Why (the leader's refusal, or the size check).
+        reason: String,
+        /// When it was refused, milliseconds since the Unix epoch.
+        at_ms: i64,
+    },
+}
+
+impl OutboxState {
+    /// `pending` or `failed`, as stored in the `state` column.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pending => PENDING,
+            Self::Failed { .. } => FAILED,
+        }
+    }
+}
+
+const PENDING: &str = "pending";
+const FAILED: &str = "failed";
 
 /// One queued proposal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,13 +66,38 @@ pub struct OutboxEntry {
     pub next_attempt_ms: i64,
     /// Why the last attempt failed, if one did.
     pub last_error: Option<String>,
+    /// Pending, or failed for good.
+    pub state: OutboxState,
 }
 
-type OutboxRow = (String, i64, Vec<u8>, i32, i64, Option<String>);
+type OutboxRow =
+    (String, i64, Vec<u8>, i32, i64, Option<String>, String, Option<String>, Option<i64>);
 
 fn row_to_entry(row: OutboxRow) -> Result<OutboxEntry> {
-    let (proposal_id, created_at_ms, changes, attempts, next_attempt_ms, last_error) = row;
+    let (
+        proposal_id,
+        created_at_ms,
+        changes,
+        attempts,
+        next_attempt_ms,
+        last_error,
+        state,
+        failed_reason,
+        failed_at_ms,
+    ) = row;
     let proposal_id = parse_uuid(&proposal_id, "outbox proposal_id")?;
+    let state = match state.as_str() {
+        PENDING => OutboxState::Pending,
+        FAILED => OutboxState::Failed {
+            reason: failed_reason.unwrap_or_default(),
+            at_ms: failed_at_ms.unwrap_or(0),
+        },
+        other => {
+            return Err(StorageError::Corrupt(format!(
+                "outbox proposal {proposal_id}: unknown state {other:?}"
+            )))
+        }
+    };
     let changes: Vec<ProposedChange> = rmp_serde::from_slice(&changes).map_err(|e| {
         StorageError::Corrupt(format!("outbox proposal {proposal_id}: undecodable changes: {e}"))
     })?;
@@ -50,6 +108,7 @@ fn row_to_entry(row: OutboxRow) -> Result<OutboxEntry> {
         attempts: u32::try_from(attempts).unwrap_or(0),
         next_attempt_ms,
         last_error,
+        state,
     })
 }
 
@@ -60,6 +119,9 @@ fn columns() -> (
     outbox::attempts,
     outbox::next_attempt_ms,
     outbox::last_error,
+    outbox::state,
+    outbox::failed_reason,
+    outbox::failed_at_ms,
 ) {
     (
         outbox::proposal_id,
@@ -68,6 +130,9 @@ fn columns() -> (
         outbox::attempts,
         outbox::next_attempt_ms,
         outbox::last_error,
+        outbox::state,
+        outbox::failed_reason,
+        outbox::failed_at_ms,
     )
 }
 
@@ -136,8 +201,21 @@ pub(crate) fn push_unchecked(
     Ok(inserted > 0)
 }
 
-/// Every queued proposal, oldest first (FIFO: the order they were pushed in).
+/// Every pending proposal (the ones the proposer delivers), oldest first (the order they were
+/// pushed in).
 pub fn list(conn: &mut SqliteConnection) -> Result<Vec<OutboxEntry>> {
+    outbox::table
+        .select(columns())
+        .filter(outbox::state.eq(PENDING))
+        .order(outbox::seq.asc())
+        .load::<OutboxRow>(conn)?
+        .into_iter()
+        .map(row_to_entry)
+        .collect()
+}
+
+/// Every entry, pending and failed, oldest first (what `lsync outbox list` shows).
+pub fn list_all(conn: &mut SqliteConnection) -> Result<Vec<OutboxEntry>> {
     outbox::table
         .select(columns())
         .order(outbox::seq.asc())
@@ -147,7 +225,7 @@ pub fn list(conn: &mut SqliteConnection) -> Result<Vec<OutboxEntry>> {
         .collect()
 }
 
-/// The queued proposal `proposal_id`, if any.
+/// The outbox entry `proposal_id` (pending or failed), if any.
 pub fn get(conn: &mut SqliteConnection, proposal_id: Uuid) -> Result<Option<OutboxEntry>> {
     outbox::table
         .find(proposal_id.to_string())
@@ -161,6 +239,56 @@ pub fn get(conn: &mut SqliteConnection, proposal_id: Uuid) -> Result<Option<Outb
 /// Removes proposal `proposal_id` (committed, or given up); returns whether it was queued.
 pub fn remove(conn: &mut SqliteConnection, proposal_id: Uuid) -> Result<bool> {
     let deleted = diesel::delete(outbox::table.find(proposal_id.to_string())).execute(conn)?;
+    Ok(deleted > 0)
+}
+
+/// Moves `proposal_id` to [`OutboxState::Failed`] with `reason`, refused at `at_ms`: the
+/// proposer stops sending it, and it stays until [`retry`] or [`discard`]. Returns whether a
+/// pending entry was moved.
+pub fn mark_failed(
+    conn: &mut SqliteConnection,
+    proposal_id: Uuid,
+    reason: &str,
+    at_ms: i64,
+) -> Result<bool> {
+    let updated = diesel::update(
+        outbox::table.find(proposal_id.to_string()).filter(outbox::state.eq(PENDING)),
+    )
+    .set((
+        outbox::state.eq(FAILED),
+        outbox::failed_reason.eq(reason),
+        outbox::failed_at_ms.eq(at_ms),
+    ))
+    .execute(conn)?;
+    Ok(updated > 0)
+}
+
+/// Puts the failed entry `proposal_id` back to pending, due at once with no attempts counted
+/// (an operator's `lsync outbox retry`, e.g. after the leader was upgraded). It keeps its
+/// place in the order. Returns whether a failed entry was moved.
+pub fn retry(conn: &mut SqliteConnection, proposal_id: Uuid) -> Result<bool> {
+    let updated = diesel::update(
+        outbox::table.find(proposal_id.to_string()).filter(outbox::state.eq(FAILED)),
+    )
+    .set((
+        outbox::state.eq(PENDING),
+        outbox::failed_reason.eq(None::<String>),
+        outbox::failed_at_ms.eq(None::<i64>),
+        outbox::attempts.eq(0),
+        outbox::next_attempt_ms.eq(now_ms()),
+    ))
+    .execute(conn)?;
+    Ok(updated > 0)
+}
+
+/// Deletes the failed entry `proposal_id` (an operator's `lsync outbox discard`: the change is
+/// given up). A pending entry is not touched (it may be in flight; it never blocks others).
+/// Returns whether a failed entry was deleted.
+pub fn discard(conn: &mut SqliteConnection, proposal_id: Uuid) -> Result<bool> {
+    let deleted = diesel::delete(
+        outbox::table.find(proposal_id.to_string()).filter(outbox::state.eq(FAILED)),
+    )
+    .execute(conn)?;
     Ok(deleted > 0)
 }
 
@@ -182,8 +310,14 @@ pub fn record_failure(
     Ok(updated > 0)
 }
 
-/// The number of queued proposals.
+/// The number of pending proposals (failed ones are not counted: see [`count_failed`]).
 pub fn count(conn: &mut SqliteConnection) -> Result<u64> {
-    let count = outbox::table.count().get_result::<i64>(conn)?;
+    let count = outbox::table.filter(outbox::state.eq(PENDING)).count().get_result::<i64>(conn)?;
     crate::error::to_u64(count, "outbox count")
+}
+
+/// The number of failed proposals.
+pub fn count_failed(conn: &mut SqliteConnection) -> Result<u64> {
+    let count = outbox::table.filter(outbox::state.eq(FAILED)).count().get_result::<i64>(conn)?;
+    crate::error::to_u64(count, "outbox failed count")
 }

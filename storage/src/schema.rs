@@ -37,6 +37,9 @@ diesel::table! {
         next_attempt_ms -> BigInt,
         last_error -> Nullable<Text>,
         seq -> BigInt,
+        state -> Text,
+        failed_reason -> Nullable<Text>,
+        failed_at_ms -> Nullable<BigInt>,
     }
 }
 

@@ -13,6 +13,9 @@
 //! waits meanwhile — to the election record with a full sync, then to `sync_state`
 //! ([`Database::persist_election`]), so no vote or request is ever sent that a crash or a power
 //! loss could make this device forget (docs/architecture.md, "Terms and votes on disk").
+//! When that write fails, the machine's change is undone: the machine is rebuilt from the last
+//! state that was written ([`ElectionActor::undo`]), so the actor never acts on — nor reports —
+//! a term or vote its disk does not have; the event is retried when it comes again.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,6 +119,9 @@ pub struct ElectionActor {
     timer: Option<SpawnHandle>,
     /// When the high-water mark was last raised (see [`ElectionActor::raise_mark`]).
     mark_raised: Option<Instant>,
+    /// The last state written to disk (the start state, then every persist that succeeded):
+    /// what the machine goes back to when a write fails.
+    written: PersistedElection,
 }
 
 fn now() -> Instant {
@@ -133,7 +139,25 @@ impl ElectionActor {
             now(),
             StdRng::from_entropy(),
         );
-        Self { cx, election, timer: None, mark_raised: None }
+        let written = cx.persisted;
+        Self { cx, election, timer: None, mark_raised: None, written }
+    }
+
+    /// A persist failed: the machine is rebuilt from the last state written (its membership as
+    /// the actor knows it), dropping the change the write was for and any transfer in progress
+    /// (its held writes resume). Nothing that followed the failed persist was performed.
+    fn undo(&mut self) {
+        self.election = Election::new(
+            self.cx.device_id,
+            self.cx.membership.clone(),
+            self.written,
+            ElectionConfig::from_sync(&self.cx.config),
+            now(),
+            StdRng::from_entropy(),
+        );
+        if self.cx.writes_paused.swap(false, Ordering::AcqRel) {
+            warn!(library_id = %self.cx.library_id, "leadership transfer abandoned: the election state could not be written");
+        }
     }
 
     /// Raises the high-water mark to the log's last position ([`Database::raise_mark`], one
@@ -213,12 +237,22 @@ impl ElectionActor {
                     ElectionRecord { term: p.term, voted_for: p.voted_for, leader: p.leader };
                 let write = run_blocking(move || db.persist_election(role, &record));
                 ctx.wait(write.into_actor(self).map(move |res, this, ctx| match res {
-                    Ok(()) => this.dispatch(actions, reply, ctx),
+                    Ok(()) => {
+                        this.written = p;
+                        this.dispatch(actions, reply, ctx)
+                    }
                     Err(e) => {
-                        // Nothing that depends on the unwritten state may go out.
-                        warn!(library_id = %this.cx.library_id, error = %e, "cannot persist the election state");
+                        // Nothing that depends on the unwritten state may go out, and the
+                        // machine must not keep it either.
+                        warn!(library_id = %this.cx.library_id, error = %e, term = p.term,
+                            "cannot persist the election state; the change is undone");
+                        this.undo();
                         if let Some(r) = reply {
-                            let _ = r.send(SyncMessage::error(this.cx.library_id, ErrorCode::Internal, "cannot persist vote"));
+                            let _ = r.send(SyncMessage::error(
+                                this.cx.library_id,
+                                ErrorCode::Internal,
+                                "cannot persist vote",
+                            ));
                         }
                         this.arm_timer(ctx);
                     }

@@ -19,7 +19,7 @@ use libp2p::request_response::{
     self, InboundFailure, OutboundFailure, OutboundRequestId, ProtocolSupport, ResponseChannel,
 };
 use libp2p::swarm::{ConnectionId, ListenError, NetworkBehaviour, SwarmEvent};
-use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{noise, tcp, Multiaddr, PeerId, Swarm};
 use lsync_protocol::{ErrorCode, SyncCodec, SyncMessage, PROTOCOL, PROTOCOL_V1};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -57,7 +57,11 @@ pub(super) fn build_swarm(
     let idle = config.idle_connection_timeout;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            super::muxer::Config::default,
+        )
         .map_err(|e| NetworkError::Io(format!("cannot set up the transport: {e}")))?
         .with_behaviour(|_| Behaviour {
             gate: GateBehaviour::new(config.guest_timeout),

@@ -60,6 +60,7 @@
 mod codec;
 mod event_loop;
 mod gate;
+pub mod muxer;
 #[cfg(test)]
 mod tests;
 mod version;

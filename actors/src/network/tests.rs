@@ -393,7 +393,17 @@ async fn raw_request(
     addrs: Vec<Multiaddr>,
     bytes: Vec<u8>,
 ) -> Result<SyncMessage, String> {
-    let mut swarm = raw_swarm(keypair, PROTOCOL, ProtocolSupport::Outbound);
+    raw_request_on(raw_swarm(keypair, PROTOCOL, ProtocolSupport::Outbound), server, addrs, bytes)
+        .await
+}
+
+/// [`raw_request`] from `swarm`.
+async fn raw_request_on(
+    mut swarm: libp2p::Swarm<request_response::Behaviour<RawCodec>>,
+    server: PeerId,
+    addrs: Vec<Multiaddr>,
+    bytes: Vec<u8>,
+) -> Result<SyncMessage, String> {
     let id = swarm.behaviour_mut().send_request_with_addresses(&server, bytes, addrs);
     within(async {
         loop {
@@ -412,6 +422,90 @@ async fn raw_request(
         }
     })
     .await
+}
+
+/// A peer whose yamux writes every data frame as large as the credit the server grants (as
+/// js-libp2p's does), not in rust-yamux's 16 KiB pieces.
+fn large_frame_swarm(keypair: Keypair) -> libp2p::Swarm<request_response::Behaviour<RawCodec>> {
+    libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, || {
+            super::muxer::Config::with_split_send_size(64 << 20)
+        })
+        .expect("transport")
+        .with_behaviour(|_| {
+            request_response::Behaviour::<RawCodec>::new(
+                [(PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default().with_request_timeout(WAIT),
+            )
+        })
+        .expect("behaviour")
+        .build()
+}
+
+#[actix_rt::test]
+async fn a_large_request_written_in_window_sized_yamux_frames_arrives() {
+    let library = Uuid::new_v4();
+    let server = node().await;
+    let raw_key = Keypair::generate_ed25519();
+    let raw_peer = raw_key.public().to_peer_id();
+    server
+        .handle
+        .register_library(library, vec![(raw_peer, Vec::new())], server.sink.clone())
+        .await
+        .unwrap();
+    // 12 MiB of data: the server grants windows that rust-yamux's auto-tuning grows on a fast
+    // link; a window over 1 MiB would let this peer write a frame the server refuses
+    // (`FrameTooLarge`), closing the connection (docs/protocol.md, "Framing")
+    let request = SyncMessage::Propose {
+        library_id: library,
+        term: 1,
+        proposal_id: Uuid::new_v4(),
+        origin_device: Uuid::new_v4(),
+        changes: vec![lsync_protocol::ProposedChange {
+            model_type: "tag".into(),
+            record_id: "big".into(),
+            change_type: lsync_protocol::ChangeType::Insert,
+            data: vec![7; 12 << 20],
+        }],
+    };
+    let bytes = lsync_protocol::codec::encode_frame(&request, DEFAULT_MAX_FRAME).unwrap();
+    // one connection: its windows grow from one request to the next
+    let mut swarm = large_frame_swarm(raw_key);
+    for n in 0..8 {
+        let id = swarm.behaviour_mut().send_request_with_addresses(
+            &server.peer,
+            bytes.clone(),
+            server.addrs.clone(),
+        );
+        let answer = within(async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: request_response::Message::Response { request_id, response },
+                        ..
+                    }) if request_id == id => return Ok(response),
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        request_id,
+                        error,
+                        ..
+                    }) if request_id == id => return Err(error.to_string()),
+                    SwarmEvent::ConnectionClosed { cause, .. } => {
+                        return Err(format!("connection closed: {cause:?}"))
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        // the Echo library answers a Propose with Error(BadRequest, "no"): it arrived whole
+        match answer {
+            Ok(SyncMessage::Error { message, .. }) if message == "no" => {}
+            Ok(other) => panic!("request {n}: unexpected answer {}", other.kind()),
+            Err(e) => panic!("request {n} of 12 MiB did not arrive: {e}"),
+        }
+    }
+    assert_eq!(server.seen(), 8);
 }
 
 #[actix_rt::test]

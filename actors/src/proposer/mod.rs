@@ -3,11 +3,14 @@
 //!
 //! A change made on a device that does not lead goes into the `outbox` table first (so it
 //! survives restarts), then is sent to the leader as a `Propose` with a fixed `proposal_id`; the
-//! leader commits it at most once however often it is retried. Proposals are delivered in
-//! order (FIFO), one at a time; a failure stops the round and schedules a retry with backoff
-//! and jitter; a leader change or a new proposal starts a round at once. When this device leads,
-//! its own outbox (e.g. changes recovered after it was deposed) is committed directly through
-//! its `TransactionManager`.
+//! leader commits it at most once however often it is retried. A change whose `Propose` would
+//! not fit in a frame ([`SyncConfig::max_frame`]) is refused before it is queued. Proposals are
+//! delivered in order, one at a time; one whose delivery fails waits out a backoff of its own
+//! while the later ones are delivered; one refused for good moves to the outbox's `failed`
+//! state (counted in [`crate::metrics::Metrics::proposals_failed`], told as
+//! [`SyncEvent::ProposalFailed`]) instead of being deleted; a leader change or a new proposal
+//! starts a round at once. When this device leads, its own outbox (e.g. changes recovered
+//! after it was deposed) is committed directly through its `TransactionManager`.
 //!
 //! The decisions live in [`ProposerCore`] (pure, tested without I/O); [`Proposer`] is the shell
 //! that reads and writes the outbox, sends the requests and runs the retry timer.
@@ -19,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use libp2p::PeerId;
 use lsync_protocol::{ErrorCode, SyncMessage};
-use lsync_storage::{Change, Database, StorageError, TransactionManager};
+use lsync_storage::{Change, Database, OutboxEntry, OutboxState, StorageError, TransactionManager};
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -27,10 +30,13 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 pub use self::core::{
-    propose, Command, Delivery, LeaderView, ProposerCore, ProposerStatus, SubmitOutcome, Target,
+    proposal_too_large, propose, too_large, Command, Delivery, LeaderView, ProposerCore,
+    ProposerStatus, SubmitOutcome, Target,
 };
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
+use crate::events::SyncEvent;
+use crate::metrics::Metrics;
 use crate::transport::Transport;
 
 /// What became of a change submitted on this device.
@@ -49,6 +55,9 @@ pub enum SubmitError {
     Invalid(#[from] StorageError),
     #[error("the leader refused the change: {0}")]
     Refused(String),
+    /// Its `Propose` would exceed the frame limit: no leader could ever receive it.
+    #[error("the change is too large: {0}")]
+    TooLarge(String),
 }
 
 /// What the handle tells the running machine.
@@ -76,6 +85,12 @@ struct Inner {
     tm: TransactionManager,
     transport: Arc<dyn Transport>,
     config: SyncConfig,
+    /// The host's events (a proposal refused for good is told there).
+    host_events: tokio::sync::broadcast::Sender<SyncEvent>,
+    metrics: Arc<Metrics>,
+    /// Set while a leadership transfer holds this device's writes: its own outbox is not
+    /// committed locally meanwhile.
+    writes_paused: Arc<std::sync::atomic::AtomicBool>,
     /// The last leader and members set, for a `run` that starts (or restarts) later.
     leader: Mutex<LeaderView>,
     members: Mutex<BTreeMap<Uuid, PeerId>>,
@@ -85,7 +100,10 @@ struct Inner {
 }
 
 impl Proposer {
-    /// A proposer for one library.
+    /// A proposer for one library; it tells `host_events` and counts in `metrics` the
+    /// proposals refused for good, and commits nothing locally while `writes_paused` (a
+    /// leadership transfer).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         library_id: Uuid,
         device_id: Uuid,
@@ -93,6 +111,9 @@ impl Proposer {
         tm: TransactionManager,
         transport: Arc<dyn Transport>,
         config: SyncConfig,
+        host_events: tokio::sync::broadcast::Sender<SyncEvent>,
+        metrics: Arc<Metrics>,
+        writes_paused: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         // Until `run` starts, events go nowhere: `run` begins from the stored leader and members
         // and reads the outbox, so nothing they said is lost.
@@ -105,6 +126,9 @@ impl Proposer {
                 tm,
                 transport,
                 config,
+                host_events,
+                metrics,
+                writes_paused,
                 leader: Mutex::new(LeaderView::default()),
                 members: Mutex::new(BTreeMap::new()),
                 events: Mutex::new(events),
@@ -149,8 +173,15 @@ impl Proposer {
 
     /// Queues `changes` durably and delivers the outbox; tells whether they were committed in
     /// the round that reached them. Without a running [`Proposer::run`] they stay queued.
+    /// Changes whose `Propose` would exceed [`SyncConfig::max_frame`] are refused before they
+    /// are queued ([`SubmitError::TooLarge`]).
     pub async fn submit(&self, changes: Vec<Change>) -> Result<Submitted, SubmitError> {
         let proposal_id = Uuid::new_v4();
+        let (library_id, me) = (self.inner.library_id, self.inner.device_id);
+        let max_frame = self.inner.config.max_frame;
+        if let Some(reason) = proposal_too_large(library_id, me, proposal_id, &changes, max_frame) {
+            return Err(SubmitError::TooLarge(reason));
+        }
         let db = self.inner.db.clone();
         run_blocking(move || db.outbox_push(proposal_id, &changes)).await?;
         let (tx, rx) = oneshot::channel();
@@ -160,7 +191,18 @@ impl Proposer {
                 Ok(Submitted::Committed { first, last })
             }
             Ok(SubmitOutcome::Refused(reason)) => Err(SubmitError::Refused(reason)),
-            Ok(SubmitOutcome::Queued) | Err(_) => Ok(Submitted::Queued { proposal_id }),
+            Ok(SubmitOutcome::Queued) | Err(_) => {
+                // A round that ran before the task saw this submission may have delivered it
+                // already: a refusal is in the outbox (anything else is queued, or committed
+                // and then looked up by its proposal id).
+                let db = self.inner.db.clone();
+                match run_blocking(move || db.outbox_get(proposal_id)).await {
+                    Ok(Some(OutboxEntry { state: OutboxState::Failed { reason, .. }, .. })) => {
+                        Err(SubmitError::Refused(reason))
+                    }
+                    _ => Ok(Submitted::Queued { proposal_id }),
+                }
+            }
         }
     }
 
@@ -241,7 +283,7 @@ impl Proposer {
                             info!(%library_id, proposal = %proposal_id, first, last, "proposal committed")
                         }
                         Delivery::Refused(reason) => {
-                            warn!(%library_id, proposal = %proposal_id, %reason, "proposal refused for good; dropped")
+                            warn!(%library_id, proposal = %proposal_id, %reason, "proposal refused for good; kept in the outbox as failed")
                         }
                         Delivery::Failed(reason) => {
                             debug!(%library_id, proposal = %proposal_id, %reason, "proposal not delivered; will retry")
@@ -255,10 +297,27 @@ impl Proposer {
                     }
                     Vec::new()
                 }
-                Command::RecordFailure { proposal_id, reason } => {
-                    let now = now_ms();
+                Command::MarkFailed { proposal_id, reason } => {
+                    Metrics::add(&self.inner.metrics.proposals_failed, 1);
+                    let at = now_ms();
+                    let stored = reason.clone();
                     if let Err(e) =
-                        run_blocking(move || db.outbox_record_failure(proposal_id, &reason, now))
+                        run_blocking(move || db.outbox_mark_failed(proposal_id, &stored, at)).await
+                    {
+                        warn!(%library_id, error = %e, "cannot mark a refused proposal as failed");
+                    }
+                    let _ = self.inner.host_events.send(SyncEvent::ProposalFailed {
+                        library_id,
+                        proposal_id,
+                        reason,
+                    });
+                    Vec::new()
+                }
+                Command::RecordFailure { proposal_id, reason, retry_in } => {
+                    let at =
+                        now_ms().saturating_add(retry_in.as_millis().min(i64::MAX as u128) as i64);
+                    if let Err(e) =
+                        run_blocking(move || db.outbox_record_failure(proposal_id, &reason, at))
                             .await
                     {
                         warn!(%library_id, error = %e, "cannot record a failed delivery");
@@ -280,12 +339,19 @@ impl Proposer {
         let (library_id, me) = (self.inner.library_id, self.inner.device_id);
         match target {
             Target::Local => {
+                if self.inner.writes_paused.load(std::sync::atomic::Ordering::Acquire) {
+                    return Delivery::Failed(WRITES_HELD.into());
+                }
                 let tm = self.inner.tm.clone();
                 let commit = move || Ok(deliver_locally(&tm, me, proposal_id, changes));
                 run_blocking(commit).await.unwrap_or_else(|e| Delivery::Failed(e.to_string()))
             }
             Target::Remote { peer, term } => {
                 let msg = propose(library_id, me, proposal_id, term, changes);
+                // queued under a larger limit, or recovered from a rebuilt log: never sendable
+                if let Some(reason) = too_large(&msg, self.inner.config.max_frame) {
+                    return Delivery::Refused(reason);
+                }
                 Delivery::of_reply(proposal_id, self.inner.transport.request(peer, msg).await)
             }
         }
@@ -317,17 +383,35 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// What a leader answers a `Propose` while a leadership transfer holds its writes: `Internal`
+/// (retry with backoff, docs/protocol.md section 7); the proposer tries again, and at once
+/// when the leader changes.
+pub const WRITES_HELD: &str = "a leadership transfer holds writes until it ends; retry";
+
 /// The leader's side: commits a proposal from `origin` (a member) through its transaction
-/// manager, at most once per proposal id.
+/// manager, at most once per proposal id. While `writes_held` (a leadership transfer is in
+/// progress, docs/architecture.md) nothing is committed and the answer is a retryable
+/// `Error(Internal)` saying so ([`WRITES_HELD`]).
 pub fn serve_proposal(
     tm: &TransactionManager,
     library_id: Uuid,
     term: u64,
     msg: SyncMessage,
+    writes_held: bool,
 ) -> SyncMessage {
     let SyncMessage::Propose { proposal_id, origin_device, changes, .. } = msg else {
         return SyncMessage::error(library_id, ErrorCode::BadRequest, "not a proposal");
     };
+    if writes_held {
+        return SyncMessage::Error {
+            leader_peer: None,
+            term,
+            library_id,
+            code: ErrorCode::Internal,
+            message: WRITES_HELD.into(),
+            leader_hint: None,
+        };
+    }
     let changes: Vec<Change> = changes.into_iter().map(Change::from).collect();
     match tm.commit_proposal(proposal_id, origin_device, changes) {
         Ok(o) => SyncMessage::ProposalResult {
@@ -349,5 +433,186 @@ pub fn serve_proposal(
             SyncMessage::error(library_id, ErrorCode::BadRequest, e.to_string())
         }
         Err(e) => SyncMessage::error(library_id, ErrorCode::Internal, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use lsync_storage::Tag;
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::testkit::{follower_db, wait_for, ScriptedTransport};
+    use crate::transport::NetworkError;
+
+    fn change(id: &str) -> Vec<Change> {
+        vec![Change::delete::<Tag>(id.to_owned())]
+    }
+
+    /// A leader that refuses "poison" for good, never answers for "slow" and commits the rest.
+    fn leader() -> Arc<ScriptedTransport> {
+        ScriptedTransport::new(|i, msg| {
+            let SyncMessage::Propose { library_id, proposal_id, changes, term, .. } = msg else {
+                return Err(NetworkError::Io("not a proposal".into()));
+            };
+            match changes[0].record_id.as_str() {
+                "poison" => Ok(SyncMessage::error(
+                    *library_id,
+                    ErrorCode::BadRequest,
+                    "invalid change: poison",
+                )),
+                "slow" => Err(NetworkError::Timeout),
+                _ => Ok(SyncMessage::ProposalResult {
+                    library_id: *library_id,
+                    term: *term,
+                    proposal_id: *proposal_id,
+                    first_sequence: i as u64 + 1,
+                    last_sequence: i as u64 + 1,
+                }),
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn the_outbox_neither_blocks_on_one_entry_nor_drops_a_refused_one() {
+        let dir = TempDir::new().unwrap();
+        let (library_id, leader_id, peer) = (Uuid::new_v4(), Uuid::new_v4(), PeerId::random());
+        let db = follower_db(&dir, library_id, leader_id);
+        let me = db.sync_state().unwrap().device_id;
+        let tm = TransactionManager::new(db.clone(), me);
+        let (host_events, mut seen) = tokio::sync::broadcast::channel(16);
+        let metrics = Arc::new(Metrics::default());
+        let config = SyncConfig { max_frame: 4096, ..SyncConfig::fast() };
+        let p = Proposer::new(
+            library_id,
+            me,
+            db.clone(),
+            tm,
+            leader(),
+            config,
+            host_events,
+            metrics.clone(),
+            Default::default(),
+        );
+        p.set_members([(leader_id, peer)].into());
+        p.set_leader(LeaderView { term: 1, leader: Some(leader_id) });
+        let task = tokio::spawn(p.clone().run());
+
+        // too large for a frame: refused before it is queued
+        let err = p.submit(change(&"x".repeat(5_000))).await.unwrap_err();
+        assert!(matches!(err, SubmitError::TooLarge(_)), "{err}");
+        assert!(db.outbox_list_all().unwrap().is_empty());
+
+        // refused for good: kept as failed, counted, told
+        let err = p.submit(change("poison")).await.unwrap_err();
+        assert!(matches!(err, SubmitError::Refused(_)), "{err}");
+        let all = db.outbox_list_all().unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        let OutboxState::Failed { reason, .. } = &all[0].state else { panic!("{all:?}") };
+        assert_eq!(reason, "invalid change: poison");
+        assert_eq!(metrics.proposals_failed.load(Ordering::Relaxed), 1);
+        assert!(matches!(
+            seen.recv().await.unwrap(),
+            SyncEvent::ProposalFailed { reason, .. } if reason == "invalid change: poison"
+        ));
+
+        // one that keeps failing does not hold the ones after it
+        assert!(matches!(p.submit(change("slow")).await.unwrap(), Submitted::Queued { .. }));
+        for n in 0..3 {
+            let later = p.submit(change(&format!("t{n}"))).await.unwrap();
+            assert!(matches!(later, Submitted::Committed { .. }), "{later:?}");
+        }
+        let pending: Vec<_> = db.outbox_list().unwrap();
+        assert_eq!(pending.len(), 1, "only the slow one waits: {pending:?}");
+        assert!(pending[0].attempts >= 1 && pending[0].last_error.is_some(), "{pending:?}");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn an_entry_queued_too_large_for_the_frame_moves_to_failed_at_once() {
+        let dir = TempDir::new().unwrap();
+        let (library_id, leader_id, peer) = (Uuid::new_v4(), Uuid::new_v4(), PeerId::random());
+        let db = follower_db(&dir, library_id, leader_id);
+        let me = db.sync_state().unwrap().device_id;
+        // queued earlier (e.g. under a larger limit, or recovered from a rebuilt log)
+        let big = Uuid::new_v4();
+        db.outbox_push(big, &change(&"x".repeat(5_000))).unwrap();
+        db.outbox_push(Uuid::new_v4(), &change("t1")).unwrap();
+        let transport = leader();
+        let (host_events, _) = tokio::sync::broadcast::channel(16);
+        let p = Proposer::new(
+            library_id,
+            me,
+            db.clone(),
+            TransactionManager::new(db.clone(), me),
+            transport.clone(),
+            SyncConfig { max_frame: 4096, ..SyncConfig::fast() },
+            host_events,
+            Arc::new(Metrics::default()),
+            Default::default(),
+        );
+        p.set_members([(leader_id, peer)].into());
+        p.set_leader(LeaderView { term: 1, leader: Some(leader_id) });
+        let task = tokio::spawn(p.clone().run());
+        wait_for("the outbox to settle", || db.outbox_count().unwrap() == 0).await;
+        let failed = db.outbox_get(big).unwrap().expect("kept");
+        assert!(
+            matches!(&failed.state, OutboxState::Failed { reason, .. } if reason.contains("exceeds the limit")),
+            "{failed:?}"
+        );
+        assert_eq!(transport.sent("Propose").len(), 1, "the large one was never sent");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_leader_commits_nothing_while_a_transfer_holds_writes() {
+        let dir = TempDir::new().unwrap();
+        let library_id = Uuid::new_v4();
+        let (db, tm) = crate::testkit::leader_db(&dir, library_id, 0);
+        let me = db.sync_state().unwrap().device_id;
+        let last = || db.last_position().unwrap().sequence;
+        let insert =
+            |id: &str| vec![Change::insert(&Tag { id: id.into(), name: id.into(), color: None })];
+        // a member's Propose
+        let msg = propose(library_id, Uuid::new_v4(), Uuid::new_v4(), 1, insert("t1"));
+        let held = serve_proposal(&tm, library_id, 1, msg.clone(), true);
+        assert!(
+            matches!(&held, SyncMessage::Error { code: ErrorCode::Internal, message, term: 1, .. } if message == WRITES_HELD),
+            "{held:?}"
+        );
+        assert_eq!(last(), 0, "nothing committed");
+        let proposal_id = Uuid::new_v4();
+        assert!(matches!(Delivery::of_reply(proposal_id, Ok(held)), Delivery::Failed(_)));
+        let served = serve_proposal(&tm, library_id, 1, msg, false);
+        assert!(matches!(served, SyncMessage::ProposalResult { .. }), "{served:?}");
+        assert_eq!(last(), 1, "committed once writes are no longer held");
+
+        // its own outbox
+        let paused = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (host_events, _) = tokio::sync::broadcast::channel(16);
+        let p = Proposer::new(
+            library_id,
+            me,
+            db.clone(),
+            tm,
+            leader(),
+            SyncConfig::fast(),
+            host_events,
+            Arc::new(Metrics::default()),
+            paused.clone(),
+        );
+        p.set_leader(LeaderView { term: 1, leader: Some(me) });
+        let task = tokio::spawn(p.clone().run());
+        let before = last();
+        assert!(matches!(p.submit(insert("t2")).await.unwrap(), Submitted::Queued { .. }));
+        let held = || db.outbox_list().unwrap()[0].last_error.as_deref() == Some(WRITES_HELD);
+        wait_for("an attempt held by the transfer", held).await;
+        assert_eq!(last(), before, "held while the transfer runs");
+        paused.store(false, std::sync::atomic::Ordering::Release);
+        wait_for("the held proposal to be committed", || db.outbox_count().unwrap() == 0).await;
+        assert_eq!(last(), before + 1);
+        task.abort();
     }
 }

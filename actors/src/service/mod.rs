@@ -234,6 +234,9 @@ impl SyncService {
             cx.tm.clone(),
             cx.transport.clone(),
             cx.config.clone(),
+            cx.events.clone(),
+            cx.metrics.clone(),
+            cx.writes_paused.clone(),
         );
         Self {
             proposer,
@@ -315,6 +318,17 @@ impl SyncService {
 
     fn start_election(&mut self, ctx: &mut Context<Self>) {
         let Some(state) = self.state.as_ref() else { return };
+        // A restarted election actor resumes from what is on disk (the election record over
+        // the row): this service's copy follows role changes only and can miss a vote granted
+        // within a term. The copy serves only if the disk cannot be read.
+        let persisted = match self.cx.db.sync_state() {
+            Ok(stored) => persisted_of(&stored),
+            Err(e) => {
+                tracing::warn!(library_id = %self.cx.library_id, error = %e,
+                    "cannot read the election state; the election resumes from memory");
+                persisted_of(state)
+            }
+        };
         let me = ctx.address();
         let election = ElectionActor::new(ElectionContext {
             library_id: self.cx.library_id,
@@ -326,7 +340,7 @@ impl SyncService {
             metrics: self.cx.metrics.clone(),
             members: self.peer_map(),
             membership: self.election_membership(),
-            persisted: persisted_of(state),
+            persisted,
             role_changes: me.clone().recipient(),
             heartbeats: me.clone().recipient(),
             acks: me.clone().recipient(),
@@ -1352,8 +1366,10 @@ impl Handler<InboundRequest> for SyncService {
             }
             Route::Propose { term } => {
                 let (tm, reply, message) = (self.cx.tm.clone(), req.reply, req.message);
+                // a leadership transfer holds proposals too (docs/architecture.md)
+                let held = self.cx.writes_paused.load(Ordering::Acquire);
                 let serving =
-                    run_blocking(move || Ok(serve_proposal(&tm, library_id, term, message)));
+                    run_blocking(move || Ok(serve_proposal(&tm, library_id, term, message, held)));
                 // The proposer waits for the answer: a task that panicked answers
                 // `Error(Internal)`, and the proposal is delivered again.
                 spawn_supervised(Task::Answer, self.cx.metrics.clone(), serving, move |r| {
@@ -1572,17 +1588,18 @@ impl Handler<GetStatus> for SyncService {
         // which may trail the database by a moment
         let acts_as_member = self.is_member();
         let status = async move {
-            let (state, last, outbox_pending, membership, rebuild_mark) = run_blocking(move || {
-                Ok((
-                    db.sync_state()?,
-                    db.last_position()?,
-                    db.outbox_count()?,
-                    db.membership()?,
-                    db.rebuild_mark()?,
-                ))
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            let (state, last, (outbox_pending, outbox_failed), membership, rebuild_mark) =
+                run_blocking(move || {
+                    Ok((
+                        db.sync_state()?,
+                        db.last_position()?,
+                        (db.outbox_count()?, db.outbox_count_failed()?),
+                        db.membership()?,
+                        db.rebuild_mark()?,
+                    ))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
             let leader = match core {
                 Some(n) => n.send(ObserveLeader).await.ok(),
                 None => None,
@@ -1647,6 +1664,7 @@ impl Handler<GetStatus> for SyncService {
                 followers,
                 applier,
                 outbox_pending,
+                outbox_failed,
             })
         };
         // What the follower actor showed of the leader's commit sequence is kept for the next
@@ -1865,6 +1883,9 @@ mod tests {
         network: NetworkHandle,
         /// The term the library was persisted with.
         term: u64,
+        db: lsync_storage::Database,
+        /// The (absent) leader: its device and peer.
+        leader: (Uuid, PeerId),
     }
 
     /// A follower whose leader never answers (its follower actor just keeps retrying), once
@@ -1873,11 +1894,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lib = Uuid::new_v4();
         let leader = Uuid::new_v4();
+        let leader_peer = PeerId::random();
         let db = follower_db(&dir, lib, leader);
         let me = db.sync_state().unwrap().device_id;
         db.upsert_device(&Device {
             device_id: leader,
-            peer_id: PeerId::random().to_string(),
+            peer_id: leader_peer.to_string(),
             addresses: vec![],
             name: "absent leader".into(),
         })
@@ -1911,7 +1933,15 @@ mod tests {
             listen_addrs: Vec::new(),
         })
         .start();
-        let running = Running { _dir: dir, service, metrics, network, term };
+        let running = Running {
+            _dir: dir,
+            service,
+            metrics,
+            network,
+            term,
+            db,
+            leader: (leader, leader_peer),
+        };
         wait_until("the follower actor runs", || has_follower(&running.service)).await;
         running
     }
@@ -1981,6 +2011,79 @@ mod tests {
         let election = r.service.send(ObserveElectionOf).await.unwrap().unwrap();
         assert_eq!((election.role, election.term), (SyncRole::Follower, r.term));
         assert_eq!(restarts(&r), [1, 0, 0, 0, 0]);
+        r.network.shutdown().await;
+    }
+
+    /// Sends the election a `RequestVote` of the leader's device in `term`; its answer.
+    async fn vote_request(r: &Running, term: u64) -> SyncMessage {
+        let (candidate, peer) = r.leader;
+        let request = crate::election::VoteRequest {
+            term,
+            candidate,
+            last_log_term: 0,
+            last_log_sequence: 0,
+            transfer: false,
+            pre_vote: false,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let message =
+            crate::election::actor::request_vote(r.db.sync_state().unwrap().library_id, &request);
+        r.service.send(InboundRequest { peer, message, reply }).await.unwrap();
+        answer.await.unwrap()
+    }
+
+    async fn election_of(r: &Running) -> ElectionStatus {
+        r.service.send(ObserveElectionOf).await.unwrap().expect("an election actor")
+    }
+
+    #[actix_rt::test]
+    async fn a_term_that_could_not_be_written_is_undone_in_memory() {
+        let r = follower_service().await;
+        let higher = r.term + 5;
+        // the election record cannot be replaced: its temporary file's path is a directory
+        let mut blocked = r.db.election_record_path().into_os_string();
+        blocked.push(".tmp");
+        std::fs::create_dir(&blocked).unwrap();
+        let answer = vote_request(&r, higher).await;
+        assert!(
+            matches!(&answer, SyncMessage::Error { code: ErrorCode::Internal, .. }),
+            "{answer:?}"
+        );
+        assert_eq!(r.db.sync_state().unwrap().current_term, r.term, "nothing written");
+        let e = election_of(&r).await;
+        assert_eq!(
+            (e.term, e.voted_for),
+            (r.term, None),
+            "the machine went back to the disk's state"
+        );
+        // once the disk takes writes again, the same request is served in full
+        std::fs::remove_dir(&blocked).unwrap();
+        let answer = vote_request(&r, higher).await;
+        assert!(matches!(answer, SyncMessage::Vote { .. }), "{answer:?}");
+        assert_eq!(r.db.sync_state().unwrap().current_term, higher);
+        assert_eq!(election_of(&r).await.term, higher);
+        r.network.shutdown().await;
+    }
+
+    #[actix_rt::test]
+    async fn a_restarted_election_actor_resumes_from_the_disk_not_from_a_copy() {
+        let r = follower_service().await;
+        // a vote within the term, written by the election (no role change tells the service)
+        let candidate = Uuid::new_v4();
+        let record = lsync_storage::ElectionRecord {
+            term: r.term,
+            voted_for: Some(candidate),
+            leader: None,
+        };
+        r.db.persist_election(SyncRole::Follower, &record).unwrap();
+        r.service.send(InjectPanicInto(Child::Election)).await.unwrap();
+        wait_until("the election actor restarted", || async {
+            r.metrics.restarts.of(Child::Election) == 1
+                && r.service.send(ObserveElectionOf).await.unwrap().is_some()
+        })
+        .await;
+        let e = election_of(&r).await;
+        assert_eq!((e.term, e.voted_for), (r.term, Some(candidate)), "the vote on disk is kept");
         r.network.shutdown().await;
     }
 }

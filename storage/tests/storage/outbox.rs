@@ -1,7 +1,7 @@
 //! The durable outbox.
 
 use lsync_protocol::{ChangeType, ProposedChange};
-use lsync_storage::{outbox, BulkOperation, Change, StorageError, Tag};
+use lsync_storage::{outbox, BulkOperation, Change, OutboxState, StorageError, Tag};
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -105,4 +105,45 @@ fn change_and_proposed_change_convert_both_ways() {
     assert_eq!(proposed.change_type, ChangeType::Insert);
     assert_eq!(proposed.data, change.data);
     assert_eq!(Change::from(proposed), change);
+}
+
+#[test]
+fn a_failed_entry_is_kept_with_its_reason_out_of_the_delivery_list_until_retried_or_discarded() {
+    let dir = TempDir::new().unwrap();
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    {
+        let db = open(&dir, "dev", registry(false));
+        for id in [a, b, c] {
+            db.outbox_push(id, &[Change::delete::<Tag>(id.to_string())]).unwrap();
+        }
+        assert!(db.outbox_mark_failed(b, "unknown model type \"album\"", 42).unwrap());
+        assert!(!db.outbox_mark_failed(b, "again", 43).unwrap(), "already failed");
+        assert!(!db.outbox_mark_failed(Uuid::new_v4(), "x", 0).unwrap());
+        assert!(!db.outbox_retry(a).unwrap(), "a pending entry is not retried");
+        assert!(!db.outbox_discard(a).unwrap(), "a pending entry is not discarded");
+    }
+    let db = open(&dir, "dev", registry(false));
+    let pending: Vec<_> = db.outbox_list().unwrap().iter().map(|e| e.proposal_id).collect();
+    assert_eq!(pending, vec![a, c], "the proposer no longer sees it");
+    assert_eq!((db.outbox_count().unwrap(), db.outbox_count_failed().unwrap()), (2, 1));
+    let all = db.outbox_list_all().unwrap();
+    assert_eq!(all.iter().map(|e| e.proposal_id).collect::<Vec<_>>(), vec![a, b, c]);
+    assert_eq!(
+        all[1].state,
+        OutboxState::Failed { reason: "unknown model type \"album\"".into(), at_ms: 42 }
+    );
+    assert_eq!(all[0].state, OutboxState::Pending);
+    assert_eq!(db.outbox_get(b).unwrap().unwrap().state.name(), "failed");
+
+    db.outbox_record_failure(b, "x", 7).unwrap();
+    assert!(db.outbox_retry(b).unwrap());
+    let again = db.outbox_list().unwrap();
+    assert_eq!(again.iter().map(|e| e.proposal_id).collect::<Vec<_>>(), vec![a, b, c], "in place");
+    assert_eq!((again[1].state.clone(), again[1].attempts), (OutboxState::Pending, 0));
+
+    assert!(db.outbox_mark_failed(c, "too large", 50).unwrap());
+    assert!(db.outbox_discard(c).unwrap());
+    assert!(!db.outbox_discard(c).unwrap());
+    assert_eq!(db.outbox_get(c).unwrap(), None);
+    assert_eq!((db.outbox_count().unwrap(), db.outbox_count_failed().unwrap()), (2, 0));
 }

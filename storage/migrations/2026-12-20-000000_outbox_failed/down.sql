@@ -1,0 +1,3 @@
+ALTER TABLE outbox DROP COLUMN failed_at_ms;
+ALTER TABLE outbox DROP COLUMN failed_reason;
+ALTER TABLE outbox DROP COLUMN state;
