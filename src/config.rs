@@ -322,6 +322,8 @@ impl Config {
             backoff_initial: Duration::from_millis(s.backoff_initial_ms),
             backoff_max: Duration::from_millis(s.backoff_max_ms),
             ack_every: s.ack_every,
+            // the proposer refuses a proposal whose frame would exceed the network's limit
+            max_frame: self.network.max_frame_bytes,
             ..SyncConfig::default()
         };
         let n = &self.network;

@@ -1057,6 +1057,45 @@ impl Node {
         Ok(entry)
     }
 
+    /// This device's outbox of a library: every proposal waiting to be delivered
+    /// ([`lsync_storage::OutboxState::Pending`]) or refused for good by a leader
+    /// ([`lsync_storage::OutboxState::Failed`], with the reason), oldest first.
+    pub async fn outbox(
+        &self,
+        library_id: Uuid,
+    ) -> Result<Vec<lsync_storage::OutboxEntry>, NodeError> {
+        let db = self.database(library_id)?;
+        blocking(move || db.outbox_list_all()).await
+    }
+
+    /// Puts a failed outbox entry back to pending (it keeps its place in the queue) and wakes
+    /// the proposer: it is delivered again, under the same proposal id (committed at most
+    /// once). `false`: no failed entry has that id.
+    pub async fn outbox_retry(
+        &self,
+        library_id: Uuid,
+        proposal_id: Uuid,
+    ) -> Result<bool, NodeError> {
+        let lib = self.library(library_id)?;
+        let db = lib.db.clone();
+        let retried = blocking(move || db.outbox_retry(proposal_id)).await?;
+        if retried {
+            lib.service.do_send(lsync_actors::service::WakeProposer);
+        }
+        Ok(retried)
+    }
+
+    /// Deletes a failed outbox entry: the change is given up for good (a pending entry is never
+    /// discarded: it may be committed at any moment). `false`: no failed entry has that id.
+    pub async fn outbox_discard(
+        &self,
+        library_id: Uuid,
+        proposal_id: Uuid,
+    ) -> Result<bool, NodeError> {
+        let db = self.database(library_id)?;
+        blocking(move || db.outbox_discard(proposal_id)).await
+    }
+
     /// A status snapshot of one library.
     pub async fn status(&self, library_id: Uuid) -> Result<LibraryStatus, NodeError> {
         let lib = self.library(library_id)?;

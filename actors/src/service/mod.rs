@@ -1686,6 +1686,19 @@ impl Handler<GetStatus> for SyncService {
 #[rtype(result = "Result<Submitted, String>")]
 pub struct Submit(pub Vec<lsync_storage::Change>);
 
+/// The host changed the outbox (an entry retried, docs/operations.md "lsync outbox"): the
+/// proposer looks at it again at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WakeProposer;
+
+impl Handler<WakeProposer> for SyncService {
+    type Result = ();
+    fn handle(&mut self, _: WakeProposer, _: &mut Context<Self>) {
+        self.proposer.wake();
+    }
+}
+
 impl Handler<Submit> for SyncService {
     type Result = ResponseFuture<Result<Submitted, String>>;
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
