@@ -1233,3 +1233,24 @@ fn status_tells_what_became_of_a_proposal() {
     assert_eq!(code, Some(4), "not known here is exit status 4: {out} {err}");
     assert!(out.contains("not known on this device"), "{out}");
 }
+
+/// `lsync outbox list|retry|discard` through the binary: an empty outbox lists as such (exit
+/// status 0); retrying or discarding an id that is no failed entry is refused (2), naming it.
+#[test]
+fn outbox_commands_list_and_refuse_unknown_entries() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::init_and_start(root.path(), "solo");
+    d.ok(&["library", "create"]);
+    let (code, out, err) = d.run(&["outbox", "list"]);
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(out.contains("the outbox is empty"), "{out}");
+    let (code, out, _) = d.run(&["outbox", "list", "--json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(json(&out)["entries"], serde_json::json!([]), "{out}");
+    let stranger = Uuid::new_v4().to_string();
+    for verb in ["retry", "discard"] {
+        let (code, out, err) = d.run(&["outbox", verb, &stranger]);
+        assert_eq!(code, Some(2), "{verb}: {out} {err}");
+        assert!(err.contains("no failed outbox entry"), "{verb}: {err}");
+    }
+}

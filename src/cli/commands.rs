@@ -370,6 +370,54 @@ pub fn put(
     Ok(exit(committed))
 }
 
+/// `lsync outbox list`: exit 0, or [`EXIT_PENDING`] when an entry failed (a script sees that
+/// something needs the user).
+pub fn outbox_list(client: &Client, library: Uuid, json: bool) -> anyhow::Result<ExitCode> {
+    #[derive(serde::Deserialize, serde::Serialize)]
+    struct Entries {
+        entries: Vec<lsync::control::api::OutboxEntryJson>,
+    }
+    let out: Entries = client.get(&format!("/libraries/{library}/outbox"))?;
+    let failed = out.entries.iter().any(|e| e.state == "failed");
+    if json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else if out.entries.is_empty() {
+        println!("the outbox is empty");
+    } else {
+        for e in &out.entries {
+            match &e.failed_reason {
+                Some(reason) => println!(
+                    "{}  failed    {} change(s), {} attempt(s): {reason}",
+                    e.proposal_id, e.changes, e.attempts
+                ),
+                None => println!(
+                    "{}  queued    {} change(s), {} failed attempt(s){}",
+                    e.proposal_id,
+                    e.changes,
+                    e.attempts,
+                    e.last_error.as_ref().map(|l| format!(", last: {l}")).unwrap_or_default()
+                ),
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(EXIT_PENDING) } else { ExitCode::SUCCESS })
+}
+
+/// `lsync outbox retry ID`.
+pub fn outbox_retry(client: &Client, library: Uuid, proposal: Uuid) -> anyhow::Result<ExitCode> {
+    let _: serde_json::Value =
+        client.post::<(), _>(&format!("/libraries/{library}/outbox/{proposal}/retry"), None)?;
+    println!("proposal {proposal}: queued again; `lsync status --proposal {proposal}` follows it");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lsync outbox discard ID`.
+pub fn outbox_discard(client: &Client, library: Uuid, proposal: Uuid) -> anyhow::Result<ExitCode> {
+    let _: serde_json::Value = client.delete(&format!("/libraries/{library}/outbox/{proposal}"))?;
+    println!("proposal {proposal}: discarded; its changes are given up");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `lsync status --proposal ID`: exit 0 committed, [`EXIT_PENDING`] queued, [`EXIT_UNKNOWN`]
 /// not known on this device.
 pub fn proposal_status(
@@ -383,6 +431,8 @@ pub fn proposal_status(
     let code = match p.state.as_str() {
         "committed" => ExitCode::SUCCESS,
         "queued" => ExitCode::from(EXIT_PENDING),
+        // refused for good by a leader: not committed (`lsync outbox retry|discard`)
+        "failed" => ExitCode::from(EXIT_ERROR),
         _ => ExitCode::from(EXIT_UNKNOWN),
     };
     if json {
@@ -403,6 +453,12 @@ pub fn proposal_status(
             };
             println!("proposal {proposal}: committed, {seqs}");
         }
+        "failed" => println!(
+            "proposal {proposal}: refused for good by the leader ({}); it stays in this \
+             device's outbox until `lsync outbox retry {proposal}` or `lsync outbox discard \
+             {proposal}`",
+            p.last_error.unwrap_or_default()
+        ),
         "queued" => println!(
             "proposal {proposal}: queued in this device's outbox ({} failed attempts{}); it \
              is committed once a leader is reachable",

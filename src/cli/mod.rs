@@ -133,6 +133,9 @@ enum Command {
     /// The control API's token (DIR/control.token, kept across restarts of the daemon).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// This device's outbox: writes waiting for a leader, and writes a leader refused for good.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Tags (a convenience over `lsync put tag`; the same exit statuses).
     #[command(subcommand)]
     Tag(TagCommand),
@@ -384,6 +387,31 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// List the entries (queued and failed), oldest first; exit status 3 if any failed.
+    List {
+        #[arg(long, value_name = "ID")]
+        library: Option<Uuid>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver a failed entry again (same proposal id: committed at most once).
+    Retry {
+        #[arg(long, value_name = "ID")]
+        library: Option<Uuid>,
+        /// The proposal id (`lsync outbox list` shows it).
+        proposal: Uuid,
+    },
+    /// Give a failed entry up for good (a queued one is never discarded).
+    Discard {
+        #[arg(long, value_name = "ID")]
+        library: Option<Uuid>,
+        /// The proposal id (`lsync outbox list` shows it).
+        proposal: Uuid,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Replace the token: a running daemon uses the new one at once and refuses the old one;
     /// with no daemon running, the file is rewritten and the next start uses it.
@@ -567,6 +595,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::put(&client, library, request, json)
         }
         Command::Token(TokenCommand::Rotate) => commands::token_rotate(&dir),
+        Command::Outbox(cmd) => {
+            let client = Client::connect(&dir)?;
+            match cmd {
+                OutboxCommand::List { library, json } => {
+                    let library = commands::resolve_library(&client, library)?;
+                    commands::outbox_list(&client, library, json)
+                }
+                OutboxCommand::Retry { library, proposal } => {
+                    let library = commands::resolve_library(&client, library)?;
+                    commands::outbox_retry(&client, library, proposal)
+                }
+                OutboxCommand::Discard { library, proposal } => {
+                    let library = commands::resolve_library(&client, library)?;
+                    commands::outbox_discard(&client, library, proposal)
+                }
+            }
+        }
         Command::Log { library, since, limit, json } => {
             let client = Client::connect(&dir)?;
             let library = commands::resolve_library(&client, library)?;

@@ -377,6 +377,45 @@ impl WriteJson {
     }
 }
 
+/// One entry of `GET /libraries/{id}/outbox`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntryJson {
+    pub proposal_id: Uuid,
+    /// `queued` (the proposer delivers it) or `failed` (refused for good: `failed_reason`).
+    pub state: String,
+    pub created_at_ms: i64,
+    /// How many changes it carries.
+    pub changes: usize,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub last_error: Option<String>,
+    pub failed_reason: Option<String>,
+    pub failed_at_ms: Option<i64>,
+}
+
+impl OutboxEntryJson {
+    /// The JSON of one outbox entry.
+    pub fn from_entry(e: crate::crates::storage::OutboxEntry) -> Self {
+        let (state, failed_reason, failed_at_ms) = match e.state {
+            crate::crates::storage::OutboxState::Pending => ("queued", None, None),
+            crate::crates::storage::OutboxState::Failed { reason, at_ms } => {
+                ("failed", Some(reason), Some(at_ms))
+            }
+        };
+        Self {
+            proposal_id: e.proposal_id,
+            state: state.into(),
+            created_at_ms: e.created_at_ms,
+            changes: e.changes.len(),
+            attempts: e.attempts,
+            next_attempt_ms: e.next_attempt_ms,
+            last_error: e.last_error,
+            failed_reason,
+            failed_at_ms,
+        }
+    }
+}
+
 /// Response of `GET /libraries/{id}/proposals/{proposal}`: what became of a write, as this
 /// device knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

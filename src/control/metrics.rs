@@ -10,6 +10,7 @@
 //! | `lsync_resyncs_total` | counter | |
 //! | `lsync_actor_restarts_total` | counter | `kind` (`election`, `leader`, `link`, `follower`, `proposer`) |
 //! | `lsync_task_panics_total` | counter | `kind` (see docs/operations.md) |
+//! | `lsync_proposals_failed_total` | counter | |
 //! | `lsync_fetches_served_cached_total` | counter | |
 //! | `lsync_fetches_served_storage_total` | counter | |
 //! | `lsync_fetches_ahead_total` | counter | |
@@ -200,6 +201,11 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
     for child in lsync_actors::metrics::Child::ALL {
         o.sample(restarts, &[("kind", child.name())], m.restarts.of(child));
     }
+    o.counter(
+        "lsync_proposals_failed_total",
+        "Outbox entries a leader refused for good (kept as failed: lsync outbox list).",
+        &m.proposals_failed,
+    );
     let panics = "lsync_task_panics_total";
     o.family(
         panics,
@@ -513,6 +519,7 @@ mod tests {
         Metrics::add(&m.fetches_ahead, 5);
         Metrics::add(&m.fetches_ahead_missed, 1);
         m.task_panics.count(lsync_actors::metrics::Task::Fetch);
+        Metrics::add(&m.proposals_failed, 2);
         m.fetch_rtt.observe(Duration::from_micros(300));
         m.fetch_rtt.observe(Duration::from_secs(9));
         m.commit_to_apply.observe(Duration::from_millis(2));
@@ -580,6 +587,7 @@ mod tests {
         assert_eq!(s["lsync_fetches_ahead_total[]"], 5.0);
         assert_eq!(s["lsync_fetches_ahead_missed_total[]"], 1.0);
         assert_eq!(s[r#"lsync_task_panics_total[("kind", "fetch")]"#], 1.0);
+        assert_eq!(s["lsync_proposals_failed_total[]"], 2.0);
         assert_eq!(s[r#"lsync_task_panics_total[("kind", "serve")]"#], 0.0);
         assert_eq!(s["lsync_fetch_rtt_seconds_count[]"], 2.0);
         assert_eq!(s[r#"lsync_fetch_rtt_seconds_bucket[("le", "0.0005")]"#], 1.0);

@@ -21,7 +21,10 @@
 //! | `POST /libraries/{id}/join` | `{leader: device, members: [device]}` → `{}` |
 //! | `POST /libraries/{id}/changes` | `{model_type, record_id?, change_type?, data}` → `{status, first_sequence, last_sequence, proposal_id}` |
 //! | `GET /libraries/{id}/log?since=N&limit=N` | → `{entries, last_sequence}` (limit ≤ 1000) |
-//! | `GET /libraries/{id}/proposals/{proposal}` | → `{library_id, proposal_id, state: committed\|queued\|unknown, sequences, attempts, last_error, last_sequence}` |
+//! | `GET /libraries/{id}/proposals/{proposal}` | → `{library_id, proposal_id, state: committed\|queued\|failed\|unknown, sequences, attempts, last_error, last_sequence}` |
+//! | `GET /libraries/{id}/outbox` | → `{entries: [{proposal_id, state: queued\|failed, created_at_ms, changes, attempts, next_attempt_ms, last_error, failed_reason, failed_at_ms}]}` |
+//! | `POST /libraries/{id}/outbox/{proposal}/retry` | → `{proposal_id, retried: true}`: a failed entry delivered again; `404` if no failed entry has that id |
+//! | `DELETE /libraries/{id}/outbox/{proposal}` | → `{proposal_id, discarded: true}`: a failed entry given up; `404` if no failed entry has that id |
 //! | `POST /token/rotate` | → `{}`: a new token is in `control.token`, the old one is refused |
 //!
 //! A membership change answers `{library_id, config_sequence, committed}`: `200` when the
@@ -57,7 +60,7 @@ use self::api::{
     MembersJson, MembershipChangeJson, PreferenceRequest, DEFAULT_INVITE_EXPIRY_MS,
     DEFAULT_LOG_LIMIT, MAX_INVITE_EXPIRY_MS, MAX_LOG_LIMIT,
 };
-use crate::crates::storage::StorageError;
+use crate::crates::storage::{OutboxState, StorageError};
 use crate::identity::write_private;
 use crate::{LibraryStatus, Node, NodeError};
 
@@ -140,6 +143,9 @@ impl ControlServer {
                 )
                 .route("/libraries/{id}/log", web::get().to(read_log))
                 .route("/libraries/{id}/proposals/{proposal}", web::get().to(proposal))
+                .route("/libraries/{id}/outbox", web::get().to(outbox))
+                .route("/libraries/{id}/outbox/{proposal}/retry", web::post().to(outbox_retry))
+                .route("/libraries/{id}/outbox/{proposal}", web::delete().to(outbox_discard))
                 .route("/token/rotate", web::post().to(rotate_token))
                 .default_service(web::to(|| async {
                     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint: see docs/operations.md")
@@ -640,12 +646,7 @@ async fn proposal(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let id = library_id(&path.0)?;
-    let proposal_id: Uuid = path.1.parse().map_err(|e| {
-        ApiError::bad_request(format!(
-            "bad proposal id {:?} ({e}): give the uuid `lsync put` printed",
-            path.1
-        ))
-    })?;
+    let proposal_id = proposal_id(&path.1)?;
     let db = node.database(id)?;
     let answer = web::block(move || -> Result<api::ProposalJson, StorageError> {
         let (entries, last) = db.with_reader(|conn| {
@@ -664,9 +665,18 @@ async fn proposal(
         if !entries.is_empty() {
             answer.state = "committed".into();
         } else if let Some(queued) = db.outbox_get(proposal_id)? {
-            answer.state = "queued".into();
             answer.attempts = queued.attempts;
-            answer.last_error = queued.last_error;
+            match queued.state {
+                OutboxState::Pending => {
+                    answer.state = "queued".into();
+                    answer.last_error = queued.last_error;
+                }
+                // refused for good by a leader: the reason is the last error
+                OutboxState::Failed { reason, .. } => {
+                    answer.state = "failed".into();
+                    answer.last_error = Some(reason);
+                }
+            }
         }
         Ok(answer)
     })
@@ -674,6 +684,62 @@ async fn proposal(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError::from(NodeError::Storage(e)))?;
     Ok(HttpResponse::Ok().json(answer))
+}
+
+/// A proposal id in a path: the uuid `lsync put` printed.
+fn proposal_id(text: &str) -> Result<Uuid, ApiError> {
+    text.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad proposal id {text:?} ({e}): give the uuid `lsync put` or `lsync outbox list` printed"
+        ))
+    })
+}
+
+/// `GET /libraries/{id}/outbox`: this device's outbox, oldest first.
+async fn outbox(node: web::Data<Node>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path)?;
+    let entries = node.outbox(id).await?;
+    let entries: Vec<api::OutboxEntryJson> =
+        entries.into_iter().map(api::OutboxEntryJson::from_entry).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries })))
+}
+
+/// `POST /libraries/{id}/outbox/{proposal}/retry`.
+async fn outbox_retry(
+    node: web::Data<Node>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path.0)?;
+    let proposal = proposal_id(&path.1)?;
+    if !node.outbox_retry(id, proposal).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no failed outbox entry {proposal} on this device (see `lsync outbox list`)"),
+        ));
+    }
+    tracing::info!(library_id = %id, %proposal, "failed outbox entry retried");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "proposal_id": proposal, "retried": true })))
+}
+
+/// `DELETE /libraries/{id}/outbox/{proposal}`: only a failed entry (a queued one may be
+/// committed at any moment).
+async fn outbox_discard(
+    node: web::Data<Node>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path.0)?;
+    let proposal = proposal_id(&path.1)?;
+    if !node.outbox_discard(id, proposal).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no failed outbox entry {proposal} on this device (a queued one is never \
+                 discarded: it may be committed at any moment)"
+            ),
+        ));
+    }
+    tracing::warn!(library_id = %id, %proposal, "failed outbox entry discarded");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "proposal_id": proposal, "discarded": true })))
 }
 
 fn query_u64(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {

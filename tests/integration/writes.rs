@@ -234,3 +234,56 @@ async fn a_proposal_retried_after_a_lost_reply_is_committed_once() {
     assert_eq!(cluster.last_sequence(0, lib), base + 1);
     client.shutdown().await;
 }
+
+/// An outbox entry a leader refused for good stays in the outbox as failed, visible
+/// (`Node::outbox`, status), until it is retried — delivered again under its proposal id and
+/// committed once — or discarded; a queued entry is never discarded (issue 17).
+#[actix_rt::test]
+async fn a_failed_outbox_entry_is_kept_until_retried_or_discarded() {
+    use lsync::crates::storage::{outbox, OutboxState};
+    let cluster = Cluster::start(1).await;
+    let lib = cluster.node(0).create_library().await.unwrap();
+    let db = cluster.node(0).database(lib).unwrap();
+    // Two entries refused for good (queued and marked failed in one transaction, so the
+    // proposer never sees them pending).
+    let (retried, discarded) = (Uuid::new_v4(), Uuid::new_v4());
+    for (p, id) in [(retried, "r1"), (discarded, "d1")] {
+        let registry = db.registry().clone();
+        db.write(|conn| {
+            outbox::push(conn, &registry, p, &[tag(id, "refused once")])?;
+            outbox::mark_failed(conn, p, "refused: a test", 1)
+        })
+        .unwrap();
+    }
+    let listed = cluster.node(0).outbox(lib).await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|e| matches!(e.state, OutboxState::Failed { .. })), "{listed:?}");
+    // Nothing delivers a failed entry by itself.
+    assert!(entries_of(&db, retried).is_empty());
+
+    // Retried: delivered again (this device leads: committed locally) under its id, once.
+    assert!(cluster.node(0).outbox_retry(lib, retried).await.unwrap());
+    wait_until("the retried proposal is committed", || async {
+        !entries_of(&db, retried).is_empty()
+    })
+    .await;
+    wait_until("the retried entry leaves the outbox", || async {
+        cluster.node(0).outbox(lib).await.unwrap().iter().all(|e| e.proposal_id != retried)
+    })
+    .await;
+    assert_eq!(entries_of(&db, retried).len(), 1);
+    // Retrying or discarding what is not a failed entry changes nothing.
+    assert!(!cluster.node(0).outbox_retry(lib, retried).await.unwrap());
+    assert!(!cluster.node(0).outbox_discard(lib, Uuid::new_v4()).await.unwrap());
+
+    // Discarded: gone, never committed.
+    assert!(cluster.node(0).outbox_discard(lib, discarded).await.unwrap());
+    assert!(cluster.node(0).outbox(lib).await.unwrap().is_empty());
+    assert!(entries_of(&db, discarded).is_empty());
+}
+
+/// The log entries that carry `proposal`.
+fn entries_of(db: &lsync::Database, proposal: Uuid) -> Vec<lsync::SyncLogEntry> {
+    db.with_reader(|conn| lsync::crates::storage::SyncLog::proposal_entries(conn, proposal))
+        .unwrap()
+}
