@@ -925,8 +925,16 @@ fn verify_finds_a_tampered_row_whether_or_not_the_daemon_runs() {
     let (code, out, err) = daemon.run(&["verify", "--library", &lib]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("OK"), "{out}");
+    // The status names the head of the chain verify checked.
+    let status = json(&daemon.ok(&["status", "--json"]));
+    let head = status["libraries"][0]["head_hash"].as_str().expect("a head hash").to_owned();
+    assert_eq!(head.len(), 64, "{head}");
+    assert_ne!(head, "0".repeat(64), "a library's log is never empty");
+    assert!(status["libraries"][0]["behind_mark"].is_null(), "{status}");
     assert!(out.contains("tag"), "{out}");
     let last = last_sequence(&daemon, &lib);
+    let log = daemon.ok(&["log", "--library", &lib]);
+    assert!(log.contains(&format!("hash chain at {last}: {head}")), "{log}");
 
     let path = root.path().join("solo").join("libraries").join(format!("{lib}.db"));
     let mut conn = lsync::crates::storage::SqliteConnection::establish(path.to_str().unwrap())

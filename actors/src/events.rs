@@ -178,4 +178,12 @@ pub struct LibraryStatus {
     pub outbox_pending: u64,
     /// Changes of its outbox refused for good (its `failed` state), kept for an operator.
     pub outbox_failed: u64,
+    /// The hash chain at this device's last entry, hex (docs/protocol.md, "The hash chain");
+    /// two devices at the same sequence with the same head hash hold the same log.
+    pub head_hash: String,
+    /// The high-water mark this device's log is behind (a restored backup or a copied data
+    /// directory, docs/architecture.md "Terms and votes on disk"), as `sequence@term`, until
+    /// the log has caught up past it: meanwhile the device neither campaigns nor votes for a
+    /// log behind it. `None`: not behind.
+    pub behind_mark: Option<String>,
 }

@@ -523,6 +523,9 @@ pub fn log(
             e.sequence, e.term, e.change_type, e.model_type, e.record_id, e.version, e.data
         );
     }
+    if let Some(hash) = page.entries.last().and_then(|e| e.hash.as_deref()) {
+        println!("hash chain at {}: {hash}", page.entries.last().map_or(0, |e| e.sequence));
+    }
     let shown_to = page.entries.last().map(|e| e.sequence).unwrap_or(since);
     if shown_to < page.last_sequence {
         println!(

@@ -96,6 +96,16 @@ fn render_lines(view: &StatusView, rates: &mut RateTracker, progress: bool) -> V
             "library  {}  {role}  term {}  last sequence {}  commit sequence {}  outbox {}",
             l.library_id, l.term, l.last_sequence, l.commit_sequence, l.outbox_size
         ));
+        if let Some(hash) = &l.head_hash {
+            out.push(format!("  head hash {}", &hash[..hash.len().min(16)]));
+        }
+        if let Some(mark) = &l.behind_mark {
+            out.push(format!(
+                "  its log is behind its high-water mark {mark} (a restored backup or a copied \
+                 data directory?): it neither campaigns nor votes for a log behind it until it \
+                 has caught up"
+            ));
+        }
         out.extend(membership_lines(l, d.device_id));
         for f in &l.followers {
             out.push(format!(
@@ -212,6 +222,18 @@ mod tests {
         let text = render(&view(library(false, false)), &mut RateTracker::default()).join("\n");
         assert!(text.contains("no longer a member of this library (it was removed)"), "{text}");
         assert!(!text.contains("PENDING"), "{text}");
+    }
+
+    #[test]
+    fn the_head_hash_and_a_log_behind_its_mark_are_shown() {
+        let mut l = library(true, false);
+        l["head_hash"] = serde_json::json!("ab".repeat(32));
+        let text = render(&view(l.clone()), &mut RateTracker::default()).join("\n");
+        assert!(text.contains(&format!("head hash {}", "ab".repeat(8))), "{text}");
+        assert!(!text.contains("high-water mark"), "{text}");
+        l["behind_mark"] = serde_json::json!("120@4");
+        let text = render(&view(l), &mut RateTracker::default()).join("\n");
+        assert!(text.contains("behind its high-water mark 120@4"), "{text}");
     }
 
     #[test]

@@ -457,6 +457,9 @@ pub struct EntryJson {
     /// for `lsync status --proposal`.
     #[serde(default)]
     pub proposal_id: Option<Uuid>,
+    /// The entry's link of the hash chain, hex (docs/protocol.md, "The hash chain").
+    #[serde(default)]
+    pub hash: Option<String>,
 }
 
 impl EntryJson {
@@ -477,6 +480,7 @@ impl EntryJson {
                 data_json(&e.data)
             },
             proposal_id: e.proposal_id,
+            hash: e.hash.map(|h| h.to_string()),
         }
     }
 }
@@ -545,6 +549,12 @@ pub struct LibraryView {
     pub removed: Option<String>,
     #[serde(default)]
     pub membership: Option<MembershipView>,
+    /// The hash chain at the last entry, hex.
+    #[serde(default)]
+    pub head_hash: Option<String>,
+    /// The high-water mark the log is behind (`sequence@term`), if it is.
+    #[serde(default)]
+    pub behind_mark: Option<String>,
 }
 
 fn yes() -> bool {

@@ -1588,18 +1588,20 @@ impl Handler<GetStatus> for SyncService {
         // which may trail the database by a moment
         let acts_as_member = self.is_member();
         let status = async move {
-            let (state, last, (outbox_pending, outbox_failed), membership, rebuild_mark) =
+            let (state, head, (outbox_pending, outbox_failed), membership, rebuild_mark, mark) =
                 run_blocking(move || {
                     Ok((
                         db.sync_state()?,
-                        db.last_position()?,
+                        db.head()?,
                         (db.outbox_count()?, db.outbox_count_failed()?),
                         db.membership()?,
                         db.rebuild_mark()?,
+                        db.mark()?,
                     ))
                 })
                 .await
                 .map_err(|e| e.to_string())?;
+            let last = head.position;
             let leader = match core {
                 Some(n) => n.send(ObserveLeader).await.ok(),
                 None => None,
@@ -1665,6 +1667,8 @@ impl Handler<GetStatus> for SyncService {
                 applier,
                 outbox_pending,
                 outbox_failed,
+                head_hash: head.hash.to_string(),
+                behind_mark: mark.filter(|m| head.position < *m).map(|m| m.to_string()),
             })
         };
         // What the follower actor showed of the leader's commit sequence is kept for the next
