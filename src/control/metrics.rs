@@ -11,6 +11,7 @@
 //! | `lsync_actor_restarts_total` | counter | `kind` (`election`, `leader`, `link`, `follower`, `proposer`) |
 //! | `lsync_task_panics_total` | counter | `kind` (see docs/operations.md) |
 //! | `lsync_proposals_failed_total` | counter | |
+//! | `lsync_network_error_answers_total` | counter | `code` |
 //! | `lsync_fetches_served_cached_total` | counter | |
 //! | `lsync_fetches_served_storage_total` | counter | |
 //! | `lsync_fetches_ahead_total` | counter | |
@@ -269,6 +270,15 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
         ("removed", &net.rejected_removed),
     ] {
         o.sample(rejected, &[("reason", reason)], counter.load(Ordering::Relaxed));
+    }
+    let answers = "lsync_network_error_answers_total";
+    o.family(
+        answers,
+        "counter",
+        "Error answers the library's actors gave to requests that reached them, by code.",
+    );
+    for (code, label) in lsync_actors::network::ERROR_CODES {
+        o.sample(answers, &[("code", label)], net.error_answers_of(code));
     }
     o.counter(
         "lsync_network_connections_established_total",
@@ -530,6 +540,7 @@ mod tests {
         net.rejected_removed.fetch_add(4, Ordering::Relaxed);
         net.guest_connections.fetch_add(6, Ordering::Relaxed);
         net.protocol_fallbacks.fetch_add(2, Ordering::Relaxed);
+        net.count_error_answer(lsync_protocol::ErrorCode::StaleTerm);
         let lead = Uuid::from_u128(1);
         let follow = Uuid::from_u128(2);
         let libs = [
@@ -606,6 +617,8 @@ mod tests {
         assert_eq!(s[r#"lsync_network_rejected_requests_total[("reason", "guest")]"#], 0.0);
         assert_eq!(s["lsync_network_guest_connections_total[]"], 6.0);
         assert_eq!(s["lsync_network_protocol_fallbacks_total[]"], 2.0);
+        assert_eq!(s[r#"lsync_network_error_answers_total[("code", "stale_term")]"#], 1.0);
+        assert_eq!(s[r#"lsync_network_error_answers_total[("code", "not_leader")]"#], 0.0);
         assert_eq!(lib("lsync_commit_sequence", lead), 480.0);
         assert_eq!(lib("lsync_config_sequence", follow), 3.0);
         assert_eq!(lib("lsync_voters", lead), 3.0);

@@ -944,6 +944,9 @@ impl EventLoop {
                 return;
             }
         };
+        if let SyncMessage::Error { code, .. } = &response {
+            self.stats.count_error_answer(*code);
+        }
         self.respond(peer, channel, response);
     }
 

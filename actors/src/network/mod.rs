@@ -73,7 +73,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use lsync_protocol::{SyncMessage, DEFAULT_MAX_FRAME};
+use lsync_protocol::{ErrorCode, SyncMessage, DEFAULT_MAX_FRAME};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -165,6 +165,16 @@ pub enum NetworkEvent {
     PeerDisconnected(PeerId),
 }
 
+/// Every error code, in the order of [`NetworkStats::error_answers`], with its metric label.
+pub const ERROR_CODES: [(ErrorCode, &str); 6] = [
+    (ErrorCode::Unauthorized, "unauthorized"),
+    (ErrorCode::UnknownLibrary, "unknown_library"),
+    (ErrorCode::NotLeader, "not_leader"),
+    (ErrorCode::BadRequest, "bad_request"),
+    (ErrorCode::StaleTerm, "stale_term"),
+    (ErrorCode::Internal, "internal"),
+];
+
 /// Counters of the network, updated by the event loop.
 #[derive(Debug, Default)]
 pub struct NetworkStats {
@@ -188,6 +198,9 @@ pub struct NetworkStats {
     pub rejected_malformed: AtomicU64,
     /// Inbound requests refused because the library's actor or the network was saturated.
     pub rejected_busy: AtomicU64,
+    /// `Error` answers the library's actors gave to requests that reached them (a stale
+    /// term, not the leader, a bad acknowledgement…), by code: see [`NetworkStats::error_answers_of`].
+    pub error_answers: [AtomicU64; ERROR_CODES.len()],
     /// Outbound requests that got no response (dial failure, timeout, closed connection…).
     pub outbound_failures: AtomicU64,
     /// Connections established.
@@ -205,6 +218,21 @@ pub struct NetworkStats {
 }
 
 impl NetworkStats {
+    /// Counts an `Error` answer of `code` given by a library's actors.
+    pub fn count_error_answer(&self, code: ErrorCode) {
+        if let Some(i) = ERROR_CODES.iter().position(|(c, _)| *c == code) {
+            Self::bump(&self.error_answers[i]);
+        }
+    }
+
+    /// The `Error` answers of `code` given so far.
+    pub fn error_answers_of(&self, code: ErrorCode) -> u64 {
+        ERROR_CODES
+            .iter()
+            .position(|(c, _)| *c == code)
+            .map_or(0, |i| self.error_answers[i].load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -315,6 +315,15 @@ async fn refusals_are_answered_by_the_network() {
     // A member of the right library is still served.
     let response = within(client.handle.request(server.peer, heartbeat(library_a))).await.unwrap();
     assert_eq!(response, heartbeat(library_a));
+
+    // An Error the library's actor answers (here: the echo refuses a TimeoutNow) is counted
+    // by its code; the refusals the network made itself are not counted there.
+    assert_eq!(stats.error_answers_of(ErrorCode::BadRequest), 0);
+    let timeout_now = SyncMessage::TimeoutNow { library_id: library_a, term: 1 };
+    let response = within(client.handle.request(server.peer, timeout_now)).await.unwrap();
+    assert_error(&response, ErrorCode::BadRequest);
+    assert_eq!(stats.error_answers_of(ErrorCode::BadRequest), 1);
+    assert_eq!(stats.error_answers_of(ErrorCode::Unauthorized), 0);
 }
 
 /// A client codec that writes its request bytes verbatim and reads a normal response.
