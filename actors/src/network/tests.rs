@@ -402,13 +402,13 @@ async fn raw_request(
     addrs: Vec<Multiaddr>,
     bytes: Vec<u8>,
 ) -> Result<SyncMessage, String> {
-    raw_request_on(raw_swarm(keypair, PROTOCOL, ProtocolSupport::Outbound), server, addrs, bytes)
-        .await
+    let mut swarm = raw_swarm(keypair, PROTOCOL, ProtocolSupport::Outbound);
+    raw_request_on(&mut swarm, server, addrs, bytes).await
 }
 
-/// [`raw_request`] from `swarm`.
+/// [`raw_request`] from `swarm` (a connection it holds is reused).
 async fn raw_request_on(
-    mut swarm: libp2p::Swarm<request_response::Behaviour<RawCodec>>,
+    swarm: &mut libp2p::Swarm<request_response::Behaviour<RawCodec>>,
     server: PeerId,
     addrs: Vec<Multiaddr>,
     bytes: Vec<u8>,
@@ -482,31 +482,8 @@ async fn a_large_request_written_in_window_sized_yamux_frames_arrives() {
     // one connection: its windows grow from one request to the next
     let mut swarm = large_frame_swarm(raw_key);
     for n in 0..8 {
-        let id = swarm.behaviour_mut().send_request_with_addresses(
-            &server.peer,
-            bytes.clone(),
-            server.addrs.clone(),
-        );
-        let answer = within(async {
-            loop {
-                match swarm.select_next_some().await {
-                    SwarmEvent::Behaviour(request_response::Event::Message {
-                        message: request_response::Message::Response { request_id, response },
-                        ..
-                    }) if request_id == id => return Ok(response),
-                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                        request_id,
-                        error,
-                        ..
-                    }) if request_id == id => return Err(error.to_string()),
-                    SwarmEvent::ConnectionClosed { cause, .. } => {
-                        return Err(format!("connection closed: {cause:?}"))
-                    }
-                    _ => {}
-                }
-            }
-        })
-        .await;
+        let answer =
+            raw_request_on(&mut swarm, server.peer, server.addrs.clone(), bytes.clone()).await;
         // the Echo library answers a Propose with Error(BadRequest, "no"): it arrived whole
         match answer {
             Ok(SyncMessage::Error { message, .. }) if message == "no" => {}
