@@ -322,10 +322,14 @@ impl Config {
             backoff_initial: Duration::from_millis(s.backoff_initial_ms),
             backoff_max: Duration::from_millis(s.backoff_max_ms),
             ack_every: s.ack_every,
-            // the proposer refuses a proposal whose frame would exceed the network's limit
-            max_frame: self.network.max_frame_bytes,
             ..SyncConfig::default()
-        };
+        }
+        // the proposer refuses a proposal whose frame would exceed the network's limit, and
+        // responses are capped at half of it
+        .for_frame(self.network.max_frame_bytes);
+        if let Some(reason) = sync.check_frame_limits() {
+            return Err(invalid(format!("`network.max_frame_bytes`: {reason}")));
+        }
         let n = &self.network;
         let network = NetworkConfig {
             listen: listen.clone(),
@@ -402,6 +406,26 @@ mod tests {
         assert_eq!(back, c);
         let bad = load("announce = [\"nope\"]\n").unwrap_err().to_string();
         assert!(bad.contains("bad announce address \"nope\""), "{bad}");
+    }
+
+    /// Responses follow the frame limit: half of it, so that the largest change (also half)
+    /// goes alone with its envelope; a frame limit too small for that is refused.
+    #[test]
+    fn the_response_cap_follows_the_frame_limit() {
+        let default = load("").unwrap();
+        assert_eq!(default.sync.max_frame, lsync_protocol::DEFAULT_MAX_FRAME);
+        assert_eq!(default.sync.max_response_bytes, lsync_protocol::DEFAULT_MAX_FRAME / 2);
+        let small = load("[network]\nmax_frame_bytes = 1048576\n").unwrap();
+        assert_eq!(small.network.max_frame, 1 << 20);
+        assert_eq!(small.sync.max_frame, 1 << 20);
+        assert_eq!(small.sync.max_response_bytes, 1 << 19);
+        assert_eq!(small.sync.check_frame_limits(), None);
+        let tiny = load("[network]\nmax_frame_bytes = 1024\n").unwrap_err().to_string();
+        assert!(
+            tiny.contains("network.max_frame_bytes") && tiny.contains("at least 4096"),
+            "{tiny}"
+        );
+        assert!(load("[network]\nmax_frame_bytes = 4096\n").is_ok());
     }
 
     #[test]

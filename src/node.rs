@@ -14,7 +14,7 @@ use lsync_actors::{
 };
 use lsync_protocol::{
     Configuration, Member, MemberRole, MembershipChange, RolePreference, SyncLogEntry, SyncMessage,
-    SyncRole, FEATURE_VERSION,
+    SyncRole, ENTRY_OVERHEAD, FEATURE_VERSION,
 };
 use lsync_storage::{
     BulkOperation, Change, Database, Device, Membership, ModelRegistry, StorageError,
@@ -47,6 +47,9 @@ pub enum NodeError {
     LibraryExists(Uuid),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The node's configuration cannot work (see [`NodeBuilder::start`]); nothing started.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("sync service of library {0} is not running")]
     ServiceStopped(Uuid),
     /// The library's sync service stopped while a change was being submitted to it: the change
@@ -155,12 +158,12 @@ pub fn max_change_bytes(max_frame_bytes: usize) -> usize {
 }
 
 /// What changes count against [`max_change_bytes`]: per change its data, model type and record
-/// id plus 64 bytes for the fixed fields and framing — what a log entry counts against a
-/// response's byte budget (`lsync_protocol::entry_bytes`).
+/// id plus `lsync_protocol::ENTRY_OVERHEAD` for the fixed fields and their encoding — what a
+/// log entry counts against a response's byte budget (`lsync_protocol::entry_bytes`).
 pub fn change_bytes<'a>(changes: impl IntoIterator<Item = &'a Change>) -> usize {
     changes
         .into_iter()
-        .map(|c| c.data.len() + c.model_type.len() + c.record_id.len() + 64)
+        .map(|c| c.data.len() + c.model_type.len() + c.record_id.len() + ENTRY_OVERHEAD)
         .fold(0usize, usize::saturating_add)
 }
 
@@ -247,7 +250,17 @@ impl NodeBuilder {
 
     /// Starts the node: loads or creates the identity, starts the network, opens every library
     /// found in `<data_dir>/libraries/`. Must run inside an actix System.
-    pub async fn start(self) -> Result<Node, NodeError> {
+    ///
+    /// The sync limits follow the network's frame limit: `sync.max_frame` is set to
+    /// `network.max_frame`, and a configuration under which a response could exceed a frame
+    /// ([`SyncConfig::check_frame_limits`]: a frame limit under 4 KiB, or `max_response_bytes`
+    /// over the frame minus its envelope) is refused with [`NodeError::Config`] before anything
+    /// starts ([`SyncConfig::for_frame`] derives a valid one).
+    pub async fn start(mut self) -> Result<Node, NodeError> {
+        self.config.sync.max_frame = self.config.network.max_frame;
+        if let Some(reason) = self.config.sync.check_frame_limits() {
+            return Err(NodeError::Config(reason));
+        }
         let identity = Identity::load_or_create(&self.data_dir)?;
         let (network, listen_addrs) =
             NetworkHandle::start(identity.keypair.clone(), self.config.network.clone()).await?;
@@ -1181,14 +1194,40 @@ mod tests {
         node.shutdown().await;
     }
 
+    /// A configuration under which a response could exceed a frame is refused at start,
+    /// before anything is created; the same limits derived with `for_frame` start.
+    #[actix_rt::test]
+    async fn a_configuration_whose_responses_could_exceed_a_frame_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let network = NetworkConfig { max_frame: 1 << 20, ..NetworkConfig::default() };
+        let start = |sync: SyncConfig| {
+            Node::builder(dir.path().join("dev"))
+                .config(NodeConfig { network: network.clone(), sync, ..NodeConfig::default() })
+                .listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+                .start()
+        };
+        // responses of up to 8 MiB with 1 MiB frames
+        match start(SyncConfig::default()).await {
+            Err(NodeError::Config(reason)) => {
+                assert!(reason.contains("max_response_bytes is 8388608"), "{reason}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("started"),
+        }
+        assert!(!dir.path().join("dev").exists(), "something was created");
+        let node = start(SyncConfig::default().for_frame(1 << 20)).await.unwrap();
+        node.shutdown().await;
+    }
+
     /// A change over the size limit is refused before anything is written, by `write` and by
     /// `commit`; one at the limit is written.
     #[actix_rt::test]
     async fn a_change_over_the_size_limit_is_refused_and_nothing_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let network = NetworkConfig { max_frame: 4096, ..NetworkConfig::default() };
+        let sync = SyncConfig::default().for_frame(4096);
         let node = Node::builder(dir.path())
-            .config(NodeConfig { network, ..NodeConfig::default() })
+            .config(NodeConfig { network, sync, ..NodeConfig::default() })
             .listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
             .start()
             .await

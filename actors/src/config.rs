@@ -19,8 +19,11 @@ pub struct SyncConfig {
     /// also the leader's log cache block, so values above
     /// [`crate::limits::MAX_BLOCK`] act as that.
     pub max_entries_per_response: u64,
-    /// The most payload bytes the leader puts in one `EntriesResponse` (at least one entry is
-    /// always sent); half the default frame limit, so a response always fits in a frame.
+    /// The most bytes, counted by [`lsync_protocol::entry_bytes`], the leader puts in one
+    /// `EntriesResponse` or `NewEntries` (a response always carries at least one entry): half
+    /// the frame limit by default ([`SyncConfig::for_frame`]). At most `max_frame` minus
+    /// [`lsync_protocol::ENVELOPE_BYTES`], so that a response always fits in a frame
+    /// ([`SyncConfig::check_frame_limits`]).
     pub max_response_bytes: usize,
     /// First reconnect delay of a follower that lost its leader.
     pub backoff_initial: Duration,
@@ -51,6 +54,40 @@ impl Default for SyncConfig {
 }
 
 impl SyncConfig {
+    /// This configuration for a network frame limit of `max_frame` bytes: `max_frame`, and
+    /// `max_response_bytes` half of it (the other half leaves room for a change of the largest
+    /// size, `max_frame / 2`, alone in a response, with its envelope).
+    pub fn for_frame(self, max_frame: usize) -> Self {
+        Self { max_frame, max_response_bytes: max_frame / 2, ..self }
+    }
+
+    /// Why a device with this configuration could build a frame over `max_frame` (or refuse
+    /// every change), if it could; `None` when every response and push it builds fits. Checked
+    /// when a node starts: a configuration that fails is refused there, with this reason.
+    ///
+    /// The bound: an `EntriesResponse` or `NewEntries` body is at most
+    /// [`lsync_protocol::ENVELOPE_BYTES`] plus its entries' [`lsync_protocol::entry_bytes`];
+    /// the leader caps that sum at `max_response_bytes` unless one entry alone is larger, and
+    /// one entry is at most the largest change, `max_frame / 2`.
+    pub fn check_frame_limits(&self) -> Option<String> {
+        use lsync_protocol::{ENVELOPE_BYTES, MIN_FRAME_BYTES};
+        if self.max_frame < MIN_FRAME_BYTES {
+            return Some(format!(
+                "the frame limit (network.max_frame_bytes) is {} bytes: at least {MIN_FRAME_BYTES}",
+                self.max_frame
+            ));
+        }
+        let room = self.max_frame - ENVELOPE_BYTES;
+        if self.max_response_bytes == 0 || self.max_response_bytes > room {
+            return Some(format!(
+                "max_response_bytes is {}: between 1 and {room} (the frame limit {} minus \
+                 {ENVELOPE_BYTES} bytes of envelope), or a response could exceed a frame",
+                self.max_response_bytes, self.max_frame
+            ));
+        }
+        None
+    }
+
     /// Millisecond timers for tests.
     pub fn fast() -> Self {
         Self {

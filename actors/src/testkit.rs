@@ -22,6 +22,7 @@ pub fn link_context(library_id: Uuid, db: Database, transport: Arc<dyn Transport
         term: 1,
         max_entries_per_response: 100,
         max_response_bytes: 8 << 20,
+        max_frame: lsync_protocol::DEFAULT_MAX_FRAME,
         notify_window: std::time::Duration::from_millis(100),
         election: None,
         cache: new_log_cache(100),

@@ -29,7 +29,7 @@ pub use membership::{
 };
 pub use message::{
     entry_bytes, ChangeType, ErrorCode, ProposedChange, SyncLogEntry, SyncMessage, SyncRole,
-    MAX_TERM,
+    ENTRY_OVERHEAD, ENVELOPE_BYTES, MAX_TERM, MIN_FRAME_BYTES,
 };
 
 /// The protocol id negotiated on every sync stream: version 2 adds configuration entries,

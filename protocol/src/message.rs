@@ -126,13 +126,29 @@ pub struct SyncLogEntry {
     pub hash: Option<ChainHash>,
 }
 
+/// The most bytes the encoding of one [`SyncLogEntry`] takes beyond its data, model type and
+/// record id: every other field at its largest (a `u64::MAX` sequence, a [`MAX_TERM`] term,
+/// both uuids, a hash), the field names of the named encoding, and the longest MessagePack
+/// headers of the three variable fields (measured: 233 bytes; the tests check the bound).
+pub const ENTRY_OVERHEAD: usize = 256;
+
+/// The most bytes an `EntriesResponse` or a `NewEntries` takes beyond the encodings of the
+/// entries it carries: every other field at its largest and the longest array header
+/// (measured: 226 bytes; the tests check the bound). A response or push whose entries count
+/// `n` bytes by [`entry_bytes`] is a frame body of at most `n + ENVELOPE_BYTES` bytes.
+pub const ENVELOPE_BYTES: usize = 512;
+
+/// The smallest frame limit a device accepts (`network.max_frame_bytes`): room for the
+/// envelope and a change of half the frame (docs/protocol.md "Framing").
+pub const MIN_FRAME_BYTES: usize = 4096;
+
 /// What one entry counts against a response's byte budget (`max_response_bytes`, in an
 /// `EntriesResponse` or inside `NewEntries`, docs/protocol.md): its payload, model type and
-/// record id, plus 64 bytes for the fixed fields and framing. The leader caps responses with
-/// it, its log cache counts blocks with it, and a follower sizes the batches it applies with
-/// it, so all three agree.
+/// record id, plus [`ENTRY_OVERHEAD`] for the fixed fields and their encoding — never less
+/// than the entry's encoded size. The leader caps responses with it, its log cache counts
+/// blocks with it, and a follower sizes the batches it applies with it, so all three agree.
 pub fn entry_bytes(e: &SyncLogEntry) -> usize {
-    e.data.len() + e.model_type.len() + e.record_id.len() + 64
+    e.data.len() + e.model_type.len() + e.record_id.len() + ENTRY_OVERHEAD
 }
 
 /// One change of a proposal: what the proposer asks the leader to commit.
@@ -541,7 +557,7 @@ mod tests {
             proposal_id: None,
             hash: None,
         };
-        assert_eq!(entry_bytes(&entry), 10 + 3 + 3 + 64);
+        assert_eq!(entry_bytes(&entry), 10 + 3 + 3 + ENTRY_OVERHEAD);
     }
 
     fn heartbeat(term: u64, last_term: u64) -> SyncMessage {

@@ -15,11 +15,12 @@ use futures::executor::block_on;
 use futures::io::{AsyncRead, Cursor};
 use libp2p::request_response::Codec;
 use lsync_protocol::codec::{decode_body, encode_frame, read_frame, write_frame};
+use lsync_protocol::entry_bytes;
 use lsync_protocol::{
     AddressHint, ChainHash, ChangeType, Configuration, ErrorCode, Member, MemberRole,
     MembershipChange, ProposedChange, RolePreference, SyncCodec, SyncLogEntry, SyncMessage,
-    SyncRole, CONFIG_MODEL_TYPE, CONFIG_RECORD_ID, DEFAULT_MAX_FRAME, FEATURE_VERSION, MAX_TERM,
-    PROTOCOL,
+    SyncRole, CONFIG_MODEL_TYPE, CONFIG_RECORD_ID, DEFAULT_MAX_FRAME, ENTRY_OVERHEAD,
+    ENVELOPE_BYTES, FEATURE_VERSION, MAX_TERM, PROTOCOL,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -1061,6 +1062,89 @@ fn the_default_limit_is_16_mib_and_a_limit_never_exceeds_the_prefix_range() {
     assert_eq!(SyncCodec::default().max_frame(), DEFAULT_MAX_FRAME);
     assert_eq!(SyncCodec::new(1234).max_frame(), 1234);
     assert_eq!(SyncCodec::new(usize::MAX).max_frame(), u32::MAX as usize);
+}
+
+/// The body of `msg` (a response or push carrying `entries`) in bytes.
+fn body_len(msg: &SyncMessage) -> usize {
+    encode_frame(msg, usize::MAX).unwrap().len() - 4
+}
+
+/// An `EntriesResponse` and a `NewEntries` carrying `entries`, every other field at its
+/// largest (a hash, `u64::MAX` sequences, [`MAX_TERM`] terms).
+fn carriers(entries: Vec<SyncLogEntry>) -> [SyncMessage; 2] {
+    let big = Uuid::from_u128(u128::MAX);
+    [
+        SyncMessage::EntriesResponse {
+            library_id: big,
+            term: MAX_TERM,
+            entries: entries.clone(),
+            has_more: true,
+            leader_last_sequence: u64::MAX,
+            commit_sequence: u64::MAX,
+        },
+        SyncMessage::NewEntries {
+            library_id: big,
+            term: MAX_TERM,
+            from_sequence: u64::MAX,
+            to_sequence: u64::MAX,
+            entry_count: u64::MAX,
+            prev_term: MAX_TERM,
+            entries,
+            commit_sequence: u64::MAX,
+            prev_hash: Some(ChainHash([0xff; 32])),
+        },
+    ]
+}
+
+/// The bound the leader builds frames with (docs/protocol.md "Framing"): a response or push is
+/// at most `ENVELOPE_BYTES` plus its entries' `entry_bytes`, here at the largest fields and
+/// the longest MessagePack headers (strings and data over 65,535 bytes, more than 65,535
+/// entries), where the margin is smallest.
+#[test]
+fn a_response_is_never_larger_than_its_envelope_and_counted_entries() {
+    let largest = |len: usize| SyncLogEntry {
+        sequence: u64::MAX,
+        term: MAX_TERM,
+        origin_device: Uuid::from_u128(u128::MAX),
+        timestamp_ms: i64::MIN,
+        model_type: "m".repeat(len),
+        record_id: "r".repeat(len),
+        change_type: ChangeType::Config,
+        version: i64::MIN,
+        data: vec![0xff; len],
+        proposal_id: Some(Uuid::from_u128(u128::MAX)),
+        hash: Some(ChainHash([0xff; 32])),
+    };
+    for len in [0, 31, 32, 255, 256, 65_535, 65_536, 70_000] {
+        let e = largest(len);
+        let [response, push] = carriers(vec![e.clone()]);
+        let [empty_response, empty_push] = carriers(Vec::new());
+        for (one, empty) in [(response, empty_response), (push, empty_push)] {
+            let overhead = body_len(&one) - body_len(&empty) - 3 * len;
+            assert!(overhead <= ENTRY_OVERHEAD, "{len}: {overhead} > {ENTRY_OVERHEAD}");
+            assert!(body_len(&one) <= ENVELOPE_BYTES + entry_bytes(&e), "{len}");
+        }
+    }
+    // more than 65,535 entries: the longest array header
+    let many = vec![largest(0); 65_536];
+    let counted: usize = many.iter().map(entry_bytes).sum();
+    for msg in carriers(many) {
+        assert!(body_len(&msg) <= ENVELOPE_BYTES + counted);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The same bound for arbitrary entries (any strings, data, change types, configuration
+    /// entries).
+    #[test]
+    fn any_response_fits_its_envelope_and_counted_entries(entries in vec(any_entry(512), 0..12)) {
+        let counted: usize = entries.iter().map(entry_bytes).sum();
+        for msg in carriers(entries) {
+            prop_assert!(body_len(&msg) <= ENVELOPE_BYTES + counted);
+        }
+    }
 }
 
 #[test]

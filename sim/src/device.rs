@@ -901,6 +901,7 @@ impl Device {
                 term: state.current_term,
                 max_entries_per_response: self.config.max_entries_per_response,
                 max_response_bytes: self.config.max_response_bytes,
+                max_frame: self.config.max_frame,
                 notify_window: self.config.notify_window,
                 election: None,
                 cache: cache.clone(),

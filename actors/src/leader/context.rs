@@ -41,6 +41,10 @@ pub struct LinkContext {
     pub max_entries_per_response: u64,
     /// Payload bytes one response may carry (entry count aside).
     pub max_response_bytes: usize,
+    /// The network's frame limit: an entry too large to travel alone in a frame of it is
+    /// refused with an error answer instead of breaking the stream (see
+    /// [`super::serve::frame_refusal`]).
+    pub max_frame: usize,
     /// The longest a commit waits for its announcement while the follower has not answered
     /// the previous one (see [`crate::window`]).
     pub notify_window: Duration,

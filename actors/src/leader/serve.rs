@@ -6,6 +6,7 @@
 
 use lsync_protocol::{
     chain_hash, entry_bytes, ChainHash, ErrorCode, SyncLogEntry, SyncMessage, SyncRole,
+    ENVELOPE_BYTES,
 };
 use lsync_storage::{Database, StorageError, SyncLog};
 use uuid::Uuid;
@@ -64,6 +65,9 @@ pub fn serve(
                     };
                     Metrics::add(counter, 1);
                     cap_bytes(&mut entries, cx.max_response_bytes);
+                    if let Some(refusal) = frame_refusal(cx, &entries) {
+                        return Ok(refusal);
+                    }
                     let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
                     SyncMessage::EntriesResponse {
                         commit_sequence,
@@ -150,6 +154,9 @@ pub fn serve_cached(cx: &LinkContext, msg: &SyncMessage) -> Option<SyncMessage> 
     let upto = end.min(since_sequence.saturating_add(limit.min(cx.max_entries_per_response)));
     let mut entries = block.slice(first, upto).to_vec();
     cap_bytes(&mut entries, cx.max_response_bytes);
+    if let Some(refusal) = frame_refusal(cx, &entries) {
+        return Some(refusal);
+    }
     let last = cx.cache.last().max(end);
     let served_to = entries.last().map_or(since_sequence, |e| e.sequence);
     Some(SyncMessage::EntriesResponse {
@@ -195,6 +202,27 @@ fn read_through(
 
 /// Keeps the longest prefix of `entries` whose payloads fit in `max_bytes` (at least one entry,
 /// so a follower always progresses), keeping every response well inside the frame limit.
+/// The answer to a fetch whose first entry cannot travel in a frame of this device's limit
+/// (`cx.max_frame`) even alone, if it cannot: `Error(Internal)` naming the entry, the sizes and
+/// the setting to raise, logged as an error. Sending it would fail to encode and break the
+/// stream, and the follower would retry in silence. Only an entry committed under a larger
+/// limit (another device's, or this device's before its `network.max_frame_bytes` was
+/// lowered) can be that large: a change is at most half the frame where it is committed.
+pub fn frame_refusal(cx: &LinkContext, entries: &[SyncLogEntry]) -> Option<SyncMessage> {
+    let [entry] = entries else { return None };
+    let bytes = entry_bytes(entry).saturating_add(ENVELOPE_BYTES);
+    if bytes <= cx.max_frame {
+        return None;
+    }
+    let reason = format!(
+        "entry {} is {bytes} bytes with its envelope, over this device's frame limit of {} \
+         bytes: raise network.max_frame_bytes (every device of a library should use the same)",
+        entry.sequence, cx.max_frame
+    );
+    tracing::error!(library_id = %cx.library_id, "cannot serve a fetch: {reason}");
+    Some(SyncMessage::error(cx.library_id, ErrorCode::Internal, reason))
+}
+
 fn cap_bytes(entries: &mut Vec<SyncLogEntry>, max_bytes: usize) {
     let mut total = 0usize;
     let keep = entries
@@ -362,6 +390,31 @@ mod tests {
                 leader_last_sequence: last,
             }
         );
+    }
+
+    /// An entry too large for this device's frame even alone (committed under a larger
+    /// limit) is answered with an error naming it, not sent (which would break the stream);
+    /// the entries before it are served.
+    #[test]
+    fn an_entry_too_large_for_the_frame_is_refused_with_an_error_naming_it() {
+        let (_dir, db, mut cx) = leader();
+        let entry_4 = entry_bytes(&db.fetch_range(3, 4).unwrap()[0]);
+        cx.max_frame = ENVELOPE_BYTES + entry_4 - 1;
+        cx.max_response_bytes = entry_4 - 1;
+        match serve(&db, &cx, fetch(&cx, 3, None)).unwrap() {
+            SyncMessage::Error { code: ErrorCode::Internal, message, .. } => {
+                assert!(message.contains("entry 4 is") && message.contains("max_frame_bytes"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // the same cap with room for the entry in the frame: served alone
+        cx.max_frame = ENVELOPE_BYTES + entry_4;
+        let SyncMessage::EntriesResponse { entries, has_more, .. } =
+            serve(&db, &cx, fetch(&cx, 3, None)).unwrap()
+        else {
+            panic!("not served")
+        };
+        assert_eq!((entries.len(), has_more), (1, true));
     }
 
     #[test]

@@ -765,6 +765,7 @@ impl SyncService {
                 term: state.current_term,
                 max_entries_per_response: cx.config.max_entries_per_response,
                 max_response_bytes: cx.config.max_response_bytes,
+                max_frame: cx.config.max_frame,
                 notify_window: cx.config.notify_window,
                 election: service.map(|a| a.clone().recipient()),
                 cache: cache.clone(),
