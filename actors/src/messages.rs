@@ -11,7 +11,6 @@
 //! | [`ElectionInput`] | the service's router, a link actor, the follower actor (through the service) | the election actor |
 //! | [`RoleChange`] | the election actor | the service |
 //! | [`HeartbeatNow`] | the election actor | the service, then every link actor |
-//! | [`FollowerAcked`] | the election actor (a leadership transfer) | the service |
 //! | [`LeaderHint`] | the follower actor (a `NotLeader` naming another leader) | the service |
 //! | [`FollowerMembership`] | the follower actor | the service |
 //! | [`LeaderReport`] | the leader actor | the service |
@@ -51,11 +50,6 @@ pub struct RoleChange {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct HeartbeatNow;
-
-/// Asks the SyncService for a follower's acknowledged sequence (leader only).
-#[derive(Message)]
-#[rtype(result = "Option<u64>")]
-pub struct FollowerAcked(pub Uuid);
 
 /// A device this follower asked named another device as the leader (`NotLeader` hint).
 #[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]

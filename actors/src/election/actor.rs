@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use libp2p::PeerId;
 use lsync_protocol::{ErrorCode, SyncMessage, SyncRole};
-use lsync_storage::{Database, ElectionRecord, LogPosition, StorageError, SyncState};
+use lsync_storage::{Database, ElectionRecord, LogHead, LogPosition, StorageError, SyncState};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{broadcast, oneshot};
@@ -38,9 +38,8 @@ use super::{
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::events::SyncEvent;
-use crate::messages::{
-    who_leads, ElectionInput, FollowerAcked, HeartbeatNow, LeaderHint, RoleChange,
-};
+use crate::leader::serve::leader_heartbeat;
+use crate::messages::{who_leads, ElectionInput, HeartbeatNow, LeaderHint, RoleChange};
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
 use crate::task::{spawn_supervised, Task};
@@ -105,7 +104,6 @@ pub struct ElectionContext {
     pub persisted: PersistedElection,
     pub role_changes: Recipient<RoleChange>,
     pub heartbeats: Recipient<HeartbeatNow>,
-    pub acks: Recipient<FollowerAcked>,
     /// Set while a leadership transfer holds new writes.
     pub writes_paused: Arc<AtomicBool>,
     /// Where a leader named by a member this device asked goes (see [`probe_for_leader`]).
@@ -353,16 +351,27 @@ impl ElectionActor {
         }
     }
 
-    /// While a transfer runs: checks whether the target caught up, and tells the machine.
+    /// While a transfer runs: asks the target where its log ends (a heartbeat of this term,
+    /// answered with its position and chain hash) and tells the machine when it ends exactly
+    /// at this leader's head ([`target_caught_up`]). The answer of a fresh exchange, not an
+    /// acknowledgement recorded earlier: the target may have lost its tail in a crash since
+    /// (it would campaign with a shorter log and lose), or hold other entries at those
+    /// sequences after a restore.
     fn poll_transfer(&mut self, ctx: &mut Context<Self>) {
         let Some(target) = self.election.transfer_target() else { return };
-        let acks = self.cx.acks.clone();
+        let peer = self.peer(target);
+        let (library_id, term) = (self.cx.library_id, self.election.term());
+        let transport = self.cx.transport.clone();
         let db = self.cx.db.clone();
         let check = async move {
-            let acked = acks.send(FollowerAcked(target)).await.ok().flatten();
-            let last = run_blocking(move || db.last_position()).await.map(|p| p.sequence).ok();
-            matches!((acked, last), (Some(a), Some(l)) if a >= l)
+            let peer = peer?;
+            let head = run_blocking(move || db.head()).await.ok()?;
+            // commit sequence 0: a follower keeps the larger one it knows
+            let ask = leader_heartbeat(library_id, term, head.position, Some(head.hash), 0);
+            let answer = transport.request(peer, ask).await.ok()?;
+            Some(target_caught_up(&answer, term, &head))
         };
+        let check = async move { check.await.unwrap_or(false) };
         ctx.spawn(check.into_actor(self).map(move |caught_up, this, ctx| {
             if this.election.transfer_target() != Some(target) {
                 return;
@@ -375,6 +384,22 @@ impl ElectionActor {
                 .clamp(Duration::from_millis(10), Duration::from_millis(250));
             ctx.run_later(every, |this, ctx| this.poll_transfer(ctx));
         }));
+    }
+}
+
+/// Whether `answer`, a transfer target's answer to this leader's heartbeat of `term`, shows
+/// its log ending exactly at `head`: a `Heartbeat` of the same term naming the same last
+/// sequence, last term and chain hash (a peer that does not send hashes, an older version,
+/// is judged by sequence and term alone, as docs/protocol.md says of an absent hash).
+pub fn target_caught_up(answer: &SyncMessage, term: u64, head: &LogHead) -> bool {
+    match answer {
+        SyncMessage::Heartbeat { term: t, current_sequence, last_term, last_hash, .. } => {
+            *t == term
+                && *current_sequence == head.position.sequence
+                && *last_term == head.position.term
+                && last_hash.is_none_or(|h| h == head.hash)
+        }
+        _ => false,
     }
 }
 
@@ -699,6 +724,39 @@ mod tests {
             leader_device: Some(me),
             last_synced_sequence: 0,
         }
+    }
+
+    /// A transfer target is caught up only when its fresh answer ends exactly at the
+    /// leader's head: same sequence, term and chain hash, in this term.
+    #[test]
+    fn a_transfer_target_is_caught_up_only_at_the_leaders_head_and_hash() {
+        use lsync_protocol::ChainHash;
+        let lib = Uuid::from_u128(100);
+        let head =
+            LogHead { position: LogPosition { sequence: 40, term: 3 }, hash: ChainHash([4; 32]) };
+        let answer = |term, sequence, last_term, hash| SyncMessage::Heartbeat {
+            commit_sequence: 0,
+            features: lsync_protocol::FEATURE_VERSION,
+            library_id: lib,
+            term,
+            current_sequence: sequence,
+            last_term,
+            role: SyncRole::Follower,
+            last_hash: hash,
+        };
+        let ours = Some(ChainHash([4; 32]));
+        assert!(target_caught_up(&answer(3, 40, 3, ours), 3, &head));
+        // an older peer without hashes: sequence and term
+        assert!(target_caught_up(&answer(3, 40, 3, None), 3, &head));
+        // behind (its tail lost since it acknowledged), ahead, another term there, another
+        // entry there (a restored copy), another current term, or not a heartbeat
+        assert!(!target_caught_up(&answer(3, 39, 3, ours), 3, &head));
+        assert!(!target_caught_up(&answer(3, 41, 3, ours), 3, &head));
+        assert!(!target_caught_up(&answer(3, 40, 2, ours), 3, &head));
+        assert!(!target_caught_up(&answer(3, 40, 3, Some(ChainHash([5; 32]))), 3, &head));
+        assert!(!target_caught_up(&answer(4, 40, 3, ours), 3, &head));
+        let refusal = SyncMessage::error(lib, ErrorCode::StaleTerm, "stale");
+        assert!(!target_caught_up(&refusal, 3, &head));
     }
 
     #[test]

@@ -57,8 +57,8 @@ use crate::leader::messages::{ConfigError, ConfigOutcome};
 use crate::limits::MAILBOX_CAPACITY;
 use crate::log_cache::LogCache;
 use crate::messages::{
-    who_leads, ElectionInput, FollowerAcked, FollowerMembership, HeartbeatNow, LeaderHint,
-    LeaderReport, LinkLeft, RoleChange, Shutdown,
+    who_leads, ElectionInput, FollowerMembership, HeartbeatNow, LeaderHint, LeaderReport, LinkLeft,
+    RoleChange, Shutdown,
 };
 use crate::metrics::Child;
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
@@ -343,7 +343,6 @@ impl SyncService {
             persisted,
             role_changes: me.clone().recipient(),
             heartbeats: me.clone().recipient(),
-            acks: me.clone().recipient(),
             writes_paused: self.cx.writes_paused.clone(),
             hints: Some(me.recipient()),
         })
@@ -1788,25 +1787,6 @@ impl Handler<ElectionInput> for SyncService {
         if let Some(w) = &self.election {
             w.do_send(msg);
         }
-    }
-}
-
-impl Handler<FollowerAcked> for SyncService {
-    type Result = ResponseFuture<Option<u64>>;
-    fn handle(&mut self, msg: FollowerAcked, _: &mut Context<Self>) -> Self::Result {
-        let link = match &self.role {
-            Role::Leader { links, .. } => self
-                .peers
-                .members
-                .iter()
-                .find(|(_, d)| **d == msg.0)
-                .and_then(|(p, _)| links.get(p).cloned()),
-            _ => None,
-        };
-        Box::pin(async move {
-            let s = link?;
-            s.send(ObserveLink { leader_last_sequence: 0 }).await.ok().map(|st| st.acked_sequence)
-        })
     }
 }
 
