@@ -62,6 +62,10 @@ pub struct Metrics {
     pub reconnects: AtomicU64,
     /// Elections this device started.
     pub elections: AtomicU64,
+    /// Pre-vote requests this device sent (one per other voter each time it asks whether it
+    /// could win). Growing while `elections` does not: the device keeps asking and no
+    /// majority would vote for it (e.g. the others hear a leader, or refuse its log).
+    pub pre_vote_requests: AtomicU64,
     /// Full reconciliations this device ran.
     pub resyncs: AtomicU64,
     /// Actors and tasks the SyncService restarted after they stopped unexpectedly (a panic),

@@ -7,6 +7,7 @@
 //! | `lsync_entries_applied_total` | counter | |
 //! | `lsync_reconnects_total` | counter | |
 //! | `lsync_elections_total` | counter | |
+//! | `lsync_pre_vote_requests_total` | counter | |
 //! | `lsync_resyncs_total` | counter | |
 //! | `lsync_actor_restarts_total` | counter | `kind` (`election`, `leader`, `link`, `follower`, `proposer`) |
 //! | `lsync_task_panics_total` | counter | `kind` (see docs/operations.md) |
@@ -192,6 +193,11 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
         &m.reconnects,
     );
     o.counter("lsync_elections_total", "Elections this device started.", &m.elections);
+    o.counter(
+        "lsync_pre_vote_requests_total",
+        "Pre-vote requests this device sent (one per other voter and round).",
+        &m.pre_vote_requests,
+    );
     o.counter("lsync_resyncs_total", "Full reconciliations this device ran.", &m.resyncs);
     let restarts = "lsync_actor_restarts_total";
     o.family(

@@ -1,6 +1,7 @@
 //! Cross-device integration tests: real nodes, libp2p on 127.0.0.1, temporary SQLite files.
 
 mod election;
+mod faults;
 mod fixture;
 mod membership;
 mod replication;

@@ -284,6 +284,9 @@ impl ElectionActor {
                 }
                 Action::SendRequestVote { to, request } => {
                     let Some(peer) = self.peer(to) else { continue };
+                    if request.pre_vote {
+                        Metrics::add(&self.cx.metrics.pre_vote_requests, 1);
+                    }
                     let fut = self.cx.transport.request(peer, request_vote(library_id, &request));
                     let me = ctx.address();
                     // A vote that never comes (the task panicked) is a vote not delivered: the
