@@ -1078,7 +1078,8 @@ impl Device {
         reply: Option<NetId>,
         f: impl FnOnce(&mut Election<StdRng>) -> Vec<Action>,
     ) {
-        if let (Ok(pos), Ok(floor)) = (self.db.last_position(), self.db.rebuild_mark()) {
+        // as the election actor does: the floor is the rebuild mark or the high-water mark
+        if let (Ok(pos), Ok(floor)) = (self.db.last_position(), self.db.election_floor()) {
             self.election.set_last_log(pos);
             self.election.set_log_floor(floor);
         }

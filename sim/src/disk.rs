@@ -12,8 +12,10 @@
 //!   the database goes back to one of the older sync points ([`Disk::backup`] keeps them).
 //!
 //! The election record (`library.db.election`, docs/architecture.md "Terms and votes on
-//! disk") is written with a full sync: it survives every one of these faults as it is — a power
-//! loss or a restore puts back the database files only.
+//! disk") and the high-water mark (`library.db.mark`, raised by the world at each sync point,
+//! never beyond it) are written with a full sync: they survive every one of these faults as
+//! they are — a power loss or a restore puts back the database files only, so a restored
+//! database is found behind its mark, and a power loss never leaves one there.
 //!
 //! Copies are made with `VACUUM INTO` on the writer connection, between transactions: a
 //! consistent snapshot of the committed state, whatever the background checkpointer does.

@@ -534,6 +534,11 @@ impl World {
                 if let (true, Some(d)) = (copies, &self.slots[ix].device) {
                     let db = d.db().clone();
                     self.slots[ix].disk.sync(&db)?;
+                    // The high-water mark follows what is on disk (the election actor raises
+                    // it after an fsync of the database, at most once per heartbeat; here, at
+                    // each sync point): a restore of an older copy leaves the database behind
+                    // it, a power loss never does.
+                    db.raise_mark()?;
                     if backup {
                         self.slots[ix].disk.backup(&db)?;
                     }
@@ -914,6 +919,18 @@ impl World {
         let changed = match kind {
             Fault::Power => {
                 self.slots[ix].disk.lose_unsynced()?;
+                // the mark never runs ahead of what survives a power loss
+                if self.slots[ix].disk.db_path().exists() {
+                    let db = self.slots[ix].disk.open()?;
+                    if let (last, Some(mark)) = (db.last_position()?, db.mark()?) {
+                        if last < mark {
+                            self.fail(format!(
+                                "a power loss left device {ix}'s log at {last:?}, behind its \
+                                 high-water mark {mark:?}"
+                            ));
+                        }
+                    }
+                }
                 true
             }
             _ => self.slots[ix].disk.restore_backup(self.rng.gen())?,
@@ -1079,6 +1096,16 @@ impl World {
             if role == SyncRole::Leader {
                 if let Err(e) = self.checker.on_leader(ix, term, &db) {
                     self.fail(e);
+                }
+                // a device whose database went back (a restored copy) never leads before it
+                // has caught up past its high-water mark
+                if let (Ok(last), Ok(Some(mark))) = (db.last_position(), db.mark()) {
+                    if last < mark {
+                        self.fail(format!(
+                            "device {ix} leads term {term} with its log at {last:?}, behind its \
+                             high-water mark {mark:?}"
+                        ));
+                    }
                 }
             }
             if let Err(e) = self.checker.check_log(ix, &db) {
