@@ -61,7 +61,7 @@ const KNOWN_ALL_FAULTS: &[(u64, &str)] = &[
     (16, "a proposal in part after a power loss"),
     (19, "a proposal in part after a power loss"),
     (20, "a majority of the devices went back at once, losing entries they acknowledged"),
-    (37, "a restored device does not converge"),
+    (37, "a device restored to before the others joined refuses the leader"),
     (45, "a majority of the devices went back at once, losing entries they acknowledged"),
 ];
 
