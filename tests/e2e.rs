@@ -1202,17 +1202,24 @@ fn control_token_survives_a_restart_until_rotated() {
 /// `lsync init` in `root/name` with a frame limit of 64 KiB (so a change may be 32 KiB) and
 /// short timers, then `lsync run`.
 fn start_with_small_frames(root: &Path, name: &str) -> Daemon {
+    start_with_frames(root, name, 65_536)
+}
+
+/// `lsync init` in `root/name` with a frame limit of `max_frame_bytes` (a change may be half)
+/// and short timers, then `lsync run`.
+fn start_with_frames(root: &Path, name: &str, max_frame_bytes: usize) -> Daemon {
     let dir = root.join(name);
     ok(&dir, &["init", "--name", name, "--listen", "/ip4/127.0.0.1/tcp/0"]);
     let config = dir.join("lsync.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     // and the short timers of Daemon::init_and_start
+    let limit = format!("max_frame_bytes = {max_frame_bytes}");
     let small = text
-        .replace("max_frame_bytes = 16777216", "max_frame_bytes = 65536")
+        .replace("max_frame_bytes = 16777216", &limit)
         .replace("heartbeat_interval_ms = 30000", "heartbeat_interval_ms = 200")
         .replace("leader_timeout_ms = 60000", "leader_timeout_ms = 1500")
         .replace("backoff_max_ms = 30000", "backoff_max_ms = 1000");
-    assert!(small.contains("max_frame_bytes = 65536"), "lsync init wrote the [network] defaults");
+    assert!(small.contains(&limit), "lsync init wrote the [network] defaults");
     std::fs::write(&config, small).unwrap();
     Daemon::start(&dir)
 }
@@ -1271,6 +1278,91 @@ fn a_change_over_the_size_limit_is_refused_in_one_line() {
     }
     let f = Daemon::start(&dir);
     assert_eq!(wait_for_convergence(&[&d, &f], &lib), converged + 8);
+}
+
+/// The tag ids of `d`'s log after sequence `since`, in order.
+fn tags_after(d: &Daemon, since: u64) -> Vec<String> {
+    let log = json(&d.ok(&["log", "--json", "--since", &since.to_string()]));
+    let entries = log["entries"].as_array().cloned().unwrap_or_default();
+    entries
+        .iter()
+        .filter(|e| e["model_type"] == "tag")
+        .map(|e| e["record_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A follower holding an outbox entry its leader can never take — a change of 100 KB, within
+/// the follower's limits (16 MiB frames: a change may be 8 MiB) but whose `Propose` is over the
+/// leader's 64 KiB frame limit. The leader answers that `Propose` with `Error(BadRequest)`
+/// ("frame of N bytes exceeds the limit"), so the entry is refused for good: `lsync put` says
+/// so (exit status 2) and the entry is kept in the outbox as `failed` with the reason (`lsync
+/// outbox list`, `lsync status --proposal`), never dropped. It holds nothing back: the
+/// follower's later writes are committed, every entry the leader commits after it reaches the
+/// follower, and retrying it (`lsync outbox retry`) gets it refused again the same way while
+/// the writes after it still go through (issue 17).
+#[test]
+fn an_outbox_entry_the_leader_can_never_take_holds_nothing_back() {
+    let root = tempfile::tempdir().unwrap();
+    let d = start_with_frames(root.path(), "leader", 65_536);
+    let f = start_with_frames(root.path(), "follower", 16 * 1024 * 1024);
+    let lib =
+        json(&d.ok(&["library", "create", "--json"]))["library_id"].as_str().unwrap().to_owned();
+    let invitation = json(&d.ok(&["library", "invite", "--json"]));
+    f.ok(&["library", "join", invitation["token"].as_str().unwrap()]);
+    wait_for_configuration(&[&d, &f], 2, 2);
+    let before = wait_for_convergence(&[&d, &f], &lib);
+
+    let poison = Uuid::new_v4().to_string();
+    let big = format!(r#"{{"id":"poison","name":"{}"}}"#, "p".repeat(100_000));
+    let (code, out, err) = f.run(&["put", "--proposal-id", &poison, "tag", &big]);
+    assert_eq!(code, Some(2), "refused by the leader: {out} {err}");
+    let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("exceeds the limit of 65536 bytes"), "{err}");
+    // kept, as failed, with the reason
+    let failed = |f: &Daemon| {
+        let (code, out, err) = f.run(&["outbox", "list", "--json"]);
+        assert_eq!(code, Some(3), "an entry failed: {out} {err}");
+        let entries = json(&out)["entries"].as_array().cloned().unwrap();
+        assert_eq!(entries.len(), 1, "{out}");
+        assert_eq!(entries[0]["proposal_id"], poison.as_str(), "{out}");
+        let reason = entries[0]["failed_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("exceeds the limit of 65536 bytes"), "{out}");
+        entries[0]["failed_at_ms"].as_i64().unwrap()
+    };
+    let failed_at = failed(&f);
+    let (code, out, _) = f.run(&["outbox", "list"]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains(&format!("{poison}  failed")), "{out}");
+    let (code, out, _) = f.run(&["status", "--proposal", &poison]);
+    assert_eq!(code, Some(2), "failed: {out}");
+    assert!(out.contains("refused for good by the leader"), "{out}");
+
+    // behind it: the follower's writes are committed, the leader's replicate
+    let mut expected = Vec::new();
+    let mut write_both = |round: &str| {
+        let record = format!(r#"{{"id":"after{round}","name":"written behind it"}}"#);
+        let (code, out, err) = f.run(&["put", "tag", &record]);
+        assert_eq!(code, Some(0), "committed, not held behind the entry: {out} {err}");
+        let lead = format!(r#"{{"id":"lead{round}","name":"written on the leader"}}"#);
+        assert!(d.ok(&["put", "tag", &lead]).contains("committed"));
+        expected.extend([format!("after{round}"), format!("lead{round}")]);
+    };
+    for i in 0..3 {
+        write_both(&i.to_string());
+    }
+    // retried: refused again the same way (the leader's limit stands), and still nothing waits
+    let out = f.ok(&["outbox", "retry", &poison]);
+    assert!(out.contains("queued again"), "{out}");
+    wait_until("the retried entry is refused again", || failed(&f) > failed_at);
+    write_both("-after-the-retry");
+
+    let last = before + expected.len() as u64;
+    wait_until("the follower holds every entry the leader committed", || {
+        last_sequence(&d, &lib) == last && last_sequence(&f, &lib) == last
+    });
+    assert_eq!(tags_after(&d, before), expected, "the leader never took the entry");
+    assert_eq!(tags_after(&f, before), expected, "the follower replicated all of them");
 }
 
 /// `lsync status --proposal ID` tells what became of a write: committed (exit status 0, with
