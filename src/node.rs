@@ -970,18 +970,60 @@ impl Node {
     /// longer exists is dropped: concurrent writes to one record resolve by leader order
     /// (docs/architecture.md, "Concurrent changes"). Changes over [`Node::max_change_bytes`]
     /// together are refused ([`NodeError::ChangeTooLarge`]) before anything is written.
+    ///
+    /// The write is a proposal with a fresh id: [`Node::write_with_id`] with
+    /// [`Uuid::new_v4`].
     pub async fn write(
         &self,
         library_id: Uuid,
         changes: Vec<Change>,
     ) -> Result<WriteOutcome, NodeError> {
+        self.write_with_id(library_id, Uuid::new_v4(), changes).await
+    }
+
+    /// [`Node::write`] as proposal `proposal_id`, chosen by the caller (the control API's
+    /// `proposal_id`, which `lsync put` always sends): every entry committed for it carries
+    /// that id in the log (`lsync status --proposal ID` finds them), so a caller whose answer
+    /// was lost knows what to look up.
+    ///
+    /// Idempotent: writing an id again never commits its changes twice. If this device's log
+    /// holds entries of `proposal_id`, the answer is [`WriteOutcome::Committed`] with their
+    /// range and nothing is written; if its outbox holds it, nothing is queued again and the
+    /// answer is what became of that entry (committed, queued, or refused when it is in the
+    /// `failed` state); a leader commits one proposal id at most once whatever it receives
+    /// (docs/protocol.md §4). The id names the first write's changes: changes sent again with it
+    /// are not compared with them. A nil id is refused ([`NodeError::InvalidInput`]).
+    pub async fn write_with_id(
+        &self,
+        library_id: Uuid,
+        proposal_id: Uuid,
+        changes: Vec<Change>,
+    ) -> Result<WriteOutcome, NodeError> {
+        if proposal_id.is_nil() {
+            return Err(NodeError::InvalidInput(
+                "the proposal id is the nil uuid: give a random (v4) uuid, or none".into(),
+            ));
+        }
         if changes.is_empty() {
             return Err(NodeError::InvalidInput("nothing to write".into()));
         }
         // one proposal frame carries them all
         self.check_size(&changes)?;
-        let tm = self.writer(library_id)?;
         let lib = self.library(library_id)?;
+        // written already? (a retry whose first answer was lost)
+        let db = lib.db.clone();
+        let (committed, queued) = blocking(move || {
+            let entries =
+                db.with_reader(|conn| lsync_storage::SyncLog::proposal_entries(conn, proposal_id))?;
+            let range = entries.first().zip(entries.last()).map(|(f, l)| (f.sequence, l.sequence));
+            Ok((range, db.outbox_get(proposal_id)?.is_some()))
+        })
+        .await?;
+        if let Some((first_sequence, last_sequence)) = committed {
+            info!(%library_id, proposal = %proposal_id, "written again: committed already");
+            return Ok(WriteOutcome::Committed { first_sequence, last_sequence });
+        }
+        let tm = self.writer(library_id)?;
         let me = self.device_id();
         if !lib.is_member.load(std::sync::atomic::Ordering::Acquire) {
             return Err(NodeError::Membership(format!(
@@ -989,22 +1031,26 @@ impl Node {
                  copy is read-only"
             )));
         }
-        let direct = changes.clone();
-        let n = changes.len() as u64;
-        match blocking(move || tm.commit_proposal(Uuid::new_v4(), me, direct)).await {
-            Ok(o) => {
-                Metrics::add(&self.inner.metrics.entries_committed, n);
-                return Ok(WriteOutcome::Committed {
-                    first_sequence: o.first_sequence,
-                    last_sequence: o.last_sequence,
-                });
+        // one in the outbox is delivered by the proposer (also when this device leads)
+        if !queued {
+            let direct = changes.clone();
+            match blocking(move || tm.commit_proposal(proposal_id, me, direct)).await {
+                Ok(o) => {
+                    if !o.duplicate {
+                        Metrics::add(&self.inner.metrics.entries_committed, o.entries.len() as u64);
+                    }
+                    return Ok(WriteOutcome::Committed {
+                        first_sequence: o.first_sequence,
+                        last_sequence: o.last_sequence,
+                    });
+                }
+                Err(NodeError::Storage(StorageError::NotLeader { .. })) => {}
+                Err(e) => return Err(e),
             }
-            Err(NodeError::Storage(StorageError::NotLeader { .. })) => {}
-            Err(e) => return Err(e),
         }
         let submitted = lib
             .service
-            .send(lsync_actors::service::Submit(changes))
+            .send(lsync_actors::service::Submit { proposal_id, changes })
             .await
             // the service may have stopped after the proposer queued the change
             .map_err(|_| NodeError::OutcomeUnknown(library_id))?

@@ -1023,7 +1023,8 @@ fn http_response(status: &str, body: &str) -> String {
 
 /// The client tells a script what became of a write, by its exit status: 0 committed, 3
 /// queued, 2 refused (nothing done), 4 unknown (the connection broke after the request was
-/// sent: it may be committed) — and a daemon that is not listening at all is 2 (never sent).
+/// sent: it may be committed; the proposal id the CLI sent is printed, to follow it or retry
+/// it with `--proposal-id`) — and a daemon that is not listening at all is 2 (never sent).
 #[test]
 fn write_exit_statuses_tell_refused_from_unknown() {
     let root = tempfile::tempdir().unwrap();
@@ -1082,21 +1083,69 @@ fn write_exit_statuses_tell_refused_from_unknown() {
     assert_eq!(code, Some(2), "refused is exit status 2: {out} {err}");
     assert!(err.contains("not a member") && err.contains("HTTP 409"), "{err}");
 
-    let (code, out, err) = run("cut", Box::new(|_| None));
+    // The answer is lost: exit status 4, and one line on stdout naming the proposal id the
+    // CLI chose and sent, with the command that follows it.
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let keep = |sent: &std::sync::Arc<std::sync::Mutex<Option<String>>>| {
+        let sent = sent.clone();
+        move |req: &str| {
+            let body = json(&req[req.find("\r\n\r\n").expect("a body") + 4..]);
+            let id = body["proposal_id"].as_str().expect("the request names its proposal");
+            *sent.lock().unwrap() = Some(id.to_owned());
+        }
+    };
+    let record = keep(&sent);
+    let (code, out, err) = run(
+        "cut",
+        Box::new(move |req| {
+            record(req);
+            None
+        }),
+    );
     assert_eq!(code, Some(4), "a connection broken mid-request is exit status 4: {out} {err}");
     assert!(err.contains("may or may not be committed"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    let id = sent.lock().unwrap().take().expect("the fake daemon got the request");
+    let id: Uuid = id.parse().expect("a uuid");
+    assert!(!id.is_nil() && id.get_version_num() == 4, "{id}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with(&format!("proposal {id}: outcome unknown")), "{out}");
+    assert!(out.contains(&format!("lsync status --library {lib} --proposal {id}")), "{out}");
+    assert!(out.contains(&format!("--proposal-id {id}")), "{out}");
 
-    let (code, _, err) = run(
+    // a daemon saying it cannot tell: the same; a retry with --proposal-id sends that id
+    let unknown = || {
+        Some(http_response(
+            "503 Service Unavailable",
+            r#"{"error":"the sync service stopped","outcome":"unknown"}"#,
+        ))
+    };
+    let record = keep(&sent);
+    let (code, out, err) = run(
         "service-stopped",
-        Box::new(|_| {
-            Some(http_response(
-                "503 Service Unavailable",
-                r#"{"error":"the sync service stopped","outcome":"unknown"}"#,
-            ))
+        Box::new(move |req| {
+            record(req);
+            unknown()
         }),
     );
     assert_eq!(code, Some(4), "the daemon saying it cannot tell is exit status 4: {err}");
+    let first = sent.lock().unwrap().take().expect("the fake daemon got the request");
+    assert!(out.starts_with(&format!("proposal {first}: outcome unknown")), "{out}");
+    let dir = root.path().join("retried");
+    let record = keep(&sent);
+    let server = fake_daemon(&dir, move |req| {
+        record(req);
+        unknown()
+    });
+    let mut retry = put.to_vec();
+    retry.splice(1..1, ["--proposal-id", first.as_str(), "--json"]);
+    let again = lsync(&dir, &retry);
+    server.join().unwrap();
+    assert_eq!(again.status.code(), Some(4));
+    assert_eq!(sent.lock().unwrap().as_deref(), Some(first.as_str()), "the id given is sent");
+    let answer = json(&String::from_utf8_lossy(&again.stdout));
+    assert_eq!(answer["status"], "unknown", "{answer}");
+    assert_eq!(answer["proposal_id"], first.as_str(), "{answer}");
 
     // nothing listens at the address: the request was never sent
     let dir = root.path().join("gone");
@@ -1153,17 +1202,24 @@ fn control_token_survives_a_restart_until_rotated() {
 /// `lsync init` in `root/name` with a frame limit of 64 KiB (so a change may be 32 KiB) and
 /// short timers, then `lsync run`.
 fn start_with_small_frames(root: &Path, name: &str) -> Daemon {
+    start_with_frames(root, name, 65_536)
+}
+
+/// `lsync init` in `root/name` with a frame limit of `max_frame_bytes` (a change may be half)
+/// and short timers, then `lsync run`.
+fn start_with_frames(root: &Path, name: &str, max_frame_bytes: usize) -> Daemon {
     let dir = root.join(name);
     ok(&dir, &["init", "--name", name, "--listen", "/ip4/127.0.0.1/tcp/0"]);
     let config = dir.join("lsync.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     // and the short timers of Daemon::init_and_start
+    let limit = format!("max_frame_bytes = {max_frame_bytes}");
     let small = text
-        .replace("max_frame_bytes = 16777216", "max_frame_bytes = 65536")
+        .replace("max_frame_bytes = 16777216", &limit)
         .replace("heartbeat_interval_ms = 30000", "heartbeat_interval_ms = 200")
         .replace("leader_timeout_ms = 60000", "leader_timeout_ms = 1500")
         .replace("backoff_max_ms = 30000", "backoff_max_ms = 1000");
-    assert!(small.contains("max_frame_bytes = 65536"), "lsync init wrote the [network] defaults");
+    assert!(small.contains(&limit), "lsync init wrote the [network] defaults");
     std::fs::write(&config, small).unwrap();
     Daemon::start(&dir)
 }
@@ -1224,8 +1280,95 @@ fn a_change_over_the_size_limit_is_refused_in_one_line() {
     assert_eq!(wait_for_convergence(&[&d, &f], &lib), converged + 8);
 }
 
+/// The tag ids of `d`'s log after sequence `since`, in order.
+fn tags_after(d: &Daemon, since: u64) -> Vec<String> {
+    let log = json(&d.ok(&["log", "--json", "--since", &since.to_string()]));
+    let entries = log["entries"].as_array().cloned().unwrap_or_default();
+    entries
+        .iter()
+        .filter(|e| e["model_type"] == "tag")
+        .map(|e| e["record_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A follower holding an outbox entry its leader can never take — a change of 100 KB, within
+/// the follower's limits (16 MiB frames: a change may be 8 MiB) but whose `Propose` is over the
+/// leader's 64 KiB frame limit. The leader answers that `Propose` with `Error(BadRequest)`
+/// ("frame of N bytes exceeds the limit"), so the entry is refused for good: `lsync put` says
+/// so (exit status 2) and the entry is kept in the outbox as `failed` with the reason (`lsync
+/// outbox list`, `lsync status --proposal`), never dropped. It holds nothing back: the
+/// follower's later writes are committed, every entry the leader commits after it reaches the
+/// follower, and retrying it (`lsync outbox retry`) gets it refused again the same way while
+/// the writes after it still go through (issue 17).
+#[test]
+fn an_outbox_entry_the_leader_can_never_take_holds_nothing_back() {
+    let root = tempfile::tempdir().unwrap();
+    let d = start_with_frames(root.path(), "leader", 65_536);
+    let f = start_with_frames(root.path(), "follower", 16 * 1024 * 1024);
+    let lib =
+        json(&d.ok(&["library", "create", "--json"]))["library_id"].as_str().unwrap().to_owned();
+    let invitation = json(&d.ok(&["library", "invite", "--json"]));
+    f.ok(&["library", "join", invitation["token"].as_str().unwrap()]);
+    wait_for_configuration(&[&d, &f], 2, 2);
+    let before = wait_for_convergence(&[&d, &f], &lib);
+
+    let poison = Uuid::new_v4().to_string();
+    let big = format!(r#"{{"id":"poison","name":"{}"}}"#, "p".repeat(100_000));
+    let (code, out, err) = f.run(&["put", "--proposal-id", &poison, "tag", &big]);
+    assert_eq!(code, Some(2), "refused by the leader: {out} {err}");
+    let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("exceeds the limit of 65536 bytes"), "{err}");
+    // kept, as failed, with the reason
+    let failed = |f: &Daemon| {
+        let (code, out, err) = f.run(&["outbox", "list", "--json"]);
+        assert_eq!(code, Some(3), "an entry failed: {out} {err}");
+        let entries = json(&out)["entries"].as_array().cloned().unwrap();
+        assert_eq!(entries.len(), 1, "{out}");
+        assert_eq!(entries[0]["proposal_id"], poison.as_str(), "{out}");
+        let reason = entries[0]["failed_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("exceeds the limit of 65536 bytes"), "{out}");
+        entries[0]["failed_at_ms"].as_i64().unwrap()
+    };
+    let failed_at = failed(&f);
+    let (code, out, _) = f.run(&["outbox", "list"]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains(&format!("{poison}  failed")), "{out}");
+    let (code, out, _) = f.run(&["status", "--proposal", &poison]);
+    assert_eq!(code, Some(2), "failed: {out}");
+    assert!(out.contains("refused for good by the leader"), "{out}");
+
+    // behind it: the follower's writes are committed, the leader's replicate
+    let mut expected = Vec::new();
+    let mut write_both = |round: &str| {
+        let record = format!(r#"{{"id":"after{round}","name":"written behind it"}}"#);
+        let (code, out, err) = f.run(&["put", "tag", &record]);
+        assert_eq!(code, Some(0), "committed, not held behind the entry: {out} {err}");
+        let lead = format!(r#"{{"id":"lead{round}","name":"written on the leader"}}"#);
+        assert!(d.ok(&["put", "tag", &lead]).contains("committed"));
+        expected.extend([format!("after{round}"), format!("lead{round}")]);
+    };
+    for i in 0..3 {
+        write_both(&i.to_string());
+    }
+    // retried: refused again the same way (the leader's limit stands), and still nothing waits
+    let out = f.ok(&["outbox", "retry", &poison]);
+    assert!(out.contains("queued again"), "{out}");
+    wait_until("the retried entry is refused again", || failed(&f) > failed_at);
+    write_both("-after-the-retry");
+
+    let last = before + expected.len() as u64;
+    wait_until("the follower holds every entry the leader committed", || {
+        last_sequence(&d, &lib) == last && last_sequence(&f, &lib) == last
+    });
+    assert_eq!(tags_after(&d, before), expected, "the leader never took the entry");
+    assert_eq!(tags_after(&f, before), expected, "the follower replicated all of them");
+}
+
 /// `lsync status --proposal ID` tells what became of a write: committed (exit status 0, with
-/// its sequence), or not known on this device (exit status 4).
+/// its sequence), or not known on this device (exit status 4). A write's proposal id may be
+/// chosen by the client (`lsync put --proposal-id`, the API's `proposal_id`): its entries carry
+/// it, the same id again writes nothing more, a nil one is refused.
 #[test]
 fn status_tells_what_became_of_a_proposal() {
     let root = tempfile::tempdir().unwrap();
@@ -1254,6 +1397,54 @@ fn status_tells_what_became_of_a_proposal() {
     let (code, out, err) = d.run(&["status", "--proposal", &stranger]);
     assert_eq!(code, Some(4), "not known here is exit status 4: {out} {err}");
     assert!(out.contains("not known on this device"), "{out}");
+
+    // A proposal id chosen by the client: its entry carries it, and writing it again (a
+    // retry after exit status 4) commits nothing more and answers the same sequence.
+    let chosen = Uuid::new_v4().to_string();
+    let put = ["put", "--proposal-id", &chosen, "--json", "tag", r#"{"id":"t2","name":"once"}"#];
+    let first = json(&d.ok(&put));
+    assert_eq!(first["status"], "committed", "{first}");
+    assert_eq!(first["proposal_id"], chosen.as_str(), "{first}");
+    let last = first["last_sequence"].as_u64().unwrap();
+    let again = json(&d.ok(&put));
+    assert_eq!(again, first, "the same answer, from the log");
+    let (code, out, _) = d.run(&["status", "--proposal", &chosen, "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(json(&out)["sequences"], serde_json::json!([last]), "{out}");
+    let lib = d.library_list_one();
+    assert_eq!(last_sequence(&d, &lib), last, "nothing written by the second put");
+
+    // the control API: the body's proposal_id names the write (the answer too); sent again,
+    // even with other data, nothing more is written; a nil id is refused
+    let changes = format!("/libraries/{lib}/changes");
+    let proposal = Uuid::new_v4();
+    let body = |name: &str, p: Uuid| serde_json::json!({"model_type": "tag", "data": {"id": "t3", "name": name}, "proposal_id": p});
+    let (s, resp) = d.http("POST", &changes, Some(&d.token()), Some(body("api", proposal)));
+    assert_eq!(s, 200, "{resp}");
+    let answer = json(&resp);
+    assert_eq!(answer["proposal_id"], proposal.to_string(), "{resp}");
+    assert_eq!(answer["last_sequence"], last + 1, "{resp}");
+    let log = json(&d.ok(&["log", "--json", "--since", &last.to_string()]));
+    assert_eq!(log["entries"][0]["proposal_id"], proposal.to_string(), "{log}");
+    let (s, resp) = d.http("POST", &changes, Some(&d.token()), Some(body("other", proposal)));
+    assert_eq!((s, json(&resp)), (200, answer), "the same answer");
+    assert_eq!(last_sequence(&d, &lib), last + 1, "nothing written by the second request");
+    let (s, resp) = d.http("POST", &changes, Some(&d.token()), Some(body("nil", Uuid::nil())));
+    assert_eq!(s, 400, "{resp}");
+    assert!(json(&resp)["error"].as_str().unwrap().contains("proposal_id is the nil uuid"));
+    let bad = serde_json::json!({"model_type": "tag", "data": {"id": "t4", "name": "n"}, "proposal_id": "x"});
+    assert_eq!(d.http("POST", &changes, Some(&d.token()), Some(bad)).0, 400);
+    // without one, the daemon picks one and names it
+    let (s, resp) = d.http(
+        "POST",
+        &changes,
+        Some(&d.token()),
+        Some(serde_json::json!({"model_type": "tag", "data": {"id": "t5", "name": "n"}})),
+    );
+    assert_eq!(s, 200, "{resp}");
+    let picked: Uuid = json(&resp)["proposal_id"].as_str().unwrap().parse().unwrap();
+    assert!(!picked.is_nil());
+    assert_eq!(last_sequence(&d, &lib), last + 2);
 }
 
 /// `lsync outbox list|retry|discard` through the binary: an empty outbox lists as such (exit

@@ -7,7 +7,9 @@
 //! change in use but not yet held by a majority of the voters (docs/operations.md,
 //! "Membership"), or a write queued in the outbox while no leader is reachable; [`EXIT_UNKNOWN`]
 //! (4) when the request was sent but its answer was lost (the connection broke, or the service
-//! stopped meanwhile): the change may or may not be committed; [`EXIT_TOO_LARGE`] (5) when a
+//! stopped meanwhile): the change may or may not be committed — a write then prints the
+//! proposal id it sent, to look up with `lsync status --proposal ID` or retry safely with
+//! `--proposal-id ID` (see [`put`]); [`EXIT_TOO_LARGE`] (5) when a
 //! change is larger than a change may be (nothing was done).
 
 use std::process::ExitCode;
@@ -343,15 +345,31 @@ pub fn library_list(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `lsync put` and `lsync tag add`: writes `request` as proposal `proposal_id` (the one given
+/// with `--proposal-id`, else a new one), so that when the answer is lost ([`EXIT_UNKNOWN`])
+/// it can say which proposal to look up — one line on stdout naming it and
+/// `lsync status --proposal ID` (with `--json`, a `WriteJson` whose status is `unknown`) — and
+/// a retry with the same id is safe: the daemon never commits one proposal id twice.
 pub fn put(
     client: &Client,
     library: Uuid,
-    request: ChangeRequest,
+    mut request: ChangeRequest,
+    proposal_id: Option<Uuid>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     request.to_change().map_err(anyhow::Error::msg)?;
-    let out: lsync::control::api::WriteJson =
-        client.post(&format!("/libraries/{library}/changes"), Some(&request))?;
+    let proposal_id = proposal_id.unwrap_or_else(Uuid::new_v4);
+    request.proposal_id = Some(proposal_id);
+    let answer = client.post(&format!("/libraries/{library}/changes"), Some(&request));
+    let out: lsync::control::api::WriteJson = match answer {
+        Ok(out) => out,
+        Err(e) => {
+            if unknown(&e) {
+                print_unknown(library, proposal_id, json)?;
+            }
+            return Err(e);
+        }
+    };
     if json {
         println!("{}", serde_json::to_string(&out)?);
     } else if let (Some(first), Some(last)) = (out.first_sequence, out.last_sequence) {
@@ -368,6 +386,32 @@ pub fn put(
     }
     let committed = out.first_sequence.is_some();
     Ok(exit(committed))
+}
+
+/// Whether a request failed with its outcome unknown (it may have been carried out).
+fn unknown(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<super::client::RequestError>()
+        .is_some_and(|r| r.failure == super::client::Failure::Unknown)
+}
+
+/// The line (on stdout) of a write whose answer was lost: the proposal to look up.
+fn print_unknown(library: Uuid, proposal_id: Uuid, json: bool) -> anyhow::Result<()> {
+    if json {
+        let out = lsync::control::api::WriteJson {
+            status: "unknown".into(),
+            first_sequence: None,
+            last_sequence: None,
+            proposal_id: Some(proposal_id),
+        };
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "proposal {proposal_id}: outcome unknown; `lsync status --library {library} \
+             --proposal {proposal_id}` tells what became of it, and the same command with \
+             --proposal-id {proposal_id} retries it safely (never committed twice)"
+        );
+    }
+    Ok(())
 }
 
 /// `lsync outbox list`: exit 0, or [`EXIT_PENDING`] when an entry failed (a script sees that

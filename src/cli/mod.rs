@@ -109,7 +109,8 @@ enum Command {
     ///
     /// Exit status: 0 committed; 3 queued (no leader reachable: it commits once one is); 2
     /// refused (nothing was done); 4 unknown (the answer was lost: it may or may not be
-    /// committed, `lsync log` tells); 5 too large.
+    /// committed; a line on stdout names the proposal id, which `lsync status --proposal ID`
+    /// follows and `--proposal-id ID` retries safely); 5 too large.
     Put {
         /// The library (default: the daemon's only library).
         #[arg(long, value_name = "ID")]
@@ -125,6 +126,12 @@ enum Command {
         /// proposal_id}).
         #[arg(long)]
         json: bool,
+        /// The write's proposal id (default: a new random one). The committed entries carry
+        /// it; running the command again with the same id never commits the change twice (it
+        /// answers what became of the first), so a script whose `lsync put` exited 4 may retry
+        /// it with the id that was printed.
+        #[arg(long, value_name = "UUID")]
+        proposal_id: Option<Uuid>,
         /// Model type: tag or location.
         model: String,
         /// The whole record as a JSON object (omit for a delete).
@@ -433,6 +440,10 @@ enum TagCommand {
         /// proposal_id}).
         #[arg(long)]
         json: bool,
+        /// The write's proposal id (default: a new random one); as `lsync put --proposal-id`:
+        /// the same id again is never committed twice.
+        #[arg(long, value_name = "UUID")]
+        proposal_id: Option<Uuid>,
         name: String,
     },
 }
@@ -559,7 +570,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 LibraryCommand::List { json } => commands::library_list(&client, json),
             }
         }
-        Command::Put { library, change, record_id, json, model, record } => {
+        Command::Put { library, change, record_id, json, proposal_id, model, record } => {
             let data = match &record {
                 Some(text) => serde_json::from_str(text).map_err(|e| {
                     anyhow::anyhow!("the record is not valid JSON ({e}): quote it, e.g. '{{\"id\":\"t1\",\"name\":\"holiday\"}}'")
@@ -577,22 +588,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 record_id,
                 change_type: Some(change_type.into()),
                 data,
+                proposal_id: None,
             };
             let client = Client::connect(&dir)?;
             let library = commands::resolve_library(&client, library)?;
-            commands::put(&client, library, request, json)
+            commands::put(&client, library, request, proposal_id, json)
         }
-        Command::Tag(TagCommand::Add { library, id, color, json, name }) => {
+        Command::Tag(TagCommand::Add { library, id, color, json, proposal_id, name }) => {
             let id = id.unwrap_or_else(|| Uuid::new_v4().to_string());
             let request = ChangeRequest {
                 model_type: "tag".into(),
                 record_id: None,
                 change_type: Some("insert".into()),
                 data: serde_json::json!({ "id": id, "name": name, "color": color }),
+                proposal_id: None,
             };
             let client = Client::connect(&dir)?;
             let library = commands::resolve_library(&client, library)?;
-            commands::put(&client, library, request, json)
+            commands::put(&client, library, request, proposal_id, json)
         }
         Command::Token(TokenCommand::Rotate) => commands::token_rotate(&dir),
         Command::Outbox(cmd) => {

@@ -29,6 +29,11 @@ pub struct ErrorBody {
 /// [`ErrorBody::outcome`] of an error after which the change may or may not be committed.
 pub const OUTCOME_UNKNOWN: &str = "unknown";
 
+/// The `400` of a `POST /libraries/{id}/changes` whose `proposal_id` is the nil uuid.
+pub const NIL_PROPOSAL_ID: &str = "proposal_id is the nil uuid \
+    (00000000-0000-0000-0000-000000000000): give a random (v4) uuid, or leave it out and the \
+    daemon picks one";
+
 /// A member device, as another device must know it (`POST /libraries/{id}/devices`, and the
 /// leader and members of `POST /libraries/{id}/join`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +277,12 @@ pub struct ChangeRequest {
     /// The whole record as a JSON object (Insert/Update); ignored for Delete.
     #[serde(default)]
     pub data: serde_json::Value,
+    /// The write's proposal id, chosen by the client (`lsync put` always sends one); absent:
+    /// the daemon picks one. The committed entries carry it; a write sent again with the same
+    /// id is never committed twice: the answer is what became of the first
+    /// ([`crate::Node::write_with_id`]). The nil uuid is refused (400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal_id: Option<Uuid>,
 }
 
 /// Model types the control API can encode from JSON.
@@ -352,20 +363,21 @@ pub struct WriteJson {
     pub first_sequence: Option<u64>,
     /// Its last entry (`committed`); null when `queued`.
     pub last_sequence: Option<u64>,
-    /// The outbox entry's id when `queued`; null when `committed`, although the entries carry
-    /// a proposal id in the log (docs/protocol.md §4).
+    /// The write's proposal id (the one the request gave, or the daemon's choice): the id
+    /// its entries carry in the log, and of its outbox entry when `queued`. Optional when read
+    /// (a daemon of an earlier version sent null when `committed`).
     pub proposal_id: Option<Uuid>,
 }
 
 impl WriteJson {
-    /// The JSON form of a write's outcome.
-    pub fn from_outcome(o: crate::WriteOutcome) -> Self {
+    /// The JSON form of the outcome of the write `proposal_id`.
+    pub fn from_outcome(proposal_id: Uuid, o: crate::WriteOutcome) -> Self {
         match o {
             crate::WriteOutcome::Committed { first_sequence, last_sequence } => Self {
                 status: "committed".into(),
                 first_sequence: Some(first_sequence),
                 last_sequence: Some(last_sequence),
-                proposal_id: None,
+                proposal_id: Some(proposal_id),
             },
             crate::WriteOutcome::Queued { proposal_id } => Self {
                 status: "queued".into(),
@@ -628,9 +640,29 @@ mod tests {
             record_id: None,
             change_type: None,
             data: serde_json::json!({"id": "t1", "name": "holiday"}),
+            proposal_id: None,
         };
         let tag = Tag { id: "t1".into(), name: "holiday".into(), color: None };
         assert_eq!(req.to_change().unwrap(), Change::insert(&tag));
+    }
+
+    #[test]
+    fn a_write_names_its_proposal_id_in_the_body_and_the_answer() {
+        let id = Uuid::new_v4();
+        let body = serde_json::json!({"model_type": "tag", "data": {"id": "t"}, "proposal_id": id});
+        let req: ChangeRequest = serde_json::from_value(body).unwrap();
+        assert_eq!(req.proposal_id, Some(id));
+        let without: ChangeRequest =
+            serde_json::from_value(serde_json::json!({"model_type": "tag", "data": {}})).unwrap();
+        assert_eq!(without.proposal_id, None);
+        assert!(!serde_json::to_string(&without).unwrap().contains("proposal_id"));
+        let bad = serde_json::json!({"model_type": "tag", "proposal_id": "not-a-uuid"});
+        assert!(serde_json::from_value::<ChangeRequest>(bad).is_err());
+        let committed = crate::WriteOutcome::Committed { first_sequence: 4, last_sequence: 5 };
+        let answer = WriteJson::from_outcome(id, committed);
+        assert_eq!((answer.status.as_str(), answer.proposal_id), ("committed", Some(id)));
+        let queued = WriteJson::from_outcome(id, crate::WriteOutcome::Queued { proposal_id: id });
+        assert_eq!((queued.status.as_str(), queued.proposal_id), ("queued", Some(id)));
     }
 
     #[test]
@@ -640,6 +672,7 @@ mod tests {
             record_id: None,
             change_type: ct.map(Into::into),
             data,
+            proposal_id: None,
         };
         let e = req("album", None, serde_json::json!({"id": "a"})).to_change().unwrap_err();
         assert!(e.contains("unknown model type \"album\""), "{e}");

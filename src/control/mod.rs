@@ -19,7 +19,7 @@
 //! | `PUT /libraries/{id}/devices/{device}/preference` | `{preference: auto\|learner\|voter}` → change |
 //! | `POST /libraries/{id}/force-reconfigure` | `{voters, i_understand_this_is_unsafe: true}` → change |
 //! | `POST /libraries/{id}/join` | `{leader: device, members: [device]}` → `{}` |
-//! | `POST /libraries/{id}/changes` | `{model_type, record_id?, change_type?, data}` → `{status, first_sequence, last_sequence, proposal_id}` |
+//! | `POST /libraries/{id}/changes` | `{model_type, record_id?, change_type?, data, proposal_id?}` → `{status, first_sequence, last_sequence, proposal_id}`: the same `proposal_id` again never commits twice (the answer is what became of it); a nil one is `400` |
 //! | `GET /libraries/{id}/log?since=N&limit=N` | → `{entries, last_sequence}` (limit ≤ 1000) |
 //! | `GET /libraries/{id}/proposals/{proposal}` | → `{library_id, proposal_id, state: committed\|queued\|failed\|unknown, sequences, attempts, last_error, last_sequence}` |
 //! | `GET /libraries/{id}/outbox` | → `{entries: [{proposal_id, state: queued\|failed, created_at_ms, changes, attempts, next_attempt_ms, last_error, failed_reason, failed_at_ms}]}` |
@@ -633,10 +633,16 @@ async fn commit_change(
 ) -> Result<HttpResponse, ApiError> {
     let id = library_id(&path)?;
     let change = body.to_change().map_err(ApiError::bad_request)?;
+    let proposal_id = match body.proposal_id {
+        Some(p) if p.is_nil() => return Err(ApiError::bad_request(api::NIL_PROPOSAL_ID)),
+        Some(p) => p,
+        None => Uuid::new_v4(),
+    };
     // the same write on every device: committed at once on the leader, proposed from a follower;
-    // a change over the size limit is 413 naming it (NodeError::ChangeTooLarge)
-    let outcome = node.write(id, vec![change]).await?;
-    Ok(HttpResponse::Ok().json(api::WriteJson::from_outcome(outcome)))
+    // a change over the size limit is 413 naming it (NodeError::ChangeTooLarge); an id written
+    // before is answered with what became of it, never committed twice
+    let outcome = node.write_with_id(id, proposal_id, vec![change]).await?;
+    Ok(HttpResponse::Ok().json(api::WriteJson::from_outcome(proposal_id, outcome)))
 }
 
 /// `GET /libraries/{id}/proposals/{proposal}`: the entries of this device's log that carry the

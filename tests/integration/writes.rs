@@ -287,3 +287,72 @@ fn entries_of(db: &lsync::Database, proposal: Uuid) -> Vec<lsync::SyncLogEntry> 
     db.with_reader(|conn| lsync::crates::storage::SyncLog::proposal_entries(conn, proposal))
         .unwrap()
 }
+
+/// A write with a caller-chosen proposal id (`Node::write_with_id`, what the control API's
+/// `proposal_id` and `lsync put` use): its entries carry exactly that id on every device, and
+/// writing the same id again never commits twice — answered with the first write's range when
+/// committed, still one outbox entry while queued, one commit once a leader takes it. A nil id
+/// is refused.
+#[actix_rt::test]
+async fn a_write_carries_its_chosen_proposal_id_and_is_never_committed_twice() {
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    let base = cluster.last_sequence(0, lib);
+
+    // from a follower, and from the leader
+    for (via, id) in [(1, "from-a-follower"), (0, "from-the-leader")] {
+        let proposal = Uuid::new_v4();
+        let first = cluster.node(via).write_with_id(lib, proposal, vec![tag(id, "once")]).await;
+        let first = first.unwrap();
+        assert!(matches!(first, WriteOutcome::Committed { .. }), "{first:?}");
+        // sent again (say its answer was lost), even with other changes: the same answer
+        let again = cluster.node(via).write_with_id(lib, proposal, vec![tag(id, "twice")]).await;
+        assert_eq!(again.unwrap(), first);
+        cluster.assert_converged(lib, 0, &[1, 2]).await;
+        for node in 0..3 {
+            let entries = entries_of(&cluster.node(node).database(lib).unwrap(), proposal);
+            let ids: Vec<_> = entries.iter().map(|e| e.record_id.as_str()).collect();
+            assert_eq!(ids, vec![id], "node {node}: the entries of {proposal}");
+        }
+    }
+    assert_eq!(cluster.last_sequence(0, lib), base + 2, "two writes, two entries");
+    let (_, doubles) = tags_and_counts(&cluster, 0, lib);
+    assert!(doubles.is_empty(), "committed more than once: {doubles:?}");
+
+    let nil = cluster.node(1).write_with_id(lib, Uuid::nil(), vec![tag("nil", "x")]).await;
+    assert!(matches!(&nil, Err(lsync::NodeError::InvalidInput(m)) if m.contains("nil")), "{nil:?}");
+
+    // no leader for node 1 alone: queued, and queued again under the same id — one entry
+    cluster.stop(0).await;
+    cluster.stop(2).await;
+    let queued = Uuid::new_v4();
+    for _ in 0..2 {
+        let out = cluster.node(1).write_with_id(lib, queued, vec![tag("queued", "alone")]).await;
+        assert_eq!(out.unwrap(), WriteOutcome::Queued { proposal_id: queued });
+    }
+    let outbox = cluster.node(1).outbox(lib).await.unwrap();
+    assert_eq!(outbox.iter().map(|e| e.proposal_id).collect::<Vec<_>>(), vec![queued]);
+
+    // a leader again: committed once, under its id; the same id after that is answered
+    // from the log
+    cluster.restart(0).await;
+    let (leader, _) = cluster.wait_for_leader(lib, &[0, 1], 0).await;
+    let db = cluster.node(1).database(lib).unwrap();
+    wait_until("the queued write is committed and applied on node 1", || async {
+        !entries_of(&db, queued).is_empty()
+    })
+    .await;
+    let entries = entries_of(&db, queued);
+    let out = cluster.node(1).write_with_id(lib, queued, vec![tag("queued", "alone")]).await;
+    assert_eq!(
+        out.unwrap(),
+        WriteOutcome::Committed {
+            first_sequence: entries[0].sequence,
+            last_sequence: entries[0].sequence
+        }
+    );
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    cluster.assert_converged(lib, leader, &[1 - leader]).await;
+    let (_, doubles) = tags_and_counts(&cluster, leader, lib);
+    assert!(doubles.is_empty(), "committed more than once: {doubles:?}");
+}

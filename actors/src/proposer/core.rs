@@ -325,10 +325,17 @@ impl<R: Rng> ProposerCore<R> {
     }
 
     /// The shell wrote a submission to the outbox as `proposal_id`: deliver it, and answer
-    /// `token` with its outcome.
+    /// `token` with its outcome. A proposal this machine saw committed or refused already (a
+    /// round delivered it before the machine heard of the submission, or the same id was
+    /// submitted again) is answered with that outcome and not delivered again: one committed
+    /// is removed from the outbox (the shell may have queued it anew).
     pub fn submitted(&mut self, proposal_id: Uuid, token: u64) -> Vec<Command> {
         if let Some((_, outcome)) = self.recent.iter().find(|(p, _)| *p == proposal_id) {
-            return vec![Command::Answer { token, outcome: outcome.clone() }];
+            let answer = Command::Answer { token, outcome: outcome.clone() };
+            return match outcome {
+                SubmitOutcome::Committed { .. } => vec![Command::Remove { proposal_id }, answer],
+                SubmitOutcome::Queued | SubmitOutcome::Refused(_) => vec![answer],
+            };
         }
         self.watches.push((proposal_id, token));
         self.start_round()
@@ -769,15 +776,42 @@ mod tests {
         c.delivered(Uuid::from_u128(2), Delivery::Refused("invalid".into()), now);
         assert_eq!(
             c.submitted(Uuid::from_u128(1), 3),
-            vec![Command::Answer {
-                token: 3,
-                outcome: SubmitOutcome::Committed { first: 4, last: 4 }
-            }]
+            vec![
+                Command::Remove { proposal_id: Uuid::from_u128(1) },
+                Command::Answer {
+                    token: 3,
+                    outcome: SubmitOutcome::Committed { first: 4, last: 4 }
+                }
+            ]
         );
         assert_eq!(
             c.submitted(Uuid::from_u128(2), 4),
             vec![Command::Answer { token: 4, outcome: SubmitOutcome::Refused("invalid".into()) }]
         );
+    }
+
+    #[test]
+    fn a_proposal_submitted_again_after_its_commit_is_answered_and_not_delivered_again() {
+        let (mut c, _) = core();
+        let target = settled_remote(&mut c);
+        let now = Instant::now();
+        let p = Uuid::from_u128(1);
+        assert_eq!(c.submitted(p, 1), vec![Command::ListOutbox]);
+        assert_eq!(c.listed(vec![entry(1)], now), vec![deliver(1, target)]);
+        let out = c.delivered(p, Delivery::Committed { first: 6, last: 6 }, now);
+        assert_eq!(out[0], Command::Remove { proposal_id: p });
+        // the same id again (the shell queued it anew): no round, the row goes, same answer
+        assert_eq!(
+            c.submitted(p, 2),
+            vec![
+                Command::Remove { proposal_id: p },
+                Command::Answer {
+                    token: 2,
+                    outcome: SubmitOutcome::Committed { first: 6, last: 6 }
+                }
+            ]
+        );
+        assert!(!c.is_busy());
     }
 
     #[test]

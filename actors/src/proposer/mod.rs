@@ -171,12 +171,20 @@ impl Proposer {
         self.send(Event::Panic);
     }
 
-    /// Queues `changes` durably and delivers the outbox; tells whether they were committed in
-    /// the round that reached them. Without a running [`Proposer::run`] they stay queued.
-    /// Changes whose `Propose` would exceed [`SyncConfig::max_frame`] are refused before they
-    /// are queued ([`SubmitError::TooLarge`]).
-    pub async fn submit(&self, changes: Vec<Change>) -> Result<Submitted, SubmitError> {
-        let proposal_id = Uuid::new_v4();
+    /// Queues `changes` durably as proposal `proposal_id` and delivers the outbox; tells
+    /// whether they were committed in the round that reached them. Without a running
+    /// [`Proposer::run`] they stay queued. Changes whose `Propose` would exceed
+    /// [`SyncConfig::max_frame`] are refused before they are queued ([`SubmitError::TooLarge`]).
+    ///
+    /// The entries the leader commits carry `proposal_id`. Submitting an id that is in the
+    /// outbox already writes nothing: the entry there (with the changes it was queued with) is
+    /// delivered and this call answers with its outcome — queued, committed, or refused when
+    /// it is in the `failed` state. The leader commits one proposal id at most once.
+    pub async fn submit(
+        &self,
+        proposal_id: Uuid,
+        changes: Vec<Change>,
+    ) -> Result<Submitted, SubmitError> {
         let (library_id, me) = (self.inner.library_id, self.inner.device_id);
         let max_frame = self.inner.config.max_frame;
         if let Some(reason) = proposal_too_large(library_id, me, proposal_id, &changes, max_frame) {
@@ -501,12 +509,12 @@ mod tests {
         let task = tokio::spawn(p.clone().run());
 
         // too large for a frame: refused before it is queued
-        let err = p.submit(change(&"x".repeat(5_000))).await.unwrap_err();
+        let err = p.submit(Uuid::new_v4(), change(&"x".repeat(5_000))).await.unwrap_err();
         assert!(matches!(err, SubmitError::TooLarge(_)), "{err}");
         assert!(db.outbox_list_all().unwrap().is_empty());
 
         // refused for good: kept as failed, counted, told
-        let err = p.submit(change("poison")).await.unwrap_err();
+        let err = p.submit(Uuid::new_v4(), change("poison")).await.unwrap_err();
         assert!(matches!(err, SubmitError::Refused(_)), "{err}");
         let all = db.outbox_list_all().unwrap();
         assert_eq!(all.len(), 1, "{all:?}");
@@ -519,14 +527,70 @@ mod tests {
         ));
 
         // one that keeps failing does not hold the ones after it
-        assert!(matches!(p.submit(change("slow")).await.unwrap(), Submitted::Queued { .. }));
+        assert!(matches!(
+            p.submit(Uuid::new_v4(), change("slow")).await.unwrap(),
+            Submitted::Queued { .. }
+        ));
         for n in 0..3 {
-            let later = p.submit(change(&format!("t{n}"))).await.unwrap();
+            let later = p.submit(Uuid::new_v4(), change(&format!("t{n}"))).await.unwrap();
             assert!(matches!(later, Submitted::Committed { .. }), "{later:?}");
         }
         let pending: Vec<_> = db.outbox_list().unwrap();
         assert_eq!(pending.len(), 1, "only the slow one waits: {pending:?}");
         assert!(pending[0].attempts >= 1 && pending[0].last_error.is_some(), "{pending:?}");
+        task.abort();
+    }
+
+    /// The proposal ids of the `Propose`s `transport` sent.
+    fn proposed(transport: &ScriptedTransport) -> Vec<Uuid> {
+        let ids = transport.sent("Propose").into_iter();
+        ids.filter_map(|m| match m {
+            SyncMessage::Propose { proposal_id, .. } => Some(proposal_id),
+            _ => None,
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn a_proposal_id_submitted_twice_is_queued_once_and_committed_once() {
+        let dir = TempDir::new().unwrap();
+        let (library_id, leader_id, peer) = (Uuid::new_v4(), Uuid::new_v4(), PeerId::random());
+        let db = follower_db(&dir, library_id, leader_id);
+        let me = db.sync_state().unwrap().device_id;
+        let transport = leader();
+        let (host_events, _) = tokio::sync::broadcast::channel(16);
+        let p = Proposer::new(
+            library_id,
+            me,
+            db.clone(),
+            TransactionManager::new(db.clone(), me),
+            transport.clone(),
+            SyncConfig::fast(),
+            host_events,
+            Arc::new(Metrics::default()),
+            Default::default(),
+        );
+        p.set_members([(leader_id, peer)].into());
+        p.set_leader(LeaderView { term: 1, leader: Some(leader_id) });
+        let task = tokio::spawn(p.clone().run());
+
+        // committed, then submitted again (its answer was lost): the same answer, no Propose
+        let id = Uuid::new_v4();
+        let first = p.submit(id, change("t1")).await.unwrap();
+        assert!(matches!(first, Submitted::Committed { .. }), "{first:?}");
+        assert_eq!(p.submit(id, change("t1")).await.unwrap(), first);
+        assert_eq!(proposed(&transport), vec![id], "proposed once");
+        wait_for("the outbox to be empty", || db.outbox_count().unwrap() == 0).await;
+
+        // queued (the leader never answers), then submitted again: still one outbox entry
+        let slow = Uuid::new_v4();
+        for _ in 0..2 {
+            let queued = p.submit(slow, change("slow")).await.unwrap();
+            assert_eq!(queued, Submitted::Queued { proposal_id: slow });
+        }
+        let all = db.outbox_list_all().unwrap();
+        assert_eq!(all.iter().map(|e| e.proposal_id).collect::<Vec<_>>(), vec![slow], "{all:?}");
+        assert_eq!(all[0].changes, change("slow"));
         task.abort();
     }
 
@@ -606,7 +670,10 @@ mod tests {
         p.set_leader(LeaderView { term: 1, leader: Some(me) });
         let task = tokio::spawn(p.clone().run());
         let before = last();
-        assert!(matches!(p.submit(insert("t2")).await.unwrap(), Submitted::Queued { .. }));
+        assert!(matches!(
+            p.submit(Uuid::new_v4(), insert("t2")).await.unwrap(),
+            Submitted::Queued { .. }
+        ));
         let held = || db.outbox_list().unwrap()[0].last_error.as_deref() == Some(WRITES_HELD);
         wait_for("an attempt held by the transfer", held).await;
         assert_eq!(last(), before, "held while the transfer runs");

@@ -1684,11 +1684,16 @@ impl Handler<GetStatus> for SyncService {
     }
 }
 
-/// Writes changes from this device, whatever its role: committed at once when it leads,
-/// otherwise proposed to the leader through the durable outbox.
+/// Writes changes from this device as proposal `proposal_id`, whatever its role: proposed to
+/// the leader through the durable outbox (committed locally by the proposer when this device
+/// leads). The committed entries carry `proposal_id`; an id already in the outbox is not
+/// queued again ([`Proposer::submit`]).
 #[derive(Message)]
 #[rtype(result = "Result<Submitted, String>")]
-pub struct Submit(pub Vec<lsync_storage::Change>);
+pub struct Submit {
+    pub proposal_id: Uuid,
+    pub changes: Vec<lsync_storage::Change>,
+}
 
 /// The host changed the outbox (an entry retried, docs/operations.md "lsync outbox"): the
 /// proposer looks at it again at once.
@@ -1707,7 +1712,10 @@ impl Handler<Submit> for SyncService {
     type Result = ResponseFuture<Result<Submitted, String>>;
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
         let proposer = self.proposer.clone();
-        Box::pin(async move { proposer.submit(msg.0).await.map_err(|e| e.to_string()) })
+        let Submit { proposal_id, changes } = msg;
+        Box::pin(
+            async move { proposer.submit(proposal_id, changes).await.map_err(|e| e.to_string()) },
+        )
     }
 }
 
