@@ -52,8 +52,8 @@ pub use lsync_storage::{
     StorageOptions, Syncable, Synchronous, Tag, VerifyReport,
 };
 pub use node::{
-    change_bytes, max_change_bytes, DeviceInfo, Invitation, JoinOutcome, MembershipOutcome, Node,
-    NodeBuilder, NodeConfig, NodeError, WriteOutcome,
+    change_bytes, max_change_bytes, DeviceInfo, Durability, Invitation, JoinOutcome,
+    MembershipOutcome, Node, NodeBuilder, NodeConfig, NodeError, WriteOutcome,
 };
 
 /// Re-exports of the member crates, for hosts that need more than the facade.

@@ -110,6 +110,39 @@ pub enum WriteOutcome {
     /// No leader was reachable: the changes wait in this device's durable outbox and will be
     /// committed, once, by whichever device leads next.
     Queued { proposal_id: Uuid },
+    /// A [`Durability::Majority`] write the leader sequenced (at `first_sequence..=
+    /// last_sequence` when it answered) that a majority of the voters did not hold within the
+    /// request timeout (`network.request_timeout`): it is in the leader's log and commits once
+    /// a majority fetches it — or, if that leader is deposed first, is proposed again and
+    /// commits once elsewhere, at other sequences. Never dropped; `lsync status --proposal`
+    /// (or the log) tells where it ended.
+    Pending { proposal_id: Uuid, first_sequence: u64, last_sequence: u64 },
+}
+
+/// How durable a write is when [`Node::write_with`] answers `Committed` (docs/operations.md,
+/// "Durability").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Committed on the leader's disk: it survives a crash of any device; its sequence may
+    /// still change if that leader is deposed before a majority fetched it (the change is then
+    /// proposed again, never lost).
+    #[default]
+    Local,
+    /// Held by a majority of the voters (at or below the commit sequence): its sequence is
+    /// final, and it survives the loss of any minority of the devices. Answered
+    /// [`WriteOutcome::Pending`] when no majority holds it within the request timeout.
+    Majority,
+}
+
+impl Durability {
+    /// Parses `local` or `majority`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "local" => Some(Self::Local),
+            "majority" => Some(Self::Majority),
+            _ => None,
+        }
+    }
 }
 
 /// What became of a membership change ([`Node::add_device`], [`Node::remove_device`],
@@ -1071,6 +1104,82 @@ impl Node {
                 }
                 Ok(WriteOutcome::Committed { first_sequence: first, last_sequence: last })
             }
+        }
+    }
+
+    /// [`Node::write_with_id`] at a [`Durability`] level. `Local` answers as `write_with_id`
+    /// does. `Majority` answers `Committed` only once a majority of the voters hold the
+    /// write: this device's view of the commit sequence covers its entries, and this
+    /// device's log matches the current leader's there (its last entry is of the current
+    /// term, so Raft's log matching makes everything before it the leader's) — the sequences
+    /// in that answer are final, read from this device's log (if the change had to be proposed
+    /// again after a deposed leader, they are where it ended). Within the request timeout
+    /// (`network.request_timeout`) or the answer is [`WriteOutcome::Pending`]; a queued write
+    /// is answered `Queued` at either level. In a two-voter library a majority is both
+    /// devices: a device leading alone answers `Pending`.
+    pub async fn write_with(
+        &self,
+        library_id: Uuid,
+        proposal_id: Uuid,
+        durability: Durability,
+        changes: Vec<Change>,
+    ) -> Result<WriteOutcome, NodeError> {
+        let outcome = self.write_with_id(library_id, proposal_id, changes).await?;
+        match (durability, outcome) {
+            (Durability::Majority, WriteOutcome::Committed { first_sequence, last_sequence }) => {
+                self.wait_for_majority(library_id, proposal_id, (first_sequence, last_sequence))
+                    .await
+            }
+            (_, outcome) => Ok(outcome),
+        }
+    }
+
+    /// Waits until a majority holds proposal `proposal_id` (see [`Node::write_with`]), at
+    /// most the request timeout; `answered` is the range the leader answered with.
+    async fn wait_for_majority(
+        &self,
+        library_id: Uuid,
+        proposal_id: Uuid,
+        answered: (u64, u64),
+    ) -> Result<WriteOutcome, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.network.request_timeout;
+        let db = self.library(library_id)?.db.clone();
+        loop {
+            let st = self.status(library_id).await?;
+            let read = db.clone();
+            let (head, entries) = blocking(move || {
+                let entries = read.with_reader(|conn| {
+                    lsync_storage::SyncLog::proposal_entries(conn, proposal_id)
+                })?;
+                Ok((read.head()?.position, entries))
+            })
+            .await?;
+            // A write whose changes wrote no entry (deletes of records that do not exist) is
+            // held once the position the leader answered with is.
+            let range = match (entries.first(), entries.last()) {
+                (Some(f), Some(l)) => Some((f.sequence, l.sequence)),
+                _ if answered.0 == answered.1 => Some(answered),
+                _ => None,
+            };
+            if let Some((first_sequence, last_sequence)) = range {
+                let held = st.leader.is_some()
+                    && head.term == st.term
+                    && last_sequence <= head.sequence
+                    && last_sequence <= st.commit_sequence;
+                if held {
+                    return Ok(WriteOutcome::Committed { first_sequence, last_sequence });
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                info!(%library_id, proposal = %proposal_id, commit = st.commit_sequence,
+                    "majority write not held by a majority within the request timeout: pending");
+                return Ok(WriteOutcome::Pending {
+                    proposal_id,
+                    first_sequence: answered.0,
+                    last_sequence: answered.1,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 

@@ -370,8 +370,16 @@ pub fn put(
             return Err(e);
         }
     };
+    let pending = out.status == "pending";
     if json {
         println!("{}", serde_json::to_string(&out)?);
+    } else if pending {
+        println!(
+            "pending as proposal {}: the leader sequenced it at {}, but a majority of the voters \
+             did not hold it in time; it commits once (`lsync status --proposal` follows it)",
+            out.proposal_id.map(|p| p.to_string()).unwrap_or_default(),
+            out.last_sequence.map(|s| s.to_string()).unwrap_or_default()
+        );
     } else if let (Some(first), Some(last)) = (out.first_sequence, out.last_sequence) {
         if first == last {
             println!("committed sequence {last}");
@@ -384,7 +392,7 @@ pub fn put(
             out.proposal_id.map(|p| p.to_string()).unwrap_or_default()
         );
     }
-    let committed = out.first_sequence.is_some();
+    let committed = out.first_sequence.is_some() && !pending;
     Ok(exit(committed))
 }
 

@@ -366,7 +366,9 @@ impl Demo {
             if !batch.is_empty() {
                 let written = batch.len() as u64;
                 match self.devices[self.leader].node().write(lib, batch).await {
-                    Ok(WriteOutcome::Committed { .. }) | Ok(WriteOutcome::Queued { .. }) => {
+                    Ok(WriteOutcome::Committed { .. })
+                    | Ok(WriteOutcome::Queued { .. })
+                    | Ok(WriteOutcome::Pending { .. }) => {
                         self.written.extend(i..i + written);
                         i += written;
                         committed_in_phase += written;

@@ -107,7 +107,8 @@ enum Command {
     /// Write a change to a library on any device (a follower proposes it to the leader): MODEL
     /// (tag, location) and the record as JSON, e.g. `lsync put tag '{"id":"t1","name":"holiday"}'`.
     ///
-    /// Exit status: 0 committed; 3 queued (no leader reachable: it commits once one is); 2
+    /// Exit status: 0 committed; 3 queued (no leader reachable: it commits once one is) or
+    /// pending (`--durability majority` not held by a majority in time: it commits once); 2
     /// refused (nothing was done); 4 unknown (the answer was lost: it may or may not be
     /// committed; a line on stdout names the proposal id, which `lsync status --proposal ID`
     /// follows and `--proposal-id ID` retries safely); 5 too large.
@@ -132,6 +133,11 @@ enum Command {
         /// it with the id that was printed.
         #[arg(long, value_name = "UUID")]
         proposal_id: Option<Uuid>,
+        /// `local` (default): answered once committed on the leader's disk; `majority`:
+        /// answered once a majority of the voters hold it — its sequence is final —, else
+        /// `pending` after the request timeout (docs/operations.md, "Durability").
+        #[arg(long, value_enum, default_value_t = DurabilityArg::Local)]
+        durability: DurabilityArg,
         /// Model type: tag or location.
         model: String,
         /// The whole record as a JSON object (omit for a delete).
@@ -425,6 +431,22 @@ enum TokenCommand {
     Rotate,
 }
 
+/// `--durability` of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DurabilityArg {
+    Local,
+    Majority,
+}
+
+impl DurabilityArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Majority => "majority",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum TagCommand {
     /// Add a tag: `lsync tag add holiday --color '#ff8800'`.
@@ -444,6 +466,9 @@ enum TagCommand {
         /// the same id again is never committed twice.
         #[arg(long, value_name = "UUID")]
         proposal_id: Option<Uuid>,
+        /// As `lsync put --durability`.
+        #[arg(long, value_enum, default_value_t = DurabilityArg::Local)]
+        durability: DurabilityArg,
         name: String,
     },
 }
@@ -570,7 +595,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 LibraryCommand::List { json } => commands::library_list(&client, json),
             }
         }
-        Command::Put { library, change, record_id, json, proposal_id, model, record } => {
+        Command::Put {
+            library,
+            change,
+            record_id,
+            json,
+            proposal_id,
+            durability,
+            model,
+            record,
+        } => {
             let data = match &record {
                 Some(text) => serde_json::from_str(text).map_err(|e| {
                     anyhow::anyhow!("the record is not valid JSON ({e}): quote it, e.g. '{{\"id\":\"t1\",\"name\":\"holiday\"}}'")
@@ -589,12 +623,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 change_type: Some(change_type.into()),
                 data,
                 proposal_id: None,
+                durability: Some(durability.as_str().into()),
             };
             let client = Client::connect(&dir)?;
             let library = commands::resolve_library(&client, library)?;
             commands::put(&client, library, request, proposal_id, json)
         }
-        Command::Tag(TagCommand::Add { library, id, color, json, proposal_id, name }) => {
+        Command::Tag(TagCommand::Add {
+            library,
+            id,
+            color,
+            json,
+            proposal_id,
+            durability,
+            name,
+        }) => {
             let id = id.unwrap_or_else(|| Uuid::new_v4().to_string());
             let request = ChangeRequest {
                 model_type: "tag".into(),
@@ -602,6 +645,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 change_type: Some("insert".into()),
                 data: serde_json::json!({ "id": id, "name": name, "color": color }),
                 proposal_id: None,
+                durability: Some(durability.as_str().into()),
             };
             let client = Client::connect(&dir)?;
             let library = commands::resolve_library(&client, library)?;

@@ -283,6 +283,22 @@ pub struct ChangeRequest {
     /// ([`crate::Node::write_with_id`]). The nil uuid is refused (400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proposal_id: Option<Uuid>,
+    /// `local` (default: committed on the leader's disk) or `majority` (held by a majority of
+    /// the voters; its sequences are final; `pending` if not within the request timeout). See
+    /// [`crate::Durability`] and docs/operations.md, "Durability".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<String>,
+}
+
+impl ChangeRequest {
+    /// The durability asked for (absent: `local`); the error is a message for the caller.
+    pub fn durability(&self) -> Result<crate::Durability, String> {
+        match self.durability.as_deref() {
+            None => Ok(crate::Durability::Local),
+            Some(s) => crate::Durability::parse(s)
+                .ok_or_else(|| format!("bad durability {s:?}: use \"local\" or \"majority\"")),
+        }
+    }
 }
 
 /// Model types the control API can encode from JSON.
@@ -356,12 +372,15 @@ fn build<M: Syncable + serde::de::DeserializeOwned>(
 /// The answer to `POST /libraries/{id}/changes`: what became of the write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteJson {
-    /// `committed` (sequenced by the leader, applied here) or `queued` (no leader reachable;
-    /// waits in this device's outbox and will be committed once).
+    /// `committed` (sequenced by the leader, applied here; with `"durability": "majority"`,
+    /// held by a majority: final), `queued` (no leader reachable; waits in this device's
+    /// outbox and will be committed once) or `pending` (a `majority` write sequenced by the
+    /// leader but not held by a majority within the request timeout; it commits once).
     pub status: String,
-    /// The first entry of the change (`committed`); null when `queued`.
+    /// The first entry of the change (`committed`, and `pending` as the leader answered);
+    /// null when `queued`.
     pub first_sequence: Option<u64>,
-    /// Its last entry (`committed`); null when `queued`.
+    /// Its last entry (`committed`, `pending`); null when `queued`.
     pub last_sequence: Option<u64>,
     /// The write's proposal id (the one the request gave, or the daemon's choice): the id
     /// its entries carry in the log, and of its outbox entry when `queued`. Optional when read
@@ -383,6 +402,12 @@ impl WriteJson {
                 status: "queued".into(),
                 first_sequence: None,
                 last_sequence: None,
+                proposal_id: Some(proposal_id),
+            },
+            crate::WriteOutcome::Pending { proposal_id, first_sequence, last_sequence } => Self {
+                status: "pending".into(),
+                first_sequence: Some(first_sequence),
+                last_sequence: Some(last_sequence),
                 proposal_id: Some(proposal_id),
             },
         }
@@ -641,7 +666,9 @@ mod tests {
             change_type: None,
             data: serde_json::json!({"id": "t1", "name": "holiday"}),
             proposal_id: None,
+            durability: None,
         };
+        assert_eq!(req.durability(), Ok(crate::Durability::Local));
         let tag = Tag { id: "t1".into(), name: "holiday".into(), color: None };
         assert_eq!(req.to_change().unwrap(), Change::insert(&tag));
     }
@@ -663,6 +690,14 @@ mod tests {
         assert_eq!((answer.status.as_str(), answer.proposal_id), ("committed", Some(id)));
         let queued = WriteJson::from_outcome(id, crate::WriteOutcome::Queued { proposal_id: id });
         assert_eq!((queued.status.as_str(), queued.proposal_id), ("queued", Some(id)));
+        let pending = WriteJson::from_outcome(
+            id,
+            crate::WriteOutcome::Pending { proposal_id: id, first_sequence: 4, last_sequence: 5 },
+        );
+        assert_eq!(
+            (pending.status.as_str(), pending.first_sequence, pending.last_sequence),
+            ("pending", Some(4), Some(5))
+        );
     }
 
     #[test]
@@ -673,6 +708,7 @@ mod tests {
             change_type: ct.map(Into::into),
             data,
             proposal_id: None,
+            durability: None,
         };
         let e = req("album", None, serde_json::json!({"id": "a"})).to_change().unwrap_err();
         assert!(e.contains("unknown model type \"album\""), "{e}");

@@ -633,6 +633,7 @@ async fn commit_change(
 ) -> Result<HttpResponse, ApiError> {
     let id = library_id(&path)?;
     let change = body.to_change().map_err(ApiError::bad_request)?;
+    let durability = body.durability().map_err(ApiError::bad_request)?;
     let proposal_id = match body.proposal_id {
         Some(p) if p.is_nil() => return Err(ApiError::bad_request(api::NIL_PROPOSAL_ID)),
         Some(p) => p,
@@ -641,7 +642,7 @@ async fn commit_change(
     // the same write on every device: committed at once on the leader, proposed from a follower;
     // a change over the size limit is 413 naming it (NodeError::ChangeTooLarge); an id written
     // before is answered with what became of it, never committed twice
-    let outcome = node.write_with_id(id, proposal_id, vec![change]).await?;
+    let outcome = node.write_with(id, proposal_id, durability, vec![change]).await?;
     Ok(HttpResponse::Ok().json(api::WriteJson::from_outcome(proposal_id, outcome)))
 }
 

@@ -35,6 +35,7 @@ impl Oracle {
                 Some(last_sequence)
             }
             Ok(WriteOutcome::Queued { .. }) => None,
+            Ok(pending @ WriteOutcome::Pending { .. }) => panic!("a local write: {pending:?}"),
             Err(e) => panic!("write {id}: {e}"),
         };
         assert!(self.answers.insert(id.to_owned(), answer).is_none(), "{id} written twice");

@@ -356,3 +356,76 @@ async fn a_write_carries_its_chosen_proposal_id_and_is_never_committed_twice() {
     let (_, doubles) = tags_and_counts(&cluster, leader, lib);
     assert!(doubles.is_empty(), "committed more than once: {doubles:?}");
 }
+
+/// `Durability::Majority`: a write is answered `Committed` only once a majority of the voters
+/// hold it — on the leader and on a follower — at sequences the commit sequence covers and
+/// that hold its entries; a leader alone of a two-voter library answers `Pending` with the
+/// range it sequenced, and that write commits once the other voter is back.
+#[actix_rt::test]
+async fn a_majority_write_is_answered_once_a_majority_holds_it_else_pending() {
+    use lsync::Durability;
+    let mut cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    for (node, id) in [(0, "m-leader"), (1, "m-follower")] {
+        let pid = Uuid::new_v4();
+        let outcome = cluster
+            .node(node)
+            .write_with(lib, pid, Durability::Majority, vec![tag(id, "held")])
+            .await
+            .unwrap();
+        let WriteOutcome::Committed { first_sequence, last_sequence } = outcome else {
+            panic!("{id}: {outcome:?}")
+        };
+        let st = cluster.node(node).status(lib).await.unwrap();
+        assert!(st.commit_sequence >= last_sequence, "{id}: {st:?}");
+        // the entries are where the answer says, on the leader (the log every device follows)
+        let db = cluster.node(0).database(lib).unwrap();
+        let held = db.fetch_range(first_sequence, last_sequence).unwrap();
+        assert!(held.iter().all(|e| e.proposal_id == Some(pid) && e.record_id == id), "{held:?}");
+    }
+    // A bad durability is refused by the API before anything is written.
+    let request = lsync::control::api::ChangeRequest {
+        model_type: "tag".into(),
+        record_id: None,
+        change_type: None,
+        data: serde_json::json!({"id": "x", "name": "x"}),
+        proposal_id: None,
+        durability: Some("quorum".into()),
+    };
+    assert!(request.durability().unwrap_err().contains("\"quorum\""));
+
+    // Two voters, one stopped: the leader alone cannot have a majority.
+    cluster.stop(2).await;
+    let mut two = Cluster::start(2).await;
+    let lib2 = two.create_library(0, &[1]).await;
+    two.stop(1).await;
+    let pid = Uuid::new_v4();
+    let outcome = two
+        .node(0)
+        .write_with(lib2, pid, Durability::Majority, vec![tag("alone", "pending")])
+        .await
+        .unwrap();
+    let WriteOutcome::Pending { proposal_id, last_sequence, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(proposal_id, pid);
+    // Local writes are still answered at once.
+    let local = two.node(0).write(lib2, vec![tag("local", "alone")]).await.unwrap();
+    assert!(matches!(local, WriteOutcome::Committed { .. }), "{local:?}");
+    // Back: the pending write commits, once, where it was sequenced.
+    two.restart(1).await;
+    wait_until("the pending write is committed", || async {
+        two.node(0).status(lib2).await.unwrap().commit_sequence >= last_sequence
+    })
+    .await;
+    let again = two
+        .node(0)
+        .write_with(lib2, pid, Durability::Majority, vec![tag("alone", "pending")])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        WriteOutcome::Committed { first_sequence: last_sequence, last_sequence },
+        "asked again, the same id is answered from the log"
+    );
+}
