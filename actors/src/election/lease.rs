@@ -109,6 +109,11 @@ impl Lease {
         }
     }
 
+    /// The term this device leads, if it does.
+    pub fn leading(&self) -> Option<u64> {
+        self.leading
+    }
+
     /// The voters of the latest configuration.
     pub fn set_voters(&mut self, voters: BTreeSet<Uuid>) {
         self.answered.retain(|v, _| voters.contains(v));
