@@ -2,6 +2,7 @@
 
 mod election;
 mod fixture;
+mod lease;
 mod membership;
 mod replication;
 mod security;
