@@ -52,11 +52,13 @@ pub enum NodeError {
     Config(String),
     #[error("sync service of library {0} is not running")]
     ServiceStopped(Uuid),
-    /// The library's sync service stopped while a change was being submitted to it: the change
-    /// may have been queued (it is then committed once) or not.
+    /// The library's sync service stopped while a change was being submitted to it, or this
+    /// device committed it as leader but could not confirm in time that it still leads (its
+    /// leader lease, docs/architecture.md): the change may be committed (then once) or not.
     #[error(
-        "the sync service of library {0} stopped while the change was submitted: it may or may \
-         not be committed (if it is, then once); look for it in the log before writing it again"
+        "the outcome of the write to library {0} is unknown (its sync service stopped, or this \
+         leader could not confirm in time that it still leads): it may or may not be committed \
+         (if it is, then once); look for it in the log before writing it again"
     )]
     OutcomeUnknown(Uuid),
     /// A change (or the changes of one write) larger than [`Node::max_change_bytes`]: nothing
@@ -1071,6 +1073,12 @@ impl Node {
                 Ok(o) => {
                     if !o.duplicate {
                         Metrics::add(&self.inner.metrics.entries_committed, o.entries.len() as u64);
+                    }
+                    // answered committed only under the leader lease, checked after the commit
+                    // (docs/architecture.md, "The leader lease")
+                    let confirmed = lib.service.send(lsync_actors::messages::ConfirmLease).await;
+                    if !confirmed.unwrap_or(false) {
+                        return Err(NodeError::OutcomeUnknown(library_id));
                     }
                     return Ok(WriteOutcome::Committed {
                         first_sequence: o.first_sequence,

@@ -186,4 +186,10 @@ pub struct LibraryStatus {
     /// the log has caught up past it: meanwhile the device neither campaigns nor votes for a
     /// log behind it. `None`: not behind.
     pub behind_mark: Option<String>,
+    /// Leader of three or more voters only: whether it holds its leader lease now (a majority
+    /// of the voters answered a heartbeat round sent less than the lease ago); while it does
+    /// not, a write it commits waits for a heartbeat round before it is answered
+    /// (docs/architecture.md, "The leader lease"). `None` on a follower and with one or two
+    /// voters (no lease).
+    pub lease_held: Option<bool>,
 }

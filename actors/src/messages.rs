@@ -11,12 +11,16 @@
 //! | [`ElectionInput`] | the service's router, a link actor, the follower actor (through the service) | the election actor |
 //! | [`RoleChange`] | the election actor | the service |
 //! | [`HeartbeatNow`] | the election actor | the service, then every link actor |
+//! | [`LeaseAnswer`] | a link actor | the service, then the election actor |
+//! | [`ConfirmLease`] | the host's write, the proposer, the service's `Propose` | the service, then the election actor |
 //! | [`LeaderHint`] | the follower actor (a `NotLeader` naming another leader) | the service |
 //! | [`FollowerMembership`] | the follower actor | the service |
 //! | [`LeaderReport`] | the leader actor | the service |
 //! | [`LinkLeft`] | a link actor of a removed member | the service |
 //! | [`Shutdown`] | the service | every actor it started |
 //! | `InjectPanic` (tests only) | a test, through the service | the election or follower actor |
+
+use std::time::Duration;
 
 use actix::prelude::*;
 use libp2p::PeerId;
@@ -46,10 +50,33 @@ pub struct RoleChange {
     pub voted_for: Option<Uuid>,
 }
 
-/// The leader must heartbeat every follower now.
-#[derive(Message, Debug, Clone, Copy)]
+/// The leader must heartbeat every follower now: one heartbeat round, stamped with the lease
+/// clock's reading taken before any of it was sent (docs/architecture.md, "The leader lease").
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
 #[rtype(result = "()")]
-pub struct HeartbeatNow;
+pub struct HeartbeatNow {
+    /// The round's stamp (a reading of the election's lease clock).
+    pub sent_at: Duration,
+}
+
+/// Follower `from` answered, in `term`, the heartbeat of the round stamped `sent_at`: what
+/// the leader lease counts.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct LeaseAnswer {
+    pub from: Uuid,
+    pub term: u64,
+    pub sent_at: Duration,
+}
+
+/// A write was committed on this device as leader and is about to be answered: may it say
+/// committed? `true` once the leader lease holds (at once, or after one heartbeat round), or
+/// when the configuration has one or two voters; `false` when this device no longer leads or
+/// the lease is not confirmed within the leader timeout — then the answer must not say
+/// committed (docs/architecture.md, "The leader lease").
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "bool")]
+pub struct ConfirmLease;
 
 /// A device this follower asked named another device as the leader (`NotLeader` hint).
 #[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]

@@ -87,6 +87,12 @@ pub struct Metrics {
     /// Proposals of this device's outbox refused for good and moved to its `failed` state
     /// (docs/architecture.md, "Outbox").
     pub proposals_failed: AtomicU64,
+    /// Writes committed on this device as leader that found its lease expired and waited for
+    /// a heartbeat round before being answered (docs/architecture.md, "The leader lease").
+    pub lease_waits: AtomicU64,
+    /// Of those, the ones whose answer did not say committed: the lease was not confirmed in
+    /// time, or this device stopped leading meanwhile.
+    pub lease_unconfirmed: AtomicU64,
     /// Round trip of a FetchEntries request, seen by the follower.
     pub fetch_rtt: Histogram,
     /// From the leader's commit (the entry's timestamp) to the follower's apply. Across

@@ -25,6 +25,7 @@ pub fn link_context(library_id: Uuid, db: Database, transport: Arc<dyn Transport
         max_frame: lsync_protocol::DEFAULT_MAX_FRAME,
         notify_window: std::time::Duration::from_millis(100),
         election: None,
+        lease: None,
         cache: new_log_cache(100),
         metrics: Default::default(),
         leader_device: None,

@@ -904,6 +904,7 @@ impl Device {
                 max_frame: self.config.max_frame,
                 notify_window: self.config.notify_window,
                 election: None,
+                lease: None,
                 cache: cache.clone(),
                 metrics: self.metrics.clone(),
                 leader_device: Some(self.id),

@@ -12,6 +12,8 @@
 //! | `lsync_actor_restarts_total` | counter | `kind` (`election`, `leader`, `link`, `follower`, `proposer`) |
 //! | `lsync_task_panics_total` | counter | `kind` (see docs/operations.md) |
 //! | `lsync_proposals_failed_total` | counter | |
+//! | `lsync_lease_waits_total` | counter | |
+//! | `lsync_lease_unconfirmed_total` | counter | |
 //! | `lsync_network_error_answers_total` | counter | `code` |
 //! | `lsync_fetches_served_cached_total` | counter | |
 //! | `lsync_fetches_served_storage_total` | counter | |
@@ -212,6 +214,16 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
         "lsync_proposals_failed_total",
         "Outbox entries a leader refused for good (kept as failed: lsync outbox list).",
         &m.proposals_failed,
+    );
+    o.counter(
+        "lsync_lease_waits_total",
+        "Writes committed as leader that found the leader lease expired and waited for a heartbeat round.",
+        &m.lease_waits,
+    );
+    o.counter(
+        "lsync_lease_unconfirmed_total",
+        "Of those, writes not answered as committed: the lease was not confirmed in time.",
+        &m.lease_unconfirmed,
     );
     let panics = "lsync_task_panics_total";
     o.family(
@@ -536,6 +548,7 @@ mod tests {
         Metrics::add(&m.fetches_ahead_missed, 1);
         m.task_panics.count(lsync_actors::metrics::Task::Fetch);
         Metrics::add(&m.proposals_failed, 2);
+        Metrics::add(&m.lease_waits, 3);
         m.fetch_rtt.observe(Duration::from_micros(300));
         m.fetch_rtt.observe(Duration::from_secs(9));
         m.commit_to_apply.observe(Duration::from_millis(2));
@@ -605,6 +618,8 @@ mod tests {
         assert_eq!(s["lsync_fetches_ahead_missed_total[]"], 1.0);
         assert_eq!(s[r#"lsync_task_panics_total[("kind", "fetch")]"#], 1.0);
         assert_eq!(s["lsync_proposals_failed_total[]"], 2.0);
+        assert_eq!(s["lsync_lease_waits_total[]"], 3.0);
+        assert_eq!(s["lsync_lease_unconfirmed_total[]"], 0.0);
         assert_eq!(s[r#"lsync_task_panics_total[("kind", "serve")]"#], 0.0);
         assert_eq!(s["lsync_fetch_rtt_seconds_count[]"], 2.0);
         assert_eq!(s[r#"lsync_fetch_rtt_seconds_bucket[("le", "0.0005")]"#], 1.0);

@@ -3,6 +3,7 @@
 mod election;
 mod faults;
 mod fixture;
+mod lease;
 mod membership;
 mod replication;
 mod security;

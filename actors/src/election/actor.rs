@@ -3,9 +3,18 @@
 //!
 //! Receives: vote requests and TimeoutNow (routed by the SyncService), [`ElectionInput`]s
 //! (a leader was heard, a follower answered, a newer term was seen), membership changes and
-//! leadership-transfer requests, [`ObserveElection`]; its own timer.
+//! leadership-transfer requests, [`LeaseAnswer`]s and [`ConfirmLease`] questions (the leader
+//! lease), [`ObserveElection`]; its own timer.
 //! Emits: RequestVote (votes and pre-votes) / Vote / TimeoutNow messages, and [`RoleChange`] /
-//! [`HeartbeatNow`] to its SyncService.
+//! [`HeartbeatNow`] to its SyncService; the answers to [`ConfirmLease`].
+//!
+//! It also holds the leader's [`Lease`] (election/lease.rs, docs/architecture.md "The leader
+//! lease"): every heartbeat round is stamped with its [`LeaseClock`] before it goes out, the
+//! link actors report the answers to it, and a write committed on this leader asks
+//! [`ConfirmLease`] before it is answered. A write that finds the lease expired waits (at most
+//! one leader timeout, in a bounded list: one entry per write in flight) while a heartbeat round
+//! goes out; it is answered `true` when a majority answered, `false` when this device stops
+//! leading or the time is up.
 //!
 //! A thin shell around the pure [`Election`] machine: it feeds it events with the current time
 //! and the device's last log position, and performs the returned actions in order. A
@@ -32,6 +41,7 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use super::lease::{lease_duration, Lease, LeaseClock, LeaseState, SystemClock};
 use super::{
     Action, Election, ElectionConfig, Membership, PersistedElection, VoteRequest, VoteResponse,
 };
@@ -39,7 +49,9 @@ use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::events::SyncEvent;
 use crate::leader::serve::leader_heartbeat;
-use crate::messages::{who_leads, ElectionInput, HeartbeatNow, LeaderHint, RoleChange};
+use crate::messages::{
+    who_leads, ConfirmLease, ElectionInput, HeartbeatNow, LeaderHint, LeaseAnswer, RoleChange,
+};
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
 use crate::task::{spawn_supervised, Task};
@@ -78,6 +90,10 @@ pub struct ElectionStatus {
     pub voted_for: Option<Uuid>,
     /// The device a leadership transfer hands over to, while one runs.
     pub transfer_target: Option<Uuid>,
+    /// A leader of three or more voters: whether it holds its lease now (it answers writes
+    /// at once while it does). `None` on a follower or candidate, and with one or two voters
+    /// (no lease).
+    pub lease_held: Option<bool>,
     /// While this device's log is behind a position it held before (its high-water mark after
     /// a restored backup or a power loss, or its rebuild mark): that position. It neither
     /// campaigns nor votes for a log behind it meanwhile.
@@ -120,6 +136,12 @@ pub struct ElectionActor {
     /// The last state written to disk (the start state, then every persist that succeeded):
     /// what the machine goes back to when a write fails.
     written: PersistedElection,
+    /// The leader lease (see the module documentation).
+    lease: Lease,
+    clock: Arc<dyn LeaseClock>,
+    /// Writes waiting for the lease: id, when they asked (a lease clock reading), the answer.
+    waiters: Vec<(u64, Duration, oneshot::Sender<bool>)>,
+    next_waiter: u64,
 }
 
 fn now() -> Instant {
@@ -127,8 +149,14 @@ fn now() -> Instant {
 }
 
 impl ElectionActor {
-    /// A watcher resuming from `cx.persisted`.
+    /// A watcher resuming from `cx.persisted`, its lease read from the system's clock that
+    /// counts suspend ([`SystemClock`]).
     pub fn new(cx: ElectionContext) -> Self {
+        Self::with_clock(cx, Arc::new(SystemClock::new()))
+    }
+
+    /// A watcher whose lease reads time from `clock` (tests inject one that jumps).
+    pub fn with_clock(cx: ElectionContext, clock: Arc<dyn LeaseClock>) -> Self {
         let election = Election::new(
             cx.device_id,
             cx.membership.clone(),
@@ -138,7 +166,72 @@ impl ElectionActor {
             StdRng::from_entropy(),
         );
         let written = cx.persisted;
-        Self { cx, election, timer: None, mark_raised: None, written }
+        let duration = lease_duration(cx.config.leader_timeout);
+        let mut lease = Lease::new(cx.device_id, duration, clock.counts_suspend());
+        lease.set_voters(cx.membership.voters().clone());
+        let mut actor = Self {
+            cx,
+            election,
+            timer: None,
+            mark_raised: None,
+            written,
+            lease,
+            clock,
+            waiters: Vec::new(),
+            next_waiter: 0,
+        };
+        actor.sync_lease();
+        actor
+    }
+
+    /// Brings the lease in line with the election: leading the election's term (from now on,
+    /// if it did not already), held back while a transfer runs, released when one ends with
+    /// this device still leading, stopped when it does not lead; then answers the writes
+    /// that can be answered.
+    fn sync_lease(&mut self) {
+        let now = self.clock.now();
+        if self.election.is_leader() {
+            let term = self.election.term();
+            if self.lease.leading() != Some(term) {
+                self.lease.lead(term, now);
+            }
+            if self.election.is_transferring() {
+                self.lease.hold_back();
+            } else {
+                self.lease.release(now);
+            }
+        } else if self.lease.leading().is_some() {
+            self.lease.stop();
+        }
+        self.settle_waiters();
+    }
+
+    /// Answers every waiting write the lease decides now: `true` when held (or not needed),
+    /// `false` when this device no longer leads.
+    fn settle_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        for (id, asked_at, tx) in std::mem::take(&mut self.waiters) {
+            match self.lease.state(now, asked_at) {
+                LeaseState::Held | LeaseState::NotNeeded => {
+                    let _ = tx.send(true);
+                }
+                LeaseState::NotLeading => {
+                    let _ = tx.send(false);
+                }
+                LeaseState::Expired => self.waiters.push((id, asked_at, tx)),
+            }
+        }
+    }
+
+    /// Stamps a heartbeat round with the lease clock, records it, and has the service send it
+    /// to every follower.
+    fn send_round(&mut self) {
+        let sent_at = self.clock.now();
+        self.lease.round_sent(sent_at);
+        self.cx.heartbeats.do_send(HeartbeatNow { sent_at });
     }
 
     /// A persist failed: the machine is rebuilt from the last state written (its membership as
@@ -156,6 +249,7 @@ impl ElectionActor {
         if self.cx.writes_paused.swap(false, Ordering::AcqRel) {
             warn!(library_id = %self.cx.library_id, "leadership transfer abandoned: the election state could not be written");
         }
+        self.sync_lease();
     }
 
     /// Raises the high-water mark to the log's last position ([`Database::raise_mark`], one
@@ -309,7 +403,7 @@ impl ElectionActor {
                     }
                 }
                 Action::SendHeartbeats { .. } => {
-                    self.cx.heartbeats.do_send(HeartbeatNow);
+                    self.send_round();
                     self.raise_mark();
                 }
                 Action::SendTimeoutNow { to, term } => {
@@ -334,6 +428,7 @@ impl ElectionActor {
             // Requests that needed no vote (TimeoutNow) are answered with this device's view.
             let _ = r.send(view(library_id, &self.election));
         }
+        self.sync_lease();
         self.arm_timer(ctx);
     }
 
@@ -503,6 +598,7 @@ impl Handler<SetMembership> for ElectionActor {
     fn handle(&mut self, msg: SetMembership, ctx: &mut Context<Self>) {
         self.cx.members = msg.peers;
         self.cx.membership = msg.membership.clone();
+        self.lease.set_voters(msg.membership.voters().clone());
         let actions = self.election.set_membership(msg.membership, now());
         self.perform(actions, None, ctx);
     }
@@ -522,6 +618,7 @@ impl Handler<TransferLeadership> for ElectionActor {
         self.election.transfer_leadership(msg.0, now()).map_err(|e| e.to_string())?;
         info!(library_id = %self.cx.library_id, to = %msg.0, "leadership transfer: holding writes until the target caught up");
         self.cx.writes_paused.store(true, Ordering::Release);
+        self.sync_lease();
         self.poll_transfer(ctx);
         self.arm_timer(ctx);
         Ok(())
@@ -538,7 +635,57 @@ impl Handler<ObserveElection> for ElectionActor {
             leader: e.leader(),
             voted_for: e.voted_for(),
             transfer_target: e.transfer_target(),
+            lease_held: match self.lease.state(self.clock.now(), self.clock.now()) {
+                LeaseState::Held => Some(true),
+                LeaseState::Expired => Some(false),
+                LeaseState::NotLeading | LeaseState::NotNeeded => None,
+            },
             behind: (e.last_log() < e.log_floor()).then_some(e.log_floor()),
+        })
+    }
+}
+
+impl Handler<LeaseAnswer> for ElectionActor {
+    type Result = ();
+    fn handle(&mut self, msg: LeaseAnswer, _: &mut Context<Self>) {
+        if self.lease.on_answer(msg.from, msg.term, msg.sent_at) {
+            self.settle_waiters();
+        }
+    }
+}
+
+impl Handler<ConfirmLease> for ElectionActor {
+    type Result = ResponseFuture<bool>;
+    fn handle(&mut self, _: ConfirmLease, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        match self.lease.state(now, now) {
+            LeaseState::Held | LeaseState::NotNeeded => return Box::pin(async { true }),
+            LeaseState::NotLeading => return Box::pin(async { false }),
+            LeaseState::Expired => {}
+        }
+        Metrics::add(&self.cx.metrics.lease_waits, 1);
+        debug!(library_id = %self.cx.library_id, term = self.election.term(),
+            "lease expired: the write waits for a heartbeat round");
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_waiter;
+        self.next_waiter = self.next_waiter.wrapping_add(1);
+        self.waiters.push((id, now, tx));
+        if self.lease.wants_round(now, now) {
+            self.send_round();
+        }
+        ctx.run_later(self.cx.config.leader_timeout, move |this, _| {
+            if let Some(i) = this.waiters.iter().position(|(w, ..)| *w == id) {
+                let (_, _, tx) = this.waiters.swap_remove(i);
+                let _ = tx.send(false);
+            }
+        });
+        let metrics = self.cx.metrics.clone();
+        Box::pin(async move {
+            let confirmed = rx.await.unwrap_or(false);
+            if !confirmed {
+                Metrics::add(&metrics.lease_unconfirmed, 1);
+            }
+            confirmed
         })
     }
 }

@@ -208,6 +208,8 @@ use crate::config::SyncConfig;
 use crate::fencing::{fence, Verdict};
 
 pub mod actor;
+pub mod clock;
+pub mod lease;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

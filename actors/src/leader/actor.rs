@@ -90,6 +90,9 @@ pub struct LeaderContext {
     pub reports: Option<Recipient<LeaderReport>>,
     /// Where the panics of its tasks are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set while a leadership transfer holds writes: the core starts no configuration entry
+    /// meanwhile ([`LeaderCore::hold_changes`]).
+    pub writes_paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The leader's core (see the module documentation).
@@ -144,6 +147,7 @@ impl LeaderActor {
         input: impl FnOnce(&mut LeaderCore, Instant) -> Vec<Command>,
     ) {
         let Some(lead) = self.lead.as_mut() else { return };
+        lead.core.hold_changes(lead.cx.writes_paused.load(std::sync::atomic::Ordering::Acquire));
         let commands = input(&mut lead.core, Self::now());
         for command in commands {
             self.perform(command, ctx);

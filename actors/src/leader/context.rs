@@ -26,7 +26,7 @@ use super::messages::{FollowerProgress, NewCommit};
 use crate::events::SyncEvent;
 use crate::limits::DEFAULT_LOG_CACHE_BYTES;
 use crate::log_cache::LogCache;
-use crate::messages::{ElectionInput, LinkLeft};
+use crate::messages::{ElectionInput, LeaseAnswer, LinkLeft};
 use crate::metrics::Metrics;
 use crate::transport::Transport;
 
@@ -50,6 +50,9 @@ pub struct LinkContext {
     pub notify_window: Duration,
     /// Where terms seen in followers' messages go (the library's election).
     pub election: Option<Recipient<ElectionInput>>,
+    /// Where the followers' answers to heartbeat rounds go, with the rounds' stamps (the
+    /// library's election, for the leader lease).
+    pub lease: Option<Recipient<LeaseAnswer>>,
     /// The blocks of the log the link actors of this term serve fetches from (one per term,
     /// shared by every link actor of the library; see [`new_log_cache`]).
     pub cache: Arc<LogCache>,

@@ -180,6 +180,9 @@ pub struct LeaderCore {
     features: BTreeMap<Uuid, u32>,
     resigned: bool,
     published: Published,
+    /// A leadership transfer is in progress: no configuration entry is started (see
+    /// [`LeaderCore::hold_changes`]).
+    held: bool,
 }
 
 impl LeaderCore {
@@ -203,6 +206,7 @@ impl LeaderCore {
             waiters: Vec::new(),
             features: BTreeMap::new(),
             resigned: false,
+            held: false,
             published: Published::default(),
         }
     }
@@ -406,7 +410,7 @@ impl LeaderCore {
     /// promotion or demotion.
     fn after_progress(&mut self, now: Instant, out: &mut Vec<Command>) {
         self.publish(out);
-        if self.writing.is_some() {
+        if self.writing.is_some() || self.held {
             return;
         }
         if let Some(configuration) = self.upgrade() {
@@ -565,6 +569,15 @@ impl LeaderCore {
         let next = Configuration::new(FEATURE_VERSION, members);
         next.validate().ok()?;
         Some(next)
+    }
+
+    /// While `held`, no configuration entry is started — no voter change, no queued change
+    /// (they wait), no upgrade: a leadership transfer holds every write, these included, so
+    /// that the target found caught up is still caught up when it campaigns (else it loses to
+    /// a voter with the newer entry, and the transfer ends elsewhere). Released, the waiting
+    /// changes go on at the next progress or tick.
+    pub fn hold_changes(&mut self, held: bool) {
+        self.held = held;
     }
 
     /// The next promotion or demotion, if one is due.

@@ -466,6 +466,14 @@ impl FollowerLink {
         out
     }
 
+    /// Whether `reply`, the follower's answer to a heartbeat of this leader, counts for the
+    /// leader lease (docs/architecture.md, "The leader lease"): a `Heartbeat` of this term,
+    /// while the link has not left. What the shell reports to the election with the round's
+    /// stamp.
+    pub fn answers_round(&self, reply: &SyncMessage) -> bool {
+        !self.left && matches!(reply, SyncMessage::Heartbeat { term, .. } if *term == self.cfg.term)
+    }
+
     /// An answer that is not the expected one: a `StaleTerm` naming a newer term deposes this
     /// leader (the election adopts the term and steps down; found by the simulator: without
     /// it a leader that came back from a crash led its old term for good, heard by the

@@ -16,7 +16,7 @@
 //! see [`crate::leader::link`]) plus one reply channel per request in flight.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use libp2p::PeerId;
@@ -33,7 +33,7 @@ use super::serve::{leader_heartbeat, serve, serve_cached, storage_failure};
 use crate::blocking::run_blocking;
 use crate::events::FollowerStatus;
 use crate::limits::MAILBOX_CAPACITY;
-use crate::messages::{HeartbeatNow, LinkLeft};
+use crate::messages::{HeartbeatNow, LeaseAnswer, LinkLeft};
 use crate::metrics::Metrics;
 use crate::network::InboundRequest;
 use crate::task::{spawn_supervised, Task};
@@ -68,10 +68,10 @@ pub struct ObserveLink {
 #[rtype(result = "()")]
 struct NotifyDone(Option<SyncMessage>);
 
-/// The follower answered a heartbeat.
+/// The follower answered the heartbeat of the round stamped `.1`.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct HeartbeatAnswered(SyncMessage);
+struct HeartbeatAnswered(SyncMessage, Duration);
 
 /// Storage answered a request being served; the reply the link makes of it comes back.
 #[derive(Message)]
@@ -92,13 +92,25 @@ pub struct LinkActor {
     next_request: RequestId,
     /// The timer armed for the link's next deadline, and that deadline.
     timer: Option<(SpawnHandle, Instant)>,
+    /// The stamp of the last heartbeat round (the election's lease clock), sent back with
+    /// the follower's answer.
+    round: Duration,
 }
 
 impl LinkActor {
     /// A link actor for `device_id` reachable as `peer`.
     pub fn new(cx: LinkContext, device_id: Uuid, peer: PeerId) -> Self {
         let link = FollowerLink::new(cx.link_config(device_id, peer));
-        Self { cx, device_id, peer, link, replies: HashMap::new(), next_request: 0, timer: None }
+        Self {
+            cx,
+            device_id,
+            peer,
+            link,
+            replies: HashMap::new(),
+            next_request: 0,
+            timer: None,
+            round: Duration::ZERO,
+        }
     }
 
     fn now() -> Instant {
@@ -175,6 +187,7 @@ impl LinkActor {
             Command::Heartbeat { commit_sequence } => {
                 let (db, cx, peer, me) =
                     (self.cx.db.clone(), self.cx.clone(), self.peer, ctx.address());
+                let round = self.round;
                 let metrics = cx.metrics.clone();
                 let heartbeat = async move {
                     let Ok(head) = run_blocking(move || db.head()).await else { return };
@@ -186,7 +199,7 @@ impl LinkActor {
                         commit_sequence,
                     );
                     match cx.transport.request(peer, msg).await {
-                        Ok(reply) => me.do_send(HeartbeatAnswered(reply)),
+                        Ok(reply) => me.do_send(HeartbeatAnswered(reply, round)),
                         Err(e) => debug!(%peer, error = %e, "heartbeat not delivered"),
                     }
                 };
@@ -289,7 +302,8 @@ impl Handler<NotifyDone> for LinkActor {
 
 impl Handler<HeartbeatNow> for LinkActor {
     type Result = ();
-    fn handle(&mut self, _: HeartbeatNow, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: HeartbeatNow, ctx: &mut Context<Self>) {
+        self.round = msg.sent_at;
         self.step(ctx, |link, _| link.on_heartbeat_tick());
     }
 }
@@ -297,6 +311,12 @@ impl Handler<HeartbeatNow> for LinkActor {
 impl Handler<HeartbeatAnswered> for LinkActor {
     type Result = ();
     fn handle(&mut self, msg: HeartbeatAnswered, ctx: &mut Context<Self>) {
+        if self.link.answers_round(&msg.0) {
+            if let Some(lease) = &self.cx.lease {
+                let term = self.cx.term;
+                lease.do_send(LeaseAnswer { from: self.device_id, term, sent_at: msg.1 });
+            }
+        }
         self.step(ctx, |link, _| link.on_heartbeat_answer(msg.0));
     }
 }

@@ -20,6 +20,7 @@ mod core;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use actix::Recipient;
 use libp2p::PeerId;
 use lsync_protocol::{ErrorCode, SyncMessage};
 use lsync_storage::{Change, Database, OutboxEntry, OutboxState, StorageError, TransactionManager};
@@ -36,6 +37,7 @@ pub use self::core::{
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::events::SyncEvent;
+use crate::messages::ConfirmLease;
 use crate::metrics::Metrics;
 use crate::transport::Transport;
 
@@ -91,6 +93,10 @@ struct Inner {
     /// Set while a leadership transfer holds this device's writes: its own outbox is not
     /// committed locally meanwhile.
     writes_paused: Arc<std::sync::atomic::AtomicBool>,
+    /// Asked before a proposal committed locally (this device leads) is answered as
+    /// committed: the leader lease (docs/architecture.md, "The leader lease"). Unset (tests
+    /// of the proposer alone): answered as committed.
+    lease: Mutex<Option<Recipient<ConfirmLease>>>,
     /// The last leader and members set, for a `run` that starts (or restarts) later.
     leader: Mutex<LeaderView>,
     members: Mutex<BTreeMap<Uuid, PeerId>>,
@@ -129,6 +135,7 @@ impl Proposer {
                 host_events,
                 metrics,
                 writes_paused,
+                lease: Mutex::new(None),
                 leader: Mutex::new(LeaderView::default()),
                 members: Mutex::new(BTreeMap::new()),
                 events: Mutex::new(events),
@@ -138,6 +145,12 @@ impl Proposer {
 
     fn send(&self, event: Event) {
         let _ = self.inner.events.lock().expect("events lock").send(event);
+    }
+
+    /// Where a proposal committed locally asks whether it may be answered as committed (the
+    /// SyncService, which asks the election's lease).
+    pub fn set_lease(&self, lease: Recipient<ConfirmLease>) {
+        *self.inner.lease.lock().expect("lease lock") = Some(lease);
     }
 
     /// The library's members (device → peer).
@@ -352,7 +365,20 @@ impl Proposer {
                 }
                 let tm = self.inner.tm.clone();
                 let commit = move || Ok(deliver_locally(&tm, me, proposal_id, changes));
-                run_blocking(commit).await.unwrap_or_else(|e| Delivery::Failed(e.to_string()))
+                let delivery =
+                    run_blocking(commit).await.unwrap_or_else(|e| Delivery::Failed(e.to_string()));
+                // Committed here: answered so only under the leader lease, checked after the
+                // commit. Not confirmed: it stays in the outbox and its retry (the same
+                // proposal id, so never committed twice) finds out.
+                let lease = self.inner.lease.lock().expect("lease lock").clone();
+                match (delivery, lease) {
+                    (Delivery::Committed { .. }, Some(lease))
+                        if !lease.send(ConfirmLease).await.unwrap_or(false) =>
+                    {
+                        Delivery::Failed(LEASE_UNCONFIRMED.into())
+                    }
+                    (delivery, _) => delivery,
+                }
             }
             Target::Remote { peer, term } => {
                 let msg = propose(library_id, me, proposal_id, term, changes);
@@ -395,6 +421,27 @@ fn now_ms() -> i64 {
 /// (retry with backoff, docs/protocol.md section 7); the proposer tries again, and at once
 /// when the leader changes.
 pub const WRITES_HELD: &str = "a leadership transfer holds writes until it ends; retry";
+
+/// What a leader answers a write it committed but could not confirm in time that it still
+/// leads (its lease expired and no majority answered a heartbeat round, or it was deposed):
+/// the answer must not say committed (docs/architecture.md, "The leader lease").
+pub const LEASE_UNCONFIRMED: &str = "committed on a leader that could not confirm in time that it \
+    still leads (its lease expired and no majority of the voters answered); not known to be \
+    committed; retry (the same proposal is never committed twice)";
+
+/// The answer to a member's `Propose` that this leader, of `term`, committed but could not
+/// confirm under its lease ([`LEASE_UNCONFIRMED`]): `Error(Internal)`, which the proposer
+/// retries with the same proposal id (docs/protocol.md section 7).
+pub fn lease_unconfirmed(library_id: Uuid, term: u64) -> SyncMessage {
+    SyncMessage::Error {
+        leader_peer: None,
+        term,
+        library_id,
+        code: ErrorCode::Internal,
+        message: LEASE_UNCONFIRMED.into(),
+        leader_hint: None,
+    }
+}
 
 /// The leader's side: commits a proposal from `origin` (a member) through its transaction
 /// manager, at most once per proposal id. While `writes_held` (a leadership transfer is in

@@ -44,8 +44,8 @@ use uuid::Uuid;
 use crate::blocking::run_blocking;
 use crate::config::SyncConfig;
 use crate::election::actor::{
-    persisted_of, start_state, ElectionActor, ElectionContext, Resign, SetMembership,
-    TransferLeadership,
+    persisted_of, start_state, ElectionActor, ElectionContext, ObserveElection, Resign,
+    SetMembership, TransferLeadership,
 };
 use crate::election::Membership as ElectionMembership;
 use crate::events::{LibraryStatus, MemberStatus, MembershipStatus, SyncEvent};
@@ -57,12 +57,12 @@ use crate::leader::messages::{ConfigError, ConfigOutcome};
 use crate::limits::MAILBOX_CAPACITY;
 use crate::log_cache::LogCache;
 use crate::messages::{
-    who_leads, ElectionInput, FollowerMembership, HeartbeatNow, LeaderHint, LeaderReport, LinkLeft,
-    RoleChange, Shutdown,
+    who_leads, ConfirmLease, ElectionInput, FollowerMembership, HeartbeatNow, LeaderHint,
+    LeaderReport, LeaseAnswer, LinkLeft, RoleChange, Shutdown,
 };
 use crate::metrics::Child;
 use crate::network::{InboundRequest, NetworkEvent, NetworkHandle};
-use crate::proposer::{serve_proposal, LeaderView, Proposer, Submitted};
+use crate::proposer::{lease_unconfirmed, serve_proposal, LeaderView, Proposer, Submitted};
 use crate::task::{spawn_supervised, Task};
 use crate::transport::Transport;
 
@@ -533,6 +533,7 @@ impl SyncService {
                     shared: shared.clone(),
                     reports: self.self_addr.clone().map(|a| a.recipient()),
                     metrics: self.cx.metrics.clone(),
+                    writes_paused: self.cx.writes_paused.clone(),
                 },
             )
             .start();
@@ -767,6 +768,7 @@ impl SyncService {
                 max_frame: cx.config.max_frame,
                 notify_window: cx.config.notify_window,
                 election: service.map(|a| a.clone().recipient()),
+                lease: service.map(|a| a.clone().recipient()),
                 cache: cache.clone(),
                 metrics: cx.metrics.clone(),
                 leader_device: Some(cx.device_id),
@@ -1157,6 +1159,7 @@ impl Actor for SyncService {
         // Inbound requests arrive with try_send; a small mailbox would refuse bursts.
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.self_addr = Some(ctx.address());
+        self.proposer.set_lease(ctx.address().recipient());
         let cx = self.cx.clone();
         let me = ctx.address();
         let mut net_events = cx.network.subscribe();
@@ -1368,8 +1371,21 @@ impl Handler<InboundRequest> for SyncService {
                 let (tm, reply, message) = (self.cx.tm.clone(), req.reply, req.message);
                 // a leadership transfer holds proposals too (docs/architecture.md)
                 let held = self.cx.writes_paused.load(Ordering::Acquire);
-                let serving =
-                    run_blocking(move || Ok(serve_proposal(&tm, library_id, term, message, held)));
+                let election = self.election.clone();
+                let serving = async move {
+                    let served = run_blocking(move || {
+                        Ok(serve_proposal(&tm, library_id, term, message, held))
+                    })
+                    .await?;
+                    // Committed here: answered so only under the leader lease, checked now,
+                    // after the commit (docs/architecture.md, "The leader lease").
+                    if matches!(served, SyncMessage::ProposalResult { .. })
+                        && !confirm_lease(election).await
+                    {
+                        return Ok(lease_unconfirmed(library_id, term));
+                    }
+                    Ok::<_, lsync_storage::StorageError>(served)
+                };
                 // The proposer waits for the answer: a task that panicked answers
                 // `Error(Internal)`, and the proposal is delivered again.
                 spawn_supervised(Task::Answer, self.cx.metrics.clone(), serving, move |r| {
@@ -1584,6 +1600,8 @@ impl Handler<GetStatus> for SyncService {
         };
         let known_commit = self.follower_commit;
         let removed_hint = self.removed_hint.clone();
+        // the leader lease, asked of a leader's election only
+        let election = core.as_ref().and(self.election.clone());
         // what writes are checked against (Node::write): the configuration installed here,
         // which may trail the database by a moment
         let acts_as_member = self.is_member();
@@ -1602,6 +1620,10 @@ impl Handler<GetStatus> for SyncService {
                 .await
                 .map_err(|e| e.to_string())?;
             let last = head.position;
+            let lease_held = match election {
+                Some(e) => e.send(ObserveElection).await.ok().and_then(|s| s.lease_held),
+                None => None,
+            };
             let leader = match core {
                 Some(n) => n.send(ObserveLeader).await.ok(),
                 None => None,
@@ -1669,6 +1691,7 @@ impl Handler<GetStatus> for SyncService {
                 outbox_failed,
                 head_hash: head.hash.to_string(),
                 behind_mark: mark.filter(|m| head.position < *m).map(|m| m.to_string()),
+                lease_held,
             })
         };
         // What the follower actor showed of the leader's commit sequence is kept for the next
@@ -1780,12 +1803,37 @@ impl Handler<LeaderHint> for SyncService {
 
 impl Handler<HeartbeatNow> for SyncService {
     type Result = ();
-    fn handle(&mut self, _: HeartbeatNow, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: HeartbeatNow, _: &mut Context<Self>) {
         if let Role::Leader { links, .. } = &self.role {
             for s in links.values() {
-                s.do_send(HeartbeatNow);
+                s.do_send(msg);
             }
         }
+    }
+}
+
+impl Handler<LeaseAnswer> for SyncService {
+    type Result = ();
+    fn handle(&mut self, msg: LeaseAnswer, _: &mut Context<Self>) {
+        if let Some(election) = &self.election {
+            election.do_send(msg);
+        }
+    }
+}
+
+impl Handler<ConfirmLease> for SyncService {
+    type Result = ResponseFuture<bool>;
+    fn handle(&mut self, _: ConfirmLease, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(confirm_lease(self.election.clone()))
+    }
+}
+
+/// Asks `election` whether a write committed on this leader may be answered as committed
+/// ([`ConfirmLease`]); `false` without an election actor, or when it stopped.
+async fn confirm_lease(election: Option<Addr<ElectionActor>>) -> bool {
+    match election {
+        Some(e) => e.send(ConfirmLease).await.unwrap_or(false),
+        None => false,
     }
 }
 

@@ -364,6 +364,23 @@ fn a_caught_up_learner_is_promoted() {
 }
 
 #[test]
+fn no_learner_is_promoted_while_a_transfer_holds_changes_and_is_once_released() {
+    let t0 = Instant::now();
+    let c2 = config(vec![voter(1), learner(2)]);
+    let mut c = core(c2.clone());
+    c.start(LAST, t0);
+    let m = membership(c2.clone(), START, 1);
+    c.on_config_written(Ok(ConfigWritten { sequence: START, membership: m }), t0);
+    c.on_commit(TERM, START, t0);
+    c.hold_changes(true);
+    assert_eq!(c.on_progress(at(2, START), t0), vec![]);
+    c.hold_changes(false);
+    let mut promoted = c2;
+    promoted.members[1].role = MemberRole::Voter;
+    assert_eq!(c.on_progress(at(2, START), t0), vec![Command::WriteConfig(promoted)]);
+}
+
+#[test]
 fn a_learner_behind_is_not_promoted() {
     let t0 = Instant::now();
     let c2 = config(vec![voter(1), learner(2)]);
