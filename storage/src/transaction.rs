@@ -51,6 +51,9 @@ pub struct TransactionManager {
     db: Database,
     device_id: Uuid,
     events: broadcast::Sender<CommitEvent>,
+    /// Proposals waiting for a group commit (shared by clones).
+    group: std::sync::Arc<Group>,
+    group_commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for TransactionManager {
@@ -67,7 +70,7 @@ impl TransactionManager {
     /// this device the leader). The event channel holds [`COMMIT_EVENT_CAPACITY`] events.
     pub fn new(db: Database, device_id: Uuid) -> Self {
         let (events, _) = broadcast::channel(COMMIT_EVENT_CAPACITY);
-        Self { db, device_id, events }
+        Self { db, device_id, events, group: Default::default(), group_commits: Default::default() }
     }
 
     /// Receives a [`CommitEvent`] after every successful commit.
@@ -153,7 +156,14 @@ impl TransactionManager {
     /// leads when it arrives — and **whole**: if only part of it reached this leader's log, the
     /// rest is committed now (docs/architecture.md, "Whole, not in part").
     ///
-    /// In ONE immediate transaction on the writer connection:
+    /// **Group commit**: proposals committed concurrently (from several threads, e.g. the
+    /// blocking pool serving several writers) share one immediate transaction — one `COMMIT`,
+    /// so one fsync under `synchronous = FULL` — each in a savepoint of its own: the first
+    /// writer to get the turn commits every proposal queued by then; a refused one is rolled
+    /// back alone. [`TransactionManager::group_commits`] counts the transactions. A writer
+    /// alone commits alone, as before.
+    ///
+    /// In ONE immediate transaction on the writer connection (one savepoint of it):
     ///
     /// 1. Leadership is checked as for [`TransactionManager::commit_batch`].
     /// 2. **Retry**: if the log already holds entries with this `proposal_id` (the log is the
@@ -209,102 +219,84 @@ impl TransactionManager {
         if changes.is_empty() {
             return Err(StorageError::InvalidChange(format!("empty proposal {proposal_id}")));
         }
+        let job = std::sync::Arc::new(GroupJob {
+            proposal_id,
+            origin_device,
+            changes: std::sync::Mutex::new(Some(changes)),
+            result: std::sync::Mutex::new(None),
+        });
+        lock(&self.group.queue).push(job.clone());
+        // One batch at a time: the first writer to get the turn commits every proposal queued
+        // by then, its own included, in one transaction; a writer whose proposal a batch
+        // committed meanwhile finds its answer when its turn comes.
+        let turn = lock(&self.group.turn);
+        if let Some(result) = lock(&job.result).take() {
+            return result;
+        }
+        let batch = std::mem::take(&mut *lock(&self.group.queue));
+        self.commit_group(&batch);
+        drop(turn);
+        let result = lock(&job.result).take();
+        result.unwrap_or_else(|| Err(StorageError::InvalidChange("proposal not committed".into())))
+    }
+
+    /// Commits the proposals of `batch` (in order) in ONE immediate transaction, each in a
+    /// savepoint of its own, so that a proposal refused (an invalid change, an unknown model)
+    /// is rolled back alone and the others commit: group commit, one `COMMIT` — one fsync
+    /// under `synchronous = FULL` — for every writer that queued meanwhile. Sends the commit
+    /// events in order once the transaction is committed, and leaves each job's answer in it.
+    fn commit_group(&self, batch: &[std::sync::Arc<GroupJob>]) {
+        use diesel::Connection;
         let device_id = self.device_id;
         let registry = self.db.registry();
-        let (library_id, term, outcome, prev) = self.db.write(|conn| {
-            let state = leader_state(conn, device_id)?;
-            let term = state.current_term;
-            let present = SyncLog::proposal_entries(conn, proposal_id)?;
-            if let (Some(first), Some(last)) = (present.first(), present.last()) {
-                let duplicate = ProposalOutcome {
-                    first_sequence: first.sequence,
-                    last_sequence: last.sequence,
-                    duplicate: true,
-                    completed: false,
-                    entries: Vec::new(),
-                };
-                let first_sequence = first.sequence;
-                let Some(from) = missing_part(&changes, &present) else {
-                    return Ok((
-                        state.library_id,
-                        term,
-                        ProposalOutcome { entries: present, ..duplicate },
-                        LogHead::default(),
-                    ));
-                };
-                let rest = changes.into_iter().skip(from).map(|c| (c, true));
-                let (entries, prev) =
-                    write_changes(conn, registry, term, origin_device, Some(proposal_id), rest)?;
-                let Some(new_last) = entries.last() else {
-                    // The missing changes were deletes of records that do not exist now.
-                    return Ok((
-                        state.library_id,
-                        term,
-                        ProposalOutcome { entries: present, ..duplicate },
-                        LogHead::default(),
-                    ));
-                };
-                let outcome = ProposalOutcome {
-                    first_sequence,
-                    last_sequence: new_last.sequence,
-                    duplicate: false,
-                    completed: true,
-                    entries,
-                };
-                return Ok((state.library_id, term, outcome, prev));
+        let mut done: Vec<Result<Committed>> = Vec::with_capacity(batch.len());
+        let written = self.db.write(|conn| {
+            for job in batch {
+                let changes = lock(&job.changes).take().unwrap_or_default();
+                let (proposal_id, origin_device) = (job.proposal_id, job.origin_device);
+                done.push(conn.transaction(|conn| {
+                    commit_one(conn, registry, device_id, proposal_id, origin_device, changes)
+                }));
             }
-            if let Some((first, last)) = proposals::get(conn, proposal_id)? {
-                let outcome = ProposalOutcome {
-                    first_sequence: first,
-                    last_sequence: last,
-                    duplicate: true,
-                    completed: false,
-                    entries: Vec::new(),
-                };
-                return Ok((state.library_id, term, outcome, LogHead::default()));
+            Ok(())
+        });
+        self.group_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = written {
+            // The transaction itself failed (e.g. the disk is full): nothing was committed.
+            let text = e.to_string();
+            let mut first = Some(e);
+            for job in batch {
+                let err = first
+                    .take()
+                    .unwrap_or_else(|| StorageError::Io(std::io::Error::other(text.clone())));
+                *lock(&job.result) = Some(Err(err));
             }
-            let (entries, prev) = write_changes(
-                conn,
-                registry,
-                term,
-                origin_device,
-                Some(proposal_id),
-                changes.into_iter().map(|c| (c, true)),
-            )?;
-            let outcome = match (entries.first(), entries.last()) {
-                (Some(first), Some(last)) => ProposalOutcome {
-                    first_sequence: first.sequence,
-                    last_sequence: last.sequence,
-                    duplicate: false,
-                    completed: false,
-                    entries,
-                },
-                _ => {
-                    let last = SyncLog::last(conn)?.sequence;
-                    proposals::remember(conn, proposal_id, last)?;
-                    ProposalOutcome {
-                        first_sequence: last,
-                        last_sequence: last,
-                        duplicate: false,
-                        completed: false,
-                        entries,
-                    }
-                }
-            };
-            Ok((state.library_id, term, outcome, prev))
-        })?;
-        if outcome.duplicate {
-            tracing::debug!(%proposal_id, first = outcome.first_sequence,
-                last = outcome.last_sequence, "retried proposal already committed");
-        } else {
-            if outcome.completed {
-                tracing::info!(%proposal_id, first = outcome.first_sequence,
-                    last = outcome.last_sequence, missing = outcome.entries.len(),
-                    "partly replicated proposal completed");
-            }
-            self.emit(library_id, term, prev, &outcome.entries);
+            return;
         }
-        Ok(outcome)
+        for (job, result) in batch.iter().zip(done) {
+            let answer = result.map(|(library_id, term, outcome, prev)| {
+                let proposal_id = job.proposal_id;
+                if outcome.duplicate {
+                    tracing::debug!(%proposal_id, first = outcome.first_sequence,
+                        last = outcome.last_sequence, "retried proposal already committed");
+                } else {
+                    if outcome.completed {
+                        tracing::info!(%proposal_id, first = outcome.first_sequence,
+                            last = outcome.last_sequence, missing = outcome.entries.len(),
+                            "partly replicated proposal completed");
+                    }
+                    self.emit(library_id, term, prev, &outcome.entries);
+                }
+                outcome
+            });
+            *lock(&job.result) = Some(answer);
+        }
+    }
+
+    /// Transactions [`TransactionManager::commit_proposal`] has run: fewer than the proposals
+    /// when concurrent writers shared one (group commit).
+    pub fn group_commits(&self) -> u64 {
+        self.group_commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Commits `configuration` as a configuration entry of the current term
@@ -442,6 +434,121 @@ pub struct ProposalOutcome {
     /// The entries written now (for a duplicate: the ones committed before, in log order);
     /// empty if every change was dropped.
     pub entries: Vec<SyncLogEntry>,
+}
+
+/// What one proposal of a group wrote: library, term, outcome, and the log head before it.
+type Committed = (Uuid, u64, ProposalOutcome, LogHead);
+
+/// One proposal waiting for a group commit ([`TransactionManager::commit_proposal`]).
+struct GroupJob {
+    proposal_id: Uuid,
+    origin_device: Uuid,
+    changes: std::sync::Mutex<Option<Vec<Change>>>,
+    result: std::sync::Mutex<Option<Result<ProposalOutcome>>>,
+}
+
+/// The proposals waiting for the next group commit, and the turn to run one.
+#[derive(Default)]
+struct Group {
+    queue: std::sync::Mutex<Vec<std::sync::Arc<GroupJob>>>,
+    turn: std::sync::Mutex<()>,
+}
+
+/// Locks `m`, whatever a panicking holder left (the data is an answer slot or a queue).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Commits one proposal on `conn` (inside the group's transaction, in its own savepoint): the
+/// rules of [`TransactionManager::commit_proposal`].
+fn commit_one(
+    conn: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    device_id: Uuid,
+    proposal_id: Uuid,
+    origin_device: Uuid,
+    changes: Vec<Change>,
+) -> Result<Committed> {
+    let state = leader_state(conn, device_id)?;
+    let term = state.current_term;
+    let present = SyncLog::proposal_entries(conn, proposal_id)?;
+    if let (Some(first), Some(last)) = (present.first(), present.last()) {
+        let duplicate = ProposalOutcome {
+            first_sequence: first.sequence,
+            last_sequence: last.sequence,
+            duplicate: true,
+            completed: false,
+            entries: Vec::new(),
+        };
+        let first_sequence = first.sequence;
+        let Some(from) = missing_part(&changes, &present) else {
+            return Ok((
+                state.library_id,
+                term,
+                ProposalOutcome { entries: present, ..duplicate },
+                LogHead::default(),
+            ));
+        };
+        let rest = changes.into_iter().skip(from).map(|c| (c, true));
+        let (entries, prev) =
+            write_changes(conn, registry, term, origin_device, Some(proposal_id), rest)?;
+        let Some(new_last) = entries.last() else {
+            // The missing changes were deletes of records that do not exist now.
+            return Ok((
+                state.library_id,
+                term,
+                ProposalOutcome { entries: present, ..duplicate },
+                LogHead::default(),
+            ));
+        };
+        let outcome = ProposalOutcome {
+            first_sequence,
+            last_sequence: new_last.sequence,
+            duplicate: false,
+            completed: true,
+            entries,
+        };
+        return Ok((state.library_id, term, outcome, prev));
+    }
+    if let Some((first, last)) = proposals::get(conn, proposal_id)? {
+        let outcome = ProposalOutcome {
+            first_sequence: first,
+            last_sequence: last,
+            duplicate: true,
+            completed: false,
+            entries: Vec::new(),
+        };
+        return Ok((state.library_id, term, outcome, LogHead::default()));
+    }
+    let (entries, prev) = write_changes(
+        conn,
+        registry,
+        term,
+        origin_device,
+        Some(proposal_id),
+        changes.into_iter().map(|c| (c, true)),
+    )?;
+    let outcome = match (entries.first(), entries.last()) {
+        (Some(first), Some(last)) => ProposalOutcome {
+            first_sequence: first.sequence,
+            last_sequence: last.sequence,
+            duplicate: false,
+            completed: false,
+            entries,
+        },
+        _ => {
+            let last = SyncLog::last(conn)?.sequence;
+            proposals::remember(conn, proposal_id, last)?;
+            ProposalOutcome {
+                first_sequence: last,
+                last_sequence: last,
+                duplicate: false,
+                completed: false,
+                entries,
+            }
+        }
+    };
+    Ok((state.library_id, term, outcome, prev))
 }
 
 /// The sync state, if it names this device the leader.

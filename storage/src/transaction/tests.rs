@@ -1,4 +1,5 @@
-//! [`missing_part`]: which changes of a retried proposal its log lacks. One rule per test.
+//! [`missing_part`]: which changes of a retried proposal its log lacks; the group commit of
+//! [`super::TransactionManager::commit_proposal`]. One rule per test.
 
 use lsync_protocol::{ChangeType, SyncLogEntry};
 use uuid::Uuid;
@@ -102,4 +103,122 @@ fn repeated_changes_to_one_record_are_matched_in_order() {
     let changes = [set("a", "1"), set("b", "1"), set("a", "1")];
     assert_eq!(missing_part(&changes, &written(9, &changes[..1])), Some(1));
     assert_eq!(missing_part(&changes, &written(9, &changes[..2])), Some(2));
+}
+
+// ---- group commit ------------------------------------------------------------------------
+
+mod group {
+    use std::time::{Duration, Instant};
+
+    use lsync_protocol::SyncRole;
+    use uuid::Uuid;
+
+    use crate::change::Change;
+    use crate::database::{Database, StorageOptions};
+    use crate::model::ModelRegistry;
+    use crate::models::Tag;
+    use crate::sync_state::SyncState;
+    use crate::transaction::{lock, TransactionManager};
+    use crate::StorageError;
+
+    /// A leader's database in `dir` and its transaction manager.
+    fn leader(dir: &tempfile::TempDir) -> TransactionManager {
+        let db = Database::open(
+            &dir.path().join("leader.db"),
+            &StorageOptions::default(),
+            ModelRegistry::with_builtin(),
+        )
+        .unwrap();
+        let me = Uuid::new_v4();
+        db.init_sync_state(&SyncState {
+            library_id: Uuid::new_v4(),
+            device_id: me,
+            role: SyncRole::Leader,
+            current_term: 1,
+            voted_for: Some(me),
+            leader_device: Some(me),
+            last_synced_sequence: 0,
+        })
+        .unwrap();
+        TransactionManager::new(db, me)
+    }
+
+    fn tag(id: &str) -> Change {
+        Change::insert(&Tag { id: id.into(), name: id.into(), color: None })
+    }
+
+    /// Starts `n` writers, one proposal each (`bad` ones carry a change of an unknown model),
+    /// while the group's turn is held, waits until all are queued, then lets them go: one of
+    /// them commits every queued proposal in one transaction.
+    fn concurrent(tm: &TransactionManager, n: usize, bad: &[usize]) -> Vec<Result<u64, String>> {
+        let turn = lock(&tm.group.turn);
+        let writers: Vec<_> = (0..n)
+            .map(|i| {
+                let tm = tm.clone();
+                let change = if bad.contains(&i) {
+                    Change { model_type: "album".into(), ..tag(&format!("w{i}")) }
+                } else {
+                    tag(&format!("w{i}"))
+                };
+                std::thread::spawn(move || {
+                    tm.commit_proposal(Uuid::new_v4(), tm.device_id(), vec![change])
+                        .map(|o| o.last_sequence)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lock(&tm.group.queue).len() < n {
+            assert!(Instant::now() < deadline, "the writers did not queue");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(turn);
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn concurrent_proposals_share_one_transaction_and_each_gets_its_own_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let tm = leader(&dir);
+        let before = tm.database().last_position().unwrap().sequence;
+        let results = concurrent(&tm, 8, &[]);
+        let mut sequences: Vec<u64> = results.into_iter().map(Result::unwrap).collect();
+        sequences.sort_unstable();
+        assert_eq!(sequences, (before + 1..=before + 8).collect::<Vec<_>>());
+        assert_eq!(tm.group_commits(), 1, "eight proposals, one transaction");
+        assert_eq!(tm.database().last_position().unwrap().sequence, before + 8);
+    }
+
+    #[test]
+    fn a_refused_proposal_in_a_group_is_rolled_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let tm = leader(&dir);
+        let before = tm.database().last_position().unwrap().sequence;
+        let results = concurrent(&tm, 5, &[2]);
+        assert_eq!(tm.group_commits(), 1);
+        let refused: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+        assert_eq!(refused.len(), 1, "{results:?}");
+        assert!(refused[0].as_ref().unwrap_err().contains("album"), "{refused:?}");
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 4);
+        let log = tm.database().fetch_since(before, 100).unwrap();
+        assert_eq!(log.len(), 4, "the four others, gapless: {log:?}");
+        assert!(log.iter().all(|e| e.record_id != "w2"));
+    }
+
+    #[test]
+    fn a_writer_alone_commits_in_a_group_of_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let tm = leader(&dir);
+        let o = tm.commit_proposal(Uuid::new_v4(), tm.device_id(), vec![tag("solo")]).unwrap();
+        assert_eq!(tm.group_commits(), 1);
+        let again = tm.commit_proposal(Uuid::new_v4(), tm.device_id(), vec![tag("next")]).unwrap();
+        assert_eq!(again.last_sequence, o.last_sequence + 1);
+        assert_eq!(tm.group_commits(), 2);
+        // a proposal refused before any transaction (empty) is not counted
+        assert!(matches!(
+            tm.commit_proposal(Uuid::new_v4(), tm.device_id(), Vec::new()),
+            Err(StorageError::InvalidChange(_))
+        ));
+        assert_eq!(tm.group_commits(), 2);
+    }
 }
