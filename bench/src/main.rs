@@ -76,6 +76,14 @@ enum Command {
         #[arg(long, default_value_t = 200_000)]
         entries: u64,
     },
+    /// Only the leader's commit path: one-change proposals from 1 and N writer threads under
+    /// synchronous = normal and full (group commit), and the hash chain's cost per entry.
+    Commits {
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        #[arg(long, default_value_t = 4_000)]
+        proposals: u64,
+    },
     /// (internal) The polling baseline in its own process.
     Poller {
         #[arg(long)]
@@ -101,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Poller { dir, interval_ms }) => child::poller(dir, interval_ms),
         Some(Command::Ceiling { entries }) => parent::ceiling_only(entries),
+        Some(Command::Commits { writers, proposals }) => parent::commits_only(writers, proposals),
         Some(Command::Throughput { followers, entries }) => {
             actix::System::new().block_on(parent::throughput_only(followers, entries))
         }

@@ -159,8 +159,8 @@ impl TransactionManager {
     /// **Group commit**: proposals committed concurrently (from several threads, e.g. the
     /// blocking pool serving several writers) share one immediate transaction — one `COMMIT`,
     /// so one fsync under `synchronous = FULL` — each in a savepoint of its own: the first
-    /// writer to get the turn commits every proposal queued by then; a refused one is rolled
-    /// back alone. [`TransactionManager::group_commits`] counts the transactions. A writer
+    /// writer that finds no batch running commits every proposal queued by then, the others
+    /// wait for it; a refused one is rolled back alone. [`TransactionManager::group_commits`] counts the transactions. A writer
     /// alone commits alone, as before.
     ///
     /// In ONE immediate transaction on the writer connection (one savepoint of it):
@@ -225,19 +225,29 @@ impl TransactionManager {
             changes: std::sync::Mutex::new(Some(changes)),
             result: std::sync::Mutex::new(None),
         });
-        lock(&self.group.queue).push(job.clone());
-        // One batch at a time: the first writer to get the turn commits every proposal queued
-        // by then, its own included, in one transaction; a writer whose proposal a batch
-        // committed meanwhile finds its answer when its turn comes.
-        let turn = lock(&self.group.turn);
-        if let Some(result) = lock(&job.result).take() {
-            return result;
+        // One batch at a time: a writer that finds no batch running commits every proposal
+        // queued by then, its own included, in one transaction; the others wait for a batch
+        // to end (theirs answered, or their turn to run the next).
+        let mut state = lock(&self.group.state);
+        state.queue.push(job.clone());
+        loop {
+            if let Some(result) = lock(&job.result).take() {
+                return result;
+            }
+            if state.committing {
+                state =
+                    self.group.done.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            state.committing = true;
+            let batch = std::mem::take(&mut state.queue);
+            drop(state);
+            // ends the batch even if it panics (its proposals are then answered with an error)
+            let running = Running { group: &self.group, batch: &batch };
+            self.commit_group(&batch);
+            drop(running);
+            state = lock(&self.group.state);
         }
-        let batch = std::mem::take(&mut *lock(&self.group.queue));
-        self.commit_group(&batch);
-        drop(turn);
-        let result = lock(&job.result).take();
-        result.unwrap_or_else(|| Err(StorageError::InvalidChange("proposal not committed".into())))
     }
 
     /// Commits the proposals of `batch` (in order) in ONE immediate transaction, each in a
@@ -447,11 +457,41 @@ struct GroupJob {
     result: std::sync::Mutex<Option<Result<ProposalOutcome>>>,
 }
 
-/// The proposals waiting for the next group commit, and the turn to run one.
+/// The proposals waiting for the next group commit, whether a batch is being committed, and
+/// the signal that one ended.
 #[derive(Default)]
 struct Group {
-    queue: std::sync::Mutex<Vec<std::sync::Arc<GroupJob>>>,
-    turn: std::sync::Mutex<()>,
+    state: std::sync::Mutex<GroupState>,
+    done: std::sync::Condvar,
+}
+
+/// A batch being committed; dropped (also when the commit panics) it answers every proposal
+/// of the batch left without an answer, ends the batch and wakes the writers waiting.
+struct Running<'a> {
+    group: &'a Group,
+    batch: &'a [std::sync::Arc<GroupJob>],
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        for job in self.batch {
+            let mut result = lock(&job.result);
+            if result.is_none() {
+                *result = Some(Err(StorageError::Io(std::io::Error::other(
+                    "the commit of this proposal's group failed unexpectedly (a panic): \
+                     nothing of it was committed",
+                ))));
+            }
+        }
+        lock(&self.group.state).committing = false;
+        self.group.done.notify_all();
+    }
+}
+
+#[derive(Default)]
+struct GroupState {
+    queue: Vec<std::sync::Arc<GroupJob>>,
+    committing: bool,
 }
 
 /// Locks `m`, whatever a panicking holder left (the data is an answer slot or a queue).

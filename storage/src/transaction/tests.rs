@@ -148,10 +148,10 @@ mod group {
     }
 
     /// Starts `n` writers, one proposal each (`bad` ones carry a change of an unknown model),
-    /// while the group's turn is held, waits until all are queued, then lets them go: one of
-    /// them commits every queued proposal in one transaction.
+    /// while a batch is marked running, waits until all are queued, then ends it: one of them
+    /// commits every queued proposal in one transaction.
     fn concurrent(tm: &TransactionManager, n: usize, bad: &[usize]) -> Vec<Result<u64, String>> {
-        let turn = lock(&tm.group.turn);
+        lock(&tm.group.state).committing = true;
         let writers: Vec<_> = (0..n)
             .map(|i| {
                 let tm = tm.clone();
@@ -168,11 +168,12 @@ mod group {
             })
             .collect();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while lock(&tm.group.queue).len() < n {
+        while lock(&tm.group.state).queue.len() < n {
             assert!(Instant::now() < deadline, "the writers did not queue");
             std::thread::sleep(Duration::from_millis(1));
         }
-        drop(turn);
+        lock(&tm.group.state).committing = false;
+        tm.group.done.notify_all();
         writers.into_iter().map(|w| w.join().unwrap()).collect()
     }
 
