@@ -460,15 +460,10 @@ fn ceiling(leader_db: &Database, dir: &Path) -> anyhow::Result<(f64, u64)> {
     Ok((entries.len() as f64 / elapsed, entries.len() as u64))
 }
 
-/// `lsync-bench ceiling`: only the ceiling, on `n` entries committed locally first (for
-/// profiling the storage write paths without the network).
-pub fn ceiling_only(n: u64) -> anyhow::Result<()> {
-    let temp = tempfile::Builder::new().prefix("lsync-bench-").tempdir()?;
-    let db = Database::open(
-        &temp.path().join("leader.db"),
-        &StorageOptions::default(),
-        model::registry(None),
-    )?;
+/// A fresh library database `<dir>/leader.db` whose sync state names a new device its leader
+/// (term 1); that device's id.
+fn leader_db(dir: &Path, options: &StorageOptions) -> anyhow::Result<(Database, Uuid)> {
+    let db = Database::open(&dir.join("leader.db"), options, model::registry(None))?;
     let leader_id = Uuid::new_v4();
     db.init_sync_state(&SyncState {
         library_id: Uuid::new_v4(),
@@ -479,6 +474,14 @@ pub fn ceiling_only(n: u64) -> anyhow::Result<()> {
         leader_device: Some(leader_id),
         last_synced_sequence: 0,
     })?;
+    Ok((db, leader_id))
+}
+
+/// `lsync-bench ceiling`: only the ceiling, on `n` entries committed locally first (for
+/// profiling the storage write paths without the network).
+pub fn ceiling_only(n: u64) -> anyhow::Result<()> {
+    let temp = tempfile::Builder::new().prefix("lsync-bench-").tempdir()?;
+    let (db, leader_id) = leader_db(temp.path(), &StorageOptions::default())?;
     let tm = lsync::crates::storage::TransactionManager::new(db.clone(), leader_id);
     let start = Instant::now();
     let mut i = 0;
@@ -839,18 +842,7 @@ pub fn commits_only(writers: usize, proposals: u64) -> anyhow::Result<()> {
         for threads in [1, writers.max(1)] {
             let temp = tempfile::Builder::new().prefix("lsync-bench-").tempdir()?;
             let options = StorageOptions { synchronous, ..StorageOptions::default() };
-            let db =
-                Database::open(&temp.path().join("leader.db"), &options, model::registry(None))?;
-            let leader_id = Uuid::new_v4();
-            db.init_sync_state(&SyncState {
-                library_id: Uuid::new_v4(),
-                device_id: leader_id,
-                role: SyncRole::Leader,
-                current_term: 1,
-                voted_for: Some(leader_id),
-                leader_device: Some(leader_id),
-                last_synced_sequence: 0,
-            })?;
+            let (db, leader_id) = leader_db(temp.path(), &options)?;
             let tm = TransactionManager::new(db, leader_id);
             let per = proposals / threads as u64;
             let start = Instant::now();

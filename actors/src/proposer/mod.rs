@@ -530,6 +530,30 @@ mod tests {
         })
     }
 
+    /// A proposer of `library_id` on device `me` (its outbox in `db`, committing through
+    /// `tm` when it leads), sending through `transport`; its host events and metrics.
+    fn proposer(
+        (library_id, me, db, tm): (Uuid, Uuid, &Database, TransactionManager),
+        transport: Arc<ScriptedTransport>,
+        config: SyncConfig,
+        paused: Arc<std::sync::atomic::AtomicBool>,
+    ) -> (Proposer, tokio::sync::broadcast::Receiver<SyncEvent>, Arc<Metrics>) {
+        let (host_events, seen) = tokio::sync::broadcast::channel(16);
+        let metrics = Arc::new(Metrics::default());
+        let p = Proposer::new(
+            library_id,
+            me,
+            db.clone(),
+            tm,
+            transport,
+            config,
+            host_events,
+            metrics.clone(),
+            paused,
+        );
+        (p, seen, metrics)
+    }
+
     #[tokio::test]
     async fn the_outbox_neither_blocks_on_one_entry_nor_drops_a_refused_one() {
         let dir = TempDir::new().unwrap();
@@ -537,20 +561,9 @@ mod tests {
         let db = follower_db(&dir, library_id, leader_id);
         let me = db.sync_state().unwrap().device_id;
         let tm = TransactionManager::new(db.clone(), me);
-        let (host_events, mut seen) = tokio::sync::broadcast::channel(16);
-        let metrics = Arc::new(Metrics::default());
         let config = SyncConfig { max_frame: 4096, ..SyncConfig::fast() };
-        let p = Proposer::new(
-            library_id,
-            me,
-            db.clone(),
-            tm,
-            leader(),
-            config,
-            host_events,
-            metrics.clone(),
-            Default::default(),
-        );
+        let (p, mut seen, metrics) =
+            proposer((library_id, me, &db, tm), leader(), config, Default::default());
         p.set_members([(leader_id, peer)].into());
         p.set_leader(LeaderView { term: 1, leader: Some(leader_id) });
         let task = tokio::spawn(p.clone().run());
@@ -605,16 +618,11 @@ mod tests {
         let db = follower_db(&dir, library_id, leader_id);
         let me = db.sync_state().unwrap().device_id;
         let transport = leader();
-        let (host_events, _) = tokio::sync::broadcast::channel(16);
-        let p = Proposer::new(
-            library_id,
-            me,
-            db.clone(),
-            TransactionManager::new(db.clone(), me),
+        let tm = TransactionManager::new(db.clone(), me);
+        let (p, _, _) = proposer(
+            (library_id, me, &db, tm),
             transport.clone(),
             SyncConfig::fast(),
-            host_events,
-            Arc::new(Metrics::default()),
             Default::default(),
         );
         p.set_members([(leader_id, peer)].into());
@@ -652,18 +660,10 @@ mod tests {
         db.outbox_push(big, &change(&"x".repeat(5_000))).unwrap();
         db.outbox_push(Uuid::new_v4(), &change("t1")).unwrap();
         let transport = leader();
-        let (host_events, _) = tokio::sync::broadcast::channel(16);
-        let p = Proposer::new(
-            library_id,
-            me,
-            db.clone(),
-            TransactionManager::new(db.clone(), me),
-            transport.clone(),
-            SyncConfig { max_frame: 4096, ..SyncConfig::fast() },
-            host_events,
-            Arc::new(Metrics::default()),
-            Default::default(),
-        );
+        let tm = TransactionManager::new(db.clone(), me);
+        let config = SyncConfig { max_frame: 4096, ..SyncConfig::fast() };
+        let (p, _, _) =
+            proposer((library_id, me, &db, tm), transport.clone(), config, Default::default());
         p.set_members([(leader_id, peer)].into());
         p.set_leader(LeaderView { term: 1, leader: Some(leader_id) });
         let task = tokio::spawn(p.clone().run());
@@ -702,18 +702,8 @@ mod tests {
 
         // its own outbox
         let paused = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (host_events, _) = tokio::sync::broadcast::channel(16);
-        let p = Proposer::new(
-            library_id,
-            me,
-            db.clone(),
-            tm,
-            leader(),
-            SyncConfig::fast(),
-            host_events,
-            Arc::new(Metrics::default()),
-            paused.clone(),
-        );
+        let (p, _, _) =
+            proposer((library_id, me, &db, tm), leader(), SyncConfig::fast(), paused.clone());
         p.set_leader(LeaderView { term: 1, leader: Some(me) });
         let task = tokio::spawn(p.clone().run());
         let before = last();
