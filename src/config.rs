@@ -30,7 +30,7 @@
 //! max_pending_requests = 4096
 //!
 //! [storage]
-//! synchronous = "normal"                  # or "full" (an fsync per commit)
+//! synchronous = "full"                    # or "normal" (no fsync per commit: see docs/operations.md)
 //! busy_timeout_ms = 5000
 //! ```
 
@@ -128,7 +128,9 @@ pub struct NetworkSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSection {
-    /// `"normal"` (durable against crashes of the program) or `"full"` (against power loss).
+    /// `"full"` (the default: every commit fsynced, durable against power loss) or `"normal"`
+    /// (durable against crashes of the program; a leader's last commits may vanish on power
+    /// loss — docs/operations.md, "Durability").
     pub synchronous: String,
     pub busy_timeout_ms: u64,
 }

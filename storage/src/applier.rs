@@ -66,7 +66,8 @@ impl Applier {
     /// Insert/Update upsert the row with the entry's version, Delete removes it if present,
     /// Bulk queues a [`LocalJob`] (no model rows). Each entry is copied identically into the
     /// local log and `last_synced_sequence` is set to the new last sequence. An empty batch is
-    /// `Ok` with zero counts.
+    /// `Ok` with zero counts. Before it returns, the log's new end is made safe to acknowledge
+    /// ([`Database::acknowledge`]: fsynced under `synchronous = NORMAL`, under the mark).
     ///
     /// A configuration entry writes no model row: the configuration it carries becomes the
     /// one in effect (the `devices` rows) in the same transaction, if it is at least as recent
@@ -80,7 +81,9 @@ impl Applier {
     /// [`StorageError::ChainMismatch`] if an entry carries another hash than this log's (an
     /// overlapping entry: the local one's; a new one: the one computed after the local log) —
     /// either way the logs differ at or before that entry, whatever the terms say —
-    /// [`StorageError::Gap`], [`StorageError::NotInitialized`].
+    /// [`StorageError::Gap`], [`StorageError::NotInitialized`]; [`StorageError::Io`] if the
+    /// batch committed but could not be made safe to acknowledge (applying it again is then a
+    /// duplicate that retries that step).
     pub fn apply(&self, entries: &[SyncLogEntry]) -> Result<ApplyOutcome> {
         if entries.is_empty() {
             let head = self.db.head()?;
@@ -186,6 +189,8 @@ impl Applier {
             }
             Ok(outcome)
         })?;
+        // What the caller reports to its leader must be on disk and under the mark first.
+        self.db.acknowledge(outcome.last)?;
         tracing::trace!(
             applied = outcome.applied,
             skipped = outcome.skipped,

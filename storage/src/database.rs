@@ -28,13 +28,16 @@ use crate::sync_state::{self, ElectionRecord, SyncState};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
-/// SQLite's `PRAGMA synchronous` in WAL mode.
+/// SQLite's `PRAGMA synchronous` in WAL mode (docs/operations.md, "Durability").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Synchronous {
-    /// Durable against application crashes; a power loss may lose the last commits.
-    #[default]
+    /// Durable against application crashes; a power loss may lose the last commits of a
+    /// leader (a follower still fsyncs what it applied before acknowledging it:
+    /// [`Database::acknowledge`]). An opt-in.
     Normal,
-    /// Durable against power loss too (an fsync per commit).
+    /// Durable against power loss too: an fsync per commit, shared by concurrent writers
+    /// (group commit). The default.
+    #[default]
     Full,
 }
 
@@ -50,7 +53,7 @@ impl Synchronous {
 /// How a [`Database`] is opened.
 #[derive(Debug, Clone)]
 pub struct StorageOptions {
-    /// `PRAGMA synchronous` (default [`Synchronous::Normal`]).
+    /// `PRAGMA synchronous` (default [`Synchronous::Full`]).
     pub synchronous: Synchronous,
     /// How long a connection waits for a lock held by another connection (default 5 s).
     pub busy_timeout: Duration,
@@ -58,7 +61,7 @@ pub struct StorageOptions {
 
 impl Default for StorageOptions {
     fn default() -> Self {
-        Self { synchronous: Synchronous::Normal, busy_timeout: Duration::from_secs(5) }
+        Self { synchronous: Synchronous::Full, busy_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -70,6 +73,12 @@ struct Inner {
     writer: Mutex<SqliteConnection>,
     reader: Mutex<SqliteConnection>,
     checkpointer: Checkpointer,
+    /// The acknowledgement mark this handle last wrote (`None` until the first): the lock
+    /// also keeps two writers of the mark files apart.
+    acked: Mutex<Option<LogPosition>>,
+    /// Fsyncs of the database files made by [`Database::acknowledge`] and
+    /// [`Database::raise_mark`].
+    syncs: AtomicU64,
 }
 
 /// Writer commits after which the background checkpointer is woken.
@@ -218,6 +227,12 @@ fn connect(url: &str, options: &StorageOptions, reader: bool) -> Result<SqliteCo
     Ok(conn)
 }
 
+/// Locks `mutex`, taking over a lock a panic poisoned (what it guards stays consistent: one
+/// value written whole).
+fn lock_plain<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn lock<'a>(
     mutex: &'a Mutex<SqliteConnection>,
     url: &str,
@@ -286,6 +301,8 @@ impl Database {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
                 checkpointer,
+                acked: Mutex::new(None),
+                syncs: AtomicU64::new(0),
             }),
         })
     }
@@ -350,14 +367,24 @@ impl Database {
         sync_state::read_record(&self.election_record_path())
     }
 
-    /// The high-water mark ([`sync_state::mark_path`]): the last log position this device is
-    /// known to have held; `None` before the first is written.
+    /// The high-water mark: the last log position this device is known to have held — the
+    /// higher of the fsynced mark ([`sync_state::mark_path`], raised at heartbeats) and the
+    /// acknowledgement mark ([`sync_state::ack_mark_path`], raised at every acknowledgement);
+    /// `None` before the first is written.
     pub fn mark(&self) -> Result<Option<LogPosition>> {
-        sync_state::read_mark(&sync_state::mark_path(&self.inner.path))
+        let durable = sync_state::read_mark(&sync_state::mark_path(&self.inner.path))?;
+        let acked = sync_state::read_ack_mark(&sync_state::ack_mark_path(&self.inner.path));
+        Ok(durable.max(acked))
     }
 
-    /// Raises the high-water mark to the log's last position, if that is above the mark;
-    /// returns the mark in effect. A log behind its mark leaves the mark as it is.
+    /// The `synchronous` setting this database was opened with.
+    pub fn synchronous(&self) -> Synchronous {
+        self.inner.options.synchronous
+    }
+
+    /// Raises the fsynced high-water mark to the log's last position, if that is above the
+    /// mark; returns the mark in effect ([`Database::mark`]). A log behind its mark leaves
+    /// the mark as it is.
     ///
     /// The mark never runs ahead of what the database itself has on disk: the database file
     /// and its WAL are fsynced first (everything committed before is then durable whatever
@@ -366,14 +393,60 @@ impl Database {
     /// would never campaign again — and a database found behind its mark was put back from
     /// elsewhere (a restored backup, a copied data directory).
     pub fn raise_mark(&self) -> Result<LogPosition> {
+        let _writing = lock_plain(&self.inner.acked);
         let last = self.last_position()?;
-        let mark = self.mark()?.unwrap_or_default();
-        if last <= mark {
-            return Ok(mark);
+        let path = sync_state::mark_path(&self.inner.path);
+        let durable = sync_state::read_mark(&path)?.unwrap_or_default();
+        let acked = sync_state::read_ack_mark(&sync_state::ack_mark_path(&self.inner.path));
+        if last <= durable {
+            return Ok(durable.max(acked.unwrap_or_default()));
         }
         self.sync_files()?;
-        sync_state::write_mark(&sync_state::mark_path(&self.inner.path), last)?;
-        Ok(last)
+        sync_state::write_mark(&path, last)?;
+        Ok(last.max(acked.unwrap_or_default()))
+    }
+
+    /// Makes `position` — the end of this device's log, written by a transaction that has
+    /// committed — safe to acknowledge: what a follower does before it reports a position to
+    /// its leader (docs/architecture.md, "What an acknowledgement promises"). Under
+    /// `synchronous = NORMAL` the database files are fsynced first (under `FULL` the commit
+    /// did it); then the acknowledgement mark ([`sync_state::ack_mark_path`]) is raised to
+    /// `position`, so that a database later put back to before it is found behind its mark.
+    /// Does nothing for a position at or below the mark this handle last wrote.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`]: the position must not be acknowledged.
+    pub fn acknowledge(&self, position: LogPosition) -> Result<()> {
+        let mut acked = lock_plain(&self.inner.acked);
+        if acked.is_some_and(|a| position <= a) {
+            return Ok(());
+        }
+        if self.inner.options.synchronous == Synchronous::Normal {
+            self.sync_files()?;
+        }
+        sync_state::write_ack_mark(&sync_state::ack_mark_path(&self.inner.path), position)?;
+        *acked = Some(position);
+        Ok(())
+    }
+
+    /// Raises the acknowledgement mark to `position`, committed by this device as leader, if
+    /// the commit made it durable (`synchronous = FULL`); under `NORMAL` the leader's own
+    /// commits are not on disk yet, and its mark follows at heartbeats
+    /// ([`Database::raise_mark`]).
+    ///
+    /// # Errors
+    /// [`StorageError::Io`].
+    pub fn acknowledge_commit(&self, position: LogPosition) -> Result<()> {
+        if self.inner.options.synchronous == Synchronous::Full {
+            self.acknowledge(position)?;
+        }
+        Ok(())
+    }
+
+    /// Fsyncs of the database files made to raise a mark (for the simulator, which models
+    /// what a power loss keeps by them, and for tests).
+    pub fn syncs(&self) -> u64 {
+        self.inner.syncs.load(Ordering::Relaxed)
     }
 
     /// Fsyncs the database file and its WAL: every transaction committed before the call is
@@ -388,6 +461,7 @@ impl Database {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.inner.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

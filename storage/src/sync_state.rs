@@ -315,20 +315,63 @@ pub fn read_mark(path: &Path) -> Result<Option<LogPosition>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let corrupt = || StorageError::Corrupt("high-water mark: not a mark file".to_owned());
+    parse_mark(&text)
+        .map(Some)
+        .ok_or_else(|| StorageError::Corrupt("high-water mark: not a mark file".to_owned()))
+}
+
+fn parse_mark(text: &str) -> Option<LogPosition> {
     let mut lines = text.lines();
     if lines.next() != Some(MARK_HEADER) {
-        return Err(corrupt());
+        return None;
     }
-    let position = lines.next().and_then(|l| l.strip_prefix("position ")).ok_or_else(corrupt)?;
-    let (term, sequence) = position.split_once(' ').ok_or_else(corrupt)?;
+    let (term, sequence) = lines.next()?.strip_prefix("position ")?.split_once(' ')?;
     let (Ok(term), Ok(sequence)) = (term.parse::<u64>(), sequence.parse::<u64>()) else {
-        return Err(corrupt());
+        return None;
     };
     if lines.next().is_some() {
-        return Err(corrupt());
+        return None;
     }
-    Ok(Some(LogPosition { term, sequence }))
+    Some(LogPosition { term, sequence })
+}
+
+fn mark_text(mark: LogPosition) -> String {
+    format!("{MARK_HEADER}\nposition {} {}\n", mark.term, mark.sequence)
+}
+
+/// The acknowledgement mark (`<db>.mark.ack`): the high-water mark kept at every
+/// acknowledgement — the last position this device reported holding (a follower's applied
+/// batch) or committed as a leader under `synchronous = FULL` — written before the
+/// acknowledgement leaves, cheaply: atomic against a process crash (a temporary file renamed
+/// over it), not fsynced. It is only ever written for a position the database already holds
+/// on disk, so a power loss can take it back (to an older mark, or a torn file that reads as
+/// none) but never leave it ahead of the database. The device's mark is the higher of the two
+/// files ([`crate::Database::mark`]); the fsynced one ([`mark_path`]) follows at heartbeats.
+pub fn ack_mark_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".mark.ack");
+    PathBuf::from(name)
+}
+
+/// Reads the acknowledgement mark at `path`: `None` if there is none, or if it cannot be
+/// read (what a power loss may leave of a file written without an fsync; the fsynced mark
+/// still holds).
+pub fn read_ack_mark(path: &Path) -> Option<LogPosition> {
+    std::fs::read_to_string(path).ok().as_deref().and_then(parse_mark)
+}
+
+/// Writes the acknowledgement mark at `path` (see [`ack_mark_path`]): a temporary file, then
+/// a rename over the old one; no fsync.
+///
+/// # Errors
+/// [`StorageError::Io`].
+pub fn write_ack_mark(path: &Path, mark: LogPosition) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, mark_text(mark))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// Writes the high-water mark at `path` durably and atomically, as [`write_record`] does.
@@ -336,7 +379,7 @@ pub fn read_mark(path: &Path) -> Result<Option<LogPosition>> {
 /// # Errors
 /// [`StorageError::Io`].
 pub fn write_mark(path: &Path, mark: LogPosition) -> Result<()> {
-    write_durably(path, &format!("{MARK_HEADER}\nposition {} {}\n", mark.term, mark.sequence))
+    write_durably(path, &mark_text(mark))
 }
 
 /// Fsyncs the directory holding `path`, making a rename in it durable. Only where a directory

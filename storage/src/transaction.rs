@@ -407,6 +407,11 @@ impl TransactionManager {
     /// Sends the [`CommitEvent`] of `entries`, written after `prev`.
     fn emit(&self, library_id: Uuid, term: u64, prev: LogHead, entries: &[SyncLogEntry]) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
+        if let Err(e) = self.db.acknowledge_commit(crate::LogPosition::of(last)) {
+            // The entries are committed; only restore detection is weaker until the next
+            // heartbeat raises the fsynced mark.
+            tracing::warn!(error = %e, "cannot raise the acknowledgement mark");
+        }
         // Only clone the entries when somebody listens.
         let carried = (entries.len() <= COMMIT_EVENT_MAX_ENTRIES
             && self.events.receiver_count() > 0)

@@ -199,3 +199,82 @@ fn set_last_synced_updates_the_row_and_refuses_a_missing_one() {
     assert!(db.with_writer(|conn| set_last_synced(conn, u64::MAX)).is_err());
     assert_eq!(db.sync_state().unwrap().last_synced_sequence, u64::from(u32::MAX) + 1);
 }
+
+/// A follower's applied batch is under its mark before `apply` returns (what it then
+/// acknowledges), fsynced first under `synchronous = NORMAL`; a database put back behind it
+/// is found behind its mark.
+#[test]
+fn an_applied_batch_is_marked_before_it_is_acknowledged() {
+    for synchronous in [Synchronous::Full, Synchronous::Normal] {
+        let dir = TempDir::new().unwrap();
+        let l = leader(&dir, registry(false));
+        for i in 0..5 {
+            l.tm.commit(Change::insert(&tag(&format!("t{i}"), "x"))).unwrap();
+        }
+        let path = dir.path().join("f.db");
+        let options = StorageOptions { synchronous, ..StorageOptions::default() };
+        let db = Database::open(&path, &options, registry(false)).unwrap();
+        db.init_sync_state(&state(
+            l.library_id,
+            Uuid::new_v4(),
+            SyncRole::Follower,
+            Some(l.device_id),
+        ))
+        .unwrap();
+        let f = lsync_storage::Applier::new(db.clone());
+        assert_eq!(db.mark().unwrap(), None);
+        let entries = l.db.fetch_since(0, 3).unwrap();
+        let outcome = f.apply(&entries).unwrap();
+        assert_eq!(db.mark().unwrap(), Some(outcome.last), "{synchronous:?}");
+        let synced = db.syncs();
+        assert_eq!(synced, u64::from(synchronous == Synchronous::Normal), "{synchronous:?}");
+        // applying the same batch again marks nothing new (no second fsync)
+        f.apply(&entries).unwrap();
+        assert_eq!(db.syncs(), synced);
+        let rest = l.db.fetch_since(3, 10).unwrap();
+        let last = f.apply(&rest).unwrap().last;
+        assert_eq!(db.mark().unwrap(), Some(last));
+        // The database is put back to an empty log (as a restore would): behind its mark.
+        f.reset().unwrap();
+        assert_eq!(db.last_position().unwrap(), lsync_storage::LogPosition::default());
+        assert_eq!(db.election_floor().unwrap(), last, "{synchronous:?}");
+    }
+}
+
+/// A leader's commit is under its mark at once under `synchronous = FULL` (it is on disk);
+/// under `NORMAL` it is not (not on disk yet): the fsynced mark follows at heartbeats.
+#[test]
+fn a_leader_commit_is_marked_only_when_it_is_on_disk() {
+    for synchronous in [Synchronous::Full, Synchronous::Normal] {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("l.db");
+        let options = StorageOptions { synchronous, ..StorageOptions::default() };
+        let db = Database::open(&path, &options, registry(false)).unwrap();
+        let device = Uuid::new_v4();
+        db.init_sync_state(&state(Uuid::new_v4(), device, SyncRole::Leader, Some(device))).unwrap();
+        let tm = lsync_storage::TransactionManager::new(db.clone(), device);
+        let entry = tm.commit(Change::insert(&tag("t", "x"))).unwrap();
+        let held = lsync_storage::LogPosition::of(&entry);
+        let expected = (synchronous == Synchronous::Full).then_some(held);
+        assert_eq!(db.mark().unwrap(), expected, "{synchronous:?}");
+        assert_eq!(db.syncs(), 0, "no fsync beyond the commit's own");
+        assert_eq!(db.raise_mark().unwrap(), held);
+        assert_eq!(db.mark().unwrap(), Some(held));
+    }
+}
+
+/// What a power loss may leave of the acknowledgement mark (written without an fsync) — a torn
+/// file — reads as no mark: the fsynced mark still holds, and nothing refuses to start.
+#[test]
+fn a_torn_acknowledgement_mark_falls_back_to_the_fsynced_one() {
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    l.tm.commit(Change::insert(&tag("t", "x"))).unwrap();
+    let held = l.db.raise_mark().unwrap();
+    l.tm.commit(Change::insert(&tag("u", "x"))).unwrap();
+    let later = l.db.mark().unwrap().expect("marked at commit");
+    assert!(later > held);
+    std::fs::write(lsync_storage::sync_state::ack_mark_path(l.db.path()), b"lsync high-wa")
+        .unwrap();
+    assert_eq!(l.db.mark().unwrap(), Some(held));
+}
