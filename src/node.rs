@@ -1132,22 +1132,25 @@ impl Node {
         durability: Durability,
         changes: Vec<Change>,
     ) -> Result<WriteOutcome, NodeError> {
+        let expected = lsync_actors::proposer::entries_at_least(&changes);
         let outcome = self.write_with_id(library_id, proposal_id, changes).await?;
         match (durability, outcome) {
             (Durability::Majority, WriteOutcome::Committed { first_sequence, last_sequence }) => {
-                self.wait_for_majority(library_id, proposal_id, (first_sequence, last_sequence))
-                    .await
+                let answered = (first_sequence, last_sequence);
+                self.wait_for_majority(library_id, proposal_id, expected, answered).await
             }
             (_, outcome) => Ok(outcome),
         }
     }
 
     /// Waits until a majority holds proposal `proposal_id` (see [`Node::write_with`]), at
-    /// most the request timeout; `answered` is the range the leader answered with.
+    /// most the request timeout; `expected` is how many entries it writes at least,
+    /// `answered` the range the leader answered with.
     async fn wait_for_majority(
         &self,
         library_id: Uuid,
         proposal_id: Uuid,
+        expected: usize,
         answered: (u64, u64),
     ) -> Result<WriteOutcome, NodeError> {
         let deadline = tokio::time::Instant::now() + self.inner.config.network.request_timeout;
@@ -1162,21 +1165,17 @@ impl Node {
                 Ok((read.head()?.position, entries))
             })
             .await?;
-            // A write whose changes wrote no entry (deletes of records that do not exist) is
-            // held once the position the leader answered with is.
-            let range = match (entries.first(), entries.last()) {
-                (Some(f), Some(l)) => Some((f.sequence, l.sequence)),
-                _ if answered.0 == answered.1 => Some(answered),
-                _ => None,
+            let found: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
+            let view = lsync_actors::proposer::MajorityView {
+                leader_known: st.leader.is_some(),
+                term: st.term,
+                head,
+                commit_sequence: st.commit_sequence,
             };
-            if let Some((first_sequence, last_sequence)) = range {
-                let held = st.leader.is_some()
-                    && head.term == st.term
-                    && last_sequence <= head.sequence
-                    && last_sequence <= st.commit_sequence;
-                if held {
-                    return Ok(WriteOutcome::Committed { first_sequence, last_sequence });
-                }
+            if let Some((first_sequence, last_sequence)) =
+                lsync_actors::proposer::majority_holds(view, &found, expected, answered)
+            {
+                return Ok(WriteOutcome::Committed { first_sequence, last_sequence });
             }
             if tokio::time::Instant::now() >= deadline {
                 info!(%library_id, proposal = %proposal_id, commit = st.commit_sequence,

@@ -53,16 +53,24 @@ pub fn whole_log(db: &Database) -> Result<Vec<SyncLogEntry>, String> {
 
 /// The names of the workload's changes a device holds: in its log or its outbox.
 pub fn names_on(db: &Database) -> anyhow::Result<BTreeSet<String>> {
-    let mut names: BTreeSet<String> =
+    let (mut names, queued) = names_held(db)?;
+    names.extend(queued);
+    Ok(names)
+}
+
+/// The names of the workload's changes a device holds in its log, and in its outbox.
+pub fn names_held(db: &Database) -> anyhow::Result<(BTreeSet<String>, BTreeSet<String>)> {
+    let logged: BTreeSet<String> =
         whole_log(db).map_err(anyhow::Error::msg)?.iter().filter_map(name_of).collect();
+    let mut queued = BTreeSet::new();
     for entry in db.outbox_list()? {
         for c in entry.changes {
             if let Ok(tag) = lsync_storage::decode::<lsync_storage::Tag>(&c.data) {
-                names.insert(tag.name);
+                queued.insert(tag.name);
             }
         }
     }
-    Ok(names)
+    Ok((logged, queued))
 }
 
 #[derive(Debug, Default, Clone, Copy)]

@@ -59,8 +59,9 @@ use lsync_actors::messages::{
     who_leads, ElectionInput, FollowerMembership, LeaderHint, LeaderReport, RoleChange,
 };
 use lsync_actors::proposer::{
-    deliver_locally, propose, serve_proposal, Command as ProposerCommand, Delivery,
-    LeaderView as ProposerView, ProposerCore, SubmitOutcome, Target,
+    deliver_locally, entries_at_least, majority_holds, propose, serve_proposal,
+    Command as ProposerCommand, Delivery, LeaderView as ProposerView, MajorityView, ProposerCore,
+    SubmitOutcome, Target,
 };
 use lsync_actors::service::{
     follows_hint, keeps_role_actors, route, Heard, PeerBook, Route, RouteView, Serving,
@@ -81,6 +82,22 @@ use crate::oracle::Outcome;
 
 /// A device's name for one request it sent, to match the answer.
 pub type Token = u64;
+
+/// How long a `majority` write waits for a majority to hold it before it is answered pending:
+/// `Node::write_with` waits the request timeout (the simulated network's, 2 s).
+pub const MAJORITY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A `majority` write answered committed by the leader, waiting until this device sees a
+/// majority hold it (`Node::write_with`'s wait, [`majority_holds`]).
+#[derive(Debug, Clone, Copy)]
+struct MajorityWait {
+    write: usize,
+    proposal_id: Uuid,
+    /// How many entries the proposal writes at least ([`entries_at_least`]).
+    expected: usize,
+    answered: (u64, u64),
+    deadline: Instant,
+}
 
 /// What the device asks of the simulation.
 #[derive(Debug, Clone)]
@@ -251,6 +268,10 @@ pub struct Device {
     answers: BTreeMap<u64, usize>,
     next_answer: u64,
     leader_commit: u64,
+    /// The writes asked at the `majority` level (write → proposal, entries it writes at
+    /// least), until answered.
+    majority: BTreeMap<usize, (Uuid, usize)>,
+    waits: Vec<MajorityWait>,
     commit_watch: u64,
     removed_hint: Option<String>,
     work: VecDeque<Work>,
@@ -327,6 +348,8 @@ impl Device {
             answers: BTreeMap::new(),
             next_answer: 0,
             leader_commit: 0,
+            majority: BTreeMap::new(),
+            waits: Vec::new(),
             commit_watch: u64::MAX,
             removed_hint: None,
             work: VecDeque::new(),
@@ -381,6 +404,7 @@ impl Device {
         let mut at =
             [self.election.next_deadline(), self.proposer.next_deadline(), self.next_ask()]
                 .into_iter()
+                .chain(self.waits.iter().map(|w| Some(w.deadline)))
                 .flatten()
                 .min();
         let mut add = |d: Option<Instant>| {
@@ -410,7 +434,70 @@ impl Device {
 
     fn finish(&mut self) -> Vec<Output> {
         self.run();
+        self.check_waits();
+        for o in &self.out {
+            if let Output::Answer { write, .. } = o {
+                self.majority.remove(write);
+            }
+        }
         std::mem::take(&mut self.out)
+    }
+
+    /// Answers a write that the leader committed at `first..=last`: at once at the `local`
+    /// level, once a majority holds it at `majority`.
+    fn committed(&mut self, write: usize, first: u64, last: u64) {
+        match self.majority.remove(&write) {
+            Some((proposal_id, expected)) => self.waits.push(MajorityWait {
+                write,
+                proposal_id,
+                expected,
+                answered: (first, last),
+                deadline: self.now + MAJORITY_TIMEOUT,
+            }),
+            None => {
+                self.out.push(Output::Answer { write, outcome: Outcome::Committed { first, last } })
+            }
+        }
+    }
+
+    /// The `majority` writes a majority now holds are answered committed (at the sequences of
+    /// this device's log), those past their deadline pending; as `Node::write_with` decides,
+    /// from this device's view: the leader it knows, its term, its log, the commit sequence it
+    /// knows.
+    fn check_waits(&mut self) {
+        if self.waits.is_empty() {
+            return;
+        }
+        let (_, term, leader) = self.election_view();
+        let commit_sequence = match &self.role {
+            Role::Leader(l) => l.shared.commit_sequence(),
+            _ => self.leader_commit,
+        };
+        let Ok(head) = self.db.head() else { return };
+        let view = MajorityView {
+            leader_known: leader.is_some(),
+            term,
+            head: head.position,
+            commit_sequence,
+        };
+        for wait in std::mem::take(&mut self.waits) {
+            let found: Vec<u64> = self
+                .db
+                .with_reader(|conn| {
+                    lsync_storage::SyncLog::proposal_entries(conn, wait.proposal_id)
+                })
+                .map(|e| e.iter().map(|e| e.sequence).collect())
+                .unwrap_or_default();
+            let outcome = match majority_holds(view, &found, wait.expected, wait.answered) {
+                Some((first, last)) => Outcome::Committed { first, last },
+                None if self.now >= wait.deadline => Outcome::Unresolved,
+                None => {
+                    self.waits.push(wait);
+                    continue;
+                }
+            };
+            self.out.push(Output::Answer { write: wait.write, outcome });
+        }
     }
 
     /// The machines whose deadline passed run.
@@ -500,10 +587,14 @@ impl Device {
         write: usize,
         proposal_id: Uuid,
         changes: Vec<Change>,
+        majority: bool,
         now: Instant,
         now_ms: i64,
     ) -> Vec<Output> {
         self.begin(now, now_ms);
+        if majority {
+            self.majority.insert(write, (proposal_id, entries_at_least(&changes)));
+        }
         if !self.is_member() {
             self.out.push(Output::Answer {
                 write,
@@ -513,10 +604,7 @@ impl Device {
         }
         match self.tm.commit_proposal(proposal_id, self.id, changes.clone()) {
             Ok(o) => {
-                self.out.push(Output::Answer {
-                    write,
-                    outcome: Outcome::Committed { first: o.first_sequence, last: o.last_sequence },
-                });
+                self.committed(write, o.first_sequence, o.last_sequence);
                 self.drain_commits();
             }
             Err(StorageError::NotLeader { .. }) => match self.db.outbox_push(proposal_id, &changes)
@@ -1439,11 +1527,13 @@ impl Device {
                     if let Some(write) = self.answers.remove(&token) {
                         let outcome = match outcome {
                             SubmitOutcome::Committed { first, last } => {
-                                Outcome::Committed { first, last }
+                                self.committed(write, first, last);
+                                continue;
                             }
                             SubmitOutcome::Queued => Outcome::Queued,
                             SubmitOutcome::Refused(r) => Outcome::Refused(r),
                         };
+                        self.majority.remove(&write);
                         self.out.push(Output::Answer { write, outcome });
                     }
                 }

@@ -4,10 +4,13 @@
 //! - **Process crash** (kill -9): every connection is dropped and the database reopened; a
 //!   committed transaction survives (SQLite's guarantee in WAL mode at any `synchronous`).
 //! - **Power loss**: what was written since the last *sync point* is lost. With
-//!   `synchronous = NORMAL` (today's default) SQLite syncs the WAL only at checkpoints, so the
-//!   simulation takes a sync point at random moments ([`Disk::sync`]) and a power loss goes
-//!   back to the last one. With `synchronous = FULL` every commit is a sync point and a power
-//!   loss loses nothing (modelled by syncing after every step).
+//!   `synchronous = FULL` (the product's default, and the simulation's) every commit is a sync
+//!   point and a power loss loses nothing: it is a crash (the world does not call
+//!   [`Disk::lose_unsynced`] then). With `synchronous = NORMAL` (`--synchronous normal`)
+//!   SQLite syncs the WAL only at checkpoints, so the simulation takes a sync point at random
+//!   moments ([`Disk::sync`]), and at every fsync the product makes itself (a follower's
+//!   applied batch before it is acknowledged, a mark raised: the world watches
+//!   [`Database::syncs`] after each step); a power loss goes back to the last one.
 //! - **Restore of an older copy** (a backup put back, a data directory copied from elsewhere):
 //!   the database goes back to one of the older sync points ([`Disk::backup`] keeps them).
 //!
@@ -35,16 +38,23 @@ pub struct Disk {
     next_copy: u64,
     /// Counters for the report.
     pub syncs: u64,
+    /// The setting the database is opened with.
+    synchronous: Synchronous,
 }
 
 impl Disk {
     /// Older copies kept for restores.
     pub const BACKUPS: usize = 3;
 
-    /// A disk in `dir` (created).
-    pub fn new(dir: PathBuf) -> std::io::Result<Self> {
+    /// A disk in `dir` (created), its database opened with `synchronous`.
+    pub fn new(dir: PathBuf, synchronous: Synchronous) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir, synced: None, backups: Vec::new(), next_copy: 0, syncs: 0 })
+        Ok(Self { dir, synced: None, backups: Vec::new(), next_copy: 0, syncs: 0, synchronous })
+    }
+
+    /// The setting the database is opened with.
+    pub fn synchronous(&self) -> Synchronous {
+        self.synchronous
     }
 
     /// The library database's path.
@@ -56,7 +66,7 @@ impl Disk {
     pub fn open(&self) -> Result<Database, lsync_storage::StorageError> {
         Database::open(
             &self.db_path(),
-            &StorageOptions { synchronous: Synchronous::Normal, ..StorageOptions::default() },
+            &StorageOptions { synchronous: self.synchronous, ..StorageOptions::default() },
             ModelRegistry::with_builtin(),
         )
     }
@@ -165,7 +175,7 @@ mod tests {
     #[test]
     fn a_power_loss_goes_back_to_the_last_sync_point_and_a_crash_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let mut disk = Disk::new(dir.path().join("d")).unwrap();
+        let mut disk = Disk::new(dir.path().join("d"), Synchronous::Normal).unwrap();
         let db = disk.open().unwrap();
         write(&db, "a");
         disk.sync(&db).unwrap();
@@ -184,7 +194,7 @@ mod tests {
     #[test]
     fn the_election_record_survives_a_power_loss_and_a_restore() {
         let dir = tempfile::tempdir().unwrap();
-        let mut disk = Disk::new(dir.path().join("d")).unwrap();
+        let mut disk = Disk::new(dir.path().join("d"), Synchronous::Normal).unwrap();
         let db = disk.open().unwrap();
         disk.backup(&db).unwrap();
         disk.sync(&db).unwrap();
@@ -204,7 +214,7 @@ mod tests {
     #[test]
     fn a_restore_puts_an_older_copy_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut disk = Disk::new(dir.path().join("d")).unwrap();
+        let mut disk = Disk::new(dir.path().join("d"), Synchronous::Normal).unwrap();
         let db = disk.open().unwrap();
         assert!(!disk.has_backup());
         write(&db, "a");

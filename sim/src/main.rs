@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lsync_sim::{Fault, Options, Report};
+use lsync_storage::Synchronous;
 
 #[derive(Parser, Debug)]
 #[command(name = "lsync-sim", about = "Deterministic simulation of whole lsync devices")]
@@ -40,9 +41,17 @@ struct Args {
     /// Simulated milliseconds of faults and writes per seed.
     #[arg(long, default_value_t = 20_000)]
     fault_phase_ms: u64,
-    /// An acknowledged write found at another sequence than its answer fails the seed.
+    /// A write acknowledged at the `local` level found at another sequence than its answer
+    /// fails the seed (a `majority` write's always does).
     #[arg(long)]
     strict_sequences: bool,
+    /// The share of writes made at the `majority` level, 0 to 1 (the others at `local`).
+    #[arg(long, default_value_t = 0.5)]
+    majority_share: f64,
+    /// The devices' `storage.synchronous`: full (the default, as the product's) or normal
+    /// (a power loss loses what was not synced).
+    #[arg(long, default_value = "full")]
+    synchronous: String,
     /// Print every event of the seed (with --seed).
     #[arg(long)]
     trace: bool,
@@ -71,6 +80,9 @@ fn options(args: &Args, seed: u64, faults: &BTreeSet<Fault>) -> Options {
     o.faults = faults.clone();
     o.fault_phase = Duration::from_millis(args.fault_phase_ms);
     o.strict_sequences = args.strict_sequences;
+    o.majority_share = args.majority_share;
+    o.synchronous =
+        if args.synchronous == "normal" { Synchronous::Normal } else { Synchronous::Full };
     o.trace = args.trace;
     o.trace_live = args.trace && args.seed.is_some();
     o
@@ -84,6 +96,8 @@ struct Summary {
     failing_seeds: Vec<u64>,
     writes: u64,
     acknowledged: u64,
+    majority: u64,
+    unresolved: u64,
     queued: u64,
     refused: u64,
     unknown: u64,
@@ -107,6 +121,8 @@ impl Summary {
         }
         self.writes += r.writes;
         self.acknowledged += r.acknowledged;
+        self.majority += r.majority;
+        self.unresolved += r.unresolved;
         self.queued += r.queued;
         self.refused += r.refused;
         self.unknown += r.unknown;
@@ -136,6 +152,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if !matches!(args.synchronous.as_str(), "full" | "normal") {
+        eprintln!("lsync-sim: --synchronous is {:?}: use full or normal", args.synchronous);
+        std::process::exit(2);
+    }
+    if !(0.0..=1.0).contains(&args.majority_share) {
+        eprintln!("lsync-sim: --majority-share is {}: use 0 to 1", args.majority_share);
+        std::process::exit(2);
+    }
     if let Some(seed) = args.seed {
         let opts = options(&args, seed, &faults);
         let replay = opts.replay_command();

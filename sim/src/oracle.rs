@@ -6,9 +6,13 @@
 //! and the leader's order decides (last write wins).
 //!
 //! What a write was told ([`Outcome`]) decides what the final log must hold:
-//! - `Committed { first, last }` (acknowledged): every change exactly once. The sequences are
-//!   checked too ([`Oracle::check`] counts the answers whose entries ended elsewhere as
-//!   `moved`; docs/testing.md says why that is not yet a failure by default: issue 16).
+//! - `Committed { first, last }` (acknowledged): every change exactly once. For a write made at
+//!   the `majority` level, at exactly those sequences (that is its promise: a majority held it
+//!   there). For one at `local`, the answers whose entries ended elsewhere are counted as
+//!   `moved` (a `local` answer's sequence may change after a failover, docs/operations.md; a
+//!   failure only with `--strict-sequences`).
+//! - `Unresolved` (a `majority` write no majority held within the request timeout: answered
+//!   pending): every change exactly once, eventually, at any sequence.
 //! - `Queued` (durable in the writer's outbox): every change exactly once, eventually.
 //! - `Refused` or `Unknown` (the writer crashed before answering): at most once each.
 //!
@@ -34,6 +38,9 @@ pub enum Outcome {
     Committed { first: u64, last: u64 },
     /// Durable in the writer's outbox, to be delivered.
     Queued,
+    /// A `majority` write the leader committed that no majority held within the request
+    /// timeout (`WriteOutcome::Pending`): committed once, eventually.
+    Unresolved,
     /// Refused (nothing may be committed).
     Refused(String),
     /// The writer crashed before it answered.
@@ -48,8 +55,12 @@ pub struct Write {
     /// The changes' names (`op-<n>.<k>`), in order.
     pub names: Vec<String>,
     pub outcome: Outcome,
+    /// Made at the `majority` level.
+    pub majority: bool,
     /// Every copy of it was lost with a disk: it may be missing.
     pub may_be_lost: bool,
+    /// Every copy but its writer's outbox's was lost with a disk ([`Oracle::note_outboxed_loss`]).
+    pub lost_unless_queued: bool,
 }
 
 /// What the final check found.
@@ -57,6 +68,9 @@ pub struct Write {
 pub struct Verdict {
     pub writes: u64,
     pub acknowledged: u64,
+    /// Of the acknowledged, those made at the `majority` level.
+    pub majority: u64,
+    pub unresolved: u64,
     pub queued: u64,
     pub refused: u64,
     pub unknown: u64,
@@ -86,7 +100,13 @@ pub fn name_of(entry: &SyncLogEntry) -> Option<String> {
 
 impl Oracle {
     /// Records a new write; returns its index.
-    pub fn record(&mut self, device: Ix, proposal_id: uuid::Uuid, names: Vec<String>) -> usize {
+    pub fn record(
+        &mut self,
+        device: Ix,
+        proposal_id: uuid::Uuid,
+        names: Vec<String>,
+        majority: bool,
+    ) -> usize {
         let ix = self.writes.len();
         for n in &names {
             self.by_name.insert(n.clone(), ix);
@@ -96,7 +116,9 @@ impl Oracle {
             proposal_id,
             names,
             outcome: Outcome::Pending,
+            majority,
             may_be_lost: false,
+            lost_unless_queued: false,
         });
         ix
     }
@@ -131,6 +153,19 @@ impl Oracle {
         for n in names {
             if let Some(&w) = self.by_name.get(n) {
                 self.writes[w].may_be_lost = true;
+            }
+        }
+    }
+
+    /// Changes a disk lost that were held elsewhere only in their writer's outbox: the writer
+    /// drops that copy if the answer the lost device sent before reaches it. Such a write may
+    /// be missing only if it ends answered committed at the `local` level (what that level
+    /// allows: its leader's disk lost before any follower fetched it); any other answer means
+    /// the writer kept its copy.
+    pub fn note_outboxed_loss(&mut self, names: &BTreeSet<String>) {
+        for n in names {
+            if let Some(&w) = self.by_name.get(n) {
+                self.writes[w].lost_unless_queued = true;
             }
         }
     }
@@ -171,6 +206,11 @@ impl Oracle {
             let must = match &w.outcome {
                 Outcome::Committed { .. } => {
                     v.acknowledged += 1;
+                    v.majority += u64::from(w.majority);
+                    true
+                }
+                Outcome::Unresolved => {
+                    v.unresolved += 1;
                     true
                 }
                 Outcome::Queued => {
@@ -196,8 +236,9 @@ impl Oracle {
                     w.names.len()
                 ));
             }
+            let answered_local = !w.majority && matches!(w.outcome, Outcome::Committed { .. });
             if must && present == 0 {
-                if w.may_be_lost {
+                if w.may_be_lost || (w.lost_unless_queued && answered_local) {
                     v.lost_with_disk += 1;
                 } else {
                     v.failures.push(format!(
@@ -209,8 +250,20 @@ impl Oracle {
             if let Outcome::Committed { first, last } = w.outcome {
                 let at: Vec<u64> = copies.iter().filter_map(|c| c.first().copied()).collect();
                 let expected: Vec<u64> = (first..=last).collect();
-                if present == w.names.len() && at != expected {
-                    v.moved += 1;
+                // A majority answer names the first and last of its entries (a proposal
+                // completed after a failover is not contiguous: the ends are what it promises).
+                let ends = (at.first().copied(), at.last().copied()) == (Some(first), Some(last));
+                let kept = if w.majority { ends } else { at == expected };
+                if present == w.names.len() && !kept {
+                    if w.majority {
+                        v.failures.push(format!(
+                            "write {ix} (majority, device {}) was acknowledged at \
+                             {first}..={last} but is at {at:?}",
+                            w.device
+                        ));
+                    } else {
+                        v.moved += 1;
+                    }
                 }
             }
         }
@@ -245,11 +298,11 @@ mod tests {
 
     fn oracle() -> Oracle {
         let mut o = Oracle::default();
-        let a = o.record(0, Uuid::from_u128(1), vec!["op-1.0".into(), "op-1.1".into()]);
+        let a = o.record(0, Uuid::from_u128(1), vec!["op-1.0".into(), "op-1.1".into()], false);
         o.answer(a, Outcome::Committed { first: 5, last: 6 });
-        let b = o.record(1, Uuid::from_u128(2), vec!["op-2.0".into()]);
+        let b = o.record(1, Uuid::from_u128(2), vec!["op-2.0".into()], false);
         o.answer(b, Outcome::Queued);
-        o.record(2, Uuid::from_u128(3), vec!["op-3.0".into()]);
+        o.record(2, Uuid::from_u128(3), vec!["op-3.0".into()], false);
         o.crashed(2);
         o
     }
@@ -281,5 +334,39 @@ mod tests {
         let v = o.check(&log);
         assert!(v.failures.is_empty(), "{:?}", v.failures);
         assert_eq!((v.lost_with_disk, v.moved), (1, 1));
+    }
+
+    #[test]
+    fn a_majority_write_must_be_at_its_answered_sequences_and_an_unresolved_one_present() {
+        let mut o = Oracle::default();
+        let a = o.record(0, Uuid::from_u128(1), vec!["op-1.0".into()], true);
+        o.answer(a, Outcome::Committed { first: 5, last: 5 });
+        let b = o.record(1, Uuid::from_u128(2), vec!["op-2.0".into()], true);
+        o.answer(b, Outcome::Unresolved);
+        let at_its_place = o.check(&[entry(5, "op-1.0"), entry(6, "op-2.0")]);
+        assert!(at_its_place.failures.is_empty(), "{:?}", at_its_place.failures);
+        assert_eq!((at_its_place.majority, at_its_place.unresolved), (1, 1));
+        let moved = o.check(&[entry(5, "op-2.0"), entry(6, "op-1.0")]);
+        assert_eq!(moved.moved, 0, "a majority write's move is a failure, not a count");
+        assert!(moved.failures.join("\n").contains("write 0 (majority"), "{:?}", moved.failures);
+        let missing = o.check(&[entry(5, "op-1.0")]);
+        assert!(missing.failures.join("\n").contains("write 1"), "{:?}", missing.failures);
+    }
+
+    #[test]
+    fn a_loss_held_elsewhere_only_in_an_outbox_is_excused_only_for_a_local_commit() {
+        let mut o = Oracle::default();
+        let local = o.record(0, Uuid::from_u128(1), vec!["op-1.0".into()], false);
+        o.answer(local, Outcome::Committed { first: 5, last: 5 });
+        let queued = o.record(0, Uuid::from_u128(2), vec!["op-2.0".into()], false);
+        o.answer(queued, Outcome::Queued);
+        let majority = o.record(0, Uuid::from_u128(3), vec!["op-3.0".into()], true);
+        o.answer(majority, Outcome::Committed { first: 6, last: 6 });
+        o.note_outboxed_loss(&["op-1.0", "op-2.0", "op-3.0"].map(String::from).into());
+        let v = o.check(&[]);
+        assert_eq!(v.lost_with_disk, 1);
+        let all = v.failures.join("\n");
+        assert!(all.contains("write 1") && all.contains("write 2"), "{all}");
+        assert!(!all.contains("write 0"), "{all}");
     }
 }

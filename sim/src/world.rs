@@ -22,7 +22,7 @@ use lsync_actors::NetworkError;
 use lsync_protocol::{
     Configuration, Member, MemberRole, MembershipChange, RolePreference, SyncRole, FEATURE_VERSION,
 };
-use lsync_storage::{Change, Database, SyncState, Tag, TransactionManager};
+use lsync_storage::{Change, Database, SyncState, Synchronous, Tag, TransactionManager};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -51,7 +51,9 @@ pub enum Fault {
     Partition,
     /// One link cut one way.
     OneWay,
-    /// Power loss: a crash that loses what was not synced (today's `synchronous = NORMAL`).
+    /// Power loss: a crash that loses what was not synced — nothing under `synchronous =
+    /// FULL` (the default; then it is a crash), the commits since the last sync point under
+    /// `NORMAL` (`--synchronous normal`).
     Power,
     /// An older copy of a device's database put back.
     Restore,
@@ -112,9 +114,14 @@ pub struct Options {
     pub faults: BTreeSet<Fault>,
     /// The network's faults during the fault phase.
     pub net: NetFaults,
-    /// Whether an acknowledged write found at another sequence than its answer fails the run
-    /// (the promise of issue 16's `majority` level; today it is counted, see docs/testing.md).
+    /// Whether a write acknowledged at the `local` level found at another sequence than its
+    /// answer fails the run (a `majority` write's always does: that is its promise; a `local`
+    /// one's may move after a failover, docs/operations.md, and is counted as `moved`).
     pub strict_sequences: bool,
+    /// The share of writes made at the `majority` level (the others at `local`).
+    pub majority_share: f64,
+    /// The devices' `storage.synchronous` (default `FULL`, as the product's).
+    pub synchronous: Synchronous,
     /// Where the devices' files go (a temporary directory if `None`).
     pub dir: Option<PathBuf>,
     /// Record a trace of every event (printed on failure by the binary).
@@ -142,6 +149,8 @@ impl Options {
                 request_timeout: 2 * SEC,
             },
             strict_sequences: false,
+            majority_share: 0.5,
+            synchronous: Synchronous::Full,
             dir: None,
             trace: false,
             trace_live: false,
@@ -164,6 +173,12 @@ impl Options {
         if self.strict_sequences {
             cmd.push_str(" --strict-sequences");
         }
+        if self.synchronous == Synchronous::Normal {
+            cmd.push_str(" --synchronous normal");
+        }
+        if self.majority_share != Self::new(self.seed).majority_share {
+            cmd.push_str(&format!(" --majority-share {}", self.majority_share));
+        }
         cmd.push_str(" --trace");
         cmd
     }
@@ -176,6 +191,10 @@ pub struct Report {
     pub devices: usize,
     pub writes: u64,
     pub acknowledged: u64,
+    /// Of the acknowledged, those at the `majority` level (each at its answered sequences).
+    pub majority: u64,
+    /// `majority` writes no majority held within the request timeout (answered pending).
+    pub unresolved: u64,
     pub queued: u64,
     pub refused: u64,
     pub unknown: u64,
@@ -217,7 +236,7 @@ enum Ev {
 #[derive(Debug)]
 enum Held {
     Delivery(Delivery),
-    Write { write: usize, proposal_id: Uuid, changes: Vec<Change> },
+    Write { write: usize, proposal_id: Uuid, changes: Vec<Change>, majority: bool },
 }
 
 /// One device's place in the world.
@@ -247,6 +266,9 @@ struct Slot {
     /// when they change).
     last_role: Option<(SyncRole, u64)>,
     last_commit: u64,
+    /// [`Database::syncs`] of its database at the last look (`synchronous = NORMAL`: an fsync
+    /// the product made is a sync point).
+    seen_syncs: u64,
 }
 
 /// The world of one seed.
@@ -335,7 +357,7 @@ impl World {
                 id,
                 peer,
                 member,
-                disk: Disk::new(dir.join(format!("device-{ix}")))?,
+                disk: Disk::new(dir.join(format!("device-{ix}")), opts.synchronous)?,
                 device: None,
                 joined: false,
                 joining: false,
@@ -349,6 +371,7 @@ impl World {
                 last_term: 0,
                 last_role: None,
                 last_commit: 0,
+                seen_syncs: 0,
             });
         }
         let library_id = Uuid::from_u128(rng.gen());
@@ -454,8 +477,10 @@ impl World {
         let (now, wall) = self.clock(ix);
         let seed = self.rng.gen();
         let s = &self.slots[ix];
+        let syncs = db.syncs();
         let (device, out) = Device::boot(ix, s.id, s.peer, db, config(), seed, now, wall)?;
         self.slots[ix].device = Some(device);
+        self.slots[ix].seen_syncs = syncs;
         self.slots[ix].down_since = None;
         self.log(|| format!("device {ix} up"));
         self.outputs(ix, out);
@@ -471,6 +496,10 @@ impl World {
             };
             self.now = at;
             if let Err(e) = self.step(ev) {
+                self.fail(format!("simulation error: {e:#}"));
+                break;
+            }
+            if let Err(e) = self.follow_syncs() {
                 self.fail(format!("simulation error: {e:#}"));
                 break;
             }
@@ -533,7 +562,10 @@ impl World {
                     || self.opts.faults.contains(&Fault::Restore);
                 if let (true, Some(d)) = (copies, &self.slots[ix].device) {
                     let db = d.db().clone();
-                    self.slots[ix].disk.sync(&db)?;
+                    // under FULL every commit is a sync point already
+                    if self.opts.synchronous == Synchronous::Normal {
+                        self.slots[ix].disk.sync(&db)?;
+                    }
                     // The high-water mark follows what is on disk (the election actor raises
                     // it after an fsync of the database, at most once per heartbeat; here, at
                     // each sync point): a restore of an older copy leaves the database behind
@@ -710,19 +742,28 @@ impl World {
             })
             .collect();
         let proposal_id = Uuid::from_u128(self.rng.gen());
-        let write = self.oracle.record(ix, proposal_id, names);
-        self.log(|| format!("write {write} on {ix} ({parts} changes)"));
+        let majority = self.rng.gen_bool(self.opts.majority_share.clamp(0.0, 1.0));
+        let write = self.oracle.record(ix, proposal_id, names, majority);
+        let level = if majority { "majority" } else { "local" };
+        self.log(|| format!("write {write} on {ix} ({parts} changes, {level})"));
         if self.slots[ix].paused {
-            self.slots[ix].held.push(Held::Write { write, proposal_id, changes });
+            self.slots[ix].held.push(Held::Write { write, proposal_id, changes, majority });
             return;
         }
-        self.submit(ix, write, proposal_id, changes);
+        self.submit(ix, write, proposal_id, changes, majority);
     }
 
-    fn submit(&mut self, ix: Ix, write: usize, proposal_id: Uuid, changes: Vec<Change>) {
+    fn submit(
+        &mut self,
+        ix: Ix,
+        write: usize,
+        proposal_id: Uuid,
+        changes: Vec<Change>,
+        majority: bool,
+    ) {
         let (now, wall) = self.clock(ix);
         let Some(d) = self.slots[ix].device.as_mut() else { return };
-        let out = d.write(write, proposal_id, changes, now, wall);
+        let out = d.write(write, proposal_id, changes, majority, now, wall);
         self.outputs(ix, out);
     }
 
@@ -917,10 +958,19 @@ impl World {
     fn lose(&mut self, ix: Ix, kind: Fault) -> anyhow::Result<()> {
         let before = crate::check::names_on(&self.slots[ix].disk.open()?)?;
         let changed = match kind {
+            Fault::Power if self.slots[ix].disk.synchronous() == Synchronous::Full => {
+                self.log(|| format!("device {ix} lost power: every commit was on disk (full)"));
+                false
+            }
             Fault::Power => {
+                // a log already behind its mark (a restored copy not caught up yet) stays so
+                let was_behind = {
+                    let db = self.slots[ix].disk.open()?;
+                    db.mark()?.is_some_and(|m| db.last_position().is_ok_and(|l| l < m))
+                };
                 self.slots[ix].disk.lose_unsynced()?;
                 // the mark never runs ahead of what survives a power loss
-                if self.slots[ix].disk.db_path().exists() {
+                if self.slots[ix].disk.db_path().exists() && !was_behind {
                     let db = self.slots[ix].disk.open()?;
                     if let (last, Some(mark)) = (db.last_position()?, db.mark()?) {
                         if last < mark {
@@ -945,18 +995,33 @@ impl World {
             BTreeSet::new()
         };
         let mut gone: BTreeSet<String> = before.difference(&after).cloned().collect();
+        // Held elsewhere only in a writer's outbox: that copy goes once the writer hears the
+        // answer this device sent before it lost them (committed: the `local` promise allows
+        // the loss, docs/operations.md); if it never hears one, it proposes them again.
+        let mut outboxed = BTreeSet::new();
         for (i, s) in self.slots.iter().enumerate() {
             if i == ix || !s.joined || gone.is_empty() {
                 continue;
             }
-            let names = match &s.device {
-                Some(d) => crate::check::names_on(d.db())?,
-                None => crate::check::names_on(&s.disk.open()?)?,
+            let (logged, queued) = match &s.device {
+                Some(d) => crate::check::names_held(d.db())?,
+                None => crate::check::names_held(&s.disk.open()?)?,
             };
-            gone.retain(|n| !names.contains(n));
+            gone.retain(|n| !logged.contains(n));
+            outboxed.extend(gone.iter().filter(|n| queued.contains(*n)).cloned());
         }
-        self.log(|| format!("device {ix} lost {} changes held nowhere else", gone.len()));
+        gone.retain(|n| !outboxed.contains(n));
+        self.log(|| {
+            let some: Vec<&str> = gone.iter().take(8).map(String::as_str).collect();
+            format!(
+                "device {ix} lost {} changes held nowhere else ({some:?}…), {} held elsewhere \
+                 only in an outbox",
+                gone.len(),
+                outboxed.len()
+            )
+        });
         self.oracle.note_loss(&gone);
+        self.oracle.note_outboxed_loss(&outboxed);
         self.checker.disk_lost(ix);
         Ok(())
     }
@@ -992,8 +1057,8 @@ impl World {
             }
             match h {
                 Held::Delivery(d) => self.deliver(ix, d),
-                Held::Write { write, proposal_id, changes } => {
-                    self.submit(ix, write, proposal_id, changes)
+                Held::Write { write, proposal_id, changes, majority } => {
+                    self.submit(ix, write, proposal_id, changes, majority)
                 }
             }
         }
@@ -1058,6 +1123,8 @@ impl World {
             Ok(v) => {
                 self.report.writes = v.writes;
                 self.report.acknowledged = v.acknowledged;
+                self.report.majority = v.majority;
+                self.report.unresolved = v.unresolved;
                 self.report.queued = v.queued;
                 self.report.refused = v.refused;
                 self.report.unknown = v.unknown;
@@ -1076,6 +1143,28 @@ impl World {
     }
 
     /// The rules, on the devices that did something in this step (the others are unchanged).
+    /// Under `synchronous = NORMAL`, an fsync the product made in this step (a follower's
+    /// applied batch before its acknowledgement, a mark raised) is a sync point: what a power
+    /// loss keeps. Taken at the end of the step, so it may keep a commit made after the fsync
+    /// within the same step (an over-approximation of what is durable, on one device's step).
+    fn follow_syncs(&mut self) -> anyhow::Result<()> {
+        let copies = self.opts.faults.contains(&Fault::Power);
+        if self.opts.synchronous != Synchronous::Normal || !copies {
+            return Ok(());
+        }
+        for &ix in &self.touched {
+            let Some(db) = self.slots[ix].device.as_ref().map(|d| d.db().clone()) else {
+                continue;
+            };
+            let syncs = db.syncs();
+            if syncs != self.slots[ix].seen_syncs {
+                self.slots[ix].seen_syncs = syncs;
+                self.slots[ix].disk.sync(&db)?;
+            }
+        }
+        Ok(())
+    }
+
     fn check_step(&mut self) {
         for ix in std::mem::take(&mut self.touched) {
             let Some(d) = &self.slots[ix].device else { continue };

@@ -491,6 +491,55 @@ pub fn serve_proposal(
     }
 }
 
+/// What a device knows when it decides whether a `majority` write is held by a majority
+/// (docs/operations.md, "Durability"): its view of the library, read after the write was
+/// answered committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MajorityView {
+    /// Whether it knows a leader of `term`.
+    pub leader_known: bool,
+    /// Its current term.
+    pub term: u64,
+    /// Its log's last position.
+    pub head: lsync_storage::LogPosition,
+    /// The highest commit sequence it knows (its own as leader, its leader's as follower).
+    pub commit_sequence: u64,
+}
+
+/// The entries a proposal of `changes` writes at least: one per change but a delete (a delete of
+/// a record that does not exist is dropped, docs/architecture.md, "Concurrent changes").
+pub fn entries_at_least(changes: &[Change]) -> usize {
+    changes.iter().filter(|c| c.change_type != lsync_protocol::ChangeType::Delete).count()
+}
+
+/// Whether a `majority` write is held by a majority of the voters, and at which sequences:
+/// `found` are the sequences of the proposal's entries in this device's log, `expected` how
+/// many entries it writes at least ([`entries_at_least`]), `answered` the range the leader
+/// answered with. Held when this device knows a leader of its term, its log ends in that term
+/// (so it matches that leader's log up to its end), holds the whole proposal (a fetch may have
+/// ended inside it: fewer entries than `expected` are only its first part), and the commit
+/// sequence covers them: they are committed at those sequences for good. A proposal that wrote
+/// no entry (deletes of records that do not exist) is held once the position the leader
+/// answered with is. The one rule of `Node::write_with` and of the simulator's devices.
+pub fn majority_holds(
+    view: MajorityView,
+    found: &[u64],
+    expected: usize,
+    answered: (u64, u64),
+) -> Option<(u64, u64)> {
+    let (first, last) = match (found.first(), found.last()) {
+        _ if found.len() < expected => return None,
+        (Some(f), Some(l)) => (*f, *l),
+        _ if answered.0 == answered.1 => answered,
+        _ => return None,
+    };
+    let held = view.leader_known
+        && view.head.term == view.term
+        && last <= view.head.sequence
+        && last <= view.commit_sequence;
+    held.then_some((first, last))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
@@ -718,5 +767,66 @@ mod tests {
         wait_for("the held proposal to be committed", || db.outbox_count().unwrap() == 0).await;
         assert_eq!(last(), before + 1);
         task.abort();
+    }
+
+    fn view(term: u64, head: (u64, u64), commit: u64) -> MajorityView {
+        MajorityView {
+            leader_known: true,
+            term,
+            head: lsync_storage::LogPosition { term: head.0, sequence: head.1 },
+            commit_sequence: commit,
+        }
+    }
+
+    #[test]
+    fn a_majority_write_is_held_once_committed_in_a_log_of_the_current_term() {
+        assert_eq!(
+            majority_holds(view(4, (4, 130), 125), &[120, 121, 122], 3, (120, 122)),
+            Some((120, 122))
+        );
+    }
+
+    #[test]
+    fn not_held_above_the_commit_sequence() {
+        assert_eq!(majority_holds(view(4, (4, 130), 121), &[120, 121, 122], 3, (120, 122)), None);
+    }
+
+    #[test]
+    fn not_held_while_the_log_ends_in_an_older_term() {
+        // a new leader's log may not hold the entries at these sequences
+        assert_eq!(majority_holds(view(5, (4, 130), 125), &[120, 121, 122], 3, (120, 122)), None);
+    }
+
+    #[test]
+    fn not_held_without_a_known_leader() {
+        let v = MajorityView { leader_known: false, ..view(4, (4, 130), 125) };
+        assert_eq!(majority_holds(v, &[120, 121, 122], 3, (120, 122)), None);
+    }
+
+    #[test]
+    fn the_sequences_are_those_of_this_log_not_of_the_answer() {
+        // proposed again after a failover: committed elsewhere
+        assert_eq!(
+            majority_holds(view(5, (5, 140), 140), &[131, 132, 133], 3, (120, 122)),
+            Some((131, 133))
+        );
+    }
+
+    #[test]
+    fn a_proposal_that_wrote_no_entry_is_held_at_the_answered_position() {
+        assert_eq!(majority_holds(view(4, (4, 130), 125), &[], 0, (120, 120)), Some((120, 120)));
+        assert_eq!(majority_holds(view(4, (4, 130), 119), &[], 0, (120, 120)), None);
+        assert_eq!(majority_holds(view(4, (4, 130), 125), &[], 0, (120, 122)), None);
+    }
+
+    #[test]
+    fn not_held_while_this_log_holds_only_the_first_part_of_the_proposal() {
+        // a fetch ended inside it: 121 and 122 are not here yet
+        assert_eq!(majority_holds(view(4, (4, 120), 120), &[120], 3, (120, 122)), None);
+        // completed later, elsewhere: the whole of it counts
+        assert_eq!(
+            majority_holds(view(5, (5, 140), 140), &[120, 131, 132], 3, (120, 122)),
+            Some((120, 132))
+        );
     }
 }
