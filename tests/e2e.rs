@@ -1354,7 +1354,14 @@ fn an_outbox_entry_the_leader_can_never_take_holds_nothing_back() {
     // retried: refused again the same way (the leader's limit stands), and still nothing waits
     let out = f.ok(&["outbox", "retry", &poison]);
     assert!(out.contains("queued again"), "{out}");
-    wait_until("the retried entry is refused again", || failed(&f) > failed_at);
+    // queued again until the proposer's next attempt: only then failed again
+    let failed_again = |f: &Daemon| {
+        let (code, out, _) = f.run(&["outbox", "list", "--json"]);
+        let at = json(&out)["entries"][0]["failed_at_ms"].as_i64();
+        code == Some(3) && at.is_some_and(|at| at > failed_at)
+    };
+    wait_until("the retried entry is refused again", || failed_again(&f));
+    assert!(failed(&f) > failed_at);
     write_both("-after-the-retry");
 
     let last = before + expected.len() as u64;
