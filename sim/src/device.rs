@@ -741,9 +741,19 @@ impl Device {
                         hashes.push((ev.last_sequence, h));
                     }
                 }
+                // Under NORMAL the core counts this device's own copy once it is fsynced, as
+                // the leader actor does (`LeaderActor::count_own`): the fsync made at once.
+                let normal = self.db.synchronous() == lsync_storage::Synchronous::Normal;
+                let position =
+                    lsync_storage::LogPosition { term: ev.term, sequence: ev.last_sequence };
+                let own = if normal { self.db.acknowledge(position).is_ok() } else { true };
                 self.core(|c, now| {
                     c.note_hashes(hashes);
-                    c.on_commit(ev.term, ev.last_sequence, now)
+                    if own {
+                        c.on_commit(ev.term, ev.last_sequence, now)
+                    } else {
+                        Vec::new()
+                    }
                 })
             }
             Work::Progress(g, p) if g == gen => self.core(|c, now| c.on_progress(p, now)),

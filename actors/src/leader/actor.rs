@@ -112,6 +112,10 @@ struct Lead {
     next_token: Token,
     /// The timer armed for the core's next deadline, and that deadline.
     timer: Option<(SpawnHandle, Instant)>,
+    /// Under `synchronous = NORMAL`: an fsync of this device's own copy is running, and the
+    /// highest commit it has not covered yet (see [`LeaderActor::count_own`]).
+    syncing: bool,
+    unsynced: Option<(u64, u64)>,
 }
 
 impl LeaderActor {
@@ -132,7 +136,15 @@ impl LeaderActor {
             },
             cx.membership.clone(),
         );
-        let lead = Lead { cx, core, replies: HashMap::new(), next_token: 0, timer: None };
+        let lead = Lead {
+            cx,
+            core,
+            replies: HashMap::new(),
+            next_token: 0,
+            timer: None,
+            syncing: false,
+            unsynced: None,
+        };
         Self { links: Vec::new(), commits: Some(commits), lead: Some(lead) }
     }
 
@@ -304,7 +316,7 @@ impl LeaderActor {
         if let Some(lead) = self.lead.as_mut() {
             lead.core.note_hashes(commit_hashes(&ev).into_iter().chain(last_hash));
         }
-        self.step(ctx, |core, now| core.on_commit(ev.term, ev.last_sequence, now));
+        self.count_own(ev.term, ev.last_sequence, ctx);
         let commit = NewCommit::of(&ev);
         for s in &self.links {
             // Sessions merge announcements themselves; a full mailbox only drops a range the
@@ -313,6 +325,46 @@ impl LeaderActor {
             // range it did not see whole).
             let _ = s.try_send(commit.clone());
         }
+    }
+}
+
+impl LeaderActor {
+    /// The core counts this device's copy of the entries up to `last` toward the commit
+    /// sequence once it is on disk (docs/architecture.md, "What an acknowledgement promises"):
+    /// at once under `synchronous = FULL` (the commit was fsynced); under `NORMAL` after one
+    /// fsync (`Database::acknowledge`) in the blocking pool — one at a time, the next covering
+    /// every commit made meanwhile. The links hear of the commit at once either way.
+    fn count_own(&mut self, term: u64, last: u64, ctx: &mut Context<Self>) {
+        let Some(lead) = self.lead.as_mut() else { return };
+        if lead.cx.db.synchronous() != lsync_storage::Synchronous::Normal {
+            return self.step(ctx, |core, now| core.on_commit(term, last, now));
+        }
+        if lead.syncing {
+            lead.unsynced = lead.unsynced.max(Some((term, last)));
+            return;
+        }
+        lead.syncing = true;
+        let db = lead.cx.db.clone();
+        let position = lsync_storage::LogPosition { term, sequence: last };
+        ctx.spawn(run_blocking(move || db.acknowledge(position)).into_actor(self).map(
+            move |synced, this, ctx| {
+                let Some(lead) = this.lead.as_mut() else { return };
+                lead.syncing = false;
+                match synced {
+                    Ok(()) => this.step(ctx, |core, now| core.on_commit(term, last, now)),
+                    Err(e) => {
+                        // not counted yet: tried again in a moment (or by the next commit)
+                        warn!(error = %e, "cannot sync the leader's own copy");
+                        ctx.run_later(Duration::from_millis(100), move |this, ctx| {
+                            this.count_own(term, last, ctx)
+                        });
+                    }
+                }
+                if let Some((term, last)) = this.lead.as_mut().and_then(|l| l.unsynced.take()) {
+                    this.count_own(term, last, ctx);
+                }
+            },
+        ));
     }
 }
 
@@ -427,5 +479,100 @@ mod tests {
             .collect();
         assert_eq!(*a.lock().unwrap(), expect, "no time passed: nothing is held back");
         assert_eq!(*b.lock().unwrap(), expect);
+    }
+
+    /// One voter leading alone, its database opened with `synchronous`: commits one change
+    /// and waits until the commit sequence covers it; returns how many fsyncs the database
+    /// made for marks by then, and its mark.
+    async fn commit_alone(
+        synchronous: lsync_storage::Synchronous,
+    ) -> (u64, Option<lsync_storage::LogPosition>, u64) {
+        use libp2p::identity::Keypair;
+        use lsync_protocol::{Member, MemberRole, RolePreference, SyncRole};
+        use lsync_storage::{Change, ModelRegistry, StorageOptions, SyncState, Tag};
+
+        let dir = tempfile::TempDir::new().unwrap();
+        let options = StorageOptions { synchronous, ..StorageOptions::default() };
+        let db = Database::open(&dir.path().join("l.db"), &options, ModelRegistry::with_builtin())
+            .unwrap();
+        let (library_id, me) = (Uuid::new_v4(), Uuid::new_v4());
+        db.init_sync_state(&SyncState {
+            library_id,
+            device_id: me,
+            role: SyncRole::Leader,
+            current_term: 1,
+            voted_for: Some(me),
+            leader_device: Some(me),
+            last_synced_sequence: 0,
+        })
+        .unwrap();
+        let key = Keypair::generate_ed25519();
+        let configuration = Configuration::new(
+            lsync_protocol::FEATURE_VERSION,
+            vec![Member {
+                device_id: me,
+                peer_id: key.public().to_peer_id().to_string(),
+                addresses: vec![],
+                name: "alone".into(),
+                role: MemberRole::Voter,
+                preference: RolePreference::Auto,
+            }],
+        );
+        let tm = TransactionManager::new(db.clone(), me);
+        // the library's configuration, as its creation writes it
+        let first = tm.commit_config(&configuration).unwrap().sequence;
+        let membership = Membership {
+            configuration,
+            sequence: first,
+            voters_since: first,
+            previous_voters: None,
+        };
+        let shared = Arc::new(LeaderShared::default());
+        let _leader = LeaderActor::leading(
+            tm.subscribe(),
+            LeaderContext {
+                library_id,
+                me,
+                term: 1,
+                db: db.clone(),
+                tm: tm.clone(),
+                membership,
+                catch_up: 100,
+                shared: shared.clone(),
+                reports: None,
+                metrics: Arc::new(crate::metrics::Metrics::default()),
+                writes_paused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            },
+        )
+        .start();
+        settle().await;
+        let entry = tm
+            .commit(Change::insert(&Tag { id: "t".into(), name: "x".into(), color: None }))
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while shared.commit_sequence() < entry.sequence {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never committed: {} {:?} {:?}",
+                shared.commit_sequence(),
+                db.last_position(),
+                synchronous
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (db.syncs(), db.mark().unwrap(), entry.sequence)
+    }
+
+    /// Under `synchronous = NORMAL` the leader's commits are not on disk when committed: its
+    /// own copy counts toward the commit sequence only once an fsync covered it (and the mark
+    /// is raised to it); under `FULL` the commit was fsynced and counts at once, no extra sync.
+    #[actix_rt::test]
+    async fn the_leader_counts_its_own_copy_once_it_is_on_disk() {
+        let (syncs, mark, committed) = commit_alone(lsync_storage::Synchronous::Normal).await;
+        assert!(syncs >= 1, "fsynced before the commit sequence covered it");
+        assert!(mark.is_some_and(|m| m.sequence >= committed), "{mark:?} {committed}");
+        let (syncs, mark, committed) = commit_alone(lsync_storage::Synchronous::Full).await;
+        assert_eq!(syncs, 0, "no fsync beyond the commit's own");
+        assert!(mark.is_some_and(|m| m.sequence >= committed), "marked at the commit: {mark:?}");
     }
 }
