@@ -81,7 +81,16 @@ fn say(line: impl AsRef<str>) {
 }
 
 async fn start_leader(dir: &Path, sync: SyncConfig) -> anyhow::Result<Node> {
-    let config = NodeConfig { registry: model::registry(None), sync, ..NodeConfig::default() };
+    start_leader_with(dir, sync, StorageOptions::default()).await
+}
+
+async fn start_leader_with(
+    dir: &Path,
+    sync: SyncConfig,
+    storage: StorageOptions,
+) -> anyhow::Result<Node> {
+    let config =
+        NodeConfig { registry: model::registry(None), sync, storage, ..NodeConfig::default() };
     Ok(Node::builder(dir).name("leader").config(config).start().await?)
 }
 
@@ -97,6 +106,7 @@ async fn spawn_followers(
     n: usize,
     heartbeat_ms: u64,
     record: bool,
+    synchronous: Option<&str>,
 ) -> anyhow::Result<Vec<ChildProc>> {
     let mut children = Vec::with_capacity(n);
     for i in 0..n {
@@ -104,6 +114,9 @@ async fn spawn_followers(
         let mut extra = vec!["--heartbeat-ms".to_owned(), heartbeat_ms.to_string()];
         if record {
             extra.push("--record".to_owned());
+        }
+        if let Some(s) = synchronous {
+            extra.extend(["--synchronous".to_owned(), s.to_owned()]);
         }
         children.push(
             ChildProc::spawn(&format!("{tag}-follower-{i}"), &child_args("follower", &dir, &extra))
@@ -238,7 +251,7 @@ async fn latency(
     followers: usize,
     opts: &Opts,
 ) -> anyhow::Result<(Percentiles, u64)> {
-    let mut children = spawn_followers(root, tag, followers, 30_000, true).await?;
+    let mut children = spawn_followers(root, tag, followers, 30_000, true, None).await?;
     let (library_id, _) = library_with(leader, &mut children).await?;
     let last =
         paced_commits(leader, library_id, 1, opts.latency_commits, opts.latency_rate).await?;
@@ -290,7 +303,7 @@ async fn throughput(
     followers: usize,
     opts: &Opts,
 ) -> anyhow::Result<Throughput> {
-    let mut children = spawn_followers(root, tag, followers, 30_000, false).await?;
+    let mut children = spawn_followers(root, tag, followers, 30_000, false, None).await?;
     let (library_id, warm) = library_with(leader, &mut children).await?;
     let total = opts.throughput_entries;
     let t0 = now_us();
@@ -347,7 +360,7 @@ async fn catch_up(leader: &Node, root: &Path, opts: &Opts) -> anyhow::Result<Cat
     }
     let leader_commit_s = started.elapsed().as_secs_f64();
     say(format!("  {total} entries committed in {leader_commit_s:.1} s; the follower joins"));
-    let mut children = spawn_followers(root, "catchup", 1, 30_000, false).await?;
+    let mut children = spawn_followers(root, "catchup", 1, 30_000, false, None).await?;
     join_all(leader, library_id, &mut children).await?;
     let r = reach(&mut children, total, WAIT * 5).await?.remove(0);
     let rss = children.iter().filter_map(ChildProc::peak_rss_mb).fold(0.0, f64::max);
@@ -383,7 +396,7 @@ async fn idle(root: &Path, opts: &Opts) -> anyhow::Result<Idle> {
     let h = opts.idle_heartbeat_ms;
     let sync = SyncConfig { heartbeat_interval: Duration::from_millis(h), ..SyncConfig::default() };
     let leader = start_leader(&root.join("idle-leader"), sync).await?;
-    let mut children = spawn_followers(root, "idle", 1, h, false).await?;
+    let mut children = spawn_followers(root, "idle", 1, h, false, None).await?;
     library_with(&leader, &mut children).await?;
     tokio::time::sleep(Duration::from_millis(3 * h)).await;
     let stats = leader.network().stats();
@@ -908,5 +921,156 @@ pub fn commits_only(writers: usize, proposals: u64) -> anyhow::Result<()> {
         "{}",
         json!({"runs": runs, "hash_ns_per_entry": ns.round(), "hash_head": h.to_string()})
     );
+    Ok(())
+}
+
+/// Sizes of `lsync-bench majority`.
+#[derive(Debug, Clone, Copy)]
+pub struct MajorityOpts {
+    /// Sequential one-change writes timed per level and configuration.
+    pub writes: u64,
+    /// Concurrent writers of the throughput run.
+    pub writers: usize,
+    /// Writes per writer in the throughput run.
+    pub writes_per_writer: u64,
+    /// Also run under synchronous = normal.
+    pub normal: bool,
+}
+
+/// What one level measured in one configuration.
+#[derive(Default)]
+struct LevelRun {
+    /// Sequential writes' latencies, µs.
+    latencies: Vec<u64>,
+    /// Writes of the throughput runs, and their wall time.
+    writes: u64,
+    secs: f64,
+    /// Writes answered otherwise than `Committed` (a `majority` write answered `Pending`).
+    not_committed: u64,
+}
+
+/// `lsync-bench majority`: the cost of `Durability::Majority`. For each `synchronous`
+/// setting (full, and normal with `--normal`), on the leader *and* the followers, and for 1
+/// and 3 follower processes (2 and 4 voters: a majority is 2 and 3 devices): a fresh leader
+/// and library, then one-change writes through `Node::write_with` at `local` and at
+/// `majority` — `writes` sequential writes (latency of each call) and `writers` concurrent
+/// writers of `writes_per_writer` each (throughput). The levels alternate local, majority,
+/// majority, local (half of each size per turn), so a drift of the machine's speed weighs on
+/// both alike. Prints one JSON object.
+pub async fn majority_only(o: MajorityOpts) -> anyhow::Result<()> {
+    use lsync::crates::storage::Synchronous;
+    use lsync::Durability;
+    let temp = tempfile::Builder::new().prefix("lsync-bench-").tempdir()?;
+    let root = temp.path().to_path_buf();
+    let mut settings = vec![("full", Synchronous::Full)];
+    if o.normal {
+        settings.push(("normal", Synchronous::Normal));
+    }
+    let mut runs = Vec::new();
+    for (name, synchronous) in settings {
+        for followers in [1usize, 3] {
+            let tag = format!("maj-{name}-{followers}f");
+            say(format!("majority: synchronous = {name}, {followers} follower(s)"));
+            let storage = StorageOptions { synchronous, ..StorageOptions::default() };
+            let leader = start_leader_with(
+                &root.join(format!("{tag}-leader")),
+                SyncConfig::default(),
+                storage,
+            )
+            .await?;
+            let mut children =
+                spawn_followers(&root, &tag, followers, 30_000, false, Some(name)).await?;
+            let (library_id, _) = library_with(&leader, &mut children).await?;
+            let mut next = 1_000_000u64; // record ids of this run's writes
+            let mut local = LevelRun::default();
+            let mut majority = LevelRun::default();
+            for level in
+                [Durability::Local, Durability::Majority, Durability::Majority, Durability::Local]
+            {
+                let run = if level == Durability::Local { &mut local } else { &mut majority };
+                for _ in 0..o.writes / 2 {
+                    next += 1;
+                    let asked = Instant::now();
+                    let out = leader
+                        .write_with(library_id, Uuid::new_v4(), level, vec![model::change(next)])
+                        .await?;
+                    run.latencies.push(asked.elapsed().as_micros() as u64);
+                    if !matches!(out, lsync::WriteOutcome::Committed { .. }) {
+                        run.not_committed += 1;
+                    }
+                }
+                let per = (o.writes_per_writer / 2).max(1);
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..o.writers.max(1) as u64)
+                    .map(|w| {
+                        let leader = leader.clone();
+                        let base = next + w * per;
+                        actix_rt::spawn(async move {
+                            let mut not_committed = 0u64;
+                            for i in 1..=per {
+                                let out = leader
+                                    .write_with(
+                                        library_id,
+                                        Uuid::new_v4(),
+                                        level,
+                                        vec![model::change(base + i)],
+                                    )
+                                    .await?;
+                                if !matches!(out, lsync::WriteOutcome::Committed { .. }) {
+                                    not_committed += 1;
+                                }
+                            }
+                            anyhow::Ok(not_committed)
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    run.not_committed += t.await??;
+                }
+                run.secs += start.elapsed().as_secs_f64();
+                run.writes += per * o.writers.max(1) as u64;
+                next += per * o.writers.max(1) as u64;
+            }
+            for c in children {
+                c.quit().await;
+            }
+            leader.shutdown().await;
+            let summary = |r: &LevelRun| {
+                let p = Percentiles::of(r.latencies.clone());
+                json!({
+                    "writes": p.n,
+                    "p50_us": p.p50,
+                    "p90_us": p.p90,
+                    "p99_us": p.p99,
+                    "max_us": p.max,
+                    "mean_us": p.mean.round(),
+                    "throughput_writes": r.writes,
+                    "throughput_per_s": (r.writes as f64 / r.secs.max(1e-9)).round(),
+                    "not_committed": r.not_committed,
+                })
+            };
+            let (l, m) = (
+                Percentiles::of(local.latencies.clone()),
+                Percentiles::of(majority.latencies.clone()),
+            );
+            let ratio = |a: u64, b: u64| (a as f64 / b.max(1) as f64 * 100.0).round() / 100.0;
+            let tl = local.writes as f64 / local.secs.max(1e-9);
+            let tm = majority.writes as f64 / majority.secs.max(1e-9);
+            let line = json!({
+                "synchronous": name,
+                "followers": followers,
+                "voters": followers + 1,
+                "writers": o.writers,
+                "local": summary(&local),
+                "majority": summary(&majority),
+                "majority_over_local_p50": ratio(m.p50, l.p50),
+                "majority_over_local_p99": ratio(m.p99, l.p99),
+                "majority_over_local_throughput": (tm / tl * 100.0).round() / 100.0,
+            });
+            say(format!("  {line}"));
+            runs.push(line);
+        }
+    }
+    println!("{}", json!({"machine": procs::machine_info(), "runs": runs}));
     Ok(())
 }
