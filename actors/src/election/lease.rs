@@ -36,9 +36,9 @@
 //!   ignored. While a transfer runs ([`Lease::hold_back`]) the lease is not held: its target
 //!   campaigns with `transfer: true`, which voters grant despite hearing a leader.
 //! - **Clock**: time comes from a [`LeaseClock`]. One that counts while the process is stopped
-//!   or the machine sleeps (Linux/Android `CLOCK_BOOTTIME`, macOS `mach_continuous_time`) makes
-//!   a suspend of any length end the lease at once: the first reading after the wake is past
-//!   it. Without one ([`LeaseClock::counts_suspend`] false) no time-based lease is trusted: a
+//!   or the machine sleeps (Linux/Android `CLOCK_BOOTTIME`, macOS `mach_continuous_time`,
+//!   Windows `QueryInterruptTimePrecise`: election/clock.rs) makes a suspend of any length end
+//!   the lease at once: the first reading after the wake is past it. Without one ([`LeaseClock::counts_suspend`] false) no time-based lease is trusted: a
 //!   write is confirmed only by a round sent after it asked (`s >= asked_at`).
 //! - **Rounds for waiting writes** ([`Lease::wants_round`]): a write that finds the lease
 //!   expired waits for a round; one is sent unless the last round sent can still confirm it
@@ -251,6 +251,7 @@ impl Lease {
 
 #[cfg(test)]
 mod tests {
+    use super::super::clock::FakeClock;
     use super::*;
 
     const LEASE: Duration = Duration::from_millis(800);
@@ -269,25 +270,6 @@ mod tests {
         l.set_voters((1..=n).map(id).collect());
         l.lead(3, ms(0));
         l
-    }
-
-    /// A fake clock: starts at zero, moves only when told, and can jump (a suspend).
-    struct FakeClock(std::sync::Mutex<Duration>, bool);
-
-    impl FakeClock {
-        fn jump(&self, by: Duration) {
-            let mut t = self.0.lock().unwrap();
-            *t += by;
-        }
-    }
-
-    impl LeaseClock for FakeClock {
-        fn now(&self) -> Duration {
-            *self.0.lock().unwrap()
-        }
-        fn counts_suspend(&self) -> bool {
-            self.1
-        }
     }
 
     #[test]
@@ -333,7 +315,7 @@ mod tests {
 
     #[test]
     fn a_clock_jump_past_the_lease_ends_it_at_once() {
-        let clock = FakeClock(std::sync::Mutex::new(ms(1_000)), true);
+        let clock = FakeClock::new(ms(1_000), true);
         let mut l = Lease::new(id(1), LEASE, clock.counts_suspend());
         l.set_voters((1..=3).map(id).collect());
         l.lead(3, clock.now());
