@@ -947,6 +947,9 @@ struct LevelRun {
     secs: f64,
     /// Writes answered otherwise than `Committed` (a `majority` write answered `Pending`).
     not_committed: u64,
+    /// For the sequential writes: from the write call to the end of the apply transaction on
+    /// each follower, µs (every follower's samples together).
+    applied: Vec<u64>,
 }
 
 /// `lsync-bench majority`: the cost of `Durability::Majority`. For each `synchronous`
@@ -956,7 +959,9 @@ struct LevelRun {
 /// `majority` — `writes` sequential writes (latency of each call) and `writers` concurrent
 /// writers of `writes_per_writer` each (throughput). The levels alternate local, majority,
 /// majority, local (half of each size per turn), so a drift of the machine's speed weighs on
-/// both alike. Prints one JSON object.
+/// both alike. The followers record, for the sequential writes, the time from the write call
+/// to the end of their apply transaction (what a `majority` write waits for, before the
+/// follower's acknowledgement travels back). Prints one JSON object.
 pub async fn majority_only(o: MajorityOpts) -> anyhow::Result<()> {
     use lsync::crates::storage::Synchronous;
     use lsync::Durability;
@@ -979,8 +984,21 @@ pub async fn majority_only(o: MajorityOpts) -> anyhow::Result<()> {
             )
             .await?;
             let mut children =
-                spawn_followers(&root, &tag, followers, 30_000, false, Some(name)).await?;
+                spawn_followers(&root, &tag, followers, 30_000, true, Some(name)).await?;
             let (library_id, _) = library_with(&leader, &mut children).await?;
+            // one write, not in the figures: with three followers the first one after they
+            // joined waits for the leader lease's first heartbeat round
+            let first = Instant::now();
+            leader
+                .write_with(
+                    library_id,
+                    Uuid::new_v4(),
+                    Durability::Local,
+                    vec![model::change(999_999)],
+                )
+                .await?;
+            let first_write_us = first.elapsed().as_micros() as u64;
+            say(format!("  the first write after the followers joined: {first_write_us} µs"));
             let mut next = 1_000_000u64; // record ids of this run's writes
             let mut local = LevelRun::default();
             let mut majority = LevelRun::default();
@@ -988,6 +1006,8 @@ pub async fn majority_only(o: MajorityOpts) -> anyhow::Result<()> {
                 [Durability::Local, Durability::Majority, Durability::Majority, Durability::Local]
             {
                 let run = if level == Durability::Local { &mut local } else { &mut majority };
+                samples(&mut children).await?; // drop what the previous turn left
+                let mut last = 0;
                 for _ in 0..o.writes / 2 {
                     next += 1;
                     let asked = Instant::now();
@@ -995,10 +1015,19 @@ pub async fn majority_only(o: MajorityOpts) -> anyhow::Result<()> {
                         .write_with(library_id, Uuid::new_v4(), level, vec![model::change(next)])
                         .await?;
                     run.latencies.push(asked.elapsed().as_micros() as u64);
-                    if !matches!(out, lsync::WriteOutcome::Committed { .. }) {
-                        run.not_committed += 1;
+                    match out {
+                        lsync::WriteOutcome::Committed { last_sequence, .. }
+                        | lsync::WriteOutcome::Pending { last_sequence, .. } => {
+                            last = last_sequence;
+                            run.not_committed +=
+                                u64::from(matches!(out, lsync::WriteOutcome::Pending { .. }));
+                        }
+                        lsync::WriteOutcome::Queued { .. } => run.not_committed += 1,
                     }
                 }
+                // every follower applied them: their write → applied times
+                reach(&mut children, last, WAIT).await?;
+                run.applied.extend(samples(&mut children).await?.0);
                 let per = (o.writes_per_writer / 2).max(1);
                 let start = Instant::now();
                 let tasks: Vec<_> = (0..o.writers.max(1) as u64)
@@ -1030,6 +1059,39 @@ pub async fn majority_only(o: MajorityOpts) -> anyhow::Result<()> {
                 run.secs += start.elapsed().as_secs_f64();
                 run.writes += per * o.writers.max(1) as u64;
                 next += per * o.writers.max(1) as u64;
+                // the next turn starts with every follower caught up
+                let head = leader.database(library_id)?.last_position()?.sequence;
+                reach(&mut children, head, WAIT).await?;
+            }
+            // Where a majority write's time goes: `local` writes, each followed by status
+            // reads back to back (no sleep) until the leader's commit sequence covers it —
+            // the moment `Node::write_with` could answer `majority` if it did not poll every
+            // 5 ms — and what one status read costs.
+            let mut commit_seen = Vec::new();
+            let mut status_calls = Vec::new();
+            for _ in 0..o.writes / 2 {
+                next += 1;
+                let asked = Instant::now();
+                let out = leader
+                    .write_with(
+                        library_id,
+                        Uuid::new_v4(),
+                        Durability::Local,
+                        vec![model::change(next)],
+                    )
+                    .await?;
+                let lsync::WriteOutcome::Committed { last_sequence, .. } = out else {
+                    anyhow::bail!("a local write answered {out:?}");
+                };
+                loop {
+                    let read = Instant::now();
+                    let st = leader.status(library_id).await?;
+                    status_calls.push(read.elapsed().as_micros() as u64);
+                    if st.commit_sequence >= last_sequence {
+                        break;
+                    }
+                }
+                commit_seen.push(asked.elapsed().as_micros() as u64);
             }
             for c in children {
                 c.quit().await;
@@ -1037,7 +1099,10 @@ pub async fn majority_only(o: MajorityOpts) -> anyhow::Result<()> {
             leader.shutdown().await;
             let summary = |r: &LevelRun| {
                 let p = Percentiles::of(r.latencies.clone());
+                let a = Percentiles::of(r.applied.clone());
                 json!({
+                    "follower_applied_p50_us": a.p50,
+                    "follower_applied_p99_us": a.p99,
                     "writes": p.n,
                     "p50_us": p.p50,
                     "p90_us": p.p90,
@@ -1056,16 +1121,23 @@ pub async fn majority_only(o: MajorityOpts) -> anyhow::Result<()> {
             let ratio = |a: u64, b: u64| (a as f64 / b.max(1) as f64 * 100.0).round() / 100.0;
             let tl = local.writes as f64 / local.secs.max(1e-9);
             let tm = majority.writes as f64 / majority.secs.max(1e-9);
+            let seen = Percentiles::of(commit_seen);
+            let seen_json = json!({"writes": seen.n, "p50_us": seen.p50, "p99_us": seen.p99});
+            let reads = Percentiles::of(status_calls);
+            let status_json = json!({"reads": reads.n, "p50_us": reads.p50, "p99_us": reads.p99});
             let line = json!({
                 "synchronous": name,
                 "followers": followers,
                 "voters": followers + 1,
+                "first_write_us": first_write_us,
                 "writers": o.writers,
                 "local": summary(&local),
                 "majority": summary(&majority),
                 "majority_over_local_p50": ratio(m.p50, l.p50),
                 "majority_over_local_p99": ratio(m.p99, l.p99),
                 "majority_over_local_throughput": (tm / tl * 100.0).round() / 100.0,
+                "local_then_commit_seen": seen_json,
+                "status_read": status_json,
             });
             say(format!("  {line}"));
             runs.push(line);

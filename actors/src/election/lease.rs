@@ -114,8 +114,14 @@ impl Lease {
         self.leading
     }
 
-    /// The voters of the latest configuration.
+    /// The voters of the latest configuration. When they change, the last round sent no longer
+    /// holds back a waiting write's round: it went to the devices that were members then, and
+    /// the answers of devices that were not voters yet were ignored, so it may never gather a
+    /// majority of the new voters (a write would wait for the next periodic heartbeat).
     pub fn set_voters(&mut self, voters: BTreeSet<Uuid>) {
+        if voters != self.voters {
+            self.last_round = None;
+        }
         self.answered.retain(|v, _| voters.contains(v));
         self.voters = voters;
     }
@@ -404,6 +410,23 @@ mod tests {
         l.on_answer(id(2), 3, ms(10));
         assert!(!l.wants_round(ms(20), ms(20)), "held: nothing to wait for");
         assert!(l.wants_round(ms(900), ms(900)), "expired, the last round already counted");
+    }
+
+    /// Found by `lsync-bench majority`: the first write after three devices joined waited
+    /// 29.4 s, for the next periodic heartbeat — the round in flight had been sent before they
+    /// were voters, and their answers to it were ignored.
+    #[test]
+    fn a_change_of_voters_lets_a_waiting_write_send_a_fresh_round() {
+        let mut l = leader(2);
+        l.round_sent(ms(10));
+        l.on_answer(id(2), 3, ms(10));
+        l.set_voters((1..=4).map(id).collect());
+        assert_eq!(l.state(ms(20), ms(20)), LeaseState::Expired, "two of four voters");
+        assert!(l.wants_round(ms(20), ms(20)), "the round before the change cannot be counted on");
+        l.round_sent(ms(20));
+        assert!(!l.wants_round(ms(30), ms(30)), "the fresh round in flight can confirm it");
+        l.set_voters((1..=4).map(id).collect());
+        assert!(!l.wants_round(ms(30), ms(30)), "the same voters again change nothing");
     }
 
     #[test]
