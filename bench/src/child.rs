@@ -227,9 +227,15 @@ impl Progress {
 }
 
 /// `lsync-bench follower`: an lsync node that joins the leader's library.
-pub fn follower(dir: PathBuf, heartbeat_ms: u64, record: bool) -> anyhow::Result<()> {
+pub fn follower(
+    dir: PathBuf,
+    heartbeat_ms: u64,
+    record: bool,
+    synchronous: Option<&str>,
+) -> anyhow::Result<()> {
+    let storage = storage_options(synchronous)?;
     actix::System::new().block_on(async move {
-        let result = follower_main(dir, heartbeat_ms, record).await;
+        let result = follower_main(dir, heartbeat_ms, record, storage).await;
         if let Err(e) = &result {
             emit(json!({"ev": "error", "error": format!("{e:#}")}));
         }
@@ -237,7 +243,24 @@ pub fn follower(dir: PathBuf, heartbeat_ms: u64, record: bool) -> anyhow::Result
     })
 }
 
-async fn follower_main(dir: PathBuf, heartbeat_ms: u64, record: bool) -> anyhow::Result<()> {
+/// The storage options of a `--synchronous` argument (`normal` or `full`; none: the default).
+pub fn storage_options(synchronous: Option<&str>) -> anyhow::Result<StorageOptions> {
+    use lsync::crates::storage::Synchronous;
+    let synchronous = match synchronous {
+        None => return Ok(StorageOptions::default()),
+        Some("normal") => Synchronous::Normal,
+        Some("full") => Synchronous::Full,
+        Some(other) => anyhow::bail!("--synchronous {other:?}: expected normal or full"),
+    };
+    Ok(StorageOptions { synchronous, ..StorageOptions::default() })
+}
+
+async fn follower_main(
+    dir: PathBuf,
+    heartbeat_ms: u64,
+    record: bool,
+    storage: StorageOptions,
+) -> anyhow::Result<()> {
     let recorder: Option<Recorder> = record.then(Default::default);
     let config = NodeConfig {
         registry: model::registry(recorder.clone()),
@@ -245,6 +268,7 @@ async fn follower_main(dir: PathBuf, heartbeat_ms: u64, record: bool) -> anyhow:
             heartbeat_interval: Duration::from_millis(heartbeat_ms),
             ..SyncConfig::default()
         },
+        storage,
         ..NodeConfig::default()
     };
     let node = Node::builder(&dir).name("follower").config(config).start().await?;

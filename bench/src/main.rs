@@ -63,6 +63,10 @@ enum Command {
         /// Record commit → apply latencies of `bench` entries.
         #[arg(long)]
         record: bool,
+        /// `PRAGMA synchronous` of its databases (`normal` or `full`; default: the storage
+        /// default).
+        #[arg(long)]
+        synchronous: Option<String>,
     },
     /// Only the ceiling (local commit, then local apply; no network), for profiling.
     Ceiling {
@@ -84,6 +88,24 @@ enum Command {
         #[arg(long, default_value_t = 4_000)]
         proposals: u64,
     },
+    /// Only the cost of `Durability::Majority`: one-change writes through `Node::write_with`
+    /// on a leader with 1 and 3 follower processes, at `local` and `majority`, under
+    /// synchronous = full (and normal with `--normal`), on every device: latency of one
+    /// writer, and throughput of N concurrent writers.
+    Majority {
+        /// Sequential writes timed per level and configuration.
+        #[arg(long, default_value_t = 400)]
+        writes: u64,
+        /// Concurrent writers of the throughput run.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        /// Writes per writer in the throughput run.
+        #[arg(long, default_value_t = 100)]
+        writes_per_writer: u64,
+        /// Also measure under synchronous = normal.
+        #[arg(long)]
+        normal: bool,
+    },
     /// (internal) The polling baseline in its own process.
     Poller {
         #[arg(long)]
@@ -104,12 +126,20 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     match cli.command {
-        Some(Command::Follower { dir, heartbeat_ms, record }) => {
-            child::follower(dir, heartbeat_ms, record)
+        Some(Command::Follower { dir, heartbeat_ms, record, synchronous }) => {
+            child::follower(dir, heartbeat_ms, record, synchronous.as_deref())
         }
         Some(Command::Poller { dir, interval_ms }) => child::poller(dir, interval_ms),
         Some(Command::Ceiling { entries }) => parent::ceiling_only(entries),
         Some(Command::Commits { writers, proposals }) => parent::commits_only(writers, proposals),
+        Some(Command::Majority { writes, writers, writes_per_writer, normal }) => {
+            actix::System::new().block_on(parent::majority_only(parent::MajorityOpts {
+                writes,
+                writers,
+                writes_per_writer,
+                normal,
+            }))
+        }
         Some(Command::Throughput { followers, entries }) => {
             actix::System::new().block_on(parent::throughput_only(followers, entries))
         }

@@ -81,7 +81,16 @@ fn say(line: impl AsRef<str>) {
 }
 
 async fn start_leader(dir: &Path, sync: SyncConfig) -> anyhow::Result<Node> {
-    let config = NodeConfig { registry: model::registry(None), sync, ..NodeConfig::default() };
+    start_leader_with(dir, sync, StorageOptions::default()).await
+}
+
+async fn start_leader_with(
+    dir: &Path,
+    sync: SyncConfig,
+    storage: StorageOptions,
+) -> anyhow::Result<Node> {
+    let config =
+        NodeConfig { registry: model::registry(None), sync, storage, ..NodeConfig::default() };
     Ok(Node::builder(dir).name("leader").config(config).start().await?)
 }
 
@@ -97,6 +106,7 @@ async fn spawn_followers(
     n: usize,
     heartbeat_ms: u64,
     record: bool,
+    synchronous: Option<&str>,
 ) -> anyhow::Result<Vec<ChildProc>> {
     let mut children = Vec::with_capacity(n);
     for i in 0..n {
@@ -104,6 +114,9 @@ async fn spawn_followers(
         let mut extra = vec!["--heartbeat-ms".to_owned(), heartbeat_ms.to_string()];
         if record {
             extra.push("--record".to_owned());
+        }
+        if let Some(s) = synchronous {
+            extra.extend(["--synchronous".to_owned(), s.to_owned()]);
         }
         children.push(
             ChildProc::spawn(&format!("{tag}-follower-{i}"), &child_args("follower", &dir, &extra))
@@ -238,7 +251,7 @@ async fn latency(
     followers: usize,
     opts: &Opts,
 ) -> anyhow::Result<(Percentiles, u64)> {
-    let mut children = spawn_followers(root, tag, followers, 30_000, true).await?;
+    let mut children = spawn_followers(root, tag, followers, 30_000, true, None).await?;
     let (library_id, _) = library_with(leader, &mut children).await?;
     let last =
         paced_commits(leader, library_id, 1, opts.latency_commits, opts.latency_rate).await?;
@@ -290,7 +303,7 @@ async fn throughput(
     followers: usize,
     opts: &Opts,
 ) -> anyhow::Result<Throughput> {
-    let mut children = spawn_followers(root, tag, followers, 30_000, false).await?;
+    let mut children = spawn_followers(root, tag, followers, 30_000, false, None).await?;
     let (library_id, warm) = library_with(leader, &mut children).await?;
     let total = opts.throughput_entries;
     let t0 = now_us();
@@ -347,7 +360,7 @@ async fn catch_up(leader: &Node, root: &Path, opts: &Opts) -> anyhow::Result<Cat
     }
     let leader_commit_s = started.elapsed().as_secs_f64();
     say(format!("  {total} entries committed in {leader_commit_s:.1} s; the follower joins"));
-    let mut children = spawn_followers(root, "catchup", 1, 30_000, false).await?;
+    let mut children = spawn_followers(root, "catchup", 1, 30_000, false, None).await?;
     join_all(leader, library_id, &mut children).await?;
     let r = reach(&mut children, total, WAIT * 5).await?.remove(0);
     let rss = children.iter().filter_map(ChildProc::peak_rss_mb).fold(0.0, f64::max);
@@ -383,7 +396,7 @@ async fn idle(root: &Path, opts: &Opts) -> anyhow::Result<Idle> {
     let h = opts.idle_heartbeat_ms;
     let sync = SyncConfig { heartbeat_interval: Duration::from_millis(h), ..SyncConfig::default() };
     let leader = start_leader(&root.join("idle-leader"), sync).await?;
-    let mut children = spawn_followers(root, "idle", 1, h, false).await?;
+    let mut children = spawn_followers(root, "idle", 1, h, false, None).await?;
     library_with(&leader, &mut children).await?;
     tokio::time::sleep(Duration::from_millis(3 * h)).await;
     let stats = leader.network().stats();
@@ -908,5 +921,228 @@ pub fn commits_only(writers: usize, proposals: u64) -> anyhow::Result<()> {
         "{}",
         json!({"runs": runs, "hash_ns_per_entry": ns.round(), "hash_head": h.to_string()})
     );
+    Ok(())
+}
+
+/// Sizes of `lsync-bench majority`.
+#[derive(Debug, Clone, Copy)]
+pub struct MajorityOpts {
+    /// Sequential one-change writes timed per level and configuration.
+    pub writes: u64,
+    /// Concurrent writers of the throughput run.
+    pub writers: usize,
+    /// Writes per writer in the throughput run.
+    pub writes_per_writer: u64,
+    /// Also run under synchronous = normal.
+    pub normal: bool,
+}
+
+/// What one level measured in one configuration.
+#[derive(Default)]
+struct LevelRun {
+    /// Sequential writes' latencies, µs.
+    latencies: Vec<u64>,
+    /// Writes of the throughput runs, and their wall time.
+    writes: u64,
+    secs: f64,
+    /// Writes answered otherwise than `Committed` (a `majority` write answered `Pending`).
+    not_committed: u64,
+    /// For the sequential writes: from the write call to the end of the apply transaction on
+    /// each follower, µs (every follower's samples together).
+    applied: Vec<u64>,
+}
+
+/// `lsync-bench majority`: the cost of `Durability::Majority`. For each `synchronous`
+/// setting (full, and normal with `--normal`), on the leader *and* the followers, and for 1
+/// and 3 follower processes (2 and 4 voters: a majority is 2 and 3 devices): a fresh leader
+/// and library, then one-change writes through `Node::write_with` at `local` and at
+/// `majority` — `writes` sequential writes (latency of each call) and `writers` concurrent
+/// writers of `writes_per_writer` each (throughput). The levels alternate local, majority,
+/// majority, local (half of each size per turn), so a drift of the machine's speed weighs on
+/// both alike. The followers record, for the sequential writes, the time from the write call
+/// to the end of their apply transaction (what a `majority` write waits for, before the
+/// follower's acknowledgement travels back). Prints one JSON object.
+pub async fn majority_only(o: MajorityOpts) -> anyhow::Result<()> {
+    use lsync::crates::storage::Synchronous;
+    use lsync::Durability;
+    let temp = tempfile::Builder::new().prefix("lsync-bench-").tempdir()?;
+    let root = temp.path().to_path_buf();
+    let mut settings = vec![("full", Synchronous::Full)];
+    if o.normal {
+        settings.push(("normal", Synchronous::Normal));
+    }
+    let mut runs = Vec::new();
+    for (name, synchronous) in settings {
+        for followers in [1usize, 3] {
+            let tag = format!("maj-{name}-{followers}f");
+            say(format!("majority: synchronous = {name}, {followers} follower(s)"));
+            let storage = StorageOptions { synchronous, ..StorageOptions::default() };
+            let leader = start_leader_with(
+                &root.join(format!("{tag}-leader")),
+                SyncConfig::default(),
+                storage,
+            )
+            .await?;
+            let mut children =
+                spawn_followers(&root, &tag, followers, 30_000, true, Some(name)).await?;
+            let (library_id, _) = library_with(&leader, &mut children).await?;
+            // one write, not in the figures: with three followers the first one after they
+            // joined waits for the leader lease's first heartbeat round
+            let first = Instant::now();
+            leader
+                .write_with(
+                    library_id,
+                    Uuid::new_v4(),
+                    Durability::Local,
+                    vec![model::change(999_999)],
+                )
+                .await?;
+            let first_write_us = first.elapsed().as_micros() as u64;
+            say(format!("  the first write after the followers joined: {first_write_us} µs"));
+            let mut next = 1_000_000u64; // record ids of this run's writes
+            let mut local = LevelRun::default();
+            let mut majority = LevelRun::default();
+            for level in
+                [Durability::Local, Durability::Majority, Durability::Majority, Durability::Local]
+            {
+                let run = if level == Durability::Local { &mut local } else { &mut majority };
+                samples(&mut children).await?; // drop what the previous turn left
+                let mut last = 0;
+                for _ in 0..o.writes / 2 {
+                    next += 1;
+                    let asked = Instant::now();
+                    let out = leader
+                        .write_with(library_id, Uuid::new_v4(), level, vec![model::change(next)])
+                        .await?;
+                    run.latencies.push(asked.elapsed().as_micros() as u64);
+                    match out {
+                        lsync::WriteOutcome::Committed { last_sequence, .. }
+                        | lsync::WriteOutcome::Pending { last_sequence, .. } => {
+                            last = last_sequence;
+                            run.not_committed +=
+                                u64::from(matches!(out, lsync::WriteOutcome::Pending { .. }));
+                        }
+                        lsync::WriteOutcome::Queued { .. } => run.not_committed += 1,
+                    }
+                }
+                // every follower applied them: their write → applied times
+                reach(&mut children, last, WAIT).await?;
+                run.applied.extend(samples(&mut children).await?.0);
+                let per = (o.writes_per_writer / 2).max(1);
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..o.writers.max(1) as u64)
+                    .map(|w| {
+                        let leader = leader.clone();
+                        let base = next + w * per;
+                        actix_rt::spawn(async move {
+                            let mut not_committed = 0u64;
+                            for i in 1..=per {
+                                let out = leader
+                                    .write_with(
+                                        library_id,
+                                        Uuid::new_v4(),
+                                        level,
+                                        vec![model::change(base + i)],
+                                    )
+                                    .await?;
+                                if !matches!(out, lsync::WriteOutcome::Committed { .. }) {
+                                    not_committed += 1;
+                                }
+                            }
+                            anyhow::Ok(not_committed)
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    run.not_committed += t.await??;
+                }
+                run.secs += start.elapsed().as_secs_f64();
+                run.writes += per * o.writers.max(1) as u64;
+                next += per * o.writers.max(1) as u64;
+                // the next turn starts with every follower caught up
+                let head = leader.database(library_id)?.last_position()?.sequence;
+                reach(&mut children, head, WAIT).await?;
+            }
+            // Where a majority write's time goes: `local` writes, each followed by status
+            // reads back to back (no sleep) until the leader's commit sequence covers it —
+            // the moment `Node::write_with` could answer `majority` if it did not poll every
+            // 5 ms — and what one status read costs.
+            let mut commit_seen = Vec::new();
+            let mut status_calls = Vec::new();
+            for _ in 0..o.writes / 2 {
+                next += 1;
+                let asked = Instant::now();
+                let out = leader
+                    .write_with(
+                        library_id,
+                        Uuid::new_v4(),
+                        Durability::Local,
+                        vec![model::change(next)],
+                    )
+                    .await?;
+                let lsync::WriteOutcome::Committed { last_sequence, .. } = out else {
+                    anyhow::bail!("a local write answered {out:?}");
+                };
+                loop {
+                    let read = Instant::now();
+                    let st = leader.status(library_id).await?;
+                    status_calls.push(read.elapsed().as_micros() as u64);
+                    if st.commit_sequence >= last_sequence {
+                        break;
+                    }
+                }
+                commit_seen.push(asked.elapsed().as_micros() as u64);
+            }
+            for c in children {
+                c.quit().await;
+            }
+            leader.shutdown().await;
+            let summary = |r: &LevelRun| {
+                let p = Percentiles::of(r.latencies.clone());
+                let a = Percentiles::of(r.applied.clone());
+                json!({
+                    "follower_applied_p50_us": a.p50,
+                    "follower_applied_p99_us": a.p99,
+                    "writes": p.n,
+                    "p50_us": p.p50,
+                    "p90_us": p.p90,
+                    "p99_us": p.p99,
+                    "max_us": p.max,
+                    "mean_us": p.mean.round(),
+                    "throughput_writes": r.writes,
+                    "throughput_per_s": (r.writes as f64 / r.secs.max(1e-9)).round(),
+                    "not_committed": r.not_committed,
+                })
+            };
+            let (l, m) = (
+                Percentiles::of(local.latencies.clone()),
+                Percentiles::of(majority.latencies.clone()),
+            );
+            let ratio = |a: u64, b: u64| (a as f64 / b.max(1) as f64 * 100.0).round() / 100.0;
+            let tl = local.writes as f64 / local.secs.max(1e-9);
+            let tm = majority.writes as f64 / majority.secs.max(1e-9);
+            let seen = Percentiles::of(commit_seen);
+            let seen_json = json!({"writes": seen.n, "p50_us": seen.p50, "p99_us": seen.p99});
+            let reads = Percentiles::of(status_calls);
+            let status_json = json!({"reads": reads.n, "p50_us": reads.p50, "p99_us": reads.p99});
+            let line = json!({
+                "synchronous": name,
+                "followers": followers,
+                "voters": followers + 1,
+                "first_write_us": first_write_us,
+                "writers": o.writers,
+                "local": summary(&local),
+                "majority": summary(&majority),
+                "majority_over_local_p50": ratio(m.p50, l.p50),
+                "majority_over_local_p99": ratio(m.p99, l.p99),
+                "majority_over_local_throughput": (tm / tl * 100.0).round() / 100.0,
+                "local_then_commit_seen": seen_json,
+                "status_read": status_json,
+            });
+            say(format!("  {line}"));
+            runs.push(line);
+        }
+    }
+    println!("{}", json!({"machine": procs::machine_info(), "runs": runs}));
     Ok(())
 }

@@ -985,6 +985,183 @@ mod tests {
         assert!(db.last_position().unwrap() < db.election_floor().unwrap());
     }
 
+    /// The service's side of an election actor under test: it records the stamps of the
+    /// heartbeat rounds it is asked to send (and sends none: the test answers for the peers).
+    struct RoundSink {
+        rounds: Arc<std::sync::Mutex<Vec<Duration>>>,
+    }
+
+    impl Actor for RoundSink {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<HeartbeatNow> for RoundSink {
+        type Result = ();
+        fn handle(&mut self, msg: HeartbeatNow, _: &mut Context<Self>) {
+            self.rounds.lock().unwrap().push(msg.sent_at);
+        }
+    }
+
+    impl Handler<RoleChange> for RoundSink {
+        type Result = ();
+        fn handle(&mut self, _: RoleChange, _: &mut Context<Self>) {}
+    }
+
+    /// The leader of term 1 of a three-voter library (itself and two peers), its lease read
+    /// from a fake clock, as the election actor of a running node has it: its mailbox, the
+    /// rounds it sent, its metrics and its two peers. No network: the peers' answers to a
+    /// round are the [`LeaseAnswer`]s the test sends, as the link actors would.
+    struct LeaseRig {
+        addr: Addr<ElectionActor>,
+        rounds: Arc<std::sync::Mutex<Vec<Duration>>>,
+        metrics: Arc<Metrics>,
+        peers: [Uuid; 2],
+        _dir: tempfile::TempDir,
+    }
+
+    impl LeaseRig {
+        fn start(clock: Arc<super::super::clock::FakeClock>, config: SyncConfig) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let library_id = Uuid::from_u128(100);
+            let (db, _) = crate::testkit::leader_db(&dir, library_id, 0);
+            let me = db.sync_state().unwrap().device_id;
+            let peers = [Uuid::from_u128(2), Uuid::from_u128(3)];
+            let voters = [me, peers[0], peers[1]];
+            let rounds = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = RoundSink { rounds: rounds.clone() }.start();
+            let metrics = Arc::new(Metrics::default());
+            let transport = crate::testkit::ScriptedTransport::new(|_, _| {
+                Err(crate::transport::NetworkError::Dial("no network in this test".into()))
+            });
+            let cx = ElectionContext {
+                library_id,
+                device_id: me,
+                db,
+                transport,
+                config,
+                events: broadcast::channel(16).0,
+                metrics: metrics.clone(),
+                members: voters.iter().map(|d| (*d, PeerId::random())).collect(),
+                membership: Membership::all_voters(voters),
+                persisted: PersistedElection { term: 1, voted_for: Some(me), leader: Some(me) },
+                role_changes: sink.clone().recipient(),
+                heartbeats: sink.recipient(),
+                writes_paused: Arc::default(),
+                hints: None,
+            };
+            let addr = ElectionActor::with_clock(cx, clock).start();
+            Self { addr, rounds, metrics, peers, _dir: dir }
+        }
+
+        /// The stamp of round `n` (0: the first), once the actor sent it.
+        async fn round(&self, n: usize) -> Duration {
+            crate::testkit::wait_for("a heartbeat round", || self.rounds.lock().unwrap().len() > n)
+                .await;
+            self.rounds.lock().unwrap()[n]
+        }
+
+        /// Peer `i` answers, in term 1, the round stamped `sent_at`.
+        fn answer(&self, i: usize, sent_at: Duration) {
+            self.addr.do_send(LeaseAnswer { from: self.peers[i], term: 1, sent_at });
+        }
+
+        /// Whether the leader holds its lease (after every message sent before).
+        async fn lease_held(&self) -> Option<bool> {
+            self.addr.send(ObserveElection).await.unwrap().lease_held
+        }
+
+        /// Asks [`ConfirmLease`] as a committed write does; the answer arrives on the receiver.
+        fn confirm(&self) -> oneshot::Receiver<bool> {
+            let (tx, rx) = oneshot::channel();
+            let asked = self.addr.send(ConfirmLease);
+            actix_rt::spawn(async move {
+                let _ = tx.send(asked.await.unwrap_or(false));
+            });
+            rx
+        }
+    }
+
+    fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Waits (generous deadline) for the answer to a [`LeaseRig::confirm`].
+    async fn answered(rx: oneshot::Receiver<bool>) -> bool {
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .expect("the write was answered within the deadline")
+            .expect("the confirmation was answered")
+    }
+
+    /// issue 16, "the lease clock": the lease clock jumps an hour (the machine slept, the
+    /// process was stopped) while the leader's peers stay reachable. The leader stops
+    /// answering writes as committed at once — the next write waits, and a fresh heartbeat
+    /// round goes out, stamped after the jump; late answers to the round before it do not
+    /// count — and answers it as soon as a majority answered that fresh round.
+    #[actix_rt::test]
+    async fn a_leader_whose_lease_clock_jumps_past_the_lease_answers_only_after_a_fresh_round() {
+        let clock = Arc::new(super::super::clock::FakeClock::new(Duration::from_secs(1_000), true));
+        // default timers: leader timeout 60 s, lease 48 s, heartbeats every 30 s (real time)
+        let rig = LeaseRig::start(clock.clone(), SyncConfig::default());
+        // a resumed leader heartbeats at once; one peer's answer makes two of three voters
+        let first = rig.round(0).await;
+        rig.answer(0, first);
+        assert_eq!(rig.lease_held().await, Some(true));
+        assert!(answered(rig.confirm()).await, "held: answered at once");
+        clock.jump(Duration::from_secs(10));
+        assert!(answered(rig.confirm()).await, "10 s later, still within the lease");
+        assert_eq!(count(&rig.metrics.lease_waits), 0, "no write waited");
+        assert_eq!(rig.rounds.lock().unwrap().len(), 1, "no round was needed");
+
+        // the lid closes for an hour; the boot clock counts it
+        clock.jump(Duration::from_secs(3_600));
+        assert_eq!(rig.lease_held().await, Some(false), "the lease ended at the first reading");
+        let mut waiting = rig.confirm();
+        let fresh = rig.round(1).await;
+        assert_eq!(fresh, clock.now(), "the write's round is stamped after the jump");
+        assert_eq!(count(&rig.metrics.lease_waits), 1, "the write waits for it");
+        // both peers' answers to the round before the jump arrive late: they vouch for nothing
+        rig.answer(0, first);
+        rig.answer(1, first);
+        assert_eq!(rig.lease_held().await, Some(false));
+        assert!(waiting.try_recv().is_err(), "not answered committed on an old round");
+
+        // a peer answers the fresh round: two of three voters heard this leader after the jump
+        rig.answer(1, fresh);
+        assert!(answered(waiting).await, "answered committed after one round");
+        assert_eq!(rig.lease_held().await, Some(true));
+        assert!(answered(rig.confirm()).await, "and the next write at once");
+        assert_eq!(rig.rounds.lock().unwrap().len(), 2);
+        assert_eq!(count(&rig.metrics.lease_unconfirmed), 0);
+    }
+
+    /// The same jump with both peers gone silent: the waiting write is never answered
+    /// committed; it gets `false` (the node answers `OutcomeUnknown`) within the leader
+    /// timeout, once the time is up or check quorum deposes the leader.
+    #[actix_rt::test]
+    async fn a_leader_whose_lease_clock_jumps_and_whose_peers_are_silent_never_confirms() {
+        let clock = Arc::new(super::super::clock::FakeClock::new(Duration::from_secs(1_000), true));
+        // a short leader timeout (real time), so that the wait ends within the test
+        let config = SyncConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            leader_timeout: Duration::from_secs(3),
+            ..SyncConfig::default()
+        };
+        let rig = LeaseRig::start(clock.clone(), config);
+        let first = rig.round(0).await;
+        rig.answer(0, first);
+        assert!(answered(rig.confirm()).await, "held before the jump");
+
+        clock.jump(Duration::from_secs(3_600));
+        let waiting = rig.confirm();
+        assert!(!answered(waiting).await, "no majority answered after the jump: not committed");
+        assert_eq!(count(&rig.metrics.lease_waits), 1);
+        assert_eq!(count(&rig.metrics.lease_unconfirmed), 1);
+        // every round after the first was stamped after the jump, and none was answered
+        let rounds = rig.rounds.lock().unwrap().clone();
+        assert!(rounds.len() >= 2 && rounds[1..].iter().all(|r| *r >= clock.now()), "{rounds:?}");
+    }
+
     #[test]
     fn a_refused_pre_vote_with_no_leader_known_asks_the_voter_who_leads() {
         assert!(probe_for_leader(&answer(false, true), None));

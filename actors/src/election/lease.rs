@@ -36,9 +36,9 @@
 //!   ignored. While a transfer runs ([`Lease::hold_back`]) the lease is not held: its target
 //!   campaigns with `transfer: true`, which voters grant despite hearing a leader.
 //! - **Clock**: time comes from a [`LeaseClock`]. One that counts while the process is stopped
-//!   or the machine sleeps (Linux/Android `CLOCK_BOOTTIME`, macOS `mach_continuous_time`) makes
-//!   a suspend of any length end the lease at once: the first reading after the wake is past
-//!   it. Without one ([`LeaseClock::counts_suspend`] false) no time-based lease is trusted: a
+//!   or the machine sleeps (Linux/Android `CLOCK_BOOTTIME`, macOS `mach_continuous_time`,
+//!   Windows `QueryInterruptTimePrecise`: election/clock.rs) makes a suspend of any length end
+//!   the lease at once: the first reading after the wake is past it. Without one ([`LeaseClock::counts_suspend`] false) no time-based lease is trusted: a
 //!   write is confirmed only by a round sent after it asked (`s >= asked_at`).
 //! - **Rounds for waiting writes** ([`Lease::wants_round`]): a write that finds the lease
 //!   expired waits for a round; one is sent unless the last round sent can still confirm it
@@ -114,8 +114,14 @@ impl Lease {
         self.leading
     }
 
-    /// The voters of the latest configuration.
+    /// The voters of the latest configuration. When they change, the last round sent no longer
+    /// holds back a waiting write's round: it went to the devices that were members then, and
+    /// the answers of devices that were not voters yet were ignored, so it may never gather a
+    /// majority of the new voters (a write would wait for the next periodic heartbeat).
     pub fn set_voters(&mut self, voters: BTreeSet<Uuid>) {
+        if voters != self.voters {
+            self.last_round = None;
+        }
         self.answered.retain(|v, _| voters.contains(v));
         self.voters = voters;
     }
@@ -251,6 +257,7 @@ impl Lease {
 
 #[cfg(test)]
 mod tests {
+    use super::super::clock::FakeClock;
     use super::*;
 
     const LEASE: Duration = Duration::from_millis(800);
@@ -269,25 +276,6 @@ mod tests {
         l.set_voters((1..=n).map(id).collect());
         l.lead(3, ms(0));
         l
-    }
-
-    /// A fake clock: starts at zero, moves only when told, and can jump (a suspend).
-    struct FakeClock(std::sync::Mutex<Duration>, bool);
-
-    impl FakeClock {
-        fn jump(&self, by: Duration) {
-            let mut t = self.0.lock().unwrap();
-            *t += by;
-        }
-    }
-
-    impl LeaseClock for FakeClock {
-        fn now(&self) -> Duration {
-            *self.0.lock().unwrap()
-        }
-        fn counts_suspend(&self) -> bool {
-            self.1
-        }
     }
 
     #[test]
@@ -333,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_clock_jump_past_the_lease_ends_it_at_once() {
-        let clock = FakeClock(std::sync::Mutex::new(ms(1_000)), true);
+        let clock = FakeClock::new(ms(1_000), true);
         let mut l = Lease::new(id(1), LEASE, clock.counts_suspend());
         l.set_voters((1..=3).map(id).collect());
         l.lead(3, clock.now());
@@ -422,6 +410,23 @@ mod tests {
         l.on_answer(id(2), 3, ms(10));
         assert!(!l.wants_round(ms(20), ms(20)), "held: nothing to wait for");
         assert!(l.wants_round(ms(900), ms(900)), "expired, the last round already counted");
+    }
+
+    /// Found by `lsync-bench majority`: the first write after three devices joined waited
+    /// 29.4 s, for the next periodic heartbeat — the round in flight had been sent before they
+    /// were voters, and their answers to it were ignored.
+    #[test]
+    fn a_change_of_voters_lets_a_waiting_write_send_a_fresh_round() {
+        let mut l = leader(2);
+        l.round_sent(ms(10));
+        l.on_answer(id(2), 3, ms(10));
+        l.set_voters((1..=4).map(id).collect());
+        assert_eq!(l.state(ms(20), ms(20)), LeaseState::Expired, "two of four voters");
+        assert!(l.wants_round(ms(20), ms(20)), "the round before the change cannot be counted on");
+        l.round_sent(ms(20));
+        assert!(!l.wants_round(ms(30), ms(30)), "the fresh round in flight can confirm it");
+        l.set_voters((1..=4).map(id).collect());
+        assert!(!l.wants_round(ms(30), ms(30)), "the same voters again change nothing");
     }
 
     #[test]
