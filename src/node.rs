@@ -109,8 +109,13 @@ pub enum WriteOutcome {
     /// The leader sequenced the changes as entries `first_sequence..=last_sequence`, and they
     /// are applied on this device (read-your-writes).
     Committed { first_sequence: u64, last_sequence: u64 },
-    /// No leader was reachable: the changes wait in this device's durable outbox and will be
-    /// committed, once, by whichever device leads next.
+    /// **Pending**: no leader took the changes yet. They wait in this device's durable outbox
+    /// and will be committed, once, by whichever device leads next — and this device's tables
+    /// show them already, over the committed rows, until they are committed (or refused for
+    /// good: then they disappear again, with a `ProposalFailed` event). See
+    /// docs/architecture.md, "Local-first writes". (Named `Queued`, not `Pending`: `Pending`
+    /// is a [`Durability::Majority`] write the leader sequenced but a majority did not hold
+    /// in time.)
     Queued { proposal_id: Uuid },
     /// A [`Durability::Majority`] write the leader sequenced (at `first_sequence..=
     /// last_sequence` when it answered) that a majority of the voters did not hold within the
@@ -1001,7 +1006,9 @@ impl Node {
     /// outbox and proposed to the leader, and the call returns once the leader committed them
     /// *and* this device applied them ([`WriteOutcome::Committed`]), or — when no leader can be
     /// reached — once they are safely queued ([`WriteOutcome::Queued`]). Either way they are
-    /// committed exactly once. Inserts and updates are upserts and a delete of a record that no
+    /// committed exactly once, and this device's tables show them when the call returns
+    /// (local-first: a queued write is shown over the committed rows until it commits,
+    /// docs/architecture.md, "Local-first writes"). Inserts and updates are upserts and a delete of a record that no
     /// longer exists is dropped: concurrent writes to one record resolve by leader order
     /// (docs/architecture.md, "Concurrent changes"). Changes over [`Node::max_change_bytes`]
     /// together are refused ([`NodeError::ChangeTooLarge`]) before anything is written.

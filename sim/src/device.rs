@@ -1524,7 +1524,7 @@ impl Device {
                     let msg = propose(self.library_id, self.id, proposal_id, term, changes);
                     self.send(peer, msg, Pending::Propose(proposal_id));
                 }
-                ProposerCommand::Remove { proposal_id } => {
+                ProposerCommand::Remove { proposal_id, .. } => {
                     let _ = self.db.outbox_remove(proposal_id);
                 }
                 ProposerCommand::MarkFailed { proposal_id, reason } => {

@@ -388,7 +388,8 @@ pub fn put(
         }
     } else {
         println!(
-            "queued as proposal {}: no leader is reachable now; it will be committed once one is",
+            "queued as proposal {}: no leader is reachable now; shown on this device already, \
+             it will be committed once one is",
             out.proposal_id.map(|p| p.to_string()).unwrap_or_default()
         );
     }
@@ -442,6 +443,10 @@ pub fn outbox_list(client: &Client, library: Uuid, json: bool) -> anyhow::Result
                     "{}  failed    {} change(s), {} attempt(s): {reason}",
                     e.proposal_id, e.changes, e.attempts
                 ),
+                None if e.state == "delivered" => println!(
+                    "{}  delivered {} change(s): committed by a leader, not yet applied here",
+                    e.proposal_id, e.changes
+                ),
                 None => println!(
                     "{}  queued    {} change(s), {} failed attempt(s){}",
                     e.proposal_id,
@@ -483,6 +488,8 @@ pub fn proposal_status(
     let code = match p.state.as_str() {
         "committed" => ExitCode::SUCCESS,
         "queued" => ExitCode::from(EXIT_PENDING),
+        // committed by a leader, not applied here yet: committed
+        "delivered" => ExitCode::SUCCESS,
         // refused for good by a leader: not committed (`lsync outbox retry|discard`)
         "failed" => ExitCode::from(EXIT_ERROR),
         _ => ExitCode::from(EXIT_UNKNOWN),
@@ -510,6 +517,10 @@ pub fn proposal_status(
              device's outbox until `lsync outbox retry {proposal}` or `lsync outbox discard \
              {proposal}`",
             p.last_error.unwrap_or_default()
+        ),
+        "delivered" => println!(
+            "proposal {proposal}: committed by the leader, not yet applied on this device \
+             (shown here meanwhile)"
         ),
         "queued" => println!(
             "proposal {proposal}: queued in this device's outbox ({} failed attempts{}); it \

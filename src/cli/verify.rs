@@ -29,6 +29,12 @@ pub fn verify(dir: &Path, library: Option<Uuid>) -> anyhow::Result<ExitCode> {
             list(&report.unregistered_models)
         );
     }
+    if report.pending_proposals > 0 {
+        println!(
+            "pending proposals of this device applied over the replay: {}",
+            report.pending_proposals
+        );
+    }
     if report.is_ok() {
         println!("OK: sequences gapless, hash chain intact, tables equal to the replay");
         return Ok(ExitCode::SUCCESS);
@@ -41,7 +47,10 @@ pub fn verify(dir: &Path, library: Option<Uuid>) -> anyhow::Result<ExitCode> {
     }
     match report.first_bad_sequence() {
         Some(sequence) => eprintln!("verify failed: first bad sequence {sequence}"),
-        None => eprintln!("verify failed: model rows that no log entry wrote (see above)"),
+        None => eprintln!(
+            "verify failed: model rows that no log entry wrote, or pending changes whose \
+             committed rows are wrong (see above)"
+        ),
     }
     Ok(ExitCode::FAILURE)
 }

@@ -435,6 +435,7 @@ impl OutboxEntryJson {
     pub fn from_entry(e: crate::crates::storage::OutboxEntry) -> Self {
         let (state, failed_reason, failed_at_ms) = match e.state {
             crate::crates::storage::OutboxState::Pending => ("queued", None, None),
+            crate::crates::storage::OutboxState::Delivered { .. } => ("delivered", None, None),
             crate::crates::storage::OutboxState::Failed { reason, at_ms } => {
                 ("failed", Some(reason), Some(at_ms))
             }

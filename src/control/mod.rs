@@ -678,6 +678,8 @@ async fn proposal(
                     answer.state = "queued".into();
                     answer.last_error = queued.last_error;
                 }
+                // a leader committed it; this device's log has not reached it yet
+                OutboxState::Delivered { .. } => answer.state = "delivered".into(),
                 // refused for good by a leader: the reason is the last error
                 OutboxState::Failed { reason, .. } => {
                     answer.state = "failed".into();

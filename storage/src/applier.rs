@@ -13,7 +13,7 @@ use crate::error::{Result, StorageError};
 use crate::local_jobs::{self, LocalJob};
 use crate::membership::{self, Membership};
 use crate::model::ModelRegistry;
-use crate::outbox;
+use crate::pending::{self, Rebase};
 use crate::schema::stashed_entries;
 use crate::sync_log::{row_to_entry, LogPosition, LogRow, SyncLog};
 use crate::sync_state;
@@ -36,6 +36,9 @@ pub struct ApplyOutcome {
     /// The configuration the batch put in effect (its latest configuration entry, if that is
     /// at least as recent as the configuration in effect before; see [`crate::membership`]).
     pub membership: Option<Membership>,
+    /// This device's pending proposals the batch committed: they left its outbox and its
+    /// pending overlay (docs/architecture.md, "Local-first writes").
+    pub settled: u64,
 }
 
 /// The follower's write path: applies the leader's entries, each batch in ONE transaction.
@@ -176,8 +179,19 @@ impl Applier {
             for entry in new.iter().filter(|e| e.change_type == ChangeType::Bulk) {
                 outcome.bulk_jobs.push(local_jobs::insert(conn, entry)?);
             }
+            // This device's pending changes are rebased over the new committed rows
+            // (docs/architecture.md, "Local-first writes").
+            let touched = new
+                .iter()
+                .filter(|e| !matches!(e.change_type, ChangeType::Bulk | ChangeType::Config))
+                .map(|e| (e.model_type.clone(), e.record_id.clone()));
+            let proposals: HashSet<Uuid> = new.iter().filter_map(|e| e.proposal_id).collect();
+            let rebase = Rebase::begin(conn, registry, touched, &proposals)?;
             crate::model::apply_entries(conn, registry, new)?;
             SyncLog::insert_hashed(conn, new, &hashes)?;
+            if let Some(rebase) = rebase {
+                outcome.settled = rebase.finish(conn, registry)?;
+            }
             outcome.applied = new.len() as u64;
             outcome.last = LogPosition::of(last);
             outcome.last_hash = hashes.last().copied().unwrap_or(head.hash);
@@ -379,7 +393,7 @@ impl Applier {
                     // Its orphans were all dropped: nothing to re-propose.
                     continue;
                 }
-                if outbox::push_unchecked(conn, id, &changes)? {
+                if pending::push(conn, registry, id, &changes)? {
                     recovered.proposals += 1;
                     recovered.changes += orphans;
                 } else {
@@ -530,6 +544,8 @@ fn clear_library(conn: &mut SqliteConnection, registry: &ModelRegistry) -> Resul
     let deleted = SyncLog::truncate_after(conn, 0)?;
     proposals::clear(conn)?;
     sync_state::set_last_synced(conn, 0)?;
+    // the outbox is kept: its changes are still shown, now over the empty tables
+    pending::after_clear(conn, registry)?;
     tracing::info!(deleted, "library reset for full reconciliation");
     Ok(())
 }

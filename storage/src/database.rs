@@ -289,6 +289,8 @@ impl Database {
                 StorageError::Migration(format!("model {}: {e}", handler.model_type()))
             })?;
         }
+        // pending changes queued by a version before local-first writes are shown now
+        writer.immediate_transaction(|conn| crate::pending::show_after_upgrade(conn, &registry))?;
         let reader = connect(&url, options, true)?;
         let checkpointer = Checkpointer::start(connect(&url, options, false)?, path)?;
         tracing::debug!(path = %path.display(), models = ?registry.model_types(), "database open");
@@ -654,12 +656,19 @@ impl Database {
     /// against the registry; see [`outbox::push`]. Returns `false` (and changes nothing) if the
     /// id is queued already.
     ///
+    /// In the same transaction its changes are applied to this device's model tables, over
+    /// the committed rows and the changes queued before it (the pending overlay,
+    /// docs/architecture.md, "Local-first writes"): the device shows them at once, whatever
+    /// the leader's state, until they are committed (then the committed entries show them) or
+    /// refused (then they disappear again, [`Database::outbox_mark_failed`]).
+    ///
     /// # Errors
     /// Nothing is queued on any error: [`StorageError::InvalidChange`],
     /// [`StorageError::UnknownModel`].
     pub fn outbox_push(&self, proposal_id: Uuid, changes: &[Change]) -> Result<bool> {
-        outbox::validate(self.registry(), changes)?;
-        self.write(|conn| outbox::push_unchecked(conn, proposal_id, changes))
+        let registry = self.registry();
+        outbox::validate(registry, changes)?;
+        self.write(|conn| crate::pending::push(conn, registry, proposal_id, changes))
     }
 
     /// Every outbox entry, pending and failed, oldest first; see [`outbox::list_all`].
@@ -667,14 +676,27 @@ impl Database {
         self.with_reader(outbox::list_all)
     }
 
-    /// Moves a pending proposal to failed; see [`outbox::mark_failed`].
+    /// Moves a pending proposal to failed; see [`outbox::mark_failed`]. Its changes leave the
+    /// pending overlay in the same transaction: the records it changed show their committed
+    /// rows again, with this device's other pending changes on top.
     pub fn outbox_mark_failed(&self, proposal_id: Uuid, reason: &str, at_ms: i64) -> Result<bool> {
-        self.write(|conn| outbox::mark_failed(conn, proposal_id, reason, at_ms))
+        let registry = self.registry();
+        self.write(|conn| {
+            crate::pending::around_entry(conn, registry, proposal_id, |conn| {
+                outbox::mark_failed(conn, proposal_id, reason, at_ms)
+            })
+        })
     }
 
-    /// Puts a failed proposal back to pending; see [`outbox::retry`].
+    /// Puts a failed proposal back to pending; see [`outbox::retry`]. Its changes are shown
+    /// again (the pending overlay, at its place in the outbox's order).
     pub fn outbox_retry(&self, proposal_id: Uuid) -> Result<bool> {
-        self.write(|conn| outbox::retry(conn, proposal_id))
+        let registry = self.registry();
+        self.write(|conn| {
+            crate::pending::around_entry(conn, registry, proposal_id, |conn| {
+                outbox::retry(conn, proposal_id)
+            })
+        })
     }
 
     /// Deletes a failed proposal; see [`outbox::discard`].
@@ -697,9 +719,36 @@ impl Database {
         self.with_reader(|conn| outbox::get(conn, proposal_id))
     }
 
-    /// Removes a queued proposal; returns whether it was queued.
+    /// Removes a queued proposal; returns whether it was queued. Its changes leave the pending
+    /// overlay at once (the records show their committed rows, with the other pending changes
+    /// on top): for a proposal a leader committed, [`Database::outbox_settle`] keeps showing
+    /// it until this device's log holds it.
     pub fn outbox_remove(&self, proposal_id: Uuid) -> Result<bool> {
-        self.write(|conn| outbox::remove(conn, proposal_id))
+        let registry = self.registry();
+        self.write(|conn| {
+            crate::pending::around_entry(conn, registry, proposal_id, |conn| {
+                outbox::remove(conn, proposal_id)
+            })
+        })
+    }
+
+    /// Proposal `proposal_id` was committed by a leader, as far as `last_sequence` of its log
+    /// (the end of the proposal's entries, or the leader's last sequence if it wrote none): if
+    /// this device's log reaches that sequence, it leaves the outbox and the pending overlay
+    /// now; otherwise it moves to [`crate::OutboxState::Delivered`] — no longer delivered,
+    /// still shown — and leaves once the applier brings the log there
+    /// ([`crate::Applier::apply`]). A failed entry is not touched. Returns whether a pending or
+    /// delivered entry was found.
+    pub fn outbox_settle(&self, proposal_id: Uuid, last_sequence: u64) -> Result<bool> {
+        let registry = self.registry();
+        self.write(|conn| crate::pending::settle(conn, registry, proposal_id, last_sequence))
+    }
+
+    /// The pending overlay's captured committed rows: (model type, record id, the committed
+    /// row or `None` if the record does not exist committed), by model type and record id
+    /// (docs/architecture.md, "Local-first writes"). For tests and diagnostics.
+    pub fn pending_undo(&self) -> Result<Vec<(String, String, Option<crate::StoredRecord>)>> {
+        self.with_reader(crate::pending::undo_rows)
     }
 
     /// Records a failed delivery; see [`outbox::record_failure`].

@@ -59,6 +59,7 @@ pub mod membership;
 mod model;
 pub mod models;
 pub mod outbox;
+mod pending;
 mod schema;
 pub mod sqlite_setup;
 mod sync_log;
@@ -75,8 +76,8 @@ pub use invitations::{Invitation, InvitationRefused};
 pub use local_jobs::LocalJob;
 pub use membership::Membership;
 pub use model::{
-    apply_in_runs, decode, encode, validate_syncable, ModelHandler, ModelRegistry, Syncable,
-    UPSERT_CHUNK,
+    apply_in_runs, decode, encode, validate_syncable, ModelHandler, ModelRegistry, StoredRecord,
+    Syncable, UPSERT_CHUNK,
 };
 pub use models::{Location, LocationHandler, Tag, TagHandler};
 pub use outbox::{OutboxEntry, OutboxState};

@@ -36,6 +36,17 @@ pub trait ModelHandler: Send + Sync + 'static {
     fn validate(&self, change: &Change) -> Result<()>;
     /// The stored version of the record, `None` if it does not exist.
     fn current_version(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<i64>>;
+    /// The stored record (its data as an entry would carry it, and its version), `None` if it
+    /// does not exist. The pending overlay keeps the committed row it covers with it
+    /// (docs/architecture.md, "Local-first writes"); writing the result back with
+    /// [`ModelHandler::apply`] (an Update of that data and version) must give the same row.
+    ///
+    /// The default reads the last log entry that wrote the record (a scan of the log, and
+    /// wrong for rows that bulk jobs write): the built-in handlers read their own row, and a
+    /// host's handler should too.
+    fn load(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<StoredRecord>> {
+        crate::sync_log::last_write(conn, self.model_type(), record_id)
+    }
     /// Writes an Insert/Update entry (an upsert of the whole row with `entry.version`) or a
     /// Delete entry (removes the row if present). Bulk entries are never passed here.
     fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()>;
@@ -50,6 +61,15 @@ pub trait ModelHandler: Send + Sync + 'static {
     }
     /// Deletes every row of the model (full reconciliation).
     fn clear(&self, conn: &mut SqliteConnection) -> Result<()>;
+}
+
+/// A stored record as [`ModelHandler::load`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The record, encoded as an Insert/Update entry's data.
+    pub data: Vec<u8>,
+    /// Its version.
+    pub version: i64,
 }
 
 /// Executes `$body` once per chunk of the slice `$rows`, with `$chunk` bound to a

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::change::Change;
 use crate::error::{Result, StorageError};
-use crate::model::{apply_in_runs, decode, validate_syncable, ModelHandler, Syncable};
+use crate::model::{
+    apply_in_runs, decode, encode, validate_syncable, ModelHandler, StoredRecord, Syncable,
+};
 use crate::schema::{location, tag};
 
 /// A tag (model type `tag`, table `tag`).
@@ -116,6 +118,18 @@ impl ModelHandler for TagHandler {
         Ok(tag::table.find(record_id).select(tag::version).get_result(conn).optional()?)
     }
 
+    fn load(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<StoredRecord>> {
+        let row = tag::table
+            .find(record_id)
+            .select((tag::id, tag::name, tag::color, tag::version))
+            .get_result::<(String, String, Option<String>, i64)>(conn)
+            .optional()?;
+        Ok(row.map(|(id, name, color, version)| StoredRecord {
+            data: encode(&Tag { id, name, color }),
+            version,
+        }))
+    }
+
     fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {
         self.apply_batch(conn, &[entry])
     }
@@ -181,6 +195,18 @@ impl ModelHandler for LocationHandler {
         // `get_result`, not `first`: no bound `LIMIT ?`, which makes SQLite re-prepare the
         // statement at every execution (docs/performance.md).
         Ok(location::table.find(record_id).select(location::version).get_result(conn).optional()?)
+    }
+
+    fn load(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<StoredRecord>> {
+        let row = location::table
+            .find(record_id)
+            .select((location::id, location::name, location::path, location::version))
+            .get_result::<(String, String, String, i64)>(conn)
+            .optional()?;
+        Ok(row.map(|(id, name, path, version)| StoredRecord {
+            data: encode(&Location { id, name, path }),
+            version,
+        }))
     }
 
     fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {

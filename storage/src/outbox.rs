@@ -7,11 +7,16 @@
 //! after a lost reply is safe). The functions take a connection; callers hold the transaction
 //! ([`crate::Database`] has wrappers that open one).
 //!
-//! An entry is [`OutboxState::Pending`] (the proposer delivers it) or [`OutboxState::Failed`]:
-//! refused for good by a leader, or too large for a frame. A failed entry is kept, with its
+//! An entry is [`OutboxState::Pending`] (the proposer delivers it), [`OutboxState::Delivered`]
+//! (a leader committed it, this device's log has not reached it yet) or
+//! [`OutboxState::Failed`]: refused for good by a leader, or too large for a frame. A failed entry is kept, with its
 //! reason, instead of deleted, so nothing the user was told is `queued` disappears silently;
 //! it stays until an operator [`retry`]s it (back to pending) or [`discard`]s it
 //! (docs/architecture.md, "Outbox").
+//!
+//! Pending and delivered entries are this device's **pending overlay**: their changes are shown
+//! in its model tables over the committed rows ([`crate::pending`]). The functions here touch
+//! the `outbox` table only; [`crate::Database`]'s wrappers keep the overlay in step.
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -28,6 +33,13 @@ use crate::schema::outbox;
 pub enum OutboxState {
     /// Waiting to be delivered; the proposer retries it.
     Pending,
+    /// A leader committed it, as far as sequence `last_sequence` of its log, and this device's
+    /// log has not reached that sequence yet: still shown over the committed rows (the
+    /// overlay), no longer delivered; removed once the log gets there.
+    Delivered {
+        /// The last sequence of the proposal (or of the leader's log, if it wrote no entry).
+        last_sequence: u64,
+    },
     /// Refused for good: the proposer no longer sends it.
     Failed {
         /// Why (the leader's refusal, or the size check).
@@ -42,6 +54,7 @@ impl OutboxState {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Pending => PENDING,
+            Self::Delivered { .. } => DELIVERED,
             Self::Failed { .. } => FAILED,
         }
     }
@@ -49,6 +62,7 @@ impl OutboxState {
 
 const PENDING: &str = "pending";
 const FAILED: &str = "failed";
+const DELIVERED: &str = "delivered";
 
 /// One queued proposal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +84,18 @@ pub struct OutboxEntry {
     pub state: OutboxState,
 }
 
-type OutboxRow =
-    (String, i64, Vec<u8>, i32, i64, Option<String>, String, Option<String>, Option<i64>);
+type OutboxRow = (
+    String,
+    i64,
+    Vec<u8>,
+    i32,
+    i64,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
 
 fn row_to_entry(row: OutboxRow) -> Result<OutboxEntry> {
     let (
@@ -84,10 +108,14 @@ fn row_to_entry(row: OutboxRow) -> Result<OutboxEntry> {
         state,
         failed_reason,
         failed_at_ms,
+        committed_last,
     ) = row;
     let proposal_id = parse_uuid(&proposal_id, "outbox proposal_id")?;
     let state = match state.as_str() {
         PENDING => OutboxState::Pending,
+        DELIVERED => OutboxState::Delivered {
+            last_sequence: committed_last.and_then(|l| u64::try_from(l).ok()).unwrap_or(0),
+        },
         FAILED => OutboxState::Failed {
             reason: failed_reason.unwrap_or_default(),
             at_ms: failed_at_ms.unwrap_or(0),
@@ -122,6 +150,7 @@ fn columns() -> (
     outbox::state,
     outbox::failed_reason,
     outbox::failed_at_ms,
+    outbox::committed_last,
 ) {
     (
         outbox::proposal_id,
@@ -133,6 +162,7 @@ fn columns() -> (
         outbox::state,
         outbox::failed_reason,
         outbox::failed_at_ms,
+        outbox::committed_last,
     )
 }
 
@@ -214,7 +244,43 @@ pub fn list(conn: &mut SqliteConnection) -> Result<Vec<OutboxEntry>> {
         .collect()
 }
 
-/// Every entry, pending and failed, oldest first (what `lsync outbox list` shows).
+/// The entries of the pending overlay (pending and delivered), oldest first: the changes shown
+/// over the committed rows, in the order they are replayed ([`crate::pending`]).
+pub fn overlay(conn: &mut SqliteConnection) -> Result<Vec<OutboxEntry>> {
+    outbox::table
+        .select(columns())
+        .filter(outbox::state.ne(FAILED))
+        .order(outbox::seq.asc())
+        .load::<OutboxRow>(conn)?
+        .into_iter()
+        .map(row_to_entry)
+        .collect()
+}
+
+/// Whether the pending overlay holds any entry (one cheap query: the commit paths ask it
+/// before anything else, so a device without pending changes pays nothing more).
+pub fn has_overlay(conn: &mut SqliteConnection) -> Result<bool> {
+    Ok(diesel::select(diesel::dsl::exists(outbox::table.filter(outbox::state.ne(FAILED))))
+        .get_result(conn)?)
+}
+
+/// Moves the pending entry `proposal_id` to [`OutboxState::Delivered`] with the last sequence
+/// the leader gave: no longer delivered, still in the overlay. Returns whether it was moved.
+pub fn mark_delivered(
+    conn: &mut SqliteConnection,
+    proposal_id: Uuid,
+    last_sequence: u64,
+) -> Result<bool> {
+    let last = crate::error::to_i64(last_sequence, "committed_last")?;
+    let updated = diesel::update(
+        outbox::table.find(proposal_id.to_string()).filter(outbox::state.eq(PENDING)),
+    )
+    .set((outbox::state.eq(DELIVERED), outbox::committed_last.eq(last)))
+    .execute(conn)?;
+    Ok(updated > 0)
+}
+
+/// Every entry, pending, delivered and failed, oldest first (what `lsync outbox list` shows).
 pub fn list_all(conn: &mut SqliteConnection) -> Result<Vec<OutboxEntry>> {
     outbox::table
         .select(columns())
@@ -310,7 +376,8 @@ pub fn record_failure(
     Ok(updated > 0)
 }
 
-/// The number of pending proposals (failed ones are not counted: see [`count_failed`]).
+/// The number of pending proposals (failed and delivered ones are not counted: see
+/// [`count_failed`]).
 pub fn count(conn: &mut SqliteConnection) -> Result<u64> {
     let count = outbox::table.filter(outbox::state.eq(PENDING)).count().get_result::<i64>(conn)?;
     crate::error::to_u64(count, "outbox count")

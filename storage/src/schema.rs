@@ -40,6 +40,17 @@ diesel::table! {
         state -> Text,
         failed_reason -> Nullable<Text>,
         failed_at_ms -> Nullable<BigInt>,
+        committed_last -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// The committed rows this device's pending changes overlay (local).
+    pending_undo (model_type, record_id) {
+        model_type -> Text,
+        record_id -> Text,
+        data -> Nullable<Binary>,
+        version -> Nullable<BigInt>,
     }
 }
 

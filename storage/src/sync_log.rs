@@ -494,3 +494,29 @@ pub(crate) fn fill_chain(conn: &mut SqliteConnection) -> Result<u64> {
     }
     Ok(filled)
 }
+
+/// The record `record_id` of `model_type` as the last log entry that wrote it left it (`None`
+/// if none did, or the last one deleted it): the default of [`crate::ModelHandler::load`]. A
+/// scan of the log.
+pub(crate) fn last_write(
+    conn: &mut SqliteConnection,
+    model_type: &str,
+    record_id: &str,
+) -> Result<Option<crate::model::StoredRecord>> {
+    let last = sync_log::table
+        .filter(sync_log::model_type.eq(model_type))
+        .filter(sync_log::record_id.eq(record_id))
+        .filter(sync_log::change_type.eq_any([
+            ChangeType::Insert.as_str(),
+            ChangeType::Update.as_str(),
+            ChangeType::Delete.as_str(),
+        ]))
+        .order(sync_log::sequence.desc())
+        .select((sync_log::change_type, sync_log::data, sync_log::version))
+        .first::<(String, Vec<u8>, i64)>(conn)
+        .optional()?;
+    Ok(last.and_then(|(change_type, data, version)| {
+        (change_type != ChangeType::Delete.as_str())
+            .then_some(crate::model::StoredRecord { data, version })
+    }))
+}

@@ -1,6 +1,6 @@
 //! [`TransactionManager`]: the leader's write path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use lsync_protocol::{ChainHash, ChangeType, Configuration, SyncLogEntry, SyncRole};
 use tokio::sync::broadcast;
@@ -12,6 +12,7 @@ use crate::change::{BulkOperation, Change};
 use crate::database::Database;
 use crate::error::{now_ms, Result, StorageError};
 use crate::model::ModelRegistry;
+use crate::pending::Rebase;
 use crate::sync_log::{LogHead, SyncLog};
 use crate::sync_state;
 
@@ -137,6 +138,8 @@ impl TransactionManager {
         let (library_id, term, entries, prev) = self.db.write(|conn| {
             let state = leader_state(conn, device_id)?;
             let term = state.current_term;
+            let touched = crate::pending::keys_of_changes(&changes);
+            let rebase = Rebase::begin(conn, registry, touched, &HashSet::new())?;
             let (entries, prev) = write_changes(
                 conn,
                 registry,
@@ -145,6 +148,9 @@ impl TransactionManager {
                 None,
                 changes.into_iter().map(|c| (c, false)),
             )?;
+            if let Some(rebase) = rebase {
+                rebase.finish(conn, registry)?;
+            }
             Ok((state.library_id, term, entries, prev))
         })?;
         self.emit(library_id, term, prev, &entries);
@@ -325,6 +331,7 @@ impl TransactionManager {
             .validate()
             .map_err(|e| StorageError::InvalidChange(format!("configuration: {e}")))?;
         let device_id = self.device_id;
+        let registry = self.db.registry();
         let (library_id, term, entry, prev) = self.db.write(|conn| {
             let state = leader_state(conn, device_id)?;
             let current = crate::membership::load(conn)?;
@@ -341,9 +348,14 @@ impl TransactionManager {
                 device_id,
                 configuration,
             );
+            let rebase = Rebase::begin(conn, registry, [], &HashSet::new())?;
             entry.hash = Some(SyncLog::insert_unchecked(conn, &prev.hash, &entry)?);
             crate::membership::install(conn, configuration, entry.sequence)?;
             sync_state::set_last_synced(conn, entry.sequence)?;
+            // delivered proposals this entry's sequence reaches leave the overlay
+            if let Some(rebase) = rebase {
+                rebase.finish(conn, registry)?;
+            }
             Ok((state.library_id, state.current_term, entry, prev))
         })?;
         tracing::info!(
@@ -505,7 +517,10 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Commits one proposal on `conn` (inside the group's transaction, in its own savepoint): the
-/// rules of [`TransactionManager::commit_proposal`].
+/// rules of [`TransactionManager::commit_proposal`]. If this device has pending changes (its
+/// overlay, docs/architecture.md, "Local-first writes"), the records the proposal writes are
+/// evaluated on their committed rows and the overlay is rebased over them; the proposal's own
+/// outbox entry, if this device queued it, leaves the overlay once the log holds it.
 fn commit_one(
     conn: &mut SqliteConnection,
     registry: &ModelRegistry,
@@ -515,6 +530,25 @@ fn commit_one(
     changes: Vec<Change>,
 ) -> Result<Committed> {
     let state = leader_state(conn, device_id)?;
+    let touched = crate::pending::keys_of_changes(&changes);
+    let rebase = Rebase::begin(conn, registry, touched, &HashSet::from([proposal_id]))?;
+    let committed =
+        commit_one_committed(conn, registry, state, proposal_id, origin_device, changes)?;
+    if let Some(rebase) = rebase {
+        rebase.finish(conn, registry)?;
+    }
+    Ok(committed)
+}
+
+/// [`commit_one`] on the committed rows.
+fn commit_one_committed(
+    conn: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    state: sync_state::SyncState,
+    proposal_id: Uuid,
+    origin_device: Uuid,
+    changes: Vec<Change>,
+) -> Result<Committed> {
     let term = state.current_term;
     let present = SyncLog::proposal_entries(conn, proposal_id)?;
     if let (Some(first), Some(last)) = (present.first(), present.last()) {

@@ -14,6 +14,13 @@
 //!    is compared row by row with the replica. Tables that bulk jobs write locally (the model
 //!    types named by a Bulk entry: the leader did the operation itself and a follower runs a
 //!    local job, neither of which is in the log) are excluded and named.
+//!    **This device's pending changes** (the pending overlay, docs/architecture.md, "Local-first
+//!    writes": outbox entries pending or delivered) are part of what the tables show: before the
+//!    comparison, each captured committed row (`pending_undo`) is checked against the replay
+//!    (it must be the committed row), every record an overlay change writes must have one, and
+//!    the overlay's changes are then applied to the replica in outbox order by the same code the
+//!    device uses. So the tables must equal the replay of the log with the pending changes on
+//!    top.
 //!
 //! The database is opened with `mode=ro` (a URI filename): nothing is written to it, and a
 //! running daemon's committed transactions, in its WAL, are seen. The read transaction holds
@@ -79,6 +86,17 @@ pub enum Problem {
         /// The handler's error.
         reason: String,
     },
+    /// The pending overlay's record of the committed row of a record is wrong: the captured
+    /// row differs from the replay of the log, or a pending change writes a record with no
+    /// captured row.
+    Pending {
+        /// The model type.
+        model_type: String,
+        /// The record.
+        record_id: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A row of a model table differs from the replay of the log (or is only on one side).
     RowDiffers {
         /// The model table.
@@ -104,6 +122,7 @@ impl Problem {
             | Self::Unreadable { sequence, .. }
             | Self::Replay { sequence, .. } => Some(*sequence),
             Self::RowDiffers { sequence, .. } => *sequence,
+            Self::Pending { .. } => None,
         }
     }
 }
@@ -126,6 +145,9 @@ impl std::fmt::Display for Problem {
             }
             Self::Replay { sequence, reason } => {
                 write!(f, "sequence {sequence}: the entry cannot be replayed: {reason}")
+            }
+            Self::Pending { model_type, record_id, reason } => {
+                write!(f, "pending change of {model_type} {record_id:?}: {reason}")
             }
             Self::RowDiffers { table, key, sequence, stored, replayed } => {
                 if let Some(sequence) = sequence {
@@ -174,6 +196,9 @@ pub struct VerifyReport {
     pub tables_excluded: Vec<ExcludedTable>,
     /// Model types of log entries that no registered handler knows: not replayed.
     pub unregistered_models: Vec<String>,
+    /// This device's pending proposals (outbox entries pending or delivered) whose changes were
+    /// applied over the replay before the tables were compared.
+    pub pending_proposals: u64,
     /// What is wrong, in the order found (log, then tables), at most [`MAX_PROBLEMS`].
     pub problems: Vec<Problem>,
     /// Problems found beyond [`MAX_PROBLEMS`].
@@ -218,6 +243,7 @@ pub fn verify(path: &Path, registry: &ModelRegistry) -> Result<VerifyReport> {
         tables_checked: Vec::new(),
         tables_excluded: Vec::new(),
         unregistered_models: Vec::new(),
+        pending_proposals: 0,
         problems: Vec::new(),
         more_problems: 0,
     };
@@ -231,6 +257,7 @@ pub fn verify(path: &Path, registry: &ModelRegistry) -> Result<VerifyReport> {
             ));
         }
         let bulk = check_log(source, replica.conn(), registry, &mut report)?;
+        overlay_pending(source, replica.conn(), registry, &mut report)?;
         compare_tables(source, replica.conn(), registry, &bulk, &mut report)
     })?;
     Ok(report)
@@ -396,6 +423,73 @@ fn replay(
         }
     }
     Ok(())
+}
+
+/// Checks the pending overlay's captured rows against the replay (which holds the committed
+/// rows now), then applies the overlay's changes to the replica, in outbox order. A database no
+/// daemon of this version opened yet has no overlay.
+fn overlay_pending(
+    source: &mut SqliteConnection,
+    replica: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    if !column_exists(source, "outbox", "committed_last")? {
+        return Ok(());
+    }
+    let undo = crate::pending::undo_rows(source)?;
+    let mut captured = std::collections::HashSet::new();
+    for (model_type, record_id, stored) in undo {
+        let Some(handler) = registry.handler(&model_type) else { continue };
+        // A handler reading its rows from the log (the default `load`) cannot read the
+        // replica: its captured rows are not checked.
+        if let Ok(replayed) = handler.load(replica, &record_id) {
+            if replayed != stored {
+                let show = |r: &Option<crate::StoredRecord>| {
+                    r.as_ref().map_or("absent".to_owned(), |r| format!("version {}", r.version))
+                };
+                report.push(Problem::Pending {
+                    model_type: model_type.clone(),
+                    record_id: record_id.clone(),
+                    reason: format!(
+                        "the captured committed row ({}) is not the replay of the log ({})",
+                        show(&stored),
+                        show(&replayed)
+                    ),
+                });
+            }
+        }
+        captured.insert((model_type, record_id));
+    }
+    let overlay = crate::outbox::overlay(source)?;
+    report.pending_proposals = overlay.len() as u64;
+    replica.transaction(|replica| {
+        for entry in &overlay {
+            for change in &entry.changes {
+                let Some(handler) = registry.handler(&change.model_type) else { continue };
+                if !matches!(
+                    change.change_type,
+                    ChangeType::Insert | ChangeType::Update | ChangeType::Delete
+                ) {
+                    continue;
+                }
+                let key = (change.model_type.clone(), change.record_id.clone());
+                if !captured.contains(&key) {
+                    captured.insert(key);
+                    report.push(Problem::Pending {
+                        model_type: change.model_type.clone(),
+                        record_id: change.record_id.clone(),
+                        reason: format!(
+                            "proposal {} changes it but its committed row was not captured",
+                            entry.proposal_id
+                        ),
+                    });
+                }
+                crate::pending::apply_change(replica, handler, change)?;
+            }
+        }
+        Ok::<_, StorageError>(())
+    })
 }
 
 #[derive(QueryableByName)]

@@ -429,3 +429,70 @@ async fn a_majority_write_is_answered_once_a_majority_holds_it_else_pending() {
         "asked again, the same id is answered from the log"
     );
 }
+
+/// Local-first writes (docs/architecture.md, "Local-first writes"): a follower cut off from the
+/// leader shows each of its own writes in its tables as soon as the write returns; after
+/// healing each is committed once and every device ends identical (issue 18).
+#[actix_rt::test]
+async fn a_follower_cut_off_from_the_leader_sees_its_own_writes_at_once_and_they_commit_once() {
+    use lsync::crates::storage::{decode, ModelHandler, TagHandler};
+    let cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    cluster.node(0).write(lib, vec![tag("shared", "before")]).await.unwrap();
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    let infos: Vec<_> = (0..3).map(|i| cluster.node(i).device_info()).collect();
+    // node 2 alone: no leader it can reach, and no majority to elect one
+    for other in [0, 1] {
+        cluster.node(2).network().remove_member(lib, infos[other].peer_id).await.unwrap();
+        cluster.node(other).network().remove_member(lib, infos[2].peer_id).await.unwrap();
+    }
+    let db = cluster.node(2).database(lib).unwrap();
+    let shown = |id: &str| {
+        db.with_reader(|conn| TagHandler.load(conn, id))
+            .unwrap()
+            .map(|s| decode::<Tag>(&s.data).unwrap().name)
+    };
+    let committed_before = cluster.last_sequence(2, lib);
+    for i in 0..100 {
+        let out =
+            cluster.node(2).write(lib, vec![tag(&format!("offline{i}"), "alone")]).await.unwrap();
+        assert!(matches!(out, WriteOutcome::Queued { .. }), "write {i}: {out:?}");
+        assert_eq!(shown(&format!("offline{i}")).as_deref(), Some("alone"), "write {i}");
+    }
+    let out = cluster.node(2).write(lib, vec![tag("shared", "edited offline")]).await.unwrap();
+    assert!(matches!(out, WriteOutcome::Queued { .. }), "{out:?}");
+    assert_eq!(shown("shared").as_deref(), Some("edited offline"));
+    assert_eq!(cluster.last_sequence(2, lib), committed_before, "the log stays committed-only");
+    assert_eq!(cluster.node(2).status(lib).await.unwrap().outbox_pending, 101);
+    let report = lsync::crates::storage::verify(db.path(), db.registry()).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.pending_proposals, 101);
+    // the other side goes on meanwhile
+    cluster.node(0).write(lib, vec![tag("leader-side", "x")]).await.unwrap();
+
+    // heal
+    for other in [0, 1] {
+        let (a, b) = (&infos[other], &infos[2]);
+        cluster.node(2).network().add_member(lib, a.peer_id, a.addresses.clone()).await.unwrap();
+        cluster
+            .node(other)
+            .network()
+            .add_member(lib, b.peer_id, b.addresses.clone())
+            .await
+            .unwrap();
+    }
+    wait_until("node 2's outbox is empty", || async { db.outbox_list_all().unwrap().is_empty() })
+        .await;
+    let (leader, _) = cluster.wait_for_leader(lib, &[0, 1, 2], 0).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    cluster.assert_converged(lib, leader, &others).await;
+    for i in 0..3 {
+        let (ids, doubles) = tags_and_counts(&cluster, i, lib);
+        assert_eq!(ids.len(), 102, "node {i}: {ids:?}");
+        assert!(doubles.iter().all(|(id, _)| id == "shared"), "node {i}: {doubles:?}");
+    }
+    assert!(cluster.dump(0, lib)["tag"].iter().any(|r| r.contains("edited offline")));
+    assert!(db.pending_undo().unwrap().is_empty());
+    let report = lsync::crates::storage::verify(db.path(), db.registry()).unwrap();
+    assert!(report.is_ok() && report.pending_proposals == 0, "{report:?}");
+}

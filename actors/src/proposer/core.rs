@@ -171,8 +171,10 @@ pub enum Command {
     ListOutbox,
     /// Deliver one proposal and call [`ProposerCore::delivered`] with the outcome.
     Deliver { proposal_id: Uuid, target: Target, changes: Vec<Change> },
-    /// Remove a committed proposal from the outbox.
-    Remove { proposal_id: Uuid },
+    /// A leader committed the proposal, as far as `last_sequence` of its log: settle it in the
+    /// outbox (it leaves the outbox and the pending overlay once this device's log reaches
+    /// that sequence, `Database::outbox_settle`).
+    Remove { proposal_id: Uuid, last_sequence: u64 },
     /// Move a proposal refused for good to the outbox's `failed` state, with the reason;
     /// count it and tell the host (it is no longer delivered).
     MarkFailed { proposal_id: Uuid, reason: String },
@@ -333,7 +335,9 @@ impl<R: Rng> ProposerCore<R> {
         if let Some((_, outcome)) = self.recent.iter().find(|(p, _)| *p == proposal_id) {
             let answer = Command::Answer { token, outcome: outcome.clone() };
             return match outcome {
-                SubmitOutcome::Committed { .. } => vec![Command::Remove { proposal_id }, answer],
+                SubmitOutcome::Committed { last, .. } => {
+                    vec![Command::Remove { proposal_id, last_sequence: *last }, answer]
+                }
                 SubmitOutcome::Queued | SubmitOutcome::Refused(_) => vec![answer],
             };
         }
@@ -381,7 +385,7 @@ impl<R: Rng> ProposerCore<R> {
         match delivery {
             Delivery::Committed { first, last } => {
                 self.retries.remove(&proposal_id);
-                out.push(Command::Remove { proposal_id });
+                out.push(Command::Remove { proposal_id, last_sequence: last });
                 self.answer(&mut out, proposal_id, SubmitOutcome::Committed { first, last });
             }
             Delivery::Refused(reason) => {
@@ -569,13 +573,19 @@ mod tests {
         let out = c.delivered(Uuid::from_u128(1), Delivery::Committed { first: 5, last: 5 }, now);
         assert_eq!(
             out,
-            vec![Command::Remove { proposal_id: Uuid::from_u128(1) }, deliver(2, target)]
+            vec![
+                Command::Remove { proposal_id: Uuid::from_u128(1), last_sequence: 5 },
+                deliver(2, target)
+            ]
         );
         let out = c.delivered(Uuid::from_u128(2), Delivery::Committed { first: 6, last: 6 }, now);
         // done; the leader change during the round starts one more
         assert_eq!(
             out,
-            vec![Command::Remove { proposal_id: Uuid::from_u128(2) }, Command::ListOutbox]
+            vec![
+                Command::Remove { proposal_id: Uuid::from_u128(2), last_sequence: 6 },
+                Command::ListOutbox
+            ]
         );
     }
 
@@ -607,7 +617,10 @@ mod tests {
         assert_eq!(*next, deliver(2, target.clone()));
         let first = now + *retry_in;
         let out = c.delivered(Uuid::from_u128(2), Delivery::Committed { first: 1, last: 1 }, now);
-        assert_eq!(out, vec![Command::Remove { proposal_id: Uuid::from_u128(2) }]);
+        assert_eq!(
+            out,
+            vec![Command::Remove { proposal_id: Uuid::from_u128(2), last_sequence: 1 }]
+        );
         assert_eq!(c.next_deadline(), Some(first), "the next round when entry 1 is due");
         assert!(c.tick(first - MS).is_empty(), "not yet");
         assert_eq!(c.tick(first), vec![Command::ListOutbox]);
@@ -777,7 +790,7 @@ mod tests {
         assert_eq!(
             c.submitted(Uuid::from_u128(1), 3),
             vec![
-                Command::Remove { proposal_id: Uuid::from_u128(1) },
+                Command::Remove { proposal_id: Uuid::from_u128(1), last_sequence: 4 },
                 Command::Answer {
                     token: 3,
                     outcome: SubmitOutcome::Committed { first: 4, last: 4 }
@@ -799,12 +812,12 @@ mod tests {
         assert_eq!(c.submitted(p, 1), vec![Command::ListOutbox]);
         assert_eq!(c.listed(vec![entry(1)], now), vec![deliver(1, target)]);
         let out = c.delivered(p, Delivery::Committed { first: 6, last: 6 }, now);
-        assert_eq!(out[0], Command::Remove { proposal_id: p });
+        assert_eq!(out[0], Command::Remove { proposal_id: p, last_sequence: 6 });
         // the same id again (the shell queued it anew): no round, the row goes, same answer
         assert_eq!(
             c.submitted(p, 2),
             vec![
-                Command::Remove { proposal_id: p },
+                Command::Remove { proposal_id: p, last_sequence: 6 },
                 Command::Answer {
                     token: 2,
                     outcome: SubmitOutcome::Committed { first: 6, last: 6 }
@@ -826,7 +839,10 @@ mod tests {
         let out = c.delivered(Uuid::from_u128(1), Delivery::Committed { first: 1, last: 1 }, now);
         assert_eq!(
             out,
-            vec![Command::Remove { proposal_id: Uuid::from_u128(1) }, Command::ListOutbox]
+            vec![
+                Command::Remove { proposal_id: Uuid::from_u128(1), last_sequence: 1 },
+                Command::ListOutbox
+            ]
         );
         assert_eq!(c.listed(vec![entry(2)], now), vec![deliver(2, target)]);
         let out = c.delivered(Uuid::from_u128(2), Delivery::Committed { first: 2, last: 2 }, now);

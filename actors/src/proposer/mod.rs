@@ -312,9 +312,12 @@ impl Proposer {
                     }
                     core.delivered(proposal_id, delivery, std::time::Instant::now())
                 }
-                Command::Remove { proposal_id } => {
-                    if let Err(e) = run_blocking(move || db.outbox_remove(proposal_id)).await {
-                        warn!(%library_id, error = %e, "cannot remove a delivered proposal from the outbox");
+                Command::Remove { proposal_id, last_sequence } => {
+                    // still shown (the pending overlay) until this device's log holds it
+                    if let Err(e) =
+                        run_blocking(move || db.outbox_settle(proposal_id, last_sequence)).await
+                    {
+                        warn!(%library_id, error = %e, "cannot settle a delivered proposal in the outbox");
                     }
                     Vec::new()
                 }
@@ -693,8 +696,12 @@ mod tests {
             assert_eq!(queued, Submitted::Queued { proposal_id: slow });
         }
         let all = db.outbox_list_all().unwrap();
-        assert_eq!(all.iter().map(|e| e.proposal_id).collect::<Vec<_>>(), vec![slow], "{all:?}");
-        assert_eq!(all[0].changes, change("slow"));
+        // the committed one stays shown (delivered) until this device's log holds it: the
+        // scripted leader never sends its entries
+        assert_eq!(all[0].proposal_id, id);
+        assert!(matches!(all[0].state, OutboxState::Delivered { .. }), "{all:?}");
+        assert_eq!(all[1..].iter().map(|e| e.proposal_id).collect::<Vec<_>>(), vec![slow]);
+        assert_eq!(all[1].changes, change("slow"));
         task.abort();
     }
 

@@ -8,6 +8,7 @@ mod convergence;
 mod database;
 mod membership;
 mod outbox;
+mod pending;
 mod proposals;
 mod repair;
 mod sync_log;

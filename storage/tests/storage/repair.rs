@@ -107,7 +107,16 @@ fn a_deposed_leaders_tail_is_re_proposed_and_the_rebuild_equals_the_leader() {
         }
     );
     assert_eq!(s.a.db.stashed_count().unwrap(), 0);
-    assert_eq!(s.a.db.dump().unwrap(), s.b.dump().unwrap(), "recovering writes no synced row");
+    let (mine, leaders) = (s.a.db.dump().unwrap(), s.b.dump().unwrap());
+    assert_eq!(mine["sync_log"], leaders["sync_log"], "recovering writes no log entry");
+    // the orphans are pending changes of A now: shown over the rebuilt rows at once
+    // (docs/architecture.md, "Local-first writes")
+    let shown = tags(&s.a.db);
+    assert!(shown.contains(&"'t1'|'a, later'|NULL|3".to_owned()), "{shown:?}");
+    assert!(shown.contains(&"'a12'|'a'|NULL|1".to_owned()), "{shown:?}");
+    assert_eq!(shown.len(), tags(&s.b).len() + 4, "the four orphaned inserts");
+    let report = lsync_storage::verify(s.a.db.path(), s.a.db.registry()).unwrap();
+    assert!(report.is_ok() && report.pending_proposals == 5, "{report:?}");
     let outbox = s.a.db.outbox_list().unwrap();
     assert_eq!(outbox.len(), 5, "one proposal per orphan");
     let orphaned: Vec<_> = outbox

@@ -1,0 +1,2 @@
+ALTER TABLE outbox DROP COLUMN committed_last;
+DROP TABLE pending_undo;
