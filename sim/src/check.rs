@@ -58,12 +58,31 @@ pub fn names_on(db: &Database) -> anyhow::Result<BTreeSet<String>> {
     Ok(names)
 }
 
+/// The outbox entries that are not failed: pending, or delivered and not yet in the log.
+pub fn live_outbox(db: &Database) -> anyhow::Result<Vec<lsync_storage::OutboxEntry>> {
+    let mut all = db.outbox_list_all()?;
+    all.retain(|e| !matches!(e.state, lsync_storage::OutboxState::Failed { .. }));
+    Ok(all)
+}
+
+/// What the device's tables must be — its committed log replayed with its pending changes on
+/// top (docs/architecture.md, "Local-first writes") — checked by `lsync verify`'s code on its
+/// files (read-only); `Err` names the first problem.
+pub fn tables_match_log_and_pending(db: &Database) -> Result<(), String> {
+    let report = lsync_storage::verify(db.path(), db.registry()).map_err(|e| e.to_string())?;
+    match report.problems.first() {
+        None => Ok(()),
+        Some(p) => Err(format!("{p:?}")),
+    }
+}
+
 /// The names of the workload's changes a device holds in its log, and in its outbox.
 pub fn names_held(db: &Database) -> anyhow::Result<(BTreeSet<String>, BTreeSet<String>)> {
     let logged: BTreeSet<String> =
         whole_log(db).map_err(anyhow::Error::msg)?.iter().filter_map(name_of).collect();
     let mut queued = BTreeSet::new();
-    for entry in db.outbox_list()? {
+    // pending and delivered entries (shown here, to be committed or settled); not the failed
+    for entry in live_outbox(db)? {
         for c in entry.changes {
             if let Ok(tag) = lsync_storage::decode::<lsync_storage::Tag>(&c.data) {
                 queued.insert(tag.name);
@@ -247,9 +266,9 @@ impl Checker {
             if p != last {
                 return Err(format!("device {i} is at {p:?}, the leader at {last:?}"));
             }
-            let queued = d.db().outbox_count().map_err(|e| e.to_string())?;
+            let queued = live_outbox(d.db()).map_err(|e| e.to_string())?.len();
             if queued > 0 {
-                return Err(format!("device {i} has {queued} proposals queued"));
+                return Err(format!("device {i} has {queued} proposals queued or delivered"));
             }
         }
         Ok(())
@@ -285,6 +304,9 @@ impl Checker {
                     other.len(),
                     prints.len()
                 ));
+            }
+            if let Err(p) = tables_match_log_and_pending(d.db()) {
+                failures.push(format!("device {i}'s tables are not its log and pending: {p}"));
             }
             let theirs = d.db().dump().map_err(|e| e.to_string())?;
             if theirs.get("tag") != tags.get("tag") {

@@ -1508,6 +1508,9 @@ impl Device {
         };
         for cmd in cmds {
             match cmd {
+                ProposerCommand::Redeliver => {
+                    let _ = self.db.outbox_redeliver_unheld();
+                }
                 ProposerCommand::ListOutbox => {
                     let r = self.db.outbox_list().map_err(err);
                     self.work.push_back(Work::Proposer(ProposerInput::Listed(r)));
@@ -1524,8 +1527,9 @@ impl Device {
                     let msg = propose(self.library_id, self.id, proposal_id, term, changes);
                     self.send(peer, msg, Pending::Propose(proposal_id));
                 }
-                ProposerCommand::Remove { proposal_id, .. } => {
-                    let _ = self.db.outbox_remove(proposal_id);
+                ProposerCommand::Remove { proposal_id, last_sequence } => {
+                    // still shown (the pending overlay) until this device's log holds it
+                    let _ = self.db.outbox_settle(proposal_id, last_sequence);
                 }
                 ProposerCommand::MarkFailed { proposal_id, reason } => {
                     let _ = self.db.outbox_mark_failed(proposal_id, &reason, self.now_ms);

@@ -575,6 +575,17 @@ impl World {
                         self.slots[ix].disk.backup(&db)?;
                     }
                 }
+                // Now and then (it replays the whole log): the device's tables are its
+                // committed log replayed with its pending changes on top.
+                if self.rng.gen_bool(0.05) {
+                    if let Some(d) = &self.slots[ix].device {
+                        if let Err(p) = crate::check::tables_match_log_and_pending(d.db()) {
+                            self.fail(format!(
+                                "device {ix}'s tables are not its log and pending changes: {p}"
+                            ));
+                        }
+                    }
+                }
                 if !self.draining {
                     let next = self.exp(Duration::from_millis(700));
                     self.after(next, Ev::Sync(ix));

@@ -56,10 +56,16 @@ fn run_options(options: impl IntoIterator<Item = Options>, known: &[(u64, &str)]
 }
 
 /// Seeds 1–60 with every fault kind (`--faults all`: power losses and restores of older copies
-/// too) that fail on an open defect (docs/testing.md, "Known defects"). None: the five listed
-/// before (16, 19, 20, 37, 45) pass since acknowledgements are durable (`synchronous = full`
-/// by default, a follower's batch fsynced and under its mark before it is acknowledged).
-const KNOWN_ALL_FAULTS: &[(u64, &str)] = &[];
+/// too) that fail on an open defect (docs/testing.md, "Known defects"). The five listed before
+/// (16, 19, 20, 37, 45) pass since acknowledgements are durable (`synchronous = full` by
+/// default, a follower's batch fsynced and under its mark before it is acknowledged); seed 13
+/// fails since local-first writes moved its schedule onto a liveness defect.
+const KNOWN_ALL_FAULTS: &[(u64, &str)] = &[(
+    13,
+    "liveness: after the founder is restored to a copy from before the others joined, the \
+     remaining voters' pre-votes never carry (a pre-vote granted by the other voter is not \
+     counted as won); under investigation",
+)];
 
 /// The first 60 seeds under every fault kind, power losses and restores included, with 8 s of
 /// faults, half the writes at the `majority` level (each checked at its answered sequences):

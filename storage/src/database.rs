@@ -732,10 +732,19 @@ impl Database {
         })
     }
 
+    /// Puts back to pending every delivered proposal this device's log does not hold whole:
+    /// at a new term (the proposer's `Command::Redeliver`), since the leader that answered it
+    /// committed may have lost it (a failover replaced its tail, its disk went back). Proposed
+    /// again, it commits once: the leader's log knows the proposal id. Returns how many moved.
+    pub fn outbox_redeliver_unheld(&self) -> Result<u64> {
+        self.write(crate::pending::redeliver_unheld)
+    }
+
     /// Proposal `proposal_id` was committed by a leader, as far as `last_sequence` of its log
     /// (the end of the proposal's entries, or the leader's last sequence if it wrote none): if
-    /// this device's log reaches that sequence, it leaves the outbox and the pending overlay
-    /// now; otherwise it moves to [`crate::OutboxState::Delivered`] — no longer delivered,
+    /// this device's log reaches that sequence and holds the whole proposal, it leaves the
+    /// outbox and the pending overlay now (a log that reached it without the proposal sends it
+    /// again: that leader's commit did not last); otherwise it moves to [`crate::OutboxState::Delivered`] — no longer delivered,
     /// still shown — and leaves once the applier brings the log there
     /// ([`crate::Applier::apply`]). A failed entry is not touched. Returns whether a pending or
     /// delivered entry was found.

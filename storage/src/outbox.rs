@@ -280,6 +280,22 @@ pub fn mark_delivered(
     Ok(updated > 0)
 }
 
+/// Puts the delivered entry `proposal_id` back to pending, due at once: the commit its leader
+/// answered did not last (this device's log reached its sequence without it). Returns whether
+/// a delivered entry was moved.
+pub fn redeliver(conn: &mut SqliteConnection, proposal_id: Uuid) -> Result<bool> {
+    let updated = diesel::update(
+        outbox::table.find(proposal_id.to_string()).filter(outbox::state.eq(DELIVERED)),
+    )
+    .set((
+        outbox::state.eq(PENDING),
+        outbox::committed_last.eq(None::<i64>),
+        outbox::next_attempt_ms.eq(now_ms()),
+    ))
+    .execute(conn)?;
+    Ok(updated > 0)
+}
+
 /// Every entry, pending, delivered and failed, oldest first (what `lsync outbox list` shows).
 pub fn list_all(conn: &mut SqliteConnection) -> Result<Vec<OutboxEntry>> {
     outbox::table

@@ -319,7 +319,19 @@ impl Rebase {
         let mut settled = 0;
         for entry in &self.candidates {
             let committed = match entry.state {
-                OutboxState::Delivered { last_sequence } => last_sequence <= last,
+                OutboxState::Delivered { last_sequence } if last_sequence <= last => {
+                    if !held_whole(conn, entry)? {
+                        // The log reached the leader's sequence without the proposal: that
+                        // leader's commit did not last (its tail was replaced after a failover,
+                        // or its disk went back). Proposed again — once: the log decides.
+                        outbox::redeliver(conn, entry.proposal_id)?;
+                        tracing::info!(proposal = %entry.proposal_id, at = last_sequence,
+                            "a delivered proposal is not in the log it reached: proposed again");
+                        continue;
+                    }
+                    true
+                }
+                OutboxState::Delivered { .. } => false,
                 _ => {
                     let present = SyncLog::proposal_entries(conn, entry.proposal_id)?;
                     !present.is_empty()
@@ -351,12 +363,43 @@ pub(crate) fn settle(
     let Some(entry) = outbox::get(conn, proposal_id)? else { return Ok(false) };
     match entry.state {
         OutboxState::Failed { .. } => Ok(false),
-        _ if SyncLog::last(conn)?.sequence >= last_sequence => {
+        _ if SyncLog::last(conn)?.sequence >= last_sequence && held_whole(conn, &entry)? => {
             around_entry(conn, registry, proposal_id, |conn| outbox::remove(conn, proposal_id))
         }
         OutboxState::Pending => outbox::mark_delivered(conn, proposal_id, last_sequence),
         OutboxState::Delivered { .. } => Ok(true),
     }
+}
+
+/// Puts back to pending every delivered proposal this device's log does not hold whole (see
+/// `Command::Redeliver` of the proposer): its leader's commit may not have lasted. Returns how
+/// many were moved.
+pub(crate) fn redeliver_unheld(conn: &mut SqliteConnection) -> Result<u64> {
+    let mut moved = 0;
+    for entry in outbox::overlay(conn)? {
+        if matches!(entry.state, OutboxState::Delivered { .. })
+            && !held_whole(conn, &entry)?
+            && outbox::redeliver(conn, entry.proposal_id)?
+        {
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
+
+/// Whether this device's log holds the whole of `entry`'s proposal: its entries (by proposal
+/// id) commit every change but deletes that may have been dropped (a delete of a record that
+/// did not exist writes no entry; a proposal of deletes only may write none, and counts as held).
+fn held_whole(conn: &mut SqliteConnection, entry: &OutboxEntry) -> Result<bool> {
+    let is_delete = |c: &crate::Change| c.change_type == lsync_protocol::ChangeType::Delete;
+    let present = SyncLog::proposal_entries(conn, entry.proposal_id)?;
+    if present.is_empty() {
+        return Ok(entry.changes.iter().all(is_delete));
+    }
+    Ok(match crate::transaction::missing_part(&entry.changes, &present) {
+        None => true,
+        Some(from) => entry.changes[from..].iter().all(is_delete),
+    })
 }
 
 /// At open: a database whose outbox holds entries but which remembers no committed row (its

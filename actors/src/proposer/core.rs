@@ -178,6 +178,12 @@ pub enum Command {
     /// Move a proposal refused for good to the outbox's `failed` state, with the reason;
     /// count it and tell the host (it is no longer delivered).
     MarkFailed { proposal_id: Uuid, reason: String },
+    /// A term began: the outbox's delivered proposals that this device's log does not hold go
+    /// back to pending (`Database::outbox_redeliver_unheld`) — the leader that answered them
+    /// committed may have lost them (its tail replaced after a failover, its disk gone back);
+    /// proposed again, they commit once (the log knows the proposal id). Comes before the
+    /// round's [`Command::ListOutbox`].
+    Redeliver,
     /// Record a failed attempt on a proposal (it stays pending); it is tried again in
     /// `retry_in` (or sooner, under a new leader).
     RecordFailure { proposal_id: Uuid, reason: String, retry_in: Duration },
@@ -316,8 +322,11 @@ impl<R: Rng> ProposerCore<R> {
         if view != self.leader {
             self.retries.clear();
         }
+        let new_term = view.term != self.leader.term;
         self.leader = view;
-        self.start_round()
+        let mut out = if new_term { vec![Command::Redeliver] } else { Vec::new() };
+        out.extend(self.start_round());
+        out
     }
 
     /// The library's members (device → peer) changed.
@@ -594,7 +603,7 @@ mod tests {
         let (mut c, me) = core();
         assert_eq!(
             c.set_leader(LeaderView { term: 2, leader: Some(me) }),
-            vec![Command::ListOutbox]
+            vec![Command::Redeliver, Command::ListOutbox]
         );
         assert_eq!(c.listed(vec![entry(1)], Instant::now()), vec![deliver(1, Target::Local)]);
     }
@@ -665,7 +674,10 @@ mod tests {
         // the same leader in a new term (e.g. restarted, upgraded): entry 1 goes at once
         let Target::Remote { peer, .. } = target else { unreachable!() };
         let leader = c.status().leader.leader;
-        assert_eq!(c.set_leader(LeaderView { term: 4, leader }), vec![Command::ListOutbox]);
+        assert_eq!(
+            c.set_leader(LeaderView { term: 4, leader }),
+            vec![Command::Redeliver, Command::ListOutbox]
+        );
         assert_eq!(
             c.listed(vec![entry(1)], now + MS),
             vec![deliver(1, Target::Remote { peer, term: 4 })]

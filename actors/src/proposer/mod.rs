@@ -297,6 +297,18 @@ impl Proposer {
                         core.list_failed(std::time::Instant::now())
                     }
                 },
+                Command::Redeliver => {
+                    match run_blocking(move || db.outbox_redeliver_unheld()).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            info!(%library_id, proposals = n, "a new term: delivered proposals this log does not hold are proposed again")
+                        }
+                        Err(e) => {
+                            warn!(%library_id, error = %e, "cannot look over the delivered proposals")
+                        }
+                    }
+                    Vec::new()
+                }
                 Command::Deliver { proposal_id, target, changes } => {
                     let delivery = self.deliver(proposal_id, target, changes).await;
                     match &delivery {

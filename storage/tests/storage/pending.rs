@@ -274,3 +274,52 @@ fn changes_queued_before_the_upgrade_are_shown_at_the_next_open() {
     assert_eq!(shown(&db, "t1"), committed("queued before", 2));
     assert_eq!(verifies(&db), 1);
 }
+
+/// A leader answered a proposal committed and then lost it (a failover replaced its tail, or
+/// its disk went back): this device's log reaches the answered sequence without the proposal.
+/// The delivered entry goes back to pending — still shown, proposed again — never dropped.
+#[test]
+fn a_delivered_proposal_the_log_reached_without_it_is_proposed_again() {
+    let dir = TempDir::new().unwrap();
+    let (l, f) = library(&dir);
+    let db = f.database();
+    let p = Uuid::new_v4();
+    let mine = vec![Change::update(&tag("t1", "mine"))];
+    db.outbox_push(p, &mine).unwrap();
+    // the leader answered "committed at 2" — and that commit did not last
+    assert!(db.outbox_settle(p, 2).unwrap());
+    assert_eq!(
+        db.outbox_get(p).unwrap().unwrap().state,
+        OutboxState::Delivered { last_sequence: 2 }
+    );
+    // the log reaches 2 with another entry
+    l.tm.commit(Change::insert(&tag("t9", "someone else's"))).unwrap();
+    catch_up(&l.db, &f, 100);
+    assert_eq!(db.last_position().unwrap().sequence, 2);
+    assert_eq!(db.outbox_get(p).unwrap().unwrap().state, OutboxState::Pending, "proposed again");
+    assert_eq!(db.outbox_count().unwrap(), 1);
+    assert_eq!(shown(db, "t1"), committed("mine", 2), "still shown");
+    assert_eq!(verifies(db), 1);
+    // committed for real this time: gone from the outbox once the log holds it
+    let outcome = l.tm.commit_proposal(p, device(&f), mine).unwrap();
+    catch_up(&l.db, &f, 100);
+    assert!(!db.outbox_settle(p, outcome.last_sequence).unwrap_or(false));
+    assert_eq!(db.outbox_list_all().unwrap(), vec![]);
+    assert_eq!(db.dump().unwrap(), l.db.dump().unwrap());
+}
+
+/// At a new term, a delivered proposal this log does not hold goes back to pending (the leader
+/// that answered may have lost it); one the log holds is left to settle.
+#[test]
+fn a_new_term_sends_again_the_delivered_proposals_this_log_does_not_hold() {
+    let dir = TempDir::new().unwrap();
+    let (_l, f) = library(&dir);
+    let db = f.database();
+    let p = Uuid::new_v4();
+    db.outbox_push(p, &[Change::update(&tag("t1", "mine"))]).unwrap();
+    assert!(db.outbox_settle(p, 40).unwrap(), "answered committed at 40, far ahead");
+    assert_eq!(db.outbox_redeliver_unheld().unwrap(), 1);
+    assert_eq!(db.outbox_get(p).unwrap().unwrap().state, OutboxState::Pending);
+    assert_eq!(shown(db, "t1"), committed("mine", 2), "still shown");
+    assert_eq!(db.outbox_redeliver_unheld().unwrap(), 0, "nothing delivered any more");
+}
