@@ -1103,6 +1103,13 @@ impl Device {
             new.iter().filter(|(p, _)| !members.contains_key(p)).map(|(p, d)| (*p, *d)).collect();
         self.peers.set_members(new);
         self.commit_watch = if m.previous_voters.is_some() { m.voters_since } else { u64::MAX };
+        // also when the leader's commit reached it before it was watched, as the follower
+        // actor tells it (`check_commit_watch`)
+        if self.leader_commit >= self.commit_watch {
+            self.work.push_back(Work::FollowerMembership(FollowerMembership::Committed(
+                self.leader_commit,
+            )));
+        }
         let sequence = m.sequence;
         self.membership = m;
         let gen = self.role_gen;
