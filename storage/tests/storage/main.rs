@@ -6,6 +6,7 @@ mod commit;
 mod common;
 mod convergence;
 mod database;
+mod fields;
 mod membership;
 mod outbox;
 mod pending;
