@@ -7,6 +7,7 @@ mod common;
 mod convergence;
 mod database;
 mod fields;
+mod hlc;
 mod membership;
 mod outbox;
 mod pending;
