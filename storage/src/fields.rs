@@ -132,6 +132,26 @@ mod tests {
         assert_eq!(tag, Tag { id: "t1".into(), name: "new".into(), color: Some("#ff0000".into()) });
     }
 
+    /// The example of docs/protocol.md (`Propose`, field-level changes), byte for byte.
+    #[test]
+    fn the_documented_patch_encoding_is_what_update_fields_writes() {
+        let change =
+            crate::Change::update_fields("tag", "t1", &serde_json::json!({ "color": "#ff0000" }));
+        let documented = [
+            0x81, 0xa5, 0x63, 0x6f, 0x6c, 0x6f, 0x72, 0xa7, 0x23, 0x66, 0x66, 0x30, 0x30, 0x30,
+            0x30,
+        ];
+        assert_eq!(change.data, documented);
+        let merged = merge(&tag("a", None), &documented).unwrap();
+        let mut expected = vec![0x83];
+        expected.extend_from_slice(&encode(&"id")[..]);
+        expected.extend_from_slice(&encode(&"t1")[..]);
+        expected.extend_from_slice(&encode(&"name")[..]);
+        expected.extend_from_slice(&encode(&"a")[..]);
+        expected.extend_from_slice(&documented[1..]);
+        assert_eq!(merged, expected, "header, then the record's fields in order");
+    }
+
     #[test]
     fn merge_can_set_a_field_to_nil() {
         let merged =
