@@ -104,6 +104,7 @@ pub fn change_type_name(change_type: ChangeType) -> &'static str {
         ChangeType::Update => "Update",
         ChangeType::Delete => "Delete",
         ChangeType::Bulk => "Bulk",
+        ChangeType::Patch => "Patch",
         ChangeType::Config => "Config",
         ChangeType::Unknown => "Unknown",
     }

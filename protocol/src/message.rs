@@ -42,6 +42,12 @@ pub enum ChangeType {
     /// Metadata of a large operation (e.g. indexing a location): followers run a local job
     /// instead of receiving rows.
     Bulk,
+    /// A field-level update, in a proposal only (never a log entry): `data` is a MessagePack
+    /// map of the fields it sets, by name, each value encoded as in the whole record. The
+    /// leader merges the fields into the record's current row and commits the result as an
+    /// `Update` of the whole record (docs/protocol.md, `Propose`). An older build decodes it
+    /// as `Unknown` and refuses the proposal (§11).
+    Patch,
     /// A configuration entry: `data` is the library's whole membership
     /// ([`crate::Configuration`]). Every leader's first entry of its term is one (restating
     /// the configuration when it does not change it).
@@ -61,6 +67,7 @@ impl ChangeType {
             Self::Update => "update",
             Self::Delete => "delete",
             Self::Bulk => "bulk",
+            Self::Patch => "patch",
             Self::Config => "config",
             Self::Unknown => "unknown",
         }
@@ -73,6 +80,7 @@ impl ChangeType {
             "update" => Self::Update,
             "delete" => Self::Delete,
             "bulk" => Self::Bulk,
+            "patch" => Self::Patch,
             "config" => Self::Config,
             _ => return None,
         })
@@ -158,9 +166,10 @@ pub struct ProposedChange {
     pub model_type: String,
     /// Primary key of the record.
     pub record_id: String,
-    /// Insert, Update, Delete or Bulk.
+    /// Insert, Update, Patch, Delete or Bulk.
     pub change_type: ChangeType,
-    /// The record (Insert/Update) or bulk metadata, as MessagePack; empty for Delete.
+    /// The record (Insert/Update), the fields it sets (Patch: a map of field name to value),
+    /// or bulk metadata, as MessagePack; empty for Delete.
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }

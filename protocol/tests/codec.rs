@@ -47,6 +47,7 @@ fn change_type() -> impl Strategy<Value = ChangeType> {
         Just(ChangeType::Update),
         Just(ChangeType::Delete),
         Just(ChangeType::Bulk),
+        Just(ChangeType::Patch),
         Just(ChangeType::Config),
         Just(ChangeType::Unknown),
     ]

@@ -6,12 +6,13 @@ use lsync_protocol::{
 };
 use uuid::Uuid;
 
-/// The change types a log entry is stored with.
-const CHANGE_TYPES: [ChangeType; 5] = [
+/// The change types with a text form (`Patch` is never a log entry, but has one).
+const CHANGE_TYPES: [ChangeType; 6] = [
     ChangeType::Insert,
     ChangeType::Update,
     ChangeType::Delete,
     ChangeType::Bulk,
+    ChangeType::Patch,
     ChangeType::Config,
 ];
 
@@ -21,7 +22,7 @@ fn change_type_text_round_trips() {
         assert_eq!(ChangeType::parse(ct.as_str()), Some(ct));
     }
     let texts: Vec<&str> = CHANGE_TYPES.iter().map(|ct| ct.as_str()).collect();
-    assert_eq!(texts, ["insert", "update", "delete", "bulk", "config"]);
+    assert_eq!(texts, ["insert", "update", "delete", "bulk", "patch", "config"]);
 }
 
 #[test]

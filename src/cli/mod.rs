@@ -477,6 +477,8 @@ enum TagCommand {
 enum ChangeKind {
     Insert,
     Update,
+    /// Sets only the fields the JSON names (docs/architecture.md, "Field-level changes").
+    Patch,
     Delete,
 }
 
@@ -615,6 +617,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let change_type = match change {
                 ChangeKind::Insert => "insert",
                 ChangeKind::Update => "update",
+                ChangeKind::Patch => "patch",
                 ChangeKind::Delete => "delete",
             };
             let request = ChangeRequest {

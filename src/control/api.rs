@@ -271,10 +271,12 @@ pub struct ChangeRequest {
     /// The record's id; default: the `id` field of `data`.
     #[serde(default)]
     pub record_id: Option<String>,
-    /// `insert` (default), `update` or `delete`.
+    /// `insert` (default), `update`, `patch` or `delete`.
     #[serde(default)]
     pub change_type: Option<String>,
-    /// The whole record as a JSON object (Insert/Update); ignored for Delete.
+    /// The whole record as a JSON object (Insert/Update); the fields it sets (Patch: a JSON
+    /// object of field name to value, the others left as the leader has them,
+    /// docs/architecture.md "Field-level changes"); ignored for Delete.
     #[serde(default)]
     pub data: serde_json::Value,
     /// The write's proposal id, chosen by the client (`lsync put` always sends one); absent:
@@ -312,7 +314,8 @@ impl ChangeRequest {
             Some(t) => match ChangeType::parse(&t) {
                 Some(ChangeType::Bulk) | None => {
                     return Err(format!(
-                        "bad change_type {t:?}: use \"insert\", \"update\" or \"delete\""
+                        "bad change_type {t:?}: use \"insert\", \"update\", \"patch\" or \
+                         \"delete\""
                     ))
                 }
                 Some(ct) => ct,
@@ -336,6 +339,19 @@ impl ChangeRequest {
                 Tag::MODEL_TYPE => Change::delete::<Tag>(record_id),
                 _ => Change::delete::<Location>(record_id),
             });
+        }
+        if change_type == ChangeType::Patch {
+            let record_id = self
+                .record_id
+                .clone()
+                .or_else(|| self.data.get("id").and_then(|v| v.as_str()).map(str::to_owned))
+                .ok_or("a patch needs record_id (or data with an \"id\")")?;
+            let fields = self
+                .data
+                .as_object()
+                .filter(|fields| !fields.is_empty())
+                .ok_or("a patch's data must be a JSON object of the fields it sets")?;
+            return Ok(Change::update_fields(self.model_type.clone(), record_id, fields));
         }
         if !self.data.is_object() {
             return Err(format!("data must be a JSON object with the {} fields", self.model_type));
@@ -719,6 +735,24 @@ mod tests {
         assert!(e.contains("not a valid tag"), "{e}");
         let d = req("location", Some("delete"), serde_json::json!({"id": "l"})).to_change();
         assert_eq!(d.unwrap(), Change::delete::<Location>("l"));
+        let e = req("tag", Some("patch"), serde_json::json!({"name": "x"})).to_change();
+        assert!(e.unwrap_err().contains("a patch needs record_id"));
+    }
+
+    #[test]
+    fn a_patch_carries_only_the_fields_it_sets() {
+        let req = ChangeRequest {
+            model_type: "tag".into(),
+            record_id: Some("t1".into()),
+            change_type: Some("patch".into()),
+            data: serde_json::json!({"color": "#ff0000"}),
+            proposal_id: None,
+            durability: None,
+        };
+        let change = req.to_change().unwrap();
+        let expected = Change::update_fields("tag", "t1", &serde_json::json!({"color": "#ff0000"}));
+        assert_eq!(change, expected);
+        assert_eq!(lsync_storage::fields::patch_fields(&change.data), ["color"]);
     }
 
     #[test]

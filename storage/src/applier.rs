@@ -80,6 +80,7 @@ impl Applier {
     /// Nothing of the batch is applied on any error: [`StorageError::UpgradeNeeded`] for an
     /// entry of a change type this build does not know or a configuration it cannot read,
     /// [`StorageError::UnknownModel`] if any entry's model type is not registered,
+    /// [`StorageError::InvalidChange`] for a Patch entry (no leader writes one),
     /// [`StorageError::Diverged`] if an overlapping entry has another term,
     /// [`StorageError::ChainMismatch`] if an entry carries another hash than this log's (an
     /// overlapping entry: the local one's; a new one: the one computed after the local log) —
@@ -105,6 +106,13 @@ impl Applier {
                         sequence: entry.sequence,
                         reason: "its change type is unknown to this build".to_owned(),
                     })
+                }
+                ChangeType::Patch => {
+                    return Err(StorageError::InvalidChange(format!(
+                        "entry {} is a Patch: a leader commits a patch as an Update, never as an \
+                         entry",
+                        entry.sequence
+                    )))
                 }
                 ChangeType::Config => {
                     latest_config = Some((entry.sequence, membership::check_entry(entry)?));

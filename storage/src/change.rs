@@ -11,9 +11,10 @@ pub struct Change {
     pub model_type: String,
     /// The record's primary key.
     pub record_id: String,
-    /// Insert, Update or Delete (a Bulk change is committed like [`BulkOperation`]).
+    /// Insert, Update, Patch or Delete (a Bulk change is committed like [`BulkOperation`]).
     pub change_type: ChangeType,
-    /// The whole record (`encode`d) for Insert/Update, empty for Delete.
+    /// The whole record (`encode`d) for Insert/Update, the fields it sets for Patch (a
+    /// MessagePack map of field name to value, [`crate::fields`]), empty for Delete.
     pub data: Vec<u8>,
 }
 
@@ -38,6 +39,30 @@ impl Change {
         }
     }
 
+    /// Sets some fields of record `record_id` of model type `model_type`, leaving the others as
+    /// they are when the leader commits it (docs/architecture.md, "Field-level changes"):
+    /// `fields` serializes as a map of field name to value, each value as the record's own
+    /// encoding has it — e.g. `serde_json::json!({"name": "Work"})` or a struct of those
+    /// fields. A [`ChangeType::Patch`]: the leader merges it into the record's current row and
+    /// commits a whole-record Update, so two devices that set different fields of one record
+    /// both keep their edit. The record must exist (a patch of a missing record is dropped, as
+    /// a delete of one is) and have every field named.
+    ///
+    /// Checked when it is written (`InvalidChange` unless `fields` is a non-empty map, and
+    /// unless the merged record is valid).
+    pub fn update_fields<F: serde::Serialize + ?Sized>(
+        model_type: impl Into<String>,
+        record_id: impl Into<String>,
+        fields: &F,
+    ) -> Change {
+        Change {
+            model_type: model_type.into(),
+            record_id: record_id.into(),
+            change_type: ChangeType::Patch,
+            data: encode(fields),
+        }
+    }
+
     /// Deletes record `record_id` of model `M` (which must exist).
     pub fn delete<M: Syncable>(record_id: impl Into<String>) -> Change {
         Change {
@@ -53,7 +78,9 @@ impl Change {
     /// Whether `self` is, under the proposal rule (docs/architecture.md, "Concurrent
     /// changes"), the change to record `record_id` of `model_type` of type `change_type` with
     /// `data`: the same record and data, and the same kind of change — an Insert and an Update
-    /// are one kind, since the rule turns either into the other.
+    /// are one kind, since the rule turns either into the other. A Patch is committed as an
+    /// Update whose data holds the patch's fields with the patch's values (the other fields are
+    /// the row's at the leader then): compared by those fields.
     pub(crate) fn same_as(
         &self,
         model_type: &str,
@@ -65,10 +92,14 @@ impl Change {
             ChangeType::Insert | ChangeType::Update => ChangeType::Update,
             other => other,
         };
-        self.model_type == model_type
-            && self.record_id == record_id
-            && kind(self.change_type) == kind(change_type)
-            && self.data == data
+        if self.model_type != model_type || self.record_id != record_id {
+            return false;
+        }
+        if self.change_type == ChangeType::Patch {
+            return change_type == ChangeType::Update
+                && crate::fields::fields_match(data, &self.data);
+        }
+        kind(self.change_type) == kind(change_type) && self.data == data
     }
 }
 

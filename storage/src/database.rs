@@ -753,6 +753,46 @@ impl Database {
         self.write(|conn| crate::pending::settle(conn, registry, proposal_id, last_sequence))
     }
 
+    /// The next hybrid logical clock timestamp of this device (docs/architecture.md, "Hybrid
+    /// logical clock"): later than every one it issued before — across restarts, whatever its
+    /// wall clock did — and than every one it observed ([`Database::hlc_observe`]). Kept in
+    /// the local table `hlc_state` in the same transaction.
+    ///
+    /// # Errors
+    /// [`StorageError::NotInitialized`] before the sync state exists (the timestamp names the
+    /// device).
+    pub fn hlc_tick(&self) -> Result<crate::hlc::Hlc> {
+        let now = u64::try_from(crate::error::now_ms()).unwrap_or(0);
+        self.write(|conn| {
+            let device =
+                crate::sync_state::load(conn)?.ok_or(StorageError::NotInitialized)?.device_id;
+            let mut clock = crate::hlc::HybridClock::new(device, crate::hlc::load(conn)?);
+            let next = clock.tick(now);
+            crate::hlc::store(conn, next)?;
+            Ok(next)
+        })
+    }
+
+    /// Takes in a timestamp another device issued: every timestamp [`Database::hlc_tick`] issues
+    /// afterwards is later, unless it lies more than [`crate::hlc::MAX_DRIFT_MS`] ahead of this
+    /// device's clock (then it is ignored).
+    ///
+    /// # Errors
+    /// [`StorageError::NotInitialized`] before the sync state exists.
+    pub fn hlc_observe(&self, remote: crate::hlc::Hlc) -> Result<crate::hlc::Observed> {
+        let now = u64::try_from(crate::error::now_ms()).unwrap_or(0);
+        self.write(|conn| {
+            let device =
+                crate::sync_state::load(conn)?.ok_or(StorageError::NotInitialized)?.device_id;
+            let mut clock = crate::hlc::HybridClock::new(device, crate::hlc::load(conn)?);
+            let observed = clock.observe(remote, now);
+            if observed == crate::hlc::Observed::Merged {
+                crate::hlc::store(conn, clock.last())?;
+            }
+            Ok(observed)
+        })
+    }
+
     /// The pending overlay's captured committed rows: (model type, record id, the committed
     /// row or `None` if the record does not exist committed), by model type and record id
     /// (docs/architecture.md, "Local-first writes"). For tests and diagnostics.

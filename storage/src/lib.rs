@@ -53,6 +53,8 @@ mod change;
 mod database;
 pub mod devices;
 mod error;
+pub mod fields;
+pub mod hlc;
 pub mod invitations;
 pub mod local_jobs;
 pub mod membership;

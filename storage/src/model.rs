@@ -33,6 +33,8 @@ pub trait ModelHandler: Send + Sync + 'static {
     fn migrate(&self, conn: &mut SqliteConnection) -> Result<()>;
     /// Checks a change before the leader commits it: the data decodes as the model and its
     /// record id is `change.record_id`; a Delete has empty data. See [`validate_syncable`].
+    /// A field-level change (Patch) is never passed here: the storage checks its encoding
+    /// ([`crate::fields::check_patch`]) and passes the record it merges it into, as an Update.
     fn validate(&self, change: &Change) -> Result<()>;
     /// The stored version of the record, `None` if it does not exist.
     fn current_version(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<i64>>;
@@ -129,9 +131,10 @@ pub fn apply_in_runs(
                 flush(conn, &entries[start..i])?;
                 delete(conn, entry)?;
             }
-            // No rows: bulk metadata, configuration entries (never handed to a model) and
-            // entries of a newer version (refused before any write).
-            ChangeType::Bulk | ChangeType::Config | ChangeType::Unknown => {
+            // No rows: bulk metadata, configuration entries (never handed to a model),
+            // entries of a newer version (refused before any write) and patches (never entries:
+            // the leader commits a patch as an Update).
+            ChangeType::Bulk | ChangeType::Patch | ChangeType::Config | ChangeType::Unknown => {
                 flush(conn, &entries[start..i])?
             }
         }
@@ -254,7 +257,7 @@ impl ModelRegistry {
 /// # Panics
 /// If `M`'s `Serialize` implementation fails (derived implementations of plain structs never
 /// do).
-pub fn encode<M: Serialize>(model: &M) -> Vec<u8> {
+pub fn encode<M: Serialize + ?Sized>(model: &M) -> Vec<u8> {
     rmp_serde::to_vec_named(model).expect("serializing a model to MessagePack cannot fail")
 }
 
@@ -266,7 +269,9 @@ pub fn decode<'a, M: Deserialize<'a>>(data: &'a [u8]) -> Result<M> {
 
 /// The standard [`ModelHandler::validate`] for a [`Syncable`] model: Insert/Update data must
 /// decode as `M` with `record_id() == change.record_id`; Delete data must be empty; the record
-/// id must not be empty. Bulk metadata is opaque and not checked.
+/// id must not be empty; Patch data must be a map of fields ([`crate::fields::check_patch`];
+/// the merged record is checked as an Update when the leader commits it). Bulk metadata is
+/// opaque and not checked.
 pub fn validate_syncable<M: Syncable>(change: &Change) -> Result<()> {
     if change.model_type != M::MODEL_TYPE {
         return Err(StorageError::InvalidChange(format!(
@@ -299,6 +304,9 @@ pub fn validate_syncable<M: Syncable>(change: &Change) -> Result<()> {
             change.record_id
         ))),
         ChangeType::Delete | ChangeType::Bulk => Ok(()),
+        ChangeType::Patch => crate::fields::check_patch(&change.data).map_err(|e| {
+            StorageError::InvalidChange(format!("{} {}: {e}", M::MODEL_TYPE, change.record_id))
+        }),
         ChangeType::Config | ChangeType::Unknown => Err(StorageError::InvalidChange(format!(
             "{} {}: a {} entry is not a change of a model",
             M::MODEL_TYPE,

@@ -168,7 +168,8 @@ fn columns() -> (
 
 /// Checks every change of a proposal: not empty, each model type registered, each change
 /// accepted by its handler's [`crate::ModelHandler::validate`] (the data decodes as the model
-/// and matches the record id; a Delete carries no data).
+/// and matches the record id; a Delete carries no data); a Patch must be a map of fields
+/// ([`crate::fields::check_patch`]).
 ///
 /// # Errors
 /// [`StorageError::InvalidChange`] (also for no changes), [`StorageError::UnknownModel`].
@@ -180,7 +181,18 @@ pub fn validate(registry: &ModelRegistry, changes: &[Change]) -> Result<()> {
         let handler = registry
             .handler(&change.model_type)
             .ok_or_else(|| StorageError::UnknownModel(change.model_type.clone()))?;
-        handler.validate(change)?;
+        if change.change_type == lsync_protocol::ChangeType::Patch {
+            // the merged record is validated by the leader (`ModelHandler::validate` never
+            // sees a patch)
+            crate::fields::check_patch(&change.data).map_err(|e| {
+                StorageError::InvalidChange(format!(
+                    "{} {}: {e}",
+                    change.model_type, change.record_id
+                ))
+            })?;
+        } else {
+            handler.validate(change)?;
+        }
     }
     Ok(())
 }

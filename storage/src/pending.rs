@@ -35,8 +35,11 @@ pub(crate) type Key = (String, String);
 
 /// The record a change writes rows of, if it writes any (Bulk and configuration changes do not).
 fn key_of(change: &Change) -> Option<Key> {
-    matches!(change.change_type, ChangeType::Insert | ChangeType::Update | ChangeType::Delete)
-        .then(|| (change.model_type.clone(), change.record_id.clone()))
+    matches!(
+        change.change_type,
+        ChangeType::Insert | ChangeType::Update | ChangeType::Patch | ChangeType::Delete
+    )
+    .then(|| (change.model_type.clone(), change.record_id.clone()))
 }
 
 /// The records `changes` write.
@@ -68,8 +71,9 @@ fn entry_of(change: &Change, change_type: ChangeType, version: i64) -> SyncLogEn
 
 /// Applies one pending change to the tables as the leader's proposal rule would
 /// (docs/architecture.md, "Concurrent changes"): an Insert or Update is an upsert of the whole
-/// record at the current version + 1 (1 if absent), a Delete removes the record if present
-/// (and is dropped otherwise); Bulk and configuration changes write no rows. The verifier
+/// record at the current version + 1 (1 if absent), a Patch sets its fields of the record if
+/// present (merged into the row shown, [`crate::fields::merge`]; dropped otherwise), a Delete
+/// removes the record if present (and is dropped otherwise); Bulk and configuration changes write no rows. The verifier
 /// replays the overlay with this same function.
 pub(crate) fn apply_change(
     conn: &mut SqliteConnection,
@@ -88,6 +92,27 @@ pub(crate) fn apply_change(
                 })?,
             };
             handler.apply(conn, &entry_of(change, ChangeType::Update, version))
+        }
+        ChangeType::Patch => {
+            let Some(stored) = handler.load(conn, &change.record_id)? else { return Ok(()) };
+            let version = stored.version.checked_add(1).ok_or_else(|| {
+                StorageError::InvalidChange(format!(
+                    "version overflow of {} {:?}",
+                    change.model_type, change.record_id
+                ))
+            })?;
+            // A patch the record cannot take (a field it lacks) is not shown — the leader
+            // refuses it too — rather than failing the committed write this replay follows.
+            let data = match crate::fields::merge(&stored.data, &change.data) {
+                Ok(data) => data,
+                Err(error) => {
+                    tracing::warn!(model_type = %change.model_type,
+                        record_id = %change.record_id, %error, "pending patch not shown");
+                    return Ok(());
+                }
+            };
+            let merged = Change { data, change_type: ChangeType::Update, ..change.clone() };
+            handler.apply(conn, &entry_of(&merged, ChangeType::Update, version))
         }
         ChangeType::Delete => match handler.current_version(conn, &change.record_id)? {
             Some(v) => handler.apply(conn, &entry_of(change, ChangeType::Delete, v)),

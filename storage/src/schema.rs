@@ -158,3 +158,12 @@ diesel::table! {
         version -> BigInt,
     }
 }
+
+diesel::table! {
+    /// The last hybrid logical clock timestamp this device issued (one row, id 1).
+    hlc_state (id) {
+        id -> Integer,
+        physical_ms -> BigInt,
+        counter -> BigInt,
+    }
+}

@@ -699,12 +699,31 @@ fn write_changes(
         let version = if change.change_type == ChangeType::Bulk {
             0
         } else {
-            handler.validate(&change)?;
             let key = (change.model_type.clone(), change.record_id.clone());
             let current = match written.get(&key) {
                 Some(version) => *version,
                 None => handler.current_version(conn, &change.record_id)?,
             };
+            if change.change_type == ChangeType::Patch {
+                let Some(merged) = merge_patch(conn, handler, &change, current, &entries)? else {
+                    if proposed {
+                        tracing::debug!(
+                            model_type = %change.model_type,
+                            record_id = %change.record_id,
+                            ?proposal_id,
+                            "proposed patch of a missing record dropped"
+                        );
+                        continue;
+                    }
+                    return Err(StorageError::InvalidChange(format!(
+                        "update of missing record {} {:?}",
+                        change.model_type, change.record_id
+                    )));
+                };
+                change.data = merged;
+                change.change_type = ChangeType::Update;
+            }
+            handler.validate(&change)?;
             if proposed {
                 match (change.change_type, current) {
                     (ChangeType::Insert | ChangeType::Update, None) => {
@@ -723,8 +742,8 @@ fn write_changes(
                         continue;
                     }
                     (ChangeType::Delete | ChangeType::Bulk, _) => {}
-                    // refused by `validate` above
-                    (ChangeType::Config | ChangeType::Unknown, _) => {}
+                    // merged into an Update above; refused by `validate` above
+                    (ChangeType::Patch | ChangeType::Config | ChangeType::Unknown, _) => {}
                 }
             }
             let version = next_version(&change, current)?;
@@ -756,6 +775,39 @@ fn write_changes(
         sync_state::set_last_synced(conn, sequence)?;
     }
     Ok((entries, prev))
+}
+
+/// The record a Patch `change` makes (docs/architecture.md, "Field-level changes"): its
+/// fields merged into the record's row as it stands now — the last entry of `entries` (the
+/// batch being written, whose rows are written after it) that wrote the record, else the
+/// stored row — or `None` if the record does not exist (`current`, its version now, is
+/// `None`).
+fn merge_patch(
+    conn: &mut SqliteConnection,
+    handler: &dyn crate::model::ModelHandler,
+    change: &Change,
+    current: Option<i64>,
+    entries: &[SyncLogEntry],
+) -> Result<Option<Vec<u8>>> {
+    let what = || format!("{} {:?}", change.model_type, change.record_id);
+    crate::fields::check_patch(&change.data)
+        .map_err(|e| StorageError::InvalidChange(format!("{}: {e}", what())))?;
+    if current.is_none() {
+        return Ok(None);
+    }
+    let in_batch = entries.iter().rev().find(|e| {
+        e.record_id == change.record_id
+            && e.model_type == change.model_type
+            && matches!(e.change_type, ChangeType::Insert | ChangeType::Update)
+    });
+    let row = match in_batch {
+        Some(entry) => Some(entry.data.clone()),
+        None => handler.load(conn, &change.record_id)?.map(|stored| stored.data),
+    };
+    let Some(row) = row else { return Ok(None) };
+    crate::fields::merge(&row, &change.data)
+        .map(Some)
+        .map_err(|e| StorageError::InvalidChange(format!("{}: {e}", what())))
 }
 
 /// The local `proposals` table: proposals committed here that wrote no entry.
@@ -820,11 +872,13 @@ fn next_version(change: &Change, current: Option<i64>) -> Result<i64> {
             Err(StorageError::InvalidChange(format!("delete of missing record {}", what())))
         }
         (ChangeType::Bulk, _) => Ok(0),
-        (ChangeType::Config | ChangeType::Unknown, _) => Err(StorageError::InvalidChange(format!(
-            "a {} entry is not a change of {}",
-            change.change_type.as_str(),
-            what()
-        ))),
+        (ChangeType::Patch | ChangeType::Config | ChangeType::Unknown, _) => {
+            Err(StorageError::InvalidChange(format!(
+                "a {} entry is not a change of {}",
+                change.change_type.as_str(),
+                what()
+            )))
+        }
     }
 }
 

@@ -469,7 +469,10 @@ fn overlay_pending(
                 let Some(handler) = registry.handler(&change.model_type) else { continue };
                 if !matches!(
                     change.change_type,
-                    ChangeType::Insert | ChangeType::Update | ChangeType::Delete
+                    ChangeType::Insert
+                        | ChangeType::Update
+                        | ChangeType::Patch
+                        | ChangeType::Delete
                 ) {
                     continue;
                 }

@@ -496,3 +496,57 @@ async fn a_follower_cut_off_from_the_leader_sees_its_own_writes_at_once_and_they
     let report = lsync::crates::storage::verify(db.path(), db.registry()).unwrap();
     assert!(report.is_ok() && report.pending_proposals == 0, "{report:?}");
 }
+
+#[actix_rt::test]
+async fn two_devices_editing_different_fields_of_one_tag_while_partitioned_both_keep_their_edit() {
+    use lsync::crates::storage::{decode, ModelHandler, TagHandler};
+    let cluster = Cluster::start(3).await;
+    let lib = cluster.create_library(0, &[1, 2]).await;
+    cluster.node(0).write(lib, vec![tag("t", "one")]).await.unwrap();
+    cluster.assert_converged(lib, 0, &[1, 2]).await;
+    let infos: Vec<_> = (0..3).map(|i| cluster.node(i).device_info()).collect();
+    for other in [0, 1] {
+        cluster.node(2).network().remove_member(lib, infos[other].peer_id).await.unwrap();
+        cluster.node(other).network().remove_member(lib, infos[2].peer_id).await.unwrap();
+    }
+    let shown = |i: usize| {
+        let db = cluster.node(i).database(lib).unwrap();
+        db.with_reader(|conn| TagHandler.load(conn, "t"))
+            .unwrap()
+            .map(|s| decode::<Tag>(&s.data).unwrap())
+            .map(|t| (t.name, t.color))
+    };
+    // node 2, cut off, paints the tag; the majority side renames it meanwhile
+    let paint = Change::update_fields("tag", "t", &serde_json::json!({ "color": "#ff0000" }));
+    let out = cluster.node(2).write(lib, vec![paint]).await.unwrap();
+    assert!(matches!(out, WriteOutcome::Queued { .. }), "{out:?}");
+    assert_eq!(shown(2), Some(("one".to_owned(), Some("#ff0000".to_owned()))));
+    let rename = Change::update_fields("tag", "t", &serde_json::json!({ "name": "renamed" }));
+    let out = cluster.node(1).write(lib, vec![rename]).await.unwrap();
+    assert!(matches!(out, WriteOutcome::Committed { .. }), "{out:?}");
+    assert_eq!(shown(1), Some(("renamed".to_owned(), None)));
+
+    for other in [0, 1] {
+        let (a, b) = (&infos[other], &infos[2]);
+        cluster.node(2).network().add_member(lib, a.peer_id, a.addresses.clone()).await.unwrap();
+        cluster
+            .node(other)
+            .network()
+            .add_member(lib, b.peer_id, b.addresses.clone())
+            .await
+            .unwrap();
+    }
+    let db = cluster.node(2).database(lib).unwrap();
+    wait_until("node 2's outbox is empty", || async { db.outbox_list_all().unwrap().is_empty() })
+        .await;
+    let (leader, _) = cluster.wait_for_leader(lib, &[0, 1, 2], 0).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    cluster.assert_converged(lib, leader, &others).await;
+    for i in 0..3 {
+        assert_eq!(
+            shown(i),
+            Some(("renamed".to_owned(), Some("#ff0000".to_owned()))),
+            "node {i}: both edits survive"
+        );
+    }
+}

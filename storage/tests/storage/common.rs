@@ -90,7 +90,7 @@ impl ModelHandler for NoteHandler {
                     .bind::<Text, _>(&entry.record_id)
                     .execute(conn)?;
             }
-            ChangeType::Bulk | ChangeType::Config | ChangeType::Unknown => {}
+            ChangeType::Bulk | ChangeType::Patch | ChangeType::Config | ChangeType::Unknown => {}
         }
         Ok(())
     }

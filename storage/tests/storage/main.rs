@@ -6,6 +6,8 @@ mod commit;
 mod common;
 mod convergence;
 mod database;
+mod fields;
+mod hlc;
 mod membership;
 mod outbox;
 mod pending;

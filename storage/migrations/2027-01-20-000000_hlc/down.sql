@@ -1,0 +1,1 @@
+DROP TABLE hlc_state;
