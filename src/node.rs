@@ -1403,7 +1403,15 @@ mod tests {
             .unwrap();
         assert_eq!(node.max_change_bytes(), 2048);
         let library = node.create_library().await.unwrap();
-        let before = node.database(library).unwrap().last_position().unwrap().sequence;
+        // the leader writes its term's first entry after the library is created: wait for it,
+        // so that nothing else changes the log while the refusals are checked
+        let last = || node.database(library).unwrap().last_position().unwrap().sequence;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while last() < 2 {
+            assert!(std::time::Instant::now() < deadline, "the term never started");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let before = last();
         let tag = |name: String| Change::insert(&crate::Tag { id: "t".into(), name, color: None });
         let big = tag("x".repeat(2048));
         let bytes = change_bytes([&big]);
