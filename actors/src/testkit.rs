@@ -55,13 +55,19 @@ pub fn entry(sequence: u64, data: usize) -> lsync_protocol::SyncLogEntry {
 
 /// A library database with `n` committed tag inserts, led by a fresh device.
 pub fn leader_db(dir: &TempDir, library_id: Uuid, n: u64) -> (Database, TransactionManager) {
+    leader_db_with(dir, library_id, n, &Default::default())
+}
+
+/// [`leader_db`], the database opened with `options`.
+pub fn leader_db_with(
+    dir: &TempDir,
+    library_id: Uuid,
+    n: u64,
+    options: &lsync_storage::StorageOptions,
+) -> (Database, TransactionManager) {
     let device = Uuid::new_v4();
-    let db = Database::open(
-        &dir.path().join("leader.db"),
-        &Default::default(),
-        ModelRegistry::with_builtin(),
-    )
-    .expect("open leader db");
+    let db = Database::open(&dir.path().join("leader.db"), options, ModelRegistry::with_builtin())
+        .expect("open leader db");
     db.init_sync_state(&SyncState {
         library_id,
         device_id: device,

@@ -363,6 +363,25 @@ impl Cluster {
         self.data_entries(i, lib).into_iter().map(|e| e.record_id).collect()
     }
 
+    /// Cuts node `a` off from each of `others` in library `lib`, both ways (each forgets the
+    /// other's peer: no connection either way).
+    pub async fn cut(&self, lib: Uuid, a: usize, others: &[usize]) {
+        for &b in others {
+            let (ia, ib) = (self.node(a).device_info(), self.node(b).device_info());
+            self.node(a).network().remove_member(lib, ib.peer_id).await.unwrap();
+            self.node(b).network().remove_member(lib, ia.peer_id).await.unwrap();
+        }
+    }
+
+    /// Undoes [`Cluster::cut`]: node `a` and each of `others` know each other again.
+    pub async fn heal(&self, lib: Uuid, a: usize, others: &[usize]) {
+        for &b in others {
+            let (ia, ib) = (self.node(a).device_info(), self.node(b).device_info());
+            self.node(a).network().add_member(lib, ib.peer_id, ib.addresses).await.unwrap();
+            self.node(b).network().add_member(lib, ia.peer_id, ia.addresses).await.unwrap();
+        }
+    }
+
     /// Waits until every node in `followers` has the leader's last sequence, then asserts that
     /// their model tables and logs equal the leader's row by row.
     ///

@@ -149,9 +149,7 @@ async fn both_sides_of_a_two_device_partition_write_and_converge_after_healing()
         oracle.insert(format!("before{i}"));
     }
     cluster.assert_converged(lib, 0, &[1]).await;
-    let (p0, p1) = (cluster.node(0).device_info(), cluster.node(1).device_info());
-    cluster.node(0).network().remove_member(lib, p1.peer_id).await.unwrap();
-    cluster.node(1).network().remove_member(lib, p0.peer_id).await.unwrap();
+    cluster.cut(lib, 0, &[1]).await;
     // node 1 elects itself (one vote suffices in a two-device library); node 0 still leads
     wait_until("node 1 leads its side", || async {
         cluster.node(1).status(lib).await.unwrap().role == lsync::SyncRole::Leader
@@ -164,8 +162,7 @@ async fn both_sides_of_a_two_device_partition_write_and_converge_after_healing()
         oracle.insert(format!("right{i}"));
     }
     // heal
-    cluster.node(0).network().add_member(lib, p1.peer_id, p1.addresses.clone()).await.unwrap();
-    cluster.node(1).network().add_member(lib, p0.peer_id, p0.addresses.clone()).await.unwrap();
+    cluster.heal(lib, 0, &[1]).await;
     let (leader, _) = cluster.wait_for_leader(lib, &[0, 1], 1).await;
     wait_until("every change of both sides is on the leader", || async {
         tags_and_counts(&cluster, leader, lib).0 == oracle
@@ -440,12 +437,8 @@ async fn a_follower_cut_off_from_the_leader_sees_its_own_writes_at_once_and_they
     let lib = cluster.create_library(0, &[1, 2]).await;
     cluster.node(0).write(lib, vec![tag("shared", "before")]).await.unwrap();
     cluster.assert_converged(lib, 0, &[1, 2]).await;
-    let infos: Vec<_> = (0..3).map(|i| cluster.node(i).device_info()).collect();
     // node 2 alone: no leader it can reach, and no majority to elect one
-    for other in [0, 1] {
-        cluster.node(2).network().remove_member(lib, infos[other].peer_id).await.unwrap();
-        cluster.node(other).network().remove_member(lib, infos[2].peer_id).await.unwrap();
-    }
+    cluster.cut(lib, 2, &[0, 1]).await;
     let db = cluster.node(2).database(lib).unwrap();
     let shown = |id: &str| {
         db.with_reader(|conn| TagHandler.load(conn, id))
@@ -471,16 +464,7 @@ async fn a_follower_cut_off_from_the_leader_sees_its_own_writes_at_once_and_they
     cluster.node(0).write(lib, vec![tag("leader-side", "x")]).await.unwrap();
 
     // heal
-    for other in [0, 1] {
-        let (a, b) = (&infos[other], &infos[2]);
-        cluster.node(2).network().add_member(lib, a.peer_id, a.addresses.clone()).await.unwrap();
-        cluster
-            .node(other)
-            .network()
-            .add_member(lib, b.peer_id, b.addresses.clone())
-            .await
-            .unwrap();
-    }
+    cluster.heal(lib, 2, &[0, 1]).await;
     wait_until("node 2's outbox is empty", || async { db.outbox_list_all().unwrap().is_empty() })
         .await;
     let (leader, _) = cluster.wait_for_leader(lib, &[0, 1, 2], 0).await;
@@ -504,11 +488,7 @@ async fn two_devices_editing_different_fields_of_one_tag_while_partitioned_both_
     let lib = cluster.create_library(0, &[1, 2]).await;
     cluster.node(0).write(lib, vec![tag("t", "one")]).await.unwrap();
     cluster.assert_converged(lib, 0, &[1, 2]).await;
-    let infos: Vec<_> = (0..3).map(|i| cluster.node(i).device_info()).collect();
-    for other in [0, 1] {
-        cluster.node(2).network().remove_member(lib, infos[other].peer_id).await.unwrap();
-        cluster.node(other).network().remove_member(lib, infos[2].peer_id).await.unwrap();
-    }
+    cluster.cut(lib, 2, &[0, 1]).await;
     let shown = |i: usize| {
         let db = cluster.node(i).database(lib).unwrap();
         db.with_reader(|conn| TagHandler.load(conn, "t"))
@@ -526,16 +506,7 @@ async fn two_devices_editing_different_fields_of_one_tag_while_partitioned_both_
     assert!(matches!(out, WriteOutcome::Committed { .. }), "{out:?}");
     assert_eq!(shown(1), Some(("renamed".to_owned(), None)));
 
-    for other in [0, 1] {
-        let (a, b) = (&infos[other], &infos[2]);
-        cluster.node(2).network().add_member(lib, a.peer_id, a.addresses.clone()).await.unwrap();
-        cluster
-            .node(other)
-            .network()
-            .add_member(lib, b.peer_id, b.addresses.clone())
-            .await
-            .unwrap();
-    }
+    cluster.heal(lib, 2, &[0, 1]).await;
     let db = cluster.node(2).database(lib).unwrap();
     wait_until("node 2's outbox is empty", || async { db.outbox_list_all().unwrap().is_empty() })
         .await;

@@ -488,24 +488,14 @@ mod tests {
         synchronous: lsync_storage::Synchronous,
     ) -> (u64, Option<lsync_storage::LogPosition>, u64) {
         use libp2p::identity::Keypair;
-        use lsync_protocol::{Member, MemberRole, RolePreference, SyncRole};
-        use lsync_storage::{Change, ModelRegistry, StorageOptions, SyncState, Tag};
+        use lsync_protocol::{Member, MemberRole, RolePreference};
+        use lsync_storage::{Change, StorageOptions, Tag};
 
         let dir = tempfile::TempDir::new().unwrap();
         let options = StorageOptions { synchronous, ..StorageOptions::default() };
-        let db = Database::open(&dir.path().join("l.db"), &options, ModelRegistry::with_builtin())
-            .unwrap();
-        let (library_id, me) = (Uuid::new_v4(), Uuid::new_v4());
-        db.init_sync_state(&SyncState {
-            library_id,
-            device_id: me,
-            role: SyncRole::Leader,
-            current_term: 1,
-            voted_for: Some(me),
-            leader_device: Some(me),
-            last_synced_sequence: 0,
-        })
-        .unwrap();
+        let library_id = Uuid::new_v4();
+        let (db, tm) = crate::testkit::leader_db_with(&dir, library_id, 0, &options);
+        let me = tm.device_id();
         let key = Keypair::generate_ed25519();
         let configuration = Configuration::new(
             lsync_protocol::FEATURE_VERSION,
@@ -518,7 +508,6 @@ mod tests {
                 preference: RolePreference::Auto,
             }],
         );
-        let tm = TransactionManager::new(db.clone(), me);
         // the library's configuration, as its creation writes it
         let first = tm.commit_config(&configuration).unwrap().sequence;
         let membership = Membership {
