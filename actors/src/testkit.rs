@@ -50,6 +50,7 @@ pub fn entry(sequence: u64, data: usize) -> lsync_protocol::SyncLogEntry {
         data: vec![0; data],
         proposal_id: None,
         hash: None,
+        stamp: None,
     }
 }
 

@@ -908,6 +908,7 @@ pub fn commits_only(writers: usize, proposals: u64) -> anyhow::Result<()> {
                 data: c.data,
                 proposal_id: Some(Uuid::nil()),
                 hash: None,
+                stamp: None,
             }
         })
         .collect();

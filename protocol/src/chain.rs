@@ -130,7 +130,9 @@ pub fn chain_hash(prev: &ChainHash, e: &SyncLogEntry) -> ChainHash {
 /// by piece, so that [`chain_hash`] allocates nothing and [`canonical_encoding`] is the same
 /// bytes by construction: fixed-width big-endian integers, UUIDs as their 16 bytes, strings
 /// and bytes as a u64 big-endian length and the bytes, the proposal id as `0x00` (none) or
-/// `0x01` and its 16 bytes. The entry's own `hash` is not part of it.
+/// `0x01` and its 16 bytes; then, only if the entry has a stamp, `0x01`, the stamp's timestamp
+/// ([`crate::Hlc::to_bytes`]), the number of its fields (u64) and each field as a string. The
+/// entry's own `hash` is not part of it.
 fn write_canonical(e: &SyncLogEntry, out: &mut dyn FnMut(&[u8])) {
     fn var(out: &mut dyn FnMut(&[u8]), b: &[u8]) {
         out(&(b.len() as u64).to_be_bytes());
@@ -150,6 +152,15 @@ fn write_canonical(e: &SyncLogEntry, out: &mut dyn FnMut(&[u8])) {
         Some(id) => {
             out(&[1]);
             out(id.as_bytes());
+        }
+    }
+    // An entry without a stamp ends here, so its hash is the one it had before stamps.
+    if let Some(stamp) = &e.stamp {
+        out(&[1]);
+        out(&stamp.hlc.to_bytes());
+        out(&(stamp.fields.len() as u64).to_be_bytes());
+        for field in &stamp.fields {
+            var(out, field.as_bytes());
         }
     }
 }

@@ -6,6 +6,8 @@
 //!   of an entry);
 //! - [`membership`]: [`Configuration`] (the payload of configuration entries), [`Member`],
 //!   [`MembershipChange`], signed [`AddressHint`]s;
+//! - [`stamp`]: [`Hlc`] (hybrid logical clock timestamps) and [`EntryStamp`], what changes
+//!   and entries carry for conflict resolution;
 //! - [`codec`]: the length-prefixed MessagePack framing and the libp2p
 //!   `request_response::Codec` ([`SyncCodec`]);
 //! - [`PROTOCOL`]: the protocol id, `/spacedrive/sync/2.0.0` ([`PROTOCOL_V1`], the version
@@ -19,6 +21,7 @@ pub mod chain;
 pub mod codec;
 pub mod membership;
 pub mod message;
+pub mod stamp;
 
 pub use chain::{canonical_encoding, chain_hash, ChainHash};
 pub use codec::{SyncCodec, DEFAULT_MAX_FRAME};
@@ -31,6 +34,7 @@ pub use message::{
     entry_bytes, ChangeType, ErrorCode, ProposedChange, SyncLogEntry, SyncMessage, SyncRole,
     ENTRY_OVERHEAD, ENVELOPE_BYTES, MAX_TERM, MIN_FRAME_BYTES,
 };
+pub use stamp::{EntryStamp, Hlc};
 
 /// The protocol id negotiated on every sync stream: version 2 adds configuration entries,
 /// `Join`/`Joined`, `ChangeMembership`/`MembershipResult`, `AnnounceAddresses` and pre-votes

@@ -26,9 +26,10 @@ pub const RESERVED_MODEL_PREFIX: &str = "lsync.";
 
 /// The library feature version this build understands. 1: before configuration entries (the
 /// member list was kept by hand on every device); 2: configuration entries, learners,
-/// pre-vote, invitations. A leader raises a library's version (in its next configuration
+/// pre-vote, invitations; 3: stamped entries and conflict records (docs/protocol.md, "Stamps":
+/// last-writer-wins by timestamp, conflicts recorded in the log). A leader raises a library's version (in its next configuration
 /// entry) only once every member reports supporting it.
-pub const FEATURE_VERSION: u32 = 2;
+pub const FEATURE_VERSION: u32 = 3;
 
 /// The most members a configuration may hold.
 pub const MAX_MEMBERS: usize = 64;

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::chain::ChainHash;
 use crate::membership::{AddressHint, Configuration, MembershipChange};
+use crate::stamp::{EntryStamp, Hlc};
 
 /// The role a device plays for one library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -132,13 +133,19 @@ pub struct SyncLogEntry {
     /// own previous one refuses it (the logs differ at or before this entry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<ChainHash>,
+    /// Where and when the change was made and which fields it set (docs/protocol.md,
+    /// "Stamps"): written by leaders of libraries at feature version 3 on every Insert, Update
+    /// and Delete entry, part of the entry's chain hash. Absent (not written): none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<EntryStamp>,
 }
 
 /// The most bytes the encoding of one [`SyncLogEntry`] takes beyond its data, model type and
 /// record id: every other field at its largest (a `u64::MAX` sequence, a [`MAX_TERM`] term,
 /// both uuids, a hash), the field names of the named encoding, and the longest MessagePack
-/// headers of the three variable fields (measured: 233 bytes; the tests check the bound).
-pub const ENTRY_OVERHEAD: usize = 256;
+/// headers of the three variable fields, and a stamp without fields (measured: 233 bytes
+/// without a stamp, 311 with one; the tests check the bound).
+pub const ENTRY_OVERHEAD: usize = 320;
 
 /// The most bytes an `EntriesResponse` or a `NewEntries` takes beyond the encodings of the
 /// entries it carries: every other field at its largest and the longest array header
@@ -156,7 +163,11 @@ pub const MIN_FRAME_BYTES: usize = 4096;
 /// than the entry's encoded size. The leader caps responses with it, its log cache counts
 /// blocks with it, and a follower sizes the batches it applies with it, so all three agree.
 pub fn entry_bytes(e: &SyncLogEntry) -> usize {
-    e.data.len() + e.model_type.len() + e.record_id.len() + ENTRY_OVERHEAD
+    e.data.len()
+        + e.model_type.len()
+        + e.record_id.len()
+        + e.stamp.as_ref().map_or(0, EntryStamp::field_bytes)
+        + ENTRY_OVERHEAD
 }
 
 /// One change of a proposal: what the proposer asks the leader to commit.
@@ -172,6 +183,16 @@ pub struct ProposedChange {
     /// or bulk metadata, as MessagePack; empty for Delete.
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
+    /// The hybrid logical clock timestamp the change got on the device that made it
+    /// (docs/protocol.md, "Stamps"): last-writer-wins compares it. Absent (not written): none,
+    /// the leader stamps the change when it commits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hlc: Option<Hlc>,
+    /// The version of the record the change was based on, as the device that made it saw it
+    /// (0: the record did not exist there). A change whose base is older than the record's
+    /// version at the leader is checked for conflicts. Absent (not written): unknown, no check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<i64>,
 }
 
 /// Why a request was refused.
@@ -565,6 +586,7 @@ mod tests {
             data: vec![0; 10],
             proposal_id: None,
             hash: None,
+            stamp: None,
         };
         assert_eq!(entry_bytes(&entry), 10 + 3 + 3 + ENTRY_OVERHEAD);
     }
@@ -605,6 +627,7 @@ mod tests {
             data: vec![],
             proposal_id: None,
             hash: None,
+            stamp: None,
         };
         let response = SyncMessage::EntriesResponse {
             library_id: Uuid::nil(),

@@ -158,6 +158,7 @@ fn entry_with(max_data: usize) -> impl Strategy<Value = SyncLogEntry> {
                 data,
                 proposal_id,
                 hash,
+                stamp: None,
             },
         )
 }
@@ -187,6 +188,8 @@ fn proposed_with(max_data: usize) -> impl Strategy<Value = ProposedChange> {
             record_id,
             change_type,
             data,
+            base_version: None,
+            hlc: None,
         },
     )
 }
@@ -452,6 +455,7 @@ fn entry(sequence: u64, change_type: ChangeType, data: Vec<u8>) -> SyncLogEntry 
         data,
         proposal_id: None,
         hash: None,
+        stamp: None,
     }
 }
 
@@ -575,6 +579,8 @@ fn samples() -> Vec<SyncMessage> {
                 record_id: "t1".into(),
                 change_type: ChangeType::Insert,
                 data: vec![0x81, 0xa1, b'n', 0xa1, b'x'],
+                base_version: None,
+                hlc: None,
             }],
         },
         SyncMessage::ProposalResult {
@@ -756,6 +762,8 @@ fn samples() -> Vec<SyncMessage> {
                 record_id: "t2".into(),
                 change_type: ChangeType::Unknown,
                 data: vec![],
+                base_version: None,
+                hlc: None,
             }],
         },
     ]
@@ -1115,6 +1123,7 @@ fn a_response_is_never_larger_than_its_envelope_and_counted_entries() {
         data: vec![0xff; len],
         proposal_id: Some(Uuid::from_u128(u128::MAX)),
         hash: Some(ChainHash([0xff; 32])),
+        stamp: None,
     };
     for len in [0, 31, 32, 255, 256, 65_535, 65_536, 70_000] {
         let e = largest(len);
@@ -1409,12 +1418,16 @@ fn with_change_type(change_type: ChangeType) -> [SyncMessage; 2] {
                     record_id: "t1".into(),
                     change_type: ChangeType::Update,
                     data: vec![0x80],
+                    base_version: None,
+                    hlc: None,
                 },
                 ProposedChange {
                     model_type: "tag".into(),
                     record_id: "t2".into(),
                     change_type,
                     data: vec![1, 2],
+                    base_version: None,
+                    hlc: None,
                 },
             ],
         },

@@ -293,6 +293,7 @@ mod tests {
             data: c.data,
             proposal_id: None,
             hash: None,
+            stamp: None,
         }
     }
 

@@ -858,6 +858,7 @@ mod tests {
             data: c.data.clone(),
             proposal_id: None,
             hash: None,
+            stamp: None,
         }
     }
 

@@ -195,7 +195,7 @@ impl Applier {
                 .map(|e| (e.model_type.clone(), e.record_id.clone()));
             let proposals: HashSet<Uuid> = new.iter().filter_map(|e| e.proposal_id).collect();
             let rebase = Rebase::begin(conn, registry, touched, &proposals)?;
-            crate::model::apply_entries(conn, registry, new)?;
+            crate::transaction::apply_entries(conn, registry, new)?;
             SyncLog::insert_hashed(conn, new, &hashes)?;
             if let Some(rebase) = rebase {
                 outcome.settled = rebase.finish(conn, registry)?;
@@ -268,9 +268,9 @@ impl Applier {
             let stashed = diesel::sql_query(
                 "INSERT OR IGNORE INTO stashed_entries (sequence, term, origin_device, \
                  timestamp_ms, model_type, record_id, change_type, version, data, proposal_id, \
-                 hash) \
+                 hash, stamp) \
                  SELECT sequence, term, origin_device, timestamp_ms, model_type, record_id, \
-                 change_type, version, data, proposal_id, hash FROM sync_log",
+                 change_type, version, data, proposal_id, hash, stamp FROM sync_log",
             )
             .execute(conn)? as u64;
             clear_library(conn, registry)?;
@@ -374,14 +374,14 @@ impl Applier {
                     continue;
                 };
                 let id = entry.proposal_id.unwrap_or_else(|| orphan_proposal_id(&entry));
-                let change = Change {
-                    model_type: entry.model_type,
-                    record_id: entry.record_id,
-                    change_type: entry.change_type,
-                    data: entry.data,
+                let change = Change::from_entry(entry);
+                let valid = match change.change_type {
+                    ChangeType::Bulk => Ok(()),
+                    ChangeType::Patch => crate::fields::check_patch(&change.data),
+                    _ => handler.validate(&change),
                 };
-                if change.change_type != ChangeType::Bulk {
-                    if let Err(error) = handler.validate(&change) {
+                {
+                    if let Err(error) = valid {
                         if !replicated {
                             tracing::warn!(%position, %error, "invalid orphaned entry dropped");
                             recovered.dropped += 1;
@@ -517,6 +517,7 @@ fn same_change(rebuilt: &SyncLogEntry, stashed: &SyncLogEntry) -> bool {
         && rebuilt.change_type == stashed.change_type
         && rebuilt.data == stashed.data
         && rebuilt.proposal_id == stashed.proposal_id
+        && rebuilt.stamp == stashed.stamp
 }
 
 /// Namespace of the ids [`Applier::recover_orphans`] gives orphans without a proposal id.
@@ -549,6 +550,7 @@ fn clear_library(conn: &mut SqliteConnection, registry: &ModelRegistry) -> Resul
     for handler in registry.handlers() {
         handler.clear(conn)?;
     }
+    crate::field_clock::clear(conn)?;
     let deleted = SyncLog::truncate_after(conn, 0)?;
     proposals::clear(conn)?;
     sync_state::set_last_synced(conn, 0)?;

@@ -1,6 +1,6 @@
 //! What callers ask the leader to commit.
 
-use lsync_protocol::{ChangeType, ProposedChange};
+use lsync_protocol::{ChangeType, Hlc, ProposedChange, SyncLogEntry};
 
 use crate::model::{encode, Syncable};
 
@@ -16,6 +16,14 @@ pub struct Change {
     /// The whole record (`encode`d) for Insert/Update, the fields it sets for Patch (a
     /// MessagePack map of field name to value, [`crate::fields`]), empty for Delete.
     pub data: Vec<u8>,
+    /// The hybrid logical clock timestamp the change got where it was made (docs/architecture.md,
+    /// "Conflicts"). `None` until the storage stamps it: when it is queued in the outbox, or
+    /// when the leader commits it.
+    pub hlc: Option<Hlc>,
+    /// The version of the record the change was based on (0: absent). `None` until queued (the
+    /// version the device shows committed then), or for a change the leader commits directly
+    /// (based on the current version: never in conflict).
+    pub base_version: Option<i64>,
 }
 
 impl Change {
@@ -26,6 +34,8 @@ impl Change {
             record_id: model.record_id(),
             change_type: ChangeType::Insert,
             data: encode(model),
+            hlc: None,
+            base_version: None,
         }
     }
 
@@ -36,6 +46,8 @@ impl Change {
             record_id: model.record_id(),
             change_type: ChangeType::Update,
             data: encode(model),
+            hlc: None,
+            base_version: None,
         }
     }
 
@@ -60,6 +72,8 @@ impl Change {
             record_id: record_id.into(),
             change_type: ChangeType::Patch,
             data: encode(fields),
+            hlc: None,
+            base_version: None,
         }
     }
 
@@ -70,6 +84,8 @@ impl Change {
             record_id: record_id.into(),
             change_type: ChangeType::Delete,
             data: Vec::new(),
+            hlc: None,
+            base_version: None,
         }
     }
 }
@@ -122,6 +138,8 @@ impl From<BulkOperation> for Change {
             record_id: op.record_id,
             change_type: ChangeType::Bulk,
             data: op.data,
+            hlc: None,
+            base_version: None,
         }
     }
 }
@@ -133,6 +151,8 @@ impl From<ProposedChange> for Change {
             record_id: change.record_id,
             change_type: change.change_type,
             data: change.data,
+            hlc: change.hlc,
+            base_version: change.base_version,
         }
     }
 }
@@ -144,6 +164,40 @@ impl From<Change> for ProposedChange {
             record_id: change.record_id,
             change_type: change.change_type,
             data: change.data,
+            hlc: change.hlc,
+            base_version: change.base_version,
+        }
+    }
+}
+
+impl Change {
+    /// The change a log entry committed, to be proposed again (a deposed leader's orphaned
+    /// entry, docs/architecture.md, "Divergence repair"), with what the entry knew of it: its
+    /// timestamp, the version it was based on (the one before the entry's), and — for an entry
+    /// that set some fields only — just those fields, as a Patch, so that proposing it again
+    /// does not write the record's other fields back over newer edits.
+    pub fn from_entry(entry: SyncLogEntry) -> Change {
+        let base_version = matches!(
+            entry.change_type,
+            ChangeType::Insert | ChangeType::Update | ChangeType::Delete
+        )
+        .then(|| entry.version.saturating_sub(1));
+        let (change_type, data) = match &entry.stamp {
+            Some(stamp) if !stamp.fields.is_empty() && entry.change_type == ChangeType::Update => {
+                match crate::fields::extract(&entry.data, &stamp.fields) {
+                    Ok(patch) => (ChangeType::Patch, patch),
+                    Err(_) => (entry.change_type, entry.data),
+                }
+            }
+            _ => (entry.change_type, entry.data),
+        };
+        Change {
+            model_type: entry.model_type,
+            record_id: entry.record_id,
+            change_type,
+            data,
+            hlc: entry.stamp.map(|s| s.hlc),
+            base_version,
         }
     }
 }

@@ -762,12 +762,9 @@ impl Database {
     /// [`StorageError::NotInitialized`] before the sync state exists (the timestamp names the
     /// device).
     pub fn hlc_tick(&self) -> Result<crate::hlc::Hlc> {
-        let now = u64::try_from(crate::error::now_ms()).unwrap_or(0);
         self.write(|conn| {
-            let device =
-                crate::sync_state::load(conn)?.ok_or(StorageError::NotInitialized)?.device_id;
-            let mut clock = crate::hlc::HybridClock::new(device, crate::hlc::load(conn)?);
-            let next = clock.tick(now);
+            let mut clock = crate::hlc::clock(conn)?;
+            let next = clock.tick(crate::hlc::now());
             crate::hlc::store(conn, next)?;
             Ok(next)
         })
@@ -780,17 +777,7 @@ impl Database {
     /// # Errors
     /// [`StorageError::NotInitialized`] before the sync state exists.
     pub fn hlc_observe(&self, remote: crate::hlc::Hlc) -> Result<crate::hlc::Observed> {
-        let now = u64::try_from(crate::error::now_ms()).unwrap_or(0);
-        self.write(|conn| {
-            let device =
-                crate::sync_state::load(conn)?.ok_or(StorageError::NotInitialized)?.device_id;
-            let mut clock = crate::hlc::HybridClock::new(device, crate::hlc::load(conn)?);
-            let observed = clock.observe(remote, now);
-            if observed == crate::hlc::Observed::Merged {
-                crate::hlc::store(conn, clock.last())?;
-            }
-            Ok(observed)
-        })
+        self.write(|conn| crate::hlc::observe(conn, remote))
     }
 
     /// The pending overlay's captured committed rows: (model type, record id, the committed

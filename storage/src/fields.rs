@@ -65,7 +65,8 @@ pub fn check_patch(patch: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The names of the fields `patch` sets, in its order (empty if it is not a patch).
+/// The names of the fields `patch` sets, in its order (empty if it is not a patch); of a
+/// record, its fields.
 pub fn patch_fields(patch: &[u8]) -> Vec<String> {
     parse(patch, "patch")
         .map(|fields| fields.into_iter().map(|(name, _)| name.to_owned()).collect())
@@ -94,6 +95,31 @@ pub fn merge(record: &[u8], patch: &[u8]) -> Result<Vec<u8>> {
     for (name, value) in &base {
         rmp::encode::write_str(&mut out, name).map_err(|e| invalid("record", e))?;
         let value = set.iter().find(|(n, _)| n == name).map_or(*value, |(_, v)| *v);
+        out.extend_from_slice(value);
+    }
+    Ok(out)
+}
+
+/// The patch that sets `names` of `record` to the record's values (in the record's order).
+///
+/// # Errors
+/// [`StorageError::InvalidChange`] if `record` is not a map of fields, a name is not one of
+/// its fields, or `names` is empty.
+pub fn extract(record: &[u8], names: &[String]) -> Result<Vec<u8>> {
+    let base = parse(record, "record")?;
+    if names.is_empty() {
+        return Err(invalid("patch", "it sets no field"));
+    }
+    if let Some(name) = names.iter().find(|name| base.iter().all(|(n, _)| n != name)) {
+        return Err(invalid("record", format!("it has no field {name:?}")));
+    }
+    let picked: Vec<&Field<'_>> =
+        base.iter().filter(|(n, _)| names.iter().any(|m| m == n)).collect();
+    let mut out = Vec::with_capacity(record.len());
+    let len = u32::try_from(picked.len()).map_err(|_| invalid("record", "too many fields"))?;
+    rmp::encode::write_map_len(&mut out, len).map_err(|e| invalid("patch", e))?;
+    for (name, value) in picked {
+        rmp::encode::write_str(&mut out, name).map_err(|e| invalid("patch", e))?;
         out.extend_from_slice(value);
     }
     Ok(out)
@@ -181,6 +207,21 @@ mod tests {
         trailing.push(0xc0);
         assert!(check_patch(&trailing).is_err());
         assert!(check_patch(&[0x81, 0xa4, b'n', b'a']).is_err());
+    }
+
+    #[test]
+    fn extract_picks_the_named_fields_with_the_records_values() {
+        let record = tag("a", Some("#00ff00"));
+        let patch = extract(&record, &["color".to_owned()]).unwrap();
+        assert_eq!(patch, encode(&serde_json::json!({ "color": "#00ff00" })));
+        assert!(fields_match(&record, &patch));
+        assert!(extract(&record, &["colour".to_owned()]).is_err());
+        assert!(extract(&record, &[]).is_err());
+        assert_eq!(
+            patch_fields(&record),
+            ["id", "name", "color"],
+            "a record is a map of fields too"
+        );
     }
 
     #[test]

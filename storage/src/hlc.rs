@@ -3,8 +3,10 @@
 //! table `hlc_state` that keeps the last timestamp this device issued, so that its timestamps
 //! never go back, across restarts and wall-clock steps backwards included.
 //!
-//! Not yet carried by changes: this is the clock field-level last-writer-wins will compare
-//! (issue 18, the rest of it).
+//! Every change gets a timestamp where it is made (when queued in the outbox, or when the
+//! leader commits a change of its own), and every device observes the timestamps of the
+//! entries it applies, so that its next change is later than every one it has seen:
+//! last-writer-wins compares them (docs/architecture.md, "Conflicts").
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -18,19 +20,7 @@ use crate::schema::hlc_state;
 /// not drag every clock of the library into its future.
 pub const MAX_DRIFT_MS: u64 = 60_000;
 
-/// A hybrid logical clock timestamp: the physical time in milliseconds since the Unix epoch
-/// where the change was made, a counter ordering the timestamps of one millisecond (and
-/// carrying causality past a clock behind), and the device that made it, which breaks ties.
-/// Timestamps order by (`physical_ms`, `counter`, `device`): the derived order, field by field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Hlc {
-    /// Milliseconds since the Unix epoch (the largest physical time the clock had seen).
-    pub physical_ms: u64,
-    /// Orders timestamps of the same `physical_ms`.
-    pub counter: u32,
-    /// The device whose clock issued it: the tiebreak.
-    pub device: Uuid,
-}
+pub use lsync_protocol::Hlc;
 
 /// The clock of one device: issues strictly increasing [`Hlc`]s and moves past the ones it
 /// observes. Pure: every method takes the physical time, nothing is read or written.
@@ -106,6 +96,31 @@ pub(crate) fn load(conn: &mut SqliteConnection) -> Result<Option<(u64, u32)>> {
         Ok((to_u64(physical_ms, "hlc_state physical_ms")?, counter))
     })
     .transpose()
+}
+
+/// This device's clock as `hlc_state` keeps it, read inside the caller's transaction.
+///
+/// # Errors
+/// [`StorageError::NotInitialized`] before the sync state exists (a timestamp names the device).
+pub(crate) fn clock(conn: &mut SqliteConnection) -> Result<HybridClock> {
+    let device = crate::sync_state::load(conn)?.ok_or(StorageError::NotInitialized)?.device_id;
+    Ok(HybridClock::new(device, load(conn)?))
+}
+
+/// The physical time now, in milliseconds since the Unix epoch.
+pub(crate) fn now() -> u64 {
+    u64::try_from(crate::error::now_ms()).unwrap_or(0)
+}
+
+/// Observes `remote` (a timestamp another device issued) in the caller's transaction.
+pub(crate) fn observe(conn: &mut SqliteConnection, remote: Hlc) -> Result<Observed> {
+    let mut clock = clock(conn)?;
+    let before = clock.last();
+    let observed = clock.observe(remote, now());
+    if clock.last() != before {
+        store(conn, clock.last())?;
+    }
+    Ok(observed)
 }
 
 /// Keeps `hlc` as the last timestamp issued.

@@ -50,9 +50,11 @@
 pub mod address_hints;
 mod applier;
 mod change;
+pub mod conflicts;
 mod database;
 pub mod devices;
 mod error;
+pub mod field_clock;
 pub mod fields;
 pub mod hlc;
 pub mod invitations;
@@ -71,6 +73,7 @@ pub mod verify;
 
 pub use applier::{Applier, ApplyOutcome, RecoveredOrphans};
 pub use change::{BulkOperation, Change};
+pub use conflicts::{Conflict, ConflictOutcome, ConflictPolicy};
 pub use database::{Database, StorageOptions, Synchronous};
 pub use devices::Device;
 pub use error::{Result, StorageError};

@@ -107,6 +107,20 @@ fn row_to_member(row: MemberRow) -> Result<Member> {
     })
 }
 
+/// The library's feature version (docs/protocol.md §11), as the configuration in effect says.
+///
+/// # Errors
+/// [`StorageError::NotInitialized`] without a sync state.
+pub(crate) fn feature_version(conn: &mut SqliteConnection) -> Result<u32> {
+    let version = sync_state::table
+        .find(1)
+        .select(sync_state::feature_version)
+        .get_result::<i32>(conn)
+        .optional()?
+        .ok_or(StorageError::NotInitialized)?;
+    Ok(u32::try_from(version).unwrap_or_default())
+}
+
 /// The configuration in effect.
 ///
 /// # Errors
@@ -327,6 +341,7 @@ pub fn entry(
         data: configuration.encode(),
         proposal_id: None,
         hash: None,
+        stamp: None,
     }
 }
 

@@ -179,10 +179,19 @@ pub(crate) fn apply_entries(
     groups.iter().try_for_each(|(handler, group)| handler.apply_batch(conn, group))
 }
 
-/// The model handlers known to a database, by model type. Cheap to clone.
-#[derive(Clone, Default)]
+/// The model handlers known to a database, by model type, and each model's conflict policy.
+/// Every registry also holds lsync's own model of conflict records
+/// ([`crate::conflicts::ConflictHandler`]). Cheap to clone.
+#[derive(Clone)]
 pub struct ModelRegistry {
     handlers: Arc<HashMap<String, Arc<dyn ModelHandler>>>,
+    policies: Arc<HashMap<String, crate::conflicts::ConflictPolicy>>,
+}
+
+impl Default for ModelRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for ModelRegistry {
@@ -192,9 +201,29 @@ impl std::fmt::Debug for ModelRegistry {
 }
 
 impl ModelRegistry {
-    /// An empty registry.
+    /// A registry of no host model (lsync's own conflict records only).
     pub fn new() -> Self {
-        Self::default()
+        let conflicts: Arc<dyn ModelHandler> = Arc::new(crate::conflicts::ConflictHandler);
+        let handlers = HashMap::from([(conflicts.model_type().to_owned(), conflicts)]);
+        Self { handlers: Arc::new(handlers), policies: Arc::default() }
+    }
+
+    /// Sets the conflict policy of `model_type` (default
+    /// [`ConflictPolicy::LastWriterWins`](crate::ConflictPolicy::LastWriterWins);
+    /// docs/architecture.md, "Conflicts"). Whichever device leads decides conflicts, so every
+    /// device of a library must set the same policies.
+    pub fn set_policy(
+        &mut self,
+        model_type: impl Into<String>,
+        policy: crate::conflicts::ConflictPolicy,
+    ) -> &mut Self {
+        Arc::make_mut(&mut self.policies).insert(model_type.into(), policy);
+        self
+    }
+
+    /// The conflict policy of `model_type`.
+    pub fn policy(&self, model_type: &str) -> crate::conflicts::ConflictPolicy {
+        self.policies.get(model_type).copied().unwrap_or_default()
     }
 
     /// A registry with the built-in models: [`crate::Tag`] and [`crate::Location`].

@@ -66,6 +66,7 @@ fn entry_of(change: &Change, change_type: ChangeType, version: i64) -> SyncLogEn
         data: if change_type == ChangeType::Delete { Vec::new() } else { change.data.clone() },
         proposal_id: None,
         hash: None,
+        stamp: None,
     }
 }
 
@@ -199,6 +200,8 @@ fn restore(
                 record_id: record_id.clone(),
                 change_type: ChangeType::Update,
                 data: data.unwrap_or_default(),
+                hlc: None,
+                base_version: None,
             };
             match version {
                 Some(version) => {
@@ -243,12 +246,21 @@ fn replay(
 /// Queues proposal `proposal_id` in the outbox (its changes validated by the caller) and shows
 /// its changes at once, over everything shown before. Returns whether it was queued now (an id
 /// queued already changes nothing).
+///
+/// A change without a timestamp gets one of this device's clock, and one without a base
+/// version the version of the record this device holds committed (0 if it holds none): what
+/// the change was based on (docs/architecture.md, "Conflicts"). A change re-proposed from a
+/// log entry keeps the ones it had.
 pub(crate) fn push(
     conn: &mut SqliteConnection,
     registry: &ModelRegistry,
     proposal_id: Uuid,
     changes: &[Change],
 ) -> Result<bool> {
+    if outbox::get(conn, proposal_id)?.is_some() {
+        return Ok(false);
+    }
+    let changes = &stamp(conn, registry, changes)?;
     if !outbox::push_unchecked(conn, proposal_id, changes)? {
         return Ok(false);
     }
@@ -263,6 +275,58 @@ pub(crate) fn push(
     };
     replay(conn, registry, std::slice::from_ref(&entry), None)?;
     Ok(true)
+}
+
+/// `changes`, each with a timestamp and a base version ([`push`]).
+fn stamp(
+    conn: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    changes: &[Change],
+) -> Result<Vec<Change>> {
+    let mut out = changes.to_vec();
+    if out.iter().all(|c| c.hlc.is_some() && c.base_version.is_some()) {
+        return Ok(out);
+    }
+    let mut clock = match crate::hlc::clock(conn) {
+        Ok(clock) => clock,
+        // no device yet (a bare outbox): the leader stamps the changes when it commits them
+        Err(StorageError::NotInitialized) => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    let now = crate::hlc::now();
+    for change in &mut out {
+        if change.change_type == ChangeType::Bulk {
+            continue;
+        }
+        if change.hlc.is_none() {
+            change.hlc = Some(clock.tick(now));
+        }
+        if change.base_version.is_none() {
+            change.base_version = Some(committed_version(conn, registry, change)?.unwrap_or(0));
+        }
+    }
+    crate::hlc::store(conn, clock.last())?;
+    Ok(out)
+}
+
+/// The version of `change`'s record this device holds committed: the captured committed row's
+/// if the overlay covers the record, else the table's.
+fn committed_version(
+    conn: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    change: &Change,
+) -> Result<Option<i64>> {
+    let captured = pending_undo::table
+        .filter(pending_undo::model_type.eq(&change.model_type))
+        .filter(pending_undo::record_id.eq(&change.record_id))
+        .select(pending_undo::version)
+        .get_result::<Option<i64>>(conn)
+        .optional()?;
+    match (captured, registry.handler(&change.model_type)) {
+        (Some(version), _) => Ok(version),
+        (None, Some(handler)) => handler.current_version(conn, &change.record_id),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Runs `f`, a change of outbox entry `proposal_id` (removing it, marking it failed, putting it

@@ -14,6 +14,31 @@ diesel::table! {
         data -> Binary,
         proposal_id -> Nullable<Text>,
         hash -> Nullable<Binary>,
+        stamp -> Nullable<Binary>,
+    }
+}
+
+diesel::table! {
+    /// When each field of a record was last set (local, derived from the log's stamps).
+    field_clock (model_type, record_id) {
+        model_type -> Text,
+        record_id -> Text,
+        version -> BigInt,
+        hlc -> Nullable<Binary>,
+        fields -> Nullable<Binary>,
+    }
+}
+
+diesel::table! {
+    /// Model `lsync.conflict`: the conflicts leaders decided (replicated).
+    lsync_conflict (id) {
+        id -> Text,
+        model_type -> Text,
+        record_id -> Text,
+        outcome -> Text,
+        decided_at_ms -> BigInt,
+        data -> Binary,
+        version -> BigInt,
     }
 }
 
@@ -68,6 +93,7 @@ diesel::table! {
         data -> Binary,
         proposal_id -> Nullable<Text>,
         hash -> Nullable<Binary>,
+        stamp -> Nullable<Binary>,
     }
 }
 

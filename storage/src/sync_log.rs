@@ -6,7 +6,7 @@
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
-use lsync_protocol::{chain_hash, ChainHash, ChangeType, SyncLogEntry};
+use lsync_protocol::{chain_hash, ChainHash, ChangeType, EntryStamp, SyncLogEntry};
 
 use uuid::Uuid;
 
@@ -76,11 +76,29 @@ struct NewLogRow {
     data: Vec<u8>,
     proposal_id: Option<String>,
     hash: Option<Vec<u8>>,
+    stamp: Option<Vec<u8>>,
 }
 
 /// A `sync_log` (or `stashed_entries`) row, columns in table order.
-pub(crate) type LogRow =
-    (i64, i64, String, i64, String, String, String, i64, Vec<u8>, Option<String>, Option<Vec<u8>>);
+pub(crate) type LogRow = (
+    i64,
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Vec<u8>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+);
+
+/// The stored form of an entry's stamp (MessagePack, named fields).
+pub(crate) fn encode_stamp(stamp: Option<&EntryStamp>) -> Option<Vec<u8>> {
+    stamp.map(|s| crate::model::encode(s))
+}
 
 /// A stored hash: 32 bytes, else the row is corrupt.
 pub(crate) fn stored_hash(bytes: &[u8], sequence: i64) -> Result<ChainHash> {
@@ -105,7 +123,15 @@ pub(crate) fn row_to_entry(row: LogRow) -> Result<SyncLogEntry> {
         data,
         proposal_id,
         hash,
+        stamp,
     ) = row;
+    let stamp = stamp
+        .map(|b| {
+            rmp_serde::from_slice::<EntryStamp>(&b).map_err(|e| {
+                StorageError::Corrupt(format!("sync_log sequence {sequence}: stamp: {e}"))
+            })
+        })
+        .transpose()?;
     let hash = hash.map(|h| stored_hash(&h, sequence)).transpose()?;
     let change_type = ChangeType::parse(&change_type).ok_or_else(|| {
         StorageError::Corrupt(format!(
@@ -124,6 +150,7 @@ pub(crate) fn row_to_entry(row: LogRow) -> Result<SyncLogEntry> {
         data,
         proposal_id: proposal_id.map(|id| parse_uuid(&id, "sync_log proposal_id")).transpose()?,
         hash,
+        stamp,
     })
 }
 
@@ -217,6 +244,7 @@ impl SyncLog {
                 data: entry.data.clone(),
                 proposal_id: entry.proposal_id.map(|id| id.hyphenated().to_string()),
                 hash: Some(hash.0.to_vec()),
+                stamp: encode_stamp(entry.stamp.as_ref()),
             });
         }
         crate::in_cached_chunks!(&rows[..], |chunk| {

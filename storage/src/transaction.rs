@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use lsync_protocol::{ChainHash, ChangeType, Configuration, SyncLogEntry, SyncRole};
+use lsync_protocol::{ChainHash, ChangeType, Configuration, EntryStamp, SyncLogEntry, SyncRole};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -140,14 +140,9 @@ impl TransactionManager {
             let term = state.current_term;
             let touched = crate::pending::keys_of_changes(&changes);
             let rebase = Rebase::begin(conn, registry, touched, &HashSet::new())?;
-            let (entries, prev) = write_changes(
-                conn,
-                registry,
-                term,
-                origin,
-                None,
-                changes.into_iter().map(|c| (c, false)),
-            )?;
+            let indexed = changes.into_iter().enumerate().map(|(i, c)| (i, c, false));
+            let Written { entries, prev, .. } =
+                write_changes(conn, registry, term, origin, None, indexed)?;
             if let Some(rebase) = rebase {
                 rebase.finish(conn, registry)?;
             }
@@ -290,7 +285,7 @@ impl TransactionManager {
             return;
         }
         for (job, result) in batch.iter().zip(done) {
-            let answer = result.map(|(library_id, term, outcome, prev)| {
+            let answer = result.and_then(|(library_id, term, outcome, prev, refused)| {
                 let proposal_id = job.proposal_id;
                 if outcome.duplicate {
                     tracing::debug!(%proposal_id, first = outcome.first_sequence,
@@ -303,7 +298,11 @@ impl TransactionManager {
                     }
                     self.emit(library_id, term, prev, &outcome.entries);
                 }
-                outcome
+                match refused {
+                    // its conflict records are committed; the proposal is not
+                    Some(why) => Err(StorageError::InvalidChange(why)),
+                    None => Ok(outcome),
+                }
             });
             *lock(&job.result) = Some(answer);
         }
@@ -464,7 +463,9 @@ pub struct ProposalOutcome {
 }
 
 /// What one proposal of a group wrote: library, term, outcome, and the log head before it.
-type Committed = (Uuid, u64, ProposalOutcome, LogHead);
+/// Refused (policy `reject`), the last element says why: only the conflict records (the
+/// outcome's entries) were written.
+type Committed = (Uuid, u64, ProposalOutcome, LogHead, Option<String>);
 
 /// One proposal waiting for a group commit ([`TransactionManager::commit_proposal`]).
 struct GroupJob {
@@ -550,6 +551,7 @@ fn commit_one_committed(
     changes: Vec<Change>,
 ) -> Result<Committed> {
     let term = state.current_term;
+    let library_id = state.library_id;
     let present = SyncLog::proposal_entries(conn, proposal_id)?;
     if let (Some(first), Some(last)) = (present.first(), present.last()) {
         let duplicate = ProposalOutcome {
@@ -561,33 +563,31 @@ fn commit_one_committed(
         };
         let first_sequence = first.sequence;
         let Some(from) = missing_part(&changes, &present) else {
-            return Ok((
-                state.library_id,
-                term,
-                ProposalOutcome { entries: present, ..duplicate },
-                LogHead::default(),
-            ));
+            let outcome = ProposalOutcome { entries: present, ..duplicate };
+            return Ok((library_id, term, outcome, LogHead::default(), None));
         };
-        let rest = changes.into_iter().skip(from).map(|c| (c, true));
-        let (entries, prev) =
-            write_changes(conn, registry, term, origin_device, Some(proposal_id), rest)?;
-        let Some(new_last) = entries.last() else {
-            // The missing changes were deletes of records that do not exist now.
-            return Ok((
-                state.library_id,
-                term,
-                ProposalOutcome { entries: present, ..duplicate },
-                LogHead::default(),
-            ));
+        let rest = changes.into_iter().enumerate().skip(from).map(|(i, c)| (i, c, true));
+        let mut w = write_proposed(conn, registry, term, origin_device, proposal_id, rest)?;
+        let refused = w.rejected.take().map(|r| r.0);
+        let Some(new_last) = w.change_entries().last() else {
+            // Refused, or the missing changes were deletes of records that do not exist now,
+            // or changes older than the stored values they conflict with: only conflict
+            // records, if any, were written now.
+            let outcome = if w.entries.is_empty() {
+                ProposalOutcome { entries: present, ..duplicate }
+            } else {
+                ProposalOutcome { entries: w.entries, duplicate: false, ..duplicate }
+            };
+            return Ok((library_id, term, outcome, w.prev, refused));
         };
         let outcome = ProposalOutcome {
             first_sequence,
             last_sequence: new_last.sequence,
             duplicate: false,
             completed: true,
-            entries,
+            entries: w.entries,
         };
-        return Ok((state.library_id, term, outcome, prev));
+        return Ok((library_id, term, outcome, w.prev, None));
     }
     if let Some((first, last)) = proposals::get(conn, proposal_id)? {
         let outcome = ProposalOutcome {
@@ -597,37 +597,63 @@ fn commit_one_committed(
             completed: false,
             entries: Vec::new(),
         };
-        return Ok((state.library_id, term, outcome, LogHead::default()));
+        return Ok((library_id, term, outcome, LogHead::default(), None));
     }
-    let (entries, prev) = write_changes(
-        conn,
-        registry,
-        term,
-        origin_device,
-        Some(proposal_id),
-        changes.into_iter().map(|c| (c, true)),
-    )?;
-    let outcome = match (entries.first(), entries.last()) {
-        (Some(first), Some(last)) => ProposalOutcome {
+    let indexed = changes.into_iter().enumerate().map(|(i, c)| (i, c, true));
+    let mut w = write_proposed(conn, registry, term, origin_device, proposal_id, indexed)?;
+    let refused = w.rejected.take().map(|r| r.0);
+    let range = w.change_entries().first().zip(w.change_entries().last());
+    let outcome = match range {
+        Some((first, last)) => ProposalOutcome {
             first_sequence: first.sequence,
             last_sequence: last.sequence,
             duplicate: false,
             completed: false,
-            entries,
+            entries: w.entries,
         },
-        _ => {
+        None => {
             let last = SyncLog::last(conn)?.sequence;
-            proposals::remember(conn, proposal_id, last)?;
+            if refused.is_none() {
+                proposals::remember(conn, proposal_id, last)?;
+            }
             ProposalOutcome {
                 first_sequence: last,
                 last_sequence: last,
                 duplicate: false,
                 completed: false,
-                entries,
+                entries: w.entries,
             }
         }
     };
-    Ok((state.library_id, term, outcome, prev))
+    Ok((library_id, term, outcome, w.prev, refused))
+}
+
+/// [`write_changes`] of a proposal's changes; if the `reject` policy refused one, nothing of
+/// the proposal is written, only the conflicts (their entries are the result's, `rejected`
+/// says why).
+fn write_proposed(
+    conn: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    term: u64,
+    origin: Uuid,
+    proposal_id: Uuid,
+    changes: impl IntoIterator<Item = Indexed>,
+) -> Result<Written> {
+    let mut w = write_changes(conn, registry, term, origin, Some(proposal_id), changes)?;
+    if let Some((why, conflicts)) = w.rejected.take() {
+        let mut sequence = w.prev.position.sequence;
+        let timestamp_ms = now_ms();
+        for conflict in &conflicts {
+            if !crate::conflicts::exists(conn, &conflict.id)? {
+                sequence += 1;
+                w.entries.push(conflict_entry(sequence, term, origin, timestamp_ms, conflict));
+            }
+        }
+        log_entries(conn, registry, &w.prev, &mut w.entries)?;
+        tracing::info!(%proposal_id, %why, "proposal refused");
+        w.rejected = Some((why, Vec::new()));
+    }
+    Ok(w)
 }
 
 /// The sync state, if it names this device the leader.
@@ -672,38 +698,163 @@ fn commits(entry: &SyncLogEntry, change: &Change) -> bool {
     change.same_as(&entry.model_type, &entry.record_id, entry.change_type, &entry.data)
 }
 
+/// What [`write_changes`] wrote.
+pub(crate) struct Written {
+    /// Every entry written, in log order: the changes' and, after them, the conflict records.
+    pub(crate) entries: Vec<SyncLogEntry>,
+    /// How many of `entries`, from the first, are the changes' (the rest record conflicts).
+    pub(crate) changes: usize,
+    /// The head of the log before them.
+    pub(crate) prev: LogHead,
+    /// Set if a change was refused by the `reject` policy: why, and the conflicts to record.
+    /// Nothing was written then.
+    pub(crate) rejected: Option<(String, Vec<crate::conflicts::Conflict>)>,
+}
+
+impl Written {
+    /// The entries of the changes (without the conflict records).
+    pub(crate) fn change_entries(&self) -> &[SyncLogEntry] {
+        &self.entries[..self.changes]
+    }
+}
+
+/// One change to write: its index in its proposal (names its conflict record), the change,
+/// and whether the proposal rule applies to it.
+pub(crate) type Indexed = (usize, Change, bool);
+
 /// Validates, sequences, applies and logs `changes` (each with whether the proposal rule
 /// applies to it) as entries of `term`, each with its chain hash; sets `last_synced_sequence`
-/// if any entry was written. Returns the entries and the head of the log before them. The
-/// caller holds the transaction.
+/// if any entry was written. In a library at feature version 3 each Insert, Update and Delete
+/// entry gets a stamp (the change's timestamp, or one of this device's clock for a change
+/// without), and a proposed change based on an older version than the record's is checked for
+/// conflicts (docs/architecture.md, "Conflicts"): resolved by the model's policy, each
+/// recorded as an entry of model `lsync.conflict` after the changes' entries. The caller holds
+/// the transaction.
 fn write_changes(
     conn: &mut SqliteConnection,
     registry: &ModelRegistry,
     term: u64,
     origin: Uuid,
     proposal_id: Option<Uuid>,
-    changes: impl IntoIterator<Item = (Change, bool)>,
-) -> Result<(Vec<SyncLogEntry>, LogHead)> {
+    changes: impl IntoIterator<Item = Indexed>,
+) -> Result<Written> {
+    use crate::conflicts::{self, Decision};
     let prev = SyncLog::head(conn)?;
     let mut sequence = prev.position.sequence;
     let timestamp_ms = now_ms();
+    let stamping = crate::membership::feature_version(conn)? >= 3;
+    let mut clock = if stamping { Some(crate::hlc::clock(conn)?) } else { None };
+    let clock_before = clock.map(|c| c.last());
+    let physical = crate::hlc::now();
     let changes = changes.into_iter();
     let mut entries = Vec::with_capacity(changes.size_hint().0);
+    let mut recorded: Vec<conflicts::Conflict> = Vec::new();
     // The versions this batch has given so far (`None`: deleted), by (model type, record id):
     // each change sees the ones before it, although the rows are written after the loop.
     let mut written: HashMap<(String, String), Option<i64>> = HashMap::new();
-    for (mut change, proposed) in changes {
+    for (index, mut change, proposed) in changes {
         let handler = registry
             .handler(&change.model_type)
             .ok_or_else(|| StorageError::UnknownModel(change.model_type.clone()))?;
+        if proposed && change.model_type.starts_with(lsync_protocol::RESERVED_MODEL_PREFIX) {
+            return Err(StorageError::InvalidChange(format!(
+                "model type {:?} is lsync's own: it cannot be proposed",
+                change.model_type
+            )));
+        }
+        let mut stamp = None;
         let version = if change.change_type == ChangeType::Bulk {
             0
         } else {
             let key = (change.model_type.clone(), change.record_id.clone());
-            let current = match written.get(&key) {
-                Some(version) => *version,
+            let in_batch = written.get(&key).copied();
+            let current = match in_batch {
+                Some(version) => version,
                 None => handler.current_version(conn, &change.record_id)?,
             };
+            let hlc = clock.as_mut().map(|c| match change.hlc {
+                Some(h) => {
+                    c.observe(h, physical);
+                    h
+                }
+                None => c.tick(physical),
+            });
+            // the fields the entry sets (empty: the whole record)
+            let mut fields = if change.change_type == ChangeType::Patch {
+                crate::fields::patch_fields(&change.data)
+            } else {
+                Vec::new()
+            };
+            if let (Some(hlc), Some(base), Some(now), Some(proposal), true, None) =
+                (hlc, change.base_version, current, proposal_id, proposed, in_batch)
+            {
+                if base < now && change.change_type != ChangeType::Bulk {
+                    let touched = match change.change_type {
+                        ChangeType::Delete => Vec::new(),
+                        _ => crate::fields::patch_fields(&change.data),
+                    };
+                    let record = crate::field_clock::load(conn, &key.0, &key.1, now)?;
+                    let policy = registry.policy(&change.model_type);
+                    let (decision, report) =
+                        conflicts::decide(policy, &touched, &record, base, hlc);
+                    if let Some((conflicting, kept, taken)) = report {
+                        let stored_hlc = conflicting
+                            .iter()
+                            .map(|f| record.field(f).hlc)
+                            .max()
+                            .unwrap_or(record.latest().hlc);
+                        let stored = handler.load(conn, &change.record_id)?.map(|r| r.data);
+                        recorded.push(conflicts::Conflict {
+                            id: conflicts::conflict_id(proposal, index),
+                            model_type: change.model_type.clone(),
+                            record_id: change.record_id.clone(),
+                            policy,
+                            outcome: conflicts::outcome_of(&decision, &kept, &taken),
+                            fields: conflicting,
+                            kept,
+                            taken,
+                            change_type: change.change_type.as_str().to_owned(),
+                            base_version: base,
+                            current_version: now,
+                            stored: stored.unwrap_or_default(),
+                            stored_hlc,
+                            proposed: change.data.clone(),
+                            proposed_hlc: hlc,
+                            origin_device: origin,
+                            proposal_id: proposal,
+                            decided_at_ms: timestamp_ms,
+                        });
+                    }
+                    match decision {
+                        Decision::Apply => {}
+                        Decision::Reject => {
+                            let why = format!(
+                                "conflict: {} {:?} is at version {now}, this change was based \
+                                 on version {base} and sets fields another device changed \
+                                 since (policy reject)",
+                                change.model_type, change.record_id
+                            );
+                            return Ok(Written {
+                                entries: Vec::new(),
+                                changes: 0,
+                                prev,
+                                rejected: Some((why, recorded)),
+                            });
+                        }
+                        Decision::Drop => {
+                            tracing::info!(model_type = %change.model_type,
+                                record_id = %change.record_id, ?proposal_id,
+                                "change older than the stored values it conflicts with: not applied");
+                            continue;
+                        }
+                        Decision::Partial { taken } => {
+                            change.data = crate::fields::extract(&change.data, &taken)?;
+                            change.change_type = ChangeType::Patch;
+                            fields = taken;
+                        }
+                    }
+                }
+            }
             if change.change_type == ChangeType::Patch {
                 let Some(merged) = merge_patch(conn, handler, &change, current, &entries)? else {
                     if proposed {
@@ -728,6 +879,8 @@ fn write_changes(
                 match (change.change_type, current) {
                     (ChangeType::Insert | ChangeType::Update, None) => {
                         change.change_type = ChangeType::Insert;
+                        // a record (re-)created: every field is set
+                        fields.clear();
                     }
                     (ChangeType::Insert | ChangeType::Update, Some(_)) => {
                         change.change_type = ChangeType::Update;
@@ -749,6 +902,8 @@ fn write_changes(
             let version = next_version(&change, current)?;
             let after = (change.change_type != ChangeType::Delete).then_some(version);
             written.insert(key, after);
+            let reserved = change.model_type.starts_with(lsync_protocol::RESERVED_MODEL_PREFIX);
+            stamp = hlc.filter(|_| !reserved).map(|hlc| EntryStamp { hlc, fields });
             version
         };
         sequence += 1;
@@ -764,17 +919,91 @@ fn write_changes(
             data: change.data,
             proposal_id,
             hash: None,
+            stamp,
         });
     }
-    if !entries.is_empty() {
-        crate::model::apply_entries(conn, registry, &entries)?;
-        let hashes = SyncLog::insert_many_unchecked(conn, &prev.hash, &entries)?;
-        for (entry, hash) in entries.iter_mut().zip(hashes) {
-            entry.hash = Some(hash);
+    let changes = entries.len();
+    for conflict in recorded {
+        if crate::conflicts::exists(conn, &conflict.id)? {
+            continue;
         }
-        sync_state::set_last_synced(conn, sequence)?;
+        sequence += 1;
+        entries.push(conflict_entry(sequence, term, origin, timestamp_ms, &conflict));
     }
-    Ok((entries, prev))
+    if let (Some(clock), Some(before)) = (clock, clock_before) {
+        if clock.last() != before {
+            crate::hlc::store(conn, clock.last())?;
+        }
+    }
+    log_entries(conn, registry, &prev, &mut entries)?;
+    Ok(Written { entries, changes, prev, rejected: None })
+}
+
+/// Applies `entries` (sequenced after `prev`) to the tables, logs them with their hashes (set
+/// on them) and sets `last_synced_sequence` to the last. Nothing if there are none.
+fn log_entries(
+    conn: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    prev: &LogHead,
+    entries: &mut [SyncLogEntry],
+) -> Result<()> {
+    let Some(last) = entries.last().map(|e| e.sequence) else { return Ok(()) };
+    apply_entries(conn, registry, entries)?;
+    let hashes = SyncLog::insert_many_unchecked(conn, &prev.hash, entries)?;
+    for (entry, hash) in entries.iter_mut().zip(hashes) {
+        entry.hash = Some(hash);
+    }
+    sync_state::set_last_synced(conn, last)
+}
+
+/// The entry recording `conflict` (an Insert of model `lsync.conflict` by the leader, no
+/// proposal id: it belongs to no proposal, so a retried proposal never counts it as its own).
+fn conflict_entry(
+    sequence: u64,
+    term: u64,
+    leader: Uuid,
+    timestamp_ms: i64,
+    conflict: &crate::conflicts::Conflict,
+) -> SyncLogEntry {
+    let change = crate::conflicts::record_change(conflict);
+    SyncLogEntry {
+        sequence,
+        term,
+        origin_device: leader,
+        timestamp_ms,
+        model_type: change.model_type,
+        record_id: change.record_id,
+        change_type: ChangeType::Insert,
+        version: 1,
+        data: change.data,
+        proposal_id: None,
+        hash: None,
+        stamp: None,
+    }
+}
+
+/// Writes the model rows of `entries` ([`crate::model::apply_entries`]) and their field clocks,
+/// and observes the latest timestamp they carry (so this device's next change is later than
+/// every change it holds). The caller holds the transaction.
+pub(crate) fn apply_entries(
+    conn: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    entries: &[SyncLogEntry],
+) -> Result<()> {
+    crate::model::apply_entries(conn, registry, entries)?;
+    if let Some(latest) = crate::field_clock::record(conn, entries)? {
+        match crate::hlc::observe(conn, latest) {
+            Ok(crate::hlc::Observed::Merged) => {}
+            Ok(crate::hlc::Observed::TooFarAhead) => {
+                tracing::warn!(hlc = %latest,
+                    "an entry's timestamp lies far ahead of this clock: not observed");
+            }
+            // a database without a device (`lsync verify`'s replica) has no clock
+            Err(StorageError::NotInitialized) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The record a Patch `change` makes (docs/architecture.md, "Field-level changes"): its

@@ -256,9 +256,17 @@ pub fn verify(path: &Path, registry: &ModelRegistry) -> Result<VerifyReport> {
                     .to_owned(),
             ));
         }
+        if !column_exists(source, "sync_log", "stamp")? {
+            return Err(StorageError::Migration(
+                "the database predates stamped entries: open it once with this version (start \
+                 its daemon) so it is migrated, then verify"
+                    .to_owned(),
+            ));
+        }
         let bulk = check_log(source, replica.conn(), registry, &mut report)?;
         overlay_pending(source, replica.conn(), registry, &mut report)?;
-        compare_tables(source, replica.conn(), registry, &bulk, &mut report)
+        compare_tables(source, replica.conn(), registry, &bulk, &mut report)?;
+        compare_field_clocks(source, replica.conn(), &mut report)
     })?;
     Ok(report)
 }
@@ -410,13 +418,14 @@ fn replay(
     entries: &[SyncLogEntry],
     report: &mut VerifyReport,
 ) -> Result<()> {
-    let whole = replica.transaction(|conn| crate::model::apply_entries(conn, registry, entries));
+    let whole =
+        replica.transaction(|conn| crate::transaction::apply_entries(conn, registry, entries));
     if whole.is_ok() {
         return Ok(());
     }
     for entry in entries {
         let one = replica.transaction(|conn| {
-            crate::model::apply_entries(conn, registry, std::slice::from_ref(entry))
+            crate::transaction::apply_entries(conn, registry, std::slice::from_ref(entry))
         });
         if let Err(e) = one {
             report.push(Problem::Replay { sequence: entry.sequence, reason: e.to_string() });
@@ -518,6 +527,41 @@ fn quote_ident(name: &str) -> String {
 }
 
 /// Compares every registered model table not written by bulk jobs with the replica.
+/// Compares the field clocks (docs/architecture.md, "Conflicts": derived from the log's
+/// stamps, what decides conflicts) with the replay's; a difference is a `RowDiffers` of table
+/// `field_clock`.
+fn compare_field_clocks(
+    source: &mut SqliteConnection,
+    replica: &mut SqliteConnection,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let stored = crate::field_clock::all(source)?;
+    let replayed = crate::field_clock::all(replica)?;
+    let show = |c: &crate::field_clock::RecordClock| format!("{c:?}");
+    let mut keys: Vec<(&String, &String)> =
+        stored.iter().chain(&replayed).map(|(m, r, _)| (m, r)).collect();
+    keys.sort();
+    keys.dedup();
+    for (model_type, record_id) in keys {
+        let find = |rows: &[(String, String, crate::field_clock::RecordClock)]| {
+            rows.iter()
+                .find(|(m, r, _)| m == model_type && r == record_id)
+                .map(|(_, _, c)| c.clone())
+        };
+        let (a, b) = (find(&stored), find(&replayed));
+        if a != b {
+            report.push(Problem::RowDiffers {
+                table: "field_clock".to_owned(),
+                key: format!("{model_type}|{record_id}"),
+                sequence: None,
+                stored: a.as_ref().map(show),
+                replayed: b.as_ref().map(show),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn compare_tables(
     source: &mut SqliteConnection,
     replica: &mut SqliteConnection,
@@ -660,6 +704,7 @@ impl Replica {
         let conn = replica.conn();
         // A scratch copy: no journal, no syncs.
         conn.batch_execute("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
+        conn.batch_execute(crate::field_clock::DDL)?;
         for handler in registry.handlers() {
             handler.migrate(conn).map_err(|e| {
                 StorageError::Migration(format!("replica, model {}: {e}", handler.model_type()))

@@ -196,6 +196,7 @@ async fn a_stale_leaders_messages_are_refused() {
             data: vec![],
             proposal_id: None,
             hash: None,
+            stamp: None,
         }],
         prev_hash: None,
     };

@@ -316,6 +316,7 @@ fn diverge(cluster: &Cluster, i: usize, lib: uuid::Uuid, from: u64, count: u64, 
             data: lsync::crates::storage::encode(&tag(1_000_000 + s, "rogue")),
             proposal_id: None,
             hash: None,
+            stamp: None,
         })
         .collect();
     Applier::new(db).apply(&entries).unwrap();

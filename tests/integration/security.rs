@@ -178,6 +178,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
         data: vec![1, 2, 3],
         proposal_id: None,
         hash: None,
+        stamp: None,
     };
     let push = SyncMessage::EntriesResponse {
         commit_sequence: 0,
@@ -261,6 +262,7 @@ async fn hostile_requests_get_errors_change_nothing_and_the_node_serves_on() {
             data: vec![7; 20 * 1024 * 1024],
             proposal_id: None,
             hash: None,
+            stamp: None,
         }],
         has_more: false,
         leader_last_sequence: last + 1,

@@ -202,6 +202,8 @@ async fn a_proposal_retried_after_a_lost_reply_is_committed_once() {
                 name: "x".into(),
                 color: None,
             }),
+            base_version: None,
+            hlc: None,
         }],
     };
     let first = client.request(cluster.node(0).peer_id(), proposal.clone()).await.unwrap();

@@ -34,6 +34,7 @@ fn entry(sequence: u64, term: u64) -> SyncLogEntry {
         data: vec![0; 20],
         proposal_id: None,
         hash: None,
+        stamp: None,
     }
 }
 

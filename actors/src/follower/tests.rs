@@ -67,6 +67,7 @@ fn entry(sequence: u64, term: u64) -> SyncLogEntry {
         data: vec![0; 36],
         proposal_id: None,
         hash: None,
+        stamp: None,
     }
 }
 

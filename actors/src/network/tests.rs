@@ -476,6 +476,8 @@ async fn a_large_request_written_in_window_sized_yamux_frames_arrives() {
             record_id: "big".into(),
             change_type: lsync_protocol::ChangeType::Insert,
             data: vec![7; 12 << 20],
+            base_version: None,
+            hlc: None,
         }],
     };
     let bytes = lsync_protocol::codec::encode_frame(&request, DEFAULT_MAX_FRAME).unwrap();

@@ -174,6 +174,7 @@ mod tests {
             data: Vec::new(),
             proposal_id: None,
             hash: None,
+            stamp: None,
         }
     }
 
@@ -254,6 +255,8 @@ mod tests {
                 record_id: "1".into(),
                 change_type,
                 data: Vec::new(),
+                base_version: None,
+                hlc: None,
             }],
         };
         assert!(needs_version_2(&propose(ChangeType::Config)));

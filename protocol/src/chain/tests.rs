@@ -23,6 +23,7 @@ fn vector() -> [SyncLogEntry; 2] {
             data: vec![0x81, 0xa1, 0x61, 0x01],
             proposal_id: None,
             hash: None,
+            stamp: None,
         },
         SyncLogEntry {
             sequence: 2,
@@ -36,6 +37,7 @@ fn vector() -> [SyncLogEntry; 2] {
             data: Vec::new(),
             proposal_id: Some(Uuid::from_u128(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10)),
             hash: None,
+            stamp: None,
         },
     ]
 }

@@ -12,6 +12,8 @@ fn set(record: &str, data: &str) -> Change {
         record_id: record.to_owned(),
         change_type: ChangeType::Insert,
         data: data.as_bytes().to_vec(),
+        base_version: None,
+        hlc: None,
     }
 }
 

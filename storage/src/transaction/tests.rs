@@ -13,6 +13,8 @@ fn change(record: &str, change_type: ChangeType, data: &str) -> Change {
         record_id: record.to_owned(),
         change_type,
         data: data.as_bytes().to_vec(),
+        base_version: None,
+        hlc: None,
     }
 }
 
@@ -38,6 +40,7 @@ fn entry(sequence: u64, c: &Change, change_type: ChangeType) -> SyncLogEntry {
         data: c.data.clone(),
         proposal_id: Some(Uuid::nil()),
         hash: None,
+        stamp: None,
     }
 }
 

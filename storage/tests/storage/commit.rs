@@ -184,6 +184,8 @@ fn bad_input_changes_nothing() {
             record_id: "t1".into(),
             change_type: ChangeType::Insert,
             data: vec![0xc1, 0x00],
+            base_version: None,
+            hlc: None,
         }],
         "undecodable data",
     );
@@ -193,6 +195,8 @@ fn bad_input_changes_nothing() {
             record_id: "t1".into(),
             change_type: ChangeType::Insert,
             data: lsync_storage::encode(&tag("t1", "a tag")),
+            base_version: None,
+            hlc: None,
         }],
         "data of another model",
     );

@@ -184,6 +184,7 @@ pub fn entry(sequence: u64, term: u64, change: Change, version: i64) -> SyncLogE
         data: change.data,
         proposal_id: None,
         hash: None,
+        stamp: None,
     }
 }
 

@@ -20,9 +20,9 @@ fn open_creates_parent_directories_and_tables() {
     let db = Database::open(&path, &options, ModelRegistry::with_builtin()).unwrap();
     assert!(path.exists());
     assert_eq!(db.path(), path);
-    assert_eq!(db.registry().model_types(), vec!["location".to_owned(), "tag".to_owned()]);
+    assert_eq!(db.registry().model_types(), ["location", "lsync.conflict", "tag"]);
     let dump = db.dump().unwrap();
-    assert_eq!(dump.keys().collect::<Vec<_>>(), vec!["location", "sync_log", "tag"]);
+    assert_eq!(dump.keys().collect::<Vec<_>>(), vec!["location", "lsync_conflict", "sync_log", "tag"]);
     let mode = db
         .with_reader(|conn| {
             use diesel::prelude::*;
@@ -38,9 +38,9 @@ fn open_creates_parent_directories_and_tables() {
     // Opening again runs no migration twice.
     drop(db);
     Database::open(&path, &options, ModelRegistry::with_builtin()).unwrap();
-    // An empty registry lists only the log.
+    // A registry of no host model lists only the log and lsync's own conflict records.
     let db = Database::open(&path, &options, ModelRegistry::new()).unwrap();
-    assert_eq!(db.dump().unwrap().keys().collect::<Vec<_>>(), vec!["sync_log"]);
+    assert_eq!(db.dump().unwrap().keys().collect::<Vec<_>>(), vec!["lsync_conflict", "sync_log"]);
 }
 
 #[test]

@@ -45,7 +45,7 @@ fn a_clean_library_verifies_on_every_device_and_names_the_tables_it_skipped() {
         assert_eq!(report.first_bad_sequence(), None);
         assert_eq!(report.entries, 23);
         assert_eq!(report.head, db.head().unwrap());
-        assert_eq!(report.tables_checked, vec!["note".to_owned(), "tag".to_owned()]);
+        assert_eq!(report.tables_checked, ["lsync_conflict", "note", "tag"]);
         assert_eq!(report.tables_excluded.len(), 1);
         assert_eq!(report.tables_excluded[0].table, "location");
         assert!(report.tables_excluded[0].reason.contains("bulk"), "{:?}", report.tables_excluded);

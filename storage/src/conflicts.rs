@@ -1,0 +1,470 @@
+//! Conflicts between concurrent changes (docs/architecture.md, "Conflicts"): the policies
+//! ([`ConflictPolicy`]), the leader's decision ([`decide`], pure), and the record of each
+//! conflict decided ([`Conflict`]), a model of lsync's own (`lsync.conflict`, table
+//! `lsync_conflict`) that the leader commits in the log next to the change, so that every
+//! device — the writer's included — holds the same conflicts, and `lsync verify` replays them.
+//!
+//! A change carries the version of the record it was based on and the timestamp it got where
+//! it was made. When its base is older than the record's version at the leader, the fields it
+//! sets that were set since (by the field clock, [`crate::field_clock`]) are in conflict, unless
+//! the device that set them is the one that made the change (its own later edit, ordered by its
+//! own clock). The model's policy decides: `last_writer_wins` keeps, field by field, the value
+//! with the later timestamp (ties broken by device id), whatever the order in which the leader
+//! sequences them; `reject` refuses the change (the writer's view rolls back). Either way a
+//! [`Conflict`] is committed with both values.
+
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use lsync_protocol::{ChangeType, Hlc, SyncLogEntry};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::change::Change;
+use crate::error::{Result, StorageError};
+use crate::field_clock::RecordClock;
+use crate::model::{decode, encode, ModelHandler, StoredRecord};
+use crate::schema::lsync_conflict;
+
+/// The model type of conflict records (reserved: hosts cannot register or propose it).
+pub const CONFLICT_MODEL_TYPE: &str = "lsync.conflict";
+
+/// How a model's concurrent changes to one field are decided (per model type,
+/// [`crate::ModelRegistry::set_policy`]; every device of a library must use the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// The value with the later timestamp wins, field by field (the default).
+    #[default]
+    LastWriterWins,
+    /// A change based on an older version that sets a field changed since by another device
+    /// is refused as a whole, with the record's current version; the writer decides again.
+    Reject,
+}
+
+impl ConflictPolicy {
+    /// `last_writer_wins` or `reject`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LastWriterWins => "last_writer_wins",
+            Self::Reject => "reject",
+        }
+    }
+}
+
+/// What became of a conflicting change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictOutcome {
+    /// The change's values won every field in conflict.
+    Change,
+    /// The stored values won every field in conflict: the change was not applied to them.
+    Stored,
+    /// Some fields each way (`taken` and `kept`).
+    Mixed,
+    /// Refused (policy `reject`): nothing of the change was committed.
+    Rejected,
+}
+
+impl ConflictOutcome {
+    /// `change`, `stored`, `mixed` or `rejected`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Change => "change",
+            Self::Stored => "stored",
+            Self::Mixed => "mixed",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// A conflict a leader decided: the record, the fields in conflict, both values and what won.
+/// Committed in the log (model [`CONFLICT_MODEL_TYPE`]), so every device holds it; a host
+/// shows it to the user and may delete it once dealt with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// `<proposal id>:<index of the change in it>`: the same when a refused proposal is retried.
+    pub id: String,
+    /// The record's model type.
+    pub model_type: String,
+    /// The record's id.
+    pub record_id: String,
+    /// The policy that decided it.
+    pub policy: ConflictPolicy,
+    /// What won.
+    pub outcome: ConflictOutcome,
+    /// The fields in conflict (set by the change and by another device since its base; empty
+    /// for a Delete, which concerns the whole record).
+    pub fields: Vec<String>,
+    /// Of `fields`, those whose stored value was kept.
+    pub kept: Vec<String>,
+    /// Of `fields`, those the change's value took.
+    pub taken: Vec<String>,
+    /// The change's type as proposed (`insert`, `update`, `patch`, `delete`).
+    pub change_type: String,
+    /// The version the change was based on.
+    pub base_version: i64,
+    /// The record's version when the leader decided.
+    pub current_version: i64,
+    /// The record as stored then (its data, MessagePack).
+    #[serde(with = "serde_bytes")]
+    pub stored: Vec<u8>,
+    /// The latest timestamp of the fields in conflict, as stored then.
+    pub stored_hlc: Option<Hlc>,
+    /// The change's data (the record, or for a patch the fields it set; empty for a Delete).
+    #[serde(with = "serde_bytes")]
+    pub proposed: Vec<u8>,
+    /// The change's timestamp.
+    pub proposed_hlc: Hlc,
+    /// The device that made the change.
+    pub origin_device: Uuid,
+    /// The proposal that carried it.
+    pub proposal_id: Uuid,
+    /// Milliseconds since the Unix epoch, on the leader, when decided.
+    pub decided_at_ms: i64,
+}
+
+impl crate::model::Syncable for Conflict {
+    const MODEL_TYPE: &'static str = CONFLICT_MODEL_TYPE;
+    fn record_id(&self) -> String {
+        self.id.clone()
+    }
+}
+
+/// What the leader does with one change ([`decide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Commit it as proposed.
+    Apply,
+    /// Commit only the fields `taken`; the others keep their stored values.
+    Partial { taken: Vec<String> },
+    /// Commit nothing of it: the stored values won.
+    Drop,
+    /// Refuse the proposal (policy `reject`).
+    Reject,
+}
+
+/// The leader's decision on a change with timestamp `hlc`, based on version `base` of a record
+/// whose clock is `clock`, that sets `touched` (every field it sets; empty: the whole record,
+/// a Delete): the decision, and the conflict's fields, kept and taken ones, if another device
+/// set any of them since `base`. Pure.
+pub(crate) fn decide(
+    policy: ConflictPolicy,
+    touched: &[String],
+    clock: &RecordClock,
+    base: i64,
+    hlc: Hlc,
+) -> (Decision, Option<(Vec<String>, Vec<String>, Vec<String>)>) {
+    let other = |stamp: crate::field_clock::FieldStamp| {
+        stamp.version > base && stamp.hlc.is_none_or(|h| h.device != hlc.device)
+    };
+    let wins = |stamp: crate::field_clock::FieldStamp| Some(hlc) > stamp.hlc;
+    if touched.is_empty() {
+        let latest = clock.latest();
+        if latest.version <= base {
+            return (Decision::Apply, None);
+        }
+        let conflict = other(latest);
+        let decision = match (policy, conflict, wins(latest)) {
+            (ConflictPolicy::Reject, true, _) => Decision::Reject,
+            (_, _, true) => Decision::Apply,
+            (_, _, false) => Decision::Drop,
+        };
+        return (decision, conflict.then(|| (Vec::new(), Vec::new(), Vec::new())));
+    }
+    let mut conflicting = Vec::new();
+    let (mut kept, mut taken) = (Vec::new(), Vec::new());
+    let mut all_kept = Vec::new();
+    for field in touched {
+        let stamp = clock.field(field);
+        if stamp.version <= base {
+            continue;
+        }
+        let by_other = other(stamp);
+        if by_other {
+            conflicting.push(field.clone());
+        }
+        if !wins(stamp) {
+            all_kept.push(field.clone());
+            if by_other {
+                kept.push(field.clone());
+            }
+        } else if by_other {
+            taken.push(field.clone());
+        }
+    }
+    let report = (!conflicting.is_empty()).then(|| (conflicting, kept, taken));
+    if policy == ConflictPolicy::Reject && report.is_some() {
+        return (Decision::Reject, report);
+    }
+    let decision = if all_kept.is_empty() {
+        Decision::Apply
+    } else if all_kept.len() == touched.len() {
+        Decision::Drop
+    } else {
+        Decision::Partial {
+            taken: touched.iter().filter(|f| !all_kept.contains(f)).cloned().collect(),
+        }
+    };
+    (decision, report)
+}
+
+/// The outcome a conflict reports for `decision` with `kept` and `taken` fields.
+pub(crate) fn outcome_of(
+    decision: &Decision,
+    kept: &[String],
+    taken: &[String],
+) -> ConflictOutcome {
+    match decision {
+        Decision::Reject => ConflictOutcome::Rejected,
+        Decision::Drop => ConflictOutcome::Stored,
+        Decision::Partial { .. } | Decision::Apply => match (kept.is_empty(), taken.is_empty()) {
+            (true, _) => ConflictOutcome::Change,
+            (false, true) => ConflictOutcome::Stored,
+            (false, false) => ConflictOutcome::Mixed,
+        },
+    }
+}
+
+/// The id of the conflict of change `index` of proposal `proposal_id`.
+pub(crate) fn conflict_id(proposal_id: Uuid, index: usize) -> String {
+    format!("{proposal_id}:{index}")
+}
+
+/// The change that commits `conflict` (an Insert of the conflict record, made by the leader).
+pub(crate) fn record_change(conflict: &Conflict) -> Change {
+    Change::insert(conflict)
+}
+
+/// Whether the conflict `id` is recorded already (a refused proposal retried).
+pub(crate) fn exists(conn: &mut SqliteConnection, id: &str) -> Result<bool> {
+    Ok(lsync_conflict::table.find(id).count().get_result::<i64>(conn)? > 0)
+}
+
+/// Every recorded conflict, most recent decision first, at most `limit`.
+pub fn list(conn: &mut SqliteConnection, limit: u64) -> Result<Vec<Conflict>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    lsync_conflict::table
+        .select(lsync_conflict::data)
+        .order((lsync_conflict::decided_at_ms.desc(), lsync_conflict::id.desc()))
+        .limit(limit)
+        .load::<Vec<u8>>(conn)?
+        .iter()
+        .map(|data| {
+            decode::<Conflict>(data)
+                .map_err(|e| StorageError::Corrupt(format!("lsync_conflict row: {e}")))
+        })
+        .collect()
+}
+
+/// The number of recorded conflicts.
+pub fn count(conn: &mut SqliteConnection) -> Result<u64> {
+    let n = lsync_conflict::table.count().get_result::<i64>(conn)?;
+    crate::error::to_u64(n, "lsync_conflict count")
+}
+
+/// The table of [`Conflict`]s: key columns for listing, the whole record in `data`.
+const DDL: &str = "CREATE TABLE IF NOT EXISTS lsync_conflict (
+    id TEXT PRIMARY KEY NOT NULL,
+    model_type TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    decided_at_ms BIGINT NOT NULL,
+    data BLOB NOT NULL,
+    version BIGINT NOT NULL
+)";
+
+/// The [`ModelHandler`] of [`Conflict`] (model `lsync.conflict`, table `lsync_conflict`).
+/// Every registry has it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConflictHandler;
+
+impl ModelHandler for ConflictHandler {
+    fn model_type(&self) -> &str {
+        CONFLICT_MODEL_TYPE
+    }
+
+    fn table_name(&self) -> &str {
+        "lsync_conflict"
+    }
+
+    fn migrate(&self, conn: &mut SqliteConnection) -> Result<()> {
+        use diesel::connection::SimpleConnection;
+        conn.batch_execute(DDL)?;
+        Ok(())
+    }
+
+    fn validate(&self, change: &Change) -> Result<()> {
+        crate::model::validate_syncable::<Conflict>(change)
+    }
+
+    fn current_version(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<i64>> {
+        Ok(lsync_conflict::table
+            .find(record_id)
+            .select(lsync_conflict::version)
+            .get_result(conn)
+            .optional()?)
+    }
+
+    fn load(&self, conn: &mut SqliteConnection, record_id: &str) -> Result<Option<StoredRecord>> {
+        Ok(lsync_conflict::table
+            .find(record_id)
+            .select((lsync_conflict::data, lsync_conflict::version))
+            .get_result::<(Vec<u8>, i64)>(conn)
+            .optional()?
+            .map(|(data, version)| StoredRecord { data, version }))
+    }
+
+    fn apply(&self, conn: &mut SqliteConnection, entry: &SyncLogEntry) -> Result<()> {
+        match entry.change_type {
+            ChangeType::Insert | ChangeType::Update => {
+                let conflict: Conflict = decode(&entry.data)?;
+                if conflict.id != entry.record_id {
+                    return Err(StorageError::InvalidChange(format!(
+                        "conflict entry {} has record id {:?} but its data has {:?}",
+                        entry.sequence, entry.record_id, conflict.id
+                    )));
+                }
+                diesel::replace_into(lsync_conflict::table)
+                    .values((
+                        lsync_conflict::id.eq(&conflict.id),
+                        lsync_conflict::model_type.eq(&conflict.model_type),
+                        lsync_conflict::record_id.eq(&conflict.record_id),
+                        lsync_conflict::outcome.eq(conflict.outcome.as_str()),
+                        lsync_conflict::decided_at_ms.eq(conflict.decided_at_ms),
+                        lsync_conflict::data.eq(encode(&conflict)),
+                        lsync_conflict::version.eq(entry.version),
+                    ))
+                    .execute(conn)?;
+            }
+            ChangeType::Delete => {
+                diesel::delete(lsync_conflict::table.find(&entry.record_id)).execute(conn)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn clear(&self, conn: &mut SqliteConnection) -> Result<()> {
+        diesel::delete(lsync_conflict::table).execute(conn)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::field_clock::FieldStamp;
+
+    const A: Uuid = Uuid::from_u128(1);
+    const B: Uuid = Uuid::from_u128(2);
+
+    fn hlc(ms: u64, device: Uuid) -> Hlc {
+        Hlc { physical_ms: ms, counter: 0, device }
+    }
+
+    fn fields(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// A record last written whole at version 3 (t=10 by A), its `color` set by B at version 4
+    /// (t=20).
+    fn clock() -> RecordClock {
+        RecordClock {
+            whole: FieldStamp { version: 3, hlc: Some(hlc(10, A)) },
+            fields: vec![("color".into(), FieldStamp { version: 4, hlc: Some(hlc(20, B)) })],
+        }
+    }
+
+    #[test]
+    fn a_change_based_on_the_current_version_applies_without_conflict() {
+        let d = decide(ConflictPolicy::Reject, &fields(&["color"]), &clock(), 4, hlc(1, A));
+        assert_eq!(d, (Decision::Apply, None));
+    }
+
+    #[test]
+    fn a_field_not_set_since_the_base_is_no_conflict() {
+        let d = decide(ConflictPolicy::Reject, &fields(&["name"]), &clock(), 3, hlc(1, A));
+        assert_eq!(d, (Decision::Apply, None));
+    }
+
+    #[test]
+    fn the_later_timestamp_wins_a_field_set_by_another_device() {
+        let later =
+            decide(ConflictPolicy::LastWriterWins, &fields(&["color"]), &clock(), 3, hlc(30, A));
+        assert_eq!(
+            later,
+            (Decision::Apply, Some((fields(&["color"]), vec![], fields(&["color"]))))
+        );
+        let earlier =
+            decide(ConflictPolicy::LastWriterWins, &fields(&["color"]), &clock(), 3, hlc(15, A));
+        assert_eq!(
+            earlier,
+            (Decision::Drop, Some((fields(&["color"]), fields(&["color"]), vec![])))
+        );
+    }
+
+    #[test]
+    fn an_older_change_keeps_the_fields_it_loses_and_takes_the_others() {
+        let d = decide(
+            ConflictPolicy::LastWriterWins,
+            &fields(&["name", "color"]),
+            &clock(),
+            3,
+            hlc(15, A),
+        );
+        assert_eq!(
+            d,
+            (
+                Decision::Partial { taken: fields(&["name"]) },
+                Some((fields(&["color"]), fields(&["color"]), vec![]))
+            )
+        );
+    }
+
+    #[test]
+    fn reject_refuses_a_change_to_a_field_another_device_set_since() {
+        let d = decide(ConflictPolicy::Reject, &fields(&["color"]), &clock(), 3, hlc(30, A));
+        assert_eq!(d.0, Decision::Reject);
+    }
+
+    #[test]
+    fn a_devices_own_later_edit_is_no_conflict() {
+        let mut own = clock();
+        own.fields[0].1.hlc = Some(hlc(20, A));
+        let d = decide(ConflictPolicy::Reject, &fields(&["color"]), &own, 3, hlc(15, A));
+        assert_eq!(d, (Decision::Drop, None), "its older change loses to its newer one, silently");
+    }
+
+    #[test]
+    fn a_delete_against_a_newer_edit_loses_and_a_later_one_wins() {
+        let stale = decide(ConflictPolicy::LastWriterWins, &[], &clock(), 3, hlc(15, A));
+        assert_eq!(stale.0, Decision::Drop);
+        assert!(stale.1.is_some());
+        let later = decide(ConflictPolicy::LastWriterWins, &[], &clock(), 3, hlc(25, A));
+        assert_eq!(later.0, Decision::Apply);
+    }
+
+    #[test]
+    fn a_field_without_a_timestamp_loses_to_a_stamped_change() {
+        let unstamped = RecordClock { whole: FieldStamp { version: 5, hlc: None }, fields: vec![] };
+        let d =
+            decide(ConflictPolicy::LastWriterWins, &fields(&["name"]), &unstamped, 3, hlc(1, A));
+        assert_eq!(d.0, Decision::Apply);
+        assert!(d.1.is_some(), "still a conflict: set since the base by an unknown device");
+    }
+
+    #[test]
+    fn outcomes_name_what_won() {
+        assert_eq!(outcome_of(&Decision::Apply, &[], &fields(&["a"])), ConflictOutcome::Change);
+        assert_eq!(outcome_of(&Decision::Drop, &fields(&["a"]), &[]), ConflictOutcome::Stored);
+        assert_eq!(
+            outcome_of(
+                &Decision::Partial { taken: fields(&["b"]) },
+                &fields(&["a"]),
+                &fields(&["b"])
+            ),
+            ConflictOutcome::Mixed
+        );
+        assert_eq!(outcome_of(&Decision::Reject, &[], &[]), ConflictOutcome::Rejected);
+    }
+}
