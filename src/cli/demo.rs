@@ -814,19 +814,33 @@ fn whole_log(node: &Node, library: Uuid) -> anyhow::Result<Vec<lsync::SyncLogEnt
 }
 
 /// What is wrong with `log` against the demo's writes (`written`, indices for [`change`]):
-/// each must be in it exactly once — an entry of the same model, record and data — and it must
-/// hold no other change (configuration entries aside). Empty when all is well.
+/// each must be in it exactly once — an entry of the same model, record and data, or the
+/// conflict record of a write an older timestamp made lose (docs/architecture.md, "Conflicts")
+/// — and it must hold no other change (configuration entries aside). Empty when all is well.
 fn check_writes(written: &[u64], log: &[lsync::SyncLogEntry]) -> Vec<String> {
-    let mut found: HashMap<(&str, &str, &[u8]), u64> = HashMap::new();
+    let mut found: HashMap<(String, String, Vec<u8>), u64> = HashMap::new();
     let mut changes = 0u64;
     for e in log.iter().filter(|e| e.change_type != lsync::ChangeType::Config) {
-        *found.entry((&e.model_type, &e.record_id, &e.data)).or_default() += 1;
+        if e.model_type == lsync::crates::storage::conflicts::CONFLICT_MODEL_TYPE {
+            // A change an older timestamp made lose (last-writer-wins) is in the log as the
+            // conflict record that decided it, not as an entry.
+            let Ok(c) = lsync::crates::storage::decode::<lsync::crates::storage::Conflict>(&e.data)
+            else {
+                continue;
+            };
+            if c.outcome != lsync::crates::storage::ConflictOutcome::Change {
+                *found.entry((c.model_type, c.record_id, c.proposed)).or_default() += 1;
+                changes += 1;
+            }
+            continue;
+        }
+        *found.entry((e.model_type.clone(), e.record_id.clone(), e.data.clone())).or_default() += 1;
         changes += 1;
     }
     let mut problems = Vec::new();
     for &i in written {
         let c = change(i);
-        let n = found.get(&(c.model_type.as_str(), c.record_id.as_str(), c.data.as_slice()));
+        let n = found.get(&(c.model_type.clone(), c.record_id.clone(), c.data.clone()));
         match n.copied().unwrap_or(0) {
             1 => {}
             n => problems.push(format!(

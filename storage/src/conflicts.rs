@@ -145,8 +145,12 @@ pub(crate) enum Decision {
 
 /// The leader's decision on a change with timestamp `hlc`, based on version `base` of a record
 /// whose clock is `clock`, that sets `touched` (every field it sets; empty: the whole record,
-/// a Delete): the decision, and the conflict's fields, kept and taken ones, if another device
-/// set any of them since `base`. Pure.
+/// a Delete): the decision, and what to record, if anything: the fields in conflict — set since
+/// `base` by another device, or holding a later value (of any device) that this change does
+/// not replace — with those whose stored value was kept and those the change took. Only fields
+/// another device set make the `reject` policy refuse; a device's own later value wins over its
+/// older change (re-proposed after a failover) under either policy, recorded too, so that a
+/// change is always either in the log or in a conflict record. Pure.
 pub(crate) fn decide(
     policy: ConflictPolicy,
     touched: &[String],
@@ -163,48 +167,44 @@ pub(crate) fn decide(
         if latest.version <= base {
             return (Decision::Apply, None);
         }
-        let conflict = other(latest);
-        let decision = match (policy, conflict, wins(latest)) {
+        let decision = match (policy, other(latest), wins(latest)) {
             (ConflictPolicy::Reject, true, _) => Decision::Reject,
             (_, _, true) => Decision::Apply,
             (_, _, false) => Decision::Drop,
         };
-        return (decision, conflict.then(|| (Vec::new(), Vec::new(), Vec::new())));
+        let report = (other(latest) || decision == Decision::Drop)
+            .then(|| (Vec::new(), Vec::new(), Vec::new()));
+        return (decision, report);
     }
-    let mut conflicting = Vec::new();
-    let (mut kept, mut taken) = (Vec::new(), Vec::new());
-    let mut all_kept = Vec::new();
+    // fields set since the base by another device, or that keep a later value of this one
+    let (mut fields, mut kept, mut taken) = (Vec::new(), Vec::new(), Vec::new());
+    let mut by_others = false;
     for field in touched {
         let stamp = clock.field(field);
         if stamp.version <= base {
             continue;
         }
         let by_other = other(stamp);
-        if by_other {
-            conflicting.push(field.clone());
-        }
+        by_others |= by_other;
         if !wins(stamp) {
-            all_kept.push(field.clone());
-            if by_other {
-                kept.push(field.clone());
-            }
+            fields.push(field.clone());
+            kept.push(field.clone());
         } else if by_other {
+            fields.push(field.clone());
             taken.push(field.clone());
         }
     }
-    let report = (!conflicting.is_empty()).then(|| (conflicting, kept, taken));
-    if policy == ConflictPolicy::Reject && report.is_some() {
-        return (Decision::Reject, report);
+    if policy == ConflictPolicy::Reject && by_others {
+        return (Decision::Reject, Some((fields, kept, taken)));
     }
-    let decision = if all_kept.is_empty() {
+    let decision = if kept.is_empty() {
         Decision::Apply
-    } else if all_kept.len() == touched.len() {
+    } else if kept.len() == touched.len() {
         Decision::Drop
     } else {
-        Decision::Partial {
-            taken: touched.iter().filter(|f| !all_kept.contains(f)).cloned().collect(),
-        }
+        Decision::Partial { taken: touched.iter().filter(|f| !kept.contains(f)).cloned().collect() }
     };
+    let report = (!fields.is_empty()).then_some((fields, kept, taken));
     (decision, report)
 }
 
@@ -428,11 +428,14 @@ mod tests {
     }
 
     #[test]
-    fn a_devices_own_later_edit_is_no_conflict() {
+    fn a_devices_own_later_edit_wins_over_its_older_change_without_reject() {
         let mut own = clock();
         own.fields[0].1.hlc = Some(hlc(20, A));
         let d = decide(ConflictPolicy::Reject, &fields(&["color"]), &own, 3, hlc(15, A));
-        assert_eq!(d, (Decision::Drop, None), "its older change loses to its newer one, silently");
+        let lost = (fields(&["color"]), fields(&["color"]), vec![]);
+        assert_eq!(d, (Decision::Drop, Some(lost)), "recorded, so the change is accounted for");
+        let newer = decide(ConflictPolicy::Reject, &fields(&["color"]), &own, 3, hlc(25, A));
+        assert_eq!(newer, (Decision::Apply, None), "its own newer change: no conflict at all");
     }
 
     #[test]

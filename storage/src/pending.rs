@@ -478,17 +478,30 @@ pub(crate) fn redeliver_unheld(conn: &mut SqliteConnection) -> Result<u64> {
 
 /// Whether this device's log holds the whole of `entry`'s proposal: its entries (by proposal
 /// id) commit every change but deletes that may have been dropped (a delete of a record that
-/// did not exist writes no entry; a proposal of deletes only may write none, and counts as held).
+/// did not exist writes no entry; a proposal of deletes only may write none, and counts as held)
+/// and changes a conflict decided against (their conflict record, `<proposal id>:<index>`, is
+/// in the log instead: docs/architecture.md, "Conflicts").
 fn held_whole(conn: &mut SqliteConnection, entry: &OutboxEntry) -> Result<bool> {
-    let is_delete = |c: &crate::Change| c.change_type == lsync_protocol::ChangeType::Delete;
     let present = SyncLog::proposal_entries(conn, entry.proposal_id)?;
-    if present.is_empty() {
-        return Ok(entry.changes.iter().all(is_delete));
+    let from = if present.is_empty() {
+        0
+    } else {
+        match crate::transaction::missing_part(&entry.changes, &present) {
+            None => return Ok(true),
+            Some(from) => from,
+        }
+    };
+    for (i, change) in entry.changes.iter().enumerate().skip(from) {
+        if change.change_type != ChangeType::Delete
+            && !crate::conflicts::exists(
+                conn,
+                &crate::conflicts::conflict_id(entry.proposal_id, i),
+            )?
+        {
+            return Ok(false);
+        }
     }
-    Ok(match crate::transaction::missing_part(&entry.changes, &present) {
-        None => true,
-        Some(from) => entry.changes[from..].iter().all(is_delete),
-    })
+    Ok(true)
 }
 
 /// At open: a database whose outbox holds entries but which remembers no committed row (its

@@ -990,20 +990,29 @@ pub(crate) fn apply_entries(
     registry: &ModelRegistry,
     entries: &[SyncLogEntry],
 ) -> Result<()> {
-    crate::model::apply_entries(conn, registry, entries)?;
-    if let Some(latest) = crate::field_clock::record(conn, entries)? {
+    if let Some(latest) = replay_entries(conn, registry, entries)? {
         match crate::hlc::observe(conn, latest) {
             Ok(crate::hlc::Observed::Merged) => {}
             Ok(crate::hlc::Observed::TooFarAhead) => {
                 tracing::warn!(hlc = %latest,
                     "an entry's timestamp lies far ahead of this clock: not observed");
             }
-            // a database without a device (`lsync verify`'s replica) has no clock
-            Err(StorageError::NotInitialized) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Writes the model rows and field clocks of `entries`, as [`apply_entries`] does, without
+/// observing their timestamps (`lsync verify`'s replica, which is no device, has no clock).
+/// Returns the latest timestamp the entries carry.
+pub(crate) fn replay_entries(
+    conn: &mut SqliteConnection,
+    registry: &ModelRegistry,
+    entries: &[SyncLogEntry],
+) -> Result<Option<lsync_protocol::Hlc>> {
+    crate::model::apply_entries(conn, registry, entries)?;
+    crate::field_clock::record(conn, entries)
 }
 
 /// The record a Patch `change` makes (docs/architecture.md, "Field-level changes"): its

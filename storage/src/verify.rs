@@ -418,14 +418,15 @@ fn replay(
     entries: &[SyncLogEntry],
     report: &mut VerifyReport,
 ) -> Result<()> {
-    let whole =
-        replica.transaction(|conn| crate::transaction::apply_entries(conn, registry, entries));
+    let whole = replica
+        .transaction(|conn| crate::transaction::replay_entries(conn, registry, entries).map(drop));
     if whole.is_ok() {
         return Ok(());
     }
     for entry in entries {
         let one = replica.transaction(|conn| {
-            crate::transaction::apply_entries(conn, registry, std::slice::from_ref(entry))
+            crate::transaction::replay_entries(conn, registry, std::slice::from_ref(entry))
+                .map(drop)
         });
         if let Err(e) = one {
             report.push(Problem::Replay { sequence: entry.sequence, reason: e.to_string() });

@@ -22,7 +22,10 @@ fn open_creates_parent_directories_and_tables() {
     assert_eq!(db.path(), path);
     assert_eq!(db.registry().model_types(), ["location", "lsync.conflict", "tag"]);
     let dump = db.dump().unwrap();
-    assert_eq!(dump.keys().collect::<Vec<_>>(), vec!["location", "lsync_conflict", "sync_log", "tag"]);
+    assert_eq!(
+        dump.keys().collect::<Vec<_>>(),
+        vec!["location", "lsync_conflict", "sync_log", "tag"]
+    );
     let mode = db
         .with_reader(|conn| {
             use diesel::prelude::*;

@@ -4,6 +4,7 @@ mod applier;
 mod chain;
 mod commit;
 mod common;
+mod conflicts;
 mod convergence;
 mod database;
 mod fields;
