@@ -144,7 +144,7 @@ pub struct SyncLogEntry {
 /// record id: every other field at its largest (a `u64::MAX` sequence, a [`MAX_TERM`] term,
 /// both uuids, a hash), the field names of the named encoding, and the longest MessagePack
 /// headers of the three variable fields, and a stamp without fields (measured: 233 bytes
-/// without a stamp, 311 with one; the tests check the bound).
+/// without a stamp, 312 with one; the tests check the bound).
 pub const ENTRY_OVERHEAD: usize = 320;
 
 /// The most bytes an `EntriesResponse` or a `NewEntries` takes beyond the encodings of the

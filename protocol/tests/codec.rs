@@ -1105,13 +1105,9 @@ fn carriers(entries: Vec<SyncLogEntry>) -> [SyncMessage; 2] {
     ]
 }
 
-/// The bound the leader builds frames with (docs/protocol.md "Framing"): a response or push is
-/// at most `ENVELOPE_BYTES` plus its entries' `entry_bytes`, here at the largest fields and
-/// the longest MessagePack headers (strings and data over 65,535 bytes, more than 65,535
-/// entries), where the margin is smallest.
-#[test]
-fn a_response_is_never_larger_than_its_envelope_and_counted_entries() {
-    let largest = |len: usize| SyncLogEntry {
+/// The largest entry with `len` bytes of model type, record id and data, and `stamp`.
+fn largest_with(len: usize, stamp: Option<lsync_protocol::EntryStamp>) -> SyncLogEntry {
+    SyncLogEntry {
         sequence: u64::MAX,
         term: MAX_TERM,
         origin_device: Uuid::from_u128(u128::MAX),
@@ -1123,8 +1119,40 @@ fn a_response_is_never_larger_than_its_envelope_and_counted_entries() {
         data: vec![0xff; len],
         proposal_id: Some(Uuid::from_u128(u128::MAX)),
         hash: Some(ChainHash([0xff; 32])),
-        stamp: None,
+        stamp,
+    }
+}
+
+/// The bound the leader builds frames with (docs/protocol.md "Framing"): a response or push is
+/// at most `ENVELOPE_BYTES` plus its entries' `entry_bytes`, here at the largest fields and
+/// the longest MessagePack headers (strings and data over 65,535 bytes, more than 65,535
+/// entries), where the margin is smallest.
+#[test]
+fn a_response_is_never_larger_than_its_envelope_and_counted_entries() {
+    let largest = |len: usize| largest_with(len, None);
+    let stamp = |fields: Vec<String>| {
+        let hlc = lsync_protocol::Hlc {
+            physical_ms: u64::MAX,
+            counter: u32::MAX,
+            device: Uuid::from_u128(u128::MAX),
+        };
+        Some(lsync_protocol::EntryStamp { hlc, fields })
     };
+    for len in [0, 31, 32, 255, 256, 65_535, 65_536, 70_000] {
+        // a stamp without fields counts in ENTRY_OVERHEAD; each field counts its bytes and 8
+        for fields in [vec![], vec!["f".repeat(len)], vec!["a".into(); 40]] {
+            let e = largest_with(len, stamp(fields.clone()));
+            let [response, push] = carriers(vec![e.clone()]);
+            let [empty_response, empty_push] = carriers(Vec::new());
+            for (one, empty) in [(response, empty_response), (push, empty_push)] {
+                if fields.is_empty() {
+                    let overhead = body_len(&one) - body_len(&empty) - 3 * len;
+                    assert!(overhead <= ENTRY_OVERHEAD, "{len}: {overhead} > {ENTRY_OVERHEAD}");
+                }
+                assert!(body_len(&one) <= ENVELOPE_BYTES + entry_bytes(&e), "{len} {fields:?}");
+            }
+        }
+    }
     for len in [0, 31, 32, 255, 256, 65_535, 65_536, 70_000] {
         let e = largest(len);
         let [response, push] = carriers(vec![e.clone()]);

@@ -350,6 +350,12 @@ impl Applier {
                     {
                         continue;
                     }
+                } else if entry.model_type.starts_with(lsync_protocol::RESERVED_MODEL_PREFIX)
+                    && entry.change_type != ChangeType::Config
+                {
+                    // A conflict record is never re-proposed: it is written again when the
+                    // change it decided is (that change's own orphan goes back to the leader).
+                    continue;
                 } else if entry.change_type == ChangeType::Config {
                     // A membership change is never re-proposed from a deposed leader's tail:
                     // whoever asked for it is told it is pending, and asks again.

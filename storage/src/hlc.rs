@@ -107,9 +107,26 @@ pub(crate) fn clock(conn: &mut SqliteConnection) -> Result<HybridClock> {
     Ok(HybridClock::new(device, load(conn)?))
 }
 
-/// The physical time now, in milliseconds since the Unix epoch.
+thread_local! {
+    /// This thread's physical clock for timestamps, if set ([`set_thread_clock`]).
+    static THREAD_CLOCK: std::cell::RefCell<Option<Box<dyn Fn() -> u64>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes timestamps issued or observed on this thread read `clock` (milliseconds since the
+/// Unix epoch) instead of the wall clock; `None` goes back to the wall clock. For a simulation
+/// that runs a whole library on one thread in virtual time (the simulator, docs/testing.md):
+/// last-writer-wins then decides the same way at every run of a seed.
+pub fn set_thread_clock(clock: Option<Box<dyn Fn() -> u64>>) {
+    THREAD_CLOCK.with(|c| *c.borrow_mut() = clock);
+}
+
+/// The physical time now, in milliseconds since the Unix epoch: this thread's clock if one is
+/// set ([`set_thread_clock`]), else the wall clock.
 pub(crate) fn now() -> u64 {
-    u64::try_from(crate::error::now_ms()).unwrap_or(0)
+    THREAD_CLOCK
+        .with(|c| c.borrow().as_ref().map(|clock| clock()))
+        .unwrap_or_else(|| u64::try_from(crate::error::now_ms()).unwrap_or(0))
 }
 
 /// Observes `remote` (a timestamp another device issued) in the caller's transaction.

@@ -436,12 +436,15 @@ async fn a_library_without_configuration_entries_gets_one_once_every_member_supp
     for i in 0..3 {
         cluster.restart(i).await;
     }
-    // Every member reports feature version 2 in its heartbeats: the leader writes the first
-    // configuration entry, with every member a voter, and every device takes it.
+    // Every member reports this build's feature version in its heartbeats: the leader writes the
+    // first configuration entry, at that version, with every member a voter, and every device
+    // takes it.
     wait_until("every device has the first configuration entry", || async {
         for i in 0..3 {
             let m = cluster.node(i).membership(lib).await.unwrap();
-            if !m.is_replicated() || m.configuration.feature_version != 2 {
+            if !m.is_replicated()
+                || m.configuration.feature_version != lsync::crates::protocol::FEATURE_VERSION
+            {
                 return false;
             }
         }

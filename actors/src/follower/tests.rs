@@ -506,9 +506,9 @@ fn a_wake_during_a_round_runs_one_more_round() {
 #[test]
 fn responses_that_arrived_during_an_apply_are_applied_together_within_max_response_bytes() {
     let t0 = Instant::now();
-    // Each entry counts 36 + 3 + 2..4 + ENTRY_OVERHEAD (256) bytes: about 2,980 per response
+    // Each entry counts 36 + 3 + 2..4 + ENTRY_OVERHEAD (320) bytes: about 3,620 per response
     // of 10.
-    let mut m = machine_with(1, SyncConfig { max_response_bytes: 6_200, ..config() });
+    let mut m = machine_with(1, SyncConfig { max_response_bytes: 7_400, ..config() });
     m.start(t0);
     m.on_position(Ok(pos(0, 0)), t0);
     m.on_fetched(id(1), Ok(response(1, 10, true, 100)), t0);
@@ -519,7 +519,7 @@ fn responses_that_arrived_during_an_apply_are_applied_together_within_max_respon
     );
     assert_eq!(m.on_fetched(id(4), Ok(response(21, 30, true, 100)), t0), vec![]);
     assert_eq!(m.on_fetched(id(5), Ok(response(31, 40, true, 100)), t0), vec![]);
-    // Three responses ready: the first two fit in 6,200 bytes, the third waits.
+    // Three responses ready: the first two fit in 7,400 bytes, the third waits.
     assert_eq!(
         m.on_applied(id(2), applied(10), t0),
         vec![

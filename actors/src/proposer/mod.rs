@@ -713,7 +713,12 @@ mod tests {
         assert_eq!(all[0].proposal_id, id);
         assert!(matches!(all[0].state, OutboxState::Delivered { .. }), "{all:?}");
         assert_eq!(all[1..].iter().map(|e| e.proposal_id).collect::<Vec<_>>(), vec![slow]);
-        assert_eq!(all[1].changes, change("slow"));
+        // as submitted, with the timestamp and base version the outbox gave it
+        let queued = &all[1].changes;
+        assert!(queued.iter().all(|c| c.hlc.is_some() && c.base_version == Some(0)), "{queued:?}");
+        let bare: Vec<Change> =
+            queued.iter().map(|c| Change { hlc: None, base_version: None, ..c.clone() }).collect();
+        assert_eq!(bare, change("slow"));
         task.abort();
     }
 

@@ -176,3 +176,34 @@ fn print_the_vector() {
         println!("{}\n", documented_block(n, e, &prev));
     }
 }
+
+/// A stamp extends the canonical encoding after the proposal id exactly as docs/protocol.md
+/// says ("The hash chain", the `stamp` row), so it changes the hash; an entry without one hashes
+/// as before stamps existed.
+#[test]
+fn a_stamp_is_appended_to_the_canonical_encoding_and_changes_the_hash() {
+    let [plain, _] = vector();
+    let hlc = crate::Hlc { physical_ms: 5, counter: 7, device: Uuid::from_u128(9) };
+    let stamped = SyncLogEntry {
+        stamp: Some(crate::EntryStamp { hlc, fields: vec!["name".into()] }),
+        ..plain.clone()
+    };
+    let mut expected = canonical_encoding(&plain);
+    expected.push(1);
+    expected.extend_from_slice(&5u64.to_be_bytes());
+    expected.extend_from_slice(&7u32.to_be_bytes());
+    expected.extend_from_slice(Uuid::from_u128(9).as_bytes());
+    expected.extend_from_slice(&1u64.to_be_bytes());
+    expected.extend_from_slice(&4u64.to_be_bytes());
+    expected.extend_from_slice(b"name");
+    assert_eq!(canonical_encoding(&stamped), expected);
+    assert_ne!(chain_hash(&ChainHash::GENESIS, &stamped), chain_hash(&ChainHash::GENESIS, &plain));
+    let no_fields = SyncLogEntry {
+        stamp: Some(crate::EntryStamp { hlc, fields: Vec::new() }),
+        ..plain.clone()
+    };
+    assert_ne!(
+        chain_hash(&ChainHash::GENESIS, &no_fields),
+        chain_hash(&ChainHash::GENESIS, &stamped)
+    );
+}

@@ -43,3 +43,15 @@ fn a_database_without_a_sync_state_issues_no_timestamp() {
     let db = open(&dir, "fresh", registry(false));
     assert!(matches!(db.hlc_tick(), Err(StorageError::NotInitialized)));
 }
+
+#[test]
+fn a_thread_clock_replaces_the_wall_clock_on_its_thread_only() {
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    lsync_storage::hlc::set_thread_clock(Some(Box::new(|| 42)));
+    let (a, b) = (l.db.hlc_tick().unwrap(), l.db.hlc_tick().unwrap());
+    assert_eq!((a.physical_ms, a.counter, b.physical_ms, b.counter), (42, 0, 42, 1));
+    let other = std::thread::scope(|s| s.spawn(|| l.db.hlc_tick().unwrap()).join().unwrap());
+    assert!(other.physical_ms > 1_000_000_000_000, "the wall clock: {other:?}");
+    lsync_storage::hlc::set_thread_clock(None);
+}
