@@ -36,7 +36,8 @@ pub enum SyncEvent {
     /// This device committed (as leader) or applied (as follower) the record of a conflict
     /// (model `lsync.conflict`, docs/architecture.md "Conflicts"): `id` names it in
     /// `Node::conflicts`, `model_type`/`record_id` the record both changes were to, `outcome`
-    /// what won (`Rejected`: the change was refused, its writer's view rolled back).
+    /// what won (`Rejected`: the change was refused, its writer's view rolled back). A device
+    /// that rebuilds its copy of the log reports the records it applies again.
     ConflictRecorded {
         library_id: Uuid,
         id: String,
