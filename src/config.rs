@@ -32,15 +32,20 @@
 //! [storage]
 //! synchronous = "full"                    # or "normal" (no fsync per commit: see docs/operations.md)
 //! busy_timeout_ms = 5000
+//!
+//! # [models.tag]                          # one table per model type (tag, location), optional
+//! # conflict_policy = "reject"            # default "last_writer_wins" (docs/operations.md, "Conflicts")
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
-use crate::{NetworkConfig, StorageOptions, SyncConfig, Synchronous};
+use crate::crates::storage::ConflictPolicy;
+use crate::{ModelRegistry, NetworkConfig, StorageOptions, SyncConfig, Synchronous};
 
 /// Name of the configuration file in a data directory.
 pub const CONFIG_FILE: &str = "lsync.toml";
@@ -88,6 +93,21 @@ pub struct Config {
     pub sync: SyncSection,
     pub network: NetworkSection,
     pub storage: StorageSection,
+    /// `[models.<model type>]`: per model type (`tag`, `location`) settings. Every device of a
+    /// library must use the same: whichever leads decides conflicts.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelSection>,
+}
+
+/// `[models.<model type>]`: how one model type's concurrent changes are decided.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// `"last_writer_wins"` (the default: field by field, the change made later wins) or
+    /// `"reject"` (a change based on an older version that sets a field another device
+    /// changed since is refused; docs/operations.md, "Conflicts").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflict_policy: Option<ConflictPolicy>,
 }
 
 /// `[control]`: the local control API.
@@ -150,6 +170,7 @@ impl Default for Config {
             sync: SyncSection::default(),
             network: NetworkSection::default(),
             storage: StorageSection::default(),
+            models: BTreeMap::new(),
         }
     }
 }
@@ -210,6 +231,8 @@ pub struct Resolved {
     pub sync: SyncConfig,
     pub network: NetworkConfig,
     pub storage: StorageOptions,
+    /// The built-in models with the conflict policies of `[models.*]`.
+    pub registry: ModelRegistry,
 }
 
 impl Config {
@@ -347,6 +370,19 @@ impl Config {
             synchronous,
             busy_timeout: Duration::from_millis(self.storage.busy_timeout_ms),
         };
+        let mut registry = ModelRegistry::with_builtin();
+        for (model_type, section) in &self.models {
+            let known = registry.handler(model_type).is_some()
+                && !model_type.starts_with(lsync_protocol::RESERVED_MODEL_PREFIX);
+            if !known {
+                return Err(invalid(format!(
+                    "`[models.{model_type}]`: no such model type (this build has tag and location)"
+                )));
+            }
+            if let Some(policy) = section.conflict_policy {
+                registry.set_policy(model_type.clone(), policy);
+            }
+        }
         let name = self.name.clone().unwrap_or_else(|| {
             std::fs::canonicalize(&data_dir)
                 .ok()
@@ -363,6 +399,7 @@ impl Config {
             sync,
             network,
             storage,
+            registry,
         })
     }
 }
@@ -428,6 +465,27 @@ mod tests {
             "{tiny}"
         );
         assert!(load("[network]\nmax_frame_bytes = 4096\n").is_ok());
+    }
+
+    #[test]
+    fn a_models_conflict_policy_is_set_and_a_bad_one_refused() {
+        let r = load("").unwrap();
+        assert_eq!(r.registry.policy("tag"), ConflictPolicy::LastWriterWins);
+        let r = load("[models.tag]\nconflict_policy = \"reject\"\n").unwrap();
+        assert_eq!(r.registry.policy("tag"), ConflictPolicy::Reject);
+        assert_eq!(r.registry.policy("location"), ConflictPolicy::LastWriterWins);
+        let bad = load("[models.tag]\nconflict_policy = \"first\"\n").unwrap_err().to_string();
+        assert!(bad.contains("line 2") && bad.contains("reject"), "{bad}");
+        let unknown = load("[models.album]\nconflict_policy = \"reject\"\n").unwrap_err();
+        assert!(unknown.to_string().contains("`[models.album]`: no such model type"), "{unknown}");
+        let own = load("[models.\"lsync.conflict\"]\n").unwrap_err().to_string();
+        assert!(own.contains("no such model type"), "{own}");
+        let mut c = Config::default();
+        c.models
+            .insert("tag".into(), ModelSection { conflict_policy: Some(ConflictPolicy::Reject) });
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        assert!(!Config::default().to_toml().contains("models"));
     }
 
     #[test]

@@ -276,6 +276,15 @@ impl NodeBuilder {
         self
     }
 
+    /// Replaces the model types of every library on this node, with their conflict policies
+    /// ([`ModelRegistry::set_policy`]; default [`ModelRegistry::with_builtin`], every model
+    /// `last_writer_wins`). Every device of a library must register the same models and
+    /// policies: whichever device leads decides conflicts (docs/architecture.md, "Conflicts").
+    pub fn registry(mut self, registry: ModelRegistry) -> Self {
+        self.config.registry = registry;
+        self
+    }
+
     /// Replaces the sync timers and limits.
     pub fn sync_config(mut self, sync: SyncConfig) -> Self {
         self.config.sync = sync;
@@ -667,6 +676,12 @@ impl Node {
             listen_addrs: self.inner.announce_addrs.clone(),
         };
         let service = SyncService::new(cx).start();
+        actix_rt::spawn(report_committed_conflicts(
+            library_id,
+            tm.subscribe(),
+            db.clone(),
+            self.inner.events.clone(),
+        ));
         // Calls made right after opening (a membership change, an invitation) need the
         // service to have loaded its state: wait for it, bounded.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -1278,6 +1293,18 @@ impl Node {
         blocking(move || db.outbox_discard(proposal_id)).await
     }
 
+    /// The conflicts recorded in this device's copy of a library (docs/architecture.md,
+    /// "Conflicts"), the most recently decided first, at most `limit`. Every device holds the
+    /// same ones: the leader commits each in the log next to the change it decided.
+    pub async fn conflicts(
+        &self,
+        library_id: Uuid,
+        limit: u64,
+    ) -> Result<Vec<lsync_storage::Conflict>, NodeError> {
+        let db = self.database(library_id)?;
+        blocking(move || db.with_reader(|conn| lsync_storage::conflicts::list(conn, limit))).await
+    }
+
     /// A status snapshot of one library.
     pub async fn status(&self, library_id: Uuid) -> Result<LibraryStatus, NodeError> {
         let lib = self.library(library_id)?;
@@ -1295,6 +1322,54 @@ impl Node {
             let _ = lib.service.send(Shutdown).await;
         }
         self.inner.network.shutdown().await;
+    }
+}
+
+/// Sends a [`SyncEvent::ConflictRecorded`] for each conflict record this device commits as
+/// leader of `library_id` (the follower's apply reports those it applies,
+/// `lsync_actors::follower::committed`), until the transaction manager's commit events end. A
+/// commit too large to carry its entries is read back from `db`.
+async fn report_committed_conflicts(
+    library_id: Uuid,
+    mut commits: broadcast::Receiver<lsync_storage::CommitEvent>,
+    db: Database,
+    events: broadcast::Sender<SyncEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let commit = match commits.recv().await {
+            Ok(commit) => commit,
+            Err(RecvError::Lagged(n)) => {
+                warn!(%library_id, missed = n, "commit events missed: conflict events may be missing");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let entries: Vec<SyncLogEntry> = match &commit.entries {
+            Some(entries) => entries
+                .iter()
+                .filter(|e| e.model_type == lsync_storage::conflicts::CONFLICT_MODEL_TYPE)
+                .cloned()
+                .collect(),
+            None => {
+                let (since, count) = (
+                    commit.first_sequence.saturating_sub(1),
+                    commit.last_sequence.saturating_sub(commit.first_sequence).saturating_add(1),
+                );
+                let db = db.clone();
+                match blocking(move || db.fetch_since(since, count)).await {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        warn!(%library_id, error = %e, "cannot read a commit back: conflict events may be missing");
+                        continue;
+                    }
+                }
+            }
+        };
+        for event in SyncEvent::conflicts_recorded(library_id, &entries) {
+            // an error only means nobody is subscribed
+            let _ = events.send(event);
+        }
     }
 }
 

@@ -1474,3 +1474,40 @@ fn outbox_commands_list_and_refuse_unknown_entries() {
         assert!(err.contains("no failed outbox entry"), "{verb}: {err}");
     }
 }
+
+/// `lsync conflicts list` through the binary, and `GET /libraries/{id}/conflicts`: a daemon
+/// whose config sets a model's conflict policy starts; none recorded lists as such in text and
+/// JSON, the status and the metrics count 0; a bad `limit` or parameter is refused.
+#[test]
+fn conflicts_list_through_the_cli_and_the_api() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("solo");
+    ok(&dir, &["init", "--name", "solo", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let config = dir.join("lsync.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[models.tag]\nconflict_policy = \"reject\"\n"))
+        .unwrap();
+    let d = Daemon::start(&dir);
+    d.ok(&["library", "create"]);
+    let lib = d.library_list_one();
+    let (code, out, err) = d.run(&["conflicts", "list"]);
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(out.contains("no conflict recorded"), "{out}");
+    let listed = json(&d.ok(&["conflicts", "list", "--json", "--limit", "5"]));
+    assert_eq!(listed["library_id"], lib.as_str(), "{listed}");
+    assert_eq!(listed["count"], 0, "{listed}");
+    assert_eq!(listed["conflicts"], serde_json::json!([]), "{listed}");
+    assert_eq!(d.library(&lib)["conflicts"], 0);
+    let token = d.token();
+    let (status, metrics) = d.http("GET", "/metrics", Some(&token), None);
+    assert_eq!(status, 200);
+    let gauge = format!("lsync_library_conflicts{{library=\"{lib}\"}} 0");
+    assert!(metrics.contains(&gauge), "{metrics}");
+    for bad in ["limit=0", "limit=x", "since=3"] {
+        let path = format!("/libraries/{lib}/conflicts?{bad}");
+        let (status, body) = d.http("GET", &path, Some(&token), None);
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (code, _, err) = d.run(&["conflicts", "list", "--limit", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+}

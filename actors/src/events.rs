@@ -1,7 +1,8 @@
 //! Events a host can subscribe to, and the status snapshot of a library.
 
-use lsync_protocol::{MemberRole, RolePreference, SyncRole};
-use lsync_storage::LocalJob;
+use lsync_protocol::{ChangeType, MemberRole, RolePreference, SyncLogEntry, SyncRole};
+use lsync_storage::conflicts::CONFLICT_MODEL_TYPE;
+use lsync_storage::{Conflict, ConflictOutcome, LocalJob};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -32,6 +33,18 @@ pub enum SyncEvent {
     /// A proposal of this device's outbox was refused for good: it moved to the outbox's
     /// `failed` state with `reason`, kept until an operator retries or discards it.
     ProposalFailed { library_id: Uuid, proposal_id: Uuid, reason: String },
+    /// This device committed (as leader) or applied (as follower) the record of a conflict
+    /// (model `lsync.conflict`, docs/architecture.md "Conflicts"): `id` names it in
+    /// `Node::conflicts`, `model_type`/`record_id` the record both changes were to, `outcome`
+    /// what won (`Rejected`: the change was refused, its writer's view rolled back). A device
+    /// that rebuilds its copy of the log reports the records it applies again.
+    ConflictRecorded {
+        library_id: Uuid,
+        id: String,
+        model_type: String,
+        record_id: String,
+        outcome: ConflictOutcome,
+    },
 }
 
 impl SyncEvent {
@@ -48,8 +61,28 @@ impl SyncEvent {
             | Self::BulkJobQueued { library_id, .. }
             | Self::RoleChanged { library_id, .. }
             | Self::ApplyFailed { library_id, .. }
-            | Self::ProposalFailed { library_id, .. } => *library_id,
+            | Self::ProposalFailed { library_id, .. }
+            | Self::ConflictRecorded { library_id, .. } => *library_id,
         }
+    }
+
+    /// A [`SyncEvent::ConflictRecorded`] for each conflict record among `entries` (an Insert or
+    /// Update of model `lsync.conflict` whose data decodes as a [`Conflict`]), in log order.
+    /// Pure.
+    pub fn conflicts_recorded(library_id: Uuid, entries: &[SyncLogEntry]) -> Vec<SyncEvent> {
+        entries
+            .iter()
+            .filter(|e| e.model_type == CONFLICT_MODEL_TYPE)
+            .filter(|e| matches!(e.change_type, ChangeType::Insert | ChangeType::Update))
+            .filter_map(|e| lsync_storage::decode::<Conflict>(&e.data).ok())
+            .map(|c| SyncEvent::ConflictRecorded {
+                library_id,
+                id: c.id,
+                model_type: c.model_type,
+                record_id: c.record_id,
+                outcome: c.outcome,
+            })
+            .collect()
     }
 }
 
@@ -178,6 +211,9 @@ pub struct LibraryStatus {
     pub outbox_pending: u64,
     /// Changes of its outbox refused for good (its `failed` state), kept for an operator.
     pub outbox_failed: u64,
+    /// Conflicts recorded in this device's copy of the library (rows of `lsync_conflict`,
+    /// docs/architecture.md "Conflicts"; `Node::conflicts` lists them).
+    pub conflicts: u64,
     /// The hash chain at this device's last entry, hex (docs/protocol.md, "The hash chain");
     /// two devices at the same sequence with the same head hash hold the same log.
     pub head_hash: String,
@@ -192,4 +228,106 @@ pub struct LibraryStatus {
     /// (docs/architecture.md, "The leader lease"). `None` on a follower and with one or two
     /// voters (no lease).
     pub lease_held: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lsync_storage::{ConflictPolicy, Tag};
+
+    const LIBRARY: Uuid = Uuid::from_u128(9);
+
+    fn conflict(id: &str, outcome: ConflictOutcome) -> Conflict {
+        let device = Uuid::from_u128(2);
+        Conflict {
+            id: id.into(),
+            model_type: "tag".into(),
+            record_id: "t1".into(),
+            policy: ConflictPolicy::LastWriterWins,
+            outcome,
+            fields: vec!["name".into()],
+            kept: vec!["name".into()],
+            taken: vec![],
+            change_type: "patch".into(),
+            base_version: 1,
+            current_version: 2,
+            stored: Vec::new(),
+            stored_hlc: None,
+            proposed: Vec::new(),
+            proposed_hlc: lsync_protocol::Hlc { physical_ms: 5, counter: 0, device },
+            origin_device: device,
+            proposal_id: Uuid::from_u128(3),
+            decided_at_ms: 7,
+        }
+    }
+
+    fn entry(
+        sequence: u64,
+        model_type: &str,
+        change_type: ChangeType,
+        data: Vec<u8>,
+    ) -> SyncLogEntry {
+        SyncLogEntry {
+            sequence,
+            term: 1,
+            origin_device: Uuid::from_u128(1),
+            timestamp_ms: 0,
+            model_type: model_type.into(),
+            record_id: "r".into(),
+            change_type,
+            version: 1,
+            data,
+            proposal_id: None,
+            hash: None,
+            stamp: None,
+        }
+    }
+
+    #[test]
+    fn a_conflict_record_among_entries_is_one_event_naming_it() {
+        let tag = Tag { id: "t1".into(), name: "x".into(), color: None };
+        let entries = [
+            entry(4, "tag", ChangeType::Update, lsync_storage::encode(&tag)),
+            entry(
+                5,
+                CONFLICT_MODEL_TYPE,
+                ChangeType::Insert,
+                lsync_storage::encode(&conflict("p:0", ConflictOutcome::Stored)),
+            ),
+            entry(
+                6,
+                CONFLICT_MODEL_TYPE,
+                ChangeType::Insert,
+                lsync_storage::encode(&conflict("q:1", ConflictOutcome::Rejected)),
+            ),
+        ];
+        assert_eq!(
+            SyncEvent::conflicts_recorded(LIBRARY, &entries),
+            vec![
+                SyncEvent::ConflictRecorded {
+                    library_id: LIBRARY,
+                    id: "p:0".into(),
+                    model_type: "tag".into(),
+                    record_id: "t1".into(),
+                    outcome: ConflictOutcome::Stored,
+                },
+                SyncEvent::ConflictRecorded {
+                    library_id: LIBRARY,
+                    id: "q:1".into(),
+                    model_type: "tag".into(),
+                    record_id: "t1".into(),
+                    outcome: ConflictOutcome::Rejected,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_deleted_or_undecodable_conflict_record_is_no_event() {
+        let entries = [
+            entry(5, CONFLICT_MODEL_TYPE, ChangeType::Delete, Vec::new()),
+            entry(6, CONFLICT_MODEL_TYPE, ChangeType::Insert, vec![0xc1]),
+        ];
+        assert_eq!(SyncEvent::conflicts_recorded(LIBRARY, &entries), vec![]);
+    }
 }

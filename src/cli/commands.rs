@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use lsync::control::api::{
-    ChangeRequest, CreatedLibrary, DeviceJson, ForceReconfigureRequest, InvitationJson,
-    InviteRequest, JoinRequest, JoinWithTokenRequest, JoinedJson, LogPage, MembersJson,
-    MembershipChangeJson, PreferenceRequest, StatusView,
+    ChangeRequest, ConflictJson, ConflictsJson, CreatedLibrary, DeviceJson,
+    ForceReconfigureRequest, InvitationJson, InviteRequest, JoinRequest, JoinWithTokenRequest,
+    JoinedJson, LogPage, MembersJson, MembershipChangeJson, PreferenceRequest, StatusView,
 };
 use uuid::Uuid;
 
@@ -460,6 +460,70 @@ pub fn outbox_list(client: &Client, library: Uuid, json: bool) -> anyhow::Result
     Ok(if failed { ExitCode::from(EXIT_PENDING) } else { ExitCode::SUCCESS })
 }
 
+/// `lsync conflicts list`: the conflicts, the most recently decided first, one block each.
+pub fn conflicts_list(
+    client: &Client,
+    library: Uuid,
+    limit: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let out: ConflictsJson =
+        client.get(&format!("/libraries/{library}/conflicts?limit={limit}"))?;
+    if json {
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for line in conflict_lines(&out) {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text of `lsync conflicts list`.
+fn conflict_lines(out: &ConflictsJson) -> Vec<String> {
+    if out.conflicts.is_empty() {
+        return vec!["no conflict recorded".to_owned()];
+    }
+    let mut lines = Vec::new();
+    for c in &out.conflicts {
+        lines.extend(conflict_block(c));
+    }
+    let shown = out.conflicts.len() as u64;
+    if shown < out.count {
+        lines.push(format!("… {} more: `--limit {}`", out.count - shown, out.count));
+    }
+    lines
+}
+
+/// One conflict: what was decided, then both values.
+fn conflict_block(c: &ConflictJson) -> Vec<String> {
+    let fields =
+        if c.fields.is_empty() { "the whole record".to_owned() } else { c.fields.join(", ") };
+    let won = match c.outcome.as_str() {
+        "stored" => "the stored value kept",
+        "change" => "the change's value taken",
+        "mixed" => "some fields each way",
+        "rejected" => "the change refused (its writer's view rolled back)",
+        other => other,
+    };
+    vec![
+        format!(
+            "{}  {} {}  {}  fields: {fields}  {}: {won}",
+            c.id, c.model_type, c.record_id, c.change_type, c.policy
+        ),
+        format!(
+            "  stored   {}  (version {}, at {})",
+            c.stored,
+            c.current_version,
+            c.stored_hlc.as_deref().unwrap_or("unknown")
+        ),
+        format!(
+            "  proposed {}  (based on version {}, at {}, by device {})",
+            c.proposed, c.base_version, c.proposed_hlc, c.origin_device
+        ),
+    ]
+}
+
 /// `lsync outbox retry ID`.
 pub fn outbox_retry(client: &Client, library: Uuid, proposal: Uuid) -> anyhow::Result<ExitCode> {
     let _: serde_json::Value =
@@ -598,4 +662,57 @@ pub fn log(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conflict(id: &str, outcome: &str) -> ConflictJson {
+        ConflictJson {
+            id: id.into(),
+            model_type: "tag".into(),
+            record_id: "t1".into(),
+            policy: "last_writer_wins".into(),
+            outcome: outcome.into(),
+            fields: vec!["name".into()],
+            kept: vec!["name".into()],
+            taken: vec![],
+            change_type: "patch".into(),
+            base_version: 2,
+            current_version: 3,
+            stored: serde_json::json!({"id": "t1", "name": "newer"}),
+            stored_hlc: Some("20.0@d".into()),
+            proposed: serde_json::json!({"name": "older"}),
+            proposed_hlc: "10.0@d".into(),
+            origin_device: Uuid::from_u128(2),
+            proposal_id: Uuid::from_u128(3),
+            decided_at_ms: 30,
+        }
+    }
+
+    #[test]
+    fn a_conflict_lists_what_won_and_both_values() {
+        let out = ConflictsJson {
+            library_id: Uuid::from_u128(1),
+            count: 3,
+            conflicts: vec![conflict("p:0", "stored"), conflict("q:0", "rejected")],
+        };
+        let lines = conflict_lines(&out);
+        assert_eq!(lines.len(), 7, "{lines:#?}");
+        assert_eq!(
+            lines[0],
+            "p:0  tag t1  patch  fields: name  last_writer_wins: the stored value kept"
+        );
+        assert!(lines[1].contains(r#""name":"newer""#) && lines[1].contains("version 3"));
+        assert!(lines[2].contains(r#""name":"older""#) && lines[2].contains("version 2"));
+        assert!(lines[3].ends_with("the change refused (its writer's view rolled back)"));
+        assert_eq!(lines[6], "… 1 more: `--limit 3`");
+    }
+
+    #[test]
+    fn no_conflict_says_so() {
+        let out = ConflictsJson { library_id: Uuid::nil(), count: 0, conflicts: vec![] };
+        assert_eq!(conflict_lines(&out), vec!["no conflict recorded".to_owned()]);
+    }
 }

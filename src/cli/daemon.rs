@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use lsync::config::{Config, Resolved, CONFIG_FILE, DEFAULT_LISTEN};
 use lsync::control::{ControlServer, ADDR_FILE, TOKEN_FILE};
-use lsync::{FollowerState, Identity, ModelRegistry, Node, NodeConfig, SyncEvent};
+use lsync::{FollowerState, Identity, Node, NodeConfig, SyncEvent};
 use tracing::{error, info, warn};
 
 use super::progress::{CatchUp, ProgressDisplay};
@@ -101,7 +101,7 @@ async fn daemon(cfg: Resolved) -> anyhow::Result<ExitCode> {
             sync: cfg.sync.clone(),
             network: cfg.network.clone(),
             storage: cfg.storage.clone(),
-            registry: ModelRegistry::with_builtin(),
+            registry: cfg.registry.clone(),
         })
         .announce(cfg.announce.clone())
         .start()
@@ -205,6 +205,10 @@ async fn log_events(node: Node) {
             }
             Ok(SyncEvent::FollowerLost { library_id, device_id }) => {
                 info!(%library_id, %device_id, "follower disconnected")
+            }
+            Ok(SyncEvent::ConflictRecorded { library_id, id, model_type, record_id, outcome }) => {
+                info!(%library_id, %id, %model_type, %record_id, outcome = outcome.as_str(),
+                    "conflict recorded (lsync conflicts list shows both values)")
             }
             Ok(_) => {}
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lsync::control::api::{
-    ChangeRequest, DeviceJson, DEFAULT_LOG_LIMIT, MAX_INVITE_EXPIRY_MS, MAX_LOG_LIMIT,
+    ChangeRequest, DeviceJson, DEFAULT_CONFLICT_LIMIT, DEFAULT_LOG_LIMIT, MAX_CONFLICT_LIMIT,
+    MAX_INVITE_EXPIRY_MS, MAX_LOG_LIMIT,
 };
 use uuid::Uuid;
 
@@ -149,6 +150,10 @@ enum Command {
     /// This device's outbox: writes waiting for a leader, and writes a leader refused for good.
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Conflicts between concurrent edits, as the leader decided them by each model's policy
+    /// (docs/operations.md, "Conflicts").
+    #[command(subcommand)]
+    Conflicts(ConflictsCommand),
     /// Tags (a convenience over `lsync put tag`; the same exit statuses).
     #[command(subcommand)]
     Tag(TagCommand),
@@ -397,6 +402,23 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         Some(ms) if ms > 0 && ms <= MAX_INVITE_EXPIRY_MS => Ok(Duration::from_millis(ms)),
         _ => Err(format!("bad duration {text:?}: between 1ms and 7d")),
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum ConflictsCommand {
+    /// List the conflicts recorded in this device's copy (every device holds the same), the
+    /// most recently decided first: the record, the fields, both values and what won.
+    List {
+        /// The library (default: the daemon's only library).
+        #[arg(long, value_name = "ID")]
+        library: Option<Uuid>,
+        /// At most this many (the daemon caps it at 1000).
+        #[arg(long, default_value_t = DEFAULT_CONFLICT_LIMIT, value_parser = clap::value_parser!(u64).range(1..=MAX_CONFLICT_LIMIT))]
+        limit: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -671,6 +693,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     commands::outbox_discard(&client, library, proposal)
                 }
             }
+        }
+        Command::Conflicts(ConflictsCommand::List { library, limit, json }) => {
+            let client = Client::connect(&dir)?;
+            let library = commands::resolve_library(&client, library)?;
+            commands::conflicts_list(&client, library, limit, json)
         }
         Command::Log { library, since, limit, json } => {
             let client = Client::connect(&dir)?;

@@ -106,6 +106,13 @@ fn render_lines(view: &StatusView, rates: &mut RateTracker, progress: bool) -> V
                  has caught up"
             ));
         }
+        if l.conflicts > 0 {
+            out.push(format!(
+                "  conflicts {}: concurrent edits decided by their model's policy \
+                 (`lsync conflicts list --library {}` shows both values)",
+                l.conflicts, l.library_id
+            ));
+        }
         out.extend(membership_lines(l, d.device_id));
         for f in &l.followers {
             out.push(format!(
@@ -234,6 +241,17 @@ mod tests {
         l["behind_mark"] = serde_json::json!("120@4");
         let text = render(&view(l), &mut RateTracker::default()).join("\n");
         assert!(text.contains("behind its high-water mark 120@4"), "{text}");
+    }
+
+    #[test]
+    fn recorded_conflicts_are_counted_and_none_says_nothing() {
+        let text = render(&view(library(true, false)), &mut RateTracker::default()).join("\n");
+        assert!(!text.contains("conflicts"), "{text}");
+        let mut l = library(true, false);
+        l["conflicts"] = serde_json::json!(2);
+        let text = render(&view(l), &mut RateTracker::default()).join("\n");
+        assert!(text.contains("  conflicts 2: concurrent edits"), "{text}");
+        assert!(text.contains("lsync conflicts list --library"), "{text}");
     }
 
     #[test]

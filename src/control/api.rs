@@ -567,6 +567,88 @@ pub struct LogPage {
     pub last_sequence: u64,
 }
 
+/// The most conflicts one `GET /libraries/{id}/conflicts` returns; a larger `limit` is capped
+/// to it.
+pub const MAX_CONFLICT_LIMIT: u64 = 1_000;
+/// `limit` of `GET /libraries/{id}/conflicts` when none is given.
+pub const DEFAULT_CONFLICT_LIMIT: u64 = 100;
+
+/// Response of `GET /libraries/{id}/conflicts`: the conflicts recorded in this device's copy
+/// of the library, the most recently decided first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictsJson {
+    pub library_id: Uuid,
+    /// How many conflicts the library holds in all (the list stops at `limit`).
+    pub count: u64,
+    pub conflicts: Vec<ConflictJson>,
+}
+
+/// One conflict (docs/architecture.md, "Conflicts"): the record, the fields in conflict, both
+/// values and what won. Records' data are decoded from MessagePack as [`EntryJson`]'s are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictJson {
+    /// `<proposal id>:<index of the change in it>`.
+    pub id: String,
+    pub model_type: String,
+    pub record_id: String,
+    /// `last_writer_wins` or `reject`.
+    pub policy: String,
+    /// `change` (the change's values won), `stored` (the stored ones won), `mixed`, or
+    /// `rejected` (the change was refused, its writer's view rolled back).
+    pub outcome: String,
+    /// The fields in conflict (empty for a Delete: the whole record).
+    pub fields: Vec<String>,
+    /// Of `fields`, those whose stored value was kept.
+    pub kept: Vec<String>,
+    /// Of `fields`, those the change's value took.
+    pub taken: Vec<String>,
+    /// The change's type as proposed: `insert`, `update`, `patch` or `delete`.
+    pub change_type: String,
+    /// The version the change was based on, and the record's when the leader decided.
+    pub base_version: i64,
+    pub current_version: i64,
+    /// The record as stored when the leader decided (`null`: none).
+    pub stored: serde_json::Value,
+    /// The latest timestamp of the fields in conflict as stored (`physical_ms.counter@device`).
+    pub stored_hlc: Option<String>,
+    /// The change's data (the record, or the fields a patch set; `null` for a Delete).
+    pub proposed: serde_json::Value,
+    /// The change's timestamp (`physical_ms.counter@device`).
+    pub proposed_hlc: String,
+    /// The device that made the change.
+    pub origin_device: Uuid,
+    /// The proposal that carried it.
+    pub proposal_id: Uuid,
+    /// When the leader decided (ms since the Unix epoch, its clock).
+    pub decided_at_ms: i64,
+}
+
+impl ConflictJson {
+    /// The JSON form of a conflict.
+    pub fn from_conflict(c: &crate::crates::storage::Conflict) -> Self {
+        Self {
+            id: c.id.clone(),
+            model_type: c.model_type.clone(),
+            record_id: c.record_id.clone(),
+            policy: c.policy.as_str().to_owned(),
+            outcome: c.outcome.as_str().to_owned(),
+            fields: c.fields.clone(),
+            kept: c.kept.clone(),
+            taken: c.taken.clone(),
+            change_type: c.change_type.clone(),
+            base_version: c.base_version,
+            current_version: c.current_version,
+            stored: data_json(&c.stored),
+            stored_hlc: c.stored_hlc.map(|h| h.to_string()),
+            proposed: data_json(&c.proposed),
+            proposed_hlc: c.proposed_hlc.to_string(),
+            origin_device: c.origin_device,
+            proposal_id: c.proposal_id,
+            decided_at_ms: c.decided_at_ms,
+        }
+    }
+}
+
 /// Response of `GET /status`, as the client reads it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusView {
@@ -609,6 +691,9 @@ pub struct LibraryView {
     /// The high-water mark the log is behind (`sequence@term`), if it is.
     #[serde(default)]
     pub behind_mark: Option<String>,
+    /// Conflicts recorded in this device's copy (`lsync conflicts list` shows them).
+    #[serde(default)]
+    pub conflicts: u64,
 }
 
 fn yes() -> bool {
@@ -774,6 +859,42 @@ mod tests {
         assert_eq!(j["members"][0]["device_id"], Uuid::from_u128(7).to_string());
         assert_eq!(j["members"][0]["role"], "Voter");
         assert_eq!(config_json(&[0xc1]), serde_json::json!({"msgpack_hex": "c1"}));
+    }
+
+    #[test]
+    fn a_conflict_shows_both_values_decoded_and_what_won() {
+        let device = Uuid::from_u128(2);
+        let stored = Tag { id: "t1".into(), name: "newer".into(), color: None };
+        let conflict = crate::crates::storage::Conflict {
+            id: "p:0".into(),
+            model_type: "tag".into(),
+            record_id: "t1".into(),
+            policy: crate::crates::storage::ConflictPolicy::LastWriterWins,
+            outcome: crate::crates::storage::ConflictOutcome::Stored,
+            fields: vec!["name".into()],
+            kept: vec!["name".into()],
+            taken: vec![],
+            change_type: "patch".into(),
+            base_version: 2,
+            current_version: 3,
+            stored: crate::crates::storage::encode(&stored),
+            stored_hlc: Some(lsync_protocol::Hlc { physical_ms: 20, counter: 1, device }),
+            proposed: crate::crates::storage::encode(&serde_json::json!({"name": "older"})),
+            proposed_hlc: lsync_protocol::Hlc { physical_ms: 10, counter: 0, device },
+            origin_device: device,
+            proposal_id: Uuid::from_u128(3),
+            decided_at_ms: 30,
+        };
+        let j = serde_json::to_value(ConflictJson::from_conflict(&conflict)).unwrap();
+        assert_eq!(j["policy"], "last_writer_wins");
+        assert_eq!(j["outcome"], "stored");
+        assert_eq!(j["kept"], serde_json::json!(["name"]));
+        assert_eq!(j["stored"], serde_json::json!({"id": "t1", "name": "newer", "color": null}));
+        assert_eq!(j["proposed"], serde_json::json!({"name": "older"}));
+        assert_eq!(j["stored_hlc"], format!("20.1@{device}"));
+        assert_eq!(j["proposed_hlc"], format!("10.0@{device}"));
+        let back: ConflictJson = serde_json::from_value(j).unwrap();
+        assert_eq!(back, ConflictJson::from_conflict(&conflict));
     }
 
     #[test]

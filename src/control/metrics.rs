@@ -44,6 +44,7 @@
 //! | `lsync_learners` | gauge | `library` |
 //! | `lsync_membership_pending` | gauge | `library` |
 //! | `lsync_library_member` | gauge | `library` |
+//! | `lsync_library_conflicts` | gauge | `library` |
 //! | `lsync_follower_acked_sequence` | gauge | `library`, `device` (leaders) |
 //! | `lsync_follower_lag` | gauge | `library`, `device` (leaders) |
 //! | `lsync_follower_connected` | gauge | `library`, `device` (leaders) |
@@ -84,6 +85,8 @@ pub struct LibraryGauges {
     pub membership_pending: bool,
     /// This device is a member of the configuration in effect.
     pub member: bool,
+    /// Conflicts recorded in this device's copy (the status's `conflicts`).
+    pub conflicts: u64,
     /// Leaders only: every follower.
     pub followers: Vec<FollowerGauges>,
 }
@@ -114,6 +117,7 @@ impl LibraryGauges {
             learners: count_role(s, MemberRole::Learner),
             membership_pending: s.membership.pending,
             member: s.member,
+            conflicts: s.conflicts,
             followers: s
                 .followers
                 .iter()
@@ -403,6 +407,12 @@ pub fn render(m: &Metrics, net: &NetworkStats, libraries: &[LibraryGauges]) -> S
         "1 if this device is a member of the library (0: it was removed; its copy is read-only).",
         &|l| Some(u64::from(l.member)),
     );
+    per_library(
+        &mut o,
+        "lsync_library_conflicts",
+        "Conflicts recorded in this device's copy (every device holds the same; lsync conflicts list).",
+        &|l| Some(l.conflicts),
+    );
     let per_follower =
         |o: &mut Out, name: &str, help: &str, value: &dyn Fn(&FollowerGauges) -> u64| {
             o.family(name, "gauge", help);
@@ -577,6 +587,7 @@ mod tests {
                 learners: 1,
                 membership_pending: true,
                 member: true,
+                conflicts: 4,
                 followers: vec![
                     FollowerGauges {
                         device_id: Uuid::from_u128(9),
@@ -606,6 +617,7 @@ mod tests {
                 learners: 2,
                 membership_pending: false,
                 member: false,
+                conflicts: 0,
                 followers: vec![],
             },
         ];
@@ -647,6 +659,8 @@ mod tests {
         assert_eq!(lib("lsync_membership_pending", lead), 1.0);
         assert_eq!(lib("lsync_membership_pending", follow), 0.0);
         assert_eq!(lib("lsync_library_member", follow), 0.0);
+        assert_eq!(lib("lsync_library_conflicts", lead), 4.0);
+        assert_eq!(lib("lsync_library_conflicts", follow), 0.0);
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! | `POST /libraries/{id}/changes` | `{model_type, record_id?, change_type?, data, proposal_id?}` → `{status, first_sequence, last_sequence, proposal_id}`: the same `proposal_id` again never commits twice (the answer is what became of it); a nil one is `400` |
 //! | `GET /libraries/{id}/log?since=N&limit=N` | → `{entries, last_sequence}` (limit ≤ 1000) |
 //! | `GET /libraries/{id}/proposals/{proposal}` | → `{library_id, proposal_id, state: committed\|queued\|failed\|unknown, sequences, attempts, last_error, last_sequence}` |
+//! | `GET /libraries/{id}/conflicts?limit=N` | → `{library_id, count, conflicts: [{id, model_type, record_id, policy, outcome, fields, kept, taken, change_type, base_version, current_version, stored, stored_hlc, proposed, proposed_hlc, origin_device, proposal_id, decided_at_ms}]}`, the most recently decided first (limit ≤ 1000, default 100) |
 //! | `GET /libraries/{id}/outbox` | → `{entries: [{proposal_id, state: queued\|failed, created_at_ms, changes, attempts, next_attempt_ms, last_error, failed_reason, failed_at_ms}]}` |
 //! | `POST /libraries/{id}/outbox/{proposal}/retry` | → `{proposal_id, retried: true}`: a failed entry delivered again; `404` if no failed entry has that id |
 //! | `DELETE /libraries/{id}/outbox/{proposal}` | → `{proposal_id, discarded: true}`: a failed entry given up; `404` if no failed entry has that id |
@@ -143,6 +144,7 @@ impl ControlServer {
                 )
                 .route("/libraries/{id}/log", web::get().to(read_log))
                 .route("/libraries/{id}/proposals/{proposal}", web::get().to(proposal))
+                .route("/libraries/{id}/conflicts", web::get().to(conflicts))
                 .route("/libraries/{id}/outbox", web::get().to(outbox))
                 .route("/libraries/{id}/outbox/{proposal}/retry", web::post().to(outbox_retry))
                 .route("/libraries/{id}/outbox/{proposal}", web::delete().to(outbox_discard))
@@ -704,6 +706,50 @@ fn proposal_id(text: &str) -> Result<Uuid, ApiError> {
     })
 }
 
+/// `GET /libraries/{id}/conflicts?limit=N`: the conflicts recorded in this device's copy,
+/// the most recently decided first, and how many there are in all.
+async fn conflicts(
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let id = library_id(&path)?;
+    if let Some(unknown) = query.keys().find(|k| *k != "limit") {
+        return Err(ApiError::bad_request(format!("unknown parameter `{unknown}`: use limit")));
+    }
+    let limit = conflict_limit(query_u64(&query, "limit")?)?;
+    let db = node.database(id)?;
+    // one read: the count and the list of the same moment
+    let (count, list) = web::block(move || {
+        db.with_reader(|conn| {
+            use crate::crates::storage::conflicts;
+            use crate::crates::storage::diesel::Connection as _;
+            conn.transaction(|conn| Ok((conflicts::count(conn)?, conflicts::list(conn, limit)?)))
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::from(NodeError::Storage(e)))?;
+    Ok(HttpResponse::Ok().json(api::ConflictsJson {
+        library_id: id,
+        count,
+        conflicts: list.iter().map(api::ConflictJson::from_conflict).collect(),
+    }))
+}
+
+/// The `limit` of `GET /libraries/{id}/conflicts`: the default when none is given, capped to
+/// the most; 0 is refused.
+fn conflict_limit(given: Option<u64>) -> Result<u64, ApiError> {
+    match given {
+        None => Ok(api::DEFAULT_CONFLICT_LIMIT),
+        Some(0) => Err(ApiError::bad_request(format!(
+            "`limit` must be between 1 and {}",
+            api::MAX_CONFLICT_LIMIT
+        ))),
+        Some(n) => Ok(n.min(api::MAX_CONFLICT_LIMIT)),
+    }
+}
+
 /// `GET /libraries/{id}/outbox`: this device's outbox, oldest first.
 async fn outbox(node: web::Data<Node>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = library_id(&path)?;
@@ -796,6 +842,14 @@ async fn read_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_conflict_limit_has_a_default_a_cap_and_refuses_zero() {
+        assert_eq!(conflict_limit(None).unwrap(), api::DEFAULT_CONFLICT_LIMIT);
+        assert_eq!(conflict_limit(Some(5)).unwrap(), 5);
+        assert_eq!(conflict_limit(Some(1_000_000)).unwrap(), api::MAX_CONFLICT_LIMIT);
+        assert_eq!(conflict_limit(Some(0)).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn error_messages_are_one_line() {

@@ -38,6 +38,8 @@ pub struct Cluster {
     nodes: Vec<Option<Node>>,
     addrs: Vec<Vec<Multiaddr>>,
     pub config: SyncConfig,
+    /// The model types (and conflict policies) of every node.
+    pub registry: lsync::ModelRegistry,
 }
 
 impl Cluster {
@@ -48,6 +50,15 @@ impl Cluster {
 
     /// Starts `n` nodes with the given timers.
     pub async fn start_with(n: usize, config: SyncConfig) -> Cluster {
+        Self::start_with_registry(n, config, lsync::ModelRegistry::with_builtin()).await
+    }
+
+    /// Starts `n` nodes with the given timers and model registry (conflict policies).
+    pub async fn start_with_registry(
+        n: usize,
+        config: SyncConfig,
+        registry: lsync::ModelRegistry,
+    ) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -60,6 +71,7 @@ impl Cluster {
             nodes: Vec::new(),
             addrs: Vec::new(),
             config,
+            registry,
         };
         for i in 0..n {
             let node = c.build(i, vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]).await;
@@ -71,6 +83,7 @@ impl Cluster {
 
     async fn build(&self, i: usize, listen: Vec<Multiaddr>) -> Node {
         Node::builder(self.dir.path().join(format!("dev{i}")))
+            .registry(self.registry.clone())
             .listen(listen)
             .sync_config(self.config.clone())
             .start()
@@ -106,6 +119,7 @@ impl Cluster {
         // The old listener's port may take a moment to be released.
         for _ in 0..200 {
             match Node::builder(self.dir.path().join(format!("dev{i}")))
+                .registry(self.registry.clone())
                 .listen(self.addrs[i].clone())
                 .sync_config(self.config.clone())
                 .start()

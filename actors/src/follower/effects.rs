@@ -97,7 +97,7 @@ impl StorageCall {
                 let result = applier.apply(&entries);
                 let outcome = BatchOutcome::from_storage(&result);
                 if let Ok(applied) = result {
-                    committed(library_id, applied).into_iter().for_each(effects);
+                    committed(library_id, applied, &entries).into_iter().for_each(effects);
                 }
                 StorageDone::Applied(id, outcome)
             }

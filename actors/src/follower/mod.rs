@@ -335,19 +335,35 @@ impl BatchOutcome {
     }
 }
 
-/// The commands that go with a committed batch: the `entries_applied` counter and
-/// `EntriesApplied` if it wrote entries, `BulkJobQueued` for each job it queued, and the
-/// configuration it put in effect.
-pub fn committed(library_id: Uuid, outcome: ApplyOutcome) -> Vec<Command> {
+/// The commands that go with a committed batch of `entries`: the `entries_applied` counter
+/// and `EntriesApplied` if it wrote entries, `ConflictRecorded` for each conflict record among
+/// the entries it wrote, `BulkJobQueued` for each job it queued, and the configuration it put
+/// in effect.
+pub fn committed(
+    library_id: Uuid,
+    outcome: ApplyOutcome,
+    entries: &[SyncLogEntry],
+) -> Vec<Command> {
     let mut out = Vec::new();
     if outcome.applied > 0 {
+        let first = outcome.last.sequence.saturating_add(1).saturating_sub(outcome.applied);
         out.push(Command::CountMetric(Counter::EntriesApplied, outcome.applied));
         out.push(Command::Event(SyncEvent::EntriesApplied {
             library_id,
-            first: outcome.last.sequence.saturating_add(1).saturating_sub(outcome.applied),
+            first,
             last: outcome.last.sequence,
             count: outcome.applied,
         }));
+        // the entries written now: those already present (duplicates) were recorded before
+        let written: Vec<SyncLogEntry> = entries
+            .iter()
+            .filter(|e| (first..=outcome.last.sequence).contains(&e.sequence))
+            .filter(|e| e.model_type == lsync_storage::conflicts::CONFLICT_MODEL_TYPE)
+            .cloned()
+            .collect();
+        out.extend(
+            SyncEvent::conflicts_recorded(library_id, &written).into_iter().map(Command::Event),
+        );
     }
     for job in outcome.bulk_jobs {
         out.push(Command::Event(SyncEvent::BulkJobQueued { library_id, job }));

@@ -1510,3 +1510,69 @@ fn a_heartbeat_to_the_leader_names_this_logs_hash() {
         vec![Command::Heartbeat { id: id(3), position: pos(5, 1), hash: Some(h(5)), term: 1 }]
     );
 }
+
+/// A conflict record (model `lsync.conflict`) as the leader commits it, at `sequence`.
+fn conflict_entry(sequence: u64, id: &str) -> SyncLogEntry {
+    let device = Uuid::from_u128(0x33);
+    let conflict = lsync_storage::Conflict {
+        id: id.into(),
+        model_type: "tag".into(),
+        record_id: "t1".into(),
+        policy: lsync_storage::ConflictPolicy::LastWriterWins,
+        outcome: lsync_storage::ConflictOutcome::Stored,
+        fields: vec!["name".into()],
+        kept: vec!["name".into()],
+        taken: vec![],
+        change_type: "patch".into(),
+        base_version: 1,
+        current_version: 2,
+        stored: Vec::new(),
+        stored_hlc: None,
+        proposed: Vec::new(),
+        proposed_hlc: lsync_protocol::Hlc { physical_ms: 1, counter: 0, device },
+        origin_device: device,
+        proposal_id: Uuid::from_u128(0x44),
+        decided_at_ms: 1,
+    };
+    SyncLogEntry {
+        model_type: lsync_storage::conflicts::CONFLICT_MODEL_TYPE.into(),
+        record_id: id.into(),
+        data: lsync_storage::encode(&conflict),
+        ..entry(sequence, 1)
+    }
+}
+
+/// A committed batch reports each conflict record it wrote, not one it found present already
+/// (a duplicate was reported when it was written).
+#[test]
+fn a_batch_reports_the_conflict_records_it_wrote_not_the_ones_present() {
+    let batch = vec![entry(4, 1), conflict_entry(5, "p:0"), conflict_entry(6, "q:0")];
+    let outcome = ApplyOutcome {
+        applied: 1,
+        skipped: 2,
+        last: pos(6, 1),
+        last_hash: lsync_protocol::ChainHash::GENESIS,
+        bulk_jobs: Vec::new(),
+        membership: None,
+        settled: 0,
+    };
+    assert_eq!(
+        committed(LIB, outcome, &batch),
+        vec![
+            Command::CountMetric(Counter::EntriesApplied, 1),
+            Command::Event(SyncEvent::EntriesApplied {
+                library_id: LIB,
+                first: 6,
+                last: 6,
+                count: 1
+            }),
+            Command::Event(SyncEvent::ConflictRecorded {
+                library_id: LIB,
+                id: "q:0".into(),
+                model_type: "tag".into(),
+                record_id: "t1".into(),
+                outcome: lsync_storage::ConflictOutcome::Stored,
+            }),
+        ]
+    );
+}

@@ -1606,19 +1606,29 @@ impl Handler<GetStatus> for SyncService {
         // which may trail the database by a moment
         let acts_as_member = self.is_member();
         let status = async move {
-            let (state, head, (outbox_pending, outbox_failed), membership, rebuild_mark, mark) =
-                run_blocking(move || {
-                    Ok((
-                        db.sync_state()?,
-                        db.head()?,
-                        (db.outbox_count()?, db.outbox_count_failed()?),
-                        db.membership()?,
-                        db.rebuild_mark()?,
-                        db.mark()?,
-                    ))
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+            let (
+                state,
+                head,
+                (outbox_pending, outbox_failed, conflicts),
+                membership,
+                rebuild_mark,
+                mark,
+            ) = run_blocking(move || {
+                Ok((
+                    db.sync_state()?,
+                    db.head()?,
+                    (
+                        db.outbox_count()?,
+                        db.outbox_count_failed()?,
+                        db.with_reader(lsync_storage::conflicts::count)?,
+                    ),
+                    db.membership()?,
+                    db.rebuild_mark()?,
+                    db.mark()?,
+                ))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             let last = head.position;
             let lease_held = match election {
                 Some(e) => e.send(ObserveElection).await.ok().and_then(|s| s.lease_held),
@@ -1689,6 +1699,7 @@ impl Handler<GetStatus> for SyncService {
                 applier,
                 outbox_pending,
                 outbox_failed,
+                conflicts,
                 head_hash: head.hash.to_string(),
                 behind_mark: mark.filter(|m| head.position < *m).map(|m| m.to_string()),
                 lease_held,
