@@ -130,6 +130,10 @@ impl crate::model::Syncable for Conflict {
     }
 }
 
+/// What a decision records ([`decide`]): the fields in conflict, the ones whose stored value
+/// was kept, the ones the change took.
+pub(crate) type Report = (Vec<String>, Vec<String>, Vec<String>);
+
 /// What the leader does with one change ([`decide`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Decision {
@@ -157,7 +161,7 @@ pub(crate) fn decide(
     clock: &RecordClock,
     base: i64,
     hlc: Hlc,
-) -> (Decision, Option<(Vec<String>, Vec<String>, Vec<String>)>) {
+) -> (Decision, Option<Report>) {
     let other = |stamp: crate::field_clock::FieldStamp| {
         stamp.version > base && stamp.hlc.is_none_or(|h| h.device != hlc.device)
     };

@@ -97,7 +97,7 @@ pub(crate) type LogRow = (
 
 /// The stored form of an entry's stamp (MessagePack, named fields).
 pub(crate) fn encode_stamp(stamp: Option<&EntryStamp>) -> Option<Vec<u8>> {
-    stamp.map(|s| crate::model::encode(s))
+    stamp.map(crate::model::encode)
 }
 
 /// A stored hash: 32 bytes, else the row is corrupt.

@@ -137,9 +137,6 @@ async fn stale_edit_after_a_newer_one(
 /// Same field, `last_writer_wins`: the edit made later wins although the leader sequenced it
 /// first; the older one is recorded as a conflict with both values, outcome `stored`.
 #[actix_rt::test]
-#[ignore = "storage bug: a proposal whose only change the leader dropped as older (outcome \
-            stored) writes no entry with its id, so its writer never settles it (pending::held_whole): \
-            it stays in the outbox and the writer keeps showing the losing value"]
 async fn the_later_edit_of_one_field_wins_though_sequenced_first_and_the_conflict_is_listed() {
     let cluster = Cluster::start(3).await;
     let lib = cluster.create_library(0, &[1, 2]).await;
@@ -227,9 +224,6 @@ async fn reject_refuses_the_stale_edit_rolls_the_writer_back_and_lists_the_confl
 /// edit of the same field was committed under the next leader, does not undo that edit: the
 /// newer value stays everywhere, and the conflict is listed.
 #[actix_rt::test]
-#[ignore = "storage bug: a proposal whose only change the leader dropped as older (outcome \
-            stored) writes no entry with its id, so its writer never settles it (pending::held_whole): \
-            it stays in the outbox and the writer keeps showing the losing value"]
 async fn a_deposed_leaders_reproposed_change_does_not_undo_a_newer_value() {
     let cluster = Cluster::start(3).await;
     let lib = cluster.create_library(0, &[1, 2]).await;
