@@ -48,8 +48,8 @@ pub use lsync_actors::{
 pub use lsync_protocol::{ChangeType, SyncLogEntry, SyncRole};
 pub use lsync_protocol::{MemberRole, RolePreference};
 pub use lsync_storage::{
-    BulkOperation, Change, Database, LocalJob, Location, ModelHandler, ModelRegistry,
-    StorageOptions, Syncable, Synchronous, Tag, VerifyReport,
+    BulkOperation, Change, Conflict, ConflictOutcome, ConflictPolicy, Database, LocalJob, Location,
+    ModelHandler, ModelRegistry, StorageOptions, Syncable, Synchronous, Tag, VerifyReport,
 };
 pub use node::{
     change_bytes, max_change_bytes, DeviceInfo, Durability, Invitation, JoinOutcome,

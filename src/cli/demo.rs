@@ -824,11 +824,10 @@ fn check_writes(written: &[u64], log: &[lsync::SyncLogEntry]) -> Vec<String> {
         if e.model_type == lsync::crates::storage::conflicts::CONFLICT_MODEL_TYPE {
             // A change an older timestamp made lose (last-writer-wins) is in the log as the
             // conflict record that decided it, not as an entry.
-            let Ok(c) = lsync::crates::storage::decode::<lsync::crates::storage::Conflict>(&e.data)
-            else {
+            let Ok(c) = lsync::crates::storage::decode::<lsync::Conflict>(&e.data) else {
                 continue;
             };
-            if c.outcome != lsync::crates::storage::ConflictOutcome::Change {
+            if c.outcome != lsync::ConflictOutcome::Change {
                 *found.entry((c.model_type, c.record_id, c.proposed)).or_default() += 1;
                 changes += 1;
             }
