@@ -39,6 +39,10 @@ pub struct ApplyOutcome {
     /// This device's pending proposals the batch committed: they left its outbox and its
     /// pending overlay (docs/architecture.md, "Local-first writes").
     pub settled: u64,
+    /// This device's delivered proposals the batch showed were not committed after all (the
+    /// log reached the sequence their leader gave without them): back to pending, to be
+    /// proposed again — the proposer must be woken.
+    pub redelivered: u64,
 }
 
 /// The follower's write path: applies the leader's entries, each batch in ONE transaction.
@@ -198,7 +202,7 @@ impl Applier {
             crate::transaction::apply_entries(conn, registry, new)?;
             SyncLog::insert_hashed(conn, new, &hashes)?;
             if let Some(rebase) = rebase {
-                outcome.settled = rebase.finish(conn, registry)?;
+                (outcome.settled, outcome.redelivered) = rebase.finish(conn, registry)?;
             }
             outcome.applied = new.len() as u64;
             outcome.last = LogPosition::of(last);

@@ -398,14 +398,15 @@ impl Rebase {
     /// After the committed rows were written and the log holds them: removes the candidate
     /// entries that are committed now — a delivered one once the log reaches the sequence its
     /// leader gave, any other once the log holds the whole proposal — and replays the rest of
-    /// the overlay over the records put back. Returns how many entries were removed.
+    /// the overlay over the records put back. Returns how many entries were removed, and how
+    /// many delivered ones were put back to pending (their proposer must run again).
     pub(crate) fn finish(
         self,
         conn: &mut SqliteConnection,
         registry: &ModelRegistry,
-    ) -> Result<u64> {
+    ) -> Result<(u64, u64)> {
         let last = SyncLog::last(conn)?.sequence;
-        let mut settled = 0;
+        let (mut settled, mut redelivered) = (0, 0);
         for entry in &self.candidates {
             let committed = match entry.state {
                 OutboxState::Delivered { last_sequence } if last_sequence <= last => {
@@ -413,7 +414,9 @@ impl Rebase {
                         // The log reached the leader's sequence without the proposal: that
                         // leader's commit did not last (its tail was replaced after a failover,
                         // or its disk went back). Proposed again — once: the log decides.
-                        outbox::redeliver(conn, entry.proposal_id)?;
+                        if outbox::redeliver(conn, entry.proposal_id)? {
+                            redelivered += 1;
+                        }
                         tracing::info!(proposal = %entry.proposal_id, at = last_sequence,
                             "a delivered proposal is not in the log it reached: proposed again");
                         continue;
@@ -435,7 +438,7 @@ impl Rebase {
             let overlay = outbox::overlay(conn)?;
             replay(conn, registry, &overlay, Some(&self.keys))?;
         }
-        Ok(settled)
+        Ok((settled, redelivered))
     }
 }
 

@@ -371,6 +371,10 @@ pub fn committed(
     if let Some(m) = outcome.membership {
         out.push(Command::Membership(FollowerMembership::Applied(m)));
     }
+    if outcome.redelivered > 0 {
+        // proposals put back to pending: the proposer delivers them again now
+        out.push(Command::WakeProposer);
+    }
     out
 }
 

@@ -1555,9 +1555,10 @@ fn a_batch_reports_the_conflict_records_it_wrote_not_the_ones_present() {
         bulk_jobs: Vec::new(),
         membership: None,
         settled: 0,
+        redelivered: 0,
     };
     assert_eq!(
-        committed(LIB, outcome, &batch),
+        committed(LIB, outcome.clone(), &batch),
         vec![
             Command::CountMetric(Counter::EntriesApplied, 1),
             Command::Event(SyncEvent::EntriesApplied {
@@ -1575,4 +1576,7 @@ fn a_batch_reports_the_conflict_records_it_wrote_not_the_ones_present() {
             }),
         ]
     );
+    // a batch that put delivered proposals back to pending wakes the proposer
+    let redelivered = ApplyOutcome { applied: 0, redelivered: 1, ..outcome };
+    assert_eq!(committed(LIB, redelivered, &batch), vec![Command::WakeProposer]);
 }
