@@ -143,6 +143,9 @@ pub(crate) enum Decision {
     Reject,
 }
 
+/// A conflict's fields: those in conflict, of them those kept, and those taken.
+pub(crate) type Report = (Vec<String>, Vec<String>, Vec<String>);
+
 /// The leader's decision on a change with timestamp `hlc`, based on version `base` of a record
 /// whose clock is `clock`, that sets `touched` (every field it sets; empty: the whole record,
 /// a Delete): the decision, and the conflict's fields, kept and taken ones, if another device
@@ -153,7 +156,7 @@ pub(crate) fn decide(
     clock: &RecordClock,
     base: i64,
     hlc: Hlc,
-) -> (Decision, Option<(Vec<String>, Vec<String>, Vec<String>)>) {
+) -> (Decision, Option<Report>) {
     let other = |stamp: crate::field_clock::FieldStamp| {
         stamp.version > base && stamp.hlc.is_none_or(|h| h.device != hlc.device)
     };
@@ -192,7 +195,7 @@ pub(crate) fn decide(
             taken.push(field.clone());
         }
     }
-    let report = (!conflicting.is_empty()).then(|| (conflicting, kept, taken));
+    let report = (!conflicting.is_empty()).then_some((conflicting, kept, taken));
     if policy == ConflictPolicy::Reject && report.is_some() {
         return (Decision::Reject, report);
     }
