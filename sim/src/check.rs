@@ -17,8 +17,9 @@
 //!   before `t` (it may still be writing the entry that commits its own term).
 //!
 //! At the end, after the drain: every member identical (log, tables and the configuration in
-//! effect), every outbox empty,
-//! and the oracle's verdict on the log ([`crate::oracle`]).
+//! effect), every outbox empty, every member's tables and field clock its log replayed (`lsync
+//! verify`'s code), and the oracle's verdict on the log ([`crate::oracle`]: every write once or
+//! decided away by later writes, last-writer-wins per field, conflict records real).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -28,7 +29,7 @@ use lsync_storage::{Database, LogPosition};
 
 use crate::device::Device;
 use crate::net::Ix;
-use crate::oracle::{name_of, Oracle, Verdict};
+use crate::oracle::{token_of_change, tokens_of, Oracle, Verdict};
 
 /// An entry's identity: everything but its timestamp.
 fn fingerprint(e: &SyncLogEntry) -> u64 {
@@ -66,7 +67,8 @@ pub fn live_outbox(db: &Database) -> anyhow::Result<Vec<lsync_storage::OutboxEnt
 }
 
 /// What the device's tables must be — its committed log replayed with its pending changes on
-/// top (docs/architecture.md, "Local-first writes") — checked by `lsync verify`'s code on its
+/// top (docs/architecture.md, "Local-first writes"), and its field clock the one the log's
+/// stamps derive (docs/architecture.md, "Conflicts") — checked by `lsync verify`'s code on its
 /// files (read-only); `Err` names the first problem.
 pub fn tables_match_log_and_pending(db: &Database) -> Result<(), String> {
     let report = lsync_storage::verify(db.path(), db.registry()).map_err(|e| e.to_string())?;
@@ -79,15 +81,11 @@ pub fn tables_match_log_and_pending(db: &Database) -> Result<(), String> {
 /// The names of the workload's changes a device holds in its log, and in its outbox.
 pub fn names_held(db: &Database) -> anyhow::Result<(BTreeSet<String>, BTreeSet<String>)> {
     let logged: BTreeSet<String> =
-        whole_log(db).map_err(anyhow::Error::msg)?.iter().filter_map(name_of).collect();
+        whole_log(db).map_err(anyhow::Error::msg)?.iter().flat_map(tokens_of).collect();
     let mut queued = BTreeSet::new();
     // pending and delivered entries (shown here, to be committed or settled); not the failed
     for entry in live_outbox(db)? {
-        for c in entry.changes {
-            if let Ok(tag) = lsync_storage::decode::<lsync_storage::Tag>(&c.data) {
-                queued.insert(tag.name);
-            }
-        }
+        queued.extend(entry.changes.iter().filter_map(token_of_change));
     }
     Ok((logged, queued))
 }
@@ -114,6 +112,8 @@ pub struct Checker {
     committed_by_term: BTreeMap<u64, u64>,
     max_committed: u64,
     seen: BTreeMap<Ix, Seen>,
+    /// The tag records some committed entry wrote (the workload patches only those).
+    committed_records: BTreeSet<String>,
 }
 
 impl Checker {
@@ -125,6 +125,11 @@ impl Checker {
     /// Leader changes seen (a new (term, device) leading).
     pub fn leader_changes(&self) -> u64 {
         self.leader_changes
+    }
+
+    /// The tag records some committed entry wrote.
+    pub fn committed_records(&self) -> &BTreeSet<String> {
+        &self.committed_records
     }
 
     /// `ix` leads `term` (its election says so).
@@ -187,6 +192,9 @@ impl Checker {
         }
         for e in &entries {
             self.committed.insert(e.sequence, (fingerprint(e), term));
+            if e.model_type == "tag" && !self.committed_records.contains(&e.record_id) {
+                self.committed_records.insert(e.record_id.clone());
+            }
         }
         let highest = self.committed_by_term.entry(term).or_default();
         *highest = (*highest).max(commit);
@@ -266,9 +274,31 @@ impl Checker {
             if p != last {
                 return Err(format!("device {i} is at {p:?}, the leader at {last:?}"));
             }
-            let queued = live_outbox(d.db()).map_err(|e| e.to_string())?.len();
-            if queued > 0 {
-                return Err(format!("device {i} has {queued} proposals queued or delivered"));
+            let live = live_outbox(d.db()).map_err(|e| e.to_string())?;
+            if let Some(first) = live.first() {
+                let changes: Vec<String> = first
+                    .changes
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{:?} of {} {:?} based on {:?}",
+                            c.change_type,
+                            c.record_id,
+                            crate::oracle::token_of_change(c),
+                            c.base_version
+                        )
+                    })
+                    .collect();
+                return Err(format!(
+                    "device {i} has {} proposals queued or delivered (the first {}: {:?}, {} \
+                     attempts, last error {:?}: {})",
+                    live.len(),
+                    first.proposal_id,
+                    first.state,
+                    first.attempts,
+                    first.last_error,
+                    changes.join(", ")
+                ));
             }
         }
         Ok(())
@@ -294,6 +324,12 @@ impl Checker {
         let tags = reference.db().dump().map_err(|e| e.to_string())?;
         let config = reference.db().membership().map_err(|e| e.to_string())?;
         let mut failures = Vec::new();
+        // every member's tables and field clock are its log replayed (the first's too)
+        for (i, d) in &up {
+            if let Err(p) = tables_match_log_and_pending(d.db()) {
+                failures.push(format!("device {i}'s tables are not its log and pending: {p}"));
+            }
+        }
         for (i, d) in &up[1..] {
             let other: Vec<u64> = whole_log(d.db())?.iter().map(fingerprint).collect();
             if other != prints {
@@ -304,9 +340,6 @@ impl Checker {
                     other.len(),
                     prints.len()
                 ));
-            }
-            if let Err(p) = tables_match_log_and_pending(d.db()) {
-                failures.push(format!("device {i}'s tables are not its log and pending: {p}"));
             }
             let theirs = d.db().dump().map_err(|e| e.to_string())?;
             if theirs.get("tag") != tags.get("tag") {

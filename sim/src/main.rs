@@ -48,6 +48,10 @@ struct Args {
     /// The share of writes made at the `majority` level, 0 to 1 (the others at `local`).
     #[arg(long, default_value_t = 0.5)]
     majority_share: f64,
+    /// The share of the workload's changes that are Patches of one field (`name` or `color`) of
+    /// a record already committed (the others are whole-record upserts).
+    #[arg(long, default_value_t = 0.3)]
+    patch_share: f64,
     /// The devices' `storage.synchronous`: full (the default, as the product's) or normal
     /// (a power loss loses what was not synced).
     #[arg(long, default_value = "full")]
@@ -81,6 +85,7 @@ fn options(args: &Args, seed: u64, faults: &BTreeSet<Fault>) -> Options {
     o.fault_phase = Duration::from_millis(args.fault_phase_ms);
     o.strict_sequences = args.strict_sequences;
     o.majority_share = args.majority_share;
+    o.patch_share = args.patch_share;
     o.synchronous =
         if args.synchronous == "normal" { Synchronous::Normal } else { Synchronous::Full };
     o.trace = args.trace;
@@ -103,6 +108,9 @@ struct Summary {
     unknown: u64,
     lost_with_disk: u64,
     moved: u64,
+    patches: u64,
+    decided_away: u64,
+    conflicts: u64,
     faults: BTreeMap<String, u64>,
     leader_changes: u64,
     messages: u64,
@@ -128,6 +136,9 @@ impl Summary {
         self.unknown += r.unknown;
         self.lost_with_disk += r.lost_with_disk;
         self.moved += r.moved;
+        self.patches += r.patches;
+        self.decided_away += r.decided_away;
+        self.conflicts += r.conflicts;
         for (k, n) in &r.faults {
             *self.faults.entry(k.clone()).or_default() += n;
         }
@@ -154,6 +165,10 @@ fn main() {
     };
     if !matches!(args.synchronous.as_str(), "full" | "normal") {
         eprintln!("lsync-sim: --synchronous is {:?}: use full or normal", args.synchronous);
+        std::process::exit(2);
+    }
+    if !(0.0..=1.0).contains(&args.patch_share) {
+        eprintln!("lsync-sim: --patch-share is {}: use 0 to 1", args.patch_share);
         std::process::exit(2);
     }
     if !(0.0..=1.0).contains(&args.majority_share) {

@@ -1,31 +1,44 @@
 //! The oracle: what the workload wrote and what it was told, checked against the final logs.
 //!
-//! Every write is one proposal of one to three tag upserts. Each change carries a name no other
-//! change carries (`op-<n>.<k>`), so an entry of the log says which write it came from. The
-//! record ids come from a small pool, so writes from different devices touch the same records
-//! and the leader's order decides (last write wins).
+//! Every write is one proposal of one to three tag changes. A change is either a whole-record
+//! upsert (`name` and `color` both set to the change's token) or a Patch of one field of a
+//! record (`name` or `color` set to the token). Each change carries a token no other change
+//! carries (`op-<n>.<k>`), so an entry of the log says which change it came from: the tokens of
+//! an entry are the values of the fields its stamp says it set (every field for a whole-record
+//! entry). The record ids come from a small pool, so writes from different devices touch the
+//! same records and fields; the leader decides concurrent ones by last-writer-wins
+//! (docs/architecture.md, "Conflicts").
 //!
 //! What a write was told ([`Outcome`]) decides what the final log must hold:
-//! - `Committed { first, last }` (acknowledged): every change exactly once. For a write made at
-//!   the `majority` level, at exactly those sequences (that is its promise: a majority held it
-//!   there). For one at `local`, the answers whose entries ended elsewhere are counted as
-//!   `moved` (a `local` answer's sequence may change after a failover, docs/operations.md; a
-//!   failure only with `--strict-sequences`).
+//! - `Committed { first, last }` (acknowledged): every change exactly once, or **decided
+//!   away**: missing because every field it sets was set by a change with a later timestamp
+//!   (its timestamp is read back where it was stamped: its outbox entry, or its committed
+//!   entry; else the conflict record that names it). For a write made at the `majority` level,
+//!   at exactly those sequences (that is its promise: a majority held it there). For one at
+//!   `local`, the answers whose entries ended elsewhere are counted as `moved` (a `local`
+//!   answer's sequence may change after a failover, docs/operations.md; a failure only with
+//!   `--strict-sequences`).
 //! - `Unresolved` (a `majority` write no majority held within the request timeout: answered
-//!   pending): every change exactly once, eventually, at any sequence.
-//! - `Queued` (durable in the writer's outbox): every change exactly once, eventually.
+//!   pending): every change exactly once or decided away, eventually, at any sequence.
+//! - `Queued` (durable in the writer's outbox): the same, eventually.
 //! - `Refused` or `Unknown` (the writer crashed before answering): at most once each.
 //!
 //! The only loss allowed is the one the documentation admits: a write whose every copy was on
 //! a disk that lost it — the changes that, when a device lost power or had an older copy put
 //! back, were on that device only ([`Oracle::note_loss`] is told which, from the disks as they
 //! were). Such writes may be missing (never duplicated). Nothing else is ever excused.
+//!
+//! Two more rules are checked on the final log ([`last_writer_wins`], [`conflicts_are_real`]):
+//! every field of every record holds the value of the write with the largest timestamp among
+//! those that set it in the log or were decided against it in a conflict record, and every
+//! conflict record names fields really set concurrently (by another device, after the change's
+//! base version).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lsync_protocol::{ChangeType, SyncLogEntry};
-use lsync_storage::Tag;
-use serde::Serialize;
+use lsync_protocol::{ChangeType, Hlc, SyncLogEntry};
+use lsync_storage::Conflict;
+use serde::{Deserialize, Serialize};
 
 use crate::net::Ix;
 
@@ -52,8 +65,12 @@ pub enum Outcome {
 pub struct Write {
     pub device: Ix,
     pub proposal_id: uuid::Uuid,
-    /// The changes' names (`op-<n>.<k>`), in order.
+    /// The changes' names (`op-<n>.<k>`, their tokens), in order.
     pub names: Vec<String>,
+    /// What each change sets, in order.
+    pub parts: Vec<Part>,
+    /// Each change's timestamp, once read back from where it was stamped.
+    pub hlcs: Vec<Option<Hlc>>,
     pub outcome: Outcome,
     /// Made at the `majority` level.
     pub majority: bool,
@@ -62,6 +79,29 @@ pub struct Write {
     /// Every copy but its writer's outbox's was lost with a disk ([`Oracle::note_outboxed_loss`]).
     pub lost_unless_queued: bool,
 }
+
+/// What one change of a write sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// The record (a tag id).
+    pub record: String,
+    /// The one field a Patch sets (`name` or `color`); `None`: the whole record (an upsert
+    /// setting `name` and `color` to the token).
+    pub field: Option<&'static str>,
+}
+
+impl Part {
+    /// The fields it sets among those that carry tokens.
+    pub fn fields(&self) -> Vec<&'static str> {
+        match self.field {
+            Some(f) => vec![f],
+            None => TOKEN_FIELDS.to_vec(),
+        }
+    }
+}
+
+/// The fields of a tag that carry the workload's tokens.
+pub const TOKEN_FIELDS: [&str; 2] = ["name", "color"];
 
 /// What the final check found.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -78,6 +118,13 @@ pub struct Verdict {
     pub lost_with_disk: u64,
     /// Acknowledged writes whose entries are not at the answered sequences.
     pub moved: u64,
+    /// Field-level changes (Patches) among the writes' changes.
+    pub patches: u64,
+    /// Changes that must be committed, missing because later writes set every field they set
+    /// (last-writer-wins).
+    pub decided_away: u64,
+    /// Conflict records in the final log.
+    pub conflicts: u64,
     /// Failures: each a sentence.
     pub failures: Vec<String>,
 }
@@ -88,39 +135,129 @@ pub struct Oracle {
     writes: Vec<Write>,
     /// name → write index.
     by_name: BTreeMap<String, usize>,
+    /// proposal id → write index.
+    by_proposal: BTreeMap<uuid::Uuid, usize>,
 }
 
-/// The name in a tag change's data, if it decodes.
-pub fn name_of(entry: &SyncLogEntry) -> Option<String> {
+/// A tag's fields as a whole record or a patch carries them (each may be absent).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TagFields {
+    name: Option<String>,
+    color: Option<String>,
+}
+
+impl TagFields {
+    fn decode(data: &[u8]) -> Option<Self> {
+        lsync_storage::decode::<TagFields>(data).ok()
+    }
+
+    fn get(&self, field: &str) -> Option<&str> {
+        match field {
+            "name" => self.name.as_deref(),
+            "color" => self.color.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `entry` sets `field` (its stamp names it, or it writes the whole record).
+fn sets(entry: &SyncLogEntry, field: &str) -> bool {
+    matches!(entry.change_type, ChangeType::Insert | ChangeType::Update)
+        && entry
+            .stamp
+            .as_ref()
+            .is_none_or(|s| s.fields.is_empty() || s.fields.iter().any(|f| f == field))
+}
+
+/// The workload's tokens a tag entry carries: the values of the token fields it set (by its
+/// stamp; every field of a whole-record entry, or of an unstamped one).
+pub fn tokens_of(entry: &SyncLogEntry) -> Vec<String> {
     if entry.model_type != "tag" || entry.change_type == ChangeType::Delete {
+        return Vec::new();
+    }
+    let Some(fields) = TagFields::decode(&entry.data) else { return Vec::new() };
+    let mut out: Vec<String> = TOKEN_FIELDS
+        .iter()
+        .filter(|f| sets(entry, f))
+        .filter_map(|f| fields.get(f))
+        .filter(|v| v.starts_with("op-"))
+        .map(str::to_owned)
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The token a workload change (as queued) carries: its name, or the value of the one field
+/// a Patch sets.
+pub fn token_of_change(change: &lsync_storage::Change) -> Option<String> {
+    if change.model_type != "tag" {
         return None;
     }
-    lsync_storage::decode::<Tag>(&entry.data).ok().map(|t| t.name)
+    let fields = TagFields::decode(&change.data)?;
+    fields.name.or(fields.color).filter(|v| v.starts_with("op-"))
+}
+
+/// The token a conflict record's proposed change carries.
+fn token_of_conflict(c: &Conflict) -> Option<String> {
+    let fields = TagFields::decode(&c.proposed)?;
+    fields.name.or(fields.color).filter(|v| v.starts_with("op-"))
+}
+
+/// The conflict a log entry records, if it is one (model `lsync.conflict`).
+pub fn conflict_of(entry: &SyncLogEntry) -> Option<Conflict> {
+    if entry.model_type != lsync_storage::conflicts::CONFLICT_MODEL_TYPE
+        || entry.change_type == ChangeType::Delete
+    {
+        return None;
+    }
+    lsync_storage::decode::<Conflict>(&entry.data).ok()
+}
+
+/// The first token of a tag entry (the name of the write it came from), if any: used where one
+/// entry stands for one change (the names a disk holds).
+pub fn name_of(entry: &SyncLogEntry) -> Option<String> {
+    tokens_of(entry).into_iter().next()
 }
 
 impl Oracle {
-    /// Records a new write; returns its index.
+    /// Records a new write (its changes' names and what each sets); returns its index.
     pub fn record(
         &mut self,
         device: Ix,
         proposal_id: uuid::Uuid,
         names: Vec<String>,
+        parts: Vec<Part>,
         majority: bool,
     ) -> usize {
         let ix = self.writes.len();
         for n in &names {
             self.by_name.insert(n.clone(), ix);
         }
+        self.by_proposal.insert(proposal_id, ix);
+        let hlcs = vec![None; names.len()];
         self.writes.push(Write {
             device,
             proposal_id,
             names,
+            parts,
+            hlcs,
             outcome: Outcome::Pending,
             majority,
             may_be_lost: false,
             lost_unless_queued: false,
         });
         ix
+    }
+
+    /// The timestamp change `name` got where it was stamped (read back from the outbox or the
+    /// committed entry). The first one read is kept (a change keeps its timestamp).
+    pub fn stamped(&mut self, name: &str, hlc: Hlc) {
+        let Some(&w) = self.by_name.get(name) else { return };
+        let w = &mut self.writes[w];
+        if let Some(k) = w.names.iter().position(|n| n == name) {
+            w.hlcs[k].get_or_insert(hlc);
+        }
     }
 
     /// The writer was told `outcome`.
@@ -170,31 +307,91 @@ impl Oracle {
         }
     }
 
+    /// Whether change `k` of write `w`, missing from `log`, was decided away: every field it
+    /// sets was set on its record, in the log, by a change with a later timestamp (its own
+    /// timestamp as read back, else the one of the conflict record that names it).
+    fn decided_away(
+        &self,
+        w: &Write,
+        k: usize,
+        log: &[SyncLogEntry],
+        conflicts: &BTreeMap<String, Conflict>,
+    ) -> bool {
+        let part = &w.parts[k];
+        let hlc = w.hlcs[k].or_else(|| conflicts.get(&w.names[k]).map(|c| c.proposed_hlc));
+        let Some(hlc) = hlc else { return false };
+        part.fields().iter().all(|f| {
+            log.iter().any(|e| {
+                e.model_type == "tag"
+                    && e.record_id == part.record
+                    && sets(e, f)
+                    && e.stamp.as_ref().is_some_and(|s| s.hlc > hlc)
+            })
+        })
+    }
+
     /// Checks a final log (every device holds the same one, checked apart) against the writes.
     pub fn check(&self, log: &[SyncLogEntry]) -> Verdict {
         let mut v = Verdict { writes: self.writes.len() as u64, ..Verdict::default() };
         let mut seen: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        // conflict records by the token of the change they decided
+        let mut conflicts: BTreeMap<String, Conflict> = BTreeMap::new();
         for e in log {
-            match name_of(e) {
-                Some(name) => match self.by_name.get_key_value(name.as_str()) {
+            if let Some(c) = conflict_of(e) {
+                v.conflicts += 1;
+                if let Some(t) = token_of_conflict(&c) {
+                    conflicts.insert(t, c);
+                }
+                continue;
+            }
+            if e.model_type != "tag" {
+                continue;
+            }
+            let mut tokens = tokens_of(e);
+            if tokens.is_empty() {
+                // a whole-record change that kept none of its token fields (its `id` only):
+                // found by its proposal and record
+                let part = e.proposal_id.and_then(|p| self.by_proposal.get(&p)).and_then(|&w| {
+                    let w = &self.writes[w];
+                    (0..w.parts.len())
+                        .find(|&k| {
+                            w.parts[k].record == e.record_id
+                                && w.parts[k].field.is_none()
+                                && !seen.contains_key(w.names[k].as_str())
+                        })
+                        .map(|k| w.names[k].clone())
+                });
+                match part {
+                    Some(name) => tokens.push(name),
+                    None => {
+                        v.failures.push(format!(
+                            "entry {} is a tag change the workload never makes",
+                            e.sequence
+                        ));
+                        continue;
+                    }
+                }
+            }
+            for name in tokens {
+                match self.by_name.get_key_value(name.as_str()) {
                     Some((k, _)) => seen.entry(k.as_str()).or_default().push(e.sequence),
                     None => v
                         .failures
                         .push(format!("entry {} holds {name:?}, which no write made", e.sequence)),
-                },
-                None if e.model_type == "tag" => v
-                    .failures
-                    .push(format!("entry {} is a tag change the workload never makes", e.sequence)),
-                None => {}
+                }
             }
         }
         for (ix, w) in self.writes.iter().enumerate() {
+            v.patches += w.parts.iter().filter(|p| p.field.is_some()).count() as u64;
             let copies: Vec<&[u64]> = w
                 .names
                 .iter()
                 .map(|n| seen.get(n.as_str()).map_or(&[][..], Vec::as_slice))
                 .collect();
             let present = copies.iter().filter(|c| !c.is_empty()).count();
+            let away: Vec<usize> = (0..w.names.len())
+                .filter(|&k| copies[k].is_empty() && self.decided_away(w, k, log, &conflicts))
+                .collect();
             if let Some(c) = copies.iter().find(|c| c.len() > 1) {
                 v.failures.push(format!(
                     "write {ix} ({:?} on device {}) is in the log {} times, at {c:?}",
@@ -229,15 +426,23 @@ impl Oracle {
                     false
                 }
             };
-            if present > 0 && present < w.names.len() {
+            // a proposal is atomic: all of it is accounted for (committed or decided away),
+            // or none of it is in the log
+            let accounted = present + away.len();
+            if present > 0 && accounted < w.names.len() {
                 v.failures.push(format!(
-                    "write {ix} (device {}) is in the log in part: {present} of {} changes",
+                    "write {ix} (device {}) is in the log in part: {present} of {} changes \
+                     ({} decided away by later writes)",
                     w.device,
-                    w.names.len()
+                    w.names.len(),
+                    away.len()
                 ));
             }
+            if must {
+                v.decided_away += away.len() as u64;
+            }
             let answered_local = !w.majority && matches!(w.outcome, Outcome::Committed { .. });
-            if must && present == 0 {
+            if must && accounted < w.names.len() && present == 0 {
                 if w.may_be_lost || (w.lost_unless_queued && answered_local) {
                     v.lost_with_disk += 1;
                 } else {
@@ -254,6 +459,7 @@ impl Oracle {
                 // completed after a failover is not contiguous: the ends are what it promises).
                 let ends = (at.first().copied(), at.last().copied()) == (Some(first), Some(last));
                 let kept = if w.majority { ends } else { at == expected };
+                // (a change decided away wrote no entry: its answer covers the others only)
                 if present == w.names.len() && !kept {
                     if w.majority {
                         v.failures.push(format!(
@@ -267,16 +473,329 @@ impl Oracle {
                 }
             }
         }
+        v.failures.extend(last_writer_wins(log));
+        v.failures.extend(conflicts_are_real(log));
         v
     }
 }
 
+/// Last-writer-wins, on a final log: for every tag record and every token field, the value the
+/// log leaves (its last entry's) is the value of the write with the largest timestamp among
+/// the entries that set the field and the conflict records that name the field (a change
+/// decided against, with its proposed value and timestamp). Records with an unstamped entry
+/// are skipped (written before stamps). Returns one failure per field that breaks it.
+pub fn last_writer_wins(log: &[SyncLogEntry]) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut records: BTreeMap<&str, Vec<&SyncLogEntry>> = BTreeMap::new();
+    let mut against: BTreeMap<&str, Vec<Conflict>> = BTreeMap::new();
+    for e in log {
+        if e.model_type == "tag" {
+            records.entry(e.record_id.as_str()).or_default().push(e);
+        } else if let Some(c) = conflict_of(e) {
+            if c.model_type == "tag" && c.outcome != lsync_storage::ConflictOutcome::Rejected {
+                if let Some((k, _)) = records.get_key_value(c.record_id.as_str()) {
+                    against.entry(k).or_default().push(c);
+                }
+            }
+        }
+    }
+    for (record, entries) in &records {
+        if entries.iter().any(|e| e.stamp.is_none()) {
+            continue;
+        }
+        let Some(last) = entries.last() else { continue };
+        if last.change_type == ChangeType::Delete {
+            continue;
+        }
+        let Some(now) = TagFields::decode(&last.data) else { continue };
+        for field in TOKEN_FIELDS {
+            // since the last delete: the record's writes of this field
+            let since = entries.iter().rposition(|e| e.change_type == ChangeType::Delete);
+            let mut best: Option<(Hlc, Option<String>, String)> = None;
+            for e in &entries[since.map_or(0, |i| i + 1)..] {
+                let Some(stamp) = &e.stamp else { continue };
+                if !sets(e, field) {
+                    continue;
+                }
+                let value =
+                    TagFields::decode(&e.data).and_then(|f| f.get(field).map(str::to_owned));
+                if best.as_ref().is_none_or(|b| stamp.hlc > b.0) {
+                    best = Some((stamp.hlc, value, format!("entry {}", e.sequence)));
+                }
+            }
+            for c in against.get(record).into_iter().flatten() {
+                if !c.fields.iter().any(|f| f == field) {
+                    continue;
+                }
+                let value =
+                    TagFields::decode(&c.proposed).and_then(|f| f.get(field).map(str::to_owned));
+                if best.as_ref().is_none_or(|b| c.proposed_hlc > b.0) {
+                    best = Some((c.proposed_hlc, value, format!("conflict {}", c.id)));
+                }
+            }
+            let Some((hlc, value, from)) = best else { continue };
+            let holds = now.get(field).map(str::to_owned);
+            if holds != value {
+                // the field's history, for the report: entry, version, timestamp, fields, value
+                let history: Vec<String> = entries
+                    .iter()
+                    .filter(|e| sets(e, field))
+                    .map(|e| {
+                        let stamp = e.stamp.as_ref();
+                        format!(
+                            "#{} v{} {} {:?} {:?}",
+                            e.sequence,
+                            e.version,
+                            stamp.map_or("-".into(), |s| s.hlc.to_string()),
+                            stamp.map(|s| s.fields.clone()).unwrap_or_default(),
+                            TagFields::decode(&e.data)
+                                .and_then(|f| f.get(field).map(str::to_owned))
+                        )
+                    })
+                    .collect();
+                failures.push(format!(
+                    "last writer wins: tag {record:?} field {field} holds {holds:?}, but the \
+                     latest write of it is {value:?} ({from}, at {hlc}); its writes: {}",
+                    history.join("; ")
+                ));
+            }
+        }
+    }
+    failures
+}
+
+/// Every conflict record of a final log names a record and fields really written
+/// concurrently: its base version is older than the version at the decision, and each field
+/// it names was set on that record, by an entry of another device than the change's (by
+/// timestamp) at a version after the base and up to the version at the decision; a field it
+/// says the change took has an older timestamp there than the change's, one it says was kept
+/// a later one. Returns one failure per broken rule.
+pub fn conflicts_are_real(log: &[SyncLogEntry]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (i, e) in log.iter().enumerate() {
+        let Some(c) = conflict_of(e) else { continue };
+        let id = &c.id;
+        if c.base_version >= c.current_version {
+            failures.push(format!(
+                "conflict {id} (entry {}) has base version {} not older than the version at \
+                 the decision {}",
+                e.sequence, c.base_version, c.current_version
+            ));
+            continue;
+        }
+        let before: Vec<&SyncLogEntry> = log[..i]
+            .iter()
+            .filter(|x| x.model_type == c.model_type && x.record_id == c.record_id)
+            .filter(|x| x.version <= c.current_version)
+            .collect();
+        for field in &c.fields {
+            let concurrent = before.iter().any(|x| {
+                x.version > c.base_version
+                    && sets(x, field)
+                    && x.stamp.as_ref().is_none_or(|s| s.hlc.device != c.proposed_hlc.device)
+            });
+            if !concurrent {
+                failures.push(format!(
+                    "conflict {id} (entry {}) names field {field} of {} {:?}, which no other \
+                     device set between versions {} and {}",
+                    e.sequence, c.model_type, c.record_id, c.base_version, c.current_version
+                ));
+            }
+            let stored =
+                before.iter().rev().find(|x| sets(x, field)).and_then(|x| x.stamp.as_ref());
+            let Some(stored) = stored else { continue };
+            let taken = c.taken.contains(field);
+            let kept = c.kept.contains(field);
+            if (taken && c.proposed_hlc <= stored.hlc) || (kept && c.proposed_hlc > stored.hlc) {
+                failures.push(format!(
+                    "conflict {id} (entry {}) says field {field} was {} but the change's \
+                     timestamp {} is {} the stored one {}",
+                    e.sequence,
+                    if taken { "taken" } else { "kept" },
+                    c.proposed_hlc,
+                    if taken { "not later than" } else { "later than" },
+                    stored.hlc
+                ));
+            }
+        }
+        for f in c.kept.iter().chain(&c.taken) {
+            if !c.fields.contains(f) {
+                failures.push(format!("conflict {id} lists {f} as kept or taken, not in conflict"));
+            }
+        }
+    }
+    failures
+}
+
 #[cfg(test)]
 mod tests {
-    use lsync_storage::Change;
+    use lsync_protocol::EntryStamp;
+    use lsync_storage::{Change, ConflictOutcome, ConflictPolicy, Tag};
     use uuid::Uuid;
 
     use super::*;
+
+    /// Records a write of whole-record changes of `r1`.
+    fn rec(o: &mut Oracle, device: Ix, id: Uuid, names: Vec<String>, majority: bool) -> usize {
+        let parts = names.iter().map(|_| Part { record: "r1".into(), field: None }).collect();
+        o.record(device, id, names, parts, majority)
+    }
+
+    const A: Uuid = Uuid::from_u128(0xa);
+    const B: Uuid = Uuid::from_u128(0xb);
+
+    fn hlc(ms: u64, device: Uuid) -> Hlc {
+        Hlc { physical_ms: ms, counter: 0, device }
+    }
+
+    /// A stamped entry of tag `r2` at `version`, the record as it is after it (`name`,
+    /// `color`), setting `fields` (empty: all) at `ms` on `device`.
+    fn stamped(
+        sequence: u64,
+        version: i64,
+        (name, color): (&str, &str),
+        fields: &[&str],
+        (ms, device): (u64, Uuid),
+    ) -> SyncLogEntry {
+        let tag = Tag { id: "r2".into(), name: name.into(), color: Some(color.into()) };
+        let mut e = entry(sequence, name);
+        e.record_id = "r2".into();
+        e.data = lsync_storage::encode(&tag);
+        e.version = version;
+        e.change_type = if version == 1 { ChangeType::Insert } else { ChangeType::Update };
+        e.stamp = Some(EntryStamp {
+            hlc: hlc(ms, device),
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+        });
+        e
+    }
+
+    /// The entry recording a conflict on `r2`'s `field`: a patch to `value` at `ms` by `device`,
+    /// based on `base`, decided at `current` (`kept`: the stored value won).
+    fn conflict(
+        sequence: u64,
+        field: &str,
+        value: &str,
+        (base, current): (i64, i64),
+        (ms, device): (u64, Uuid),
+        kept: bool,
+    ) -> SyncLogEntry {
+        let patch: BTreeMap<&str, &str> = [(field, value)].into();
+        let c = Conflict {
+            id: format!("p:{sequence}"),
+            model_type: "tag".into(),
+            record_id: "r2".into(),
+            policy: ConflictPolicy::LastWriterWins,
+            outcome: if kept { ConflictOutcome::Stored } else { ConflictOutcome::Change },
+            fields: vec![field.to_owned()],
+            kept: if kept { vec![field.to_owned()] } else { vec![] },
+            taken: if kept { vec![] } else { vec![field.to_owned()] },
+            change_type: "patch".into(),
+            base_version: base,
+            current_version: current,
+            stored: Vec::new(),
+            stored_hlc: None,
+            proposed: lsync_storage::encode(&patch),
+            proposed_hlc: hlc(ms, device),
+            origin_device: device,
+            proposal_id: Uuid::nil(),
+            decided_at_ms: 0,
+        };
+        let change = Change::insert(&c);
+        let mut e = entry(sequence, "");
+        e.model_type = change.model_type;
+        e.record_id = change.record_id;
+        e.data = change.data;
+        e
+    }
+
+    /// Device A creates r2 (op-1.0), B patches its color to op-2.0 at t=20 (version 2), A's
+    /// patch of the color to op-3.0 made at t=10 on version 1 arrives later and loses.
+    fn concurrent_patches(o: &mut Oracle) -> Vec<SyncLogEntry> {
+        let r2 = |field| Part { record: "r2".into(), field };
+        let a = o.record(0, Uuid::from_u128(1), vec!["op-1.0".into()], vec![r2(None)], false);
+        o.answer(a, Outcome::Committed { first: 1, last: 1 });
+        let b =
+            o.record(1, Uuid::from_u128(2), vec!["op-2.0".into()], vec![r2(Some("color"))], false);
+        o.answer(b, Outcome::Queued);
+        let c =
+            o.record(0, Uuid::from_u128(3), vec!["op-3.0".into()], vec![r2(Some("color"))], false);
+        o.answer(c, Outcome::Queued);
+        o.stamped("op-3.0", hlc(10, A));
+        vec![
+            stamped(1, 1, ("op-1.0", "op-1.0"), &[], (5, A)),
+            stamped(2, 2, ("op-1.0", "op-2.0"), &["color"], (20, B)),
+            conflict(3, "color", "op-3.0", (1, 2), (10, A), true),
+        ]
+    }
+
+    #[test]
+    fn a_patch_that_lost_to_a_later_write_is_decided_away_and_the_later_value_holds() {
+        let mut o = Oracle::default();
+        let log = concurrent_patches(&mut o);
+        let v = o.check(&log);
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        assert_eq!((v.patches, v.decided_away, v.conflicts), (2, 1, 1));
+    }
+
+    #[test]
+    fn a_missing_patch_no_later_write_explains_fails() {
+        let mut o = Oracle::default();
+        let mut log = concurrent_patches(&mut o);
+        log.truncate(1);
+        let all = o.check(&log).failures.join(
+            "
+",
+        );
+        assert!(all.contains("write 1") && all.contains("missing"), "{all}");
+        assert!(all.contains("write 2") && all.contains("missing"), "{all}");
+    }
+
+    #[test]
+    fn a_field_left_with_an_older_value_than_a_write_of_it_breaks_last_writer_wins() {
+        // B's later color (t=20) was sequenced first; A's earlier one (t=10) overwrote it
+        let log = [
+            stamped(1, 1, ("op-1.0", "op-1.0"), &[], (5, A)),
+            stamped(2, 2, ("op-1.0", "op-2.0"), &["color"], (20, B)),
+            stamped(3, 3, ("op-1.0", "op-3.0"), &["color"], (10, A)),
+        ];
+        let failures = last_writer_wins(&log);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].contains("field color holds Some(\"op-3.0\")"), "{failures:?}");
+        // the same writes in timestamp order: no failure
+        let ordered = [log[0].clone(), log[2].clone(), log[1].clone()];
+        assert!(last_writer_wins(&ordered).is_empty());
+    }
+
+    #[test]
+    fn a_conflict_decided_against_a_later_change_breaks_last_writer_wins() {
+        let mut log = vec![
+            stamped(1, 1, ("op-1.0", "op-1.0"), &[], (5, A)),
+            stamped(2, 2, ("op-1.0", "op-2.0"), &["color"], (20, B)),
+        ];
+        log.push(conflict(3, "color", "op-3.0", (1, 2), (30, A), true));
+        let failures = last_writer_wins(&log);
+        assert!(failures.iter().any(|f| f.contains("conflict p:3")), "{failures:?}");
+        let wrong = conflicts_are_real(&log);
+        assert!(wrong.iter().any(|f| f.contains("was kept")), "{wrong:?}");
+    }
+
+    #[test]
+    fn a_conflict_on_a_field_no_other_device_set_since_its_base_is_not_real() {
+        let log = [
+            stamped(1, 1, ("op-1.0", "op-1.0"), &[], (5, A)),
+            stamped(2, 2, ("op-2.0", "op-1.0"), &["name"], (20, B)),
+            conflict(3, "color", "op-3.0", (1, 2), (10, A), true),
+            conflict(4, "name", "op-4.0", (2, 2), (10, A), true),
+        ];
+        let failures = conflicts_are_real(&log);
+        assert_eq!(failures.len(), 3, "{failures:?}");
+        assert!(failures[0].contains("names field color"), "{failures:?}");
+        // (and the color it says was kept is older than the change's: A's whole write at t=5)
+        assert!(failures[1].contains("was kept"), "{failures:?}");
+        assert!(failures[2].contains("base version 2 not older"), "{failures:?}");
+        assert!(conflicts_are_real(&log[..2]).is_empty());
+    }
 
     fn entry(sequence: u64, name: &str) -> SyncLogEntry {
         let tag = Tag { id: "r1".into(), name: name.into(), color: None };
@@ -299,11 +818,11 @@ mod tests {
 
     fn oracle() -> Oracle {
         let mut o = Oracle::default();
-        let a = o.record(0, Uuid::from_u128(1), vec!["op-1.0".into(), "op-1.1".into()], false);
+        let a = rec(&mut o, 0, Uuid::from_u128(1), vec!["op-1.0".into(), "op-1.1".into()], false);
         o.answer(a, Outcome::Committed { first: 5, last: 6 });
-        let b = o.record(1, Uuid::from_u128(2), vec!["op-2.0".into()], false);
+        let b = rec(&mut o, 1, Uuid::from_u128(2), vec!["op-2.0".into()], false);
         o.answer(b, Outcome::Queued);
-        o.record(2, Uuid::from_u128(3), vec!["op-3.0".into()], false);
+        rec(&mut o, 2, Uuid::from_u128(3), vec!["op-3.0".into()], false);
         o.crashed(2);
         o
     }
@@ -340,9 +859,9 @@ mod tests {
     #[test]
     fn a_majority_write_must_be_at_its_answered_sequences_and_an_unresolved_one_present() {
         let mut o = Oracle::default();
-        let a = o.record(0, Uuid::from_u128(1), vec!["op-1.0".into()], true);
+        let a = rec(&mut o, 0, Uuid::from_u128(1), vec!["op-1.0".into()], true);
         o.answer(a, Outcome::Committed { first: 5, last: 5 });
-        let b = o.record(1, Uuid::from_u128(2), vec!["op-2.0".into()], true);
+        let b = rec(&mut o, 1, Uuid::from_u128(2), vec!["op-2.0".into()], true);
         o.answer(b, Outcome::Unresolved);
         let at_its_place = o.check(&[entry(5, "op-1.0"), entry(6, "op-2.0")]);
         assert!(at_its_place.failures.is_empty(), "{:?}", at_its_place.failures);
@@ -357,11 +876,11 @@ mod tests {
     #[test]
     fn a_loss_held_elsewhere_only_in_an_outbox_is_excused_only_for_a_local_commit() {
         let mut o = Oracle::default();
-        let local = o.record(0, Uuid::from_u128(1), vec!["op-1.0".into()], false);
+        let local = rec(&mut o, 0, Uuid::from_u128(1), vec!["op-1.0".into()], false);
         o.answer(local, Outcome::Committed { first: 5, last: 5 });
-        let queued = o.record(0, Uuid::from_u128(2), vec!["op-2.0".into()], false);
+        let queued = rec(&mut o, 0, Uuid::from_u128(2), vec!["op-2.0".into()], false);
         o.answer(queued, Outcome::Queued);
-        let majority = o.record(0, Uuid::from_u128(3), vec!["op-3.0".into()], true);
+        let majority = rec(&mut o, 0, Uuid::from_u128(3), vec!["op-3.0".into()], true);
         o.answer(majority, Outcome::Committed { first: 6, last: 6 });
         o.note_outboxed_loss(&["op-1.0", "op-2.0", "op-3.0"].map(String::from).into());
         let v = o.check(&[]);

@@ -32,7 +32,7 @@ use crate::check::Checker;
 use crate::device::{Device, Output};
 use crate::disk::Disk;
 use crate::net::{Delivery, InFlight, Ix, Micros, Net, NetFaults, RequestId};
-use crate::oracle::Oracle;
+use crate::oracle::{token_of_change, tokens_of, Oracle, Outcome, Part};
 
 const MS: Micros = 1_000;
 const SEC: Micros = 1_000_000;
@@ -120,6 +120,9 @@ pub struct Options {
     pub strict_sequences: bool,
     /// The share of writes made at the `majority` level (the others at `local`).
     pub majority_share: f64,
+    /// The share of changes that are Patches of one field of a committed record (the others
+    /// whole-record upserts).
+    pub patch_share: f64,
     /// The devices' `storage.synchronous` (default `FULL`, as the product's).
     pub synchronous: Synchronous,
     /// Where the devices' files go (a temporary directory if `None`).
@@ -150,6 +153,7 @@ impl Options {
             },
             strict_sequences: false,
             majority_share: 0.5,
+            patch_share: 0.3,
             synchronous: Synchronous::Full,
             dir: None,
             trace: false,
@@ -179,6 +183,9 @@ impl Options {
         if self.majority_share != Self::new(self.seed).majority_share {
             cmd.push_str(&format!(" --majority-share {}", self.majority_share));
         }
+        if self.patch_share != Self::new(self.seed).patch_share {
+            cmd.push_str(&format!(" --patch-share {}", self.patch_share));
+        }
         cmd.push_str(" --trace");
         cmd
     }
@@ -200,6 +207,12 @@ pub struct Report {
     pub unknown: u64,
     pub lost_with_disk: u64,
     pub moved: u64,
+    /// Patches among the writes' changes.
+    pub patches: u64,
+    /// Changes that had to commit, missing because later writes set every field they set.
+    pub decided_away: u64,
+    /// Conflict records in the final log.
+    pub conflicts: u64,
     pub faults: BTreeMap<String, u64>,
     pub leader_changes: u64,
     pub messages: u64,
@@ -743,20 +756,37 @@ impl World {
         let ix = up[self.rng.gen_range(0..up.len())];
         self.next_write += 1;
         let n = self.next_write;
-        let parts = self.rng.gen_range(1..=3);
-        let names: Vec<String> = (0..parts).map(|k| format!("op-{n}.{k}")).collect();
-        let changes: Vec<Change> = names
-            .iter()
-            .map(|name| {
-                let record = format!("r{}", self.rng.gen_range(0..24));
-                Change::insert(&Tag { id: record, name: name.clone(), color: None })
-            })
-            .collect();
+        let count = self.rng.gen_range(1..=3);
+        let names: Vec<String> = (0..count).map(|k| format!("op-{n}.{k}")).collect();
+        let mut changes = Vec::with_capacity(count);
+        let mut parts = Vec::with_capacity(count);
+        for name in &names {
+            // half of the patches go to a few hot records, so that devices edit the same
+            // field concurrently (while partitioned, from their outboxes)
+            let patch = self.rng.gen_bool(self.opts.patch_share.clamp(0.0, 1.0));
+            let hot = self.rng.gen_bool(0.5);
+            let field = if self.rng.gen_bool(0.5) { "name" } else { "color" };
+            let record = format!("r{}", self.rng.gen_range(0..if patch && hot { 6 } else { 24 }));
+            if patch && self.patchable(ix, &record) {
+                let fields: BTreeMap<&str, &str> = [(field, name.as_str())].into();
+                changes.push(Change::update_fields("tag", record.clone(), &fields));
+                parts.push(Part { record, field: Some(field) });
+            } else {
+                let tag = Tag { id: record.clone(), name: name.clone(), color: Some(name.clone()) };
+                changes.push(Change::insert(&tag));
+                parts.push(Part { record, field: None });
+            }
+        }
+        let patches = parts.iter().filter(|p| p.field.is_some()).count();
+        let what: Vec<String> =
+            parts.iter().map(|p| format!("{}.{}", p.record, p.field.unwrap_or("*"))).collect();
         let proposal_id = Uuid::from_u128(self.rng.gen());
         let majority = self.rng.gen_bool(self.opts.majority_share.clamp(0.0, 1.0));
-        let write = self.oracle.record(ix, proposal_id, names, majority);
+        let write = self.oracle.record(ix, proposal_id, names, parts, majority);
         let level = if majority { "majority" } else { "local" };
-        self.log(|| format!("write {write} on {ix} ({parts} changes, {level})"));
+        self.log(|| {
+            format!("write {write} on {ix} ({count} changes, {patches} patches, {level}): {what:?}")
+        });
         if self.slots[ix].paused {
             self.slots[ix].held.push(Held::Write { write, proposal_id, changes, majority });
             return;
@@ -776,6 +806,45 @@ impl World {
         let Some(d) = self.slots[ix].device.as_mut() else { return };
         let out = d.write(write, proposal_id, changes, majority, now, wall);
         self.outputs(ix, out);
+        self.read_stamps(ix, write, proposal_id);
+    }
+
+    /// Whether device `ix` may patch `record`: some leader committed it (so it exists at any
+    /// later leader: records are never deleted) and the device shows it.
+    fn patchable(&self, ix: Ix, record: &str) -> bool {
+        if !self.checker.committed_records().contains(record) {
+            return false;
+        }
+        let Some(d) = &self.slots[ix].device else { return false };
+        let db = d.db();
+        let Some(handler) = db.registry().handler("tag") else { return false };
+        matches!(db.with_reader(|conn| handler.load(conn, record)), Ok(Some(_)))
+    }
+
+    /// Reads back the timestamps the changes of `write` got where they were stamped: its outbox
+    /// entry (queued), or its entries (committed here, by this device as leader).
+    fn read_stamps(&mut self, ix: Ix, write: usize, proposal_id: Uuid) {
+        let Some(d) = &self.slots[ix].device else { return };
+        let db = d.db();
+        if let Ok(Some(entry)) = db.outbox_get(proposal_id) {
+            for c in &entry.changes {
+                if let (Some(token), Some(hlc)) = (token_of_change(c), c.hlc) {
+                    self.oracle.stamped(&token, hlc);
+                }
+            }
+            return;
+        }
+        let Outcome::Committed { first, last } = self.oracle.writes()[write].outcome else {
+            return;
+        };
+        let Ok(entries) = db.fetch_range(first, last) else { return };
+        for e in entries.iter().filter(|e| e.proposal_id == Some(proposal_id)) {
+            if let Some(stamp) = &e.stamp {
+                for token in tokens_of(e) {
+                    self.oracle.stamped(&token, stamp.hlc);
+                }
+            }
+        }
     }
 
     /// The device that leads the highest term among those up.
@@ -1141,6 +1210,9 @@ impl World {
                 self.report.unknown = v.unknown;
                 self.report.lost_with_disk = v.lost_with_disk;
                 self.report.moved = v.moved;
+                self.report.patches = v.patches;
+                self.report.decided_away = v.decided_away;
+                self.report.conflicts = v.conflicts;
                 self.report.failures.extend(v.failures);
             }
             Err(e) => self.fail(e),

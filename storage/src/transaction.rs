@@ -785,8 +785,18 @@ fn write_changes(
             } else {
                 Vec::new()
             };
-            if let (Some(hlc), Some(base), Some(now), Some(proposal), true, None) =
-                (hlc, change.base_version, current, proposal_id, proposed, in_batch)
+            // The version the change's base is compared with: the record's before this batch.
+            // A change following another of the same record in its proposal is decided against
+            // the same stored clock (the fields set since its base by other devices), not waved
+            // through: an older whole-record change after a patch would otherwise overwrite
+            // newer fields. A record deleted earlier in the batch is being re-created: no check.
+            let stored = match in_batch {
+                None => current,
+                Some(Some(_)) => handler.current_version(conn, &change.record_id)?,
+                Some(None) => None,
+            };
+            if let (Some(hlc), Some(base), Some(now), Some(proposal), true) =
+                (hlc, change.base_version, stored, proposal_id, proposed)
             {
                 if base < now && change.change_type != ChangeType::Bulk {
                     let touched = match change.change_type {

@@ -180,6 +180,62 @@ mod group {
         writers.into_iter().map(|w| w.join().unwrap()).collect()
     }
 
+    /// A proposal made on version 1 of a record (by device A) that patches its color and then
+    /// upserts it whole, committed after device B set its name with a later timestamp: the
+    /// whole-record change, although it follows a change of the same record in its proposal,
+    /// is decided against the stored clock — B's later name is kept (a conflict recorded), A's
+    /// color is taken.
+    #[test]
+    fn a_change_after_another_of_its_record_in_a_proposal_is_still_decided_by_timestamp() {
+        use lsync_protocol::Hlc;
+        let dir = tempfile::tempdir().unwrap();
+        let tm = leader(&dir);
+        let me = tm.device_id();
+        // a library at feature version 3: entries are stamped, conflicts decided
+        tm.database()
+            .with_writer(|conn| {
+                use diesel::RunQueryDsl;
+                diesel::sql_query("UPDATE sync_state SET feature_version = 3").execute(conn)?;
+                Ok(())
+            })
+            .unwrap();
+        tm.commit_proposal(Uuid::new_v4(), me, vec![tag("r")]).unwrap();
+        let now = crate::hlc::now();
+        let (a, b) = (Uuid::from_u128(0xa), Uuid::from_u128(0xb));
+        let at = |ms: u64, device| Some(Hlc { physical_ms: now + ms, counter: 0, device });
+        let name = serde_json::json!({ "name": "b's later name" });
+        let by_b = Change {
+            hlc: at(1_000, b),
+            base_version: Some(1),
+            ..Change::update_fields("tag", "r", &name)
+        };
+        tm.commit_proposal(Uuid::new_v4(), b, vec![by_b]).unwrap();
+        let color = serde_json::json!({ "color": "a's color" });
+        let stale =
+            Tag { id: "r".into(), name: "a's stale name".into(), color: Some("a's".into()) };
+        let by_a = vec![
+            Change {
+                hlc: at(100, a),
+                base_version: Some(1),
+                ..Change::update_fields("tag", "r", &color)
+            },
+            Change { hlc: at(200, a), base_version: Some(1), ..Change::insert(&stale) },
+        ];
+        tm.commit_proposal(Uuid::new_v4(), a, by_a).unwrap();
+        let db = tm.database();
+        let handler = db.registry().handler("tag").unwrap();
+        let row = db.with_reader(|conn| handler.load(conn, "r")).unwrap().unwrap();
+        let row: Tag = crate::model::decode(&row.data).unwrap();
+        assert_eq!(row.name, "b's later name", "the older whole-record change lost the name");
+        assert_eq!(row.color.as_deref(), Some("a's"), "and took the color");
+        let conflicts = db.with_reader(|conn| crate::conflicts::list(conn, 10)).unwrap();
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(
+            (conflicts[0].kept.clone(), conflicts[0].base_version),
+            (vec!["name".into()], 1)
+        );
+    }
+
     #[test]
     fn concurrent_proposals_share_one_transaction_and_each_gets_its_own_sequence() {
         let dir = tempfile::tempdir().unwrap();
