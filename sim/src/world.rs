@@ -447,8 +447,12 @@ impl World {
 
     fn clock(&self, ix: Ix) -> (Instant, i64) {
         let local = self.now.saturating_sub(self.slots[ix].suspended);
-        let wall = 1_800_000_000_000i64 + (self.now / MS) as i64;
-        (self.base + Duration::from_micros(local), wall)
+        (self.base + Duration::from_micros(local), self.wall_ms() as i64)
+    }
+
+    /// The simulated wall clock, in milliseconds since the Unix epoch.
+    fn wall_ms(&self) -> u64 {
+        1_800_000_000_000 + self.now / MS
     }
 
     /// Device 0 creates the library (as `Node::create_library`); the others join later.
@@ -502,12 +506,19 @@ impl World {
 
     /// Runs the world to its end.
     pub fn run(mut self) -> (Report, Vec<String>) {
+        // Timestamps (last-writer-wins) read the simulated wall clock, so a seed decides every
+        // conflict the same way at every run (the storage's thread clock: the whole world runs
+        // on this thread).
+        let wall = std::rc::Rc::new(std::cell::Cell::new(self.wall_ms()));
+        let read = wall.clone();
+        lsync_storage::hlc::set_thread_clock(Some(Box::new(move || read.get())));
         while !self.done {
             let Some(((at, _), ev)) = self.queue.pop_first() else {
                 self.fail("nothing left to happen before the end".into());
                 break;
             };
             self.now = at;
+            wall.set(self.wall_ms());
             if let Err(e) = self.step(ev) {
                 self.fail(format!("simulation error: {e:#}"));
                 break;

@@ -344,6 +344,15 @@ impl Applier {
             // Proposals to queue, in the order of their first stashed entry.
             let mut groups: Vec<Group> = Vec::new();
             let mut index: HashMap<Uuid, usize> = HashMap::new();
+            // Where the logs parted: an orphan was made over the record as it stood there, so
+            // that is its base (docs/architecture.md, "Conflicts") — not the version before it
+            // in the deposed log, which the new leader's log does not share.
+            let parted = stashed
+                .iter()
+                .filter(|(e, replicated)| !replicated && e.change_type != ChangeType::Config)
+                .map(|(e, _)| e.sequence)
+                .min()
+                .map_or(i64::MAX, crate::error::saturating_i64);
             for (entry, replicated) in stashed {
                 if replicated {
                     recovered.replicated += 1;
@@ -384,7 +393,16 @@ impl Applier {
                     continue;
                 };
                 let id = entry.proposal_id.unwrap_or_else(|| orphan_proposal_id(&entry));
-                let change = Change::from_entry(entry);
+                let mut change = Change::from_entry(entry);
+                if !replicated && change.base_version.is_some() {
+                    let base = crate::sync_log::last_write_before(
+                        conn,
+                        &change.model_type,
+                        &change.record_id,
+                        parted,
+                    )?;
+                    change.base_version = Some(base.map_or(0, |r| r.version));
+                }
                 let valid = match change.change_type {
                     ChangeType::Bulk => Ok(()),
                     ChangeType::Patch => crate::fields::check_patch(&change.data),

@@ -173,7 +173,8 @@ impl From<Change> for ProposedChange {
 impl Change {
     /// The change a log entry committed, to be proposed again (a deposed leader's orphaned
     /// entry, docs/architecture.md, "Divergence repair"), with what the entry knew of it: its
-    /// timestamp, the version it was based on (the one before the entry's), and — for an entry
+    /// timestamp, the version it was based on (the one before the entry's; the repair puts the
+    /// record's version where the logs parted instead, `Applier::recover_orphans`), and — for an entry
     /// that set some fields only — just those fields, as a Patch, so that proposing it again
     /// does not write the record's other fields back over newer edits.
     pub fn from_entry(entry: SyncLogEntry) -> Change {

@@ -531,9 +531,21 @@ pub(crate) fn last_write(
     model_type: &str,
     record_id: &str,
 ) -> Result<Option<crate::model::StoredRecord>> {
+    last_write_before(conn, model_type, record_id, i64::MAX)
+}
+
+/// The record as the last log entry before sequence `before` that wrote it left it (`None`
+/// if none did, or it was a Delete).
+pub(crate) fn last_write_before(
+    conn: &mut SqliteConnection,
+    model_type: &str,
+    record_id: &str,
+    before: i64,
+) -> Result<Option<crate::model::StoredRecord>> {
     let last = sync_log::table
         .filter(sync_log::model_type.eq(model_type))
         .filter(sync_log::record_id.eq(record_id))
+        .filter(sync_log::sequence.lt(before))
         .filter(sync_log::change_type.eq_any([
             ChangeType::Insert.as_str(),
             ChangeType::Update.as_str(),
