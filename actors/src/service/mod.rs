@@ -1620,7 +1620,7 @@ impl Handler<GetStatus> for SyncService {
                         (db.outbox_count()?, db.outbox_count_failed()?),
                         db.membership()?,
                         db.rebuild_mark()?,
-                        db.mark()?,
+                        db.mark_state()?,
                     ))
                 })
                 .await
@@ -1696,7 +1696,9 @@ impl Handler<GetStatus> for SyncService {
                 outbox_pending,
                 outbox_failed,
                 head_hash: head.hash.to_string(),
-                behind_mark: mark.filter(|m| head.position < *m).map(|m| m.to_string()),
+                // behind its mark, or holding another history at the mark's sequence
+                // (docs/architecture.md, "Restores are detected")
+                behind_mark: mark.describe(),
                 lease_held,
             })
         };
