@@ -238,8 +238,7 @@ impl CommitTracker {
     }
 
     /// Records a follower's position, unless it is refused (checked first, nothing recorded):
-    /// beyond the leader's last sequence ([`AckRefusal::BeyondLast`]; but see
-    /// [`Self::on_ack_hashed`] for one naming the leader's own hash there), of a newer term
+    /// beyond the leader's last sequence ([`AckRefusal::BeyondLast`]), of a newer term
     /// ([`AckRefusal::NewerTerm`]: the leader must step down), of an older non-zero term
     /// ([`AckRefusal::StaleTerm`]), or from the leader itself ([`AckRefusal::FromLeader`]).
     ///
@@ -265,13 +264,7 @@ impl CommitTracker {
         ack: AckPosition,
         hash: Option<ChainHash>,
     ) -> AckVerdict {
-        // Beyond the leader's last sequence a position is recorded only when it names the
-        // leader's own hash there: an entry the leader appended whose own copy is not counted
-        // yet (under `synchronous = NORMAL`, once an fsync covered it). It counts up to the
-        // leader's last only (`majority_held`), so it commits once the leader's copy is
-        // counted; refused, the commit waited for the follower's next report (its heartbeat).
-        let appended = hash.is_some() && self.own_hashes.get(&ack.sequence) == hash.as_ref();
-        if ack.sequence > self.leader_last && !appended {
+        if ack.sequence > self.leader_last {
             return AckVerdict::Refused(AckRefusal::BeyondLast);
         }
         match fence_acknowledgement(ack.term, self.term) {

@@ -157,31 +157,6 @@ fn an_ack_beyond_the_leaders_last_sequence_is_refused_and_not_recorded() {
     assert_eq!(t.commit_sequence(), 0);
 }
 
-/// Under `synchronous = NORMAL` the leader's own copy counts only once an fsync covered it,
-/// but its links announce the entries at once: a follower may report a position beyond the
-/// leader's counted last. Naming the leader's own hash there, it is recorded, and commits as
-/// soon as the leader's copy is counted (not at the follower's next report).
-#[test]
-fn a_position_beyond_the_leaders_counted_last_naming_its_own_hash_commits_once_it_is_counted() {
-    let mut t = tracker(5, 10, &[1, 2]);
-    t.note_own_hash(12, hash(12));
-    assert_eq!(t.on_ack_hashed(id(2), current(12), Some(hash(12))), AckVerdict::Counted);
-    assert_eq!(t.commit_sequence(), 10, "no further than the leader's counted copy");
-    t.on_leader_appended(12);
-    assert_eq!(t.commit_sequence(), 12);
-}
-
-#[test]
-fn a_position_beyond_the_leaders_last_naming_another_or_no_hash_is_refused() {
-    let mut t = tracker(5, 10, &[1, 2]);
-    t.note_own_hash(12, hash(12));
-    let refused = AckVerdict::Refused(AckRefusal::BeyondLast);
-    assert_eq!(t.on_ack_hashed(id(2), current(12), Some(hash(9))), refused);
-    assert_eq!(t.on_ack_hashed(id(2), current(12), None), refused);
-    assert_eq!(t.on_ack_hashed(id(2), current(13), Some(hash(12))), refused);
-    assert_eq!(t.positions(), vec![]);
-}
-
 #[test]
 fn an_ack_claiming_to_come_from_the_leader_is_refused_and_not_recorded() {
     let mut t = tracker(5, 10, &[1, 2]);
