@@ -681,14 +681,10 @@ impl Node {
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        self.inner
-            .libraries
-            .lock()
-            .expect("libraries lock")
-            .insert(
-                library_id,
-                Arc::new(Library { db, tm, service, writes_paused, is_member, progress }),
-            );
+        self.inner.libraries.lock().expect("libraries lock").insert(
+            library_id,
+            Arc::new(Library { db, tm, service, writes_paused, is_member, progress }),
+        );
         Ok(())
     }
 

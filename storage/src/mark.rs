@@ -330,14 +330,23 @@ mod tests {
         assert_eq!(Mark::higher(Some(bare), Some(mark(4, 2, 1))), Some(mark(4, 2, 1)));
         assert_eq!(Mark::higher(Some(mark(3, 120, 1)), Some(bare)), Some(mark(3, 120, 1)));
         assert_eq!(Mark::higher(Some(bare), Some(mark(3, 120, 1))), Some(mark(3, 120, 1)));
-        assert_eq!(Mark::higher(Some(mark(3, 120, 1)), Some(mark(3, 120, 2))), Some(mark(3, 120, 2)));
+        assert_eq!(
+            Mark::higher(Some(mark(3, 120, 1)), Some(mark(3, 120, 2))),
+            Some(mark(3, 120, 2))
+        );
     }
 
     #[test]
     fn no_mark_or_the_marks_entry_in_the_log_is_clear() {
         assert_eq!(check(None, head(3, 5, 1), None), MarkState::Clear);
-        assert_eq!(check(Some(mark(3, 120, 7)), head(3, 120, 7), Some((3, hash(7)))), MarkState::Clear);
-        assert_eq!(check(Some(mark(3, 120, 7)), head(3, 130, 9), Some((3, hash(7)))), MarkState::Clear);
+        assert_eq!(
+            check(Some(mark(3, 120, 7)), head(3, 120, 7), Some((3, hash(7)))),
+            MarkState::Clear
+        );
+        assert_eq!(
+            check(Some(mark(3, 120, 7)), head(3, 130, 9), Some((3, hash(7)))),
+            MarkState::Clear
+        );
     }
 
     #[test]

@@ -441,7 +441,9 @@ async fn a_waiting_majority_write_completes_once_the_commit_reaches_it() {
     two.cut(lib, 0, &[1]).await;
     let (leader, pid) = (two.node(0).clone(), Uuid::new_v4());
     let write = actix_rt::spawn(async move {
-        leader.write_with(lib, pid, Durability::Majority, vec![tag("waits", "for the commit")]).await
+        leader
+            .write_with(lib, pid, Durability::Majority, vec![tag("waits", "for the commit")])
+            .await
     });
     let db = two.node(0).database(lib).unwrap();
     let entries = |db: &lsync::Database| {

@@ -498,7 +498,8 @@ mod tests {
             progress: progress.clone(),
         })
         .start();
-        let setup = Setup { _dir: dir, lib, leader, follower, events, leader_peer, metrics, progress };
+        let setup =
+            Setup { _dir: dir, lib, leader, follower, events, leader_peer, metrics, progress };
         (setup, transport, actor)
     }
 

@@ -355,12 +355,15 @@ fn a_mark_file_without_a_hash_is_compared_by_position_as_before() {
     }
     let _ = std::fs::remove_file(ack_mark_path(l.db.path()));
     let last = l.db.last_position().unwrap();
-    let old = |p: LogPosition| format!("lsync high-water mark 1\nposition {} {}\n", p.term, p.sequence);
+    let old =
+        |p: LogPosition| format!("lsync high-water mark 1\nposition {} {}\n", p.term, p.sequence);
     std::fs::write(mark_path(l.db.path()), old(last)).unwrap();
     assert_eq!(l.db.mark().unwrap(), Some(last));
     assert_eq!(l.db.mark_state().unwrap(), MarkState::Clear);
     let ahead = LogPosition { term: last.term, sequence: last.sequence + 3 };
     std::fs::write(mark_path(l.db.path()), old(ahead)).unwrap();
-    assert!(matches!(l.db.mark_state().unwrap(), MarkState::Behind { mark } if mark.position == ahead && mark.hash.is_none()));
+    assert!(
+        matches!(l.db.mark_state().unwrap(), MarkState::Behind { mark } if mark.position == ahead && mark.hash.is_none())
+    );
     assert_eq!(l.db.election_floor().unwrap(), ahead);
 }
