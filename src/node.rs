@@ -369,6 +369,9 @@ struct Library {
     writes_paused: Arc<std::sync::atomic::AtomicBool>,
     /// Whether this device is a member of the library's configuration in effect.
     is_member: Arc<std::sync::atomic::AtomicBool>,
+    /// What its actors publish of the commit sequence, the batches applied and the role
+    /// changes: what [`Node::write_with`] waits on.
+    progress: lsync_actors::messages::ProgressWatch,
 }
 
 struct Inner {
@@ -659,6 +662,7 @@ impl Node {
         let tm = TransactionManager::new(db.clone(), self.device_id());
         let writes_paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let is_member = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let progress = lsync_actors::messages::ProgressWatch::default();
         let cx = LibraryContext {
             library_id,
             device_id: self.device_id(),
@@ -674,6 +678,7 @@ impl Node {
             keypair: self.inner.identity.keypair.clone(),
             // what the signed address hints announce
             listen_addrs: self.inner.announce_addrs.clone(),
+            progress: progress.clone(),
         };
         let service = SyncService::new(cx).start();
         actix_rt::spawn(report_committed_conflicts(
@@ -691,11 +696,10 @@ impl Node {
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        self.inner
-            .libraries
-            .lock()
-            .expect("libraries lock")
-            .insert(library_id, Arc::new(Library { db, tm, service, writes_paused, is_member }));
+        self.inner.libraries.lock().expect("libraries lock").insert(
+            library_id,
+            Arc::new(Library { db, tm, service, writes_paused, is_member, progress }),
+        );
         Ok(())
     }
 
@@ -1123,14 +1127,22 @@ impl Node {
                 Ok(WriteOutcome::Queued { proposal_id })
             }
             lsync_actors::proposer::Submitted::Committed { first, last } => {
+                // read your writes: the leader committed it; wait until this device applied
+                // it, woken by each batch its follower actor applies
                 let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_TIMEOUT;
+                let mut progress = lib.progress.subscribe();
                 loop {
+                    progress.borrow_and_update();
                     let db = lib.db.clone();
                     let applied = blocking(move || db.last_position()).await?.sequence;
-                    if applied >= last || tokio::time::Instant::now() > deadline {
+                    if applied >= last {
                         break;
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    match tokio::time::timeout_at(deadline, progress.changed()).await {
+                        Ok(Ok(())) => {}
+                        // the deadline passed, or the library was closed
+                        Ok(Err(_)) | Err(_) => break,
+                    }
                 }
                 Ok(WriteOutcome::Committed { first_sequence: first, last_sequence: last })
             }
@@ -1168,6 +1180,13 @@ impl Node {
     /// Waits until a majority holds proposal `proposal_id` (see [`Node::write_with`]), at
     /// most the request timeout; `expected` is how many entries it writes at least,
     /// `answered` the range the leader answered with.
+    ///
+    /// Not a poll: it reads the view (status, the proposal's entries in the log) once, then
+    /// again each time the library's actors publish something it may be waiting for
+    /// ([`lsync_actors::messages::Progress`]): a batch applied or a role change always, a
+    /// commit sequence only once one at least at the proposal's last entry is published (the
+    /// commit sequence status shows is one of the published values, so a majority cannot
+    /// hold it before).
     async fn wait_for_majority(
         &self,
         library_id: Uuid,
@@ -1176,8 +1195,12 @@ impl Node {
         answered: (u64, u64),
     ) -> Result<WriteOutcome, NodeError> {
         let deadline = tokio::time::Instant::now() + self.inner.config.network.request_timeout;
-        let db = self.library(library_id)?.db.clone();
+        let lib = self.library(library_id)?;
+        let db = lib.db.clone();
+        let mut progress = lib.progress.subscribe();
         loop {
+            // what is published from now on, also while the view is read, wakes the wait below
+            let seen = *progress.borrow_and_update();
             let st = self.status(library_id).await?;
             let read = db.clone();
             let (head, entries) = blocking(move || {
@@ -1199,16 +1222,37 @@ impl Node {
             {
                 return Ok(WriteOutcome::Committed { first_sequence, last_sequence });
             }
-            if tokio::time::Instant::now() >= deadline {
-                info!(%library_id, proposal = %proposal_id, commit = st.commit_sequence,
-                    "majority write not held by a majority within the request timeout: pending");
-                return Ok(WriteOutcome::Pending {
-                    proposal_id,
-                    first_sequence: answered.0,
-                    last_sequence: answered.1,
-                });
+            // the commit sequence it needs at least, when the whole proposal is in the log
+            let needed = match found.last() {
+                Some(last) if found.len() >= expected => Some(*last),
+                None if expected == 0 => Some(answered.1),
+                _ => None,
+            };
+            // a publication since the view was read that may make it hold (not the value now:
+            // a commit sequence published above status's would wake it again at once)
+            let may_hold = async {
+                loop {
+                    progress.changed().await?;
+                    let p = *progress.borrow_and_update();
+                    if p.others != seen.others || needed.is_none_or(|n| p.commit >= n) {
+                        return Ok::<_, tokio::sync::watch::error::RecvError>(());
+                    }
+                }
+            };
+            let woken = tokio::time::timeout_at(deadline, may_hold).await;
+            match woken {
+                Ok(Ok(_)) => {}
+                // the deadline passed, or the library was closed: pending
+                Ok(Err(_)) | Err(_) => {
+                    info!(%library_id, proposal = %proposal_id, commit = st.commit_sequence,
+                        "majority write not held by a majority within the request timeout: pending");
+                    return Ok(WriteOutcome::Pending {
+                        proposal_id,
+                        first_sequence: answered.0,
+                        last_sequence: answered.1,
+                    });
+                }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 

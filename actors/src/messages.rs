@@ -18,8 +18,10 @@
 //! | [`LeaderReport`] | the leader actor | the service |
 //! | [`LinkLeft`] | a link actor of a removed member | the service |
 //! | [`Shutdown`] | the service | every actor it started |
+//! | [`ProgressWatch`] (a `tokio::sync::watch`, not a message) | the leader actor, the follower actor, the service | the host's waits (`Node::write_with`) |
 //! | `InjectPanic` (tests only) | a test, through the service | the election or follower actor |
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -156,6 +158,63 @@ pub struct LinkLeft {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// What a library's role actors have published of its replication, for the host's waits
+/// (`Node::write_with`'s wait for a majority, its wait for a committed write to be applied
+/// here): a waiter re-reads what it waits for whenever this changes, instead of polling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The highest commit sequence published since the library was opened: the leader
+    /// actor's, and the leader's as the follower actor heard it. Never below the commit
+    /// sequence status shows (`GetStatus`), which is one of those values.
+    pub commit: u64,
+    /// Counts every publication: a commit sequence that changed (also one below `commit`, a
+    /// new leadership's), a batch applied to the log, a role or term change.
+    pub changes: u64,
+    /// Counts the publications that are not a commit sequence: a batch applied to the log (or
+    /// the log reset for a repair), a role or term change.
+    pub others: u64,
+}
+
+/// Where a library's actors publish [`Progress`]: one per open library, shared by every role
+/// actor it starts (so it outlives a role change or a restarted actor). Publishing never
+/// blocks and needs no receiver.
+#[derive(Debug, Clone)]
+pub struct ProgressWatch(Arc<tokio::sync::watch::Sender<Progress>>);
+
+impl Default for ProgressWatch {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(Progress::default()).0))
+    }
+}
+
+impl ProgressWatch {
+    /// A commit sequence published (the leader's, or the leader's as a follower heard it).
+    pub fn note_commit(&self, commit: u64) {
+        self.0.send_modify(|p| {
+            p.commit = p.commit.max(commit);
+            p.changes = p.changes.wrapping_add(1);
+        });
+    }
+
+    /// Something else a waiter may be waiting for changed: a batch applied, a role or term.
+    pub fn note_change(&self) {
+        self.0.send_modify(|p| {
+            p.changes = p.changes.wrapping_add(1);
+            p.others = p.others.wrapping_add(1);
+        });
+    }
+
+    /// What was published last.
+    pub fn get(&self) -> Progress {
+        *self.0.borrow()
+    }
+
+    /// A receiver that sees every publication from now on (`changed()` wakes on the next).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Progress> {
+        self.0.subscribe()
+    }
+}
 
 /// Test only: makes an actor panic (to test its supervision).
 #[cfg(test)]

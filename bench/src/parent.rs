@@ -1066,8 +1066,8 @@ pub async fn majority_only(o: MajorityOpts) -> anyhow::Result<()> {
             }
             // Where a majority write's time goes: `local` writes, each followed by status
             // reads back to back (no sleep) until the leader's commit sequence covers it —
-            // the moment `Node::write_with` could answer `majority` if it did not poll every
-            // 5 ms — and what one status read costs.
+            // the earliest moment `Node::write_with` can answer `majority` (it wakes when the
+            // leader actor publishes its commit sequence) — and what one status read costs.
             let mut commit_seen = Vec::new();
             let mut status_calls = Vec::new();
             for _ in 0..o.writes / 2 {

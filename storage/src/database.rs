@@ -20,6 +20,7 @@ use crate::devices::{self, Device};
 use crate::error::{Result, StorageError};
 use crate::invitations::{self, Invitation, InvitationRefused};
 use crate::local_jobs::{self, LocalJob};
+use crate::mark::{self, Mark, MarkState};
 use crate::membership::{self, Membership};
 use crate::model::ModelRegistry;
 use crate::outbox::{self, OutboxEntry};
@@ -79,6 +80,9 @@ struct Inner {
     /// Fsyncs of the database files made by [`Database::acknowledge`] and
     /// [`Database::raise_mark`].
     syncs: AtomicU64,
+    /// Whether [`Database::election_floor`] last found the log diverged from its mark (it
+    /// logs the change, not every read).
+    diverged: std::sync::atomic::AtomicBool,
 }
 
 /// Writer commits after which the background checkpointer is woken.
@@ -305,6 +309,7 @@ impl Database {
                 checkpointer,
                 acked: Mutex::new(None),
                 syncs: AtomicU64::new(0),
+                diverged: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -369,14 +374,46 @@ impl Database {
         sync_state::read_record(&self.election_record_path())
     }
 
-    /// The high-water mark: the last log position this device is known to have held — the
-    /// higher of the fsynced mark ([`sync_state::mark_path`], raised at heartbeats) and the
-    /// acknowledgement mark ([`sync_state::ack_mark_path`], raised at every acknowledgement);
-    /// `None` before the first is written.
+    /// The high-water mark's position: the last log position this device is known to have
+    /// held — the higher of the fsynced mark ([`mark::mark_path`], raised at heartbeats) and
+    /// the acknowledgement mark ([`mark::ack_mark_path`], raised at every acknowledgement);
+    /// `None` before the first is written. [`Database::high_water_mark`] has its hash too.
     pub fn mark(&self) -> Result<Option<LogPosition>> {
-        let durable = sync_state::read_mark(&sync_state::mark_path(&self.inner.path))?;
-        let acked = sync_state::read_ack_mark(&sync_state::ack_mark_path(&self.inner.path));
-        Ok(durable.max(acked))
+        Ok(self.high_water_mark()?.map(|m| m.position))
+    }
+
+    /// The high-water mark ([`Database::mark`]) with the chain hash of its entry, when the
+    /// file has one (a mark written before the hash chain has none).
+    pub fn high_water_mark(&self) -> Result<Option<Mark>> {
+        let durable = mark::read_mark(&mark::mark_path(&self.inner.path))?;
+        let acked = mark::read_ack_mark(&mark::ack_mark_path(&self.inner.path));
+        Ok(Mark::higher(durable, acked))
+    }
+
+    /// How the log compares with the high-water mark ([`mark::check`]): clear, behind it (a
+    /// restored backup, a copied data directory), or holding another entry at its sequence
+    /// (another history: [`MarkState::Diverged`]).
+    pub fn mark_state(&self) -> Result<MarkState> {
+        let mark = self.high_water_mark()?;
+        self.mark_state_of(mark)
+    }
+
+    fn mark_state_of(&self, mark: Option<Mark>) -> Result<MarkState> {
+        let at = mark.filter(|m| m.hash.is_some()).map(|m| m.position.sequence);
+        let (head, at_mark) = self.with_reader(|conn| {
+            let head = SyncLog::head(conn)?;
+            let at_mark = match at {
+                Some(sequence) => {
+                    match (SyncLog::term_at(conn, sequence)?, SyncLog::hash_at(conn, sequence)?) {
+                        (Some(term), Some(hash)) => Some((term, hash)),
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
+            Ok((head, at_mark))
+        })?;
+        Ok(mark::check(mark, head, at_mark))
     }
 
     /// The `synchronous` setting this database was opened with.
@@ -384,9 +421,10 @@ impl Database {
         self.inner.options.synchronous
     }
 
-    /// Raises the fsynced high-water mark to the log's last position, if that is above the
-    /// mark; returns the mark in effect ([`Database::mark`]). A log behind its mark leaves
-    /// the mark as it is.
+    /// Raises the fsynced high-water mark to the log's last position and its chain hash, if
+    /// that is above the mark; returns the mark in effect ([`Database::mark`]). A log behind
+    /// its mark, or one that holds another history at the mark's sequence
+    /// ([`MarkState::Diverged`]), leaves the mark as it is.
     ///
     /// The mark never runs ahead of what the database itself has on disk: the database file
     /// and its WAL are fsynced first (everything committed before is then durable whatever
@@ -396,25 +434,35 @@ impl Database {
     /// elsewhere (a restored backup, a copied data directory).
     pub fn raise_mark(&self) -> Result<LogPosition> {
         let _writing = lock_plain(&self.inner.acked);
-        let last = self.last_position()?;
-        let path = sync_state::mark_path(&self.inner.path);
-        let durable = sync_state::read_mark(&path)?.unwrap_or_default();
-        let acked = sync_state::read_ack_mark(&sync_state::ack_mark_path(&self.inner.path));
-        if last <= durable {
-            return Ok(durable.max(acked.unwrap_or_default()));
+        let head = self.head()?;
+        let path = mark::mark_path(&self.inner.path);
+        let durable = mark::read_mark(&path)?;
+        let acked = mark::read_ack_mark(&mark::ack_mark_path(&self.inner.path));
+        let held = Mark::higher(durable, acked);
+        let in_effect = held.unwrap_or_default().position;
+        if head.position <= durable.unwrap_or_default().position {
+            return Ok(in_effect);
+        }
+        // A log that holds another history at the mark's sequence is not raised past it: only
+        // what this device applies from a leader (its acknowledgements) or a newer term does
+        // (docs/architecture.md, "Restores are detected").
+        if matches!(self.mark_state_of(held)?, MarkState::Diverged { .. }) {
+            return Ok(in_effect);
         }
         self.sync_files()?;
-        sync_state::write_mark(&path, last)?;
-        Ok(last.max(acked.unwrap_or_default()))
+        mark::write_mark(&path, head)?;
+        Ok(head.position.max(acked.unwrap_or_default().position))
     }
 
     /// Makes `position` — the end of this device's log, written by a transaction that has
     /// committed — safe to acknowledge: what a follower does before it reports a position to
     /// its leader (docs/architecture.md, "What an acknowledgement promises"). Under
     /// `synchronous = NORMAL` the database files are fsynced first (under `FULL` the commit
-    /// did it); then the acknowledgement mark ([`sync_state::ack_mark_path`]) is raised to
-    /// `position`, so that a database later put back to before it is found behind its mark.
-    /// Does nothing for a position at or below the mark this handle last wrote.
+    /// did it); then the acknowledgement mark ([`mark::ack_mark_path`]) is raised to
+    /// `position`, with the chain hash of the log's entry there (none if the entry there is
+    /// not of `position`'s term any more), so that a database later put back to before it is
+    /// found behind its mark, and one holding another entry there is found diverged. Does
+    /// nothing for a position at or below the mark this handle last wrote.
     ///
     /// # Errors
     /// [`StorageError::Io`]: the position must not be acknowledged.
@@ -426,7 +474,15 @@ impl Database {
         if self.inner.options.synchronous == Synchronous::Normal {
             self.sync_files()?;
         }
-        sync_state::write_ack_mark(&sync_state::ack_mark_path(&self.inner.path), position)?;
+        // the chain hash of the entry there, if it is still the one at that position
+        let hash = self.with_reader(|conn| {
+            Ok(match SyncLog::term_at(conn, position.sequence)? {
+                Some(term) if term == position.term => SyncLog::hash_at(conn, position.sequence)?,
+                _ => None,
+            })
+        })?;
+        let marked = Mark { position, hash };
+        mark::write_ack_mark(&mark::ack_mark_path(&self.inner.path), marked)?;
         *acked = Some(position);
         Ok(())
     }
@@ -472,8 +528,30 @@ impl Database {
     /// ([`Database::rebuild_mark`]) and the high-water mark ([`Database::mark`]). Above the
     /// log's end only when the log went back (a rebuild in progress, a restored backup, writes
     /// lost to a power loss).
+    ///
+    /// A log that holds another history at the mark's sequence ([`MarkState::Diverged`]) has
+    /// the floor `(mark term, u64::MAX)` ([`MarkState::floor`]): the device does not campaign,
+    /// and votes only for a candidate whose log ends in a newer term than the mark's. Logged
+    /// at error level when first found, at info level when it is over.
     pub fn election_floor(&self) -> Result<LogPosition> {
-        Ok(self.rebuild_mark()?.max(self.mark()?.unwrap_or_default()))
+        let held = self.high_water_mark()?;
+        let state = self.mark_state_of(held)?;
+        let diverged = matches!(state, MarkState::Diverged { .. });
+        if self.inner.diverged.swap(diverged, Ordering::Relaxed) != diverged {
+            if diverged {
+                tracing::error!(path = %self.inner.path.display(),
+                    mark = state.describe().unwrap_or_default(),
+                    "this database holds another history than the one this device acknowledged \
+                     (a copy of another device's data, or a restored backup written to since): \
+                     it neither campaigns nor votes for a log of the mark's term until a leader's \
+                     log replaces or extends it (docs/architecture.md, \"Restores are detected\")");
+            } else {
+                tracing::info!(path = %self.inner.path.display(),
+                    "the log no longer diverges from its high-water mark");
+            }
+        }
+        let held = held.unwrap_or_default().position;
+        Ok(self.rebuild_mark()?.max(held).max(state.floor()))
     }
 
     /// Persists the election's state durably: the election record first, with a full sync

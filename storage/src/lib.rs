@@ -59,6 +59,7 @@ pub mod fields;
 pub mod hlc;
 pub mod invitations;
 pub mod local_jobs;
+pub mod mark;
 pub mod membership;
 mod model;
 pub mod models;
@@ -79,6 +80,7 @@ pub use devices::Device;
 pub use error::{Result, StorageError};
 pub use invitations::{Invitation, InvitationRefused};
 pub use local_jobs::LocalJob;
+pub use mark::{Mark, MarkState};
 pub use membership::Membership;
 pub use model::{
     apply_in_runs, decode, encode, validate_syncable, ModelHandler, ModelRegistry, StoredRecord,

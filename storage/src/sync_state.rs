@@ -13,7 +13,6 @@ use uuid::Uuid;
 
 use crate::error::{parse_uuid, to_i64, to_u64, Result, StorageError};
 use crate::schema::sync_state as table;
-use crate::sync_log::LogPosition;
 
 /// This device's view of one library, persisted in the single `sync_state` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,7 +275,7 @@ pub fn write_record(path: &Path, record: &ElectionRecord) -> Result<()> {
 
 /// Replaces the file at `path` with `text` durably and atomically (temporary file, fsync,
 /// rename, directory fsync).
-fn write_durably(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_durably(path: &Path, text: &str) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -290,97 +289,11 @@ fn write_durably(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// The high-water mark: the last log position this device is known to have held —
-/// acknowledged as a follower or committed as a leader — kept outside the database like the
-/// election record (`<db>.mark`), fsynced, and only ever raised. A database whose log ends
-/// below its mark went back in time (a restored backup, a copied data directory, writes lost
-/// to a power loss): such a device neither campaigns nor votes for a log behind the mark
-/// until it has caught up past it (docs/architecture.md, "Restores are detected").
-pub fn mark_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".mark");
-    PathBuf::from(name)
-}
-
-/// The first line of a mark file.
-const MARK_HEADER: &str = "lsync high-water mark 1";
-
-/// Reads the high-water mark at `path`; `None` if there is none yet.
-///
-/// # Errors
-/// [`StorageError::Corrupt`] for a file that is not a mark; [`StorageError::Io`].
-pub fn read_mark(path: &Path) -> Result<Option<LogPosition>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    parse_mark(&text)
-        .map(Some)
-        .ok_or_else(|| StorageError::Corrupt("high-water mark: not a mark file".to_owned()))
-}
-
-fn parse_mark(text: &str) -> Option<LogPosition> {
-    let mut lines = text.lines();
-    if lines.next() != Some(MARK_HEADER) {
-        return None;
-    }
-    let (term, sequence) = lines.next()?.strip_prefix("position ")?.split_once(' ')?;
-    let (Ok(term), Ok(sequence)) = (term.parse::<u64>(), sequence.parse::<u64>()) else {
-        return None;
-    };
-    if lines.next().is_some() {
-        return None;
-    }
-    Some(LogPosition { term, sequence })
-}
-
-fn mark_text(mark: LogPosition) -> String {
-    format!("{MARK_HEADER}\nposition {} {}\n", mark.term, mark.sequence)
-}
-
-/// The acknowledgement mark (`<db>.mark.ack`): the high-water mark kept at every
-/// acknowledgement — the last position this device reported holding (a follower's applied
-/// batch) or committed as a leader under `synchronous = FULL` — written before the
-/// acknowledgement leaves, cheaply: atomic against a process crash (a temporary file renamed
-/// over it), not fsynced. It is only ever written for a position the database already holds
-/// on disk, so a power loss can take it back (to an older mark, or a torn file that reads as
-/// none) but never leave it ahead of the database. The device's mark is the higher of the two
-/// files ([`crate::Database::mark`]); the fsynced one ([`mark_path`]) follows at heartbeats.
-pub fn ack_mark_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".mark.ack");
-    PathBuf::from(name)
-}
-
-/// Reads the acknowledgement mark at `path`: `None` if there is none, or if it cannot be
-/// read (what a power loss may leave of a file written without an fsync; the fsynced mark
-/// still holds).
-pub fn read_ack_mark(path: &Path) -> Option<LogPosition> {
-    std::fs::read_to_string(path).ok().as_deref().and_then(parse_mark)
-}
-
-/// Writes the acknowledgement mark at `path` (see [`ack_mark_path`]): a temporary file, then
-/// a rename over the old one; no fsync.
-///
-/// # Errors
-/// [`StorageError::Io`].
-pub fn write_ack_mark(path: &Path, mark: LogPosition) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, mark_text(mark))?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-/// Writes the high-water mark at `path` durably and atomically, as [`write_record`] does.
-///
-/// # Errors
-/// [`StorageError::Io`].
-pub fn write_mark(path: &Path, mark: LogPosition) -> Result<()> {
-    write_durably(path, &mark_text(mark))
-}
+// The high-water mark's files and their format moved to `crate::mark` (with the chain hash);
+// their paths and readers stay reachable here.
+pub use crate::mark::{
+    ack_mark_path, mark_path, read_ack_mark, read_mark, write_ack_mark, write_mark,
+};
 
 /// Fsyncs the directory holding `path`, making a rename in it durable. Only where a directory
 /// can be opened and synced (Unix); elsewhere the rename is as durable as the platform makes it.
@@ -484,21 +397,6 @@ mod tests {
         ] {
             std::fs::write(&path, text).unwrap();
             assert!(matches!(read_record(&path), Err(StorageError::Corrupt(_))), "{text:?}");
-        }
-    }
-
-    #[test]
-    fn a_mark_round_trips_and_a_file_that_is_not_one_is_corrupt() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = mark_path(&dir.path().join("library.db"));
-        assert_eq!(path.file_name().unwrap(), "library.db.mark");
-        assert_eq!(read_mark(&path).unwrap(), None);
-        let mark = LogPosition { term: 3, sequence: 120 };
-        write_mark(&path, mark).unwrap();
-        assert_eq!(read_mark(&path).unwrap(), Some(mark));
-        for text in ["", "lsync high-water mark 1\nposition 3\n", "lsync high-water mark 1\n"] {
-            std::fs::write(&path, text).unwrap();
-            assert!(matches!(read_mark(&path), Err(StorageError::Corrupt(_))), "{text:?}");
         }
     }
 

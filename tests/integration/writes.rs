@@ -429,6 +429,51 @@ async fn a_majority_write_is_answered_once_a_majority_holds_it_else_pending() {
     );
 }
 
+/// A `majority` write waits, without polling, for the commit sequence to reach it: sequenced by
+/// a leader cut off from the other voter of a two-voter library, it is not answered while the
+/// cut lasts, and once the cut heals and the commit sequence covers it, it is answered
+/// `Committed` at the sequences where its entries are (Node::write_with wakes on what the
+/// library's actors publish, issue 16).
+#[actix_rt::test]
+async fn a_waiting_majority_write_completes_once_the_commit_reaches_it() {
+    use lsync::Durability;
+    let two = Cluster::start(2).await;
+    let lib = two.create_library(0, &[1]).await;
+    two.assert_converged(lib, 0, &[1]).await;
+    two.cut(lib, 0, &[1]).await;
+    let (leader, pid) = (two.node(0).clone(), Uuid::new_v4());
+    let write = actix_rt::spawn(async move {
+        leader
+            .write_with(lib, pid, Durability::Majority, vec![tag("waits", "for the commit")])
+            .await
+    });
+    let db = two.node(0).database(lib).unwrap();
+    let entries = |db: &lsync::Database| {
+        db.fetch_since(0, 1_000_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.proposal_id == Some(pid))
+            .collect::<Vec<_>>()
+    };
+    wait_until("the leader sequenced the write", || async { !entries(&db).is_empty() }).await;
+    // the other voter cannot have it: no majority holds it, the write waits
+    assert!(!write.is_finished(), "answered while no majority could hold it");
+    two.heal(lib, 0, &[1]).await;
+    let outcome = write.await.unwrap().unwrap();
+    let WriteOutcome::Committed { first_sequence, last_sequence } = outcome else {
+        panic!("{outcome:?}")
+    };
+    // answered where its entry is, on both devices, and covered by the commit sequence
+    let st = two.node(0).status(lib).await.unwrap();
+    assert!(st.commit_sequence >= last_sequence, "{st:?}");
+    let held = entries(&db);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!((held[0].sequence, held[0].sequence), (first_sequence, last_sequence));
+    let follower = two.node(1).database(lib).unwrap();
+    wait_until("the other voter holds it", || async { !entries(&follower).is_empty() }).await;
+    assert_eq!(entries(&follower)[0].sequence, last_sequence);
+}
+
 /// Local-first writes (docs/architecture.md, "Local-first writes"): a follower cut off from the
 /// leader shows each of its own writes in its tables as soon as the write returns; after
 /// healing each is committed once and every device ends identical (issue 18).

@@ -82,6 +82,9 @@ pub struct FollowerContext {
     /// the previous voters once a voter change is committed); `u64::MAX`: never. Changed with
     /// [`WatchCommit`].
     pub commit_watch: u64,
+    /// Where the leader's commit sequence (whenever it rises) and every batch applied are
+    /// published for the host's waits.
+    pub progress: crate::messages::ProgressWatch,
 }
 
 /// Reads the follower's state: its one observe call (nothing else of it is shared).
@@ -216,6 +219,7 @@ impl FollowerActor {
             }
             Command::LeaderCommit(commit) => {
                 self.leader_commit = self.leader_commit.max(commit);
+                self.cx.progress.note_commit(self.leader_commit);
                 self.check_commit_watch();
             }
             // Performed by `effect` and `storage`.
@@ -254,7 +258,12 @@ impl FollowerActor {
             })
             .await
         };
+        let moves_log = matches!(again, StorageCall::Apply { .. } | StorageCall::ResetForRepair);
         ctx.spawn(run.into_actor(self).map(move |done, act, ctx| {
+            if moves_log {
+                // the log's end moved (or may have): a wait for an entry to be here looks again
+                act.cx.progress.note_change();
+            }
             let done = done.unwrap_or_else(|e| again.failed(e.to_string()));
             let commands = done.feed(&mut act.machine, Instant::now());
             act.perform(commands, ctx);
@@ -422,6 +431,7 @@ mod tests {
         events: broadcast::Receiver<SyncEvent>,
         leader_peer: PeerId,
         metrics: Arc<crate::metrics::Metrics>,
+        progress: crate::messages::ProgressWatch,
     }
 
     type Script = dyn Fn(usize, &SyncMessage, &Database) -> Option<Result<SyncMessage, NetworkError>>
@@ -468,6 +478,7 @@ mod tests {
         });
         let leader_peer = PeerId::random();
         let metrics = Arc::new(crate::metrics::Metrics::default());
+        let progress = crate::messages::ProgressWatch::default();
         let actor = FollowerActor::new(FollowerContext {
             library_id: lib,
             db: follower.clone(),
@@ -484,9 +495,12 @@ mod tests {
             membership: None,
             leader_commit: 0,
             commit_watch: u64::MAX,
+            progress: progress.clone(),
         })
         .start();
-        (Setup { _dir: dir, lib, leader, follower, events, leader_peer, metrics }, transport, actor)
+        let setup =
+            Setup { _dir: dir, lib, leader, follower, events, leader_peer, metrics, progress };
+        (setup, transport, actor)
     }
 
     /// `n` inserts of new tags `{prefix}0`, `{prefix}1`, ….
@@ -555,6 +569,51 @@ mod tests {
                 .any(|m| matches!(m, SyncMessage::Acknowledge { up_to_sequence: 250, .. }))
         })
         .await;
+    }
+
+    /// What `Node::write_with` waits on: every batch the follower applies, and the leader's
+    /// commit sequence whenever it rises, are published on the library's progress watch.
+    #[actix_rt::test]
+    async fn each_batch_applied_and_the_leaders_commit_are_published() {
+        let (s, transport, actor) = start(0, |_, _, _| None);
+        wait_for("the initial fetch", || !transport.sent("FetchEntries").is_empty()).await;
+        let mut published = s.progress.subscribe();
+        let before = published.borrow_and_update().others;
+        let tm = lsync_storage::TransactionManager::new(
+            s.leader.clone(),
+            s.leader.sync_state().unwrap().device_id,
+        );
+        tm.commit_batch(tag_inserts("p", 5)).unwrap();
+        let note = |commit_sequence| SyncMessage::NewEntries {
+            commit_sequence,
+            library_id: s.lib,
+            term: 1,
+            from_sequence: 1,
+            to_sequence: 5,
+            entry_count: 5,
+            prev_term: 0,
+            entries: vec![],
+            prev_hash: None,
+        };
+        // a commit sequence of 0 raises nothing: what is published is the batch applied
+        let (reply, _rx) = tokio::sync::oneshot::channel();
+        actor.send(InboundRequest { peer: s.leader_peer, message: note(0), reply }).await.unwrap();
+        wait_for("all 5 entries applied", || last(&s.follower) == 5).await;
+        let applied = tokio::time::timeout(
+            Duration::from_secs(60),
+            published.wait_for(|p| p.others != before),
+        )
+        .await;
+        assert!(matches!(applied, Ok(Ok(_))), "the batch applied was not published");
+        drop(applied);
+        assert_eq!(s.progress.get().commit, 0);
+        // the leader's commit sequence, once it says more
+        let (reply, _rx) = tokio::sync::oneshot::channel();
+        actor.send(InboundRequest { peer: s.leader_peer, message: note(5), reply }).await.unwrap();
+        let committed =
+            tokio::time::timeout(Duration::from_secs(60), published.wait_for(|p| p.commit == 5))
+                .await;
+        assert!(matches!(committed, Ok(Ok(_))), "not published");
     }
 
     /// The `(since_sequence, since_term)` of every FetchEntries sent, in order.

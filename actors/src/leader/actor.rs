@@ -93,6 +93,8 @@ pub struct LeaderContext {
     /// Set while a leadership transfer holds writes: the core starts no configuration entry
     /// meanwhile ([`LeaderCore::hold_changes`]).
     pub writes_paused: Arc<std::sync::atomic::AtomicBool>,
+    /// Where every change of the commit sequence is published for the host's waits.
+    pub progress: crate::messages::ProgressWatch,
 }
 
 /// The leader's core (see the module documentation).
@@ -192,7 +194,11 @@ impl LeaderActor {
         let Some(lead) = self.lead.as_mut() else { return };
         match command {
             Command::Publish { commit_sequence, term_start, last } => {
+                let before = lead.cx.shared.commit_sequence();
                 lead.cx.shared.publish(commit_sequence, term_start, last);
+                if commit_sequence != before {
+                    lead.cx.progress.note_commit(commit_sequence);
+                }
             }
             Command::NoteCommit(commit) => {
                 let db = lead.cx.db.clone();
@@ -517,6 +523,8 @@ mod tests {
             previous_voters: None,
         };
         let shared = Arc::new(LeaderShared::default());
+        let progress = crate::messages::ProgressWatch::default();
+        let mut published = progress.subscribe();
         let _leader = LeaderActor::leading(
             tm.subscribe(),
             LeaderContext {
@@ -531,6 +539,7 @@ mod tests {
                 reports: None,
                 metrics: Arc::new(crate::metrics::Metrics::default()),
                 writes_paused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                progress,
             },
         )
         .start();
@@ -538,17 +547,20 @@ mod tests {
         let entry = tm
             .commit(Change::insert(&Tag { id: "t".into(), name: "x".into(), color: None }))
             .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while shared.commit_sequence() < entry.sequence {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never committed: {} {:?} {:?}",
-                shared.commit_sequence(),
-                db.last_position(),
-                synchronous
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // the commit sequence is published for the host's waits (Node::write_with) as it is
+        // for the links: wait on the publication, no polling
+        let reached = tokio::time::timeout(
+            Duration::from_secs(30),
+            published.wait_for(|p| p.commit >= entry.sequence),
+        )
+        .await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "never published: {} {:?} {:?}",
+            shared.commit_sequence(),
+            db.last_position(),
+            synchronous
+        );
         (db.syncs(), db.mark().unwrap(), entry.sequence)
     }
 

@@ -106,6 +106,9 @@ pub struct LibraryContext {
     pub keypair: Keypair,
     /// The addresses this device listens on (announced as a signed hint).
     pub listen_addrs: Vec<Multiaddr>,
+    /// Where the role actors publish the commit sequence and the batches applied, and the
+    /// service its role changes, for the host's waits (`Node::write_with`).
+    pub progress: crate::messages::ProgressWatch,
 }
 
 /// Adds (or updates) a member device by hand: only for a library of feature version 1, whose
@@ -534,6 +537,7 @@ impl SyncService {
                     reports: self.self_addr.clone().map(|a| a.recipient()),
                     metrics: self.cx.metrics.clone(),
                     writes_paused: self.cx.writes_paused.clone(),
+                    progress: self.cx.progress.clone(),
                 },
             )
             .start();
@@ -565,6 +569,7 @@ impl SyncService {
                 membership: self.self_addr.clone().map(|a| a.recipient()),
                 leader_commit: self.follower_commit,
                 commit_watch: self.commit_watch,
+                progress: self.cx.progress.clone(),
             })
             .start();
             info!(%library_id, term = state.current_term, leader = %leader_peer, "following");
@@ -580,6 +585,7 @@ impl SyncService {
             role: state.role,
             term: state.current_term,
         });
+        self.cx.progress.note_change();
     }
 
     fn start_link(
@@ -1624,7 +1630,7 @@ impl Handler<GetStatus> for SyncService {
                     ),
                     db.membership()?,
                     db.rebuild_mark()?,
-                    db.mark()?,
+                    db.mark_state()?,
                 ))
             })
             .await
@@ -1701,7 +1707,9 @@ impl Handler<GetStatus> for SyncService {
                 outbox_failed,
                 conflicts,
                 head_hash: head.hash.to_string(),
-                behind_mark: mark.filter(|m| head.position < *m).map(|m| m.to_string()),
+                // behind its mark, or holding another history at the mark's sequence
+                // (docs/architecture.md, "Restores are detected")
+                behind_mark: mark.describe(),
                 lease_held,
             })
         };
@@ -1774,6 +1782,8 @@ impl Handler<RoleChange> for SyncService {
             info!(library_id = %self.cx.library_id, role = %msg.role, term = msg.term, leader = ?msg.leader, "role change");
             self.start_role();
         }
+        // the term and the leader a `majority` write's wait compares with (status shows them)
+        self.cx.progress.note_change();
     }
 }
 
@@ -1996,6 +2006,7 @@ mod tests {
             is_member: Arc::new(AtomicBool::new(true)),
             keypair,
             listen_addrs: Vec::new(),
+            progress: Default::default(),
         })
         .start();
         let running = Running {

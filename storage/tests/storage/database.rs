@@ -281,3 +281,92 @@ fn a_torn_acknowledgement_mark_falls_back_to_the_fsynced_one() {
         .unwrap();
     assert_eq!(l.db.mark().unwrap(), Some(held));
 }
+
+/// The high-water mark carries the chain hash of its entry (docs/architecture.md, "Restores
+/// are detected"): a database whose log holds another entry at the mark's sequence — here the
+/// data of another device of the same term under this device's mark files, as a copied data
+/// directory leaves it — is found diverged even though its log reaches the mark: its election
+/// floor is past every position of the mark's term, a heartbeat's `raise_mark` does not raise
+/// the mark past it, and only an acknowledgement of more entries (applied from a leader, their
+/// chain checked) or a newer term ends it.
+#[test]
+fn a_log_holding_another_history_at_its_marks_sequence_is_found_diverged() {
+    use lsync_storage::mark::{ack_mark_path, mark_path};
+    use lsync_storage::{LogPosition, Mark, MarkState};
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    for i in 0..5 {
+        l.tm.commit(Change::insert(&tag(&format!("a{i}"), "x"))).unwrap();
+    }
+    let f = follower(&dir, "f", &l, registry(false));
+    catch_up(&l.db, &f, 100);
+    let fdb = f.database();
+    fdb.raise_mark().unwrap();
+    let head = fdb.head().unwrap();
+    // acknowledged and raised: both files hold the head's position and its hash
+    assert_eq!(fdb.high_water_mark().unwrap(), Some(Mark::from(head)));
+    assert_eq!(lsync_storage::mark::read_mark(&mark_path(fdb.path())).unwrap(), Some(head.into()));
+    assert_eq!(fdb.mark_state().unwrap(), MarkState::Clear);
+    assert_eq!(fdb.election_floor().unwrap(), head.position);
+
+    // another device's log of the same term, one entry longer, under this device's mark files
+    // (opened afresh, as a device starts on a copied data directory)
+    let other_dir = TempDir::new().unwrap();
+    let other = leader(&other_dir, registry(false));
+    for i in 0..6 {
+        other.tm.commit(Change::insert(&tag(&format!("b{i}"), "y"))).unwrap();
+    }
+    let path = other.db.path().to_owned();
+    drop(other);
+    for file in [mark_path, ack_mark_path] {
+        std::fs::copy(file(fdb.path()), file(&path)).unwrap();
+    }
+    let odb = Database::open(&path, &StorageOptions::default(), registry(false)).unwrap();
+    let found = odb.with_reader(|c| lsync_storage::SyncLog::hash_at(c, head.position.sequence));
+    let found = found.unwrap().unwrap();
+    assert_ne!(found, head.hash, "another history at the mark's sequence");
+    let last = odb.head().unwrap();
+    assert!(last.position > head.position, "past the mark by position");
+    let diverged =
+        MarkState::Diverged { mark: Mark::from(head), found_term: head.position.term, found };
+    assert_eq!(odb.mark_state().unwrap(), diverged);
+    let floor = odb.election_floor().unwrap();
+    assert_eq!(floor, LogPosition { term: head.position.term, sequence: u64::MAX });
+    assert!(last.position < floor, "it does not campaign");
+    // a heartbeat's raise leaves the mark where it is
+    assert_eq!(odb.raise_mark().unwrap(), head.position);
+    assert_eq!(odb.high_water_mark().unwrap(), Some(Mark::from(head)));
+    assert_eq!(odb.mark_state().unwrap(), diverged);
+    // an acknowledgement of its last entry (what a follower does once it applied entries a
+    // leader sent on top of its log, the chain checked) marks that entry, with its hash: over
+    odb.acknowledge(last.position).unwrap();
+    assert_eq!(odb.high_water_mark().unwrap(), Some(Mark::from(last)));
+    assert_eq!(odb.mark_state().unwrap(), MarkState::Clear);
+    assert_eq!(odb.election_floor().unwrap(), last.position);
+}
+
+/// A mark file written before the hash chain (`lsync high-water mark 1`, a position alone) is
+/// read as before: compared by position only — behind below it, clear at or past it.
+#[test]
+fn a_mark_file_without_a_hash_is_compared_by_position_as_before() {
+    use lsync_storage::mark::{ack_mark_path, mark_path};
+    use lsync_storage::{LogPosition, MarkState};
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    for i in 0..5 {
+        l.tm.commit(Change::insert(&tag(&format!("a{i}"), "x"))).unwrap();
+    }
+    let _ = std::fs::remove_file(ack_mark_path(l.db.path()));
+    let last = l.db.last_position().unwrap();
+    let old =
+        |p: LogPosition| format!("lsync high-water mark 1\nposition {} {}\n", p.term, p.sequence);
+    std::fs::write(mark_path(l.db.path()), old(last)).unwrap();
+    assert_eq!(l.db.mark().unwrap(), Some(last));
+    assert_eq!(l.db.mark_state().unwrap(), MarkState::Clear);
+    let ahead = LogPosition { term: last.term, sequence: last.sequence + 3 };
+    std::fs::write(mark_path(l.db.path()), old(ahead)).unwrap();
+    assert!(
+        matches!(l.db.mark_state().unwrap(), MarkState::Behind { mark } if mark.position == ahead && mark.hash.is_none())
+    );
+    assert_eq!(l.db.election_floor().unwrap(), ahead);
+}
