@@ -278,6 +278,8 @@ pub struct Device {
     out: Vec<Output>,
     now: Instant,
     now_ms: i64,
+    /// When the proposer next looks over the outbox whatever happened (its sweep).
+    next_sweep: Instant,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -356,6 +358,7 @@ impl Device {
             out: Vec::new(),
             now,
             now_ms,
+            next_sweep: now + lsync_actors::proposer::SWEEP,
         };
         d.peers.set_members(d.peers_of(&membership));
         d.commit_watch =
@@ -401,12 +404,16 @@ impl Device {
 
     /// The earliest deadline of any machine.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut at =
-            [self.election.next_deadline(), self.proposer.next_deadline(), self.next_ask()]
-                .into_iter()
-                .chain(self.waits.iter().map(|w| Some(w.deadline)))
-                .flatten()
-                .min();
+        let mut at = [
+            self.election.next_deadline(),
+            self.proposer.next_deadline(),
+            self.next_ask(),
+            Some(self.next_sweep),
+        ]
+        .into_iter()
+        .chain(self.waits.iter().map(|w| Some(w.deadline)))
+        .flatten()
+        .min();
         let mut add = |d: Option<Instant>| {
             if let Some(d) = d {
                 at = Some(at.map_or(d, |a| a.min(d)));
@@ -509,6 +516,11 @@ impl Device {
         }
         if due(self.proposer.next_deadline()) {
             self.work.push_back(Work::Proposer(ProposerInput::Tick));
+        }
+        if due(Some(self.next_sweep)) {
+            // the proposer's sweep, as the actor's (actors/src/proposer/mod.rs, SWEEP)
+            self.next_sweep = now + lsync_actors::proposer::SWEEP;
+            self.work.push_back(Work::Proposer(ProposerInput::Wake));
         }
         if due(self.next_ask()) {
             self.ask_who_leads();
@@ -1535,8 +1547,14 @@ impl Device {
                     self.send(peer, msg, Pending::Propose(proposal_id));
                 }
                 ProposerCommand::Remove { proposal_id, last_sequence } => {
-                    // still shown (the pending overlay) until this device's log holds it
+                    // still shown (the pending overlay) until this device's log holds it; put
+                    // back to pending if the log is past the answer without it (as the actor)
                     let _ = self.db.outbox_settle(proposal_id, last_sequence);
+                    if let Ok(Some(e)) = self.db.outbox_get(proposal_id) {
+                        if e.state == lsync_storage::OutboxState::Pending {
+                            self.work.push_back(Work::Proposer(ProposerInput::Wake));
+                        }
+                    }
                 }
                 ProposerCommand::MarkFailed { proposal_id, reason } => {
                     let _ = self.db.outbox_mark_failed(proposal_id, &reason, self.now_ms);

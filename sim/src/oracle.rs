@@ -567,7 +567,9 @@ pub fn last_writer_wins(log: &[SyncLogEntry]) -> Vec<String> {
 /// Every conflict record of a final log names a record and fields really written
 /// concurrently: its base version is older than the version at the decision, and each field
 /// it names was set on that record, by an entry of another device than the change's (by
-/// timestamp) at a version after the base and up to the version at the decision; a field it
+/// timestamp) at a version after the base and up to the version at the decision, or, if the
+/// stored value was kept, by any entry with a later timestamp (a device's own later edit); a
+/// conflict at version 0 follows a Delete of its record (an edit of a deleted record); a field it
 /// says the change took has an older timestamp there than the change's, one it says was kept
 /// a later one. Returns one failure per broken rule.
 pub fn conflicts_are_real(log: &[SyncLogEntry]) -> Vec<String> {
@@ -575,6 +577,20 @@ pub fn conflicts_are_real(log: &[SyncLogEntry]) -> Vec<String> {
     for (i, e) in log.iter().enumerate() {
         let Some(c) = conflict_of(e) else { continue };
         let id = &c.id;
+        if c.current_version == 0 {
+            // an edit of a record deleted since: the log deleted it before the decision
+            let deleted = log[..i]
+                .iter()
+                .rev()
+                .find(|x| x.model_type == c.model_type && x.record_id == c.record_id);
+            if !deleted.is_some_and(|x| x.change_type == lsync_protocol::ChangeType::Delete) {
+                failures.push(format!(
+                    "conflict {id} (entry {}) says {} {:?} was deleted, but it was not",
+                    e.sequence, c.model_type, c.record_id
+                ));
+            }
+            continue;
+        }
         if c.base_version >= c.current_version {
             failures.push(format!(
                 "conflict {id} (entry {}) has base version {} not older than the version at \
@@ -594,7 +610,14 @@ pub fn conflicts_are_real(log: &[SyncLogEntry]) -> Vec<String> {
                     && sets(x, field)
                     && x.stamp.as_ref().is_none_or(|s| s.hlc.device != c.proposed_hlc.device)
             });
-            if !concurrent {
+            // or the change's own device set it later: its older change loses, recorded
+            let own_later = c.kept.contains(field)
+                && before.iter().any(|x| {
+                    x.version > c.base_version
+                        && sets(x, field)
+                        && x.stamp.as_ref().is_some_and(|s| s.hlc > c.proposed_hlc)
+                });
+            if !concurrent && !own_later {
                 failures.push(format!(
                     "conflict {id} (entry {}) names field {field} of {} {:?}, which no other \
                      device set between versions {} and {}",

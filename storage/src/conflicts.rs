@@ -82,7 +82,8 @@ impl ConflictOutcome {
 /// shows it to the user and may delete it once dealt with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
-    /// `<proposal id>:<index of the change in it>`: the same when a refused proposal is retried.
+    /// `<proposal id>:<model type>/<record id>`: one per proposal and record, the same when a
+    /// refused proposal is retried or a repair proposes part of it again.
     pub id: String,
     /// The record's model type.
     pub model_type: String,
@@ -229,9 +230,11 @@ pub(crate) fn outcome_of(
     }
 }
 
-/// The id of the conflict of change `index` of proposal `proposal_id`.
-pub(crate) fn conflict_id(proposal_id: Uuid, index: usize) -> String {
-    format!("{proposal_id}:{index}")
+/// The id of the conflict of proposal `proposal_id` about record `record_id` of `model_type`:
+/// one per proposal and record, whichever part of the proposal (and at whichever index) a
+/// retry or a repair proposes again.
+pub(crate) fn conflict_id(proposal_id: Uuid, model_type: &str, record_id: &str) -> String {
+    format!("{proposal_id}:{model_type}/{record_id}")
 }
 
 /// The change that commits `conflict` (an Insert of the conflict record, made by the leader).

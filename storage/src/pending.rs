@@ -455,8 +455,18 @@ pub(crate) fn settle(
     let Some(entry) = outbox::get(conn, proposal_id)? else { return Ok(false) };
     match entry.state {
         OutboxState::Failed { .. } => Ok(false),
-        _ if SyncLog::last(conn)?.sequence >= last_sequence && held_whole(conn, &entry)? => {
-            around_entry(conn, registry, proposal_id, |conn| outbox::remove(conn, proposal_id))
+        _ if SyncLog::last(conn)?.sequence >= last_sequence => {
+            if held_whole(conn, &entry)? {
+                around_entry(conn, registry, proposal_id, |conn| outbox::remove(conn, proposal_id))
+            } else {
+                // The log is past the answer without the proposal: the commit did not last
+                // (or the answer was for another copy of it). Proposed again, at once; marked
+                // delivered it would wait for a write that may never come.
+                outbox::redeliver(conn, proposal_id)?;
+                tracing::info!(proposal = %proposal_id, at = last_sequence,
+                    "a committed proposal is not in the log past its sequence: proposed again");
+                Ok(true)
+            }
         }
         OutboxState::Pending => outbox::mark_delivered(conn, proposal_id, last_sequence),
         OutboxState::Delivered { .. } => Ok(true),
@@ -482,8 +492,8 @@ pub(crate) fn redeliver_unheld(conn: &mut SqliteConnection) -> Result<u64> {
 /// Whether this device's log holds the whole of `entry`'s proposal: its entries (by proposal
 /// id) commit every change but deletes that may have been dropped (a delete of a record that
 /// did not exist writes no entry; a proposal of deletes only may write none, and counts as held)
-/// and changes a conflict decided against (their conflict record, `<proposal id>:<index>`, is
-/// in the log instead: docs/architecture.md, "Conflicts").
+/// and changes a conflict decided against (a conflict record of the proposal and the change's
+/// record is in the log instead: docs/architecture.md, "Conflicts").
 fn held_whole(conn: &mut SqliteConnection, entry: &OutboxEntry) -> Result<bool> {
     let present = SyncLog::proposal_entries(conn, entry.proposal_id)?;
     let from = if present.is_empty() {
@@ -494,11 +504,15 @@ fn held_whole(conn: &mut SqliteConnection, entry: &OutboxEntry) -> Result<bool> 
             Some(from) => from,
         }
     };
-    for (i, change) in entry.changes.iter().enumerate().skip(from) {
+    for change in entry.changes.iter().skip(from) {
         if change.change_type != ChangeType::Delete
             && !crate::conflicts::exists(
                 conn,
-                &crate::conflicts::conflict_id(entry.proposal_id, i),
+                &crate::conflicts::conflict_id(
+                    entry.proposal_id,
+                    &change.model_type,
+                    &change.record_id,
+                ),
             )?
         {
             return Ok(false);

@@ -140,7 +140,7 @@ impl TransactionManager {
             let term = state.current_term;
             let touched = crate::pending::keys_of_changes(&changes);
             let rebase = Rebase::begin(conn, registry, touched, &HashSet::new())?;
-            let indexed = changes.into_iter().enumerate().map(|(i, c)| (i, c, false));
+            let indexed = changes.into_iter().map(|c| (c, false));
             let Written { entries, prev, .. } =
                 write_changes(conn, registry, term, origin, None, indexed)?;
             if let Some(rebase) = rebase {
@@ -566,7 +566,7 @@ fn commit_one_committed(
             let outcome = ProposalOutcome { entries: present, ..duplicate };
             return Ok((library_id, term, outcome, LogHead::default(), None));
         };
-        let rest = changes.into_iter().enumerate().skip(from).map(|(i, c)| (i, c, true));
+        let rest = changes.into_iter().skip(from).map(|c| (c, true));
         let mut w = write_proposed(conn, registry, term, origin_device, proposal_id, rest)?;
         let refused = w.rejected.take().map(|r| r.0);
         let Some(new_last) = w.change_entries().last() else {
@@ -589,7 +589,14 @@ fn commit_one_committed(
         };
         return Ok((library_id, term, outcome, w.prev, None));
     }
-    if let Some((first, last)) = proposals::get(conn, proposal_id)? {
+    // Committed here before with no entry (every change dropped): evaluated again all the
+    // same — the id may come back with changes the first copy lacked (a repair proposes again
+    // only the part of a proposal its log held), and a dropped change is dropped again.
+    let remembered = proposals::get(conn, proposal_id)?;
+    let indexed = changes.into_iter().map(|c| (c, true));
+    let mut w = write_proposed(conn, registry, term, origin_device, proposal_id, indexed)?;
+    let refused = w.rejected.take().map(|r| r.0);
+    if let (Some((first, last)), true, None) = (remembered, w.entries.is_empty(), &refused) {
         let outcome = ProposalOutcome {
             first_sequence: first,
             last_sequence: last,
@@ -599,9 +606,6 @@ fn commit_one_committed(
         };
         return Ok((library_id, term, outcome, LogHead::default(), None));
     }
-    let indexed = changes.into_iter().enumerate().map(|(i, c)| (i, c, true));
-    let mut w = write_proposed(conn, registry, term, origin_device, proposal_id, indexed)?;
-    let refused = w.rejected.take().map(|r| r.0);
     let range = w.change_entries().first().zip(w.change_entries().last());
     let outcome = match range {
         Some((first, last)) => ProposalOutcome {
@@ -718,9 +722,8 @@ impl Written {
     }
 }
 
-/// One change to write: its index in its proposal (names its conflict record), the change,
-/// and whether the proposal rule applies to it.
-pub(crate) type Indexed = (usize, Change, bool);
+/// One change to write, and whether the proposal rule applies to it.
+pub(crate) type Indexed = (Change, bool);
 
 /// Validates, sequences, applies and logs `changes` (each with whether the proposal rule
 /// applies to it) as entries of `term`, each with its chain hash; sets `last_synced_sequence`
@@ -752,7 +755,7 @@ fn write_changes(
     // The versions this batch has given so far (`None`: deleted), by (model type, record id):
     // each change sees the ones before it, although the rows are written after the loop.
     let mut written: HashMap<(String, String), Option<i64>> = HashMap::new();
-    for (index, mut change, proposed) in changes {
+    for (mut change, proposed) in changes {
         let handler = registry
             .handler(&change.model_type)
             .ok_or_else(|| StorageError::UnknownModel(change.model_type.clone()))?;
@@ -815,7 +818,11 @@ fn write_changes(
                             .unwrap_or(record.latest().hlc);
                         let stored = handler.load(conn, &change.record_id)?.map(|r| r.data);
                         recorded.push(conflicts::Conflict {
-                            id: conflicts::conflict_id(proposal, index),
+                            id: conflicts::conflict_id(
+                                proposal,
+                                &change.model_type,
+                                &change.record_id,
+                            ),
                             model_type: change.model_type.clone(),
                             record_id: change.record_id.clone(),
                             policy,
@@ -874,6 +881,36 @@ fn write_changes(
                             ?proposal_id,
                             "proposed patch of a missing record dropped"
                         );
+                        // An edit of a record deleted since is a conflict the delete won:
+                        // recorded (with stamps), so the edit is accounted for and its writer
+                        // settles it.
+                        if let (Some(hlc), Some(proposal)) = (hlc, proposal_id) {
+                            let fields = crate::fields::patch_fields(&change.data);
+                            recorded.push(conflicts::Conflict {
+                                id: conflicts::conflict_id(
+                                    proposal,
+                                    &change.model_type,
+                                    &change.record_id,
+                                ),
+                                model_type: change.model_type.clone(),
+                                record_id: change.record_id.clone(),
+                                policy: registry.policy(&change.model_type),
+                                outcome: conflicts::ConflictOutcome::Stored,
+                                fields: fields.clone(),
+                                kept: fields,
+                                taken: Vec::new(),
+                                change_type: change.change_type.as_str().to_owned(),
+                                base_version: change.base_version.unwrap_or(0),
+                                current_version: 0,
+                                stored: Vec::new(),
+                                stored_hlc: None,
+                                proposed: change.data.clone(),
+                                proposed_hlc: hlc,
+                                origin_device: origin,
+                                proposal_id: proposal,
+                                decided_at_ms: timestamp_ms,
+                            });
+                        }
                         continue;
                     }
                     return Err(StorageError::InvalidChange(format!(

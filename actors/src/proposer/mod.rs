@@ -247,10 +247,13 @@ impl Proposer {
         let mut next_token = 0u64;
         let mut todo = core.set_members(members);
         todo.extend(core.set_leader(leader));
+        let mut sweep = tokio::time::interval_at(Instant::now() + SWEEP, SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.perform(&mut core, todo, &mut waiting).await;
             let deadline = core.next_deadline().map(Instant::from_std);
             todo = tokio::select! {
+                _ = sweep.tick() => core.wake(),
                 event = rx.recv() => match event {
                     None => return,
                     Some(Event::Wake) => core.wake(),
@@ -326,12 +329,22 @@ impl Proposer {
                 }
                 Command::Remove { proposal_id, last_sequence } => {
                     // still shown (the pending overlay) until this device's log holds it
-                    if let Err(e) =
-                        run_blocking(move || db.outbox_settle(proposal_id, last_sequence)).await
-                    {
-                        warn!(%library_id, error = %e, "cannot settle a delivered proposal in the outbox");
+                    let settled = run_blocking(move || {
+                        db.outbox_settle(proposal_id, last_sequence)?;
+                        db.outbox_get(proposal_id)
+                    })
+                    .await;
+                    match settled {
+                        // the log is past the answer without it: proposed again
+                        Ok(Some(e)) if e.state == lsync_storage::OutboxState::Pending => {
+                            core.wake()
+                        }
+                        Ok(_) => Vec::new(),
+                        Err(e) => {
+                            warn!(%library_id, error = %e, "cannot settle a delivered proposal in the outbox");
+                            Vec::new()
+                        }
                     }
-                    Vec::new()
                 }
                 Command::MarkFailed { proposal_id, reason } => {
                     Metrics::add(&self.inner.metrics.proposals_failed, 1);
@@ -418,6 +431,12 @@ pub fn deliver_locally(
 ) -> Delivery {
     Delivery::of_local(tm.commit_proposal(proposal_id, me, changes))
 }
+
+/// How often the proposer looks over the outbox whatever happened (a round, answered by one
+/// query of the outbox when nothing waits): an entry put back to pending where no wake follows
+/// — a delivered proposal found missing while this device wrote its own entries, say — is
+/// proposed again within this time, never left waiting for the next write.
+pub const SWEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
