@@ -587,7 +587,7 @@ pub struct ConflictsJson {
 /// values and what won. Records' data are decoded from MessagePack as [`EntryJson`]'s are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConflictJson {
-    /// `<proposal id>:<index of the change in it>`.
+    /// `<proposal id>:<model type>/<record id>`.
     pub id: String,
     pub model_type: String,
     pub record_id: String,

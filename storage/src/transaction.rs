@@ -183,7 +183,8 @@ impl TransactionManager {
     ///      entries' range, the entries and `duplicate = true`.
     ///
     ///    Likewise a duplicate, with an empty `entries`, for a proposal this device committed
-    ///    earlier without writing any entry (see 4).
+    ///    earlier without writing any entry (see 4) — once its changes, evaluated again, write
+    ///    nothing now either (a repair may have proposed only part of it before).
     /// 3. Otherwise every change becomes an entry `last + 1 ..` of the current term with
     ///    `origin_device` = `origin_device` (the proposer) and `proposal_id` = `proposal_id`,
     ///    with the **proposal rule** (concurrent changes to one record resolve by leader
@@ -192,7 +193,10 @@ impl TransactionManager {
     ///      record does not exist at the leader now, else as an Update (version = current + 1);
     ///    - a proposed Delete of an existing record is a Delete (version = current + 1); a
     ///      proposed Delete of a record that does not exist (any more) is dropped: no entry;
-    ///    - a Bulk change is committed as in [`TransactionManager::commit_bulk`].
+    ///    - a Bulk change is committed as in [`TransactionManager::commit_bulk`];
+    ///    - in a library at feature version 3, a change based on an older version than the
+    ///      record's is decided by the model's conflict policy, and the conflict recorded
+    ///      (docs/architecture.md, "Conflicts"); `reject` refuses the whole proposal.
     ///
     ///    The changes are evaluated in order, each seeing the ones before it. The outcome's
     ///    range is that of the new entries; `last_synced_sequence` is set to the last one and a
