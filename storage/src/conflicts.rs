@@ -164,12 +164,19 @@ pub(crate) fn decide(
     hlc: Hlc,
 ) -> (Decision, Option<Report>) {
     let other = |stamp: crate::field_clock::FieldStamp| {
-        stamp.version > base && stamp.hlc.is_none_or(|h| h.device != hlc.device)
+        (stamp.version > base || stamp.hlc > Some(hlc))
+            && stamp.hlc.is_none_or(|h| h.device != hlc.device)
     };
     let wins = |stamp: crate::field_clock::FieldStamp| Some(hlc) > stamp.hlc;
+    // A field is in play if it was set since the base, or with a later timestamp than the
+    // change's: a device's timestamps pass every one it has seen, so a later one is a write the
+    // change's device did not see, whatever version its base names (a base read from a log
+    // that later lost its tail names a version of another history).
+    let unseen =
+        |stamp: crate::field_clock::FieldStamp| stamp.version > base || stamp.hlc > Some(hlc);
     if touched.is_empty() {
         let latest = clock.latest();
-        if latest.version <= base {
+        if !unseen(latest) {
             return (Decision::Apply, None);
         }
         let decision = match (policy, other(latest), wins(latest)) {
@@ -186,7 +193,7 @@ pub(crate) fn decide(
     let mut by_others = false;
     for field in touched {
         let stamp = clock.field(field);
-        if stamp.version <= base {
+        if !unseen(stamp) {
             continue;
         }
         let by_other = other(stamp);
@@ -384,13 +391,14 @@ mod tests {
 
     #[test]
     fn a_change_based_on_the_current_version_applies_without_conflict() {
-        let d = decide(ConflictPolicy::Reject, &fields(&["color"]), &clock(), 4, hlc(1, A));
+        // its device saw version 4, so its clock passed every timestamp there
+        let d = decide(ConflictPolicy::Reject, &fields(&["color"]), &clock(), 4, hlc(30, A));
         assert_eq!(d, (Decision::Apply, None));
     }
 
     #[test]
     fn a_field_not_set_since_the_base_is_no_conflict() {
-        let d = decide(ConflictPolicy::Reject, &fields(&["name"]), &clock(), 3, hlc(1, A));
+        let d = decide(ConflictPolicy::Reject, &fields(&["name"]), &clock(), 3, hlc(12, A));
         assert_eq!(d, (Decision::Apply, None));
     }
 
@@ -452,6 +460,15 @@ mod tests {
         assert!(stale.1.is_some());
         let later = decide(ConflictPolicy::LastWriterWins, &[], &clock(), 3, hlc(25, A));
         assert_eq!(later.0, Decision::Apply);
+    }
+
+    #[test]
+    fn a_later_timestamp_wins_even_over_a_change_whose_base_names_the_current_version() {
+        // the base names version 4, but of another history: color's stamp is later than the
+        // change, a write its device never saw
+        let d =
+            decide(ConflictPolicy::LastWriterWins, &fields(&["color"]), &clock(), 4, hlc(15, A));
+        assert_eq!(d, (Decision::Drop, Some((fields(&["color"]), fields(&["color"]), vec![]))));
     }
 
     #[test]

@@ -802,10 +802,15 @@ fn write_changes(
                 Some(Some(_)) => handler.current_version(conn, &change.record_id)?,
                 Some(None) => None,
             };
-            if let (Some(hlc), Some(base), Some(now), Some(proposal), true) =
-                (hlc, change.base_version, stored, proposal_id, proposed)
+            // A change stamped where it was made is decided against the fields set since its
+            // base or later than it (conflicts::decide); one this leader stamps now is the
+            // latest write of every field it sets.
+            let made_elsewhere = change.hlc.is_some();
+            if let (Some(hlc), Some(now), Some(proposal), true, true) =
+                (hlc, stored, proposal_id, proposed, made_elsewhere)
             {
-                if base < now && change.change_type != ChangeType::Bulk {
+                let base = change.base_version.unwrap_or(now);
+                if change.change_type != ChangeType::Bulk {
                     let touched = match change.change_type {
                         ChangeType::Delete => Vec::new(),
                         _ => crate::fields::patch_fields(&change.data),
