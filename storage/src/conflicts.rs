@@ -124,6 +124,39 @@ pub struct Conflict {
     pub decided_at_ms: i64,
 }
 
+impl Conflict {
+    /// The conflict of `change`, made with timestamp `hlc` on device `origin`, in proposal
+    /// `proposal`, decided at `decided_at_ms` by `policy` — as decided against a record that
+    /// is gone (outcome `stored`, no field, versions 0, nothing stored): the caller sets what
+    /// its decision found.
+    pub(crate) fn about(
+        change: &Change,
+        (proposal, origin, hlc, decided_at_ms): (Uuid, Uuid, Hlc, i64),
+        policy: ConflictPolicy,
+    ) -> Conflict {
+        Conflict {
+            id: conflict_id(proposal, &change.model_type, &change.record_id),
+            model_type: change.model_type.clone(),
+            record_id: change.record_id.clone(),
+            policy,
+            outcome: ConflictOutcome::Stored,
+            fields: Vec::new(),
+            kept: Vec::new(),
+            taken: Vec::new(),
+            change_type: change.change_type.as_str().to_owned(),
+            base_version: 0,
+            current_version: 0,
+            stored: Vec::new(),
+            stored_hlc: None,
+            proposed: change.data.clone(),
+            proposed_hlc: hlc,
+            origin_device: origin,
+            proposal_id: proposal,
+            decided_at_ms,
+        }
+    }
+}
+
 impl crate::model::Syncable for Conflict {
     const MODEL_TYPE: &'static str = CONFLICT_MODEL_TYPE;
     fn record_id(&self) -> String {

@@ -826,29 +826,17 @@ fn write_changes(
                             .max()
                             .unwrap_or(record.latest().hlc);
                         let stored = handler.load(conn, &change.record_id)?.map(|r| r.data);
+                        let about = (proposal, origin, hlc, timestamp_ms);
                         recorded.push(conflicts::Conflict {
-                            id: conflicts::conflict_id(
-                                proposal,
-                                &change.model_type,
-                                &change.record_id,
-                            ),
-                            model_type: change.model_type.clone(),
-                            record_id: change.record_id.clone(),
-                            policy,
                             outcome: conflicts::outcome_of(&decision, &kept, &taken),
                             fields: conflicting,
                             kept,
                             taken,
-                            change_type: change.change_type.as_str().to_owned(),
                             base_version: base,
                             current_version: now,
                             stored: stored.unwrap_or_default(),
                             stored_hlc,
-                            proposed: change.data.clone(),
-                            proposed_hlc: hlc,
-                            origin_device: origin,
-                            proposal_id: proposal,
-                            decided_at_ms: timestamp_ms,
+                            ..conflicts::Conflict::about(&change, about, policy)
                         });
                     }
                     match decision {
@@ -895,29 +883,13 @@ fn write_changes(
                         // settles it.
                         if let (Some(hlc), Some(proposal)) = (hlc, proposal_id) {
                             let fields = crate::fields::patch_fields(&change.data);
+                            let about = (proposal, origin, hlc, timestamp_ms);
+                            let policy = registry.policy(&change.model_type);
                             recorded.push(conflicts::Conflict {
-                                id: conflicts::conflict_id(
-                                    proposal,
-                                    &change.model_type,
-                                    &change.record_id,
-                                ),
-                                model_type: change.model_type.clone(),
-                                record_id: change.record_id.clone(),
-                                policy: registry.policy(&change.model_type),
-                                outcome: conflicts::ConflictOutcome::Stored,
                                 fields: fields.clone(),
                                 kept: fields,
-                                taken: Vec::new(),
-                                change_type: change.change_type.as_str().to_owned(),
                                 base_version: change.base_version.unwrap_or(0),
-                                current_version: 0,
-                                stored: Vec::new(),
-                                stored_hlc: None,
-                                proposed: change.data.clone(),
-                                proposed_hlc: hlc,
-                                origin_device: origin,
-                                proposal_id: proposal,
-                                decided_at_ms: timestamp_ms,
+                                ..conflicts::Conflict::about(&change, about, policy)
                             });
                         }
                         continue;
