@@ -222,6 +222,12 @@ pub struct LibraryStatus {
     /// the log has caught up past it: meanwhile the device neither campaigns nor votes for a
     /// log behind it. `None`: not behind.
     pub behind_mark: Option<String>,
+    /// Set when this device's log holds another history at its high-water mark's sequence
+    /// (another entry than the one it acknowledged there: a copy of another device's data, a
+    /// restored backup written to since): what differs (the entry's term and hash, the hash the
+    /// mark names). `behind_mark` names the mark meanwhile; it waits for a leader's log of a
+    /// newer term (docs/architecture.md, "Restores are detected"). `None` otherwise.
+    pub mark_diverged: Option<String>,
     /// Leader of three or more voters only: whether it holds its leader lease now (a majority
     /// of the voters answered a heartbeat round sent less than the lease ago); while it does
     /// not, a write it commits waits for a heartbeat round before it is answered

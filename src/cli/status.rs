@@ -99,12 +99,19 @@ fn render_lines(view: &StatusView, rates: &mut RateTracker, progress: bool) -> V
         if let Some(hash) = &l.head_hash {
             out.push(format!("  head hash {}", &hash[..hash.len().min(16)]));
         }
-        if let Some(mark) = &l.behind_mark {
-            out.push(format!(
+        match (&l.behind_mark, &l.mark_diverged) {
+            (Some(mark), Some(what)) => out.push(format!(
+                "  its log holds another history than the one it acknowledged at its high-water \
+                 mark {mark} ({what}; a copy of another device's data, or a restored backup \
+                 written to since?): it neither campaigns nor votes until a leader of a newer \
+                 term rebuilds it"
+            )),
+            (Some(mark), None) => out.push(format!(
                 "  its log is behind its high-water mark {mark} (a restored backup or a copied \
                  data directory?): it neither campaigns nor votes for a log behind it until it \
                  has caught up"
-            ));
+            )),
+            (None, _) => {}
         }
         if l.conflicts > 0 {
             out.push(format!(
@@ -239,8 +246,14 @@ mod tests {
         assert!(text.contains(&format!("head hash {}", "ab".repeat(8))), "{text}");
         assert!(!text.contains("high-water mark"), "{text}");
         l["behind_mark"] = serde_json::json!("120@4");
-        let text = render(&view(l), &mut RateTracker::default()).join("\n");
+        let text = render(&view(l.clone()), &mut RateTracker::default()).join("\n");
         assert!(text.contains("behind its high-water mark 120@4"), "{text}");
+        assert!(!text.contains("another history"), "{text}");
+        l["mark_diverged"] =
+            serde_json::json!("an entry of term 3, hash 0a1b, where the mark says 2c3d");
+        let text = render(&view(l), &mut RateTracker::default()).join("\n");
+        assert!(text.contains("another history than the one it acknowledged at its high-water mark 120@4 (an entry of term 3"), "{text}");
+        assert!(!text.contains("behind its high-water mark"), "{text}");
     }
 
     #[test]

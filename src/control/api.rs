@@ -691,6 +691,9 @@ pub struct LibraryView {
     /// The high-water mark the log is behind (`sequence@term`), if it is.
     #[serde(default)]
     pub behind_mark: Option<String>,
+    /// What differs when the log holds another history at the mark's sequence, if it does.
+    #[serde(default)]
+    pub mark_diverged: Option<String>,
     /// Conflicts recorded in this device's copy (`lsync conflicts list` shows them).
     #[serde(default)]
     pub conflicts: u64,

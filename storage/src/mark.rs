@@ -102,20 +102,40 @@ impl MarkState {
         }
     }
 
-    /// What status says of this state (`LibraryStatus::behind_mark`): `None` when clear;
-    /// the mark as `sequence@term` when behind; when diverged, that and what differs.
-    pub fn describe(&self) -> Option<String> {
+    /// The mark a device in this state is held behind (`LibraryStatus::behind_mark`), as
+    /// `sequence@term`: `None` when clear; the mark when behind or diverged (either way the
+    /// device neither campaigns nor votes for a log below [`Self::floor`]).
+    pub fn held_behind(&self) -> Option<String> {
         match self {
             Self::Clear => None,
-            Self::Behind { mark } => Some(mark.position.to_string()),
+            Self::Behind { mark } | Self::Diverged { mark, .. } => Some(mark.position.to_string()),
+        }
+    }
+
+    /// What differs when diverged (`LibraryStatus::mark_diverged`): the entry the log holds at
+    /// the mark's sequence and the hash the mark names; `None` when clear or behind.
+    pub fn divergence(&self) -> Option<String> {
+        match self {
             Self::Diverged { mark, found_term, found } => Some(format!(
-                "{}, and its log holds another history there (an entry of term {found_term}, \
-                 hash {}, where the mark says {}): it waits for a leader's log of a newer term",
-                mark.position,
+                "an entry of term {found_term}, hash {}, where the mark says {}",
                 found.short(),
                 mark.hash.map_or_else(|| "-".to_owned(), |h| h.short()),
             )),
+            Self::Clear | Self::Behind { .. } => None,
         }
+    }
+
+    /// The whole state in one line, for logs: `None` when clear; the mark as `sequence@term`
+    /// when behind; when diverged, that and what differs.
+    pub fn describe(&self) -> Option<String> {
+        let mark = self.held_behind()?;
+        Some(match self.divergence() {
+            Some(what) => format!(
+                "{mark}, and its log holds another history there ({what}): it waits for a \
+                 leader's log of a newer term"
+            ),
+            None => mark,
+        })
     }
 }
 
@@ -371,6 +391,10 @@ mod tests {
         );
         assert_eq!(diverged.floor(), pos(3, u64::MAX));
         assert!(diverged.describe().unwrap().starts_with("120@3, and its log holds another"));
+        // status: held behind the mark, and what differs in a field of its own
+        assert_eq!(diverged.held_behind().as_deref(), Some("120@3"));
+        let what = diverged.divergence().unwrap();
+        assert!(what.starts_with("an entry of term 3, hash "), "{what}");
     }
 
     #[test]
@@ -387,6 +411,9 @@ mod tests {
         assert_eq!(check(Some(m), head(3, 110, 1), None), MarkState::Behind { mark: m });
         assert_eq!(MarkState::Behind { mark: m }.floor(), pos(3, 120));
         assert_eq!(MarkState::Behind { mark: m }.describe().as_deref(), Some("120@3"));
+        assert_eq!(MarkState::Behind { mark: m }.held_behind().as_deref(), Some("120@3"));
+        assert_eq!(MarkState::Behind { mark: m }.divergence(), None);
+        assert_eq!(MarkState::Clear.held_behind(), None);
         assert_eq!(MarkState::Clear.floor(), LogPosition::default());
     }
 }

@@ -1709,7 +1709,8 @@ impl Handler<GetStatus> for SyncService {
                 head_hash: head.hash.to_string(),
                 // behind its mark, or holding another history at the mark's sequence
                 // (docs/architecture.md, "Restores are detected")
-                behind_mark: mark.describe(),
+                behind_mark: mark.held_behind(),
+                mark_diverged: mark.divergence(),
                 lease_held,
             })
         };
