@@ -833,7 +833,8 @@ impl World {
     }
 
     /// Reads back the timestamps the changes of `write` got where they were stamped: its outbox
-    /// entry (queued), or its entries (committed here, by this device as leader).
+    /// entry (queued), or its entries (committed here, by this device as leader — answered
+    /// already, or waiting for a majority: then they are the last entries of its log).
     fn read_stamps(&mut self, ix: Ix, write: usize, proposal_id: Uuid) {
         let Some(d) = &self.slots[ix].device else { return };
         let db = d.db();
@@ -845,8 +846,14 @@ impl World {
             }
             return;
         }
-        let Outcome::Committed { first, last } = self.oracle.writes()[write].outcome else {
-            return;
+        let (first, last) = match self.oracle.writes()[write].outcome {
+            Outcome::Committed { first, last } => (first, last),
+            Outcome::Pending => {
+                let Ok(head) = db.last_position() else { return };
+                let count = self.oracle.writes()[write].names.len() as u64;
+                (head.sequence.saturating_sub(count).max(1), head.sequence)
+            }
+            _ => return,
         };
         let Ok(entries) = db.fetch_range(first, last) else { return };
         for e in entries.iter().filter(|e| e.proposal_id == Some(proposal_id)) {

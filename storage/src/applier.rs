@@ -341,6 +341,12 @@ impl Applier {
                 }
                 stashed.push((entry, replicated));
             }
+            // Changes the deposed log holds only as a conflict record (decided away there: the
+            // stored values won): proposed again from the record, so that the new leader decides
+            // them again and records the conflict — a change is always either in the log or in
+            // a conflict record (docs/architecture.md, "Conflicts").
+            let decided_away = decided_away_orphans(conn, &stashed)?;
+            orphaned.extend(decided_away.values().map(|(proposal, _)| *proposal));
             // Proposals to queue, in the order of their first stashed entry.
             let mut groups: Vec<Group> = Vec::new();
             let mut index: HashMap<Uuid, usize> = HashMap::new();
@@ -367,7 +373,23 @@ impl Applier {
                     && entry.change_type != ChangeType::Config
                 {
                     // A conflict record is never re-proposed: it is written again when the
-                    // change it decided is (that change's own orphan goes back to the leader).
+                    // change it decided is (that change's own orphan goes back to the leader,
+                    // or, decided away, the change rebuilt from the record).
+                    if let Some((id, change)) = decided_away.get(&entry.sequence) {
+                        let mut change = change.clone();
+                        let base = crate::sync_log::last_write_before(
+                            conn,
+                            &change.model_type,
+                            &change.record_id,
+                            parted,
+                        )?;
+                        change.base_version = Some(base.map_or(0, |r| r.version));
+                        let i = *index.entry(*id).or_insert_with(|| {
+                            groups.push(Group::new(*id));
+                            groups.len() - 1
+                        });
+                        groups[i].add(LogPosition::of(&entry), change, true);
+                    }
                     continue;
                 } else if entry.change_type == ChangeType::Config {
                     // A membership change is never re-proposed from a deposed leader's tail:
@@ -444,6 +466,47 @@ impl Applier {
         }
         Ok(recovered)
     }
+}
+
+/// The orphaned conflict records (by sequence) of `stashed` (each entry with whether the
+/// rebuilt log holds it) whose change has no entry of its proposal for its record in the stash
+/// or the rebuilt log — a change the deposed leader decided away, which only the record keeps —
+/// each with its proposal and the change rebuilt from the record (its type, data and timestamp
+/// as proposed; the caller sets its base).
+fn decided_away_orphans(
+    conn: &mut SqliteConnection,
+    stashed: &[(SyncLogEntry, bool)],
+) -> Result<HashMap<u64, (Uuid, Change)>> {
+    let mut found = HashMap::new();
+    for (entry, replicated) in stashed {
+        if *replicated || entry.model_type != crate::conflicts::CONFLICT_MODEL_TYPE {
+            continue;
+        }
+        let Ok(conflict) = crate::decode::<crate::conflicts::Conflict>(&entry.data) else {
+            continue;
+        };
+        let Some(change_type) = ChangeType::parse(&conflict.change_type) else { continue };
+        let of_it = |e: &SyncLogEntry| {
+            e.proposal_id == Some(conflict.proposal_id)
+                && e.model_type == conflict.model_type
+                && e.record_id == conflict.record_id
+        };
+        if stashed.iter().any(|(e, _)| of_it(e))
+            || SyncLog::proposal_entries(conn, conflict.proposal_id)?.iter().any(of_it)
+        {
+            continue;
+        }
+        let change = Change {
+            model_type: conflict.model_type,
+            record_id: conflict.record_id,
+            change_type,
+            data: conflict.proposed,
+            hlc: Some(conflict.proposed_hlc),
+            base_version: Some(conflict.base_version),
+        };
+        found.insert(entry.sequence, (conflict.proposal_id, change));
+    }
+    Ok(found)
 }
 
 /// What [`Applier::recover_orphans`] did.

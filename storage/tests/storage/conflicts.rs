@@ -4,7 +4,7 @@
 //! leader sequences them, or reject — and recorded in the log (model `lsync.conflict`) on every
 //! device.
 
-use lsync_protocol::{Configuration, Hlc, Member, MemberRole, SyncRole};
+use lsync_protocol::{ChangeType, Configuration, Hlc, Member, MemberRole, SyncRole};
 use lsync_storage::conflicts::{self, CONFLICT_MODEL_TYPE};
 use lsync_storage::{
     decode, verify, Applier, Change, ConflictOutcome, ConflictPolicy, Database, ModelHandler,
@@ -228,6 +228,68 @@ fn a_deposed_leaders_re_proposed_change_does_not_undo_a_newer_value() {
         assert_eq!(f.database().outbox_list_all().unwrap(), vec![], "settled");
         assert_eq!(f.database().dump().unwrap(), b.database().dump().unwrap());
         assert_eq!(shown(f.database()).color.as_deref(), Some("#0000ff"));
+        let report = verify(f.database().path(), f.database().registry()).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+    }
+}
+
+/// A change the deposed leader decided away left no entry, only its conflict record; when that
+/// record is an orphan, the change is proposed again from it, so that the new leader decides it
+/// again and records the conflict (simulator seed 717: the record was dropped with nothing
+/// left of the change — neither in the log nor in a conflict record).
+#[test]
+fn a_change_decided_away_by_a_deposed_leader_is_decided_again_by_the_new_one() {
+    let dir = TempDir::new().unwrap();
+    let (l, a, b) = library(&dir, registry(false));
+    // a paints t1 blue (later); everyone fetches it.
+    let newer = at(device(a.database()), 1000);
+    l.tm.commit_proposal(Uuid::new_v4(), device(a.database()), vec![paint("#0000ff", newer)])
+        .unwrap();
+    catch_up(&l.db, &a, 100);
+    catch_up(&l.db, &b, 100);
+    // b's older red edit, based on version 1, is decided away by the leader: a conflict record
+    // and nothing else, which nobody fetches before the leader is deposed (b's outbox already
+    // dropped the proposal: it was answered).
+    let older = at(device(b.database()), 0);
+    let pb = Uuid::new_v4();
+    let decided =
+        l.tm.commit_proposal(pb, device(b.database()), vec![paint("#ff0000", older)]).unwrap();
+    assert_eq!(decided.entries.len(), 1, "the conflict record only");
+    assert_eq!(decided.entries[0].model_type, CONFLICT_MODEL_TYPE);
+
+    // b leads term 2; the old leader repairs from it.
+    b.database().set_leadership(SyncRole::Leader, 2, Some(device(b.database()))).unwrap();
+    let b_tm = TransactionManager::new(b.database().clone(), device(b.database()));
+    l.db.set_leadership(SyncRole::Follower, 2, Some(device(b.database()))).unwrap();
+    let old_leader = Applier::new(l.db.clone());
+    old_leader.reset_for_repair().unwrap();
+    catch_up(b.database(), &old_leader, 100);
+    let recovered = old_leader.recover_orphans().unwrap();
+    assert_eq!((recovered.proposals, recovered.changes), (1, 1), "{recovered:?}");
+    let orphan = l.db.outbox_list().unwrap().remove(0);
+    assert_eq!(orphan.proposal_id, pb, "under the proposal that carried it");
+    assert_eq!(orphan.changes.len(), 1);
+    let change = &orphan.changes[0];
+    assert_eq!(change.hlc, Some(older), "with the timestamp it was made with");
+    assert_eq!(change.base_version, Some(2), "based on the record where the logs parted");
+    assert_eq!(
+        (change.change_type, &change.data),
+        (ChangeType::Patch, &paint("#ff0000", older).data)
+    );
+
+    let out =
+        b_tm.commit_proposal(orphan.proposal_id, l.device_id, orphan.changes.clone()).unwrap();
+    assert_eq!(shown(b.database()).color.as_deref(), Some("#0000ff"), "the newer value stays");
+    let found = recorded(b.database());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].outcome, found[0].proposed_hlc), (ConflictOutcome::Stored, older));
+    assert_eq!(found[0].proposal_id, pb);
+    for f in [&a, &old_leader] {
+        catch_up(b.database(), f, 100);
+        f.database().outbox_settle(orphan.proposal_id, out.last_sequence).unwrap();
+        assert_eq!(f.database().outbox_list_all().unwrap(), vec![], "settled");
+        assert_eq!(f.database().dump().unwrap(), b.database().dump().unwrap(), "identical");
+        assert_eq!(recorded(f.database()), found);
         let report = verify(f.database().path(), f.database().registry()).unwrap();
         assert!(report.is_ok(), "{:?}", report.problems);
     }
