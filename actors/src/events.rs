@@ -239,33 +239,11 @@ pub struct LibraryStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lsync_storage::{ConflictPolicy, Tag};
+    use lsync_storage::Tag;
 
     const LIBRARY: Uuid = Uuid::from_u128(9);
 
-    fn conflict(id: &str, outcome: ConflictOutcome) -> Conflict {
-        let device = Uuid::from_u128(2);
-        Conflict {
-            id: id.into(),
-            model_type: "tag".into(),
-            record_id: "t1".into(),
-            policy: ConflictPolicy::LastWriterWins,
-            outcome,
-            fields: vec!["name".into()],
-            kept: vec!["name".into()],
-            taken: vec![],
-            change_type: "patch".into(),
-            base_version: 1,
-            current_version: 2,
-            stored: Vec::new(),
-            stored_hlc: None,
-            proposed: Vec::new(),
-            proposed_hlc: lsync_protocol::Hlc { physical_ms: 5, counter: 0, device },
-            origin_device: device,
-            proposal_id: Uuid::from_u128(3),
-            decided_at_ms: 7,
-        }
-    }
+    use crate::testkit::conflict;
 
     fn entry(
         sequence: u64,

@@ -167,3 +167,29 @@ pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// A conflict record (docs/architecture.md, "Conflicts") of tag `t1` with id `id` and
+/// `outcome`: a patch of `name`, based on version 1, decided against version 2.
+pub fn conflict(id: &str, outcome: lsync_storage::ConflictOutcome) -> lsync_storage::Conflict {
+    let device = Uuid::from_u128(0x33);
+    lsync_storage::Conflict {
+        id: id.into(),
+        model_type: "tag".into(),
+        record_id: "t1".into(),
+        policy: lsync_storage::ConflictPolicy::LastWriterWins,
+        outcome,
+        fields: vec!["name".into()],
+        kept: vec!["name".into()],
+        taken: vec![],
+        change_type: "patch".into(),
+        base_version: 1,
+        current_version: 2,
+        stored: Vec::new(),
+        stored_hlc: None,
+        proposed: Vec::new(),
+        proposed_hlc: lsync_protocol::Hlc { physical_ms: 5, counter: 0, device },
+        origin_device: device,
+        proposal_id: Uuid::from_u128(0x44),
+        decided_at_ms: 7,
+    }
+}

@@ -1513,27 +1513,7 @@ fn a_heartbeat_to_the_leader_names_this_logs_hash() {
 
 /// A conflict record (model `lsync.conflict`) as the leader commits it, at `sequence`.
 fn conflict_entry(sequence: u64, id: &str) -> SyncLogEntry {
-    let device = Uuid::from_u128(0x33);
-    let conflict = lsync_storage::Conflict {
-        id: id.into(),
-        model_type: "tag".into(),
-        record_id: "t1".into(),
-        policy: lsync_storage::ConflictPolicy::LastWriterWins,
-        outcome: lsync_storage::ConflictOutcome::Stored,
-        fields: vec!["name".into()],
-        kept: vec!["name".into()],
-        taken: vec![],
-        change_type: "patch".into(),
-        base_version: 1,
-        current_version: 2,
-        stored: Vec::new(),
-        stored_hlc: None,
-        proposed: Vec::new(),
-        proposed_hlc: lsync_protocol::Hlc { physical_ms: 1, counter: 0, device },
-        origin_device: device,
-        proposal_id: Uuid::from_u128(0x44),
-        decided_at_ms: 1,
-    };
+    let conflict = crate::testkit::conflict(id, lsync_storage::ConflictOutcome::Stored);
     SyncLogEntry {
         model_type: lsync_storage::conflicts::CONFLICT_MODEL_TYPE.into(),
         record_id: id.into(),
