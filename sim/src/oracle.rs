@@ -30,9 +30,10 @@
 //!
 //! Two more rules are checked on the final log ([`last_writer_wins`], [`conflicts_are_real`]):
 //! every field of every record holds the value of the write with the largest timestamp among
-//! those that set it in the log or were decided against it in a conflict record, and every
-//! conflict record names fields really set concurrently (by another device, after the change's
-//! base version).
+//! those that set it in the log or were decided against it in a conflict record — a stamped
+//! delete is a write of every field (the record is absent iff a delete is the latest write) —
+//! and every conflict record names fields really set concurrently (by another device, after
+//! the change's base version), or a delete its change did not see.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -168,6 +169,18 @@ fn sets(entry: &SyncLogEntry, field: &str) -> bool {
             .stamp
             .as_ref()
             .is_none_or(|s| s.fields.is_empty() || s.fields.iter().any(|f| f == field))
+}
+
+/// Whether `entry` writes `field`: sets it ([`sets`]), or is a stamped Delete of its record (a
+/// delete is a write of every field at its timestamp: the record's absence).
+fn writes(entry: &SyncLogEntry, field: &str) -> bool {
+    sets(entry, field) || (entry.change_type == ChangeType::Delete && entry.stamp.is_some())
+}
+
+/// Whether conflict `c` was decided against a deleted record (its stored side is the deletion:
+/// version 0, nothing stored).
+fn against_deleted(c: &Conflict) -> bool {
+    c.current_version == 0 && c.stored.is_empty()
 }
 
 /// The workload's tokens a tag entry carries: the values of the token fields it set (by its
@@ -308,8 +321,11 @@ impl Oracle {
     }
 
     /// Whether change `k` of write `w`, missing from `log`, was decided away: every field it
-    /// sets was set on its record, in the log, by a change with a later timestamp (its own
-    /// timestamp as read back, else the one of the conflict record that names it).
+    /// sets was written on its record, in the log, by a change with a later timestamp — a
+    /// delete writes every field — (its own timestamp as read back, else the one of the
+    /// conflict record that names it); or it is a Patch whose conflict record says its record
+    /// was deleted (a patch never re-creates a record: the delete wins it, whatever the
+    /// timestamps; [`conflicts_are_real`] checks the delete).
     fn decided_away(
         &self,
         w: &Write,
@@ -318,13 +334,17 @@ impl Oracle {
         conflicts: &BTreeMap<String, Conflict>,
     ) -> bool {
         let part = &w.parts[k];
-        let hlc = w.hlcs[k].or_else(|| conflicts.get(&w.names[k]).map(|c| c.proposed_hlc));
+        let conflict = conflicts.get(&w.names[k]);
+        if part.field.is_some() && conflict.is_some_and(against_deleted) {
+            return true;
+        }
+        let hlc = w.hlcs[k].or_else(|| conflict.map(|c| c.proposed_hlc));
         let Some(hlc) = hlc else { return false };
         part.fields().iter().all(|f| {
             log.iter().any(|e| {
                 e.model_type == "tag"
                     && e.record_id == part.record
-                    && sets(e, f)
+                    && writes(e, f)
                     && e.stamp.as_ref().is_some_and(|s| s.hlc > hlc)
             })
         })
@@ -479,11 +499,16 @@ impl Oracle {
     }
 }
 
-/// Last-writer-wins, on a final log: for every tag record and every token field, the value the
-/// log leaves (its last entry's) is the value of the write with the largest timestamp among
-/// the entries that set the field and the conflict records that name the field (a change
-/// decided against, with its proposed value and timestamp). Records with an unstamped entry
-/// are skipped (written before stamps). Returns one failure per field that breaks it.
+/// Last-writer-wins, on a final log: for every tag record and every token field, what the log
+/// leaves (its last entry: the field's value, or the record's absence after a Delete) is what
+/// the write with the largest timestamp left, among the entries that write the field — a
+/// stamped Delete writes every field: the record is absent iff a delete is the latest write —
+/// and the conflict records decided against a change that wrote it (a change of the field, or
+/// of the whole record: an update decided against a delete; a patch decided against a deleted
+/// record is left out — a patch never re-creates a record, the delete wins it whatever the
+/// timestamps — and so is a delete decided against an edit, which loses to a later write of
+/// any field). Records with an unstamped entry are skipped (written before
+/// stamps). Returns one failure per field that breaks it.
 pub fn last_writer_wins(log: &[SyncLogEntry]) -> Vec<String> {
     let mut failures = Vec::new();
     let mut records: BTreeMap<&str, Vec<&SyncLogEntry>> = BTreeMap::new();
@@ -492,70 +517,95 @@ pub fn last_writer_wins(log: &[SyncLogEntry]) -> Vec<String> {
         if e.model_type == "tag" {
             records.entry(e.record_id.as_str()).or_default().push(e);
         } else if let Some(c) = conflict_of(e) {
-            if c.model_type == "tag" && c.outcome != lsync_storage::ConflictOutcome::Rejected {
+            let patch_of_deleted = c.change_type == "patch" && against_deleted(&c);
+            if c.model_type == "tag"
+                && c.outcome != lsync_storage::ConflictOutcome::Rejected
+                && !patch_of_deleted
+            {
                 if let Some((k, _)) = records.get_key_value(c.record_id.as_str()) {
                     against.entry(k).or_default().push(c);
                 }
             }
         }
     }
+    // a value of a field: `None`, the record is absent (deleted)
+    let value_in = |data: &[u8], field: &str| {
+        TagFields::decode(data).and_then(|f| f.get(field).map(str::to_owned))
+    };
     for (record, entries) in &records {
         if entries.iter().any(|e| e.stamp.is_none()) {
             continue;
         }
         let Some(last) = entries.last() else { continue };
-        if last.change_type == ChangeType::Delete {
-            continue;
-        }
-        let Some(now) = TagFields::decode(&last.data) else { continue };
+        let now: Option<TagFields> = match last.change_type {
+            ChangeType::Delete => None,
+            _ => match TagFields::decode(&last.data) {
+                Some(f) => Some(f),
+                None => continue,
+            },
+        };
         for field in TOKEN_FIELDS {
-            // since the last delete: the record's writes of this field
-            let since = entries.iter().rposition(|e| e.change_type == ChangeType::Delete);
-            let mut best: Option<(Hlc, Option<String>, String)> = None;
-            for e in &entries[since.map_or(0, |i| i + 1)..] {
+            let mut best: Option<(Hlc, Option<Option<String>>, String)> = None;
+            let mut offer = |hlc: Hlc, value: Option<Option<String>>, from: String| {
+                if best.as_ref().is_none_or(|b| hlc > b.0) {
+                    best = Some((hlc, value, from));
+                }
+            };
+            for e in entries {
                 let Some(stamp) = &e.stamp else { continue };
-                if !sets(e, field) {
+                if !writes(e, field) {
                     continue;
                 }
-                let value =
-                    TagFields::decode(&e.data).and_then(|f| f.get(field).map(str::to_owned));
-                if best.as_ref().is_none_or(|b| stamp.hlc > b.0) {
-                    best = Some((stamp.hlc, value, format!("entry {}", e.sequence)));
-                }
+                let value = match e.change_type {
+                    ChangeType::Delete => None,
+                    _ => Some(value_in(&e.data, field)),
+                };
+                offer(stamp.hlc, value, format!("entry {}", e.sequence));
             }
             for c in against.get(record).into_iter().flatten() {
-                if !c.fields.iter().any(|f| f == field) {
-                    continue;
-                }
-                let value =
-                    TagFields::decode(&c.proposed).and_then(|f| f.get(field).map(str::to_owned));
-                if best.as_ref().is_none_or(|b| c.proposed_hlc > b.0) {
-                    best = Some((c.proposed_hlc, value, format!("conflict {}", c.id)));
-                }
+                let value = match c.change_type.as_str() {
+                    // a delete decided against an edit concerns the whole record: it loses to
+                    // a later write of any field, which a field's history alone does not say
+                    "delete" => continue,
+                    // the whole record (against a delete) or the fields it names
+                    _ if c.fields.is_empty() || c.fields.iter().any(|f| f == field) => {
+                        Some(value_in(&c.proposed, field))
+                    }
+                    _ => continue,
+                };
+                offer(c.proposed_hlc, value, format!("conflict {}", c.id));
             }
             let Some((hlc, value, from)) = best else { continue };
-            let holds = now.get(field).map(str::to_owned);
+            let holds = now.as_ref().map(|f| f.get(field).map(str::to_owned));
             if holds != value {
                 // the field's history, for the report: entry, version, timestamp, fields, value
                 let history: Vec<String> = entries
                     .iter()
-                    .filter(|e| sets(e, field))
+                    .filter(|e| writes(e, field))
                     .map(|e| {
                         let stamp = e.stamp.as_ref();
+                        let value = match e.change_type {
+                            ChangeType::Delete => "deleted".to_owned(),
+                            _ => format!("{:?}", value_in(&e.data, field)),
+                        };
                         format!(
-                            "#{} v{} {} {:?} {:?}",
+                            "#{} v{} {} {:?} {value}",
                             e.sequence,
                             e.version,
                             stamp.map_or("-".into(), |s| s.hlc.to_string()),
                             stamp.map(|s| s.fields.clone()).unwrap_or_default(),
-                            TagFields::decode(&e.data)
-                                .and_then(|f| f.get(field).map(str::to_owned))
                         )
                     })
                     .collect();
+                let show = |v: &Option<Option<String>>| match v {
+                    None => "nothing (deleted)".to_owned(),
+                    Some(v) => format!("{v:?}"),
+                };
                 failures.push(format!(
-                    "last writer wins: tag {record:?} field {field} holds {holds:?}, but the \
-                     latest write of it is {value:?} ({from}, at {hlc}); its writes: {}",
+                    "last writer wins: tag {record:?} field {field} holds {}, but the latest \
+                     write of it is {} ({from}, at {hlc}); its writes: {}",
+                    show(&holds),
+                    show(&value),
                     history.join("; ")
                 ));
             }
@@ -568,27 +618,17 @@ pub fn last_writer_wins(log: &[SyncLogEntry]) -> Vec<String> {
 /// concurrently: each field it names was set on that record, by an entry of another device
 /// than the change's (by timestamp) at a version after the base and up to the version at the
 /// decision, or, if the stored value was kept, by an entry up to that version with a later
-/// timestamp than the change's (a write its device never saw); a
-/// conflict at version 0 follows a Delete of its record (an edit of a deleted record); a field it
-/// says the change took has an older timestamp there than the change's, one it says was kept
-/// a later one. Returns one failure per broken rule.
+/// timestamp than the change's (a write its device never saw); a conflict at version 0 follows
+/// a Delete of its record ([`deleted_since`]); a field it says the change took has an older
+/// timestamp there than the change's, one it says was kept a later one. Returns one failure
+/// per broken rule.
 pub fn conflicts_are_real(log: &[SyncLogEntry]) -> Vec<String> {
     let mut failures = Vec::new();
     for (i, e) in log.iter().enumerate() {
         let Some(c) = conflict_of(e) else { continue };
         let id = &c.id;
         if c.current_version == 0 {
-            // an edit of a record deleted since: the log deleted it before the decision
-            let deleted = log[..i]
-                .iter()
-                .rev()
-                .find(|x| x.model_type == c.model_type && x.record_id == c.record_id);
-            if !deleted.is_some_and(|x| x.change_type == lsync_protocol::ChangeType::Delete) {
-                failures.push(format!(
-                    "conflict {id} (entry {}) says {} {:?} was deleted, but it was not",
-                    e.sequence, c.model_type, c.record_id
-                ));
-            }
+            failures.extend(deleted_since(log, i, &c));
             continue;
         }
         // (its base may name a version of another history — a log that lost its tail — so
@@ -639,6 +679,79 @@ pub fn conflicts_are_real(log: &[SyncLogEntry]) -> Vec<String> {
                 failures.push(format!("conflict {id} lists {f} as kept or taken, not in conflict"));
             }
         }
+    }
+    failures
+}
+
+/// The rules of conflict `c`, entry `i` of `log`, decided against a deleted record (version 0,
+/// nothing stored): the log deleted the record before the decision (its last entry before,
+/// the change's own re-creation aside, is a Delete), the very delete the record names (its
+/// timestamp, if it names one); and for an Insert or Update (decided against the delete's
+/// marker), the delete is one the change did not see — after its base, or later than it — and
+/// the later of the two won: kept deleted (`stored`, `rejected`) if the delete is the later,
+/// re-created by the change (`change`) if not. (A patch never re-creates: the delete wins it.)
+fn deleted_since(log: &[SyncLogEntry], i: usize, c: &Conflict) -> Vec<String> {
+    let mut failures = Vec::new();
+    let (id, sequence) = (&c.id, log[i].sequence);
+    let what = format!("{} {:?}", c.model_type, c.record_id);
+    let own = |x: &SyncLogEntry| {
+        x.proposal_id == Some(c.proposal_id) && x.change_type == ChangeType::Insert
+    };
+    let of_record: Vec<&SyncLogEntry> = log[..i]
+        .iter()
+        .filter(|x| x.model_type == c.model_type && x.record_id == c.record_id)
+        .collect();
+    let last = of_record.iter().rev().find(|x| !own(x));
+    let Some(delete) = last.filter(|x| x.change_type == ChangeType::Delete) else {
+        failures.push(format!(
+            "conflict {id} (entry {sequence}) says {what} was deleted, but it was not"
+        ));
+        return failures;
+    };
+    let deleted_at = delete.stamp.as_ref().map(|s| s.hlc);
+    if c.stored_hlc.is_some() && c.stored_hlc != deleted_at {
+        failures.push(format!(
+            "conflict {id} (entry {sequence}) names a delete of {what} at {:?}, but its delete \
+             (entry {}) is at {deleted_at:?}",
+            c.stored_hlc, delete.sequence
+        ));
+    }
+    if c.change_type == "patch" {
+        return failures;
+    }
+    let Some(deleted_at) = deleted_at else {
+        failures.push(format!(
+            "conflict {id} (entry {sequence}) decides an {} against the unstamped delete of \
+             {what} (entry {}): it left no marker",
+            c.change_type, delete.sequence
+        ));
+        return failures;
+    };
+    let unseen =
+        (c.base_version > 0 && c.base_version < delete.version) || deleted_at > c.proposed_hlc;
+    if !unseen {
+        failures.push(format!(
+            "conflict {id} (entry {sequence}): its change (based on version {}, at {}) saw the \
+             delete of {what} (entry {}, version {}, at {deleted_at}): no conflict",
+            c.base_version, c.proposed_hlc, delete.sequence, delete.version
+        ));
+    }
+    let re_created = of_record.iter().any(|x| own(x) && x.sequence > delete.sequence);
+    let later = c.proposed_hlc > deleted_at;
+    let right = match c.outcome {
+        lsync_storage::ConflictOutcome::Change => later && re_created,
+        lsync_storage::ConflictOutcome::Stored => !later && !re_created,
+        lsync_storage::ConflictOutcome::Rejected => !re_created,
+        lsync_storage::ConflictOutcome::Mixed => false,
+    };
+    if !right {
+        failures.push(format!(
+            "conflict {id} (entry {sequence}) says {:?} against the delete of {what} at \
+             {deleted_at}, but the change is at {} and {} the record",
+            c.outcome,
+            c.proposed_hlc,
+            if re_created { "re-created" } else { "did not re-create" }
+        ));
     }
     failures
 }
@@ -812,6 +925,122 @@ mod tests {
         // (and the color it says was kept is older than the change's: A's whole write at t=5)
         assert!(failures[1].contains("was kept"), "{failures:?}");
         assert!(conflicts_are_real(&log[..2]).is_empty());
+    }
+
+    /// A stamped Delete of tag `r2` at `version`, made at `ms` on `device`.
+    fn deleted(sequence: u64, version: i64, (ms, device): (u64, Uuid)) -> SyncLogEntry {
+        let mut e = stamped(sequence, version, ("", ""), &[], (ms, device));
+        e.change_type = ChangeType::Delete;
+        e.data = Vec::new();
+        e
+    }
+
+    /// The proposal of the whole-record updates of `r2` decided against its delete.
+    const UPDATE: Uuid = Uuid::from_u128(7);
+
+    /// The entry recording A's update of the whole `r2` (both fields `value`, made at `ms`,
+    /// based on version `base`, proposal [`UPDATE`]) decided against the delete made at
+    /// `deleted`: `outcome`.
+    fn against_delete(
+        sequence: u64,
+        value: &str,
+        (base, ms): (i64, u64),
+        deleted: Hlc,
+        outcome: ConflictOutcome,
+    ) -> SyncLogEntry {
+        let tag = Tag { id: "r2".into(), name: value.into(), color: Some(value.into()) };
+        let c = Conflict {
+            id: format!("p:{sequence}"),
+            model_type: "tag".into(),
+            record_id: "r2".into(),
+            policy: ConflictPolicy::LastWriterWins,
+            outcome,
+            fields: vec![],
+            kept: vec![],
+            taken: vec![],
+            change_type: "update".into(),
+            base_version: base,
+            current_version: 0,
+            stored: Vec::new(),
+            stored_hlc: Some(deleted),
+            proposed: lsync_storage::encode(&tag),
+            proposed_hlc: hlc(ms, A),
+            origin_device: A,
+            proposal_id: UPDATE,
+            decided_at_ms: 0,
+        };
+        let change = Change::insert(&c);
+        let mut e = entry(sequence, "");
+        e.model_type = change.model_type;
+        e.record_id = change.record_id;
+        e.data = change.data;
+        e
+    }
+
+    /// A creates r2 (op-1.0, t=5); B deletes it (t=20, version 2).
+    fn created_and_deleted() -> Vec<SyncLogEntry> {
+        vec![stamped(1, 1, ("op-1.0", "op-1.0"), &[], (5, A)), deleted(2, 2, (20, B))]
+    }
+
+    #[test]
+    fn an_update_older_than_a_delete_is_decided_away_and_the_record_stays_deleted() {
+        let mut log = created_and_deleted();
+        log.push(against_delete(3, "op-3.0", (1, 10), hlc(20, B), ConflictOutcome::Stored));
+        assert_eq!(last_writer_wins(&log), Vec::<String>::new());
+        assert_eq!(conflicts_are_real(&log), Vec::<String>::new());
+        let mut o = Oracle::default();
+        let part = Part { record: "r2".into(), field: None };
+        let w = o.record(0, UPDATE, vec!["op-3.0".into()], vec![part], false);
+        o.stamped("op-3.0", hlc(10, A));
+        let conflicts = BTreeMap::new();
+        assert!(o.decided_away(&o.writes()[w], 0, &log, &conflicts), "the delete wrote it later");
+    }
+
+    #[test]
+    fn an_older_update_that_re_created_a_deleted_record_breaks_last_writer_wins() {
+        let mut log = created_and_deleted();
+        log.push(stamped(3, 1, ("op-3.0", "op-3.0"), &[], (10, A)));
+        let failures = last_writer_wins(&log);
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(failures[0].contains("latest write of it is nothing (deleted)"), "{failures:?}");
+    }
+
+    #[test]
+    fn a_later_update_re_creates_a_deleted_record_and_says_so() {
+        let mut log = created_and_deleted();
+        let mut recreated = stamped(3, 1, ("op-3.0", "op-3.0"), &[], (30, A));
+        recreated.proposal_id = Some(UPDATE);
+        log.push(recreated);
+        log.push(against_delete(4, "op-3.0", (1, 30), hlc(20, B), ConflictOutcome::Change));
+        assert_eq!(last_writer_wins(&log), Vec::<String>::new());
+        assert_eq!(conflicts_are_real(&log), Vec::<String>::new());
+        // the same conflict claiming the delete was kept: the record was re-created
+        log[3] = against_delete(4, "op-3.0", (1, 30), hlc(20, B), ConflictOutcome::Stored);
+        let wrong = conflicts_are_real(&log);
+        assert!(wrong.iter().any(|f| f.contains("re-created")), "{wrong:?}");
+    }
+
+    #[test]
+    fn a_record_left_deleted_against_a_later_update_breaks_last_writer_wins() {
+        let mut log = created_and_deleted();
+        log.push(against_delete(3, "op-3.0", (1, 30), hlc(20, B), ConflictOutcome::Stored));
+        let failures = last_writer_wins(&log);
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(failures[0].contains("holds nothing (deleted)"), "{failures:?}");
+        let wrong = conflicts_are_real(&log);
+        assert!(wrong.iter().any(|f| f.contains("did not re-create")), "{wrong:?}");
+    }
+
+    #[test]
+    fn a_re_creation_that_saw_the_delete_is_no_conflict() {
+        let mut log = created_and_deleted();
+        let mut recreated = stamped(3, 1, ("op-3.0", "op-3.0"), &[], (30, A));
+        recreated.proposal_id = Some(UPDATE);
+        log.push(recreated);
+        // based on no record (it applied the delete) and later than it: not a conflict
+        log.push(against_delete(4, "op-3.0", (0, 30), hlc(20, B), ConflictOutcome::Change));
+        let wrong = conflicts_are_real(&log);
+        assert!(wrong.iter().any(|f| f.contains("saw the delete")), "{wrong:?}");
     }
 
     fn entry(sequence: u64, name: &str) -> SyncLogEntry {

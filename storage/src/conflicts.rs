@@ -12,6 +12,10 @@
 //! with the later timestamp (ties broken by device id), whatever the order in which the leader
 //! sequences them; `reject` refuses the change (the writer's view rolls back). Either way a
 //! [`Conflict`] is committed with both values.
+//!
+//! A delete is a write too: a stamped Delete leaves a deletion marker in the field clock, and
+//! an Insert or Update that would re-create the record, made without seeing the delete, is
+//! decided against it ([`decide_deleted`]): the later of the two wins the whole record.
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -94,7 +98,8 @@ pub struct Conflict {
     /// What won.
     pub outcome: ConflictOutcome,
     /// The fields in conflict (set by the change and by another device since its base; empty
-    /// for a Delete, which concerns the whole record).
+    /// when the whole record is: a Delete against an edit, or an Insert or Update against a
+    /// delete).
     pub fields: Vec<String>,
     /// Of `fields`, those whose stored value was kept.
     pub kept: Vec<String>,
@@ -104,12 +109,14 @@ pub struct Conflict {
     pub change_type: String,
     /// The version the change was based on.
     pub base_version: i64,
-    /// The record's version when the leader decided.
+    /// The record's version when the leader decided; 0 if it was deleted (with `stored`
+    /// empty: the stored side is a deletion).
     pub current_version: i64,
-    /// The record as stored then (its data, MessagePack).
+    /// The record as stored then (its data, MessagePack); empty if it was deleted.
     #[serde(with = "serde_bytes")]
     pub stored: Vec<u8>,
-    /// The latest timestamp of the fields in conflict, as stored then.
+    /// The latest timestamp of the fields in conflict, as stored then; for a deleted record,
+    /// the delete's (its deletion marker's), `None` if it had none.
     pub stored_hlc: Option<Hlc>,
     /// The change's data (the record, or for a patch the fields it set; empty for a Delete).
     #[serde(with = "serde_bytes")]
@@ -251,6 +258,30 @@ pub(crate) fn decide(
     };
     let report = (!fields.is_empty()).then_some((fields, kept, taken));
     (decision, report)
+}
+
+/// The leader's decision on an Insert or Update with timestamp `hlc` of a record that does not
+/// exist and whose deletion marker is `marker` (the version and timestamp of the stamped Delete
+/// that removed it): the decision of [`decide`] on the record as a whole, as if the delete had
+/// written every field. The change saw the delete — no conflict — if its device held no such
+/// record (`base` 0: it applied the delete, a deliberate re-creation), or a version at or after
+/// the delete's, or had no base, and the delete's timestamp is not later than its own;
+/// otherwise it is in conflict: `last_writer_wins` re-creates the record if the change is the
+/// later (`Apply`) and keeps it deleted if not (`Drop`), `reject` refuses it; a device's own
+/// later delete wins without asking the policy. What to record is as for [`decide`] (no field:
+/// the whole record). Pure.
+pub(crate) fn decide_deleted(
+    policy: ConflictPolicy,
+    marker: crate::field_clock::FieldStamp,
+    base: Option<i64>,
+    hlc: Hlc,
+) -> (Decision, Option<Report>) {
+    let clock = RecordClock { whole: marker, fields: Vec::new(), deleted: true };
+    let base = match base {
+        Some(b) if b > 0 && b < marker.version => b,
+        _ => marker.version,
+    };
+    decide(policy, &[], &clock, base, hlc)
 }
 
 /// The outcome a conflict reports for `decision` with `kept` and `taken` fields.
@@ -419,6 +450,7 @@ mod tests {
         RecordClock {
             whole: FieldStamp { version: 3, hlc: Some(hlc(10, A)) },
             fields: vec![("color".into(), FieldStamp { version: 4, hlc: Some(hlc(20, B)) })],
+            deleted: false,
         }
     }
 
@@ -506,11 +538,64 @@ mod tests {
 
     #[test]
     fn a_field_without_a_timestamp_loses_to_a_stamped_change() {
-        let unstamped = RecordClock { whole: FieldStamp { version: 5, hlc: None }, fields: vec![] };
+        let unstamped = RecordClock {
+            whole: FieldStamp { version: 5, hlc: None },
+            fields: vec![],
+            deleted: false,
+        };
         let d =
             decide(ConflictPolicy::LastWriterWins, &fields(&["name"]), &unstamped, 3, hlc(1, A));
         assert_eq!(d.0, Decision::Apply);
         assert!(d.1.is_some(), "still a conflict: set since the base by an unknown device");
+    }
+
+    /// Deleted by B at version 4, t=20.
+    const DELETE: FieldStamp =
+        FieldStamp { version: 4, hlc: Some(Hlc { physical_ms: 20, counter: 0, device: B }) };
+
+    fn whole() -> Option<Report> {
+        Some((vec![], vec![], vec![]))
+    }
+
+    #[test]
+    fn an_update_older_than_a_delete_it_never_saw_is_dropped() {
+        let d = decide_deleted(ConflictPolicy::LastWriterWins, DELETE, Some(3), hlc(15, A));
+        assert_eq!(d, (Decision::Drop, whole()));
+    }
+
+    #[test]
+    fn an_update_later_than_a_delete_it_never_saw_re_creates_the_record() {
+        let d = decide_deleted(ConflictPolicy::LastWriterWins, DELETE, Some(3), hlc(25, A));
+        assert_eq!(d, (Decision::Apply, whole()));
+    }
+
+    #[test]
+    fn reject_refuses_an_update_of_a_record_another_device_deleted_since() {
+        let d = decide_deleted(ConflictPolicy::Reject, DELETE, Some(3), hlc(25, A));
+        assert_eq!(d, (Decision::Reject, whole()));
+    }
+
+    #[test]
+    fn a_re_creation_by_a_device_that_saw_the_delete_is_no_conflict() {
+        // it held no such record (base 0) and its clock passed the delete's timestamp
+        let d = decide_deleted(ConflictPolicy::Reject, DELETE, Some(0), hlc(25, A));
+        assert_eq!(d, (Decision::Apply, None));
+        let at_the_delete = decide_deleted(ConflictPolicy::Reject, DELETE, Some(4), hlc(25, A));
+        assert_eq!(at_the_delete, (Decision::Apply, None));
+    }
+
+    #[test]
+    fn a_delete_later_than_the_change_is_in_play_whatever_its_base() {
+        // base 0, but the delete's timestamp is later: a write its device never saw
+        let d = decide_deleted(ConflictPolicy::LastWriterWins, DELETE, Some(0), hlc(15, A));
+        assert_eq!(d, (Decision::Drop, whole()));
+    }
+
+    #[test]
+    fn a_devices_own_later_delete_wins_over_its_older_update_without_reject() {
+        let own = FieldStamp { hlc: Some(hlc(20, A)), ..DELETE };
+        let d = decide_deleted(ConflictPolicy::Reject, own, Some(3), hlc(15, A));
+        assert_eq!(d, (Decision::Drop, whole()));
     }
 
     #[test]

@@ -8,6 +8,14 @@
 //! without a timestamp (entries written before stamps, or by a library below feature version
 //! 3). Rows are written in the transaction that applies the entries, and cleared with the
 //! model tables.
+//!
+//! A stamped Delete leaves a **deletion marker** (a tombstone): the row of the deleted record
+//! keeps the version and timestamp of the delete, flagged `deleted`, so that a change made
+//! before the delete and arriving after it is decided against the delete like against any
+//! write ([`crate::conflicts`]). A marker is replaced by the clock of the next write of its
+//! record (its re-creation) and removed by an unstamped one, and cleared with the tables; it
+//! is otherwise kept — one row per deleted record, never more than the Delete entries the log
+//! itself holds (docs/architecture.md, "Conflicts").
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -35,6 +43,9 @@ pub struct RecordClock {
     pub whole: FieldStamp,
     /// Fields set since, by name.
     pub fields: Vec<(String, FieldStamp)>,
+    /// A deletion marker: the record was deleted by the write `whole` (a stamped Delete, at
+    /// its version and timestamp); `fields` is empty.
+    pub deleted: bool,
 }
 
 impl RecordClock {
@@ -60,26 +71,56 @@ pub(crate) const DDL: &str = "CREATE TABLE IF NOT EXISTS field_clock (
     version BIGINT NOT NULL,
     hlc BLOB,
     fields BLOB,
+    deleted BOOLEAN NOT NULL DEFAULT 0,
     PRIMARY KEY (model_type, record_id)
 )";
 
-type Row = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+type Row = (i64, Option<Vec<u8>>, Option<Vec<u8>>, bool);
 
-/// The clock of record `record_id` of `model_type`, whose current version is `version`.
+fn find(conn: &mut SqliteConnection, model_type: &str, record_id: &str) -> Result<Option<Row>> {
+    Ok(field_clock::table
+        .find((model_type, record_id))
+        .select((field_clock::version, field_clock::hlc, field_clock::fields, field_clock::deleted))
+        .get_result::<Row>(conn)
+        .optional()?)
+}
+
+/// The clock of record `record_id` of `model_type`, which exists at version `version`. (A
+/// deletion marker left of an earlier life of the record is not its clock: every field was
+/// then last set at `version`, without a timestamp.)
 pub(crate) fn load(
     conn: &mut SqliteConnection,
     model_type: &str,
     record_id: &str,
     version: i64,
 ) -> Result<RecordClock> {
-    let row = field_clock::table
-        .find((model_type, record_id))
-        .select((field_clock::version, field_clock::hlc, field_clock::fields))
-        .get_result::<Row>(conn)
-        .optional()?;
-    match row {
-        None => Ok(RecordClock { whole: FieldStamp { version, hlc: None }, fields: Vec::new() }),
-        Some(row) => decode_row(model_type, record_id, row),
+    let unstamped = || RecordClock {
+        whole: FieldStamp { version, hlc: None },
+        fields: Vec::new(),
+        deleted: false,
+    };
+    match find(conn, model_type, record_id)? {
+        None => Ok(unstamped()),
+        Some(row) => {
+            let clock = decode_row(model_type, record_id, row)?;
+            Ok(if clock.deleted { unstamped() } else { clock })
+        }
+    }
+}
+
+/// The deletion marker of record `record_id` of `model_type`, which does not exist: the
+/// version and timestamp of the stamped Delete that removed it, if it has one.
+pub(crate) fn marker(
+    conn: &mut SqliteConnection,
+    model_type: &str,
+    record_id: &str,
+) -> Result<Option<FieldStamp>> {
+    match find(conn, model_type, record_id)? {
+        None => Ok(None),
+        Some(row) => {
+            let clock = decode_row(model_type, record_id, row)?;
+            Ok(clock.deleted.then_some(clock.whole))
+        }
     }
 }
 
@@ -88,7 +129,7 @@ fn corrupt(model_type: &str, record_id: &str, what: impl std::fmt::Display) -> S
 }
 
 fn decode_row(model_type: &str, record_id: &str, row: Row) -> Result<RecordClock> {
-    let (version, hlc, fields) = row;
+    let (version, hlc, fields, deleted) = row;
     let hlc = hlc
         .map(|b| Hlc::from_bytes(&b).ok_or_else(|| corrupt(model_type, record_id, "hlc")))
         .transpose()?;
@@ -110,7 +151,7 @@ fn decode_row(model_type: &str, record_id: &str, row: Row) -> Result<RecordClock
                 .collect::<Result<Vec<_>>>()?
         }
     };
-    Ok(RecordClock { whole: FieldStamp { version, hlc }, fields })
+    Ok(RecordClock { whole: FieldStamp { version, hlc }, fields, deleted })
 }
 
 fn store(
@@ -136,6 +177,7 @@ fn store(
             field_clock::version.eq(clock.whole.version),
             field_clock::hlc.eq(clock.whole.hlc.map(|h| h.to_bytes().to_vec())),
             field_clock::fields.eq(fields),
+            field_clock::deleted.eq(clock.deleted),
         ))
         .execute(conn)?;
     Ok(())
@@ -148,8 +190,9 @@ fn forget(conn: &mut SqliteConnection, model_type: &str, record_id: &str) -> Res
 
 /// Takes in `entries` (in log order, just applied to the model tables): each Insert, Update
 /// and Delete of a host model sets the clock of its record — a whole-record write with a stamp
-/// replaces it, a field-level one (a stamp naming fields) sets those fields, one without a
-/// stamp or a Delete removes it. Returns the latest timestamp the entries carried.
+/// replaces it (a deletion marker included), a field-level one (a stamp naming fields) sets
+/// those fields, a Delete with a stamp leaves a deletion marker, and any entry without a stamp
+/// removes it. Returns the latest timestamp the entries carried.
 pub(crate) fn record(conn: &mut SqliteConnection, entries: &[SyncLogEntry]) -> Result<Option<Hlc>> {
     let mut latest: Option<Hlc> = None;
     for entry in entries {
@@ -161,18 +204,15 @@ pub(crate) fn record(conn: &mut SqliteConnection, entries: &[SyncLogEntry]) -> R
             continue;
         }
         let (model_type, record_id) = (entry.model_type.as_str(), entry.record_id.as_str());
-        let stamp = match (&entry.stamp, entry.change_type) {
-            (Some(stamp), ChangeType::Insert | ChangeType::Update) => stamp,
-            (stamp, _) => {
-                latest = latest.max(stamp.as_ref().map(|s| s.hlc));
-                forget(conn, model_type, record_id)?;
-                continue;
-            }
+        let Some(stamp) = &entry.stamp else {
+            forget(conn, model_type, record_id)?;
+            continue;
         };
         latest = latest.max(Some(stamp.hlc));
         let now = FieldStamp { version: entry.version, hlc: Some(stamp.hlc) };
-        let clock = if stamp.fields.is_empty() {
-            RecordClock { whole: now, fields: Vec::new() }
+        let deleted = entry.change_type == ChangeType::Delete;
+        let clock = if deleted || stamp.fields.is_empty() {
+            RecordClock { whole: now, fields: Vec::new(), deleted }
         } else {
             let before = entry.version.saturating_sub(1);
             let mut clock = load(conn, model_type, record_id, before)?;
@@ -195,9 +235,9 @@ pub(crate) fn clear(conn: &mut SqliteConnection) -> Result<()> {
     Ok(())
 }
 
-/// Every row, in key order, as (model type, record id, clock): what `lsync verify` compares
-/// with the replay of the log.
-pub(crate) fn all(conn: &mut SqliteConnection) -> Result<Vec<(String, String, RecordClock)>> {
+/// Every row, in key order, as (model type, record id, clock), deletion markers included:
+/// what `lsync verify` compares with the replay of the log.
+pub fn all(conn: &mut SqliteConnection) -> Result<Vec<(String, String, RecordClock)>> {
     let rows = field_clock::table
         .select((
             field_clock::model_type,
@@ -205,12 +245,13 @@ pub(crate) fn all(conn: &mut SqliteConnection) -> Result<Vec<(String, String, Re
             field_clock::version,
             field_clock::hlc,
             field_clock::fields,
+            field_clock::deleted,
         ))
         .order((field_clock::model_type.asc(), field_clock::record_id.asc()))
-        .load::<(String, String, i64, Option<Vec<u8>>, Option<Vec<u8>>)>(conn)?;
+        .load::<(String, String, i64, Option<Vec<u8>>, Option<Vec<u8>>, bool)>(conn)?;
     rows.into_iter()
-        .map(|(m, r, v, h, f)| {
-            let clock = decode_row(&m, &r, (v, h, f))?;
+        .map(|(m, r, v, h, f, d)| {
+            let clock = decode_row(&m, &r, (v, h, f, d))?;
             Ok((m, r, clock))
         })
         .collect()

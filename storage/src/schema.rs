@@ -26,6 +26,7 @@ diesel::table! {
         version -> BigInt,
         hlc -> Nullable<Binary>,
         fields -> Nullable<Binary>,
+        deleted -> Bool,
     }
 }
 

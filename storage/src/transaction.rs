@@ -196,7 +196,9 @@ impl TransactionManager {
     ///    - a Bulk change is committed as in [`TransactionManager::commit_bulk`];
     ///    - in a library at feature version 3, a change based on an older version than the
     ///      record's is decided by the model's conflict policy, and the conflict recorded
-    ///      (docs/architecture.md, "Conflicts"); `reject` refuses the whole proposal.
+    ///      (docs/architecture.md, "Conflicts"); `reject` refuses the whole proposal. So is an
+    ///      Insert or Update of a record a stamped Delete removed (its deletion marker) that was
+    ///      made without seeing the delete: it re-creates the record only if it is the later.
     ///
     ///    The changes are evaluated in order, each seeing the ones before it. The outcome's
     ///    range is that of the new entries; `last_synced_sequence` is set to the last one and a
@@ -733,7 +735,8 @@ pub(crate) type Indexed = (Change, bool);
 /// applies to it) as entries of `term`, each with its chain hash; sets `last_synced_sequence`
 /// if any entry was written. In a library at feature version 3 each Insert, Update and Delete
 /// entry gets a stamp (the change's timestamp, or one of this device's clock for a change
-/// without), and a proposed change based on an older version than the record's is checked for
+/// without), and a proposed change based on an older version than the record's, or re-creating
+/// a record deleted by a delete it did not see, is checked for
 /// conflicts (docs/architecture.md, "Conflicts"): resolved by the model's policy, each
 /// recorded as an entry of model `lsync.conflict` after the changes' entries. The caller holds
 /// the transaction.
@@ -806,11 +809,13 @@ fn write_changes(
             // base or later than it (conflicts::decide); one this leader stamps now is the
             // latest write of every field it sets.
             let made_elsewhere = change.hlc.is_some();
-            if let (Some(hlc), Some(now), Some(proposal), true, true) =
-                (hlc, stored, proposal_id, proposed, made_elsewhere)
-            {
-                let base = change.base_version.unwrap_or(now);
-                if change.change_type != ChangeType::Bulk {
+            // what was decided, and against what: (the record's version, deleted)
+            let mut decided: Option<(Decision, i64, i64, bool)> = None;
+            match (hlc, stored, proposal_id, proposed && made_elsewhere) {
+                (Some(hlc), Some(now), Some(proposal), true)
+                    if change.change_type != ChangeType::Bulk =>
+                {
+                    let base = change.base_version.unwrap_or(now);
                     let touched = match change.change_type {
                         ChangeType::Delete => Vec::new(),
                         _ => crate::fields::patch_fields(&change.data),
@@ -839,33 +844,74 @@ fn write_changes(
                             ..conflicts::Conflict::about(&change, about, policy)
                         });
                     }
-                    match decision {
-                        Decision::Apply => {}
-                        Decision::Reject => {
-                            let why = format!(
-                                "conflict: {} {:?} is at version {now}, this change was based \
-                                 on version {base} and sets fields another device changed \
-                                 since (policy reject)",
-                                change.model_type, change.record_id
-                            );
-                            return Ok(Written {
-                                entries: Vec::new(),
-                                changes: 0,
-                                prev,
-                                rejected: Some((why, recorded)),
+                    decided = Some((decision, now, base, false));
+                }
+                // A record deleted before this batch that the change would re-create: decided
+                // against the delete's marker, if it left one (a tombstone: a stamped Delete).
+                (Some(hlc), None, Some(proposal), true)
+                    if in_batch.is_none()
+                        && matches!(
+                            change.change_type,
+                            ChangeType::Insert | ChangeType::Update
+                        ) =>
+                {
+                    if let Some(marker) = crate::field_clock::marker(conn, &key.0, &key.1)? {
+                        let policy = registry.policy(&change.model_type);
+                        let (decision, report) =
+                            conflicts::decide_deleted(policy, marker, change.base_version, hlc);
+                        let base = change.base_version.unwrap_or(0);
+                        if report.is_some() {
+                            // the stored side is the deletion: no record, version 0, the
+                            // delete's timestamp; the whole record is in conflict
+                            let about = (proposal, origin, hlc, timestamp_ms);
+                            recorded.push(conflicts::Conflict {
+                                outcome: conflicts::outcome_of(&decision, &[], &[]),
+                                base_version: base,
+                                stored_hlc: marker.hlc,
+                                ..conflicts::Conflict::about(&change, about, policy)
                             });
                         }
-                        Decision::Drop => {
-                            tracing::info!(model_type = %change.model_type,
-                                record_id = %change.record_id, ?proposal_id,
-                                "change older than the stored values it conflicts with: not applied");
-                            continue;
-                        }
-                        Decision::Partial { taken } => {
-                            change.data = crate::fields::extract(&change.data, &taken)?;
-                            change.change_type = ChangeType::Patch;
-                            fields = taken;
-                        }
+                        decided = Some((decision, marker.version, base, true));
+                    }
+                }
+                _ => {}
+            }
+            if let Some((decision, version, base, deleted)) = decided {
+                match decision {
+                    Decision::Apply => {}
+                    Decision::Reject => {
+                        let why = if deleted {
+                            format!(
+                                "conflict: {} {:?} was deleted by another device at version \
+                                 {version}, after version {base} this change was based on \
+                                 (policy reject)",
+                                change.model_type, change.record_id
+                            )
+                        } else {
+                            format!(
+                                "conflict: {} {:?} is at version {version}, this change was \
+                                 based on version {base} and sets fields another device \
+                                 changed since (policy reject)",
+                                change.model_type, change.record_id
+                            )
+                        };
+                        return Ok(Written {
+                            entries: Vec::new(),
+                            changes: 0,
+                            prev,
+                            rejected: Some((why, recorded)),
+                        });
+                    }
+                    Decision::Drop => {
+                        tracing::info!(model_type = %change.model_type,
+                            record_id = %change.record_id, ?proposal_id, deleted,
+                            "change older than the stored values it conflicts with: not applied");
+                        continue;
+                    }
+                    Decision::Partial { taken } => {
+                        change.data = crate::fields::extract(&change.data, &taken)?;
+                        change.change_type = ChangeType::Patch;
+                        fields = taken;
                     }
                 }
             }
@@ -885,10 +931,16 @@ fn write_changes(
                             let fields = crate::fields::patch_fields(&change.data);
                             let about = (proposal, origin, hlc, timestamp_ms);
                             let policy = registry.policy(&change.model_type);
+                            // the delete's timestamp, if it left a marker (not one of this batch)
+                            let marker = match written.get(&key) {
+                                None => crate::field_clock::marker(conn, &key.0, &key.1)?,
+                                Some(_) => None,
+                            };
                             recorded.push(conflicts::Conflict {
                                 fields: fields.clone(),
                                 kept: fields,
                                 base_version: change.base_version.unwrap_or(0),
+                                stored_hlc: marker.and_then(|m| m.hlc),
                                 ..conflicts::Conflict::about(&change, about, policy)
                             });
                         }

@@ -222,8 +222,8 @@ pub fn create_previous_schema(path: &std::path::Path) -> SqliteConnection {
     for migration in std::fs::read_dir(&source).unwrap() {
         let migration = migration.unwrap();
         let name = migration.file_name().into_string().unwrap();
-        // the chain's and everything later that changes `sync_log`
-        if name.ends_with("_chain") || name.ends_with("_conflicts") {
+        // the chain's and everything later that changes `sync_log` (or builds on those)
+        if ["_chain", "_conflicts", "_tombstones"].iter().any(|m| name.ends_with(m)) {
             continue;
         }
         let target = dir.path().join(&name);

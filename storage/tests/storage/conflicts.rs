@@ -2,10 +2,13 @@
 //! record that sets a field another device set since is decided by the model's policy —
 //! last-writer-wins by the timestamp each change got where it was made, not by the order the
 //! leader sequences them, or reject — and recorded in the log (model `lsync.conflict`) on every
-//! device.
+//! device. A delete is such a write: a stamped Delete leaves a deletion marker in the field
+//! clock, and an Insert or Update that would re-create the record without having seen the
+//! delete is decided against it.
 
 use lsync_protocol::{ChangeType, Configuration, Hlc, Member, MemberRole, SyncRole};
 use lsync_storage::conflicts::{self, CONFLICT_MODEL_TYPE};
+use lsync_storage::field_clock::{self, FieldStamp, RecordClock};
 use lsync_storage::{
     decode, verify, Applier, Change, ConflictOutcome, ConflictPolicy, Database, ModelHandler,
     ModelRegistry, StorageError, Tag, TagHandler, TransactionManager,
@@ -317,4 +320,179 @@ fn below_feature_version_3_nothing_is_stamped_and_leader_order_decides() {
     assert_eq!(out.entries[0].stamp, None);
     assert_eq!(shown(&l.db).color.as_deref(), Some("#ff0000"), "the last sequenced wins");
     assert_eq!(recorded(&l.db), vec![]);
+}
+
+/// Tag `t1` as `db` shows it, if it exists.
+fn found(db: &Database) -> Option<Tag> {
+    let stored = db.with_reader(|conn| TagHandler.load(conn, "t1")).unwrap();
+    stored.map(|s| decode::<Tag>(&s.data).unwrap())
+}
+
+/// `device`'s delete of `t1` made at `hlc`, based on version 1.
+fn delete_t1(hlc: Hlc) -> Change {
+    Change { hlc: Some(hlc), base_version: Some(1), ..Change::delete::<Tag>("t1") }
+}
+
+/// An update of the whole `t1` (named `name`) made at `hlc`, based on version `base`.
+fn rewrite(name: &str, base: i64, hlc: Hlc) -> Change {
+    Change { hlc: Some(hlc), base_version: Some(base), ..Change::update(&tag("t1", name)) }
+}
+
+/// b deletes `t1` (version 2) at 1000 ms past now; returns the delete's timestamp.
+fn deleted_by_b(l: &Leader, b: &Applier) -> Hlc {
+    let hlc = at(device(b.database()), 1000);
+    l.tm.commit_proposal(Uuid::new_v4(), device(b.database()), vec![delete_t1(hlc)]).unwrap();
+    assert_eq!(found(&l.db), None);
+    hlc
+}
+
+fn clocks(db: &Database) -> Vec<(String, String, RecordClock)> {
+    db.with_reader(field_clock::all).unwrap()
+}
+
+#[test]
+fn an_update_older_than_a_delete_it_never_saw_leaves_the_record_deleted() {
+    let dir = TempDir::new().unwrap();
+    let (l, a, b) = library(&dir, registry(false));
+    let deleted = deleted_by_b(&l, &b);
+    // a rewrote t1 before b deleted it (an older timestamp), based on version 1; it arrives
+    // after the delete
+    let (pa, older) = (Uuid::new_v4(), at(device(a.database()), 0));
+    let out =
+        l.tm.commit_proposal(pa, device(a.database()), vec![rewrite("older", 1, older)]).unwrap();
+    assert_eq!(found(&l.db), None, "the later delete wins: t1 stays deleted");
+    assert!(out.entries.iter().all(|e| e.model_type == CONFLICT_MODEL_TYPE), "{out:?}");
+
+    let c = recorded(&l.db);
+    assert_eq!(c.len(), 1, "{c:?}");
+    let c = &c[0];
+    assert_eq!((c.policy, c.outcome), (ConflictPolicy::LastWriterWins, ConflictOutcome::Stored));
+    assert_eq!((c.change_type.as_str(), c.fields.clone()), ("update", vec![]), "the whole record");
+    assert_eq!((c.base_version, c.current_version, c.stored.clone()), (1, 0, vec![]), "deleted");
+    assert_eq!((c.stored_hlc, c.proposed_hlc), (Some(deleted), older), "both timestamps");
+    assert_eq!(c.proposed, rewrite("older", 1, older).data);
+    assert_eq!((c.origin_device, c.proposal_id), (device(a.database()), pa));
+    identical_and_verified(&l, &[&a, &b]);
+    assert_eq!(found(a.database()), None);
+}
+
+#[test]
+fn an_update_later_than_a_delete_it_never_saw_re_creates_the_record() {
+    let dir = TempDir::new().unwrap();
+    let (l, a, b) = library(&dir, registry(false));
+    let deleted = deleted_by_b(&l, &b);
+    let later = at(device(a.database()), 2000);
+    let out = l
+        .tm
+        .commit_proposal(Uuid::new_v4(), device(a.database()), vec![rewrite("later", 1, later)])
+        .unwrap();
+    assert_eq!(out.entries[0].change_type, lsync_protocol::ChangeType::Insert, "re-created");
+    assert_eq!(found(&l.db).map(|t| t.name).as_deref(), Some("later"));
+
+    let c = recorded(&l.db);
+    assert_eq!(c.len(), 1, "recorded although the update won: {c:?}");
+    assert_eq!(c[0].outcome, ConflictOutcome::Change);
+    assert_eq!((c[0].stored_hlc, c[0].proposed_hlc), (Some(deleted), later));
+    assert_eq!((c[0].current_version, c[0].stored.clone()), (0, vec![]));
+    identical_and_verified(&l, &[&a, &b]);
+    let marker_gone = clocks(&l.db);
+    assert_eq!(marker_gone.len(), 1);
+    assert!(!marker_gone[0].2.deleted, "the re-creation replaced the marker: {marker_gone:?}");
+}
+
+#[test]
+fn reject_refuses_an_update_of_a_record_another_device_deleted_since() {
+    let dir = TempDir::new().unwrap();
+    let mut policies = registry(false);
+    policies.set_policy("tag", ConflictPolicy::Reject);
+    let (l, a, b) = library(&dir, policies);
+    deleted_by_b(&l, &b);
+    let pa = Uuid::new_v4();
+    // later than the delete, but based on version 1: refused whatever its timestamp
+    let stale = vec![rewrite("later", 1, at(device(a.database()), 2000))];
+    let refused = l.tm.commit_proposal(pa, device(a.database()), stale.clone());
+    let Err(StorageError::InvalidChange(why)) = refused else { panic!("{refused:?}") };
+    assert!(why.starts_with("conflict:") && why.contains("deleted"), "{why}");
+    assert_eq!(found(&l.db), None, "still deleted");
+    assert!(l.tm.commit_proposal(pa, device(a.database()), stale).is_err(), "refused again");
+    let c = recorded(&l.db);
+    assert_eq!(c.len(), 1, "recorded once: {c:?}");
+    assert_eq!((c[0].policy, c[0].outcome), (ConflictPolicy::Reject, ConflictOutcome::Rejected));
+    identical_and_verified(&l, &[&a, &b]);
+}
+
+#[test]
+fn a_re_creation_based_on_the_deleted_record_is_no_conflict_even_under_reject() {
+    let dir = TempDir::new().unwrap();
+    let mut policies = registry(false);
+    policies.set_policy("tag", ConflictPolicy::Reject);
+    let (l, a, b) = library(&dir, policies);
+    deleted_by_b(&l, &b);
+    let a_id = device(a.database());
+    // based on the version before the delete: a conflict, refused
+    let stale = rewrite("again", 1, at(a_id, 2000));
+    assert!(l.tm.commit_proposal(Uuid::new_v4(), a_id, vec![stale]).is_err());
+    // a applied the delete (it holds no t1: base 0) and writes t1 again: no conflict
+    catch_up(&l.db, &a, 100);
+    let deliberate = rewrite("again", 0, at(a_id, 3000));
+    let out = l.tm.commit_proposal(Uuid::new_v4(), a_id, vec![deliberate]).unwrap();
+    assert_eq!(out.entries.len(), 1, "the Insert only, no conflict record: {out:?}");
+    assert_eq!(found(&l.db).map(|t| t.name).as_deref(), Some("again"));
+    let c = recorded(&l.db);
+    assert_eq!(c.len(), 1, "only the refused one: {c:?}");
+    assert_eq!(c[0].outcome, ConflictOutcome::Rejected);
+    identical_and_verified(&l, &[&a, &b]);
+}
+
+#[test]
+fn every_device_derives_the_deletion_marker_and_verify_checks_it() {
+    let dir = TempDir::new().unwrap();
+    let (l, a, b) = library(&dir, registry(false));
+    let deleted = deleted_by_b(&l, &b);
+    let marker = RecordClock {
+        whole: FieldStamp { version: 2, hlc: Some(deleted) },
+        fields: vec![],
+        deleted: true,
+    };
+    let expected = vec![("tag".to_owned(), "t1".to_owned(), marker)];
+    assert_eq!(clocks(&l.db), expected, "the delete's version and timestamp are kept");
+    identical_and_verified(&l, &[&a, &b]);
+    assert_eq!(clocks(a.database()), expected, "derived from the log on every device");
+    assert_eq!(clocks(b.database()), expected);
+
+    // a lost marker is a difference with the replay
+    use lsync_storage::diesel::{self, RunQueryDsl};
+    a.database()
+        .with_writer(|conn| {
+            diesel::sql_query("DELETE FROM field_clock").execute(conn)?;
+            Ok(())
+        })
+        .unwrap();
+    let report = verify(a.database().path(), a.database().registry()).unwrap();
+    let problems = format!("{:?}", report.problems);
+    assert!(!report.is_ok() && problems.contains("field_clock"), "{problems}");
+}
+
+#[test]
+fn below_feature_version_3_a_delete_leaves_no_marker_and_an_update_re_creates() {
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    l.tm.commit(Change::insert(&tag("t1", "one"))).unwrap();
+    l.tm.commit(Change::delete::<Tag>("t1")).unwrap();
+    let long_ago = Hlc { physical_ms: 1_000, counter: 0, device: Uuid::from_u128(1) };
+    let stale = rewrite("stale", 1, long_ago);
+    let out = l.tm.commit_proposal(Uuid::new_v4(), Uuid::from_u128(1), vec![stale]).unwrap();
+    assert_eq!(out.entries[0].change_type, lsync_protocol::ChangeType::Insert);
+    assert_eq!(found(&l.db).map(|t| t.name).as_deref(), Some("stale"), "as before: re-created");
+    assert_eq!((recorded(&l.db), clocks(&l.db)), (vec![], vec![]));
+
+    // from feature version 3 on, the same stale update after a delete is decided against it
+    l.tm.commit_config(&Configuration::new(3, vec![member(l.device_id)])).unwrap();
+    l.tm.commit(Change::delete::<Tag>("t1")).unwrap();
+    let stale = rewrite("stale", 1, long_ago);
+    l.tm.commit_proposal(Uuid::new_v4(), Uuid::from_u128(1), vec![stale]).unwrap();
+    assert_eq!(found(&l.db), None, "the delete is later");
+    assert_eq!(recorded(&l.db).len(), 1);
+    let report = verify(l.db.path(), l.db.registry()).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
 }

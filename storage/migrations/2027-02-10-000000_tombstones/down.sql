@@ -1,0 +1,2 @@
+DELETE FROM field_clock WHERE deleted;
+ALTER TABLE field_clock DROP COLUMN deleted;
