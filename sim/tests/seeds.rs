@@ -11,107 +11,13 @@ use lsync_sim::Options;
 /// The fault phase of CI's seeds (the binary's default is 20 s).
 const PHASE: Duration = Duration::from_secs(8);
 
-/// The open last-writer-wins defect (docs/testing.md, "Known defects"): at the end of the run a
-/// field holds a value whose timestamp is older than that of another committed write of it.
-const LWW: &str = "last-writer-wins: a field ends with an older timestamp's value (issue 18, open)";
-
-/// A write answered `Unresolved` that is missing with no later write of its fields to explain
-/// it (a lost write, or a decision the oracle cannot see; docs/testing.md, "Known defects").
-const MISSING: &str = "an unresolved write missing without a later write of its fields (open)";
-
-/// Seeds of CI's range that fail today on a defect that is open, with the defect. They are
-/// run and reported but kept out of the pass/fail until it is fixed (docs/testing.md, "Known
+/// Seeds of CI's range that fail today on a defect that is open, each with the defect. They
+/// are run and reported but kept out of the pass/fail until it is fixed (docs/testing.md, "Known
 /// defects"); a listed seed that passes is reported too (the defect may be fixed, or the seed's
-/// schedule moved off it: check before removing it from the list). Found by the field-level
-/// workload (issue 18) on the build of this list; every other seed of the range passes.
-const KNOWN: &[(u64, &str)] = &[
-    (7, LWW),
-    (41, LWW),
-    (62, LWW),
-    (76, LWW),
-    (83, LWW),
-    (90, LWW),
-    (98, LWW),
-    (104, LWW),
-    (112, LWW),
-    (153, LWW),
-    (156, LWW),
-    (162, LWW),
-    (171, LWW),
-    (178, LWW),
-    (189, LWW),
-    (195, LWW),
-    (212, LWW),
-    (229, LWW),
-    (244, LWW),
-    (245, LWW),
-    (249, LWW),
-    (252, LWW),
-    (255, LWW),
-    (278, LWW),
-    (283, LWW),
-    (329, LWW),
-    (353, LWW),
-    (357, LWW),
-    (361, LWW),
-    (368, LWW),
-    (384, LWW),
-    (387, LWW),
-    (389, LWW),
-    (401, LWW),
-    (414, LWW),
-    (421, LWW),
-    (433, LWW),
-    (439, LWW),
-    (459, LWW),
-    (460, LWW),
-    (463, LWW),
-    (476, LWW),
-    (483, LWW),
-    (485, LWW),
-    (490, LWW),
-    (504, LWW),
-    (506, LWW),
-    (528, LWW),
-    (535, LWW),
-    (536, LWW),
-    (558, LWW),
-    (570, LWW),
-    (580, LWW),
-    (582, LWW),
-    (599, LWW),
-    (613, LWW),
-    (631, LWW),
-    (643, LWW),
-    (677, LWW),
-    (705, LWW),
-    (717, MISSING),
-    (721, LWW),
-    (730, LWW),
-    (749, LWW),
-    (753, LWW),
-    (762, LWW),
-    (776, LWW),
-    (788, LWW),
-    (805, LWW),
-    (807, LWW),
-    (841, LWW),
-    (842, LWW),
-    (852, LWW),
-    (859, LWW),
-    (862, LWW),
-    (866, LWW),
-    (912, LWW),
-    (934, LWW),
-    (955, LWW),
-    (960, LWW),
-    (961, LWW),
-    (970, LWW),
-    (976, LWW),
-    (992, LWW),
-    (994, LWW),
-    (14900, LWW),
-];
+/// schedule moved off it: check before removing it from the list). Empty: every seed of the
+/// range passes (the last 85, listed for last-writer-wins and an unexplained missing write,
+/// pass since the fixes of issue 18).
+const KNOWN: &[(u64, &str)] = &[];
 
 /// Runs `seeds` and fails naming every failing seed with its first failure and replay command.
 fn run_seeds(seeds: impl IntoIterator<Item = (u64, Duration)>) {
@@ -149,25 +55,14 @@ fn run_options(options: impl IntoIterator<Item = Options>, known: &[(u64, &str)]
 }
 
 /// Seeds 1–60 with every fault kind (`--faults all`: power losses and restores of older copies
-/// too) that fail on an open defect (docs/testing.md, "Known defects"). The five listed before
-/// (16, 19, 20, 37, 45) pass since acknowledgements are durable (`synchronous = full` by
-/// default, a follower's batch fsynced and under its mark before it is acknowledged); seed 13
-/// fails since local-first writes moved its schedule onto the defect seed 37 showed before.
-const KNOWN_ALL_FAULTS: &[(u64, &str)] = &[
-    (
-        13,
-        "liveness: the founder, restored to a copy from before the others joined, refuses the \
-         leader's messages as a non-member's and never catches up (the sole-voter case \
-         docs/architecture.md calls not automated yet)",
-    ),
-    (19, LWW),
-    (22, LWW),
-    (24, LWW),
-    (42, LWW),
-];
+/// too) that fail on an open defect (docs/testing.md, "Known defects"): none. The five listed
+/// first (16, 19, 20, 37, 45) pass since acknowledgements are durable (`synchronous = full` by
+/// default, a follower's batch fsynced and under its mark before it is acknowledged); the last
+/// (13, and four of last-writer-wins) pass since the fixes of issue 18.
+const KNOWN_ALL_FAULTS: &[(u64, &str)] = &[];
 
-/// Seeds 31–60 with every fault under `synchronous = normal` that fail on an open defect.
-const KNOWN_NORMAL: &[(u64, &str)] = &[(42, LWW)];
+/// Seeds 31–60 with every fault under `synchronous = normal` that fail on an open defect: none.
+const KNOWN_NORMAL: &[(u64, &str)] = &[];
 
 /// The first 60 seeds under every fault kind, power losses and restores included, with 8 s of
 /// faults, half the writes at the `majority` level (each checked at its answered sequences):
