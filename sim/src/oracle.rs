@@ -320,8 +320,9 @@ impl Oracle {
         }
     }
 
-    /// Whether change `k` of write `w`, missing from `log`, was decided away: every field it
-    /// sets was written on its record, in the log, by a change with a later timestamp — a
+    /// Whether change `k` of write `w`, missing from `log`, was decided away: a conflict record
+    /// names it, and every field it sets was written on its record, in the log, by a change
+    /// with a later timestamp — a
     /// delete writes every field — (its own timestamp as read back, else the one of the
     /// conflict record that names it); or it is a Patch whose conflict record says its record
     /// was deleted (a patch never re-creates a record: the delete wins it, whatever the
@@ -334,12 +335,13 @@ impl Oracle {
         conflicts: &BTreeMap<String, Conflict>,
     ) -> bool {
         let part = &w.parts[k];
-        let conflict = conflicts.get(&w.names[k]);
-        if part.field.is_some() && conflict.is_some_and(against_deleted) {
+        // a change is always either in the log or in a conflict record (docs/architecture.md,
+        // "Conflicts"): one decided away without a record was lost, whatever came after it
+        let Some(conflict) = conflicts.get(&w.names[k]) else { return false };
+        if part.field.is_some() && against_deleted(conflict) {
             return true;
         }
-        let hlc = w.hlcs[k].or_else(|| conflict.map(|c| c.proposed_hlc));
-        let Some(hlc) = hlc else { return false };
+        let hlc = w.hlcs[k].unwrap_or(conflict.proposed_hlc);
         part.fields().iter().all(|f| {
             log.iter().any(|e| {
                 e.model_type == "tag"
@@ -868,6 +870,15 @@ mod tests {
     }
 
     #[test]
+    fn a_patch_missing_without_its_conflict_record_is_lost_though_a_later_write_came() {
+        let mut o = Oracle::default();
+        let mut log = concurrent_patches(&mut o);
+        log.pop(); // the conflict record that decided write 3 away
+        let all = o.check(&log).failures.join("\n");
+        assert!(all.contains("write 2") && all.contains("missing"), "{all}");
+    }
+
+    #[test]
     fn a_missing_patch_no_later_write_explains_fails() {
         let mut o = Oracle::default();
         let mut log = concurrent_patches(&mut o);
@@ -992,8 +1003,14 @@ mod tests {
         let part = Part { record: "r2".into(), field: None };
         let w = o.record(0, UPDATE, vec!["op-3.0".into()], vec![part], false);
         o.stamped("op-3.0", hlc(10, A));
-        let conflicts = BTreeMap::new();
+        let conflicts: BTreeMap<String, Conflict> = log
+            .iter()
+            .filter_map(conflict_of)
+            .filter_map(|c| Some((token_of_conflict(&c)?, c)))
+            .collect();
         assert!(o.decided_away(&o.writes()[w], 0, &log, &conflicts), "the delete wrote it later");
+        let recorded_nowhere = BTreeMap::new();
+        assert!(!o.decided_away(&o.writes()[w], 0, &log, &recorded_nowhere), "lost, not decided");
     }
 
     #[test]
