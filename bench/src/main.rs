@@ -106,6 +106,21 @@ enum Command {
         #[arg(long)]
         normal: bool,
     },
+    /// Only the cost of stamps and field clocks (issue 18), no network: a library pinned at
+    /// feature version 2 (no stamps) beside one at 3 — the leader's own inserts, update
+    /// proposals timestamped on another device (the conflict check), a follower's apply, and
+    /// the bytes per entry.
+    Stamps {
+        /// Inserts the leader commits itself, 1,000 per transaction.
+        #[arg(long, default_value_t = 100_000)]
+        entries: u64,
+        /// One-change update proposals from another device.
+        #[arg(long, default_value_t = 5_000)]
+        proposals: u64,
+        /// Rounds, each measuring both versions (in alternating order).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// (internal) The polling baseline in its own process.
     Poller {
         #[arg(long)]
@@ -139,6 +154,9 @@ fn main() -> anyhow::Result<()> {
                 writes_per_writer,
                 normal,
             }))
+        }
+        Some(Command::Stamps { entries, proposals, rounds }) => {
+            parent::stamps_only(parent::StampsOpts { entries, proposals, rounds })
         }
         Some(Command::Throughput { followers, entries }) => {
             actix::System::new().block_on(parent::throughput_only(followers, entries))

@@ -1147,3 +1147,176 @@ pub async fn majority_only(o: MajorityOpts) -> anyhow::Result<()> {
     println!("{}", json!({"machine": procs::machine_info(), "runs": runs}));
     Ok(())
 }
+
+/// Sizes of `lsync-bench stamps`.
+#[derive(Debug, Clone, Copy)]
+pub struct StampsOpts {
+    /// Inserts the leader commits itself (`commit_batch` of [`BATCH`]).
+    pub entries: u64,
+    /// One-change proposals of updates made on another device (timestamped there).
+    pub proposals: u64,
+    /// Rounds; each measures both feature versions, in alternating order.
+    pub rounds: usize,
+}
+
+/// A configuration of one voter, `leader_id`, at `feature_version`: what a library's creation
+/// writes, at the version the bench pins (2: no stamps; 3: stamps and field clocks).
+fn configuration_at(
+    feature_version: u32,
+    leader_id: Uuid,
+) -> lsync::crates::protocol::Configuration {
+    use lsync::crates::protocol::{Configuration, Member, MemberRole, RolePreference};
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    Configuration::new(
+        feature_version,
+        vec![Member {
+            device_id: leader_id,
+            peer_id: key.public().to_peer_id().to_string(),
+            addresses: vec![],
+            name: "bench".into(),
+            role: MemberRole::Voter,
+            preference: RolePreference::Auto,
+        }],
+    )
+}
+
+/// What one feature version measured in one round.
+fn stamps_run(feature_version: u32, o: StampsOpts) -> anyhow::Result<Value> {
+    use lsync::crates::protocol::{codec::encode_frame, Hlc, SyncMessage};
+    use lsync::crates::storage::{Synchronous, TransactionManager};
+    let temp = tempfile::Builder::new().prefix("lsync-bench-").tempdir()?;
+    // `normal`: the CPU cost of stamps, not hidden behind an fsync per transaction
+    let options = StorageOptions { synchronous: Synchronous::Normal, ..StorageOptions::default() };
+    let (db, leader_id) = leader_db(temp.path(), &options)?;
+    let tm = TransactionManager::new(db.clone(), leader_id);
+    tm.commit_config(&configuration_at(feature_version, leader_id))?;
+
+    // 1. The leader's own inserts, 1,000 per transaction (stamped by the leader's clock).
+    let start = Instant::now();
+    let mut versions = Vec::with_capacity(o.entries as usize);
+    let mut i = 0;
+    while i < o.entries {
+        let k = (o.entries - i).min(BATCH as u64);
+        let written = tm.commit_batch((i..i + k).map(|j| model::change(j + 1)).collect())?;
+        versions.extend(written.iter().map(|e| e.version));
+        i += k;
+    }
+    let insert_eps = o.entries as f64 / start.elapsed().as_secs_f64();
+
+    // 2. Updates proposed by another device, each timestamped there and based on the version
+    //    it saw: at feature version 3 the leader reads the record's field clock for each
+    //    (a conflict check; none conflicts here), at 2 the timestamp is ignored.
+    let other = Uuid::new_v4();
+    let physical_ms = model::now_us() as u64 / 1_000;
+    let proposals = o.proposals.min(o.entries);
+    let start = Instant::now();
+    for n in 1..=proposals {
+        let mut change = lsync::Change::update(&model::BenchRow {
+            id: format!("r{n}"),
+            commit_us: model::now_us(),
+            payload: format!("bench row {n:>10} updated ...."),
+        });
+        change.hlc = Some(Hlc { physical_ms, counter: n as u32, device: other });
+        change.base_version = Some(versions[(n - 1) as usize]);
+        tm.commit_proposal(Uuid::new_v4(), other, vec![change])?;
+    }
+    let proposal_s = start.elapsed().as_secs_f64();
+
+    // 3. A follower applying the whole log (the ceiling's method: 100 entries per
+    //    transaction through the storage `Applier`, the field clock kept at version 3).
+    let (apply_eps, applied) = ceiling(&db, temp.path())?;
+
+    // 4. Bytes per entry: the wire (an `EntriesResponse` of 100 entries, framed, per entry)
+    //    and the budget every response and apply batch counts (`entry_bytes`).
+    let log = db.fetch_since(0, 1_000_000_000)?;
+    let wire = |kind: lsync::ChangeType| -> anyhow::Result<(f64, f64, usize)> {
+        let of: Vec<_> =
+            log.iter().filter(|e| e.change_type == kind).take(1_000).cloned().collect();
+        let mut frame_bytes = 0usize;
+        for chunk in of.chunks(100) {
+            let msg = SyncMessage::EntriesResponse {
+                library_id: Uuid::nil(),
+                term: 1,
+                entries: chunk.to_vec(),
+                has_more: false,
+                leader_last_sequence: 0,
+                commit_sequence: 0,
+            };
+            frame_bytes += encode_frame(&msg, usize::MAX)?.len();
+        }
+        let budget: usize = of.iter().map(lsync::crates::protocol::entry_bytes).sum();
+        let stamped = of.iter().filter(|e| e.stamp.is_some()).count();
+        let n = of.len().max(1) as f64;
+        Ok((frame_bytes as f64 / n, budget as f64 / n, stamped))
+    };
+    let (insert_wire, insert_budget, inserts_stamped) = wire(lsync::ChangeType::Insert)?;
+    let (update_wire, update_budget, updates_stamped) = wire(lsync::ChangeType::Update)?;
+    let db_bytes: u64 = ["leader.db", "leader.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(temp.path().join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    Ok(json!({
+        "feature_version": feature_version,
+        "insert_entries": o.entries,
+        "leader_insert_eps": insert_eps.round(),
+        "proposals": proposals,
+        "leader_proposals_per_s": (proposals as f64 / proposal_s).round(),
+        "leader_proposal_us": (proposal_s * 1e6 / proposals.max(1) as f64 * 10.0).round() / 10.0,
+        "follower_apply_eps": apply_eps.round(),
+        "applied": applied,
+        "insert_wire_bytes": insert_wire.round(),
+        "insert_budget_bytes": insert_budget.round(),
+        "inserts_stamped": inserts_stamped,
+        "update_wire_bytes": update_wire.round(),
+        "update_budget_bytes": update_budget.round(),
+        "updates_stamped": updates_stamped,
+        "leader_db_bytes_per_entry": (db_bytes as f64 / log.len().max(1) as f64).round(),
+    }))
+}
+
+/// `lsync-bench stamps`: what the conflict machinery of issue 18 costs on the storage path,
+/// no network: a library pinned at feature version 2 (no stamps, no field clock) beside one at
+/// 3, each in a fresh database under `synchronous = normal`. For each, the leader's own inserts
+/// (1,000 per transaction), one-change update proposals timestamped on another device (the
+/// leader's conflict check reads the record's field clock at 3), a follower's apply of the
+/// whole log (the ceiling's method), and the bytes per entry. The versions take turns, in
+/// alternating order, `rounds` times.
+pub fn stamps_only(o: StampsOpts) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for round in 0..o.rounds.max(1) {
+        let order = if round % 2 == 0 { [2, 3] } else { [3, 2] };
+        for fv in order {
+            say(format!("stamps: round {round}, feature version {fv}"));
+            let mut run = stamps_run(fv, o)?;
+            run["round"] = json!(round);
+            runs.push(run);
+        }
+    }
+    // Per round: version 3 ÷ version 2 of each rate.
+    let ratio = |key: &str| -> Vec<f64> {
+        (0..o.rounds.max(1))
+            .filter_map(|r| {
+                let of = |fv: u32| {
+                    runs.iter()
+                        .find(|x| x["round"] == json!(r) && x["feature_version"] == json!(fv))
+                        .and_then(|x| x[key].as_f64())
+                };
+                Some((of(3)? / of(2)? * 1000.0).round() / 1000.0)
+            })
+            .collect()
+    };
+    println!(
+        "{}",
+        json!({
+            "machine": procs::machine_info(),
+            "runs": runs,
+            "v3_over_v2": {
+                "leader_insert_eps": ratio("leader_insert_eps"),
+                "leader_proposals_per_s": ratio("leader_proposals_per_s"),
+                "follower_apply_eps": ratio("follower_apply_eps"),
+            },
+        })
+    );
+    Ok(())
+}

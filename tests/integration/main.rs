@@ -6,6 +6,7 @@ mod faults;
 mod fixture;
 mod lease;
 mod membership;
+mod normal_sync;
 mod replication;
 mod security;
 mod writes;

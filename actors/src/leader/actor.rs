@@ -339,12 +339,16 @@ impl LeaderActor {
     /// sequence once it is on disk (docs/architecture.md, "What an acknowledgement promises"):
     /// at once under `synchronous = FULL` (the commit was fsynced); under `NORMAL` after one
     /// fsync (`Database::acknowledge`) in the blocking pool — one at a time, the next covering
-    /// every commit made meanwhile. The links hear of the commit at once either way.
+    /// every commit made meanwhile. The links hear of the commit at once either way, so under
+    /// `NORMAL` the core publishes the leader's last sequence first ([`LeaderCore::on_appended`]):
+    /// a follower's position up to it is recorded even when it comes before the fsync is done.
     fn count_own(&mut self, term: u64, last: u64, ctx: &mut Context<Self>) {
         let Some(lead) = self.lead.as_mut() else { return };
         if lead.cx.db.synchronous() != lsync_storage::Synchronous::Normal {
             return self.step(ctx, |core, now| core.on_commit(term, last, now));
         }
+        self.step(ctx, |core, now| core.on_appended(term, last, now));
+        let Some(lead) = self.lead.as_mut() else { return };
         if lead.syncing {
             lead.unsynced = lead.unsynced.max(Some((term, last)));
             return;
@@ -487,20 +491,25 @@ mod tests {
         assert_eq!(*b.lock().unwrap(), expect);
     }
 
-    /// One voter leading alone, its database opened with `synchronous`: commits one change
-    /// and waits until the commit sequence covers it; returns how many fsyncs the database
-    /// made for marks by then, and its mark.
-    async fn commit_alone(
-        synchronous: lsync_storage::Synchronous,
-    ) -> (u64, Option<lsync_storage::LogPosition>, u64) {
+    /// What [`alone`] starts: the database, its transaction manager, the leadership published,
+    /// the commit sequence published for the host's waits, and the leader actor.
+    struct Alone {
+        db: Database,
+        tm: TransactionManager,
+        shared: Arc<LeaderShared>,
+        published: tokio::sync::watch::Receiver<crate::messages::Progress>,
+        leader: Addr<LeaderActor>,
+    }
+
+    /// One voter leading alone in `dir`, its database opened with `synchronous`.
+    async fn alone(dir: &tempfile::TempDir, synchronous: lsync_storage::Synchronous) -> Alone {
         use libp2p::identity::Keypair;
         use lsync_protocol::{Member, MemberRole, RolePreference};
-        use lsync_storage::{Change, StorageOptions, Tag};
+        use lsync_storage::StorageOptions;
 
-        let dir = tempfile::TempDir::new().unwrap();
         let options = StorageOptions { synchronous, ..StorageOptions::default() };
         let library_id = Uuid::new_v4();
-        let (db, tm) = crate::testkit::leader_db_with(&dir, library_id, 0, &options);
+        let (db, tm) = crate::testkit::leader_db_with(dir, library_id, 0, &options);
         let me = tm.device_id();
         let key = Keypair::generate_ed25519();
         let configuration = Configuration::new(
@@ -524,8 +533,8 @@ mod tests {
         };
         let shared = Arc::new(LeaderShared::default());
         let progress = crate::messages::ProgressWatch::default();
-        let mut published = progress.subscribe();
-        let _leader = LeaderActor::leading(
+        let published = progress.subscribe();
+        let leader = LeaderActor::leading(
             tm.subscribe(),
             LeaderContext {
                 library_id,
@@ -544,9 +553,27 @@ mod tests {
         )
         .start();
         settle().await;
-        let entry = tm
-            .commit(Change::insert(&Tag { id: "t".into(), name: "x".into(), color: None }))
-            .unwrap();
+        Alone { db, tm, shared, published, leader }
+    }
+
+    fn change(id: &str) -> lsync_storage::Change {
+        lsync_storage::Change::insert(&lsync_storage::Tag {
+            id: id.into(),
+            name: "x".into(),
+            color: None,
+        })
+    }
+
+    /// One voter leading alone, its database opened with `synchronous`: commits one change
+    /// and waits until the commit sequence covers it; returns how many fsyncs the database
+    /// made for marks by then, and its mark.
+    async fn commit_alone(
+        synchronous: lsync_storage::Synchronous,
+    ) -> (u64, Option<lsync_storage::LogPosition>, u64) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let Alone { db, tm, shared, mut published, leader: _leader } =
+            alone(&dir, synchronous).await;
+        let entry = tm.commit(change("t")).unwrap();
         // the commit sequence is published for the host's waits (Node::write_with) as it is
         // for the links: wait on the publication, no polling
         let reached = tokio::time::timeout(
@@ -562,6 +589,66 @@ mod tests {
             synchronous
         );
         (db.syncs(), db.mark().unwrap(), entry.sequence)
+    }
+
+    /// A link that records, for each commit it hears of, its last sequence and the leader's
+    /// last sequence published when it heard of it.
+    struct LastSeen(Arc<LeaderShared>, Arc<Mutex<Vec<(u64, u64)>>>);
+    impl Actor for LastSeen {
+        type Context = Context<Self>;
+    }
+    impl Handler<NewCommit> for LastSeen {
+        type Result = ();
+        fn handle(&mut self, msg: NewCommit, _: &mut Context<Self>) {
+            self.1.lock().unwrap().push((msg.range.to_sequence, self.0.last_sequence()));
+        }
+    }
+
+    /// Whatever `synchronous`, a link hears of a commit only once the leader's published last
+    /// sequence covers it: the link records a follower's position only up to that sequence, so
+    /// a follower that acknowledged the entries before the leader's own fsync under
+    /// `synchronous = NORMAL` had its position dropped and the commit waited for its next
+    /// heartbeat (issue 16; `lsync-bench majority --normal` answered such writes `Pending`).
+    async fn links_hear_of_commits_the_published_last_sequence_covers(
+        synchronous: lsync_storage::Synchronous,
+    ) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let a = alone(&dir, synchronous).await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let link = LastSeen(a.shared.clone(), seen.clone()).start();
+        a.leader.send(SetLinks(vec![link.recipient()])).await.unwrap();
+        let mut published = a.published.clone();
+        let mut last = 0;
+        for i in 0..5 {
+            last = a.tm.commit(change(&format!("t{i}"))).unwrap().sequence;
+        }
+        let reached =
+            tokio::time::timeout(Duration::from_secs(30), published.wait_for(|p| p.commit >= last))
+                .await;
+        assert!(matches!(reached, Ok(Ok(_))), "never committed: {synchronous:?}");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.last().map(|s| s.0), Some(last), "{synchronous:?}: {seen:?}");
+        for (to, published_last) in &seen {
+            assert!(
+                published_last >= to,
+                "{synchronous:?}: a link heard of {to} while the leader's published last \
+                 sequence was {published_last}: {seen:?}"
+            );
+        }
+    }
+
+    #[actix_rt::test]
+    async fn under_normal_links_hear_of_commits_the_published_last_sequence_covers() {
+        links_hear_of_commits_the_published_last_sequence_covers(
+            lsync_storage::Synchronous::Normal,
+        )
+        .await;
+    }
+
+    #[actix_rt::test]
+    async fn under_full_links_hear_of_commits_the_published_last_sequence_covers() {
+        links_hear_of_commits_the_published_last_sequence_covers(lsync_storage::Synchronous::Full)
+            .await;
     }
 
     /// Under `synchronous = NORMAL` the leader's commits are not on disk when committed: its

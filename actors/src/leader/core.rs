@@ -9,6 +9,8 @@
 //!  the log's last position, at start ───► start ─────────────┐
 //!  its chain hashes, then the event ─────► note_hashes,       │
 //!                                          on_commit          │
+//!  (synchronous = NORMAL: the event ─────► on_appended,       │
+//!   then the fsync of the leader's copy)   on_commit)         │
 //!  a follower's position (its link) ────► on_progress        │ ──► Vec<Command>
 //!  ChangeConfig (from the SyncService) ─► on_change(token)    │
 //!  a WriteConfig done (or failed) ──────► on_config_written  │
@@ -280,20 +282,40 @@ impl LeaderCore {
         }
     }
 
-    /// The library committed up to `last_sequence` in `term` (commits of another term are not
-    /// this leadership's). With one voter the leader's own append commits: published here;
-    /// waiting changes are reconsidered.
+    /// The library committed up to `last_sequence` in `term`, and the leader's copy is on its
+    /// disk up to there (commits of another term are not this leadership's). With one voter the
+    /// leader's own append commits: published here; waiting changes are reconsidered.
     pub fn on_commit(&mut self, term: u64, last_sequence: u64, now: Instant) -> Vec<Command> {
         let mut out = Vec::new();
         if term != self.cfg.term {
             return out;
         }
         self.last = self.last.max(last_sequence);
-        self.tracker.on_leader_appended(self.last);
+        self.tracker.on_leader_logged(self.last);
+        self.tracker.on_leader_durable(last_sequence);
         self.publish(&mut out);
         if !self.queue.is_empty() && self.writing.is_none() {
             self.after_progress(now, &mut out);
         }
+        out
+    }
+
+    /// The library committed up to `last_sequence` in `term`, not on the leader's disk yet
+    /// (`synchronous = NORMAL`: the shell fsyncs it after, then tells [`Self::on_commit`]).
+    /// The leader's last sequence is published at once, before any follower can hear of the
+    /// entries: its link records a follower's position only up to the published last sequence,
+    /// so a follower that fetched, synced and acknowledged them before the leader's own fsync
+    /// was done would otherwise have its position dropped, and the commit would wait for its
+    /// next report (a heartbeat). The leader's own copy counts toward the commit sequence only
+    /// from [`Self::on_commit`].
+    pub fn on_appended(&mut self, term: u64, last_sequence: u64, _now: Instant) -> Vec<Command> {
+        let mut out = Vec::new();
+        if term != self.cfg.term {
+            return out;
+        }
+        self.last = self.last.max(last_sequence);
+        self.tracker.on_leader_logged(self.last);
+        self.publish(&mut out);
         out
     }
 

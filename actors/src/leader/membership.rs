@@ -11,7 +11,9 @@
 //! ```text
 //!            leader actor (I/O)                        membership (pure)
 //!  elected, first entry of the term ──► set_term_start ──┐
-//!  own log appended ──────────────────► on_leader_appended│ CommitTracker ──► commit_sequence()
+//!  own log appended (and on disk) ────► on_leader_appended│ CommitTracker ──► commit_sequence()
+//!  own log appended, not synced yet ──► on_leader_logged  │
+//!  own copy synced ───────────────────► on_leader_durable │
 //!  configuration entry in own log ────► set_configuration │                   positions()
 //!  Acknowledge / Heartbeat position ──► on_ack ───────────┘ ──► AckVerdict
 //!  before appending a config entry ───► check_change ─────────► Ok / ChangeRefused
@@ -147,7 +149,12 @@ pub struct CommitTracker {
     me: Uuid,
     term: u64,
     term_start: Option<u64>,
+    /// The leader's last sequence: its log holds every entry up to it (a follower cannot hold
+    /// more).
     leader_last: u64,
+    /// The leader's own match: the last sequence of its log known to be on its disk (at most
+    /// `leader_last`).
+    leader_durable: u64,
     /// The latest configuration in the leader's log: its sequence and voters.
     latest: Option<(u64, BTreeSet<Uuid>)>,
     /// The voters before `latest`, kept while `latest` is not committed.
@@ -170,6 +177,7 @@ impl CommitTracker {
             term,
             term_start: None,
             leader_last: 0,
+            leader_durable: 0,
             latest: None,
             previous: None,
             acks: BTreeMap::new(),
@@ -199,10 +207,34 @@ impl CommitTracker {
         }
     }
 
-    /// The leader's own last sequence (its own match; the leader holds its whole log). Taken as
+    /// The leader's own last sequence, on its disk (its own match; the leader holds its whole
+    /// log): [`Self::on_leader_logged`] and [`Self::on_leader_durable`] of `last` at once, as
+    /// under `synchronous = FULL`, where a commit is fsynced before it is reported. Taken as
     /// given.
     pub fn on_leader_appended(&mut self, last: u64) {
         self.leader_last = last;
+        self.leader_durable = last;
+        self.recompute();
+    }
+
+    /// The leader's log holds every entry up to `last`, not all of them on its disk yet (under
+    /// `synchronous = NORMAL` the leader's commit is fsynced after it is announced;
+    /// docs/architecture.md, "What an acknowledgement promises"). A follower's position up to
+    /// `last` is recorded and counts for the follower; the leader's own copy counts only up to
+    /// [`Self::on_leader_durable`]. Taken as given (its own match is lowered to `last` if it
+    /// was above).
+    pub fn on_leader_logged(&mut self, last: u64) {
+        self.leader_last = last;
+        self.leader_durable = self.leader_durable.min(last);
+        self.recompute();
+    }
+
+    /// The leader's own copy is on its disk up to `durable` (an fsync covered it): its own
+    /// match, which never goes down here; its last sequence is raised to `durable` if it was
+    /// below.
+    pub fn on_leader_durable(&mut self, durable: u64) {
+        self.leader_last = self.leader_last.max(durable);
+        self.leader_durable = self.leader_durable.max(durable);
         self.recompute();
     }
 
@@ -320,23 +352,30 @@ impl CommitTracker {
         self.term_start
     }
 
-    /// The leader's own last sequence (0 until [`Self::on_leader_appended`]).
+    /// The leader's own last sequence (0 until [`Self::on_leader_appended`] or
+    /// [`Self::on_leader_logged`]).
     pub fn leader_last(&self) -> u64 {
         self.leader_last
     }
 
-    /// The sequence up to which `device`'s log is known to match the leader's: the leader's
-    /// last sequence for the leader itself, [`FollowerPosition::matched`] for a follower, `None`
+    /// The last sequence of the leader's own copy known to be on its disk (its own match).
+    pub fn leader_durable(&self) -> u64 {
+        self.leader_durable
+    }
+
+    /// The sequence up to which `device`'s log is known to match the leader's: for the leader
+    /// itself its copy on disk ([`Self::leader_durable`]), [`FollowerPosition::matched`] for a
+    /// follower, `None`
     /// for a device with no matching position. Suits [`next_voter_change`]'s `matched`.
     pub fn matched(&self, device: Uuid) -> Option<u64> {
         if device == self.me {
-            return Some(self.leader_last);
+            return Some(self.leader_durable);
         }
         self.acks.get(&device).and_then(|ack| self.matched_of(device, ack))
     }
 
     /// Every follower's recorded position, by device id (the leader's own is
-    /// [`Self::leader_last`]).
+    /// [`Self::leader_durable`], its log's end [`Self::leader_last`]).
     pub fn positions(&self) -> Vec<FollowerPosition> {
         self.acks
             .iter()

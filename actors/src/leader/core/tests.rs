@@ -177,6 +177,53 @@ fn a_sole_voter_commits_with_its_own_append() {
     assert_eq!(c.on_commit(TERM, START, t0), vec![publish(START, Some(START), START)]);
 }
 
+// ---- synchronous = NORMAL: appended before synced -----------------------------------------
+
+/// The commit event comes before the fsync of the leader's copy: the last sequence is published
+/// at once (the links record a follower's position only up to it), the commit sequence not.
+#[test]
+fn an_appended_commit_publishes_the_last_sequence_at_once() {
+    let t0 = Instant::now();
+    let mut c = committed_start(config(vec![voter(1), voter(2)]), t0);
+    assert_eq!(c.on_appended(TERM, START + 2, t0), vec![publish(START, Some(START), START + 2)]);
+    assert_eq!(c.commit_sequence(), START);
+}
+
+/// A follower that synced and acknowledged the entries before the leader's fsync was done:
+/// its position is counted, and the leader's sync alone then commits (two voters need both).
+#[test]
+fn a_follower_ahead_of_the_leaders_sync_commits_once_the_leader_syncs() {
+    let t0 = Instant::now();
+    let mut c = committed_start(config(vec![voter(1), voter(2)]), t0);
+    c.on_appended(TERM, START + 2, t0);
+    assert_eq!(c.on_progress(at(2, START + 2), t0), vec![], "the leader's copy is not synced");
+    assert_eq!(
+        c.on_commit(TERM, START + 2, t0),
+        vec![publish(START + 2, Some(START), START + 2)],
+        "committed without another report of the follower"
+    );
+}
+
+/// An fsync that covers less than what is appended (commits made while it ran) does not lower
+/// the published last sequence, and counts the leader's copy only as far as it covers.
+#[test]
+fn a_sync_behind_the_appended_last_counts_only_what_it_covers() {
+    let t0 = Instant::now();
+    let mut c = committed_start(config(vec![voter(1), voter(2)]), t0);
+    c.on_appended(TERM, START + 1, t0);
+    c.on_appended(TERM, START + 3, t0);
+    c.on_progress(at(2, START + 3), t0);
+    assert_eq!(c.on_commit(TERM, START + 1, t0), vec![publish(START + 1, Some(START), START + 3)]);
+    assert_eq!(c.on_commit(TERM, START + 3, t0), vec![publish(START + 3, Some(START), START + 3)]);
+}
+
+#[test]
+fn an_appended_commit_of_another_term_is_not_this_leaderships() {
+    let t0 = Instant::now();
+    let mut c = committed_start(config(vec![voter(1), voter(2)]), t0);
+    assert_eq!(c.on_appended(TERM - 1, 50, t0), vec![]);
+}
+
 // ---- configuration changes ----------------------------------------------------------------
 
 #[test]

@@ -157,6 +157,49 @@ fn an_ack_beyond_the_leaders_last_sequence_is_refused_and_not_recorded() {
     assert_eq!(t.commit_sequence(), 0);
 }
 
+/// `synchronous = NORMAL`: the leader's log holds 12 entries, only 10 on its disk. A
+/// follower's position at 12 is recorded (not beyond the leader's last) and counts for the
+/// follower; with two voters nothing past 10 commits until the leader's own copy is synced.
+#[test]
+fn a_position_beyond_the_leaders_synced_copy_is_recorded_and_commits_once_the_leader_syncs() {
+    let mut t = tracker(5, 10, &[1, 2]);
+    t.on_leader_logged(12);
+    assert_eq!(t.on_ack(id(2), current(12)), AckVerdict::Counted);
+    assert_eq!(t.commit_sequence(), 10, "the leader's own copy is on disk up to 10 only");
+    t.on_leader_durable(12);
+    assert_eq!(t.commit_sequence(), 12, "no further report of the follower needed");
+}
+
+#[test]
+fn the_leaders_own_match_is_its_synced_copy() {
+    let mut t = tracker(5, 10, &[1, 2, 3]);
+    t.on_leader_logged(12);
+    assert_eq!((t.leader_last(), t.leader_durable(), t.matched(id(1))), (12, 10, Some(10)));
+    t.on_leader_durable(11);
+    assert_eq!(t.matched(id(1)), Some(11));
+    t.on_leader_durable(9);
+    assert_eq!(t.matched(id(1)), Some(11), "a synced copy does not go back");
+}
+
+/// Three voters: two followers that synced entries the leader has not synced yet are a
+/// majority (Raft counts every voter's durable copy, the leader's being one of them).
+#[test]
+fn two_followers_commit_what_the_leader_has_not_synced_yet() {
+    let mut t = tracker(5, 10, &[1, 2, 3]);
+    t.on_leader_logged(12);
+    t.on_ack(id(2), current(12));
+    assert_eq!(t.on_ack(id(3), current(12)), AckVerdict::Counted);
+    assert_eq!(t.commit_sequence(), 12);
+}
+
+#[test]
+fn a_position_beyond_the_leaders_logged_last_is_still_refused() {
+    let mut t = tracker(5, 10, &[1, 2]);
+    t.on_leader_logged(12);
+    assert_eq!(t.on_ack(id(2), current(13)), AckVerdict::Refused(AckRefusal::BeyondLast));
+    assert_eq!(t.positions(), vec![]);
+}
+
 #[test]
 fn an_ack_claiming_to_come_from_the_leader_is_refused_and_not_recorded() {
     let mut t = tracker(5, 10, &[1, 2]);
