@@ -14,7 +14,12 @@
 //!   caught up. Each log is checked incrementally, as it grows; one that shrank is checked again
 //!   from where it shrank to;
 //! - **leader completeness**: a leader of term `t` holds every entry committed in a term
-//!   before `t` (it may still be writing the entry that commits its own term).
+//!   before `t` (it may still be writing the entry that commits its own term);
+//! - **no committed answer from a deposed term** (the leader lease): a leader of a
+//!   configuration with three or more voters never answers a write as committed in term `t`
+//!   (its host's write, its own outbox's delivery, a member's `Propose`) once another device
+//!   has won a term after `t` — checked at every such answer, against every leader the run
+//!   has seen so far ([`Checker::on_committed_answer`]).
 //!
 //! At the end, after the drain: every member identical (log, tables and the configuration in
 //! effect), every outbox empty, every member's tables and field clock its log replayed (`lsync
@@ -157,6 +162,24 @@ impl Checker {
                 Err(format!("two leaders in term {term}: devices {other} and {ix}"))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// `ix`, leading a configuration of `voters` voters, answers a write it committed in
+    /// `term` as committed (after its lease check): with three or more voters no other device
+    /// may have won a later term before this answer (docs/architecture.md, "The leader lease").
+    /// With one or two voters there is no lease, and a device leading alone may answer while
+    /// another leads a later term.
+    pub fn on_committed_answer(&self, ix: Ix, term: u64, voters: usize) -> Result<(), String> {
+        if voters < 3 {
+            return Ok(());
+        }
+        match self.leaders.range(term.saturating_add(1)..).find(|(_, l)| **l != ix) {
+            Some((later, other)) => Err(format!(
+                "device {ix} answered a write committed in term {term} ({voters} voters) after \
+                 device {other} had won term {later}"
+            )),
+            None => Ok(()),
         }
     }
 
