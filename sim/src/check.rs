@@ -396,3 +396,46 @@ impl Checker {
         Ok(verdict)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checker that saw device 0 lead term 1 and device 2 win term 2.
+    fn deposed() -> Checker {
+        let mut c = Checker::new(false);
+        c.leaders.insert(1, 0);
+        c.leaders.insert(2, 2);
+        c
+    }
+
+    #[test]
+    fn a_committed_answer_in_a_term_after_another_device_won_a_later_one_fails() {
+        let e = deposed().on_committed_answer(0, 1, 3).unwrap_err();
+        assert_eq!(
+            e,
+            "device 0 answered a write committed in term 1 (3 voters) after device 2 had won term 2"
+        );
+    }
+
+    #[test]
+    fn a_committed_answer_in_the_latest_term_won_passes() {
+        assert_eq!(deposed().on_committed_answer(2, 2, 3), Ok(()));
+        assert!(deposed().on_committed_answer(0, 1, 3).is_err(), "the older term does not");
+    }
+
+    #[test]
+    fn with_two_voters_there_is_no_lease_to_check() {
+        assert_eq!(deposed().on_committed_answer(0, 1, 2), Ok(()));
+    }
+
+    #[test]
+    fn a_later_term_won_by_the_answering_device_itself_is_no_violation() {
+        let mut c = deposed();
+        c.leaders.insert(3, 0);
+        assert!(c.on_committed_answer(2, 2, 3).is_err(), "device 0 won term 3");
+        c.leaders.remove(&3);
+        c.leaders.insert(3, 2);
+        assert_eq!(c.on_committed_answer(2, 2, 3), Ok(()), "device 2 won both");
+    }
+}
