@@ -14,7 +14,12 @@
 //!   caught up. Each log is checked incrementally, as it grows; one that shrank is checked again
 //!   from where it shrank to;
 //! - **leader completeness**: a leader of term `t` holds every entry committed in a term
-//!   before `t` (it may still be writing the entry that commits its own term).
+//!   before `t` (it may still be writing the entry that commits its own term);
+//! - **no committed answer from a deposed term** (the leader lease): a leader of a
+//!   configuration with three or more voters never answers a write as committed in term `t`
+//!   (its host's write, its own outbox's delivery, a member's `Propose`) once another device
+//!   has won a term after `t` — checked at every such answer, against every leader the run
+//!   has seen so far ([`Checker::on_committed_answer`]).
 //!
 //! At the end, after the drain: every member identical (log, tables and the configuration in
 //! effect), every outbox empty, every member's tables and field clock its log replayed (`lsync
@@ -157,6 +162,24 @@ impl Checker {
                 Err(format!("two leaders in term {term}: devices {other} and {ix}"))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// `ix`, leading a configuration of `voters` voters, answers a write it committed in
+    /// `term` as committed (after its lease check): with three or more voters no other device
+    /// may have won a later term before this answer (docs/architecture.md, "The leader lease").
+    /// With one or two voters there is no lease, and a device leading alone may answer while
+    /// another leads a later term.
+    pub fn on_committed_answer(&self, ix: Ix, term: u64, voters: usize) -> Result<(), String> {
+        if voters < 3 {
+            return Ok(());
+        }
+        match self.leaders.range(term.saturating_add(1)..).find(|(_, l)| **l != ix) {
+            Some((later, other)) => Err(format!(
+                "device {ix} answered a write committed in term {term} ({voters} voters) after \
+                 device {other} had won term {later}"
+            )),
+            None => Ok(()),
         }
     }
 
@@ -371,5 +394,48 @@ impl Checker {
         }
         verdict.failures.extend(failures);
         Ok(verdict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checker that saw device 0 lead term 1 and device 2 win term 2.
+    fn deposed() -> Checker {
+        let mut c = Checker::new(false);
+        c.leaders.insert(1, 0);
+        c.leaders.insert(2, 2);
+        c
+    }
+
+    #[test]
+    fn a_committed_answer_in_a_term_after_another_device_won_a_later_one_fails() {
+        let e = deposed().on_committed_answer(0, 1, 3).unwrap_err();
+        assert_eq!(
+            e,
+            "device 0 answered a write committed in term 1 (3 voters) after device 2 had won term 2"
+        );
+    }
+
+    #[test]
+    fn a_committed_answer_in_the_latest_term_won_passes() {
+        assert_eq!(deposed().on_committed_answer(2, 2, 3), Ok(()));
+        assert!(deposed().on_committed_answer(0, 1, 3).is_err(), "the older term does not");
+    }
+
+    #[test]
+    fn with_two_voters_there_is_no_lease_to_check() {
+        assert_eq!(deposed().on_committed_answer(0, 1, 2), Ok(()));
+    }
+
+    #[test]
+    fn a_later_term_won_by_the_answering_device_itself_is_no_violation() {
+        let mut c = deposed();
+        c.leaders.insert(3, 0);
+        assert!(c.on_committed_answer(2, 2, 3).is_err(), "device 0 won term 3");
+        c.leaders.remove(&3);
+        c.leaders.insert(3, 2);
+        assert_eq!(c.on_committed_answer(2, 2, 3), Ok(()), "device 2 won both");
     }
 }

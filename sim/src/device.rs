@@ -16,6 +16,7 @@
 //! | `FollowerActor` (follower/actor.rs): the transport and storage of the replicator | [`Device::follower`] |
 //! | `Proposer` (proposer/mod.rs): the outbox's storage and transport | [`Device::proposer`] |
 //! | `Node::write` (src/node.rs): commit when leading, else the outbox | [`Device::write`] |
+//! | the leader lease (election/actor.rs, `ConfirmLease`, `LeaseAnswer`) | [`Device::confirm_lease`] |
 //!
 //! Each actor's mailbox is a [`Work`] item in one queue, processed in order: a machine's
 //! commands for another actor become work at the back of the queue, as messages would; a
@@ -24,11 +25,22 @@
 //! after them, as their actors wait for them. Work for a role that has stopped is dropped,
 //! as a stopped actor's mailbox is.
 //!
+//! The leader lease is the product's own [`Lease`] machine, fed as the election actor feeds it
+//! (its term and transfers from the election after every step of it, the voters of each
+//! configuration, every heartbeat round stamped before it goes out, the link's report of each
+//! follower's answer to a round) and read from the world's [`BootClock`], which counts while
+//! a device is paused or suspended as `CLOCK_BOOTTIME` does. Every answer that says committed
+//! on a leader — the host's write, the proposer's local delivery, a member's `Propose` — asks
+//! it after the commit, immediately before the answer, and waits for a round when it expired
+//! (docs/architecture.md, "The leader lease"). `Options::lease` false answers without it (to
+//! show what the checker finds then).
+//!
 //! Not simulated: invitations and `Join` (a device joins by a configuration change the leader
 //! makes and a database set up as `Node::join_library` sets one up), address hints, leadership
 //! transfers, bulk jobs, metrics and events.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +50,7 @@ use lsync_actors::election::actor::{
     election_request, persisted_of, probe_for_leader, request_vote, role_change, start_state, view,
     vote, vote_of, ElectionRequest,
 };
+use lsync_actors::election::lease::{lease_duration, Lease, LeaseClock, LeaseState};
 use lsync_actors::election::{
     Action, Election, ElectionConfig, Membership as ElectionMembership, VoteRequest, VoteResponse,
 };
@@ -59,9 +72,9 @@ use lsync_actors::messages::{
     who_leads, ElectionInput, FollowerMembership, LeaderHint, LeaderReport, RoleChange,
 };
 use lsync_actors::proposer::{
-    deliver_locally, entries_at_least, majority_holds, propose, serve_proposal,
+    deliver_locally, entries_at_least, lease_unconfirmed, majority_holds, propose, serve_proposal,
     Command as ProposerCommand, Delivery, LeaderView as ProposerView, MajorityView, ProposerCore,
-    SubmitOutcome, Target,
+    SubmitOutcome, Target, LEASE_UNCONFIRMED,
 };
 use lsync_actors::service::{
     follows_hint, keeps_role_actors, route, Heard, PeerBook, Route, RouteView, Serving,
@@ -99,6 +112,59 @@ struct MajorityWait {
     deadline: Instant,
 }
 
+/// The devices' lease clock: the simulation's time since its start, shared by every device of
+/// one world. It counts while a device is paused (SIGSTOP) or suspended (a laptop lid), as
+/// `CLOCK_BOOTTIME` does, unlike the device's monotonic clock (which skips a suspend); a device
+/// that restarts reads on from where it was (the machine did not reboot).
+#[derive(Debug, Clone, Default)]
+pub struct BootClock(Arc<AtomicU64>);
+
+impl BootClock {
+    /// The simulation's time is now `micros` since its start.
+    pub fn set(&self, micros: u64) {
+        self.0.store(micros, Ordering::Relaxed);
+    }
+}
+
+impl LeaseClock for BootClock {
+    fn now(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
+
+    fn counts_suspend(&self) -> bool {
+        true
+    }
+}
+
+/// An answer that says committed, waiting for the leader lease ([`Device::confirm_lease`]):
+/// the three paths on which a leader answers so (docs/architecture.md, "The leader lease").
+#[derive(Debug)]
+enum AfterLease {
+    /// The host's write (`Node::write`), committed here at `first..=last`: answered
+    /// `Committed` (then, at `majority`, once a majority holds it), or `OutcomeUnknown`.
+    Write { write: usize, first: u64, last: u64 },
+    /// The proposer's local delivery of this device's outbox entry (proposer/mod.rs,
+    /// `deliver`): delivered, or a failed attempt (`LEASE_UNCONFIRMED`) retried later.
+    Local { proposal_id: Uuid, delivery: Delivery },
+    /// A member's `Propose` (the service's `Route::Propose`): answered `reply`, a
+    /// `ProposalResult`, or `lease_unconfirmed`.
+    Propose { id: NetId, reply: SyncMessage },
+}
+
+/// A committed answer waiting for a heartbeat round (the election actor's `waiters`).
+#[derive(Debug)]
+struct LeaseWaiter {
+    /// When it asked (a reading of the lease clock).
+    asked_at: Duration,
+    /// When it gives up, unconfirmed: one leader timeout after it asked, on the device's
+    /// monotonic clock (the actor's `run_later`).
+    deadline: Instant,
+    /// The term the leader committed it in.
+    term: u64,
+    /// The answer it waits to give.
+    then: AfterLease,
+}
+
 /// What the device asks of the simulation.
 #[derive(Debug, Clone)]
 pub enum Output {
@@ -114,6 +180,11 @@ pub enum Output {
     Committed { term: u64, commit_sequence: u64 },
     /// Something worth a line in the trace (repair, refused batches, deliveries).
     Note(String),
+    /// The leader lease decided an answer that says committed, for a write this device
+    /// committed as leader of `term` with `voters` voters: `confirmed` (the answer says
+    /// committed now) or not (it says unknown, or the delivery is retried); `waited` if it found
+    /// the lease expired and waited for a round.
+    Lease { term: u64, voters: usize, confirmed: bool, waited: bool },
 }
 
 /// Why a device could not start.
@@ -130,7 +201,8 @@ enum Pending {
     Ack(FetchId),
     Heartbeat(FetchId),
     Notify(PeerId),
-    LeaderHeartbeat(PeerId),
+    /// A heartbeat of the round stamped `.1` (the lease clock).
+    LeaderHeartbeat(PeerId, Duration),
     Propose(Uuid),
 }
 
@@ -139,23 +211,41 @@ enum Pending {
 enum Work {
     // ElectionActor
     ElectionInput(ElectionInput),
-    VoteRequest { reply: NetId, request: VoteRequest },
-    TimeoutNow { reply: NetId, from: Uuid, term: u64 },
+    VoteRequest {
+        reply: NetId,
+        request: VoteRequest,
+    },
+    TimeoutNow {
+        reply: NetId,
+        from: Uuid,
+        term: u64,
+    },
     Vote(VoteResponse),
     SetMembership,
     Resign,
     ElectionTick,
+    /// A link's report: the follower `from` answered, in `term`, the round stamped `sent_at`.
+    LeaseAnswer {
+        from: Uuid,
+        term: u64,
+        sent_at: Duration,
+    },
     // SyncService
     RoleChange(RoleChange),
     Install(Membership),
     FollowerMembership(FollowerMembership),
     Hint(LeaderHint),
-    HeartbeatNow,
+    /// A heartbeat round stamped with the lease clock.
+    HeartbeatNow(Duration),
     Left(PeerId),
     // LeaderActor (role generation)
     Commit(u64, CommitEvent),
     Progress(u64, FollowerProgress),
-    Change { change: MembershipChange, token: u64, wait: Duration },
+    Change {
+        change: MembershipChange,
+        token: u64,
+        wait: Duration,
+    },
     CoreTick(u64),
     // LinkActor
     Link(u64, PeerId, LinkInput),
@@ -169,8 +259,8 @@ enum Work {
 enum LinkInput {
     Commit(NewCommit),
     NotifyAnswer(Option<SyncMessage>),
-    HeartbeatTick,
-    HeartbeatAnswer(SyncMessage),
+    HeartbeatTick(Duration),
+    HeartbeatAnswer(SyncMessage, Duration),
     Request(NetId, SyncMessage),
     Leaving(u64),
     Tick,
@@ -206,6 +296,10 @@ struct Lead {
 
 struct Link {
     link: FollowerLink,
+    /// The follower's device.
+    device: Uuid,
+    /// The stamp of the last heartbeat round (the link actor's `round`).
+    round: Duration,
     replies: BTreeMap<u64, NetId>,
     next: u64,
 }
@@ -280,6 +374,13 @@ pub struct Device {
     now_ms: i64,
     /// When the proposer next looks over the outbox whatever happened (its sweep).
     next_sweep: Instant,
+    /// The leader lease (the election actor's), its clock, and whether answers ask it.
+    lease: Lease,
+    lease_clock: BootClock,
+    lease_on: bool,
+    /// How many voters the lease counts.
+    lease_voters: usize,
+    lease_waiters: Vec<LeaseWaiter>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -304,6 +405,8 @@ impl Device {
         seed: u64,
         now: Instant,
         now_ms: i64,
+        lease_clock: BootClock,
+        lease_on: bool,
     ) -> Result<(Self, Vec<Output>), BootError> {
         let state = start_state(&db)?;
         let membership = db.membership()?;
@@ -324,6 +427,12 @@ impl Device {
             StdRng::seed_from_u64(seed ^ 0x5eed),
         );
         let (events, _) = broadcast::channel(16);
+        // as the election actor starts its lease: the latest configuration's voters
+        let duration = lease_duration(config.leader_timeout);
+        let mut lease = Lease::new(id, duration, lease_clock.counts_suspend());
+        let voters = election_membership(&membership).voters().clone();
+        let lease_voters = voters.len();
+        lease.set_voters(voters);
         let mut d = Self {
             asked_who_leads: None,
             debug: std::env::var_os("LSYNC_SIM_DEBUG").is_some(),
@@ -359,7 +468,13 @@ impl Device {
             now,
             now_ms,
             next_sweep: now + lsync_actors::proposer::SWEEP,
+            lease,
+            lease_clock,
+            lease_on,
+            lease_voters,
+            lease_waiters: Vec::new(),
         };
+        d.sync_lease();
         d.peers.set_members(d.peers_of(&membership));
         d.commit_watch =
             if membership.previous_voters.is_some() { membership.voters_since } else { u64::MAX };
@@ -412,6 +527,7 @@ impl Device {
         ]
         .into_iter()
         .chain(self.waits.iter().map(|w| Some(w.deadline)))
+        .chain(self.lease_waiters.iter().map(|w| Some(w.deadline)))
         .flatten()
         .min();
         let mut add = |d: Option<Instant>| {
@@ -525,6 +641,13 @@ impl Device {
         if due(self.next_ask()) {
             self.ask_who_leads();
         }
+        // the lease waiters' `run_later`: not confirmed within the leader timeout
+        let (late, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.lease_waiters).into_iter().partition(|w| w.deadline <= now);
+        self.lease_waiters = waiting;
+        for w in late {
+            self.lease_decided(w.term, w.then, false, true);
+        }
         let gen = self.role_gen;
         match &self.role {
             Role::Leader(l) => {
@@ -616,8 +739,11 @@ impl Device {
         }
         match self.tm.commit_proposal(proposal_id, self.id, changes.clone()) {
             Ok(o) => {
-                self.committed(write, o.first_sequence, o.last_sequence);
                 self.drain_commits();
+                // answered committed only under the leader lease, checked after the commit
+                let (first, last) = (o.first_sequence, o.last_sequence);
+                let term = self.election.term();
+                self.confirm_lease(term, AfterLease::Write { write, first, last });
             }
             Err(StorageError::NotLeader { .. }) => match self.db.outbox_push(proposal_id, &changes)
             {
@@ -714,7 +840,14 @@ impl Device {
             }
             Work::SetMembership => {
                 let (m, now) = (election_membership(&self.membership), self.now);
+                self.lease_voters = m.voters().len();
+                self.lease.set_voters(m.voters().clone());
                 self.election(None, move |e| e.set_membership(m, now))
+            }
+            Work::LeaseAnswer { from, term, sent_at } => {
+                if self.lease.on_answer(from, term, sent_at) {
+                    self.settle_lease_waiters();
+                }
             }
             Work::Resign => {
                 let now = self.now;
@@ -730,11 +863,11 @@ impl Device {
             Work::Install(m) => self.install(m),
             Work::FollowerMembership(m) => self.follower_membership(m),
             Work::Hint(h) => self.hint(h),
-            Work::HeartbeatNow => {
+            Work::HeartbeatNow(sent_at) => {
                 if let Role::Leader(l) = &self.role {
                     let peers: Vec<PeerId> = l.links.keys().copied().collect();
                     for p in peers {
-                        self.work.push_back(Work::Link(gen, p, LinkInput::HeartbeatTick));
+                        self.work.push_back(Work::Link(gen, p, LinkInput::HeartbeatTick(sent_at)));
                     }
                 }
             }
@@ -851,9 +984,10 @@ impl Device {
             Pending::Notify(peer) if same_role => {
                 self.work.push_back(Work::Link(gen, peer, LinkInput::NotifyAnswer(result.ok())))
             }
-            Pending::LeaderHeartbeat(peer) if same_role => {
+            Pending::LeaderHeartbeat(peer, round) if same_role => {
                 if let Ok(reply) = result {
-                    self.work.push_back(Work::Link(gen, peer, LinkInput::HeartbeatAnswer(reply)));
+                    let answer = LinkInput::HeartbeatAnswer(reply, round);
+                    self.work.push_back(Work::Link(gen, peer, answer));
                 }
             }
             Pending::Propose(proposal_id) => {
@@ -942,7 +1076,13 @@ impl Device {
             },
             Route::Propose { term } => {
                 let reply = serve_proposal(&self.tm, self.library_id, term, msg, false);
-                self.respond(id, reply);
+                // committed here: answered so only under the leader lease, checked now
+                if matches!(reply, SyncMessage::ProposalResult { .. }) {
+                    self.drain_commits();
+                    self.confirm_lease(term, AfterLease::Propose { id, reply });
+                } else {
+                    self.respond(id, reply);
+                }
             }
             Route::Link => {
                 let has = matches!(&self.role, Role::Leader(l) if l.links.contains_key(&peer));
@@ -1096,6 +1236,8 @@ impl Device {
     fn new_link(cx: &LinkContext, device: Uuid, peer: PeerId) -> Link {
         Link {
             link: FollowerLink::new(cx.link_config(device, peer)),
+            device,
+            round: Duration::ZERO,
             replies: BTreeMap::new(),
             next: 0,
         }
@@ -1215,6 +1357,7 @@ impl Device {
                     );
                     self.respond(r, msg);
                 }
+                self.sync_lease();
                 return;
             }
         }
@@ -1243,7 +1386,7 @@ impl Device {
                         self.respond(r, vote(library_id, &response));
                     }
                 }
-                Action::SendHeartbeats { .. } => self.work.push_back(Work::HeartbeatNow),
+                Action::SendHeartbeats { .. } => self.send_round(),
                 Action::SendTimeoutNow { to, term } => {
                     let Some(peer) = self.member_map().get(&to).copied() else { continue };
                     self.send(
@@ -1257,6 +1400,110 @@ impl Device {
         if let Some(r) = reply {
             let msg = view(library_id, &self.election);
             self.respond(r, msg);
+        }
+        self.sync_lease();
+    }
+
+    // ---- the leader lease (the election actor's) ------------------------------------------
+
+    /// `sync_lease` of the election actor: the lease leads the election's term (from now on,
+    /// if it did not already), held back while a transfer runs, released when one ends with
+    /// this device still leading, stopped when it does not lead; then the waiting answers it
+    /// decides now are given.
+    fn sync_lease(&mut self) {
+        let now = self.lease_clock.now();
+        if self.election.is_leader() {
+            let term = self.election.term();
+            if self.lease.leading() != Some(term) {
+                self.lease.lead(term, now);
+            }
+            if self.election.is_transferring() {
+                self.lease.hold_back();
+            } else {
+                self.lease.release(now);
+            }
+        } else if self.lease.leading().is_some() {
+            self.lease.stop();
+        }
+        self.settle_lease_waiters();
+    }
+
+    /// A heartbeat round: stamped with the lease clock, recorded, sent to every follower
+    /// (the election actor's `send_round`, then the service's `HeartbeatNow`).
+    fn send_round(&mut self) {
+        let sent_at = self.lease_clock.now();
+        self.lease.round_sent(sent_at);
+        self.work.push_back(Work::HeartbeatNow(sent_at));
+    }
+
+    /// `ConfirmLease`, asked after a commit, immediately before an answer that says
+    /// committed (the election actor's handler): answered at once when the lease holds or is
+    /// not needed, refused when this device no longer leads; else it waits for a heartbeat
+    /// round (one is sent unless the last can still confirm it), at most a leader timeout.
+    fn confirm_lease(&mut self, term: u64, then: AfterLease) {
+        if !self.lease_on {
+            return self.lease_decided(term, then, true, false);
+        }
+        let now = self.lease_clock.now();
+        match self.lease.state(now, now) {
+            LeaseState::Held | LeaseState::NotNeeded => self.lease_decided(term, then, true, false),
+            LeaseState::NotLeading => self.lease_decided(term, then, false, false),
+            LeaseState::Expired => {
+                self.out.push(Output::Note(format!(
+                    "lease expired (term {term}): {then:?} waits for a heartbeat round"
+                )));
+                let deadline = self.now + self.config.leader_timeout;
+                self.lease_waiters.push(LeaseWaiter { asked_at: now, deadline, term, then });
+                if self.lease.wants_round(now, now) {
+                    self.send_round();
+                }
+            }
+        }
+    }
+
+    /// The election actor's `settle_waiters`: every waiting answer the lease decides now.
+    fn settle_lease_waiters(&mut self) {
+        if self.lease_waiters.is_empty() {
+            return;
+        }
+        let now = self.lease_clock.now();
+        for w in std::mem::take(&mut self.lease_waiters) {
+            match self.lease.state(now, w.asked_at) {
+                LeaseState::Held | LeaseState::NotNeeded => {
+                    self.lease_decided(w.term, w.then, true, true)
+                }
+                LeaseState::NotLeading => self.lease_decided(w.term, w.then, false, true),
+                LeaseState::Expired => self.lease_waiters.push(w),
+            }
+        }
+    }
+
+    /// The answer waiting for the lease, given: committed if `confirmed`, else what each path
+    /// answers on real nodes when `ConfirmLease` says no (src/node.rs: `OutcomeUnknown`;
+    /// proposer/mod.rs: a failed attempt, retried under the same proposal id; service/mod.rs:
+    /// `lease_unconfirmed`).
+    fn lease_decided(&mut self, term: u64, then: AfterLease, confirmed: bool, waited: bool) {
+        let voters = self.lease_voters;
+        self.out.push(Output::Lease { term, voters, confirmed, waited });
+        match then {
+            AfterLease::Write { write, first, last } => {
+                if confirmed {
+                    self.committed(write, first, last);
+                } else {
+                    self.out.push(Output::Answer { write, outcome: Outcome::Unknown });
+                }
+            }
+            AfterLease::Local { proposal_id, delivery } => {
+                let delivery =
+                    if confirmed { delivery } else { Delivery::Failed(LEASE_UNCONFIRMED.into()) };
+                self.work
+                    .push_back(Work::Proposer(ProposerInput::Delivered(proposal_id, delivery)));
+            }
+            AfterLease::Propose { id, reply } => {
+                let reply =
+                    if confirmed { reply } else { lease_unconfirmed(self.library_id, term) };
+                self.respond(id, reply);
+            }
         }
     }
 
@@ -1312,8 +1559,18 @@ impl Device {
                 k.link.on_commit(commit, now)
             }
             LinkInput::NotifyAnswer(reply) => k.link.on_notify_answer(reply, now),
-            LinkInput::HeartbeatTick => k.link.on_heartbeat_tick(),
-            LinkInput::HeartbeatAnswer(reply) => k.link.on_heartbeat_answer(reply),
+            LinkInput::HeartbeatTick(sent_at) => {
+                k.round = sent_at;
+                k.link.on_heartbeat_tick()
+            }
+            LinkInput::HeartbeatAnswer(reply, sent_at) => {
+                // the link actor reports an answer to the round to the election's lease
+                if k.link.answers_round(&reply) {
+                    let (from, term) = (k.device, l.cx.term);
+                    self.work.push_back(Work::LeaseAnswer { from, term, sent_at });
+                }
+                k.link.on_heartbeat_answer(reply)
+            }
             LinkInput::Request(id, msg) => {
                 k.next += 1;
                 k.replies.insert(k.next, id);
@@ -1357,7 +1614,8 @@ impl Device {
                         Some(head.hash),
                         commit_sequence,
                     );
-                    self.send(peer, msg, Pending::LeaderHeartbeat(peer));
+                    let round = l.links.get(&peer).map_or(Duration::ZERO, |k| k.round);
+                    self.send(peer, msg, Pending::LeaderHeartbeat(peer, round));
                 }
                 LinkCommand::Reply { to, message } => {
                     let id = l.links.get_mut(&peer).and_then(|k| k.replies.remove(&to));
@@ -1536,7 +1794,14 @@ impl Device {
                 }
                 ProposerCommand::Deliver { proposal_id, target: Target::Local, changes } => {
                     let d = deliver_locally(&self.tm, self.id, proposal_id, changes);
-                    self.work.push_back(Work::Proposer(ProposerInput::Delivered(proposal_id, d)));
+                    // committed here: delivered so only under the leader lease
+                    if matches!(d, Delivery::Committed { .. }) {
+                        let term = self.election.term();
+                        self.confirm_lease(term, AfterLease::Local { proposal_id, delivery: d });
+                    } else {
+                        let input = ProposerInput::Delivered(proposal_id, d);
+                        self.work.push_back(Work::Proposer(input));
+                    }
                 }
                 ProposerCommand::Deliver {
                     proposal_id,

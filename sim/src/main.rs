@@ -45,6 +45,10 @@ struct Args {
     /// fails the seed (a `majority` write's always does).
     #[arg(long)]
     strict_sequences: bool,
+    /// Leaders answer writes as committed without the leader lease (to see what the checker
+    /// finds without it; real nodes always ask it).
+    #[arg(long)]
+    no_lease: bool,
     /// The share of writes made at the `majority` level, 0 to 1 (the others at `local`).
     #[arg(long, default_value_t = 0.5)]
     majority_share: f64,
@@ -84,6 +88,7 @@ fn options(args: &Args, seed: u64, faults: &BTreeSet<Fault>) -> Options {
     o.faults = faults.clone();
     o.fault_phase = Duration::from_millis(args.fault_phase_ms);
     o.strict_sequences = args.strict_sequences;
+    o.lease = !args.no_lease;
     o.majority_share = args.majority_share;
     o.patch_share = args.patch_share;
     o.synchronous =
@@ -111,6 +116,8 @@ struct Summary {
     patches: u64,
     decided_away: u64,
     conflicts: u64,
+    lease_waits: u64,
+    lease_unconfirmed: u64,
     faults: BTreeMap<String, u64>,
     leader_changes: u64,
     messages: u64,
@@ -139,6 +146,8 @@ impl Summary {
         self.patches += r.patches;
         self.decided_away += r.decided_away;
         self.conflicts += r.conflicts;
+        self.lease_waits += r.lease_waits;
+        self.lease_unconfirmed += r.lease_unconfirmed;
         for (k, n) in &r.faults {
             *self.faults.entry(k.clone()).or_default() += n;
         }

@@ -29,7 +29,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::check::Checker;
-use crate::device::{Device, Output};
+use crate::device::{BootClock, Device, Output};
 use crate::disk::Disk;
 use crate::net::{Delivery, InFlight, Ix, Micros, Net, NetFaults, RequestId};
 use crate::oracle::{token_of_change, tokens_of, Oracle, Outcome, Part};
@@ -131,6 +131,11 @@ pub struct Options {
     pub trace: bool,
     /// Print the trace to stderr as it happens instead of recording it.
     pub trace_live: bool,
+    /// Leaders answer writes as committed only under the leader lease, as real nodes do
+    /// (docs/architecture.md, "The leader lease"). Off (`--no-lease`), they answer at once:
+    /// what the checker's rule "no committed answer in a term after a later one was won"
+    /// is shown to find.
+    pub lease: bool,
 }
 
 impl Options {
@@ -158,6 +163,7 @@ impl Options {
             dir: None,
             trace: false,
             trace_live: false,
+            lease: true,
         }
     }
 
@@ -186,6 +192,9 @@ impl Options {
         if self.patch_share != Self::new(self.seed).patch_share {
             cmd.push_str(&format!(" --patch-share {}", self.patch_share));
         }
+        if !self.lease {
+            cmd.push_str(" --no-lease");
+        }
         cmd.push_str(" --trace");
         cmd
     }
@@ -213,6 +222,11 @@ pub struct Report {
     pub decided_away: u64,
     /// Conflict records in the final log.
     pub conflicts: u64,
+    /// Answers that said committed only after a wait for a heartbeat round (the leader lease
+    /// had expired), and answers the lease did not confirm (the write's outcome unknown, or its
+    /// delivery retried).
+    pub lease_waits: u64,
+    pub lease_unconfirmed: u64,
     pub faults: BTreeMap<String, u64>,
     pub leader_changes: u64,
     pub messages: u64,
@@ -302,6 +316,8 @@ pub struct World {
     tokens: BTreeMap<RequestId, (Ix, u64)>,
     oracle: Oracle,
     checker: Checker,
+    /// The devices' lease clock: the simulated time, counting pauses and suspends.
+    boot_clock: BootClock,
     report: Report,
     library_id: Uuid,
     next_write: u64,
@@ -404,6 +420,7 @@ impl World {
             slots,
             tokens: BTreeMap::new(),
             oracle: Oracle::default(),
+            boot_clock: BootClock::default(),
             library_id,
             next_write: 0,
             changes: BTreeMap::new(),
@@ -495,7 +512,9 @@ impl World {
         let seed = self.rng.gen();
         let s = &self.slots[ix];
         let syncs = db.syncs();
-        let (device, out) = Device::boot(ix, s.id, s.peer, db, config(), seed, now, wall)?;
+        let (clock, lease) = (self.boot_clock.clone(), self.opts.lease);
+        let (device, out) =
+            Device::boot(ix, s.id, s.peer, db, config(), seed, now, wall, clock, lease)?;
         self.slots[ix].device = Some(device);
         self.slots[ix].seen_syncs = syncs;
         self.slots[ix].down_since = None;
@@ -519,6 +538,7 @@ impl World {
             };
             self.now = at;
             wall.set(self.wall_ms());
+            self.boot_clock.set(self.now);
             if let Err(e) = self.step(ev) {
                 self.fail(format!("simulation error: {e:#}"));
                 break;
@@ -664,6 +684,19 @@ impl World {
                 }
                 Output::Changed { token, result } => self.changed(token, result),
                 Output::Note(note) => self.log(|| format!("{ix}: {note}")),
+                Output::Lease { term, voters, confirmed, waited } => {
+                    self.report.lease_waits += u64::from(waited);
+                    self.report.lease_unconfirmed += u64::from(!confirmed);
+                    if waited || !confirmed {
+                        self.log(|| format!("{ix}: lease of term {term}: confirmed {confirmed}"));
+                    }
+                    // the first broken rule is the one to report (the step's other answers echo it)
+                    if confirmed && self.report.failures.is_empty() {
+                        if let Err(e) = self.checker.on_committed_answer(ix, term, voters) {
+                            self.fail(e);
+                        }
+                    }
+                }
                 Output::Committed { term, commit_sequence } => {
                     if self.slots[ix].last_commit != commit_sequence {
                         self.slots[ix].last_commit = commit_sequence;
