@@ -7,5 +7,6 @@ mod fixture;
 mod lease;
 mod membership;
 mod replication;
+mod restored_founder;
 mod security;
 mod writes;
