@@ -15,6 +15,10 @@
 //! the links (one per member; a removed member's link first delivers the entry that
 //! removes it). It also answers `Join` (a guest presenting an invitation this device issued),
 //! `ChangeMembership` (the leader only) and `AnnounceAddresses` (signed address hints).
+//! While the database is behind its high-water mark with a configuration older than the one
+//! this device last knew (a restored backup), the members of that one are let in too, so
+//! that it follows their leader and catches up (`Database::admitted_while_behind`;
+//! docs/architecture.md, "Restores are detected").
 //!
 //! Supervision (docs/architecture.md, "Supervision"): it starts the election actor, the role's
 //! actors and the proposer's task, and its watchdog restarts whichever of them died (decided by
@@ -1347,8 +1351,11 @@ impl Actor for SyncService {
                 .register_library(cx.library_id, routes, me.clone().recipient())
                 .await
                 .map_err(|e| e.to_string())?;
-            // Devices removed before this start are still told so when they come back.
-            for m in former.iter().take(64).rev() {
+            // Devices removed before this start are still told so when they come back — but
+            // not one the configuration this device last knew has again (removed before an
+            // older copy was made, added back since: it is let in while restored).
+            let let_in: HashSet<Uuid> = restored.iter().map(|m| m.device_id).collect();
+            for m in former.iter().take(64).rev().filter(|m| !let_in.contains(&m.device_id)) {
                 if let Ok(peer) = m.peer_id.parse::<PeerId>() {
                     let _ = cx.network.revoke_member(cx.library_id, peer).await;
                 }
