@@ -20,7 +20,7 @@ use crate::devices::{self, Device};
 use crate::error::{Result, StorageError};
 use crate::invitations::{self, Invitation, InvitationRefused};
 use crate::local_jobs::{self, LocalJob};
-use crate::mark::{self, Mark, MarkState};
+use crate::mark::{self, Mark, MarkState, MarkedConfiguration};
 use crate::membership::{self, Membership};
 use crate::model::ModelRegistry;
 use crate::outbox::{self, OutboxEntry};
@@ -83,6 +83,10 @@ struct Inner {
     /// Whether [`Database::election_floor`] last found the log diverged from its mark (it
     /// logs the change, not every read).
     diverged: std::sync::atomic::AtomicBool,
+    /// The position of the configuration entry in the members file as this handle last read
+    /// or wrote it (`None` until then): [`Database::mark_configuration`] writes only when a
+    /// newer one is in effect. The lock keeps two writers of the file apart.
+    configured: Mutex<Option<LogPosition>>,
 }
 
 /// Writer commits after which the background checkpointer is woken.
@@ -310,6 +314,7 @@ impl Database {
                 acked: Mutex::new(None),
                 syncs: AtomicU64::new(0),
                 diverged: std::sync::atomic::AtomicBool::new(false),
+                configured: Mutex::new(None),
             }),
         })
     }
@@ -414,6 +419,73 @@ impl Database {
             Ok((head, at_mark))
         })?;
         Ok(mark::check(mark, head, at_mark))
+    }
+
+    /// The configuration this device last knew ([`mark::members_path`]), `None` if it never
+    /// wrote one (a device of a version before the file).
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] for a file that is not one; [`StorageError::Io`].
+    pub fn marked_configuration(&self) -> Result<Option<MarkedConfiguration>> {
+        mark::read_members(&mark::members_path(&self.inner.path))
+    }
+
+    /// The configuration in effect with the position of its entry (term 0 if the log does not
+    /// hold it: a joining device's configuration, installed before its log reached it).
+    fn configuration_in_effect(&self) -> Result<(Membership, LogPosition)> {
+        let membership = self.membership()?;
+        let sequence = membership.sequence;
+        let term = self.with_reader(|conn| SyncLog::term_at(conn, sequence))?.unwrap_or(0);
+        Ok((membership, LogPosition { term, sequence }))
+    }
+
+    /// Keeps the configuration in effect as the one this device last knew
+    /// ([`mark::members_path`], written durably) if it is newer than the one kept
+    /// ([`MarkedConfiguration::older`]); never an older one (a database put back to an older
+    /// copy does not take the file back with it). Called whenever a configuration entry is
+    /// committed or applied here; cheap when nothing changed (no file is read or written once
+    /// this handle knows the position kept). A library without configuration entries (feature
+    /// version 1) keeps none. Returns whether it wrote the file.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`]; [`StorageError::Corrupt`] for a members file that is not one.
+    pub fn mark_configuration(&self) -> Result<bool> {
+        let mut configured = lock_plain(&self.inner.configured);
+        let (membership, position) = self.configuration_in_effect()?;
+        if !membership.is_replicated() {
+            return Ok(false);
+        }
+        if configured.is_none() {
+            *configured = self.marked_configuration()?.map(|m| m.position);
+        }
+        if configured.is_some_and(|kept| !MarkedConfiguration::older(kept, position)) {
+            return Ok(false);
+        }
+        let marked = MarkedConfiguration { position, configuration: membership.configuration };
+        mark::write_members(&mark::members_path(&self.inner.path), &marked)?;
+        *configured = Some(position);
+        Ok(true)
+    }
+
+    /// The members admitted beyond the configuration in effect while this database is behind
+    /// its high-water mark and its configuration older than the one this device last knew
+    /// ([`mark::admitted_while_behind`]; docs/architecture.md, "Restores are detected"):
+    /// empty unless restored to an older copy.
+    ///
+    /// # Errors
+    /// As [`Database::mark_state`] and [`Database::marked_configuration`].
+    pub fn admitted_while_behind(&self) -> Result<Vec<lsync_protocol::Member>> {
+        let Some(marked) = self.marked_configuration()? else { return Ok(Vec::new()) };
+        let (membership, position) = self.configuration_in_effect()?;
+        if !MarkedConfiguration::older(position, marked.position) {
+            return Ok(Vec::new());
+        }
+        let state = self.mark_state()?;
+        Ok(mark::admitted_while_behind(
+            &state,
+            (position, &membership.configuration),
+            Some(&marked),
+        ))
     }
 
     /// The `synchronous` setting this database was opened with.

@@ -3,10 +3,14 @@
 //! and the chain hash of its entry there, kept in two small files beside the database (the
 //! fsynced `<db>.mark` and the cheap `<db>.mark.ack`), and the rule that compares a database
 //! with it ([`check`]: caught up, behind, or holding another history at the mark's sequence).
+//! Beside them, the configuration this device last knew (`<db>.mark.members`,
+//! [`MarkedConfiguration`]) and the rule that admits its members while the database is behind
+//! ([`admitted_while_behind`]): a device restored to a copy older than the devices that joined
+//! since still lets the leader they elected in, and catches up from it.
 
 use std::path::{Path, PathBuf};
 
-use lsync_protocol::ChainHash;
+use lsync_protocol::{ChainHash, Configuration, Member};
 
 use crate::error::{Result, StorageError};
 use crate::sync_log::{LogHead, LogPosition};
@@ -270,6 +274,122 @@ fn mark_text(mark: Mark) -> String {
     )
 }
 
+/// The configuration this device last knew: the newest configuration entry committed or
+/// applied here, kept in `<db>.mark.members` beside the mark files ([`members_path`]), so that
+/// a database put back to an older copy (whose configuration lacks the devices that joined
+/// since) can still tell who the members are ([`admitted_while_behind`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkedConfiguration {
+    /// The position of its configuration entry; term 0 when this device's log did not hold
+    /// the entry when it was written (a joining device's configuration, installed before its
+    /// log reached it).
+    pub position: LogPosition,
+    /// The configuration.
+    pub configuration: Configuration,
+}
+
+impl MarkedConfiguration {
+    /// Whether a configuration entry at `a` is older than one at `b`: by position (term
+    /// first) when both terms are known, by sequence when either is not (term 0).
+    pub fn older(a: LogPosition, b: LogPosition) -> bool {
+        if a.term == 0 || b.term == 0 {
+            a.sequence < b.sequence
+        } else {
+            a < b
+        }
+    }
+}
+
+/// The members admitted beyond the configuration in effect (`in_effect`: its entry's position
+/// and the configuration) — the one rule of docs/architecture.md, "Restores are detected":
+/// while the database is behind its mark or holds another history there (`state` not
+/// [`MarkState::Clear`]) and its configuration is older than the one this device last knew
+/// (`marked`, [`MarkedConfiguration::older`]), the members of the marked configuration that
+/// the configuration in effect lacks, in device order. They are let in as members to accept a
+/// leader's messages, to fetch from it and to answer it, so that the device catches up; the
+/// device still neither campaigns nor votes below its mark (the election's floor). Empty
+/// otherwise: once caught up the database's own configuration rules, and a peer in neither
+/// configuration is never admitted.
+pub fn admitted_while_behind(
+    state: &MarkState,
+    in_effect: (LogPosition, &Configuration),
+    marked: Option<&MarkedConfiguration>,
+) -> Vec<Member> {
+    let (position, configuration) = in_effect;
+    let Some(marked) = marked else { return Vec::new() };
+    if *state == MarkState::Clear || !MarkedConfiguration::older(position, marked.position) {
+        return Vec::new();
+    }
+    marked
+        .configuration
+        .members
+        .iter()
+        .filter(|m| configuration.member(m.device_id).is_none())
+        .cloned()
+        .collect()
+}
+
+/// The file of the configuration this device last knew (`<db>.mark.members`), written
+/// durably ([`write_members`]) whenever a newer configuration is in effect here
+/// ([`crate::Database::mark_configuration`]).
+pub fn members_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".mark.members");
+    PathBuf::from(name)
+}
+
+/// The first line of a members file.
+const MEMBERS_HEADER_1: &str = "lsync marked configuration 1";
+
+/// Reads the configuration at `path`; `None` if there is none (a device of a version before
+/// the file: no member is admitted beyond the database's configuration, as before).
+///
+/// # Errors
+/// [`StorageError::Corrupt`] for a file that is not one; [`StorageError::Io`].
+pub fn read_members(path: &Path) -> Result<Option<MarkedConfiguration>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    parse_members(&text).map(Some).ok_or_else(|| {
+        StorageError::Corrupt("marked configuration: not a configuration file".to_owned())
+    })
+}
+
+/// Writes `marked` at `path` durably and atomically (temporary file, fsync, rename, directory
+/// fsync), as the fsynced mark is written.
+///
+/// # Errors
+/// [`StorageError::Io`].
+pub fn write_members(path: &Path, marked: &MarkedConfiguration) -> Result<()> {
+    let json = serde_json::to_string(&marked.configuration)
+        .map_err(|e| StorageError::Corrupt(format!("marked configuration: {e}")))?;
+    let text = format!(
+        "{MEMBERS_HEADER_1}\nposition {} {}\n{json}\n",
+        marked.position.term, marked.position.sequence
+    );
+    write_durably(path, &text)
+}
+
+/// A members file: the header, `position <term> <sequence>`, and the configuration as one
+/// line of JSON (docs/protocol.md's `Configuration`: `feature_version` and `members`).
+fn parse_members(text: &str) -> Option<MarkedConfiguration> {
+    let mut lines = text.lines();
+    if lines.next()? != MEMBERS_HEADER_1 {
+        return None;
+    }
+    let (term, sequence) = lines.next()?.strip_prefix("position ")?.split_once(' ')?;
+    let (Ok(term), Ok(sequence)) = (term.parse::<u64>(), sequence.parse::<u64>()) else {
+        return None;
+    };
+    let configuration = serde_json::from_str::<Configuration>(lines.next()?).ok()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    Some(MarkedConfiguration { position: LogPosition { term, sequence }, configuration })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +408,129 @@ mod tests {
 
     fn mark(term: u64, sequence: u64, h: u8) -> Mark {
         Mark { position: pos(term, sequence), hash: Some(hash(h)) }
+    }
+
+    fn member(n: u128) -> Member {
+        Member {
+            device_id: uuid::Uuid::from_u128(n),
+            peer_id: format!("peer-{n}"),
+            addresses: vec![format!("/ip4/127.0.0.1/tcp/{}", 7000 + n)],
+            name: format!("device {n}"),
+            role: lsync_protocol::MemberRole::Voter,
+            preference: lsync_protocol::RolePreference::Auto,
+        }
+    }
+
+    fn configuration(members: &[u128]) -> Configuration {
+        Configuration::new(
+            lsync_protocol::FEATURE_VERSION,
+            members.iter().map(|n| member(*n)).collect(),
+        )
+    }
+
+    /// The founder alone at sequence 1 of term 1; the three of them at sequence 40 of term 2.
+    fn founder_and_marked() -> (Configuration, MarkedConfiguration) {
+        let marked =
+            MarkedConfiguration { position: pos(2, 40), configuration: configuration(&[1, 2, 3]) };
+        (configuration(&[1]), marked)
+    }
+
+    #[test]
+    fn a_device_behind_its_mark_admits_the_marked_members_its_configuration_lacks() {
+        let (alone, marked) = founder_and_marked();
+        let behind = MarkState::Behind { mark: mark(2, 60, 7) };
+        assert_eq!(
+            admitted_while_behind(&behind, (pos(1, 1), &alone), Some(&marked)),
+            vec![member(2), member(3)]
+        );
+    }
+
+    #[test]
+    fn a_device_holding_another_history_at_its_mark_admits_them_too() {
+        let (alone, marked) = founder_and_marked();
+        let diverged = MarkState::Diverged { mark: mark(2, 60, 7), found_term: 1, found: hash(8) };
+        assert_eq!(
+            admitted_while_behind(&diverged, (pos(1, 1), &alone), Some(&marked)),
+            vec![member(2), member(3)]
+        );
+    }
+
+    #[test]
+    fn a_device_caught_up_past_its_mark_admits_no_one_beyond_its_configuration() {
+        let (alone, marked) = founder_and_marked();
+        assert_eq!(
+            admitted_while_behind(&MarkState::Clear, (pos(1, 1), &alone), Some(&marked)),
+            Vec::<Member>::new()
+        );
+    }
+
+    #[test]
+    fn a_configuration_as_new_as_the_marked_one_rules_even_below_the_mark() {
+        let (_, marked) = founder_and_marked();
+        let behind = MarkState::Behind { mark: mark(2, 60, 7) };
+        // the device applied the marked entry again (or a newer one) on its way to the mark:
+        // its own configuration says who the members are, a device removed since included
+        let two = configuration(&[1, 2]);
+        for at in [pos(2, 40), pos(2, 45), pos(3, 10)] {
+            assert_eq!(
+                admitted_while_behind(&behind, (at, &two), Some(&marked)),
+                Vec::<Member>::new(),
+                "{at}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_marked_configuration_no_one_is_admitted_as_before() {
+        let (alone, _) = founder_and_marked();
+        let behind = MarkState::Behind { mark: mark(2, 60, 7) };
+        assert_eq!(admitted_while_behind(&behind, (pos(1, 1), &alone), None), Vec::<Member>::new());
+    }
+
+    #[test]
+    fn a_member_of_both_configurations_is_not_admitted_twice() {
+        let (_, marked) = founder_and_marked();
+        let behind = MarkState::Behind { mark: mark(2, 60, 7) };
+        // device 4 is in the database's configuration only (it is a member there already);
+        // device 3 in both: only device 2 is admitted beyond it
+        let in_effect = configuration(&[1, 3, 4]);
+        assert_eq!(
+            admitted_while_behind(&behind, (pos(1, 9), &in_effect), Some(&marked)),
+            vec![member(2)]
+        );
+    }
+
+    #[test]
+    fn configurations_compare_by_position_and_by_sequence_when_a_term_is_not_known() {
+        assert!(MarkedConfiguration::older(pos(1, 50), pos(2, 40)));
+        assert!(!MarkedConfiguration::older(pos(2, 40), pos(1, 50)));
+        assert!(!MarkedConfiguration::older(pos(2, 40), pos(2, 40)));
+        assert!(MarkedConfiguration::older(pos(0, 39), pos(2, 40)));
+        assert!(!MarkedConfiguration::older(pos(0, 41), pos(2, 40)));
+        assert!(!MarkedConfiguration::older(pos(2, 40), pos(0, 40)));
+    }
+
+    #[test]
+    fn a_marked_configuration_round_trips_and_a_file_that_is_not_one_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = members_path(&dir.path().join("library.db"));
+        assert_eq!(path.file_name().unwrap(), "library.db.mark.members");
+        assert_eq!(read_members(&path).unwrap(), None);
+        let (_, marked) = founder_and_marked();
+        write_members(&path, &marked).unwrap();
+        assert_eq!(read_members(&path).unwrap(), Some(marked));
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1, "no temporary file is left behind");
+        for text in [
+            "",
+            "lsync marked configuration 1\nposition 2 40\n",
+            "lsync marked configuration 1\nposition 2\n{}\n",
+            "lsync marked configuration 2\nposition 2 40\n{\"feature_version\":2,\"members\":[]}\n",
+            "lsync high-water mark 2\nposition 3 120\nhash -\n",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert!(matches!(read_members(&path), Err(StorageError::Corrupt(_))), "{text:?}");
+        }
     }
 
     #[test]

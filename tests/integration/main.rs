@@ -8,5 +8,6 @@ mod lease;
 mod membership;
 mod normal_sync;
 mod replication;
+mod restored_founder;
 mod security;
 mod writes;

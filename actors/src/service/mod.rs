@@ -15,6 +15,10 @@
 //! the links (one per member; a removed member's link first delivers the entry that
 //! removes it). It also answers `Join` (a guest presenting an invitation this device issued),
 //! `ChangeMembership` (the leader only) and `AnnounceAddresses` (signed address hints).
+//! While the database is behind its high-water mark with a configuration older than the one
+//! this device last knew (a restored backup), the members of that one are let in too, so
+//! that it follows their leader and catches up (`Database::admitted_while_behind`;
+//! docs/architecture.md, "Restores are detected").
 //!
 //! Supervision (docs/architecture.md, "Supervision"): it starts the election actor, the role's
 //! actors and the proposer's task, and its watchdog restarts whichever of them died (decided by
@@ -160,7 +164,14 @@ struct Started {
     state: SyncState,
     membership: Membership,
     connected: Vec<PeerId>,
+    /// The members let in while restored ([`SyncService::restored`]).
+    restored: Vec<Member>,
 }
+
+/// What [`SyncService::check_restored`] found: the members let in while restored.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RestoredMembers(Result<Vec<Member>, String>);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -219,6 +230,13 @@ pub struct SyncService {
     own_hint: Option<AddressHint>,
     /// An expiry check of the invitations is scheduled.
     invitation_timer: Option<SpawnHandle>,
+    /// The members of the configuration this device last knew that the configuration in effect
+    /// lacks, let in while the database is behind its high-water mark (restored to an older
+    /// copy) so that it catches up from the leader they elected: see [`SyncService::restored`].
+    restored: Vec<Member>,
+    /// A look at the database for [`SyncService::restored`] is under way; `pending`: another
+    /// was asked for meanwhile.
+    restored_check: (bool, bool),
 }
 
 fn now_ms() -> i64 {
@@ -261,6 +279,8 @@ impl SyncService {
             removed_hint: None,
             own_hint: None,
             invitation_timer: None,
+            restored: Vec::new(),
+            restored_check: (false, false),
         }
     }
 
@@ -379,6 +399,10 @@ impl SyncService {
             && self.asked_who_leads.is_none_or(|at| at.elapsed() >= self.cx.config.leader_timeout)
         {
             self.ask_who_leads();
+        }
+        // Members let in while restored: until the log has caught up past its mark.
+        if !self.restored.is_empty() {
+            self.check_restored();
         }
         let library_id = self.cx.library_id;
         for action in supervise::supervise(&seen) {
@@ -610,11 +634,13 @@ impl SyncService {
         )
     }
 
-    /// The peers of `m`'s members other than this device, with the addresses to dial them at.
+    /// The peers of `m`'s members other than this device, with the addresses to dial them at,
+    /// and those of the members let in while restored ([`SyncService::restored`]).
     fn peers_of(&self, m: &Membership) -> HashMap<PeerId, (Uuid, Vec<Multiaddr>)> {
         m.configuration
             .members
             .iter()
+            .chain(self.restored.iter())
             .filter(|mem| mem.device_id != self.cx.device_id)
             .filter_map(|mem| match mem.peer_id.parse::<PeerId>() {
                 Ok(p) => Some((p, (mem.device_id, addrs_of(mem)))),
@@ -626,13 +652,84 @@ impl SyncService {
             .collect()
     }
 
-    /// Makes `m` the configuration in effect on this device (see the module documentation).
+    /// Makes `m` the configuration in effect on this device (see the module documentation),
+    /// keeps it as the one this device last knew if it is newer, and looks again at who is let
+    /// in while restored ([`SyncService::check_restored`]).
     fn install_membership(&mut self, m: Membership) {
-        let library_id = self.cx.library_id;
         if self.membership.as_ref() == Some(&m) {
             return;
         }
+        self.apply_membership(m);
+        self.check_restored();
+    }
+
+    /// Looks at the database, off the actor's thread: keeps the configuration in effect as the
+    /// one this device last knew if it is newer (`Database::mark_configuration`), and finds
+    /// the members let in while restored (`Database::admitted_while_behind`, the rule of
+    /// docs/architecture.md, "Restores are detected"), which [`RestoredMembers`] brings back.
+    /// One look at a time; one asked for meanwhile follows it.
+    fn check_restored(&mut self) {
+        if self.restored_check.0 {
+            self.restored_check.1 = true;
+            return;
+        }
+        let Some(me) = self.self_addr.clone() else { return };
+        self.restored_check = (true, false);
+        let db = self.cx.db.clone();
+        let library_id = self.cx.library_id;
+        spawn_supervised(
+            Task::Network,
+            self.cx.metrics.clone(),
+            async move {
+                run_blocking(move || {
+                    if let Err(e) = db.mark_configuration() {
+                        warn!(%library_id, error = %e, "cannot keep the configuration in effect");
+                    }
+                    db.admitted_while_behind()
+                })
+                .await
+                .map_err(|e| e.to_string())
+            },
+            move |outcome| {
+                let outcome = outcome.map_err(|_| "panicked".to_owned()).and_then(|r| r);
+                me.do_send(RestoredMembers(outcome));
+            },
+        );
+    }
+
+    /// Lets `members` in as the members admitted while restored (see
+    /// [`SyncService::restored`]), and out those no longer admitted.
+    fn set_restored(&mut self, members: Vec<Member>) {
+        if members == self.restored {
+            return;
+        }
+        let library_id = self.cx.library_id;
+        if members.is_empty() {
+            info!(%library_id, "caught up: the configuration in effect says who the members are");
+        } else {
+            let devices: Vec<Uuid> = members.iter().map(|m| m.device_id).collect();
+            warn!(%library_id, ?devices, "behind the high-water mark with an older configuration: \
+                the members of the configuration this device last knew are let in until it has \
+                caught up");
+        }
+        self.restored = members;
+        if let Some(m) = self.membership.clone() {
+            self.apply_membership(m);
+        }
+    }
+
+    /// Makes `m` the configuration in effect, with the members let in while restored.
+    fn apply_membership(&mut self, m: Membership) {
+        let library_id = self.cx.library_id;
         let was_member = self.is_member();
+        // The members of the configuration that was in effect: a peer that leaves without
+        // having been one of them was only let in while restored, and is not told it was
+        // removed (it was not).
+        let configured: HashSet<Uuid> = self
+            .membership
+            .iter()
+            .flat_map(|m| m.configuration.members.iter().map(|mem| mem.device_id))
+            .collect();
         let new = self.peers_of(&m);
         let removed: Vec<(PeerId, Uuid)> = self
             .peers
@@ -688,6 +785,7 @@ impl SyncService {
                     self.peers.provisional.insert(*peer, *device);
                     self.outgoing_leader = Some((*peer, *device));
                 }
+                _ if !configured.contains(device) => self.forget(*peer),
                 _ => self.revoke(*peer),
             }
         }
@@ -790,6 +888,22 @@ impl SyncService {
             link.do_send(Connection(true));
         }
         link
+    }
+
+    /// `peer`, let in while restored only, is not any more: the network forgets it (it is not
+    /// told it was removed from the library).
+    fn forget(&mut self, peer: PeerId) {
+        let (network, library_id) = (self.cx.network.clone(), self.cx.library_id);
+        spawn_supervised(
+            Task::Network,
+            self.cx.metrics.clone(),
+            async move {
+                if let Err(e) = network.remove_member(library_id, peer).await {
+                    warn!(%library_id, %peer, error = %e, "cannot forget a member let in while restored");
+                }
+            },
+            |_| {},
+        );
     }
 
     /// `peer` is no longer a member: refused from now on (told so), its link stopped.
@@ -1188,13 +1302,39 @@ impl Actor for SyncService {
         let me = ctx.address();
         let setup = async move {
             let db = cx.db.clone();
-            let (state, membership, hints, former) = run_blocking(move || {
-                Ok((start_state(&db)?, db.membership()?, db.hints()?, db.former_members()?))
+            let library_id = cx.library_id;
+            let (state, membership, hints, former, restored) = run_blocking(move || {
+                if let Err(e) = db.mark_configuration() {
+                    warn!(%library_id, error = %e, "cannot keep the configuration in effect");
+                }
+                // Read errors of the marked configuration leave no one let in (as before it).
+                let restored = db.admitted_while_behind().unwrap_or_else(|e| {
+                    warn!(%library_id, error = %e, "cannot read the configuration last known");
+                    Vec::new()
+                });
+                Ok((
+                    start_state(&db)?,
+                    db.membership()?,
+                    db.hints()?,
+                    db.former_members()?,
+                    restored,
+                ))
             })
             .await
             .map_err(|e| e.to_string())?;
+            if !restored.is_empty() {
+                let devices: Vec<Uuid> = restored.iter().map(|m| m.device_id).collect();
+                warn!(%library_id, ?devices, "behind the high-water mark with an older \
+                    configuration: the members of the configuration this device last knew are \
+                    let in until it has caught up (docs/architecture.md, \"Restores are detected\")");
+            }
             let mut routes = Vec::new();
-            for m in membership.configuration.members.iter().filter(|m| m.device_id != cx.device_id)
+            for m in membership
+                .configuration
+                .members
+                .iter()
+                .chain(restored.iter())
+                .filter(|m| m.device_id != cx.device_id)
             {
                 let Ok(peer) = m.peer_id.parse::<PeerId>() else { continue };
                 let mut addrs = addrs_of(m);
@@ -1211,14 +1351,17 @@ impl Actor for SyncService {
                 .register_library(cx.library_id, routes, me.clone().recipient())
                 .await
                 .map_err(|e| e.to_string())?;
-            // Devices removed before this start are still told so when they come back.
-            for m in former.iter().take(64).rev() {
+            // Devices removed before this start are still told so when they come back — but
+            // not one the configuration this device last knew has again (removed before an
+            // older copy was made, added back since: it is let in while restored).
+            let let_in: HashSet<Uuid> = restored.iter().map(|m| m.device_id).collect();
+            for m in former.iter().take(64).rev().filter(|m| !let_in.contains(&m.device_id)) {
                 if let Ok(peer) = m.peer_id.parse::<PeerId>() {
                     let _ = cx.network.revoke_member(cx.library_id, peer).await;
                 }
             }
             let connected = cx.network.connected_peers().await.unwrap_or_default();
-            me.do_send(Started { state, membership, connected });
+            me.do_send(Started { state, membership, connected, restored });
             Ok::<_, String>(())
         };
         let library_id = self.cx.library_id;
@@ -1246,6 +1389,7 @@ impl Handler<Started> for SyncService {
         self.connected = msg.connected.into_iter().collect();
         self.local_peer = Some(self.cx.network.local_peer_id());
         self.state = Some(msg.state);
+        self.restored = msg.restored;
         let members = self.peers_of(&msg.membership).into_iter().map(|(p, (d, _))| (p, d));
         self.peers.set_members(members.collect());
         self.cx
@@ -1264,6 +1408,22 @@ impl Handler<Started> for SyncService {
             }
         }
         ctx.run_interval(WATCHDOG_INTERVAL, |this, ctx| this.watchdog(ctx));
+    }
+}
+
+impl Handler<RestoredMembers> for SyncService {
+    type Result = ();
+    fn handle(&mut self, msg: RestoredMembers, _: &mut Context<Self>) {
+        let again = self.restored_check.1;
+        self.restored_check = (false, false);
+        match msg.0 {
+            Ok(members) => self.set_restored(members),
+            Err(e) => warn!(library_id = %self.cx.library_id, error = %e,
+                "cannot tell whom to let in while behind the high-water mark"),
+        }
+        if again {
+            self.check_restored();
+        }
     }
 }
 

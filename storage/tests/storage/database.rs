@@ -370,3 +370,113 @@ fn a_mark_file_without_a_hash_is_compared_by_position_as_before() {
     );
     assert_eq!(l.db.election_floor().unwrap(), ahead);
 }
+
+/// The configuration this device last knew (docs/architecture.md, "Restores are detected"):
+/// kept beside the mark files whenever a newer one is in effect, read back as written, never
+/// taken back by a database put back to an older copy — whose configuration lacks the devices
+/// that joined since, which are then admitted while it is behind its mark. A device whose
+/// files predate it (no members file) admits no one beyond its configuration, as before.
+#[test]
+fn the_configuration_last_known_is_kept_beside_the_marks_and_admits_its_members_when_restored() {
+    use lsync_protocol::{Configuration, Member, MemberRole, RolePreference, FEATURE_VERSION};
+    use lsync_storage::mark::{members_path, read_members, MarkedConfiguration};
+    use lsync_storage::{LogPosition, MarkState};
+    let member = |device_id: Uuid| Member {
+        device_id,
+        peer_id: libp2p::identity::Keypair::generate_ed25519().public().to_peer_id().to_string(),
+        addresses: vec!["/ip4/127.0.0.1/tcp/7700".into()],
+        name: format!("device {device_id}"),
+        role: MemberRole::Voter,
+        preference: RolePreference::Auto,
+    };
+    let dir = TempDir::new().unwrap();
+    let l = leader(&dir, registry(false));
+    let path = members_path(l.db.path());
+    // a library without configuration entries keeps none
+    assert!(!l.db.mark_configuration().unwrap());
+    assert_eq!(l.db.marked_configuration().unwrap(), None);
+
+    // the founder alone
+    let founder = member(l.device_id);
+    let alone = Configuration::new(FEATURE_VERSION, vec![founder.clone()]);
+    let first = l.tm.commit_config(&alone).unwrap();
+    assert!(l.db.mark_configuration().unwrap(), "a newer configuration is written");
+    let at_first = LogPosition::of(&first);
+    let kept = MarkedConfiguration { position: at_first, configuration: alone.clone() };
+    assert_eq!(l.db.marked_configuration().unwrap(), Some(kept.clone()));
+    assert_eq!(read_members(&path).unwrap(), Some(kept));
+    let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+    assert!(!l.db.mark_configuration().unwrap(), "unchanged: nothing written");
+    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), written);
+    for i in 0..3 {
+        l.tm.commit(Change::insert(&tag(&format!("a{i}"), "x"))).unwrap();
+    }
+    assert!(!l.db.mark_configuration().unwrap(), "data entries change nothing");
+
+    // a copy of the founder's database, taken while it was alone
+    let copy = dir.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    let db_path = l.db.path().to_owned();
+    let name = db_path.file_name().unwrap().to_str().unwrap().to_owned();
+    l.db.write(|_| {
+        for suffix in ["", "-wal"] {
+            let from = dir.path().join(format!("{name}{suffix}"));
+            if from.exists() {
+                std::fs::copy(&from, copy.join(format!("{name}{suffix}"))).unwrap();
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+
+    // two devices join; more is written and marked
+    let (b, c) = (member(Uuid::new_v4()), member(Uuid::new_v4()));
+    let three = Configuration::new(FEATURE_VERSION, vec![founder, b.clone(), c.clone()]);
+    let joined = l.tm.commit_config(&three).unwrap();
+    assert!(l.db.mark_configuration().unwrap());
+    let at_joined = LogPosition::of(&joined);
+    let kept = MarkedConfiguration { position: at_joined, configuration: three.clone() };
+    assert_eq!(l.db.marked_configuration().unwrap(), Some(kept.clone()));
+    for i in 0..3 {
+        l.tm.commit(Change::insert(&tag(&format!("b{i}"), "x"))).unwrap();
+    }
+    l.db.raise_mark().unwrap();
+    assert_eq!(l.db.admitted_while_behind().unwrap(), Vec::<Member>::new(), "caught up");
+
+    // the database is put back to the copy, its mark files kept
+    let Leader { db, tm, .. } = l;
+    drop((db, tm));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("{name}{suffix}")));
+        let from = copy.join(format!("{name}{suffix}"));
+        if from.exists() {
+            std::fs::copy(&from, dir.path().join(format!("{name}{suffix}"))).unwrap();
+        }
+    }
+    let db = Database::open(&db_path, &StorageOptions::default(), registry(false)).unwrap();
+    assert!(matches!(db.mark_state().unwrap(), MarkState::Behind { .. }));
+    assert_eq!(db.membership().unwrap().configuration, alone);
+    // the older copy does not take the kept configuration back
+    assert!(!db.mark_configuration().unwrap());
+    assert_eq!(db.marked_configuration().unwrap(), Some(kept));
+    // behind, with an older configuration: the members it lacks are admitted
+    let joiners: Vec<Member> = three
+        .members
+        .iter()
+        .filter(|m| [b.device_id, c.device_id].contains(&m.device_id))
+        .cloned()
+        .collect();
+    assert_eq!(joiners.len(), 2);
+    assert_eq!(db.admitted_while_behind().unwrap(), joiners);
+
+    // files of a version before the members file: no one beyond the configuration, as before
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(db.marked_configuration().unwrap(), None);
+    assert_eq!(db.admitted_while_behind().unwrap(), Vec::<Member>::new());
+    assert!(matches!(db.mark_state().unwrap(), MarkState::Behind { .. }), "the marks still read");
+    // and a restored database without the file writes its own configuration there (no newer
+    // one is known)
+    let reopened = Database::open(&db_path, &StorageOptions::default(), registry(false)).unwrap();
+    assert!(reopened.mark_configuration().unwrap());
+    assert_eq!(reopened.marked_configuration().unwrap().unwrap().position, at_first);
+}
