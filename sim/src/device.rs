@@ -427,12 +427,13 @@ impl Device {
             StdRng::seed_from_u64(seed ^ 0x5eed),
         );
         let (events, _) = broadcast::channel(16);
-        // as the election actor starts its lease: the latest configuration's voters
+        // as the election actor starts its lease: the latest configuration's voters, and the
+        // previous ones while the change is not known committed
         let duration = lease_duration(config.leader_timeout);
         let mut lease = Lease::new(id, duration, lease_clock.counts_suspend());
-        let voters = election_membership(&membership).voters().clone();
-        let lease_voters = voters.len();
-        lease.set_voters(voters);
+        let m = election_membership(&membership);
+        let lease_voters = m.voters().len();
+        lease.set_voters(m.voters().clone(), m.previous_voters().cloned());
         let mut d = Self {
             asked_who_leads: None,
             debug: std::env::var_os("LSYNC_SIM_DEBUG").is_some(),
@@ -841,7 +842,7 @@ impl Device {
             Work::SetMembership => {
                 let (m, now) = (election_membership(&self.membership), self.now);
                 self.lease_voters = m.voters().len();
-                self.lease.set_voters(m.voters().clone());
+                self.lease.set_voters(m.voters().clone(), m.previous_voters().cloned());
                 self.election(None, move |e| e.set_membership(m, now))
             }
             Work::LeaseAnswer { from, term, sent_at } => {

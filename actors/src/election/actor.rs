@@ -168,7 +168,7 @@ impl ElectionActor {
         let written = cx.persisted;
         let duration = lease_duration(cx.config.leader_timeout);
         let mut lease = Lease::new(cx.device_id, duration, clock.counts_suspend());
-        lease.set_voters(cx.membership.voters().clone());
+        lease.set_voters(cx.membership.voters().clone(), cx.membership.previous_voters().cloned());
         let mut actor = Self {
             cx,
             election,
@@ -598,7 +598,8 @@ impl Handler<SetMembership> for ElectionActor {
     fn handle(&mut self, msg: SetMembership, ctx: &mut Context<Self>) {
         self.cx.members = msg.peers;
         self.cx.membership = msg.membership.clone();
-        self.lease.set_voters(msg.membership.voters().clone());
+        self.lease
+            .set_voters(msg.membership.voters().clone(), msg.membership.previous_voters().cloned());
         let actions = self.election.set_membership(msg.membership, now());
         self.perform(actions, None, ctx);
     }

@@ -9,7 +9,7 @@
 //!        election actor (I/O)                     Lease (pure)
 //!  BecomeLeader ─────────────────────────► lead(term, now)
 //!  BecomeFollower / BecomeCandidate ─────► stop
-//!  configuration changed ────────────────► set_voters
+//!  configuration changed ────────────────► set_voters (and the previous voters)
 //!  transfer started / ended ─────────────► hold_back / release(now)
 //!  heartbeat round sent (stamp) ─────────► round_sent(stamp)
 //!  a follower answered that round ───────► on_answer(from, term, stamp)
@@ -80,6 +80,8 @@ pub struct Lease {
     duration: Duration,
     counts_suspend: bool,
     voters: BTreeSet<Uuid>,
+    /// The voters before the last voter change, while it is not known committed.
+    previous: Option<BTreeSet<Uuid>>,
     /// The term this device leads, if it does.
     leading: Option<u64>,
     /// A leadership transfer runs.
@@ -101,6 +103,7 @@ impl Lease {
             duration,
             counts_suspend,
             voters: BTreeSet::new(),
+            previous: None,
             leading: None,
             held_back: false,
             since: Duration::ZERO,
@@ -114,16 +117,25 @@ impl Lease {
         self.leading
     }
 
-    /// The voters of the latest configuration. When they change, the last round sent no longer
-    /// holds back a waiting write's round: it went to the devices that were members then, and
-    /// the answers of devices that were not voters yet were ignored, so it may never gather a
-    /// majority of the new voters (a write would wait for the next periodic heartbeat).
-    pub fn set_voters(&mut self, voters: BTreeSet<Uuid>) {
-        if voters != self.voters {
+    /// The voters of the latest configuration, and `previous`: the voters before the last voter
+    /// change while this device does not know it committed (`ElectionMembership::
+    /// previous_voters`). While there are previous voters, a majority of them must answer too:
+    /// until the change commits, they can still elect a leader by themselves (a previous pair
+    /// by the two-device rule), so a majority of the latest voters alone does not show that no
+    /// other device won a later term (simulator seed 218). When the voters change, the last
+    /// round sent no longer holds back a waiting write's round: it went to the devices that
+    /// were members then, and the answers of devices that were not voters yet were ignored, so
+    /// it may never gather a majority of the new voters (a write would wait for the next
+    /// periodic heartbeat).
+    pub fn set_voters(&mut self, voters: BTreeSet<Uuid>, previous: Option<BTreeSet<Uuid>>) {
+        if voters != self.voters || previous != self.previous {
             self.last_round = None;
         }
-        self.answered.retain(|v, _| voters.contains(v));
+        let counts =
+            |v: &Uuid| voters.contains(v) || previous.as_ref().is_some_and(|p| p.contains(v));
+        self.answered.retain(|v, _| counts(v));
         self.voters = voters;
+        self.previous = previous;
     }
 
     /// This device leads `term` from `now` on: nothing it heard before counts.
@@ -173,7 +185,8 @@ impl Lease {
     pub fn on_answer(&mut self, from: Uuid, term: u64, sent_at: Duration) -> bool {
         if self.leading != Some(term)
             || from == self.me
-            || !self.voters.contains(&from)
+            || !(self.voters.contains(&from)
+                || self.previous.as_ref().is_some_and(|p| p.contains(&from)))
             || sent_at < self.since
         {
             return false;
@@ -183,11 +196,20 @@ impl Lease {
         true
     }
 
-    /// The newest `s` such that a majority of the voters answered rounds sent at or after `s`
-    /// (this device, if a voter, answering every round); `None` if no majority did.
+    /// The newest `s` such that a majority of the voters — and of the previous voters, while
+    /// there are some — answered rounds sent at or after `s` (this device, if a voter,
+    /// answering every round); `None` if no majority did.
     pub fn confirmed_since(&self) -> Option<Duration> {
-        let mut stamps: Vec<Duration> = self
-            .voters
+        let latest = self.confirmed_by(&self.voters)?;
+        match &self.previous {
+            Some(p) => self.confirmed_by(p).map(|s| s.min(latest)),
+            None => Some(latest),
+        }
+    }
+
+    /// [`Self::confirmed_since`] for one set of voters.
+    fn confirmed_by(&self, voters: &BTreeSet<Uuid>) -> Option<Duration> {
+        let mut stamps: Vec<Duration> = voters
             .iter()
             .filter_map(|v| {
                 if *v == self.me {
@@ -197,7 +219,7 @@ impl Lease {
                 }
             })
             .collect();
-        let majority = self.voters.len() / 2 + 1;
+        let majority = voters.len() / 2 + 1;
         if stamps.len() < majority {
             return None;
         }
@@ -273,7 +295,7 @@ mod tests {
     /// Device 1 leading term 3 of voters `1..=n` since 0 ms, with a suspend-aware clock.
     fn leader(n: u128) -> Lease {
         let mut l = Lease::new(id(1), LEASE, true);
-        l.set_voters((1..=n).map(id).collect());
+        l.set_voters((1..=n).map(id).collect(), None);
         l.lead(3, ms(0));
         l
     }
@@ -319,11 +341,32 @@ mod tests {
         assert_eq!(l.state(ms(110), ms(110)), LeaseState::Held, "three of five");
     }
 
+    /// Voters {1, 2} became {1, 2, 3}, not known committed: 2 may still lead alone by the
+    /// two-device rule (simulator seed 218), so 3's answer is not enough — 2 must answer too.
+    #[test]
+    fn while_a_voter_change_is_uncommitted_a_majority_of_the_previous_voters_must_answer() {
+        let mut l = Lease::new(id(1), LEASE, true);
+        l.set_voters((1..=3).map(id).collect(), Some([id(1), id(2)].into()));
+        l.lead(3, ms(0));
+        l.round_sent(ms(100));
+        assert!(l.on_answer(id(3), 3, ms(100)));
+        assert_eq!(l.state(ms(110), ms(110)), LeaseState::Expired, "two of three, one of two");
+        assert!(l.on_answer(id(2), 3, ms(100)), "a previous voter's answer counts");
+        assert_eq!(l.state(ms(110), ms(110)), LeaseState::Held);
+        // once the change is known committed, the latest voters alone decide
+        let mut l = Lease::new(id(1), LEASE, true);
+        l.set_voters((1..=3).map(id).collect(), None);
+        l.lead(3, ms(0));
+        l.round_sent(ms(100));
+        assert!(l.on_answer(id(3), 3, ms(100)));
+        assert_eq!(l.state(ms(110), ms(110)), LeaseState::Held);
+    }
+
     #[test]
     fn a_clock_jump_past_the_lease_ends_it_at_once() {
         let clock = FakeClock::new(ms(1_000), true);
         let mut l = Lease::new(id(1), LEASE, clock.counts_suspend());
-        l.set_voters((1..=3).map(id).collect());
+        l.set_voters((1..=3).map(id).collect(), None);
         l.lead(3, clock.now());
         let sent = clock.now();
         l.round_sent(sent);
@@ -342,7 +385,7 @@ mod tests {
         let mut l = leader(2);
         assert_eq!(l.state(ms(5_000), ms(5_000)), LeaseState::NotNeeded);
         assert_eq!(l.held_until(), None);
-        l.set_voters([id(1)].into());
+        l.set_voters([id(1)].into(), None);
         assert_eq!(l.state(ms(5_000), ms(5_000)), LeaseState::NotNeeded, "nor has a sole voter");
     }
 
@@ -391,7 +434,7 @@ mod tests {
     #[test]
     fn without_a_suspend_aware_clock_only_a_round_sent_after_the_ask_confirms() {
         let mut l = Lease::new(id(1), LEASE, false);
-        l.set_voters((1..=3).map(id).collect());
+        l.set_voters((1..=3).map(id).collect(), None);
         l.lead(3, ms(0));
         l.round_sent(ms(100));
         l.on_answer(id(2), 3, ms(100));
@@ -420,19 +463,19 @@ mod tests {
         let mut l = leader(2);
         l.round_sent(ms(10));
         l.on_answer(id(2), 3, ms(10));
-        l.set_voters((1..=4).map(id).collect());
+        l.set_voters((1..=4).map(id).collect(), None);
         assert_eq!(l.state(ms(20), ms(20)), LeaseState::Expired, "two of four voters");
         assert!(l.wants_round(ms(20), ms(20)), "the round before the change cannot be counted on");
         l.round_sent(ms(20));
         assert!(!l.wants_round(ms(30), ms(30)), "the fresh round in flight can confirm it");
-        l.set_voters((1..=4).map(id).collect());
+        l.set_voters((1..=4).map(id).collect(), None);
         assert!(!l.wants_round(ms(30), ms(30)), "the same voters again change nothing");
     }
 
     #[test]
     fn without_a_suspend_aware_clock_a_write_waits_for_a_round_sent_after_it() {
         let mut l = Lease::new(id(1), LEASE, false);
-        l.set_voters((1..=3).map(id).collect());
+        l.set_voters((1..=3).map(id).collect(), None);
         l.lead(3, ms(0));
         l.round_sent(ms(10));
         assert!(!l.wants_round(ms(10), ms(10)), "sent when it asked");
