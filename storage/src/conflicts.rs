@@ -86,8 +86,9 @@ impl ConflictOutcome {
 /// shows it to the user and may delete it once dealt with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
-    /// `<proposal id>:<model type>/<record id>`: one per proposal and record, the same when a
-    /// refused proposal is retried or a repair proposes part of it again.
+    /// `<proposal id>:<model type>/<record id>@<physical_ms>.<counter>` (the change's
+    /// timestamp): one per change, the same when a refused proposal is retried or a repair
+    /// proposes part of it again.
     pub id: String,
     /// The record's model type.
     pub model_type: String,
@@ -142,7 +143,7 @@ impl Conflict {
         policy: ConflictPolicy,
     ) -> Conflict {
         Conflict {
-            id: conflict_id(proposal, &change.model_type, &change.record_id),
+            id: conflict_id(proposal, &change.model_type, &change.record_id, hlc),
             model_type: change.model_type.clone(),
             record_id: change.record_id.clone(),
             policy,
@@ -301,11 +302,19 @@ pub(crate) fn outcome_of(
     }
 }
 
-/// The id of the conflict of proposal `proposal_id` about record `record_id` of `model_type`:
-/// one per proposal and record, whichever part of the proposal (and at whichever index) a
-/// retry or a repair proposes again.
-pub(crate) fn conflict_id(proposal_id: Uuid, model_type: &str, record_id: &str) -> String {
-    format!("{proposal_id}:{model_type}/{record_id}")
+/// The id of the conflict of the change with timestamp `hlc` of proposal `proposal_id` about
+/// record `record_id` of `model_type`: one per change, whichever part of the proposal (and at
+/// whichever index) a retry or a repair proposes again — a change keeps its timestamp, and the
+/// changes of one proposal have distinct ones. (By proposal and record alone, the second of two
+/// changes of one record in a proposal, decided in another evaluation than the first, found
+/// the first one's record and was decided away with none: simulator seed 21.)
+pub(crate) fn conflict_id(
+    proposal_id: Uuid,
+    model_type: &str,
+    record_id: &str,
+    hlc: Hlc,
+) -> String {
+    format!("{proposal_id}:{model_type}/{record_id}@{}.{}", hlc.physical_ms, hlc.counter)
 }
 
 /// The change that commits `conflict` (an Insert of the conflict record, made by the leader).

@@ -505,16 +505,18 @@ fn held_whole(conn: &mut SqliteConnection, entry: &OutboxEntry) -> Result<bool> 
         }
     };
     for change in entry.changes.iter().skip(from) {
-        if change.change_type != ChangeType::Delete
-            && !crate::conflicts::exists(
-                conn,
-                &crate::conflicts::conflict_id(
-                    entry.proposal_id,
-                    &change.model_type,
-                    &change.record_id,
-                ),
-            )?
-        {
+        if change.change_type == ChangeType::Delete {
+            continue;
+        }
+        // only a change stamped where it was made is ever decided by a conflict
+        let Some(hlc) = change.hlc else { return Ok(false) };
+        let id = crate::conflicts::conflict_id(
+            entry.proposal_id,
+            &change.model_type,
+            &change.record_id,
+            hlc,
+        );
+        if !crate::conflicts::exists(conn, &id)? {
             return Ok(false);
         }
     }

@@ -298,6 +298,44 @@ fn a_change_decided_away_by_a_deposed_leader_is_decided_again_by_the_new_one() {
     }
 }
 
+/// Two changes of one record in one proposal, decided away in two evaluations of it (a retry
+/// or a repair proposing first a part, then the whole): each gets its own conflict record — by
+/// proposal and record alone, the second found the first one's and was decided away with none,
+/// neither in the log nor in a conflict record (simulator seed 21).
+#[test]
+fn two_changes_of_one_record_in_a_proposal_are_two_conflicts() {
+    let dir = TempDir::new().unwrap();
+    let (l, _a, b) = library(&dir, registry(false));
+    let (a_id, b_id) = (device(_a.database()), device(b.database()));
+    // a sets both fields, later
+    let newer = at(a_id, 1000);
+    let both = Change {
+        hlc: Some(newer),
+        ..Change::update_fields("tag", "t1", &json!({ "name": "a's", "color": "#0000ff" }))
+    };
+    l.tm.commit_proposal(Uuid::new_v4(), a_id, vec![both]).unwrap();
+    // b's older proposal sets them one by one, both based on version 1
+    let name = Change {
+        hlc: Some(at(b_id, 1)),
+        base_version: Some(1),
+        ..Change::update_fields("tag", "t1", &json!({ "name": "b's" }))
+    };
+    let color = Change { base_version: Some(1), ..paint("#ff0000", at(b_id, 2)) };
+    let pb = Uuid::new_v4();
+    l.tm.commit_proposal(pb, b_id, vec![name.clone()]).unwrap();
+    l.tm.commit_proposal(pb, b_id, vec![name, color]).unwrap();
+
+    let found = recorded(&l.db);
+    let fields: Vec<&[String]> = found.iter().map(|c| c.fields.as_slice()).collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        fields.contains(&&["name".to_owned()][..]) && fields.contains(&&["color".to_owned()][..])
+    );
+    assert_ne!(found[0].id, found[1].id);
+    assert!(found.iter().all(|c| c.outcome == ConflictOutcome::Stored && c.proposal_id == pb));
+    assert_eq!(shown(&l.db).name, "a's");
+}
+
 #[test]
 fn conflict_records_cannot_be_proposed() {
     let dir = TempDir::new().unwrap();
