@@ -336,6 +336,10 @@ impl Transport for NoTransport {
 pub struct Device {
     /// When this device, idle, last asked who leads.
     asked_who_leads: Option<Instant>,
+    /// The members of the configuration this device last knew that its database's lacks, let
+    /// in while it is behind its high-water mark (`Database::admitted_while_behind`, as the
+    /// service's `restored`).
+    restored: Vec<lsync_protocol::Member>,
     /// `LSYNC_SIM_DEBUG` is set: the follower's commands and fetch answers go to the trace too.
     debug: bool,
     pub ix: Ix,
@@ -436,6 +440,7 @@ impl Device {
         lease.set_voters(m.voters().clone(), m.previous_voters().cloned());
         let mut d = Self {
             asked_who_leads: None,
+            restored: Vec::new(),
             debug: std::env::var_os("LSYNC_SIM_DEBUG").is_some(),
             ix,
             id,
@@ -476,6 +481,10 @@ impl Device {
             lease_waiters: Vec::new(),
         };
         d.sync_lease();
+        // as the service's setup: keep the configuration in effect if newer than the one last
+        // known, and let in the members a restored database's older configuration lacks
+        let _ = d.db.mark_configuration();
+        d.restored = d.db.admitted_while_behind().unwrap_or_default();
         d.peers.set_members(d.peers_of(&membership));
         d.commit_watch =
             if membership.previous_voters.is_some() { membership.voters_since } else { u64::MAX };
@@ -855,6 +864,10 @@ impl Device {
                 self.election(None, move |e| e.resign(now))
             }
             Work::ElectionTick => {
+                // the service's watchdog looks again while anyone is let in
+                if !self.restored.is_empty() {
+                    self.check_restored();
+                }
                 let now = self.now;
                 self.election(None, move |e| e.tick(now))
             }
@@ -1022,6 +1035,7 @@ impl Device {
         m.configuration
             .members
             .iter()
+            .chain(self.restored.iter())
             .filter(|mem| mem.device_id != self.id)
             .filter_map(|mem| mem.peer_id.parse::<PeerId>().ok().map(|p| (p, mem.device_id)))
             .collect()
@@ -1244,11 +1258,29 @@ impl Device {
         }
     }
 
-    /// `install_membership` of the service.
+    /// `install_membership` of the service, then its `check_restored`.
     fn install(&mut self, m: Membership) {
         if self.membership == m {
             return;
         }
+        self.apply_membership(m);
+        self.check_restored();
+    }
+
+    /// The service's `check_restored`: keeps the configuration in effect if newer than the one
+    /// last known, and lets in (or out again, once caught up) the members of the one last
+    /// known that the database's lacks (docs/architecture.md, "Restores are detected").
+    fn check_restored(&mut self) {
+        let _ = self.db.mark_configuration();
+        let Ok(restored) = self.db.admitted_while_behind() else { return };
+        if restored != self.restored {
+            self.restored = restored;
+            self.apply_membership(self.membership.clone());
+        }
+    }
+
+    /// The membership `m` in effect: peers, links, the proposer's members, the role.
+    fn apply_membership(&mut self, m: Membership) {
         let was_member = self.is_member();
         let new = self.peers_of(&m);
         let members = &self.peers.members;
