@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
-use lsync_protocol::{ChainHash, ChangeType, SyncLogEntry};
+use lsync_protocol::{ChainHash, ChangeType, Hlc, SyncLogEntry};
 use uuid::Uuid;
 
 use crate::change::Change;
@@ -345,7 +345,7 @@ impl Applier {
             // stored values won): proposed again from the record, so that the new leader decides
             // them again and records the conflict — a change is always either in the log or in
             // a conflict record (docs/architecture.md, "Conflicts").
-            let decided_away = decided_away_orphans(conn, &stashed)?;
+            let (decided_away, partial) = decided_away_orphans(conn, &stashed)?;
             orphaned.extend(decided_away.values().map(|(proposal, _)| *proposal));
             // Proposals to queue, in the order of their first stashed entry.
             let mut groups: Vec<Group> = Vec::new();
@@ -415,7 +415,13 @@ impl Applier {
                     continue;
                 };
                 let id = entry.proposal_id.unwrap_or_else(|| orphan_proposal_id(&entry));
-                let mut change = Change::from_entry(entry);
+                // an orphan committed in part whose conflict record is an orphan too goes
+                // back whole, as proposed (decided_away_orphans)
+                let whole = match (entry.proposal_id, &entry.stamp) {
+                    (Some(p), Some(stamp)) if !replicated => partial.get(&(p, stamp.hlc)).cloned(),
+                    _ => None,
+                };
+                let mut change = whole.unwrap_or_else(|| Change::from_entry(entry));
                 if !replicated && change.base_version.is_some() {
                     let base = crate::sync_log::last_write_before(
                         conn,
@@ -468,16 +474,23 @@ impl Applier {
     }
 }
 
-/// The orphaned conflict records (by sequence) of `stashed` (each entry with whether the
-/// rebuilt log holds it) whose change has no entry of its proposal for its record in the stash
-/// or the rebuilt log — a change the deposed leader decided away, which only the record keeps —
-/// each with its proposal and the change rebuilt from the record (its type, data and timestamp
-/// as proposed; the caller sets its base).
+/// What the orphaned conflict records of `stashed` (each entry with whether the rebuilt log
+/// holds it) say of the changes they decided, each change rebuilt from its record (its type,
+/// data and timestamp as proposed; the caller sets its base):
+/// - by the record's sequence, with its proposal: a change with no entry of its own (of its
+///   proposal, for its record, with its timestamp) in the stash or the rebuilt log — decided
+///   away by the deposed leader, which only the record keeps;
+/// - by (proposal, timestamp): a change whose own entry is an orphan too — committed in part
+///   (the fields it won): proposed again whole, not as the part its entry holds, so that the
+///   new leader decides every field it set again and records the conflict (a Patch of the part
+///   alone left the fields it lost in no record: seeds 103 and 155).
+type Rebuilt = (HashMap<u64, (Uuid, Change)>, HashMap<(Uuid, Hlc), Change>);
+
 fn decided_away_orphans(
     conn: &mut SqliteConnection,
     stashed: &[(SyncLogEntry, bool)],
-) -> Result<HashMap<u64, (Uuid, Change)>> {
-    let mut found = HashMap::new();
+) -> Result<Rebuilt> {
+    let (mut away, mut partial) = (HashMap::new(), HashMap::new());
     for (entry, replicated) in stashed {
         if *replicated || entry.model_type != crate::conflicts::CONFLICT_MODEL_TYPE {
             continue;
@@ -486,16 +499,17 @@ fn decided_away_orphans(
             continue;
         };
         let Some(change_type) = ChangeType::parse(&conflict.change_type) else { continue };
+        // the change's own entry: its proposal, its record and — another change of the same
+        // record in the proposal may have one (seed 21) — its timestamp
         let of_it = |e: &SyncLogEntry| {
             e.proposal_id == Some(conflict.proposal_id)
                 && e.model_type == conflict.model_type
                 && e.record_id == conflict.record_id
+                && e.stamp.as_ref().is_none_or(|s| s.hlc == conflict.proposed_hlc)
         };
-        if stashed.iter().any(|(e, _)| of_it(e))
-            || SyncLog::proposal_entries(conn, conflict.proposal_id)?.iter().any(of_it)
-        {
-            continue;
-        }
+        let orphan_entry = stashed.iter().any(|(e, replicated)| !replicated && of_it(e));
+        let kept = stashed.iter().any(|(e, replicated)| *replicated && of_it(e))
+            || SyncLog::proposal_entries(conn, conflict.proposal_id)?.iter().any(of_it);
         let change = Change {
             model_type: conflict.model_type,
             record_id: conflict.record_id,
@@ -504,9 +518,18 @@ fn decided_away_orphans(
             hlc: Some(conflict.proposed_hlc),
             base_version: Some(conflict.base_version),
         };
-        found.insert(entry.sequence, (conflict.proposal_id, change));
+        match (orphan_entry, kept) {
+            (false, false) => {
+                away.insert(entry.sequence, (conflict.proposal_id, change));
+            }
+            (true, false) => {
+                partial.insert((conflict.proposal_id, conflict.proposed_hlc), change);
+            }
+            // its entry is in the new log: the change is accounted for there
+            (_, true) => {}
+        }
     }
-    Ok(found)
+    Ok((away, partial))
 }
 
 /// What [`Applier::recover_orphans`] did.

@@ -336,6 +336,53 @@ fn two_changes_of_one_record_in_a_proposal_are_two_conflicts() {
     assert_eq!(shown(&l.db).name, "a's");
 }
 
+/// A change the deposed leader committed in part (the fields it won) left two orphans: its
+/// entry and the conflict record of the fields it lost. It goes back whole, as proposed, so
+/// that the new leader decides every field again and records the conflict — as a Patch of the
+/// part its entry holds, the lost fields were in no record (simulator seeds 103 and 155).
+#[test]
+fn a_change_committed_in_part_by_a_deposed_leader_goes_back_whole() {
+    let dir = TempDir::new().unwrap();
+    let (l, a, b) = library(&dir, registry(false));
+    let (a_id, b_id) = (device(a.database()), device(b.database()));
+    // a renames t1 (later); everyone fetches it
+    let rename = Change {
+        hlc: Some(at(a_id, 1000)),
+        ..Change::update_fields("tag", "t1", &json!({ "name": "a's" }))
+    };
+    l.tm.commit_proposal(Uuid::new_v4(), a_id, vec![rename]).unwrap();
+    catch_up(&l.db, &a, 100);
+    catch_up(&l.db, &b, 100);
+    // b's older whole-record update: its color wins, its name loses; nobody fetches it
+    let older = at(b_id, 0);
+    let mut whole = tag("t1", "b's");
+    whole.color = Some("#ff0000".into());
+    let update = Change { hlc: Some(older), base_version: Some(1), ..Change::update(&whole) };
+    let pb = Uuid::new_v4();
+    let out = l.tm.commit_proposal(pb, b_id, vec![update.clone()]).unwrap();
+    assert_eq!(out.entries.len(), 2, "the part it won, and the conflict record");
+
+    b.database().set_leadership(SyncRole::Leader, 2, Some(b_id)).unwrap();
+    let b_tm = TransactionManager::new(b.database().clone(), b_id);
+    l.db.set_leadership(SyncRole::Follower, 2, Some(b_id)).unwrap();
+    let old_leader = Applier::new(l.db.clone());
+    old_leader.reset_for_repair().unwrap();
+    catch_up(b.database(), &old_leader, 100);
+    old_leader.recover_orphans().unwrap();
+    let orphan = l.db.outbox_list().unwrap().remove(0);
+    assert_eq!(orphan.changes.len(), 1, "{:?}", orphan.changes);
+    let change = &orphan.changes[0];
+    assert_eq!((change.change_type, &change.data), (update.change_type, &update.data), "whole");
+    assert_eq!((change.hlc, change.base_version), (Some(older), Some(2)));
+
+    b_tm.commit_proposal(orphan.proposal_id, l.device_id, orphan.changes.clone()).unwrap();
+    let shown_b = shown(b.database());
+    assert_eq!((shown_b.name.as_str(), shown_b.color.as_deref()), ("a's", Some("#ff0000")));
+    let found = recorded(b.database());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].kept.clone(), found[0].proposed_hlc), (vec!["name".to_owned()], older));
+}
+
 #[test]
 fn conflict_records_cannot_be_proposed() {
     let dir = TempDir::new().unwrap();
