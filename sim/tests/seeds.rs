@@ -55,11 +55,17 @@ fn run_options(options: impl IntoIterator<Item = Options>, known: &[(u64, &str)]
 }
 
 /// Seeds 1–60 with every fault kind (`--faults all`: power losses and restores of older copies
-/// too) that fail on an open defect (docs/testing.md, "Known defects"): none. The five listed
-/// first (16, 19, 20, 37, 45) pass since acknowledgements are durable (`synchronous = full` by
-/// default, a follower's batch fsynced and under its mark before it is acknowledged); the last
-/// (13, and four of last-writer-wins) pass since the fixes of issue 18.
-const KNOWN_ALL_FAULTS: &[(u64, &str)] = &[];
+/// too) that fail on an open defect (docs/testing.md, "Known defects"). The five listed first
+/// (16, 19, 20, 37, 45) pass since acknowledgements are durable (`synchronous = full` by
+/// default, a follower's batch fsynced and under its mark before it is acknowledged); the next
+/// (13, and four of last-writer-wins) since the fixes of issue 18.
+const KNOWN_ALL_FAULTS: &[(u64, &str)] = &[(
+    11,
+    "liveness: a leader whose disk was put back to an older copy (losing 33 changes no other \
+     device held) and a restored follower: no leader for 60 s after the drain, the survivor's \
+     vote requests never answered with a majority (suspected: the leader's high-water mark \
+     covers local commits no other device holds, so it votes for no log again)",
+)];
 
 /// Seeds 31–60 with every fault under `synchronous = normal` that fail on an open defect: none.
 const KNOWN_NORMAL: &[(u64, &str)] = &[];
