@@ -188,6 +188,20 @@ impl Checker {
         self.seen.remove(&ix);
     }
 
+    /// The first committed sequence whose entry no log of `logs` holds any more (every copy
+    /// put back or lost): more devices lost acknowledged data than the library tolerates, and
+    /// by design it waits for an operator rather than elect a log without that entry
+    /// (docs/architecture.md, "Restores are detected").
+    pub fn committed_lost(&self, logs: &[Vec<SyncLogEntry>]) -> Option<u64> {
+        self.committed.iter().find_map(|(&sequence, &(print, _))| {
+            let held = logs.iter().any(|log| {
+                log.get((sequence - 1) as usize)
+                    .is_some_and(|e| e.sequence == sequence && fingerprint(e) == print)
+            });
+            (!held).then_some(sequence)
+        })
+    }
+
     /// Leader `ix` of `term` published `commit`: its entries up to there are committed.
     pub fn on_commit(
         &mut self,
@@ -422,6 +436,38 @@ mod tests {
     fn a_committed_answer_in_the_latest_term_won_passes() {
         assert_eq!(deposed().on_committed_answer(2, 2, 3), Ok(()));
         assert!(deposed().on_committed_answer(0, 1, 3).is_err(), "the older term does not");
+    }
+
+    fn entry(sequence: u64, term: u64) -> SyncLogEntry {
+        SyncLogEntry {
+            sequence,
+            term,
+            origin_device: uuid::Uuid::nil(),
+            timestamp_ms: 0,
+            model_type: "tag".into(),
+            record_id: format!("r{sequence}"),
+            change_type: lsync_protocol::ChangeType::Insert,
+            version: 1,
+            data: Vec::new(),
+            proposal_id: None,
+            hash: None,
+            stamp: None,
+        }
+    }
+
+    #[test]
+    fn a_committed_entry_on_no_log_is_found_and_one_on_any_log_is_not() {
+        let mut c = Checker::new(false);
+        for s in 1..=3 {
+            c.committed.insert(s, (fingerprint(&entry(s, 1)), 1));
+        }
+        let whole: Vec<SyncLogEntry> = (1..=3).map(|s| entry(s, 1)).collect();
+        let short: Vec<SyncLogEntry> = (1..=1).map(|s| entry(s, 1)).collect();
+        assert_eq!(c.committed_lost(&[short.clone(), whole]), None, "one copy is enough");
+        assert_eq!(c.committed_lost(std::slice::from_ref(&short)), Some(2));
+        // another entry at a committed sequence is not a copy of it
+        let other = vec![entry(1, 1), entry(2, 2), entry(3, 2)];
+        assert_eq!(c.committed_lost(&[short, other]), Some(2));
     }
 
     #[test]
