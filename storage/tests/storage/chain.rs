@@ -5,7 +5,7 @@
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel_migrations::{FileBasedMigrations, MigrationHarness};
-use lsync_protocol::{chain_hash, ChainHash, Configuration, Member, MemberRole, FEATURE_VERSION};
+use lsync_protocol::{chain_hash, ChainHash, Configuration, FEATURE_VERSION};
 use lsync_storage::{BulkOperation, Change, Database, SqliteConnection, StorageError, SyncLog};
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -26,17 +26,6 @@ fn assert_chained(db: &Database) -> ChainHash {
     prev
 }
 
-fn member(device_id: Uuid) -> Member {
-    Member {
-        device_id,
-        peer_id: libp2p::identity::Keypair::generate_ed25519().public().to_peer_id().to_string(),
-        name: "d".into(),
-        addresses: vec!["/ip4/127.0.0.1/tcp/7700".into()],
-        role: MemberRole::Voter,
-        preference: Default::default(),
-    }
-}
-
 #[test]
 fn every_leader_write_path_stores_the_chain_and_returns_the_hashes() {
     let dir = TempDir::new().unwrap();
@@ -44,8 +33,7 @@ fn every_leader_write_path_stores_the_chain_and_returns_the_hashes() {
     let mut events = l.tm.subscribe();
     assert_eq!(l.db.head().unwrap().hash, ChainHash::GENESIS);
     let config =
-        l.tm.commit_config(&Configuration::new(FEATURE_VERSION, vec![member(l.device_id)]))
-            .unwrap();
+        l.tm.commit_config(&Configuration::new(FEATURE_VERSION, vec![voter(l.device_id)])).unwrap();
     let batch = l.tm.commit_batch(vec![
         Change::insert(&tag("a", "A")),
         Change::insert(&tag("b", "B")),

@@ -199,3 +199,21 @@ pub fn location(id: &str, path: &str) -> lsync_storage::Location {
 pub fn note(id: &str, body: &str) -> Note {
     Note { id: id.to_owned(), body: body.to_owned() }
 }
+
+/// A member of a configuration: `device_id` with `role`, a fresh peer id (the storage crate
+/// never parses it, the configuration does), a loopback address.
+pub fn member(device_id: Uuid, role: lsync_protocol::MemberRole) -> lsync_protocol::Member {
+    lsync_protocol::Member {
+        device_id,
+        peer_id: libp2p::identity::Keypair::generate_ed25519().public().to_peer_id().to_string(),
+        addresses: vec!["/ip4/127.0.0.1/tcp/7700".into()],
+        name: format!("device {device_id}"),
+        role,
+        preference: lsync_protocol::RolePreference::Auto,
+    }
+}
+
+/// A voter ([`member`]).
+pub fn voter(device_id: Uuid) -> lsync_protocol::Member {
+    member(device_id, lsync_protocol::MemberRole::Voter)
+}

@@ -6,7 +6,7 @@
 //! clock, and an Insert or Update that would re-create the record without having seen the
 //! delete is decided against it.
 
-use lsync_protocol::{ChangeType, Configuration, Hlc, Member, MemberRole, SyncRole};
+use lsync_protocol::{ChangeType, Configuration, Hlc, Member, SyncRole};
 use lsync_storage::conflicts::{self, CONFLICT_MODEL_TYPE};
 use lsync_storage::field_clock::{self, FieldStamp, RecordClock};
 use lsync_storage::{
@@ -19,17 +19,6 @@ use uuid::Uuid;
 
 use crate::common::*;
 
-fn member(device_id: Uuid) -> Member {
-    Member {
-        device_id,
-        peer_id: libp2p::identity::Keypair::generate_ed25519().public().to_peer_id().to_string(),
-        name: "d".into(),
-        addresses: vec!["/ip4/127.0.0.1/tcp/7700".into()],
-        role: MemberRole::Voter,
-        preference: Default::default(),
-    }
-}
-
 fn device(db: &Database) -> Uuid {
     db.sync_state().unwrap().device_id
 }
@@ -41,7 +30,7 @@ fn library(dir: &TempDir, registry: ModelRegistry) -> (Leader, Applier, Applier)
     let a = follower(dir, "a", &l, registry.clone());
     let b = follower(dir, "b", &l, registry);
     let mut members: Vec<Member> =
-        [l.device_id, device(a.database()), device(b.database())].map(member).to_vec();
+        [l.device_id, device(a.database()), device(b.database())].map(voter).to_vec();
     members.sort_by_key(|m| m.device_id);
     l.tm.commit_config(&Configuration::new(3, members)).unwrap();
     l.tm.commit(Change::insert(&tag("t1", "one"))).unwrap();
@@ -572,7 +561,7 @@ fn below_feature_version_3_a_delete_leaves_no_marker_and_an_update_re_creates() 
     assert_eq!((recorded(&l.db), clocks(&l.db)), (vec![], vec![]));
 
     // from feature version 3 on, the same stale update after a delete is decided against it
-    l.tm.commit_config(&Configuration::new(3, vec![member(l.device_id)])).unwrap();
+    l.tm.commit_config(&Configuration::new(3, vec![voter(l.device_id)])).unwrap();
     l.tm.commit(Change::delete::<Tag>("t1")).unwrap();
     let stale = rewrite("stale", 1, long_ago);
     l.tm.commit_proposal(Uuid::new_v4(), Uuid::from_u128(1), vec![stale]).unwrap();

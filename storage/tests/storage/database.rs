@@ -378,17 +378,9 @@ fn a_mark_file_without_a_hash_is_compared_by_position_as_before() {
 /// files predate it (no members file) admits no one beyond its configuration, as before.
 #[test]
 fn the_configuration_last_known_is_kept_beside_the_marks_and_admits_its_members_when_restored() {
-    use lsync_protocol::{Configuration, Member, MemberRole, RolePreference, FEATURE_VERSION};
+    use lsync_protocol::{Configuration, Member, FEATURE_VERSION};
     use lsync_storage::mark::{members_path, read_members, MarkedConfiguration};
     use lsync_storage::{LogPosition, MarkState};
-    let member = |device_id: Uuid| Member {
-        device_id,
-        peer_id: libp2p::identity::Keypair::generate_ed25519().public().to_peer_id().to_string(),
-        addresses: vec!["/ip4/127.0.0.1/tcp/7700".into()],
-        name: format!("device {device_id}"),
-        role: MemberRole::Voter,
-        preference: RolePreference::Auto,
-    };
     let dir = TempDir::new().unwrap();
     let l = leader(&dir, registry(false));
     let path = members_path(l.db.path());
@@ -397,7 +389,7 @@ fn the_configuration_last_known_is_kept_beside_the_marks_and_admits_its_members_
     assert_eq!(l.db.marked_configuration().unwrap(), None);
 
     // the founder alone
-    let founder = member(l.device_id);
+    let founder = voter(l.device_id);
     let alone = Configuration::new(FEATURE_VERSION, vec![founder.clone()]);
     let first = l.tm.commit_config(&alone).unwrap();
     assert!(l.db.mark_configuration().unwrap(), "a newer configuration is written");
@@ -430,7 +422,7 @@ fn the_configuration_last_known_is_kept_beside_the_marks_and_admits_its_members_
     .unwrap();
 
     // two devices join; more is written and marked
-    let (b, c) = (member(Uuid::new_v4()), member(Uuid::new_v4()));
+    let (b, c) = (voter(Uuid::new_v4()), voter(Uuid::new_v4()));
     let three = Configuration::new(FEATURE_VERSION, vec![founder, b.clone(), c.clone()]);
     let joined = l.tm.commit_config(&three).unwrap();
     assert!(l.db.mark_configuration().unwrap());

@@ -3,29 +3,12 @@
 //! entries of a newer version, invitations and address hints.
 
 use lsync_protocol::{
-    AddressHint, ChangeType, Configuration, Member, MemberRole, RolePreference, SyncRole,
-    FEATURE_VERSION,
+    AddressHint, ChangeType, Configuration, Member, MemberRole, SyncRole, FEATURE_VERSION,
 };
 use lsync_storage::{Change, InvitationRefused, LogPosition, StorageError, TransactionManager};
 use uuid::Uuid;
 
 use crate::common::*;
-
-fn member(device_id: Uuid, role: MemberRole) -> Member {
-    Member {
-        device_id,
-        peer_id: libp2p_peer(),
-        addresses: vec!["/ip4/127.0.0.1/tcp/7700".into()],
-        name: format!("device {device_id}"),
-        role,
-        preference: RolePreference::Auto,
-    }
-}
-
-/// A peer id in text form (the storage crate never parses it, the configuration does).
-fn libp2p_peer() -> String {
-    libp2p::identity::Keypair::generate_ed25519().public().to_peer_id().to_string()
-}
 
 fn config(members: Vec<Member>) -> Configuration {
     Configuration::new(FEATURE_VERSION, members)
