@@ -11,7 +11,7 @@
 //!
 //! The table is `WITHOUT ROWID` (one B-tree keyed by model type and record id), and
 //! [`record`] writes each record's final clock of a batch of entries once, with multi-row
-//! upserts: a clock row per entry, each its own `REPLACE` into a rowid table with a primary-key
+//! statements: a clock row per entry, each its own `REPLACE` into a rowid table with a primary-key
 //! index, made a library at feature version 3 commit a third slower than at 2
 //! (docs/performance.md, "Conflicts (issue 18): what stamps cost").
 //!
@@ -27,7 +27,6 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
-use diesel::upsert::excluded;
 use lsync_protocol::{ChangeType, Hlc, SyncLogEntry, RESERVED_MODEL_PREFIX};
 
 use crate::error::{Result, StorageError};
@@ -201,9 +200,13 @@ fn new_row(model_type: &str, record_id: &str, clock: &RecordClock) -> NewRow {
 const FORGET_CHUNK: usize = 500;
 
 /// Writes what a batch left of each record (`None`: no row) — one row per record whatever the
-/// number of its entries: multi-row upserts (`INSERT … ON CONFLICT (model_type, record_id) DO
-/// UPDATE`, which updates a row in place where `REPLACE` deletes and inserts it), and one
-/// `DELETE` per model type and chunk of record ids.
+/// number of its entries: a multi-row `REPLACE` per 100 records, in key order, and one `DELETE`
+/// per model type and chunk of record ids.
+///
+/// `REPLACE`, not an upsert (`INSERT … ON CONFLICT DO UPDATE`): diesel never caches the
+/// prepared statement of an upsert, and preparing a 100-row statement for every chunk cost a
+/// third of this function's time (docs/performance.md); in a `WITHOUT ROWID` table the
+/// `REPLACE` of an existing row rewrites it in the one B-tree.
 fn write(
     conn: &mut SqliteConnection,
     batch: BTreeMap<(&str, &str), Option<RecordClock>>,
@@ -227,17 +230,7 @@ fn write(
         }
     }
     crate::in_cached_chunks!(&rows[..], |chunk| {
-        diesel::insert_into(field_clock::table)
-            .values(chunk)
-            .on_conflict((field_clock::model_type, field_clock::record_id))
-            .do_update()
-            .set((
-                field_clock::version.eq(excluded(field_clock::version)),
-                field_clock::hlc.eq(excluded(field_clock::hlc)),
-                field_clock::fields.eq(excluded(field_clock::fields)),
-                field_clock::deleted.eq(excluded(field_clock::deleted)),
-            ))
-            .execute(conn)?
+        diesel::replace_into(field_clock::table).values(chunk).execute(conn)?
     });
     Ok(())
 }
@@ -428,7 +421,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_row_is_updated_in_place_by_the_next_batch() {
+    fn a_stored_row_is_replaced_by_the_next_batch() {
         let mut conn = conn();
         record(&mut conn, &[entry("a", 1, 10, &["name"], false)]).unwrap();
         record(&mut conn, &[entry("a", 2, 20, &[], true)]).unwrap();
