@@ -4,7 +4,9 @@
 //! the same tables and log, and every write the test was answered for is in every device's log
 //! exactly once — where it was answered `Committed`, at the sequence of that answer unless a
 //! deposed leader's change had to be proposed again (the `local` level's promise,
-//! docs/operations.md) — and nothing the test did not write is there.
+//! docs/operations.md) — and nothing the test did not write is there. Also a founder restored
+//! to a copy from before the others joined, which must catch up (docs/architecture.md,
+//! "Restores are detected").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -270,4 +272,63 @@ async fn a_restored_follower_does_not_vote_until_caught_up_past_its_mark() {
 
     cluster.restart(0).await;
     converge_and_check(&cluster, lib, &[0, 1, 2], &oracle).await;
+}
+
+/// A founder restored to a copy taken while it was its library's only member: its database's
+/// configuration lacks the devices that joined since, so before the configuration kept beside
+/// its marks it refused the leader they elected as a non-member and never caught up.
+/// The founder writes alone, is copied, two devices join and more is written; the founder's
+/// database is put back to the copy (its marks kept). It comes back behind its mark with a
+/// configuration of itself alone, admits the members of the configuration it last knew, and
+/// catches up from the leader the other two elected.
+#[actix_rt::test]
+async fn a_founder_restored_to_before_the_others_joined_catches_up() {
+    let mut c = Cluster::start(3).await;
+    let lib = c.node(0).create_library().await.expect("create library");
+    let mut oracle = Oracle::default();
+    oracle.write_many(&c, lib, &[0], "alone", 10).await;
+    let backup = c.dir.path().join("backup-founder");
+    back_up(&c, 0, lib, &backup);
+
+    c.invite_and_join(lib, 0, 1).await;
+    c.wait_for_members(lib, &[0, 1]).await;
+    c.invite_and_join(lib, 0, 2).await;
+    c.wait_for_members(lib, &[0, 1, 2]).await;
+    c.wait_for_voters(lib, &[0, 1, 2], 3).await;
+    oracle.write_many(&c, lib, &[0, 1, 2], "joined", 20).await;
+    c.assert_converged(lib, 0, &[1, 2]).await;
+    let last = c.last_sequence(0, lib);
+    wait_until(&format!("node 0's mark reaches {last}"), || async {
+        let db = c.node(0).database(lib).expect("library open");
+        db.mark().expect("mark").is_some_and(|m| m.sequence >= last)
+    })
+    .await;
+
+    c.stop(0).await;
+    put_back(&c, 0, lib, &backup);
+    c.restart(0).await;
+    let st = c.node(0).status(lib).await.unwrap();
+    assert!(st.behind_mark.is_some(), "the restored founder is not behind its mark: {st:?}");
+    oracle.write_many(&c, lib, &[1, 2], "restored", 10).await;
+    let (leader, _) = c.wait_for_leader(lib, &[0, 1, 2], 0).await;
+    assert_ne!(leader, 0, "the restored founder leads");
+    oracle.write_many(&c, lib, &[0, 1, 2], "after", 6).await;
+
+    for i in [0, 1, 2] {
+        wait_until(&format!("node {i}'s outbox is empty"), || async {
+            c.node(i).status(lib).await.is_ok_and(|st| st.outbox_pending == 0)
+        })
+        .await;
+    }
+    let (leader, _) = c.wait_for_leader(lib, &[0, 1, 2], 0).await;
+    let others: Vec<usize> = [0, 1, 2].into_iter().filter(|&i| i != leader).collect();
+    c.assert_converged(lib, leader, &others).await;
+    // (a `local` answer's sequence may move: the joined writes' leader may be deposed)
+    for i in [0, 1, 2] {
+        oracle.check(&c, i, lib);
+    }
+    let st = c.node(0).status(lib).await.unwrap();
+    assert_eq!(st.behind_mark, None, "the founder is still behind its mark");
+    let members = c.node(0).membership(lib).await.unwrap();
+    assert_eq!(members.configuration.members.len(), 3, "the founder's own configuration");
 }

@@ -8,6 +8,5 @@ mod lease;
 mod membership;
 mod normal_sync;
 mod replication;
-mod restored_founder;
 mod security;
 mod writes;
