@@ -189,20 +189,8 @@ impl ElectionActor {
     /// this device still leading, stopped when it does not lead; then answers the writes
     /// that can be answered.
     fn sync_lease(&mut self) {
-        let now = self.clock.now();
-        if self.election.is_leader() {
-            let term = self.election.term();
-            if self.lease.leading() != Some(term) {
-                self.lease.lead(term, now);
-            }
-            if self.election.is_transferring() {
-                self.lease.hold_back();
-            } else {
-                self.lease.release(now);
-            }
-        } else if self.lease.leading().is_some() {
-            self.lease.stop();
-        }
+        let leading = self.election.is_leader().then(|| self.election.term());
+        self.lease.follow(leading, self.election.is_transferring(), self.clock.now());
         self.settle_waiters();
     }
 

@@ -7,10 +7,9 @@
 //!
 //! ```text
 //!        election actor (I/O)                     Lease (pure)
-//!  BecomeLeader ─────────────────────────► lead(term, now)
-//!  BecomeFollower / BecomeCandidate ─────► stop
+//!  after every election step ───────────► follow(leading term, transferring, now):
+//!                                           lead / stop / hold_back / release
 //!  configuration changed ────────────────► set_voters (and the previous voters)
-//!  transfer started / ended ─────────────► hold_back / release(now)
 //!  heartbeat round sent (stamp) ─────────► round_sent(stamp)
 //!  a follower answered that round ───────► on_answer(from, term, stamp)
 //!  a write asks (after its commit) ──────► state(now, asked_at), wants_round(now, asked_at)
@@ -170,6 +169,28 @@ impl Lease {
         self.since = now;
         self.answered.clear();
         self.last_round = None;
+    }
+
+    /// Brings the lease in line with the election at `now`: `leading` is the term this device
+    /// leads, if it does, and `transferring` whether a leadership transfer runs. It leads that
+    /// term (from now on, if it did not already), is held back while a transfer runs and
+    /// released when one ends with this device still leading, and stops when it does not lead.
+    /// What the election actor does after every election step (and the simulator's devices).
+    pub fn follow(&mut self, leading: Option<u64>, transferring: bool, now: Duration) {
+        match leading {
+            Some(term) => {
+                if self.leading != Some(term) {
+                    self.lead(term, now);
+                }
+                if transferring {
+                    self.hold_back();
+                } else {
+                    self.release(now);
+                }
+            }
+            None if self.leading.is_some() => self.stop(),
+            None => {}
+        }
     }
 
     /// A heartbeat round stamped `stamp` (read before it was sent) goes to every follower.
@@ -339,6 +360,24 @@ mod tests {
         assert_eq!(l.state(ms(110), ms(110)), LeaseState::Expired);
         assert!(l.on_answer(id(3), 3, ms(100)));
         assert_eq!(l.state(ms(110), ms(110)), LeaseState::Held, "three of five");
+    }
+
+    #[test]
+    fn following_the_election_leads_holds_back_releases_and_stops() {
+        let mut l = Lease::new(id(1), LEASE, true);
+        l.set_voters((1..=3).map(id).collect(), None);
+        l.follow(Some(3), false, ms(0));
+        assert_eq!(l.leading(), Some(3));
+        l.round_sent(ms(100));
+        assert!(l.on_answer(id(2), 3, ms(100)));
+        assert_eq!(l.state(ms(110), ms(110)), LeaseState::Held);
+        l.follow(Some(3), true, ms(120));
+        assert_eq!(l.state(ms(130), ms(130)), LeaseState::Expired, "held back by a transfer");
+        l.follow(Some(3), false, ms(140));
+        assert!(!l.on_answer(id(2), 3, ms(100)), "a round from before the release");
+        assert_eq!(l.state(ms(150), ms(150)), LeaseState::Expired);
+        l.follow(None, false, ms(160));
+        assert_eq!((l.leading(), l.state(ms(170), ms(170))), (None, LeaseState::NotLeading));
     }
 
     /// Voters {1, 2} became {1, 2, 3}, not known committed: 2 may still lead alone by the
