@@ -348,8 +348,7 @@ impl Applier {
             let (decided_away, partial) = decided_away_orphans(conn, &stashed)?;
             orphaned.extend(decided_away.values().map(|(proposal, _)| *proposal));
             // Proposals to queue, in the order of their first stashed entry.
-            let mut groups: Vec<Group> = Vec::new();
-            let mut index: HashMap<Uuid, usize> = HashMap::new();
+            let mut groups = Groups::default();
             // Where the logs parted: an orphan was made over the record as it stood there, so
             // that is its base (docs/architecture.md, "Conflicts") — not the version before it
             // in the deposed log, which the new leader's log does not share.
@@ -377,18 +376,8 @@ impl Applier {
                     // or, decided away, the change rebuilt from the record).
                     if let Some((id, change)) = decided_away.get(&entry.sequence) {
                         let mut change = change.clone();
-                        let base = crate::sync_log::last_write_before(
-                            conn,
-                            &change.model_type,
-                            &change.record_id,
-                            parted,
-                        )?;
-                        change.base_version = Some(base.map_or(0, |r| r.version));
-                        let i = *index.entry(*id).or_insert_with(|| {
-                            groups.push(Group::new(*id));
-                            groups.len() - 1
-                        });
-                        groups[i].add(LogPosition::of(&entry), change, true);
+                        base_where_parted(conn, &mut change, parted)?;
+                        groups.of(*id).add(LogPosition::of(&entry), change, true);
                     }
                     continue;
                 } else if entry.change_type == ChangeType::Config {
@@ -423,13 +412,7 @@ impl Applier {
                 };
                 let mut change = whole.unwrap_or_else(|| Change::from_entry(entry));
                 if !replicated && change.base_version.is_some() {
-                    let base = crate::sync_log::last_write_before(
-                        conn,
-                        &change.model_type,
-                        &change.record_id,
-                        parted,
-                    )?;
-                    change.base_version = Some(base.map_or(0, |r| r.version));
+                    base_where_parted(conn, &mut change, parted)?;
                 }
                 let valid = match change.change_type {
                     ChangeType::Bulk => Ok(()),
@@ -445,13 +428,9 @@ impl Applier {
                         continue;
                     }
                 }
-                let i = *index.entry(id).or_insert_with(|| {
-                    groups.push(Group::new(id));
-                    groups.len() - 1
-                });
-                groups[i].add(position, change, !replicated);
+                groups.of(id).add(position, change, !replicated);
             }
-            for group in groups {
+            for group in groups.list {
                 let (id, orphans, changes) = group.finish();
                 if orphans == 0 {
                     // Its orphans were all dropped: nothing to re-propose.
@@ -472,6 +451,16 @@ impl Applier {
         }
         Ok(recovered)
     }
+}
+
+/// Bases orphan `change` on its record as it stood where the logs parted (before sequence
+/// `parted`): the version of the last write of it there, 0 if none — not the version before it
+/// in the deposed log, which the new leader's log does not share.
+fn base_where_parted(conn: &mut SqliteConnection, change: &mut Change, parted: i64) -> Result<()> {
+    let base =
+        crate::sync_log::last_write_before(conn, &change.model_type, &change.record_id, parted)?;
+    change.base_version = Some(base.map_or(0, |r| r.version));
+    Ok(())
 }
 
 /// What the orphaned conflict records of `stashed` (each entry with whether the rebuilt log
@@ -559,6 +548,24 @@ pub struct RecoveredOrphans {
 /// and fall into **runs**: entries of one term at consecutive sequences, i.e. one commit, or
 /// the part of it that one log held. Each run is merged into the proposal as known so far
 /// ([`merge_run`]), so that copies from several logs count once.
+/// The proposals to queue, in the order of their first stashed entry.
+#[derive(Default)]
+struct Groups {
+    list: Vec<Group>,
+    index: HashMap<Uuid, usize>,
+}
+
+impl Groups {
+    /// The group of proposal `id`, a new one at the end if there is none yet.
+    fn of(&mut self, id: Uuid) -> &mut Group {
+        let i = *self.index.entry(id).or_insert_with(|| {
+            self.list.push(Group::new(id));
+            self.list.len() - 1
+        });
+        &mut self.list[i]
+    }
+}
+
 struct Group {
     id: Uuid,
     /// The proposal as known so far (the runs merged before `run`).
