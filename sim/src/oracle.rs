@@ -801,6 +801,16 @@ mod tests {
         e
     }
 
+    /// The entry at `sequence` recording conflict `c` (as the leader commits it).
+    fn recorded(sequence: u64, c: &Conflict) -> SyncLogEntry {
+        let change = Change::insert(c);
+        let mut e = entry(sequence, "");
+        e.model_type = change.model_type;
+        e.record_id = change.record_id;
+        e.data = change.data;
+        e
+    }
+
     /// The entry recording a conflict on `r2`'s `field`: a patch to `value` at `ms` by `device`,
     /// based on `base`, decided at `current` (`kept`: the stored value won).
     fn conflict(
@@ -832,12 +842,7 @@ mod tests {
             proposal_id: Uuid::nil(),
             decided_at_ms: 0,
         };
-        let change = Change::insert(&c);
-        let mut e = entry(sequence, "");
-        e.model_type = change.model_type;
-        e.record_id = change.record_id;
-        e.data = change.data;
-        e
+        recorded(sequence, &c)
     }
 
     /// Device A creates r2 (op-1.0), B patches its color to op-2.0 at t=20 (version 2), A's
@@ -980,12 +985,7 @@ mod tests {
             proposal_id: UPDATE,
             decided_at_ms: 0,
         };
-        let change = Change::insert(&c);
-        let mut e = entry(sequence, "");
-        e.model_type = change.model_type;
-        e.record_id = change.record_id;
-        e.data = change.data;
-        e
+        recorded(sequence, &c)
     }
 
     /// A creates r2 (op-1.0, t=5); B deletes it (t=20, version 2).
