@@ -62,6 +62,25 @@ fn recorded(db: &Database) -> Vec<lsync_storage::Conflict> {
     db.with_reader(|conn| conflicts::list(conn, 100)).unwrap()
 }
 
+/// `b` leads term 2 (without what the old leader wrote since it last fetched): its
+/// transaction manager.
+fn b_leads(b: &Applier) -> TransactionManager {
+    let b_id = device(b.database());
+    b.database().set_leadership(SyncRole::Leader, 2, Some(b_id)).unwrap();
+    TransactionManager::new(b.database().clone(), b_id)
+}
+
+/// The deposed leader `l` follows `b` in term 2 and repairs: its log rebuilt from `b`'s, its
+/// orphans moved to its outbox. Its applier, and what the repair recovered.
+fn repair_from(l: &Leader, b: &Applier) -> (Applier, lsync_storage::RecoveredOrphans) {
+    l.db.set_leadership(SyncRole::Follower, 2, Some(device(b.database()))).unwrap();
+    let old_leader = Applier::new(l.db.clone());
+    old_leader.reset_for_repair().unwrap();
+    catch_up(b.database(), &old_leader, 100);
+    let recovered = old_leader.recover_orphans().unwrap();
+    (old_leader, recovered)
+}
+
 fn identical_and_verified(l: &Leader, followers: &[&Applier]) {
     for f in followers {
         catch_up(&l.db, f, 100);
@@ -183,8 +202,7 @@ fn a_deposed_leaders_re_proposed_change_does_not_undo_a_newer_value() {
     let old = at(l.device_id, 0);
     l.tm.commit_proposal(Uuid::new_v4(), l.device_id, vec![paint("#ff0000", old)]).unwrap();
     // b leads term 2; a paints t1 blue there, later.
-    b.database().set_leadership(SyncRole::Leader, 2, Some(device(b.database()))).unwrap();
-    let b_tm = TransactionManager::new(b.database().clone(), device(b.database()));
+    let b_tm = b_leads(&b);
     a.database().set_leadership(SyncRole::Follower, 2, Some(device(b.database()))).unwrap();
     let pa = Uuid::new_v4();
     a.database().outbox_push(pa, &[paint("#0000ff", at(device(a.database()), 1000))]).unwrap();
@@ -192,11 +210,7 @@ fn a_deposed_leaders_re_proposed_change_does_not_undo_a_newer_value() {
     b_tm.commit_proposal(pa, device(a.database()), changes).unwrap();
 
     // The old leader repairs: its red edit is an orphan, proposed again with its timestamp.
-    l.db.set_leadership(SyncRole::Follower, 2, Some(device(b.database()))).unwrap();
-    let old_leader = Applier::new(l.db.clone());
-    old_leader.reset_for_repair().unwrap();
-    catch_up(b.database(), &old_leader, 100);
-    let recovered = old_leader.recover_orphans().unwrap();
+    let (old_leader, recovered) = repair_from(&l, &b);
     assert_eq!(recovered.changes, 1);
     let orphan = l.db.outbox_list().unwrap().remove(0);
     assert_eq!(orphan.changes[0].hlc, Some(old), "it keeps the timestamp it was made with");
@@ -250,13 +264,8 @@ fn a_change_decided_away_by_a_deposed_leader_is_decided_again_by_the_new_one() {
     assert_eq!(decided.entries[0].model_type, CONFLICT_MODEL_TYPE);
 
     // b leads term 2; the old leader repairs from it.
-    b.database().set_leadership(SyncRole::Leader, 2, Some(device(b.database()))).unwrap();
-    let b_tm = TransactionManager::new(b.database().clone(), device(b.database()));
-    l.db.set_leadership(SyncRole::Follower, 2, Some(device(b.database()))).unwrap();
-    let old_leader = Applier::new(l.db.clone());
-    old_leader.reset_for_repair().unwrap();
-    catch_up(b.database(), &old_leader, 100);
-    let recovered = old_leader.recover_orphans().unwrap();
+    let b_tm = b_leads(&b);
+    let (old_leader, recovered) = repair_from(&l, &b);
     assert_eq!((recovered.proposals, recovered.changes), (1, 1), "{recovered:?}");
     let orphan = l.db.outbox_list().unwrap().remove(0);
     assert_eq!(orphan.proposal_id, pb, "under the proposal that carried it");
@@ -294,8 +303,8 @@ fn a_change_decided_away_by_a_deposed_leader_is_decided_again_by_the_new_one() {
 #[test]
 fn two_changes_of_one_record_in_a_proposal_are_two_conflicts() {
     let dir = TempDir::new().unwrap();
-    let (l, _a, b) = library(&dir, registry(false));
-    let (a_id, b_id) = (device(_a.database()), device(b.database()));
+    let (l, a, b) = library(&dir, registry(false));
+    let (a_id, b_id) = (device(a.database()), device(b.database()));
     // a sets both fields, later
     let newer = at(a_id, 1000);
     let both = Change {
@@ -351,13 +360,8 @@ fn a_change_committed_in_part_by_a_deposed_leader_goes_back_whole() {
     let out = l.tm.commit_proposal(pb, b_id, vec![update.clone()]).unwrap();
     assert_eq!(out.entries.len(), 2, "the part it won, and the conflict record");
 
-    b.database().set_leadership(SyncRole::Leader, 2, Some(b_id)).unwrap();
-    let b_tm = TransactionManager::new(b.database().clone(), b_id);
-    l.db.set_leadership(SyncRole::Follower, 2, Some(b_id)).unwrap();
-    let old_leader = Applier::new(l.db.clone());
-    old_leader.reset_for_repair().unwrap();
-    catch_up(b.database(), &old_leader, 100);
-    old_leader.recover_orphans().unwrap();
+    let b_tm = b_leads(&b);
+    repair_from(&l, &b);
     let orphan = l.db.outbox_list().unwrap().remove(0);
     assert_eq!(orphan.changes.len(), 1, "{:?}", orphan.changes);
     let change = &orphan.changes[0];
